@@ -1,0 +1,5 @@
+import sys
+
+from adgan.cli import main
+
+sys.exit(main())

@@ -1,0 +1,68 @@
+"""`adgan`: the command line. Each subcommand's module is imported only when it runs,
+so `adgan agent ...` on a Jetson never imports torch."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from adgan import __version__
+
+# Commands whose implementation lands with a later issue: they are listed so that
+# `adgan --help` shows the whole pipeline, and say plainly that they are not there yet.
+PLANNED = {
+    "train": ("train a DCGAN generator for one class (GAN, WGAN, WGAN-GP)", 3),
+    "export": ("export a trained generator to an ONNX model bundle; build TensorRT engines", 4),
+    "score": ("score samples with a bundle (Algorithm 1) and write scores.csv", 4),
+    "calibrate": ("calibrate per-class anomaly thresholds from labelled samples", 5),
+    "evaluate": ("the paper's experiments: Table 2, ROC and accuracy figures, ranking grids", 5),
+    "agent": ("run the inspection agent (camera -> segment -> score -> MQTT)", 6),
+}
+
+
+def _planned(name: str, issue: int):
+    def run(_: argparse.Namespace) -> int:
+        print(f"adgan {name}: not available in this version yet (tracked in issue {issue}).", file=sys.stderr)
+        return 2
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="adgan",
+        description="adgan-edge: RGB-D visual inspection with GAN latent-search anomaly detection. "
+                    "Workstation: dataset, train, export, score, calibrate, evaluate. "
+                    "Station: agent. Everything end to end: demo.")
+    p.add_argument("--version", action="version", version=f"adgan-edge {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    from adgan import dataset, demo
+    dataset.add_parser(sub)
+    for name, (text, issue) in PLANNED.items():
+        q = sub.add_parser(name, help=f"{text} [issue {issue}]",
+                           description=f"{text[0].upper()}{text[1:]}. Not available in this version yet "
+                                       f"(tracked in issue {issue}).")
+        q.set_defaults(func=_planned(name, issue))
+    demo.add_parser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (FileNotFoundError, ValueError) as e:
+        # User-facing input errors: one clear line, no traceback (-vv shows it).
+        logging.getLogger("adgan").debug("error", exc_info=True)
+        print(f"adgan {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,358 @@
+"""`adgan dataset ...`: make, convert and look at datasets."""
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import multiprocessing as mp
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from agent.frame import NoObjectError, Sample
+from agent.segment.preprocess import Preprocessing, make_sample
+from agent.segment.reference import SurfaceReference
+from agent.segment.segmentation import SegmentationConfig, Segmenter, segment_depth
+from agent.sources.folder import (FolderSource, class_folders, frame_numbers, parse_frames,
+                                  read_raw_frame, read_sample, write_raw_frame, write_sample)
+from agent.sources.synthetic import CLASSES, DEFECTS, SyntheticSource, SyntheticStation
+from agent.visual import depth_view, label, sample_grid, write_png
+
+log = logging.getLogger(__name__)
+
+REFERENCE_FRAMES = 15
+
+
+def _csv_list(s: str, allowed: Sequence[str], what: str) -> list[str]:
+    items = [x.strip() for x in s.split(",") if x.strip()]
+    bad = [x for x in items if x not in allowed]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown {what} {', '.join(bad)}; choose from {', '.join(allowed)}")
+    return items
+
+
+# -- synth -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SynthJob:
+    split: str
+    cls: str
+    defect: str | None
+    index: int
+
+
+class _SynthWorker:
+    """Per-process state: the station, its reference and the recipe."""
+
+    station: SyntheticStation
+    segmenter: Segmenter
+
+    @classmethod
+    def init(cls, seed: int, width: int, height: int, prep: Preprocessing) -> None:
+        cls.seed, cls.prep = seed, prep
+        cls.station = SyntheticStation(width, height, seed)
+        src = SyntheticSource(seed=seed, station=cls.station)
+        ref = SurfaceReference.from_frames(src.empty_frames(REFERENCE_FRAMES))
+        cls.segmenter = Segmenter(SegmentationConfig(), ref)
+
+    @classmethod
+    def run(cls, job: SynthJob) -> tuple[SynthJob, Sample]:
+        split_id = {"train": 0, "test": 1}[job.split]
+        # A part that segments to nothing (it can happen for tiny, dark parts) is re-drawn.
+        for attempt in range(20):
+            rng = np.random.default_rng([cls.seed, 3, split_id, CLASSES.index(job.cls),
+                                         DEFECTS.index(job.defect) + 1 if job.defect else 0, job.index, attempt])
+            frame = cls.station.render(rng, cls.station.random_part(rng, job.cls), job.defect)
+            try:
+                sample = make_sample(frame, cls.segmenter(frame), cls.prep)
+            except NoObjectError:
+                continue
+            return job, Sample(sample.rgb, sample.depth, {**frame.meta, "attempt": attempt})
+        raise RuntimeError(f"could not render a visible {job.cls} for {job}")
+
+
+def synth_dataset(out: Path, classes: Sequence[str], n_train: int, n_test: int, seed: int,
+                  prep: Preprocessing, defects: Sequence[str] = (), n_defect: int | None = None,
+                  width: int = 640, height: int = 480, workers: int | None = None,
+                  progress: bool = True) -> dict[str, int]:
+    """Write train/<class>/ and test/<class>/ (and test/<class>_defect/) in the paper's layout."""
+    if n_train < 0 or n_test < 0:
+        raise ValueError("sample counts must be >= 0")
+    n_defect = n_test if n_defect is None else n_defect
+    jobs = [SynthJob("train", c, None, i) for c in classes for i in range(n_train)]
+    jobs += [SynthJob("test", c, None, i) for c in classes for i in range(n_test)]
+    if defects:
+        jobs += [SynthJob("test", c, defects[i % len(defects)], i) for c in classes for i in range(n_defect)]
+    workers = workers or min(len(os.sched_getaffinity(0)), 8)
+    labels: dict[str, list[list]] = {"train": [], "test": []}
+    counts: dict[str, int] = {}
+    init = (seed, width, height, prep)
+    bar = tqdm(total=len(jobs), desc="synth", unit="sample", disable=not progress)
+    if workers > 1 and len(jobs) > 50:
+        ctx = mp.get_context("fork" if hasattr(os, "fork") else "spawn")
+        with ctx.Pool(workers, initializer=_SynthWorker.init, initargs=init) as pool:
+            results = pool.imap(_SynthWorker.run, jobs, chunksize=16)
+            _write_results(out, results, labels, counts, bar)
+    else:
+        _SynthWorker.init(*init)
+        _write_results(out, map(_SynthWorker.run, jobs), labels, counts, bar)
+    bar.close()
+    for split, rows in labels.items():
+        if rows:
+            with open(out / split / "labels.csv", "w", newline="") as fh:
+                w = csv.writer(fh)
+                w.writerow(["folder", "frame", "class", "defect", "anomalous_for_class"])
+                w.writerows(rows)
+    return counts
+
+
+def _write_results(out, results, labels, counts, bar) -> None:
+    for job, sample in results:
+        folder = job.cls if job.defect is None else f"{job.cls}_defect"
+        write_sample(out / job.split / folder, job.index, sample)
+        labels[job.split].append([folder, job.index, job.cls, job.defect or "", int(job.defect is not None)])
+        key = f"{job.split}/{folder}"
+        counts[key] = counts.get(key, 0) + 1
+        bar.update()
+
+
+def cmd_synth(a: argparse.Namespace) -> int:
+    prep = Preprocessing(size=a.size, depth_norm=a.depth_norm, framing=a.framing)
+    counts = synth_dataset(Path(a.out), a.classes, a.train, a.test, a.seed, prep, a.defects, a.defect_test,
+                           a.width, a.height, a.workers)
+    for k, v in sorted(counts.items()):
+        print(f"{k}: {v} samples")
+    print(f"wrote {sum(counts.values())} samples to {a.out}")
+    return 0
+
+
+def synth_raw(out: Path, count: int, n_empty: int, seed: int, classes: Sequence[str] = CLASSES,
+              defects: Sequence[str] = (), defect_rate: float = 0.0, width: int = 640,
+              height: int = 480, progress: bool = True) -> SurfaceReference:
+    """Raw-layout captures of a synthetic station: frames/, empty/ and reference.npz."""
+    src = SyntheticSource(classes, seed=seed, count=count, width=width, height=height,
+                          defects=defects, defect_rate=defect_rate)
+    empties = list(src.empty_frames(n_empty))
+    for j, f in enumerate(empties):
+        write_raw_frame(out / "empty", j, f)
+    for i, f in enumerate(tqdm(src, total=count, desc="synth-raw", unit="frame", disable=not progress)):
+        write_raw_frame(out / "frames", i, f)
+    ref = SurfaceReference.from_frames(empties)
+    ref.save(out / "reference.npz")
+    return ref
+
+
+def cmd_synth_raw(a: argparse.Namespace) -> int:
+    synth_raw(Path(a.out), a.count, a.empty, a.seed, a.classes, a.defects, a.defect_rate, a.width, a.height)
+    print(f"wrote {a.count} frames to {a.out}/frames, {a.empty} empty frames to {a.out}/empty "
+          f"and the surface reference {a.out}/reference.npz")
+    return 0
+
+
+# -- reference and prepare ---------------------------------------------------------------
+def cmd_reference(a: argparse.Namespace) -> int:
+    src = FolderSource(a.frames, parse_frames(a.frames_range))
+    if src.segmented:
+        raise SystemExit(f"{a.frames} is in the paper's (segmented) layout; a reference needs raw frames")
+    ref = SurfaceReference.from_frames(src, max_depth_mm=a.max_depth)
+    ref.save(a.out)
+    holes = int((ref.depth == 0).sum())
+    print(f"surface reference from {ref.n_frames} frames -> {a.out} "
+          f"({ref.depth.shape[1]}x{ref.depth.shape[0]}, {holes} pixels unknown)")
+    return 0
+
+
+def cmd_prepare(a: argparse.Namespace) -> int:
+    """Raw captures -> samples in the paper's layout, with the same code the agent runs."""
+    prep = Preprocessing(size=a.size, depth_norm=a.depth_norm, framing=a.framing)
+    ref = SurfaceReference.load(a.reference) if a.reference else None
+    seg = Segmenter(SegmentationConfig(max_depth_mm=a.max_depth, roi=a.roi), ref)
+    out = Path(a.out)
+    folder = Path(a.frames)
+    nums = frame_numbers(folder, parse_frames(a.frames_range))
+    written = skipped = 0
+    for n in tqdm(nums, desc="prepare", unit="frame"):
+        frame = read_raw_frame(folder, n)
+        try:
+            write_sample(out, n, make_sample(frame, seg(frame), prep, roi=a.roi))
+            written += 1
+        except NoObjectError:
+            log.warning("frame %d: no object after segmentation, skipped", n)
+            skipped += 1
+    print(f"wrote {written} samples to {out} ({skipped} frames without an object skipped)")
+    return 0
+
+
+# -- grid and segment-preview ------------------------------------------------------------
+def cmd_grid(a: argparse.Namespace) -> int:
+    rows, names = [], []
+    for folder in class_folders(a.dir):
+        nums = frame_numbers(folder, parse_frames(a.frames))
+        if not nums:
+            continue
+        pick = [nums[int(i)] for i in np.linspace(0, len(nums) - 1, min(a.n, len(nums)))]
+        rows.append([read_sample(folder, n) for n in pick])
+        names.append(f"{folder.name} ({len(nums)} samples)")
+    if not rows:
+        raise SystemExit(f"{a.dir}: no samples to draw")
+    grid = sample_grid(rows, names, scale=a.scale)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    write_png(a.out, grid)
+    print(f"wrote {a.out} ({len(rows)} rows x up to {a.n} samples)")
+    return 0
+
+
+def segmentation_steps(frame, reference: SurfaceReference | None, cfg: SegmentationConfig) -> np.ndarray:
+    """The paper's Figure 1: original, background removed, surface removed; RGB above depth."""
+    ref_depth = reference.depth if reference is not None else Segmenter(cfg).reference_depth(frame)
+    seg = segment_depth(frame.depth, ref_depth, cfg)
+    no_bg = ~(seg.background | seg.invalid)
+    lo, hi = 0.0, float(cfg.max_depth_mm)
+    cols = []
+    for title, keep in (("original", np.ones_like(no_bg)), ("background removed", no_bg),
+                        ("surface removed", seg.object)):
+        rgb = np.where(keep[..., None], frame.rgb, 0).astype(np.uint8)
+        dep = depth_view(np.where(keep, frame.depth, 0), lo, hi)
+        cols.append(label(np.vstack([rgb, dep]), title, scale=1.0))
+    img = np.hstack([np.pad(c, ((0, 0), (0, 4), (0, 0))) for c in cols])
+    return label(img, f"object {seg.object_area} px, max depth {cfg.max_depth_mm} mm, "
+                      f"surface tolerance {cfg.surface_tolerance:.0%}", scale=1.0)
+
+
+def cmd_segment_preview(a: argparse.Namespace) -> int:
+    folder = Path(a.frames)
+    nums = frame_numbers(folder)
+    if not nums:
+        raise SystemExit(f"{folder}: no frames")
+    n = a.frame if a.frame is not None else nums[0]
+    if n not in nums:
+        raise SystemExit(f"{folder}: no frame {n} (have {nums[0]}..{nums[-1]})")
+    frame = read_raw_frame(folder, n)
+    ref = SurfaceReference.load(a.reference) if a.reference else None
+    if ref is None:
+        log.warning("no --reference given: the surface is a RANSAC plane fit of this frame")
+    img = segmentation_steps(frame, ref, SegmentationConfig(max_depth_mm=a.max_depth, roi=a.roi))
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    write_png(a.out, img)
+    print(f"wrote {a.out} (frame {n})")
+    return 0
+
+
+def cmd_info(a: argparse.Namespace) -> int:
+    """Counts and value ranges per class folder: a quick sanity check of a dataset."""
+    fr = parse_frames(a.frames)
+    for folder in class_folders(a.dir):
+        nums = frame_numbers(folder, fr)
+        if not nums:
+            print(f"{folder.name}: 0 samples")
+            continue
+        s = read_sample(folder, nums[0])
+        fg = np.mean([(read_sample(folder, n).depth > 0).mean() for n in nums[:: max(1, len(nums) // 20)]])
+        print(f"{folder.name}: {len(nums)} samples, frames {nums[0]}..{nums[-1]}, {s.size}x{s.size}, "
+              f"object covers {fg:.1%} of the image on average")
+    return 0
+
+
+def _roi(s: str) -> tuple[int, int, int, int]:
+    try:
+        x, y, w, h = (int(v) for v in s.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--roi takes x,y,w,h in pixels, got {s!r}") from None
+    return x, y, w, h
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("dataset", help="make, convert and look at datasets",
+                       description="Make, convert and look at RGB-D datasets (the paper's sample layout "
+                                   "and raw station captures).")
+    ds = p.add_subparsers(dest="dataset_cmd", required=True, metavar="COMMAND")
+
+    classes = lambda s: _csv_list(s, CLASSES, "class")  # noqa: E731
+    defects = lambda s: _csv_list(s, DEFECTS, "defect")  # noqa: E731
+
+    def prep_args(q):
+        q.add_argument("--size", type=int, default=64, choices=(32, 64, 128), help="sample size in pixels (default 64)")
+        q.add_argument("--depth-norm", choices=("minmax", "fixed"), default="minmax",
+                       help="depth to 8 bits: per-image min-max (the paper) or a fixed mm range")
+        q.add_argument("--framing", choices=("frame", "object"), default="frame",
+                       help="resize the whole (square) frame, as the paper, or a square around the object")
+
+    q = ds.add_parser("synth", help="synthesise a dataset of parts in the paper's layout",
+                      description="Render synthetic parts on a table, segment them like a station would and "
+                                  "write train/<class>/ and test/<class>/ (and test/<class>_defect/ with "
+                                  "--defects) in the paper's layout, with labels.csv per split.")
+    q.add_argument("out", help="output folder")
+    q.add_argument("--classes", type=classes, default=list(CLASSES), help="comma-separated (default: all three)")
+    q.add_argument("--train", type=int, default=1500, help="training samples per class (default 1500, the paper's)")
+    q.add_argument("--test", type=int, default=500, help="normal test samples per class (default 500, the paper's)")
+    q.add_argument("--defects", type=defects, default=[], help=f"defect kinds for test/<class>_defect: {','.join(DEFECTS)}")
+    q.add_argument("--defect-test", type=int, default=None, help="defective test samples per class (default: --test)")
+    q.add_argument("--seed", type=int, default=0, help="station and sample seed (same seed, same dataset)")
+    q.add_argument("--width", type=int, default=640, help="camera width (default 640)")
+    q.add_argument("--height", type=int, default=480, help="camera height (default 480)")
+    q.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    prep_args(q)
+    q.set_defaults(func=cmd_synth)
+
+    q = ds.add_parser("synth-raw", help="synthesise raw station captures (16-bit depth) and a reference",
+                      description="Write raw-layout frames of a synthetic station to OUT/frames, empty-table "
+                                  "frames to OUT/empty and their median surface reference to OUT/reference.npz.")
+    q.add_argument("out")
+    q.add_argument("--count", type=int, default=20, help="frames with a part (default 20)")
+    q.add_argument("--empty", type=int, default=REFERENCE_FRAMES, help=f"empty frames (default {REFERENCE_FRAMES})")
+    q.add_argument("--classes", type=classes, default=list(CLASSES))
+    q.add_argument("--defects", type=defects, default=[])
+    q.add_argument("--defect-rate", type=float, default=0.0, help="probability of a defect per frame")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--width", type=int, default=640)
+    q.add_argument("--height", type=int, default=480)
+    q.set_defaults(func=cmd_synth_raw)
+
+    q = ds.add_parser("reference", help="compute the empty-surface reference from raw empty frames",
+                      description="Per-pixel median of raw-layout frames of the empty station, saved as .npz.")
+    q.add_argument("frames", help="raw-layout folder of empty-scene frames")
+    q.add_argument("--out", required=True, help="reference file to write (.npz)")
+    q.add_argument("--frames-range", default=None, help="LO:HI frame numbers (half-open)")
+    q.add_argument("--max-depth", type=int, default=700, help="max depth in mm for hole filling (default 700)")
+    q.set_defaults(func=cmd_reference)
+
+    q = ds.add_parser("prepare", help="turn raw captures into samples in the paper's layout",
+                      description="Segment raw-layout frames against a surface reference and write samples "
+                                  "(rgb/N.jpg, depth/N.png) with the same code the agent runs.")
+    q.add_argument("frames", help="raw-layout folder")
+    q.add_argument("--out", required=True, help="output class folder, e.g. data/train/rectangle")
+    q.add_argument("--reference", default=None, help="surface reference .npz (default: RANSAC table plane)")
+    q.add_argument("--max-depth", type=int, default=700)
+    q.add_argument("--roi", type=_roi, default=None, help="x,y,w,h region of interest in pixels")
+    q.add_argument("--frames-range", default=None, help="LO:HI frame numbers (half-open)")
+    prep_args(q)
+    q.set_defaults(func=cmd_prepare)
+
+    q = ds.add_parser("grid", help="draw a grid of samples, RGB above depth",
+                      description="A picture of a dataset: one row per class folder, RGB above depth "
+                                  "(like the paper's Figure 2).")
+    q.add_argument("dir", help="a dataset root (class folders) or one class folder")
+    q.add_argument("--out", required=True, help="PNG to write")
+    q.add_argument("--n", type=int, default=10, help="samples per row (default 10), spread over the folder")
+    q.add_argument("--scale", type=int, default=2, help="pixel scale (default 2)")
+    q.add_argument("--frames", default=None, help="LO:HI frame numbers (half-open)")
+    q.set_defaults(func=cmd_grid)
+
+    q = ds.add_parser("segment-preview", help="show segmentation steps for one raw frame (Figure 1)",
+                      description="Original, background removed and surface removed, for RGB and depth, so "
+                                  "an installer can check a station's segmentation by eye.")
+    q.add_argument("frames", help="raw-layout folder")
+    q.add_argument("--reference", default=None, help="surface reference .npz (default: RANSAC table plane)")
+    q.add_argument("--out", required=True, help="PNG to write")
+    q.add_argument("--frame", type=int, default=None, help="frame number (default: the first)")
+    q.add_argument("--max-depth", type=int, default=700, help="background beyond this depth in mm (default 700)")
+    q.add_argument("--roi", type=_roi, default=None, help="x,y,w,h region of interest in pixels")
+    q.set_defaults(func=cmd_segment_preview)
+
+    q = ds.add_parser("info", help="count samples and check ranges per class folder")
+    q.add_argument("dir")
+    q.add_argument("--frames", default=None, help="LO:HI frame numbers (half-open)")
+    q.set_defaults(func=cmd_info)

@@ -1,0 +1,1 @@
+"""Frame -> object mask -> model input, exactly once for training, calibration and the device."""

@@ -1,0 +1,149 @@
+"""Segmented frame -> Sample (the paper's 8-bit on-disk format) -> model input in [-1, 1].
+
+One `Preprocessing` object describes the recipe. It is serialised into training
+checkpoints and bundles, and the agent uses the bundle's copy, so what was trained,
+calibrated and deployed sees the same pixels.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+
+from agent.frame import NoObjectError, RGBDFrame, Sample
+from agent.segment.segmentation import Segmentation
+
+PREPROCESSING_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a segmented frame becomes a model input.
+
+    depth_norm:
+      "minmax"  the paper: per-image min-max of the object's depth to 1..255 (far = bright);
+      "fixed"   a fixed millimetre range [depth_min_mm, depth_max_mm] to 1..255, which keeps
+                absolute distance (object size and height) in the input.
+    framing:
+      "frame"   the paper: the square region of interest (the central square of the frame
+                when the station sets no ROI) resized to `size`;
+      "object"  a square around the object's bounding box, `margin` wider on each side.
+    """
+
+    size: int = 64
+    depth_norm: Literal["minmax", "fixed"] = "minmax"
+    depth_min_mm: int = 300
+    depth_max_mm: int = 700
+    framing: Literal["frame", "object"] = "frame"
+    margin: float = 0.15
+    version: int = PREPROCESSING_VERSION
+
+    def __post_init__(self) -> None:
+        if self.size not in (32, 64, 128):
+            raise ValueError(f"size must be 32, 64 or 128, got {self.size}")
+        if self.depth_norm not in ("minmax", "fixed"):
+            raise ValueError(f"depth_norm must be 'minmax' or 'fixed', got {self.depth_norm!r}")
+        if self.framing not in ("frame", "object"):
+            raise ValueError(f"framing must be 'frame' or 'object', got {self.framing!r}")
+        if not 0 <= self.depth_min_mm < self.depth_max_mm <= 65535:
+            raise ValueError(f"need 0 <= depth_min_mm < depth_max_mm <= 65535, got "
+                             f"{self.depth_min_mm}, {self.depth_max_mm}")
+        if not 0 <= self.margin <= 2:
+            raise ValueError(f"margin must be in [0, 2], got {self.margin}")
+        if self.version != PREPROCESSING_VERSION:
+            raise ValueError(f"preprocessing version {self.version} is not supported "
+                             f"(this build reads version {PREPROCESSING_VERSION})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Preprocessing":
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown preprocessing fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+def _square_window(frame_hw: tuple[int, int], roi: tuple[int, int, int, int] | None,
+                   mask: np.ndarray, prep: Preprocessing) -> tuple[int, int, int]:
+    """(x0, y0, side) of the square to crop; it may extend past the frame (zero padded)."""
+    h, w = frame_hw
+    if prep.framing == "object":
+        ys, xs = np.nonzero(mask)
+        x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+        side = int(np.ceil(max(x1 - x0, y1 - y0) * (1 + 2 * prep.margin)))
+        side = max(side, 8)
+        return int((x0 + x1 - side) // 2), int((y0 + y1 - side) // 2), side
+    rx, ry, rw, rh = roi if roi is not None else (0, 0, w, h)
+    side = min(rw, rh)
+    return rx + (rw - side) // 2, ry + (rh - side) // 2, side
+
+
+def _crop(img: np.ndarray, x0: int, y0: int, side: int) -> np.ndarray:
+    """Crop a square, padding with zeros where it leaves the image."""
+    h, w = img.shape[:2]
+    out = np.zeros((side, side) + img.shape[2:], img.dtype)
+    sx0, sy0 = max(x0, 0), max(y0, 0)
+    sx1, sy1 = min(x0 + side, w), min(y0 + side, h)
+    if sx1 > sx0 and sy1 > sy0:
+        out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = img[sy0:sy1, sx0:sx1]
+    return out
+
+
+def normalise_depth(depth: np.ndarray, mask: np.ndarray, prep: Preprocessing) -> np.ndarray:
+    """uint16 mm depth -> uint8: 1..255 on the object, 0 elsewhere."""
+    d = depth.astype(np.float32)
+    if prep.depth_norm == "minmax":
+        vals = d[mask]
+        lo, hi = float(vals.min()), float(vals.max())
+    else:
+        lo, hi = float(prep.depth_min_mm), float(prep.depth_max_mm)
+    scaled = np.clip((d - lo) / max(hi - lo, 1.0), 0.0, 1.0) * 254.0 + 1.0
+    return np.where(mask, np.rint(scaled), 0).astype(np.uint8)
+
+
+def make_sample(frame: RGBDFrame, seg: Segmentation, prep: Preprocessing,
+                roi: tuple[int, int, int, int] | None = None) -> Sample:
+    """Mask, normalise, frame and resize a segmented frame to a `prep.size` Sample."""
+    mask = seg.object
+    if mask.shape != frame.depth.shape:
+        raise ValueError(f"mask {mask.shape} does not match frame {frame.depth.shape}")
+    if not mask.any():
+        raise NoObjectError("segmentation found no object pixels")
+    rgb = np.where(mask[..., None], frame.rgb, 0).astype(np.uint8)
+    depth8 = normalise_depth(frame.depth, mask, prep)
+    x0, y0, side = _square_window(frame.depth.shape, roi, mask, prep)
+    rgb = _crop(rgb, x0, y0, side)
+    depth8 = _crop(depth8, x0, y0, side)
+    s = prep.size
+    # INTER_AREA: the only OpenCV filter that averages all source pixels when shrinking.
+    rgb = cv2.resize(rgb, (s, s), interpolation=cv2.INTER_AREA)
+    depth8 = cv2.resize(depth8, (s, s), interpolation=cv2.INTER_AREA)
+    meta = dict(frame.meta)
+    meta["object_area_px"] = int(np.count_nonzero(mask))
+    return Sample(rgb=rgb, depth=depth8, meta=meta)
+
+
+def sample_to_input(sample: Sample, size: int | None = None) -> np.ndarray:
+    """Sample -> float32 (4, S, S) in [-1, 1]: R, G, B, depth. Resizes if `size` differs."""
+    rgb, depth = sample.rgb, sample.depth
+    if size is not None and sample.size != size:
+        rgb = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA)
+        depth = cv2.resize(depth, (size, size), interpolation=cv2.INTER_AREA)
+    x = np.empty((4,) + depth.shape, np.float32)
+    x[:3] = rgb.transpose(2, 0, 1)
+    x[3] = depth
+    x *= np.float32(1 / 127.5)
+    x -= np.float32(1.0)
+    return x
+
+
+def input_to_sample(x: np.ndarray) -> Sample:
+    """Inverse of `sample_to_input` for display: (4, S, S) in [-1, 1] -> Sample."""
+    if x.ndim != 3 or x.shape[0] != 4:
+        raise ValueError(f"model input must be (4, S, S), got {x.shape}")
+    u8 = np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    return Sample(rgb=np.ascontiguousarray(u8[:3].transpose(1, 2, 0)), depth=u8[3])

@@ -1,0 +1,1 @@
+"""Frame sources: folders (the paper's layout and raw captures), synthetic scenes, RealSense."""

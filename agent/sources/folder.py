@@ -1,0 +1,219 @@
+"""Folders of captures: the paper's sample layout and our raw layout.
+
+Paper layout (already segmented; read as is):
+    <class>/rgb/N.jpg    RGB, background and table zeroed
+    <class>/depth/N.png  8-bit normalised depth, 0 where removed
+Raw layout (what a station records; goes through segmentation):
+    <dir>/rgb/N.png      RGB (PNG, lossless)
+    <dir>/depth/N.png    16-bit depth in millimetres
+    <dir>/meta/N.json    {"timestamp": s, "intrinsics": {...}, ...}
+The same N names the same capture. A dataset root holds class folders.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import cv2
+import numpy as np
+
+from agent.frame import FrameError, Intrinsics, RGBDFrame, Sample
+from agent.sources.base import FrameSource
+
+RGB_EXTS = (".jpg", ".jpeg", ".png")
+
+
+def parse_frames(spec: str | None) -> tuple[int, int] | None:
+    """'LO:HI' -> (LO, HI), half-open like a Python slice ('0:700' is frames 0-699).
+
+    Either end may be empty: ':700', '700:'.
+    """
+    if spec is None or spec == "":
+        return None
+    lo, sep, hi = spec.partition(":")
+    if not sep:
+        raise ValueError(f"--frames takes LO:HI (half-open, e.g. 0:700), got {spec!r}")
+    try:
+        a = int(lo) if lo.strip() else 0
+        b = int(hi) if hi.strip() else 2**62
+    except ValueError:
+        raise ValueError(f"--frames takes integers LO:HI, got {spec!r}") from None
+    if a < 0 or b <= a:
+        raise ValueError(f"--frames {spec!r} selects nothing: need 0 <= LO < HI")
+    return a, b
+
+
+def frame_numbers(folder: Path, frames: tuple[int, int] | None = None) -> list[int]:
+    """Sorted frame numbers N that have both rgb/N.* and depth/N.png under `folder`."""
+    rgb_dir, depth_dir = folder / "rgb", folder / "depth"
+    if not rgb_dir.is_dir() or not depth_dir.is_dir():
+        raise FileNotFoundError(f"{folder} is not a sample folder: it needs rgb/ and depth/ inside")
+    rgb = {int(p.stem) for p in rgb_dir.iterdir() if p.suffix.lower() in RGB_EXTS and p.stem.isdigit()}
+    depth = {int(p.stem) for p in depth_dir.iterdir() if p.suffix.lower() == ".png" and p.stem.isdigit()}
+    nums = sorted(rgb & depth)
+    if frames is not None:
+        nums = [n for n in nums if frames[0] <= n < frames[1]]
+    return nums
+
+
+def is_sample_folder(p: Path) -> bool:
+    return (p / "rgb").is_dir() and (p / "depth").is_dir()
+
+
+def class_folders(root: str | Path) -> list[Path]:
+    """The sample folders under a dataset root, or [root] when root is one itself."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} does not exist or is not a folder")
+    if is_sample_folder(root):
+        return [root]
+    found = sorted(p for p in root.iterdir() if p.is_dir() and is_sample_folder(p))
+    if not found:
+        raise FileNotFoundError(f"{root} holds no sample folders (<class>/rgb and <class>/depth)")
+    return found
+
+
+def _rgb_path(folder: Path, n: int) -> Path:
+    for ext in RGB_EXTS:
+        p = folder / "rgb" / f"{n}{ext}"
+        if p.exists():
+            return p
+    raise FrameError(f"{folder}/rgb has no image for frame {n}")
+
+
+def _imread(path: Path, flags: int) -> np.ndarray:
+    # cv2.imread returns None for unreadable files instead of raising; make that an error.
+    data = np.fromfile(str(path), np.uint8) if path.is_file() else None
+    if data is None or data.size == 0:
+        raise FrameError(f"{path}: missing or empty file")
+    img = cv2.imdecode(data, flags)
+    if img is None:
+        raise FrameError(f"{path}: not a readable image (corrupt or unsupported)")
+    return img
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    img = _imread(path, cv2.IMREAD_COLOR)
+    return np.ascontiguousarray(img[:, :, ::-1])
+
+
+def read_sample(folder: Path, n: int) -> Sample:
+    """Frame n of a paper-layout folder as a Sample."""
+    rgb = read_rgb(_rgb_path(folder, n))
+    depth_path = folder / "depth" / f"{n}.png"
+    depth = _imread(depth_path, cv2.IMREAD_UNCHANGED)
+    if depth.ndim == 3:  # some tools save grey as 3 equal channels
+        depth = depth[:, :, 0]
+    if depth.dtype != np.uint8:
+        raise FrameError(f"{depth_path}: paper-layout depth must be 8-bit, got {depth.dtype}")
+    if depth.shape != rgb.shape[:2] or depth.shape[0] != depth.shape[1]:
+        raise FrameError(f"{folder} frame {n}: rgb {rgb.shape[:2]} and depth {depth.shape} "
+                         "must be the same square size")
+    return Sample(rgb=rgb, depth=depth, meta={"path": str(depth_path.parent.parent), "frame": n,
+                                              "class": folder.name})
+
+
+def read_raw_frame(folder: Path, n: int) -> RGBDFrame:
+    """Frame n of a raw-layout folder as an RGBDFrame."""
+    rgb = read_rgb(_rgb_path(folder, n))
+    depth_path = folder / "depth" / f"{n}.png"
+    depth = _imread(depth_path, cv2.IMREAD_UNCHANGED)
+    if depth.dtype != np.uint16 or depth.ndim != 2:
+        raise FrameError(f"{depth_path}: raw depth must be a 16-bit single-channel PNG (mm), "
+                         f"got {depth.dtype} {depth.shape}")
+    meta_path = folder / "meta" / f"{n}.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+        intr = Intrinsics.from_dict(meta["intrinsics"])
+        ts = float(meta["timestamp"])
+    except FileNotFoundError:
+        raise FrameError(f"{meta_path}: missing (raw frames need their metadata)") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise FrameError(f"{meta_path}: bad metadata: {e}") from None
+    extra = {k: v for k, v in meta.items() if k not in ("timestamp", "intrinsics")}
+    extra.update(path=str(folder), frame=n)
+    try:
+        return RGBDFrame(rgb=rgb, depth=depth, timestamp=ts, intrinsics=intr, meta=extra)
+    except ValueError as e:
+        raise FrameError(f"{folder} frame {n}: {e}") from None
+
+
+def _imwrite(path: Path, img: np.ndarray, params: Sequence[int] = ()) -> None:
+    ok, buf = cv2.imencode(path.suffix, img, list(params))
+    if not ok:
+        raise OSError(f"could not encode {path}")
+    tmp = path.with_name(path.name + ".tmp")
+    buf.tofile(str(tmp))
+    os.replace(tmp, path)
+
+
+def write_sample(folder: Path, n: int, sample: Sample, jpeg_quality: int = 95) -> None:
+    """Write a Sample in the paper's layout (rgb/N.jpg, depth/N.png)."""
+    (folder / "rgb").mkdir(parents=True, exist_ok=True)
+    (folder / "depth").mkdir(parents=True, exist_ok=True)
+    _imwrite(folder / "rgb" / f"{n}.jpg", sample.rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+    _imwrite(folder / "depth" / f"{n}.png", sample.depth)
+
+
+def write_raw_frame(folder: Path, n: int, frame: RGBDFrame) -> None:
+    """Write an RGBDFrame in the raw layout (lossless RGB, 16-bit depth, metadata)."""
+    for sub in ("rgb", "depth", "meta"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    _imwrite(folder / "rgb" / f"{n}.png", frame.rgb[:, :, ::-1])
+    _imwrite(folder / "depth" / f"{n}.png", frame.depth)
+    meta = {k: v for k, v in frame.meta.items() if k not in ("path", "frame")}
+    meta.update(timestamp=frame.timestamp, intrinsics=frame.intrinsics.to_dict())
+    tmp = folder / "meta" / f"{n}.json.tmp"
+    tmp.write_text(json.dumps(meta, default=_jsonable))
+    os.replace(tmp, folder / "meta" / f"{n}.json")
+
+
+def _jsonable(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+
+
+class FolderSource(FrameSource):
+    """Replays one folder: Samples from the paper's layout, RGBDFrames from the raw layout.
+
+    The layout is the raw one when the folder has meta/, the paper's otherwise.
+    """
+
+    def __init__(self, folder: str | Path, frames: tuple[int, int] | None = None, loop: bool = False) -> None:
+        self.folder = Path(folder)
+        self.numbers = frame_numbers(self.folder, frames)
+        if not self.numbers:
+            raise FileNotFoundError(f"{self.folder} holds no frames"
+                                    + (f" in range {frames[0]}:{frames[1]}" if frames else ""))
+        self.raw = (self.folder / "meta").is_dir()
+        self.segmented = not self.raw
+        self.loop = loop
+        self._i = 0
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+    def read(self) -> RGBDFrame | Sample | None:
+        if self._i >= len(self.numbers):
+            if not self.loop:
+                return None
+            self._i = 0
+        n = self.numbers[self._i]
+        self._i += 1  # advance first: a bad frame is skipped by the next read
+        return read_raw_frame(self.folder, n) if self.raw else read_sample(self.folder, n)
+
+
+def iter_samples(root: str | Path, frames: tuple[int, int] | None = None,
+                 classes: Iterable[str] | None = None) -> Iterable[tuple[str, int, Sample]]:
+    """(class, frame number, Sample) for every paper-layout sample under a dataset root."""
+    wanted = set(classes) if classes is not None else None
+    for folder in class_folders(root):
+        if wanted is not None and folder.name not in wanted:
+            continue
+        for n in frame_numbers(folder, frames):
+            yield folder.name, n, read_sample(folder, n)

@@ -1,0 +1,102 @@
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from adgan.cli import PLANNED, build_parser, main
+from agent.sources.folder import frame_numbers, read_sample
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_command_has_help(capsys):
+    parser = build_parser()
+    top = parser.format_help()
+    for name in ["dataset", "demo", *PLANNED]:
+        assert name in top
+    for cmd in (["dataset", "synth"], ["dataset", "grid"], ["dataset", "segment-preview"], ["train"], ["demo"]):
+        with pytest.raises(SystemExit) as e:
+            main([*cmd, "--help"])
+        assert e.value.code == 0
+        assert len(capsys.readouterr().out) > 100
+
+
+def test_planned_commands_say_so_and_fail(capsys):
+    assert main(["train"]) == 2
+    assert "issue 3" in capsys.readouterr().err
+
+
+def test_synth_writes_the_paper_layout(synth_data):
+    for split, n in (("train", 6), ("test", 3)):
+        for cls in ("rectangle", "cylinder", "sphere"):
+            nums = frame_numbers(synth_data / split / cls)
+            assert nums == list(range(n))
+            s = read_sample(synth_data / split / cls, 0)
+            assert s.rgb.shape == (32, 32, 3) and s.depth.max() > 0
+    rows = list(csv.DictReader(open(synth_data / "test" / "labels.csv")))
+    assert len(rows) == 3 * 3 * 2
+    assert {r["defect"] for r in rows if r["anomalous_for_class"] == "1"} == {"dent", "chunk", "foreign"}
+
+
+def test_synth_is_deterministic(tmp_path, synth_data):
+    assert main(["dataset", "synth", str(tmp_path), "--train", "6", "--test", "3", "--size", "32", "--seed", "5",
+                 "--defects", "dent,chunk,foreign", "--workers", "1"]) == 0
+    for rel in ("train/sphere/depth/4.png", "test/rectangle_defect/rgb/2.jpg"):
+        assert (tmp_path / rel).read_bytes() == (synth_data / rel).read_bytes()
+
+
+def test_grid_and_info(tmp_path, synth_data, capsys):
+    out = tmp_path / "grid.png"
+    assert main(["dataset", "grid", str(synth_data / "train"), "--out", str(out), "--n", "4"]) == 0
+    import cv2
+    img = cv2.imread(str(out))
+    assert img is not None and img.shape[0] > 3 * 2 * 32 * 2  # 3 rows of RGB-above-depth tiles at scale 2
+    assert main(["dataset", "info", str(synth_data / "test")]) == 0
+    assert "rectangle_defect: 3 samples" in capsys.readouterr().out
+
+
+def test_raw_reference_preview_and_prepare(tmp_path):
+    raw = tmp_path / "station"
+    assert main(["dataset", "synth-raw", str(raw), "--count", "3", "--empty", "4", "--width", "320",
+                 "--height", "240"]) == 0
+    assert main(["dataset", "reference", str(raw / "empty"), "--out", str(tmp_path / "ref.npz")]) == 0
+    a = np.load(raw / "reference.npz")["depth"]
+    b = np.load(tmp_path / "ref.npz")["depth"]
+    np.testing.assert_array_equal(a, b)
+    png = tmp_path / "steps.png"
+    assert main(["dataset", "segment-preview", str(raw / "frames"), "--reference", str(tmp_path / "ref.npz"),
+                 "--out", str(png)]) == 0
+    import cv2
+    img = cv2.imread(str(png))
+    assert img.shape[1] >= 3 * 320 and img.shape[0] >= 2 * 240
+    out = tmp_path / "samples" / "part"
+    assert main(["dataset", "prepare", str(raw / "frames"), "--reference", str(raw / "reference.npz"),
+                 "--out", str(out), "--size", "32"]) == 0
+    assert frame_numbers(out) == [0, 1, 2]
+
+
+def test_input_errors_are_one_line_not_a_traceback(tmp_path, capsys):
+    assert main(["dataset", "grid", str(tmp_path / "missing"), "--out", str(tmp_path / "g.png")]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "Traceback" not in err
+    assert main(["dataset", "segment-preview", str(tmp_path), "--out", str(tmp_path / "x.png")]) == 2
+    with pytest.raises(SystemExit):
+        main(["dataset", "synth", str(tmp_path), "--classes", "torus"])
+
+
+def test_agent_side_imports_without_torch():
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import agent.frame, agent.sources.folder, agent.sources.synthetic, agent.segment.preprocess, "
+            "agent.segment.segmentation, agent.visual, adgan.cli, adgan.dataset\n"
+            "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+def test_console_script_runs():
+    r = subprocess.run([sys.executable, "-m", "adgan", "--version"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and "adgan-edge" in r.stdout

@@ -1,0 +1,155 @@
+import logging
+
+import numpy as np
+import pytest
+
+from agent.frame import Intrinsics, RGBDFrame
+from agent.segment.reference import SurfaceReference, fit_table_plane, plane_depth_map
+from agent.segment.segmentation import SegmentationConfig, Segmenter, segment_depth
+
+RAW = SegmentationConfig(opening_px=0)  # the paper's rule, no speckle cleanup
+
+
+def test_hand_made_frame_gives_known_masks():
+    ref = np.full((6, 8), 500, np.uint16)
+    d = ref.copy()
+    d[1:3, 2:5] = 400       # object: 100 mm in front of the table
+    d[4, 0] = 0             # invalid
+    d[5, 7] = 900           # background (past 700 mm)
+    d[0, 0] = 480           # table with 20 mm noise: surface
+    seg = segment_depth(d, ref, RAW)
+    want = np.zeros((6, 8), bool)
+    want[1:3, 2:5] = True
+    np.testing.assert_array_equal(seg.object, want)
+    assert seg.invalid[4, 0] and seg.invalid.sum() == 1
+    assert seg.background[5, 7] and seg.background.sum() == 1
+    assert seg.surface.sum() == 48 - 6 - 2
+    # exactly one class per pixel
+    total = seg.object.astype(int) + seg.surface + seg.background + seg.invalid
+    assert (total == 1).all()
+
+
+@pytest.mark.parametrize("d, is_surface", [
+    (545, True),    # |545-500| = 45 < 0.1 * 545 = 54.5
+    (555, True),    # 55 < 55.5
+    (556, False),   # 56 < 55.6 is false
+    (455, True),    # 45 < 0.1 * max(455, 500) = 50
+    (450, False),   # 50 < 50 is false: the boundary itself is object
+    (449, False),
+])
+def test_surface_removal_at_the_ten_percent_boundary(d, is_surface):
+    ref = np.full((1, 1), 500, np.uint16)
+    seg = segment_depth(np.full((1, 1), d, np.uint16), ref, RAW)
+    assert bool(seg.surface[0, 0]) is is_surface
+    assert bool(seg.object[0, 0]) is (not is_surface)
+
+
+def test_max_depth_boundary_and_zero_reference():
+    d = np.array([[700, 701, 300]], np.uint16)
+    seg = segment_depth(d, np.array([[0, 0, 0]], np.uint16), RAW)
+    # 700 is still in range, 701 is background; a reference of 0 is unknown: never surface.
+    assert seg.object.tolist() == [[True, False, True]]
+    assert seg.background.tolist() == [[False, True, False]]
+
+
+def test_all_zero_depth_has_no_object():
+    seg = segment_depth(np.zeros((10, 10), np.uint16), np.full((10, 10), 500, np.uint16), RAW)
+    assert seg.object_area == 0 and seg.invalid.all()
+
+
+def test_roi_limits_the_object():
+    d = np.full((10, 10), 300, np.uint16)
+    seg = segment_depth(d, None, SegmentationConfig(roi=(2, 3, 4, 5), opening_px=0))
+    assert seg.object_area == 20
+    assert seg.object[3:8, 2:6].all()
+
+
+def test_opening_drops_speckle_but_keeps_a_part():
+    ref = np.full((40, 40), 500, np.uint16)
+    d = ref.copy()
+    d[10:30, 10:30] = 400
+    d[2, 2] = 350  # one stray pixel
+    seg = segment_depth(d, ref, SegmentationConfig(opening_px=1))
+    assert not seg.object[2, 2] and seg.surface[2, 2]
+    assert seg.object[12:28, 12:28].all()
+
+
+def test_shape_mismatch_and_bad_dtype_raise():
+    with pytest.raises(ValueError, match="does not match the surface reference"):
+        segment_depth(np.zeros((4, 4), np.uint16), np.zeros((5, 5), np.uint16), RAW)
+    with pytest.raises(ValueError, match="uint16"):
+        segment_depth(np.zeros((4, 4), np.float32), None, RAW)
+
+
+@pytest.mark.parametrize("kw", [dict(max_depth_mm=0), dict(surface_tolerance=1.5), dict(roi=(0, 0, 0, 5)),
+                                dict(opening_px=-1)])
+def test_bad_config_raises(kw):
+    with pytest.raises(ValueError):
+        SegmentationConfig(**kw)
+
+
+def _tilted_table(k: Intrinsics, noise=0.0, seed=0):
+    """Depth of the plane z_cam = 400 + 0.3 * y_cam seen by camera k."""
+    plane = np.array([0.0, -0.3, 1.0, -400.0])
+    plane /= np.linalg.norm(plane[:3])
+    d = plane_depth_map(plane, k)
+    d += np.random.default_rng(seed).normal(0, noise, d.shape)
+    return np.rint(d).astype(np.uint16), plane
+
+
+def test_ransac_plane_recovers_a_tilted_table_despite_an_object():
+    k = Intrinsics.default(160, 120)
+    d, plane = _tilted_table(k, noise=1.0)
+    d[40:80, 60:100] -= 80  # a part on the table
+    fit, inliers = fit_table_plane(d, k, max_depth_mm=700)
+    assert fit[2] < 0  # the normal faces the camera
+    fit = -fit  # same plane, the sign convention of `plane`
+    assert np.allclose(fit[:3], plane[:3], atol=0.01)
+    assert fit[3] == pytest.approx(plane[3], rel=0.01)
+    assert 0.75 < inliers < 0.95
+
+
+def test_segmenter_without_reference_logs_and_finds_the_part(caplog):
+    k = Intrinsics.default(160, 120)
+    d, _ = _tilted_table(k, noise=1.0)
+    d[40:80, 60:100] -= 100
+    f = RGBDFrame(np.zeros((120, 160, 3), np.uint8), d, 0.0, k)
+    with caplog.at_level(logging.WARNING):
+        seg = Segmenter(SegmentationConfig())(f)
+    assert "RANSAC" in caplog.text
+    assert seg.object[42:78, 62:98].all()
+    assert seg.object_area < 40 * 40 * 1.05
+
+
+def test_reference_is_the_median_and_roundtrips(tmp_path):
+    k = Intrinsics.default(32, 24)
+    frames = []
+    for v in (500, 510, 505, 0, 503):
+        d = np.full((24, 32), v, np.uint16)
+        frames.append(RGBDFrame(np.zeros((24, 32, 3), np.uint8), d, 0.0, k))
+    ref = SurfaceReference.from_frames(frames)
+    assert (ref.depth == 504).all()  # median of the valid 500, 503, 505, 510
+    ref.save(tmp_path / "ref.npz")
+    back = SurfaceReference.load(tmp_path / "ref.npz")
+    np.testing.assert_array_equal(back.depth, ref.depth)
+    assert back.n_frames == 5 and back.intrinsics == k
+
+
+def test_reference_holes_are_filled_from_the_plane():
+    k = Intrinsics.default(160, 120)
+    d, _ = _tilted_table(k)
+    d[10:14, 10:14] = 0  # never measured
+    ref = SurfaceReference.from_frames([RGBDFrame(np.zeros((120, 160, 3), np.uint8), d, 0.0, k)])
+    full, _ = _tilted_table(k)
+    assert np.abs(ref.depth[10:14, 10:14].astype(int) - full[10:14, 10:14]).max() <= 2
+
+
+def test_missing_or_corrupt_reference_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="capture-reference"):
+        SurfaceReference.load(tmp_path / "nope.npz")
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a surface reference"):
+        SurfaceReference.load(bad)
+    with pytest.raises(ValueError, match="at least one"):
+        SurfaceReference.from_frames([])

@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+
+from agent.frame import RGBDFrame
+from agent.segment.reference import SurfaceReference
+from agent.segment.segmentation import SegmentationConfig, segment_depth
+from agent.sources.synthetic import DEFECTS, SyntheticSource, SyntheticStation
+
+
+def test_same_seed_same_frames_other_seed_other_frames():
+    a = SyntheticSource(seed=7, defects=DEFECTS, defect_rate=0.5)
+    b = SyntheticSource(seed=7, defects=DEFECTS, defect_rate=0.5)
+    c = SyntheticSource(seed=8, defects=DEFECTS, defect_rate=0.5)
+    for i in (0, 3):
+        fa, fb, fc = a.frame(i), b.frame(i), c.frame(i)
+        assert fa.rgb.tobytes() == fb.rgb.tobytes() and fa.depth.tobytes() == fb.depth.tobytes()
+        assert fa.meta == fb.meta
+        assert fa.depth.tobytes() != fc.depth.tobytes()
+    # order independence: frame 3 alone equals frame 3 after others
+    assert SyntheticSource(seed=7, defects=DEFECTS, defect_rate=0.5).frame(3).rgb.tobytes() == a.frame(3).rgb.tobytes()
+
+
+def test_frames_are_valid_realsense_like_captures():
+    src = SyntheticSource(seed=1, count=4)
+    frames = list(src)
+    assert len(frames) == 4 and src.read() is None
+    for f in frames:
+        assert isinstance(f, RGBDFrame) and f.rgb.shape == (480, 640, 3) and f.depth.dtype == np.uint16
+        valid = f.depth[f.depth > 0]
+        assert 200 < valid.min() and (f.depth > 700).any()  # the back of the room is background
+        assert 0.001 < (f.depth == 0).mean() < 0.1  # holes and dropouts, not a blank map
+        assert f.meta["class"] in ("rectangle", "cylinder", "sphere") and f.meta["object_px"] > 100
+
+
+def test_depth_noise_grows_with_distance_and_is_quantised():
+    st = SyntheticStation(320, 240, seed=2)
+    frames = [st.render(np.random.default_rng(i), None) for i in range(8)]
+    d = np.stack([f.depth for f in frames]).astype(float)
+    ok = (d > 0).all(0)
+    sd = d.std(0)
+    near = ok & (st.bg_depth < 420)
+    far = ok & (st.bg_depth > 560) & (st.bg_depth < 700)
+    assert near.sum() > 100 and far.sum() > 100
+    assert 0.1 < sd[near].mean() < sd[far].mean() < 5
+
+
+@pytest.mark.parametrize("defect", DEFECTS)
+def test_each_defect_changes_the_visible_part(defect):
+    st = SyntheticStation(320, 240, seed=4)
+    for k in range(5):
+        part = st.random_part(np.random.default_rng([k, 1]), "rectangle")
+        clean = st.render(np.random.default_rng([k, 2]), part)
+        bad = st.render(np.random.default_rng([k, 2]), part, defect)
+        if bad.meta["defect_px"] > 0:
+            break
+    assert bad.meta["defect"] == defect and bad.meta["defect_px"] > 0
+    differs = (clean.rgb.astype(int) - bad.rgb).any(-1) | (clean.depth != bad.depth)
+    assert differs.sum() >= bad.meta["defect_px"] * 0.5
+
+
+def test_segmentation_recovers_the_synthetic_part():
+    src = SyntheticSource(seed=3)
+    ref = SurfaceReference.from_frames(src.empty_frames(8))
+    empty = next(iter(src.empty_frames(1)))
+    cfg = SegmentationConfig()
+    assert segment_depth(empty.depth, ref.depth, cfg).object_area < 50
+    f = src.frame(2)
+    seg = segment_depth(f.depth, ref.depth, cfg)
+    x, y, w, h = f.meta["roi"]
+    outside = seg.object.copy()
+    outside[y:y + h, x:x + w] = False
+    assert seg.object_area > 0.3 * f.meta["object_px"]
+    assert outside.sum() < 30
+
+
+def test_bad_arguments_raise():
+    with pytest.raises(ValueError, match="unknown synthetic class"):
+        SyntheticSource(classes=("torus",))
+    with pytest.raises(ValueError, match="unknown defect"):
+        SyntheticSource(defects=("scratch",))
+    with pytest.raises(ValueError, match="needs at least one defect"):
+        SyntheticSource(defect_rate=0.5)
+    with pytest.raises(ValueError, match="at least 32x32"):
+        SyntheticStation(16, 16)

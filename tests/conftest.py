@@ -1,0 +1,29 @@
+"""Shared fixtures: the paper's real captures and small synthetic datasets."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER_DATA = Path(os.environ.get("ADGAN_PAPER_DATA", ROOT.parent / "shared" / "data" / "paper-rgbd"))
+
+
+@pytest.fixture(scope="session")
+def paper_data() -> Path:
+    if not (PAPER_DATA / "rectangle" / "rgb").is_dir():
+        pytest.skip(f"paper data not found at {PAPER_DATA} (set ADGAN_PAPER_DATA)")
+    return PAPER_DATA
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory) -> Path:
+    """A tiny synthetic dataset in the paper's layout: 6 train / 3 test / 3 defective per class."""
+    from adgan.dataset import synth_dataset
+    from agent.segment.preprocess import Preprocessing
+
+    out = tmp_path_factory.mktemp("synth")
+    synth_dataset(out, ("rectangle", "cylinder", "sphere"), 6, 3, seed=5,
+                  prep=Preprocessing(size=32), defects=("dent", "chunk", "foreign"), workers=1, progress=False)
+    return out
