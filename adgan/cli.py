@@ -11,7 +11,6 @@ from adgan import __version__
 # Commands whose implementation lands with a later issue: they are listed so that
 # `adgan --help` shows the whole pipeline, and say plainly that they are not there yet.
 PLANNED = {
-    "train": ("train a DCGAN generator for one class (GAN, WGAN, WGAN-GP)", 3),
     "export": ("export a trained generator to an ONNX model bundle; build TensorRT engines", 4),
     "score": ("score samples with a bundle (Algorithm 1) and write scores.csv", 4),
     "calibrate": ("calibrate per-class anomaly thresholds from labelled samples", 5),
@@ -38,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     from adgan import dataset, demo
+    from training import cli as training_cli
     dataset.add_parser(sub)
+    training_cli.add_parser(sub)
     for name, (text, issue) in PLANNED.items():
         q = sub.add_parser(name, help=f"{text} [issue {issue}]",
                            description=f"{text[0].upper()}{text[1:]}. Not available in this version yet "

@@ -17,8 +17,8 @@ from agent.frame import NoObjectError, Sample
 from agent.segment.preprocess import Preprocessing, make_sample
 from agent.segment.reference import SurfaceReference
 from agent.segment.segmentation import SegmentationConfig, Segmenter, segment_depth
-from agent.sources.folder import (FolderSource, class_folders, frame_numbers, parse_frames,
-                                  read_raw_frame, read_sample, write_raw_frame, write_sample)
+from agent.sources.folder import (FolderSource, class_folders, frame_numbers, parse_frames, read_raw_frame,
+                                  read_sample, write_preprocessing, write_raw_frame, write_sample)
 from agent.sources.synthetic import CLASSES, DEFECTS, SyntheticSource, SyntheticStation
 from agent.visual import depth_view, label, sample_grid, write_png
 
@@ -100,6 +100,8 @@ def synth_dataset(out: Path, classes: Sequence[str], n_train: int, n_test: int, 
         _SynthWorker.init(*init)
         _write_results(out, map(_SynthWorker.run, jobs), labels, counts, bar)
     bar.close()
+    for key in counts:
+        write_preprocessing(out / key, prep)
     for split, rows in labels.items():
         if rows:
             with open(out / split / "labels.csv", "w", newline="") as fh:
@@ -174,6 +176,7 @@ def cmd_prepare(a: argparse.Namespace) -> int:
     folder = Path(a.frames)
     nums = frame_numbers(folder, parse_frames(a.frames_range))
     written = skipped = 0
+    write_preprocessing(out, prep)
     for n in tqdm(nums, desc="prepare", unit="frame"):
         frame = read_raw_frame(folder, n)
         try:

@@ -1,0 +1,1 @@
+"""Workstation side: train one DCGAN generator per product class on normal samples only."""

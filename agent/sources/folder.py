@@ -20,9 +20,28 @@ import cv2
 import numpy as np
 
 from agent.frame import FrameError, Intrinsics, RGBDFrame, Sample
+from agent.segment.preprocess import Preprocessing
 from agent.sources.base import FrameSource
 
 RGB_EXTS = (".jpg", ".jpeg", ".png")
+PREPROCESSING_FILE = "preprocessing.json"
+
+
+def write_preprocessing(folder: Path, prep: Preprocessing) -> None:
+    """Record in a sample folder the recipe that made its samples."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / PREPROCESSING_FILE).write_text(json.dumps(prep.to_dict(), indent=1) + "\n")
+
+
+def read_preprocessing(folder: Path) -> Preprocessing | None:
+    """The recipe recorded in a sample folder, or None (e.g. the paper's own data)."""
+    p = Path(folder) / PREPROCESSING_FILE
+    if not p.is_file():
+        return None
+    try:
+        return Preprocessing.from_dict(json.loads(p.read_text()))
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{p}: bad preprocessing record: {e}") from None
 
 
 def parse_frames(spec: str | None) -> tuple[int, int] | None:

@@ -1,0 +1,123 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from adgan.cli import main
+from training.data import augment, load_class
+from training.train import TrainConfig, Trainer, load_checkpoint
+
+
+def tiny(synth_data, kind="gan", **kw):
+    cfg = TrainConfig(data=str(synth_data / "train"), cls="sphere", kind=kind, epochs=2, batch_size=6,
+                      features_g=4, features_d=4, size=32, **kw)
+    return cfg, load_class(cfg.data, cfg.cls, cfg.size)
+
+
+def test_load_class_resizes_and_fingerprints(synth_data, paper_data):
+    d = load_class(synth_data / "train", "sphere", 32)
+    assert d.x.shape == (6, 4, 32, 32) and d.x.min() >= -1 and d.x.max() <= 1
+    assert d.preprocessing.size == 32 and d.frames == list(range(6))
+    assert load_class(synth_data / "train", "sphere", 32, (0, 3)).fingerprint != d.fingerprint
+    p = load_class(paper_data, "sphere", 64, (0, 20))
+    assert p.x.shape[1:] == (4, 64, 64) and p.preprocessing.depth_norm == "minmax"
+    with pytest.raises(FileNotFoundError, match="no class folder 'torus'"):
+        load_class(paper_data, "torus", 64)
+
+
+def test_discriminator_steps_lower_its_loss_with_g_fixed(synth_data):
+    torch.manual_seed(0)
+    cfg, data = tiny(synth_data)
+    t = Trainer(cfg, data, Path("/nonexistent"))
+    first = [t.d_step(data.x) for _ in range(3)]
+    later = [t.d_step(data.x) for _ in range(25)]
+    assert np.mean([r["d"] for r in later[-5:]]) < np.mean([r["d"] for r in first])
+
+
+def test_generator_steps_lower_its_loss_with_d_fixed(synth_data):
+    cfg, data = tiny(synth_data)
+    t = Trainer(cfg, data, Path("/nonexistent"))
+    for _ in range(10):
+        t.d_step(data.x)  # a discriminator that tells real from fake
+    t.D.eval()
+    losses = [t.g_step(6) for _ in range(25)]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+
+
+def test_wgan_critic_steps_raise_the_wasserstein_estimate_and_respect_the_clip(synth_data):
+    cfg, data = tiny(synth_data, kind="wgan")
+    t = Trainer(cfg, data, Path("/nonexistent"))
+    w = [t.d_step(data.x)["w"] for _ in range(30)]
+    assert np.mean(w[-5:]) > np.mean(w[:5])
+    assert max(p.abs().max().item() for p in t.D.parameters()) <= 0.01 + 1e-9
+
+
+def test_wgan_gp_records_the_penalty_and_steps_g_every_n_critic(synth_data):
+    cfg, data = tiny(synth_data, kind="wgan-gp", n_critic=2)
+    t = Trainer(cfg, data, Path("/nonexistent"))
+    for _ in range(4):
+        t.train_epoch()
+    assert t.d_steps == 4 and t.g_steps == 2  # 6 samples, batch 6: one critic step per epoch
+    assert all("gp" in h and h["gp"] >= 0 for h in t.history)
+
+
+def _state(run):
+    return load_checkpoint(run)["generator"]
+
+
+def test_train_cli_resume_is_exactly_an_uninterrupted_run(synth_data, tmp_path):
+    common = [str(synth_data / "train"), "--class", "cylinder", "--kind", "wgan-gp", "--size", "32",
+              "--features-g", "4", "--features-d", "4", "--batch-size", "3", "--n-critic", "2",
+              "--ema", "0.9", "--shift", "2", "--flip", "--quiet"]
+    assert main(["train", *common, "--epochs", "3", "--out", str(tmp_path / "a")]) == 0
+    assert main(["train", *common, "--epochs", "2", "--out", str(tmp_path / "b")]) == 0
+    assert main(["train", *common, "--epochs", "3", "--out", str(tmp_path / "b"), "--resume"]) == 0
+    a, b = load_checkpoint(tmp_path / "a"), load_checkpoint(tmp_path / "b")
+    assert a["epoch"] == b["epoch"] == 3 and a["g_steps"] == b["g_steps"] == 3
+    for k in a["generator"]:
+        assert torch.equal(a["generator"][k], b["generator"][k]), k
+        assert torch.equal(a["generator_ema"][k], b["generator_ema"][k]), k
+    for k in a["discriminator"]:
+        assert torch.equal(a["discriminator"][k], b["discriminator"][k]), k
+    assert a["history"] == b["history"]
+    for f in ("losses.png", "config.json", "samples/latest.png", "samples/epoch_00003.png"):
+        assert (tmp_path / "a" / f).is_file()
+    st = a
+    assert st["preprocessing"]["size"] == 32 and st["data"]["n"] == 6 and len(st["data"]["fingerprint"]) == 64
+    assert st["config"]["ema"] == 0.9 and st["config"]["flip"] and st["config"]["shift"] == 2
+
+
+def test_checkpoint_roundtrip_gives_identical_next_step(synth_data, tmp_path):
+    cfg, data = tiny(synth_data, kind="gan")
+    t1 = Trainer(cfg, data, tmp_path)
+    t1.train_epoch()
+    t1.save()
+    t2 = Trainer(cfg, data, tmp_path)
+    t2.load_state(load_checkpoint(tmp_path))
+    t1.train_epoch()
+    t2.train_epoch()
+    assert torch.equal(t1.samples(), t2.samples())
+
+
+def test_train_cli_refuses_to_overwrite_and_changed_data(synth_data, tmp_path, capsys):
+    base = ["train", str(synth_data / "train"), "--class", "sphere", "--size", "32", "--features-g", "4",
+            "--features-d", "4", "--out", str(tmp_path / "r"), "--quiet", "--kind", "gan"]
+    assert main([*base, "--epochs", "1"]) == 0
+    assert main([*base, "--epochs", "1"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    ck = load_checkpoint(tmp_path / "r")
+    ck["data"]["fingerprint"] = "0" * 64
+    torch.save(ck, tmp_path / "r" / "checkpoint.pt")
+    assert main([*base, "--epochs", "2", "--resume"]) == 2
+    assert "training data changed" in capsys.readouterr().err
+
+
+def test_augment_shift_fills_background_and_flip_mirrors():
+    x = torch.arange(16.0).reshape(1, 1, 4, 4).repeat(64, 1, 1, 1)
+    g = torch.Generator().manual_seed(0)
+    f = augment(x, flip=True, shift=0, gen=g)
+    flipped = (f == x.flip(-1)).all(dim=(1, 2, 3))
+    assert 10 < flipped.sum() < 54 and ((f == x).all(dim=(1, 2, 3)) | flipped).all()
+    s = augment(x, flip=False, shift=1, gen=g)
+    assert (s == -1).any() and s.max() <= 15

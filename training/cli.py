@@ -1,0 +1,87 @@
+"""`adgan train`: train one generator for one class."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    import torch
+
+    from agent.sources.folder import parse_frames
+    from training.data import load_class
+    from training.model import Architecture
+    from training.plots import write_loss_curves, write_sample_grid
+    from training.train import (CHECKPOINT, TrainConfig, Trainer, check_resumable, fit, load_checkpoint,
+                                resume_config)
+
+    torch.set_num_threads(a.threads or len(os.sched_getaffinity(0)))
+    out = Path(a.out)
+    if a.resume:
+        st = load_checkpoint(out)
+        cfg = resume_config(st, a.epochs)
+        if st["epoch"] >= cfg.epochs:
+            print(f"{out} already has {st['epoch']} epochs; ask for more with --epochs")
+            return 0
+    else:
+        if (out / CHECKPOINT).exists():
+            raise ValueError(f"{out} already holds a run; continue it with --resume or choose another --out")
+        cfg = TrainConfig(data=str(a.data), cls=a.cls, kind=a.kind, epochs=a.epochs, batch_size=a.batch_size,
+                          lr_g=a.lr_g, lr_d=a.lr_d, n_critic=a.n_critic, features_g=a.features_g,
+                          features_d=a.features_d, size=a.size, seed=a.seed, frames=parse_frames(a.frames),
+                          ema=a.ema, flip=a.flip, shift=a.shift, sample_every=a.sample_every)
+        Architecture(size=cfg.size, features_g=cfg.features_g, features_d=cfg.features_d, kind=cfg.kind)
+    data = load_class(cfg.data, cfg.cls, cfg.size, cfg.frames)
+    trainer = Trainer(cfg, data, out)
+    if a.resume:
+        check_resumable(st, data)
+        trainer.load_state(st)
+        print(f"resuming {out} at epoch {trainer.epoch} of {cfg.epochs}")
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    print(f"training {cfg.kind} on {len(data.frames)} '{cfg.cls}' samples from {data.folder} "
+          f"({cfg.size}px, features_g {cfg.features_g}, features_d {cfg.features_d}) -> {out}")
+
+    def on_sample(t: Trainer) -> None:
+        png = out / "samples" / f"epoch_{t.epoch:05d}.png"
+        write_sample_grid(t.samples(), png, f"{cfg.cls} {cfg.kind} epoch {t.epoch} (G step {t.g_steps})")
+        (out / "samples" / "latest.png").write_bytes(png.read_bytes())
+        write_loss_curves(t.history, out / "losses.png", cfg.kind)
+
+    fit(trainer, progress=not a.quiet, on_sample=on_sample)
+    print(f"done: {trainer.epoch} epochs, {trainer.g_steps} generator steps; checkpoint {out / CHECKPOINT}, "
+          f"samples {out / 'samples'}, losses {out / 'losses.png'}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    q = sub.add_parser("train", help="train a DCGAN generator for one class (GAN, WGAN, WGAN-GP)",
+                       description="Train one generator on the normal samples of one class (the paper's layout, "
+                                   "or ours). Writes RUN/checkpoint.pt (resumable), RUN/config.json, sample grids "
+                                   "of a fixed z in RUN/samples/ (RGB above depth) and RUN/losses.png.")
+    q.add_argument("data", help="dataset root holding class folders, e.g. ../shared/data/paper-rgbd")
+    q.add_argument("--class", dest="cls", required=True, help="class folder to train on")
+    q.add_argument("--kind", choices=("gan", "wgan", "wgan-gp"), default="wgan-gp",
+                   help="objective: gan (BCE), wgan (weight clipping), wgan-gp (gradient penalty; default)")
+    q.add_argument("--epochs", type=int, required=True, help="passes over the data (total, also with --resume)")
+    q.add_argument("--out", required=True, help="run folder")
+    q.add_argument("--batch-size", type=int, default=64)
+    q.add_argument("--lr-g", type=float, default=None, help="generator learning rate (default: the kind's recipe)")
+    q.add_argument("--lr-d", type=float, default=None, help="discriminator/critic learning rate (default: recipe)")
+    q.add_argument("--n-critic", type=int, default=None, help="critic steps per generator step (default: recipe)")
+    q.add_argument("--features-g", type=int, default=64, help="generator width (paper: 64)")
+    q.add_argument("--features-d", type=int, default=64, help="discriminator width (paper: 64)")
+    q.add_argument("--size", type=int, choices=(32, 64, 128), default=64, help="resolution (default 64)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--frames", default=None, help="LO:HI frame numbers to train on (half-open), e.g. 0:700")
+    q.add_argument("--ema", type=float, default=0.0, help="EMA decay of generator weights, e.g. 0.999 (0: off)")
+    q.add_argument("--flip", action="store_true", help="augment with horizontal flips")
+    q.add_argument("--shift", type=int, default=0, help="augment with random shifts up to this many pixels")
+    q.add_argument("--sample-every", type=int, default=0, help="epochs between sample grids (0: ~50 per run)")
+    q.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    q.add_argument("--resume", action="store_true", help="continue the run in --out up to --epochs")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.set_defaults(func=cmd_train)

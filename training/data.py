@@ -1,0 +1,69 @@
+"""Training data: one class's normal samples as a tensor, with a fingerprint, and augmentation."""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agent.segment.preprocess import Preprocessing, sample_to_input
+from agent.sources.folder import class_folders, frame_numbers, read_preprocessing, read_sample
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class ClassData:
+    x: torch.Tensor  # (N, 4, S, S) in [-1, 1]
+    frames: list[int]
+    folder: Path
+    fingerprint: str  # sha256 of the frame numbers and file bytes used
+    preprocessing: Preprocessing
+
+
+def find_class_folder(root: str | Path, cls: str) -> Path:
+    folders = {f.name: f for f in class_folders(root)}
+    if cls not in folders:
+        raise FileNotFoundError(f"{root} has no class folder {cls!r} (found: {', '.join(sorted(folders))})")
+    return folders[cls]
+
+
+def load_class(root: str | Path, cls: str, size: int, frames: tuple[int, int] | None = None) -> ClassData:
+    """Every sample of `cls` under `root` (optionally frames LO:HI) resized to `size`."""
+    folder = find_class_folder(root, cls)
+    nums = frame_numbers(folder, frames)
+    if not nums:
+        raise ValueError(f"{folder}: no samples" + (f" in frames {frames[0]}:{frames[1]}" if frames else ""))
+    h = hashlib.sha256()
+    xs = []
+    for n in nums:
+        s = read_sample(folder, n)
+        h.update(f"{n}:".encode())
+        h.update(s.rgb.tobytes())
+        h.update(s.depth.tobytes())
+        xs.append(sample_to_input(s, size))
+    prep = read_preprocessing(folder)
+    if prep is None:
+        log.info("%s records no preprocessing: taking the paper's (per-image min-max depth, whole frame)", folder)
+        prep = Preprocessing()
+    return ClassData(torch.from_numpy(np.stack(xs)), nums, folder, h.hexdigest(), replace(prep, size=size))
+
+
+def augment(x: torch.Tensor, flip: bool, shift: int, gen: torch.Generator) -> torch.Tensor:
+    """Random horizontal flips and integer shifts up to `shift` px (the uncovered border is background, -1)."""
+    if flip:
+        m = torch.rand(x.shape[0], generator=gen) < 0.5
+        x = torch.where(m[:, None, None, None], x.flip(-1), x)
+    if shift > 0:
+        out = torch.full_like(x, -1.0)
+        d = torch.randint(-shift, shift + 1, (x.shape[0], 2), generator=gen).tolist()
+        s = x.shape[-1]
+        for i, (dy, dx) in enumerate(d):
+            ys, yd = (slice(0, s - dy), slice(dy, s)) if dy >= 0 else (slice(-dy, s), slice(0, s + dy))
+            xs, xd = (slice(0, s - dx), slice(dx, s)) if dx >= 0 else (slice(-dx, s), slice(0, s + dx))
+            out[i, :, yd, xd] = x[i, :, ys, xs]
+        x = out
+    return x

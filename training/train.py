@@ -1,0 +1,252 @@
+"""The training loop: one generator per class, checkpoints that resume exactly."""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from adgan import __version__
+from training.data import ClassData, augment
+from training.model import Architecture, Discriminator, Generator
+from training.objectives import RECIPES, d_loss, g_loss, gradient_penalty
+
+log = logging.getLogger(__name__)
+CHECKPOINT_FORMAT = 1
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class TrainConfig:
+    """What a run was asked to do; stored in the checkpoint and in config.json."""
+
+    data: str
+    cls: str
+    kind: str = "wgan-gp"
+    epochs: int = 100
+    batch_size: int = 64
+    lr_g: float | None = None  # None: the objective's recipe
+    lr_d: float | None = None
+    n_critic: int | None = None
+    features_g: int = 64
+    features_d: int = 64
+    size: int = 64
+    seed: int = 0
+    frames: tuple[int, int] | None = None
+    ema: float = 0.0  # decay of an exponential moving average of G's weights; 0 = off
+    flip: bool = False
+    shift: int = 0
+    sample_every: int = 0  # epochs between sample grids; 0 = about 50 grids per run
+
+    def __post_init__(self) -> None:
+        if self.kind not in RECIPES:
+            raise ValueError(f"--kind must be one of {', '.join(RECIPES)}, got {self.kind!r}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("--epochs and --batch-size must be >= 1")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"--ema must be in [0, 1), got {self.ema}")
+        if self.shift < 0:
+            raise ValueError(f"--shift must be >= 0, got {self.shift}")
+
+    @property
+    def recipe(self):
+        r = RECIPES[self.kind]
+        return r.__class__(lr_g=self.lr_g or r.lr_g, lr_d=self.lr_d or r.lr_d, betas=r.betas,
+                           n_critic=self.n_critic or r.n_critic, clip=r.clip, gp_lambda=r.gp_lambda)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, data: ClassData, out: Path) -> None:
+        self.cfg, self.data, self.out = cfg, data, Path(out)
+        self.arch = Architecture(size=cfg.size, features_g=cfg.features_g, features_d=cfg.features_d, kind=cfg.kind)
+        torch.manual_seed(cfg.seed)  # weight init
+        self.G, self.D = Generator(self.arch), Discriminator(self.arch)
+        self.G_ema = copy.deepcopy(self.G).eval() if cfg.ema > 0 else None
+        r = cfg.recipe
+        if r.betas is None:
+            self.opt_g = torch.optim.RMSprop(self.G.parameters(), lr=r.lr_g)
+            self.opt_d = torch.optim.RMSprop(self.D.parameters(), lr=r.lr_d)
+        else:
+            self.opt_g = torch.optim.Adam(self.G.parameters(), lr=r.lr_g, betas=r.betas)
+            self.opt_d = torch.optim.Adam(self.D.parameters(), lr=r.lr_d, betas=r.betas)
+        self.rng = torch.Generator().manual_seed(cfg.seed)
+        self.fixed_z = torch.randn(16, self.arch.nz, generator=self.rng)
+        self.epoch = 0       # completed epochs
+        self.d_steps = 0     # discriminator/critic steps so far
+        self.g_steps = 0
+        self.history: list[dict] = []
+
+    # -- one step ------------------------------------------------------------------------
+    def _z(self, n: int) -> torch.Tensor:
+        return torch.randn(n, self.arch.nz, generator=self.rng)
+
+    def d_step(self, real: torch.Tensor) -> dict:
+        r, kind = self.cfg.recipe, self.cfg.kind
+        with torch.no_grad():
+            fake = self.G(self._z(real.shape[0]))
+        d_real, d_fake = self.D(real), self.D(fake)
+        loss = d_loss(kind, d_real, d_fake)
+        out = {"d": loss.item(), "w": (d_real.mean() - d_fake.mean()).item()}
+        if r.gp_lambda:
+            eps = torch.rand(real.shape[0], generator=self.rng)
+            gp = gradient_penalty(self.D, real, fake, eps)
+            loss = loss + r.gp_lambda * gp
+            out["gp"] = gp.item()
+        self.opt_d.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_d.step()
+        if r.clip:
+            with torch.no_grad():
+                for p in self.D.parameters():
+                    p.clamp_(-r.clip, r.clip)
+        self.d_steps += 1
+        return out
+
+    def g_step(self, n: int) -> float:
+        for p in self.D.parameters():
+            p.requires_grad_(False)
+        loss = g_loss(self.cfg.kind, self.D(self.G(self._z(n))))
+        self.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_g.step()
+        for p in self.D.parameters():
+            p.requires_grad_(True)
+        if self.G_ema is not None:
+            with torch.no_grad():
+                for pe, p in zip(self.G_ema.parameters(), self.G.parameters()):
+                    pe.lerp_(p, 1 - self.cfg.ema)
+                for be, b in zip(self.G_ema.buffers(), self.G.buffers()):
+                    be.copy_(b)
+        self.g_steps += 1
+        return loss.item()
+
+    def train_epoch(self) -> None:
+        self.G.train()
+        self.D.train()
+        x = self.data.x
+        n = x.shape[0]
+        bs = min(self.cfg.batch_size, n)
+        perm = torch.randperm(n, generator=self.rng)
+        n_critic = self.cfg.recipe.n_critic
+        for b in range(n // bs):
+            real = augment(x[perm[b * bs:(b + 1) * bs]], self.cfg.flip, self.cfg.shift, self.rng)
+            rec = self.d_step(real)
+            if self.d_steps % n_critic == 0:
+                rec["g"] = self.g_step(bs)
+                rec.update(epoch=self.epoch + 1, g_step=self.g_steps)
+                self.history.append(rec)
+        self.epoch += 1
+
+    def sample_generator(self) -> Generator:
+        """The generator that samples and export use: the EMA copy when there is one."""
+        return self.G_ema if self.G_ema is not None else self.G
+
+    @torch.no_grad()
+    def samples(self) -> torch.Tensor:
+        """G(fixed z) in eval mode (BatchNorm running statistics, as scoring runs it)."""
+        g = self.sample_generator()
+        was = g.training
+        g.eval()
+        out = g(self.fixed_z)
+        g.train(was)
+        return out
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def state(self) -> dict:
+        cfg = asdict(self.cfg)
+        return {
+            "format": CHECKPOINT_FORMAT, "producer": f"adgan-edge {__version__}", "created": time.time(),
+            "config": cfg, "architecture": self.arch.to_dict(),
+            "preprocessing": self.data.preprocessing.to_dict(),
+            "data": {"folder": str(self.data.folder), "class": self.cfg.cls, "n": len(self.data.frames),
+                     "frames": self.data.frames, "fingerprint": self.data.fingerprint},
+            "epoch": self.epoch, "d_steps": self.d_steps, "g_steps": self.g_steps, "history": self.history,
+            "generator": self.G.state_dict(), "discriminator": self.D.state_dict(),
+            "generator_ema": self.G_ema.state_dict() if self.G_ema is not None else None,
+            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+            "rng": self.rng.get_state(), "fixed_z": self.fixed_z,
+        }
+
+    def save(self) -> Path:
+        self.out.mkdir(parents=True, exist_ok=True)
+        path = self.out / CHECKPOINT
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(self.state(), tmp)
+        os.replace(tmp, path)
+        cfg = {k: v for k, v in self.state().items() if k in ("config", "architecture", "preprocessing", "epoch",
+                                                               "g_steps", "producer")}
+        cfg["data"] = {k: v for k, v in self.state()["data"].items() if k != "frames"}
+        (self.out / "config.json").write_text(json.dumps(cfg, indent=1, default=str) + "\n")
+        return path
+
+    def load_state(self, st: dict) -> None:
+        self.G.load_state_dict(st["generator"])
+        self.D.load_state_dict(st["discriminator"])
+        if self.G_ema is not None:
+            self.G_ema.load_state_dict(st["generator_ema"])
+        self.opt_g.load_state_dict(st["opt_g"])
+        self.opt_d.load_state_dict(st["opt_d"])
+        self.rng.set_state(st["rng"])
+        self.fixed_z = st["fixed_z"]
+        self.epoch, self.d_steps, self.g_steps = st["epoch"], st["d_steps"], st["g_steps"]
+        self.history = list(st["history"])
+
+
+def load_checkpoint(run: str | Path) -> dict:
+    """A run folder's checkpoint (or a checkpoint file), validated."""
+    p = Path(run)
+    p = p / CHECKPOINT if p.is_dir() else p
+    if not p.is_file():
+        raise FileNotFoundError(f"no checkpoint at {p} (train with 'adgan train ... --out RUN')")
+    st = torch.load(p, map_location="cpu", weights_only=False)
+    if not isinstance(st, dict) or st.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{p} is not an adgan-edge checkpoint of format {CHECKPOINT_FORMAT}")
+    return st
+
+
+def resume_config(st: dict, epochs: int) -> TrainConfig:
+    c = dict(st["config"])
+    c["epochs"] = epochs
+    if c.get("frames") is not None:
+        c["frames"] = tuple(c["frames"])
+    return TrainConfig(**c)
+
+
+def check_resumable(st: dict, data: ClassData) -> None:
+    if st["data"]["fingerprint"] != data.fingerprint:
+        raise ValueError(f"the training data changed since the checkpoint was written "
+                         f"({st['data']['n']} samples then, {len(data.frames)} now; fingerprints differ); "
+                         "train into a new --out folder instead of resuming")
+
+
+def fit(trainer: Trainer, progress: bool = True, on_sample=None) -> None:
+    """Train to cfg.epochs, saving a checkpoint and samples along the way (and on Ctrl-C)."""
+    cfg = trainer.cfg
+    every = cfg.sample_every or max(1, cfg.epochs // 50)
+    save_every = max(1, min(every, 25))
+    bar = tqdm(total=cfg.epochs, initial=trainer.epoch, desc=f"train {cfg.cls} ({cfg.kind})", unit="epoch",
+               disable=not progress)
+    try:
+        while trainer.epoch < cfg.epochs:
+            trainer.train_epoch()
+            bar.update()
+            if trainer.history:
+                h = trainer.history[-1]
+                bar.set_postfix(d=f"{h['d']:.3f}", g=f"{h['g']:.3f}", g_steps=trainer.g_steps)
+            last = trainer.epoch == cfg.epochs
+            if on_sample is not None and (trainer.epoch % every == 0 or last):
+                on_sample(trainer)
+            if trainer.epoch % save_every == 0 or last:
+                trainer.save()
+    except KeyboardInterrupt:
+        trainer.save()
+        log.warning("interrupted at epoch %d: checkpoint saved; continue with --resume", trainer.epoch)
+        raise
+    finally:
+        bar.close()
