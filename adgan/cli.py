@@ -11,8 +11,6 @@ from adgan import __version__
 # Commands whose implementation lands with a later issue: they are listed so that
 # `adgan --help` shows the whole pipeline, and say plainly that they are not there yet.
 PLANNED = {
-    "export": ("export a trained generator to an ONNX model bundle; build TensorRT engines", 4),
-    "score": ("score samples with a bundle (Algorithm 1) and write scores.csv", 4),
     "calibrate": ("calibrate per-class anomaly thresholds from labelled samples", 5),
     "evaluate": ("the paper's experiments: Table 2, ROC and accuracy figures, ranking grids", 5),
     "agent": ("run the inspection agent (camera -> segment -> score -> MQTT)", 6),
@@ -37,9 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     from adgan import dataset, demo
+    from adgan import score
+    from export import cli as export_cli
     from training import cli as training_cli
     dataset.add_parser(sub)
     training_cli.add_parser(sub)
+    export_cli.add_parser(sub)
+    score.add_parser(sub)
     for name, (text, issue) in PLANNED.items():
         q = sub.add_parser(name, help=f"{text} [issue {issue}]",
                            description=f"{text[0].upper()}{text[1:]}. Not available in this version yet "
@@ -50,12 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from agent.scoring.search import BackendUnavailable
+
     args = build_parser().parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, BackendUnavailable) as e:
         # User-facing input errors: one clear line, no traceback (-vv shows it).
         logging.getLogger("adgan").debug("error", exc_info=True)
         print(f"adgan {args.command}: error: {e}", file=sys.stderr)

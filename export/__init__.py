@@ -1,0 +1,1 @@
+"""Workstation side: explicit step graphs, ONNX export, bundles, TensorRT engine builds."""

@@ -3,6 +3,8 @@
 Generator: z (nz x 1 x 1) -> ConvTranspose + BatchNorm + ReLU blocks with 16, 8, 4, 2
 (and 1 at 128 px) x features_g channels, the first block 4x4, each next one doubling the
 size -> a final ConvTranspose to 4 channels and Tanh. At 32 px the blocks are 16, 8, 4.
+Unlike DCGAN the final ConvTranspose has a bias (4 numbers), initialised from the data's
+mean (`init_output_bias`); see there why.
 
 Discriminator: Conv + norm + LeakyReLU(0.2) blocks with 1, 2, 4, 8 (, 16) x features_d
 channels down to 4x4, then a 4x4 convolution to one logit. The first block has no norm
@@ -90,9 +92,20 @@ class Generator(nn.Module):
             layers += [nn.ConvTranspose2d(c_in, c, 4, 1 if i == 0 else 2, 0 if i == 0 else 1, bias=False),
                        nn.BatchNorm2d(c), nn.ReLU(True)]
             c_in = c
-        layers += [nn.ConvTranspose2d(c_in, arch.channels, 4, 2, 1, bias=False), nn.Tanh()]
+        layers += [nn.ConvTranspose2d(c_in, arch.channels, 4, 2, 1, bias=True), nn.Tanh()]
         self.net = nn.Sequential(*layers)
         self.apply(init_weights)
+
+    @torch.no_grad()
+    def init_output_bias(self, channel_mean: torch.Tensor) -> None:
+        """Start the output at the data's mean level per channel (bias = atanh(mean)).
+
+        Inspection samples are mostly removed background (-1): from DCGAN's init the
+        output sits near 0 and the discriminator wins on brightness alone before the
+        generator, moving its bias by ~lr per step, can catch up.
+        """
+        out = self.net[-2]
+        out.bias.copy_(torch.atanh(channel_mean.clamp(-0.95, 0.95)))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """(B, nz) or (B, nz, 1, 1) -> (B, 4, size, size) in [-1, 1]."""

@@ -67,6 +67,7 @@ class Trainer:
         self.arch = Architecture(size=cfg.size, features_g=cfg.features_g, features_d=cfg.features_d, kind=cfg.kind)
         torch.manual_seed(cfg.seed)  # weight init
         self.G, self.D = Generator(self.arch), Discriminator(self.arch)
+        self.G.init_output_bias(data.x.mean(dim=(0, 2, 3)))
         self.G_ema = copy.deepcopy(self.G).eval() if cfg.ema > 0 else None
         r = cfg.recipe
         if r.betas is None:
@@ -118,9 +119,11 @@ class Trainer:
         for p in self.D.parameters():
             p.requires_grad_(True)
         if self.G_ema is not None:
+            # Warm-up so that early averages are not dominated by the random init.
+            decay = min(self.cfg.ema, (1 + self.g_steps) / (10 + self.g_steps))
             with torch.no_grad():
                 for pe, p in zip(self.G_ema.parameters(), self.G.parameters()):
-                    pe.lerp_(p, 1 - self.cfg.ema)
+                    pe.lerp_(p, 1 - decay)
                 for be, b in zip(self.G_ema.buffers(), self.G.buffers()):
                     be.copy_(b)
         self.g_steps += 1

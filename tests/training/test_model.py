@@ -58,3 +58,12 @@ def test_architecture_validation_and_roundtrip():
         Architecture(kind="vae")
     with pytest.raises(ValueError, match="unknown"):
         Architecture.from_dict({"size": 32, "depth": 3})
+
+
+def test_output_bias_starts_generator_at_the_data_level():
+    g = Generator(Architecture(size=32, features_g=4)).eval()
+    mean = torch.tensor([-0.9, -0.5, 0.0, 0.3])
+    g.init_output_bias(mean)
+    with torch.no_grad():
+        out = g(torch.randn(8, 100)).mean(dim=(0, 2, 3))
+    assert torch.allclose(out, mean, atol=0.05)

@@ -46,10 +46,11 @@ def test_generator_steps_lower_its_loss_with_d_fixed(synth_data):
 
 
 def test_wgan_critic_steps_raise_the_wasserstein_estimate_and_respect_the_clip(synth_data):
-    cfg, data = tiny(synth_data, kind="wgan")
+    cfg, data = tiny(synth_data, kind="wgan", lr_d=1e-3)
     t = Trainer(cfg, data, Path("/nonexistent"))
     w = [t.d_step(data.x)["w"] for _ in range(30)]
-    assert np.mean(w[-5:]) > np.mean(w[:5])
+    # step 1 runs with DCGAN's unclipped init (weights beyond 0.01); compare from step 2 on
+    assert np.mean(w[-5:]) > 2 * np.mean(w[1:6])
     assert max(p.abs().max().item() for p in t.D.parameters()) <= 0.01 + 1e-9
 
 

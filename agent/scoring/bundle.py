@@ -1,0 +1,159 @@
+"""Model bundles: one directory per class model, refused unless every hash matches.
+
+    manifest.json  format, class, GAN kind, architecture, preprocessing, search defaults,
+                   graph I/O, sha256 of every file, producer
+    step.onnx      one Adam iteration of Algorithm 1 (explicit backward)
+    loss.onnx      (x, z, theta) -> loss per seed and G(z)
+    theta.npz      the generator's theta and BatchNorm running statistics
+    engines/       TensorRT engines built on the device (each with a .json sidecar that
+                   names the bundle hash it was built from)
+The bundle's identity (`bundle_hash`) is the sha256 of manifest.json, which holds the
+hashes of everything else.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.segment.preprocess import Preprocessing
+
+BUNDLE_FORMAT = 1
+MANIFEST = "manifest.json"
+THETA_SCOPES = ("all", "bn", "none")
+LOSSES = ("mse", "fg")
+
+
+class BundleError(ValueError):
+    """A bundle that must not be used: missing, tampered with, or of another format."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class SearchDefaults:
+    """Algorithm 1's hyperparameters as exported (the paper's values by default)."""
+
+    n_seed: int = 3
+    k: int = 19
+    lr_z: float = 5e-2
+    lr_theta: float = 6e-9
+    theta_scope: str = "all"
+    loss: str = "mse"
+    fg_threshold: float = -0.9  # G(z) depth above this counts as foreground (loss "fg")
+    batch_seeds: int = 3        # seeds per graph call (static for theta scope "all")
+
+    def __post_init__(self) -> None:
+        if self.n_seed < 1 or self.k < 1 or self.batch_seeds < 1:
+            raise ValueError("n_seed, k and batch_seeds must be >= 1")
+        if self.lr_z < 0 or self.lr_theta < 0:
+            raise ValueError("learning rates must be >= 0")
+        if self.theta_scope not in THETA_SCOPES:
+            raise ValueError(f"theta_scope must be one of {THETA_SCOPES}, got {self.theta_scope!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if not -1 < self.fg_threshold < 1:
+            raise ValueError(f"fg_threshold must be in (-1, 1), got {self.fg_threshold}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SearchDefaults":
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown search fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+class Bundle:
+    """A verified bundle directory. Construct with `Bundle.load(path)`."""
+
+    def __init__(self, path: Path, manifest: dict, bundle_hash: str, theta: dict[str, np.ndarray]) -> None:
+        self.path, self.manifest, self.bundle_hash, self.theta = path, manifest, bundle_hash, theta
+        self.search = SearchDefaults.from_dict(manifest["search"])
+        self.preprocessing = Preprocessing.from_dict(manifest["preprocessing"])
+        self.cls: str = manifest["class"]
+        self.kind: str = manifest["kind"]
+        arch = manifest["architecture"]
+        self.nz: int = int(arch["nz"])
+        self.size: int = int(arch["size"])
+        self.channels: int = int(arch["channels"])
+        self.trainable: list[str] = list(manifest["theta"]["trainable"])
+        self.seeds_per_call: int = int(manifest["graphs"]["seeds_per_call"])
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Bundle":
+        path = Path(path)
+        mf = path / MANIFEST
+        if not mf.is_file():
+            raise BundleError(f"{path} is not a bundle: no {MANIFEST} (export one with 'adgan export RUN --out DIR')")
+        raw = mf.read_bytes()
+        try:
+            manifest = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise BundleError(f"{mf}: not valid JSON ({e})") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+            raise BundleError(f"{path}: bundle format {manifest.get('format') if isinstance(manifest, dict) else '?'!r} "
+                              f"is not supported (this build reads format {BUNDLE_FORMAT})")
+        for key in ("class", "kind", "architecture", "preprocessing", "search", "graphs", "theta", "files"):
+            if key not in manifest:
+                raise BundleError(f"{mf}: missing '{key}'")
+        for name, digest in manifest["files"].items():
+            f = path / name
+            if Path(name).is_absolute() or ".." in Path(name).parts:
+                raise BundleError(f"{mf}: file entry {name!r} points outside the bundle")
+            if not f.is_file():
+                raise BundleError(f"{path}: {name} is missing")
+            got = sha256_file(f)
+            if got != digest:
+                raise BundleError(f"{path}: {name} has been modified (sha256 {got[:12]}..., manifest says "
+                                  f"{digest[:12]}...); re-export the bundle")
+        for role in ("step", "loss"):
+            if manifest["graphs"][role]["file"] not in manifest["files"]:
+                raise BundleError(f"{mf}: the {role} graph is not covered by a hash")
+        if manifest["theta"]["file"] not in manifest["files"]:
+            raise BundleError(f"{mf}: theta is not covered by a hash")
+        with np.load(path / manifest["theta"]["file"], allow_pickle=False) as z:
+            theta = {k: z[k] for k in z.files}
+        try:
+            b = cls(path, manifest, hashlib.sha256(raw).hexdigest(), theta)
+        except (KeyError, TypeError, ValueError) as e:
+            raise BundleError(f"{mf}: {e}") from None
+        missing = [n for n in b.trainable if n not in theta]
+        if missing:
+            raise BundleError(f"{path}: theta.npz lacks {missing}")
+        return b
+
+    def graph_path(self, role: str) -> Path:
+        return self.path / self.manifest["graphs"][role]["file"]
+
+    def graph_io(self, role: str) -> tuple[list[str], list[str]]:
+        g = self.manifest["graphs"][role]
+        return list(g["inputs"]), list(g["outputs"])
+
+    def initial_theta(self, seeds: int) -> list[np.ndarray]:
+        """Per-seed copies of the trainable theta in the graphs' layout."""
+        out = []
+        for n in self.trainable:
+            t = self.theta[n].astype(np.float32)
+            if self.search.theta_scope == "all" and n.startswith("w"):
+                out.append(np.ascontiguousarray(np.tile(t, (seeds, 1, 1, 1))))  # (S*Cin, Cout, k, k)
+            else:
+                out.append(np.ascontiguousarray(np.tile(t.reshape(1, -1), (seeds, 1))))  # (S, C)
+        return out
+
+    def describe(self) -> str:
+        s = self.search
+        return (f"{self.cls} {self.kind} bundle {self.bundle_hash[:12]} ({self.size}px, theta scope {s.theta_scope}, "
+                f"loss {s.loss}, n_seed {s.n_seed}, k {s.k})")

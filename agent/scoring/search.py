@@ -1,0 +1,90 @@
+"""Algorithm 1 over an engine backend: n_seed latent searches of k steps, mean final loss."""
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from agent.scoring.bundle import Bundle, SearchDefaults
+
+
+class BackendUnavailable(RuntimeError):
+    """The chosen engine cannot run on this machine (library or device missing)."""
+
+
+class Backend(ABC):
+    """An engine that runs a bundle's step and loss graphs for `seeds` seeds per call.
+
+    State (z, theta and their Adam moments) lives in the backend's own buffers between
+    `reset` and `final`; the search loop never copies it.
+    """
+
+    seeds: int
+
+    @abstractmethod
+    def reset(self, x: np.ndarray, z0: np.ndarray) -> None:
+        """Start a search: x (4, H, W), z0 (seeds, nz); theta from the bundle, moments zero."""
+
+    @abstractmethod
+    def step(self, t: int, lr_z: float, lr_theta: float) -> None:
+        """One Adam iteration (t is 1-based)."""
+
+    @abstractmethod
+    def final(self) -> tuple[np.ndarray, np.ndarray]:
+        """(loss per seed (seeds,), G(z) (seeds, 4, H, W)) with the current z and theta."""
+
+    def warmup(self, bundle: Bundle) -> None:
+        """Run one tiny search so the first real score pays no set-up cost."""
+        x = np.full((bundle.channels, bundle.size, bundle.size), -1.0, np.float32)
+        self.reset(x, np.zeros((self.seeds, bundle.nz), np.float32))
+        self.step(1, 0.0, 0.0)
+        self.final()
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    score: float              # mean over seeds of the final loss
+    per_seed: np.ndarray      # (n_seed,)
+    reconstruction: np.ndarray  # G(z*) of the best seed, (4, H, W) in [-1, 1]
+
+
+class Searcher:
+    """Scores model inputs with a bundle's search defaults, optionally overridden."""
+
+    def __init__(self, bundle: Bundle, backend: Backend, seed: int = 0, **overrides) -> None:
+        allowed = {"n_seed", "k", "lr_z", "lr_theta"}
+        bad = set(overrides) - allowed
+        if bad:
+            raise ValueError(f"only {sorted(allowed)} can be overridden at run time, not {sorted(bad)}")
+        self.bundle, self.backend, self.seed = bundle, backend, seed
+        self.params: SearchDefaults = replace(bundle.search, **{k: v for k, v in overrides.items() if v is not None})
+
+    def initial_z(self) -> np.ndarray:
+        """z0 for every seed: the same for every sample with the same `seed` (reproducible scores)."""
+        total = math.ceil(self.params.n_seed / self.backend.seeds) * self.backend.seeds
+        return np.random.default_rng(self.seed).standard_normal((total, self.bundle.nz)).astype(np.float32)
+
+    def score(self, x: np.ndarray) -> ScoreResult:
+        b = self.bundle
+        if x.shape != (b.channels, b.size, b.size) or x.dtype != np.float32:
+            raise ValueError(f"model input must be float32 {(b.channels, b.size, b.size)}, got {x.dtype} {x.shape}")
+        if not np.isfinite(x).all():
+            raise ValueError("model input contains NaN or infinite values")
+        p, s = self.params, self.backend.seeds
+        z_all = self.initial_z()
+        losses, recs = [], []
+        for start in range(0, len(z_all), s):
+            self.backend.reset(x, z_all[start:start + s])
+            for t in range(1, p.k + 1):
+                self.backend.step(t, p.lr_z, p.lr_theta)
+            loss, y = self.backend.final()
+            losses.append(loss.copy())
+            recs.append(y.copy())
+        per_seed = np.concatenate(losses)[: p.n_seed]
+        best = int(np.argmin(per_seed))
+        return ScoreResult(float(per_seed.mean()), per_seed, np.concatenate(recs)[best])

@@ -1,0 +1,94 @@
+"""Write a model bundle: manifest.json, the ONNX graphs, the initial theta, file hashes."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from adgan import __version__
+from agent.scoring.bundle import BUNDLE_FORMAT, MANIFEST, SearchDefaults, sha256_file
+from export.graphs import generator_theta
+from export.onnx_export import OPSET, export_graphs, loss_io, step_io
+from training.model import Architecture, Generator
+from training.train import load_checkpoint
+
+
+def generator_from_checkpoint(st: dict, use_ema: bool = True) -> tuple[Generator, str]:
+    arch = Architecture.from_dict(st["architecture"])
+    g = Generator(arch)
+    which = "generator_ema" if use_ema and st.get("generator_ema") is not None else "generator"
+    g.load_state_dict(st[which])
+    return g.eval(), which
+
+
+def write_bundle(run: str | Path, out: str | Path, search: SearchDefaults, use_ema: bool = True,
+                 force: bool = False) -> dict:
+    """Export a training run's generator as a bundle directory; returns the manifest."""
+    st = load_checkpoint(run)
+    g, which = generator_from_checkpoint(st, use_ema)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise ValueError(f"{out} exists and is not empty; choose another --out or pass --force")
+    tmp = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out.parent if out.parent.exists() else None))
+    try:
+        core = export_graphs(g, tmp, search.batch_seeds, search.theta_scope, search.loss, search.fg_threshold)
+        th = {k: v.numpy().astype(np.float32) for k, v in generator_theta(g).items()}
+        np.savez(tmp / "theta.npz", **th)
+        ins, outs = step_io(core.trainable)
+        lin, lout = loss_io(core.trainable)
+        files = {f: sha256_file(tmp / f) for f in ("step.onnx", "loss.onnx", "theta.npz")}
+        manifest = {
+            "format": BUNDLE_FORMAT,
+            "producer": f"adgan-edge {__version__}",
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "class": st["config"]["cls"],
+            "kind": st["config"]["kind"],
+            "architecture": st["architecture"],
+            "preprocessing": st["preprocessing"],
+            "search": search.to_dict(),
+            "graphs": {"opset": OPSET, "seeds_per_call": search.batch_seeds,
+                       "step": {"file": "step.onnx", "inputs": ins, "outputs": outs},
+                       "loss": {"file": "loss.onnx", "inputs": lin, "outputs": lout}},
+            "theta": {"file": "theta.npz", "trainable": core.trainable, "all": sorted(th)},
+            "training": {"run": str(Path(run).resolve()), "weights": which, "epoch": st["epoch"],
+                         "g_steps": st["g_steps"], "data": {k: v for k, v in st["data"].items() if k != "frames"}},
+            "files": files,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def torch_generator_from_bundle(bundle) -> Generator:
+    """Rebuild the generator (eval mode) from a loaded bundle's architecture and theta."""
+    arch = Architecture.from_dict(bundle.manifest["architecture"])
+    g = Generator(arch).eval()
+    th = bundle.theta
+    mods = list(g.net)
+    i = j = 0
+    with torch.no_grad():
+        while j < len(mods):
+            mods[j].weight.copy_(torch.from_numpy(th[f"w{i}"]))
+            if j + 1 < len(mods) and isinstance(mods[j + 1], torch.nn.BatchNorm2d):
+                bn = mods[j + 1]
+                bn.weight.copy_(torch.from_numpy(th[f"gamma{i}"]))
+                bn.bias.copy_(torch.from_numpy(th[f"beta{i}"]))
+                bn.running_mean.copy_(torch.from_numpy(th[f"mean{i}"]))
+                bn.running_var.copy_(torch.from_numpy(th[f"var{i}"]))
+                j += 3
+            else:
+                mods[j].bias.copy_(torch.from_numpy(th[f"bias{i}"]))
+                j += 2
+            i += 1
+    return g

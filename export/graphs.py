@@ -1,0 +1,264 @@
+"""Algorithm 1's inner step with the backward pass written out, for runtimes without autograd.
+
+The generator runs in eval mode: BatchNorm is y = s * a + t with s = gamma / sqrt(var + eps)
+and the running statistics as constants, gamma and beta stay trainable inputs.
+Activations carry the seeds on the batch axis, (S, C, H, W). With theta scope `all` every
+seed owns its weights: they are stacked along the input-channel axis, (S * Cin, Cout, k, k),
+and each ConvTranspose runs as one grouped convolution (groups = S). Backward through
+ConvTranspose2d(h; W):
+  dL/dh = conv2d(dL/do; W)                                   (the adjoint of the adjoint)
+  dL/dW = conv2d(dL/do as (Cout, S, H', W'), h as (S Cin, 1, H, W), dilation = stride)
+which are forward operators that ONNX and TensorRT run with weights as graph inputs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.model import Architecture, Generator
+
+SCOPES = ("all", "bn", "none")
+LOSSES = ("mse", "fg")
+BETA1, BETA2, ADAM_EPS = 0.9, 0.999, 1e-8
+
+
+@dataclass(frozen=True)
+class Layer:
+    cin: int
+    cout: int
+    stride: int
+    pad: int
+    bn: bool  # followed by BatchNorm + ReLU (else: the output layer, bias + tanh)
+
+
+def layers_of(arch: Architecture) -> list[Layer]:
+    ch = arch.g_channels()
+    out, c_in = [], arch.nz
+    for i, c in enumerate(ch):
+        out.append(Layer(c_in, c, 1 if i == 0 else 2, 0 if i == 0 else 1, True))
+        c_in = c
+    out.append(Layer(c_in, arch.channels, 2, 1, False))
+    return out
+
+
+def theta_names(arch: Architecture) -> list[str]:
+    """Names of all theta tensors in graph order: W, gamma, beta per block, then W and bias out."""
+    names = []
+    for i, l in enumerate(layers_of(arch)):
+        names.append(f"w{i}")
+        if l.bn:
+            names += [f"gamma{i}", f"beta{i}"]
+        else:
+            names.append(f"bias{i}")
+    return names
+
+
+def trainable_names(arch: Architecture, scope: str) -> list[str]:
+    if scope == "all":
+        return theta_names(arch)
+    if scope == "bn":
+        return [n for n in theta_names(arch) if n.startswith(("gamma", "beta"))]
+    return []
+
+
+def generator_theta(g: Generator) -> dict[str, torch.Tensor]:
+    """The generator's theta by graph name, plus BatchNorm running statistics ('mean{i}', 'var{i}')."""
+    out: dict[str, torch.Tensor] = {}
+    mods = list(g.net)
+    i = j = 0
+    while j < len(mods):
+        conv = mods[j]
+        out[f"w{i}"] = conv.weight.detach()
+        if j + 1 < len(mods) and isinstance(mods[j + 1], nn.BatchNorm2d):
+            bn = mods[j + 1]
+            out[f"gamma{i}"], out[f"beta{i}"] = bn.weight.detach(), bn.bias.detach()
+            out[f"mean{i}"], out[f"var{i}"] = bn.running_mean.detach(), bn.running_var.detach()
+            j += 3
+        else:
+            out[f"bias{i}"] = conv.bias.detach()
+            j += 2
+        i += 1
+    return out
+
+
+def per_seed(name: str, t: torch.Tensor, s: int) -> torch.Tensor:
+    """Theta as one seed-stacked tensor: W (S*Cin, Cout, k, k); gamma/beta/bias (S, C)."""
+    if name.startswith("w"):
+        return t.repeat(s, 1, 1, 1)
+    return t.reshape(1, -1).repeat(s, 1)
+
+
+class SearchStep(nn.Module):
+    """One Adam iteration of Algorithm 1 (`step`) or the loss alone (`loss`), autograd-free.
+
+    step inputs:  x (1, 4, H, W), t (step number, 1-based), lr_z, lr_theta, z (S, nz), m_z, v_z,
+                  then for each trainable theta tensor: value, m, v.
+    step outputs: loss (S,) before the update, z, m_z, v_z, then the trainable theta with m, v.
+    loss inputs:  x, z, trainable theta; output loss (S,).
+    Frozen theta and BatchNorm running statistics are buffers (initializers in ONNX).
+    """
+
+    def __init__(self, g: Generator, n_seed: int, scope: str = "all", loss: str = "mse",
+                 fg_threshold: float = -0.9, bn_eps: float = 1e-5) -> None:
+        super().__init__()
+        if scope not in SCOPES:
+            raise ValueError(f"theta scope must be one of {SCOPES}, got {scope!r}")
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        self.arch, self.S, self.scope, self.loss_kind = g.arch, n_seed, scope, loss
+        self.fg_threshold, self.layers = fg_threshold, layers_of(g.arch)
+        self.trainable = trainable_names(g.arch, scope)
+        th = generator_theta(g)
+        for i, l in enumerate(self.layers):
+            if l.bn:
+                self.register_buffer(f"rstd{i}", torch.rsqrt(th[f"var{i}"] + bn_eps))
+                self.register_buffer(f"mean{i}", th[f"mean{i}"].clone())
+        for name in theta_names(g.arch):
+            if name not in self.trainable:
+                self.register_buffer(f"frozen_{name}", th[name].clone())
+
+    # -- forward and backward, seeds on the batch axis ----------------------------------
+    def _convt(self, h, w, l: Layer, grouped: bool):
+        if grouped:
+            s = h.shape[0]
+            o = F.conv_transpose2d(h.reshape(1, -1, *h.shape[2:]), w, stride=l.stride, padding=l.pad, groups=s)
+            return o.reshape(s, l.cout, *o.shape[2:])
+        return F.conv_transpose2d(h, w, stride=l.stride, padding=l.pad)
+
+    def _convt_grad_input(self, do, w, l: Layer, grouped: bool):
+        if grouped:
+            s = do.shape[0]
+            dh = F.conv2d(do.reshape(1, -1, *do.shape[2:]), w, stride=l.stride, padding=l.pad, groups=s)
+            return dh.reshape(s, l.cin, *dh.shape[2:])
+        return F.conv2d(do, w, stride=l.stride, padding=l.pad)
+
+    def _convt_grad_weight(self, h, do, l: Layer):
+        # (Cout, S, H', W') * (S*Cin, 1, H, W) grouped by seed -> (Cout, S*Cin, k, k)
+        s = h.shape[0]
+        gw = F.conv2d(do.transpose(0, 1), h.reshape(s * l.cin, 1, *h.shape[2:]),
+                      padding=l.pad, dilation=l.stride, groups=s)
+        return gw.transpose(0, 1)
+
+    def _theta(self, name: str, theta: dict[str, torch.Tensor]) -> torch.Tensor:
+        return theta[name] if name in theta else getattr(self, f"frozen_{name}")
+
+    def _mask(self, x, y):
+        """Foreground where the sample or its reconstruction has depth (channel 3)."""
+        return ((x[:, 3:4] > -1.0) | (y[:, 3:4] > self.fg_threshold)).to(x.dtype)  # (S, 1, H, W)
+
+    def _loss_and_dy(self, x, y, need_grad: bool):
+        diff = y - x  # (S, 4, H, W), x broadcast over seeds
+        if self.loss_kind == "mse":
+            n = diff[0].numel()
+            loss = (diff * diff).sum(dim=(1, 2, 3)) / n
+            return loss, (diff * (2.0 / n) if need_grad else None)
+        m = self._mask(x, y)
+        cnt = torch.clamp(m.sum(dim=(1, 2, 3)), min=1.0) * x.shape[1]  # (S,)
+        loss = (diff * diff * m).sum(dim=(1, 2, 3)) / cnt
+        return loss, (diff * m * (2.0 / cnt).reshape(-1, 1, 1, 1) if need_grad else None)
+
+    def forward_backward(self, x, z, theta: dict[str, torch.Tensor], need_grad: bool = True):
+        grouped = self.scope == "all"
+        s = z.shape[0]
+        h = z.reshape(s, -1, 1, 1)
+        cache = []
+        for i, l in enumerate(self.layers):
+            w = self._theta(f"w{i}", theta)
+            a = self._convt(h, w, l, grouped)
+            if l.bn:
+                gamma = self._theta(f"gamma{i}", theta).reshape(-1, l.cout, 1, 1)
+                beta = self._theta(f"beta{i}", theta).reshape(-1, l.cout, 1, 1)
+                xhat = (a - getattr(self, f"mean{i}").reshape(1, -1, 1, 1)) * getattr(self, f"rstd{i}").reshape(1, -1, 1, 1)
+                b = gamma * xhat + beta
+                cache.append((h, xhat, b, gamma))
+                h = torch.relu(b)
+            else:
+                o = a + self._theta(f"bias{i}", theta).reshape(-1, l.cout, 1, 1)
+                y = torch.tanh(o)
+                cache.append((h, None, None, None))
+        loss, dy = self._loss_and_dy(x.to(y.dtype), y, need_grad)
+        if not need_grad:
+            return loss, {}, y
+        grads: dict[str, torch.Tensor] = {}
+        d = dy * (1 - y * y)  # through tanh
+        for i in range(len(self.layers) - 1, -1, -1):
+            l = self.layers[i]
+            h_in, xhat, b, gamma = cache[i]
+            if l.bn:
+                d = d * (b > 0).to(d.dtype)  # through ReLU
+                if f"gamma{i}" in self.trainable:
+                    grads[f"gamma{i}"] = (d * xhat).sum(dim=(2, 3))
+                    grads[f"beta{i}"] = d.sum(dim=(2, 3))
+                d = d * (gamma * getattr(self, f"rstd{i}").reshape(1, -1, 1, 1))
+            elif f"bias{i}" in self.trainable:
+                grads[f"bias{i}"] = d.sum(dim=(2, 3))
+            if f"w{i}" in self.trainable:
+                grads[f"w{i}"] = self._convt_grad_weight(h_in, d, l)
+            d = self._convt_grad_input(d, self._theta(f"w{i}", theta), l, grouped)
+        return loss, grads, d.reshape(s, -1)
+
+    # -- graphs -------------------------------------------------------------------------
+    @staticmethod
+    def adam(p, g, m, v, t, lr):
+        """torch.optim.Adam's update (no weight decay, no amsgrad), fused."""
+        m = BETA1 * m + (1 - BETA1) * g
+        v = BETA2 * v + (1 - BETA2) * g * g
+        bc1 = 1 - torch.pow(torch.full_like(t, BETA1), t)
+        sq_bc2 = torch.sqrt(1 - torch.pow(torch.full_like(t, BETA2), t))
+        # = lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps), written so that eps never stands
+        # alone: ONNX graph optimisers drop "x + 1e-8" as adding zero (seen with the
+        # torch.onnx dynamo exporter's optimize=True), and then v = 0 gives 0 / 0.
+        p = p - (lr / bc1) * m * sq_bc2 / (torch.sqrt(v) + ADAM_EPS * sq_bc2)
+        return p, m, v
+
+    def step(self, x, t, lr_z, lr_theta, z, m_z, v_z, *theta_state):
+        k = len(self.trainable)
+        vals, ms, vs = theta_state[:k], theta_state[k:2 * k], theta_state[2 * k:]
+        theta = dict(zip(self.trainable, vals))
+        loss, grads, dz = self.forward_backward(x, z, theta)
+        z, m_z, v_z = self.adam(z, dz, m_z, v_z, t, lr_z)
+        new_p, new_m, new_v = [], [], []
+        for name, p, m, v in zip(self.trainable, vals, ms, vs):
+            p, m, v = self.adam(p, grads[name], m, v, t, lr_theta)
+            new_p.append(p)
+            new_m.append(m)
+            new_v.append(v)
+        return (loss, z, m_z, v_z, *new_p, *new_m, *new_v)
+
+    def loss(self, x, z, *theta):
+        return self.forward_backward(x, z, dict(zip(self.trainable, theta)), need_grad=False)[0]
+
+    def reconstruct(self, x, z, *theta):
+        """(loss (S,), G(z) (S, 4, H, W)) with the given theta."""
+        loss, _, y = self.forward_backward(x, z, dict(zip(self.trainable, theta)), need_grad=False)
+        return loss, y
+
+    def init_theta(self, g: Generator) -> list[torch.Tensor]:
+        """Per-seed copies of the trainable theta (the starting point of every search)."""
+        th = generator_theta(g)
+        if self.scope == "all":
+            return [per_seed(n, th[n], self.S) for n in self.trainable]
+        return [th[n].reshape(1, -1).repeat(self.S, 1) for n in self.trainable]
+
+
+class StepGraph(nn.Module):
+    """`SearchStep.step` as a module's forward, for export."""
+
+    def __init__(self, core: SearchStep) -> None:
+        super().__init__()
+        self.core = core
+
+    def forward(self, *args):
+        return self.core.step(*args)
+
+
+class LossGraph(nn.Module):
+    def __init__(self, core: SearchStep) -> None:
+        super().__init__()
+        self.core = core
+
+    def forward(self, *args):
+        return self.core.loss(*args)

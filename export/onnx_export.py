@@ -1,0 +1,71 @@
+"""Export the explicit `step` and `loss` graphs to ONNX and check them."""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from pathlib import Path
+
+import torch
+
+from export.graphs import LossGraph, SearchStep, StepGraph
+from training.model import Generator
+
+log = logging.getLogger(__name__)
+OPSET = 17  # the newest opset of the TensorRT ONNX parser list we check against (8.5+)
+
+
+def step_io(trainable: list[str]) -> tuple[list[str], list[str]]:
+    ins = ["x", "t", "lr_z", "lr_theta", "z", "m_z", "v_z", *trainable,
+           *[f"m_{n}" for n in trainable], *[f"v_{n}" for n in trainable]]
+    outs = ["loss", "z_out", "m_z_out", "v_z_out", *[f"{n}_out" for n in trainable],
+            *[f"m_{n}_out" for n in trainable], *[f"v_{n}_out" for n in trainable]]
+    return ins, outs
+
+
+def loss_io(trainable: list[str]) -> tuple[list[str], list[str]]:
+    return ["x", "z", *trainable], ["loss", "y"]
+
+
+def _export(module: torch.nn.Module, args: tuple, path: Path, ins: list[str], outs: list[str]) -> None:
+    import onnx
+
+    # The dynamo exporter narrates on stdout; keep the CLI's output for the user.
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        torch.onnx.export(module, args, str(path), input_names=ins, output_names=outs, dynamo=True,
+                          opset_version=OPSET, optimize=True, external_data=False)
+    log.debug("onnx export of %s: %s", path.name, buf.getvalue())
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    got_in = [i.name for i in model.graph.input]
+    got_out = [o.name for o in model.graph.output]
+    if got_in != ins or got_out != outs:
+        raise RuntimeError(f"{path.name}: exported inputs/outputs {got_in} -> {got_out} differ from {ins} -> {outs}")
+
+
+class _LossWithY(torch.nn.Module):
+    def __init__(self, core: SearchStep) -> None:
+        super().__init__()
+        self.core = core
+
+    def forward(self, x, z, *theta):
+        return self.core.reconstruct(x, z, *theta)
+
+
+def export_graphs(g: Generator, out: Path, n_seed: int, scope: str, loss: str, fg_threshold: float) -> SearchStep:
+    """Write out/step.onnx and out/loss.onnx for `n_seed` seeds per call; returns the core module."""
+    g = g.eval()
+    core = SearchStep(g, n_seed, scope, loss, fg_threshold).eval()
+    th = core.init_theta(g)
+    size = g.arch.size
+    x = torch.zeros(1, g.arch.channels, size, size)
+    z = torch.randn(n_seed, g.arch.nz)
+    # Every example input must be its own tensor: torch.export merges aliased inputs
+    # into one graph input (m and v would become the same tensor).
+    sc = lambda v: torch.tensor(v, dtype=torch.float32)  # noqa: E731
+    step_args = (x, sc(1.0), sc(5e-2), sc(6e-9), z, torch.zeros_like(z), torch.zeros_like(z), *th,
+                 *[torch.zeros_like(t) for t in th], *[torch.zeros_like(t) for t in th])
+    _export(StepGraph(core).eval(), step_args, out / "step.onnx", *step_io(core.trainable))
+    _export(_LossWithY(core).eval(), (x, z, *th), out / "loss.onnx", *loss_io(core.trainable))
+    return core

@@ -1,0 +1,98 @@
+"""Algorithm 1 with PyTorch autograd and torch.optim.Adam: the oracle and the baseline.
+
+For each of n_seed seeds: z ~ N(0, I) and a private copy of theta; k Adam steps on z
+(lr_z) and theta (lr_theta) of the reconstruction loss; the seed's score is the loss
+after the k-th update. The sample's score is the mean over seeds.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from training.model import Generator
+
+
+def reconstruction_loss(y: torch.Tensor, x: torch.Tensor, kind: str, fg_threshold: float = -0.9) -> torch.Tensor:
+    """Per-sample loss (B,): mean squared error over the image, or over its foreground."""
+    diff = y - x
+    if kind == "mse":
+        return (diff * diff).flatten(1).mean(1)
+    if kind != "fg":
+        raise ValueError(f"loss must be 'mse' or 'fg', got {kind!r}")
+    with torch.no_grad():
+        m = ((x[:, 3:4] > -1.0) | (y[:, 3:4] > fg_threshold)).to(y.dtype)
+        cnt = torch.clamp(m.flatten(1).sum(1), min=1.0) * y.shape[1]
+    return (diff * diff * m).flatten(1).sum(1) / cnt
+
+
+def search_seed(g: Generator, x: torch.Tensor, z0: torch.Tensor, k: int, lr_z: float, lr_theta: float,
+                scope: str = "all", loss: str = "mse", fg_threshold: float = -0.9,
+                trace: list | None = None) -> float:
+    """One seed of Algorithm 1 from z0 (nz,); returns the loss after the k-th update."""
+    gs = copy.deepcopy(g).eval()
+    z = z0.detach().clone().reshape(1, -1).requires_grad_(True)
+    groups = [{"params": [z], "lr": lr_z}]
+    if scope == "all":
+        params = list(gs.parameters())
+    elif scope == "bn":
+        params = [p for m in gs.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()]
+    else:
+        params = []
+    for p in gs.parameters():
+        p.requires_grad_(any(p is q for q in params))
+    if params:
+        groups.append({"params": params, "lr": lr_theta})
+    opt = torch.optim.Adam(groups)
+    for _ in range(k):
+        opt.zero_grad(set_to_none=True)
+        y = gs(z)
+        l = reconstruction_loss(y, x, loss, fg_threshold).sum()
+        if trace is not None:
+            trace.append(y.detach().clone())
+        l.backward()
+        opt.step()
+    with torch.no_grad():
+        return reconstruction_loss(gs(z), x, loss, fg_threshold).item()
+
+
+def score(g: Generator, x: torch.Tensor, z0: torch.Tensor, k: int, lr_z: float, lr_theta: float,
+          scope: str = "all", loss: str = "mse", fg_threshold: float = -0.9) -> tuple[float, list[float]]:
+    """(mean over seeds, per-seed losses) for x (1, 4, H, W) and starting latents z0 (S, nz)."""
+    per = [search_seed(g, x, z0[s], k, lr_z, lr_theta, scope, loss, fg_threshold) for s in range(z0.shape[0])]
+    return sum(per) / len(per), per
+
+
+class ReferenceSearcher:
+    """`adgan score --backend torch`: the autograd reference with the runtime's z0 and defaults."""
+
+    def __init__(self, bundle, seed: int = 0, **overrides) -> None:
+        from dataclasses import replace
+
+        from export.bundle import torch_generator_from_bundle
+
+        self.bundle, self.seed = bundle, seed
+        self.params = replace(bundle.search, **{k: v for k, v in overrides.items() if v is not None})
+        self.g = torch_generator_from_bundle(bundle)
+        self.seeds = bundle.seeds_per_call
+
+    def initial_z(self):
+        import math
+
+        import numpy as np
+        total = math.ceil(self.params.n_seed / self.seeds) * self.seeds
+        return np.random.default_rng(self.seed).standard_normal((total, self.bundle.nz)).astype(np.float32)
+
+    def score(self, x):
+        import numpy as np
+
+        from agent.scoring.search import ScoreResult
+        p = self.params
+        z0 = torch.from_numpy(self.initial_z()[: p.n_seed])
+        xt = torch.from_numpy(x).unsqueeze(0)
+        per = []
+        for s in range(p.n_seed):
+            per.append(search_seed(self.g, xt, z0[s], p.k, p.lr_z, p.lr_theta, p.theta_scope, p.loss,
+                                   p.fg_threshold))
+        per_seed = np.array(per, np.float32)
+        return ScoreResult(float(per_seed.mean()), per_seed, np.zeros_like(x))

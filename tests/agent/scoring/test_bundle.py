@@ -1,0 +1,83 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from agent.scoring.bundle import Bundle, BundleError, SearchDefaults
+
+
+def test_manifest_records_what_the_device_needs(bundles):
+    b = Bundle.load(bundles[("all", "mse")])
+    m = b.manifest
+    assert m["format"] == 1 and m["class"] == "sphere" and m["kind"] == "gan"
+    assert m["architecture"]["size"] == 32 and m["preprocessing"]["size"] == 32
+    assert m["search"]["theta_scope"] == "all" and m["search"]["k"] == 5
+    assert set(m["files"]) == {"step.onnx", "loss.onnx", "theta.npz"}
+    assert all(len(h) == 64 for h in m["files"].values())
+    assert m["producer"].startswith("adgan-edge") and len(b.bundle_hash) == 64
+    assert b.initial_theta(3)[0].shape[0] == 3 * b.nz  # per-seed W0 stacked along Cin
+
+
+def test_tampered_graph_is_refused(bundles, tmp_path):
+    p = tmp_path / "b"
+    shutil.copytree(bundles[("all", "mse")], p)
+    with open(p / "step.onnx", "ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(BundleError, match="step.onnx has been modified"):
+        Bundle.load(p)
+
+
+def test_tampered_manifest_changes_identity_or_is_refused(bundles, tmp_path):
+    p = tmp_path / "b"
+    shutil.copytree(bundles[("all", "mse")], p)
+    before = Bundle.load(p).bundle_hash
+    m = json.loads((p / "manifest.json").read_text())
+    m["search"]["k"] = 50  # a different model behaviour is a different bundle
+    (p / "manifest.json").write_text(json.dumps(m))
+    assert Bundle.load(p).bundle_hash != before
+    m["files"]["theta.npz"] = "0" * 64
+    (p / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="theta.npz has been modified"):
+        Bundle.load(p)
+
+
+@pytest.mark.parametrize("edit, msg", [
+    (lambda m: m.update(format=99), "format 99"),
+    (lambda m: m.pop("graphs"), "missing 'graphs'"),
+    (lambda m: m["files"].update({"../evil": "0" * 64}), "outside the bundle"),
+])
+def test_bad_manifests_are_refused(bundles, tmp_path, edit, msg):
+    p = tmp_path / "b"
+    shutil.copytree(bundles[("all", "mse")], p)
+    m = json.loads((p / "manifest.json").read_text())
+    edit(m)
+    (p / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match=msg):
+        Bundle.load(p)
+
+
+def test_missing_file_and_not_a_bundle(bundles, tmp_path):
+    with pytest.raises(BundleError, match="no manifest.json"):
+        Bundle.load(tmp_path)
+    p = tmp_path / "b"
+    shutil.copytree(bundles[("all", "mse")], p)
+    (p / "loss.onnx").unlink()
+    with pytest.raises(BundleError, match="loss.onnx is missing"):
+        Bundle.load(p)
+
+
+def test_search_defaults_validate():
+    with pytest.raises(ValueError, match="theta_scope"):
+        SearchDefaults(theta_scope="most")
+    with pytest.raises(ValueError, match=">= 1"):
+        SearchDefaults(k=0)
+    with pytest.raises(ValueError, match="unknown search fields"):
+        SearchDefaults.from_dict({"k": 3, "lr": 1})
+
+
+def test_export_refuses_to_overwrite(tiny_run, bundles):
+    from export.bundle import write_bundle
+    with pytest.raises(ValueError, match="not empty"):
+        write_bundle(tiny_run, bundles[("all", "mse")], SearchDefaults())
+    assert Bundle.load(bundles[("all", "mse")])  # untouched

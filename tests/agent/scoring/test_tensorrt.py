@@ -1,0 +1,145 @@
+"""The TensorRT plugin. TensorRT and CUDA cannot be installed here: the buffer and iteration
+logic runs against a fake engine (each engine's ONNX graph in ONNX Runtime over fake
+device memory), and the real path runs only where tensorrt imports and a GPU exists."""
+import importlib.util
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from adgan.cli import main
+from agent.scoring.bundle import Bundle
+from agent.scoring.onnxruntime import OnnxRuntimeBackend
+from agent.scoring.search import Searcher
+from agent.scoring.tensorrt import TensorRTBackend, TensorRTUnavailable
+from agent.segment.preprocess import sample_to_input
+from agent.sources.folder import read_sample
+
+HAVE_TRT = importlib.util.find_spec("tensorrt") is not None and importlib.util.find_spec("pycuda") is not None
+
+
+class FakeCuda:
+    """Device memory as numpy byte arrays at made-up addresses; counts every copy."""
+
+    def __init__(self):
+        self.mem, self.next, self.copies = {}, 1 << 20, {"htod": 0, "dtoh": 0, "dtod": 0}
+
+    def describe(self):
+        return {"gpu": "fake", "compute_capability": "0.0", "cuda_driver": 0}
+
+    def alloc(self, nbytes):
+        addr = self.next
+        self.mem[addr] = np.zeros(nbytes, np.uint8)
+        self.next += nbytes + 256
+        return addr
+
+    def view(self, addr, nbytes):
+        for base, buf in self.mem.items():
+            if base <= addr and addr + nbytes <= base + len(buf):
+                return buf[addr - base: addr - base + nbytes]
+        raise AssertionError(f"bad device address {addr}")
+
+    def htod(self, dst, src):
+        src = np.ascontiguousarray(src)
+        self.view(dst, src.nbytes)[:] = src.view(np.uint8).reshape(-1)
+        self.copies["htod"] += 1
+
+    def dtoh(self, dst, src):
+        dst.view(np.uint8).reshape(-1)[:] = self.view(src, dst.nbytes)
+        self.copies["dtoh"] += 1
+
+    def dtod(self, dst, src, nbytes):
+        self.view(dst, nbytes)[:] = self.view(src, nbytes)
+        self.copies["dtod"] += 1
+
+    def zero(self, dst, nbytes):
+        self.view(dst, nbytes)[:] = 0
+
+    stream_handle = 0
+
+    def sync(self):
+        pass
+
+    def close(self):
+        pass
+
+
+class FakeEngine:
+    def __init__(self, path, cuda):
+        self.sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.cuda = cuda
+
+    def create_execution_context(self):
+        return FakeContext(self)
+
+
+class FakeContext:
+    def __init__(self, engine):
+        self.e, self.addr, self.runs = engine, {}, 0
+
+    def set_tensor_address(self, name, addr):
+        self.addr[name] = addr
+        return True
+
+    def execute_async_v3(self, stream):
+        io = self.e.sess
+        feed = {}
+        for i in io.get_inputs():
+            shape = [d for d in i.shape]
+            n = int(np.prod(shape)) if shape else 1
+            feed[i.name] = self.e.cuda.view(self.addr[i.name], 4 * n).view(np.float32).reshape(shape).copy()
+        outs = io.run(None, feed)
+        for o, val in zip(io.get_outputs(), outs):
+            self.e.cuda.view(self.addr[o.name], val.nbytes)[:] = np.ascontiguousarray(val).view(np.uint8).reshape(-1)
+        self.runs += 1
+        return True
+
+
+def fake_loader(bundle, fp16, cuda):
+    return None, None, {r: FakeEngine(bundle.graph_path(r), cuda) for r in ("step", "loss")}, {"tensorrt": "fake"}
+
+
+def test_tensorrt_plugin_buffers_and_iteration_with_a_fake_engine(bundles, synth_data):
+    b = Bundle.load(bundles[("all", "mse")])
+    cuda = FakeCuda()
+    trt_backend = TensorRTBackend(b, cuda=cuda, loader=fake_loader)
+    xs = [sample_to_input(read_sample(synth_data / "test" / c, 0), 32) for c in ("sphere", "cylinder")]
+    ref = Searcher(b, OnnxRuntimeBackend(b), seed=4)
+    got = Searcher(b, trt_backend, seed=4)
+    before = dict(cuda.copies)
+    for x in xs:
+        np.testing.assert_array_equal(got.score(x).per_seed, ref.score(x).per_seed)
+    # per sample: x and z up, theta copied on the device, loss and G(z) down; nothing per step
+    per_sample = {k: (cuda.copies[k] - before[k]) / len(xs) for k in before}
+    assert per_sample["htod"] <= 2 + 2 / len(xs)  # + the learning rates, once
+    assert per_sample["dtoh"] == 2 and per_sample["dtod"] == len(b.trainable)
+    assert trt_backend.versions["tensorrt"] == "fake"
+    # the two step contexts (A -> B, B -> A) alternate: odd steps on one, even on the other
+    k = b.search.k
+    assert [c.runs for c in trt_backend.step_ctx] == [len(xs) * ((k + 1) // 2), len(xs) * (k // 2)]
+
+
+@pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed here")
+def test_missing_tensorrt_is_a_clear_error_not_a_traceback(bundles, synth_data, tmp_path, capsys):
+    with pytest.raises(TensorRTUnavailable, match="JetPack"):
+        TensorRTBackend(Bundle.load(bundles[("all", "mse")]))
+    rc = main(["score", str(bundles[("all", "mse")]), str(synth_data / "test" / "sphere"), "--backend", "tensorrt",
+               "--out", str(tmp_path / "s.csv"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "TensorRT is not installed" in err and "Traceback" not in err
+    assert main(["export", "build-engine", str(bundles[("all", "mse")])]) == 2
+
+
+@pytest.mark.tensorrt
+@pytest.mark.skipif(not HAVE_TRT, reason="needs TensorRT, pycuda and an NVIDIA GPU (a Jetson)")
+def test_tensorrt_engine_scores_like_onnxruntime(bundles, synth_data, tmp_path):
+    import shutil
+    from agent.scoring.tensorrt import build_engine
+    p = tmp_path / "b"
+    shutil.copytree(bundles[("all", "mse")], p)
+    build_engine(p)
+    b = Bundle.load(p)
+    x = sample_to_input(read_sample(synth_data / "test" / "sphere", 0), 32)
+    got = Searcher(b, TensorRTBackend(b), seed=1).score(x)
+    ref = Searcher(b, OnnxRuntimeBackend(b), seed=1).score(x)
+    assert abs(got.score / ref.score - 1) < 1e-3
