@@ -32,10 +32,20 @@ def write_bundle(run: str | Path, out: str | Path, search: SearchDefaults, use_e
     """Export a training run's generator as a bundle directory; returns the manifest."""
     st = load_checkpoint(run)
     g, which = generator_from_checkpoint(st, use_ema)
+    info = {"class": st["config"]["cls"], "kind": st["config"]["kind"], "preprocessing": st["preprocessing"],
+            "training": {"run": str(Path(run).resolve()), "weights": which, "epoch": st["epoch"],
+                         "g_steps": st["g_steps"], "data": {k: v for k, v in st["data"].items() if k != "frames"}}}
+    return write_generator_bundle(g, out, search, info, force)
+
+
+def write_generator_bundle(g: Generator, out: str | Path, search: SearchDefaults, info: dict,
+                           force: bool = False) -> dict:
+    """Write a bundle for generator `g`; `info` gives class, kind, preprocessing and training."""
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
         raise ValueError(f"{out} exists and is not empty; choose another --out or pass --force")
-    tmp = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out.parent if out.parent.exists() else None))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out.parent))
     try:
         core = export_graphs(g, tmp, search.batch_seeds, search.theta_scope, search.loss, search.fg_threshold)
         th = {k: v.numpy().astype(np.float32) for k, v in generator_theta(g).items()}
@@ -47,20 +57,20 @@ def write_bundle(run: str | Path, out: str | Path, search: SearchDefaults, use_e
             "format": BUNDLE_FORMAT,
             "producer": f"adgan-edge {__version__}",
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "class": st["config"]["cls"],
-            "kind": st["config"]["kind"],
-            "architecture": st["architecture"],
-            "preprocessing": st["preprocessing"],
+            "class": info["class"],
+            "kind": info["kind"],
+            "architecture": g.arch.to_dict(),
+            "preprocessing": info["preprocessing"],
             "search": search.to_dict(),
             "graphs": {"opset": OPSET, "seeds_per_call": search.batch_seeds,
                        "step": {"file": "step.onnx", "inputs": ins, "outputs": outs},
                        "loss": {"file": "loss.onnx", "inputs": lin, "outputs": lout}},
             "theta": {"file": "theta.npz", "trainable": core.trainable, "all": sorted(th)},
-            "training": {"run": str(Path(run).resolve()), "weights": which, "epoch": st["epoch"],
-                         "g_steps": st["g_steps"], "data": {k: v for k, v in st["data"].items() if k != "frames"}},
+            "training": info.get("training", {}),
             "files": files,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a bundle is read by the agent's user
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

@@ -256,9 +256,11 @@ class StepGraph(nn.Module):
 
 
 class LossGraph(nn.Module):
+    """`SearchStep.reconstruct` (loss per seed and G(z)) as a module's forward, for export."""
+
     def __init__(self, core: SearchStep) -> None:
         super().__init__()
         self.core = core
 
-    def forward(self, *args):
-        return self.core.loss(*args)
+    def forward(self, x, z, *theta):
+        return self.core.reconstruct(x, z, *theta)

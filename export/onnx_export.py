@@ -30,11 +30,22 @@ def loss_io(trainable: list[str]) -> tuple[list[str], list[str]]:
 def _export(module: torch.nn.Module, args: tuple, path: Path, ins: list[str], outs: list[str]) -> None:
     import onnx
 
-    # The dynamo exporter narrates on stdout; keep the CLI's output for the user.
+    # The dynamo exporter narrates on stdout and through loggers; keep the CLI's output for the user.
     buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        torch.onnx.export(module, args, str(path), input_names=ins, output_names=outs, dynamo=True,
-                          opset_version=OPSET, optimize=True, external_data=False)
+    quiet = [logging.getLogger(n) for n in ("onnxscript", "torch.onnx", "torch._export", "torch.export")]
+    levels = [lg.level for lg in quiet]
+    for lg in quiet:
+        lg.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+            torch.onnx.export(module, args, str(path), input_names=ins, output_names=outs, dynamo=True,
+                              opset_version=OPSET, optimize=True, external_data=False)
+    except Exception:
+        log.error("ONNX export of %s failed; exporter output:\n%s", path.name, buf.getvalue())
+        raise
+    finally:
+        for lg, lvl in zip(quiet, levels):
+            lg.setLevel(lvl)
     log.debug("onnx export of %s: %s", path.name, buf.getvalue())
     model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)
@@ -42,15 +53,6 @@ def _export(module: torch.nn.Module, args: tuple, path: Path, ins: list[str], ou
     got_out = [o.name for o in model.graph.output]
     if got_in != ins or got_out != outs:
         raise RuntimeError(f"{path.name}: exported inputs/outputs {got_in} -> {got_out} differ from {ins} -> {outs}")
-
-
-class _LossWithY(torch.nn.Module):
-    def __init__(self, core: SearchStep) -> None:
-        super().__init__()
-        self.core = core
-
-    def forward(self, x, z, *theta):
-        return self.core.reconstruct(x, z, *theta)
 
 
 def export_graphs(g: Generator, out: Path, n_seed: int, scope: str, loss: str, fg_threshold: float) -> SearchStep:
@@ -67,5 +69,5 @@ def export_graphs(g: Generator, out: Path, n_seed: int, scope: str, loss: str, f
     step_args = (x, sc(1.0), sc(5e-2), sc(6e-9), z, torch.zeros_like(z), torch.zeros_like(z), *th,
                  *[torch.zeros_like(t) for t in th], *[torch.zeros_like(t) for t in th])
     _export(StepGraph(core).eval(), step_args, out / "step.onnx", *step_io(core.trainable))
-    _export(_LossWithY(core).eval(), (x, z, *th), out / "loss.onnx", *loss_io(core.trainable))
+    _export(LossGraph(core).eval(), (x, z, *th), out / "loss.onnx", *loss_io(core.trainable))
     return core

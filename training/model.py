@@ -19,17 +19,19 @@ The paper's code kept BatchNorm and a sigmoid in the critic of its "WGAN"; we do
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from agent.records import StrictRecord
 
 KINDS = ("gan", "wgan", "wgan-gp")
 SIZES = (32, 64, 128)
 
 
 @dataclass(frozen=True)
-class Architecture:
+class Architecture(StrictRecord):
     """Everything needed to rebuild the networks (stored in checkpoints and bundles)."""
 
     size: int = 64
@@ -59,15 +61,6 @@ class Architecture:
     def d_channels(self) -> list[int]:
         return [self.features_d * m for m in (1, 2, 4, 8, 16)[: self.n_blocks]]
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Architecture":
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown architecture fields: {sorted(unknown)}")
-        return cls(**d)
 
 
 def init_weights(m: nn.Module) -> None:

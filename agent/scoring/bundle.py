@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from agent.records import StrictRecord
 from agent.segment.preprocess import Preprocessing
 
 BUNDLE_FORMAT = 1
@@ -41,7 +41,7 @@ def sha256_file(path: Path) -> str:
 
 
 @dataclass(frozen=True)
-class SearchDefaults:
+class SearchDefaults(StrictRecord):
     """Algorithm 1's hyperparameters as exported (the paper's values by default)."""
 
     n_seed: int = 3
@@ -65,15 +65,6 @@ class SearchDefaults:
         if not -1 < self.fg_threshold < 1:
             raise ValueError(f"fg_threshold must be in (-1, 1), got {self.fg_threshold}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SearchDefaults":
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown search fields: {sorted(unknown)}")
-        return cls(**d)
 
 
 class Bundle:

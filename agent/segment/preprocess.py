@@ -6,20 +6,21 @@ calibrated and deployed sees the same pixels.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
 import cv2
 import numpy as np
 
 from agent.frame import NoObjectError, RGBDFrame, Sample
+from agent.records import StrictRecord
 from agent.segment.segmentation import Segmentation
 
 PREPROCESSING_VERSION = 1
 
 
 @dataclass(frozen=True)
-class Preprocessing:
+class Preprocessing(StrictRecord):
     """How a segmented frame becomes a model input.
 
     depth_norm:
@@ -56,15 +57,6 @@ class Preprocessing:
             raise ValueError(f"preprocessing version {self.version} is not supported "
                              f"(this build reads version {PREPROCESSING_VERSION})")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Preprocessing":
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown preprocessing fields: {sorted(unknown)}")
-        return cls(**d)
 
 
 def _square_window(frame_hw: tuple[int, int], roi: tuple[int, int, int, int] | None,

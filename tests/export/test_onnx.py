@@ -8,8 +8,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from export.graphs import SearchStep
-from export.onnx_export import OPSET, export_graphs, step_io
+from export.onnx_export import export_graphs, step_io
 from tests.export.conftest import random_generator, sample_x
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,7 +1,6 @@
 import json
 import shutil
 
-import numpy as np
 import pytest
 
 from agent.scoring.bundle import Bundle, BundleError, SearchDefaults
@@ -72,7 +71,7 @@ def test_search_defaults_validate():
         SearchDefaults(theta_scope="most")
     with pytest.raises(ValueError, match=">= 1"):
         SearchDefaults(k=0)
-    with pytest.raises(ValueError, match="unknown search fields"):
+    with pytest.raises(ValueError, match="unknown SearchDefaults fields"):
         SearchDefaults.from_dict({"k": 3, "lr": 1})
 
 
