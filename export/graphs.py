@@ -7,7 +7,7 @@ seed owns its weights: they are stacked along the input-channel axis, (S * Cin, 
 and each ConvTranspose runs as one grouped convolution (groups = S). Backward through
 ConvTranspose2d(h; W):
   dL/dh = conv2d(dL/do; W)                                   (the adjoint of the adjoint)
-  dL/dW = conv2d(dL/do as (Cout, S, H', W'), h as (S Cin, 1, H, W), dilation = stride)
+  dL/dW = h (S, Cin, HW) @ the 16 kernel-tap slices of dL/do (S, HW, Cout*16)
 which are forward operators that ONNX and TensorRT run with weights as graph inputs.
 """
 from __future__ import annotations
@@ -136,11 +136,26 @@ class SearchStep(nn.Module):
         return F.conv2d(do, w, stride=l.stride, padding=l.pad)
 
     def _convt_grad_weight(self, h, do, l: Layer):
-        # (Cout, S, H', W') * (S*Cin, 1, H, W) grouped by seed -> (Cout, S*Cin, k, k)
-        s = h.shape[0]
-        gw = F.conv2d(do.transpose(0, 1), h.reshape(s * l.cin, 1, *h.shape[2:]),
-                      padding=l.pad, dilation=l.stride, groups=s)
-        return gw.transpose(0, 1)
+        """dL/dW of ConvTranspose2d(h; W) per seed, as one batched matmul.
+
+        dW[ci, co, kh, kw] = sum_yx h[ci, y, x] * do[co, s*y - p + kh, s*x - p + kw]: for
+        each of the 4x4 kernel taps a strided slice of the padded do, then
+        (S, Cin, HW) @ (S, HW, Cout*16). Same FLOPs as a dilated convolution with an
+        image-sized kernel, but a shape every GEMM library runs at full speed.
+        """
+        s_, cin, hh, ww = h.shape
+        st, p = l.stride, l.pad
+        dp = do
+        if p:  # zero border by concatenation: a Pad op would keep the export at opset 18
+            zr = do.new_zeros(s_, l.cout, p, do.shape[3])
+            dp = torch.cat([zr, do, zr], dim=2)
+            zc = do.new_zeros(s_, l.cout, dp.shape[2], p)
+            dp = torch.cat([zc, dp, zc], dim=3)
+        taps = [dp[:, :, kh: kh + st * (hh - 1) + 1: st, kw: kw + st * (ww - 1) + 1: st]
+                for kh in range(4) for kw in range(4)]  # 16 x (S, Cout, H, W)
+        cols = torch.stack(taps, dim=2).reshape(s_, l.cout * 16, hh * ww)  # (S, Cout*16, HW)
+        gw = torch.matmul(h.reshape(s_, cin, hh * ww), cols.transpose(1, 2))  # (S, Cin, Cout*16)
+        return gw.reshape(s_ * cin, l.cout, 4, 4)
 
     def _theta(self, name: str, theta: dict[str, torch.Tensor]) -> torch.Tensor:
         return theta[name] if name in theta else getattr(self, f"frozen_{name}")
@@ -211,7 +226,8 @@ class SearchStep(nn.Module):
         # = lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps), written so that eps never stands
         # alone: ONNX graph optimisers drop "x + 1e-8" as adding zero (seen with the
         # torch.onnx dynamo exporter's optimize=True), and then v = 0 gives 0 / 0.
-        p = p - (lr / bc1) * m * sq_bc2 / (torch.sqrt(v) + ADAM_EPS * sq_bc2)
+        # Scalars first: every full-size operation is a pass over theta-sized memory.
+        p = p - (lr / bc1 * sq_bc2) * m / (torch.sqrt(v) + ADAM_EPS * sq_bc2)
         return p, m, v
 
     def step(self, x, t, lr_z, lr_theta, z, m_z, v_z, *theta_state):

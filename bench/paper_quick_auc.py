@@ -1,0 +1,78 @@
+"""Quick held-out check of generators trained on the paper's data: AUROC per class.
+
+Train frames 0:700, evaluate frames 700:1000 of all three classes: a class's own samples
+are normal, the other two classes anomalous (the paper's protocol). Scores come from the
+bundles through ONNX Runtime, as the device would compute them. The full evaluation
+(Table 2, figures, thresholds) belongs to `adgan evaluate`; this is the sanity check.
+
+    .venv/bin/python bench/paper_quick_auc.py RUN_DIR_PATTERN [--scopes none] [--losses mse,fg]
+e.g. bench/paper_quick_auc.py 'runs/paper-gan-{cls}'
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from adgan.score import make_scorer
+from agent.scoring.bundle import Bundle, SearchDefaults
+from agent.segment.preprocess import sample_to_input
+from agent.sources.folder import iter_samples
+from export.bundle import write_bundle
+
+CLASSES = ("rectangle", "cylinder", "sphere")
+
+
+def auroc(normal: np.ndarray, anomalous: np.ndarray) -> float:
+    """P(score of an anomaly > score of a normal sample), ties counted half (Mann-Whitney)."""
+    s = np.concatenate([normal, anomalous])
+    order = s.argsort(kind="mergesort")
+    ranks = np.empty(len(s))
+    sorted_s = s[order]
+    i = 0
+    while i < len(s):  # average ranks over ties
+        j = i
+        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    r_anom = ranks[len(normal):].sum()
+    n1, n0 = len(anomalous), len(normal)
+    return float((r_anom - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("runs", help="run folder pattern with {cls}")
+    ap.add_argument("--data", default="../shared/data/paper-rgbd")
+    ap.add_argument("--frames", default="700:1000")
+    ap.add_argument("--scopes", default="none")
+    ap.add_argument("--losses", default="mse,fg")
+    ap.add_argument("--k", type=int, default=19)
+    a = ap.parse_args()
+    lo, hi = (int(v) for v in a.frames.split(":"))
+    tests = [(c, sample_to_input(s)) for c, _, s in iter_samples(a.data, (lo, hi))]
+    labels = np.array([c for c, _ in tests])
+    print(f"{len(tests)} held-out samples (frames {a.frames}); k {a.k}, n_seed 3; AUROC with each class as normal")
+    print(f"{'scope':<6}{'loss':<5}" + "".join(f"{c:>11}" for c in CLASSES) + f"{'ms/score':>10}")
+    tmp = Path(tempfile.mkdtemp(prefix="quick-auc-"))
+    for scope in a.scopes.split(","):
+        for loss in a.losses.split(","):
+            aucs, t_all, n_all = [], 0.0, 0
+            for cls in CLASSES:
+                p = tmp / f"{cls}-{scope}-{loss}"
+                write_bundle(a.runs.format(cls=cls), p, SearchDefaults(theta_scope=scope, loss=loss, k=a.k))
+                scorer = make_scorer(Bundle.load(p), "onnxruntime", seed=0)
+                t = time.perf_counter()
+                scores = np.array([scorer.score(x).score for _, x in tests])
+                t_all += time.perf_counter() - t
+                n_all += len(tests)
+                aucs.append(auroc(scores[labels == cls], scores[labels != cls]))
+            print(f"{scope:<6}{loss:<5}" + "".join(f"{v:>11.3f}" for v in aucs) + f"{1e3 * t_all / n_all:>10.1f}")
+
+
+if __name__ == "__main__":
+    main()
