@@ -1,0 +1,1 @@
+"""Workstation side: thresholds from labelled scores, and the paper's experiments."""

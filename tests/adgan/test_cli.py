@@ -25,7 +25,7 @@ def test_every_command_has_help(capsys):
 
 
 def test_planned_commands_say_so_and_fail(capsys):
-    assert main(["calibrate"]) == 2
+    assert main(["evaluate"]) == 2
     assert "issue 5" in capsys.readouterr().err
 
 

@@ -1,0 +1,1 @@
+"""Decisions: a score against the calibrated threshold of its class."""

@@ -1,0 +1,72 @@
+"""thresholds.json: per-class thresholds, valid only for the bundle whose scores made them.
+
+    {"format": 1, "classes": {"<class>": {"threshold": t, "policy": ..., "bundle_hash": ...,
+      "backend": ..., "seed": ..., "search": {...}, "counts": {...}, "normal_scores": {...},
+      "anomalous_scores": {...}, "metrics": {...}, "created": iso}}}
+A score strictly greater than the threshold is an anomaly.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+THRESHOLDS_FORMAT = 1
+
+
+class ThresholdError(ValueError):
+    """Thresholds that must not be used with the loaded bundle (missing, stale, malformed)."""
+
+
+@dataclass(frozen=True)
+class ClassThreshold:
+    cls: str
+    threshold: float
+    bundle_hash: str
+    record: dict[str, Any]
+
+    def is_anomaly(self, score: float) -> bool:
+        return score > self.threshold
+
+
+def read_thresholds(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ThresholdError(f"thresholds file {path} does not exist (make one with 'adgan calibrate')")
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ThresholdError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(doc, dict) or doc.get("format") != THRESHOLDS_FORMAT or not isinstance(doc.get("classes"), dict):
+        raise ThresholdError(f"{path}: not a thresholds file of format {THRESHOLDS_FORMAT}")
+    return doc
+
+
+def load_threshold(path: str | Path, cls: str, bundle_hash: str) -> ClassThreshold:
+    """The threshold of `cls`, refused unless it was calibrated on the bundle with `bundle_hash`."""
+    doc = read_thresholds(path)
+    rec = doc["classes"].get(cls)
+    if rec is None:
+        raise ThresholdError(f"{path} has no threshold for class {cls!r} (has: {', '.join(sorted(doc['classes']))})")
+    try:
+        t, h = float(rec["threshold"]), str(rec["bundle_hash"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ThresholdError(f"{path}: class {cls!r}: bad record ({e})") from None
+    if h != bundle_hash:
+        raise ThresholdError(f"{path}: the threshold of {cls!r} was calibrated on bundle {h[:12]}..., not on the "
+                             f"loaded bundle {bundle_hash[:12]}...; a threshold is valid only for the scores "
+                             "that produced it: recalibrate with 'adgan calibrate'")
+    return ClassThreshold(cls, t, h, rec)
+
+
+def write_threshold(path: str | Path, cls: str, record: dict[str, Any]) -> None:
+    """Add or replace one class's record, keeping the others; atomic."""
+    path = Path(path)
+    doc = read_thresholds(path) if path.exists() else {"format": THRESHOLDS_FORMAT, "classes": {}}
+    doc["classes"][cls] = record
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,98 @@
+"""`adgan calibrate`: a class threshold from scores of labelled samples, with the device's scorer."""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+from dataclasses import asdict
+
+import numpy as np
+
+from agent.decide.thresholds import write_threshold
+from calibration.metrics import (POLICIES, auc, equal_rates_threshold, max_accuracy_threshold, rates, summary,
+                                 target_fpr_threshold)
+
+log = logging.getLogger(__name__)
+FEW_ANOMALIES = 10
+
+
+def choose_threshold(normal: np.ndarray, anomalous: np.ndarray, policy: str, fpr: float) -> tuple[float, list[str]]:
+    """(threshold, warnings) for a policy."""
+    warns = []
+    if policy not in POLICIES:
+        raise ValueError(f"--policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+    if len(normal) < 2:
+        raise ValueError(f"calibration needs normal samples; got {len(normal)}")
+    if policy != "target-fpr" and len(anomalous) == 0:
+        raise ValueError(f"--policy {policy} needs anomalous samples (--anomalous DIR); with normal samples only "
+                         "use --policy target-fpr")
+    if 0 < len(anomalous) < FEW_ANOMALIES:
+        warns.append(f"only {len(anomalous)} anomalous samples: the threshold and the reported rates are uncertain")
+    if len(anomalous) and anomalous.min() > normal.max():
+        warns.append("normal and anomalous scores do not overlap at all: a suspiciously easy set; check that the "
+                     "anomalies look like the defects the line will see")
+    if policy == "target-fpr" and fpr * len(normal) < 1:
+        warns.append(f"--fpr {fpr} with {len(normal)} normal samples allows no false alarm on this set: the "
+                     "threshold is the highest normal score")
+    if policy == "max-accuracy":
+        return max_accuracy_threshold(normal, anomalous), warns
+    if policy == "equal-rates":
+        return equal_rates_threshold(normal, anomalous), warns
+    return target_fpr_threshold(normal, fpr), warns
+
+
+def cmd_calibrate(a: argparse.Namespace) -> int:
+    from adgan.score import make_scorer, score_folder
+    from agent.scoring.bundle import Bundle
+
+    bundle = Bundle.load(a.bundle)
+    scorer = make_scorer(bundle, a.backend, a.seed)
+    from agent.sources.folder import parse_frames
+    frames = parse_frames(a.frames)
+    normal = np.array([s for _, _, s in score_folder(scorer, bundle, a.normal, frames, not a.quiet)])
+    anomalous = np.array([s for d in (a.anomalous or []) for _, _, s in score_folder(scorer, bundle, d, frames,
+                                                                                      not a.quiet)])
+    threshold, warns = choose_threshold(normal, anomalous, a.policy, a.fpr)
+    for w in warns:
+        log.warning(w)
+        print(f"warning: {w}")
+    metrics = None
+    if len(anomalous):
+        metrics = {"auc": auc(normal, anomalous), **rates(normal, anomalous, threshold)}
+    else:
+        metrics = {"fpr": float((normal > threshold).mean())}
+    params = getattr(scorer, "params", bundle.search)
+    record = {
+        "threshold": threshold, "policy": a.policy, "fpr_target": a.fpr if a.policy == "target-fpr" else None,
+        "bundle_hash": bundle.bundle_hash, "bundle": str(bundle.path), "backend": a.backend, "seed": a.seed,
+        "search": asdict(params), "counts": {"normal": int(len(normal)), "anomalous": int(len(anomalous))},
+        "normal_scores": summary(normal), "anomalous_scores": summary(anomalous) if len(anomalous) else None,
+        "metrics": metrics, "warnings": warns,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_threshold(a.out, bundle.cls, record)
+    shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+    print(f"{bundle.cls}: threshold {threshold:.6g} ({a.policy}) from {len(normal)} normal and {len(anomalous)} "
+          f"anomalous samples; {shown} -> {a.out}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    q = sub.add_parser("calibrate", help="calibrate per-class anomaly thresholds from labelled samples",
+                       description="Score labelled samples with the bundle and the scorer the device runs, and "
+                                   "write the class threshold to thresholds.json (other classes' entries are kept). "
+                                   "A threshold is valid only for that bundle: the agent refuses it otherwise.")
+    q.add_argument("bundle", help="bundle folder")
+    q.add_argument("--normal", required=True, help="folder of normal samples of the bundle's class")
+    q.add_argument("--anomalous", action="append", help="folder of anomalous samples (repeatable)")
+    q.add_argument("--policy", choices=POLICIES, default="target-fpr",
+                   help="max-accuracy; equal-rates (the paper's 'optimal': TPR = TNR); target-fpr (normal "
+                        "samples only: flag at most --fpr of them; the default)")
+    q.add_argument("--fpr", type=float, default=0.01, help="false alarm budget for target-fpr (default 0.01)")
+    q.add_argument("--out", default="thresholds.json", help="thresholds file to create or update")
+    q.add_argument("--backend", choices=("onnxruntime", "tensorrt", "torch"), default="onnxruntime",
+                   help="the engine the device will run (scores differ slightly between engines)")
+    q.add_argument("--seed", type=int, default=0, help="seed of the initial latents; the agent must use the same")
+    q.add_argument("--frames", default=None, help="LO:HI frame numbers (half-open)")
+    q.add_argument("--quiet", action="store_true")
+    q.set_defaults(func=cmd_calibrate)

@@ -1,0 +1,67 @@
+import json
+
+import numpy as np
+import pytest
+
+from adgan.cli import main
+from agent.decide.thresholds import ThresholdError, load_threshold, write_threshold
+from agent.scoring.bundle import Bundle
+from calibration.calibrate import choose_threshold
+
+
+def test_calibrate_cli_writes_a_threshold_bound_to_the_bundle(bundles, synth_data, tmp_path, capsys):
+    b = bundles[("none", "fg")]
+    out = tmp_path / "thresholds.json"
+    t = synth_data / "test"
+    assert main(["calibrate", str(b), "--normal", str(t / "sphere"), "--anomalous", str(t / "sphere_defect"),
+                 "--anomalous", str(t / "cylinder"), "--policy", "equal-rates", "--out", str(out), "--quiet"]) == 0
+    doc = json.loads(out.read_text())
+    rec = doc["classes"]["sphere"]
+    bh = Bundle.load(b).bundle_hash
+    assert rec["bundle_hash"] == bh and rec["policy"] == "equal-rates" and rec["backend"] == "onnxruntime"
+    assert rec["counts"] == {"normal": 3, "anomalous": 6}
+    assert set(rec["normal_scores"]) >= {"min", "p50", "p95", "max", "mean"}
+    assert 0 <= rec["metrics"]["auc"] <= 1 and "created" in rec and rec["search"]["k"] == 5
+    th = load_threshold(out, "sphere", bh)
+    assert th.threshold == rec["threshold"] and th.is_anomaly(th.threshold + 1) and not th.is_anomaly(th.threshold)
+    assert "warning: only 6 anomalous samples" in capsys.readouterr().out
+
+
+def test_target_fpr_needs_only_normal_samples(bundles, synth_data, tmp_path):
+    out = tmp_path / "t.json"
+    assert main(["calibrate", str(bundles[("none", "fg")]), "--normal", str(synth_data / "test" / "sphere"),
+                 "--policy", "target-fpr", "--fpr", "0.0", "--out", str(out), "--quiet"]) == 0
+    rec = json.loads(out.read_text())["classes"]["sphere"]
+    assert rec["threshold"] == rec["normal_scores"]["max"] and rec["metrics"]["fpr"] == 0.0
+
+
+def test_policies_that_need_anomalies_say_so(bundles, synth_data, tmp_path, capsys):
+    assert main(["calibrate", str(bundles[("none", "fg")]), "--normal", str(synth_data / "test" / "sphere"),
+                 "--policy", "max-accuracy", "--out", str(tmp_path / "t.json"), "--quiet"]) == 2
+    assert "needs anomalous samples" in capsys.readouterr().err
+
+
+def test_warnings_for_easy_sets_and_few_anomalies():
+    normal = np.linspace(0, 1, 50)
+    t, warns = choose_threshold(normal, np.array([2.0, 3.0]), "equal-rates", 0.01)
+    assert 1 <= t < 2
+    assert any("do not overlap" in w for w in warns) and any("only 2 anomalous" in w for w in warns)
+    _, warns = choose_threshold(normal, np.array([]), "target-fpr", 0.01)
+    assert any("allows no false alarm" in w for w in warns)
+
+
+def test_thresholds_of_another_bundle_are_refused_and_classes_are_kept(tmp_path):
+    p = tmp_path / "t.json"
+    write_threshold(p, "sphere", {"threshold": 0.5, "bundle_hash": "a" * 64})
+    write_threshold(p, "cylinder", {"threshold": 0.7, "bundle_hash": "b" * 64})
+    assert load_threshold(p, "sphere", "a" * 64).threshold == 0.5
+    assert load_threshold(p, "cylinder", "b" * 64).threshold == 0.7
+    with pytest.raises(ThresholdError, match="recalibrate"):
+        load_threshold(p, "sphere", "c" * 64)
+    with pytest.raises(ThresholdError, match="no threshold for class 'rectangle'"):
+        load_threshold(p, "rectangle", "a" * 64)
+    with pytest.raises(ThresholdError, match="does not exist"):
+        load_threshold(tmp_path / "nope.json", "sphere", "a" * 64)
+    (tmp_path / "bad.json").write_text('{"format": 7, "classes": {}}')
+    with pytest.raises(ThresholdError, match="not a thresholds file"):
+        load_threshold(tmp_path / "bad.json", "sphere", "a" * 64)
