@@ -25,8 +25,8 @@ def test_every_command_has_help(capsys):
 
 
 def test_planned_commands_say_so_and_fail(capsys):
-    assert main(["evaluate"]) == 2
-    assert "issue 5" in capsys.readouterr().err
+    assert main(["agent"]) == 2
+    assert "issue 6" in capsys.readouterr().err
 
 
 def test_synth_writes_the_paper_layout(synth_data):

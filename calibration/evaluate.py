@@ -1,0 +1,152 @@
+"""`adgan evaluate`: the paper's Experiment 1 (Table 2, figures) and Experiment 2 (ranking)."""
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from calibration.metrics import auc, equal_rates_threshold, max_accuracy_threshold, rates
+
+
+def score_dataset(scorer, bundle, data: Path, frames, progress: bool) -> list[tuple[str, str, float]]:
+    from adgan.score import score_folder
+    return list(score_folder(scorer, bundle, data, frames, progress))
+
+
+def table_row(cls: str, kind: str, rows: list[tuple[str, str, float]]) -> dict:
+    """Table 2's numbers for one model: normal = its class folder, anomalous = every other folder."""
+    s = np.array([r[2] for r in rows])
+    folder = np.array([r[1] for r in rows])
+    normal, anom = s[folder == cls], s[folder != cls]
+    if len(normal) == 0 or len(anom) == 0:
+        raise ValueError(f"model {cls}: the data needs samples of {cls!r} and of other folders")
+    t_max, t_eq = max_accuracy_threshold(normal, anom), equal_rates_threshold(normal, anom)
+    row = {"class": cls, "kind": kind, "n_normal": len(normal), "n_anomalous": len(anom),
+           "max_accuracy": rates(normal, anom, t_max)["accuracy"],
+           "equal_rates_accuracy": rates(normal, anom, t_eq)["accuracy"], "auc": auc(normal, anom)}
+    for f in sorted(set(folder)):
+        row[f"avg_loss_{f}"] = float(s[folder == f].mean())
+    return row
+
+
+def write_table(rows: list[dict], out: Path) -> None:
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    with open(out / "table2.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, cols)
+        w.writeheader()
+        w.writerows(rows)
+    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
+    (out / "table2.md").write_text("\n".join(lines) + "\n")
+
+
+def ranking_grid(rows, n: int, path: Path, title: str) -> None:
+    """The n least and n most anomalous samples (Figures 7, 17-28), RGB above depth."""
+    from agent.sources.folder import read_sample
+    from agent.visual import sample_grid, write_png
+
+    order = sorted(rows, key=lambda r: r[2])
+
+    def load(r):
+        p = Path(r[0])
+        return read_sample(p.parent.parent, int(p.stem))
+
+    least = [load(r) for r in order[:n]]
+    most = [load(r) for r in order[::-1][:n]]
+    lab_l = "least anomalous: " + ", ".join(f"{r[1]} {r[2]:.3g}" for r in order[:min(n, 4)])
+    lab_m = "most anomalous: " + ", ".join(f"{r[1]} {r[2]:.3g}" for r in order[::-1][:min(n, 4)])
+    write_png(path, sample_grid([least, most], [f"{title} | {lab_l}", lab_m], scale=2))
+
+
+def search_figure(bundle, x: np.ndarray, path: Path, seed: int, lr_thetas=(6e-9, 1e-3)) -> None:
+    """G(z_t) over the k steps for one sample, with a low and a high lr_theta (Figure 4)."""
+    import torch
+
+    from agent.segment.preprocess import input_to_sample
+    from agent.visual import sample_grid, write_png
+    from export.bundle import torch_generator_from_bundle
+    from export.reference import search_seed
+
+    g = torch_generator_from_bundle(bundle)
+    p = bundle.search
+    z0 = torch.from_numpy(np.random.default_rng(seed).standard_normal((1, bundle.nz)).astype(np.float32))[0]
+    xt = torch.from_numpy(x).unsqueeze(0)
+    rows, labels = [[input_to_sample(x)]], ["the sample"]
+    for lr in lr_thetas:
+        trace: list = []
+        search_seed(g, xt, z0, p.k, p.lr_z, lr, "all", p.loss, p.fg_threshold, trace=trace)
+        pick = np.unique(np.linspace(0, len(trace) - 1, min(len(trace), 10)).astype(int))
+        rows.append([input_to_sample(trace[i][0].numpy()) for i in pick])
+        labels.append(f"G(z_t) at steps {', '.join(str(i + 1) for i in pick)} with lr_theta {lr:g}")
+    write_png(path, sample_grid(rows, labels, scale=2))
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from adgan.score import make_scorer
+    from agent.scoring.bundle import Bundle
+    from agent.segment.preprocess import sample_to_input
+    from agent.sources.folder import parse_frames, read_sample
+    from calibration import figures
+
+    out = Path(a.out)
+    (out / "scores").mkdir(parents=True, exist_ok=True)
+    frames = parse_frames(a.frames)
+    table, curves, avg, index = [], {}, {}, ["# Evaluation report", "",
+                                             f"Data `{a.data}`, frames `{a.frames or 'all'}`, backend `{a.backend}`, "
+                                             f"seed {a.seed}.", ""]
+    for bp in a.bundles:
+        b = Bundle.load(bp)
+        label = f"{b.cls} {b.kind}"
+        tag = f"{b.cls}-{b.kind}-{b.bundle_hash[:8]}"
+        rows = score_dataset(make_scorer(b, a.backend, a.seed), b, Path(a.data), frames, not a.quiet)
+        with open(out / "scores" / f"{tag}.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["path", "class", "score"])
+            w.writerows([(p, c, f"{s:.9g}") for p, c, s in rows])
+        row = table_row(b.cls, b.kind, rows)
+        table.append(row)
+        s = np.array([r[2] for r in rows])
+        folder = np.array([r[1] for r in rows])
+        curves[label] = (s[folder == b.cls], s[folder != b.cls])
+        avg[label] = {k[len("avg_loss_"):]: v for k, v in row.items() if k.startswith("avg_loss_")}
+        figures.rates_vs_threshold(*curves[label], f"{label}: accuracy, TPR, TNR", out / f"rates-{tag}.png")
+        ranking_grid(rows, a.n_rank, out / f"ranking-{tag}.png", label)
+        index += [f"## {label} (bundle {b.bundle_hash[:12]})", "", f"![rates](rates-{tag}.png)", "",
+                  f"![ranking](ranking-{tag}.png)", ""]
+        if not a.no_search_figure:
+            first = min(rows, key=lambda r: r[0])
+            p = Path(first[0])
+            x = sample_to_input(read_sample(p.parent.parent, int(p.stem)), b.size)
+            search_figure(b, x, out / f"search-{tag}.png", a.seed)
+            index += [f"![search](search-{tag}.png)", ""]
+    write_table(table, out)
+    figures.roc_curves(curves, out / "roc.png")
+    figures.average_loss(avg, out / "average-loss.png")
+    index = index[:4] + ["## Table 2", "", (out / "table2.md").read_text(), "![ROC](roc.png)", "",
+                         "![average loss](average-loss.png)", ""] + index[4:]
+    (out / "index.md").write_text("\n".join(index))
+    print((out / "table2.md").read_text())
+    print(f"report -> {out / 'index.md'}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    q = sub.add_parser("evaluate", help="the paper's experiments: Table 2, ROC and accuracy figures, ranking grids",
+                       description="Score every class folder of DATA with each bundle (its own class is normal, "
+                                   "every other folder anomalous) and write Table 2 (markdown and CSV), accuracy/"
+                                   "TPR/TNR against threshold, ROC curves, average loss per class, ranking grids of "
+                                   "the least and most anomalous samples, and the search made visible, with an "
+                                   "index.md.")
+    q.add_argument("--bundles", nargs="+", required=True, help="bundle folders")
+    q.add_argument("--data", required=True, help="dataset root with class folders")
+    q.add_argument("--frames", default=None, help="LO:HI frame numbers (half-open), e.g. 700:1000")
+    q.add_argument("--out", required=True, help="report folder")
+    q.add_argument("--backend", choices=("onnxruntime", "tensorrt", "torch"), default="onnxruntime")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--n-rank", type=int, default=8, help="samples in each ranking row (default 8)")
+    q.add_argument("--no-search-figure", action="store_true", help="skip Figure 4 (needs torch)")
+    q.add_argument("--quiet", action="store_true")
+    q.set_defaults(func=cmd_evaluate)

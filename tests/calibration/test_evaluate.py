@@ -1,0 +1,41 @@
+import csv
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from adgan.cli import main
+
+
+@pytest.fixture(scope="module")
+def report(bundles, synth_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    assert main(["evaluate", "--bundles", str(bundles[("none", "fg")]), "--data", str(synth_data / "test"),
+                 "--out", str(out), "--quiet", "--n-rank", "3"]) == 0
+    return out
+
+
+def test_report_has_table_figures_and_index(report):
+    for f in ("table2.md", "table2.csv", "roc.png", "average-loss.png", "index.md"):
+        assert (report / f).is_file(), f
+    pngs = {p.stem.split("-")[0] for p in report.glob("*.png")}
+    assert {"rates", "ranking", "search", "roc", "average"} <= pngs
+    idx = (report / "index.md").read_text()
+    assert "Table 2" in idx and "roc.png" in idx and "ranking-" in idx
+
+
+def test_table_numbers_match_scikit_learn_on_the_written_scores(report):
+    row = next(csv.DictReader(open(report / "table2.csv")))
+    scores = list(csv.DictReader(open(next((report / "scores").glob("*.csv")))))
+    y = np.array([r["class"] != "sphere" for r in scores], float)
+    s = np.array([float(r["score"]) for r in scores])
+    assert float(row["auc"]) == pytest.approx(roc_auc_score(y, s))
+    assert int(row["n_normal"]) == 3 and int(row["n_anomalous"]) == 15
+    assert float(row["avg_loss_sphere"]) == pytest.approx(s[y == 0].mean())
+    assert 0.5 <= float(row["max_accuracy"]) <= 1 and float(row["equal_rates_accuracy"]) <= float(row["max_accuracy"])
+
+
+def test_same_seed_same_report(report, bundles, synth_data, tmp_path):
+    assert main(["evaluate", "--bundles", str(bundles[("none", "fg")]), "--data", str(synth_data / "test"),
+                 "--out", str(tmp_path), "--quiet", "--n-rank", "3", "--no-search-figure"]) == 0
+    assert (tmp_path / "table2.csv").read_text() == (report / "table2.csv").read_text()
