@@ -84,6 +84,32 @@ def search_figure(bundle, x: np.ndarray, path: Path, seed: int, lr_thetas=(6e-9,
     write_png(path, sample_grid(rows, labels, scale=2))
 
 
+def pca_rows(a, frames, curves: dict, avg: dict) -> list[dict]:
+    """The PCA baseline (plain and masked) for every class folder, trained on --train-frames."""
+    from agent.segment.preprocess import sample_to_input
+    from agent.sources.folder import class_folders, frame_numbers, parse_frames, read_sample
+    from calibration.baselines import PCA
+
+    if not a.train_frames:
+        raise ValueError("--pca needs --train-frames LO:HI (the frames the baseline is fitted on)")
+    train = parse_frames(a.train_frames)
+    folders = class_folders(a.data)
+    test = [(f.name, sample_to_input(read_sample(f, n))) for f in folders for n in frame_numbers(f, frames)]
+    x_test = np.stack([x for _, x in test])
+    rows = []
+    for cls in sorted({f.name for f in folders}):
+        folder = next(f for f in folders if f.name == cls)
+        x_train = np.stack([sample_to_input(read_sample(folder, n)) for n in frame_numbers(folder, train)])
+        pca = PCA.fit(x_train, a.pca)
+        for kind, masked in ((f"pca{a.pca}", False), (f"pca{a.pca}-masked", True)):
+            s = pca.scores(x_test, masked)
+            scored = [("", c, float(v)) for (c, _), v in zip(test, s)]
+            rows.append(table_row(cls, kind, scored))
+            folder_arr = np.array([c for c, _ in test])
+            curves[f"{cls} {kind}"] = (s[folder_arr == cls], s[folder_arr != cls])
+    return rows
+
+
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from adgan.score import make_scorer
     from agent.scoring.bundle import Bundle
@@ -122,6 +148,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
             x = sample_to_input(read_sample(p.parent.parent, int(p.stem)), b.size)
             search_figure(b, x, out / f"search-{tag}.png", a.seed)
             index += [f"![search](search-{tag}.png)", ""]
+    if a.pca:
+        table += pca_rows(a, frames, curves, avg)
     write_table(table, out)
     figures.roc_curves(curves, out / "roc.png")
     figures.average_loss(avg, out / "average-loss.png")
@@ -148,5 +176,8 @@ def add_parser(sub) -> None:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--n-rank", type=int, default=8, help="samples in each ranking row (default 8)")
     q.add_argument("--no-search-figure", action="store_true", help="skip Figure 4 (needs torch)")
+    q.add_argument("--pca", type=int, default=0, help="add the PCA reconstruction-error baseline with this many "
+                   "components (plain and foreground-masked) for every class, e.g. 32")
+    q.add_argument("--train-frames", default=None, help="LO:HI frames the PCA baseline is fitted on, e.g. 0:700")
     q.add_argument("--quiet", action="store_true")
     q.set_defaults(func=cmd_evaluate)

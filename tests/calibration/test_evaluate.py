@@ -39,3 +39,25 @@ def test_same_seed_same_report(report, bundles, synth_data, tmp_path):
     assert main(["evaluate", "--bundles", str(bundles[("none", "fg")]), "--data", str(synth_data / "test"),
                  "--out", str(tmp_path), "--quiet", "--n-rank", "3", "--no-search-figure"]) == 0
     assert (tmp_path / "table2.csv").read_text() == (report / "table2.csv").read_text()
+
+
+def test_pca_reconstructs_its_own_span_exactly_and_scores_outliers_higher():
+    from calibration.baselines import PCA
+    rng = np.random.default_rng(0)
+    basis = rng.normal(size=(3, 4 * 8 * 8))
+    train = (rng.normal(size=(40, 3)) @ basis).reshape(40, 4, 8, 8) * 0.1
+    pca = PCA.fit(train, 3)
+    inside = (rng.normal(size=(5, 3)) @ basis).reshape(5, 4, 8, 8) * 0.1
+    outside = inside + rng.normal(size=inside.shape) * 0.1
+    assert pca.scores(inside).max() < 1e-20
+    assert (pca.scores(outside) > 1e-4).all()
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        PCA.fit(train[:1], 3)
+
+
+def test_evaluate_adds_pca_rows(bundles, synth_data, tmp_path):
+    assert main(["evaluate", "--bundles", str(bundles[("none", "fg")]), "--data", str(synth_data / "test"),
+                 "--out", str(tmp_path), "--quiet", "--no-search-figure", "--pca", "4", "--train-frames", "0:2"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "table2.csv")))
+    kinds = {(r["class"], r["kind"]) for r in rows}
+    assert ("sphere", "pca4") in kinds and ("cylinder_defect", "pca4-masked") in kinds
