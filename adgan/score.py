@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from agent.scoring.bundle import Bundle
 from agent.segment.preprocess import Preprocessing, sample_to_input
-from agent.sources.folder import _rgb_path, class_folders, frame_numbers, parse_frames, read_preprocessing, read_sample
+from agent.sources.folder import rgb_path, class_folders, frame_numbers, parse_frames, read_preprocessing, read_sample
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def score_folder(scorer, bundle: Bundle, samples: str | Path, frames=None, progr
         raise ValueError(f"{samples}: no samples to score" + (f" in frames {frames[0]}:{frames[1]}" if frames else ""))
     for folder, n in tqdm(todo, desc="score", unit="sample", disable=not progress):
         x = sample_to_input(read_sample(folder, n), bundle.size)
-        yield str(_rgb_path(folder, n)), folder.name, scorer.score(x).score
+        yield str(rgb_path(folder, n)), folder.name, scorer.score(x).score
 
 
 def cmd_score(a: argparse.Namespace) -> int:

@@ -94,7 +94,7 @@ def class_folders(root: str | Path) -> list[Path]:
     return found
 
 
-def _rgb_path(folder: Path, n: int) -> Path:
+def rgb_path(folder: Path, n: int) -> Path:
     for ext in RGB_EXTS:
         p = folder / "rgb" / f"{n}{ext}"
         if p.exists():
@@ -120,7 +120,7 @@ def read_rgb(path: Path) -> np.ndarray:
 
 def read_sample(folder: Path, n: int) -> Sample:
     """Frame n of a paper-layout folder as a Sample."""
-    rgb = read_rgb(_rgb_path(folder, n))
+    rgb = read_rgb(rgb_path(folder, n))
     depth_path = folder / "depth" / f"{n}.png"
     depth = _imread(depth_path, cv2.IMREAD_UNCHANGED)
     if depth.ndim == 3:  # some tools save grey as 3 equal channels
@@ -136,7 +136,7 @@ def read_sample(folder: Path, n: int) -> Sample:
 
 def read_raw_frame(folder: Path, n: int) -> RGBDFrame:
     """Frame n of a raw-layout folder as an RGBDFrame."""
-    rgb = read_rgb(_rgb_path(folder, n))
+    rgb = read_rgb(rgb_path(folder, n))
     depth_path = folder / "depth" / f"{n}.png"
     depth = _imread(depth_path, cv2.IMREAD_UNCHANGED)
     if depth.dtype != np.uint16 or depth.ndim != 2:
