@@ -45,10 +45,11 @@ def cmd_train(a: argparse.Namespace) -> int:
     print(f"training {cfg.kind} on {len(data.frames)} '{cfg.cls}' samples from {data.folder} "
           f"({cfg.size}px, features_g {cfg.features_g}, features_d {cfg.features_d}) -> {out}")
 
-    def on_sample(t: Trainer) -> None:
-        png = out / "samples" / f"epoch_{t.epoch:05d}.png"
-        write_sample_grid(t.samples(), png, f"{cfg.cls} {cfg.kind} epoch {t.epoch} (G step {t.g_steps})")
-        (out / "samples" / "latest.png").write_bytes(png.read_bytes())
+    def on_sample(t: Trainer, keep: bool) -> None:
+        latest = out / "samples" / "latest.png"
+        write_sample_grid(t.samples(), latest, f"{cfg.cls} {cfg.kind} epoch {t.epoch} (G step {t.g_steps})")
+        if keep:
+            (out / "samples" / f"epoch_{t.epoch:05d}.png").write_bytes(latest.read_bytes())
         write_loss_curves(t.history, out / "losses.png", cfg.kind)
 
     fit(trainer, progress=not a.quiet, on_sample=on_sample)
@@ -80,7 +81,9 @@ def add_parser(sub) -> None:
     q.add_argument("--ema", type=float, default=0.0, help="EMA decay of generator weights, e.g. 0.999 (0: off)")
     q.add_argument("--flip", action="store_true", help="augment with horizontal flips")
     q.add_argument("--shift", type=int, default=0, help="augment with random shifts up to this many pixels")
-    q.add_argument("--sample-every", type=int, default=0, help="epochs between sample grids (0: ~50 per run)")
+    q.add_argument("--sample-every", type=int, default=0,
+                   help="epochs between numbered sample grids kept in RUN/samples (0: ~50 per run); "
+                        "samples/latest.png and losses.png are written every epoch")
     q.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     q.add_argument("--resume", action="store_true", help="continue the run in --out up to --epochs")
     q.add_argument("--quiet", action="store_true", help="no progress bar")

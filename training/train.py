@@ -42,7 +42,7 @@ class TrainConfig:
     ema: float = 0.0  # decay of an exponential moving average of G's weights; 0 = off
     flip: bool = False
     shift: int = 0
-    sample_every: int = 0  # epochs between sample grids; 0 = about 50 grids per run
+    sample_every: int = 0  # epochs between numbered sample grids; 0 = about 50 per run
 
     def __post_init__(self) -> None:
         if self.kind not in RECIPES:
@@ -243,8 +243,9 @@ def fit(trainer: Trainer, progress: bool = True, on_sample=None) -> None:
                 h = trainer.history[-1]
                 bar.set_postfix(d=f"{h['d']:.3f}", g=f"{h['g']:.3f}", g_steps=trainer.g_steps)
             last = trainer.epoch == cfg.epochs
-            if on_sample is not None and (trainer.epoch % every == 0 or last):
-                on_sample(trainer)
+            if on_sample is not None:
+                # every epoch: the latest grid and the loss curves; a numbered grid every `every`
+                on_sample(trainer, keep=trainer.epoch % every == 0 or last)
             if trainer.epoch % save_every == 0 or last:
                 trainer.save()
     except KeyboardInterrupt:
