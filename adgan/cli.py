@@ -8,20 +8,6 @@ import sys
 
 from adgan import __version__
 
-# Commands whose implementation lands with a later issue: they are listed so that
-# `adgan --help` shows the whole pipeline, and say plainly that they are not there yet.
-PLANNED = {
-    "agent": ("run the inspection agent (camera -> segment -> score -> MQTT)", 6),
-}
-
-
-def _planned(name: str, issue: int):
-    def run(_: argparse.Namespace) -> int:
-        print(f"adgan {name}: not available in this version yet (tracked in issue {issue}).", file=sys.stderr)
-        return 2
-    return run
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="adgan",
@@ -34,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from adgan import dataset, demo
     from adgan import score
+    from agent import cli as agent_cli
     from calibration import calibrate, evaluate
     from export import cli as export_cli
     from training import cli as training_cli
@@ -43,11 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_parser(sub)
     calibrate.add_parser(sub)
     evaluate.add_parser(sub)
-    for name, (text, issue) in PLANNED.items():
-        q = sub.add_parser(name, help=f"{text} [issue {issue}]",
-                           description=f"{text[0].upper()}{text[1:]}. Not available in this version yet "
-                                       f"(tracked in issue {issue}).")
-        q.set_defaults(func=_planned(name, issue))
+    agent_cli.add_parser(sub)
     demo.add_parser(sub)
     return p
 

@@ -1,0 +1,173 @@
+"""The agent's one settings object: a TOML file, ADGAN_* environment variables (nested with
+'__'), a .env file, and secrets from systemd's CREDENTIALS_DIRECTORY. Validated once at
+start; `adgan agent validate-config` reports every bad field with its path.
+
+Precedence, highest first: environment, .env, credentials (secrets only), the TOML file.
+Nothing is read at import time: `load_settings` reads the sources when it is called.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from agent.scoring.onnxruntime import OnnxRuntimeSettings
+from agent.scoring.tensorrt import TensorRTSettings
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RealSenseSource(_Strict):
+    type: Literal["realsense"] = Field("realsense", description="a RealSense camera, live or a recording")
+    serial: str | None = Field(None, description="camera serial number (None: the first camera)")
+    recording: Path | None = Field(None, description="play back a .bag or .db3 recording instead of a camera")
+    width: int = Field(640, ge=16, description="colour and depth width in pixels")
+    height: int = Field(480, ge=16, description="colour and depth height in pixels")
+    fps: int = Field(30, ge=1, le=90, description="frames per second")
+    visual_preset: str | None = Field(None, description="depth visual preset name, e.g. 'High Accuracy'")
+
+
+class FolderSourceSettings(_Strict):
+    type: Literal["folder"] = Field("folder", description="replay a folder (raw captures or paper-layout samples)")
+    path: Path = Field(description="the folder (rgb/, depth/ and, for raw captures, meta/)")
+    loop: bool = Field(False, description="start again at the end")
+    fps: float = Field(5.0, gt=0, description="replay rate")
+
+
+class SyntheticSourceSettings(_Strict):
+    type: Literal["synthetic"] = Field("synthetic", description="synthetic parts on a table (demos, tests)")
+    seed: int = Field(0, description="scene seed")
+    defect_rate: float = Field(0.2, ge=0, le=1, description="probability of a defective part")
+    fps: float = Field(5.0, gt=0, description="frame rate")
+
+
+SourceSettings = Annotated[Union[RealSenseSource, FolderSourceSettings, SyntheticSourceSettings],
+                           Field(discriminator="type")]
+BackendSettings = Annotated[Union[OnnxRuntimeSettings, TensorRTSettings], Field(discriminator="type")]
+
+
+class SegmentationSettings(_Strict):
+    max_depth_mm: int = Field(700, gt=0, le=65535, description="depth beyond this is background (paper: 700)")
+    surface_tolerance: float = Field(0.1, gt=0, lt=1, description="relative depth band of the empty surface")
+    reference: Path | None = Field(None, description="empty-surface reference (.npz); None: RANSAC plane, logged")
+    roi: tuple[int, int, int, int] | None = Field(None, description="x, y, w, h region of interest in pixels")
+
+
+class ModelSettings(_Strict):
+    bundles: dict[str, Path] = Field(description="bundle folder per class, e.g. {rectangle = '/var/lib/adgan/b'}")
+    expected_class: str = Field(description="the class being inspected now (switchable over MQTT)")
+    thresholds: Path = Field(description="thresholds.json calibrated on these bundles")
+    seed: int = Field(0, description="seed of the initial latents; must equal calibration's")
+    backend: BackendSettings = Field(default_factory=OnnxRuntimeSettings, description="engine and its options")
+
+    @model_validator(mode="after")
+    def _expected_has_a_bundle(self):
+        if self.expected_class not in self.bundles:
+            raise ValueError(f"expected_class {self.expected_class!r} has no bundle "
+                             f"(bundles: {', '.join(sorted(self.bundles)) or 'none'})")
+        return self
+
+
+class TriggerSettings(_Strict):
+    mode: Literal["continuous", "mqtt"] = Field("continuous", description="score on object passage or on command")
+    min_area_px: int = Field(1500, ge=1, description="mask area that counts as an object present")
+    settle_frames: int = Field(3, ge=1, description="frames the object must stay before it is scored")
+
+
+class MqttSettings(_Strict):
+    host: str = Field("127.0.0.1", description="broker host")
+    port: int = Field(1883, ge=1, le=65535, description="broker port")
+    username: str | None = Field(None, description="user name")
+    password: SecretStr | None = Field(None, description="password (secret: environment or credential 'mqtt_password')")
+    tls_ca: Path | None = Field(None, description="CA certificate: enables TLS")
+    tls_cert: Path | None = Field(None, description="client certificate")
+    tls_key: Path | None = Field(None, description="client key")
+    qos: Literal[0, 1, 2] = Field(1, description="QoS of events")
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive")
+    topic_prefix: str = Field("adgan", description="topics are <prefix>/<station_id>/...")
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _no_wildcards(cls, v: str) -> str:
+        if not v or any(c in v for c in "+#") or v.startswith("/") or v.endswith("/"):
+            raise ValueError("must be a non-empty topic without wildcards or leading/trailing '/'")
+        return v
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self):
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        return self
+
+
+class OutboxSettings(_Strict):
+    path: Path = Field(Path("/var/lib/adgan/outbox.sqlite"), description="durable event outbox (SQLite, WAL)")
+    max_events: int = Field(100_000, ge=10, description="when full, the oldest events are dropped and counted")
+
+
+class HealthSettings(_Strict):
+    status_interval_s: float = Field(10.0, gt=0, description="heartbeat period on .../status")
+    frame_timeout_s: float = Field(5.0, gt=0, description="no frame for this long means reconnect the camera")
+
+
+class AgentSettings(BaseSettings):
+    """Everything the station agent needs."""
+
+    model_config = SettingsConfigDict(env_prefix="ADGAN_", env_nested_delimiter="__", extra="forbid",
+                                      env_file=None, validate_default=True)
+
+    station_id: str = Field(description="this station's name in MQTT topics")
+    source: SourceSettings = Field(description="where frames come from")
+    segmentation: SegmentationSettings = Field(default_factory=SegmentationSettings, description="object vs table")
+    model: ModelSettings = Field(description="bundles, thresholds and the engine")
+    trigger: TriggerSettings = Field(default_factory=TriggerSettings, description="when to score")
+    mqtt: MqttSettings = Field(default_factory=MqttSettings, description="the broker")
+    outbox: OutboxSettings = Field(default_factory=OutboxSettings, description="events not yet acknowledged")
+    health: HealthSettings = Field(default_factory=HealthSettings, description="heartbeat and watchdog")
+
+    @field_validator("station_id")
+    @classmethod
+    def _topic_safe(cls, v: str) -> str:
+        if not v or any(c in v for c in "/+# "):
+            raise ValueError("must be non-empty without '/', '+', '#' or spaces (it is a topic level)")
+        return v
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML file is the lowest layer: the environment and .env override it.
+        return (init_settings, env_settings, dotenv_settings, file_secret_settings,
+                TomlConfigSettingsSource(settings_cls))
+
+
+def load_settings(config: str | Path | None, env_file: str | Path | None = ".env") -> AgentSettings:
+    """Settings from a TOML file, the environment, a .env file and systemd credentials.
+
+    The MQTT password may come from the credential 'mqtt_password' in CREDENTIALS_DIRECTORY
+    (systemd LoadCredential=); an explicitly set password (environment, .env, file) wins.
+    """
+    if config is not None and not Path(config).is_file():
+        raise FileNotFoundError(f"config file {config} does not exist")
+    cfg = dict(AgentSettings.model_config, toml_file=Path(config) if config else None)
+    cls = type("AgentSettings", (AgentSettings,), {"model_config": cfg})
+    env = Path(env_file) if env_file and Path(env_file).is_file() else None
+    s = cls(_env_file=env)
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    cred = Path(creds) / "mqtt_password" if creds else None
+    if s.mqtt.password is None and cred is not None and cred.is_file():
+        s = s.model_copy(update={"mqtt": s.mqtt.model_copy(update={"password": SecretStr(cred.read_text().strip())})})
+    return s
+
+
+def describe_errors(exc) -> list[str]:
+    """'path.to.field: reason' for every error of a pydantic ValidationError."""
+    out = []
+    for e in exc.errors():
+        loc = ".".join(str(p) for p in e.get("loc", ())) or "(root)"
+        out.append(f"{loc}: {e.get('msg', 'invalid')}")
+    return out

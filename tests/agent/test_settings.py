@@ -1,0 +1,107 @@
+import pytest
+from pydantic import ValidationError
+
+from adgan.cli import main
+from agent.settings import load_settings
+
+GOOD = """
+station_id = "line1-st3"
+
+[source]
+type = "synthetic"
+seed = 4
+
+[segmentation]
+max_depth_mm = 650
+roi = [10, 20, 300, 200]
+
+[model]
+bundles = { rectangle = "/var/lib/adgan/rectangle", cylinder = "/var/lib/adgan/cylinder" }
+expected_class = "rectangle"
+thresholds = "/var/lib/adgan/thresholds.json"
+backend = { type = "onnxruntime", threads = 2 }
+
+[mqtt]
+host = "broker.local"
+username = "station"
+"""
+
+
+def write(tmp_path, text, name="agent.toml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_valid_config_loads_with_defaults(tmp_path, monkeypatch):
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    s = load_settings(write(tmp_path, GOOD), env_file=None)
+    assert s.station_id == "line1-st3" and s.source.type == "synthetic" and s.source.seed == 4
+    assert s.segmentation.roi == (10, 20, 300, 200) and s.segmentation.surface_tolerance == 0.1
+    assert s.model.backend.type == "onnxruntime" and s.model.backend.threads == 2
+    assert s.mqtt.port == 1883 and s.mqtt.qos == 1 and s.trigger.mode == "continuous"
+
+
+def test_environment_overrides_nested_fields_and_secrets_stay_secret(tmp_path, monkeypatch):
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.setenv("ADGAN_MQTT__PORT", "8883")
+    monkeypatch.setenv("ADGAN_MQTT__PASSWORD", "hunter2")
+    monkeypatch.setenv("ADGAN_MODEL__BACKEND__THREADS", "1")
+    s = load_settings(write(tmp_path, GOOD), env_file=None)
+    assert s.mqtt.port == 8883 and s.mqtt.host == "broker.local"  # the file's other fields stay
+    assert s.mqtt.password.get_secret_value() == "hunter2"
+    assert "hunter2" not in repr(s) and "hunter2" not in str(s.model_dump())
+    assert s.model.backend.type == "onnxruntime" and s.model.backend.threads == 1
+    # switching the engine from the environment while the file keeps an onnxruntime-only
+    # option is refused, not silently ignored
+    monkeypatch.setenv("ADGAN_MODEL__BACKEND__TYPE", "tensorrt")
+    monkeypatch.delenv("ADGAN_MODEL__BACKEND__THREADS")
+    with pytest.raises(ValidationError, match="threads"):
+        load_settings(write(tmp_path, GOOD), env_file=None)
+
+
+def test_password_from_systemd_credentials_and_dotenv(tmp_path, monkeypatch):
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "mqtt_password").write_text("from-credential\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    monkeypatch.delenv("ADGAN_MQTT__PASSWORD", raising=False)
+    s = load_settings(write(tmp_path, GOOD), env_file=None)
+    assert s.mqtt.password.get_secret_value() == "from-credential"
+    env = write(tmp_path, "ADGAN_MQTT__KEEPALIVE_S=60\n", ".env")
+    assert load_settings(write(tmp_path, GOOD), env_file=env).mqtt.keepalive_s == 60
+
+
+@pytest.mark.parametrize("edit, path", [
+    (lambda t: t.replace('station_id = "line1-st3"', 'station_id = "line1/st3"'), "station_id"),
+    (lambda t: t.replace('type = "synthetic"', 'type = "webcam"'), "source"),
+    (lambda t: t.replace('expected_class = "rectangle"', 'expected_class = "sphere"'), "model"),
+    (lambda t: t.replace('host = "broker.local"', 'host = "broker.local"\nqos = 3'), "mqtt.qos"),
+    (lambda t: t.replace("max_depth_mm = 650", "max_depth_mm = -5"), "segmentation.max_depth_mm"),
+    (lambda t: t.replace('[mqtt]', '[mqtt]\ncolour = "red"'), "mqtt.colour"),
+])
+def test_bad_fields_are_named(tmp_path, monkeypatch, edit, path):
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    with pytest.raises(ValidationError) as e:
+        load_settings(write(tmp_path, edit(GOOD)), env_file=None)
+    locs = [".".join(str(p) for p in err["loc"]) for err in e.value.errors()]
+    assert any(loc.startswith(path) for loc in locs), locs
+
+
+def test_validate_config_cli_exit_codes(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    assert main(["agent", "validate-config", "--config", str(write(tmp_path, GOOD))]) == 0
+    assert "valid" in capsys.readouterr().out
+    bad = GOOD.replace("max_depth_mm = 650", "max_depth_mm = -5").replace('station_id = "line1-st3"', 'station_id = ""')
+    assert main(["agent", "validate-config", "--config", str(write(tmp_path, bad, "bad.toml"))]) == 2
+    err = capsys.readouterr().err
+    assert "2 invalid setting(s)" in err and "segmentation.max_depth_mm" in err and "station_id" in err
+    assert main(["agent", "validate-config", "--config", str(tmp_path / "missing.toml")]) == 2
+
+
+def test_the_example_config_in_the_repository_is_valid(monkeypatch):
+    from pathlib import Path
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    example = Path(__file__).resolve().parents[2] / "systemd" / "agent.example.toml"
+    s = load_settings(example, env_file=None)
+    assert s.source.type == "realsense" and s.model.backend.type == "tensorrt"
