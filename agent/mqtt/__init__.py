@@ -1,0 +1,1 @@
+"""Publishing verdicts to PLCs and SCADA over MQTT, with a durable outbox."""

@@ -1,0 +1,115 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+
+from agent.mqtt.outbox import Outbox
+from agent.mqtt.publisher import Publisher
+from tests.agent.mqtt.conftest import Subscriber
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def events_received(msgs, topic="adgan/st1/events"):
+    return [json.loads(p)["event_id"] for t, p, _ in msgs if t == topic]
+
+
+def test_events_arrive_in_order_and_leave_the_outbox_on_ack(broker, tmp_path):
+    sub = Subscriber(broker.port, "adgan/st1/#")
+    ob = Outbox(tmp_path / "outbox.sqlite")
+    pub = Publisher("st1", ob, port=broker.port)
+    try:
+        pub.start()
+        assert pub.connected.wait(10)
+        assert sub.wait_for(lambda m: ("adgan/st1/availability", b"online", False) in m
+                            or any(t.endswith("availability") and p == b"online" for t, p, _ in m))
+        for i in range(5):
+            pub.publish_event({"event_id": f"e{i}", "seq": i, "verdict": "ok" if i % 2 else "anomaly"})
+        assert sub.wait_for(lambda m: len(events_received(m)) == 5)
+        assert events_received(sub.messages) == [f"e{i}" for i in range(5)]
+        deadline = time.monotonic() + 10
+        while len(ob) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(ob) == 0  # every event acknowledged by the broker and removed
+        assert sub.wait_for(lambda m: any(t == "adgan/st1/verdict" and p == b"NG" for t, p, _ in m))
+    finally:
+        pub.stop()
+        sub.close()
+    # a clean stop publishes 'offline' (retained)
+    late = Subscriber(broker.port, "adgan/st1/availability")
+    try:
+        assert late.wait_for(lambda m: m and m[-1][1] == b"offline" and m[-1][2])
+    finally:
+        late.close()
+
+
+def test_outbox_is_bounded_and_counts_what_it_drops(tmp_path):
+    ob = Outbox(tmp_path / "o.sqlite", max_events=3)
+    for i in range(5):
+        ob.put(f"e{i}", "t", b"x")
+    assert [p.event_id for p in ob.pending()] == ["e2", "e3", "e4"] and ob.dropped == 2
+    ob.put("e4", "t", b"x")  # the same id again is not a second event
+    assert len(ob) == 3
+    ob.close()
+    assert Outbox(tmp_path / "o.sqlite", max_events=3).dropped == 2  # the counter survives a restart
+
+
+PRODUCER = textwrap.dedent('''
+    import sys, time
+    sys.path.insert(0, {root!r})
+    from agent.mqtt.outbox import Outbox
+    from agent.mqtt.publisher import Publisher
+    port, start, count, path = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    pub = Publisher("st1", Outbox(path), port=port, keepalive=5)
+    pub.start()
+    for i in range(start, start + count):
+        pub.publish_event({{"event_id": f"e{{i}}", "seq": i, "verdict": "ok"}})
+        print(i, flush=True)
+        time.sleep(0.1)
+    time.sleep(30)  # stay alive until killed
+''')
+
+
+def test_no_event_is_lost_across_a_broker_outage_and_an_agent_sigkill(broker, tmp_path):
+    script = tmp_path / "producer.py"
+    script.write_text(PRODUCER.format(root=str(ROOT)))
+    outbox = str(tmp_path / "outbox.sqlite")
+    sub = Subscriber(broker.port, "adgan/st1/events")
+    assert sub.subscribed.wait(10)
+    p1 = subprocess.Popen([sys.executable, str(script), str(broker.port), "0", "60", outbox],
+                          stdout=subprocess.PIPE, text=True)
+    try:
+        produced = [p1.stdout.readline() for _ in range(10)]  # 10 events while the broker is up
+        assert all(produced)
+        broker.stop()
+        outage_start = time.monotonic()
+        produced += [p1.stdout.readline() for _ in range(20)]  # 20 more during the outage
+        time.sleep(max(0.0, 10 - (time.monotonic() - outage_start)) / 2)
+        os.kill(p1.pid, signal.SIGKILL)  # the agent dies during the outage
+        p1.wait(10)
+        time.sleep(max(0.0, 10 - (time.monotonic() - outage_start)))  # a 10 s outage
+        last = int(produced[-1])
+        broker.start()
+        # A broker without persistence delivers only to connected subscribers (a PLC gateway
+        # would hold a persistent session): let the subscriber come back before the agent.
+        assert sub.subscribed.wait(15)
+        p2 = subprocess.Popen([sys.executable, str(script), str(broker.port), str(last + 1), "5", outbox],
+                              stdout=subprocess.PIPE, text=True)
+        try:
+            want = {f"e{i}" for i in range(last + 6)}
+            assert sub.wait_for(lambda m: want <= set(events_received(m, "adgan/st1/events")), timeout=30), \
+                sorted(want - set(events_received(sub.messages, "adgan/st1/events")))
+            got = events_received(sub.messages, "adgan/st1/events")
+            assert len(got) >= len(want)  # duplicates allowed (at least once), each with its original id
+        finally:
+            p2.kill()
+            p2.wait(10)
+    finally:
+        if p1.poll() is None:
+            p1.kill()
+        sub.close()
