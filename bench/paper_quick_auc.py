@@ -21,27 +21,10 @@ from adgan.score import make_scorer
 from agent.scoring.bundle import Bundle, SearchDefaults
 from agent.segment.preprocess import sample_to_input
 from agent.sources.folder import iter_samples
+from calibration.metrics import auc as auroc
 from export.bundle import write_bundle
 
 CLASSES = ("rectangle", "cylinder", "sphere")
-
-
-def auroc(normal: np.ndarray, anomalous: np.ndarray) -> float:
-    """P(score of an anomaly > score of a normal sample), ties counted half (Mann-Whitney)."""
-    s = np.concatenate([normal, anomalous])
-    order = s.argsort(kind="mergesort")
-    ranks = np.empty(len(s))
-    sorted_s = s[order]
-    i = 0
-    while i < len(s):  # average ranks over ties
-        j = i
-        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    r_anom = ranks[len(normal):].sum()
-    n1, n0 = len(anomalous), len(normal)
-    return float((r_anom - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
 def main() -> None:

@@ -76,19 +76,12 @@ class ReferenceSearcher:
         self.g = torch_generator_from_bundle(bundle)
         self.seeds = bundle.seeds_per_call
 
-    def initial_z(self):
-        import math
-
-        import numpy as np
-        total = math.ceil(self.params.n_seed / self.seeds) * self.seeds
-        return np.random.default_rng(self.seed).standard_normal((total, self.bundle.nz)).astype(np.float32)
-
     def score(self, x):
         import numpy as np
 
-        from agent.scoring.search import ScoreResult
+        from agent.scoring.search import ScoreResult, initial_z
         p = self.params
-        z0 = torch.from_numpy(self.initial_z()[: p.n_seed])
+        z0 = torch.from_numpy(initial_z(self.seed, p.n_seed, self.seeds, self.bundle.nz)[: p.n_seed])
         xt = torch.from_numpy(x).unsqueeze(0)
         per = []
         for s in range(p.n_seed):

@@ -180,11 +180,12 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         path = self.out / CHECKPOINT
         tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.state(), tmp)
+        state = self.state()
+        torch.save(state, tmp)
         os.replace(tmp, path)
-        cfg = {k: v for k, v in self.state().items() if k in ("config", "architecture", "preprocessing", "epoch",
-                                                               "g_steps", "producer")}
-        cfg["data"] = {k: v for k, v in self.state()["data"].items() if k != "frames"}
+        cfg = {k: v for k, v in state.items() if k in ("config", "architecture", "preprocessing", "epoch",
+                                                       "g_steps", "producer")}
+        cfg["data"] = {k: v for k, v in state["data"].items() if k != "frames"}
         (self.out / "config.json").write_text(json.dumps(cfg, indent=1, default=str) + "\n")
         return path
 

@@ -53,6 +53,12 @@ class ScoreResult:
     reconstruction: np.ndarray  # G(z*) of the best seed, (4, H, W) in [-1, 1]
 
 
+def initial_z(seed: int, n_seed: int, seeds_per_call: int, nz: int) -> np.ndarray:
+    """z0 for a search: whole graph calls' worth of seeds, the same for every sample with `seed`."""
+    total = math.ceil(n_seed / seeds_per_call) * seeds_per_call
+    return np.random.default_rng(seed).standard_normal((total, nz)).astype(np.float32)
+
+
 class Searcher:
     """Scores model inputs with a bundle's search defaults, optionally overridden."""
 
@@ -64,11 +70,6 @@ class Searcher:
         self.bundle, self.backend, self.seed = bundle, backend, seed
         self.params: SearchDefaults = replace(bundle.search, **{k: v for k, v in overrides.items() if v is not None})
 
-    def initial_z(self) -> np.ndarray:
-        """z0 for every seed: the same for every sample with the same `seed` (reproducible scores)."""
-        total = math.ceil(self.params.n_seed / self.backend.seeds) * self.backend.seeds
-        return np.random.default_rng(self.seed).standard_normal((total, self.bundle.nz)).astype(np.float32)
-
     def score(self, x: np.ndarray) -> ScoreResult:
         b = self.bundle
         if x.shape != (b.channels, b.size, b.size) or x.dtype != np.float32:
@@ -76,7 +77,7 @@ class Searcher:
         if not np.isfinite(x).all():
             raise ValueError("model input contains NaN or infinite values")
         p, s = self.params, self.backend.seeds
-        z_all = self.initial_z()
+        z_all = initial_z(self.seed, p.n_seed, s, b.nz)
         losses, recs = [], []
         for start in range(0, len(z_all), s):
             self.backend.reset(x, z_all[start:start + s])

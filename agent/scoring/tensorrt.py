@@ -111,7 +111,7 @@ def build_engine(bundle_path: str | Path, fp16: bool = False, device: int = 0) -
     """Build step and loss engines from a bundle's ONNX on this machine; returns the sidecar path."""
     trt = _import_trt()
     bundle = Bundle.load(bundle_path)
-    cuda = CudaDevice(device)  # noqa: F841 (holds the CUDA context while building)
+    cuda = CudaDevice(device)  # holds the CUDA context while building
     try:
         info = cuda.describe()
         logger = trt.Logger(trt.Logger.WARNING)
