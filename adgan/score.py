@@ -5,14 +5,13 @@ import argparse
 import csv
 import logging
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
 
 from agent.scoring.bundle import Bundle
-from agent.segment.preprocess import Preprocessing, sample_to_input
-from agent.sources.folder import rgb_path, class_folders, frame_numbers, parse_frames, read_preprocessing, read_sample
+from agent.segment.preprocess import sample_to_input
+from agent.sources.folder import check_preprocessing, class_folders, frame_numbers, parse_frames, read_sample, rgb_path
 
 log = logging.getLogger(__name__)
 
@@ -22,26 +21,16 @@ def make_scorer(bundle: Bundle, backend: str, seed: int = 0, threads: int = 0, *
     if backend == "torch":
         from export.reference import ReferenceSearcher
         return ReferenceSearcher(bundle, seed, **overrides)
-    from agent.scoring.search import Searcher
+    from agent.scoring.search import Searcher, open_backend
     if backend == "onnxruntime":
-        from agent.scoring.onnxruntime import OnnxRuntimeBackend, OnnxRuntimeSettings
-        engine = OnnxRuntimeBackend(bundle, OnnxRuntimeSettings(threads=threads))
+        from agent.scoring.onnxruntime import OnnxRuntimeSettings
+        settings = OnnxRuntimeSettings(threads=threads)
     elif backend == "tensorrt":
-        from agent.scoring.tensorrt import TensorRTBackend
-        engine = TensorRTBackend(bundle)
+        from agent.scoring.tensorrt import TensorRTSettings
+        settings = TensorRTSettings()
     else:
         raise ValueError(f"unknown backend {backend!r}")
-    engine.warmup(bundle)
-    return Searcher(bundle, engine, seed, **overrides)
-
-
-def check_preprocessing(folder: Path, bundle: Bundle) -> None:
-    """Refuse samples made with another recipe than the bundle's (size aside: inputs are resized)."""
-    rec = read_preprocessing(folder) or Preprocessing()
-    want = bundle.preprocessing
-    if replace(rec, size=want.size) != want:
-        raise ValueError(f"{folder} was made with preprocessing {rec.to_dict()}, the bundle expects "
-                         f"{want.to_dict()}; prepare the samples with the bundle's recipe")
+    return Searcher(bundle, open_backend(bundle, settings), seed, **overrides)
 
 
 def score_folder(scorer, bundle: Bundle, samples: str | Path, frames=None, progress: bool = True):
@@ -49,7 +38,7 @@ def score_folder(scorer, bundle: Bundle, samples: str | Path, frames=None, progr
     folders = class_folders(samples)
     todo = []
     for folder in folders:
-        check_preprocessing(folder, bundle)
+        check_preprocessing(folder, bundle.preprocessing)
         todo += [(folder, n) for n in frame_numbers(folder, frames)]
     if not todo:
         raise ValueError(f"{samples}: no samples to score" + (f" in frames {frames[0]}:{frames[1]}" if frames else ""))

@@ -2,48 +2,134 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
 import sys
 
 
-def cmd_validate_config(a: argparse.Namespace) -> int:
+def _load(a: argparse.Namespace):
+    """Settings, or None after printing every invalid field (exit code 2)."""
     from pydantic import ValidationError
 
     from agent.settings import describe_errors, load_settings
     try:
-        s = load_settings(a.config, a.env_file)
+        return load_settings(a.config, a.env_file)
     except ValidationError as e:
         lines = describe_errors(e)
         print(f"{a.config}: {len(lines)} invalid setting(s):", file=sys.stderr)
         for line in lines:
             print(f"  {line}", file=sys.stderr)
-        return 2
     except (FileNotFoundError, ValueError) as e:
         print(f"{a.config}: {e}", file=sys.stderr)
+    return None
+
+
+def cmd_validate_config(a: argparse.Namespace) -> int:
+    s = _load(a)
+    if s is None:
         return 2
     print(f"{a.config}: valid (station {s.station_id}, source {s.source.type}, "
           f"{len(s.model.bundles)} bundle(s), backend {s.model.backend.type}, trigger {s.trigger.mode})")
     return 0
 
 
-def cmd_not_yet(a: argparse.Namespace) -> int:
-    print(f"adgan agent {a.agent_cmd}: not available in this version yet (tracked in issue 6).", file=sys.stderr)
-    return 2
+def _logging(level: str) -> None:
+    logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(getattr(logging, level.upper()))
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from agent.service import Agent
+    s = _load(a)
+    if s is None:
+        return 2
+    _logging(a.log_level)
+    agent = Agent(s)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, agent.request_stop)
+    try:
+        agent.start()
+    except BaseException:
+        agent.shutdown()
+        raise  # adgan's main prints input errors (bad bundle, stale thresholds) as one line, exit 2
+    return agent.run()
+
+
+def cmd_capture_reference(a: argparse.Namespace) -> int:
+    from agent.segment.reference import SurfaceReference
+    from agent.service import open_source
+    from agent.sources.base import SourceError
+
+    s = _load(a)
+    if s is None:
+        return 2
+    _logging(a.log_level)
+    out = a.out or s.segmentation.reference
+    if out is None:
+        print("no output: pass --out or set segmentation.reference in the configuration", file=sys.stderr)
+        return 2
+    src = open_source(s.source, s.health.frame_timeout_s)
+    try:
+        if src.segmented:
+            print(f"source {s.source.type} replays segmented samples; a reference needs raw depth frames",
+                  file=sys.stderr)
+            return 2
+        frames = []
+        print(f"recording {a.frames} frames of the EMPTY surface from {s.source.type} ...", file=sys.stderr)
+        while len(frames) < a.frames:
+            try:
+                f = src.read()
+            except SourceError as e:
+                print(f"the source failed: {e}", file=sys.stderr)
+                return 1
+            if f is None:
+                break
+            frames.append(f)
+    finally:
+        src.close()
+    if len(frames) < 1:
+        print("the source gave no frames", file=sys.stderr)
+        return 1
+    ref = SurfaceReference.from_frames(frames, max_depth_mm=s.segmentation.max_depth_mm)
+    ref.save(out)
+    holes = int((ref.depth == 0).sum())
+    print(f"surface reference from {ref.n_frames} frames -> {out} ({ref.depth.shape[1]}x{ref.depth.shape[0]}, "
+          f"{holes} pixels unknown); a running agent picks it up at its next frame")
+    return 0
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("agent", help="the inspection agent (camera -> segment -> score -> MQTT) [issue 6]",
-                       description="The station agent. validate-config checks a configuration; run and "
-                                   "capture-reference come with issue 6.")
+    p = sub.add_parser("agent", help="the inspection agent (camera -> segment -> score -> MQTT)",
+                       description="The station agent: run it, check its configuration, record the "
+                                   "empty-surface reference.")
     ag = p.add_subparsers(dest="agent_cmd", required=True, metavar="COMMAND")
+
+    def common(q):
+        q.add_argument("--config", required=True, help="agent.toml")
+        q.add_argument("--env-file", default=".env", help="dotenv file to read if present (default .env)")
+
     q = ag.add_parser("validate-config", help="check a configuration: exit 0 if valid, 2 naming every bad field",
                       description="Load the configuration exactly as 'agent run' would (TOML file, ADGAN_* "
                                   "environment variables nested with '__', a .env file, CREDENTIALS_DIRECTORY) "
                                   "and report every invalid field with its path. Usable as ExecStartPre=.")
-    q.add_argument("--config", required=True, help="agent.toml")
-    q.add_argument("--env-file", default=".env", help="dotenv file to read if present (default .env)")
+    common(q)
     q.set_defaults(func=cmd_validate_config)
-    for name, text in (("run", "run the agent"), ("capture-reference", "record the empty-surface reference")):
-        q = ag.add_parser(name, help=f"{text} [issue 6]", description=f"{text[0].upper()}{text[1:]}. Not available "
-                                                                     "in this version yet (tracked in issue 6).")
-        q.add_argument("--config", help="agent.toml")
-        q.set_defaults(func=cmd_not_yet)
+
+    q = ag.add_parser("run", help="run the agent until SIGTERM (or the end of a finite replay)",
+                      description="Load and verify the bundles and thresholds (refusing tampered bundles and "
+                                  "thresholds calibrated on other bundles), warm the engines up, connect to the "
+                                  "broker, then inspect frames and publish events. Under systemd it reports READY "
+                                  "after warm-up and pings the watchdog from its loop. SIGTERM finishes the "
+                                  "current frame, flushes what the broker accepts and publishes 'offline'.")
+    common(q)
+    q.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    q.set_defaults(func=cmd_run)
+
+    q = ag.add_parser("capture-reference", help="record the empty-surface reference from the configured source",
+                      description="Read frames of the empty table from the configured source and store their "
+                                  "per-pixel median depth as the surface reference (.npz).")
+    common(q)
+    q.add_argument("--frames", type=int, default=30, help="frames to take the median of (default 30)")
+    q.add_argument("--out", default=None, help="where to write (default: segmentation.reference)")
+    q.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    q.set_defaults(func=cmd_capture_reference)

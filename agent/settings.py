@@ -30,20 +30,36 @@ class RealSenseSource(_Strict):
     height: int = Field(480, ge=16, description="colour and depth height in pixels")
     fps: int = Field(30, ge=1, le=90, description="frames per second")
     visual_preset: str | None = Field(None, description="depth visual preset name, e.g. 'High Accuracy'")
+    real_time: bool = Field(True, description="play a recording at its recorded rate (false: as fast as read)")
 
 
 class FolderSourceSettings(_Strict):
     type: Literal["folder"] = Field("folder", description="replay a folder (raw captures or paper-layout samples)")
     path: Path = Field(description="the folder (rgb/, depth/ and, for raw captures, meta/)")
-    loop: bool = Field(False, description="start again at the end")
-    fps: float = Field(5.0, gt=0, description="replay rate")
+    loop: bool = Field(False, description="start again at the end (otherwise the agent stops at the end)")
+    fps: float = Field(5.0, ge=0, description="replay rate (0: as fast as the agent inspects)")
+    frames: str | None = Field(None, description="LO:HI frame numbers to replay (half-open)")
+
+    @field_validator("frames")
+    @classmethod
+    def _frames_spec(cls, v: str | None) -> str | None:
+        from agent.sources.folder import parse_frames
+        parse_frames(v)
+        return v
 
 
 class SyntheticSourceSettings(_Strict):
     type: Literal["synthetic"] = Field("synthetic", description="synthetic parts on a table (demos, tests)")
     seed: int = Field(0, description="scene seed")
+    classes: list[Literal["rectangle", "cylinder", "sphere"]] = Field(
+        ["rectangle", "cylinder", "sphere"], min_length=1, description="classes of the parts that pass")
+    defects: list[Literal["dent", "hole", "chunk", "blemish", "foreign"]] = Field(
+        ["dent", "hole", "chunk", "blemish", "foreign"], description="defect kinds")
     defect_rate: float = Field(0.2, ge=0, le=1, description="probability of a defective part")
-    fps: float = Field(5.0, gt=0, description="frame rate")
+    frames_per_part: int = Field(4, ge=1, description="frames each part stays in view")
+    gap_frames: int = Field(2, ge=0, description="empty-table frames between parts")
+    count: int | None = Field(None, ge=1, description="stop after this many frames (None: endless)")
+    fps: float = Field(5.0, ge=0, description="frame rate (0: as fast as the agent inspects)")
 
 
 SourceSettings = Annotated[Union[RealSenseSource, FolderSourceSettings, SyntheticSourceSettings],
@@ -56,6 +72,7 @@ class SegmentationSettings(_Strict):
     surface_tolerance: float = Field(0.1, gt=0, lt=1, description="relative depth band of the empty surface")
     reference: Path | None = Field(None, description="empty-surface reference (.npz); None: RANSAC plane, logged")
     roi: tuple[int, int, int, int] | None = Field(None, description="x, y, w, h region of interest in pixels")
+    opening_px: int = Field(1, ge=0, le=10, description="speckle removal radius (0: the paper's raw mask)")
 
 
 class ModelSettings(_Strict):
@@ -74,9 +91,13 @@ class ModelSettings(_Strict):
 
 
 class TriggerSettings(_Strict):
-    mode: Literal["continuous", "mqtt"] = Field("continuous", description="score on object passage or on command")
+    mode: Literal["continuous", "mqtt", "every_frame"] = Field(
+        "continuous", description="continuous: one inspection per object passage; mqtt: on .../trigger/set; "
+                                  "every_frame: each frame is one inspection (replays of single captures)")
     min_area_px: int = Field(1500, ge=1, description="mask area that counts as an object present")
     settle_frames: int = Field(3, ge=1, description="frames the object must stay before it is scored")
+    settle_tolerance: float = Field(0.1, gt=0, lt=1, description="relative area change that still counts as still")
+    clear_frames: int = Field(2, ge=1, description="frames without an object that end a passage")
 
 
 class MqttSettings(_Strict):
@@ -113,6 +134,9 @@ class OutboxSettings(_Strict):
 class HealthSettings(_Strict):
     status_interval_s: float = Field(10.0, gt=0, description="heartbeat period on .../status")
     frame_timeout_s: float = Field(5.0, gt=0, description="no frame for this long means reconnect the camera")
+    reconnect_min_s: float = Field(1.0, gt=0, description="first wait before reopening a failed source")
+    reconnect_max_s: float = Field(30.0, gt=0, description="longest wait between reopen attempts (doubling)")
+    stop_flush_s: float = Field(5.0, ge=0, description="on stop, wait this long for the broker to take events")
 
 
 class AgentSettings(BaseSettings):

@@ -63,6 +63,20 @@ class Outbox:
                 self._db.execute("ROLLBACK")
                 raise
 
+    def next_seq(self) -> int:
+        """The next event sequence number: 1, 2, ... kept across restarts."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("INSERT INTO counters (name, value) VALUES ('seq', 1) ON CONFLICT(name) "
+                                 "DO UPDATE SET value = value + 1")
+                (v,) = self._db.execute("SELECT value FROM counters WHERE name = 'seq'").fetchone()
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return int(v)
+
     def ack(self, event_id: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM events WHERE event_id = ?", (event_id,))

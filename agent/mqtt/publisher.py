@@ -1,5 +1,6 @@
 """MQTT publishing per DESIGN.md: availability (retained, Last Will 'offline'), events
-(QoS 1, through the durable outbox), verdict (OK/NG), status. paho-mqtt 2.
+(QoS 1, through the durable outbox), verdict (OK/NG), status, and commands on
+`<base>/<feature>/set` with their state echoed on `<base>/<feature>/state`. paho-mqtt 2.
 
 An event leaves the outbox only in `on_publish`, the broker's PUBACK for its message id;
 every (re)connect republishes whatever is still pending, with its original id.
@@ -10,6 +11,8 @@ import json
 import logging
 import ssl
 import threading
+import time
+from typing import Callable
 
 import paho.mqtt.client as mqtt
 
@@ -22,9 +25,12 @@ class Publisher:
     def __init__(self, station_id: str, outbox: Outbox, host: str = "127.0.0.1", port: int = 1883,
                  prefix: str = "adgan", qos: int = 1, keepalive: int = 30, username: str | None = None,
                  password: str | None = None, tls_ca: str | None = None, tls_cert: str | None = None,
-                 tls_key: str | None = None, client_id: str | None = None) -> None:
+                 tls_key: str | None = None, client_id: str | None = None,
+                 commands: dict[str, Callable[[bytes], None]] | None = None) -> None:
         self.base = f"{prefix}/{station_id}"
         self.outbox, self.qos = outbox, qos
+        # feature -> handler of the payload of <base>/<feature>/set (called on paho's thread)
+        self.commands = dict(commands or {})
         self.host, self.port, self.keepalive = host, port, keepalive
         self.connected = threading.Event()
         # message id -> event id. Never call paho while holding _lock: paho calls on_publish
@@ -44,6 +50,7 @@ class Publisher:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
+        self.client.on_message = self._on_message
 
     def topic(self, name: str) -> str:
         return f"{self.base}/{name}"
@@ -54,6 +61,8 @@ class Publisher:
             log.error("MQTT connection to %s:%d refused: %s", self.host, self.port, reason_code)
             return
         client.publish(self.topic("availability"), "online", qos=1, retain=True)
+        for feature in self.commands:
+            client.subscribe(self.topic(f"{feature}/set"), qos=1)
         self.connected.set()
         pending = self.outbox.pending()
         if pending:
@@ -73,6 +82,17 @@ class Publisher:
                 self._early_acks.add(mid)
         if event_id is not None:
             self.outbox.ack(event_id)
+
+    def _on_message(self, client, userdata, msg) -> None:
+        prefix, suffix = self.base + "/", "/set"
+        feature = msg.topic[len(prefix):-len(suffix)] if msg.topic.startswith(prefix) and msg.topic.endswith(suffix) else None
+        handler = self.commands.get(feature) if feature else None
+        if handler is None:
+            return
+        try:
+            handler(bytes(msg.payload))
+        except Exception:  # a bad command must not kill the network thread
+            log.exception("command on %s failed", msg.topic)
 
     # -- API -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -106,6 +126,19 @@ class Publisher:
 
     def publish_status(self, status: dict) -> None:
         self.client.publish(self.topic("status"), json.dumps(status), qos=0, retain=True)
+
+    def publish_state(self, feature: str, value: str) -> None:
+        """Echo a feature's state on <base>/<feature>/state (retained)."""
+        self.client.publish(self.topic(f"{feature}/state"), value, qos=1, retain=True)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait (bounded) until the broker has acknowledged every stored event."""
+        deadline = time.monotonic() + timeout
+        while len(self.outbox):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+        return True
 
     def stop(self, timeout: float = 5.0) -> None:
         """Publish 'offline', let in-flight messages finish (bounded), disconnect."""

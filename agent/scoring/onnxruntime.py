@@ -9,7 +9,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.scoring.bundle import Bundle
-from agent.scoring.search import Backend
+from agent.scoring.search import Backend, BackendUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ class OnnxRuntimeBackend(Backend):
         settings = settings or OnnxRuntimeSettings()
         missing = [p for p in settings.providers if p not in ort.get_available_providers()]
         if missing:
-            raise RuntimeError(f"ONNX Runtime providers {missing} are not available here "
+            raise BackendUnavailable(f"ONNX Runtime providers {missing} are not available here "
                                f"(available: {ort.get_available_providers()})")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = settings.threads or len(os.sched_getaffinity(0))

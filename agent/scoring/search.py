@@ -46,6 +46,22 @@ class Backend(ABC):
         pass
 
 
+def open_backend(bundle: Bundle, settings=None, warm: bool = True) -> Backend:
+    """The engine named by `settings` (OnnxRuntimeSettings or TensorRTSettings; None: ONNX Runtime), warmed up."""
+    kind = getattr(settings, "type", "onnxruntime")
+    if kind == "onnxruntime":
+        from agent.scoring.onnxruntime import OnnxRuntimeBackend
+        engine: Backend = OnnxRuntimeBackend(bundle, settings)
+    elif kind == "tensorrt":
+        from agent.scoring.tensorrt import TensorRTBackend
+        engine = TensorRTBackend(bundle, settings)
+    else:
+        raise ValueError(f"unknown backend {kind!r}")
+    if warm:
+        engine.warmup(bundle)
+    return engine
+
+
 @dataclass(frozen=True)
 class ScoreResult:
     score: float              # mean over seeds of the final loss

@@ -5,7 +5,8 @@ Paper layout (already segmented; read as is):
     <class>/depth/N.png  8-bit normalised depth, 0 where removed
 Raw layout (what a station records; goes through segmentation):
     <dir>/rgb/N.png      RGB (PNG, lossless)
-    <dir>/depth/N.png    16-bit depth in millimetres
+    <dir>/depth/N.png    16-bit depth in millimetres (or N.tif/N.tiff: 32-bit float millimetres,
+                         NaN or infinity where the camera had no measurement)
     <dir>/meta/N.json    {"timestamp": s, "intrinsics": {...}, ...}
 The same N names the same capture. A dataset root holds class folders.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -24,6 +26,7 @@ from agent.segment.preprocess import Preprocessing
 from agent.sources.base import FrameSource
 
 RGB_EXTS = (".jpg", ".jpeg", ".png")
+DEPTH_EXTS = (".png", ".tif", ".tiff")
 PREPROCESSING_FILE = "preprocessing.json"
 
 
@@ -42,6 +45,14 @@ def read_preprocessing(folder: Path) -> Preprocessing | None:
         return Preprocessing.from_dict(json.loads(p.read_text()))
     except (ValueError, TypeError) as e:
         raise ValueError(f"{p}: bad preprocessing record: {e}") from None
+
+
+def check_preprocessing(folder: Path, want: Preprocessing) -> None:
+    """Refuse samples made with another recipe than `want` (size aside: inputs are resized)."""
+    rec = read_preprocessing(folder) or Preprocessing()
+    if replace(rec, size=want.size) != want:
+        raise ValueError(f"{folder} was made with preprocessing {rec.to_dict()}, the bundle expects "
+                         f"{want.to_dict()}; prepare the samples with the bundle's recipe")
 
 
 def parse_frames(spec: str | None) -> tuple[int, int] | None:
@@ -70,7 +81,7 @@ def frame_numbers(folder: Path, frames: tuple[int, int] | None = None) -> list[i
     if not rgb_dir.is_dir() or not depth_dir.is_dir():
         raise FileNotFoundError(f"{folder} is not a sample folder: it needs rgb/ and depth/ inside")
     rgb = {int(p.stem) for p in rgb_dir.iterdir() if p.suffix.lower() in RGB_EXTS and p.stem.isdigit()}
-    depth = {int(p.stem) for p in depth_dir.iterdir() if p.suffix.lower() == ".png" and p.stem.isdigit()}
+    depth = {int(p.stem) for p in depth_dir.iterdir() if p.suffix.lower() in DEPTH_EXTS and p.stem.isdigit()}
     nums = sorted(rgb & depth)
     if frames is not None:
         nums = [n for n in nums if frames[0] <= n < frames[1]]
@@ -102,6 +113,20 @@ def rgb_path(folder: Path, n: int) -> Path:
     raise FrameError(f"{folder}/rgb has no image for frame {n}")
 
 
+def depth_path(folder: Path, n: int) -> Path:
+    for ext in DEPTH_EXTS:
+        p = folder / "depth" / f"{n}{ext}"
+        if p.exists():
+            return p
+    raise FrameError(f"{folder}/depth has no image for frame {n}")
+
+
+def float_depth_to_mm(depth: np.ndarray) -> np.ndarray:
+    """Float millimetres -> uint16 millimetres; NaN, infinite and negative values become 0 (no depth)."""
+    d = np.where(np.isfinite(depth) & (depth > 0), depth, 0.0)
+    return np.clip(np.rint(d), 0, 65535).astype(np.uint16)
+
+
 def _imread(path: Path, flags: int) -> np.ndarray:
     # cv2.imread returns None for unreadable files instead of raising; make that an error.
     data = np.fromfile(str(path), np.uint8) if path.is_file() else None
@@ -121,26 +146,28 @@ def read_rgb(path: Path) -> np.ndarray:
 def read_sample(folder: Path, n: int) -> Sample:
     """Frame n of a paper-layout folder as a Sample."""
     rgb = read_rgb(rgb_path(folder, n))
-    depth_path = folder / "depth" / f"{n}.png"
-    depth = _imread(depth_path, cv2.IMREAD_UNCHANGED)
+    dpath = depth_path(folder, n)
+    depth = _imread(dpath, cv2.IMREAD_UNCHANGED)
     if depth.ndim == 3:  # some tools save grey as 3 equal channels
         depth = depth[:, :, 0]
     if depth.dtype != np.uint8:
-        raise FrameError(f"{depth_path}: paper-layout depth must be 8-bit, got {depth.dtype}")
+        raise FrameError(f"{dpath}: paper-layout depth must be 8-bit, got {depth.dtype}")
     if depth.shape != rgb.shape[:2] or depth.shape[0] != depth.shape[1]:
         raise FrameError(f"{folder} frame {n}: rgb {rgb.shape[:2]} and depth {depth.shape} "
                          "must be the same square size")
-    return Sample(rgb=rgb, depth=depth, meta={"path": str(depth_path.parent.parent), "frame": n,
+    return Sample(rgb=rgb, depth=depth, meta={"path": str(dpath.parent.parent), "frame": n,
                                               "class": folder.name})
 
 
 def read_raw_frame(folder: Path, n: int) -> RGBDFrame:
     """Frame n of a raw-layout folder as an RGBDFrame."""
     rgb = read_rgb(rgb_path(folder, n))
-    depth_path = folder / "depth" / f"{n}.png"
-    depth = _imread(depth_path, cv2.IMREAD_UNCHANGED)
+    dpath = depth_path(folder, n)
+    depth = _imread(dpath, cv2.IMREAD_UNCHANGED)
+    if depth.ndim == 2 and depth.dtype in (np.float32, np.float64):
+        depth = float_depth_to_mm(depth)
     if depth.dtype != np.uint16 or depth.ndim != 2:
-        raise FrameError(f"{depth_path}: raw depth must be a 16-bit single-channel PNG (mm), "
+        raise FrameError(f"{dpath}: raw depth must be single-channel 16-bit (mm) or 32-bit float (mm), "
                          f"got {depth.dtype} {depth.shape}")
     meta_path = folder / "meta" / f"{n}.json"
     try:
@@ -202,6 +229,8 @@ class FolderSource(FrameSource):
 
     The layout is the raw one when the folder has meta/, the paper's otherwise.
     """
+
+    live = False
 
     def __init__(self, folder: str | Path, frames: tuple[int, int] | None = None, loop: bool = False) -> None:
         self.folder = Path(folder)

@@ -291,16 +291,20 @@ def _depth_edges(depth: np.ndarray, jump_mm: float = 12.0) -> np.ndarray:
 class SyntheticSource(FrameSource):
     """An endless (or `count`-long) stream of synthetic frames from one station.
 
-    Frame i is drawn from seed (seed, i): class uniformly from `classes`, a defect with
-    probability `defect_rate`, an empty table with probability `empty_rate`.
+    Part p is drawn from seed (seed, p): class uniformly from `classes`, a defect with
+    probability `defect_rate`, an empty table with probability `empty_rate`. Each part
+    stays on the table for `frames_per_part` frames, followed by `gap_frames` frames of
+    the empty table, like parts passing a station (the defaults, 1 and 0, give one new
+    part every frame).
     """
 
     segmented = False
+    live = True
 
     def __init__(self, classes: Sequence[str] = CLASSES, seed: int = 0, count: int | None = None,
                  width: int = 640, height: int = 480, defects: Sequence[str] = (),
                  defect_rate: float = 0.0, empty_rate: float = 0.0, fps: float = 30.0,
-                 station: SyntheticStation | None = None) -> None:
+                 station: SyntheticStation | None = None, frames_per_part: int = 1, gap_frames: int = 0) -> None:
         for c in classes:
             if c not in CLASSES:
                 raise ValueError(f"unknown synthetic class {c!r}; choose from {', '.join(CLASSES)}")
@@ -313,6 +317,9 @@ class SyntheticSource(FrameSource):
             raise ValueError("defect_rate > 0 needs at least one defect kind")
         if not (0 <= defect_rate <= 1 and 0 <= empty_rate <= 1):
             raise ValueError("defect_rate and empty_rate must be within [0, 1]")
+        if frames_per_part < 1 or gap_frames < 0:
+            raise ValueError(f"need frames_per_part >= 1 and gap_frames >= 0, got {frames_per_part}, {gap_frames}")
+        self.frames_per_part, self.gap_frames = frames_per_part, gap_frames
         self.classes, self.defects = tuple(classes), tuple(defects)
         self.defect_rate, self.empty_rate = defect_rate, empty_rate
         self.seed, self.count, self.fps = seed, count, fps
@@ -321,8 +328,13 @@ class SyntheticSource(FrameSource):
 
     def frame(self, i: int) -> RGBDFrame:
         """Frame number i of this stream (the same every time)."""
-        rng = np.random.default_rng([self.seed, 1, i])
+        part_no, phase = divmod(i, self.frames_per_part + self.gap_frames)
         ts = i / self.fps
+        if phase >= self.frames_per_part:  # the gap between two parts
+            f = self.station.render(np.random.default_rng([self.seed, 3, i]), None, timestamp=ts)
+            f.meta.update(frame=i, part=None)
+            return f
+        rng = np.random.default_rng([self.seed, 1, part_no])
         if rng.random() < self.empty_rate:
             f = self.station.render(rng, None, timestamp=ts)
         else:
@@ -331,7 +343,7 @@ class SyntheticSource(FrameSource):
             if self.defects and rng.random() < self.defect_rate:
                 defect = self.defects[int(rng.integers(len(self.defects)))]
             f = self.station.render(rng, self.station.random_part(rng, cls), defect, timestamp=ts)
-        f.meta["frame"] = i
+        f.meta.update(frame=i, part=part_no)
         return f
 
     def empty_frames(self, n: int) -> Iterator[RGBDFrame]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from agent.mqtt.outbox import Outbox
 from agent.mqtt.publisher import Publisher
-from tests.agent.mqtt.conftest import Subscriber
+from tests.agent.conftest import Subscriber
 
 ROOT = Path(__file__).resolve().parents[3]
 

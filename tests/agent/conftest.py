@@ -1,11 +1,16 @@
 """A real mosquitto broker on a free loopback port, stopped by PID; a collecting subscriber."""
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
+import textwrap
 import threading
 import time
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -88,3 +93,84 @@ class Subscriber:
     def close(self) -> None:
         self.c.disconnect()
         self.c.loop_stop()
+
+
+# -- the agent as a real process ---------------------------------------------------------
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def calibrated(bundles, synth_data, tmp_path_factory):
+    """(bundle, thresholds.json) for the tiny sphere model: equal-rates threshold on the synthetic test set."""
+    from adgan.cli import main
+    out = tmp_path_factory.mktemp("calibrated") / "thresholds.json"
+    b, t = bundles[("none", "fg")], synth_data / "test"
+    assert main(["calibrate", str(b), "--normal", str(t / "sphere"), "--anomalous", str(t / "sphere_defect"),
+                 "--anomalous", str(t / "cylinder"), "--policy", "equal-rates", "--out", str(out), "--quiet"]) == 0
+    return b, out
+
+
+def agent_config(tmp_path, port: int, bundle, thresholds, source: str, trigger: str = "every_frame",
+                 extra: str = "", station: str = "st1") -> Path:
+    """An agent.toml for tests: one sphere bundle, a loopback broker, a fast heartbeat."""
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(textwrap.dedent(f"""\
+        station_id = "{station}"
+        [source]
+        {source}
+        [model]
+        expected_class = "sphere"
+        thresholds = "{thresholds}"
+        bundles = {{ sphere = "{bundle}" }}
+        [model.backend]
+        type = "onnxruntime"
+        threads = 1
+        [trigger]
+        mode = "{trigger}"
+        [mqtt]
+        host = "127.0.0.1"
+        port = {port}
+        [outbox]
+        path = "{tmp_path / 'outbox.sqlite'}"
+        [health]
+        status_interval_s = 0.5
+        reconnect_min_s = 0.2
+        stop_flush_s = 5
+        """) + textwrap.dedent(extra))
+    return cfg
+
+
+class AgentProcess:
+    """`adgan agent run` as a subprocess; stopped by PID (SIGTERM, then SIGKILL) in stop()."""
+
+    def __init__(self, config: Path, log: Path, env: dict | None = None) -> None:
+        self.log = log
+        self.fh = open(log, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "adgan", "agent", "run", "--config", str(config),
+                                      "--env-file", "/nonexistent"], cwd=ROOT, stdout=self.fh,
+                                     stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise AssertionError(f"agent did not finish within {timeout} s:\n{self.output()}") from None
+
+    def output(self) -> str:
+        self.fh.flush()
+        return self.log.read_text(errors="replace")
+
+    def terminate(self, timeout: float = 20) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.fh.close()

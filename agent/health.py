@@ -1,0 +1,81 @@
+"""Service health: systemd notify (READY, WATCHDOG, STATUS, STOPPING) and the status counters.
+
+sd_notify is a datagram to the socket named by $NOTIFY_SOCKET; no library is needed.
+Outside systemd (no NOTIFY_SOCKET) every call is a no-op.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+
+log = logging.getLogger(__name__)
+
+
+class SystemdNotifier:
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        env = os.environ if env is None else env
+        addr = env.get("NOTIFY_SOCKET", "")
+        self._addr = ("\0" + addr[1:]) if addr.startswith("@") else addr  # '@' = abstract namespace
+        self._sock: socket.socket | None = None
+        if self._addr:
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._sock.setblocking(False)
+        usec = env.get("WATCHDOG_USEC", "")
+        pid = env.get("WATCHDOG_PID", "")
+        mine = not pid or pid == str(os.getpid())
+        # Ping at half the watchdog period, as sd_watchdog_enabled(3) recommends.
+        self.watchdog_interval = int(usec) / 2e6 if usec.isdigit() and int(usec) > 0 and mine else None
+        self._last_ping = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return self._sock is not None
+
+    def notify(self, state: str) -> None:
+        if self._sock is None:
+            return
+        try:
+            self._sock.sendto(state.encode(), self._addr)
+        except OSError as e:  # never let health reporting take the agent down
+            log.warning("sd_notify(%s) failed: %s", state.split("\n")[0], e)
+
+    def ready(self, status: str = "") -> None:
+        self.notify("READY=1" + (f"\nSTATUS={status}" if status else ""))
+
+    def status(self, text: str) -> None:
+        self.notify(f"STATUS={text}")
+
+    def stopping(self) -> None:
+        self.notify("STOPPING=1")
+
+    def watchdog(self) -> None:
+        """Call from the main loop; pings at most every half watchdog period."""
+        if self.watchdog_interval is None:
+            return
+        now = time.monotonic()
+        if now - self._last_ping >= self.watchdog_interval:
+            self._last_ping = now
+            self.notify("WATCHDOG=1")
+
+
+class Counters:
+    """Thread-safe counters for the status heartbeat."""
+
+    def __init__(self, *names: str) -> None:
+        self._lock = threading.Lock()
+        self._v = {n: 0 for n in names}
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._v[name] = self._v.get(name, 0) + n
+
+    def get(self, name: str) -> int:
+        with self._lock:
+            return self._v.get(name, 0)
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._v)

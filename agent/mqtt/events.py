@@ -1,0 +1,88 @@
+"""The `events` payload: one JSON document per inspected object (DESIGN.md, MQTT contract).
+
+The pydantic model below is the single definition. `event.schema.json` beside this module
+is generated from it (`python -m agent.mqtt.events > agent/mqtt/event.schema.json`) and
+published for PLC / SCADA integrators; a test keeps the two identical.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+EVENT_SCHEMA_VERSION = 1
+SCHEMA_PATH = Path(__file__).with_name("event.schema.json")
+Verdict = Literal["ok", "anomaly", "no_object", "error"]
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ModelRef(_Doc):
+    cls: str = Field(alias="class", description="product class the bundle was trained on")
+    kind: str = Field(description="training recipe: gan, wgan or wgan-gp")
+    bundle_hash: str = Field(description="sha256 of the bundle manifest (identifies the model exactly)")
+    backend: str = Field(description="engine that ran the search: onnxruntime or tensorrt")
+
+
+class Latency(_Doc):
+    capture_ms: float = Field(ge=0, description="waiting for and reading the frame")
+    segment_ms: float = Field(ge=0, description="segmentation and preprocessing")
+    score_ms: float = Field(ge=0, description="the latent search (Algorithm 1)")
+    total_ms: float = Field(ge=0, description="frame arrival to event")
+
+
+class SourceRef(_Doc):
+    type: str = Field(description="realsense, folder or synthetic")
+    frame: Optional[int] = Field(None, description="frame number within the source, when it has one")
+    path: Optional[str] = Field(None, description="file the frame came from (folder replay)")
+    truth: Optional[dict[str, Any]] = Field(None, description="ground truth the source knows (synthetic scenes)")
+
+
+class Event(_Doc):
+    schema_version: Literal[1] = Field(EVENT_SCHEMA_VERSION, description="version of this document")
+    event_id: str = Field(min_length=1, description="unique id; a resend after an outage carries the same id")
+    seq: int = Field(ge=1, description="per-station sequence number, increasing across restarts")
+    station: str = Field(description="station id")
+    captured_at: str = Field(description="UTC time the frame was taken (ISO 8601)")
+    decided_at: str = Field(description="UTC time the verdict was made (ISO 8601)")
+    expected_class: str = Field(description="the class being inspected")
+    model: Optional[ModelRef] = Field(None, description="the model that scored the object (absent when none ran)")
+    trigger: Literal["continuous", "mqtt", "every_frame"] = Field(description="what started this inspection")
+    verdict: Verdict = Field(description="ok, anomaly (score > threshold), no_object, or error")
+    score: Optional[float] = Field(None, description="anomaly score (mean final loss over seeds); higher is worse")
+    threshold: Optional[float] = Field(None, description="calibrated threshold: anomaly when score > threshold")
+    object_area_px: Optional[int] = Field(None, ge=0, description="segmented object area in frame pixels")
+    latency_ms: Latency = Field(description="time per stage")
+    source: SourceRef = Field(description="where the frame came from")
+    error: Optional[str] = Field(None, description="why the frame could not be inspected (verdict error)")
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(by_alias=True, exclude_none=False).encode()
+
+
+def utc_iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def json_schema() -> dict[str, Any]:
+    s = Event.model_json_schema(by_alias=True)
+    s["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    s["$id"] = "https://github.com/adgan-edge/adgan-edge/agent/mqtt/event.schema.json"
+    s["title"] = "adgan-edge inspection event"
+    s["description"] = ("One JSON document per inspected object on adgan/<station>/events (QoS 1). "
+                        "Delivered at least once: deduplicate on event_id.")
+    return s
+
+
+def schema_text() -> str:
+    return json.dumps(json_schema(), indent=1, sort_keys=True) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(schema_text())

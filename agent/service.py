@@ -1,0 +1,405 @@
+"""The station agent: capture -> segment -> trigger -> score -> decide -> publish, until stopped.
+
+One thread runs the loop; paho's network thread delivers commands (class switch, trigger)
+through thread-safe hand-offs. Nothing in the loop can end the agent except a stop request
+(SIGTERM / SIGINT) or the end of a finite replay: a bad frame becomes an `error` event, a
+failed source is reopened with doubling backoff and reported in `status`.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from agent.decide.inspector import ClassModel, load_models
+from agent.frame import FrameError, NoObjectError, RGBDFrame, Sample
+from agent.health import Counters, SystemdNotifier
+from agent.mqtt.events import Event, utc_iso
+from agent.mqtt.outbox import Outbox
+from agent.mqtt.publisher import Publisher
+from agent.segment.preprocess import make_sample, sample_to_input
+from agent.segment.segmentation import SegmentationConfig
+from agent.segment.station import StationSegmenter
+from agent.settings import AgentSettings
+from agent.sources.base import FrameSource, SourceError
+from agent.trigger import CommandTrigger, Passage, PassageTrigger
+
+log = logging.getLogger(__name__)
+
+
+def open_source(cfg, frame_timeout_s: float = 5.0) -> FrameSource:
+    """The frame source described by the `source` settings."""
+    if cfg.type == "folder":
+        from agent.sources.folder import FolderSource, parse_frames
+        return FolderSource(cfg.path, parse_frames(cfg.frames), loop=cfg.loop)
+    if cfg.type == "synthetic":
+        from agent.sources.synthetic import SyntheticSource
+        return SyntheticSource(cfg.classes, seed=cfg.seed, count=cfg.count, defects=cfg.defects,
+                               defect_rate=cfg.defect_rate if cfg.defects else 0.0, fps=cfg.fps or 30.0,
+                               frames_per_part=cfg.frames_per_part, gap_frames=cfg.gap_frames)
+    if cfg.type == "realsense":
+        from agent.sources.realsense import RealSenseFrameSource
+        return RealSenseFrameSource(cfg.serial, cfg.recording, cfg.width, cfg.height, cfg.fps, cfg.visual_preset,
+                                    timeout_s=frame_timeout_s, real_time=cfg.real_time)
+    raise ValueError(f"unknown source type {cfg.type!r}")
+
+
+@dataclass
+class SourceHealth:
+    state: str = "starting"        # starting, running, reconnecting, ended
+    reconnects: int = 0            # successful reopenings after a failure
+    failures: int = 0              # consecutive failures (0 while frames flow)
+    total_failures: int = 0
+    last_error: str | None = None
+    next_attempt: float = 0.0      # monotonic time of the next open attempt
+
+    def to_dict(self) -> dict:
+        return {"state": self.state, "reconnects": self.reconnects, "consecutive_failures": self.failures,
+                "failures": self.total_failures, "last_error": self.last_error}
+
+
+@dataclass
+class Work:
+    """What the loop knows about the frame in hand."""
+    started: float
+    captured_at: float
+    capture_ms: float = 0.0
+    segment_ms: float = 0.0
+    score_ms: float = 0.0
+    area: int | None = None
+    forced: bool = False           # inspection requested over MQTT
+    source: dict = field(default_factory=dict)
+
+
+class Agent:
+    def __init__(self, settings: AgentSettings, notifier: SystemdNotifier | None = None) -> None:
+        self.s = settings
+        self.notifier = notifier or SystemdNotifier()
+        self.stop_requested = threading.Event()
+        self.counters = Counters("frames", "events", "ok", "anomaly", "no_object", "error", "errors_suppressed")
+        self.source_health = SourceHealth()
+        self.started = time.time()
+        self.models: dict[str, ClassModel] = {}
+        self.expected = settings.model.expected_class
+        self._class_request: str | None = None
+        self._class_lock = threading.Lock()
+        self.commands = CommandTrigger()
+        t = settings.trigger
+        self.passage = PassageTrigger(t.min_area_px, t.settle_frames, t.settle_tolerance, t.clear_frames)
+        seg = settings.segmentation
+        self.segmenter = StationSegmenter(SegmentationConfig(seg.max_depth_mm, seg.surface_tolerance, seg.roi,
+                                                             seg.opening_px), seg.reference)
+        self.source: FrameSource | None = None
+        self.outbox: Outbox | None = None
+        self.publisher: Publisher | None = None
+        self._last_error: str | None = None   # suppresses floods of one error in continuous mode
+        self._next_status = 0.0
+        self._next_frame = 0.0
+
+    # -- start ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Load and verify models (refusing bad ones), warm up, connect, open the source, READY."""
+        m = self.s.model
+        self.notifier.status("loading models")
+        self.models = load_models(m.bundles, m.thresholds, m.seed, m.backend)
+        mq = self.s.mqtt
+        self.outbox = Outbox(self.s.outbox.path, self.s.outbox.max_events)
+        pending = len(self.outbox)
+        if pending:
+            log.info("outbox holds %d unacknowledged events from before; they are sent on connect", pending)
+        self.publisher = Publisher(
+            self.s.station_id, self.outbox, mq.host, mq.port, mq.topic_prefix, mq.qos, mq.keepalive_s, mq.username,
+            mq.password.get_secret_value() if mq.password else None,
+            str(mq.tls_ca) if mq.tls_ca else None, str(mq.tls_cert) if mq.tls_cert else None,
+            str(mq.tls_key) if mq.tls_key else None,
+            commands={"class": self._on_class_command, "trigger": self._on_trigger_command})
+        self.publisher.start()
+        self.publisher.publish_state("class", self.expected)
+        self.publisher.publish_state("trigger", "idle")
+        self._open_source()
+        if self.source is not None and self.source.segmented and self.s.source.type == "folder":
+            from agent.sources.folder import check_preprocessing
+            for m in self.models.values():
+                check_preprocessing(self.s.source.path, m.bundle.preprocessing)
+        self.notifier.ready(f"inspecting {self.expected}")
+        log.info("agent %s ready: classes %s, expecting %s, trigger %s", self.s.station_id, sorted(self.models),
+                 self.expected, self.s.trigger.mode)
+
+    # -- commands (paho's thread) --------------------------------------------------------
+    def _on_class_command(self, payload: bytes) -> None:
+        with self._class_lock:
+            self._class_request = payload.decode("utf-8", "replace").strip()
+
+    def _on_trigger_command(self, payload: bytes) -> None:
+        self.commands.request()
+        self.publisher.publish_state("trigger", "pending")
+
+    def _apply_class_request(self) -> None:
+        with self._class_lock:
+            req, self._class_request = self._class_request, None
+        if req is None:
+            return
+        if req in self.models:
+            if req != self.expected:
+                log.info("expected class switched from %s to %s", self.expected, req)
+                self.expected = req
+                self.passage.reset()
+        else:
+            log.warning("class/set %r refused: no bundle for it (have %s)", req, ", ".join(sorted(self.models)))
+        self.publisher.publish_state("class", self.expected)
+
+    # -- source management ---------------------------------------------------------------
+    def _open_source(self) -> None:
+        h = self.source_health
+        try:
+            self.source = open_source(self.s.source, self.s.health.frame_timeout_s)
+        except (SourceError, OSError, RuntimeError) as e:
+            self._source_failed(f"cannot open source: {e}")
+            return
+        if h.failures:
+            h.reconnects += 1
+            log.info("source reopened after %d failure(s)", h.failures)
+        h.state = "running"
+        self._next_frame = time.monotonic()
+
+    def _source_failed(self, reason: str) -> None:
+        h = self.source_health
+        h.failures += 1
+        h.total_failures += 1
+        h.last_error, h.state = reason, "reconnecting"
+        hs = self.s.health
+        delay = min(hs.reconnect_min_s * 2 ** (h.failures - 1), hs.reconnect_max_s)
+        h.next_attempt = time.monotonic() + delay
+        log.error("frame source failed (%s); reopening in %.1f s (failure %d)", reason, delay, h.failures)
+        if self.source is not None:
+            try:
+                self.source.close()
+            except Exception:  # the source is already broken; closing it must not take us down
+                log.exception("closing the failed source")
+        self.source = None
+        self._publish_status(force=True)
+
+    # -- the loop ------------------------------------------------------------------------
+    def run(self) -> int:
+        """Inspect until a stop request or the end of a finite replay; returns the exit code."""
+        try:
+            while not self.stop_requested.is_set():
+                self.notifier.watchdog()
+                self._publish_status()
+                self._apply_class_request()
+                if self.source is None:
+                    if self.commands.take(0):  # a requested inspection cannot wait for the camera
+                        self._error(Work(time.monotonic(), time.time(), forced=True,
+                                         source={"type": self.s.source.type}),
+                                    f"frame source unavailable: {self.source_health.last_error}")
+                    if time.monotonic() >= self.source_health.next_attempt:
+                        self._open_source()
+                    else:
+                        self.stop_requested.wait(0.1)
+                    continue
+                if not self._iteration():
+                    self.source_health.state = "ended"
+                    log.info("the source has no more frames")
+                    break
+        finally:
+            self.shutdown()
+        return 0
+
+    def _pace(self) -> None:
+        """Replays and synthetic scenes run at their configured rate; a camera paces itself."""
+        fps = 0.0 if self.s.source.type == "realsense" else float(self.s.source.fps)
+        if fps <= 0:
+            return
+        now = time.monotonic()
+        if self._next_frame > now:
+            self.stop_requested.wait(self._next_frame - now)
+        self._next_frame = max(self._next_frame, now) + 1.0 / fps
+
+    def _iteration(self) -> bool:
+        mode = self.s.trigger.mode
+        forced = False
+        if mode == "mqtt" and not self.source.live:
+            # A replay advances only on request: wait (bounded, so heartbeats go on).
+            if not self.commands.take(0.2):
+                return True
+            forced = True
+        else:
+            forced = self.commands.take(0)
+        self._pace()
+        if self.stop_requested.is_set():
+            return True
+        t0 = time.monotonic()
+        work = Work(started=t0, captured_at=time.time(), forced=forced, source={"type": self.s.source.type})
+        try:
+            item = self.source.read()
+        except FrameError as e:
+            work.capture_ms = 1e3 * (time.monotonic() - t0)
+            self._error(work, str(e))
+            return True
+        except (SourceError, OSError, RuntimeError) as e:
+            if forced:  # someone is waiting for this inspection: answer now
+                self._error(work, f"frame source failed: {e}", inspection=True)
+            self._source_failed(str(e))
+            return True
+        if item is None:
+            return False
+        work.capture_ms = 1e3 * (time.monotonic() - t0)
+        self.counters.add("frames")
+        self.source_health.failures = 0
+        self.source_health.state = "running"
+        meta = item.meta
+        work.source.update(frame=meta.get("frame"), path=meta.get("path"))
+        truth = {k: meta[k] for k in ("class", "defect") if k in meta}
+        if truth:
+            work.source["truth"] = truth
+        if isinstance(item, Sample):
+            if mode == "mqtt" and not forced:
+                return True
+            self._inspect_sample(work, item, forced)
+        else:
+            self._handle_frame(work, item, mode, forced)
+        return True
+
+    def _handle_frame(self, work: Work, frame: RGBDFrame, mode: str, forced: bool) -> None:
+        if mode == "mqtt" and not forced:
+            return  # a live camera between requests: frames keep flowing, nothing to inspect
+        ts = time.monotonic()
+        try:
+            seg = self.segmenter(frame)
+        except FrameError as e:
+            work.segment_ms = 1e3 * (time.monotonic() - ts)
+            self._error(work, str(e))
+            return
+        work.area = seg.object_area
+        if mode == "continuous" and not forced:
+            p = self.passage.update(work.area)
+            if p is Passage.NONE:
+                return
+            if p is Passage.UNSETTLED:
+                work.segment_ms = 1e3 * (time.monotonic() - ts)
+                self._error(work, "an object passed without settling: not inspected", inspection=True)
+                return
+        if work.area < self.s.trigger.min_area_px:
+            work.segment_ms = 1e3 * (time.monotonic() - ts)
+            self._emit(work, "no_object")
+            return
+        model = self.models[self.expected]
+        try:
+            sample = make_sample(frame, seg, model.bundle.preprocessing, roi=self.s.segmentation.roi)
+        except NoObjectError:
+            work.segment_ms = 1e3 * (time.monotonic() - ts)
+            self._emit(work, "no_object")
+            return
+        work.segment_ms = 1e3 * (time.monotonic() - ts)
+        self._score(work, sample, model)
+
+    def _inspect_sample(self, work: Work, sample: Sample, forced: bool) -> None:
+        ts = time.monotonic()
+        if not sample.depth.any():
+            work.segment_ms = 1e3 * (time.monotonic() - ts)
+            self._emit(work, "no_object")
+            return
+        self._score(work, sample, self.models[self.expected], t_seg=ts)
+
+    def _score(self, work: Work, sample: Sample, model: ClassModel, t_seg: float | None = None) -> None:
+        ts = time.monotonic()
+        try:
+            x = sample_to_input(sample, model.bundle.size)
+            if t_seg is not None:
+                work.segment_ms = 1e3 * (time.monotonic() - t_seg)
+            ts = time.monotonic()
+            d = model.decide(x)
+        except (ValueError, RuntimeError) as e:
+            work.score_ms = 1e3 * (time.monotonic() - ts)
+            self._error(work, f"scoring failed: {e}", inspection=True, model=model)
+            return
+        work.score_ms = 1e3 * (time.monotonic() - ts)
+        self._emit(work, d.verdict, model=model, score=d.score, threshold=d.threshold)
+
+    # -- events --------------------------------------------------------------------------
+    def _error(self, work: Work, reason: str, inspection: bool = False, model: ClassModel | None = None) -> None:
+        """An `error` event, except for frame problems nobody asked about: in `mqtt` mode only
+        requested frames are reported, and in `continuous` mode a frame problem that repeats
+        the previous one is counted (errors_suppressed) instead of flooding the topic."""
+        mode = self.s.trigger.mode
+        quiet = not (work.forced or inspection) and (
+            mode == "mqtt" or mode == "continuous" and reason == self._last_error)
+        if quiet:
+            self.counters.add("errors_suppressed")
+            log.debug("frame not inspected (suppressed repeat): %s", reason)
+            return
+        log.warning("frame not inspected: %s", reason)
+        self._emit(work, "error", model=model, error=reason)
+        self._last_error = reason
+
+    def _emit(self, work: Work, verdict: str, model: ClassModel | None = None, score: float | None = None,
+              threshold: float | None = None, error: str | None = None) -> None:
+        if verdict != "error":
+            self._last_error = None
+        seq = self.outbox.next_seq()
+        total = 1e3 * (time.monotonic() - work.started)
+        ev = Event(event_id=str(uuid.uuid4()), seq=seq, station=self.s.station_id,
+                   captured_at=utc_iso(work.captured_at), decided_at=utc_iso(time.time()),
+                   expected_class=self.expected, model=model.ref() if model else None,
+                   trigger=self.s.trigger.mode, verdict=verdict, score=score, threshold=threshold,
+                   object_area_px=work.area,
+                   latency_ms={"capture_ms": round(work.capture_ms, 3), "segment_ms": round(work.segment_ms, 3),
+                               "score_ms": round(work.score_ms, 3), "total_ms": round(total, 3)},
+                   source=work.source, error=error)
+        self.publisher.publish_event(ev.model_dump(by_alias=True))
+        self.counters.add("events")
+        self.counters.add(verdict)
+        if work.forced:
+            self.publisher.publish_state("trigger", "pending" if self.commands.pending else "idle")
+        log.info("#%d %s %s score=%s threshold=%s%s", seq, self.expected, verdict,
+                 f"{score:.6g}" if score is not None else "-", f"{threshold:.6g}" if threshold is not None else "-",
+                 f" ({error})" if error else "")
+
+    # -- health --------------------------------------------------------------------------
+    def status(self) -> dict:
+        c = self.counters.snapshot()
+        return {"station": self.s.station_id, "time": utc_iso(time.time()),
+                "uptime_s": round(time.time() - self.started, 1), "expected_class": self.expected,
+                "trigger": self.s.trigger.mode, "counters": c,
+                "outbox": {"depth": len(self.outbox) if self.outbox else 0,
+                           "dropped": self.outbox.dropped if self.outbox else 0},
+                "mqtt_connected": bool(self.publisher and self.publisher.connected.is_set()),
+                "source": {"type": self.s.source.type, **self.source_health.to_dict()}}
+
+    def _publish_status(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now < self._next_status:
+            return
+        self._next_status = now + self.s.health.status_interval_s
+        st = self.status()
+        if self.publisher is not None:
+            self.publisher.publish_status(st)
+        c = st["counters"]
+        self.notifier.status(f"{st['source']['state']}: {c['frames']} frames, {c['events']} events, "
+                             f"{c['anomaly']} anomalies, outbox {st['outbox']['depth']}")
+
+    # -- stop ----------------------------------------------------------------------------
+    def request_stop(self, *_) -> None:
+        self.stop_requested.set()
+
+    def shutdown(self) -> None:
+        """Flush what the broker accepts (bounded), publish offline, release everything. Idempotent."""
+        self.notifier.stopping()
+        if self.publisher is not None:
+            self._publish_status(force=True)
+            if not self.publisher.flush(self.s.health.stop_flush_s):
+                log.warning("%d events not yet acknowledged stay in the outbox for the next start",
+                            len(self.outbox))
+            self.publisher.stop()
+            self.publisher = None
+        if self.source is not None:
+            self.source.close()
+            self.source = None
+        for m in self.models.values():
+            m.close()
+        self.models = {}
+        if self.outbox is not None:
+            self.outbox.close()
+            self.outbox = None
