@@ -24,9 +24,9 @@ def test_every_command_has_help(capsys):
         assert len(capsys.readouterr().out) > 100
 
 
-def test_planned_commands_say_so_and_fail(capsys):
-    assert main(["agent", "run"]) == 2
-    assert "issue 6" in capsys.readouterr().err
+def test_agent_run_with_a_missing_config_says_so(tmp_path, capsys):
+    assert main(["agent", "run", "--config", str(tmp_path / "nope.toml")]) == 2
+    assert "nope.toml does not exist" in capsys.readouterr().err
 
 
 def test_synth_writes_the_paper_layout(synth_data):
