@@ -81,7 +81,8 @@ class RealSenseFrameSource(FrameSource):
         color = profile.get_stream(rs.stream.color).as_video_stream_profile().get_intrinsics()
         self.intrinsics = Intrinsics(width=color.width, height=color.height, fx=color.fx, fy=color.fy,
                                      cx=color.ppx, cy=color.ppy)
-        self.describe = (f"{device.get_info(rs.camera_info.name)} "
+        name = device.get_info(rs.camera_info.name) if device.supports(rs.camera_info.name) else "RealSense"
+        self.describe = (f"{name} "
                          f"{'playback of ' + str(self.recording) if self.recording else 'live'}, "
                          f"{color.width}x{color.height}, depth scale {self.depth_scale:g} m")
         self._last_depth_no = None
