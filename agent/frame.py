@@ -9,7 +9,13 @@ import numpy as np
 
 
 class FrameError(ValueError):
-    """A frame or sample that cannot be used (corrupt file, wrong type or shape)."""
+    """A frame or sample that cannot be used (corrupt file, wrong type or shape).
+
+    `meta` says which frame it was, where the source knows (frame number, path)."""
+
+    def __init__(self, message: str, meta: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.meta = dict(meta or {})
 
 
 class NoObjectError(ValueError):

@@ -37,7 +37,8 @@ def open_source(cfg, frame_timeout_s: float = 5.0) -> FrameSource:
     if cfg.type == "synthetic":
         from agent.sources.synthetic import SyntheticSource
         return SyntheticSource(cfg.classes, seed=cfg.seed, count=cfg.count, defects=cfg.defects,
-                               defect_rate=cfg.defect_rate if cfg.defects else 0.0, fps=cfg.fps or 30.0,
+                               defect_rate=cfg.defect_rate if cfg.defects else 0.0, empty_rate=cfg.empty_rate,
+                               fps=cfg.fps or 30.0,
                                frames_per_part=cfg.frames_per_part, gap_frames=cfg.gap_frames)
     if cfg.type == "realsense":
         from agent.sources.realsense import RealSenseFrameSource
@@ -236,6 +237,7 @@ class Agent:
             item = self.source.read()
         except FrameError as e:
             work.capture_ms = 1e3 * (time.monotonic() - t0)
+            work.source.update({k: e.meta[k] for k in ("frame", "path") if k in e.meta})
             self._error(work, str(e))
             return True
         except (SourceError, OSError, RuntimeError) as e:

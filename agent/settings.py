@@ -56,6 +56,8 @@ class SyntheticSourceSettings(_Strict):
     defects: list[Literal["dent", "hole", "chunk", "blemish", "foreign"]] = Field(
         ["dent", "hole", "chunk", "blemish", "foreign"], description="defect kinds")
     defect_rate: float = Field(0.2, ge=0, le=1, description="probability of a defective part")
+    empty_rate: float = Field(0.0, ge=0, le=1, description="probability that a part slot stays empty "
+                                                           "(1: the empty table, for capture-reference)")
     frames_per_part: int = Field(4, ge=1, description="frames each part stays in view")
     gap_frames: int = Field(2, ge=0, description="empty-table frames between parts")
     count: int | None = Field(None, ge=1, description="stop after this many frames (None: endless)")

@@ -253,7 +253,10 @@ class FolderSource(FrameSource):
             self._i = 0
         n = self.numbers[self._i]
         self._i += 1  # advance first: a bad frame is skipped by the next read
-        return read_raw_frame(self.folder, n) if self.raw else read_sample(self.folder, n)
+        try:
+            return read_raw_frame(self.folder, n) if self.raw else read_sample(self.folder, n)
+        except FrameError as e:
+            raise FrameError(str(e), {"frame": n, "path": str(self.folder)}) from None
 
 
 def iter_samples(root: str | Path, frames: tuple[int, int] | None = None,

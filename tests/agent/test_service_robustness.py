@@ -1,0 +1,111 @@
+"""Bad frames become events and the agent keeps going; bad models keep it from starting."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from adgan.cli import main
+from agent.segment.reference import SurfaceReference
+from agent.sources.folder import write_raw_frame
+from agent.sources.synthetic import SyntheticSource
+from tests.agent.conftest import AgentProcess, Subscriber, agent_config
+
+
+def events(sub, station="st1"):
+    return [json.loads(p) for t, p, _ in sub.messages if t == f"adgan/{station}/events"]
+
+
+@pytest.fixture(scope="module")
+def raw_station(tmp_path_factory):
+    """A raw-layout folder: good, all-zero depth, NaN float depth, wrong size, corrupt file, good;
+    and the empty-surface reference of the station."""
+    root = tmp_path_factory.mktemp("raw")
+    src = SyntheticSource(("sphere",), seed=11)
+    folder = root / "frames"
+    good = [src.frame(0), src.frame(1)]
+    write_raw_frame(folder, 0, good[0])
+    zero = good[0]
+    write_raw_frame(folder, 1, type(zero)(rgb=zero.rgb, depth=np.zeros_like(zero.depth), timestamp=1.0,
+                                          intrinsics=zero.intrinsics))
+    write_raw_frame(folder, 2, good[1])
+    (folder / "depth" / "2.png").unlink()
+    assert cv2.imwrite(str(folder / "depth" / "2.tiff"), np.full(zero.depth.shape, np.nan, np.float32))
+    write_raw_frame(folder, 3, SyntheticSource(("sphere",), seed=11, width=320, height=240).frame(0))
+    write_raw_frame(folder, 4, good[1])
+    (folder / "rgb" / "4.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    write_raw_frame(folder, 5, good[1])
+    ref = root / "reference.npz"
+    SurfaceReference.from_frames(src.empty_frames(5)).save(ref)
+    return folder, ref
+
+
+def run_to_end(tmp_path, broker, cfg, n_expected):
+    sub = Subscriber(broker.port, "adgan/st1/#")
+    assert sub.subscribed.wait(10)
+    agent = AgentProcess(cfg, tmp_path / "agent.log")
+    try:
+        assert agent.wait(120) == 0, agent.output()
+        assert sub.wait_for(lambda m: len(events(sub)) >= n_expected), agent.output()
+        return events(sub), agent.output()
+    finally:
+        agent.stop()
+        sub.close()
+
+
+def test_bad_frames_are_error_events_and_the_agent_keeps_running(broker, calibrated, raw_station, tmp_path):
+    bundle, thresholds = calibrated
+    folder, ref = raw_station
+    cfg = agent_config(tmp_path, broker.port, bundle, thresholds, f'type = "folder"\npath = "{folder}"\nfps = 0',
+                       extra=f'[segmentation]\nreference = "{ref}"\n')
+    evs, log = run_to_end(tmp_path, broker, cfg, 6)
+    assert [e["source"]["frame"] for e in evs] == [0, 1, 2, 3, 4, 5]
+    v = [e["verdict"] for e in evs]
+    assert v[0] in ("ok", "anomaly") and v[5] in ("ok", "anomaly"), log
+    assert evs[0]["score"] is not None and evs[0]["object_area_px"] >= 1500
+    assert v[1:5] == ["error"] * 4
+    assert "depth pixels hold a measurement" in evs[1]["error"]        # all-zero depth
+    assert "depth pixels hold a measurement" in evs[2]["error"]        # NaN float depth
+    assert "does not match the surface reference" in evs[3]["error"]   # 320x240 frame
+    assert "not a readable image" in evs[4]["error"]                   # corrupt PNG
+    for e in evs[1:5]:
+        assert e["score"] is None and e["model"] is None
+
+
+def test_a_missing_reference_gives_error_events_until_it_is_recorded(broker, calibrated, raw_station, tmp_path):
+    bundle, thresholds = calibrated
+    folder, _ = raw_station
+    cfg = agent_config(tmp_path, broker.port, bundle, thresholds, f'type = "folder"\npath = "{folder}"\nfps = 0',
+                       extra=f'[segmentation]\nreference = "{tmp_path / "missing.npz"}"\n')
+    evs, _ = run_to_end(tmp_path, broker, cfg, 6)
+    assert [e["verdict"] for e in evs] == ["error"] * 6
+    for good in (evs[0], evs[3], evs[5]):  # frames that would have been inspected
+        assert "missing.npz is missing: record it with 'adgan agent capture-reference'" in good["error"]
+
+
+def test_a_tampered_bundle_or_foreign_thresholds_stop_the_start(calibrated, bundles, tmp_path, capsys):
+    bundle, thresholds = calibrated
+    bad = tmp_path / "bundle"
+    shutil.copytree(bundle, bad)
+    onnx = next(bad.glob("*.onnx"))
+    data = bytearray(onnx.read_bytes())
+    data[-1] ^= 0xFF
+    onnx.write_bytes(bytes(data))
+    cfg = agent_config(tmp_path, 1, bad, thresholds, 'type = "synthetic"')
+    assert main(["agent", "run", "--config", str(cfg), "--env-file", "/nonexistent"]) == 2
+    assert "sha256" in capsys.readouterr().err
+    other = bundles[("all", "mse")]  # another sphere bundle: the thresholds were not made with it
+    cfg = agent_config(tmp_path, 1, other, thresholds, 'type = "synthetic"')
+    assert main(["agent", "run", "--config", str(cfg), "--env-file", "/nonexistent"]) == 2
+    assert "recalibrate" in capsys.readouterr().err
+
+
+def test_a_bad_setting_stops_the_start_naming_the_field(calibrated, tmp_path, capsys):
+    bundle, thresholds = calibrated
+    cfg = agent_config(tmp_path, 1, bundle, thresholds, 'type = "synthetic"\nfps = -1')
+    assert main(["agent", "run", "--config", str(cfg), "--env-file", "/nonexistent"]) == 2
+    err = capsys.readouterr().err
+    assert "source.synthetic.fps" in err and "greater than or equal to 0" in err
