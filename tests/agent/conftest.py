@@ -64,7 +64,8 @@ def broker(tmp_path):
 class Subscriber:
     """Collects (topic, payload, retain) from a topic filter; reconnects and resubscribes."""
 
-    def __init__(self, port: int, topic: str) -> None:
+    def __init__(self, port: int, topic: str, tls_ca: str | None = None, username: str | None = None,
+                 password: str | None = None) -> None:
         self.messages: list[tuple[str, bytes, bool]] = []
         self.lock = threading.Lock()
         self.subscribed = threading.Event()  # set once the broker confirmed the subscription
@@ -73,6 +74,10 @@ class Subscriber:
         self.c.on_subscribe = lambda c, u, mid, rcs, p: self.subscribed.set()
         self.c.on_disconnect = lambda c, u, f, rc, p: self.subscribed.clear()
         self.c.on_message = self._on_message
+        if tls_ca:
+            self.c.tls_set(ca_certs=tls_ca)
+        if username:
+            self.c.username_pw_set(username, password)
         self.c.reconnect_delay_set(0.2, 1)
         self.c.connect_async("127.0.0.1", port, keepalive=5)
         self.c.loop_start()
@@ -158,7 +163,8 @@ class AgentProcess:
             raise AssertionError(f"agent did not finish within {timeout} s:\n{self.output()}") from None
 
     def output(self) -> str:
-        self.fh.flush()
+        if not self.fh.closed:
+            self.fh.flush()
         return self.log.read_text(errors="replace")
 
     def terminate(self, timeout: float = 20) -> int:

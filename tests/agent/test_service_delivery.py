@@ -1,0 +1,145 @@
+"""Nothing is lost: broker outages, SIGKILL, SIGTERM; TLS with a password."""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import time
+
+import pytest
+
+from tests.agent.conftest import AgentProcess, Broker, Subscriber, agent_config, free_port
+
+
+def event_ids(sub, station="st1"):
+    return [json.loads(p)["event_id"] for t, p, _ in sub.messages if t == f"adgan/{station}/events"]
+
+
+def outbox_ids(path):
+    with sqlite3.connect(path) as db:
+        return [r[0] for r in db.execute("SELECT event_id FROM events ORDER BY seq")]
+
+
+def looping_samples(synth_data):
+    return f'type = "folder"\npath = "{synth_data / "test" / "sphere"}"\nloop = true\nfps = 5'
+
+
+def test_a_broker_outage_and_a_sigkill_lose_no_event(broker, calibrated, synth_data, tmp_path):
+    bundle, thresholds = calibrated
+    cfg = agent_config(tmp_path, broker.port, bundle, thresholds, looping_samples(synth_data))
+    sub = Subscriber(broker.port, "adgan/st1/events")
+    assert sub.subscribed.wait(10)
+    agent = AgentProcess(cfg, tmp_path / "agent.log")
+    try:
+        assert sub.wait_for(lambda m: len(m) >= 3, timeout=60), agent.output()
+        broker.stop()                       # outage: events go on being produced into the outbox
+        time.sleep(6)
+        agent.kill()                        # SIGKILL during the outage
+        time.sleep(4)                       # 10 s of outage in all
+        before = set(event_ids(sub))
+        stranded = outbox_ids(tmp_path / "outbox.sqlite")
+        assert len(stranded) >= 10, agent.output()  # ~5 events/s were produced while the broker was away
+        broker.start()
+        assert sub.subscribed.wait(15) and sub.wait_for(lambda m: True)
+        agent2 = AgentProcess(cfg, tmp_path / "agent2.log")
+        try:
+            assert sub.wait_for(lambda m: set(stranded) <= set(event_ids(sub)), timeout=30), agent2.output()
+        finally:
+            agent2.terminate()
+            agent2.stop()
+    finally:
+        agent.stop()
+    got = event_ids(sub)
+    assert before | set(stranded) <= set(got)
+    payloads = {}
+    for t, p, _ in sub.messages:
+        e = json.loads(p)
+        assert payloads.setdefault(e["event_id"], p) == p  # a resend is the same event, same id and content
+    seqs = sorted(json.loads(p)["seq"] for p in payloads.values())
+    assert len(seqs) == len(set(seqs))  # sequence numbers continue across the restart, never reused
+    sub.close()
+
+
+def test_sigterm_finishes_flushes_and_says_offline(broker, calibrated, synth_data, tmp_path):
+    bundle, thresholds = calibrated
+    cfg = agent_config(tmp_path, broker.port, bundle, thresholds, looping_samples(synth_data))
+    sub = Subscriber(broker.port, "adgan/st1/#")
+    assert sub.subscribed.wait(10)
+    agent = AgentProcess(cfg, tmp_path / "agent.log")
+    try:
+        assert sub.wait_for(lambda m: len(event_ids(sub)) >= 3, timeout=60), agent.output()
+        assert agent.terminate(30) == 0, agent.output()
+    finally:
+        agent.stop()
+    assert outbox_ids(tmp_path / "outbox.sqlite") == []  # everything acknowledged before exit
+    assert sub.wait_for(lambda m: any(t == "adgan/st1/availability" and p == b"offline" for t, p, _ in m))
+    status = [json.loads(p) for t, p, _ in sub.messages if t == "adgan/st1/status"]
+    assert status and status[-1]["counters"]["events"] == len(set(event_ids(sub)))
+    sub.close()
+
+
+def _openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture
+def tls_broker(tmp_path):
+    """mosquitto with TLS only and a password file (no anonymous access)."""
+    import shutil
+    if not shutil.which("openssl") or not shutil.which("mosquitto_passwd"):
+        pytest.skip("openssl and mosquitto_passwd are needed (make install)")
+    d = tmp_path / "tls"
+    d.mkdir()
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+             "-subj", "/CN=adgan test CA", cwd=d)
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+             "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", cwd=d)
+    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", "server.crt", "-days", "2", "-copy_extensions", "copy", cwd=d)
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(d / "passwd"), "station", "s3cret word"], check=True,
+                   capture_output=True)
+    (d / "passwd").chmod(0o600)
+    port = free_port()
+    b = Broker(tmp_path, port)
+    b.conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {d / 'passwd'}\n"
+                      f"cafile {d / 'ca.crt'}\ncertfile {d / 'server.crt'}\nkeyfile {d / 'server.key'}\n"
+                      "persistence false\n"
+                      # as root, mosquitto would drop to user 'mosquitto', who cannot read the test's files
+                      + ("user root\n" if os.geteuid() == 0 else ""))
+    b.start()
+    yield b, d
+    b.stop()
+
+
+def test_tls_with_a_password(tls_broker, calibrated, synth_data, tmp_path):
+    broker, d = tls_broker
+    bundle, thresholds = calibrated
+    src = f'type = "folder"\npath = "{synth_data / "test" / "sphere"}"\nfps = 0'
+    cfg = agent_config(tmp_path, broker.port, bundle, thresholds, src)
+    text = cfg.read_text().replace(
+        f"port = {broker.port}\n", f'port = {broker.port}\ntls_ca = "{d / "ca.crt"}"\nusername = "station"\n')
+    cfg.write_text(text)
+    sub = Subscriber(broker.port, "adgan/st1/events", tls_ca=str(d / "ca.crt"), username="station",
+                     password="s3cret word")
+    assert sub.subscribed.wait(10)
+    # the password comes from the environment, as a secret (never in the TOML file)
+    agent = AgentProcess(cfg, tmp_path / "agent.log", env={"ADGAN_MQTT__PASSWORD": "s3cret word"})
+    try:
+        assert agent.wait(60) == 0, agent.output()
+        assert sub.wait_for(lambda m: len(m) >= 3), agent.output()
+    finally:
+        agent.stop()
+        sub.close()
+    assert "s3cret" not in agent.output()
+    # a wrong password is refused by the broker: the agent keeps its events in the outbox
+    bad = AgentProcess(cfg, tmp_path / "bad.log", env={"ADGAN_MQTT__PASSWORD": "wrong"})
+    try:
+        deadline = time.monotonic() + 30
+        while "refused" not in bad.output() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "refused" in bad.output()
+        assert bad.wait(60) == 0
+    finally:
+        bad.stop()
+    assert len(outbox_ids(tmp_path / "outbox.sqlite")) == 3
