@@ -1,0 +1,136 @@
+"""When the agent inspects: object passages, MQTT requests, class switches; capture-reference."""
+from __future__ import annotations
+
+import json
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from adgan.cli import main
+from agent.sources.synthetic import DEFECTS, SyntheticSource
+from agent.trigger import Passage, PassageTrigger
+from tests.agent.conftest import AgentProcess, Subscriber, agent_config
+
+
+def events(sub, station="st1"):
+    return [json.loads(p) for t, p, _ in sub.messages if t == f"adgan/{station}/events"]
+
+
+def test_one_inspection_per_passage_on_a_settled_frame():
+    t = PassageTrigger(min_area_px=100, settle_frames=3, settle_tolerance=0.1, clear_frames=2)
+    areas = [0, 50, 400, 900, 1000, 1010, 1005, 1000, 0, 1000, 1000, 0, 0, 0, 1000, 990, 1000, 1000, 0, 0]
+    got = [t.update(a) for a in areas]
+    # arrives (400, 900, 1000: still moving by more than 10%), settles at the third stable frame, is scored once; a
+    # one-frame dropout does not end the passage; it leaves after two empty frames; the next
+    # part settles and is scored; nothing for empty frames.
+    assert [i for i, p in enumerate(got) if p is Passage.SCORE] == [6, 16]
+    assert Passage.UNSETTLED not in got
+
+
+def test_an_object_that_leaves_before_settling_is_reported_once():
+    t = PassageTrigger(min_area_px=100, settle_frames=3, clear_frames=1)
+    got = [t.update(a) for a in (500, 1000, 2000, 0, 0)]
+    assert got == [Passage.NONE] * 3 + [Passage.UNSETTLED, Passage.NONE]
+
+
+def test_continuous_mode_on_a_synthetic_station_with_a_captured_reference(broker, calibrated, tmp_path, capsys):
+    bundle, thresholds = calibrated
+    ref = tmp_path / "reference.npz"
+    src = 'type = "synthetic"\nclasses = ["sphere", "cylinder"]\ndefect_rate = 0.3\nseed = 4\n' \
+          'frames_per_part = 4\ngap_frames = 2\ncount = 36\nfps = 0'
+    cfg = agent_config(tmp_path, broker.port, bundle, thresholds, src, trigger="continuous",
+                       extra=f'[segmentation]\nreference = "{ref}"\n')
+    # capture-reference with the camera looking at the empty table (here: the synthetic station, emptied)
+    import os
+    os.environ["ADGAN_SOURCE__EMPTY_RATE"] = "1"
+    try:
+        assert main(["agent", "capture-reference", "--config", str(cfg), "--frames", "5",
+                     "--env-file", "/nonexistent"]) == 0
+    finally:
+        del os.environ["ADGAN_SOURCE__EMPTY_RATE"]
+    assert "surface reference from 5 frames" in capsys.readouterr().out and ref.is_file()
+    sub = Subscriber(broker.port, "adgan/st1/events")
+    assert sub.subscribed.wait(10)
+    agent = AgentProcess(cfg, tmp_path / "agent.log")
+    try:
+        assert agent.wait(120) == 0, agent.output()
+        assert sub.wait_for(lambda m: len(m) >= 6), agent.output()
+    finally:
+        agent.stop()
+        sub.close()
+    evs = events(sub)
+    # 36 frames = 6 parts of 4 frames + 2 empty frames each: six passages, six inspections,
+    # each on a frame of its own part after it settled (the third identical frame, settle_frames 3).
+    stream = SyntheticSource(("sphere", "cylinder"), seed=4, frames_per_part=4, gap_frames=2, defects=DEFECTS,
+                             defect_rate=0.3)
+    assert [e["source"]["frame"] for e in evs] == [6 * p + 2 for p in range(6)]
+    for e in evs:
+        f = stream.frame(e["source"]["frame"])
+        assert e["source"]["truth"] == {"class": f.meta["class"], "defect": f.meta["defect"]}
+        assert e["verdict"] in ("ok", "anomaly") and e["trigger"] == "continuous"
+
+
+@pytest.fixture(scope="module")
+def two_classes(calibrated, synth_data, tmp_path_factory):
+    """The sphere bundle plus a tiny cylinder bundle, both calibrated into one thresholds file."""
+    import shutil
+
+    from agent.scoring.bundle import SearchDefaults
+    from export.bundle import write_bundle
+    sphere, th_sphere = calibrated
+    root = tmp_path_factory.mktemp("two")
+    assert main(["train", str(synth_data / "train"), "--class", "cylinder", "--kind", "gan", "--size", "32",
+                 "--features-g", "4", "--features-d", "4", "--batch-size", "6", "--epochs", "2",
+                 "--out", str(root / "run"), "--quiet"]) == 0
+    cyl = root / "cylinder"
+    write_bundle(root / "run", cyl, SearchDefaults(theta_scope="none", loss="fg", k=5))
+    th = root / "thresholds.json"
+    shutil.copy(th_sphere, th)
+    assert main(["calibrate", str(cyl), "--normal", str(synth_data / "test" / "cylinder"), "--fpr", "0.34",
+                 "--out", str(th), "--quiet"]) == 0
+    return sphere, cyl, th
+
+
+def test_mqtt_trigger_and_class_switch(broker, two_classes, synth_data, tmp_path):
+    sphere, cyl, th = two_classes
+    src = f'type = "folder"\npath = "{synth_data / "test" / "cylinder"}"\nfps = 0'
+    cfg = agent_config(tmp_path, broker.port, sphere, th, src, trigger="mqtt")
+    cfg.write_text(cfg.read_text().replace(f'bundles = {{ sphere = "{sphere}" }}',
+                                           f'bundles = {{ sphere = "{sphere}", cylinder = "{cyl}" }}'))
+    sub = Subscriber(broker.port, "adgan/st1/#")
+    assert sub.subscribed.wait(10)
+    cmd = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="plc")
+    cmd.connect("127.0.0.1", broker.port)
+    cmd.loop_start()
+    agent = AgentProcess(cfg, tmp_path / "agent.log")
+
+    def state(feature):
+        vals = [p for t, p, _ in sub.messages if t == f"adgan/st1/{feature}/state"]
+        return vals[-1] if vals else None
+
+    try:
+        assert sub.wait_for(lambda m: state("class") == b"sphere", timeout=60), agent.output()
+        time.sleep(1.0)
+        assert events(sub) == []  # nothing is inspected without a request
+        cmd.publish("adgan/st1/trigger/set", "go", qos=1).wait_for_publish(5)
+        assert sub.wait_for(lambda m: len(events(sub)) == 1), agent.output()
+        cmd.publish("adgan/st1/class/set", "banana", qos=1).wait_for_publish(5)  # unknown: refused, state kept
+        assert sub.wait_for(lambda m: sum(t.endswith("class/state") for t, _, _ in m) >= 2), agent.output()
+        assert state("class") == b"sphere"
+        cmd.publish("adgan/st1/class/set", "cylinder", qos=1).wait_for_publish(5)
+        assert sub.wait_for(lambda m: state("class") == b"cylinder"), agent.output()
+        cmd.publish("adgan/st1/trigger/set", "go", qos=1).wait_for_publish(5)
+        assert sub.wait_for(lambda m: len(events(sub)) == 2), agent.output()
+        assert sub.wait_for(lambda m: state("trigger") == b"idle")
+        assert agent.terminate(30) == 0
+    finally:
+        agent.stop()
+        cmd.loop_stop()
+        cmd.disconnect()
+        sub.close()
+    first, second = events(sub)
+    assert (first["expected_class"], first["model"]["class"]) == ("sphere", "sphere")
+    assert (second["expected_class"], second["model"]["class"]) == ("cylinder", "cylinder")
+    assert first["trigger"] == second["trigger"] == "mqtt"
+    assert [first["source"]["frame"], second["source"]["frame"]] == [0, 1]  # a replay advances per request
