@@ -1,0 +1,109 @@
+"""systemd notify and watchdog, the status heartbeat, and a camera that comes and goes."""
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import time
+
+import pytest
+
+from agent.health import SystemdNotifier
+from agent.sources.synthetic import SyntheticSource
+from tests.agent.conftest import AgentProcess, Subscriber, agent_config
+
+
+class NotifySocket:
+    """What systemd listens on: a datagram socket named by NOTIFY_SOCKET."""
+
+    def __init__(self, path) -> None:
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.settimeout(0.2)
+        self.messages: list[str] = []
+
+    def collect(self, until, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if until(self.messages):
+                return True
+            try:
+                self.messages.append(self.sock.recv(4096).decode())
+            except socket.timeout:
+                pass
+        return until(self.messages)
+
+
+def test_notifier_speaks_the_sd_notify_protocol(tmp_path):
+    ns = NotifySocket(tmp_path / "notify")
+    n = SystemdNotifier({"NOTIFY_SOCKET": ns.path, "WATCHDOG_USEC": "100000"})
+    assert n.enabled and n.watchdog_interval == pytest.approx(0.05)
+    n.ready("warm")
+    n.watchdog()
+    n.watchdog()  # rate-limited: only one ping within half the period
+    time.sleep(0.06)
+    n.watchdog()
+    n.stopping()
+    assert ns.collect(lambda m: len(m) >= 4, 2)
+    assert ns.messages == ["READY=1\nSTATUS=warm", "WATCHDOG=1", "WATCHDOG=1", "STOPPING=1"]
+    assert not SystemdNotifier({}).enabled  # outside systemd: no-ops
+    SystemdNotifier({}).ready()
+    other = SystemdNotifier({"NOTIFY_SOCKET": ns.path, "WATCHDOG_USEC": "100000", "WATCHDOG_PID": "1"})
+    assert other.watchdog_interval is None  # the watchdog is meant for another process
+
+
+def test_ready_after_warm_up_then_watchdog_pings_from_the_loop(broker, calibrated, synth_data, tmp_path):
+    bundle, thresholds = calibrated
+    ns = NotifySocket(tmp_path / "notify")
+    src = f'type = "folder"\npath = "{synth_data / "test" / "sphere"}"\nloop = true\nfps = 5'
+    cfg = agent_config(tmp_path, broker.port, bundle, thresholds, src)
+    agent = AgentProcess(cfg, tmp_path / "agent.log", env={"NOTIFY_SOCKET": ns.path, "WATCHDOG_USEC": "400000"})
+    try:
+        assert ns.collect(lambda m: sum(x == "WATCHDOG=1" for x in m) >= 5, 60), agent.output()
+        assert agent.terminate(30) == 0
+        assert ns.collect(lambda m: "STOPPING=1" in m, 5)
+    finally:
+        agent.stop()
+    ready = next(i for i, m in enumerate(ns.messages) if m.startswith("READY=1"))
+    assert "class sphere" in agent.output().split("ready")[0]  # the model was loaded and warmed up first
+    assert ready < ns.messages.index("WATCHDOG=1")
+    assert any(m.startswith("STATUS=") and "events" in m for m in ns.messages)
+
+
+def test_a_camera_that_is_missing_is_retried_with_backoff_and_reported(broker, calibrated, tmp_path):
+    """A RealSense recording stands in for the camera: absent at start, it appears later."""
+    pytest.importorskip("pyrealsense2")
+    from tests.agent.sources.rs_recording import record
+    bundle, thresholds = calibrated
+    rec = tmp_path / "camera.db3"
+    src = f'type = "realsense"\nrecording = "{rec}"\nreal_time = false'
+    cfg = agent_config(tmp_path, broker.port, bundle, thresholds, src)
+    sub = Subscriber(broker.port, "adgan/st1/#")
+    assert sub.subscribed.wait(10)
+    agent = AgentProcess(cfg, tmp_path / "agent.log")
+
+    def statuses():
+        return [json.loads(p) for t, p, _ in sub.messages if t == "adgan/st1/status"]
+
+    try:
+        assert sub.wait_for(lambda m: any(s["source"]["consecutive_failures"] >= 3 for s in statuses()),
+                            timeout=60), agent.output()
+        s = statuses()[-1]
+        assert s["source"]["state"] == "reconnecting" and "does not exist" in s["source"]["last_error"]
+        assert agent.proc.poll() is None  # still running, heartbeat going
+        frames = [f for f in SyntheticSource(("sphere",), seed=2, width=320, height=240).empty_frames(1)]
+        part = SyntheticSource(("sphere",), seed=2, width=320, height=240).frame(0)
+        tmp = tmp_path / "tmp.db3"
+        record(tmp, [(f.rgb, f.depth, f.intrinsics) for f in frames + [part] * 3])
+        shutil.move(tmp, rec)
+        assert agent.wait(60) == 0, agent.output()  # the recording ends, so does the agent
+        assert sub.wait_for(lambda m: any(t.endswith("/events") for t, _, _ in m)), agent.output()
+    finally:
+        agent.stop()
+        sub.close()
+    last = statuses()[-1]
+    assert last["source"]["reconnects"] == 1 and last["source"]["failures"] >= 3
+    assert last["counters"]["frames"] >= 3
+    # the failures were paced, doubling from 0.2 s: three failures take at least 0.2 + 0.4 s
+    assert "reopening in 0.2 s" in agent.output() and "reopening in 0.4 s" in agent.output()
