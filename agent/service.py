@@ -8,6 +8,7 @@ failed source is reopened with doubling backoff and reported in `status`.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 import uuid
@@ -98,6 +99,7 @@ class Agent:
         self._last_error: str | None = None   # suppresses floods of one error in continuous mode
         self._next_status = 0.0
         self._next_frame = 0.0
+        self._seq_fallback = 0
 
     # -- start ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -340,7 +342,13 @@ class Agent:
               threshold: float | None = None, error: str | None = None) -> None:
         if verdict != "error":
             self._last_error = None
-        seq = self.outbox.next_seq()
+        try:
+            seq = self.outbox.next_seq()
+        except sqlite3.Error as e:  # the event still goes out; status shows store failures
+            log.error("outbox sequence counter unavailable (%s)", e)
+            self._seq_fallback += 1
+            seq = self._seq_fallback
+        self._seq_fallback = seq
         total = 1e3 * (time.monotonic() - work.started)
         ev = Event(event_id=str(uuid.uuid4()), seq=seq, station=self.s.station_id,
                    captured_at=utc_iso(work.captured_at), decided_at=utc_iso(time.time()),
@@ -366,7 +374,8 @@ class Agent:
                 "uptime_s": round(time.time() - self.started, 1), "expected_class": self.expected,
                 "trigger": self.s.trigger.mode, "counters": c,
                 "outbox": {"depth": len(self.outbox) if self.outbox else 0,
-                           "dropped": self.outbox.dropped if self.outbox else 0},
+                           "dropped": self.outbox.dropped if self.outbox else 0,
+                           "store_failures": self.publisher.store_failures if self.publisher else 0},
                 "mqtt_connected": bool(self.publisher and self.publisher.connected.is_set()),
                 "source": {"type": self.s.source.type, **self.source_health.to_dict()}}
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import ssl
 import threading
 import time
@@ -29,6 +30,7 @@ class Publisher:
                  commands: dict[str, Callable[[bytes], None]] | None = None) -> None:
         self.base = f"{prefix}/{station_id}"
         self.outbox, self.qos = outbox, qos
+        self.store_failures = 0  # events published without a durable copy (outbox write failed)
         # feature -> handler of the payload of <base>/<feature>/set (called on paho's thread)
         self.commands = dict(commands or {})
         self.host, self.port, self.keepalive = host, port, keepalive
@@ -117,7 +119,12 @@ class Publisher:
     def publish_event(self, event: dict) -> None:
         """Store the event durably, then publish it (QoS 1); it is acknowledged in on_publish."""
         payload = json.dumps(event, separators=(",", ":")).encode()
-        self.outbox.put(event["event_id"], self.topic("events"), payload, self.qos)
+        try:
+            self.outbox.put(event["event_id"], self.topic("events"), payload, self.qos)
+        except sqlite3.Error as e:  # disk full or failing: still deliver, but say it is not durable
+            self.store_failures += 1
+            log.error("event %s could not be stored in the outbox (%s); publishing it without a durable copy",
+                      event["event_id"], e)
         if self.connected.is_set():
             self._send(event["event_id"], self.topic("events"), payload, self.qos)
         verdict = event.get("verdict")

@@ -92,7 +92,8 @@ def test_agent_side_imports_without_torch():
             "import agent.frame, agent.sources.folder, agent.sources.synthetic, agent.segment.preprocess, "
             "agent.segment.segmentation, agent.visual, adgan.cli, adgan.dataset, adgan.score, agent.settings, "
             "agent.cli, agent.scoring.bundle, agent.scoring.search, agent.scoring.onnxruntime, "
-            "agent.scoring.tensorrt, agent.decide.thresholds\n"
+            "agent.scoring.tensorrt, agent.decide.thresholds, agent.service, agent.sources.realsense, "
+            "agent.decide.inspector, agent.mqtt.events, agent.health, agent.trigger\n"
             "from adgan.cli import build_parser; build_parser()\n"
             "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -151,8 +151,10 @@ class AgentProcess:
     def __init__(self, config: Path, log: Path, env: dict | None = None) -> None:
         self.log = log
         self.fh = open(log, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "adgan", "agent", "run", "--config", str(config),
-                                      "--env-file", "/nonexistent"], cwd=ROOT, stdout=self.fh,
+        # torch is blocked: the device never has it, so the agent must run without it.
+        code = ("import sys; sys.modules['torch'] = None\nfrom adgan.cli import main\n"
+                f"sys.exit(main(['agent', 'run', '--config', {str(config)!r}, '--env-file', '/nonexistent']))")
+        self.proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=self.fh,
                                      stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
 
     def wait(self, timeout: float) -> int:

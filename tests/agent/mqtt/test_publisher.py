@@ -113,3 +113,24 @@ def test_no_event_is_lost_across_a_broker_outage_and_an_agent_sigkill(broker, tm
         if p1.poll() is None:
             p1.kill()
         sub.close()
+
+
+def test_an_outbox_that_cannot_write_still_delivers_and_counts_it(broker, tmp_path):
+    import sqlite3
+
+    class FullDisk(Outbox):
+        def put(self, *a, **k):
+            raise sqlite3.OperationalError("database or disk is full")
+
+    sub = Subscriber(broker.port, "adgan/st1/events")
+    pub = Publisher("st1", FullDisk(tmp_path / "o.sqlite"), port=broker.port)
+    try:
+        assert sub.subscribed.wait(10)
+        pub.start()
+        assert pub.connected.wait(10)
+        pub.publish_event({"event_id": "e1", "seq": 1, "verdict": "ok"})
+        assert sub.wait_for(lambda m: events_received(m) == ["e1"])
+        assert pub.store_failures == 1
+    finally:
+        pub.stop()
+        sub.close()
