@@ -1,61 +1,340 @@
 """`adgan demo`: the main job end to end on embedded defaults.
 
-Today: synthesise a small dataset of the three classes with defects, write a grid of
-its samples, record raw frames of the synthetic station with their surface reference,
-and show the segmentation steps. It grows into the full inspection pipeline (train,
-export, calibrate, agent over MQTT) as those parts land.
+1. data: synthesise boxes, cylinders and spheres with defects (or take a real dataset in
+   the paper's layout with --data), 2. train one small generator per class (cached: a second
+   run with the same settings skips it), 3. export bundles, 4. calibrate thresholds,
+5. write the report (Table 2, figures, ranking and sample grids), 6. run a station: a broker,
+   the agent as a subprocess over a camera stream mixing normal parts, other classes and
+   defective parts, and a subscriber listening like a PLC gateway; a line per part, then a
+   summary against the ground truth the stream knows.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 
-from adgan.dataset import segmentation_steps, synth_dataset, synth_raw
+from adgan.demo_live import STATION, run_live
 from agent.segment.preprocess import Preprocessing
-from agent.segment.segmentation import SegmentationConfig
-from agent.sources.folder import class_folders, frame_numbers, read_raw_frame, read_sample
 from agent.sources.synthetic import CLASSES, DEFECTS
-from agent.visual import sample_grid, write_png
+
+DEMO_CONFIG = "demo-config.json"
 
 
-def run_demo(out: Path, n_train: int, n_test: int, seed: int, progress: bool = True) -> dict[str, Path]:
-    t0 = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    data = out / "data"
-    print(f"[1/3] synthesising {n_train} training and {n_test} normal + {n_test} defective test "
-          f"samples per class into {data}")
-    synth_dataset(data, CLASSES, n_train, n_test, seed, Preprocessing(), DEFECTS, progress=progress)
+def _cached(folder: Path, config: dict, marker: str) -> bool:
+    p = folder / DEMO_CONFIG
+    return (folder / marker).exists() and p.is_file() and json.loads(p.read_text()) == config
+
+
+def _mark(folder: Path, config: dict) -> None:
+    (folder / DEMO_CONFIG).write_text(json.dumps(config, indent=1, sort_keys=True) + "\n")
+
+
+def _adgan(*args: str) -> None:
+    from adgan.cli import main
+    rc = main(list(args))
+    if rc != 0:
+        raise RuntimeError(f"adgan {' '.join(args[:2])} failed with exit code {rc}")
+
+
+class Plan:
+    """Where the training and test samples come from: synthetic (train/ and test/ folders) or
+    a real dataset in the paper's layout (class folders, split by frame numbers)."""
+
+    def __init__(self, a: argparse.Namespace, out: Path) -> None:
+        self.a, self.out = a, out
+        if a.data:
+            root = Path(a.data)
+            self.classes = sorted(p.name for p in root.iterdir() if (p / "rgb").is_dir() and (p / "depth").is_dir())
+            if len(self.classes) < 2:
+                raise FileNotFoundError(f"{root} needs at least two class folders (<class>/rgb, <class>/depth)")
+            self.train_root = self.test_root = root
+            self.train_frames, self.test_frames = a.train_frames, a.test_frames
+            self.fingerprint = {"data": str(root.resolve()), "train_frames": a.train_frames}
+        else:
+            self.classes = list(CLASSES)
+            self.train_root, self.test_root = out / "cache" / "data" / "train", out / "cache" / "data" / "test"
+            self.train_frames = self.test_frames = None
+            self.fingerprint = {"synthetic": {"n_train": a.train, "n_test": a.test, "seed": a.seed, "size": a.size,
+                                              "framing": a.framing}}
+        if a.expected not in self.classes:
+            raise ValueError(f"--expected {a.expected!r} is not one of the classes {', '.join(self.classes)}")
+
+    def frames_args(self, which: str) -> list[str]:
+        fr = self.train_frames if which == "train" else self.test_frames
+        return ["--frames", fr] if fr else []
+
+
+def make_data(plan: Plan, progress: bool) -> None:
+    a = plan.a
+    if a.data:
+        print(f"[1/6] data: {a.data} (classes {', '.join(plan.classes)}; train frames {a.train_frames}, "
+              f"test frames {a.test_frames})")
+        return
+    from adgan.dataset import synth_dataset
+    folder = plan.out / "cache" / "data"
+    if _cached(folder, plan.fingerprint, "test"):
+        print(f"[1/6] data: cached in {folder}")
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    print(f"[1/6] data: synthesising {a.train} training, {a.test} normal and {a.test} defective test samples "
+          f"per class -> {folder}")
+    synth_dataset(folder, CLASSES, a.train, a.test, a.seed, Preprocessing(size=a.size, framing=a.framing), DEFECTS,
+                  progress=progress)
+    _mark(folder, plan.fingerprint)
+
+
+def train_and_export(plan: Plan, progress: bool) -> dict[str, Path]:
+    a, bundles = plan.a, {}
+    from agent.scoring.bundle import SearchDefaults
+    from export.bundle import write_bundle
+    for i, cls in enumerate(plan.classes):
+        run = plan.out / "cache" / "runs" / cls
+        cfg = {**plan.fingerprint, "class": cls, "kind": a.kind, "size": a.size, "features": a.features,
+               "epochs": a.epochs, "seed": a.seed}
+        if _cached(run, cfg, "checkpoint.pt"):
+            print(f"[2/6] train {cls}: cached in {run}")
+        else:
+            shutil.rmtree(run, ignore_errors=True)
+            print(f"[2/6] train {cls} ({i + 1}/{len(plan.classes)}): {a.kind}, {a.size} px, features {a.features}, "
+                  f"{a.epochs} epochs -> {run}", flush=True)
+            _adgan("train", str(plan.train_root), "--class", cls, "--kind", a.kind, "--size", str(a.size),
+                   "--features-g", str(a.features), "--features-d", str(a.features), "--batch-size", "32",
+                   "--epochs", str(a.epochs), "--ema", "0.99", "--seed", str(a.seed), "--out", str(run),
+                   *plan.frames_args("train"), *([] if progress else ["--quiet"]))
+            _mark(run, cfg)
+        bundles[cls] = plan.out / "bundles" / cls
+        write_bundle(run, bundles[cls], SearchDefaults(theta_scope="none", loss="fg", k=a.k), force=True)
+    print(f"[3/6] bundles (theta scope none, loss fg, n_seed 3, k {a.k}) -> {plan.out / 'bundles'}")
+    return bundles
+
+
+def calibrate(plan: Plan, bundles: dict[str, Path]) -> Path:
+    th = plan.out / "thresholds.json"
+    th.unlink(missing_ok=True)
+    for cls, b in bundles.items():
+        anomalous = [c for c in plan.classes if c != cls]
+        if not plan.a.data:
+            anomalous.append(f"{cls}_defect")
+        args = ["calibrate", str(b), "--normal", str(plan.test_root / cls), "--policy", "equal-rates",
+                "--out", str(th), "--quiet", *plan.frames_args("test")]
+        for c in anomalous:
+            args += ["--anomalous", str(plan.test_root / c)]
+        _adgan(*args)
+    print(f"[4/6] thresholds (equal error rates on the test samples) -> {th}")
+    return th
+
+
+def report(plan: Plan, bundles: dict[str, Path]) -> Path:
+    out = plan.out / "report"
+    shutil.rmtree(out, ignore_errors=True)
+    print(f"[5/6] report: Table 2, ROC, ranking grids -> {out}")
+    _adgan("evaluate", "--bundles", *map(str, bundles.values()), "--data", str(plan.test_root), "--out", str(out),
+           "--quiet", *plan.frames_args("test"))
+    from agent.sources.folder import frame_numbers, read_sample
+    from agent.visual import sample_grid, write_png
     rows, names = [], []
-    for split in ("train", "test"):
-        for folder in class_folders(data / split):
-            nums = frame_numbers(folder)[:10]
-            rows.append([read_sample(folder, n) for n in nums])
-            names.append(f"{split}/{folder.name}")
-    grid = out / "samples.png"
-    write_png(grid, sample_grid(rows, names, scale=2))
-    print(f"[2/3] sample grid (RGB above depth) -> {grid}")
-    raw = out / "station"
-    ref = synth_raw(raw, count=6, n_empty=15, seed=seed, defects=DEFECTS, defect_rate=0.5, progress=progress)
-    steps = out / "segmentation.png"
-    write_png(steps, segmentation_steps(read_raw_frame(raw / "frames", 0), ref, SegmentationConfig()))
-    print(f"[3/3] raw station frames and surface reference -> {raw}; segmentation steps -> {steps}")
-    print(f"demo finished in {time.perf_counter() - t0:.1f} s. Open {grid} and {steps} to look at the data.")
-    return {"data": data, "grid": grid, "segmentation": steps, "raw": raw}
+    for cls in plan.classes:
+        folder = plan.train_root / cls
+        nums = frame_numbers(folder, _frames(plan.train_frames))[:10]
+        rows.append([read_sample(folder, n) for n in nums])
+        names.append(f"train {cls}")
+    write_png(out / "samples.png", sample_grid(rows, names, scale=2))
+    for cls in plan.classes:
+        latest = plan.out / "cache" / "runs" / cls / "samples" / "latest.png"
+        if latest.is_file():
+            shutil.copy(latest, out / f"generated-{cls}.png")
+    return out
+
+
+def _frames(spec):
+    from agent.sources.folder import parse_frames
+    return parse_frames(spec)
+
+
+def live_config(plan: Plan, bundles: dict[str, Path], th: Path, workdir: Path) -> tuple[Path, callable]:
+    """agent.toml for the station and the stream's ground truth, event -> {class, defect, anomalous}."""
+    a = plan.a
+    exp = a.expected
+    common = textwrap.dedent(f"""\
+        [model]
+        expected_class = "{exp}"
+        thresholds = "{th}"
+        seed = 0
+        bundles = {{ {", ".join(f'{c} = "{p}"' for c, p in bundles.items())} }}
+        [model.backend]
+        type = "onnxruntime"
+        [mqtt]
+        host = "127.0.0.1"
+        port = 1883
+        [outbox]
+        path = "{workdir / 'outbox.sqlite'}"
+        [health]
+        status_interval_s = 2
+        """)
+    if a.data:  # a replay of held-out frames: expected class 60 %, the others 40 %
+        stream = workdir / "stream"
+        shutil.rmtree(stream, ignore_errors=True)
+        (stream / "rgb").mkdir(parents=True)
+        (stream / "depth").mkdir()
+        rng = random.Random(a.seed)
+        from agent.sources.folder import frame_numbers, rgb_path
+        pools = {c: frame_numbers(plan.test_root / c, _frames(plan.test_frames)) for c in plan.classes}
+        truth = {}
+        for i in range(a.parts):
+            c = exp if rng.random() < 0.6 else rng.choice([x for x in plan.classes if x != exp])
+            n = rng.choice(pools[c])
+            src = rgb_path(plan.test_root / c, n)
+            shutil.copy(src, stream / "rgb" / f"{i}{src.suffix}")
+            shutil.copy(plan.test_root / c / "depth" / f"{n}.png", stream / "depth" / f"{i}.png")
+            truth[i] = {"class": c, "defect": None, "anomalous": c != exp, "source": str(src)}
+        (stream / "truth.json").write_text(json.dumps(truth, indent=1))
+        source = f'[source]\ntype = "folder"\npath = "{stream}"\nfps = {a.fps}\n[trigger]\nmode = "every_frame"\n'
+
+        def truth_of(e):
+            return truth.get(e["source"]["frame"])
+    else:  # new parts passing the station the training data came from (same station seed)
+        others = [c for c in plan.classes if c != exp]
+        classes = [exp] * 4 + others  # two in three parts are of the expected class
+        source = textwrap.dedent(f"""\
+            [source]
+            type = "synthetic"
+            seed = {a.seed}
+            classes = {json.dumps(classes)}
+            defect_rate = 0.3
+            frames_per_part = 4
+            gap_frames = 2
+            count = {a.parts * 6}
+            fps = {a.fps}
+            [segmentation]
+            reference = "{workdir / 'reference.npz'}"
+            [trigger]
+            mode = "continuous"
+            """)
+
+        def truth_of(e):
+            t = e["source"].get("truth")
+            if not t or t.get("class") is None:
+                return None
+            return {"class": t["class"], "defect": t.get("defect"),
+                    "anomalous": t["class"] != exp or t.get("defect") is not None}
+    cfg = workdir / "agent.toml"
+    cfg.write_text(f'station_id = "{STATION}"\n' + source + common)
+    return cfg, truth_of
+
+
+def capture_reference(cfg: Path) -> None:
+    """The station's first job: record the empty table (the synthetic station, emptied)."""
+    env = {**os.environ, "ADGAN_SOURCE__EMPTY_RATE": "1"}
+    r = subprocess.run([sys.executable, "-m", "adgan", "agent", "capture-reference", "--config", str(cfg),
+                        "--frames", "10", "--env-file", os.devnull], env=env, capture_output=True, text=True,
+                       timeout=300)
+    if r.returncode != 0:
+        raise RuntimeError(f"capture-reference failed: {r.stderr}")
+    print("station: " + r.stdout.strip())
+
+
+def segmentation_figure(a: argparse.Namespace, workdir: Path, rep: Path) -> None:
+    """The paper's Figure 1 for the first frame the station saw."""
+    from adgan.dataset import segmentation_steps
+    from agent.segment.reference import SurfaceReference
+    from agent.segment.segmentation import SegmentationConfig
+    from agent.sources.synthetic import SyntheticSource
+    from agent.visual import write_png
+    frame = SyntheticSource(CLASSES, seed=a.seed).frame(0)
+    ref = SurfaceReference.load(workdir / "reference.npz")
+    write_png(rep / "segmentation.png", segmentation_steps(frame, ref, SegmentationConfig()))
+
+
+def write_index(out: Path, plan: Plan, summary: dict, lines: list[str], seconds: float) -> Path:
+    a, s = plan.a, summary
+    rep = out / "report"
+    evaluation = (rep / "index.md").read_text() if (rep / "index.md").is_file() else ""
+    gen = "".join(f"![{c}](generated-{c}.png) " for c in plan.classes if (rep / f"generated-{c}.png").is_file())
+    text = [f"# adgan-edge demo ({'data ' + a.data if a.data else 'synthetic station'})", "",
+            f"Finished in {seconds:.0f} s. Models: {a.kind}, {a.size} px, features {a.features}, {a.epochs} epochs; "
+            f"search: theta scope none, foreground loss, n_seed 3, k {a.k}.", "",
+            f"## The station: {s['parts_inspected']} parts inspected, expecting `{a.expected}`", "",
+            "| parts | OK | NG | true anomalies | detected | missed | false alarms | errors | median latency |",
+            "|---|---|---|---|---|---|---|---|---|",
+            f"| {s['parts_inspected']} | {s['ok']} | {s['ng']} | {s['true_anomalies']} | {s['detected']} | "
+            f"{s['missed']} | {s['false_alarms']} | {s['errors']} | {s['latency_ms_median']} ms |", "",
+            "Every event as the subscriber received it: `live/events.jsonl`; the agent's log: `live/agent.log`.",
+            "", "```", *lines, "```", "", "## Training samples and generated samples", "",
+            "![samples](samples.png)", "", gen, "",
+            *(["## Segmentation (the paper's Figure 1)", "", "![segmentation](segmentation.png)", ""]
+              if (rep / "segmentation.png").is_file() else []), evaluation.replace("# Evaluation report", "## Evaluation", 1)]
+    (rep / "index.md").write_text("\n".join(text) + "\n")
+    return rep / "index.md"
+
+
+def run_demo(a: argparse.Namespace) -> dict:
+    t0 = time.perf_counter()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    progress = not a.quiet
+    plan = Plan(a, out)
+    make_data(plan, progress)
+    bundles = train_and_export(plan, progress)
+    th = calibrate(plan, bundles)
+    rep = report(plan, bundles)
+    workdir = out / "live"
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    cfg, truth_of = live_config(plan, bundles, th, workdir)
+    print(f"[6/6] station: {a.parts} parts, expecting {a.expected}")
+    events, lines, summary = run_live(workdir, cfg, truth_of, timeout_s=a.timeout, embedded_broker=a.embedded_broker,
+                                      quiet=a.quiet, before_agent=None if a.data else capture_reference)
+    with open(workdir / "events.jsonl", "w") as fh:
+        for e in events:
+            fh.write(json.dumps(e) + "\n")
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    if not a.data:
+        segmentation_figure(a, workdir, rep)
+    s = summary
+    index = write_index(out, plan, summary, lines, time.perf_counter() - t0)
+    print(f"\nparts inspected {s['parts_inspected']} (OK {s['ok']}, NG {s['ng']}); true anomalies {s['true_anomalies']}: "
+          f"detected {s['detected']}, missed {s['missed']}; false alarms {s['false_alarms']}; errors {s['errors']}; "
+          f"median latency {s['latency_ms_median']} ms")
+    print(f"demo finished in {time.perf_counter() - t0:.0f} s; report -> {index}")
+    return {"summary": summary, "events": events, "report": rep, "index": index, "live": workdir}
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    run_demo(Path(a.out), a.train, a.test, a.seed)
+    run_demo(a)
     return 0
 
 
 def add_parser(sub) -> None:
-    q = sub.add_parser("demo", help="run the main job end to end on embedded defaults",
-                       description="Synthesise a small RGB-D dataset of boxes, cylinders and spheres with "
-                                   "defects, draw its samples, record raw station frames with a surface "
-                                   "reference and show the segmentation steps.")
-    q.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
-    q.add_argument("--train", type=int, default=60, help="training samples per class (default 60)")
-    q.add_argument("--test", type=int, default=20, help="test samples per class (default 20)")
+    q = sub.add_parser("demo", help="run the main job end to end: data, training, bundles, thresholds, report, "
+                                    "and a live station over MQTT",
+                       description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    q.add_argument("--out", default="out/demo", help="output folder (default out/demo; models cached in it)")
+    q.add_argument("--data", default=None, help="a real dataset in the paper's layout instead of synthetic parts")
+    q.add_argument("--train-frames", default="0:700", help="with --data: training frames (default 0:700)")
+    q.add_argument("--test-frames", default="700:1000", help="with --data: test frames (default 700:1000)")
+    q.add_argument("--train", type=int, default=300, help="synthetic training samples per class (default 300)")
+    q.add_argument("--test", type=int, default=30, help="synthetic test samples per class (default 30)")
+    q.add_argument("--size", type=int, choices=(32, 64), default=32, help="model resolution (default 32)")
+    q.add_argument("--framing", choices=("frame", "object"), default="object",
+                   help="synthetic samples: 'object' crops around the part (default), 'frame' is the paper's "
+                        "central square of the camera frame")
+    q.add_argument("--features", type=int, default=16, help="generator and discriminator width (default 16)")
+    q.add_argument("--epochs", type=int, default=60, help="training epochs per class (default 60)")
+    q.add_argument("--kind", choices=("gan", "wgan", "wgan-gp"), default="gan", help="training recipe (default gan)")
+    q.add_argument("--k", type=int, default=19, help="search steps per seed (default 19, the paper's)")
+    q.add_argument("--parts", type=int, default=24, help="parts through the live station (default 24)")
+    q.add_argument("--expected", default="cylinder", help="the class the station inspects (default cylinder)")
+    q.add_argument("--fps", type=float, default=10.0, help="camera frame rate of the live stream (default 10)")
+    q.add_argument("--embedded-broker", action="store_true", help="use the built-in broker even if mosquitto exists")
+    q.add_argument("--timeout", type=float, default=600, help="give the live station this long (s)")
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--quiet", action="store_true", help="no progress bars and no per-part lines")
     q.set_defaults(func=cmd_demo)

@@ -70,9 +70,23 @@ class Work:
     capture_ms: float = 0.0
     segment_ms: float = 0.0
     score_ms: float = 0.0
+    publish_ms: float = 0.0
     area: int | None = None
     forced: bool = False           # inspection requested over MQTT
     source: dict = field(default_factory=dict)
+
+
+class _timed:
+    """Adds the time spent in a `with` block to a Work field (also when the block raises)."""
+
+    def __init__(self, work: Work, field_name: str) -> None:
+        self.work, self.field = work, field_name
+
+    def __enter__(self) -> None:
+        self.t = time.monotonic()
+
+    def __exit__(self, *exc) -> None:
+        setattr(self.work, self.field, getattr(self.work, self.field) + 1e3 * (time.monotonic() - self.t))
 
 
 class Agent:
@@ -100,6 +114,8 @@ class Agent:
         self._next_status = 0.0
         self._next_frame = 0.0
         self._seq_fallback = 0
+        # seconds spent per stage over all frames (status and bench/pipeline.py)
+        self.stage_s = {"capture": 0.0, "segment": 0.0, "score": 0.0, "publish": 0.0}
 
     # -- start ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -241,6 +257,7 @@ class Agent:
             work.capture_ms = 1e3 * (time.monotonic() - t0)
             work.source.update({k: e.meta[k] for k in ("frame", "path") if k in e.meta})
             self._error(work, str(e))
+            self._account(work)
             return True
         except (SourceError, OSError, RuntimeError) as e:
             if forced:  # someone is waiting for this inspection: answer now
@@ -259,21 +276,20 @@ class Agent:
         if truth:
             work.source["truth"] = truth
         if isinstance(item, Sample):
-            if mode == "mqtt" and not forced:
-                return True
-            self._inspect_sample(work, item, forced)
+            if not (mode == "mqtt" and not forced):
+                self._inspect_sample(work, item, forced)
         else:
             self._handle_frame(work, item, mode, forced)
+        self._account(work)
         return True
 
     def _handle_frame(self, work: Work, frame: RGBDFrame, mode: str, forced: bool) -> None:
         if mode == "mqtt" and not forced:
             return  # a live camera between requests: frames keep flowing, nothing to inspect
-        ts = time.monotonic()
         try:
-            seg = self.segmenter(frame)
+            with _timed(work, "segment_ms"):
+                seg = self.segmenter(frame)
         except FrameError as e:
-            work.segment_ms = 1e3 * (time.monotonic() - ts)
             self._error(work, str(e))
             return
         work.area = seg.object_area
@@ -282,45 +298,40 @@ class Agent:
             if p is Passage.NONE:
                 return
             if p is Passage.UNSETTLED:
-                work.segment_ms = 1e3 * (time.monotonic() - ts)
                 self._error(work, "an object passed without settling: not inspected", inspection=True)
                 return
         if work.area < self.s.trigger.min_area_px:
-            work.segment_ms = 1e3 * (time.monotonic() - ts)
             self._emit(work, "no_object")
             return
         model = self.models[self.expected]
         try:
-            sample = make_sample(frame, seg, model.bundle.preprocessing, roi=self.s.segmentation.roi)
+            with _timed(work, "segment_ms"):
+                sample = make_sample(frame, seg, model.bundle.preprocessing, roi=self.s.segmentation.roi)
         except NoObjectError:
-            work.segment_ms = 1e3 * (time.monotonic() - ts)
             self._emit(work, "no_object")
             return
-        work.segment_ms = 1e3 * (time.monotonic() - ts)
         self._score(work, sample, model)
 
     def _inspect_sample(self, work: Work, sample: Sample, forced: bool) -> None:
-        ts = time.monotonic()
         if not sample.depth.any():
-            work.segment_ms = 1e3 * (time.monotonic() - ts)
             self._emit(work, "no_object")
             return
-        self._score(work, sample, self.models[self.expected], t_seg=ts)
+        self._score(work, sample, self.models[self.expected])
 
-    def _score(self, work: Work, sample: Sample, model: ClassModel, t_seg: float | None = None) -> None:
-        ts = time.monotonic()
+    def _score(self, work: Work, sample: Sample, model: ClassModel) -> None:
         try:
-            x = sample_to_input(sample, model.bundle.size)
-            if t_seg is not None:
-                work.segment_ms = 1e3 * (time.monotonic() - t_seg)
-            ts = time.monotonic()
-            d = model.decide(x)
+            with _timed(work, "segment_ms"):  # preprocessing counts with segmentation
+                x = sample_to_input(sample, model.bundle.size)
+            with _timed(work, "score_ms"):
+                d = model.decide(x)
         except (ValueError, RuntimeError) as e:
-            work.score_ms = 1e3 * (time.monotonic() - ts)
             self._error(work, f"scoring failed: {e}", inspection=True, model=model)
             return
-        work.score_ms = 1e3 * (time.monotonic() - ts)
         self._emit(work, d.verdict, model=model, score=d.score, threshold=d.threshold)
+
+    def _account(self, work: Work) -> None:
+        for stage in ("capture", "segment", "score", "publish"):
+            self.stage_s[stage] += getattr(work, f"{stage}_ms") / 1e3
 
     # -- events --------------------------------------------------------------------------
     def _error(self, work: Work, reason: str, inspection: bool = False, model: ClassModel | None = None) -> None:
@@ -358,7 +369,8 @@ class Agent:
                    latency_ms={"capture_ms": round(work.capture_ms, 3), "segment_ms": round(work.segment_ms, 3),
                                "score_ms": round(work.score_ms, 3), "total_ms": round(total, 3)},
                    source=work.source, error=error)
-        self.publisher.publish_event(ev.model_dump(by_alias=True))
+        with _timed(work, "publish_ms"):
+            self.publisher.publish_event(ev.model_dump(by_alias=True))
         self.counters.add("events")
         self.counters.add(verdict)
         if work.forced:
@@ -373,6 +385,7 @@ class Agent:
         return {"station": self.s.station_id, "time": utc_iso(time.time()),
                 "uptime_s": round(time.time() - self.started, 1), "expected_class": self.expected,
                 "trigger": self.s.trigger.mode, "counters": c,
+                "stage_seconds": {k: round(v, 3) for k, v in self.stage_s.items()},
                 "outbox": {"depth": len(self.outbox) if self.outbox else 0,
                            "dropped": self.outbox.dropped if self.outbox else 0,
                            "store_failures": self.publisher.store_failures if self.publisher else 0},

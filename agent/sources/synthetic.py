@@ -320,6 +320,7 @@ class SyntheticSource(FrameSource):
         if frames_per_part < 1 or gap_frames < 0:
             raise ValueError(f"need frames_per_part >= 1 and gap_frames >= 0, got {frames_per_part}, {gap_frames}")
         self.frames_per_part, self.gap_frames = frames_per_part, gap_frames
+        self._held: tuple[int, RGBDFrame] | None = None
         self.classes, self.defects = tuple(classes), tuple(defects)
         self.defect_rate, self.empty_rate = defect_rate, empty_rate
         self.seed, self.count, self.fps = seed, count, fps
@@ -334,6 +335,12 @@ class SyntheticSource(FrameSource):
             f = self.station.render(np.random.default_rng([self.seed, 3, i]), None, timestamp=ts)
             f.meta.update(frame=i, part=None)
             return f
+        if self._held is not None and self._held[0] == part_no:
+            # The same part standing still renders to the same image (frame i depends only on
+            # the part): reuse it instead of rendering it again.
+            f0 = self._held[1]
+            return RGBDFrame(rgb=f0.rgb, depth=f0.depth, timestamp=ts, intrinsics=f0.intrinsics,
+                             meta={**f0.meta, "frame": i})
         rng = np.random.default_rng([self.seed, 1, part_no])
         if rng.random() < self.empty_rate:
             f = self.station.render(rng, None, timestamp=ts)
@@ -344,6 +351,10 @@ class SyntheticSource(FrameSource):
                 defect = self.defects[int(rng.integers(len(self.defects)))]
             f = self.station.render(rng, self.station.random_part(rng, cls), defect, timestamp=ts)
         f.meta.update(frame=i, part=part_no)
+        if self.frames_per_part > 1:
+            f.rgb.flags.writeable = False  # shared by the frames of this part
+            f.depth.flags.writeable = False
+            self._held = (part_no, f)
         return f
 
     def empty_frames(self, n: int) -> Iterator[RGBDFrame]:

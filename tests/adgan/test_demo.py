@@ -1,15 +1,67 @@
+"""`adgan demo` end to end in a reduced mode: tiny models, a few parts, a real broker."""
+from __future__ import annotations
+
+import json
+
 import cv2
+import jsonschema
 
+from adgan.cli import build_parser
 from adgan.demo import run_demo
-from agent.sources.folder import frame_numbers
+from agent.mqtt.events import SCHEMA_PATH
 
 
-def test_demo_runs_end_to_end_in_reduced_mode(tmp_path):
-    out = run_demo(tmp_path, n_train=3, n_test=2, seed=1, progress=False)
-    for split, folder, n in (("train", "sphere", 3), ("test", "cylinder", 2), ("test", "rectangle_defect", 2)):
-        assert frame_numbers(out["data"] / split / folder) == list(range(n))
-    grid = cv2.imread(str(out["grid"]))
-    assert grid is not None and grid.std() > 1  # not a blank picture
-    steps = cv2.imread(str(out["segmentation"]))
-    assert steps is not None and steps.shape[1] >= 3 * 640
-    assert (out["raw"] / "reference.npz").is_file()
+def demo_args(out, *extra):
+    return build_parser().parse_args(["demo", "--out", str(out), "--train", "12", "--test", "4", "--epochs", "2",
+                                      "--features", "4", "--parts", "4", "--fps", "0", "--quiet", *extra])
+
+
+def recount(events, expected):
+    """The summary, recomputed from the events the subscriber received and their ground truth."""
+    parts = [e for e in events if e["verdict"] in ("ok", "anomaly")]
+    bad = [e for e in parts if e["source"]["truth"]["class"] != expected or e["source"]["truth"]["defect"]]
+    good = [e for e in parts if e not in bad]
+    return {"parts_inspected": len(parts), "ng": sum(e["verdict"] == "anomaly" for e in parts),
+            "true_anomalies": len(bad), "detected": sum(e["verdict"] == "anomaly" for e in bad),
+            "missed": sum(e["verdict"] == "ok" for e in bad), "false_alarms": sum(e["verdict"] == "anomaly" for e in good)}
+
+
+def test_demo_runs_end_to_end_in_reduced_mode(tmp_path, capsys):
+    r = run_demo(demo_args(tmp_path))
+    events = [json.loads(line) for line in (r["live"] / "events.jsonl").read_text().splitlines()]
+    schema = json.loads(SCHEMA_PATH.read_text())
+    for e in events:
+        jsonschema.validate(e, schema)
+    # four parts passed the station: four inspections, each on a settled frame of its own part
+    assert len(events) == 4 and all(e["verdict"] in ("ok", "anomaly") for e in events)
+    assert len({e["source"]["truth"]["class"] for e in events}) >= 1
+    s = r["summary"]
+    assert {k: s[k] for k in recount(events, "cylinder")} == recount(events, "cylinder")
+    assert s["detected"] + s["missed"] == s["true_anomalies"] and s["parts_inspected"] == 4
+    assert json.loads((r["live"] / "summary.json").read_text()) == s
+    rep = r["report"]
+    for f in ("table2.md", "table2.csv", "roc.png", "samples.png", "segmentation.png", "index.md"):
+        assert (rep / f).is_file(), f
+    assert len(list(rep.glob("ranking-*.png"))) == 3
+    assert cv2.imread(str(rep / "samples.png")).std() > 1
+    index = (rep / "index.md").read_text()
+    assert f"| 4 | {s['ok']} | {s['ng']} |" in index and "Table 2" in index
+    out = capsys.readouterr().out
+    assert "broker: " in out and "parts inspected 4" in out
+
+    # a second run reuses the trained models, and runs with the embedded broker as well
+    r2 = run_demo(demo_args(tmp_path, "--embedded-broker"))
+    out = capsys.readouterr().out
+    assert out.count("cached in") == 4 and "broker: embedded" in out  # data + three models
+    assert len(r2["events"]) == 4
+
+
+def test_demo_on_real_data(paper_data, tmp_path, capsys):
+    r = run_demo(build_parser().parse_args([
+        "demo", "--data", str(paper_data), "--train-frames", "0:40", "--test-frames", "700:712", "--out",
+        str(tmp_path), "--epochs", "1", "--features", "4", "--parts", "5", "--fps", "0", "--quiet"]))
+    events = r["events"]
+    assert len(events) == 5 and all(e["trigger"] == "every_frame" for e in events)
+    truth = json.loads((r["live"] / "stream" / "truth.json").read_text())
+    assert r["summary"]["true_anomalies"] == sum(t["anomalous"] for t in truth.values())
+    assert (r["report"] / "table2.md").is_file()

@@ -82,3 +82,14 @@ def test_bad_arguments_raise():
         SyntheticSource(defect_rate=0.5)
     with pytest.raises(ValueError, match="at least 32x32"):
         SyntheticStation(16, 16)
+
+
+def test_parts_stay_for_their_frames_then_the_table_is_empty():
+    src = SyntheticSource(("sphere",), seed=3, frames_per_part=3, gap_frames=2)
+    frames = [src.frame(i) for i in range(10)]
+    assert [f.meta["part"] for f in frames] == [0, 0, 0, None, None, 1, 1, 1, None, None]
+    assert np.array_equal(frames[0].depth, frames[2].depth) and frames[2].meta["frame"] == 2
+    assert not np.array_equal(frames[0].depth, frames[5].depth)
+    assert frames[3].meta["class"] is None and frames[3].depth.any()
+    again = SyntheticSource(("sphere",), seed=3, frames_per_part=3, gap_frames=2).frame(6)
+    assert np.array_equal(again.depth, frames[6].depth)  # frame i depends only on (seed, i)
