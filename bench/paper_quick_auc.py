@@ -35,26 +35,29 @@ def main() -> None:
     ap.add_argument("--scopes", default="none")
     ap.add_argument("--losses", default="mse,fg")
     ap.add_argument("--k", type=int, default=19)
+    ap.add_argument("--fg-thresholds", default="-0.9", help="comma list: G(z) depth above this is foreground")
     a = ap.parse_args()
     lo, hi = (int(v) for v in a.frames.split(":"))
     tests = [(c, sample_to_input(s)) for c, _, s in iter_samples(a.data, (lo, hi))]
     labels = np.array([c for c, _ in tests])
     print(f"{len(tests)} held-out samples (frames {a.frames}); k {a.k}, n_seed 3; AUROC with each class as normal")
-    print(f"{'scope':<6}{'loss':<5}" + "".join(f"{c:>11}" for c in CLASSES) + f"{'ms/score':>10}")
+    print(f"{'scope':<6}{'loss':<5}{'fg_thr':>7}" + "".join(f"{c:>11}" for c in CLASSES) + f"{'ms/score':>10}")
     tmp = Path(tempfile.mkdtemp(prefix="quick-auc-"))
     for scope in a.scopes.split(","):
-        for loss in a.losses.split(","):
+        for loss, fg_thr in [(lo, float(t)) for lo in a.losses.split(",")
+                             for t in (a.fg_thresholds.split(",") if lo == "fg" else ["-0.9"])]:
             aucs, t_all, n_all = [], 0.0, 0
             for cls in CLASSES:
-                p = tmp / f"{cls}-{scope}-{loss}"
-                write_bundle(a.runs.format(cls=cls), p, SearchDefaults(theta_scope=scope, loss=loss, k=a.k))
+                p = tmp / f"{cls}-{scope}-{loss}-{fg_thr}"
+                write_bundle(a.runs.format(cls=cls), p, SearchDefaults(theta_scope=scope, loss=loss, k=a.k,
+                                                                       fg_threshold=fg_thr))
                 scorer = make_scorer(Bundle.load(p), "onnxruntime", seed=0)
                 t = time.perf_counter()
                 scores = np.array([scorer.score(x).score for _, x in tests])
                 t_all += time.perf_counter() - t
                 n_all += len(tests)
                 aucs.append(auroc(scores[labels == cls], scores[labels != cls]))
-            print(f"{scope:<6}{loss:<5}" + "".join(f"{v:>11.3f}" for v in aucs) + f"{1e3 * t_all / n_all:>10.1f}")
+            print(f"{scope:<6}{loss:<5}{fg_thr if loss == 'fg' else '':>7}" + "".join(f"{v:>11.3f}" for v in aucs) + f"{1e3 * t_all / n_all:>10.1f}")
 
 
 if __name__ == "__main__":
