@@ -65,3 +65,21 @@ def test_demo_on_real_data(paper_data, tmp_path, capsys):
     truth = json.loads((r["live"] / "stream" / "truth.json").read_text())
     assert r["summary"]["true_anomalies"] == sum(t["anomalous"] for t in truth.values())
     assert (r["report"] / "table2.md").is_file()
+
+
+def test_a_failing_station_stops_the_broker_it_started(tmp_path, capsys):
+    import os
+    import re
+
+    import pytest
+
+    from adgan.demo_live import run_live
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text('station_id = "demo"\n[source]\ntype = "synthetic"\n[model]\nexpected_class = "x"\n'
+                   f'thresholds = "{tmp_path / "none.json"}"\nbundles = {{ x = "{tmp_path / "missing"}" }}\n'
+                   '[mqtt]\nport = 1883\n')
+    with pytest.raises(RuntimeError, match="exited with 2"):
+        run_live(tmp_path / "live", cfg, lambda e: None, timeout_s=60, embedded_broker=True, quiet=True)
+    pid = int(re.search(r"broker: embedded on 127.0.0.1:\d+ \(pid (\d+)\)", capsys.readouterr().out).group(1))
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # the broker is gone
