@@ -14,6 +14,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from agent.decide.anomaly_map import encode_map, heat
 from agent.decide.inspector import ClassModel, load_models
 from agent.frame import FrameError, NoObjectError, RGBDFrame, Sample
 from agent.health import Counters, SystemdNotifier
@@ -327,7 +328,11 @@ class Agent:
         except (ValueError, RuntimeError) as e:
             self._error(work, f"scoring failed: {e}", inspection=True, model=model)
             return
-        self._emit(work, d.verdict, model=model, score=d.score, threshold=d.threshold)
+        amap = None
+        if d.verdict == "anomaly" and self.s.model.anomaly_map:
+            with _timed(work, "publish_ms"):
+                amap = encode_map(heat(x, d.reconstruction))
+        self._emit(work, d.verdict, model=model, score=d.score, threshold=d.threshold, anomaly_map=amap)
 
     def _account(self, work: Work) -> None:
         for stage in ("capture", "segment", "score", "publish"):
@@ -350,7 +355,7 @@ class Agent:
         self._last_error = reason
 
     def _emit(self, work: Work, verdict: str, model: ClassModel | None = None, score: float | None = None,
-              threshold: float | None = None, error: str | None = None) -> None:
+              threshold: float | None = None, error: str | None = None, anomaly_map: dict | None = None) -> None:
         if verdict != "error":
             self._last_error = None
         try:
@@ -368,7 +373,7 @@ class Agent:
                    object_area_px=work.area,
                    latency_ms={"capture_ms": round(work.capture_ms, 3), "segment_ms": round(work.segment_ms, 3),
                                "score_ms": round(work.score_ms, 3), "total_ms": round(total, 3)},
-                   source=work.source, error=error)
+                   source=work.source, error=error, anomaly_map=anomaly_map)
         with _timed(work, "publish_ms"):
             self.publisher.publish_event(ev.model_dump(by_alias=True))
         self.counters.add("events")

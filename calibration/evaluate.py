@@ -61,6 +61,28 @@ def ranking_grid(rows, n: int, path: Path, title: str) -> None:
     write_png(path, sample_grid([least, most], [f"{title} | {lab_l}", lab_m], scale=2))
 
 
+def maps_figure(scorer, bundle, rows, n: int, path: Path, title: str) -> None:
+    """Per-pixel anomaly maps of the n most anomalous samples: input | G(z*) | |G(z*) - x|."""
+    from agent.decide.anomaly_map import map_tiles
+    from agent.segment.preprocess import sample_to_input
+    from agent.sources.folder import read_sample
+    from agent.visual import label, write_png
+
+    tiles = []
+    for r in sorted(rows, key=lambda r: -r[2])[:n]:
+        p = Path(r[0])
+        x = sample_to_input(read_sample(p.parent.parent, int(p.stem)), bundle.size)
+        res = scorer.score(x)
+        tiles.append(label(map_tiles(x, res.reconstruction), f"{r[1]} {r[2]:.3g}", scale=0.5))
+    cols = 4
+    rows_img = []
+    for i in range(0, len(tiles), cols):
+        line = tiles[i:i + cols] + [np.zeros_like(tiles[0])] * (cols - len(tiles[i:i + cols]))
+        rows_img.append(np.hstack([np.pad(t, ((0, 4), (0, 6), (0, 0))) for t in line]))
+    write_png(path, label(np.vstack(rows_img), f"{title}: most anomalous | input, reconstruction, |G(z*) - x|",
+                          scale=0.6))
+
+
 def search_figure(bundle, x: np.ndarray, path: Path, seed: int, lr_thetas=(6e-9, 1e-3)) -> None:
     """G(z_t) over the k steps for one sample, with a low and a high lr_theta (Figure 4)."""
     import torch
@@ -127,7 +149,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         b = Bundle.load(bp)
         label = f"{b.cls} {b.kind}"
         tag = f"{b.cls}-{b.kind}-{b.bundle_hash[:8]}"
-        rows = score_dataset(make_scorer(b, a.backend, a.seed), b, Path(a.data), frames, not a.quiet)
+        scorer = make_scorer(b, a.backend, a.seed)
+        rows = score_dataset(scorer, b, Path(a.data), frames, not a.quiet)
         with open(out / "scores" / f"{tag}.csv", "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["path", "class", "score"])
@@ -142,6 +165,9 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         ranking_grid(rows, a.n_rank, out / f"ranking-{tag}.png", label)
         index += [f"## {label} (bundle {b.bundle_hash[:12]})", "", f"![rates](rates-{tag}.png)", "",
                   f"![ranking](ranking-{tag}.png)", ""]
+        if a.backend != "torch":  # the autograd reference keeps no reconstruction
+            maps_figure(scorer, b, rows, a.n_rank, out / f"maps-{tag}.png", label)
+            index += [f"![anomaly maps](maps-{tag}.png)", ""]
         if not a.no_search_figure:
             first = min(rows, key=lambda r: r[0])
             p = Path(first[0])

@@ -42,8 +42,9 @@ def add_parser(sub) -> None:
     q.add_argument("--out", help="bundle folder to write")
     q.add_argument("--theta-scope", choices=("all", "bn", "none"), default="all",
                    help="what adapts besides z: all theta (the paper), BatchNorm affine only, or nothing")
-    q.add_argument("--loss", choices=("mse", "fg"), default="mse",
-                   help="mse over the whole image (the paper) or over foreground pixels")
+    q.add_argument("--loss", choices=("mse", "fg", "fg_input"), default="mse",
+                   help="mse over the whole image (the paper); fg: over pixels where the sample or G(z) is "
+                        "foreground; fg_input: over the sample's own object pixels")
     q.add_argument("--n-seed", type=int, default=3, help="latent seeds per sample (paper: 3)")
     q.add_argument("--k", type=int, default=19, help="Adam steps per seed (paper: 19)")
     q.add_argument("--lr-z", type=float, default=5e-2, help="Adam learning rate of z (paper: 5e-2)")

@@ -21,7 +21,7 @@ from torch import nn
 from training.model import Architecture, Generator
 
 SCOPES = ("all", "bn", "none")
-LOSSES = ("mse", "fg")
+LOSSES = ("mse", "fg", "fg_input")
 BETA1, BETA2, ADAM_EPS = 0.9, 0.999, 1e-8
 
 
@@ -162,6 +162,8 @@ class SearchStep(nn.Module):
 
     def _mask(self, x, y):
         """Foreground where the sample or its reconstruction has depth (channel 3)."""
+        if self.loss_kind == "fg_input":  # the sample's own object pixels only
+            return (x[:, 3:4] > -1.0).to(x.dtype) * torch.ones_like(y[:, 3:4])  # (S, 1, H, W)
         return ((x[:, 3:4] > -1.0) | (y[:, 3:4] > self.fg_threshold)).to(x.dtype)  # (S, 1, H, W)
 
     def _loss_and_dy(self, x, y, need_grad: bool):

@@ -14,14 +14,18 @@ from training.model import Generator
 
 
 def reconstruction_loss(y: torch.Tensor, x: torch.Tensor, kind: str, fg_threshold: float = -0.9) -> torch.Tensor:
-    """Per-sample loss (B,): mean squared error over the image, or over its foreground."""
+    """Per-sample loss (B,): mean squared error over the image (mse), over the pixels where the
+    sample or its reconstruction is foreground (fg), or where the sample is (fg_input)."""
     diff = y - x
     if kind == "mse":
         return (diff * diff).flatten(1).mean(1)
-    if kind != "fg":
-        raise ValueError(f"loss must be 'mse' or 'fg', got {kind!r}")
+    if kind not in ("fg", "fg_input"):
+        raise ValueError(f"loss must be 'mse', 'fg' or 'fg_input', got {kind!r}")
     with torch.no_grad():
-        m = ((x[:, 3:4] > -1.0) | (y[:, 3:4] > fg_threshold)).to(y.dtype)
+        m = x[:, 3:4] > -1.0
+        if kind == "fg":
+            m = m | (y[:, 3:4] > fg_threshold)
+        m = m.to(y.dtype).expand(y.shape[0], 1, *y.shape[2:])
         cnt = torch.clamp(m.flatten(1).sum(1), min=1.0) * y.shape[1]
     return (diff * diff * m).flatten(1).sum(1) / cnt
 

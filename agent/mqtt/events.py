@@ -44,6 +44,17 @@ class SourceRef(_Doc):
     truth: Optional[dict[str, Any]] = Field(None, description="ground truth the source knows (synthetic scenes)")
 
 
+class AnomalyMap(_Doc):
+    format: Literal["png"] = Field("png", description="8-bit greyscale PNG")
+    encoding: Literal["base64"] = Field("base64", description="how `data` encodes the PNG bytes")
+    width: int = Field(ge=1, description="pixels (the model's input size)")
+    height: int = Field(ge=1, description="pixels")
+    max: float = Field(ge=0, le=1, description="largest difference (1 = full range)")
+    mean: float = Field(ge=0, le=1, description="mean difference")
+    peak_xy: list[int] = Field(min_length=2, max_length=2, description="x, y of the largest difference")
+    data: str = Field(description="the PNG: 255 = a difference of the full value range, max over R, G, B, depth")
+
+
 class Event(_Doc):
     schema_version: Literal[1] = Field(EVENT_SCHEMA_VERSION, description="version of this document")
     event_id: str = Field(min_length=1, description="unique id; a resend after an outage carries the same id")
@@ -61,6 +72,9 @@ class Event(_Doc):
     latency_ms: Latency = Field(description="time per stage")
     source: SourceRef = Field(description="where the frame came from")
     error: Optional[str] = Field(None, description="why the frame could not be inspected (verdict error)")
+    anomaly_map: Optional[AnomalyMap] = Field(
+        None, description="where the part differs from the model's reconstruction, |G(z*) - x| (anomaly verdicts, "
+                          "when the station's model.anomaly_map is on)")
 
     def to_json(self) -> bytes:
         return self.model_dump_json(by_alias=True, exclude_none=False).encode()

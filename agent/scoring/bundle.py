@@ -25,7 +25,7 @@ from agent.segment.preprocess import Preprocessing
 BUNDLE_FORMAT = 1
 MANIFEST = "manifest.json"
 THETA_SCOPES = ("all", "bn", "none")
-LOSSES = ("mse", "fg")
+LOSSES = ("mse", "fg", "fg_input")
 
 
 class BundleError(ValueError):

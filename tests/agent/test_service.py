@@ -9,6 +9,7 @@ import jsonschema
 import pytest
 
 from adgan.cli import main
+from agent.decide.anomaly_map import decode_map
 from agent.mqtt.events import SCHEMA_PATH, schema_text
 from agent.scoring.bundle import Bundle
 from tests.agent.conftest import AgentProcess, Subscriber, agent_config
@@ -45,7 +46,7 @@ def test_a_folder_replay_gives_one_valid_event_per_sample_in_order(broker, calib
                        f'type = "folder"\npath = "{folder}"\nfps = 0')
     sub = Subscriber(broker.port, "adgan/st1/#")
     assert sub.subscribed.wait(10)
-    agent = AgentProcess(cfg, tmp_path / "agent.log")
+    agent = AgentProcess(cfg, tmp_path / "agent.log", env={"ADGAN_MODEL__ANOMALY_MAP": "true"})
     try:
         assert agent.wait(120) == 0, agent.output()
     finally:
@@ -71,6 +72,12 @@ def test_a_folder_replay_gives_one_valid_event_per_sample_in_order(broker, calib
         assert e["score"] == pytest.approx(s, rel=1e-5)
         assert e["threshold"] == th and e["verdict"] == ("anomaly" if e["score"] > th else "ok")
         assert e["model"] == {"class": "sphere", "kind": "gan", "bundle_hash": bh, "backend": "onnxruntime"}
+    for e in evs:  # anomalies say where: a small |G(z*) - x| map
+        if e["verdict"] == "anomaly":
+            m = decode_map(e["anomaly_map"])
+            assert m.shape == (32, 32) and abs(m.max() - e["anomaly_map"]["max"]) <= 1 / 255 and m.max() > 0
+        else:
+            assert e["anomaly_map"] is None
     verdicts = [e["verdict"] for e in evs]
     assert "ok" in verdicts and "anomaly" in verdicts  # the calibrated threshold separates something
     verdict_msgs = [p for t, p, _ in sub.messages if t == "adgan/st1/verdict"]

@@ -19,9 +19,9 @@ def test_report_has_table_figures_and_index(report):
     for f in ("table2.md", "table2.csv", "roc.png", "average-loss.png", "index.md"):
         assert (report / f).is_file(), f
     pngs = {p.stem.split("-")[0] for p in report.glob("*.png")}
-    assert {"rates", "ranking", "search", "roc", "average"} <= pngs
+    assert {"rates", "ranking", "search", "roc", "average", "maps"} <= pngs
     idx = (report / "index.md").read_text()
-    assert "Table 2" in idx and "roc.png" in idx and "ranking-" in idx
+    assert "Table 2" in idx and "roc.png" in idx and "ranking-" in idx and "maps-" in idx
 
 
 def test_table_numbers_match_scikit_learn_on_the_written_scores(report):

@@ -8,7 +8,7 @@ from export.graphs import SearchStep, theta_names
 from export.reference import reconstruction_loss, score
 from tests.export.conftest import random_generator, sample_x
 
-CASES = [(s, l) for s in ("all", "bn", "none") for l in ("mse", "fg")]
+CASES = [(s, l) for s in ("all", "bn", "none") for l in ("mse", "fg")] + [("none", "fg_input"), ("all", "fg_input")]
 
 
 def autograd_grads(g, x, z, loss):

@@ -17,7 +17,7 @@ def synthetic_frames(n, w=320, h=240):
 
 
 def test_a_recording_plays_back_through_pipeline_and_align_with_the_recorded_millimetres(tmp_path):
-    frames = synthetic_frames(4)
+    frames = synthetic_frames(6)
     path = tmp_path / "station.db3"
     record(path, [(f.rgb, f.depth, f.intrinsics) for f in frames])
     src = RealSenseFrameSource(recording=path, real_time=False, timeout_s=2)
@@ -25,7 +25,8 @@ def test_a_recording_plays_back_through_pipeline_and_align_with_the_recorded_mil
     src.close()
     assert src.intrinsics == frames[0].intrinsics or abs(src.intrinsics.fx - frames[0].intrinsics.fx) < 1e-3
     nums = [g.meta["frame"] for g in got]
-    assert len(nums) == len(set(nums)) and len(got) >= 3  # matched pairs, none twice
+    # matched pairs, none twice; the syncer may hold back the first and the last pair of a file
+    assert len(nums) == len(set(nums)) and len(got) >= 4
     for g in got:
         want = frames[g.meta["frame"]]
         assert g.depth.dtype == np.uint16 and g.depth.shape == want.depth.shape
@@ -38,17 +39,18 @@ def test_a_recording_plays_back_through_pipeline_and_align_with_the_recorded_mil
 
 
 def test_depth_units_other_than_a_millimetre_are_converted(tmp_path):
-    f = synthetic_frames(2)
+    f = synthetic_frames(5)
     path = tmp_path / "d405.db3"
     units = [(x.rgb, (x.depth.astype(np.uint32) * 10).clip(0, 65535).astype(np.uint16), x.intrinsics) for x in f]
     record(path, units, depth_units=0.0001)  # D405-style 0.1 mm units
     src = RealSenseFrameSource(recording=path, real_time=False, timeout_s=2)
-    g = src.read()
+    got = list(src)
     src.close()
-    assert src.depth_scale == pytest.approx(1e-4)
-    want = f[g.meta["frame"]].depth
-    both = (g.depth > 0) & (want > 0)
-    assert both.mean() > 0.9 and np.mean(g.depth[both] == want[both]) > 0.99
+    assert src.depth_scale == pytest.approx(1e-4) and got
+    for g in got:
+        want = f[g.meta["frame"]].depth
+        both = (g.depth > 0) & (want > 0)
+        assert both.mean() > 0.9 and np.mean(g.depth[both] == want[both]) > 0.99
 
 
 def test_depth_to_mm():

@@ -1,0 +1,60 @@
+"""Where a part differs: per-pixel anomaly maps |G(z*) - x|.
+
+`pixel_map` is the per-channel absolute difference between the best seed's reconstruction
+and the model input, both in [-1, 1], halved to [0, 1]. `heat` reduces it to one channel
+(the maximum over R, G, B and depth), `encode_map` makes the small PNG that the agent
+attaches to `anomaly` events, and `map_tiles` draws input, reconstruction and heat map for
+people (report figures).
+"""
+from __future__ import annotations
+
+import base64
+
+import cv2
+import numpy as np
+
+from agent.segment.preprocess import input_to_sample
+from agent.visual import sample_tile
+
+
+def pixel_map(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(4, S, S) |y - x| / 2 in [0, 1] for a model input x and its reconstruction y."""
+    if x.shape != y.shape or x.ndim != 3:
+        raise ValueError(f"input {x.shape} and reconstruction {y.shape} must both be (C, S, S)")
+    return np.clip(np.abs(y.astype(np.float32) - x.astype(np.float32)) * 0.5, 0.0, 1.0)
+
+
+def heat(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(S, S) maximum over channels of the pixel map, in [0, 1]."""
+    return pixel_map(x, y).max(axis=0)
+
+
+def encode_map(h: np.ndarray) -> dict:
+    """A heat map as the event's `anomaly_map`: 8-bit grey PNG, base64, 255 = a difference of 1."""
+    u8 = np.clip(np.rint(h * 255.0), 0, 255).astype(np.uint8)
+    ok, buf = cv2.imencode(".png", u8)
+    if not ok:
+        raise ValueError("could not encode the anomaly map")
+    ys, xs = np.unravel_index(int(np.argmax(h)), h.shape)
+    return {"format": "png", "encoding": "base64", "width": int(h.shape[1]), "height": int(h.shape[0]),
+            "max": round(float(h.max()), 6), "mean": round(float(h.mean()), 6), "peak_xy": [int(xs), int(ys)],
+            "data": base64.b64encode(buf.tobytes()).decode("ascii")}
+
+
+def decode_map(m: dict) -> np.ndarray:
+    """The (H, W) map in [0, 1] back from an event's `anomaly_map`."""
+    img = cv2.imdecode(np.frombuffer(base64.b64decode(m["data"]), np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ValueError("anomaly_map data is not a PNG")
+    return img.astype(np.float32) / 255.0
+
+
+def map_tiles(x: np.ndarray, y: np.ndarray, scale: int = 2) -> np.ndarray:
+    """Input (RGB above depth) | reconstruction | heat map (RGB colour map), side by side."""
+    h = heat(x, y)
+    hm = cv2.applyColorMap(np.rint(h * 255).astype(np.uint8), cv2.COLORMAP_INFERNO)[:, :, ::-1]
+    s = x.shape[1]
+    hm = np.vstack([hm, np.zeros((s, s, 3), np.uint8)])  # same height as the RGB-over-depth tiles
+    tiles = [sample_tile(input_to_sample(x)), sample_tile(input_to_sample(y)), hm]
+    out = np.hstack([np.pad(t, ((0, 0), (0, 1), (0, 0))) for t in tiles])
+    return cv2.resize(out, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST) if scale != 1 else out
