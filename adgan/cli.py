@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     from training import cli as training_cli
     dataset.add_parser(sub)
     training_cli.add_parser(sub)
+    training_cli.add_encoder_parser(sub)
     export_cli.add_parser(sub)
     score.add_parser(sub)
     calibrate.add_parser(sub)

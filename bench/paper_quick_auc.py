@@ -5,7 +5,8 @@ are normal, the other two classes anomalous (the paper's protocol). Scores come 
 bundles through ONNX Runtime, as the device would compute them. The full evaluation
 (Table 2, figures, thresholds) belongs to `adgan evaluate`; this is the sanity check.
 
-    .venv/bin/python bench/paper_quick_auc.py RUN_DIR_PATTERN [--scopes none] [--losses mse,fg]
+    .venv/bin/python bench/paper_quick_auc.py RUN_DIR_PATTERN [--scopes none] [--losses mse,fg,fg_input]
+        [--fg-thresholds=-0.9,-0.5] [--z-inits random,encoder]
 e.g. bench/paper_quick_auc.py 'runs/paper-gan-{cls}'
 """
 from __future__ import annotations
@@ -36,28 +37,30 @@ def main() -> None:
     ap.add_argument("--losses", default="mse,fg")
     ap.add_argument("--k", type=int, default=19)
     ap.add_argument("--fg-thresholds", default="-0.9", help="comma list: G(z) depth above this is foreground")
+    ap.add_argument("--z-inits", default="random", help="comma list of random, encoder (adgan train-encoder)")
     a = ap.parse_args()
     lo, hi = (int(v) for v in a.frames.split(":"))
     tests = [(c, sample_to_input(s)) for c, _, s in iter_samples(a.data, (lo, hi))]
     labels = np.array([c for c, _ in tests])
     print(f"{len(tests)} held-out samples (frames {a.frames}); k {a.k}, n_seed 3; AUROC with each class as normal")
-    print(f"{'scope':<6}{'loss':<5}{'fg_thr':>7}" + "".join(f"{c:>11}" for c in CLASSES) + f"{'ms/score':>10}")
+    print(f"{'z_init':<8}{'scope':<6}{'loss':<9}{'fg_thr':>7}" + "".join(f"{c:>11}" for c in CLASSES) + f"{'ms/score':>10}")
     tmp = Path(tempfile.mkdtemp(prefix="quick-auc-"))
-    for scope in a.scopes.split(","):
-        for loss, fg_thr in [(lo, float(t)) for lo in a.losses.split(",")
-                             for t in (a.fg_thresholds.split(",") if lo == "fg" else ["-0.9"])]:
-            aucs, t_all, n_all = [], 0.0, 0
-            for cls in CLASSES:
-                p = tmp / f"{cls}-{scope}-{loss}-{fg_thr}"
-                write_bundle(a.runs.format(cls=cls), p, SearchDefaults(theta_scope=scope, loss=loss, k=a.k,
-                                                                       fg_threshold=fg_thr))
-                scorer = make_scorer(Bundle.load(p), "onnxruntime", seed=0)
-                t = time.perf_counter()
-                scores = np.array([scorer.score(x).score for _, x in tests])
-                t_all += time.perf_counter() - t
-                n_all += len(tests)
-                aucs.append(auroc(scores[labels == cls], scores[labels != cls]))
-            print(f"{scope:<6}{loss:<5}{fg_thr if loss == 'fg' else '':>7}" + "".join(f"{v:>11.3f}" for v in aucs) + f"{1e3 * t_all / n_all:>10.1f}")
+    configs = [(zi, scope, lo, float(t)) for zi in a.z_inits.split(",") for scope in a.scopes.split(",")
+               for lo in a.losses.split(",") for t in (a.fg_thresholds.split(",") if lo == "fg" else ["-0.9"])]
+    for z_init, scope, loss, fg_thr in configs:
+        aucs, t_all, n_all = [], 0.0, 0
+        for cls in CLASSES:
+            p = tmp / f"{cls}-{z_init}-{scope}-{loss}-{fg_thr}"
+            write_bundle(a.runs.format(cls=cls), p, SearchDefaults(theta_scope=scope, loss=loss, k=a.k,
+                                                                   fg_threshold=fg_thr, z_init=z_init))
+            scorer = make_scorer(Bundle.load(p), "onnxruntime", seed=0)
+            t = time.perf_counter()
+            scores = np.array([scorer.score(x).score for _, x in tests])
+            t_all += time.perf_counter() - t
+            n_all += len(tests)
+            aucs.append(auroc(scores[labels == cls], scores[labels != cls]))
+        print(f"{z_init:<8}{scope:<6}{loss:<9}{fg_thr if loss == 'fg' else '':>7}"
+              + "".join(f"{v:>11.3f}" for v in aucs) + f"{1e3 * t_all / n_all:>10.1f}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import torch
 from adgan import __version__
 from agent.scoring.bundle import BUNDLE_FORMAT, MANIFEST, SearchDefaults, sha256_file
 from export.graphs import generator_theta
-from export.onnx_export import OPSET, export_graphs, loss_io, step_io
+from export.onnx_export import OPSET, export_encoder, export_graphs, loss_io, step_io
 from training.model import Architecture, Generator
 from training.train import load_checkpoint
 
@@ -29,18 +29,28 @@ def generator_from_checkpoint(st: dict, use_ema: bool = True) -> tuple[Generator
 
 def write_bundle(run: str | Path, out: str | Path, search: SearchDefaults, use_ema: bool = True,
                  force: bool = False) -> dict:
-    """Export a training run's generator as a bundle directory; returns the manifest."""
+    """Export a training run's generator (and its encoder, for z_init "encoder") as a bundle directory."""
     st = load_checkpoint(run)
     g, which = generator_from_checkpoint(st, use_ema)
     info = {"class": st["config"]["cls"], "kind": st["config"]["kind"], "preprocessing": st["preprocessing"],
             "training": {"run": str(Path(run).resolve()), "weights": which, "epoch": st["epoch"],
                          "g_steps": st["g_steps"], "data": {k: v for k, v in st["data"].items() if k != "frames"}}}
-    return write_generator_bundle(g, out, search, info, force)
+    encoder = None
+    if search.z_init == "encoder":
+        from training.encoder import load_encoder
+        encoder, est = load_encoder(run)
+        if est["generator_weights"] != which:
+            raise ValueError(f"{run}: the encoder was trained for the {est['generator_weights']} weights, "
+                             f"the bundle exports the {which} weights")
+        info["training"]["encoder"] = {k: est[k] for k in ("epochs", "loss", "fg_threshold", "features", "seed")}
+    return write_generator_bundle(g, out, search, info, force, encoder)
 
 
 def write_generator_bundle(g: Generator, out: str | Path, search: SearchDefaults, info: dict,
-                           force: bool = False) -> dict:
+                           force: bool = False, encoder=None) -> dict:
     """Write a bundle for generator `g`; `info` gives class, kind, preprocessing and training."""
+    if (search.z_init == "encoder") != (encoder is not None):
+        raise ValueError("z_init 'encoder' needs an encoder, and an encoder is only exported with it")
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
         raise ValueError(f"{out} exists and is not empty; choose another --out or pass --force")
@@ -52,7 +62,15 @@ def write_generator_bundle(g: Generator, out: str | Path, search: SearchDefaults
         np.savez(tmp / "theta.npz", **th)
         ins, outs = step_io(core.trainable)
         lin, lout = loss_io(core.trainable)
-        files = {f: sha256_file(tmp / f) for f in ("step.onnx", "loss.onnx", "theta.npz")}
+        names = ["step.onnx", "loss.onnx", "theta.npz"]
+        graphs = {"opset": OPSET, "seeds_per_call": search.batch_seeds,
+                  "step": {"file": "step.onnx", "inputs": ins, "outputs": outs},
+                  "loss": {"file": "loss.onnx", "inputs": lin, "outputs": lout}}
+        if encoder is not None:
+            export_encoder(encoder, tmp)
+            names.append("encoder.onnx")
+            graphs["encoder"] = {"file": "encoder.onnx", "inputs": ["x"], "outputs": ["z"]}
+        files = {f: sha256_file(tmp / f) for f in names}
         manifest = {
             "format": BUNDLE_FORMAT,
             "producer": f"adgan-edge {__version__}",
@@ -62,9 +80,7 @@ def write_generator_bundle(g: Generator, out: str | Path, search: SearchDefaults
             "architecture": g.arch.to_dict(),
             "preprocessing": info["preprocessing"],
             "search": search.to_dict(),
-            "graphs": {"opset": OPSET, "seeds_per_call": search.batch_seeds,
-                       "step": {"file": "step.onnx", "inputs": ins, "outputs": outs},
-                       "loss": {"file": "loss.onnx", "inputs": lin, "outputs": lout}},
+            "graphs": graphs,
             "theta": {"file": "theta.npz", "trainable": core.trainable, "all": sorted(th)},
             "training": info.get("training", {}),
             "files": files,

@@ -23,10 +23,11 @@ def cmd_export(a: argparse.Namespace) -> int:
     from export.bundle import write_bundle
 
     search = SearchDefaults(n_seed=a.n_seed, k=a.k, lr_z=a.lr_z, lr_theta=a.lr_theta, theta_scope=a.theta_scope,
-                            loss=a.loss, fg_threshold=a.fg_threshold, batch_seeds=a.batch_seeds or a.n_seed)
+                            loss=a.loss, fg_threshold=a.fg_threshold, batch_seeds=a.batch_seeds or a.n_seed,
+                            z_init=a.z_init, z_init_noise=a.z_init_noise)
     m = write_bundle(a.run, a.out, search, use_ema=not a.no_ema, force=a.force)
     print(f"exported {m['class']} ({m['kind']}, {m['training']['weights']}, epoch {m['training']['epoch']}) "
-          f"-> {a.out}: theta scope {a.theta_scope}, loss {a.loss}, n_seed {a.n_seed}, k {a.k}")
+          f"-> {a.out}: theta scope {a.theta_scope}, loss {a.loss}, n_seed {a.n_seed}, k {a.k}, z_init {a.z_init}")
     return 0
 
 
@@ -50,6 +51,11 @@ def add_parser(sub) -> None:
     q.add_argument("--lr-z", type=float, default=5e-2, help="Adam learning rate of z (paper: 5e-2)")
     q.add_argument("--lr-theta", type=float, default=6e-9, help="Adam learning rate of theta (paper: 6e-9)")
     q.add_argument("--fg-threshold", type=float, default=-0.9, help="G(z) depth above this is foreground (loss fg)")
+    q.add_argument("--z-init", choices=("random", "encoder"), default="random",
+                   help="start of the search: random z ~ N(0, I) (the paper) or the run's encoder E(x) "
+                        "(adgan train-encoder)")
+    q.add_argument("--z-init-noise", type=float, default=0.0,
+                   help="with --z-init encoder: seeds start at E(x) + this * N(0, I) (default 0)")
     q.add_argument("--batch-seeds", type=int, default=None, help="seeds per graph call (default: n_seed)")
     q.add_argument("--no-ema", action="store_true", help="export the raw generator even if the run kept an EMA")
     q.add_argument("--force", action="store_true", help="replace an existing bundle folder")

@@ -71,3 +71,9 @@ def export_graphs(g: Generator, out: Path, n_seed: int, scope: str, loss: str, f
     _export(StepGraph(core).eval(), step_args, out / "step.onnx", *step_io(core.trainable))
     _export(LossGraph(core).eval(), (x, z, *th), out / "loss.onnx", *loss_io(core.trainable))
     return core
+
+
+def export_encoder(encoder: torch.nn.Module, out: Path) -> None:
+    """Write out/encoder.onnx: x (1, C, S, S) -> z (1, nz), the search's starting latent."""
+    a = encoder.arch
+    _export(encoder.eval(), (torch.zeros(1, a.channels, a.size, a.size),), out / "encoder.onnx", ["x"], ["z"])

@@ -79,13 +79,17 @@ class ReferenceSearcher:
         self.params = replace(bundle.search, **{k: v for k, v in overrides.items() if v is not None})
         self.g = torch_generator_from_bundle(bundle)
         self.seeds = bundle.seeds_per_call
+        self.encoder = None
+        if self.params.z_init == "encoder":  # z0 is an input to Algorithm 1: the runtime's own encoder
+            from agent.scoring.encoder import LatentEncoder
+            self.encoder = LatentEncoder(bundle)
 
     def score(self, x):
         import numpy as np
 
-        from agent.scoring.search import ScoreResult, initial_z
+        from agent.scoring.search import ScoreResult, start_latents
         p = self.params
-        z0 = torch.from_numpy(initial_z(self.seed, p.n_seed, self.seeds, self.bundle.nz)[: p.n_seed])
+        z0 = torch.from_numpy(start_latents(p, self.seed, self.seeds, self.bundle.nz, x, self.encoder)[: p.n_seed])
         xt = torch.from_numpy(x).unsqueeze(0)
         per = []
         for s in range(p.n_seed):

@@ -88,3 +88,37 @@ def add_parser(sub) -> None:
     q.add_argument("--resume", action="store_true", help="continue the run in --out up to --epochs")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_train)
+
+
+def cmd_train_encoder(a: argparse.Namespace) -> int:
+    import torch
+
+    from training.encoder import train_encoder
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    out = train_encoder(a.run, a.epochs, a.features, a.batch_size, a.lr, a.loss, a.fg_threshold, a.seed, a.data,
+                        not a.quiet)
+    st = torch.load(out, map_location="cpu", weights_only=False)
+    print(f"encoder: {st['epochs']} epochs in {st['seconds']:.0f} s, final loss {st['history'][-1]:.4f} -> {out}; "
+          f"export with 'adgan export {a.run} --out BUNDLE --z-init encoder'")
+    return 0
+
+
+def add_encoder_parser(sub) -> None:
+    q = sub.add_parser("train-encoder", help="train an encoder x -> z for a trained generator (the search's start)",
+                       description="After a generator is trained, train an encoder E: x -> z on the same normal "
+                                   "samples (generator frozen) so that the latent search starts at E(x) "
+                                   "(f-AnoGAN's izi_f). Writes RUN/encoder.pt.")
+    q.add_argument("run", help="training run folder (its generator stays frozen)")
+    q.add_argument("--epochs", type=int, required=True, help="passes over the run's training samples")
+    q.add_argument("--features", type=int, default=32, help="encoder width (default 32)")
+    q.add_argument("--batch-size", type=int, default=32)
+    q.add_argument("--lr", type=float, default=2e-4)
+    q.add_argument("--loss", choices=("mse", "fg", "fg_input"), default="fg",
+                   help="reconstruction loss of G(E(x)) (default fg: where x or G(E(x)) is foreground)")
+    q.add_argument("--fg-threshold", type=float, default=-0.5, help="G depth above this is foreground (default -0.5)")
+    q.add_argument("--data", default=None, help="dataset root, if the training data has moved")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    q.add_argument("--quiet", action="store_true")
+    q.set_defaults(func=cmd_train_encoder)

@@ -26,6 +26,7 @@ BUNDLE_FORMAT = 1
 MANIFEST = "manifest.json"
 THETA_SCOPES = ("all", "bn", "none")
 LOSSES = ("mse", "fg", "fg_input")
+Z_INITS = ("random", "encoder")
 
 
 class BundleError(ValueError):
@@ -52,6 +53,8 @@ class SearchDefaults(StrictRecord):
     loss: str = "mse"
     fg_threshold: float = -0.9  # G(z) depth above this counts as foreground (loss "fg")
     batch_seeds: int = 3        # seeds per graph call (static for theta scope "all")
+    z_init: str = "random"      # "random": z0 ~ N(0, I) (the paper); "encoder": z0 = E(x) (+ noise)
+    z_init_noise: float = 0.0   # with "encoder": z0 = E(x) + z_init_noise * N(0, I) per seed
 
     def __post_init__(self) -> None:
         if self.n_seed < 1 or self.k < 1 or self.batch_seeds < 1:
@@ -64,7 +67,15 @@ class SearchDefaults(StrictRecord):
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if not -1 < self.fg_threshold < 1:
             raise ValueError(f"fg_threshold must be in (-1, 1), got {self.fg_threshold}")
+        if self.z_init not in Z_INITS:
+            raise ValueError(f"z_init must be one of {Z_INITS}, got {self.z_init!r}")
+        if self.z_init_noise < 0:
+            raise ValueError(f"z_init_noise must be >= 0, got {self.z_init_noise}")
 
+
+
+def b_search_z_init(manifest: dict) -> str:
+    return (manifest.get("search") or {}).get("z_init", "random")
 
 
 class Bundle:
@@ -113,6 +124,9 @@ class Bundle:
         for role in ("step", "loss"):
             if manifest["graphs"][role]["file"] not in manifest["files"]:
                 raise BundleError(f"{mf}: the {role} graph is not covered by a hash")
+        if b_search_z_init(manifest) == "encoder" and manifest["graphs"].get("encoder", {}).get("file") \
+                not in manifest["files"]:
+            raise BundleError(f"{mf}: search starts from an encoder, but the bundle has no hashed encoder graph")
         if manifest["theta"]["file"] not in manifest["files"]:
             raise BundleError(f"{mf}: theta is not covered by a hash")
         with np.load(path / manifest["theta"]["file"], allow_pickle=False) as z:

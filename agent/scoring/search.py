@@ -75,6 +75,17 @@ def initial_z(seed: int, n_seed: int, seeds_per_call: int, nz: int) -> np.ndarra
     return np.random.default_rng(seed).standard_normal((total, nz)).astype(np.float32)
 
 
+def start_latents(params: SearchDefaults, seed: int, seeds_per_call: int, nz: int, x: np.ndarray,
+                  encoder=None) -> np.ndarray:
+    """z0 for every seed of a search of x: random (the paper), or E(x) plus optional noise."""
+    z = initial_z(seed, params.n_seed, seeds_per_call, nz)
+    if params.z_init == "random":
+        return z
+    if encoder is None:
+        raise ValueError("this bundle starts its search from an encoder, but none was given")
+    return (encoder.encode(x)[None, :] + np.float32(params.z_init_noise) * z).astype(np.float32)
+
+
 class Searcher:
     """Scores model inputs with a bundle's search defaults, optionally overridden."""
 
@@ -85,6 +96,10 @@ class Searcher:
             raise ValueError(f"only {sorted(allowed)} can be overridden at run time, not {sorted(bad)}")
         self.bundle, self.backend, self.seed = bundle, backend, seed
         self.params: SearchDefaults = replace(bundle.search, **{k: v for k, v in overrides.items() if v is not None})
+        self.encoder = None
+        if self.params.z_init == "encoder":
+            from agent.scoring.encoder import LatentEncoder
+            self.encoder = LatentEncoder(bundle)
 
     def score(self, x: np.ndarray) -> ScoreResult:
         b = self.bundle
@@ -93,7 +108,7 @@ class Searcher:
         if not np.isfinite(x).all():
             raise ValueError("model input contains NaN or infinite values")
         p, s = self.params, self.backend.seeds
-        z_all = initial_z(self.seed, p.n_seed, s, b.nz)
+        z_all = start_latents(p, self.seed, s, b.nz, x, self.encoder)
         losses, recs = [], []
         for start in range(0, len(z_all), s):
             self.backend.reset(x, z_all[start:start + s])

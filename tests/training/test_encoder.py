@@ -1,0 +1,70 @@
+"""The encoder start (z0 = E(x)): training, export into bundles, the runtime and the reference agree."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from adgan.cli import main
+from adgan.score import make_scorer
+from agent.scoring.bundle import Bundle, BundleError, SearchDefaults
+from agent.scoring.encoder import LatentEncoder
+from agent.segment.preprocess import sample_to_input
+from agent.sources.folder import read_sample
+from export.bundle import write_bundle
+from training.encoder import load_encoder
+
+
+@pytest.fixture(scope="module")
+def encoded_run(tiny_run, tmp_path_factory):
+    run = tmp_path_factory.mktemp("encrun") / "run"
+    shutil.copytree(tiny_run, run)
+    assert main(["train-encoder", str(run), "--epochs", "3", "--features", "4", "--quiet"]) == 0
+    return run
+
+
+def test_the_encoder_learns_and_is_stored_with_its_recipe(encoded_run):
+    enc, st = load_encoder(encoded_run)
+    assert st["epochs"] == 3 and len(st["history"]) == 3 and st["loss"] == "fg"
+    assert st["history"][-1] < st["history"][0]  # it learned something
+    assert enc(torch.zeros(2, 4, 32, 32)).shape == (2, 100)
+
+
+def test_export_runtime_and_reference_start_from_the_same_latent(encoded_run, synth_data, tmp_path):
+    out = tmp_path / "b"
+    assert main(["export", str(encoded_run), "--out", str(out), "--theta-scope", "none", "--loss", "fg_input",
+                 "--z-init", "encoder", "--k", "4"]) == 0
+    b = Bundle.load(out)
+    assert b.search.z_init == "encoder" and "encoder.onnx" in b.manifest["files"]
+    x = sample_to_input(read_sample(synth_data / "test" / "sphere", 0), 32)
+    enc, _ = load_encoder(encoded_run)
+    with torch.no_grad():
+        want = enc(torch.from_numpy(x)[None]).numpy()[0]
+    got = LatentEncoder(b).encode(x)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    ort, ref = make_scorer(b, "onnxruntime", 0), make_scorer(b, "torch", 0)
+    r_ort, r_ref = ort.score(x), ref.score(x)
+    assert r_ort.score == pytest.approx(r_ref.score, rel=1e-3)
+    # without noise every seed starts at E(x), so every seed ends at the same loss
+    assert np.ptp(r_ort.per_seed) < 1e-6
+
+
+def test_noise_spreads_the_seeds_and_a_tampered_encoder_is_refused(encoded_run, synth_data, tmp_path):
+    out = tmp_path / "b"
+    write_bundle(encoded_run, out, SearchDefaults(theta_scope="none", loss="fg_input", z_init="encoder",
+                                                  z_init_noise=0.5, k=3))
+    x = sample_to_input(read_sample(synth_data / "test" / "sphere", 1), 32)
+    r = make_scorer(Bundle.load(out), "onnxruntime", 0).score(x)
+    assert np.ptp(r.per_seed) > 0
+    data = bytearray((out / "encoder.onnx").read_bytes())
+    data[-1] ^= 1
+    (out / "encoder.onnx").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="encoder.onnx has been modified"):
+        Bundle.load(out)
+
+
+def test_exporting_an_encoder_start_without_an_encoder_says_how(tiny_run, tmp_path, capsys):
+    assert main(["export", str(tiny_run), "--out", str(tmp_path / "b"), "--z-init", "encoder"]) == 2
+    assert "adgan train-encoder" in capsys.readouterr().err
