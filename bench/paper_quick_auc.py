@@ -43,7 +43,8 @@ def main() -> None:
     tests = [(c, sample_to_input(s)) for c, _, s in iter_samples(a.data, (lo, hi))]
     labels = np.array([c for c, _ in tests])
     print(f"{len(tests)} held-out samples (frames {a.frames}); k {a.k}, n_seed 3; AUROC with each class as normal")
-    print(f"{'z_init':<8}{'scope':<6}{'loss':<9}{'fg_thr':>7}" + "".join(f"{c:>11}" for c in CLASSES) + f"{'ms/score':>10}")
+    print(f"{'z_init':<8}{'scope':<6}{'loss':<9}{'fg_thr':>7}" + "".join(f"{c:>11}" for c in CLASSES)
+          + f"{'ms/score':>10}")
     tmp = Path(tempfile.mkdtemp(prefix="quick-auc-"))
     configs = [(zi, scope, lo, float(t)) for zi in a.z_inits.split(",") for scope in a.scopes.split(",")
                for lo in a.losses.split(",") for t in (a.fg_thresholds.split(",") if lo == "fg" else ["-0.9"])]
