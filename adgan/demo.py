@@ -110,9 +110,23 @@ def train_and_export(plan: Plan, progress: bool) -> dict[str, Path]:
                    "--epochs", str(a.epochs), "--ema", "0.99", "--seed", str(a.seed), "--out", str(run),
                    *plan.frames_args("train"), *([] if progress else ["--quiet"]))
             _mark(run, cfg)
+        z_init = "random"
+        if a.encoder_epochs:
+            z_init = "encoder"
+            ecfg = {**cfg, "encoder_epochs": a.encoder_epochs}
+            marker = run / "encoder-config.json"
+            if (run / "encoder.pt").is_file() and marker.is_file() and json.loads(marker.read_text()) == ecfg:
+                print(f"[2/6] encoder {cls}: cached in {run}")
+            else:
+                print(f"[2/6] encoder {cls}: {a.encoder_epochs} epochs (the search starts at E(x))", flush=True)
+                _adgan("train-encoder", str(run), "--epochs", str(a.encoder_epochs), "--features", str(a.features),
+                       *([] if progress else ["--quiet"]))
+                marker.write_text(json.dumps(ecfg, sort_keys=True))
         bundles[cls] = plan.out / "bundles" / cls
-        write_bundle(run, bundles[cls], SearchDefaults(theta_scope="none", loss="fg", k=a.k), force=True)
-    print(f"[3/6] bundles (theta scope none, loss fg, n_seed 3, k {a.k}) -> {plan.out / 'bundles'}")
+        write_bundle(run, bundles[cls], SearchDefaults(theta_scope="none", loss=a.loss, k=a.k, z_init=z_init),
+                     force=True)
+    print(f"[3/6] bundles (theta scope none, loss {a.loss}, n_seed 3, k {a.k}, "
+          f"{'search from the encoder' if a.encoder_epochs else 'random z'}) -> {plan.out / 'bundles'}")
     return bundles
 
 
@@ -260,7 +274,8 @@ def write_index(out: Path, plan: Plan, summary: dict, lines: list[str], seconds:
     gen = "".join(f"![{c}](generated-{c}.png) " for c in plan.classes if (rep / f"generated-{c}.png").is_file())
     text = [f"# adgan-edge demo ({'data ' + a.data if a.data else 'synthetic station'})", "",
             f"Finished in {seconds:.0f} s. Models: {a.kind}, {a.size} px, features {a.features}, {a.epochs} epochs; "
-            f"search: theta scope none, foreground loss, n_seed 3, k {a.k}.", "",
+            f"search: theta scope none, loss {a.loss}, n_seed 3, k {a.k}, "
+            f"{f'starting at E(x) ({a.encoder_epochs}-epoch encoder)' if a.encoder_epochs else 'random z'}.", "",
             f"## The station: {s['parts_inspected']} parts inspected, expecting `{a.expected}`", "",
             "| parts | OK | NG | true anomalies | detected | missed | false alarms | errors | median latency |",
             "|---|---|---|---|---|---|---|---|---|",
@@ -330,6 +345,10 @@ def add_parser(sub) -> None:
     q.add_argument("--epochs", type=int, default=60, help="training epochs per class (default 60)")
     q.add_argument("--kind", choices=("gan", "wgan", "wgan-gp"), default="gan", help="training recipe (default gan)")
     q.add_argument("--k", type=int, default=19, help="search steps per seed (default 19, the paper's)")
+    q.add_argument("--loss", choices=("mse", "fg", "fg_input"), default="fg_input",
+                   help="search and score loss (default fg_input: the part's own pixels; mse is the paper's)")
+    q.add_argument("--encoder-epochs", type=int, default=60,
+                   help="train an encoder so the search starts at E(x) (default 60 epochs; 0: random z as the paper)")
     q.add_argument("--parts", type=int, default=24, help="parts through the live station (default 24)")
     q.add_argument("--expected", default="cylinder", help="the class the station inspects (default cylinder)")
     q.add_argument("--fps", type=float, default=10.0, help="camera frame rate of the live stream (default 10)")

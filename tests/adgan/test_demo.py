@@ -13,7 +13,8 @@ from agent.mqtt.events import SCHEMA_PATH
 
 def demo_args(out, *extra):
     return build_parser().parse_args(["demo", "--out", str(out), "--train", "12", "--test", "4", "--epochs", "2",
-                                      "--features", "4", "--parts", "4", "--fps", "0", "--quiet", *extra])
+                                      "--features", "4", "--parts", "4", "--fps", "0", "--encoder-epochs", "2", "--quiet",
+                                      *extra])
 
 
 def recount(events, expected):
@@ -52,14 +53,15 @@ def test_demo_runs_end_to_end_in_reduced_mode(tmp_path, capsys):
     # a second run reuses the trained models, and runs with the embedded broker as well
     r2 = run_demo(demo_args(tmp_path, "--embedded-broker"))
     out = capsys.readouterr().out
-    assert out.count("cached in") == 4 and "broker: embedded" in out  # data + three models
+    assert out.count("cached in") == 7 and "broker: embedded" in out  # data, three models, three encoders
     assert len(r2["events"]) == 4
 
 
 def test_demo_on_real_data(paper_data, tmp_path, capsys):
     r = run_demo(build_parser().parse_args([
         "demo", "--data", str(paper_data), "--train-frames", "0:40", "--test-frames", "700:712", "--out",
-        str(tmp_path), "--epochs", "1", "--features", "4", "--parts", "5", "--fps", "0", "--quiet"]))
+        str(tmp_path), "--epochs", "1", "--features", "4", "--parts", "5", "--fps", "0", "--encoder-epochs", "1",
+        "--quiet"]))
     events = r["events"]
     assert len(events) == 5 and all(e["trigger"] == "every_frame" for e in events)
     truth = json.loads((r["live"] / "stream" / "truth.json").read_text())
