@@ -57,7 +57,7 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 def cmd_capture_reference(a: argparse.Namespace) -> int:
     from agent.segment.reference import SurfaceReference
-    from agent.service import open_source
+    from agent.sources.open import open_source
     from agent.sources.base import SourceError
 
     s = _load(a)

@@ -10,6 +10,7 @@ import os
 import socket
 import threading
 import time
+from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
@@ -79,3 +80,30 @@ class Counters:
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             return dict(self._v)
+
+
+@dataclass
+class SourceHealth:
+    state: str = "starting"        # starting, running, reconnecting, ended
+    reconnects: int = 0            # successful reopenings after a failure
+    failures: int = 0              # consecutive failures (0 while frames flow)
+    total_failures: int = 0
+    last_error: str | None = None
+    next_attempt: float = 0.0      # monotonic time of the next open attempt
+
+    def to_dict(self) -> dict:
+        return {"state": self.state, "reconnects": self.reconnects, "consecutive_failures": self.failures,
+                "failures": self.total_failures, "last_error": self.last_error}
+
+
+class timed:
+    """Adds the milliseconds spent in a `with` block to a numeric attribute (also when it raises)."""
+
+    def __init__(self, obj, attr: str) -> None:
+        self.obj, self.attr = obj, attr
+
+    def __enter__(self) -> None:
+        self.t = time.monotonic()
+
+    def __exit__(self, *exc) -> None:
+        setattr(self.obj, self.attr, getattr(self.obj, self.attr) + 1e3 * (time.monotonic() - self.t))

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from agent.decide.anomaly_map import encode_map, heat
 from agent.decide.inspector import ClassModel, load_models
 from agent.frame import FrameError, NoObjectError, RGBDFrame, Sample
-from agent.health import Counters, SystemdNotifier
+from agent.health import Counters, SourceHealth, SystemdNotifier, timed
 from agent.mqtt.events import Event, utc_iso
 from agent.mqtt.outbox import Outbox
 from agent.mqtt.publisher import Publisher
@@ -26,41 +26,10 @@ from agent.segment.segmentation import SegmentationConfig
 from agent.segment.station import StationSegmenter
 from agent.settings import AgentSettings
 from agent.sources.base import FrameSource, SourceError
+from agent.sources.open import open_source
 from agent.trigger import CommandTrigger, Passage, PassageTrigger
 
 log = logging.getLogger(__name__)
-
-
-def open_source(cfg, frame_timeout_s: float = 5.0) -> FrameSource:
-    """The frame source described by the `source` settings."""
-    if cfg.type == "folder":
-        from agent.sources.folder import FolderSource, parse_frames
-        return FolderSource(cfg.path, parse_frames(cfg.frames), loop=cfg.loop)
-    if cfg.type == "synthetic":
-        from agent.sources.synthetic import SyntheticSource
-        return SyntheticSource(cfg.classes, seed=cfg.seed, count=cfg.count, defects=cfg.defects,
-                               defect_rate=cfg.defect_rate if cfg.defects else 0.0, empty_rate=cfg.empty_rate,
-                               fps=cfg.fps or 30.0,
-                               frames_per_part=cfg.frames_per_part, gap_frames=cfg.gap_frames)
-    if cfg.type == "realsense":
-        from agent.sources.realsense import RealSenseFrameSource
-        return RealSenseFrameSource(cfg.serial, cfg.recording, cfg.width, cfg.height, cfg.fps, cfg.visual_preset,
-                                    timeout_s=frame_timeout_s, real_time=cfg.real_time)
-    raise ValueError(f"unknown source type {cfg.type!r}")
-
-
-@dataclass
-class SourceHealth:
-    state: str = "starting"        # starting, running, reconnecting, ended
-    reconnects: int = 0            # successful reopenings after a failure
-    failures: int = 0              # consecutive failures (0 while frames flow)
-    total_failures: int = 0
-    last_error: str | None = None
-    next_attempt: float = 0.0      # monotonic time of the next open attempt
-
-    def to_dict(self) -> dict:
-        return {"state": self.state, "reconnects": self.reconnects, "consecutive_failures": self.failures,
-                "failures": self.total_failures, "last_error": self.last_error}
 
 
 @dataclass
@@ -75,19 +44,6 @@ class Work:
     area: int | None = None
     forced: bool = False           # inspection requested over MQTT
     source: dict = field(default_factory=dict)
-
-
-class _timed:
-    """Adds the time spent in a `with` block to a Work field (also when the block raises)."""
-
-    def __init__(self, work: Work, field_name: str) -> None:
-        self.work, self.field = work, field_name
-
-    def __enter__(self) -> None:
-        self.t = time.monotonic()
-
-    def __exit__(self, *exc) -> None:
-        setattr(self.work, self.field, getattr(self.work, self.field) + 1e3 * (time.monotonic() - self.t))
 
 
 class Agent:
@@ -288,7 +244,7 @@ class Agent:
         if mode == "mqtt" and not forced:
             return  # a live camera between requests: frames keep flowing, nothing to inspect
         try:
-            with _timed(work, "segment_ms"):
+            with timed(work, "segment_ms"):
                 seg = self.segmenter(frame)
         except FrameError as e:
             self._error(work, str(e))
@@ -306,7 +262,7 @@ class Agent:
             return
         model = self.models[self.expected]
         try:
-            with _timed(work, "segment_ms"):
+            with timed(work, "segment_ms"):
                 sample = make_sample(frame, seg, model.bundle.preprocessing, roi=self.s.segmentation.roi)
         except NoObjectError:
             self._emit(work, "no_object")
@@ -321,16 +277,16 @@ class Agent:
 
     def _score(self, work: Work, sample: Sample, model: ClassModel) -> None:
         try:
-            with _timed(work, "segment_ms"):  # preprocessing counts with segmentation
+            with timed(work, "segment_ms"):  # preprocessing counts with segmentation
                 x = sample_to_input(sample, model.bundle.size)
-            with _timed(work, "score_ms"):
+            with timed(work, "score_ms"):
                 d = model.decide(x)
         except (ValueError, RuntimeError) as e:
             self._error(work, f"scoring failed: {e}", inspection=True, model=model)
             return
         amap = None
         if d.verdict == "anomaly" and self.s.model.anomaly_map:
-            with _timed(work, "publish_ms"):
+            with timed(work, "publish_ms"):
                 amap = encode_map(heat(x, d.reconstruction))
         self._emit(work, d.verdict, model=model, score=d.score, threshold=d.threshold, anomaly_map=amap)
 
@@ -374,7 +330,7 @@ class Agent:
                    latency_ms={"capture_ms": round(work.capture_ms, 3), "segment_ms": round(work.segment_ms, 3),
                                "score_ms": round(work.score_ms, 3), "total_ms": round(total, 3)},
                    source=work.source, error=error, anomaly_map=anomaly_map)
-        with _timed(work, "publish_ms"):
+        with timed(work, "publish_ms"):
             self.publisher.publish_event(ev.model_dump(by_alias=True))
         self.counters.add("events")
         self.counters.add(verdict)
