@@ -112,13 +112,9 @@ def train_encoder(run: str | Path, epochs: int, features: int = 32, batch_size: 
 
 
 def load_encoder(run: str | Path) -> tuple[Encoder, dict]:
-    p = Path(run)
-    p = p / ENCODER_FILE if p.is_dir() else p
-    if not p.is_file():
-        raise FileNotFoundError(f"no encoder at {p} (train one with 'adgan train-encoder RUN --epochs N')")
-    st = torch.load(p, map_location="cpu", weights_only=False)
-    if not isinstance(st, dict) or st.get("format") != ENCODER_FORMAT:
-        raise ValueError(f"{p} is not an adgan-edge encoder of format {ENCODER_FORMAT}")
+    from training.train import load_run_file
+    st = load_run_file(run, ENCODER_FILE, ENCODER_FORMAT, "encoder",
+                       "train one with 'adgan train-encoder RUN --epochs N'")
     enc = Encoder(Architecture.from_dict(st["architecture"]), st["features"])
     enc.load_state_dict(st["state"])
     return enc.eval(), st

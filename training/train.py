@@ -202,16 +202,21 @@ class Trainer:
         self.history = list(st["history"])
 
 
+def load_run_file(run: str | Path, name: str, fmt: int, what: str, how: str) -> dict:
+    """A torch record stored in a run folder (`run/name`, or `run` itself as the file), validated."""
+    p = Path(run)
+    p = p / name if p.is_dir() else p
+    if not p.is_file():
+        raise FileNotFoundError(f"no {what} at {p} ({how})")
+    st = torch.load(p, map_location="cpu", weights_only=False)
+    if not isinstance(st, dict) or st.get("format") != fmt:
+        raise ValueError(f"{p} is not an adgan-edge {what} of format {fmt}")
+    return st
+
+
 def load_checkpoint(run: str | Path) -> dict:
     """A run folder's checkpoint (or a checkpoint file), validated."""
-    p = Path(run)
-    p = p / CHECKPOINT if p.is_dir() else p
-    if not p.is_file():
-        raise FileNotFoundError(f"no checkpoint at {p} (train with 'adgan train ... --out RUN')")
-    st = torch.load(p, map_location="cpu", weights_only=False)
-    if not isinstance(st, dict) or st.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{p} is not an adgan-edge checkpoint of format {CHECKPOINT_FORMAT}")
-    return st
+    return load_run_file(run, CHECKPOINT, CHECKPOINT_FORMAT, "checkpoint", "train with 'adgan train ... --out RUN'")
 
 
 def resume_config(st: dict, epochs: int) -> TrainConfig:
