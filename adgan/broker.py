@@ -204,6 +204,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float) -> bool:
+    """True once something accepts connections on 127.0.0.1:port; False on timeout or if proc exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
 class BrokerProcess:
     """A broker child process on 127.0.0.1: mosquitto if installed (unless `embedded`), else ours."""
 
@@ -222,15 +234,8 @@ class BrokerProcess:
             cmd, self.kind = [sys.executable, "-m", "adgan.broker", "--port", str(self.port)], "embedded"
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         self.pid = self.proc.pid
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
+        if wait_for_port(self.port, self.proc, 15):
+            return
         self.stop()
         raise RuntimeError(f"the {self.kind} broker did not start on port {self.port} (see {workdir / 'broker.log'})")
 

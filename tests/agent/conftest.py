@@ -15,6 +15,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
+from adgan.broker import wait_for_port
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -30,13 +32,8 @@ class Broker:
     def start(self) -> None:
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         self.proc = subprocess.Popen([exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
+        if wait_for_port(self.port, self.proc, 10):
+            return
         self.stop()
         raise RuntimeError("mosquitto did not start within 10 s")
 
