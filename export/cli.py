@@ -24,7 +24,7 @@ def cmd_export(a: argparse.Namespace) -> int:
 
     search = SearchDefaults(n_seed=a.n_seed, k=a.k, lr_z=a.lr_z, lr_theta=a.lr_theta, theta_scope=a.theta_scope,
                             loss=a.loss, fg_threshold=a.fg_threshold, batch_seeds=a.batch_seeds or a.n_seed,
-                            z_init=a.z_init, z_init_noise=a.z_init_noise)
+                            z_init=a.z_init, z_init_noise=a.z_init_noise, depth_weight=a.depth_weight)
     m = write_bundle(a.run, a.out, search, use_ema=not a.no_ema, force=a.force)
     print(f"exported {m['class']} ({m['kind']}, {m['training']['weights']}, epoch {m['training']['epoch']}) "
           f"-> {a.out}: theta scope {a.theta_scope}, loss {a.loss}, n_seed {a.n_seed}, k {a.k}, z_init {a.z_init}")
@@ -51,6 +51,9 @@ def add_parser(sub) -> None:
     q.add_argument("--lr-z", type=float, default=5e-2, help="Adam learning rate of z (paper: 5e-2)")
     q.add_argument("--lr-theta", type=float, default=6e-9, help="Adam learning rate of theta (paper: 6e-9)")
     q.add_argument("--fg-threshold", type=float, default=-0.9, help="G(z) depth above this is foreground (loss fg)")
+    q.add_argument("--depth-weight", type=float, default=1.0,
+                   help="weight of the depth channel's squared error against each RGB channel's (default 1: "
+                        "a plain mean, the paper)")
     q.add_argument("--z-init", choices=("random", "encoder"), default="random",
                    help="start of the search: random z ~ N(0, I) (the paper) or the run's encoder E(x) "
                         "(adgan train-encoder)")

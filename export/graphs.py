@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from export.reference import channel_weights
 from training.model import Architecture, Generator
 
 SCOPES = ("all", "bn", "none")
@@ -102,7 +103,7 @@ class SearchStep(nn.Module):
     """
 
     def __init__(self, g: Generator, n_seed: int, scope: str = "all", loss: str = "mse",
-                 fg_threshold: float = -0.9, bn_eps: float = 1e-5) -> None:
+                 fg_threshold: float = -0.9, bn_eps: float = 1e-5, depth_weight: float = 1.0) -> None:
         super().__init__()
         if scope not in SCOPES:
             raise ValueError(f"theta scope must be one of {SCOPES}, got {scope!r}")
@@ -111,6 +112,11 @@ class SearchStep(nn.Module):
         self.arch, self.S, self.scope, self.loss_kind = g.arch, n_seed, scope, loss
         self.fg_threshold, self.layers = fg_threshold, layers_of(g.arch)
         self.trainable = trainable_names(g.arch, scope)
+        self.weighted = depth_weight != 1.0  # a plain mean writes no extra operators
+        if self.weighted:
+            # float64 so that a float64 copy of the module is exact; cast to the data's dtype in use
+            cw = torch.tensor(channel_weights(g.arch.channels, depth_weight), dtype=torch.float64)
+            self.register_buffer("chan_w", cw.reshape(1, -1, 1, 1))
         th = generator_theta(g)
         for i, l in enumerate(self.layers):
             if l.bn:
@@ -168,14 +174,15 @@ class SearchStep(nn.Module):
 
     def _loss_and_dy(self, x, y, need_grad: bool):
         diff = y - x  # (S, 4, H, W), x broadcast over seeds
+        wd = diff * self.chan_w.to(diff.dtype) if self.weighted else diff  # channel-weighted residual
         if self.loss_kind == "mse":
             n = diff[0].numel()
-            loss = (diff * diff).sum(dim=(1, 2, 3)) / n
-            return loss, (diff * (2.0 / n) if need_grad else None)
+            loss = (wd * diff).sum(dim=(1, 2, 3)) / n
+            return loss, (wd * (2.0 / n) if need_grad else None)
         m = self._mask(x, y)
         cnt = torch.clamp(m.sum(dim=(1, 2, 3)), min=1.0) * x.shape[1]  # (S,)
-        loss = (diff * diff * m).sum(dim=(1, 2, 3)) / cnt
-        return loss, (diff * m * (2.0 / cnt).reshape(-1, 1, 1, 1) if need_grad else None)
+        loss = (wd * diff * m).sum(dim=(1, 2, 3)) / cnt
+        return loss, (wd * m * (2.0 / cnt).reshape(-1, 1, 1, 1) if need_grad else None)
 
     def forward_backward(self, x, z, theta: dict[str, torch.Tensor], need_grad: bool = True):
         grouped = self.scope == "all"

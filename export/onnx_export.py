@@ -55,10 +55,11 @@ def _export(module: torch.nn.Module, args: tuple, path: Path, ins: list[str], ou
         raise RuntimeError(f"{path.name}: exported inputs/outputs {got_in} -> {got_out} differ from {ins} -> {outs}")
 
 
-def export_graphs(g: Generator, out: Path, n_seed: int, scope: str, loss: str, fg_threshold: float) -> SearchStep:
+def export_graphs(g: Generator, out: Path, n_seed: int, scope: str, loss: str, fg_threshold: float,
+                  depth_weight: float = 1.0) -> SearchStep:
     """Write out/step.onnx and out/loss.onnx for `n_seed` seeds per call; returns the core module."""
     g = g.eval()
-    core = SearchStep(g, n_seed, scope, loss, fg_threshold).eval()
+    core = SearchStep(g, n_seed, scope, loss, fg_threshold, depth_weight=depth_weight).eval()
     th = core.init_theta(g)
     size = g.arch.size
     x = torch.zeros(1, g.arch.channels, size, size)

@@ -13,12 +13,26 @@ import torch
 from training.model import Generator
 
 
-def reconstruction_loss(y: torch.Tensor, x: torch.Tensor, kind: str, fg_threshold: float = -0.9) -> torch.Tensor:
+def channel_weights(channels: int, depth_weight: float) -> list[float]:
+    """Per-channel weights of the squared error: depth (the last channel) counts depth_weight
+    times an RGB channel; scaled to mean 1 so the loss stays on the scale of a plain mean."""
+    if depth_weight <= 0:
+        raise ValueError(f"depth_weight must be > 0, got {depth_weight}")
+    w = [1.0] * (channels - 1) + [float(depth_weight)]
+    return [v * channels / sum(w) for v in w]
+
+
+def reconstruction_loss(y: torch.Tensor, x: torch.Tensor, kind: str, fg_threshold: float = -0.9,
+                        depth_weight: float = 1.0) -> torch.Tensor:
     """Per-sample loss (B,): mean squared error over the image (mse), over the pixels where the
-    sample or its reconstruction is foreground (fg), or where the sample is (fg_input)."""
+    sample or its reconstruction is foreground (fg), or where the sample is (fg_input); the
+    depth channel weighted by depth_weight against each RGB channel (1: a plain mean)."""
     diff = y - x
+    d2 = diff * diff
+    if depth_weight != 1.0:
+        d2 = d2 * y.new_tensor(channel_weights(y.shape[1], depth_weight)).reshape(1, -1, 1, 1)
     if kind == "mse":
-        return (diff * diff).flatten(1).mean(1)
+        return d2.flatten(1).mean(1)
     if kind not in ("fg", "fg_input"):
         raise ValueError(f"loss must be 'mse', 'fg' or 'fg_input', got {kind!r}")
     with torch.no_grad():
@@ -27,12 +41,12 @@ def reconstruction_loss(y: torch.Tensor, x: torch.Tensor, kind: str, fg_threshol
             m = m | (y[:, 3:4] > fg_threshold)
         m = m.to(y.dtype).expand(y.shape[0], 1, *y.shape[2:])
         cnt = torch.clamp(m.flatten(1).sum(1), min=1.0) * y.shape[1]
-    return (diff * diff * m).flatten(1).sum(1) / cnt
+    return (d2 * m).flatten(1).sum(1) / cnt
 
 
 def search_seed(g: Generator, x: torch.Tensor, z0: torch.Tensor, k: int, lr_z: float, lr_theta: float,
                 scope: str = "all", loss: str = "mse", fg_threshold: float = -0.9,
-                trace: list | None = None) -> float:
+                trace: list | None = None, depth_weight: float = 1.0) -> float:
     """One seed of Algorithm 1 from z0 (nz,); returns the loss after the k-th update."""
     gs = copy.deepcopy(g).eval()
     z = z0.detach().clone().reshape(1, -1).requires_grad_(True)
@@ -51,19 +65,21 @@ def search_seed(g: Generator, x: torch.Tensor, z0: torch.Tensor, k: int, lr_z: f
     for _ in range(k):
         opt.zero_grad(set_to_none=True)
         y = gs(z)
-        l = reconstruction_loss(y, x, loss, fg_threshold).sum()
+        l = reconstruction_loss(y, x, loss, fg_threshold, depth_weight).sum()
         if trace is not None:
             trace.append(y.detach().clone())
         l.backward()
         opt.step()
     with torch.no_grad():
-        return reconstruction_loss(gs(z), x, loss, fg_threshold).item()
+        return reconstruction_loss(gs(z), x, loss, fg_threshold, depth_weight).item()
 
 
 def score(g: Generator, x: torch.Tensor, z0: torch.Tensor, k: int, lr_z: float, lr_theta: float,
-          scope: str = "all", loss: str = "mse", fg_threshold: float = -0.9) -> tuple[float, list[float]]:
+          scope: str = "all", loss: str = "mse", fg_threshold: float = -0.9,
+          depth_weight: float = 1.0) -> tuple[float, list[float]]:
     """(mean over seeds, per-seed losses) for x (1, 4, H, W) and starting latents z0 (S, nz)."""
-    per = [search_seed(g, x, z0[s], k, lr_z, lr_theta, scope, loss, fg_threshold) for s in range(z0.shape[0])]
+    per = [search_seed(g, x, z0[s], k, lr_z, lr_theta, scope, loss, fg_threshold,
+                       depth_weight=depth_weight) for s in range(z0.shape[0])]
     return sum(per) / len(per), per
 
 
@@ -94,6 +110,6 @@ class ReferenceSearcher:
         per = []
         for s in range(p.n_seed):
             per.append(search_seed(self.g, xt, z0[s], p.k, p.lr_z, p.lr_theta, p.theta_scope, p.loss,
-                                   p.fg_threshold))
+                                   p.fg_threshold, depth_weight=p.depth_weight))
         per_seed = np.array(per, np.float32)
         return ScoreResult(float(per_seed.mean()), per_seed, np.zeros_like(x))

@@ -55,6 +55,7 @@ class SearchDefaults(StrictRecord):
     batch_seeds: int = 3        # seeds per graph call (static for theta scope "all")
     z_init: str = "random"      # "random": z0 ~ N(0, I) (the paper); "encoder": z0 = E(x) (+ noise)
     z_init_noise: float = 0.0   # with "encoder": z0 = E(x) + z_init_noise * N(0, I) per seed
+    depth_weight: float = 1.0   # squared error of depth vs each RGB channel (1: a plain mean)
 
     def __post_init__(self) -> None:
         if self.n_seed < 1 or self.k < 1 or self.batch_seeds < 1:
@@ -71,6 +72,8 @@ class SearchDefaults(StrictRecord):
             raise ValueError(f"z_init must be one of {Z_INITS}, got {self.z_init!r}")
         if self.z_init_noise < 0:
             raise ValueError(f"z_init_noise must be >= 0, got {self.z_init_noise}")
+        if not self.depth_weight > 0:
+            raise ValueError(f"depth_weight must be > 0, got {self.depth_weight}")
 
 
 

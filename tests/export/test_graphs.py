@@ -8,16 +8,18 @@ from export.graphs import SearchStep, theta_names
 from export.reference import reconstruction_loss, score
 from tests.export.conftest import random_generator, sample_x
 
-CASES = [(s, l) for s in ("all", "bn", "none") for l in ("mse", "fg")] + [("none", "fg_input"), ("all", "fg_input")]
+CASES = ([(s, l, 1.0) for s in ("all", "bn", "none") for l in ("mse", "fg")]
+         + [("none", "fg_input", 1.0), ("all", "fg_input", 1.0)]
+         + [("all", "mse", 3.0), ("bn", "fg", 0.5), ("none", "fg_input", 3.0), ("all", "fg_input", 3.0)])
 
 
-def autograd_grads(g, x, z, loss):
+def autograd_grads(g, x, z, loss, dw=1.0):
     """Per seed: (loss, dz, {theta name: grad}) by autograd on a private copy."""
     out = []
     for s in range(z.shape[0]):
         gs = copy.deepcopy(g)
         zz = z[s:s + 1].clone().requires_grad_(True)
-        l = reconstruction_loss(gs(zz), x, loss).sum()
+        l = reconstruction_loss(gs(zz), x, loss, depth_weight=dw).sum()
         l.backward()
         mods, grads, i, j = list(gs.net), {}, 0, 0
         while j < len(mods):
@@ -33,11 +35,11 @@ def autograd_grads(g, x, z, loss):
     return out
 
 
-def max_rel_err(core, g, x, z, scope, loss):
+def max_rel_err(core, g, x, z, scope, loss, dw=1.0):
     theta = dict(zip(core.trainable, core.init_theta(g)))
     l, grads, dz = core.forward_backward(x, z, theta)
     worst = 0.0
-    for s, (ls, dzs, gs) in enumerate(autograd_grads(g, x, z, loss)):
+    for s, (ls, dzs, gs) in enumerate(autograd_grads(g, x, z, loss, dw)):
         worst = max(worst, abs(l[s].item() - ls) / abs(ls), ((dz[s] - dzs).norm() / dzs.norm()).item())
         for n in core.trainable:
             mine = grads[n].reshape(z.shape[0], -1, *grads[n].shape[1:])[s] if scope == "all" and n[0] == "w" else grads[n][s]
@@ -46,30 +48,30 @@ def max_rel_err(core, g, x, z, scope, loss):
     return worst
 
 
-@pytest.mark.parametrize("scope, loss", CASES)
-def test_gradients_match_autograd_float64(scope, loss):
+@pytest.mark.parametrize("scope, loss, dw", CASES)
+def test_gradients_match_autograd_float64(scope, loss, dw):
     g = random_generator(torch.float64)
-    core = SearchStep(g, 3, scope, loss).to(torch.float64)
+    core = SearchStep(g, 3, scope, loss, depth_weight=dw).to(torch.float64)
     z = torch.randn(3, 100, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    assert max_rel_err(core, g, sample_x(torch.float64), z, scope, loss) < 1e-10
+    assert max_rel_err(core, g, sample_x(torch.float64), z, scope, loss, dw) < 1e-10
 
 
-@pytest.mark.parametrize("scope, loss", CASES)
-def test_gradients_match_autograd_float32(scope, loss):
+@pytest.mark.parametrize("scope, loss, dw", CASES)
+def test_gradients_match_autograd_float32(scope, loss, dw):
     # Below 1e-5 except where a ReLU input sits within rounding of 0: there the two
     # computations may take different sides of the kink. These seeds have none.
     g = random_generator(torch.float32)
-    core = SearchStep(g, 3, scope, loss)
+    core = SearchStep(g, 3, scope, loss, depth_weight=dw)
     z = torch.randn(3, 100, generator=torch.Generator().manual_seed(2))
-    assert max_rel_err(core, g, sample_x(), z, scope, loss) < 1e-5
+    assert max_rel_err(core, g, sample_x(), z, scope, loss, dw) < 1e-5
 
 
-@pytest.mark.parametrize("scope, loss", CASES)
-def test_k_steps_match_torch_optim_adam_float64(scope, loss):
+@pytest.mark.parametrize("scope, loss, dw", CASES)
+def test_k_steps_match_torch_optim_adam_float64(scope, loss, dw):
     g = random_generator(torch.float64)
     x, S, k, lr_theta = sample_x(torch.float64), 3, 7, 1e-3  # lr_theta large enough to move theta
     z = torch.randn(S, 100, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    core = SearchStep(g, S, scope, loss).to(torch.float64)
+    core = SearchStep(g, S, scope, loss, depth_weight=dw).to(torch.float64)
     th = core.init_theta(g)
     st = [z, torch.zeros_like(z), torch.zeros_like(z), *th, *[torch.zeros_like(t) for t in th],
           *[torch.zeros_like(t) for t in th]]
@@ -78,8 +80,23 @@ def test_k_steps_match_torch_optim_adam_float64(scope, loss):
         st = list(core.step(x, one(float(t)), one(5e-2), one(lr_theta), *st)[1:])
     n = len(core.trainable)
     final = core.loss(x, st[0], *st[3:3 + n])
-    _, per = score(g, x, z, k, 5e-2, lr_theta, scope, loss)
+    _, per = score(g, x, z, k, 5e-2, lr_theta, scope, loss, depth_weight=dw)
     assert ((final - torch.tensor(per, dtype=torch.float64)).abs() / final.abs()).max() < 1e-10
+
+
+@pytest.mark.parametrize("loss", ["mse", "fg_input"])
+def test_depth_weight_scales_the_depth_error_as_documented(loss):
+    # weights (1, 1, 1, w) scaled to mean 1: with w = 3 depth counts 4 * 3 / 6 = 2, RGB 4 / 6
+    x = -torch.ones(1, 4, 8, 8)
+    x[:, :, 2:6, 2:6] = 0.0  # a 4x4 part
+    only_depth, only_rgb = x.clone(), x.clone()
+    only_depth[:, 3, 2:6, 2:6] += 0.5
+    only_rgb[:, 0, 2:6, 2:6] += 0.5
+    for y, factor in ((only_depth, 2.0), (only_rgb, 4 / 6)):
+        plain = reconstruction_loss(y, x, loss)
+        assert torch.allclose(reconstruction_loss(y, x, loss, depth_weight=3.0), plain * factor)
+    with pytest.raises(ValueError, match="depth_weight"):
+        reconstruction_loss(x, x, loss, depth_weight=0.0)
 
 
 def test_scopes_train_what_they_say():

@@ -80,3 +80,26 @@ def test_export_refuses_to_overwrite(tiny_run, bundles):
     with pytest.raises(ValueError, match="not empty"):
         write_bundle(tiny_run, bundles[("all", "mse")], SearchDefaults())
     assert Bundle.load(bundles[("all", "mse")])  # untouched
+
+
+def test_export_cli_records_the_depth_weight_and_old_manifests_default_to_a_plain_mean(tiny_run, tmp_path,
+                                                                                         synth_data):
+    import numpy as np
+
+    from adgan.cli import main
+    from adgan.score import make_scorer
+    from agent.segment.preprocess import sample_to_input
+    from agent.sources.folder import read_sample
+    out = tmp_path / "dw"
+    assert main(["export", str(tiny_run), "--out", str(out), "--theta-scope", "none", "--loss", "fg_input",
+                 "--k", "3", "--depth-weight", "3"]) == 0
+    b = Bundle.load(out)
+    assert b.search.depth_weight == 3.0
+    # the weight is in the graphs: ONNX Runtime agrees with the weighted autograd reference
+    x = sample_to_input(read_sample(synth_data / "test" / "sphere", 0), 32)
+    a, r = make_scorer(b, "onnxruntime", seed=1).score(x), make_scorer(b, "torch", seed=1).score(x)
+    np.testing.assert_allclose(a.per_seed, r.per_seed, rtol=1e-3)
+    assert SearchDefaults.from_dict({"k": 3}).depth_weight == 1.0
+    with pytest.raises(ValueError, match="depth_weight"):
+        SearchDefaults(depth_weight=0)
+    assert main(["export", str(tiny_run), "--out", str(tmp_path / "bad"), "--depth-weight=-1"]) == 2
