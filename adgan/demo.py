@@ -93,8 +93,9 @@ def make_data(plan: Plan, progress: bool) -> None:
 
 def train_and_export(plan: Plan, progress: bool) -> dict[str, Path]:
     a, bundles = plan.a, {}
-    from agent.scoring.bundle import SearchDefaults
-    from export.bundle import write_bundle
+    from dataclasses import replace
+
+    from export.bundle import RECIPE_SEARCH, write_bundle
     for i, cls in enumerate(plan.classes):
         run = plan.out / "cache" / "runs" / cls
         cfg = {**plan.fingerprint, "class": cls, "kind": a.kind, "size": a.size, "features": a.features,
@@ -108,6 +109,7 @@ def train_and_export(plan: Plan, progress: bool) -> dict[str, Path]:
             _adgan("train", str(plan.train_root), "--class", cls, "--kind", a.kind, "--size", str(a.size),
                    "--features-g", str(a.features), "--features-d", str(a.features), "--batch-size", "32",
                    "--epochs", str(a.epochs), "--ema", "0.99", "--seed", str(a.seed), "--out", str(run),
+                   "--encoder-epochs", "0",  # trained and cached below as its own step
                    *plan.frames_args("train"), *([] if progress else ["--quiet"]))
             _mark(run, cfg)
         z_init = "random"
@@ -123,9 +125,10 @@ def train_and_export(plan: Plan, progress: bool) -> dict[str, Path]:
                        *([] if progress else ["--quiet"]))
                 marker.write_text(json.dumps(ecfg, sort_keys=True))
         bundles[cls] = plan.out / "bundles" / cls
-        write_bundle(run, bundles[cls], SearchDefaults(theta_scope="none", loss=a.loss, k=a.k, z_init=z_init),
-                     force=True)
-    print(f"[3/6] bundles (theta scope none, loss {a.loss}, n_seed 3, k {a.k}, "
+        search = replace(RECIPE_SEARCH, loss=a.loss, k=a.k, z_init=z_init)
+        write_bundle(run, bundles[cls], search, force=True)
+    print(f"[3/6] bundles (theta scope {search.theta_scope}, loss {a.loss}, depth weight {search.depth_weight:g}, "
+          f"n_seed {search.n_seed}, k {a.k}, "
           f"{'search from the encoder' if a.encoder_epochs else 'random z'}) -> {plan.out / 'bundles'}")
     return bundles
 
@@ -295,6 +298,9 @@ def run_demo(a: argparse.Namespace) -> dict:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     progress = not a.quiet
+    if a.k is None:
+        from export.bundle import RECIPE_SEARCH
+        a.k = RECIPE_SEARCH.k
     plan = Plan(a, out)
     make_data(plan, progress)
     bundles = train_and_export(plan, progress)
@@ -344,7 +350,7 @@ def add_parser(sub) -> None:
     q.add_argument("--features", type=int, default=16, help="generator and discriminator width (default 16)")
     q.add_argument("--epochs", type=int, default=60, help="training epochs per class (default 60)")
     q.add_argument("--kind", choices=("gan", "wgan", "wgan-gp"), default="gan", help="training recipe (default gan)")
-    q.add_argument("--k", type=int, default=19, help="search steps per seed (default 19, the paper's)")
+    q.add_argument("--k", type=int, default=None, help="search steps per seed (default: adgan export's)")
     q.add_argument("--loss", choices=("mse", "fg", "fg_input"), default="fg_input",
                    help="search and score loss (default fg_input: the part's own pixels; mse is the paper's)")
     q.add_argument("--encoder-epochs", type=int, default=60,

@@ -38,6 +38,7 @@ def main() -> None:
     ap.add_argument("runs", help="run folder pattern with {cls}")
     ap.add_argument("--data", default="../shared/data/paper-rgbd")
     ap.add_argument("--frames", default="700:1000")
+    ap.add_argument("--classes", default=",".join(CLASSES), help="comma list: the classes taken as normal in turn")
     ap.add_argument("--scopes", default="none")
     ap.add_argument("--losses", default="mse,fg")
     ap.add_argument("--k", default="19", help="comma list of Adam steps")
@@ -49,7 +50,8 @@ def main() -> None:
     tests = [(c, sample_to_input(s)) for c, _, s in iter_samples(a.data, (lo, hi))]
     labels = np.array([c for c, _ in tests])
     print(f"{len(tests)} held-out samples (frames {a.frames}); n_seed 3; AUROC with each class as normal")
-    print(f"{'z_init':<8}{'scope':<6}{'loss':<9}{'fg_thr':>7}{'k':>4}{'d_w':>5}" + "".join(f"{c:>11}" for c in CLASSES)
+    normal = a.classes.split(",")
+    print(f"{'z_init':<8}{'scope':<6}{'loss':<9}{'fg_thr':>7}{'k':>4}{'d_w':>5}" + "".join(f"{c:>11}" for c in normal)
           + f"{'mean':>8}{'ms/score':>10}")
     tmp = Path(tempfile.mkdtemp(prefix="quick-auc-"))
     configs = [(zi, scope, lo, float(t), int(k), float(dw)) for zi in a.z_inits.split(",")
@@ -58,7 +60,7 @@ def main() -> None:
                for k in a.k.split(",") for dw in a.depth_weights.split(",")]
     for z_init, scope, loss, fg_thr, k, dw in configs:
         aucs, t_all, n_all = [], 0.0, 0
-        for cls in CLASSES:
+        for cls in normal:
             p = tmp / f"{cls}-{z_init}-{scope}-{loss}-{fg_thr}-{k}-{dw}"
             write_bundle(a.runs.format(cls=cls), p, SearchDefaults(theta_scope=scope, loss=loss, k=k,
                                                                    fg_threshold=fg_thr, z_init=z_init,

@@ -18,6 +18,12 @@ from export.onnx_export import OPSET, export_encoder, export_graphs, loss_io, st
 from training.model import Architecture, Generator
 from training.train import load_checkpoint
 
+# The search of `adgan export` by default: the recipe measured best on the paper's real
+# frames (bench/RESULTS.md, issue 8): start at the run's encoder E(x), score the part's
+# own pixels, adapt z only. PAPER_SEARCH is Algorithm 1 as the paper runs it.
+RECIPE_SEARCH = SearchDefaults(theta_scope="none", loss="fg_input", z_init="encoder")
+PAPER_SEARCH = SearchDefaults()
+
 
 def generator_from_checkpoint(st: dict, use_ema: bool = True) -> tuple[Generator, str]:
     arch = Architecture.from_dict(st["architecture"])
@@ -39,6 +45,10 @@ def write_bundle(run: str | Path, out: str | Path, search: SearchDefaults, use_e
     if search.z_init == "encoder":
         from training.encoder import load_encoder
         encoder, est = load_encoder(run)
+        trained_for = est.get("generator_g_steps")  # absent in encoders written before it was recorded
+        if trained_for is not None and trained_for != st["g_steps"]:
+            raise ValueError(f"{run}: the encoder was trained for the generator at step {trained_for}, the run is "
+                             f"now at step {st['g_steps']}; retrain it with 'adgan train-encoder {run} --epochs N'")
         if est["generator_weights"] != which:
             raise ValueError(f"{run}: the encoder was trained for the {est['generator_weights']} weights, "
                              f"the bundle exports the {which} weights")

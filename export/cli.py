@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-USAGE = ("adgan export RUN --out BUNDLE [--theta-scope all|bn|none] [--loss mse|fg] [options]\n"
+USAGE = ("adgan export RUN --out BUNDLE [--paper] [--theta-scope all|bn|none] [--loss mse|fg|fg_input] [options]\n"
          "       adgan export build-engine BUNDLE [--fp16]")
 
 
@@ -19,15 +19,30 @@ def cmd_export(a: argparse.Namespace) -> int:
         raise ValueError(f"unexpected argument {a.bundle!r} (usage: {USAGE.splitlines()[0]})")
     if not a.out:
         raise ValueError("--out BUNDLE is required")
-    from agent.scoring.bundle import SearchDefaults
-    from export.bundle import write_bundle
+    from dataclasses import fields, replace
+    from pathlib import Path
 
-    search = SearchDefaults(n_seed=a.n_seed, k=a.k, lr_z=a.lr_z, lr_theta=a.lr_theta, theta_scope=a.theta_scope,
-                            loss=a.loss, fg_threshold=a.fg_threshold, batch_seeds=a.batch_seeds or a.n_seed,
-                            z_init=a.z_init, z_init_noise=a.z_init_noise, depth_weight=a.depth_weight)
+    from export.bundle import PAPER_SEARCH, RECIPE_SEARCH, write_bundle
+    from training.encoder import ENCODER_FILE
+
+    base = PAPER_SEARCH if a.paper else RECIPE_SEARCH
+    given = {f.name: getattr(a, f.name) for f in fields(base) if getattr(a, f.name, None) is not None}
+    if given.get("z_init") == "auto":
+        del given["z_init"]
+    search = replace(base, **given)
+    if "batch_seeds" not in given:
+        search = replace(search, batch_seeds=search.n_seed)
+    if search.z_init == "encoder" and a.z_init != "encoder":
+        run_dir = Path(a.run) if Path(a.run).is_dir() else Path(a.run).parent
+        if not (run_dir / ENCODER_FILE).is_file():  # auto: the run has no encoder, start at random z
+            print(f"note: {run_dir} has no encoder ({ENCODER_FILE}); the search starts at random z "
+                  f"('adgan train-encoder {a.run} --epochs 100' adds one)")
+            search = replace(search, z_init="random", z_init_noise=0.0)
     m = write_bundle(a.run, a.out, search, use_ema=not a.no_ema, force=a.force)
+    s = search
     print(f"exported {m['class']} ({m['kind']}, {m['training']['weights']}, epoch {m['training']['epoch']}) "
-          f"-> {a.out}: theta scope {a.theta_scope}, loss {a.loss}, n_seed {a.n_seed}, k {a.k}, z_init {a.z_init}")
+          f"-> {a.out}: theta scope {s.theta_scope}, loss {s.loss}, depth weight {s.depth_weight:g}, "
+          f"n_seed {s.n_seed}, k {s.k}, z_init {s.z_init}")
     return 0
 
 
@@ -41,24 +56,30 @@ def add_parser(sub) -> None:
     q.add_argument("run", help="training run folder (or checkpoint.pt); or the word build-engine")
     q.add_argument("bundle", nargs="?", help=argparse.SUPPRESS)
     q.add_argument("--out", help="bundle folder to write")
-    q.add_argument("--theta-scope", choices=("all", "bn", "none"), default="all",
-                   help="what adapts besides z: all theta (the paper), BatchNorm affine only, or nothing")
-    q.add_argument("--loss", choices=("mse", "fg", "fg_input"), default="mse",
+    q.add_argument("--paper", action="store_true",
+                   help="Algorithm 1 as the paper runs it (theta scope all, loss mse, random z) instead of the "
+                        "measured recipe (scope none, loss fg_input, start at E(x)); options given still apply")
+    q.add_argument("--theta-scope", choices=("all", "bn", "none"), default=None,
+                   help="what adapts besides z: all theta (the paper), BatchNorm affine only, or nothing "
+                        "(default none)")
+    q.add_argument("--loss", choices=("mse", "fg", "fg_input"), default=None,
                    help="mse over the whole image (the paper); fg: over pixels where the sample or G(z) is "
-                        "foreground; fg_input: over the sample's own object pixels")
-    q.add_argument("--n-seed", type=int, default=3, help="latent seeds per sample (paper: 3)")
-    q.add_argument("--k", type=int, default=19, help="Adam steps per seed (paper: 19)")
-    q.add_argument("--lr-z", type=float, default=5e-2, help="Adam learning rate of z (paper: 5e-2)")
-    q.add_argument("--lr-theta", type=float, default=6e-9, help="Adam learning rate of theta (paper: 6e-9)")
-    q.add_argument("--fg-threshold", type=float, default=-0.9, help="G(z) depth above this is foreground (loss fg)")
-    q.add_argument("--depth-weight", type=float, default=1.0,
+                        "foreground; fg_input: over the sample's own object pixels (default)")
+    q.add_argument("--n-seed", type=int, default=None, help="latent seeds per sample (default and paper: 3)")
+    q.add_argument("--k", type=int, default=None, help="Adam steps per seed (default and paper: 19)")
+    q.add_argument("--lr-z", type=float, default=None, help="Adam learning rate of z (default and paper: 5e-2)")
+    q.add_argument("--lr-theta", type=float, default=None, help="Adam learning rate of theta (paper: 6e-9)")
+    q.add_argument("--fg-threshold", type=float, default=None,
+                   help="G(z) depth above this is foreground (loss fg; default -0.9)")
+    q.add_argument("--depth-weight", type=float, default=None,
                    help="weight of the depth channel's squared error against each RGB channel's (default 1: "
                         "a plain mean, the paper)")
-    q.add_argument("--z-init", choices=("random", "encoder"), default="random",
-                   help="start of the search: random z ~ N(0, I) (the paper) or the run's encoder E(x) "
-                        "(adgan train-encoder)")
-    q.add_argument("--z-init-noise", type=float, default=0.0,
-                   help="with --z-init encoder: seeds start at E(x) + this * N(0, I) (default 0)")
+    q.add_argument("--z-init", choices=("auto", "random", "encoder"), default="auto",
+                   help="start of the search: the run's encoder E(x) (adgan train trains one) or random "
+                        "z ~ N(0, I) (the paper); auto (default): the encoder when the run has one, else random "
+                        "(with --paper: random)")
+    q.add_argument("--z-init-noise", type=float, default=None,
+                   help="with the encoder start: seeds start at E(x) + this * N(0, I) (default 0)")
     q.add_argument("--batch-seeds", type=int, default=None, help="seeds per graph call (default: n_seed)")
     q.add_argument("--no-ema", action="store_true", help="export the raw generator even if the run kept an EMA")
     q.add_argument("--force", action="store_true", help="replace an existing bundle folder")

@@ -16,9 +16,13 @@ def cmd_train(a: argparse.Namespace) -> int:
     from training.data import load_class
     from training.model import Architecture
     from training.plots import write_loss_curves, write_sample_grid
+    from training.recipe import resolve
     from training.train import (CHECKPOINT, TrainConfig, Trainer, check_resumable, fit, load_checkpoint,
                                 resume_config)
 
+    resolve(a, a.paper)
+    if a.encoder_epochs < 0:
+        raise ValueError(f"--encoder-epochs must be >= 0, got {a.encoder_epochs}")
     torch.set_num_threads(a.threads or len(os.sched_getaffinity(0)))
     out = Path(a.out)
     if a.resume:
@@ -26,7 +30,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         cfg = resume_config(st, a.epochs)
         if st["epoch"] >= cfg.epochs:
             print(f"{out} already has {st['epoch']} epochs; ask for more with --epochs")
-            return 0
+            return _encoder_stage(out, a, st["g_steps"])
     else:
         if (out / CHECKPOINT).exists():
             raise ValueError(f"{out} already holds a run; continue it with --resume or choose another --out")
@@ -55,6 +59,20 @@ def cmd_train(a: argparse.Namespace) -> int:
     fit(trainer, progress=not a.quiet, on_sample=on_sample)
     print(f"done: {trainer.epoch} epochs, {trainer.g_steps} generator steps; checkpoint {out / CHECKPOINT}, "
           f"samples {out / 'samples'}, losses {out / 'losses.png'}")
+    return _encoder_stage(out, a, trainer.g_steps)
+
+
+def _encoder_stage(out: Path, a: argparse.Namespace, g_steps: int) -> int:
+    """Train the run's encoder unless asked not to or one for this generator exists already."""
+    from training.encoder import ENCODER_FILE, encoder_matches, train_encoder
+    if not a.encoder_epochs:
+        return 0
+    if encoder_matches(out, g_steps):
+        print(f"{out / ENCODER_FILE} is up to date")
+        return 0
+    print(f"training the encoder ({a.encoder_epochs} epochs; the search starts at E(x); --encoder-epochs 0 skips)")
+    path = train_encoder(out, a.encoder_epochs, progress=not a.quiet)
+    print(f"encoder -> {path}")
     return 0
 
 
@@ -65,20 +83,28 @@ def add_parser(sub) -> None:
                                    "of a fixed z in RUN/samples/ (RGB above depth) and RUN/losses.png.")
     q.add_argument("data", help="dataset root holding class folders, e.g. ../shared/data/paper-rgbd")
     q.add_argument("--class", dest="cls", required=True, help="class folder to train on")
-    q.add_argument("--kind", choices=("gan", "wgan", "wgan-gp"), default="wgan-gp",
-                   help="objective: gan (BCE), wgan (weight clipping), wgan-gp (gradient penalty; default)")
-    q.add_argument("--epochs", type=int, required=True, help="passes over the data (total, also with --resume)")
+    q.add_argument("--kind", choices=("gan", "wgan", "wgan-gp"), default=None,
+                   help="objective: gan (BCE; default), wgan (weight clipping), wgan-gp (gradient penalty)")
+    q.add_argument("--epochs", type=int, default=None,
+                   help="passes over the data (total, also with --resume; default 250)")
     q.add_argument("--out", required=True, help="run folder")
-    q.add_argument("--batch-size", type=int, default=64)
+    q.add_argument("--paper", action="store_true",
+                   help="the paper's DCGAN defaults (features 64, batch 64, no EMA, no encoder) instead of "
+                        "the measured recipe; options given explicitly still apply")
+    q.add_argument("--encoder-epochs", type=int, default=None,
+                   help="after the generator, train an encoder x -> z for this many epochs so that the search "
+                        "starts at E(x) (default 100; 0: none, the paper's random start)")
+    q.add_argument("--batch-size", type=int, default=None, help="default 32 (--paper: 64)")
     q.add_argument("--lr-g", type=float, default=None, help="generator learning rate (default: the kind's recipe)")
     q.add_argument("--lr-d", type=float, default=None, help="discriminator/critic learning rate (default: recipe)")
     q.add_argument("--n-critic", type=int, default=None, help="critic steps per generator step (default: recipe)")
-    q.add_argument("--features-g", type=int, default=64, help="generator width (paper: 64)")
-    q.add_argument("--features-d", type=int, default=64, help="discriminator width (paper: 64)")
+    q.add_argument("--features-g", type=int, default=None, help="generator width (default 32; paper: 64)")
+    q.add_argument("--features-d", type=int, default=None, help="discriminator width (default 32; paper: 64)")
     q.add_argument("--size", type=int, choices=(32, 64, 128), default=64, help="resolution (default 64)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--frames", default=None, help="LO:HI frame numbers to train on (half-open), e.g. 0:700")
-    q.add_argument("--ema", type=float, default=0.0, help="EMA decay of generator weights, e.g. 0.999 (0: off)")
+    q.add_argument("--ema", type=float, default=None,
+                   help="EMA decay of generator weights (default 0.999; 0: off, the paper)")
     q.add_argument("--flip", action="store_true", help="augment with horizontal flips")
     q.add_argument("--shift", type=int, default=0, help="augment with random shifts up to this many pixels")
     q.add_argument("--sample-every", type=int, default=0,

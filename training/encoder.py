@@ -106,9 +106,17 @@ def train_encoder(run: str | Path, epochs: int, features: int = 32, batch_size: 
     torch.save({"format": ENCODER_FORMAT, "architecture": arch.to_dict(), "features": features,
                 "state": enc.state_dict(), "generator_weights": which, "loss": loss, "fg_threshold": fg_threshold,
                 "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed, "history": history,
-                "data": {k: v for k, v in d.items() if k != "frames"}, "seconds": time.perf_counter() - t0}, tmp)
+                "data": {k: v for k, v in d.items() if k != "frames"}, "seconds": time.perf_counter() - t0,
+                "generator_g_steps": st["g_steps"]}, tmp)
     os.replace(tmp, out)
     return out
+
+
+def encoder_matches(run: str | Path, g_steps: int) -> bool:
+    """True when the run holds an encoder trained for its generator after `g_steps` steps."""
+    if not (Path(run) / ENCODER_FILE).is_file():
+        return False
+    return load_encoder(run)[1].get("generator_g_steps") == g_steps
 
 
 def load_encoder(run: str | Path) -> tuple[Encoder, dict]:

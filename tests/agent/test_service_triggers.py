@@ -82,7 +82,7 @@ def two_classes(calibrated, synth_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("two")
     assert main(["train", str(synth_data / "train"), "--class", "cylinder", "--kind", "gan", "--size", "32",
                  "--features-g", "4", "--features-d", "4", "--batch-size", "6", "--epochs", "2",
-                 "--out", str(root / "run"), "--quiet"]) == 0
+                 "--out", str(root / "run"), "--quiet", "--encoder-epochs", "0"]) == 0
     cyl = root / "cylinder"
     write_bundle(root / "run", cyl, SearchDefaults(theta_scope="none", loss="fg", k=5))
     th = root / "thresholds.json"

@@ -70,7 +70,7 @@ def _state(run):
 def test_train_cli_resume_is_exactly_an_uninterrupted_run(synth_data, tmp_path):
     common = [str(synth_data / "train"), "--class", "cylinder", "--kind", "wgan-gp", "--size", "32",
               "--features-g", "4", "--features-d", "4", "--batch-size", "3", "--n-critic", "2",
-              "--ema", "0.9", "--shift", "2", "--flip", "--quiet"]
+              "--ema", "0.9", "--shift", "2", "--flip", "--quiet", "--encoder-epochs", "0"]
     assert main(["train", *common, "--epochs", "3", "--out", str(tmp_path / "a")]) == 0
     assert main(["train", *common, "--epochs", "2", "--out", str(tmp_path / "b")]) == 0
     assert main(["train", *common, "--epochs", "3", "--out", str(tmp_path / "b"), "--resume"]) == 0
@@ -103,7 +103,7 @@ def test_checkpoint_roundtrip_gives_identical_next_step(synth_data, tmp_path):
 
 def test_train_cli_refuses_to_overwrite_and_changed_data(synth_data, tmp_path, capsys):
     base = ["train", str(synth_data / "train"), "--class", "sphere", "--size", "32", "--features-g", "4",
-            "--features-d", "4", "--out", str(tmp_path / "r"), "--quiet", "--kind", "gan"]
+            "--features-d", "4", "--out", str(tmp_path / "r"), "--quiet", "--kind", "gan", "--encoder-epochs", "0"]
     assert main([*base, "--epochs", "1"]) == 0
     assert main([*base, "--epochs", "1"]) == 2
     assert "--resume" in capsys.readouterr().err

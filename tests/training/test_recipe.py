@@ -1,0 +1,62 @@
+"""The measured recipe is what `adgan train` and `adgan export` do by default; --paper gives the paper's."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from adgan.cli import main
+from agent.scoring.bundle import Bundle
+from export.bundle import PAPER_SEARCH, RECIPE_SEARCH
+from training.encoder import load_encoder
+from training.recipe import PAPER, RECIPE, resolve
+from training.train import load_checkpoint
+
+
+def test_defaults_fill_only_what_is_not_given():
+    a = argparse.Namespace(kind=None, epochs=None, batch_size=None, features_g=48, features_d=None, ema=None,
+                           encoder_epochs=None)
+    resolve(a, paper=False)
+    assert (a.kind, a.epochs, a.batch_size, a.features_g, a.features_d, a.ema, a.encoder_epochs) == \
+        ("gan", 250, 32, 48, 32, 0.999, 100)
+    b = argparse.Namespace(kind=None, epochs=5, batch_size=None, features_g=None, features_d=None, ema=None,
+                           encoder_epochs=None)
+    resolve(b, paper=True)
+    assert (b.features_g, b.features_d, b.batch_size, b.ema, b.encoder_epochs, b.epochs) == (64, 64, 64, 0.0, 0, 5)
+    assert RECIPE["encoder_epochs"] > 0 and PAPER["encoder_epochs"] == 0
+    assert (PAPER_SEARCH.theta_scope, PAPER_SEARCH.loss, PAPER_SEARCH.z_init, PAPER_SEARCH.k) == \
+        ("all", "mse", "random", 19)
+    assert RECIPE_SEARCH.z_init == "encoder" and RECIPE_SEARCH.loss == "fg_input"
+
+
+def test_train_then_export_with_no_options_gives_the_recipe(synth_data, tmp_path, capsys):
+    run, common = tmp_path / "run", [str(synth_data / "train"), "--class", "sphere", "--size", "32",
+                                     "--features-g", "4", "--features-d", "4", "--batch-size", "6", "--quiet"]
+    assert main(["train", *common, "--epochs", "2", "--encoder-epochs", "2", "--out", str(run)]) == 0
+    ck = load_checkpoint(run)
+    assert ck["config"]["kind"] == "gan" and ck["config"]["ema"] == 0.999
+    _, est = load_encoder(run)
+    assert est["epochs"] == 2 and est["generator_g_steps"] == ck["g_steps"]
+    assert main(["export", str(run), "--out", str(tmp_path / "b")]) == 0
+    s = Bundle.load(tmp_path / "b").search
+    assert (s.theta_scope, s.loss, s.z_init, s.k, s.depth_weight) == \
+        (RECIPE_SEARCH.theta_scope, RECIPE_SEARCH.loss, "encoder", RECIPE_SEARCH.k, RECIPE_SEARCH.depth_weight)
+    assert main(["export", str(run), "--out", str(tmp_path / "p"), "--paper", "--k", "4"]) == 0
+    s = Bundle.load(tmp_path / "p").search
+    assert (s.theta_scope, s.loss, s.z_init, s.k) == ("all", "mse", "random", 4)
+
+    # more generator epochs without a new encoder: the old one no longer fits, export says how to fix it
+    assert main(["train", *common, "--epochs", "3", "--encoder-epochs", "0", "--resume", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["export", str(run), "--out", str(tmp_path / "stale")]) == 2
+    assert "adgan train-encoder" in capsys.readouterr().err
+    # a finished run asked again trains the missing encoder stage only
+    assert main(["train", *common, "--epochs", "3", "--encoder-epochs", "2", "--resume", "--out", str(run)]) == 0
+    assert load_encoder(run)[1]["generator_g_steps"] == load_checkpoint(run)["g_steps"]
+    assert main(["export", str(run), "--out", str(tmp_path / "fresh")]) == 0
+    assert json.loads((tmp_path / "fresh" / "manifest.json").read_text())["search"]["z_init"] == "encoder"
+
+
+def test_export_without_an_encoder_falls_back_to_random_z_and_says_so(tiny_run, tmp_path, capsys):
+    assert main(["export", str(tiny_run), "--out", str(tmp_path / "b"), "--k", "3"]) == 0
+    assert "no encoder" in capsys.readouterr().out
+    assert Bundle.load(tmp_path / "b").search.z_init == "random"
