@@ -95,7 +95,7 @@ def train_and_export(plan: Plan, progress: bool) -> dict[str, Path]:
     a, bundles = plan.a, {}
     from dataclasses import replace
 
-    from export.bundle import RECIPE_SEARCH, write_bundle
+    from export.bundle import RECIPE_SEARCH, with_default_seeds, write_bundle
     for i, cls in enumerate(plan.classes):
         run = plan.out / "cache" / "runs" / cls
         cfg = {**plan.fingerprint, "class": cls, "kind": a.kind, "size": a.size, "features": a.features,
@@ -125,7 +125,7 @@ def train_and_export(plan: Plan, progress: bool) -> dict[str, Path]:
                        *([] if progress else ["--quiet"]))
                 marker.write_text(json.dumps(ecfg, sort_keys=True))
         bundles[cls] = plan.out / "bundles" / cls
-        search = replace(RECIPE_SEARCH, loss=a.loss, k=a.k, z_init=z_init)
+        search = with_default_seeds(replace(RECIPE_SEARCH, loss=a.loss, k=a.k, z_init=z_init))
         write_bundle(run, bundles[cls], search, force=True)
     print(f"[3/6] bundles (theta scope {search.theta_scope}, loss {a.loss}, depth weight {search.depth_weight:g}, "
           f"n_seed {search.n_seed}, k {a.k}, "
@@ -270,6 +270,14 @@ def segmentation_figure(a: argparse.Namespace, workdir: Path, rep: Path) -> None
     write_png(rep / "segmentation.png", segmentation_steps(frame, ref, SegmentationConfig()))
 
 
+def _search_line(out: Path) -> str:
+    """The search the demo's bundles run, as their manifests record it."""
+    m = sorted((out / "bundles").glob("*/manifest.json"))
+    s = json.loads(m[0].read_text())["search"] if m else {}
+    return (f"theta scope {s.get('theta_scope')}, loss {s.get('loss')}, n_seed {s.get('n_seed')}, k {s.get('k')}"
+            if s else "no bundles")
+
+
 def write_index(out: Path, plan: Plan, summary: dict, lines: list[str], seconds: float) -> Path:
     a, s = plan.a, summary
     rep = out / "report"
@@ -277,7 +285,7 @@ def write_index(out: Path, plan: Plan, summary: dict, lines: list[str], seconds:
     gen = "".join(f"![{c}](generated-{c}.png) " for c in plan.classes if (rep / f"generated-{c}.png").is_file())
     text = [f"# adgan-edge demo ({'data ' + a.data if a.data else 'synthetic station'})", "",
             f"Finished in {seconds:.0f} s. Models: {a.kind}, {a.size} px, features {a.features}, {a.epochs} epochs; "
-            f"search: theta scope none, loss {a.loss}, n_seed 3, k {a.k}, "
+            f"search: {_search_line(out)}, "
             f"{f'starting at E(x) ({a.encoder_epochs}-epoch encoder)' if a.encoder_epochs else 'random z'}.", "",
             f"## The station: {s['parts_inspected']} parts inspected, expecting `{a.expected}`", "",
             "| parts | OK | NG | true anomalies | detected | missed | false alarms | errors | median latency |",

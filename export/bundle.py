@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 import json
 import os
 import shutil
@@ -21,8 +22,15 @@ from training.train import load_checkpoint
 # The search of `adgan export` by default: the recipe measured best on the paper's real
 # frames (bench/RESULTS.md, issue 8): start at the run's encoder E(x), score the part's
 # own pixels, adapt z only. PAPER_SEARCH is Algorithm 1 as the paper runs it.
-RECIPE_SEARCH = SearchDefaults(theta_scope="none", loss="fg_input", z_init="encoder")
+RECIPE_SEARCH = SearchDefaults(theta_scope="none", loss="fg_input", z_init="encoder", n_seed=1, batch_seeds=1)
 PAPER_SEARCH = SearchDefaults()
+
+
+def with_default_seeds(search: SearchDefaults) -> SearchDefaults:
+    """n_seed when none was asked for: 1 where every seed would start at the same E(x) (more
+    seeds repeat the same search), the paper's 3 for random or noisy starts."""
+    n = 1 if search.z_init == "encoder" and search.z_init_noise == 0 else PAPER_SEARCH.n_seed
+    return replace(search, n_seed=n, batch_seeds=n)
 
 
 def generator_from_checkpoint(st: dict, use_ema: bool = True) -> tuple[Generator, str]:

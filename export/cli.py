@@ -22,7 +22,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     from dataclasses import fields, replace
     from pathlib import Path
 
-    from export.bundle import PAPER_SEARCH, RECIPE_SEARCH, write_bundle
+    from export.bundle import PAPER_SEARCH, RECIPE_SEARCH, with_default_seeds, write_bundle
     from training.encoder import ENCODER_FILE
 
     base = PAPER_SEARCH if a.paper else RECIPE_SEARCH
@@ -30,14 +30,16 @@ def cmd_export(a: argparse.Namespace) -> int:
     if given.get("z_init") == "auto":
         del given["z_init"]
     search = replace(base, **given)
-    if "batch_seeds" not in given:
-        search = replace(search, batch_seeds=search.n_seed)
     if search.z_init == "encoder" and a.z_init != "encoder":
         run_dir = Path(a.run) if Path(a.run).is_dir() else Path(a.run).parent
         if not (run_dir / ENCODER_FILE).is_file():  # auto: the run has no encoder, start at random z
             print(f"note: {run_dir} has no encoder ({ENCODER_FILE}); the search starts at random z "
                   f"('adgan train-encoder {a.run} --epochs 100' adds one)")
             search = replace(search, z_init="random", z_init_noise=0.0)
+    if "n_seed" not in given:
+        search = with_default_seeds(search)
+    if "batch_seeds" not in given:
+        search = replace(search, batch_seeds=search.n_seed)
     m = write_bundle(a.run, a.out, search, use_ema=not a.no_ema, force=a.force)
     s = search
     print(f"exported {m['class']} ({m['kind']}, {m['training']['weights']}, epoch {m['training']['epoch']}) "
@@ -65,7 +67,9 @@ def add_parser(sub) -> None:
     q.add_argument("--loss", choices=("mse", "fg", "fg_input"), default=None,
                    help="mse over the whole image (the paper); fg: over pixels where the sample or G(z) is "
                         "foreground; fg_input: over the sample's own object pixels (default)")
-    q.add_argument("--n-seed", type=int, default=None, help="latent seeds per sample (default and paper: 3)")
+    q.add_argument("--n-seed", type=int, default=None,
+                   help="latent seeds per sample (paper: 3; default 1 when the search starts at E(x) without "
+                        "noise, where every seed would run the same search, else 3)")
     q.add_argument("--k", type=int, default=None, help="Adam steps per seed (default and paper: 19)")
     q.add_argument("--lr-z", type=float, default=None, help="Adam learning rate of z (default and paper: 5e-2)")
     q.add_argument("--lr-theta", type=float, default=None, help="Adam learning rate of theta (paper: 6e-9)")

@@ -38,8 +38,9 @@ def test_train_then_export_with_no_options_gives_the_recipe(synth_data, tmp_path
     assert est["epochs"] == 2 and est["generator_g_steps"] == ck["g_steps"]
     assert main(["export", str(run), "--out", str(tmp_path / "b")]) == 0
     s = Bundle.load(tmp_path / "b").search
-    assert (s.theta_scope, s.loss, s.z_init, s.k, s.depth_weight) == \
-        (RECIPE_SEARCH.theta_scope, RECIPE_SEARCH.loss, "encoder", RECIPE_SEARCH.k, RECIPE_SEARCH.depth_weight)
+    assert s == RECIPE_SEARCH and s.n_seed == 1  # from E(x) without noise every seed would run the same search
+    assert main(["export", str(run), "--out", str(tmp_path / "n"), "--z-init-noise", "0.3"]) == 0
+    assert Bundle.load(tmp_path / "n").search.n_seed == 3
     assert main(["export", str(run), "--out", str(tmp_path / "p"), "--paper", "--k", "4"]) == 0
     s = Bundle.load(tmp_path / "p").search
     assert (s.theta_scope, s.loss, s.z_init, s.k) == ("all", "mse", "random", 4)
@@ -59,4 +60,5 @@ def test_train_then_export_with_no_options_gives_the_recipe(synth_data, tmp_path
 def test_export_without_an_encoder_falls_back_to_random_z_and_says_so(tiny_run, tmp_path, capsys):
     assert main(["export", str(tiny_run), "--out", str(tmp_path / "b"), "--k", "3"]) == 0
     assert "no encoder" in capsys.readouterr().out
-    assert Bundle.load(tmp_path / "b").search.z_init == "random"
+    s = Bundle.load(tmp_path / "b").search
+    assert (s.z_init, s.n_seed, s.loss) == ("random", 3, "fg_input")
