@@ -20,6 +20,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     from training.train import (CHECKPOINT, TrainConfig, Trainer, check_resumable, fit, load_checkpoint,
                                 resume_config)
 
+    epochs_given = a.epochs is not None
     resolve(a, a.paper)
     if a.encoder_epochs < 0:
         raise ValueError(f"--encoder-epochs must be >= 0, got {a.encoder_epochs}")
@@ -27,7 +28,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     out = Path(a.out)
     if a.resume:
         st = load_checkpoint(out)
-        cfg = resume_config(st, a.epochs)
+        cfg = resume_config(st, a.epochs if epochs_given else st["config"]["epochs"])  # else: the run's own
         if st["epoch"] >= cfg.epochs:
             print(f"{out} already has {st['epoch']} epochs; ask for more with --epochs")
             return _encoder_stage(out, a, st["g_steps"])
@@ -86,7 +87,7 @@ def add_parser(sub) -> None:
     q.add_argument("--kind", choices=("gan", "wgan", "wgan-gp"), default=None,
                    help="objective: gan (BCE; default), wgan (weight clipping), wgan-gp (gradient penalty)")
     q.add_argument("--epochs", type=int, default=None,
-                   help="passes over the data (total, also with --resume; default 250)")
+                   help="passes over the data, in total (default 250; with --resume: the run's own)")
     q.add_argument("--out", required=True, help="run folder")
     q.add_argument("--paper", action="store_true",
                    help="the paper's DCGAN defaults (features 64, batch 64, no EMA, no encoder) instead of "

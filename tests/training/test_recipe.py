@@ -50,8 +50,9 @@ def test_train_then_export_with_no_options_gives_the_recipe(synth_data, tmp_path
     capsys.readouterr()
     assert main(["export", str(run), "--out", str(tmp_path / "stale")]) == 2
     assert "adgan train-encoder" in capsys.readouterr().err
-    # a finished run asked again trains the missing encoder stage only
-    assert main(["train", *common, "--epochs", "3", "--encoder-epochs", "2", "--resume", "--out", str(run)]) == 0
+    # a finished run asked again (to its own 3 epochs: no --epochs) trains the missing encoder stage only
+    assert main(["train", *common, "--encoder-epochs", "2", "--resume", "--out", str(run)]) == 0
+    assert load_checkpoint(run)["epoch"] == 3
     assert load_encoder(run)[1]["generator_g_steps"] == load_checkpoint(run)["g_steps"]
     assert main(["export", str(run), "--out", str(tmp_path / "fresh")]) == 0
     assert json.loads((tmp_path / "fresh" / "manifest.json").read_text())["search"]["z_init"] == "encoder"
