@@ -270,12 +270,10 @@ def segmentation_figure(a: argparse.Namespace, workdir: Path, rep: Path) -> None
     write_png(rep / "segmentation.png", segmentation_steps(frame, ref, SegmentationConfig()))
 
 
-def _search_line(out: Path) -> str:
-    """The search the demo's bundles run, as their manifests record it."""
-    m = sorted((out / "bundles").glob("*/manifest.json"))
-    s = json.loads(m[0].read_text())["search"] if m else {}
-    return (f"theta scope {s.get('theta_scope')}, loss {s.get('loss')}, n_seed {s.get('n_seed')}, k {s.get('k')}"
-            if s else "no bundles")
+def _search_line(out: Path, cls: str) -> str:
+    """The search this run's bundles run, as the manifest of its first class records it."""
+    s = json.loads((out / "bundles" / cls / "manifest.json").read_text())["search"]
+    return f"theta scope {s['theta_scope']}, loss {s['loss']}, n_seed {s['n_seed']}, k {s['k']}"
 
 
 def write_index(out: Path, plan: Plan, summary: dict, lines: list[str], seconds: float) -> Path:
@@ -285,7 +283,7 @@ def write_index(out: Path, plan: Plan, summary: dict, lines: list[str], seconds:
     gen = "".join(f"![{c}](generated-{c}.png) " for c in plan.classes if (rep / f"generated-{c}.png").is_file())
     text = [f"# adgan-edge demo ({'data ' + a.data if a.data else 'synthetic station'})", "",
             f"Finished in {seconds:.0f} s. Models: {a.kind}, {a.size} px, features {a.features}, {a.epochs} epochs; "
-            f"search: {_search_line(out)}, "
+            f"search: {_search_line(out, plan.classes[0])}, "
             f"{f'starting at E(x) ({a.encoder_epochs}-epoch encoder)' if a.encoder_epochs else 'random z'}.", "",
             f"## The station: {s['parts_inspected']} parts inspected, expecting `{a.expected}`", "",
             "| parts | OK | NG | true anomalies | detected | missed | false alarms | errors | median latency |",
