@@ -128,7 +128,7 @@ def train_and_export(plan: Plan, progress: bool) -> dict[str, Path]:
         search = with_default_seeds(replace(RECIPE_SEARCH, loss=a.loss, k=a.k, z_init=z_init))
         write_bundle(run, bundles[cls], search, force=True)
     print(f"[3/6] bundles (theta scope {search.theta_scope}, loss {a.loss}, depth weight {search.depth_weight:g}, "
-          f"n_seed {search.n_seed}, k {a.k}, "
+          f"pool {search.pool}, n_seed {search.n_seed}, k {a.k}, "
           f"{'search from the encoder' if a.encoder_epochs else 'random z'}) -> {plan.out / 'bundles'}")
     return bundles
 

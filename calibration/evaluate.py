@@ -100,7 +100,7 @@ def search_figure(bundle, x: np.ndarray, path: Path, seed: int, lr_thetas=(6e-9,
     for lr in lr_thetas:
         trace: list = []
         search_seed(g, xt, z0, p.k, p.lr_z, lr, "all", p.loss, p.fg_threshold, trace=trace,
-                    depth_weight=p.depth_weight)
+                    depth_weight=p.depth_weight, pool=p.pool)
         pick = np.unique(np.linspace(0, len(trace) - 1, min(len(trace), 10)).astype(int))
         rows.append([input_to_sample(trace[i][0].numpy()) for i in pick])
         labels.append(f"G(z_t) at steps {', '.join(str(i + 1) for i in pick)} with lr_theta {lr:g}")

@@ -22,7 +22,7 @@ from training.train import load_checkpoint
 # The search of `adgan export` by default: the recipe measured best on the paper's real
 # frames (bench/RESULTS.md, issue 8): start at the run's encoder E(x), score the part's
 # own pixels, adapt z only. PAPER_SEARCH is Algorithm 1 as the paper runs it.
-RECIPE_SEARCH = SearchDefaults(theta_scope="none", loss="fg_input", z_init="encoder", n_seed=1, batch_seeds=1)
+RECIPE_SEARCH = SearchDefaults(theta_scope="none", loss="fg_input", z_init="encoder", n_seed=1, batch_seeds=1, pool=4)
 PAPER_SEARCH = SearchDefaults()
 
 
@@ -76,7 +76,7 @@ def write_generator_bundle(g: Generator, out: str | Path, search: SearchDefaults
     tmp = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out.parent))
     try:
         core = export_graphs(g, tmp, search.batch_seeds, search.theta_scope, search.loss, search.fg_threshold,
-                             search.depth_weight)
+                             search.depth_weight, search.pool)
         th = {k: v.numpy().astype(np.float32) for k, v in generator_theta(g).items()}
         np.savez(tmp / "theta.npz", **th)
         ins, outs = step_io(core.trainable)

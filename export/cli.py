@@ -43,7 +43,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     m = write_bundle(a.run, a.out, search, use_ema=not a.no_ema, force=a.force)
     s = search
     print(f"exported {m['class']} ({m['kind']}, {m['training']['weights']}, epoch {m['training']['epoch']}) "
-          f"-> {a.out}: theta scope {s.theta_scope}, loss {s.loss}, depth weight {s.depth_weight:g}, "
+          f"-> {a.out}: theta scope {s.theta_scope}, loss {s.loss}, depth weight {s.depth_weight:g}, pool {s.pool}, "
           f"n_seed {s.n_seed}, k {s.k}, z_init {s.z_init}")
     return 0
 
@@ -78,6 +78,10 @@ def add_parser(sub) -> None:
     q.add_argument("--depth-weight", type=float, default=None,
                    help="weight of the depth channel's squared error against each RGB channel's (default 1: "
                         "a plain mean, the paper)")
+    q.add_argument("--pool", type=int, default=None,
+                   help="compare on POOL x POOL cells: the residual averaged over each cell's counted pixels, "
+                        "then squared, so pixel noise and texture a pixel off cancel (a power of two; 1: per "
+                        "pixel, the paper)")
     q.add_argument("--z-init", choices=("auto", "random", "encoder"), default="auto",
                    help="start of the search: the run's encoder E(x) (adgan train trains one) or random "
                         "z ~ N(0, I) (the paper); auto (default): the encoder when the run has one, else random "

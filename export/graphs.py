@@ -103,7 +103,8 @@ class SearchStep(nn.Module):
     """
 
     def __init__(self, g: Generator, n_seed: int, scope: str = "all", loss: str = "mse",
-                 fg_threshold: float = -0.9, bn_eps: float = 1e-5, depth_weight: float = 1.0) -> None:
+                 fg_threshold: float = -0.9, bn_eps: float = 1e-5, depth_weight: float = 1.0,
+                 pool: int = 1) -> None:
         super().__init__()
         if scope not in SCOPES:
             raise ValueError(f"theta scope must be one of {SCOPES}, got {scope!r}")
@@ -111,6 +112,9 @@ class SearchStep(nn.Module):
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
         self.arch, self.S, self.scope, self.loss_kind = g.arch, n_seed, scope, loss
         self.fg_threshold, self.layers = fg_threshold, layers_of(g.arch)
+        if pool < 1 or g.arch.size % pool:
+            raise ValueError(f"pool must be >= 1 and divide the image size {g.arch.size}, got {pool}")
+        self.pool = pool
         self.trainable = trainable_names(g.arch, scope)
         self.weighted = depth_weight != 1.0  # a plain mean writes no extra operators
         if self.weighted:
@@ -175,6 +179,8 @@ class SearchStep(nn.Module):
     def _loss_and_dy(self, x, y, need_grad: bool):
         diff = y - x  # (S, 4, H, W), x broadcast over seeds
         wd = diff * self.chan_w.to(diff.dtype) if self.weighted else diff  # channel-weighted residual
+        if self.pool > 1:
+            return self._pooled_loss_and_dy(x, y, diff, need_grad)
         if self.loss_kind == "mse":
             n = diff[0].numel()
             loss = (wd * diff).sum(dim=(1, 2, 3)) / n
@@ -183,6 +189,25 @@ class SearchStep(nn.Module):
         cnt = torch.clamp(m.sum(dim=(1, 2, 3)), min=1.0) * x.shape[1]  # (S,)
         loss = (wd * diff * m).sum(dim=(1, 2, 3)) / cnt
         return loss, (wd * m * (2.0 / cnt).reshape(-1, 1, 1, 1) if need_grad else None)
+
+    def _pooled_loss_and_dy(self, x, y, diff, need_grad: bool):
+        """The loss on pool x pool cells: sum over cells and channels of w_c * A^2 / N over
+        C * (counted pixels), A the residual summed over a cell's counted pixels, N their number.
+        dL/dA = 2 w_c A / N / cnt reaches each counted pixel of the cell unchanged (A is a sum).
+        Cells by Reshape + ReduceSum and back by Expand: no pooling or resize operators."""
+        f, (s, c, hh, ww) = self.pool, diff.shape
+        h, w = hh // f, ww // f
+        m = torch.ones_like(y[:, 3:4]) if self.loss_kind == "mse" else self._mask(x, y)  # (S, 1, H, W)
+        cnt = torch.clamp(m.sum(dim=(1, 2, 3)), min=1.0) * c  # (S,)
+        a = (diff * m).reshape(s, c, h, f, w, f).sum(dim=(3, 5))  # (S, C, h, w)
+        n = torch.clamp(m.reshape(s, 1, h, f, w, f).sum(dim=(3, 5)), min=1.0)
+        r = a / n  # mean residual per cell
+        wr = r * self.chan_w.to(r.dtype) if self.weighted else r
+        loss = (wr * a).sum(dim=(1, 2, 3)) / cnt
+        if not need_grad:
+            return loss, None
+        g = (wr * (2.0 / cnt).reshape(-1, 1, 1, 1)).reshape(s, c, h, 1, w, 1).expand(s, c, h, f, w, f)
+        return loss, m * g.reshape(s, c, hh, ww)
 
     def forward_backward(self, x, z, theta: dict[str, torch.Tensor], need_grad: bool = True):
         grouped = self.scope == "all"

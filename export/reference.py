@@ -23,30 +23,43 @@ def channel_weights(channels: int, depth_weight: float) -> list[float]:
 
 
 def reconstruction_loss(y: torch.Tensor, x: torch.Tensor, kind: str, fg_threshold: float = -0.9,
-                        depth_weight: float = 1.0) -> torch.Tensor:
+                        depth_weight: float = 1.0, pool: int = 1) -> torch.Tensor:
     """Per-sample loss (B,): mean squared error over the image (mse), over the pixels where the
     sample or its reconstruction is foreground (fg), or where the sample is (fg_input); the
-    depth channel weighted by depth_weight against each RGB channel (1: a plain mean)."""
+    depth channel weighted by depth_weight against each RGB channel (1: a plain mean).
+
+    pool > 1 compares on pool x pool cells: in each cell the residual is averaged over the
+    cell's counted pixels (the mask above; all pixels for mse) and squared, weighted by how
+    many pixels it averages. Pixel noise and texture that G(z) places a pixel off cancel
+    inside a cell; a part that differs in colour or shape over a cell does not. pool 1 is
+    the per-pixel loss."""
     diff = y - x
-    d2 = diff * diff
-    if depth_weight != 1.0:
-        d2 = d2 * y.new_tensor(channel_weights(y.shape[1], depth_weight)).reshape(1, -1, 1, 1)
-    if kind == "mse":
-        return d2.flatten(1).mean(1)
-    if kind not in ("fg", "fg_input"):
+    cw = y.new_tensor(channel_weights(y.shape[1], depth_weight)).reshape(1, -1, 1, 1) if depth_weight != 1.0 else None
+    if kind not in ("mse", "fg", "fg_input"):
         raise ValueError(f"loss must be 'mse', 'fg' or 'fg_input', got {kind!r}")
+    if pool < 1 or y.shape[-1] % pool or y.shape[-2] % pool:
+        raise ValueError(f"pool must be >= 1 and divide the image size {tuple(y.shape[-2:])}, got {pool}")
+    if kind == "mse" and pool == 1:
+        d2 = diff * diff
+        return (d2 if cw is None else d2 * cw).flatten(1).mean(1)
     with torch.no_grad():
-        m = x[:, 3:4] > -1.0
-        if kind == "fg":
-            m = m | (y[:, 3:4] > fg_threshold)
-        m = m.to(y.dtype).expand(y.shape[0], 1, *y.shape[2:])
+        if kind == "mse":
+            m = torch.ones_like(y[:, 3:4])
+        else:
+            m = x[:, 3:4] > -1.0
+            if kind == "fg":
+                m = m | (y[:, 3:4] > fg_threshold)
+            m = m.to(y.dtype).expand(y.shape[0], 1, *y.shape[2:])
         cnt = torch.clamp(m.flatten(1).sum(1), min=1.0) * y.shape[1]
-    return (d2 * m).flatten(1).sum(1) / cnt
+        n = torch.nn.functional.avg_pool2d(m, pool) * pool * pool  # counted pixels per cell
+    a = torch.nn.functional.avg_pool2d(diff * m, pool) * pool * pool  # residual summed per cell
+    a2 = a * a / torch.clamp(n, min=1.0)  # = n * (mean residual)^2; pool 1: m * diff^2
+    return (a2 if cw is None else a2 * cw).flatten(1).sum(1) / cnt
 
 
 def search_seed(g: Generator, x: torch.Tensor, z0: torch.Tensor, k: int, lr_z: float, lr_theta: float,
                 scope: str = "all", loss: str = "mse", fg_threshold: float = -0.9,
-                trace: list | None = None, depth_weight: float = 1.0) -> float:
+                trace: list | None = None, depth_weight: float = 1.0, pool: int = 1) -> float:
     """One seed of Algorithm 1 from z0 (nz,); returns the loss after the k-th update."""
     gs = copy.deepcopy(g).eval()
     z = z0.detach().clone().reshape(1, -1).requires_grad_(True)
@@ -65,21 +78,21 @@ def search_seed(g: Generator, x: torch.Tensor, z0: torch.Tensor, k: int, lr_z: f
     for _ in range(k):
         opt.zero_grad(set_to_none=True)
         y = gs(z)
-        l = reconstruction_loss(y, x, loss, fg_threshold, depth_weight).sum()
+        l = reconstruction_loss(y, x, loss, fg_threshold, depth_weight, pool).sum()
         if trace is not None:
             trace.append(y.detach().clone())
         l.backward()
         opt.step()
     with torch.no_grad():
-        return reconstruction_loss(gs(z), x, loss, fg_threshold, depth_weight).item()
+        return reconstruction_loss(gs(z), x, loss, fg_threshold, depth_weight, pool).item()
 
 
 def score(g: Generator, x: torch.Tensor, z0: torch.Tensor, k: int, lr_z: float, lr_theta: float,
           scope: str = "all", loss: str = "mse", fg_threshold: float = -0.9,
-          depth_weight: float = 1.0) -> tuple[float, list[float]]:
+          depth_weight: float = 1.0, pool: int = 1) -> tuple[float, list[float]]:
     """(mean over seeds, per-seed losses) for x (1, 4, H, W) and starting latents z0 (S, nz)."""
     per = [search_seed(g, x, z0[s], k, lr_z, lr_theta, scope, loss, fg_threshold,
-                       depth_weight=depth_weight) for s in range(z0.shape[0])]
+                       depth_weight=depth_weight, pool=pool) for s in range(z0.shape[0])]
     return sum(per) / len(per), per
 
 
@@ -110,6 +123,6 @@ class ReferenceSearcher:
         per = []
         for s in range(p.n_seed):
             per.append(search_seed(self.g, xt, z0[s], p.k, p.lr_z, p.lr_theta, p.theta_scope, p.loss,
-                                   p.fg_threshold, depth_weight=p.depth_weight))
+                                   p.fg_threshold, depth_weight=p.depth_weight, pool=p.pool))
         per_seed = np.array(per, np.float32)
         return ScoreResult(float(per_seed.mean()), per_seed, np.zeros_like(x))

@@ -8,18 +8,19 @@ from export.graphs import SearchStep, theta_names
 from export.reference import reconstruction_loss, score
 from tests.export.conftest import random_generator, sample_x
 
-CASES = ([(s, l, 1.0) for s in ("all", "bn", "none") for l in ("mse", "fg")]
-         + [("none", "fg_input", 1.0), ("all", "fg_input", 1.0)]
-         + [("all", "mse", 3.0), ("bn", "fg", 0.5), ("none", "fg_input", 3.0), ("all", "fg_input", 3.0)])
+CASES = ([(s, l, 1.0, 1) for s in ("all", "bn", "none") for l in ("mse", "fg")]
+         + [("none", "fg_input", 1.0, 1), ("all", "fg_input", 1.0, 1)]
+         + [("all", "mse", 3.0, 1), ("bn", "fg", 0.5, 1), ("none", "fg_input", 3.0, 1), ("all", "fg_input", 3.0, 1)]
+         + [("none", "fg_input", 1.0, 8), ("all", "fg_input", 3.0, 4), ("bn", "fg", 1.0, 2), ("all", "mse", 1.0, 4)])
 
 
-def autograd_grads(g, x, z, loss, dw=1.0):
+def autograd_grads(g, x, z, loss, dw=1.0, pool=1):
     """Per seed: (loss, dz, {theta name: grad}) by autograd on a private copy."""
     out = []
     for s in range(z.shape[0]):
         gs = copy.deepcopy(g)
         zz = z[s:s + 1].clone().requires_grad_(True)
-        l = reconstruction_loss(gs(zz), x, loss, depth_weight=dw).sum()
+        l = reconstruction_loss(gs(zz), x, loss, depth_weight=dw, pool=pool).sum()
         l.backward()
         mods, grads, i, j = list(gs.net), {}, 0, 0
         while j < len(mods):
@@ -35,11 +36,11 @@ def autograd_grads(g, x, z, loss, dw=1.0):
     return out
 
 
-def max_rel_err(core, g, x, z, scope, loss, dw=1.0):
+def max_rel_err(core, g, x, z, scope, loss, dw=1.0, pool=1):
     theta = dict(zip(core.trainable, core.init_theta(g)))
     l, grads, dz = core.forward_backward(x, z, theta)
     worst = 0.0
-    for s, (ls, dzs, gs) in enumerate(autograd_grads(g, x, z, loss, dw)):
+    for s, (ls, dzs, gs) in enumerate(autograd_grads(g, x, z, loss, dw, pool)):
         worst = max(worst, abs(l[s].item() - ls) / abs(ls), ((dz[s] - dzs).norm() / dzs.norm()).item())
         for n in core.trainable:
             mine = grads[n].reshape(z.shape[0], -1, *grads[n].shape[1:])[s] if scope == "all" and n[0] == "w" else grads[n][s]
@@ -48,30 +49,30 @@ def max_rel_err(core, g, x, z, scope, loss, dw=1.0):
     return worst
 
 
-@pytest.mark.parametrize("scope, loss, dw", CASES)
-def test_gradients_match_autograd_float64(scope, loss, dw):
+@pytest.mark.parametrize("scope, loss, dw, pool", CASES)
+def test_gradients_match_autograd_float64(scope, loss, dw, pool):
     g = random_generator(torch.float64)
-    core = SearchStep(g, 3, scope, loss, depth_weight=dw).to(torch.float64)
+    core = SearchStep(g, 3, scope, loss, depth_weight=dw, pool=pool).to(torch.float64)
     z = torch.randn(3, 100, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    assert max_rel_err(core, g, sample_x(torch.float64), z, scope, loss, dw) < 1e-10
+    assert max_rel_err(core, g, sample_x(torch.float64), z, scope, loss, dw, pool) < 1e-10
 
 
-@pytest.mark.parametrize("scope, loss, dw", CASES)
-def test_gradients_match_autograd_float32(scope, loss, dw):
+@pytest.mark.parametrize("scope, loss, dw, pool", CASES)
+def test_gradients_match_autograd_float32(scope, loss, dw, pool):
     # Below 1e-5 except where a ReLU input sits within rounding of 0: there the two
     # computations may take different sides of the kink. These seeds have none.
     g = random_generator(torch.float32)
-    core = SearchStep(g, 3, scope, loss, depth_weight=dw)
+    core = SearchStep(g, 3, scope, loss, depth_weight=dw, pool=pool)
     z = torch.randn(3, 100, generator=torch.Generator().manual_seed(2))
-    assert max_rel_err(core, g, sample_x(), z, scope, loss, dw) < 1e-5
+    assert max_rel_err(core, g, sample_x(), z, scope, loss, dw, pool) < 1e-5
 
 
-@pytest.mark.parametrize("scope, loss, dw", CASES)
-def test_k_steps_match_torch_optim_adam_float64(scope, loss, dw):
+@pytest.mark.parametrize("scope, loss, dw, pool", CASES)
+def test_k_steps_match_torch_optim_adam_float64(scope, loss, dw, pool):
     g = random_generator(torch.float64)
     x, S, k, lr_theta = sample_x(torch.float64), 3, 7, 1e-3  # lr_theta large enough to move theta
     z = torch.randn(S, 100, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    core = SearchStep(g, S, scope, loss, depth_weight=dw).to(torch.float64)
+    core = SearchStep(g, S, scope, loss, depth_weight=dw, pool=pool).to(torch.float64)
     th = core.init_theta(g)
     st = [z, torch.zeros_like(z), torch.zeros_like(z), *th, *[torch.zeros_like(t) for t in th],
           *[torch.zeros_like(t) for t in th]]
@@ -80,7 +81,7 @@ def test_k_steps_match_torch_optim_adam_float64(scope, loss, dw):
         st = list(core.step(x, one(float(t)), one(5e-2), one(lr_theta), *st)[1:])
     n = len(core.trainable)
     final = core.loss(x, st[0], *st[3:3 + n])
-    _, per = score(g, x, z, k, 5e-2, lr_theta, scope, loss, depth_weight=dw)
+    _, per = score(g, x, z, k, 5e-2, lr_theta, scope, loss, depth_weight=dw, pool=pool)
     assert ((final - torch.tensor(per, dtype=torch.float64)).abs() / final.abs()).max() < 1e-10
 
 
@@ -115,3 +116,26 @@ def test_adam_is_finite_where_the_gradient_is_zero():
     p, g, m, v = torch.ones(3), torch.zeros(3), torch.zeros(3), torch.zeros(3)
     out, _, _ = SearchStep.adam(p, g, m, v, torch.tensor(1.0), torch.tensor(0.1))
     assert torch.equal(out, p)
+
+
+def test_pool_averages_the_residual_over_each_cells_object_pixels():
+    x = -torch.ones(1, 4, 8, 8)
+    x[:, :, 0:4, 0:4] = 0.0  # one 4x4 cell all object; the other three cells background
+    x[:, :, 4, 4] = 0.0      # one object pixel alone in its cell
+    checker, shifted = x.clone(), x.clone()
+    checker[:, :, 0:4, 0:4] += 0.5 * (1 - 2 * ((torch.arange(4)[:, None] + torch.arange(4)) % 2))  # +-0.5
+    shifted[:, :, 0:4, 0:4] += 0.5  # the whole cell off by 0.5
+    for loss in ("fg_input", "fg"):
+        per_pixel = reconstruction_loss(checker, x, loss)
+        assert per_pixel.item() == pytest.approx(16 * 0.25 / 17)  # 16 of 17 object pixels off by 0.5
+        assert reconstruction_loss(checker, x, loss, pool=4).item() == pytest.approx(0.0, abs=1e-12)
+        assert reconstruction_loss(shifted, x, loss, pool=4).item() == pytest.approx(reconstruction_loss(shifted, x, loss).item())
+        assert torch.equal(reconstruction_loss(checker, x, loss, pool=1), per_pixel)
+    # background pixels do not dilute a cell: the lone pixel's error counts in full
+    lone = x.clone()
+    lone[:, :, 4, 4] += 1.0
+    assert reconstruction_loss(lone, x, "fg_input", pool=4).item() == pytest.approx(4 * 1.0 / (17 * 4))
+    with pytest.raises(ValueError, match="pool"):
+        reconstruction_loss(x, x, "fg_input", pool=3)
+    with pytest.raises(ValueError, match="pool"):
+        SearchStep(random_generator(torch.float32), 3, "none", "fg_input", pool=3)

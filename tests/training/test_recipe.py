@@ -25,7 +25,8 @@ def test_defaults_fill_only_what_is_not_given():
     assert RECIPE["encoder_epochs"] > 0 and PAPER["encoder_epochs"] == 0
     assert (PAPER_SEARCH.theta_scope, PAPER_SEARCH.loss, PAPER_SEARCH.z_init, PAPER_SEARCH.k) == \
         ("all", "mse", "random", 19)
-    assert RECIPE_SEARCH.z_init == "encoder" and RECIPE_SEARCH.loss == "fg_input"
+    assert RECIPE_SEARCH.z_init == "encoder" and RECIPE_SEARCH.loss == "fg_input" and RECIPE_SEARCH.pool == 4
+    assert PAPER_SEARCH.pool == 1  # the paper compares pixel by pixel
 
 
 def test_train_then_export_with_no_options_gives_the_recipe(synth_data, tmp_path, capsys):
@@ -43,7 +44,7 @@ def test_train_then_export_with_no_options_gives_the_recipe(synth_data, tmp_path
     assert Bundle.load(tmp_path / "n").search.n_seed == 3
     assert main(["export", str(run), "--out", str(tmp_path / "p"), "--paper", "--k", "4"]) == 0
     s = Bundle.load(tmp_path / "p").search
-    assert (s.theta_scope, s.loss, s.z_init, s.k) == ("all", "mse", "random", 4)
+    assert (s.theta_scope, s.loss, s.z_init, s.k, s.pool) == ("all", "mse", "random", 4, 1)
 
     # more generator epochs without a new encoder: the old one no longer fits, export says how to fix it
     assert main(["train", *common, "--epochs", "3", "--encoder-epochs", "0", "--resume", "--out", str(run)]) == 0

@@ -103,3 +103,29 @@ def test_export_cli_records_the_depth_weight_and_old_manifests_default_to_a_plai
     with pytest.raises(ValueError, match="depth_weight"):
         SearchDefaults(depth_weight=0)
     assert main(["export", str(tiny_run), "--out", str(tmp_path / "bad"), "--depth-weight=-1"]) == 2
+
+
+def test_export_cli_records_the_pool_and_onnxruntime_scores_as_the_pooled_reference(tiny_run, tmp_path, synth_data):
+    import numpy as np
+
+    from adgan.cli import main
+    from adgan.score import make_scorer
+    from agent.segment.preprocess import sample_to_input
+    from agent.sources.folder import read_sample
+    x = sample_to_input(read_sample(synth_data / "test" / "sphere", 0), 32)
+    scores = {}
+    for pool in (1, 4):
+        out = tmp_path / f"pool{pool}"
+        assert main(["export", str(tiny_run), "--out", str(out), "--theta-scope", "none", "--loss", "fg_input",
+                     "--k", "3", "--pool", str(pool)]) == 0
+        b = Bundle.load(out)
+        assert b.search.pool == pool
+        a, r = make_scorer(b, "onnxruntime", seed=1).score(x), make_scorer(b, "torch", seed=1).score(x)
+        np.testing.assert_allclose(a.per_seed, r.per_seed, rtol=1e-3)
+        scores[pool] = a.score
+    assert scores[4] < scores[1]  # averaging inside cells cancels part of the residual
+    assert SearchDefaults.from_dict({"k": 3}).pool == 1  # manifests written before pool: per pixel
+    with pytest.raises(ValueError, match="pool"):
+        SearchDefaults(pool=3)
+    assert main(["export", str(tiny_run), "--out", str(tmp_path / "bad"), "--pool", "3"]) == 2
+    assert not (tmp_path / "bad").exists()
