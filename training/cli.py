@@ -87,7 +87,7 @@ def add_parser(sub) -> None:
     q.add_argument("--kind", choices=("gan", "wgan", "wgan-gp"), default=None,
                    help="objective: gan (BCE; default), wgan (weight clipping), wgan-gp (gradient penalty)")
     q.add_argument("--epochs", type=int, default=None,
-                   help="passes over the data, in total (default 250; with --resume: the run's own)")
+                   help="passes over the data, in total (default 500, --paper 250; with --resume: the run's own)")
     q.add_argument("--out", required=True, help="run folder")
     q.add_argument("--paper", action="store_true",
                    help="the paper's DCGAN defaults (features 64, batch 64, no EMA, no encoder) instead of "

@@ -17,7 +17,7 @@ def test_defaults_fill_only_what_is_not_given():
                            encoder_epochs=None)
     resolve(a, paper=False)
     assert (a.kind, a.epochs, a.batch_size, a.features_g, a.features_d, a.ema, a.encoder_epochs) == \
-        ("gan", 250, 32, 48, 32, 0.999, 100)
+        ("gan", 500, 32, 48, 32, 0.999, 100)
     b = argparse.Namespace(kind=None, epochs=5, batch_size=None, features_g=None, features_d=None, ema=None,
                            encoder_epochs=None)
     resolve(b, paper=True)
