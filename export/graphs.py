@@ -178,9 +178,9 @@ class SearchStep(nn.Module):
 
     def _loss_and_dy(self, x, y, need_grad: bool):
         diff = y - x  # (S, 4, H, W), x broadcast over seeds
-        wd = diff * self.chan_w.to(diff.dtype) if self.weighted else diff  # channel-weighted residual
         if self.pool > 1:
             return self._pooled_loss_and_dy(x, y, diff, need_grad)
+        wd = diff * self.chan_w.to(diff.dtype) if self.weighted else diff  # channel-weighted residual
         if self.loss_kind == "mse":
             n = diff[0].numel()
             loss = (wd * diff).sum(dim=(1, 2, 3)) / n
