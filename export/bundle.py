@@ -21,7 +21,7 @@ from training.train import load_checkpoint
 
 # The search of `adgan export` by default: the recipe measured best on the paper's real
 # frames (bench/RESULTS.md, issue 8): start at the run's encoder E(x), score the part's
-# own pixels, adapt z only. PAPER_SEARCH is Algorithm 1 as the paper runs it.
+# own pixels compared on 4x4 cells, adapt z only. PAPER_SEARCH is Algorithm 1 as the paper runs it.
 RECIPE_SEARCH = SearchDefaults(theta_scope="none", loss="fg_input", z_init="encoder", n_seed=1, batch_seeds=1, pool=4)
 PAPER_SEARCH = SearchDefaults()
 
