@@ -273,7 +273,7 @@ def segmentation_figure(a: argparse.Namespace, workdir: Path, rep: Path) -> None
 def _search_line(out: Path, cls: str) -> str:
     """The search this run's bundles run, as the manifest of its first class records it."""
     s = json.loads((out / "bundles" / cls / "manifest.json").read_text())["search"]
-    return f"theta scope {s['theta_scope']}, loss {s['loss']}, n_seed {s['n_seed']}, k {s['k']}"
+    return f"theta scope {s['theta_scope']}, loss {s['loss']}, pool {s['pool']}, n_seed {s['n_seed']}, k {s['k']}"
 
 
 def write_index(out: Path, plan: Plan, summary: dict, lines: list[str], seconds: float) -> Path:

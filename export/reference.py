@@ -51,10 +51,10 @@ def reconstruction_loss(y: torch.Tensor, x: torch.Tensor, kind: str, fg_threshol
                 m = m | (y[:, 3:4] > fg_threshold)
             m = m.to(y.dtype).expand(y.shape[0], 1, *y.shape[2:])
         cnt = torch.clamp(m.flatten(1).sum(1), min=1.0) * y.shape[1]
-        n = torch.nn.functional.avg_pool2d(m, pool) * pool * pool if pool > 1 else m  # counted pixels per cell
     if pool == 1:
         a2 = diff * diff * m
     else:
+        n = torch.nn.functional.avg_pool2d(m, pool) * pool * pool  # counted pixels per cell
         a = torch.nn.functional.avg_pool2d(diff * m, pool) * pool * pool  # residual summed per cell
         a2 = a * a / torch.clamp(n, min=1.0)  # = n * (the cell's mean residual)^2
     return (a2 if cw is None else a2 * cw).flatten(1).sum(1) / cnt
