@@ -16,20 +16,32 @@ from agent.sources.folder import check_preprocessing, class_folders, frame_numbe
 log = logging.getLogger(__name__)
 
 
-def make_scorer(bundle: Bundle, backend: str, seed: int = 0, threads: int = 0, **overrides):
+def engine_settings(backend: str, threads: int = 0, fp16: bool = False):
+    """The agent's settings object of a named backend (None for the torch reference)."""
+    if backend == "torch":
+        return None
+    if backend == "onnxruntime":
+        from agent.scoring.onnxruntime import OnnxRuntimeSettings
+        return OnnxRuntimeSettings(threads=threads)
+    if backend == "tensorrt":
+        from agent.scoring.tensorrt import TensorRTSettings
+        return TensorRTSettings(fp16=fp16)
+    raise ValueError(f"unknown backend {backend!r}")
+
+
+def engine_id(backend: str, fp16: bool = False) -> str:
+    """The engine a score comes from, as thresholds record it (agent settings' `engine`)."""
+    s = engine_settings(backend, fp16=fp16)
+    return "torch" if s is None else s.engine
+
+
+def make_scorer(bundle: Bundle, backend: str, seed: int = 0, threads: int = 0, fp16: bool = False, **overrides):
     """An object with .score(x) -> ScoreResult for the named backend."""
     if backend == "torch":
         from export.reference import ReferenceSearcher
         return ReferenceSearcher(bundle, seed, **overrides)
     from agent.scoring.search import Searcher, open_backend
-    if backend == "onnxruntime":
-        from agent.scoring.onnxruntime import OnnxRuntimeSettings
-        settings = OnnxRuntimeSettings(threads=threads)
-    elif backend == "tensorrt":
-        from agent.scoring.tensorrt import TensorRTSettings
-        settings = TensorRTSettings()
-    else:
-        raise ValueError(f"unknown backend {backend!r}")
+    settings = engine_settings(backend, threads, fp16)
     return Searcher(bundle, open_backend(bundle, settings), seed, **overrides)
 
 

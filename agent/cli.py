@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sqlite3
+import ssl
 import sys
 
 
@@ -24,9 +26,23 @@ def _load(a: argparse.Namespace):
     return None
 
 
+def _preflight(a: argparse.Namespace, s) -> bool:
+    """Run every check `run` makes before its loop; print warnings and problems (with the
+    setting and the file). True when nothing stops the agent."""
+    from agent.preflight import preflight
+    report = preflight(s, a.config)
+    for w in report.warnings:
+        print(f"{a.config}: warning: {w}", file=sys.stderr)
+    if report.problems:
+        print(f"{a.config}: {len(report.problems)} setting(s) cannot be used:", file=sys.stderr)
+        for line in report.lines():
+            print(f"  {line}", file=sys.stderr)
+    return not report.problems
+
+
 def cmd_validate_config(a: argparse.Namespace) -> int:
     s = _load(a)
-    if s is None:
+    if s is None or not _preflight(a, s):
         return 2
     print(f"{a.config}: valid (station {s.station_id}, source {s.source.type}, "
           f"{len(s.model.bundles)} bundle(s), backend {s.model.backend.type}, trigger {s.trigger.mode})")
@@ -41,7 +57,7 @@ def _logging(level: str) -> None:
 def cmd_run(a: argparse.Namespace) -> int:
     from agent.service import Agent
     s = _load(a)
-    if s is None:
+    if s is None or not _preflight(a, s):
         return 2
     _logging(a.log_level)
     agent = Agent(s)
@@ -49,6 +65,11 @@ def cmd_run(a: argparse.Namespace) -> int:
         signal.signal(sig, agent.request_stop)
     try:
         agent.start()
+    except (OSError, sqlite3.Error, ssl.SSLError) as e:
+        # preflight passed, so something changed since or cannot be foreseen: one line, exit 2
+        agent.shutdown()
+        print(f"{a.config}: the agent cannot start: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
     except BaseException:
         agent.shutdown()
         raise  # adgan's main prints input errors (bad bundle, stale thresholds) as one line, exit 2
@@ -110,8 +131,11 @@ def add_parser(sub) -> None:
 
     q = ag.add_parser("validate-config", help="check a configuration: exit 0 if valid, 2 naming every bad field",
                       description="Load the configuration exactly as 'agent run' would (TOML file, ADGAN_* "
-                                  "environment variables nested with '__', a .env file, CREDENTIALS_DIRECTORY) "
-                                  "and report every invalid field with its path. Usable as ExecStartPre=.")
+                                  "environment variables nested with '__', a .env file, CREDENTIALS_DIRECTORY), "
+                                  "report every invalid field with its path, then make every check 'agent run' "
+                                  "makes before it starts (bundle hashes, thresholds of these bundles, latent "
+                                  "seed and engine, TLS files, the outbox folder, the source) without starting "
+                                  "anything. Exit 2 naming the setting and the file. Usable as ExecStartPre=.")
     common(q)
     q.set_defaults(func=cmd_validate_config)
 

@@ -8,7 +8,6 @@ failed source is reopened with doubling backoff and reported in `status`.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 import uuid
@@ -51,14 +50,15 @@ class Agent:
         self.s = settings
         self.notifier = notifier or SystemdNotifier()
         self.stop_requested = threading.Event()
-        self.counters = Counters("frames", "events", "ok", "anomaly", "no_object", "error", "errors_suppressed")
+        self.counters = Counters("frames", "events", "ok", "anomaly", "no_object", "error", "errors_suppressed",
+                                 "triggers_coalesced")
         self.source_health = SourceHealth()
         self.started = time.time()
         self.models: dict[str, ClassModel] = {}
         self.expected = settings.model.expected_class
         self._class_request: str | None = None
         self._class_lock = threading.Lock()
-        self.commands = CommandTrigger()
+        self.commands = CommandTrigger(settings.trigger.max_pending)
         t = settings.trigger
         self.passage = PassageTrigger(t.min_area_px, t.settle_frames, t.settle_tolerance, t.clear_frames)
         seg = settings.segmentation
@@ -70,7 +70,6 @@ class Agent:
         self._last_error: str | None = None   # suppresses floods of one error in continuous mode
         self._next_status = 0.0
         self._next_frame = 0.0
-        self._seq_fallback = 0
         # seconds spent per stage over all frames (status and bench/pipeline.py)
         self.stage_s = {"capture": 0.0, "segment": 0.0, "score": 0.0, "publish": 0.0}
 
@@ -81,7 +80,7 @@ class Agent:
         self.notifier.status("loading models")
         self.models = load_models(m.bundles, m.thresholds, m.seed, m.backend)
         mq = self.s.mqtt
-        self.outbox = Outbox(self.s.outbox.path, self.s.outbox.max_events)
+        self.outbox = Outbox(self.s.outbox.path, self.s.outbox.max_events, self.s.outbox.memory_events)
         pending = len(self.outbox)
         if pending:
             log.info("outbox holds %d unacknowledged events from before; they are sent on connect", pending)
@@ -90,7 +89,8 @@ class Agent:
             mq.password.get_secret_value() if mq.password else None,
             str(mq.tls_ca) if mq.tls_ca else None, str(mq.tls_cert) if mq.tls_cert else None,
             str(mq.tls_key) if mq.tls_key else None,
-            commands={"class": self._on_class_command, "trigger": self._on_trigger_command})
+            commands={"class": self._on_class_command, "trigger": self._on_trigger_command},
+            verdict_max_age_s=mq.verdict_max_age_s)
         self.publisher.start()
         self.publisher.publish_state("class", self.expected)
         self.publisher.publish_state("trigger", "idle")
@@ -109,7 +109,8 @@ class Agent:
             self._class_request = payload.decode("utf-8", "replace").strip()
 
     def _on_trigger_command(self, payload: bytes) -> None:
-        self.commands.request()
+        if not self.commands.request():
+            self.counters.add("triggers_coalesced")  # one is already waiting: the burst is one inspection
         self.publisher.publish_state("trigger", "pending")
 
     def _apply_class_request(self) -> None:
@@ -314,13 +315,7 @@ class Agent:
               threshold: float | None = None, error: str | None = None, anomaly_map: dict | None = None) -> None:
         if verdict != "error":
             self._last_error = None
-        try:
-            seq = self.outbox.next_seq()
-        except sqlite3.Error as e:  # the event still goes out; status shows store failures
-            log.error("outbox sequence counter unavailable (%s)", e)
-            self._seq_fallback += 1
-            seq = self._seq_fallback
-        self._seq_fallback = seq
+        seq = self.outbox.next_seq()  # never repeats, also on a full disk (outbox.SeqFile)
         total = 1e3 * (time.monotonic() - work.started)
         ev = Event(event_id=str(uuid.uuid4()), seq=seq, station=self.s.station_id,
                    captured_at=utc_iso(work.captured_at), decided_at=utc_iso(time.time()),
@@ -347,10 +342,10 @@ class Agent:
                 "uptime_s": round(time.time() - self.started, 1), "expected_class": self.expected,
                 "trigger": self.s.trigger.mode, "counters": c,
                 "stage_seconds": {k: round(v, 3) for k, v in self.stage_s.items()},
-                "outbox": {"depth": len(self.outbox) if self.outbox else 0,
-                           "dropped": self.outbox.dropped if self.outbox else 0,
-                           "store_failures": self.publisher.store_failures if self.publisher else 0},
+                "outbox": self.outbox.status() if self.outbox else {},
                 "mqtt_connected": bool(self.publisher and self.publisher.connected.is_set()),
+                "mqtt": ({**self.publisher.link, "since": utc_iso(self.publisher.link["since"]),
+                          **self.publisher.counters} if self.publisher else {}),
                 "source": {"type": self.s.source.type, **self.source_health.to_dict()}}
 
     def _publish_status(self, force: bool = False) -> None:

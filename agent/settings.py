@@ -18,6 +18,14 @@ from agent.scoring.onnxruntime import OnnxRuntimeSettings
 from agent.scoring.tensorrt import TensorRTSettings
 
 
+class SettingError(ValueError):
+    """A setting whose value cannot be used (a file missing, unreadable or of the wrong kind)."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(f"{setting}: {message}")
+        self.setting, self.message = setting, message
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -101,6 +109,8 @@ class TriggerSettings(_Strict):
     settle_frames: int = Field(3, ge=1, description="frames the object must stay before it is scored")
     settle_tolerance: float = Field(0.1, gt=0, lt=1, description="relative area change that still counts as still")
     clear_frames: int = Field(2, ge=1, description="frames without an object that end a passage")
+    max_pending: int = Field(1, ge=1, le=100, description="mqtt trigger requests that may wait at once; more in a "
+                                                         "burst are coalesced and counted (triggers_coalesced)")
 
 
 class MqttSettings(_Strict):
@@ -114,6 +124,9 @@ class MqttSettings(_Strict):
     qos: Literal[0, 1, 2] = Field(1, description="QoS of events")
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive")
     topic_prefix: str = Field("adgan", description="topics are <prefix>/<station_id>/...")
+    verdict_max_age_s: float = Field(2.0, gt=0, le=60, description="a verdict (OK/NG) is published only if its "
+                                                                   "event leaves within this time of the decision "
+                                                                   "on a link that acknowledges; never queued")
 
     @field_validator("topic_prefix")
     @classmethod
@@ -132,6 +145,9 @@ class MqttSettings(_Strict):
 class OutboxSettings(_Strict):
     path: Path = Field(Path("/var/lib/adgan/outbox.sqlite"), description="durable event outbox (SQLite, WAL)")
     max_events: int = Field(100_000, ge=10, description="when full, the oldest events are dropped and counted")
+    memory_events: int = Field(10_000, ge=0, description="events held in memory while the disk cannot be written "
+                                                         "(full or failing); beyond, the oldest are dropped and "
+                                                         "counted")
 
 
 class HealthSettings(_Strict):

@@ -65,16 +65,24 @@ class PassageTrigger:
 
 
 class CommandTrigger:
-    """Inspections requested over MQTT (`.../trigger/set`), counted, thread-safe."""
+    """Inspections requested over MQTT (`.../trigger/set`), counted, thread-safe. At most
+    `max_pending` wait at a time: more requests in a burst are coalesced into those."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_pending: int = 1) -> None:
+        if max_pending < 1:
+            raise ValueError(f"max_pending must be >= 1, got {max_pending}")
+        self.max_pending = max_pending
         self._cond = threading.Condition()
         self._pending = 0
 
-    def request(self) -> None:
+    def request(self) -> bool:
+        """Ask for one inspection; False when max_pending already wait (the request is coalesced)."""
         with self._cond:
+            if self._pending >= self.max_pending:
+                return False
             self._pending += 1
             self._cond.notify_all()
+            return True
 
     def take(self, timeout: float) -> bool:
         """Wait up to `timeout` s for a request; True (and one request consumed) if there was one."""

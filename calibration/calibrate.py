@@ -42,11 +42,11 @@ def choose_threshold(normal: np.ndarray, anomalous: np.ndarray, policy: str, fpr
 
 
 def cmd_calibrate(a: argparse.Namespace) -> int:
-    from adgan.score import make_scorer, score_folder
+    from adgan.score import engine_id, make_scorer, score_folder
     from agent.scoring.bundle import Bundle
 
     bundle = Bundle.load(a.bundle)
-    scorer = make_scorer(bundle, a.backend, a.seed)
+    scorer = make_scorer(bundle, a.backend, a.seed, fp16=a.fp16)
     from agent.sources.folder import parse_frames
     frames = parse_frames(a.frames)
     normal = np.array([s for _, _, s in score_folder(scorer, bundle, a.normal, frames, not a.quiet)])
@@ -64,7 +64,8 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     params = getattr(scorer, "params", bundle.search)
     record = {
         "threshold": threshold, "policy": a.policy, "fpr_target": a.fpr if a.policy == "target-fpr" else None,
-        "bundle_hash": bundle.bundle_hash, "bundle": str(bundle.path), "backend": a.backend, "seed": a.seed,
+        "bundle_hash": bundle.bundle_hash, "bundle": str(bundle.path), "backend": a.backend,
+        "engine": engine_id(a.backend, a.fp16), "seed": a.seed,
         "search": asdict(params), "counts": {"normal": int(len(normal)), "anomalous": int(len(anomalous))},
         "normal_scores": summary(normal), "anomalous_scores": summary(anomalous) if len(anomalous) else None,
         "metrics": metrics, "warnings": warns,
@@ -91,7 +92,10 @@ def add_parser(sub) -> None:
     q.add_argument("--fpr", type=float, default=0.01, help="false alarm budget for target-fpr (default 0.01)")
     q.add_argument("--out", default="thresholds.json", help="thresholds file to create or update")
     q.add_argument("--backend", choices=("onnxruntime", "tensorrt", "torch"), default="onnxruntime",
-                   help="the engine the device will run (scores differ slightly between engines)")
+                   help="the engine the device will run: scores differ slightly between engines, so the agent "
+                        "refuses a threshold calibrated on another engine (default onnxruntime)")
+    q.add_argument("--fp16", action="store_true",
+                   help="with --backend tensorrt: the fp16 engines (the agent's model.backend.fp16 must match)")
     q.add_argument("--seed", type=int, default=0, help="seed of the initial latents; the agent must use the same")
     q.add_argument("--frames", default=None, help="LO:HI frame numbers (half-open)")
     q.add_argument("--quiet", action="store_true")

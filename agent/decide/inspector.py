@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.decide.thresholds import ClassThreshold, ThresholdError, load_threshold
+from agent.decide.thresholds import ClassThreshold, ThresholdError, load_threshold, recorded_engine
 from agent.scoring.bundle import Bundle, BundleError
 from agent.scoring.search import Backend, Searcher, open_backend
+from agent.settings import SettingError
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +53,40 @@ class ClassModel:
         self.searcher.backend.close()
 
 
-def load_class_model(cls: str, bundle_path: str | Path, thresholds: str | Path, seed: int,
-                     backend_settings=None, backend: Backend | None = None) -> ClassModel:
-    bundle = Bundle.load(bundle_path)
+def check_class_model(cls: str, bundle_path: str | Path, thresholds: str | Path, seed: int,
+                      backend_settings=None) -> tuple[Bundle, ClassThreshold]:
+    """The verified bundle and its threshold, without opening an engine. Raises SettingError
+    naming the setting at fault: a bundle that is missing, tampered with or of another class;
+    thresholds that are missing or were calibrated on another bundle, latent seed or engine."""
+    try:
+        bundle = Bundle.load(bundle_path)
+    except (BundleError, OSError) as e:
+        raise SettingError(f"model.bundles.{cls}", f"{bundle_path}: {e}") from None
     if bundle.cls != cls:
-        raise BundleError(f"bundle {bundle_path} was trained on class {bundle.cls!r}, but is configured for {cls!r}")
-    thr = load_threshold(thresholds, cls, bundle.bundle_hash)
+        raise SettingError(f"model.bundles.{cls}",
+                           f"bundle {bundle_path} was trained on class {bundle.cls!r}, not {cls!r}")
+    try:
+        thr = load_threshold(thresholds, cls, bundle.bundle_hash)
+    except (ThresholdError, OSError) as e:
+        raise SettingError("model.thresholds", str(e)) from None
     rec_seed = thr.record.get("seed")
     if rec_seed is not None and int(rec_seed) != seed:
-        raise ThresholdError(f"{thresholds}: the threshold of {cls!r} was calibrated with latent seed {rec_seed}, "
-                             f"the agent uses seed {seed}; set model.seed = {rec_seed} or recalibrate")
+        raise SettingError("model.seed", f"{thresholds}: the threshold of {cls!r} was calibrated with latent seed "
+                                         f"{rec_seed}, the agent uses seed {seed}; set model.seed = {rec_seed} "
+                                         "or recalibrate")
+    engine = getattr(backend_settings, "engine", "onnxruntime/CPUExecutionProvider")
+    calibrated = recorded_engine(thr.record)
+    if calibrated != engine:
+        raise SettingError("model.backend", f"{thresholds}: the threshold of {cls!r} was calibrated on "
+                                            f"{calibrated or 'an unrecorded engine'}, this agent runs {engine}; "
+                                            "scores differ between engines, so recalibrate on this one "
+                                            "('adgan calibrate --backend ...' on this device)")
+    return bundle, thr
+
+
+def load_class_model(cls: str, bundle_path: str | Path, thresholds: str | Path, seed: int,
+                     backend_settings=None, backend: Backend | None = None) -> ClassModel:
+    bundle, thr = check_class_model(cls, bundle_path, thresholds, seed, backend_settings)
     search = thr.record.get("search") or {}
     overrides = {k: search[k] for k in ("n_seed", "k", "lr_z", "lr_theta") if k in search}
     engine = backend if backend is not None else open_backend(bundle, backend_settings)

@@ -31,6 +31,19 @@ class ClassThreshold:
         return score > self.threshold
 
 
+# Records written before thresholds named their engine: calibrate ran the default of each backend.
+_LEGACY_ENGINES = {"onnxruntime": "onnxruntime/CPUExecutionProvider", "tensorrt": "tensorrt/fp32", "torch": "torch"}
+
+
+def recorded_engine(record: dict[str, Any]) -> str | None:
+    """The engine a threshold was calibrated on (e.g. 'onnxruntime/CPUExecutionProvider',
+    'tensorrt/fp16'), or None when the record does not say."""
+    if record.get("engine"):
+        return str(record["engine"])
+    backend = record.get("backend")
+    return _LEGACY_ENGINES.get(str(backend), str(backend)) if backend else None
+
+
 def read_thresholds(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():

@@ -1,31 +1,100 @@
 """A durable outbox: each event is written to SQLite (WAL) before it is published and
 deleted only when the broker acknowledges it, so a broker outage or an agent restart
 loses nothing. Bounded: when full, the oldest events are dropped and counted.
+
+A full or failing disk does not lose events either, as long as the process lives: an
+event that cannot be written is held in memory (at most `memory_events`, then the oldest
+held ones are dropped and counted), published like the others, and written to disk as
+soon as a write succeeds again. `status()` says how many are held and why.
+
+The event sequence number lives in its own small file that is allocated once and then
+overwritten in place (`SeqFile`), so it keeps counting on a full disk and never repeats
+or goes backwards across restarts.
 """
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
+import struct
 import threading
 import time
+import zlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Pending:
     event_id: str
-    seq: int
+    seq: int          # position in the outbox (publishing order), not the event's own seq
     topic: str
     payload: bytes
     qos: int
 
 
+def _private_file(path: Path) -> None:
+    """Create `path` (and its folder) readable by the owner only, if it does not exist."""
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, mode=0o700)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+
+
+class SeqFile:
+    """A counter that survives restarts and a full disk: two checksummed 16-byte slots in a
+    file allocated when it is created, written alternately in place and fsynced."""
+
+    SIZE = 4096
+    _SLOT = struct.Struct("<QQ")  # value, crc32 of the value
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        new = not self.path.exists()
+        _private_file(self.path)
+        self._fd = os.open(self.path, os.O_RDWR)
+        if new or os.fstat(self._fd).st_size < self.SIZE:
+            os.posix_fallocate(self._fd, 0, self.SIZE)
+        slots = [self._read_slot(i) for i in (0, 1)]
+        valid = [v for v in slots if v is not None]
+        self.value = max(valid) if valid else 0
+        self._next_slot = 0 if slots[0] is None or (slots[1] is not None and slots[1] > slots[0]) else 1
+
+    def _read_slot(self, i: int) -> int | None:
+        raw = os.pread(self._fd, self._SLOT.size, i * self._SLOT.size)
+        if len(raw) < self._SLOT.size:
+            return None
+        value, crc = self._SLOT.unpack(raw)
+        return value if crc == zlib.crc32(struct.pack("<Q", value)) and (value or crc) else None
+
+    def set(self, value: int) -> None:
+        """Store `value` (at least the current one) durably; raises OSError if the disk fails."""
+        if value < self.value:
+            raise ValueError(f"a sequence number never goes backwards: {value} < {self.value}")
+        self.value = value  # in memory first: the counter moves on even if the write fails
+        data = self._SLOT.pack(value, zlib.crc32(struct.pack("<Q", value)))
+        os.pwrite(self._fd, data, self._next_slot * self._SLOT.size)
+        os.fsync(self._fd)
+        self._next_slot ^= 1
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
 class Outbox:
-    def __init__(self, path: str | Path, max_events: int = 100_000) -> None:
+    RETRY_S = 0.5  # while the disk fails, how often a new event retries writing what is held
+
+    def __init__(self, path: str | Path, max_events: int = 100_000, memory_events: int = 10_000) -> None:
         if max_events < 1:
             raise ValueError(f"max_events must be >= 1, got {max_events}")
-        self.path, self.max_events = Path(path), max_events
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if memory_events < 0:
+            raise ValueError(f"memory_events must be >= 0, got {memory_events}")
+        self.path, self.max_events, self.memory_events = Path(path), max_events, memory_events
+        _private_file(self.path)
         # Used from the service loop and from paho's network thread: one connection, one lock.
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
@@ -36,60 +105,196 @@ class Outbox:
                              "event_id TEXT UNIQUE NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL, "
                              "qos INTEGER NOT NULL, created REAL NOT NULL)")
             self._db.execute("CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
-        self.dropped = self._counter("dropped")
+            (last_key,) = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
+            row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+            self._key = max(int(last_key), int(row[0]) if row else 0)
+            counters = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
+        for suffix in ("-wal", "-shm"):  # SQLite creates them with the database's mode; make sure
+            p = self.path.with_name(self.path.name + suffix)
+            if p.exists():
+                p.chmod(0o600)
+        self.dropped = int(counters.get("dropped", 0))
+        self.seq_file = SeqFile(self.path.with_name(self.path.name + ".seq"))
+        # Older outboxes kept the counter in the database: never go below it.
+        self._seq = max(self.seq_file.value, int(counters.get("seq", 0)))
+        self.store_failures = 0                    # writes that failed (events held in memory instead)
+        self.seq_failures = 0                      # sequence numbers that could not be stored
+        self.last_error: str | None = None         # the last storage error, None once writes succeed again
+        self._memory: OrderedDict[str, Pending] = OrderedDict()  # events not yet written to disk
+        self._acked_unsynced: set[str] = set()     # acknowledged, but the delete did not reach the disk
+        self._dropped_unsynced = False
+        self._next_retry = 0.0
+        self._next_drop_log = 0.0
 
-    def _counter(self, name: str) -> int:
-        with self._lock:
-            row = self._db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
-        return int(row[0]) if row else 0
+    # -- storage errors ------------------------------------------------------------------
+    def _failed(self, what: str, e: Exception) -> None:
+        msg = f"{what}: {type(e).__name__}: {e}"
+        if msg != self.last_error:
+            log.error("outbox %s cannot be written (%s); events are held in memory (%d) until it can",
+                      self.path, msg, len(self._memory))
+        self.last_error = msg
 
-    def put(self, event_id: str, topic: str, payload: bytes, qos: int = 1) -> None:
-        """Store an event (before publishing it). Drops the oldest events beyond max_events."""
+    def _recovered(self) -> None:
+        if self.last_error is not None:
+            log.warning("outbox %s is writable again; events held in memory are stored", self.path)
+        self.last_error = None
+
+    def _transaction(self, statements) -> None:
+        """Run `statements(db)` in one write transaction; on error roll back (if SQLite has not
+        already) and raise the original error, not the rollback's."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            statements(self._db)
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                try:
+                    self._db.execute("ROLLBACK")
+                except sqlite3.Error as rollback_error:
+                    log.error("outbox rollback failed too: %s", rollback_error)
+            raise
+
+    # -- events --------------------------------------------------------------------------
+    def put(self, event_id: str, topic: str, payload: bytes, qos: int = 1) -> bool:
+        """Store an event (before publishing it): on disk, or in memory while the disk fails.
+        Drops the oldest events beyond max_events (and beyond memory_events in memory).
+        False if an event with this id is already stored."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute("INSERT OR IGNORE INTO events (event_id, topic, payload, qos, created) "
-                                 "VALUES (?, ?, ?, ?, ?)", (event_id, topic, payload, qos, time.time()))
-                (n,) = self._db.execute("SELECT COUNT(*) FROM events").fetchone()
-                excess = n - self.max_events
-                if excess > 0:
-                    self._db.execute("DELETE FROM events WHERE seq IN (SELECT seq FROM events ORDER BY seq LIMIT ?)",
-                                     (excess,))
-                    self._db.execute("INSERT INTO counters (name, value) VALUES ('dropped', ?) ON CONFLICT(name) "
-                                     "DO UPDATE SET value = value + excluded.value", (excess,))
-                    self.dropped += excess
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+            if event_id in self._memory or self._exists(event_id):
+                return False
+            self._key += 1
+            p = Pending(event_id, self._key, topic, bytes(payload), int(qos))
+            self._memory[event_id] = p
+            # While the disk fails, retry at most every RETRY_S (each try rewrites everything held).
+            if self.last_error is None or time.monotonic() >= self._next_retry:
+                self._sync_locked()
+            if event_id in self._memory and len(self._memory) > self.memory_events:
+                oldest = next(iter(self._memory))
+                del self._memory[oldest]
+                self.dropped += 1
+                self._dropped_unsynced = True
+                if time.monotonic() >= self._next_drop_log:
+                    self._next_drop_log = time.monotonic() + 10.0
+                    log.error("outbox: %d events held in memory while the disk fails: dropping the oldest "
+                              "(%s; %d dropped in all, logged at most every 10 s)", self.memory_events, oldest,
+                              self.dropped)
+            return True
+
+    def _exists(self, event_id: str) -> bool:
+        try:
+            return self._db.execute("SELECT 1 FROM events WHERE event_id = ?", (event_id,)).fetchone() is not None
+        except sqlite3.Error:
+            return False
+
+    def _sync_locked(self) -> None:
+        """Write what is held in memory (and deferred deletes and counters) to disk, oldest first."""
+        if not (self._memory or self._acked_unsynced or self._dropped_unsynced):
+            return
+        held, acked = list(self._memory.values()), set(self._acked_unsynced)
+        excess_box: list[int] = []
+
+        def write(db):
+            if acked:
+                db.executemany("DELETE FROM events WHERE event_id = ?", [(e,) for e in acked])
+            db.executemany("INSERT OR IGNORE INTO events (seq, event_id, topic, payload, qos, created) "
+                           "VALUES (?, ?, ?, ?, ?, ?)",
+                           [(p.seq, p.event_id, p.topic, p.payload, p.qos, time.time()) for p in held])
+            (n,) = db.execute("SELECT COUNT(*) FROM events").fetchone()
+            excess = max(0, n - self.max_events)
+            if excess:
+                db.execute("DELETE FROM events WHERE seq IN (SELECT seq FROM events ORDER BY seq LIMIT ?)", (excess,))
+            excess_box.append(excess)
+            if excess or self._dropped_unsynced:
+                db.execute("INSERT INTO counters (name, value) VALUES ('dropped', ?) ON CONFLICT(name) "
+                           "DO UPDATE SET value = MAX(value, excluded.value)", (self.dropped + excess,))
+
+        try:
+            self._transaction(write)
+        except sqlite3.Error as e:
+            self.store_failures += 1
+            self._next_retry = time.monotonic() + self.RETRY_S
+            self._failed("write", e)
+            return
+        for p in held:
+            self._memory.pop(p.event_id, None)
+        self._acked_unsynced -= acked
+        self._dropped_unsynced = False
+        if excess_box and excess_box[0]:
+            self.dropped += excess_box[0]
+            log.error("outbox full (%d events): dropped the %d oldest", self.max_events, excess_box[0])
+        self._recovered()
+
+    def sync(self) -> bool:
+        """Retry writing what is held in memory; True when nothing is held any more."""
+        with self._lock:
+            self._sync_locked()
+            return not self._memory
 
     def next_seq(self) -> int:
-        """The next event sequence number: 1, 2, ... kept across restarts."""
+        """The next event sequence number: 1, 2, ... never repeated, kept across restarts.
+        Stored in place in a preallocated file, so a full disk does not stop it."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            self._seq += 1
             try:
-                self._db.execute("INSERT INTO counters (name, value) VALUES ('seq', 1) ON CONFLICT(name) "
-                                 "DO UPDATE SET value = value + 1")
-                (v,) = self._db.execute("SELECT value FROM counters WHERE name = 'seq'").fetchone()
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        return int(v)
+                self.seq_file.set(self._seq)
+            except OSError as e:
+                self.seq_failures += 1
+                self._failed("sequence number", e)
+            return self._seq
 
     def ack(self, event_id: str) -> None:
         with self._lock:
-            self._db.execute("DELETE FROM events WHERE event_id = ?", (event_id,))
+            if self._memory.pop(event_id, None) is not None:
+                return
+            try:
+                self._db.execute("DELETE FROM events WHERE event_id = ?", (event_id,))
+            except sqlite3.Error as e:  # a delete needs space in the WAL too: retried with the next write
+                self._acked_unsynced.add(event_id)
+                self._failed("delete", e)
 
-    def pending(self) -> list[Pending]:
+    def _pending_locked(self, after: int, limit: int | None) -> list[Pending]:
+        try:
+            rows = self._db.execute("SELECT event_id, seq, topic, payload, qos FROM events WHERE seq > ? "
+                                    "ORDER BY seq LIMIT ?", (after, -1 if limit is None else limit)).fetchall()
+        except sqlite3.Error as e:
+            self._failed("read", e)
+            rows = []
+        out = [Pending(r[0], r[1], r[2], bytes(r[3]), r[4]) for r in rows if r[0] not in self._acked_unsynced]
+        out += [p for p in self._memory.values() if p.seq > after]
+        out.sort(key=lambda p: p.seq)
+        return out if limit is None else out[:limit]
+
+    def pending(self, after: int = 0, limit: int | None = None) -> list[Pending]:
+        """Unacknowledged events in publishing order (those after position `after`, at most `limit`)."""
         with self._lock:
-            rows = self._db.execute("SELECT event_id, seq, topic, payload, qos FROM events ORDER BY seq").fetchall()
-        return [Pending(r[0], r[1], r[2], bytes(r[3]), r[4]) for r in rows]
+            return self._pending_locked(after, limit)
 
     def __len__(self) -> int:
         with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+            try:
+                (n,) = self._db.execute("SELECT COUNT(*) FROM events").fetchone()
+            except sqlite3.Error:
+                n = 0
+            return int(n) - len(self._acked_unsynced) + len(self._memory)
+
+    @property
+    def unsaved(self) -> int:
+        """Events held in memory only (the disk failed)."""
+        return len(self._memory)
+
+    def status(self) -> dict:
+        """Depth, what is held in memory only, what was dropped, and the storage error if any."""
+        depth = len(self)
+        with self._lock:
+            return {"depth": depth, "unsaved": len(self._memory), "dropped": self.dropped,
+                    "store_failures": self.store_failures, "seq_failures": self.seq_failures,
+                    "error": self.last_error}
 
     def close(self) -> None:
         with self._lock:
+            self._sync_locked()
+            if self._memory:
+                log.error("outbox closed with %d events that could not be written to disk: they are lost (%s)",
+                          len(self._memory), self.last_error)
             self._db.close()
+            self.seq_file.close()

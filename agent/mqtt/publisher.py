@@ -2,14 +2,25 @@
 (QoS 1, through the durable outbox), verdict (OK/NG), status, and commands on
 `<base>/<feature>/set` with their state echoed on `<base>/<feature>/state`. paho-mqtt 2.
 
-An event leaves the outbox only in `on_publish`, the broker's PUBACK for its message id;
-every (re)connect republishes whatever is still pending, with its original id.
+Delivery (README "MQTT contract"):
+- One pump thread sends events from the outbox in order, only while connected, at most
+  WINDOW unacknowledged at a time. An event leaves the outbox only on the broker's PUBACK.
+- On every connect paho's own queue is dropped and the pump starts again at the oldest
+  unacknowledged event: each event id goes out at most once per connection, and nothing
+  queues in memory during an outage.
+- `verdict` is live: sent right after its event, only if that event leaves within
+  `verdict_max_age_s` of its decision on a link that is acknowledging. Never queued, never
+  replayed after an outage.
+- Commands are refused when retained (a command is an action, not a state) or larger than
+  MAX_COMMAND_BYTES; refusals are counted and logged at most once per LOG_EVERY_S per feature.
+- Why the link is down (refused, unreachable, TLS, authorisation, ...) is in `link` and logged
+  once per change.
 """
 from __future__ import annotations
 
 import json
 import logging
-import sqlite3
+import socket
 import ssl
 import threading
 import time
@@ -21,35 +32,88 @@ from agent.mqtt.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
+MAX_COMMAND_BYTES = 256
+LOG_EVERY_S = 10.0
+WINDOW = 100  # events handed to paho and not yet acknowledged, at most
+
+
+def describe_connect_error(e: BaseException, host: str, port: int) -> tuple[str, str]:
+    """(state, reason) for an exception raised while connecting to the broker."""
+    where = f"{host}:{port}"
+    if isinstance(e, socket.gaierror):
+        return "unresolvable", f"cannot resolve the broker host {host!r} ({e.strerror or e})"
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return "tls", f"TLS verification of {where} failed: {e.verify_message or e} (check mqtt.tls_ca and host)"
+    if isinstance(e, ssl.SSLError):
+        return "tls", f"TLS handshake with {where} failed: {e.reason or e}"
+    if isinstance(e, ConnectionRefusedError):
+        return "refused", f"{where} refused the connection (is the broker running on that port?)"
+    if isinstance(e, (TimeoutError, socket.timeout)):
+        return "unreachable", f"{where} did not answer (timed out)"
+    if isinstance(e, OSError):
+        return "unreachable", f"cannot reach {where}: {e.strerror or e}"
+    return "error", f"connecting to {where} failed: {type(e).__name__}: {e}"
+
+
+class _Client(mqtt.Client):
+    """paho's client, remembering why the last connection attempt failed (paho's loop
+    catches the exception and only calls on_connect_fail, without it)."""
+
+    last_connect_error: BaseException | None = None
+
+    def reconnect(self):
+        self.last_connect_error = None
+        try:
+            return super().reconnect()
+        except Exception as e:
+            self.last_connect_error = e
+            raise
+
 
 class Publisher:
     def __init__(self, station_id: str, outbox: Outbox, host: str = "127.0.0.1", port: int = 1883,
                  prefix: str = "adgan", qos: int = 1, keepalive: int = 30, username: str | None = None,
                  password: str | None = None, tls_ca: str | None = None, tls_cert: str | None = None,
                  tls_key: str | None = None, client_id: str | None = None,
-                 commands: dict[str, Callable[[bytes], None]] | None = None) -> None:
+                 commands: dict[str, Callable[[bytes], None]] | None = None,
+                 verdict_max_age_s: float = 2.0) -> None:
         self.base = f"{prefix}/{station_id}"
         self.outbox, self.qos = outbox, qos
-        self.store_failures = 0  # events published without a durable copy (outbox write failed)
+        self.verdict_max_age_s = verdict_max_age_s
         # feature -> handler of the payload of <base>/<feature>/set (called on paho's thread)
         self.commands = dict(commands or {})
         self.host, self.port, self.keepalive = host, port, keepalive
         self.connected = threading.Event()
-        # message id -> event id. Never call paho while holding _lock: paho calls on_publish
-        # under its own lock, so the opposite order would deadlock.
-        self._inflight: dict[int, str] = {}
-        self._early_acks: set[int] = set()  # PUBACKs that arrived before their id was registered
+        self.counters = {"connects": 0, "disconnects": 0, "commands_refused": 0, "verdicts_skipped": 0,
+                         "events_sent": 0}
+        self.link = {"state": "connecting", "reason": f"connecting to {host}:{port}", "since": time.time()}
+        # message id -> (event id or None, time handed to paho). Never call paho while holding
+        # _lock: paho calls on_publish under its own locks, so the opposite order would deadlock.
+        self._inflight: dict[int, tuple[str | None, float]] = {}
+        self._sending = 0                  # publish() calls in progress
+        self._early: set[int] = set()      # PUBACKs that arrived during a publish() call
         self._lock = threading.Lock()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"adgan-{station_id}",
-                                  clean_session=True)
+        self._conn_no = 0                  # connections so far; the pump restarts at each
+        self._cursor = 0                   # outbox position of the last event sent on this connection
+        self._fresh: dict[str, tuple[str, float]] = {}  # event id -> (OK/NG, monotonic decision time)
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._pump_thread: threading.Thread | None = None
+        self._connack = False
+        self._refusal_logged: dict[str, float] = {}
+        self._states: dict[str, str] = {}  # feature -> last state echoed (again on every connect)
+        self.client = _Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"adgan-{station_id}",
+                              clean_session=True)
         self.client.will_set(self.topic("availability"), "offline", qos=1, retain=True)
         if username:
             self.client.username_pw_set(username, password)
         if tls_ca:
             self.client.tls_set(ca_certs=tls_ca, certfile=tls_cert, keyfile=tls_key, cert_reqs=ssl.CERT_REQUIRED,
                                 tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        self.tls = bool(tls_ca)
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
         self.client.on_connect = self._on_connect
+        self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
         self.client.on_message = self._on_message
@@ -57,33 +121,83 @@ class Publisher:
     def topic(self, name: str) -> str:
         return f"{self.base}/{name}"
 
+    # -- link state ----------------------------------------------------------------------
+    def _set_link(self, state: str, reason: str, level: int = logging.WARNING) -> None:
+        if (state, reason) != (self.link["state"], self.link["reason"]):
+            self.link = {"state": state, "reason": reason, "since": time.time()}
+            log.log(level, "MQTT %s: %s", state, reason)
+
     # -- paho callbacks (network thread) --------------------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._connack = True
         if reason_code.is_failure:
-            log.error("MQTT connection to %s:%d refused: %s", self.host, self.port, reason_code)
+            name = str(reason_code)
+            auth = any(w in name.lower() for w in ("authori", "user name", "password", "banned"))
+            self._set_link("auth" if auth else "refused",
+                           f"{self.host}:{self.port} refused the connection: {name}", logging.ERROR)
             return
-        client.publish(self.topic("availability"), "online", qos=1, retain=True)
+        # paho would resend what it still holds from the last connection; the outbox is the
+        # one source of truth, so drop paho's copy (stale verdicts included) and let the pump
+        # resend from the oldest unacknowledged event.
+        client.drop_out_messages()
+        with self._lock:
+            self._inflight.clear()
+            self._early.clear()
+            self._conn_no += 1
+            self._cursor = 0
+        self.counters["connects"] += 1
+        self.connected.set()
+        self._publish(self.topic("availability"), "online", qos=1, retain=True)
+        for feature, value in list(self._states.items()):
+            self._publish(self.topic(f"{feature}/state"), value, qos=1, retain=True)
         for feature in self.commands:
             client.subscribe(self.topic(f"{feature}/set"), qos=1)
-        self.connected.set()
-        pending = self.outbox.pending()
+        self._set_link("connected", f"connected to {self.host}:{self.port}" + (" (TLS)" if self.tls else ""),
+                       logging.INFO)
+        pending = len(self.outbox)
         if pending:
-            log.info("republishing %d unacknowledged events", len(pending))
-        for p in pending:
-            self._send(p.event_id, p.topic, p.payload, p.qos)
+            log.info("%d unacknowledged events are sent again, oldest first", pending)
+        self._wake.set()
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        e = getattr(client, "last_connect_error", None)
+        if e is None:
+            self._set_link("error", f"connecting to {self.host}:{self.port} failed")
+        else:
+            self._set_link(*describe_connect_error(e, self.host, self.port))
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        was_connected = self.connected.is_set()
         self.connected.clear()
-        if reason_code != 0:
-            log.warning("MQTT disconnected (%s); reconnecting with backoff", reason_code)
+        if was_connected:
+            self.counters["disconnects"] += 1
+        if self._stopping.is_set():
+            return
+        if not self._connack:
+            hint = "" if self.tls else "; is it a TLS port? (set mqtt.tls_ca)"
+            self._set_link("closed", f"{self.host}:{self.port} closed the connection before accepting it "
+                                     f"({reason_code}){hint}")
+        elif was_connected:
+            self._set_link("disconnected", f"lost the connection to {self.host}:{self.port} ({reason_code}); "
+                                           "reconnecting with backoff")
+        self._connack = False
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         with self._lock:
-            event_id = self._inflight.pop(mid, None)
-            if event_id is None:
-                self._early_acks.add(mid)
-        if event_id is not None:
-            self.outbox.ack(event_id)
+            entry = self._inflight.pop(mid, None)
+            if entry is None and self._sending:
+                self._early.add(mid)  # acknowledged before publish() returned its id
+        if entry is not None and entry[0] is not None:
+            self.outbox.ack(entry[0])
+            self._wake.set()
+
+    def _refuse(self, feature: str, why: str) -> None:
+        self.counters["commands_refused"] += 1
+        now = time.monotonic()
+        if now >= self._refusal_logged.get(feature, 0.0):
+            self._refusal_logged[feature] = now + LOG_EVERY_S
+            log.warning("command on %s refused: %s (%d refused so far; logged at most every %.0f s)",
+                        self.topic(f"{feature}/set"), why, self.counters["commands_refused"], LOG_EVERY_S)
 
     def _on_message(self, client, userdata, msg) -> None:
         prefix, suffix = self.base + "/", "/set"
@@ -91,52 +205,137 @@ class Publisher:
         handler = self.commands.get(feature) if feature else None
         if handler is None:
             return
+        if msg.retain:
+            self._refuse(feature, "it is retained; commands must be sent without the retain flag "
+                                  "(clear it: mosquitto_pub -r -n -t " + msg.topic + ")")
+            return
+        if len(msg.payload) > MAX_COMMAND_BYTES:
+            self._refuse(feature, f"{len(msg.payload)} bytes, more than {MAX_COMMAND_BYTES}")
+            return
         try:
             handler(bytes(msg.payload))
         except Exception:  # a bad command must not kill the network thread
             log.exception("command on %s failed", msg.topic)
 
+    # -- sending -------------------------------------------------------------------------
+    def _publish(self, topic: str, payload, qos: int, retain: bool = False, event_id: str | None = None) -> bool:
+        """Hand one message to paho; True if paho took it. Registers its message id so the
+        PUBACK can be matched, even when it arrives before publish() returns."""
+        with self._lock:
+            self._sending += 1
+        try:
+            info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        except BaseException:
+            with self._lock:
+                self._sending -= 1
+                if not self._sending:
+                    self._early.clear()
+            raise
+        ok, acked_early = info.rc == mqtt.MQTT_ERR_SUCCESS, False
+        with self._lock:
+            self._sending -= 1
+            if ok and (qos > 0 or event_id is not None):
+                if info.mid in self._early:
+                    self._early.discard(info.mid)
+                    acked_early = True
+                else:
+                    self._inflight[info.mid] = (event_id, time.monotonic())
+            if not self._sending:
+                self._early.clear()  # ids of messages nobody waits for (status, state)
+        if acked_early and event_id is not None:
+            self.outbox.ack(event_id)
+        return ok
+
+    def _link_stalled(self) -> bool:
+        """True when something handed to paho has waited longer than verdict_max_age_s for its
+        acknowledgement: the broker may be frozen, and a verdict would arrive late."""
+        now = time.monotonic()
+        with self._lock:
+            return any(now - t > self.verdict_max_age_s for _, t in self._inflight.values())
+
+    def _pump(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait(Outbox.RETRY_S)
+            self._wake.clear()
+            try:
+                self._pump_once()
+            except Exception:  # the pump must survive anything; the outbox keeps the events
+                log.exception("MQTT event pump failed; retrying")
+                self._stopping.wait(1.0)
+
+    def _pump_once(self) -> None:
+        if self.outbox.unsaved:
+            self.outbox.sync()
+        self._expire_fresh()
+        while self.connected.is_set() and not self._stopping.is_set():
+            with self._lock:
+                conn, cursor, room = self._conn_no, self._cursor, WINDOW - len(self._inflight)
+            if room <= 0:
+                return
+            batch = self.outbox.pending(after=cursor, limit=room)
+            if not batch:
+                return
+            for p in batch:
+                with self._lock:
+                    if conn != self._conn_no:
+                        return  # reconnected meanwhile: start again at the oldest
+                if not self._publish(p.topic, p.payload, p.qos, event_id=p.event_id):
+                    return  # not connected any more: the next connection sends it
+                self.counters["events_sent"] += 1
+                with self._lock:
+                    if conn == self._conn_no:
+                        self._cursor = max(self._cursor, p.seq)
+                self._maybe_verdict(p.event_id)
+
+    def _maybe_verdict(self, event_id: str) -> None:
+        fresh = self._fresh.pop(event_id, None)
+        if fresh is None:
+            return
+        verdict, decided = fresh
+        if time.monotonic() - decided > self.verdict_max_age_s or self._link_stalled():
+            self.counters["verdicts_skipped"] += 1
+            return
+        self._publish(self.topic("verdict"), verdict, qos=1, retain=True)
+
+    def _expire_fresh(self) -> None:
+        limit = time.monotonic() - self.verdict_max_age_s
+        for eid in [e for e, (_, t) in list(self._fresh.items()) if t < limit]:
+            if self._fresh.pop(eid, None) is not None:
+                self.counters["verdicts_skipped"] += 1
+
     # -- API -------------------------------------------------------------------------------
     def start(self) -> None:
         """Connect in the background; paho reconnects by itself after an outage."""
+        self._pump_thread = threading.Thread(target=self._pump, name="mqtt-pump", daemon=True)
+        self._pump_thread.start()
         self.client.connect_async(self.host, self.port, self.keepalive)
         self.client.loop_start()
 
-    def _send(self, event_id: str, topic: str, payload: bytes, qos: int) -> None:
-        info = self.client.publish(topic, payload, qos=qos)
-        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
-            log.warning("publish of event %s failed (%s); it stays in the outbox", event_id, info.rc)
-            return
-        with self._lock:
-            acked = info.mid in self._early_acks
-            if acked:
-                self._early_acks.discard(info.mid)
-            else:
-                self._inflight[info.mid] = event_id
-        if acked:
-            self.outbox.ack(event_id)
-
     def publish_event(self, event: dict) -> None:
-        """Store the event durably, then publish it (QoS 1); it is acknowledged in on_publish."""
+        """Store the event durably (or hold it in memory while the disk fails), then let the
+        pump publish it; it leaves the outbox on the broker's acknowledgement."""
         payload = json.dumps(event, separators=(",", ":")).encode()
-        try:
-            self.outbox.put(event["event_id"], self.topic("events"), payload, self.qos)
-        except sqlite3.Error as e:  # disk full or failing: still deliver, but say it is not durable
-            self.store_failures += 1
-            log.error("event %s could not be stored in the outbox (%s); publishing it without a durable copy",
-                      event["event_id"], e)
-        if self.connected.is_set():
-            self._send(event["event_id"], self.topic("events"), payload, self.qos)
         verdict = event.get("verdict")
         if verdict in ("ok", "anomaly"):
-            self.client.publish(self.topic("verdict"), "OK" if verdict == "ok" else "NG", qos=1, retain=True)
+            self._fresh[event["event_id"]] = ("OK" if verdict == "ok" else "NG", time.monotonic())
+        self.outbox.put(event["event_id"], self.topic("events"), payload, self.qos)
+        self._wake.set()
+
+    @property
+    def store_failures(self) -> int:
+        return self.outbox.store_failures
 
     def publish_status(self, status: dict) -> None:
-        self.client.publish(self.topic("status"), json.dumps(status), qos=0, retain=True)
+        """The heartbeat (QoS 0, retained); skipped while disconnected: the next one is newer."""
+        if self.connected.is_set():
+            self._publish(self.topic("status"), json.dumps(status), qos=0, retain=True)
 
     def publish_state(self, feature: str, value: str) -> None:
-        """Echo a feature's state on <base>/<feature>/state (retained)."""
-        self.client.publish(self.topic(f"{feature}/state"), value, qos=1, retain=True)
+        """Echo a feature's state on <base>/<feature>/state (retained). While disconnected it is
+        not queued: the last state of every feature is echoed again on each connect."""
+        self._states[feature] = value
+        if self.connected.is_set():
+            self._publish(self.topic(f"{feature}/state"), value, qos=1, retain=True)
 
     def flush(self, timeout: float) -> bool:
         """Wait (bounded) until the broker has acknowledged every stored event."""
@@ -144,6 +343,7 @@ class Publisher:
         while len(self.outbox):
             if time.monotonic() >= deadline:
                 return False
+            self._wake.set()
             time.sleep(0.02)
         return True
 
@@ -152,5 +352,9 @@ class Publisher:
         if self.connected.is_set():
             info = self.client.publish(self.topic("availability"), "offline", qos=1, retain=True)
             info.wait_for_publish(timeout)
+        self._stopping.set()
+        self._wake.set()
         self.client.disconnect()
         self.client.loop_stop()
+        if self._pump_thread is not None:
+            self._pump_thread.join(timeout)

@@ -20,6 +20,11 @@ class OnnxRuntimeSettings(BaseModel):
     threads: int = Field(0, ge=0, description="intra-op threads; 0 lets ONNX Runtime choose (all cores)")
     providers: list[str] = Field(["CPUExecutionProvider"], description="execution providers in order of preference")
 
+    @property
+    def engine(self) -> str:
+        """What thresholds are bound to: scores differ slightly between engines and providers."""
+        return f"onnxruntime/{self.providers[0] if self.providers else 'CPUExecutionProvider'}"
+
 
 class OnnxRuntimeBackend(Backend):
     def __init__(self, bundle: Bundle, settings: OnnxRuntimeSettings | None = None) -> None:

@@ -37,6 +37,11 @@ class TensorRTSettings(BaseModel):
     fp16: bool = Field(False, description="use the engines built with --fp16 (theta and Adam moments stay fp32)")
     device: int = Field(0, ge=0, description="CUDA device index")
 
+    @property
+    def engine(self) -> str:
+        """What thresholds are bound to: scores differ slightly between engines and precisions."""
+        return f"tensorrt/{'fp16' if self.fp16 else 'fp32'}"
+
 
 def _import_trt():
     try:

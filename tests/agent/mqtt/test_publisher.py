@@ -115,22 +115,30 @@ def test_no_event_is_lost_across_a_broker_outage_and_an_agent_sigkill(broker, tm
         sub.close()
 
 
-def test_an_outbox_that_cannot_write_still_delivers_and_counts_it(broker, tmp_path):
-    import sqlite3
-
-    class FullDisk(Outbox):
-        def put(self, *a, **k):
-            raise sqlite3.OperationalError("database or disk is full")
-
+def test_an_outbox_that_cannot_write_holds_events_in_memory_delivers_them_and_stores_them_later(broker, tmp_path):
+    """SQLite's own 'database or disk is full' (page limit reached), without root or tmpfs;
+    tests/agent/mqtt/test_faults.py fills a real file system."""
+    ob = Outbox(tmp_path / "o.sqlite", memory_events=50)
+    (pages,) = ob._db.execute("PRAGMA page_count").fetchone()
+    ob._db.execute(f"PRAGMA max_page_count = {pages}")
     sub = Subscriber(broker.port, "adgan/st1/events")
-    pub = Publisher("st1", FullDisk(tmp_path / "o.sqlite"), port=broker.port)
+    pub = Publisher("st1", ob, port=broker.port)
     try:
         assert sub.subscribed.wait(10)
+        for i in range(60):                               # 60 events, the disk full, no broker yet
+            pub.publish_event({"event_id": f"e{i}", "seq": i + 1, "verdict": "ok", "pad": "x" * 2000})
+        st = ob.status()
+        stored = st["depth"] - st["unsaved"]                # the first ones may fit in the last free page
+        assert st["unsaved"] == 50 and st["dropped"] == 10 - stored and "full" in st["error"], st
+        kept = [f"e{i}" for i in range(stored)] + [f"e{i}" for i in range(10, 60)]
         pub.start()
-        assert pub.connected.wait(10)
-        pub.publish_event({"event_id": "e1", "seq": 1, "verdict": "ok"})
-        assert sub.wait_for(lambda m: events_received(m) == ["e1"])
-        assert pub.store_failures == 1
+        assert sub.wait_for(lambda m: events_received(m) == kept)
+        assert pub.flush(10) and ob.status()["unsaved"] == 0
+        ob._db.execute("PRAGMA max_page_count = 1000000")   # space again
+        pub.publish_event({"event_id": "after", "seq": 61, "verdict": "ok"})
+        assert sub.wait_for(lambda m: "after" in events_received(m))
+        assert ob.status()["error"] is None
     finally:
         pub.stop()
         sub.close()
+    assert Outbox(tmp_path / "o.sqlite").dropped == 10 - stored  # the loss was stored once the disk took writes

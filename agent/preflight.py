@@ -1,0 +1,132 @@
+"""Every check `adgan agent run` makes before its loop, runnable without starting anything:
+`validate-config` runs exactly these, so what it passes `run` does not refuse.
+
+Each problem names the setting at fault and the file. Warnings (a password in the TOML
+file, a password sent without TLS, a missing surface reference) do not stop the agent.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import sqlite3
+import ssl
+import tempfile
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.decide.inspector import check_class_model
+from agent.settings import AgentSettings, SettingError
+
+
+@dataclass
+class Report:
+    problems: list[SettingError] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        return [str(p) for p in self.problems]
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_models(s: AgentSettings, r: Report) -> None:
+    m = s.model
+    for cls, path in m.bundles.items():
+        try:
+            check_class_model(cls, path, m.thresholds, m.seed, m.backend)
+        except SettingError as e:
+            if not any(str(p) == str(e) for p in r.problems):  # one thresholds problem, not one per class
+                r.problems.append(e)
+
+
+def check_tls(s: AgentSettings, r: Report) -> None:
+    mq = s.mqtt
+    if mq.tls_ca is None:
+        return
+    try:
+        ctx = ssl.create_default_context(cafile=str(mq.tls_ca))
+    except (OSError, ssl.SSLError) as e:
+        r.problems.append(SettingError("mqtt.tls_ca", f"{mq.tls_ca}: not a readable PEM CA certificate ({e})"))
+        return
+    if mq.tls_cert is not None:
+        try:
+            ctx.load_cert_chain(str(mq.tls_cert), str(mq.tls_key))
+        except (OSError, ssl.SSLError) as e:
+            r.problems.append(SettingError("mqtt.tls_cert", f"{mq.tls_cert} with key {mq.tls_key}: not a readable "
+                                                            f"certificate and matching key ({e})"))
+
+
+def check_outbox(s: AgentSettings, r: Report) -> None:
+    path = Path(s.outbox.path)
+    folder = path.parent
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        r.problems.append(SettingError("outbox.path", f"{path}: {existing} is not a directory"))
+        return
+    if existing == folder:
+        try:  # the one reliable test (root passes os.access; read-only mounts do not show in modes)
+            fd, probe = tempfile.mkstemp(dir=folder, prefix=".adgan-write-test-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            r.problems.append(SettingError("outbox.path", f"{path}: cannot write in {folder} ({e.strerror or e})"))
+            return
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        r.problems.append(SettingError("outbox.path", f"{path}: cannot create {folder} under {existing}"))
+        return
+    if path.exists():
+        if not path.is_file() or not os.access(path, os.R_OK | os.W_OK):
+            r.problems.append(SettingError("outbox.path", f"{path}: exists but is not a readable, writable file"))
+            return
+        try:
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+                db.execute("SELECT name FROM sqlite_master").fetchall()
+        except sqlite3.Error as e:
+            r.problems.append(SettingError("outbox.path", f"{path}: not an outbox database ({e})"))
+
+
+def check_source(s: AgentSettings, r: Report) -> None:
+    src = s.source
+    if src.type == "folder" and not Path(src.path).is_dir():
+        r.problems.append(SettingError("source.path", f"{src.path}: no such folder"))
+    if src.type == "realsense" and src.recording is not None and not Path(src.recording).is_file():
+        r.problems.append(SettingError("source.recording", f"{src.recording}: no such file"))
+    ref = s.segmentation.reference
+    if ref is not None and not Path(ref).is_file():
+        r.warnings.append(f"segmentation.reference: {ref} does not exist yet; until it is recorded with "
+                          "'adgan agent capture-reference', raw frames become error events")
+
+
+def check_secrets(s: AgentSettings, r: Report, config: str | Path | None) -> None:
+    mq = s.mqtt
+    if config is not None:
+        try:
+            doc = tomllib.loads(Path(config).read_text())
+        except (OSError, tomllib.TOMLDecodeError):
+            doc = {}
+        if isinstance(doc.get("mqtt"), dict) and "password" in doc["mqtt"]:
+            r.warnings.append(f"mqtt.password is written in {config}: keep it out of the file, in "
+                              "ADGAN_MQTT__PASSWORD or the systemd credential 'mqtt_password'")
+    if mq.password is not None and mq.tls_ca is None and not _is_loopback(mq.host):
+        r.warnings.append(f"mqtt.password is sent to {mq.host} without TLS (set mqtt.tls_ca): anyone on the "
+                          "network path can read it")
+
+
+def preflight(s: AgentSettings, config: str | Path | None = None) -> Report:
+    """Every check `run` makes before it starts, without opening engines, sockets or files
+    for writing."""
+    r = Report()
+    for check in (check_models, check_tls, check_outbox, check_source):
+        check(s, r)
+    check_secrets(s, r, config)
+    return r

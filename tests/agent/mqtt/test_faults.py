@@ -1,0 +1,377 @@
+"""The publisher and outbox under the faults an operator meets (issue 14): retained and
+oversized commands, message-id wrap, a full disk, a frozen and a killed broker, stale
+verdicts, and connection failures that must be said."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import stat
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from agent.mqtt.outbox import Outbox, SeqFile
+from agent.mqtt.publisher import MAX_COMMAND_BYTES, Publisher
+from tests.agent.conftest import Broker, Subscriber, free_port
+
+
+def events_received(msgs, topic="adgan/st1/events"):
+    return [json.loads(p)["event_id"] for t, p, _ in msgs if t == topic]
+
+
+def wait(pred, timeout=15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def send(port: int, topic: str, payload, retain=False) -> None:
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"cmd-{time.monotonic_ns()}")
+    c.connect("127.0.0.1", port, 5)
+    c.loop_start()
+    try:
+        c.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
+    finally:
+        c.disconnect()
+        c.loop_stop()
+
+
+@pytest.fixture
+def started(broker, tmp_path):
+    """A connected publisher with a class handler that records its payloads."""
+    got: list[bytes] = []
+    pub = Publisher("st1", Outbox(tmp_path / "outbox.sqlite"), port=broker.port, keepalive=5,
+                    commands={"class": got.append, "trigger": got.append})
+    pub.start()
+    assert pub.connected.wait(10)
+    yield pub, got
+    pub.stop()
+
+
+def test_a_retained_command_is_refused_and_does_not_come_back_on_reconnect(broker, tmp_path, caplog):
+    got: list[bytes] = []
+
+    def publisher():
+        p = Publisher("st1", Outbox(tmp_path / "outbox.sqlite"), port=broker.port, keepalive=5,
+                      commands={"class": got.append})
+        p.start()
+        assert p.connected.wait(10)
+        return p
+
+    pub = publisher()
+    try:
+        assert wait(lambda: pub.link["state"] == "connected")
+        time.sleep(0.3)                                           # subscribed
+        send(broker.port, "adgan/st1/class/set", "sphere", retain=True)   # live: a command like any other
+        send(broker.port, "adgan/st1/class/set", "cylinder")
+        assert wait(lambda: got == [b"sphere", b"cylinder"])
+    finally:
+        pub.stop()
+    for _ in range(2):                                            # the agent restarts, twice
+        pub = publisher()
+        try:
+            time.sleep(1.0)
+            assert got == [b"sphere", b"cylinder"], got           # the retained 'sphere' is not applied again
+            assert pub.counters["commands_refused"] == 1
+        finally:
+            pub.stop()
+    assert "retained" in caplog.text
+
+
+def test_oversized_commands_are_refused_with_a_short_log_line(broker, started, caplog):
+    pub, got = started
+    caplog.set_level(logging.WARNING)
+    for _ in range(3):
+        send(broker.port, "adgan/st1/class/set", b"x" * (5 << 20))
+    send(broker.port, "adgan/st1/class/set", b"x" * MAX_COMMAND_BYTES)
+    assert wait(lambda: got == [b"x" * MAX_COMMAND_BYTES], 30)
+    refusals = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert pub.counters["commands_refused"] == 3
+    assert len(refusals) == 1                       # rate-limited: once per 10 s per feature
+    assert len(refusals[0].getMessage()) < 300      # the payload is not written to the log
+
+
+def test_message_ids_that_wrap_do_not_acknowledge_an_event(broker, started):
+    """Status publishes (QoS 0) used to leave their ids behind as 'early acks'; after 65,535 of
+    them an event took a stale id and left the outbox without the broker having it."""
+    pub, _ = started
+    for i in range(66_000):
+        pub.publish_status({"n": i})
+    assert len(pub._early) == 0 and len(pub._inflight) <= 1
+    os.kill(broker.proc.pid, signal.SIGSTOP)        # frozen broker: nothing is acknowledged now
+    try:
+        pub.publish_event({"event_id": "e1", "seq": 1, "verdict": "ok"})
+        time.sleep(1.0)
+        assert len(pub.outbox) == 1                 # still waiting for the broker's PUBACK
+    finally:
+        os.kill(broker.proc.pid, signal.SIGCONT)
+    assert wait(lambda: len(pub.outbox) == 0)
+
+
+def test_events_in_flight_when_the_broker_dies_are_delivered_once(broker, tmp_path):
+    """Before: paho resent its own queue and on_connect republished the outbox, so every
+    event in flight at a disconnect arrived twice."""
+    sub = Subscriber(broker.port, "adgan/st1/events")
+    assert sub.subscribed.wait(10)
+    pub = Publisher("st1", Outbox(tmp_path / "outbox.sqlite"), port=broker.port, keepalive=5)
+    try:
+        pub.start()
+        assert pub.connected.wait(10)
+        for i in range(20):
+            pub.publish_event({"event_id": f"a{i}", "seq": i + 1, "verdict": "ok"})
+        assert sub.wait_for(lambda m: len(events_received(m)) == 20)
+        os.kill(broker.proc.pid, signal.SIGSTOP)
+        for i in range(40):                         # in flight: written to the socket, never acknowledged
+            pub.publish_event({"event_id": f"b{i}", "seq": 21 + i, "verdict": "ok"})
+        time.sleep(1.0)
+        assert len(pub.outbox) == 40
+        broker.proc.kill()
+        broker.proc.wait(5)
+        broker.proc = None
+        broker.start()
+        assert sub.subscribed.wait(15)
+        want = {f"a{i}" for i in range(20)} | {f"b{i}" for i in range(40)}
+        assert sub.wait_for(lambda m: set(events_received(m)) == want, 30), len(set(events_received(sub.messages)))
+        assert wait(lambda: len(pub.outbox) == 0)
+        time.sleep(1.0)
+        got = events_received(sub.messages)
+        assert len(got) == len(set(got)) == 60      # no duplicates
+    finally:
+        pub.stop()
+        sub.close()
+
+
+def test_verdicts_are_not_replayed_after_an_outage(broker, tmp_path):
+    sub = Subscriber(broker.port, "adgan/st1/#")
+    assert sub.subscribed.wait(10)
+    pub = Publisher("st1", Outbox(tmp_path / "outbox.sqlite"), port=broker.port, keepalive=5, verdict_max_age_s=1.0)
+    try:
+        pub.start()
+        assert pub.connected.wait(10)
+        pub.publish_event({"event_id": "live", "seq": 1, "verdict": "anomaly"})
+        assert sub.wait_for(lambda m: ("adgan/st1/verdict", b"NG", False) in m)
+        broker.stop()
+        assert wait(lambda: not pub.connected.is_set())
+        for i in range(30):                         # decided during the outage
+            pub.publish_event({"event_id": f"o{i}", "seq": 2 + i, "verdict": "ok" if i % 2 else "anomaly"})
+        time.sleep(1.5)                             # older than verdict_max_age_s when the broker returns
+        n_before = len(sub.messages)
+        broker.start()
+        assert sub.subscribed.wait(15)
+        assert sub.wait_for(lambda m: len(events_received(m)) == 31, 30)
+        late = [p for t, p, r in sub.messages[n_before:] if t == "adgan/st1/verdict" and not r]
+        assert late == []                           # none of the 30 stale verdicts
+        assert pub.counters["verdicts_skipped"] == 30
+        pub.publish_event({"event_id": "fresh", "seq": 40, "verdict": "ok"})
+        assert sub.wait_for(lambda m: ("adgan/st1/verdict", b"OK", False) in m[n_before:])
+    finally:
+        pub.stop()
+        sub.close()
+
+
+# -- a full disk: a real, small tmpfs ------------------------------------------------------
+@pytest.fixture
+def small_fs(tmp_path):
+    mnt = tmp_path / "fs"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def fill(folder: Path) -> Path:
+    """Fill the file system with one file until it says ENOSPC."""
+    f = folder / "filler"
+    with open(f, "wb", buffering=0) as fh:
+        for block in (65536, 4096, 512):
+            try:
+                while True:
+                    fh.write(b"\0" * block)
+            except OSError:
+                pass
+    return f
+
+
+def test_a_full_disk_loses_no_event_and_seq_never_repeats(broker, small_fs, caplog):
+    sub = Subscriber(broker.port, "adgan/st1/events")
+    assert sub.subscribed.wait(10)
+    ob = Outbox(small_fs / "outbox.sqlite")
+    pub = Publisher("st1", ob, port=broker.port, keepalive=5)
+    produced, seqs = [], []
+
+    def produce(n):
+        for _ in range(n):
+            seq = ob.next_seq()
+            eid = f"e{seq}"
+            pub.publish_event({"event_id": eid, "seq": seq, "verdict": "ok", "pad": "x" * 800})
+            produced.append(eid)
+            seqs.append(seq)
+
+    try:
+        pub.start()
+        assert pub.connected.wait(10)
+        produce(20)
+        assert sub.wait_for(lambda m: len(events_received(m)) == 20)
+        filler = fill(small_fs)
+        broker.stop()                               # and the broker goes away while the disk is full
+        produce(300)
+        st = ob.status()
+        assert st["unsaved"] > 0 and "full" in (st["error"] or ""), st
+        assert st["dropped"] == 0
+        assert "cannot rollback" not in caplog.text
+        filler.unlink()                             # space again
+        produce(5)
+        assert wait(lambda: ob.status()["unsaved"] == 0, 10), ob.status()
+        assert ob.status()["error"] is None
+        broker.start()
+        assert sub.subscribed.wait(15)
+        assert sub.wait_for(lambda m: set(produced) <= set(events_received(m)), 30), \
+            len(set(produced) - set(events_received(sub.messages)))
+        assert wait(lambda: len(ob) == 0)
+    finally:
+        pub.stop()
+        sub.close()
+    assert seqs == list(range(1, len(produced) + 1))   # never repeats, never goes back
+    ob.close()
+    again = Outbox(small_fs / "outbox.sqlite")
+    assert again.next_seq() == len(produced) + 1       # and goes on after a restart
+    again.close()
+
+
+def test_the_sequence_file_survives_a_full_disk_and_a_torn_slot(small_fs):
+    s = SeqFile(small_fs / "o.seq")
+    s.set(5)
+    filler = fill(small_fs)
+    for v in range(6, 50):
+        s.set(v)                                    # in place: no new blocks needed
+    s.close()
+    filler.unlink()
+    assert SeqFile(small_fs / "o.seq").value == 49
+    with open(small_fs / "o.seq", "r+b") as f:      # a torn write of the newest slot
+        f.seek(0 if SeqFile(small_fs / "o.seq")._next_slot == 1 else 16)
+        f.write(b"\xff" * 16)
+    assert SeqFile(small_fs / "o.seq").value == 48  # the other slot: one behind, never garbage
+    with pytest.raises(ValueError, match="never goes backwards"):
+        SeqFile(small_fs / "o.seq").set(3)
+
+
+def test_outbox_files_are_private(tmp_path):
+    ob = Outbox(tmp_path / "box" / "outbox.sqlite")
+    ob.put("e1", "t", b"x")
+    ob.next_seq()
+    for p in (tmp_path / "box" / "outbox.sqlite", tmp_path / "box" / "outbox.sqlite.seq"):
+        assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
+    assert stat.S_IMODE((tmp_path / "box").stat().st_mode) == 0o700
+    ob.close()
+
+
+# -- why the link is down: said once per change ---------------------------------------------
+def link_after(pub: Publisher, states: set[str], timeout=15.0) -> dict:
+    pub.start()
+    try:
+        assert wait(lambda: pub.link["state"] in states, timeout), pub.link
+        return dict(pub.link)
+    finally:
+        pub.stop(1)
+
+
+def test_a_broker_that_is_down_is_said_once(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    port = free_port()
+    pub = Publisher("st1", Outbox(tmp_path / "o.sqlite"), port=port)
+    pub.start()
+    try:
+        assert wait(lambda: pub.link["state"] == "refused")
+        time.sleep(3.5)                             # paho retries every 1-2 s meanwhile
+    finally:
+        pub.stop(1)
+    lines = [r.getMessage() for r in caplog.records if "refused the connection" in r.getMessage()]
+    assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0], lines
+
+
+def test_an_unresolvable_host_is_said(tmp_path):
+    link = link_after(Publisher("st1", Outbox(tmp_path / "o.sqlite"), host="no-such-broker.invalid", port=1883),
+                      {"unresolvable"})
+    assert "no-such-broker.invalid" in link["reason"]
+
+
+def _openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture
+def tls_files(tmp_path):
+    import shutil
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is needed (make install)")
+    d = tmp_path / "tls"
+    d.mkdir()
+    for ca in ("ca", "other"):
+        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{ca}.key", "-out", f"{ca}.crt",
+                 "-days", "2", "-subj", f"/CN=adgan {ca} CA", cwd=d)
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+             "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", cwd=d)
+    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", "server.crt", "-days", "2", "-copy_extensions", "copy", cwd=d)
+    return d
+
+
+@pytest.fixture
+def tls_only_broker(tmp_path, tls_files):
+    port = free_port()
+    b = Broker(tmp_path, port)
+    d = tls_files
+    b.conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\ncafile {d / 'ca.crt'}\n"
+                      f"certfile {d / 'server.crt'}\nkeyfile {d / 'server.key'}\npersistence false\n"
+                      + ("user root\n" if os.geteuid() == 0 else ""))
+    b.start()
+    yield b, d
+    b.stop()
+
+
+def test_tls_failures_are_said(tls_only_broker, tmp_path):
+    b, d = tls_only_broker
+    wrong_ca = link_after(Publisher("st1", Outbox(tmp_path / "1.sqlite"), port=b.port,
+                                    tls_ca=str(d / "other.crt")), {"tls"})
+    assert wrong_ca["reason"].startswith(f"TLS verification of 127.0.0.1:{b.port} failed"), wrong_ca
+    mismatch = link_after(Publisher("st1", Outbox(tmp_path / "2.sqlite"), host="localhost", port=b.port,
+                                    tls_ca=str(d / "ca.crt")), {"tls"})
+    assert "mismatch" in mismatch["reason"].lower() or "localhost" in mismatch["reason"], mismatch
+    plain = link_after(Publisher("st1", Outbox(tmp_path / "3.sqlite"), port=b.port), {"closed"})
+    assert "TLS port" in plain["reason"], plain
+    ok = link_after(Publisher("st1", Outbox(tmp_path / "4.sqlite"), port=b.port, tls_ca=str(d / "ca.crt")),
+                    {"connected"})
+    assert "TLS" in ok["reason"]
+
+
+def test_a_wrong_password_is_an_authorisation_failure(tmp_path):
+    import shutil
+    if not shutil.which("mosquitto_passwd"):
+        pytest.skip("mosquitto_passwd is needed (make install)")
+    port = free_port()
+    b = Broker(tmp_path, port)
+    pw = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(pw), "station", "right"], check=True, capture_output=True)
+    pw.chmod(0o600)
+    b.conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {pw}\npersistence false\n"
+                      + ("user root\n" if os.geteuid() == 0 else ""))
+    b.start()
+    try:
+        link = link_after(Publisher("st1", Outbox(tmp_path / "o.sqlite"), port=port, username="station",
+                                    password="wrong"), {"auth"})
+        assert "refused" in link["reason"]
+    finally:
+        b.stop()
