@@ -96,11 +96,14 @@ def check_outbox(s: AgentSettings, r: Report) -> None:
 
 
 def check_source(s: AgentSettings, r: Report) -> None:
+    # A source that is not there yet is retried by `run` with backoff (a camera plugged in
+    # later), so it is a warning here too, not a refusal.
     src = s.source
     if src.type == "folder" and not Path(src.path).is_dir():
-        r.problems.append(SettingError("source.path", f"{src.path}: no such folder"))
+        r.warnings.append(f"source.path: {src.path} is not a folder (yet); the agent retries it with backoff")
     if src.type == "realsense" and src.recording is not None and not Path(src.recording).is_file():
-        r.problems.append(SettingError("source.recording", f"{src.recording}: no such file"))
+        r.warnings.append(f"source.recording: {src.recording} does not exist (yet); the agent retries it with "
+                          "backoff")
     ref = s.segmentation.reference
     if ref is not None and not Path(ref).is_file():
         r.warnings.append(f"segmentation.reference: {ref} does not exist yet; until it is recorded with "

@@ -342,7 +342,7 @@ class Agent:
                 "uptime_s": round(time.time() - self.started, 1), "expected_class": self.expected,
                 "trigger": self.s.trigger.mode, "counters": c,
                 "stage_seconds": {k: round(v, 3) for k, v in self.stage_s.items()},
-                "outbox": self.outbox.status() if self.outbox else {},
+                "outbox": self.outbox.status() if self.outbox is not None else {"depth": 0},
                 "mqtt_connected": bool(self.publisher and self.publisher.connected.is_set()),
                 "mqtt": ({**self.publisher.link, "since": utc_iso(self.publisher.link["since"]),
                           **self.publisher.counters} if self.publisher else {}),

@@ -134,3 +134,57 @@ def test_mqtt_trigger_and_class_switch(broker, two_classes, synth_data, tmp_path
     assert (second["expected_class"], second["model"]["class"]) == ("cylinder", "cylinder")
     assert first["trigger"] == second["trigger"] == "mqtt"
     assert [first["source"]["frame"], second["source"]["frame"]] == [0, 1]  # a replay advances per request
+
+
+def test_a_retained_class_command_does_not_switch_on_restart_and_a_trigger_burst_is_one(broker, two_classes,
+                                                                                        synth_data, tmp_path):
+    sphere, cyl, th = two_classes
+    src = f'type = "folder"\npath = "{synth_data / "test" / "cylinder"}"\nfps = 0\nloop = true'
+    cfg = agent_config(tmp_path, broker.port, sphere, th, src, trigger="mqtt")
+    cfg.write_text(cfg.read_text().replace(f'bundles = {{ sphere = "{sphere}" }}',
+                                           f'bundles = {{ sphere = "{sphere}", cylinder = "{cyl}" }}'))
+    sub = Subscriber(broker.port, "adgan/st1/#")
+    assert sub.subscribed.wait(10)
+    cmd = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="plc")
+    cmd.connect("127.0.0.1", broker.port)
+    cmd.loop_start()
+
+    def state(feature):
+        vals = [p for t, p, _ in sub.messages if t == f"adgan/st1/{feature}/state"]
+        return vals[-1] if vals else None
+
+    agent = AgentProcess(cfg, tmp_path / "agent.log")
+    try:
+        assert sub.wait_for(lambda m: state("class") == b"sphere", timeout=60), agent.output()
+        cmd.publish("adgan/st1/class/set", "cylinder", qos=1, retain=True).wait_for_publish(5)  # an accident
+        assert sub.wait_for(lambda m: state("class") == b"cylinder"), agent.output()  # live: a command
+        cmd.publish("adgan/st1/class/set", "sphere", qos=1).wait_for_publish(5)
+        assert sub.wait_for(lambda m: state("class") == b"sphere"), agent.output()
+        for _ in range(300):                               # a burst: one request waits, the rest coalesce
+            cmd.publish("adgan/st1/trigger/set", "go", qos=0)
+        assert sub.wait_for(lambda m: len(events(sub)) >= 1), agent.output()
+        time.sleep(3.0)
+        done = len(events(sub))
+        assert 1 <= done <= 30, done                       # not 300 queued inspections
+
+        def coalesced(m):
+            st = [json.loads(p) for t, p, _ in m if t == "adgan/st1/status"]
+            return st and st[-1]["counters"]["triggers_coalesced"] + st[-1]["counters"]["events"] == 300
+        assert sub.wait_for(coalesced), agent.output()
+        assert agent.terminate(30) == 0
+    finally:
+        agent.stop()
+    n = len(sub.messages)
+    agent = AgentProcess(cfg, tmp_path / "agent2.log")     # restart: the retained 'cylinder' comes back
+    try:
+        assert sub.wait_for(lambda m: any(t == "adgan/st1/class/state" for t, _, _ in m[n:]), 60), agent.output()
+        time.sleep(1.5)
+        assert state("class") == b"sphere", agent.output()
+        assert "switched" not in agent.output() and "retained" in agent.output()
+        assert agent.terminate(30) == 0
+    finally:
+        agent.stop()
+        cmd.publish("adgan/st1/class/set", b"", qos=1, retain=True).wait_for_publish(5)
+        cmd.loop_stop()
+        cmd.disconnect()
+        sub.close()

@@ -1,0 +1,133 @@
+"""`validate-config` makes every check `run` makes before its loop, and both exit 2 naming the
+setting and the file (issue 14, item 5); thresholds are bound to their engine (item 10)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from adgan.cli import main
+from tests.agent.conftest import agent_config
+
+
+def validate(cfg, capsys) -> tuple[int, str]:
+    rc = main(["agent", "validate-config", "--config", str(cfg), "--env-file", "/nonexistent"])
+    return rc, capsys.readouterr().err
+
+
+def run(cfg, capsys) -> tuple[int, str]:
+    rc = main(["agent", "run", "--config", str(cfg), "--env-file", "/nonexistent"])
+    return rc, capsys.readouterr().err
+
+
+def in_mqtt(cfg, text: str):
+    cfg.write_text(cfg.read_text().replace("[mqtt]\n", f"[mqtt]\n{text}\n"))
+    return cfg
+
+
+SRC = 'type = "synthetic"\ncount = 1'
+
+
+def test_a_valid_configuration_passes(calibrated, tmp_path, capsys):
+    bundle, thresholds = calibrated
+    rc, err = validate(agent_config(tmp_path, 1, bundle, thresholds, SRC), capsys)
+    assert rc == 0, err
+
+
+def test_a_tampered_bundle_is_refused_by_both_naming_the_bundle(calibrated, tmp_path, capsys):
+    bundle, thresholds = calibrated
+    bad = tmp_path / "bundle"
+    shutil.copytree(bundle, bad)
+    onnx = next(bad.glob("*.onnx"))
+    onnx.write_bytes(onnx.read_bytes()[:-1] + b"\0")
+    cfg = agent_config(tmp_path, 1, bad, thresholds, SRC)
+    for call in (validate, run):
+        rc, err = call(cfg, capsys)
+        assert rc == 2 and "model.bundles.sphere" in err and str(bad) in err and "Traceback" not in err, err
+
+
+def test_a_missing_bundle_names_the_setting_and_the_path(calibrated, tmp_path, capsys):
+    _, thresholds = calibrated
+    cfg = agent_config(tmp_path, 1, tmp_path / "nowhere", thresholds, SRC)
+    for call in (validate, run):
+        rc, err = call(cfg, capsys)
+        assert rc == 2 and "model.bundles.sphere" in err and str(tmp_path / "nowhere") in err, err
+
+
+def test_thresholds_of_another_bundle_a_seed_or_an_engine_mismatch(calibrated, bundles, tmp_path, capsys):
+    bundle, thresholds = calibrated
+    rc, err = validate(agent_config(tmp_path, 1, bundles[("all", "mse")], thresholds, SRC), capsys)
+    assert rc == 2 and "model.thresholds" in err and "recalibrate" in err, err
+    rc, err = validate(_with_seed(agent_config(tmp_path, 1, bundle, thresholds, SRC), 7), capsys)
+    assert rc == 2 and "model.seed" in err, err
+    doc = json.loads(thresholds.read_text())
+    doc["classes"]["sphere"]["engine"] = "tensorrt/fp16"
+    other = tmp_path / "thresholds-trt.json"
+    other.write_text(json.dumps(doc))
+    cfg = agent_config(tmp_path, 1, bundle, other, SRC)
+    for call in (validate, run):
+        rc, err = call(cfg, capsys)
+        assert rc == 2 and "model.backend" in err and "tensorrt/fp16" in err and \
+            "onnxruntime/CPUExecutionProvider" in err, err
+
+
+def _with_seed(cfg, seed: int):
+    cfg.write_text(cfg.read_text().replace("[model]\n", f"[model]\nseed = {seed}\n"))
+    return cfg
+
+
+def test_calibrate_records_the_engine(calibrated):
+    _, thresholds = calibrated
+    rec = json.loads(thresholds.read_text())["classes"]["sphere"]
+    assert rec["engine"] == "onnxruntime/CPUExecutionProvider"
+
+
+def test_tls_files_that_are_missing_unreadable_or_not_certificates(calibrated, tmp_path, capsys):
+    bundle, thresholds = calibrated
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
+    for ca in (tmp_path / "missing.pem", garbage):
+        cfg = in_mqtt(agent_config(tmp_path, 1, bundle, thresholds, SRC), f'tls_ca = "{ca}"')
+        for call in (validate, run):
+            rc, err = call(cfg, capsys)
+            assert rc == 2 and "mqtt.tls_ca" in err and str(ca) in err and "Traceback" not in err, err
+
+
+def test_an_outbox_that_cannot_be_written(calibrated, tmp_path, capsys):
+    bundle, thresholds = calibrated
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    cfg = agent_config(tmp_path, 1, bundle, thresholds, SRC)
+    cfg.write_text(cfg.read_text().replace(str(tmp_path / "outbox.sqlite"), str(blocker / "outbox.sqlite")))
+    rc, err = validate(cfg, capsys)
+    assert rc == 2 and "outbox.path" in err and str(blocker) in err, err
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)],
+                                           capture_output=True).returncode:
+        return  # a read-only file system needs root to mount; the first case stands
+    try:
+        cfg.write_text(cfg.read_text().replace(str(blocker / "outbox.sqlite"), str(ro / "outbox.sqlite")))
+        for call in (validate, run):
+            rc, err = call(cfg, capsys)
+            assert rc == 2 and "outbox.path" in err and "Read-only" in err, err
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], capture_output=True)
+
+
+def test_a_password_in_the_file_or_without_tls_is_warned_about(calibrated, tmp_path, capsys):
+    bundle, thresholds = calibrated
+    cfg = in_mqtt(agent_config(tmp_path, 1, bundle, thresholds, SRC), 'username = "u"\npassword = "pw-in-file"')
+    rc, err = validate(cfg, capsys)
+    assert rc == 0 and "mqtt.password is written in" in err and "pw-in-file" not in err, err
+    cfg = in_mqtt(agent_config(tmp_path, 1, bundle, thresholds, SRC), 'username = "u"')
+    cfg.write_text(cfg.read_text().replace('host = "127.0.0.1"', 'host = "broker.example"'))
+    os.environ["ADGAN_MQTT__PASSWORD"] = "secret-env"
+    try:
+        rc, err = validate(cfg, capsys)
+    finally:
+        del os.environ["ADGAN_MQTT__PASSWORD"]
+    assert rc == 0 and "without TLS" in err and "secret-env" not in err, err
