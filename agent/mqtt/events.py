@@ -57,8 +57,10 @@ class AnomalyMap(_Doc):
 
 class Event(_Doc):
     schema_version: Literal[1] = Field(EVENT_SCHEMA_VERSION, description="version of this document")
-    event_id: str = Field(min_length=1, description="unique id; a resend after an outage carries the same id")
-    seq: int = Field(ge=1, description="per-station sequence number, increasing across restarts")
+    event_id: str = Field(min_length=1, description="unique id; a resend carries the same id. Delivery is at least "
+                                                    "once (at most once per connection): consumers deduplicate on it")
+    seq: int = Field(ge=1, description="per-station sequence number: never repeats and never goes backwards, across "
+                                       "restarts, kills and disk errors")
     station: str = Field(description="station id")
     captured_at: str = Field(description="UTC time the frame was taken (ISO 8601)")
     decided_at: str = Field(description="UTC time the verdict was made (ISO 8601)")
@@ -90,7 +92,9 @@ def json_schema() -> dict[str, Any]:
     s["$id"] = "https://github.com/adgan-edge/adgan-edge/agent/mqtt/event.schema.json"
     s["title"] = "adgan-edge inspection event"
     s["description"] = ("One JSON document per inspected object on adgan/<station>/events (QoS 1). "
-                        "Delivered at least once: deduplicate on event_id.")
+                        "Delivered at least once, in seq order, each event_id at most once per connection: "
+                        "deduplicate on event_id. The bare OK/NG on .../verdict is live only (never replayed "
+                        "after an outage); this document is the record.")
     return s
 
 

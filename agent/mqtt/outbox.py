@@ -120,6 +120,7 @@ class Outbox:
         self.store_failures = 0                    # writes that failed (events held in memory instead)
         self.seq_failures = 0                      # sequence numbers that could not be stored
         self.last_error: str | None = None         # the last storage error, None once writes succeed again
+        self._said: str | None = None              # the cause last logged
         self._memory: OrderedDict[str, Pending] = OrderedDict()  # events not yet written to disk
         self._acked_unsynced: set[str] = set()     # acknowledged, but the delete did not reach the disk
         self._dropped_unsynced = False
@@ -128,16 +129,18 @@ class Outbox:
 
     # -- storage errors ------------------------------------------------------------------
     def _failed(self, what: str, e: Exception) -> None:
-        msg = f"{what}: {type(e).__name__}: {e}"
-        if msg != self.last_error:
-            log.error("outbox %s cannot be written (%s); events are held in memory (%d) until it can",
-                      self.path, msg, len(self._memory))
-        self.last_error = msg
+        cause = f"{type(e).__name__}: {e}"
+        if cause != self._said:  # once per change of cause, not once per retry or operation
+            log.error("outbox %s cannot be written (%s: %s); events are held in memory until it can",
+                      self.path, what, cause)
+            self._said = cause
+        self.last_error = f"{what}: {cause}"
 
     def _recovered(self) -> None:
         if self.last_error is not None:
-            log.warning("outbox %s is writable again; events held in memory are stored", self.path)
-        self.last_error = None
+            log.warning("outbox %s is writable again; %d events held in memory are stored", self.path,
+                        len(self._memory))
+        self.last_error = self._said = None
 
     def _transaction(self, statements) -> None:
         """Run `statements(db)` in one write transaction; on error roll back (if SQLite has not
@@ -281,6 +284,11 @@ class Outbox:
     def unsaved(self) -> int:
         """Events held in memory only (the disk failed)."""
         return len(self._memory)
+
+    @property
+    def needs_sync(self) -> bool:
+        """Something waits to be written: held events, deletes or the drop counter."""
+        return bool(self._memory or self._acked_unsynced or self._dropped_unsynced)
 
     def status(self) -> dict:
         """Depth, what is held in memory only, what was dropped, and the storage error if any."""

@@ -264,7 +264,7 @@ class Publisher:
                 self._stopping.wait(1.0)
 
     def _pump_once(self) -> None:
-        if self.outbox.unsaved:
+        if self.outbox.needs_sync:
             self.outbox.sync()
         self._expire_fresh()
         while self.connected.is_set() and not self._stopping.is_set():

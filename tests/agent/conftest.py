@@ -48,6 +48,19 @@ class Broker:
             self.proc = None
 
 
+def fill_file_system(folder: Path) -> Path:
+    """Fill the file system under `folder` with one file, to the last block (ENOSPC)."""
+    f = folder / "filler"
+    with open(f, "wb", buffering=0) as fh:
+        for block in (1 << 20, 65536, 4096, 512):
+            try:
+                while True:
+                    fh.write(b"\0" * block)
+            except OSError:
+                pass
+    return f
+
+
 @pytest.fixture
 def broker(tmp_path):
     if not (shutil.which("mosquitto") or shutil.which("/usr/sbin/mosquitto")):

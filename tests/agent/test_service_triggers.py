@@ -188,3 +188,13 @@ def test_a_retained_class_command_does_not_switch_on_restart_and_a_trigger_burst
         cmd.loop_stop()
         cmd.disconnect()
         sub.close()
+
+
+def test_command_requests_beyond_max_pending_are_coalesced():
+    from agent.trigger import CommandTrigger
+    t = CommandTrigger(max_pending=2)
+    assert [t.request() for _ in range(5)] == [True, True, False, False, False]
+    assert t.take(0) and t.take(0) and not t.take(0)
+    assert t.request()
+    with pytest.raises(ValueError, match="max_pending"):
+        CommandTrigger(0)

@@ -11,14 +11,13 @@ import stat
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
 
 from agent.mqtt.outbox import Outbox, SeqFile
 from agent.mqtt.publisher import MAX_COMMAND_BYTES, Publisher
-from tests.agent.conftest import Broker, Subscriber, free_port
+from tests.agent.conftest import Broker, Subscriber, fill_file_system, free_port
 
 
 def events_received(msgs, topic="adgan/st1/events"):
@@ -192,19 +191,6 @@ def small_fs(tmp_path):
     subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
-def fill(folder: Path) -> Path:
-    """Fill the file system with one file until it says ENOSPC."""
-    f = folder / "filler"
-    with open(f, "wb", buffering=0) as fh:
-        for block in (65536, 4096, 512):
-            try:
-                while True:
-                    fh.write(b"\0" * block)
-            except OSError:
-                pass
-    return f
-
-
 def test_a_full_disk_loses_no_event_and_seq_never_repeats(broker, small_fs, caplog):
     sub = Subscriber(broker.port, "adgan/st1/events")
     assert sub.subscribed.wait(10)
@@ -225,7 +211,7 @@ def test_a_full_disk_loses_no_event_and_seq_never_repeats(broker, small_fs, capl
         assert pub.connected.wait(10)
         produce(20)
         assert sub.wait_for(lambda m: len(events_received(m)) == 20)
-        filler = fill(small_fs)
+        filler = fill_file_system(small_fs)
         broker.stop()                               # and the broker goes away while the disk is full
         produce(300)
         st = ob.status()
@@ -254,7 +240,7 @@ def test_a_full_disk_loses_no_event_and_seq_never_repeats(broker, small_fs, capl
 def test_the_sequence_file_survives_a_full_disk_and_a_torn_slot(small_fs):
     s = SeqFile(small_fs / "o.seq")
     s.set(5)
-    filler = fill(small_fs)
+    filler = fill_file_system(small_fs)
     for v in range(6, 50):
         s.set(v)                                    # in place: no new blocks needed
     s.close()
