@@ -21,6 +21,7 @@ from agent.sources.folder import (FolderSource, class_folders, frame_numbers, pa
                                   read_sample, write_preprocessing, write_raw_frame, write_sample)
 from agent.sources.synthetic import CLASSES, DEFECTS, SyntheticSource, SyntheticStation
 from agent.visual import depth_view, label, sample_grid, write_png
+from calibration.damage import add_damage_parser
 
 log = logging.getLogger(__name__)
 
@@ -354,6 +355,8 @@ def add_parser(sub) -> None:
     q.add_argument("--max-depth", type=int, default=700, help="background beyond this depth in mm (default 700)")
     q.add_argument("--roi", type=_roi, default=None, help="x,y,w,h region of interest in pixels")
     q.set_defaults(func=cmd_segment_preview)
+
+    add_damage_parser(ds)
 
     q = ds.add_parser("info", help="count samples and check ranges per class folder")
     q.add_argument("dir")

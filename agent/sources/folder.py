@@ -203,6 +203,21 @@ def write_sample(folder: Path, n: int, sample: Sample, jpeg_quality: int = 95) -
     _imwrite(folder / "depth" / f"{n}.png", sample.depth)
 
 
+def write_mask(folder: Path, n: int, mask: np.ndarray) -> None:
+    """Write a ground-truth defect mask beside a sample: mask/N.png, 255 where damaged."""
+    (folder / "mask").mkdir(parents=True, exist_ok=True)
+    _imwrite(folder / "mask" / f"{n}.png", mask.astype(np.uint8) * 255)
+
+
+def read_mask(folder: Path, n: int) -> np.ndarray:
+    """The ground-truth defect mask of sample n (True where damaged)."""
+    p = Path(folder) / "mask" / f"{n}.png"
+    m = cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)
+    if m is None:
+        raise FileNotFoundError(f"{p}: no ground-truth mask")
+    return m > 127
+
+
 def write_raw_frame(folder: Path, n: int, frame: RGBDFrame) -> None:
     """Write an RGBDFrame in the raw layout (lossless RGB, 16-bit depth, metadata)."""
     for sub in ("rgb", "depth", "meta"):

@@ -1,0 +1,100 @@
+"""`adgan dataset damage`: local defects made from the part's own mask, with ground truth."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from adgan.cli import main
+from agent.frame import Sample
+from agent.sources.folder import frame_numbers, read_mask, read_sample
+from calibration.damage import DAMAGE_DEFECTS, DamageError, RADIUS, damage_rng, make_defect, part_mask
+
+
+def disc_part(size=64, r=14, with_line=True) -> Sample:
+    """A round part (depth 100-140, brown) and, like the paper's frames, a 1-pixel line of
+    table edge touching it."""
+    yy, xx = np.mgrid[:size, :size]
+    m = (xx - 30) ** 2 + (yy - 32) ** 2 <= r * r
+    rgb = np.zeros((size, size, 3), np.uint8)
+    rgb[m] = (150, 110, 70)
+    depth = np.zeros((size, size), np.uint8)
+    depth[m] = (100 + 40 * (xx[m] - 16) / 28).astype(np.uint8)
+    if with_line:
+        depth[32, 44:63] = 200
+        rgb[32, 44:63] = 255
+    return Sample(rgb=rgb, depth=depth)
+
+
+def test_the_part_is_the_object_without_the_lines_that_touch_it():
+    s = disc_part()
+    m = part_mask(s)
+    assert not m[32, 50:63].any()                      # the table-edge line is not part of the part
+    assert abs(int(m.sum()) - int(np.pi * 14 ** 2)) < 40
+
+
+@pytest.mark.parametrize("defect", DAMAGE_DEFECTS)
+def test_each_defect_is_local_sized_from_the_part_and_visible(defect):
+    s = disc_part()
+    area = int(part_mask(s).sum())
+    for n in range(5):
+        bad, gt, p = make_defect(s, defect, damage_rng(3, "disc", defect, n))
+        changed = (np.abs(bad.rgb.astype(int) - s.rgb).max(axis=2) > 0) | (bad.depth != s.depth)
+        assert gt.any()
+        assert not (changed & ~gt).any(), f"{defect}: pixels changed outside the ground truth"
+        lo, hi = RADIUS[defect]
+        R = np.sqrt(area / np.pi)
+        assert lo * R <= p["radius"] <= hi * R
+        assert 0.01 * area <= gt.sum() <= 0.5 * area, (defect, gt.sum(), area)  # local damage
+        assert not gt[32, 50:63].any()                 # never on the line of table edge
+        diff = np.abs(bad.rgb.astype(int) - s.rgb).mean(axis=2) + np.abs(bad.depth.astype(int) - s.depth)
+        assert diff[gt].mean() > 10, f"{defect} is barely visible: {diff[gt].mean():.1f}"
+    if defect == "chunk":
+        assert (bad.depth[gt] == 0).all()              # removed, like background
+    if defect == "foreign":
+        assert (gt & ~part_mask(s)).any()              # it sticks out of the part
+
+
+def test_a_speck_is_too_small_to_damage():
+    s = disc_part(r=2, with_line=False)
+    with pytest.raises(DamageError, match="too small"):
+        make_defect(s, "hole", np.random.default_rng(0))
+
+
+def test_damage_on_the_papers_frames_is_deterministic_and_intact_copies_share_the_encoding(paper_data, tmp_path,
+                                                                                           capsys):
+    out, again, other = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    args = ["dataset", "damage", str(paper_data / "sphere"), "--frames", "600:606", "--defects", "chunk,stain,dent"]
+    assert main(args + ["--out", str(out), "--seed", "4", "--quiet"]) == 0
+    assert "sphere_stain: " in capsys.readouterr().out
+    assert main(args + ["--out", str(again), "--seed", "4", "--quiet"]) == 0
+    assert main(args + ["--out", str(other), "--seed", "5", "--quiet"]) == 0
+    names = {p.name for p in out.iterdir() if p.is_dir()}
+    assert names == {"sphere", "sphere_chunk", "sphere_stain", "sphere_dent"}
+    frames = frame_numbers(out / "sphere")
+    assert frames and all(frame_numbers(out / n) == frames for n in names)
+    same = all((out / n / "rgb" / f"{f}.jpg").read_bytes() == (again / n / "rgb" / f"{f}.jpg").read_bytes()
+               for n in names for f in frames)
+    assert same                                        # deterministic by seed
+    assert any(not np.array_equal(read_mask(out / "sphere_stain", f), read_mask(other / "sphere_stain", f))
+               for f in frames)                        # another seed, other defects
+    for f in frames:
+        intact, bad = read_sample(out / "sphere", f), read_sample(out / "sphere_dent", f)
+        gt = read_mask(out / "sphere_dent", f)
+        assert gt.any()
+        far = ~cv2.dilate(gt.astype(np.uint8), np.ones((17, 17), np.uint8)).astype(bool)
+        # the same encoding: away from the defect (beyond a JPEG block) the twins are the same pixels
+        assert np.abs(intact.rgb.astype(int) - bad.rgb)[far].max() <= 2
+        assert np.array_equal(intact.depth[~gt], bad.depth[~gt])
+        src = read_sample(paper_data / "sphere", f)
+        assert np.array_equal(intact.depth, src.depth)
+    doc = json.loads((out / "damage.json").read_text())
+    assert doc["seed"] == 4 and set(doc["samples"]["sphere_chunk"]) == {str(f) for f in frames}
+
+
+def test_bad_defect_names_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["dataset", "damage", str(tmp_path), "--out", str(tmp_path / "o"), "--defects", "chunk,scratch"])
+    assert e.value.code == 2 and "scratch" in capsys.readouterr().err
