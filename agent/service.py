@@ -13,7 +13,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from agent.decide.anomaly_map import encode_map, heat
+from agent.decide.anomaly_map import encode_map, heat, hot_box
 from agent.decide.inspector import ClassModel, load_models
 from agent.frame import FrameError, NoObjectError, RGBDFrame, Sample
 from agent.health import Counters, SourceHealth, SystemdNotifier, timed
@@ -285,11 +285,16 @@ class Agent:
         except (ValueError, RuntimeError) as e:
             self._error(work, f"scoring failed: {e}", inspection=True, model=model)
             return
-        amap = None
-        if d.verdict == "anomaly" and self.s.model.anomaly_map:
+        amap = box = None
+        if d.verdict == "anomaly":
             with timed(work, "publish_ms"):
-                amap = encode_map(heat(x, d.reconstruction))
-        self._emit(work, d.verdict, model=model, score=d.score, threshold=d.threshold, anomaly_map=amap)
+                h = heat(x, d.reconstruction)
+                crop = sample.meta.get("crop")
+                box = hot_box(h, tuple(crop) if crop is not None else None)
+                if self.s.model.anomaly_map:
+                    amap = encode_map(h)
+        self._emit(work, d.verdict, model=model, score=d.score, threshold=d.threshold, anomaly_map=amap,
+                   anomaly_box=box)
 
     def _account(self, work: Work) -> None:
         for stage in ("capture", "segment", "score", "publish"):
@@ -312,7 +317,8 @@ class Agent:
         self._last_error = reason
 
     def _emit(self, work: Work, verdict: str, model: ClassModel | None = None, score: float | None = None,
-              threshold: float | None = None, error: str | None = None, anomaly_map: dict | None = None) -> None:
+              threshold: float | None = None, error: str | None = None, anomaly_map: dict | None = None,
+              anomaly_box: dict | None = None) -> None:
         if verdict != "error":
             self._last_error = None
         seq = self.outbox.next_seq()  # never repeats, also on a full disk (outbox.SeqFile)
@@ -324,7 +330,7 @@ class Agent:
                    object_area_px=work.area,
                    latency_ms={"capture_ms": round(work.capture_ms, 3), "segment_ms": round(work.segment_ms, 3),
                                "score_ms": round(work.score_ms, 3), "total_ms": round(total, 3)},
-                   source=work.source, error=error, anomaly_map=anomaly_map)
+                   source=work.source, error=error, anomaly_map=anomaly_map, anomaly_box=anomaly_box)
         with timed(work, "publish_ms"):
             self.publisher.publish_event(ev.model_dump(by_alias=True))
         self.counters.add("events")

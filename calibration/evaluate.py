@@ -31,16 +31,16 @@ def table_row(cls: str, kind: str, rows: list[tuple[str, str, float]]) -> dict:
     return row
 
 
-def write_table(rows: list[dict], out: Path) -> None:
+def write_table(rows: list[dict], out: Path, name: str = "table2") -> None:
     cols = list(dict.fromkeys(k for r in rows for k in r))
-    with open(out / "table2.csv", "w", newline="") as fh:
+    with open(out / f"{name}.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, cols)
         w.writeheader()
         w.writerows(rows)
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
-    (out / "table2.md").write_text("\n".join(lines) + "\n")
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
 
 
 def ranking_grid(rows, n: int, path: Path, title: str) -> None:
@@ -146,11 +146,23 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     table, curves, avg, index = [], {}, {}, ["# Evaluation report", "",
                                              f"Data `{a.data}`, frames `{a.frames or 'all'}`, backend `{a.backend}`, "
                                              f"seed {a.seed}.", ""]
+    if not a.data and not a.damage:
+        raise ValueError("give --data (class swaps, Table 2) and/or --damage (damaged twins)")
+    if a.damage and a.backend == "torch":
+        raise ValueError("--damage needs the anomaly maps, which the torch reference does not keep: "
+                         "use --backend onnxruntime")
+    if a.damage:
+        index.insert(3, f"Damaged twins `{a.damage}`.")
+    damage = []
     for bp in a.bundles:
         b = Bundle.load(bp)
         label = f"{b.cls} {b.kind}"
         tag = f"{b.cls}-{b.kind}-{b.bundle_hash[:8]}"
         scorer = make_scorer(b, a.backend, a.seed)
+        if a.damage:
+            damage += evaluate_damage(scorer, b, a, frames, out, tag, label, index)
+        if not a.data:
+            continue
         rows = score_dataset(scorer, b, Path(a.data), frames, not a.quiet)
         with open(out / "scores" / f"{tag}.csv", "w", newline="") as fh:
             w = csv.writer(fh)
@@ -175,28 +187,55 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
             x = sample_to_input(read_sample(p.parent.parent, int(p.stem)), b.size)
             search_figure(b, x, out / f"search-{tag}.png", a.seed)
             index += [f"![search](search-{tag}.png)", ""]
-    if a.pca:
-        table += pca_rows(a, frames, curves, avg)
-    write_table(table, out)
-    figures.roc_curves(curves, out / "roc.png")
-    figures.average_loss(avg, out / "average-loss.png")
-    index = index[:4] + ["## Table 2", "", (out / "table2.md").read_text(), "![ROC](roc.png)", "",
-                         "![average loss](average-loss.png)", ""] + index[4:]
+    head = []
+    if a.data:
+        if a.pca:
+            table += pca_rows(a, frames, curves, avg)
+        write_table(table, out)
+        figures.roc_curves(curves, out / "roc.png")
+        figures.average_loss(avg, out / "average-loss.png")
+        head += ["## Table 2", "", (out / "table2.md").read_text(), "![ROC](roc.png)", "",
+                 "![average loss](average-loss.png)", ""]
+        print((out / "table2.md").read_text())
+    if damage:
+        write_table(damage, out, "damage")
+        head += ["## Local damage", "", "Image AUROC (damaged against intact twins), pixel AUROC and PRO "
+                 "(per-region overlap to 30% FPR) of |G(z*) - x| against the masks.", "",
+                 (out / "damage.md").read_text()]
+        print((out / "damage.md").read_text())
+    index = index[:4] + head + index[4:]
     (out / "index.md").write_text("\n".join(index))
-    print((out / "table2.md").read_text())
     print(f"report -> {out / 'index.md'}")
     return 0
 
 
+def evaluate_damage(scorer, b, a, frames, out: Path, tag: str, label: str, index: list[str]) -> list[dict]:
+    """Score one bundle's intact and damaged twins; its rows, and its figure in the report."""
+    from calibration.damage_eval import damage_figure, damage_rows, score_damage
+
+    scored = score_damage(scorer, b, Path(a.damage), frames, not a.quiet)
+    with open(out / "scores" / f"damage-{tag}.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["folder", "frame", "score"])
+        w.writerows([(s.folder.name, s.frame, f"{s.score:.9g}") for g in scored.values() for s in g])
+    damage_figure(scored, min(a.n_rank, 6), out / f"damage-maps-{tag}.png", label)
+    index += [f"### {label}: damaged parts", "", f"![damage maps](damage-maps-{tag}.png)", ""]
+    return damage_rows(b.cls, b.kind, scored)
+
+
 def add_parser(sub) -> None:
-    q = sub.add_parser("evaluate", help="the paper's experiments: Table 2, ROC and accuracy figures, ranking grids",
+    q = sub.add_parser("evaluate", help="the paper's experiments: Table 2, ROC and accuracy figures, ranking grids; "
+                                        "local damage: image and pixel AUROC, PRO",
                        description="Score every class folder of DATA with each bundle (its own class is normal, "
                                    "every other folder anomalous) and write Table 2 (markdown and CSV), accuracy/"
                                    "TPR/TNR against threshold, ROC curves, average loss per class, ranking grids of "
                                    "the least and most anomalous samples, and the search made visible, with an "
                                    "index.md.")
     q.add_argument("--bundles", nargs="+", required=True, help="bundle folders")
-    q.add_argument("--data", required=True, help="dataset root with class folders")
+    q.add_argument("--data", default=None, help="dataset root with class folders: Table 2 (class swaps)")
+    q.add_argument("--damage", default=None, help="root made by 'adgan dataset damage': image AUROC per class and "
+                   "defect, pixel AUROC and PRO of the anomaly maps against the masks, maps over the best and "
+                   "worst damaged parts")
     q.add_argument("--frames", default=None, help="LO:HI frame numbers (half-open), e.g. 700:1000")
     q.add_argument("--out", required=True, help="report folder")
     q.add_argument("--backend", choices=("onnxruntime", "tensorrt", "torch"), default="onnxruntime")

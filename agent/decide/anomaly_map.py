@@ -41,6 +41,27 @@ def encode_map(h: np.ndarray) -> dict:
             "data": base64.b64encode(buf.tobytes()).decode("ascii")}
 
 
+def hot_box(h: np.ndarray, crop: tuple[int, int, int] | None = None, level: float = 0.5) -> dict:
+    """The bounding box of the hottest region of a heat map: the connected pixels at or above
+    `level` times the peak that contain the peak. With `crop` = (x0, y0, side), the camera
+    window the sample was cut from, the box is in camera pixels; otherwise in sample pixels."""
+    if h.ndim != 2 or not h.size:
+        raise ValueError(f"a heat map must be (H, W), got {h.shape}")
+    peak = np.unravel_index(int(np.argmax(h)), h.shape)
+    hot = (h >= level * float(h[peak])).astype(np.uint8)
+    _, labels = cv2.connectedComponents(hot, connectivity=8)
+    ys, xs = np.nonzero(labels == labels[peak])
+    x, y, w, hh = float(xs.min()), float(ys.min()), float(xs.max() + 1 - xs.min()), float(ys.max() + 1 - ys.min())
+    frame = "sample"
+    if crop is not None:
+        x0, y0, side = crop
+        k = side / h.shape[1]
+        x, y, w, hh = x0 + x * k, y0 + y * k, w * k, hh * k
+        frame = "camera"
+    return {"x": int(round(x)), "y": int(round(y)), "width": max(1, int(round(w))), "height": max(1, int(round(hh))),
+            "frame": frame, "peak": round(float(h[peak]), 6)}
+
+
 def decode_map(m: dict) -> np.ndarray:
     """The (H, W) map in [0, 1] back from an event's `anomaly_map`."""
     img = cv2.imdecode(np.frombuffer(base64.b64decode(m["data"]), np.uint8), cv2.IMREAD_UNCHANGED)

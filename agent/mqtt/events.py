@@ -55,6 +55,16 @@ class AnomalyMap(_Doc):
     data: str = Field(description="the PNG: 255 = a difference of the full value range, max over R, G, B, depth")
 
 
+class AnomalyBox(_Doc):
+    x: int = Field(description="left edge, pixels")
+    y: int = Field(description="top edge, pixels")
+    width: int = Field(ge=1, description="pixels")
+    height: int = Field(ge=1, description="pixels")
+    frame: Literal["camera", "sample"] = Field(description="camera: pixels of the camera frame (colour image); "
+                                                           "sample: of the replayed sample (no camera frame)")
+    peak: float = Field(ge=0, le=1, description="largest difference in the region (1 = full range)")
+
+
 class Event(_Doc):
     schema_version: Literal[1] = Field(EVENT_SCHEMA_VERSION, description="version of this document")
     event_id: str = Field(min_length=1, description="unique id; a resend carries the same id. Delivery is at least "
@@ -74,6 +84,9 @@ class Event(_Doc):
     latency_ms: Latency = Field(description="time per stage")
     source: SourceRef = Field(description="where the frame came from")
     error: Optional[str] = Field(None, description="why the frame could not be inspected (verdict error)")
+    anomaly_box: Optional[AnomalyBox] = Field(
+        None, description="where the damage is: the bounding box of the hottest region of |G(z*) - x| (pixels "
+                          "within half the peak difference, connected to the peak); on anomaly verdicts")
     anomaly_map: Optional[AnomalyMap] = Field(
         None, description="where the part differs from the model's reconstruction, |G(z*) - x| (anomaly verdicts, "
                           "when the station's model.anomaly_map is on)")

@@ -116,6 +116,7 @@ def make_sample(frame: RGBDFrame, seg: Segmentation, prep: Preprocessing,
     depth8 = cv2.resize(depth8, (s, s), interpolation=cv2.INTER_AREA)
     meta = dict(frame.meta)
     meta["object_area_px"] = int(np.count_nonzero(mask))
+    meta["crop"] = (int(x0), int(y0), int(side))  # the camera window the sample shows (square, may overhang)
     return Sample(rgb=rgb, depth=depth8, meta=meta)
 
 

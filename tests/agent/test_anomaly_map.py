@@ -20,3 +20,36 @@ def test_the_map_shows_where_the_reconstruction_differs():
     assert t.shape == (64, 3 * 33, 3) and t.dtype == np.uint8
     with pytest.raises(ValueError):
         pixel_map(x, y[:3])
+
+
+def test_the_hot_box_is_the_region_around_the_peak_in_sample_or_camera_pixels():
+    from agent.decide.anomaly_map import hot_box
+    h = np.zeros((32, 32), np.float32)
+    h[10:14, 20:26] = 0.8          # the hottest region: x 20-25, y 10-13
+    h[12, 22] = 1.0                # its peak
+    h[0:3, 0:3] = 0.45             # below half the peak: not part of it
+    h[28:30, 28:30] = 0.9          # hot, but not connected to the peak
+    b = hot_box(h)
+    assert (b["x"], b["y"], b["width"], b["height"], b["frame"], b["peak"]) == (20, 10, 6, 4, "sample", 1.0)
+    # the sample was cut from the camera window x0 100, y0 50, side 128 (4 camera pixels per sample pixel)
+    c = hot_box(h, (100, 50, 128))
+    assert (c["x"], c["y"], c["width"], c["height"], c["frame"]) == (180, 90, 24, 16, "camera")
+
+
+def test_make_sample_records_the_camera_window_it_shows():
+    from agent.segment.preprocess import Preprocessing, make_sample
+    from agent.segment.segmentation import Segmentation
+    from agent.frame import Intrinsics, RGBDFrame
+    h, w = 120, 160
+    depth = np.full((h, w), 600, np.uint16)
+    depth[40:60, 90:130] = 450
+    rgb = np.zeros((h, w, 3), np.uint8)
+    frame = RGBDFrame(rgb=rgb, depth=depth, timestamp=0.0,
+                      intrinsics=Intrinsics(width=w, height=h, fx=100, fy=100, cx=80, cy=60))
+    mask = depth < 500
+    seg = Segmentation(object=mask, background=~mask, surface=np.zeros_like(mask), invalid=np.zeros_like(mask))
+    s = make_sample(frame, seg, Preprocessing(size=32, framing="object", margin=0.25))
+    x0, y0, side = s.meta["crop"]
+    assert side == 60 and (x0, y0) == (80, 20)   # 40 px wide box, 25% margin each side, centred on it
+    full = make_sample(frame, seg, Preprocessing(size=32))
+    assert full.meta["crop"] == (20, 0, 120)     # the paper's framing: the central square

@@ -76,8 +76,12 @@ def test_a_folder_replay_gives_one_valid_event_per_sample_in_order(broker, calib
         if e["verdict"] == "anomaly":
             m = decode_map(e["anomaly_map"])
             assert m.shape == (32, 32) and abs(m.max() - e["anomaly_map"]["max"]) <= 1 / 255 and m.max() > 0
+            box = e["anomaly_box"]  # and where the hottest region is (sample pixels: a replay of samples)
+            assert box["frame"] == "sample" and 0 <= box["x"] < 32 and box["x"] + box["width"] <= 32
+            px, py = e["anomaly_map"]["peak_xy"]
+            assert box["x"] <= px < box["x"] + box["width"] and box["y"] <= py < box["y"] + box["height"]
         else:
-            assert e["anomaly_map"] is None
+            assert e["anomaly_map"] is None and e["anomaly_box"] is None
     verdicts = [e["verdict"] for e in evs]
     assert "ok" in verdicts and "anomaly" in verdicts  # the calibrated threshold separates something
     verdict_msgs = [p for t, p, _ in sub.messages if t == "adgan/st1/verdict"]

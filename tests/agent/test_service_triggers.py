@@ -69,6 +69,9 @@ def test_continuous_mode_on_a_synthetic_station_with_a_captured_reference(broker
         f = stream.frame(e["source"]["frame"])
         assert e["source"]["truth"] == {"class": f.meta["class"], "defect": f.meta["defect"]}
         assert e["verdict"] in ("ok", "anomaly") and e["trigger"] == "continuous"
+        if e["verdict"] == "anomaly":  # where, in the camera's pixels, inside the 640x480 frame
+            b = e["anomaly_box"]
+            assert b["frame"] == "camera" and 0 <= b["x"] and b["x"] + b["width"] <= 640 + 1
 
 
 @pytest.fixture(scope="module")

@@ -61,3 +61,35 @@ def test_evaluate_adds_pca_rows(bundles, synth_data, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "table2.csv")))
     kinds = {(r["class"], r["kind"]) for r in rows}
     assert ("sphere", "pca4") in kinds and ("cylinder_defect", "pca4-masked") in kinds
+
+
+def test_evaluate_on_damaged_twins_reports_image_and_pixel_metrics(bundles, synth_data, tmp_path):
+    from calibration.damage_eval import damage_rows, score_damage
+    from adgan.score import make_scorer
+    from agent.scoring.bundle import Bundle
+    dmg = tmp_path / "damaged"
+    # the synthetic test spheres are 32 px: big enough parts for every defect
+    assert main(["dataset", "damage", str(synth_data / "test" / "sphere"), "--out", str(dmg), "--seed", "2",
+                 "--quiet"]) == 0
+    out = tmp_path / "report"
+    b = bundles[("none", "fg")]
+    assert main(["evaluate", "--bundles", str(b), "--damage", str(dmg), "--out", str(out), "--quiet",
+                 "--n-rank", "2"]) == 0
+    rows = list(csv.DictReader(open(out / "damage.csv")))
+    assert [r["defect"] for r in rows] == ["chunk", "dent", "foreign", "hole", "stain", "all"]
+    for r in rows:
+        assert 0 <= float(r["image_auroc"]) <= 1 and 0 <= float(r["pixel_auroc"]) <= 1
+        assert 0 <= float(r["pro_0.3"]) <= 1
+    assert (out / "damage.md").is_file() and "Local damage" in (out / "index.md").read_text()
+    assert list(out.glob("damage-maps-*.png"))
+    # the table is the metrics of the scores and maps the scorer gives (same seed, same numbers)
+    bundle = Bundle.load(b)
+    again = damage_rows("sphere", bundle.kind, score_damage(make_scorer(bundle, "onnxruntime", 0), bundle, dmg,
+                                                            progress=False))
+    assert float(rows[-1]["image_auroc"]) == pytest.approx(again[-1]["image_auroc"])
+    assert float(rows[-1]["pro_0.3"]) == pytest.approx(again[-1]["pro_0.3"])
+
+
+def test_evaluate_needs_data_or_damage(bundles, tmp_path, capsys):
+    assert main(["evaluate", "--bundles", str(bundles[("none", "fg")]), "--out", str(tmp_path)]) == 2
+    assert "--damage" in capsys.readouterr().err
