@@ -95,9 +95,11 @@ def two_classes(calibrated, synth_data, tmp_path_factory):
     return sphere, cyl, th
 
 
-def test_mqtt_trigger_and_class_switch(broker, two_classes, synth_data, tmp_path):
+def mqtt_station(broker, two_classes, synth_data, tmp_path, loop: bool = False):
+    """(config, subscriber to adgan/st1/#, a PLC client, state(feature)) for a two-class
+    station in mqtt trigger mode replaying the cylinder samples."""
     sphere, cyl, th = two_classes
-    src = f'type = "folder"\npath = "{synth_data / "test" / "cylinder"}"\nfps = 0'
+    src = f'type = "folder"\npath = "{synth_data / "test" / "cylinder"}"\nfps = 0' + ("\nloop = true" if loop else "")
     cfg = agent_config(tmp_path, broker.port, sphere, th, src, trigger="mqtt")
     cfg.write_text(cfg.read_text().replace(f'bundles = {{ sphere = "{sphere}" }}',
                                            f'bundles = {{ sphere = "{sphere}", cylinder = "{cyl}" }}'))
@@ -106,12 +108,16 @@ def test_mqtt_trigger_and_class_switch(broker, two_classes, synth_data, tmp_path
     cmd = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="plc")
     cmd.connect("127.0.0.1", broker.port)
     cmd.loop_start()
-    agent = AgentProcess(cfg, tmp_path / "agent.log")
 
     def state(feature):
         vals = [p for t, p, _ in sub.messages if t == f"adgan/st1/{feature}/state"]
         return vals[-1] if vals else None
+    return cfg, sub, cmd, state
 
+
+def test_mqtt_trigger_and_class_switch(broker, two_classes, synth_data, tmp_path):
+    cfg, sub, cmd, state = mqtt_station(broker, two_classes, synth_data, tmp_path)
+    agent = AgentProcess(cfg, tmp_path / "agent.log")
     try:
         assert sub.wait_for(lambda m: state("class") == b"sphere", timeout=60), agent.output()
         time.sleep(1.0)
@@ -141,21 +147,7 @@ def test_mqtt_trigger_and_class_switch(broker, two_classes, synth_data, tmp_path
 
 def test_a_retained_class_command_does_not_switch_on_restart_and_a_trigger_burst_is_one(broker, two_classes,
                                                                                         synth_data, tmp_path):
-    sphere, cyl, th = two_classes
-    src = f'type = "folder"\npath = "{synth_data / "test" / "cylinder"}"\nfps = 0\nloop = true'
-    cfg = agent_config(tmp_path, broker.port, sphere, th, src, trigger="mqtt")
-    cfg.write_text(cfg.read_text().replace(f'bundles = {{ sphere = "{sphere}" }}',
-                                           f'bundles = {{ sphere = "{sphere}", cylinder = "{cyl}" }}'))
-    sub = Subscriber(broker.port, "adgan/st1/#")
-    assert sub.subscribed.wait(10)
-    cmd = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="plc")
-    cmd.connect("127.0.0.1", broker.port)
-    cmd.loop_start()
-
-    def state(feature):
-        vals = [p for t, p, _ in sub.messages if t == f"adgan/st1/{feature}/state"]
-        return vals[-1] if vals else None
-
+    cfg, sub, cmd, state = mqtt_station(broker, two_classes, synth_data, tmp_path, loop=True)
     agent = AgentProcess(cfg, tmp_path / "agent.log")
     try:
         assert sub.wait_for(lambda m: state("class") == b"sphere", timeout=60), agent.output()
