@@ -51,7 +51,7 @@ class Agent:
         self.notifier = notifier or SystemdNotifier()
         self.stop_requested = threading.Event()
         self.counters = Counters("frames", "events", "ok", "anomaly", "no_object", "error", "errors_suppressed",
-                                 "triggers_coalesced")
+                                 "triggers_coalesced", "commands_refused")
         self.source_health = SourceHealth()
         self.started = time.time()
         self.models: dict[str, ClassModel] = {}
@@ -68,6 +68,7 @@ class Agent:
         self.outbox: Outbox | None = None
         self.publisher: Publisher | None = None
         self._last_error: str | None = None   # suppresses floods of one error in continuous mode
+        self._next_refusal_log = 0.0
         self._next_status = 0.0
         self._next_frame = 0.0
         # seconds spent per stage over all frames (status and bench/pipeline.py)
@@ -90,7 +91,7 @@ class Agent:
             str(mq.tls_ca) if mq.tls_ca else None, str(mq.tls_cert) if mq.tls_cert else None,
             str(mq.tls_key) if mq.tls_key else None,
             commands={"class": self._on_class_command, "trigger": self._on_trigger_command},
-            verdict_max_age_s=mq.verdict_max_age_s)
+            verdict_max_age_s=mq.verdict_max_age_s, protocol=mq.protocol)
         self.publisher.start()
         self.publisher.publish_state("class", self.expected)
         self.publisher.publish_state("trigger", "idle")
@@ -124,7 +125,12 @@ class Agent:
                 self.expected = req
                 self.passage.reset()
         else:
-            log.warning("class/set %r refused: no bundle for it (have %s)", req, ", ".join(sorted(self.models)))
+            self.counters.add("commands_refused")
+            now = time.monotonic()
+            if now >= self._next_refusal_log:  # a storm of bad requests is one line per 10 s
+                self._next_refusal_log = now + 10.0
+                log.warning("class/set %r refused: no bundle for it (have %s); %d commands refused so far",
+                            req[:64], ", ".join(sorted(self.models)), self.counters.snapshot()["commands_refused"])
         self.publisher.publish_state("class", self.expected)
 
     # -- source management ---------------------------------------------------------------

@@ -56,7 +56,10 @@ class SeqFile:
         _private_file(self.path)
         self._fd = os.open(self.path, os.O_RDWR)
         if new or os.fstat(self._fd).st_size < self.SIZE:
-            os.posix_fallocate(self._fd, 0, self.SIZE)
+            try:
+                os.posix_fallocate(self._fd, 0, self.SIZE)
+            except OSError as e:  # a new install on a full disk: count in memory, say so, allocate later
+                log.error("cannot allocate %s (%s); sequence numbers are not stored until it can be", self.path, e)
         slots = [self._read_slot(i) for i in (0, 1)]
         valid = [v for v in slots if v is not None]
         self.value = max(valid) if valid else 0
@@ -94,29 +97,7 @@ class Outbox:
         if memory_events < 0:
             raise ValueError(f"memory_events must be >= 0, got {memory_events}")
         self.path, self.max_events, self.memory_events = Path(path), max_events, memory_events
-        _private_file(self.path)
-        # Used from the service loop and from paho's network thread: one connection, one lock.
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")  # an acknowledged write survives power loss
-            self._db.execute("CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
-                             "event_id TEXT UNIQUE NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL, "
-                             "qos INTEGER NOT NULL, created REAL NOT NULL)")
-            self._db.execute("CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
-            (last_key,) = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
-            row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
-            self._key = max(int(last_key), int(row[0]) if row else 0)
-            counters = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
-        for suffix in ("-wal", "-shm"):  # SQLite creates them with the database's mode; make sure
-            p = self.path.with_name(self.path.name + suffix)
-            if p.exists():
-                p.chmod(0o600)
-        self.dropped = int(counters.get("dropped", 0))
-        self.seq_file = SeqFile(self.path.with_name(self.path.name + ".seq"))
-        # Older outboxes kept the counter in the database: never go below it.
-        self._seq = max(self.seq_file.value, int(counters.get("seq", 0)))
         self.store_failures = 0                    # writes that failed (events held in memory instead)
         self.seq_failures = 0                      # sequence numbers that could not be stored
         self.last_error: str | None = None         # the last storage error, None once writes succeed again
@@ -126,6 +107,60 @@ class Outbox:
         self._dropped_unsynced = False
         self._next_retry = 0.0
         self._next_drop_log = 0.0
+        self.generation = 0                        # +1 each time the database (re)opens after failing
+        self.dropped, self._key, db_seq = 0, 0, 0
+        _private_file(self.path)
+        # Used from the service loop and from paho's network thread: one connection, one lock.
+        # A database that cannot be opened (a full disk cannot create the WAL index at start)
+        # does not stop the agent: events are held in memory and it is opened again later.
+        self._db: sqlite3.Connection | None = None
+        with self._lock:
+            if self._open_locked():
+                db_seq = self._db_seq
+            else:  # keys of events held before the database opens sort after everything in it
+                self._key = self.KEY_FLOOR_UNOPENED
+        self.seq_file = SeqFile(self.path.with_name(self.path.name + ".seq"))
+        # The database keeps a copy of the counter too: never go below either.
+        self._seq = max(self.seq_file.value, db_seq)
+
+    KEY_FLOOR_UNOPENED = 10 ** 12
+
+    def _open_locked(self) -> bool:
+        """Open the database, creating its tables; False (error recorded) if it cannot be."""
+        db = None
+        try:
+            db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")  # an acknowledged write survives power loss
+            db.execute("CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+                       "event_id TEXT UNIQUE NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL, "
+                       "qos INTEGER NOT NULL, created REAL NOT NULL)")
+            db.execute("CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+            (last_key,) = db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
+            row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+            counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
+        except sqlite3.Error as e:
+            if db is not None:
+                db.close()
+            self.store_failures += 1
+            self._next_retry = time.monotonic() + self.RETRY_S
+            self._failed("open", e)
+            return False
+        for suffix in ("-wal", "-shm"):  # SQLite creates them with the database's mode; make sure
+            p = self.path.with_name(self.path.name + suffix)
+            if p.exists():
+                p.chmod(0o600)
+        reopened = self._key >= self.KEY_FLOOR_UNOPENED
+        self._db = db
+        self._key = max(self._key, int(last_key), int(row[0]) if row else 0)
+        self.dropped = max(self.dropped, int(counters.get("dropped", 0)))
+        self._db_seq = int(counters.get("seq", 0))
+        if hasattr(self, "_seq"):  # opened late: the database's copy of the counter may be ahead
+            self._seq = max(self._seq, self._db_seq)
+        if reopened:
+            self.generation += 1
+            log.warning("outbox %s opened; %d events held in memory are stored", self.path, len(self._memory))
+        return True
 
     # -- storage errors ------------------------------------------------------------------
     def _failed(self, what: str, e: Exception) -> None:
@@ -184,6 +219,8 @@ class Outbox:
             return True
 
     def _exists(self, event_id: str) -> bool:
+        if self._db is None:
+            return False
         try:
             return self._db.execute("SELECT 1 FROM events WHERE event_id = ?", (event_id,)).fetchone() is not None
         except sqlite3.Error:
@@ -192,6 +229,8 @@ class Outbox:
     def _sync_locked(self) -> None:
         """Write what is held in memory (and deferred deletes and counters) to disk, oldest first."""
         if not (self._memory or self._acked_unsynced or self._dropped_unsynced):
+            return
+        if self._db is None and not self._open_locked():
             return
         held, acked = list(self._memory.values()), set(self._acked_unsynced)
         excess_box: list[int] = []
@@ -207,6 +246,8 @@ class Outbox:
             if excess:
                 db.execute("DELETE FROM events WHERE seq IN (SELECT seq FROM events ORDER BY seq LIMIT ?)", (excess,))
             excess_box.append(excess)
+            db.execute("INSERT INTO counters (name, value) VALUES ('seq', ?) ON CONFLICT(name) "
+                       "DO UPDATE SET value = MAX(value, excluded.value)", (self._seq,))
             if excess or self._dropped_unsynced:
                 db.execute("INSERT INTO counters (name, value) VALUES ('dropped', ?) ON CONFLICT(name) "
                            "DO UPDATE SET value = MAX(value, excluded.value)", (self.dropped + excess,))
@@ -249,6 +290,8 @@ class Outbox:
         with self._lock:
             if self._memory.pop(event_id, None) is not None:
                 return
+            if self._db is None:  # only held events exist while the database is not open
+                return
             try:
                 self._db.execute("DELETE FROM events WHERE event_id = ?", (event_id,))
             except sqlite3.Error as e:  # a delete needs space in the WAL too: retried with the next write
@@ -256,12 +299,15 @@ class Outbox:
                 self._failed("delete", e)
 
     def _pending_locked(self, after: int, limit: int | None) -> list[Pending]:
+        rows = []
         try:
+            if self._db is None:
+                raise sqlite3.OperationalError("the database is not open")
             rows = self._db.execute("SELECT event_id, seq, topic, payload, qos FROM events WHERE seq > ? "
                                     "ORDER BY seq LIMIT ?", (after, -1 if limit is None else limit)).fetchall()
         except sqlite3.Error as e:
-            self._failed("read", e)
-            rows = []
+            if self._db is not None:
+                self._failed("read", e)
         out = [Pending(r[0], r[1], r[2], bytes(r[3]), r[4]) for r in rows if r[0] not in self._acked_unsynced]
         out += [p for p in self._memory.values() if p.seq > after]
         out.sort(key=lambda p: p.seq)
@@ -275,7 +321,7 @@ class Outbox:
     def __len__(self) -> int:
         with self._lock:
             try:
-                (n,) = self._db.execute("SELECT COUNT(*) FROM events").fetchone()
+                (n,) = self._db.execute("SELECT COUNT(*) FROM events").fetchone() if self._db else (0,)
             except sqlite3.Error:
                 n = 0
             return int(n) - len(self._acked_unsynced) + len(self._memory)
@@ -304,5 +350,7 @@ class Outbox:
             if self._memory:
                 log.error("outbox closed with %d events that could not be written to disk: they are lost (%s)",
                           len(self._memory), self.last_error)
-            self._db.close()
+            if self._db is not None:
+                self._db.close()
+                self._db = None
             self.seq_file.close()

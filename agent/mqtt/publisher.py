@@ -35,6 +35,11 @@ log = logging.getLogger(__name__)
 MAX_COMMAND_BYTES = 256
 LOG_EVERY_S = 10.0
 WINDOW = 100  # events handed to paho and not yet acknowledged, at most
+PROTOCOLS = ("3.1.1", "5")
+# MQTT 5 PUBACK reasons that no resend can change: packet too large, payload format invalid,
+# topic name invalid
+PERMANENT_REJECTIONS = {0x95, 0x99, 0x90}
+POISON_S, POISON_STRIKES, HOLD_RELEASE_S = 1.0, 3, 60.0
 
 
 def describe_connect_error(e: BaseException, host: str, port: int) -> tuple[str, str]:
@@ -76,7 +81,7 @@ class Publisher:
                  password: str | None = None, tls_ca: str | None = None, tls_cert: str | None = None,
                  tls_key: str | None = None, client_id: str | None = None,
                  commands: dict[str, Callable[[bytes], None]] | None = None,
-                 verdict_max_age_s: float = 2.0) -> None:
+                 verdict_max_age_s: float = 2.0, protocol: str = "3.1.1") -> None:
         self.base = f"{prefix}/{station_id}"
         self.outbox, self.qos = outbox, qos
         self.verdict_max_age_s = verdict_max_age_s
@@ -85,7 +90,7 @@ class Publisher:
         self.host, self.port, self.keepalive = host, port, keepalive
         self.connected = threading.Event()
         self.counters = {"connects": 0, "disconnects": 0, "commands_refused": 0, "verdicts_skipped": 0,
-                         "events_sent": 0}
+                         "events_sent": 0, "events_rejected": 0, "events_held": 0}
         self.link = {"state": "connecting", "reason": f"connecting to {host}:{port}", "since": time.time()}
         # message id -> (event id or None, time handed to paho). Never call paho while holding
         # _lock: paho calls on_publish under its own locks, so the opposite order would deadlock.
@@ -95,6 +100,11 @@ class Publisher:
         self._lock = threading.Lock()
         self._conn_no = 0                  # connections so far; the pump restarts at each
         self._cursor = 0                   # outbox position of the last event sent on this connection
+        self._outbox_gen = outbox.generation
+        self._max_packet: int | None = None  # the broker's limit (MQTT 5 CONNACK), None if unknown
+        self._strikes: dict[str, int] = {}   # event id -> connections dropped right after sending it
+        self._held: set[str] = set()         # events held back after POISON_STRIKES strikes
+        self._connected_at = 0.0
         self._fresh: dict[str, tuple[str, float]] = {}  # event id -> (OK/NG, monotonic decision time)
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -102,8 +112,15 @@ class Publisher:
         self._connack = False
         self._refusal_logged: dict[str, float] = {}
         self._states: dict[str, str] = {}  # feature -> last state echoed (again on every connect)
-        self.client = _Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"adgan-{station_id}",
-                              clean_session=True)
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+        self.protocol = protocol
+        if protocol == "5":  # a clean start, like 3.1.1's clean session: commands are not kept offline
+            self.client = _Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"adgan-{station_id}",
+                                  protocol=mqtt.MQTTv5)
+        else:
+            self.client = _Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"adgan-{station_id}",
+                                  clean_session=True, protocol=mqtt.MQTTv311)
         self.client.will_set(self.topic("availability"), "offline", qos=1, retain=True)
         if username:
             self.client.username_pw_set(username, password)
@@ -140,12 +157,14 @@ class Publisher:
         # one source of truth, so drop paho's copy (stale verdicts included) and let the pump
         # resend from the oldest unacknowledged event.
         client.drop_out_messages()
+        self._max_packet = getattr(properties, "MaximumPacketSize", None)  # MQTT 5 brokers say it
         with self._lock:
             self._inflight.clear()
             self._early.clear()
             self._conn_no += 1
             self._cursor = 0
         self.counters["connects"] += 1
+        self._connected_at = time.monotonic()
         self.connected.set()
         self._publish(self.topic("availability"), "online", qos=1, retain=True)
         for feature, value in list(self._states.items()):
@@ -171,6 +190,7 @@ class Publisher:
         self.connected.clear()
         if was_connected:
             self.counters["disconnects"] += 1
+            self._strike_poison()
         if self._stopping.is_set():
             return
         if not self._connack:
@@ -182,14 +202,55 @@ class Publisher:
                                            "reconnecting with backoff")
         self._connack = False
 
+    def _strike_poison(self) -> None:
+        """A broker that hangs up on a message it will never take (larger than its limit, under
+        MQTT 5 mosquitto says 'protocol error') would do it again at every reconnect, where
+        the oldest unacknowledged event goes first. So: the oldest event still unacknowledged
+        when a connection drops within POISON_S of sending it gets a strike; at POISON_STRIKES
+        in a row it is held back (kept in the outbox, said, counted) until the link has been up
+        HOLD_RELEASE_S, then tried once more."""
+        now = time.monotonic()
+        with self._lock:
+            events = [(t, e) for e, t in self._inflight.values() if e is not None]
+        if not events:
+            self._strikes.clear()
+            return
+        sent_at, oldest = min(events)
+        if now - sent_at > POISON_S:
+            self._strikes.clear()
+            return
+        self._strikes = {oldest: self._strikes.get(oldest, 0) + 1}
+        if self._strikes[oldest] >= POISON_STRIKES and oldest not in self._held:
+            self._held.add(oldest)
+            self.counters["events_held"] += 1
+            log.error("event %s: the broker hung up right after it %d times in a row; it is held back (kept in the "
+                      "outbox) and tried again after %.0f s of a stable link. Is it larger than the broker's "
+                      "message size limit?", oldest, POISON_STRIKES, HOLD_RELEASE_S)
+
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         with self._lock:
             entry = self._inflight.pop(mid, None)
             if entry is None and self._sending:
                 self._early.add(mid)  # acknowledged before publish() returned its id
-        if entry is not None and entry[0] is not None:
-            self.outbox.ack(entry[0])
-            self._wake.set()
+        if entry is None or entry[0] is None:
+            return
+        if getattr(reason_code, "is_failure", False):  # MQTT 5: the broker took it but refuses it
+            self._rejected(entry[0], str(reason_code), getattr(reason_code, "value", 0) in PERMANENT_REJECTIONS)
+            return
+        self.outbox.ack(entry[0])
+        self._wake.set()
+
+    def _rejected(self, event_id: str, reason: str, permanent: bool) -> None:
+        """An event the broker refuses (MQTT 5). One that can never be accepted (too large,
+        malformed) leaves the outbox, said and counted; any other (not authorised, quota)
+        stays and is sent again on the next connection."""
+        self.counters["events_rejected"] += 1
+        log.error("the broker refused event %s: %s (%d refused so far); %s", event_id, reason,
+                  self.counters["events_rejected"],
+                  "it is dropped: it can never be accepted" if permanent else
+                  "it stays in the outbox and is sent again on the next connection")
+        if permanent:
+            self.outbox.ack(event_id)
 
     def _refuse(self, feature: str, why: str) -> None:
         self.counters["commands_refused"] += 1
@@ -267,9 +328,15 @@ class Publisher:
         if self.outbox.needs_sync:
             self.outbox.sync()
         self._expire_fresh()
+        self._release_held()
+        gen = self.outbox.generation
+        if gen != self._outbox_gen:  # the database opened late: older stored events to send too
+            with self._lock:
+                self._outbox_gen, self._cursor = gen, 0
         while self.connected.is_set() and not self._stopping.is_set():
             with self._lock:
                 conn, cursor, room = self._conn_no, self._cursor, WINDOW - len(self._inflight)
+                sent = {e for e, _ in self._inflight.values() if e is not None}
             if room <= 0:
                 return
             batch = self.outbox.pending(after=cursor, limit=room)
@@ -279,13 +346,31 @@ class Publisher:
                 with self._lock:
                     if conn != self._conn_no:
                         return  # reconnected meanwhile: start again at the oldest
-                if not self._publish(p.topic, p.payload, p.qos, event_id=p.event_id):
-                    return  # not connected any more: the next connection sends it
-                self.counters["events_sent"] += 1
+                size = len(p.payload) + len(p.topic) + 16  # fixed header, topic length, id, properties
+                if self._max_packet and size > self._max_packet and p.event_id not in sent:
+                    # sending it would make the broker hang up, again at every reconnect
+                    self._rejected(p.event_id, f"{size} bytes, more than the broker's maximum packet size "
+                                               f"{self._max_packet}", True)
+                elif p.event_id in self._held:
+                    pass  # held back: the broker hung up on it repeatedly
+                elif p.event_id not in sent:  # (sent: on this connection, before the outbox reopened)
+                    if not self._publish(p.topic, p.payload, p.qos, event_id=p.event_id):
+                        return  # not connected any more: the next connection sends it
+                    self.counters["events_sent"] += 1
+                    self._maybe_verdict(p.event_id)
                 with self._lock:
                     if conn == self._conn_no:
                         self._cursor = max(self._cursor, p.seq)
-                self._maybe_verdict(p.event_id)
+
+    def _release_held(self) -> None:
+        """After HOLD_RELEASE_S of a stable link, held-back events get one more try: the pump
+        goes back to the oldest event (skipping what is in flight)."""
+        if self._held and self.connected.is_set() and time.monotonic() - self._connected_at >= HOLD_RELEASE_S:
+            log.warning("trying %d held-back event(s) again after %.0f s of a stable link", len(self._held),
+                        HOLD_RELEASE_S)
+            with self._lock:
+                self._held.clear()
+                self._cursor = 0
 
     def _maybe_verdict(self, event_id: str) -> None:
         fresh = self._fresh.pop(event_id, None)
@@ -308,7 +393,10 @@ class Publisher:
         """Connect in the background; paho reconnects by itself after an outage."""
         self._pump_thread = threading.Thread(target=self._pump, name="mqtt-pump", daemon=True)
         self._pump_thread.start()
-        self.client.connect_async(self.host, self.port, self.keepalive)
+        if self.protocol == "5":
+            self.client.connect_async(self.host, self.port, self.keepalive, clean_start=True)
+        else:
+            self.client.connect_async(self.host, self.port, self.keepalive)
         self.client.loop_start()
 
     def publish_event(self, event: dict) -> None:

@@ -237,6 +237,40 @@ def test_a_full_disk_loses_no_event_and_seq_never_repeats(broker, small_fs, capl
     again.close()
 
 
+def test_an_agent_restarted_on_a_full_disk_runs_and_stores_its_events_when_space_returns(broker, small_fs):
+    """At start SQLite must create its WAL index: on a full disk that fails, and the agent
+    used to exit. It now starts with the events held in memory and opens the database later."""
+    ob = Outbox(small_fs / "outbox.sqlite")
+    for i in range(3):
+        ob.put(f"old{i}", "adgan/st1/events", json.dumps({"event_id": f"old{i}", "seq": ob.next_seq()}).encode())
+    ob.close()                                      # three events from before, never delivered
+    filler = fill_file_system(small_fs)
+    sub = Subscriber(broker.port, "adgan/st1/events")
+    assert sub.subscribed.wait(10)
+    ob = Outbox(small_fs / "outbox.sqlite")         # restart on the full disk
+    assert ob.status()["error"] and ob.status()["error"].startswith("open"), ob.status()
+    pub = Publisher("st1", ob, port=broker.port, keepalive=5)
+    try:
+        pub.start()
+        assert pub.connected.wait(10)
+        seqs = [ob.next_seq() for _ in range(5)]
+        assert seqs == [4, 5, 6, 7, 8]              # from the sequence file: no repeat
+        for s_ in seqs:
+            pub.publish_event({"event_id": f"new{s_}", "seq": s_, "verdict": "ok"})
+        assert sub.wait_for(lambda m: {f"new{s_}" for s_ in seqs} <= set(events_received(m)))
+        filler.unlink()                             # space again: the database opens
+        pub.publish_event({"event_id": "after", "seq": ob.next_seq(), "verdict": "ok"})
+        want = {f"old{i}" for i in range(3)} | {f"new{s_}" for s_ in seqs} | {"after"}
+        assert sub.wait_for(lambda m: want <= set(events_received(m)), 20), sorted(events_received(sub.messages))
+        assert wait(lambda: len(ob) == 0) and ob.status()["error"] is None and ob.generation == 1
+        got = events_received(sub.messages)
+        assert len(got) == len(set(got))            # each once
+    finally:
+        pub.stop()
+        sub.close()
+    ob.close()
+
+
 def test_the_sequence_file_survives_a_full_disk_and_a_torn_slot(small_fs):
     s = SeqFile(small_fs / "o.seq")
     s.set(5)
@@ -361,3 +395,51 @@ def test_a_wrong_password_is_an_authorisation_failure(tmp_path):
         assert "refused" in link["reason"]
     finally:
         b.stop()
+
+
+def test_an_event_the_broker_hangs_up_on_is_held_back_and_the_rest_flows(tmp_path, monkeypatch):
+    """mosquitto with message_size_limit drops an MQTT 5 client that sends a larger message,
+    and would again at every reconnect, where the oldest unacknowledged event goes first."""
+    import agent.mqtt.publisher as publisher
+    monkeypatch.setattr(publisher, "HOLD_RELEASE_S", 2.0)
+    port = free_port()
+    b = Broker(tmp_path, port)
+    b.conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                      "message_size_limit 2000\n")
+    b.start()
+    sub = Subscriber(port, "adgan/st1/events")
+    pub = Publisher("st1", Outbox(tmp_path / "o.sqlite"), port=port, keepalive=5, protocol="5")
+    pub.client.reconnect_delay_set(0.2, 1)
+    try:
+        assert sub.subscribed.wait(10)
+        pub.start()
+        assert pub.connected.wait(10)
+        pub.publish_event({"event_id": "big", "seq": 1, "verdict": "ok", "pad": "x" * 5000})
+        for i in range(5):
+            pub.publish_event({"event_id": f"e{i}", "seq": 2 + i, "verdict": "ok"})
+        assert sub.wait_for(lambda m: {f"e{i}" for i in range(5)} <= set(events_received(m)), 30)
+        assert wait(lambda: pub.counters["events_held"] >= 1), pub.counters
+        assert wait(lambda: len(pub.outbox) == 1)                             # kept, said, not lost
+        assert wait(lambda: pub.counters["events_held"] >= 2, 20)             # tried again on a stable link
+        assert "big" not in events_received(sub.messages)
+    finally:
+        pub.stop()
+        sub.close()
+        b.stop()
+
+
+def test_mqtt_5_connects_and_delivers_like_3_1_1(broker, tmp_path):
+    sub = Subscriber(broker.port, "adgan/st1/#")
+    pub = Publisher("st1", Outbox(tmp_path / "o.sqlite"), port=broker.port, protocol="5", commands={"class": print})
+    try:
+        assert sub.subscribed.wait(10)
+        pub.start()
+        assert pub.connected.wait(10)
+        pub.publish_event({"event_id": "e1", "seq": 1, "verdict": "anomaly"})
+        assert sub.wait_for(lambda m: events_received(m) == ["e1"] and ("adgan/st1/verdict", b"NG", False) in m)
+        assert pub.flush(10)
+    finally:
+        pub.stop()
+        sub.close()
+    with pytest.raises(ValueError, match="protocol"):
+        Publisher("st1", Outbox(tmp_path / "o2.sqlite"), protocol="4")
