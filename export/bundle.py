@@ -76,7 +76,7 @@ def write_generator_bundle(g: Generator, out: str | Path, search: SearchDefaults
     tmp = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out.parent))
     try:
         core = export_graphs(g, tmp, search.batch_seeds, search.theta_scope, search.loss, search.fg_threshold,
-                             search.depth_weight, search.pool)
+                             search.depth_weight, search.pool, search.score_cells)
         th = {k: v.numpy().astype(np.float32) for k, v in generator_theta(g).items()}
         np.savez(tmp / "theta.npz", **th)
         ins, outs = step_io(core.trainable)

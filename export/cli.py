@@ -44,6 +44,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     s = search
     print(f"exported {m['class']} ({m['kind']}, {m['training']['weights']}, epoch {m['training']['epoch']}) "
           f"-> {a.out}: theta scope {s.theta_scope}, loss {s.loss}, depth weight {s.depth_weight:g}, pool {s.pool}, "
+          f"score {'top ' + str(s.score_cells) + ' cells' if s.score_cells else 'mean'}, "
           f"n_seed {s.n_seed}, k {s.k}, z_init {s.z_init}")
     return 0
 
@@ -82,6 +83,9 @@ def add_parser(sub) -> None:
                    help="compare on POOL x POOL cells: the residual averaged over each cell's counted pixels, "
                         "then squared, so pixel noise and texture a pixel off cancel (a power of two; 1: per "
                         "pixel, the paper)")
+    q.add_argument("--score-cells", type=int, default=None,
+                   help="the score: 0 (default) the search's loss, a mean over the part; K the mean of the K "
+                        "cells (of --pool size) that differ most, so that damage to a small area counts")
     q.add_argument("--z-init", choices=("auto", "random", "encoder"), default="auto",
                    help="start of the search: the run's encoder E(x) (adgan train trains one) or random "
                         "z ~ N(0, I) (the paper); auto (default): the encoder when the run has one, else random "

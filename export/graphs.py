@@ -104,7 +104,7 @@ class SearchStep(nn.Module):
 
     def __init__(self, g: Generator, n_seed: int, scope: str = "all", loss: str = "mse",
                  fg_threshold: float = -0.9, bn_eps: float = 1e-5, depth_weight: float = 1.0,
-                 pool: int = 1) -> None:
+                 pool: int = 1, score_cells: int = 0) -> None:
         super().__init__()
         if scope not in SCOPES:
             raise ValueError(f"theta scope must be one of {SCOPES}, got {scope!r}")
@@ -115,6 +115,10 @@ class SearchStep(nn.Module):
         if pool < 1 or g.arch.size % pool:
             raise ValueError(f"pool must be >= 1 and divide the image size {g.arch.size}, got {pool}")
         self.pool = pool
+        n_cells = (g.arch.size // pool) ** 2
+        if not 0 <= score_cells <= n_cells:
+            raise ValueError(f"score_cells must be in 0..{n_cells} (cells of {pool}x{pool}), got {score_cells}")
+        self.score_cells = score_cells
         self.trainable = trainable_names(g.arch, scope)
         self.weighted = depth_weight != 1.0  # a plain mean writes no extra operators
         if self.weighted:
@@ -281,9 +285,29 @@ class SearchStep(nn.Module):
     def loss(self, x, z, *theta):
         return self.forward_backward(x, z, dict(zip(self.trainable, theta)), need_grad=False)[0]
 
+    def cell_energy(self, x, y):
+        """(S, cells): per pool x pool cell, the channel-weighted squared mean residual over the
+        cell's counted pixels, averaged over channels (0 where a cell counts no pixel)."""
+        f, (s, c, hh, ww) = self.pool, y.shape
+        diff = y - x
+        m = torch.ones_like(y[:, 3:4]) if self.loss_kind == "mse" else self._mask(x, y)  # (S, 1, H, W)
+        if f > 1:
+            a = (diff * m).reshape(s, c, hh // f, f, ww // f, f).sum(dim=(3, 5))
+            n = torch.clamp(m.reshape(s, 1, hh // f, f, ww // f, f).sum(dim=(3, 5)), min=1.0)
+            r2 = (a / n) * (a / n)
+        else:
+            r2 = diff * diff * m
+        e = (r2 * self.chan_w.to(r2.dtype) if self.weighted else r2).sum(dim=1) / c  # (S, h, w)
+        return e.reshape(s, -1)
+
     def reconstruct(self, x, z, *theta):
-        """(loss (S,), G(z) (S, 4, H, W)) with the given theta."""
+        """(score (S,), G(z) (S, 4, H, W)) with the given theta: the loss, or with score_cells K
+        the mean energy of the K cells that differ most (local damage moves it; the mean hides it)."""
         loss, _, y = self.forward_backward(x, z, dict(zip(self.trainable, theta)), need_grad=False)
+        if self.score_cells:
+            # sum / K, not mean: ONNX ReduceMean would need opset 18 (axes as an input)
+            top = torch.topk(self.cell_energy(x.to(y.dtype), y), self.score_cells, dim=1).values
+            loss = top.sum(dim=1) / self.score_cells
         return loss, y
 
     def init_theta(self, g: Generator) -> list[torch.Tensor]:

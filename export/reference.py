@@ -22,6 +22,34 @@ def channel_weights(channels: int, depth_weight: float) -> list[float]:
     return [v * channels / sum(w) for v in w]
 
 
+def counted_pixels(y: torch.Tensor, x: torch.Tensor, kind: str, fg_threshold: float = -0.9) -> torch.Tensor:
+    """(B, 1, H, W) 1 where the loss counts a pixel: everywhere (mse), where the sample or G(z)
+    is foreground (fg), where the sample is (fg_input)."""
+    with torch.no_grad():
+        if kind == "mse":
+            return torch.ones_like(y[:, 3:4])
+        m = x[:, 3:4] > -1.0
+        if kind == "fg":
+            m = m | (y[:, 3:4] > fg_threshold)
+        return m.to(y.dtype).expand(y.shape[0], 1, *y.shape[2:])
+
+
+def local_score(y: torch.Tensor, x: torch.Tensor, kind: str, cells: int, fg_threshold: float = -0.9,
+                depth_weight: float = 1.0, pool: int = 1) -> torch.Tensor:
+    """(B,) the mean over the `cells` pool x pool cells that differ most of the cell's energy:
+    the channel-weighted squared mean residual over its counted pixels, averaged over channels."""
+    m = counted_pixels(y, x, kind, fg_threshold)
+    diff = (y - x) * m
+    if pool > 1:
+        n = torch.clamp(torch.nn.functional.avg_pool2d(m, pool) * pool * pool, min=1.0)
+        r = torch.nn.functional.avg_pool2d(diff, pool) * pool * pool / n
+    else:
+        r = diff
+    w = y.new_tensor(channel_weights(y.shape[1], depth_weight)).reshape(1, -1, 1, 1)
+    e = (r * r * w).mean(1).flatten(1)  # (B, cells)
+    return torch.topk(e, cells, dim=1).values.mean(1)
+
+
 def reconstruction_loss(y: torch.Tensor, x: torch.Tensor, kind: str, fg_threshold: float = -0.9,
                         depth_weight: float = 1.0, pool: int = 1) -> torch.Tensor:
     """Per-sample loss (B,): mean squared error over the image (mse), over the pixels where the
@@ -42,14 +70,8 @@ def reconstruction_loss(y: torch.Tensor, x: torch.Tensor, kind: str, fg_threshol
     if kind == "mse" and pool == 1:
         d2 = diff * diff
         return (d2 if cw is None else d2 * cw).flatten(1).mean(1)
+    m = counted_pixels(y, x, kind, fg_threshold)
     with torch.no_grad():
-        if kind == "mse":
-            m = torch.ones_like(y[:, 3:4])
-        else:
-            m = x[:, 3:4] > -1.0
-            if kind == "fg":
-                m = m | (y[:, 3:4] > fg_threshold)
-            m = m.to(y.dtype).expand(y.shape[0], 1, *y.shape[2:])
         cnt = torch.clamp(m.flatten(1).sum(1), min=1.0) * y.shape[1]
     if pool == 1:
         a2 = diff * diff * m
@@ -62,8 +84,9 @@ def reconstruction_loss(y: torch.Tensor, x: torch.Tensor, kind: str, fg_threshol
 
 def search_seed(g: Generator, x: torch.Tensor, z0: torch.Tensor, k: int, lr_z: float, lr_theta: float,
                 scope: str = "all", loss: str = "mse", fg_threshold: float = -0.9,
-                trace: list | None = None, depth_weight: float = 1.0, pool: int = 1) -> float:
-    """One seed of Algorithm 1 from z0 (nz,); returns the loss after the k-th update."""
+                trace: list | None = None, depth_weight: float = 1.0, pool: int = 1, score_cells: int = 0) -> float:
+    """One seed of Algorithm 1 from z0 (nz,); returns the loss after the k-th update (with
+    score_cells K: the mean of the K cells that differ most, `local_score`)."""
     gs = copy.deepcopy(g).eval()
     z = z0.detach().clone().reshape(1, -1).requires_grad_(True)
     groups = [{"params": [z], "lr": lr_z}]
@@ -87,6 +110,8 @@ def search_seed(g: Generator, x: torch.Tensor, z0: torch.Tensor, k: int, lr_z: f
         l.backward()
         opt.step()
     with torch.no_grad():
+        if score_cells:
+            return local_score(gs(z), x, loss, score_cells, fg_threshold, depth_weight, pool).item()
         return reconstruction_loss(gs(z), x, loss, fg_threshold, depth_weight, pool).item()
 
 
@@ -126,6 +151,7 @@ class ReferenceSearcher:
         per = []
         for s in range(p.n_seed):
             per.append(search_seed(self.g, xt, z0[s], p.k, p.lr_z, p.lr_theta, p.theta_scope, p.loss,
-                                   p.fg_threshold, depth_weight=p.depth_weight, pool=p.pool))
+                                   p.fg_threshold, depth_weight=p.depth_weight, pool=p.pool,
+                                   score_cells=p.score_cells))
         per_seed = np.array(per, np.float32)
         return ScoreResult(float(per_seed.mean()), per_seed, np.zeros_like(x))

@@ -57,6 +57,7 @@ class SearchDefaults(StrictRecord):
     z_init_noise: float = 0.0   # with "encoder": z0 = E(x) + z_init_noise * N(0, I) per seed
     depth_weight: float = 1.0   # squared error of depth vs each RGB channel (1: a plain mean)
     pool: int = 1               # compare on pool x pool cells, the residual averaged over each cell's counted pixels (1: per pixel)
+    score_cells: int = 0        # 0: the score is the search's loss; K: the mean of the K cells that differ most
 
     def __post_init__(self) -> None:
         if self.n_seed < 1 or self.k < 1 or self.batch_seeds < 1:
@@ -75,6 +76,8 @@ class SearchDefaults(StrictRecord):
             raise ValueError(f"z_init_noise must be >= 0, got {self.z_init_noise}")
         if not self.depth_weight > 0:
             raise ValueError(f"depth_weight must be > 0, got {self.depth_weight}")
+        if self.score_cells < 0:
+            raise ValueError(f"score_cells must be >= 0 (0: the mean loss), got {self.score_cells}")
         if not (1 <= self.pool <= 32 and self.pool & (self.pool - 1) == 0):
             raise ValueError(f"pool must be a power of two from 1 to 32 (it divides every image size), got {self.pool}")
 

@@ -139,3 +139,36 @@ def test_pool_averages_the_residual_over_each_cells_object_pixels():
         reconstruction_loss(x, x, "fg_input", pool=3)
     with pytest.raises(ValueError, match="pool"):
         SearchStep(random_generator(torch.float32), 3, "none", "fg_input", pool=3)
+
+
+def test_the_local_score_is_the_mean_of_the_cells_that_differ_most():
+    from export.reference import local_score
+    x = -torch.ones(1, 4, 8, 8)
+    x[:, :, 0:8, 0:4] = 0.0               # the part: the left half (two 4x4 cells)
+    y = x.clone()
+    y[:, :, 0:4, 0:4] += 0.2               # one cell off by 0.2 in every channel: energy 0.04
+    y[:, 3, 4:8, 0:4] += 0.6               # the other off by 0.6 in depth only: energy 0.36 / 4 = 0.09
+    assert local_score(y, x, "fg_input", 1, pool=4).item() == pytest.approx(0.09)
+    assert local_score(y, x, "fg_input", 2, pool=4).item() == pytest.approx((0.09 + 0.04) / 2)
+    # the background cells count nothing, so more cells than the part has dilute it
+    assert local_score(y, x, "fg_input", 4, pool=4).item() == pytest.approx((0.09 + 0.04) / 4)
+    # one damaged pixel in a part of 32: the loss (a mean) barely moves, the top cell does
+    hit = x.clone()
+    hit[:, :, 2, 2] += 1.0
+    assert reconstruction_loss(hit, x, "fg_input").item() == pytest.approx(1 / 32)
+    assert local_score(hit, x, "fg_input", 1).item() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("scope, loss, dw, pool, cells", [("none", "fg_input", 1.0, 4, 3), ("all", "fg", 3.0, 1, 10),
+                                                          ("bn", "mse", 1.0, 2, 1)])
+def test_the_loss_graphs_local_score_matches_the_reference(scope, loss, dw, pool, cells):
+    from export.reference import local_score
+    g = random_generator(torch.float64)
+    core = SearchStep(g, 3, scope, loss, depth_weight=dw, pool=pool, score_cells=cells).to(torch.float64)
+    z = torch.randn(3, 100, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    x = sample_x(torch.float64)
+    got, y = core.reconstruct(x, z, *core.init_theta(g))
+    want = local_score(y, x.expand(3, -1, -1, -1), loss, cells, depth_weight=dw, pool=pool)
+    assert torch.allclose(got, want, rtol=1e-10)
+    with pytest.raises(ValueError, match="score_cells"):
+        SearchStep(g, 3, scope, loss, pool=pool, score_cells=(32 // pool) ** 2 + 1)

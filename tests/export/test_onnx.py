@@ -14,14 +14,14 @@ from tests.export.conftest import random_generator, sample_x
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module", params=[("all", 1.0, 1), ("bn", 1.0, 1), ("none", 1.0, 1), ("all", 3.0, 1),
-                                        ("all", 1.0, 4)],
-                ids=["all", "bn", "none", "all-depth-weight-3", "all-pool-4"])
+@pytest.fixture(scope="module", params=[("all", 1.0, 1, 0), ("bn", 1.0, 1, 0), ("none", 1.0, 1, 0),
+                                        ("all", 3.0, 1, 0), ("all", 1.0, 4, 0), ("none", 1.0, 4, 3)],
+                ids=["all", "bn", "none", "all-depth-weight-3", "all-pool-4", "none-pool-4-top-3-cells"])
 def exported(request, tmp_path_factory):
-    scope, dw, pool = request.param
+    scope, dw, pool, cells = request.param
     g = random_generator(size=32, features_g=4)
     out = tmp_path_factory.mktemp(f"onnx_{scope}")
-    core = export_graphs(g, out, 3, scope, "fg", -0.9, depth_weight=dw, pool=pool)
+    core = export_graphs(g, out, 3, scope, "fg", -0.9, depth_weight=dw, pool=pool, score_cells=cells)
     return scope, g, core, out
 
 

@@ -129,3 +129,24 @@ def test_export_cli_records_the_pool_and_onnxruntime_scores_as_the_pooled_refere
         SearchDefaults(pool=3)
     assert main(["export", str(tiny_run), "--out", str(tmp_path / "bad"), "--pool", "3"]) == 2
     assert not (tmp_path / "bad").exists()
+
+
+def test_export_cli_records_the_local_score_and_onnxruntime_scores_as_the_reference(tiny_run, tmp_path, synth_data):
+    import numpy as np
+
+    from adgan.cli import main
+    from adgan.score import make_scorer
+    from agent.segment.preprocess import sample_to_input
+    from agent.sources.folder import read_sample
+    x = sample_to_input(read_sample(synth_data / "test" / "sphere", 0), 32)
+    out = tmp_path / "top"
+    assert main(["export", str(tiny_run), "--out", str(out), "--theta-scope", "none", "--loss", "fg_input",
+                 "--k", "3", "--pool", "4", "--score-cells", "4"]) == 0
+    b = Bundle.load(out)
+    assert b.search.score_cells == 4
+    a, r = make_scorer(b, "onnxruntime", seed=1).score(x), make_scorer(b, "torch", seed=1).score(x)
+    np.testing.assert_allclose(a.per_seed, r.per_seed, rtol=1e-3)
+    assert SearchDefaults.from_dict({"k": 3}).score_cells == 0  # manifests written before: the mean loss
+    assert main(["export", str(tiny_run), "--out", str(tmp_path / "bad"), "--score-cells", "-1"]) == 2
+    assert main(["export", str(tiny_run), "--out", str(tmp_path / "bad"), "--pool", "4", "--score-cells", "65"]) == 2
+    assert not (tmp_path / "bad").exists()
