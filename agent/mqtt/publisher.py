@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import ssl
 import threading
 import time
@@ -28,6 +27,8 @@ from typing import Callable
 
 import paho.mqtt.client as mqtt
 
+from agent.mqtt import link
+from agent.mqtt.link import ReportingClient, describe_connect_error
 from agent.mqtt.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -39,40 +40,6 @@ PROTOCOLS = ("3.1.1", "5")
 # MQTT 5 PUBACK reasons that no resend can change: packet too large, payload format invalid,
 # topic name invalid
 PERMANENT_REJECTIONS = {0x95, 0x99, 0x90}
-POISON_S, POISON_STRIKES, HOLD_RELEASE_S = 1.0, 3, 60.0
-
-
-def describe_connect_error(e: BaseException, host: str, port: int) -> tuple[str, str]:
-    """(state, reason) for an exception raised while connecting to the broker."""
-    where = f"{host}:{port}"
-    if isinstance(e, socket.gaierror):
-        return "unresolvable", f"cannot resolve the broker host {host!r} ({e.strerror or e})"
-    if isinstance(e, ssl.SSLCertVerificationError):
-        return "tls", f"TLS verification of {where} failed: {e.verify_message or e} (check mqtt.tls_ca and host)"
-    if isinstance(e, ssl.SSLError):
-        return "tls", f"TLS handshake with {where} failed: {e.reason or e}"
-    if isinstance(e, ConnectionRefusedError):
-        return "refused", f"{where} refused the connection (is the broker running on that port?)"
-    if isinstance(e, (TimeoutError, socket.timeout)):
-        return "unreachable", f"{where} did not answer (timed out)"
-    if isinstance(e, OSError):
-        return "unreachable", f"cannot reach {where}: {e.strerror or e}"
-    return "error", f"connecting to {where} failed: {type(e).__name__}: {e}"
-
-
-class _Client(mqtt.Client):
-    """paho's client, remembering why the last connection attempt failed (paho's loop
-    catches the exception and only calls on_connect_fail, without it)."""
-
-    last_connect_error: BaseException | None = None
-
-    def reconnect(self):
-        self.last_connect_error = None
-        try:
-            return super().reconnect()
-        except Exception as e:
-            self.last_connect_error = e
-            raise
 
 
 class Publisher:
@@ -102,8 +69,7 @@ class Publisher:
         self._cursor = 0                   # outbox position of the last event sent on this connection
         self._outbox_gen = outbox.generation
         self._max_packet: int | None = None  # the broker's limit (MQTT 5 CONNACK), None if unknown
-        self._strikes: dict[str, int] = {}   # event id -> connections dropped right after sending it
-        self._held: set[str] = set()         # events held back after POISON_STRIKES strikes
+        self._holdback = link.HoldBack()     # events the broker hangs up on (link.py)
         self._connected_at = 0.0
         self._fresh: dict[str, tuple[str, float]] = {}  # event id -> (OK/NG, monotonic decision time)
         self._wake = threading.Event()
@@ -116,10 +82,10 @@ class Publisher:
             raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
         self.protocol = protocol
         if protocol == "5":  # a clean start, like 3.1.1's clean session: commands are not kept offline
-            self.client = _Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"adgan-{station_id}",
+            self.client = ReportingClient(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"adgan-{station_id}",
                                   protocol=mqtt.MQTTv5)
         else:
-            self.client = _Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"adgan-{station_id}",
+            self.client = ReportingClient(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"adgan-{station_id}",
                                   clean_session=True, protocol=mqtt.MQTTv311)
         self.client.will_set(self.topic("availability"), "offline", qos=1, retain=True)
         if username:
@@ -203,29 +169,15 @@ class Publisher:
         self._connack = False
 
     def _strike_poison(self) -> None:
-        """A broker that hangs up on a message it will never take (larger than its limit, under
-        MQTT 5 mosquitto says 'protocol error') would do it again at every reconnect, where
-        the oldest unacknowledged event goes first. So: the oldest event still unacknowledged
-        when a connection drops within POISON_S of sending it gets a strike; at POISON_STRIKES
-        in a row it is held back (kept in the outbox, said, counted) until the link has been up
-        HOLD_RELEASE_S, then tried once more."""
         now = time.monotonic()
         with self._lock:
-            events = [(t, e) for e, t in self._inflight.values() if e is not None]
-        if not events:
-            self._strikes.clear()
-            return
-        sent_at, oldest = min(events)
-        if now - sent_at > POISON_S:
-            self._strikes.clear()
-            return
-        self._strikes = {oldest: self._strikes.get(oldest, 0) + 1}
-        if self._strikes[oldest] >= POISON_STRIKES and oldest not in self._held:
-            self._held.add(oldest)
+            unacked = [(t, e) for e, t in self._inflight.values() if e is not None]
+        held = self._holdback.dropped(unacked, now)
+        if held is not None:
             self.counters["events_held"] += 1
             log.error("event %s: the broker hung up right after it %d times in a row; it is held back (kept in the "
                       "outbox) and tried again after %.0f s of a stable link. Is it larger than the broker's "
-                      "message size limit?", oldest, POISON_STRIKES, HOLD_RELEASE_S)
+                      "message size limit?", held, link.POISON_STRIKES, link.HOLD_RELEASE_S)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         with self._lock:
@@ -351,7 +303,7 @@ class Publisher:
                     # sending it would make the broker hang up, again at every reconnect
                     self._rejected(p.event_id, f"{size} bytes, more than the broker's maximum packet size "
                                                f"{self._max_packet}", True)
-                elif p.event_id in self._held:
+                elif p.event_id in self._holdback.held:
                     pass  # held back: the broker hung up on it repeatedly
                 elif p.event_id not in sent:  # (sent: on this connection, before the outbox reopened)
                     if not self._publish(p.topic, p.payload, p.qos, event_id=p.event_id):
@@ -363,13 +315,13 @@ class Publisher:
                         self._cursor = max(self._cursor, p.seq)
 
     def _release_held(self) -> None:
-        """After HOLD_RELEASE_S of a stable link, held-back events get one more try: the pump
-        goes back to the oldest event (skipping what is in flight)."""
-        if self._held and self.connected.is_set() and time.monotonic() - self._connected_at >= HOLD_RELEASE_S:
-            log.warning("trying %d held-back event(s) again after %.0f s of a stable link", len(self._held),
-                        HOLD_RELEASE_S)
+        """Held-back events get one more try on a stable link: back to the oldest event."""
+        if not self.connected.is_set():
+            return
+        n = self._holdback.release(time.monotonic() - self._connected_at)
+        if n:
+            log.warning("trying %d held-back event(s) again on a stable link", n)
             with self._lock:
-                self._held.clear()
                 self._cursor = 0
 
     def _maybe_verdict(self, event_id: str) -> None:

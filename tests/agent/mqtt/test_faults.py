@@ -400,8 +400,8 @@ def test_a_wrong_password_is_an_authorisation_failure(tmp_path):
 def test_an_event_the_broker_hangs_up_on_is_held_back_and_the_rest_flows(tmp_path, monkeypatch):
     """mosquitto with message_size_limit drops an MQTT 5 client that sends a larger message,
     and would again at every reconnect, where the oldest unacknowledged event goes first."""
-    import agent.mqtt.publisher as publisher
-    monkeypatch.setattr(publisher, "HOLD_RELEASE_S", 2.0)
+    import agent.mqtt.link as link
+    monkeypatch.setattr(link, "HOLD_RELEASE_S", 2.0)
     port = free_port()
     b = Broker(tmp_path, port)
     b.conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"

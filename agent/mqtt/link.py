@@ -1,0 +1,85 @@
+"""The link to the broker: why a connection failed, and which event it fails on.
+
+paho's network loop catches the exception of a failed connection attempt and calls
+`on_connect_fail` without it; `ReportingClient` keeps it, and `describe_connect_error`
+turns it into a state (refused, unresolvable, unreachable, tls, error) and a reason.
+"""
+from __future__ import annotations
+
+import socket
+import ssl
+
+import paho.mqtt.client as mqtt
+
+
+def describe_connect_error(e: BaseException, host: str, port: int) -> tuple[str, str]:
+    """(state, reason) for an exception raised while connecting to the broker."""
+    where = f"{host}:{port}"
+    if isinstance(e, socket.gaierror):
+        return "unresolvable", f"cannot resolve the broker host {host!r} ({e.strerror or e})"
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return "tls", f"TLS verification of {where} failed: {e.verify_message or e} (check mqtt.tls_ca and host)"
+    if isinstance(e, ssl.SSLError):
+        return "tls", f"TLS handshake with {where} failed: {e.reason or e}"
+    if isinstance(e, ConnectionRefusedError):
+        return "refused", f"{where} refused the connection (is the broker running on that port?)"
+    if isinstance(e, (TimeoutError, socket.timeout)):
+        return "unreachable", f"{where} did not answer (timed out)"
+    if isinstance(e, OSError):
+        return "unreachable", f"cannot reach {where}: {e.strerror or e}"
+    return "error", f"connecting to {where} failed: {type(e).__name__}: {e}"
+
+
+class ReportingClient(mqtt.Client):
+    """paho's client, remembering why the last connection attempt failed (paho's loop
+    catches the exception and only calls on_connect_fail, without it)."""
+
+    last_connect_error: BaseException | None = None
+
+    def reconnect(self):
+        self.last_connect_error = None
+        try:
+            return super().reconnect()
+        except Exception as e:
+            self.last_connect_error = e
+            raise
+
+
+POISON_S, POISON_STRIKES, HOLD_RELEASE_S = 1.0, 3, 60.0
+
+
+class HoldBack:
+    """Events a broker hangs up on. A message it will never take (larger than its limit:
+    under MQTT 5 mosquitto says 'protocol error') makes it drop the connection again at
+    every reconnect, where the oldest unacknowledged event goes first. So the oldest event
+    still unacknowledged when a connection drops within POISON_S of sending it gets a strike;
+    at POISON_STRIKES in a row it is held back (the publisher keeps it in the outbox and says
+    so) until the link has been up HOLD_RELEASE_S, then it is tried once more."""
+
+    def __init__(self) -> None:
+        self.strikes: dict[str, int] = {}
+        self.held: set[str] = set()
+
+    def dropped(self, unacked: list[tuple[float, str]], now: float) -> str | None:
+        """A connection dropped with `unacked` (monotonic time sent, event id) events; the id
+        newly held back, if any."""
+        if not unacked:
+            self.strikes.clear()
+            return None
+        sent_at, oldest = min(unacked)
+        if now - sent_at > POISON_S:
+            self.strikes.clear()
+            return None
+        self.strikes = {oldest: self.strikes.get(oldest, 0) + 1}
+        if self.strikes[oldest] >= POISON_STRIKES and oldest not in self.held:
+            self.held.add(oldest)
+            return oldest
+        return None
+
+    def release(self, stable_s: float) -> int:
+        """After HOLD_RELEASE_S of a stable link, every held event gets another try; how many."""
+        if not self.held or stable_s < HOLD_RELEASE_S:
+            return 0
+        n = len(self.held)
+        self.held.clear()
+        return n
