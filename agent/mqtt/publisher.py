@@ -2,7 +2,7 @@
 (QoS 1, through the durable outbox), verdict (OK/NG), status, and commands on
 `<base>/<feature>/set` with their state echoed on `<base>/<feature>/state`. paho-mqtt 2.
 
-Delivery (README "MQTT contract"):
+Delivery (README "The delivery contract"; link.py for failures and held-back events):
 - One pump thread sends events from the outbox in order, only while connected, at most
   WINDOW unacknowledged at a time. An event leaves the outbox only on the broker's PUBACK.
 - On every connect paho's own queue is dropped and the pump starts again at the oldest
@@ -81,12 +81,12 @@ class Publisher:
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
         self.protocol = protocol
+        cid = client_id or f"adgan-{station_id}"
         if protocol == "5":  # a clean start, like 3.1.1's clean session: commands are not kept offline
-            self.client = ReportingClient(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"adgan-{station_id}",
-                                  protocol=mqtt.MQTTv5)
+            self.client = ReportingClient(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
         else:
-            self.client = ReportingClient(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"adgan-{station_id}",
-                                  clean_session=True, protocol=mqtt.MQTTv311)
+            self.client = ReportingClient(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, clean_session=True,
+                                          protocol=mqtt.MQTTv311)
         self.client.will_set(self.topic("availability"), "offline", qos=1, retain=True)
         if username:
             self.client.username_pw_set(username, password)
