@@ -168,7 +168,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
             w = csv.writer(fh)
             w.writerow(["path", "class", "score"])
             w.writerows([(p, c, f"{s:.9g}") for p, c, s in rows])
-        row = table_row(b.cls, b.kind, rows)
+        row = {**table_row(b.cls, b.kind, rows), **bundle_columns(b)}
         table.append(row)
         s = np.array([r[2] for r in rows])
         folder = np.array([r[1] for r in rows])
@@ -220,7 +220,13 @@ def evaluate_damage(scorer, b, a, frames, out: Path, tag: str, label: str, index
         w.writerows([(s.folder.name, s.frame, f"{s.score:.9g}") for g in scored.values() for s in g])
     damage_figure(scored, min(a.n_rank, 6), out / f"damage-maps-{tag}.png", label)
     index += [f"### {label}: damaged parts", "", f"![damage maps](damage-maps-{tag}.png)", ""]
-    return damage_rows(b.cls, b.kind, scored)
+    return [{**r, **bundle_columns(b)} for r in damage_rows(b.cls, b.kind, scored)]
+
+
+def bundle_columns(b) -> dict:
+    """Which bundle and which score a row is of, so that rows of one class stay apart."""
+    s = b.search
+    return {"bundle": b.bundle_hash[:12], "score": f"top {s.score_cells} cells" if s.score_cells else "mean"}
 
 
 def add_parser(sub) -> None:
