@@ -13,6 +13,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from agent.decide.anomaly_map import encode_map, heat, hot_box
 from agent.decide.inspector import ClassModel, load_models
 from agent.frame import FrameError, NoObjectError, RGBDFrame, Sample
@@ -296,7 +298,8 @@ class Agent:
             with timed(work, "publish_ms"):
                 h = heat(x, d.reconstruction)
                 crop = sample.meta.get("crop")
-                box = hot_box(h, tuple(crop) if crop is not None else None)
+                # where on the part: G(z)'s background speckle must not win the box
+                box = hot_box(np.where(x[3] > -1.0, h, 0.0), tuple(crop) if crop is not None else None)
                 if self.s.model.anomaly_map:
                     amap = encode_map(h)
         self._emit(work, d.verdict, model=model, score=d.score, threshold=d.threshold, anomaly_map=amap,
