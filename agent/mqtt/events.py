@@ -85,8 +85,8 @@ class Event(_Doc):
     source: SourceRef = Field(description="where the frame came from")
     error: Optional[str] = Field(None, description="why the frame could not be inspected (verdict error)")
     anomaly_box: Optional[AnomalyBox] = Field(
-        None, description="where the damage is: the bounding box of the hottest region of |G(z*) - x| on the part (pixels "
-                          "within half the peak difference, connected to the peak); on anomaly verdicts")
+        None, description="where the damage is: the bounding box of the hottest region of |G(z*) - x| on the "
+                          "part (pixels within half the peak difference, connected to the peak); on anomaly verdicts")
     anomaly_map: Optional[AnomalyMap] = Field(
         None, description="where the part differs from the model's reconstruction, |G(z*) - x| (anomaly verdicts, "
                           "when the station's model.anomaly_map is on)")
