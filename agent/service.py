@@ -53,7 +53,7 @@ class Agent:
         self.notifier = notifier or SystemdNotifier()
         self.stop_requested = threading.Event()
         self.counters = Counters("frames", "events", "ok", "anomaly", "no_object", "error", "errors_suppressed",
-                                 "triggers_coalesced", "commands_refused")
+                                 "triggers_coalesced", "classes_refused")
         self.source_health = SourceHealth()
         self.started = time.time()
         self.models: dict[str, ClassModel] = {}
@@ -127,12 +127,12 @@ class Agent:
                 self.expected = req
                 self.passage.reset()
         else:
-            self.counters.add("commands_refused")
+            self.counters.add("classes_refused")
             now = time.monotonic()
             if now >= self._next_refusal_log:  # a storm of bad requests is one line per 10 s
                 self._next_refusal_log = now + 10.0
-                log.warning("class/set %r refused: no bundle for it (have %s); %d commands refused so far",
-                            req[:64], ", ".join(sorted(self.models)), self.counters.snapshot()["commands_refused"])
+                log.warning("class/set %r refused: no bundle for it (have %s); %d refused so far",
+                            req[:64], ", ".join(sorted(self.models)), self.counters.snapshot()["classes_refused"])
         self.publisher.publish_state("class", self.expected)
 
     # -- source management ---------------------------------------------------------------

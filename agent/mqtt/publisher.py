@@ -361,10 +361,6 @@ class Publisher:
         self.outbox.put(event["event_id"], self.topic("events"), payload, self.qos)
         self._wake.set()
 
-    @property
-    def store_failures(self) -> int:
-        return self.outbox.store_failures
-
     def publish_status(self, status: dict) -> None:
         """The heartbeat (QoS 0, retained); skipped while disconnected: the next one is newer."""
         if self.connected.is_set():
