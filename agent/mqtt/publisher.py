@@ -180,17 +180,22 @@ class Publisher:
                       "message size limit?", held, link.POISON_STRIKES, link.HOLD_RELEASE_S)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        # The entry leaves _inflight only after the outbox has the ack: a pump that went back to
+        # the oldest event (outbox reopened, held event released) must never see an acknowledged
+        # event neither in flight nor gone from the outbox, or it would send it again.
         with self._lock:
-            entry = self._inflight.pop(mid, None)
+            entry = self._inflight.get(mid)
             if entry is None and self._sending:
                 self._early.add(mid)  # acknowledged before publish() returned its id
-        if entry is None or entry[0] is None:
-            return
-        if getattr(reason_code, "is_failure", False):  # MQTT 5: the broker took it but refuses it
-            self._rejected(entry[0], str(reason_code), getattr(reason_code, "value", 0) in PERMANENT_REJECTIONS)
-            return
-        self.outbox.ack(entry[0])
-        self._wake.set()
+        if entry is not None and entry[0] is not None:
+            if getattr(reason_code, "is_failure", False):  # MQTT 5: the broker took it but refuses it
+                self._rejected(entry[0], str(reason_code),
+                               getattr(reason_code, "value", 0) in PERMANENT_REJECTIONS)
+            else:
+                self.outbox.ack(entry[0])
+                self._wake.set()
+        with self._lock:
+            self._inflight.pop(mid, None)
 
     def _rejected(self, event_id: str, reason: str, permanent: bool) -> None:
         """An event the broker refuses (MQTT 5). One that can never be accepted (too large,
