@@ -11,7 +11,8 @@ from tqdm import tqdm
 
 from agent.scoring.bundle import Bundle
 from agent.segment.preprocess import sample_to_input
-from agent.sources.folder import check_preprocessing, class_folders, frame_numbers, parse_frames, read_sample, rgb_path
+from agent.sources.folder import (check_preprocessing, class_folders, frame_numbers, parse_frames, read_model_sample,
+                                  rgb_path)
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +51,12 @@ def score_folder(scorer, bundle: Bundle, samples: str | Path, frames=None, progr
     folders = class_folders(samples)
     todo = []
     for folder in folders:
-        check_preprocessing(folder, bundle.preprocessing)
-        todo += [(folder, n) for n in frame_numbers(folder, frames)]
+        rec = check_preprocessing(folder, bundle.preprocessing)
+        todo += [(folder, n, rec) for n in frame_numbers(folder, frames)]
     if not todo:
         raise ValueError(f"{samples}: no samples to score" + (f" in frames {frames[0]}:{frames[1]}" if frames else ""))
-    for folder, n in tqdm(todo, desc="score", unit="sample", disable=not progress):
-        x = sample_to_input(read_sample(folder, n), bundle.size)
+    for folder, n, rec in tqdm(todo, desc="score", unit="sample", disable=not progress):
+        x = sample_to_input(read_model_sample(folder, n, bundle.preprocessing, rec), bundle.size)
         yield str(rgb_path(folder, n)), folder.name, scorer.score(x).score
 
 

@@ -22,7 +22,7 @@ from agent.health import Counters, SourceHealth, SystemdNotifier, timed
 from agent.mqtt.events import Event, utc_iso
 from agent.mqtt.outbox import Outbox
 from agent.mqtt.publisher import Publisher
-from agent.segment.preprocess import make_sample, sample_to_input
+from agent.segment.preprocess import Preprocessing, make_sample, reframe, sample_to_input
 from agent.segment.segmentation import SegmentationConfig
 from agent.segment.station import StationSegmenter
 from agent.settings import AgentSettings
@@ -57,6 +57,7 @@ class Agent:
         self.source_health = SourceHealth()
         self.started = time.time()
         self.models: dict[str, ClassModel] = {}
+        self._sample_prep = Preprocessing()  # the recipe of replayed samples (the folder's own)
         self.expected = settings.model.expected_class
         self._class_request: str | None = None
         self._class_lock = threading.Lock()
@@ -101,7 +102,7 @@ class Agent:
         if self.source is not None and self.source.segmented and self.s.source.type == "folder":
             from agent.sources.folder import check_preprocessing
             for m in self.models.values():
-                check_preprocessing(self.s.source.path, m.bundle.preprocessing)
+                self._sample_prep = check_preprocessing(self.s.source.path, m.bundle.preprocessing)
         self.notifier.ready(f"inspecting {self.expected}")
         log.info("agent %s ready: classes %s, expecting %s, trigger %s", self.s.station_id, sorted(self.models),
                  self.expected, self.s.trigger.mode)
@@ -282,7 +283,13 @@ class Agent:
         if not sample.depth.any():
             self._emit(work, "no_object")
             return
-        self._score(work, sample, self.models[self.expected])
+        model = self.models[self.expected]
+        try:  # stored whole-frame samples for a crop-to-part model are cropped here
+            sample = reframe(sample, self._sample_prep, model.bundle.preprocessing)
+        except (NoObjectError, ValueError) as e:
+            self._error(work, f"cannot frame the sample: {e}", inspection=True, model=model)
+            return
+        self._score(work, sample, model)
 
     def _score(self, work: Work, sample: Sample, model: ClassModel) -> None:
         try:
@@ -297,9 +304,12 @@ class Agent:
         if d.verdict == "anomaly":
             with timed(work, "publish_ms"):
                 h = heat(x, d.reconstruction)
-                crop = sample.meta.get("crop")
+                crop, where = sample.meta.get("crop"), "camera"
+                if crop is None and "reframe" in sample.meta:  # a replayed sample, cropped to its part
+                    crop, where = sample.meta["reframe"], "sample"
                 # where on the part: G(z)'s background speckle must not win the box
-                box = hot_box(np.where(x[3] > -1.0, h, 0.0), tuple(crop) if crop is not None else None)
+                box = hot_box(np.where(x[3] > -1.0, h, 0.0), tuple(crop) if crop is not None else None,
+                              crop_frame=where)
                 if self.s.model.anomaly_map:
                     amap = encode_map(h)
         self._emit(work, d.verdict, model=model, score=d.score, threshold=d.threshold, anomaly_map=amap,

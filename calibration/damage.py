@@ -29,6 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from agent.frame import Sample
+from agent.segment.preprocess import part_mask as sample_part_mask
 from agent.sources.folder import (PREPROCESSING_FILE, class_folders, frame_numbers, parse_frames, read_sample,
                                   write_mask, write_sample)
 
@@ -43,26 +44,11 @@ class DamageError(ValueError):
     """A sample that cannot carry a defect (too small, or no room for it)."""
 
 
-def object_pixels(s: Sample) -> np.ndarray:
-    """Every pixel the segmentation kept (the part, and any specks of table or cable): those
-    with depth. Not RGB: JPEG leaves faint non-zero noise around the part."""
-    return s.depth > 0
-
-
-def _largest_region(m: np.ndarray) -> np.ndarray:
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(m.astype(np.uint8), connectivity=8)
-    if n <= 1:
-        return m.astype(bool)
-    return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-
-
 def part_mask(s: Sample) -> np.ndarray:
-    """The part: the largest connected region of kept pixels once one-pixel lines are opened
-    away (segmentation leaves specks and lines of table edge or cable that touch the part;
-    they must not carry a defect)."""
-    kept = object_pixels(s)
-    core = cv2.morphologyEx(kept.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)).astype(bool)
-    return _largest_region(core) if core.any() else _largest_region(kept)
+    """The part: the largest connected region of pixels with depth once one-pixel lines are
+    opened away (segmentation leaves specks and lines of table edge or cable that touch the
+    part; they must not carry a defect). The same mask frames a part for crop-to-part models."""
+    return sample_part_mask(s.depth)
 
 
 def _disk(shape, cx: float, cy: float, r: float) -> np.ndarray:
@@ -163,7 +149,7 @@ def make_defect(s: Sample, defect: str, rng: np.random.Generator) -> tuple[Sampl
         rgb *= (1 - rng.uniform(0.3, 0.5) * bump)[..., None]
     out = Sample(rgb=np.clip(np.rint(rgb), 0, 255).astype(np.uint8),
                  depth=np.clip(np.rint(depth), 0, 255).astype(np.uint8), meta=dict(s.meta))
-    gt = gt & (object_pixels(out) | mask)
+    gt = gt & ((out.depth > 0) | mask)
     params = {"defect": defect, "centre": [round(float(cx), 2), round(float(cy), 2)], "radius": round(float(r), 2),
               "part_px": area, "defect_px": int(gt.sum())}
     return out, gt, params

@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from agent.decide.anomaly_map import heat
-from agent.segment.preprocess import sample_to_input
+from agent.segment.preprocess import reframe, sample_to_input, uncrop_map
 from agent.sources.folder import check_preprocessing, frame_numbers, read_mask, read_sample
 from calibration.localisation import pixel_auroc, pro_auc
 from calibration.metrics import auc
@@ -44,16 +44,19 @@ def score_damage(scorer, bundle, root: Path, frames=None, progress: bool = True)
                          "(make them with 'adgan dataset damage')")
     jobs = []
     for name, folder in folders.items():
-        check_preprocessing(folder, bundle.preprocessing)
-        jobs += [(name, folder, n) for n in frame_numbers(folder, frames)]
+        rec = check_preprocessing(folder, bundle.preprocessing)
+        jobs += [(name, folder, n, rec) for n in frame_numbers(folder, frames)]
     out: dict[str, list[Scored]] = {name: [] for name in folders}
-    for name, folder, n in tqdm(jobs, desc=f"damage {bundle.cls}", unit="sample", disable=not progress):
-        s = read_sample(folder, n)
+    for name, folder, n, rec in tqdm(jobs, desc=f"damage {bundle.cls}", unit="sample", disable=not progress):
+        stored = read_sample(folder, n)
+        s = reframe(stored, rec, bundle.preprocessing)
         x = sample_to_input(s, bundle.size)
         r = scorer.score(x)
         h = heat(x, r.reconstruction)
-        if h.shape != s.depth.shape:
-            h = cv2.resize(h, s.depth.shape[::-1], interpolation=cv2.INTER_LINEAR)
+        if "reframe" in s.meta:  # a crop-to-part model: its map goes back where the part is
+            h = uncrop_map(h, s.meta["reframe"], stored.depth.shape)
+        elif h.shape != stored.depth.shape:
+            h = cv2.resize(h, stored.depth.shape[::-1], interpolation=cv2.INTER_LINEAR)
         out[name].append(Scored(folder, n, float(r.score), h, None if name == "intact" else read_mask(folder, n)))
     return out
 

@@ -65,13 +65,13 @@ def maps_figure(scorer, bundle, rows, n: int, path: Path, title: str) -> None:
     """Per-pixel anomaly maps of the n most anomalous samples: input | G(z*) | |G(z*) - x|."""
     from agent.decide.anomaly_map import map_tiles
     from agent.segment.preprocess import sample_to_input
-    from agent.sources.folder import read_sample
+    from agent.sources.folder import read_model_sample
     from agent.visual import label, write_png
 
     tiles = []
     for r in sorted(rows, key=lambda r: -r[2])[:n]:
         p = Path(r[0])
-        x = sample_to_input(read_sample(p.parent.parent, int(p.stem)), bundle.size)
+        x = sample_to_input(read_model_sample(p.parent.parent, int(p.stem), bundle.preprocessing), bundle.size)
         res = scorer.score(x)
         tiles.append(label(map_tiles(x, res.reconstruction), f"{r[1]} {r[2]:.3g}", scale=0.5))
     cols = 4
@@ -137,7 +137,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     from adgan.score import make_scorer
     from agent.scoring.bundle import Bundle
     from agent.segment.preprocess import sample_to_input
-    from agent.sources.folder import parse_frames, read_sample
+    from agent.sources.folder import parse_frames, read_model_sample
     from calibration import figures
 
     out = Path(a.out)
@@ -184,7 +184,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         if not a.no_search_figure:
             first = min(rows, key=lambda r: r[0])
             p = Path(first[0])
-            x = sample_to_input(read_sample(p.parent.parent, int(p.stem)), b.size)
+            x = sample_to_input(read_model_sample(p.parent.parent, int(p.stem), b.preprocessing), b.size)
             search_figure(b, x, out / f"search-{tag}.png", a.seed)
             index += [f"![search](search-{tag}.png)", ""]
     head = []

@@ -38,9 +38,10 @@ def cmd_train(a: argparse.Namespace) -> int:
         cfg = TrainConfig(data=str(a.data), cls=a.cls, kind=a.kind, epochs=a.epochs, batch_size=a.batch_size,
                           lr_g=a.lr_g, lr_d=a.lr_d, n_critic=a.n_critic, features_g=a.features_g,
                           features_d=a.features_d, size=a.size, seed=a.seed, frames=parse_frames(a.frames),
-                          ema=a.ema, flip=a.flip, shift=a.shift, sample_every=a.sample_every)
+                          ema=a.ema, flip=a.flip, shift=a.shift, sample_every=a.sample_every,
+                          framing=a.framing, margin=a.margin, exclude_frames=parse_frames(a.exclude_frames))
         Architecture(size=cfg.size, features_g=cfg.features_g, features_d=cfg.features_d, kind=cfg.kind)
-    data = load_class(cfg.data, cfg.cls, cfg.size, cfg.frames)
+    data = load_class(cfg.data, cfg.cls, cfg.size, cfg.frames, cfg.framing, cfg.margin, cfg.exclude_frames)
     trainer = Trainer(cfg, data, out)
     if a.resume:
         check_resumable(st, data)
@@ -102,8 +103,18 @@ def add_parser(sub) -> None:
     q.add_argument("--features-g", type=int, default=None, help="generator width (default 32; paper: 64)")
     q.add_argument("--features-d", type=int, default=None, help="discriminator width (default 32; paper: 64)")
     q.add_argument("--size", type=int, choices=(32, 64, 128), default=64, help="resolution (default 64)")
+    q.add_argument("--framing", choices=("frame", "object"), default=None,
+                   help="object: crop every sample to its part (the part's box, --margin wider) before resizing, "
+                        "so the model does not learn sizes; the bundle and the agent frame the same way "
+                        "(default: the samples' own framing, the whole frame for the paper's layout)")
+    q.add_argument("--margin", type=float, default=None,
+                   help="with --framing object: margin around the part's box, a fraction of its longer side "
+                        "on each side (default 0.15)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--frames", default=None, help="LO:HI frame numbers to train on (half-open), e.g. 0:700")
+    q.add_argument("--exclude-frames", default=None,
+                   help="LO:HI frame numbers to leave out of --frames (half-open): a held-out block, as "
+                        "bench/blocked_cv.py makes them, e.g. 300:450")
     q.add_argument("--ema", type=float, default=None,
                    help="EMA decay of generator weights (default 0.999; 0: off, the paper)")
     q.add_argument("--flip", action="store_true", help="augment with horizontal flips")

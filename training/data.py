@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agent.segment.preprocess import Preprocessing, sample_to_input
-from agent.sources.folder import class_folders, frame_numbers, read_preprocessing, read_sample
+from agent.segment.preprocess import Preprocessing, reframe, sample_to_input
+from agent.sources.folder import (check_preprocessing, class_folders, frame_numbers, read_preprocessing,
+                                  read_sample)
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +32,27 @@ def find_class_folder(root: str | Path, cls: str) -> Path:
     return folders[cls]
 
 
-def load_class(root: str | Path, cls: str, size: int, frames: tuple[int, int] | None = None) -> ClassData:
-    """Every sample of `cls` under `root` (optionally frames LO:HI) resized to `size`."""
+def load_class(root: str | Path, cls: str, size: int, frames: tuple[int, int] | None = None,
+               framing: str | None = None, margin: float | None = None,
+               exclude: tuple[int, int] | None = None) -> ClassData:
+    """Every sample of `cls` under `root` (optionally frames LO:HI, less frames `exclude`
+    LO:HI: a held-out block) resized to `size`; with
+    framing "object", samples stored with the whole frame are cropped to the part first
+    (`reframe`, `margin` of the part's box on each side). The fingerprint is of the stored bytes."""
     folder = find_class_folder(root, cls)
     nums = frame_numbers(folder, frames)
+    if exclude is not None:
+        nums = [n for n in nums if not exclude[0] <= n < exclude[1]]
     if not nums:
-        raise ValueError(f"{folder}: no samples" + (f" in frames {frames[0]}:{frames[1]}" if frames else ""))
+        raise ValueError(f"{folder}: no samples" + (f" in frames {frames[0]}:{frames[1]}" if frames else "")
+                         + (f" outside frames {exclude[0]}:{exclude[1]}" if exclude else ""))
+    recorded = read_preprocessing(folder)
+    if recorded is None:
+        log.info("%s records no preprocessing: taking the paper's (per-image min-max depth, whole frame)", folder)
+        recorded = Preprocessing()
+    prep = replace(recorded, size=size, framing=framing or recorded.framing,
+                   margin=recorded.margin if margin is None else margin)
+    check_preprocessing(folder, prep)
     h = hashlib.sha256()
     xs = []
     for n in nums:
@@ -44,12 +60,8 @@ def load_class(root: str | Path, cls: str, size: int, frames: tuple[int, int] | 
         h.update(f"{n}:".encode())
         h.update(s.rgb.tobytes())
         h.update(s.depth.tobytes())
-        xs.append(sample_to_input(s, size))
-    prep = read_preprocessing(folder)
-    if prep is None:
-        log.info("%s records no preprocessing: taking the paper's (per-image min-max depth, whole frame)", folder)
-        prep = Preprocessing()
-    return ClassData(torch.from_numpy(np.stack(xs)), nums, folder, h.hexdigest(), replace(prep, size=size))
+        xs.append(sample_to_input(reframe(s, recorded, prep), size))
+    return ClassData(torch.from_numpy(np.stack(xs)), nums, folder, h.hexdigest(), prep)
 
 
 def augment(x: torch.Tensor, flip: bool, shift: int, gen: torch.Generator) -> torch.Tensor:

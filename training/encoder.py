@@ -76,7 +76,10 @@ def train_encoder(run: str | Path, epochs: int, features: int = 32, batch_size: 
     root = Path(data) if data else folder.parent
     frames = d.get("frames") or []
     rng = (min(frames), max(frames) + 1) if frames else None
-    cd = load_class(root, d["class"], arch.size, rng)
+    prep = st.get("preprocessing") or {}
+    exclude = st["config"].get("exclude_frames")
+    cd = load_class(root, d["class"], arch.size, rng, prep.get("framing"), prep.get("margin"),
+                    tuple(exclude) if exclude else None)
     if cd.fingerprint != d["fingerprint"]:
         raise ValueError(f"the samples under {root} are not the ones {run} was trained on (fingerprint differs); "
                          "pass --data with the training data")

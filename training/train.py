@@ -39,10 +39,13 @@ class TrainConfig:
     size: int = 64
     seed: int = 0
     frames: tuple[int, int] | None = None
+    exclude_frames: tuple[int, int] | None = None  # a held-out block inside `frames` (blocked CV)
     ema: float = 0.0  # decay of an exponential moving average of G's weights; 0 = off
     flip: bool = False
     shift: int = 0
     sample_every: int = 0  # epochs between numbered sample grids; 0 = about 50 per run
+    framing: str | None = None  # None: the samples' own; "object": crop to the part (Preprocessing)
+    margin: float | None = None  # of the part's box on each side, with framing "object" (None: 0.15)
 
     def __post_init__(self) -> None:
         if self.kind not in RECIPES:
@@ -222,8 +225,9 @@ def load_checkpoint(run: str | Path) -> dict:
 def resume_config(st: dict, epochs: int) -> TrainConfig:
     c = dict(st["config"])
     c["epochs"] = epochs
-    if c.get("frames") is not None:
-        c["frames"] = tuple(c["frames"])
+    for key in ("frames", "exclude_frames"):
+        if c.get(key) is not None:
+            c[key] = tuple(c[key])
     return TrainConfig(**c)
 
 

@@ -41,10 +41,13 @@ def encode_map(h: np.ndarray) -> dict:
             "data": base64.b64encode(buf.tobytes()).decode("ascii")}
 
 
-def hot_box(h: np.ndarray, crop: tuple[int, int, int] | None = None, level: float = 0.5) -> dict:
+def hot_box(h: np.ndarray, crop: tuple[int, int, int] | None = None, level: float = 0.5,
+            crop_frame: str = "camera") -> dict:
     """The bounding box of the hottest region of a heat map: the connected pixels at or above
-    `level` times the peak that contain the peak. With `crop` = (x0, y0, side), the camera
-    window the sample was cut from, the box is in camera pixels; otherwise in sample pixels."""
+    `level` times the peak that contain the peak. With `crop` = (x0, y0, side), the window the
+    model input was cut from, the box is in the pixels of what it was cut from: the camera
+    frame, or with crop_frame "sample" a stored sample (a crop-to-part model reading the
+    paper's layout); otherwise in model-input pixels ("sample")."""
     if h.ndim != 2 or not h.size:
         raise ValueError(f"a heat map must be (H, W), got {h.shape}")
     peak = np.unravel_index(int(np.argmax(h)), h.shape)
@@ -57,7 +60,7 @@ def hot_box(h: np.ndarray, crop: tuple[int, int, int] | None = None, level: floa
         x0, y0, side = crop
         k = side / h.shape[1]
         x, y, w, hh = x0 + x * k, y0 + y * k, w * k, hh * k
-        frame = "camera"
+        frame = crop_frame
     return {"x": int(round(x)), "y": int(round(y)), "width": max(1, int(round(w))), "height": max(1, int(round(hh))),
             "frame": frame, "peak": round(float(h[peak]), 6)}
 

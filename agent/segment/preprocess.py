@@ -30,7 +30,11 @@ class Preprocessing(StrictRecord):
     framing:
       "frame"   the paper: the square region of interest (the central square of the frame
                 when the station sets no ROI) resized to `size`;
-      "object"  a square around the object's bounding box, `margin` wider on each side.
+      "object"  crop to the part: a square around the object's bounding box, `margin` wider
+                on each side, resized to `size`. A part fills the input whatever its distance,
+                so the model cannot learn sizes. Samples stored with "frame" framing (the
+                paper's layout) are cropped the same way when read for an "object" model
+                (`reframe`); the crop's window and scale go into the sample's meta.
     """
 
     size: int = 64
@@ -59,16 +63,36 @@ class Preprocessing(StrictRecord):
 
 
 
+def object_window(mask: np.ndarray, margin: float, min_side: int = 8) -> tuple[int, int, int]:
+    """(x0, y0, side): the square around the mask's bounding box, `margin` of its longer side
+    wider on each side, centred on the box; it may extend past the image."""
+    ys, xs = np.nonzero(mask)
+    if not len(xs):
+        raise NoObjectError("no object pixels to frame")
+    x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+    side = max(int(np.ceil(max(x1 - x0, y1 - y0) * (1 + 2 * margin))), min_side)
+    return int((x0 + x1 - side) // 2), int((y0 + y1 - side) // 2), side
+
+
+def part_mask(depth8: np.ndarray) -> np.ndarray:
+    """The part in a stored sample: the largest connected region of pixels with depth once
+    one-pixel lines are opened away (segmentation leaves specks and lines of table edge or
+    cable that touch the part). Not RGB: JPEG leaves faint noise around the part."""
+    kept = depth8 > 0
+    core = cv2.morphologyEx(kept.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)).astype(bool)
+    m = core if core.any() else kept
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(m.astype(np.uint8), connectivity=8)
+    if n <= 1:
+        return m
+    return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+
+
 def _square_window(frame_hw: tuple[int, int], roi: tuple[int, int, int, int] | None,
                    mask: np.ndarray, prep: Preprocessing) -> tuple[int, int, int]:
     """(x0, y0, side) of the square to crop; it may extend past the frame (zero padded)."""
     h, w = frame_hw
     if prep.framing == "object":
-        ys, xs = np.nonzero(mask)
-        x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
-        side = int(np.ceil(max(x1 - x0, y1 - y0) * (1 + 2 * prep.margin)))
-        side = max(side, 8)
-        return int((x0 + x1 - side) // 2), int((y0 + y1 - side) // 2), side
+        return object_window(mask, prep.margin)
     rx, ry, rw, rh = roi if roi is not None else (0, 0, w, h)
     side = min(rw, rh)
     return rx + (rw - side) // 2, ry + (rh - side) // 2, side
@@ -117,7 +141,54 @@ def make_sample(frame: RGBDFrame, seg: Segmentation, prep: Preprocessing,
     meta = dict(frame.meta)
     meta["object_area_px"] = int(np.count_nonzero(mask))
     meta["crop"] = (int(x0), int(y0), int(side))  # the camera window the sample shows (square, may overhang)
+    meta["crop_scale"] = side / s  # camera pixels per model pixel
     return Sample(rgb=rgb, depth=depth8, meta=meta)
+
+
+def _resize(img: np.ndarray, size: int) -> np.ndarray:
+    # INTER_AREA averages every source pixel when shrinking; enlarging, it would repeat pixels.
+    interp = cv2.INTER_AREA if img.shape[0] >= size else cv2.INTER_LINEAR
+    return cv2.resize(img, (size, size), interpolation=interp)
+
+
+def reframe(sample: Sample, recorded: Preprocessing, want: Preprocessing) -> Sample:
+    """A stored sample (made with `recorded`) as a model of `want` sees it.
+
+    Same framing: unchanged (`sample_to_input` resizes). "frame" samples for an "object"
+    model: cropped to the part (`part_mask`, `object_window` with want's margin) and resized
+    to want.size. meta gets "reframe" = (x0, y0, side) in the stored sample's pixels and
+    "crop_scale" = side / size (stored pixels per model pixel); a "crop" (the camera window
+    of the stored sample) becomes the camera window of the new one."""
+    if recorded.framing == want.framing:
+        return sample
+    if (recorded.framing, want.framing) != ("frame", "object"):
+        raise ValueError(f"cannot reframe {recorded.framing!r} samples for a {want.framing!r} model")
+    mask = part_mask(sample.depth)
+    if not mask.any():
+        raise NoObjectError("the sample holds no part (no pixels with depth)")
+    x0, y0, side = object_window(mask, want.margin)
+    rgb = _resize(_crop(sample.rgb, x0, y0, side), want.size)
+    depth = _resize(_crop(sample.depth, x0, y0, side), want.size)
+    meta = dict(sample.meta)
+    meta["reframe"] = (x0, y0, side)
+    meta["crop_scale"] = side / want.size
+    cam = sample.meta.get("crop")
+    if cam is not None:
+        k = cam[2] / sample.size
+        meta["crop"] = (int(round(cam[0] + x0 * k)), int(round(cam[1] + y0 * k)), max(int(round(side * k)), 1))
+    return Sample(rgb=rgb, depth=depth, meta=meta)
+
+
+def uncrop_map(h: np.ndarray, window: tuple[int, int, int], shape: tuple[int, int]) -> np.ndarray:
+    """A map over the window (x0, y0, side) of an image of `shape`, put back in place (0 outside)."""
+    x0, y0, side = window
+    big = cv2.resize(h.astype(np.float32), (side, side), interpolation=cv2.INTER_LINEAR)
+    out = np.zeros(shape, np.float32)
+    H, W = shape
+    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x0 + side, W), min(y0 + side, H)
+    if sx1 > sx0 and sy1 > sy0:
+        out[sy0:sy1, sx0:sx1] = big[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0]
+    return out
 
 
 def sample_to_input(sample: Sample, size: int | None = None) -> np.ndarray:

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from agent.frame import FrameError, Intrinsics, RGBDFrame, Sample
-from agent.segment.preprocess import Preprocessing
+from agent.segment.preprocess import Preprocessing, reframe
 from agent.sources.base import FrameSource
 
 RGB_EXTS = (".jpg", ".jpeg", ".png")
@@ -47,12 +47,26 @@ def read_preprocessing(folder: Path) -> Preprocessing | None:
         raise ValueError(f"{p}: bad preprocessing record: {e}") from None
 
 
-def check_preprocessing(folder: Path, want: Preprocessing) -> None:
-    """Refuse samples made with another recipe than `want` (size aside: inputs are resized)."""
+def check_preprocessing(folder: Path, want: Preprocessing) -> Preprocessing:
+    """The recipe `folder`'s samples were made with (the paper's when none is recorded).
+    Refuses samples made with another recipe than `want`, except for the size (inputs are
+    resized) and "frame" samples for an "object" model (`reframe` crops them to the part)."""
     rec = read_preprocessing(folder) or Preprocessing()
-    if replace(rec, size=want.size) != want:
+    cmp = replace(rec, size=want.size)
+    if (rec.framing, want.framing) == ("frame", "object"):
+        cmp = replace(cmp, framing="object", margin=want.margin)
+    if cmp != want:
         raise ValueError(f"{folder} was made with preprocessing {rec.to_dict()}, the bundle expects "
                          f"{want.to_dict()}; prepare the samples with the bundle's recipe")
+    return rec
+
+
+def read_model_sample(folder: Path, n: int, want: Preprocessing, recorded: Preprocessing | None = None) -> Sample:
+    """Sample `n` of `folder` as a model made with `want` sees it (`reframe`); `recorded` is
+    the folder's recipe (read from the folder when not given)."""
+    if recorded is None:
+        recorded = read_preprocessing(folder) or Preprocessing()
+    return reframe(read_sample(folder, n), recorded, want)
 
 
 def parse_frames(spec: str | None) -> tuple[int, int] | None:

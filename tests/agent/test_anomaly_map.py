@@ -34,6 +34,9 @@ def test_the_hot_box_is_the_region_around_the_peak_in_sample_or_camera_pixels():
     # the sample was cut from the camera window x0 100, y0 50, side 128 (4 camera pixels per sample pixel)
     c = hot_box(h, (100, 50, 128))
     assert (c["x"], c["y"], c["width"], c["height"], c["frame"]) == (180, 90, 24, 16, "camera")
+    # a crop-to-part model replaying a stored sample: the window is in the stored sample's pixels
+    d = hot_box(h, (4, 6, 16), crop_frame="sample")
+    assert (d["x"], d["y"], d["width"], d["height"], d["frame"]) == (14, 11, 3, 2, "sample")
 
 
 def test_make_sample_records_the_camera_window_it_shows():

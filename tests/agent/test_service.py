@@ -85,3 +85,45 @@ def test_a_folder_replay_gives_one_valid_event_per_sample_in_order(broker, calib
     assert "ok" in verdicts and "anomaly" in verdicts  # the calibrated threshold separates something
     verdict_msgs = [p for t, p, _ in sub.messages if t == "adgan/st1/verdict"]
     assert verdict_msgs and verdict_msgs[-1] == (b"NG" if verdicts[-1] == "anomaly" else b"OK")
+
+
+def test_a_crop_to_part_bundle_replays_whole_frame_samples_and_boxes_the_stored_pixels(broker, synth_data, tmp_path):
+    """A bundle trained with --framing object, replaying samples stored with the whole frame:
+    the agent crops each to its part like training did (same scores as `adgan score`), and an
+    anomaly's box is in the stored sample's pixels, on the part."""
+    from agent.sources.folder import read_sample
+    run, bundle, th = tmp_path / "run", tmp_path / "bundle", tmp_path / "thresholds.json"
+    t = synth_data / "test"
+    assert main(["train", str(synth_data / "train"), "--class", "sphere", "--size", "32", "--features-g", "4",
+                 "--features-d", "4", "--epochs", "1", "--encoder-epochs", "0", "--framing", "object",
+                 "--out", str(run), "--quiet"]) == 0
+    assert main(["export", str(run), "--out", str(bundle), "--k", "3"]) == 0
+    assert main(["calibrate", str(bundle), "--normal", str(t / "sphere"), "--anomalous", str(t / "cylinder"),
+                 "--policy", "equal-rates", "--out", str(th), "--quiet"]) == 0
+    folder = tmp_path / "samples"
+    n = mixed_folder(synth_data, folder)
+    cfg = agent_config(tmp_path, broker.port, bundle, th, f'type = "folder"\npath = "{folder}"\nfps = 0')
+    sub = Subscriber(broker.port, "adgan/st1/#")
+    assert sub.subscribed.wait(10)
+    agent = AgentProcess(cfg, tmp_path / "agent.log")
+    try:
+        assert agent.wait(120) == 0, agent.output()
+    finally:
+        agent.stop()
+    try:
+        assert sub.wait_for(lambda m: len(events(sub)) >= n), agent.output()
+        evs = events(sub)
+    finally:
+        sub.close()
+    assert main(["score", str(bundle), str(folder), "--out", str(tmp_path / "s.csv"), "--quiet"]) == 0
+    with open(tmp_path / "s.csv") as fh:
+        want = [float(r["score"]) for r in csv.DictReader(fh)]
+    assert [e["score"] for e in evs] == pytest.approx(want, rel=1e-5)
+    boxed = [e for e in evs if e["verdict"] == "anomaly"]
+    assert boxed, "equal-rates calibration flags some samples"
+    for e in boxed:
+        box, s = e["anomaly_box"], read_sample(folder, e["source"]["frame"])
+        assert box["frame"] == "sample"
+        ys, xs = (s.depth > 0).nonzero()  # the box lies on the part's own pixels, within a pixel or two
+        assert xs.min() - 2 <= box["x"] and box["x"] + box["width"] <= xs.max() + 3
+        assert ys.min() - 2 <= box["y"] and box["y"] + box["height"] <= ys.max() + 3

@@ -122,3 +122,36 @@ def test_augment_shift_fills_background_and_flip_mirrors():
     assert 10 < flipped.sum() < 54 and ((f == x).all(dim=(1, 2, 3)) | flipped).all()
     s = augment(x, flip=False, shift=1, gen=g)
     assert (s == -1).any() and s.max() <= 15
+
+
+def test_train_cli_crops_to_the_part_and_leaves_out_a_held_out_block(synth_data, tmp_path):
+    """--framing object: every sample cropped to its part before resizing, recorded in the run
+    and the bundle, and scoring crops the stored samples the same way; --exclude-frames leaves a
+    block out of the generator's and the encoder's data alike."""
+    run = tmp_path / "r"
+    assert main(["train", str(synth_data / "train"), "--class", "sphere", "--size", "32", "--features-g", "4",
+                 "--features-d", "4", "--epochs", "1", "--encoder-epochs", "1", "--framing", "object",
+                 "--margin", "0.2", "--exclude-frames", "2:4", "--out", str(run), "--quiet"]) == 0
+    st = load_checkpoint(run)
+    assert st["preprocessing"]["framing"] == "object" and st["preprocessing"]["margin"] == 0.2
+    assert st["data"]["frames"] == [0, 1, 4, 5] and tuple(st["config"]["exclude_frames"]) == (2, 4)
+    assert (run / "encoder.pt").is_file()  # the encoder found the same four samples (fingerprint)
+    assert main(["export", str(run), "--out", str(tmp_path / "b")]) == 0
+    from agent.scoring.bundle import Bundle
+    assert Bundle.load(tmp_path / "b").preprocessing.framing == "object"
+    assert main(["score", str(tmp_path / "b"), str(synth_data / "test" / "sphere"), "--out",
+                 str(tmp_path / "s.csv"), "--quiet"]) == 0
+    assert len((tmp_path / "s.csv").read_text().splitlines()) == 4  # header and 3 samples
+
+
+def test_crop_to_part_takes_the_size_out_of_the_paper_samples(paper_data):
+    whole = load_class(paper_data, "sphere", 64)  # balls near and far from the camera
+    part = load_class(paper_data, "sphere", 64, framing="object")
+    assert part.fingerprint == whole.fingerprint and part.preprocessing.framing == "object"
+    fg_whole = (whole.x[:, 3] > -1).float().mean((1, 2))
+    fg_part = (part.x[:, 3] > -1).float().mean((1, 2))
+    # a ball covers 2-24% of the paper's frame; cropped with 15% margins, 43-78% of the input
+    assert fg_whole.min() < 0.05 and fg_part.min() > 0.3
+    assert fg_part.std() / fg_part.mean() < 0.25 * fg_whole.std() / fg_whole.mean()
+    with pytest.raises(ValueError, match="outside frames 0:1000"):
+        load_class(paper_data, "sphere", 64, (0, 60), exclude=(0, 1000))

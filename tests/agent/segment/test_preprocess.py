@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from agent.frame import Intrinsics, NoObjectError, RGBDFrame, Sample
-from agent.segment.preprocess import (Preprocessing, input_to_sample, make_sample, normalise_depth,
-                                      sample_to_input)
+from agent.segment.preprocess import (Preprocessing, input_to_sample, make_sample, normalise_depth, reframe,
+                                      sample_to_input, uncrop_map)
 from agent.segment.segmentation import Segmentation, SegmentationConfig, segment_depth
 from agent.sources.synthetic import SyntheticSource
 from agent.segment.reference import SurfaceReference
@@ -98,3 +98,73 @@ def test_preprocessing_serialises_and_validates():
         Preprocessing(depth_min_mm=700, depth_max_mm=300)
     with pytest.raises(ValueError, match="version"):
         Preprocessing.from_dict({**p.to_dict(), "version": 99})
+
+
+# -- crop to the part for stored samples (the paper's layout) -------------------------------
+def _stored(cx, cy, r, size=64, speck=True):
+    """A stored 'frame' sample: a square part of side 2r + 1 at (cx, cy), a one-pixel speck far away."""
+    yy, xx = np.mgrid[:size, :size]
+    disc = (abs(xx - cx) <= r) & (abs(yy - cy) <= r)
+    depth = np.where(disc, 128, 0).astype(np.uint8)
+    rgb = np.where(disc[..., None], np.array([200, 40, 40], np.uint8), 0).astype(np.uint8)
+    if speck:
+        depth[2, 60] = 90  # a speck of table the segmentation left: must not widen the crop
+    return Sample(rgb=rgb, depth=depth, meta={"source": "test"})
+
+
+def test_reframe_crops_a_stored_sample_to_its_part_with_the_margin():
+    want = Preprocessing(framing="object", margin=0.25)
+    out = reframe(_stored(20, 30, 8), Preprocessing(), want)
+    x0, y0, side = out.meta["reframe"]
+    # the part's box is 17 px (12..28, 22..38); 0.25 of it on each side -> ceil(17 * 1.5) = 26
+    assert side == 26 and (x0, y0) == (7, 17)
+    assert out.meta["crop_scale"] == pytest.approx(26 / 64)
+    assert out.depth.shape == (64, 64) and out.rgb.shape == (64, 64, 3)
+    # the part fills the middle 1/1.5 of the input, centred, whatever its size or place
+    rows = np.nonzero(out.depth.any(axis=1))[0]
+    assert abs(rows.min() - (64 - rows.max() - 1)) <= 2
+    assert (rows.max() - rows.min() + 1) / 64 == pytest.approx(1 / 1.5, abs=0.05)
+    assert out.meta["source"] == "test"
+
+
+def test_reframe_removes_size_and_place():
+    want = Preprocessing(framing="object")
+    small = sample_to_input(reframe(_stored(16, 16, 6, speck=False), Preprocessing(), want))
+    big = sample_to_input(reframe(_stored(40, 36, 14, speck=False), Preprocessing(), want))
+    fg_small, fg_big = (small[3] > -1).mean(), (big[3] > -1).mean()
+    assert fg_small == pytest.approx(fg_big, abs=0.06)  # about the same share of the input, not 4x less
+
+
+def test_reframe_same_framing_is_identity_and_object_to_frame_is_refused():
+    s = _stored(20, 30, 8)
+    assert reframe(s, Preprocessing(), Preprocessing(size=32)) is s
+    with pytest.raises(ValueError, match="cannot reframe"):
+        reframe(s, Preprocessing(framing="object"), Preprocessing())
+    with pytest.raises(NoObjectError):
+        reframe(Sample(rgb=np.zeros((64, 64, 3), np.uint8), depth=np.zeros((64, 64), np.uint8)),
+                Preprocessing(), Preprocessing(framing="object"))
+
+
+def test_reframe_composes_the_camera_window():
+    s = _stored(20, 30, 8)
+    s = Sample(s.rgb, s.depth, {"crop": (100, 50, 320)})  # the stored sample shows camera 100..420 x 50..370
+    out = reframe(s, Preprocessing(), Preprocessing(framing="object", margin=0.25))
+    assert out.meta["crop"] == (100 + 7 * 5, 50 + 17 * 5, 26 * 5)
+
+
+def test_uncrop_map_puts_a_model_map_back_where_the_part_is():
+    h = np.zeros((64, 64), np.float32)
+    h[28:36, 28:36] = 1.0  # a hot spot in the middle of the cropped input
+    back = uncrop_map(h, (10, 20, 32), (64, 64))
+    ys, xs = np.nonzero(back > 0.5)
+    assert 10 + 13 <= xs.min() and xs.max() <= 10 + 18 and 20 + 13 <= ys.min() and ys.max() <= 20 + 18
+    assert back[:20].max() == 0 and back[:, :10].max() == 0
+    edge = uncrop_map(np.ones((8, 8), np.float32), (-4, 60, 8), (64, 64))  # overhangs two sides
+    assert edge.sum() == pytest.approx(4 * 4)
+
+
+def test_make_sample_records_the_crop_scale():
+    mask = np.zeros((96, 128), bool)
+    mask[40:60, 50:70] = True
+    s = make_sample(_frame(), _seg(mask), Preprocessing(framing="object", size=32))
+    assert s.meta["crop_scale"] == pytest.approx(s.meta["crop"][2] / 32)
