@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -120,6 +121,111 @@ def _write_results(out, results, labels, counts, bar) -> None:
         key = f"{job.split}/{folder}"
         counts[key] = counts.get(key, 0) + 1
         bar.update()
+
+
+@dataclass(frozen=True)
+class TwinJob:
+    cls: str
+    index: int
+    defects: tuple[str, ...]
+
+
+def _mask_to_sample(mask: np.ndarray, crop: tuple[int, int, int], size: int) -> np.ndarray:
+    """A camera-frame mask as the sample cut from window `crop` sees it (True where damaged)."""
+    from agent.segment.preprocess import _crop
+    m = cv2.resize(_crop(mask.astype(np.float32), *crop), (size, size), interpolation=cv2.INTER_AREA)
+    return m >= 0.25  # a sample pixel a quarter covered by the defect counts as damaged
+
+
+def _render_twins(job: TwinJob) -> tuple[TwinJob, Sample | None, dict]:
+    """The intact part and, for each defect, the same scene with it (same pose, light and
+    sensor noise): the camera pixels where the frames differ are the defect's mask."""
+    w = _SynthWorker
+    for attempt in range(20):
+        seq = [w.seed, 4, CLASSES.index(job.cls), job.index, attempt]
+        part_rng = np.random.default_rng(seq)
+        part = w.station.random_part(part_rng, job.cls)
+        intact = w.station.render(np.random.default_rng(seq + [1]), part, None)
+        try:
+            s_intact = make_sample(intact, w.segmenter(intact), w.prep)
+        except NoObjectError:
+            continue
+        twins = {}
+        for d in job.defects:
+            f = w.station.render(np.random.default_rng(seq + [1]), part, d)
+            # changed: depth by more than 2 mm (or gained / lost), or colour by more than 8 levels
+            dz = np.abs(f.depth.astype(np.int32) - intact.depth.astype(np.int32))
+            dc = np.abs(f.rgb.astype(np.int16) - intact.rgb.astype(np.int16)).max(axis=-1)
+            diff = (dz > 2) | ((f.depth == 0) != (intact.depth == 0)) | (dc > 8)
+            try:
+                s = make_sample(f, w.segmenter(f), w.prep)
+            except NoObjectError:
+                continue
+            # on the part as either sample shows it (a chunk's removed pixels count)
+            mask = _mask_to_sample(diff, s.meta["crop"], w.prep.size) & ((s.depth > 0) | (s_intact.depth > 0))
+            same_window = s.meta["crop"] == s_intact.meta["crop"]
+            changed = not same_window or not (np.array_equal(s.rgb, s_intact.rgb)
+                                              and np.array_equal(s.depth, s_intact.depth))
+            if mask.any() and changed:  # a defect the sample does not show (hidden, too faint) makes no twin
+                twins[d] = (s, mask)
+        return job, s_intact, twins
+    return job, None, {}
+
+
+def synth_damage_dataset(out: Path, classes: Sequence[str], n: int, seed: int, prep: Preprocessing,
+                         defects: Sequence[str] = DEFECTS, width: int = 640, height: int = 480,
+                         workers: int | None = None, progress: bool = True) -> dict[str, int]:
+    """The renderer's own defects with their masks, in `adgan dataset damage`'s layout:
+    out/<class>/N (intact) and out/<class>_<defect>/N with mask/N.png (its twin with the
+    defect), rendered at camera resolution and framed with `prep` like a station does."""
+    from agent.sources.folder import write_mask
+    if n < 1:
+        raise ValueError("need at least one part per class")
+    jobs = [TwinJob(c, i, tuple(defects)) for c in classes for i in range(n)]
+    workers = workers or min(len(os.sched_getaffinity(0)), 8)
+    init = (seed, width, height, prep)
+    counts: dict[str, int] = {}
+    bar = tqdm(total=len(jobs), desc="synth-damage", unit="part", disable=not progress)
+    if workers > 1 and len(jobs) > 8:
+        ctx = mp.get_context("fork" if hasattr(os, "fork") else "spawn")
+        pool = ctx.Pool(workers, initializer=_SynthWorker.init, initargs=init)
+        results = pool.imap(_render_twins, jobs, chunksize=4)
+    else:
+        pool = None
+        _SynthWorker.init(*init)
+        results = map(_render_twins, jobs)
+    try:
+        for job, intact, twins in results:
+            bar.update()
+            if intact is None:
+                log.warning("%s %d: no visible part in 20 tries, skipped", job.cls, job.index)
+                continue
+            write_sample(out / job.cls, job.index, intact)
+            counts[job.cls] = counts.get(job.cls, 0) + 1
+            for d, (s, mask) in twins.items():
+                folder = out / f"{job.cls}_{d}"
+                write_sample(folder, job.index, s)
+                write_mask(folder, job.index, mask)
+                counts[folder.name] = counts.get(folder.name, 0) + 1
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+        bar.close()
+    for key in counts:
+        write_preprocessing(out / key, prep)
+    return counts
+
+
+def cmd_synth_damage(a: argparse.Namespace) -> int:
+    prep = Preprocessing(size=a.size, depth_norm=a.depth_norm, framing=a.framing)
+    counts = synth_damage_dataset(Path(a.out), a.classes, a.n, a.seed, prep, a.defects or DEFECTS, a.width,
+                                  a.height, a.workers)
+    for k, v in sorted(counts.items()):
+        print(f"{k}: {v} samples")
+    print(f"wrote {sum(counts.values())} samples to {a.out}; score them with "
+          f"'adgan evaluate --bundles ... --damage {a.out} --out REPORT'")
+    return 0
 
 
 def cmd_synth(a: argparse.Namespace) -> int:
@@ -277,12 +383,14 @@ def add_parser(sub) -> None:
     classes = lambda s: _csv_list(s, CLASSES, "class")  # noqa: E731
     defects = lambda s: _csv_list(s, DEFECTS, "defect")  # noqa: E731
 
-    def prep_args(q):
-        q.add_argument("--size", type=int, default=64, choices=(32, 64, 128), help="sample size in pixels (default 64)")
+    def prep_args(q, size=64, framing="frame"):
+        q.add_argument("--size", type=int, default=size, choices=(32, 64, 128),
+                       help=f"sample size in pixels (default {size})")
         q.add_argument("--depth-norm", choices=("minmax", "fixed"), default="minmax",
                        help="depth to 8 bits: per-image min-max (the paper) or a fixed mm range")
-        q.add_argument("--framing", choices=("frame", "object"), default="frame",
-                       help="resize the whole (square) frame, as the paper, or a square around the object")
+        q.add_argument("--framing", choices=("frame", "object"), default=framing,
+                       help="resize the whole (square) frame, as the paper, or a square around the object "
+                            f"(default {framing})")
 
     q = ds.add_parser("synth", help="synthesise a dataset of parts in the paper's layout",
                       description="Render synthetic parts on a table, segment them like a station would and "
@@ -300,6 +408,23 @@ def add_parser(sub) -> None:
     q.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     prep_args(q)
     q.set_defaults(func=cmd_synth)
+
+    q = ds.add_parser("synth-damage", help="synthesise intact parts and their twins with the renderer's defects",
+                      description="Render N parts per class on the synthetic station and, for each defect, the same "
+                                  "scene (pose, light, sensor noise) with that defect; segment and frame them like a "
+                                  "station and write OUT/<class>/ (intact) and OUT/<class>_<defect>/ with the "
+                                  "defect's ground-truth mask/N.png (the camera pixels the defect changed), the "
+                                  "layout of 'adgan dataset damage', for 'adgan evaluate --damage'.")
+    q.add_argument("out", help="output folder")
+    q.add_argument("--classes", type=classes, default=list(CLASSES), help="comma-separated (default: all three)")
+    q.add_argument("--n", type=int, default=40, help="intact parts per class (default 40)")
+    q.add_argument("--defects", type=defects, default=list(DEFECTS), help=f"default: {','.join(DEFECTS)}")
+    q.add_argument("--seed", type=int, default=0, help="station and part seed (same seed, same dataset)")
+    q.add_argument("--width", type=int, default=640, help="camera width (default 640)")
+    q.add_argument("--height", type=int, default=480, help="camera height (default 480)")
+    q.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    prep_args(q, size=32, framing="object")
+    q.set_defaults(func=cmd_synth_damage)
 
     q = ds.add_parser("synth-raw", help="synthesise raw station captures (16-bit depth) and a reference",
                       description="Write raw-layout frames of a synthetic station to OUT/frames, empty-table "

@@ -148,6 +148,10 @@ class SyntheticStation:
 
     def _render_part(self, rng, part, defect, light, ambient, diffuse, depth, color, drop_p, edges, truth):
         fg_r = float(rng.uniform(6, 14))
+        # The defect draws from its own generator, seeded from `rng` whether or not there is a
+        # defect: the same rng renders the same scene (pose, light, sensor noise) with and
+        # without it, so twins differ by the defect alone (`adgan dataset synth-damage`).
+        drng = np.random.default_rng(int(rng.integers(2**63)))
         roi = self._roi(part.prim, 2 * fg_r + 1 if defect == "foreign" else 1.0)
         if roi is None:
             return
@@ -167,12 +171,12 @@ class SyntheticStation:
         visible = hit & (t < depth[y0:y1, x0:x1].reshape(-1))
         if defect is not None and visible.any():
             # The defect sits on a visible surface point, so it can be seen.
-            q = int(rng.choice(np.flatnonzero(visible)))
+            q = int(drng.choice(np.flatnonzero(visible)))
             pq, nq = eye + rays[q] * t[q], normal[q]
             pts = eye + rays * np.where(hit, t, 0)[:, None]
             dist = np.linalg.norm(pts - pq, axis=1)
             if defect == "chunk":
-                rc = float(rng.uniform(16, 32))
+                rc = float(drng.uniform(16, 32))
                 sc = pq - nq * rc * 0.35
                 s_in, s_out = sphere_interval(eye, rays, sc, rc)
                 cut = hit & (s_in <= t) & (t < s_out)
@@ -183,7 +187,7 @@ class SyntheticStation:
                 albedo[inner] = albedo[inner] * 0.55 + 0.25
                 changed |= cut
             elif defect == "dent":
-                rd, dd = float(rng.uniform(10, 20)), float(rng.uniform(4, 9))
+                rd, dd = float(drng.uniform(10, 20)), float(drng.uniform(4, 9))
                 w = np.clip(1 - (dist / rd) ** 2, 0, 1) * hit
                 t = t + dd * w
                 # Tilt normals towards the dent centre so the light shows the dent.
@@ -193,7 +197,7 @@ class SyntheticStation:
                 changed |= w > 0.05
                 dent = w
             elif defect == "hole":
-                rh = float(rng.uniform(5, 11))
+                rh = float(drng.uniform(5, 11))
                 m = hit & (dist < rh)
                 t = np.where(m, t + 1.5 * rh, t)
                 albedo[m] = albedo[m] * 0.08
@@ -202,11 +206,11 @@ class SyntheticStation:
                 drop_p[y0:y1, x0:x1] = drop_p_roi.reshape(y1 - y0, x1 - x0)
                 changed |= m
             elif defect == "blemish":
-                rb = float(rng.uniform(7, 18))
+                rb = float(drng.uniform(7, 18))
                 ang = np.arctan2(pts[:, 1] - pq[1], pts[:, 0] - pq[0])
-                edge = rb * (1 + 0.25 * np.sin(5 * ang + rng.uniform(0, 6)))
+                edge = rb * (1 + 0.25 * np.sin(5 * ang + drng.uniform(0, 6)))
                 w = np.clip((edge - dist) / 3.0, 0, 1) * hit
-                tint = np.array(rng.choice([[0.35, 0.18, 0.08], [0.05, 0.05, 0.05], [0.95, 0.95, 0.9], [0.2, 0.6, 0.2]]), np.float32)
+                tint = np.array(drng.choice([[0.35, 0.18, 0.08], [0.05, 0.05, 0.05], [0.95, 0.95, 0.9], [0.2, 0.6, 0.2]]), np.float32)
                 albedo = albedo * (1 - w[:, None]) + tint * w[:, None]
                 changed |= w > 0.05
             else:  # foreign object stuck on the part
@@ -216,7 +220,7 @@ class SyntheticStation:
                 t = np.where(m, f_in, t)
                 pf = eye + rays[m] * f_in[m, None]
                 normal[m] = (pf - fc) / fg_r
-                albedo[m] = np.array(rng.choice(_PALETTE), np.float32)
+                albedo[m] = np.array(drng.choice(_PALETTE), np.float32)
                 spec_k[m] = 0.6
                 changed |= m
             truth["defect"] = defect

@@ -104,3 +104,36 @@ def test_console_script_runs():
     r = subprocess.run([sys.executable, "-m", "adgan", "--version"], cwd=ROOT, capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0 and "adgan-edge" in r.stdout
+
+
+def test_synth_damage_writes_twins_that_differ_by_the_defect_alone(tmp_path):
+    """The renderer's own defects: each twin is the intact scene (same pose, light and sensor
+    noise) with one defect, its mask the pixels the defect changed; same seed, same bytes."""
+    import cv2
+
+    from agent.sources.folder import read_mask, read_preprocessing
+    args = ["dataset", "synth-damage", "--classes", "cylinder", "--n", "3", "--seed", "4", "--workers", "1"]
+    assert main([*args, str(tmp_path / "a")]) == 0
+    assert main([*args, str(tmp_path / "b")]) == 0
+    a = tmp_path / "a"
+    assert sorted(p.name for p in a.iterdir()) == ["cylinder", "cylinder_blemish", "cylinder_chunk", "cylinder_dent",
+                                                     "cylinder_foreign", "cylinder_hole"]
+    assert read_preprocessing(a / "cylinder").framing == "object" and read_preprocessing(a / "cylinder").size == 32
+    for f in sorted(a.rglob("*.*")):
+        if f.suffix in (".png", ".jpg"):
+            assert f.read_bytes() == (tmp_path / "b" / f.relative_to(a)).read_bytes(), f
+    for n in frame_numbers(a / "cylinder_blemish"):
+        intact, stained = read_sample(a / "cylinder", n), read_sample(a / "cylinder_blemish", n)
+        mask = read_mask(a / "cylinder_blemish", n)
+        assert mask.any() and mask.mean() < 0.3
+        # a blemish changes colour (and loses depth where it is dark): same silhouette, same crop;
+        # the samples differ near it and nowhere else
+        near = cv2.dilate(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+        d = np.abs(intact.rgb.astype(int) - stained.rgb.astype(int)).max(axis=-1)
+        dz = np.abs(intact.depth.astype(int) - stained.depth.astype(int))
+        assert d[~near].max() <= 12 and dz[~near].max() == 0  # JPEG ringing (8x8 blocks) at most
+        assert d[mask].max() > 12 or dz[mask].max() > 0
+    for n in frame_numbers(a / "cylinder_hole"):  # a hole goes deeper: depth changes inside its mask
+        intact, holed = read_sample(a / "cylinder", n), read_sample(a / "cylinder_hole", n)
+        m = read_mask(a / "cylinder_hole", n)
+        assert (intact.depth != holed.depth)[m].any()
