@@ -226,7 +226,8 @@ def evaluate_damage(scorer, b, a, frames, out: Path, tag: str, label: str, index
 def bundle_columns(b) -> dict:
     """Which bundle and which score a row is of, so that rows of one class stay apart."""
     s = b.search
-    return {"bundle": b.bundle_hash[:12], "score": f"top {s.score_cells} cells" if s.score_cells else "mean"}
+    from export.cli import describe_score
+    return {"bundle": b.bundle_hash[:12], "score": describe_score(s)}
 
 
 def add_parser(sub) -> None:

@@ -42,8 +42,10 @@ def generator_from_checkpoint(st: dict, use_ema: bool = True) -> tuple[Generator
 
 
 def write_bundle(run: str | Path, out: str | Path, search: SearchDefaults, use_ema: bool = True,
-                 force: bool = False) -> dict:
-    """Export a training run's generator (and its encoder, for z_init "encoder") as a bundle directory."""
+                 force: bool = False, data: str | Path | None = None, progress: bool = False) -> dict:
+    """Export a training run's generator (and its encoder, for z_init "encoder") as a bundle
+    directory. With score_norm "train" the run's training samples (from `data` if the dataset
+    moved) are scored once to standardise the local score per cell."""
     st = load_checkpoint(run)
     g, which = generator_from_checkpoint(st, use_ema)
     info = {"class": st["config"]["cls"], "kind": st["config"]["kind"], "preprocessing": st["preprocessing"],
@@ -61,14 +63,70 @@ def write_bundle(run: str | Path, out: str | Path, search: SearchDefaults, use_e
             raise ValueError(f"{run}: the encoder was trained for the {est['generator_weights']} weights, "
                              f"the bundle exports the {which} weights")
         info["training"]["encoder"] = {k: est[k] for k in ("epochs", "loss", "fg_threshold", "features", "seed")}
-    return write_generator_bundle(g, out, search, info, force, encoder)
+    if search.score_norm == "none":
+        return write_generator_bundle(g, out, search, info, force, encoder)
+    # Standardised per cell: score the run's own training samples with the plain local score's
+    # bundle (the runtime's engine and search), then write the bundle with their statistics.
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise ValueError(f"{out} exists and is not empty; choose another --out or pass --force")
+    from training.data import load_run_data
+    cd = load_run_data(st, data, run)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".stats-", dir=out.parent) as tmp:
+        write_generator_bundle(g, Path(tmp) / "b", replace(search, score_norm="none"), info, False, encoder)
+        energies = training_cell_energies(Path(tmp) / "b", cd.x.numpy(), progress)
+    mu, sd = cell_statistics(energies)
+    stats = {"samples": int(len(energies)), "frames": f"{cd.frames[0]}..{cd.frames[-1]}", "sd_floor": SD_FLOOR,
+             "mu_max": round(float(mu.max()), 6), "sd_median": round(float(np.median(sd)), 6)}
+    return write_generator_bundle(g, out, search, info, force, encoder, (mu, sd), stats)
+
+
+# The deviation of a cell's energy is floored at this fraction of the median deviation of the
+# cells the part covers: a cell the training parts almost never reach has a deviation near 0,
+# and a new part's rim there must not read as thousands of standard deviations.
+SD_FLOOR = 0.5
+
+
+def cell_statistics(energies: np.ndarray, floor: float = SD_FLOOR) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sd) per cell of the training samples' final cell energies (N, cells); sd floored."""
+    if energies.ndim != 2 or len(energies) < 2:
+        raise ValueError(f"cell statistics need at least two samples' cell energies, got shape {energies.shape}")
+    mu, sd = energies.mean(0), energies.std(0)
+    covered = mu > 0
+    base = float(np.median(sd[covered])) if covered.any() else 1.0
+    return mu, np.sqrt(sd * sd + (floor * max(base, 1e-12)) ** 2)
+
+
+def training_cell_energies(bundle_dir: Path, x: np.ndarray, progress: bool = True) -> np.ndarray:
+    """(N, cells): each training sample's cell energies after the bundle's search (ONNX Runtime,
+    seed 0: the runtime's own search), as the loss graph's local score computes them."""
+    from tqdm import tqdm
+
+    from adgan.score import make_scorer
+    from agent.scoring.bundle import Bundle
+    from export.reference import local_cell_energy
+    b = Bundle.load(bundle_dir)
+    scorer = make_scorer(b, "onnxruntime", 0)
+    p = b.search
+    out = []
+    for xi in tqdm(x, desc="cell statistics", unit="sample", disable=not progress):
+        y = scorer.score(xi).reconstruction
+        e = local_cell_energy(torch.from_numpy(y[None]), torch.from_numpy(xi[None]), p.loss, p.fg_threshold,
+                              p.depth_weight, p.pool)
+        out.append(e[0].numpy())
+    return np.stack(out).astype(np.float64)
 
 
 def write_generator_bundle(g: Generator, out: str | Path, search: SearchDefaults, info: dict,
-                           force: bool = False, encoder=None) -> dict:
-    """Write a bundle for generator `g`; `info` gives class, kind, preprocessing and training."""
+                           force: bool = False, encoder=None, cell_stats: tuple | None = None,
+                           stats_info: dict | None = None) -> dict:
+    """Write a bundle for generator `g`; `info` gives class, kind, preprocessing and training;
+    `cell_stats` (mu, sd) per cell standardise the local score (search.score_norm "train")."""
     if (search.z_init == "encoder") != (encoder is not None):
         raise ValueError("z_init 'encoder' needs an encoder, and an encoder is only exported with it")
+    if (search.score_norm != "none") != (cell_stats is not None):
+        raise ValueError("score_norm 'train' needs cell statistics, and they are only exported with it")
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
         raise ValueError(f"{out} exists and is not empty; choose another --out or pass --force")
@@ -76,7 +134,7 @@ def write_generator_bundle(g: Generator, out: str | Path, search: SearchDefaults
     tmp = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out.parent))
     try:
         core = export_graphs(g, tmp, search.batch_seeds, search.theta_scope, search.loss, search.fg_threshold,
-                             search.depth_weight, search.pool, search.score_cells)
+                             search.depth_weight, search.pool, search.score_cells, cell_stats)
         th = {k: v.numpy().astype(np.float32) for k, v in generator_theta(g).items()}
         np.savez(tmp / "theta.npz", **th)
         ins, outs = step_io(core.trainable)
@@ -89,6 +147,10 @@ def write_generator_bundle(g: Generator, out: str | Path, search: SearchDefaults
             export_encoder(encoder, tmp)
             names.append("encoder.onnx")
             graphs["encoder"] = {"file": "encoder.onnx", "inputs": ["x"], "outputs": ["z"]}
+        if cell_stats is not None:
+            np.savez(tmp / "cell_stats.npz", mu=np.asarray(cell_stats[0], np.float64),
+                     sd=np.asarray(cell_stats[1], np.float64))
+            names.append("cell_stats.npz")
         files = {f: sha256_file(tmp / f) for f in names}
         manifest = {
             "format": BUNDLE_FORMAT,
@@ -102,6 +164,7 @@ def write_generator_bundle(g: Generator, out: str | Path, search: SearchDefaults
             "graphs": graphs,
             "theta": {"file": "theta.npz", "trainable": core.trainable, "all": sorted(th)},
             "training": info.get("training", {}),
+            **({"score_stats": {"file": "cell_stats.npz", **(stats_info or {})}} if cell_stats is not None else {}),
             "files": files,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")

@@ -7,6 +7,13 @@ USAGE = ("adgan export RUN --out BUNDLE [--paper] [--theta-scope all|bn|none] [-
          "       adgan export build-engine BUNDLE [--fp16]")
 
 
+def describe_score(s) -> str:
+    """The image score of a bundle's search, in words (reports and logs)."""
+    if not s.score_cells:
+        return "mean"
+    return f"top {s.score_cells} cells" + (" standardised" if s.score_norm != "none" else "")
+
+
 def cmd_export(a: argparse.Namespace) -> int:
     if a.run == "build-engine":
         if not a.bundle:
@@ -40,11 +47,11 @@ def cmd_export(a: argparse.Namespace) -> int:
         search = with_default_seeds(search)
     if "batch_seeds" not in given:
         search = replace(search, batch_seeds=search.n_seed)
-    m = write_bundle(a.run, a.out, search, use_ema=not a.no_ema, force=a.force)
+    m = write_bundle(a.run, a.out, search, use_ema=not a.no_ema, force=a.force, data=a.data, progress=True)
     s = search
     print(f"exported {m['class']} ({m['kind']}, {m['training']['weights']}, epoch {m['training']['epoch']}) "
           f"-> {a.out}: theta scope {s.theta_scope}, loss {s.loss}, depth weight {s.depth_weight:g}, pool {s.pool}, "
-          f"score {'top ' + str(s.score_cells) + ' cells' if s.score_cells else 'mean'}, "
+          f"score {describe_score(s)}, "
           f"n_seed {s.n_seed}, k {s.k}, z_init {s.z_init}")
     return 0
 
@@ -86,6 +93,12 @@ def add_parser(sub) -> None:
     q.add_argument("--score-cells", type=int, default=None,
                    help="the score: 0 (default) the search's loss, a mean over the part; K the mean of the K "
                         "cells (of --pool size) that differ most, so that damage to a small area counts")
+    q.add_argument("--score-norm", choices=("none", "train"), default=None,
+                   help="with --score-cells: 'train' standardises each cell's energy against the run's own "
+                        "training samples, scored once at export ((energy - mean) / deviation per cell), so a "
+                        "cell counts by how unusual it is there; none (default): raw energies")
+    q.add_argument("--data", default=None,
+                   help="with --score-norm train: the dataset root, if the run's training data has moved")
     q.add_argument("--z-init", choices=("auto", "random", "encoder"), default="auto",
                    help="start of the search: the run's encoder E(x) (adgan train trains one) or random "
                         "z ~ N(0, I) (the paper); auto (default): the encoder when the run has one, else random "

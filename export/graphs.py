@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -104,7 +105,7 @@ class SearchStep(nn.Module):
 
     def __init__(self, g: Generator, n_seed: int, scope: str = "all", loss: str = "mse",
                  fg_threshold: float = -0.9, bn_eps: float = 1e-5, depth_weight: float = 1.0,
-                 pool: int = 1, score_cells: int = 0) -> None:
+                 pool: int = 1, score_cells: int = 0, cell_stats: tuple | None = None) -> None:
         super().__init__()
         if scope not in SCOPES:
             raise ValueError(f"theta scope must be one of {SCOPES}, got {scope!r}")
@@ -119,6 +120,15 @@ class SearchStep(nn.Module):
         if not 0 <= score_cells <= n_cells:
             raise ValueError(f"score_cells must be in 0..{n_cells} (cells of {pool}x{pool}), got {score_cells}")
         self.score_cells = score_cells
+        self.standardised = cell_stats is not None
+        if self.standardised:
+            if not score_cells:
+                raise ValueError("cell statistics standardise the local score: they need score_cells K > 0")
+            mu, sd = (torch.as_tensor(np.asarray(v), dtype=torch.float64).reshape(-1) for v in cell_stats)
+            if mu.numel() != n_cells or sd.numel() != n_cells or not bool((sd > 0).all()):
+                raise ValueError(f"cell statistics must be {n_cells} means and {n_cells} positive deviations")
+            self.register_buffer("cell_mu", mu.reshape(1, -1))
+            self.register_buffer("cell_rsd", (1.0 / sd).reshape(1, -1))
         self.trainable = trainable_names(g.arch, scope)
         self.weighted = depth_weight != 1.0  # a plain mean writes no extra operators
         if self.weighted:
@@ -305,8 +315,11 @@ class SearchStep(nn.Module):
         the mean energy of the K cells that differ most (local damage moves it; the mean hides it)."""
         loss, _, y = self.forward_backward(x, z, dict(zip(self.trainable, theta)), need_grad=False)
         if self.score_cells:
+            e = self.cell_energy(x.to(y.dtype), y)
+            if self.standardised:  # how unusual each cell is against the training frames' own residuals
+                e = (e - self.cell_mu.to(e.dtype)) * self.cell_rsd.to(e.dtype)
             # sum / K, not mean: ONNX ReduceMean would need opset 18 (axes as an input)
-            top = torch.topk(self.cell_energy(x.to(y.dtype), y), self.score_cells, dim=1).values
+            top = torch.topk(e, self.score_cells, dim=1).values
             loss = top.sum(dim=1) / self.score_cells
         return loss, y
 

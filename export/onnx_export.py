@@ -56,11 +56,12 @@ def _export(module: torch.nn.Module, args: tuple, path: Path, ins: list[str], ou
 
 
 def export_graphs(g: Generator, out: Path, n_seed: int, scope: str, loss: str, fg_threshold: float,
-                  depth_weight: float = 1.0, pool: int = 1, score_cells: int = 0) -> SearchStep:
+                  depth_weight: float = 1.0, pool: int = 1, score_cells: int = 0,
+                  cell_stats: tuple | None = None) -> SearchStep:
     """Write out/step.onnx and out/loss.onnx for `n_seed` seeds per call; returns the core module."""
     g = g.eval()
     core = SearchStep(g, n_seed, scope, loss, fg_threshold, depth_weight=depth_weight, pool=pool,
-                      score_cells=score_cells).eval()
+                      score_cells=score_cells, cell_stats=cell_stats).eval()
     th = core.init_theta(g)
     size = g.arch.size
     x = torch.zeros(1, g.arch.channels, size, size)

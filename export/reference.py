@@ -34,10 +34,10 @@ def counted_pixels(y: torch.Tensor, x: torch.Tensor, kind: str, fg_threshold: fl
         return m.to(y.dtype).expand(y.shape[0], 1, *y.shape[2:])
 
 
-def local_score(y: torch.Tensor, x: torch.Tensor, kind: str, cells: int, fg_threshold: float = -0.9,
-                depth_weight: float = 1.0, pool: int = 1) -> torch.Tensor:
-    """(B,) the mean over the `cells` pool x pool cells that differ most of the cell's energy:
-    the channel-weighted squared mean residual over its counted pixels, averaged over channels."""
+def local_cell_energy(y: torch.Tensor, x: torch.Tensor, kind: str, fg_threshold: float = -0.9,
+                      depth_weight: float = 1.0, pool: int = 1) -> torch.Tensor:
+    """(B, cells) per pool x pool cell: the channel-weighted squared mean residual over the
+    cell's counted pixels, averaged over channels (0 where a cell counts no pixel)."""
     m = counted_pixels(y, x, kind, fg_threshold)
     diff = (y - x) * m
     if pool > 1:
@@ -46,7 +46,18 @@ def local_score(y: torch.Tensor, x: torch.Tensor, kind: str, cells: int, fg_thre
     else:
         r = diff
     w = y.new_tensor(channel_weights(y.shape[1], depth_weight)).reshape(1, -1, 1, 1)
-    e = (r * r * w).mean(1).flatten(1)  # (B, cells)
+    return (r * r * w).mean(1).flatten(1)
+
+
+def local_score(y: torch.Tensor, x: torch.Tensor, kind: str, cells: int, fg_threshold: float = -0.9,
+                depth_weight: float = 1.0, pool: int = 1, cell_stats: tuple | None = None) -> torch.Tensor:
+    """(B,) the mean over the `cells` pool x pool cells that differ most of the cell's energy
+    (`local_cell_energy`). With cell_stats (mu, sd) per cell: of (energy - mu) / sd, how
+    unusual each cell is against the training frames' own residuals."""
+    e = local_cell_energy(y, x, kind, fg_threshold, depth_weight, pool)
+    if cell_stats is not None:
+        mu, sd = (torch.as_tensor(v, dtype=e.dtype).reshape(1, -1) for v in cell_stats)
+        e = (e - mu) / sd
     return torch.topk(e, cells, dim=1).values.mean(1)
 
 
@@ -84,7 +95,8 @@ def reconstruction_loss(y: torch.Tensor, x: torch.Tensor, kind: str, fg_threshol
 
 def search_seed(g: Generator, x: torch.Tensor, z0: torch.Tensor, k: int, lr_z: float, lr_theta: float,
                 scope: str = "all", loss: str = "mse", fg_threshold: float = -0.9,
-                trace: list | None = None, depth_weight: float = 1.0, pool: int = 1, score_cells: int = 0) -> float:
+                trace: list | None = None, depth_weight: float = 1.0, pool: int = 1, score_cells: int = 0,
+                cell_stats: tuple | None = None) -> float:
     """One seed of Algorithm 1 from z0 (nz,); returns the loss after the k-th update (with
     score_cells K: the mean of the K cells that differ most, `local_score`)."""
     gs = copy.deepcopy(g).eval()
@@ -111,7 +123,7 @@ def search_seed(g: Generator, x: torch.Tensor, z0: torch.Tensor, k: int, lr_z: f
         opt.step()
     with torch.no_grad():
         if score_cells:
-            return local_score(gs(z), x, loss, score_cells, fg_threshold, depth_weight, pool).item()
+            return local_score(gs(z), x, loss, score_cells, fg_threshold, depth_weight, pool, cell_stats).item()
         return reconstruction_loss(gs(z), x, loss, fg_threshold, depth_weight, pool).item()
 
 
@@ -152,6 +164,6 @@ class ReferenceSearcher:
         for s in range(p.n_seed):
             per.append(search_seed(self.g, xt, z0[s], p.k, p.lr_z, p.lr_theta, p.theta_scope, p.loss,
                                    p.fg_threshold, depth_weight=p.depth_weight, pool=p.pool,
-                                   score_cells=p.score_cells))
+                                   score_cells=p.score_cells, cell_stats=self.bundle.cell_stats))
         per_seed = np.array(per, np.float32)
         return ScoreResult(float(per_seed.mean()), per_seed, np.zeros_like(x))

@@ -64,6 +64,24 @@ def load_class(root: str | Path, cls: str, size: int, frames: tuple[int, int] | 
     return ClassData(torch.from_numpy(np.stack(xs)), nums, folder, h.hexdigest(), prep)
 
 
+def load_run_data(st: dict, data: str | Path | None = None, run: str | Path = "the run") -> ClassData:
+    """The very samples a training run (its checkpoint `st`) was trained on, framed as it
+    framed them; from `data` when the dataset root has moved. Refuses other samples."""
+    d = st["data"]
+    root = Path(data) if data else Path(d["folder"]).parent
+    frames = d.get("frames") or []
+    rng = (min(frames), max(frames) + 1) if frames else None
+    prep = st.get("preprocessing") or {}
+    exclude = st["config"].get("exclude_frames")
+    size = int(st["architecture"]["size"])
+    cd = load_class(root, d["class"], size, rng, prep.get("framing"), prep.get("margin"),
+                    tuple(exclude) if exclude else None)
+    if cd.fingerprint != d["fingerprint"]:
+        raise ValueError(f"the samples under {root} are not the ones {run} was trained on (fingerprint differs); "
+                         "pass --data with the training data")
+    return cd
+
+
 def augment(x: torch.Tensor, flip: bool, shift: int, gen: torch.Generator) -> torch.Tensor:
     """Random horizontal flips and integer shifts up to `shift` px (the uncovered border is background, -1)."""
     if flip:

@@ -60,7 +60,7 @@ def train_encoder(run: str | Path, epochs: int, features: int = 32, batch_size: 
                   progress: bool = True) -> Path:
     """Train E for the run's generator (EMA weights when present) on the run's own samples."""
     from export.bundle import generator_from_checkpoint
-    from training.data import load_class
+    from training.data import load_run_data
     from training.train import load_checkpoint
 
     if epochs < 1:
@@ -72,17 +72,7 @@ def train_encoder(run: str | Path, epochs: int, features: int = 32, batch_size: 
         p.requires_grad_(False)
     arch = Architecture.from_dict(st["architecture"])
     d = st["data"]
-    folder = Path(d["folder"])
-    root = Path(data) if data else folder.parent
-    frames = d.get("frames") or []
-    rng = (min(frames), max(frames) + 1) if frames else None
-    prep = st.get("preprocessing") or {}
-    exclude = st["config"].get("exclude_frames")
-    cd = load_class(root, d["class"], arch.size, rng, prep.get("framing"), prep.get("margin"),
-                    tuple(exclude) if exclude else None)
-    if cd.fingerprint != d["fingerprint"]:
-        raise ValueError(f"the samples under {root} are not the ones {run} was trained on (fingerprint differs); "
-                         "pass --data with the training data")
+    cd = load_run_data(st, data, run)
     torch.manual_seed(seed)
     enc = Encoder(arch, features)
     opt = torch.optim.Adam(enc.parameters(), lr=lr, betas=(0.5, 0.999))

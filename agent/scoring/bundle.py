@@ -27,6 +27,7 @@ MANIFEST = "manifest.json"
 THETA_SCOPES = ("all", "bn", "none")
 LOSSES = ("mse", "fg", "fg_input")
 Z_INITS = ("random", "encoder")
+SCORE_NORMS = ("none", "train")
 
 
 class BundleError(ValueError):
@@ -58,6 +59,7 @@ class SearchDefaults(StrictRecord):
     depth_weight: float = 1.0   # squared error of depth vs each RGB channel (1: a plain mean)
     pool: int = 1               # compare on pool x pool cells, the residual averaged over each cell's counted pixels (1: per pixel)
     score_cells: int = 0        # 0: the score is the search's loss; K: the mean of the K cells that differ most
+    score_norm: str = "none"    # "train": each cell's energy standardised against the training frames' (score_stats)
 
     def __post_init__(self) -> None:
         if self.n_seed < 1 or self.k < 1 or self.batch_seeds < 1:
@@ -78,6 +80,10 @@ class SearchDefaults(StrictRecord):
             raise ValueError(f"depth_weight must be > 0, got {self.depth_weight}")
         if self.score_cells < 0:
             raise ValueError(f"score_cells must be >= 0 (0: the mean loss), got {self.score_cells}")
+        if self.score_norm not in SCORE_NORMS:
+            raise ValueError(f"score_norm must be one of {SCORE_NORMS}, got {self.score_norm!r}")
+        if self.score_norm != "none" and not self.score_cells:
+            raise ValueError("score_norm 'train' standardises the local score: it needs score_cells K > 0")
         if not (1 <= self.pool <= 32 and self.pool & (self.pool - 1) == 0):
             raise ValueError(f"pool must be a power of two from 1 to 32 (it divides every image size), got {self.pool}")
 
@@ -102,6 +108,7 @@ class Bundle:
         self.channels: int = int(arch["channels"])
         self.trainable: list[str] = list(manifest["theta"]["trainable"])
         self.seeds_per_call: int = int(manifest["graphs"]["seeds_per_call"])
+        self.cell_stats: tuple[np.ndarray, np.ndarray] | None = None  # (mu, sd) per cell, score_norm "train"
 
     @classmethod
     def load(cls, path: str | Path) -> "Bundle":
@@ -138,10 +145,19 @@ class Bundle:
             raise BundleError(f"{mf}: search starts from an encoder, but the bundle has no hashed encoder graph")
         if manifest["theta"]["file"] not in manifest["files"]:
             raise BundleError(f"{mf}: theta is not covered by a hash")
+        stats = None
+        if (manifest["search"] or {}).get("score_norm", "none") != "none":
+            ss = manifest.get("score_stats") or {}
+            if ss.get("file") not in manifest["files"]:
+                raise BundleError(f"{mf}: the score is standardised per cell, but the bundle has no hashed "
+                                  "cell statistics (score_stats)")
+            with np.load(path / ss["file"], allow_pickle=False) as z:
+                stats = (z["mu"].astype(np.float64), z["sd"].astype(np.float64))
         with np.load(path / manifest["theta"]["file"], allow_pickle=False) as z:
             theta = {k: z[k] for k in z.files}
         try:
             b = cls(path, manifest, hashlib.sha256(raw).hexdigest(), theta)
+            b.cell_stats = stats
         except (KeyError, TypeError, ValueError) as e:
             raise BundleError(f"{mf}: {e}") from None
         missing = [n for n in b.trainable if n not in theta]

@@ -1,3 +1,4 @@
+import numpy as np
 """The explicit backward and fused Adam against PyTorch autograd and torch.optim.Adam."""
 import copy
 
@@ -159,16 +160,42 @@ def test_the_local_score_is_the_mean_of_the_cells_that_differ_most():
     assert local_score(hit, x, "fg_input", 1).item() == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("scope, loss, dw, pool, cells", [("none", "fg_input", 1.0, 4, 3), ("all", "fg", 3.0, 1, 10),
-                                                          ("bn", "mse", 1.0, 2, 1)])
-def test_the_loss_graphs_local_score_matches_the_reference(scope, loss, dw, pool, cells):
+@pytest.mark.parametrize("scope, loss, dw, pool, cells, std", [("none", "fg_input", 1.0, 4, 3, False),
+                                                               ("all", "fg", 3.0, 1, 10, False),
+                                                               ("bn", "mse", 1.0, 2, 1, False),
+                                                               ("none", "fg_input", 1.0, 4, 3, True),
+                                                               ("all", "fg", 1.0, 2, 5, True)])
+def test_the_loss_graphs_local_score_matches_the_reference(scope, loss, dw, pool, cells, std):
     from export.reference import local_score
     g = random_generator(torch.float64)
-    core = SearchStep(g, 3, scope, loss, depth_weight=dw, pool=pool, score_cells=cells).to(torch.float64)
+    n = (32 // pool) ** 2
+    rng = np.random.default_rng(3)
+    stats = (rng.uniform(0, 0.1, n), rng.uniform(0.01, 0.2, n)) if std else None
+    core = SearchStep(g, 3, scope, loss, depth_weight=dw, pool=pool, score_cells=cells,
+                      cell_stats=stats).to(torch.float64)
     z = torch.randn(3, 100, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     x = sample_x(torch.float64)
     got, y = core.reconstruct(x, z, *core.init_theta(g))
-    want = local_score(y, x.expand(3, -1, -1, -1), loss, cells, depth_weight=dw, pool=pool)
+    want = local_score(y, x.expand(3, -1, -1, -1), loss, cells, depth_weight=dw, pool=pool, cell_stats=stats)
     assert torch.allclose(got, want, rtol=1e-10)
+    if std:  # standardising reorders the cells: a cell counts by how unusual it is there
+        raw = local_score(y, x.expand(3, -1, -1, -1), loss, cells, depth_weight=dw, pool=pool)
+        assert not torch.allclose(got, raw)
     with pytest.raises(ValueError, match="score_cells"):
         SearchStep(g, 3, scope, loss, pool=pool, score_cells=(32 // pool) ** 2 + 1)
+    with pytest.raises(ValueError, match="positive deviations"):
+        SearchStep(g, 3, scope, loss, pool=pool, score_cells=1, cell_stats=(np.zeros(n), np.zeros(n)))
+    with pytest.raises(ValueError, match="need score_cells"):
+        SearchStep(g, 3, scope, loss, pool=pool, cell_stats=(np.zeros(n), np.ones(n)))
+
+
+def test_a_standardised_cell_counts_by_how_unusual_it_is_there():
+    from export.reference import local_score
+    x = -torch.ones(1, 4, 8, 8)
+    x[:, :, 0:8, 0:4] = 0.0                # the part: the left half (cells 0 and 2 of four 4x4 cells)
+    y = x.clone()
+    y[:, :, 0:4, 0:4] += 0.2               # cell 0: energy 0.04, where training parts differ by 0.04 +- 0.01
+    y[:, 3, 4:8, 0:4] += 0.2               # cell 2: energy 0.01, where they differ by 0.002 +- 0.002
+    mu, sd = np.array([0.04, 0.0, 0.002, 0.0]), np.array([0.01, 1.0, 0.002, 1.0])
+    assert local_score(y, x, "fg_input", 1, pool=4).item() == pytest.approx(0.04)  # raw: cell 0 wins
+    assert local_score(y, x, "fg_input", 1, pool=4, cell_stats=(mu, sd)).item() == pytest.approx(4.0)  # cell 2

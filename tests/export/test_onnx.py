@@ -14,14 +14,21 @@ from tests.export.conftest import random_generator, sample_x
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module", params=[("all", 1.0, 1, 0), ("bn", 1.0, 1, 0), ("none", 1.0, 1, 0),
-                                        ("all", 3.0, 1, 0), ("all", 1.0, 4, 0), ("none", 1.0, 4, 3)],
-                ids=["all", "bn", "none", "all-depth-weight-3", "all-pool-4", "none-pool-4-top-3-cells"])
+@pytest.fixture(scope="module", params=[("all", 1.0, 1, 0, False), ("bn", 1.0, 1, 0, False),
+                                        ("none", 1.0, 1, 0, False), ("all", 3.0, 1, 0, False),
+                                        ("all", 1.0, 4, 0, False), ("none", 1.0, 4, 3, False),
+                                        ("none", 1.0, 4, 3, True)],
+                ids=["all", "bn", "none", "all-depth-weight-3", "all-pool-4", "none-pool-4-top-3-cells",
+                     "none-pool-4-top-3-standardised"])
 def exported(request, tmp_path_factory):
-    scope, dw, pool, cells = request.param
+    scope, dw, pool, cells, std = request.param
     g = random_generator(size=32, features_g=4)
     out = tmp_path_factory.mktemp(f"onnx_{scope}")
-    core = export_graphs(g, out, 3, scope, "fg", -0.9, depth_weight=dw, pool=pool, score_cells=cells)
+    n = (32 // pool) ** 2
+    rng = np.random.default_rng(5)
+    stats = (rng.uniform(0, 0.05, n), rng.uniform(0.005, 0.05, n)) if std else None
+    core = export_graphs(g, out, 3, scope, "fg", -0.9, depth_weight=dw, pool=pool, score_cells=cells,
+                         cell_stats=stats)
     return scope, g, core, out
 
 

@@ -150,3 +150,47 @@ def test_export_cli_records_the_local_score_and_onnxruntime_scores_as_the_refere
     assert main(["export", str(tiny_run), "--out", str(tmp_path / "bad"), "--score-cells", "-1"]) == 2
     assert main(["export", str(tiny_run), "--out", str(tmp_path / "bad"), "--pool", "4", "--score-cells", "65"]) == 2
     assert not (tmp_path / "bad").exists()
+
+
+def test_export_standardises_the_local_score_on_the_runs_own_training_samples(tiny_run, tmp_path, synth_data):
+    """--score-norm train: the run's training samples are scored once with the runtime's search;
+    their cell energies' mean and (floored) deviation go into the bundle (hashed) and into the
+    loss graph. Scored again with the final bundle, the training samples' standardised cells
+    average 0; ONNX Runtime and the autograd reference agree."""
+    import numpy as np
+    import torch
+
+    from adgan.cli import main
+    from adgan.score import make_scorer
+    from agent.segment.preprocess import sample_to_input
+    from agent.sources.folder import frame_numbers, read_sample
+    from export.reference import local_cell_energy
+    out = tmp_path / "std"
+    common = ["--theta-scope", "none", "--loss", "fg_input", "--k", "3", "--pool", "4", "--score-cells", "4"]
+    assert main(["export", str(tiny_run), "--out", str(out), *common, "--score-norm", "train"]) == 0
+    b = Bundle.load(out)
+    assert b.search.score_norm == "train" and b.manifest["score_stats"]["samples"] == 6
+    assert "cell_stats.npz" in b.manifest["files"]
+    mu, sd = b.cell_stats
+    assert mu.shape == sd.shape == (64,) and (sd > 0).all() and mu.max() > 0
+    train = synth_data / "train" / "sphere"
+    scorer = make_scorer(b, "onnxruntime", seed=0)
+    z = []
+    for n in frame_numbers(train):
+        x = sample_to_input(read_sample(train, n), 32)
+        y = scorer.score(x).reconstruction
+        e = local_cell_energy(torch.from_numpy(y[None]), torch.from_numpy(x[None]), "fg_input", pool=4)[0].numpy()
+        z.append((e - mu) / sd)
+    np.testing.assert_allclose(np.mean(z, axis=0), 0.0, atol=2e-3)  # two graphs, float32 G(z)
+    x = sample_to_input(read_sample(synth_data / "test" / "sphere", 0), 32)
+    a, r = make_scorer(b, "onnxruntime", seed=1).score(x), make_scorer(b, "torch", seed=1).score(x)
+    np.testing.assert_allclose(a.per_seed, r.per_seed, rtol=1e-3, atol=1e-3)
+    # the raw local score of the same search differs: the statistics are in the graph
+    raw = tmp_path / "raw"
+    assert main(["export", str(tiny_run), "--out", str(raw), *common]) == 0
+    assert make_scorer(Bundle.load(raw), "onnxruntime", seed=1).score(x).score != pytest.approx(a.score, rel=1e-3)
+    # a tampered statistics file is refused like any other bundle file
+    np.savez(out / "cell_stats.npz", mu=mu, sd=sd * 2)
+    with pytest.raises(BundleError, match="cell_stats.npz has been modified"):
+        Bundle.load(out)
+    assert main(["export", str(tiny_run), "--out", str(tmp_path / "bad"), "--score-norm", "train"]) == 2
