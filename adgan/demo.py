@@ -24,6 +24,7 @@ from pathlib import Path
 from adgan.demo_live import STATION, run_live
 from agent.segment.preprocess import Preprocessing
 from agent.sources.synthetic import CLASSES, DEFECTS
+from calibration.damage import DAMAGE_DEFECTS
 
 DEMO_CONFIG = "demo-config.json"
 
@@ -72,6 +73,34 @@ class Plan:
         return ["--frames", fr] if fr else []
 
 
+def make_damage(plan: Plan, progress: bool) -> Path | None:
+    """Intact test parts and their damaged twins with ground-truth masks, for the report's
+    local-damage section: the renderer's own defects (synthetic), or `adgan dataset damage`
+    of the test frames (--data). Cached like the rest."""
+    a = plan.a
+    if not a.damage_parts:
+        return None
+    folder = plan.out / "cache" / "damage"
+    cfg = {**plan.fingerprint, "damage_parts": a.damage_parts, "test_frames": plan.test_frames}
+    if _cached(folder, cfg, "done"):
+        print(f"[1/6] damaged twins: cached in {folder}")
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    if a.data:
+        print(f"[1/6] damaged twins: {', '.join(DAMAGE_DEFECTS)} on the test frames -> {folder}")
+        _adgan("dataset", "damage", a.data, "--out", str(folder), "--seed", str(a.seed),
+               *plan.frames_args("test"), *([] if progress else ["--quiet"]))
+    else:
+        from adgan.dataset import synth_damage_dataset
+        print(f"[1/6] damaged twins: {a.damage_parts} new parts per class, each also with "
+              f"{', '.join(DEFECTS)} -> {folder}")
+        synth_damage_dataset(folder, CLASSES, a.damage_parts, a.seed + 1,
+                             Preprocessing(size=a.size, framing=a.framing), DEFECTS, progress=progress)
+    (folder / "done").write_text("ok\n")
+    _mark(folder, cfg)
+    return folder
+
+
 def make_data(plan: Plan, progress: bool) -> None:
     a = plan.a
     if a.data:
@@ -96,6 +125,7 @@ def train_and_export(plan: Plan, progress: bool) -> dict[str, Path]:
     from dataclasses import replace
 
     from export.bundle import RECIPE_SEARCH, with_default_seeds, write_bundle
+    from export.cli import describe_score
     for i, cls in enumerate(plan.classes):
         run = plan.out / "cache" / "runs" / cls
         cfg = {**plan.fingerprint, "class": cls, "kind": a.kind, "size": a.size, "features": a.features,
@@ -125,10 +155,11 @@ def train_and_export(plan: Plan, progress: bool) -> dict[str, Path]:
                        *([] if progress else ["--quiet"]))
                 marker.write_text(json.dumps(ecfg, sort_keys=True))
         bundles[cls] = plan.out / "bundles" / cls
-        search = with_default_seeds(replace(RECIPE_SEARCH, loss=a.loss, k=a.k, z_init=z_init))
+        search = with_default_seeds(replace(RECIPE_SEARCH, loss=a.loss, k=a.k, z_init=z_init,
+                                            score_cells=a.score_cells, score_norm=a.score_norm))
         write_bundle(run, bundles[cls], search, force=True)
     print(f"[3/6] bundles (theta scope {search.theta_scope}, loss {a.loss}, depth weight {search.depth_weight:g}, "
-          f"pool {search.pool}, n_seed {search.n_seed}, k {a.k}, "
+          f"pool {search.pool}, score {describe_score(search)}, n_seed {search.n_seed}, k {a.k}, "
           f"{'search from the encoder' if a.encoder_epochs else 'random z'}) -> {plan.out / 'bundles'}")
     return bundles
 
@@ -149,12 +180,12 @@ def calibrate(plan: Plan, bundles: dict[str, Path]) -> Path:
     return th
 
 
-def report(plan: Plan, bundles: dict[str, Path]) -> Path:
+def report(plan: Plan, bundles: dict[str, Path], damage: Path | None = None) -> Path:
     out = plan.out / "report"
     shutil.rmtree(out, ignore_errors=True)
-    print(f"[5/6] report: Table 2, ROC, ranking grids -> {out}")
+    print(f"[5/6] report: Table 2, ROC, ranking grids{', local damage' if damage else ''} -> {out}")
     _adgan("evaluate", "--bundles", *map(str, bundles.values()), "--data", str(plan.test_root), "--out", str(out),
-           "--quiet", *plan.frames_args("test"))
+           "--quiet", *plan.frames_args("test"), *(["--damage", str(damage)] if damage else []))
     from agent.sources.folder import frame_numbers, read_sample
     from agent.visual import sample_grid, write_png
     rows, names = [], []
@@ -309,9 +340,10 @@ def run_demo(a: argparse.Namespace) -> dict:
         a.k = RECIPE_SEARCH.k
     plan = Plan(a, out)
     make_data(plan, progress)
+    damage = make_damage(plan, progress)
     bundles = train_and_export(plan, progress)
     th = calibrate(plan, bundles)
-    rep = report(plan, bundles)
+    rep = report(plan, bundles, damage)
     workdir = out / "live"
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
@@ -359,6 +391,15 @@ def add_parser(sub) -> None:
     q.add_argument("--k", type=int, default=None, help="search steps per seed (default: adgan export's)")
     q.add_argument("--loss", choices=("mse", "fg", "fg_input"), default="fg_input",
                    help="search and score loss (default fg_input: the part's own pixels; mse is the paper's)")
+    q.add_argument("--score-cells", type=int, default=0,
+                   help="the score: 0 the search's mean loss over the part; K the mean of the K cells that differ "
+                        "most (adgan export --score-cells)")
+    q.add_argument("--score-norm", choices=("none", "train"), default="none",
+                   help="with --score-cells: standardise each cell against the training parts (adgan export "
+                        "--score-norm)")
+    q.add_argument("--damage-parts", type=int, default=20,
+                   help="parts per class rendered intact and with each defect for the report's local-damage "
+                        "section (per-defect AUROC, maps); with --data: the test frames, damaged; 0: none")
     q.add_argument("--encoder-epochs", type=int, default=60,
                    help="train an encoder so the search starts at E(x) (default 60 epochs; 0: random z as the paper)")
     q.add_argument("--parts", type=int, default=24, help="parts through the live station (default 24)")

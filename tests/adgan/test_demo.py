@@ -13,8 +13,8 @@ from agent.mqtt.events import SCHEMA_PATH
 
 def demo_args(out, *extra):
     return build_parser().parse_args(["demo", "--out", str(out), "--train", "12", "--test", "4", "--epochs", "2",
-                                      "--features", "4", "--parts", "4", "--fps", "0", "--encoder-epochs", "2", "--quiet",
-                                      *extra])
+                                      "--features", "4", "--parts", "4", "--fps", "0", "--encoder-epochs", "2", "--damage-parts", "2",
+                                      "--quiet", *extra])
 
 
 def recount(events, expected):
@@ -41,19 +41,25 @@ def test_demo_runs_end_to_end_in_reduced_mode(tmp_path, capsys):
     assert s["detected"] + s["missed"] == s["true_anomalies"] and s["parts_inspected"] == 4
     assert json.loads((r["live"] / "summary.json").read_text()) == s
     rep = r["report"]
-    for f in ("table2.md", "table2.csv", "roc.png", "samples.png", "segmentation.png", "index.md"):
+    for f in ("table2.md", "table2.csv", "roc.png", "samples.png", "segmentation.png", "index.md", "damage.md",
+              "damage.csv"):
         assert (rep / f).is_file(), f
     assert len(list(rep.glob("ranking-*.png"))) == 3
     assert cv2.imread(str(rep / "samples.png")).std() > 1
     index = (rep / "index.md").read_text()
-    assert f"| 4 | {s['ok']} | {s['ng']} |" in index and "Table 2" in index
+    assert f"| 4 | {s['ok']} | {s['ng']} |" in index and "Table 2" in index and "Local damage" in index
+    # per defect of the renderer, for each class: image AUROC, pixel AUROC and PRO, and the maps
+    rows = (rep / "damage.csv").read_text().splitlines()
+    kinds = {r.split(",")[2] for r in rows[1:]}
+    assert "all" in kinds and len(kinds & {"dent", "hole", "chunk", "blemish", "foreign"}) >= 3
+    assert len(list(rep.glob("damage-maps-*.png"))) == 3
     out = capsys.readouterr().out
     assert "broker: " in out and "parts inspected 4" in out
 
     # a second run reuses the trained models, and runs with the embedded broker as well
     r2 = run_demo(demo_args(tmp_path, "--embedded-broker"))
     out = capsys.readouterr().out
-    assert out.count("cached in") == 7 and "broker: embedded" in out  # data, three models, three encoders
+    assert out.count("cached in") == 8 and "broker: embedded" in out  # data, twins, three models, three encoders
     assert len(r2["events"]) == 4
 
 
