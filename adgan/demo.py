@@ -394,7 +394,8 @@ def add_parser(sub) -> None:
     q.add_argument("--score-cells", type=int, default=0,
                    help="the score: 0 the search's mean loss over the part; K the mean of the K cells that differ "
                         "most (adgan export --score-cells)")
-    q.add_argument("--score-norm", choices=("none", "train"), default="none",
+    from agent.scoring.bundle import SCORE_NORMS
+    q.add_argument("--score-norm", choices=SCORE_NORMS, default="none",
                    help="with --score-cells: standardise each cell against the training parts (adgan export "
                         "--score-norm)")
     q.add_argument("--damage-parts", type=int, default=20,

@@ -93,7 +93,8 @@ def add_parser(sub) -> None:
     q.add_argument("--score-cells", type=int, default=None,
                    help="the score: 0 (default) the search's loss, a mean over the part; K the mean of the K "
                         "cells (of --pool size) that differ most, so that damage to a small area counts")
-    q.add_argument("--score-norm", choices=("none", "train"), default=None,
+    from agent.scoring.bundle import SCORE_NORMS
+    q.add_argument("--score-norm", choices=SCORE_NORMS, default=None,
                    help="with --score-cells: 'train' standardises each cell's energy against the run's own "
                         "training samples, scored once at export ((energy - mean) / deviation per cell), so a "
                         "cell counts by how unusual it is there; none (default): raw energies")
