@@ -103,11 +103,11 @@ def training_cell_energies(bundle_dir: Path, x: np.ndarray, progress: bool = Tru
     seed 0: the runtime's own search), as the loss graph's local score computes them."""
     from tqdm import tqdm
 
-    from adgan.score import make_scorer
     from agent.scoring.bundle import Bundle
+    from agent.scoring.search import Searcher, open_backend
     from export.reference import local_cell_energy
     b = Bundle.load(bundle_dir)
-    scorer = make_scorer(b, "onnxruntime", 0)
+    scorer = Searcher(b, open_backend(b), 0)
     p = b.search
     out = []
     for xi in tqdm(x, desc="cell statistics", unit="sample", disable=not progress):
