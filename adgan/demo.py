@@ -91,7 +91,7 @@ def make_damage(plan: Plan, progress: bool) -> Path | None:
         _adgan("dataset", "damage", a.data, "--out", str(folder), "--seed", str(a.seed),
                *plan.frames_args("test"), *([] if progress else ["--quiet"]))
     else:
-        from adgan.dataset import synth_damage_dataset
+        from adgan.synth import synth_damage_dataset
         print(f"[1/6] damaged twins: {a.damage_parts} new parts per class, each also with "
               f"{', '.join(DEFECTS)} -> {folder}")
         synth_damage_dataset(folder, CLASSES, a.damage_parts, a.seed + 1,
@@ -107,7 +107,7 @@ def make_data(plan: Plan, progress: bool) -> None:
         print(f"[1/6] data: {a.data} (classes {', '.join(plan.classes)}; train frames {a.train_frames}, "
               f"test frames {a.test_frames})")
         return
-    from adgan.dataset import synth_dataset
+    from adgan.synth import synth_dataset
     folder = plan.out / "cache" / "data"
     if _cached(folder, plan.fingerprint, "test"):
         print(f"[1/6] data: cached in {folder}")

@@ -20,7 +20,7 @@ def paper_data() -> Path:
 @pytest.fixture(scope="session")
 def synth_data(tmp_path_factory) -> Path:
     """A tiny synthetic dataset in the paper's layout: 6 train / 3 test / 3 defective per class."""
-    from adgan.dataset import synth_dataset
+    from adgan.synth import synth_dataset
     from agent.segment.preprocess import Preprocessing
 
     out = tmp_path_factory.mktemp("synth")
