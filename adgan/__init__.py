@@ -1,3 +1,3 @@
 """The `adgan` command line: one entry point over agent, training, export and calibration."""
 
-__version__ = "0.1.0"
+from agent import __version__  # noqa: F401 (one version, the package's)

@@ -125,7 +125,6 @@ def train_and_export(plan: Plan, progress: bool) -> dict[str, Path]:
     from dataclasses import replace
 
     from export.bundle import RECIPE_SEARCH, with_default_seeds, write_bundle
-    from export.cli import describe_score
     for i, cls in enumerate(plan.classes):
         run = plan.out / "cache" / "runs" / cls
         cfg = {**plan.fingerprint, "class": cls, "kind": a.kind, "size": a.size, "features": a.features,
@@ -159,7 +158,7 @@ def train_and_export(plan: Plan, progress: bool) -> dict[str, Path]:
                                             score_cells=a.score_cells, score_norm=a.score_norm))
         write_bundle(run, bundles[cls], search, force=True)
     print(f"[3/6] bundles (theta scope {search.theta_scope}, loss {a.loss}, depth weight {search.depth_weight:g}, "
-          f"pool {search.pool}, score {describe_score(search)}, n_seed {search.n_seed}, k {a.k}, "
+          f"pool {search.pool}, score {search.describe_score()}, n_seed {search.n_seed}, k {a.k}, "
           f"{'search from the encoder' if a.encoder_epochs else 'random z'}) -> {plan.out / 'bundles'}")
     return bundles
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adgan.score import make_scorer
+from calibration.scoring import make_scorer
 from agent.scoring.bundle import Bundle, SearchDefaults
 from agent.segment.preprocess import sample_to_input
 from agent.sources.folder import iter_samples

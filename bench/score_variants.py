@@ -13,11 +13,10 @@ import argparse
 import statistics
 import time
 
-from adgan.score import make_scorer
+from calibration.scoring import make_scorer
 from agent.scoring.bundle import Bundle
 from agent.segment.preprocess import sample_to_input
 from agent.sources.folder import check_preprocessing, frame_numbers, parse_frames, read_model_sample
-from export.cli import describe_score
 
 
 def main() -> None:
@@ -50,7 +49,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for path, b, t in zip(a.bundles, bundles, times):
         m = statistics.median(t)
-        print(f"| {path} | {b.preprocessing.framing} | {describe_score(b.search)} | {1e3 * m:.1f} | {m / base:.2f} |")
+        print(f"| {path} | {b.preprocessing.framing} | {b.search.describe_score()} | {1e3 * m:.1f} | {m / base:.2f} |")
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ def choose_threshold(normal: np.ndarray, anomalous: np.ndarray, policy: str, fpr
 
 
 def cmd_calibrate(a: argparse.Namespace) -> int:
-    from adgan.score import engine_id, make_scorer, score_folder
+    from calibration.scoring import engine_id, make_scorer, score_folder
     from agent.scoring.bundle import Bundle
 
     bundle = Bundle.load(a.bundle)

@@ -11,7 +11,7 @@ from calibration.metrics import auc, equal_rates_threshold, max_accuracy_thresho
 
 
 def score_dataset(scorer, bundle, data: Path, frames, progress: bool) -> list[tuple[str, str, float]]:
-    from adgan.score import score_folder
+    from calibration.scoring import score_folder
     return list(score_folder(scorer, bundle, data, frames, progress))
 
 
@@ -89,8 +89,7 @@ def search_figure(bundle, x: np.ndarray, path: Path, seed: int, lr_thetas=(6e-9,
 
     from agent.segment.preprocess import input_to_sample
     from agent.visual import sample_grid, write_png
-    from export.bundle import torch_generator_from_bundle
-    from export.reference import search_seed
+    from export.reference import search_seed, torch_generator_from_bundle
 
     g = torch_generator_from_bundle(bundle)
     p = bundle.search
@@ -134,7 +133,7 @@ def pca_rows(a, frames, curves: dict, avg: dict) -> list[dict]:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from adgan.score import make_scorer
+    from calibration.scoring import make_scorer
     from agent.scoring.bundle import Bundle
     from agent.segment.preprocess import sample_to_input
     from agent.sources.folder import parse_frames, read_model_sample
@@ -226,8 +225,7 @@ def evaluate_damage(scorer, b, a, frames, out: Path, tag: str, label: str, index
 def bundle_columns(b) -> dict:
     """Which bundle and which score a row is of, so that rows of one class stay apart."""
     s = b.search
-    from export.cli import describe_score
-    return {"bundle": b.bundle_hash[:12], "score": describe_score(s)}
+    return {"bundle": b.bundle_hash[:12], "score": s.describe_score()}
 
 
 def add_parser(sub) -> None:

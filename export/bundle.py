@@ -12,12 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adgan import __version__
+from agent import __version__
 from agent.scoring.bundle import BUNDLE_FORMAT, MANIFEST, SearchDefaults, sha256_file
-from export.graphs import generator_theta
 from export.onnx_export import OPSET, export_encoder, export_graphs, loss_io, step_io
-from training.model import Architecture, Generator
-from training.train import load_checkpoint
+from training.model import Generator
+from training.train import generator_from_checkpoint, load_checkpoint
 
 # The search of `adgan export` by default: the recipe measured best on the paper's real
 # frames (bench/RESULTS.md, issue 8): start at the run's encoder E(x), score the part's
@@ -31,14 +30,6 @@ def with_default_seeds(search: SearchDefaults) -> SearchDefaults:
     seeds repeat the same search), the paper's 3 for random or noisy starts."""
     n = 1 if search.z_init == "encoder" and search.z_init_noise == 0 else PAPER_SEARCH.n_seed
     return replace(search, n_seed=n, batch_seeds=n)
-
-
-def generator_from_checkpoint(st: dict, use_ema: bool = True) -> tuple[Generator, str]:
-    arch = Architecture.from_dict(st["architecture"])
-    g = Generator(arch)
-    which = "generator_ema" if use_ema and st.get("generator_ema") is not None else "generator"
-    g.load_state_dict(st[which])
-    return g.eval(), which
 
 
 def write_bundle(run: str | Path, out: str | Path, search: SearchDefaults, use_ema: bool = True,
@@ -104,8 +95,9 @@ def training_cell_energies(bundle_dir: Path, x: np.ndarray, progress: bool = Tru
     from tqdm import tqdm
 
     from agent.scoring.bundle import Bundle
-    from agent.scoring.search import Searcher, open_backend
-    from export.reference import local_cell_energy
+    from agent.scoring.backend import open_backend
+    from agent.scoring.search import Searcher
+    from training.losses import local_cell_energy
     b = Bundle.load(bundle_dir)
     scorer = Searcher(b, open_backend(b), 0)
     p = b.search
@@ -135,7 +127,7 @@ def write_generator_bundle(g: Generator, out: str | Path, search: SearchDefaults
     try:
         core = export_graphs(g, tmp, search.batch_seeds, search.theta_scope, search.loss, search.fg_threshold,
                              search.depth_weight, search.pool, search.score_cells, cell_stats)
-        th = {k: v.numpy().astype(np.float32) for k, v in generator_theta(g).items()}
+        th = {k: v.numpy().astype(np.float32) for k, v in g.theta().items()}
         np.savez(tmp / "theta.npz", **th)
         ins, outs = step_io(core.trainable)
         lin, lout = loss_io(core.trainable)
@@ -176,27 +168,3 @@ def write_generator_bundle(g: Generator, out: str | Path, search: SearchDefaults
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
-
-
-def torch_generator_from_bundle(bundle) -> Generator:
-    """Rebuild the generator (eval mode) from a loaded bundle's architecture and theta."""
-    arch = Architecture.from_dict(bundle.manifest["architecture"])
-    g = Generator(arch).eval()
-    th = bundle.theta
-    mods = list(g.net)
-    i = j = 0
-    with torch.no_grad():
-        while j < len(mods):
-            mods[j].weight.copy_(torch.from_numpy(th[f"w{i}"]))
-            if j + 1 < len(mods) and isinstance(mods[j + 1], torch.nn.BatchNorm2d):
-                bn = mods[j + 1]
-                bn.weight.copy_(torch.from_numpy(th[f"gamma{i}"]))
-                bn.bias.copy_(torch.from_numpy(th[f"beta{i}"]))
-                bn.running_mean.copy_(torch.from_numpy(th[f"mean{i}"]))
-                bn.running_var.copy_(torch.from_numpy(th[f"var{i}"]))
-                j += 3
-            else:
-                mods[j].bias.copy_(torch.from_numpy(th[f"bias{i}"]))
-                j += 2
-            i += 1
-    return g

@@ -7,13 +7,6 @@ USAGE = ("adgan export RUN --out BUNDLE [--paper] [--theta-scope all|bn|none] [-
          "       adgan export build-engine BUNDLE [--fp16]")
 
 
-def describe_score(s) -> str:
-    """The image score of a bundle's search, in words (reports and logs)."""
-    if not s.score_cells:
-        return "mean"
-    return f"top {s.score_cells} cells" + (" standardised" if s.score_norm != "none" else "")
-
-
 def cmd_export(a: argparse.Namespace) -> int:
     if a.run == "build-engine":
         if not a.bundle:
@@ -51,7 +44,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     s = search
     print(f"exported {m['class']} ({m['kind']}, {m['training']['weights']}, epoch {m['training']['epoch']}) "
           f"-> {a.out}: theta scope {s.theta_scope}, loss {s.loss}, depth weight {s.depth_weight:g}, pool {s.pool}, "
-          f"score {describe_score(s)}, "
+          f"score {s.describe_score()}, "
           f"n_seed {s.n_seed}, k {s.k}, z_init {s.z_init}")
     return 0
 

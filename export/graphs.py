@@ -19,11 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from export.reference import channel_weights
+from agent.scoring.bundle import LOSSES, THETA_SCOPES as SCOPES
+from training.losses import channel_weights
 from training.model import Architecture, Generator
 
-SCOPES = ("all", "bn", "none")
-LOSSES = ("mse", "fg", "fg_input")
 BETA1, BETA2, ADAM_EPS = 0.9, 0.999, 1e-8
 
 
@@ -64,26 +63,6 @@ def trainable_names(arch: Architecture, scope: str) -> list[str]:
     if scope == "bn":
         return [n for n in theta_names(arch) if n.startswith(("gamma", "beta"))]
     return []
-
-
-def generator_theta(g: Generator) -> dict[str, torch.Tensor]:
-    """The generator's theta by graph name, plus BatchNorm running statistics ('mean{i}', 'var{i}')."""
-    out: dict[str, torch.Tensor] = {}
-    mods = list(g.net)
-    i = j = 0
-    while j < len(mods):
-        conv = mods[j]
-        out[f"w{i}"] = conv.weight.detach()
-        if j + 1 < len(mods) and isinstance(mods[j + 1], nn.BatchNorm2d):
-            bn = mods[j + 1]
-            out[f"gamma{i}"], out[f"beta{i}"] = bn.weight.detach(), bn.bias.detach()
-            out[f"mean{i}"], out[f"var{i}"] = bn.running_mean.detach(), bn.running_var.detach()
-            j += 3
-        else:
-            out[f"bias{i}"] = conv.bias.detach()
-            j += 2
-        i += 1
-    return out
 
 
 def per_seed(name: str, t: torch.Tensor, s: int) -> torch.Tensor:
@@ -135,7 +114,7 @@ class SearchStep(nn.Module):
             # float64 so that a float64 copy of the module is exact; cast to the data's dtype in use
             cw = torch.tensor(channel_weights(g.arch.channels, depth_weight), dtype=torch.float64)
             self.register_buffer("chan_w", cw.reshape(1, -1, 1, 1))
-        th = generator_theta(g)
+        th = g.theta()
         for i, l in enumerate(self.layers):
             if l.bn:
                 self.register_buffer(f"rstd{i}", torch.rsqrt(th[f"var{i}"] + bn_eps))
@@ -325,7 +304,7 @@ class SearchStep(nn.Module):
 
     def init_theta(self, g: Generator) -> list[torch.Tensor]:
         """Per-seed copies of the trainable theta (the starting point of every search)."""
-        th = generator_theta(g)
+        th = g.theta()
         if self.scope == "all":
             return [per_seed(n, th[n], self.S) for n in self.trainable]
         return [th[n].reshape(1, -1).repeat(self.S, 1) for n in self.trainable]

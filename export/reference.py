@@ -10,87 +10,8 @@ import copy
 
 import torch
 
-from training.model import Generator
-
-
-def channel_weights(channels: int, depth_weight: float) -> list[float]:
-    """Per-channel weights of the squared error: depth (the last channel) counts depth_weight
-    times an RGB channel; scaled to mean 1 so the loss stays on the scale of a plain mean."""
-    if depth_weight <= 0:
-        raise ValueError(f"depth_weight must be > 0, got {depth_weight}")
-    w = [1.0] * (channels - 1) + [float(depth_weight)]
-    return [v * channels / sum(w) for v in w]
-
-
-def counted_pixels(y: torch.Tensor, x: torch.Tensor, kind: str, fg_threshold: float = -0.9) -> torch.Tensor:
-    """(B, 1, H, W) 1 where the loss counts a pixel: everywhere (mse), where the sample or G(z)
-    is foreground (fg), where the sample is (fg_input)."""
-    with torch.no_grad():
-        if kind == "mse":
-            return torch.ones_like(y[:, 3:4])
-        m = x[:, 3:4] > -1.0
-        if kind == "fg":
-            m = m | (y[:, 3:4] > fg_threshold)
-        return m.to(y.dtype).expand(y.shape[0], 1, *y.shape[2:])
-
-
-def local_cell_energy(y: torch.Tensor, x: torch.Tensor, kind: str, fg_threshold: float = -0.9,
-                      depth_weight: float = 1.0, pool: int = 1) -> torch.Tensor:
-    """(B, cells) per pool x pool cell: the channel-weighted squared mean residual over the
-    cell's counted pixels, averaged over channels (0 where a cell counts no pixel)."""
-    m = counted_pixels(y, x, kind, fg_threshold)
-    diff = (y - x) * m
-    if pool > 1:
-        n = torch.clamp(torch.nn.functional.avg_pool2d(m, pool) * pool * pool, min=1.0)
-        r = torch.nn.functional.avg_pool2d(diff, pool) * pool * pool / n
-    else:
-        r = diff
-    w = y.new_tensor(channel_weights(y.shape[1], depth_weight)).reshape(1, -1, 1, 1)
-    return (r * r * w).mean(1).flatten(1)
-
-
-def local_score(y: torch.Tensor, x: torch.Tensor, kind: str, cells: int, fg_threshold: float = -0.9,
-                depth_weight: float = 1.0, pool: int = 1, cell_stats: tuple | None = None) -> torch.Tensor:
-    """(B,) the mean over the `cells` pool x pool cells that differ most of the cell's energy
-    (`local_cell_energy`). With cell_stats (mu, sd) per cell: of (energy - mu) / sd, how
-    unusual each cell is against the training frames' own residuals."""
-    e = local_cell_energy(y, x, kind, fg_threshold, depth_weight, pool)
-    if cell_stats is not None:
-        mu, sd = (torch.as_tensor(v, dtype=e.dtype).reshape(1, -1) for v in cell_stats)
-        e = (e - mu) / sd
-    return torch.topk(e, cells, dim=1).values.mean(1)
-
-
-def reconstruction_loss(y: torch.Tensor, x: torch.Tensor, kind: str, fg_threshold: float = -0.9,
-                        depth_weight: float = 1.0, pool: int = 1) -> torch.Tensor:
-    """Per-sample loss (B,): mean squared error over the image (mse), over the pixels where the
-    sample or its reconstruction is foreground (fg), or where the sample is (fg_input); the
-    depth channel weighted by depth_weight against each RGB channel (1: a plain mean).
-
-    pool > 1 compares on pool x pool cells: in each cell the residual is averaged over the
-    cell's counted pixels (the mask above; all pixels for mse) and squared, weighted by how
-    many pixels it averages. Pixel noise and texture that G(z) places a pixel off cancel
-    inside a cell; a part that differs in colour or shape over a cell does not. pool 1 is
-    the per-pixel loss."""
-    diff = y - x
-    cw = y.new_tensor(channel_weights(y.shape[1], depth_weight)).reshape(1, -1, 1, 1) if depth_weight != 1.0 else None
-    if kind not in ("mse", "fg", "fg_input"):
-        raise ValueError(f"loss must be 'mse', 'fg' or 'fg_input', got {kind!r}")
-    if pool < 1 or y.shape[-1] % pool or y.shape[-2] % pool:
-        raise ValueError(f"pool must be >= 1 and divide the image size {tuple(y.shape[-2:])}, got {pool}")
-    if kind == "mse" and pool == 1:
-        d2 = diff * diff
-        return (d2 if cw is None else d2 * cw).flatten(1).mean(1)
-    m = counted_pixels(y, x, kind, fg_threshold)
-    with torch.no_grad():
-        cnt = torch.clamp(m.flatten(1).sum(1), min=1.0) * y.shape[1]
-    if pool == 1:
-        a2 = diff * diff * m
-    else:
-        n = torch.nn.functional.avg_pool2d(m, pool) * pool * pool  # counted pixels per cell
-        a = torch.nn.functional.avg_pool2d(diff * m, pool) * pool * pool  # residual summed per cell
-        a2 = a * a / torch.clamp(n, min=1.0)  # = n * (the cell's mean residual)^2
-    return (a2 if cw is None else a2 * cw).flatten(1).sum(1) / cnt
+from training.losses import local_score, reconstruction_loss
+from training.model import Architecture, Generator
 
 
 def search_seed(g: Generator, x: torch.Tensor, z0: torch.Tensor, k: int, lr_z: float, lr_theta: float,
@@ -136,13 +57,16 @@ def score(g: Generator, x: torch.Tensor, z0: torch.Tensor, k: int, lr_z: float, 
     return sum(per) / len(per), per
 
 
+def torch_generator_from_bundle(bundle) -> Generator:
+    """Rebuild the generator (eval mode) from a loaded bundle's architecture and theta."""
+    return Generator.from_theta(Architecture.from_dict(bundle.manifest["architecture"]), bundle.theta)
+
+
 class ReferenceSearcher:
     """`adgan score --backend torch`: the autograd reference with the runtime's z0 and defaults."""
 
     def __init__(self, bundle, seed: int = 0, **overrides) -> None:
         from dataclasses import replace
-
-        from export.bundle import torch_generator_from_bundle
 
         self.bundle, self.seed = bundle, seed
         self.params = replace(bundle.search, **{k: v for k, v in overrides.items() if v is not None})

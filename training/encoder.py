@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from training.losses import reconstruction_loss
 from training.model import Architecture, init_weights
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,6 @@ class Encoder(nn.Module):
 
 
 def encoder_loss(y: torch.Tensor, x: torch.Tensor, kind: str, fg_threshold: float) -> torch.Tensor:
-    from export.reference import reconstruction_loss
     return reconstruction_loss(y, x, kind, fg_threshold).mean()
 
 
@@ -59,9 +59,8 @@ def train_encoder(run: str | Path, epochs: int, features: int = 32, batch_size: 
                   loss: str = "fg", fg_threshold: float = -0.5, seed: int = 0, data: str | Path | None = None,
                   progress: bool = True) -> Path:
     """Train E for the run's generator (EMA weights when present) on the run's own samples."""
-    from export.bundle import generator_from_checkpoint
     from training.data import load_run_data
-    from training.train import load_checkpoint
+    from training.train import generator_from_checkpoint, load_checkpoint
 
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")

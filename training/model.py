@@ -104,6 +104,40 @@ class Generator(nn.Module):
         """(B, nz) or (B, nz, 1, 1) -> (B, 4, size, size) in [-1, 1]."""
         return self.net(z.reshape(z.shape[0], self.arch.nz, 1, 1))
 
+    def theta_tensors(self) -> dict[str, torch.Tensor]:
+        """theta by graph name, the tensors themselves: per block i 'w{i}', 'gamma{i}', 'beta{i}'
+        and the BatchNorm running statistics 'mean{i}', 'var{i}'; the output layer 'w{i}', 'bias{i}'.
+        The one walk over the layers that the explicit graphs, bundles and the reference share."""
+        out: dict[str, torch.Tensor] = {}
+        mods = list(self.net)
+        i = j = 0
+        while j < len(mods):
+            conv = mods[j]
+            out[f"w{i}"] = conv.weight
+            if j + 1 < len(mods) and isinstance(mods[j + 1], nn.BatchNorm2d):
+                bn = mods[j + 1]
+                out[f"gamma{i}"], out[f"beta{i}"] = bn.weight, bn.bias
+                out[f"mean{i}"], out[f"var{i}"] = bn.running_mean, bn.running_var
+                j += 3
+            else:
+                out[f"bias{i}"] = conv.bias
+                j += 2
+            i += 1
+        return out
+
+    def theta(self) -> dict[str, torch.Tensor]:
+        """`theta_tensors`, detached."""
+        return {k: v.detach() for k, v in self.theta_tensors().items()}
+
+    @classmethod
+    def from_theta(cls, arch: Architecture, theta: dict) -> "Generator":
+        """A generator (eval mode) with the weights of a theta dict (tensors or arrays, `theta` names)."""
+        g = cls(arch).eval()
+        with torch.no_grad():
+            for name, t in g.theta_tensors().items():
+                t.copy_(torch.as_tensor(theta[name]))
+        return g
+
 
 class Discriminator(nn.Module):
     """Discriminator (gan) or critic (wgan, wgan-gp): one unbounded score per sample."""

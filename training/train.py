@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from adgan import __version__
+from agent import __version__
 from training.data import ClassData, augment
 from training.model import Architecture, Discriminator, Generator
 from training.objectives import RECIPES, d_loss, g_loss, gradient_penalty
@@ -220,6 +220,16 @@ def load_run_file(run: str | Path, name: str, fmt: int, what: str, how: str) -> 
 def load_checkpoint(run: str | Path) -> dict:
     """A run folder's checkpoint (or a checkpoint file), validated."""
     return load_run_file(run, CHECKPOINT, CHECKPOINT_FORMAT, "checkpoint", "train with 'adgan train ... --out RUN'")
+
+
+def generator_from_checkpoint(st: dict, use_ema: bool = True) -> tuple[Generator, str]:
+    """The checkpoint's generator in eval mode (its EMA weights when present and asked for) and
+    which weights those are ('generator_ema' or 'generator')."""
+    arch = Architecture.from_dict(st["architecture"])
+    g = Generator(arch)
+    which = "generator_ema" if use_ema and st.get("generator_ema") is not None else "generator"
+    g.load_state_dict(st[which])
+    return g.eval(), which
 
 
 def resume_config(st: dict, epochs: int) -> TrainConfig:

@@ -17,7 +17,8 @@ import numpy as np
 
 from agent.decide.thresholds import ClassThreshold, ThresholdError, load_threshold, recorded_engine
 from agent.scoring.bundle import Bundle, BundleError
-from agent.scoring.search import Backend, Searcher, open_backend
+from agent.scoring.backend import Backend, open_backend
+from agent.scoring.search import Searcher
 from agent.settings import SettingError
 
 log = logging.getLogger(__name__)

@@ -16,6 +16,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -24,8 +25,10 @@ from agent.segment.preprocess import Preprocessing
 
 BUNDLE_FORMAT = 1
 MANIFEST = "manifest.json"
-THETA_SCOPES = ("all", "bn", "none")
-LOSSES = ("mse", "fg", "fg_input")
+ThetaScope = Literal["all", "bn", "none"]  # what adapts besides z: all theta, BatchNorm affine, nothing
+LossName = Literal["mse", "fg", "fg_input"]  # the reconstruction loss (training/losses.py defines each)
+THETA_SCOPES: tuple[str, ...] = get_args(ThetaScope)
+LOSSES: tuple[str, ...] = get_args(LossName)
 Z_INITS = ("random", "encoder")
 SCORE_NORMS = ("none", "train")
 
@@ -50,8 +53,8 @@ class SearchDefaults(StrictRecord):
     k: int = 19
     lr_z: float = 5e-2
     lr_theta: float = 6e-9
-    theta_scope: str = "all"
-    loss: str = "mse"
+    theta_scope: ThetaScope = "all"
+    loss: LossName = "mse"
     fg_threshold: float = -0.9  # G(z) depth above this counts as foreground (loss "fg")
     batch_seeds: int = 3        # seeds per graph call (static for theta scope "all")
     z_init: str = "random"      # "random": z0 ~ N(0, I) (the paper); "encoder": z0 = E(x) (+ noise)
@@ -86,6 +89,12 @@ class SearchDefaults(StrictRecord):
             raise ValueError("score_norm 'train' standardises the local score: it needs score_cells K > 0")
         if not (1 <= self.pool <= 32 and self.pool & (self.pool - 1) == 0):
             raise ValueError(f"pool must be a power of two from 1 to 32 (it divides every image size), got {self.pool}")
+
+    def describe_score(self) -> str:
+        """The image score, in words (reports and logs)."""
+        if not self.score_cells:
+            return "mean"
+        return f"top {self.score_cells} cells" + (" standardised" if self.score_norm != "none" else "")
 
 
 

@@ -9,7 +9,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.scoring.bundle import Bundle
-from agent.scoring.search import Backend, BackendUnavailable
+from agent.scoring.backend import Backend, BackendUnavailable
 
 log = logging.getLogger(__name__)
 

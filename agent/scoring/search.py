@@ -2,64 +2,12 @@
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 
 import numpy as np
 
+from agent.scoring.backend import Backend
 from agent.scoring.bundle import Bundle, SearchDefaults
-
-
-class BackendUnavailable(RuntimeError):
-    """The chosen engine cannot run on this machine (library or device missing)."""
-
-
-class Backend(ABC):
-    """An engine that runs a bundle's step and loss graphs for `seeds` seeds per call.
-
-    State (z, theta and their Adam moments) lives in the backend's own buffers between
-    `reset` and `final`; the search loop never copies it.
-    """
-
-    seeds: int
-
-    @abstractmethod
-    def reset(self, x: np.ndarray, z0: np.ndarray) -> None:
-        """Start a search: x (4, H, W), z0 (seeds, nz); theta from the bundle, moments zero."""
-
-    @abstractmethod
-    def step(self, t: int, lr_z: float, lr_theta: float) -> None:
-        """One Adam iteration (t is 1-based)."""
-
-    @abstractmethod
-    def final(self) -> tuple[np.ndarray, np.ndarray]:
-        """(loss per seed (seeds,), G(z) (seeds, 4, H, W)) with the current z and theta."""
-
-    def warmup(self, bundle: Bundle) -> None:
-        """Run one tiny search so the first real score pays no set-up cost."""
-        x = np.full((bundle.channels, bundle.size, bundle.size), -1.0, np.float32)
-        self.reset(x, np.zeros((self.seeds, bundle.nz), np.float32))
-        self.step(1, 0.0, 0.0)
-        self.final()
-
-    def close(self) -> None:
-        pass
-
-
-def open_backend(bundle: Bundle, settings=None, warm: bool = True) -> Backend:
-    """The engine named by `settings` (OnnxRuntimeSettings or TensorRTSettings; None: ONNX Runtime), warmed up."""
-    kind = getattr(settings, "type", "onnxruntime")
-    if kind == "onnxruntime":
-        from agent.scoring.onnxruntime import OnnxRuntimeBackend
-        engine: Backend = OnnxRuntimeBackend(bundle, settings)
-    elif kind == "tensorrt":
-        from agent.scoring.tensorrt import TensorRTBackend
-        engine = TensorRTBackend(bundle, settings)
-    else:
-        raise ValueError(f"unknown backend {kind!r}")
-    if warm:
-        engine.warmup(bundle)
-    return engine
 
 
 @dataclass(frozen=True)

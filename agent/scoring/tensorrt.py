@@ -21,7 +21,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.scoring.bundle import Bundle, BundleError, sha256_file
-from agent.scoring.search import Backend, BackendUnavailable
+from agent.scoring.backend import Backend, BackendUnavailable
 
 log = logging.getLogger(__name__)
 MAX_K = 1000  # length of the on-device table of step numbers

@@ -65,7 +65,7 @@ def test_evaluate_adds_pca_rows(bundles, synth_data, tmp_path):
 
 def test_evaluate_on_damaged_twins_reports_image_and_pixel_metrics(bundles, synth_data, tmp_path):
     from calibration.damage_eval import damage_rows, score_damage
-    from adgan.score import make_scorer
+    from calibration.scoring import make_scorer
     from agent.scoring.bundle import Bundle
     dmg = tmp_path / "damaged"
     # the synthetic test spheres are 32 px: big enough parts for every defect

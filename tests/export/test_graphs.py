@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from export.graphs import SearchStep, theta_names
-from export.reference import reconstruction_loss, score
+from export.reference import score
+from training.losses import reconstruction_loss
 from tests.export.conftest import random_generator, sample_x
 
 CASES = ([(s, l, 1.0, 1) for s in ("all", "bn", "none") for l in ("mse", "fg")]
@@ -143,7 +144,7 @@ def test_pool_averages_the_residual_over_each_cells_object_pixels():
 
 
 def test_the_local_score_is_the_mean_of_the_cells_that_differ_most():
-    from export.reference import local_score
+    from training.losses import local_score
     x = -torch.ones(1, 4, 8, 8)
     x[:, :, 0:8, 0:4] = 0.0               # the part: the left half (two 4x4 cells)
     y = x.clone()
@@ -166,7 +167,7 @@ def test_the_local_score_is_the_mean_of_the_cells_that_differ_most():
                                                                ("none", "fg_input", 1.0, 4, 3, True),
                                                                ("all", "fg", 1.0, 2, 5, True)])
 def test_the_loss_graphs_local_score_matches_the_reference(scope, loss, dw, pool, cells, std):
-    from export.reference import local_score
+    from training.losses import local_score
     g = random_generator(torch.float64)
     n = (32 // pool) ** 2
     rng = np.random.default_rng(3)
@@ -190,7 +191,7 @@ def test_the_loss_graphs_local_score_matches_the_reference(scope, loss, dw, pool
 
 
 def test_a_standardised_cell_counts_by_how_unusual_it_is_there():
-    from export.reference import local_score
+    from training.losses import local_score
     x = -torch.ones(1, 4, 8, 8)
     x[:, :, 0:8, 0:4] = 0.0                # the part: the left half (cells 0 and 2 of four 4x4 cells)
     y = x.clone()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from adgan.cli import main
-from adgan.score import make_scorer
+from calibration.scoring import make_scorer
 from agent.scoring.bundle import Bundle, BundleError, SearchDefaults
 from agent.scoring.encoder import LatentEncoder
 from agent.segment.preprocess import sample_to_input

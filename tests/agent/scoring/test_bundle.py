@@ -87,7 +87,7 @@ def test_export_cli_records_the_depth_weight_and_old_manifests_default_to_a_plai
     import numpy as np
 
     from adgan.cli import main
-    from adgan.score import make_scorer
+    from calibration.scoring import make_scorer
     from agent.segment.preprocess import sample_to_input
     from agent.sources.folder import read_sample
     out = tmp_path / "dw"
@@ -109,7 +109,7 @@ def test_export_cli_records_the_pool_and_onnxruntime_scores_as_the_pooled_refere
     import numpy as np
 
     from adgan.cli import main
-    from adgan.score import make_scorer
+    from calibration.scoring import make_scorer
     from agent.segment.preprocess import sample_to_input
     from agent.sources.folder import read_sample
     x = sample_to_input(read_sample(synth_data / "test" / "sphere", 0), 32)
@@ -135,7 +135,7 @@ def test_export_cli_records_the_local_score_and_onnxruntime_scores_as_the_refere
     import numpy as np
 
     from adgan.cli import main
-    from adgan.score import make_scorer
+    from calibration.scoring import make_scorer
     from agent.segment.preprocess import sample_to_input
     from agent.sources.folder import read_sample
     x = sample_to_input(read_sample(synth_data / "test" / "sphere", 0), 32)
@@ -161,10 +161,10 @@ def test_export_standardises_the_local_score_on_the_runs_own_training_samples(ti
     import torch
 
     from adgan.cli import main
-    from adgan.score import make_scorer
+    from calibration.scoring import make_scorer
     from agent.segment.preprocess import sample_to_input
     from agent.sources.folder import frame_numbers, read_sample
-    from export.reference import local_cell_energy
+    from training.losses import local_cell_energy
     out = tmp_path / "std"
     common = ["--theta-scope", "none", "--loss", "fg_input", "--k", "3", "--pool", "4", "--score-cells", "4"]
     assert main(["export", str(tiny_run), "--out", str(out), *common, "--score-norm", "train"]) == 0

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from adgan.cli import main
-from adgan.score import make_scorer
+from calibration.scoring import make_scorer
 from agent.scoring.bundle import Bundle
 from agent.scoring.onnxruntime import OnnxRuntimeBackend
 from agent.scoring.search import Searcher

@@ -1,0 +1,82 @@
+"""The engine interface of the search and its registry: one dispatch for the agent, `adgan
+score`, calibration and export.
+
+A backend runs a bundle's step and loss graphs (`Backend`). Each lives in its own module,
+with a pydantic settings class whose `type` names it; `BACKENDS` maps that name to the
+module, which is imported only when the backend is chosen (tensorrt needs JetPack).
+"""
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+
+from agent.scoring.bundle import Bundle
+
+# name -> (module, settings class, backend class)
+BACKENDS: dict[str, tuple[str, str, str]] = {
+    "onnxruntime": ("agent.scoring.onnxruntime", "OnnxRuntimeSettings", "OnnxRuntimeBackend"),
+    "tensorrt": ("agent.scoring.tensorrt", "TensorRTSettings", "TensorRTBackend"),
+}
+DEFAULT_BACKEND = "onnxruntime"
+
+
+class BackendUnavailable(RuntimeError):
+    """The chosen engine cannot run on this machine (library or device missing)."""
+
+
+class Backend(ABC):
+    """An engine that runs a bundle's step and loss graphs for `seeds` seeds per call.
+
+    State (z, theta and their Adam moments) lives in the backend's own buffers between
+    `reset` and `final`; the search loop never copies it.
+    """
+
+    seeds: int
+
+    @abstractmethod
+    def reset(self, x: np.ndarray, z0: np.ndarray) -> None:
+        """Start a search: x (4, H, W), z0 (seeds, nz); theta from the bundle, moments zero."""
+
+    @abstractmethod
+    def step(self, t: int, lr_z: float, lr_theta: float) -> None:
+        """One Adam iteration (t is 1-based)."""
+
+    @abstractmethod
+    def final(self) -> tuple[np.ndarray, np.ndarray]:
+        """(loss per seed (seeds,), G(z) (seeds, 4, H, W)) with the current z and theta."""
+
+    def warmup(self, bundle: Bundle) -> None:
+        """Run one tiny search so the first real score pays no set-up cost."""
+        x = np.full((bundle.channels, bundle.size, bundle.size), -1.0, np.float32)
+        self.reset(x, np.zeros((self.seeds, bundle.nz), np.float32))
+        self.step(1, 0.0, 0.0)
+        self.final()
+
+    def close(self) -> None:
+        pass
+
+
+def _entry(name: str, which: int) -> Any:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r} (known: {', '.join(BACKENDS)})")
+    return getattr(importlib.import_module(BACKENDS[name][0]), BACKENDS[name][which])
+
+
+def backend_settings(name: str, **options) -> Any:
+    """The settings object of a named backend, with those of `options` that it has (threads for
+    onnxruntime, fp16 for tensorrt; others are left out)."""
+    cls = _entry(name, 1)
+    return cls(**{k: v for k, v in options.items() if k in cls.model_fields})
+
+
+def open_backend(bundle: Bundle, settings=None, warm: bool = True) -> Backend:
+    """The engine named by `settings` (a backend's settings object, its `type` the name; None:
+    ONNX Runtime with its defaults), warmed up."""
+    settings = settings if settings is not None else backend_settings(DEFAULT_BACKEND)
+    engine: Backend = _entry(settings.type, 2)(bundle, settings)
+    if warm:
+        engine.warmup(bundle)
+    return engine
