@@ -24,7 +24,10 @@ from pathlib import Path
 from adgan.demo_live import STATION, run_live
 from agent.segment.preprocess import Preprocessing
 from agent.sources.synthetic import CLASSES, DEFECTS
-from calibration.damage import DAMAGE_DEFECTS
+from agent.sources.folder import parse_frames
+from calibration.calibrate import CalibrateOptions, calibrate as calibrate_bundle
+from calibration.damage import DAMAGE_DEFECTS, damage_dataset
+from calibration.evaluate import EvaluateOptions, evaluate
 
 DEMO_CONFIG = "demo-config.json"
 
@@ -36,13 +39,6 @@ def _cached(folder: Path, config: dict, marker: str) -> bool:
 
 def _mark(folder: Path, config: dict) -> None:
     (folder / DEMO_CONFIG).write_text(json.dumps(config, indent=1, sort_keys=True) + "\n")
-
-
-def _adgan(*args: str) -> None:
-    from adgan.cli import main
-    rc = main(list(args))
-    if rc != 0:
-        raise RuntimeError(f"adgan {' '.join(args[:2])} failed with exit code {rc}")
 
 
 class Plan:
@@ -68,9 +64,8 @@ class Plan:
         if a.expected not in self.classes:
             raise ValueError(f"--expected {a.expected!r} is not one of the classes {', '.join(self.classes)}")
 
-    def frames_args(self, which: str) -> list[str]:
-        fr = self.train_frames if which == "train" else self.test_frames
-        return ["--frames", fr] if fr else []
+    def frames(self, which: str) -> tuple[int, int] | None:
+        return parse_frames(self.train_frames if which == "train" else self.test_frames)
 
 
 def make_damage(plan: Plan, progress: bool) -> Path | None:
@@ -88,8 +83,7 @@ def make_damage(plan: Plan, progress: bool) -> Path | None:
     shutil.rmtree(folder, ignore_errors=True)
     if a.data:
         print(f"[1/6] damaged twins: {', '.join(DAMAGE_DEFECTS)} on the test frames -> {folder}")
-        _adgan("dataset", "damage", a.data, "--out", str(folder), "--seed", str(a.seed),
-               *plan.frames_args("test"), *([] if progress else ["--quiet"]))
+        damage_dataset(a.data, folder, DAMAGE_DEFECTS, a.seed, plan.frames("test"), progress)
     else:
         from adgan.synth import synth_damage_dataset
         print(f"[1/6] damaged twins: {a.damage_parts} new parts per class, each also with "
@@ -125,6 +119,8 @@ def train_and_export(plan: Plan, progress: bool) -> dict[str, Path]:
     from dataclasses import replace
 
     from export.bundle import RECIPE_SEARCH, with_default_seeds, write_bundle
+    from training.encoder import train_encoder
+    from training.train import TrainConfig, run_training
     for i, cls in enumerate(plan.classes):
         run = plan.out / "cache" / "runs" / cls
         cfg = {**plan.fingerprint, "class": cls, "kind": a.kind, "size": a.size, "features": a.features,
@@ -135,11 +131,9 @@ def train_and_export(plan: Plan, progress: bool) -> dict[str, Path]:
             shutil.rmtree(run, ignore_errors=True)
             print(f"[2/6] train {cls} ({i + 1}/{len(plan.classes)}): {a.kind}, {a.size} px, features {a.features}, "
                   f"{a.epochs} epochs -> {run}", flush=True)
-            _adgan("train", str(plan.train_root), "--class", cls, "--kind", a.kind, "--size", str(a.size),
-                   "--features-g", str(a.features), "--features-d", str(a.features), "--batch-size", "32",
-                   "--epochs", str(a.epochs), "--ema", "0.99", "--seed", str(a.seed), "--out", str(run),
-                   "--encoder-epochs", "0",  # trained and cached below as its own step
-                   *plan.frames_args("train"), *([] if progress else ["--quiet"]))
+            run_training(TrainConfig(data=str(plan.train_root), cls=cls, kind=a.kind, size=a.size,
+                                     features_g=a.features, features_d=a.features, batch_size=32, epochs=a.epochs,
+                                     ema=0.99, seed=a.seed, frames=plan.frames("train")), run, progress)
             _mark(run, cfg)
         z_init = "random"
         if a.encoder_epochs:
@@ -150,8 +144,7 @@ def train_and_export(plan: Plan, progress: bool) -> dict[str, Path]:
                 print(f"[2/6] encoder {cls}: cached in {run}")
             else:
                 print(f"[2/6] encoder {cls}: {a.encoder_epochs} epochs (the search starts at E(x))", flush=True)
-                _adgan("train-encoder", str(run), "--epochs", str(a.encoder_epochs), "--features", str(a.features),
-                       *([] if progress else ["--quiet"]))
+                train_encoder(run, a.encoder_epochs, a.features, progress=progress)
                 marker.write_text(json.dumps(ecfg, sort_keys=True))
         bundles[cls] = plan.out / "bundles" / cls
         search = with_default_seeds(replace(RECIPE_SEARCH, loss=a.loss, k=a.k, z_init=z_init,
@@ -170,11 +163,9 @@ def calibrate(plan: Plan, bundles: dict[str, Path]) -> Path:
         anomalous = [c for c in plan.classes if c != cls]
         if not plan.a.data:
             anomalous.append(f"{cls}_defect")
-        args = ["calibrate", str(b), "--normal", str(plan.test_root / cls), "--policy", "equal-rates",
-                "--out", str(th), "--quiet", *plan.frames_args("test")]
-        for c in anomalous:
-            args += ["--anomalous", str(plan.test_root / c)]
-        _adgan(*args)
+        calibrate_bundle(CalibrateOptions(str(b), str(plan.test_root / cls),
+                                          [str(plan.test_root / c) for c in anomalous], policy="equal-rates",
+                                          out=str(th), quiet=True, frames=plan.test_frames))
     print(f"[4/6] thresholds (equal error rates on the test samples) -> {th}")
     return th
 
@@ -183,14 +174,14 @@ def report(plan: Plan, bundles: dict[str, Path], damage: Path | None = None) -> 
     out = plan.out / "report"
     shutil.rmtree(out, ignore_errors=True)
     print(f"[5/6] report: Table 2, ROC, ranking grids{', local damage' if damage else ''} -> {out}")
-    _adgan("evaluate", "--bundles", *map(str, bundles.values()), "--data", str(plan.test_root), "--out", str(out),
-           "--quiet", *plan.frames_args("test"), *(["--damage", str(damage)] if damage else []))
+    evaluate(EvaluateOptions([str(b) for b in bundles.values()], str(out), data=str(plan.test_root),
+                             damage=str(damage) if damage else None, frames=plan.test_frames, quiet=True))
     from agent.sources.folder import frame_numbers, read_sample
     from agent.visual import sample_grid, write_png
     rows, names = [], []
     for cls in plan.classes:
         folder = plan.train_root / cls
-        nums = frame_numbers(folder, _frames(plan.train_frames))[:10]
+        nums = frame_numbers(folder, plan.frames("train"))[:10]
         rows.append([read_sample(folder, n) for n in nums])
         names.append(f"train {cls}")
     write_png(out / "samples.png", sample_grid(rows, names, scale=2))
@@ -199,11 +190,6 @@ def report(plan: Plan, bundles: dict[str, Path], damage: Path | None = None) -> 
         if latest.is_file():
             shutil.copy(latest, out / f"generated-{cls}.png")
     return out
-
-
-def _frames(spec):
-    from agent.sources.folder import parse_frames
-    return parse_frames(spec)
 
 
 def live_config(plan: Plan, bundles: dict[str, Path], th: Path, workdir: Path) -> tuple[Path, callable]:
@@ -233,7 +219,7 @@ def live_config(plan: Plan, bundles: dict[str, Path], th: Path, workdir: Path) -
         (stream / "depth").mkdir()
         rng = random.Random(a.seed)
         from agent.sources.folder import frame_numbers, rgb_path
-        pools = {c: frame_numbers(plan.test_root / c, _frames(plan.test_frames)) for c in plan.classes}
+        pools = {c: frame_numbers(plan.test_root / c, plan.frames("test")) for c in plan.classes}
         truth = {}
         for i in range(a.parts):
             c = exp if rng.random() < 0.6 else rng.choice([x for x in plan.classes if x != exp])

@@ -4,11 +4,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, fields
+from typing import Sequence
 
 import numpy as np
 
 from agent.decide.thresholds import write_threshold
+from calibration.scoring import SCORER_BACKENDS
 from calibration.metrics import (POLICIES, auc, equal_rates_threshold, max_accuracy_threshold, rates, summary,
                                  target_fpr_threshold)
 
@@ -41,18 +43,37 @@ def choose_threshold(normal: np.ndarray, anomalous: np.ndarray, policy: str, fpr
     return target_fpr_threshold(normal, fpr), warns
 
 
-def cmd_calibrate(a: argparse.Namespace) -> int:
-    from calibration.scoring import engine_id, make_scorer, score_folder
-    from agent.scoring.bundle import Bundle
+@dataclass(frozen=True)
+class CalibrateOptions:
+    """What `adgan calibrate` takes (see its help)."""
 
-    bundle = Bundle.load(a.bundle)
-    scorer = make_scorer(bundle, a.backend, a.seed, fp16=a.fp16)
+    bundle: str
+    normal: str
+    anomalous: Sequence[str] | None = None
+    policy: str = "target-fpr"
+    fpr: float = 0.01
+    out: str = "thresholds.json"
+    backend: str = "onnxruntime"
+    fp16: bool = False
+    seed: int = 0
+    frames: str | None = None
+    quiet: bool = False
+
+
+def calibrate(o: CalibrateOptions) -> dict:
+    """Score the labelled samples with the bundle and the device's scorer, choose the threshold by
+    the policy and write it into the thresholds file; the record written."""
+    from agent.scoring.bundle import Bundle
+    from calibration.scoring import engine_id, make_scorer, score_folder
+
+    bundle = Bundle.load(o.bundle)
+    scorer = make_scorer(bundle, o.backend, o.seed, fp16=o.fp16)
     from agent.sources.folder import parse_frames
-    frames = parse_frames(a.frames)
-    normal = np.array([s for _, _, s in score_folder(scorer, bundle, a.normal, frames, not a.quiet)])
-    anomalous = np.array([s for d in (a.anomalous or []) for _, _, s in score_folder(scorer, bundle, d, frames,
-                                                                                      not a.quiet)])
-    threshold, warns = choose_threshold(normal, anomalous, a.policy, a.fpr)
+    frames = parse_frames(o.frames)
+    normal = np.array([s for _, _, s in score_folder(scorer, bundle, o.normal, frames, not o.quiet)])
+    anomalous = np.array([s for d in (o.anomalous or []) for _, _, s in score_folder(scorer, bundle, d, frames,
+                                                                                      not o.quiet)])
+    threshold, warns = choose_threshold(normal, anomalous, o.policy, o.fpr)
     for w in warns:
         log.warning(w)
         print(f"warning: {w}")
@@ -63,18 +84,23 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
         metrics = {"fpr": float((normal > threshold).mean())}
     params = getattr(scorer, "params", bundle.search)
     record = {
-        "threshold": threshold, "policy": a.policy, "fpr_target": a.fpr if a.policy == "target-fpr" else None,
-        "bundle_hash": bundle.bundle_hash, "bundle": str(bundle.path), "backend": a.backend,
-        "engine": engine_id(a.backend, a.fp16), "seed": a.seed,
+        "threshold": threshold, "policy": o.policy, "fpr_target": o.fpr if o.policy == "target-fpr" else None,
+        "bundle_hash": bundle.bundle_hash, "bundle": str(bundle.path), "backend": o.backend,
+        "engine": engine_id(o.backend, o.fp16), "seed": o.seed,
         "search": asdict(params), "counts": {"normal": int(len(normal)), "anomalous": int(len(anomalous))},
         "normal_scores": summary(normal), "anomalous_scores": summary(anomalous) if len(anomalous) else None,
         "metrics": metrics, "warnings": warns,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    write_threshold(a.out, bundle.cls, record)
+    write_threshold(o.out, bundle.cls, record)
     shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
-    print(f"{bundle.cls}: threshold {threshold:.6g} ({a.policy}) from {len(normal)} normal and {len(anomalous)} "
-          f"anomalous samples; {shown} -> {a.out}")
+    print(f"{bundle.cls}: threshold {threshold:.6g} ({o.policy}) from {len(normal)} normal and {len(anomalous)} "
+          f"anomalous samples; {shown} -> {o.out}")
+    return record
+
+
+def cmd_calibrate(a: argparse.Namespace) -> int:
+    calibrate(CalibrateOptions(**{f.name: getattr(a, f.name) for f in fields(CalibrateOptions)}))
     return 0
 
 
@@ -86,12 +112,12 @@ def add_parser(sub) -> None:
     q.add_argument("bundle", help="bundle folder")
     q.add_argument("--normal", required=True, help="folder of normal samples of the bundle's class")
     q.add_argument("--anomalous", action="append", help="folder of anomalous samples (repeatable)")
-    q.add_argument("--policy", choices=POLICIES, default="target-fpr",
+    q.add_argument("--policy", choices=POLICIES, default=CalibrateOptions.policy,
                    help="max-accuracy; equal-rates (the paper's 'optimal': TPR = TNR); target-fpr (normal "
                         "samples only: flag at most --fpr of them; the default)")
-    q.add_argument("--fpr", type=float, default=0.01, help="false alarm budget for target-fpr (default 0.01)")
-    q.add_argument("--out", default="thresholds.json", help="thresholds file to create or update")
-    q.add_argument("--backend", choices=("onnxruntime", "tensorrt", "torch"), default="onnxruntime",
+    q.add_argument("--fpr", type=float, default=CalibrateOptions.fpr, help="false alarm budget for target-fpr (default 0.01)")
+    q.add_argument("--out", default=CalibrateOptions.out, help="thresholds file to create or update")
+    q.add_argument("--backend", choices=SCORER_BACKENDS, default=CalibrateOptions.backend,
                    help="the engine the device will run: scores differ slightly between engines, so the agent "
                         "refuses a threshold calibrated on another engine (default onnxruntime)")
     q.add_argument("--fp16", action="store_true",

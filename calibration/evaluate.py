@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
+from calibration.scoring import SCORER_BACKENDS
 from calibration.metrics import auc, equal_rates_threshold, max_accuracy_threshold, rates
 
 
@@ -106,24 +109,42 @@ def search_figure(bundle, x: np.ndarray, path: Path, seed: int, lr_thetas=(6e-9,
     write_png(path, sample_grid(rows, labels, scale=2))
 
 
-def pca_rows(a, frames, curves: dict, avg: dict) -> list[dict]:
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """What `adgan evaluate` takes (see its help)."""
+
+    bundles: Sequence[str]
+    out: str
+    data: str | None = None
+    damage: str | None = None
+    frames: str | None = None
+    backend: str = "onnxruntime"
+    seed: int = 0
+    n_rank: int = 8
+    no_search_figure: bool = False
+    pca: int = 0
+    train_frames: str | None = None
+    quiet: bool = False
+
+
+def pca_rows(o: EvaluateOptions, frames, curves: dict, avg: dict) -> list[dict]:
     """The PCA baseline (plain and masked) for every class folder, trained on --train-frames."""
     from agent.segment.preprocess import sample_to_input
     from agent.sources.folder import class_folders, frame_numbers, parse_frames, read_sample
     from calibration.baselines import PCA
 
-    if not a.train_frames:
+    if not o.train_frames:
         raise ValueError("--pca needs --train-frames LO:HI (the frames the baseline is fitted on)")
-    train = parse_frames(a.train_frames)
-    folders = class_folders(a.data)
+    train = parse_frames(o.train_frames)
+    folders = class_folders(o.data)
     test = [(f.name, sample_to_input(read_sample(f, n))) for f in folders for n in frame_numbers(f, frames)]
     x_test = np.stack([x for _, x in test])
     rows = []
     for cls in sorted({f.name for f in folders}):
         folder = next(f for f in folders if f.name == cls)
         x_train = np.stack([sample_to_input(read_sample(folder, n)) for n in frame_numbers(folder, train)])
-        pca = PCA.fit(x_train, a.pca)
-        for kind, masked in ((f"pca{a.pca}", False), (f"pca{a.pca}-masked", True)):
+        pca = PCA.fit(x_train, o.pca)
+        for kind, masked in ((f"pca{o.pca}", False), (f"pca{o.pca}-masked", True)):
             s = pca.scores(x_test, masked)
             scored = [("", c, float(v)) for (c, _), v in zip(test, s)]
             rows.append(table_row(cls, kind, scored))
@@ -132,37 +153,39 @@ def pca_rows(a, frames, curves: dict, avg: dict) -> list[dict]:
     return rows
 
 
-def cmd_evaluate(a: argparse.Namespace) -> int:
-    from calibration.scoring import make_scorer
+def evaluate(o: EvaluateOptions) -> Path:
+    """The report: Table 2 over --data and/or the local-damage section over --damage, with
+    figures and index.md in o.out; the index's path."""
     from agent.scoring.bundle import Bundle
+    from calibration.scoring import make_scorer
     from agent.segment.preprocess import sample_to_input
     from agent.sources.folder import parse_frames, read_model_sample
     from calibration import figures
 
-    out = Path(a.out)
+    out = Path(o.out)
     (out / "scores").mkdir(parents=True, exist_ok=True)
-    frames = parse_frames(a.frames)
+    frames = parse_frames(o.frames)
     table, curves, avg, index = [], {}, {}, ["# Evaluation report", "",
-                                             f"Data `{a.data}`, frames `{a.frames or 'all'}`, backend `{a.backend}`, "
-                                             f"seed {a.seed}.", ""]
-    if not a.data and not a.damage:
+                                             f"Data `{o.data}`, frames `{o.frames or 'all'}`, backend `{o.backend}`, "
+                                             f"seed {o.seed}.", ""]
+    if not o.data and not o.damage:
         raise ValueError("give --data (class swaps, Table 2) and/or --damage (damaged twins)")
-    if a.damage and a.backend == "torch":
+    if o.damage and o.backend == "torch":
         raise ValueError("--damage needs the anomaly maps, which the torch reference does not keep: "
                          "use --backend onnxruntime")
-    if a.damage:
-        index.insert(3, f"Damaged twins `{a.damage}`.")
+    if o.damage:
+        index.insert(3, f"Damaged twins `{o.damage}`.")
     damage = []
-    for bp in a.bundles:
+    for bp in o.bundles:
         b = Bundle.load(bp)
         label = f"{b.cls} {b.kind}"
         tag = f"{b.cls}-{b.kind}-{b.bundle_hash[:8]}"
-        scorer = make_scorer(b, a.backend, a.seed)
-        if a.damage:
-            damage += evaluate_damage(scorer, b, a, frames, out, tag, label, index)
-        if not a.data:
+        scorer = make_scorer(b, o.backend, o.seed)
+        if o.damage:
+            damage += evaluate_damage(scorer, b, o, frames, out, tag, label, index)
+        if not o.data:
             continue
-        rows = score_dataset(scorer, b, Path(a.data), frames, not a.quiet)
+        rows = score_dataset(scorer, b, Path(o.data), frames, not o.quiet)
         with open(out / "scores" / f"{tag}.csv", "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["path", "class", "score"])
@@ -174,22 +197,22 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         curves[label] = (s[folder == b.cls], s[folder != b.cls])
         avg[label] = {k[len("avg_loss_"):]: v for k, v in row.items() if k.startswith("avg_loss_")}
         figures.rates_vs_threshold(*curves[label], f"{label}: accuracy, TPR, TNR", out / f"rates-{tag}.png")
-        ranking_grid(rows, a.n_rank, out / f"ranking-{tag}.png", label)
+        ranking_grid(rows, o.n_rank, out / f"ranking-{tag}.png", label)
         index += [f"## {label} (bundle {b.bundle_hash[:12]})", "", f"![rates](rates-{tag}.png)", "",
                   f"![ranking](ranking-{tag}.png)", ""]
-        if a.backend != "torch":  # the autograd reference keeps no reconstruction
-            maps_figure(scorer, b, rows, a.n_rank, out / f"maps-{tag}.png", label)
+        if o.backend != "torch":  # the autograd reference keeps no reconstruction
+            maps_figure(scorer, b, rows, o.n_rank, out / f"maps-{tag}.png", label)
             index += [f"![anomaly maps](maps-{tag}.png)", ""]
-        if not a.no_search_figure:
+        if not o.no_search_figure:
             first = min(rows, key=lambda r: r[0])
             p = Path(first[0])
             x = sample_to_input(read_model_sample(p.parent.parent, int(p.stem), b.preprocessing), b.size)
-            search_figure(b, x, out / f"search-{tag}.png", a.seed)
+            search_figure(b, x, out / f"search-{tag}.png", o.seed)
             index += [f"![search](search-{tag}.png)", ""]
     head = []
-    if a.data:
-        if a.pca:
-            table += pca_rows(a, frames, curves, avg)
+    if o.data:
+        if o.pca:
+            table += pca_rows(o, frames, curves, avg)
         write_table(table, out)
         figures.roc_curves(curves, out / "roc.png")
         figures.average_loss(avg, out / "average-loss.png")
@@ -205,19 +228,24 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     index = index[:4] + head + index[4:]
     (out / "index.md").write_text("\n".join(index))
     print(f"report -> {out / 'index.md'}")
+    return out / "index.md"
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    evaluate(EvaluateOptions(**{f.name: getattr(a, f.name) for f in fields(EvaluateOptions)}))
     return 0
 
 
-def evaluate_damage(scorer, b, a, frames, out: Path, tag: str, label: str, index: list[str]) -> list[dict]:
+def evaluate_damage(scorer, b, o: EvaluateOptions, frames, out: Path, tag: str, label: str, index: list[str]) -> list[dict]:
     """Score one bundle's intact and damaged twins; its rows, and its figure in the report."""
     from calibration.damage_eval import damage_figure, damage_rows, score_damage
 
-    scored = score_damage(scorer, b, Path(a.damage), frames, not a.quiet)
+    scored = score_damage(scorer, b, Path(o.damage), frames, not o.quiet)
     with open(out / "scores" / f"damage-{tag}.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["folder", "frame", "score"])
         w.writerows([(s.folder.name, s.frame, f"{s.score:.9g}") for g in scored.values() for s in g])
-    damage_figure(scored, min(a.n_rank, 6), out / f"damage-maps-{tag}.png", label)
+    damage_figure(scored, min(o.n_rank, 6), out / f"damage-maps-{tag}.png", label)
     index += [f"### {label}: damaged parts", "", f"![damage maps](damage-maps-{tag}.png)", ""]
     return [{**r, **bundle_columns(b)} for r in damage_rows(b.cls, b.kind, scored)]
 
@@ -243,7 +271,9 @@ def add_parser(sub) -> None:
                    "worst damaged parts")
     q.add_argument("--frames", default=None, help="LO:HI frame numbers (half-open), e.g. 700:1000")
     q.add_argument("--out", required=True, help="report folder")
-    q.add_argument("--backend", choices=("onnxruntime", "tensorrt", "torch"), default="onnxruntime")
+    q.add_argument("--backend", choices=SCORER_BACKENDS, default=EvaluateOptions.backend,
+                   help="engine that scores: onnxruntime (default), tensorrt (Jetson) or torch (the autograd "
+                        "reference, no maps)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--n-rank", type=int, default=8, help="samples in each ranking row (default 8)")
     q.add_argument("--no-search-figure", action="store_true", help="skip Figure 4 (needs torch)")

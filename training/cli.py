@@ -13,12 +13,9 @@ def cmd_train(a: argparse.Namespace) -> int:
     import torch
 
     from agent.sources.folder import parse_frames
-    from training.data import load_class
     from training.model import Architecture
-    from training.plots import write_loss_curves, write_sample_grid
     from training.recipe import resolve
-    from training.train import (CHECKPOINT, TrainConfig, Trainer, check_resumable, fit, load_checkpoint,
-                                resume_config)
+    from training.train import CHECKPOINT, TrainConfig, load_checkpoint, resume_config, run_training
 
     epochs_given = a.epochs is not None
     resolve(a, a.paper)
@@ -41,26 +38,7 @@ def cmd_train(a: argparse.Namespace) -> int:
                           ema=a.ema, flip=a.flip, shift=a.shift, sample_every=a.sample_every,
                           framing=a.framing, margin=a.margin, exclude_frames=parse_frames(a.exclude_frames))
         Architecture(size=cfg.size, features_g=cfg.features_g, features_d=cfg.features_d, kind=cfg.kind)
-    data = load_class(cfg.data, cfg.cls, cfg.size, cfg.frames, cfg.framing, cfg.margin, cfg.exclude_frames)
-    trainer = Trainer(cfg, data, out)
-    if a.resume:
-        check_resumable(st, data)
-        trainer.load_state(st)
-        print(f"resuming {out} at epoch {trainer.epoch} of {cfg.epochs}")
-    (out / "samples").mkdir(parents=True, exist_ok=True)
-    print(f"training {cfg.kind} on {len(data.frames)} '{cfg.cls}' samples from {data.folder} "
-          f"({cfg.size}px, features_g {cfg.features_g}, features_d {cfg.features_d}) -> {out}")
-
-    def on_sample(t: Trainer, keep: bool) -> None:
-        latest = out / "samples" / "latest.png"
-        write_sample_grid(t.samples(), latest, f"{cfg.cls} {cfg.kind} epoch {t.epoch} (G step {t.g_steps})")
-        if keep:
-            (out / "samples" / f"epoch_{t.epoch:05d}.png").write_bytes(latest.read_bytes())
-        write_loss_curves(t.history, out / "losses.png", cfg.kind)
-
-    fit(trainer, progress=not a.quiet, on_sample=on_sample)
-    print(f"done: {trainer.epoch} epochs, {trainer.g_steps} generator steps; checkpoint {out / CHECKPOINT}, "
-          f"samples {out / 'samples'}, losses {out / 'losses.png'}")
+    trainer = run_training(cfg, out, progress=not a.quiet, state=st if a.resume else None)
     return _encoder_stage(out, a, trainer.g_steps)
 
 

@@ -274,3 +274,33 @@ def fit(trainer: Trainer, progress: bool = True, on_sample=None) -> None:
         raise
     finally:
         bar.close()
+
+
+def run_training(cfg: TrainConfig, out: str | Path, progress: bool = True, state: dict | None = None) -> Trainer:
+    """Train a run to cfg.epochs in `out`: a new one, or the checkpoint `state` continued (its data
+    must be unchanged). Writes the checkpoint, config.json, sample grids and the loss curves."""
+    from training.data import load_class
+    from training.plots import write_loss_curves, write_sample_grid
+
+    out = Path(out)
+    data = load_class(cfg.data, cfg.cls, cfg.size, cfg.frames, cfg.framing, cfg.margin, cfg.exclude_frames)
+    trainer = Trainer(cfg, data, out)
+    if state is not None:
+        check_resumable(state, data)
+        trainer.load_state(state)
+        print(f"resuming {out} at epoch {trainer.epoch} of {cfg.epochs}")
+    (out / "samples").mkdir(parents=True, exist_ok=True)
+    print(f"training {cfg.kind} on {len(data.frames)} '{cfg.cls}' samples from {data.folder} "
+          f"({cfg.size}px, features_g {cfg.features_g}, features_d {cfg.features_d}) -> {out}")
+
+    def on_sample(t: Trainer, keep: bool) -> None:
+        latest = out / "samples" / "latest.png"
+        write_sample_grid(t.samples(), latest, f"{cfg.cls} {cfg.kind} epoch {t.epoch} (G step {t.g_steps})")
+        if keep:
+            (out / "samples" / f"epoch_{t.epoch:05d}.png").write_bytes(latest.read_bytes())
+        write_loss_curves(t.history, out / "losses.png", cfg.kind)
+
+    fit(trainer, progress=progress, on_sample=on_sample)
+    print(f"done: {trainer.epoch} epochs, {trainer.g_steps} generator steps; checkpoint {out / CHECKPOINT}, "
+          f"samples {out / 'samples'}, losses {out / 'losses.png'}")
+    return trainer
