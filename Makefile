@@ -29,7 +29,7 @@ system-packages:
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[workstation,realsense,test]'
+	$(PY) -m pip install -q -e '.[workstation,realsense,broker,test]'
 	touch $(STAMP)
 
 test: install

@@ -391,7 +391,7 @@ def add_parser(sub) -> None:
     q.add_argument("--parts", type=int, default=24, help="parts through the live station (default 24)")
     q.add_argument("--expected", default="cylinder", help="the class the station inspects (default cylinder)")
     q.add_argument("--fps", type=float, default=10.0, help="camera frame rate of the live stream (default 10)")
-    q.add_argument("--embedded-broker", action="store_true", help="use the built-in broker even if mosquitto exists")
+    q.add_argument("--embedded-broker", action="store_true", help="use the Python broker (amqtt, the broker extra) even if mosquitto exists")
     q.add_argument("--timeout", type=float, default=600, help="give the live station this long (s)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--quiet", action="store_true", help="no progress bars and no per-part lines")

@@ -56,10 +56,10 @@ def test_demo_runs_end_to_end_in_reduced_mode(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "broker: " in out and "parts inspected 4" in out
 
-    # a second run reuses the trained models, and runs with the embedded broker as well
+    # a second run reuses the trained models, and runs with the Python broker (amqtt) as well
     r2 = run_demo(demo_args(tmp_path, "--embedded-broker"))
     out = capsys.readouterr().out
-    assert out.count("cached in") == 8 and "broker: embedded" in out  # data, twins, three models, three encoders
+    assert out.count("cached in") == 8 and "broker: amqtt" in out  # data, twins, three models, three encoders
     assert len(r2["events"]) == 4
 
 
@@ -88,6 +88,6 @@ def test_a_failing_station_stops_the_broker_it_started(tmp_path, capsys):
                    '[mqtt]\nport = 1883\n')
     with pytest.raises(RuntimeError, match="exited with 2"):
         run_live(tmp_path / "live", cfg, lambda e: None, timeout_s=60, embedded_broker=True, quiet=True)
-    pid = int(re.search(r"broker: embedded on 127.0.0.1:\d+ \(pid (\d+)\)", capsys.readouterr().out).group(1))
+    pid = int(re.search(r"broker: amqtt on 127.0.0.1:\d+ \(pid (\d+)\)", capsys.readouterr().out).group(1))
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # the broker is gone
