@@ -8,6 +8,37 @@ import sys
 
 from adgan import __version__
 
+
+class DefaultsHelp(argparse.HelpFormatter):
+    """Help that shows every option's default, unless its text already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text.lower() or default is None or default is False or default is argparse.SUPPRESS
+                or not action.option_strings
+                or isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
+            return text
+        shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else "%(default)s"
+        return f"{text} (default: {shown})" if text else f"default: {shown}"
+
+
+class RawDefaultsHelp(DefaultsHelp, argparse.RawDescriptionHelpFormatter):
+    """DefaultsHelp with the description as written (line breaks kept)."""
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Every (sub)command's help shows its defaults."""
+    raw = issubclass(parser.formatter_class, argparse.RawDescriptionHelpFormatter)
+    parser.formatter_class = RawDefaultsHelp if raw else DefaultsHelp
+    for action in parser._actions:
+        if action.help is None and action.option_strings and action.default is not None and action.default is not False:
+            action.help = "default: %(default)s"
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _show_defaults(child)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="adgan",
@@ -18,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    from adgan import dataset, demo
+    from adgan import bundle, dataset, demo
     from adgan import score
     from agent import cli as agent_cli
     from calibration import calibrate, evaluate
@@ -28,11 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     training_cli.add_parser(sub)
     training_cli.add_encoder_parser(sub)
     export_cli.add_parser(sub)
+    bundle.add_parser(sub)
     score.add_parser(sub)
     calibrate.add_parser(sub)
     evaluate.add_parser(sub)
     agent_cli.add_parser(sub)
     demo.add_parser(sub)
+    _show_defaults(p)
     return p
 
 

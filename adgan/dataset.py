@@ -56,6 +56,11 @@ def synth_raw(out: Path, count: int, n_empty: int, seed: int, classes: Sequence[
               defects: Sequence[str] = (), defect_rate: float = 0.0, width: int = 640,
               height: int = 480, progress: bool = True) -> SurfaceReference:
     """Raw-layout captures of a synthetic station: frames/, empty/ and reference.npz."""
+    if count < 0 or n_empty < 1:
+        raise ValueError(f"--count must be >= 0 and --empty >= 1 (the reference needs an empty frame), "
+                         f"got {count} and {n_empty}")
+    if not 0 <= defect_rate <= 1:
+        raise ValueError(f"--defect-rate must be in [0, 1], got {defect_rate}")
     src = SyntheticSource(classes, seed=seed, count=count, width=width, height=height,
                           defects=defects, defect_rate=defect_rate)
     empties = list(src.empty_frames(n_empty))
@@ -77,9 +82,9 @@ def cmd_synth_raw(a: argparse.Namespace) -> int:
 
 # -- reference and prepare ---------------------------------------------------------------
 def cmd_reference(a: argparse.Namespace) -> int:
-    src = FolderSource(a.frames, parse_frames(a.frames_range))
+    src = FolderSource(a.raw, parse_frames(a.frames_range))
     if src.segmented:
-        raise SystemExit(f"{a.frames} is in the paper's (segmented) layout; a reference needs raw frames")
+        raise ValueError(f"{a.raw} is in the paper's (segmented) layout; a reference needs raw frames")
     ref = SurfaceReference.from_frames(src, max_depth_mm=a.max_depth)
     ref.save(a.out)
     holes = int((ref.depth == 0).sum())
@@ -94,7 +99,7 @@ def cmd_prepare(a: argparse.Namespace) -> int:
     ref = SurfaceReference.load(a.reference) if a.reference else None
     seg = Segmenter(SegmentationConfig(max_depth_mm=a.max_depth, roi=a.roi), ref)
     out = Path(a.out)
-    folder = Path(a.frames)
+    folder = Path(a.raw)
     nums = frame_numbers(folder, parse_frames(a.frames_range))
     written = skipped = 0
     write_preprocessing(out, prep)
@@ -147,7 +152,7 @@ def segmentation_steps(frame, reference: SurfaceReference | None, cfg: Segmentat
 
 
 def cmd_segment_preview(a: argparse.Namespace) -> int:
-    folder = Path(a.frames)
+    folder = Path(a.raw)
     nums = frame_numbers(folder)
     if not nums:
         raise SystemExit(f"{folder}: no frames")
@@ -243,34 +248,37 @@ def add_parser(sub) -> None:
     q = ds.add_parser("synth-raw", help="synthesise raw station captures (16-bit depth) and a reference",
                       description="Write raw-layout frames of a synthetic station to OUT/frames, empty-table "
                                   "frames to OUT/empty and their median surface reference to OUT/reference.npz.")
-    q.add_argument("out")
+    q.add_argument("out", help="output folder (frames/, empty/, reference.npz)")
     q.add_argument("--count", type=int, default=20, help="frames with a part (default 20)")
     q.add_argument("--empty", type=int, default=REFERENCE_FRAMES, help=f"empty frames (default {REFERENCE_FRAMES})")
-    q.add_argument("--classes", type=classes, default=list(CLASSES))
-    q.add_argument("--defects", type=defects, default=[])
-    q.add_argument("--defect-rate", type=float, default=0.0, help="probability of a defect per frame")
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--width", type=int, default=640)
-    q.add_argument("--height", type=int, default=480)
+    q.add_argument("--classes", type=classes, default=list(CLASSES), help="comma-separated (default: all three)")
+    q.add_argument("--defects", type=defects, default=[],
+                   help=f"defect kinds a part may have, comma-separated from {','.join(DEFECTS)} (default: none)")
+    q.add_argument("--defect-rate", type=float, default=0.0, help="probability of a defect per frame (default 0)")
+    q.add_argument("--seed", type=int, default=0, help="station and part seed (same seed, same frames)")
+    q.add_argument("--width", type=int, default=640, help="camera width (default 640)")
+    q.add_argument("--height", type=int, default=480, help="camera height (default 480)")
     q.set_defaults(func=cmd_synth_raw)
 
     q = ds.add_parser("reference", help="compute the empty-surface reference from raw empty frames",
                       description="Per-pixel median of raw-layout frames of the empty station, saved as .npz.")
-    q.add_argument("frames", help="raw-layout folder of empty-scene frames")
+    q.add_argument("raw", metavar="RAW", help="raw-layout folder of empty-scene frames")
     q.add_argument("--out", required=True, help="reference file to write (.npz)")
-    q.add_argument("--frames-range", default=None, help="LO:HI frame numbers (half-open)")
+    q.add_argument("--frames", "--frames-range", dest="frames_range", default=None,
+                   help="LO:HI frame numbers (half-open), as everywhere ('--frames-range' is the old spelling)")
     q.add_argument("--max-depth", type=int, default=700, help="max depth in mm for hole filling (default 700)")
     q.set_defaults(func=cmd_reference)
 
     q = ds.add_parser("prepare", help="turn raw captures into samples in the paper's layout",
                       description="Segment raw-layout frames against a surface reference and write samples "
                                   "(rgb/N.jpg, depth/N.png) with the same code the agent runs.")
-    q.add_argument("frames", help="raw-layout folder")
+    q.add_argument("raw", metavar="RAW", help="raw-layout folder")
     q.add_argument("--out", required=True, help="output class folder, e.g. data/train/rectangle")
     q.add_argument("--reference", default=None, help="surface reference .npz (default: RANSAC table plane)")
     q.add_argument("--max-depth", type=int, default=700)
     q.add_argument("--roi", type=_roi, default=None, help="x,y,w,h region of interest in pixels")
-    q.add_argument("--frames-range", default=None, help="LO:HI frame numbers (half-open)")
+    q.add_argument("--frames", "--frames-range", dest="frames_range", default=None,
+                   help="LO:HI frame numbers (half-open), as everywhere ('--frames-range' is the old spelling)")
     prep_args(q)
     q.set_defaults(func=cmd_prepare)
 
@@ -287,7 +295,7 @@ def add_parser(sub) -> None:
     q = ds.add_parser("segment-preview", help="show segmentation steps for one raw frame (Figure 1)",
                       description="Original, background removed and surface removed, for RGB and depth, so "
                                   "an installer can check a station's segmentation by eye.")
-    q.add_argument("frames", help="raw-layout folder")
+    q.add_argument("raw", metavar="RAW", help="raw-layout folder")
     q.add_argument("--reference", default=None, help="surface reference .npz (default: RANSAC table plane)")
     q.add_argument("--out", required=True, help="PNG to write")
     q.add_argument("--frame", type=int, default=None, help="frame number (default: the first)")
@@ -297,7 +305,9 @@ def add_parser(sub) -> None:
 
     add_damage_parser(ds)
 
-    q = ds.add_parser("info", help="count samples and check ranges per class folder")
-    q.add_argument("dir")
+    q = ds.add_parser("info", help="count samples and check ranges per class folder",
+                      description="Per class folder: the number of samples, their frame numbers and the "
+                                  "preprocessing they were made with.")
+    q.add_argument("dir", help="a dataset root (class folders) or one class folder")
     q.add_argument("--frames", default=None, help="LO:HI frame numbers (half-open)")
     q.set_defaults(func=cmd_info)

@@ -153,7 +153,8 @@ def add_parser(sub) -> None:
                       description="Read frames of the empty table from the configured source and store their "
                                   "per-pixel median depth as the surface reference (.npz).")
     common(q)
-    q.add_argument("--frames", type=int, default=30, help="frames to take the median of (default 30)")
+    q.add_argument("--count", "--frames", dest="frames", type=int, default=30,
+                   help="how many frames to take the median of (default 30; '--frames' is the old spelling)")
     q.add_argument("--out", default=None, help="where to write (default: segmentation.reference)")
     q.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     q.set_defaults(func=cmd_capture_reference)

@@ -124,5 +124,5 @@ def add_parser(sub) -> None:
                    help="with --backend tensorrt: the fp16 engines (the agent's model.backend.fp16 must match)")
     q.add_argument("--seed", type=int, default=0, help="seed of the initial latents; the agent must use the same")
     q.add_argument("--frames", default=None, help="LO:HI frame numbers (half-open)")
-    q.add_argument("--quiet", action="store_true")
+    q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.set_defaults(func=cmd_calibrate)

@@ -280,5 +280,5 @@ def add_parser(sub) -> None:
     q.add_argument("--pca", type=int, default=0, help="add the PCA reconstruction-error baseline with this many "
                    "components (plain and foreground-masked) for every class, e.g. 32")
     q.add_argument("--train-frames", default=None, help="LO:HI frames the PCA baseline is fitted on, e.g. 0:700")
-    q.add_argument("--quiet", action="store_true")
+    q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.set_defaults(func=cmd_evaluate)
