@@ -14,8 +14,9 @@ from agent.frame import NoObjectError
 from agent.segment.preprocess import Preprocessing, make_sample
 from agent.segment.reference import SurfaceReference
 from agent.segment.segmentation import SegmentationConfig, Segmenter, segment_depth
-from agent.sources.folder import (FolderSource, class_folders, frame_numbers, parse_frames, read_raw_frame,
-                                  read_sample, write_preprocessing, write_raw_frame, write_sample)
+from agent.sources.dataset import (class_folders, frame_numbers, parse_frames, read_raw_frame, read_sample,
+                                   write_preprocessing, write_raw_frame, write_sample)
+from agent.sources.folder import FolderSource
 from agent.sources.synthetic import CLASSES, DEFECTS, SyntheticSource
 from agent.visual import depth_view, label, sample_grid, write_png
 from calibration.damage import add_damage_parser

@@ -24,7 +24,7 @@ from pathlib import Path
 from adgan.demo_live import STATION, run_live
 from agent.segment.preprocess import Preprocessing
 from agent.sources.synthetic import CLASSES, DEFECTS
-from agent.sources.folder import parse_frames
+from agent.sources.dataset import parse_frames
 from calibration.calibrate import CalibrateOptions, calibrate as calibrate_bundle
 from calibration.damage import DAMAGE_DEFECTS, damage_dataset
 from calibration.evaluate import EvaluateOptions, evaluate
@@ -176,7 +176,7 @@ def report(plan: Plan, bundles: dict[str, Path], damage: Path | None = None) -> 
     print(f"[5/6] report: Table 2, ROC, ranking grids{', local damage' if damage else ''} -> {out}")
     evaluate(EvaluateOptions([str(b) for b in bundles.values()], str(out), data=str(plan.test_root),
                              damage=str(damage) if damage else None, frames=plan.test_frames, quiet=True))
-    from agent.sources.folder import frame_numbers, read_sample
+    from agent.sources.dataset import frame_numbers, read_sample
     from agent.visual import sample_grid, write_png
     rows, names = [], []
     for cls in plan.classes:
@@ -218,7 +218,7 @@ def live_config(plan: Plan, bundles: dict[str, Path], th: Path, workdir: Path) -
         (stream / "rgb").mkdir(parents=True)
         (stream / "depth").mkdir()
         rng = random.Random(a.seed)
-        from agent.sources.folder import frame_numbers, rgb_path
+        from agent.sources.dataset import frame_numbers, rgb_path
         pools = {c: frame_numbers(plan.test_root / c, plan.frames("test")) for c in plan.classes}
         truth = {}
         for i in range(a.parts):
@@ -391,7 +391,8 @@ def add_parser(sub) -> None:
     q.add_argument("--parts", type=int, default=24, help="parts through the live station (default 24)")
     q.add_argument("--expected", default="cylinder", help="the class the station inspects (default cylinder)")
     q.add_argument("--fps", type=float, default=10.0, help="camera frame rate of the live stream (default 10)")
-    q.add_argument("--embedded-broker", action="store_true", help="use the Python broker (amqtt, the broker extra) even if mosquitto exists")
+    q.add_argument("--embedded-broker", action="store_true",
+                   help="use the Python broker (amqtt, the broker extra) even if mosquitto exists")
     q.add_argument("--timeout", type=float, default=600, help="give the live station this long (s)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--quiet", action="store_true", help="no progress bars and no per-part lines")

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from agent.scoring.bundle import Bundle
-from agent.sources.folder import parse_frames
+from agent.sources.dataset import parse_frames
 from calibration.scoring import SCORER_BACKENDS, make_scorer, score_folder
 
 

@@ -19,7 +19,7 @@ from agent.frame import NoObjectError, Sample
 from agent.segment.preprocess import Preprocessing, make_sample
 from agent.segment.reference import SurfaceReference
 from agent.segment.segmentation import SegmentationConfig, Segmenter
-from agent.sources.folder import write_preprocessing, write_sample
+from agent.sources.dataset import write_preprocessing, write_sample
 from agent.sources.synthetic import CLASSES, DEFECTS, SyntheticSource, SyntheticStation
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ def synth_damage_dataset(out: Path, classes: Sequence[str], n: int, seed: int, p
     """The renderer's own defects with their masks, in `adgan dataset damage`'s layout:
     out/<class>/N (intact) and out/<class>_<defect>/N with mask/N.png (its twin with the
     defect), rendered at camera resolution and framed with `prep` like a station does."""
-    from agent.sources.folder import write_mask
+    from agent.sources.dataset import write_mask
     if n < 1:
         raise ValueError("need at least one part per class")
     jobs = [TwinJob(c, i, tuple(defects)) for c in classes for i in range(n)]

@@ -100,7 +100,7 @@ class Agent:
         self.publisher.publish_state("trigger", "idle")
         self._open_source()
         if self.source is not None and self.source.segmented and self.s.source.type == "folder":
-            from agent.sources.folder import check_preprocessing
+            from agent.sources.dataset import check_preprocessing
             for m in self.models.values():
                 self._sample_prep = check_preprocessing(self.s.source.path, m.bundle.preprocessing)
         self.notifier.ready(f"inspecting {self.expected}")

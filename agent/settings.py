@@ -51,7 +51,7 @@ class FolderSourceSettings(_Strict):
     @field_validator("frames")
     @classmethod
     def _frames_spec(cls, v: str | None) -> str | None:
-        from agent.sources.folder import parse_frames
+        from agent.sources.dataset import parse_frames
         parse_frames(v)
         return v
 

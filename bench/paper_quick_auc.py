@@ -26,7 +26,7 @@ import numpy as np
 from calibration.scoring import make_scorer
 from agent.scoring.bundle import Bundle, SearchDefaults
 from agent.segment.preprocess import sample_to_input
-from agent.sources.folder import iter_samples
+from agent.sources.dataset import iter_samples
 from calibration.metrics import auc as auroc
 from export.bundle import write_bundle
 

@@ -16,7 +16,7 @@ import time
 from calibration.scoring import make_scorer
 from agent.scoring.bundle import Bundle
 from agent.segment.preprocess import sample_to_input
-from agent.sources.folder import check_preprocessing, frame_numbers, parse_frames, read_model_sample
+from agent.sources.dataset import check_preprocessing, frame_numbers, parse_frames, read_model_sample
 
 
 def main() -> None:

@@ -68,7 +68,7 @@ def calibrate(o: CalibrateOptions) -> dict:
 
     bundle = Bundle.load(o.bundle)
     scorer = make_scorer(bundle, o.backend, o.seed, fp16=o.fp16)
-    from agent.sources.folder import parse_frames
+    from agent.sources.dataset import parse_frames
     frames = parse_frames(o.frames)
     normal = np.array([s for _, _, s in score_folder(scorer, bundle, o.normal, frames, not o.quiet)])
     anomalous = np.array([s for d in (o.anomalous or []) for _, _, s in score_folder(scorer, bundle, d, frames,
@@ -115,7 +115,8 @@ def add_parser(sub) -> None:
     q.add_argument("--policy", choices=POLICIES, default=CalibrateOptions.policy,
                    help="max-accuracy; equal-rates (the paper's 'optimal': TPR = TNR); target-fpr (normal "
                         "samples only: flag at most --fpr of them; the default)")
-    q.add_argument("--fpr", type=float, default=CalibrateOptions.fpr, help="false alarm budget for target-fpr (default 0.01)")
+    q.add_argument("--fpr", type=float, default=CalibrateOptions.fpr,
+                   help="false alarm budget for target-fpr (default 0.01)")
     q.add_argument("--out", default=CalibrateOptions.out, help="thresholds file to create or update")
     q.add_argument("--backend", choices=SCORER_BACKENDS, default=CalibrateOptions.backend,
                    help="the engine the device will run: scores differ slightly between engines, so the agent "

@@ -30,8 +30,8 @@ from tqdm import tqdm
 
 from agent.frame import Sample
 from agent.segment.preprocess import part_mask as sample_part_mask
-from agent.sources.folder import (PREPROCESSING_FILE, class_folders, frame_numbers, parse_frames, read_sample,
-                                  write_mask, write_sample)
+from agent.sources.dataset import (PREPROCESSING_FILE, class_folders, frame_numbers, parse_frames, read_sample,
+                                   write_mask, write_sample)
 
 DAMAGE_DEFECTS = ("chunk", "hole", "stain", "foreign", "dent")
 # defect radius as a fraction of the part's equivalent radius (uniform in this range)

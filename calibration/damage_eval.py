@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from agent.decide.anomaly_map import heat
 from agent.segment.preprocess import reframe, sample_to_input, uncrop_map
-from agent.sources.folder import check_preprocessing, frame_numbers, read_mask, read_sample
+from agent.sources.dataset import check_preprocessing, frame_numbers, read_mask, read_sample
 from calibration.localisation import pixel_auroc, pro_auc
 from calibration.metrics import auc
 

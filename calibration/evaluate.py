@@ -48,7 +48,7 @@ def write_table(rows: list[dict], out: Path, name: str = "table2") -> None:
 
 def ranking_grid(rows, n: int, path: Path, title: str) -> None:
     """The n least and n most anomalous samples (Figures 7, 17-28), RGB above depth."""
-    from agent.sources.folder import read_sample
+    from agent.sources.dataset import read_sample
     from agent.visual import sample_grid, write_png
 
     order = sorted(rows, key=lambda r: r[2])
@@ -68,7 +68,7 @@ def maps_figure(scorer, bundle, rows, n: int, path: Path, title: str) -> None:
     """Per-pixel anomaly maps of the n most anomalous samples: input | G(z*) | |G(z*) - x|."""
     from agent.decide.anomaly_map import map_tiles
     from agent.segment.preprocess import sample_to_input
-    from agent.sources.folder import read_model_sample
+    from agent.sources.dataset import read_model_sample
     from agent.visual import label, write_png
 
     tiles = []
@@ -130,7 +130,7 @@ class EvaluateOptions:
 def pca_rows(o: EvaluateOptions, frames, curves: dict, avg: dict) -> list[dict]:
     """The PCA baseline (plain and masked) for every class folder, trained on --train-frames."""
     from agent.segment.preprocess import sample_to_input
-    from agent.sources.folder import class_folders, frame_numbers, parse_frames, read_sample
+    from agent.sources.dataset import class_folders, frame_numbers, parse_frames, read_sample
     from calibration.baselines import PCA
 
     if not o.train_frames:
@@ -159,7 +159,7 @@ def evaluate(o: EvaluateOptions) -> Path:
     from agent.scoring.bundle import Bundle
     from calibration.scoring import make_scorer
     from agent.segment.preprocess import sample_to_input
-    from agent.sources.folder import parse_frames, read_model_sample
+    from agent.sources.dataset import parse_frames, read_model_sample
     from calibration import figures
 
     out = Path(o.out)
@@ -236,7 +236,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
-def evaluate_damage(scorer, b, o: EvaluateOptions, frames, out: Path, tag: str, label: str, index: list[str]) -> list[dict]:
+def evaluate_damage(scorer, b, o: EvaluateOptions, frames, out: Path, tag: str, label: str,
+                    index: list[str]) -> list[dict]:
     """Score one bundle's intact and damaged twins; its rows, and its figure in the report."""
     from calibration.damage_eval import damage_figure, damage_rows, score_damage
 

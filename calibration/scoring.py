@@ -10,7 +10,7 @@ from agent.scoring.backend import backend_settings, open_backend
 from agent.scoring.bundle import Bundle
 from agent.scoring.search import Searcher
 from agent.segment.preprocess import sample_to_input
-from agent.sources.folder import check_preprocessing, class_folders, frame_numbers, read_model_sample, rgb_path
+from agent.sources.dataset import check_preprocessing, class_folders, frame_numbers, read_model_sample, rgb_path
 
 SCORER_BACKENDS = ("onnxruntime", "tensorrt", "torch")
 

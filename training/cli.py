@@ -12,7 +12,7 @@ log = logging.getLogger(__name__)
 def cmd_train(a: argparse.Namespace) -> int:
     import torch
 
-    from agent.sources.folder import parse_frames
+    from agent.sources.dataset import parse_frames
     from training.model import Architecture
     from training.recipe import resolve
     from training.train import CHECKPOINT, TrainConfig, load_checkpoint, resume_config, run_training

@@ -10,8 +10,7 @@ import numpy as np
 import torch
 
 from agent.segment.preprocess import Preprocessing, reframe, sample_to_input
-from agent.sources.folder import (check_preprocessing, class_folders, frame_numbers, read_preprocessing,
-                                  read_sample)
+from agent.sources.dataset import check_preprocessing, class_folders, frame_numbers, read_preprocessing, read_sample
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,8 @@ from agent.sources.base import FrameSource
 def open_source(cfg, frame_timeout_s: float = 5.0) -> FrameSource:
     """The frame source described by the `source` settings."""
     if cfg.type == "folder":
-        from agent.sources.folder import FolderSource, parse_frames
+        from agent.sources.dataset import parse_frames
+        from agent.sources.folder import FolderSource
         return FolderSource(cfg.path, parse_frames(cfg.frames), loop=cfg.loop)
     if cfg.type == "synthetic":
         from agent.sources.synthetic import SyntheticSource

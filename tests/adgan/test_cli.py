@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from adgan.cli import build_parser, main
-from agent.sources.folder import frame_numbers, read_sample
+from agent.sources.dataset import frame_numbers, read_sample
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -111,7 +111,7 @@ def test_synth_damage_writes_twins_that_differ_by_the_defect_alone(tmp_path):
     noise) with one defect, its mask the pixels the defect changed; same seed, same bytes."""
     import cv2
 
-    from agent.sources.folder import read_mask, read_preprocessing
+    from agent.sources.dataset import read_mask, read_preprocessing
     args = ["dataset", "synth-damage", "--classes", "cylinder", "--n", "3", "--seed", "4", "--workers", "1"]
     assert main([*args, str(tmp_path / "a")]) == 0
     assert main([*args, str(tmp_path / "b")]) == 0

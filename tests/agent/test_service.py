@@ -91,7 +91,7 @@ def test_a_crop_to_part_bundle_replays_whole_frame_samples_and_boxes_the_stored_
     """A bundle trained with --framing object, replaying samples stored with the whole frame:
     the agent crops each to its part like training did (same scores as `adgan score`), and an
     anomaly's box is in the stored sample's pixels, on the part."""
-    from agent.sources.folder import read_sample
+    from agent.sources.dataset import read_sample
     run, bundle, th = tmp_path / "run", tmp_path / "bundle", tmp_path / "thresholds.json"
     t = synth_data / "test"
     assert main(["train", str(synth_data / "train"), "--class", "sphere", "--size", "32", "--features-g", "4",

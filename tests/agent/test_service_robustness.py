@@ -10,7 +10,7 @@ import pytest
 
 from adgan.cli import main
 from agent.segment.reference import SurfaceReference
-from agent.sources.folder import write_raw_frame
+from agent.sources.dataset import write_raw_frame
 from agent.sources.synthetic import SyntheticSource
 from tests.agent.conftest import AgentProcess, Subscriber, agent_config
 

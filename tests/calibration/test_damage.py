@@ -9,7 +9,7 @@ import pytest
 
 from adgan.cli import main
 from agent.frame import Sample
-from agent.sources.folder import frame_numbers, read_mask, read_sample
+from agent.sources.dataset import frame_numbers, read_mask, read_sample
 from calibration.damage import DAMAGE_DEFECTS, DamageError, RADIUS, damage_rng, make_defect, part_mask
 
 

@@ -12,7 +12,7 @@ from calibration.scoring import make_scorer
 from agent.scoring.bundle import Bundle, BundleError, SearchDefaults
 from agent.scoring.encoder import LatentEncoder
 from agent.segment.preprocess import sample_to_input
-from agent.sources.folder import read_sample
+from agent.sources.dataset import read_sample
 from export.bundle import write_bundle
 from training.encoder import load_encoder
 

@@ -89,7 +89,7 @@ def test_export_cli_records_the_depth_weight_and_old_manifests_default_to_a_plai
     from adgan.cli import main
     from calibration.scoring import make_scorer
     from agent.segment.preprocess import sample_to_input
-    from agent.sources.folder import read_sample
+    from agent.sources.dataset import read_sample
     out = tmp_path / "dw"
     assert main(["export", str(tiny_run), "--out", str(out), "--theta-scope", "none", "--loss", "fg_input",
                  "--k", "3", "--depth-weight", "3"]) == 0
@@ -111,7 +111,7 @@ def test_export_cli_records_the_pool_and_onnxruntime_scores_as_the_pooled_refere
     from adgan.cli import main
     from calibration.scoring import make_scorer
     from agent.segment.preprocess import sample_to_input
-    from agent.sources.folder import read_sample
+    from agent.sources.dataset import read_sample
     x = sample_to_input(read_sample(synth_data / "test" / "sphere", 0), 32)
     scores = {}
     for pool in (1, 4):
@@ -137,7 +137,7 @@ def test_export_cli_records_the_local_score_and_onnxruntime_scores_as_the_refere
     from adgan.cli import main
     from calibration.scoring import make_scorer
     from agent.segment.preprocess import sample_to_input
-    from agent.sources.folder import read_sample
+    from agent.sources.dataset import read_sample
     x = sample_to_input(read_sample(synth_data / "test" / "sphere", 0), 32)
     out = tmp_path / "top"
     assert main(["export", str(tiny_run), "--out", str(out), "--theta-scope", "none", "--loss", "fg_input",
@@ -163,7 +163,7 @@ def test_export_standardises_the_local_score_on_the_runs_own_training_samples(ti
     from adgan.cli import main
     from calibration.scoring import make_scorer
     from agent.segment.preprocess import sample_to_input
-    from agent.sources.folder import frame_numbers, read_sample
+    from agent.sources.dataset import frame_numbers, read_sample
     from training.losses import local_cell_energy
     out = tmp_path / "std"
     common = ["--theta-scope", "none", "--loss", "fg_input", "--k", "3", "--pool", "4", "--score-cells", "4"]

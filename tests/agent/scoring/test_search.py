@@ -10,7 +10,7 @@ from agent.scoring.bundle import Bundle
 from agent.scoring.onnxruntime import OnnxRuntimeBackend
 from agent.scoring.search import Searcher
 from agent.segment.preprocess import sample_to_input
-from agent.sources.folder import read_sample
+from agent.sources.dataset import read_sample
 
 
 def _inputs(synth_data, n=4):
@@ -98,7 +98,7 @@ def test_score_cli_writes_rows_for_every_sample(bundles, synth_data, tmp_path, c
 def test_score_cli_refuses_samples_of_another_recipe(bundles, synth_data, tmp_path, capsys):
     import shutil
     from agent.segment.preprocess import Preprocessing
-    from agent.sources.folder import write_preprocessing
+    from agent.sources.dataset import write_preprocessing
     d = tmp_path / "fixed"
     shutil.copytree(synth_data / "test" / "sphere", d)
     write_preprocessing(d, Preprocessing(size=32, depth_norm="fixed"))

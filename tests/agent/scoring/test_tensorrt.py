@@ -13,7 +13,7 @@ from agent.scoring.onnxruntime import OnnxRuntimeBackend
 from agent.scoring.search import Searcher
 from agent.scoring.tensorrt import TensorRTBackend, TensorRTUnavailable
 from agent.segment.preprocess import sample_to_input
-from agent.sources.folder import read_sample
+from agent.sources.dataset import read_sample
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None and importlib.util.find_spec("pycuda") is not None
 

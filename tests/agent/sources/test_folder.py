@@ -3,8 +3,9 @@ import pytest
 
 from agent.frame import FrameError, RGBDFrame, Sample
 from agent.segment.preprocess import sample_to_input
-from agent.sources.folder import (FolderSource, class_folders, frame_numbers, iter_samples, parse_frames,
-                                  read_raw_frame, write_raw_frame, write_sample)
+from agent.sources.dataset import (class_folders, frame_numbers, iter_samples, parse_frames, read_raw_frame,
+                                   write_raw_frame, write_sample)
+from agent.sources.folder import FolderSource
 from agent.sources.synthetic import SyntheticSource
 
 

@@ -1,0 +1,264 @@
+"""The on-disk dataset format: the paper's sample layout and our raw layout, read and written
+(by training, calibration, the CLI and `FolderSource`, which replays a folder).
+
+Paper layout (already segmented; read as is):
+    <class>/rgb/N.jpg    RGB, background and table zeroed
+    <class>/depth/N.png  8-bit normalised depth, 0 where removed
+Raw layout (what a station records; goes through segmentation):
+    <dir>/rgb/N.png      RGB (PNG, lossless)
+    <dir>/depth/N.png    16-bit depth in millimetres (or N.tif/N.tiff: 32-bit float millimetres,
+                         NaN or infinity where the camera had no measurement)
+    <dir>/meta/N.json    {"timestamp": s, "intrinsics": {...}, ...}
+The same N names the same capture. A dataset root holds class folders.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import cv2
+import numpy as np
+
+from agent.frame import FrameError, Intrinsics, RGBDFrame, Sample
+from agent.segment.preprocess import Preprocessing, reframe
+
+RGB_EXTS = (".jpg", ".jpeg", ".png")
+DEPTH_EXTS = (".png", ".tif", ".tiff")
+PREPROCESSING_FILE = "preprocessing.json"
+
+
+def write_preprocessing(folder: Path, prep: Preprocessing) -> None:
+    """Record in a sample folder the recipe that made its samples."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / PREPROCESSING_FILE).write_text(json.dumps(prep.to_dict(), indent=1) + "\n")
+
+
+def read_preprocessing(folder: Path) -> Preprocessing | None:
+    """The recipe recorded in a sample folder, or None (e.g. the paper's own data)."""
+    p = Path(folder) / PREPROCESSING_FILE
+    if not p.is_file():
+        return None
+    try:
+        return Preprocessing.from_dict(json.loads(p.read_text()))
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{p}: bad preprocessing record: {e}") from None
+
+
+def check_preprocessing(folder: Path, want: Preprocessing) -> Preprocessing:
+    """The recipe `folder`'s samples were made with (the paper's when none is recorded).
+    Refuses samples made with another recipe than `want`, except for the size (inputs are
+    resized) and "frame" samples for an "object" model (`reframe` crops them to the part)."""
+    rec = read_preprocessing(folder) or Preprocessing()
+    cmp = replace(rec, size=want.size)
+    if (rec.framing, want.framing) == ("frame", "object"):
+        cmp = replace(cmp, framing="object", margin=want.margin)
+    if cmp != want:
+        raise ValueError(f"{folder} was made with preprocessing {rec.to_dict()}, the bundle expects "
+                         f"{want.to_dict()}; prepare the samples with the bundle's recipe")
+    return rec
+
+
+def read_model_sample(folder: Path, n: int, want: Preprocessing, recorded: Preprocessing | None = None) -> Sample:
+    """Sample `n` of `folder` as a model made with `want` sees it (`reframe`); `recorded` is
+    the folder's recipe (read from the folder when not given)."""
+    if recorded is None:
+        recorded = read_preprocessing(folder) or Preprocessing()
+    return reframe(read_sample(folder, n), recorded, want)
+
+
+def parse_frames(spec: str | None) -> tuple[int, int] | None:
+    """'LO:HI' -> (LO, HI), half-open like a Python slice ('0:700' is frames 0-699).
+
+    Either end may be empty: ':700', '700:'.
+    """
+    if spec is None or spec == "":
+        return None
+    lo, sep, hi = spec.partition(":")
+    if not sep:
+        raise ValueError(f"--frames takes LO:HI (half-open, e.g. 0:700), got {spec!r}")
+    try:
+        a = int(lo) if lo.strip() else 0
+        b = int(hi) if hi.strip() else 2**62
+    except ValueError:
+        raise ValueError(f"--frames takes integers LO:HI, got {spec!r}") from None
+    if a < 0 or b <= a:
+        raise ValueError(f"--frames {spec!r} selects nothing: need 0 <= LO < HI")
+    return a, b
+
+
+def frame_numbers(folder: Path, frames: tuple[int, int] | None = None) -> list[int]:
+    """Sorted frame numbers N that have both rgb/N.* and depth/N.png under `folder`."""
+    rgb_dir, depth_dir = folder / "rgb", folder / "depth"
+    if not rgb_dir.is_dir() or not depth_dir.is_dir():
+        raise FileNotFoundError(f"{folder} is not a sample folder: it needs rgb/ and depth/ inside")
+    rgb = {int(p.stem) for p in rgb_dir.iterdir() if p.suffix.lower() in RGB_EXTS and p.stem.isdigit()}
+    depth = {int(p.stem) for p in depth_dir.iterdir() if p.suffix.lower() in DEPTH_EXTS and p.stem.isdigit()}
+    nums = sorted(rgb & depth)
+    if frames is not None:
+        nums = [n for n in nums if frames[0] <= n < frames[1]]
+    return nums
+
+
+def is_sample_folder(p: Path) -> bool:
+    return (p / "rgb").is_dir() and (p / "depth").is_dir()
+
+
+def class_folders(root: str | Path) -> list[Path]:
+    """The sample folders under a dataset root, or [root] when root is one itself."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} does not exist or is not a folder")
+    if is_sample_folder(root):
+        return [root]
+    found = sorted(p for p in root.iterdir() if p.is_dir() and is_sample_folder(p))
+    if not found:
+        raise FileNotFoundError(f"{root} holds no sample folders (<class>/rgb and <class>/depth)")
+    return found
+
+
+def rgb_path(folder: Path, n: int) -> Path:
+    for ext in RGB_EXTS:
+        p = folder / "rgb" / f"{n}{ext}"
+        if p.exists():
+            return p
+    raise FrameError(f"{folder}/rgb has no image for frame {n}")
+
+
+def depth_path(folder: Path, n: int) -> Path:
+    for ext in DEPTH_EXTS:
+        p = folder / "depth" / f"{n}{ext}"
+        if p.exists():
+            return p
+    raise FrameError(f"{folder}/depth has no image for frame {n}")
+
+
+def float_depth_to_mm(depth: np.ndarray) -> np.ndarray:
+    """Float millimetres -> uint16 millimetres; NaN, infinite and negative values become 0 (no depth)."""
+    d = np.where(np.isfinite(depth) & (depth > 0), depth, 0.0)
+    return np.clip(np.rint(d), 0, 65535).astype(np.uint16)
+
+
+def _imread(path: Path, flags: int) -> np.ndarray:
+    # cv2.imread returns None for unreadable files instead of raising; make that an error.
+    data = np.fromfile(str(path), np.uint8) if path.is_file() else None
+    if data is None or data.size == 0:
+        raise FrameError(f"{path}: missing or empty file")
+    img = cv2.imdecode(data, flags)
+    if img is None:
+        raise FrameError(f"{path}: not a readable image (corrupt or unsupported)")
+    return img
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    img = _imread(path, cv2.IMREAD_COLOR)
+    return np.ascontiguousarray(img[:, :, ::-1])
+
+
+def read_sample(folder: Path, n: int) -> Sample:
+    """Frame n of a paper-layout folder as a Sample."""
+    rgb = read_rgb(rgb_path(folder, n))
+    dpath = depth_path(folder, n)
+    depth = _imread(dpath, cv2.IMREAD_UNCHANGED)
+    if depth.ndim == 3:  # some tools save grey as 3 equal channels
+        depth = depth[:, :, 0]
+    if depth.dtype != np.uint8:
+        raise FrameError(f"{dpath}: paper-layout depth must be 8-bit, got {depth.dtype}")
+    if depth.shape != rgb.shape[:2] or depth.shape[0] != depth.shape[1]:
+        raise FrameError(f"{folder} frame {n}: rgb {rgb.shape[:2]} and depth {depth.shape} "
+                         "must be the same square size")
+    return Sample(rgb=rgb, depth=depth, meta={"path": str(dpath.parent.parent), "frame": n,
+                                              "class": folder.name})
+
+
+def read_raw_frame(folder: Path, n: int) -> RGBDFrame:
+    """Frame n of a raw-layout folder as an RGBDFrame."""
+    rgb = read_rgb(rgb_path(folder, n))
+    dpath = depth_path(folder, n)
+    depth = _imread(dpath, cv2.IMREAD_UNCHANGED)
+    if depth.ndim == 2 and depth.dtype in (np.float32, np.float64):
+        depth = float_depth_to_mm(depth)
+    if depth.dtype != np.uint16 or depth.ndim != 2:
+        raise FrameError(f"{dpath}: raw depth must be single-channel 16-bit (mm) or 32-bit float (mm), "
+                         f"got {depth.dtype} {depth.shape}")
+    meta_path = folder / "meta" / f"{n}.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+        intr = Intrinsics.from_dict(meta["intrinsics"])
+        ts = float(meta["timestamp"])
+    except FileNotFoundError:
+        raise FrameError(f"{meta_path}: missing (raw frames need their metadata)") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise FrameError(f"{meta_path}: bad metadata: {e}") from None
+    extra = {k: v for k, v in meta.items() if k not in ("timestamp", "intrinsics")}
+    extra.update(path=str(folder), frame=n)
+    try:
+        return RGBDFrame(rgb=rgb, depth=depth, timestamp=ts, intrinsics=intr, meta=extra)
+    except ValueError as e:
+        raise FrameError(f"{folder} frame {n}: {e}") from None
+
+
+def _imwrite(path: Path, img: np.ndarray, params: Sequence[int] = ()) -> None:
+    ok, buf = cv2.imencode(path.suffix, img, list(params))
+    if not ok:
+        raise OSError(f"could not encode {path}")
+    tmp = path.with_name(path.name + ".tmp")
+    buf.tofile(str(tmp))
+    os.replace(tmp, path)
+
+
+def write_sample(folder: Path, n: int, sample: Sample, jpeg_quality: int = 95) -> None:
+    """Write a Sample in the paper's layout (rgb/N.jpg, depth/N.png)."""
+    (folder / "rgb").mkdir(parents=True, exist_ok=True)
+    (folder / "depth").mkdir(parents=True, exist_ok=True)
+    _imwrite(folder / "rgb" / f"{n}.jpg", sample.rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+    _imwrite(folder / "depth" / f"{n}.png", sample.depth)
+
+
+def write_mask(folder: Path, n: int, mask: np.ndarray) -> None:
+    """Write a ground-truth defect mask beside a sample: mask/N.png, 255 where damaged."""
+    (folder / "mask").mkdir(parents=True, exist_ok=True)
+    _imwrite(folder / "mask" / f"{n}.png", mask.astype(np.uint8) * 255)
+
+
+def read_mask(folder: Path, n: int) -> np.ndarray:
+    """The ground-truth defect mask of sample n (True where damaged)."""
+    p = Path(folder) / "mask" / f"{n}.png"
+    m = cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)
+    if m is None:
+        raise FileNotFoundError(f"{p}: no ground-truth mask")
+    return m > 127
+
+
+def write_raw_frame(folder: Path, n: int, frame: RGBDFrame) -> None:
+    """Write an RGBDFrame in the raw layout (lossless RGB, 16-bit depth, metadata)."""
+    for sub in ("rgb", "depth", "meta"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    _imwrite(folder / "rgb" / f"{n}.png", frame.rgb[:, :, ::-1])
+    _imwrite(folder / "depth" / f"{n}.png", frame.depth)
+    meta = {k: v for k, v in frame.meta.items() if k not in ("path", "frame")}
+    meta.update(timestamp=frame.timestamp, intrinsics=frame.intrinsics.to_dict())
+    tmp = folder / "meta" / f"{n}.json.tmp"
+    tmp.write_text(json.dumps(meta, default=_jsonable))
+    os.replace(tmp, folder / "meta" / f"{n}.json")
+
+
+def _jsonable(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+
+
+def iter_samples(root: str | Path, frames: tuple[int, int] | None = None,
+                 classes: Iterable[str] | None = None) -> Iterable[tuple[str, int, Sample]]:
+    """(class, frame number, Sample) for every paper-layout sample under a dataset root."""
+    wanted = set(classes) if classes is not None else None
+    for folder in class_folders(root):
+        if wanted is not None and folder.name not in wanted:
+            continue
+        for n in frame_numbers(folder, frames):
+            yield folder.name, n, read_sample(folder, n)
