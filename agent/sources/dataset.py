@@ -119,20 +119,20 @@ def class_folders(root: str | Path) -> list[Path]:
     return found
 
 
-def rgb_path(folder: Path, n: int) -> Path:
-    for ext in RGB_EXTS:
-        p = folder / "rgb" / f"{n}{ext}"
+def _image_path(folder: Path, sub: str, n: int, exts: Sequence[str]) -> Path:
+    for ext in exts:
+        p = folder / sub / f"{n}{ext}"
         if p.exists():
             return p
-    raise FrameError(f"{folder}/rgb has no image for frame {n}")
+    raise FrameError(f"{folder}/{sub} has no image for frame {n}")
+
+
+def rgb_path(folder: Path, n: int) -> Path:
+    return _image_path(folder, "rgb", n, RGB_EXTS)
 
 
 def depth_path(folder: Path, n: int) -> Path:
-    for ext in DEPTH_EXTS:
-        p = folder / "depth" / f"{n}{ext}"
-        if p.exists():
-            return p
-    raise FrameError(f"{folder}/depth has no image for frame {n}")
+    return _image_path(folder, "depth", n, DEPTH_EXTS)
 
 
 def float_depth_to_mm(depth: np.ndarray) -> np.ndarray:
