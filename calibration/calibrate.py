@@ -10,9 +10,11 @@ from typing import Sequence
 import numpy as np
 
 from agent.decide.thresholds import write_threshold
-from calibration.scoring import SCORER_BACKENDS
+from agent.scoring.bundle import Bundle
+from agent.sources.dataset import parse_frames
 from calibration.metrics import (POLICIES, auc, equal_rates_threshold, max_accuracy_threshold, rates, summary,
                                  target_fpr_threshold)
+from calibration.scoring import SCORER_BACKENDS, engine_id, make_scorer, score_folder
 
 log = logging.getLogger(__name__)
 FEW_ANOMALIES = 10
@@ -63,12 +65,8 @@ class CalibrateOptions:
 def calibrate(o: CalibrateOptions) -> dict:
     """Score the labelled samples with the bundle and the device's scorer, choose the threshold by
     the policy and write it into the thresholds file; the record written."""
-    from agent.scoring.bundle import Bundle
-    from calibration.scoring import engine_id, make_scorer, score_folder
-
     bundle = Bundle.load(o.bundle)
     scorer = make_scorer(bundle, o.backend, o.seed, fp16=o.fp16)
-    from agent.sources.dataset import parse_frames
     frames = parse_frames(o.frames)
     normal = np.array([s for _, _, s in score_folder(scorer, bundle, o.normal, frames, not o.quiet)])
     anomalous = np.array([s for d in (o.anomalous or []) for _, _, s in score_folder(scorer, bundle, d, frames,

@@ -9,12 +9,11 @@ from typing import Sequence
 
 import numpy as np
 
-from calibration.scoring import SCORER_BACKENDS
+from calibration.scoring import SCORER_BACKENDS, make_scorer, score_folder
 from calibration.metrics import auc, equal_rates_threshold, max_accuracy_threshold, rates
 
 
 def score_dataset(scorer, bundle, data: Path, frames, progress: bool) -> list[tuple[str, str, float]]:
-    from calibration.scoring import score_folder
     return list(score_folder(scorer, bundle, data, frames, progress))
 
 
@@ -157,7 +156,6 @@ def evaluate(o: EvaluateOptions) -> Path:
     """The report: Table 2 over --data and/or the local-damage section over --damage, with
     figures and index.md in o.out; the index's path."""
     from agent.scoring.bundle import Bundle
-    from calibration.scoring import make_scorer
     from agent.segment.preprocess import sample_to_input
     from agent.sources.dataset import parse_frames, read_model_sample
     from calibration import figures
