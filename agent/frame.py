@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from agent.records import Record, record
+
 
 class FrameError(ValueError):
     """A frame or sample that cannot be used (corrupt file, wrong type or shape).
@@ -22,8 +24,8 @@ class NoObjectError(ValueError):
     """Segmentation left no object pixels: an explicit 'no object', not a failure."""
 
 
-@dataclass(frozen=True)
-class Intrinsics:
+@record
+class Intrinsics(Record):
     """Pinhole intrinsics of the depth-aligned colour image, in pixels."""
 
     width: int
@@ -48,18 +50,6 @@ class Intrinsics:
         """A RealSense D4xx-like colour camera (69 degrees horizontal field of view)."""
         f = (width / 2) / math.tan(math.radians(hfov_deg) / 2)
         return cls(width, height, f, f, (width - 1) / 2, (height - 1) / 2)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"width": self.width, "height": self.height, "fx": self.fx, "fy": self.fy,
-                "cx": self.cx, "cy": self.cy}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Intrinsics":
-        try:
-            return cls(int(d["width"]), int(d["height"]), float(d["fx"]), float(d["fy"]),
-                       float(d["cx"]), float(d["cy"]))
-        except (KeyError, TypeError) as e:
-            raise ValueError(f"intrinsics need width, height, fx, fy, cx, cy; got {d!r}") from e
 
 
 def _check_rgb(rgb: np.ndarray, what: str) -> None:

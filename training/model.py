@@ -19,19 +19,18 @@ The paper's code kept BatchNorm and a sigmoid in the critic of its "WGAN"; we do
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from agent.records import StrictRecord
+from agent.records import Record, record
 
 KINDS = ("gan", "wgan", "wgan-gp")
 SIZES = (32, 64, 128)
 
 
-@dataclass(frozen=True)
-class Architecture(StrictRecord):
+@record
+class Architecture(Record):
     """Everything needed to rebuild the networks (stored in checkpoints and bundles)."""
 
     size: int = 64

@@ -6,13 +6,13 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from agent import __version__
+from agent.records import Record, record
 from training.data import ClassData, augment
 from training.model import Architecture, Discriminator, Generator
 from training.objectives import RECIPES, d_loss, g_loss, gradient_penalty
@@ -22,8 +22,8 @@ CHECKPOINT_FORMAT = 1
 CHECKPOINT = "checkpoint.pt"
 
 
-@dataclass
-class TrainConfig:
+@record
+class TrainConfig(Record):
     """What a run was asked to do; stored in the checkpoint and in config.json."""
 
     data: str
@@ -165,7 +165,7 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------
     def state(self) -> dict:
-        cfg = asdict(self.cfg)
+        cfg = self.cfg.to_dict()
         return {
             "format": CHECKPOINT_FORMAT, "producer": f"adgan-edge {__version__}", "created": time.time(),
             "config": cfg, "architecture": self.arch.to_dict(),
@@ -233,12 +233,7 @@ def generator_from_checkpoint(st: dict, use_ema: bool = True) -> tuple[Generator
 
 
 def resume_config(st: dict, epochs: int) -> TrainConfig:
-    c = dict(st["config"])
-    c["epochs"] = epochs
-    for key in ("frames", "exclude_frames"):
-        if c.get(key) is not None:
-            c[key] = tuple(c[key])
-    return TrainConfig(**c)
+    return TrainConfig.from_dict({**st["config"], "epochs": epochs})
 
 
 def check_resumable(st: dict, data: ClassData) -> None:

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
 import numpy as np
 
-from agent.records import StrictRecord
+from agent.records import Record, record
 from agent.segment.preprocess import Preprocessing
 
 BUNDLE_FORMAT = 1
@@ -45,8 +44,8 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-@dataclass(frozen=True)
-class SearchDefaults(StrictRecord):
+@record
+class SearchDefaults(Record):
     """Algorithm 1's hyperparameters as exported (the paper's values by default)."""
 
     n_seed: int = 3

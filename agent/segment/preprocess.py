@@ -6,21 +6,20 @@ calibrated and deployed sees the same pixels.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import cv2
 import numpy as np
 
 from agent.frame import NoObjectError, RGBDFrame, Sample
-from agent.records import StrictRecord
+from agent.records import Record, record
 from agent.segment.segmentation import Segmentation
 
 PREPROCESSING_VERSION = 1
 
 
-@dataclass(frozen=True)
-class Preprocessing(StrictRecord):
+@record
+class Preprocessing(Record):
     """How a segmented frame becomes a model input.
 
     depth_norm:

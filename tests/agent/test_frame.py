@@ -52,5 +52,5 @@ def test_intrinsics_roundtrip_and_validation():
     assert k.fx == pytest.approx(320 / np.tan(np.radians(34.5)))
     with pytest.raises(ValueError, match="focal"):
         Intrinsics(640, 480, -1.0, 1.0, 0, 0)
-    with pytest.raises(ValueError, match="need width"):
+    with pytest.raises(ValueError, match="height: Field required"):
         Intrinsics.from_dict({"width": 640})

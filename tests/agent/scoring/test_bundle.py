@@ -71,7 +71,7 @@ def test_search_defaults_validate():
         SearchDefaults(theta_scope="most")
     with pytest.raises(ValueError, match=">= 1"):
         SearchDefaults(k=0)
-    with pytest.raises(ValueError, match="unknown SearchDefaults fields"):
+    with pytest.raises(ValueError, match="SearchDefaults: unknown field 'lr'"):
         SearchDefaults.from_dict({"k": 3, "lr": 1})
 
 

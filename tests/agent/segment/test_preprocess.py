@@ -90,7 +90,7 @@ def test_input_range_and_inverse():
 def test_preprocessing_serialises_and_validates():
     p = Preprocessing(size=32, depth_norm="fixed", framing="object")
     assert Preprocessing.from_dict(p.to_dict()) == p
-    with pytest.raises(ValueError, match="unknown Preprocessing fields"):
+    with pytest.raises(ValueError, match="Preprocessing: unknown field 'gamma'"):
         Preprocessing.from_dict({**p.to_dict(), "gamma": 2})
     with pytest.raises(ValueError, match="size"):
         Preprocessing(size=48)
