@@ -83,18 +83,12 @@ class Agent:
         m = self.s.model
         self.notifier.status("loading models")
         self.models = load_models(m.bundles, m.thresholds, m.seed, m.backend)
-        mq = self.s.mqtt
         self.outbox = Outbox(self.s.outbox.path, self.s.outbox.max_events, self.s.outbox.memory_events)
         pending = len(self.outbox)
         if pending:
             log.info("outbox holds %d unacknowledged events from before; they are sent on connect", pending)
-        self.publisher = Publisher(
-            self.s.station_id, self.outbox, mq.host, mq.port, mq.topic_prefix, mq.qos, mq.keepalive_s, mq.username,
-            mq.password.get_secret_value() if mq.password else None,
-            str(mq.tls_ca) if mq.tls_ca else None, str(mq.tls_cert) if mq.tls_cert else None,
-            str(mq.tls_key) if mq.tls_key else None,
-            commands={"class": self._on_class_command, "trigger": self._on_trigger_command},
-            verdict_max_age_s=mq.verdict_max_age_s, protocol=mq.protocol)
+        self.publisher = Publisher(self.s.station_id, self.outbox, self.s.mqtt,
+                                   commands={"class": self._on_class_command, "trigger": self._on_trigger_command})
         self.publisher.start()
         self.publisher.publish_state("class", self.expected)
         self.publisher.publish_state("trigger", "idle")

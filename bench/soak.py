@@ -39,9 +39,10 @@ from tests.agent.conftest import fill_file_system, free_port  # noqa: E402  (the
 def produce(port: int, box: Path, produced_log: Path, total: int, rate: float) -> int:
     from agent.mqtt.outbox import Outbox
     from agent.mqtt.publisher import Publisher
+    from agent.settings import MqttSettings
 
     ob = Outbox(box / "outbox.sqlite")
-    pub = Publisher("soak", ob, port=port, keepalive=5)
+    pub = Publisher("soak", ob, MqttSettings(port=port, keepalive_s=5))
     pub.client.reconnect_delay_set(0.2, 2)
     pub.start()
     done = sum(1 for _ in open(produced_log)) if produced_log.exists() else 0

@@ -30,35 +30,33 @@ import paho.mqtt.client as mqtt
 from agent.mqtt import link
 from agent.mqtt.link import ReportingClient, describe_connect_error
 from agent.mqtt.outbox import Outbox
+from agent.settings import MqttSettings
 
 log = logging.getLogger(__name__)
 
 MAX_COMMAND_BYTES = 256
 LOG_EVERY_S = 10.0
 WINDOW = 100  # events handed to paho and not yet acknowledged, at most
-PROTOCOLS = ("3.1.1", "5")
 # MQTT 5 PUBACK reasons that no resend can change: packet too large, payload format invalid,
 # topic name invalid
 PERMANENT_REJECTIONS = {0x95, 0x99, 0x90}
 
 
 class Publisher:
-    def __init__(self, station_id: str, outbox: Outbox, host: str = "127.0.0.1", port: int = 1883,
-                 prefix: str = "adgan", qos: int = 1, keepalive: int = 30, username: str | None = None,
-                 password: str | None = None, tls_ca: str | None = None, tls_cert: str | None = None,
-                 tls_key: str | None = None, client_id: str | None = None,
-                 commands: dict[str, Callable[[bytes], None]] | None = None,
-                 verdict_max_age_s: float = 2.0, protocol: str = "3.1.1") -> None:
-        self.base = f"{prefix}/{station_id}"
-        self.outbox, self.qos = outbox, qos
-        self.verdict_max_age_s = verdict_max_age_s
-        # feature -> handler of the payload of <base>/<feature>/set (called on paho's thread)
+    """The station's MQTT link. `settings` is the agent's `[mqtt]` table; `commands` maps a
+    feature to the handler of the payload of <base>/<feature>/set (called on paho's thread)."""
+
+    def __init__(self, station_id: str, outbox: Outbox, settings: MqttSettings | None = None,
+                 commands: dict[str, Callable[[bytes], None]] | None = None, client_id: str | None = None) -> None:
+        s = self.settings = settings or MqttSettings()
+        self.base = f"{s.topic_prefix}/{station_id}"
+        self.outbox, self.qos, self.verdict_max_age_s = outbox, s.qos, s.verdict_max_age_s
         self.commands = dict(commands or {})
-        self.host, self.port, self.keepalive = host, port, keepalive
+        self.host, self.port, self.keepalive = s.host, s.port, s.keepalive_s
         self.connected = threading.Event()
         self.counters = {"connects": 0, "disconnects": 0, "commands_refused": 0, "verdicts_skipped": 0,
                          "events_sent": 0, "events_rejected": 0, "events_held": 0}
-        self.link = {"state": "connecting", "reason": f"connecting to {host}:{port}", "since": time.time()}
+        self.link = {"state": "connecting", "reason": f"connecting to {s.host}:{s.port}", "since": time.time()}
         # message id -> (event id or None, time handed to paho). Never call paho while holding
         # _lock: paho calls on_publish under its own locks, so the opposite order would deadlock.
         self._inflight: dict[int, tuple[str | None, float]] = {}
@@ -78,22 +76,21 @@ class Publisher:
         self._connack = False
         self._refusal_logged: dict[str, float] = {}
         self._states: dict[str, str] = {}  # feature -> last state echoed (again on every connect)
-        if protocol not in PROTOCOLS:
-            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
-        self.protocol = protocol
+        self.protocol = s.protocol
         cid = client_id or f"adgan-{station_id}"
-        if protocol == "5":  # a clean start, like 3.1.1's clean session: commands are not kept offline
+        if s.protocol == "5":  # a clean start, like 3.1.1's clean session: commands are not kept offline
             self.client = ReportingClient(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
         else:
             self.client = ReportingClient(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, clean_session=True,
                                           protocol=mqtt.MQTTv311)
         self.client.will_set(self.topic("availability"), "offline", qos=1, retain=True)
-        if username:
-            self.client.username_pw_set(username, password)
-        if tls_ca:
-            self.client.tls_set(ca_certs=tls_ca, certfile=tls_cert, keyfile=tls_key, cert_reqs=ssl.CERT_REQUIRED,
+        if s.username:
+            self.client.username_pw_set(s.username, s.password.get_secret_value() if s.password else None)
+        if s.tls_ca:
+            self.client.tls_set(ca_certs=str(s.tls_ca), certfile=str(s.tls_cert) if s.tls_cert else None,
+                                keyfile=str(s.tls_key) if s.tls_key else None, cert_reqs=ssl.CERT_REQUIRED,
                                 tls_version=ssl.PROTOCOL_TLS_CLIENT)
-        self.tls = bool(tls_ca)
+        self.tls = bool(s.tls_ca)
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
         self.client.on_connect = self._on_connect
         self.client.on_connect_fail = self._on_connect_fail

@@ -11,6 +11,7 @@ import pytest
 from adgan.broker import BrokerProcess
 from agent.mqtt.outbox import Outbox
 from agent.mqtt.publisher import Publisher
+from agent.settings import MqttSettings
 from tests.agent.conftest import Subscriber
 
 
@@ -21,7 +22,7 @@ def test_publisher_and_subscriber_through_the_python_broker(tmp_path):
     with BrokerProcess(tmp_path, embedded=True) as b:
         assert b.kind == "amqtt"
         sub = Subscriber(b.port, "adgan/st1/#")
-        pub = Publisher("st1", Outbox(tmp_path / "o.sqlite"), port=b.port)
+        pub = Publisher("st1", Outbox(tmp_path / "o.sqlite"), MqttSettings(port=b.port))
         try:
             assert sub.subscribed.wait(10)
             pub.start()

@@ -9,7 +9,6 @@ import os
 import signal
 import stat
 import subprocess
-import threading
 import time
 
 import paho.mqtt.client as mqtt
@@ -17,6 +16,7 @@ import pytest
 
 from agent.mqtt.outbox import Outbox, SeqFile
 from agent.mqtt.publisher import MAX_COMMAND_BYTES, Publisher
+from agent.settings import MqttSettings
 from tests.agent.conftest import Broker, Subscriber, fill_file_system, free_port
 
 
@@ -48,7 +48,7 @@ def send(port: int, topic: str, payload, retain=False) -> None:
 def started(broker, tmp_path):
     """A connected publisher with a class handler that records its payloads."""
     got: list[bytes] = []
-    pub = Publisher("st1", Outbox(tmp_path / "outbox.sqlite"), port=broker.port, keepalive=5,
+    pub = Publisher("st1", Outbox(tmp_path / "outbox.sqlite"), MqttSettings(port=broker.port, keepalive_s=5),
                     commands={"class": got.append, "trigger": got.append})
     pub.start()
     assert pub.connected.wait(10)
@@ -60,7 +60,7 @@ def test_a_retained_command_is_refused_and_does_not_come_back_on_reconnect(broke
     got: list[bytes] = []
 
     def publisher():
-        p = Publisher("st1", Outbox(tmp_path / "outbox.sqlite"), port=broker.port, keepalive=5,
+        p = Publisher("st1", Outbox(tmp_path / "outbox.sqlite"), MqttSettings(port=broker.port, keepalive_s=5),
                       commands={"class": got.append})
         p.start()
         assert p.connected.wait(10)
@@ -121,7 +121,7 @@ def test_events_in_flight_when_the_broker_dies_are_delivered_once(broker, tmp_pa
     event in flight at a disconnect arrived twice."""
     sub = Subscriber(broker.port, "adgan/st1/events")
     assert sub.subscribed.wait(10)
-    pub = Publisher("st1", Outbox(tmp_path / "outbox.sqlite"), port=broker.port, keepalive=5)
+    pub = Publisher("st1", Outbox(tmp_path / "outbox.sqlite"), MqttSettings(port=broker.port, keepalive_s=5))
     try:
         pub.start()
         assert pub.connected.wait(10)
@@ -152,7 +152,8 @@ def test_events_in_flight_when_the_broker_dies_are_delivered_once(broker, tmp_pa
 def test_verdicts_are_not_replayed_after_an_outage(broker, tmp_path):
     sub = Subscriber(broker.port, "adgan/st1/#")
     assert sub.subscribed.wait(10)
-    pub = Publisher("st1", Outbox(tmp_path / "outbox.sqlite"), port=broker.port, keepalive=5, verdict_max_age_s=1.0)
+    pub = Publisher("st1", Outbox(tmp_path / "outbox.sqlite"), 
+                    MqttSettings(port=broker.port, keepalive_s=5, verdict_max_age_s=1.0))
     try:
         pub.start()
         assert pub.connected.wait(10)
@@ -195,7 +196,7 @@ def test_a_full_disk_loses_no_event_and_seq_never_repeats(broker, small_fs, capl
     sub = Subscriber(broker.port, "adgan/st1/events")
     assert sub.subscribed.wait(10)
     ob = Outbox(small_fs / "outbox.sqlite")
-    pub = Publisher("st1", ob, port=broker.port, keepalive=5)
+    pub = Publisher("st1", ob, MqttSettings(port=broker.port, keepalive_s=5))
     produced, seqs = [], []
 
     def produce(n):
@@ -249,7 +250,7 @@ def test_an_agent_restarted_on_a_full_disk_runs_and_stores_its_events_when_space
     assert sub.subscribed.wait(10)
     ob = Outbox(small_fs / "outbox.sqlite")         # restart on the full disk
     assert ob.status()["error"] and ob.status()["error"].startswith("open"), ob.status()
-    pub = Publisher("st1", ob, port=broker.port, keepalive=5)
+    pub = Publisher("st1", ob, MqttSettings(port=broker.port, keepalive_s=5))
     try:
         pub.start()
         assert pub.connected.wait(10)
@@ -311,7 +312,7 @@ def link_after(pub: Publisher, states: set[str], timeout=15.0) -> dict:
 def test_a_broker_that_is_down_is_said_once(tmp_path, caplog):
     caplog.set_level(logging.INFO)
     port = free_port()
-    pub = Publisher("st1", Outbox(tmp_path / "o.sqlite"), port=port)
+    pub = Publisher("st1", Outbox(tmp_path / "o.sqlite"), MqttSettings(port=port))
     pub.start()
     try:
         assert wait(lambda: pub.link["state"] == "refused")
@@ -323,7 +324,8 @@ def test_a_broker_that_is_down_is_said_once(tmp_path, caplog):
 
 
 def test_an_unresolvable_host_is_said(tmp_path):
-    link = link_after(Publisher("st1", Outbox(tmp_path / "o.sqlite"), host="no-such-broker.invalid", port=1883),
+    link = link_after(Publisher("st1", Outbox(tmp_path / "o.sqlite"), 
+                                MqttSettings(host="no-such-broker.invalid", port=1883)),
                       {"unresolvable"})
     assert "no-such-broker.invalid" in link["reason"]
 
@@ -364,15 +366,17 @@ def tls_only_broker(tmp_path, tls_files):
 
 def test_tls_failures_are_said(tls_only_broker, tmp_path):
     b, d = tls_only_broker
-    wrong_ca = link_after(Publisher("st1", Outbox(tmp_path / "1.sqlite"), port=b.port,
-                                    tls_ca=str(d / "other.crt")), {"tls"})
+    wrong_ca = link_after(Publisher("st1", Outbox(tmp_path / "1.sqlite"), 
+                                    MqttSettings(port=b.port, tls_ca=str(d / "other.crt"))), {"tls"})
     assert wrong_ca["reason"].startswith(f"TLS verification of 127.0.0.1:{b.port} failed"), wrong_ca
-    mismatch = link_after(Publisher("st1", Outbox(tmp_path / "2.sqlite"), host="localhost", port=b.port,
-                                    tls_ca=str(d / "ca.crt")), {"tls"})
+    mismatch = link_after(Publisher("st1", Outbox(tmp_path / "2.sqlite"), 
+                                    MqttSettings(host="localhost", port=b.port, tls_ca=str(d / "ca.crt"))),
+                          {"tls"})
     assert "mismatch" in mismatch["reason"].lower() or "localhost" in mismatch["reason"], mismatch
-    plain = link_after(Publisher("st1", Outbox(tmp_path / "3.sqlite"), port=b.port), {"closed"})
+    plain = link_after(Publisher("st1", Outbox(tmp_path / "3.sqlite"), MqttSettings(port=b.port)), {"closed"})
     assert "TLS port" in plain["reason"], plain
-    ok = link_after(Publisher("st1", Outbox(tmp_path / "4.sqlite"), port=b.port, tls_ca=str(d / "ca.crt")),
+    ok = link_after(Publisher("st1", Outbox(tmp_path / "4.sqlite"), 
+                                MqttSettings(port=b.port, tls_ca=str(d / "ca.crt"))),
                     {"connected"})
     assert "TLS" in ok["reason"]
 
@@ -390,8 +394,8 @@ def test_a_wrong_password_is_an_authorisation_failure(tmp_path):
                       + ("user root\n" if os.geteuid() == 0 else ""))
     b.start()
     try:
-        link = link_after(Publisher("st1", Outbox(tmp_path / "o.sqlite"), port=port, username="station",
-                                    password="wrong"), {"auth"})
+        link = link_after(Publisher("st1", Outbox(tmp_path / "o.sqlite"), 
+                                    MqttSettings(port=port, username="station", password="wrong")), {"auth"})
         assert "refused" in link["reason"]
     finally:
         b.stop()
@@ -408,7 +412,7 @@ def test_an_event_the_broker_hangs_up_on_is_held_back_and_the_rest_flows(tmp_pat
                       "message_size_limit 2000\n")
     b.start()
     sub = Subscriber(port, "adgan/st1/events")
-    pub = Publisher("st1", Outbox(tmp_path / "o.sqlite"), port=port, keepalive=5, protocol="5")
+    pub = Publisher("st1", Outbox(tmp_path / "o.sqlite"), MqttSettings(port=port, keepalive_s=5, protocol="5"))
     pub.client.reconnect_delay_set(0.2, 1)
     try:
         assert sub.subscribed.wait(10)
@@ -430,7 +434,8 @@ def test_an_event_the_broker_hangs_up_on_is_held_back_and_the_rest_flows(tmp_pat
 
 def test_mqtt_5_connects_and_delivers_like_3_1_1(broker, tmp_path):
     sub = Subscriber(broker.port, "adgan/st1/#")
-    pub = Publisher("st1", Outbox(tmp_path / "o.sqlite"), port=broker.port, protocol="5", commands={"class": print})
+    pub = Publisher("st1", Outbox(tmp_path / "o.sqlite"), MqttSettings(port=broker.port, protocol="5"),
+                    commands={"class": print})
     try:
         assert sub.subscribed.wait(10)
         pub.start()
@@ -442,4 +447,4 @@ def test_mqtt_5_connects_and_delivers_like_3_1_1(broker, tmp_path):
         pub.stop()
         sub.close()
     with pytest.raises(ValueError, match="protocol"):
-        Publisher("st1", Outbox(tmp_path / "o2.sqlite"), protocol="4")
+        Publisher("st1", Outbox(tmp_path / "o2.sqlite"), MqttSettings(protocol="4"))

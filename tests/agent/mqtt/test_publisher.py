@@ -10,6 +10,7 @@ from pathlib import Path
 
 from agent.mqtt.outbox import Outbox
 from agent.mqtt.publisher import Publisher
+from agent.settings import MqttSettings
 from tests.agent.conftest import Subscriber
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -22,7 +23,7 @@ def events_received(msgs, topic="adgan/st1/events"):
 def test_events_arrive_in_order_and_leave_the_outbox_on_ack(broker, tmp_path):
     sub = Subscriber(broker.port, "adgan/st1/#")
     ob = Outbox(tmp_path / "outbox.sqlite")
-    pub = Publisher("st1", ob, port=broker.port)
+    pub = Publisher("st1", ob, MqttSettings(port=broker.port))
     try:
         pub.start()
         assert pub.connected.wait(10)
@@ -64,8 +65,9 @@ PRODUCER = textwrap.dedent('''
     sys.path.insert(0, {root!r})
     from agent.mqtt.outbox import Outbox
     from agent.mqtt.publisher import Publisher
+    from agent.settings import MqttSettings
     port, start, count, path = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-    pub = Publisher("st1", Outbox(path), port=port, keepalive=5)
+    pub = Publisher("st1", Outbox(path), MqttSettings(port=port, keepalive_s=5))
     pub.start()
     for i in range(start, start + count):
         pub.publish_event({{"event_id": f"e{{i}}", "seq": i, "verdict": "ok"}})
@@ -122,7 +124,7 @@ def test_an_outbox_that_cannot_write_holds_events_in_memory_delivers_them_and_st
     (pages,) = ob._db.execute("PRAGMA page_count").fetchone()
     ob._db.execute(f"PRAGMA max_page_count = {pages}")
     sub = Subscriber(broker.port, "adgan/st1/events")
-    pub = Publisher("st1", ob, port=broker.port)
+    pub = Publisher("st1", ob, MqttSettings(port=broker.port))
     try:
         assert sub.subscribed.wait(10)
         for i in range(60):                               # 60 events, the disk full, no broker yet
