@@ -18,7 +18,7 @@ import numpy as np
 from agent.decide.anomaly_map import encode_map, heat, hot_box
 from agent.decide.inspector import ClassModel, load_models
 from agent.frame import FrameError, NoObjectError, RGBDFrame, Sample
-from agent.health import Counters, SourceHealth, SystemdNotifier, timed
+from agent.health import Counters, SystemdNotifier, timed
 from agent.mqtt.events import Event, utc_iso
 from agent.mqtt.outbox import Outbox
 from agent.mqtt.publisher import Publisher
@@ -26,8 +26,8 @@ from agent.segment.preprocess import Preprocessing, make_sample, reframe, sample
 from agent.segment.segmentation import SegmentationConfig
 from agent.segment.station import StationSegmenter
 from agent.settings import AgentSettings
-from agent.sources.base import FrameSource, SourceError
-from agent.sources.open import open_source
+from agent.sources.base import SourceError
+from agent.sources.supervisor import SourceSupervisor
 from agent.trigger import CommandTrigger, Passage, PassageTrigger
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,8 @@ class Agent:
         self.stop_requested = threading.Event()
         self.counters = Counters("frames", "events", "ok", "anomaly", "no_object", "error", "errors_suppressed",
                                  "triggers_coalesced", "classes_refused")
-        self.source_health = SourceHealth()
+        self.feed = SourceSupervisor(settings.source, settings.health, lambda: self._publish_status(force=True))
+        self.source_health = self.feed.health
         self.started = time.time()
         self.models: dict[str, ClassModel] = {}
         self._sample_prep = Preprocessing()  # the recipe of replayed samples (the folder's own)
@@ -67,13 +68,11 @@ class Agent:
         seg = settings.segmentation
         self.segmenter = StationSegmenter(SegmentationConfig(seg.max_depth_mm, seg.surface_tolerance, seg.roi,
                                                              seg.opening_px), seg.reference)
-        self.source: FrameSource | None = None
         self.outbox: Outbox | None = None
         self.publisher: Publisher | None = None
         self._last_error: str | None = None   # suppresses floods of one error in continuous mode
         self._next_refusal_log = 0.0
         self._next_status = 0.0
-        self._next_frame = 0.0
         # seconds spent per stage over all frames (status and bench/pipeline.py)
         self.stage_s = {"capture": 0.0, "segment": 0.0, "score": 0.0, "publish": 0.0}
 
@@ -92,8 +91,8 @@ class Agent:
         self.publisher.start()
         self.publisher.publish_state("class", self.expected)
         self.publisher.publish_state("trigger", "idle")
-        self._open_source()
-        if self.source is not None and self.source.segmented and self.s.source.type == "folder":
+        self.feed.open()
+        if self.feed.source is not None and self.feed.source.segmented and self.s.source.type == "folder":
             from agent.sources.dataset import check_preprocessing
             for m in self.models.values():
                 self._sample_prep = check_preprocessing(self.s.source.path, m.bundle.preprocessing)
@@ -130,37 +129,6 @@ class Agent:
                             req[:64], ", ".join(sorted(self.models)), self.counters.snapshot()["classes_refused"])
         self.publisher.publish_state("class", self.expected)
 
-    # -- source management ---------------------------------------------------------------
-    def _open_source(self) -> None:
-        h = self.source_health
-        try:
-            self.source = open_source(self.s.source, self.s.health.frame_timeout_s)
-        except (SourceError, OSError, RuntimeError) as e:
-            self._source_failed(f"cannot open source: {e}")
-            return
-        if h.failures:
-            h.reconnects += 1
-            log.info("source reopened after %d failure(s)", h.failures)
-        h.state = "running"
-        self._next_frame = time.monotonic()
-
-    def _source_failed(self, reason: str) -> None:
-        h = self.source_health
-        h.failures += 1
-        h.total_failures += 1
-        h.last_error, h.state = reason, "reconnecting"
-        hs = self.s.health
-        delay = min(hs.reconnect_min_s * 2 ** (h.failures - 1), hs.reconnect_max_s)
-        h.next_attempt = time.monotonic() + delay
-        log.error("frame source failed (%s); reopening in %.1f s (failure %d)", reason, delay, h.failures)
-        if self.source is not None:
-            try:
-                self.source.close()
-            except Exception:  # the source is already broken; closing it must not take us down
-                log.exception("closing the failed source")
-        self.source = None
-        self._publish_status(force=True)
-
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> int:
         """Inspect until a stop request or the end of a finite replay; returns the exit code."""
@@ -169,13 +137,13 @@ class Agent:
                 self.notifier.watchdog()
                 self._publish_status()
                 self._apply_class_request()
-                if self.source is None:
+                if self.feed.source is None:
                     if self.commands.take(0):  # a requested inspection cannot wait for the camera
                         self._error(Work(time.monotonic(), time.time(), forced=True,
                                          source={"type": self.s.source.type}),
                                     f"frame source unavailable: {self.source_health.last_error}")
-                    if time.monotonic() >= self.source_health.next_attempt:
-                        self._open_source()
+                    if self.feed.reopen_due():
+                        self.feed.open()
                     else:
                         self.stop_requested.wait(0.1)
                     continue
@@ -187,33 +155,23 @@ class Agent:
             self.shutdown()
         return 0
 
-    def _pace(self) -> None:
-        """Replays and synthetic scenes run at their configured rate; a camera paces itself."""
-        fps = 0.0 if self.s.source.type == "realsense" else float(self.s.source.fps)
-        if fps <= 0:
-            return
-        now = time.monotonic()
-        if self._next_frame > now:
-            self.stop_requested.wait(self._next_frame - now)
-        self._next_frame = max(self._next_frame, now) + 1.0 / fps
-
     def _iteration(self) -> bool:
         mode = self.s.trigger.mode
         forced = False
-        if mode == "mqtt" and not self.source.live:
+        if mode == "mqtt" and not self.feed.source.live:
             # A replay advances only on request: wait (bounded, so heartbeats go on).
             if not self.commands.take(0.2):
                 return True
             forced = True
         else:
             forced = self.commands.take(0)
-        self._pace()
+        self.feed.pace(self.stop_requested)
         if self.stop_requested.is_set():
             return True
         t0 = time.monotonic()
         work = Work(started=t0, captured_at=time.time(), forced=forced, source={"type": self.s.source.type})
         try:
-            item = self.source.read()
+            item = self.feed.source.read()
         except FrameError as e:
             work.capture_ms = 1e3 * (time.monotonic() - t0)
             work.source.update({k: e.meta[k] for k in ("frame", "path") if k in e.meta})
@@ -223,14 +181,13 @@ class Agent:
         except (SourceError, OSError, RuntimeError) as e:
             if forced:  # someone is waiting for this inspection: answer now
                 self._error(work, f"frame source failed: {e}", inspection=True)
-            self._source_failed(str(e))
+            self.feed.failed(str(e))
             return True
         if item is None:
             return False
         work.capture_ms = 1e3 * (time.monotonic() - t0)
         self.counters.add("frames")
-        self.source_health.failures = 0
-        self.source_health.state = "running"
+        self.feed.delivered()
         meta = item.meta
         work.source.update(frame=meta.get("frame"), path=meta.get("path"))
         truth = {k: meta[k] for k in ("class", "defect") if k in meta}
@@ -393,9 +350,7 @@ class Agent:
                             len(self.outbox))
             self.publisher.stop()
             self.publisher = None
-        if self.source is not None:
-            self.source.close()
-            self.source = None
+        self.feed.close()
         for m in self.models.values():
             m.close()
         self.models = {}

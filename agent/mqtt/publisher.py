@@ -8,11 +8,8 @@ Delivery (README "The delivery contract"; link.py for failures and held-back eve
 - On every connect paho's own queue is dropped and the pump starts again at the oldest
   unacknowledged event: each event id goes out at most once per connection, and nothing
   queues in memory during an outage.
-- `verdict` is live: sent right after its event, only if that event leaves within
-  `verdict_max_age_s` of its decision on a link that is acknowledging. Never queued, never
-  replayed after an outage.
-- Commands are refused when retained (a command is an action, not a state) or larger than
-  MAX_COMMAND_BYTES; refusals are counted and logged at most once per LOG_EVERY_S per feature.
+- `verdict` is live: sent right after its event, never queued, never replayed (verdict.py).
+- Commands are routed to their handler, or refused (commands.py).
 - Why the link is down (refused, unreachable, TLS, authorisation, ...) is in `link` and logged
   once per change.
 """
@@ -23,19 +20,18 @@ import logging
 import ssl
 import threading
 import time
-from typing import Callable
 
 import paho.mqtt.client as mqtt
 
 from agent.mqtt import link
+from agent.mqtt.commands import Commands, Handler
 from agent.mqtt.link import ReportingClient, describe_connect_error
 from agent.mqtt.outbox import Outbox
+from agent.mqtt.verdict import LiveVerdicts
 from agent.settings import MqttSettings
 
 log = logging.getLogger(__name__)
 
-MAX_COMMAND_BYTES = 256
-LOG_EVERY_S = 10.0
 WINDOW = 100  # events handed to paho and not yet acknowledged, at most
 # MQTT 5 PUBACK reasons that no resend can change: packet too large, payload format invalid,
 # topic name invalid
@@ -47,15 +43,16 @@ class Publisher:
     feature to the handler of the payload of <base>/<feature>/set (called on paho's thread)."""
 
     def __init__(self, station_id: str, outbox: Outbox, settings: MqttSettings | None = None,
-                 commands: dict[str, Callable[[bytes], None]] | None = None, client_id: str | None = None) -> None:
+                 commands: dict[str, Handler] | None = None, client_id: str | None = None) -> None:
         s = self.settings = settings or MqttSettings()
         self.base = f"{s.topic_prefix}/{station_id}"
         self.outbox, self.qos, self.verdict_max_age_s = outbox, s.qos, s.verdict_max_age_s
-        self.commands = dict(commands or {})
         self.host, self.port, self.keepalive = s.host, s.port, s.keepalive_s
         self.connected = threading.Event()
         self.counters = {"connects": 0, "disconnects": 0, "commands_refused": 0, "verdicts_skipped": 0,
                          "events_sent": 0, "events_rejected": 0, "events_held": 0}
+        self.commands = Commands(self.base, commands, self.counters)
+        self.verdicts = LiveVerdicts(s.verdict_max_age_s, self.counters)
         self.link = {"state": "connecting", "reason": f"connecting to {s.host}:{s.port}", "since": time.time()}
         # message id -> (event id or None, time handed to paho). Never call paho while holding
         # _lock: paho calls on_publish under its own locks, so the opposite order would deadlock.
@@ -69,12 +66,10 @@ class Publisher:
         self._max_packet: int | None = None  # the broker's limit (MQTT 5 CONNACK), None if unknown
         self._holdback = link.HoldBack()     # events the broker hangs up on (link.py)
         self._connected_at = 0.0
-        self._fresh: dict[str, tuple[str, float]] = {}  # event id -> (OK/NG, monotonic decision time)
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._pump_thread: threading.Thread | None = None
         self._connack = False
-        self._refusal_logged: dict[str, float] = {}
         self._states: dict[str, str] = {}  # feature -> last state echoed (again on every connect)
         self.protocol = s.protocol
         cid = client_id or f"adgan-{station_id}"
@@ -132,8 +127,8 @@ class Publisher:
         self._publish(self.topic("availability"), "online", qos=1, retain=True)
         for feature, value in list(self._states.items()):
             self._publish(self.topic(f"{feature}/state"), value, qos=1, retain=True)
-        for feature in self.commands:
-            client.subscribe(self.topic(f"{feature}/set"), qos=1)
+        for topic in self.commands.topics():
+            client.subscribe(topic, qos=1)
         self._set_link("connected", f"connected to {self.host}:{self.port}" + (" (TLS)" if self.tls else ""),
                        logging.INFO)
         pending = len(self.outbox)
@@ -206,31 +201,8 @@ class Publisher:
         if permanent:
             self.outbox.ack(event_id)
 
-    def _refuse(self, feature: str, why: str) -> None:
-        self.counters["commands_refused"] += 1
-        now = time.monotonic()
-        if now >= self._refusal_logged.get(feature, 0.0):
-            self._refusal_logged[feature] = now + LOG_EVERY_S
-            log.warning("command on %s refused: %s (%d refused so far; logged at most every %.0f s)",
-                        self.topic(f"{feature}/set"), why, self.counters["commands_refused"], LOG_EVERY_S)
-
     def _on_message(self, client, userdata, msg) -> None:
-        prefix, suffix = self.base + "/", "/set"
-        feature = msg.topic[len(prefix):-len(suffix)] if msg.topic.startswith(prefix) and msg.topic.endswith(suffix) else None
-        handler = self.commands.get(feature) if feature else None
-        if handler is None:
-            return
-        if msg.retain:
-            self._refuse(feature, "it is retained; commands must be sent without the retain flag "
-                                  "(clear it: mosquitto_pub -r -n -t " + msg.topic + ")")
-            return
-        if len(msg.payload) > MAX_COMMAND_BYTES:
-            self._refuse(feature, f"{len(msg.payload)} bytes, more than {MAX_COMMAND_BYTES}")
-            return
-        try:
-            handler(bytes(msg.payload))
-        except Exception:  # a bad command must not kill the network thread
-            log.exception("command on %s failed", msg.topic)
+        self.commands.handle(msg.topic, msg.payload, msg.retain)
 
     # -- sending -------------------------------------------------------------------------
     def _publish(self, topic: str, payload, qos: int, retain: bool = False, event_id: str | None = None) -> bool:
@@ -281,7 +253,7 @@ class Publisher:
     def _pump_once(self) -> None:
         if self.outbox.needs_sync:
             self.outbox.sync()
-        self._expire_fresh()
+        self.verdicts.expire()
         self._release_held()
         gen = self.outbox.generation
         if gen != self._outbox_gen:  # the database opened late: older stored events to send too
@@ -327,20 +299,9 @@ class Publisher:
                 self._cursor = 0
 
     def _maybe_verdict(self, event_id: str) -> None:
-        fresh = self._fresh.pop(event_id, None)
-        if fresh is None:
-            return
-        verdict, decided = fresh
-        if time.monotonic() - decided > self.verdict_max_age_s or self._link_stalled():
-            self.counters["verdicts_skipped"] += 1
-            return
-        self._publish(self.topic("verdict"), verdict, qos=1, retain=True)
-
-    def _expire_fresh(self) -> None:
-        limit = time.monotonic() - self.verdict_max_age_s
-        for eid in [e for e, (_, t) in list(self._fresh.items()) if t < limit]:
-            if self._fresh.pop(eid, None) is not None:
-                self.counters["verdicts_skipped"] += 1
+        verdict = self.verdicts.take(event_id, self._link_stalled)
+        if verdict is not None:
+            self._publish(self.topic("verdict"), verdict, qos=1, retain=True)
 
     # -- API -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -357,9 +318,7 @@ class Publisher:
         """Store the event durably (or hold it in memory while the disk fails), then let the
         pump publish it; it leaves the outbox on the broker's acknowledgement."""
         payload = json.dumps(event, separators=(",", ":")).encode()
-        verdict = event.get("verdict")
-        if verdict in ("ok", "anomaly"):
-            self._fresh[event["event_id"]] = ("OK" if verdict == "ok" else "NG", time.monotonic())
+        self.verdicts.decided(event)
         self.outbox.put(event["event_id"], self.topic("events"), payload, self.qos)
         self._wake.set()
 

@@ -15,7 +15,8 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from agent.mqtt.outbox import Outbox, SeqFile
-from agent.mqtt.publisher import MAX_COMMAND_BYTES, Publisher
+from agent.mqtt.commands import MAX_COMMAND_BYTES
+from agent.mqtt.publisher import Publisher
 from agent.settings import MqttSettings
 from tests.agent.conftest import Broker, Subscriber, fill_file_system, free_port
 
