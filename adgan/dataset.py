@@ -1,4 +1,6 @@
-"""`adgan dataset ...`: make, convert and look at datasets."""
+"""`adgan dataset ...`: make, convert and look at datasets. The commands and their options;
+the work is done by synth.py (synthetic parts and stations), prepare.py (raw captures ->
+reference and samples), figure1.py (the segmentation figure) and calibration/damage.py."""
 from __future__ import annotations
 
 import argparse
@@ -7,18 +9,16 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from tqdm import tqdm
 
-from adgan.synth import REFERENCE_FRAMES, synth_damage_dataset, synth_dataset
-from agent.frame import NoObjectError
-from agent.segment.preprocess import Preprocessing, make_sample
+from adgan.figure1 import segmentation_steps
+from adgan.prepare import make_reference, prepare_samples
+from adgan.synth import REFERENCE_FRAMES, synth_damage_dataset, synth_dataset, synth_raw
+from agent.segment.preprocess import Preprocessing
 from agent.segment.reference import SurfaceReference
-from agent.segment.segmentation import SegmentationConfig, Segmenter, segment_depth
-from agent.sources.dataset import (class_folders, frame_numbers, parse_frames, read_raw_frame, read_sample,
-                                   write_preprocessing, write_raw_frame, write_sample)
-from agent.sources.folder import FolderSource
-from agent.sources.synthetic import CLASSES, DEFECTS, SyntheticSource
-from agent.visual import depth_view, label, sample_grid, write_png
+from agent.segment.segmentation import SegmentationConfig
+from agent.sources.dataset import class_folders, frame_numbers, parse_frames, read_raw_frame, read_sample
+from agent.sources.synthetic import CLASSES, DEFECTS
+from agent.visual import sample_grid, write_png
 from calibration.damage import add_damage_parser
 
 log = logging.getLogger(__name__)
@@ -53,27 +53,6 @@ def cmd_synth(a: argparse.Namespace) -> int:
     return 0
 
 
-def synth_raw(out: Path, count: int, n_empty: int, seed: int, classes: Sequence[str] = CLASSES,
-              defects: Sequence[str] = (), defect_rate: float = 0.0, width: int = 640,
-              height: int = 480, progress: bool = True) -> SurfaceReference:
-    """Raw-layout captures of a synthetic station: frames/, empty/ and reference.npz."""
-    if count < 0 or n_empty < 1:
-        raise ValueError(f"--count must be >= 0 and --empty >= 1 (the reference needs an empty frame), "
-                         f"got {count} and {n_empty}")
-    if not 0 <= defect_rate <= 1:
-        raise ValueError(f"--defect-rate must be in [0, 1], got {defect_rate}")
-    src = SyntheticSource(classes, seed=seed, count=count, width=width, height=height,
-                          defects=defects, defect_rate=defect_rate)
-    empties = list(src.empty_frames(n_empty))
-    for j, f in enumerate(empties):
-        write_raw_frame(out / "empty", j, f)
-    for i, f in enumerate(tqdm(src, total=count, desc="synth-raw", unit="frame", disable=not progress)):
-        write_raw_frame(out / "frames", i, f)
-    ref = SurfaceReference.from_frames(empties)
-    ref.save(out / "reference.npz")
-    return ref
-
-
 def cmd_synth_raw(a: argparse.Namespace) -> int:
     synth_raw(Path(a.out), a.count, a.empty, a.seed, a.classes, a.defects, a.defect_rate, a.width, a.height)
     print(f"wrote {a.count} frames to {a.out}/frames, {a.empty} empty frames to {a.out}/empty "
@@ -81,12 +60,9 @@ def cmd_synth_raw(a: argparse.Namespace) -> int:
     return 0
 
 
-# -- reference and prepare ---------------------------------------------------------------
+# -- reference and prepare --------------------------------------------------------------
 def cmd_reference(a: argparse.Namespace) -> int:
-    src = FolderSource(a.raw, parse_frames(a.frames_range))
-    if src.segmented:
-        raise ValueError(f"{a.raw} is in the paper's (segmented) layout; a reference needs raw frames")
-    ref = SurfaceReference.from_frames(src, max_depth_mm=a.max_depth)
+    ref = make_reference(a.raw, parse_frames(a.frames_range), a.max_depth)
     ref.save(a.out)
     holes = int((ref.depth == 0).sum())
     print(f"surface reference from {ref.n_frames} frames -> {a.out} "
@@ -98,21 +74,9 @@ def cmd_prepare(a: argparse.Namespace) -> int:
     """Raw captures -> samples in the paper's layout, with the same code the agent runs."""
     prep = Preprocessing(size=a.size, depth_norm=a.depth_norm, framing=a.framing)
     ref = SurfaceReference.load(a.reference) if a.reference else None
-    seg = Segmenter(SegmentationConfig(max_depth_mm=a.max_depth, roi=a.roi), ref)
-    out = Path(a.out)
-    folder = Path(a.raw)
-    nums = frame_numbers(folder, parse_frames(a.frames_range))
-    written = skipped = 0
-    write_preprocessing(out, prep)
-    for n in tqdm(nums, desc="prepare", unit="frame"):
-        frame = read_raw_frame(folder, n)
-        try:
-            write_sample(out, n, make_sample(frame, seg(frame), prep, roi=a.roi))
-            written += 1
-        except NoObjectError:
-            log.warning("frame %d: no object after segmentation, skipped", n)
-            skipped += 1
-    print(f"wrote {written} samples to {out} ({skipped} frames without an object skipped)")
+    written, skipped = prepare_samples(a.raw, a.out, prep, SegmentationConfig(max_depth_mm=a.max_depth, roi=a.roi),
+                                       ref, parse_frames(a.frames_range))
+    print(f"wrote {written} samples to {a.out} ({skipped} frames without an object skipped)")
     return 0
 
 
@@ -133,23 +97,6 @@ def cmd_grid(a: argparse.Namespace) -> int:
     write_png(a.out, grid)
     print(f"wrote {a.out} ({len(rows)} rows x up to {a.n} samples)")
     return 0
-
-
-def segmentation_steps(frame, reference: SurfaceReference | None, cfg: SegmentationConfig) -> np.ndarray:
-    """The paper's Figure 1: original, background removed, surface removed; RGB above depth."""
-    ref_depth = reference.depth if reference is not None else Segmenter(cfg).reference_depth(frame)
-    seg = segment_depth(frame.depth, ref_depth, cfg)
-    no_bg = ~(seg.background | seg.invalid)
-    lo, hi = 0.0, float(cfg.max_depth_mm)
-    cols = []
-    for title, keep in (("original", np.ones_like(no_bg)), ("background removed", no_bg),
-                        ("surface removed", seg.object)):
-        rgb = np.where(keep[..., None], frame.rgb, 0).astype(np.uint8)
-        dep = depth_view(np.where(keep, frame.depth, 0), lo, hi)
-        cols.append(label(np.vstack([rgb, dep]), title, scale=1.0))
-    img = np.hstack([np.pad(c, ((0, 0), (0, 4), (0, 0))) for c in cols])
-    return label(img, f"object {seg.object_area} px, max depth {cfg.max_depth_mm} mm, "
-                      f"surface tolerance {cfg.surface_tolerance:.0%}", scale=1.0)
 
 
 def cmd_segment_preview(a: argparse.Namespace) -> int:

@@ -276,7 +276,7 @@ def capture_reference(cfg: Path) -> None:
 
 def segmentation_figure(a: argparse.Namespace, workdir: Path, rep: Path) -> None:
     """The paper's Figure 1 for the first frame the station saw."""
-    from adgan.dataset import segmentation_steps
+    from adgan.figure1 import segmentation_steps
     from agent.segment.reference import SurfaceReference
     from agent.segment.segmentation import SegmentationConfig
     from agent.sources.synthetic import SyntheticSource

@@ -1,6 +1,7 @@
 """Synthetic samples in the paper's layout: parts rendered by the station simulator, segmented
 and framed like a station does (`adgan dataset synth`), and intact parts with their twins
-carrying the renderer's own defects and exact masks (`adgan dataset synth-damage`)."""
+carrying the renderer's own defects and exact masks (`adgan dataset synth-damage`), and raw
+captures of a synthetic station with its empty-table frames (`adgan dataset synth-raw`)."""
 from __future__ import annotations
 
 import csv
@@ -19,7 +20,7 @@ from agent.frame import NoObjectError, Sample
 from agent.segment.preprocess import Preprocessing, make_sample
 from agent.segment.reference import SurfaceReference
 from agent.segment.segmentation import SegmentationConfig, Segmenter
-from agent.sources.dataset import write_preprocessing, write_sample
+from agent.sources.dataset import write_preprocessing, write_raw_frame, write_sample
 from agent.sources.synthetic import CLASSES, DEFECTS, SyntheticSource, SyntheticStation
 
 log = logging.getLogger(__name__)
@@ -204,3 +205,25 @@ def synth_damage_dataset(out: Path, classes: Sequence[str], n: int, seed: int, p
     for key in counts:
         write_preprocessing(out / key, prep)
     return counts
+
+
+# -- synth-raw ---------------------------------------------------------------------------
+def synth_raw(out: Path, count: int, n_empty: int, seed: int, classes: Sequence[str] = CLASSES,
+              defects: Sequence[str] = (), defect_rate: float = 0.0, width: int = 640,
+              height: int = 480, progress: bool = True) -> SurfaceReference:
+    """Raw-layout captures of a synthetic station: frames/, empty/ and reference.npz."""
+    if count < 0 or n_empty < 1:
+        raise ValueError(f"--count must be >= 0 and --empty >= 1 (the reference needs an empty frame), "
+                         f"got {count} and {n_empty}")
+    if not 0 <= defect_rate <= 1:
+        raise ValueError(f"--defect-rate must be in [0, 1], got {defect_rate}")
+    src = SyntheticSource(classes, seed=seed, count=count, width=width, height=height,
+                          defects=defects, defect_rate=defect_rate)
+    empties = list(src.empty_frames(n_empty))
+    for j, f in enumerate(empties):
+        write_raw_frame(out / "empty", j, f)
+    for i, f in enumerate(tqdm(src, total=count, desc="synth-raw", unit="frame", disable=not progress)):
+        write_raw_frame(out / "frames", i, f)
+    ref = SurfaceReference.from_frames(empties)
+    ref.save(out / "reference.npz")
+    return ref

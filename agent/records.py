@@ -41,15 +41,21 @@ class Record:
 
 def describe(e: ValidationError) -> str:
     """A pydantic error in one line: 'field: problem; field: problem'."""
-    parts = []
+    return "; ".join(error_lines(e, root=""))
+
+
+def error_lines(e: ValidationError, root: str = "(root)") -> list[str]:
+    """'path.to.field: problem' for every error of a pydantic ValidationError (`root` names
+    the whole object, for errors of no single field)."""
+    out = []
     for err in e.errors():
-        where = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
+        where = ".".join(str(p) for p in err.get("loc", ())) or root
+        msg = err.get("msg", "invalid").removeprefix("Value error, ")
         if err["type"] == "unexpected_keyword_argument":
-            parts.append(f"unknown field {where!r}")
+            out.append(f"unknown field {where!r}")
         else:
-            parts.append(f"{where}: {msg}" if where else msg)
-    return "; ".join(parts)
+            out.append(f"{where}: {msg}" if where else msg)
+    return out
 
 
 def record(cls: type[T]) -> type[T]:

@@ -14,6 +14,7 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
+from agent.records import error_lines
 from agent.scoring.onnxruntime import OnnxRuntimeSettings
 from agent.scoring.tensorrt import TensorRTSettings
 
@@ -209,10 +210,4 @@ def load_settings(config: str | Path | None, env_file: str | Path | None = ".env
     return s
 
 
-def describe_errors(exc) -> list[str]:
-    """'path.to.field: reason' for every error of a pydantic ValidationError."""
-    out = []
-    for e in exc.errors():
-        loc = ".".join(str(p) for p in e.get("loc", ())) or "(root)"
-        out.append(f"{loc}: {e.get('msg', 'invalid')}")
-    return out
+describe_errors = error_lines  # 'path.to.field: reason' for every error (validate-config)
