@@ -9,6 +9,12 @@ import jsonschema
 from adgan.cli import build_parser
 from adgan.demo import run_demo
 from agent.mqtt.events import SCHEMA_PATH
+from agent.settings import load_settings
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 
 def demo_args(out, *extra):
@@ -55,6 +61,8 @@ def test_demo_runs_end_to_end_in_reduced_mode(tmp_path, capsys):
     assert len(list(rep.glob("damage-maps-*.png"))) == 3
     out = capsys.readouterr().out
     assert "broker: " in out and "parts inspected 4" in out
+    station = load_settings(r["live"] / "agent.toml", env_file=None)  # what the agent ran, as a user can rerun it
+    assert station.station_id == "demo" and f"127.0.0.1:{station.mqtt.port}" in out
 
     # a second run reuses the trained models, and runs with the Python broker (amqtt) as well
     r2 = run_demo(demo_args(tmp_path, "--embedded-broker"))
@@ -81,13 +89,14 @@ def test_a_failing_station_stops_the_broker_it_started(tmp_path, capsys):
 
     import pytest
 
-    from adgan.demo_live import run_live
-    cfg = tmp_path / "agent.toml"
-    cfg.write_text('station_id = "demo"\n[source]\ntype = "synthetic"\n[model]\nexpected_class = "x"\n'
-                   f'thresholds = "{tmp_path / "none.json"}"\nbundles = {{ x = "{tmp_path / "missing"}" }}\n'
-                   '[mqtt]\nport = 1883\n')
+    from adgan.demo.live import run_live
+    settings = {"station_id": "demo", "source": {"type": "synthetic"},
+                "model": {"expected_class": "x", "thresholds": str(tmp_path / "none.json"),
+                          "bundles": {"x": str(tmp_path / "missing")}}}
     with pytest.raises(RuntimeError, match="exited with 2"):
-        run_live(tmp_path / "live", cfg, lambda e: None, timeout_s=60, embedded_broker=True, quiet=True)
+        run_live(tmp_path / "live", settings, lambda e: None, timeout_s=60, embedded_broker=True, quiet=True)
+    written = tomllib.loads((tmp_path / "live" / "agent.toml").read_text())  # the settings, with the port
+    assert written["model"] == settings["model"] and written["mqtt"]["port"] > 0
     pid = int(re.search(r"broker: amqtt on 127.0.0.1:\d+ \(pid (\d+)\)", capsys.readouterr().out).group(1))
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # the broker is gone

@@ -18,8 +18,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 
 from adgan.broker import BrokerProcess
-
-STATION = "demo"
+from adgan.demo.station import STATION, write_station_config
 
 
 @dataclass
@@ -105,9 +104,11 @@ def summarise(events: list[dict], truth_of) -> dict:
     return s
 
 
-def run_live(workdir: Path, config: Path, truth_of, timeout_s: float, embedded_broker: bool = False,
+def run_live(workdir: Path, settings: dict, truth_of, timeout_s: float, embedded_broker: bool = False,
              quiet: bool = False, before_agent=None) -> tuple[list[dict], list[str], dict]:
-    """Start a broker and the agent, listen until the agent has finished; stop both by PID."""
+    """Start a broker, write the station's settings with its port to workdir/agent.toml, run
+    `before_agent(config, env)` and then the agent, and listen until the agent has finished;
+    stop both by PID."""
     workdir.mkdir(parents=True, exist_ok=True)
     broker = agent = gw = None
     previous = signal.signal(signal.SIGTERM, _raise_exit) if threading.current_thread() is threading.main_thread() \
@@ -115,16 +116,17 @@ def run_live(workdir: Path, config: Path, truth_of, timeout_s: float, embedded_b
     try:
         broker = BrokerProcess(workdir, embedded=embedded_broker)
         print(f"broker: {broker.kind} on 127.0.0.1:{broker.port} (pid {broker.pid})")
-        text = config.read_text().replace("port = 1883", f"port = {broker.port}")
-        config.write_text(text)
+        config = workdir / "agent.toml"
+        write_station_config(config, {**settings, "mqtt": {**settings.get("mqtt", {}), "port": broker.port}})
+        env = dict(os.environ)
         if before_agent is not None:
-            before_agent(config)
+            before_agent(config, env)
         gw = Gateway(broker.port, truth_of, quiet=quiet)
         if not gw.subscribed.wait(10):
             raise RuntimeError("the demo's subscriber could not subscribe to the broker")
         log = open(workdir / "agent.log", "wb")
         agent = subprocess.Popen([sys.executable, "-m", "adgan", "agent", "run", "--config", str(config),
-                                  "--env-file", os.devnull], stdout=log, stderr=subprocess.STDOUT)
+                                  "--env-file", os.devnull], stdout=log, stderr=subprocess.STDOUT, env=env)
         print(f"agent: pid {agent.pid}, log {workdir / 'agent.log'}; events as a PLC gateway sees them:")
         try:
             rc = agent.wait(timeout_s)
