@@ -7,6 +7,7 @@ import signal
 import sqlite3
 import ssl
 import sys
+from pathlib import Path
 
 
 def _load(a: argparse.Namespace):
@@ -119,6 +120,17 @@ def cmd_capture_reference(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_settings_reference(a) -> int:
+    from agent.settings_reference import settings_reference
+    text = settings_reference()
+    if a.out:
+        Path(a.out).write_text(text)
+        print(f"wrote {a.out}")
+    else:
+        print(text, end="")
+    return 0
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("agent", help="the inspection agent (camera -> segment -> score -> MQTT)",
                        description="The station agent: run it, check its configuration, record the "
@@ -158,3 +170,9 @@ def add_parser(sub) -> None:
     q.add_argument("--out", default=None, help="where to write (default: segmentation.reference)")
     q.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     q.set_defaults(func=cmd_capture_reference)
+
+    q = ag.add_parser("settings-reference", help="every agent.toml setting as Markdown (docs/agent-toml.md)",
+                      description="Write the reference of every setting (type, default, limits, description, "
+                                  "environment variable), generated from the settings' own definitions.")
+    q.add_argument("--out", default=None, help="write to this file (default: standard output)")
+    q.set_defaults(func=cmd_settings_reference)
