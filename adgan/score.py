@@ -40,7 +40,7 @@ def add_parser(sub) -> None:
     q.add_argument("bundle", help="bundle folder")
     q.add_argument("samples", help="class folder or dataset root (the paper's layout or ours)")
     q.add_argument("--backend", choices=SCORER_BACKENDS, default="onnxruntime",
-                   help="engine: onnxruntime (default), tensorrt (Jetson) or torch (the autograd reference)")
+                   help="engine: onnxruntime (default), tensorrt (Jetson) or torch (the autograd oracle)")
     q.add_argument("--out", required=True, help="CSV to write")
     q.add_argument("--seed", type=int, default=0, help="seed of the initial latents z (same seed, same scores)")
     q.add_argument("--frames", default=None, help="LO:HI frame numbers (half-open)")

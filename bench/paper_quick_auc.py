@@ -69,7 +69,7 @@ def main() -> None:
             p = tmp / f"{cls}-{z_init}-{scope}-{loss}-{fg_thr}-{k}-{dw}-{pl}-{ns}-{zn}"
             write_bundle(a.runs.format(cls=cls), p, SearchDefaults(theta_scope=scope, loss=loss, k=k,
                                                                    fg_threshold=fg_thr, z_init=z_init,
-                                                                   depth_weight=dw, n_seed=ns, batch_seeds=ns,
+                                                                   depth_weight=dw, n_seed=ns, seeds_per_call=ns,
                                                                    z_init_noise=zn, pool=pl))
             scorer = make_scorer(Bundle.load(p), "onnxruntime", seed=0)
             t = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Scoring speed: the autograd reference vs the ONNX Runtime scorer, per theta scope.
+"""Scoring speed: the autograd oracle vs the ONNX Runtime scorer, per theta scope.
 
 One process, methods interleaved, medians over repeats. For each model size (the paper's
 features_g 64 and a small 16) it prints ms per score (n_seed 3, k 19, the paper's
@@ -27,7 +27,7 @@ from agent.scoring.search import Searcher
 from agent.segment.preprocess import Preprocessing
 from export.bundle import write_generator_bundle
 from export.graphs import layers_of
-from export.reference import ReferenceSearcher
+from export.autograd import AutogradSearcher
 from training.model import Architecture, Generator
 
 
@@ -88,14 +88,14 @@ def main() -> None:
         for scope in ("all", "bn", "none"):
             for batch in ((3, 1) if scope == "all" else (3,)):
                 p = tmp / f"{fg}-{scope}-{batch}"
-                write_generator_bundle(g, p, SearchDefaults(theta_scope=scope, batch_seeds=batch), info)
+                write_generator_bundle(g, p, SearchDefaults(theta_scope=scope, seeds_per_call=batch), info)
                 b = Bundle.load(p)
                 be = OnnxRuntimeBackend(b, OnnxRuntimeSettings(threads=a.threads))
                 be.warmup(b)
                 name = f"onnxruntime {scope}" + (" (loop of 1-seed calls)" if batch == 1 else "")
                 methods[name] = (Searcher(b, be), scope)
                 if batch == 3:
-                    methods[f"reference {scope}"] = (ReferenceSearcher(b), scope)
+                    methods[f"reference {scope}"] = (AutogradSearcher(b), scope)
         times: dict[str, list[float]] = {m: [] for m in methods}
         for m, (s, _) in methods.items():
             s.score(x)  # warm-up

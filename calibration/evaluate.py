@@ -91,7 +91,7 @@ def search_figure(bundle, x: np.ndarray, path: Path, seed: int, lr_thetas=(6e-9,
 
     from agent.segment.preprocess import input_to_sample
     from agent.visual import sample_grid, write_png
-    from export.reference import search_seed, torch_generator_from_bundle
+    from export.autograd import search_seed, torch_generator_from_bundle
 
     g = torch_generator_from_bundle(bundle)
     p = bundle.search
@@ -169,7 +169,7 @@ def evaluate(o: EvaluateOptions) -> Path:
     if not o.data and not o.damage:
         raise ValueError("give --data (class swaps, Table 2) and/or --damage (damaged twins)")
     if o.damage and o.backend == "torch":
-        raise ValueError("--damage needs the anomaly maps, which the torch reference does not keep: "
+        raise ValueError("--damage needs the anomaly maps, which the torch oracle does not keep: "
                          "use --backend onnxruntime")
     if o.damage:
         index.insert(3, f"Damaged twins `{o.damage}`.")
@@ -198,7 +198,7 @@ def evaluate(o: EvaluateOptions) -> Path:
         ranking_grid(rows, o.n_rank, out / f"ranking-{tag}.png", label)
         index += [f"## {label} (bundle {b.bundle_hash[:12]})", "", f"![rates](rates-{tag}.png)", "",
                   f"![ranking](ranking-{tag}.png)", ""]
-        if o.backend != "torch":  # the autograd reference keeps no reconstruction
+        if o.backend != "torch":  # the autograd oracle keeps no reconstruction
             maps_figure(scorer, b, rows, o.n_rank, out / f"maps-{tag}.png", label)
             index += [f"![anomaly maps](maps-{tag}.png)", ""]
         if not o.no_search_figure:
@@ -272,7 +272,7 @@ def add_parser(sub) -> None:
     q.add_argument("--out", required=True, help="report folder")
     q.add_argument("--backend", choices=SCORER_BACKENDS, default=EvaluateOptions.backend,
                    help="engine that scores: onnxruntime (default), tensorrt (Jetson) or torch (the autograd "
-                        "reference, no maps)")
+                        "oracle, no maps)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--n-rank", type=int, default=8, help="samples in each ranking row (default 8)")
     q.add_argument("--no-search-figure", action="store_true", help="skip Figure 4 (needs torch)")

@@ -1,4 +1,4 @@
-"""Scoring labelled sets through the agent's own search (or the autograd reference): one
+"""Scoring labelled sets through the agent's own search (or the autograd oracle, export/autograd.py): one
 scorer per bundle and named backend, and the scores of every sample of a folder."""
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ SCORER_BACKENDS = ("onnxruntime", "tensorrt", "torch")
 
 
 def engine_settings(backend: str, threads: int = 0, fp16: bool = False):
-    """The agent's settings object of a named backend (None for the torch reference)."""
+    """The agent's settings object of a named backend (None for the torch oracle)."""
     if backend == "torch":
         return None
     return backend_settings(backend, threads=threads, fp16=fp16)
@@ -31,8 +31,8 @@ def engine_id(backend: str, fp16: bool = False) -> str:
 def make_scorer(bundle: Bundle, backend: str, seed: int = 0, threads: int = 0, fp16: bool = False, **overrides):
     """An object with .score(x) -> ScoreResult for the named backend."""
     if backend == "torch":
-        from export.reference import ReferenceSearcher
-        return ReferenceSearcher(bundle, seed, **overrides)
+        from export.autograd import AutogradSearcher
+        return AutogradSearcher(bundle, seed, **overrides)
     settings = engine_settings(backend, threads, fp16)
     return Searcher(bundle, open_backend(bundle, settings), seed, **overrides)
 

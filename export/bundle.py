@@ -21,7 +21,8 @@ from training.train import generator_from_checkpoint, load_checkpoint
 # The search of `adgan export` by default: the recipe measured best on the paper's real
 # frames (bench/RESULTS.md, issue 8): start at the run's encoder E(x), score the part's
 # own pixels compared on 4x4 cells, adapt z only. PAPER_SEARCH is Algorithm 1 as the paper runs it.
-RECIPE_SEARCH = SearchDefaults(theta_scope="none", loss="fg_input", z_init="encoder", n_seed=1, batch_seeds=1, pool=4)
+RECIPE_SEARCH = SearchDefaults(theta_scope="none", loss="fg_input", z_init="encoder", n_seed=1, seeds_per_call=1,
+                               pool=4)
 PAPER_SEARCH = SearchDefaults()
 
 
@@ -29,7 +30,7 @@ def with_default_seeds(search: SearchDefaults) -> SearchDefaults:
     """n_seed when none was asked for: 1 where every seed would start at the same E(x) (more
     seeds repeat the same search), the paper's 3 for random or noisy starts."""
     n = 1 if search.z_init == "encoder" and search.z_init_noise == 0 else PAPER_SEARCH.n_seed
-    return replace(search, n_seed=n, batch_seeds=n)
+    return replace(search, n_seed=n, seeds_per_call=n)
 
 
 def write_bundle(run: str | Path, out: str | Path, search: SearchDefaults, use_ema: bool = True,
@@ -125,14 +126,14 @@ def write_generator_bundle(g: Generator, out: str | Path, search: SearchDefaults
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out.parent))
     try:
-        core = export_graphs(g, tmp, search.batch_seeds, search.theta_scope, search.loss, search.fg_threshold,
+        core = export_graphs(g, tmp, search.seeds_per_call, search.theta_scope, search.loss, search.fg_threshold,
                              search.depth_weight, search.pool, search.score_cells, cell_stats)
         th = {k: v.numpy().astype(np.float32) for k, v in g.theta().items()}
         np.savez(tmp / "theta.npz", **th)
         ins, outs = step_io(core.trainable)
         lin, lout = loss_io(core.trainable)
         names = ["step.onnx", "loss.onnx", "theta.npz"]
-        graphs = {"opset": OPSET, "seeds_per_call": search.batch_seeds,
+        graphs = {"opset": OPSET, "seeds_per_call": search.seeds_per_call,
                   "step": {"file": "step.onnx", "inputs": ins, "outputs": outs},
                   "loss": {"file": "loss.onnx", "inputs": lin, "outputs": lout}}
         if encoder is not None:

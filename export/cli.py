@@ -38,8 +38,8 @@ def cmd_export(a: argparse.Namespace) -> int:
             search = replace(search, z_init="random", z_init_noise=0.0)
     if "n_seed" not in given:
         search = with_default_seeds(search)
-    if "batch_seeds" not in given:
-        search = replace(search, batch_seeds=search.n_seed)
+    if "seeds_per_call" not in given:
+        search = replace(search, seeds_per_call=search.n_seed)
     m = write_bundle(a.run, a.out, search, use_ema=not a.no_ema, force=a.force, data=a.data, progress=True)
     s = search
     print(f"exported {m['class']} ({m['kind']}, {m['training']['weights']}, epoch {m['training']['epoch']}) "
@@ -99,7 +99,9 @@ def add_parser(sub) -> None:
                         "(with --paper: random)")
     q.add_argument("--z-init-noise", type=float, default=None,
                    help="with the encoder start: seeds start at E(x) + this * N(0, I) (default 0)")
-    q.add_argument("--batch-seeds", type=int, default=None, help="seeds per graph call (default: n_seed)")
+    q.add_argument("--seeds-per-call", "--batch-seeds", dest="seeds_per_call", type=int, default=None,
+                   help="seeds per graph call, the graphs' batch (default: n_seed; '--batch-seeds' is the old "
+                        "spelling)")
     q.add_argument("--no-ema", action="store_true", help="export the raw generator even if the run kept an EMA")
     q.add_argument("--force", action="store_true", help="replace an existing bundle folder")
     q.add_argument("--fp16", action="store_true", help="build-engine: fp16 for activations (theta and moments stay fp32)")

@@ -82,7 +82,7 @@ class SearchStep(nn.Module):
     Frozen theta and BatchNorm running statistics are buffers (initializers in ONNX).
     """
 
-    def __init__(self, g: Generator, n_seed: int, scope: str = "all", loss: str = "mse",
+    def __init__(self, g: Generator, seeds_per_call: int, scope: str = "all", loss: str = "mse",
                  fg_threshold: float = -0.9, bn_eps: float = 1e-5, depth_weight: float = 1.0,
                  pool: int = 1, score_cells: int = 0, cell_stats: tuple | None = None) -> None:
         super().__init__()
@@ -90,7 +90,7 @@ class SearchStep(nn.Module):
             raise ValueError(f"theta scope must be one of {SCOPES}, got {scope!r}")
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-        self.arch, self.S, self.scope, self.loss_kind = g.arch, n_seed, scope, loss
+        self.arch, self.S, self.scope, self.loss_kind = g.arch, seeds_per_call, scope, loss  # S: seeds per call
         self.fg_threshold, self.layers = fg_threshold, layers_of(g.arch)
         if pool < 1 or g.arch.size % pool:
             raise ValueError(f"pool must be >= 1 and divide the image size {g.arch.size}, got {pool}")

@@ -55,17 +55,17 @@ def _export(module: torch.nn.Module, args: tuple, path: Path, ins: list[str], ou
         raise RuntimeError(f"{path.name}: exported inputs/outputs {got_in} -> {got_out} differ from {ins} -> {outs}")
 
 
-def export_graphs(g: Generator, out: Path, n_seed: int, scope: str, loss: str, fg_threshold: float,
+def export_graphs(g: Generator, out: Path, seeds_per_call: int, scope: str, loss: str, fg_threshold: float,
                   depth_weight: float = 1.0, pool: int = 1, score_cells: int = 0,
                   cell_stats: tuple | None = None) -> SearchStep:
-    """Write out/step.onnx and out/loss.onnx for `n_seed` seeds per call; returns the core module."""
+    """Write out/step.onnx and out/loss.onnx for `seeds_per_call` seeds per call; returns the core module."""
     g = g.eval()
-    core = SearchStep(g, n_seed, scope, loss, fg_threshold, depth_weight=depth_weight, pool=pool,
+    core = SearchStep(g, seeds_per_call, scope, loss, fg_threshold, depth_weight=depth_weight, pool=pool,
                       score_cells=score_cells, cell_stats=cell_stats).eval()
     th = core.init_theta(g)
     size = g.arch.size
     x = torch.zeros(1, g.arch.channels, size, size)
-    z = torch.randn(n_seed, g.arch.nz)
+    z = torch.randn(seeds_per_call, g.arch.nz)
     # Every example input must be its own tensor: torch.export merges aliased inputs
     # into one graph input (m and v would become the same tensor).
     sc = lambda v: torch.tensor(v, dtype=torch.float32)  # noqa: E731

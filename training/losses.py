@@ -1,5 +1,5 @@
 """The reconstruction losses that define a score: one definition, used by training (the encoder's
-objective), the autograd reference of Algorithm 1 and, mirrored op for op, the explicit graphs.
+objective), the autograd oracle of Algorithm 1 and, mirrored op for op, the explicit graphs.
 
 kind (`LossName`): mse over the whole image (the paper); fg over pixels where the sample or
 G(z) is foreground; fg_input over the sample's own object pixels.

@@ -28,17 +28,17 @@ class BackendUnavailable(RuntimeError):
 
 
 class Backend(ABC):
-    """An engine that runs a bundle's step and loss graphs for `seeds` seeds per call.
+    """An engine that runs a bundle's step and loss graphs for `seeds_per_call` seeds per call.
 
     State (z, theta and their Adam moments) lives in the backend's own buffers between
     `reset` and `final`; the search loop never copies it.
     """
 
-    seeds: int
+    seeds_per_call: int
 
     @abstractmethod
     def reset(self, x: np.ndarray, z0: np.ndarray) -> None:
-        """Start a search: x (4, H, W), z0 (seeds, nz); theta from the bundle, moments zero."""
+        """Start a search: x (4, H, W), z0 (seeds_per_call, nz); theta from the bundle, moments zero."""
 
     @abstractmethod
     def step(self, t: int, lr_z: float, lr_theta: float) -> None:
@@ -46,12 +46,12 @@ class Backend(ABC):
 
     @abstractmethod
     def final(self) -> tuple[np.ndarray, np.ndarray]:
-        """(loss per seed (seeds,), G(z) (seeds, 4, H, W)) with the current z and theta."""
+        """(loss per seed (seeds_per_call,), G(z) (seeds_per_call, 4, H, W)) with the current z and theta."""
 
     def warmup(self, bundle: Bundle) -> None:
         """Run one tiny search so the first real score pays no set-up cost."""
         x = np.full((bundle.channels, bundle.size, bundle.size), -1.0, np.float32)
-        self.reset(x, np.zeros((self.seeds, bundle.nz), np.float32))
+        self.reset(x, np.zeros((self.seeds_per_call, bundle.nz), np.float32))
         self.step(1, 0.0, 0.0)
         self.final()
 

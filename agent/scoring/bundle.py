@@ -55,7 +55,8 @@ class SearchDefaults(Record):
     theta_scope: ThetaScope = "all"
     loss: LossName = "mse"
     fg_threshold: float = -0.9  # G(z) depth above this counts as foreground (loss "fg")
-    batch_seeds: int = 3        # seeds per graph call (static for theta scope "all")
+    seeds_per_call: int = 3     # seeds per graph call, the graphs' batch (static for theta scope "all");
+                                # older manifests call it batch_seeds (from_dict)
     z_init: str = "random"      # "random": z0 ~ N(0, I) (the paper); "encoder": z0 = E(x) (+ noise)
     z_init_noise: float = 0.0   # with "encoder": z0 = E(x) + z_init_noise * N(0, I) per seed
     depth_weight: float = 1.0   # squared error of depth vs each RGB channel (1: a plain mean)
@@ -64,8 +65,8 @@ class SearchDefaults(Record):
     score_norm: str = "none"    # "train": each cell's energy standardised against the training frames' (score_stats)
 
     def __post_init__(self) -> None:
-        if self.n_seed < 1 or self.k < 1 or self.batch_seeds < 1:
-            raise ValueError("n_seed, k and batch_seeds must be >= 1")
+        if self.n_seed < 1 or self.k < 1 or self.seeds_per_call < 1:
+            raise ValueError("n_seed, k and seeds_per_call must be >= 1")
         if self.lr_z < 0 or self.lr_theta < 0:
             raise ValueError("learning rates must be >= 0")
         if self.theta_scope not in THETA_SCOPES:
@@ -88,6 +89,13 @@ class SearchDefaults(Record):
             raise ValueError("score_norm 'train' standardises the local score: it needs score_cells K > 0")
         if not (1 <= self.pool <= 32 and self.pool & (self.pool - 1) == 0):
             raise ValueError(f"pool must be a power of two from 1 to 32 (it divides every image size), got {self.pool}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SearchDefaults":
+        """The search of a manifest; older manifests name seeds per call `batch_seeds`."""
+        if isinstance(d, dict) and "batch_seeds" in d:
+            d = {k: v for k, v in d.items() if k != "batch_seeds"} | {"seeds_per_call": d["batch_seeds"]}
+        return super().from_dict(d)
 
     def describe_score(self) -> str:
         """The image score, in words (reports and logs)."""

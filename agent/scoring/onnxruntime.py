@@ -40,9 +40,9 @@ class OnnxRuntimeBackend(Backend):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.step_sess = ort.InferenceSession(str(bundle.graph_path("step")), opts, providers=settings.providers)
         self.loss_sess = ort.InferenceSession(str(bundle.graph_path("loss")), opts, providers=settings.providers)
-        self.seeds = bundle.seeds_per_call
+        self.seeds_per_call = bundle.seeds_per_call
         self.names = bundle.trainable
-        s, nz, c, hw = self.seeds, bundle.nz, bundle.channels, bundle.size
+        s, nz, c, hw = self.seeds_per_call, bundle.nz, bundle.channels, bundle.size
         f32 = np.float32
         self.x = np.zeros((1, c, hw, hw), f32)
         self.t = np.zeros((), f32)

@@ -55,7 +55,7 @@ class Searcher:
             raise ValueError(f"model input must be float32 {(b.channels, b.size, b.size)}, got {x.dtype} {x.shape}")
         if not np.isfinite(x).all():
             raise ValueError("model input contains NaN or infinite values")
-        p, s = self.params, self.backend.seeds
+        p, s = self.params, self.backend.seeds_per_call
         z_all = start_latents(p, self.seed, s, b.nz, x, self.encoder)
         losses, recs = [], []
         for start in range(0, len(z_all), s):

@@ -197,7 +197,7 @@ class TensorRTBackend(Backend):
         trt, self._runtime, engines, meta = (loader or _load_engines)(bundle, settings.fp16, self.cuda)
         self.versions = {"tensorrt": meta.get("tensorrt"), **self.cuda.describe()}
         log.info("TensorRT backend: %s", self.versions)
-        self.seeds = bundle.seeds_per_call
+        self.seeds_per_call = bundle.seeds_per_call
         self.names = bundle.trainable
         c, s, nz, hw = bundle.channels, bundle.seeds_per_call, bundle.nz, bundle.size
         self.shapes = {"x": (1, c, hw, hw), "t": (), "lr_z": (), "lr_theta": (), "z": (s, nz), "m_z": (s, nz),

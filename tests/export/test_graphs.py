@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from export.graphs import SearchStep, theta_names
-from export.reference import score
+from export.autograd import score
 from training.losses import reconstruction_loss
 from tests.export.conftest import random_generator, sample_x
 

@@ -95,7 +95,7 @@ def test_export_cli_records_the_depth_weight_and_old_manifests_default_to_a_plai
                  "--k", "3", "--depth-weight", "3"]) == 0
     b = Bundle.load(out)
     assert b.search.depth_weight == 3.0
-    # the weight is in the graphs: ONNX Runtime agrees with the weighted autograd reference
+    # the weight is in the graphs: ONNX Runtime agrees with the weighted autograd oracle
     x = sample_to_input(read_sample(synth_data / "test" / "sphere", 0), 32)
     a, r = make_scorer(b, "onnxruntime", seed=1).score(x), make_scorer(b, "torch", seed=1).score(x)
     np.testing.assert_allclose(a.per_seed, r.per_seed, rtol=1e-3)
@@ -156,7 +156,7 @@ def test_export_standardises_the_local_score_on_the_runs_own_training_samples(ti
     """--score-norm train: the run's training samples are scored once with the runtime's search;
     their cell energies' mean and (floored) deviation go into the bundle (hashed) and into the
     loss graph. Scored again with the final bundle, the training samples' standardised cells
-    average 0; ONNX Runtime and the autograd reference agree."""
+    average 0; ONNX Runtime and the autograd oracle agree."""
     import numpy as np
     import torch
 
@@ -194,3 +194,12 @@ def test_export_standardises_the_local_score_on_the_runs_own_training_samples(ti
     with pytest.raises(BundleError, match="cell_stats.npz has been modified"):
         Bundle.load(out)
     assert main(["export", str(tiny_run), "--out", str(tmp_path / "bad"), "--score-norm", "train"]) == 2
+
+
+def test_seeds_per_call_has_one_name_and_reads_the_old_one():
+    """Manifests and command lines written before keep working: `batch_seeds` / `--batch-seeds`."""
+    from adgan.cli import build_parser
+    assert SearchDefaults.from_dict({"k": 3, "batch_seeds": 2}).seeds_per_call == 2
+    assert "batch_seeds" not in SearchDefaults().to_dict()
+    for flag in ("--seeds-per-call", "--batch-seeds"):
+        assert build_parser().parse_args(["export", "RUN", "--out", "B", flag, "2"]).seeds_per_call == 2

@@ -1,4 +1,4 @@
-"""Algorithm 1 through the ONNX Runtime backend, against the autograd reference."""
+"""Algorithm 1 through the ONNX Runtime backend, against the autograd oracle."""
 import csv
 
 import numpy as np

@@ -62,8 +62,8 @@ def torch_generator_from_bundle(bundle) -> Generator:
     return Generator.from_theta(Architecture.from_dict(bundle.manifest["architecture"]), bundle.theta)
 
 
-class ReferenceSearcher:
-    """`adgan score --backend torch`: the autograd reference with the runtime's z0 and defaults."""
+class AutogradSearcher:
+    """`adgan score --backend torch`: the autograd oracle with the runtime's z0 and defaults."""
 
     def __init__(self, bundle, seed: int = 0, **overrides) -> None:
         from dataclasses import replace
@@ -71,7 +71,7 @@ class ReferenceSearcher:
         self.bundle, self.seed = bundle, seed
         self.params = replace(bundle.search, **{k: v for k, v in overrides.items() if v is not None})
         self.g = torch_generator_from_bundle(bundle)
-        self.seeds = bundle.seeds_per_call
+        self.seeds_per_call = bundle.seeds_per_call
         self.encoder = None
         if self.params.z_init == "encoder":  # z0 is an input to Algorithm 1: the runtime's own encoder
             from agent.scoring.encoder import LatentEncoder
@@ -82,7 +82,7 @@ class ReferenceSearcher:
 
         from agent.scoring.search import ScoreResult, start_latents
         p = self.params
-        z0 = torch.from_numpy(start_latents(p, self.seed, self.seeds, self.bundle.nz, x, self.encoder)[: p.n_seed])
+        z0 = torch.from_numpy(start_latents(p, self.seed, self.seeds_per_call, self.bundle.nz, x, self.encoder)[: p.n_seed])
         xt = torch.from_numpy(x).unsqueeze(0)
         per = []
         for s in range(p.n_seed):
