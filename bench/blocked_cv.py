@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-ADGAN = [sys.executable, "-m", "adgan"]
+ADGAN = [sys.executable, "-m", "adgan_edge"]
 
 
 def blocks(lo: int, hi: int, folds: int) -> list[tuple[int, int]]:

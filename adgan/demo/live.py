@@ -125,7 +125,7 @@ def run_live(workdir: Path, settings: dict, truth_of, timeout_s: float, embedded
         if not gw.subscribed.wait(10):
             raise RuntimeError("the demo's subscriber could not subscribe to the broker")
         log = open(workdir / "agent.log", "wb")
-        agent = subprocess.Popen([sys.executable, "-m", "adgan", "agent", "run", "--config", str(config),
+        agent = subprocess.Popen([sys.executable, "-m", "adgan_edge", "agent", "run", "--config", str(config),
                                   "--env-file", os.devnull], stdout=log, stderr=subprocess.STDOUT, env=env)
         print(f"agent: pid {agent.pid}, log {workdir / 'agent.log'}; events as a PLC gateway sees them:")
         try:

@@ -87,7 +87,7 @@ def write_station_config(path: Path, settings: dict) -> AgentSettings:
 def capture_reference(cfg: Path, env: dict[str, str]) -> None:
     """The station's first job: record the empty table (the synthetic station, emptied)."""
     env = {**env, "ADGAN_SOURCE__EMPTY_RATE": "1"}
-    r = subprocess.run([sys.executable, "-m", "adgan", "agent", "capture-reference", "--config", str(cfg),
+    r = subprocess.run([sys.executable, "-m", "adgan_edge", "agent", "capture-reference", "--config", str(cfg),
                         "--count", "10", "--env-file", os.devnull], env=env, capture_output=True, text=True,
                        timeout=300)
     if r.returncode != 0:
