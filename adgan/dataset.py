@@ -91,7 +91,7 @@ def cmd_grid(a: argparse.Namespace) -> int:
         rows.append([read_sample(folder, n) for n in pick])
         names.append(f"{folder.name} ({len(nums)} samples)")
     if not rows:
-        raise SystemExit(f"{a.dir}: no samples to draw")
+        raise ValueError(f"{a.dir}: no samples to draw")
     grid = sample_grid(rows, names, scale=a.scale)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     write_png(a.out, grid)
@@ -103,10 +103,10 @@ def cmd_segment_preview(a: argparse.Namespace) -> int:
     folder = Path(a.raw)
     nums = frame_numbers(folder)
     if not nums:
-        raise SystemExit(f"{folder}: no frames")
+        raise FileNotFoundError(f"{folder}: no frames")
     n = a.frame if a.frame is not None else nums[0]
     if n not in nums:
-        raise SystemExit(f"{folder}: no frame {n} (have {nums[0]}..{nums[-1]})")
+        raise ValueError(f"{folder}: no frame {n} (have {nums[0]}..{nums[-1]})")
     frame = read_raw_frame(folder, n)
     ref = SurfaceReference.load(a.reference) if a.reference else None
     if ref is None:

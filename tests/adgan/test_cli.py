@@ -83,6 +83,11 @@ def test_input_errors_are_one_line_not_a_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "does not exist" in err and "Traceback" not in err
     assert main(["dataset", "segment-preview", str(tmp_path), "--out", str(tmp_path / "x.png")]) == 2
+    for sub in ("rgb", "depth"):
+        (tmp_path / "empty" / "part" / sub).mkdir(parents=True)
+    capsys.readouterr()
+    assert main(["dataset", "grid", str(tmp_path / "empty"), "--out", str(tmp_path / "g.png")]) == 2
+    assert "no samples to draw" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["dataset", "synth", str(tmp_path), "--classes", "torus"])
 
