@@ -10,7 +10,7 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 
@@ -107,3 +107,17 @@ class timed:
 
     def __exit__(self, *exc) -> None:
         setattr(self.obj, self.attr, getattr(self.obj, self.attr) + 1e3 * (time.monotonic() - self.t))
+
+
+@dataclass
+class Work:
+    """What the loop knows about the frame in hand."""
+    started: float
+    captured_at: float
+    capture_ms: float = 0.0
+    segment_ms: float = 0.0
+    score_ms: float = 0.0
+    publish_ms: float = 0.0
+    area: int | None = None
+    forced: bool = False           # inspection requested over MQTT
+    source: dict = field(default_factory=dict)

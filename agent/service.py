@@ -11,14 +11,13 @@ import logging
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
-
 import numpy as np
 
 from agent.decide.anomaly_map import encode_map, heat, hot_box
 from agent.decide.inspector import ClassModel, load_models
 from agent.frame import FrameError, NoObjectError, RGBDFrame, Sample
-from agent.health import Counters, SystemdNotifier, timed
+from agent.health import Counters, SystemdNotifier, Work, timed
+from agent.metrics import Metrics
 from agent.mqtt.events import Event, utc_iso
 from agent.mqtt.outbox import Outbox
 from agent.mqtt.publisher import Publisher
@@ -31,20 +30,6 @@ from agent.sources.supervisor import SourceSupervisor
 from agent.trigger import CommandTrigger, Passage, PassageTrigger
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Work:
-    """What the loop knows about the frame in hand."""
-    started: float
-    captured_at: float
-    capture_ms: float = 0.0
-    segment_ms: float = 0.0
-    score_ms: float = 0.0
-    publish_ms: float = 0.0
-    area: int | None = None
-    forced: bool = False           # inspection requested over MQTT
-    source: dict = field(default_factory=dict)
 
 
 class Agent:
@@ -75,6 +60,7 @@ class Agent:
         self._next_status = 0.0
         # seconds spent per stage over all frames (status and bench/pipeline.py)
         self.stage_s = {"capture": 0.0, "segment": 0.0, "score": 0.0, "publish": 0.0}
+        self.metrics = Metrics(settings.metrics, self.status, lambda: bool(self.models))
 
     # -- start ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -82,6 +68,7 @@ class Agent:
         m = self.s.model
         self.notifier.status("loading models")
         self.models = load_models(m.bundles, m.thresholds, m.seed, m.backend)
+        self.metrics.start()
         self.outbox = Outbox(self.s.outbox.path, self.s.outbox.max_events, self.s.outbox.memory_events)
         pending = len(self.outbox)
         if pending:
@@ -269,6 +256,7 @@ class Agent:
     def _account(self, work: Work) -> None:
         for stage in ("capture", "segment", "score", "publish"):
             self.stage_s[stage] += getattr(work, f"{stage}_ms") / 1e3
+        self.metrics.observe(work)
 
     # -- events --------------------------------------------------------------------------
     def _error(self, work: Work, reason: str, inspection: bool = False, model: ClassModel | None = None) -> None:
@@ -305,6 +293,7 @@ class Agent:
             self.publisher.publish_event(ev.model_dump(by_alias=True))
         self.counters.add("events")
         self.counters.add(verdict)
+        self.metrics.verdict(self.expected, verdict)
         if work.forced:
             self.publisher.publish_state("trigger", "pending" if self.commands.pending else "idle")
         log.info("#%d %s %s score=%s threshold=%s%s", seq, self.expected, verdict,
@@ -322,7 +311,8 @@ class Agent:
                 "mqtt_connected": bool(self.publisher and self.publisher.connected.is_set()),
                 "mqtt": ({**self.publisher.link, "since": utc_iso(self.publisher.link["since"]),
                           **self.publisher.counters} if self.publisher else {}),
-                "source": {"type": self.s.source.type, **self.source_health.to_dict()}}
+                "source": {"type": self.s.source.type, **self.source_health.to_dict()},
+                "interfaces": {"metrics": self.metrics.state}}
 
     def _publish_status(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -343,6 +333,7 @@ class Agent:
     def shutdown(self) -> None:
         """Flush what the broker accepts (bounded), publish offline, release everything. Idempotent."""
         self.notifier.stopping()
+        self.metrics.close()
         if self.publisher is not None:
             self._publish_status(force=True)
             if not self.publisher.flush(self.s.health.stop_flush_s):

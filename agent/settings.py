@@ -153,6 +153,13 @@ class OutboxSettings(_Strict):
                                                          "counted")
 
 
+class MetricsSettings(_Strict):
+    enabled: bool = Field(False, description="serve Prometheus metrics on http://<host>:<port>/metrics")
+    host: str = Field("127.0.0.1", min_length=1, description="address to bind (loopback unless configured; "
+                                                             "0.0.0.0 for every interface)")
+    port: int = Field(9108, ge=1, le=65535, description="TCP port of the metrics endpoint")
+
+
 class HealthSettings(_Strict):
     status_interval_s: float = Field(10.0, gt=0, description="heartbeat period on .../status")
     frame_timeout_s: float = Field(5.0, gt=0, description="no frame for this long means reconnect the camera")
@@ -175,6 +182,8 @@ class AgentSettings(BaseSettings):
     mqtt: MqttSettings = Field(default_factory=MqttSettings, description="the broker")
     outbox: OutboxSettings = Field(default_factory=OutboxSettings, description="events not yet acknowledged")
     health: HealthSettings = Field(default_factory=HealthSettings, description="heartbeat and watchdog")
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings, description="Prometheus endpoint (off by "
+                                                                                  "default)")
 
     @field_validator("station_id")
     @classmethod

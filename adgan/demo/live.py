@@ -117,7 +117,10 @@ def run_live(workdir: Path, settings: dict, truth_of, timeout_s: float, embedded
         broker = BrokerProcess(workdir, embedded=embedded_broker)
         print(f"broker: {broker.kind} on 127.0.0.1:{broker.port} (pid {broker.pid})")
         config = workdir / "agent.toml"
-        write_station_config(config, {**settings, "mqtt": {**settings.get("mqtt", {}), "port": broker.port}})
+        station = write_station_config(config, {**settings, "mqtt": {**settings.get("mqtt", {}), "port": broker.port}})
+        if station.metrics.enabled:
+            print(f"metrics: http://{station.metrics.host}:{station.metrics.port}/metrics (Prometheus, while the "
+                  "agent runs)")
         env = dict(os.environ)
         if before_agent is not None:
             before_agent(config, env)

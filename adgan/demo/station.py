@@ -14,6 +14,7 @@ from typing import Callable
 
 import tomli_w
 
+from adgan.broker import free_port
 from adgan.demo.data import Plan
 from agent.settings import AgentSettings, load_settings
 from agent.sources.synthetic import CLASSES
@@ -33,6 +34,7 @@ def station_settings(plan: Plan, bundles: dict[str, Path], th: Path, workdir: Pa
         "mqtt": {"host": "127.0.0.1"},
         "outbox": {"path": str(workdir / "outbox.sqlite")},
         "health": {"status_interval_s": 2},
+        "metrics": {"enabled": True, "port": free_port()},
     }
     if a.data:
         stream, truth_of = replay_stream(plan, workdir / "stream")

@@ -192,3 +192,17 @@ class AgentProcess:
             self.proc.kill()
             self.proc.wait(10)
         self.fh.close()
+
+
+def scrape(url: str, timeout: float = 10.0) -> str:
+    """The text of an HTTP endpoint on loopback, retried until `timeout` (it may still be starting)."""
+    import urllib.request
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                return r.read().decode()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)

@@ -1,0 +1,96 @@
+"""The Prometheus endpoint (`[metrics]`, off by default): per-stage latency histograms, verdicts
+per class, and the station's state (outbox depth, MQTT link, engine warm, frames, drops).
+
+It serves `http://<host>:<port>/metrics` from its own thread (prometheus-client), bound to
+loopback unless configured. A port that cannot be bound is logged, reported under
+`interfaces.metrics` in `status`, and inspection goes on without it.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+log = logging.getLogger(__name__)
+
+STAGES = ("capture", "segment", "score", "publish")
+# seconds: a frame's stages run from well under a millisecond to a slow engine's seconds
+BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class _StateCollector:
+    """Read at each scrape from the agent's `status()`: nothing to keep in step."""
+
+    def __init__(self, status: Callable[[], dict], warm: Callable[[], bool]) -> None:
+        self.status, self.warm = status, warm
+
+    def collect(self):
+        st = self.status()
+        c, ob = st["counters"], st["outbox"]
+        yield GaugeMetricFamily("adgan_outbox_depth", "events stored and not yet acknowledged by the broker",
+                                value=ob.get("depth", 0))
+        yield CounterMetricFamily("adgan_outbox_dropped_events", "events dropped because the outbox was full",
+                                  value=ob.get("dropped", 0))
+        yield GaugeMetricFamily("adgan_mqtt_connected", "1 while the MQTT link is up",
+                                value=1.0 if st["mqtt_connected"] else 0.0)
+        yield GaugeMetricFamily("adgan_engine_warm", "1 while the models are loaded and warmed up",
+                                value=1.0 if self.warm() else 0.0)
+        yield GaugeMetricFamily("adgan_source_running", "1 while the frame source delivers",
+                                value=1.0 if st["source"]["state"] == "running" else 0.0)
+        yield CounterMetricFamily("adgan_frames", "frames read from the source", value=c["frames"])
+        yield CounterMetricFamily("adgan_frames_dropped", "frames read but not inspected because of an error "
+                                  "(error events and suppressed repeats)",
+                                  value=c["error"] + c["errors_suppressed"])
+        yield CounterMetricFamily("adgan_source_failures", "failures of the frame source (each reopened)",
+                                  value=st["source"]["failures"])
+
+
+class Metrics:
+    """The agent's metrics. `status` is the agent's status(), `warm` says whether its engines are warm."""
+
+    def __init__(self, settings, status: Callable[[], dict], warm: Callable[[], bool]) -> None:
+        self.settings = settings
+        self.registry = CollectorRegistry()  # the state collector is read at scrapes only
+        self.stage = Histogram("adgan_stage_seconds", "time per pipeline stage of one frame", ["stage"],
+                               buckets=BUCKETS, registry=self.registry)
+        self.verdicts = Counter("adgan_verdicts", "events per expected class and verdict",
+                                ["class", "verdict"], registry=self.registry)
+        self.registry.register(_StateCollector(status, warm))
+        self._server = None
+        self.state = {"state": "off"} if not settings.enabled else {"state": "starting"}
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.host}:{self.settings.port}/metrics"
+
+    def start(self) -> None:
+        """Serve the endpoint; a failure is reported, never raised."""
+        if not self.settings.enabled:
+            return
+        try:
+            self._server, _ = start_http_server(self.settings.port, self.settings.host, self.registry)
+        except OSError as e:
+            self.state = {"state": "error", "error": f"cannot serve {self.url}: {e}"}
+            log.error("metrics: %s; inspection goes on without them", self.state["error"])
+            return
+        self.state = {"state": "serving", "url": self.url}
+        log.info("metrics on %s", self.url)
+
+    def observe(self, work) -> None:
+        """The stage times of one frame (Work's *_ms fields); stages that did not run are skipped."""
+        for stage in STAGES:
+            ms = getattr(work, f"{stage}_ms")
+            if ms > 0:
+                self.stage.labels(stage).observe(ms / 1e3)
+
+    def verdict(self, cls: str, verdict: str) -> None:
+        self.verdicts.labels(cls, verdict).inc()
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+            self.state = {"state": "stopped"}
