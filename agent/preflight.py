@@ -125,11 +125,23 @@ def check_secrets(s: AgentSettings, r: Report, config: str | Path | None) -> Non
                           "network path can read it")
 
 
+def check_interfaces(s: AgentSettings, r: Report) -> None:
+    """A GPIO chip that is not there is a setting at fault (a busy line is found only at run
+    time, and reported in status: requesting lines here would take them from the agent)."""
+    g = s.gpio
+    if g.enabled and g.backend == "gpiod":
+        from agent.gpio.lines import GpioError, GpiodChip
+        try:
+            GpiodChip(g.chip)
+        except GpioError as e:
+            r.problems.append(SettingError("gpio.chip", str(e)))
+
+
 def preflight(s: AgentSettings, config: str | Path | None = None) -> Report:
     """Every check `run` makes before it starts, without opening engines, sockets or files
     for writing."""
     r = Report()
-    for check in (check_models, check_tls, check_outbox, check_source):
+    for check in (check_models, check_tls, check_outbox, check_source, check_interfaces):
         check(s, r)
     check_secrets(s, r, config)
     return r

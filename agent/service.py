@@ -17,6 +17,7 @@ from agent.decide.anomaly_map import encode_map, heat, hot_box
 from agent.decide.inspector import ClassModel, load_models
 from agent.frame import FrameError, NoObjectError, RGBDFrame, Sample
 from agent.health import Counters, SystemdNotifier, Work, timed
+from agent.gpio.station import StationIO
 from agent.metrics import Metrics
 from agent.mqtt.events import Event, utc_iso
 from agent.mqtt.outbox import Outbox
@@ -30,6 +31,7 @@ from agent.sources.supervisor import SourceSupervisor
 from agent.trigger import CommandTrigger, Passage, PassageTrigger
 
 log = logging.getLogger(__name__)
+ON_REQUEST = ("mqtt", "gpio")  # trigger modes that inspect only requested frames
 
 
 class Agent:
@@ -61,6 +63,7 @@ class Agent:
         # seconds spent per stage over all frames (status and bench/pipeline.py)
         self.stage_s = {"capture": 0.0, "segment": 0.0, "score": 0.0, "publish": 0.0}
         self.metrics = Metrics(settings.metrics, self.status, lambda: bool(self.models))
+        self.io = StationIO(settings.gpio, self.commands.request if t.mode == "gpio" else None)
 
     # -- start ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -69,6 +72,7 @@ class Agent:
         self.notifier.status("loading models")
         self.models = load_models(m.bundles, m.thresholds, m.seed, m.backend)
         self.metrics.start()
+        self.io.start()
         self.outbox = Outbox(self.s.outbox.path, self.s.outbox.max_events, self.s.outbox.memory_events)
         pending = len(self.outbox)
         if pending:
@@ -124,6 +128,7 @@ class Agent:
                 self.notifier.watchdog()
                 self._publish_status()
                 self._apply_class_request()
+                self.io.ready(bool(self.models) and self.source_health.state == "running")
                 if self.feed.source is None:
                     if self.commands.take(0):  # a requested inspection cannot wait for the camera
                         self._error(Work(time.monotonic(), time.time(), forced=True,
@@ -145,7 +150,7 @@ class Agent:
     def _iteration(self) -> bool:
         mode = self.s.trigger.mode
         forced = False
-        if mode == "mqtt" and not self.feed.source.live:
+        if mode in ON_REQUEST and not self.feed.source.live:
             # A replay advances only on request: wait (bounded, so heartbeats go on).
             if not self.commands.take(0.2):
                 return True
@@ -181,7 +186,7 @@ class Agent:
         if truth:
             work.source["truth"] = truth
         if isinstance(item, Sample):
-            if not (mode == "mqtt" and not forced):
+            if not (mode in ON_REQUEST and not forced):
                 self._inspect_sample(work, item, forced)
         else:
             self._handle_frame(work, item, mode, forced)
@@ -189,7 +194,7 @@ class Agent:
         return True
 
     def _handle_frame(self, work: Work, frame: RGBDFrame, mode: str, forced: bool) -> None:
-        if mode == "mqtt" and not forced:
+        if mode in ON_REQUEST and not forced:
             return  # a live camera between requests: frames keep flowing, nothing to inspect
         try:
             with timed(work, "segment_ms"):
@@ -265,7 +270,7 @@ class Agent:
         the previous one is counted (errors_suppressed) instead of flooding the topic."""
         mode = self.s.trigger.mode
         quiet = not (work.forced or inspection) and (
-            mode == "mqtt" or mode == "continuous" and reason == self._last_error)
+            mode in ON_REQUEST or mode == "continuous" and reason == self._last_error)
         if quiet:
             self.counters.add("errors_suppressed")
             log.debug("frame not inspected (suppressed repeat): %s", reason)
@@ -294,6 +299,7 @@ class Agent:
         self.counters.add("events")
         self.counters.add(verdict)
         self.metrics.verdict(self.expected, verdict)
+        self.io.verdict(verdict)
         if work.forced:
             self.publisher.publish_state("trigger", "pending" if self.commands.pending else "idle")
         log.info("#%d %s %s score=%s threshold=%s%s", seq, self.expected, verdict,
@@ -312,7 +318,7 @@ class Agent:
                 "mqtt": ({**self.publisher.link, "since": utc_iso(self.publisher.link["since"]),
                           **self.publisher.counters} if self.publisher else {}),
                 "source": {"type": self.s.source.type, **self.source_health.to_dict()},
-                "interfaces": {"metrics": self.metrics.state}}
+                "interfaces": {"metrics": self.metrics.state, "gpio": self.io.status()}}
 
     def _publish_status(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -334,6 +340,7 @@ class Agent:
         """Flush what the broker accepts (bounded), publish offline, release everything. Idempotent."""
         self.notifier.stopping()
         self.metrics.close()
+        self.io.close()
         if self.publisher is not None:
             self._publish_status(force=True)
             if not self.publisher.flush(self.s.health.stop_flush_s):

@@ -103,9 +103,10 @@ class ModelSettings(_Strict):
 
 
 class TriggerSettings(_Strict):
-    mode: Literal["continuous", "mqtt", "every_frame"] = Field(
+    mode: Literal["continuous", "mqtt", "every_frame", "gpio"] = Field(
         "continuous", description="continuous: one inspection per object passage; mqtt: on .../trigger/set; "
-                                  "every_frame: each frame is one inspection (replays of single captures)")
+                                  "every_frame: each frame is one inspection (replays of single captures); "
+                                  "gpio: on an edge of gpio.trigger_line (and on .../trigger/set)")
     min_area_px: int = Field(1500, ge=1, description="mask area that counts as an object present")
     settle_frames: int = Field(3, ge=1, description="frames the object must stay before it is scored")
     settle_tolerance: float = Field(0.1, gt=0, lt=1, description="relative area change that still counts as still")
@@ -153,6 +154,42 @@ class OutboxSettings(_Strict):
                                                          "counted")
 
 
+class GpioSettings(_Strict):
+    enabled: bool = Field(False, description="use digital I/O (trigger input, verdict outputs)")
+    backend: Literal["gpiod", "memory"] = Field("gpiod", description="gpiod: the kernel's GPIO character device "
+                                                                     "through libgpiod v2; memory: in-process "
+                                                                     "lines (tests, simulations)")
+    chip: str = Field("/dev/gpiochip0", min_length=1, description="the GPIO chip (gpiodetect lists them)")
+    trigger_line: int | None = Field(None, ge=0, description="input line offset of the trigger (a light barrier or "
+                                                             "a PLC output); needs trigger.mode 'gpio'")
+    trigger_edge: Literal["rising", "falling"] = Field("rising", description="the edge that starts an inspection")
+    trigger_active_low: bool = Field(False, description="the trigger input is active at the low level")
+    debounce_ms: float = Field(5.0, ge=0, le=1000, description="an edge counts only after this long without edges")
+    dead_time_ms: float = Field(200.0, ge=0, le=60000, description="edges within this time of a counted edge "
+                                                                    "are ignored (counted as dead_time)")
+    delay_ms: float = Field(0.0, ge=0, le=60000, description="from the edge to the inspection request (the part "
+                                                             "settling in front of the camera)")
+    ok_line: int | None = Field(None, ge=0, description="output line offset: the part is OK")
+    ng_line: int | None = Field(None, ge=0, description="output line offset: the part is NG (anomalous)")
+    error_line: int | None = Field(None, ge=0, description="output line offset: not inspected (error, no object)")
+    busy_line: int | None = Field(None, ge=0, description="output line offset: active from the trigger to the "
+                                                          "verdict")
+    ready_line: int | None = Field(None, ge=0, description="output line offset: active while the engines are warm "
+                                                           "and the source delivers frames")
+    output_mode: Literal["pulse", "hold"] = Field("pulse", description="pulse: a verdict line is active for "
+                                                                       "pulse_ms; hold: until the next part")
+    pulse_ms: float = Field(100.0, gt=0, le=60000, description="length of a verdict pulse")
+    active_low: bool = Field(False, description="outputs: active is the low level")
+
+    @model_validator(mode="after")
+    def _distinct_lines(self):
+        used = [v for v in (self.trigger_line, self.ok_line, self.ng_line, self.error_line, self.busy_line,
+                            self.ready_line) if v is not None]
+        if len(used) != len(set(used)):
+            raise ValueError(f"each line offset may be used once, got {used}")
+        return self
+
+
 class MetricsSettings(_Strict):
     enabled: bool = Field(False, description="serve Prometheus metrics on http://<host>:<port>/metrics")
     host: str = Field("127.0.0.1", min_length=1, description="address to bind (loopback unless configured; "
@@ -182,8 +219,18 @@ class AgentSettings(BaseSettings):
     mqtt: MqttSettings = Field(default_factory=MqttSettings, description="the broker")
     outbox: OutboxSettings = Field(default_factory=OutboxSettings, description="events not yet acknowledged")
     health: HealthSettings = Field(default_factory=HealthSettings, description="heartbeat and watchdog")
+    gpio: GpioSettings = Field(default_factory=GpioSettings, description="digital I/O (off by default)")
     metrics: MetricsSettings = Field(default_factory=MetricsSettings, description="Prometheus endpoint (off by "
                                                                                   "default)")
+
+    @model_validator(mode="after")
+    def _gpio_trigger(self):
+        g, mode = self.gpio, self.trigger.mode
+        if mode == "gpio" and not (g.enabled and g.trigger_line is not None):
+            raise ValueError("trigger.mode 'gpio' needs gpio.enabled = true and gpio.trigger_line")
+        if mode != "gpio" and g.enabled and g.trigger_line is not None:
+            raise ValueError(f"gpio.trigger_line is set but trigger.mode is {mode!r}: set trigger.mode = 'gpio'")
+        return self
 
     @field_validator("station_id")
     @classmethod

@@ -46,7 +46,8 @@ def make_bundle(root: Path, size: int, features_g: int) -> Path:
 def run(root: Path, bundle: Path, port: int, parts: int, threads: int) -> dict:
     b = Bundle.load(bundle)
     th = root / f"thresholds-{b.bundle_hash[:8]}.json"
-    write_threshold(th, "cylinder", {"threshold": 0.1, "bundle_hash": b.bundle_hash, "seed": 0})
+    write_threshold(th, "cylinder", {"threshold": 0.1, "bundle_hash": b.bundle_hash, "seed": 0,
+                                     "engine": "onnxruntime/CPUExecutionProvider"})
     s = AgentSettings(
         station_id="bench",
         source={"type": "synthetic", "seed": 7, "classes": ["cylinder"], "defect_rate": 0.2, "frames_per_part": 4,

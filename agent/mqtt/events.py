@@ -76,7 +76,7 @@ class Event(_Doc):
     decided_at: str = Field(description="UTC time the verdict was made (ISO 8601)")
     expected_class: str = Field(description="the class being inspected")
     model: Optional[ModelRef] = Field(None, description="the model that scored the object (absent when none ran)")
-    trigger: Literal["continuous", "mqtt", "every_frame"] = Field(description="what started this inspection")
+    trigger: Literal["continuous", "mqtt", "every_frame", "gpio"] = Field(description="what started this inspection")
     verdict: Verdict = Field(description="ok, anomaly (score > threshold), no_object, or error")
     score: Optional[float] = Field(None, description="anomaly score (mean final loss over seeds); higher is worse")
     threshold: Optional[float] = Field(None, description="calibrated threshold: anomaly when score > threshold")

@@ -131,3 +131,21 @@ def test_a_password_in_the_file_or_without_tls_is_warned_about(calibrated, tmp_p
     finally:
         del os.environ["ADGAN_MQTT__PASSWORD"]
     assert rc == 0 and "without TLS" in err and "secret-env" not in err, err
+
+
+def test_interfaces_with_bad_settings_exit_2_at_validate_config(calibrated, tmp_path, capsys):
+    """Issue 17: a missing GPIO chip, a gpio trigger without its line, a line used twice."""
+    bundle, thresholds = calibrated
+    cases = [
+        ('[gpio]\nenabled = true\nchip = "/dev/no-such-gpiochip"\nok_line = 1\n', "gpio.chip",
+         "/dev/no-such-gpiochip is not a GPIO chip"),
+        ('[gpio]\nenabled = true\nbackend = "memory"\nok_line = 1\nng_line = 1\n', "gpio",
+         "each line offset may be used once"),
+        ('[metrics]\nenabled = true\nport = 70000\n', "metrics.port", "less than or equal to 65535"),
+    ]
+    for extra, where, why in cases:
+        rc, err = validate(agent_config(tmp_path, 1, bundle, thresholds, SRC, extra=extra), capsys)
+        assert rc == 2 and where in err and why in err, (extra, err)
+    cfg = agent_config(tmp_path, 1, bundle, thresholds, SRC, trigger="gpio")
+    rc, err = validate(cfg, capsys)
+    assert rc == 2 and "trigger.mode 'gpio' needs gpio.enabled = true and gpio.trigger_line" in err

@@ -1,0 +1,202 @@
+"""GPIO lines behind one small interface: the kernel's character device through libgpiod v2
+(`gpiod`, what current Jetson images use) or an in-memory chip (tests, simulations).
+
+Inputs report every edge (both directions) with a CLOCK_MONOTONIC timestamp in ns, so the
+station can apply its debounce and dead time the same way on every backend; outputs take a
+logical value, and `active_low` decides the physical level.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections import deque
+from dataclasses import dataclass
+
+
+class GpioError(RuntimeError):
+    """A chip or line that cannot be used (missing, busy, no permission)."""
+
+
+@dataclass(frozen=True)
+class Edge:
+    rising: bool
+    timestamp_ns: int  # CLOCK_MONOTONIC, comparable with time.monotonic_ns()
+
+
+class InputLine(ABC):
+    @abstractmethod
+    def wait_edges(self, timeout_s: float) -> list[Edge]:
+        """Edges since the last call, waiting up to `timeout_s` for the first."""
+
+    def close(self) -> None:
+        pass
+
+
+class OutputLine(ABC):
+    @abstractmethod
+    def set(self, active: bool) -> None:
+        """Drive the line to its active (True) or inactive level."""
+
+    def close(self) -> None:
+        pass
+
+
+class Chip(ABC):
+    @abstractmethod
+    def input(self, offset: int, active_low: bool, debounce_ms: float) -> InputLine: ...
+
+    @abstractmethod
+    def output(self, offset: int, active_low: bool) -> OutputLine: ...
+
+    def close(self) -> None:
+        pass
+
+
+# -- in memory ---------------------------------------------------------------------------
+class MemoryInput(InputLine):
+    def __init__(self, active_low: bool) -> None:
+        self.active_low, self.level = active_low, False  # logical level
+        self._edges: deque[Edge] = deque()
+        self._cond = threading.Condition()
+
+    def drive(self, active: bool, timestamp_ns: int | None = None) -> None:
+        """What the wire does (tests, simulators): an edge when the logical level changes."""
+        with self._cond:
+            if active == self.level:
+                return
+            self.level = active
+            self._edges.append(Edge(active, timestamp_ns if timestamp_ns is not None else time.monotonic_ns()))
+            self._cond.notify_all()
+
+    def wait_edges(self, timeout_s: float) -> list[Edge]:
+        with self._cond:
+            if not self._edges:
+                self._cond.wait(timeout_s)
+            out = list(self._edges)
+            self._edges.clear()
+            return out
+
+
+class MemoryOutput(OutputLine):
+    def __init__(self, active_low: bool) -> None:
+        self.active_low, self.active = active_low, False
+        self.history: list[tuple[int, bool]] = []  # (monotonic ns, logical value) of every change
+        self._lock = threading.Lock()
+
+    @property
+    def physical_high(self) -> bool:
+        return self.active != self.active_low
+
+    def set(self, active: bool) -> None:
+        with self._lock:
+            if active != self.active:
+                self.active = active
+                self.history.append((time.monotonic_ns(), active))
+
+
+class MemoryChip(Chip):
+    """Lines in memory, shared by name within a process: a test opens the agent's chip by the
+    same name and drives its inputs and reads its outputs."""
+
+    _chips: dict[str, "MemoryChip"] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.inputs: dict[int, MemoryInput] = {}
+        self.outputs: dict[int, MemoryOutput] = {}
+        self.busy: set[int] = set()  # offsets another user holds: requesting them fails like a busy line
+
+    @classmethod
+    def named(cls, name: str) -> "MemoryChip":
+        with cls._lock:
+            return cls._chips.setdefault(name, cls(name))
+
+    def _claim(self, offset: int) -> None:
+        if offset in self.busy or offset in self.inputs or offset in self.outputs:
+            raise GpioError(f"memory chip {self.name!r}: line {offset} is busy")
+
+    def input(self, offset: int, active_low: bool, debounce_ms: float) -> MemoryInput:
+        self._claim(offset)
+        self.inputs[offset] = MemoryInput(active_low)
+        return self.inputs[offset]
+
+    def output(self, offset: int, active_low: bool) -> MemoryOutput:
+        self._claim(offset)
+        self.outputs[offset] = MemoryOutput(active_low)
+        return self.outputs[offset]
+
+    def close(self) -> None:
+        self.inputs.clear()
+        self.outputs.clear()
+
+
+# -- libgpiod v2 ---------------------------------------------------------------------------
+class GpiodInput(InputLine):
+    def __init__(self, request, offset: int) -> None:
+        self.request, self.offset = request, offset
+
+    def wait_edges(self, timeout_s: float) -> list[Edge]:
+        from gpiod.edge_event import EdgeEvent
+        if not self.request.wait_edge_events(timeout_s):
+            return []
+        return [Edge(e.event_type is EdgeEvent.Type.RISING_EDGE, e.timestamp_ns)
+                for e in self.request.read_edge_events()]
+
+    def close(self) -> None:
+        self.request.release()
+
+
+class GpiodOutput(OutputLine):
+    def __init__(self, request, offset: int) -> None:
+        self.request, self.offset = request, offset
+
+    def set(self, active: bool) -> None:
+        from gpiod.line import Value
+        self.request.set_value(self.offset, Value.ACTIVE if active else Value.INACTIVE)
+
+    def close(self) -> None:
+        self.set(False)
+        self.request.release()
+
+
+class GpiodChip(Chip):
+    CONSUMER = "adgan-agent"
+
+    def __init__(self, path: str) -> None:
+        try:
+            import gpiod
+        except ImportError as e:
+            raise GpioError("the gpiod package (libgpiod v2 bindings) is not installed: pip install gpiod") from e
+        if not gpiod.is_gpiochip_device(path):
+            raise GpioError(f"{path} is not a GPIO chip (ls /dev/gpiochip*; gpiodetect lists them)")
+        self.gpiod, self.path = gpiod, path
+
+    def _request(self, offset: int, settings):
+        try:
+            return self.gpiod.request_lines(self.path, consumer=self.CONSUMER, config={offset: settings})
+        except OSError as e:
+            raise GpioError(f"{self.path} line {offset}: {e.strerror or e} (busy, or no permission: the "
+                            "agent's user needs the gpio group)") from e
+
+    def input(self, offset: int, active_low: bool, debounce_ms: float) -> GpiodInput:
+        from datetime import timedelta
+
+        from gpiod.line import Direction, Edge as GEdge
+        s = self.gpiod.LineSettings(direction=Direction.INPUT, edge_detection=GEdge.BOTH, active_low=active_low,
+                                    debounce_period=timedelta(milliseconds=debounce_ms))
+        return GpiodInput(self._request(offset, s), offset)
+
+    def output(self, offset: int, active_low: bool) -> GpiodOutput:
+        from gpiod.line import Direction, Value
+        s = self.gpiod.LineSettings(direction=Direction.OUTPUT, active_low=active_low, output_value=Value.INACTIVE)
+        return GpiodOutput(self._request(offset, s), offset)
+
+
+def open_chip(backend: str, chip: str) -> Chip:
+    if backend == "memory":
+        return MemoryChip.named(chip)
+    if backend == "gpiod":
+        return GpiodChip(chip)
+    raise GpioError(f"unknown GPIO backend {backend!r}")

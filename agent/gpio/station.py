@@ -1,0 +1,165 @@
+"""The station's digital I/O (`[gpio]`, off by default).
+
+Trigger in: an edge of the configured direction on `trigger_line` counts when the line was
+quiet for `debounce_ms` before it (contact bounce is ignored) and at least `dead_time_ms`
+after the last counted edge; `delay_ms` later one inspection is requested (the agent scores
+the next frame). Verdicts out: `ok`, `ng` and `error` (an error or no object) are pulsed for
+`pulse_ms` or held until the next part; `busy` is active from a counted edge until the verdict;
+`ready` is active only while the engines are warm and the source delivers frames. Logical
+active is the physical high level unless `active_low`.
+
+Failures to open the chip or a line are reported in `state` (status: interfaces.gpio) and
+inspection goes on without digital I/O.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+from agent.gpio.lines import Chip, GpioError, InputLine, OutputLine, open_chip
+
+log = logging.getLogger(__name__)
+
+VERDICT_LINES = {"ok": "ok", "anomaly": "ng", "error": "error", "no_object": "error"}
+
+
+class StationIO:
+    def __init__(self, settings, on_trigger: Callable[[], object] | None = None) -> None:
+        self.s, self.on_trigger = settings, on_trigger
+        self.chip: Chip | None = None
+        self.outputs: dict[str, OutputLine] = {}
+        self.input: InputLine | None = None
+        self.state: dict = {"state": "off"}
+        self.counts = {"edges": 0, "triggers": 0, "bounces": 0, "dead_time": 0}
+        self._stop = threading.Event()
+        self._timers: dict[str, threading.Timer] = {}
+        self._lock = threading.Lock()
+        self._ready: bool | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        s = self.s
+        if not s.enabled:
+            return
+        try:
+            self.chip = open_chip(s.backend, s.chip)
+            for name in ("ok", "ng", "error", "busy", "ready"):
+                offset = getattr(s, f"{name}_line")
+                if offset is not None:
+                    self.outputs[name] = self.chip.output(offset, s.active_low)
+            if s.trigger_line is not None and self.on_trigger is not None:
+                self.input = self.chip.input(s.trigger_line, s.trigger_active_low, s.debounce_ms)
+        except GpioError as e:
+            self.state = {"state": "error", "error": str(e)}
+            log.error("GPIO: %s; inspection goes on without digital I/O", e)
+            self.close()
+            self.state = {"state": "error", "error": str(e)}
+            return
+        if self.input is not None:
+            self._thread = threading.Thread(target=self._watch, name="gpio-trigger", daemon=True)
+            self._thread.start()
+        self.state = {"state": "running", "chip": s.chip, "lines": sorted(self.outputs) +
+                      (["trigger"] if self.input else [])}
+        log.info("GPIO on %s (%s): %s", s.chip, s.backend, ", ".join(self.state["lines"]))
+
+    # -- trigger -----------------------------------------------------------------------------
+    def _watch(self) -> None:
+        s = self.s
+        rising = s.trigger_edge == "rising"
+        last_raw = last_counted = None
+        while not self._stop.is_set():
+            try:
+                edges = self.input.wait_edges(0.2)
+            except Exception as e:  # a line that fails is reported; the agent goes on
+                self.state = {"state": "error", "error": f"trigger line failed: {e}"}
+                log.exception("GPIO trigger line failed")
+                return
+            for e in edges:
+                self.counts["edges"] += 1
+                quiet = last_raw is None or (e.timestamp_ns - last_raw) >= s.debounce_ms * 1e6
+                last_raw = e.timestamp_ns
+                if e.rising != rising:
+                    continue
+                if not quiet:
+                    self.counts["bounces"] += 1
+                    continue
+                if last_counted is not None and (e.timestamp_ns - last_counted) < s.dead_time_ms * 1e6:
+                    self.counts["dead_time"] += 1
+                    continue
+                last_counted = e.timestamp_ns
+                self.counts["triggers"] += 1
+                self._begin_part()
+                wait = e.timestamp_ns / 1e9 + s.delay_ms / 1e3 - time.monotonic()
+                if wait > 0 and self._stop.wait(wait):
+                    return
+                self.on_trigger()
+
+    def _begin_part(self) -> None:
+        """A new part: verdicts held from the last one go inactive, busy goes active."""
+        if self.s.output_mode == "hold":
+            for name in ("ok", "ng", "error"):
+                self._set(name, False)
+        self._set("busy", True)
+
+    # -- outputs ------------------------------------------------------------------------------
+    def _set(self, name: str, active: bool) -> None:
+        line = self.outputs.get(name)
+        if line is None:
+            return
+        try:
+            line.set(active)
+        except Exception as e:
+            self.state = {"state": "error", "error": f"output {name} failed: {e}"}
+            log.error("GPIO output %s failed: %s", name, e)
+
+    def verdict(self, verdict: str) -> None:
+        """Show an event's verdict: pulse or hold its line, clear busy."""
+        name = VERDICT_LINES.get(verdict)
+        if self.chip is None or name is None:
+            return
+        with self._lock:
+            for t in self._timers.values():
+                t.cancel()
+            self._timers.clear()
+            for other in ("ok", "ng", "error"):
+                if other != name:
+                    self._set(other, False)
+            self._set(name, True)
+            self._set("busy", False)
+            if self.s.output_mode == "pulse":
+                t = threading.Timer(self.s.pulse_ms / 1e3, self._set, (name, False))
+                t.daemon = True
+                self._timers[name] = t
+                t.start()
+
+    def ready(self, ready: bool) -> None:
+        """Drive `ready` (only on changes)."""
+        if self.chip is not None and ready != self._ready:
+            self._ready = ready
+            self._set("ready", ready)
+
+    def status(self) -> dict:
+        return {**self.state, **({"counts": dict(self.counts)} if self.input else {})}
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(2)
+        with self._lock:
+            for t in self._timers.values():
+                t.cancel()
+        for line in [*self.outputs.values(), *([self.input] if self.input else [])]:
+            try:
+                if isinstance(line, OutputLine):
+                    line.set(False)
+                line.close()
+            except Exception:
+                log.exception("closing a GPIO line")
+        self.outputs, self.input = {}, None
+        if self.chip is not None:
+            self.chip.close()
+            self.chip = None
+        if self.state.get("state") == "running":
+            self.state = {"state": "stopped"}

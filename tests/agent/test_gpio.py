@@ -1,0 +1,211 @@
+"""Digital I/O driven through the real agent loop (issue 17): a trigger edge in, a verdict line
+out. The in-memory chip stands in for the hardware; the kernel's gpio-sim runs the gpiod
+backend where this machine has it."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from agent.gpio.lines import GpioError, MemoryChip, open_chip
+from agent.service import Agent
+from agent.settings import load_settings
+from tests.agent.conftest import Subscriber, agent_config
+from tests.agent.mqtt.test_faults import send
+from tests.agent.test_service import mixed_folder
+
+TRIGGER, OK, NG, ERROR, BUSY, READY = range(6)
+
+
+def wait(cond, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def gpio_config(tmp_path, broker, calibrated, folder, chip: str, mode: str = "hold") -> Path:
+    bundle, thresholds = calibrated
+    return agent_config(tmp_path, broker.port, bundle, thresholds, f'type = "folder"\npath = "{folder}"\nfps = 0',
+                        trigger="gpio", extra=f"""\
+                            [gpio]
+                            enabled = true
+                            backend = "memory"
+                            chip = "{chip}"
+                            trigger_line = {TRIGGER}
+                            ok_line = {OK}
+                            ng_line = {NG}
+                            error_line = {ERROR}
+                            busy_line = {BUSY}
+                            ready_line = {READY}
+                            debounce_ms = 2
+                            dead_time_ms = 40
+                            output_mode = "{mode}"
+                            pulse_ms = 30
+                            """)
+
+
+class Running:
+    """The agent's own loop in a thread of this process (the memory chip is per process)."""
+
+    def __init__(self, cfg: Path) -> None:
+        self.agent = Agent(load_settings(cfg, env_file=None))
+        self.agent.start()
+        self.thread = threading.Thread(target=self.agent.run, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.agent.request_stop()
+        self.thread.join(30)
+        assert not self.thread.is_alive()
+
+
+def events(sub):
+    return [json.loads(p) for t, p, _ in sub.messages if t == "adgan/st1/events"]
+
+
+def test_an_edge_inspects_one_part_and_its_verdict_line_follows(broker, calibrated, synth_data, tmp_path):
+    n = mixed_folder(synth_data, tmp_path / "samples")
+    name = f"test-{uuid.uuid4()}"
+    sub = Subscriber(broker.port, "adgan/st1/#")
+    assert sub.subscribed.wait(10)
+    run = Running(gpio_config(tmp_path, broker, calibrated, tmp_path / "samples", name))
+    chip = MemoryChip.named(name)
+    try:
+        out = chip.outputs
+        trig = chip.inputs[TRIGGER]
+        assert wait(lambda: out[READY].active), "ready never went active"
+        seen = []
+        for i in range(4):
+            t0 = time.monotonic_ns()
+            trig.drive(True, t0)
+            trig.drive(False, t0 + 1_000)      # contact bounce within debounce_ms: one trigger
+            trig.drive(True, t0 + 2_000)
+            trig.drive(False, time.monotonic_ns() + 5_000_000)
+            assert wait(lambda: len(events(sub)) == i + 1), run.agent.status()
+            assert wait(lambda: not out[BUSY].active and (out[OK].active or out[NG].active))
+            seen.append("ok" if out[OK].active else "anomaly")
+            assert not (out[OK].active and out[NG].active) and not out[ERROR].active  # held until the next part
+            time.sleep(0.05)  # past the dead time
+        evs = events(sub)
+        assert [e["verdict"] for e in evs] == seen and all(e["trigger"] == "gpio" for e in evs)
+        assert [e["source"]["frame"] for e in evs] == [0, 1, 2, 3] and n > 4
+        # an edge inside the dead time of the last one is ignored
+        t0 = time.monotonic_ns()
+        trig.drive(True, t0)
+        trig.drive(False, t0 + 10_000_000)
+        trig.drive(True, t0 + 20_000_000)
+        assert wait(lambda: len(events(sub)) == 5)
+        time.sleep(0.3)
+        assert len(events(sub)) == 5
+        counts = run.agent.status()["interfaces"]["gpio"]["counts"]
+        assert counts["triggers"] == 5 and counts["bounces"] == 4 and counts["dead_time"] == 1
+        busy = [v for _, v in out[BUSY].history]
+        assert busy == [True, False] * 5  # busy from each counted edge to its verdict
+    finally:
+        run.stop()
+        sub.close()
+    assert not any(line.active for line in out.values())  # stopped: everything inactive, ready too
+
+
+def test_pulses_and_the_active_level(broker, calibrated, synth_data, tmp_path):
+    mixed_folder(synth_data, tmp_path / "samples")
+    name = f"test-{uuid.uuid4()}"
+    cfg = gpio_config(tmp_path, broker, calibrated, tmp_path / "samples", name, mode="pulse")
+    cfg.write_text(cfg.read_text() + "active_low = true\n")
+    run = Running(cfg)
+    chip = MemoryChip.named(name)
+    try:
+        out = chip.outputs
+        assert wait(lambda: out[READY].active) and not out[READY].physical_high  # active low: ready is low
+        chip.inputs[TRIGGER].drive(True)
+        assert wait(lambda: out[OK].active or out[NG].active)
+        line = out[OK] if out[OK].active else out[NG]
+        assert wait(lambda: not line.active, 5)  # the pulse ends by itself
+        (t_on, on), (t_off, off) = line.history[:2]
+        assert on and not off and 25e6 <= t_off - t_on <= 500e6
+    finally:
+        run.stop()
+
+
+def test_a_busy_line_is_reported_and_inspection_goes_on(broker, calibrated, synth_data, tmp_path):
+    mixed_folder(synth_data, tmp_path / "samples")
+    name = f"test-{uuid.uuid4()}"
+    MemoryChip.named(name).busy.add(NG)  # another program holds the NG line
+    sub = Subscriber(broker.port, "adgan/st1/#")
+    assert sub.subscribed.wait(10)
+    run = Running(gpio_config(tmp_path, broker, calibrated, tmp_path / "samples", name))
+    try:
+        st = run.agent.status()["interfaces"]["gpio"]
+        assert st["state"] == "error" and f"line {NG} is busy" in st["error"]
+        assert wait(lambda: run.agent.status()["mqtt_connected"])
+        send(broker.port, "adgan/st1/trigger/set", b"")  # inspection on request still works, over MQTT
+        assert wait(lambda: len(events(sub)) == 1)
+    finally:
+        run.stop()
+        sub.close()
+
+
+def test_gpio_settings_are_checked():
+    from pydantic import ValidationError
+
+    from agent.settings import GpioSettings
+    with pytest.raises(ValidationError, match="each line offset may be used once"):
+        GpioSettings(enabled=True, trigger_line=3, ok_line=3)
+    with pytest.raises(GpioError, match="not a GPIO chip"):
+        open_chip("gpiod", "/dev/null")
+
+
+GPIO_SIM = Path("/sys/kernel/config/gpio-sim")
+
+
+@pytest.fixture
+def gpio_sim():
+    """A simulated chip of 8 lines from the kernel's gpio-sim (configfs), removed afterwards."""
+    if not GPIO_SIM.is_dir():
+        pytest.skip("the kernel's gpio-sim is not available here (modprobe gpio-sim, as root, with configfs "
+                    "mounted); the gpiod backend is tested where it is")
+    dev = GPIO_SIM / f"adgan-{uuid.uuid4().hex[:8]}"
+    bank = dev / "bank0"
+    try:
+        dev.mkdir()
+        bank.mkdir()
+        (bank / "num_lines").write_text("8")
+        (dev / "live").write_text("1")
+    except OSError as e:
+        pytest.skip(f"cannot create a gpio-sim chip here: {e}")
+    chip = (bank / "chip_name").read_text().strip()
+    lines = Path("/sys/devices/platform") / (dev / "dev_name").read_text().strip() / chip
+    try:
+        yield f"/dev/{chip}", lines
+    finally:
+        (dev / "live").write_text("0")
+        bank.rmdir()
+        dev.rmdir()
+
+
+def test_the_gpiod_backend_on_the_kernels_gpio_sim(gpio_sim):
+    from agent.gpio.station import StationIO
+    from agent.settings import GpioSettings
+    path, lines = gpio_sim
+    triggered = threading.Event()
+    io = StationIO(GpioSettings(enabled=True, backend="gpiod", chip=path, trigger_line=0, ok_line=1, ng_line=2,
+                                busy_line=3, ready_line=4, output_mode="hold"), triggered.set)
+    io.start()
+    try:
+        assert io.state["state"] == "running", io.state
+        io.ready(True)
+        assert (lines / "sim_gpio4" / "value").read_text().strip() == "1"
+        (lines / "sim_gpio0" / "pull").write_text("pull-up")  # the light barrier: a rising edge
+        assert triggered.wait(5)
+        assert (lines / "sim_gpio3" / "value").read_text().strip() == "1"  # busy
+        io.verdict("anomaly")
+        assert [(lines / f"sim_gpio{i}" / "value").read_text().strip() for i in (1, 2, 3)] == ["0", "1", "0"]
+    finally:
+        io.close()
