@@ -36,7 +36,8 @@ def test_a_running_agent_serves_its_metrics(broker, calibrated, synth_data, tmp_
         deadline = time.monotonic() + 60
         while True:  # until a full pass over the folder has been scored
             text = scrape(f"http://127.0.0.1:{port}/metrics", timeout=30)
-            if value(text, "adgan_stage_seconds_count", stage="score") >= n or time.monotonic() > deadline:
+            scoring = 'adgan_stage_seconds_count{stage="score"}' in text  # no sample before the first score
+            if scoring and value(text, "adgan_stage_seconds_count", stage="score") >= n or time.monotonic() > deadline:
                 break
             time.sleep(0.3)
         scored = value(text, "adgan_stage_seconds_count", stage="score")
