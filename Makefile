@@ -29,7 +29,7 @@ system-packages:
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[workstation,realsense,broker,gpio,test]'
+	$(PY) -m pip install -q -e '.[workstation,realsense,broker,gpio,opcua,test]'
 	@# the repository's top-level folders on this venv's path (bench scripts, python -m adgan); an
 	@# installed wheel keeps them inside adgan_edge instead (adgan_edge/__init__.py)
 	$(PY) -c "import pathlib, sysconfig; pathlib.Path(sysconfig.get_paths()['purelib'], 'adgan-edge-repo.pth').write_text(str(pathlib.Path.cwd()) + '\\n')"

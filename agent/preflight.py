@@ -6,14 +6,19 @@ file, a password sent without TLS, a missing surface reference) do not stop the 
 """
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 import sqlite3
 import ssl
 import tempfile
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10 (JetPack 6): the tomli backport, a dependency there
+    import tomli as tomllib
 
 from agent.decide.inspector import check_class_model
 from agent.settings import AgentSettings, SettingError
@@ -126,8 +131,9 @@ def check_secrets(s: AgentSettings, r: Report, config: str | Path | None) -> Non
 
 
 def check_interfaces(s: AgentSettings, r: Report) -> None:
-    """A GPIO chip that is not there is a setting at fault (a busy line is found only at run
-    time, and reported in status: requesting lines here would take them from the agent)."""
+    """A GPIO chip that is not there, OPC UA without its library, certificate or password are
+    settings at fault. A busy line or port is found only at run time and reported in status:
+    taking them here would take them from the agent."""
     g = s.gpio
     if g.enabled and g.backend == "gpiod":
         from agent.gpio.lines import GpioError, GpiodChip
@@ -135,6 +141,22 @@ def check_interfaces(s: AgentSettings, r: Report) -> None:
             GpiodChip(g.chip)
         except GpioError as e:
             r.problems.append(SettingError("gpio.chip", str(e)))
+    o = s.opcua
+    if not o.enabled:
+        return
+    if importlib.util.find_spec("asyncua") is None:
+        r.problems.append(SettingError("opcua.enabled", "the asyncua package is not installed "
+                                                        "(pip install 'adgan-edge[opcua]')"))
+    for key in ("certificate", "private_key"):
+        path = getattr(o, key)
+        if o.security != "None" and path is not None and not Path(path).is_file():
+            r.problems.append(SettingError(f"opcua.{key}", f"{path} does not exist"))
+    if o.username is not None and o.password is None:
+        r.problems.append(SettingError("opcua.password", f"user {o.username!r} has no password (ADGAN_OPCUA__PASSWORD "
+                                                         "or the systemd credential 'opcua_password')"))
+    if o.security == "None" and not _is_loopback(o.host):
+        r.warnings.append(f"opcua.security is None on {o.host}: anyone on the network can read and write the "
+                          "station's class and trigger it")
 
 
 def preflight(s: AgentSettings, config: str | Path | None = None) -> Report:

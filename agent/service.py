@@ -17,8 +17,7 @@ from agent.decide.anomaly_map import encode_map, heat, hot_box
 from agent.decide.inspector import ClassModel, load_models
 from agent.frame import FrameError, NoObjectError, RGBDFrame, Sample
 from agent.health import Counters, SystemdNotifier, Work, timed
-from agent.gpio.station import StationIO
-from agent.metrics import Metrics
+from agent.interfaces import Interfaces
 from agent.mqtt.events import Event, utc_iso
 from agent.mqtt.outbox import Outbox
 from agent.mqtt.publisher import Publisher
@@ -62,8 +61,7 @@ class Agent:
         self._next_status = 0.0
         # seconds spent per stage over all frames (status and bench/pipeline.py)
         self.stage_s = {"capture": 0.0, "segment": 0.0, "score": 0.0, "publish": 0.0}
-        self.metrics = Metrics(settings.metrics, self.status, lambda: bool(self.models))
-        self.io = StationIO(settings.gpio, self.commands.request if t.mode == "gpio" else None)
+        self.interfaces = Interfaces(self)
 
     # -- start ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -71,8 +69,6 @@ class Agent:
         m = self.s.model
         self.notifier.status("loading models")
         self.models = load_models(m.bundles, m.thresholds, m.seed, m.backend)
-        self.metrics.start()
-        self.io.start()
         self.outbox = Outbox(self.s.outbox.path, self.s.outbox.max_events, self.s.outbox.memory_events)
         pending = len(self.outbox)
         if pending:
@@ -80,6 +76,7 @@ class Agent:
         self.publisher = Publisher(self.s.station_id, self.outbox, self.s.mqtt,
                                    commands={"class": self._on_class_command, "trigger": self._on_trigger_command})
         self.publisher.start()
+        self.interfaces.start()
         self.publisher.publish_state("class", self.expected)
         self.publisher.publish_state("trigger", "idle")
         self.feed.open()
@@ -96,10 +93,13 @@ class Agent:
         with self._class_lock:
             self._class_request = payload.decode("utf-8", "replace").strip()
 
-    def _on_trigger_command(self, payload: bytes) -> None:
-        if not self.commands.request():
+    def _on_trigger_command(self, payload: bytes = b"") -> bool:
+        """An inspection requested (MQTT trigger/set, OPC UA Trigger()); False when coalesced."""
+        taken = self.commands.request()
+        if not taken:
             self.counters.add("triggers_coalesced")  # one is already waiting: the burst is one inspection
         self.publisher.publish_state("trigger", "pending")
+        return taken
 
     def _apply_class_request(self) -> None:
         with self._class_lock:
@@ -128,7 +128,7 @@ class Agent:
                 self.notifier.watchdog()
                 self._publish_status()
                 self._apply_class_request()
-                self.io.ready(bool(self.models) and self.source_health.state == "running")
+                self.interfaces.ready(bool(self.models) and self.source_health.state == "running")
                 if self.feed.source is None:
                     if self.commands.take(0):  # a requested inspection cannot wait for the camera
                         self._error(Work(time.monotonic(), time.time(), forced=True,
@@ -261,7 +261,7 @@ class Agent:
     def _account(self, work: Work) -> None:
         for stage in ("capture", "segment", "score", "publish"):
             self.stage_s[stage] += getattr(work, f"{stage}_ms") / 1e3
-        self.metrics.observe(work)
+        self.interfaces.frame(work)
 
     # -- events --------------------------------------------------------------------------
     def _error(self, work: Work, reason: str, inspection: bool = False, model: ClassModel | None = None) -> None:
@@ -295,11 +295,11 @@ class Agent:
                                "score_ms": round(work.score_ms, 3), "total_ms": round(total, 3)},
                    source=work.source, error=error, anomaly_map=anomaly_map, anomaly_box=anomaly_box)
         with timed(work, "publish_ms"):
-            self.publisher.publish_event(ev.model_dump(by_alias=True))
+            doc = ev.model_dump(by_alias=True)
+            self.publisher.publish_event(doc)
+        self.interfaces.event(self.expected, doc)
         self.counters.add("events")
         self.counters.add(verdict)
-        self.metrics.verdict(self.expected, verdict)
-        self.io.verdict(verdict)
         if work.forced:
             self.publisher.publish_state("trigger", "pending" if self.commands.pending else "idle")
         log.info("#%d %s %s score=%s threshold=%s%s", seq, self.expected, verdict,
@@ -318,7 +318,7 @@ class Agent:
                 "mqtt": ({**self.publisher.link, "since": utc_iso(self.publisher.link["since"]),
                           **self.publisher.counters} if self.publisher else {}),
                 "source": {"type": self.s.source.type, **self.source_health.to_dict()},
-                "interfaces": {"metrics": self.metrics.state, "gpio": self.io.status()}}
+                "interfaces": self.interfaces.status()}
 
     def _publish_status(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -339,8 +339,7 @@ class Agent:
     def shutdown(self) -> None:
         """Flush what the broker accepts (bounded), publish offline, release everything. Idempotent."""
         self.notifier.stopping()
-        self.metrics.close()
-        self.io.close()
+        self.interfaces.close()
         if self.publisher is not None:
             self._publish_status(force=True)
             if not self.publisher.flush(self.s.health.stop_flush_s):

@@ -190,6 +190,32 @@ class GpioSettings(_Strict):
         return self
 
 
+class OpcUaSettings(_Strict):
+    enabled: bool = Field(False, description="serve OPC UA on opc.tcp://<host>:<port>/adgan/")
+    host: str = Field("127.0.0.1", min_length=1, description="address to bind (loopback unless configured)")
+    port: int = Field(4840, ge=1, le=65535, description="TCP port (4840: the OPC UA default)")
+    security: Literal["Basic256Sha256", "None"] = Field(
+        "Basic256Sha256", description="Basic256Sha256: signed and encrypted with the station's certificate; "
+                                      "None: plain, only when set explicitly")
+    certificate: Path | None = Field(None, description="the station's certificate (DER or PEM), for "
+                                                       "Basic256Sha256")
+    private_key: Path | None = Field(None, description="the certificate's private key (PEM)")
+    application_uri: str | None = Field(None, description="the server's application URI, as in its certificate "
+                                                         "(None: urn:adgan-edge:<station_id>)")
+    username: str | None = Field(None, description="the one user that may connect (needed with Basic256Sha256)")
+    password: SecretStr | None = Field(None, description="its password (secret: environment ADGAN_OPCUA__PASSWORD "
+                                                         "or credential 'opcua_password')")
+
+    @model_validator(mode="after")
+    def _secured(self):
+        if self.enabled and self.security != "None":
+            missing = [k for k in ("certificate", "private_key", "username") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"security Basic256Sha256 needs {', '.join(missing)} (or security = 'None', "
+                                 "explicitly)")
+        return self
+
+
 class MetricsSettings(_Strict):
     enabled: bool = Field(False, description="serve Prometheus metrics on http://<host>:<port>/metrics")
     host: str = Field("127.0.0.1", min_length=1, description="address to bind (loopback unless configured; "
@@ -220,6 +246,7 @@ class AgentSettings(BaseSettings):
     outbox: OutboxSettings = Field(default_factory=OutboxSettings, description="events not yet acknowledged")
     health: HealthSettings = Field(default_factory=HealthSettings, description="heartbeat and watchdog")
     gpio: GpioSettings = Field(default_factory=GpioSettings, description="digital I/O (off by default)")
+    opcua: OpcUaSettings = Field(default_factory=OpcUaSettings, description="OPC UA server (off by default)")
     metrics: MetricsSettings = Field(default_factory=MetricsSettings, description="Prometheus endpoint (off by "
                                                                                   "default)")
 
@@ -250,8 +277,9 @@ class AgentSettings(BaseSettings):
 def load_settings(config: str | Path | None, env_file: str | Path | None = ".env") -> AgentSettings:
     """Settings from a TOML file, the environment, a .env file and systemd credentials.
 
-    The MQTT password may come from the credential 'mqtt_password' in CREDENTIALS_DIRECTORY
-    (systemd LoadCredential=); an explicitly set password (environment, .env, file) wins.
+    The MQTT and OPC UA passwords may come from the credentials 'mqtt_password' and
+    'opcua_password' in CREDENTIALS_DIRECTORY (systemd LoadCredential=); an explicitly set
+    password (environment, .env, file) wins.
     """
     if config is not None and not Path(config).is_file():
         raise FileNotFoundError(f"config file {config} does not exist")
@@ -260,9 +288,12 @@ def load_settings(config: str | Path | None, env_file: str | Path | None = ".env
     env = Path(env_file) if env_file and Path(env_file).is_file() else None
     s = cls(_env_file=env)
     creds = os.environ.get("CREDENTIALS_DIRECTORY")
-    cred = Path(creds) / "mqtt_password" if creds else None
-    if s.mqtt.password is None and cred is not None and cred.is_file():
-        s = s.model_copy(update={"mqtt": s.mqtt.model_copy(update={"password": SecretStr(cred.read_text().strip())})})
+    for table in ("mqtt", "opcua"):  # one secret store for both: credential '<table>_password'
+        cred = Path(creds) / f"{table}_password" if creds else None
+        section = getattr(s, table)
+        if section.password is None and cred is not None and cred.is_file():
+            secret = SecretStr(cred.read_text().strip())
+            s = s.model_copy(update={table: section.model_copy(update={"password": secret})})
     return s
 
 

@@ -142,6 +142,11 @@ def test_interfaces_with_bad_settings_exit_2_at_validate_config(calibrated, tmp_
         ('[gpio]\nenabled = true\nbackend = "memory"\nok_line = 1\nng_line = 1\n', "gpio",
          "each line offset may be used once"),
         ('[metrics]\nenabled = true\nport = 70000\n', "metrics.port", "less than or equal to 65535"),
+        ('[opcua]\nenabled = true\n', "opcua", "Basic256Sha256 needs certificate, private_key, username"),
+        ('[opcua]\nenabled = true\ncertificate = "/no/cert.der"\nprivate_key = "/no/key.pem"\nusername = "plc"\n',
+         "opcua.certificate", "/no/cert.der does not exist"),
+        ('[opcua]\nenabled = true\nsecurity = "None"\nusername = "plc"\n', "opcua.password",
+         "user 'plc' has no password"),
     ]
     for extra, where, why in cases:
         rc, err = validate(agent_config(tmp_path, 1, bundle, thresholds, SRC, extra=extra), capsys)

@@ -1,0 +1,56 @@
+"""The station's interfaces besides MQTT (README "Interfaces besides MQTT"), each off by
+default and each failing alone: metrics (metrics.py), digital I/O (gpio/) and OPC UA
+(opcua.py). The agent tells them about frames, events and readiness in one place."""
+from __future__ import annotations
+
+import logging
+
+from agent.gpio.station import StationIO
+from agent.metrics import Metrics
+from agent.opcua import OpcUaServer
+
+
+log = logging.getLogger(__name__)
+
+
+def _guarded(what: str, call, *args) -> None:
+    """An interface that fails must not stop inspection: logged, never raised."""
+    try:
+        call(*args)
+    except Exception:
+        log.exception("interface %s failed", what)
+
+
+class Interfaces:
+    def __init__(self, agent) -> None:
+        s = agent.s
+        self.metrics = Metrics(s.metrics, agent.status, lambda: bool(agent.models))
+        self.gpio = StationIO(s.gpio, agent.commands.request if s.trigger.mode == "gpio" else None)
+        self.opcua = OpcUaServer(s.opcua, s.station_id, agent._on_class_command, agent._on_trigger_command,
+                                 agent.status)
+
+    def start(self) -> None:
+        self.metrics.start()
+        self.gpio.start()
+        self.opcua.start()
+
+    def frame(self, work) -> None:
+        """A frame's stage times."""
+        _guarded("metrics", self.metrics.observe, work)
+
+    def event(self, expected: str, event: dict) -> None:
+        """An event, as published."""
+        _guarded("metrics", self.metrics.verdict, expected, event["verdict"])
+        _guarded("gpio", self.gpio.verdict, event["verdict"])
+        _guarded("opcua", self.opcua.event, event)
+
+    def ready(self, ready: bool) -> None:
+        _guarded("gpio", self.gpio.ready, ready)
+
+    def status(self) -> dict:
+        return {"metrics": self.metrics.state, "gpio": self.gpio.status(), "opcua": self.opcua.state}
+
+    def close(self) -> None:
+        self.opcua.close()
+        self.gpio.close()
+        self.metrics.close()

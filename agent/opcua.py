@@ -1,0 +1,182 @@
+"""The OPC UA server (`[opcua]`, off by default; asyncua), for SCADA systems and PLCs that
+speak OPC UA rather than MQTT.
+
+One object per station under Objects, named by `station_id`:
+  ExpectedClass   String, writable: the class being inspected (as MQTT's class/set)
+  Trigger()       method: request one inspection (as MQTT's trigger/set); returns whether it
+                  was taken (False: coalesced with one already waiting)
+  LastVerdict, LastScore, LastThreshold, LastEventId, LastSeq: the last event
+  Health          String: the status heartbeat (JSON), refreshed every second
+  Counters/       one Int64 per counter of `status`
+Security: Basic256Sha256 (sign and encrypt) with the station's certificate and key, and the
+user and password from the same secret store as MQTT (environment, .env, systemd credential
+`opcua_password`). `security = "None"` only when configured so. The server runs in its own
+thread and event loop; a server that cannot start (port taken, bad certificate) is logged,
+reported under `interfaces.opcua` in `status`, and inspection goes on without it.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import threading
+from typing import Callable
+
+log = logging.getLogger(__name__)
+logging.getLogger("asyncua").setLevel(logging.WARNING)  # its INFO lines would flood the journal
+
+NAMESPACE = "urn:adgan-edge"
+
+
+class OpcUaServer:
+    def __init__(self, settings, station_id: str, on_class: Callable[[bytes], None],
+                 on_trigger: Callable[[], bool], status: Callable[[], dict]) -> None:
+        self.s, self.station_id = settings, station_id
+        self.on_class, self.on_trigger, self.status_of = on_class, on_trigger, status
+        self.state: dict = {"state": "off"}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue | None = None
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+
+    @property
+    def application_uri(self) -> str:
+        return self.s.application_uri or f"urn:adgan-edge:{self.station_id}"
+
+    @property
+    def url(self) -> str:
+        return f"opc.tcp://{self.s.host}:{self.s.port}/adgan/"
+
+    def start(self, timeout: float = 20.0) -> None:
+        if not self.s.enabled:
+            return
+        self.state = {"state": "starting"}
+        self._thread = threading.Thread(target=self._run, name="opcua", daemon=True)
+        self._thread.start()
+        if not self._started.wait(timeout):
+            self.state = {"state": "error", "error": f"the OPC UA server did not start within {timeout:.0f} s"}
+        if self.state["state"] == "error":
+            log.error("OPC UA: %s; inspection goes on without it", self.state["error"])
+        else:
+            log.info("OPC UA on %s (security %s)", self.url, self.s.security)
+
+    def _send(self, item) -> None:
+        loop, queue = self._loop, self._queue
+        if loop is not None and queue is not None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the server's loop has ended meanwhile
+                pass
+
+    def event(self, event: dict) -> None:
+        """The last event, for LastVerdict and the others (from the agent's thread)."""
+        self._send(event)
+
+    def close(self) -> None:
+        self._send(None)
+        if self._thread is not None:
+            self._thread.join(10)
+        if self.state.get("state") == "serving":
+            self.state = {"state": "stopped"}
+
+    # -- the server's thread ------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except Exception as e:  # any failure to serve is reported, never raised into the agent
+            self.state = {"state": "error", "error": f"cannot serve {self.url}: {e}"}
+            log.debug("OPC UA server failed", exc_info=True)
+        finally:
+            self._loop = self._queue = None
+            self._started.set()
+
+    async def _main(self) -> None:
+        from asyncua import Server, ua
+        from asyncua.common.callback import CallbackType
+
+        server = Server(user_manager=_Users(self.s))
+        await server.init()
+        server.set_endpoint(self.url)
+        server.set_server_name(f"adgan-edge station {self.station_id}")
+        await server.set_application_uri(self.application_uri)
+        if self.s.security == "None":
+            server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        else:
+            await server.load_certificate(str(self.s.certificate))
+            await server.load_private_key(str(self.s.private_key))
+            server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
+        server.set_identity_tokens([ua.UserNameIdentityToken] if self.s.username else [ua.AnonymousIdentityToken])
+        idx = await server.register_namespace(NAMESPACE)
+        obj = await server.nodes.objects.add_object(idx, self.station_id)
+        st = self.status_of()
+        nodes = {
+            "ExpectedClass": await obj.add_variable(idx, "ExpectedClass", st["expected_class"], ua.VariantType.String),
+            "LastVerdict": await obj.add_variable(idx, "LastVerdict", "", ua.VariantType.String),
+            "LastScore": await obj.add_variable(idx, "LastScore", float("nan"), ua.VariantType.Double),
+            "LastThreshold": await obj.add_variable(idx, "LastThreshold", float("nan"), ua.VariantType.Double),
+            "LastEventId": await obj.add_variable(idx, "LastEventId", "", ua.VariantType.String),
+            "LastSeq": await obj.add_variable(idx, "LastSeq", 0, ua.VariantType.Int64),
+            "Health": await obj.add_variable(idx, "Health", "{}", ua.VariantType.String),
+        }
+        await nodes["ExpectedClass"].set_writable()
+        counters_folder = await obj.add_folder(idx, "Counters")
+        counters = {k: await counters_folder.add_variable(idx, k, int(v), ua.VariantType.Int64)
+                    for k, v in st["counters"].items()}
+
+        def trigger(parent) -> list:
+            return [ua.Variant(bool(self.on_trigger()), ua.VariantType.Boolean)]
+        await obj.add_method(idx, "Trigger", trigger, [], [ua.VariantType.Boolean])
+
+        class_id = nodes["ExpectedClass"].nodeid
+
+        async def written(event, dispatcher) -> None:
+            for wv in event.request_params.NodesToWrite:
+                if wv.NodeId == class_id and wv.AttributeId == ua.AttributeIds.Value:
+                    value = wv.Value.Value.Value
+                    if isinstance(value, str):
+                        self.on_class(value.encode())
+        server.subscribe_server_callback(CallbackType.PostWrite, written)
+
+        async with server:
+            self._loop, self._queue = asyncio.get_running_loop(), asyncio.Queue()
+            self.state = {"state": "serving", "url": self.url, "security": self.s.security}
+            self._started.set()
+            while True:
+                try:
+                    ev = await asyncio.wait_for(self._queue.get(), 1.0)
+                except asyncio.TimeoutError:
+                    ev = False
+                if ev is None:
+                    break
+                if ev:
+                    await nodes["LastVerdict"].write_value(ev["verdict"])
+                    for name, key in (("LastScore", "score"), ("LastThreshold", "threshold")):
+                        v = ev.get(key)
+                        await nodes[name].write_value(float("nan") if v is None else float(v),
+                                                      ua.VariantType.Double)
+                    await nodes["LastEventId"].write_value(ev["event_id"])
+                    await nodes["LastSeq"].write_value(int(ev["seq"]), ua.VariantType.Int64)
+                st = self.status_of()
+                await nodes["Health"].write_value(json.dumps(st, default=str))
+                if await nodes["ExpectedClass"].read_value() != st["expected_class"]:
+                    await nodes["ExpectedClass"].write_value(st["expected_class"])
+                for k, node in counters.items():
+                    await node.write_value(int(st["counters"].get(k, 0)), ua.VariantType.Int64)
+
+
+class _Users:
+    """The one configured user (password compared in constant time); anonymous only when no
+    user is configured (security None)."""
+
+    def __init__(self, settings) -> None:
+        self.username = settings.username
+        self.password = settings.password.get_secret_value() if settings.password else ""
+
+    def get_user(self, iserver, username=None, password=None, certificate=None):
+        from asyncua.crypto.permission_rules import User, UserRole
+        if self.username is None:
+            return User(role=UserRole.User)
+        if username == self.username and hmac.compare_digest((password or "").encode(), self.password.encode()):
+            return User(role=UserRole.User, name=username)
+        return None

@@ -1,0 +1,175 @@
+"""The OPC UA server of a running agent, with a real asyncua client on loopback (issue 17):
+read the verdict after a part, write the class, call the trigger, be refused with a wrong
+password; Basic256Sha256 with the station's certificate."""
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import socket
+import time
+
+import pytest
+
+asyncua = pytest.importorskip("asyncua")
+from asyncua import Client, ua  # noqa: E402
+from asyncua.crypto.cert_gen import setup_self_signed_certificate  # noqa: E402
+from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256  # noqa: E402
+from cryptography.x509.oid import ExtendedKeyUsageOID  # noqa: E402
+
+from tests.agent.conftest import AgentProcess, Subscriber, agent_config, free_port  # noqa: E402
+from tests.agent.test_service import mixed_folder  # noqa: E402
+
+SERVER_URI = "urn:adgan-edge:st1"
+CLIENT_URI = "urn:adgan-edge:test-client"
+
+
+def certificates(folder):
+    """The station's certificate and key, and a client's."""
+    async def make():
+        for name, uri, use in (("server", SERVER_URI, ExtendedKeyUsageOID.SERVER_AUTH),
+                               ("client", CLIENT_URI, ExtendedKeyUsageOID.CLIENT_AUTH)):
+            await setup_self_signed_certificate(folder / f"{name}.pem", folder / f"{name}.der", uri, "localhost",
+                                                [use], {"commonName": name})
+    asyncio.run(make())
+    return folder
+
+
+async def connect(port: int, certs, user: str, password: str) -> Client:
+    c = Client(f"opc.tcp://127.0.0.1:{port}/adgan/", timeout=10)
+    c.application_uri = CLIENT_URI
+    await c.set_security(SecurityPolicyBasic256Sha256, str(certs / "client.der"), str(certs / "client.pem"),
+                         server_certificate=str(certs / "server.der"))
+    c.set_user(user)
+    c.set_password(password)
+    await c.connect()
+    return c
+
+
+async def station(c: Client):
+    idx = await c.get_namespace_index("urn:adgan-edge")
+    obj = await c.nodes.objects.get_child([f"{idx}:st1"])
+    return idx, obj
+
+
+async def value(obj, idx, name):
+    return await (await obj.get_child([f"{idx}:{name}"])).read_value()
+
+
+async def until(cond, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not await cond():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.1)
+
+
+def test_a_client_reads_the_verdict_writes_the_class_and_triggers(broker, calibrated, synth_data, tmp_path):
+    bundle, thresholds = calibrated
+    mixed_folder(synth_data, tmp_path / "samples")
+    certs = certificates(tmp_path)
+    port = free_port()
+    cfg = agent_config(tmp_path, broker.port, bundle, thresholds,
+                       f'type = "folder"\npath = "{tmp_path / "samples"}"\nfps = 0', trigger="mqtt",
+                       extra=f"""\
+                           [opcua]
+                           enabled = true
+                           port = {port}
+                           certificate = "{certs / 'server.der'}"
+                           private_key = "{certs / 'server.pem'}"
+                           username = "plc"
+                           """)
+    sub = Subscriber(broker.port, "adgan/st1/#")
+    assert sub.subscribed.wait(10)
+    agent = AgentProcess(cfg, tmp_path / "agent.log", env={"ADGAN_OPCUA__PASSWORD": "s3cret"})
+
+    async def session():
+        deadline = time.monotonic() + 60
+        while True:  # the agent loads its models first
+            try:
+                c = await connect(port, certs, "plc", "s3cret")
+                break
+            except (OSError, asyncio.TimeoutError, ua.UaError):
+                assert time.monotonic() < deadline, agent.output()
+                await asyncio.sleep(0.5)
+        try:
+            idx, obj = await station(c)
+            assert await value(obj, idx, "ExpectedClass") == "sphere"
+            assert await value(obj, idx, "LastVerdict") == ""
+            taken = await obj.call_method(f"{idx}:Trigger")
+            assert taken is True
+            await until(lambda: _ready(obj, idx))
+            events = [json.loads(p) for t, p, _ in sub.messages if t == "adgan/st1/events"]
+            assert len(events) == 1
+            e = events[0]
+            assert await value(obj, idx, "LastVerdict") == e["verdict"]
+            assert await value(obj, idx, "LastEventId") == e["event_id"]
+            assert await value(obj, idx, "LastSeq") == e["seq"]
+            assert math.isclose(await value(obj, idx, "LastScore"), e["score"], rel_tol=1e-6)
+            assert await value(obj, idx, "LastThreshold") == e["threshold"]
+            counters = await obj.get_child([f"{idx}:Counters"])
+            await until(lambda: _read(counters, idx, "events", 1))
+            health = json.loads(await value(obj, idx, "Health"))
+            assert health["station"] == "st1" and health["interfaces"]["opcua"]["state"] == "serving"
+            # writing the class is class/set: a class without a bundle is refused and echoed back
+            await (await obj.get_child([f"{idx}:ExpectedClass"])).write_value("torus")
+            await until(lambda: _class_state(sub, "sphere", refused=True))
+            await until(lambda: _is(obj, idx, "ExpectedClass", "sphere"))
+        finally:
+            await c.disconnect()
+
+    try:
+        asyncio.run(session())
+        # a wrong password is refused
+        with pytest.raises(ua.UaError):
+            asyncio.run(connect(port, certs, "plc", "wrong"))
+        assert agent.terminate() == 0
+    finally:
+        agent.stop()
+        sub.close()
+    log = agent.output()
+    assert "refused" in log and "torus" in log
+
+
+async def _ready(obj, idx):
+    return await value(obj, idx, "LastVerdict") in ("ok", "anomaly")
+
+
+async def _read(folder, idx, name, want):
+    return await (await folder.get_child([f"{idx}:{name}"])).read_value() >= want
+
+
+async def _is(obj, idx, name, want):
+    return await value(obj, idx, name) == want
+
+
+async def _class_state(sub, want, refused):
+    return any(t == "adgan/st1/class/state" and p.decode() == want for t, p, _ in sub.messages)
+
+
+def test_security_none_only_when_set_and_a_taken_port_is_reported(broker, calibrated, tmp_path):
+    from pydantic import ValidationError
+
+    from agent.settings import OpcUaSettings
+    with pytest.raises(ValidationError, match="Basic256Sha256 needs certificate, private_key, username"):
+        OpcUaSettings(enabled=True)
+    assert OpcUaSettings(enabled=True, security="None").security == "None"
+    bundle, thresholds = calibrated
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    cfg = agent_config(tmp_path, broker.port, bundle, thresholds, 'type = "synthetic"\ncount = 3\nfps = 0',
+                       trigger="every_frame",
+                       extra=f'[opcua]\nenabled = true\nsecurity = "None"\nport = {taken.getsockname()[1]}\n')
+    sub = Subscriber(broker.port, "adgan/st1/#")
+    assert sub.subscribed.wait(10)
+    agent = AgentProcess(cfg, tmp_path / "agent.log")
+    try:
+        assert agent.wait(120) == 0, agent.output()
+        assert sub.wait_for(lambda m: sum(t == "adgan/st1/events" for t, _, _ in m) == 3)
+        st = [json.loads(p) for t, p, _ in sub.messages if t == "adgan/st1/status"][-1]
+        assert st["interfaces"]["opcua"]["state"] == "error", st["interfaces"]
+        assert "inspection goes on without it" in agent.output()
+    finally:
+        agent.stop()
+        sub.close()
+        taken.close()
