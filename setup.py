@@ -9,5 +9,5 @@ PACKAGES = find_packages(include=[name for f in FOLDERS for name in (f, f"{f}.*"
 setup(
     packages=["adgan_edge"] + [f"adgan_edge.{p}" for p in PACKAGES],
     package_dir={"adgan_edge": "adgan_edge", **{f"adgan_edge.{f}": f for f in FOLDERS}},
-    package_data={"adgan_edge.agent": ["*.json", "**/*.json"]},
+    package_data={"adgan_edge.agent": ["*.json", "**/*.json", "**/*.html"]},
 )

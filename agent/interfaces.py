@@ -1,6 +1,6 @@
 """The station's interfaces besides MQTT (README "Interfaces besides MQTT"), each off by
 default and each failing alone: metrics (metrics.py), digital I/O (gpio/) and OPC UA
-(opcua.py). The agent tells them about frames, events and readiness in one place."""
+(opcua.py) and the operator's page (web/). The agent tells them about frames, events and readiness in one place."""
 from __future__ import annotations
 
 import logging
@@ -8,6 +8,7 @@ import logging
 from agent.gpio.station import StationIO
 from agent.metrics import Metrics
 from agent.opcua import OpcUaServer
+from agent.web.page import OperatorPage
 
 
 log = logging.getLogger(__name__)
@@ -28,29 +29,34 @@ class Interfaces:
         self.gpio = StationIO(s.gpio, agent.commands.request if s.trigger.mode == "gpio" else None)
         self.opcua = OpcUaServer(s.opcua, s.station_id, agent._on_class_command, agent._on_trigger_command,
                                  agent.status)
+        self.web = OperatorPage(s.web, agent.status, lambda: bool(agent.models))
 
     def start(self) -> None:
         self.metrics.start()
         self.gpio.start()
         self.opcua.start()
+        self.web.start()
 
     def frame(self, work) -> None:
         """A frame's stage times."""
         _guarded("metrics", self.metrics.observe, work)
 
-    def event(self, expected: str, event: dict) -> None:
-        """An event, as published."""
+    def event(self, expected: str, event: dict, view=None) -> None:
+        """An event, as published, and a scored part's pixels (Work.view)."""
         _guarded("metrics", self.metrics.verdict, expected, event["verdict"])
         _guarded("gpio", self.gpio.verdict, event["verdict"])
         _guarded("opcua", self.opcua.event, event)
+        _guarded("web", self.web.event, event, view)
 
     def ready(self, ready: bool) -> None:
         _guarded("gpio", self.gpio.ready, ready)
 
     def status(self) -> dict:
-        return {"metrics": self.metrics.state, "gpio": self.gpio.status(), "opcua": self.opcua.state}
+        return {"metrics": self.metrics.state, "gpio": self.gpio.status(), "opcua": self.opcua.state,
+                "web": self.web.state}
 
     def close(self) -> None:
+        self.web.close()
         self.opcua.close()
         self.gpio.close()
         self.metrics.close()

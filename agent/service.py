@@ -243,7 +243,7 @@ class Agent:
         except (ValueError, RuntimeError) as e:
             self._error(work, f"scoring failed: {e}", inspection=True, model=model)
             return
-        amap = box = None
+        amap, box, work.view = None, None, (sample, x, d.reconstruction)
         if d.verdict == "anomaly":
             with timed(work, "publish_ms"):
                 h = heat(x, d.reconstruction)
@@ -297,7 +297,7 @@ class Agent:
         with timed(work, "publish_ms"):
             doc = ev.model_dump(by_alias=True)
             self.publisher.publish_event(doc)
-        self.interfaces.event(self.expected, doc)
+        self.interfaces.event(self.expected, doc, work.view)
         self.counters.add("events")
         self.counters.add(verdict)
         if work.forced:

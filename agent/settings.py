@@ -216,6 +216,13 @@ class OpcUaSettings(_Strict):
         return self
 
 
+class WebSettings(_Strict):
+    enabled: bool = Field(False, description="serve the operator's page on http://<host>:<port>/")
+    host: str = Field("127.0.0.1", min_length=1, description="address to bind (loopback unless configured)")
+    port: int = Field(8080, ge=1, le=65535, description="TCP port of the page")
+    history: int = Field(20, ge=1, le=1000, description="verdicts listed on the page")
+
+
 class MetricsSettings(_Strict):
     enabled: bool = Field(False, description="serve Prometheus metrics on http://<host>:<port>/metrics")
     host: str = Field("127.0.0.1", min_length=1, description="address to bind (loopback unless configured; "
@@ -247,6 +254,7 @@ class AgentSettings(BaseSettings):
     health: HealthSettings = Field(default_factory=HealthSettings, description="heartbeat and watchdog")
     gpio: GpioSettings = Field(default_factory=GpioSettings, description="digital I/O (off by default)")
     opcua: OpcUaSettings = Field(default_factory=OpcUaSettings, description="OPC UA server (off by default)")
+    web: WebSettings = Field(default_factory=WebSettings, description="the operator's page (off by default)")
     metrics: MetricsSettings = Field(default_factory=MetricsSettings, description="Prometheus endpoint (off by "
                                                                                   "default)")
 

@@ -118,6 +118,8 @@ def run_live(workdir: Path, settings: dict, truth_of, timeout_s: float, embedded
         print(f"broker: {broker.kind} on 127.0.0.1:{broker.port} (pid {broker.pid})")
         config = workdir / "agent.toml"
         station = write_station_config(config, {**settings, "mqtt": {**settings.get("mqtt", {}), "port": broker.port}})
+        if station.web.enabled:
+            print(f"operator's page: http://{station.web.host}:{station.web.port}/ (while the agent runs)")
         if station.metrics.enabled:
             print(f"metrics: http://{station.metrics.host}:{station.metrics.port}/metrics (Prometheus, while the "
                   "agent runs)")

@@ -35,6 +35,7 @@ def station_settings(plan: Plan, bundles: dict[str, Path], th: Path, workdir: Pa
         "outbox": {"path": str(workdir / "outbox.sqlite")},
         "health": {"status_interval_s": 2},
         "metrics": {"enabled": True, "port": free_port()},
+        "web": {"enabled": True, "port": free_port()},
     }
     if a.data:
         stream, truth_of = replay_stream(plan, workdir / "stream")

@@ -64,7 +64,9 @@ def test_demo_runs_end_to_end_in_reduced_mode(tmp_path, capsys):
     station = load_settings(r["live"] / "agent.toml", env_file=None)  # what the agent ran, as a user can rerun it
     assert station.station_id == "demo" and f"127.0.0.1:{station.mqtt.port}" in out
     assert station.metrics.enabled and f"metrics: http://127.0.0.1:{station.metrics.port}/metrics" in out
-    assert "metrics on http://127.0.0.1" in (r["live"] / "agent.log").read_text()  # the agent served them
+    assert f"operator's page: http://127.0.0.1:{station.web.port}/" in out
+    log = (r["live"] / "agent.log").read_text()
+    assert "metrics on http://127.0.0.1" in log and "operator page on http://127.0.0.1" in log  # both served
 
     # a second run reuses the trained models, and runs with the Python broker (amqtt) as well
     r2 = run_demo(demo_args(tmp_path, "--embedded-broker"))

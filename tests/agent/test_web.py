@@ -1,0 +1,94 @@
+"""The operator's page in a real headless browser (issue 17): it loads, a part shown through
+the agent appears with its verdict within a second, and screenshots are saved (for the README:
+ADGAN_SCREENSHOT_DIR=docs)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.agent.conftest import AgentProcess, Subscriber, agent_config, free_port, scrape
+from tests.agent.mqtt.test_faults import send
+from tests.agent.test_service import mixed_folder
+
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (the test extra)")
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.fixture
+def browser():
+    if not (CHROMIUM and DRIVER):
+        pytest.skip("chromium and chromium-driver are not installed (make install installs them as root)")
+    from selenium.webdriver.chrome.service import Service
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900"):
+        opts.add_argument(a)
+    d = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    d.set_page_load_timeout(20)
+    yield d
+    d.quit()
+
+
+def poll(cond, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def events(sub):
+    return [json.loads(p) for t, p, _ in sub.messages if t == "adgan/st1/events"]
+
+
+def test_the_page_shows_each_part_with_its_verdict_within_a_second(broker, calibrated, synth_data, tmp_path, browser):
+    bundle, thresholds = calibrated
+    mixed_folder(synth_data, tmp_path / "samples")
+    port = free_port()
+    cfg = agent_config(tmp_path, broker.port, bundle, thresholds,
+                       f'type = "folder"\npath = "{tmp_path / "samples"}"\nfps = 0', trigger="mqtt",
+                       extra=f"[web]\nenabled = true\nport = {port}\n")
+    sub = Subscriber(broker.port, "adgan/st1/#")
+    assert sub.subscribed.wait(10)
+    agent = AgentProcess(cfg, tmp_path / "agent.log")
+    shots = Path(os.environ.get("ADGAN_SCREENSHOT_DIR", tmp_path))
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        scrape(url + "state.json", timeout=60)  # serving once the models are loaded
+        browser.get(url)
+        assert poll(lambda: browser.find_element("id", "link").text == "live", 10), browser.page_source[:2000]
+        assert browser.find_element("id", "station").text == "st1"
+        assert poll(lambda: "camera: running" in browser.find_element("id", "health").text, 10)
+        for i in range(3):
+            send(broker.port, "adgan/st1/trigger/set", b"")
+            assert poll(lambda: len(events(sub)) == i + 1, 30), agent.output()
+            seen = time.monotonic()  # the event reached a subscriber: the page must follow within a second
+            e = events(sub)[-1]
+            verdict = browser.find_element("id", "verdict")
+            assert poll(lambda: verdict.get_attribute("data-seq") == str(e["seq"]), 1.0), \
+                (e["seq"], verdict.get_attribute("data-seq"))
+            assert time.monotonic() - seen <= 1.0
+            assert verdict.text == {"ok": "OK", "anomaly": "NG"}[e["verdict"]]
+            assert verdict.get_attribute("class") == e["verdict"]
+            assert abs(float(browser.find_element("id", "score").text) - e["score"]) <= 1e-3 * abs(e["score"])
+        assert poll(lambda: browser.execute_script(
+            "return ['rgb','depth','map'].every(k => document.getElementById('img-' + k).naturalWidth === 128)"), 5)
+        rows = browser.find_elements("css selector", "#history tr")
+        assert len(rows) == 3 and rows[0].text.startswith(str(events(sub)[-1]["seq"]))
+        assert "OK" in browser.find_element("id", "rates").text
+        shots.mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(str(shots / "operator-page.png"))
+        assert (shots / "operator-page.png").stat().st_size > 10_000
+        with urllib.request.urlopen(url + "part/map.png", timeout=5) as r:
+            assert r.headers["Content-Type"] == "image/png"
+        assert agent.terminate() == 0
+    finally:
+        agent.stop()
+        sub.close()
