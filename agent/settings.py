@@ -156,9 +156,10 @@ class OutboxSettings(_Strict):
 
 class GpioSettings(_Strict):
     enabled: bool = Field(False, description="use digital I/O (trigger input, verdict outputs)")
-    backend: Literal["gpiod", "memory"] = Field("gpiod", description="gpiod: the kernel's GPIO character device "
-                                                                     "through libgpiod v2; memory: in-process "
-                                                                     "lines (tests, simulations)")
+    backend: Literal["gpiod", "jetson", "memory"] = Field(
+        "gpiod", description="gpiod: the kernel's GPIO character device through libgpiod v2; jetson: NVIDIA's "
+                             "Jetson.GPIO, line offsets are BOARD pin numbers and chip is unused; memory: "
+                             "in-process lines (tests, simulations)")
     chip: str = Field("/dev/gpiochip0", min_length=1, description="the GPIO chip (gpiodetect lists them)")
     trigger_line: int | None = Field(None, ge=0, description="input line offset of the trigger (a light barrier or "
                                                              "a PLC output); needs trigger.mode 'gpio'")

@@ -1,5 +1,6 @@
 """GPIO lines behind one small interface: the kernel's character device through libgpiod v2
-(`gpiod`, what current Jetson images use) or an in-memory chip (tests, simulations).
+(`gpiod`, what current Jetson images use), NVIDIA's Jetson.GPIO (BOARD pin numbers), or an
+in-memory chip (tests, simulations).
 
 Inputs report every edge (both directions) with a CLOCK_MONOTONIC timestamp in ns, so the
 station can apply its debounce and dead time the same way on every backend; outputs take a
@@ -194,9 +195,80 @@ class GpiodChip(Chip):
         return GpiodOutput(self._request(offset, s), offset)
 
 
+# -- Jetson.GPIO ---------------------------------------------------------------------------
+class JetsonInput(InputLine):
+    """Edges from Jetson.GPIO's event thread, stamped when its callback runs."""
+
+    def __init__(self, gpio, pin: int, active_low: bool, debounce_ms: float) -> None:
+        self.gpio, self.pin, self.active_low = gpio, pin, active_low
+        self._edges: deque[Edge] = deque()
+        self._cond = threading.Condition()
+        gpio.setup(pin, gpio.IN)
+        gpio.add_event_detect(pin, gpio.BOTH, callback=self._edge, bouncetime=max(int(debounce_ms), 1))
+
+    def _edge(self, pin: int) -> None:
+        t = time.monotonic_ns()
+        high = bool(self.gpio.input(pin))
+        with self._cond:
+            self._edges.append(Edge(high != self.active_low, t))
+            self._cond.notify_all()
+
+    def wait_edges(self, timeout_s: float) -> list[Edge]:
+        with self._cond:
+            if not self._edges:
+                self._cond.wait(timeout_s)
+            out = list(self._edges)
+            self._edges.clear()
+            return out
+
+    def close(self) -> None:
+        self.gpio.remove_event_detect(self.pin)
+        self.gpio.cleanup(self.pin)
+
+
+class JetsonOutput(OutputLine):
+    def __init__(self, gpio, pin: int, active_low: bool) -> None:
+        self.gpio, self.pin, self.active_low = gpio, pin, active_low
+        gpio.setup(pin, gpio.OUT, initial=gpio.HIGH if active_low else gpio.LOW)
+
+    def set(self, active: bool) -> None:
+        self.gpio.output(self.pin, self.gpio.HIGH if active != self.active_low else self.gpio.LOW)
+
+    def close(self) -> None:
+        self.set(False)
+        self.gpio.cleanup(self.pin)
+
+
+class JetsonChip(Chip):
+    """NVIDIA's Jetson.GPIO (RPi.GPIO's API); line offsets are the header's BOARD pin numbers."""
+
+    def __init__(self) -> None:
+        try:
+            import Jetson.GPIO as gpio
+        except Exception as e:  # ImportError, or its RuntimeError off a Jetson
+            raise GpioError(f"Jetson.GPIO cannot be used here: {e}") from e
+        gpio.setmode(gpio.BOARD)
+        gpio.setwarnings(False)
+        self.gpio = gpio
+
+    def input(self, offset: int, active_low: bool, debounce_ms: float) -> JetsonInput:
+        try:
+            return JetsonInput(self.gpio, offset, active_low, debounce_ms)
+        except (ValueError, RuntimeError) as e:
+            raise GpioError(f"Jetson.GPIO pin {offset}: {e}") from e
+
+    def output(self, offset: int, active_low: bool) -> JetsonOutput:
+        try:
+            return JetsonOutput(self.gpio, offset, active_low)
+        except (ValueError, RuntimeError) as e:
+            raise GpioError(f"Jetson.GPIO pin {offset}: {e}") from e
+
+
 def open_chip(backend: str, chip: str) -> Chip:
     if backend == "memory":
         return MemoryChip.named(chip)
     if backend == "gpiod":
         return GpiodChip(chip)
+    if backend == "jetson":
+        return JetsonChip()
     raise GpioError(f"unknown GPIO backend {backend!r}")

@@ -209,3 +209,70 @@ def test_the_gpiod_backend_on_the_kernels_gpio_sim(gpio_sim):
         assert [(lines / f"sim_gpio{i}" / "value").read_text().strip() for i in (1, 2, 3)] == ["0", "1", "0"]
     finally:
         io.close()
+
+
+class FakeJetsonGPIO:
+    """Jetson.GPIO's API (RPi.GPIO's), for a machine without a Jetson's header: it records the
+    pins' levels and calls the edge callback like the library's event thread."""
+    BOARD, IN, OUT, HIGH, LOW, BOTH = "BOARD", "IN", "OUT", 1, 0, "BOTH"
+
+    def __init__(self):
+        self.levels, self.modes, self.callbacks, self.mode = {}, {}, {}, None
+
+    def setmode(self, mode):
+        self.mode = mode
+
+    def setwarnings(self, on):
+        pass
+
+    def setup(self, pin, direction, initial=None):
+        self.modes[pin] = direction
+        self.levels[pin] = initial if initial is not None else self.LOW
+
+    def add_event_detect(self, pin, edge, callback, bouncetime):
+        assert edge == self.BOTH and bouncetime >= 1
+        self.callbacks[pin] = callback
+
+    def remove_event_detect(self, pin):
+        self.callbacks.pop(pin)
+
+    def input(self, pin):
+        return self.levels[pin]
+
+    def output(self, pin, level):
+        assert self.modes[pin] == self.OUT
+        self.levels[pin] = level
+
+    def cleanup(self, pin):
+        self.modes.pop(pin, None)
+
+    def wire(self, pin, level):  # the light barrier
+        self.levels[pin] = level
+        self.callbacks[pin](pin)
+
+
+def test_the_jetson_gpio_backend_through_its_api(monkeypatch):
+    import sys
+    import types
+
+    from agent.gpio.station import StationIO
+    from agent.settings import GpioSettings
+    fake = FakeJetsonGPIO()
+    pkg = types.ModuleType("Jetson")
+    pkg.GPIO = fake
+    monkeypatch.setitem(sys.modules, "Jetson", pkg)
+    monkeypatch.setitem(sys.modules, "Jetson.GPIO", fake)
+    triggered = threading.Event()
+    io = StationIO(GpioSettings(enabled=True, backend="jetson", trigger_line=7, ok_line=11, ng_line=13,
+                                active_low=True, output_mode="hold"), triggered.set)
+    io.start()
+    try:
+        assert io.state["state"] == "running" and fake.mode == "BOARD"
+        assert fake.levels[11] == fake.HIGH and fake.levels[13] == fake.HIGH  # active low: inactive is high
+        fake.wire(7, fake.HIGH)
+        assert triggered.wait(5)
+        io.verdict("anomaly")
+        assert fake.levels[13] == fake.LOW and fake.levels[11] == fake.HIGH
+    finally:
+        io.close()
+    assert fake.modes == {}  # every pin cleaned up

@@ -92,3 +92,22 @@ def test_the_page_shows_each_part_with_its_verdict_within_a_second(broker, calib
     finally:
         agent.stop()
         sub.close()
+
+
+def test_a_taken_port_is_reported_not_raised():
+    import socket
+    from types import SimpleNamespace
+
+    from agent.web.page import OperatorPage
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        page = OperatorPage(SimpleNamespace(enabled=True, host="127.0.0.1", port=taken.getsockname()[1], history=5),
+                            lambda: {}, lambda: True)
+        page.start()
+        assert page.state["state"] == "error" and "cannot serve" in page.state["error"]
+        page.event({"verdict": "ok", "seq": 1})  # events still arrive: nothing breaks
+        page.close()
+    finally:
+        taken.close()
