@@ -54,20 +54,16 @@ class Chip(ABC):
         pass
 
 
-# -- in memory ---------------------------------------------------------------------------
-class MemoryInput(InputLine):
-    def __init__(self, active_low: bool) -> None:
-        self.active_low, self.level = active_low, False  # logical level
+class QueuedInput(InputLine):
+    """An input whose edges arrive from another thread (a callback, a test) into a queue."""
+
+    def __init__(self) -> None:
         self._edges: deque[Edge] = deque()
         self._cond = threading.Condition()
 
-    def drive(self, active: bool, timestamp_ns: int | None = None) -> None:
-        """What the wire does (tests, simulators): an edge when the logical level changes."""
+    def _push(self, edge: Edge) -> None:
         with self._cond:
-            if active == self.level:
-                return
-            self.level = active
-            self._edges.append(Edge(active, timestamp_ns if timestamp_ns is not None else time.monotonic_ns()))
+            self._edges.append(edge)
             self._cond.notify_all()
 
     def wait_edges(self, timeout_s: float) -> list[Edge]:
@@ -77,6 +73,21 @@ class MemoryInput(InputLine):
             out = list(self._edges)
             self._edges.clear()
             return out
+
+
+# -- in memory ---------------------------------------------------------------------------
+class MemoryInput(QueuedInput):
+    def __init__(self, active_low: bool) -> None:
+        super().__init__()
+        self.active_low, self.level = active_low, False  # logical level
+
+    def drive(self, active: bool, timestamp_ns: int | None = None) -> None:
+        """What the wire does (tests, simulators): an edge when the logical level changes."""
+        with self._cond:
+            if active == self.level:
+                return
+            self.level = active
+        self._push(Edge(active, timestamp_ns if timestamp_ns is not None else time.monotonic_ns()))
 
 
 class MemoryOutput(OutputLine):
@@ -196,30 +207,18 @@ class GpiodChip(Chip):
 
 
 # -- Jetson.GPIO ---------------------------------------------------------------------------
-class JetsonInput(InputLine):
+class JetsonInput(QueuedInput):
     """Edges from Jetson.GPIO's event thread, stamped when its callback runs."""
 
     def __init__(self, gpio, pin: int, active_low: bool, debounce_ms: float) -> None:
+        super().__init__()
         self.gpio, self.pin, self.active_low = gpio, pin, active_low
-        self._edges: deque[Edge] = deque()
-        self._cond = threading.Condition()
         gpio.setup(pin, gpio.IN)
         gpio.add_event_detect(pin, gpio.BOTH, callback=self._edge, bouncetime=max(int(debounce_ms), 1))
 
     def _edge(self, pin: int) -> None:
         t = time.monotonic_ns()
-        high = bool(self.gpio.input(pin))
-        with self._cond:
-            self._edges.append(Edge(high != self.active_low, t))
-            self._cond.notify_all()
-
-    def wait_edges(self, timeout_s: float) -> list[Edge]:
-        with self._cond:
-            if not self._edges:
-                self._cond.wait(timeout_s)
-            out = list(self._edges)
-            self._edges.clear()
-            return out
+        self._push(Edge(bool(self.gpio.input(pin)) != self.active_low, t))
 
     def close(self) -> None:
         self.gpio.remove_event_detect(self.pin)

@@ -206,3 +206,23 @@ def scrape(url: str, timeout: float = 10.0) -> str:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def poll(cond, timeout: float = 30.0, every: float = 0.005) -> bool:
+    """True once cond() is, False after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(every)
+    return True
+
+
+@pytest.fixture
+def taken_port():
+    """A loopback port something else is listening on."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    yield s.getsockname()[1]
+    s.close()

@@ -15,19 +15,11 @@ from agent.gpio.lines import GpioError, MemoryChip, open_chip
 from agent.service import Agent
 from agent.settings import load_settings
 from tests.agent.conftest import Subscriber, agent_config
+from tests.agent.conftest import poll as wait
 from tests.agent.mqtt.test_faults import send
 from tests.agent.test_service import mixed_folder
 
 TRIGGER, OK, NG, ERROR, BUSY, READY = range(6)
-
-
-def wait(cond, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
 
 
 def gpio_config(tmp_path, broker, calibrated, folder, chip: str, mode: str = "hold") -> Path:

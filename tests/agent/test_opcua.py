@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import socket
 import time
 
 import pytest
@@ -146,7 +145,7 @@ async def _class_state(sub, want, refused):
     return any(t == "adgan/st1/class/state" and p.decode() == want for t, p, _ in sub.messages)
 
 
-def test_security_none_only_when_set_and_a_taken_port_is_reported(broker, calibrated, tmp_path):
+def test_security_none_only_when_set_and_a_taken_port_is_reported(broker, calibrated, tmp_path, taken_port):
     from pydantic import ValidationError
 
     from agent.settings import OpcUaSettings
@@ -154,12 +153,9 @@ def test_security_none_only_when_set_and_a_taken_port_is_reported(broker, calibr
         OpcUaSettings(enabled=True)
     assert OpcUaSettings(enabled=True, security="None").security == "None"
     bundle, thresholds = calibrated
-    taken = socket.socket()
-    taken.bind(("127.0.0.1", 0))
-    taken.listen()
     cfg = agent_config(tmp_path, broker.port, bundle, thresholds, 'type = "synthetic"\ncount = 3\nfps = 0',
                        trigger="every_frame",
-                       extra=f'[opcua]\nenabled = true\nsecurity = "None"\nport = {taken.getsockname()[1]}\n')
+                       extra=f'[opcua]\nenabled = true\nsecurity = "None"\nport = {taken_port}\n')
     sub = Subscriber(broker.port, "adgan/st1/#")
     assert sub.subscribed.wait(10)
     agent = AgentProcess(cfg, tmp_path / "agent.log")
@@ -172,4 +168,3 @@ def test_security_none_only_when_set_and_a_taken_port_is_reported(broker, calibr
     finally:
         agent.stop()
         sub.close()
-        taken.close()

@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 
-import pytest
 
 from adgan.cli import main
 from tests.agent.conftest import agent_config

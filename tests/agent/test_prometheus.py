@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import time
 
 from tests.agent.conftest import AgentProcess, Subscriber, agent_config, free_port, scrape
@@ -58,13 +57,10 @@ def test_a_running_agent_serves_its_metrics(broker, calibrated, synth_data, tmp_
         sub.close()
 
 
-def test_a_taken_port_is_reported_and_inspection_goes_on(broker, calibrated, synth_data, tmp_path):
+def test_a_taken_port_is_reported_and_inspection_goes_on(broker, calibrated, synth_data, tmp_path, taken_port):
     bundle, thresholds = calibrated
     n = mixed_folder(synth_data, tmp_path / "samples")
-    taken = socket.socket()
-    taken.bind(("127.0.0.1", 0))
-    taken.listen()
-    port = taken.getsockname()[1]
+    port = taken_port
     cfg = agent_config(tmp_path, broker.port, bundle, thresholds,
                        f'type = "folder"\npath = "{tmp_path / "samples"}"\nfps = 0',
                        extra=f"[metrics]\nenabled = true\nport = {port}\n")
@@ -81,4 +77,3 @@ def test_a_taken_port_is_reported_and_inspection_goes_on(broker, calibrated, syn
     finally:
         agent.stop()
         sub.close()
-        taken.close()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent.conftest import AgentProcess, Subscriber, agent_config, free_port, scrape
+from tests.agent.conftest import AgentProcess, Subscriber, agent_config, free_port, poll, scrape
 from tests.agent.mqtt.test_faults import send
 from tests.agent.test_service import mixed_folder
 
@@ -33,15 +33,6 @@ def browser():
     d.set_page_load_timeout(20)
     yield d
     d.quit()
-
-
-def poll(cond, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def events(sub):
@@ -94,20 +85,13 @@ def test_the_page_shows_each_part_with_its_verdict_within_a_second(broker, calib
         sub.close()
 
 
-def test_a_taken_port_is_reported_not_raised():
-    import socket
+def test_a_taken_port_is_reported_not_raised(taken_port):
     from types import SimpleNamespace
 
     from agent.web.page import OperatorPage
-    taken = socket.socket()
-    taken.bind(("127.0.0.1", 0))
-    taken.listen()
-    try:
-        page = OperatorPage(SimpleNamespace(enabled=True, host="127.0.0.1", port=taken.getsockname()[1], history=5),
-                            lambda: {}, lambda: True)
-        page.start()
-        assert page.state["state"] == "error" and "cannot serve" in page.state["error"]
-        page.event({"verdict": "ok", "seq": 1})  # events still arrive: nothing breaks
-        page.close()
-    finally:
-        taken.close()
+    page = OperatorPage(SimpleNamespace(enabled=True, host="127.0.0.1", port=taken_port, history=5),
+                        lambda: {}, lambda: True)
+    page.start()
+    assert page.state["state"] == "error" and "cannot serve" in page.state["error"]
+    page.event({"verdict": "ok", "seq": 1})  # events still arrive: nothing breaks
+    page.close()
