@@ -1,4 +1,4 @@
-"""TensorRT backend for the Jetson (TensorRT 10 Python API, as JetPack 6 ships it).
+"""TensorRT backend for the Jetson (TensorRT 10 Python API, as JetPack 6.1 and later ship it).
 
 Engines are built on the machine that runs them (`adgan export build-engine BUNDLE`) from
 the bundle's ONNX graphs, and stored under BUNDLE/engines/ with a sidecar naming the
@@ -21,13 +21,16 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.scoring.bundle import Bundle, BundleError, sha256_file
-from agent.scoring.backend import Backend, BackendUnavailable
+from agent.scoring.backend import Backend
+from agent.scoring.cuda import CudaDevice, CudaUnavailable
 
 log = logging.getLogger(__name__)
 MAX_K = 1000  # length of the on-device table of step numbers
+ALIGN = 256   # bytes: TensorRT wants every tensor address aligned to this (setTensorAddress)
+TRT_MAJOR = 10  # the name-based tensor API and explicit batch by default (JetPack 6.1 and later)
 
 
-class TensorRTUnavailable(BackendUnavailable):
+class TensorRTUnavailable(CudaUnavailable):
     """TensorRT, pycuda or a CUDA GPU is missing on this machine."""
 
 
@@ -50,61 +53,19 @@ def _import_trt():
         raise TensorRTUnavailable(
             "TensorRT is not installed here: it comes with JetPack on a Jetson (python3-libnvinfer). "
             "Use --backend onnxruntime on other machines") from e
+    check_version(trt.__version__)
     return trt
 
 
-class CudaDevice:
-    """The few CUDA operations the backend needs, through pycuda, each checked."""
-
-    def __init__(self, index: int = 0) -> None:
-        try:
-            import pycuda.driver as cuda
-        except ImportError as e:
-            raise TensorRTUnavailable("pycuda is not installed (on a Jetson: pip install pycuda)") from e
-        try:
-            cuda.init()
-            if cuda.Device.count() <= index:
-                raise TensorRTUnavailable(f"no CUDA GPU {index} (found {cuda.Device.count()})")
-            self.dev = cuda.Device(index)
-            self.ctx = self.dev.make_context()
-        except cuda.Error as e:
-            raise TensorRTUnavailable(f"CUDA is not usable here: {e}") from e
-        self.cuda = cuda
-        self.stream = cuda.Stream()
-        self.allocs: list = []
-
-    def describe(self) -> dict:
-        major, minor = self.dev.compute_capability()
-        return {"gpu": self.dev.name(), "compute_capability": f"{major}.{minor}",
-                "cuda_driver": self.cuda.get_driver_version()}
-
-    def alloc(self, nbytes: int) -> int:
-        m = self.cuda.mem_alloc(max(nbytes, 4))
-        self.allocs.append(m)
-        return int(m)
-
-    def htod(self, dst: int, src: np.ndarray) -> None:
-        self.cuda.memcpy_htod_async(dst, np.ascontiguousarray(src), self.stream)
-
-    def dtoh(self, dst: np.ndarray, src: int) -> None:
-        self.cuda.memcpy_dtoh_async(dst, src, self.stream)
-
-    def dtod(self, dst: int, src: int, nbytes: int) -> None:
-        self.cuda.memcpy_dtod_async(dst, src, nbytes, self.stream)
-
-    def zero(self, dst: int, nbytes: int) -> None:
-        self.cuda.memset_d8_async(dst, 0, nbytes, self.stream)
-
-    @property
-    def stream_handle(self) -> int:
-        return self.stream.handle
-
-    def sync(self) -> None:
-        self.stream.synchronize()
-
-    def close(self) -> None:
-        self.allocs.clear()
-        self.ctx.pop()
+def check_version(version: str) -> None:
+    """TensorRT 10 or later: 8.6 (JetPack 6.0) reads create_network(0) as implicit batch."""
+    try:
+        major = int(str(version).split(".")[0])
+    except ValueError:
+        raise TensorRTUnavailable(f"cannot read the TensorRT version {version!r}") from None
+    if major < TRT_MAJOR:
+        raise TensorRTUnavailable(f"TensorRT {version} is too old: this backend needs TensorRT {TRT_MAJOR} or later "
+                                  "(JetPack 6.1 or later). On older JetPack use --backend onnxruntime")
 
 
 def _engine_stem(trt_version: str, gpu: str, fp16: bool) -> str:
@@ -133,16 +94,27 @@ def build_engine(bundle_path: str | Path, fp16: bool = False, device: int = 0) -
                 raise RuntimeError(f"TensorRT could not parse {role}.onnx: {errs}")
             config = builder.create_builder_config()
             config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, 1 << 30)
+            # TF32 (on by default on Ampere/Orin) rounds weights to 10-bit mantissas: theta
+            # updates of ~1e-7 would vanish. fp32 means fp32.
+            config.clear_flag(trt.BuilderFlag.TF32)
             if fp16:
                 if not builder.platform_has_fast_fp16:
                     raise RuntimeError("this GPU has no fast fp16; build without --fp16")
                 config.set_flag(trt.BuilderFlag.FP16)
                 config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-                # Only convolutions in fp16: Adam, reductions and the loss stay fp32.
+                # Only convolutions in fp16: Adam, reductions and the loss stay fp32. Layers with
+                # boolean or integer tensors (the ReLU mask's Greater/Cast, Or) keep their types:
+                # TensorRT refuses a float32 constraint on them.
                 for i in range(network.num_layers):
                     layer = network.get_layer(i)
-                    if layer.type not in (trt.LayerType.CONVOLUTION, trt.LayerType.DECONVOLUTION):
+                    if layer.type in (trt.LayerType.CONVOLUTION, trt.LayerType.DECONVOLUTION):
+                        continue
+                    tensors = [layer.get_input(j) for j in range(layer.num_inputs)] + \
+                              [layer.get_output(j) for j in range(layer.num_outputs)]
+                    if all(t is None or t.dtype in (trt.float32, trt.float16) for t in tensors):
                         layer.precision = trt.float32
+                        for j in range(layer.num_outputs):
+                            layer.set_output_type(j, trt.float32)
             t0 = time.perf_counter()
             plan = builder.build_serialized_network(network, config)
             if plan is None:
@@ -153,7 +125,7 @@ def build_engine(bundle_path: str | Path, fp16: bool = False, device: int = 0) -
                            "build_s": round(time.perf_counter() - t0, 1)}
         sidecar = out_dir / f"{stem}.json"
         sidecar.write_text(json.dumps({"bundle_hash": bundle.bundle_hash, "tensorrt": trt.__version__,
-                                       "fp16": fp16, **info, "engines": plans}, indent=1) + "\n")
+                                       "fp16": fp16, "tf32": False, **info, "engines": plans}, indent=1) + "\n")
         return sidecar
     finally:
         cuda.close()
@@ -214,9 +186,15 @@ class TensorRTBackend(Backend):
         self.theta_init = {n: self.cuda.alloc(self.nbytes[n]) for n in self.names}
         for n, t0 in zip(self.names, self.theta0):
             self.cuda.htod(self.theta_init[n], t0)
-        self.t_table = self.cuda.alloc(4 * MAX_K)
-        self.cuda.htod(self.t_table, np.arange(1, MAX_K + 1, dtype=np.float32))
+        # step numbers 1..MAX_K, one per ALIGN bytes: `t` points at step t's entry
+        stride = ALIGN // 4
+        table = np.zeros(MAX_K * stride, np.float32)
+        table[::stride] = np.arange(1, MAX_K + 1, dtype=np.float32)
+        self.t_table = self.cuda.alloc(table.nbytes)
+        self.cuda.htod(self.t_table, table)
         self.step_io, self.loss_io = bundle.graph_io("step"), bundle.graph_io("loss")
+        for role, io in (("step", self.step_io), ("loss", self.loss_io)):
+            self._check_engine(role, engines[role], io)
         self.step_ctx = [self._context(engines["step"], self.sets[a], self.sets[1 - a], self.step_io)
                          for a in (0, 1)]
         self.loss_ctx = [self._context(engines["loss"], self.sets[a], None, self.loss_io) for a in (0, 1)]
@@ -225,6 +203,25 @@ class TensorRTBackend(Backend):
         self._lr = (None, None)
         self.cur = 0
         self.cuda.sync()
+
+    def _check_engine(self, role: str, engine, io: tuple[list[str], list[str]]) -> None:
+        """The engine's tensors are the bundle's: names, directions, shapes and float32."""
+        ins, outs = io
+        want = {n: ("INPUT", self.shapes[n]) for n in ins} | \
+               {n: ("OUTPUT", self.shapes[n.removesuffix("_out")]) for n in outs}
+        got = {}
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            got[name] = (engine.get_tensor_mode(name).name, tuple(engine.get_tensor_shape(name)),
+                         engine.get_tensor_dtype(name).name)
+        problems = [f"{n}: the engine has no such tensor" for n in want if n not in got]
+        problems += [f"{n}: the bundle has no such tensor" for n in got if n not in want]
+        for n, (mode, shape) in want.items():
+            if n in got and (got[n][0], got[n][1], got[n][2]) != (mode, tuple(shape), "FLOAT"):
+                problems.append(f"{n}: engine {got[n]}, bundle {(mode, tuple(shape), 'FLOAT')}")
+        if problems:
+            raise BundleError(f"the {role} engine does not match the bundle ({'; '.join(problems)}); rebuild it "
+                              "with adgan engine build")
 
     def _context(self, engine, src: dict, dst: dict | None, io: tuple[list[str], list[str]]):
         ctx = engine.create_execution_context()
@@ -264,7 +261,7 @@ class TensorRTBackend(Backend):
             self.cuda.htod(self.shared["lr_theta"], np.array(lr_theta, np.float32))
             self._lr = (lr_z, lr_theta)
         ctx = self.step_ctx[self.cur]
-        if not ctx.set_tensor_address("t", self.t_table + 4 * (t - 1)):
+        if not ctx.set_tensor_address("t", self.t_table + ALIGN * (t - 1)):
             raise RuntimeError("TensorRT rejected the address of tensor 't'")
         if not ctx.execute_async_v3(self.cuda.stream_handle):
             raise RuntimeError(f"TensorRT step {t} failed to enqueue")

@@ -8,10 +8,10 @@ import onnxruntime as ort
 import pytest
 
 from adgan.cli import main
-from agent.scoring.bundle import Bundle
+from agent.scoring.bundle import Bundle, BundleError
 from agent.scoring.onnxruntime import OnnxRuntimeBackend
 from agent.scoring.search import Searcher
-from agent.scoring.tensorrt import TensorRTBackend, TensorRTUnavailable
+from agent.scoring.tensorrt import TensorRTBackend, TensorRTUnavailable, check_version
 from agent.segment.preprocess import sample_to_input
 from agent.sources.dataset import read_sample
 
@@ -28,9 +28,9 @@ class FakeCuda:
         return {"gpu": "fake", "compute_capability": "0.0", "cuda_driver": 0}
 
     def alloc(self, nbytes):
-        addr = self.next
+        addr = self.next  # cudaMalloc's alignment: 256 bytes
         self.mem[addr] = np.zeros(nbytes, np.uint8)
-        self.next += nbytes + 256
+        self.next = (self.next + nbytes + 511) // 256 * 256
         return addr
 
     def view(self, addr, nbytes):
@@ -64,10 +64,39 @@ class FakeCuda:
         pass
 
 
+class Named:
+    """A TensorRT enum value: the backend compares them by name."""
+
+    def __init__(self, name):
+        self.name = name
+
+
 class FakeEngine:
-    def __init__(self, path, cuda):
+    """The engine's tensor API (TensorRT 10: names, modes, shapes, dtypes) over the graph's ONNX."""
+
+    def __init__(self, path, cuda, rename=None):
         self.sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         self.cuda = cuda
+        self.tensors = {}
+        for mode, items in (("INPUT", self.sess.get_inputs()), ("OUTPUT", self.sess.get_outputs())):
+            for t in items:
+                self.tensors[(rename or {}).get(t.name, t.name)] = (mode, tuple(t.shape), "FLOAT")
+
+    @property
+    def num_io_tensors(self):
+        return len(self.tensors)
+
+    def get_tensor_name(self, i):
+        return list(self.tensors)[i]
+
+    def get_tensor_mode(self, name):
+        return Named(self.tensors[name][0])
+
+    def get_tensor_shape(self, name):
+        return self.tensors[name][1]
+
+    def get_tensor_dtype(self, name):
+        return Named(self.tensors[name][2])
 
     def create_execution_context(self):
         return FakeContext(self)
@@ -78,10 +107,15 @@ class FakeContext:
         self.e, self.addr, self.runs = engine, {}, 0
 
     def set_tensor_address(self, name, addr):
+        """Refused like TensorRT: an unknown tensor, or an address not aligned to 256 bytes."""
+        if name not in self.e.tensors or addr % 256:
+            return False
         self.addr[name] = addr
         return True
 
     def execute_async_v3(self, stream):
+        missing = set(self.e.tensors) - set(self.addr)
+        assert not missing, f"tensors without an address: {missing}"
         io = self.e.sess
         feed = {}
         for i in io.get_inputs():
@@ -117,6 +151,29 @@ def test_tensorrt_plugin_buffers_and_iteration_with_a_fake_engine(bundles, synth
     # the two step contexts (A -> B, B -> A) alternate: odd steps on one, even on the other
     k = b.search.k
     assert [c.runs for c in trt_backend.step_ctx] == [len(xs) * ((k + 1) // 2), len(xs) * (k // 2)]
+
+
+def test_the_fake_engine_is_strict_and_the_backend_checks_the_engines_tensors(bundles):
+    """What the fake can catch of the desk review (issue 18): misaligned tensor addresses (the
+    step table was 4 bytes a step), and engines whose tensors are not the bundle's."""
+    b = Bundle.load(bundles[("all", "mse")])
+    cuda = FakeCuda()
+    ctx = FakeEngine(b.graph_path("step"), cuda).create_execution_context()
+    assert not ctx.set_tensor_address("t", cuda.alloc(4000) + 4)  # 4-byte steps are refused
+    assert not ctx.set_tensor_address("no-such-tensor", cuda.alloc(4))
+
+    def renamed(bundle, fp16, cuda):
+        engines = {r: FakeEngine(bundle.graph_path(r), cuda, rename={"z": "latent"} if r == "step" else None)
+                   for r in ("step", "loss")}
+        return None, None, engines, {"tensorrt": "fake"}
+    with pytest.raises(BundleError, match="step engine does not match the bundle.*z: the engine has no such tensor"):
+        TensorRTBackend(b, cuda=FakeCuda(), loader=renamed)
+
+
+def test_tensorrt_before_10_is_refused_with_the_jetpack_it_needs():
+    check_version("10.3.0.30")
+    with pytest.raises(TensorRTUnavailable, match=r"TensorRT 8.6.2 is too old: .*TensorRT 10 .*JetPack 6.1"):
+        check_version("8.6.2")
 
 
 @pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed here")
