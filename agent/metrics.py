@@ -80,12 +80,16 @@ class Metrics:
 
     def observe(self, work) -> None:
         """The stage times of one frame (Work's *_ms fields); stages that did not run are skipped."""
+        if not self.settings.enabled:  # nothing to record on the per-frame path when nobody scrapes
+            return
         for stage in STAGES:
             ms = getattr(work, f"{stage}_ms")
             if ms > 0:
                 self.stage.labels(stage).observe(ms / 1e3)
 
     def verdict(self, cls: str, verdict: str) -> None:
+        if not self.settings.enabled:
+            return
         self.verdicts.labels(cls, verdict).inc()
 
     def close(self) -> None:

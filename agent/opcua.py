@@ -136,6 +136,8 @@ class OpcUaServer:
                     value = wv.Value.Value.Value
                     if isinstance(value, str):
                         self.on_class(value.encode())
+                    else:
+                        log.warning("OPC UA: ExpectedClass written with %r, not a string: ignored", value)
         server.subscribe_server_callback(CallbackType.PostWrite, written)
 
         async with server:

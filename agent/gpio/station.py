@@ -52,9 +52,8 @@ class StationIO:
             if s.trigger_line is not None and self.on_trigger is not None:
                 self.input = self.chip.input(s.trigger_line, s.trigger_active_low, s.debounce_ms)
         except GpioError as e:
-            self.state = {"state": "error", "error": str(e)}
             log.error("GPIO: %s; inspection goes on without digital I/O", e)
-            self.close()
+            self.close()  # the lines already taken
             self.state = {"state": "error", "error": str(e)}
             return
         if self.input is not None:

@@ -175,12 +175,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Connection", "close")
         self.end_headers()
         self.close_connection = True
-        seq = -1
         try:
             while not page._stopping.is_set():
-                data = json.dumps(page.snapshot())
-                self.wfile.write(f"event: state\ndata: {data}\n\n".encode())
+                state = page.snapshot()  # its seq: a part that arrives while this one is sent is not missed
+                self.wfile.write(f"event: state\ndata: {json.dumps(state)}\n\n".encode())
                 self.wfile.flush()
-                seq = page.wait(page.seq if seq == -1 else seq, 2.0)
+                page.wait(state["seq"], 2.0)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the browser went away
