@@ -22,7 +22,7 @@ def cmd_score(a: argparse.Namespace) -> int:
     with open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["path", "class", "score"])
-        for path, cls, s in score_folder(scorer, bundle, a.samples, parse_frames(a.frames), not a.quiet):
+        for path, cls, s in score_folder(scorer, bundle, a.samples, parse_frames(a.frames, allow_step=True), not a.quiet):
             w.writerow([path, cls, f"{s:.9g}"])
             n += 1
     tmp.replace(out)
@@ -43,7 +43,7 @@ def add_parser(sub) -> None:
                    help="engine: onnxruntime (default), tensorrt (Jetson) or torch (the autograd oracle)")
     q.add_argument("--out", required=True, help="CSV to write")
     q.add_argument("--seed", type=int, default=0, help="seed of the initial latents z (same seed, same scores)")
-    q.add_argument("--frames", default=None, help="LO:HI frame numbers (half-open)")
+    q.add_argument("--frames", default=None, help="LO:HI frame numbers (half-open); LO:HI:STEP every STEP-th")
     q.add_argument("--n-seed", type=int, default=None, help="override the bundle's n_seed")
     q.add_argument("--k", type=int, default=None, help="override the bundle's k")
     q.add_argument("--lr-z", type=float, default=None, help="override the bundle's lr_z")

@@ -64,18 +64,28 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-def fold_rows(report: Path, variants: dict[str, str], bundles: dict[str, Path]) -> dict[str, dict]:
-    """{variant: {swap, damage, worst_defect, pixel}} of one class and fold, from its report."""
+def bundle_tag(bundle: Path) -> str:
     from agent.scoring.bundle import Bundle
-    hashes = {v: Bundle.load(b).bundle_hash[:12] for v, b in bundles.items()}
-    t2 = read_csv(report / "table2.csv")
-    dmg = read_csv(report / "damage.csv")
+    return Bundle.load(bundle).bundle_hash[:12]
+
+
+def report_rows(report: Path, tag: str) -> tuple[list[dict], list[dict]] | None:
+    """(class-swap rows, damage rows) of one bundle in a report, None if the report lacks it."""
+    if not (report / "damage.csv").exists() or not (report / "table2.csv").exists():
+        return None
+    swap = [r for r in read_csv(report / "table2.csv") if r.get("bundle") == tag]
+    rows = [r for r in read_csv(report / "damage.csv") if r.get("bundle") == tag]
+    return (swap, rows) if swap and rows else None
+
+
+def fold_rows(reports: dict[str, Path], bundles: dict[str, Path]) -> dict[str, dict]:
+    """{variant: {swap, damage, worst_defect, pixel}} of one class and fold, from each variant's report."""
     out = {}
-    for v, h in hashes.items():
-        swap = [r for r in t2 if r.get("bundle") == h]
-        rows = [r for r in dmg if r.get("bundle") == h]
-        if not swap or not rows:
-            raise ValueError(f"{report}: no rows for bundle {h} ({v})")
+    for v, b in bundles.items():
+        found = report_rows(reports[v], bundle_tag(b))
+        if found is None:
+            raise ValueError(f"{reports[v]}: no rows for bundle {b} ({v})")
+        swap, rows = found
         per_defect = {r["defect"]: float(r["image_auroc"]) for r in rows if r["defect"] != "all"}
         every = next(r for r in rows if r["defect"] == "all")
         out[v] = {"swap": float(swap[0]["auc"]), "damage": float(every["image_auroc"]),
@@ -86,7 +96,7 @@ def fold_rows(report: Path, variants: dict[str, str], bundles: dict[str, Path]) 
     return out
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data", help="dataset root (the paper's layout), e.g. ../shared/data/paper-rgbd")
     ap.add_argument("--out", required=True, help="folder for runs, bundles, reports and the summary")
@@ -102,7 +112,13 @@ def main() -> int:
                          "default: one variant 'default' with no options)")
     ap.add_argument("--damage-seed", type=int, default=7, help="seed of 'adgan dataset damage' (default 7)")
     ap.add_argument("--seed", type=int, default=0, help="training seed")
-    a = ap.parse_args()
+    ap.add_argument("--every", type=int, default=1,
+                    help="evaluate every N-th frame number of a block (default 1: all; neighbouring frames are "
+                         "near-duplicates, so a sweep of many variants can thin them)")
+    ap.add_argument("--summary", default="summary",
+                    help="name of the summary files OUT/NAME.md and OUT/NAME.csv (default summary; folds.csv "
+                         "for the default name)")
+    a = ap.parse_args(argv)
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -145,17 +161,25 @@ def main() -> int:
                     run(ADGAN + ["export", str(runs), "--out", str(bundle), "--force", *shlex.split(args)],
                         log, commands)
                 bundles[v] = bundle
-            report = fold / c / "report"
-            if not (report / "damage.csv").exists():
-                run(ADGAN + ["evaluate", "--bundles", *map(str, bundles.values()), "--data", a.data,
-                             "--frames", f"{b0}:{b1}", "--damage", str(damaged), "--out", str(report),
-                             "--no-search-figure", "--n-rank", "4", "--quiet"], log, commands)
-            for v, row in fold_rows(report, variants, bundles).items():
+            # one report per variant (a later run adds variants without scoring the others again);
+            # reports of earlier versions hold several variants in fold/C/report
+            suffix = f"-every{a.every}" if a.every > 1 else ""
+            old = fold / c / "report"
+            reports = {v: old if not suffix and report_rows(old, bundle_tag(b)) else fold / c / f"report-{v}{suffix}"
+                       for v, b in bundles.items()}
+            for v, b in bundles.items():
+                if report_rows(reports[v], bundle_tag(b)) is None:
+                    run(ADGAN + ["evaluate", "--bundles", str(b), "--data", a.data,
+                                 "--frames", f"{b0}:{b1}" + (f":{a.every}" if a.every > 1 else ""),
+                                 "--damage", str(damaged), "--out", str(reports[v]), "--no-search-figure",
+                                 "--n-rank", "4", "--quiet"], log, commands)
+            rows = fold_rows(reports, bundles)
+            for v, row in rows.items():
                 results.setdefault((c, v), []).append({"fold": f, "block": f"{b0}:{b1}", **row})
             print(f"fold {f} ({b0}:{b1}) {c}: " + "; ".join(
                 f"{v} swap {r['swap']:.3f} damage {r['damage']:.3f} (worst {r['worst_defect_name']} "
                 f"{r['worst_defect']:.3f}) pixel {r['pixel']:.3f}"
-                for v, r in fold_rows(report, variants, bundles).items()) + f" [{time.time() - t0:.0f} s]", flush=True)
+                for v, r in rows.items()) + f" [{time.time() - t0:.0f} s]", flush=True)
     write_summary(out, results, a, folds, len(variants), time.time() - t_start)
     return 0
 
@@ -164,7 +188,7 @@ def write_summary(out: Path, results, a, folds, n_variants: int, seconds: float)
     keys = ("swap", "damage", "worst_defect", "pixel", "pro")
     lines = [f"# Blocked cross-validation: {a.data}, frames {a.frames}, {len(folds)} folds "
              f"({', '.join(f'{x}:{y}' for x, y in folds)}), purge {a.purge}",
-             "", f"train args: `{a.train_args}`; variants compared: {n_variants} "
+             "", f"train args: `{a.train_args}`; every {a.every} frame(s) of a block; variants compared: {n_variants} "
              f"({', '.join(a.variant) or 'default'}); damage seed {a.damage_seed}; {seconds / 60:.0f} min", "",
              "| class | variant | folds | " + " | ".join(f"{k} mean | {k} worst" for k in keys) + " |",
              "|" + "---|" * (3 + 2 * len(keys))]
@@ -176,14 +200,15 @@ def write_summary(out: Path, results, a, folds, n_variants: int, seconds: float)
             cells += [f"{np.nanmean(vals):.3f}", f"{np.nanmin(vals):.3f}"]
         lines.append(f"| {c} | {v} | {len(fs)} | " + " | ".join(cells) + " |")
         rows += [{"class": c, "variant": v, **r} for r in fs]
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    (out / f"{a.summary}.md").write_text("\n".join(lines) + "\n")
     cols = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("class", "variant", "fold", "block"), k))
-    with open(out / "folds.csv", "w", newline="") as fh:
+    table = out / ("folds.csv" if a.summary == "summary" else f"{a.summary}.csv")
+    with open(table, "w", newline="") as fh:
         w = csv.DictWriter(fh, cols)
         w.writeheader()
         w.writerows(rows)
     print("\n".join(lines))
-    print(f"-> {out / 'summary.md'}, {out / 'folds.csv'}, commands in {out / 'commands.txt'}")
+    print(f"-> {out / (a.summary + '.md')}, {table}, commands in {out / 'commands.txt'}")
 
 
 if __name__ == "__main__":

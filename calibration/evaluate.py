@@ -162,7 +162,7 @@ def evaluate(o: EvaluateOptions) -> Path:
 
     out = Path(o.out)
     (out / "scores").mkdir(parents=True, exist_ok=True)
-    frames = parse_frames(o.frames)
+    frames = parse_frames(o.frames, allow_step=True)
     table, curves, avg, index = [], {}, {}, ["# Evaluation report", "",
                                              f"Data `{o.data}`, frames `{o.frames or 'all'}`, backend `{o.backend}`, "
                                              f"seed {o.seed}.", ""]
@@ -268,7 +268,8 @@ def add_parser(sub) -> None:
     q.add_argument("--damage", default=None, help="root made by 'adgan dataset damage': image AUROC per class and "
                    "defect, pixel AUROC and PRO of the anomaly maps against the masks, maps over the best and "
                    "worst damaged parts")
-    q.add_argument("--frames", default=None, help="LO:HI frame numbers (half-open), e.g. 700:1000")
+    q.add_argument("--frames", default=None,
+                   help="LO:HI frame numbers (half-open), e.g. 700:1000; LO:HI:STEP every STEP-th of them")
     q.add_argument("--out", required=True, help="report folder")
     q.add_argument("--backend", choices=SCORER_BACKENDS, default=EvaluateOptions.backend,
                    help="engine that scores: onnxruntime (default), tensorrt (Jetson) or torch (the autograd "

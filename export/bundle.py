@@ -34,7 +34,8 @@ def with_default_seeds(search: SearchDefaults) -> SearchDefaults:
 
 
 def write_bundle(run: str | Path, out: str | Path, search: SearchDefaults, use_ema: bool = True,
-                 force: bool = False, data: str | Path | None = None, progress: bool = False) -> dict:
+                 force: bool = False, data: str | Path | None = None, progress: bool = False,
+                 operating_point: dict | None = None) -> dict:
     """Export a training run's generator (and its encoder, for z_init "encoder") as a bundle
     directory. With score_norm "train" the run's training samples (from `data` if the dataset
     moved) are scored once to standardise the local score per cell."""
@@ -55,6 +56,8 @@ def write_bundle(run: str | Path, out: str | Path, search: SearchDefaults, use_e
             raise ValueError(f"{run}: the encoder was trained for the {est['generator_weights']} weights, "
                              f"the bundle exports the {which} weights")
         info["training"]["encoder"] = {k: est[k] for k in ("epochs", "loss", "fg_threshold", "features", "seed")}
+    if operating_point is not None:
+        info["operating_point"] = operating_point
     if search.score_norm == "none":
         return write_generator_bundle(g, out, search, info, force, encoder)
     # Standardised per cell: score the run's own training samples with the plain local score's
@@ -66,7 +69,8 @@ def write_bundle(run: str | Path, out: str | Path, search: SearchDefaults, use_e
     cd = load_run_data(st, data, run)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".stats-", dir=out.parent) as tmp:
-        write_generator_bundle(g, Path(tmp) / "b", replace(search, score_norm="none"), info, False, encoder)
+        one = replace(search, score_norm="none", parts_per_call=1, seeds_per_call=search.n_seed)
+        write_generator_bundle(g, Path(tmp) / "b", one, info, False, encoder)
         energies = training_cell_energies(Path(tmp) / "b", cd.x.numpy(), progress)
     mu, sd = cell_statistics(energies)
     stats = {"samples": int(len(energies)), "frames": f"{cd.frames[0]}..{cd.frames[-1]}", "sd_floor": SD_FLOOR,
@@ -127,13 +131,16 @@ def write_generator_bundle(g: Generator, out: str | Path, search: SearchDefaults
     tmp = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out.parent))
     try:
         core = export_graphs(g, tmp, search.seeds_per_call, search.theta_scope, search.loss, search.fg_threshold,
-                             search.depth_weight, search.pool, search.score_cells, cell_stats)
+                             search.depth_weight, search.pool, search.score_cells, cell_stats,
+                             x_batch=search.seeds_per_call if search.parts_per_call > 1 else 1)
         th = {k: v.numpy().astype(np.float32) for k, v in g.theta().items()}
         np.savez(tmp / "theta.npz", **th)
         ins, outs = step_io(core.trainable)
         lin, lout = loss_io(core.trainable)
         names = ["step.onnx", "loss.onnx", "theta.npz"]
         graphs = {"opset": OPSET, "seeds_per_call": search.seeds_per_call,
+                  "x_batch": search.seeds_per_call if search.parts_per_call > 1 else 1,
+                  "loss_scale": core.loss_scale,  # gradients in the step graph are this times the true ones
                   "step": {"file": "step.onnx", "inputs": ins, "outputs": outs},
                   "loss": {"file": "loss.onnx", "inputs": lin, "outputs": lout}}
         if encoder is not None:
@@ -157,6 +164,7 @@ def write_generator_bundle(g: Generator, out: str | Path, search: SearchDefaults
             "graphs": graphs,
             "theta": {"file": "theta.npz", "trainable": core.trainable, "all": sorted(th)},
             "training": info.get("training", {}),
+            **({"operating_point": info["operating_point"]} if "operating_point" in info else {}),
             **({"score_stats": {"file": "cell_stats.npz", **(stats_info or {})}} if cell_stats is not None else {}),
             "files": files,
         }

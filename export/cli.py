@@ -25,10 +25,19 @@ def cmd_export(a: argparse.Namespace) -> int:
     from export.bundle import PAPER_SEARCH, RECIPE_SEARCH, with_default_seeds, write_bundle
     from training.encoder import ENCODER_FILE
 
+    if a.budget_ms is not None and a.operating_point:
+        raise ValueError("give --budget-ms or --operating-point, not both")
+    pointed = a.budget_ms is not None or a.operating_point
+    if pointed:
+        from export.operating_point import POINT_FIELDS
+        clash = [f"--{n.replace('_', '-')}" for n in sorted(POINT_FIELDS) if getattr(a, n, None) is not None]
+        if clash or a.paper:
+            raise ValueError(f"--budget-ms and --operating-point choose the search: drop {clash or ['--paper']}")
     base = PAPER_SEARCH if a.paper else RECIPE_SEARCH
     given = {f.name: getattr(a, f.name) for f in fields(base) if getattr(a, f.name, None) is not None}
     if given.get("z_init") == "auto":
         del given["z_init"]
+    parts = given.pop("parts_per_call", 1)  # set last: it fixes seeds per call from n_seed
     search = replace(base, **given)
     if search.z_init == "encoder" and a.z_init != "encoder":
         run_dir = Path(a.run) if Path(a.run).is_dir() else Path(a.run).parent
@@ -40,12 +49,28 @@ def cmd_export(a: argparse.Namespace) -> int:
         search = with_default_seeds(search)
     if "seeds_per_call" not in given:
         search = replace(search, seeds_per_call=search.n_seed)
-    m = write_bundle(a.run, a.out, search, use_ema=not a.no_ema, force=a.force, data=a.data, progress=True)
+    if parts != 1:
+        search = replace(search, parts_per_call=parts, seeds_per_call=given.get("seeds_per_call", search.n_seed * parts))
+    record = None
+    if pointed:
+        from export.operating_point import pick_for_run
+        out = Path(a.out)
+        if out.exists() and any(out.iterdir()) and not a.force:
+            raise ValueError(f"{out} exists and is not empty; choose another --out or pass --force")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        search, record = pick_for_run(
+            a.run, out, search, a.budget_ms, a.operating_point, a.operating_points,
+            lambda s, d: write_bundle(a.run, d, s, use_ema=not a.no_ema, data=a.data), a.threads)
+        print(f"operating point {record['name']!r} ({record['asked']}): {record['measured_ms']} ms per score here "
+              f"(default {record['default_ms']} ms), validated quality {record['quality'].get('quality', '?')}")
+    m = write_bundle(a.run, a.out, search, use_ema=not a.no_ema, force=a.force, data=a.data, progress=True,
+                     operating_point=record)
     s = search
     print(f"exported {m['class']} ({m['kind']}, {m['training']['weights']}, epoch {m['training']['epoch']}) "
           f"-> {a.out}: theta scope {s.theta_scope}, loss {s.loss}, depth weight {s.depth_weight:g}, pool {s.pool}, "
           f"score {s.describe_score()}, "
-          f"n_seed {s.n_seed}, k {s.k}, z_init {s.z_init}")
+          f"n_seed {s.n_seed}, k {s.k}, z_init {s.z_init}"
+          + (f", {s.parts_per_call} parts per call" if s.parts_per_call > 1 else ""))
     return 0
 
 
@@ -71,7 +96,8 @@ def add_parser(sub) -> None:
     q.add_argument("--n-seed", type=int, default=None,
                    help="latent seeds per sample (paper: 3; default 1 when the search starts at E(x) without "
                         "noise, where every seed would run the same search, else 3)")
-    q.add_argument("--k", type=int, default=None, help="Adam steps per seed (default and paper: 19)")
+    q.add_argument("--k", type=int, default=None, help="Adam steps per seed (default and paper: 19; 0: no search, the "
+                        "score of G(E(x)) from the encoder alone, as f-AnoGAN scores)")
     q.add_argument("--lr-z", type=float, default=None, help="Adam learning rate of z (default and paper: 5e-2)")
     q.add_argument("--lr-theta", type=float, default=None, help="Adam learning rate of theta (paper: 6e-9)")
     q.add_argument("--fg-threshold", type=float, default=None,
@@ -102,6 +128,23 @@ def add_parser(sub) -> None:
     q.add_argument("--seeds-per-call", "--batch-seeds", dest="seeds_per_call", type=int, default=None,
                    help="seeds per graph call, the graphs' batch (default: n_seed; '--batch-seeds' is the old "
                         "spelling)")
+    q.add_argument("--parts-per-call", type=int, default=None,
+                   help="parts scored together in one graph call (default 1): a station that sees several "
+                        "parts per frame, or a re-inspection queue, scores up to P parts for about the cost of "
+                        "one call; every slot gets its own part, seeds per call becomes P * n_seed")
+    q.add_argument("--budget-ms", type=float, default=None,
+                   help="choose the search: the validated operating point (bench/frontier.py, blocked "
+                        "cross-validation) of highest quality whose cost, timed here on ONNX Runtime with the run's "
+                        "generator, fits B ms per score; the choice and its cost go into the manifest")
+    from export.operating_point import NAMED
+    q.add_argument("--operating-point", choices=NAMED, default=None,
+                   help="choose the search by name: fast (the cheapest point on the validated Pareto front), "
+                        "default, best (the highest validated quality); its cost here goes into the manifest")
+    q.add_argument("--operating-points", default=None, metavar="FILE",
+                   help="the validated points (default: the shipped export/operating_points.json; "
+                        "bench/frontier.py writes one)")
+    q.add_argument("--threads", type=int, default=0,
+                   help="ONNX Runtime threads when timing an operating point (default 0: all cores, as the agent)")
     q.add_argument("--no-ema", action="store_true", help="export the raw generator even if the run kept an EMA")
     q.add_argument("--force", action="store_true", help="replace an existing bundle folder")
     q.add_argument("--fp16", action="store_true", help="build-engine: fp16 for activations (theta and moments stay fp32)")

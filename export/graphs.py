@@ -24,6 +24,11 @@ from training.losses import channel_weights
 from training.model import Architecture, Generator
 
 BETA1, BETA2, ADAM_EPS = 0.9, 0.999, 1e-8
+# Bundles scale the loss's gradient by this in the step graph (and Adam's eps with it, so
+# the update is the same): gradients entering the backward convolutions stay above fp16's
+# smallest normal (bench/fp16_gradients.py: 28% of them below it unscaled for the default
+# search, 97% for the paper's; 0.0% and 0.1% at 2^12). A power of two is exact in fp32.
+LOSS_SCALE = 4096.0
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,7 @@ def per_seed(name: str, t: torch.Tensor, s: int) -> torch.Tensor:
 class SearchStep(nn.Module):
     """One Adam iteration of Algorithm 1 (`step`) or the loss alone (`loss`), autograd-free.
 
-    step inputs:  x (1, 4, H, W), t (step number, 1-based), lr_z, lr_theta, z (S, nz), m_z, v_z,
+    step inputs:  x (1 or S, 4, H, W): one part for every slot, or one per slot; t (step number, 1-based), lr_z, lr_theta, z (S, nz), m_z, v_z,
                   then for each trainable theta tensor: value, m, v.
     step outputs: loss (S,) before the update, z, m_z, v_z, then the trainable theta with m, v.
     loss inputs:  x, z, trainable theta; output loss (S,).
@@ -84,8 +89,13 @@ class SearchStep(nn.Module):
 
     def __init__(self, g: Generator, seeds_per_call: int, scope: str = "all", loss: str = "mse",
                  fg_threshold: float = -0.9, bn_eps: float = 1e-5, depth_weight: float = 1.0,
-                 pool: int = 1, score_cells: int = 0, cell_stats: tuple | None = None) -> None:
+                 pool: int = 1, score_cells: int = 0, cell_stats: tuple | None = None,
+                 loss_scale: float = 1.0) -> None:
         super().__init__()
+        m, e = np.frexp(loss_scale)
+        if loss_scale < 1 or m != 0.5:
+            raise ValueError(f"loss_scale must be a power of two >= 1 (exact in fp32), got {loss_scale}")
+        self.loss_scale = float(loss_scale)
         if scope not in SCOPES:
             raise ValueError(f"theta scope must be one of {SCOPES}, got {scope!r}")
         if loss not in LOSSES:
@@ -225,6 +235,8 @@ class SearchStep(nn.Module):
         if not need_grad:
             return loss, {}, y
         grads: dict[str, torch.Tensor] = {}
+        if self.loss_scale != 1.0:  # every gradient below is loss_scale times the true one
+            dy = dy * self.loss_scale
         d = dy * (1 - y * y)  # through tanh
         for i in range(len(self.layers) - 1, -1, -1):
             l = self.layers[i]
@@ -244,8 +256,10 @@ class SearchStep(nn.Module):
 
     # -- graphs -------------------------------------------------------------------------
     @staticmethod
-    def adam(p, g, m, v, t, lr):
-        """torch.optim.Adam's update (no weight decay, no amsgrad), fused."""
+    def adam(p, g, m, v, t, lr, scale: float = 1.0):
+        """torch.optim.Adam's update (no weight decay, no amsgrad), fused. With g `scale` times
+        the true gradient, m and v hold scale and scale^2 times theirs, and eps * scale keeps
+        the update exactly Adam's (a power-of-two scale is exact in floating point)."""
         m = BETA1 * m + (1 - BETA1) * g
         v = BETA2 * v + (1 - BETA2) * g * g
         bc1 = 1 - torch.pow(torch.full_like(t, BETA1), t)
@@ -254,7 +268,7 @@ class SearchStep(nn.Module):
         # alone: ONNX graph optimisers drop "x + 1e-8" as adding zero (seen with the
         # torch.onnx dynamo exporter's optimize=True), and then v = 0 gives 0 / 0.
         # Scalars first: every full-size operation is a pass over theta-sized memory.
-        p = p - (lr / bc1 * sq_bc2) * m / (torch.sqrt(v) + ADAM_EPS * sq_bc2)
+        p = p - (lr / bc1 * sq_bc2) * m / (torch.sqrt(v) + (ADAM_EPS * scale) * sq_bc2)
         return p, m, v
 
     def step(self, x, t, lr_z, lr_theta, z, m_z, v_z, *theta_state):
@@ -262,10 +276,10 @@ class SearchStep(nn.Module):
         vals, ms, vs = theta_state[:k], theta_state[k:2 * k], theta_state[2 * k:]
         theta = dict(zip(self.trainable, vals))
         loss, grads, dz = self.forward_backward(x, z, theta)
-        z, m_z, v_z = self.adam(z, dz, m_z, v_z, t, lr_z)
+        z, m_z, v_z = self.adam(z, dz, m_z, v_z, t, lr_z, self.loss_scale)
         new_p, new_m, new_v = [], [], []
         for name, p, m, v in zip(self.trainable, vals, ms, vs):
-            p, m, v = self.adam(p, grads[name], m, v, t, lr_theta)
+            p, m, v = self.adam(p, grads[name], m, v, t, lr_theta, self.loss_scale)
             new_p.append(p)
             new_m.append(m)
             new_v.append(v)

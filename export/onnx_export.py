@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from export.graphs import LossGraph, SearchStep, StepGraph
+from export.graphs import LOSS_SCALE, LossGraph, SearchStep, StepGraph
 from training.model import Generator
 
 log = logging.getLogger(__name__)
@@ -57,14 +57,18 @@ def _export(module: torch.nn.Module, args: tuple, path: Path, ins: list[str], ou
 
 def export_graphs(g: Generator, out: Path, seeds_per_call: int, scope: str, loss: str, fg_threshold: float,
                   depth_weight: float = 1.0, pool: int = 1, score_cells: int = 0,
-                  cell_stats: tuple | None = None) -> SearchStep:
-    """Write out/step.onnx and out/loss.onnx for `seeds_per_call` seeds per call; returns the core module."""
+                  cell_stats: tuple | None = None, x_batch: int = 1,
+                  loss_scale: float = LOSS_SCALE) -> SearchStep:
+    """Write out/step.onnx and out/loss.onnx for `seeds_per_call` seeds per call; x is (x_batch, C, H, W):
+    one part broadcast over the slots (1) or a part per slot (seeds_per_call). Returns the core module."""
     g = g.eval()
     core = SearchStep(g, seeds_per_call, scope, loss, fg_threshold, depth_weight=depth_weight, pool=pool,
-                      score_cells=score_cells, cell_stats=cell_stats).eval()
+                      score_cells=score_cells, cell_stats=cell_stats, loss_scale=loss_scale).eval()
     th = core.init_theta(g)
     size = g.arch.size
-    x = torch.zeros(1, g.arch.channels, size, size)
+    if x_batch not in (1, seeds_per_call):
+        raise ValueError(f"x_batch must be 1 or seeds_per_call ({seeds_per_call}), got {x_batch}")
+    x = torch.zeros(x_batch, g.arch.channels, size, size)
     z = torch.randn(seeds_per_call, g.arch.nz)
     # Every example input must be its own tensor: torch.export merges aliased inputs
     # into one graph input (m and v would become the same tensor).

@@ -38,7 +38,8 @@ class Backend(ABC):
 
     @abstractmethod
     def reset(self, x: np.ndarray, z0: np.ndarray) -> None:
-        """Start a search: x (4, H, W), z0 (seeds_per_call, nz); theta from the bundle, moments zero."""
+        """Start a search: x (4, H, W) for every slot, or (seeds_per_call, 4, H, W) one per slot with a
+        bundle of several parts per call; z0 (seeds_per_call, nz); theta from the bundle, moments zero."""
 
     @abstractmethod
     def step(self, t: int, lr_z: float, lr_theta: float) -> None:
@@ -57,6 +58,16 @@ class Backend(ABC):
 
     def close(self) -> None:
         pass
+
+
+def slot_inputs(x: np.ndarray, x_batch: int) -> np.ndarray:
+    """x as the graphs' x input (x_batch, C, H, W): one part is given to every slot."""
+    xb = x[None] if x.ndim == 3 else x
+    if xb.shape[0] != x_batch:
+        if xb.shape[0] != 1:
+            raise ValueError(f"the graphs take {x_batch} parts per call, got {xb.shape[0]}")
+        xb = np.broadcast_to(xb, (x_batch, *xb.shape[1:]))
+    return np.ascontiguousarray(xb, np.float32)
 
 
 def _entry(name: str, which: int) -> Any:

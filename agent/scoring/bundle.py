@@ -63,10 +63,12 @@ class SearchDefaults(Record):
     pool: int = 1               # compare on pool x pool cells, the residual averaged over each cell's counted pixels (1: per pixel)
     score_cells: int = 0        # 0: the score is the search's loss; K: the mean of the K cells that differ most
     score_norm: str = "none"    # "train": each cell's energy standardised against the training frames' (score_stats)
+    parts_per_call: int = 1     # parts scored in one graph call: > 1 gives every slot its own x, and
+                                # seeds_per_call = parts_per_call * n_seed (Searcher.score_batch)
 
     def __post_init__(self) -> None:
-        if self.n_seed < 1 or self.k < 1 or self.seeds_per_call < 1:
-            raise ValueError("n_seed, k and seeds_per_call must be >= 1")
+        if self.n_seed < 1 or self.k < 0 or self.seeds_per_call < 1:
+            raise ValueError("n_seed and seeds_per_call must be >= 1, k >= 0")
         if self.lr_z < 0 or self.lr_theta < 0:
             raise ValueError("learning rates must be >= 0")
         if self.theta_scope not in THETA_SCOPES:
@@ -79,6 +81,9 @@ class SearchDefaults(Record):
             raise ValueError(f"z_init must be one of {Z_INITS}, got {self.z_init!r}")
         if self.z_init_noise < 0:
             raise ValueError(f"z_init_noise must be >= 0, got {self.z_init_noise}")
+        if self.k == 0 and self.z_init != "encoder":
+            raise ValueError("k 0 scores G(E(x)) without a search (the encoder alone, as f-AnoGAN): "
+                             "it needs z_init 'encoder'")
         if not self.depth_weight > 0:
             raise ValueError(f"depth_weight must be > 0, got {self.depth_weight}")
         if self.score_cells < 0:
@@ -87,6 +92,11 @@ class SearchDefaults(Record):
             raise ValueError(f"score_norm must be one of {SCORE_NORMS}, got {self.score_norm!r}")
         if self.score_norm != "none" and not self.score_cells:
             raise ValueError("score_norm 'train' standardises the local score: it needs score_cells K > 0")
+        if self.parts_per_call < 1:
+            raise ValueError(f"parts_per_call must be >= 1, got {self.parts_per_call}")
+        if self.parts_per_call > 1 and self.seeds_per_call != self.parts_per_call * self.n_seed:
+            raise ValueError(f"{self.parts_per_call} parts per call of {self.n_seed} seeds each need seeds_per_call "
+                             f"{self.parts_per_call * self.n_seed}, got {self.seeds_per_call}")
         if not (1 <= self.pool <= 32 and self.pool & (self.pool - 1) == 0):
             raise ValueError(f"pool must be a power of two from 1 to 32 (it divides every image size), got {self.pool}")
 
@@ -124,6 +134,12 @@ class Bundle:
         self.channels: int = int(arch["channels"])
         self.trainable: list[str] = list(manifest["theta"]["trainable"])
         self.seeds_per_call: int = int(manifest["graphs"]["seeds_per_call"])
+        self.parts_per_call: int = self.search.parts_per_call
+        # the graphs' x: one part for every slot (1), or one per slot (parts_per_call > 1)
+        self.x_batch: int = int(manifest["graphs"].get("x_batch", 1))
+        if self.x_batch not in (1, self.seeds_per_call) or (self.search.parts_per_call > 1) != (self.x_batch > 1):
+            raise ValueError(f"graphs' x batch {self.x_batch} does not fit {self.search.parts_per_call} parts per "
+                             f"call of {self.seeds_per_call} slots")
         self.cell_stats: tuple[np.ndarray, np.ndarray] | None = None  # (mu, sd) per cell, score_norm "train"
 
     @classmethod

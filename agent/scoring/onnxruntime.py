@@ -9,7 +9,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agent.scoring.bundle import Bundle
-from agent.scoring.backend import Backend, BackendUnavailable
+from agent.scoring.backend import Backend, BackendUnavailable, slot_inputs
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class OnnxRuntimeBackend(Backend):
                                      f"(available: {ort.get_available_providers()}; the GPU providers come with "
                                      "onnxruntime-gpu, on a Jetson NVIDIA's wheel for JetPack)")
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = settings.threads or len(os.sched_getaffinity(0))
+        opts.intra_op_num_threads = self.threads = settings.threads or len(os.sched_getaffinity(0))
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         providers = [(p, {"device_id": settings.device_id}) if p in GPU_PROVIDERS else p for p in settings.providers]
         self.step_sess = ort.InferenceSession(str(bundle.graph_path("step")), opts, providers=providers)
@@ -72,7 +72,8 @@ class OnnxRuntimeBackend(Backend):
         self.seeds_per_call = bundle.seeds_per_call
         self.names = bundle.trainable
         s, nz, c, hw = self.seeds_per_call, bundle.nz, bundle.channels, bundle.size
-        self.x, self.lr_z, self.lr_theta = self._new((1, c, hw, hw)), self._new(()), self._new(())
+        self.x_batch = bundle.x_batch
+        self.x, self.lr_z, self.lr_theta = self._new((self.x_batch, c, hw, hw)), self._new(()), self._new(())
         self.theta0 = bundle.initial_theta(s)
         shapes = {"z": (s, nz), "m_z": (s, nz), "v_z": (s, nz)}
         for n, t0 in zip(self.names, self.theta0):
@@ -81,7 +82,7 @@ class OnnxRuntimeBackend(Backend):
         self.sets = [{n: self._new(shape) for n, shape in shapes.items()} for _ in range(2)]
         self.loss_out, self.y_out = self._new((s,)), self._new((s, c, hw, hw))
         self.t_values: list = []
-        self._t(bundle.search.k)  # the step numbers of a default search, on the device once
+        self._t(max(1, bundle.search.k))  # the step numbers of a default search, on the device once
         self.step_io = [self._bind_step(self.sets[a], self.sets[1 - a], bundle) for a in (0, 1)]
         self.loss_io = [self._bind_loss(self.sets[a], bundle) for a in (0, 1)]
         self._lr: tuple | None = None
@@ -128,7 +129,7 @@ class OnnxRuntimeBackend(Backend):
 
     def reset(self, x: np.ndarray, z0: np.ndarray) -> None:
         st = self.sets[0]
-        self._put(self.x, x[None])
+        self._put(self.x, slot_inputs(x, self.x_batch))
         self._put(st["z"], z0)
         for n in ("m_z", "v_z"):
             self._put(st[n], self.zeros[n])

@@ -43,28 +43,68 @@ class Searcher:
         if bad:
             raise ValueError(f"only {sorted(allowed)} can be overridden at run time, not {sorted(bad)}")
         self.bundle, self.backend, self.seed = bundle, backend, seed
+        if bundle.parts_per_call > 1 and overrides.get("n_seed") not in (None, bundle.search.n_seed):
+            raise ValueError(f"this bundle scores {bundle.parts_per_call} parts of {bundle.search.n_seed} seeds per "
+                             "call: n_seed cannot change at run time (export it again with --n-seed)")
         self.params: SearchDefaults = replace(bundle.search, **{k: v for k, v in overrides.items() if v is not None})
         self.encoder = None
         if self.params.z_init == "encoder":
             from agent.scoring.encoder import LatentEncoder
-            self.encoder = LatentEncoder(bundle)
+            # the encoder runs beside the search's engine, with its thread count (ONNX Runtime's)
+            self.encoder = LatentEncoder(bundle, threads=getattr(backend, "threads", 0))
 
-    def score(self, x: np.ndarray) -> ScoreResult:
+    def _check(self, x: np.ndarray) -> None:
         b = self.bundle
         if x.shape != (b.channels, b.size, b.size) or x.dtype != np.float32:
             raise ValueError(f"model input must be float32 {(b.channels, b.size, b.size)}, got {x.dtype} {x.shape}")
         if not np.isfinite(x).all():
             raise ValueError("model input contains NaN or infinite values")
+
+    def _search(self, x: np.ndarray, z0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One graph call's search of k steps: (loss per slot, G(z) per slot)."""
+        p = self.params
+        self.backend.reset(x, z0)
+        for t in range(1, p.k + 1):
+            self.backend.step(t, p.lr_z, p.lr_theta)
+        loss, y = self.backend.final()
+        return loss.copy(), y.copy()
+
+    def score(self, x: np.ndarray) -> ScoreResult:
+        if self.bundle.parts_per_call > 1:
+            return self.score_batch([x])[0]
+        self._check(x)
+        b = self.bundle
         p, s = self.params, self.backend.seeds_per_call
         z_all = start_latents(p, self.seed, s, b.nz, x, self.encoder)
         losses, recs = [], []
         for start in range(0, len(z_all), s):
-            self.backend.reset(x, z_all[start:start + s])
-            for t in range(1, p.k + 1):
-                self.backend.step(t, p.lr_z, p.lr_theta)
-            loss, y = self.backend.final()
-            losses.append(loss.copy())
-            recs.append(y.copy())
+            loss, y = self._search(x, z_all[start:start + s])
+            losses.append(loss)
+            recs.append(y)
         per_seed = np.concatenate(losses)[: p.n_seed]
         best = int(np.argmin(per_seed))
         return ScoreResult(float(per_seed.mean()), per_seed, np.concatenate(recs)[best])
+
+    def score_batch(self, xs) -> list[ScoreResult]:
+        """Scores of several parts (a frame with several parts, a re-inspection queue). A bundle
+        exported with `--parts-per-call P` scores P parts, each with its n_seed seeds, in one
+        search; a short last call repeats its last part in the free slots. Each part's result is
+        the one `score` gives it (the same z0, the same graphs per slot)."""
+        xs = list(xs)
+        for x in xs:
+            self._check(x)
+        parts = self.bundle.parts_per_call
+        if parts == 1:
+            return [self.score(x) for x in xs]
+        p, b, n = self.params, self.bundle, self.params.n_seed
+        out: list[ScoreResult] = []
+        for start in range(0, len(xs), parts):
+            chunk = xs[start:start + parts]
+            filled = chunk + [chunk[-1]] * (parts - len(chunk))
+            z0 = np.concatenate([start_latents(p, self.seed, n, b.nz, x, self.encoder)[:n] for x in filled])
+            loss, y = self._search(np.repeat(np.stack(filled), n, axis=0), z0)
+            for i in range(len(chunk)):
+                per_seed = loss[i * n:(i + 1) * n]
+                best = int(np.argmin(per_seed))
+                out.append(ScoreResult(float(per_seed.mean()), per_seed, y[i * n + best]))
+        return out

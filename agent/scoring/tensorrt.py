@@ -21,7 +21,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.scoring.bundle import Bundle, BundleError, sha256_file
-from agent.scoring.backend import Backend
+from agent.scoring.backend import Backend, slot_inputs
 from agent.scoring.cuda import CudaDevice, CudaUnavailable
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,8 @@ class TensorRTBackend(Backend):
         self.seeds_per_call = bundle.seeds_per_call
         self.names = bundle.trainable
         c, s, nz, hw = bundle.channels, bundle.seeds_per_call, bundle.nz, bundle.size
-        self.shapes = {"x": (1, c, hw, hw), "t": (), "lr_z": (), "lr_theta": (), "z": (s, nz), "m_z": (s, nz),
+        self.x_batch = bundle.x_batch
+        self.shapes = {"x": (self.x_batch, c, hw, hw), "t": (), "lr_z": (), "lr_theta": (), "z": (s, nz), "m_z": (s, nz),
                        "v_z": (s, nz), "loss": (s,), "y": (s, c, hw, hw)}
         self.theta0 = bundle.initial_theta(s)
         for n, t0 in zip(self.names, self.theta0):
@@ -243,7 +244,7 @@ class TensorRTBackend(Backend):
 
     def reset(self, x: np.ndarray, z0: np.ndarray) -> None:
         st = self.sets[0]
-        self.cuda.htod(self.shared["x"], x.astype(np.float32, copy=False).reshape(self.shapes["x"]))
+        self.cuda.htod(self.shared["x"], slot_inputs(x, self.x_batch))
         self.cuda.htod(st["z"], z0.astype(np.float32, copy=False))
         for n in ("m_z", "v_z"):
             self.cuda.zero(st[n], self.nbytes[n])

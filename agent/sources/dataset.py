@@ -69,24 +69,28 @@ def read_model_sample(folder: Path, n: int, want: Preprocessing, recorded: Prepr
     return reframe(read_sample(folder, n), recorded, want)
 
 
-def parse_frames(spec: str | None) -> tuple[int, int] | None:
+def parse_frames(spec: str | None, allow_step: bool = False) -> tuple[int, ...] | None:
     """'LO:HI' -> (LO, HI), half-open like a Python slice ('0:700' is frames 0-699).
 
-    Either end may be empty: ':700', '700:'.
+    Either end may be empty: ':700', '700:'. With allow_step, 'LO:HI:STEP' -> (LO, HI, STEP):
+    every STEP-th frame number from LO (neighbouring frames are near-duplicates, so an
+    evaluation can thin them).
     """
     if spec is None or spec == "":
         return None
-    lo, sep, hi = spec.partition(":")
-    if not sep:
-        raise ValueError(f"--frames takes LO:HI (half-open, e.g. 0:700), got {spec!r}")
+    form = "LO:HI[:STEP]" if allow_step else "LO:HI"
+    parts = spec.split(":")
+    if len(parts) < 2 or len(parts) > (3 if allow_step else 2):
+        raise ValueError(f"--frames takes {form} (half-open, e.g. 0:700), got {spec!r}")
     try:
-        a = int(lo) if lo.strip() else 0
-        b = int(hi) if hi.strip() else 2**62
+        a = int(parts[0]) if parts[0].strip() else 0
+        b = int(parts[1]) if parts[1].strip() else 2**62
+        step = int(parts[2]) if len(parts) == 3 and parts[2].strip() else 1
     except ValueError:
-        raise ValueError(f"--frames takes integers LO:HI, got {spec!r}") from None
-    if a < 0 or b <= a:
-        raise ValueError(f"--frames {spec!r} selects nothing: need 0 <= LO < HI")
-    return a, b
+        raise ValueError(f"--frames takes integers {form}, got {spec!r}") from None
+    if a < 0 or b <= a or step < 1:
+        raise ValueError(f"--frames {spec!r} selects nothing: need 0 <= LO < HI and STEP >= 1")
+    return (a, b, step) if step > 1 else (a, b)
 
 
 def frame_numbers(folder: Path, frames: tuple[int, int] | None = None) -> list[int]:
@@ -98,7 +102,8 @@ def frame_numbers(folder: Path, frames: tuple[int, int] | None = None) -> list[i
     depth = {int(p.stem) for p in depth_dir.iterdir() if p.suffix.lower() in DEPTH_EXTS and p.stem.isdigit()}
     nums = sorted(rgb & depth)
     if frames is not None:
-        nums = [n for n in nums if frames[0] <= n < frames[1]]
+        step = frames[2] if len(frames) > 2 else 1
+        nums = [n for n in nums if frames[0] <= n < frames[1] and (n - frames[0]) % step == 0]
     return nums
 
 

@@ -200,3 +200,27 @@ def test_a_standardised_cell_counts_by_how_unusual_it_is_there():
     mu, sd = np.array([0.04, 0.0, 0.002, 0.0]), np.array([0.01, 1.0, 0.002, 1.0])
     assert local_score(y, x, "fg_input", 1, pool=4).item() == pytest.approx(0.04)  # raw: cell 0 wins
     assert local_score(y, x, "fg_input", 1, pool=4, cell_stats=(mu, sd)).item() == pytest.approx(4.0)  # cell 2
+
+
+@pytest.mark.parametrize("scope, loss", [("none", "fg_input"), ("all", "mse"), ("bn", "fg")])
+def test_the_loss_scale_is_exact_in_float32(scope, loss):
+    """The bundles' loss scale (2^12, for fp16 engines) changes no float32 step: z and theta are
+    bit for bit those of the unscaled step, the moments exactly scale and scale^2 times theirs."""
+    from export.graphs import LOSS_SCALE
+    g = random_generator(torch.float32)
+    x, S = sample_x(), 2
+    z = torch.randn(S, 100, generator=torch.Generator().manual_seed(4))
+    plain, scaled = SearchStep(g, S, scope, loss), SearchStep(g, S, scope, loss, loss_scale=LOSS_SCALE)
+    th = plain.init_theta(g)
+    st = [z, torch.zeros_like(z), torch.zeros_like(z), *th, *[torch.zeros_like(t) for t in th],
+          *[torch.zeros_like(t) for t in th]]
+    a, b = list(st), list(st)
+    one = lambda v: torch.tensor(v, dtype=torch.float32)  # noqa: E731
+    n = len(plain.trainable)
+    for t in range(1, 6):
+        a = list(plain.step(x, one(float(t)), one(5e-2), one(1e-3), *a)[1:])
+        b = list(scaled.step(x, one(float(t)), one(5e-2), one(1e-3), *b)[1:])
+        assert torch.equal(a[0], b[0]) and all(torch.equal(p, q) for p, q in zip(a[3:3 + n], b[3:3 + n]))
+        assert torch.equal(a[1] * LOSS_SCALE, b[1]) and torch.equal(a[2] * LOSS_SCALE ** 2, b[2])
+    with pytest.raises(ValueError, match="power of two"):
+        SearchStep(g, S, scope, loss, loss_scale=1000.0)

@@ -68,3 +68,24 @@ def test_noise_spreads_the_seeds_and_a_tampered_encoder_is_refused(encoded_run, 
 def test_exporting_an_encoder_start_without_an_encoder_says_how(tiny_run, tmp_path, capsys):
     assert main(["export", str(tiny_run), "--out", str(tmp_path / "b"), "--z-init", "encoder"]) == 2
     assert "adgan train-encoder" in capsys.readouterr().err
+
+
+def test_k_0_scores_the_encoders_latent_without_a_search(encoded_run, synth_data, tmp_path):
+    """k 0: the score of G(E(x)), as f-AnoGAN scores; the k 1 search starts from the same point."""
+    b0, b1 = tmp_path / "k0", tmp_path / "k1"
+    for out, k in ((b0, "0"), (b1, "1")):
+        assert main(["export", str(encoded_run), "--out", str(out), "--k", k]) == 0
+    x = sample_to_input(read_sample(synth_data / "test" / "sphere", 0), 32)
+    k0 = Bundle.load(b0)
+    assert k0.search.k == 0 and k0.search.z_init == "encoder"
+    r_ort, r_ref = make_scorer(k0, "onnxruntime", 0).score(x), make_scorer(k0, "torch", 0).score(x)
+    assert r_ort.score == pytest.approx(r_ref.score, rel=1e-4)
+    one = make_scorer(Bundle.load(b1), "onnxruntime", 0).score(x)
+    assert one.score != pytest.approx(r_ort.score, rel=1e-6)  # one step moves z, so k 0 did no step
+    with pytest.raises(ValueError, match="needs z_init 'encoder'"):
+        SearchDefaults(k=0, z_init="random")
+
+
+def test_k_0_without_an_encoder_is_refused(tiny_run, tmp_path, capsys):
+    assert main(["export", str(tiny_run), "--out", str(tmp_path / "b"), "--k", "0"]) == 2
+    assert "encoder" in capsys.readouterr().err

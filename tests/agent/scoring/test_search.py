@@ -104,3 +104,32 @@ def test_score_cli_refuses_samples_of_another_recipe(bundles, synth_data, tmp_pa
     write_preprocessing(d, Preprocessing(size=32, depth_norm="fixed"))
     assert main(["score", str(bundles[("all", "mse")]), str(d), "--out", str(tmp_path / "x.csv"), "--quiet"]) == 2
     assert "preprocessing" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("scope", ["none", "all"])
+def test_several_parts_per_call_score_as_one_at_a_time(tiny_run, synth_data, tmp_path, scope):
+    """--parts-per-call P: every slot has its own part; each part's score is the one a bundle of
+    one part per call gives it, whatever its neighbours, and a short last call is padded."""
+    one, four = tmp_path / "one", tmp_path / "four"
+    common = ["--theta-scope", scope, "--k", "4", "--n-seed", "2", "--z-init", "random", "--lr-theta", "1e-4"]
+    assert main(["export", str(tiny_run), "--out", str(one), *common]) == 0
+    assert main(["export", str(tiny_run), "--out", str(four), *common, "--parts-per-call", "4"]) == 0
+    b1, b4 = Bundle.load(one), Bundle.load(four)
+    assert (b4.parts_per_call, b4.seeds_per_call, b4.x_batch) == (4, 8, 8) and b1.x_batch == 1
+    xs = _inputs(synth_data, 6)  # 6 parts: one full call and one padded
+    single = [Searcher(b1, OnnxRuntimeBackend(b1), seed=2).score(x) for x in xs]
+    s4 = Searcher(b4, OnnxRuntimeBackend(b4), seed=2)
+    batch = s4.score_batch(xs)
+    assert len(batch) == len(xs)
+    for a, r in zip(batch, single):
+        np.testing.assert_allclose(a.per_seed, r.per_seed, rtol=1e-4)
+        np.testing.assert_allclose(a.reconstruction, r.reconstruction, atol=1e-4)
+    # the order of the parts in a call changes nothing, and score() of one part agrees
+    rev = s4.score_batch(xs[::-1])[::-1]
+    np.testing.assert_allclose([r.score for r in rev], [r.score for r in batch], rtol=1e-4)
+    assert s4.score(xs[1]).score == pytest.approx(batch[1].score, rel=1e-4)
+    assert make_scorer(b4, "torch", seed=2).score_batch(xs[:2])[1].score == pytest.approx(single[1].score, rel=1e-3)
+    with pytest.raises(ValueError, match="n_seed cannot change"):
+        Searcher(b4, OnnxRuntimeBackend(b4), n_seed=3)
+    with pytest.raises(ValueError, match="model input"):
+        s4.score_batch([xs[0], xs[0][:3]])

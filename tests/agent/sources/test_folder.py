@@ -107,3 +107,15 @@ def test_loop_replays(tmp_path):
     src = FolderSource(_paper_folder(tmp_path, 2), loop=True)
     vals = [src.read().depth[16, 16] for _ in range(5)]
     assert vals == [50, 51, 50, 51, 50]
+
+
+def test_parse_frames_with_a_step_thins_the_frame_numbers(paper_data):
+    assert parse_frames("700:1000:3", allow_step=True) == (700, 1000, 3)
+    assert parse_frames("700:1000:1", allow_step=True) == (700, 1000)
+    for spec in ("700:1000:3", "0:10:0"):
+        with pytest.raises(ValueError, match="--frames"):
+            parse_frames(spec, allow_step=spec == "0:10:0")
+    folder = paper_data / "sphere"
+    every = frame_numbers(folder, (700, 1000))
+    thin = frame_numbers(folder, parse_frames("700:1000:3", allow_step=True))
+    assert thin == [n for n in every if (n - 700) % 3 == 0] and 0 < len(thin) < len(every)

@@ -1,0 +1,224 @@
+"""The quality/cost frontier of the search (issue 18): what each step, seed and setting buys.
+
+Each operating point is a set of `adgan export` options around today's default (theta scope
+none, 4x4 cells, one seed from E(x), k 19):
+
+    k 0 (the encoder alone, as f-AnoGAN scores), 1, 2, 3, 5, 10, 19; theta scope bn at k 3, 10
+    and 19; 3 seeds (E(x) + 0.5 N(0, I)) at k 5 and 19; cells of 2 and 8 pixels; the local
+    score (top 4 cells) at k 0, 5 and 19.
+
+Quality: the blocked cross-validation of issue 15 (`bench/blocked_cv.py`) on runs it has
+already trained (pass the same --train-args, --folds and --classes; training is skipped),
+each point exported from every fold's run and evaluated on the fold's block: class swaps and
+damage, mean and worst fold. Cost: ms per score of each point at the default training's
+generator size (64 px, features 32; untrained weights, cost does not depend on them) here,
+bundles interleaved sample by sample, median, ONNX Runtime with --threads.
+
+Writes OUT/frontier.md (the table, Pareto fronts marked), OUT/frontier.png (AUROC against ms
+per score, one panel per job) and OUT/operating_points.json (the points, their cost ratio to
+the default and their quality: what `adgan export --budget-ms` reads when copied to
+export/operating_points.json).
+
+    .venv/bin/python bench/frontier.py ../shared/data/paper-rgbd --cv runs/cv/sphere-object \\
+        --classes sphere --folds 3 --train-args "--size 32 --epochs 120 --encoder-epochs 60 --framing object" \\
+        --every 3 --out runs/frontier
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, without an install
+
+import numpy as np  # noqa: E402
+
+# name -> SearchDefaults fields that differ from `adgan export`'s default
+POINTS: dict[str, dict] = {
+    **{f"k{k}": {"k": k} for k in (0, 1, 2, 3, 5, 10)},
+    "default": {},
+    **{f"bn-k{k}": {"theta_scope": "bn", "lr_theta": 1e-3, "k": k} for k in (3, 10, 19)},
+    **{f"seeds3-k{k}": {"n_seed": 3, "z_init_noise": 0.5, "k": k} for k in (5, 19)},
+    "cells2": {"pool": 2},
+    "cells8": {"pool": 8},
+    **{f"top4-k{k}": {"score_cells": 4, "k": k} for k in (0, 5)},
+    "top4": {"score_cells": 4},
+}
+
+
+def export_options(fields: dict) -> str:
+    """The `adgan export` options of a point's fields."""
+    flag = {"pool": "--pool", "k": "--k", "theta_scope": "--theta-scope", "lr_theta": "--lr-theta",
+            "n_seed": "--n-seed", "z_init_noise": "--z-init-noise", "score_cells": "--score-cells"}
+    return " ".join(f"{flag[k]} {v:g}" if isinstance(v, float) else f"{flag[k]} {v}" for k, v in fields.items())
+
+
+def quality(cv_dirs: list[Path], summary: str) -> dict[str, dict]:
+    """{point: {class: {metric: [per fold]}}} from the blocked-CV tables of the points."""
+    out: dict[str, dict] = {}
+    for d in cv_dirs:
+        with open(d / f"{summary}.csv", newline="") as fh:
+            for r in csv.DictReader(fh):
+                per = out.setdefault(r["variant"], {}).setdefault(r["class"], {})
+                for k in ("swap", "damage", "worst_defect", "pixel"):
+                    per.setdefault(k, []).append(float(r[k]))
+    return out
+
+
+def costs(points: dict[str, dict], threads: int, budget_s: float, features: int = 32) -> dict[str, float]:
+    """Median ms per score of every point at 64 px and `features` (the default training's 32), interleaved."""
+    import torch
+
+    from agent.scoring.bundle import Bundle
+    from agent.scoring.onnxruntime import OnnxRuntimeBackend, OnnxRuntimeSettings
+    from agent.scoring.search import Searcher
+    from agent.segment.preprocess import Preprocessing
+    from export.bundle import RECIPE_SEARCH, write_generator_bundle
+    from training.encoder import Encoder
+    from training.model import Architecture, Generator
+
+    torch.manual_seed(0)
+    arch = Architecture(size=64, features_g=features)
+    g, enc = Generator(arch).eval(), Encoder(arch).eval()
+    info = {"class": "cost", "kind": "gan", "preprocessing": Preprocessing(size=64).to_dict()}
+    rng = np.random.default_rng(0)
+    xs = [rng.uniform(-1, 1, (4, 64, 64)).astype(np.float32) for _ in range(4)]
+    for x in xs:
+        x[:, :12], x[:, -12:] = -1, -1
+    searchers, times = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, fields in points.items():
+            s = replace(RECIPE_SEARCH, **fields)
+            s = replace(s, seeds_per_call=s.n_seed)
+            write_generator_bundle(g, Path(tmp) / name, s, info, encoder=enc)
+            b = Bundle.load(Path(tmp) / name)
+            searchers[name] = Searcher(b, OnnxRuntimeBackend(b, OnnxRuntimeSettings(threads=threads)), seed=0)
+            searchers[name].score(xs[0])  # warm-up
+            times[name] = []
+        t_end, i = time.perf_counter() + budget_s, 0
+        while i < 5 or time.perf_counter() < t_end:
+            for name, sr in searchers.items():
+                t = time.perf_counter()
+                sr.score(xs[i % len(xs)])
+                times[name].append(time.perf_counter() - t)
+            i += 1
+    return {n: 1e3 * float(np.median(t)) for n, t in times.items()}
+
+
+def pareto(ms: dict[str, float], q: dict[str, float]) -> set[str]:
+    """Points no other point beats on both cost (lower) and quality (higher)."""
+    return {n for n in ms if not any((ms[o] <= ms[n] and q[o] >= q[n]) and (ms[o] < ms[n] or q[o] > q[n])
+                                     for o in ms if o != n)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("data")
+    ap.add_argument("--cv", action="append", required=True,
+                    help="a blocked-CV folder whose runs are trained (repeatable: one per class or framing)")
+    ap.add_argument("--classes", action="append", default=None,
+                    help="classes of each --cv folder, in the same order (default: sphere)")
+    ap.add_argument("--folds", type=int, default=3)
+    ap.add_argument("--train-args", default="", help="the --train-args the runs were trained with")
+    ap.add_argument("--every", type=int, default=3, help="evaluate every N-th frame of a block (default 3)")
+    ap.add_argument("--points", default=",".join(POINTS), help="comma-separated point names (default: all)")
+    ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads for the cost (default 1)")
+    ap.add_argument("--budget-s", type=float, default=60.0, help="timing budget for the cost (default 60)")
+    ap.add_argument("--skip-quality", action="store_true", help="cost only (the CV tables exist)")
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+    names = [n.strip() for n in a.points.split(",") if n.strip()]
+    unknown = [n for n in names if n not in POINTS]
+    if unknown:
+        raise SystemExit(f"unknown points {unknown} (known: {', '.join(POINTS)})")
+    points = {n: POINTS[n] for n in names}
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cv_dirs = [Path(d) for d in a.cv]
+    classes = a.classes or ["sphere"] * len(cv_dirs)
+    summary = f"frontier-every{a.every}"
+    t0 = time.time()
+    if not a.skip_quality:
+        for d, cls in zip(cv_dirs, classes):
+            cmd = [sys.executable, str(Path(__file__).parent / "blocked_cv.py"), a.data, "--out", str(d),
+                   "--classes", cls, "--folds", str(a.folds), "--train-args", a.train_args,
+                   "--every", str(a.every), "--summary", summary,
+                   *[f"--variant={n}={export_options(f)}" for n, f in points.items()]]
+            print("$", " ".join(cmd[1:]), flush=True)
+            subprocess.run(cmd, check=True)
+    qual = quality(cv_dirs, summary)
+    ms = costs(points, a.threads, a.budget_s)
+    base = ms["default"] if "default" in ms else min(ms.values())
+    rows = {}
+    for n in points:
+        per_class = qual.get(n, {})
+        if not per_class:
+            continue
+        swap_worst = float(np.mean([min(v["swap"]) for v in per_class.values()]))
+        dmg_worst = float(np.mean([min(v["damage"]) for v in per_class.values()]))
+        rows[n] = {"options": export_options(points[n]), "search": points[n], "ms": round(ms[n], 1),
+                   "cost_ratio": round(ms[n] / base, 3),
+                   "swap_mean": float(np.mean([np.mean(v["swap"]) for v in per_class.values()])),
+                   "swap_worst": swap_worst,
+                   "damage_mean": float(np.mean([np.mean(v["damage"]) for v in per_class.values()])),
+                   "damage_worst": dmg_worst,
+                   "worst_defect": float(np.mean([min(v["worst_defect"]) for v in per_class.values()])),
+                   "pixel_worst": float(np.mean([min(v["pixel"]) for v in per_class.values()])),
+                   "quality": (swap_worst + dmg_worst) / 2, "classes": sorted(per_class)}
+    fronts = {job: pareto({n: r["ms"] for n, r in rows.items()}, {n: r[job] for n, r in rows.items()})
+              for job in ("swap_worst", "damage_worst", "quality")}
+    for n, r in rows.items():
+        r["pareto"] = n in fronts["quality"]
+    lines = [f"# The search's quality/cost frontier ({', '.join(sorted({c for c in classes}))}; "
+             f"{len(rows)} points compared; every {a.every} frame(s); cost {a.threads} thread(s), 64 px features 32)",
+             "", "| point | export options | ms per score | x default | class swaps mean | worst | damage mean | "
+             "worst | lowest defect | pixel worst | quality | Pareto |", "|" + "---|" * 12]
+    for n, r in sorted(rows.items(), key=lambda kv: kv[1]["ms"]):
+        mark = ", ".join(j.split("_")[0] for j in ("swap_worst", "damage_worst", "quality") if n in fronts[j])
+        lines.append(f"| {n} | `{r['options'] or '(none)'}` | {r['ms']:.1f} | {r['cost_ratio']:.2f} | "
+                     f"{r['swap_mean']:.3f} | {r['swap_worst']:.3f} | {r['damage_mean']:.3f} | {r['damage_worst']:.3f} | "
+                     f"{r['worst_defect']:.3f} | {r['pixel_worst']:.3f} | {r['quality']:.3f} | {mark} |")
+    lines += ["", "quality: the mean of the worst-fold class-swap and damage AUROC (averaged over classes); "
+              f"Pareto: not beaten on both cost and that job by another point. {(time.time() - t0) / 60:.0f} min."]
+    (out / "frontier.md").write_text("\n".join(lines) + "\n")
+    (out / "operating_points.json").write_text(json.dumps({
+        "source": "bench/frontier.py " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d"),
+        "cost": f"ms per score at 64 px, features 32, {a.threads} thread(s), on the machine that ran the sweep",
+        "quality": "mean of worst-fold class-swap and damage image AUROC in blocked cross-validation",
+        "points": rows}, indent=1) + "\n")
+    plot(rows, fronts, out / "frontier.png")
+    print("\n".join(lines))
+    print(f"-> {out / 'frontier.md'}, {out / 'frontier.png'}, {out / 'operating_points.json'}")
+    return 0
+
+
+def plot(rows: dict, fronts: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, (job, title) in zip(axes, (("swap_worst", "class swaps, worst fold"), ("damage_worst", "damage, worst fold"))):
+        for n, r in rows.items():
+            on = n in fronts[job]
+            ax.scatter(r["ms"], r[job], c="C3" if on else "C0", s=36 if on else 18, zorder=3)
+            ax.annotate(n, (r["ms"], r[job]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        front = sorted((rows[n]["ms"], rows[n][job]) for n in fronts[job])
+        if front:
+            ax.step(*zip(*front), where="post", c="C3", lw=1, alpha=0.6)
+        ax.set_xscale("log")
+        ax.set_xlabel("ms per score (64 px, features 32, this machine)")
+        ax.set_ylabel("image AUROC")
+        ax.set_title(title + " (red: Pareto front)")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
