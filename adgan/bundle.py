@@ -25,7 +25,9 @@ def bundle_info(path: str | Path, thresholds: str | Path | None = None) -> dict:
     info = {"path": str(b.path), "class": b.cls, "kind": b.kind, "bundle_hash": b.bundle_hash,
             "producer": m.get("producer"), "created": m.get("created"), "architecture": m["architecture"],
             "preprocessing": m["preprocessing"], "search": m["search"], "score": b.search.describe_score(),
-            "training": m.get("training"), "files": m["files"], "engines": engines}
+            "training": m.get("training"), "files": m["files"], "engines": engines,
+            "graphs": {k: m["graphs"].get(k) for k in ("seeds_per_call", "x_batch", "loss_scale")},
+            **({"operating_point": m["operating_point"]} if "operating_point" in m else {})}
     if thresholds is not None:
         rec = read_thresholds(thresholds)["classes"].get(b.cls)
         if rec is None:
@@ -48,7 +50,13 @@ def format_info(info: dict) -> str:
              f"model       {a['size']} px, nz {a['nz']}, features_g {a['features_g']}",
              f"framing     {p.get('framing', 'frame')}, depth {p['depth_norm']}",
              f"search      start {s.get('z_init', 'random')}, theta scope {s['theta_scope']}, loss {s['loss']}, "
-             f"pool {s.get('pool', 1)}, n_seed {s['n_seed']}, k {s['k']}, score {info['score']}"]
+             f"pool {s.get('pool', 1)}, n_seed {s['n_seed']}, k {s['k']}, score {info['score']}"
+             + (f", {s['parts_per_call']} parts per call" if s.get("parts_per_call", 1) > 1 else "")]
+    if info.get("operating_point"):
+        o = info["operating_point"]
+        lines.append(f"operating   {o['name']} ({o['asked']}): {o['measured_ms']} ms per score on {o['machine']}, "
+                     f"{o['threads']} thread(s) (default {o['default_ms']} ms); validated quality "
+                     f"{o.get('quality', {}).get('quality', '?')}")
     if info.get("training"):
         t = info["training"]
         lines.append(f"trained     {t.get('run')} ({t.get('weights')}, epoch {t.get('epoch')})")

@@ -46,6 +46,13 @@ def score_folder(scorer, bundle: Bundle, samples: str | Path, frames=None, progr
         todo += [(folder, n, rec) for n in frame_numbers(folder, frames)]
     if not todo:
         raise ValueError(f"{samples}: no samples to score" + (f" in frames {frames[0]}:{frames[1]}" if frames else ""))
-    for folder, n, rec in tqdm(todo, desc="score", unit="sample", disable=not progress):
+    parts = bundle.parts_per_call  # a bundle of several parts per call scores them together
+    batch: list[tuple[str, str, object]] = []
+    for i, (folder, n, rec) in enumerate(tqdm(todo, desc="score", unit="sample", disable=not progress)):
         x = sample_to_input(read_model_sample(folder, n, bundle.preprocessing, rec), bundle.size)
-        yield str(rgb_path(folder, n)), folder.name, scorer.score(x).score
+        batch.append((str(rgb_path(folder, n)), folder.name, x))
+        if len(batch) == parts or i == len(todo) - 1:
+            results = scorer.score_batch([b[2] for b in batch]) if parts > 1 else [scorer.score(batch[0][2])]
+            for (path, cls, _), r in zip(batch, results):
+                yield path, cls, r.score
+            batch = []

@@ -52,6 +52,9 @@ def test_export_with_a_budget_records_the_point_and_its_cost(tiny_run, tmp_path,
     op = b.manifest["operating_point"]
     assert op["name"] == "top4" and b.search.score_cells == 4 and op["measured_ms"] > 0
     assert op["quality"]["quality"] == 0.74 and op["points"] == "test"
+    capsys.readouterr()
+    assert main(["bundle", "info", str(out)]) == 0
+    assert "operating   top4 (--budget-ms 100000)" in capsys.readouterr().out
     assert main(["export", str(tiny_run), "--out", str(tmp_path / "c"), "--operating-points", str(pts),
                  "--budget-ms", "0.001"]) == 2
     assert "no validated operating point fits" in capsys.readouterr().err

@@ -133,3 +133,18 @@ def test_several_parts_per_call_score_as_one_at_a_time(tiny_run, synth_data, tmp
         Searcher(b4, OnnxRuntimeBackend(b4), n_seed=3)
     with pytest.raises(ValueError, match="model input"):
         s4.score_batch([xs[0], xs[0][:3]])
+
+
+def test_score_cli_scores_a_bundle_of_several_parts_per_call(tiny_run, synth_data, tmp_path):
+    one, four = tmp_path / "one", tmp_path / "four"
+    assert main(["export", str(tiny_run), "--out", str(one), "--k", "3"]) == 0
+    assert main(["export", str(tiny_run), "--out", str(four), "--k", "3", "--parts-per-call", "4"]) == 0
+    rows = {}
+    for b in (one, four):
+        assert main(["score", str(b), str(synth_data / "test"), "--out", str(tmp_path / f"{b.name}.csv"),
+                     "--quiet"]) == 0
+        with open(tmp_path / f"{b.name}.csv") as fh:
+            rows[b.name] = list(csv.DictReader(fh))
+    assert len(rows["one"]) == len(rows["four"]) > 4 and len(rows["one"]) % 4  # a padded last call
+    for a, r in zip(rows["one"], rows["four"]):
+        assert a["path"] == r["path"] and float(a["score"]) == pytest.approx(float(r["score"]), rel=1e-4)
