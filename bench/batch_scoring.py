@@ -20,7 +20,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, without an install
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 
 def main() -> int:
@@ -35,19 +34,11 @@ def main() -> int:
     from agent.scoring.bundle import Bundle
     from agent.scoring.onnxruntime import OnnxRuntimeBackend, OnnxRuntimeSettings
     from agent.scoring.search import Searcher
-    from agent.segment.preprocess import Preprocessing
-    from export.bundle import PAPER_SEARCH, RECIPE_SEARCH, write_generator_bundle
-    from training.encoder import Encoder
-    from training.model import Architecture, Generator
+    from costing import CostModel
+    from export.bundle import PAPER_SEARCH, RECIPE_SEARCH
 
-    torch.manual_seed(0)
-    arch = Architecture(size=64, features_g=a.features)
-    g, enc = Generator(arch).eval(), Encoder(arch).eval()
-    info = {"class": "batch", "kind": "gan", "preprocessing": Preprocessing(size=64).to_dict()}
-    rng = np.random.default_rng(0)
-    queue = [rng.uniform(-1, 1, (4, 64, 64)).astype(np.float32) for _ in range(8)]
-    for x in queue:
-        x[:, :12], x[:, -12:] = -1, -1
+    model = CostModel(64, a.features)
+    queue = model.inputs(8)
     parts = [int(p) for p in a.parts.split(",")]
     recipes = [("default", RECIPE_SEARCH)] + ([("paper", PAPER_SEARCH)] if a.paper else [])
     print(f"64 px, features {a.features}, ONNX Runtime {a.threads or 'all'} thread(s)")
@@ -56,10 +47,8 @@ def main() -> int:
         for name, search in recipes:
             searchers, times, ref = {}, {}, None
             for p in parts:
-                path = Path(tmp) / f"{name}-{p}"
-                write_generator_bundle(g, path, replace(search, parts_per_call=p, seeds_per_call=p * search.n_seed),
-                                       info, encoder=enc if search.z_init == "encoder" else None)
-                b = Bundle.load(path)
+                b = Bundle.load(model.bundle(Path(tmp) / f"{name}-{p}", replace(
+                    search, parts_per_call=p, seeds_per_call=p * search.n_seed)))
                 searchers[p] = Searcher(b, OnnxRuntimeBackend(b, OnnxRuntimeSettings(threads=a.threads)), seed=0)
                 times[p] = []
             scores = {p: np.array([r.score for r in s.score_batch(queue)]) for p, s in searchers.items()}  # warm-up

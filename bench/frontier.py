@@ -73,31 +73,19 @@ def quality(cv_dirs: list[Path], summary: str) -> dict[str, dict]:
 
 def costs(points: dict[str, dict], threads: int, budget_s: float, features: int = 32) -> dict[str, float]:
     """Median ms per score of every point at 64 px and `features` (the default training's 32), interleaved."""
-    import torch
-
     from agent.scoring.bundle import Bundle
     from agent.scoring.onnxruntime import OnnxRuntimeBackend, OnnxRuntimeSettings
     from agent.scoring.search import Searcher
-    from agent.segment.preprocess import Preprocessing
-    from export.bundle import RECIPE_SEARCH, write_generator_bundle
-    from training.encoder import Encoder
-    from training.model import Architecture, Generator
+    from costing import CostModel
+    from export.bundle import RECIPE_SEARCH
 
-    torch.manual_seed(0)
-    arch = Architecture(size=64, features_g=features)
-    g, enc = Generator(arch).eval(), Encoder(arch).eval()
-    info = {"class": "cost", "kind": "gan", "preprocessing": Preprocessing(size=64).to_dict()}
-    rng = np.random.default_rng(0)
-    xs = [rng.uniform(-1, 1, (4, 64, 64)).astype(np.float32) for _ in range(4)]
-    for x in xs:
-        x[:, :12], x[:, -12:] = -1, -1
+    model = CostModel(64, features)
+    xs = model.inputs(4)
     searchers, times = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, fields in points.items():
             s = replace(RECIPE_SEARCH, **fields)
-            s = replace(s, seeds_per_call=s.n_seed)
-            write_generator_bundle(g, Path(tmp) / name, s, info, encoder=enc)
-            b = Bundle.load(Path(tmp) / name)
+            b = Bundle.load(model.bundle(Path(tmp) / name, replace(s, seeds_per_call=s.n_seed)))
             searchers[name] = Searcher(b, OnnxRuntimeBackend(b, OnnxRuntimeSettings(threads=threads)), seed=0)
             searchers[name].score(xs[0])  # warm-up
             times[name] = []

@@ -29,24 +29,16 @@ import torch  # noqa: E402
 from agent.scoring.bundle import Bundle  # noqa: E402
 from agent.scoring.onnxruntime import OnnxRuntimeBackend, OnnxRuntimeSettings  # noqa: E402
 from agent.scoring.search import Searcher  # noqa: E402
-from agent.segment.preprocess import Preprocessing  # noqa: E402
-from export.bundle import PAPER_SEARCH, RECIPE_SEARCH, write_generator_bundle  # noqa: E402
-from training.encoder import Encoder  # noqa: E402
-from training.model import Architecture, Generator  # noqa: E402
+from costing import CostModel  # noqa: E402
+from export.bundle import PAPER_SEARCH, RECIPE_SEARCH  # noqa: E402
 
 
-def bundles(root: Path) -> dict[str, Path]:
-    torch.manual_seed(0)
-    arch = Architecture(size=64, features_g=64)
-    g = Generator(arch).eval()
-    info = {"class": "check", "kind": "gan", "preprocessing": Preprocessing(size=64).to_dict()}
-    enc, out = Encoder(arch).eval(), {}
+def bundles(root: Path, model: CostModel) -> dict[str, Path]:
+    out = {}
     for name, search in (("default", RECIPE_SEARCH), ("paper", PAPER_SEARCH)):
         for parts in (1, 8):
-            out[f"{name}, batch {parts}"] = path = root / f"{name}-{parts}"
-            write_generator_bundle(g, path, replace(search, parts_per_call=parts,
-                                                    seeds_per_call=parts * search.n_seed), info,
-                                   encoder=enc if search.z_init == "encoder" else None)
+            out[f"{name}, batch {parts}"] = model.bundle(root / f"{name}-{parts}", replace(
+                search, parts_per_call=parts, seeds_per_call=parts * search.n_seed))
     return out
 
 
@@ -76,13 +68,11 @@ def main() -> int:
     if torch.cuda.is_available():
         gpu = torch.cuda.get_device_name(0)
     print(f"onnxruntime {ort.__version__}, providers {ort.get_available_providers()}, GPU: {gpu}")
-    rng = np.random.default_rng(0)
-    xs = [rng.uniform(-1, 1, (4, 64, 64)).astype(np.float32) for _ in range(a.samples)]
-    for x in xs:  # a part on an empty background, like a real sample
-        x[:, :12], x[:, -12:] = -1, -1
+    model = CostModel(64, 64)  # the paper's generator size
+    xs = model.inputs(a.samples)
     rows, ok = [], True
     with tempfile.TemporaryDirectory() as tmp:
-        for name, path in bundles(Path(tmp)).items():
+        for name, path in bundles(Path(tmp), model).items():
             b = Bundle.load(path)
             res = {}
             for prov in dict.fromkeys(("CPUExecutionProvider", a.provider)):  # once when both are the CPU

@@ -94,19 +94,13 @@ def count_nodes(a) -> int:
     from dataclasses import replace
 
     import onnx
-    import torch
 
-    from agent.segment.preprocess import Preprocessing
-    from export.bundle import RECIPE_SEARCH, write_generator_bundle
-    from training.encoder import Encoder
-    from training.model import Architecture, Generator
-    torch.manual_seed(0)
-    arch = Architecture(size=a.size, features_g=a.features)
+    from costing import CostModel
+    from export.bundle import RECIPE_SEARCH
     s = replace(RECIPE_SEARCH, theta_scope=a.scope, n_seed=a.n_seed, seeds_per_call=a.n_seed, k=max(a.k, 1))
-    info = {"class": "roofline", "kind": "gan", "preprocessing": Preprocessing(size=a.size).to_dict()}
     with tempfile.TemporaryDirectory() as tmp:
-        write_generator_bundle(Generator(arch).eval(), Path(tmp) / "b", s, info, encoder=Encoder(arch).eval())
-        return len(onnx.load(str(Path(tmp) / "b" / "step.onnx")).graph.node)
+        b = CostModel(a.size, a.features).bundle(Path(tmp) / "b", s)
+        return len(onnx.load(str(b / "step.onnx")).graph.node)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, without an install
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 
 def main() -> int:
@@ -44,14 +43,11 @@ def main() -> int:
     from agent.scoring.encoder import LatentEncoder
     from agent.segment.preprocess import Preprocessing, sample_to_input
     from agent.sources.dataset import frame_numbers, read_model_sample, check_preprocessing
-    from export.bundle import RECIPE_SEARCH, write_generator_bundle
-    from training.encoder import Encoder
-    from training.model import Architecture, Generator
+    from costing import CostModel
+    from export.bundle import RECIPE_SEARCH
 
-    torch.manual_seed(0)
-    arch = Architecture(size=64, features_g=a.features)
+    model = CostModel(64, a.features)
     pre = Preprocessing(size=64, framing=a.framing)
-    info = {"class": "stages", "kind": "gan", "preprocessing": pre.to_dict()}
     folder = Path(a.samples)
     rec = check_preprocessing(folder, pre)
     nums = frame_numbers(folder)[: a.n]
@@ -60,9 +56,7 @@ def main() -> int:
     print(f"{'threads':>7} {'preprocess':>11} {'encoder':>8} {'reset':>7} {'steps':>8} {'per step':>9} "
           f"{'final':>7} {'total':>8}  ms")
     with tempfile.TemporaryDirectory() as tmp:
-        write_generator_bundle(Generator(arch).eval(), Path(tmp) / "b", RECIPE_SEARCH, info,
-                               encoder=Encoder(arch).eval())
-        b = Bundle.load(Path(tmp) / "b")
+        b = Bundle.load(model.bundle(Path(tmp) / "b", RECIPE_SEARCH, pre.to_dict()))
         p = b.search
         for threads in (int(t) for t in a.threads.split(",")):
             be = open_backend(b, backend_settings("onnxruntime", threads=threads))
