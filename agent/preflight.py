@@ -46,10 +46,15 @@ def check_models(s: AgentSettings, r: Report) -> None:
     m = s.model
     for cls, path in m.bundles.items():
         try:
-            check_class_model(cls, path, m.thresholds, m.seed, m.backend)
+            bundle, _ = check_class_model(cls, path, m.thresholds, m.seed, m.backend)
         except SettingError as e:
             if not any(str(p) == str(e) for p in r.problems):  # one thresholds problem, not one per class
                 r.problems.append(e)
+            continue
+        if bundle.parts_per_call > 1:  # the agent inspects one part per frame
+            r.warnings.append(f"model.bundles.{cls}: {path} scores {bundle.parts_per_call} parts per call; the agent "
+                              f"scores one part at a time, so each score pays for {bundle.parts_per_call} (export "
+                              "the station's bundle without --parts-per-call)")
 
 
 def check_tls(s: AgentSettings, r: Report) -> None:

@@ -153,3 +153,12 @@ def test_interfaces_with_bad_settings_exit_2_at_validate_config(calibrated, tmp_
     cfg = agent_config(tmp_path, 1, bundle, thresholds, SRC, trigger="gpio")
     rc, err = validate(cfg, capsys)
     assert rc == 2 and "trigger.mode 'gpio' needs gpio.enabled = true and gpio.trigger_line" in err
+
+
+def test_a_bundle_of_several_parts_per_call_is_warned_about(tiny_run, synth_data, tmp_path, capsys):
+    b, th, t = tmp_path / "b4", tmp_path / "thresholds.json", synth_data / "test"
+    assert main(["export", str(tiny_run), "--out", str(b), "--k", "2", "--parts-per-call", "4"]) == 0
+    assert main(["calibrate", str(b), "--normal", str(t / "sphere"), "--anomalous", str(t / "cylinder"),
+                 "--policy", "equal-rates", "--out", str(th), "--quiet"]) == 0
+    rc, err = validate(agent_config(tmp_path, 1, b, th, SRC), capsys)
+    assert rc == 0 and "scores 4 parts per call" in err, err
