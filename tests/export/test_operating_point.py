@@ -1,5 +1,6 @@
 """`adgan export --budget-ms` / `--operating-point`: the validated point that fits, timed here."""
 import json
+import shutil
 
 import pytest
 
@@ -42,11 +43,22 @@ def test_points_a_run_cannot_export_are_left_out_and_bad_files_refused(tmp_path)
     assert "default" in load_points()["points"]  # the shipped points load
 
 
-def test_export_with_a_budget_records_the_point_and_its_cost(tiny_run, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def encoded_run(tiny_run, tmp_path_factory):
+    run = tmp_path_factory.mktemp("oprun") / "run"
+    shutil.copytree(tiny_run, run)
+    assert main(["train-encoder", str(run), "--epochs", "2", "--features", "4", "--quiet"]) == 0
+    return run
+
+
+def test_export_with_a_budget_records_the_point_and_its_cost(encoded_run, tiny_run, tmp_path, capsys):
     pts = tmp_path / "points.json"
     pts.write_text(json.dumps({"source": "test", "points": POINTS}))
     out = tmp_path / "b"
     assert main(["export", str(tiny_run), "--out", str(out), "--operating-points", str(pts),
+                 "--budget-ms", "100000"]) == 2
+    assert "validated with the search starting at E(x)" in capsys.readouterr().err
+    assert main(["export", str(encoded_run), "--out", str(out), "--operating-points", str(pts),
                  "--budget-ms", "100000"]) == 0
     b = Bundle.load(out)
     op = b.manifest["operating_point"]
@@ -55,9 +67,9 @@ def test_export_with_a_budget_records_the_point_and_its_cost(tiny_run, tmp_path,
     capsys.readouterr()
     assert main(["bundle", "info", str(out)]) == 0
     assert "operating   top4 (--budget-ms 100000)" in capsys.readouterr().out
-    assert main(["export", str(tiny_run), "--out", str(tmp_path / "c"), "--operating-points", str(pts),
+    assert main(["export", str(encoded_run), "--out", str(tmp_path / "c"), "--operating-points", str(pts),
                  "--budget-ms", "0.001"]) == 2
     assert "no validated operating point fits" in capsys.readouterr().err
-    assert main(["export", str(tiny_run), "--out", str(tmp_path / "d"), "--operating-point", "fast",
+    assert main(["export", str(encoded_run), "--out", str(tmp_path / "d"), "--operating-point", "fast",
                  "--k", "3"]) == 2
     assert "drop ['--k']" in capsys.readouterr().err
