@@ -179,6 +179,8 @@ def main() -> int:
         "source": "bench/frontier.py " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d"),
         "cost": f"ms per score at 64 px, features 32, {a.threads} thread(s), on the machine that ran the sweep",
         "quality": "mean of worst-fold class-swap and damage image AUROC in blocked cross-validation",
+        "validated_on": {"classes": sorted(set(classes)), "cv": [str(d) for d in cv_dirs], "train_args": a.train_args,
+                         "folds": a.folds, "every": a.every},
         "points": rows}, indent=1) + "\n")
     plot(rows, fronts, out / "frontier.png")
     print("\n".join(lines))
