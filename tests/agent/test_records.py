@@ -18,7 +18,7 @@ from agent.segment.preprocess import Preprocessing
     (SearchDefaults, {"loss": "l1"}, "loss: Input should be 'mse', 'fg' or 'fg_input'"),
     (Preprocessing, {"framing": "crop"}, "framing: Input should be 'frame' or 'object'"),
     (Intrinsics, {"width": 640, "height": 480, "fx": "wide", "fy": 1, "cx": 0, "cy": 0}, "fx: Input should be a valid number"),
-    (SearchDefaults, {"k": 0}, "n_seed, k and seeds_per_call must be >= 1"),
+    (SearchDefaults, {"k": -1}, "n_seed and seeds_per_call must be >= 1, k >= 0"),
     (SearchDefaults, [("k", 3)], "must be a mapping"),
 ])
 def test_stored_records_refuse_wrong_types_in_one_line(cls, bad, why) -> None:

@@ -69,8 +69,10 @@ def test_missing_file_and_not_a_bundle(bundles, tmp_path):
 def test_search_defaults_validate():
     with pytest.raises(ValueError, match="theta_scope"):
         SearchDefaults(theta_scope="most")
-    with pytest.raises(ValueError, match=">= 1"):
-        SearchDefaults(k=0)
+    with pytest.raises(ValueError, match="k >= 0"):
+        SearchDefaults(k=-1)
+    with pytest.raises(ValueError, match="needs z_init 'encoder'"):
+        SearchDefaults(k=0)  # no search needs the encoder's start
     with pytest.raises(ValueError, match="SearchDefaults: unknown field 'lr'"):
         SearchDefaults.from_dict({"k": 3, "lr": 1})
 
