@@ -41,6 +41,18 @@ def tiny_run(synth_data, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def encoded_run(tiny_run, tmp_path_factory):
+    """A copy of the tiny run with an encoder (3 epochs, features 4): searches start at E(x)."""
+    import shutil
+
+    from adgan.cli import main
+    run = tmp_path_factory.mktemp("encrun") / "run"
+    shutil.copytree(tiny_run, run)
+    assert main(["train-encoder", str(run), "--epochs", "3", "--features", "4", "--quiet"]) == 0
+    return run
+
+
+@pytest.fixture(scope="session")
 def bundles(tiny_run, tmp_path_factory):
     """Bundles of the tiny run: {(scope, loss): path}."""
     from agent.scoring.bundle import SearchDefaults

@@ -1,6 +1,5 @@
 """`adgan export --budget-ms` / `--operating-point`: the validated point that fits, timed here."""
 import json
-import shutil
 
 import pytest
 
@@ -41,14 +40,6 @@ def test_points_a_run_cannot_export_are_left_out_and_bad_files_refused(tmp_path)
     with pytest.raises(ValueError, match="unknown fields"):
         load_points(bad)
     assert "default" in load_points()["points"]  # the shipped points load
-
-
-@pytest.fixture(scope="module")
-def encoded_run(tiny_run, tmp_path_factory):
-    run = tmp_path_factory.mktemp("oprun") / "run"
-    shutil.copytree(tiny_run, run)
-    assert main(["train-encoder", str(run), "--epochs", "2", "--features", "4", "--quiet"]) == 0
-    return run
 
 
 def test_export_with_a_budget_records_the_point_and_its_cost(encoded_run, tiny_run, tmp_path, capsys):

@@ -1,7 +1,6 @@
 """The encoder start (z0 = E(x)): training, export into bundles, the runtime and the reference agree."""
 from __future__ import annotations
 
-import shutil
 
 import numpy as np
 import pytest
@@ -15,14 +14,6 @@ from agent.segment.preprocess import sample_to_input
 from agent.sources.dataset import read_sample
 from export.bundle import write_bundle
 from training.encoder import load_encoder
-
-
-@pytest.fixture(scope="module")
-def encoded_run(tiny_run, tmp_path_factory):
-    run = tmp_path_factory.mktemp("encrun") / "run"
-    shutil.copytree(tiny_run, run)
-    assert main(["train-encoder", str(run), "--epochs", "3", "--features", "4", "--quiet"]) == 0
-    return run
 
 
 def test_the_encoder_learns_and_is_stored_with_its_recipe(encoded_run):
