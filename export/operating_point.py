@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import tempfile
 import time
 from dataclasses import replace
@@ -155,7 +156,6 @@ def pick_for_run(run, out: Path, base: SearchDefaults, budget_ms: float | None, 
             ms = measure(chosen)
             base_ms = measure("default")
     finally:
-        import shutil
         shutil.rmtree(scratch, ignore_errors=True)
     p = pts[chosen]
     record = {"name": chosen, "asked": f"--budget-ms {budget_ms:g}" if budget_ms is not None else name,
