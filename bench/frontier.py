@@ -1,11 +1,14 @@
 """The quality/cost frontier of the search (issue 18): what each step, seed and setting buys.
 
-Each operating point is a set of `adgan export` options around today's default (theta scope
-none, 4x4 cells, one seed from E(x), k 19):
+Each operating point is a set of `adgan export` options around its recipe (theta scope none,
+4x4 cells, one seed from E(x)):
 
     k 0 (the encoder alone, as f-AnoGAN scores), 1, 2, 3, 5, 10, 19; theta scope bn at k 3, 10
-    and 19; 3 seeds (E(x) + 0.5 N(0, I)) at k 5 and 19; cells of 2 and 8 pixels; the local
-    score (top 4 cells) at k 0, 5 and 19.
+    and 19; 3 seeds (E(x) + 0.5 N(0, I)) at k 5 and 19; cells of 2 and 8 pixels at k 19; the
+    local score (top 4 cells) at k 0, 5 and 19.
+
+One of them is `adgan export`'s default (found, not assumed; k 19 until 2026-12-01; tables
+written before then call it "default").
 
 Quality: the blocked cross-validation of issue 15 (`bench/blocked_cv.py`) on runs it has
 already trained (pass the same --train-args, --folds and --classes; training is skipped),
@@ -39,17 +42,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, 
 
 import numpy as np  # noqa: E402
 
-# name -> SearchDefaults fields that differ from `adgan export`'s default
+# name -> SearchDefaults fields that differ from `adgan export`'s recipe (theta scope none,
+# fg_input on 4x4 cells, one seed from E(x)). Every point names its k, so a name means the same
+# search whatever the default's k is; which point is the default is found (default_point).
 POINTS: dict[str, dict] = {
-    **{f"k{k}": {"k": k} for k in (0, 1, 2, 3, 5, 10)},
-    "default": {},
+    **{f"k{k}": {"k": k} for k in (0, 1, 2, 3, 5, 10, 19)},
     **{f"bn-k{k}": {"theta_scope": "bn", "lr_theta": 1e-3, "k": k} for k in (3, 10, 19)},
     **{f"seeds3-k{k}": {"n_seed": 3, "z_init_noise": 0.5, "k": k} for k in (5, 19)},
-    "cells2": {"pool": 2},
-    "cells8": {"pool": 8},
+    "cells2": {"pool": 2, "k": 19},
+    "cells8": {"pool": 8, "k": 19},
     **{f"top4-k{k}": {"score_cells": 4, "k": k} for k in (0, 5)},
-    "top4": {"score_cells": 4},
+    "top4": {"score_cells": 4, "k": 19},
 }
+# blocked-CV tables written while k 19 was the default call that point "default"
+LEGACY_NAMES = {"default": "k19"}
+
+
+def default_point(points: dict[str, dict]) -> str:
+    """The point whose search is `adgan export`'s default."""
+    from export.bundle import RECIPE_SEARCH
+    for name, fields in points.items():
+        if replace(RECIPE_SEARCH, **fields) == RECIPE_SEARCH:
+            return name
+    raise ValueError(f"no point is adgan export's default search (k {RECIPE_SEARCH.k}); add it to the sweep")
 
 
 def export_options(fields: dict) -> str:
@@ -65,7 +80,7 @@ def quality(cv_dirs: list[Path], summary: str) -> dict[str, dict]:
     for d in cv_dirs:
         with open(d / f"{summary}.csv", newline="") as fh:
             for r in csv.DictReader(fh):
-                per = out.setdefault(r["variant"], {}).setdefault(r["class"], {})
+                per = out.setdefault(LEGACY_NAMES.get(r["variant"], r["variant"]), {}).setdefault(r["class"], {})
                 for k in ("swap", "damage", "worst_defect", "pixel"):
                     per.setdefault(k, []).append(float(r[k]))
     return out
@@ -126,6 +141,10 @@ def main() -> int:
     if unknown:
         raise SystemExit(f"unknown points {unknown} (known: {', '.join(POINTS)})")
     points = {n: POINTS[n] for n in names}
+    try:
+        default = default_point(points)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     cv_dirs = [Path(d) for d in a.cv]
@@ -142,7 +161,9 @@ def main() -> int:
             subprocess.run(cmd, check=True)
     qual = quality(cv_dirs, summary)
     ms = costs(points, a.threads, a.budget_s)
-    base = ms["default"] if "default" in ms else min(ms.values())
+    if default not in qual:
+        raise SystemExit(f"no blocked-CV rows for the default point {default!r}: it must be in the sweep")
+    base = ms[default]
     rows = {}
     for n in points:
         per_class = qual.get(n, {})
@@ -169,7 +190,8 @@ def main() -> int:
              "worst | lowest defect | pixel worst | quality | Pareto |", "|" + "---|" * 12]
     for n, r in sorted(rows.items(), key=lambda kv: kv[1]["ms"]):
         mark = ", ".join(j.split("_")[0] for j in ("swap_worst", "damage_worst", "quality") if n in fronts[j])
-        lines.append(f"| {n} | `{r['options'] or '(none)'}` | {r['ms']:.1f} | {r['cost_ratio']:.2f} | "
+        lines.append(f"| {n}{' (default)' if n == default else ''} | `{r['options']}` | {r['ms']:.1f} | "
+                     f"{r['cost_ratio']:.2f} | "
                      f"{r['swap_mean']:.3f} | {r['swap_worst']:.3f} | {r['damage_mean']:.3f} | {r['damage_worst']:.3f} | "
                      f"{r['worst_defect']:.3f} | {r['pixel_worst']:.3f} | {r['quality']:.3f} | {mark} |")
     lines += ["", "quality: the mean of the worst-fold class-swap and damage AUROC (averaged over classes); "
@@ -181,7 +203,9 @@ def main() -> int:
         "quality": "mean of worst-fold class-swap and damage image AUROC in blocked cross-validation",
         "validated_on": {"classes": sorted(set(classes)), "cv": [str(d) for d in cv_dirs], "train_args": a.train_args,
                          "folds": a.folds, "every": a.every},
-        "points": rows}, indent=1) + "\n")
+        "default": default,  # "points" holds it twice: by its name, and as "default" (its own search)
+        "points": {**rows, "default": {**rows[default], "search": {}, "options": "", "same_as": default}}},
+        indent=1) + "\n")
     plot(rows, fronts, out / "frontier.png")
     print("\n".join(lines))
     print(f"-> {out / 'frontier.md'}, {out / 'frontier.png'}, {out / 'operating_points.json'}")

@@ -4,19 +4,19 @@ The frontier (`bench/frontier.py`) ranks search points by blocked cross-validati
 training seed per fold. Its differences are of the size a second training seed moves, so
 the rule for changing the default is the one-standard-error rule: train the same folds again
 with other seeds (`bench/blocked_cv.py --seed S`, the same --train-args, --every and
-variants), then for every point and seed take the worst fold of each class, average over
-classes, and compare over seeds:
+variants), then for every point and seed take the worst fold of each class, and compare over
+seeds with the baseline (--baseline; default: today's default search):
 
     as good  <=>  for every class, and for class swaps and damage alike,
-                  mean over seeds (point)  >=  mean over seeds (default) - SE (default)
+                  mean over seeds (point)  >=  mean over seeds (baseline) - SE (baseline)
 
-where SE is the standard error of the default's mean over seeds (sd / sqrt(seeds)) for that
+where SE is the standard error of the baseline's mean over seeds (sd / sqrt(seeds)) for that
 class and job. Every class must pass: a point that wins on average by losing one class is
 not as good (one bundle per class serves both jobs). The cheapest point that is as good is
 the candidate for the default. The class-averaged means and the paired difference to the
-default (point - default, seed by seed, with its own SE) are printed beside it.
+baseline (point - baseline, seed by seed, with its own SE) are printed beside it.
 
-    .venv/bin/python bench/training_seeds.py \\
+    .venv/bin/python bench/training_seeds.py --baseline k19 \\
         --cv sphere=runs/cv/sphere-object,runs/cv/sphere-object-s1,runs/cv/sphere-object-s2 \\
         --cv cylinder=runs/cv/cylinder-object,runs/cv/cylinder-object-s1,runs/cv/cylinder-object-s2 \\
         --summary frontier-every3 --out runs/seeds
@@ -35,6 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from frontier import LEGACY_NAMES, POINTS, default_point  # noqa: E402
+
 JOBS = ("swap", "damage")
 
 
@@ -48,7 +51,8 @@ def read_folds(cv_dir: Path, summary: str, cls: str) -> dict[str, dict[str, list
         for r in csv.DictReader(fh):
             if r["class"] != cls:
                 continue
-            per = out.setdefault(r["variant"], {j: [] for j in JOBS})
+            name = LEGACY_NAMES.get(r["variant"], r["variant"])
+            per = out.setdefault(name, {j: [] for j in JOBS})
             for j in JOBS:
                 per[j].append(float(r[j]))
     if not out:
@@ -79,7 +83,8 @@ def worst_folds(cvs: dict[str, list[Path]], summary: str, folds: int) -> dict[st
 
 def compare(points: dict, baseline: str) -> dict[str, dict]:
     """Per point: each job's per-seed values (averaged over classes), mean, SE, the paired
-    difference to the baseline, per-class means, and whether it is as good as the baseline."""
+    difference to the baseline, per-class means, the classes behind the baseline by more than
+    its SE, and whether it is as good as the baseline (no class behind in either job)."""
     if baseline not in points:
         raise ValueError(f"no point {baseline!r} on every seed and class (have {sorted(points)})")
     classes = sorted(points[baseline])
@@ -123,12 +128,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="CLASS=DIR[,DIR...]: the blocked-CV folders of one class, one per training seed (repeatable)")
     ap.add_argument("--summary", default="frontier-every3", help="the summary name the folders were run with")
     ap.add_argument("--folds", type=int, default=3, help="folds every seed must have (default 3)")
-    ap.add_argument("--baseline", default="default", help="the point to compare against (default: default)")
+    ap.add_argument("--baseline", default=None,
+                    help="the point to compare against (default: adgan export's default search, by its frontier name; "
+                         "tables written while k 19 was the default call it 'default', read as k19)")
     ap.add_argument("--costs", default=str(Path(__file__).resolve().parents[1] / "export" / "operating_points.json"),
                     help="an operating-points file with each point's ms per score (bench/frontier.py)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     cvs = parse_cv(a.cv)
+    a.baseline = a.baseline or default_point(POINTS)
     try:
         points = worst_folds(cvs, a.summary, a.folds)
         rows = compare(points, a.baseline)
@@ -144,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     n = rows[a.baseline]["seeds"]
     lines = [f"# Search points over {n} training seeds ({', '.join(f'{c}: {len(d)} folders' for c, d in cvs.items())}; "
              f"{a.summary}; worst of {a.folds} folds, averaged over classes)", "",
-             "| point | ms | swap per seed | mean ± SE | vs default ± SE | damage per seed | mean ± SE | "
-             "vs default ± SE | as good | classes behind the default by more than its SE |", "|" + "---|" * 10]
+             f"| point | ms | swap per seed | mean ± SE | vs {a.baseline} ± SE | damage per seed | mean ± SE | "
+             f"vs {a.baseline} ± SE | as good | classes behind {a.baseline} by more than its SE |", "|" + "---|" * 10]
     for v in sorted(rows, key=cost.get):
         r = rows[v]
         cells = []
@@ -153,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             cells += [" / ".join(f"{x:.3f}" for x in r[j]["per_seed"]), f"{r[j]['mean']:.3f} ± {r[j]['se']:.3f}",
                       f"{r[j]['diff_mean']:+.3f} ± {r[j]['diff_se']:.3f}"]
         behind = "; ".join(f"{j}: {', '.join(r[j]['class_behind'])}" for j in JOBS if r[j]["class_behind"])
-        lines.append(f"| {v} | {cost[v]:.1f} | " + " | ".join(cells) + f" | {'yes' if r['as_good'] else 'no'} | "
+        lines.append(f"| {v}{' (baseline)' if v == a.baseline else ''} | {cost[v]:.1f} | " + " | ".join(cells) + f" | {'yes' if r['as_good'] else 'no'} | "
                      f"{behind} |")
     lines += ["", f"Per seed: the worst fold, averaged over classes. As good: in every class, the mean over seeds of "
               f"both jobs at least the {a.baseline}'s mean less one standard error of it. Cheapest point as good as {a.baseline}: **{choice}** ({cost[choice]:.1f} ms against "

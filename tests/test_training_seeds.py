@@ -41,7 +41,7 @@ def cvs(tmp_path):
         split = HIGH if cls == "sphere" else BEHIND
         out[cls] = [write_cv(tmp_path, cls, s, {"default": DEFAULT, "close": CLOSE, "behind": BEHIND, "split": split})
                     for s in range(3)]
-    costs = {"points": {"default": {"ms": 90.0}, "close": {"ms": 10.0}, "behind": {"ms": 5.0}, "split": {"ms": 7.0}}}
+    costs = {"points": {"k19": {"ms": 90.0}, "close": {"ms": 10.0}, "behind": {"ms": 5.0}, "split": {"ms": 7.0}}}
     (tmp_path / "points.json").write_text(json.dumps(costs))
     return out, tmp_path
 
@@ -49,17 +49,18 @@ def cvs(tmp_path):
 def test_the_rule_takes_the_cheapest_point_within_one_standard_error(cvs):
     dirs, tmp = cvs
     argv = [*[f"--cv={c}={','.join(map(str, d))}" for c, d in dirs.items()],
-            "--costs", str(tmp / "points.json"), "--out", str(tmp / "out")]
+            "--baseline", "k19", "--costs", str(tmp / "points.json"), "--out", str(tmp / "out")]
     assert training_seeds.main(argv) == 0
     doc = json.loads((tmp / "out" / "seeds.json").read_text())
     assert doc["choice"] == "close"  # "behind" and "split" are cheaper, but behind on class swaps
     pts = doc["points"]
-    assert pts["default"]["swap"]["mean"] == pytest.approx(0.53)
-    assert pts["default"]["swap"]["se"] == pytest.approx(0.03 / 3 ** 0.5 * 1.0, rel=1e-6)
+    assert "default" not in pts  # tables of the time k 19 was the default name it "default": read as k19
+    assert pts["k19"]["swap"]["mean"] == pytest.approx(0.53)
+    assert pts["k19"]["swap"]["se"] == pytest.approx(0.03 / 3 ** 0.5 * 1.0, rel=1e-6)
     assert pts["behind"]["as_good"] is False and pts["behind"]["swap"]["class_behind"] == ["cylinder", "sphere"]
     assert pts["close"]["as_good"] is True
     # ahead on average over classes, but behind on cylinders: not as good
-    assert pts["split"]["swap"]["mean"] > pts["default"]["swap"]["mean"]
+    assert pts["split"]["swap"]["mean"] > pts["k19"]["swap"]["mean"]
     assert pts["split"]["as_good"] is False and pts["split"]["swap"]["class_behind"] == ["cylinder"]
     assert pts["close"]["swap"]["diff_mean"] == pytest.approx(0.5233333 - 0.53, abs=1e-6)
     assert "**close**" in (tmp / "out" / "seeds.md").read_text()
@@ -69,8 +70,8 @@ def test_a_point_missing_a_fold_or_a_seed_is_left_out(tmp_path):
     both = {"default": DEFAULT, "close": CLOSE}
     dirs = {"sphere": [write_cv(tmp_path, "sphere", s, both, short=("close",) if s == 2 else ()) for s in range(3)]}
     points = training_seeds.worst_folds(dirs, "frontier-every3", 3)
-    assert set(points) == {"default"}
-    assert points["default"]["sphere"]["swap"] == [0.50, 0.56, 0.53]
+    assert set(points) == {"k19"}
+    assert points["k19"]["sphere"]["swap"] == [0.50, 0.56, 0.53]
     dirs["sphere"].append(write_cv(tmp_path / "more", "sphere", 0, {"close": CLOSE}))  # a 4th seed without default
     assert set(training_seeds.worst_folds(dirs, "frontier-every3", 3)) == set()
 
@@ -81,5 +82,5 @@ def test_clear_errors(tmp_path):
     with pytest.raises(SystemExit, match="CLASS=DIR"):
         training_seeds.parse_cv(["sphere"])
     d = write_cv(tmp_path, "sphere", 0, {"close": CLOSE})
-    with pytest.raises(ValueError, match="no point 'default'"):
-        training_seeds.compare(training_seeds.worst_folds({"sphere": [d]}, "frontier-every3", 3), "default")
+    with pytest.raises(ValueError, match="no point 'k19'"):
+        training_seeds.compare(training_seeds.worst_folds({"sphere": [d]}, "frontier-every3", 3), "k19")
