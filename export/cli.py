@@ -44,7 +44,8 @@ def cmd_export(a: argparse.Namespace) -> int:
         if not (run_dir / ENCODER_FILE).is_file():  # auto: the run has no encoder, start at random z
             print(f"note: {run_dir} has no encoder ({ENCODER_FILE}); the search starts at random z "
                   f"('adgan train-encoder {a.run} --epochs 100' adds one)")
-            search = replace(search, z_init="random", z_init_noise=0.0)
+            # the recipe's k was chosen for a start at E(x); from random z the search needs the paper's steps
+            search = replace(search, z_init="random", z_init_noise=0.0, k=given.get("k", PAPER_SEARCH.k))
     if "n_seed" not in given:
         search = with_default_seeds(search)
     if "seeds_per_call" not in given:

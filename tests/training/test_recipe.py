@@ -63,4 +63,7 @@ def test_export_without_an_encoder_falls_back_to_random_z_and_says_so(tiny_run, 
     assert main(["export", str(tiny_run), "--out", str(tmp_path / "b"), "--k", "3"]) == 0
     assert "no encoder" in capsys.readouterr().out
     s = Bundle.load(tmp_path / "b").search
-    assert (s.z_init, s.n_seed, s.loss) == ("random", 3, "fg_input")
+    assert (s.z_init, s.n_seed, s.loss, s.k) == ("random", 3, "fg_input", 3)
+    # without --k, a random start takes the paper's steps, whatever k the recipe's E(x) start has
+    assert main(["export", str(tiny_run), "--out", str(tmp_path / "c")]) == 0
+    assert Bundle.load(tmp_path / "c").search.k == PAPER_SEARCH.k
