@@ -112,6 +112,18 @@ def compare(points: dict, baseline: str) -> dict[str, dict]:
     return rows
 
 
+def read_costs(path: Path) -> dict[str, float]:
+    """{point: ms per score} of an operating-points file. Its "default" entry repeats a named point
+    ("same_as"); files written before the frontier named its default hold k 19 as "default"."""
+    doc = json.loads(path.read_text())
+    cost = {}
+    for name, p in doc["points"].items():
+        if "same_as" in p:
+            continue
+        cost[LEGACY_NAMES.get(name, name) if "default" not in doc else name] = p["ms"]
+    return cost
+
+
 def parse_cv(specs: list[str]) -> dict[str, list[Path]]:
     out: dict[str, list[Path]] = {}
     for s in specs:
@@ -142,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = compare(points, a.baseline)
     except ValueError as e:
         raise SystemExit(str(e)) from None
-    cost = {n: p["ms"] for n, p in json.loads(Path(a.costs).read_text())["points"].items()}
+    cost = read_costs(Path(a.costs))
     missing = sorted(set(rows) - set(cost))
     if missing:
         raise SystemExit(f"{a.costs}: no cost for points {missing}")

@@ -84,3 +84,13 @@ def test_clear_errors(tmp_path):
     d = write_cv(tmp_path, "sphere", 0, {"close": CLOSE})
     with pytest.raises(ValueError, match="no point 'k19'"):
         training_seeds.compare(training_seeds.worst_folds({"sphere": [d]}, "frontier-every3", 3), "k19")
+
+
+def test_costs_of_old_and_new_operating_point_files(tmp_path):
+    old = tmp_path / "old.json"  # written while k 19 was the default and the frontier called it "default"
+    old.write_text(json.dumps({"points": {"default": {"ms": 93.8}, "k2": {"ms": 15.4}}}))
+    assert training_seeds.read_costs(old) == {"k19": 93.8, "k2": 15.4}
+    new = tmp_path / "new.json"
+    new.write_text(json.dumps({"default": "k2", "points": {"k19": {"ms": 93.8}, "k2": {"ms": 15.4},
+                                                           "default": {"ms": 15.4, "same_as": "k2"}}}))
+    assert training_seeds.read_costs(new) == {"k19": 93.8, "k2": 15.4}
