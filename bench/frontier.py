@@ -1,14 +1,14 @@
 """The quality/cost frontier of the search (issue 18): what each step, seed and setting buys.
 
 Each operating point is a set of `adgan export` options around its recipe (theta scope none,
-4x4 cells, one seed from E(x)):
+fg_input on 4x4 cells, the search starting at E(x)), one seed at E(x) unless named otherwise:
 
     k 0 (the encoder alone, as f-AnoGAN scores), 1, 2, 3, 5, 10, 19; theta scope bn at k 3, 10
     and 19; 3 seeds (E(x) + 0.5 N(0, I)) at k 5 and 19; cells of 2 and 8 pixels at k 19; the
     local score (top 4 cells) at k 0, 5 and 19.
 
-One of them is `adgan export`'s default (found, not assumed; k 19 until 2026-12-01; tables
-written before then call it "default").
+One of them is `adgan export`'s default, found, not assumed: seeds3-k5 since 2026-12-01
+(bench/training_seeds.py), k19 before; tables written before then call k19 "default".
 
 Quality: the blocked cross-validation of issue 15 (`bench/blocked_cv.py`) on runs it has
 already trained (pass the same --train-args, --folds and --classes; training is skipped),
@@ -43,16 +43,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, 
 import numpy as np  # noqa: E402
 
 # name -> SearchDefaults fields that differ from `adgan export`'s recipe (theta scope none,
-# fg_input on 4x4 cells, one seed from E(x)). Every point names its k, so a name means the same
-# search whatever the default's k is; which point is the default is found (default_point).
+# fg_input on 4x4 cells, start at E(x)). Every point names its k and its seeds, so a name means
+# the same search whatever the default is; which point is the default is found (default_point).
+ONE = {"n_seed": 1, "z_init_noise": 0.0}  # one seed at E(x)
 POINTS: dict[str, dict] = {
-    **{f"k{k}": {"k": k} for k in (0, 1, 2, 3, 5, 10, 19)},
-    **{f"bn-k{k}": {"theta_scope": "bn", "lr_theta": 1e-3, "k": k} for k in (3, 10, 19)},
+    **{f"k{k}": {**ONE, "k": k} for k in (0, 1, 2, 3, 5, 10, 19)},
+    **{f"bn-k{k}": {**ONE, "theta_scope": "bn", "lr_theta": 1e-3, "k": k} for k in (3, 10, 19)},
     **{f"seeds3-k{k}": {"n_seed": 3, "z_init_noise": 0.5, "k": k} for k in (5, 19)},
-    "cells2": {"pool": 2, "k": 19},
-    "cells8": {"pool": 8, "k": 19},
-    **{f"top4-k{k}": {"score_cells": 4, "k": k} for k in (0, 5)},
-    "top4": {"score_cells": 4, "k": 19},
+    "cells2": {**ONE, "pool": 2, "k": 19},
+    "cells8": {**ONE, "pool": 8, "k": 19},
+    **{f"top4-k{k}": {**ONE, "score_cells": 4, "k": k} for k in (0, 5)},
+    "top4": {**ONE, "score_cells": 4, "k": 19},
 }
 # blocked-CV tables written while k 19 was the default call that point "default"
 LEGACY_NAMES = {"default": "k19"}

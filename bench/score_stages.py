@@ -1,9 +1,9 @@
 """Where a score's time goes at the default recipe (issue 18, CPU): per stage, per thread count.
 
-A bundle of `adgan export`'s default recipe (start at E(x), fg_input on 4x4 cells, theta scope
-none, one seed, k 19) at the default training's generator size (64 px, features 32; --features
-64 is the paper's; untrained weights, cost does not depend on them). Stages of one score, as
-the agent runs them:
+A bundle of `adgan export`'s default recipe (export/bundle.py RECIPE_SEARCH: start around E(x),
+fg_input on 4x4 cells, theta scope none; 3 seeds, k 5 since 2026-12-01, 1 seed, k 19 before)
+at the default training's generator size (64 px, features 32; --features 64 is the paper's;
+untrained weights, cost does not depend on them). Stages of one score, as the agent runs them:
 
   preprocess   a paper frame's sample -> the model input (crop to the part, resize)
   encoder      z0 = E(x) (its own ONNX Runtime session)

@@ -97,8 +97,8 @@ def add_parser(sub) -> None:
     q.add_argument("--n-seed", type=int, default=None,
                    help="latent seeds per sample (paper: 3; default 1 when the search starts at E(x) without "
                         "noise, where every seed would run the same search, else 3)")
-    q.add_argument("--k", type=int, default=None, help="Adam steps per seed (default and paper: 19; 0: no search, the "
-                        "score of G(E(x)) from the encoder alone, as f-AnoGAN scores)")
+    q.add_argument("--k", type=int, default=None, help="Adam steps per seed (default 5 from E(x); from random z, and the paper: "
+                        "19; 0: no search, the score of G(E(x)) from the encoder alone, as f-AnoGAN scores)")
     q.add_argument("--lr-z", type=float, default=None, help="Adam learning rate of z (default and paper: 5e-2)")
     q.add_argument("--lr-theta", type=float, default=None, help="Adam learning rate of theta (paper: 6e-9)")
     q.add_argument("--fg-threshold", type=float, default=None,
@@ -125,7 +125,8 @@ def add_parser(sub) -> None:
                         "z ~ N(0, I) (the paper); auto (default): the encoder when the run has one, else random "
                         "(with --paper: random)")
     q.add_argument("--z-init-noise", type=float, default=None,
-                   help="with the encoder start: seeds start at E(x) + this * N(0, I) (default 0)")
+                   help="with the encoder start: seeds start at E(x) + this * N(0, I) (default 0.5; 0: every "
+                        "seed starts at E(x), so one seed is enough)")
     q.add_argument("--seeds-per-call", "--batch-seeds", dest="seeds_per_call", type=int, default=None,
                    help="seeds per graph call, the graphs' batch (default: n_seed; '--batch-seeds' is the old "
                         "spelling)")

@@ -132,7 +132,7 @@ def pick_for_run(run, out: Path, base: SearchDefaults, budget_ms: float | None, 
     """(search, manifest record) of the operating point for a run. `write(search, dir)` exports a
     scratch bundle to time (adgan export's own writer)."""
     doc = load_points(points_file)
-    if base.z_init != "encoder" or base.z_init_noise:
+    if base.z_init != "encoder":  # the points set their own seeds and start noise
         raise ValueError("the operating points were validated with the search starting at E(x); this export starts "
                          f"at {base.z_init} z (train the run's encoder: 'adgan train-encoder {run} --epochs 100')")
     pts = applicable(doc["points"], base)

@@ -45,6 +45,7 @@ def train_and_export(plan: Plan, progress: bool) -> dict[str, Path]:
                 marker.write_text(json.dumps(ecfg, sort_keys=True))
         bundles[cls] = plan.out / "bundles" / cls
         search = with_default_seeds(replace(RECIPE_SEARCH, loss=a.loss, k=a.k, z_init=z_init,
+                                            z_init_noise=RECIPE_SEARCH.z_init_noise if a.encoder_epochs else 0.0,
                                             score_cells=a.score_cells, score_norm=a.score_norm))
         write_bundle(run, bundles[cls], search, force=True)
     print(f"[3/6] bundles (theta scope {search.theta_scope}, loss {a.loss}, depth weight {search.depth_weight:g}, "
