@@ -90,7 +90,8 @@ def compare(points: dict, baseline: str) -> dict[str, dict]:
     classes = sorted(points[baseline])
     seeds = {len(points[baseline][c]["swap"]) for c in classes}
     if len(seeds) != 1:
-        raise ValueError(f"classes have different numbers of seeds: { {c: len(points[baseline][c]['swap']) for c in classes} }")
+        counts = {c: len(points[baseline][c]["swap"]) for c in classes}
+        raise ValueError(f"classes have different numbers of seeds: {counts}")
     n = seeds.pop()
     rows = {}
     base = {j: np.mean([points[baseline][c][j] for c in classes], axis=0) for j in JOBS}
@@ -173,11 +174,11 @@ def main(argv: list[str] | None = None) -> int:
             cells += [" / ".join(f"{x:.3f}" for x in r[j]["per_seed"]), f"{r[j]['mean']:.3f} ± {r[j]['se']:.3f}",
                       f"{r[j]['diff_mean']:+.3f} ± {r[j]['diff_se']:.3f}"]
         behind = "; ".join(f"{j}: {', '.join(r[j]['class_behind'])}" for j in JOBS if r[j]["class_behind"])
-        lines.append(f"| {v}{' (baseline)' if v == a.baseline else ''} | {cost[v]:.1f} | " + " | ".join(cells) + f" | {'yes' if r['as_good'] else 'no'} | "
-                     f"{behind} |")
+        lines.append(f"| {v}{' (baseline)' if v == a.baseline else ''} | {cost[v]:.1f} | " + " | ".join(cells)
+                     + f" | {'yes' if r['as_good'] else 'no'} | {behind} |")
     lines += ["", f"Per seed: the worst fold, averaged over classes. As good: in every class, the mean over seeds of "
-              f"both jobs at least the {a.baseline}'s mean less one standard error of it. Cheapest point as good as {a.baseline}: **{choice}** ({cost[choice]:.1f} ms against "
-              f"{b_ms:.1f} ms)."]
+              f"both jobs at least the {a.baseline}'s mean less one standard error of it. Cheapest point as good "
+              f"as {a.baseline}: **{choice}** ({cost[choice]:.1f} ms against {b_ms:.1f} ms)."]
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "seeds.md").write_text("\n".join(lines) + "\n")

@@ -44,8 +44,9 @@ def cmd_export(a: argparse.Namespace) -> int:
         if not (run_dir / ENCODER_FILE).is_file():  # auto: the run has no encoder, start at random z
             print(f"note: {run_dir} has no encoder ({ENCODER_FILE}); the search starts at random z "
                   f"('adgan train-encoder {a.run} --epochs 100' adds one)")
-            # the recipe's k was chosen for a start at E(x); from random z the search needs the paper's steps
-            search = replace(search, z_init="random", z_init_noise=0.0, k=given.get("k", PAPER_SEARCH.k))
+            search = replace(search, z_init="random")
+    if search.z_init == "random":  # the recipe's k and start noise were chosen for E(x); from random z, the paper's k
+        search = replace(search, z_init_noise=0.0, k=given.get("k", PAPER_SEARCH.k))
     if "n_seed" not in given:
         search = with_default_seeds(search)
     if "seeds_per_call" not in given:
@@ -97,8 +98,9 @@ def add_parser(sub) -> None:
     q.add_argument("--n-seed", type=int, default=None,
                    help="latent seeds per sample (paper: 3; default 1 when the search starts at E(x) without "
                         "noise, where every seed would run the same search, else 3)")
-    q.add_argument("--k", type=int, default=None, help="Adam steps per seed (default 5 from E(x); from random z, and the paper: "
-                        "19; 0: no search, the score of G(E(x)) from the encoder alone, as f-AnoGAN scores)")
+    q.add_argument("--k", type=int, default=None,
+                   help="Adam steps per seed (default 5 from E(x); from random z, and the paper: 19; 0: no search, "
+                        "the score of G(E(x)) from the encoder alone, as f-AnoGAN scores)")
     q.add_argument("--lr-z", type=float, default=None, help="Adam learning rate of z (default and paper: 5e-2)")
     q.add_argument("--lr-theta", type=float, default=None, help="Adam learning rate of theta (paper: 6e-9)")
     q.add_argument("--fg-threshold", type=float, default=None,

@@ -69,3 +69,5 @@ def test_export_without_an_encoder_falls_back_to_random_z_and_says_so(tiny_run, 
     # without --k, a random start takes the paper's steps, whatever k the recipe's E(x) start has
     assert main(["export", str(tiny_run), "--out", str(tmp_path / "c")]) == 0
     assert Bundle.load(tmp_path / "c").search.k == PAPER_SEARCH.k
+    assert main(["export", str(tiny_run), "--out", str(tmp_path / "d"), "--z-init", "random"]) == 0  # asked for
+    assert Bundle.load(tmp_path / "d").search.k == PAPER_SEARCH.k
