@@ -21,6 +21,7 @@ import argparse
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, without an install
@@ -34,6 +35,8 @@ def main() -> int:
     ap.add_argument("--threads", default="1,2", help="ONNX Runtime thread counts (default 1,2)")
     ap.add_argument("--n", type=int, default=40, help="scores per thread count (default 40)")
     ap.add_argument("--framing", default="object", choices=("frame", "object"))
+    ap.add_argument("--point", default=None,
+                    help="a point of bench/frontier.py (e.g. k19, the default before 2026-12-01) instead of the default")
     ap.add_argument("--features", type=int, default=32,
                     help="generator width (default 32: adgan train's default; the paper's is 64)")
     a = ap.parse_args()
@@ -44,20 +47,31 @@ def main() -> int:
     from agent.segment.preprocess import Preprocessing, sample_to_input
     from agent.sources.dataset import frame_numbers, read_model_sample, check_preprocessing
     from costing import CostModel
+    from agent.scoring.search import start_latents
     from export.bundle import RECIPE_SEARCH
+    from frontier import POINTS
+
+    if a.point and a.point not in POINTS:
+        raise SystemExit(f"unknown point {a.point!r} (known: {', '.join(POINTS)})")
+    search = replace(RECIPE_SEARCH, **POINTS[a.point]) if a.point else RECIPE_SEARCH
+    search = replace(search, seeds_per_call=search.n_seed)
 
     model = CostModel(64, a.features)
     pre = Preprocessing(size=64, framing=a.framing)
     folder = Path(a.samples)
     rec = check_preprocessing(folder, pre)
     nums = frame_numbers(folder)[: a.n]
-    print(f"default recipe at 64 px, features {a.features}, k {RECIPE_SEARCH.k}; {len(nums)} samples of {folder}, "
+    print(f"{a.point or 'default'} search at 64 px, features {a.features}, {search.n_seed} seed(s), k {search.k}; "
+          f"{len(nums)} samples of {folder}, "
           f"framing {a.framing}")
     print(f"{'threads':>7} {'preprocess':>11} {'encoder':>8} {'reset':>7} {'steps':>8} {'per step':>9} "
           f"{'final':>7} {'total':>8}  ms")
     with tempfile.TemporaryDirectory() as tmp:
-        b = Bundle.load(model.bundle(Path(tmp) / "b", RECIPE_SEARCH, pre.to_dict()))
+        b = Bundle.load(model.bundle(Path(tmp) / "b", search, pre.to_dict()))
         p = b.search
+        if p.n_seed != p.seeds_per_call:
+            raise SystemExit(f"the stages are timed for one graph call per score; this search has {p.n_seed} seeds "
+                             f"of {p.seeds_per_call} per call")
         for threads in (int(t) for t in a.threads.split(",")):
             be = open_backend(b, backend_settings("onnxruntime", threads=threads))
             enc = LatentEncoder(b, threads=threads)
@@ -66,7 +80,7 @@ def main() -> int:
                 t0 = time.perf_counter()
                 x = sample_to_input(read_model_sample(folder, n, b.preprocessing, rec), b.size)
                 t1 = time.perf_counter()
-                z0 = enc.encode(x)[None]
+                z0 = start_latents(p, 0, p.seeds_per_call, b.nz, x, enc)  # E(x) (+ noise) for every seed
                 t2 = time.perf_counter()
                 be.reset(x, z0)
                 t3 = time.perf_counter()
