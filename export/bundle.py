@@ -30,6 +30,15 @@ RECIPE_SEARCH = SearchDefaults(theta_scope="none", loss="fg_input", z_init="enco
 PAPER_SEARCH = SearchDefaults()
 
 
+def for_start(search: SearchDefaults, k: int | None = None) -> SearchDefaults:
+    """The search for where it starts. The recipe's k and start noise were chosen for the start
+    at E(x); a search from random z (asked for, or a run without an encoder) takes the paper's
+    k and no start noise instead, unless a k is given."""
+    if search.z_init != "random":
+        return search if k is None else replace(search, k=k)
+    return replace(search, z_init_noise=0.0, k=PAPER_SEARCH.k if k is None else k)
+
+
 def with_default_seeds(search: SearchDefaults) -> SearchDefaults:
     """n_seed when none was asked for: 1 where every seed would start at the same E(x) (more
     seeds repeat the same search), the paper's 3 for random or noisy starts."""

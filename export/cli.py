@@ -22,7 +22,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     from dataclasses import fields, replace
     from pathlib import Path
 
-    from export.bundle import PAPER_SEARCH, RECIPE_SEARCH, with_default_seeds, write_bundle
+    from export.bundle import PAPER_SEARCH, RECIPE_SEARCH, for_start, with_default_seeds, write_bundle
     from training.encoder import ENCODER_FILE
 
     if a.budget_ms is not None and a.operating_point:
@@ -45,8 +45,7 @@ def cmd_export(a: argparse.Namespace) -> int:
             print(f"note: {run_dir} has no encoder ({ENCODER_FILE}); the search starts at random z "
                   f"('adgan train-encoder {a.run} --epochs 100' adds one)")
             search = replace(search, z_init="random")
-    if search.z_init == "random":  # the recipe's k and start noise were chosen for E(x); from random z, the paper's k
-        search = replace(search, z_init_noise=0.0, k=given.get("k", PAPER_SEARCH.k))
+    search = for_start(search, given.get("k"))
     if "n_seed" not in given:
         search = with_default_seeds(search)
     if "seeds_per_call" not in given:

@@ -28,9 +28,6 @@ def run_demo(a: argparse.Namespace) -> dict:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     progress = not a.quiet
-    if a.k is None:  # the recipe's k was chosen for the start at E(x); from random z, the paper's
-        from export.bundle import PAPER_SEARCH, RECIPE_SEARCH
-        a.k = RECIPE_SEARCH.k if a.encoder_epochs else PAPER_SEARCH.k
     plan = Plan(a, out)
     make_data(plan, progress)
     damage = make_damage(plan, progress)

@@ -15,7 +15,7 @@ def train_and_export(plan: Plan, progress: bool) -> dict[str, Path]:
     a, bundles = plan.a, {}
     from dataclasses import replace
 
-    from export.bundle import RECIPE_SEARCH, with_default_seeds, write_bundle
+    from export.bundle import RECIPE_SEARCH, for_start, with_default_seeds, write_bundle
     from training.encoder import train_encoder
     from training.train import TrainConfig, run_training
     for i, cls in enumerate(plan.classes):
@@ -44,12 +44,11 @@ def train_and_export(plan: Plan, progress: bool) -> dict[str, Path]:
                 train_encoder(run, a.encoder_epochs, a.features, progress=progress)
                 marker.write_text(json.dumps(ecfg, sort_keys=True))
         bundles[cls] = plan.out / "bundles" / cls
-        search = with_default_seeds(replace(RECIPE_SEARCH, loss=a.loss, k=a.k, z_init=z_init,
-                                            z_init_noise=RECIPE_SEARCH.z_init_noise if a.encoder_epochs else 0.0,
-                                            score_cells=a.score_cells, score_norm=a.score_norm))
+        search = with_default_seeds(for_start(replace(RECIPE_SEARCH, loss=a.loss, z_init=z_init,
+                                                      score_cells=a.score_cells, score_norm=a.score_norm), a.k))
         write_bundle(run, bundles[cls], search, force=True)
     print(f"[3/6] bundles (theta scope {search.theta_scope}, loss {a.loss}, depth weight {search.depth_weight:g}, "
-          f"pool {search.pool}, score {search.describe_score()}, n_seed {search.n_seed}, k {a.k}, "
+          f"pool {search.pool}, score {search.describe_score()}, n_seed {search.n_seed}, k {search.k}, "
           f"{'search from the encoder' if a.encoder_epochs else 'random z'}) -> {plan.out / 'bundles'}")
     return bundles
 

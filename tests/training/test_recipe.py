@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 
 from adgan.cli import main
 from agent.scoring.bundle import Bundle
-from export.bundle import PAPER_SEARCH, RECIPE_SEARCH
+from export.bundle import PAPER_SEARCH, RECIPE_SEARCH, for_start
 from training.encoder import load_encoder
 from training.recipe import PAPER, RECIPE, resolve
 from training.train import load_checkpoint
@@ -29,6 +30,15 @@ def test_defaults_fill_only_what_is_not_given():
     # issue 18: 3 seeds around E(x), 5 steps each (bench/training_seeds.py)
     assert (RECIPE_SEARCH.n_seed, RECIPE_SEARCH.z_init_noise, RECIPE_SEARCH.k) == (3, 0.5, 5)
     assert PAPER_SEARCH.pool == 1  # the paper compares pixel by pixel
+
+
+def test_a_random_start_takes_the_papers_steps_and_no_start_noise_unless_k_is_given():
+    assert for_start(RECIPE_SEARCH) == RECIPE_SEARCH  # from E(x): the recipe as it is
+    assert for_start(RECIPE_SEARCH, 7).k == 7
+    rnd = for_start(replace(RECIPE_SEARCH, z_init="random"))
+    assert (rnd.k, rnd.z_init_noise, rnd.loss, rnd.n_seed) == (PAPER_SEARCH.k, 0.0, RECIPE_SEARCH.loss, RECIPE_SEARCH.n_seed)
+    assert for_start(replace(RECIPE_SEARCH, z_init="random"), 2).k == 2
+    assert for_start(PAPER_SEARCH) == PAPER_SEARCH
 
 
 def test_train_then_export_with_no_options_gives_the_recipe(synth_data, tmp_path, capsys):
