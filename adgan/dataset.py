@@ -17,7 +17,7 @@ from agent.segment.preprocess import Preprocessing
 from agent.segment.reference import SurfaceReference
 from agent.segment.segmentation import SegmentationConfig
 from agent.sources.dataset import class_folders, frame_numbers, parse_frames, read_raw_frame, read_sample
-from agent.sources.synthetic import CLASSES, DEFECTS
+from agent.sources.synthetic import CLASSES, DEFECTS, VARIETIES
 from agent.visual import sample_grid, write_png
 from calibration.damage import add_damage_parser
 
@@ -35,7 +35,7 @@ def _csv_list(s: str, allowed: Sequence[str], what: str) -> list[str]:
 def cmd_synth_damage(a: argparse.Namespace) -> int:
     prep = Preprocessing(size=a.size, depth_norm=a.depth_norm, framing=a.framing)
     counts = synth_damage_dataset(Path(a.out), a.classes, a.n, a.seed, prep, a.defects or DEFECTS, a.width,
-                                  a.height, a.workers)
+                                  a.height, a.workers, variety=a.variety)
     for k, v in sorted(counts.items()):
         print(f"{k}: {v} samples")
     print(f"wrote {sum(counts.values())} samples to {a.out}; score them with "
@@ -46,7 +46,7 @@ def cmd_synth_damage(a: argparse.Namespace) -> int:
 def cmd_synth(a: argparse.Namespace) -> int:
     prep = Preprocessing(size=a.size, depth_norm=a.depth_norm, framing=a.framing)
     counts = synth_dataset(Path(a.out), a.classes, a.train, a.test, a.seed, prep, a.defects, a.defect_test,
-                           a.width, a.height, a.workers)
+                           a.width, a.height, a.workers, variety=a.variety)
     for k, v in sorted(counts.items()):
         print(f"{k}: {v} samples")
     print(f"wrote {sum(counts.values())} samples to {a.out}")
@@ -54,7 +54,8 @@ def cmd_synth(a: argparse.Namespace) -> int:
 
 
 def cmd_synth_raw(a: argparse.Namespace) -> int:
-    synth_raw(Path(a.out), a.count, a.empty, a.seed, a.classes, a.defects, a.defect_rate, a.width, a.height)
+    synth_raw(Path(a.out), a.count, a.empty, a.seed, a.classes, a.defects, a.defect_rate, a.width, a.height,
+              variety=a.variety)
     print(f"wrote {a.count} frames to {a.out}/frames, {a.empty} empty frames to {a.out}/empty "
           f"and the surface reference {a.out}/reference.npz")
     return 0
@@ -150,6 +151,12 @@ def add_parser(sub) -> None:
     classes = lambda s: _csv_list(s, CLASSES, "class")  # noqa: E731
     defects = lambda s: _csv_list(s, DEFECTS, "defect")  # noqa: E731
 
+    def variety_arg(q):
+        q.add_argument("--variety", choices=VARIETIES, default="family",
+                       help="what a class's parts are: family (default) = every part a new product of the "
+                            "class's shape (sizes, colours, patterns); product = the station's one product of "
+                            "each class (fixed by --seed), made to a tolerance (size 3%%, colour 4%%)")
+
     def prep_args(q, size=64, framing="frame"):
         q.add_argument("--size", type=int, default=size, choices=(32, 64, 128),
                        help=f"sample size in pixels (default {size})")
@@ -174,6 +181,7 @@ def add_parser(sub) -> None:
     q.add_argument("--height", type=int, default=480, help="camera height (default 480)")
     q.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     prep_args(q)
+    variety_arg(q)
     q.set_defaults(func=cmd_synth)
 
     q = ds.add_parser("synth-damage", help="synthesise intact parts and their twins with the renderer's defects",
@@ -191,6 +199,7 @@ def add_parser(sub) -> None:
     q.add_argument("--height", type=int, default=480, help="camera height (default 480)")
     q.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     prep_args(q, size=32, framing="object")
+    variety_arg(q)
     q.set_defaults(func=cmd_synth_damage)
 
     q = ds.add_parser("synth-raw", help="synthesise raw station captures (16-bit depth) and a reference",
@@ -206,6 +215,7 @@ def add_parser(sub) -> None:
     q.add_argument("--seed", type=int, default=0, help="station and part seed (same seed, same frames)")
     q.add_argument("--width", type=int, default=640, help="camera width (default 640)")
     q.add_argument("--height", type=int, default=480, help="camera height (default 480)")
+    variety_arg(q)
     q.set_defaults(func=cmd_synth_raw)
 
     q = ds.add_parser("reference", help="compute the empty-surface reference from raw empty frames",

@@ -43,9 +43,9 @@ class _SynthWorker:
     segmenter: Segmenter
 
     @classmethod
-    def init(cls, seed: int, width: int, height: int, prep: Preprocessing) -> None:
+    def init(cls, seed: int, width: int, height: int, prep: Preprocessing, variety: str = "family") -> None:
         cls.seed, cls.prep = seed, prep
-        cls.station = SyntheticStation(width, height, seed)
+        cls.station = SyntheticStation(width, height, seed, variety)
         src = SyntheticSource(seed=seed, station=cls.station)
         ref = SurfaceReference.from_frames(src.empty_frames(REFERENCE_FRAMES))
         cls.segmenter = Segmenter(SegmentationConfig(), ref)
@@ -69,7 +69,7 @@ class _SynthWorker:
 def synth_dataset(out: Path, classes: Sequence[str], n_train: int, n_test: int, seed: int,
                   prep: Preprocessing, defects: Sequence[str] = (), n_defect: int | None = None,
                   width: int = 640, height: int = 480, workers: int | None = None,
-                  progress: bool = True) -> dict[str, int]:
+                  progress: bool = True, variety: str = "family") -> dict[str, int]:
     """Write train/<class>/ and test/<class>/ (and test/<class>_defect/) in the paper's layout."""
     if n_train < 0 or n_test < 0:
         raise ValueError("sample counts must be >= 0")
@@ -81,7 +81,7 @@ def synth_dataset(out: Path, classes: Sequence[str], n_train: int, n_test: int, 
     workers = workers or min(len(os.sched_getaffinity(0)), 8)
     labels: dict[str, list[list]] = {"train": [], "test": []}
     counts: dict[str, int] = {}
-    init = (seed, width, height, prep)
+    init = (seed, width, height, prep, variety)
     bar = tqdm(total=len(jobs), desc="synth", unit="sample", disable=not progress)
     if workers > 1 and len(jobs) > 50:
         ctx = mp.get_context("fork" if hasattr(os, "fork") else "spawn")
@@ -164,7 +164,7 @@ def _render_twins(job: TwinJob) -> tuple[TwinJob, Sample | None, dict]:
 
 def synth_damage_dataset(out: Path, classes: Sequence[str], n: int, seed: int, prep: Preprocessing,
                          defects: Sequence[str] = DEFECTS, width: int = 640, height: int = 480,
-                         workers: int | None = None, progress: bool = True) -> dict[str, int]:
+                         workers: int | None = None, progress: bool = True, variety: str = "family") -> dict[str, int]:
     """The renderer's own defects with their masks, in `adgan dataset damage`'s layout:
     out/<class>/N (intact) and out/<class>_<defect>/N with mask/N.png (its twin with the
     defect), rendered at camera resolution and framed with `prep` like a station does."""
@@ -173,7 +173,7 @@ def synth_damage_dataset(out: Path, classes: Sequence[str], n: int, seed: int, p
         raise ValueError("need at least one part per class")
     jobs = [TwinJob(c, i, tuple(defects)) for c in classes for i in range(n)]
     workers = workers or min(len(os.sched_getaffinity(0)), 8)
-    init = (seed, width, height, prep)
+    init = (seed, width, height, prep, variety)
     counts: dict[str, int] = {}
     bar = tqdm(total=len(jobs), desc="synth-damage", unit="part", disable=not progress)
     if workers > 1 and len(jobs) > 8:
@@ -210,7 +210,7 @@ def synth_damage_dataset(out: Path, classes: Sequence[str], n: int, seed: int, p
 # -- synth-raw ---------------------------------------------------------------------------
 def synth_raw(out: Path, count: int, n_empty: int, seed: int, classes: Sequence[str] = CLASSES,
               defects: Sequence[str] = (), defect_rate: float = 0.0, width: int = 640,
-              height: int = 480, progress: bool = True) -> SurfaceReference:
+              height: int = 480, progress: bool = True, variety: str = "family") -> SurfaceReference:
     """Raw-layout captures of a synthetic station: frames/, empty/ and reference.npz."""
     if count < 0 or n_empty < 1:
         raise ValueError(f"--count must be >= 0 and --empty >= 1 (the reference needs an empty frame), "
@@ -218,7 +218,7 @@ def synth_raw(out: Path, count: int, n_empty: int, seed: int, classes: Sequence[
     if not 0 <= defect_rate <= 1:
         raise ValueError(f"--defect-rate must be in [0, 1], got {defect_rate}")
     src = SyntheticSource(classes, seed=seed, count=count, width=width, height=height,
-                          defects=defects, defect_rate=defect_rate)
+                          defects=defects, defect_rate=defect_rate, variety=variety)
     empties = list(src.empty_frames(n_empty))
     for j, f in enumerate(empties):
         write_raw_frame(out / "empty", j, f)

@@ -64,6 +64,9 @@ class SyntheticSourceSettings(_Strict):
         ["rectangle", "cylinder", "sphere"], min_length=1, description="classes of the parts that pass")
     defects: list[Literal["dent", "hole", "chunk", "blemish", "foreign"]] = Field(
         ["dent", "hole", "chunk", "blemish", "foreign"], description="defect kinds")
+    variety: Literal["family", "product"] = Field(
+        "family", description="what a class's parts are: family = every part a new product of the class's "
+                              "shape; product = the station's one product of the class, made to a tolerance")
     defect_rate: float = Field(0.2, ge=0, le=1, description="probability of a defective part")
     empty_rate: float = Field(0.0, ge=0, le=1, description="probability that a part slot stays empty "
                                                            "(1: the empty table, for capture-reference)")

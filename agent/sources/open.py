@@ -15,7 +15,7 @@ def open_source(cfg, frame_timeout_s: float = 5.0) -> FrameSource:
         return SyntheticSource(cfg.classes, seed=cfg.seed, count=cfg.count, defects=cfg.defects,
                                defect_rate=cfg.defect_rate if cfg.defects else 0.0, empty_rate=cfg.empty_rate,
                                fps=cfg.fps or 30.0,
-                               frames_per_part=cfg.frames_per_part, gap_frames=cfg.gap_frames)
+                               frames_per_part=cfg.frames_per_part, gap_frames=cfg.gap_frames, variety=cfg.variety)
     if cfg.type == "realsense":
         from agent.sources.realsense import RealSenseFrameSource
         return RealSenseFrameSource(cfg.serial, cfg.recording, cfg.width, cfg.height, cfg.fps, cfg.visual_preset,

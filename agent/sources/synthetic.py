@@ -8,9 +8,9 @@ import numpy as np
 
 from agent.frame import RGBDFrame
 from agent.sources.base import FrameSource
-from agent.sources.synthetic_station import CLASSES, DEFECTS, SyntheticStation
+from agent.sources.synthetic_station import CLASSES, DEFECTS, VARIETIES, SyntheticStation
 
-__all__ = ["CLASSES", "DEFECTS", "SyntheticSource", "SyntheticStation"]
+__all__ = ["CLASSES", "DEFECTS", "VARIETIES", "SyntheticSource", "SyntheticStation"]
 
 
 class SyntheticSource(FrameSource):
@@ -20,7 +20,9 @@ class SyntheticSource(FrameSource):
     probability `defect_rate`, an empty table with probability `empty_rate`. Each part
     stays on the table for `frames_per_part` frames, followed by `gap_frames` frames of
     the empty table, like parts passing a station (the defaults, 1 and 0, give one new
-    part every frame).
+    part every frame). `variety` says what a class's parts are (synthetic_station.py): new
+    products of its shape ("family") or the station's one product, made to a tolerance
+    ("product").
     """
 
     segmented = False
@@ -29,7 +31,8 @@ class SyntheticSource(FrameSource):
     def __init__(self, classes: Sequence[str] = CLASSES, seed: int = 0, count: int | None = None,
                  width: int = 640, height: int = 480, defects: Sequence[str] = (),
                  defect_rate: float = 0.0, empty_rate: float = 0.0, fps: float = 30.0,
-                 station: SyntheticStation | None = None, frames_per_part: int = 1, gap_frames: int = 0) -> None:
+                 station: SyntheticStation | None = None, frames_per_part: int = 1, gap_frames: int = 0,
+                 variety: str = "family") -> None:
         for c in classes:
             if c not in CLASSES:
                 raise ValueError(f"unknown synthetic class {c!r}; choose from {', '.join(CLASSES)}")
@@ -49,7 +52,7 @@ class SyntheticSource(FrameSource):
         self.classes, self.defects = tuple(classes), tuple(defects)
         self.defect_rate, self.empty_rate = defect_rate, empty_rate
         self.seed, self.count, self.fps = seed, count, fps
-        self.station = station or SyntheticStation(width, height, seed)
+        self.station = station or SyntheticStation(width, height, seed, variety)
         self._i = 0
 
     def frame(self, i: int) -> RGBDFrame:

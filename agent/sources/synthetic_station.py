@@ -6,6 +6,15 @@ For tests, demos and scale, never as evidence of detection quality on real parts
 One `SyntheticStation` is fixed per seed; each frame draws a part, its pose, size, colour,
 texture, the light and the sensor noise from a generator seeded by (station seed, frame
 key), so every frame is reproducible alone.
+
+What a class's parts are (`variety`):
+- "family": every part is a new product of the class's shape: its own size, proportions,
+  colours and pattern (a cylinder may be a tall striped can or a short plain tube lying down).
+- "product": each class is one product of the station, fixed by the station seed (its
+  shape, proportions, colours, pattern and finish), made to a tolerance: every part
+  differs by up to 3% in size and 4% in colour, and lies anywhere on the table at any
+  yaw. That is a production line's station, which inspects one product; the wrong-class
+  parts are the other products.
 """
 from __future__ import annotations
 
@@ -20,6 +29,9 @@ from agent.sources.scene import Camera, Primitive, rot_y, rot_z, sphere_interval
 
 CLASSES = ("rectangle", "cylinder", "sphere")
 DEFECTS = ("dent", "hole", "chunk", "blemish", "foreign")
+VARIETIES = ("family", "product")
+SIZE_TOLERANCE = 0.03    # "product": a part's size within +-3% of the product's
+COLOUR_TOLERANCE = 0.04  # and each colour channel within +-4%
 _BANK_PAD = 256
 _BASELINE_MM = 50.0   # RealSense D4xx stereo baseline
 _SUBPIXEL = 0.08      # disparity quantisation, pixels
@@ -46,10 +58,13 @@ class Part:
 class SyntheticStation:
     """A fixed camera over a table; renders empty scenes and scenes with one part."""
 
-    def __init__(self, width: int = 640, height: int = 480, seed: int = 0) -> None:
+    def __init__(self, width: int = 640, height: int = 480, seed: int = 0, variety: str = "family") -> None:
         if width < 32 or height < 32:
             raise ValueError(f"synthetic frames must be at least 32x32, got {width}x{height}")
-        self.seed = seed
+        if variety not in VARIETIES:
+            raise ValueError(f"unknown variety {variety!r}; choose from {', '.join(VARIETIES)}")
+        self.seed, self.variety = seed, variety
+        self._products: dict[str, Part] = {}
         rng = np.random.default_rng([seed, 0xC0FFEE])
         self.camera = Camera.looking_at_table(width, height, distance_mm=float(rng.uniform(400, 440)),
                                               pitch_deg=float(rng.uniform(47, 53)))
@@ -66,8 +81,35 @@ class SyntheticStation:
 
     # -- parts ---------------------------------------------------------------------------
     def random_part(self, rng: np.random.Generator, cls: str) -> Part:
+        """A part of class `cls` drawn from `rng`: a new product ("family"), or the station's
+        product of that class within its tolerance, anywhere on the table ("product")."""
+        if self.variety == "family":
+            return self._new_product(rng, cls)
+        p = self.product(cls)
+        yaw = float(rng.uniform(0, 2 * math.pi))
+        cx, cy = rng.uniform(-50, 50), rng.uniform(-35, 35)
+        k = float(rng.uniform(1 - SIZE_TOLERANCE, 1 + SIZE_TOLERANCE))  # the shape scaled, so it rests on the table
+        prim = Primitive(p.prim.shape, np.array([cx, cy, p.prim.center[2] * k]), rot_z(yaw) @ p.prim.rotation,
+                         tuple(float(v) * k for v in p.prim.size))
+        tint = rng.uniform(1 - COLOUR_TOLERANCE, 1 + COLOUR_TOLERANCE, (2, 3)).astype(np.float32)
+        return Part(cls, prim, np.clip(p.albedo * tint[0], 0, 1), np.clip(p.accent * tint[1], 0, 1), p.pattern,
+                    p.shininess, p.specular)
+
+    def product(self, cls: str) -> Part:
+        """The station's product of class `cls` ("product" variety): fixed by the station seed,
+        at the table's centre."""
+        if cls not in self._products:
+            if cls not in CLASSES:
+                raise ValueError(f"unknown synthetic class {cls!r}; choose from {', '.join(CLASSES)}")
+            self._products[cls] = self._new_product(np.random.default_rng([self.seed, 0x9D0C, CLASSES.index(cls)]),
+                                                    cls, centred=True)
+        return self._products[cls]
+
+    def _new_product(self, rng: np.random.Generator, cls: str, centred: bool = False) -> Part:
         yaw = float(rng.uniform(0, math.pi))
         cx, cy = rng.uniform(-50, 50), rng.uniform(-35, 35)
+        if centred:
+            cx = cy = 0.0
         if cls == "rectangle":
             e = rng.uniform([22, 22, 15], [75, 60, 70])
             prim = Primitive("box", np.array([cx, cy, e[2]]), rot_z(yaw), tuple(float(x) for x in e))

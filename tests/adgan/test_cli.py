@@ -48,6 +48,19 @@ def test_synth_is_deterministic(tmp_path, synth_data):
         assert (tmp_path / rel).read_bytes() == (synth_data / rel).read_bytes()
 
 
+def test_synth_product_variety_makes_alike_parts(tmp_path):
+    spread = {}
+    for v in ("family", "product"):
+        assert main(["dataset", "synth", str(tmp_path / v), "--classes", "cylinder", "--train", "6", "--test", "0",
+                     "--size", "32", "--framing", "object", "--workers", "1", "--variety", v]) == 0
+        colours = []
+        for n in range(6):
+            s = read_sample(tmp_path / v / "train" / "cylinder", n)
+            colours.append(s.rgb[s.depth > 0].mean(axis=0) / s.rgb[s.depth > 0].mean())  # hue, not brightness
+        spread[v] = float(np.ptp(colours, axis=0).max())
+    assert spread["product"] < 0.5 * spread["family"], spread
+
+
 def test_grid_and_info(tmp_path, synth_data, capsys):
     out = tmp_path / "grid.png"
     assert main(["dataset", "grid", str(synth_data / "train"), "--out", str(out), "--n", "4"]) == 0

@@ -40,6 +40,10 @@ def test_valid_config_loads_with_defaults(tmp_path, monkeypatch):
     assert s.segmentation.roi == (10, 20, 300, 200) and s.segmentation.surface_tolerance == 0.1
     assert s.model.backend.type == "onnxruntime" and s.model.backend.threads == 2
     assert s.mqtt.port == 1883 and s.mqtt.qos == 1 and s.trigger.mode == "continuous"
+    assert s.source.variety == "family"
+    from agent.sources.open import open_source
+    s = load_settings(write(tmp_path, GOOD.replace("seed = 4", 'seed = 4\nvariety = "product"')), env_file=None)
+    assert open_source(s.source).station.variety == "product"
 
 
 def test_environment_overrides_nested_fields_and_secrets_stay_secret(tmp_path, monkeypatch):
@@ -75,6 +79,7 @@ def test_password_from_systemd_credentials_and_dotenv(tmp_path, monkeypatch):
 @pytest.mark.parametrize("edit, path", [
     (lambda t: t.replace('station_id = "line1-st3"', 'station_id = "line1/st3"'), "station_id"),
     (lambda t: t.replace('type = "synthetic"', 'type = "webcam"'), "source"),
+    (lambda t: t.replace('seed = 4', 'seed = 4\nvariety = "batch"'), "source.synthetic.variety"),
     (lambda t: t.replace('expected_class = "rectangle"', 'expected_class = "sphere"'), "model"),
     (lambda t: t.replace('host = "broker.local"', 'host = "broker.local"\nqos = 3'), "mqtt.qos"),
     (lambda t: t.replace("max_depth_mm = 650", "max_depth_mm = -5"), "segmentation.max_depth_mm"),

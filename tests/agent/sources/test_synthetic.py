@@ -93,3 +93,41 @@ def test_parts_stay_for_their_frames_then_the_table_is_empty():
     assert frames[3].meta["class"] is None and frames[3].depth.any()
     again = SyntheticSource(("sphere",), seed=3, frames_per_part=3, gap_frames=2).frame(6)
     assert np.array_equal(again.depth, frames[6].depth)  # frame i depends only on (seed, i)
+
+
+def test_product_variety_makes_one_product_per_class_within_its_tolerance():
+    from agent.sources.synthetic_station import COLOUR_TOLERANCE, SIZE_TOLERANCE
+    st = SyntheticStation(320, 240, seed=5, variety="product")
+    for cls in ("rectangle", "cylinder", "sphere"):
+        p = st.product(cls)
+        parts = [st.random_part(np.random.default_rng([k, 1]), cls) for k in range(30)]
+        for q in parts:
+            assert q.cls == cls and q.pattern == p.pattern and q.prim.shape == p.prim.shape
+            k = np.asarray(q.prim.size) / np.asarray(p.prim.size)
+            assert np.allclose(k, k[0]) and abs(k[0] - 1) <= SIZE_TOLERANCE + 1e-6  # the same shape, scaled
+            assert q.prim.center[2] == pytest.approx(p.prim.center[2] * k[0])  # resting on the table
+            assert np.all(np.abs(q.albedo / p.albedo - 1) <= COLOUR_TOLERANCE + 1e-6)
+            assert (q.shininess, q.specular) == (p.shininess, p.specular)
+        # anywhere on the table, at any yaw
+        assert np.ptp([q.prim.center[0] for q in parts]) > 40 and len({round(q.prim.rotation[0, 0], 3) for q in parts}) > 20
+    # another station seed, other products; the same seed, the same ones
+    other = SyntheticStation(320, 240, seed=6, variety="product").product("cylinder")
+    assert (other.prim.size, tuple(other.albedo)) != (st.product("cylinder").prim.size, tuple(st.product("cylinder").albedo))
+    assert SyntheticStation(320, 240, seed=5, variety="product").product("sphere").prim.size == \
+        st.product("sphere").prim.size
+
+
+def test_family_variety_makes_a_new_product_every_part():
+    st = SyntheticStation(320, 240, seed=5)
+    parts = [st.random_part(np.random.default_rng([k, 1]), "cylinder") for k in range(30)]
+    assert len({q.pattern for q in parts}) > 1 and len({q.prim.size for q in parts}) == 30
+    assert np.ptp([q.albedo for q in parts], axis=0).max() > 0.3
+
+
+def test_a_source_renders_the_products_of_its_station():
+    a = SyntheticSource(("sphere",), seed=2, variety="product")
+    b = SyntheticSource(("sphere",), seed=2)
+    assert a.station.variety == "product" and b.station.variety == "family"
+    assert a.frame(0).meta["class"] == "sphere"
+    with pytest.raises(ValueError, match="unknown variety"):
+        SyntheticStation(64, 64, variety="batch")
