@@ -46,7 +46,7 @@ def run_demo(a: argparse.Namespace) -> dict:
             fh.write(json.dumps(e) + "\n")
     (workdir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     if not a.data:
-        segmentation_figure(a.seed, workdir, rep)
+        segmentation_figure(a.seed, workdir, rep, a.variety)
     s = summary
     index = write_index(out, plan, summary, lines, time.perf_counter() - t0)
     print(f"\nparts inspected {s['parts_inspected']} (OK {s['ok']}, NG {s['ng']}); true anomalies {s['true_anomalies']}: "
@@ -71,6 +71,10 @@ def add_parser(sub) -> None:
     q.add_argument("--test-frames", default="700:1000", help="with --data: test frames (default 700:1000)")
     q.add_argument("--train", type=int, default=300, help="synthetic training samples per class (default 300)")
     q.add_argument("--test", type=int, default=30, help="synthetic test samples per class (default 30)")
+    q.add_argument("--variety", choices=("product", "family"), default="product",
+                   help="synthetic parts: 'product' (default) makes each class one product of the station, made "
+                        "to a tolerance, as a production line's station sees it; 'family' makes every part a new "
+                        "product of the class's shape (any size, colour and pattern)")
     q.add_argument("--size", type=int, choices=(32, 64), default=32, help="model resolution (default 32)")
     q.add_argument("--framing", choices=("frame", "object"), default="object",
                    help="synthetic samples: 'object' crops around the part (default), 'frame' is the paper's "
@@ -78,6 +82,14 @@ def add_parser(sub) -> None:
     q.add_argument("--features", type=int, default=16, help="generator and discriminator width (default 16)")
     q.add_argument("--epochs", type=int, default=60, help="training epochs per class (default 60)")
     q.add_argument("--kind", choices=("gan", "wgan", "wgan-gp"), default="gan", help="training recipe (default gan)")
+    from calibration.metrics import POLICIES
+    q.add_argument("--policy", choices=POLICIES, default="target-fpr",
+                   help="threshold policy on the test parts (adgan calibrate --policy): target-fpr (default: a "
+                        "false-alarm budget on normal parts, as a line sets it), equal-rates (the paper's), "
+                        "max-accuracy")
+    q.add_argument("--fpr", type=float, default=0.05,
+                   help="with target-fpr: the false-alarm rate on normal test parts (default 0.05: 30 normal "
+                        "parts cannot resolve less)")
     q.add_argument("--k", type=int, default=None, help="search steps per seed (default: adgan export's)")
     q.add_argument("--loss", choices=("mse", "fg", "fg_input"), default="fg_input",
                    help="search and score loss (default fg_input: the part's own pixels; mse is the paper's)")

@@ -43,7 +43,7 @@ class Plan:
             self.train_root, self.test_root = out / "cache" / "data" / "train", out / "cache" / "data" / "test"
             self.train_frames = self.test_frames = None
             self.fingerprint = {"synthetic": {"n_train": a.train, "n_test": a.test, "seed": a.seed, "size": a.size,
-                                              "framing": a.framing}}
+                                              "framing": a.framing, "variety": a.variety}}
         if a.expected not in self.classes:
             raise ValueError(f"--expected {a.expected!r} is not one of the classes {', '.join(self.classes)}")
 
@@ -71,8 +71,10 @@ def make_damage(plan: Plan, progress: bool) -> Path | None:
         from adgan.synth import synth_damage_dataset
         print(f"[1/6] damaged twins: {a.damage_parts} new parts per class, each also with "
               f"{', '.join(DEFECTS)} -> {folder}")
-        synth_damage_dataset(folder, CLASSES, a.damage_parts, a.seed + 1,
-                             Preprocessing(size=a.size, framing=a.framing), DEFECTS, progress=progress)
+        # the station of the training parts (its seed), other parts: the renderer draws twins from their own stream
+        synth_damage_dataset(folder, CLASSES, a.damage_parts, a.seed,
+                             Preprocessing(size=a.size, framing=a.framing), DEFECTS, progress=progress,
+                             variety=a.variety)
     (folder / "done").write_text("ok\n")
     mark(folder, cfg)
     return folder
@@ -91,7 +93,7 @@ def make_data(plan: Plan, progress: bool) -> None:
         return
     shutil.rmtree(folder, ignore_errors=True)
     print(f"[1/6] data: synthesising {a.train} training, {a.test} normal and {a.test} defective test samples "
-          f"per class -> {folder}")
+          f"per class ({a.variety}) -> {folder}")
     synth_dataset(folder, CLASSES, a.train, a.test, a.seed, Preprocessing(size=a.size, framing=a.framing), DEFECTS,
-                  progress=progress)
+                  progress=progress, variety=a.variety)
     mark(folder, plan.fingerprint)

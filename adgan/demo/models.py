@@ -61,9 +61,10 @@ def calibrate(plan: Plan, bundles: dict[str, Path]) -> Path:
         if not plan.a.data:
             anomalous.append(f"{cls}_defect")
         calibrate_bundle(CalibrateOptions(str(b), str(plan.test_root / cls),
-                                          [str(plan.test_root / c) for c in anomalous], policy="equal-rates",
-                                          out=str(th), quiet=True, frames=plan.test_frames))
-    print(f"[4/6] thresholds (equal error rates on the test samples) -> {th}")
+                                          [str(plan.test_root / c) for c in anomalous], policy=plan.a.policy,
+                                          fpr=plan.a.fpr, out=str(th), quiet=True, frames=plan.test_frames))
+    how = f"flagging at most {plan.a.fpr:.0%} of the normal parts" if plan.a.policy == "target-fpr" else plan.a.policy
+    print(f"[4/6] thresholds ({how}, on the test samples) -> {th}")
     return th
 
 

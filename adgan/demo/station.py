@@ -44,7 +44,8 @@ def station_settings(plan: Plan, bundles: dict[str, Path], th: Path, workdir: Pa
         return settings, truth_of
     # new parts passing the station the training data came from (same station seed)
     others = [c for c in plan.classes if c != a.expected]
-    settings["source"] = {"type": "synthetic", "seed": a.seed, "classes": [a.expected] * 4 + others,
+    settings["source"] = {"type": "synthetic", "seed": a.seed, "variety": a.variety,
+                          "classes": [a.expected] * 4 + others,
                           "defect_rate": 0.3, "frames_per_part": 4, "gap_frames": 2, "count": a.parts * 6,
                           "fps": a.fps}  # two in three parts are of the expected class
     settings["segmentation"] = {"reference": str(workdir / "reference.npz")}
@@ -98,13 +99,13 @@ def capture_reference(cfg: Path, env: dict[str, str]) -> None:
     print("station: " + r.stdout.strip())
 
 
-def segmentation_figure(seed: int, workdir: Path, rep: Path) -> None:
+def segmentation_figure(seed: int, workdir: Path, rep: Path, variety: str = "family") -> None:
     """The paper's Figure 1 for the first frame the station saw."""
     from adgan.figure1 import segmentation_steps
     from agent.segment.reference import SurfaceReference
     from agent.segment.segmentation import SegmentationConfig
     from agent.sources.synthetic import SyntheticSource
     from agent.visual import write_png
-    frame = SyntheticSource(CLASSES, seed=seed).frame(0)
+    frame = SyntheticSource(CLASSES, seed=seed, variety=variety).frame(0)
     ref = SurfaceReference.load(workdir / "reference.npz")
     write_png(rep / "segmentation.png", segmentation_steps(frame, ref, SegmentationConfig()))

@@ -63,6 +63,9 @@ def test_demo_runs_end_to_end_in_reduced_mode(tmp_path, capsys):
     assert "broker: " in out and "parts inspected 4" in out
     station = load_settings(r["live"] / "agent.toml", env_file=None)  # what the agent ran, as a user can rerun it
     assert station.station_id == "demo" and f"127.0.0.1:{station.mqtt.port}" in out
+    # the station sees the products its models were trained on (one product per class)
+    assert station.source.variety == "product"
+    assert json.loads((tmp_path / "cache" / "data" / "demo-config.json").read_text())["synthetic"]["variety"] == "product"
     assert station.metrics.enabled and f"metrics: http://127.0.0.1:{station.metrics.port}/metrics" in out
     assert f"operator's page: http://127.0.0.1:{station.web.port}/" in out
     log = (r["live"] / "agent.log").read_text()
