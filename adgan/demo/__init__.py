@@ -71,7 +71,8 @@ def add_parser(sub) -> None:
     q.add_argument("--test-frames", default="700:1000", help="with --data: test frames (default 700:1000)")
     q.add_argument("--train", type=int, default=300, help="synthetic training samples per class (default 300)")
     q.add_argument("--test", type=int, default=30, help="synthetic test samples per class (default 30)")
-    q.add_argument("--variety", choices=("product", "family"), default="product",
+    from agent.sources.synthetic import VARIETIES
+    q.add_argument("--variety", choices=VARIETIES, default="product",
                    help="synthetic parts: 'product' (default) makes each class one product of the station, made "
                         "to a tolerance, as a production line's station sees it; 'family' makes every part a new "
                         "product of the class's shape (any size, colour and pattern)")
