@@ -7,8 +7,9 @@ fg_input on 4x4 cells, the search starting at E(x)), one seed at E(x) unless nam
     and 19; 3 seeds (E(x) + 0.5 N(0, I)) at k 5 and 19; cells of 2 and 8 pixels at k 19; the
     local score (top 4 cells) at k 0, 5 and 19.
 
-One of them is `adgan export`'s default, found, not assumed: seeds3-k5 since 2026-12-01
-(bench/training_seeds.py), k19 before; tables written before then call k19 "default".
+One of them is `adgan export`'s default, found, not assumed: k19 (seeds3-k5 for a few hours
+of 2026-12-01, until boxes were measured over training seeds: bench/training_seeds.py);
+tables written while k19 was first the default call it "default".
 
 Quality: the blocked cross-validation of issue 15 (`bench/blocked_cv.py`) on runs it has
 already trained (pass the same --train-args, --folds and --classes; training is skipped),
@@ -25,6 +26,10 @@ export/operating_points.json).
     .venv/bin/python bench/frontier.py ../shared/data/paper-rgbd --cv runs/cv/sphere-object \\
         --classes sphere --folds 3 --train-args "--size 32 --epochs 120 --encoder-epochs 60 --framing object" \\
         --every 3 --out runs/frontier
+
+After adgan export's default changed, `--quality-from export/operating_points.json` keeps each
+point's quality (the CV folders need not exist any more), times every point again and marks
+the new default.
 """
 from __future__ import annotations
 
@@ -115,6 +120,26 @@ def costs(points: dict[str, dict], threads: int, budget_s: float, features: int 
     return {n: 1e3 * float(np.median(t)) for n, t in times.items()}
 
 
+def quality_rows(qual: dict[str, dict], points: dict[str, dict]) -> dict[str, dict]:
+    """{point: its options, search and quality over classes (mean, worst fold)} of the points with CV rows."""
+    rows = {}
+    for n in points:
+        per_class = qual.get(n, {})
+        if not per_class:
+            continue
+        swap_worst = float(np.mean([min(v["swap"]) for v in per_class.values()]))
+        dmg_worst = float(np.mean([min(v["damage"]) for v in per_class.values()]))
+        rows[n] = {"options": export_options(points[n]), "search": points[n],
+                   "swap_mean": float(np.mean([np.mean(v["swap"]) for v in per_class.values()])),
+                   "swap_worst": swap_worst,
+                   "damage_mean": float(np.mean([np.mean(v["damage"]) for v in per_class.values()])),
+                   "damage_worst": dmg_worst,
+                   "worst_defect": float(np.mean([min(v["worst_defect"]) for v in per_class.values()])),
+                   "pixel_worst": float(np.mean([min(v["pixel"]) for v in per_class.values()])),
+                   "quality": (swap_worst + dmg_worst) / 2, "classes": sorted(per_class)}
+    return rows
+
+
 def pareto(ms: dict[str, float], q: dict[str, float]) -> set[str]:
     """Points no other point beats on both cost (lower) and quality (higher)."""
     return {n for n in ms if not any((ms[o] <= ms[n] and q[o] >= q[n]) and (ms[o] < ms[n] or q[o] > q[n])
@@ -124,7 +149,7 @@ def pareto(ms: dict[str, float], q: dict[str, float]) -> set[str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data")
-    ap.add_argument("--cv", action="append", required=True,
+    ap.add_argument("--cv", action="append", default=[],
                     help="a blocked-CV folder whose runs are trained (repeatable: one per class or framing)")
     ap.add_argument("--classes", action="append", default=None,
                     help="classes of each --cv folder, in the same order (default: sphere)")
@@ -135,6 +160,10 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads for the cost (default 1)")
     ap.add_argument("--budget-s", type=float, default=60.0, help="timing budget for the cost (default 60)")
     ap.add_argument("--skip-quality", action="store_true", help="cost only (the CV tables exist)")
+    ap.add_argument("--quality-from", metavar="JSON",
+                    help="take each point's quality from an operating_points.json this script wrote, instead of "
+                         "the CV tables (which need not exist any more); cost is timed again, the default found "
+                         "again (after adgan export's default changed)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     names = [n.strip() for n in a.points.split(",") if n.strip()]
@@ -146,13 +175,22 @@ def main() -> int:
         default = default_point(points)
     except ValueError as e:
         raise SystemExit(str(e)) from None
+    if not a.cv and not a.quality_from:
+        raise SystemExit("give --cv (blocked-CV folders) or --quality-from (an operating_points.json)")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     cv_dirs = [Path(d) for d in a.cv]
     classes = a.classes or ["sphere"] * len(cv_dirs)
     summary = f"frontier-every{a.every}"
     t0 = time.time()
-    if not a.skip_quality:
+    validated = {"classes": sorted(set(classes)), "cv": [str(d) for d in cv_dirs], "train_args": a.train_args,
+                 "folds": a.folds, "every": a.every}
+    if a.quality_from:
+        prior = json.loads(Path(a.quality_from).read_text())
+        validated, classes = prior["validated_on"], prior["validated_on"]["classes"]
+        rows = {n: {k: v for k, v in r.items() if k not in ("ms", "cost_ratio", "pareto")}
+                for n, r in prior["points"].items() if n != "default" and n in points}
+    elif not a.skip_quality:
         for d, cls in zip(cv_dirs, classes):
             cmd = [sys.executable, str(Path(__file__).parent / "blocked_cv.py"), a.data, "--out", str(d),
                    "--classes", cls, "--folds", str(a.folds), "--train-args", a.train_args,
@@ -160,27 +198,13 @@ def main() -> int:
                    *[f"--variant={n}={export_options(f)}" for n, f in points.items()]]
             print("$", " ".join(cmd[1:]), flush=True)
             subprocess.run(cmd, check=True)
-    qual = quality(cv_dirs, summary)
-    ms = costs(points, a.threads, a.budget_s)
-    if default not in qual:
-        raise SystemExit(f"no blocked-CV rows for the default point {default!r}: it must be in the sweep")
-    base = ms[default]
-    rows = {}
-    for n in points:
-        per_class = qual.get(n, {})
-        if not per_class:
-            continue
-        swap_worst = float(np.mean([min(v["swap"]) for v in per_class.values()]))
-        dmg_worst = float(np.mean([min(v["damage"]) for v in per_class.values()]))
-        rows[n] = {"options": export_options(points[n]), "search": points[n], "ms": round(ms[n], 1),
-                   "cost_ratio": round(ms[n] / base, 3),
-                   "swap_mean": float(np.mean([np.mean(v["swap"]) for v in per_class.values()])),
-                   "swap_worst": swap_worst,
-                   "damage_mean": float(np.mean([np.mean(v["damage"]) for v in per_class.values()])),
-                   "damage_worst": dmg_worst,
-                   "worst_defect": float(np.mean([min(v["worst_defect"]) for v in per_class.values()])),
-                   "pixel_worst": float(np.mean([min(v["pixel"]) for v in per_class.values()])),
-                   "quality": (swap_worst + dmg_worst) / 2, "classes": sorted(per_class)}
+    if not a.quality_from:
+        rows = quality_rows(quality(cv_dirs, summary), points)
+    if default not in rows:
+        raise SystemExit(f"no quality for the default point {default!r}: it must be in the sweep")
+    ms = costs({n: points[n] for n in rows}, a.threads, a.budget_s)
+    for n, r in rows.items():
+        r.update(ms=round(ms[n], 1), cost_ratio=round(ms[n] / ms[default], 3))
     fronts = {job: pareto({n: r["ms"] for n, r in rows.items()}, {n: r[job] for n, r in rows.items()})
               for job in ("swap_worst", "damage_worst", "quality")}
     for n, r in rows.items():
@@ -202,8 +226,8 @@ def main() -> int:
         "source": "bench/frontier.py " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d"),
         "cost": f"ms per score at 64 px, features 32, {a.threads} thread(s), on the machine that ran the sweep",
         "quality": "mean of worst-fold class-swap and damage image AUROC in blocked cross-validation",
-        "validated_on": {"classes": sorted(set(classes)), "cv": [str(d) for d in cv_dirs], "train_args": a.train_args,
-                         "folds": a.folds, "every": a.every},
+        "validated_on": validated,
+        **({"quality_source": prior.get("quality_source", prior["source"])} if a.quality_from else {}),
         "default": default,  # "points" holds it twice: by its name, and as "default" (its own search)
         "points": {**rows, "default": {**rows[default], "search": {}, "options": "", "same_as": default}}},
         indent=1) + "\n")

@@ -180,7 +180,7 @@ def table(results: dict[tuple[str, str], list]) -> list[str]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("cv", nargs="+", type=Path, help="bench/blocked_cv.py output folders (one class each)")
-    ap.add_argument("--point", default="seeds3-k5", help="the bundle of each fold: bundle-POINT (default seeds3-k5)")
+    ap.add_argument("--point", default="k19", help="the bundle of each fold: bundle-POINT (default k19, adgan export's search)")
     ap.add_argument("--frames", default="0:1000", help="the frame range the folds cut (default 0:1000)")
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--every", type=int, default=3, help="every N-th frame of a block (default 3)")

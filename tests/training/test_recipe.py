@@ -27,8 +27,8 @@ def test_defaults_fill_only_what_is_not_given():
     assert (PAPER_SEARCH.theta_scope, PAPER_SEARCH.loss, PAPER_SEARCH.z_init, PAPER_SEARCH.k) == \
         ("all", "mse", "random", 19)
     assert RECIPE_SEARCH.z_init == "encoder" and RECIPE_SEARCH.loss == "fg_input" and RECIPE_SEARCH.pool == 4
-    # issue 18: 3 seeds around E(x), 5 steps each (bench/training_seeds.py)
-    assert (RECIPE_SEARCH.n_seed, RECIPE_SEARCH.z_init_noise, RECIPE_SEARCH.k) == (3, 0.5, 5)
+    # issue 18's rule over three classes and training seeds: one seed at E(x), 19 steps (bench/training_seeds.py)
+    assert (RECIPE_SEARCH.n_seed, RECIPE_SEARCH.z_init_noise, RECIPE_SEARCH.k) == (1, 0.0, 19)
     assert PAPER_SEARCH.pool == 1  # the paper compares pixel by pixel
 
 
@@ -51,9 +51,10 @@ def test_train_then_export_with_no_options_gives_the_recipe(synth_data, tmp_path
     assert est["epochs"] == 2 and est["generator_g_steps"] == ck["g_steps"]
     assert main(["export", str(run), "--out", str(tmp_path / "b")]) == 0
     s = Bundle.load(tmp_path / "b").search
-    assert s == RECIPE_SEARCH and s.n_seed == 3
-    assert main(["export", str(run), "--out", str(tmp_path / "n"), "--z-init-noise", "0"]) == 0
-    assert Bundle.load(tmp_path / "n").search.n_seed == 1  # from E(x) without noise every seed would run the same search
+    assert s == RECIPE_SEARCH and s.n_seed == 1  # from E(x) without noise every seed would run the same search
+    assert main(["export", str(run), "--out", str(tmp_path / "n"), "--z-init-noise", "0.5"]) == 0
+    s = Bundle.load(tmp_path / "n").search
+    assert (s.n_seed, s.seeds_per_call, s.k) == (3, 3, 19)  # noisy starts: the paper's 3 seeds
     assert main(["export", str(run), "--out", str(tmp_path / "p"), "--paper", "--k", "4"]) == 0
     s = Bundle.load(tmp_path / "p").search
     assert (s.theta_scope, s.loss, s.z_init, s.k, s.pool) == ("all", "mse", "random", 4, 1)
