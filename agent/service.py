@@ -21,7 +21,7 @@ from agent.interfaces import Interfaces
 from agent.mqtt.events import Event, utc_iso
 from agent.mqtt.outbox import Outbox
 from agent.mqtt.publisher import Publisher
-from agent.segment.preprocess import Preprocessing, make_sample, reframe, sample_to_input
+from agent.segment.preprocess import Preprocessing, like_stored, make_sample, reframe, sample_to_input
 from agent.segment.segmentation import SegmentationConfig
 from agent.segment.station import StationSegmenter
 from agent.settings import AgentSettings
@@ -216,7 +216,9 @@ class Agent:
         model = self.models[self.expected]
         try:
             with timed(work, "segment_ms"):
-                sample = make_sample(frame, seg, model.bundle.preprocessing, roi=self.s.segmentation.roi)
+                prep = model.bundle.preprocessing
+                # the pixels the model was trained on: the training samples' JPEG round trip
+                sample = like_stored(make_sample(frame, seg, prep, roi=self.s.segmentation.roi), prep)
         except NoObjectError:
             self._emit(work, "no_object")
             return

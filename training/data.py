@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from agent.segment.preprocess import Preprocessing, reframe, sample_to_input
-from agent.sources.dataset import check_preprocessing, class_folders, frame_numbers, read_preprocessing, read_sample
+from agent.sources.dataset import (check_preprocessing, class_folders, frame_numbers, jpeg_quality,
+                                   read_preprocessing, read_sample, rgb_path)
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,8 @@ def load_class(root: str | Path, cls: str, size: int, frames: tuple[int, int] | 
         log.info("%s records no preprocessing: taking the paper's (per-image min-max depth, whole frame)", folder)
         recorded = Preprocessing()
     prep = replace(recorded, size=size, framing=framing or recorded.framing,
-                   margin=recorded.margin if margin is None else margin)
+                   margin=recorded.margin if margin is None else margin,
+                   rgb_jpeg_quality=stored_jpeg_quality(folder, nums))
     check_preprocessing(folder, prep)
     h = hashlib.sha256()
     xs = []
@@ -61,6 +63,19 @@ def load_class(root: str | Path, cls: str, size: int, frames: tuple[int, int] | 
         h.update(s.depth.tobytes())
         xs.append(sample_to_input(reframe(s, recorded, prep), size))
     return ClassData(torch.from_numpy(np.stack(xs)), nums, folder, h.hexdigest(), prep)
+
+
+def stored_jpeg_quality(folder: Path, nums: list[int], probes: int = 5) -> int:
+    """The JPEG quality of the samples' stored RGB (the median over a few files spread over
+    `nums`), 0 when they are not JPEG: what a live frame's sample goes through before scoring."""
+    picks = sorted({nums[int(i)] for i in np.linspace(0, len(nums) - 1, min(probes, len(nums)))})
+    qs = [jpeg_quality(rgb_path(folder, n)) for n in picks]
+    if any(q is None for q in qs):
+        return 0
+    q = int(np.median(qs))
+    if len(set(qs)) > 1:
+        log.info("%s: RGB stored at JPEG qualities %s; live samples will go through quality %d", folder, qs, q)
+    return q
 
 
 def load_run_data(st: dict, data: str | Path | None = None, run: str | Path = "the run") -> ClassData:

@@ -81,7 +81,7 @@ def add_parser(sub) -> None:
                    help="synthetic samples: 'object' crops around the part (default), 'frame' is the paper's "
                         "central square of the camera frame")
     q.add_argument("--features", type=int, default=16, help="generator and discriminator width (default 16)")
-    q.add_argument("--epochs", type=int, default=60, help="training epochs per class (default 60)")
+    q.add_argument("--epochs", type=int, default=150, help="training epochs per class (default 150)")
     q.add_argument("--kind", choices=("gan", "wgan", "wgan-gp"), default="gan", help="training recipe (default gan)")
     from calibration.metrics import POLICIES
     q.add_argument("--policy", choices=POLICIES, default="target-fpr",

@@ -13,15 +13,17 @@ from calibration.evaluate import EvaluateOptions, evaluate
 
 def train_and_export(plan: Plan, progress: bool) -> dict[str, Path]:
     a, bundles = plan.a, {}
-    from dataclasses import replace
+    from dataclasses import fields, replace
 
+    from agent.segment.preprocess import Preprocessing
     from export.bundle import RECIPE_SEARCH, for_start, with_default_seeds, write_bundle
     from training.encoder import train_encoder
     from training.train import TrainConfig, run_training
     for i, cls in enumerate(plan.classes):
         run = plan.out / "cache" / "runs" / cls
+        # the Preprocessing fields too: a run made before a field was recorded is trained again
         cfg = {**plan.fingerprint, "class": cls, "kind": a.kind, "size": a.size, "features": a.features,
-               "epochs": a.epochs, "seed": a.seed}
+               "epochs": a.epochs, "seed": a.seed, "preprocessing": sorted(f.name for f in fields(Preprocessing))}
         if cached(run, cfg, "checkpoint.pt"):
             print(f"[2/6] train {cls}: cached in {run}")
         else:

@@ -30,6 +30,50 @@ DEPTH_EXTS = (".png", ".tif", ".tiff")
 PREPROCESSING_FILE = "preprocessing.json"
 
 
+# The IJG (libjpeg) base luminance quantisation table, in natural order; an encoder at quality
+# Q scales it by 5000 / Q % (Q < 50) or 200 - 2 Q % (Q >= 50).
+_IJG_LUMA = np.array([
+    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+    14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99], np.float64)
+_ZIGZAG = np.array([
+    0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27, 20, 13, 6, 7,
+    14, 21, 28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51, 58, 59, 52, 45, 38, 31, 39,
+    46, 53, 60, 61, 54, 47, 55, 62, 63])
+
+
+def jpeg_quality(path: str | Path) -> int | None:
+    """The IJG quality (1-100) a JPEG file was written with, from its luminance quantisation
+    table (the quality whose table is closest); None for a file that is not a baseline JPEG
+    with such a table (PNG, or a truncated file)."""
+    data = Path(path).read_bytes()
+    if data[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker, length = data[i + 1], int.from_bytes(data[i + 2:i + 4], "big")
+        if marker == 0xDA:  # start of scan: no table before the image data
+            return None
+        if marker == 0xDB:
+            j, end = i + 4, i + 2 + length
+            while j < end:
+                precision, table_id = data[j] >> 4, data[j] & 15
+                n = 128 if precision else 64
+                vals = np.frombuffer(data[j + 1:j + 1 + n], ">u2" if precision else "u1").astype(np.float64)
+                if table_id == 0 and len(vals) == 64:
+                    table = np.empty(64)
+                    table[_ZIGZAG] = vals
+                    qs = np.arange(1, 101)
+                    scale = np.where(qs < 50, 5000.0 / qs, 200.0 - 2 * qs)
+                    cand = np.clip(np.floor((_IJG_LUMA[None] * scale[:, None] + 50) / 100), 1, 255)
+                    return int(qs[np.argmin(np.abs(cand - table[None]).sum(1))])
+                j += 1 + n
+        i += 2 + length
+    return None
+
+
 def write_preprocessing(folder: Path, prep: Preprocessing) -> None:
     """Record in a sample folder the recipe that made its samples."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -52,7 +96,9 @@ def check_preprocessing(folder: Path, want: Preprocessing) -> Preprocessing:
     Refuses samples made with another recipe than `want`, except for the size (inputs are
     resized) and "frame" samples for an "object" model (`reframe` crops them to the part)."""
     rec = read_preprocessing(folder) or Preprocessing()
-    cmp = replace(rec, size=want.size)
+    # size: inputs are resized; rgb_jpeg_quality: what a run found in its training files, for
+    # live frames (stored samples are read as stored)
+    cmp = replace(rec, size=want.size, rgb_jpeg_quality=want.rgb_jpeg_quality)
     if (rec.framing, want.framing) == ("frame", "object"):
         cmp = replace(cmp, framing="object", margin=want.margin)
     if cmp != want:

@@ -72,6 +72,27 @@ def test_continuous_mode_on_a_synthetic_station_with_a_captured_reference(broker
         if e["verdict"] == "anomaly":  # where, in the camera's pixels, inside the 640x480 frame
             b = e["anomaly_box"]
             assert b["frame"] == "camera" and 0 <= b["x"] and b["x"] + b["width"] <= 640 + 1
+    # The agent scores the pixels the model was trained on: the training samples' RGB was stored
+    # as JPEG (quality 95, found by training), so a live sample goes through the same round trip.
+    from agent.decide.inspector import load_class_model
+    from agent.segment.preprocess import like_stored, make_sample, sample_to_input
+    from agent.segment.segmentation import SegmentationConfig
+    from agent.segment.station import StationSegmenter
+    from agent.settings import load_settings
+    st = load_settings(cfg, env_file=None)
+    model = load_class_model("sphere", bundle, thresholds, st.model.seed, st.model.backend)
+    prep = model.bundle.preprocessing
+    assert prep.rgb_jpeg_quality == 95
+    seg = StationSegmenter(SegmentationConfig(), ref)
+    raw_differs = []
+    for e in evs:
+        f = stream.frame(e["source"]["frame"])
+        s = make_sample(f, seg(f), prep)
+        live = model.searcher.score(sample_to_input(like_stored(s, prep), model.bundle.size)).score
+        assert e["score"] == pytest.approx(live, rel=1e-4)
+        raw = model.searcher.score(sample_to_input(s, model.bundle.size)).score
+        raw_differs.append(abs(raw - live) > 1e-3 * live)
+    assert any(raw_differs)  # without the round trip the agent would score other pixels
 
 
 @pytest.fixture(scope="module")

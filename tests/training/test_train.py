@@ -22,6 +22,8 @@ def test_load_class_resizes_and_fingerprints(synth_data, paper_data):
     assert load_class(synth_data / "train", "sphere", 32, (0, 3)).fingerprint != d.fingerprint
     p = load_class(paper_data, "sphere", 64, (0, 20))
     assert p.x.shape[1:] == (4, 64, 64) and p.preprocessing.depth_norm == "minmax"
+    # the RGB's JPEG quality, found in the files: ours write 95, the paper's frames are at 75
+    assert (d.preprocessing.rgb_jpeg_quality, p.preprocessing.rgb_jpeg_quality) == (95, 75)
     with pytest.raises(FileNotFoundError, match="no class folder 'torus'"):
         load_class(paper_data, "torus", 64)
 

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from agent.frame import Intrinsics, NoObjectError, RGBDFrame, Sample
-from agent.segment.preprocess import (Preprocessing, input_to_sample, make_sample, normalise_depth, reframe,
-                                      sample_to_input, uncrop_map)
+from agent.segment.preprocess import (Preprocessing, input_to_sample, like_stored, make_sample, normalise_depth,
+                                      reframe, sample_to_input, uncrop_map)
 from agent.segment.segmentation import Segmentation, SegmentationConfig, segment_depth
 from agent.sources.synthetic import SyntheticSource
 from agent.segment.reference import SurfaceReference
@@ -98,6 +98,36 @@ def test_preprocessing_serialises_and_validates():
         Preprocessing(depth_min_mm=700, depth_max_mm=300)
     with pytest.raises(ValueError, match="version"):
         Preprocessing.from_dict({**p.to_dict(), "version": 99})
+    with pytest.raises(ValueError, match="rgb_jpeg_quality"):
+        Preprocessing(rgb_jpeg_quality=101)
+    old = {k: v for k, v in p.to_dict().items() if k != "rgb_jpeg_quality"}  # bundles made before it was recorded
+    assert Preprocessing.from_dict(old).rgb_jpeg_quality == 0
+
+
+def test_jpeg_quality_is_read_from_the_files_quantisation_table(tmp_path):
+    import cv2
+    from agent.sources.dataset import jpeg_quality
+    img = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    for q in (5, 40, 50, 75, 90, 95, 100):
+        cv2.imwrite(str(tmp_path / f"{q}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, q])
+        assert jpeg_quality(tmp_path / f"{q}.jpg") == q
+    cv2.imwrite(str(tmp_path / "x.png"), img)
+    assert jpeg_quality(tmp_path / "x.png") is None
+    (tmp_path / "cut.jpg").write_bytes((tmp_path / "95.jpg").read_bytes()[:10])  # truncated before its tables
+    assert jpeg_quality(tmp_path / "cut.jpg") is None
+
+
+def test_a_live_sample_goes_through_the_stored_samples_jpeg(tmp_path):
+    from agent.sources.dataset import read_sample, write_sample
+    rng = np.random.default_rng(1)
+    s = Sample(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), rng.integers(1, 256, (32, 32), dtype=np.uint8))
+    assert like_stored(s, Preprocessing(size=32)) is s  # quality 0: nothing stored lossy, nothing done
+    write_sample(tmp_path, 0, s)  # what adgan dataset writes: RGB as JPEG 95, depth as PNG
+    stored = read_sample(tmp_path, 0)
+    live = like_stored(s, Preprocessing(size=32, rgb_jpeg_quality=95))
+    np.testing.assert_array_equal(live.rgb, stored.rgb)  # the very pixels training read
+    np.testing.assert_array_equal(live.depth, s.depth)
+    assert not np.array_equal(live.rgb, s.rgb)
 
 
 # -- crop to the part for stored samples (the paper's layout) -------------------------------
