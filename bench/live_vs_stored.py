@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, without an install
@@ -56,7 +57,7 @@ def main() -> int:
     src = SyntheticSource(seed=a.seed, station=station)
     seg = Segmenter(SegmentationConfig(), SurfaceReference.from_frames(src.empty_frames(10)))
     q = prep.rgb_jpeg_quality or 95  # bundles made before it was recorded: what adgan dataset writes
-    jprep = prep.__class__(**{**prep.to_dict(), "rgb_jpeg_quality": q})
+    jprep = replace(prep, rgb_jpeg_quality=q)
     raw, live = [], []
     for i in range(a.n):
         rng = np.random.default_rng([a.seed, 99, i])
