@@ -39,7 +39,9 @@ def send(port: int, topic: str, payload, retain=False) -> None:
     c.connect("127.0.0.1", port, 5)
     c.loop_start()
     try:
-        c.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
+        info = c.publish(topic, payload, qos=1, retain=retain)
+        info.wait_for_publish(30)  # a 5 MB payload on a loaded machine: the broker must have it before we hang up
+        assert info.is_published(), f"the broker did not acknowledge {len(payload)} bytes on {topic} within 30 s"
     finally:
         c.disconnect()
         c.loop_stop()
@@ -95,7 +97,7 @@ def test_oversized_commands_are_refused_with_a_short_log_line(broker, started, c
     send(broker.port, "adgan/st1/class/set", b"x" * MAX_COMMAND_BYTES)
     assert wait(lambda: got == [b"x" * MAX_COMMAND_BYTES], 30)
     # each send is its own connection, so the last big one may reach the agent after the small one
-    assert wait(lambda: pub.counters["commands_refused"] == 3, 30)
+    assert wait(lambda: pub.counters["commands_refused"] == 3, 30), dict(pub.counters)  # connects, disconnects
     refusals = [r for r in caplog.records if "refused" in r.getMessage()]
     assert len(refusals) == 1                       # rate-limited: once per 10 s per feature
     assert len(refusals[0].getMessage()) < 300      # the payload is not written to the log
