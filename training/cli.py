@@ -35,7 +35,9 @@ def cmd_train(a: argparse.Namespace) -> int:
         cfg = TrainConfig(data=str(a.data), cls=a.cls, kind=a.kind, epochs=a.epochs, batch_size=a.batch_size,
                           lr_g=a.lr_g, lr_d=a.lr_d, n_critic=a.n_critic, features_g=a.features_g,
                           features_d=a.features_d, size=a.size, seed=a.seed, frames=parse_frames(a.frames),
-                          ema=a.ema, flip=a.flip, shift=a.shift, sample_every=a.sample_every,
+                          ema=a.ema, flip=a.flip, shift=a.shift, hue_jitter=a.hue_jitter,
+                          saturation_jitter=a.saturation_jitter, brightness_jitter=a.brightness_jitter,
+                          sample_every=a.sample_every,
                           framing=a.framing, margin=a.margin, exclude_frames=parse_frames(a.exclude_frames))
         Architecture(size=cfg.size, features_g=cfg.features_g, features_d=cfg.features_d, kind=cfg.kind)
     trainer = run_training(cfg, out, progress=not a.quiet, state=st if a.resume else None)
@@ -97,6 +99,13 @@ def add_parser(sub) -> None:
                    help="EMA decay of generator weights (default 0.999; 0: off, the paper)")
     q.add_argument("--flip", action="store_true", help="augment with horizontal flips")
     q.add_argument("--shift", type=int, default=0, help="augment with random shifts up to this many pixels")
+    q.add_argument("--hue-jitter", type=float, default=0.0, metavar="DEG",
+                   help="augment the part's colour: rotate its hue by up to this many degrees (0-180; 180: any "
+                        "hue), so the model covers instances of colours the training frames did not show")
+    q.add_argument("--saturation-jitter", type=float, default=0.0, metavar="F",
+                   help="augment the part's colour: scale its saturation by a factor in [1-F, 1+F] (0-1)")
+    q.add_argument("--brightness-jitter", type=float, default=0.0, metavar="F",
+                   help="augment the part's colour: scale its brightness by a factor in [1-F, 1+F] (0-1)")
     q.add_argument("--sample-every", type=int, default=0,
                    help="epochs between numbered sample grids kept in RUN/samples (0: ~50 per run); "
                         "samples/latest.png and losses.png are written every epoch")

@@ -96,8 +96,10 @@ def load_run_data(st: dict, data: str | Path | None = None, run: str | Path = "t
     return cd
 
 
-def augment(x: torch.Tensor, flip: bool, shift: int, gen: torch.Generator) -> torch.Tensor:
-    """Random horizontal flips and integer shifts up to `shift` px (the uncovered border is background, -1)."""
+def augment(x: torch.Tensor, flip: bool, shift: int, gen: torch.Generator, hue: float = 0.0,
+            saturation: float = 0.0, brightness: float = 0.0) -> torch.Tensor:
+    """Random horizontal flips and integer shifts up to `shift` px (the uncovered border is background, -1),
+    then the part's colour (`color_jitter`)."""
     if flip:
         m = torch.rand(x.shape[0], generator=gen) < 0.5
         x = torch.where(m[:, None, None, None], x.flip(-1), x)
@@ -110,4 +112,42 @@ def augment(x: torch.Tensor, flip: bool, shift: int, gen: torch.Generator) -> to
             xs, xd = (slice(0, s - dx), slice(dx, s)) if dx >= 0 else (slice(-dx, s), slice(0, s + dx))
             out[i, :, yd, xd] = x[i, :, ys, xs]
         x = out
+    if hue or saturation or brightness:
+        x = color_jitter(x, hue, saturation, brightness, gen)
     return x
+
+
+def color_jitter(x: torch.Tensor, hue: float, saturation: float, brightness: float,
+                 gen: torch.Generator) -> torch.Tensor:
+    """A new colour for each sample's part, so that a class's model covers instances of colours
+    the training frames did not show (a green ball where only red and yellow ones were filmed).
+
+    Per sample: the RGB of the part's pixels (depth above background) is rotated about the grey
+    axis by an angle uniform in [-hue, hue] degrees (a hue shift that keeps brightness), its
+    distance from grey is scaled by a factor uniform in [1 - saturation, 1 + saturation], and it
+    is scaled by a factor uniform in [1 - brightness, 1 + brightness], then clipped to [-1, 1].
+    Depth and the background are left as they are; the shape of the part and any local pattern
+    on it are kept. x: (N, 4, S, S) in [-1, 1], channels R, G, B, depth."""
+    if not (0 <= hue <= 180 and 0 <= saturation <= 1 and 0 <= brightness <= 1):
+        raise ValueError(f"need hue in [0, 180] degrees, saturation and brightness in [0, 1]; got "
+                         f"{hue}, {saturation}, {brightness}")
+    u = torch.rand(x.shape[0], 3, generator=gen) * 2 - 1           # uniform in [-1, 1]
+    return recolor(x, u[:, 0] * hue, 1 + u[:, 1] * saturation, 1 + u[:, 2] * brightness)
+
+
+def recolor(x: torch.Tensor, hue_deg: torch.Tensor, saturation: torch.Tensor,
+            brightness: torch.Tensor) -> torch.Tensor:
+    """The part's RGB rotated about the grey axis by `hue_deg`, its distance from grey scaled by
+    `saturation`, then scaled by `brightness` (one value of each per sample), clipped."""
+    k = torch.full((3,), 3 ** -0.5)                                 # the grey axis
+    kx = torch.tensor([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
+    theta = torch.deg2rad(hue_deg.float())
+    c, s = torch.cos(theta)[:, None, None], torch.sin(theta)[:, None, None]
+    rot = c * torch.eye(3) + s * kx + (1 - c) * torch.outer(k, k)  # Rodrigues, one matrix per sample
+    rgb = (x[:, :3] + 1) / 2                                        # [0, 1]
+    grey = rgb.mean(1, keepdim=True)
+    rgb = grey + saturation[:, None, None, None] * (rgb - grey)
+    rgb = torch.einsum("nij,njhw->nihw", rot, rgb) * brightness[:, None, None, None]
+    rgb = rgb.clamp(0, 1) * 2 - 1
+    part = x[:, 3:] > -1 + 1e-6
+    return torch.cat([torch.where(part, rgb, x[:, :3]), x[:, 3:]], 1)

@@ -58,8 +58,9 @@ def encoder_loss(y: torch.Tensor, x: torch.Tensor, kind: str, fg_threshold: floa
 def train_encoder(run: str | Path, epochs: int, features: int = 32, batch_size: int = 32, lr: float = 2e-4,
                   loss: str = "fg", fg_threshold: float = -0.5, seed: int = 0, data: str | Path | None = None,
                   progress: bool = True) -> Path:
-    """Train E for the run's generator (EMA weights when present) on the run's own samples."""
-    from training.data import load_run_data
+    """Train E for the run's generator (EMA weights when present) on the run's own samples, with
+    the run's augmentation (flips, shifts, colour), so E covers what G was trained to draw."""
+    from training.data import augment, load_run_data
     from training.train import generator_from_checkpoint, load_checkpoint
 
     if epochs < 1:
@@ -73,6 +74,10 @@ def train_encoder(run: str | Path, epochs: int, features: int = 32, batch_size: 
     d = st["data"]
     cd = load_run_data(st, data, run)
     torch.manual_seed(seed)
+    c = st["config"]
+    aug = dict(flip=bool(c.get("flip")), shift=int(c.get("shift") or 0), hue=float(c.get("hue_jitter") or 0),
+               saturation=float(c.get("saturation_jitter") or 0), brightness=float(c.get("brightness_jitter") or 0))
+    gen = torch.Generator().manual_seed(seed)
     enc = Encoder(arch, features)
     opt = torch.optim.Adam(enc.parameters(), lr=lr, betas=(0.5, 0.999))
     x_all, n = cd.x, len(cd.x)
@@ -85,6 +90,7 @@ def train_encoder(run: str | Path, epochs: int, features: int = 32, batch_size: 
             xb = x_all[perm[i:i + batch_size]]
             if len(xb) < 2:  # BatchNorm needs two samples
                 continue
+            xb = augment(xb, gen=gen, **aug)
             l = encoder_loss(g(enc(xb)), xb, loss, fg_threshold)
             opt.zero_grad(set_to_none=True)
             l.backward()
@@ -97,7 +103,7 @@ def train_encoder(run: str | Path, epochs: int, features: int = 32, batch_size: 
     tmp = out.with_name(out.name + ".tmp")
     torch.save({"format": ENCODER_FORMAT, "architecture": arch.to_dict(), "features": features,
                 "state": enc.state_dict(), "generator_weights": which, "loss": loss, "fg_threshold": fg_threshold,
-                "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed, "history": history,
+                "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed, "history": history, "augmentation": aug,
                 "data": {k: v for k, v in d.items() if k != "frames"}, "seconds": time.perf_counter() - t0,
                 "generator_g_steps": st["g_steps"]}, tmp)
     os.replace(tmp, out)

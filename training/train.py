@@ -43,6 +43,9 @@ class TrainConfig(Record):
     ema: float = 0.0  # decay of an exponential moving average of G's weights; 0 = off
     flip: bool = False
     shift: int = 0
+    hue_jitter: float = 0.0  # degrees; with saturation_/brightness_jitter: the part's colour (data.color_jitter)
+    saturation_jitter: float = 0.0
+    brightness_jitter: float = 0.0
     sample_every: int = 0  # epochs between numbered sample grids; 0 = about 50 per run
     framing: str | None = None  # None: the samples' own; "object": crop to the part (Preprocessing)
     margin: float | None = None  # of the part's box on each side, with framing "object" (None: 0.15)
@@ -56,6 +59,11 @@ class TrainConfig(Record):
             raise ValueError(f"--ema must be in [0, 1), got {self.ema}")
         if self.shift < 0:
             raise ValueError(f"--shift must be >= 0, got {self.shift}")
+        if not 0 <= self.hue_jitter <= 180:
+            raise ValueError(f"--hue-jitter must be in [0, 180] degrees, got {self.hue_jitter}")
+        for name in ("saturation_jitter", "brightness_jitter"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")
 
     @property
     def recipe(self):
@@ -141,7 +149,8 @@ class Trainer:
         perm = torch.randperm(n, generator=self.rng)
         n_critic = self.cfg.recipe.n_critic
         for b in range(n // bs):
-            real = augment(x[perm[b * bs:(b + 1) * bs]], self.cfg.flip, self.cfg.shift, self.rng)
+            real = augment(x[perm[b * bs:(b + 1) * bs]], self.cfg.flip, self.cfg.shift, self.rng,
+                           self.cfg.hue_jitter, self.cfg.saturation_jitter, self.cfg.brightness_jitter)
             rec = self.d_step(real)
             if self.d_steps % n_critic == 0:
                 rec["g"] = self.g_step(bs)

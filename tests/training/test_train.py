@@ -157,3 +157,50 @@ def test_crop_to_part_takes_the_size_out_of_the_paper_samples(paper_data):
     assert fg_part.std() / fg_part.mean() < 0.25 * fg_whole.std() / fg_whole.mean()
     with pytest.raises(ValueError, match="outside frames 0:1000"):
         load_class(paper_data, "sphere", 64, (0, 60), exclude=(0, 1000))
+
+
+def test_recolor_turns_the_part_about_the_grey_axis_and_leaves_depth_and_background():
+    from training.data import recolor
+    x = torch.full((1, 4, 4, 4), -1.0)
+    x[0, :3, 1:3, 1:3] = torch.tensor([0.6, -0.2, -0.8])[:, None, None]   # a reddish part
+    x[0, 3, 1:3, 1:3] = 0.5                                               # its depth
+    one = torch.ones(1)
+    turned = recolor(x, torch.tensor([120.0]), one, one)                   # a third of the circle: R -> G -> B
+    assert torch.allclose(turned[0, :3, 1, 1], x[0, [2, 0, 1], 1, 1], atol=1e-5)
+    assert torch.equal(turned[:, 3], x[:, 3]) and (turned[0, :, 0, 0] == -1).all()   # depth, background
+    grey = recolor(x, torch.zeros(1), torch.zeros(1), one)[0, :3, 1, 1]
+    assert torch.allclose(grey, grey.mean().expand(3), atol=1e-6)          # saturation 0: grey, same brightness
+    assert abs(grey.mean() - x[0, :3, 1, 1].mean()) < 1e-6
+    dark = recolor(x, torch.zeros(1), one, torch.tensor([0.5]))[0, :3, 1, 1]
+    assert torch.allclose((dark + 1) / 2, (x[0, :3, 1, 1] + 1) / 4, atol=1e-6)
+
+
+def test_color_jitter_gives_each_part_its_own_colour_from_the_seed(synth_data):
+    x = load_class(synth_data / "train", "sphere", 32).x
+    j = [augment(x, False, 0, torch.Generator().manual_seed(s), hue=180, saturation=0.8, brightness=0.3)
+         for s in (0, 0, 1)]
+    assert torch.equal(j[0], j[1]) and not torch.equal(j[0], j[2])        # deterministic by the seed
+    part = x[:, 3:] > -1
+    assert torch.equal(j[0][:, 3], x[:, 3]) and torch.equal(j[0][:, :3][~part.expand(-1, 3, -1, -1)],
+                                                            x[:, :3][~part.expand(-1, 3, -1, -1)])
+    mean_rgb = lambda t: (t[:, :3] * part).sum((2, 3)) / part.sum((2, 3))  # noqa: E731
+    moved = (mean_rgb(j[0]) - mean_rgb(x)).abs().amax(1)
+    assert (moved > 0.05).float().mean() > 0.8                            # most parts changed colour
+    g = torch.Generator().manual_seed(3)
+    before = g.get_state()
+    assert torch.equal(augment(x, False, 0, g), x) and torch.equal(g.get_state(), before)  # off: untouched
+    with pytest.raises(ValueError, match="hue in"):
+        augment(x, False, 0, g, hue=200)
+    with pytest.raises(ValueError, match="saturation-jitter"):
+        TrainConfig(data="d", cls="c", saturation_jitter=1.5)
+
+
+def test_train_cli_records_colour_jitter_and_the_encoder_trains_with_it(synth_data, tmp_path):
+    run = tmp_path / "r"
+    assert main(["train", str(synth_data / "train"), "--class", "sphere", "--size", "32", "--features-g", "4",
+                 "--features-d", "4", "--epochs", "1", "--encoder-epochs", "1", "--hue-jitter", "90",
+                 "--saturation-jitter", "0.5", "--brightness-jitter", "0.2", "--out", str(run), "--quiet"]) == 0
+    c = load_checkpoint(run)["config"]
+    assert (c["hue_jitter"], c["saturation_jitter"], c["brightness_jitter"]) == (90, 0.5, 0.2)
+    enc = torch.load(run / "encoder.pt", weights_only=False)
+    assert enc["augmentation"] == dict(flip=False, shift=0, hue=90, saturation=0.5, brightness=0.2)
