@@ -100,6 +100,27 @@ def blob(s1: float, s2: float, erode: int = 0) -> Score:
     return f
 
 
+def complexity(sigma: float) -> Callable[[np.ndarray], np.ndarray]:
+    """How hard a part is to reconstruct for any model: the mean squared difference, over the part's
+    pixels and the 4 channels, between x and x blurred by a Gaussian of `sigma` px inside the part
+    (normalised convolution: the background does not bleed in, so the outline is not detail).
+    A plain can is simple and a ball with printing is not; a reconstruction score ranks simple parts
+    of another class below detailed ones of its own (the input-complexity bias of likelihoods, Serra
+    et al. 2020). Dividing by this asks how much worse G does than detail alone explains."""
+    def f(x):
+        m = fg(x)
+        blur = lambda a: cv2.GaussianBlur(a, (0, 0), sigma)  # noqa: E731
+        b = np.stack([np.stack([blur(c * mi) for c in xi]) / np.maximum(blur(mi), 1e-3) for xi, mi in zip(x, m)])
+        return (((x - b) ** 2).sum(1) * m).sum((1, 2)) / (np.maximum(m.sum((1, 2)), 1) * x.shape[1])
+    return f
+
+
+def relative(score: Score, sigma: float) -> Score:
+    """`score` divided by the part's own complexity (`complexity`)."""
+    c = complexity(sigma)
+    return lambda x, y: score(x, y) / np.maximum(c(x), 1e-6)
+
+
 SCORES: dict[str, Score | None] = {
     "bundle": None,  # the bundle's own score: the search's loss, mean over seeds
     "pixels": mean_pixels, "pool2": pooled(2), "pool4": pooled(4),
@@ -107,6 +128,8 @@ SCORES: dict[str, Score | None] = {
     "box3": box_max(3), "box5": box_max(5), "box5-er1": box_max(5, 1),
     "dog1-4": blob(1, 4), "dog1.5-6": blob(1.5, 6), "dog1-4-er1": blob(1, 4, 1),
     "box5/pixels": lambda x, y: box_max(5)(x, y) / np.maximum(mean_pixels(x, y), 1e-6),
+    "pool4/detail1": relative(pooled(4), 1.0), "pool4/detail2": relative(pooled(4), 2.0),
+    "pixels/detail1": relative(mean_pixels, 1.0), "box5-er1/detail1": relative(box_max(5, 1), 1.0),
 }
 
 

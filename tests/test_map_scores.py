@@ -60,3 +60,14 @@ def test_the_table_takes_the_worst_fold(tmp_path):
     line = ms.table(rows)[2]
     worst = rows[("sphere", "bundle")][1][1]
     assert line.startswith("| sphere | bundle | 1.000 (1.000) | " + f"{worst:.3f}")
+
+
+def test_complexity_is_the_parts_own_detail_not_its_outline():
+    x = -np.ones((3, 4, 32, 32), np.float32)
+    x[:, :, 8:24, 8:24] = 0.3                     # a plain square part
+    x[1, :, 8:12, 20:24] = -1.0                   # the same, with a notch in its outline: still plain
+    x[2, :3, 8:24:2, 8:24] = 0.9                  # printing on it
+    c = ms.complexity(1.0)(x)
+    assert c[0] < 1e-6 and c[1] < 1e-6 and c[2] > 0.01
+    y = x + 0.1
+    assert np.allclose(ms.relative(ms.pooled(4), 1.0)(x, y)[2], ms.pooled(4)(x, y)[2] / c[2])
