@@ -121,6 +121,62 @@ def relative(score: Score, sigma: float) -> Score:
     return lambda x, y: score(x, y) / np.maximum(c(x), 1e-6)
 
 
+def on_channels(score: Score, chans: tuple[int, ...]) -> Score:
+    """`score` of the residual in `chans` only (0-2 RGB, 3 depth): G(z*) is taken as x elsewhere.
+    Depth is the part's shape, min-max normalised per part, so it does not carry the instance's
+    colour or printing; four of the five defects change it (all but the stain)."""
+    keep = np.zeros(4, bool)
+    keep[list(chans)] = True
+
+    def f(x, y):
+        return score(x, np.where(keep[None, :, None, None], y, x))
+    return f
+
+
+def silhouette(y: np.ndarray) -> np.ndarray:
+    """(N, S, S) 1 where G drew a part: any channel above the background's -1 by a margin (the
+    nearest point of a part has depth 1 of 255, about -0.99, so depth alone cannot tell it)."""
+    return (y.max(1) > -0.9).astype(np.float32)
+
+
+def outline_mismatch(w: int = 0) -> Score:
+    """Where x's part and G's drawn part disagree (either way), over the part's area; with w, the
+    largest w x w window of the disagreement. The part's own pixels (the search's loss) never see a
+    bite taken out of the rim: the bite is background in x."""
+    def f(x, y):
+        d = np.abs(fg(x) - silhouette(y))
+        if not w:
+            return d.sum((1, 2)) / np.maximum(fg(x).sum((1, 2)), 1)
+        return np.stack([cv2.blur(a, (w, w)) for a in d]).reshape(len(x), -1).max(1)
+    return f
+
+
+def depth_gradient(erode: int = 1, w: int = 0) -> Score:
+    """Squared difference of the depth's Sobel gradients (the surface's slope) of x and G(z*), inside
+    the part eroded by `erode` px (the outline's step left out); mean, or the largest w x w window.
+    A dent or a pit changes the slope where the depth's level may still be within G's error."""
+    def grad(d):
+        return np.stack([np.stack([cv2.Sobel(a, cv2.CV_32F, 1, 0), cv2.Sobel(a, cv2.CV_32F, 0, 1)]) for a in d])
+
+    def f(x, y):
+        m = _erode(fg(x), erode)
+        e = ((grad(y[:, 3]) - grad(x[:, 3])) ** 2).sum(1) * m
+        if not w:
+            return e.sum((1, 2)) / np.maximum(m.sum((1, 2)), 1)
+        return (np.stack([cv2.blur(a, (w, w)) for a in e]) * m).reshape(len(x), -1).max(1)
+    return f
+
+
+def union_pixels(x, y):
+    """The per-pixel loss where x's part or G's part (its depth above -0.9) is: the search's `fg`
+    loss (training.losses.reconstruction_loss), here on the residual of a search that fitted x's
+    own pixels."""
+    m = np.maximum(fg(x), (y[:, 3] > -0.9).astype(np.float32))
+    return (((y - x) ** 2).sum(1) * m).sum((1, 2)) / (np.maximum(m.sum((1, 2)), 1) * x.shape[1])
+
+
+RGB, DEPTH = (0, 1, 2), (3,)
+
 SCORES: dict[str, Score | None] = {
     "bundle": None,  # the bundle's own score: the search's loss, mean over seeds
     "pixels": mean_pixels, "pool2": pooled(2), "pool4": pooled(4),
@@ -130,6 +186,11 @@ SCORES: dict[str, Score | None] = {
     "box5/pixels": lambda x, y: box_max(5)(x, y) / np.maximum(mean_pixels(x, y), 1e-6),
     "pool4/detail1": relative(pooled(4), 1.0), "pool4/detail2": relative(pooled(4), 2.0),
     "pixels/detail1": relative(mean_pixels, 1.0), "box5-er1/detail1": relative(box_max(5, 1), 1.0),
+    **{f"{n}-{cn}": on_channels(fn, ch) for cn, ch in (("rgb", RGB), ("depth", DEPTH))
+       for n, fn in (("pixels", mean_pixels), ("pool4", pooled(4)), ("top4of4", top_cells(4, 4)),
+                     ("box5-er1", box_max(5, 1)))},
+    "pixels-fg": union_pixels, "outline": outline_mismatch(), "outline-box5": outline_mismatch(5),
+    "dgrad-er1": depth_gradient(1), "dgrad-er1-box5": depth_gradient(1, 5),
 }
 
 

@@ -71,3 +71,51 @@ def test_complexity_is_the_parts_own_detail_not_its_outline():
     assert c[0] < 1e-6 and c[1] < 1e-6 and c[2] > 0.01
     y = x + 0.1
     assert np.allclose(ms.relative(ms.pooled(4), 1.0)(x, y)[2], ms.pooled(4)(x, y)[2] / c[2])
+
+
+def test_channel_scores_split_the_residual():
+    x, y = pair(np.random.default_rng(3))
+    rgb, depth = ms.SCORES["pixels-rgb"](x, y), ms.SCORES["pixels-depth"](x, y)
+    assert np.allclose(rgb + depth, ms.mean_pixels(x, y), rtol=1e-5)
+    y2 = y.copy()
+    y2[:, :3] += 0.5                              # a worse colour, the same shape
+    assert np.allclose(ms.SCORES["pool4-depth"](x, y2), ms.SCORES["pool4-depth"](x, y))
+    assert (ms.SCORES["pool4-rgb"](x, y2) > ms.SCORES["pool4-rgb"](x, y)).all()
+
+
+def disk_part(s=32, r=10.0):
+    yy, xx = np.mgrid[:s, :s]
+    d2 = (xx - s / 2) ** 2 + (yy - s / 2) ** 2
+    x = -np.ones((1, 4, s, s), np.float32)
+    inside = d2 <= r * r
+    x[0, :3, inside] = 0.2
+    x[0, 3, inside] = (-0.99 + 0.9 * d2 / (r * r))[inside]  # a dome: nearest (darkest) in the middle
+    return x, inside
+
+
+def test_the_outline_sees_a_bite_that_the_parts_own_pixels_do_not():
+    y, _ = disk_part()
+    bitten = y.copy()
+    bitten[0, :, 6:13, 12:20] = -1.0                # a chunk off the rim: background now
+    assert ms.mean_pixels(bitten, y)[0] < 1e-9      # G drew the whole ball: the part's own pixels agree
+    assert ms.SCORES["outline"](bitten, y)[0] > 0.05 and ms.SCORES["outline"](y, y)[0] == 0
+    assert ms.SCORES["outline-box5"](bitten, y)[0] == 1.0
+
+
+def test_the_depth_gradient_sees_a_dent_not_a_level_offset():
+    x, inside = disk_part()
+    offset = x.copy()
+    offset[0, 3, inside] += 0.05                    # the whole part a little farther: the same shape
+    dent = x.copy()
+    yy, xx = np.mgrid[:32, :32]
+    dent[0, 3] += 0.3 * np.exp(-((xx - 18) ** 2 + (yy - 14) ** 2) / 4.0) * inside
+    g = ms.SCORES["dgrad-er1"]
+    assert g(offset, x)[0] < 1e-6 < g(dent, x)[0]
+    assert ms.SCORES["dgrad-er1-box5"](dent, x)[0] > g(dent, x)[0]
+
+
+def test_the_union_score_is_the_search_fg_loss():
+    x, y = pair(np.random.default_rng(11))
+    y[:, 3, :2] = 0.5                               # G draws part of the background rows
+    ref = reconstruction_loss(torch.from_numpy(y), torch.from_numpy(x), "fg", pool=1).numpy()
+    assert np.allclose(ms.SCORES["pixels-fg"](x, y), ref, rtol=1e-5)
