@@ -94,6 +94,8 @@ def add_parser(sub) -> None:
     q.add_argument("--k", type=int, default=None, help="search steps per seed (default: adgan export's)")
     q.add_argument("--loss", choices=("mse", "fg", "fg_input"), default="fg_input",
                    help="search and score loss (default fg_input: the part's own pixels; mse is the paper's)")
+    q.add_argument("--pool", type=int, default=None,
+                   help="compare on POOL x POOL cells (default: adgan export's, 4; 1: per pixel)")
     q.add_argument("--score-cells", type=int, default=0,
                    help="the score: 0 the search's mean loss over the part; K the mean of the K cells that differ "
                         "most (adgan export --score-cells)")

@@ -82,7 +82,11 @@ def test_demo_on_real_data(paper_data, tmp_path, capsys):
     r = run_demo(build_parser().parse_args([
         "demo", "--data", str(paper_data), "--train-frames", "0:40", "--test-frames", "700:712", "--out",
         str(tmp_path), "--epochs", "1", "--features", "4", "--parts", "5", "--fps", "0", "--encoder-epochs", "1",
-        "--quiet"]))
+        "--loss", "fg", "--pool", "1", "--quiet"]))
+    from agent.scoring.bundle import Bundle
+    for cls in ("sphere", "cylinder", "rectangle"):  # the recipe asked for is the one exported
+        s = Bundle.load(tmp_path / "bundles" / cls).search
+        assert (s.loss, s.pool) == ("fg", 1)
     events = r["events"]
     assert len(events) == 5 and all(e["trigger"] == "every_frame" for e in events)
     truth = json.loads((r["live"] / "stream" / "truth.json").read_text())
