@@ -61,6 +61,17 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def pool_arg(v: str) -> int:
+    """--pool: checked when the command line is read, not after the models are trained."""
+    from dataclasses import replace
+
+    from export.bundle import RECIPE_SEARCH
+    try:
+        return replace(RECIPE_SEARCH, pool=int(v)).pool
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def add_parser(sub) -> None:
     q = sub.add_parser("demo", help="run the main job end to end: data, training, bundles, thresholds, report, "
                                     "and a live station over MQTT",
@@ -94,7 +105,7 @@ def add_parser(sub) -> None:
     q.add_argument("--k", type=int, default=None, help="search steps per seed (default: adgan export's)")
     q.add_argument("--loss", choices=("mse", "fg", "fg_input"), default="fg_input",
                    help="search and score loss (default fg_input: the part's own pixels; mse is the paper's)")
-    q.add_argument("--pool", type=int, default=None,
+    q.add_argument("--pool", type=pool_arg, default=None,
                    help="compare on POOL x POOL cells (default: adgan export's, 4; 1: per pixel)")
     q.add_argument("--score-cells", type=int, default=0,
                    help="the score: 0 the search's mean loss over the part; K the mean of the K cells that differ "

@@ -47,7 +47,7 @@ def train_and_export(plan: Plan, progress: bool) -> dict[str, Path]:
                 marker.write_text(json.dumps(ecfg, sort_keys=True))
         bundles[cls] = plan.out / "bundles" / cls
         search = with_default_seeds(for_start(replace(RECIPE_SEARCH, loss=a.loss, z_init=z_init,
-                                                      pool=a.pool or RECIPE_SEARCH.pool,
+                                                      pool=RECIPE_SEARCH.pool if a.pool is None else a.pool,
                                                       score_cells=a.score_cells, score_norm=a.score_norm), a.k))
         write_bundle(run, bundles[cls], search, force=True)
     print(f"[3/6] bundles (theta scope {search.theta_scope}, loss {a.loss}, depth weight {search.depth_weight:g}, "

@@ -111,3 +111,13 @@ def test_a_failing_station_stops_the_broker_it_started(tmp_path, capsys):
     pid = int(re.search(r"broker: amqtt on 127.0.0.1:\d+ \(pid (\d+)\)", capsys.readouterr().out).group(1))
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # the broker is gone
+
+
+def test_a_bad_pool_is_refused_before_anything_is_trained(tmp_path, capsys):
+    import pytest
+    for bad in ("0", "3", "x"):
+        with pytest.raises(SystemExit):
+            demo_args(tmp_path, "--pool", bad)
+        assert "--pool" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()
+    assert demo_args(tmp_path, "--pool", "1").pool == 1 and demo_args(tmp_path).pool is None
