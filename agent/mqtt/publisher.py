@@ -9,7 +9,9 @@ Delivery (README "The delivery contract"; link.py for failures and held-back eve
   unacknowledged event: each event id goes out at most once per connection, and nothing
   queues in memory during an outage.
 - `verdict` is live: sent right after its event, never queued, never replayed (verdict.py).
-- Commands are routed to their handler, or refused (commands.py).
+- Commands are routed to their handler, or refused (commands.py). `commands_ready` is set once
+  the broker has granted every command subscription of this connection; a subscription it
+  refuses (its ACL) is logged as an error and counted, since no command on it would arrive.
 - Why the link is down (refused, unreachable, TLS, authorisation, ...) is in `link` and logged
   once per change.
 """
@@ -49,8 +51,11 @@ class Publisher:
         self.outbox, self.qos, self.verdict_max_age_s = outbox, s.qos, s.verdict_max_age_s
         self.host, self.port, self.keepalive = s.host, s.port, s.keepalive_s
         self.connected = threading.Event()
+        self.commands_ready = threading.Event()  # every command subscription granted, this connection
         self.counters = {"connects": 0, "disconnects": 0, "commands_refused": 0, "verdicts_skipped": 0,
-                         "events_sent": 0, "events_rejected": 0, "events_held": 0}
+                         "events_sent": 0, "events_rejected": 0, "events_held": 0, "subscriptions_refused": 0}
+        self._subacks: dict[int, str] = {}  # subscribe message id -> command topic, awaiting its SUBACK
+        self._sub_failed = False            # a command subscription failed on this connection
         self.commands = Commands(self.base, commands, self.counters)
         self.verdicts = LiveVerdicts(s.verdict_max_age_s, self.counters)
         self.link = {"state": "connecting", "reason": f"connecting to {s.host}:{s.port}", "since": time.time()}
@@ -92,6 +97,7 @@ class Publisher:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
 
     def topic(self, name: str) -> str:
         return f"{self.base}/{name}"
@@ -127,14 +133,43 @@ class Publisher:
         self._publish(self.topic("availability"), "online", qos=1, retain=True)
         for feature, value in list(self._states.items()):
             self._publish(self.topic(f"{feature}/state"), value, qos=1, retain=True)
-        for topic in self.commands.topics():
-            client.subscribe(topic, qos=1)
+        self._subscribe(client)
         self._set_link("connected", f"connected to {self.host}:{self.port}" + (" (TLS)" if self.tls else ""),
                        logging.INFO)
         pending = len(self.outbox)
         if pending:
             log.info("%d unacknowledged events are sent again, oldest first", pending)
         self._wake.set()
+
+    def _subscribe(self, client) -> None:
+        """Subscribe to every command topic (on paho's thread, from on_connect: no SUBACK can be
+        handled before this returns)."""
+        self.commands_ready.clear()
+        self._subacks.clear()
+        self._sub_failed = False
+        for topic in self.commands.topics():
+            rc, mid = client.subscribe(topic, qos=1)
+            if rc == mqtt.MQTT_ERR_SUCCESS:
+                self._subacks[mid] = topic
+            else:
+                self._sub_failed = True
+                log.error("subscribing to %s failed: %s; commands on it do not reach this station until "
+                          "the next connection", topic, mqtt.error_string(rc))
+        if not self._subacks and not self._sub_failed:
+            self.commands_ready.set()
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        topic = self._subacks.pop(mid, None)
+        if topic is None:
+            return
+        refused = [rc for rc in reason_codes if getattr(rc, "is_failure", False)]
+        if refused:
+            self._sub_failed = True
+            self.counters["subscriptions_refused"] += 1
+            log.error("the broker refused the subscription to %s (%s): commands on it do not reach this "
+                      "station; is this client allowed to read it (the broker's ACL)?", topic, refused[0])
+        elif not self._subacks and not self._sub_failed:
+            self.commands_ready.set()
 
     def _on_connect_fail(self, client, userdata) -> None:
         e = getattr(client, "last_connect_error", None)
@@ -146,6 +181,7 @@ class Publisher:
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was_connected = self.connected.is_set()
         self.connected.clear()
+        self.commands_ready.clear()
         if was_connected:
             self.counters["disconnects"] += 1
             self._strike_poison()

@@ -106,6 +106,7 @@ def test_a_camera_that_is_missing_is_retried_with_backoff_and_reported(broker, c
         sub.close()
     last = statuses()[-1]
     assert last["source"]["reconnects"] == 1 and last["source"]["failures"] >= 3
+    assert last["mqtt"]["commands_ready"] is True and last["mqtt"]["subscriptions_refused"] == 0
     assert last["counters"]["frames"] >= 3
     # the failures were paced, doubling from 0.2 s: three failures take at least 0.2 + 0.4 s
     assert "reopening in 0.2 s" in agent.output() and "reopening in 0.4 s" in agent.output()
