@@ -72,6 +72,17 @@ def pool_arg(v: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def depth_weight_arg(v: str) -> float:
+    """--depth-weight: checked when the command line is read, like --pool."""
+    from dataclasses import replace
+
+    from export.bundle import RECIPE_SEARCH
+    try:
+        return replace(RECIPE_SEARCH, depth_weight=float(v)).depth_weight
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def add_parser(sub) -> None:
     q = sub.add_parser("demo", help="run the main job end to end: data, training, bundles, thresholds, report, "
                                     "and a live station over MQTT",
@@ -107,6 +118,9 @@ def add_parser(sub) -> None:
                    help="search and score loss (default fg_input: the part's own pixels; mse is the paper's)")
     q.add_argument("--pool", type=pool_arg, default=None,
                    help="compare on POOL x POOL cells (default: adgan export's, 4; 1: per pixel)")
+    q.add_argument("--depth-weight", type=depth_weight_arg, default=None,
+                   help="weight of the depth channel's squared error against each RGB channel's (default: adgan "
+                        "export's, 1)")
     q.add_argument("--score-cells", type=int, default=0,
                    help="the score: 0 the search's mean loss over the part; K the mean of the K cells that differ "
                         "most (adgan export --score-cells)")

@@ -84,8 +84,8 @@ class SearchDefaults(Record):
         if self.k == 0 and self.z_init != "encoder":
             raise ValueError("k 0 scores G(E(x)) without a search (the encoder alone, as f-AnoGAN): "
                              "it needs z_init 'encoder'")
-        if not self.depth_weight > 0:
-            raise ValueError(f"depth_weight must be > 0, got {self.depth_weight}")
+        if not 0 < self.depth_weight < float("inf"):
+            raise ValueError(f"depth_weight must be a finite number > 0, got {self.depth_weight}")
         if self.score_cells < 0:
             raise ValueError(f"score_cells must be >= 0 (0: the mean loss), got {self.score_cells}")
         if self.score_norm not in SCORE_NORMS:

@@ -82,11 +82,11 @@ def test_demo_on_real_data(paper_data, tmp_path, capsys):
     r = run_demo(build_parser().parse_args([
         "demo", "--data", str(paper_data), "--train-frames", "0:40", "--test-frames", "700:712", "--out",
         str(tmp_path), "--epochs", "1", "--features", "4", "--parts", "5", "--fps", "0", "--encoder-epochs", "1",
-        "--loss", "fg", "--pool", "1", "--quiet"]))
+        "--loss", "fg", "--pool", "1", "--depth-weight", "10", "--quiet"]))
     from agent.scoring.bundle import Bundle
     for cls in ("sphere", "cylinder", "rectangle"):  # the recipe asked for is the one exported
         s = Bundle.load(tmp_path / "bundles" / cls).search
-        assert (s.loss, s.pool) == ("fg", 1)
+        assert (s.loss, s.pool, s.depth_weight) == ("fg", 1, 10.0)
     events = r["events"]
     assert len(events) == 5 and all(e["trigger"] == "every_frame" for e in events)
     truth = json.loads((r["live"] / "stream" / "truth.json").read_text())
@@ -121,3 +121,14 @@ def test_a_bad_pool_is_refused_before_anything_is_trained(tmp_path, capsys):
         assert "--pool" in capsys.readouterr().err
     assert not (tmp_path / "cache").exists()
     assert demo_args(tmp_path, "--pool", "1").pool == 1 and demo_args(tmp_path).pool is None
+
+
+def test_a_bad_depth_weight_is_refused_before_anything_is_trained(tmp_path, capsys):
+    import pytest
+    for bad in ("0", "-2", "nan", "inf", "x"):
+        with pytest.raises(SystemExit):
+            demo_args(tmp_path, "--depth-weight", bad)
+        assert "--depth-weight" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()
+    assert demo_args(tmp_path, "--depth-weight", "10").depth_weight == 10.0
+    assert demo_args(tmp_path).depth_weight is None
