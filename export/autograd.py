@@ -11,7 +11,7 @@ import copy
 import torch
 
 from training.losses import local_score, reconstruction_loss
-from training.model import Architecture, Generator
+from training.model import COLOUR, COLOUR_IDENTITY, Architecture, Generator, apply_colour
 
 
 def search_seed(g: Generator, x: torch.Tensor, z0: torch.Tensor, k: int, lr_z: float, lr_theta: float,
@@ -23,10 +23,14 @@ def search_seed(g: Generator, x: torch.Tensor, z0: torch.Tensor, k: int, lr_z: f
     gs = copy.deepcopy(g).eval()
     z = z0.detach().clone().reshape(1, -1).requires_grad_(True)
     groups = [{"params": [z], "lr": lr_z}]
+    colour = None
     if scope == "all":
         params = list(gs.parameters())
     elif scope == "bn":
         params = [p for m in gs.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()]
+    elif scope == COLOUR:  # a colour layer after G, starting at the identity (training.model.apply_colour)
+        colour = torch.tensor([COLOUR_IDENTITY], dtype=z.dtype).requires_grad_(True)
+        params = [colour]
     else:
         params = []
     for p in gs.parameters():
@@ -34,9 +38,13 @@ def search_seed(g: Generator, x: torch.Tensor, z0: torch.Tensor, k: int, lr_z: f
     if params:
         groups.append({"params": params, "lr": lr_theta})
     opt = torch.optim.Adam(groups)
+
+    def draw():
+        y = gs(z)
+        return y if colour is None else apply_colour(y, colour)
     for _ in range(k):
         opt.zero_grad(set_to_none=True)
-        y = gs(z)
+        y = draw()
         l = reconstruction_loss(y, x, loss, fg_threshold, depth_weight, pool).sum()
         if trace is not None:
             trace.append(y.detach().clone())
@@ -44,8 +52,8 @@ def search_seed(g: Generator, x: torch.Tensor, z0: torch.Tensor, k: int, lr_z: f
         opt.step()
     with torch.no_grad():
         if score_cells:
-            return local_score(gs(z), x, loss, score_cells, fg_threshold, depth_weight, pool, cell_stats).item()
-        return reconstruction_loss(gs(z), x, loss, fg_threshold, depth_weight, pool).item()
+            return local_score(draw(), x, loss, score_cells, fg_threshold, depth_weight, pool, cell_stats).item()
+        return reconstruction_loss(draw(), x, loss, fg_threshold, depth_weight, pool).item()
 
 
 def score(g: Generator, x: torch.Tensor, z0: torch.Tensor, k: int, lr_z: float, lr_theta: float,

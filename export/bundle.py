@@ -15,7 +15,7 @@ import torch
 from agent import __version__
 from agent.scoring.bundle import BUNDLE_FORMAT, MANIFEST, SearchDefaults, sha256_file
 from export.onnx_export import OPSET, export_encoder, export_graphs, loss_io, step_io
-from training.model import Generator
+from training.model import COLOUR, COLOUR_IDENTITY, Generator
 from training.train import generator_from_checkpoint, load_checkpoint
 
 # The search of `adgan export` by default: the recipe measured best on the paper's real
@@ -148,6 +148,8 @@ def write_generator_bundle(g: Generator, out: str | Path, search: SearchDefaults
                              search.depth_weight, search.pool, search.score_cells, cell_stats,
                              x_batch=search.seeds_per_call if search.parts_per_call > 1 else 1)
         th = {k: v.numpy().astype(np.float32) for k, v in g.theta().items()}
+        if search.theta_scope == COLOUR:  # the colour layer's start: the identity
+            th[COLOUR] = np.asarray(COLOUR_IDENTITY, np.float32)
         np.savez(tmp / "theta.npz", **th)
         ins, outs = step_io(core.trainable)
         lin, lout = loss_io(core.trainable)

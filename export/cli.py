@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-USAGE = ("adgan export RUN --out BUNDLE [--paper] [--theta-scope all|bn|none] [--loss mse|fg|fg_input] [options]\n"
+COLOUR_LR = 5e-2  # --lr-theta for --theta-scope colour: z's, as the search it was measured with
+
+USAGE = ("adgan export RUN --out BUNDLE [--paper] [--theta-scope all|bn|none|colour] [--loss mse|fg|fg_input] [options]\n"
          "       adgan export build-engine BUNDLE [--fp16]")
 
 
@@ -37,6 +39,8 @@ def cmd_export(a: argparse.Namespace) -> int:
     given = {f.name: getattr(a, f.name) for f in fields(base) if getattr(a, f.name, None) is not None}
     if given.get("z_init") == "auto":
         del given["z_init"]
+    if given.get("theta_scope") == "colour" and "lr_theta" not in given:  # the paper's 6e-9 would not move it
+        given["lr_theta"] = COLOUR_LR
     parts = given.pop("parts_per_call", 1)  # set last: it fixes seeds per call from n_seed
     search = replace(base, **given)
     if search.z_init == "encoder" and a.z_init != "encoder":
@@ -88,9 +92,10 @@ def add_parser(sub) -> None:
     q.add_argument("--paper", action="store_true",
                    help="Algorithm 1 as the paper runs it (theta scope all, loss mse, random z) instead of the "
                         "measured recipe (scope none, loss fg_input, start at E(x)); options given still apply")
-    q.add_argument("--theta-scope", choices=("all", "bn", "none"), default=None,
-                   help="what adapts besides z: all theta (the paper), BatchNorm affine only, or nothing "
-                        "(default none)")
+    q.add_argument("--theta-scope", choices=("all", "bn", "none", "colour"), default=None,
+                   help="what adapts besides z: all theta (the paper), BatchNorm affine only, nothing (default "
+                        "none), or colour: a colour layer after G (each part's RGB as M G(z) + b, starting at the "
+                        f"identity; --lr-theta defaults to {COLOUR_LR:g} for it)")
     q.add_argument("--loss", choices=("mse", "fg", "fg_input"), default=None,
                    help="mse over the whole image (the paper); fg: over pixels where the sample or G(z) is "
                         "foreground; fg_input: over the sample's own object pixels (default)")
@@ -101,7 +106,8 @@ def add_parser(sub) -> None:
                    help="Adam steps per seed (default 5 from E(x); from random z, and the paper: 19; 0: no search, "
                         "the score of G(E(x)) from the encoder alone, as f-AnoGAN scores)")
     q.add_argument("--lr-z", type=float, default=None, help="Adam learning rate of z (default and paper: 5e-2)")
-    q.add_argument("--lr-theta", type=float, default=None, help="Adam learning rate of theta (paper: 6e-9)")
+    q.add_argument("--lr-theta", type=float, default=None,
+                   help=f"Adam learning rate of theta (paper: 6e-9; with --theta-scope colour: {COLOUR_LR:g})")
     q.add_argument("--fg-threshold", type=float, default=None,
                    help="G(z) depth above this is foreground (loss fg; default -0.9)")
     q.add_argument("--depth-weight", type=float, default=None,

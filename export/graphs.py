@@ -9,6 +9,9 @@ ConvTranspose2d(h; W):
   dL/dh = conv2d(dL/do; W)                                   (the adjoint of the adjoint)
   dL/dW = h (S, Cin, HW) @ the 16 kernel-tap slices of dL/do (S, HW, Cout*16)
 which are forward operators that ONNX and TensorRT run with weights as graph inputs.
+With theta scope `colour` G's weights are constants and each seed owns a colour layer after
+G's output (training.model.apply_colour: y_rgb' = M y_rgb + b); its backward is two batched
+matmuls: dL/dM = dL/dy_rgb' @ y_rgb^T, dL/db = the sum of dL/dy_rgb', dL/dy_rgb = M^T dL/dy_rgb'.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from torch import nn
 
 from agent.scoring.bundle import LOSSES, THETA_SCOPES as SCOPES
 from training.losses import channel_weights
-from training.model import Architecture, Generator
+from training.model import COLOUR, COLOUR_IDENTITY, Architecture, Generator, apply_colour
 
 BETA1, BETA2, ADAM_EPS = 0.9, 0.999, 1e-8
 # Bundles scale the loss's gradient by this in the step graph (and Adam's eps with it, so
@@ -67,6 +70,8 @@ def trainable_names(arch: Architecture, scope: str) -> list[str]:
         return theta_names(arch)
     if scope == "bn":
         return [n for n in theta_names(arch) if n.startswith(("gamma", "beta"))]
+    if scope == COLOUR:
+        return [COLOUR]
     return []
 
 
@@ -231,12 +236,20 @@ class SearchStep(nn.Module):
                 o = a + self._theta(f"bias{i}", theta).reshape(-1, l.cout, 1, 1)
                 y = torch.tanh(o)
                 cache.append((h, None, None, None))
-        loss, dy = self._loss_and_dy(x.to(y.dtype), y, need_grad)
+        out = apply_colour(y, theta[COLOUR]) if COLOUR in self.trainable else y
+        loss, dy = self._loss_and_dy(x.to(y.dtype), out, need_grad)
         if not need_grad:
-            return loss, {}, y
+            return loss, {}, out
         grads: dict[str, torch.Tensor] = {}
         if self.loss_scale != 1.0:  # every gradient below is loss_scale times the true one
             dy = dy * self.loss_scale
+        if COLOUR in self.trainable:  # back through the colour layer to G's output
+            c, (s_, _, hh, ww) = theta[COLOUR], y.shape
+            d_rgb = dy[:, :3].reshape(s_, 3, hh * ww)
+            gm = torch.matmul(d_rgb, y[:, :3].reshape(s_, 3, hh * ww).transpose(1, 2))  # (S, 3, 3)
+            grads[COLOUR] = torch.cat([gm.reshape(s_, 9), d_rgb.sum(dim=2)], dim=1)
+            back = torch.matmul(c[:, :9].reshape(s_, 3, 3).transpose(1, 2), d_rgb).reshape(s_, 3, hh, ww)
+            dy = torch.cat([back, dy[:, 3:4]], dim=1)
         d = dy * (1 - y * y)  # through tanh
         for i in range(len(self.layers) - 1, -1, -1):
             l = self.layers[i]
@@ -319,6 +332,9 @@ class SearchStep(nn.Module):
     def init_theta(self, g: Generator) -> list[torch.Tensor]:
         """Per-seed copies of the trainable theta (the starting point of every search)."""
         th = g.theta()
+        if self.scope == COLOUR:
+            dtype = th["w0"].dtype
+            return [torch.tensor(COLOUR_IDENTITY, dtype=dtype).reshape(1, -1).repeat(self.S, 1)]
         if self.scope == "all":
             return [per_seed(n, th[n], self.S) for n in self.trainable]
         return [th[n].reshape(1, -1).repeat(self.S, 1) for n in self.trainable]

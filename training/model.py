@@ -73,6 +73,23 @@ def init_weights(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
+# Theta scope "colour": a colour layer after G's output, private to each search like theta in
+# Algorithm 1 and adapted with z: y_rgb' = M y_rgb + b per part (M 3x3, b 3; depth unchanged),
+# stored as one vector [M row by row, b] that starts at the identity. G draws the part's shape
+# and shading; the part's own colour (a new batch's ball, can or carton) is fitted, so what is
+# left in the residual is local: a stain, a hole, a foreign body.
+COLOUR = "colour"
+COLOUR_IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0)
+
+
+def apply_colour(y: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """(B, 4, H, W) G's output -> the same with its RGB through the colour layer c (B, 12)."""
+    b_, _, h, w = y.shape
+    m, off = c[:, :9].reshape(b_, 3, 3), c[:, 9:12].reshape(b_, 3, 1)
+    rgb = (torch.matmul(m, y[:, :3].reshape(b_, 3, h * w)) + off).reshape(b_, 3, h, w)
+    return torch.cat([rgb, y[:, 3:4]], dim=1)
+
+
 class Generator(nn.Module):
     def __init__(self, arch: Architecture) -> None:
         super().__init__()

@@ -24,7 +24,8 @@ from agent.segment.preprocess import Preprocessing
 
 BUNDLE_FORMAT = 1
 MANIFEST = "manifest.json"
-ThetaScope = Literal["all", "bn", "none"]  # what adapts besides z: all theta, BatchNorm affine, nothing
+# what adapts besides z: all theta, BatchNorm affine, nothing, or a colour layer after G (training.model)
+ThetaScope = Literal["all", "bn", "none", "colour"]
 LossName = Literal["mse", "fg", "fg_input"]  # the reconstruction loss (training/losses.py defines each)
 THETA_SCOPES: tuple[str, ...] = get_args(ThetaScope)
 LOSSES: tuple[str, ...] = get_args(LossName)

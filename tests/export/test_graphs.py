@@ -69,7 +69,33 @@ def test_gradients_match_autograd_float32(scope, loss, dw, pool):
     assert max_rel_err(core, g, sample_x(), z, scope, loss, dw, pool) < 1e-5
 
 
-@pytest.mark.parametrize("scope, loss, dw, pool", CASES)
+COLOUR_CASES = [("colour", "fg_input", 1.0, 1), ("colour", "fg", 10.0, 1), ("colour", "fg_input", 1.0, 4),
+                ("colour", "mse", 3.0, 2)]
+
+
+@pytest.mark.parametrize("scope, loss, dw, pool", COLOUR_CASES)
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_the_colour_layers_gradients_match_autograd(scope, loss, dw, pool, dtype, tol):
+    """Theta scope colour: G's weights frozen, a colour layer after G adapts. Checked away from
+    the identity (a transposed matrix would pass there) and with the loss scale of bundles."""
+    from training.model import apply_colour
+    g = random_generator(dtype)
+    x, z = sample_x(dtype), torch.randn(3, 100, dtype=dtype, generator=torch.Generator().manual_seed(2))
+    core = SearchStep(g, 3, scope, loss, depth_weight=dw, pool=pool, loss_scale=4096.0).to(dtype)
+    assert core.trainable == ["colour"]
+    c = core.init_theta(g)[0].to(dtype) + 0.2 * torch.randn(3, 12, dtype=dtype, generator=torch.Generator().manual_seed(4))
+    l, grads, dz = core.forward_backward(x, z, {"colour": c})
+    for s in range(3):
+        zz, cc = z[s:s + 1].clone().requires_grad_(True), c[s:s + 1].clone().requires_grad_(True)
+        ref = reconstruction_loss(apply_colour(g(zz), cc), x, loss, depth_weight=dw, pool=pool).sum()
+        ref.backward()
+        assert abs(l[s].item() - ref.item()) / abs(ref.item()) < tol
+        assert ((dz[s] / 4096.0 - zz.grad[0]).norm() / zz.grad.norm()).item() < tol
+        assert ((grads["colour"][s] / 4096.0 - cc.grad[0]).norm() / cc.grad.norm()).item() < tol
+    assert grads["colour"].shape == (3, 12)
+
+
+@pytest.mark.parametrize("scope, loss, dw, pool", CASES + COLOUR_CASES)
 def test_k_steps_match_torch_optim_adam_float64(scope, loss, dw, pool):
     g = random_generator(torch.float64)
     x, S, k, lr_theta = sample_x(torch.float64), 3, 7, 1e-3  # lr_theta large enough to move theta
@@ -108,6 +134,7 @@ def test_scopes_train_what_they_say():
     assert SearchStep(g, 2, "all").trainable == names
     assert SearchStep(g, 2, "bn").trainable == [n for n in names if n.startswith(("gamma", "beta"))]
     assert SearchStep(g, 2, "none").trainable == []
+    assert SearchStep(g, 2, "colour").trainable == ["colour"]
     with pytest.raises(ValueError, match="scope"):
         SearchStep(g, 2, "some")
     with pytest.raises(ValueError, match="loss"):

@@ -17,9 +17,10 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module", params=[("all", 1.0, 1, 0, False), ("bn", 1.0, 1, 0, False),
                                         ("none", 1.0, 1, 0, False), ("all", 3.0, 1, 0, False),
                                         ("all", 1.0, 4, 0, False), ("none", 1.0, 4, 3, False),
-                                        ("none", 1.0, 4, 3, True)],
+                                        ("none", 1.0, 4, 3, True), ("colour", 10.0, 1, 0, False),
+                                        ("colour", 1.0, 4, 0, False)],
                 ids=["all", "bn", "none", "all-depth-weight-3", "all-pool-4", "none-pool-4-top-3-cells",
-                     "none-pool-4-top-3-standardised"])
+                     "none-pool-4-top-3-standardised", "colour-depth-weight-10", "colour-pool-4"])
 def exported(request, tmp_path_factory):
     scope, dw, pool, cells, std = request.param
     g = random_generator(size=32, features_g=4)
