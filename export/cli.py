@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+COLOUR = "colour"  # training.model.COLOUR, without importing torch to read the command line
 COLOUR_LR = 5e-2  # --lr-theta for --theta-scope colour: z's, as the search it was measured with
 
 USAGE = ("adgan export RUN --out BUNDLE [--paper] [--theta-scope all|bn|none|colour] [--loss mse|fg|fg_input] [options]\n"
@@ -39,7 +40,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     given = {f.name: getattr(a, f.name) for f in fields(base) if getattr(a, f.name, None) is not None}
     if given.get("z_init") == "auto":
         del given["z_init"]
-    if given.get("theta_scope") == "colour" and "lr_theta" not in given:  # the paper's 6e-9 would not move it
+    if given.get("theta_scope") == COLOUR and "lr_theta" not in given:  # the paper's 6e-9 would not move it
         given["lr_theta"] = COLOUR_LR
     parts = given.pop("parts_per_call", 1)  # set last: it fixes seeds per call from n_seed
     search = replace(base, **given)
@@ -92,7 +93,7 @@ def add_parser(sub) -> None:
     q.add_argument("--paper", action="store_true",
                    help="Algorithm 1 as the paper runs it (theta scope all, loss mse, random z) instead of the "
                         "measured recipe (scope none, loss fg_input, start at E(x)); options given still apply")
-    q.add_argument("--theta-scope", choices=("all", "bn", "none", "colour"), default=None,
+    q.add_argument("--theta-scope", choices=("all", "bn", "none", COLOUR), default=None,
                    help="what adapts besides z: all theta (the paper), BatchNorm affine only, nothing (default "
                         "none), or colour: a colour layer after G (each part's RGB as M G(z) + b, starting at the "
                         f"identity; --lr-theta defaults to {COLOUR_LR:g} for it)")

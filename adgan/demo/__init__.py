@@ -61,26 +61,18 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
-def pool_arg(v: str) -> int:
-    """--pool: checked when the command line is read, not after the models are trained."""
-    from dataclasses import replace
+def search_arg(field: str, cast):
+    """An argparse type for one field of the export recipe (--pool, --depth-weight): the value
+    is checked by SearchDefaults when the command line is read, not after the models are trained."""
+    def check(v: str):
+        from dataclasses import replace
 
-    from export.bundle import RECIPE_SEARCH
-    try:
-        return replace(RECIPE_SEARCH, pool=int(v)).pool
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def depth_weight_arg(v: str) -> float:
-    """--depth-weight: checked when the command line is read, like --pool."""
-    from dataclasses import replace
-
-    from export.bundle import RECIPE_SEARCH
-    try:
-        return replace(RECIPE_SEARCH, depth_weight=float(v)).depth_weight
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+        from export.bundle import RECIPE_SEARCH
+        try:
+            return getattr(replace(RECIPE_SEARCH, **{field: cast(v)}), field)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return check
 
 
 def add_parser(sub) -> None:
@@ -116,9 +108,9 @@ def add_parser(sub) -> None:
     q.add_argument("--k", type=int, default=None, help="search steps per seed (default: adgan export's)")
     q.add_argument("--loss", choices=("mse", "fg", "fg_input"), default="fg_input",
                    help="search and score loss (default fg_input: the part's own pixels; mse is the paper's)")
-    q.add_argument("--pool", type=pool_arg, default=None,
+    q.add_argument("--pool", type=search_arg("pool", int), default=None,
                    help="compare on POOL x POOL cells (default: adgan export's, 4; 1: per pixel)")
-    q.add_argument("--depth-weight", type=depth_weight_arg, default=None,
+    q.add_argument("--depth-weight", type=search_arg("depth_weight", float), default=None,
                    help="weight of the depth channel's squared error against each RGB channel's (default: adgan "
                         "export's, 1)")
     q.add_argument("--score-cells", type=int, default=0,

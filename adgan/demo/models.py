@@ -46,10 +46,8 @@ def train_and_export(plan: Plan, progress: bool) -> dict[str, Path]:
                 train_encoder(run, a.encoder_epochs, a.features, progress=progress)
                 marker.write_text(json.dumps(ecfg, sort_keys=True))
         bundles[cls] = plan.out / "bundles" / cls
-        search = with_default_seeds(for_start(replace(RECIPE_SEARCH, loss=a.loss, z_init=z_init,
-                                                      pool=RECIPE_SEARCH.pool if a.pool is None else a.pool,
-                                                      depth_weight=(RECIPE_SEARCH.depth_weight if a.depth_weight is None
-                                                                    else a.depth_weight),
+        given = {f: getattr(a, f) for f in ("pool", "depth_weight") if getattr(a, f) is not None}  # else export's
+        search = with_default_seeds(for_start(replace(RECIPE_SEARCH, loss=a.loss, z_init=z_init, **given,
                                                       score_cells=a.score_cells, score_norm=a.score_norm), a.k))
         write_bundle(run, bundles[cls], search, force=True)
     print(f"[3/6] bundles (theta scope {search.theta_scope}, loss {a.loss}, depth weight {search.depth_weight:g}, "

@@ -135,6 +135,14 @@ def test_scopes_train_what_they_say():
     assert SearchStep(g, 2, "bn").trainable == [n for n in names if n.startswith(("gamma", "beta"))]
     assert SearchStep(g, 2, "none").trainable == []
     assert SearchStep(g, 2, "colour").trainable == ["colour"]
+    # the CLI's own copies (it reads the command line without importing torch) stay the bundle's
+    import export.cli
+    from adgan.cli import build_parser
+    from agent.scoring.bundle import THETA_SCOPES
+    from training.model import COLOUR
+    assert export.cli.COLOUR == COLOUR
+    for scope in THETA_SCOPES:
+        assert build_parser().parse_args(["export", "RUN", "--out", "B", "--theta-scope", scope]).theta_scope == scope
     with pytest.raises(ValueError, match="scope"):
         SearchStep(g, 2, "some")
     with pytest.raises(ValueError, match="loss"):
