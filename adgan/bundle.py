@@ -24,10 +24,11 @@ def bundle_info(path: str | Path, thresholds: str | Path | None = None) -> dict:
                         **{k: meta[k] for k in ("tensorrt", "gpu", "fp16", "error") if k in meta}})
     info = {"path": str(b.path), "class": b.cls, "kind": b.kind, "bundle_hash": b.bundle_hash,
             "producer": m.get("producer"), "created": m.get("created"), "architecture": m["architecture"],
-            "preprocessing": m["preprocessing"], "search": m["search"], "score": b.search.describe_score(),
+            "preprocessing": m["preprocessing"], "search": m["search"], "score": b.describe_score(),
             "training": m.get("training"), "files": m["files"], "engines": engines,
             "graphs": {k: m["graphs"].get(k) for k in ("seeds_per_call", "x_batch", "loss_scale")},
-            **({"operating_point": m["operating_point"]} if "operating_point" in m else {})}
+            **({"operating_point": m["operating_point"]} if "operating_point" in m else {}),
+            **({"relief": m["relief"]} if "relief" in m else {})}
     if thresholds is not None:
         rec = read_thresholds(thresholds)["classes"].get(b.cls)
         if rec is None:

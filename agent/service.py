@@ -248,13 +248,14 @@ class Agent:
         amap, box, work.view = None, None, (sample, x, d.reconstruction)
         if d.verdict == "anomaly":
             with timed(work, "publish_ms"):
-                h = heat(x, d.reconstruction)
+                h = heat(x, d.reconstruction, d.relief)
                 crop, where = sample.meta.get("crop"), "camera"
                 if crop is None and "reframe" in sample.meta:  # a replayed sample, cropped to its part
                     crop, where = sample.meta["reframe"], "sample"
-                # where on the part: G(z)'s background speckle must not win the box
-                box = hot_box(np.where(x[3] > -1.0, h, 0.0), tuple(crop) if crop is not None else None,
-                              crop_frame=where)
+                # where on the part: G(z)'s background speckle must not win the box; where the
+                # relief check gave the score, the box is the dent's, not the residual's
+                where_h = np.clip(d.relief * 0.5, 0.0, 1.0) if d.relief_decides else np.where(x[3] > -1.0, h, 0.0)
+                box = hot_box(where_h, tuple(crop) if crop is not None else None, crop_frame=where)
                 if self.s.model.anomaly_map:
                     amap = encode_map(h)
         self._emit(work, d.verdict, model=model, score=d.score, threshold=d.threshold, anomaly_map=amap,

@@ -251,8 +251,7 @@ def evaluate_damage(scorer, b, o: EvaluateOptions, frames, out: Path, tag: str, 
 
 def bundle_columns(b) -> dict:
     """Which bundle and which score a row is of, so that rows of one class stay apart."""
-    s = b.search
-    return {"bundle": b.bundle_hash[:12], "score": s.describe_score()}
+    return {"bundle": b.bundle_hash[:12], "score": b.describe_score()}
 
 
 def add_parser(sub) -> None:

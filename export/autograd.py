@@ -88,7 +88,7 @@ class AutogradSearcher:
     def score(self, x):
         import numpy as np
 
-        from agent.scoring.search import ScoreResult, start_latents
+        from agent.scoring.search import result, start_latents
         p = self.params
         z0 = torch.from_numpy(start_latents(p, self.seed, self.seeds_per_call, self.bundle.nz, x, self.encoder)[: p.n_seed])
         xt = torch.from_numpy(x).unsqueeze(0)
@@ -98,7 +98,7 @@ class AutogradSearcher:
                                    p.fg_threshold, depth_weight=p.depth_weight, pool=p.pool,
                                    score_cells=p.score_cells, cell_stats=self.bundle.cell_stats))
         per_seed = np.array(per, np.float32)
-        return ScoreResult(float(per_seed.mean()), per_seed, np.zeros_like(x))
+        return result(self.bundle, x, per_seed, np.zeros_like(x))
 
     def score_batch(self, xs):
         """The oracle searches one part at a time."""

@@ -14,6 +14,7 @@ import torch
 
 from agent import __version__
 from agent.scoring.bundle import BUNDLE_FORMAT, MANIFEST, SearchDefaults, sha256_file
+from agent.scoring.relief import Relief, ReliefCheck, relief_score
 from export.onnx_export import OPSET, export_encoder, export_graphs, loss_io, step_io
 from training.model import COLOUR, COLOUR_IDENTITY, Generator
 from training.train import generator_from_checkpoint, load_checkpoint
@@ -29,6 +30,8 @@ from training.train import generator_from_checkpoint, load_checkpoint
 RECIPE_SEARCH = SearchDefaults(theta_scope="none", loss="fg_input", z_init="encoder", z_init_noise=0.0, n_seed=1,
                                seeds_per_call=1, k=19, pool=4)
 PAPER_SEARCH = SearchDefaults()
+# Training parts scored for the relief check's reference: evenly spread over the run's samples.
+RELIEF_SAMPLES = 200
 
 
 def for_start(search: SearchDefaults, k: int | None = None) -> SearchDefaults:
@@ -49,10 +52,12 @@ def with_default_seeds(search: SearchDefaults) -> SearchDefaults:
 
 def write_bundle(run: str | Path, out: str | Path, search: SearchDefaults, use_ema: bool = True,
                  force: bool = False, data: str | Path | None = None, progress: bool = False,
-                 operating_point: dict | None = None) -> dict:
+                 operating_point: dict | None = None, relief: Relief | None = None,
+                 relief_samples: int = RELIEF_SAMPLES) -> dict:
     """Export a training run's generator (and its encoder, for z_init "encoder") as a bundle
     directory. With score_norm "train" the run's training samples (from `data` if the dataset
-    moved) are scored once to standardise the local score per cell."""
+    moved) are scored once to standardise the local score per cell; with `relief`, up to
+    `relief_samples` of them to reference the depth relief check (agent/scoring/relief.py)."""
     st = load_checkpoint(run)
     g, which = generator_from_checkpoint(st, use_ema)
     info = {"class": st["config"]["cls"], "kind": st["config"]["kind"], "preprocessing": st["preprocessing"],
@@ -72,24 +77,56 @@ def write_bundle(run: str | Path, out: str | Path, search: SearchDefaults, use_e
         info["training"]["encoder"] = {k: est[k] for k in ("epochs", "loss", "fg_threshold", "features", "seed")}
     if operating_point is not None:
         info["operating_point"] = operating_point
-    if search.score_norm == "none":
+    if search.score_norm == "none" and relief is None:
         return write_generator_bundle(g, out, search, info, force, encoder)
-    # Standardised per cell: score the run's own training samples with the plain local score's
-    # bundle (the runtime's engine and search), then write the bundle with their statistics.
+    # Statistics of the run's own training samples, scored by the runtime's engine and search:
+    # per cell to standardise the local score (score_norm "train"), and the search scores and
+    # reliefs that the relief check is referenced to. Then the bundle is written with them.
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
         raise ValueError(f"{out} exists and is not empty; choose another --out or pass --force")
     from training.data import load_run_data
     cd = load_run_data(st, data, run)
+    frames = f"{cd.frames[0]}..{cd.frames[-1]}"
     out.parent.mkdir(parents=True, exist_ok=True)
+    cell_stats, stats, check = None, None, None
     with tempfile.TemporaryDirectory(prefix=".stats-", dir=out.parent) as tmp:
-        one = replace(search, score_norm="none", parts_per_call=1, seeds_per_call=search.n_seed)
-        write_generator_bundle(g, Path(tmp) / "b", one, info, False, encoder)
-        energies = training_cell_energies(Path(tmp) / "b", cd.x.numpy(), progress)
-    mu, sd = cell_statistics(energies)
-    stats = {"samples": int(len(energies)), "frames": f"{cd.frames[0]}..{cd.frames[-1]}", "sd_floor": SD_FLOOR,
-             "mu_max": round(float(mu.max()), 6), "sd_median": round(float(np.median(sd)), 6)}
-    return write_generator_bundle(g, out, search, info, force, encoder, (mu, sd), stats)
+        if search.score_norm != "none":
+            one = replace(search, score_norm="none", parts_per_call=1, seeds_per_call=search.n_seed)
+            write_generator_bundle(g, Path(tmp) / "b", one, info, False, encoder)
+            energies = training_cell_energies(Path(tmp) / "b", cd.x.numpy(), progress)
+            cell_stats = cell_statistics(energies)
+            stats = {"samples": int(len(energies)), "frames": frames, "sd_floor": SD_FLOOR,
+                     "mu_max": round(float(cell_stats[0].max()), 6),
+                     "sd_median": round(float(np.median(cell_stats[1])), 6)}
+        if relief is not None:
+            write_generator_bundle(g, Path(tmp) / "r", search, info, False, encoder, cell_stats, stats)
+            check = relief_reference(Path(tmp) / "r", cd.x.numpy(), relief, frames, relief_samples, progress)
+    return write_generator_bundle(g, out, search, info, force, encoder, cell_stats, stats, check)
+
+
+def relief_reference(bundle_dir: Path, x: np.ndarray, params: Relief, frames: str = "",
+                     samples: int = RELIEF_SAMPLES, progress: bool = True) -> ReliefCheck:
+    """The relief check of a bundle: up to `samples` of the training parts `x` (N, 4, S, S), evenly
+    spread, scored by the bundle's search (ONNX Runtime, seed 0: the runtime's) and their reliefs."""
+    from tqdm import tqdm
+
+    from agent.scoring.backend import open_backend
+    from agent.scoring.bundle import Bundle
+    from agent.scoring.search import Searcher
+    if samples < 2:
+        raise ValueError(f"the relief reference needs at least 2 training samples, got --relief-samples {samples}")
+    if len(x) < 2:
+        raise ValueError(f"the relief reference needs at least 2 training samples; the run has {len(x)}")
+    idx = np.unique(np.linspace(0, len(x) - 1, min(samples, len(x))).round().astype(int))
+    b = Bundle.load(bundle_dir)
+    scorer = Searcher(b, open_backend(b), 0)
+    searches, reliefs = [], []
+    for i in tqdm(idx, desc="relief reference", unit="sample", disable=not progress):
+        xi = np.ascontiguousarray(x[i], np.float32)
+        searches.append(scorer.score(xi).score)
+        reliefs.append(relief_score(xi, params))
+    return ReliefCheck.from_samples(params, searches, reliefs, frames)
 
 
 # The deviation of a cell's energy is floored at this fraction of the median deviation of the
@@ -131,9 +168,10 @@ def training_cell_energies(bundle_dir: Path, x: np.ndarray, progress: bool = Tru
 
 def write_generator_bundle(g: Generator, out: str | Path, search: SearchDefaults, info: dict,
                            force: bool = False, encoder=None, cell_stats: tuple | None = None,
-                           stats_info: dict | None = None) -> dict:
+                           stats_info: dict | None = None, relief: ReliefCheck | None = None) -> dict:
     """Write a bundle for generator `g`; `info` gives class, kind, preprocessing and training;
-    `cell_stats` (mu, sd) per cell standardise the local score (search.score_norm "train")."""
+    `cell_stats` (mu, sd) per cell standardise the local score (search.score_norm "train");
+    `relief` is the depth relief check beside the search (the manifest's "relief")."""
     if (search.z_init == "encoder") != (encoder is not None):
         raise ValueError("z_init 'encoder' needs an encoder, and an encoder is only exported with it")
     if (search.score_norm != "none") != (cell_stats is not None):
@@ -182,6 +220,7 @@ def write_generator_bundle(g: Generator, out: str | Path, search: SearchDefaults
             "training": info.get("training", {}),
             **({"operating_point": info["operating_point"]} if "operating_point" in info else {}),
             **({"score_stats": {"file": "cell_stats.npz", **(stats_info or {})}} if cell_stats is not None else {}),
+            **({"relief": relief.to_dict()} if relief is not None else {}),
             "files": files,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")

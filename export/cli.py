@@ -6,7 +6,8 @@ import argparse
 COLOUR = "colour"  # training.model.COLOUR, without importing torch to read the command line
 COLOUR_LR = 5e-2  # --lr-theta for --theta-scope colour: z's, as the search it was measured with
 
-USAGE = ("adgan export RUN --out BUNDLE [--paper] [--theta-scope all|bn|none|colour] [--loss mse|fg|fg_input] [options]\n"
+USAGE = ("adgan export RUN --out BUNDLE [--paper] [--theta-scope all|bn|none|colour] [--loss mse|fg|fg_input] "
+         "[--relief] [options]\n"
          "       adgan export build-engine BUNDLE [--fp16]")
 
 
@@ -69,14 +70,26 @@ def cmd_export(a: argparse.Namespace) -> int:
             lambda s, d: write_bundle(a.run, d, s, use_ema=not a.no_ema, data=a.data), a.threads)
         print(f"operating point {record['name']!r} ({record['asked']}): {record['measured_ms']} ms per score here "
               f"(default {record['default_ms']} ms), validated quality {record['quality'].get('quality', '?')}")
+    relief = None
+    if a.relief:
+        from agent.scoring.relief import Relief
+        relief = Relief()
+    elif a.relief_samples is not None:
+        raise ValueError("--relief-samples sets the relief check's reference: give --relief with it")
     m = write_bundle(a.run, a.out, search, use_ema=not a.no_ema, force=a.force, data=a.data, progress=True,
-                     operating_point=record)
+                     operating_point=record, relief=relief,
+                     **({"relief_samples": a.relief_samples} if a.relief_samples is not None else {}))
     s = search
     print(f"exported {m['class']} ({m['kind']}, {m['training']['weights']}, epoch {m['training']['epoch']}) "
           f"-> {a.out}: theta scope {s.theta_scope}, loss {s.loss}, depth weight {s.depth_weight:g}, pool {s.pool}, "
           f"score {s.describe_score()}, "
           f"n_seed {s.n_seed}, k {s.k}, z_init {s.z_init}"
           + (f", {s.parts_per_call} parts per call" if s.parts_per_call > 1 else ""))
+    if "relief" in m:
+        ref = m["relief"]["reference"]
+        print(f"depth relief check: referenced to {ref['samples']} training parts (relief median "
+              f"{ref['relief_median']:.4g}, spread {ref['relief_scale']:.4g}; search median {ref['search_median']:.4g}, "
+              f"spread {ref['search_scale']:.4g})")
     return 0
 
 
@@ -126,8 +139,15 @@ def add_parser(sub) -> None:
                    help="with --score-cells: 'train' standardises each cell's energy against the run's own "
                         "training samples, scored once at export ((energy - mean) / deviation per cell), so a "
                         "cell counts by how unusual it is there; none (default): raw energies")
+    q.add_argument("--relief", action="store_true",
+                   help="add the depth relief check beside the search: a part's surface pushed in behind a plane "
+                        "fitted robustly to its interior (a dent, a hole, a pit) raises its score, as unusual "
+                        "against the run's training parts as the search's score is (the score is the larger of "
+                        "the two); the training parts are scored once at export for the reference")
+    q.add_argument("--relief-samples", type=int, default=None,
+                   help="with --relief: training parts scored for its reference, evenly spread (default 200)")
     q.add_argument("--data", default=None,
-                   help="with --score-norm train: the dataset root, if the run's training data has moved")
+                   help="with --score-norm train or --relief: the dataset root, if the run's training data has moved")
     q.add_argument("--z-init", choices=("auto", "random", "encoder"), default="auto",
                    help="start of the search: the run's encoder E(x) (adgan train trains one) or random "
                         "z ~ N(0, I) (the paper); auto (default): the encoder when the run has one, else random "

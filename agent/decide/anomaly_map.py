@@ -2,7 +2,7 @@
 
 `pixel_map` is the per-channel absolute difference between the best seed's reconstruction
 and the model input, both in [-1, 1], halved to [0, 1]. `heat` reduces it to one channel
-(the maximum over R, G, B and depth), `encode_map` makes the small PNG that the agent
+(the maximum over R, G, B and depth, and the depth relief where a bundle checks it), `encode_map` makes the small PNG that the agent
 attaches to `anomaly` events, and `map_tiles` draws input, reconstruction and heat map for
 people (report figures).
 """
@@ -24,9 +24,16 @@ def pixel_map(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.clip(np.abs(y.astype(np.float32) - x.astype(np.float32)) * 0.5, 0.0, 1.0)
 
 
-def heat(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """(S, S) maximum over channels of the pixel map, in [0, 1]."""
-    return pixel_map(x, y).max(axis=0)
+def heat(x: np.ndarray, y: np.ndarray, relief: np.ndarray | None = None) -> np.ndarray:
+    """(S, S) maximum over channels of the pixel map, in [0, 1]; with a relief map (how far the
+    part's surface lies behind its plane, agent/scoring/relief.py, in the same model units),
+    the larger of the two at each pixel, so that a dent the generator drew shows too."""
+    h = pixel_map(x, y).max(axis=0)
+    if relief is None:
+        return h
+    if relief.shape != h.shape:
+        raise ValueError(f"relief map {relief.shape} does not match the input's {h.shape}")
+    return np.maximum(h, np.clip(relief.astype(np.float32) * 0.5, 0.0, 1.0))
 
 
 def encode_map(h: np.ndarray) -> dict:

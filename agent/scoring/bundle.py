@@ -20,6 +20,7 @@ from typing import Literal, get_args
 import numpy as np
 
 from agent.records import Record, record
+from agent.scoring.relief import ReliefCheck
 from agent.segment.preprocess import Preprocessing
 
 BUNDLE_FORMAT = 1
@@ -142,6 +143,8 @@ class Bundle:
             raise ValueError(f"graphs' x batch {self.x_batch} does not fit {self.search.parts_per_call} parts per "
                              f"call of {self.seeds_per_call} slots")
         self.cell_stats: tuple[np.ndarray, np.ndarray] | None = None  # (mu, sd) per cell, score_norm "train"
+        # the depth relief check beside the search (agent/scoring/relief.py), when exported with it
+        self.relief: ReliefCheck | None = ReliefCheck.from_dict(manifest["relief"]) if manifest.get("relief") else None
 
     @classmethod
     def load(cls, path: str | Path) -> "Bundle":
@@ -219,4 +222,8 @@ class Bundle:
     def describe(self) -> str:
         s = self.search
         return (f"{self.cls} {self.kind} bundle {self.bundle_hash[:12]} ({self.size}px, theta scope {s.theta_scope}, "
-                f"loss {s.loss}, n_seed {s.n_seed}, k {s.k})")
+                f"loss {s.loss}, n_seed {s.n_seed}, k {s.k}" + (", depth relief" if self.relief else "") + ")")
+
+    def describe_score(self) -> str:
+        """The image score, in words (reports): the search's, and the relief check beside it."""
+        return self.search.describe_score() + (" + relief" if self.relief else "")

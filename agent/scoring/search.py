@@ -8,13 +8,27 @@ import numpy as np
 
 from agent.scoring.backend import Backend
 from agent.scoring.bundle import Bundle, SearchDefaults
+from agent.scoring.relief import relief_score
 
 
 @dataclass(frozen=True)
 class ScoreResult:
-    score: float              # mean over seeds of the final loss
-    per_seed: np.ndarray      # (n_seed,)
+    score: float              # the image score: the search's, or with a relief check the larger of the two
+    per_seed: np.ndarray      # (n_seed,) final losses
     reconstruction: np.ndarray  # G(z*) of the best seed, (4, H, W) in [-1, 1]
+    search: float | None = None  # the search's score, the mean of per_seed (None: the same as score)
+    relief: float | None = None  # the part's depth relief (bundles with a relief check)
+    relief_decides: bool = False  # the relief, not the search, gave the score
+
+
+def result(bundle: Bundle, x: np.ndarray, per_seed: np.ndarray, reconstruction: np.ndarray) -> ScoreResult:
+    """A part's result from its search: the mean final loss, and the bundle's relief check."""
+    search = float(per_seed.mean())
+    check = bundle.relief
+    if check is None:
+        return ScoreResult(search, per_seed, reconstruction, search)
+    r = relief_score(x, check.params)
+    return ScoreResult(check.score(search, r), per_seed, reconstruction, search, r, check.decides(search, r))
 
 
 def initial_z(seed: int, n_seed: int, seeds_per_call: int, nz: int) -> np.ndarray:
@@ -83,7 +97,7 @@ class Searcher:
             recs.append(y)
         per_seed = np.concatenate(losses)[: p.n_seed]
         best = int(np.argmin(per_seed))
-        return ScoreResult(float(per_seed.mean()), per_seed, np.concatenate(recs)[best])
+        return result(b, x, per_seed, np.concatenate(recs)[best])
 
     def score_batch(self, xs) -> list[ScoreResult]:
         """Scores of several parts (a frame with several parts, a re-inspection queue). A bundle
@@ -106,5 +120,5 @@ class Searcher:
             for i in range(len(chunk)):
                 per_seed = loss[i * n:(i + 1) * n]
                 best = int(np.argmin(per_seed))
-                out.append(ScoreResult(float(per_seed.mean()), per_seed, y[i * n + best]))
+                out.append(result(b, chunk[i], per_seed, y[i * n + best]))
         return out
