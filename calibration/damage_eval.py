@@ -15,7 +15,6 @@ import numpy as np
 from tqdm import tqdm
 
 from agent.decide.anomaly_map import heat
-from agent.scoring.relief import relief_map
 from agent.segment.preprocess import reframe, sample_to_input, uncrop_map
 from agent.sources.dataset import check_preprocessing, frame_numbers, read_mask, read_sample
 from calibration.localisation import pixel_auroc, pro_auc
@@ -53,7 +52,7 @@ def score_damage(scorer, bundle, root: Path, frames=None, progress: bool = True)
         s = reframe(stored, rec, bundle.preprocessing)
         x = sample_to_input(s, bundle.size)
         r = scorer.score(x)
-        h = heat(x, r.reconstruction, relief_map(x, bundle.relief.params) if bundle.relief else None)
+        h = heat(x, r.reconstruction, r.relief_map)
         if "reframe" in s.meta:  # a crop-to-part model: its map goes back where the part is
             h = uncrop_map(h, s.meta["reframe"], stored.depth.shape)
         elif h.shape != stored.depth.shape:

@@ -2,9 +2,9 @@
 
 `pixel_map` is the per-channel absolute difference between the best seed's reconstruction
 and the model input, both in [-1, 1], halved to [0, 1]. `heat` reduces it to one channel
-(the maximum over R, G, B and depth, and the depth relief where a bundle checks it), `encode_map` makes the small PNG that the agent
-attaches to `anomaly` events, and `map_tiles` draws input, reconstruction and heat map for
-people (report figures).
+(the maximum over R, G, B and depth, and the depth relief where a bundle checks it),
+`encode_map` makes the small PNG that the agent attaches to `anomaly` events, and
+`map_tiles` draws input, reconstruction and heat map for people (report figures).
 """
 from __future__ import annotations
 

@@ -18,7 +18,6 @@ import numpy as np
 from agent.decide.thresholds import ClassThreshold, ThresholdError, load_threshold, recorded_engine
 from agent.scoring.bundle import Bundle, BundleError
 from agent.scoring.backend import Backend, open_backend
-from agent.scoring.relief import relief_map
 from agent.scoring.search import Searcher
 from agent.settings import SettingError
 
@@ -51,9 +50,7 @@ class ClassModel:
         if not math.isfinite(r.score):
             raise ValueError(f"the search produced a non-finite score ({r.score})")
         verdict = "anomaly" if self.threshold.is_anomaly(r.score) else "ok"
-        check = self.bundle.relief
-        relief = relief_map(x, check.params) if check is not None else None
-        return Decision(verdict, r.score, self.threshold.threshold, r.reconstruction, relief, r.relief_decides)
+        return Decision(verdict, r.score, self.threshold.threshold, r.reconstruction, r.relief_map, r.relief_decides)
 
     def close(self) -> None:
         self.searcher.backend.close()

@@ -8,7 +8,7 @@ import numpy as np
 
 from agent.scoring.backend import Backend
 from agent.scoring.bundle import Bundle, SearchDefaults
-from agent.scoring.relief import relief_score
+from agent.scoring.relief import relief_map
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,7 @@ class ScoreResult:
     search: float | None = None  # the search's score, the mean of per_seed (None: the same as score)
     relief: float | None = None  # the part's depth relief (bundles with a relief check)
     relief_decides: bool = False  # the relief, not the search, gave the score
+    relief_map: np.ndarray | None = None  # (H, W) the relief map whose largest window is `relief`
 
 
 def result(bundle: Bundle, x: np.ndarray, per_seed: np.ndarray, reconstruction: np.ndarray) -> ScoreResult:
@@ -27,8 +28,9 @@ def result(bundle: Bundle, x: np.ndarray, per_seed: np.ndarray, reconstruction: 
     check = bundle.relief
     if check is None:
         return ScoreResult(search, per_seed, reconstruction, search)
-    r = relief_score(x, check.params)
-    return ScoreResult(check.score(search, r), per_seed, reconstruction, search, r, check.decides(search, r))
+    m = relief_map(x, check.params)
+    r = float(m.max())
+    return ScoreResult(check.score(search, r), per_seed, reconstruction, search, r, check.decides(search, r), m)
 
 
 def initial_z(seed: int, n_seed: int, seeds_per_call: int, nz: int) -> np.ndarray:
