@@ -58,6 +58,8 @@ def write_bundle(run: str | Path, out: str | Path, search: SearchDefaults, use_e
     directory. With score_norm "train" the run's training samples (from `data` if the dataset
     moved) are scored once to standardise the local score per cell; with `relief`, up to
     `relief_samples` of them to reference the depth relief check (agent/scoring/relief.py)."""
+    if relief is not None and relief_samples < 2:
+        raise ValueError(f"the relief reference needs at least 2 training samples, got {relief_samples}")
     st = load_checkpoint(run)
     g, which = generator_from_checkpoint(st, use_ema)
     info = {"class": st["config"]["cls"], "kind": st["config"]["kind"], "preprocessing": st["preprocessing"],
@@ -109,22 +111,13 @@ def relief_reference(bundle_dir: Path, x: np.ndarray, params: Relief, frames: st
                      samples: int = RELIEF_SAMPLES, progress: bool = True) -> ReliefCheck:
     """The relief check of a bundle: up to `samples` of the training parts `x` (N, 4, S, S), evenly
     spread, scored by the bundle's search (ONNX Runtime, seed 0: the runtime's) and their reliefs."""
-    from tqdm import tqdm
-
-    from agent.scoring.backend import open_backend
-    from agent.scoring.bundle import Bundle
-    from agent.scoring.search import Searcher
-    if samples < 2:
-        raise ValueError(f"the relief reference needs at least 2 training samples, got --relief-samples {samples}")
-    if len(x) < 2:
-        raise ValueError(f"the relief reference needs at least 2 training samples; the run has {len(x)}")
+    if samples < 2 or len(x) < 2:
+        raise ValueError(f"the relief reference needs at least 2 training samples (asked {samples}, "
+                         f"the run has {len(x)})")
     idx = np.unique(np.linspace(0, len(x) - 1, min(samples, len(x))).round().astype(int))
-    b = Bundle.load(bundle_dir)
-    scorer = Searcher(b, open_backend(b), 0)
     searches, reliefs = [], []
-    for i in tqdm(idx, desc="relief reference", unit="sample", disable=not progress):
-        xi = np.ascontiguousarray(x[i], np.float32)
-        searches.append(scorer.score(xi).score)
+    for xi, r in runtime_results(bundle_dir, x[idx], "relief reference", progress):
+        searches.append(r.score)
         reliefs.append(relief_score(xi, params))
     return ReliefCheck.from_samples(params, searches, reliefs, frames)
 
@@ -145,23 +138,31 @@ def cell_statistics(energies: np.ndarray, floor: float = SD_FLOOR) -> tuple[np.n
     return mu, np.sqrt(sd * sd + (floor * max(base, 1e-12)) ** 2)
 
 
-def training_cell_energies(bundle_dir: Path, x: np.ndarray, progress: bool = True) -> np.ndarray:
-    """(N, cells): each training sample's cell energies after the bundle's search (ONNX Runtime,
-    seed 0: the runtime's own search), as the loss graph's local score computes them."""
+def runtime_results(bundle_dir: Path, x: np.ndarray, desc: str, progress: bool = True):
+    """Yield (x_i, ScoreResult) for training samples x (N, 4, S, S) scored by the bundle's search
+    as the runtime runs it (ONNX Runtime, seed 0): what export statistics are made of."""
     from tqdm import tqdm
 
     from agent.scoring.bundle import Bundle
     from agent.scoring.backend import open_backend
     from agent.scoring.search import Searcher
-    from training.losses import local_cell_energy
     b = Bundle.load(bundle_dir)
     scorer = Searcher(b, open_backend(b), 0)
-    p = b.search
+    for xi in tqdm(x, desc=desc, unit="sample", disable=not progress):
+        xi = np.ascontiguousarray(xi, np.float32)
+        yield xi, scorer.score(xi)
+
+
+def training_cell_energies(bundle_dir: Path, x: np.ndarray, progress: bool = True) -> np.ndarray:
+    """(N, cells): each training sample's cell energies after the bundle's search (ONNX Runtime,
+    seed 0: the runtime's own search), as the loss graph's local score computes them."""
+    from agent.scoring.bundle import Bundle
+    from training.losses import local_cell_energy
+    p = Bundle.load(bundle_dir).search
     out = []
-    for xi in tqdm(x, desc="cell statistics", unit="sample", disable=not progress):
-        y = scorer.score(xi).reconstruction
-        e = local_cell_energy(torch.from_numpy(y[None]), torch.from_numpy(xi[None]), p.loss, p.fg_threshold,
-                              p.depth_weight, p.pool)
+    for xi, r in runtime_results(bundle_dir, x, "cell statistics", progress):
+        e = local_cell_energy(torch.from_numpy(r.reconstruction[None]), torch.from_numpy(xi[None]), p.loss,
+                              p.fg_threshold, p.depth_weight, p.pool)
         out.append(e[0].numpy())
     return np.stack(out).astype(np.float64)
 

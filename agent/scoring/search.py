@@ -16,7 +16,7 @@ class ScoreResult:
     score: float              # the image score: the search's, or with a relief check the larger of the two
     per_seed: np.ndarray      # (n_seed,) final losses
     reconstruction: np.ndarray  # G(z*) of the best seed, (4, H, W) in [-1, 1]
-    search: float | None = None  # the search's score, the mean of per_seed (None: the same as score)
+    search: float | None = None  # the search's score, the mean of per_seed
     relief: float | None = None  # the part's depth relief (bundles with a relief check)
     relief_decides: bool = False  # the relief, not the search, gave the score
     relief_map: np.ndarray | None = None  # (H, W) the relief map whose largest window is `relief`

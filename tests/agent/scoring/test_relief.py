@@ -229,3 +229,10 @@ def test_relief_samples_without_relief_is_refused(encoded_run, tmp_path, capsys)
     assert main(["export", str(encoded_run), "--out", str(tmp_path / "b"), "--relief-samples", "5"]) != 0
     assert "give --relief with it" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_too_few_relief_samples_are_refused_before_any_work(encoded_run, tmp_path, capsys):
+    from adgan.cli import main
+    assert main(["export", str(encoded_run), "--out", str(tmp_path / "b"), "--relief", "--relief-samples", "1"]) != 0
+    assert "at least 2 training samples" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
