@@ -245,7 +245,7 @@ class Agent:
         except (ValueError, RuntimeError) as e:
             self._error(work, f"scoring failed: {e}", inspection=True, model=model)
             return
-        amap, box, work.view = None, None, (sample, x, d.reconstruction)
+        amap, box, work.view = None, None, (sample, x, d.reconstruction, d.relief)
         if d.verdict == "anomaly":
             with timed(work, "publish_ms"):
                 h = heat(x, d.reconstruction, d.relief)

@@ -236,3 +236,20 @@ def test_too_few_relief_samples_are_refused_before_any_work(encoded_run, tmp_pat
     assert main(["export", str(encoded_run), "--out", str(tmp_path / "b"), "--relief", "--relief-samples", "1"]) != 0
     assert "at least 2 training samples" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_the_operators_page_draws_the_relief_where_the_generator_drew_the_pit():
+    from agent.segment.preprocess import input_to_sample
+    from agent.web.page import part_images
+    x = part(flat, radius=13.0, tilt=(1.0, -0.5), rgb=0.4)
+    bad, pit_px = _pitted(x)
+    m = relief_map(bad)
+    plain = part_images((input_to_sample(bad), bad, bad, None))["map"]
+    with_relief = part_images((input_to_sample(bad), bad, bad, m))["map"]
+    assert plain.shape == with_relief.shape
+    ys, xs = np.nonzero(pit_px)
+    k = plain.shape[0] // x.shape[1]  # screen pixels per sample pixel
+    changed = np.abs(with_relief.astype(int) - plain.astype(int)).sum(axis=2) > 0
+    assert changed[ys * k, xs * k].mean() > 0.5  # the pit shows on the map
+    outside = ~np.kron(interior(bad[3], 2, 0.3), np.ones((k, k), bool))
+    assert not changed[outside].any()  # and nothing outside the part's interior does
