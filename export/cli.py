@@ -73,9 +73,9 @@ def cmd_export(a: argparse.Namespace) -> int:
     relief = None
     if a.relief:
         from agent.scoring.relief import Relief
-        relief = Relief()
-    elif a.relief_samples is not None:
-        raise ValueError("--relief-samples sets the relief check's reference: give --relief with it")
+        relief = Relief(surface=a.relief_surface or "plane")
+    elif a.relief_samples is not None or a.relief_surface is not None:
+        raise ValueError("--relief-samples and --relief-surface set the relief check: give --relief with them")
     m = write_bundle(a.run, a.out, search, use_ema=not a.no_ema, force=a.force, data=a.data, progress=True,
                      operating_point=record, relief=relief,
                      **({"relief_samples": a.relief_samples} if a.relief_samples is not None else {}))
@@ -87,7 +87,7 @@ def cmd_export(a: argparse.Namespace) -> int:
           + (f", {s.parts_per_call} parts per call" if s.parts_per_call > 1 else ""))
     if "relief" in m:
         ref = m["relief"]["reference"]
-        print(f"depth relief check: referenced to {ref['samples']} training parts (relief median "
+        print(f"depth relief check ({m['relief']['surface']}): referenced to {ref['samples']} training parts (relief median "
               f"{ref['relief_median']:.4g}, spread {ref['relief_scale']:.4g}; search median {ref['search_median']:.4g}, "
               f"spread {ref['search_scale']:.4g})")
     return 0
@@ -144,6 +144,10 @@ def add_parser(sub) -> None:
                         "fitted robustly to its interior (a dent, a hole, a pit) raises its score, as unusual "
                         "against the run's training parts as the search's score is (the score is the larger of "
                         "the two); the training parts are scored once at export for the reference")
+    q.add_argument("--relief-surface", choices=("plane", "quadric"), default=None,
+                   help="with --relief: the smooth surface fitted to the part's depth; plane (default) for flat "
+                        "or gently curved faces, quadric for a part that shows a curved face or two faces "
+                        "meeting at an edge (a box seen at an angle); choose it per class by blocked CV")
     q.add_argument("--relief-samples", type=int, default=None,
                    help="with --relief: training parts scored for its reference, evenly spread (default 200)")
     q.add_argument("--data", default=None,

@@ -11,8 +11,12 @@ plane), and look for the largest window where the surface lies behind that plane
 - interior: the part (depth > 0), opened by a disk of `open_frac` of its equivalent radius so
   that what only touches it (a cable or a stand behind it) is left out, then eroded by `erode`
   pixels, so the rim, where the depth of a resized crop mixes part and background, is not read;
-- the fit: least squares of depth on (1, x, y), refitted `iterations` times on the pixels
-  within 3 robust deviations (MAD) of the last fit;
+- the fit: least squares of depth on the `surface`'s terms, refitted `iterations` times on the
+  pixels within 3 robust deviations (MAD) of the last fit. "plane": (1, x, y), for faces
+  that are flat at the model's scale (the paper's spheres and cans, whose 8-bit depth on a
+  fixed range barely curves); "quadric": (1, x, y, x², y², xy), for parts that show a curved
+  face or two faces meeting at an edge (the paper's boxes seen at an angle), at the price of
+  fitting away part of a wide, shallow dent;
 - the score: the largest mean over a `window` x `window` box of the positive residual (behind
   the plane) inside the interior, in the model's depth units ([-1, 1] spans the 8-bit depth).
 
@@ -34,7 +38,12 @@ DEPTH = 3  # the depth channel of a model input (R, G, B, depth)
 PART_LEVEL = -1.0 + 0.5 / 127.5
 
 
-FIELDS = ("erode", "open_frac", "window", "iterations", "min_pixels")
+FIELDS = ("erode", "open_frac", "window", "iterations", "min_pixels", "surface")
+# the fitted surface's terms in the interior's centred, size-normalised coordinates (u, v)
+SURFACES = {
+    "plane": lambda u, v: [np.ones_like(u), u, v],
+    "quadric": lambda u, v: [np.ones_like(u), u, v, u * u, v * v, u * v],
+}
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,7 @@ class Relief:
     window: int = 3
     iterations: int = 3
     min_pixels: int = 12  # fewer interior pixels: no fit, the score is 0
+    surface: str = "plane"  # the smooth surface the depth is compared with: a key of SURFACES
 
     def __post_init__(self) -> None:
         for name in ("erode", "iterations"):
@@ -55,8 +65,18 @@ class Relief:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"relief {name} must be an integer >= 1, got {v!r}")
-        if self.min_pixels < 3:
-            raise ValueError(f"relief min_pixels must be at least 3 (a plane has 3 parameters), got {self.min_pixels}")
+        if self.surface not in SURFACES:
+            raise ValueError(f"relief surface must be one of {sorted(SURFACES)}, got {self.surface!r}")
+        terms = self.terms
+        if self.min_pixels < terms:
+            raise ValueError(f"relief min_pixels must be at least {terms} (a {self.surface} has {terms} "
+                             f"parameters), got {self.min_pixels}")
+
+    @property
+    def terms(self) -> int:
+        """How many parameters the fitted surface has."""
+        z = np.zeros(1)
+        return len(SURFACES[self.surface](z, z))
         if isinstance(self.open_frac, bool) or not isinstance(self.open_frac, (int, float)) \
                 or not 0 <= self.open_frac < 1:
             raise ValueError(f"relief open_frac must be a number in [0, 1), got {self.open_frac!r}")
@@ -66,6 +86,8 @@ class Relief:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Relief":
+        """The parameters of a manifest's relief block; one written before `surface` existed
+        has a plane."""
         bad = set(d) - set(FIELDS)
         if bad:
             raise ValueError(f"unknown relief field(s) {sorted(bad)}")
@@ -85,6 +107,10 @@ def robust_level(values) -> tuple[float, float]:
 # identical parts must not make one level read as many deviations), the search's a small
 # fraction of its median.
 RELIEF_SCALE_FLOOR = 1 / 127.5
+# A relief map reaches the anomaly map's full scale this many reference spreads above the training
+# parts' median peak (ReliefCheck.heat). Blocked CV, pixel AUROC on damaged parts: 0.5-3 spreads
+# agree within 0.01 (bench/RESULTS.md, "The relief in the anomaly map").
+HEAT_SPREADS = 2.0
 SEARCH_SCALE_FLOOR = 0.01
 
 
@@ -133,6 +159,15 @@ class ReliefCheck:
         """Whether the relief, not the search, gives the part its score."""
         return self.in_search_units(relief) > search
 
+    def heat(self, relief_map: np.ndarray) -> np.ndarray:
+        """A relief map in the anomaly map's units, [0, 1]: 0 where the surface lies no farther
+        behind its fit than the training parts' median peak does, 1 from HEAT_SPREADS of their
+        spreads above it. Only unusual relief shows, and it shows as strongly as the generator's
+        largest differences do: raw depth units (a dent of 20 levels is 0.16) would leave a dent
+        under a new instance's residuals on the part."""
+        m = np.asarray(relief_map, np.float32)
+        return np.clip((m - self.relief_median) / (HEAT_SPREADS * self.relief_scale), 0.0, 1.0).astype(np.float32)
+
     def to_dict(self) -> dict:
         return {**self.params.to_dict(),
                 "reference": {"search_median": self.search_median, "search_scale": self.search_scale,
@@ -168,16 +203,16 @@ def interior(depth: np.ndarray, erode: int, open_frac: float = 0.0) -> np.ndarra
     return cv2.erode(part, k, borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
 
 
-def plane_residual(depth: np.ndarray, inside: np.ndarray, iterations: int) -> np.ndarray:
-    """(S, S): depth minus a robust plane fitted over `inside`; 0 outside it."""
+def surface_residual(depth: np.ndarray, inside: np.ndarray, iterations: int, surface: str = "plane") -> np.ndarray:
+    """(S, S): depth minus a robust `surface` (a key of SURFACES) fitted over `inside`; 0 outside it."""
     ys, xs = np.nonzero(inside)
     z = depth[inside].astype(np.float64)
     h, w = depth.shape
-    a = np.stack([np.ones_like(z), (xs - w / 2) / w, (ys - h / 2) / h], axis=1)
+    a = np.stack(SURFACES[surface]((xs - w / 2) / w, (ys - h / 2) / h), axis=1)
     keep = np.ones(len(z), bool)
     r = z - np.median(z)
     for _ in range(iterations + 1):
-        if keep.sum() < 3:
+        if keep.sum() < a.shape[1]:
             break
         coef, *_ = np.linalg.lstsq(a[keep], z[keep], rcond=None)
         r = z - a @ coef
@@ -189,7 +224,7 @@ def plane_residual(depth: np.ndarray, inside: np.ndarray, iterations: int) -> np
 
 
 def relief_map(x: np.ndarray, p: Relief = Relief()) -> np.ndarray:
-    """(S, S) float32: how far behind the part's plane each interior pixel lies, box-averaged over
+    """(S, S) float32: how far behind the part's fitted surface each interior pixel lies, box-averaged over
     the window (0 outside the interior and in front of the plane)."""
     if x.ndim != 3 or x.shape[0] <= DEPTH:
         raise ValueError(f"relief needs a (4, S, S) model input, got shape {x.shape}")
@@ -197,11 +232,11 @@ def relief_map(x: np.ndarray, p: Relief = Relief()) -> np.ndarray:
     inside = interior(depth, p.erode, p.open_frac)
     if inside.sum() < p.min_pixels:
         return np.zeros(depth.shape, np.float32)
-    behind = np.maximum(plane_residual(depth, inside, p.iterations), 0.0)
+    behind = np.maximum(surface_residual(depth, inside, p.iterations, p.surface), 0.0)
     box = cv2.boxFilter(behind, -1, (p.window, p.window), normalize=True, borderType=cv2.BORDER_CONSTANT)
     return np.where(inside, box, 0.0).astype(np.float32)
 
 
 def relief_score(x: np.ndarray, p: Relief = Relief()) -> float:
-    """The largest window of relief_map: 0 for a part whose interior lies on a plane."""
+    """The largest window of relief_map: 0 for a part whose interior lies on its surface."""
     return float(relief_map(x, p).max())
