@@ -254,7 +254,7 @@ class Agent:
                     crop, where = sample.meta["reframe"], "sample"
                 # where on the part: G(z)'s background speckle must not win the box; where the
                 # relief check gave the score, the box is the dent's, not the residual's
-                where_h = np.clip(d.relief * 0.5, 0.0, 1.0) if d.relief_decides else np.where(x[3] > -1.0, h, 0.0)
+                where_h = d.relief if d.relief_decides else np.where(x[3] > -1.0, h, 0.0)
                 box = hot_box(where_h, tuple(crop) if crop is not None else None, crop_frame=where)
                 if self.s.model.anomaly_map:
                     amap = encode_map(h)

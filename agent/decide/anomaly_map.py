@@ -25,15 +25,16 @@ def pixel_map(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def heat(x: np.ndarray, y: np.ndarray, relief: np.ndarray | None = None) -> np.ndarray:
-    """(S, S) maximum over channels of the pixel map, in [0, 1]; with a relief map (how far the
-    part's surface lies behind its plane, agent/scoring/relief.py, in the same model units),
-    the larger of the two at each pixel, so that a dent the generator drew shows too."""
+    """(S, S) maximum over channels of the pixel map, in [0, 1]; with a relief map in the same
+    units (how unusually far the part's surface lies behind its fit: `ScoreResult.relief_heat`,
+    agent/scoring/relief.py), the larger of the two at each pixel, so that a dent the generator
+    drew shows too."""
     h = pixel_map(x, y).max(axis=0)
     if relief is None:
         return h
     if relief.shape != h.shape:
         raise ValueError(f"relief map {relief.shape} does not match the input's {h.shape}")
-    return np.maximum(h, np.clip(relief.astype(np.float32) * 0.5, 0.0, 1.0))
+    return np.maximum(h, np.clip(relief.astype(np.float32), 0.0, 1.0))
 
 
 def encode_map(h: np.ndarray) -> dict:

@@ -30,7 +30,7 @@ class Decision:
     score: float
     threshold: float
     reconstruction: np.ndarray
-    relief: np.ndarray | None = None  # the relief map (S, S), for bundles with a relief check
+    relief: np.ndarray | None = None  # the relief map (S, S) in the anomaly map's units, for bundles with a relief check
     relief_decides: bool = False      # the relief check, not the search, gave the score
 
 
@@ -50,7 +50,7 @@ class ClassModel:
         if not math.isfinite(r.score):
             raise ValueError(f"the search produced a non-finite score ({r.score})")
         verdict = "anomaly" if self.threshold.is_anomaly(r.score) else "ok"
-        return Decision(verdict, r.score, self.threshold.threshold, r.reconstruction, r.relief_map, r.relief_decides)
+        return Decision(verdict, r.score, self.threshold.threshold, r.reconstruction, r.relief_heat, r.relief_decides)
 
     def close(self) -> None:
         self.searcher.backend.close()

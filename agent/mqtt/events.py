@@ -87,12 +87,13 @@ class Event(_Doc):
     anomaly_box: Optional[AnomalyBox] = Field(
         None, description="where the damage is: the bounding box of the hottest region of |G(z*) - x| on the "
                           "part (pixels within half the peak difference, connected to the peak), or, where the "
-                          "bundle's depth relief check gave the score, of the surface pushed in behind the part's "
-                          "plane; on anomaly verdicts")
+                          "bundle's depth relief check gave the score, of the surface pushed in behind the smooth "
+                          "surface fitted to the part; on anomaly verdicts")
     anomaly_map: Optional[AnomalyMap] = Field(
         None, description="where the part differs from the model's reconstruction, |G(z*) - x|, and with a depth "
-                          "relief check the larger of that and the relief (anomaly verdicts, when the station's "
-                          "model.anomaly_map is on)")
+                          "relief check the larger of that and the relief where it is unusual (0 up to the training "
+                          "parts' median, 1 from two of their spreads above it) (anomaly verdicts, when the "
+                          "station's model.anomaly_map is on)")
 
     def to_json(self) -> bytes:
         return self.model_dump_json(by_alias=True, exclude_none=False).encode()

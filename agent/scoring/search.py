@@ -20,6 +20,7 @@ class ScoreResult:
     relief: float | None = None  # the part's depth relief (bundles with a relief check)
     relief_decides: bool = False  # the relief, not the search, gave the score
     relief_map: np.ndarray | None = None  # (H, W) the relief map whose largest window is `relief`
+    relief_heat: np.ndarray | None = None  # (H, W) the relief map in the anomaly map's units (ReliefCheck.heat)
 
 
 def result(bundle: Bundle, x: np.ndarray, per_seed: np.ndarray, reconstruction: np.ndarray) -> ScoreResult:
@@ -30,7 +31,8 @@ def result(bundle: Bundle, x: np.ndarray, per_seed: np.ndarray, reconstruction: 
         return ScoreResult(search, per_seed, reconstruction, search)
     m = relief_map(x, check.params)
     r = float(m.max())
-    return ScoreResult(check.score(search, r), per_seed, reconstruction, search, r, check.decides(search, r), m)
+    return ScoreResult(check.score(search, r), per_seed, reconstruction, search, r, check.decides(search, r), m,
+                       check.heat(m))
 
 
 def initial_z(seed: int, n_seed: int, seeds_per_call: int, nz: int) -> np.ndarray:

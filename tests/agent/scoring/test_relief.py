@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from agent.scoring.relief import Relief, interior, plane_residual, relief_map, relief_score
+from agent.scoring.relief import Relief, interior, relief_map, relief_score, surface_residual
 
 S = 32
 LEVEL = 1 / 127.5  # one step of the 8-bit depth in model units
@@ -96,13 +96,58 @@ def test_plane_residual_is_exact_for_a_plane():
     d = 0.01 * xx - 0.02 * yy + 0.3
     inside = np.zeros((S, S), bool)
     inside[4:28, 6:26] = True
-    r = plane_residual(d, inside, 3)
+    r = surface_residual(d, inside, 3)
     assert np.abs(r).max() < 1e-5 and (r[~inside] == 0).all()
+
+
+def roof(xx, yy):
+    """A box seen at an angle: two faces meeting at a vertical edge nearest the camera, the
+    depth rising 2 levels a pixel away from it on both sides."""
+    return 2.0 * np.abs(xx - 15.5)
+
+
+def test_a_quadric_follows_a_curved_face_that_a_plane_reads_as_relief():
+    yy, xx = np.mgrid[:S, :S].astype(np.float32)
+    bowl = 0.3 + 0.0015 * ((xx - 16) ** 2 + 0.5 * (yy - 16) ** 2) + 0.002 * xx
+    inside = np.zeros((S, S), bool)
+    inside[4:28, 4:28] = True
+    assert np.abs(surface_residual(bowl, inside, 3, "quadric")).max() < 1e-4
+    assert surface_residual(bowl, inside, 3, "plane").max() > 0.05
+
+
+def test_a_quadric_reads_less_relief_on_two_faces_and_still_sees_a_pit_in_one():
+    plane, quadric = Relief(), Relief(surface="quadric")
+    faces = part(roof)
+    assert relief_score(faces, quadric) < 0.5 * relief_score(faces, plane)
+    pitted = part(lambda xx, yy: roof(xx, yy) + pit(20, 11, 2.5, 40.0)(xx, yy))
+    assert relief_score(pitted, quadric) > relief_score(faces, quadric) + 25 * LEVEL
+    m = relief_map(pitted, quadric)
+    y, x = np.unravel_index(np.argmax(m), m.shape)
+    assert abs(y - 11) <= 2 and abs(x - 20) <= 2
+
+
+def test_the_surface_is_a_checked_parameter_and_old_blocks_have_a_plane():
+    old = {k: v for k, v in Relief().to_dict().items() if k != "surface"}
+    assert Relief.from_dict(old).surface == "plane"
+    assert Relief.from_dict(Relief(surface="quadric").to_dict()).surface == "quadric"
+    with pytest.raises(ValueError, match="surface must be one of"):
+        Relief(surface="sphere")
+    with pytest.raises(ValueError, match="min_pixels must be at least 6"):
+        Relief(surface="quadric", min_pixels=5)
 
 
 # -- the relief check beside the search: reference, bundle, scores, maps -------------------------
 
 from agent.scoring.relief import RELIEF_SCALE_FLOOR, ReliefCheck  # noqa: E402
+
+
+def test_the_relief_heat_shows_only_unusual_relief_and_saturates_two_spreads_above():
+    from agent.scoring.relief import HEAT_SPREADS
+    c = ReliefCheck(Relief(), 1.0, 0.1, relief_median=0.05, relief_scale=0.02)
+    m = np.array([[0.0, 0.05, 0.05 + 0.02], [0.05 + HEAT_SPREADS * 0.02, 0.5, 0.04]], np.float32)
+    h = c.heat(m)
+    assert h.dtype == np.float32 and h.shape == m.shape
+    np.testing.assert_allclose(h, [[0, 0, 1 / HEAT_SPREADS], [1, 1, 0]], atol=1e-6)
 
 
 def test_the_check_keeps_the_search_score_for_a_normal_surface_and_maps_relief_onto_it():
@@ -196,9 +241,10 @@ def test_a_pit_raises_the_score_and_the_agent_boxes_the_pit(relief_bundles):
     model = ClassModel(rel, thr, b, "onnxruntime")
     d_ok, d_bad = model.decide(x), model.decide(bad)
     assert (d_ok.verdict, d_bad.verdict) == ("ok", "anomaly") and d_bad.relief_decides
+    np.testing.assert_array_equal(d_bad.relief, rel.relief.heat(dented.relief_map))  # in the map's units
     h = heat(bad, d_bad.reconstruction, d_bad.relief)
-    assert h.shape == pit_px.shape and h[pit_px].max() >= 0.5 * 60 / 127.5 * 0.5
-    box = hot_box(np.clip(d_bad.relief * 0.5, 0, 1))
+    assert h.shape == pit_px.shape and h[pit_px].max() == pytest.approx(d_bad.relief.max()) and h[pit_px].max() > 0.5
+    box = hot_box(d_bad.relief)
     ys, xs = np.nonzero(pit_px)
     assert box["x"] <= xs.mean() <= box["x"] + box["width"] and box["y"] <= ys.mean() <= box["y"] + box["height"]
     with pytest.raises(ValueError, match="relief map"):
@@ -227,8 +273,24 @@ def test_a_bundle_with_a_broken_relief_block_is_refused(relief_bundles, tmp_path
 def test_relief_samples_without_relief_is_refused(encoded_run, tmp_path, capsys):
     from adgan.cli import main
     assert main(["export", str(encoded_run), "--out", str(tmp_path / "b"), "--relief-samples", "5"]) != 0
-    assert "give --relief with it" in capsys.readouterr().err
+    assert "give --relief with them" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_export_with_a_quadric_surface_records_it_and_scores_with_it(encoded_run, tmp_path, capsys):
+    import json
+
+    from adgan.cli import main
+    from agent.scoring.bundle import Bundle
+    out = tmp_path / "q"
+    assert main(["export", str(encoded_run), "--out", str(out), "--theta-scope", "none", "--loss", "fg", "--k", "3",
+                 "--relief", "--relief-surface", "quadric", "--relief-samples", "5"]) == 0
+    assert "depth relief check (quadric)" in capsys.readouterr().out
+    assert json.loads((out / "manifest.json").read_text())["relief"]["surface"] == "quadric"
+    b = Bundle.load(out)
+    assert b.relief.params.surface == "quadric"
+    assert main(["export", str(encoded_run), "--out", str(tmp_path / "p"), "--relief-surface", "quadric"]) != 0
+    assert "give --relief with them" in capsys.readouterr().err
 
 
 def test_too_few_relief_samples_are_refused_before_any_work(encoded_run, tmp_path, capsys):
