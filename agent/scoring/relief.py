@@ -18,7 +18,7 @@ plane), and look for the largest window where the surface lies behind that plane
   face or two faces meeting at an edge (the paper's boxes seen at an angle), at the price of
   fitting away part of a wide, shallow dent;
 - the score: the largest mean over a `window` x `window` box of the positive residual (behind
-  the plane) inside the interior, in the model's depth units ([-1, 1] spans the 8-bit depth).
+  the surface) inside the interior, in the model's depth units ([-1, 1] spans the 8-bit depth).
 
 Depth is brighter farther away (`normalise_depth`), so "behind" is a positive residual. Parts
 nearer the camera than the plane (a foreign body on top) are the search's job, not this one's.
@@ -71,15 +71,15 @@ class Relief:
         if self.min_pixels < terms:
             raise ValueError(f"relief min_pixels must be at least {terms} (a {self.surface} has {terms} "
                              f"parameters), got {self.min_pixels}")
+        if isinstance(self.open_frac, bool) or not isinstance(self.open_frac, (int, float)) \
+                or not 0 <= self.open_frac < 1:
+            raise ValueError(f"relief open_frac must be a number in [0, 1), got {self.open_frac!r}")
 
     @property
     def terms(self) -> int:
         """How many parameters the fitted surface has."""
         z = np.zeros(1)
         return len(SURFACES[self.surface](z, z))
-        if isinstance(self.open_frac, bool) or not isinstance(self.open_frac, (int, float)) \
-                or not 0 <= self.open_frac < 1:
-            raise ValueError(f"relief open_frac must be a number in [0, 1), got {self.open_frac!r}")
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in FIELDS}
@@ -109,7 +109,7 @@ def robust_level(values) -> tuple[float, float]:
 RELIEF_SCALE_FLOOR = 1 / 127.5
 # A relief map reaches the anomaly map's full scale this many reference spreads above the training
 # parts' median peak (ReliefCheck.heat). Blocked CV, pixel AUROC on damaged parts: 0.5-3 spreads
-# agree within 0.01 (bench/RESULTS.md, "The relief in the anomaly map").
+# agree within 0.01 (bench/RESULTS.md, "The relief check per class").
 HEAT_SPREADS = 2.0
 SEARCH_SCALE_FLOOR = 0.01
 
@@ -225,7 +225,7 @@ def surface_residual(depth: np.ndarray, inside: np.ndarray, iterations: int, sur
 
 def relief_map(x: np.ndarray, p: Relief = Relief()) -> np.ndarray:
     """(S, S) float32: how far behind the part's fitted surface each interior pixel lies, box-averaged over
-    the window (0 outside the interior and in front of the plane)."""
+    the window (0 outside the interior and in front of the surface)."""
     if x.ndim != 3 or x.shape[0] <= DEPTH:
         raise ValueError(f"relief needs a (4, S, S) model input, got shape {x.shape}")
     depth = x[DEPTH]

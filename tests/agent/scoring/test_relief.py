@@ -78,7 +78,8 @@ def test_too_small_a_part_scores_zero_and_bad_input_is_refused():
 
 
 @pytest.mark.parametrize("bad", [dict(erode=-1), dict(window=0), dict(iterations=1.5), dict(min_pixels=2),
-                                 dict(window=True)])
+                                 dict(window=True), dict(open_frac=1.0), dict(open_frac=-0.1), dict(open_frac=True),
+                                 dict(open_frac="0.3"), dict(surface="quadric", min_pixels=5)])
 def test_bad_parameters_are_refused(bad):
     with pytest.raises(ValueError, match="relief"):
         Relief(**bad)
