@@ -226,4 +226,7 @@ class Bundle:
 
     def describe_score(self) -> str:
         """The image score, in words (reports): the search's, and the relief check beside it."""
-        return self.search.describe_score() + (" + relief" if self.relief else "")
+        if not self.relief:
+            return self.search.describe_score()
+        surface = self.relief.params.surface
+        return self.search.describe_score() + " + relief" + ("" if surface == "plane" else f" ({surface})")

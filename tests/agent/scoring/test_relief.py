@@ -289,7 +289,7 @@ def test_export_with_a_quadric_surface_records_it_and_scores_with_it(encoded_run
     assert "depth relief check (quadric)" in capsys.readouterr().out
     assert json.loads((out / "manifest.json").read_text())["relief"]["surface"] == "quadric"
     b = Bundle.load(out)
-    assert b.relief.params.surface == "quadric"
+    assert b.relief.params.surface == "quadric" and b.describe_score() == "mean + relief (quadric)"
     assert main(["export", str(encoded_run), "--out", str(tmp_path / "p"), "--relief-surface", "quadric"]) != 0
     assert "give --relief with them" in capsys.readouterr().err
 
