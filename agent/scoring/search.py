@@ -19,8 +19,8 @@ class ScoreResult:
     search: float | None = None  # the search's score, the mean of per_seed
     relief: float | None = None  # the part's depth relief (bundles with a relief check)
     relief_decides: bool = False  # the relief, not the search, gave the score
-    relief_map: np.ndarray | None = None  # (H, W) the relief map whose largest window is `relief`
-    relief_heat: np.ndarray | None = None  # (H, W) the relief map in the anomaly map's units (ReliefCheck.heat)
+    relief_heat: np.ndarray | None = None  # (H, W) the relief map (whose largest window is `relief`) in the
+    #                                        anomaly map's units (ReliefCheck.heat)
 
 
 def result(bundle: Bundle, x: np.ndarray, per_seed: np.ndarray, reconstruction: np.ndarray) -> ScoreResult:
@@ -31,7 +31,7 @@ def result(bundle: Bundle, x: np.ndarray, per_seed: np.ndarray, reconstruction: 
         return ScoreResult(search, per_seed, reconstruction, search)
     m = relief_map(x, check.params)
     r = float(m.max())
-    return ScoreResult(check.score(search, r), per_seed, reconstruction, search, r, check.decides(search, r), m,
+    return ScoreResult(check.score(search, r), per_seed, reconstruction, search, r, check.decides(search, r),
                        check.heat(m))
 
 

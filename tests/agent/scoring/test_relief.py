@@ -242,7 +242,7 @@ def test_a_pit_raises_the_score_and_the_agent_boxes_the_pit(relief_bundles):
     model = ClassModel(rel, thr, b, "onnxruntime")
     d_ok, d_bad = model.decide(x), model.decide(bad)
     assert (d_ok.verdict, d_bad.verdict) == ("ok", "anomaly") and d_bad.relief_decides
-    np.testing.assert_array_equal(d_bad.relief, rel.relief.heat(dented.relief_map))  # in the map's units
+    np.testing.assert_array_equal(d_bad.relief, rel.relief.heat(relief_map(bad, rel.relief.params)))  # map units
     h = heat(bad, d_bad.reconstruction, d_bad.relief)
     assert h.shape == pit_px.shape and h[pit_px].max() == pytest.approx(d_bad.relief.max()) and h[pit_px].max() > 0.5
     box = hot_box(d_bad.relief)
