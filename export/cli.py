@@ -7,7 +7,7 @@ COLOUR = "colour"  # training.model.COLOUR, without importing torch to read the 
 COLOUR_LR = 5e-2  # --lr-theta for --theta-scope colour: z's, as the search it was measured with
 
 USAGE = ("adgan export RUN --out BUNDLE [--paper] [--theta-scope all|bn|none|colour] [--loss mse|fg|fg_input] "
-         "[--relief] [options]\n"
+         "[--relief [--relief-surface plane|quadric]] [options]\n"
          "       adgan export build-engine BUNDLE [--fp16]")
 
 
@@ -140,8 +140,8 @@ def add_parser(sub) -> None:
                         "training samples, scored once at export ((energy - mean) / deviation per cell), so a "
                         "cell counts by how unusual it is there; none (default): raw energies")
     q.add_argument("--relief", action="store_true",
-                   help="add the depth relief check beside the search: a part's surface pushed in behind a plane "
-                        "fitted robustly to its interior (a dent, a hole, a pit) raises its score, as unusual "
+                   help="add the depth relief check beside the search: a part's surface pushed in behind a smooth "
+                        "surface (--relief-surface) fitted robustly to its interior (a dent, a hole, a pit) raises its score, as unusual "
                         "against the run's training parts as the search's score is (the score is the larger of "
                         "the two); the training parts are scored once at export for the reference")
     q.add_argument("--relief-surface", choices=("plane", "quadric"), default=None,
