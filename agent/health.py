@@ -121,4 +121,4 @@ class Work:
     area: int | None = None
     forced: bool = False           # inspection requested over MQTT
     source: dict = field(default_factory=dict)
-    view: tuple | None = None      # a scored part's (sample, x, G(z*), relief map or None), for the operator's page
+    view: tuple | None = None      # a scored part's (sample, x, G(z*), relief heat or None), for the operator's page
