@@ -56,7 +56,7 @@ def main() -> int:
     print(f"{a.run}: {len(xs)} samples of {folder}, k {a.k}; share of nonzero gradient elements entering "
           "backward convolutions")
     print(f"{'search':<34}{'scale':>7}{'subnormal':>11}{'to zero':>9}{'overflow':>10}{'max |g|':>10}")
-    for name, s in (("default (scope none, fg_input 4x4)", RECIPE_SEARCH), ("paper (scope all, mse, lr 6e-9)", PAPER_SEARCH)):
+    for name, s in ((f"default (scope none, {RECIPE_SEARCH.loss} 4x4)", RECIPE_SEARCH), ("paper (scope all, mse, lr 6e-9)", PAPER_SEARCH)):
         core = SearchStep(g, 1, s.theta_scope, s.loss, s.fg_threshold, pool=s.pool).eval()
         grads: list[torch.Tensor] = []
         orig = core._convt_grad_input

@@ -1,7 +1,9 @@
 """The quality/cost frontier of the search (issue 18): what each step, seed and setting buys.
 
-Each operating point is a set of `adgan export` options around its recipe (theta scope none,
-fg_input on 4x4 cells, the search starting at E(x)), one seed at E(x) unless named otherwise:
+Each operating point is a set of `adgan export` options around its recipe (export/bundle.py
+RECIPE_SEARCH: theta scope none, 4x4 cells, the search starting at E(x); the loss fg_input with
+depth weight 1 until 2026-12-02, fg with depth weight 3 since), one seed at E(x) unless named
+otherwise:
 
     k 0 (the encoder alone, as f-AnoGAN scores), 1, 2, 3, 5, 10, 19; theta scope bn at k 3, 10
     and 19; 3 seeds (E(x) + 0.5 N(0, I)) at k 5 and 19; cells of 2 and 8 pixels at k 19; the
@@ -47,8 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, 
 
 import numpy as np  # noqa: E402
 
-# name -> SearchDefaults fields that differ from `adgan export`'s recipe (theta scope none,
-# fg_input on 4x4 cells, start at E(x)). Every point names its k and its seeds, so a name means
+# name -> SearchDefaults fields that differ from `adgan export`'s recipe (RECIPE_SEARCH: theta
+# scope none, 4x4 cells, start at E(x)). Every point names its k and its seeds, so a name means
 # the same search whatever the default is; which point is the default is found (default_point).
 ONE = {"n_seed": 1, "z_init_noise": 0.0}  # one seed at E(x)
 POINTS: dict[str, dict] = {

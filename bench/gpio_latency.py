@@ -2,7 +2,7 @@
 
 Runs the real agent loop in-process on the synthetic station at 640x480 and 30 frames/s (the
 camera), trigger mode `gpio` on the in-memory chip, with the default recipe of `adgan export`
-(theta scope none, loss fg_input on 4x4 cells, from the encoder's E(x); RECIPE_SEARCH: 1 seed,
+(theta scope none, 4x4 cells, from the encoder's E(x), loss fg_input until 2026-12-02; RECIPE_SEARCH: 1 seed,
 k 19; 3 seeds, k 5 for a few hours of 2026-12-01, no result recorded with it here) at the
 paper's generator size (64 px, features 64; untrained weights: the cost does not depend on
 them). Each edge is driven on the trigger line at a random phase of the camera; the latency

@@ -3,8 +3,8 @@ CUDA provider against its CPU provider, on bundles made here on the CPU.
 
 Bundles, at the paper's generator size (64 px, features 64, untrained weights: cost and parity
 do not depend on them):
-  default   `adgan export`'s recipe: theta scope none, fg_input on 4x4 cells, from E(x) (RECIPE_SEARCH:
-            1 seed, k 19)
+  default   `adgan export`'s recipe: theta scope none, 4x4 cells, from E(x) (RECIPE_SEARCH:
+            1 seed, k 19; loss fg_input until 2026-12-02, fg with depth weight 3 since)
   paper     the paper's search: theta scope all, mse, 3 seeds, k 19
 each at batch 1 and 8 (`--parts-per-call 8`: eight parts scored in one search). For each: the
 largest relative difference of the scores (target: < 1e-3 in fp32) and the median ms per score

@@ -1,7 +1,8 @@
 """Where a score's time goes at the default recipe (issue 18, CPU): per stage, per thread count.
 
 A bundle of `adgan export`'s default recipe (export/bundle.py RECIPE_SEARCH: start around E(x),
-fg_input on 4x4 cells, theta scope none; 1 seed, k 19; for a few hours of 2026-12-01 3 seeds, k 5)
+4x4 cells, theta scope none; 1 seed, k 19; for a few hours of 2026-12-01 3 seeds, k 5; loss fg_input
+until 2026-12-02, fg with depth weight 3 since)
 at the default training's generator size (64 px, features 32; --features 64 is the paper's;
 untrained weights, cost does not depend on them). Stages of one score, as the agent runs them:
 

@@ -7,7 +7,7 @@ COLOUR = "colour"  # training.model.COLOUR, without importing torch to read the 
 COLOUR_LR = 5e-2  # --lr-theta for --theta-scope colour: z's, as the search it was measured with
 
 USAGE = ("adgan export RUN --out BUNDLE [--paper] [--theta-scope all|bn|none|colour] [--loss mse|fg|fg_input] "
-         "[--relief [--relief-surface plane|quadric]] [options]\n"
+         "[--relief-surface plane|quadric | --no-relief] [options]\n"
          "       adgan export build-engine BUNDLE [--fp16]")
 
 
@@ -26,7 +26,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     from dataclasses import fields, replace
     from pathlib import Path
 
-    from export.bundle import PAPER_SEARCH, RECIPE_SEARCH, for_start, with_default_seeds, write_bundle
+    from export.bundle import PAPER_SEARCH, RECIPE_RELIEF, RECIPE_SEARCH, for_start, with_default_seeds, write_bundle
     from training.encoder import ENCODER_FILE
 
     if a.budget_ms is not None and a.operating_point:
@@ -71,11 +71,14 @@ def cmd_export(a: argparse.Namespace) -> int:
         print(f"operating point {record['name']!r} ({record['asked']}): {record['measured_ms']} ms per score here "
               f"(default {record['default_ms']} ms), validated quality {record['quality'].get('quality', '?')}")
     relief = None
-    if a.relief:
+    if a.relief and a.no_relief:
+        raise ValueError("give --relief or --no-relief, not both")
+    if a.relief or not (a.no_relief or a.paper):  # the recipe has the check; the paper's Algorithm 1 has none
         from agent.scoring.relief import Relief
-        relief = Relief(surface=a.relief_surface or "plane")
+        relief = Relief(surface=a.relief_surface or RECIPE_RELIEF)
     elif a.relief_samples is not None or a.relief_surface is not None:
-        raise ValueError("--relief-samples and --relief-surface set the relief check: give --relief with them")
+        why = "--no-relief leaves the check out" if a.no_relief else "--paper has no relief check: add --relief"
+        raise ValueError(f"--relief-samples and --relief-surface set the relief check; {why}")
     m = write_bundle(a.run, a.out, search, use_ema=not a.no_ema, force=a.force, data=a.data, progress=True,
                      operating_point=record, relief=relief,
                      **({"relief_samples": a.relief_samples} if a.relief_samples is not None else {}))
@@ -104,15 +107,17 @@ def add_parser(sub) -> None:
     q.add_argument("bundle", nargs="?", help=argparse.SUPPRESS)
     q.add_argument("--out", help="bundle folder to write")
     q.add_argument("--paper", action="store_true",
-                   help="Algorithm 1 as the paper runs it (theta scope all, loss mse, random z) instead of the "
-                        "measured recipe (scope none, loss fg_input, start at E(x)); options given still apply")
+                   help="Algorithm 1 as the paper runs it (theta scope all, loss mse, random z, no relief check) "
+                        "instead of the measured recipe (scope none, loss fg with depth weight 3, start at E(x), "
+                        "the quadric relief check); options given still apply")
     q.add_argument("--theta-scope", choices=("all", "bn", "none", COLOUR), default=None,
                    help="what adapts besides z: all theta (the paper), BatchNorm affine only, nothing (default "
                         "none), or colour: a colour layer after G (each part's RGB as M G(z) + b, starting at the "
                         f"identity; --lr-theta defaults to {COLOUR_LR:g} for it)")
     q.add_argument("--loss", choices=("mse", "fg", "fg_input"), default=None,
-                   help="mse over the whole image (the paper); fg: over pixels where the sample or G(z) is "
-                        "foreground; fg_input: over the sample's own object pixels (default)")
+                   help="mse over the whole image (the paper); fg (default): over pixels where the sample or G(z) "
+                        "is foreground, so a part of another outline counts where G draws one; fg_input: over the "
+                        "sample's own object pixels (the default until 2026-12-02)")
     q.add_argument("--n-seed", type=int, default=None,
                    help="latent seeds per sample (paper: 3; default 1 when the search starts at E(x) without "
                         "noise, where every seed would run the same search, else 3)")
@@ -125,8 +130,8 @@ def add_parser(sub) -> None:
     q.add_argument("--fg-threshold", type=float, default=None,
                    help="G(z) depth above this is foreground (loss fg; default -0.9)")
     q.add_argument("--depth-weight", type=float, default=None,
-                   help="weight of the depth channel's squared error against each RGB channel's (default 1: "
-                        "a plain mean, the paper)")
+                   help="weight of the depth channel's squared error against each RGB channel's (default 3; "
+                        "1: a plain mean, the paper)")
     q.add_argument("--pool", type=int, default=None,
                    help="compare on POOL x POOL cells: the residual averaged over each cell's counted pixels, "
                         "then squared, so pixel noise and texture a pixel off cancel (a power of two; 1: per "
@@ -140,18 +145,23 @@ def add_parser(sub) -> None:
                         "training samples, scored once at export ((energy - mean) / deviation per cell), so a "
                         "cell counts by how unusual it is there; none (default): raw energies")
     q.add_argument("--relief", action="store_true",
-                   help="add the depth relief check beside the search: a part's surface pushed in behind a smooth "
-                        "surface (--relief-surface) fitted robustly to its interior (a dent, a hole, a pit) raises its score, as unusual "
-                        "against the run's training parts as the search's score is (the score is the larger of "
-                        "the two); the training parts are scored once at export for the reference")
+                   help="the depth relief check beside the search (the default; with --paper it adds the check): a "
+                        "part's surface pushed in behind a smooth surface (--relief-surface) fitted robustly to its "
+                        "interior (a dent, a hole, a pit) raises its score, as unusual against the run's training "
+                        "parts as the search's score is (the score is the larger of the two); the training parts "
+                        "are scored once at export for the reference, so export needs the run's training data")
+    q.add_argument("--no-relief", action="store_true",
+                   help="leave the relief check out: the score is the search's alone (no training data needed)")
     q.add_argument("--relief-surface", choices=("plane", "quadric"), default=None,
-                   help="with --relief: the smooth surface fitted to the part's depth; plane (default) for flat "
-                        "or gently curved faces, quadric for a part that shows a curved face or two faces "
-                        "meeting at an edge (a box seen at an angle); choose it per class by blocked CV")
+                   help="the relief check's smooth surface fitted to the part's depth: quadric (default) follows a "
+                        "curved face or two faces meeting at an edge (a box seen at an angle); plane keeps a wide, "
+                        "shallow dent that a quadric partly fits away, for flat faces; choose it per class by "
+                        "blocked CV")
     q.add_argument("--relief-samples", type=int, default=None,
-                   help="with --relief: training parts scored for its reference, evenly spread (default 200)")
+                   help="training parts scored for the relief check's reference, evenly spread (default 200)")
     q.add_argument("--data", default=None,
-                   help="with --score-norm train or --relief: the dataset root, if the run's training data has moved")
+                   help="the dataset root, if the run's training data has moved (the relief check and --score-norm "
+                        "train score the training parts)")
     q.add_argument("--z-init", choices=("auto", "random", "encoder"), default="auto",
                    help="start of the search: the run's encoder E(x) (adgan train trains one) or random "
                         "z ~ N(0, I) (the paper); auto (default): the encoder when the run has one, else random "

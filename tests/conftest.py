@@ -31,12 +31,13 @@ def synth_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_run(synth_data, tmp_path_factory):
-    """A tiny trained generator (32 px, features 4) on the synthetic spheres."""
+    """A tiny trained generator (32 px, features 4) on the synthetic spheres, on their whole frame
+    (the samples as stored: tests feed them to its bundles directly)."""
     from adgan.cli import main
     out = tmp_path_factory.mktemp("run")
     assert main(["train", str(synth_data / "train"), "--class", "sphere", "--kind", "gan", "--size", "32",
                  "--features-g", "4", "--features-d", "4", "--batch-size", "6", "--epochs", "3", "--out", str(out),
-                 "--quiet", "--encoder-epochs", "0"]) == 0
+                 "--quiet", "--encoder-epochs", "0", "--framing", "frame"]) == 0
     return out
 
 

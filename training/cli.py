@@ -84,9 +84,9 @@ def add_parser(sub) -> None:
     q.add_argument("--features-d", type=int, default=None, help="discriminator width (default 32; paper: 64)")
     q.add_argument("--size", type=int, choices=(32, 64, 128), default=64, help="resolution (default 64)")
     q.add_argument("--framing", choices=("frame", "object"), default=None,
-                   help="object: crop every sample to its part (the part's box, --margin wider) before resizing, "
-                        "so the model does not learn sizes; the bundle and the agent frame the same way "
-                        "(default: the samples' own framing, the whole frame for the paper's layout)")
+                   help="object (default): crop every sample to its part (the part's box, --margin wider) before "
+                        "resizing, so the model does not learn sizes; the bundle and the agent frame the same way. "
+                        "frame: the samples' own whole frame (with --paper, the default: the samples' own framing)")
     q.add_argument("--margin", type=float, default=None,
                    help="with --framing object: margin around the part's box, a fraction of its longer side "
                         "on each side (default 0.15)")

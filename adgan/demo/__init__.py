@@ -110,9 +110,9 @@ def add_parser(sub) -> None:
                    help="search and score loss (default fg_input: the part's own pixels; mse is the paper's)")
     q.add_argument("--pool", type=search_arg("pool", int), default=None,
                    help="compare on POOL x POOL cells (default: adgan export's, 4; 1: per pixel)")
-    q.add_argument("--depth-weight", type=search_arg("depth_weight", float), default=None,
-                   help="weight of the depth channel's squared error against each RGB channel's (default: adgan "
-                        "export's, 1)")
+    q.add_argument("--depth-weight", type=search_arg("depth_weight", float), default=1.0,
+                   help="weight of the depth channel's squared error against each RGB channel's (default 1: the "
+                        "demo's measured search; adgan export's default is 3)")
     q.add_argument("--score-cells", type=int, default=0,
                    help="the score: 0 the search's mean loss over the part; K the mean of the K cells that differ "
                         "most (adgan export --score-cells)")

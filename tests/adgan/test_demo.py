@@ -131,4 +131,4 @@ def test_a_bad_depth_weight_is_refused_before_anything_is_trained(tmp_path, caps
         assert "--depth-weight" in capsys.readouterr().err
     assert not (tmp_path / "cache").exists()
     assert demo_args(tmp_path, "--depth-weight", "10").depth_weight == 10.0
-    assert demo_args(tmp_path).depth_weight is None
+    assert demo_args(tmp_path).depth_weight == 1.0  # the demo's measured search, whatever export's default is

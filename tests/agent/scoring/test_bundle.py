@@ -168,7 +168,8 @@ def test_export_standardises_the_local_score_on_the_runs_own_training_samples(ti
     from agent.sources.dataset import frame_numbers, read_sample
     from training.losses import local_cell_energy
     out = tmp_path / "std"
-    common = ["--theta-scope", "none", "--loss", "fg_input", "--k", "3", "--pool", "4", "--score-cells", "4"]
+    common = ["--theta-scope", "none", "--loss", "fg_input", "--depth-weight", "1", "--k", "3", "--pool", "4",
+              "--score-cells", "4"]
     assert main(["export", str(tiny_run), "--out", str(out), *common, "--score-norm", "train"]) == 0
     b = Bundle.load(out)
     assert b.search.score_norm == "train" and b.manifest["score_stats"]["samples"] == 6

@@ -189,13 +189,13 @@ def _pitted(x, levels=60.0, r=3.0):
 
 @pytest.fixture(scope="module")
 def relief_bundles(encoded_run, tmp_path_factory):
-    """The same search exported with and without the relief check (adgan export, as a user runs it)."""
+    """The same search exported without the relief check and with the plane one (adgan export, as a user runs it)."""
     from adgan.cli import main
     root = tmp_path_factory.mktemp("relief")
     common = ["--theta-scope", "none", "--loss", "fg", "--k", "3", "--force"]
-    assert main(["export", str(encoded_run), "--out", str(root / "plain")] + common) == 0
-    assert main(["export", str(encoded_run), "--out", str(root / "relief"), "--relief", "--relief-samples", "5"]
-                + common) == 0
+    assert main(["export", str(encoded_run), "--out", str(root / "plain"), "--no-relief"] + common) == 0
+    assert main(["export", str(encoded_run), "--out", str(root / "relief"), "--relief", "--relief-surface", "plane",
+                 "--relief-samples", "5"] + common) == 0
     return root / "plain", root / "relief"
 
 
@@ -271,10 +271,12 @@ def test_a_bundle_with_a_broken_relief_block_is_refused(relief_bundles, tmp_path
         Bundle.load(b)
 
 
-def test_relief_samples_without_relief_is_refused(encoded_run, tmp_path, capsys):
+def test_relief_samples_without_the_check_are_refused(encoded_run, tmp_path, capsys):
     from adgan.cli import main
-    assert main(["export", str(encoded_run), "--out", str(tmp_path / "b"), "--relief-samples", "5"]) != 0
-    assert "give --relief with them" in capsys.readouterr().err
+    assert main(["export", str(encoded_run), "--out", str(tmp_path / "b"), "--no-relief", "--relief-samples", "5"]) != 0
+    assert "--no-relief leaves the check out" in capsys.readouterr().err
+    assert main(["export", str(encoded_run), "--out", str(tmp_path / "b"), "--paper", "--relief-samples", "5"]) != 0
+    assert "--paper has no relief check: add --relief" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
 
 
@@ -290,8 +292,10 @@ def test_export_with_a_quadric_surface_records_it_and_scores_with_it(encoded_run
     assert json.loads((out / "manifest.json").read_text())["relief"]["surface"] == "quadric"
     b = Bundle.load(out)
     assert b.relief.params.surface == "quadric" and b.describe_score() == "mean + relief (quadric)"
-    assert main(["export", str(encoded_run), "--out", str(tmp_path / "p"), "--relief-surface", "quadric"]) != 0
-    assert "give --relief with them" in capsys.readouterr().err
+    assert main(["export", str(encoded_run), "--out", str(tmp_path / "p"), "--no-relief", "--relief-surface",
+                 "quadric"]) != 0
+    assert "--no-relief leaves the check out" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
 
 
 def test_too_few_relief_samples_are_refused_before_any_work(encoded_run, tmp_path, capsys):
