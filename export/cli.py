@@ -58,6 +58,16 @@ def cmd_export(a: argparse.Namespace) -> int:
         search = replace(search, seeds_per_call=search.n_seed)
     if parts != 1:
         search = replace(search, parts_per_call=parts, seeds_per_call=given.get("seeds_per_call", search.n_seed * parts))
+    # the relief check: settled before any work (an operating point times searches first)
+    relief = None
+    if a.relief and a.no_relief:
+        raise ValueError("give --relief or --no-relief, not both")
+    if a.relief or not (a.no_relief or a.paper):  # the recipe has the check; the paper's Algorithm 1 has none
+        from agent.scoring.relief import Relief
+        relief = Relief(surface=a.relief_surface or RECIPE_RELIEF)
+    elif a.relief_samples is not None or a.relief_surface is not None:
+        why = "--no-relief leaves the check out" if a.no_relief else "--paper has no relief check: add --relief"
+        raise ValueError(f"--relief-samples and --relief-surface set the relief check; {why}")
     record = None
     if pointed:
         from export.operating_point import pick_for_run
@@ -70,15 +80,6 @@ def cmd_export(a: argparse.Namespace) -> int:
             lambda s, d: write_bundle(a.run, d, s, use_ema=not a.no_ema, data=a.data), a.threads)
         print(f"operating point {record['name']!r} ({record['asked']}): {record['measured_ms']} ms per score here "
               f"(default {record['default_ms']} ms), validated quality {record['quality'].get('quality', '?')}")
-    relief = None
-    if a.relief and a.no_relief:
-        raise ValueError("give --relief or --no-relief, not both")
-    if a.relief or not (a.no_relief or a.paper):  # the recipe has the check; the paper's Algorithm 1 has none
-        from agent.scoring.relief import Relief
-        relief = Relief(surface=a.relief_surface or RECIPE_RELIEF)
-    elif a.relief_samples is not None or a.relief_surface is not None:
-        why = "--no-relief leaves the check out" if a.no_relief else "--paper has no relief check: add --relief"
-        raise ValueError(f"--relief-samples and --relief-surface set the relief check; {why}")
     m = write_bundle(a.run, a.out, search, use_ema=not a.no_ema, force=a.force, data=a.data, progress=True,
                      operating_point=record, relief=relief,
                      **({"relief_samples": a.relief_samples} if a.relief_samples is not None else {}))
