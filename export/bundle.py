@@ -15,6 +15,7 @@ import torch
 from agent import __version__
 from agent.scoring.bundle import BUNDLE_FORMAT, MANIFEST, SearchDefaults, sha256_file
 from agent.scoring.relief import Relief, ReliefCheck, relief_score
+from agent.scoring.shape import Shape, ShapeCheck, shape_features
 from export.onnx_export import OPSET, export_encoder, export_graphs, loss_io, step_io
 from training.model import COLOUR, COLOUR_IDENTITY, Generator
 from training.train import generator_from_checkpoint, load_checkpoint
@@ -59,13 +60,15 @@ def with_default_seeds(search: SearchDefaults) -> SearchDefaults:
 def write_bundle(run: str | Path, out: str | Path, search: SearchDefaults, use_ema: bool = True,
                  force: bool = False, data: str | Path | None = None, progress: bool = False,
                  operating_point: dict | None = None, relief: Relief | None = None,
-                 relief_samples: int = RELIEF_SAMPLES) -> dict:
+                 relief_samples: int = RELIEF_SAMPLES, shape: Shape | None = None) -> dict:
     """Export a training run's generator (and its encoder, for z_init "encoder") as a bundle
     directory. With score_norm "train" the run's training samples (from `data` if the dataset
     moved) are scored once to standardise the local score per cell; with `relief`, up to
-    `relief_samples` of them to reference the depth relief check (agent/scoring/relief.py)."""
-    if relief is not None and relief_samples < 2:
-        raise ValueError(f"the relief reference needs at least 2 training samples, got {relief_samples}")
+    `relief_samples` of them to reference the depth relief check (agent/scoring/relief.py); with
+    `shape`, every one's surface shape and the same parts' search scores make the shape check
+    (agent/scoring/shape.py)."""
+    if (relief is not None or shape is not None) and relief_samples < 2:
+        raise ValueError(f"the checks' reference needs at least 2 training samples, got {relief_samples}")
     st = load_checkpoint(run)
     g, which = generator_from_checkpoint(st, use_ema)
     info = {"class": st["config"]["cls"], "kind": st["config"]["kind"], "preprocessing": st["preprocessing"],
@@ -85,7 +88,7 @@ def write_bundle(run: str | Path, out: str | Path, search: SearchDefaults, use_e
         info["training"]["encoder"] = {k: est[k] for k in ("epochs", "loss", "fg_threshold", "features", "seed")}
     if operating_point is not None:
         info["operating_point"] = operating_point
-    if search.score_norm == "none" and relief is None:
+    if search.score_norm == "none" and relief is None and shape is None:
         return write_generator_bundle(g, out, search, info, force, encoder)
     # Statistics of the run's own training samples, scored by the runtime's engine and search:
     # per cell to standardise the local score (score_norm "train"), and the search scores and
@@ -97,7 +100,7 @@ def write_bundle(run: str | Path, out: str | Path, search: SearchDefaults, use_e
     cd = load_run_data(st, data, run)
     frames = f"{cd.frames[0]}..{cd.frames[-1]}"
     out.parent.mkdir(parents=True, exist_ok=True)
-    cell_stats, stats, check = None, None, None
+    cell_stats, stats, check, shape_check = None, None, None, None
     with tempfile.TemporaryDirectory(prefix=".stats-", dir=out.parent) as tmp:
         if search.score_norm != "none":
             one = replace(search, score_norm="none", parts_per_call=1, seeds_per_call=search.n_seed)
@@ -107,25 +110,34 @@ def write_bundle(run: str | Path, out: str | Path, search: SearchDefaults, use_e
             stats = {"samples": int(len(energies)), "frames": frames, "sd_floor": SD_FLOOR,
                      "mu_max": round(float(cell_stats[0].max()), 6),
                      "sd_median": round(float(np.median(cell_stats[1])), 6)}
-        if relief is not None:
+        if relief is not None or shape is not None:
             write_generator_bundle(g, Path(tmp) / "r", search, info, False, encoder, cell_stats, stats)
-            check = relief_reference(Path(tmp) / "r", cd.x.numpy(), relief, frames, relief_samples, progress)
-    return write_generator_bundle(g, out, search, info, force, encoder, cell_stats, stats, check)
+            x = cd.x.numpy()
+            idx = spread(len(x), relief_samples)
+            searches = [r.score for _, r in runtime_results(Path(tmp) / "r", x[idx], "training parts", progress)]
+            if relief is not None:
+                check = ReliefCheck.from_samples(relief, searches, [relief_score(x[i], relief) for i in idx], frames)
+            if shape is not None:
+                shape_check = shape_reference(shape, x, cd.frames, searches, frames)
+    return write_generator_bundle(g, out, search, info, force, encoder, cell_stats, stats, check, shape_check)
 
 
-def relief_reference(bundle_dir: Path, x: np.ndarray, params: Relief, frames: str = "",
-                     samples: int = RELIEF_SAMPLES, progress: bool = True) -> ReliefCheck:
-    """The relief check of a bundle: up to `samples` of the training parts `x` (N, 4, S, S), evenly
-    spread, scored by the bundle's search (ONNX Runtime, seed 0: the runtime's) and their reliefs."""
-    if samples < 2 or len(x) < 2:
-        raise ValueError(f"the relief reference needs at least 2 training samples (asked {samples}, "
-                         f"the run has {len(x)})")
-    idx = np.unique(np.linspace(0, len(x) - 1, min(samples, len(x))).round().astype(int))
-    searches, reliefs = [], []
-    for xi, r in runtime_results(bundle_dir, x[idx], "relief reference", progress):
-        searches.append(r.score)
-        reliefs.append(relief_score(xi, params))
-    return ReliefCheck.from_samples(params, searches, reliefs, frames)
+def spread(n: int, samples: int) -> np.ndarray:
+    """Indices of up to `samples` of n items, evenly spread."""
+    if samples < 2 or n < 2:
+        raise ValueError(f"a training parts' reference needs at least 2 samples (asked {samples}, the run has {n})")
+    return np.unique(np.linspace(0, n - 1, min(samples, n)).round().astype(int))
+
+
+def shape_reference(params: Shape, x: np.ndarray, frames, search_scores, frame_range: str = "") -> ShapeCheck:
+    """The shape check of a bundle from its training parts `x` (N, 4, S, S) and their frame numbers
+    (every part with an interior goes into the bank), and the search scores of some of them."""
+    feats = [(f, n) for f, n in ((shape_features(xi, params), n) for xi, n in zip(x, frames)) if f is not None]
+    if len(feats) < 2:
+        raise ValueError(f"the shape check needs at least 2 training parts with {params.min_pixels} interior "
+                         f"pixels, the run has {len(feats)}")
+    return ShapeCheck.from_samples(params, np.stack([f for f, _ in feats]), [n for _, n in feats], search_scores,
+                                   frame_range)
 
 
 # The deviation of a cell's energy is floored at this fraction of the median deviation of the
@@ -175,10 +187,12 @@ def training_cell_energies(bundle_dir: Path, x: np.ndarray, progress: bool = Tru
 
 def write_generator_bundle(g: Generator, out: str | Path, search: SearchDefaults, info: dict,
                            force: bool = False, encoder=None, cell_stats: tuple | None = None,
-                           stats_info: dict | None = None, relief: ReliefCheck | None = None) -> dict:
+                           stats_info: dict | None = None, relief: ReliefCheck | None = None,
+                           shape: ShapeCheck | None = None) -> dict:
     """Write a bundle for generator `g`; `info` gives class, kind, preprocessing and training;
     `cell_stats` (mu, sd) per cell standardise the local score (search.score_norm "train");
-    `relief` is the depth relief check beside the search (the manifest's "relief")."""
+    `relief` is the depth relief check beside the search (the manifest's "relief"), `shape` the
+    surface shape check (its "shape")."""
     if (search.z_init == "encoder") != (encoder is not None):
         raise ValueError("z_init 'encoder' needs an encoder, and an encoder is only exported with it")
     if (search.score_norm != "none") != (cell_stats is not None):
@@ -228,6 +242,7 @@ def write_generator_bundle(g: Generator, out: str | Path, search: SearchDefaults
             **({"operating_point": info["operating_point"]} if "operating_point" in info else {}),
             **({"score_stats": {"file": "cell_stats.npz", **(stats_info or {})}} if cell_stats is not None else {}),
             **({"relief": relief.to_dict()} if relief is not None else {}),
+            **({"shape": shape.to_dict()} if shape is not None else {}),
             "files": files,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")

@@ -7,7 +7,7 @@ COLOUR = "colour"  # training.model.COLOUR, without importing torch to read the 
 COLOUR_LR = 5e-2  # --lr-theta for --theta-scope colour: z's, as the search it was measured with
 
 USAGE = ("adgan export RUN --out BUNDLE [--paper] [--theta-scope all|bn|none|colour] [--loss mse|fg|fg_input] "
-         "[--relief-surface plane|quadric | --no-relief] [options]\n"
+         "[--relief-surface plane|quadric | --no-relief] [--shape] [options]\n"
          "       adgan export build-engine BUNDLE [--fp16]")
 
 
@@ -68,6 +68,10 @@ def cmd_export(a: argparse.Namespace) -> int:
     elif a.relief_samples is not None or a.relief_surface is not None:
         why = "--no-relief leaves the check out" if a.no_relief else "--paper has no relief check: add --relief"
         raise ValueError(f"--relief-samples and --relief-surface set the relief check; {why}")
+    shape = None
+    if a.shape:
+        from agent.scoring.shape import Shape
+        shape = Shape()
     record = None
     if pointed:
         from export.operating_point import pick_for_run
@@ -81,7 +85,7 @@ def cmd_export(a: argparse.Namespace) -> int:
         print(f"operating point {record['name']!r} ({record['asked']}): {record['measured_ms']} ms per score here "
               f"(default {record['default_ms']} ms), validated quality {record['quality'].get('quality', '?')}")
     m = write_bundle(a.run, a.out, search, use_ema=not a.no_ema, force=a.force, data=a.data, progress=True,
-                     operating_point=record, relief=relief,
+                     operating_point=record, relief=relief, shape=shape,
                      **({"relief_samples": a.relief_samples} if a.relief_samples is not None else {}))
     s = search
     print(f"exported {m['class']} ({m['kind']}, {m['training']['weights']}, epoch {m['training']['epoch']}) "
@@ -94,6 +98,10 @@ def cmd_export(a: argparse.Namespace) -> int:
         print(f"depth relief check ({m['relief']['surface']}): referenced to {ref['samples']} training parts (relief median "
               f"{ref['relief_median']:.4g}, spread {ref['relief_scale']:.4g}; search median {ref['search_median']:.4g}, "
               f"spread {ref['search_scale']:.4g})")
+    if "shape" in m:
+        ref = m["shape"]["reference"]
+        print(f"surface shape check: {ref['samples']} training parts' shapes (distance median {ref['shape_median']:.4g}, "
+              f"spread {ref['shape_scale']:.4g}; search spread {ref['search_scale']:.4g})")
     return 0
 
 
@@ -159,10 +167,16 @@ def add_parser(sub) -> None:
                         "shallow dent that a quadric partly fits away, for flat faces; choose it per class by "
                         "blocked CV")
     q.add_argument("--relief-samples", type=int, default=None,
-                   help="training parts scored for the relief check's reference, evenly spread (default 200)")
+                   help="training parts scored for the relief and shape checks' reference, evenly spread (default 200)")
+    q.add_argument("--shape", action="store_true",
+                   help="the surface shape check beside the search: the shape of the part's depth (its curvatures, "
+                        "slope, how well a quadric explains it, its aspect) against the run's training parts' (the "
+                        "mean distance to the 5 nearest); a part shaped like none of them gains as many of the "
+                        "training parts' search-score spreads as its distance lies spreads above theirs. Export "
+                        "needs the run's training data")
     q.add_argument("--data", default=None,
-                   help="the dataset root, if the run's training data has moved (the relief check and --score-norm "
-                        "train score the training parts)")
+                   help="the dataset root, if the run's training data has moved (the relief and shape checks and "
+                        "--score-norm train read the training parts)")
     q.add_argument("--z-init", choices=("auto", "random", "encoder"), default="auto",
                    help="start of the search: the run's encoder E(x) (adgan train trains one) or random "
                         "z ~ N(0, I) (the paper); auto (default): the encoder when the run has one, else random "

@@ -21,6 +21,7 @@ import numpy as np
 
 from agent.records import Record, record
 from agent.scoring.relief import ReliefCheck
+from agent.scoring.shape import ShapeCheck
 from agent.segment.preprocess import Preprocessing
 
 BUNDLE_FORMAT = 1
@@ -145,6 +146,8 @@ class Bundle:
         self.cell_stats: tuple[np.ndarray, np.ndarray] | None = None  # (mu, sd) per cell, score_norm "train"
         # the depth relief check beside the search (agent/scoring/relief.py), when exported with it
         self.relief: ReliefCheck | None = ReliefCheck.from_dict(manifest["relief"]) if manifest.get("relief") else None
+        # the surface shape check (agent/scoring/shape.py), when exported with it
+        self.shape: ShapeCheck | None = ShapeCheck.from_dict(manifest["shape"]) if manifest.get("shape") else None
 
     @classmethod
     def load(cls, path: str | Path) -> "Bundle":
@@ -222,11 +225,13 @@ class Bundle:
     def describe(self) -> str:
         s = self.search
         return (f"{self.cls} {self.kind} bundle {self.bundle_hash[:12]} ({self.size}px, theta scope {s.theta_scope}, "
-                f"loss {s.loss}, n_seed {s.n_seed}, k {s.k}" + (", depth relief" if self.relief else "") + ")")
+                f"loss {s.loss}, n_seed {s.n_seed}, k {s.k}" + (", depth relief" if self.relief else "")
+                + (", surface shape" if self.shape else "") + ")")
 
     def describe_score(self) -> str:
-        """The image score, in words (reports): the search's, and the relief check beside it."""
-        if not self.relief:
-            return self.search.describe_score()
-        surface = self.relief.params.surface
-        return self.search.describe_score() + " + relief" + ("" if surface == "plane" else f" ({surface})")
+        """The image score, in words (reports): the search's, and the checks beside it."""
+        out = self.search.describe_score()
+        if self.relief:
+            surface = self.relief.params.surface
+            out += " + relief" + ("" if surface == "plane" else f" ({surface})")
+        return out + (" + shape" if self.shape else "")

@@ -21,18 +21,25 @@ class ScoreResult:
     relief_decides: bool = False  # the relief, not the search, gave the score
     relief_heat: np.ndarray | None = None  # (H, W) the relief map (whose largest window is `relief`) in the
     #                                        anomaly map's units (ReliefCheck.heat)
+    shape: float | None = None  # the part's distance to the training parts' surface shapes (bundles with a
+    #                             shape check; None where the part has too few interior pixels)
 
 
 def result(bundle: Bundle, x: np.ndarray, per_seed: np.ndarray, reconstruction: np.ndarray) -> ScoreResult:
-    """A part's result from its search: the mean final loss, and the bundle's relief check."""
+    """A part's result from its search: the mean final loss, the bundle's relief check (the larger
+    of the two), and its shape check (added where the part's shape is unusual)."""
     search = float(per_seed.mean())
+    out = ScoreResult(search, per_seed, reconstruction, search)
     check = bundle.relief
-    if check is None:
-        return ScoreResult(search, per_seed, reconstruction, search)
-    m = relief_map(x, check.params)
-    r = float(m.max())
-    return ScoreResult(check.score(search, r), per_seed, reconstruction, search, r, check.decides(search, r),
-                       check.heat(m))
+    if check is not None:
+        m = relief_map(x, check.params)
+        r = float(m.max())
+        out = replace(out, score=check.score(search, r), relief=r, relief_decides=check.decides(search, r),
+                      relief_heat=check.heat(m))
+    if bundle.shape is not None:
+        d = bundle.shape.distance(x)
+        out = replace(out, score=out.score + bundle.shape.excess(d), shape=d)
+    return out
 
 
 def initial_z(seed: int, n_seed: int, seeds_per_call: int, nz: int) -> np.ndarray:
