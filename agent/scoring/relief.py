@@ -103,6 +103,16 @@ def robust_level(values) -> tuple[float, float]:
     return med, 1.4826 * float(np.median(np.abs(v - med)))
 
 
+def check_reference(check: str, levels, spreads) -> None:
+    """Refuse a check's reference (from a manifest) unless its levels are finite numbers and its
+    spreads finite and > 0."""
+    vals = (*levels, *spreads)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in vals):
+        raise ValueError(f"{check} reference must be finite numbers, got {vals}")
+    if any(v <= 0 for v in spreads):
+        raise ValueError(f"{check} reference spreads must be > 0")
+
+
 # Floors of the reference spreads: the relief's is one step of the 8-bit depth (a reference of
 # identical parts must not make one level read as many deviations), the search's a small
 # fraction of its median.
@@ -135,11 +145,7 @@ class ReliefCheck:
     frames: str = ""
 
     def __post_init__(self) -> None:
-        vals = (self.search_median, self.search_scale, self.relief_median, self.relief_scale)
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in vals):
-            raise ValueError(f"relief reference must be finite numbers, got {vals}")
-        if self.search_scale <= 0 or self.relief_scale <= 0:
-            raise ValueError("relief reference spreads must be > 0")
+        check_reference("relief", (self.search_median, self.relief_median), (self.search_scale, self.relief_scale))
 
     @classmethod
     def from_samples(cls, params: Relief, search_scores, reliefs, frames: str = "") -> "ReliefCheck":

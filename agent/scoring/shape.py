@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from agent.scoring.relief import DEPTH, interior, robust_level
+from agent.scoring.relief import DEPTH, check_reference, interior, robust_level
 
 FEATURES = ("curvature_min", "curvature_max", "slope", "explained", "aspect")
 FIELDS = ("erode", "open_frac", "iterations", "min_pixels", "k", "size")
@@ -155,11 +155,7 @@ class ShapeCheck:
         if b.ndim != 2 or b.shape[1] != len(FEATURES) or len(b) < 2 or not np.isfinite(b).all():
             raise ValueError(f"the shape bank must be finite (N >= 2, {len(FEATURES)}) features, got {b.shape}")
         object.__setattr__(self, "bank", b)
-        vals = (self.search_scale, self.shape_median, self.shape_scale)
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in vals):
-            raise ValueError(f"shape reference must be finite numbers, got {vals}")
-        if self.search_scale <= 0 or self.shape_scale <= 0:
-            raise ValueError("shape reference spreads must be > 0")
+        check_reference("shape", (self.shape_median,), (self.search_scale, self.shape_scale))
 
     @classmethod
     def from_samples(cls, params: Shape, features: np.ndarray, frames, search_scores,
