@@ -209,13 +209,13 @@ def interior(depth: np.ndarray, erode: int, open_frac: float = 0.0) -> np.ndarra
     return cv2.erode(part, k, borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
 
 
-def surface_residual(depth: np.ndarray, inside: np.ndarray, iterations: int, surface: str = "plane") -> np.ndarray:
-    """(S, S): depth minus a robust `surface` (a key of SURFACES) fitted over `inside`; 0 outside it."""
-    ys, xs = np.nonzero(inside)
-    z = depth[inside].astype(np.float64)
-    h, w = depth.shape
-    a = np.stack(SURFACES[surface]((xs - w / 2) / w, (ys - h / 2) / h), axis=1)
+def robust_fit(a: np.ndarray, z: np.ndarray, iterations: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Least squares of z (N,) on the columns of a (N, T), refitted `iterations` times on the values
+    within 3 robust deviations of the last fit: (coefficients, residuals z - a @ coef, the values
+    kept for the last fit). With fewer than T values kept, the last fit stands (before any fit:
+    coefficients 0, residuals from the median)."""
     keep = np.ones(len(z), bool)
+    coef = np.zeros(a.shape[1])
     r = z - np.median(z)
     for _ in range(iterations + 1):
         if keep.sum() < a.shape[1]:
@@ -224,6 +224,16 @@ def surface_residual(depth: np.ndarray, inside: np.ndarray, iterations: int, sur
         r = z - a @ coef
         mad = 1.4826 * float(np.median(np.abs(r[keep])))
         keep = np.abs(r) <= 3.0 * mad + 1e-6
+    return coef, r, keep
+
+
+def surface_residual(depth: np.ndarray, inside: np.ndarray, iterations: int, surface: str = "plane") -> np.ndarray:
+    """(S, S): depth minus a robust `surface` (a key of SURFACES) fitted over `inside`; 0 outside it."""
+    ys, xs = np.nonzero(inside)
+    z = depth[inside].astype(np.float64)
+    h, w = depth.shape
+    a = np.stack(SURFACES[surface]((xs - w / 2) / w, (ys - h / 2) / h), axis=1)
+    _, r, _ = robust_fit(a, z, iterations)
     out = np.zeros(depth.shape, np.float32)
     out[inside] = r
     return out

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from agent.scoring.relief import DEPTH, check_reference, interior, robust_level
+from agent.scoring.relief import DEPTH, check_reference, interior, robust_fit, robust_level
 
 FEATURES = ("curvature_min", "curvature_max", "slope", "explained", "aspect")
 FIELDS = ("erode", "open_frac", "iterations", "min_pixels", "k", "size")
@@ -87,16 +87,7 @@ def shape_features(x: np.ndarray, p: Shape = Shape()) -> np.ndarray | None:
     # a face of one depth level is flat: all zero after centring, whatever its spread
     u, v, z = (xs - xs.mean()) / su, (ys - ys.mean()) / sv, (z - np.median(z)) / (sz if sz > 0 else 1.0)
     a = np.stack([np.ones_like(u), u, v, u * u, v * v, u * v], axis=1)
-    keep = np.ones(len(z), bool)
-    c = np.zeros(a.shape[1])
-    r = z
-    for _ in range(p.iterations + 1):
-        if keep.sum() < a.shape[1]:
-            break
-        c, *_ = np.linalg.lstsq(a[keep], z[keep], rcond=None)
-        r = z - a @ c
-        mad = 1.4826 * float(np.median(np.abs(r[keep])))
-        keep = np.abs(r) <= 3.0 * mad + 1e-6
+    c, r, keep = robust_fit(a, z, p.iterations)
     if not keep.any():
         keep = np.ones(len(z), bool)
     hessian = np.array([[2 * c[3], c[5]], [c[5], 2 * c[4]]])

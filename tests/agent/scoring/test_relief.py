@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from agent.scoring.relief import Relief, interior, relief_map, relief_score, surface_residual
+from agent.scoring.relief import Relief, interior, relief_map, relief_score, robust_fit, surface_residual
 
 S = 32
 LEVEL = 1 / 127.5  # one step of the 8-bit depth in model units
@@ -320,3 +320,24 @@ def test_the_operators_page_draws_the_relief_where_the_generator_drew_the_pit():
     assert changed[ys * k, xs * k].mean() > 0.5  # the pit shows on the map
     outside = ~np.kron(interior(bad[3], 2, 0.3), np.ones((k, k), bool))
     assert not changed[outside].any()  # and nothing outside the part's interior does
+
+
+def test_robust_fit_leaves_outliers_out():
+    """The shared fit of the relief and shape checks: a plane with a tenth of its values pushed far off
+    is recovered from the rest, and the pushed values are the ones left out of the last fit."""
+    rng = np.random.default_rng(0)
+    u, v = rng.uniform(-1, 1, 200), rng.uniform(-1, 1, 200)
+    a = np.stack([np.ones_like(u), u, v], axis=1)
+    z = 0.3 + 2.0 * u - 1.0 * v + rng.normal(0, 0.01, 200)
+    off = np.arange(200) % 10 == 0
+    z[off] += 5.0
+    coef, r, keep = robust_fit(a, z, 2)
+    np.testing.assert_allclose(coef, [0.3, 2.0, -1.0], atol=0.01)
+    assert not keep[off].any() and keep[~off].mean() > 0.95
+    np.testing.assert_allclose(r, z - a @ coef)
+    plain, *_ = np.linalg.lstsq(a, z, rcond=None)
+    assert abs(plain[0] - 0.3) > 0.4  # one plain fit is pulled off by them
+    # no refits: the plain fit; too few values for the terms: no fit, residuals from the median
+    np.testing.assert_allclose(robust_fit(a, z, 0)[0], plain)
+    c0, r0, _ = robust_fit(a[:2], z[:2], 2)
+    assert not c0.any() and np.allclose(r0, z[:2] - np.median(z[:2]))
