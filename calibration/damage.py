@@ -10,6 +10,9 @@ sqrt(area / pi), so a defect covers about the same share of a small and of a lar
 - foreign  a small foreign body stuck to the rim, partly outside the part, nearer the camera
 - dent     a smooth push-in inside the part: depth farther and shading darker towards its middle
 
+`--size-scale F` multiplies every radius by F (0.25-3), with the same random draws otherwise, so a
+sweep over F shows how large a defect must be for a bundle to catch it.
+
 Output, deterministic by seed:
     DST/<class>/                 the intact samples, written again through the same encoding
     DST/<class>_<defect>/        the damaged copies (rgb/, depth/) and mask/N.png (255 = damaged)
@@ -38,6 +41,8 @@ DAMAGE_DEFECTS = ("chunk", "hole", "stain", "foreign", "dent")
 RADIUS = {"chunk": (0.30, 0.45), "hole": (0.18, 0.28), "stain": (0.22, 0.35), "foreign": (0.20, 0.30),
           "dent": (0.30, 0.42)}
 MIN_PART_PX = 30
+# `--size-scale` multiplies RADIUS (a sweep of how large damage must be to be caught)
+MIN_SCALE, MAX_SCALE = 0.25, 3.0
 
 
 class DamageError(ValueError):
@@ -96,16 +101,20 @@ def _rim_point(mask: np.ndarray, r: float, rng: np.random.Generator) -> tuple[fl
     return x, y, float(n[0]), float(n[1])
 
 
-def make_defect(s: Sample, defect: str, rng: np.random.Generator) -> tuple[Sample, np.ndarray, dict]:
-    """(damaged copy, ground-truth mask, parameters) for one sample and one defect kind."""
+def make_defect(s: Sample, defect: str, rng: np.random.Generator,
+                scale: float = 1.0) -> tuple[Sample, np.ndarray, dict]:
+    """(damaged copy, ground-truth mask, parameters) for one sample and one defect kind; `scale`
+    multiplies the defect's radius (the same random draws otherwise; a defect inside the part keeps
+    the distance from the rim its radius needs, so its centre may move)."""
     if defect not in DAMAGE_DEFECTS:
         raise ValueError(f"unknown defect {defect!r}; choose from {', '.join(DAMAGE_DEFECTS)}")
+    check_scale(scale)
     mask = part_mask(s)
     area = int(mask.sum())
     if area < MIN_PART_PX:
         raise DamageError(f"the part has {area} pixels, fewer than {MIN_PART_PX}: too small to damage")
     R = float(np.sqrt(area / np.pi))
-    r = max(1.5, R * rng.uniform(*RADIUS[defect]))
+    r = max(1.5, R * rng.uniform(*RADIUS[defect]) * scale)
     rgb, depth = s.rgb.astype(np.float32), s.depth.astype(np.float32)
     hw = mask.shape
     part_depth = depth[mask & (s.depth > 0)]
@@ -159,11 +168,18 @@ def damage_rng(seed: int, cls: str, defect: str, n: int) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(cls.encode()), DAMAGE_DEFECTS.index(defect), n])
 
 
+def check_scale(scale: float) -> None:
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not MIN_SCALE <= scale <= MAX_SCALE:
+        raise ValueError(f"the defect size scale must be a number in [{MIN_SCALE}, {MAX_SCALE}], got {scale!r}")
+
+
 def damage_dataset(src: str | Path, out: str | Path, defects: Sequence[str], seed: int,
                    frames: tuple[int, int] | None = None, progress: bool = True,
-                   on_skip: Callable[[str], None] | None = None) -> dict[str, int]:
+                   on_skip: Callable[[str], None] | None = None, scale: float = 1.0) -> dict[str, int]:
     """Write intact copies and damaged twins of every sample under `src` (a class folder or a
-    root of class folders). Returns the count of samples written per output folder."""
+    root of class folders), defect radii times `scale`. Returns the count of samples written per
+    output folder."""
+    check_scale(scale)
     out = Path(out)
     folders = class_folders(src)
     jobs = [(f, n) for f in folders for n in frame_numbers(f, frames)]
@@ -177,7 +193,7 @@ def damage_dataset(src: str | Path, out: str | Path, defects: Sequence[str], see
         done = []
         for defect in defects:
             try:
-                bad, gt, params = make_defect(s, defect, damage_rng(seed, cls, defect, n))
+                bad, gt, params = make_defect(s, defect, damage_rng(seed, cls, defect, n), scale)
             except DamageError as e:
                 if on_skip:
                     on_skip(f"{folder} frame {n}: {e}")
@@ -200,8 +216,18 @@ def damage_dataset(src: str | Path, out: str | Path, defects: Sequence[str], see
                 if (out / name).is_dir():
                     (out / name / PREPROCESSING_FILE).write_text(prep.read_text())
     (out / "damage.json").write_text(json.dumps({"seed": seed, "defects": list(defects), "radius": RADIUS,
-                                                 "samples": record}, indent=1, sort_keys=True) + "\n")
+                                                 "size_scale": scale, "samples": record},
+                                                indent=1, sort_keys=True) + "\n")
     return counts
+
+
+def size_scale(s: str) -> float:
+    try:
+        v = float(s)
+        check_scale(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [{MIN_SCALE}, {MAX_SCALE}], got {s!r}") from None
+    return v
 
 
 def defect_list(s: str) -> list[str]:
@@ -215,7 +241,8 @@ def defect_list(s: str) -> list[str]:
 
 def cmd_damage(a: argparse.Namespace) -> int:
     skipped: list[str] = []
-    counts = damage_dataset(a.src, a.out, a.defects, a.seed, parse_frames(a.frames), not a.quiet, skipped.append)
+    counts = damage_dataset(a.src, a.out, a.defects, a.seed, parse_frames(a.frames), not a.quiet, skipped.append,
+                            a.size_scale)
     for line in skipped:
         print(f"skipped: {line}")
     for name, k in sorted(counts.items()):
@@ -236,5 +263,8 @@ def add_damage_parser(ds) -> None:
                    help=f"comma-separated, from {','.join(DAMAGE_DEFECTS)}")
     q.add_argument("--seed", type=int, default=0, help="the same seed gives the same defects")
     q.add_argument("--frames", default=None, help="LO:HI frame numbers (half-open)")
+    q.add_argument("--size-scale", type=size_scale, default=1.0,
+                   help="multiply every defect's radius (relative to the part) by this: how large must damage "
+                        "be to be caught? The same seed makes the same random draws at any scale")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_damage)

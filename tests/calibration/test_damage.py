@@ -98,3 +98,32 @@ def test_bad_defect_names_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["dataset", "damage", str(tmp_path), "--out", str(tmp_path / "o"), "--defects", "chunk,scratch"])
     assert e.value.code == 2 and "scratch" in capsys.readouterr().err
+
+
+def test_a_size_scale_grows_the_same_defect():
+    """--size-scale: the same draws, the radius times the scale (scale 1: the default defect)."""
+    s = disc_part()
+    for defect in DAMAGE_DEFECTS:
+        one, gt1, p1 = make_defect(s, defect, damage_rng(3, "disc", defect, 0))
+        same, gts, _ = make_defect(s, defect, damage_rng(3, "disc", defect, 0), 1.0)
+        assert np.array_equal(gt1, gts) and np.array_equal(one.rgb, same.rgb)
+        big, gt2, p2 = make_defect(s, defect, damage_rng(3, "disc", defect, 0), 1.6)
+        assert p2["radius"] == pytest.approx(1.6 * p1["radius"], abs=0.02)
+        assert gt2.sum() > 1.4 * gt1.sum(), (defect, gt1.sum(), gt2.sum())
+    for bad in (0.0, 0.1, 5.0, float("nan"), True):
+        with pytest.raises(ValueError, match="size scale"):
+            make_defect(s, "hole", np.random.default_rng(0), bad)
+
+
+def test_size_scale_on_the_command_line(paper_data, tmp_path, capsys):
+    args = ["dataset", "damage", str(paper_data / "sphere"), "--frames", "600:604", "--defects", "hole", "--quiet"]
+    assert main(args + ["--out", str(tmp_path / "a"), "--seed", "4"]) == 0
+    assert main(args + ["--out", str(tmp_path / "b"), "--seed", "4", "--size-scale", "2"]) == 0
+    a, b = (json.loads((tmp_path / d / "damage.json").read_text()) for d in "ab")
+    assert a["size_scale"] == 1.0 and b["size_scale"] == 2.0
+    pa, pb = a["samples"]["sphere_hole"], b["samples"]["sphere_hole"]
+    assert set(pb) <= set(pa) and pb
+    assert all(pb[f]["defect_px"] > pa[f]["defect_px"] for f in pb)
+    with pytest.raises(SystemExit) as e:
+        main(args + ["--out", str(tmp_path / "c"), "--size-scale", "0"])
+    assert e.value.code == 2 and "--size-scale" in capsys.readouterr().err
