@@ -123,6 +123,8 @@ def make_defect(s: Sample, defect: str, rng: np.random.Generator,
         x, y, nx, ny = _rim_point(mask, r, rng)
         cx, cy = x + 0.3 * r * nx, y + 0.3 * r * ny  # centred just outside: a bite, not a hole
         gt = _blob(hw, cx, cy, r, rng) & mask
+        if gt.sum() > 0.5 * area:  # only at a large --size-scale
+            raise DamageError(f"a chunk of radius {r:.1f} px would take {int(gt.sum())} of the part's {area} pixels")
         rgb[gt], depth[gt] = 0, 0
     elif defect == "hole":
         cx, cy = _interior_point(mask, 1.3 * r, rng)

@@ -127,3 +127,22 @@ def test_size_scale_on_the_command_line(paper_data, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(args + ["--out", str(tmp_path / "c"), "--size-scale", "0"])
     assert e.value.code == 2 and "--size-scale" in capsys.readouterr().err
+
+
+def test_a_chunk_never_takes_most_of_the_part():
+    """At the largest size scale a bite off the rim may cover most of a small part: that sample is
+    skipped (DamageError, as a part too small to damage), never written as a part that is gone."""
+    depth = np.zeros((64, 64), np.uint8)
+    depth[30:34, 24:40] = 120                          # a thin bar, 16 x 4 px
+    s = Sample(rgb=np.repeat(np.where(depth > 0, 150, 0).astype(np.uint8)[..., None], 3, axis=2), depth=depth)
+    area = int(part_mask(s).sum())
+    refused = 0
+    for n in range(20):
+        try:
+            _, gt, _ = make_defect(s, "chunk", damage_rng(1, "disc", "chunk", n), 3.0)
+        except DamageError as e:
+            refused += 1
+            assert "would take" in str(e)
+            continue
+        assert gt.sum() <= 0.5 * area
+    assert refused > 0
