@@ -26,14 +26,17 @@ from pathlib import Path
 
 import numpy as np
 
-from blocked_cv import ADGAN, read_csv, run
+from blocked_cv import ADGAN, bundle_tag, read_csv, run
 
 
 def scale_list(s: str) -> list[float]:
+    from calibration.damage import check_scale
     try:
         v = sorted({float(x) for x in s.split(",") if x.strip()})
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"comma-separated numbers, got {s!r}") from None
+        for f in v:
+            check_scale(f)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"comma-separated numbers ({e}), got {s!r}") from None
     if not v:
         raise argparse.ArgumentTypeError("no scale given")
     return v
@@ -44,15 +47,16 @@ def scale_name(f: float) -> str:
 
 
 def sweep_rows(out: Path, scales: list[float]) -> list[dict]:
-    """One row per (scale, defect) from each scale's report and damage.json."""
+    """One row per (scale, class, defect) from each scale's report and damage.json."""
     rows = []
     for f in scales:
         d = out / scale_name(f)
         made = json.loads((d / "damaged" / "damage.json").read_text())["samples"]
         for r in read_csv(d / "report" / "damage.csv"):
-            shares = [p["defect_px"] / p["part_px"] for folder, ps in made.items()
-                      if r["defect"] == "all" or folder.endswith("_" + r["defect"]) for p in ps.values()]
-            rows.append({"scale": f, "defect": r["defect"], "n_intact": int(r["n_intact"]),
+            want = {f"{r['class']}_{r['defect']}"} if r["defect"] != "all" else {k for k in made
+                                                                                 if k.startswith(r["class"] + "_")}
+            shares = [p["defect_px"] / p["part_px"] for folder in want for p in made.get(folder, {}).values()]
+            rows.append({"scale": f, "class": r["class"], "defect": r["defect"], "n_intact": int(r["n_intact"]),
                          "n_damaged": int(r["n_damaged"]), "image_auroc": float(r["image_auroc"]),
                          "pixel_auroc": float(r["pixel_auroc"]) if r.get("pixel_auroc") else float("nan"),
                          "share": float(np.median(shares)) if shares else float("nan")})
@@ -60,17 +64,17 @@ def sweep_rows(out: Path, scales: list[float]) -> list[dict]:
 
 
 def write_table(out: Path, rows: list[dict], scales: list[float], header: str) -> str:
-    defects = [d for d in dict.fromkeys(r["defect"] for r in rows) if d != "all"] + ["all"]
-    at = {(r["scale"], r["defect"]): r for r in rows}
-    lines = [header, "", "image AUROC (median share of the part the defect covers)", "",
-             "| defect | " + " | ".join(f"x{f:g}" for f in scales) + " |",
-             "|---|" + "---|" * len(scales)]
-    for d in defects:
-        cells = [f"{at[(f, d)]['image_auroc']:.3f} ({at[(f, d)]['share']:.2f})" if (f, d) in at else "-"
-                 for f in scales]
-        lines.append(f"| {d} | " + " | ".join(cells) + " |")
-    lines.append("| pixel AUROC, all | " + " | ".join(
-        f"{at[(f, 'all')]['pixel_auroc']:.3f}" if (f, "all") in at else "-" for f in scales) + " |")
+    at = {(r["scale"], r["class"], r["defect"]): r for r in rows}
+    lines = [header, "", "image AUROC (median share of the part the defect covers)"]
+    for c in dict.fromkeys(r["class"] for r in rows):
+        defects = [d for d in dict.fromkeys(r["defect"] for r in rows if r["class"] == c) if d != "all"] + ["all"]
+        lines += ["", "| " + c + " | " + " | ".join(f"x{f:g}" for f in scales) + " |", "|---|" + "---|" * len(scales)]
+        for d in defects:
+            cells = [f"{at[(f, c, d)]['image_auroc']:.3f} ({at[(f, c, d)]['share']:.2f})" if (f, c, d) in at else "-"
+                     for f in scales]
+            lines.append(f"| {d} | " + " | ".join(cells) + " |")
+        lines.append("| pixel AUROC, all | " + " | ".join(
+            f"{at[(f, c, 'all')]['pixel_auroc']:.3f}" if (f, c, "all") in at else "-" for f in scales) + " |")
     text = "\n".join(lines) + "\n"
     (out / "damage_sizes.md").write_text(text)
     with open(out / "damage_sizes.csv", "w", newline="") as fh:
@@ -99,12 +103,22 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     log, commands = out / "log.txt", out / "commands.txt"
     t0 = time.time()
+    tag = bundle_tag(Path(a.bundle))
     for f in a.scales:
         d = out / scale_name(f)
-        if not (d / "damaged" / "damage.json").exists():
+        made = d / "damaged" / "damage.json"
+        if made.exists():  # a step done before must be this sweep's
+            doc = json.loads(made.read_text())
+            if (doc.get("seed"), doc.get("size_scale")) != (a.seed, f):
+                raise SystemExit(f"{made} was made with seed {doc.get('seed')}, scale {doc.get('size_scale')}; "
+                                 f"this sweep asks seed {a.seed}, scale {f:g}: choose another --out")
+        else:
             run(ADGAN + ["dataset", "damage", a.data, "--out", str(d / "damaged"), "--frames", block, "--seed",
                          str(a.seed), "--size-scale", f"{f:g}", "--quiet"], log, commands)
-        if not (d / "report" / "damage.csv").exists():
+        report = d / "report" / "damage.csv"
+        if report.exists() and {r["bundle"] for r in read_csv(report)} != {tag}:
+            raise SystemExit(f"{report} scores another bundle than {a.bundle}: choose another --out")
+        if not report.exists():
             run(ADGAN + ["evaluate", "--bundles", a.bundle, "--damage", str(d / "damaged"), "--frames", a.frames,
                          "--out", str(d / "report"), "--no-search-figure", "--n-rank", "4", "--quiet"], log, commands)
         print(f"{scale_name(f)} done ({time.time() - t0:.0f} s)", flush=True)
