@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Sequence
@@ -152,6 +153,17 @@ def pca_rows(o: EvaluateOptions, frames, curves: dict, avg: dict) -> list[dict]:
     return rows
 
 
+def damage_recipe(root: Path) -> str:
+    """How `adgan dataset damage` made the twins under `root` (its damage.json), for the report."""
+    try:
+        doc = json.loads((root / "damage.json").read_text())
+    except (OSError, ValueError):
+        return " (no readable damage.json: not made by `adgan dataset damage`)"
+    if not isinstance(doc, dict):
+        return " (damage.json is not a record of `adgan dataset damage`)"
+    return f" (damage seed {doc.get('seed')}, size scale {doc.get('size_scale', 1.0)})"
+
+
 def evaluate(o: EvaluateOptions) -> Path:
     """The report: Table 2 over --data and/or the local-damage section over --damage, with
     figures and index.md in o.out; the index's path."""
@@ -172,7 +184,7 @@ def evaluate(o: EvaluateOptions) -> Path:
         raise ValueError("--damage needs the anomaly maps, which the torch oracle does not keep: "
                          "use --backend onnxruntime")
     if o.damage:
-        index.insert(3, f"Damaged twins `{o.damage}`.")
+        index.insert(3, f"Damaged twins `{o.damage}`{damage_recipe(Path(o.damage))}.")
     damage = []
     for bp in o.bundles:
         b = Bundle.load(bp)

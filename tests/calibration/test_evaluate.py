@@ -81,6 +81,7 @@ def test_evaluate_on_damaged_twins_reports_image_and_pixel_metrics(bundles, synt
         assert 0 <= float(r["image_auroc"]) <= 1 and 0 <= float(r["pixel_auroc"]) <= 1
         assert 0 <= float(r["pro_0.3"]) <= 1
     assert (out / "damage.md").is_file() and "Local damage" in (out / "index.md").read_text()
+    assert "(damage seed 2, size scale 1.0)" in (out / "index.md").read_text()
     assert list(out.glob("damage-maps-*.png"))
     # the table is the metrics of the scores and maps the scorer gives (same seed, same numbers)
     bundle = Bundle.load(b)
@@ -93,3 +94,14 @@ def test_evaluate_on_damaged_twins_reports_image_and_pixel_metrics(bundles, synt
 def test_evaluate_needs_data_or_damage(bundles, tmp_path, capsys):
     assert main(["evaluate", "--bundles", str(bundles[("none", "fg")]), "--out", str(tmp_path)]) == 2
     assert "--damage" in capsys.readouterr().err
+
+
+def test_the_report_says_how_the_damaged_twins_were_made(tmp_path):
+    from calibration.evaluate import damage_recipe
+    assert "no readable damage.json" in damage_recipe(tmp_path)
+    (tmp_path / "damage.json").write_text("[1, 2]")
+    assert "not a record" in damage_recipe(tmp_path)
+    (tmp_path / "damage.json").write_text('{"seed": 7, "size_scale": 2.0, "samples": {}}')
+    assert damage_recipe(tmp_path) == " (damage seed 7, size scale 2.0)"
+    (tmp_path / "damage.json").write_text('{"seed": 7, "samples": {}}')  # made before --size-scale
+    assert damage_recipe(tmp_path) == " (damage seed 7, size scale 1.0)"
