@@ -64,10 +64,11 @@ def cmd_export(a: argparse.Namespace) -> int:
         raise ValueError("give --relief or --no-relief, not both")
     if a.relief or not (a.no_relief or a.paper):  # the recipe has the check; the paper's Algorithm 1 has none
         from agent.scoring.relief import Relief
-        relief = Relief(surface=a.relief_surface or RECIPE_RELIEF)
-    elif a.relief_samples is not None or a.relief_surface is not None:
+        relief = Relief(surface=a.relief_surface or RECIPE_RELIEF,
+                        **({"erode": a.relief_erode} if a.relief_erode is not None else {}))
+    elif a.relief_samples is not None or a.relief_surface is not None or a.relief_erode is not None:
         why = "--no-relief leaves the check out" if a.no_relief else "--paper has no relief check: add --relief"
-        raise ValueError(f"--relief-samples and --relief-surface set the relief check; {why}")
+        raise ValueError(f"--relief-samples, --relief-surface and --relief-erode set the relief check; {why}")
     shape = None
     if a.shape:
         from agent.scoring.shape import Shape
@@ -95,7 +96,7 @@ def cmd_export(a: argparse.Namespace) -> int:
           + (f", {s.parts_per_call} parts per call" if s.parts_per_call > 1 else ""))
     if "relief" in m:
         ref = m["relief"]["reference"]
-        print(f"depth relief check ({m['relief']['surface']}): referenced to {ref['samples']} training parts (relief median "
+        print(f"depth relief check ({m['relief']['surface']}, erode {m['relief']['erode']}): referenced to {ref['samples']} training parts (relief median "
               f"{ref['relief_median']:.4g}, spread {ref['relief_scale']:.4g}; search median {ref['search_median']:.4g}, "
               f"spread {ref['search_scale']:.4g})")
     if "shape" in m:
@@ -166,6 +167,12 @@ def add_parser(sub) -> None:
                         "curved face or two faces meeting at an edge (a box seen at an angle); plane keeps a wide, "
                         "shallow dent that a quadric partly fits away, for flat faces; choose it per class by "
                         "blocked CV")
+    q.add_argument("--relief-erode", type=int, default=None, metavar="PX",
+                   help="pixels of the model input left out inside the part's outline before the relief check "
+                        "fits its surface (default 2): a depth camera's pixels on a silhouette lie between the "
+                        "part and what is behind it, so a rim left in reads as relief. 4 suits the paper's balls "
+                        "(blocked CV: class swaps and damage both rise), not its cans and boxes (class swaps fall); "
+                        "bench/RESULTS.md, 'The relief check's rim'")
     q.add_argument("--relief-samples", type=int, default=None,
                    help="training parts scored for the relief and shape checks' reference, evenly spread (default 200)")
     q.add_argument("--shape", action="store_true",

@@ -288,7 +288,7 @@ def test_export_with_a_quadric_surface_records_it_and_scores_with_it(encoded_run
     out = tmp_path / "q"
     assert main(["export", str(encoded_run), "--out", str(out), "--theta-scope", "none", "--loss", "fg", "--k", "3",
                  "--relief", "--relief-surface", "quadric", "--relief-samples", "5"]) == 0
-    assert "depth relief check (quadric)" in capsys.readouterr().out
+    assert "depth relief check (quadric, erode 2)" in capsys.readouterr().out
     assert json.loads((out / "manifest.json").read_text())["relief"]["surface"] == "quadric"
     b = Bundle.load(out)
     assert b.relief.params.surface == "quadric" and b.describe_score() == "mean + relief (quadric)"
@@ -296,6 +296,30 @@ def test_export_with_a_quadric_surface_records_it_and_scores_with_it(encoded_run
                  "quadric"]) != 0
     assert "--no-relief leaves the check out" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
+
+
+def test_export_with_a_wider_rim_erosion_records_it_and_reads_less_of_the_part(encoded_run, tmp_path, capsys):
+    import json
+
+    from adgan.cli import main
+    from agent.scoring.bundle import Bundle
+    common = ["--theta-scope", "none", "--loss", "fg", "--k", "3", "--relief-samples", "5"]
+    assert main(["export", str(encoded_run), "--out", str(tmp_path / "e4"), *common, "--relief-erode", "4"]) == 0
+    assert "erode 4" in capsys.readouterr().out
+    assert json.loads((tmp_path / "e4" / "manifest.json").read_text())["relief"]["erode"] == 4
+    b = Bundle.load(tmp_path / "e4")
+    assert b.relief.params == Relief(erode=4, surface="quadric")
+    # the wider erosion leaves the rim out: fewer interior pixels on a part
+    disk = np.full((4, 32, 32), -1.0, np.float32)
+    yy, xx = np.mgrid[:32, :32]
+    disk[3][(yy - 16) ** 2 + (xx - 16) ** 2 < 100] = 0.0
+    assert interior(disk[3], 4, 0.3).sum() < interior(disk[3], 2, 0.3).sum()
+    for bad, why in ((["--relief-erode", "-1"], "erode must be an integer >= 0"),
+                     (["--no-relief", "--relief-erode", "3"], "--no-relief leaves the check out"),
+                     (["--paper", "--relief-erode", "3"], "--paper has no relief check")):
+        assert main(["export", str(encoded_run), "--out", str(tmp_path / "bad"), *common, *bad]) == 2
+        assert why in capsys.readouterr().err
+        assert not (tmp_path / "bad").exists()  # refused before any work
 
 
 def test_too_few_relief_samples_are_refused_before_any_work(encoded_run, tmp_path, capsys):
