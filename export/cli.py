@@ -7,7 +7,7 @@ COLOUR = "colour"  # training.model.COLOUR, without importing torch to read the 
 COLOUR_LR = 5e-2  # --lr-theta for --theta-scope colour: z's, as the search it was measured with
 
 USAGE = ("adgan export RUN --out BUNDLE [--paper] [--theta-scope all|bn|none|colour] [--loss mse|fg|fg_input] "
-         "[--relief-surface plane|quadric | --no-relief] [--shape] [options]\n"
+         "[--relief-surface plane|quadric | --no-relief] [--no-shape] [options]\n"
          "       adgan export build-engine BUNDLE [--fp16]")
 
 
@@ -26,7 +26,8 @@ def cmd_export(a: argparse.Namespace) -> int:
     from dataclasses import fields, replace
     from pathlib import Path
 
-    from export.bundle import PAPER_SEARCH, RECIPE_RELIEF, RECIPE_SEARCH, for_start, with_default_seeds, write_bundle
+    from export.bundle import (PAPER_SEARCH, RECIPE_RELIEF, RECIPE_RELIEF_ERODE, RECIPE_SEARCH, RECIPE_SHAPE, for_start,
+                               with_default_seeds, write_bundle)
     from training.encoder import ENCODER_FILE
 
     if a.budget_ms is not None and a.operating_point:
@@ -65,14 +66,20 @@ def cmd_export(a: argparse.Namespace) -> int:
     if a.relief or not (a.no_relief or a.paper):  # the recipe has the check; the paper's Algorithm 1 has none
         from agent.scoring.relief import Relief
         relief = Relief(surface=a.relief_surface or RECIPE_RELIEF,
-                        **({"erode": a.relief_erode} if a.relief_erode is not None else {}))
-    elif a.relief_samples is not None or a.relief_surface is not None or a.relief_erode is not None:
+                        erode=RECIPE_RELIEF_ERODE if a.relief_erode is None else a.relief_erode)
+    elif a.relief_surface is not None or a.relief_erode is not None:
         why = "--no-relief leaves the check out" if a.no_relief else "--paper has no relief check: add --relief"
-        raise ValueError(f"--relief-samples, --relief-surface and --relief-erode set the relief check; {why}")
+        raise ValueError(f"--relief-surface and --relief-erode set the relief check; {why}")
+    if a.shape and a.no_shape:
+        raise ValueError("give --shape or --no-shape, not both")
     shape = None
-    if a.shape:
+    if a.shape or (RECIPE_SHAPE and not (a.no_shape or a.paper)):  # the recipe has the check; Algorithm 1 none
         from agent.scoring.shape import Shape
         shape = Shape()
+    if a.relief_samples is not None and relief is None and shape is None:
+        why = "--paper has neither: add --relief or --shape" if a.paper and not a.no_relief \
+            else "--no-relief and --no-shape leave both out"
+        raise ValueError(f"--relief-samples sets the relief and shape checks' reference; {why}")
     record = None
     if pointed:
         from export.operating_point import pick_for_run
@@ -117,9 +124,9 @@ def add_parser(sub) -> None:
     q.add_argument("bundle", nargs="?", help=argparse.SUPPRESS)
     q.add_argument("--out", help="bundle folder to write")
     q.add_argument("--paper", action="store_true",
-                   help="Algorithm 1 as the paper runs it (theta scope all, loss mse, random z, no relief check) "
-                        "instead of the measured recipe (scope none, loss fg with depth weight 3, start at E(x), "
-                        "the quadric relief check); options given still apply")
+                   help="Algorithm 1 as the paper runs it (theta scope all, loss mse, random z, no relief or shape "
+                        "check) instead of the measured recipe (scope none, loss fg with depth weight 3, start at "
+                        "E(x), the quadric relief check and the shape check); options given still apply")
     q.add_argument("--theta-scope", choices=("all", "bn", "none", COLOUR), default=None,
                    help="what adapts besides z: all theta (the paper), BatchNorm affine only, nothing (default "
                         "none), or colour: a colour layer after G (each part's RGB as M G(z) + b, starting at the "
@@ -161,7 +168,8 @@ def add_parser(sub) -> None:
                         "parts as the search's score is (the score is the larger of the two); the training parts "
                         "are scored once at export for the reference, so export needs the run's training data")
     q.add_argument("--no-relief", action="store_true",
-                   help="leave the relief check out: the score is the search's alone (no training data needed)")
+                   help="leave the relief check out (with --no-shape too, the score is the search's alone and "
+                        "export needs no training data)")
     q.add_argument("--relief-surface", choices=("plane", "quadric"), default=None,
                    help="the relief check's smooth surface fitted to the part's depth: quadric (default) follows a "
                         "curved face or two faces meeting at an edge (a box seen at an angle); plane keeps a wide, "
@@ -169,18 +177,20 @@ def add_parser(sub) -> None:
                         "blocked CV")
     q.add_argument("--relief-erode", type=int, default=None, metavar="PX",
                    help="pixels of the model input left out inside the part's outline before the relief check "
-                        "fits its surface (default 2): a depth camera's pixels on a silhouette lie between the "
-                        "part and what is behind it, so a rim left in reads as relief. 4 suits the paper's balls "
-                        "(blocked CV: class swaps and damage both rise), not its cans and boxes (class swaps fall); "
-                        "bench/RESULTS.md, 'The relief check's rim'")
+                        "fits its surface (default 4; 2 until 2026-12-03): a depth camera's pixels on a silhouette "
+                        "lie between the part and what is behind it, so a rim left in reads as relief (blocked CV "
+                        "with the shape check: bench/RESULTS.md, 'The relief check's rim')")
     q.add_argument("--relief-samples", type=int, default=None,
                    help="training parts scored for the relief and shape checks' reference, evenly spread (default 200)")
     q.add_argument("--shape", action="store_true",
-                   help="the surface shape check beside the search: the shape of the part's depth (its curvatures, "
-                        "slope, how well a quadric explains it, its aspect) against the run's training parts' (the "
-                        "mean distance to the 5 nearest); a part shaped like none of them gains as many of the "
-                        "training parts' search-score spreads as its distance lies spreads above theirs. Export "
-                        "needs the run's training data")
+                   help="the surface shape check beside the search (the default since 2026-12-03; with --paper it "
+                        "adds the check): the shape of the part's depth (its curvatures, slope, how well a quadric "
+                        "explains it, its aspect) against the run's training parts' (the mean distance to the 5 "
+                        "nearest); a part shaped like none of them gains as many of the training parts' "
+                        "search-score spreads as its distance lies spreads above theirs. Export needs the run's "
+                        "training data")
+    q.add_argument("--no-shape", action="store_true",
+                   help="leave the shape check out (the defaults until 2026-12-03, with --relief-erode 2)")
     q.add_argument("--data", default=None,
                    help="the dataset root, if the run's training data has moved (the relief and shape checks and "
                         "--score-norm train read the training parts)")

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from adgan.cli import main
 from agent.scoring.bundle import Bundle
-from export.bundle import PAPER_SEARCH, RECIPE_RELIEF, RECIPE_SEARCH, for_start
+from export.bundle import PAPER_SEARCH, RECIPE_RELIEF, RECIPE_RELIEF_ERODE, RECIPE_SEARCH, RECIPE_SHAPE, for_start
 from training.encoder import load_encoder
 from training.recipe import PAPER, RECIPE, resolve
 from training.train import load_checkpoint
@@ -60,10 +60,18 @@ def test_train_then_export_with_no_options_gives_the_recipe(synth_data, tmp_path
     assert main(["export", str(run), "--out", str(tmp_path / "b")]) == 0
     s = Bundle.load(tmp_path / "b").search
     assert s == RECIPE_SEARCH and s.n_seed == 1  # from E(x) without noise every seed would run the same search
-    relief = json.loads((tmp_path / "b" / "manifest.json").read_text())["relief"]
+    m = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    relief = m["relief"]
     assert relief["surface"] == RECIPE_RELIEF and relief["reference"]["samples"] > 1
+    assert relief["erode"] == RECIPE_RELIEF_ERODE == 4 and RECIPE_SHAPE and len(m["shape"]["bank"]) > 1
     assert main(["export", str(run), "--out", str(tmp_path / "nr"), "--no-relief"]) == 0
-    assert "relief" not in json.loads((tmp_path / "nr" / "manifest.json").read_text())
+    m = json.loads((tmp_path / "nr" / "manifest.json").read_text())
+    assert "relief" not in m and "shape" in m  # each check is left out on its own
+    assert main(["export", str(run), "--out", str(tmp_path / "ns"), "--no-shape"]) == 0
+    m = json.loads((tmp_path / "ns" / "manifest.json").read_text())
+    assert "shape" not in m and m["relief"]["erode"] == 4
+    assert main(["export", str(run), "--out", str(tmp_path / "pure"), "--no-shape", "--no-relief"]) == 0
+    assert not {"relief", "shape"} & set(json.loads((tmp_path / "pure" / "manifest.json").read_text()))
     assert main(["export", str(run), "--out", str(tmp_path / "pl"), "--relief-surface", "plane"]) == 0
     assert json.loads((tmp_path / "pl" / "manifest.json").read_text())["relief"]["surface"] == "plane"
     assert main(["export", str(run), "--out", str(tmp_path / "n"), "--z-init-noise", "0.5"]) == 0
@@ -72,14 +80,14 @@ def test_train_then_export_with_no_options_gives_the_recipe(synth_data, tmp_path
     assert main(["export", str(run), "--out", str(tmp_path / "p"), "--paper", "--k", "4"]) == 0
     s = Bundle.load(tmp_path / "p").search
     assert (s.theta_scope, s.loss, s.z_init, s.k, s.pool) == ("all", "mse", "random", 4, 1)
-    assert "relief" not in json.loads((tmp_path / "p" / "manifest.json").read_text())  # Algorithm 1 has no relief check
+    assert not {"relief", "shape"} & set(json.loads((tmp_path / "p" / "manifest.json").read_text()))  # Algorithm 1
     assert main(["export", str(run), "--out", str(tmp_path / "pr"), "--paper", "--k", "4", "--relief"]) == 0
     assert json.loads((tmp_path / "pr" / "manifest.json").read_text())["relief"]["surface"] == RECIPE_RELIEF
     capsys.readouterr()
     for bad in (["--relief", "--no-relief"], ["--no-relief", "--relief-surface", "plane"],
-                ["--paper", "--relief-samples", "5"]):
+                ["--paper", "--relief-samples", "5"], ["--shape", "--no-shape"]):
         assert main(["export", str(run), "--out", str(tmp_path / "bad"), *bad]) == 2
-        assert "relief" in capsys.readouterr().err
+        assert ("relief" if "--shape" not in bad else "--no-shape") in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()  # refused before any work
 
     # more generator epochs without a new encoder: the old one no longer fits, export says how to fix it

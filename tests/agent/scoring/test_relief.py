@@ -192,7 +192,7 @@ def relief_bundles(encoded_run, tmp_path_factory):
     """The same search exported without the relief check and with the plane one (adgan export, as a user runs it)."""
     from adgan.cli import main
     root = tmp_path_factory.mktemp("relief")
-    common = ["--theta-scope", "none", "--loss", "fg", "--k", "3", "--force"]
+    common = ["--theta-scope", "none", "--loss", "fg", "--k", "3", "--no-shape", "--force"]
     assert main(["export", str(encoded_run), "--out", str(root / "plain"), "--no-relief"] + common) == 0
     assert main(["export", str(encoded_run), "--out", str(root / "relief"), "--relief", "--relief-surface", "plane",
                  "--relief-samples", "5"] + common) == 0
@@ -273,9 +273,12 @@ def test_a_bundle_with_a_broken_relief_block_is_refused(relief_bundles, tmp_path
 
 def test_relief_samples_without_the_check_are_refused(encoded_run, tmp_path, capsys):
     from adgan.cli import main
-    assert main(["export", str(encoded_run), "--out", str(tmp_path / "b"), "--no-relief", "--relief-samples", "5"]) != 0
-    assert "--no-relief leaves the check out" in capsys.readouterr().err
+    assert main(["export", str(encoded_run), "--out", str(tmp_path / "b"), "--no-relief", "--no-shape",
+                 "--relief-samples", "5"]) != 0
+    assert "--no-relief and --no-shape leave both out" in capsys.readouterr().err
     assert main(["export", str(encoded_run), "--out", str(tmp_path / "b"), "--paper", "--relief-samples", "5"]) != 0
+    assert "--paper has neither: add --relief or --shape" in capsys.readouterr().err
+    assert main(["export", str(encoded_run), "--out", str(tmp_path / "b"), "--paper", "--relief-erode", "3"]) != 0
     assert "--paper has no relief check: add --relief" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
 
@@ -288,28 +291,28 @@ def test_export_with_a_quadric_surface_records_it_and_scores_with_it(encoded_run
     out = tmp_path / "q"
     assert main(["export", str(encoded_run), "--out", str(out), "--theta-scope", "none", "--loss", "fg", "--k", "3",
                  "--relief", "--relief-surface", "quadric", "--relief-samples", "5"]) == 0
-    assert "depth relief check (quadric, erode 2)" in capsys.readouterr().out
+    assert "depth relief check (quadric, erode 4)" in capsys.readouterr().out
     assert json.loads((out / "manifest.json").read_text())["relief"]["surface"] == "quadric"
     b = Bundle.load(out)
-    assert b.relief.params.surface == "quadric" and b.describe_score() == "mean + relief (quadric)"
+    assert b.relief.params.surface == "quadric" and b.describe_score() == "mean + relief (quadric) + shape"
     assert main(["export", str(encoded_run), "--out", str(tmp_path / "p"), "--no-relief", "--relief-surface",
                  "quadric"]) != 0
     assert "--no-relief leaves the check out" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
 
 
-def test_export_with_a_wider_rim_erosion_records_it_and_reads_less_of_the_part(encoded_run, tmp_path, capsys):
+def test_export_with_a_narrower_rim_erosion_records_it_and_reads_more_of_the_part(encoded_run, tmp_path, capsys):
     import json
 
     from adgan.cli import main
     from agent.scoring.bundle import Bundle
     common = ["--theta-scope", "none", "--loss", "fg", "--k", "3", "--relief-samples", "5"]
-    assert main(["export", str(encoded_run), "--out", str(tmp_path / "e4"), *common, "--relief-erode", "4"]) == 0
-    assert "erode 4" in capsys.readouterr().out
-    assert json.loads((tmp_path / "e4" / "manifest.json").read_text())["relief"]["erode"] == 4
-    b = Bundle.load(tmp_path / "e4")
-    assert b.relief.params == Relief(erode=4, surface="quadric")
-    # the wider erosion leaves the rim out: fewer interior pixels on a part
+    assert main(["export", str(encoded_run), "--out", str(tmp_path / "e2"), *common, "--relief-erode", "2"]) == 0
+    assert "erode 2" in capsys.readouterr().out
+    assert json.loads((tmp_path / "e2" / "manifest.json").read_text())["relief"]["erode"] == 2
+    b = Bundle.load(tmp_path / "e2")
+    assert b.relief.params == Relief(erode=2, surface="quadric")
+    # the default's wider erosion leaves the rim out: fewer interior pixels on a part
     disk = np.full((4, 32, 32), -1.0, np.float32)
     yy, xx = np.mgrid[:32, :32]
     disk[3][(yy - 16) ** 2 + (xx - 16) ** 2 < 100] = 0.0

@@ -139,7 +139,7 @@ def shape_bundles(encoded_run, tmp_path_factory):
     from adgan.cli import main
     root = tmp_path_factory.mktemp("shape")
     common = ["--theta-scope", "none", "--loss", "fg", "--k", "3", "--relief-samples", "5", "--force"]
-    assert main(["export", str(encoded_run), "--out", str(root / "relief")] + common) == 0
+    assert main(["export", str(encoded_run), "--out", str(root / "relief"), "--no-shape"] + common) == 0
     assert main(["export", str(encoded_run), "--out", str(root / "shape"), "--shape"] + common) == 0
     return root / "relief", root / "shape"
 
