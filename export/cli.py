@@ -77,8 +77,10 @@ def cmd_export(a: argparse.Namespace) -> int:
         from agent.scoring.shape import Shape
         shape = Shape()
     if a.relief_samples is not None and relief is None and shape is None:
-        why = "--paper has neither: add --relief or --shape" if a.paper and not a.no_relief \
-            else "--no-relief and --no-shape leave both out"
+        left = [flag for flag, on in (("--paper", a.paper), ("--no-relief", a.no_relief), ("--no-shape", a.no_shape))
+                if on]
+        why = "--paper has neither: add --relief or --shape" if left == ["--paper"] \
+            else " and ".join(left) + " leave both out"
         raise ValueError(f"--relief-samples sets the relief and shape checks' reference; {why}")
     record = None
     if pointed:
@@ -103,7 +105,8 @@ def cmd_export(a: argparse.Namespace) -> int:
           + (f", {s.parts_per_call} parts per call" if s.parts_per_call > 1 else ""))
     if "relief" in m:
         ref = m["relief"]["reference"]
-        print(f"depth relief check ({m['relief']['surface']}, erode {m['relief']['erode']}): referenced to {ref['samples']} training parts (relief median "
+        print(f"depth relief check ({m['relief']['surface']}, erode {m['relief']['erode']}): referenced to "
+              f"{ref['samples']} training parts (relief median "
               f"{ref['relief_median']:.4g}, spread {ref['relief_scale']:.4g}; search median {ref['search_median']:.4g}, "
               f"spread {ref['search_scale']:.4g})")
     if "shape" in m:
