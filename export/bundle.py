@@ -38,11 +38,11 @@ RECIPE_SEARCH = SearchDefaults(theta_scope="none", loss="fg", depth_weight=3.0, 
 RECIPE_RELIEF = "quadric"
 # Since 2026-12-03 the relief check leaves 4 pixels of the part's rim out (a depth camera's
 # silhouette pixels read as relief; agent.scoring.relief.Relief's own default stays 2, and every
-# bundle records the erosion it was referenced with) and the surface shape check is on (--no-shape leaves it out): by blocked CV on the full
+# bundle records the erosion it was referenced with) and the surface shape check is on (`adgan export`
+# adds it unless --no-shape or --paper): by blocked CV on the full
 # default training, the pair raises every class's worst fold on both jobs, where either alone
 # trades one job for the other (issue 15, bench/RESULTS.md "The relief check's rim").
 RECIPE_RELIEF_ERODE = 4
-RECIPE_SHAPE = True
 PAPER_SEARCH = SearchDefaults()
 # Training parts scored for the relief check's reference: evenly spread over the run's samples.
 RELIEF_SAMPLES = 200

@@ -26,7 +26,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     from dataclasses import fields, replace
     from pathlib import Path
 
-    from export.bundle import (PAPER_SEARCH, RECIPE_RELIEF, RECIPE_RELIEF_ERODE, RECIPE_SEARCH, RECIPE_SHAPE, for_start,
+    from export.bundle import (PAPER_SEARCH, RECIPE_RELIEF, RECIPE_RELIEF_ERODE, RECIPE_SEARCH, for_start,
                                with_default_seeds, write_bundle)
     from training.encoder import ENCODER_FILE
 
@@ -73,7 +73,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     if a.shape and a.no_shape:
         raise ValueError("give --shape or --no-shape, not both")
     shape = None
-    if a.shape or (RECIPE_SHAPE and not (a.no_shape or a.paper)):  # the recipe has the check; Algorithm 1 none
+    if a.shape or not (a.no_shape or a.paper):  # the recipe has the check; the paper's Algorithm 1 has none
         from agent.scoring.shape import Shape
         shape = Shape()
     if a.relief_samples is not None and relief is None and shape is None:

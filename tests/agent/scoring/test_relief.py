@@ -278,6 +278,9 @@ def test_relief_samples_without_the_check_are_refused(encoded_run, tmp_path, cap
     assert "--no-relief and --no-shape leave both out" in capsys.readouterr().err
     assert main(["export", str(encoded_run), "--out", str(tmp_path / "b"), "--paper", "--relief-samples", "5"]) != 0
     assert "--paper has neither: add --relief or --shape" in capsys.readouterr().err
+    assert main(["export", str(encoded_run), "--out", str(tmp_path / "b"), "--paper", "--no-shape",
+                 "--relief-samples", "5"]) != 0
+    assert "--paper and --no-shape leave both out" in capsys.readouterr().err
     assert main(["export", str(encoded_run), "--out", str(tmp_path / "b"), "--paper", "--relief-erode", "3"]) != 0
     assert "--paper has no relief check: add --relief" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
@@ -312,11 +315,20 @@ def test_export_with_a_narrower_rim_erosion_records_it_and_reads_more_of_the_par
     assert json.loads((tmp_path / "e2" / "manifest.json").read_text())["relief"]["erode"] == 2
     b = Bundle.load(tmp_path / "e2")
     assert b.relief.params == Relief(erode=2, surface="quadric")
-    # the default's wider erosion leaves the rim out: fewer interior pixels on a part
-    disk = np.full((4, 32, 32), -1.0, np.float32)
-    yy, xx = np.mgrid[:32, :32]
-    disk[3][(yy - 16) ** 2 + (xx - 16) ** 2 < 100] = 0.0
-    assert interior(disk[3], 4, 0.3).sum() < interior(disk[3], 2, 0.3).sum()
+    # a camera's silhouette pixels: a 3-pixel ring on the part's rim lies behind it. The scorer reads
+    # the bundle's erosion: at 2 pixels the ring shows as relief, at the default's 4 it is left out
+    from calibration.scoring import make_scorer
+    n = b.size
+    x = np.full((4, n, n), -1.0, np.float32)
+    yy, xx = np.mgrid[:n, :n]
+    dist = np.hypot(yy - n / 2, xx - n / 2)
+    x[:, dist < 0.4 * n] = 0.0
+    x[3][(dist < 0.4 * n) & (dist >= 0.4 * n - 3)] = 0.4
+    assert main(["export", str(encoded_run), "--out", str(tmp_path / "e4"), *common]) == 0
+    narrow, wide = (make_scorer(Bundle.load(tmp_path / d), "onnxruntime").score(x).relief for d in ("e2", "e4"))
+    assert narrow == pytest.approx(relief_score(x, Relief(erode=2, surface="quadric")))
+    assert wide == pytest.approx(relief_score(x, Relief(erode=4, surface="quadric")))
+    assert narrow > 0.1 > wide
     for bad, why in ((["--relief-erode", "-1"], "erode must be an integer >= 0"),
                      (["--no-relief", "--relief-erode", "3"], "--no-relief leaves the check out"),
                      (["--paper", "--relief-erode", "3"], "--paper has no relief check")):
