@@ -95,7 +95,8 @@ class ModelSettings(_Strict):
     thresholds: Path = Field(description="thresholds.json calibrated on these bundles")
     seed: int = Field(0, description="seed of the initial latents; must equal calibration's")
     backend: BackendSettings = Field(default_factory=OnnxRuntimeSettings, description="engine and its options")
-    anomaly_map: bool = Field(False, description="attach a small |G(z*) - x| map (PNG, base64) to anomaly events")
+    anomaly_map: bool = Field(False, description="attach a small |G(z*) - x| map (PNG, base64; smoothed as the "
+                              "bundle says) to anomaly events")
 
     @model_validator(mode="after")
     def _expected_has_a_bundle(self):

@@ -76,7 +76,8 @@ def maps_figure(scorer, bundle, rows, n: int, path: Path, title: str) -> None:
         p = Path(r[0])
         x = sample_to_input(read_model_sample(p.parent.parent, int(p.stem), bundle.preprocessing), bundle.size)
         res = scorer.score(x)
-        tiles.append(label(map_tiles(x, res.reconstruction), f"{r[1]} {r[2]:.3g}", scale=0.5))
+        tiles.append(label(map_tiles(x, res.reconstruction, relief=res.relief_heat, sigma=bundle.heat_sigma),
+                           f"{r[1]} {r[2]:.3g}", scale=0.5))
     cols = 4
     rows_img = []
     for i in range(0, len(tiles), cols):

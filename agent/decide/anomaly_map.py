@@ -5,6 +5,11 @@ and the model input, both in [-1, 1], halved to [0, 1]. `heat` reduces it to one
 (the maximum over R, G, B and depth, and the depth relief where a bundle checks it),
 `encode_map` makes the small PNG that the agent attaches to `anomaly` events, and
 `map_tiles` draws input, reconstruction and heat map for people (report figures).
+
+A bundle may smooth its map (the manifest's `heat.sigma`, pixels of the model input; `adgan
+export` writes 2 per 64 pixels of input since 2026-12-03): a Gaussian over the combined map
+before it goes anywhere, so a defect's pixels read as one region rather than a speckle of
+JPEG and print edges (blocked CV, issue 15: bench/RESULTS.md "A smoothed anomaly map").
 """
 from __future__ import annotations
 
@@ -24,17 +29,32 @@ def pixel_map(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.clip(np.abs(y.astype(np.float32) - x.astype(np.float32)) * 0.5, 0.0, 1.0)
 
 
-def heat(x: np.ndarray, y: np.ndarray, relief: np.ndarray | None = None) -> np.ndarray:
+def check_sigma(sigma) -> float:
+    """A heat map's smoothing (pixels of the model input) as a float, or ValueError."""
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not np.isfinite(sigma) or sigma < 0:
+        raise ValueError(f"the heat map's sigma must be a number >= 0 (pixels of the model input), got {sigma!r}")
+    return float(sigma)
+
+
+def smooth(h: np.ndarray, sigma: float) -> np.ndarray:
+    """`h` through a Gaussian of `sigma` pixels (edges replicated, so a part at the border is not
+    dimmed); sigma 0 returns `h` as it is."""
+    if check_sigma(sigma) == 0:
+        return h
+    return cv2.GaussianBlur(h.astype(np.float32), (0, 0), sigma, borderType=cv2.BORDER_REPLICATE)
+
+
+def heat(x: np.ndarray, y: np.ndarray, relief: np.ndarray | None = None, sigma: float = 0.0) -> np.ndarray:
     """(S, S) maximum over channels of the pixel map, in [0, 1]; with a relief map in the same
     units (how unusually far the part's surface lies behind its fit: `ScoreResult.relief_heat`,
     agent/scoring/relief.py), the larger of the two at each pixel, so that a dent the generator
-    drew shows too."""
+    drew shows too; then smoothed by a Gaussian of `sigma` pixels (the bundle's `heat_sigma`)."""
     h = pixel_map(x, y).max(axis=0)
-    if relief is None:
-        return h
-    if relief.shape != h.shape:
-        raise ValueError(f"relief map {relief.shape} does not match the input's {h.shape}")
-    return np.maximum(h, np.clip(relief.astype(np.float32), 0.0, 1.0))
+    if relief is not None:
+        if relief.shape != h.shape:
+            raise ValueError(f"relief map {relief.shape} does not match the input's {h.shape}")
+        h = np.maximum(h, np.clip(relief.astype(np.float32), 0.0, 1.0))
+    return smooth(h, sigma)
 
 
 def encode_map(h: np.ndarray) -> dict:
@@ -81,9 +101,10 @@ def decode_map(m: dict) -> np.ndarray:
     return img.astype(np.float32) / 255.0
 
 
-def map_tiles(x: np.ndarray, y: np.ndarray, scale: int = 2) -> np.ndarray:
+def map_tiles(x: np.ndarray, y: np.ndarray, scale: int = 2, relief: np.ndarray | None = None,
+              sigma: float = 0.0) -> np.ndarray:
     """Input (RGB above depth) | reconstruction | heat map (RGB colour map), side by side."""
-    h = heat(x, y)
+    h = heat(x, y, relief, sigma)
     hm = cv2.applyColorMap(np.rint(h * 255).astype(np.uint8), cv2.COLORMAP_INFERNO)[:, :, ::-1]
     s = x.shape[1]
     hm = np.vstack([hm, np.zeros((s, s, 3), np.uint8)])  # same height as the RGB-over-depth tiles

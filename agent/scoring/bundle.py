@@ -19,6 +19,7 @@ from typing import Literal, get_args
 
 import numpy as np
 
+from agent.decide.anomaly_map import check_sigma
 from agent.records import Record, record
 from agent.scoring.relief import ReliefCheck
 from agent.scoring.shape import ShapeCheck
@@ -148,6 +149,12 @@ class Bundle:
         self.relief: ReliefCheck | None = ReliefCheck.from_dict(manifest["relief"]) if manifest.get("relief") else None
         # the surface shape check (agent/scoring/shape.py), when exported with it
         self.shape: ShapeCheck | None = ShapeCheck.from_dict(manifest["shape"]) if manifest.get("shape") else None
+        # the anomaly map's smoothing, pixels of the model input (agent/decide/anomaly_map.py); 0 in
+        # bundles written before 2026-12-03, which have no "heat" block
+        heat_block = manifest.get("heat") or {}
+        if not isinstance(heat_block, dict):
+            raise ValueError(f"'heat' must be an object, got {heat_block!r}")
+        self.heat_sigma: float = check_sigma(heat_block.get("sigma", 0.0))
 
     @classmethod
     def load(cls, path: str | Path) -> "Bundle":

@@ -56,3 +56,32 @@ def test_make_sample_records_the_camera_window_it_shows():
     assert side == 60 and (x0, y0) == (80, 20)   # 40 px wide box, 25% margin each side, centred on it
     full = make_sample(frame, seg, Preprocessing(size=32))
     assert full.meta["crop"] == (20, 0, 120)     # the paper's framing: the central square
+
+
+def test_a_bundles_sigma_smooths_the_map_into_one_region_and_keeps_its_place():
+    from agent.decide.anomaly_map import check_sigma, smooth
+    x = np.full((4, 32, 32), -1.0, np.float32)
+    x[:, 4:28, 4:28] = 0.0
+    y = x.copy()
+    y[0, 14:18, 10:14] = 0.6                    # a defect: 0.3 of difference over 4 x 4 pixels
+    y[1, 5, 25] = 0.8                           # one speck of 0.4 (a JPEG or print edge)
+    relief = np.zeros((32, 32), np.float32)
+    relief[20:24, 20:24] = 0.25                 # a dent the generator drew
+    raw, smoothed = heat(x, y, relief), heat(x, y, relief, sigma=2.0)
+    assert np.array_equal(heat(x, y, relief, sigma=0.0), raw)
+    assert smoothed.shape == raw.shape and smoothed.dtype == np.float32
+    assert 0.0 <= smoothed.min() and smoothed.max() <= raw.max()
+    # the speck is the raw map's peak; smoothed, the defect's region is, where the defect is
+    assert np.unravel_index(np.argmax(raw), raw.shape) == (5, 25)
+    assert 14 <= np.unravel_index(np.argmax(smoothed), raw.shape)[0] <= 17
+    assert smoothed[15, 11] > 2 * smoothed[5, 25]
+    assert smoothed[21, 21] > smoothed[5, 25]    # the relief is smoothed with the rest
+    assert smoothed.sum() == pytest.approx(raw.sum(), rel=0.02)  # spread, not lost
+    assert np.array_equal(smooth(raw, 0), raw)
+    tiles = map_tiles(x, y, scale=1, relief=relief, sigma=2.0)
+    assert tiles.shape == (64, 3 * 33, 3)
+    for bad in (-1.0, float("nan"), float("inf"), True, "2"):
+        with pytest.raises(ValueError, match="sigma"):
+            check_sigma(bad)
+        with pytest.raises(ValueError, match="sigma"):
+            heat(x, y, sigma=bad)

@@ -6,10 +6,11 @@ import json
 import shutil
 
 import jsonschema
+import numpy as np
 import pytest
 
 from adgan.cli import main
-from agent.decide.anomaly_map import decode_map
+from agent.decide.anomaly_map import decode_map, heat
 from agent.mqtt.events import SCHEMA_PATH, schema_text
 from agent.scoring.bundle import Bundle
 from tests.agent.conftest import AgentProcess, Subscriber, agent_config
@@ -105,7 +106,7 @@ def test_a_crop_to_part_bundle_replays_whole_frame_samples_and_boxes_the_stored_
     cfg = agent_config(tmp_path, broker.port, bundle, th, f'type = "folder"\npath = "{folder}"\nfps = 0')
     sub = Subscriber(broker.port, "adgan/st1/#")
     assert sub.subscribed.wait(10)
-    agent = AgentProcess(cfg, tmp_path / "agent.log")
+    agent = AgentProcess(cfg, tmp_path / "agent.log", env={"ADGAN_MODEL__ANOMALY_MAP": "true"})
     try:
         assert agent.wait(120) == 0, agent.output()
     finally:
@@ -127,3 +128,15 @@ def test_a_crop_to_part_bundle_replays_whole_frame_samples_and_boxes_the_stored_
         ys, xs = (s.depth > 0).nonzero()  # the box lies on the part's own pixels, within a pixel or two
         assert xs.min() - 2 <= box["x"] and box["x"] + box["width"] <= xs.max() + 3
         assert ys.min() - 2 <= box["y"] and box["y"] + box["height"] <= ys.max() + 3
+    # the map is the bundle's: smoothed as its manifest says (export's default for a 32 px input: 1 px)
+    from agent.segment.preprocess import sample_to_input
+    from agent.sources.dataset import read_model_sample
+    from calibration.scoring import make_scorer
+    b = Bundle.load(bundle)
+    assert b.heat_sigma == 1.0
+    e = boxed[0]
+    x = sample_to_input(read_model_sample(folder, e["source"]["frame"], b.preprocessing), b.size)
+    r = make_scorer(b, "onnxruntime", 0).score(x)
+    assert r.score == pytest.approx(e["score"], rel=1e-5)
+    assert np.abs(decode_map(e["anomaly_map"]) - heat(x, r.reconstruction, r.relief_heat, b.heat_sigma)).max() \
+        <= 1 / 255 + 1e-4

@@ -1,0 +1,74 @@
+"""The anomaly map's smoothing: recorded by export, read by the bundle, honoured by evaluate."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from adgan.cli import main
+from agent.scoring.bundle import Bundle, BundleError
+
+FAST = ["--theta-scope", "none", "--loss", "fg", "--k", "3", "--no-relief", "--no-shape"]
+
+
+def test_export_smooths_the_map_by_default_for_the_inputs_size_and_records_it(encoded_run, tmp_path, capsys):
+    assert main(["export", str(encoded_run), "--out", str(tmp_path / "d"), *FAST]) == 0
+    assert "smoothed by a Gaussian of 1 px of the 32 px input" in capsys.readouterr().out
+    assert json.loads((tmp_path / "d" / "manifest.json").read_text())["heat"] == {"sigma": 1.0}
+    assert Bundle.load(tmp_path / "d").heat_sigma == 1.0  # 2 per 64 px of input
+    assert main(["export", str(encoded_run), "--out", str(tmp_path / "s"), *FAST, "--heat-sigma", "2.5"]) == 0
+    assert Bundle.load(tmp_path / "s").heat_sigma == 2.5
+    for args in (["--heat-sigma", "0"], ["--paper", "--k", "3"]):
+        out = tmp_path / "raw"
+        assert main(["export", str(encoded_run), "--out", str(out), "--force", *(FAST if "--paper" not in args
+                                                                                 else []), *args]) == 0
+        assert "anomaly map: unsmoothed" in capsys.readouterr().out
+        assert "heat" not in json.loads((out / "manifest.json").read_text())
+        assert Bundle.load(out).heat_sigma == 0.0
+    assert main(["export", str(encoded_run), "--out", str(tmp_path / "bad"), *FAST, "--heat-sigma", "-1"]) == 2
+    assert "--heat-sigma must be >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()  # refused before any work
+
+
+def _with_heat(src, dst, heat) -> None:
+    shutil.copytree(src, dst)
+    m = json.loads((dst / "manifest.json").read_text())
+    m["heat"] = heat
+    (dst / "manifest.json").write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("heat", [{"sigma": -1}, {"sigma": "2"}, {"sigma": None}, [2.0]])
+def test_a_bundle_with_a_bad_heat_block_is_refused(bundles, tmp_path, heat):
+    _with_heat(bundles[("none", "fg")], tmp_path / "b", heat)
+    with pytest.raises(BundleError, match="heat|sigma"):
+        Bundle.load(tmp_path / "b")
+
+
+def test_evaluate_reads_the_map_the_bundle_smooths(bundles, synth_data, tmp_path):
+    """Same scores; the smoothed bundle's maps are the raw maps through its Gaussian, before they go
+    back to the sample's frame (a sigma that evaluate ignored would leave them equal)."""
+    import cv2
+
+    from calibration.damage_eval import damage_rows, score_damage
+    from calibration.scoring import make_scorer
+    dmg = tmp_path / "damaged"
+    assert main(["dataset", "damage", str(synth_data / "test" / "sphere"), "--out", str(dmg), "--seed", "3",
+                 "--defects", "stain,hole", "--quiet"]) == 0
+    raw_b = Bundle.load(bundles[("none", "fg")])
+    _with_heat(raw_b.path, tmp_path / "smooth", {"sigma": 2.0})
+    smooth_b = Bundle.load(tmp_path / "smooth")
+    raw, smoothed = (score_damage(make_scorer(b, "onnxruntime", 0), b, dmg, progress=False) for b in (raw_b, smooth_b))
+    checked = 0
+    for name in raw:
+        for r, s in zip(raw[name], smoothed[name]):
+            assert s.score == pytest.approx(r.score) and s.heat.shape == r.heat.shape
+            if r.heat.shape == (raw_b.size, raw_b.size):  # whole-frame samples: no crop in between
+                want = cv2.GaussianBlur(r.heat, (0, 0), 2.0, borderType=cv2.BORDER_REPLICATE)
+                assert np.allclose(s.heat, want, atol=1e-5)
+                checked += 1
+            tv = lambda h: np.abs(np.diff(h, axis=0)).sum() + np.abs(np.diff(h, axis=1)).sum()  # noqa: E731
+            assert tv(s.heat) < tv(r.heat)
+    assert checked == sum(len(v) for v in raw.values())
+    rows_raw, rows_smooth = (damage_rows("sphere", raw_b.kind, d) for d in (raw, smoothed))
+    assert [r["image_auroc"] for r in rows_raw] == pytest.approx([r["image_auroc"] for r in rows_smooth])
+    assert [r["pixel_auroc"] for r in rows_raw] != pytest.approx([r["pixel_auroc"] for r in rows_smooth])
