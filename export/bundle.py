@@ -50,14 +50,14 @@ RECIPE_RELIEF_ERODE = 4
 # to 3x does either fall (issue 15, bench/RESULTS.md "A smoothed anomaly map"). Programmatic
 # write_bundle keeps 0 unless asked, like the checks.
 RECIPE_HEAT_SIGMA_PER_64 = 2.0
+PAPER_SEARCH = SearchDefaults()
+# Training parts scored for the relief check's reference: evenly spread over the run's samples.
+RELIEF_SAMPLES = 200
 
 
 def recipe_heat_sigma(size: int) -> float:
     """The export's default smoothing of the anomaly map for a model input of `size` pixels."""
     return RECIPE_HEAT_SIGMA_PER_64 * size / 64
-PAPER_SEARCH = SearchDefaults()
-# Training parts scored for the relief check's reference: evenly spread over the run's samples.
-RELIEF_SAMPLES = 200
 
 
 def for_start(search: SearchDefaults, k: int | None = None) -> SearchDefaults:

@@ -32,7 +32,8 @@ SCALE = 4  # sample pixels -> screen pixels
 
 def part_images(view) -> dict[str, np.ndarray]:
     """RGB, depth and the anomaly map over the RGB (the event's map: with a relief check, the
-    larger of |G(z*) - x| and the relief where it is unusual), as BGR images for PNG encoding."""
+    larger of |G(z*) - x| and the relief where it is unusual, smoothed by the bundle's sigma), as
+    BGR images for PNG encoding. `view` is the service's (sample, x, G(z*), relief map, sigma)."""
     from agent.decide.anomaly_map import heat
     sample, x, reconstruction, relief, sigma = view
     rgb = cv2.cvtColor(sample.rgb, cv2.COLOR_RGB2BGR)
