@@ -85,8 +85,9 @@ def test_demo_on_real_data(paper_data, tmp_path, capsys):
         "--loss", "fg", "--pool", "1", "--depth-weight", "10", "--quiet"]))
     from agent.scoring.bundle import Bundle
     for cls in ("sphere", "cylinder", "rectangle"):  # the recipe asked for is the one exported
-        s = Bundle.load(tmp_path / "bundles" / cls).search
-        assert (s.loss, s.pool, s.depth_weight) == ("fg", 1, 10.0)
+        b = Bundle.load(tmp_path / "bundles" / cls)
+        assert (b.search.loss, b.search.pool, b.search.depth_weight) == ("fg", 1, 10.0)
+        assert b.heat_sigma == 2.0 * b.size / 64  # the map smoothed as adgan export smooths it
     events = r["events"]
     assert len(events) == 5 and all(e["trigger"] == "every_frame" for e in events)
     truth = json.loads((r["live"] / "stream" / "truth.json").read_text())
