@@ -259,7 +259,8 @@ def evaluate_damage(scorer, b, o: EvaluateOptions, frames, out: Path, tag: str, 
         w.writerows([(s.folder.name, s.frame, f"{s.score:.9g}") for g in scored.values() for s in g])
     damage_figure(scored, min(o.n_rank, 6), out / f"damage-maps-{tag}.png", label)
     index += [f"### {label}: damaged parts", "", f"![damage maps](damage-maps-{tag}.png)", ""]
-    return [{**r, **bundle_columns(b)} for r in damage_rows(b.cls, b.kind, scored)]
+    # the maps' pixel metrics depend on the bundle's smoothing: say which (0: unsmoothed)
+    return [{**r, **bundle_columns(b), "map_sigma": b.heat_sigma} for r in damage_rows(b.cls, b.kind, scored)]
 
 
 def bundle_columns(b) -> dict:

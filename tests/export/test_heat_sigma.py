@@ -1,4 +1,5 @@
 """The anomaly map's smoothing: recorded by export, read by the bundle, honoured by evaluate."""
+import csv
 import json
 import shutil
 
@@ -72,3 +73,10 @@ def test_evaluate_reads_the_map_the_bundle_smooths(bundles, synth_data, tmp_path
     rows_raw, rows_smooth = (damage_rows("sphere", raw_b.kind, d) for d in (raw, smoothed))
     assert [r["image_auroc"] for r in rows_raw] == pytest.approx([r["image_auroc"] for r in rows_smooth])
     assert [r["pixel_auroc"] for r in rows_raw] != pytest.approx([r["pixel_auroc"] for r in rows_smooth])
+    # evaluate's table says which map its pixel metrics are of
+    out = tmp_path / "report"
+    assert main(["evaluate", "--bundles", str(raw_b.path), str(smooth_b.path), "--damage", str(dmg), "--out", str(out),
+                 "--quiet", "--no-search-figure"]) == 0
+    with open(out / "damage.csv") as fh:
+        sigmas = {float(r["map_sigma"]) for r in csv.DictReader(fh)}
+    assert sigmas == {0.0, 2.0}
