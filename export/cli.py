@@ -82,9 +82,13 @@ def cmd_export(a: argparse.Namespace) -> int:
         why = "--paper has neither: add --relief or --shape" if left == ["--paper"] \
             else " and ".join(left) + " leave both out"
         raise ValueError(f"--relief-samples sets the relief and shape checks' reference; {why}")
-    if a.heat_sigma is not None and a.heat_sigma < 0:
-        raise ValueError(f"--heat-sigma must be >= 0 (pixels of the model input; 0: the map unsmoothed), "
-                         f"got {a.heat_sigma:g}")
+    if a.heat_sigma is not None:  # the bundle's own check, named by the flag (a NaN or inf is refused too)
+        from agent.decide.anomaly_map import check_sigma
+        try:
+            check_sigma(a.heat_sigma)
+        except ValueError:
+            raise ValueError(f"--heat-sigma must be a number >= 0 (pixels of the model input; 0: the map "
+                             f"unsmoothed), got {a.heat_sigma:g}") from None
     # the map's smoothing: the recipe's for the generator's size unless asked; the paper has no maps
     heat_sigma = a.heat_sigma if a.heat_sigma is not None else (0.0 if a.paper else None)
     record = None
@@ -200,7 +204,8 @@ def add_parser(sub) -> None:
                         "search-score spreads as its distance lies spreads above theirs. Export needs the run's "
                         "training data")
     q.add_argument("--no-shape", action="store_true",
-                   help="leave the shape check out (the defaults until 2026-12-03, with --relief-erode 2 --heat-sigma 0)")
+                   help="leave the shape check out (the defaults until 2026-12-03, with --relief-erode 2 "
+                        "--heat-sigma 0)")
     q.add_argument("--heat-sigma", type=float, default=None, metavar="PX",
                    help="smooth the anomaly map (events' map and box, evaluate's pixel AUROC, PRO and figures) by "
                         "a Gaussian of PX pixels of the model input (default 2 per 64 px of input, since "

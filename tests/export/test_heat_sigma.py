@@ -26,9 +26,10 @@ def test_export_smooths_the_map_by_default_for_the_inputs_size_and_records_it(en
         assert "anomaly map: unsmoothed" in capsys.readouterr().out
         assert "heat" not in json.loads((out / "manifest.json").read_text())
         assert Bundle.load(out).heat_sigma == 0.0
-    assert main(["export", str(encoded_run), "--out", str(tmp_path / "bad"), *FAST, "--heat-sigma", "-1"]) == 2
-    assert "--heat-sigma must be >= 0" in capsys.readouterr().err
-    assert not (tmp_path / "bad").exists()  # refused before any work
+    for bad in ("-1", "nan", "inf"):
+        assert main(["export", str(encoded_run), "--out", str(tmp_path / "bad"), *FAST, "--heat-sigma", bad]) == 2
+        assert "--heat-sigma must be a number >= 0" in capsys.readouterr().err
+        assert not (tmp_path / "bad").exists()  # refused before any work
 
 
 def _with_heat(src, dst, heat) -> None:
