@@ -245,11 +245,11 @@ class Agent:
         except (ValueError, RuntimeError) as e:
             self._error(work, f"scoring failed: {e}", inspection=True, model=model)
             return
-        sigma = model.bundle.heat_sigma
-        amap, box, work.view = None, None, (sample, x, d.reconstruction, d.relief, sigma)
+        sigma, background = model.bundle.heat_sigma, model.bundle.heat_background
+        amap, box, work.view = None, None, (sample, x, d.reconstruction, d.relief, sigma, background)
         if d.verdict == "anomaly":
             with timed(work, "publish_ms"):
-                h = heat(x, d.reconstruction, d.relief, sigma)
+                h = heat(x, d.reconstruction, d.relief, sigma, background)
                 crop, where = sample.meta.get("crop"), "camera"
                 if crop is None and "reframe" in sample.meta:  # a replayed sample, cropped to its part
                     crop, where = sample.meta["reframe"], "sample"

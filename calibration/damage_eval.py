@@ -52,7 +52,7 @@ def score_damage(scorer, bundle, root: Path, frames=None, progress: bool = True)
         s = reframe(stored, rec, bundle.preprocessing)
         x = sample_to_input(s, bundle.size)
         r = scorer.score(x)
-        h = heat(x, r.reconstruction, r.relief_heat, bundle.heat_sigma)
+        h = heat(x, r.reconstruction, r.relief_heat, bundle.heat_sigma, bundle.heat_background)
         if "reframe" in s.meta:  # a crop-to-part model: its map goes back where the part is
             h = uncrop_map(h, s.meta["reframe"], stored.depth.shape)
         elif h.shape != stored.depth.shape:

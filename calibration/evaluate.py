@@ -76,7 +76,8 @@ def maps_figure(scorer, bundle, rows, n: int, path: Path, title: str) -> None:
         p = Path(r[0])
         x = sample_to_input(read_model_sample(p.parent.parent, int(p.stem), bundle.preprocessing), bundle.size)
         res = scorer.score(x)
-        tiles.append(label(map_tiles(x, res.reconstruction, relief=res.relief_heat, sigma=bundle.heat_sigma),
+        tiles.append(label(map_tiles(x, res.reconstruction, relief=res.relief_heat, sigma=bundle.heat_sigma,
+                                      background=bundle.heat_background),
                            f"{r[1]} {r[2]:.3g}", scale=0.5))
     cols = 4
     rows_img = []
@@ -259,8 +260,9 @@ def evaluate_damage(scorer, b, o: EvaluateOptions, frames, out: Path, tag: str, 
         w.writerows([(s.folder.name, s.frame, f"{s.score:.9g}") for g in scored.values() for s in g])
     damage_figure(scored, min(o.n_rank, 6), out / f"damage-maps-{tag}.png", label)
     index += [f"### {label}: damaged parts", "", f"![damage maps](damage-maps-{tag}.png)", ""]
-    # the maps' pixel metrics depend on the bundle's smoothing: say which (0: unsmoothed)
-    return [{**r, **bundle_columns(b), "map_sigma": b.heat_sigma} for r in damage_rows(b.cls, b.kind, scored)]
+    # the maps' pixel metrics depend on the bundle's smoothing and background: say which (0: unsmoothed)
+    return [{**r, **bundle_columns(b), "map_sigma": b.heat_sigma,
+             "map_background": b.heat_background} for r in damage_rows(b.cls, b.kind, scored)]
 
 
 def bundle_columns(b) -> dict:

@@ -91,6 +91,7 @@ def cmd_export(a: argparse.Namespace) -> int:
                              f"unsmoothed), got {a.heat_sigma:g}") from None
     # the map's smoothing: the recipe's for the generator's size unless asked; the paper has no maps
     heat_sigma = a.heat_sigma if a.heat_sigma is not None else (0.0 if a.paper else None)
+    heat_background = a.heat_background if a.heat_background is not None else ("black" if a.paper else None)
     record = None
     if pointed:
         from export.operating_point import pick_for_run
@@ -105,6 +106,7 @@ def cmd_export(a: argparse.Namespace) -> int:
               f"(default {record['default_ms']} ms), validated quality {record['quality'].get('quality', '?')}")
     m = write_bundle(a.run, a.out, search, use_ema=not a.no_ema, force=a.force, data=a.data, progress=True,
                      operating_point=record, relief=relief, shape=shape, heat_sigma=heat_sigma,
+                     heat_background=heat_background,
                      **({"relief_samples": a.relief_samples} if a.relief_samples is not None else {}))
     s = search
     print(f"exported {m['class']} ({m['kind']}, {m['training']['weights']}, epoch {m['training']['epoch']}) "
@@ -118,8 +120,10 @@ def cmd_export(a: argparse.Namespace) -> int:
               f"{ref['samples']} training parts (relief median "
               f"{ref['relief_median']:.4g}, spread {ref['relief_scale']:.4g}; search median {ref['search_median']:.4g}, "
               f"spread {ref['search_scale']:.4g})")
-    print("anomaly map: " + (f"smoothed by a Gaussian of {m['heat']['sigma']:g} px of the {m['architecture']['size']} "
-                              f"px input" if "heat" in m else "unsmoothed"))
+    hb = m.get("heat", {})
+    print("anomaly map: " + (f"smoothed by a Gaussian of {hb['sigma']:g} px of the {m['architecture']['size']} "
+                              f"px input" if "sigma" in hb else "unsmoothed")
+          + ("; background against the generator's own" if hb.get("background") == "drawn" else "; background against -1"))
     if "shape" in m:
         ref = m["shape"]["reference"]
         print(f"surface shape check: {ref['samples']} training parts' shapes (distance median {ref['shape_median']:.4g}, "
@@ -211,6 +215,13 @@ def add_parser(sub) -> None:
                         "a Gaussian of PX pixels of the model input (default 2 per 64 px of input, since "
                         "2026-12-03; 0 or --paper: unsmoothed, as before): by blocked CV it raises pixel AUROC and "
                         "PRO in every class (bench/RESULTS.md, 'A smoothed anomaly map'); the score is not changed")
+    q.add_argument("--heat-background", choices=("drawn", "black"), default=None,
+                   help="what the anomaly map compares the input's background with: drawn (the default since "
+                        "2026-12-03): the generator's own background, its median there; black (--paper, and "
+                        "bundles before): -1. The generators draw the background near -0.6, so against -1 every "
+                        "background pixel of the crop reads hot; by blocked CV drawn raises pixel AUROC and PRO "
+                        "(bench/RESULTS.md, 'The anomaly map against the generator's own background'); the score "
+                        "is not changed")
     q.add_argument("--data", default=None,
                    help="the dataset root, if the run's training data has moved (the relief and shape checks and "
                         "--score-norm train read the training parts)")

@@ -49,7 +49,8 @@ def train_and_export(plan: Plan, progress: bool) -> dict[str, Path]:
         given = {f: getattr(a, f) for f in ("pool", "depth_weight") if getattr(a, f) is not None}  # else export's
         search = with_default_seeds(for_start(replace(RECIPE_SEARCH, loss=a.loss, z_init=z_init, **given,
                                                       score_cells=a.score_cells, score_norm=a.score_norm), a.k))
-        write_bundle(run, bundles[cls], search, force=True, heat_sigma=None)  # the map smoothed as adgan export does
+        write_bundle(run, bundles[cls], search, force=True, heat_sigma=None,  # the map as adgan export makes it
+                     heat_background=None)
     print(f"[3/6] bundles (theta scope {search.theta_scope}, loss {a.loss}, depth weight {search.depth_weight:g}, "
           f"pool {search.pool}, score {search.describe_score()}, n_seed {search.n_seed}, k {search.k}, "
           f"{'search from the encoder' if a.encoder_epochs else 'random z'}) -> {plan.out / 'bundles'}")

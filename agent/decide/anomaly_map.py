@@ -10,6 +10,15 @@ A bundle may smooth its map (the manifest's `heat.sigma`, pixels of the model in
 export` writes 2 per 64 pixels of input since 2026-12-03): a Gaussian over the combined map
 before it goes anywhere, so a defect's pixels read as one region rather than a speckle of
 JPEG and print edges (blocked CV, issue 15: bench/RESULTS.md "A smoothed anomaly map").
+
+Where the input shows background, a bundle may compare against the generator's own background
+(the manifest's `heat.background`, "drawn"; `adgan export` writes it since 2026-12-03): the
+generators draw the background as a noisy dark grey near -0.6, not the input's -1, so against -1
+every background pixel of the crop reads as a difference of ~0.2, above a part's own normal
+residual, and the map lights up where nothing is. With "drawn" a background pixel counts how far
+G's drawing there lies from G's median over the input's background (per channel): missing
+material, where G draws the part, still reads hot. "black" (bundles written before) is |G - x|
+everywhere (bench/RESULTS.md "The anomaly map against the generator's own background").
 """
 from __future__ import annotations
 
@@ -20,6 +29,16 @@ import numpy as np
 
 from agent.segment.preprocess import input_to_sample
 from agent.visual import sample_tile
+
+
+HEAT_BACKGROUNDS = ("black", "drawn")
+
+
+def check_background(background) -> str:
+    """A heat map's background reference ("black" or "drawn"), or ValueError."""
+    if background not in HEAT_BACKGROUNDS:
+        raise ValueError(f"the heat map's background must be one of {HEAT_BACKGROUNDS}, got {background!r}")
+    return background
 
 
 def pixel_map(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -44,12 +63,32 @@ def smooth(h: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.GaussianBlur(h.astype(np.float32), (0, 0), sigma, borderType=cv2.BORDER_REPLICATE)
 
 
-def heat(x: np.ndarray, y: np.ndarray, relief: np.ndarray | None = None, sigma: float = 0.0) -> np.ndarray:
-    """(S, S) maximum over channels of the pixel map, in [0, 1]; with a relief map in the same
-    units (how unusually far the part's surface lies behind its fit: `ScoreResult.relief_heat`,
-    agent/scoring/relief.py), the larger of the two at each pixel, so that a dent the generator
-    drew shows too; then smoothed by a Gaussian of `sigma` pixels (the bundle's `heat_sigma`)."""
+def background_map(x: np.ndarray, y: np.ndarray) -> np.ndarray | None:
+    """(S, S) where the input x is background (depth -1): how far G's drawing lies from G's own
+    background, |y - b| / 2 with b G's per-channel median over those pixels, the maximum over
+    channels; elsewhere 0. None when x has no background pixel."""
+    bg = x[3] <= -1.0
+    if not bg.any():
+        return None
+    y = y.astype(np.float32)
+    b = np.median(y[:, bg], axis=1).astype(np.float32)
+    d = np.clip(np.abs(y - b[:, None, None]) * 0.5, 0.0, 1.0).max(axis=0)
+    return np.where(bg, d, np.float32(0.0))
+
+
+def heat(x: np.ndarray, y: np.ndarray, relief: np.ndarray | None = None, sigma: float = 0.0,
+         background: str = "black") -> np.ndarray:
+    """(S, S) maximum over channels of the pixel map, in [0, 1]; with background "drawn", on the
+    input's background pixels against G's own background (`background_map`) instead of -1; with
+    a relief map in the same units (how unusually far the part's surface lies behind its fit:
+    `ScoreResult.relief_heat`, agent/scoring/relief.py), the larger of the two at each pixel, so
+    that a dent the generator drew shows too; then smoothed by a Gaussian of `sigma` pixels (the
+    bundle's `heat_sigma`)."""
     h = pixel_map(x, y).max(axis=0)
+    if check_background(background) == "drawn":
+        hb = background_map(x, y)
+        if hb is not None:
+            h = np.where(x[3] <= -1.0, hb, h)
     if relief is not None:
         if relief.shape != h.shape:
             raise ValueError(f"relief map {relief.shape} does not match the input's {h.shape}")
@@ -102,9 +141,9 @@ def decode_map(m: dict) -> np.ndarray:
 
 
 def map_tiles(x: np.ndarray, y: np.ndarray, scale: int = 2, relief: np.ndarray | None = None,
-              sigma: float = 0.0) -> np.ndarray:
+              sigma: float = 0.0, background: str = "black") -> np.ndarray:
     """Input (RGB above depth) | reconstruction | heat map (RGB colour map), side by side."""
-    h = heat(x, y, relief, sigma)
+    h = heat(x, y, relief, sigma, background)
     hm = cv2.applyColorMap(np.rint(h * 255).astype(np.uint8), cv2.COLORMAP_INFERNO)[:, :, ::-1]
     s = x.shape[1]
     hm = np.vstack([hm, np.zeros((s, s, 3), np.uint8)])  # same height as the RGB-over-depth tiles

@@ -19,7 +19,7 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from agent.decide.anomaly_map import check_sigma
+from agent.decide.anomaly_map import check_background, check_sigma
 from agent.records import Record, record
 from agent.scoring.relief import ReliefCheck
 from agent.scoring.shape import ShapeCheck
@@ -150,11 +150,13 @@ class Bundle:
         # the surface shape check (agent/scoring/shape.py), when exported with it
         self.shape: ShapeCheck | None = ShapeCheck.from_dict(manifest["shape"]) if manifest.get("shape") else None
         # the anomaly map's smoothing, pixels of the model input (agent/decide/anomaly_map.py); 0 in
-        # bundles written before 2026-12-03, which have no "heat" block
+        # bundles written before 2026-12-03, which have no "heat" block; and what the map compares
+        # the input's background with: G's own background ("drawn") or -1 ("black", bundles before)
         heat_block = manifest.get("heat") or {}
         if not isinstance(heat_block, dict):
             raise ValueError(f"'heat' must be an object, got {heat_block!r}")
         self.heat_sigma: float = check_sigma(heat_block.get("sigma", 0.0))
+        self.heat_background: str = check_background(heat_block.get("background", "black"))
 
     @classmethod
     def load(cls, path: str | Path) -> "Bundle":

@@ -33,13 +33,14 @@ SCALE = 4  # sample pixels -> screen pixels
 def part_images(view) -> dict[str, np.ndarray]:
     """RGB, depth and the anomaly map over the RGB (the event's map: with a relief check, the
     larger of |G(z*) - x| and the relief where it is unusual, smoothed by the bundle's sigma), as
-    BGR images for PNG encoding. `view` is the service's (sample, x, G(z*), relief map, sigma)."""
+    BGR images for PNG encoding. `view` is the service's (sample, x, G(z*), relief map, sigma,
+    background reference)."""
     from agent.decide.anomaly_map import heat
-    sample, x, reconstruction, relief, sigma = view
+    sample, x, reconstruction, relief, sigma, background = view
     rgb = cv2.cvtColor(sample.rgb, cv2.COLOR_RGB2BGR)
     depth = cv2.applyColorMap(sample.depth, cv2.COLORMAP_VIRIDIS)
     depth[sample.depth == 0] = 0
-    h = heat(x, reconstruction, relief, sigma)
+    h = heat(x, reconstruction, relief, sigma, background)
     hm = cv2.applyColorMap(np.clip(h * 255 * 2, 0, 255).astype(np.uint8), cv2.COLORMAP_INFERNO)
     over = cv2.addWeighted(rgb, 0.45, cv2.resize(hm, rgb.shape[1::-1]), 0.55, 0)
     return {k: cv2.resize(v, None, fx=SCALE, fy=SCALE, interpolation=cv2.INTER_NEAREST)

@@ -88,6 +88,7 @@ def test_demo_on_real_data(paper_data, tmp_path, capsys):
         b = Bundle.load(tmp_path / "bundles" / cls)
         assert (b.search.loss, b.search.pool, b.search.depth_weight) == ("fg", 1, 10.0)
         assert b.heat_sigma == 2.0 * b.size / 64  # the map smoothed as adgan export smooths it
+        assert b.heat_background == "drawn"  # and against the generator's own background
     events = r["events"]
     assert len(events) == 5 and all(e["trigger"] == "every_frame" for e in events)
     truth = json.loads((r["live"] / "stream" / "truth.json").read_text())

@@ -85,3 +85,44 @@ def test_a_bundles_sigma_smooths_the_map_into_one_region_and_keeps_its_place():
             check_sigma(bad)
         with pytest.raises(ValueError, match="sigma"):
             heat(x, y, sigma=bad)
+
+
+def _drawn_scene():
+    """A part on background, and a reconstruction that draws the background as noisy dark grey
+    near -0.6 (as the trained generators do), the part faithfully, and material where the input's
+    part has a chunk missing."""
+    rng = np.random.default_rng(0)
+    x = np.full((4, 32, 32), -1.0, np.float32)
+    x[:, 8:24, 8:24] = 0.2
+    y = np.clip(-0.6 + 0.05 * rng.standard_normal((4, 32, 32)), -1, 1).astype(np.float32)
+    y[:, 8:24, 8:24] = 0.2
+    x[:, 8:12, 8:12] = -1.0        # a chunk: the input shows background where the part was
+    y[:, 14:17, 14:17] = 0.8       # a stain on the part: 0.3 of difference
+    return x, y
+
+
+def test_a_map_against_the_generators_own_background_leaves_its_grey_out_and_keeps_a_chunk():
+    from agent.decide.anomaly_map import background_map, check_background
+    x, y = _drawn_scene()
+    black, drawn = heat(x, y), heat(x, y, background="drawn")
+    bg = x[3] <= -1.0
+    far = bg.copy()
+    far[6:26, 6:26] = False        # background away from the part and the chunk
+    # against -1 the whole background reads ~0.2, as hot as the stain's neighbourhood
+    assert np.median(black[far]) == pytest.approx(0.2, abs=0.03)
+    # against G's own background it reads as G's noise around its median
+    assert np.median(drawn[far]) < 0.05 and drawn[far].max() < 0.15
+    # the part's pixels are the same map either way; the stain stays where it is
+    assert np.array_equal(drawn[~bg], black[~bg]) and drawn[15, 15] == pytest.approx(0.3)
+    # missing material, where G draws the part over the input's background, stays hot
+    assert drawn[9, 9] == pytest.approx((0.2 - np.median(y[:, bg], axis=1)).max() / 2, abs=1e-5) and drawn[9, 9] > 0.35
+    assert np.array_equal(background_map(x, y)[~bg], np.zeros((~bg).sum(), np.float32))
+    # a part that fills the input has no background to refer to: the map is |G - x|
+    full = np.full_like(x, 0.2)
+    assert background_map(full, y) is None and np.array_equal(heat(full, y, background="drawn"), heat(full, y))
+    assert check_background("drawn") == "drawn" and check_background("black") == "black"
+    for bad in ("white", None, 1, ""):
+        with pytest.raises(ValueError, match="background"):
+            heat(x, y, background=bad)
+    tiles = map_tiles(x, y, scale=1, background="drawn")
+    assert tiles.shape == (64, 3 * 33, 3)

@@ -128,15 +128,16 @@ def test_a_crop_to_part_bundle_replays_whole_frame_samples_and_boxes_the_stored_
         ys, xs = (s.depth > 0).nonzero()  # the box lies on the part's own pixels, within a pixel or two
         assert xs.min() - 2 <= box["x"] and box["x"] + box["width"] <= xs.max() + 3
         assert ys.min() - 2 <= box["y"] and box["y"] + box["height"] <= ys.max() + 3
-    # the map is the bundle's: smoothed as its manifest says (export's default for a 32 px input: 1 px)
+    # the map is the bundle's: smoothed as its manifest says (export's default for a 32 px input: 1 px),
+    # its background against the generator's own (export's default)
     from agent.segment.preprocess import sample_to_input
     from agent.sources.dataset import read_model_sample
     from calibration.scoring import make_scorer
     b = Bundle.load(bundle)
-    assert b.heat_sigma == 1.0
+    assert b.heat_sigma == 1.0 and b.heat_background == "drawn"
     e = boxed[0]
     x = sample_to_input(read_model_sample(folder, e["source"]["frame"], b.preprocessing), b.size)
     r = make_scorer(b, "onnxruntime", 0).score(x)
     assert r.score == pytest.approx(e["score"], rel=1e-5)
-    assert np.abs(decode_map(e["anomaly_map"]) - heat(x, r.reconstruction, r.relief_heat, b.heat_sigma)).max() \
+    assert np.abs(decode_map(e["anomaly_map"]) - heat(x, r.reconstruction, r.relief_heat, b.heat_sigma, "drawn")).max() \
         <= 1 / 255 + 1e-4

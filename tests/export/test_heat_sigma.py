@@ -15,7 +15,7 @@ FAST = ["--theta-scope", "none", "--loss", "fg", "--k", "3", "--no-relief", "--n
 def test_export_smooths_the_map_by_default_for_the_inputs_size_and_records_it(encoded_run, tmp_path, capsys):
     assert main(["export", str(encoded_run), "--out", str(tmp_path / "d"), *FAST]) == 0
     assert "smoothed by a Gaussian of 1 px of the 32 px input" in capsys.readouterr().out
-    assert json.loads((tmp_path / "d" / "manifest.json").read_text())["heat"] == {"sigma": 1.0}
+    assert json.loads((tmp_path / "d" / "manifest.json").read_text())["heat"]["sigma"] == 1.0
     assert Bundle.load(tmp_path / "d").heat_sigma == 1.0  # 2 per 64 px of input
     assert main(["export", str(encoded_run), "--out", str(tmp_path / "s"), *FAST, "--heat-sigma", "2.5"]) == 0
     assert Bundle.load(tmp_path / "s").heat_sigma == 2.5
@@ -24,7 +24,7 @@ def test_export_smooths_the_map_by_default_for_the_inputs_size_and_records_it(en
         assert main(["export", str(encoded_run), "--out", str(out), "--force", *(FAST if "--paper" not in args
                                                                                  else []), *args]) == 0
         assert "anomaly map: unsmoothed" in capsys.readouterr().out
-        assert "heat" not in json.loads((out / "manifest.json").read_text())
+        assert "sigma" not in json.loads((out / "manifest.json").read_text()).get("heat", {})
         assert Bundle.load(out).heat_sigma == 0.0
     for bad in ("-1", "nan", "inf"):
         assert main(["export", str(encoded_run), "--out", str(tmp_path / "bad"), *FAST, "--heat-sigma", bad]) == 2
@@ -81,3 +81,59 @@ def test_evaluate_reads_the_map_the_bundle_smooths(bundles, synth_data, tmp_path
     with open(out / "damage.csv") as fh:
         sigmas = {float(r["map_sigma"]) for r in csv.DictReader(fh)}
     assert sigmas == {0.0, 2.0}
+
+
+def test_export_compares_the_background_with_the_generators_own_by_default_and_records_it(encoded_run, tmp_path,
+                                                                                         capsys):
+    assert main(["export", str(encoded_run), "--out", str(tmp_path / "d"), *FAST]) == 0
+    assert "background against the generator's own" in capsys.readouterr().out
+    assert json.loads((tmp_path / "d" / "manifest.json").read_text())["heat"] == {"sigma": 1.0, "background": "drawn"}
+    assert Bundle.load(tmp_path / "d").heat_background == "drawn"
+    for args in (["--heat-background", "black"], ["--paper", "--k", "3"]):
+        out = tmp_path / "black"
+        assert main(["export", str(encoded_run), "--out", str(out), "--force",
+                     *(FAST if "--paper" not in args else []), *args]) == 0
+        assert "background against -1" in capsys.readouterr().out
+        assert "background" not in json.loads((out / "manifest.json").read_text()).get("heat", {})
+        assert Bundle.load(out).heat_background == "black"
+    assert main(["export", str(encoded_run), "--out", str(tmp_path / "p"), "--paper", "--k", "3",
+                 "--heat-background", "drawn"]) == 0
+    assert json.loads((tmp_path / "p" / "manifest.json").read_text())["heat"] == {"background": "drawn"}
+    with pytest.raises(SystemExit) as e:  # argparse refuses it, naming the choices
+        main(["export", str(encoded_run), "--out", str(tmp_path / "bad"), *FAST, "--heat-background", "grey"])
+    assert e.value.code == 2 and "choose from 'drawn', 'black'" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("heat", [{"background": "white"}, {"background": None}, {"sigma": 1.0, "background": 3}])
+def test_a_bundle_with_a_bad_heat_background_is_refused(bundles, tmp_path, heat):
+    _with_heat(bundles[("none", "fg")], tmp_path / "b", heat)
+    with pytest.raises(BundleError, match="background"):
+        Bundle.load(tmp_path / "b")
+
+
+def test_evaluate_reads_the_background_the_bundle_compares_with(bundles, synth_data, tmp_path):
+    """Same scores; the drawn bundle's maps are the black bundle's except where the input shows
+    background, and there they are G's drawing against its own median."""
+    from agent.decide.anomaly_map import heat
+    from calibration.damage_eval import score_damage
+    from calibration.scoring import make_scorer
+    dmg = tmp_path / "damaged"
+    assert main(["dataset", "damage", str(synth_data / "test" / "sphere"), "--out", str(dmg), "--seed", "3",
+                 "--defects", "chunk", "--quiet"]) == 0
+    black_b = Bundle.load(bundles[("none", "fg")])
+    _with_heat(black_b.path, tmp_path / "drawn", {"background": "drawn"})
+    drawn_b = Bundle.load(tmp_path / "drawn")
+    black, drawn = (score_damage(make_scorer(b, "onnxruntime", 0), b, dmg, progress=False) for b in (black_b, drawn_b))
+    differs = 0
+    for name in black:
+        for r, s in zip(black[name], drawn[name]):
+            assert s.score == pytest.approx(r.score) and s.heat.shape == r.heat.shape
+            differs += int(not np.allclose(s.heat, r.heat))
+    assert differs > 0
+    # evaluate's table says which background its pixel metrics are of
+    out = tmp_path / "report"
+    assert main(["evaluate", "--bundles", str(black_b.path), str(drawn_b.path), "--damage", str(dmg), "--out", str(out),
+                 "--quiet", "--no-search-figure"]) == 0
+    with open(out / "damage.csv") as fh:
+        assert {r["map_background"] for r in csv.DictReader(fh)} == {"black", "drawn"}

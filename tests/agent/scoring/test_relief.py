@@ -350,8 +350,8 @@ def test_the_operators_page_draws_the_relief_where_the_generator_drew_the_pit():
     x = part(flat, radius=13.0, tilt=(1.0, -0.5), rgb=0.4)
     bad, pit_px = _pitted(x)
     m = relief_map(bad)
-    plain = part_images((input_to_sample(bad), bad, bad, None, 0.0))["map"]
-    with_relief = part_images((input_to_sample(bad), bad, bad, m, 0.0))["map"]
+    plain = part_images((input_to_sample(bad), bad, bad, None, 0.0, "drawn"))["map"]
+    with_relief = part_images((input_to_sample(bad), bad, bad, m, 0.0, "drawn"))["map"]
     assert plain.shape == with_relief.shape
     ys, xs = np.nonzero(pit_px)
     k = plain.shape[0] // x.shape[1]  # screen pixels per sample pixel
