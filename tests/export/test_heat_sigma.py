@@ -39,6 +39,21 @@ def _with_heat(src, dst, heat) -> None:
     (dst / "manifest.json").write_text(json.dumps(m))
 
 
+def _twins_scored(bundles, synth_data, tmp_path, defects: str, heat: dict):
+    """Damaged sphere twins (`defects`), the plain fg bundle and a copy with the `heat` block, and
+    both bundles' score_damage results on them: (damaged root, plain, copy, plain's, copy's)."""
+    from calibration.damage_eval import score_damage
+    from calibration.scoring import make_scorer
+    dmg = tmp_path / "damaged"
+    assert main(["dataset", "damage", str(synth_data / "test" / "sphere"), "--out", str(dmg), "--seed", "3",
+                 "--defects", defects, "--quiet"]) == 0
+    plain = Bundle.load(bundles[("none", "fg")])
+    _with_heat(plain.path, tmp_path / "variant", heat)
+    variant = Bundle.load(tmp_path / "variant")
+    return (dmg, plain, variant,
+            *(score_damage(make_scorer(b, "onnxruntime", 0), b, dmg, progress=False) for b in (plain, variant)))
+
+
 @pytest.mark.parametrize("heat", [{"sigma": -1}, {"sigma": "2"}, {"sigma": None}, [2.0]])
 def test_a_bundle_with_a_bad_heat_block_is_refused(bundles, tmp_path, heat):
     _with_heat(bundles[("none", "fg")], tmp_path / "b", heat)
@@ -51,15 +66,8 @@ def test_evaluate_reads_the_map_the_bundle_smooths(bundles, synth_data, tmp_path
     back to the sample's frame (a sigma that evaluate ignored would leave them equal)."""
     import cv2
 
-    from calibration.damage_eval import damage_rows, score_damage
-    from calibration.scoring import make_scorer
-    dmg = tmp_path / "damaged"
-    assert main(["dataset", "damage", str(synth_data / "test" / "sphere"), "--out", str(dmg), "--seed", "3",
-                 "--defects", "stain,hole", "--quiet"]) == 0
-    raw_b = Bundle.load(bundles[("none", "fg")])
-    _with_heat(raw_b.path, tmp_path / "smooth", {"sigma": 2.0})
-    smooth_b = Bundle.load(tmp_path / "smooth")
-    raw, smoothed = (score_damage(make_scorer(b, "onnxruntime", 0), b, dmg, progress=False) for b in (raw_b, smooth_b))
+    from calibration.damage_eval import damage_rows
+    dmg, raw_b, smooth_b, raw, smoothed = _twins_scored(bundles, synth_data, tmp_path, "stain,hole", {"sigma": 2.0})
     checked = 0
     for name in raw:
         for r, s in zip(raw[name], smoothed[name]):
@@ -115,16 +123,8 @@ def test_a_bundle_with_a_bad_heat_background_is_refused(bundles, tmp_path, heat)
 def test_evaluate_reads_the_background_the_bundle_compares_with(bundles, synth_data, tmp_path):
     """Same scores; the drawn bundle's maps are the black bundle's except where the input shows
     background, and there they are G's drawing against its own median."""
-    from agent.decide.anomaly_map import heat
-    from calibration.damage_eval import score_damage
-    from calibration.scoring import make_scorer
-    dmg = tmp_path / "damaged"
-    assert main(["dataset", "damage", str(synth_data / "test" / "sphere"), "--out", str(dmg), "--seed", "3",
-                 "--defects", "chunk", "--quiet"]) == 0
-    black_b = Bundle.load(bundles[("none", "fg")])
-    _with_heat(black_b.path, tmp_path / "drawn", {"background": "drawn"})
-    drawn_b = Bundle.load(tmp_path / "drawn")
-    black, drawn = (score_damage(make_scorer(b, "onnxruntime", 0), b, dmg, progress=False) for b in (black_b, drawn_b))
+    dmg, black_b, drawn_b, black, drawn = _twins_scored(bundles, synth_data, tmp_path, "chunk",
+                                                         {"background": "drawn"})
     differs = 0
     for name in black:
         for r, s in zip(black[name], drawn[name]):
