@@ -194,9 +194,20 @@ SCORES: dict[str, Score | None] = {
 }
 
 
+def cv_folds(cv_dirs: list[Path], point: str, lo: int, hi: int, folds: int):
+    """(cv_dir, class, fold, block) for every class with a bundle-POINT in each blocked_cv.py folder."""
+    for cv_dir in cv_dirs:
+        classes = sorted({p.name for p in (cv_dir / "fold0").iterdir() if (p / f"bundle-{point}").is_dir()})
+        if not classes:
+            raise SystemExit(f"{cv_dir}/fold0 has no <class>/bundle-{point}")
+        for cls in classes:
+            for i, block in enumerate(blocks(lo, hi, folds)):
+                yield cv_dir, cls, i, block
+
+
 def dump(cv_dir: Path, cls: str, fold: int, block: tuple[int, int], point: str, every: int, out: Path,
-         threads: int) -> Path:
-    """Score the fold's samples with its bundle; keep x, G(z*) and the score per sample."""
+         threads: int, damaged_name: str = "damaged") -> Path:
+    """Score the fold's samples with its bundle; keep x, G(z*), the score and the frame number per sample."""
     from agent.scoring.bundle import Bundle
     from agent.segment.preprocess import reframe, sample_to_input
     from agent.sources.dataset import check_preprocessing, class_folders, frame_numbers, read_sample
@@ -208,21 +219,22 @@ def dump(cv_dir: Path, cls: str, fold: int, block: tuple[int, int], point: str, 
     root = cv_dir / f"fold{fold}"
     b = Bundle.load(root / cls / f"bundle-{point}")
     scorer = make_scorer(b, "onnxruntime", seed=0, threads=threads)
-    damaged = root / "damaged"
+    damaged = root / damaged_name
     groups = {"intact": damaged / cls, **damage_folders(damaged, cls),
               **{f"swap_{p.name}": p for p in class_folders(damaged) if "_" not in p.name and p.name != cls}}
     rec = {}
     for name, folder in groups.items():
         r_ = check_preprocessing(folder, b.preprocessing)
         xs, ys, ss = [], [], []
-        for n in frame_numbers(folder, (block[0], block[1], every)):
+        ns = frame_numbers(folder, (block[0], block[1], every))
+        for n in ns:
             x = sample_to_input(reframe(read_sample(folder, n), r_, b.preprocessing), b.size)
             r = scorer.score(x)
             xs.append(x), ys.append(r.reconstruction), ss.append(r.score)
-        rec[name] = (np.stack(xs), np.stack(ys), np.array(ss))
+        rec[name] = (np.stack(xs), np.stack(ys), np.array(ss), np.array(ns))
         print(f"{cls} fold {fold} {name}: {len(ss)}", flush=True)
     tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, **{f"{g}.{k}": v for g, t in rec.items() for k, v in zip("xys", t)})
+    np.savez_compressed(tmp, **{f"{g}.{k}": v for g, t in rec.items() for k, v in zip("xysn", t)})
     tmp.replace(path)
     return path
 
@@ -279,15 +291,10 @@ def main(argv=None) -> int:
     lo, hi = (int(v) for v in a.frames.split(":"))
     a.out.mkdir(parents=True, exist_ok=True)
     results: dict[tuple[str, str], list] = {}
-    for cv_dir in a.cv:
-        classes = sorted({p.name for p in (cv_dir / "fold0").iterdir() if (p / f"bundle-{a.point}").is_dir()})
-        if not classes:
-            raise SystemExit(f"{cv_dir}/fold0 has no <class>/bundle-{a.point}")
-        for cls in classes:
-            for i, block in enumerate(blocks(lo, hi, a.folds)):
-                rows = fold_rows(dump(cv_dir, cls, i, block, a.point, a.every, a.out, a.threads), names)
-                for name, r in rows.items():
-                    results.setdefault((cls, name), []).append(r)
+    for cv_dir, cls, i, block in cv_folds(a.cv, a.point, lo, hi, a.folds):
+        rows = fold_rows(dump(cv_dir, cls, i, block, a.point, a.every, a.out, a.threads), names)
+        for name, r in rows.items():
+            results.setdefault((cls, name), []).append(r)
     lines = table(results)
     text = "\n".join([f"map scores of bundle-{a.point}, every {a.every} frame(s), {len(names)} scores compared", "",
                       *lines]) + "\n"

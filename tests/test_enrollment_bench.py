@@ -1,0 +1,81 @@
+"""bench/enrollment.py: golden sets leave the sample's own frame out, and the patch distance
+finds local damage that an intact neighbour does not have, up to the shifts it searches."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+import enrollment as en  # noqa: E402
+
+
+def test_the_golden_set_is_the_nearest_frames_without_the_sample_itself():
+    intact = np.array([0, 3, 6, 9, 12])
+    idx = en.golden_index(np.array([6, 7, 0]), intact, 2)
+    assert [sorted(intact[i]) for i in idx] == [[3, 9], [6, 9], [3, 6]]
+    before = en.golden_index(np.array([6, 3]), intact, 2, before=True)
+    assert [sorted(intact[i]) for i in before] == [[0, 3], [0, 6]]  # frame 3 has one before it: 6 makes up
+    with pytest.raises(ValueError, match="needs more than 5"):
+        en.golden_index(np.array([6]), intact, 5)
+
+
+def test_shifted_moves_the_image_and_fills_the_border():
+    a = np.arange(16.0).reshape(1, 4, 4)
+    s = en.shifted(a, 1, -1, -1.0)[0]
+    assert s[0].tolist() == [-1.0] * 4 and s[:, -1].tolist() == [-1.0] * 4
+    assert s[1, 0] == a[0, 0, 1] and s[3, 2] == a[0, 2, 3]
+    assert np.array_equal(en.shifted(a, 0, 0, 9.0), a)
+
+
+def test_patch_means_average_each_patch_at_half_stride():
+    e = np.zeros((1, 16, 16))
+    e[0, 4:8, 4:8] = 1.0
+    pm = en.patch_means(e, 8)
+    assert pm.shape == (1, 3, 3)
+    want = np.zeros((3, 3))
+    want[:2, :2] = 16 / 64  # the 8x8 patches at 0 and 4 cover the 4x4 square, those at 8 miss it
+    assert np.allclose(pm[0], want)
+
+
+def test_a_local_defect_scores_above_its_intact_twin_and_a_shift_is_forgiven():
+    rng = np.random.default_rng(0)
+    golden = rng.uniform(-1, 1, (4, 4, 32, 32)).astype(np.float32)
+    twin = en.shifted(golden[1], 2, -2, -1.0)  # the same part, moved by 2 pixels
+    damaged = twin.copy()
+    damaged[:, 12:20, 12:20] = 0.9             # a stain inside the part
+    idx = np.array([[1, 2], [1, 2]])
+    s = en.golden_score(np.stack([twin, damaged]), golden, idx, 8, 4, 2, -1.0)
+    assert s[0] == pytest.approx(0.0, abs=1e-9)
+    assert s[1] > 0.1
+    # without shifts the moved twin no longer matches
+    assert en.golden_score(twin[None], golden, idx[:1], 8, 0, 2, -1.0)[0] > 0.1
+
+
+def test_a_fold_file_scores_damage_above_intact_and_needs_frame_numbers(tmp_path):
+    rng = np.random.default_rng(1)
+    base = rng.uniform(-0.9, 0.9, (4, 16, 16)).astype(np.float32)
+    n = np.arange(0, 60, 3)
+    arrays = {}
+    for g in ("intact", "stain", "swap_cylinder"):
+        x = np.stack([base + rng.normal(0, 0.02, base.shape).astype(np.float32) for _ in n])
+        if g == "stain":
+            x[:, :3, 4:8, 4:8] = 0.95
+        if g == "swap_cylinder":
+            x = rng.uniform(-0.9, 0.9, x.shape).astype(np.float32)
+        arrays.update({f"{g}.x": x, f"{g}.y": x + 0.01, f"{g}.s": rng.normal(1.0, 0.1, len(n)), f"{g}.n": n})
+    path = tmp_path / "sphere-f0.npz"
+    np.savez(path, **arrays)
+    rows = en.rows(en.fold_scores(path, k=4, p=4, shift=2, step=1))
+    assert set(rows) == set(en.SCORES)
+    swap, damage, per = rows["golden-input"]
+    assert swap > 0.99 and damage > 0.99 and set(per) == {"stain"}
+    assert abs(rows["bundle"][1] - 0.5) < 0.3  # the bundle's scores were drawn alike for every group
+    assert rows["golden-combined"][1] > 0.99
+    old = tmp_path / "old-f0.npz"
+    np.savez(old, **{k: v for k, v in arrays.items() if not k.endswith(".n")})
+    with pytest.raises(SystemExit, match="no frame numbers"):
+        en.fold_scores(old, k=4, p=4, shift=2, step=1)
