@@ -10,7 +10,11 @@ Each fold's bundle (--point) scores every --every-th frame of its block through 
 own search (bench/map_scores.py's dump: x, G(z*), the score and the frame number per sample,
 kept in OUT/<class>-f<fold>.npz and reused). The golden set of a sample is the K intact
 samples of the block nearest to it in frame number, its own frame left out, so its intact twin
-is never golden. Scores:
+is never golden (`--golden nearest`), or the K nearest before it (`--golden before`). With
+`--golden first`, as a station enrols at a product change: the objects' runs of captures come
+from --objects (bench/paper_rgbd_objects.json, read by eye); the golden set is the first K intact
+samples of the sample's run inside the block, and only the run's later samples are scored (a
+sample of another class belongs to the run its frame number falls in). Scores:
 
 - `bundle`: the bundle's own score (the baseline);
 - `golden-input`: P x P patches at stride P/2 over the whole input x (4 channels); a patch's
@@ -30,6 +34,7 @@ Nothing here ships: it says whether a per-product enrollment is worth building.
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -58,6 +63,26 @@ def golden_index(n_test: np.ndarray, n_intact: np.ndarray, k: int, before: bool 
     # ties (one frame before, one after) go to the earlier frame, deterministically
     d += n_intact[None, :] * 1e-9
     return np.argsort(d, axis=1)[:, :k]
+
+
+def first_index(n_test: np.ndarray, n_intact: np.ndarray, starts: list[int], k: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The golden set of a station that enrols at a product change: (N, k) indices into the intact
+    samples, the first k of the object's run (`starts`: each run's first frame) that holds the test
+    frame, and (N,) whether the frame is scored: it comes after that golden set, in a run with more
+    than k intact samples. Rows of unscored frames are 0."""
+    starts = sorted(starts)
+    run = np.searchsorted(np.asarray(starts), n_test, side="right") - 1
+    run_i = np.searchsorted(np.asarray(starts), n_intact, side="right") - 1
+    order = np.argsort(n_intact, kind="stable")
+    idx = np.zeros((len(n_test), k), np.int64)
+    scored = np.zeros(len(n_test), bool)
+    for i, (n, r) in enumerate(zip(n_test, run)):
+        members = [j for j in order if run_i[j] == r]
+        if r < 0 or len(members) <= k or n <= n_intact[members[k - 1]]:
+            continue
+        idx[i], scored[i] = members[:k], True
+    return idx, scored
 
 
 def shifted(img: np.ndarray, dy: int, dx: int, fill: float) -> np.ndarray:
@@ -100,8 +125,10 @@ def make_damage(data: str, out: Path, block: tuple[int, int], seed: int) -> None
     subprocess.run(cmd, check=True, cwd=Path(__file__).resolve().parents[1])
 
 
-def fold_scores(path: Path, k: int, p: int, shift: int, step: int, before: bool = False
-                ) -> dict[str, dict[str, np.ndarray]]:
+def fold_scores(path: Path, k: int, p: int, shift: int, step: int, golden: str = "nearest",
+                starts: list[int] | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """Every score of every sample of a fold's dump, and "scored": whether the sample is scored
+    (all of them, except with golden "first": see first_index)."""
     z = np.load(path)
     g: dict[str, dict[str, np.ndarray]] = {}
     for key in z.files:
@@ -112,14 +139,30 @@ def fold_scores(path: Path, k: int, p: int, shift: int, step: int, before: bool 
     gi = g["intact"]
     out: dict[str, dict[str, np.ndarray]] = {}
     idxs = {}
+    if golden == "first" and starts is None:
+        raise ValueError("golden 'first' needs the objects' runs (starts)")
     for name, v in g.items():
-        idxs[name] = idx = golden_index(v["n"], gi["n"], k, before)
+        if golden == "first":
+            idx, scored = first_index(v["n"], gi["n"], starts, k)
+        else:
+            idx, scored = golden_index(v["n"], gi["n"], k, golden == "before"), np.ones(len(v["n"]), bool)
+        idxs[name] = idx
         out[name] = {
+            "scored": scored,
             "bundle": v["s"],
             "golden-input": golden_score(v["x"], gi["x"], idx, p, shift, step, -1.0),
             "golden-residual": golden_score(v["y"] - v["x"], gi["y"] - gi["x"], idx, p, shift, step, 0.0),
         }
-    ref = out["intact"]
+    ref = dict(out["intact"])
+    if golden == "first":
+        # a golden sample's own golden-input: against the other k - 1 of its set, as enrollment scores it
+        own = ref["golden-input"].copy()
+        for row in {tuple(r) for name in idxs for r, ok in zip(idxs[name], out[name]["scored"]) if ok}:
+            r = np.asarray(row)
+            for j in r:
+                others = r[r != j][None]
+                own[j] = golden_score(gi["x"][j:j + 1], gi["x"], others, p, shift, step, -1.0)[0]
+        ref["golden-input"] = own
     for name, o in out.items():
         idx = idxs[name]
         o["golden-combined"] = np.maximum(o["bundle"] / ref["bundle"][idx].mean(1),
@@ -131,7 +174,7 @@ def rows(sc: dict[str, dict[str, np.ndarray]]) -> dict[str, tuple[float, float, 
     defects = [d for d in sc if d != "intact" and not d.startswith("swap_")]
     res = {}
     for name in SCORES:
-        s = {k: v[name] for k, v in sc.items()}
+        s = {k: v[name][v["scored"]] for k, v in sc.items()}
         swap = auc(s["intact"], np.concatenate([s[k] for k in s if k.startswith("swap_")]))
         damage = auc(s["intact"], np.concatenate([s[d] for d in defects]))
         res[name] = (swap, damage, {d: auc(s["intact"], s[d]) for d in defects})
@@ -148,8 +191,12 @@ def main(argv=None) -> int:
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--every", type=int, default=3, help="every N-th frame of a block (default 3)")
     ap.add_argument("--k", type=int, default=8, help="golden samples per test sample (default 8)")
-    ap.add_argument("--golden", choices=("nearest", "before"), default="nearest",
-                    help="golden set: the K nearest frames on either side (default), or the K nearest before")
+    ap.add_argument("--golden", choices=("nearest", "before", "first"), default="nearest",
+                    help="golden set: the K nearest frames on either side (default), the K nearest before, or "
+                         "the first K of the object's run (a station enrolling at a product change; --objects)")
+    ap.add_argument("--objects", type=Path, default=Path(__file__).resolve().parent / "paper_rgbd_objects.json",
+                    help="each class's runs of captures of one object, for --golden first "
+                         "(default bench/paper_rgbd_objects.json)")
     ap.add_argument("--patch", type=int, default=8, help="patch side in input pixels, even (default 8)")
     ap.add_argument("--shift", type=int, default=4, help="largest shift searched, pixels (default 4)")
     ap.add_argument("--shift-step", type=int, default=2, help="shift step, pixels (default 2)")
@@ -167,15 +214,19 @@ def main(argv=None) -> int:
              f"golden {a.golden}, K {a.k}, patch {a.patch}, "
              f"shift +-{a.shift} step {a.shift_step}; {len(SCORES)} scores", "",
              "| class | score | fold | class swaps | damage | per defect |", "|---|---|---|---|---|---|"]
+    objects = json.loads(a.objects.read_text()) if a.golden == "first" else {}
     damaged = "damaged" if a.damage_seed == 7 else f"damaged-s{a.damage_seed}"
     for cv_dir, cls, i, block in cv_folds(a.cv, a.point, lo, hi, a.folds):
         if not (cv_dir / f"fold{i}" / damaged / "damage.json").exists():
             make_damage(a.data, cv_dir / f"fold{i}" / damaged, block, a.damage_seed)
         path = dump(cv_dir, cls, i, block, a.point, a.every, a.out, a.threads, damaged)
-        scores = fold_scores(path, a.k, a.patch, a.shift, a.shift_step, a.golden == "before")
+        if a.golden == "first" and cls not in objects:
+            raise SystemExit(f"{a.objects} has no runs for class {cls}")
+        scores = fold_scores(path, a.k, a.patch, a.shift, a.shift_step, a.golden, objects.get(cls))
+        n_scored = int(scores["intact"]["scored"].sum())
         for name, (sw, dm, per) in rows(scores).items():
             d = ", ".join(f"{k} {v:.2f}" for k, v in sorted(per.items()))
-            line = f"| {cls} | {name} | {block[0]}:{block[1]} | {sw:.3f} | {dm:.3f} | {d} |"
+            line = f"| {cls} | {name} | {block[0]}:{block[1]} ({n_scored} intact) | {sw:.3f} | {dm:.3f} | {d} |"
             lines.append(line)
             print(line, flush=True)
     text = "\n".join(lines) + "\n"

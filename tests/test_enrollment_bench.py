@@ -79,3 +79,18 @@ def test_a_fold_file_scores_damage_above_intact_and_needs_frame_numbers(tmp_path
     np.savez(old, **{k: v for k, v in arrays.items() if not k.endswith(".n")})
     with pytest.raises(SystemExit, match="no frame numbers"):
         en.fold_scores(old, k=4, p=4, shift=2, step=1)
+
+
+def test_a_station_enrols_the_first_parts_of_each_run_and_scores_only_later_ones():
+    intact = np.array([0, 3, 6, 9, 12, 15, 18, 21])
+    starts = [0, 10]                        # runs 0-9 and 10-21
+    n = np.array([0, 6, 9, 12, 15, 21, -3])
+    idx, scored = en.first_index(n, intact, starts, 2)
+    assert scored.tolist() == [False, True, True, False, False, True, False]
+    assert intact[idx[1]].tolist() == [0, 3] and intact[idx[2]].tolist() == [0, 3]
+    assert intact[idx[5]].tolist() == [12, 15]
+    # a run with no more intact samples than k scores nothing
+    _, scored = en.first_index(np.array([6, 9]), intact, [0, 7], 2)
+    assert scored.tolist() == [True, False]  # run 7-21 has 5 intact; 9 is not after its first two (9, 12)
+    _, none = en.first_index(np.array([3]), np.array([0, 3]), [0], 2)
+    assert not none.any()
