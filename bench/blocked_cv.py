@@ -48,6 +48,12 @@ def blocks(lo: int, hi: int, folds: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
 
 
+def damage_command(data: str, out: Path, block: tuple[int, int], seed: int) -> list[str]:
+    """`adgan dataset damage` for one block's frames: the damaged twins a fold is scored on."""
+    return ADGAN + ["dataset", "damage", str(data), "--out", str(out), "--frames", f"{block[0]}:{block[1]}",
+                    "--seed", str(seed), "--quiet"]
+
+
 def run(cmd: list[str], log: Path, commands: Path) -> None:
     with open(commands, "a") as fh:
         fh.write(" ".join(shlex.quote(c) for c in cmd[2:] if c) + "\n")
@@ -140,8 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         fold = out / f"fold{f}"
         damaged = fold / "damaged"
         if not (damaged / "damage.json").exists():
-            run(ADGAN + ["dataset", "damage", a.data, "--out", str(damaged), "--frames", f"{b0}:{b1}",
-                         "--seed", str(a.damage_seed), "--quiet"], log, commands)
+            run(damage_command(a.data, damaged, (b0, b1), a.damage_seed), log, commands)
         for c in classes:
             t0 = time.time()
             runs = fold / c / "run"

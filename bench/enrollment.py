@@ -44,6 +44,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from blocked_cv import damage_command  # noqa: E402
 from map_scores import auc, cv_folds, dump  # noqa: E402
 
 SCORES = ("bundle", "golden-input", "golden-residual", "golden-combined")
@@ -119,8 +120,7 @@ def golden_score(test: np.ndarray, golden: np.ndarray, idx: np.ndarray, p: int, 
 
 def make_damage(data: str, out: Path, block: tuple[int, int], seed: int) -> None:
     """The block's damaged twins with another seed, as blocked_cv.py makes them with its own."""
-    cmd = [sys.executable, "-m", "adgan_edge", "dataset", "damage", data, "--out", str(out),
-           "--frames", f"{block[0]}:{block[1]}", "--seed", str(seed), "--quiet"]
+    cmd = damage_command(data, out, block, seed)
     print(" ".join(cmd[1:]), flush=True)
     subprocess.run(cmd, check=True, cwd=Path(__file__).resolve().parents[1])
 
@@ -159,9 +159,10 @@ def fold_scores(path: Path, k: int, p: int, shift: int, step: int, golden: str =
         own = ref["golden-input"].copy()
         for row in {tuple(r) for name in idxs for r, ok in zip(idxs[name], out[name]["scored"]) if ok}:
             r = np.asarray(row)
-            for j in r:
-                others = r[r != j][None]
-                own[j] = golden_score(gi["x"][j:j + 1], gi["x"], others, p, shift, step, -1.0)[0]
+            for j in r:  # only the set's own parts are shifted, not the block's
+                others = gi["x"][r[r != j]]
+                own[j] = golden_score(gi["x"][j:j + 1], others, np.arange(len(others))[None], p, shift, step,
+                                      -1.0)[0]
         ref["golden-input"] = own
     for name, o in out.items():
         idx = idxs[name]

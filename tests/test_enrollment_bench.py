@@ -55,20 +55,26 @@ def test_a_local_defect_scores_above_its_intact_twin_and_a_shift_is_forgiven():
     assert en.golden_score(twin[None], golden, idx[:1], 8, 0, 2, -1.0)[0] > 0.1
 
 
-def test_a_fold_file_scores_damage_above_intact_and_needs_frame_numbers(tmp_path):
-    rng = np.random.default_rng(1)
-    base = rng.uniform(-0.9, 0.9, (4, 16, 16)).astype(np.float32)
-    n = np.arange(0, 60, 3)
+def fold_file(path, rng, n, looks, run_of):
+    """A fold's dump as map_scores.dump writes it: intact parts (frame f looks like looks[run_of(f)]),
+    their stained twins, another class's parts, and bundle scores drawn alike for every group."""
     arrays = {}
     for g in ("intact", "stain", "swap_cylinder"):
-        x = np.stack([base + rng.normal(0, 0.02, base.shape).astype(np.float32) for _ in n])
+        x = np.stack([looks[run_of(f)] + rng.normal(0, 0.02, looks[0].shape).astype(np.float32) for f in n])
         if g == "stain":
             x[:, :3, 4:8, 4:8] = 0.95
         if g == "swap_cylinder":
             x = rng.uniform(-0.9, 0.9, x.shape).astype(np.float32)
         arrays.update({f"{g}.x": x, f"{g}.y": x + 0.01, f"{g}.s": rng.normal(1.0, 0.1, len(n)), f"{g}.n": n})
-    path = tmp_path / "sphere-f0.npz"
     np.savez(path, **arrays)
+    return arrays
+
+
+def test_a_fold_file_scores_damage_above_intact_and_needs_frame_numbers(tmp_path):
+    rng = np.random.default_rng(1)
+    path = tmp_path / "sphere-f0.npz"
+    arrays = fold_file(path, rng, np.arange(0, 60, 3), [rng.uniform(-0.9, 0.9, (4, 16, 16)).astype(np.float32)],
+                       lambda f: 0)
     rows = en.rows(en.fold_scores(path, k=4, p=4, shift=2, step=1))
     assert set(rows) == set(en.SCORES)
     swap, damage, per = rows["golden-input"]
@@ -94,3 +100,21 @@ def test_a_station_enrols_the_first_parts_of_each_run_and_scores_only_later_ones
     assert scored.tolist() == [True, False]  # run 7-21 has 5 intact; 9 is not after its first two (9, 12)
     _, none = en.first_index(np.array([3]), np.array([0, 3]), [0], 2)
     assert not none.any()
+
+
+def test_a_station_fold_scores_only_the_parts_after_each_runs_golden_set(tmp_path):
+    rng = np.random.default_rng(2)
+    n = np.arange(0, 60, 3)                      # runs 0-27 and 30-57, ten intact samples each
+    path = tmp_path / "sphere-f0.npz"
+    fold_file(path, rng, n, [rng.uniform(-0.9, 0.9, (4, 16, 16)).astype(np.float32) for _ in range(2)],
+              lambda f: int(f >= 30))
+    sc = en.fold_scores(path, k=4, p=4, shift=2, step=1, golden="first", starts=[0, 30])
+    assert sc["intact"]["scored"].tolist() == [f not in (0, 3, 6, 9, 30, 33, 36, 39) for f in n]
+    # an intact part of the run scores like its golden parts do against each other (each against the
+    # other three, never against itself, which would divide by 0): a ratio near 1
+    combined = sc["intact"]["golden-combined"][sc["intact"]["scored"]]
+    assert np.all(np.isfinite(combined)) and np.all(combined < 3)
+    swap, damage, _ = en.rows(sc)["golden-combined"]
+    assert swap > 0.99 and damage > 0.99
+    with pytest.raises(ValueError, match="needs the objects' runs"):
+        en.fold_scores(path, k=4, p=4, shift=2, step=1, golden="first")
