@@ -1,0 +1,184 @@
+"""A patch memory bank, a feasibility study on blocked cross-validation (issue 15).
+
+No generator score has caught stains, chunks or foreign bodies on new instances of the paper's
+boxes and cylinders. This measures a different kind of model, PatchCore's idea (Roth et al.
+2022) on raw pixels (no pretrained features can be had here): keep every P x P patch (stride
+P/2, the 4 channels of the 64 x 64 input) of every training part, and score a part by its
+least familiar patch: the largest, over its patches, of the mean squared difference to the
+nearest patch in the bank, at any place in any training part. A new intact instance is made
+of familiar local patches (surfaces, rims, print strokes); a bite out of the rim, a hole, a
+foreign body or a stain's edge may not be. Only patches holding part pixels (depth above the
+background's -1) are kept and scored.
+
+Each fold's bank is its training frames (--frames minus the block and --purge frames on
+each side, as bench/blocked_cv.py trains), through the fold bundle's own preprocessing. The
+test samples are bench/map_scores.py's dumps (OUT/<class>-f<fold>.npz, reused when there),
+so `bundle` (the fold bundle's own score) is the baseline on the very same inputs. `combinedP`
+(exploratory: conceived after bankP alone was seen) is the larger of the two, each put on the
+scale of the fold's training parts (see fold_rows).
+
+    .venv/bin/python bench/patch_bank.py runs/cv/sphere-e300 runs/cv/cyl-e300 runs/cv/rectangle-e300 \\
+        --point def --patch 8,4 --out runs/enrollment
+
+Nothing here ships: it says whether a memory of patches is worth building.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from map_scores import auc, cv_folds, dump  # noqa: E402
+
+
+def patches(x: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray]:
+    """(N, C, H, W) -> (N, L, C*p*p) patches at stride p/2 and (N, L) whether each holds a part pixel."""
+    s = p // 2
+    n, c, h, w = x.shape
+    win = np.lib.stride_tricks.sliding_window_view(x, (p, p), axis=(2, 3))[:, :, ::s, ::s]  # N C Ly Lx p p
+    ly, lx = win.shape[2:4]
+    flat = win.transpose(0, 2, 3, 1, 4, 5).reshape(n, ly * lx, c * p * p)
+    part = (win[:, 3] > -1.0).any((-2, -1)).reshape(n, ly * lx)
+    return np.ascontiguousarray(flat, dtype=np.float32), part
+
+
+def nearest(q: np.ndarray, bank: np.ndarray, chunk: int = 2048, keep: np.ndarray | None = None) -> np.ndarray:
+    """(M,) the mean squared difference of each row of q to its nearest row of bank (of bank[keep])."""
+    bb = (bank * bank).sum(1)
+    if keep is not None:
+        bb = np.where(keep, bb, np.inf)
+    out = np.empty(len(q), np.float32)
+    for i in range(0, len(q), chunk):
+        a = q[i:i + chunk]
+        d = (a * a).sum(1)[:, None] + bb[None, :] - 2.0 * (a @ bank.T)
+        out[i:i + chunk] = np.maximum(d.min(1), 0.0)
+    return out / q.shape[1]
+
+
+def bank_scores(x: np.ndarray, bank: np.ndarray, p: int, keep: np.ndarray | None = None) -> np.ndarray:
+    """(N,) each image's least familiar part patch (0 for an image without part pixels)."""
+    f, part = patches(x, p)
+    d = np.zeros(part.shape, np.float32)
+    d[part] = nearest(f[part], bank, keep=keep)
+    return d.max(1)
+
+
+def level(v: np.ndarray) -> tuple[float, float]:
+    """(median, p90 - median): a score's level and spread over a station's training parts."""
+    m = float(np.median(v))
+    return m, max(float(np.percentile(v, 90)) - m, 1e-9)
+
+
+def train_inputs(cv_dir: Path, cls: str, fold: int, block: tuple[int, int], point: str, data: Path,
+                 frames: tuple[int, int], purge: int, out: Path) -> dict[str, np.ndarray]:
+    """The fold's training parts of `cls` through its bundle's preprocessing: x, their frame numbers n,
+    and s, the bundle's score of every 3rd of them (cached in OUT)."""
+    path = out / f"{cls}-f{fold}-train.npz"
+    if path.exists() and "s" in np.load(path).files:
+        return dict(np.load(path))
+    from agent.scoring.bundle import Bundle
+    from agent.segment.preprocess import reframe, sample_to_input
+    from agent.sources.dataset import check_preprocessing, frame_numbers, read_sample
+    b = Bundle.load(cv_dir / f"fold{fold}" / cls / f"bundle-{point}")
+    folder = data / cls
+    rec = check_preprocessing(folder, b.preprocessing)
+    lo, hi = max(frames[0], block[0] - purge), min(frames[1], block[1] + purge)
+    ns = [n for n in frame_numbers(folder, frames) if not lo <= n < hi]
+    x = np.stack([sample_to_input(reframe(read_sample(folder, n), rec, b.preprocessing), b.size) for n in ns])
+    # the bundle's own score on every 3rd training part: its level, as a station calibrates at training
+    from calibration.scoring import make_scorer
+    scorer = make_scorer(b, "onnxruntime", seed=0, threads=1)
+    s = np.array([scorer.score(xi).score for xi in x[::3]])
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, x=x, n=np.array(ns), s=s)
+    tmp.replace(path)
+    return dict(np.load(path))
+
+
+def load_dump(path: Path) -> dict[str, dict[str, np.ndarray]]:
+    z = np.load(path)
+    g: dict[str, dict[str, np.ndarray]] = {}
+    for key in z.files:
+        a, b = key.split(".")
+        g.setdefault(a, {})[b] = z[key]
+    return g
+
+
+def fold_rows(g: dict[str, dict[str, np.ndarray]], train: dict[str, np.ndarray], sizes: list[int],
+              gap: int = 20) -> dict[str, tuple[float, float, dict[str, float]]]:
+    """Per score: (class-swap AUROC, damage AUROC over all defects, per-defect AUROC). `combined P`:
+    the larger of the bundle's score and bankP's, each as (v - median) / (p90 - median) over every 3rd
+    training part (bankP's of a training part: against the bank without the parts within `gap` frames
+    of it, a stand-in for a new instance; the bundle's: as scored, though its generator saw them)."""
+    scores = {"bundle": {k: v["s"] for k, v in g.items()}}
+    ms, qs = level(train["s"])
+    for p in sizes:
+        f, part = patches(train["x"], p)
+        bank = f[part]
+        owner = np.broadcast_to(train["n"][:, None], part.shape)[part]  # each bank patch's frame
+        scores[f"bank{p}"] = {k: bank_scores(v["x"], bank, p) for k, v in g.items()}
+        cal = train["x"][::3]
+        own = np.array([bank_scores(xi[None], bank, p, keep=np.abs(owner - n) > gap)[0]
+                        for xi, n in zip(cal, train["n"][::3])])
+        mb, qb = level(own)
+        scores[f"combined{p}"] = {k: np.maximum((scores["bundle"][k] - ms) / qs, (b - mb) / qb)
+                                  for k, b in scores[f"bank{p}"].items()}
+    defects = [d for d in g if d != "intact" and not d.startswith("swap_")]
+    res = {}
+    for name, s in scores.items():
+        swap = auc(s["intact"], np.concatenate([s[k] for k in s if k.startswith("swap_")]))
+        damage = auc(s["intact"], np.concatenate([s[d] for d in defects]))
+        res[name] = (swap, damage, {d: auc(s["intact"], s[d]) for d in defects})
+    return res
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("cv", nargs="+", type=Path, help="bench/blocked_cv.py output folders (one class each)")
+    ap.add_argument("--point", default="def", help="the bundle of each fold: bundle-POINT (default def)")
+    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "paper-rgbd",
+                    help="the samples the folds were cut from (default ../shared/data/paper-rgbd)")
+    ap.add_argument("--frames", default="0:1000", help="the frame range the folds cut (default 0:1000)")
+    ap.add_argument("--folds", type=int, default=3)
+    ap.add_argument("--purge", type=int, default=20, help="as bench/blocked_cv.py trained (default 20)")
+    ap.add_argument("--every", type=int, default=3, help="every N-th frame of a block (default 3)")
+    ap.add_argument("--patch", default="8", help="patch sizes, comma-separated, even (default 8)")
+    ap.add_argument("--damaged", default="damaged",
+                    help="each fold's damaged folder's name (default damaged); one --out per damaged folder")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, required=True)
+    a = ap.parse_args(argv)
+    try:
+        sizes = [int(s) for s in a.patch.split(",") if s]
+    except ValueError:
+        sizes = []
+    if not sizes or any(p < 2 or p % 2 for p in sizes):
+        raise SystemExit(f"--patch takes even sizes of at least 2, got {a.patch!r}")
+    lo, hi = (int(v) for v in a.frames.split(":"))
+    a.out.mkdir(parents=True, exist_ok=True)
+    results: dict[tuple[str, str], list] = {}
+    for cv_dir, cls, i, block in cv_folds(a.cv, a.point, lo, hi, a.folds):
+        t0 = time.time()
+        path = dump(cv_dir, cls, i, block, a.point, a.every, a.out, a.threads, a.damaged)
+        train = train_inputs(cv_dir, cls, i, block, a.point, a.data, (lo, hi), a.purge, a.out)
+        for score, r in fold_rows(load_dump(path), train, sizes).items():
+            results.setdefault((cls, score), []).append(r)
+            print(f"{cls} fold {i} {score}: swaps {r[0]:.3f} damage {r[1]:.3f} "
+                  + " ".join(f"{d} {v:.2f}" for d, v in sorted(r[2].items())), flush=True)
+        print(f"{cls} fold {i}: {len(train['x'])} training parts, {time.time() - t0:.0f} s", flush=True)
+    from map_scores import table
+    text = "\n".join([f"patch bank against bundle-{a.point}, every {a.every} frame(s) of a block, damage "
+                      f"'{a.damaged}', patches {a.patch}", "", *table(results)]) + "\n"
+    (a.out / f"patch-bank-{a.damaged}.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
