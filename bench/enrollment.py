@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from blocked_cv import damage_command  # noqa: E402
-from map_scores import auc, cv_folds, dump  # noqa: E402
+from map_scores import cv_folds, dump, job_aucs, load_dump  # noqa: E402
 
 SCORES = ("bundle", "golden-input", "golden-residual", "golden-combined")
 
@@ -129,11 +129,7 @@ def fold_scores(path: Path, k: int, p: int, shift: int, step: int, golden: str =
                 starts: list[int] | None = None) -> dict[str, dict[str, np.ndarray]]:
     """Every score of every sample of a fold's dump, and "scored": whether the sample is scored
     (all of them, except with golden "first": see first_index)."""
-    z = np.load(path)
-    g: dict[str, dict[str, np.ndarray]] = {}
-    for key in z.files:
-        a, b = key.split(".")
-        g.setdefault(a, {})[b] = z[key]
+    g = load_dump(path)
     if "n" not in g["intact"]:
         raise SystemExit(f"{path} has no frame numbers (dumped before they were kept): delete it and run again")
     gi = g["intact"]
@@ -172,14 +168,7 @@ def fold_scores(path: Path, k: int, p: int, shift: int, step: int, golden: str =
 
 
 def rows(sc: dict[str, dict[str, np.ndarray]]) -> dict[str, tuple[float, float, dict[str, float]]]:
-    defects = [d for d in sc if d != "intact" and not d.startswith("swap_")]
-    res = {}
-    for name in SCORES:
-        s = {k: v[name][v["scored"]] for k, v in sc.items()}
-        swap = auc(s["intact"], np.concatenate([s[k] for k in s if k.startswith("swap_")]))
-        damage = auc(s["intact"], np.concatenate([s[d] for d in defects]))
-        res[name] = (swap, damage, {d: auc(s["intact"], s[d]) for d in defects})
-    return res
+    return {name: job_aucs({k: v[name][v["scored"]] for k, v in sc.items()}) for name in SCORES}
 
 
 def main(argv=None) -> int:

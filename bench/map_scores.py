@@ -244,20 +244,31 @@ def auc(neg, pos) -> float:
     return float(_auc(np.asarray(neg), np.asarray(pos)))
 
 
-def fold_rows(path: Path, names: list[str]) -> dict[str, tuple[float, float, dict[str, float]]]:
+def load_dump(path: Path) -> dict[str, dict[str, np.ndarray]]:
+    """A fold's dump (see dump) as {group: {"x", "y", "s", "n": array}}."""
     z = np.load(path)
     g: dict[str, dict[str, np.ndarray]] = {}
     for k in z.files:
         a, b = k.split(".")
         g.setdefault(a, {})[b] = z[k]
-    defects = [k for k in g if k != "intact" and not k.startswith("swap_")]
+    return g
+
+
+def job_aucs(sc: dict[str, np.ndarray]) -> tuple[float, float, dict[str, float]]:
+    """One score per group ("intact", "swap_<class>"..., one per defect): (class-swap AUROC, damage
+    AUROC over all defects, AUROC per defect), each against the intact parts."""
+    defects = [k for k in sc if k != "intact" and not k.startswith("swap_")]
+    swap = auc(sc["intact"], np.concatenate([sc[k] for k in sc if k.startswith("swap_")]))
+    damage = auc(sc["intact"], np.concatenate([sc[d] for d in defects]))
+    return swap, damage, {d: auc(sc["intact"], sc[d]) for d in defects}
+
+
+def fold_rows(path: Path, names: list[str]) -> dict[str, tuple[float, float, dict[str, float]]]:
+    g = load_dump(path)
     out = {}
     for name in names:
         fn = SCORES[name]
-        sc = {k: (v["s"] if fn is None else fn(v["x"], v["y"])) for k, v in g.items()}
-        swap = auc(sc["intact"], np.concatenate([sc[k] for k in sc if k.startswith("swap_")]))
-        damage = auc(sc["intact"], np.concatenate([sc[d] for d in defects]))
-        out[name] = (swap, damage, {d: auc(sc["intact"], sc[d]) for d in defects})
+        out[name] = job_aucs({k: (v["s"] if fn is None else fn(v["x"], v["y"])) for k, v in g.items()})
     return out
 
 

@@ -34,7 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from map_scores import auc, cv_folds, dump  # noqa: E402
+from map_scores import cv_folds, dump, job_aucs, load_dump, table  # noqa: E402
 
 
 def patches(x: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray]:
@@ -101,15 +101,6 @@ def train_inputs(cv_dir: Path, cls: str, fold: int, block: tuple[int, int], poin
     return dict(np.load(path))
 
 
-def load_dump(path: Path) -> dict[str, dict[str, np.ndarray]]:
-    z = np.load(path)
-    g: dict[str, dict[str, np.ndarray]] = {}
-    for key in z.files:
-        a, b = key.split(".")
-        g.setdefault(a, {})[b] = z[key]
-    return g
-
-
 def fold_rows(g: dict[str, dict[str, np.ndarray]], train: dict[str, np.ndarray], sizes: list[int],
               gap: int = 20) -> dict[str, tuple[float, float, dict[str, float]]]:
     """Per score: (class-swap AUROC, damage AUROC over all defects, per-defect AUROC). `combined P`:
@@ -129,13 +120,7 @@ def fold_rows(g: dict[str, dict[str, np.ndarray]], train: dict[str, np.ndarray],
         mb, qb = level(own)
         scores[f"combined{p}"] = {k: np.maximum((scores["bundle"][k] - ms) / qs, (b - mb) / qb)
                                   for k, b in scores[f"bank{p}"].items()}
-    defects = [d for d in g if d != "intact" and not d.startswith("swap_")]
-    res = {}
-    for name, s in scores.items():
-        swap = auc(s["intact"], np.concatenate([s[k] for k in s if k.startswith("swap_")]))
-        damage = auc(s["intact"], np.concatenate([s[d] for d in defects]))
-        res[name] = (swap, damage, {d: auc(s["intact"], s[d]) for d in defects})
-    return res
+    return {name: job_aucs(s) for name, s in scores.items()}
 
 
 def main(argv=None) -> int:
@@ -162,6 +147,12 @@ def main(argv=None) -> int:
         raise SystemExit(f"--patch takes even sizes of at least 2, got {a.patch!r}")
     lo, hi = (int(v) for v in a.frames.split(":"))
     a.out.mkdir(parents=True, exist_ok=True)
+    # the dumps are named by class and fold only: an OUT holds one damaged folder's, or another's are reused
+    mark = a.out / "damaged-folder.txt"
+    if mark.exists() and mark.read_text().strip() != a.damaged:
+        raise SystemExit(f"{a.out} holds dumps of damaged folder '{mark.read_text().strip()}', not "
+                         f"'{a.damaged}': give another --out")
+    mark.write_text(a.damaged + "\n")
     results: dict[tuple[str, str], list] = {}
     for cv_dir, cls, i, block in cv_folds(a.cv, a.point, lo, hi, a.folds):
         t0 = time.time()
@@ -172,7 +163,6 @@ def main(argv=None) -> int:
             print(f"{cls} fold {i} {score}: swaps {r[0]:.3f} damage {r[1]:.3f} "
                   + " ".join(f"{d} {v:.2f}" for d, v in sorted(r[2].items())), flush=True)
         print(f"{cls} fold {i}: {len(train['x'])} training parts, {time.time() - t0:.0f} s", flush=True)
-    from map_scores import table
     text = "\n".join([f"patch bank against bundle-{a.point}, every {a.every} frame(s) of a block, damage "
                       f"'{a.damaged}', patches {a.patch}", "", *table(results)]) + "\n"
     (a.out / f"patch-bank-{a.damaged}.md").write_text(text)

@@ -72,3 +72,11 @@ def test_fold_rows_score_every_group_and_combine_on_training_levels():
     swap, damage, per = rows["bank4"]
     assert swap == 1.0 and damage == 1.0 and per == {"stain": 1.0}
     assert rows["combined4"][1] > rows["bundle"][1]
+
+
+def test_an_out_folder_keeps_to_one_damaged_folder(tmp_path):
+    (tmp_path / "damaged-folder.txt").write_text("damaged\n")
+    with pytest.raises(SystemExit, match="not 'damaged-s8'"):
+        pb.main([str(tmp_path / "cv"), "--damaged", "damaged-s8", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="even sizes"):
+        pb.main([str(tmp_path / "cv"), "--patch", "5", "--out", str(tmp_path)])
