@@ -37,14 +37,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from map_scores import cv_folds, dump, job_aucs, load_dump, table  # noqa: E402
 
 
-def patches(x: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray]:
-    """(N, C, H, W) -> (N, L, C*p*p) patches at stride p/2 and (N, L) whether each holds a part pixel."""
+CHANNELS = {"rgbd": (0, 1, 2, 3), "rgb": (0, 1, 2), "depth": (3,)}
+
+
+def patches(x: np.ndarray, p: int, chans: tuple[int, ...] = CHANNELS["rgbd"]) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 4, H, W) -> (N, L, len(chans)*p*p) patches of `chans` at stride p/2 and (N, L) whether each
+    holds a part pixel (depth above the background's -1)."""
     s = p // 2
-    n, c, h, w = x.shape
+    n = len(x)
     win = np.lib.stride_tricks.sliding_window_view(x, (p, p), axis=(2, 3))[:, :, ::s, ::s]  # N C Ly Lx p p
     ly, lx = win.shape[2:4]
-    flat = win.transpose(0, 2, 3, 1, 4, 5).reshape(n, ly * lx, c * p * p)
     part = (win[:, 3] > -1.0).any((-2, -1)).reshape(n, ly * lx)
+    flat = win[:, list(chans)].transpose(0, 2, 3, 1, 4, 5).reshape(n, ly * lx, len(chans) * p * p)
     return np.ascontiguousarray(flat, dtype=np.float32), part
 
 
@@ -61,9 +65,10 @@ def nearest(q: np.ndarray, bank: np.ndarray, chunk: int = 2048, keep: np.ndarray
     return out / q.shape[1]
 
 
-def bank_scores(x: np.ndarray, bank: np.ndarray, p: int, keep: np.ndarray | None = None) -> np.ndarray:
+def bank_scores(x: np.ndarray, bank: np.ndarray, p: int, keep: np.ndarray | None = None,
+                chans: tuple[int, ...] = CHANNELS["rgbd"]) -> np.ndarray:
     """(N,) each image's least familiar part patch (0 for an image without part pixels)."""
-    f, part = patches(x, p)
+    f, part = patches(x, p, chans)
     d = np.zeros(part.shape, np.float32)
     d[part] = nearest(f[part], bank, keep=keep)
     return d.max(1)
@@ -102,24 +107,26 @@ def train_inputs(cv_dir: Path, cls: str, fold: int, block: tuple[int, int], poin
 
 
 def fold_rows(g: dict[str, dict[str, np.ndarray]], train: dict[str, np.ndarray], sizes: list[int],
-              gap: int = 20) -> dict[str, tuple[float, float, dict[str, float]]]:
+              gap: int = 20, channels: str = "rgbd") -> dict[str, tuple[float, float, dict[str, float]]]:
     """Per score: (class-swap AUROC, damage AUROC over all defects, per-defect AUROC). `combined P`:
     the larger of the bundle's score and bankP's, each as (v - median) / (p90 - median) over every 3rd
     training part (bankP's of a training part: against the bank without the parts within `gap` frames
     of it, a stand-in for a new instance; the bundle's: as scored, though its generator saw them)."""
     scores = {"bundle": {k: v["s"] for k, v in g.items()}}
     ms, qs = level(train["s"])
+    chans, tag = CHANNELS[channels], "" if channels == "rgbd" else f"-{channels}"
     for p in sizes:
-        f, part = patches(train["x"], p)
+        f, part = patches(train["x"], p, chans)
         bank = f[part]
         owner = np.broadcast_to(train["n"][:, None], part.shape)[part]  # each bank patch's frame
-        scores[f"bank{p}"] = {k: bank_scores(v["x"], bank, p) for k, v in g.items()}
+        bank_p = {k: bank_scores(v["x"], bank, p, chans=chans) for k, v in g.items()}
         cal = train["x"][::3]
-        own = np.array([bank_scores(xi[None], bank, p, keep=np.abs(owner - n) > gap)[0]
+        own = np.array([bank_scores(xi[None], bank, p, keep=np.abs(owner - n) > gap, chans=chans)[0]
                         for xi, n in zip(cal, train["n"][::3])])
         mb, qb = level(own)
-        scores[f"combined{p}"] = {k: np.maximum((scores["bundle"][k] - ms) / qs, (b - mb) / qb)
-                                  for k, b in scores[f"bank{p}"].items()}
+        scores[f"bank{p}{tag}"] = bank_p
+        scores[f"combined{p}{tag}"] = {k: np.maximum((scores["bundle"][k] - ms) / qs, (b - mb) / qb)
+                                       for k, b in bank_p.items()}
     return {name: job_aucs(s) for name, s in scores.items()}
 
 
@@ -134,6 +141,8 @@ def main(argv=None) -> int:
     ap.add_argument("--purge", type=int, default=20, help="as bench/blocked_cv.py trained (default 20)")
     ap.add_argument("--every", type=int, default=3, help="every N-th frame of a block (default 3)")
     ap.add_argument("--patch", default="8", help="patch sizes, comma-separated, even (default 8)")
+    ap.add_argument("--channels", choices=tuple(CHANNELS), default="rgbd",
+                    help="the input channels a patch holds (default rgbd; depth: the part's shape only)")
     ap.add_argument("--damaged", default="damaged",
                     help="each fold's damaged folder's name (default damaged); one --out per damaged folder")
     ap.add_argument("--threads", type=int, default=1)
@@ -158,14 +167,14 @@ def main(argv=None) -> int:
         t0 = time.time()
         path = dump(cv_dir, cls, i, block, a.point, a.every, a.out, a.threads, a.damaged)
         train = train_inputs(cv_dir, cls, i, block, a.point, a.data, (lo, hi), a.purge, a.out)
-        for score, r in fold_rows(load_dump(path), train, sizes).items():
+        for score, r in fold_rows(load_dump(path), train, sizes, a.purge, a.channels).items():
             results.setdefault((cls, score), []).append(r)
             print(f"{cls} fold {i} {score}: swaps {r[0]:.3f} damage {r[1]:.3f} "
                   + " ".join(f"{d} {v:.2f}" for d, v in sorted(r[2].items())), flush=True)
         print(f"{cls} fold {i}: {len(train['x'])} training parts, {time.time() - t0:.0f} s", flush=True)
     text = "\n".join([f"patch bank against bundle-{a.point}, every {a.every} frame(s) of a block, damage "
-                      f"'{a.damaged}', patches {a.patch}", "", *table(results)]) + "\n"
-    (a.out / f"patch-bank-{a.damaged}.md").write_text(text)
+                      f"'{a.damaged}', patches {a.patch} of {a.channels}", "", *table(results)]) + "\n"
+    (a.out / f"patch-bank-{a.damaged}-{a.channels}.md").write_text(text)
     print(text)
     return 0
 

@@ -22,6 +22,9 @@ def test_patches_are_the_windows_at_half_stride_and_know_the_part():
     assert part[0].tolist() == [False] * 8 + [True]  # only the window at (4, 4) reaches the part
     win = x[0, :, 4:8, 4:8].reshape(-1)
     assert np.array_equal(f[0, 8], win)
+    d, dpart = pb.patches(x, 4, pb.CHANNELS["depth"])  # the part is still found by depth
+    assert d.shape == (1, 9, 16) and np.array_equal(dpart, part)
+    assert np.array_equal(d[0, 8], x[0, 3, 4:8, 4:8].reshape(-1))
 
 
 def test_nearest_is_the_brute_force_distance_and_honours_keep():
@@ -67,6 +70,7 @@ def test_fold_rows_score_every_group_and_combine_on_training_levels():
         if name == "swap_cylinder":
             x[:, :, 4:12, 4:12] = rng.uniform(-0.9, 0.9, (10, 4, 8, 8))
         g[name] = {"x": x, "s": rng.normal(1.0, 0.1, 10)}
+    assert set(pb.fold_rows(g, train, [4], channels="depth")) == {"bundle", "bank4-depth", "combined4-depth"}
     rows = pb.fold_rows(g, train, [4])
     assert set(rows) == {"bundle", "bank4", "combined4"}
     swap, damage, per = rows["bank4"]
