@@ -3,9 +3,9 @@
 No generator score has caught stains, chunks or foreign bodies on new instances of the paper's
 boxes and cylinders. This measures a different kind of model, PatchCore's idea (Roth et al.
 2022) on raw pixels (no pretrained features can be had here): keep every P x P patch (stride
-P/2, the 4 channels of the 64 x 64 input) of every training part, and score a part by its
-least familiar patch: the largest, over its patches, of the mean squared difference to the
-nearest patch in the bank, at any place in any training part. A new intact instance is made
+P/2, the 4 channels of the 64 x 64 input, or --channels rgb or depth) of every training part,
+and score a part by its least familiar patch: the largest, over its patches, of the mean
+squared difference to the nearest patch in the bank, at any place in any training part. A new intact instance is made
 of familiar local patches (surfaces, rims, print strokes); a bite out of the rim, a hole, a
 foreign body or a stain's edge may not be. Only patches holding part pixels (depth above the
 background's -1) are kept and scored.
