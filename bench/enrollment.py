@@ -8,7 +8,7 @@ such a comparison would give, before anything is built into the agent.
 
 Each fold's bundle (--point) scores every --every-th frame of its block through the agent's
 own search (bench/map_scores.py's dump: x, G(z*), the score and the frame number per sample,
-kept in OUT/<class>-f<fold>.npz and reused). The golden set of a sample is the K intact
+kept in OUT as map_scores.dump_path names them, and reused). The golden set of a sample is the K intact
 samples of the block nearest to it in frame number, its own frame left out, so its intact twin
 is never golden (`--golden nearest`), or the K nearest before it (`--golden before`). With
 `--golden first`, as a station enrols at a product change: the objects' runs of captures come

@@ -205,15 +205,28 @@ def cv_folds(cv_dirs: list[Path], point: str, lo: int, hi: int, folds: int):
                 yield cv_dir, cls, i, block
 
 
+def dump_path(out: Path, cls: str, fold: int, damaged_name: str = "damaged") -> Path:
+    """Where dump keeps a fold's samples: named by the damaged folder too, unless it is blocked_cv.py's own,
+    so that dumps of other damage in the same OUT are never taken for each other."""
+    return out / (f"{cls}-f{fold}.npz" if damaged_name == "damaged" else f"{cls}-f{fold}-{damaged_name}.npz")
+
+
+def model_inputs(folder: Path, frames: list[int], bundle) -> list[np.ndarray]:
+    """The samples `frames` of a sample folder as the bundle's model inputs (its reframing and size)."""
+    from agent.segment.preprocess import reframe, sample_to_input
+    from agent.sources.dataset import check_preprocessing, read_sample
+    rec = check_preprocessing(folder, bundle.preprocessing)
+    return [sample_to_input(reframe(read_sample(folder, n), rec, bundle.preprocessing), bundle.size) for n in frames]
+
+
 def dump(cv_dir: Path, cls: str, fold: int, block: tuple[int, int], point: str, every: int, out: Path,
          threads: int, damaged_name: str = "damaged") -> Path:
     """Score the fold's samples with its bundle; keep x, G(z*), the score and the frame number per sample."""
     from agent.scoring.bundle import Bundle
-    from agent.segment.preprocess import reframe, sample_to_input
-    from agent.sources.dataset import check_preprocessing, class_folders, frame_numbers, read_sample
+    from agent.sources.dataset import class_folders, frame_numbers
     from calibration.damage_eval import damage_folders
     from calibration.scoring import make_scorer
-    path = out / f"{cls}-f{fold}.npz"
+    path = dump_path(out, cls, fold, damaged_name)
     if path.exists():
         return path
     root = cv_dir / f"fold{fold}"
@@ -224,11 +237,9 @@ def dump(cv_dir: Path, cls: str, fold: int, block: tuple[int, int], point: str, 
               **{f"swap_{p.name}": p for p in class_folders(damaged) if "_" not in p.name and p.name != cls}}
     rec = {}
     for name, folder in groups.items():
-        r_ = check_preprocessing(folder, b.preprocessing)
         xs, ys, ss = [], [], []
         ns = frame_numbers(folder, (block[0], block[1], every))
-        for n in ns:
-            x = sample_to_input(reframe(read_sample(folder, n), r_, b.preprocessing), b.size)
+        for x in model_inputs(folder, ns, b):
             r = scorer.score(x)
             xs.append(x), ys.append(r.reconstruction), ss.append(r.score)
         rec[name] = (np.stack(xs), np.stack(ys), np.array(ss), np.array(ns))

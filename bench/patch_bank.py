@@ -12,7 +12,7 @@ background's -1) are kept and scored.
 
 Each fold's bank is its training frames (--frames minus the block and --purge frames on
 each side, as bench/blocked_cv.py trains), through the fold bundle's own preprocessing. The
-test samples are bench/map_scores.py's dumps (OUT/<class>-f<fold>.npz, reused when there),
+test samples are bench/map_scores.py's dumps (map_scores.dump_path, reused when there),
 so `bundle` (the fold bundle's own score) is the baseline on the very same inputs. `combinedP`
 (exploratory: conceived after bankP alone was seen) is the larger of the two, each put on the
 scale of the fold's training parts (see fold_rows).
@@ -34,7 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from map_scores import cv_folds, dump, job_aucs, load_dump, table  # noqa: E402
+from map_scores import cv_folds, dump, job_aucs, load_dump, model_inputs, table  # noqa: E402
 
 
 CHANNELS = {"rgbd": (0, 1, 2, 3), "rgb": (0, 1, 2), "depth": (3,)}
@@ -85,17 +85,15 @@ def train_inputs(cv_dir: Path, cls: str, fold: int, block: tuple[int, int], poin
     """The fold's training parts of `cls` through its bundle's preprocessing: x, their frame numbers n,
     and s, the bundle's score of every 3rd of them (cached in OUT)."""
     path = out / f"{cls}-f{fold}-train.npz"
-    if path.exists() and "s" in np.load(path).files:
+    if path.exists():
         return dict(np.load(path))
     from agent.scoring.bundle import Bundle
-    from agent.segment.preprocess import reframe, sample_to_input
-    from agent.sources.dataset import check_preprocessing, frame_numbers, read_sample
+    from agent.sources.dataset import frame_numbers
     b = Bundle.load(cv_dir / f"fold{fold}" / cls / f"bundle-{point}")
     folder = data / cls
-    rec = check_preprocessing(folder, b.preprocessing)
     lo, hi = max(frames[0], block[0] - purge), min(frames[1], block[1] + purge)
     ns = [n for n in frame_numbers(folder, frames) if not lo <= n < hi]
-    x = np.stack([sample_to_input(reframe(read_sample(folder, n), rec, b.preprocessing), b.size) for n in ns])
+    x = np.stack(model_inputs(folder, ns, b))
     # the bundle's own score on every 3rd training part: its level, as a station calibrates at training
     from calibration.scoring import make_scorer
     scorer = make_scorer(b, "onnxruntime", seed=0, threads=1)
@@ -144,7 +142,7 @@ def main(argv=None) -> int:
     ap.add_argument("--channels", choices=tuple(CHANNELS), default="rgbd",
                     help="the input channels a patch holds (default rgbd; depth: the part's shape only)")
     ap.add_argument("--damaged", default="damaged",
-                    help="each fold's damaged folder's name (default damaged); one --out per damaged folder")
+                    help="each fold's damaged folder's name (default damaged)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)
@@ -156,12 +154,6 @@ def main(argv=None) -> int:
         raise SystemExit(f"--patch takes even sizes of at least 2, got {a.patch!r}")
     lo, hi = (int(v) for v in a.frames.split(":"))
     a.out.mkdir(parents=True, exist_ok=True)
-    # the dumps are named by class and fold only: an OUT holds one damaged folder's, or another's are reused
-    mark = a.out / "damaged-folder.txt"
-    if mark.exists() and mark.read_text().strip() != a.damaged:
-        raise SystemExit(f"{a.out} holds dumps of damaged folder '{mark.read_text().strip()}', not "
-                         f"'{a.damaged}': give another --out")
-    mark.write_text(a.damaged + "\n")
     results: dict[tuple[str, str], list] = {}
     for cv_dir, cls, i, block in cv_folds(a.cv, a.point, lo, hi, a.folds):
         t0 = time.time()

@@ -78,9 +78,12 @@ def test_fold_rows_score_every_group_and_combine_on_training_levels():
     assert rows["combined4"][1] > rows["bundle"][1]
 
 
-def test_an_out_folder_keeps_to_one_damaged_folder(tmp_path):
-    (tmp_path / "damaged-folder.txt").write_text("damaged\n")
-    with pytest.raises(SystemExit, match="not 'damaged-s8'"):
-        pb.main([str(tmp_path / "cv"), "--damaged", "damaged-s8", "--out", str(tmp_path)])
+def test_dumps_of_other_damage_in_one_out_folder_are_kept_apart(tmp_path):
+    from map_scores import dump_path
+    assert dump_path(tmp_path, "sphere", 1) == tmp_path / "sphere-f1.npz"  # blocked_cv.py's own damage
+    assert dump_path(tmp_path, "sphere", 1, "damaged-s8") == tmp_path / "sphere-f1-damaged-s8.npz"
+
+
+def test_odd_patch_sizes_are_refused(tmp_path):
     with pytest.raises(SystemExit, match="even sizes"):
         pb.main([str(tmp_path / "cv"), "--patch", "5", "--out", str(tmp_path)])
