@@ -27,7 +27,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from functools import partial
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -65,13 +67,21 @@ def nearest(q: np.ndarray, bank: np.ndarray, chunk: int = 2048, keep: np.ndarray
     return out / q.shape[1]
 
 
-def bank_scores(x: np.ndarray, bank: np.ndarray, p: int, keep: np.ndarray | None = None,
-                chans: tuple[int, ...] = CHANNELS["rgbd"]) -> np.ndarray:
-    """(N,) each image's least familiar part patch (0 for an image without part pixels)."""
-    f, part = patches(x, p, chans)
+Describe = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # x -> (N, L, D) descriptors, (N, L) part
+
+
+def least_familiar(f: np.ndarray, part: np.ndarray, bank: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
+    """(N,) each image's least familiar part location (0 for an image without part pixels), given its
+    descriptors f (N, L, D) and which locations hold the part (N, L)."""
     d = np.zeros(part.shape, np.float32)
     d[part] = nearest(f[part], bank, keep=keep)
     return d.max(1)
+
+
+def bank_scores(x: np.ndarray, bank: np.ndarray, p: int, keep: np.ndarray | None = None,
+                chans: tuple[int, ...] = CHANNELS["rgbd"]) -> np.ndarray:
+    """(N,) each image's least familiar part patch (0 for an image without part pixels)."""
+    return least_familiar(*patches(x, p, chans), bank, keep)
 
 
 def level(v: np.ndarray) -> tuple[float, float]:
@@ -104,32 +114,50 @@ def train_inputs(cv_dir: Path, cls: str, fold: int, block: tuple[int, int], poin
     return dict(np.load(path))
 
 
-def fold_rows(g: dict[str, dict[str, np.ndarray]], train: dict[str, np.ndarray], sizes: list[int],
-              gap: int = 20, channels: str = "rgbd") -> dict[str, tuple[float, float, dict[str, float]]]:
-    """Per score: (class-swap AUROC, damage AUROC over all defects, per-defect AUROC). `combined P`:
-    the larger of the bundle's score and bankP's, each as (v - median) / (p90 - median) over every 3rd
-    training part (bankP's of a training part: against the bank without the parts within `gap` frames
-    of it, a stand-in for a new instance; the bundle's: as scored, though its generator saw them)."""
+def memory_scores(g: dict[str, dict[str, np.ndarray]], train: dict[str, np.ndarray], describe: Describe,
+                  gap: int = 20) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """A memory bank of every part location of the training parts, as `describe` sees them: the
+    least-familiar score of every group of the dump, and of every 3rd training part against the bank
+    without the parts within `gap` frames of it (a stand-in for a new instance)."""
+    f, part = describe(train["x"])
+    bank = f[part]
+    owner = np.broadcast_to(train["n"][:, None], part.shape)[part]  # each bank row's frame
+    scores = {k: least_familiar(*describe(v["x"]), bank) for k, v in g.items()}
+    own = np.array([least_familiar(f[j:j + 1], part[j:j + 1], bank, keep=np.abs(owner - n) > gap)[0]
+                    for j, n in zip(range(0, len(f), 3), train["n"][::3])])
+    return scores, own
+
+
+def memory_rows(g: dict[str, dict[str, np.ndarray]], train: dict[str, np.ndarray],
+                arms: list[tuple[str, str, Describe]], gap: int = 20,
+                post: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, tuple[float, float, dict[str, float]]]:
+    """Per score: (class-swap AUROC, damage AUROC over all defects, per-defect AUROC). `arms`: (name,
+    combined name, describe) of each memory bank; `post` maps its scores (np.sqrt: Euclidean, up to a
+    factor). A combined score is the larger of the bundle's score and the arm's, each as (v - median) /
+    (p90 - median) over every 3rd training part (the arm's: see memory_scores; the bundle's: as scored,
+    though its generator saw them)."""
     scores = {"bundle": {k: v["s"] for k, v in g.items()}}
     ms, qs = level(train["s"])
-    chans, tag = CHANNELS[channels], "" if channels == "rgbd" else f"-{channels}"
-    for p in sizes:
-        f, part = patches(train["x"], p, chans)
-        bank = f[part]
-        owner = np.broadcast_to(train["n"][:, None], part.shape)[part]  # each bank patch's frame
-        bank_p = {k: bank_scores(v["x"], bank, p, chans=chans) for k, v in g.items()}
-        cal = train["x"][::3]
-        own = np.array([bank_scores(xi[None], bank, p, keep=np.abs(owner - n) > gap, chans=chans)[0]
-                        for xi, n in zip(cal, train["n"][::3])])
+    keep = post or (lambda v: v)
+    for name, combined, describe in arms:
+        got, own = memory_scores(g, train, describe, gap)
+        got, own = {k: keep(v) for k, v in got.items()}, keep(own)
         mb, qb = level(own)
-        scores[f"bank{p}{tag}"] = bank_p
-        scores[f"combined{p}{tag}"] = {k: np.maximum((scores["bundle"][k] - ms) / qs, (b - mb) / qb)
-                                       for k, b in bank_p.items()}
+        scores[name] = got
+        scores[combined] = {k: np.maximum((scores["bundle"][k] - ms) / qs, (b - mb) / qb) for k, b in got.items()}
     return {name: job_aucs(s) for name, s in scores.items()}
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def fold_rows(g: dict[str, dict[str, np.ndarray]], train: dict[str, np.ndarray], sizes: list[int],
+              gap: int = 20, channels: str = "rgbd") -> dict[str, tuple[float, float, dict[str, float]]]:
+    """memory_rows of a bank of raw P x P patches of `channels` per patch size P (bankP, combinedP)."""
+    chans, tag = CHANNELS[channels], "" if channels == "rgbd" else f"-{channels}"
+    arms = [(f"bank{p}{tag}", f"combined{p}{tag}", partial(patches, p=p, chans=chans)) for p in sizes]
+    return memory_rows(g, train, arms, gap)
+
+
+def add_fold_args(ap: argparse.ArgumentParser) -> None:
+    """The folds, dumps and training parts' options a memory-bank study shares (fold_inputs)."""
     ap.add_argument("cv", nargs="+", type=Path, help="bench/blocked_cv.py output folders (one class each)")
     ap.add_argument("--point", default="def", help="the bundle of each fold: bundle-POINT (default def)")
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "paper-rgbd",
@@ -138,13 +166,38 @@ def main(argv=None) -> int:
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--purge", type=int, default=20, help="as bench/blocked_cv.py trained (default 20)")
     ap.add_argument("--every", type=int, default=3, help="every N-th frame of a block (default 3)")
-    ap.add_argument("--patch", default="8", help="patch sizes, comma-separated, even (default 8)")
-    ap.add_argument("--channels", choices=tuple(CHANNELS), default="rgbd",
-                    help="the input channels a patch holds (default rgbd; depth: the part's shape only)")
     ap.add_argument("--damaged", default="damaged",
                     help="each fold's damaged folder's name (default damaged)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, required=True)
+
+
+def fold_inputs(a: argparse.Namespace) -> Iterator[tuple[str, int, dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]]]:
+    """(class, fold, the fold's dump, its training parts) of every fold of a's folders, dumped and
+    cached in a.out."""
+    lo, hi = (int(v) for v in a.frames.split(":"))
+    a.out.mkdir(parents=True, exist_ok=True)
+    for cv_dir, cls, i, block in cv_folds(a.cv, a.point, lo, hi, a.folds):
+        path = dump(cv_dir, cls, i, block, a.point, a.every, a.out, a.threads, a.damaged)
+        train = train_inputs(cv_dir, cls, i, block, a.point, a.data, (lo, hi), a.purge, a.out)
+        yield cls, i, load_dump(path), train
+
+
+def record(results: dict[tuple[str, str], list], cls: str, fold: int,
+           rows: dict[str, tuple[float, float, dict[str, float]]]) -> None:
+    """Keep a fold's rows for the table and print them."""
+    for score, r in rows.items():
+        results.setdefault((cls, score), []).append(r)
+        print(f"{cls} fold {fold} {score}: swaps {r[0]:.3f} damage {r[1]:.3f} "
+              + " ".join(f"{d} {v:.2f}" for d, v in sorted(r[2].items())), flush=True)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_fold_args(ap)
+    ap.add_argument("--patch", default="8", help="patch sizes, comma-separated, even (default 8)")
+    ap.add_argument("--channels", choices=tuple(CHANNELS), default="rgbd",
+                    help="the input channels a patch holds (default rgbd; depth: the part's shape only)")
     a = ap.parse_args(argv)
     try:
         sizes = [int(s) for s in a.patch.split(",") if s]
@@ -152,17 +205,10 @@ def main(argv=None) -> int:
         sizes = []
     if not sizes or any(p < 2 or p % 2 for p in sizes):
         raise SystemExit(f"--patch takes even sizes of at least 2, got {a.patch!r}")
-    lo, hi = (int(v) for v in a.frames.split(":"))
-    a.out.mkdir(parents=True, exist_ok=True)
     results: dict[tuple[str, str], list] = {}
-    for cv_dir, cls, i, block in cv_folds(a.cv, a.point, lo, hi, a.folds):
+    for cls, i, g, train in fold_inputs(a):
         t0 = time.time()
-        path = dump(cv_dir, cls, i, block, a.point, a.every, a.out, a.threads, a.damaged)
-        train = train_inputs(cv_dir, cls, i, block, a.point, a.data, (lo, hi), a.purge, a.out)
-        for score, r in fold_rows(load_dump(path), train, sizes, a.purge, a.channels).items():
-            results.setdefault((cls, score), []).append(r)
-            print(f"{cls} fold {i} {score}: swaps {r[0]:.3f} damage {r[1]:.3f} "
-                  + " ".join(f"{d} {v:.2f}" for d, v in sorted(r[2].items())), flush=True)
+        record(results, cls, i, fold_rows(g, train, sizes, a.purge, a.channels))
         print(f"{cls} fold {i}: {len(train['x'])} training parts, {time.time() - t0:.0f} s", flush=True)
     text = "\n".join([f"patch bank against bundle-{a.point}, every {a.every} frame(s) of a block, damage "
                       f"'{a.damaged}', patches {a.patch} of {a.channels}", "", *table(results)]) + "\n"
