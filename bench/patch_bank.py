@@ -138,10 +138,10 @@ def memory_rows(g: dict[str, dict[str, np.ndarray]], train: dict[str, np.ndarray
     though its generator saw them)."""
     scores = {"bundle": {k: v["s"] for k, v in g.items()}}
     ms, qs = level(train["s"])
-    keep = post or (lambda v: v)
+    transform = post or (lambda v: v)
     for name, combined, describe in arms:
         got, own = memory_scores(g, train, describe, gap)
-        got, own = {k: keep(v) for k, v in got.items()}, keep(own)
+        got, own = {k: transform(v) for k, v in got.items()}, transform(own)
         mb, qb = level(own)
         scores[name] = got
         scores[combined] = {k: np.maximum((scores["bundle"][k] - ms) / qs, (b - mb) / qb) for k, b in got.items()}
@@ -192,6 +192,13 @@ def record(results: dict[tuple[str, str], list], cls: str, fold: int,
               + " ".join(f"{d} {v:.2f}" for d, v in sorted(r[2].items())), flush=True)
 
 
+def write_table(path: Path, results: dict[tuple[str, str], list], title: str) -> None:
+    """The folds' table (worst and mean per class and score) under a title, to path and stdout."""
+    text = "\n".join([title, "", *table(results)]) + "\n"
+    path.write_text(text)
+    print(text)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_fold_args(ap)
@@ -210,10 +217,9 @@ def main(argv=None) -> int:
         t0 = time.time()
         record(results, cls, i, fold_rows(g, train, sizes, a.purge, a.channels))
         print(f"{cls} fold {i}: {len(train['x'])} training parts, {time.time() - t0:.0f} s", flush=True)
-    text = "\n".join([f"patch bank against bundle-{a.point}, every {a.every} frame(s) of a block, damage "
-                      f"'{a.damaged}', patches {a.patch} of {a.channels}", "", *table(results)]) + "\n"
-    (a.out / f"patch-bank-{a.damaged}-{a.channels}.md").write_text(text)
-    print(text)
+    write_table(a.out / f"patch-bank-{a.damaged}-{a.channels}.md", results,
+                f"patch bank against bundle-{a.point}, every {a.every} frame(s) of a block, damage "
+                f"'{a.damaged}', patches {a.patch} of {a.channels}")
     return 0
 
 
