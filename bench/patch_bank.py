@@ -2,11 +2,11 @@
 
 No generator score has caught stains, chunks or foreign bodies on new instances of the paper's
 boxes and cylinders. This measures a different kind of model, PatchCore's idea (Roth et al.
-2022) on raw pixels (no pretrained features can be had here): keep every P x P patch (stride
-P/2, the 4 channels of the 64 x 64 input, or --channels rgb or depth) of every training part,
-and score a part by its least familiar patch: the largest, over its patches, of the mean
-squared difference to the nearest patch in the bank, at any place in any training part. A new intact instance is made
-of familiar local patches (surfaces, rims, print strokes); a bite out of the rim, a hole, a
+2022) on raw pixels (bench/feature_bank.py does the same with pretrained features): keep every
+P x P patch (stride P/2, the 4 channels of the 64 x 64 input, or --channels rgb or depth) of every
+training part, and score a part by its least familiar patch: the largest, over its patches, of the
+mean squared difference to the nearest patch in the bank, at any place in any training part. A new
+intact instance is made of familiar local patches (surfaces, rims, print strokes); a bite out of the rim, a hole, a
 foreign body or a stain's edge may not be. Only patches holding part pixels (depth above the
 background's -1) are kept and scored.
 
@@ -15,7 +15,8 @@ each side, as bench/blocked_cv.py trains), through the fold bundle's own preproc
 test samples are bench/map_scores.py's dumps (map_scores.dump_path, reused when there),
 so `bundle` (the fold bundle's own score) is the baseline on the very same inputs. `combinedP`
 (exploratory: conceived after bankP alone was seen) is the larger of the two, each put on the
-scale of the fold's training parts (see fold_rows).
+scale of the fold's training parts (see memory_rows). The bank, the folds and the table are
+shared with bench/feature_bank.py (memory_rows, fold_inputs, write_table).
 
     .venv/bin/python bench/patch_bank.py runs/cv/sphere-e300 runs/cv/cyl-e300 runs/cv/rectangle-e300 \\
         --point def --patch 8,4 --out runs/enrollment
