@@ -52,8 +52,8 @@ class Interfaces:
         _guarded("gpio", self.gpio.ready, ready)
 
     def status(self) -> dict:
-        return {"metrics": self.metrics.state, "gpio": self.gpio.status(), "opcua": self.opcua.state,
-                "web": self.web.state}
+        return {"metrics": self.metrics.status(), "gpio": self.gpio.status(), "opcua": self.opcua.state,
+                "web": self.web.status()}
 
     def close(self) -> None:
         self.web.close()

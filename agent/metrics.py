@@ -1,17 +1,22 @@
 """The Prometheus endpoint (`[metrics]`, off by default): per-stage latency histograms, verdicts
 per class, and the station's state (outbox depth, MQTT link, engine warm, frames, drops).
 
-It serves `http://<host>:<port>/metrics` from its own thread (prometheus-client), bound to
-loopback unless configured. A port that cannot be bound is logged, reported under
+It serves `http://<host>:<port>/metrics` (prometheus-client's WSGI app) from its own thread,
+bound to loopback unless configured, with the operator page's bounds on connections
+(web/bounded.py). A port that cannot be bound is logged, reported under
 `interfaces.metrics` in `status`, and inspection goes on without it.
 """
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Callable
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from agent.web.bounded import Bounded, address_family
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,23 @@ class _StateCollector:
                                   value=st["source"]["failures"])
 
 
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, fmt, *args) -> None:  # a scrape every few seconds is not the journal's business
+        log.debug("metrics: " + fmt, *args)
+
+
+def serve(registry: CollectorRegistry, host: str, port: int) -> WSGIServer:
+    """prometheus-client's start_http_server, with bounded connections; serves from a daemon thread."""
+    family = address_family(host, port)
+
+    class Server(Bounded, WSGIServer):
+        label = "metrics"
+        address_family = family
+    server = make_server(host, port, make_wsgi_app(registry), Server, handler_class=_Quiet)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server
+
+
 class Metrics:
     """The agent's metrics. `status` is the agent's status(), `warm` says whether its engines are warm."""
 
@@ -70,13 +92,18 @@ class Metrics:
         if not self.settings.enabled:
             return
         try:
-            self._server, _ = start_http_server(self.settings.port, self.settings.host, self.registry)
+            self._server = serve(self.registry, self.settings.host, self.settings.port)
         except OSError as e:
             self.state = {"state": "error", "error": f"cannot serve {self.url}: {e}"}
             log.error("metrics: %s; inspection goes on without them", self.state["error"])
             return
         self.state = {"state": "serving", "url": self.url}
         log.info("metrics on %s", self.url)
+
+    def status(self) -> dict:
+        """`state`, and while serving the connections refused for being over the limit."""
+        server = self._server
+        return {**self.state, "refused": server.refused} if server is not None else dict(self.state)
 
     def observe(self, work) -> None:
         """The stage times of one frame (Work's *_ms fields); stages that did not run are skipped."""

@@ -1,5 +1,5 @@
-"""The operator's page: a small HTTP server (the standard library's ThreadingHTTPServer) in
-its own threads, bound to loopback unless configured.
+"""The operator's page: a small HTTP server (the standard library's, a thread per connection,
+bounded as in bounded.py), bound to loopback unless configured.
 
   /             index.html (no build step, no framework)
   /events       server-sent events: the page's state after every part, and every 2 s
@@ -16,12 +16,14 @@ import logging
 import threading
 import time
 from collections import deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Callable
 
 import cv2
 import numpy as np
+
+from agent.web.bounded import Bounded, address_family
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,7 @@ class OperatorPage:
         self._png: dict[str, bytes] = {}
         self._cond = threading.Condition()
         self._stopping = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
+        self._server: HTTPServer | None = None
 
     @property
     def url(self) -> str:
@@ -71,16 +73,24 @@ class OperatorPage:
 
         class Handler(_Handler):
             owner = page
+
+        class Server(Bounded, HTTPServer):
+            label = "operator page"
         try:
-            self._server = ThreadingHTTPServer((self.s.host, self.s.port), Handler)
+            Server.address_family = address_family(self.s.host, self.s.port)
+            self._server = Server((self.s.host, self.s.port), Handler)
         except OSError as e:
             self.state = {"state": "error", "error": f"cannot serve {self.url}: {e}"}
             log.error("operator page: %s; inspection goes on without it", self.state["error"])
             return
-        self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, name="operator-page", daemon=True).start()
         self.state = {"state": "serving", "url": self.url}
         log.info("operator page on %s", self.url)
+
+    def status(self) -> dict:
+        """`state`, and while serving the connections refused for being over the limit."""
+        server = self._server
+        return {**self.state, "refused": server.refused} if server is not None else dict(self.state)
 
     def event(self, event: dict, view=None) -> None:
         """A published event, and (for a scored part) its (sample, x, G(z*))."""
@@ -184,5 +194,5 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(f"event: state\ndata: {json.dumps(state)}\n\n".encode())
                 self.wfile.flush()
                 page.wait(state["seq"], 2.0)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the browser went away
+        except OSError:
+            pass  # the browser went away, or stopped reading for bounded.IDLE_TIMEOUT_S
