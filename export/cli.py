@@ -46,7 +46,7 @@ def cmd_export(a: argparse.Namespace) -> int:
         given["lr_theta"] = COLOUR_LR
     parts = given.pop("parts_per_call", 1)  # set last: it fixes seeds per call from n_seed
     search = replace(base, **given)
-    if search.z_init == "encoder" and a.z_init != "encoder":
+    if search.z_init == "encoder" and a.z_init != "encoder" and Path(a.run).exists():  # (no run: said below)
         run_dir = Path(a.run) if Path(a.run).is_dir() else Path(a.run).parent
         if not (run_dir / ENCODER_FILE).is_file():  # auto: the run has no encoder, start at random z
             print(f"note: {run_dir} has no encoder ({ENCODER_FILE}); the search starts at random z "

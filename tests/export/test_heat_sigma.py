@@ -137,3 +137,11 @@ def test_evaluate_reads_the_background_the_bundle_compares_with(bundles, synth_d
                  "--quiet", "--no-search-figure"]) == 0
     with open(out / "damage.csv") as fh:
         assert {r["map_background"] for r in csv.DictReader(fh)} == {"black", "drawn"}
+
+
+def test_export_of_a_run_that_is_not_there_says_so_and_nothing_else(tmp_path, capsys):
+    assert main(["export", str(tmp_path / "no-run"), "--out", str(tmp_path / "b")]) == 2
+    out = capsys.readouterr()
+    assert f"no checkpoint at {tmp_path / 'no-run'}" in out.err
+    assert "encoder" not in out.out  # no note about the missing run's encoder (it named the parent folder)
+    assert not (tmp_path / "b").exists()
