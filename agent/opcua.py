@@ -12,7 +12,8 @@ Security: Basic256Sha256 (sign and encrypt) with the station's certificate and k
 user and password from the same secret store as MQTT (environment, .env, systemd credential
 `opcua_password`). `security = "None"` only when configured so. The server runs in its own
 thread and event loop; a server that cannot start (port taken, bad certificate) is logged,
-reported under `interfaces.opcua` in `status`, and inspection goes on without it.
+reported under `interfaces.opcua` in `status`, and inspection goes on without it. A message
+over MAX_MESSAGE_BYTES is refused (BadRequestTooLarge).
 """
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 logging.getLogger("asyncua").setLevel(logging.WARNING)  # its INFO lines would flood the journal
 
 NAMESPACE = "urn:adgan-edge"
+# The largest message a client may send or be sent (asyncua's default is 100 MB, buffered per
+# connection before anyone is authenticated). This server's requests and answers are a few kB.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
 class OpcUaServer:
@@ -95,7 +99,12 @@ class OpcUaServer:
         from asyncua import Server, ua
         from asyncua.common.callback import CallbackType
 
+        from asyncua.common.connection import TransportLimits
         server = Server(user_manager=_Users(self.s))
+        buffer = server.limits.max_recv_buffer
+        server.limits = TransportLimits(max_recv_buffer=buffer, max_send_buffer=buffer,
+                                        max_chunk_count=-(-MAX_MESSAGE_BYTES // buffer),
+                                        max_message_size=MAX_MESSAGE_BYTES)
         await server.init()
         server.set_endpoint(self.url)
         server.set_server_name(f"adgan-edge station {self.station_id}")

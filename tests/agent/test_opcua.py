@@ -168,3 +168,38 @@ def test_security_none_only_when_set_and_a_taken_port_is_reported(broker, calibr
     finally:
         agent.stop()
         sub.close()
+
+
+def test_a_message_over_the_limit_is_refused_and_the_server_serves_on():
+    """asyncua would buffer 100 MB per connection; this server takes MAX_MESSAGE_BYTES (4 MiB),
+    refuses more with BadRequestTooLarge, and the next client is served as before."""
+    from agent.opcua import MAX_MESSAGE_BYTES, OpcUaServer
+    from agent.settings import OpcUaSettings
+    port, classes = free_port(), []
+    server = OpcUaServer(OpcUaSettings(enabled=True, security="None", port=port), "st1", classes.append,
+                         lambda: True, lambda: {"expected_class": "sphere", "counters": {"events": 0}})
+    server.start()
+    assert server.state["state"] == "serving", server.state
+
+    async def client(write: str) -> str:
+        c = Client(f"opc.tcp://127.0.0.1:{port}/adgan/", timeout=20)
+        await c.connect()
+        try:
+            idx, obj = await station(c)
+            node = await obj.get_child([f"{idx}:ExpectedClass"])
+            await node.write_value(ua.Variant(write, ua.VariantType.String))
+            return await node.read_value()
+        finally:
+            try:
+                await c.disconnect()
+            except Exception:  # the server closed the connection after the refusal
+                pass
+
+    try:
+        with pytest.raises(ua.UaStatusCodeError, match="BadRequestTooLarge"):
+            asyncio.run(client("x" * (MAX_MESSAGE_BYTES + 1)))
+        assert classes == []  # it never reached the agent
+        assert asyncio.run(client("cylinder")) == "cylinder"  # the next client is served
+        assert classes == [b"cylinder"]
+    finally:
+        server.close()
