@@ -31,8 +31,20 @@ class Scored:
 
 
 def damage_folders(root: Path, cls: str) -> dict[str, Path]:
-    """{defect: folder} of the damaged twins of class `cls` under `root`."""
-    return {p.name[len(cls) + 1:]: p for p in sorted(root.glob(f"{cls}_*")) if (p / "mask").is_dir()}
+    """{defect: folder} of the damaged samples of class `cls` under `root`: every `cls`_<defect>/
+    folder that holds samples (rgb/), with ground-truth masks (mask/) or without."""
+    return {p.name[len(cls) + 1:]: p for p in sorted(root.glob(f"{cls}_*")) if (p / "rgb").is_dir()}
+
+
+def _mask(folder: Path, n: int, shape: tuple[int, ...]) -> np.ndarray | None:
+    """Sample n's mask (None where the folder has no mask/ at all), checked against its size."""
+    if not (folder / "mask").is_dir():
+        return None
+    m = read_mask(folder, n)
+    if m.shape != shape:
+        raise ValueError(f"{folder / 'mask' / f'{n}.png'}: a mask of {m.shape[1]}x{m.shape[0]} for a sample of "
+                         f"{shape[1]}x{shape[0]}; masks must be the size of their samples")
+    return m
 
 
 def score_damage(scorer, bundle, root: Path, frames=None, progress: bool = True) -> dict[str, list[Scored]]:
@@ -40,8 +52,8 @@ def score_damage(scorer, bundle, root: Path, frames=None, progress: bool = True)
     root = Path(root)
     folders = {"intact": root / bundle.cls, **damage_folders(root, bundle.cls)}
     if not folders["intact"].is_dir() or len(folders) < 2:
-        raise ValueError(f"{root}: needs {bundle.cls}/ and {bundle.cls}_<defect>/ folders with masks "
-                         "(make them with 'adgan dataset damage')")
+        raise ValueError(f"{root}: needs {bundle.cls}/ (intact) and {bundle.cls}_<defect>/ folders of samples, "
+                         "with masks for the pixel metrics (make them with 'adgan dataset damage')")
     jobs = []
     for name, folder in folders.items():
         rec = check_preprocessing(folder, bundle.preprocessing)
@@ -57,20 +69,23 @@ def score_damage(scorer, bundle, root: Path, frames=None, progress: bool = True)
             h = uncrop_map(h, s.meta["reframe"], stored.depth.shape)
         elif h.shape != stored.depth.shape:
             h = cv2.resize(h, stored.depth.shape[::-1], interpolation=cv2.INTER_LINEAR)
-        out[name].append(Scored(folder, n, float(r.score), h, None if name == "intact" else read_mask(folder, n)))
+        mask = None if name == "intact" else _mask(folder, n, stored.depth.shape)
+        out[name].append(Scored(folder, n, float(r.score), h, mask))
     return out
 
 
 def damage_rows(cls: str, kind: str, scored: dict[str, list[Scored]]) -> list[dict]:
-    """One row per defect type and one over all of them."""
+    """One row per defect type and one over all of them. Pixel AUROC and PRO are over the damaged
+    samples that have a mask with damage in it (n_masked of n_damaged); empty where none has."""
     intact = np.array([s.score for s in scored["intact"]])
     defects = [d for d in scored if d != "intact"]
     rows = []
     for name, group in [(d, scored[d]) for d in defects] + [("all", [s for d in defects for s in scored[d]])]:
-        with_damage = [s for s in group if s.mask.any()]
+        with_damage = [s for s in group if s.mask is not None and s.mask.any()]
         row = {"class": cls, "kind": kind, "defect": name, "n_intact": len(intact), "n_damaged": len(group),
                "image_auroc": auc(intact, [s.score for s in group]),
-               "median_score_ratio": float(np.median([s.score for s in group]) / max(np.median(intact), 1e-12))}
+               "median_score_ratio": float(np.median([s.score for s in group]) / max(np.median(intact), 1e-12)),
+               "n_masked": len(with_damage), "pixel_auroc": "", "pro_0.3": ""}
         if with_damage:
             maps, masks = [s.heat for s in with_damage], [s.mask for s in with_damage]
             row["pixel_auroc"] = pixel_auroc(maps, masks)

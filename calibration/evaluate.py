@@ -260,9 +260,13 @@ def evaluate_damage(scorer, b, o: EvaluateOptions, frames, out: Path, tag: str, 
         w.writerows([(s.folder.name, s.frame, f"{s.score:.9g}") for g in scored.values() for s in g])
     damage_figure(scored, min(o.n_rank, 6), out / f"damage-maps-{tag}.png", label)
     index += [f"### {label}: damaged parts", "", f"![damage maps](damage-maps-{tag}.png)", ""]
-    # the maps' pixel metrics depend on the bundle's smoothing and background: say which (0: unsmoothed)
-    return [{**r, **bundle_columns(b), "map_sigma": b.heat_sigma,
-             "map_background": b.heat_background} for r in damage_rows(b.cls, b.kind, scored)]
+    # the maps' pixel metrics depend on the bundle's smoothing and background: say which (0: unsmoothed);
+    # n_masked (added 2026-12-05) goes last, so the columns before it keep their places
+    rows = [{**r, **bundle_columns(b), "map_sigma": b.heat_sigma, "map_background": b.heat_background}
+            for r in damage_rows(b.cls, b.kind, scored)]
+    for r in rows:
+        r["n_masked"] = r.pop("n_masked")  # (re-inserted: last)
+    return rows
 
 
 def bundle_columns(b) -> dict:
@@ -280,9 +284,10 @@ def add_parser(sub) -> None:
                                    "index.md.")
     q.add_argument("--bundles", nargs="+", required=True, help="bundle folders")
     q.add_argument("--data", default=None, help="dataset root with class folders: Table 2 (class swaps)")
-    q.add_argument("--damage", default=None, help="root made by 'adgan dataset damage': image AUROC per class and "
-                   "defect, pixel AUROC and PRO of the anomaly maps against the masks, maps over the best and "
-                   "worst damaged parts")
+    q.add_argument("--damage", default=None, help="root made by 'adgan dataset damage' (or by hand: C/ intact, "
+                   "C_<defect>/ damaged, each with rgb/ and depth/, and mask/N.png where known): image AUROC per "
+                   "class and defect, pixel AUROC and PRO of the anomaly maps against the masks, maps over the "
+                   "best and worst damaged parts")
     q.add_argument("--frames", default=None,
                    help="LO:HI frame numbers (half-open), e.g. 700:1000; LO:HI:STEP every STEP-th of them")
     q.add_argument("--out", required=True, help="report folder")

@@ -275,12 +275,17 @@ def write_mask(folder: Path, n: int, mask: np.ndarray) -> None:
 
 
 def read_mask(folder: Path, n: int) -> np.ndarray:
-    """The ground-truth defect mask of sample n (True where damaged)."""
+    """The ground-truth defect mask of sample n (True where damaged). Masks made elsewhere are read
+    as they are usually written: 0/255 (ours, MVTec AD's; smoothed edges cut at half), 0/1 or
+    region labels (any value above 0), 8 or 16 bits, grey or colour (any channel)."""
     p = Path(folder) / "mask" / f"{n}.png"
-    m = cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)
+    m = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
     if m is None:
         raise FileNotFoundError(f"{p}: no ground-truth mask")
-    return m > 127
+    if m.ndim == 3:
+        m = m[:, :, :3].max(axis=2)  # (an alpha channel is not the mask)
+    half = np.iinfo(m.dtype).max // 2 if m.dtype.kind == "u" else 0.5
+    return m > half if m.max() > half else m > 0
 
 
 def write_raw_frame(folder: Path, n: int, frame: RGBDFrame) -> None:

@@ -105,3 +105,62 @@ def test_the_report_says_how_the_damaged_twins_were_made(tmp_path):
     assert damage_recipe(tmp_path) == " (damage seed 7, size scale 2.0)"
     (tmp_path / "damage.json").write_text('{"seed": 7, "samples": {}}')  # made before --size-scale
     assert damage_recipe(tmp_path) == " (damage seed 7, size scale 1.0)"
+
+
+def test_masks_made_elsewhere_are_read_as_written():
+    from agent.sources.dataset import read_mask
+    import cv2
+    import tempfile
+    from pathlib import Path
+    truth = np.zeros((8, 8), bool)
+    truth[2:5, 3:6] = True
+    with tempfile.TemporaryDirectory() as d:
+        folder = Path(d)
+        (folder / "mask").mkdir()
+        antialiased = truth.astype(np.uint8) * 255
+        antialiased[5, 3:6] = 100  # a smoothed edge below half: not damage
+        labels = truth.astype(np.uint8)
+        labels[3, 4] = 2  # region labels
+        colour = np.zeros((8, 8, 3), np.uint8)
+        colour[truth] = (0, 0, 255)
+        for n, m in enumerate([truth.astype(np.uint8) * 255, truth.astype(np.uint8), antialiased, labels,
+                               truth.astype(np.uint16), truth.astype(np.uint16) * 65535, colour,
+                               np.zeros((8, 8), np.uint8)]):
+            cv2.imwrite(str(folder / "mask" / f"{n}.png"), m)
+        for n in range(7):
+            assert np.array_equal(read_mask(folder, n), truth), n
+        assert not read_mask(folder, 7).any()  # an empty mask stays empty
+        with pytest.raises(FileNotFoundError, match="no ground-truth mask"):
+            read_mask(folder, 8)
+
+
+def test_damage_by_another_hand_masks_of_any_kind_or_none(bundles, synth_data, tmp_path, capsys):
+    """Damaged folders with 0/1 masks give the numbers of 0/255 ones; a folder without masks
+    still gets its image AUROC; a mask of the wrong size is refused by name."""
+    import cv2
+    import shutil
+    dmg = tmp_path / "damaged"
+    assert main(["dataset", "damage", str(synth_data / "test" / "sphere"), "--out", str(dmg), "--seed", "2",
+                 "--defects", "hole,stain,chunk", "--quiet"]) == 0
+    b = bundles[("none", "fg")]
+    base = ["evaluate", "--bundles", str(b), "--damage", str(dmg), "--quiet", "--n-rank", "2"]
+    assert main([*base, "--out", str(tmp_path / "ours")]) == 0
+    ours = {r["defect"]: r for r in csv.DictReader(open(tmp_path / "ours" / "damage.csv"))}
+    assert list(csv.DictReader(open(tmp_path / "ours" / "damage.csv")).fieldnames)[-1] == "n_masked"
+    for p in (dmg / "sphere_hole" / "mask").glob("*.png"):  # 0/1 masks
+        cv2.imwrite(str(p), (cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) > 0).astype(np.uint8))
+    shutil.rmtree(dmg / "sphere_stain" / "mask")  # no masks at all
+    assert main([*base, "--out", str(tmp_path / "theirs")]) == 0
+    theirs = {r["defect"]: r for r in csv.DictReader(open(tmp_path / "theirs" / "damage.csv"))}
+    assert theirs["hole"]["pixel_auroc"] == ours["hole"]["pixel_auroc"] != ""
+    assert theirs["hole"]["n_masked"] == ours["hole"]["n_masked"] == ours["hole"]["n_damaged"]
+    assert theirs["stain"]["image_auroc"] == ours["stain"]["image_auroc"]
+    assert theirs["stain"]["pixel_auroc"] == theirs["stain"]["pro_0.3"] == "" and theirs["stain"]["n_masked"] == "0"
+    n_all = int(ours["all"]["n_masked"])
+    assert int(theirs["all"]["n_masked"]) == n_all - int(ours["stain"]["n_masked"])  # pixels: masked parts only
+    assert theirs["all"]["image_auroc"] == ours["all"]["image_auroc"]
+    first = sorted((dmg / "sphere_chunk" / "mask").glob("*.png"))[0]
+    cv2.imwrite(str(first), np.zeros((7, 9), np.uint8))
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "bad")]) == 2
+    assert f"{first}: a mask of 9x7 for a sample of" in capsys.readouterr().err
