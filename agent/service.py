@@ -96,10 +96,11 @@ class Agent:
     def _on_trigger_command(self, payload: bytes = b"") -> bool:
         """An inspection requested (MQTT trigger/set, OPC UA Trigger()); False when coalesced."""
         taken = self.commands.request()
-        if not taken:
-            self.counters.add("triggers_coalesced")  # one is already waiting: the burst is one inspection
+        if not taken:  # one is already waiting: the burst is one inspection, and its state is said already
+            self.counters.add("triggers_coalesced")  # (echoing each would answer a flood with a flood)
+            return False
         self.publisher.publish_state("trigger", "pending")
-        return taken
+        return True
 
     def _apply_class_request(self) -> None:
         with self._class_lock:

@@ -176,12 +176,15 @@ def test_a_retained_class_command_does_not_switch_on_restart_and_a_trigger_burst
         assert sub.wait_for(lambda m: state("class") == b"cylinder"), agent.output()  # live: a command
         cmd.publish("adgan/st1/class/set", "sphere", qos=1).wait_for_publish(5)
         assert sub.wait_for(lambda m: state("class") == b"sphere"), agent.output()
+        before = len(sub.messages)
         for _ in range(300):                               # a burst: one request waits, the rest coalesce
             cmd.publish("adgan/st1/trigger/set", "go", qos=0)
         assert sub.wait_for(lambda m: len(events(sub)) >= 1), agent.output()
         time.sleep(3.0)
         done = len(events(sub))
         assert 1 <= done <= 30, done                       # not 300 queued inspections
+        echoes = sum(t == "adgan/st1/trigger/state" for t, _, _ in sub.messages[before:])
+        assert echoes <= 2 * done + 2, (echoes, done)      # a state change echoed, not every command
 
         def coalesced(m):
             st = [json.loads(p) for t, p, _ in m if t == "adgan/st1/status"]
