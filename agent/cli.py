@@ -62,7 +62,9 @@ def cmd_run(a: argparse.Namespace) -> int:
         return 2
     _logging(a.log_level)
     agent = Agent(s)
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    # SIGHUP too (the terminal of a hand-started agent closed): a stop that finishes and flushes,
+    # not the default's instant death
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, agent.request_stop)
     try:
         agent.start()

@@ -179,8 +179,8 @@ class AgentProcess:
             self.fh.flush()
         return self.log.read_text(errors="replace")
 
-    def terminate(self, timeout: float = 20) -> int:
-        self.proc.send_signal(signal.SIGTERM)
+    def terminate(self, timeout: float = 20, sig: int = signal.SIGTERM) -> int:
+        self.proc.send_signal(sig)
         return self.wait(timeout)
 
     def kill(self) -> None:

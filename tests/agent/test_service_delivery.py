@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import time
@@ -61,7 +62,8 @@ def test_a_broker_outage_and_a_sigkill_lose_no_event(broker, calibrated, synth_d
     sub.close()
 
 
-def test_sigterm_finishes_flushes_and_says_offline(broker, calibrated, synth_data, tmp_path):
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])  # SIGHUP: the terminal of a hand-started agent closed
+def test_sigterm_finishes_flushes_and_says_offline(broker, calibrated, synth_data, tmp_path, sig):
     bundle, thresholds = calibrated
     cfg = agent_config(tmp_path, broker.port, bundle, thresholds, looping_samples(synth_data))
     sub = Subscriber(broker.port, "adgan/st1/#")
@@ -69,7 +71,7 @@ def test_sigterm_finishes_flushes_and_says_offline(broker, calibrated, synth_dat
     agent = AgentProcess(cfg, tmp_path / "agent.log")
     try:
         assert sub.wait_for(lambda m: len(event_ids(sub)) >= 3, timeout=60), agent.output()
-        assert agent.terminate(30) == 0, agent.output()
+        assert agent.terminate(30, getattr(signal, sig)) == 0, agent.output()
     finally:
         agent.stop()
     assert outbox_ids(tmp_path / "outbox.sqlite") == []  # everything acknowledged before exit
