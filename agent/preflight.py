@@ -21,6 +21,7 @@ except ModuleNotFoundError:  # Python 3.10 (JetPack 6): the tomli backport, a de
     import tomli as tomllib
 
 from agent.decide.inspector import check_class_model
+from agent.mqtt.salvage import corrupt_file
 from agent.settings import AgentSettings, SettingError
 
 
@@ -102,7 +103,12 @@ def check_outbox(s: AgentSettings, r: Report) -> None:
             with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
                 db.execute("SELECT name FROM sqlite_master").fetchall()
         except sqlite3.Error as e:
-            r.problems.append(SettingError("outbox.path", f"{path}: not an outbox database ({e})"))
+            if corrupt_file(e):  # run moves it aside
+                r.warnings.append(f"outbox.path: {path} is not a readable database ({e}); the agent moves it "
+                                  f"aside ({path.name}.corrupt-<time>), keeps what events it can read, and starts "
+                                  "a new one")
+            else:
+                r.problems.append(SettingError("outbox.path", f"{path}: not an outbox database ({e})"))
 
 
 def check_source(s: AgentSettings, r: Report) -> None:

@@ -7,6 +7,12 @@ event that cannot be written is held in memory (at most `memory_events`, then th
 held ones are dropped and counted), published like the others, and written to disk as
 soon as a write succeeds again. `status()` says how many are held and why.
 
+A corrupt database (a failing storage device: SQLite says "malformed" or "not a database";
+every page is read at the first open and after a corrupt write) is moved aside to
+`<outbox>.corrupt-<UTC time>` and a new one started, so events are durable again. Every event
+still readable from the old file is copied into the new one and sent (salvage.py); `status()`
+names the moved file (`quarantined`).
+
 The event sequence number lives in its own small file that is allocated once and then
 overwritten in place (`SeqFile`), so it keeps counting on a full disk and never repeats
 or goes backwards across restarts.
@@ -23,6 +29,8 @@ import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+
+from agent.mqtt.salvage import copy_events, corrupt_file, move_aside
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +116,8 @@ class Outbox:
         self._next_retry = 0.0
         self._next_drop_log = 0.0
         self.generation = 0                        # +1 each time the database (re)opens after failing
+        self.quarantined: str | None = None        # where a corrupt database was moved, if one was
+        self._check_pages = True                   # read every page at the next open (quick_check)
         self.dropped, self._key, db_seq = 0, 0, 0
         _private_file(self.path)
         # Used from the service loop and from paho's network thread: one connection, one lock.
@@ -130,6 +140,15 @@ class Outbox:
         db = None
         try:
             db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+            if self._check_pages:  # at start and after a corrupt write, not at every retry on a full disk
+                # every page read once (~3 s for 200 MB here): a broken one is found now, not by
+                # whichever write happens to meet it
+                (check,) = db.execute("PRAGMA quick_check(1)").fetchone()
+                if check != "ok":
+                    e = sqlite3.DatabaseError(f"quick_check: {check}")
+                    e.sqlite_errorcode = 11  # SQLITE_CORRUPT
+                    raise e
+                self._check_pages = False
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")  # an acknowledged write survives power loss
             db.execute("CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
@@ -142,6 +161,15 @@ class Outbox:
         except sqlite3.Error as e:
             if db is not None:
                 db.close()
+            if corrupt_file(e):
+                moved = self._move_aside_locked(e)
+                if moved is not None:  # a new file: its own errors (a full disk) are handled as any
+                    if not self._open_locked():
+                        log.error("outbox %s is corrupt (%s): moved to %s, where its events stay; the new one "
+                                  "cannot be opened yet", self.path, e, moved)
+                        return False
+                    self._copy_from_locked(moved, e)
+                    return True
             self.store_failures += 1
             self._next_retry = time.monotonic() + self.RETRY_S
             self._failed("open", e)
@@ -161,6 +189,38 @@ class Outbox:
             self.generation += 1
             log.warning("outbox %s opened; %d events held in memory are stored", self.path, len(self._memory))
         return True
+
+    def _move_aside_locked(self, e: sqlite3.Error) -> Path | None:
+        try:
+            moved = move_aside(self.path)
+        except OSError as move_error:
+            log.error("outbox %s is corrupt (%s) and cannot be moved aside (%s): events are held in memory",
+                      self.path, e, move_error)
+            return None
+        _private_file(self.path)
+        self.quarantined = str(moved)
+        return moved
+
+    def _copy_from_locked(self, moved: Path, e: sqlite3.Error) -> None:
+        """Copy what can be read of the moved file's events into the new database (salvage.py)."""
+        def write(rows):
+            self._transaction(lambda db: db.executemany(
+                "INSERT OR IGNORE INTO events (seq, event_id, topic, payload, qos, created) VALUES (?, ?, ?, ?, ?, ?)",
+                rows))
+        try:
+            n, last, counters = copy_events(moved, write)
+            outcome = f"{n} unacknowledged events read from it are kept and sent (any others stay in it)"
+        except sqlite3.Error as write_error:
+            n, last, counters = 0, 0, {}
+            outcome = f"its events could not be copied ({write_error}): they stay in it"
+        self._key = max(self._key, last)
+        self.dropped = max(self.dropped, counters.get("dropped", 0))
+        self._db_seq = max(self._db_seq, counters.get("seq", 0))
+        if hasattr(self, "_seq"):  # (the counters are stored with the next write)
+            self._seq = max(self._seq, self._db_seq)
+        self._dropped_unsynced = self._dropped_unsynced or self.dropped > 0
+        self.generation += 1  # the pump goes back to the oldest event
+        log.error("outbox %s is corrupt (%s): moved to %s and a new one started; %s", self.path, e, moved, outcome)
 
     # -- storage errors ------------------------------------------------------------------
     def _failed(self, what: str, e: Exception) -> None:
@@ -258,6 +318,10 @@ class Outbox:
             self.store_failures += 1
             self._next_retry = time.monotonic() + self.RETRY_S
             self._failed("write", e)
+            if corrupt_file(e):  # the next try opens the file again, and moves it aside if it is corrupt
+                self._db.close()
+                self._db = None
+                self._check_pages = True
             return
         for p in held:
             self._memory.pop(p.event_id, None)
@@ -342,7 +406,7 @@ class Outbox:
         with self._lock:
             return {"depth": depth, "unsaved": len(self._memory), "dropped": self.dropped,
                     "store_failures": self.store_failures, "seq_failures": self.seq_failures,
-                    "error": self.last_error}
+                    "error": self.last_error, "quarantined": self.quarantined}
 
     def close(self) -> None:
         with self._lock:

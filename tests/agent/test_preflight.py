@@ -117,6 +117,14 @@ def test_an_outbox_that_cannot_be_written(calibrated, tmp_path, capsys):
         subprocess.run(["umount", "-l", str(ro)], capture_output=True)
 
 
+def test_a_corrupt_outbox_is_a_warning_and_run_moves_it_aside(calibrated, tmp_path, capsys):
+    bundle, thresholds = calibrated
+    cfg = agent_config(tmp_path, 1, bundle, thresholds, SRC)
+    (tmp_path / "outbox.sqlite").write_bytes(os.urandom(8192))
+    rc, err = validate(cfg, capsys)
+    assert rc == 0 and "is not a readable database" in err and "moves it aside" in err, err
+
+
 def test_a_password_in_the_file_or_without_tls_is_warned_about(calibrated, tmp_path, capsys):
     bundle, thresholds = calibrated
     cfg = in_mqtt(agent_config(tmp_path, 1, bundle, thresholds, SRC), 'username = "u"\npassword = "pw-in-file"')

@@ -49,6 +49,73 @@ def test_events_arrive_in_order_and_leave_the_outbox_on_ack(broker, tmp_path):
         late.close()
 
 
+def test_a_corrupt_outbox_is_moved_aside_and_what_it_holds_is_kept(tmp_path):
+    """A failing storage device's outbox: the file is moved aside at open, a new one started, the
+    events a scan can still read are kept (stored in the new file at once) and nothing repeats."""
+    path = tmp_path / "o.sqlite"
+    ob = Outbox(path)
+    for i in range(200):
+        ob.put(f"e{i}", "t", b"x" * 200)
+    seqs = [ob.next_seq() for _ in range(5)]
+    ob.close()
+    size = path.stat().st_size
+    with open(path, "r+b") as f:  # the last page of the file becomes garbage
+        f.seek(size - 4096)
+        f.write(os.urandom(4096))
+    ob = Outbox(path)
+    st = ob.status()
+    moved = Path(st["quarantined"])
+    assert moved.parent == tmp_path and moved.name.startswith("o.sqlite.corrupt-") and moved.stat().st_size == size
+    kept = [p.event_id for p in ob.pending()]
+    assert 150 <= len(kept) < 200 and kept == [f"e{i}" for i in range(len(kept))]  # in order, a prefix
+    assert st["unsaved"] == 0 and st["error"] is None  # already in the new file
+    assert ob.next_seq() > max(seqs)
+    ob.put("new", "t", b"y")
+    ob.close()
+    again = Outbox(path)  # the new file is a good one: nothing moved, everything there
+    assert [p.event_id for p in again.pending()] == [*kept, "new"] and again.status()["quarantined"] is None
+    again.close()
+    (tmp_path / "n.sqlite").write_bytes(os.urandom(8192))  # not a database at all
+    ob = Outbox(tmp_path / "n.sqlite")
+    assert ob.status()["quarantined"] and ob.pending() == [] and ob.put("a", "t", b"z")
+    ob.close()
+    assert [p.event_id for p in Outbox(tmp_path / "n.sqlite").pending()] == ["a"]
+
+
+def test_an_outbox_that_turns_corrupt_while_running_is_moved_aside_at_the_next_write(tmp_path, monkeypatch):
+    """The device fails under a running agent: the write that meets it (SQLite's "malformed", made
+    here on a file really broken underneath) holds the event in memory; the next try opens the
+    file again, moves it aside and stores what it holds in a new one, so a stop loses nothing."""
+    import sqlite3
+    path = tmp_path / "o.sqlite"
+    ob = Outbox(path)
+    for i in range(200):
+        ob.put(f"e{i}", "t", b"x" * 200)
+    ob._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # as SQLite does by itself every 1000 pages
+    assert path.stat().st_size > 3 * 4096
+    with open(path, "r+b") as f:  # a page of the events, under the open connection
+        f.seek(2 * 4096)
+        f.write(os.urandom(4096))
+    real = ob._transaction
+
+    def malformed(statements):  # the one thing not real: that this write is the one that reads it
+        monkeypatch.setattr(ob, "_transaction", real)
+        e = sqlite3.DatabaseError("database disk image is malformed")
+        e.sqlite_errorcode = 11
+        raise e
+    monkeypatch.setattr(ob, "_transaction", malformed)
+    ob.put("late", "t", b"y")
+    assert ob.status()["unsaved"] == 1 and "malformed" in ob.status()["error"]
+    assert ob.sync()  # the retry: moved aside, a new file, the held event in it
+    st = ob.status()
+    assert st["quarantined"] and st["error"] is None and st["unsaved"] == 0
+    ob.close()
+    again = Outbox(path)
+    ids = [p.event_id for p in again.pending()]
+    assert ids[-1] == "late" and again.status()["quarantined"] is None
+    again.close()
+
+
 def test_outbox_is_bounded_and_counts_what_it_drops(tmp_path):
     ob = Outbox(tmp_path / "o.sqlite", max_events=3)
     for i in range(5):
