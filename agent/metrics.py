@@ -16,7 +16,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from agent.web.bounded import Bounded, address_family
+from agent.web.bounded import Bounded, address_family, server_status
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +102,7 @@ class Metrics:
 
     def status(self) -> dict:
         """`state`, and while serving the connections refused for being over the limit."""
-        server = self._server
-        return {**self.state, "refused": server.refused} if server is not None else dict(self.state)
+        return server_status(self.state, self._server)
 
     def observe(self, work) -> None:
         """The stage times of one frame (Work's *_ms fields); stages that did not run are skipped."""

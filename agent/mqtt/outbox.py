@@ -30,7 +30,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.mqtt.salvage import copy_events, corrupt_file, move_aside
+from agent.mqtt.salvage import check_pages, copy_events, corrupt_file, move_aside
 
 log = logging.getLogger(__name__)
 
@@ -141,13 +141,7 @@ class Outbox:
         try:
             db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
             if self._check_pages:  # at start and after a corrupt write, not at every retry on a full disk
-                # every page read once (~3 s for 200 MB here): a broken one is found now, not by
-                # whichever write happens to meet it
-                (check,) = db.execute("PRAGMA quick_check(1)").fetchone()
-                if check != "ok":
-                    e = sqlite3.DatabaseError(f"quick_check: {check}")
-                    e.sqlite_errorcode = 11  # SQLITE_CORRUPT
-                    raise e
+                check_pages(db)
                 self._check_pages = False
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")  # an acknowledged write survives power loss

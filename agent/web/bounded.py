@@ -90,3 +90,8 @@ def address_family(host: str, port: int) -> socket.AddressFamily:
     families = [info[0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                                        flags=socket.AI_PASSIVE)]
     return socket.AF_INET if socket.AF_INET in families else families[0]
+
+
+def server_status(state: dict, server: Bounded | None) -> dict:
+    """An interface's `state`, and while it serves, the connections refused for being over the limit."""
+    return {**state, "refused": server.refused} if server is not None else dict(state)

@@ -23,7 +23,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from agent.web.bounded import Bounded, address_family
+from agent.web.bounded import Bounded, address_family, server_status
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,7 @@ class OperatorPage:
 
     def status(self) -> dict:
         """`state`, and while serving the connections refused for being over the limit."""
-        server = self._server
-        return {**self.state, "refused": server.refused} if server is not None else dict(self.state)
+        return server_status(self.state, self._server)
 
     def event(self, event: dict, view=None) -> None:
         """A published event, and (for a scored part) its (sample, x, G(z*))."""
