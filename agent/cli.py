@@ -122,6 +122,62 @@ def cmd_capture_reference(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_capture_frames(a: argparse.Namespace) -> int:
+    import threading
+
+    from agent.capture import CaptureError, capture_frames
+    from agent.segment.station import StationSegmenter
+    from agent.sources.base import SourceError
+    from agent.sources.open import open_source
+    from agent.trigger import PassageTrigger
+
+    s = _load(a)
+    if s is None:
+        return 2
+    if a.count < 1 or a.every < 1:
+        print("--count and --every must be at least 1", file=sys.stderr)
+        return 2
+    _logging(a.log_level)
+    passage = segmenter = None
+    if a.parts:
+        t = s.trigger
+        passage = PassageTrigger(t.min_area_px, t.settle_frames, t.settle_tolerance, t.clear_frames)
+        segmenter = StationSegmenter.from_settings(s.segmentation)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # stop after the frame being written
+        signal.signal(sig, lambda *_: stop.set())
+    what = "one frame per settled part" if a.parts else ("every frame" if a.every == 1 else f"one frame in {a.every}")
+    try:
+        src = open_source(s.source, s.health.frame_timeout_s)
+    except (SourceError, OSError, ValueError) as e:
+        print(f"{a.config}: the source cannot be opened: {e}", file=sys.stderr)
+        return 1
+    print(f"recording {a.count} frames ({what}) from {s.source.type} into {a.out}; Ctrl-C stops and keeps them",
+          file=sys.stderr)
+
+    def progress(r) -> None:
+        print(f"  {len(r.written)}/{a.count} written (last frame {r.written[-1] if r.written else '-'}, "
+              f"{r.frames_read} read, {r.unsettled} unsettled, {r.bad_frames} bad)", file=sys.stderr)
+
+    try:
+        report = capture_frames(src, a.out, a.count, every=a.every, passage=passage, segmenter=segmenter,
+                                stop=stop, progress=progress)
+    except ValueError as e:
+        print(f"{a.config}: {e}", file=sys.stderr)
+        return 2
+    except (CaptureError, SourceError, OSError) as e:
+        r = getattr(e, "report", None)
+        print(f"the capture stopped: {e}" + (f"; kept: {r.summary()}" if r is not None else ""), file=sys.stderr)
+        return 1
+    finally:
+        src.close()
+    print(report.summary())
+    if report.written:
+        ref = s.segmentation.reference or "<the station's reference>"
+        print(f"next: adgan dataset prepare {a.out} --reference {ref} --out data/train/<class>")
+    return 0 if report.written else 1
+
+
 def cmd_settings_reference(a) -> int:
     from agent.settings_reference import settings_reference
     text = settings_reference()
@@ -136,7 +192,7 @@ def cmd_settings_reference(a) -> int:
 def add_parser(sub) -> None:
     p = sub.add_parser("agent", help="the inspection agent (camera -> segment -> score -> MQTT)",
                        description="The station agent: run it, check its configuration, record the "
-                                   "empty-surface reference.")
+                                   "empty-surface reference and the station's own frames for training.")
     ag = p.add_subparsers(dest="agent_cmd", required=True, metavar="COMMAND")
 
     def common(q):
@@ -172,6 +228,24 @@ def add_parser(sub) -> None:
     q.add_argument("--out", default=None, help="where to write (default: segmentation.reference)")
     q.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     q.set_defaults(func=cmd_capture_reference)
+
+    q = ag.add_parser("capture-frames", help="record raw frames from the configured source, for training",
+                      description="Record raw frames (lossless RGB, 16-bit depth, metadata: the raw layout that "
+                                  "'adgan dataset prepare' reads) from the configured source into a folder: with "
+                                  "--parts one frame per part, the settled frame the agent itself would inspect "
+                                  "(the station's segmentation and trigger settings), else every --every-th frame. "
+                                  "Numbering continues after the highest frame already in the folder; nothing "
+                                  "is overwritten. SIGINT/SIGTERM stop after the frame being written. Exit 0 when "
+                                  "frames were written, 1 when none were or the source or the disk failed (what "
+                                  "was written is kept and said), 2 for bad settings.")
+    common(q)
+    q.add_argument("--out", required=True, help="raw-layout folder to write into (created if needed)")
+    q.add_argument("--count", type=int, default=100, help="how many frames to write (default 100)")
+    q.add_argument("--parts", action="store_true",
+                   help="one frame per part passage, on the frame where it settled (needs the reference)")
+    q.add_argument("--every", type=int, default=1, help="without --parts: keep every N-th frame read (default 1)")
+    q.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    q.set_defaults(func=cmd_capture_frames)
 
     q = ag.add_parser("settings-reference", help="every agent.toml setting as Markdown (docs/agent-toml.md)",
                       description="Write the reference of every setting (type, default, limits, description, "

@@ -22,7 +22,6 @@ from agent.mqtt.events import Event, utc_iso
 from agent.mqtt.outbox import Outbox
 from agent.mqtt.publisher import Publisher
 from agent.segment.preprocess import Preprocessing, like_stored, make_sample, reframe, sample_to_input
-from agent.segment.segmentation import SegmentationConfig
 from agent.segment.station import StationSegmenter
 from agent.settings import AgentSettings
 from agent.sources.base import SourceError
@@ -51,9 +50,7 @@ class Agent:
         self.commands = CommandTrigger(settings.trigger.max_pending)
         t = settings.trigger
         self.passage = PassageTrigger(t.min_area_px, t.settle_frames, t.settle_tolerance, t.clear_frames)
-        seg = settings.segmentation
-        self.segmenter = StationSegmenter(SegmentationConfig(seg.max_depth_mm, seg.surface_tolerance, seg.roi,
-                                                             seg.opening_px), seg.reference)
+        self.segmenter = StationSegmenter.from_settings(settings.segmentation)
         self.outbox: Outbox | None = None
         self.publisher: Publisher | None = None
         self._last_error: str | None = None   # suppresses floods of one error in continuous mode

@@ -25,6 +25,12 @@ class StationSegmenter:
         self._segmenter = Segmenter(cfg, None)
         self._ref_stamp: tuple[int, int] | None = None
 
+    @classmethod
+    def from_settings(cls, seg) -> "StationSegmenter":
+        """The station's segmenter from its `segmentation` settings."""
+        return cls(SegmentationConfig(seg.max_depth_mm, seg.surface_tolerance, seg.roi, seg.opening_px),
+                   seg.reference)
+
     def _refresh_reference(self) -> None:
         p = self.reference_path
         try:

@@ -256,8 +256,12 @@ def _imwrite(path: Path, img: np.ndarray, params: Sequence[int] = ()) -> None:
     if not ok:
         raise OSError(f"could not encode {path}")
     tmp = path.with_name(path.name + ".tmp")
-    buf.tofile(str(tmp))
-    os.replace(tmp, path)
+    try:
+        buf.tofile(str(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # (a full disk leaves no half-written file behind)
+        raise
 
 
 def write_sample(folder: Path, n: int, sample: Sample, jpeg_quality: int = 95) -> None:
@@ -289,16 +293,28 @@ def read_mask(folder: Path, n: int) -> np.ndarray:
 
 
 def write_raw_frame(folder: Path, n: int, frame: RGBDFrame) -> None:
-    """Write an RGBDFrame in the raw layout (lossless RGB, 16-bit depth, metadata)."""
+    """Write an RGBDFrame in the raw layout (metadata, lossless RGB, 16-bit depth). The depth
+    image comes last, each file through a temporary name: a frame cut off by a kill or a full
+    disk has no depth image, so no reader lists it (`frame_numbers`)."""
     for sub in ("rgb", "depth", "meta"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
-    _imwrite(folder / "rgb" / f"{n}.png", frame.rgb[:, :, ::-1])
-    _imwrite(folder / "depth" / f"{n}.png", frame.depth)
     meta = {k: v for k, v in frame.meta.items() if k not in ("path", "frame")}
     meta.update(timestamp=frame.timestamp, intrinsics=frame.intrinsics.to_dict())
     tmp = folder / "meta" / f"{n}.json.tmp"
-    tmp.write_text(json.dumps(meta, default=_jsonable))
-    os.replace(tmp, folder / "meta" / f"{n}.json")
+    try:
+        tmp.write_text(json.dumps(meta, default=_jsonable))
+        os.replace(tmp, folder / "meta" / f"{n}.json")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _imwrite(folder / "rgb" / f"{n}.png", frame.rgb[:, :, ::-1])
+    _imwrite(folder / "depth" / f"{n}.png", frame.depth)
+
+
+def raw_frame_files(folder: Path, n: int) -> list[Path]:
+    """Every file of raw frame `n` under `folder` that exists, temporary ones included."""
+    files = [folder / sub / f"{n}{ext}" for sub, ext in (("rgb", ".png"), ("depth", ".png"), ("meta", ".json"))]
+    return [p for f in files for p in (f, f.with_name(f.name + ".tmp")) if p.exists()]
 
 
 def _jsonable(o):

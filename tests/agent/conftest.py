@@ -62,6 +62,20 @@ def fill_file_system(folder: Path) -> Path:
 
 
 @pytest.fixture
+def small_fs(tmp_path):
+    """A real 2 MB file system (tmpfs) to fill; skipped without root."""
+    mnt = tmp_path / "fs"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+@pytest.fixture
 def broker(tmp_path):
     if not (shutil.which("mosquitto") or shutil.which("/usr/sbin/mosquitto")):
         pytest.skip("mosquitto is not installed (make install installs it as root)")

@@ -209,20 +209,7 @@ def test_verdicts_are_not_replayed_after_an_outage(broker, tmp_path):
         sub.close()
 
 
-# -- a full disk: a real, small tmpfs ------------------------------------------------------
-@pytest.fixture
-def small_fs(tmp_path):
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-
-
+# -- a full disk: a real, small tmpfs (small_fs, tests/agent/conftest.py) -------------------
 def test_a_full_disk_loses_no_event_and_seq_never_repeats(broker, small_fs, caplog):
     sub = Subscriber(broker.port, "adgan/st1/events")
     assert sub.subscribed.wait(10)

@@ -1,0 +1,158 @@
+"""Recording a station's own frames for training (`adgan agent capture-frames`).
+
+A generator is trained on the parts of one station: its camera, its light, its fixture. This
+records raw frames (the raw layout of `agent.sources.dataset`: lossless RGB, 16-bit depth in
+millimetres, metadata) from the configured source into a folder, for `adgan dataset prepare`.
+
+Two ways to choose frames:
+- `parts`: one frame per part, the frame the agent itself would inspect: the part's passage is
+  followed with the station's segmentation and trigger settings (present at `min_area_px`,
+  still for `settle_frames`, gone for `clear_frames`). A part that leaves before it settles is
+  counted and said, not recorded.
+- every `every`-th frame read (for a fixture where the part does not move, or a turntable).
+
+Nothing is overwritten: numbering continues after the highest frame number already in the
+folder (a torn frame of a killed run included). A frame is written depth last, so one cut off
+by a kill or a full disk has no depth image and is not a frame to any reader; a write that
+fails removes what it wrote of its frame and stops the capture, naming the file.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+from agent.frame import FrameError, RGBDFrame
+from agent.sources.base import FrameSource
+from agent.sources.dataset import raw_frame_files, write_raw_frame
+from agent.trigger import Passage, PassageTrigger
+
+log = logging.getLogger(__name__)
+
+PROGRESS_EVERY_S = 5.0
+
+
+class CaptureError(RuntimeError):
+    """The capture cannot go on (a frame could not be written); what was written is kept."""
+
+
+@dataclass
+class CaptureReport:
+    out: Path
+    first: int                     # the number the first frame of this run was given
+    written: list[int] = field(default_factory=list)
+    frames_read: int = 0
+    unsettled: int = 0             # parts that left before they settled (mode parts)
+    bad_frames: int = 0            # frames the source or the segmentation refused
+    ended: str = ""                # "count", "source ended", "stop requested"
+
+    def summary(self) -> str:
+        if self.written:
+            nums = f"frames {self.written[0]}-{self.written[-1]}"
+        else:
+            nums = "no frames"
+        extra = []
+        if self.unsettled:
+            extra.append(f"{self.unsettled} part(s) left before settling, not recorded")
+        if self.bad_frames:
+            extra.append(f"{self.bad_frames} bad frame(s) skipped")
+        return (f"{len(self.written)} frame(s) written to {self.out} ({nums}; {self.frames_read} read; "
+                f"{self.ended})" + ("; " + "; ".join(extra) if extra else ""))
+
+
+def next_frame_number(folder: Path) -> int:
+    """1 + the highest frame number that has any file (or temporary file) in the raw layout
+    under `folder`; 0 for a new folder."""
+    highest = -1
+    for sub in ("rgb", "depth", "meta"):
+        d = folder / sub
+        if not d.is_dir():
+            continue
+        for p in d.iterdir():
+            stem = p.name.split(".", 1)[0]
+            if stem.isdigit():
+                highest = max(highest, int(stem))
+    return highest + 1
+
+
+def capture_frames(source: FrameSource, out: str | Path, count: int, *, every: int = 1,
+                   passage: PassageTrigger | None = None, segmenter: Callable | None = None,
+                   stop: threading.Event | None = None,
+                   progress: Callable[[CaptureReport], None] | None = None) -> CaptureReport:
+    """Record up to `count` raw frames from `source` into `out`: one per settled part when
+    `passage` (with `segmenter`, the station's) is given, else every `every`-th frame read.
+    Returns when `count` are written, the source ends or `stop` is set. Raises CaptureError
+    when a frame cannot be written and lets the source's SourceError through; the report of
+    what was written so far is the exception's `report`."""
+    if count < 1 or every < 1:
+        raise ValueError(f"need count >= 1 and every >= 1, got {count} and {every}")
+    if passage is not None and segmenter is None:
+        raise ValueError("recording one frame per part needs the station's segmenter")
+    if source.segmented:
+        raise ValueError("this source replays segmented samples; capture-frames records raw frames "
+                         "(a camera, a recording, a raw-layout folder or the synthetic station)")
+    out = Path(out)
+    stop = stop or threading.Event()
+    report = CaptureReport(out=out, first=next_frame_number(out))
+    n, last_progress = report.first, time.monotonic()
+    try:
+        while len(report.written) < count:
+            if stop.is_set():
+                report.ended = "stop requested"
+                break
+            try:
+                frame = source.read()
+            except FrameError as e:
+                report.bad_frames += 1
+                log.warning("bad frame skipped: %s", e)
+                continue
+            if frame is None:
+                report.ended = "source ended"
+                break
+            report.frames_read += 1
+            if not _wanted(frame, report, every, passage, segmenter):
+                continue
+            _write(out, n, frame)
+            report.written.append(n)
+            n += 1
+            if progress is not None and time.monotonic() - last_progress >= PROGRESS_EVERY_S:
+                last_progress = time.monotonic()
+                progress(report)
+        else:
+            report.ended = "count"
+    except BaseException as e:
+        e.report = report  # what is on disk, for the caller's last word
+        raise
+    return report
+
+
+def _wanted(frame: RGBDFrame, report: CaptureReport, every: int, passage: PassageTrigger | None,
+            segmenter: Callable | None) -> bool:
+    if passage is None:
+        return (report.frames_read - 1) % every == 0
+    try:
+        area = segmenter(frame).object_area
+    except FrameError as e:
+        report.bad_frames += 1
+        log.warning("frame not segmented, skipped: %s", e)
+        return False
+    p = passage.update(area)
+    if p is Passage.UNSETTLED:
+        report.unsettled += 1
+        log.warning("a part left before it settled (%d so far): not recorded", report.unsettled)
+    return p is Passage.SCORE
+
+
+def _write(out: Path, n: int, frame: RGBDFrame) -> None:
+    # where the frame came from (the camera's frame number, a replayed file) stays in its
+    # metadata: the raw layout's own "frame" and "path" name the written copy
+    origin = {f"source_{k}": frame.meta[k] for k in ("frame", "path") if k in frame.meta}
+    try:
+        write_raw_frame(out, n, replace(frame, meta={**frame.meta, **origin}))
+    except OSError as e:
+        for p in raw_frame_files(out, n):
+            p.unlink(missing_ok=True)
+        raise CaptureError(f"could not write frame {n} to {out}: {e}") from None
