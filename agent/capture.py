@@ -107,7 +107,7 @@ def capture_frames(source: FrameSource, out: str | Path, count: int, *, every: i
                 frame = source.read()
             except FrameError as e:
                 report.bad_frames += 1
-                log.warning("bad frame skipped: %s", e)
+                _say(report.bad_frames, "bad frame skipped: %s", e)
                 continue
             if frame is None:
                 report.ended = "source ended"
@@ -137,13 +137,22 @@ def _wanted(frame: RGBDFrame, report: CaptureReport, every: int, passage: Passag
         area = segmenter(frame).object_area
     except FrameError as e:
         report.bad_frames += 1
-        log.warning("frame not segmented, skipped: %s", e)
+        _say(report.bad_frames, "frame not segmented, skipped: %s", e)
         return False
     p = passage.update(area)
     if p is Passage.UNSETTLED:
         report.unsettled += 1
-        log.warning("a part left before it settled (%d so far): not recorded", report.unsettled)
+        _say(report.unsettled, "a part left before it settled: not recorded")
     return p is Passage.SCORE
+
+
+def _say(nth: int, msg: str, *args) -> None:
+    """A warning for the 1st, 10th, 100th, ... of a kind (each is counted in the progress lines):
+    a camera that fails every frame must not write 30 lines a second."""
+    if nth == 10 ** (len(str(nth)) - 1):
+        log.warning(msg + " (%d so far)", *args, nth)
+    else:
+        log.debug(msg, *args)
 
 
 def _write(out: Path, n: int, frame: RGBDFrame) -> None:

@@ -192,3 +192,15 @@ def test_frames_of_a_realsense_recording_are_written_with_their_millimetres_and_
         both = (got.depth > 0) & (want.depth > 0)
         assert np.mean(got.depth[both] == want.depth[both]) > 0.99
         assert abs(got.intrinsics.fx - want.intrinsics.fx) < 1e-3
+
+
+def test_warnings_of_a_kind_thin_out_as_they_repeat(tmp_path, caplog):
+    raw = tmp_path / "raw"
+    write_raw_frame(raw, 119, SyntheticSource(("sphere",), seed=3).frame(0))
+    for i in range(119):  # 119 unreadable frames before the good one
+        (raw / "rgb" / f"{i}.png").write_bytes(b"x")
+        (raw / "depth" / f"{i}.png").write_bytes(b"x")
+    with caplog.at_level("WARNING", logger="agent.capture"):
+        r = capture_frames(FolderSource(raw), tmp_path / "out", 1)
+    assert r.written == [0] and r.bad_frames == 119
+    assert [m.split("(")[-1] for m in caplog.messages] == ["1 so far)", "10 so far)", "100 so far)"]
