@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import logging
 from dataclasses import asdict, dataclass, fields
 from typing import Sequence
 
@@ -16,7 +15,6 @@ from calibration.metrics import (POLICIES, auc, equal_rates_threshold, max_accur
                                  target_fpr_threshold)
 from calibration.scoring import SCORER_BACKENDS, engine_id, make_scorer, score_folder
 
-log = logging.getLogger(__name__)
 FEW_ANOMALIES = 10
 
 
@@ -72,8 +70,7 @@ def calibrate(o: CalibrateOptions) -> dict:
     anomalous = np.array([s for d in (o.anomalous or []) for _, _, s in score_folder(scorer, bundle, d, frames,
                                                                                       not o.quiet)])
     threshold, warns = choose_threshold(normal, anomalous, o.policy, o.fpr)
-    for w in warns:
-        log.warning(w)
+    for w in warns:  # (printed once: a log line as well said each twice)
         print(f"warning: {w}")
     metrics = None
     if len(anomalous):
