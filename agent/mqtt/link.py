@@ -1,4 +1,5 @@
-"""The link to the broker: why a connection failed, and which event it fails on.
+"""The link to the broker: why a connection failed, which event it fails on, and whether
+another client is taking this station's connection away.
 
 paho's network loop catches the exception of a failed connection attempt and calls
 `on_connect_fail` without it; `ReportingClient` keeps it, and `describe_connect_error`
@@ -83,3 +84,35 @@ class HoldBack:
         n = len(self.held)
         self.held.clear()
         return n
+
+
+FLAP_LIVED_S, FLAP_COUNT = 10.0, 3
+SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason code
+
+
+class Flapping:
+    """Connections the broker closes soon after accepting them. Two clients with one client id
+    (a second agent given this station's station_id) drop each other at every reconnect: the
+    broker closes the older connection, without a reason under MQTT 3.1.1 and with 'Session
+    taken over' under MQTT 5. The link flaps from FLAP_COUNT connections in a row that lived
+    less than FLAP_LIVED_S (from the first 'Session taken over'), until a connection holds
+    FLAP_LIVED_S; the publisher says when it starts and ends, not every drop in between."""
+
+    def __init__(self) -> None:
+        self.short = 0          # connections in a row that lived less than FLAP_LIVED_S
+        self.flapping = False
+
+    def dropped(self, lived_s: float, taken_over: bool) -> bool:
+        """A connection that lived `lived_s` dropped; True when this starts a flapping episode."""
+        self.short = self.short + 1 if lived_s < FLAP_LIVED_S else 0
+        if not self.flapping and (taken_over or self.short >= FLAP_COUNT):
+            self.flapping = True
+            return True
+        return False
+
+    def held(self, connected_s: float) -> bool:
+        """The connection has been up `connected_s`; True when this ends a flapping episode."""
+        if self.flapping and connected_s >= FLAP_LIVED_S:
+            self.flapping, self.short = False, 0
+            return True
+        return False

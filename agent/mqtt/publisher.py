@@ -71,13 +71,14 @@ class Publisher:
         self._max_packet: int | None = None  # the broker's limit (MQTT 5 CONNACK), None if unknown
         self._holdback = link.HoldBack()     # events the broker hangs up on (link.py)
         self._connected_at = 0.0
+        self._flaps = link.Flapping()        # another client taking this station's connection
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._pump_thread: threading.Thread | None = None
         self._connack = False
         self._states: dict[str, str] = {}  # feature -> last state echoed (again on every connect)
         self.protocol = s.protocol
-        cid = client_id or f"adgan-{station_id}"
+        cid = self.client_id = client_id or f"adgan-{station_id}"
         if s.protocol == "5":  # a clean start, like 3.1.1's clean session: commands are not kept offline
             self.client = ReportingClient(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
         else:
@@ -134,11 +135,13 @@ class Publisher:
         for feature, value in list(self._states.items()):
             self._publish(self.topic(f"{feature}/state"), value, qos=1, retain=True)
         self._subscribe(client)
-        self._set_link("connected", f"connected to {self.host}:{self.port}" + (" (TLS)" if self.tls else ""),
-                       logging.INFO)
+        if not self._flaps.flapping:  # (while it flaps, the link says so until a connection holds)
+            self._set_link("connected", f"connected to {self.host}:{self.port}" + (" (TLS)" if self.tls else ""),
+                           logging.INFO)
         pending = len(self.outbox)
         if pending:
-            log.info("%d unacknowledged events are sent again, oldest first", pending)
+            log.log(logging.DEBUG if self._flaps.flapping else logging.INFO,
+                    "%d unacknowledged events are sent again, oldest first", pending)
         self._wake.set()
 
     def _subscribe(self, client) -> None:
@@ -187,7 +190,17 @@ class Publisher:
             self._strike_poison()
         if self._stopping.is_set():
             return
-        if not self._connack:
+        taken = getattr(reason_code, "value", None) == link.SESSION_TAKEN_OVER
+        if was_connected and (self._flaps.dropped(time.monotonic() - self._connected_at, taken)
+                              or self._flaps.flapping):
+            why = ("handed this station's session to another client" if taken else
+                   f"closed the connection {self._flaps.short} times in a row within {link.FLAP_LIVED_S:.0f} s of "
+                   "accepting it")
+            self._set_link("taken_over", f"{self.host}:{self.port} {why}: is another agent connected with client id "
+                                         f"{self.client_id!r} (a second station with this station_id)? Each one's "
+                                         "connection drops the other's; give every station its own station_id",
+                           logging.ERROR if self.link["state"] != "taken_over" else logging.DEBUG)
+        elif not self._connack:
             hint = "" if self.tls else "; is it a TLS port? (set mqtt.tls_ca)"
             self._set_link("closed", f"{self.host}:{self.port} closed the connection before accepting it "
                                      f"({reason_code}){hint}")
@@ -287,6 +300,9 @@ class Publisher:
                 self._stopping.wait(1.0)
 
     def _pump_once(self) -> None:
+        if self.connected.is_set() and self._flaps.held(time.monotonic() - self._connected_at):
+            self._set_link("connected", f"connected to {self.host}:{self.port}; the connection has held "
+                                        f"{link.FLAP_LIVED_S:.0f} s again", logging.INFO)
         if self.outbox.needs_sync:
             self.outbox.sync()
         self.verdicts.expire()
