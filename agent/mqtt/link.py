@@ -60,10 +60,12 @@ class HoldBack:
     def __init__(self) -> None:
         self.strikes: dict[str, int] = {}
         self.held: set[str] = set()
+        self.repeated = False  # the last drop came right after the same event as the drop before
 
     def dropped(self, unacked: list[tuple[float, str]], now: float) -> str | None:
         """A connection dropped with `unacked` (monotonic time sent, event id) events; the id
         newly held back, if any."""
+        self.repeated = False
         if not unacked:
             self.strikes.clear()
             return None
@@ -72,6 +74,7 @@ class HoldBack:
             self.strikes.clear()
             return None
         self.strikes = {oldest: self.strikes.get(oldest, 0) + 1}
+        self.repeated = self.strikes[oldest] > 1
         if self.strikes[oldest] >= POISON_STRIKES and oldest not in self.held:
             self.held.add(oldest)
             return oldest
@@ -96,14 +99,18 @@ class Flapping:
     broker closes the older connection, without a reason under MQTT 3.1.1 and with 'Session
     taken over' under MQTT 5. The link flaps from FLAP_COUNT connections in a row that lived
     less than FLAP_LIVED_S (from the first 'Session taken over'), until a connection holds
-    FLAP_LIVED_S; the publisher says when it starts and ends, not every drop in between."""
+    FLAP_LIVED_S; the publisher says when it starts and ends, not every drop in between. A drop
+    that HoldBack lays on an event (the same one again) is the event's, and is not counted."""
 
     def __init__(self) -> None:
         self.short = 0          # connections in a row that lived less than FLAP_LIVED_S
         self.flapping = False
 
-    def dropped(self, lived_s: float, taken_over: bool) -> bool:
-        """A connection that lived `lived_s` dropped; True when this starts a flapping episode."""
+    def dropped(self, lived_s: float, taken_over: bool, events_fault: bool = False) -> bool:
+        """A connection that lived `lived_s` dropped; True when this starts a flapping episode.
+        `events_fault`: HoldBack blames an event for it."""
+        if events_fault and not taken_over:
+            return False
         self.short = self.short + 1 if lived_s < FLAP_LIVED_S else 0
         if not self.flapping and (taken_over or self.short >= FLAP_COUNT):
             self.flapping = True

@@ -191,8 +191,8 @@ class Publisher:
         if self._stopping.is_set():
             return
         taken = getattr(reason_code, "value", None) == link.SESSION_TAKEN_OVER
-        if was_connected and (self._flaps.dropped(time.monotonic() - self._connected_at, taken)
-                              or self._flaps.flapping):
+        if was_connected and (self._flaps.dropped(time.monotonic() - self._connected_at, taken,
+                                                  self._holdback.repeated) or self._flaps.flapping):
             why = ("handed this station's session to another client" if taken else
                    f"closed the connection {self._flaps.short} times in a row within {link.FLAP_LIVED_S:.0f} s of "
                    "accepting it")

@@ -444,6 +444,7 @@ def test_an_event_the_broker_hangs_up_on_is_held_back_and_the_rest_flows(tmp_pat
         assert wait(lambda: len(pub.outbox) == 1)                             # kept, said, not lost
         assert wait(lambda: pub.counters["events_held"] >= 2, 20)             # tried again on a stable link
         assert "big" not in events_received(sub.messages)
+        assert pub.link["state"] != "taken_over", pub.link  # its drops are the event's, not another client's
     finally:
         pub.stop()
         sub.close()

@@ -21,6 +21,15 @@ def test_flapping_starts_at_three_short_connections_or_a_takeover_and_ends_when_
     assert not f.dropped(0.5, False) and f.flapping      # said once
     assert not f.held(3.0) and f.held(link.FLAP_LIVED_S) and not f.flapping and f.short == 0
     assert link.Flapping().dropped(60.0, True)          # MQTT 5 says it: at once
+    # a broker that hangs up on one event (too large) at every reconnect is that event's fault
+    h, f = link.HoldBack(), link.Flapping()
+    for k in range(5):
+        h.dropped([(100.0 * k, "big")], 100.0 * k + 0.1)
+        assert h.repeated == (k > 0)
+        assert not f.dropped(0.2, False, h.repeated)
+    assert f.short == 1 and not f.flapping
+    h.dropped([(0.0, "a")], 0.1)
+    assert not h.repeated                               # another event each time: not an event's fault
 
 
 @pytest.mark.parametrize("protocol", ["3.1.1", "5"])
