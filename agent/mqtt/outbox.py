@@ -30,7 +30,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.mqtt.salvage import check_pages, copy_events, corrupt_file, move_aside
+from agent.mqtt.salvage import INSERT_ROWS, check_pages, copy_events, corrupt_file, move_aside, rebuild_deleted
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,27 @@ class Pending:
     topic: str
     payload: bytes
     qos: int
+
+
+def _schema(db: sqlite3.Connection) -> None:
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")  # an acknowledged write survives power loss
+    db.execute("CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+               "event_id TEXT UNIQUE NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL, "
+               "qos INTEGER NOT NULL, created REAL NOT NULL)")
+    db.execute("CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+
+
+def _new_file(path: Path) -> sqlite3.Connection:
+    """A new, private outbox database at `path` (salvage.rebuild_deleted)."""
+    _private_file(path)
+    db = sqlite3.connect(str(path), isolation_level=None)
+    try:
+        _schema(db)
+    except BaseException:
+        db.close()
+        raise
+    return db
 
 
 def _private_file(path: Path) -> None:
@@ -143,12 +164,7 @@ class Outbox:
             if self._check_pages:  # at start and after a corrupt write, not at every retry on a full disk
                 check_pages(db)
                 self._check_pages = False
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")  # an acknowledged write survives power loss
-            db.execute("CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
-                       "event_id TEXT UNIQUE NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL, "
-                       "qos INTEGER NOT NULL, created REAL NOT NULL)")
-            db.execute("CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+            _schema(db)
             (last_key,) = db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
             row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
             counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
@@ -198,9 +214,7 @@ class Outbox:
     def _copy_from_locked(self, moved: Path, e: sqlite3.Error) -> None:
         """Copy what can be read of the moved file's events into the new database (salvage.py)."""
         def write(rows):
-            self._transaction(lambda db: db.executemany(
-                "INSERT OR IGNORE INTO events (seq, event_id, topic, payload, qos, created) VALUES (?, ?, ?, ?, ?, ?)",
-                rows))
+            self._transaction(lambda db: db.executemany(INSERT_ROWS, rows))
         try:
             n, last, counters = copy_events(moved, write)
             outcome = f"{n} unacknowledged events read from it are kept and sent (any others stay in it)"
@@ -282,6 +296,7 @@ class Outbox:
 
     def _sync_locked(self) -> None:
         """Write what is held in memory (and deferred deletes and counters) to disk, oldest first."""
+        self._check_file_locked()
         if not (self._memory or self._acked_unsynced or self._dropped_unsynced):
             return
         if self._db is None and not self._open_locked():
@@ -292,9 +307,7 @@ class Outbox:
         def write(db):
             if acked:
                 db.executemany("DELETE FROM events WHERE event_id = ?", [(e,) for e in acked])
-            db.executemany("INSERT OR IGNORE INTO events (seq, event_id, topic, payload, qos, created) "
-                           "VALUES (?, ?, ?, ?, ?, ?)",
-                           [(p.seq, p.event_id, p.topic, p.payload, p.qos, time.time()) for p in held])
+            db.executemany(INSERT_ROWS, [(p.seq, p.event_id, p.topic, p.payload, p.qos, time.time()) for p in held])
             (n,) = db.execute("SELECT COUNT(*) FROM events").fetchone()
             excess = max(0, n - self.max_events)
             if excess:
@@ -325,6 +338,41 @@ class Outbox:
             self.dropped += excess_box[0]
             log.error("outbox full (%d events): dropped the %d oldest", self.max_events, excess_box[0])
         self._recovered()
+
+    # -- a file deleted while open ----------------------------------------------------------
+    def check(self) -> None:
+        """Notice a database file deleted while open (the publisher's pump calls this twice a second)."""
+        with self._lock:
+            self._check_file_locked()
+
+    def _check_file_locked(self) -> None:
+        if self._db is None or self.path.exists():
+            return
+        old, self._db = self._db, None
+        outcome = rebuild_deleted(old, self.path, _new_file, self._hold_rows)
+        log.error("outbox %s was deleted while the agent had it open (SQLite would have gone on writing to the "
+                  "deleted file, and a restart would have lost it); %s", self.path, outcome)
+        self._dropped_unsynced = True  # (the counters go into the new file with the next write)
+        if not self.seq_file.path.exists():
+            self.seq_file.close()
+            self.seq_file = SeqFile(self.seq_file.path)
+            self.seq_file.set(self._seq)
+        self._open_locked()  # if it cannot be (a full disk), events wait in memory as for any failed write
+
+    def _hold_rows(self, rows: list[tuple]) -> None:
+        """Hold the rows of a deleted file in memory, before the events held already."""
+        held = OrderedDict((r[1], Pending(r[1], int(r[0]), r[2], bytes(r[3]), int(r[4])))
+                           for r in rows if r[1] not in self._acked_unsynced)
+        self._acked_unsynced.clear()  # (their rows are gone with the deleted file)
+        held.update(self._memory)
+        self._memory, dropped = held, 0
+        while len(self._memory) > self.memory_events:
+            self._memory.popitem(last=False)
+            dropped += 1
+        if dropped:
+            self.dropped += dropped
+            log.error("outbox: at most %d events are held in memory: the %d oldest dropped (%d dropped in all)",
+                      self.memory_events, dropped, self.dropped)
 
     def sync(self) -> bool:
         """Retry writing what is held in memory; True when nothing is held any more."""

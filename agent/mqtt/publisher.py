@@ -303,6 +303,7 @@ class Publisher:
         if self.connected.is_set() and self._flaps.held(time.monotonic() - self._connected_at):
             self._set_link("connected", f"connected to {self.host}:{self.port}; the connection has held "
                                         f"{link.FLAP_LIVED_S:.0f} s again", logging.INFO)
+        self.outbox.check()  # a database file deleted while open (outbox.py)
         if self.outbox.needs_sync:
             self.outbox.sync()
         self.verdicts.expire()

@@ -1,7 +1,8 @@
 """A corrupt outbox database (a failing storage device: SQLite says "malformed" or "not a
 database", or check_pages finds a broken page) is moved aside, and every event row that can still be read from it is copied into
 the new one (outbox.py). Rows are copied in batches, never all held in memory; those past the
-first unreadable page stay in the moved file, for a person."""
+first unreadable page stay in the moved file, for a person. The events of an outbox file deleted
+while it is open are copied the same way, from the open connection (rebuild_deleted)."""
 from __future__ import annotations
 
 import os
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+INSERT_ROWS = "INSERT OR IGNORE INTO events (seq, event_id, topic, payload, qos, created) VALUES (?, ?, ?, ?, ?, ?)"
 CORRUPT_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB: the file's content, not the disk's room or rights
 
 
@@ -41,22 +43,27 @@ def move_aside(path: Path) -> Path:
     return moved
 
 
-def copy_events(src: Path, write: Callable[[list[tuple]], None], batch: int = 500) -> tuple[int, int, dict[str, int]]:
-    """Hand the readable event rows of the moved file `src` to `write` in batches of (seq, event_id,
-    topic, payload, qos, created), as far as a scan gets: (rows handed over, the largest seq, its
-    counters). An error of `write` is raised (what was not copied stays in `src`)."""
+def copy_events(src: Path | sqlite3.Connection, write: Callable[[list[tuple]], None],
+                batch: int = 500) -> tuple[int, int, dict[str, int]]:
+    """Hand the readable event rows of the moved file `src` (or of an open connection, left open)
+    to `write` in batches of (seq, event_id, topic, payload, qos, created), oldest first, as far
+    as a scan gets: (rows handed over, the largest seq, its counters). An error of `write` is
+    raised (what was not copied stays in `src`)."""
     copied, last, counters = 0, 0, {}
-    try:
-        db = sqlite3.connect(f"file:{src}?mode=ro", uri=True)  # the moved file is left as it was
-    except sqlite3.Error:
-        return copied, last, counters
+    if isinstance(src, sqlite3.Connection):
+        db, own = src, False
+    else:
+        try:  # the moved file is left as it was
+            db, own = sqlite3.connect(f"file:{src}?mode=ro", uri=True), True
+        except sqlite3.Error:
+            return copied, last, counters
     try:
         try:
             counters = {str(k): int(v) for k, v in db.execute("SELECT name, value FROM counters")}
         except (sqlite3.Error, TypeError, ValueError):
             pass
         try:
-            cur = db.execute("SELECT seq, event_id, topic, payload, qos, created FROM events")
+            cur = db.execute("SELECT seq, event_id, topic, payload, qos, created FROM events ORDER BY seq")
         except sqlite3.Error:  # not even the table can be read
             return copied, last, counters
         rows: list[tuple] = []
@@ -73,4 +80,52 @@ def copy_events(src: Path, write: Callable[[list[tuple]], None], batch: int = 50
             if r is None:
                 return copied, last, counters
     finally:
-        db.close()
+        if own:
+            db.close()
+
+
+def rebuild_deleted(old: sqlite3.Connection, path: Path, create: Callable[[Path], sqlite3.Connection],
+                    hold: Callable[[list[tuple]], None]) -> str:
+    """The outbox file `path` was deleted while `old` had it open (by hand, to free space?). SQLite
+    would go on writing to the deleted file, and a restart would lose what it holds. Its events are
+    copied into a new file (`create`), made under a temporary name and moved to `path`. Where there
+    is no room for the copy (a deleted file keeps its space while it is open), they are handed to
+    `hold` (memory) instead. Closes `old`, removes its WAL, and says what became of its events."""
+    tmp: Path | None = path.with_name(path.name + ".rebuild")
+    try:
+        _remove(tmp)
+        new = create(tmp)
+        try:
+            def write(rows):
+                new.execute("BEGIN IMMEDIATE")
+                try:
+                    new.executemany(INSERT_ROWS, rows)
+                    new.execute("COMMIT")
+                except BaseException:
+                    if new.in_transaction:
+                        new.execute("ROLLBACK")
+                    raise
+            n, _, counters = copy_events(old, write)
+            new.executemany("INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET "
+                            "value = MAX(value, excluded.value)", list(counters.items()))
+        finally:
+            new.close()
+        outcome = f"its {n} unacknowledged events are copied into a new file there"
+    except (sqlite3.Error, OSError) as e:
+        _remove(tmp)
+        tmp, rows = None, []
+        copy_events(old, rows.extend)
+        hold(rows)
+        outcome = (f"there is no room for a copy ({type(e).__name__}: {e}): its {len(rows)} unacknowledged "
+                   "events are held in memory and written to a new file as space allows")
+    finally:
+        old.close()  # the deleted file's space is freed now
+    _remove(path, ("-wal", "-shm"))  # the deleted file's: a new database must not replay them
+    if tmp is not None:
+        os.replace(tmp, path)
+    return outcome
+
+
+def _remove(path: Path, suffixes=("", "-wal", "-shm")) -> None:
+    for suffix in suffixes:
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
