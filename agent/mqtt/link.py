@@ -117,6 +117,12 @@ class Flapping:
             return True
         return False
 
+    def reason(self, where: str, client_id: str, taken_over: bool) -> str:
+        why = ("handed this station's session to another client" if taken_over else
+               f"closed the connection {self.short} times in a row within {FLAP_LIVED_S:.0f} s of accepting it")
+        return (f"{where} {why}: is another agent connected with client id {client_id!r} (a second station with "
+                "this station_id)? Each one's connection drops the other's; give every station its own station_id")
+
     def held(self, connected_s: float) -> bool:
         """The connection has been up `connected_s`; True when this ends a flapping episode."""
         if self.flapping and connected_s >= FLAP_LIVED_S:

@@ -11,26 +11,25 @@ A corrupt database (a failing storage device: SQLite says "malformed" or "not a 
 every page is read at the first open and after a corrupt write) is moved aside to
 `<outbox>.corrupt-<UTC time>` and a new one started, so events are durable again. Every event
 still readable from the old file is copied into the new one and sent (salvage.py); `status()`
-names the moved file (`quarantined`).
+names the moved file (`quarantined`). A database file deleted while open (by hand) is
+noticed, and its events are copied into a new one at the path (salvage.py).
 
 The event sequence number lives in its own small file that is allocated once and then
-overwritten in place (`SeqFile`), so it keeps counting on a full disk and never repeats
-or goes backwards across restarts.
+overwritten in place (`SeqFile`, files.py), so it keeps counting on a full disk and never
+repeats or goes backwards across restarts.
 """
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
-import struct
 import threading
 import time
-import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.mqtt.salvage import INSERT_ROWS, check_pages, copy_events, corrupt_file, move_aside, rebuild_deleted
+from agent.mqtt.files import INSERT_ROWS, SeqFile, private_file, schema
+from agent.mqtt.salvage import check_pages, copy_events, corrupt_file, move_aside, rebuild_deleted
 
 log = logging.getLogger(__name__)
 
@@ -42,79 +41,6 @@ class Pending:
     topic: str
     payload: bytes
     qos: int
-
-
-def _schema(db: sqlite3.Connection) -> None:
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")  # an acknowledged write survives power loss
-    db.execute("CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
-               "event_id TEXT UNIQUE NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL, "
-               "qos INTEGER NOT NULL, created REAL NOT NULL)")
-    db.execute("CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
-
-
-def _new_file(path: Path) -> sqlite3.Connection:
-    """A new, private outbox database at `path` (salvage.rebuild_deleted)."""
-    _private_file(path)
-    db = sqlite3.connect(str(path), isolation_level=None)
-    try:
-        _schema(db)
-    except BaseException:
-        db.close()
-        raise
-    return db
-
-
-def _private_file(path: Path) -> None:
-    """Create `path` (and its folder) readable by the owner only, if it does not exist."""
-    if not path.parent.exists():
-        path.parent.mkdir(parents=True, mode=0o700)
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-
-
-class SeqFile:
-    """A counter that survives restarts and a full disk: two checksummed 16-byte slots in a
-    file allocated when it is created, written alternately in place and fsynced."""
-
-    SIZE = 4096
-    _SLOT = struct.Struct("<QQ")  # value, crc32 of the value
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        new = not self.path.exists()
-        _private_file(self.path)
-        self._fd = os.open(self.path, os.O_RDWR)
-        if new or os.fstat(self._fd).st_size < self.SIZE:
-            try:
-                os.posix_fallocate(self._fd, 0, self.SIZE)
-            except OSError as e:  # a new install on a full disk: count in memory, say so, allocate later
-                log.error("cannot allocate %s (%s); sequence numbers are not stored until it can be", self.path, e)
-        slots = [self._read_slot(i) for i in (0, 1)]
-        valid = [v for v in slots if v is not None]
-        self.value = max(valid) if valid else 0
-        self._next_slot = 0 if slots[0] is None or (slots[1] is not None and slots[1] > slots[0]) else 1
-
-    def _read_slot(self, i: int) -> int | None:
-        raw = os.pread(self._fd, self._SLOT.size, i * self._SLOT.size)
-        if len(raw) < self._SLOT.size:
-            return None
-        value, crc = self._SLOT.unpack(raw)
-        return value if crc == zlib.crc32(struct.pack("<Q", value)) and (value or crc) else None
-
-    def set(self, value: int) -> None:
-        """Store `value` (at least the current one) durably; raises OSError if the disk fails."""
-        if value < self.value:
-            raise ValueError(f"a sequence number never goes backwards: {value} < {self.value}")
-        self.value = value  # in memory first: the counter moves on even if the write fails
-        data = self._SLOT.pack(value, zlib.crc32(struct.pack("<Q", value)))
-        os.pwrite(self._fd, data, self._next_slot * self._SLOT.size)
-        os.fsync(self._fd)
-        self._next_slot ^= 1
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
 
 
 class Outbox:
@@ -140,7 +66,7 @@ class Outbox:
         self.quarantined: str | None = None        # where a corrupt database was moved, if one was
         self._check_pages = True                   # read every page at the next open (quick_check)
         self.dropped, self._key, db_seq = 0, 0, 0
-        _private_file(self.path)
+        private_file(self.path)
         # Used from the service loop and from paho's network thread: one connection, one lock.
         # A database that cannot be opened (a full disk cannot create the WAL index at start)
         # does not stop the agent: events are held in memory and it is opened again later.
@@ -164,7 +90,7 @@ class Outbox:
             if self._check_pages:  # at start and after a corrupt write, not at every retry on a full disk
                 check_pages(db)
                 self._check_pages = False
-            _schema(db)
+            schema(db)
             (last_key,) = db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
             row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
             counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
@@ -207,7 +133,7 @@ class Outbox:
             log.error("outbox %s is corrupt (%s) and cannot be moved aside (%s): events are held in memory",
                       self.path, e, move_error)
             return None
-        _private_file(self.path)
+        private_file(self.path)
         self.quarantined = str(moved)
         return moved
 
@@ -349,7 +275,7 @@ class Outbox:
         if self._db is None or self.path.exists():
             return
         old, self._db = self._db, None
-        outcome = rebuild_deleted(old, self.path, _new_file, self._hold_rows)
+        outcome = rebuild_deleted(old, self.path, self._hold_rows)
         log.error("outbox %s was deleted while the agent had it open (SQLite would have gone on writing to the "
                   "deleted file, and a restart would have lost it); %s", self.path, outcome)
         self._dropped_unsynced = True  # (the counters go into the new file with the next write)

@@ -193,12 +193,7 @@ class Publisher:
         taken = getattr(reason_code, "value", None) == link.SESSION_TAKEN_OVER
         if was_connected and (self._flaps.dropped(time.monotonic() - self._connected_at, taken,
                                                   self._holdback.repeated) or self._flaps.flapping):
-            why = ("handed this station's session to another client" if taken else
-                   f"closed the connection {self._flaps.short} times in a row within {link.FLAP_LIVED_S:.0f} s of "
-                   "accepting it")
-            self._set_link("taken_over", f"{self.host}:{self.port} {why}: is another agent connected with client id "
-                                         f"{self.client_id!r} (a second station with this station_id)? Each one's "
-                                         "connection drops the other's; give every station its own station_id",
+            self._set_link("taken_over", self._flaps.reason(f"{self.host}:{self.port}", self.client_id, taken),
                            logging.ERROR if self.link["state"] != "taken_over" else logging.DEBUG)
         elif not self._connack:
             hint = "" if self.tls else "; is it a TLS port? (set mqtt.tls_ca)"

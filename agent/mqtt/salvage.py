@@ -1,6 +1,6 @@
 """A corrupt outbox database (a failing storage device: SQLite says "malformed" or "not a
-database", or check_pages finds a broken page) is moved aside, and every event row that can still be read from it is copied into
-the new one (outbox.py). Rows are copied in batches, never all held in memory; those past the
+database", or check_pages finds a broken page) is moved aside, and every event row that can still
+be read from it is copied into the new one (outbox.py). Rows are copied in batches, never all held in memory; those past the
 first unreadable page stay in the moved file, for a person. The events of an outbox file deleted
 while it is open are copied the same way, from the open connection (rebuild_deleted)."""
 from __future__ import annotations
@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-INSERT_ROWS = "INSERT OR IGNORE INTO events (seq, event_id, topic, payload, qos, created) VALUES (?, ?, ?, ?, ?, ?)"
+from agent.mqtt.files import INSERT_ROWS, new_database
+
 CORRUPT_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB: the file's content, not the disk's room or rights
 
 
@@ -84,17 +85,16 @@ def copy_events(src: Path | sqlite3.Connection, write: Callable[[list[tuple]], N
             db.close()
 
 
-def rebuild_deleted(old: sqlite3.Connection, path: Path, create: Callable[[Path], sqlite3.Connection],
-                    hold: Callable[[list[tuple]], None]) -> str:
+def rebuild_deleted(old: sqlite3.Connection, path: Path, hold: Callable[[list[tuple]], None]) -> str:
     """The outbox file `path` was deleted while `old` had it open (by hand, to free space?). SQLite
     would go on writing to the deleted file, and a restart would lose what it holds. Its events are
-    copied into a new file (`create`), made under a temporary name and moved to `path`. Where there
+    copied into a new file, made under a temporary name and moved to `path`. Where there
     is no room for the copy (a deleted file keeps its space while it is open), they are handed to
     `hold` (memory) instead. Closes `old`, removes its WAL, and says what became of its events."""
     tmp: Path | None = path.with_name(path.name + ".rebuild")
     try:
         _remove(tmp)
-        new = create(tmp)
+        new = new_database(tmp)
         try:
             def write(rows):
                 new.execute("BEGIN IMMEDIATE")

@@ -70,3 +70,17 @@ def test_on_a_full_disk_the_events_are_held_in_memory_and_stored_when_the_space_
     assert ob.sync() and ob.unsaved == 0
     ob.close()
     assert ids(Outbox(path)) == [f"a{i}" for i in range(100)] + ["b0"]
+
+
+def test_its_whole_folder_deleted_is_made_again_private(tmp_path):
+    import shutil
+    path = tmp_path / "adgan" / "outbox.sqlite"
+    ob = Outbox(path)
+    put(ob, ["a0", "a1"])
+    shutil.rmtree(path.parent)  # rm -rf /var/lib/adgan
+    put(ob, ["b0"])
+    assert (path.parent.stat().st_mode & 0o777) == 0o700 and path.is_file()
+    ob.close()
+    again = Outbox(path)
+    assert ids(again) == ["a0", "a1", "b0"] and again.next_seq() == 4
+    again.close()

@@ -14,7 +14,8 @@ import time
 import paho.mqtt.client as mqtt
 import pytest
 
-from agent.mqtt.outbox import Outbox, SeqFile
+from agent.mqtt.files import SeqFile
+from agent.mqtt.outbox import Outbox
 from agent.mqtt.commands import MAX_COMMAND_BYTES
 from agent.mqtt.publisher import Publisher
 from agent.settings import MqttSettings

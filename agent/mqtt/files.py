@@ -1,0 +1,90 @@
+"""The outbox's files on disk (outbox.py): its SQLite database, private to the agent's user, with
+its schema; and the event sequence number's own small file, allocated once and overwritten in
+place, so that it keeps counting on a full disk and never repeats or goes backwards."""
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import struct
+import zlib
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def schema(db: sqlite3.Connection) -> None:
+    """WAL, synchronous writes, and the tables (created if missing)."""
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")  # an acknowledged write survives power loss
+    db.execute("CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+               "event_id TEXT UNIQUE NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL, "
+               "qos INTEGER NOT NULL, created REAL NOT NULL)")
+    db.execute("CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+
+
+INSERT_ROWS = "INSERT OR IGNORE INTO events (seq, event_id, topic, payload, qos, created) VALUES (?, ?, ?, ?, ?, ?)"
+
+
+def new_database(path: Path) -> sqlite3.Connection:
+    """A new, private outbox database at `path`, with its tables."""
+    private_file(path)
+    db = sqlite3.connect(str(path), isolation_level=None)
+    try:
+        schema(db)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def private_file(path: Path) -> None:
+    """Create `path` (and its folder) readable by the owner only, if it does not exist."""
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, mode=0o700)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+
+
+class SeqFile:
+    """A counter that survives restarts and a full disk: two checksummed 16-byte slots in a
+    file allocated when it is created, written alternately in place and fsynced."""
+
+    SIZE = 4096
+    _SLOT = struct.Struct("<QQ")  # value, crc32 of the value
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        new = not self.path.exists()
+        private_file(self.path)
+        self._fd = os.open(self.path, os.O_RDWR)
+        if new or os.fstat(self._fd).st_size < self.SIZE:
+            try:
+                os.posix_fallocate(self._fd, 0, self.SIZE)
+            except OSError as e:  # a new install on a full disk: count in memory, say so, allocate later
+                log.error("cannot allocate %s (%s); sequence numbers are not stored until it can be", self.path, e)
+        slots = [self._read_slot(i) for i in (0, 1)]
+        valid = [v for v in slots if v is not None]
+        self.value = max(valid) if valid else 0
+        self._next_slot = 0 if slots[0] is None or (slots[1] is not None and slots[1] > slots[0]) else 1
+
+    def _read_slot(self, i: int) -> int | None:
+        raw = os.pread(self._fd, self._SLOT.size, i * self._SLOT.size)
+        if len(raw) < self._SLOT.size:
+            return None
+        value, crc = self._SLOT.unpack(raw)
+        return value if crc == zlib.crc32(struct.pack("<Q", value)) and (value or crc) else None
+
+    def set(self, value: int) -> None:
+        """Store `value` (at least the current one) durably; raises OSError if the disk fails."""
+        if value < self.value:
+            raise ValueError(f"a sequence number never goes backwards: {value} < {self.value}")
+        self.value = value  # in memory first: the counter moves on even if the write fails
+        data = self._SLOT.pack(value, zlib.crc32(struct.pack("<Q", value)))
+        os.pwrite(self._fd, data, self._next_slot * self._SLOT.size)
+        os.fsync(self._fd)
+        self._next_slot ^= 1
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
