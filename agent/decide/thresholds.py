@@ -8,6 +8,7 @@ A score strictly greater than the threshold is an anomaly.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,9 @@ def load_threshold(path: str | Path, cls: str, bundle_hash: str) -> ClassThresho
         t, h = float(rec["threshold"]), str(rec["bundle_hash"])
     except (KeyError, TypeError, ValueError) as e:
         raise ThresholdError(f"{path}: class {cls!r}: bad record ({e})") from None
+    if isinstance(rec["threshold"], bool) or not isinstance(rec["threshold"], (int, float)) or not math.isfinite(t):
+        # (JSON's NaN would pass every part: no score is greater than NaN)
+        raise ThresholdError(f"{path}: class {cls!r}: the threshold must be a finite number, got {rec['threshold']!r}")
     if h != bundle_hash:
         raise ThresholdError(f"{path}: the threshold of {cls!r} was calibrated on bundle {h[:12]}..., not on the "
                              f"loaded bundle {bundle_hash[:12]}...; a threshold is valid only for the scores "

@@ -65,3 +65,8 @@ def test_thresholds_of_another_bundle_are_refused_and_classes_are_kept(tmp_path)
     (tmp_path / "bad.json").write_text('{"format": 7, "classes": {}}')
     with pytest.raises(ThresholdError, match="not a thresholds file"):
         load_threshold(tmp_path / "bad.json", "sphere", "a" * 64)
+    for bad in ("NaN", "Infinity", "-Infinity", "true", '"0.5"'):  # NaN would pass every part
+        (tmp_path / "nan.json").write_text('{"format": 1, "classes": {"sphere": {"threshold": %s, "bundle_hash": "%s"}}}'
+                                           % (bad, "a" * 64))
+        with pytest.raises(ThresholdError, match="finite number|bad record"):
+            load_threshold(tmp_path / "nan.json", "sphere", "a" * 64)
