@@ -92,7 +92,9 @@ class SegmentationSettings(_Strict):
 class ModelSettings(_Strict):
     bundles: dict[str, Path] = Field(description="bundle folder per class, e.g. {rectangle = '/var/lib/adgan/b'}")
     expected_class: str = Field(description="the class being inspected now (switchable over MQTT)")
-    thresholds: Path = Field(description="thresholds.json calibrated on these bundles")
+    thresholds: Path = Field(description="thresholds.json calibrated on these bundles; read again when it "
+                             "changes (a file that cannot be used is refused and said, and the thresholds in "
+                             "use stay)")
     seed: int = Field(0, description="seed of the initial latents; must equal calibration's")
     backend: BackendSettings = Field(default_factory=OnnxRuntimeSettings, description="engine and its options")
     anomaly_map: bool = Field(False, description="attach a small |G(z*) - x| map (PNG, base64; smoothed as the "

@@ -4,7 +4,8 @@ Everything is checked when the agent starts, so a wrong file stops it with a cle
 message instead of producing wrong verdicts: every bundle is verified (hashes), must be
 of the class it is configured for, and must have a threshold calibrated on exactly that
 bundle with the agent's latent seed. The search runs with the hyperparameters the
-threshold was calibrated with (they are recorded beside it).
+threshold was calibrated with (they are recorded beside it). Thresholds calibrated again
+replace the ones in use without a restart (`with_thresholds`), under the same checks.
 """
 from __future__ import annotations
 
@@ -68,6 +69,13 @@ def check_class_model(cls: str, bundle_path: str | Path, thresholds: str | Path,
     if bundle.cls != cls:
         raise SettingError(f"model.bundles.{cls}",
                            f"bundle {bundle_path} was trained on class {bundle.cls!r}, not {cls!r}")
+    return bundle, check_threshold(cls, bundle, thresholds, seed, backend_settings)
+
+
+def check_threshold(cls: str, bundle: Bundle, thresholds: str | Path, seed: int,
+                    backend_settings=None) -> ClassThreshold:
+    """The threshold of `cls` in `thresholds`, refused (SettingError) unless it was calibrated on
+    `bundle` with this latent seed and engine."""
     try:
         thr = load_threshold(thresholds, cls, bundle.bundle_hash)
     except (ThresholdError, OSError) as e:
@@ -84,18 +92,37 @@ def check_class_model(cls: str, bundle_path: str | Path, thresholds: str | Path,
                                             f"{calibrated or 'an unrecorded engine'}, this agent runs {engine}; "
                                             "scores differ between engines, so recalibrate on this one "
                                             "('adgan calibrate --backend ...' on this device)")
-    return bundle, thr
+    return thr
+
+
+def _search_overrides(thr: ClassThreshold) -> dict:
+    """The search hyperparameters the threshold was calibrated with (recorded beside it)."""
+    search = thr.record.get("search") or {}
+    return {k: search[k] for k in ("n_seed", "k", "lr_z", "lr_theta") if k in search}
 
 
 def load_class_model(cls: str, bundle_path: str | Path, thresholds: str | Path, seed: int,
                      backend_settings=None, backend: Backend | None = None) -> ClassModel:
     bundle, thr = check_class_model(cls, bundle_path, thresholds, seed, backend_settings)
-    search = thr.record.get("search") or {}
-    overrides = {k: search[k] for k in ("n_seed", "k", "lr_z", "lr_theta") if k in search}
     engine = backend if backend is not None else open_backend(bundle, backend_settings)
     name = getattr(backend_settings, "type", "onnxruntime")
     log.info("class %s: %s on %s, threshold %.6g", cls, bundle.describe(), name, thr.threshold)
-    return ClassModel(bundle, thr, Searcher(bundle, engine, seed, **overrides), name)
+    return ClassModel(bundle, thr, Searcher(bundle, engine, seed, **_search_overrides(thr)), name)
+
+
+def with_thresholds(models: dict[str, ClassModel], thresholds: str | Path, seed: int,
+                    backend_settings=None) -> dict[str, ClassModel]:
+    """The models with the thresholds now in `thresholds`, on the engines already open (a search
+    recorded with other hyperparameters gets its own Searcher). Raises SettingError, leaving
+    `models` as they are, when any class's threshold is refused."""
+    out = {}
+    for cls, m in models.items():
+        thr = check_threshold(cls, m.bundle, thresholds, seed, backend_settings)
+        ov = _search_overrides(thr)
+        searcher = m.searcher if ov == _search_overrides(m.threshold) else \
+            Searcher(m.bundle, m.searcher.backend, seed, **ov)
+        out[cls] = ClassModel(m.bundle, thr, searcher, m.backend_name)
+    return out
 
 
 def load_models(bundles: dict[str, Path], thresholds: Path, seed: int, backend_settings=None) -> dict[str, ClassModel]:

@@ -87,3 +87,29 @@ def write_threshold(path: str | Path, cls: str, record: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
     os.replace(tmp, path)
+
+
+class FileWatch:
+    """Whether a file changed (its time, size or inode), once the change has stayed the same
+    for one look: a thresholds file still being copied is not read half-written."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.loaded = self._seen = self._stamp()
+
+    def _stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size, st.st_ino
+
+    def changed(self) -> bool:
+        """True, once, when the file differs from the last time this said True (or from the
+        start) and looked the same at the look before."""
+        now = self._stamp()
+        settled, self._seen = now == self._seen, now
+        if now == self.loaded or not settled:
+            return False
+        self.loaded = now
+        return True
