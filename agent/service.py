@@ -22,6 +22,7 @@ from agent.interfaces import Interfaces
 from agent.mqtt.events import Event, utc_iso
 from agent.mqtt.outbox import Outbox
 from agent.mqtt.publisher import Publisher
+from agent.scoring.bundle import Bundle, BundleError
 from agent.segment.preprocess import Preprocessing, like_stored, make_sample, reframe, sample_to_input
 from agent.segment.station import StationSegmenter
 from agent.settings import AgentSettings, SettingError
@@ -137,14 +138,29 @@ class Agent:
         try:
             new = with_thresholds(self.models, m.thresholds, m.seed, m.backend)
         except SettingError as e:
-            self.thresholds_state = {"state": "refused", "since": time.time(), "error": str(e)}
-            log.error("%s changed but cannot be used (%s); the thresholds in use stay", m.thresholds, e)
+            hint = self._bundles_changed()
+            self.thresholds_state = {"state": "refused", "since": time.time(), "error": str(e) + hint}
+            log.error("%s changed but cannot be used (%s); the thresholds in use stay%s", m.thresholds, e, hint)
             return
         changes = [f"{c} {self.models[c].threshold.threshold:.6g} -> {new[c].threshold.threshold:.6g}"
                    for c in new if new[c].threshold.threshold != self.models[c].threshold.threshold]
         self.models = new
         self.thresholds_state = {"state": "loaded", "since": time.time(), "error": None}
         log.info("%s read again: %s", m.thresholds, ", ".join(changes) or "no threshold changed")
+
+    def _bundles_changed(self) -> str:
+        """A hint when a bundle on disk is no longer the one loaded (exported again): its new
+        thresholds are refused until the agent restarts and loads it."""
+        changed = []
+        for cls, model in self.models.items():
+            try:
+                on_disk = Bundle.load(self.s.model.bundles[cls]).bundle_hash
+            except (BundleError, OSError):
+                on_disk = None
+            if on_disk != model.bundle.bundle_hash:
+                changed.append(cls)
+        return (f"; the bundle of {', '.join(changed)} on disk is not the one loaded at start: restart the agent "
+                "to load it with its thresholds") if changed else ""
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> int:

@@ -6,6 +6,7 @@ import json
 import shutil
 
 from agent.decide.thresholds import FileWatch, read_thresholds, write_threshold
+from agent.scoring.bundle import Bundle
 from tests.agent.conftest import AgentProcess, Subscriber, agent_config
 
 
@@ -23,8 +24,10 @@ def test_a_file_watch_says_a_change_once_it_has_settled(tmp_path):
     assert not FileWatch(tmp_path / "never").changed()
 
 
-def test_new_thresholds_take_effect_and_refused_ones_are_said(broker, calibrated, synth_data, tmp_path):
-    bundle, calibrated_thresholds = calibrated
+def test_new_thresholds_take_effect_and_refused_ones_are_said(broker, calibrated, bundles, synth_data, tmp_path):
+    calibrated_bundle, calibrated_thresholds = calibrated
+    bundle = tmp_path / "bundles" / "sphere"  # the station's copy, exported again below
+    shutil.copytree(calibrated_bundle, bundle)
     thresholds = tmp_path / "thresholds.json"
     shutil.copy(calibrated_thresholds, thresholds)
     rec = read_thresholds(thresholds)["classes"]["sphere"]
@@ -56,6 +59,14 @@ def test_new_thresholds_take_effect_and_refused_ones_are_said(broker, calibrated
         assert sub.wait_for(lambda m: len(events()) >= n + 3, 30)
         assert {e["threshold"] for e in events()[n:]} == {2 * rec["threshold"]}
         assert "changed but cannot be used" in agent.output()
+
+        # the bundle exported again and calibrated: its thresholds wait for a restart, which is said
+        other = bundles[("all", "fg")]
+        shutil.rmtree(bundle)
+        shutil.copytree(other, bundle)
+        write_threshold(thresholds, "sphere", {**rec, "bundle_hash": Bundle.load(other).bundle_hash})
+        assert sub.wait_for(lambda m: "restart the agent" in (statuses()[-1]["thresholds"]["error"] or ""), 30)
+        assert "the bundle of sphere on disk is not the one loaded at start" in statuses()[-1]["thresholds"]["error"]
         assert agent.proc.poll() is None
     finally:
         agent.stop()
