@@ -1,6 +1,7 @@
 """A real mosquitto broker on a free loopback port, stopped by PID; a collecting subscriber."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -91,7 +92,7 @@ class Subscriber:
     def __init__(self, port: int, topic: str, tls_ca: str | None = None, username: str | None = None,
                  password: str | None = None) -> None:
         self.messages: list[tuple[str, bytes, bool]] = []
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # (documents() may be called from a wait_for predicate)
         self.subscribed = threading.Event()  # set once the broker confirmed the subscription
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-sub-{time.monotonic_ns()}")
         self.c.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
@@ -109,6 +110,11 @@ class Subscriber:
     def _on_message(self, c, u, msg) -> None:
         with self.lock:
             self.messages.append((msg.topic, msg.payload, bool(msg.retain)))
+
+    def documents(self, topic: str) -> list:
+        """The JSON documents received on `topic` (events, status), in order."""
+        with self.lock:
+            return [json.loads(p) for t, p, _ in self.messages if t == topic]
 
     def wait_for(self, predicate, timeout: float = 15.0) -> bool:
         deadline = time.monotonic() + timeout

@@ -4,7 +4,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import numpy as np
@@ -19,24 +18,13 @@ from agent.sources.dataset import frame_numbers, read_raw_frame, read_sample, wr
 from agent.sources.folder import FolderSource
 from agent.sources.open import open_source
 from agent.sources.synthetic import SyntheticSource
-from tests.agent.conftest import fill_file_system
+from tests.agent.conftest import agent_config, fill_file_system
 
 
-def station_config(tmp_path, source: str, extra: str = ""):
+def station_config(tmp_path, source: str):
     """An agent.toml as a new station has it before training: its [model] paths need not exist."""
-    cfg = tmp_path / "agent.toml"
-    cfg.write_text(textwrap.dedent(f"""\
-        station_id = "st1"
-        [source]
-        {source}
-        [model]
-        expected_class = "sphere"
-        thresholds = "{tmp_path / 'not-yet' / 'thresholds.json'}"
-        bundles = {{ sphere = "{tmp_path / 'not-yet' / 'sphere'}" }}
-        [trigger]
-        settle_frames = 3
-        """) + textwrap.dedent(extra))
-    return cfg
+    return agent_config(tmp_path, 1883, tmp_path / "not-yet" / "sphere", tmp_path / "not-yet" / "thresholds.json",
+                        source, trigger="continuous")
 
 
 SYNTH = 'type = "synthetic"\nclasses = ["sphere", "cylinder"]\nseed = 4\nframes_per_part = 4\ngap_frames = 2\n' \

@@ -2,7 +2,6 @@
 used is said, and the thresholds in use stay."""
 from __future__ import annotations
 
-import json
 import shutil
 
 from agent.decide.thresholds import FileWatch, read_thresholds, write_threshold
@@ -38,10 +37,10 @@ def test_new_thresholds_take_effect_and_refused_ones_are_said(broker, calibrated
     agent = AgentProcess(cfg, tmp_path / "agent.log")
 
     def events():
-        return [json.loads(p) for t, p, _ in sub.messages if t == "adgan/st1/events"]
+        return sub.documents("adgan/st1/events")
 
     def statuses():
-        return [json.loads(p) for t, p, _ in sub.messages if t == "adgan/st1/status"]
+        return sub.documents("adgan/st1/status")
 
     try:
         assert sub.wait_for(lambda m: len(events()) >= 2, 60), agent.output()
