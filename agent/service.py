@@ -14,25 +14,23 @@ import uuid
 import numpy as np
 
 from agent.decide.anomaly_map import encode_map, heat, hot_box
-from agent.decide.inspector import ClassModel, load_models, with_thresholds
-from agent.decide.thresholds import FileWatch
+from agent.decide.inspector import ClassModel, load_models
+from agent.decide.reload import ThresholdsReload
 from agent.frame import FrameError, NoObjectError, RGBDFrame, Sample
 from agent.health import Counters, SystemdNotifier, Work, timed
 from agent.interfaces import Interfaces
 from agent.mqtt.events import Event, utc_iso
 from agent.mqtt.outbox import Outbox
 from agent.mqtt.publisher import Publisher
-from agent.scoring.bundle import Bundle, BundleError
 from agent.segment.preprocess import Preprocessing, like_stored, make_sample, reframe, sample_to_input
 from agent.segment.station import StationSegmenter
-from agent.settings import AgentSettings, SettingError
+from agent.settings import AgentSettings
 from agent.sources.base import SourceError
 from agent.sources.supervisor import SourceSupervisor
 from agent.trigger import CommandTrigger, Passage, PassageTrigger
 
 log = logging.getLogger(__name__)
 ON_REQUEST = ("mqtt", "gpio")  # trigger modes that inspect only requested frames
-THRESHOLDS_LOOK_S = 2.0        # how often the thresholds file is looked at (a change takes two looks)
 
 
 class Agent:
@@ -58,8 +56,7 @@ class Agent:
         self.publisher: Publisher | None = None
         self._last_error: str | None = None   # suppresses floods of one error in continuous mode
         self._next_refusal_log = 0.0
-        self._next_thresholds_look = 0.0
-        self.thresholds_state: dict = {"state": "not loaded", "since": time.time(), "error": None}
+        self.thresholds: ThresholdsReload | None = None
         self._next_status = 0.0
         # seconds spent per stage over all frames (status and bench/pipeline.py)
         self.stage_s = {"capture": 0.0, "segment": 0.0, "score": 0.0, "publish": 0.0}
@@ -70,9 +67,8 @@ class Agent:
         """Load and verify models (refusing bad ones), warm up, connect, open the source, READY."""
         m = self.s.model
         self.notifier.status("loading models")
-        self._thresholds = FileWatch(m.thresholds)  # before reading it: a change meanwhile is seen
+        self.thresholds = ThresholdsReload(m)  # before the file is read: a change meanwhile is seen
         self.models = load_models(m.bundles, m.thresholds, m.seed, m.backend)
-        self.thresholds_state = {"state": "loaded", "since": time.time(), "error": None}
         self.outbox = Outbox(self.s.outbox.path, self.s.outbox.max_events, self.s.outbox.memory_events)
         pending = len(self.outbox)
         if pending:
@@ -125,43 +121,6 @@ class Agent:
                             req[:64], ", ".join(sorted(self.models)), self.counters.snapshot()["classes_refused"])
         self.publisher.publish_state("class", self.expected)
 
-    def _reread_thresholds(self) -> None:
-        """Thresholds calibrated again take effect without a restart, under the checks of the
-        start; a file that is refused is said, and the thresholds in use stay."""
-        now = time.monotonic()
-        if now < self._next_thresholds_look or not self.models:
-            return
-        self._next_thresholds_look = now + THRESHOLDS_LOOK_S
-        if not self._thresholds.changed():
-            return
-        m = self.s.model
-        try:
-            new = with_thresholds(self.models, m.thresholds, m.seed, m.backend)
-        except SettingError as e:
-            hint = self._bundles_changed()
-            self.thresholds_state = {"state": "refused", "since": time.time(), "error": str(e) + hint}
-            log.error("%s changed but cannot be used (%s); the thresholds in use stay%s", m.thresholds, e, hint)
-            return
-        changes = [f"{c} {self.models[c].threshold.threshold:.6g} -> {new[c].threshold.threshold:.6g}"
-                   for c in new if new[c].threshold.threshold != self.models[c].threshold.threshold]
-        self.models = new
-        self.thresholds_state = {"state": "loaded", "since": time.time(), "error": None}
-        log.info("%s read again: %s", m.thresholds, ", ".join(changes) or "no threshold changed")
-
-    def _bundles_changed(self) -> str:
-        """A hint when a bundle on disk is no longer the one loaded (exported again): its new
-        thresholds are refused until the agent restarts and loads it."""
-        changed = []
-        for cls, model in self.models.items():
-            try:
-                on_disk = Bundle.load(self.s.model.bundles[cls]).bundle_hash
-            except (BundleError, OSError):
-                on_disk = None
-            if on_disk != model.bundle.bundle_hash:
-                changed.append(cls)
-        return (f"; the bundle of {', '.join(changed)} on disk is not the one loaded at start: restart the agent "
-                "to load it with its thresholds") if changed else ""
-
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> int:
         """Inspect until a stop request or the end of a finite replay; returns the exit code."""
@@ -170,7 +129,8 @@ class Agent:
                 self.notifier.watchdog()
                 self._publish_status()
                 self._apply_class_request()
-                self._reread_thresholds()
+                if self.thresholds is not None and (new := self.thresholds.reread(self.models)) is not None:
+                    self.models = new
                 self.interfaces.ready(bool(self.models) and self.source_health.state == "running")
                 if self.feed.source is None:
                     if self.commands.take(0):  # a requested inspection cannot wait for the camera
@@ -366,8 +326,8 @@ class Agent:
                           "commands_ready": self.publisher.commands_ready.is_set(),
                           **self.publisher.counters} if self.publisher else {}),
                 "source": {"type": self.s.source.type, **self.source_health.to_dict()},
-                "thresholds": {"path": str(self.s.model.thresholds), **self.thresholds_state,
-                               "since": utc_iso(self.thresholds_state["since"])},
+                "thresholds": ({"path": str(self.s.model.thresholds), **self.thresholds.state,
+                                "since": utc_iso(self.thresholds.state["since"])} if self.thresholds else {}),
                 "interfaces": self.interfaces.status()}
 
     def _publish_status(self, force: bool = False) -> None:
