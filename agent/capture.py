@@ -91,6 +91,8 @@ def capture_frames(source: FrameSource, out: str | Path, count: int, *, every: i
         raise ValueError(f"need count >= 1 and every >= 1, got {count} and {every}")
     if passage is not None and segmenter is None:
         raise ValueError("recording one frame per part needs the station's segmenter")
+    if passage is not None and every != 1:
+        raise ValueError("one frame per part (--parts) and every N-th frame (--every) exclude each other")
     if source.segmented:
         raise ValueError("this source replays segmented samples; capture-frames records raw frames "
                          "(a camera, a recording, a raw-layout folder or the synthetic station)")

@@ -1,4 +1,5 @@
-"""Commands on `<base>/<feature>/set` (DESIGN.md): routed to their handler, or refused.
+"""Commands on `<base>/<feature>/set` (DESIGN.md): subscribed to on every connection, routed
+to their handler, or refused.
 
 A command is an action, not a state: a retained one is refused (it would come back on every
 reconnect), and so is one larger than MAX_COMMAND_BYTES. Refusals are counted and logged at
@@ -7,8 +8,11 @@ most once per LOG_EVERY_S per feature, so a flood cannot fill the journal.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Callable
+
+import paho.mqtt.client as mqtt
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +29,40 @@ class Commands:
     def __init__(self, base: str, handlers: dict[str, Handler] | None, counters: dict[str, int]) -> None:
         self.base, self.handlers, self.counters = base, dict(handlers or {}), counters
         self._refusal_logged: dict[str, float] = {}
+        self.ready = threading.Event()      # every command subscription granted, this connection
+        self._subacks: dict[int, str] = {}  # subscribe message id -> command topic, awaiting its SUBACK
+        self._sub_failed = False            # a command subscription failed on this connection
+
+    def subscribe(self, client) -> None:
+        """Subscribe to every command topic (on paho's thread, from on_connect: no SUBACK can be
+        handled before this returns)."""
+        self.ready.clear()
+        self._subacks.clear()
+        self._sub_failed = False
+        for topic in self.topics():
+            rc, mid = client.subscribe(topic, qos=1)
+            if rc == mqtt.MQTT_ERR_SUCCESS:
+                self._subacks[mid] = topic
+            else:
+                self._sub_failed = True
+                log.error("subscribing to %s failed: %s; commands on it do not reach this station until "
+                          "the next connection", topic, mqtt.error_string(rc))
+        if not self._subacks and not self._sub_failed:
+            self.ready.set()
+
+    def subscribed(self, mid: int, reason_codes) -> None:
+        """A SUBACK: `ready` once every command subscription is granted; a refusal is said."""
+        topic = self._subacks.pop(mid, None)
+        if topic is None:
+            return
+        refused = [rc for rc in reason_codes if getattr(rc, "is_failure", False)]
+        if refused:
+            self._sub_failed = True
+            self.counters["subscriptions_refused"] += 1
+            log.error("the broker refused the subscription to %s (%s): commands on it do not reach this "
+                      "station; is this client allowed to read it (the broker's ACL)?", topic, refused[0])
+        elif not self._subacks and not self._sub_failed:
+            self.ready.set()
 
     def topics(self) -> list[str]:
         """What to subscribe to (again on every connect)."""

@@ -51,12 +51,10 @@ class Publisher:
         self.outbox, self.qos, self.verdict_max_age_s = outbox, s.qos, s.verdict_max_age_s
         self.host, self.port, self.keepalive = s.host, s.port, s.keepalive_s
         self.connected = threading.Event()
-        self.commands_ready = threading.Event()  # every command subscription granted, this connection
         self.counters = {"connects": 0, "disconnects": 0, "commands_refused": 0, "verdicts_skipped": 0,
                          "events_sent": 0, "events_rejected": 0, "events_held": 0, "subscriptions_refused": 0}
-        self._subacks: dict[int, str] = {}  # subscribe message id -> command topic, awaiting its SUBACK
-        self._sub_failed = False            # a command subscription failed on this connection
         self.commands = Commands(self.base, commands, self.counters)
+        self.commands_ready = self.commands.ready  # every command subscription granted, this connection
         self.verdicts = LiveVerdicts(s.verdict_max_age_s, self.counters)
         self.link = {"state": "connecting", "reason": f"connecting to {s.host}:{s.port}", "since": time.time()}
         # message id -> (event id or None, time handed to paho). Never call paho while holding
@@ -134,7 +132,7 @@ class Publisher:
         self._publish(self.topic("availability"), "online", qos=1, retain=True)
         for feature, value in list(self._states.items()):
             self._publish(self.topic(f"{feature}/state"), value, qos=1, retain=True)
-        self._subscribe(client)
+        self.commands.subscribe(client)
         if not self._flaps.flapping:  # (while it flaps, the link says so until a connection holds)
             self._set_link("connected", f"connected to {self.host}:{self.port}" + (" (TLS)" if self.tls else ""),
                            logging.INFO)
@@ -144,35 +142,8 @@ class Publisher:
                     "%d unacknowledged events are sent again, oldest first", pending)
         self._wake.set()
 
-    def _subscribe(self, client) -> None:
-        """Subscribe to every command topic (on paho's thread, from on_connect: no SUBACK can be
-        handled before this returns)."""
-        self.commands_ready.clear()
-        self._subacks.clear()
-        self._sub_failed = False
-        for topic in self.commands.topics():
-            rc, mid = client.subscribe(topic, qos=1)
-            if rc == mqtt.MQTT_ERR_SUCCESS:
-                self._subacks[mid] = topic
-            else:
-                self._sub_failed = True
-                log.error("subscribing to %s failed: %s; commands on it do not reach this station until "
-                          "the next connection", topic, mqtt.error_string(rc))
-        if not self._subacks and not self._sub_failed:
-            self.commands_ready.set()
-
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
-        topic = self._subacks.pop(mid, None)
-        if topic is None:
-            return
-        refused = [rc for rc in reason_codes if getattr(rc, "is_failure", False)]
-        if refused:
-            self._sub_failed = True
-            self.counters["subscriptions_refused"] += 1
-            log.error("the broker refused the subscription to %s (%s): commands on it do not reach this "
-                      "station; is this client allowed to read it (the broker's ACL)?", topic, refused[0])
-        elif not self._subacks and not self._sub_failed:
-            self.commands_ready.set()
+        self.commands.subscribed(mid, reason_codes)
 
     def _on_connect_fail(self, client, userdata) -> None:
         e = getattr(client, "last_connect_error", None)
@@ -295,14 +266,11 @@ class Publisher:
                 self._stopping.wait(1.0)
 
     def _pump_once(self) -> None:
-        if self.connected.is_set() and self._flaps.held(time.monotonic() - self._connected_at):
-            self._set_link("connected", f"connected to {self.host}:{self.port}; the connection has held "
-                                        f"{link.FLAP_LIVED_S:.0f} s again", logging.INFO)
         self.outbox.check()  # a database file deleted while open (outbox.py)
         if self.outbox.needs_sync:
             self.outbox.sync()
         self.verdicts.expire()
-        self._release_held()
+        self._stable_link()
         gen = self.outbox.generation
         if gen != self._outbox_gen:  # the database opened late: older stored events to send too
             with self._lock:
@@ -336,11 +304,16 @@ class Publisher:
                     if conn == self._conn_no:
                         self._cursor = max(self._cursor, p.seq)
 
-    def _release_held(self) -> None:
-        """Held-back events get one more try on a stable link: back to the oldest event."""
+    def _stable_link(self) -> None:
+        """On a link that has held: a flapping link is said to be stable again, and held-back
+        events get one more try (back to the oldest event)."""
         if not self.connected.is_set():
             return
-        n = self._holdback.release(time.monotonic() - self._connected_at)
+        up_s = time.monotonic() - self._connected_at
+        if self._flaps.held(up_s):
+            self._set_link("connected", f"connected to {self.host}:{self.port}; the connection has held "
+                                        f"{link.FLAP_LIVED_S:.0f} s again", logging.INFO)
+        n = self._holdback.release(up_s)
         if n:
             log.warning("trying %d held-back event(s) again on a stable link", n)
             with self._lock:

@@ -124,6 +124,10 @@ def test_a_segmented_source_and_bad_counts_are_refused(tmp_path, capsys):
     assert "replays segmented samples" in capsys.readouterr().err
     assert main(["agent", "capture-frames", "--config", str(cfg), "--out", str(tmp_path / "f"), "--count", "0",
                  "--env-file", "/nonexistent"]) == 2
+    cfg = station_config(tmp_path, SYNTH)
+    assert main(["agent", "capture-frames", "--config", str(cfg), "--out", str(tmp_path / "f"), "--parts",
+                 "--every", "3", "--env-file", "/nonexistent"]) == 2
+    assert "exclude each other" in capsys.readouterr().err
     assert not (tmp_path / "f").exists()
 
 

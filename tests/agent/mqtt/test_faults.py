@@ -118,7 +118,7 @@ def test_commands_ready_waits_for_the_brokers_grant_and_a_refused_subscription_i
         from paho.mqtt.reasoncodes import ReasonCode
         caplog.set_level(logging.ERROR)
         pub.commands_ready.clear()
-        pub._subacks = {901: "adgan/st1/class/set", 902: "adgan/st1/trigger/set"}
+        pub.commands._subacks = {901: "adgan/st1/class/set", 902: "adgan/st1/trigger/set"}
         pub._on_subscribe(pub.client, None, 901, [ReasonCode(PacketTypes.SUBACK, identifier=0x87)], None)
         pub._on_subscribe(pub.client, None, 902, [ReasonCode(PacketTypes.SUBACK, identifier=1)], None)
         assert not pub.commands_ready.is_set() and pub.counters["subscriptions_refused"] == 1
