@@ -38,6 +38,16 @@ def new_database(path: Path) -> sqlite3.Connection:
     return db
 
 
+def file_id(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path`, None if there is none: whether a file open for a
+    while is still the one at its path (deleted, or replaced by another)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def private_file(path: Path) -> None:
     """Create `path` (and its folder) readable by the owner only, if it does not exist."""
     if not path.parent.exists():
@@ -57,7 +67,9 @@ class SeqFile:
         new = not self.path.exists()
         private_file(self.path)
         self._fd = os.open(self.path, os.O_RDWR)
-        if new or os.fstat(self._fd).st_size < self.SIZE:
+        st = os.fstat(self._fd)
+        self.file_id = (st.st_dev, st.st_ino)
+        if new or st.st_size < self.SIZE:
             try:
                 os.posix_fallocate(self._fd, 0, self.SIZE)
             except OSError as e:  # a new install on a full disk: count in memory, say so, allocate later
@@ -84,7 +96,56 @@ class SeqFile:
         os.fsync(self._fd)
         self._next_slot ^= 1
 
+    def renewed(self, value: int) -> "SeqFile":
+        """After `gone()`: a counter at the path again, holding at least `value` (and a replacement's
+        own count, if that is higher); this one is closed. Raises OSError (this one stays open)."""
+        new = SeqFile(self.path)
+        try:
+            new.set(max(value, new.value))
+        except BaseException:
+            new.close()
+            raise
+        self.close()
+        return new
+
+    def gone(self) -> bool:
+        """True when the file at the path is no longer the one open here (deleted, or replaced):
+        what is written here would not be read at the next start."""
+        return file_id(self.path) != self.file_id
+
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+class OpenFiles:
+    """The identity (device, inode) of a database and its WAL as opened, to tell whether either
+    was deleted or replaced by another file since (by hand: SQLite would go on writing to the
+    files it opened, which no restart reads)."""
+
+    SUFFIXES = ("", "-wal")
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.ids = path, {}
+
+    def file(self, suffix: str) -> Path:
+        return self.path.with_name(self.path.name + suffix)
+
+    def opened(self) -> None:
+        self.ids = {suffix: file_id(self.file(suffix)) for suffix in self.SUFFIXES}
+
+    def changed(self) -> dict[str, str]:
+        """{suffix: "deleted" | "replaced"} of the files that are no longer the ones opened."""
+        changed = {}
+        for suffix, opened in self.ids.items():
+            now = file_id(self.file(suffix))
+            if opened is None:  # (a WAL appears with the first transaction)
+                self.ids[suffix] = now
+            elif now != opened:
+                changed[suffix] = "deleted" if now is None else "replaced"
+        return changed
+
+    def accept(self, suffixes) -> None:
+        """Take the files now at these paths as the ones opened (not to say the same change again)."""
+        self.ids.update({suffix: file_id(self.file(suffix)) for suffix in suffixes})

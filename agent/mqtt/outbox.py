@@ -11,8 +11,8 @@ A corrupt database (a failing storage device: SQLite says "malformed" or "not a 
 every page is read at the first open and after a corrupt write) is moved aside to
 `<outbox>.corrupt-<UTC time>` and a new one started, so events are durable again. Every event
 still readable from the old file is copied into the new one and sent (salvage.py); `status()`
-names the moved file (`quarantined`). A database file deleted while open (by hand) is
-noticed, and its events are copied into a new one at the path (salvage.py).
+names the moved file (`quarantined`). A database file or WAL deleted or replaced while open
+(by hand) is noticed, and its events are copied into a new one at the path (salvage.py).
 
 The event sequence number lives in its own small file that is allocated once and then
 overwritten in place (`SeqFile`, files.py), so it keeps counting on a full disk and never
@@ -28,7 +28,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.mqtt.files import INSERT_ROWS, SeqFile, private_file, schema
+from agent.mqtt.files import INSERT_ROWS, OpenFiles, SeqFile, private_file, schema
 from agent.mqtt.salvage import check_pages, copy_events, corrupt_file, move_aside, rebuild_deleted
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,9 @@ class Outbox:
         self._next_drop_log = 0.0
         self.generation = 0                        # +1 each time the database (re)opens after failing
         self.quarantined: str | None = None        # where a corrupt database was moved, if one was
+        self.replaced: str | None = None           # where a file put in the database's place was moved
         self._check_pages = True                   # read every page at the next open (quick_check)
+        self._files = OpenFiles(self.path)         # the database and WAL opened: deleted or replaced since?
         self.dropped, self._key, db_seq = 0, 0, 0
         private_file(self.path)
         # Used from the service loop and from paho's network thread: one connection, one lock.
@@ -116,6 +118,7 @@ class Outbox:
                 p.chmod(0o600)
         reopened = self._key >= self.KEY_FLOOR_UNOPENED
         self._db = db
+        self._files.opened()
         self._key = max(self._key, int(last_key), int(row[0]) if row else 0)
         self.dropped = max(self.dropped, int(counters.get("dropped", 0)))
         self._db_seq = int(counters.get("seq", 0))
@@ -265,24 +268,48 @@ class Outbox:
             log.error("outbox full (%d events): dropped the %d oldest", self.max_events, excess_box[0])
         self._recovered()
 
-    # -- a file deleted while open ----------------------------------------------------------
+    # -- a file deleted or replaced while open -------------------------------------------
     def check(self) -> None:
-        """Notice a database file deleted while open (the publisher's pump calls this twice a second)."""
+        """Notice a file deleted or replaced while open (the publisher's pump calls this twice a second)."""
         with self._lock:
             self._check_file_locked()
 
     def _check_file_locked(self) -> None:
-        if self._db is None or self.path.exists():
+        """Are the database, its WAL and the sequence file still the ones open here? One deleted
+        (`rm outbox.sqlite*`, say to free space) or replaced by another file (`mv`, a restore) would
+        have SQLite go on writing where no restart reads it: its events are copied into a new file."""
+        if hasattr(self, "seq_file") and self.seq_file.gone():
+            how = "replaced" if self.seq_file.path.exists() else "deleted"
+            try:
+                self.seq_file = self.seq_file.renewed(self._seq)
+            except OSError as e:
+                self.seq_failures += 1
+                self._failed("sequence file", e)
+            else:
+                self._seq = self.seq_file.value
+                log.error("sequence file %s was %s while the agent had it open: written again (at %d)",
+                          self.seq_file.path, how, self._seq)
+        changed = self._files.changed() if self._db is not None else {}
+        if not changed:
             return
+        said = "outbox " + ", and ".join(f"{self._files.file(suffix)} was {how}" + " by another file" * (how == "replaced")
+                                         for suffix, how in changed.items()) + " while the agent had it open"
+        replaced = [suffix for suffix, how in changed.items() if how == "replaced"]
+        if replaced:
+            try:
+                moved = move_aside(self.path, "replaced", replaced)
+            except OSError as e:  # (a folder that cannot be written: no new file could be made either)
+                self._files.accept(replaced)
+                log.error("%s, and it cannot be moved aside (%s): events written from now on go to a file no "
+                          "restart reads; restart the agent", said, e)
+                return
+            said += f" (moved to {moved}, for a person: its events are not sent from here)"
+            self.replaced = str(moved)
         old, self._db = self._db, None
         outcome = rebuild_deleted(old, self.path, self._hold_rows)
-        log.error("outbox %s was deleted while the agent had it open (SQLite would have gone on writing to the "
-                  "deleted file, and a restart would have lost it); %s", self.path, outcome)
+        log.error("%s; SQLite would have gone on writing to the file it opened, where a kill or a restart would "
+                  "have lost its events: %s", said, outcome)
         self._dropped_unsynced = True  # (the counters go into the new file with the next write)
-        if not self.seq_file.path.exists():
-            self.seq_file.close()
-            self.seq_file = SeqFile(self.seq_file.path)
-            self.seq_file.set(self._seq)
         self._open_locked()  # if it cannot be (a full disk), events wait in memory as for any failed write
 
     def _hold_rows(self, rows: list[tuple]) -> None:
@@ -374,7 +401,7 @@ class Outbox:
         with self._lock:
             return {"depth": depth, "unsaved": len(self._memory), "dropped": self.dropped,
                     "store_failures": self.store_failures, "seq_failures": self.seq_failures,
-                    "error": self.last_error, "quarantined": self.quarantined}
+                    "error": self.last_error, "quarantined": self.quarantined, "replaced": self.replaced}
 
     def close(self) -> None:
         with self._lock:

@@ -1,8 +1,8 @@
 """A corrupt outbox database (a failing storage device: SQLite says "malformed" or "not a
 database", or check_pages finds a broken page) is moved aside, and every event row that can still
 be read from it is copied into the new one (outbox.py). Rows are copied in batches, never all held in memory; those past the
-first unreadable page stay in the moved file, for a person. The events of an outbox file deleted
-while it is open are copied the same way, from the open connection (rebuild_deleted)."""
+first unreadable page stay in the moved file, for a person. The events of an outbox file (or its WAL)
+deleted or replaced while it is open are copied the same way, from the open connection (rebuild_deleted)."""
 from __future__ import annotations
 
 import os
@@ -31,13 +31,14 @@ def check_pages(db: sqlite3.Connection) -> None:
         raise e
 
 
-def move_aside(path: Path) -> Path:
-    """Move the database and its WAL to `<name>.corrupt-<UTC time>[-n]`; the new name. Raises OSError."""
+def move_aside(path: Path, why: str = "corrupt", suffixes=("", "-wal", "-shm")) -> Path:
+    """Move the database and its WAL (those of `suffixes` that exist) to `<name>.<why>-<UTC time>[-n]`;
+    the new name. Raises OSError."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    moved, n = path.with_name(f"{path.name}.corrupt-{stamp}"), 1
+    moved, n = path.with_name(f"{path.name}.{why}-{stamp}"), 1
     while moved.exists():
-        moved, n = path.with_name(f"{path.name}.corrupt-{stamp}-{n}"), n + 1
-    for suffix in ("", "-wal", "-shm"):
+        moved, n = path.with_name(f"{path.name}.{why}-{stamp}-{n}"), n + 1
+    for suffix in suffixes:
         src = path.with_name(path.name + suffix)
         if src.exists():
             os.replace(src, moved.with_name(moved.name + suffix))
@@ -86,8 +87,9 @@ def copy_events(src: Path | sqlite3.Connection, write: Callable[[list[tuple]], N
 
 
 def rebuild_deleted(old: sqlite3.Connection, path: Path, hold: Callable[[list[tuple]], None]) -> str:
-    """The outbox file `path` was deleted while `old` had it open (by hand, to free space?). SQLite
-    would go on writing to the deleted file, and a restart would lose what it holds. Its events are
+    """The outbox file `path` or its WAL was deleted (or replaced, and moved aside) while `old` had
+    it open (by hand, to free space?). SQLite would go on writing to the deleted file, and a restart
+    would lose what it holds. Its events are
     copied into a new file, made under a temporary name and moved to `path`. Where there
     is no room for the copy (a deleted file keeps its space while it is open), they are handed to
     `hold` (memory) instead. Closes `old`, removes its WAL, and says what became of its events."""
