@@ -42,7 +42,7 @@ class Agent:
                                  "triggers_coalesced", "classes_refused")
         self.feed = SourceSupervisor(settings.source, settings.health, lambda: self._publish_status(force=True))
         self.source_health = self.feed.health
-        self.started = time.time()
+        self.started = time.monotonic()  # (uptime: not the wall clock, which NTP may set years ahead at boot)
         self.models: dict[str, ClassModel] = {}
         self._sample_prep = Preprocessing()  # the recipe of replayed samples (the folder's own)
         self.expected = settings.model.expected_class
@@ -317,7 +317,7 @@ class Agent:
     def status(self) -> dict:
         c = self.counters.snapshot()
         return {"station": self.s.station_id, "time": utc_iso(time.time()),
-                "uptime_s": round(time.time() - self.started, 1), "expected_class": self.expected,
+                "uptime_s": round(time.monotonic() - self.started, 1), "expected_class": self.expected,
                 "trigger": self.s.trigger.mode, "counters": c,
                 "stage_seconds": {k: round(v, 3) for k, v in self.stage_s.items()},
                 "outbox": self.outbox.status() if self.outbox is not None else {"depth": 0},

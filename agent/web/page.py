@@ -54,7 +54,9 @@ class OperatorPage:
         self.s, self.status_of, self.warm = settings, status, warm
         self.state: dict = {"state": "off"}
         self.history: deque[dict] = deque(maxlen=settings.history)
-        self.hour: deque[tuple[float, str]] = deque(maxlen=100_000)  # (time, verdict) for the rates
+        # (monotonic time, verdict) for the rates: a wall clock set by NTP (hours or years at a
+        # Jetson's boot) would empty the last hour, or keep it for a day
+        self.hour: deque[tuple[float, str]] = deque(maxlen=100_000)
         self.seq = 0
         self._view = None
         self._png: dict[str, bytes] = {}
@@ -100,7 +102,7 @@ class OperatorPage:
         entry["latency_ms"] = (event.get("latency_ms") or {}).get("total_ms")
         with self._cond:
             self.history.appendleft(entry)
-            self.hour.append((time.time(), event["verdict"]))
+            self.hour.append((time.monotonic(), event["verdict"]))
             if view is not None:
                 self._view, self._png = view, {}
             self.seq += 1
@@ -110,7 +112,7 @@ class OperatorPage:
 
     def snapshot(self) -> dict:
         st = self.status_of()
-        now = time.time()
+        now = time.monotonic()
         with self._cond:
             recent = [v for t, v in self.hour if now - t <= 3600]
             history = list(self.history)

@@ -110,3 +110,21 @@ def test_a_camera_that_is_missing_is_retried_with_backoff_and_reported(broker, c
     assert last["counters"]["frames"] >= 3
     # the failures were paced, doubling from 0.2 s: three failures take at least 0.2 + 0.4 s
     assert "reopening in 0.2 s" in agent.output() and "reopening in 0.4 s" in agent.output()
+
+
+def test_uptime_and_the_pages_hourly_rates_do_not_follow_the_wall_clock(calibrated, tmp_path, monkeypatch):
+    """A Jetson has no clock battery: it boots at the time it last saved, and NTP then sets the
+    wall clock hours or years ahead. Uptime and the operator page's last hour must not jump."""
+    from agent.service import Agent
+    from agent.settings import load_settings
+    from agent.web.page import OperatorPage
+    bundle, thresholds = calibrated
+    cfg = agent_config(tmp_path, 1883, bundle, thresholds, 'type = "synthetic"')
+    agent = Agent(load_settings(cfg, env_file=None))
+    page = OperatorPage(agent.s.web, agent.status, lambda: True)
+    page._server = object()  # (serving is not what is tested here: the rates are)
+    page.event({"seq": 1, "event_id": "e1", "verdict": "ok"}, None)
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 3 * 365 * 86400)
+    assert 0 <= agent.status()["uptime_s"] < 60
+    assert page.snapshot()["per_hour"]["ok"] == 1
