@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agent import __version__
+from agent import __version__, durable
 from agent.decide.anomaly_map import check_background, check_sigma
 from agent.scoring.bundle import BUNDLE_FORMAT, MANIFEST, SearchDefaults, sha256_file
 from agent.scoring.relief import Relief, ReliefCheck, relief_score
@@ -290,9 +290,15 @@ def write_generator_bundle(g: Generator, out: str | Path, search: SearchDefaults
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; a bundle is read by the agent's user
-        if out.exists():
-            shutil.rmtree(out)
+        durable.sync_tree(tmp)  # (a power cut after the rename leaves the bundle whole)
+        old = None
+        if out.exists():  # moved aside, not removed first: a kill in between keeps it (as .<name>.old-<pid>)
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
         os.replace(tmp, out)
+        durable.sync_folder(out.parent)
+        if old is not None:
+            shutil.rmtree(old)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -13,7 +13,6 @@ exported into bundles as `encoder.onnx`.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from agent import durable
 from training.losses import reconstruction_loss
 from training.model import Architecture, init_weights
 
@@ -100,13 +100,12 @@ def train_encoder(run: str | Path, epochs: int, features: int = 32, batch_size: 
         bar.set_postfix(loss=f"{history[-1]:.4f}")
     enc.eval()
     out = run / ENCODER_FILE
-    tmp = out.with_name(out.name + ".tmp")
-    torch.save({"format": ENCODER_FORMAT, "architecture": arch.to_dict(), "features": features,
+    state = {"format": ENCODER_FORMAT, "architecture": arch.to_dict(), "features": features,
                 "state": enc.state_dict(), "generator_weights": which, "loss": loss, "fg_threshold": fg_threshold,
                 "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed, "history": history, "augmentation": aug,
                 "data": {k: v for k, v in d.items() if k != "frames"}, "seconds": time.perf_counter() - t0,
-                "generator_g_steps": st["g_steps"]}, tmp)
-    os.replace(tmp, out)
+                "generator_g_steps": st["g_steps"]}
+    durable.write_with(out, lambda tmp: torch.save(state, tmp))
     return out
 
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from agent import __version__
+from agent import __version__, durable
 from agent.records import Record, record
 from training.data import ClassData, augment
 from training.model import Architecture, Discriminator, Generator
@@ -191,10 +190,8 @@ class Trainer:
     def save(self) -> Path:
         self.out.mkdir(parents=True, exist_ok=True)
         path = self.out / CHECKPOINT
-        tmp = path.with_name(path.name + ".tmp")
         state = self.state()
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        durable.write_with(path, lambda tmp: torch.save(state, tmp))  # (a power cut keeps the last one whole)
         cfg = {k: v for k, v in state.items() if k in ("config", "architecture", "preprocessing", "epoch",
                                                        "g_steps", "producer")}
         cfg["data"] = {k: v for k, v in state["data"].items() if k != "frames"}

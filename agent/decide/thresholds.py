@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent import durable
+
 THRESHOLDS_FORMAT = 1
 
 
@@ -84,9 +86,7 @@ def write_threshold(path: str | Path, cls: str, record: dict[str, Any]) -> None:
     doc = read_thresholds(path) if path.exists() else {"format": THRESHOLDS_FORMAT, "classes": {}}
     doc["classes"][cls] = record
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    durable.write_text(path, json.dumps(doc, indent=1, sort_keys=True) + "\n")
 
 
 class FileWatch:

@@ -20,6 +20,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from agent import durable
 from agent.scoring.bundle import Bundle, BundleError, sha256_file
 from agent.scoring.backend import Backend, slot_inputs
 from agent.scoring.cuda import CudaDevice, CudaUnavailable
@@ -120,11 +121,11 @@ def build_engine(bundle_path: str | Path, fp16: bool = False, device: int = 0) -
             if plan is None:
                 raise RuntimeError(f"TensorRT failed to build the {role} engine (see the log above)")
             path = out_dir / f"{stem}-{role}.plan"
-            path.write_bytes(bytes(plan))
+            durable.write_bytes(path, bytes(plan))
             plans[role] = {"file": path.name, "sha256": sha256_file(path),
                            "build_s": round(time.perf_counter() - t0, 1)}
         sidecar = out_dir / f"{stem}.json"
-        sidecar.write_text(json.dumps({"bundle_hash": bundle.bundle_hash, "tensorrt": trt.__version__,
+        durable.write_text(sidecar, json.dumps({"bundle_hash": bundle.bundle_hash, "tensorrt": trt.__version__,
                                        "fp16": fp16, "tf32": False, **info, "engines": plans}, indent=1) + "\n")
         return sidecar
     finally:

@@ -9,6 +9,7 @@ from typing import Iterable
 
 import numpy as np
 
+from agent import durable
 from agent.frame import Intrinsics, RGBDFrame
 
 REFERENCE_FORMAT = 1
@@ -65,11 +66,10 @@ class SurfaceReference:
     def save(self, path: str | Path) -> None:
         meta = {"format": REFERENCE_FORMAT, "n_frames": self.n_frames, "created": self.created,
                 "intrinsics": self.intrinsics.to_dict()}
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, depth=self.depth, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
-        tmp.replace(path)
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, depth=self.depth, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+        durable.write_with(path, write)
 
     @classmethod
     def load(cls, path: str | Path) -> "SurfaceReference":

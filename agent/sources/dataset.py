@@ -14,7 +14,6 @@ The same N names the same capture. A dataset root holds class folders.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -22,6 +21,7 @@ from typing import Iterable, Sequence
 import cv2
 import numpy as np
 
+from agent import durable
 from agent.frame import FrameError, Intrinsics, RGBDFrame, Sample
 from agent.segment.preprocess import Preprocessing, reframe
 
@@ -77,7 +77,7 @@ def jpeg_quality(path: str | Path) -> int | None:
 def write_preprocessing(folder: Path, prep: Preprocessing) -> None:
     """Record in a sample folder the recipe that made its samples."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / PREPROCESSING_FILE).write_text(json.dumps(prep.to_dict(), indent=1) + "\n")
+    durable.write_text(folder / PREPROCESSING_FILE, json.dumps(prep.to_dict(), indent=1) + "\n")
 
 
 def read_preprocessing(folder: Path) -> Preprocessing | None:
@@ -255,13 +255,7 @@ def _imwrite(path: Path, img: np.ndarray, params: Sequence[int] = ()) -> None:
     ok, buf = cv2.imencode(path.suffix, img, list(params))
     if not ok:
         raise OSError(f"could not encode {path}")
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        buf.tofile(str(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # (a full disk leaves no half-written file behind)
-        raise
+    durable.write_bytes(path, buf.tobytes())  # (a full disk or a power cut leaves no half-written file)
 
 
 def write_sample(folder: Path, n: int, sample: Sample, jpeg_quality: int = 95) -> None:
@@ -300,13 +294,7 @@ def write_raw_frame(folder: Path, n: int, frame: RGBDFrame) -> None:
         (folder / sub).mkdir(parents=True, exist_ok=True)
     meta = {k: v for k, v in frame.meta.items() if k not in ("path", "frame")}
     meta.update(timestamp=frame.timestamp, intrinsics=frame.intrinsics.to_dict())
-    tmp = folder / "meta" / f"{n}.json.tmp"
-    try:
-        tmp.write_text(json.dumps(meta, default=_jsonable))
-        os.replace(tmp, folder / "meta" / f"{n}.json")
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    durable.write_text(folder / "meta" / f"{n}.json", json.dumps(meta, default=_jsonable))
     _imwrite(folder / "rgb" / f"{n}.png", frame.rgb[:, :, ::-1])
     _imwrite(folder / "depth" / f"{n}.png", frame.depth)
 
