@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from agent.durable import replace, sync_folder
 from agent.mqtt.files import INSERT_ROWS, new_database
 
 CORRUPT_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB: the file's content, not the disk's room or rights
@@ -42,6 +43,7 @@ def move_aside(path: Path, why: str = "corrupt", suffixes=("", "-wal", "-shm")) 
         src = path.with_name(path.name + suffix)
         if src.exists():
             os.replace(src, moved.with_name(moved.name + suffix))
+    sync_folder(path.parent)  # (after a power cut, the moved file is found where it was said to be)
     return moved
 
 
@@ -124,7 +126,7 @@ def rebuild_deleted(old: sqlite3.Connection, path: Path, hold: Callable[[list[tu
         old.close()  # the deleted file's space is freed now
     _remove(path, ("-wal", "-shm"))  # the deleted file's: a new database must not replay them
     if tmp is not None:
-        os.replace(tmp, path)
+        replace(tmp, path)  # flushed: a power cut must not leave the events under the temporary name only
     return outcome
 
 

@@ -108,3 +108,15 @@ def test_a_training_checkpoint_its_encoder_and_its_bundle_are_durable(synth_data
         tmp = next(c[1] for c in reversed(calls.log) if c[0] == "replace" and c[2] == str(bundle))
         assert {f"{tmp}/manifest.json", f"{tmp}/step.onnx", f"{tmp}/theta.npz"} <= flushed
     assert sorted(p.name for p in bundle.parent.iterdir()) == ["sphere"]  # (the old one removed after)
+
+
+def test_an_outbox_rebuilt_after_its_deletion_is_durable(tmp_path, monkeypatch):
+    from agent.mqtt.outbox import Outbox
+    path = tmp_path / "outbox.sqlite"
+    ob = Outbox(path)
+    ob.put("a0", "adgan/st1/events", b"x")
+    calls = Calls(monkeypatch)
+    os.unlink(path)
+    ob.check()
+    calls.assert_durable(path)
+    ob.close()
