@@ -28,7 +28,9 @@ class SettingError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # inf passes every lower bound (frame_timeout_s = inf: a camera that stops is never reopened),
+    # nan fails them with a puzzling message: neither is a setting
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class RealSenseSource(_Strict):
@@ -249,7 +251,7 @@ class AgentSettings(BaseSettings):
     """Everything the station agent needs."""
 
     model_config = SettingsConfigDict(env_prefix="ADGAN_", env_nested_delimiter="__", extra="forbid",
-                                      env_file=None, validate_default=True)
+                                      env_file=None, validate_default=True, allow_inf_nan=False)
 
     station_id: str = Field(description="this station's name in MQTT topics")
     source: SourceSettings = Field(description="where frames come from")

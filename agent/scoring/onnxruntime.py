@@ -21,7 +21,7 @@ GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 
 class OnnxRuntimeSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     type: Literal["onnxruntime"] = Field("onnxruntime", description="ONNX Runtime (CPU or CUDA)")
     threads: int = Field(0, ge=0, description="intra-op threads; 0 lets ONNX Runtime choose (all cores)")
     providers: list[str] = Field(["CPUExecutionProvider"], min_length=1,

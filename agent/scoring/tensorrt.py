@@ -36,7 +36,7 @@ class TensorRTUnavailable(CudaUnavailable):
 
 
 class TensorRTSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     type: Literal["tensorrt"] = Field("tensorrt", description="TensorRT engines built on this device")
     fp16: bool = Field(False, description="use the engines built with --fp16 (theta and Adam moments stay fp32)")
     device: int = Field(0, ge=0, description="CUDA device index")

@@ -84,6 +84,10 @@ def test_password_from_systemd_credentials_and_dotenv(tmp_path, monkeypatch):
     (lambda t: t.replace('host = "broker.local"', 'host = "broker.local"\nqos = 3'), "mqtt.qos"),
     (lambda t: t.replace("max_depth_mm = 650", "max_depth_mm = -5"), "segmentation.max_depth_mm"),
     (lambda t: t.replace('[mqtt]', '[mqtt]\ncolour = "red"'), "mqtt.colour"),
+    # TOML has inf and nan: inf passes a lower bound (a camera that stops would never be reopened)
+    (lambda t: t + "[health]\nframe_timeout_s = inf\n", "health.frame_timeout_s"),
+    (lambda t: t + "[health]\nreconnect_max_s = +inf\n", "health.reconnect_max_s"),
+    (lambda t: t.replace('seed = 4', 'seed = 4\nfps = nan'), "source.synthetic.fps"),
 ])
 def test_bad_fields_are_named(tmp_path, monkeypatch, edit, path):
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
@@ -112,3 +116,10 @@ def test_the_example_config_in_the_repository_is_valid(monkeypatch):
     example = Path(__file__).resolve().parents[2] / "systemd" / "agent.example.toml"
     s = load_settings(example, env_file=None)
     assert s.source.type == "realsense" and s.model.backend.type == "tensorrt"
+
+
+def test_inf_from_the_environment_is_refused(tmp_path, monkeypatch):
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.setenv("ADGAN_HEALTH__STOP_FLUSH_S", "inf")
+    with pytest.raises(ValidationError, match="finite"):
+        load_settings(write(tmp_path, GOOD), env_file=None)
