@@ -80,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, BackendUnavailable) as e:
         # User-facing input errors: one clear line, no traceback (-vv shows it).
         logging.getLogger("adgan").debug("error", exc_info=True)
+        from pydantic import ValidationError
+        if isinstance(e, ValidationError):  # (pydantic's own text spans lines and names its internals)
+            from agent.records import describe
+            e = f"{e.title}: {describe(e)}"
         print(f"adgan {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -105,6 +105,12 @@ def test_input_errors_are_one_line_not_a_traceback(tmp_path, capsys):
         main(["dataset", "synth", str(tmp_path), "--classes", "torus"])
 
 
+def test_a_value_a_record_refuses_is_one_line_naming_the_field(tiny_run, tmp_path, capsys):
+    assert main(["export", str(tiny_run), "--out", str(tmp_path / "b"), "--fg-threshold", "nan"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "adgan export: error: SearchDefaults: fg_threshold must be in (-1, 1), got nan"
+
+
 def test_agent_side_imports_without_torch():
     code = ("import sys; sys.modules['torch'] = None\n"
             "import agent.frame, agent.sources.folder, agent.sources.synthetic, agent.segment.preprocess, "
