@@ -8,6 +8,7 @@ failed source is reopened with doubling backoff and reported in `status`.
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 import uuid
@@ -56,6 +57,7 @@ class Agent:
         self.publisher: Publisher | None = None
         self._last_error: str | None = None   # suppresses floods of one error in continuous mode
         self._next_refusal_log = 0.0
+        self._stop_cause: str | None = None  # the signal that asked for the stop, said in the log
         self.thresholds: ThresholdsReload | None = None
         self._next_status = 0.0
         # seconds spent per stage over all frames (status and bench/pipeline.py)
@@ -146,6 +148,9 @@ class Agent:
                     self.source_health.state = "ended"
                     log.info("the source has no more frames")
                     break
+            else:  # (a stop asked for; why an agent stopped must be in its log: a SIGHUP from a closed terminal?)
+                log.info("stopping (%s): the frame in hand is finished; events are flushed for at most %.0f s",
+                         self._stop_cause or "asked to", self.s.health.stop_flush_s)
         finally:
             self.shutdown()
         return 0
@@ -343,7 +348,10 @@ class Agent:
                              f"{c['anomaly']} anomalies, outbox {st['outbox']['depth']}")
 
     # -- stop ----------------------------------------------------------------------------
-    def request_stop(self, *_) -> None:
+    def request_stop(self, signum: int | None = None, *_) -> None:
+        """Stop after the current frame (a signal handler, or called)."""
+        if signum is not None and self._stop_cause is None:
+            self._stop_cause = signal.Signals(signum).name
         self.stop_requested.set()
 
     def shutdown(self) -> None:
@@ -355,6 +363,8 @@ class Agent:
             if not self.publisher.flush(self.s.health.stop_flush_s):
                 log.warning("%d events not yet acknowledged stay in the outbox for the next start",
                             len(self.outbox))
+            elif self.stop_requested.is_set():
+                log.info("stopped: every event was acknowledged by the broker")
             self.publisher.stop()
             self.publisher = None
         self.feed.close()
