@@ -21,6 +21,7 @@ except ModuleNotFoundError:  # Python 3.10 (JetPack 6): the tomli backport, a de
     import tomli as tomllib
 
 from agent.decide.inspector import check_class_model
+from agent.mqtt.files import AgentLock
 from agent.mqtt.salvage import corrupt_file
 from agent.settings import AgentSettings, SettingError
 
@@ -95,6 +96,10 @@ def check_outbox(s: AgentSettings, r: Report) -> None:
     elif not os.access(existing, os.W_OK | os.X_OK):
         r.problems.append(SettingError("outbox.path", f"{path}: cannot create {folder} under {existing}"))
         return
+    holder = AgentLock(path).holder()
+    if holder is not None:  # (a warning: validate-config may be run beside the agent it checks)
+        r.warnings.append(f"outbox.path: {path} is in use by a running agent ({holder}); `run` refuses to start "
+                          "while it is")
     if path.exists():
         if not path.is_file() or not os.access(path, os.R_OK | os.W_OK):
             r.problems.append(SettingError("outbox.path", f"{path}: exists but is not a readable, writable file"))

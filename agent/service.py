@@ -21,6 +21,7 @@ from agent.frame import FrameError, NoObjectError, RGBDFrame, Sample
 from agent.health import Counters, SystemdNotifier, Work, timed
 from agent.interfaces import Interfaces
 from agent.mqtt.events import Event, utc_iso
+from agent.mqtt.files import AgentLock
 from agent.mqtt.outbox import Outbox
 from agent.mqtt.publisher import Publisher
 from agent.segment.preprocess import Preprocessing, like_stored, make_sample, reframe, sample_to_input
@@ -63,11 +64,13 @@ class Agent:
         # seconds spent per stage over all frames (status and bench/pipeline.py)
         self.stage_s = {"capture": 0.0, "segment": 0.0, "score": 0.0, "publish": 0.0}
         self.interfaces = Interfaces(self)
+        self.lock = AgentLock(settings.outbox.path)
 
     # -- start ---------------------------------------------------------------------------
     def start(self) -> None:
         """Load and verify models (refusing bad ones), warm up, connect, open the source, READY."""
         m = self.s.model
+        self.lock.acquire()  # first: a second agent on this outbox is refused before minutes of loading
         self.notifier.status("loading models")
         self.thresholds = ThresholdsReload(m)  # before the file is read: a change meanwhile is seen
         self.models = load_models(m.bundles, m.thresholds, m.seed, m.backend)
@@ -374,3 +377,4 @@ class Agent:
         if self.outbox is not None:
             self.outbox.close()
             self.outbox = None
+        self.lock.release()

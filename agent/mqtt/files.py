@@ -1,12 +1,15 @@
 """The outbox's files on disk (outbox.py): its SQLite database, private to the agent's user, with
 its schema; and the event sequence number's own small file, allocated once and overwritten in
-place, so that it keeps counting on a full disk and never repeats or goes backwards."""
+place, so that it keeps counting on a full disk and never repeats or goes backwards; and the lock
+that keeps a second agent off an outbox in use."""
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import sqlite3
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -149,3 +152,62 @@ class OpenFiles:
     def accept(self, suffixes) -> None:
         """Take the files now at these paths as the ones opened (not to say the same change again)."""
         self.ids.update({suffix: file_id(self.file(suffix)) for suffix in suffixes})
+
+
+class OutboxInUse(OSError):
+    """Another agent holds this outbox."""
+
+
+class AgentLock:
+    """One agent per outbox: an exclusive lock (flock) on `<outbox>.lock`, held while the agent
+    runs. A second agent on the same outbox (started by hand beside the service, say) would count
+    the same sequence numbers as the first and send the first one's events as well. The kernel
+    releases the lock when the process ends, however it ends: a kill leaves no stale lock."""
+
+    def __init__(self, outbox: str | Path) -> None:
+        outbox = Path(outbox)
+        self.path, self.outbox, self._fd = outbox.with_name(outbox.name + ".lock"), outbox, -1
+
+    def acquire(self) -> None:
+        """Take the lock, or raise OutboxInUse naming the holder. A lock file that cannot be made
+        (a full disk) is said and the agent goes on: inspections must not stop for it."""
+        try:
+            private_file(self.path)
+            fd = os.open(self.path, os.O_RDWR)
+        except OSError as e:
+            log.warning("cannot make the lock file %s (%s): a second agent on this outbox would not be refused",
+                        self.path, e)
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "its pid not written"
+            os.close(fd)
+            raise OutboxInUse(f"outbox {self.outbox} is in use by another agent ({holder}): is the service running "
+                              "already (systemctl status adgan-agent)? Two agents on one outbox would repeat "
+                              "sequence numbers; stop the other one, or give this one its own outbox.path") from None
+        self._fd = fd
+        try:  # who holds it, for the message above (a full disk leaves it empty: the lock holds anyway)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()}, since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}".encode(), 0)
+        except OSError:
+            pass
+
+    def holder(self) -> str | None:
+        """Who holds the lock now (another process), or None; takes nothing and makes no file."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return None
+        except BlockingIOError:
+            return os.pread(fd, 200, 0).decode(errors="replace").strip() or "its pid not written"
+        finally:
+            os.close(fd)  # (releases the shared lock if it was taken)
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

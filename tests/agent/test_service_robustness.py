@@ -12,7 +12,7 @@ from adgan.cli import main
 from agent.segment.reference import SurfaceReference
 from agent.sources.dataset import write_raw_frame
 from agent.sources.synthetic import SyntheticSource
-from tests.agent.conftest import AgentProcess, Subscriber, agent_config
+from tests.agent.conftest import AgentProcess, Subscriber, agent_config, poll
 
 
 def events(sub, station="st1"):
@@ -109,3 +109,28 @@ def test_a_bad_setting_stops_the_start_naming_the_field(calibrated, tmp_path, ca
     assert main(["agent", "run", "--config", str(cfg), "--env-file", "/nonexistent"]) == 2
     err = capsys.readouterr().err
     assert "source.synthetic.fps" in err and "greater than or equal to 0" in err
+
+
+def test_a_second_agent_on_the_same_outbox_is_refused_and_said(broker, calibrated, tmp_path, capsys):
+    """Started by hand beside the service, a second agent would repeat the first one's sequence
+    numbers (both count from the same file) and send its events too."""
+    from agent.mqtt.files import AgentLock
+    bundle, thresholds = calibrated
+    cfg = agent_config(tmp_path, broker.port, bundle, thresholds, 'type = "synthetic"\nfps = 5')
+    first = AgentProcess(cfg, tmp_path / "first.log")
+    try:
+        assert poll(lambda: " ready: " in first.output(), 60), first.output()
+        holder = f"pid {first.proc.pid}, since "
+        assert main(["agent", "validate-config", "--config", str(cfg), "--env-file", "/nonexistent"]) == 0
+        said = capsys.readouterr()
+        assert f"is in use by a running agent ({holder}" in said.out + said.err
+        assert main(["agent", "run", "--config", str(cfg), "--env-file", "/nonexistent"]) == 2
+        err = capsys.readouterr().err
+        assert f"outbox {tmp_path / 'outbox.sqlite'} is in use by another agent ({holder}" in err, err
+        assert first.proc.poll() is None  # the first one goes on
+    finally:
+        first.stop()  # SIGKILL: the kernel releases its lock
+    lock = AgentLock(tmp_path / "outbox.sqlite")
+    assert lock.holder() is None
+    lock.acquire()
+    lock.release()
