@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import socket
 import ssl
+import time
 
 import paho.mqtt.client as mqtt
+
+
+CLOCK_CODES = {9, 10}  # X509_V_ERR_CERT_NOT_YET_VALID, X509_V_ERR_CERT_HAS_EXPIRED: dates, read on our clock
 
 
 def describe_connect_error(e: BaseException, host: str, port: int) -> tuple[str, str]:
@@ -19,7 +23,12 @@ def describe_connect_error(e: BaseException, host: str, port: int) -> tuple[str,
     if isinstance(e, socket.gaierror):
         return "unresolvable", f"cannot resolve the broker host {host!r} ({e.strerror or e})"
     if isinstance(e, ssl.SSLCertVerificationError):
-        return "tls", f"TLS verification of {where} failed: {e.verify_message or e} (check mqtt.tls_ca and host)"
+        reason = f"TLS verification of {where} failed: {e.verify_message or e}"
+        if getattr(e, "verify_code", None) in CLOCK_CODES:
+            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            return "tls", (f"{reason}, by this station's clock, which reads {now}: is it set (NTP)? A Jetson has "
+                           "no clock battery and boots at the time it last saved")
+        return "tls", f"{reason} (check mqtt.tls_ca and host)"
     if isinstance(e, ssl.SSLError):
         return "tls", f"TLS handshake with {where} failed: {e.reason or e}"
     if isinstance(e, ConnectionRefusedError):

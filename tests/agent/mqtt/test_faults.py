@@ -400,6 +400,58 @@ def test_tls_failures_are_said(tls_only_broker, tmp_path):
     assert "TLS" in ok["reason"]
 
 
+def _cert_not_yet_valid(d):
+    """A CA, and a server certificate for 127.0.0.1 valid from tomorrow (cryptography comes with asyncua)."""
+    import datetime as dt
+    import ipaddress
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    now = dt.datetime.now(dt.timezone.utc)
+
+    def cert(subject, issuer, key, sign_key, start, ca, san=None):
+        b = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(key.public_key())
+             .serial_number(x509.random_serial_number()).not_valid_before(start)
+             .not_valid_after(start + dt.timedelta(days=30))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if san:
+            b = b.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        return b.sign(sign_key, hashes.SHA256())
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "adgan clock CA")])
+    ca = cert(ca_name, ca_name, ca_key, ca_key, now - dt.timedelta(days=1), True)
+    server = cert(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]), ca_name, key, ca_key,
+                  now + dt.timedelta(days=1), False, [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    pem = serialization.Encoding.PEM
+    (d / "ca.crt").write_bytes(ca.public_bytes(pem))
+    (d / "server.crt").write_bytes(server.public_bytes(pem))
+    (d / "server.key").write_bytes(key.private_bytes(pem, serialization.PrivateFormat.TraditionalOpenSSL,
+                                                     serialization.NoEncryption()))
+
+
+def test_a_certificate_outside_its_dates_names_the_clock(tmp_path):
+    """A Jetson has no clock battery: until NTP sets it, its clock may read a time before the
+    broker's certificate was issued. The reason must point at the clock, not at tls_ca."""
+    d = tmp_path / "tls"
+    d.mkdir()
+    _cert_not_yet_valid(d)
+    port = free_port()
+    b = Broker(tmp_path, port)
+    b.conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\ncafile {d / 'ca.crt'}\n"
+                      f"certfile {d / 'server.crt'}\nkeyfile {d / 'server.key'}\npersistence false\n"
+                      + ("user root\n" if os.geteuid() == 0 else ""))
+    b.start()
+    try:
+        link = link_after(Publisher("st1", Outbox(tmp_path / "o.sqlite"),
+                                    MqttSettings(port=port, tls_ca=str(d / "ca.crt"))), {"tls"})
+    finally:
+        b.stop()
+    assert "not yet valid" in link["reason"] and "by this station's clock, which reads 20" in link["reason"], link
+    assert "NTP" in link["reason"] and "tls_ca" not in link["reason"], link
+
+
 def test_a_wrong_password_is_an_authorisation_failure(tmp_path):
     import shutil
     if not shutil.which("mosquitto_passwd"):
