@@ -59,8 +59,9 @@ class CaptureReport:
             extra.append(f"{self.unsettled} part(s) left before settling, not recorded")
         if self.bad_frames:
             extra.append(f"{self.bad_frames} bad frame(s) skipped")
-        return (f"{len(self.written)} frame(s) written to {self.out} ({nums}; {self.frames_read} read; "
-                f"{self.ended})" + ("; " + "; ".join(extra) if extra else ""))
+        why = {"count": "the count reached"}.get(self.ended, self.ended)
+        head = "; ".join(x for x in (nums, f"{self.frames_read} read", why) if x)
+        return f"{len(self.written)} frame(s) written to {self.out} ({head})" + ("; " + "; ".join(extra) if extra else "")
 
 
 def next_frame_number(folder: Path) -> int:

@@ -137,6 +137,9 @@ def cmd_capture_frames(a: argparse.Namespace) -> int:
     if a.count < 1 or a.every < 1:
         print("--count and --every must be at least 1", file=sys.stderr)
         return 2
+    if Path(a.out).exists() and not Path(a.out).is_dir():  # (said before the camera is opened)
+        print(f"--out {a.out} exists and is not a folder", file=sys.stderr)
+        return 2
     _logging(a.log_level)
     passage = segmenter = None
     if a.parts:

@@ -86,6 +86,7 @@ def test_a_torn_frame_of_a_killed_run_is_never_a_frame_nor_overwritten(tmp_path)
     assert frame_numbers(out) == [0] and next_frame_number(out) == 2
     r = capture_frames(SyntheticSource(("sphere",), seed=2, count=3), out, 2)
     assert r.written == [2, 3] and r.ended == "count" and frame_numbers(out) == [0, 2, 3]
+    assert r.summary() == f"2 frame(s) written to {out} (frames 2-3; 2 read; the count reached)"
     assert (out / "depth" / "1.png.tmp").read_bytes() == b"\x89PNG"
     assert next_frame_number(tmp_path / "new") == 0
 
@@ -129,6 +130,10 @@ def test_a_segmented_source_and_bad_counts_are_refused(tmp_path, capsys):
                  "--every", "3", "--env-file", "/nonexistent"]) == 2
     assert "exclude each other" in capsys.readouterr().err
     assert not (tmp_path / "f").exists()
+    (tmp_path / "a-file").write_text("")
+    assert main(["agent", "capture-frames", "--config", str(cfg), "--out", str(tmp_path / "a-file"),
+                 "--env-file", "/nonexistent"]) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err
 
 
 def a_sample():
