@@ -122,3 +122,56 @@ class Work:
     forced: bool = False           # inspection requested over MQTT
     source: dict = field(default_factory=dict)
     view: tuple | None = None      # a scored part's (sample, x, G(z*), relief heat or None), for the operator's page
+
+
+class ClockWatch:
+    """Events are stamped with the wall clock (`captured_at`, `decided_at`). A Jetson has no
+    clock battery: it boots at the time it last saved, and NTP later sets the clock, hours or
+    years ahead. A jump of the wall clock against the monotonic one is said (once per jump, with
+    its size) and counted in `status.clock`, so that stamps from before and after it are not
+    compared blindly; a clock that reads a time before the bundles were made is said at start.
+    NTP's slow corrections (at most 0.5 ms a second) are not jumps."""
+
+    JUMP_S = 2.0
+
+    def __init__(self, wall=None, mono=None) -> None:  # (the clocks: tests pass their own)
+        self.wall = wall or (lambda: time.time())
+        self.mono = mono or (lambda: time.monotonic())
+        self.offset = self.wall() - self.mono()
+        self.jumps, self.last_jump_s = 0, None
+
+    def check(self) -> float | None:
+        """The size of a jump since the last check (seconds, + ahead), or None."""
+        offset = self.wall() - self.mono()
+        jump, self.offset = offset - self.offset, offset
+        if abs(jump) <= self.JUMP_S:
+            return None
+        self.jumps, self.last_jump_s = self.jumps + 1, round(jump, 1)
+        log.warning("the wall clock jumped %+.1f s (NTP setting it, or a person); it reads %s now. Events are "
+                    "stamped with it: those before the jump carry the old reading", jump, _utc(self.wall()))
+        return jump
+
+    def not_before(self, floor: float, what: str) -> bool:
+        """Say (and False) when the clock reads more than a day before `floor` (when `what` was made)."""
+        if self.wall() >= floor - 86400:
+            return True
+        log.warning("this station's clock reads %s, before %s was made (%s): is it set (NTP)? Events are stamped "
+                    "with it until it is", _utc(self.wall()), what, _utc(floor))
+        return False
+
+    def status(self) -> dict:
+        return {"jumps": self.jumps, "last_jump_s": self.last_jump_s}
+
+
+def _utc(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def iso_time(text) -> float | None:
+    """Seconds since the epoch of an ISO 8601 time with its zone ('2026-12-04T10:00:00+00:00'), or None."""
+    import datetime as dt
+    try:
+        t = dt.datetime.fromisoformat(str(text))
+    except ValueError:
+        return None
+    return t.timestamp() if t.tzinfo is not None else None

@@ -18,7 +18,7 @@ from agent.decide.anomaly_map import encode_map, heat, hot_box
 from agent.decide.inspector import ClassModel, load_models
 from agent.decide.reload import ThresholdsReload
 from agent.frame import FrameError, NoObjectError, RGBDFrame, Sample
-from agent.health import Counters, SystemdNotifier, Work, timed
+from agent.health import ClockWatch, Counters, SystemdNotifier, Work, iso_time, timed
 from agent.interfaces import Interfaces
 from agent.mqtt.events import Event, utc_iso
 from agent.mqtt.files import AgentLock
@@ -65,6 +65,7 @@ class Agent:
         self.stage_s = {"capture": 0.0, "segment": 0.0, "score": 0.0, "publish": 0.0}
         self.interfaces = Interfaces(self)
         self.lock = AgentLock(settings.outbox.path)
+        self.clock = ClockWatch()  # events are stamped with the wall clock: its jumps are said
 
     # -- start ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -74,6 +75,9 @@ class Agent:
         self.notifier.status("loading models")
         self.thresholds = ThresholdsReload(m)  # before the file is read: a change meanwhile is seen
         self.models = load_models(m.bundles, m.thresholds, m.seed, m.backend)
+        made = [t for t in (iso_time(c.bundle.manifest.get("created")) for c in self.models.values()) if t]
+        if made:
+            self.clock.not_before(max(made), "the newest bundle")
         self.outbox = Outbox(self.s.outbox.path, self.s.outbox.max_events, self.s.outbox.memory_events)
         pending = len(self.outbox)
         if pending:
@@ -132,6 +136,7 @@ class Agent:
         try:
             while not self.stop_requested.is_set():
                 self.notifier.watchdog()
+                self.clock.check()
                 self._publish_status()
                 self._apply_class_request()
                 if self.thresholds is not None and (new := self.thresholds.reread(self.models)) is not None:
@@ -325,7 +330,8 @@ class Agent:
     def status(self) -> dict:
         c = self.counters.snapshot()
         return {"station": self.s.station_id, "time": utc_iso(time.time()),
-                "uptime_s": round(time.monotonic() - self.started, 1), "expected_class": self.expected,
+                "uptime_s": round(time.monotonic() - self.started, 1), "clock": self.clock.status(),
+                "expected_class": self.expected,
                 "trigger": self.s.trigger.mode, "counters": c,
                 "stage_seconds": {k: round(v, 3) for k, v in self.stage_s.items()},
                 "outbox": self.outbox.status() if self.outbox is not None else {"depth": 0},

@@ -128,3 +128,42 @@ def test_uptime_and_the_pages_hourly_rates_do_not_follow_the_wall_clock(calibrat
     monkeypatch.setattr(time, "time", lambda: real() + 3 * 365 * 86400)
     assert 0 <= agent.status()["uptime_s"] < 60
     assert page.snapshot()["per_hour"]["ok"] == 1
+    assert agent.clock.check() > 3 * 365 * 86400 - 60  # the jump is said, and counted in status
+    assert agent.status()["clock"] == {"jumps": 1, "last_jump_s": pytest.approx(3 * 365 * 86400, abs=60)}
+
+
+class Clocks:
+    def __init__(self) -> None:
+        self.wall, self.mono = 1.8e9, 100.0
+
+    def tick(self, s: float, wall_extra: float = 0.0) -> None:
+        self.mono += s
+        self.wall += s + wall_extra
+
+
+def test_a_jump_of_the_wall_clock_is_said_once_and_ntp_slewing_is_not_a_jump(caplog):
+    from agent.health import ClockWatch
+    c = Clocks()
+    w = ClockWatch(wall=lambda: c.wall, mono=lambda: c.mono)
+    for _ in range(1000):  # NTP's slew: 0.5 ms a second, 500 s in all
+        c.tick(1.0, 0.0005)
+        assert w.check() is None
+    with caplog.at_level("WARNING", logger="agent.health"):
+        c.tick(0.1, -3600.0)  # set back an hour
+        assert w.check() == pytest.approx(-3600.0)
+        c.tick(0.1)
+        assert w.check() is None
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and said[0].startswith("the wall clock jumped -3600.0 s"), said
+    assert w.status() == {"jumps": 1, "last_jump_s": -3600.0}
+
+
+def test_a_clock_before_the_bundle_was_made_is_said(caplog):
+    from agent.health import ClockWatch, iso_time
+    made = iso_time("2026-12-04T10:00:00+00:00")
+    assert made == 1796378400.0 and iso_time("yesterday") is None and iso_time("2026-12-04T10:00:00") is None
+    with caplog.at_level("WARNING", logger="agent.health"):
+        assert ClockWatch(wall=lambda: made + 3600).not_before(made, "the newest bundle")
+        assert not ClockWatch(wall=lambda: made - 400 * 86400).not_before(made, "the newest bundle")
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "before the newest bundle was made (2026-12-04T10:00:00Z): is it set (NTP)?" in said[0]
