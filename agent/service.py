@@ -78,7 +78,8 @@ class Agent:
         made = [t for t in (iso_time(c.bundle.manifest.get("created")) for c in self.models.values()) if t]
         if made:
             self.clock.not_before(max(made), "the newest bundle")
-        self.outbox = Outbox(self.s.outbox.path, self.s.outbox.max_events, self.s.outbox.memory_events)
+        self.outbox = Outbox(self.s.outbox.path, self.s.outbox.max_events, self.s.outbox.memory_events,
+                             int(self.s.outbox.reserve_mb * 1e6))
         pending = len(self.outbox)
         if pending:
             log.info("outbox holds %d unacknowledged events from before; they are sent on connect", pending)

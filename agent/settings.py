@@ -160,6 +160,9 @@ class OutboxSettings(_Strict):
     memory_events: int = Field(10_000, ge=0, description="events held in memory while the disk cannot be written "
                                                          "(full or failing); beyond, the oldest are dropped and "
                                                          "counted")
+    reserve_mb: float = Field(64.0, ge=0, le=1_000_000, description="space set aside beside the outbox "
+                              "(<path>.reserve) and released when the disk is full, so events go on being stored "
+                              "on disk (64 MB: about 30,000 events of 1.5 kB); 0: none")
 
 
 class GpioSettings(_Strict):

@@ -1,9 +1,10 @@
 """The outbox's files on disk (outbox.py): its SQLite database, private to the agent's user, with
 its schema; and the event sequence number's own small file, allocated once and overwritten in
-place, so that it keeps counting on a full disk and never repeats or goes backwards; and the lock
-that keeps a second agent off an outbox in use."""
+place, so that it keeps counting on a full disk and never repeats or goes backwards; the space
+set aside for a full disk (Reserve); and the lock that keeps a second agent off an outbox in use."""
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -11,6 +12,7 @@ import sqlite3
 import struct
 import time
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -24,6 +26,16 @@ def schema(db: sqlite3.Connection) -> None:
                "event_id TEXT UNIQUE NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL, "
                "qos INTEGER NOT NULL, created REAL NOT NULL)")
     db.execute("CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+
+
+@dataclass(frozen=True)
+class Pending:
+    """An event waiting for the broker's acknowledgement."""
+    event_id: str
+    seq: int          # position in the outbox (publishing order), not the event's own seq
+    topic: str
+    payload: bytes
+    qos: int
 
 
 INSERT_ROWS = "INSERT OR IGNORE INTO events (seq, event_id, topic, payload, qos, created) VALUES (?, ?, ?, ?, ?, ?)"
@@ -152,6 +164,95 @@ class OpenFiles:
     def accept(self, suffixes) -> None:
         """Take the files now at these paths as the ones opened (not to say the same change again)."""
         self.ids.update({suffix: file_id(self.file(suffix)) for suffix in suffixes})
+
+
+def disk_full(e: BaseException) -> bool:
+    """SQLite's SQLITE_FULL, or ENOSPC / EDQUOT."""
+    if isinstance(e, sqlite3.Error):
+        return (getattr(e, "sqlite_errorcode", 0) & 0xFF) == 13 or "disk is full" in str(e)
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+class Reserve:
+    """Space set aside beside the outbox (`<outbox>.reserve`, allocated, not sparse) for a full
+    disk: released when a write meets one, so events go on being stored on disk, where a kill
+    cannot lose them, instead of in memory; set aside again once there is room for it twice."""
+
+    RETRY_S = 60.0  # how often a missing reserve is tried again (a full disk is checked no more often)
+
+    def __init__(self, path: Path, size: int) -> None:
+        self.path, self.size, self.released = path, int(size), 0
+        self._next_try, self._said = 0.0, None
+
+    def keep(self) -> None:
+        """Set the reserve aside if it is not (tried at most every RETRY_S, and only with room for
+        it twice); said when it cannot be, once per cause."""
+        if self.size <= 0 or time.monotonic() < self._next_try:
+            return
+        self._next_try = time.monotonic() + self.RETRY_S
+        if self.held():
+            return
+        try:
+            if not self.room():
+                raise OSError(errno.ENOSPC, f"less than twice its size free in {self.path.parent}")
+            self.make()
+        except OSError as e:
+            if str(e) != self._said:
+                self._said = str(e)
+                log.warning("the outbox's reserve %s (%.1f MB) cannot be set aside (%s): a full disk would hold "
+                            "events in memory only, where a kill loses them", self.path, self.size / 1e6, e)
+            return
+        if self.released or self._said:
+            log.warning("the outbox's reserve %s (%.1f MB) is set aside again", self.path, self.size / 1e6)
+        self._said = None
+
+    def free(self, e: BaseException) -> bool:
+        """A write met a full disk: release the reserve so that it can be retried (True), said."""
+        if not disk_full(e) or not self.release():
+            return False
+        self._next_try = time.monotonic() + self.RETRY_S
+        log.error("the outbox's disk is full (%s): its reserve %s (%.1f MB) is released, so events go on being "
+                  "stored on disk. Free space there; the reserve is set aside again once there is room for it "
+                  "twice", e, self.path, self.size / 1e6)
+        return True
+
+    def held(self) -> bool:
+        try:
+            return self.path.stat().st_size >= self.size > 0
+        except FileNotFoundError:
+            return False
+
+    def room(self) -> bool:
+        """Whether the file system has twice the reserve free (so setting it aside leaves room)."""
+        st = os.statvfs(self.path.parent)
+        return st.f_bavail * st.f_frsize >= 2 * self.size
+
+    def make(self) -> None:
+        """Allocate it (under a temporary name, then renamed). Raises OSError."""
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, self.size)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def release(self) -> bool:
+        """Delete it (True if it was there)."""
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            return False
+        self.released += 1
+        return True
+
+    def status(self) -> dict:
+        return {"bytes": self.size, "held": self.held(), "released": self.released}
 
 
 class OutboxInUse(OSError):

@@ -2,8 +2,10 @@
 deleted only when the broker acknowledges it, so a broker outage or an agent restart
 loses nothing. Bounded: when full, the oldest events are dropped and counted.
 
-A full or failing disk does not lose events either, as long as the process lives: an
-event that cannot be written is held in memory (at most `memory_events`, then the oldest
+A full disk does not lose events even to a kill, within `reserve_bytes` set aside beside the
+outbox (`Reserve`, files.py): it is released when a write meets a full disk, and the WAL folded
+into the database. Beyond it, a full or failing disk does not lose events as long as the
+process lives: an event that cannot be written is held in memory (at most `memory_events`, then the oldest
 held ones are dropped and counted), published like the others, and written to disk as
 soon as a write succeeds again. `status()` says how many are held and why.
 
@@ -12,7 +14,8 @@ every page is read at the first open and after a corrupt write) is moved aside t
 `<outbox>.corrupt-<UTC time>` and a new one started, so events are durable again. Every event
 still readable from the old file is copied into the new one and sent (salvage.py); `status()`
 names the moved file (`quarantined`). A database file or WAL deleted or replaced while open
-(by hand) is noticed, and its events are copied into a new one at the path (salvage.py).
+(by hand) is noticed, and its events are copied into a new one at the path. These ways out
+are `OutboxSalvage`'s methods (salvage.py).
 
 The event sequence number lives in its own small file that is allocated once and then
 overwritten in place (`SeqFile`, files.py), so it keeps counting on a full disk and never
@@ -25,28 +28,19 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 
-from agent.mqtt.files import INSERT_ROWS, OpenFiles, SeqFile, private_file, schema
-from agent.mqtt.salvage import check_pages, copy_events, corrupt_file, move_aside, rebuild_deleted
+from agent.mqtt.files import INSERT_ROWS, OpenFiles, Pending, Reserve, SeqFile, private_file, schema
+from agent.mqtt.salvage import OutboxSalvage, check_pages, corrupt_file
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Pending:
-    event_id: str
-    seq: int          # position in the outbox (publishing order), not the event's own seq
-    topic: str
-    payload: bytes
-    qos: int
-
-
-class Outbox:
+class Outbox(OutboxSalvage):
     RETRY_S = 0.5  # while the disk fails, how often a new event retries writing what is held
 
-    def __init__(self, path: str | Path, max_events: int = 100_000, memory_events: int = 10_000) -> None:
+    def __init__(self, path: str | Path, max_events: int = 100_000, memory_events: int = 10_000,
+                 reserve_bytes: int = 0) -> None:
         if max_events < 1:
             raise ValueError(f"max_events must be >= 1, got {max_events}")
         if memory_events < 0:
@@ -69,6 +63,8 @@ class Outbox:
         self._files = OpenFiles(self.path)         # the database and WAL opened: deleted or replaced since?
         self.dropped, self._key, db_seq = 0, 0, 0
         private_file(self.path)
+        self.reserve = Reserve(self.path.with_name(self.path.name + ".reserve"), reserve_bytes)
+        self._tight = False                        # a full disk was met, and the reserve is not set aside again
         # Used from the service loop and from paho's network thread: one connection, one lock.
         # A database that cannot be opened (a full disk cannot create the WAL index at start)
         # does not stop the agent: events are held in memory and it is opened again later.
@@ -81,6 +77,7 @@ class Outbox:
         self.seq_file = SeqFile(self.path.with_name(self.path.name + ".seq"))
         # The database keeps a copy of the counter too: never go below either.
         self._seq = max(self.seq_file.value, db_seq)
+        self.reserve.keep()
 
     KEY_FLOOR_UNOPENED = 10 ** 12
 
@@ -108,6 +105,8 @@ class Outbox:
                         return False
                     self._copy_from_locked(moved, e)
                     return True
+            if self.reserve.free(e):  # a full disk: the reserve's room, then one more try
+                return self._open_locked()
             self.store_failures += 1
             self._next_retry = time.monotonic() + self.RETRY_S
             self._failed("open", e)
@@ -128,36 +127,6 @@ class Outbox:
             self.generation += 1
             log.warning("outbox %s opened; %d events held in memory are stored", self.path, len(self._memory))
         return True
-
-    def _move_aside_locked(self, e: sqlite3.Error) -> Path | None:
-        try:
-            moved = move_aside(self.path)
-        except OSError as move_error:
-            log.error("outbox %s is corrupt (%s) and cannot be moved aside (%s): events are held in memory",
-                      self.path, e, move_error)
-            return None
-        private_file(self.path)
-        self.quarantined = str(moved)
-        return moved
-
-    def _copy_from_locked(self, moved: Path, e: sqlite3.Error) -> None:
-        """Copy what can be read of the moved file's events into the new database (salvage.py)."""
-        def write(rows):
-            self._transaction(lambda db: db.executemany(INSERT_ROWS, rows))
-        try:
-            n, last, counters = copy_events(moved, write)
-            outcome = f"{n} unacknowledged events read from it are kept and sent (any others stay in it)"
-        except sqlite3.Error as write_error:
-            n, last, counters = 0, 0, {}
-            outcome = f"its events could not be copied ({write_error}): they stay in it"
-        self._key = max(self._key, last)
-        self.dropped = max(self.dropped, counters.get("dropped", 0))
-        self._db_seq = max(self._db_seq, counters.get("seq", 0))
-        if hasattr(self, "_seq"):  # (the counters are stored with the next write)
-            self._seq = max(self._seq, self._db_seq)
-        self._dropped_unsynced = self._dropped_unsynced or self.dropped > 0
-        self.generation += 1  # the pump goes back to the oldest event
-        log.error("outbox %s is corrupt (%s): moved to %s and a new one started; %s", self.path, e, moved, outcome)
 
     # -- storage errors ------------------------------------------------------------------
     def _failed(self, what: str, e: Exception) -> None:
@@ -249,7 +218,13 @@ class Outbox:
                            "DO UPDATE SET value = MAX(value, excluded.value)", (self.dropped + excess,))
 
         try:
-            self._transaction(write)
+            try:
+                self._transaction(write)
+            except sqlite3.Error as e:
+                if not self._make_room_locked(e):
+                    raise
+                excess_box.clear()
+                self._transaction(write)  # one more try
         except sqlite3.Error as e:
             self.store_failures += 1
             self._next_retry = time.monotonic() + self.RETRY_S
@@ -267,65 +242,10 @@ class Outbox:
             self.dropped += excess_box[0]
             log.error("outbox full (%d events): dropped the %d oldest", self.max_events, excess_box[0])
         self._recovered()
-
-    # -- a file deleted or replaced while open -------------------------------------------
-    def check(self) -> None:
-        """Notice a file deleted or replaced while open (the publisher's pump calls this twice a second)."""
-        with self._lock:
-            self._check_file_locked()
-
-    def _check_file_locked(self) -> None:
-        """Are the database, its WAL and the sequence file still the ones open here? One deleted
-        (`rm outbox.sqlite*`, say to free space) or replaced by another file (`mv`, a restore) would
-        have SQLite go on writing where no restart reads it: its events are copied into a new file."""
-        if hasattr(self, "seq_file") and self.seq_file.gone():
-            how = "replaced" if self.seq_file.path.exists() else "deleted"
-            try:
-                self.seq_file = self.seq_file.renewed(self._seq)
-            except OSError as e:
-                self.seq_failures += 1
-                self._failed("sequence file", e)
-            else:
-                self._seq = self.seq_file.value
-                log.error("sequence file %s was %s while the agent had it open: written again (at %d)",
-                          self.seq_file.path, how, self._seq)
-        changed = self._files.changed() if self._db is not None else {}
-        if not changed:
-            return
-        said = "outbox " + ", and ".join(f"{self._files.file(suffix)} was {how}" + " by another file" * (how == "replaced")
-                                         for suffix, how in changed.items()) + " while the agent had it open"
-        replaced = [suffix for suffix, how in changed.items() if how == "replaced"]
-        if replaced:
-            try:
-                moved = move_aside(self.path, "replaced", replaced)
-            except OSError as e:  # (a folder that cannot be written: no new file could be made either)
-                self._files.accept(replaced)
-                log.error("%s, and it cannot be moved aside (%s): events written from now on go to a file no "
-                          "restart reads; restart the agent", said, e)
-                return
-            said += f" (moved to {moved}, for a person: its events are not sent from here)"
-            self.replaced = str(moved)
-        old, self._db = self._db, None
-        outcome = rebuild_deleted(old, self.path, self._hold_rows)
-        log.error("%s; SQLite would have gone on writing to the file it opened, where a kill or a restart would "
-                  "have lost its events: %s", said, outcome)
-        self._dropped_unsynced = True  # (the counters go into the new file with the next write)
-        self._open_locked()  # if it cannot be (a full disk), events wait in memory as for any failed write
-
-    def _hold_rows(self, rows: list[tuple]) -> None:
-        """Hold the rows of a deleted file in memory, before the events held already."""
-        held = OrderedDict((r[1], Pending(r[1], int(r[0]), r[2], bytes(r[3]), int(r[4])))
-                           for r in rows if r[1] not in self._acked_unsynced)
-        self._acked_unsynced.clear()  # (their rows are gone with the deleted file)
-        held.update(self._memory)
-        self._memory, dropped = held, 0
-        while len(self._memory) > self.memory_events:
-            self._memory.popitem(last=False)
-            dropped += 1
-        if dropped:
-            self.dropped += dropped
-            log.error("outbox: at most %d events are held in memory: the %d oldest dropped (%d dropped in all)",
-                      self.memory_events, dropped, self.dropped)
+        if self._tight:  # the disk was full: each write's WAL pages are folded in, not left to pile up
+            self._checkpoint_locked()
+        self.reserve.keep()
+        self._tight = self._tight and not self.reserve.held()
 
     def sync(self) -> bool:
         """Retry writing what is held in memory; True when nothing is held any more."""
@@ -401,7 +321,8 @@ class Outbox:
         with self._lock:
             return {"depth": depth, "unsaved": len(self._memory), "dropped": self.dropped,
                     "store_failures": self.store_failures, "seq_failures": self.seq_failures,
-                    "error": self.last_error, "quarantined": self.quarantined, "replaced": self.replaced}
+                    "error": self.last_error, "quarantined": self.quarantined, "replaced": self.replaced,
+                    "reserve": self.reserve.status()}
 
     def close(self) -> None:
         with self._lock:

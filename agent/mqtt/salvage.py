@@ -5,14 +5,18 @@ first unreadable page stay in the moved file, for a person. The events of an out
 deleted or replaced while it is open are copied the same way, from the open connection (rebuild_deleted)."""
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
 
 from agent.durable import replace, sync_folder
-from agent.mqtt.files import INSERT_ROWS, new_database
+from agent.mqtt.files import INSERT_ROWS, Pending, disk_full, new_database, private_file
+
+log = logging.getLogger("agent.mqtt.outbox")  # (the outbox's messages, under its name)
 
 CORRUPT_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB: the file's content, not the disk's room or rights
 
@@ -133,3 +137,116 @@ def rebuild_deleted(old: sqlite3.Connection, path: Path, hold: Callable[[list[tu
 def _remove(path: Path, suffixes=("", "-wal", "-shm")) -> None:
     for suffix in suffixes:
         path.with_name(path.name + suffix).unlink(missing_ok=True)
+
+
+class OutboxSalvage:
+    """The outbox's ways out when its files go wrong: a corrupt database moved aside and copied,
+    a file deleted or replaced while open, a full disk. Methods of `Outbox` (outbox.py), kept
+    here with the functions they use; each runs with the outbox's lock held."""
+
+    # -- a corrupt database ----------------------------------------------------------------
+    def _move_aside_locked(self, e: sqlite3.Error) -> Path | None:
+        try:
+            moved = move_aside(self.path)
+        except OSError as move_error:
+            log.error("outbox %s is corrupt (%s) and cannot be moved aside (%s): events are held in memory",
+                      self.path, e, move_error)
+            return None
+        private_file(self.path)
+        self.quarantined = str(moved)
+        return moved
+
+    def _copy_from_locked(self, moved: Path, e: sqlite3.Error) -> None:
+        """Copy what can be read of the moved file's events into the new database (salvage.py)."""
+        def write(rows):
+            self._transaction(lambda db: db.executemany(INSERT_ROWS, rows))
+        try:
+            n, last, counters = copy_events(moved, write)
+            outcome = f"{n} unacknowledged events read from it are kept and sent (any others stay in it)"
+        except sqlite3.Error as write_error:
+            n, last, counters = 0, 0, {}
+            outcome = f"its events could not be copied ({write_error}): they stay in it"
+        self._key = max(self._key, last)
+        self.dropped = max(self.dropped, counters.get("dropped", 0))
+        self._db_seq = max(self._db_seq, counters.get("seq", 0))
+        if hasattr(self, "_seq"):  # (the counters are stored with the next write)
+            self._seq = max(self._seq, self._db_seq)
+        self._dropped_unsynced = self._dropped_unsynced or self.dropped > 0
+        self.generation += 1  # the pump goes back to the oldest event
+        log.error("outbox %s is corrupt (%s): moved to %s and a new one started; %s", self.path, e, moved, outcome)
+
+    # -- a full disk ---------------------------------------------------------------------
+    def _make_room_locked(self, e: sqlite3.Error) -> bool:
+        """A write met a full disk: release the reserve, and fold the WAL into the database (most
+        of a WAL is older versions of the same pages). True: worth one more try."""
+        if not disk_full(e):
+            return False
+        self._tight = True
+        self.reserve.free(e)
+        self._checkpoint_locked()
+        return True
+
+    def _checkpoint_locked(self) -> None:
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:  # (no room even for that: the events wait in memory)
+            pass
+
+    # -- a file deleted or replaced while open -------------------------------------------
+    def check(self) -> None:
+        """Notice a file deleted or replaced while open (the publisher's pump calls this twice a second)."""
+        with self._lock:
+            self._check_file_locked()
+
+    def _check_file_locked(self) -> None:
+        """Are the database, its WAL and the sequence file still the ones open here? One deleted
+        (`rm outbox.sqlite*`, say to free space) or replaced by another file (`mv`, a restore) would
+        have SQLite go on writing where no restart reads it: its events are copied into a new file."""
+        if hasattr(self, "seq_file") and self.seq_file.gone():
+            how = "replaced" if self.seq_file.path.exists() else "deleted"
+            try:
+                self.seq_file = self.seq_file.renewed(self._seq)
+            except OSError as e:
+                self.seq_failures += 1
+                self._failed("sequence file", e)
+            else:
+                self._seq = self.seq_file.value
+                log.error("sequence file %s was %s while the agent had it open: written again (at %d)",
+                          self.seq_file.path, how, self._seq)
+        changed = self._files.changed() if self._db is not None else {}
+        if not changed:
+            return
+        said = "outbox " + ", and ".join(f"{self._files.file(suffix)} was {how}" + " by another file" * (how == "replaced")
+                                         for suffix, how in changed.items()) + " while the agent had it open"
+        replaced = [suffix for suffix, how in changed.items() if how == "replaced"]
+        if replaced:
+            try:
+                moved = move_aside(self.path, "replaced", replaced)
+            except OSError as e:  # (a folder that cannot be written: no new file could be made either)
+                self._files.accept(replaced)
+                log.error("%s, and it cannot be moved aside (%s): events written from now on go to a file no "
+                          "restart reads; restart the agent", said, e)
+                return
+            said += f" (moved to {moved}, for a person: its events are not sent from here)"
+            self.replaced = str(moved)
+        old, self._db = self._db, None
+        outcome = rebuild_deleted(old, self.path, self._hold_rows)
+        log.error("%s; SQLite would have gone on writing to the file it opened, where a kill or a restart would "
+                  "have lost its events: %s", said, outcome)
+        self._dropped_unsynced = True  # (the counters go into the new file with the next write)
+        self._open_locked()  # if it cannot be (a full disk), events wait in memory as for any failed write
+
+    def _hold_rows(self, rows: list[tuple]) -> None:
+        """Hold the rows of a deleted file in memory, before the events held already."""
+        held = OrderedDict((r[1], Pending(r[1], int(r[0]), r[2], bytes(r[3]), int(r[4])))
+                           for r in rows if r[1] not in self._acked_unsynced)
+        self._acked_unsynced.clear()  # (their rows are gone with the deleted file)
+        held.update(self._memory)
+        self._memory, dropped = held, 0
+        while len(self._memory) > self.memory_events:
+            self._memory.popitem(last=False)
+            dropped += 1
+        if dropped:
+            self.dropped += dropped
+            log.error("outbox: at most %d events are held in memory: the %d oldest dropped (%d dropped in all)",
+                      self.memory_events, dropped, self.dropped)

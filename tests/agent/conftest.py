@@ -167,6 +167,7 @@ def agent_config(tmp_path, port: int, bundle, thresholds, source: str, trigger: 
         port = {port}
         [outbox]
         path = "{tmp_path / 'outbox.sqlite'}"
+        reserve_mb = 1
         [health]
         status_interval_s = 0.5
         reconnect_min_s = 0.2
