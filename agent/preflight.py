@@ -96,6 +96,14 @@ def check_outbox(s: AgentSettings, r: Report) -> None:
     elif not os.access(existing, os.W_OK | os.X_OK):
         r.problems.append(SettingError("outbox.path", f"{path}: cannot create {folder} under {existing}"))
         return
+    reserve = int(s.outbox.reserve_mb * 1e6)
+    if reserve and not Path(str(path) + ".reserve").is_file():
+        st = os.statvfs(existing)
+        free = st.f_bavail * st.f_frsize
+        if free < 2 * reserve:
+            r.warnings.append(f"outbox.reserve_mb: {existing} has {free / 1e6:.1f} MB free, less than twice the "
+                              f"reserve ({reserve / 1e6:.1f} MB): the agent runs without it, so a full disk would "
+                              "hold events in memory only; free space, or lower outbox.reserve_mb")
     holder = AgentLock(path).holder()
     if holder is not None:  # (a warning: validate-config may be run beside the agent it checks)
         r.warnings.append(f"outbox.path: {path} is in use by a running agent ({holder}); `run` refuses to start "

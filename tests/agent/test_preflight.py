@@ -125,6 +125,16 @@ def test_a_corrupt_outbox_is_a_warning_and_run_moves_it_aside(calibrated, tmp_pa
     assert rc == 0 and "is not a readable database" in err and "moves it aside" in err, err
 
 
+def test_a_reserve_without_room_is_warned_about(calibrated, tmp_path, capsys):
+    bundle, thresholds = calibrated
+    cfg = agent_config(tmp_path, 1, bundle, thresholds, SRC)
+    rc, err = validate(cfg, capsys)
+    assert rc == 0 and "reserve" not in err, err  # 1 MB: there is room
+    cfg.write_text(cfg.read_text().replace("reserve_mb = 1", "reserve_mb = 1000000"))  # a terabyte
+    rc, err = validate(cfg, capsys)
+    assert rc == 0 and "outbox.reserve_mb:" in err and "less than twice the reserve (1000000.0 MB)" in err, err
+
+
 def test_a_password_in_the_file_or_without_tls_is_warned_about(calibrated, tmp_path, capsys):
     bundle, thresholds = calibrated
     cfg = in_mqtt(agent_config(tmp_path, 1, bundle, thresholds, SRC), 'username = "u"\npassword = "pw-in-file"')
