@@ -61,7 +61,7 @@ class CaptureReport:
             extra.append(f"{self.bad_frames} bad frame(s) skipped")
         why = {"count": "the count reached"}.get(self.ended, self.ended)
         head = "; ".join(x for x in (nums, f"{self.frames_read} read", why) if x)
-        return f"{len(self.written)} frame(s) written to {self.out} ({head})" + ("; " + "; ".join(extra) if extra else "")
+        return f"{len(self.written)} frame(s) written to {self.out} ({head})" + "".join("; " + x for x in extra)
 
 
 def next_frame_number(folder: Path) -> int:

@@ -147,8 +147,8 @@ class ClockWatch:
         if abs(jump) <= self.JUMP_S:
             return None
         self.jumps, self.last_jump_s = self.jumps + 1, round(jump, 1)
-        log.warning("the wall clock jumped %+.1f s (NTP setting it, or a person); it reads %s now. Events are "
-                    "stamped with it: those before the jump carry the old reading", jump, _utc(self.wall()))
+        log.warning("the wall clock jumped %+.1f s (NTP setting it, a person, or a suspend); it reads %s now. "
+                    "Events are stamped with it: those before the jump carry the old reading", jump, _utc(self.wall()))
         return jump
 
     def not_before(self, floor: float, what: str) -> bool:

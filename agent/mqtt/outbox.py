@@ -5,9 +5,9 @@ loses nothing. Bounded: when full, the oldest events are dropped and counted.
 A full disk does not lose events even to a kill, within `reserve_bytes` set aside beside the
 outbox (`Reserve`, files.py): it is released when a write meets a full disk, and the WAL folded
 into the database. Beyond it, a full or failing disk does not lose events as long as the
-process lives: an event that cannot be written is held in memory (at most `memory_events`, then the oldest
-held ones are dropped and counted), published like the others, and written to disk as
-soon as a write succeeds again. `status()` says how many are held and why.
+process lives: an event that cannot be written is held in memory (at most `memory_events`,
+then the oldest held ones are dropped and counted), published like the others, and written to
+disk as soon as a write succeeds again. `status()` says how many are held and why.
 
 A corrupt database (a failing storage device: SQLite says "malformed" or "not a database";
 every page is read at the first open and after a corrupt write) is moved aside to
@@ -245,7 +245,8 @@ class Outbox(OutboxSalvage):
         if self._tight:  # the disk was full: each write's WAL pages are folded in, not left to pile up
             self._checkpoint_locked()
         self.reserve.keep()
-        self._tight = self._tight and not self.reserve.held()
+        # (until the reserve is set aside again; with none, this write found room)
+        self._tight = self._tight and self.reserve.size > 0 and not self.reserve.held()
 
     def sync(self) -> bool:
         """Retry writing what is held in memory; True when nothing is held any more."""

@@ -1,8 +1,10 @@
 """A corrupt outbox database (a failing storage device: SQLite says "malformed" or "not a
 database", or check_pages finds a broken page) is moved aside, and every event row that can still
-be read from it is copied into the new one (outbox.py). Rows are copied in batches, never all held in memory; those past the
-first unreadable page stay in the moved file, for a person. The events of an outbox file (or its WAL)
-deleted or replaced while it is open are copied the same way, from the open connection (rebuild_deleted)."""
+be read from it is copied into the new one (outbox.py). Rows are copied in batches, never all
+held in memory; those past the first unreadable page stay in the moved file, for a person. The
+events of an outbox file (or its WAL) deleted or replaced while it is open are copied the same
+way, from the open connection (rebuild_deleted). OutboxSalvage holds these ways out as the
+outbox's methods, with a full disk's."""
 from __future__ import annotations
 
 import logging
@@ -157,7 +159,7 @@ class OutboxSalvage:
         return moved
 
     def _copy_from_locked(self, moved: Path, e: sqlite3.Error) -> None:
-        """Copy what can be read of the moved file's events into the new database (salvage.py)."""
+        """Copy what can be read of the moved file's events into the new database."""
         def write(rows):
             self._transaction(lambda db: db.executemany(INSERT_ROWS, rows))
         try:
@@ -216,8 +218,9 @@ class OutboxSalvage:
         changed = self._files.changed() if self._db is not None else {}
         if not changed:
             return
-        said = "outbox " + ", and ".join(f"{self._files.file(suffix)} was {how}" + " by another file" * (how == "replaced")
-                                         for suffix, how in changed.items()) + " while the agent had it open"
+        said = "outbox " + ", and ".join(
+            f"{self._files.file(suffix)} was {how}" + " by another file" * (how == "replaced")
+            for suffix, how in changed.items()) + " while the agent had it open"
         replaced = [suffix for suffix, how in changed.items() if how == "replaced"]
         if replaced:
             try:

@@ -126,7 +126,7 @@ def test_the_cost_benchmark_runs(tmp_path):
     import subprocess
     import sys
     root = Path(__file__).resolve().parents[2]
-    r = subprocess.run([sys.executable, "bench/durable_writes.py", "--frames", "4", "--dir", str(tmp_path)],
-                       cwd=root, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(root)})
+    r = subprocess.run([sys.executable, "bench/durable_writes.py", "--frames", "4", "--dir", str(tmp_path)], cwd=root,
+                       capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(root)})
     assert r.returncode == 0, r.stderr
     assert "4 raw frames of 640x480" in r.stdout and "ratio" in r.stdout and os.listdir(tmp_path) == []
