@@ -62,6 +62,50 @@ def test_a_broker_outage_and_a_sigkill_lose_no_event(broker, calibrated, synth_d
     sub.close()
 
 
+def test_a_full_disk_an_outage_and_a_sigkill_lose_no_event_within_the_reserve(broker, calibrated, synth_data,
+                                                                                small_fs, tmp_path):
+    """The case that used to lose events: the disk fills while the broker is away, and the agent
+    is killed. With the outbox's reserve its events stay on disk; the next start sends them all."""
+    import re
+    from tests.agent.conftest import fill_file_system, poll
+    bundle, thresholds = calibrated
+    source = looping_samples(synth_data).replace("fps = 5", "fps = 20")
+    away = free_port()                      # nothing listens there: an outage
+    cfg = agent_config(tmp_path, away, bundle, thresholds, source)
+    outbox = small_fs / "outbox.sqlite"
+    cfg.write_text(cfg.read_text().replace(str(tmp_path / "outbox.sqlite"), str(outbox))
+                   .replace("reserve_mb = 1", "reserve_mb = 0.5"))
+    agent = AgentProcess(cfg, tmp_path / "agent.log")
+
+    def seqs() -> list[int]:
+        return [int(n) for n in re.findall(r" INFO agent\.service: #(\d+) ", agent.output())]
+    try:
+        assert poll(lambda: len(seqs()) >= 5, 60), agent.output()
+        filler = fill_file_system(small_fs)
+        assert poll(lambda: "its reserve" in agent.output() and "is released" in agent.output(), 30), agent.output()
+        n = len(seqs())
+        assert poll(lambda: len(seqs()) >= n + 40, 60), agent.output()
+        agent.kill()                        # SIGKILL, the disk full, the broker away
+    finally:
+        agent.stop()
+    produced = seqs()
+    assert "held in memory" not in agent.output(), agent.output()  # every event found room on disk
+    filler.unlink()
+    cfg.write_text(cfg.read_text().replace(f"port = {away}", f"port = {broker.port}"))  # the broker is back
+    sub = Subscriber(broker.port, "adgan/st1/events")
+    assert sub.subscribed.wait(10)
+    again = AgentProcess(cfg, tmp_path / "again.log")
+    try:
+        got = lambda: {json.loads(p)["seq"] for t, p, _ in sub.messages}  # noqa: E731
+        assert sub.wait_for(lambda m: set(produced) <= got(), timeout=60), (sorted(set(produced) - got()),
+                                                                            again.output())
+    finally:
+        again.terminate()
+        again.stop()
+        sub.close()
+    assert produced == list(range(1, len(produced) + 1))
+
+
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])  # SIGHUP: the terminal of a hand-started agent closed
 def test_sigterm_finishes_flushes_and_says_offline(broker, calibrated, synth_data, tmp_path, sig):
     bundle, thresholds = calibrated
