@@ -46,6 +46,11 @@ def _is_loopback(host: str) -> bool:
 
 def check_models(s: AgentSettings, r: Report) -> None:
     m = s.model
+    if m is None:
+        r.problems.append(SettingError("model", "missing: inspecting needs a [model] section (bundles, "
+                                                "expected_class, thresholds); only the capture commands work "
+                                                "without one"))
+        return
     for cls, path in m.bundles.items():
         try:
             bundle, _ = check_class_model(cls, path, m.thresholds, m.seed, m.backend)

@@ -259,7 +259,9 @@ class AgentSettings(BaseSettings):
     station_id: str = Field(description="this station's name in MQTT topics")
     source: SourceSettings = Field(description="where frames come from")
     segmentation: SegmentationSettings = Field(default_factory=SegmentationSettings, description="object vs table")
-    model: ModelSettings = Field(description="bundles, thresholds and the engine")
+    model: ModelSettings | None = Field(None, description="bundles, thresholds and the engine: needed by run and "
+                                                        "validate-config, not by capture-reference and capture-frames "
+                                                        "(a station records its frames before it has a model)")
     trigger: TriggerSettings = Field(default_factory=TriggerSettings, description="when to score")
     mqtt: MqttSettings = Field(default_factory=MqttSettings, description="the broker")
     outbox: OutboxSettings = Field(default_factory=OutboxSettings, description="events not yet acknowledged")

@@ -22,9 +22,26 @@ from tests.agent.conftest import agent_config, fill_file_system
 
 
 def station_config(tmp_path, source: str):
-    """An agent.toml as a new station has it before training: its [model] paths need not exist."""
-    return agent_config(tmp_path, 1883, tmp_path / "not-yet" / "sphere", tmp_path / "not-yet" / "thresholds.json",
-                        source, trigger="continuous")
+    """An agent.toml as a new station has it before training: no [model] section yet."""
+    cfg = agent_config(tmp_path, 1883, tmp_path / "not-yet" / "sphere", tmp_path / "not-yet" / "thresholds.json",
+                       source, trigger="continuous")
+    text = cfg.read_text()
+    cfg.write_text(text[:text.index("[model]\n")] + text[text.index("[trigger]\n"):])
+    return cfg
+
+
+def test_a_station_without_a_model_captures_and_cannot_inspect(tmp_path, capsys):
+    cfg = station_config(tmp_path, SYNTH)
+    assert "[model" not in cfg.read_text()
+    assert main(["agent", "capture-reference", "--config", str(cfg), "--out", str(tmp_path / "ref.npz"),
+                 "--frames", "3", "--env-file", "/nonexistent"]) == 0
+    assert main(["agent", "capture-frames", "--config", str(cfg), "--out", str(tmp_path / "f"), "--count", "2",
+                 "--env-file", "/nonexistent"]) == 0
+    assert frame_numbers(tmp_path / "f") == [0, 1]
+    capsys.readouterr()
+    for command in ("validate-config", "run"):
+        assert main(["agent", command, "--config", str(cfg), "--env-file", "/nonexistent"]) == 2
+        assert "model: missing: inspecting needs a [model] section" in capsys.readouterr().err
 
 
 SYNTH = 'type = "synthetic"\nclasses = ["sphere", "cylinder"]\nseed = 4\nframes_per_part = 4\ngap_frames = 2\n' \
