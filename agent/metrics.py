@@ -38,6 +38,16 @@ class _StateCollector:
                                 value=ob.get("depth", 0))
         yield CounterMetricFamily("adgan_outbox_dropped_events", "events dropped because the outbox was full",
                                   value=ob.get("dropped", 0))
+        yield GaugeMetricFamily("adgan_outbox_unsaved", "events held in memory only (the disk cannot be written): "
+                                "a kill would lose them", value=ob.get("unsaved", 0))
+        reserve = ob.get("reserve") or {}
+        yield GaugeMetricFamily("adgan_outbox_reserve_held", "1 while the outbox's reserve for a full disk is set "
+                                "aside; 0 once a full disk released it (or none is configured)",
+                                value=1.0 if reserve.get("held") else 0.0)
+        yield CounterMetricFamily("adgan_outbox_reserve_released", "times a full disk released the outbox's reserve",
+                                  value=reserve.get("released", 0))
+        yield CounterMetricFamily("adgan_clock_jumps", "jumps of the wall clock that stamps the events (NTP, a "
+                                  "person, a suspend)", value=(st.get("clock") or {}).get("jumps", 0))
         yield GaugeMetricFamily("adgan_mqtt_connected", "1 while the MQTT link is up",
                                 value=1.0 if st["mqtt_connected"] else 0.0)
         yield GaugeMetricFamily("adgan_engine_warm", "1 while the models are loaded and warmed up",
