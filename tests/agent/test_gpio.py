@@ -3,7 +3,6 @@ out. The in-memory chip stands in for the hardware; the kernel's gpio-sim runs t
 backend where this machine has it."""
 from __future__ import annotations
 
-import json
 import threading
 import time
 import uuid
@@ -59,7 +58,7 @@ class Running:
 
 
 def events(sub):
-    return [json.loads(p) for t, p, _ in sub.messages if t == "adgan/st1/events"]
+    return sub.documents("adgan/st1/events")
 
 
 def test_an_edge_inspects_one_part_and_its_verdict_line_follows(broker, calibrated, synth_data, tmp_path):

@@ -97,7 +97,7 @@ def test_a_client_reads_the_verdict_writes_the_class_and_triggers(broker, calibr
             taken = await obj.call_method(f"{idx}:Trigger")
             assert taken is True
             await until(lambda: _ready(obj, idx))
-            events = [json.loads(p) for t, p, _ in sub.messages if t == "adgan/st1/events"]
+            events = sub.documents("adgan/st1/events")
             assert len(events) == 1
             e = events[0]
             assert await value(obj, idx, "LastVerdict") == e["verdict"]
@@ -162,7 +162,7 @@ def test_security_none_only_when_set_and_a_taken_port_is_reported(broker, calibr
     try:
         assert agent.wait(120) == 0, agent.output()
         assert sub.wait_for(lambda m: sum(t == "adgan/st1/events" for t, _, _ in m) == 3)
-        st = [json.loads(p) for t, p, _ in sub.messages if t == "adgan/st1/status"][-1]
+        st = sub.documents("adgan/st1/status")[-1]
         assert st["interfaces"]["opcua"]["state"] == "error", st["interfaces"]
         assert "inspection goes on without it" in agent.output()
     finally:

@@ -1,7 +1,6 @@
 """The Prometheus endpoint of a running agent, scraped over loopback (issue 17)."""
 from __future__ import annotations
 
-import json
 import re
 import time
 
@@ -18,7 +17,7 @@ def value(text: str, name: str, **labels) -> float:
 
 
 def statuses(sub):
-    return [json.loads(p) for t, p, _ in sub.messages if t == "adgan/st1/status"]
+    return sub.documents("adgan/st1/status")
 
 
 def test_a_running_agent_serves_its_metrics(broker, calibrated, synth_data, tmp_path):

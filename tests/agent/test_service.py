@@ -17,7 +17,7 @@ from tests.agent.conftest import AgentProcess, Subscriber, agent_config
 
 
 def events(sub, station="st1"):
-    return [json.loads(p) for t, p, _ in sub.messages if t == f"adgan/{station}/events"]
+    return sub.documents(f"adgan/{station}/events")
 
 
 def mixed_folder(synth_data, dst):

@@ -122,7 +122,7 @@ def test_sigterm_finishes_flushes_and_says_offline(broker, calibrated, synth_dat
     said = agent.output()  # why it stopped, and that nothing was left behind
     assert f"stopping ({sig})" in said and "stopped: every event was acknowledged by the broker" in said, said
     assert sub.wait_for(lambda m: any(t == "adgan/st1/availability" and p == b"offline" for t, p, _ in m))
-    status = [json.loads(p) for t, p, _ in sub.messages if t == "adgan/st1/status"]
+    status = sub.documents("adgan/st1/status")
     assert status and status[-1]["counters"]["events"] == len(set(event_ids(sub)))
     sub.close()
 

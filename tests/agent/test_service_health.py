@@ -1,7 +1,6 @@
 """systemd notify and watchdog, the status heartbeat, and a camera that comes and goes."""
 from __future__ import annotations
 
-import json
 import shutil
 import socket
 import time
@@ -84,7 +83,7 @@ def test_a_camera_that_is_missing_is_retried_with_backoff_and_reported(broker, c
     agent = AgentProcess(cfg, tmp_path / "agent.log")
 
     def statuses():
-        return [json.loads(p) for t, p, _ in sub.messages if t == "adgan/st1/status"]
+        return sub.documents("adgan/st1/status")
 
     try:
         assert sub.wait_for(lambda m: any(s["source"]["consecutive_failures"] >= 3 for s in statuses()),

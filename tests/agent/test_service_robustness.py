@@ -1,7 +1,6 @@
 """Bad frames become events and the agent keeps going; bad models keep it from starting."""
 from __future__ import annotations
 
-import json
 import shutil
 
 import cv2
@@ -16,7 +15,7 @@ from tests.agent.conftest import AgentProcess, Subscriber, agent_config, poll
 
 
 def events(sub, station="st1"):
-    return [json.loads(p) for t, p, _ in sub.messages if t == f"adgan/{station}/events"]
+    return sub.documents(f"adgan/{station}/events")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ the agent appears with its verdict within a second, and screenshots are saved (f
 ADGAN_SCREENSHOT_DIR=docs)."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -36,7 +35,7 @@ def browser():
 
 
 def events(sub):
-    return [json.loads(p) for t, p, _ in sub.messages if t == "adgan/st1/events"]
+    return sub.documents("adgan/st1/events")
 
 
 def test_the_page_shows_each_part_with_its_verdict_within_a_second(broker, calibrated, synth_data, tmp_path, browser):
