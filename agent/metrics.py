@@ -50,6 +50,13 @@ class _StateCollector:
                                   "person, a suspend)", value=(st.get("clock") or {}).get("jumps", 0))
         yield GaugeMetricFamily("adgan_mqtt_connected", "1 while the MQTT link is up",
                                 value=1.0 if st["mqtt_connected"] else 0.0)
+        mq = st.get("mqtt") or {}
+        yield CounterMetricFamily("adgan_mqtt_events_rejected", "events the broker refused (MQTT 5: not authorised, "
+                                  "too large); kept in the outbox unless they can never be accepted",
+                                  value=mq.get("events_rejected", 0))
+        yield CounterMetricFamily("adgan_mqtt_events_unconfirmed", "events the broker acknowledged and did not "
+                                  "deliver back to this station (MQTT 3.1.1 links): likely dropped by its ACL",
+                                  value=mq.get("events_unconfirmed", 0))
         yield GaugeMetricFamily("adgan_engine_warm", "1 while the models are loaded and warmed up",
                                 value=1.0 if self.warm() else 0.0)
         yield GaugeMetricFamily("adgan_source_running", "1 while the frame source delivers",

@@ -159,6 +159,15 @@ def check_secrets(s: AgentSettings, r: Report, config: str | Path | None) -> Non
                           "network path can read it")
 
 
+def check_delivery(s: AgentSettings, r: Report) -> None:
+    """MQTT 3.1.1 with the delivery check off: events the broker's ACL forbids would be lost unsaid."""
+    mq = s.mqtt
+    if mq.protocol == "3.1.1" and not mq.check_delivery:
+        r.warnings.append("mqtt.protocol is 3.1.1 and mqtt.check_delivery is off: a broker acknowledges and drops "
+                          "an event its ACL forbids (or one over its message size limit), and nothing would say so; "
+                          "use protocol \"auto\" or \"5\" where the broker speaks MQTT 5")
+
+
 def check_interfaces(s: AgentSettings, r: Report) -> None:
     """A GPIO chip that is not there, OPC UA without its library, certificate or password are
     settings at fault. A busy line or port is found only at run time and reported in status:
@@ -192,7 +201,7 @@ def preflight(s: AgentSettings, config: str | Path | None = None) -> Report:
     """Every check `run` makes before it starts, without opening engines, sockets or files
     for writing."""
     r = Report()
-    for check in (check_models, check_tls, check_outbox, check_source, check_interfaces):
+    for check in (check_models, check_tls, check_outbox, check_source, check_interfaces, check_delivery):
         check(s, r)
     check_secrets(s, r, config)
     return r

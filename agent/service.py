@@ -338,6 +338,7 @@ class Agent:
                 "outbox": self.outbox.status() if self.outbox is not None else {"depth": 0},
                 "mqtt_connected": bool(self.publisher and self.publisher.connected.is_set()),
                 "mqtt": ({**self.publisher.link, "since": utc_iso(self.publisher.link["since"]),
+                          "protocol": self.publisher.protocol,
                           "commands_ready": self.publisher.commands_ready.is_set(),
                           **self.publisher.counters} if self.publisher else {}),
                 "source": {"type": self.s.source.type, **self.source_health.to_dict()},

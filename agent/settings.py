@@ -134,8 +134,12 @@ class MqttSettings(_Strict):
     qos: Literal[0, 1, 2] = Field(1, description="QoS of events")
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive")
     topic_prefix: str = Field("adgan", description="topics are <prefix>/<station_id>/...")
-    protocol: Literal["3.1.1", "5"] = Field("3.1.1", description="MQTT version; with 5 the broker's refusals "
-                                                              "of events (too large, not authorised) are said")
+    protocol: Literal["auto", "3.1.1", "5"] = Field(
+        "auto", description="MQTT version. 5: the broker's refusals of events (not authorised, too large) are said, "
+                            "and refused events stay in the outbox; auto: 5, and 3.1.1 where the broker refuses 5")
+    check_delivery: bool = Field(True, description="on MQTT 3.1.1 links, subscribe to this station's own events "
+                                                   "and say when acknowledged events do not come back (a broker "
+                                                   "drops what its ACL forbids and still acknowledges it)")
     verdict_max_age_s: float = Field(2.0, gt=0, le=60, description="a verdict (OK/NG) is published only if its "
                                                                    "event leaves within this time of the decision "
                                                                    "on a link that acknowledges; never queued")

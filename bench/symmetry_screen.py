@@ -29,7 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from blocked_cv import ADGAN, blocks, damage_command, run
+from blocked_cv import blocks, damage_command, run
 
 FEATURES = ("a_sil", "a_depth", "a_rgb")
 

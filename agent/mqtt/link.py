@@ -1,5 +1,5 @@
-"""The link to the broker: why a connection failed, which event it fails on, and whether
-another client is taking this station's connection away.
+"""The link to the broker: the client, why a connection failed, which event it fails on, and
+whether another client is taking this station's connection away.
 
 paho's network loop catches the exception of a failed connection attempt and calls
 `on_connect_fail` without it; `ReportingClient` keeps it, and `describe_connect_error`
@@ -38,6 +38,25 @@ def describe_connect_error(e: BaseException, host: str, port: int) -> tuple[str,
     if isinstance(e, OSError):
         return "unreachable", f"cannot reach {where}: {e.strerror or e}"
     return "error", f"connecting to {where} failed: {type(e).__name__}: {e}"
+
+
+def make_client(s, client_id: str, protocol: str, will_topic: str) -> "ReportingClient":
+    """The paho client for the `[mqtt]` settings `s`, speaking `protocol` ("5" or "3.1.1"),
+    with 'offline' as its retained Last Will on `will_topic`; the caller sets the callbacks."""
+    if protocol == "5":  # a clean start, like 3.1.1's clean session: commands are not kept offline
+        client = ReportingClient(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    else:
+        client = ReportingClient(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True,
+                                 protocol=mqtt.MQTTv311)
+    client.will_set(will_topic, "offline", qos=1, retain=True)
+    if s.username:
+        client.username_pw_set(s.username, s.password.get_secret_value() if s.password else None)
+    if s.tls_ca:
+        client.tls_set(ca_certs=str(s.tls_ca), certfile=str(s.tls_cert) if s.tls_cert else None,
+                       keyfile=str(s.tls_key) if s.tls_key else None, cert_reqs=ssl.CERT_REQUIRED,
+                       tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    client.reconnect_delay_set(min_delay=1, max_delay=30)
+    return client
 
 
 class ReportingClient(mqtt.Client):
@@ -138,3 +157,4 @@ class Flapping:
             self.flapping, self.short = False, 0
             return True
         return False
+

@@ -2,12 +2,18 @@
 (QoS 1, through the durable outbox), verdict (OK/NG), status, and commands on
 `<base>/<feature>/set` with their state echoed on `<base>/<feature>/state`. paho-mqtt 2.
 
-Delivery (README "The delivery contract"; link.py for failures and held-back events):
+Delivery (README "The delivery contract"; pump.py sends, link.py for failures and held-back
+events, refusals.py for what the broker refuses):
 - One pump thread sends events from the outbox in order, only while connected, at most
   WINDOW unacknowledged at a time. An event leaves the outbox only on the broker's PUBACK.
 - On every connect paho's own queue is dropped and the pump starts again at the oldest
-  unacknowledged event: each event id goes out at most once per connection, and nothing
-  queues in memory during an outage.
+  unacknowledged event: each event id goes out at most once per connection (one the broker
+  refused for now goes again after 60 s: refusals.py), and nothing queues in memory during
+  an outage.
+- The protocol: "auto" (the default) speaks MQTT 5, whose PUBACK says when the broker refuses
+  an event, and falls back to 3.1.1 where the broker refuses 5. A 3.1.1 broker acknowledges
+  and drops what its ACL forbids, so a 3.1.1 link reads its own events back and says when
+  acknowledged ones do not come (refusals.DeliveryCheck).
 - `verdict` is live: sent right after its event, never queued, never replayed (verdict.py).
 - Commands are routed to their handler, or refused (commands.py). `commands_ready` is set once
   the broker has granted every command subscription of this connection; a subscription it
@@ -19,28 +25,28 @@ from __future__ import annotations
 
 import json
 import logging
-import ssl
 import threading
 import time
 
-import paho.mqtt.client as mqtt
 
 from agent.mqtt import link
 from agent.mqtt.commands import Commands, Handler
 from agent.mqtt.link import ReportingClient, describe_connect_error
 from agent.mqtt.outbox import Outbox
+from agent.mqtt.pump import EventPump
+from agent.mqtt.refusals import DeliveryCheck, Refusals
 from agent.mqtt.verdict import LiveVerdicts
 from agent.settings import MqttSettings
 
 log = logging.getLogger(__name__)
 
-WINDOW = 100  # events handed to paho and not yet acknowledged, at most
 # MQTT 5 PUBACK reasons that no resend can change: packet too large, payload format invalid,
 # topic name invalid
 PERMANENT_REJECTIONS = {0x95, 0x99, 0x90}
+UNSUPPORTED_PROTOCOL = 0x84  # CONNACK: an MQTT 3.1.1 broker's answer to an MQTT 5 CONNECT (paho's reading)
 
 
-class Publisher:
+class Publisher(EventPump):
     """The station's MQTT link. `settings` is the agent's `[mqtt]` table; `commands` maps a
     feature to the handler of the payload of <base>/<feature>/set (called on paho's thread)."""
 
@@ -52,7 +58,8 @@ class Publisher:
         self.host, self.port, self.keepalive = s.host, s.port, s.keepalive_s
         self.connected = threading.Event()
         self.counters = {"connects": 0, "disconnects": 0, "commands_refused": 0, "verdicts_skipped": 0,
-                         "events_sent": 0, "events_rejected": 0, "events_held": 0, "subscriptions_refused": 0}
+                         "events_sent": 0, "events_rejected": 0, "events_held": 0, "subscriptions_refused": 0,
+                         "events_unconfirmed": 0}
         self.commands = Commands(self.base, commands, self.counters)
         self.commands_ready = self.commands.ready  # every command subscription granted, this connection
         self.verdicts = LiveVerdicts(s.verdict_max_age_s, self.counters)
@@ -74,29 +81,30 @@ class Publisher:
         self._stopping = threading.Event()
         self._pump_thread: threading.Thread | None = None
         self._connack = False
+        self.client_id = client_id or f"adgan-{station_id}"
         self._states: dict[str, str] = {}  # feature -> last state echoed (again on every connect)
-        self.protocol = s.protocol
-        cid = self.client_id = client_id or f"adgan-{station_id}"
-        if s.protocol == "5":  # a clean start, like 3.1.1's clean session: commands are not kept offline
-            self.client = ReportingClient(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
-        else:
-            self.client = ReportingClient(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, clean_session=True,
-                                          protocol=mqtt.MQTTv311)
-        self.client.will_set(self.topic("availability"), "offline", qos=1, retain=True)
-        if s.username:
-            self.client.username_pw_set(s.username, s.password.get_secret_value() if s.password else None)
-        if s.tls_ca:
-            self.client.tls_set(ca_certs=str(s.tls_ca), certfile=str(s.tls_cert) if s.tls_cert else None,
-                                keyfile=str(s.tls_key) if s.tls_key else None, cert_reqs=ssl.CERT_REQUIRED,
-                                tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        # "auto" speaks MQTT 5 and falls back to 3.1.1 where the broker refuses 5 (_on_connect)
+        self.protocol = "3.1.1" if s.protocol == "3.1.1" else "5"
+        self._fallback = False             # the broker refused MQTT 5: the pump reconnects with 3.1.1
+        self.delivery = DeliveryCheck() if s.check_delivery else None
+        self.refusals = Refusals()          # events refused for now (MQTT 5): sent again
         self.tls = bool(s.tls_ca)
-        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
-        self.client.on_connect = self._on_connect
-        self.client.on_connect_fail = self._on_connect_fail
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_publish = self._on_publish
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = self._on_subscribe
+        self.client = self._make_client()
+
+    def _make_client(self) -> ReportingClient:
+        client = link.make_client(self.settings, self.client_id, self.protocol, self.topic("availability"))
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+        return client
+
+    @property
+    def _checking(self) -> bool:
+        """Whether acknowledged events are checked for coming back (3.1.1 links: DeliveryCheck)."""
+        return self.delivery is not None and self.protocol == "3.1.1"
 
     def topic(self, name: str) -> str:
         return f"{self.base}/{name}"
@@ -112,6 +120,13 @@ class Publisher:
         self._connack = True
         if reason_code.is_failure:
             name = str(reason_code)
+            if getattr(reason_code, "value", None) == UNSUPPORTED_PROTOCOL and self.settings.protocol == "auto" \
+                    and self.protocol == "5":
+                self._fallback = True  # (the pump makes the 3.1.1 client: not on paho's own thread)
+                self._set_link("refused", f"{self.host}:{self.port} does not speak MQTT 5 ({name}); connecting "
+                                          "with MQTT 3.1.1", logging.WARNING)
+                self._wake.set()
+                return
             auth = any(w in name.lower() for w in ("authori", "user name", "password", "banned"))
             self._set_link("auth" if auth else "refused",
                            f"{self.host}:{self.port} refused the connection: {name}", logging.ERROR)
@@ -126,6 +141,7 @@ class Publisher:
             self._early.clear()
             self._conn_no += 1
             self._cursor = 0
+        self.refusals.clear()
         self.counters["connects"] += 1
         self._connected_at = time.monotonic()
         self.connected.set()
@@ -133,6 +149,8 @@ class Publisher:
         for feature, value in list(self._states.items()):
             self._publish(self.topic(f"{feature}/state"), value, qos=1, retain=True)
         self.commands.subscribe(client)
+        if self._checking:  # 3.1.1: the events the broker acknowledges must come back (refusals.py)
+            client.subscribe(self.topic("events"), qos=1)
         if not self._flaps.flapping:  # (while it flaps, the link says so until a connection holds)
             self._set_link("connected", f"connected to {self.host}:{self.port}" + (" (TLS)" if self.tls else ""),
                            logging.INFO)
@@ -159,6 +177,8 @@ class Publisher:
         if was_connected:
             self.counters["disconnects"] += 1
             self._strike_poison()
+        if self.delivery is not None:
+            self.delivery.dropped()
         if self._stopping.is_set():
             return
         taken = getattr(reason_code, "value", None) == link.SESSION_TAKEN_OVER
@@ -199,136 +219,69 @@ class Publisher:
                 self._rejected(entry[0], str(reason_code),
                                getattr(reason_code, "value", 0) in PERMANENT_REJECTIONS)
             else:
-                self.outbox.ack(entry[0])
+                self._acked(entry[0])
                 self._wake.set()
         with self._lock:
             self._inflight.pop(mid, None)
 
     def _rejected(self, event_id: str, reason: str, permanent: bool) -> None:
         """An event the broker refuses (MQTT 5). One that can never be accepted (too large,
-        malformed) leaves the outbox, said and counted; any other (not authorised, quota)
-        stays and is sent again on the next connection."""
+        malformed) leaves the outbox, said and counted; any other stays (refusals.py)."""
         self.counters["events_rejected"] += 1
-        log.error("the broker refused event %s: %s (%d refused so far); %s", event_id, reason,
-                  self.counters["events_rejected"],
-                  "it is dropped: it can never be accepted" if permanent else
-                  "it stays in the outbox and is sent again on the next connection")
+        self.refusals.refused(event_id, reason, permanent, self.counters["events_rejected"])
         if permanent:
             self.outbox.ack(event_id)
 
     def _on_message(self, client, userdata, msg) -> None:
-        self.commands.handle(msg.topic, msg.payload, msg.retain)
+        if msg.topic == self.topic("events"):
+            self._delivered(msg.payload)
+        else:
+            self.commands.handle(msg.topic, msg.payload, msg.retain)
 
-    # -- sending -------------------------------------------------------------------------
-    def _publish(self, topic: str, payload, qos: int, retain: bool = False, event_id: str | None = None) -> bool:
-        """Hand one message to paho; True if paho took it. Registers its message id so the
-        PUBACK can be matched, even when it arrives before publish() returns."""
-        with self._lock:
-            self._sending += 1
-        try:
-            info = self.client.publish(topic, payload, qos=qos, retain=retain)
-        except BaseException:
-            with self._lock:
-                self._sending -= 1
-                if not self._sending:
-                    self._early.clear()
-            raise
-        ok, acked_early = info.rc == mqtt.MQTT_ERR_SUCCESS, False
-        with self._lock:
-            self._sending -= 1
-            if ok and (qos > 0 or event_id is not None):
-                if info.mid in self._early:
-                    self._early.discard(info.mid)
-                    acked_early = True
-                else:
-                    self._inflight[info.mid] = (event_id, time.monotonic())
-            if not self._sending:
-                self._early.clear()  # ids of messages nobody waits for (status, state)
-        if acked_early and event_id is not None:
-            self.outbox.ack(event_id)
-        return ok
-
-    def _link_stalled(self) -> bool:
-        """True when something handed to paho has waited longer than verdict_max_age_s for its
-        acknowledgement: the broker may be frozen, and a verdict would arrive late."""
-        now = time.monotonic()
-        with self._lock:
-            return any(now - t > self.verdict_max_age_s for _, t in self._inflight.values())
-
-    def _pump(self) -> None:
-        while not self._stopping.is_set():
-            self._wake.wait(Outbox.RETRY_S)
-            self._wake.clear()
-            try:
-                self._pump_once()
-            except Exception:  # the pump must survive anything; the outbox keeps the events
-                log.exception("MQTT event pump failed; retrying")
-                self._stopping.wait(1.0)
-
-    def _pump_once(self) -> None:
-        self.outbox.check()  # a database file deleted while open (outbox.py)
-        if self.outbox.needs_sync:
-            self.outbox.sync()
-        self.verdicts.expire()
-        self._stable_link()
-        gen = self.outbox.generation
-        if gen != self._outbox_gen:  # the database opened late: older stored events to send too
-            with self._lock:
-                self._outbox_gen, self._cursor = gen, 0
-        while self.connected.is_set() and not self._stopping.is_set():
-            with self._lock:
-                conn, cursor, room = self._conn_no, self._cursor, WINDOW - len(self._inflight)
-                sent = {e for e, _ in self._inflight.values() if e is not None}
-            if room <= 0:
-                return
-            batch = self.outbox.pending(after=cursor, limit=room)
-            if not batch:
-                return
-            for p in batch:
-                with self._lock:
-                    if conn != self._conn_no:
-                        return  # reconnected meanwhile: start again at the oldest
-                size = len(p.payload) + len(p.topic) + 16  # fixed header, topic length, id, properties
-                if self._max_packet and size > self._max_packet and p.event_id not in sent:
-                    # sending it would make the broker hang up, again at every reconnect
-                    self._rejected(p.event_id, f"{size} bytes, more than the broker's maximum packet size "
-                                               f"{self._max_packet}", True)
-                elif p.event_id in self._holdback.held:
-                    pass  # held back: the broker hung up on it repeatedly
-                elif p.event_id not in sent:  # (sent: on this connection, before the outbox reopened)
-                    if not self._publish(p.topic, p.payload, p.qos, event_id=p.event_id):
-                        return  # not connected any more: the next connection sends it
-                    self.counters["events_sent"] += 1
-                    self._maybe_verdict(p.event_id)
-                with self._lock:
-                    if conn == self._conn_no:
-                        self._cursor = max(self._cursor, p.seq)
-
-    def _stable_link(self) -> None:
-        """On a link that has held: a flapping link is said to be stable again, and held-back
-        events get one more try (back to the oldest event)."""
-        if not self.connected.is_set():
+    def _delivered(self, payload: bytes) -> None:
+        """An event delivered back to this station (3.1.1 links: refusals.DeliveryCheck)."""
+        if not self._checking:
             return
-        up_s = time.monotonic() - self._connected_at
-        if self._flaps.held(up_s):
-            self._set_link("connected", f"connected to {self.host}:{self.port}; the connection has held "
-                                        f"{link.FLAP_LIVED_S:.0f} s again", logging.INFO)
-        n = self._holdback.release(up_s)
-        if n:
-            log.warning("trying %d held-back event(s) again on a stable link", n)
-            with self._lock:
-                self._cursor = 0
+        try:
+            event_id = json.loads(payload)["event_id"]
+        except (ValueError, TypeError, KeyError):  # (not one of ours: someone else publishes there)
+            return
+        if isinstance(event_id, str) and self.delivery.seen(event_id):
+            self.delivery.say_resumed()
 
-    def _maybe_verdict(self, event_id: str) -> None:
-        verdict = self.verdicts.take(event_id, self._link_stalled)
-        if verdict is not None:
-            self._publish(self.topic("verdict"), verdict, qos=1, retain=True)
+    def _check_delivery(self) -> None:
+        """Acknowledged events that did not come back within refusals.CONFIRM_S are counted and said."""
+        if not self._checking or not self.connected.is_set():
+            return
+        late, say = self.delivery.overdue(time.monotonic())
+        self.counters["events_unconfirmed"] = self.delivery.unconfirmed
+        if say:
+            self.delivery.say_overdue(late, self.topic("events"), self.client_id)
+
+    # -- protocol ------------------------------------------------------------------------
+    def _fall_back(self) -> None:
+        """The broker refused MQTT 5 (protocol "auto"): a 3.1.1 client replaces the 5 one."""
+        self._fallback = False
+        old = self.client
+        old.loop_stop()  # (on the pump's thread: paho's own cannot stop itself)
+        old.disconnect()
+        self.protocol = "3.1.1"
+        self.client = self._make_client()
+        log.warning("MQTT: %s:%d does not speak MQTT 5; using MQTT 3.1.1, under which a broker does not say "
+                    "when it refuses an event (its ACL, its message size limit): it acknowledges it and drops "
+                    "it. %s", self.host, self.port,
+                    "Acknowledged events are checked for coming back to this station (mqtt.check_delivery)"
+                    if self._checking else "mqtt.check_delivery is off: such events would be lost unseen")
+        self._connect()
 
     # -- API -------------------------------------------------------------------------------
     def start(self) -> None:
         """Connect in the background; paho reconnects by itself after an outage."""
         self._pump_thread = threading.Thread(target=self._pump, name="mqtt-pump", daemon=True)
         self._pump_thread.start()
+        self._connect()
+
+    def _connect(self) -> None:
         if self.protocol == "5":
             self.client.connect_async(self.host, self.port, self.keepalive, clean_start=True)
         else:

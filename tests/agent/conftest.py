@@ -49,6 +49,77 @@ class Broker:
             self.proc = None
 
 
+class Mqtt311Front:
+    """A broker that speaks MQTT 3.1.1 only, made of mosquitto (which speaks both) behind a relay:
+    a CONNECT for MQTT 5 is answered as the 3.1.1 standard says (CONNACK return code 1,
+    unacceptable protocol level, then the connection is closed); any other is relayed, byte for
+    byte, to the broker on `backend_port`."""
+
+    def __init__(self, backend_port: int) -> None:
+        self.backend_port, self.refused_5 = backend_port, 0
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.server.settimeout(0.2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(10)
+        relayed = False
+        try:
+            first = conn.recv(4096)  # the CONNECT: fixed header, length, "\0\4MQTT", protocol level
+            i = 1
+            while first[i] & 0x80:   # the remaining length's bytes
+                i += 1
+            level = first[i + 1 + 6]
+            if level == 5:
+                self.refused_5 += 1
+                conn.sendall(bytes([0x20, 0x02, 0x00, 0x01]))
+                return
+            back = socket.create_connection(("127.0.0.1", self.backend_port), timeout=10)
+            back.sendall(first)
+            for a, b in ((conn, back), (back, conn)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            relayed = True
+        except (OSError, IndexError):
+            pass
+        finally:
+            if not relayed:
+                conn.close()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        src.settimeout(None)
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self.server.close()
+        self._thread.join(5)
+
+
 def fill_file_system(folder: Path) -> Path:
     """Fill the file system under `folder` with one file, to the last block (ENOSPC)."""
     f = folder / "filler"

@@ -150,6 +150,14 @@ def test_a_password_in_the_file_or_without_tls_is_warned_about(calibrated, tmp_p
     assert rc == 0 and "without TLS" in err and "secret-env" not in err, err
 
 
+def test_mqtt_3_1_1_without_the_delivery_check_is_warned_about(calibrated, tmp_path, capsys):
+    bundle, thresholds = calibrated
+    for text, warned in (('protocol = "3.1.1"\ncheck_delivery = false', True), ('protocol = "3.1.1"', False),
+                         ('check_delivery = false', False)):  # (auto: MQTT 5 wherever the broker speaks it)
+        rc, err = validate(in_mqtt(agent_config(tmp_path, 1, bundle, thresholds, SRC), text), capsys)
+        assert rc == 0 and ("mqtt.check_delivery is off" in err) == warned, (text, err)
+
+
 def test_interfaces_with_bad_settings_exit_2_at_validate_config(calibrated, tmp_path, capsys):
     """Issue 17: a missing GPIO chip, a gpio trigger without its line, a line used twice."""
     bundle, thresholds = calibrated

@@ -1,0 +1,174 @@
+"""A broker that takes events and does not deliver them: its ACL forbids this station the events
+topic. Under MQTT 3.1.1 it acknowledges and drops them (nothing in the protocol says so); under
+MQTT 5 its PUBACK says "not authorised". The default protocol ("auto") speaks 5, and 3.1.1 only
+with a broker that refuses 5; a 3.1.1 link checks that acknowledged events come back.
+
+Against a real mosquitto with an ACL (reloaded on SIGHUP, as an operator puts it right); the
+3.1.1-only broker is the same mosquitto behind a relay that refuses MQTT 5 CONNECTs as the 3.1.1
+standard says (conftest.Mqtt311Front)."""
+from __future__ import annotations
+
+import logging
+import signal
+import time
+
+import pytest
+
+from agent.mqtt import link, refusals
+from agent.mqtt.outbox import Outbox
+from agent.mqtt.publisher import Publisher
+from agent.settings import MqttSettings
+from tests.agent.conftest import Broker, Mqtt311Front, Subscriber, free_port, poll
+
+FORBIDDEN = ("topic readwrite adgan/st1/availability\ntopic readwrite adgan/st1/status\n"
+             "topic readwrite adgan/st1/verdict\ntopic read adgan/#\n")
+ALLOWED = "topic readwrite adgan/#\n"
+
+
+@pytest.fixture
+def acl_broker(broker, tmp_path):
+    """A second broker, with an ACL file for anonymous clients (FORBIDDEN: no writing events).
+    (`broker` for its check that mosquitto is installed.)"""
+    (tmp_path / "acl").mkdir()
+    b = Broker(tmp_path / "acl", free_port())
+    b.acl = tmp_path / "acl" / "acl"
+    b.acl.write_text(FORBIDDEN)
+    # (run as root, mosquitto drops to its own user, which cannot read pytest's private folders)
+    b.conf.write_text(b.conf.read_text() + f"acl_file {b.acl}\nuser root\n")
+    b.start()
+    yield b
+    b.stop()
+
+
+def allow_events(broker) -> None:
+    broker.acl.write_text(ALLOWED)
+    broker.proc.send_signal(signal.SIGHUP)  # mosquitto reloads its ACL file
+
+
+def publish(pub: Publisher, n: int, first: int = 0) -> list[str]:
+    ids = [f"e{i}" for i in range(first, first + n)]
+    for i, e in enumerate(ids):
+        pub.publish_event({"event_id": e, "seq": first + i + 1, "verdict": "ok"})
+    return ids
+
+
+def delivered(sub: Subscriber) -> list[str]:
+    return [d["event_id"] for d in sub.documents("adgan/st1/events")]
+
+
+def test_events_the_acl_refuses_stay_in_the_outbox_are_said_once_and_go_when_it_is_put_right(
+        acl_broker, tmp_path, caplog, monkeypatch):
+    """Before: the default was MQTT 3.1.1, and every event left the outbox unseen and unsaid."""
+    monkeypatch.setattr(link, "HOLD_RELEASE_S", 1.0)
+    caplog.set_level(logging.INFO)
+    sub = Subscriber(acl_broker.port, "adgan/st1/#")
+    pub = Publisher("st1", Outbox(tmp_path / "o.sqlite"), MqttSettings(port=acl_broker.port))  # the default: auto
+    try:
+        assert sub.subscribed.wait(10)
+        pub.start()
+        assert pub.connected.wait(10) and pub.protocol == "5"
+        ids = publish(pub, 20)
+        assert poll(lambda: pub.counters["events_rejected"] >= 20, 15), pub.counters
+        assert len(pub.outbox) == 20 and delivered(sub) == []
+        refusals = [r for r in caplog.records if "refused event" in r.getMessage()]
+        assert len(refusals) == 1 and "Not authorized" in refusals[0].getMessage()  # not 20 lines
+        allow_events(acl_broker)
+        # sent again after HOLD_RELEASE_S on the same connection: no reconnect needed
+        assert sub.wait_for(lambda m: sorted(delivered(sub)) == sorted(ids), 20), (delivered(sub), pub.counters)
+        assert pub.flush(10) and pub.counters["connects"] == 1
+        assert "sending 20 event(s) the broker refused again" in caplog.text
+    finally:
+        pub.stop()
+        sub.close()
+
+
+def test_a_broker_that_refuses_mqtt_5_is_spoken_to_in_3_1_1(broker, tmp_path, caplog):
+    front = Mqtt311Front(broker.port)
+    sub = Subscriber(broker.port, "adgan/st1/#")
+    caplog.set_level(logging.INFO)
+    pub = Publisher("st1", Outbox(tmp_path / "o.sqlite"), MqttSettings(port=front.port, keepalive_s=5))
+    try:
+        assert sub.subscribed.wait(10)
+        pub.start()
+        assert poll(lambda: pub.connected.is_set(), 20) and pub.protocol == "3.1.1" and front.refused_5 >= 1
+        assert "does not speak MQTT 5; using MQTT 3.1.1" in caplog.text
+        ids = publish(pub, 5)
+        assert sub.wait_for(lambda m: delivered(sub) == ids) and pub.flush(10)
+        # the events came back to the station too: nothing unconfirmed
+        assert poll(lambda: pub.delivery.confirmed == 5, 10) and pub.counters["events_unconfirmed"] == 0
+    finally:
+        pub.stop()
+        sub.close()
+        front.close()
+    with pytest.raises(ValueError, match="protocol"):
+        MqttSettings(protocol="4")
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "auto"])
+def test_on_mqtt_3_1_1_events_the_broker_acknowledges_and_drops_are_said(acl_broker, tmp_path, caplog,
+                                                                         monkeypatch, protocol):
+    """Nothing can keep them (the broker acknowledged them), but they must not go unsaid."""
+    monkeypatch.setattr(refusals, "CONFIRM_S", 1.0)
+    front = Mqtt311Front(acl_broker.port)
+    caplog.set_level(logging.INFO)
+    port = front.port if protocol == "auto" else acl_broker.port
+    pub = Publisher("st1", Outbox(tmp_path / "o.sqlite"), MqttSettings(port=port, protocol=protocol, keepalive_s=5))
+    try:
+        pub.start()
+        assert poll(lambda: pub.connected.is_set(), 20) and pub.protocol == "3.1.1"
+        publish(pub, 6)
+        assert pub.flush(10)  # acknowledged: gone from the outbox
+        assert poll(lambda: pub.counters["events_unconfirmed"] == 6, 15), pub.counters
+        said = [r for r in caplog.records if "did not deliver back" in r.getMessage()]
+        assert len(said) == 1 and said[0].levelno == logging.ERROR and "adgan/st1/events" in said[0].getMessage()
+        publish(pub, 3, first=6)  # a spell goes on: counted, not said again within CONFIRM_LOG_S
+        assert poll(lambda: pub.counters["events_unconfirmed"] == 9, 15)
+        assert len([r for r in caplog.records if "did not deliver back" in r.getMessage()]) == 1
+        allow_events(acl_broker)
+        time.sleep(0.5)
+        publish(pub, 2, first=9)
+        assert poll(lambda: "delivers this station's events again" in caplog.text, 15), (pub.counters, pub.delivery.__dict__)
+        time.sleep(2 * refusals.CONFIRM_S)
+        assert pub.counters["events_unconfirmed"] == 9
+    finally:
+        pub.stop()
+        front.close()
+
+
+def test_the_delivery_check_can_be_turned_off(acl_broker, tmp_path, monkeypatch):
+    """For a broker whose ACL lets the station write its events but not read them back."""
+    monkeypatch.setattr(refusals, "CONFIRM_S", 0.5)
+    pub = Publisher("st1", Outbox(tmp_path / "o.sqlite"),
+                    MqttSettings(port=acl_broker.port, protocol="3.1.1", check_delivery=False))
+    try:
+        pub.start()
+        assert pub.connected.wait(10)
+        publish(pub, 3)
+        assert pub.flush(10)
+        time.sleep(1.5)
+        assert pub.counters["events_unconfirmed"] == 0 and pub.delivery is None
+    finally:
+        pub.stop()
+
+
+def test_the_delivery_check_pairs_copies_and_acknowledgements_in_either_order():
+    d = refusals.DeliveryCheck()
+    assert d.seen("a") is False          # the copy before the PUBACK
+    assert d.acked("a", 0.0) is False    # (no failing spell to end)
+    d.acked("b", 0.0)
+    assert d.overdue(refusals.CONFIRM_S / 2) == (0, False)
+    assert d.seen("b") is False and d.confirmed == 2
+    d.acked("c", 0.0)
+    assert d.overdue(refusals.CONFIRM_S + 1) == (1, True) and d.failing and d.unconfirmed == 1
+    d.acked("d", 20.0)
+    d.dropped()                          # a reconnect: "d" can no longer be confirmed, nor counted
+    assert d.overdue(100.0) == (0, False) and d.unconfirmed == 1
+    d.acked("e", 100.0)
+    assert d.seen("e") is True and not d.failing  # the spell ends: said by the publisher
+    d.acked("f", 100.0)
+    assert d.overdue(200.0) == (1, True) and d.failing
+    assert d.seen("g") is False and d.acked("g", 200.0) is True and not d.failing  # copy first, then the PUBACK
+    for i in range(refusals.CONFIRM_KEEP + 10):
+        d.seen(f"x{i}")
+        d.acked(f"y{i}", 200.0)
+    assert len(d._seen) == len(d._acked) == refusals.CONFIRM_KEEP
