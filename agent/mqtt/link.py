@@ -3,15 +3,19 @@ whether another client is taking this station's connection away.
 
 paho's network loop catches the exception of a failed connection attempt and calls
 `on_connect_fail` without it; `ReportingClient` keeps it, and `describe_connect_error`
-turns it into a state (refused, unresolvable, unreachable, tls, error) and a reason.
+turns it into a state (refused, unresolvable, unreachable, tls, error) and a reason. It does
+not catch a callback's own exception: `guarded` does, so that the loop goes on.
 """
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
 import time
 
 import paho.mqtt.client as mqtt
+
+log = logging.getLogger(__name__)
 
 
 CLOCK_CODES = {9, 10}  # X509_V_ERR_CERT_NOT_YET_VALID, X509_V_ERR_CERT_HAS_EXPIRED: dates, read on our clock
@@ -57,6 +61,28 @@ def make_client(s, client_id: str, protocol: str, will_topic: str) -> "Reporting
                        tls_version=ssl.PROTOCOL_TLS_CLIENT)
     client.reconnect_delay_set(min_delay=1, max_delay=30)
     return client
+
+
+GUARD_LOG_S = 10.0
+
+
+def guarded(callback):
+    """`callback` for paho, unable to stop paho's network thread: paho re-raises a callback's
+    exception out of its loop, which ends the thread for good (no acknowledgements, no
+    reconnects, and nothing said). It is logged instead, at most every GUARD_LOG_S."""
+    next_log = 0.0
+
+    def run(*args, **kwargs):
+        nonlocal next_log
+        try:
+            return callback(*args, **kwargs)
+        except Exception:
+            now = time.monotonic()
+            if now >= next_log:
+                next_log = now + GUARD_LOG_S
+                log.exception("MQTT: the %s callback failed (said at most every %.0f s); the network loop goes on",
+                              getattr(callback, "__name__", "paho"), GUARD_LOG_S)
+    return run
 
 
 class ReportingClient(mqtt.Client):

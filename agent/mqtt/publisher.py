@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 # MQTT 5 PUBACK reasons that no resend can change: packet too large, payload format invalid,
 # topic name invalid
 PERMANENT_REJECTIONS = {0x95, 0x99, 0x90}
+MAX_EVENT_BACK = 1 << 20  # bytes: an event read back larger than this is someone else's
 UNSUPPORTED_PROTOCOL = 0x84  # CONNACK: an MQTT 3.1.1 broker's answer to an MQTT 5 CONNECT (paho's reading)
 
 
@@ -93,12 +94,12 @@ class Publisher(EventPump):
 
     def _make_client(self) -> ReportingClient:
         client = link.make_client(self.settings, self.client_id, self.protocol, self.topic("availability"))
-        client.on_connect = self._on_connect
-        client.on_connect_fail = self._on_connect_fail
-        client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
-        client.on_message = self._on_message
-        client.on_subscribe = self._on_subscribe
+        client.on_connect = link.guarded(self._on_connect)
+        client.on_connect_fail = link.guarded(self._on_connect_fail)
+        client.on_disconnect = link.guarded(self._on_disconnect)
+        client.on_publish = link.guarded(self._on_publish)
+        client.on_message = link.guarded(self._on_message)
+        client.on_subscribe = link.guarded(self._on_subscribe)
         return client
 
     @property
@@ -240,11 +241,11 @@ class Publisher(EventPump):
 
     def _delivered(self, payload: bytes) -> None:
         """An event delivered back to this station (3.1.1 links: refusals.DeliveryCheck)."""
-        if not self._checking:
-            return
+        if not self._checking or len(payload) > MAX_EVENT_BACK:  # (a huge one is not ours: not parsed
+            return                                                 # on paho's network thread)
         try:
             event_id = json.loads(payload)["event_id"]
-        except (ValueError, TypeError, KeyError):  # (not one of ours: someone else publishes there)
+        except (ValueError, TypeError, KeyError, RecursionError):  # (not one of ours: someone else publishes there)
             return
         if isinstance(event_id, str) and self.delivery.seen(event_id):
             self.delivery.say_resumed()

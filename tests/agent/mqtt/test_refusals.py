@@ -172,3 +172,35 @@ def test_the_delivery_check_pairs_copies_and_acknowledgements_in_either_order():
         d.seen(f"x{i}")
         d.acked(f"y{i}", 200.0)
     assert len(d._seen) == len(d._acked) == refusals.CONFIRM_KEEP
+
+
+def test_a_failing_callback_is_said_and_does_not_stop_the_network_loop(broker, tmp_path, caplog, monkeypatch):
+    """paho re-raises a callback's exception out of its network loop, which ends its thread for
+    good: no more acknowledgements or reconnects, and nothing said. No input is known to make
+    ours fail; a fault is injected into the outbox's acknowledgement to show what would happen."""
+    sub = Subscriber(broker.port, "adgan/st1/#")
+    pub = Publisher("st1", Outbox(tmp_path / "o.sqlite"), MqttSettings(port=broker.port))
+    real_ack, failures = pub.outbox.ack, []
+
+    def ack(event_id):
+        if not failures:
+            failures.append(event_id)
+            raise RuntimeError("injected")
+        real_ack(event_id)
+    monkeypatch.setattr(pub.outbox, "ack", ack)
+    caplog.set_level(logging.INFO)
+    try:
+        assert sub.subscribed.wait(10)
+        pub.start()
+        assert pub.connected.wait(10)
+        publish(pub, 1)
+        assert poll(lambda: failures == ["e0"] and "callback failed" in caplog.text, 10)
+        ids = publish(pub, 3, first=1)
+        assert sub.wait_for(lambda m: set(ids) <= set(delivered(sub))), (delivered(sub), pub.counters)
+        assert poll(lambda: len(pub.outbox) == 1, 10)  # e0 stays: it is sent again on the next connection
+        broker.stop()
+        broker.start()
+        assert pub.flush(30) and delivered(sub).count("e0") == 2
+    finally:
+        pub.stop()
+        sub.close()
