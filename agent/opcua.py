@@ -22,6 +22,7 @@ import hmac
 import json
 import logging
 import threading
+import time
 from typing import Callable
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ NAMESPACE = "urn:adgan-edge"
 # The largest message a client may send or be sent (asyncua's default is 100 MB, buffered per
 # connection before anyone is authenticated). This server's requests and answers are a few kB.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+UPDATE_LOG_S = 10.0  # a failing update of the variables is logged at most this often
 
 
 class OpcUaServer:
@@ -89,8 +91,13 @@ class OpcUaServer:
         try:
             asyncio.run(self._main())
         except Exception as e:  # any failure to serve is reported, never raised into the agent
+            serving = self.state.get("state") == "serving"
             self.state = {"state": "error", "error": f"cannot serve {self.url}: {e}"}
-            log.debug("OPC UA server failed", exc_info=True)
+            if serving:  # (a failure to start is said by start())
+                log.error("OPC UA server on %s stopped: %s; inspection goes on without it", self.url, e,
+                          exc_info=True)
+            else:
+                log.debug("OPC UA server failed", exc_info=True)
         finally:
             self._loop = self._queue = None
             self._started.set()
@@ -153,6 +160,7 @@ class OpcUaServer:
             self._loop, self._queue = asyncio.get_running_loop(), asyncio.Queue()
             self.state = {"state": "serving", "url": self.url, "security": self.s.security}
             self._started.set()
+            next_log = 0.0
             while True:
                 try:
                     ev = await asyncio.wait_for(self._queue.get(), 1.0)
@@ -160,20 +168,32 @@ class OpcUaServer:
                     ev = False
                 if ev is None:
                     break
-                if ev:
-                    await nodes["LastVerdict"].write_value(ev["verdict"])
-                    for name, key in (("LastScore", "score"), ("LastThreshold", "threshold")):
-                        v = ev.get(key)
-                        await nodes[name].write_value(float("nan") if v is None else float(v),
-                                                      ua.VariantType.Double)
-                    await nodes["LastEventId"].write_value(ev["event_id"])
-                    await nodes["LastSeq"].write_value(int(ev["seq"]), ua.VariantType.Int64)
-                st = self.status_of()
-                await nodes["Health"].write_value(json.dumps(st, default=str))
-                if await nodes["ExpectedClass"].read_value() != st["expected_class"]:
-                    await nodes["ExpectedClass"].write_value(st["expected_class"])
-                for k, node in counters.items():
-                    await node.write_value(int(st["counters"].get(k, 0)), ua.VariantType.Int64)
+                try:
+                    await self._update(nodes, counters, ev)
+                except Exception as e:  # one update that fails must not end the server: said, and it serves on
+                    now = time.monotonic()
+                    if now >= next_log:
+                        next_log = now + UPDATE_LOG_S
+                        log.error("OPC UA: updating the station's variables failed (said at most every %.0f s): "
+                                  "%s: %s; the server serves on", UPDATE_LOG_S, type(e).__name__, e)
+
+    async def _update(self, nodes: dict, counters: dict, ev) -> None:
+        """The last event (when `ev` is one), the status heartbeat and the counters to the nodes."""
+        from asyncua import ua
+        if ev:
+            await nodes["LastVerdict"].write_value(ev["verdict"])
+            for name, key in (("LastScore", "score"), ("LastThreshold", "threshold")):
+                v = ev.get(key)
+                await nodes[name].write_value(float("nan") if v is None else float(v),
+                                              ua.VariantType.Double)
+            await nodes["LastEventId"].write_value(ev["event_id"])
+            await nodes["LastSeq"].write_value(int(ev["seq"]), ua.VariantType.Int64)
+        st = self.status_of()
+        await nodes["Health"].write_value(json.dumps(st, default=str))
+        if await nodes["ExpectedClass"].read_value() != st["expected_class"]:
+            await nodes["ExpectedClass"].write_value(st["expected_class"])
+        for k, node in counters.items():
+            await node.write_value(int(st["counters"].get(k, 0)), ua.VariantType.Int64)
 
 
 class _Users:

@@ -203,3 +203,45 @@ def test_a_message_over_the_limit_is_refused_and_the_server_serves_on():
         assert classes == [b"cylinder"]
     finally:
         server.close()
+
+
+def test_an_update_that_fails_is_said_and_the_server_serves_on(caplog):
+    """Before, any exception while the variables were updated ended the server for good, said
+    only in status and at DEBUG. A status that fails for a while stands for any such fault."""
+    import logging
+
+    from agent.opcua import OpcUaServer
+    from agent.settings import OpcUaSettings
+    calls = []
+
+    def status():
+        calls.append(1)
+        if 3 <= len(calls) <= 6:
+            raise RuntimeError("injected")
+        return {"expected_class": "sphere", "counters": {"events": len(calls)}}
+    caplog.set_level(logging.INFO)
+    port = free_port()
+    server = OpcUaServer(OpcUaSettings(enabled=True, security="None", port=port), "st1", lambda b: None,
+                         lambda: True, status)
+    server.start()
+
+    async def events() -> int:
+        c = Client(f"opc.tcp://127.0.0.1:{port}/adgan/", timeout=20)
+        await c.connect()
+        try:
+            idx, obj = await station(c)
+            return await (await obj.get_child([f"{idx}:Counters", f"{idx}:events"])).read_value()
+        finally:
+            await c.disconnect()
+    try:
+        assert server.state["state"] == "serving", server.state
+        deadline = time.monotonic() + 30
+        while len(calls) <= 8:  # an update a second
+            assert time.monotonic() < deadline, len(calls)
+            time.sleep(0.1)
+        assert server.state["state"] == "serving", server.state
+        assert asyncio.run(events()) > 6  # updated again after the failures
+        failed = [r for r in caplog.records if "updating the station's variables failed" in r.getMessage()]
+        assert len(failed) == 1 and failed[0].levelno == logging.ERROR and "injected" in failed[0].getMessage()
+    finally:
+        server.close()
