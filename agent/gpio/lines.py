@@ -13,6 +13,7 @@ import time
 from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass
+from typing import Callable
 
 
 class GpioError(RuntimeError):
@@ -80,6 +81,27 @@ class MemoryInput(QueuedInput):
     def __init__(self, active_low: bool) -> None:
         super().__init__()
         self.active_low, self.level = active_low, False  # logical level
+        self._failure: GpioError | None = None
+        self._release: Callable[[], None] = lambda: None  # (the chip frees the line's offset)
+
+    def fail(self, error: str) -> None:
+        """What a failing line does (tests, simulators): the next wait for edges raises."""
+        with self._cond:
+            self._failure = GpioError(error)
+            self._cond.notify_all()
+
+    def wait_edges(self, timeout_s: float) -> list[Edge]:
+        with self._cond:
+            if self._failure is None and not self._edges:
+                self._cond.wait(timeout_s)
+            if self._failure is not None:
+                raise self._failure
+            out = list(self._edges)
+            self._edges.clear()
+            return out
+
+    def close(self) -> None:
+        self._release()
 
     def drive(self, active: bool, timestamp_ns: int | None = None) -> None:
         """What the wire does (tests, simulators): an edge when the logical level changes."""
@@ -131,8 +153,9 @@ class MemoryChip(Chip):
 
     def input(self, offset: int, active_low: bool, debounce_ms: float) -> MemoryInput:
         self._claim(offset)
-        self.inputs[offset] = MemoryInput(active_low)
-        return self.inputs[offset]
+        line = self.inputs[offset] = MemoryInput(active_low)
+        line._release = lambda: self.inputs.pop(offset) if self.inputs.get(offset) is line else None
+        return line
 
     def output(self, offset: int, active_low: bool) -> MemoryOutput:
         self._claim(offset)

@@ -9,7 +9,9 @@ the next frame). Verdicts out: `ok`, `ng` and `error` (an error or no object) ar
 active is the physical high level unless `active_low`.
 
 Failures to open the chip or a line are reported in `state` (status: interfaces.gpio) and
-inspection goes on without digital I/O.
+inspection goes on without digital I/O. A trigger line that fails while in use is said and
+opened again with backoff (REOPEN_S); a failed request for an inspection is said, and the
+next edge is watched for as before.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from agent.gpio.lines import Chip, GpioError, InputLine, OutputLine, open_chip
 log = logging.getLogger(__name__)
 
 VERDICT_LINES = {"ok": "ok", "anomaly": "ng", "error": "error", "no_object": "error"}
+REOPEN_S = (1.0, 30.0)  # a failed trigger line is opened again after 1 s, doubling to 30 s
 
 
 class StationIO:
@@ -38,6 +41,7 @@ class StationIO:
         self._lock = threading.Lock()
         self._ready: bool | None = None
         self._thread: threading.Thread | None = None
+        self._running: dict = {}  # the state while every line works
 
     def start(self) -> None:
         s = self.s
@@ -59,8 +63,8 @@ class StationIO:
         if self.input is not None:
             self._thread = threading.Thread(target=self._watch, name="gpio-trigger", daemon=True)
             self._thread.start()
-        self.state = {"state": "running", "chip": s.chip, "lines": sorted(self.outputs) +
-                      (["trigger"] if self.input else [])}
+        self.state = self._running = {"state": "running", "chip": s.chip, "lines": sorted(self.outputs) +
+                                      (["trigger"] if self.input else [])}
         log.info("GPIO on %s (%s): %s", s.chip, s.backend, ", ".join(self.state["lines"]))
 
     # -- trigger -----------------------------------------------------------------------------
@@ -71,10 +75,13 @@ class StationIO:
         while not self._stop.is_set():
             try:
                 edges = self.input.wait_edges(0.2)
-            except Exception as e:  # a line that fails is reported; the agent goes on
+            except Exception as e:  # a line that fails is said and opened again; the agent goes on
                 self.state = {"state": "error", "error": f"trigger line failed: {e}"}
-                log.exception("GPIO trigger line failed")
-                return
+                log.error("GPIO trigger line %d failed (%s): no part is inspected on its edges until it is opened "
+                          "again (tried with backoff, %.0f-%.0f s)", s.trigger_line, e, *REOPEN_S)
+                if not self._reopen():
+                    return
+                continue
             for e in edges:
                 self.counts["edges"] += 1
                 quiet = last_raw is None or (e.timestamp_ns - last_raw) >= s.debounce_ms * 1e6
@@ -93,7 +100,31 @@ class StationIO:
                 wait = e.timestamp_ns / 1e9 + s.delay_ms / 1e3 - time.monotonic()
                 if wait > 0 and self._stop.wait(wait):
                     return
-                self.on_trigger()
+                try:
+                    self.on_trigger()
+                except Exception:  # the watch must go on: the next part's edge is as important
+                    self.counts["trigger_failures"] = self.counts.get("trigger_failures", 0) + 1
+                    log.exception("GPIO trigger: requesting the inspection failed (%d so far)",
+                                  self.counts["trigger_failures"])
+
+    def _reopen(self) -> bool:
+        """Open the failed trigger line again, with backoff; False when stopped meanwhile."""
+        try:
+            self.input.close()
+        except Exception:  # (a line that failed may fail to close too: it is let go)
+            log.debug("closing the failed trigger line", exc_info=True)
+        delay = REOPEN_S[0]
+        while not self._stop.wait(delay):
+            try:
+                self.input = self.chip.input(self.s.trigger_line, self.s.trigger_active_low, self.s.debounce_ms)
+            except Exception as e:
+                self.state = {"state": "error", "error": f"trigger line failed; opening it again: {e}"}
+                delay = min(2 * delay, REOPEN_S[1])
+                continue
+            self.state = dict(self._running)
+            log.warning("GPIO trigger line %d is open again; parts are inspected on its edges", self.s.trigger_line)
+            return True
+        return False
 
     def _begin_part(self) -> None:
         """A new part: verdicts held from the last one go inactive, busy goes active."""

@@ -270,3 +270,48 @@ def test_the_jetson_gpio_backend_through_its_api(monkeypatch):
     finally:
         io.close()
     assert fake.modes == {}  # every pin cleaned up
+
+
+def test_a_trigger_line_that_fails_is_said_and_opened_again_and_a_failed_request_is_said(caplog, monkeypatch):
+    """Before, a failed wait for edges ended the watch for good (no part inspected on an edge
+    until a restart), and a request that raised ended it without a word, its state 'running'."""
+    import logging
+
+    from agent.gpio import station
+    from agent.gpio.station import StationIO
+    from agent.settings import GpioSettings
+    monkeypatch.setattr(station, "REOPEN_S", (0.2, 0.4))
+    caplog.set_level(logging.INFO)
+    name, requests = f"fail-{uuid.uuid4().hex[:8]}", []
+
+    def on_trigger():
+        requests.append(time.monotonic())
+        if len(requests) == 2:
+            raise RuntimeError("injected")
+    io = StationIO(GpioSettings(enabled=True, backend="memory", chip=name, trigger_line=TRIGGER, ok_line=OK,
+                                debounce_ms=0, dead_time_ms=0), on_trigger)
+    io.start()
+    chip = MemoryChip.named(name)
+
+    def pulse():
+        line = chip.inputs[TRIGGER]
+        line.drive(True)
+        line.drive(False)
+    try:
+        assert io.status()["state"] == "running"
+        pulse()
+        assert wait(lambda: len(requests) == 1, 5)
+        pulse()                                         # the request raises: said, the watch goes on
+        assert wait(lambda: len(requests) == 2 and "requesting the inspection failed" in caplog.text, 5)
+        pulse()
+        assert wait(lambda: len(requests) == 3, 5) and io.status()["counts"]["trigger_failures"] == 1
+        failed = chip.inputs[TRIGGER]
+        failed.fail("injected: the line's file descriptor is gone")
+        assert wait(lambda: io.status()["state"] == "error", 5)
+        assert "GPIO trigger line 0 failed (injected" in caplog.text
+        assert wait(lambda: io.status()["state"] == "running" and chip.inputs.get(TRIGGER) not in (None, failed), 5)
+        assert "is open again" in caplog.text
+        pulse()                                         # the new line's edges are watched
+        assert wait(lambda: len(requests) == 4, 5)
+    finally:
+        io.close()
