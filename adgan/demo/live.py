@@ -117,7 +117,10 @@ def run_live(workdir: Path, settings: dict, truth_of, timeout_s: float, embedded
         broker = BrokerProcess(workdir, embedded=embedded_broker)
         print(f"broker: {broker.kind} on 127.0.0.1:{broker.port} (pid {broker.pid})")
         config = workdir / "agent.toml"
-        station = write_station_config(config, {**settings, "mqtt": {**settings.get("mqtt", {}), "port": broker.port}})
+        mqtt = {**settings.get("mqtt", {}), "port": broker.port}
+        if broker.kind == "amqtt":  # (it speaks MQTT 3.1.1 only: "auto" would find that out after 10 s)
+            mqtt["protocol"] = "3.1.1"
+        station = write_station_config(config, {**settings, "mqtt": mqtt})
         if station.web.enabled:
             print(f"operator's page: http://{station.web.host}:{station.web.port}/ (while the agent runs)")
         if station.metrics.enabled:

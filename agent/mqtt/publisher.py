@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 # topic name invalid
 PERMANENT_REJECTIONS = {0x95, 0x99, 0x90}
 MAX_EVENT_BACK = 1 << 20  # bytes: an event read back larger than this is someone else's
+AUTO_CONNACK_S = 10.0  # protocol "auto": a CONNECT unanswered this long on an open socket tries the other version
 UNSUPPORTED_PROTOCOL = 0x84  # CONNACK: an MQTT 3.1.1 broker's answer to an MQTT 5 CONNECT (paho's reading)
 
 
@@ -86,7 +87,9 @@ class Publisher(EventPump):
         self._states: dict[str, str] = {}  # feature -> last state echoed (again on every connect)
         # "auto" speaks MQTT 5 and falls back to 3.1.1 where the broker refuses 5 (_on_connect)
         self.protocol = "3.1.1" if s.protocol == "3.1.1" else "5"
-        self._fallback = False             # the broker refused MQTT 5: the pump reconnects with 3.1.1
+        self._switch_to: str | None = None  # protocol "auto": the pump reconnects with this version
+        self._accepted = False              # a connection was accepted: "auto" keeps its version
+        self._unanswered_since: float | None = None  # "auto": a CONNECT on an open socket, not answered
         self.delivery = DeliveryCheck() if s.check_delivery else None
         self.refusals = Refusals()          # events refused for now (MQTT 5): sent again
         self.tls = bool(s.tls_ca)
@@ -121,12 +124,9 @@ class Publisher(EventPump):
         self._connack = True
         if reason_code.is_failure:
             name = str(reason_code)
-            if getattr(reason_code, "value", None) == UNSUPPORTED_PROTOCOL and self.settings.protocol == "auto" \
-                    and self.protocol == "5":
-                self._fallback = True  # (the pump makes the 3.1.1 client: not on paho's own thread)
-                self._set_link("refused", f"{self.host}:{self.port} does not speak MQTT 5 ({name}); connecting "
-                                          "with MQTT 3.1.1", logging.WARNING)
-                self._wake.set()
+            if getattr(reason_code, "value", None) == UNSUPPORTED_PROTOCOL and self._auto_switch("3.1.1"):
+                self._set_link("refused", f"{self.host}:{self.port} does not speak MQTT 5 ({name}); trying "
+                                          "MQTT 3.1.1", logging.WARNING)
                 return
             auth = any(w in name.lower() for w in ("authori", "user name", "password", "banned"))
             self._set_link("auth" if auth else "refused",
@@ -136,6 +136,13 @@ class Publisher(EventPump):
         # one source of truth, so drop paho's copy (stale verdicts included) and let the pump
         # resend from the oldest unacknowledged event.
         client.drop_out_messages()
+        if not self._accepted and self.settings.protocol == "auto" and self.protocol == "3.1.1":
+            log.warning("MQTT: %s:%d takes MQTT 3.1.1, not 5. Under 3.1.1 a broker does not say when it refuses an "
+                        "event (its ACL, its message size limit): it acknowledges it and drops it. %s", self.host,
+                        self.port, "Acknowledged events are checked for coming back to this station "
+                        "(mqtt.check_delivery)" if self._checking else
+                        "mqtt.check_delivery is off: such events would be lost unseen")
+        self._accepted = True
         self._max_packet = getattr(properties, "MaximumPacketSize", None)  # MQTT 5 brokers say it
         with self._lock:
             self._inflight.clear()
@@ -188,9 +195,13 @@ class Publisher(EventPump):
             self._set_link("taken_over", self._flaps.reason(f"{self.host}:{self.port}", self.client_id, taken),
                            logging.ERROR if self.link["state"] != "taken_over" else logging.DEBUG)
         elif not self._connack:
+            # A 3.1.1 broker may hang up on an MQTT 5 CONNECT without a CONNACK (amqtt does): "auto"
+            # tries the other version at each such hang-up until one is accepted
+            other = "3.1.1" if self.protocol == "5" else "5"
             hint = "" if self.tls else "; is it a TLS port? (set mqtt.tls_ca)"
             self._set_link("closed", f"{self.host}:{self.port} closed the connection before accepting it "
-                                     f"({reason_code}){hint}")
+                                     f"({reason_code}){hint}" +
+                                     (f"; trying MQTT {other}" if self._auto_switch(other) else ""))
         elif was_connected:
             self._set_link("disconnected", f"lost the connection to {self.host}:{self.port} ({reason_code}); "
                                            "reconnecting with backoff")
@@ -260,19 +271,45 @@ class Publisher(EventPump):
             self.delivery.say_overdue(late, self.topic("events"), self.client_id)
 
     # -- protocol ------------------------------------------------------------------------
-    def _fall_back(self) -> None:
-        """The broker refused MQTT 5 (protocol "auto"): a 3.1.1 client replaces the 5 one."""
-        self._fallback = False
+    def _auto_switch(self, protocol: str) -> bool:
+        """Protocol "auto", before any connection was accepted: have the pump reconnect with
+        `protocol` (not on paho's own thread, which cannot stop itself). False otherwise."""
+        if self.settings.protocol != "auto" or self._accepted or self._stopping.is_set():
+            return False
+        self._switch_to = protocol
+        self._wake.set()
+        return True
+
+    def _check_unanswered(self) -> None:
+        """Protocol "auto": a broker that leaves a CONNECT of this version unanswered on an open
+        socket for AUTO_CONNACK_S (amqtt does, to MQTT 5) is tried with the other version."""
+        if self.settings.protocol != "auto" or self._accepted or self._connack:
+            self._unanswered_since = None
+            return
+        now = time.monotonic()
+        if self.client.socket() is None:  # (not connected at all: the broker is down, or unreachable)
+            self._unanswered_since = None
+        elif self._unanswered_since is None:
+            self._unanswered_since = now
+        elif now - self._unanswered_since >= AUTO_CONNACK_S:
+            other = "3.1.1" if self.protocol == "5" else "5"
+            self._set_link("connecting", f"{self.host}:{self.port} did not answer an MQTT {self.protocol} CONNECT "
+                                         f"within {AUTO_CONNACK_S:.0f} s; trying MQTT {other}")
+            self._auto_switch(other)
+
+    def _switch_protocol(self) -> None:
+        """A client of the other MQTT version replaces this one (protocol "auto")."""
+        protocol, self._switch_to = self._switch_to, None
+        if protocol is None or protocol == self.protocol:
+            return
         old = self.client
-        old.loop_stop()  # (on the pump's thread: paho's own cannot stop itself)
+        old.loop_stop()
+        for name in ("on_connect", "on_connect_fail", "on_disconnect", "on_publish", "on_message", "on_subscribe"):
+            setattr(old, name, None)  # (its last words must not count as the new client's)
         old.disconnect()
-        self.protocol = "3.1.1"
+        self.protocol, self._unanswered_since, self._connack = protocol, None, False
         self.client = self._make_client()
-        log.warning("MQTT: %s:%d does not speak MQTT 5; using MQTT 3.1.1, under which a broker does not say "
-                    "when it refuses an event (its ACL, its message size limit): it acknowledges it and drops "
-                    "it. %s", self.host, self.port,
-                    "Acknowledged events are checked for coming back to this station (mqtt.check_delivery)"
-                    if self._checking else "mqtt.check_delivery is off: such events would be lost unseen")
+        log.debug("MQTT: connecting to %s:%d with MQTT %s", self.host, self.port, protocol)
         self._connect()
 
     # -- API -------------------------------------------------------------------------------

@@ -77,8 +77,9 @@ class EventPump:
         if self.outbox.needs_sync:
             self.outbox.sync()
         self.verdicts.expire()
-        if self._fallback:
-            self._fall_back()
+        self._check_unanswered()
+        if self._switch_to is not None:
+            self._switch_protocol()
         self._check_delivery()
         self._stable_link()
         gen = self.outbox.generation

@@ -52,11 +52,12 @@ class Broker:
 class Mqtt311Front:
     """A broker that speaks MQTT 3.1.1 only, made of mosquitto (which speaks both) behind a relay:
     a CONNECT for MQTT 5 is answered as the 3.1.1 standard says (CONNACK return code 1,
-    unacceptable protocol level, then the connection is closed); any other is relayed, byte for
-    byte, to the broker on `backend_port`."""
+    unacceptable protocol level, then the connection is closed), or with `silent`, not at all
+    (amqtt's way); any other is relayed, byte for byte, to the broker on `backend_port`."""
 
-    def __init__(self, backend_port: int) -> None:
-        self.backend_port, self.refused_5 = backend_port, 0
+    def __init__(self, backend_port: int, silent: bool = False) -> None:
+        self.backend_port, self.refused_5, self.silent = backend_port, 0, silent
+        self._held: list[socket.socket] = []
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
         self.server.settimeout(0.2)
@@ -83,7 +84,11 @@ class Mqtt311Front:
             level = first[i + 1 + 6]
             if level == 5:
                 self.refused_5 += 1
-                conn.sendall(bytes([0x20, 0x02, 0x00, 0x01]))
+                if self.silent:
+                    self._held.append(conn)  # open, unanswered
+                    relayed = True
+                else:
+                    conn.sendall(bytes([0x20, 0x02, 0x00, 0x01]))
                 return
             back = socket.create_connection(("127.0.0.1", self.backend_port), timeout=10)
             back.sendall(first)
@@ -117,6 +122,8 @@ class Mqtt311Front:
     def close(self) -> None:
         self._stop.set()
         self.server.close()
+        for conn in self._held:
+            conn.close()
         self._thread.join(5)
 
 

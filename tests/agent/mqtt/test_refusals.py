@@ -82,8 +82,13 @@ def test_events_the_acl_refuses_stay_in_the_outbox_are_said_once_and_go_when_it_
         sub.close()
 
 
-def test_a_broker_that_refuses_mqtt_5_is_spoken_to_in_3_1_1(broker, tmp_path, caplog):
-    front = Mqtt311Front(broker.port)
+@pytest.mark.parametrize("silent", [False, True], ids=["refuses-5", "leaves-5-unanswered"])
+def test_a_broker_that_refuses_mqtt_5_is_spoken_to_in_3_1_1(broker, tmp_path, caplog, monkeypatch, silent):
+    """As the 3.1.1 standard says (CONNACK 'unacceptable protocol version'), or amqtt's way: no
+    answer at all (AUTO_CONNACK_S, 10 s, made 1 s here)."""
+    from agent.mqtt import publisher
+    monkeypatch.setattr(publisher, "AUTO_CONNACK_S", 1.0)
+    front = Mqtt311Front(broker.port, silent=silent)
     sub = Subscriber(broker.port, "adgan/st1/#")
     caplog.set_level(logging.INFO)
     pub = Publisher("st1", Outbox(tmp_path / "o.sqlite"), MqttSettings(port=front.port, keepalive_s=5))
@@ -91,7 +96,8 @@ def test_a_broker_that_refuses_mqtt_5_is_spoken_to_in_3_1_1(broker, tmp_path, ca
         assert sub.subscribed.wait(10)
         pub.start()
         assert poll(lambda: pub.connected.is_set(), 20) and pub.protocol == "3.1.1" and front.refused_5 >= 1
-        assert "does not speak MQTT 5; using MQTT 3.1.1" in caplog.text
+        assert ("did not answer an MQTT 5 CONNECT within 1 s" if silent else "does not speak MQTT 5") in caplog.text
+        assert "takes MQTT 3.1.1, not 5" in caplog.text
         ids = publish(pub, 5)
         assert sub.wait_for(lambda m: delivered(sub) == ids) and pub.flush(10)
         # the events came back to the station too: nothing unconfirmed
