@@ -116,6 +116,7 @@ class MemoryOutput(OutputLine):
     def __init__(self, active_low: bool) -> None:
         self.active_low, self.active = active_low, False
         self.history: list[tuple[int, bool]] = []  # (monotonic ns, logical value) of every change
+        self.failing: str | None = None  # tests, simulators: set, each write fails with this error
         self._lock = threading.Lock()
 
     @property
@@ -124,6 +125,8 @@ class MemoryOutput(OutputLine):
 
     def set(self, active: bool) -> None:
         with self._lock:
+            if self.failing is not None:
+                raise GpioError(self.failing)
             if active != self.active:
                 self.active = active
                 self.history.append((time.monotonic_ns(), active))

@@ -42,6 +42,7 @@ class StationIO:
         self._ready: bool | None = None
         self._thread: threading.Thread | None = None
         self._running: dict = {}  # the state while every line works
+        self._failing: set[str] = set()  # outputs whose last write failed
 
     def start(self) -> None:
         s = self.s
@@ -140,9 +141,18 @@ class StationIO:
             return
         try:
             line.set(active)
-        except Exception as e:
+        except Exception as e:  # said once per spell (a dead line fails at every part), and counted
+            self.counts["output_failures"] = self.counts.get("output_failures", 0) + 1
             self.state = {"state": "error", "error": f"output {name} failed: {e}"}
-            log.error("GPIO output %s failed: %s", name, e)
+            if name not in self._failing:
+                self._failing.add(name)
+                log.error("GPIO output %s failed: %s (said again only once it has worked)", name, e)
+            return
+        if name in self._failing:
+            self._failing.discard(name)
+            log.warning("GPIO output %s works again", name)
+            if not self._failing and self.state.get("error", "").startswith("output "):
+                self.state = dict(self._running)
 
     def verdict(self, verdict: str) -> None:
         """Show an event's verdict: pulse or hold its line, clear busy."""
@@ -171,7 +181,8 @@ class StationIO:
             self._set("ready", ready)
 
     def status(self) -> dict:
-        return {**self.state, **({"counts": dict(self.counts)} if self.input else {})}
+        return {**self.state, **({"counts": dict(self.counts)} if self.input or "output_failures" in self.counts
+                                 else {})}
 
     def close(self) -> None:
         self._stop.set()

@@ -315,3 +315,31 @@ def test_a_trigger_line_that_fails_is_said_and_opened_again_and_a_failed_request
         assert wait(lambda: len(requests) == 4, 5)
     finally:
         io.close()
+
+
+def test_an_output_that_fails_is_said_once_counted_and_its_recovery_said(caplog):
+    """Before, each verdict on a dead line logged an error (one per part), and the state stayed
+    'error' after the line worked again."""
+    import logging
+
+    from agent.gpio.station import StationIO
+    from agent.settings import GpioSettings
+    caplog.set_level(logging.INFO)
+    name = f"out-{uuid.uuid4().hex[:8]}"
+    io = StationIO(GpioSettings(enabled=True, backend="memory", chip=name, ok_line=OK, ng_line=NG,
+                                output_mode="hold"))
+    io.start()
+    ok = MemoryChip.named(name).outputs[OK]
+    try:
+        ok.failing = "injected: the expander is gone"
+        for _ in range(5):
+            io.verdict("ok")
+        said = [r for r in caplog.records if "GPIO output ok failed" in r.getMessage()]
+        assert len(said) == 1 and io.status()["state"] == "error" and io.status()["counts"]["output_failures"] == 5
+        ok.failing = None
+        io.verdict("anomaly")  # (ok goes inactive: a write that works)
+        assert "GPIO output ok works again" in caplog.text and io.status()["state"] == "running"
+        io.verdict("ok")
+        assert ok.active
+    finally:
+        io.close()
