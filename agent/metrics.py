@@ -54,6 +54,9 @@ class _StateCollector:
         yield CounterMetricFamily("adgan_mqtt_events_rejected", "events the broker refused (MQTT 5: not authorised, "
                                   "too large); kept in the outbox unless they can never be accepted",
                                   value=mq.get("events_rejected", 0))
+        yield CounterMetricFamily("adgan_mqtt_messages_refused", "messages other than events that the broker refused "
+                                  "(MQTT 5: the verdict, availability, a state): their readers do not get them",
+                                  value=mq.get("messages_refused", 0))
         yield CounterMetricFamily("adgan_mqtt_events_unconfirmed", "events the broker acknowledged and did not "
                                   "deliver back to this station (MQTT 3.1.1 links): likely dropped by its ACL",
                                   value=mq.get("events_unconfirmed", 0))

@@ -61,7 +61,7 @@ class Publisher(EventPump):
         self.connected = threading.Event()
         self.counters = {"connects": 0, "disconnects": 0, "commands_refused": 0, "verdicts_skipped": 0,
                          "events_sent": 0, "events_rejected": 0, "events_held": 0, "subscriptions_refused": 0,
-                         "events_unconfirmed": 0}
+                         "events_unconfirmed": 0, "messages_refused": 0}
         self.commands = Commands(self.base, commands, self.counters)
         self.commands_ready = self.commands.ready  # every command subscription granted, this connection
         self.verdicts = LiveVerdicts(s.verdict_max_age_s, self.counters)
@@ -70,7 +70,8 @@ class Publisher(EventPump):
         # _lock: paho calls on_publish under its own locks, so the opposite order would deadlock.
         self._inflight: dict[int, tuple[str | None, float]] = {}
         self._sending = 0                  # publish() calls in progress
-        self._early: set[int] = set()      # PUBACKs that arrived during a publish() call
+        self._early: dict[int, object] = {}  # PUBACKs (their reason codes) that arrived during a publish() call
+        self._topics: dict[int, str] = {}    # message id -> topic, for what is in flight and is not an event
         self._lock = threading.Lock()
         self._conn_no = 0                  # connections so far; the pump restarts at each
         self._cursor = 0                   # outbox position of the last event sent on this connection
@@ -147,6 +148,7 @@ class Publisher(EventPump):
         with self._lock:
             self._inflight.clear()
             self._early.clear()
+            self._topics.clear()
             self._conn_no += 1
             self._cursor = 0
         self.refusals.clear()
@@ -224,17 +226,25 @@ class Publisher(EventPump):
         # event neither in flight nor gone from the outbox, or it would send it again.
         with self._lock:
             entry = self._inflight.get(mid)
+            topic = self._topics.pop(mid, None)
             if entry is None and self._sending:
-                self._early.add(mid)  # acknowledged before publish() returned its id
-        if entry is not None and entry[0] is not None:
-            if getattr(reason_code, "is_failure", False):  # MQTT 5: the broker took it but refuses it
-                self._rejected(entry[0], str(reason_code),
-                               getattr(reason_code, "value", 0) in PERMANENT_REJECTIONS)
-            else:
-                self._acked(entry[0])
-                self._wake.set()
+                self._early[mid] = reason_code  # acknowledged before publish() returned its id
+        if entry is not None:
+            self._answered(entry[0], topic, reason_code)
         with self._lock:
             self._inflight.pop(mid, None)
+
+    def _answered(self, event_id: str | None, topic: str | None, reason_code) -> None:
+        """The broker's PUBACK (or PUBCOMP) of an event (`event_id`) or another message (`topic`)."""
+        if getattr(reason_code, "is_failure", False):  # MQTT 5: the broker took it but refuses it
+            if event_id is not None:
+                self._rejected(event_id, str(reason_code), getattr(reason_code, "value", 0) in PERMANENT_REJECTIONS)
+            else:
+                self.counters["messages_refused"] += 1
+                self.refusals.other(topic or "?", str(reason_code), self.counters["messages_refused"])
+        elif event_id is not None:
+            self._acked(event_id)
+            self._wake.set()
 
     def _rejected(self, event_id: str, reason: str, permanent: bool) -> None:
         """An event the broker refuses (MQTT 5). One that can never be accepted (too large,

@@ -34,19 +34,20 @@ class EventPump:
                 if not self._sending:
                     self._early.clear()
             raise
-        ok, acked_early = info.rc == mqtt.MQTT_ERR_SUCCESS, False
+        ok, early = info.rc == mqtt.MQTT_ERR_SUCCESS, None
         with self._lock:
             self._sending -= 1
             if ok and (qos > 0 or event_id is not None):
                 if info.mid in self._early:
-                    self._early.discard(info.mid)
-                    acked_early = True
+                    early = self._early.pop(info.mid)  # (its reason code: a refusal may come this early too)
                 else:
                     self._inflight[info.mid] = (event_id, time.monotonic())
+                    if event_id is None:
+                        self._topics[info.mid] = topic
             if not self._sending:
                 self._early.clear()  # ids of messages nobody waits for (status, state)
-        if acked_early and event_id is not None:
-            self._acked(event_id)
+        if early is not None:
+            self._answered(event_id, topic, early)
         return ok
 
     def _acked(self, event_id: str) -> None:

@@ -5,6 +5,7 @@
   again after link.HOLD_RELEASE_S on the same connection, so an ACL put right takes it without
   a reconnect. One that can never be accepted (too large, malformed) is the publisher's to drop.
   Said at most every REFUSAL_LOG_S: an ACL that refuses every event must not fill the journal.
+  A refused message that is not an event (the verdict, availability, a state) is said per topic.
 - `DeliveryCheck`: on MQTT 3.1.1 links the station reads its own events topic back.
 """
 from __future__ import annotations
@@ -28,6 +29,7 @@ class Refusals:
         self._ids: set[str] = set()
         self._first_at = 0.0     # monotonic time of the first refusal waiting to be retried
         self._logged_until = 0.0
+        self._other_logged: dict[str, float] = {}  # topic -> a refusal on it is said again from then
 
     def refused(self, event_id: str, reason: str, permanent: bool, total: int) -> None:
         now = time.monotonic()
@@ -42,6 +44,19 @@ class Refusals:
             log.error("the broker refused event %s: %s (%d refused so far; said at most every %.0f s); %s", event_id,
                       reason, total, REFUSAL_LOG_S, "it is dropped: it can never be accepted" if permanent else
                       f"it stays in the outbox and is sent again in {link.HOLD_RELEASE_S:.0f} s")
+
+    def other(self, topic: str, reason: str, total: int) -> None:
+        """The broker refused a message that is not an event (availability, verdict, a state): a
+        PLC reading that topic sees nothing. Said at most every REFUSAL_LOG_S per topic."""
+        now = time.monotonic()
+        with self._lock:
+            say = now >= self._other_logged.get(topic, 0.0)
+            if say:
+                self._other_logged[topic] = now + REFUSAL_LOG_S
+        if say:
+            log.error("the broker refused a message on %s: %s (%d refused so far; said at most every %.0f s per "
+                      "topic): whoever reads that topic does not get it; is this client allowed to publish there "
+                      "(the broker's ACL)?", topic, reason, total, REFUSAL_LOG_S)
 
     def due(self) -> int:
         """How many refused events are due to be sent again now (0: none); forgets them."""

@@ -210,3 +210,51 @@ def test_a_failing_callback_is_said_and_does_not_stop_the_network_loop(broker, t
     finally:
         pub.stop()
         sub.close()
+
+
+def test_a_refused_verdict_is_said_per_topic(acl_broker, tmp_path, caplog):
+    """A PLC gateway reads `verdict`: an ACL that lets the station publish its events but not
+    its verdict left the gateway without verdicts, and nothing said so."""
+    acl_broker.acl.write_text("topic readwrite adgan/st1/events\ntopic readwrite adgan/st1/availability\n"
+                              "topic readwrite adgan/st1/status\ntopic read adgan/#\n")
+    acl_broker.proc.send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    caplog.set_level(logging.INFO)
+    pub = Publisher("st1", Outbox(tmp_path / "o.sqlite"), MqttSettings(port=acl_broker.port))
+    try:
+        pub.start()
+        assert pub.connected.wait(10)
+        for i in range(3):
+            pub.publish_event({"event_id": f"e{i}", "seq": i + 1, "verdict": "anomaly"})
+            assert pub.flush(10)
+        assert poll(lambda: pub.counters["messages_refused"] >= 3, 10), pub.counters
+        said = [r for r in caplog.records if "refused a message on adgan/st1/verdict" in r.getMessage()]
+        assert len(said) == 1 and "Not authorized" in said[0].getMessage()
+        assert pub.counters["events_rejected"] == 0  # the events themselves were taken
+    finally:
+        pub.stop()
+
+
+def test_a_refusal_that_arrives_before_publish_returns_keeps_the_event(tmp_path):
+    """paho may call on_publish before publish() has returned the message id (a fast broker);
+    such an early answer used to count as an acknowledgement whatever it said, so an event the
+    broker refused left the outbox. The race is made certain here: the broker's answer is
+    handed to the callback from inside publish()."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.reasoncodes import ReasonCode
+    pub = Publisher("st1", Outbox(tmp_path / "o.sqlite"), MqttSettings(port=free_port()))
+    real = pub.client.publish
+    answer = {"code": ReasonCode(PacketTypes.PUBACK, identifier=0x87)}  # not authorised
+
+    def publish(topic, payload, qos=0, retain=False):
+        info = real(topic, payload, qos=qos, retain=retain)  # (not connected: queued by paho, with an id)
+        pub._on_publish(pub.client, None, info.mid, answer["code"], None)
+        return type("Info", (), {"rc": 0, "mid": info.mid})()
+    pub.client.publish = publish
+    pub.outbox.put("e1", "adgan/st1/events", b"{}")
+    assert pub._publish("adgan/st1/events", b"{}", 1, event_id="e1")
+    assert len(pub.outbox) == 1 and pub.counters["events_rejected"] == 1
+    answer["code"] = ReasonCode(PacketTypes.PUBACK, identifier=0)  # success
+    assert pub._publish("adgan/st1/events", b"{}", 1, event_id="e1")
+    assert len(pub.outbox) == 0
+    pub.outbox.close()
