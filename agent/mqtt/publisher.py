@@ -167,7 +167,7 @@ class Publisher(EventPump):
         pending = len(self.outbox)
         if pending:
             log.log(logging.DEBUG if self._flaps.flapping else logging.INFO,
-                    "%d unacknowledged events are sent again, oldest first", pending)
+                    "%d unacknowledged events in the outbox are sent, oldest first", pending)
         self._wake.set()
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
