@@ -240,7 +240,10 @@ class Outbox(OutboxSalvage):
         self._dropped_unsynced = False
         if excess_box and excess_box[0]:
             self.dropped += excess_box[0]
-            log.error("outbox full (%d events): dropped the %d oldest", self.max_events, excess_box[0])
+            if time.monotonic() >= self._next_drop_log:  # (once full, every new event drops one)
+                self._next_drop_log = time.monotonic() + 10.0
+                log.error("outbox full (%d events): dropping the oldest (%d dropped in all, logged at most every "
+                          "10 s)", self.max_events, self.dropped)
         self._recovered()
         if self._tight:  # the disk was full: each write's WAL pages are folded in, not left to pile up
             self._checkpoint_locked()

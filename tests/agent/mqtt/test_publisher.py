@@ -116,15 +116,18 @@ def test_an_outbox_that_turns_corrupt_while_running_is_moved_aside_at_the_next_w
     again.close()
 
 
-def test_outbox_is_bounded_and_counts_what_it_drops(tmp_path):
+def test_outbox_is_bounded_and_counts_what_it_drops(tmp_path, caplog):
     ob = Outbox(tmp_path / "o.sqlite", max_events=3)
     for i in range(5):
         ob.put(f"e{i}", "t", b"x")
     assert [p.event_id for p in ob.pending()] == ["e2", "e3", "e4"] and ob.dropped == 2
     ob.put("e4", "t", b"x")  # the same id again is not a second event
     assert len(ob) == 3
+    for i in range(5, 50):  # a long outage: every new event drops one, logged at most every 10 s
+        ob.put(f"e{i}", "t", b"x")
+    assert ob.dropped == 47 and len([r for r in caplog.records if "outbox full" in r.getMessage()]) == 1
     ob.close()
-    assert Outbox(tmp_path / "o.sqlite", max_events=3).dropped == 2  # the counter survives a restart
+    assert Outbox(tmp_path / "o.sqlite", max_events=3).dropped == 47  # the counter survives a restart
 
 
 PRODUCER = textwrap.dedent('''
