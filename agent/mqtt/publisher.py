@@ -28,7 +28,6 @@ import logging
 import threading
 import time
 
-
 from agent.mqtt import link
 from agent.mqtt.commands import Commands, Handler
 from agent.mqtt.link import ReportingClient, describe_connect_error
@@ -262,11 +261,13 @@ class Publisher(EventPump):
 
     def _delivered(self, payload: bytes) -> None:
         """An event delivered back to this station (3.1.1 links: refusals.DeliveryCheck)."""
-        if not self._checking or len(payload) > MAX_EVENT_BACK:  # (a huge one is not ours: not parsed
-            return                                                 # on paho's network thread)
+        # (a huge or malformed payload is not ours: someone else publishes there; not parsed, or
+        # not an error, on paho's network thread)
+        if not self._checking or len(payload) > MAX_EVENT_BACK:
+            return
         try:
             event_id = json.loads(payload)["event_id"]
-        except (ValueError, TypeError, KeyError, RecursionError):  # (not one of ours: someone else publishes there)
+        except (ValueError, TypeError, KeyError, RecursionError):
             return
         if isinstance(event_id, str) and self.delivery.seen(event_id):
             self.delivery.say_resumed()
