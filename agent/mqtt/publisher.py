@@ -91,6 +91,9 @@ class Publisher(EventPump):
         self._accepted = False              # a connection was accepted: "auto" keeps its version
         self._unanswered_since: float | None = None  # "auto": a CONNECT on an open socket, not answered
         self.delivery = DeliveryCheck() if s.check_delivery else None
+        self._loopback_mid: int | None = None  # the subscription to this station's own events (3.1.1)
+        self._loopback_refused = False         # ... refused on this connection: nothing can be checked
+        self._loopback_refusal_said = False
         self.refusals = Refusals()          # events refused for now (MQTT 5): sent again
         self.tls = bool(s.tls_ca)
         self.client = self._make_client()
@@ -108,7 +111,7 @@ class Publisher(EventPump):
     @property
     def _checking(self) -> bool:
         """Whether acknowledged events are checked for coming back (3.1.1 links: DeliveryCheck)."""
-        return self.delivery is not None and self.protocol == "3.1.1"
+        return self.delivery is not None and self.protocol == "3.1.1" and not self._loopback_refused
 
     def topic(self, name: str) -> str:
         return f"{self.base}/{name}"
@@ -158,8 +161,9 @@ class Publisher(EventPump):
         for feature, value in list(self._states.items()):
             self._publish(self.topic(f"{feature}/state"), value, qos=1, retain=True)
         self.commands.subscribe(client)
+        self._loopback_refused = False
         if self._checking:  # 3.1.1: the events the broker acknowledges must come back (refusals.py)
-            client.subscribe(self.topic("events"), qos=1)
+            self._loopback_mid = client.subscribe(self.topic("events"), qos=1)[1]
         if not self._flaps.flapping:  # (while it flaps, the link says so until a connection holds)
             self._set_link("connected", f"connected to {self.host}:{self.port}" + (" (TLS)" if self.tls else ""),
                            logging.INFO)
@@ -170,7 +174,17 @@ class Publisher(EventPump):
         self._wake.set()
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
-        self.commands.subscribed(mid, reason_codes)
+        if mid != self._loopback_mid or self._loopback_mid is None:
+            self.commands.subscribed(mid, reason_codes)
+        elif any(getattr(rc, "is_failure", False) for rc in reason_codes):
+            # A broker whose ACL lets the station write its events but not read them (EMQX and
+            # HiveMQ say so; mosquitto 2.0 grants it and delivers nothing): no check, no false alarm
+            self._loopback_refused = True
+            self.delivery.dropped()
+            if not self._loopback_refusal_said:
+                self._loopback_refusal_said = True
+                log.warning("the broker refused this station reading its own events (%s): acknowledged events "
+                            "cannot be checked for delivery on this MQTT 3.1.1 link", self.topic("events"))
 
     def _on_connect_fail(self, client, userdata) -> None:
         e = getattr(client, "last_connect_error", None)

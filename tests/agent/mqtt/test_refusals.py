@@ -258,3 +258,27 @@ def test_a_refusal_that_arrives_before_publish_returns_keeps_the_event(tmp_path)
     assert pub._publish("adgan/st1/events", b"{}", 1, event_id="e1")
     assert len(pub.outbox) == 0
     pub.outbox.close()
+
+
+def test_a_refused_read_of_the_stations_own_events_turns_the_check_off_and_is_said(acl_broker, tmp_path, caplog,
+                                                                                 monkeypatch):
+    """EMQX and HiveMQ refuse a subscription their ACL denies (SUBACK 0x80); mosquitto 2.0 grants
+    it and delivers nothing, so its SUBACK is handed to the callback as such a broker's would be.
+    Without this, every acknowledged event would be called unconfirmed."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.reasoncodes import ReasonCode
+    monkeypatch.setattr(refusals, "CONFIRM_S", 0.5)
+    caplog.set_level(logging.INFO)
+    pub = Publisher("st1", Outbox(tmp_path / "o.sqlite"), MqttSettings(port=acl_broker.port, protocol="3.1.1"))
+    try:
+        pub.start()
+        assert poll(lambda: pub._loopback_mid is not None, 10)  # (subscribed on connect)
+        pub._on_subscribe(pub.client, None, pub._loopback_mid, [ReasonCode(PacketTypes.SUBACK, identifier=0x80)], None)
+        assert not pub._checking
+        publish(pub, 3)
+        assert pub.flush(10)
+        time.sleep(1.5)
+        assert pub.counters["events_unconfirmed"] == 0
+        assert "refused this station reading its own events" in caplog.text
+    finally:
+        pub.stop()
