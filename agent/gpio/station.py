@@ -35,7 +35,8 @@ class StationIO:
         self.outputs: dict[str, OutputLine] = {}
         self.input: InputLine | None = None
         self.state: dict = {"state": "off"}
-        self.counts = {"edges": 0, "triggers": 0, "bounces": 0, "dead_time": 0}
+        self.counts = {"edges": 0, "triggers": 0, "bounces": 0, "dead_time": 0, "trigger_failures": 0,
+                       "output_failures": 0}
         self._stop = threading.Event()
         self._timers: dict[str, threading.Timer] = {}
         self._lock = threading.Lock()
@@ -104,7 +105,7 @@ class StationIO:
                 try:
                     self.on_trigger()
                 except Exception:  # the watch must go on: the next part's edge is as important
-                    self.counts["trigger_failures"] = self.counts.get("trigger_failures", 0) + 1
+                    self.counts["trigger_failures"] += 1
                     log.exception("GPIO trigger: requesting the inspection failed (%d so far)",
                                   self.counts["trigger_failures"])
 
@@ -142,7 +143,7 @@ class StationIO:
         try:
             line.set(active)
         except Exception as e:  # said once per spell (a dead line fails at every part), and counted
-            self.counts["output_failures"] = self.counts.get("output_failures", 0) + 1
+            self.counts["output_failures"] += 1
             self.state = {"state": "error", "error": f"output {name} failed: {e}"}
             if name not in self._failing:
                 self._failing.add(name)
@@ -181,8 +182,7 @@ class StationIO:
             self._set("ready", ready)
 
     def status(self) -> dict:
-        return {**self.state, **({"counts": dict(self.counts)} if self.input or "output_failures" in self.counts
-                                 else {})}
+        return {**self.state, **({"counts": dict(self.counts)} if self.input or self.outputs else {})}
 
     def close(self) -> None:
         self._stop.set()
