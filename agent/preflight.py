@@ -6,6 +6,7 @@ file, a password sent without TLS, a missing surface reference) do not stop the 
 """
 from __future__ import annotations
 
+import errno
 import importlib.util
 import ipaddress
 import os
@@ -96,7 +97,10 @@ def check_outbox(s: AgentSettings, r: Report) -> None:
             os.close(fd)
             os.unlink(probe)
         except OSError as e:
-            r.problems.append(SettingError("outbox.path", f"{path}: cannot write in {folder} ({e.strerror or e})"))
+            hint = ("; the kernel makes a disk it finds failing read-only (ext4 errors=remount-ro): see dmesg, and "
+                    "repair it (fsck) or move the outbox" if e.errno == errno.EROFS else "")
+            why = f"{e.strerror or e}{hint}"
+            r.problems.append(SettingError("outbox.path", f"{path}: cannot write in {folder} ({why})"))
             return
     elif not os.access(existing, os.W_OK | os.X_OK):
         r.problems.append(SettingError("outbox.path", f"{path}: cannot create {folder} under {existing}"))

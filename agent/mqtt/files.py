@@ -28,6 +28,26 @@ def schema(db: sqlite3.Connection) -> None:
     db.execute("CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
 
 
+def read_only(folder: Path) -> bool:
+    """Is the file system holding `folder` read-only, as the kernel makes a failing disk? (ext4's
+    `errors=remount-ro` on a recent kernel refuses writes, EROFS, while the mount still reads
+    `rw`: so a file is made to find out.)"""
+    try:
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return True
+        fd = os.open(Path(folder) / f".adgan-write-test-{os.getpid()}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    except OSError as e:
+        return e.errno == errno.EROFS
+    os.close(fd)
+    try:
+        os.unlink(Path(folder) / f".adgan-write-test-{os.getpid()}")
+    except OSError:
+        pass
+    return False
+
+
 @dataclass(frozen=True)
 class Pending:
     """An event waiting for the broker's acknowledgement."""

@@ -30,7 +30,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-from agent.mqtt.files import INSERT_ROWS, OpenFiles, Pending, Reserve, SeqFile, private_file, schema
+from agent.mqtt.files import INSERT_ROWS, OpenFiles, Pending, Reserve, SeqFile, private_file, read_only, schema
 from agent.mqtt.salvage import OutboxSalvage, check_pages, corrupt_file
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class Outbox(OutboxSalvage):
         self.store_failures = 0                    # writes that failed (events held in memory instead)
         self.seq_failures = 0                      # sequence numbers that could not be stored
         self.last_error: str | None = None         # the last storage error, None once writes succeed again
-        self._said: str | None = None              # the cause last logged
+        self._said: dict[str, str] = {}            # the cause last logged, per kind of storage failure
         self._memory: OrderedDict[str, Pending] = OrderedDict()  # events not yet written to disk
         self._acked_unsynced: set[str] = set()     # acknowledged, but the delete did not reach the disk
         self._dropped_unsynced = False
@@ -77,6 +77,7 @@ class Outbox(OutboxSalvage):
         self.seq_file = SeqFile(self.path.with_name(self.path.name + ".seq"))
         # The database keeps a copy of the counter too: never go below either.
         self._seq = max(self.seq_file.value, db_seq)
+        self._seq_stored = self._seq               # the highest sequence number known to be on disk
         self.reserve.keep()
 
     KEY_FLOOR_UNOPENED = 10 ** 12
@@ -131,17 +132,34 @@ class Outbox(OutboxSalvage):
     # -- storage errors ------------------------------------------------------------------
     def _failed(self, what: str, e: Exception) -> None:
         cause = f"{type(e).__name__}: {e}"
-        if cause != self._said:  # once per change of cause, not once per retry or operation
-            log.error("outbox %s cannot be written (%s: %s); events are held in memory until it can",
-                      self.path, what, cause)
-            self._said = cause
+        # Once per kind and change of cause, not once per retry or operation: a disk that fails
+        # every write fails each event's sequence number and its write, with two causes.
+        if self._said.get(what) != cause:
+            if read_only(self.path.parent):
+                log.error("outbox %s cannot be written (%s: %s): its file system is read-only (the kernel "
+                          "makes a failing disk read-only: see dmesg; only a repair writes again). Events are "
+                          "held in memory and sent; any not acknowledged when the agent stops are lost, and "
+                          "sequence numbers given meanwhile are not stored", self.path, what, cause)
+            else:
+                log.error("outbox %s cannot be written (%s: %s); events are held in memory until it can",
+                          self.path, what, cause)
+            self._said[what] = cause
         self.last_error = f"{what}: {cause}"
 
-    def _recovered(self) -> None:
-        if self.last_error is not None:
+    SEQ_KINDS = ("sequence number", "sequence file")
+
+    def _recovered(self, kinds: tuple[str, ...] | None = None) -> None:
+        """The disk took a write again: the database's (default), or the sequence file's (`SEQ_KINDS`)."""
+        cleared = [k for k in self._said if (k in kinds if kinds else k not in self.SEQ_KINDS)]
+        if kinds is None and cleared:
             log.warning("outbox %s is writable again; %d events held in memory are stored", self.path,
                         len(self._memory))
-        self.last_error = self._said = None
+        elif cleared:
+            log.warning("sequence numbers are stored again in %s (at %d)", self.seq_file.path, self._seq)
+        for k in cleared:
+            del self._said[k]
+        if not self._said:
+            self.last_error = None
 
     def _transaction(self, statements) -> None:
         """Run `statements(db)` in one write transaction; on error roll back (if SQLite has not
@@ -267,6 +285,10 @@ class Outbox(OutboxSalvage):
             except OSError as e:
                 self.seq_failures += 1
                 self._failed("sequence number", e)
+            else:
+                self._seq_stored = self._seq
+                if self._said:
+                    self._recovered(self.SEQ_KINDS)
             return self._seq
 
     def ack(self, event_id: str) -> None:
@@ -334,6 +356,10 @@ class Outbox(OutboxSalvage):
             if self._memory:
                 log.error("outbox closed with %d events that could not be written to disk: they are lost (%s)",
                           len(self._memory), self.last_error)
+            if self._seq > self._seq_stored:
+                why = next((f"{k}: {self._said[k]}" for k in self.SEQ_KINDS if k in self._said), self.last_error)
+                log.error("sequence numbers %d to %d could not be stored (%s): after a restart they are given "
+                          "again", self._seq_stored + 1, self._seq, why)
             if self._db is not None:
                 self._db.close()
                 self._db = None

@@ -212,7 +212,8 @@ class OutboxSalvage:
                 self.seq_failures += 1
                 self._failed("sequence file", e)
             else:
-                self._seq = self.seq_file.value
+                self._seq = self._seq_stored = self.seq_file.value
+                self._recovered(self.SEQ_KINDS)
                 log.error("sequence file %s was %s while the agent had it open: written again (at %d)",
                           self.seq_file.path, how, self._seq)
         changed = self._files.changed() if self._db is not None else {}

@@ -1,6 +1,7 @@
 """A real mosquitto broker on a free loopback port, stopped by PID; a collecting subscriber."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -152,6 +153,58 @@ def small_fs(tmp_path):
         pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
     yield mnt
     subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+class FailingDisk:
+    """A real ext4 file system (16 MB, on a loop device) mounted `errors=remount-ro`, as a
+    Jetson's root is: `fail()` has the kernel record an error on it, and it becomes read-only,
+    as when an SD card or eMMC fails under a running station."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.image, self.mnt = tmp_path / "ext4.img", tmp_path / "disk"
+        self.mnt.mkdir()
+        if os.geteuid() != 0:
+            pytest.skip("mounting a loop device needs root")
+        if not shutil.which("mkfs.ext4"):
+            pytest.skip("mkfs.ext4 is not installed")
+        with open(self.image, "wb") as f:
+            f.truncate(16 << 20)
+        for cmd in (["mkfs.ext4", "-q", "-F", str(self.image)],
+                    ["mount", "-o", "loop,errors=remount-ro", str(self.image), str(self.mnt)]):
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode:
+                pytest.skip(f"cannot make a loop-mounted ext4 here ({' '.join(cmd[:2])}): {r.stderr.strip()}")
+        source = subprocess.run(["findmnt", "-n", "-o", "SOURCE", str(self.mnt)], capture_output=True, text=True)
+        self.trigger = Path("/sys/fs/ext4") / Path(source.stdout.strip()).name / "trigger_fs_error"
+        if not self.trigger.exists():
+            self.unmount()
+            pytest.skip(f"this kernel has no {self.trigger}")
+
+    def fail(self) -> None:
+        self.trigger.write_text("adgan-edge test: a failing disk")
+        try:
+            (self.mnt / "probe").touch()
+        except OSError as e:
+            assert e.errno == errno.EROFS, e
+        else:
+            raise AssertionError("the kernel did not make the disk read-only")
+
+    def remount(self) -> None:
+        """The repair: unmount, fsck, mount again (read-write)."""
+        self.unmount()
+        subprocess.run(["e2fsck", "-fy", str(self.image)], capture_output=True)
+        subprocess.run(["mount", "-o", "loop,errors=remount-ro", str(self.image), str(self.mnt)], check=True)
+
+    def unmount(self) -> None:
+        if subprocess.run(["umount", str(self.mnt)], capture_output=True).returncode:
+            subprocess.run(["umount", "-l", str(self.mnt)], capture_output=True)
+
+
+@pytest.fixture
+def failing_disk(tmp_path):
+    disk = FailingDisk(tmp_path)
+    yield disk
+    disk.unmount()
 
 
 @pytest.fixture

@@ -117,6 +117,18 @@ def test_an_outbox_that_cannot_be_written(calibrated, tmp_path, capsys):
         subprocess.run(["umount", "-l", str(ro)], capture_output=True)
 
 
+def test_an_outbox_on_a_disk_the_kernel_made_read_only_is_refused_naming_the_cause(calibrated, tmp_path, capsys,
+                                                                                  failing_disk):
+    """A restart after the station's disk failed (read-only, while the mount still reads `rw`)."""
+    bundle, thresholds = calibrated
+    failing_disk.fail()
+    cfg = agent_config(tmp_path, 1, bundle, thresholds, SRC)
+    cfg.write_text(cfg.read_text().replace(str(tmp_path / "outbox.sqlite"), str(failing_disk.mnt / "outbox.sqlite")))
+    for call in (validate, run):
+        rc, err = call(cfg, capsys)
+        assert rc == 2 and "outbox.path" in err and "Read-only file system" in err and "dmesg" in err, err
+
+
 def test_a_corrupt_outbox_is_a_warning_and_run_moves_it_aside(calibrated, tmp_path, capsys):
     bundle, thresholds = calibrated
     cfg = agent_config(tmp_path, 1, bundle, thresholds, SRC)
