@@ -310,13 +310,14 @@ def agent_config(tmp_path, port: int, bundle, thresholds, source: str, trigger: 
 class AgentProcess:
     """`adgan agent run` as a subprocess; stopped by PID (SIGTERM, then SIGKILL) in stop()."""
 
-    def __init__(self, config: Path, log: Path, env: dict | None = None) -> None:
+    def __init__(self, config: Path, log: Path, env: dict | None = None, wrap: list[str] | None = None) -> None:
+        """`wrap`: a command the agent's command line is handed to (it execs it, like systemd)."""
         self.log = log
         self.fh = open(log, "ab")
         # torch is blocked: the device never has it, so the agent must run without it.
         code = ("import sys; sys.modules['torch'] = None\nfrom adgan.cli import main\n"
                 f"sys.exit(main(['agent', 'run', '--config', {str(config)!r}, '--env-file', '/nonexistent']))")
-        self.proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=self.fh,
+        self.proc = subprocess.Popen([*(wrap or []), sys.executable, "-c", code], cwd=ROOT, stdout=self.fh,
                                      stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
 
     def wait(self, timeout: float) -> int:
