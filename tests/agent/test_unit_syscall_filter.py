@@ -5,7 +5,6 @@ OpenBLAS binds its buffers (mbind), both in @resources: refused, they must not s
 What runs under systemd on a Jetson (CUDA, TensorRT, a live camera) cannot be checked here."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
