@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-APT_PACKAGES := mosquitto libusb-1.0-0 openssl systemd chromium chromium-driver
+APT_PACKAGES := mosquitto libusb-1.0-0 openssl systemd chromium chromium-driver strace e2fsprogs
 
 .PHONY: install test demo clean system-packages
 

@@ -305,10 +305,13 @@ class Agent:
               anomaly_box: dict | None = None) -> None:
         if verdict != "error":
             self._last_error = None
+        # Decided now: storing the sequence number and the event comes after, and a slow disk's
+        # wait counts in the verdict's age (mqtt.verdict_max_age_s), not before it.
+        decided, decided_wall = time.monotonic(), time.time()
         seq = self.outbox.next_seq()  # never repeats, also on a full disk (outbox.SeqFile)
-        total = 1e3 * (time.monotonic() - work.started)
+        total = 1e3 * (decided - work.started)
         ev = Event(event_id=str(uuid.uuid4()), seq=seq, station=self.s.station_id,
-                   captured_at=utc_iso(work.captured_at), decided_at=utc_iso(time.time()),
+                   captured_at=utc_iso(work.captured_at), decided_at=utc_iso(decided_wall),
                    expected_class=self.expected, model=model.ref() if model else None,
                    trigger=self.s.trigger.mode, verdict=verdict, score=score, threshold=threshold,
                    object_area_px=work.area,
@@ -317,7 +320,7 @@ class Agent:
                    source=work.source, error=error, anomaly_map=anomaly_map, anomaly_box=anomaly_box)
         with timed(work, "publish_ms"):
             doc = ev.model_dump(by_alias=True)
-            self.publisher.publish_event(doc)
+            self.publisher.publish_event(doc, decided=decided)
         self.interfaces.event(self.expected, doc, work.view)
         self.counters.add("events")
         self.counters.add(verdict)

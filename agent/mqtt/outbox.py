@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 class Outbox(OutboxSalvage):
     RETRY_S = 0.5  # while the disk fails, how often a new event retries writing what is held
+    SLOW_WRITE_S = 0.5  # storing an event slower than this is said: each part waits for it
+    SLOW_LOG_EVERY_S = 60.0
 
     def __init__(self, path: str | Path, max_events: int = 100_000, memory_events: int = 10_000,
                  reserve_bytes: int = 0) -> None:
@@ -56,6 +58,7 @@ class Outbox(OutboxSalvage):
         self._dropped_unsynced = False
         self._next_retry = 0.0
         self._next_drop_log = 0.0
+        self.slow_writes, self.slowest_write_s, self._next_slow_log = 0, 0.0, 0.0
         self.generation = 0                        # +1 each time the database (re)opens after failing
         self.quarantined: str | None = None        # where a corrupt database was moved, if one was
         self.replaced: str | None = None           # where a file put in the database's place was moved
@@ -176,6 +179,22 @@ class Outbox(OutboxSalvage):
                     log.error("outbox rollback failed too: %s", rollback_error)
             raise
 
+    def _timed(self, what: str, t0: float) -> None:
+        """Say (at most every SLOW_LOG_EVERY_S) and count a store that took SLOW_WRITE_S or more:
+        an SD card or a worn eMMC can take seconds to flush (fsync), and the part waits."""
+        took = time.monotonic() - t0
+        if took < self.SLOW_WRITE_S:
+            return
+        self.slow_writes += 1
+        self.slowest_write_s = max(self.slowest_write_s, round(took, 3))
+        if time.monotonic() >= self._next_slow_log:
+            self._next_slow_log = time.monotonic() + self.SLOW_LOG_EVERY_S
+            log.warning("outbox %s: storing %s took %.1f s (its disk is slow to flush: fsync); each part "
+                        "waits for it, and a verdict whose event leaves more than mqtt.verdict_max_age_s after "
+                        "the decision is not published (%d slow writes so far, the slowest %.1f s; logged at "
+                        "most every %.0f s)", self.path, what, took, self.slow_writes, self.slowest_write_s,
+                        self.SLOW_LOG_EVERY_S)
+
     # -- events --------------------------------------------------------------------------
     def put(self, event_id: str, topic: str, payload: bytes, qos: int = 1) -> bool:
         """Store an event (before publishing it): on disk, or in memory while the disk fails.
@@ -189,7 +208,9 @@ class Outbox(OutboxSalvage):
             self._memory[event_id] = p
             # While the disk fails, retry at most every RETRY_S (each try rewrites everything held).
             if self.last_error is None or time.monotonic() >= self._next_retry:
+                t0 = time.monotonic()
                 self._sync_locked()
+                self._timed("an event", t0)
             if event_id in self._memory and len(self._memory) > self.memory_events:
                 oldest = next(iter(self._memory))
                 del self._memory[oldest]
@@ -280,8 +301,10 @@ class Outbox(OutboxSalvage):
         Stored in place in a preallocated file, so a full disk does not stop it."""
         with self._lock:
             self._seq += 1
+            t0 = time.monotonic()
             try:
                 self.seq_file.set(self._seq)
+                self._timed("a sequence number", t0)
             except OSError as e:
                 self.seq_failures += 1
                 self._failed("sequence number", e)
@@ -347,6 +370,7 @@ class Outbox(OutboxSalvage):
         with self._lock:
             return {"depth": depth, "unsaved": len(self._memory), "dropped": self.dropped,
                     "store_failures": self.store_failures, "seq_failures": self.seq_failures,
+                    "slow_writes": self.slow_writes, "slowest_write_s": self.slowest_write_s,
                     "error": self.last_error, "quarantined": self.quarantined, "replaced": self.replaced,
                     "reserve": self.reserve.status()}
 

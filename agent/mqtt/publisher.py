@@ -351,11 +351,12 @@ class Publisher(EventPump):
             self.client.connect_async(self.host, self.port, self.keepalive)
         self.client.loop_start()
 
-    def publish_event(self, event: dict) -> None:
+    def publish_event(self, event: dict, decided: float | None = None) -> None:
         """Store the event durably (or hold it in memory while the disk fails), then let the
-        pump publish it; it leaves the outbox on the broker's acknowledgement."""
+        pump publish it; it leaves the outbox on the broker's acknowledgement. `decided`: the
+        monotonic time of its decision, from which its verdict's age counts (default now)."""
         payload = json.dumps(event, separators=(",", ":")).encode()
-        self.verdicts.decided(event)
+        self.verdicts.decided(event, decided)
         self.outbox.put(event["event_id"], self.topic("events"), payload, self.qos)
         self._wake.set()
 

@@ -7,8 +7,11 @@ not sent is counted ("verdicts_skipped"); the event itself always goes out, thro
 """
 from __future__ import annotations
 
+import logging
 import time
 from typing import Callable
+
+log = logging.getLogger(__name__)
 
 VERDICTS = {"ok": "OK", "anomaly": "NG"}  # event verdict -> what the verdict topic says
 
@@ -16,15 +19,19 @@ VERDICTS = {"ok": "OK", "anomaly": "NG"}  # event verdict -> what the verdict to
 class LiveVerdicts:
     """Verdicts waiting for their event to leave. `counters` is the publisher's counter dict."""
 
+    LOG_EVERY_S = 60.0
+
     def __init__(self, max_age_s: float, counters: dict[str, int]) -> None:
         self.max_age_s, self.counters = max_age_s, counters
         self._fresh: dict[str, tuple[str, float]] = {}  # event id -> (OK/NG, monotonic decision time)
+        self._next_log = 0.0
 
-    def decided(self, event: dict) -> None:
-        """Note an event's verdict when it is decided (events without OK/NG have none)."""
+    def decided(self, event: dict, at: float | None = None) -> None:
+        """Note an event's verdict (events without OK/NG have none); `at`: the monotonic time it
+        was decided (before its event was stored: a slow disk's wait counts), default now."""
         verdict = VERDICTS.get(event.get("verdict"))  # type: ignore[arg-type]
         if verdict is not None:
-            self._fresh[event["event_id"]] = (verdict, time.monotonic())
+            self._fresh[event["event_id"]] = (verdict, time.monotonic() if at is None else at)
 
     def take(self, event_id: str, stalled: Callable[[], bool]) -> str | None:
         """The verdict to publish now that its event has been handed to the broker, or None
@@ -33,14 +40,28 @@ class LiveVerdicts:
         if fresh is None:
             return None
         verdict, decided = fresh
-        if time.monotonic() - decided > self.max_age_s or stalled():
+        age = time.monotonic() - decided
+        if age > self.max_age_s:
+            self._skipped(verdict, age)
+            return None
+        if stalled():  # (a link that is not acknowledging is said as the link's state)
             self.counters["verdicts_skipped"] += 1
             return None
         return verdict
 
     def expire(self) -> None:
-        """Drop (and count) verdicts whose events did not leave in time."""
-        limit = time.monotonic() - self.max_age_s
-        for eid in [e for e, (_, t) in list(self._fresh.items()) if t < limit]:
-            if self._fresh.pop(eid, None) is not None:
-                self.counters["verdicts_skipped"] += 1
+        """Drop (and count, and say) verdicts whose events did not leave in time."""
+        now = time.monotonic()
+        for eid in [e for e, (_, t) in list(self._fresh.items()) if now - t > self.max_age_s]:
+            if (fresh := self._fresh.pop(eid, None)) is not None:
+                self._skipped(fresh[0], now - fresh[1])
+
+    def _skipped(self, verdict: str, age: float) -> None:
+        self.counters["verdicts_skipped"] += 1
+        if time.monotonic() >= self._next_log:
+            self._next_log = time.monotonic() + self.LOG_EVERY_S
+            log.warning("verdict %s not published: its event had not left %.1f s after the decision, more than "
+                        "mqtt.verdict_max_age_s (%.1f s): a slow disk, or a broker that is away or not "
+                        "acknowledging. A late verdict could pass the wrong part, so the PLC gets none (%d skipped "
+                        "so far; logged at most every %.0f s)", verdict, age, self.max_age_s,
+                        self.counters["verdicts_skipped"], self.LOG_EVERY_S)

@@ -200,6 +200,21 @@ class FailingDisk:
             subprocess.run(["umount", "-l", str(self.mnt)], capture_output=True)
 
 
+def slow_disk(calls: str, delay_s: float) -> list[str]:
+    """A command prefix that runs a process with every one of `calls` (system calls, e.g. "fsync":
+    os.fsync, the sequence file's; "fdatasync": SQLite's) returning `delay_s` late, as an SD card
+    or a worn eMMC flushes: strace's fault injection, done by the kernel's ptrace stops."""
+    exe = shutil.which("strace")
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("strace is missing in CI (make install installs it as root)")
+        pytest.skip("strace is not installed")
+    if subprocess.run([exe, "-qq", "-o", os.devnull, "true"], capture_output=True).returncode:
+        pytest.skip("strace cannot trace here (ptrace is not permitted)")
+    return [exe, "-f", "-qq", "-o", os.devnull, "-e", f"trace={calls}", "-e",
+            f"inject={calls}:delay_exit={int(delay_s * 1e6)}"]
+
+
 @pytest.fixture
 def failing_disk(tmp_path):
     disk = FailingDisk(tmp_path)
@@ -332,17 +347,42 @@ class AgentProcess:
             self.fh.flush()
         return self.log.read_text(errors="replace")
 
+    def agent_pid(self) -> int:
+        """The agent's own process: the one started, or, under a wrapper that forks it (strace,
+        which blocks the signals sent to it), that wrapper's child."""
+        pid, python = self.proc.pid, os.path.realpath(sys.executable)
+        for _ in range(3):
+            try:
+                if os.path.realpath(f"/proc/{pid}/exe") == python:
+                    return pid
+                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            except OSError:
+                return self.proc.pid
+            if not children:
+                break
+            pid = int(children[0])
+        return self.proc.pid
+
     def terminate(self, timeout: float = 20, sig: int = signal.SIGTERM) -> int:
-        self.proc.send_signal(sig)
+        os.kill(self.agent_pid(), sig)
         return self.wait(timeout)
 
     def kill(self) -> None:
-        self.proc.kill()
+        self._kill()
         self.proc.wait(10)
+
+    def _kill(self) -> None:
+        pid = self.agent_pid()
+        if pid != self.proc.pid:  # (a wrapper's child first: killing the wrapper would leave it running)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        self.proc.kill()
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.kill()
+            self._kill()
             self.proc.wait(10)
         self.fh.close()
 
