@@ -112,6 +112,7 @@ class SeqFile:
         slots = [self._read_slot(i) for i in (0, 1)]
         valid = [v for v in slots if v is not None]
         self.value = max(valid) if valid else 0
+        self._dirty = False  # written since the last fsync
         self._next_slot = 0 if slots[0] is None or (slots[1] is not None and slots[1] > slots[0]) else 1
 
     def _read_slot(self, i: int) -> int | None:
@@ -121,15 +122,29 @@ class SeqFile:
         value, crc = self._SLOT.unpack(raw)
         return value if crc == zlib.crc32(struct.pack("<Q", value)) and (value or crc) else None
 
-    def set(self, value: int) -> None:
-        """Store `value` (at least the current one) durably; raises OSError if the disk fails."""
+    def set(self, value: int, flush: bool = True) -> None:
+        """Store `value` (at least the current one), durably unless `flush` is False (then
+        `flush()` makes it so); raises OSError if the disk fails."""
         if value < self.value:
             raise ValueError(f"a sequence number never goes backwards: {value} < {self.value}")
         self.value = value  # in memory first: the counter moves on even if the write fails
         data = self._SLOT.pack(value, zlib.crc32(struct.pack("<Q", value)))
         os.pwrite(self._fd, data, self._next_slot * self._SLOT.size)
-        os.fsync(self._fd)
         self._next_slot ^= 1
+        self._dirty = True
+        if flush:
+            self.flush()
+
+    @property
+    def flushed(self) -> bool:
+        """Is the last value written durable?"""
+        return not self._dirty
+
+    def flush(self) -> None:
+        """Make the last value written durable (fsync); raises OSError if the disk fails."""
+        if self._dirty:
+            os.fsync(self._fd)
+            self._dirty = False
 
     def renewed(self, value: int) -> "SeqFile":
         """After `gone()`: a counter at the path again, holding at least `value` (and a replacement's

@@ -81,6 +81,7 @@ class Outbox(OutboxSalvage):
         # The database keeps a copy of the counter too: never go below either.
         self._seq = max(self.seq_file.value, db_seq)
         self._seq_stored = self._seq               # the highest sequence number known to be on disk
+        self._seq_failed = 0                       # the last number counted in seq_failures
         self.reserve.keep()
 
     KEY_FLOOR_UNOPENED = 10 ** 12
@@ -167,6 +168,7 @@ class Outbox(OutboxSalvage):
     def _transaction(self, statements) -> None:
         """Run `statements(db)` in one write transaction; on error roll back (if SQLite has not
         already) and raise the original error, not the rollback's."""
+        self._db.execute("PRAGMA synchronous=FULL")  # (whatever a delete left: every write is flushed)
         self._db.execute("BEGIN IMMEDIATE")
         try:
             statements(self._db)
@@ -238,7 +240,7 @@ class Outbox(OutboxSalvage):
             return
         if self._db is None and not self._open_locked():
             return
-        held, acked = list(self._memory.values()), set(self._acked_unsynced)
+        held, acked, stored_seq = list(self._memory.values()), set(self._acked_unsynced), self._seq
         excess_box: list[int] = []
 
         def write(db):
@@ -251,7 +253,7 @@ class Outbox(OutboxSalvage):
                 db.execute("DELETE FROM events WHERE seq IN (SELECT seq FROM events ORDER BY seq LIMIT ?)", (excess,))
             excess_box.append(excess)
             db.execute("INSERT INTO counters (name, value) VALUES ('seq', ?) ON CONFLICT(name) "
-                       "DO UPDATE SET value = MAX(value, excluded.value)", (self._seq,))
+                       "DO UPDATE SET value = MAX(value, excluded.value)", (stored_seq,))
             if excess or self._dropped_unsynced:
                 db.execute("INSERT INTO counters (name, value) VALUES ('dropped', ?) ON CONFLICT(name) "
                            "DO UPDATE SET value = MAX(value, excluded.value)", (self.dropped + excess,))
@@ -268,6 +270,7 @@ class Outbox(OutboxSalvage):
             self.store_failures += 1
             self._next_retry = time.monotonic() + self.RETRY_S
             self._failed("write", e)
+            self._flush_seq_locked()
             if corrupt_file(e):  # the next try opens the file again, and moves it aside if it is corrupt
                 self._db.close()
                 self._db = None
@@ -275,6 +278,7 @@ class Outbox(OutboxSalvage):
             return
         for p in held:
             self._memory.pop(p.event_id, None)
+        self._seq_stored = max(self._seq_stored, stored_seq)  # (the counters row, in the same commit)
         self._acked_unsynced -= acked
         self._dropped_unsynced = False
         if excess_box and excess_box[0]:
@@ -298,21 +302,37 @@ class Outbox(OutboxSalvage):
 
     def next_seq(self) -> int:
         """The next event sequence number: 1, 2, ... never repeated, kept across restarts.
-        Stored in place in a preallocated file, so a full disk does not stop it."""
+        Stored in place in a preallocated file, so a full disk does not stop it. It is written
+        there at once and flushed with the event: the event's own write stores it in the
+        database too (one flush a part, not two), and a write that fails flushes the file."""
         with self._lock:
             self._seq += 1
             t0 = time.monotonic()
             try:
-                self.seq_file.set(self._seq)
+                self.seq_file.set(self._seq, flush=self._db is None or self.last_error is not None)
                 self._timed("a sequence number", t0)
             except OSError as e:
                 self.seq_failures += 1
+                self._seq_failed = self._seq
                 self._failed("sequence number", e)
             else:
-                self._seq_stored = self._seq
+                if self.seq_file.flushed:
+                    self._seq_stored = self._seq
                 if self._said:
                     self._recovered(self.SEQ_KINDS)
             return self._seq
+
+    def _flush_seq_locked(self) -> None:
+        """The event's write failed: its sequence number is made durable in its own file."""
+        try:
+            self.seq_file.flush()
+        except OSError as e:
+            if self._seq > self._seq_failed:  # (counted once per number, in next_seq or here)
+                self.seq_failures += 1
+            self._seq_failed = self._seq
+            self._failed("sequence number", e)
+        else:
+            self._seq_stored = self.seq_file.value
 
     def ack(self, event_id: str) -> None:
         with self._lock:
@@ -321,7 +341,14 @@ class Outbox(OutboxSalvage):
             if self._db is None:  # only held events exist while the database is not open
                 return
             try:
-                self._db.execute("DELETE FROM events WHERE event_id = ?", (event_id,))
+                # Not flushed on its own: the next event's write flushes it (a flush a part spared). A
+                # power cut before that only sends this acknowledged event again (consumers
+                # deduplicate on event_id); a kill loses nothing, the kernel has it.
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                try:
+                    self._db.execute("DELETE FROM events WHERE event_id = ?", (event_id,))
+                finally:
+                    self._db.execute("PRAGMA synchronous=FULL")
             except sqlite3.Error as e:  # a delete needs space in the WAL too: retried with the next write
                 self._acked_unsynced.add(event_id)
                 self._failed("delete", e)
@@ -380,6 +407,8 @@ class Outbox(OutboxSalvage):
             if self._memory:
                 log.error("outbox closed with %d events that could not be written to disk: they are lost (%s)",
                           len(self._memory), self.last_error)
+            if self._seq > self._seq_stored:  # (numbers taken without an event written after them)
+                self._flush_seq_locked()
             if self._seq > self._seq_stored:
                 why = next((f"{k}: {self._said[k]}" for k in self.SEQ_KINDS if k in self._said), self.last_error)
                 log.error("sequence numbers %d to %d could not be stored (%s): after a restart they are given "

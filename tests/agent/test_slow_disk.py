@@ -6,16 +6,16 @@ from tests.agent.conftest import AgentProcess, Subscriber, agent_config, slow_di
 
 
 def test_a_slow_disk_is_said_and_its_wait_counts_in_the_verdicts_age(broker, calibrated, synth_data, tmp_path):
-    """Every event's sequence number is flushed (fsync) before its event is stored. The verdict's
-    age used to be counted from after that flush, so a verdict 1.2 s old (and more) went out as
-    live under `verdict_max_age_s = 1`, and nothing said the disk was slow."""
+    """Every flush takes 1.2 s. The verdict's age used to be counted from after the sequence
+    number's flush, so a verdict 1.2 s old (and more) went out as live under
+    `verdict_max_age_s = 1`, and nothing said the disk was slow."""
     bundle, thresholds = calibrated
     src = f'type = "folder"\npath = "{synth_data / "test" / "sphere"}"\nloop = true\nfps = 5'
     cfg = agent_config(tmp_path, broker.port, bundle, thresholds, src)
     cfg.write_text(cfg.read_text().replace("[mqtt]\n", "[mqtt]\nverdict_max_age_s = 1.0\n"))
     sub = Subscriber(broker.port, "adgan/st1/#")
     assert sub.subscribed.wait(10)
-    agent = AgentProcess(cfg, tmp_path / "agent.log", wrap=slow_disk("fsync", 1.2))
+    agent = AgentProcess(cfg, tmp_path / "agent.log", wrap=slow_disk("fsync,fdatasync", 1.2))
     try:
         assert sub.wait_for(lambda m: len(sub.documents("adgan/st1/events")) >= 4, timeout=90), agent.output()
         assert sub.wait_for(lambda m: sub.documents("adgan/st1/status")[-1]["mqtt"]["verdicts_skipped"] >= 3,
@@ -30,7 +30,7 @@ def test_a_slow_disk_is_said_and_its_wait_counts_in_the_verdicts_age(broker, cal
     status = sub.documents("adgan/st1/status")[-1]
     assert status["outbox"]["slow_writes"] >= 3 and status["outbox"]["slowest_write_s"] >= 1.2, status["outbox"]
     # said once each (at most every 60 s), with the time it took
-    assert out.count("storing a sequence number took 1.") == 1, out
+    assert out.count("storing an event took 1.") == 1, out
     assert out.count("not published: its event had not left 1.") == 1, out
     events = sub.documents("adgan/st1/events")
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))

@@ -59,8 +59,8 @@ def test_a_sequence_file_that_fails_alone_is_said_once_and_its_recovery_too(tmp_
     ob = Outbox(tmp_path / "outbox.sqlite")
     real_set, failing = files.SeqFile.set, [True]
 
-    def flaky_set(self, value):
-        real_set(self, value)
+    def flaky_set(self, value, flush=True):
+        real_set(self, value, flush)
         if failing[0]:
             raise OSError(5, "Input/output error")
     monkeypatch.setattr(files.SeqFile, "set", flaky_set)
@@ -77,3 +77,4 @@ def test_a_sequence_file_that_fails_alone_is_said_once_and_its_recovery_too(tmp_
                               "[Errno 5] Input/output error); events are held in memory until it can"),
                     ("WARNING", f"sequence numbers are stored again in {tmp_path / 'outbox.sqlite.seq'} (at 11)")], said
     ob.close()
+
