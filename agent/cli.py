@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import signal
 import sqlite3
@@ -61,6 +62,11 @@ def cmd_run(a: argparse.Namespace) -> int:
     if s is None or not _preflight(a, s):
         return 2
     _logging(a.log_level)
+    # Where every thread was, on stderr (the journal): when systemd's watchdog kills a stuck agent
+    # (SIGABRT), on a crash in native code (SIGSEGV: an engine, a camera driver), and on demand,
+    # without stopping it: `systemctl kill -s USR1 adgan-agent` (or kill -USR1 PID) for a hang.
+    faulthandler.enable(file=sys.stderr, all_threads=True)
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
     agent = Agent(s)
     # SIGHUP too (the terminal of a hand-started agent closed): a stop that finishes and flushes,
     # not the default's instant death

@@ -163,6 +163,84 @@ class ClockWatch:
         return {"jumps": self.jumps, "last_jump_s": self.last_jump_s}
 
 
+class LoopWatch:
+    """Says when the inspection loop has not come round for `stall_s` (a disk that does not flush,
+    a camera or an engine call that does not return), with every thread's stack, before systemd's
+    watchdog (WatchdogSec=30) kills it with no word of where it was; and says when it comes round
+    again. Stalls are counted in `status.loop`."""
+
+    LOG_EVERY_S = 60.0    # a disk that stalls every part is one line a minute,
+    DUMP_EVERY_S = 600.0  # and the stacks once in ten
+
+    def __init__(self, stall_s: float, out=None, mono=None) -> None:  # (tests pass their clock)
+        self.stall_s, self.out = stall_s, out
+        self.mono = mono or (lambda: time.monotonic())
+        self._last = self.mono()
+        self._stalled_since: float | None = None
+        self._said = False                     # the current stall was logged
+        self._next_log = self._next_dump = 0.0
+        self.stalls, self.longest_s = 0, 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._last = self.mono()
+        self._thread = threading.Thread(target=self._watch, name="loop-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def beat(self) -> None:
+        """The loop came round."""
+        now = self.mono()
+        if self._stalled_since is not None:
+            took = now - self._last
+            self.longest_s = max(self.longest_s, round(took, 1))
+            if self._said:
+                log.warning("the inspection loop came round again after %.1f s", took)
+            self._stalled_since = None
+        self._last = now
+
+    def check(self) -> bool:
+        """True when the loop has not come round for stall_s (once per stall): counted, and said
+        with every thread's stack (at most every LOG_EVERY_S; the stacks every DUMP_EVERY_S)."""
+        now = self.mono()
+        if self._stalled_since is not None or now - self._last < self.stall_s:
+            return False
+        self._stalled_since = self._last
+        self.stalls += 1
+        self._said = now >= self._next_log
+        if not self._said:
+            return True
+        self._next_log = now + self.LOG_EVERY_S
+        dump = now >= self._next_dump
+        log.error("the inspection loop has not come round for %.0f s (health.stall_s): no part is inspected "
+                  "meanwhile. %s (a disk that does not flush? a camera or engine call that does not return?); "
+                  "under systemd its watchdog kills the agent at WatchdogSec (%d stalls so far; said at most "
+                  "every %.0f s, the stacks every %.0f min)", now - self._last,
+                  "Where each thread is follows" if dump else "Where each thread was is above", self.stalls,
+                  self.LOG_EVERY_S, self.DUMP_EVERY_S / 60)
+        if dump:
+            self._next_dump = now + self.DUMP_EVERY_S
+            import faulthandler
+            import sys
+            out = self.out or sys.stderr
+            try:
+                out.flush()
+                faulthandler.dump_traceback(file=out, all_threads=True)
+            except (OSError, ValueError, AttributeError) as e:  # (no file descriptor: say so, not fail)
+                log.error("the threads' stacks could not be written: %s", e)
+        return True
+
+    def _watch(self) -> None:
+        while not self._stop.wait(min(1.0, self.stall_s / 4)):
+            self.check()
+
+    def status(self) -> dict:
+        return {"stalls": self.stalls, "longest_s": self.longest_s}
+
+
 def _utc(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 

@@ -142,6 +142,10 @@ def check_source(s: AgentSettings, r: Report) -> None:
     if src.type == "realsense" and src.recording is not None and not Path(src.recording).is_file():
         r.warnings.append(f"source.recording: {src.recording} does not exist (yet); the agent retries it with "
                           "backoff")
+    h = s.health
+    if h.stall_s <= 2 * h.frame_timeout_s:  # (a camera's wait for a frame, and its reopening, are not stalls)
+        r.warnings.append(f"health.stall_s ({h.stall_s:g} s) is not above twice health.frame_timeout_s "
+                          f"({h.frame_timeout_s:g} s): a camera's wait for a frame would be said as a stall")
     ref = s.segmentation.reference
     if ref is not None and not Path(ref).is_file():
         r.warnings.append(f"segmentation.reference: {ref} does not exist yet; until it is recorded with "

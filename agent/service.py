@@ -18,7 +18,7 @@ from agent.decide.anomaly_map import encode_map, heat, hot_box
 from agent.decide.inspector import ClassModel, load_models
 from agent.decide.reload import ThresholdsReload
 from agent.frame import FrameError, NoObjectError, RGBDFrame, Sample
-from agent.health import ClockWatch, Counters, SystemdNotifier, Work, iso_time, timed
+from agent.health import ClockWatch, Counters, LoopWatch, SystemdNotifier, Work, iso_time, timed
 from agent.interfaces import Interfaces
 from agent.mqtt.events import Event, utc_iso
 from agent.mqtt.files import AgentLock
@@ -66,6 +66,7 @@ class Agent:
         self.interfaces = Interfaces(self)
         self.lock = AgentLock(settings.outbox.path)
         self.clock = ClockWatch()  # events are stamped with the wall clock: its jumps are said
+        self.loop_watch = LoopWatch(settings.health.stall_s)  # a loop stuck somewhere is said, with where
 
     # -- start ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -135,8 +136,10 @@ class Agent:
     def run(self) -> int:
         """Inspect until a stop request or the end of a finite replay; returns the exit code."""
         try:
+            self.loop_watch.start()
             while not self.stop_requested.is_set():
                 self.notifier.watchdog()
+                self.loop_watch.beat()
                 self.clock.check()
                 self._publish_status()
                 self._apply_class_request()
@@ -335,6 +338,7 @@ class Agent:
         c = self.counters.snapshot()
         return {"station": self.s.station_id, "time": utc_iso(time.time()),
                 "uptime_s": round(time.monotonic() - self.started, 1), "clock": self.clock.status(),
+                "loop": self.loop_watch.status(),
                 "expected_class": self.expected,
                 "trigger": self.s.trigger.mode, "counters": c,
                 "stage_seconds": {k: round(v, 3) for k, v in self.stage_s.items()},
@@ -371,6 +375,7 @@ class Agent:
     def shutdown(self) -> None:
         """Flush what the broker accepts (bounded), publish offline, release everything. Idempotent."""
         self.notifier.stopping()
+        self.loop_watch.stop()
         self.interfaces.close()
         if self.publisher is not None:
             self._publish_status(force=True)

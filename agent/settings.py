@@ -252,6 +252,8 @@ class HealthSettings(_Strict):
     reconnect_min_s: float = Field(1.0, gt=0, description="first wait before reopening a failed source")
     reconnect_max_s: float = Field(30.0, gt=0, description="longest wait between reopen attempts (doubling)")
     stop_flush_s: float = Field(5.0, ge=0, description="on stop, wait this long for the broker to take events")
+    stall_s: float = Field(20.0, gt=0, description="the inspection loop not coming round for this long is said, with "
+                           "every thread's stack (keep it below the unit's WatchdogSec, 30)")
 
 
 class AgentSettings(BaseSettings):

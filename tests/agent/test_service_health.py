@@ -166,3 +166,65 @@ def test_a_clock_before_the_bundle_was_made_is_said(caplog):
         assert not ClockWatch(wall=lambda: made - 400 * 86400).not_before(made, "the newest bundle")
     said = [r.getMessage() for r in caplog.records]
     assert len(said) == 1 and "before the newest bundle was made (2026-12-04T10:00:00Z): is it set (NTP)?" in said[0]
+
+
+def test_a_stalled_loop_is_said_with_the_stacks_and_rate_limited(tmp_path, caplog):
+    from agent.health import LoopWatch
+    now = [100.0]
+    out = open(tmp_path / "stacks.txt", "w")
+    w = LoopWatch(20.0, out=out, mono=lambda: now[0])
+    with caplog.at_level("WARNING", logger="agent.health"):
+        for _ in range(10):       # a loop that comes round every 5 s is not stalled
+            now[0] += 5
+            assert not w.check()
+            w.beat()
+        now[0] += 21              # stuck
+        assert w.check() and not w.check()  # once per stall
+        now[0] += 4
+        w.beat()
+        for _ in range(2):        # two more stalls within the minute: counted, not said again
+            now[0] += 21
+            assert w.check()
+            w.beat()
+        now[0] += 60
+        assert w.check()          # a minute on: said again, without the stacks (at most every 10 min)
+        w.beat()
+    out.close()
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 4, said
+    assert said[0].startswith("the inspection loop has not come round for 21 s (health.stall_s)"), said
+    assert said[1] == "the inspection loop came round again after 25.0 s"
+    assert said[2].startswith("the inspection loop has not come round for 60 s (health.stall_s)"), said
+    assert said[3] == "the inspection loop came round again after 60.0 s"
+    assert "Where each thread is follows" in said[0] and "Where each thread was is above" in said[2]
+    assert "(4 stalls so far" in said[2]
+    stacks = (tmp_path / "stacks.txt").read_text()
+    assert stacks.count("(most recent call first)") >= 1 and "test_service_health.py" in stacks, stacks
+    assert stacks.count("Current thread") == 1  # one dump
+    assert w.status() == {"stalls": 4, "longest_s": 60.0}
+
+
+def test_sigusr1_prints_every_threads_stack_and_systemds_watchdog_signal_too(broker, calibrated, synth_data,
+                                                                              tmp_path):
+    """`systemctl kill -s USR1 adgan-agent` shows where a hung agent is, and it goes on; systemd's
+    watchdog kills with SIGABRT, which now leaves the stacks in the journal instead of nothing."""
+    import signal
+    bundle, thresholds = calibrated
+    src = f'type = "folder"\npath = "{synth_data / "test" / "sphere"}"\nloop = true\nfps = 5'
+    cfg = agent_config(tmp_path, broker.port, bundle, thresholds, src)
+    sub = Subscriber(broker.port, "adgan/st1/events")
+    assert sub.subscribed.wait(10)
+    agent = AgentProcess(cfg, tmp_path / "agent.log")
+    try:
+        assert sub.wait_for(lambda m: len(m) >= 2, timeout=60), agent.output()
+        agent.proc.send_signal(signal.SIGUSR1)
+        n = len(sub.messages)
+        assert sub.wait_for(lambda m: len(m) >= n + 3, timeout=30), agent.output()  # it goes on
+        dumped = agent.output()
+        assert "(most recent call first)" in dumped and 'service.py", line' in dumped, dumped
+        assert agent.terminate(30, sig=signal.SIGABRT) == -signal.SIGABRT
+    finally:
+        agent.stop()
+        sub.close()
+    out = agent.output()
+    assert "Fatal Python error: Aborted" in out and out.count("(most recent call first)") >= 4, out

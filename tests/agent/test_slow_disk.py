@@ -35,3 +35,30 @@ def test_a_slow_disk_is_said_and_its_wait_counts_in_the_verdicts_age(broker, cal
     events = sub.documents("adgan/st1/events")
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     assert all(e["latency_ms"]["total_ms"] < 1000 for e in events), [e["latency_ms"] for e in events]
+
+
+def test_a_loop_stuck_on_the_disk_is_said_with_where_each_thread_is(broker, calibrated, synth_data, tmp_path):
+    """A flush that does not return for seconds (an SD card stalling) holds the inspection loop.
+    Under systemd its watchdog then kills the agent, and the journal said only "Watchdog timeout".
+    The loop's stall is now said with every thread's stack, and its recovery."""
+    bundle, thresholds = calibrated
+    src = f'type = "folder"\npath = "{synth_data / "test" / "sphere"}"\nloop = true\nfps = 5'
+    cfg = agent_config(tmp_path, broker.port, bundle, thresholds, src)
+    cfg.write_text(cfg.read_text().replace("[health]\n", "[health]\nstall_s = 1.5\nframe_timeout_s = 0.5\n"))
+    sub = Subscriber(broker.port, "adgan/st1/#")
+    assert sub.subscribed.wait(10)
+    agent = AgentProcess(cfg, tmp_path / "agent.log", wrap=slow_disk("fdatasync", 3.0))
+    try:
+        assert sub.wait_for(lambda m: any(s["loop"]["stalls"] >= 2 and s["loop"]["longest_s"] >= 3.0
+                                          for s in sub.documents("adgan/st1/status")), timeout=90), agent.output()
+        assert agent.terminate(60) == 0
+    finally:
+        agent.stop()
+        sub.close()
+    out = agent.output()
+    # every part stalls: said once (at most every 60 s), with the stacks
+    assert out.count("the inspection loop has not come round for 2 s (health.stall_s)") == 1, out
+    stack = out[out.index("has not come round"):]
+    assert "Current thread" in stack or "Thread 0x" in stack, stack[:3000]
+    assert 'outbox.py", line' in stack and "in put" in stack, stack[:3000]  # where it waits: storing an event
+    assert out.count("the inspection loop came round again after 3.") == 1, out
