@@ -123,6 +123,16 @@ class TriggerSettings(_Strict):
                                                          "burst are coalesced and counted (triggers_coalesced)")
 
 
+def _printable_topic(v: str) -> str:
+    """MQTT forbids U+0000 in topics (the broker hangs up on the CONNECT whose Last Will names
+    it) and advises against other control characters: none are taken."""
+    bad = sorted({c for c in v if ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F})
+    if bad:
+        raise ValueError("must not contain control characters (MQTT topics), got " +
+                         ", ".join(f"U+{ord(c):04X}" for c in bad))
+    return v
+
+
 class MqttSettings(_Strict):
     host: str = Field("127.0.0.1", description="broker host")
     port: int = Field(1883, ge=1, le=65535, description="broker port")
@@ -149,7 +159,7 @@ class MqttSettings(_Strict):
     def _no_wildcards(cls, v: str) -> str:
         if not v or any(c in v for c in "+#") or v.startswith("/") or v.endswith("/"):
             raise ValueError("must be a non-empty topic without wildcards or leading/trailing '/'")
-        return v
+        return _printable_topic(v)
 
     @model_validator(mode="after")
     def _cert_and_key_together(self):
@@ -292,7 +302,10 @@ class AgentSettings(BaseSettings):
     def _topic_safe(cls, v: str) -> str:
         if not v or any(c in v for c in "/+# "):
             raise ValueError("must be non-empty without '/', '+', '#' or spaces (it is a topic level)")
-        return v
+        if len(v) > 128:
+            raise ValueError(f"must be at most 128 characters (it is a topic level and the MQTT client id), "
+                             f"got {len(v)}")
+        return _printable_topic(v)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,

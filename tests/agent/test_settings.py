@@ -78,6 +78,12 @@ def test_password_from_systemd_credentials_and_dotenv(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("edit, path", [
     (lambda t: t.replace('station_id = "line1-st3"', 'station_id = "line1/st3"'), "station_id"),
+    # a NUL in a topic makes the broker hang up on every CONNECT (its Last Will names the topic)
+    (lambda t: t.replace('station_id = "line1-st3"', 'station_id = "line1\\u0000st3"'), "station_id"),
+    (lambda t: t.replace('station_id = "line1-st3"', 'station_id = "line1\\u001bst3"'), "station_id"),
+    (lambda t: t.replace('station_id = "line1-st3"', f'station_id = "{"s" * 129}"'), "station_id"),
+    (lambda t: t.replace('host = "broker.local"', 'host = "broker.local"\ntopic_prefix = "plant\\u0085"'),
+     "mqtt.topic_prefix"),
     (lambda t: t.replace('type = "synthetic"', 'type = "webcam"'), "source"),
     (lambda t: t.replace('seed = 4', 'seed = 4\nvariety = "batch"'), "source.synthetic.variety"),
     (lambda t: t.replace('expected_class = "rectangle"', 'expected_class = "sphere"'), "model"),
