@@ -32,6 +32,7 @@ from agent.mqtt import link
 from agent.mqtt.commands import Commands, Handler
 from agent.mqtt.link import ReportingClient, describe_connect_error
 from agent.mqtt.outbox import Outbox
+from agent.mqtt.protocol import AutoProtocol
 from agent.mqtt.pump import EventPump
 from agent.mqtt.refusals import DeliveryCheck, Refusals
 from agent.mqtt.verdict import LiveVerdicts
@@ -43,11 +44,10 @@ log = logging.getLogger(__name__)
 # topic name invalid
 PERMANENT_REJECTIONS = {0x95, 0x99, 0x90}
 MAX_EVENT_BACK = 1 << 20  # bytes: an event read back larger than this is someone else's
-AUTO_CONNACK_S = 10.0  # protocol "auto": a CONNECT unanswered this long on an open socket tries the other version
 UNSUPPORTED_PROTOCOL = 0x84  # CONNACK: an MQTT 3.1.1 broker's answer to an MQTT 5 CONNECT (paho's reading)
 
 
-class Publisher(EventPump):
+class Publisher(EventPump, AutoProtocol):
     """The station's MQTT link. `settings` is the agent's `[mqtt]` table; `commands` maps a
     feature to the handler of the payload of <base>/<feature>/set (called on paho's thread)."""
 
@@ -87,7 +87,9 @@ class Publisher(EventPump):
         self._states: dict[str, str] = {}  # feature -> last state echoed (again on every connect)
         # "auto" speaks MQTT 5 and falls back to 3.1.1 where the broker refuses 5 (_on_connect)
         self.protocol = "3.1.1" if s.protocol == "3.1.1" else "5"
-        self._switch_to: str | None = None  # protocol "auto": the pump reconnects with this version
+        self._switch_to: str | None = None  # protocol "auto": the pump reconnects with this version,
+        self._switch_at, self._switch_wait = 0.0, 0.0  # ... at this time (backoff once both versions hang up)
+        self._hung: set[str] = set()        # "auto": versions the broker hung up on before accepting
         self._accepted = False              # a connection was accepted: "auto" keeps its version
         self._unanswered_since: float | None = None  # "auto": a CONNECT on an open socket, not answered
         self.delivery = DeliveryCheck() if s.check_delivery else None
@@ -211,12 +213,19 @@ class Publisher(EventPump):
                            logging.ERROR if self.link["state"] != "taken_over" else logging.DEBUG)
         elif not self._connack:
             # A 3.1.1 broker may hang up on an MQTT 5 CONNECT without a CONNACK (amqtt does): "auto"
-            # tries the other version at each such hang-up until one is accepted
+            # tries the other version at each such hang-up until one is accepted. Once both have
+            # been hung up on, the version is not the matter (a TLS port, a proxy without a broker
+            # behind it): said once, and both are tried in turn with backoff, not twice a second.
             other = "3.1.1" if self.protocol == "5" else "5"
             hint = "" if self.tls else "; is it a TLS port? (set mqtt.tls_ca)"
-            self._set_link("closed", f"{self.host}:{self.port} closed the connection before accepting it "
-                                     f"({reason_code}){hint}" +
-                                     (f"; trying MQTT {other}" if self._auto_switch(other) else ""))
+            self._hung.add(self.protocol)
+            if self._hung >= {"5", "3.1.1"} and self._auto_switch(other, backoff=True):
+                self._set_link("closed", f"{self.host}:{self.port} closes the connection before accepting it, "
+                                         f"with MQTT 5 and 3.1.1 alike{hint}; both are tried in turn, with backoff")
+            else:
+                self._set_link("closed", f"{self.host}:{self.port} closed the connection before accepting it "
+                                         f"({reason_code}){hint}" +
+                                         (f"; trying MQTT {other}" if self._auto_switch(other) else ""))
         elif was_connected:
             self._set_link("disconnected", f"lost the connection to {self.host}:{self.port} ({reason_code}); "
                                            "reconnecting with backoff")
@@ -294,48 +303,6 @@ class Publisher(EventPump):
         self.counters["events_unconfirmed"] = self.delivery.unconfirmed
         if say:
             self.delivery.say_overdue(late, self.topic("events"), self.client_id)
-
-    # -- protocol ------------------------------------------------------------------------
-    def _auto_switch(self, protocol: str) -> bool:
-        """Protocol "auto", before any connection was accepted: have the pump reconnect with
-        `protocol` (not on paho's own thread, which cannot stop itself). False otherwise."""
-        if self.settings.protocol != "auto" or self._accepted or self._stopping.is_set():
-            return False
-        self._switch_to = protocol
-        self._wake.set()
-        return True
-
-    def _check_unanswered(self) -> None:
-        """Protocol "auto": a broker that leaves a CONNECT of this version unanswered on an open
-        socket for AUTO_CONNACK_S (amqtt does, to MQTT 5) is tried with the other version."""
-        if self.settings.protocol != "auto" or self._accepted or self._connack:
-            self._unanswered_since = None
-            return
-        now = time.monotonic()
-        if self.client.socket() is None:  # (not connected at all: the broker is down, or unreachable)
-            self._unanswered_since = None
-        elif self._unanswered_since is None:
-            self._unanswered_since = now
-        elif now - self._unanswered_since >= AUTO_CONNACK_S:
-            other = "3.1.1" if self.protocol == "5" else "5"
-            self._set_link("connecting", f"{self.host}:{self.port} did not answer an MQTT {self.protocol} CONNECT "
-                                         f"within {AUTO_CONNACK_S:.0f} s; trying MQTT {other}")
-            self._auto_switch(other)
-
-    def _switch_protocol(self) -> None:
-        """A client of the other MQTT version replaces this one (protocol "auto")."""
-        protocol, self._switch_to = self._switch_to, None
-        if protocol is None or protocol == self.protocol:
-            return
-        old = self.client
-        old.loop_stop()
-        for name in ("on_connect", "on_connect_fail", "on_disconnect", "on_publish", "on_message", "on_subscribe"):
-            setattr(old, name, None)  # (its last words must not count as the new client's)
-        old.disconnect()
-        self.protocol, self._unanswered_since, self._connack = protocol, None, False
-        self.client = self._make_client()
-        log.debug("MQTT: connecting to %s:%d with MQTT %s", self.host, self.port, protocol)
-        self._connect()
 
     # -- API -------------------------------------------------------------------------------
     def start(self) -> None:

@@ -79,7 +79,7 @@ class EventPump:
             self.outbox.sync()
         self.verdicts.expire()
         self._check_unanswered()
-        if self._switch_to is not None:
+        if self._switch_to is not None and time.monotonic() >= self._switch_at:
             self._switch_protocol()
         self._check_delivery()
         self._stable_link()

@@ -342,6 +342,64 @@ def test_a_broker_that_is_down_is_said_once(tmp_path, caplog):
     assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0], lines
 
 
+class HangingUp:
+    """A port that takes each connection, reads its CONNECT and hangs up: a TLS port spoken to in
+    plain MQTT, a proxy or load balancer with no broker behind it. Notes each CONNECT's protocol
+    level (4: MQTT 3.1.1, 5: MQTT 5)."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.sock.settimeout(0.2)
+        self.port, self.levels, self._stop = self.sock.getsockname()[1], [], threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        import socket
+        while not self._stop.is_set():
+            try:
+                c, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            with c:
+                c.settimeout(2)
+                try:
+                    head = c.recv(64)  # fixed header, remaining length, 00 04 'MQTT', level
+                    if head[:1] == b"\x10" and b"MQTT" in head:
+                        self.levels.append(head[head.index(b"MQTT") + 4])
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join(5)
+        self.sock.close()
+
+
+def test_a_port_that_hangs_up_on_both_versions_is_said_once_and_retried_with_backoff(tmp_path, caplog):
+    """With protocol "auto", each hang-up before a CONNACK switched to the other version at once:
+    on a TLS port without mqtt.tls_ca, two log lines and two connections a second, for good."""
+    caplog.set_level(logging.INFO)
+    port = HangingUp()
+    pub = Publisher("st1", Outbox(tmp_path / "o.sqlite"), MqttSettings(port=port.port))
+    pub.start()
+    try:
+        time.sleep(8)
+    finally:
+        pub.stop(1)
+        port.close()
+    said = [r.getMessage() for r in caplog.records if "before accepting it" in r.getMessage()]
+    assert len(said) == 2, said                  # it was 2 a second
+    assert said[0].endswith("is it a TLS port? (set mqtt.tls_ca); trying MQTT 3.1.1"), said
+    assert "with MQTT 5 and 3.1.1 alike" in said[1] and "both are tried in turn, with backoff" in said[1], said
+    assert {4, 5} <= set(port.levels), port.levels  # both versions are still tried (a 3.1.1 broker may come)
+    assert len(port.levels) <= 12, port.levels   # paced: 1, 2, 4 s between switches (it was ~18 in 8 s)
+
+
 def test_an_unresolvable_host_is_said(tmp_path):
     link = link_after(Publisher("st1", Outbox(tmp_path / "o.sqlite"), 
                                 MqttSettings(host="no-such-broker.invalid", port=1883)),

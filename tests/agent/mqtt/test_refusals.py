@@ -86,8 +86,8 @@ def test_events_the_acl_refuses_stay_in_the_outbox_are_said_once_and_go_when_it_
 def test_a_broker_that_refuses_mqtt_5_is_spoken_to_in_3_1_1(broker, tmp_path, caplog, monkeypatch, silent):
     """As the 3.1.1 standard says (CONNACK 'unacceptable protocol version'), or amqtt's way: no
     answer at all (AUTO_CONNACK_S, 10 s, made 1 s here)."""
-    from agent.mqtt import publisher
-    monkeypatch.setattr(publisher, "AUTO_CONNACK_S", 1.0)
+    from agent.mqtt import protocol
+    monkeypatch.setattr(protocol, "AUTO_CONNACK_S", 1.0)
     front = Mqtt311Front(broker.port, silent=silent)
     sub = Subscriber(broker.port, "adgan/st1/#")
     caplog.set_level(logging.INFO)
