@@ -65,8 +65,13 @@ def cmd_run(a: argparse.Namespace) -> int:
     # Where every thread was, on stderr (the journal): when systemd's watchdog kills a stuck agent
     # (SIGABRT), on a crash in native code (SIGSEGV: an engine, a camera driver), and on demand,
     # without stopping it: `systemctl kill -s USR1 adgan-agent` (or kill -USR1 PID) for a hang.
-    faulthandler.enable(file=sys.stderr, all_threads=True)
-    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+    for err in (sys.stderr, sys.__stderr__):  # (a stream without a file descriptor: the process's own)
+        try:
+            faulthandler.enable(file=err, all_threads=True)
+            faulthandler.register(signal.SIGUSR1, file=err, all_threads=True)
+            break
+        except (AttributeError, ValueError, OSError):
+            continue
     agent = Agent(s)
     # SIGHUP too (the terminal of a hand-started agent closed): a stop that finishes and flushes,
     # not the default's instant death

@@ -213,6 +213,8 @@ class Outbox(OutboxSalvage):
                 t0 = time.monotonic()
                 self._sync_locked()
                 self._timed("an event", t0)
+            if event_id in self._memory and not self.seq_file.flushed:
+                self._flush_seq_locked()  # (not stored with its event: its number must not rest on it)
             if event_id in self._memory and len(self._memory) > self.memory_events:
                 oldest = next(iter(self._memory))
                 del self._memory[oldest]
@@ -270,7 +272,6 @@ class Outbox(OutboxSalvage):
             self.store_failures += 1
             self._next_retry = time.monotonic() + self.RETRY_S
             self._failed("write", e)
-            self._flush_seq_locked()
             if corrupt_file(e):  # the next try opens the file again, and moves it aside if it is corrupt
                 self._db.close()
                 self._db = None

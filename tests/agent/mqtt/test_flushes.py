@@ -38,3 +38,33 @@ def test_a_stored_event_carries_its_sequence_number_in_the_same_commit(tmp_path)
     again = Outbox(tmp_path / "outbox.sqlite")
     assert again.next_seq() == 4 and len(again) == 0
     again.close()
+
+
+def test_a_number_whose_event_could_not_be_stored_is_flushed_in_its_own_file(small_fs, monkeypatch):
+    """On a full disk (no reserve) the event is held in memory: its sequence number must not rest
+    on the database's commit that failed, so its own file is flushed before put() returns."""
+    from agent.mqtt import files
+    from agent.mqtt.outbox import Outbox
+    from tests.agent.conftest import fill_file_system
+    flushed: list[int] = []
+    real = files.SeqFile.flush
+
+    def spy(self):
+        dirty = not self.flushed
+        real(self)
+        if dirty:
+            flushed.append(self.value)
+    monkeypatch.setattr(files.SeqFile, "flush", spy)
+    monkeypatch.setattr(Outbox, "RETRY_S", 0.0)
+    ob = Outbox(small_fs / "outbox.sqlite")
+    ob.next_seq()
+    ob.put("stored", "adgan/st1/events", b"x" * 100)
+    assert flushed == [] and ob.unsaved == 0     # stored with its event: no flush of its own
+    fill_file_system(small_fs)
+    for i in range(30):                            # until the database's writes fail
+        seq = ob.next_seq()
+        ob.put(f"held{i}", "adgan/st1/events", b"y" * 4000)
+        if ob.unsaved:
+            break
+    assert ob.unsaved and flushed and flushed[-1] == seq, (ob.status(), flushed, seq)
+    ob.close()
