@@ -5,26 +5,36 @@ from __future__ import annotations
 from tests.agent.conftest import AgentProcess, Subscriber, agent_config, slow_disk
 
 
-def test_a_slow_disk_is_said_and_its_wait_counts_in_the_verdicts_age(broker, calibrated, synth_data, tmp_path):
-    """Every flush takes 1.2 s. The verdict's age used to be counted from after the sequence
-    number's flush, so a verdict 1.2 s old (and more) went out as live under
-    `verdict_max_age_s = 1`, and nothing said the disk was slow."""
+def on_a_slow_disk(broker, calibrated, synth_data, tmp_path, section: str, settings: str, calls: str,
+                   delay_s: float, until) -> tuple[str, Subscriber]:
+    """Run the agent on a looping folder with `calls` (flushes) `delay_s` late and `settings`
+    added to its `[section]`, until `until(sub)`; then SIGTERM. Returns its log and what it sent."""
     bundle, thresholds = calibrated
     src = f'type = "folder"\npath = "{synth_data / "test" / "sphere"}"\nloop = true\nfps = 5'
     cfg = agent_config(tmp_path, broker.port, bundle, thresholds, src)
-    cfg.write_text(cfg.read_text().replace("[mqtt]\n", "[mqtt]\nverdict_max_age_s = 1.0\n"))
+    cfg.write_text(cfg.read_text().replace(f"[{section}]\n", f"[{section}]\n{settings}\n"))
     sub = Subscriber(broker.port, "adgan/st1/#")
     assert sub.subscribed.wait(10)
-    agent = AgentProcess(cfg, tmp_path / "agent.log", wrap=slow_disk("fsync,fdatasync", 1.2))
+    agent = AgentProcess(cfg, tmp_path / "agent.log", wrap=slow_disk(calls, delay_s))
     try:
-        assert sub.wait_for(lambda m: len(sub.documents("adgan/st1/events")) >= 4, timeout=90), agent.output()
-        assert sub.wait_for(lambda m: sub.documents("adgan/st1/status")[-1]["mqtt"]["verdicts_skipped"] >= 3,
-                            timeout=30), agent.output()
+        assert sub.wait_for(lambda m: until(sub), timeout=90), agent.output()
         assert agent.terminate(60) == 0
     finally:
         agent.stop()
         sub.close()
-    out = agent.output()
+    return agent.output(), sub
+
+
+def test_a_slow_disk_is_said_and_its_wait_counts_in_the_verdicts_age(broker, calibrated, synth_data, tmp_path):
+    """Every flush takes 1.2 s. The verdict's age used to be counted from after the sequence
+    number's flush, so a verdict 1.2 s old (and more) went out as live under
+    `verdict_max_age_s = 1`, and nothing said the disk was slow."""
+    def until(sub):
+        statuses = sub.documents("adgan/st1/status")
+        return len(sub.documents("adgan/st1/events")) >= 4 and bool(statuses) and \
+            statuses[-1]["mqtt"]["verdicts_skipped"] >= 3
+    out, sub = on_a_slow_disk(broker, calibrated, synth_data, tmp_path, "mqtt", "verdict_max_age_s = 1.0",
+                              "fsync,fdatasync", 1.2, until)
     live = [p for t, p, retained in sub.messages if t == "adgan/st1/verdict" and not retained]
     assert live == [], (live, out)                    # each left 1.2 s or more after its decision
     status = sub.documents("adgan/st1/status")[-1]
@@ -41,21 +51,11 @@ def test_a_loop_stuck_on_the_disk_is_said_with_where_each_thread_is(broker, cali
     """A flush that does not return for seconds (an SD card stalling) holds the inspection loop.
     Under systemd its watchdog then kills the agent, and the journal said only "Watchdog timeout".
     The loop's stall is now said with every thread's stack, and its recovery."""
-    bundle, thresholds = calibrated
-    src = f'type = "folder"\npath = "{synth_data / "test" / "sphere"}"\nloop = true\nfps = 5'
-    cfg = agent_config(tmp_path, broker.port, bundle, thresholds, src)
-    cfg.write_text(cfg.read_text().replace("[health]\n", "[health]\nstall_s = 1.5\nframe_timeout_s = 0.5\n"))
-    sub = Subscriber(broker.port, "adgan/st1/#")
-    assert sub.subscribed.wait(10)
-    agent = AgentProcess(cfg, tmp_path / "agent.log", wrap=slow_disk("fdatasync", 3.0))
-    try:
-        assert sub.wait_for(lambda m: any(s["loop"]["stalls"] >= 2 and s["loop"]["longest_s"] >= 3.0
-                                          for s in sub.documents("adgan/st1/status")), timeout=90), agent.output()
-        assert agent.terminate(60) == 0
-    finally:
-        agent.stop()
-        sub.close()
-    out = agent.output()
+    def until(sub):
+        return any(s["loop"]["stalls"] >= 2 and s["loop"]["longest_s"] >= 3.0
+                   for s in sub.documents("adgan/st1/status"))
+    out, _ = on_a_slow_disk(broker, calibrated, synth_data, tmp_path, "health", "stall_s = 1.5\nframe_timeout_s = 0.5",
+                            "fdatasync", 3.0, until)
     # every part stalls: said once (at most every 60 s), with the stacks
     assert out.count("the inspection loop has not come round for 2 s (health.stall_s)") == 1, out
     stack = out[out.index("has not come round"):]
