@@ -15,7 +15,7 @@ every page is read at the first open and after a corrupt write) is moved aside t
 still readable from the old file is copied into the new one and sent (salvage.py); `status()`
 names the moved file (`quarantined`). A database file or WAL deleted or replaced while open
 (by hand) is noticed, and its events are copied into a new one at the path. These ways out
-are `OutboxSalvage`'s methods (salvage.py).
+are `OutboxSalvage`'s methods (salvage.py); what is said about the disk, `DiskReports`'s (disk.py).
 
 The event sequence number lives in its own small file that is allocated once and then
 overwritten in place (`SeqFile`, files.py), so it keeps counting on a full disk and never
@@ -30,16 +30,15 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-from agent.mqtt.files import INSERT_ROWS, OpenFiles, Pending, Reserve, SeqFile, private_file, read_only, schema
+from agent.mqtt.disk import DiskReports
+from agent.mqtt.files import INSERT_ROWS, OpenFiles, Pending, Reserve, SeqFile, private_file, schema
 from agent.mqtt.salvage import OutboxSalvage, check_pages, corrupt_file
 
 log = logging.getLogger(__name__)
 
 
-class Outbox(OutboxSalvage):
+class Outbox(OutboxSalvage, DiskReports):
     RETRY_S = 0.5  # while the disk fails, how often a new event retries writing what is held
-    SLOW_WRITE_S = 0.5  # storing an event slower than this is said: each part waits for it
-    SLOW_LOG_EVERY_S = 60.0
 
     def __init__(self, path: str | Path, max_events: int = 100_000, memory_events: int = 10_000,
                  reserve_bytes: int = 0) -> None:
@@ -133,38 +132,7 @@ class Outbox(OutboxSalvage):
             log.warning("outbox %s opened; %d events held in memory are stored", self.path, len(self._memory))
         return True
 
-    # -- storage errors ------------------------------------------------------------------
-    def _failed(self, what: str, e: Exception) -> None:
-        cause = f"{type(e).__name__}: {e}"
-        # Once per kind and change of cause, not once per retry or operation: a disk that fails
-        # every write fails each event's sequence number and its write, with two causes.
-        if self._said.get(what) != cause:
-            if read_only(self.path.parent):
-                log.error("outbox %s cannot be written (%s: %s): its file system is read-only (the kernel "
-                          "makes a failing disk read-only: see dmesg; only a repair writes again). Events are "
-                          "held in memory and sent; any not acknowledged when the agent stops are lost, and "
-                          "sequence numbers given meanwhile are not stored", self.path, what, cause)
-            else:
-                log.error("outbox %s cannot be written (%s: %s); events are held in memory until it can",
-                          self.path, what, cause)
-            self._said[what] = cause
-        self.last_error = f"{what}: {cause}"
-
-    SEQ_KINDS = ("sequence number", "sequence file")
-
-    def _recovered(self, kinds: tuple[str, ...] | None = None) -> None:
-        """The disk took a write again: the database's (default), or the sequence file's (`SEQ_KINDS`)."""
-        cleared = [k for k in self._said if (k in kinds if kinds else k not in self.SEQ_KINDS)]
-        if kinds is None and cleared:
-            log.warning("outbox %s is writable again; %d events held in memory are stored", self.path,
-                        len(self._memory))
-        elif cleared:
-            log.warning("sequence numbers are stored again in %s (at %d)", self.seq_file.path, self._seq)
-        for k in cleared:
-            del self._said[k]
-        if not self._said:
-            self.last_error = None
-
+    # -- writing ---------------------------------------------------------------------------
     def _transaction(self, statements) -> None:
         """Run `statements(db)` in one write transaction; on error roll back (if SQLite has not
         already) and raise the original error, not the rollback's."""
@@ -180,22 +148,6 @@ class Outbox(OutboxSalvage):
                 except sqlite3.Error as rollback_error:
                     log.error("outbox rollback failed too: %s", rollback_error)
             raise
-
-    def _timed(self, what: str, t0: float) -> None:
-        """Say (at most every SLOW_LOG_EVERY_S) and count a store that took SLOW_WRITE_S or more:
-        an SD card or a worn eMMC can take seconds to flush (fsync), and the part waits."""
-        took = time.monotonic() - t0
-        if took < self.SLOW_WRITE_S:
-            return
-        self.slow_writes += 1
-        self.slowest_write_s = max(self.slowest_write_s, round(took, 3))
-        if time.monotonic() >= self._next_slow_log:
-            self._next_slow_log = time.monotonic() + self.SLOW_LOG_EVERY_S
-            log.warning("outbox %s: storing %s took %.1f s (its disk is slow to flush: fsync); each part "
-                        "waits for it, and a verdict whose event leaves more than mqtt.verdict_max_age_s after "
-                        "the decision is not published (%d slow writes so far, the slowest %.1f s; logged at "
-                        "most every %.0f s)", self.path, what, took, self.slow_writes, self.slowest_write_s,
-                        self.SLOW_LOG_EVERY_S)
 
     # -- events --------------------------------------------------------------------------
     def put(self, event_id: str, topic: str, payload: bytes, qos: int = 1) -> bool:
