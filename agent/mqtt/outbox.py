@@ -58,6 +58,8 @@ class Outbox(OutboxSalvage, DiskReports):
         self._next_retry = 0.0
         self._next_drop_log = 0.0
         self.slow_writes, self.slowest_write_s, self._next_slow_log = 0, 0.0, 0.0
+        self._write_started: float | None = None   # when the event being written began (status: busy_s)
+        self._last_depth = 0                       # the depth last read, for a status while a write holds on
         self.generation = 0                        # +1 each time the database (re)opens after failing
         self.quarantined: str | None = None        # where a corrupt database was moved, if one was
         self.replaced: str | None = None           # where a file put in the database's place was moved
@@ -162,8 +164,11 @@ class Outbox(OutboxSalvage, DiskReports):
             self._memory[event_id] = p
             # While the disk fails, retry at most every RETRY_S (each try rewrites everything held).
             if self.last_error is None or time.monotonic() >= self._next_retry:
-                t0 = time.monotonic()
-                self._sync_locked()
+                t0 = self._write_started = time.monotonic()
+                try:
+                    self._sync_locked()
+                finally:
+                    self._write_started = None
                 self._timed("an event", t0)
             if event_id in self._memory and not self.seq_file.flushed:
                 self._flush_seq_locked()  # (not stored with its event: its number must not rest on it)
@@ -328,11 +333,14 @@ class Outbox(OutboxSalvage, DiskReports):
 
     def __len__(self) -> int:
         with self._lock:
-            try:
-                (n,) = self._db.execute("SELECT COUNT(*) FROM events").fetchone() if self._db else (0,)
-            except sqlite3.Error:
-                n = 0
-            return int(n) - len(self._acked_unsynced) + len(self._memory)
+            return self._len_locked()
+
+    def _len_locked(self) -> int:
+        try:
+            (n,) = self._db.execute("SELECT COUNT(*) FROM events").fetchone() if self._db else (0,)
+        except sqlite3.Error:
+            n = 0
+        return int(n) - len(self._acked_unsynced) + len(self._memory)
 
     @property
     def unsaved(self) -> int:
@@ -344,15 +352,28 @@ class Outbox(OutboxSalvage, DiskReports):
         """Something waits to be written: held events, deletes or the drop counter."""
         return bool(self._memory or self._acked_unsynced or self._dropped_unsynced)
 
+    STATUS_WAIT_S = 0.25
+
     def status(self) -> dict:
-        """Depth, what is held in memory only, what was dropped, and the storage error if any."""
-        depth = len(self)
-        with self._lock:
-            return {"depth": depth, "unsaved": len(self._memory), "dropped": self.dropped,
-                    "store_failures": self.store_failures, "seq_failures": self.seq_failures,
-                    "slow_writes": self.slow_writes, "slowest_write_s": self.slowest_write_s,
-                    "error": self.last_error, "quarantined": self.quarantined, "replaced": self.replaced,
-                    "reserve": self.reserve.status()}
+        """Depth, what is held in memory only, what was dropped, and the storage error if any.
+        While a write holds the outbox longer than STATUS_WAIT_S (a disk slow to flush), the last
+        depth read and the counters as they stand, with `busy` and for how long: a scrape or the
+        operator's page must not wait for the disk."""
+        if not self._lock.acquire(timeout=self.STATUS_WAIT_S):
+            busy_s = round(time.monotonic() - self._write_started, 1) if self._write_started else None
+            return {**self._counters(self._last_depth), "busy": True, "busy_s": busy_s}
+        try:
+            self._last_depth = self._len_locked()
+            return {**self._counters(self._last_depth), "busy": False, "busy_s": None}
+        finally:
+            self._lock.release()
+
+    def _counters(self, depth: int) -> dict:
+        return {"depth": depth, "unsaved": len(self._memory), "dropped": self.dropped,
+                "store_failures": self.store_failures, "seq_failures": self.seq_failures,
+                "slow_writes": self.slow_writes, "slowest_write_s": self.slowest_write_s,
+                "error": self.last_error, "quarantined": self.quarantined, "replaced": self.replaced,
+                "reserve": self.reserve.status()}
 
     def close(self) -> None:
         with self._lock:

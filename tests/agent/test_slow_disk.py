@@ -2,16 +2,19 @@
 running agent, made by delaying the agent's own system calls (strace's fault injection)."""
 from __future__ import annotations
 
-from tests.agent.conftest import AgentProcess, Subscriber, agent_config, slow_disk
+import time
+
+from tests.agent.conftest import AgentProcess, Subscriber, agent_config, free_port, scrape, slow_disk
 
 
 def on_a_slow_disk(broker, calibrated, synth_data, tmp_path, section: str, settings: str, calls: str,
-                   delay_s: float, until) -> tuple[str, Subscriber]:
+                   delay_s: float, until, extra: str = "") -> tuple[str, Subscriber]:
     """Run the agent on a looping folder with `calls` (flushes) `delay_s` late and `settings`
-    added to its `[section]`, until `until(sub)`; then SIGTERM. Returns its log and what it sent."""
+    added to its `[section]` (and `extra` sections), until `until(sub)`; then SIGTERM. Returns
+    its log and what it sent."""
     bundle, thresholds = calibrated
     src = f'type = "folder"\npath = "{synth_data / "test" / "sphere"}"\nloop = true\nfps = 5'
-    cfg = agent_config(tmp_path, broker.port, bundle, thresholds, src)
+    cfg = agent_config(tmp_path, broker.port, bundle, thresholds, src, extra=extra)
     cfg.write_text(cfg.read_text().replace(f"[{section}]\n", f"[{section}]\n{settings}\n"))
     sub = Subscriber(broker.port, "adgan/st1/#")
     assert sub.subscribed.wait(10)
@@ -51,11 +54,20 @@ def test_a_loop_stuck_on_the_disk_is_said_with_where_each_thread_is(broker, cali
     """A flush that does not return for seconds (an SD card stalling) holds the inspection loop.
     Under systemd its watchdog then kills the agent, and the journal said only "Watchdog timeout".
     The loop's stall is now said with every thread's stack, and its recovery."""
+    metrics, scrapes = free_port(), []
+
     def until(sub):
-        return any(s["loop"]["stalls"] >= 2 and s["loop"]["longest_s"] >= 3.0
-                   for s in sub.documents("adgan/st1/status"))
+        if len(scrapes) < 5 and any(s["loop"]["stalls"] >= 1 for s in sub.documents("adgan/st1/status")):
+            t0 = time.monotonic()  # the loop is held in a flush: a scrape must not wait for the disk
+            text = scrape(f"http://127.0.0.1:{metrics}/metrics")
+            scrapes.append((time.monotonic() - t0, "adgan_outbox_depth" in text))
+            return False
+        return len(scrapes) == 5 and any(s["loop"]["stalls"] >= 2 and s["loop"]["longest_s"] >= 3.0
+                                         for s in sub.documents("adgan/st1/status"))
     out, _ = on_a_slow_disk(broker, calibrated, synth_data, tmp_path, "health", "stall_s = 1.5\nframe_timeout_s = 0.5",
-                            "fdatasync", 3.0, until)
+                            "fdatasync", 3.0, until, extra=f"[metrics]\nenabled = true\nport = {metrics}\n")
+    # it used to wait for the flush (up to 3 s here; a scrape times out at 10 s by default)
+    assert all(took < 1.5 and complete for took, complete in scrapes), scrapes
     # every part stalls: said once (at most every 60 s), with the stacks
     assert out.count("the inspection loop has not come round for 2 s (health.stall_s)") == 1, out
     stack = out[out.index("has not come round"):]
