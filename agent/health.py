@@ -5,9 +5,11 @@ Outside systemd (no NOTIFY_SOCKET) every call is a no-op.
 """
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -176,7 +178,7 @@ class LoopWatch:
         self.stall_s, self.out = stall_s, out
         self.mono = mono or (lambda: time.monotonic())
         self._last = self.mono()
-        self._stalled_since: float | None = None
+        self._stalled = False                  # the current gap was counted as a stall
         self._said = False                     # the current stall was logged
         self._next_log = self._next_dump = 0.0
         self.stalls, self.longest_s = 0, 0.0
@@ -194,21 +196,21 @@ class LoopWatch:
     def beat(self) -> None:
         """The loop came round."""
         now = self.mono()
-        if self._stalled_since is not None:
+        if self._stalled:
             took = now - self._last
             self.longest_s = max(self.longest_s, round(took, 1))
             if self._said:
                 log.warning("the inspection loop came round again after %.1f s", took)
-            self._stalled_since = None
+            self._stalled = False
         self._last = now
 
     def check(self) -> bool:
         """True when the loop has not come round for stall_s (once per stall): counted, and said
         with every thread's stack (at most every LOG_EVERY_S; the stacks every DUMP_EVERY_S)."""
         now = self.mono()
-        if self._stalled_since is not None or now - self._last < self.stall_s:
+        if self._stalled or now - self._last < self.stall_s:
             return False
-        self._stalled_since = self._last
+        self._stalled = True
         self.stalls += 1
         self._said = now >= self._next_log
         if not self._said:
@@ -223,8 +225,6 @@ class LoopWatch:
                   self.LOG_EVERY_S, self.DUMP_EVERY_S / 60)
         if dump:
             self._next_dump = now + self.DUMP_EVERY_S
-            import faulthandler
-            import sys
             out = self.out or sys.stderr
             try:
                 out.flush()

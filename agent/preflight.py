@@ -12,7 +12,6 @@ import ipaddress
 import os
 import sqlite3
 import ssl
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +21,7 @@ except ModuleNotFoundError:  # Python 3.10 (JetPack 6): the tomli backport, a de
     import tomli as tomllib
 
 from agent.decide.inspector import check_class_model
-from agent.mqtt.files import AgentLock
+from agent.mqtt.files import AgentLock, write_error
 from agent.mqtt.salvage import corrupt_file
 from agent.settings import AgentSettings, SettingError
 
@@ -92,11 +91,8 @@ def check_outbox(s: AgentSettings, r: Report) -> None:
         r.problems.append(SettingError("outbox.path", f"{path}: {existing} is not a directory"))
         return
     if existing == folder:
-        try:  # the one reliable test (root passes os.access; read-only mounts do not show in modes)
-            fd, probe = tempfile.mkstemp(dir=folder, prefix=".adgan-write-test-")
-            os.close(fd)
-            os.unlink(probe)
-        except OSError as e:
+        e = write_error(folder)
+        if e is not None:
             hint = ("; the kernel makes a disk it finds failing read-only (ext4 errors=remount-ro): see dmesg, and "
                     "repair it (fsck) or move the outbox" if e.errno == errno.EROFS else "")
             why = f"{e.strerror or e}{hint}"

@@ -10,6 +10,7 @@ import logging
 import os
 import sqlite3
 import struct
+import tempfile
 import time
 import zlib
 from dataclasses import dataclass
@@ -28,24 +29,26 @@ def schema(db: sqlite3.Connection) -> None:
     db.execute("CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
 
 
-def read_only(folder: Path) -> bool:
-    """Is the file system holding `folder` read-only, as the kernel makes a failing disk? (ext4's
-    `errors=remount-ro` on a recent kernel refuses writes, EROFS, while the mount still reads
-    `rw`: so a file is made to find out.)"""
+def write_error(folder: str | Path) -> OSError | None:
+    """Why a file cannot be made in `folder` (None: it can). A file is made and removed: the one
+    reliable test (root passes os.access, and ext4's `errors=remount-ro` on a recent kernel refuses
+    writes, EROFS, while the mount still reads `rw`)."""
     try:
-        if os.statvfs(folder).f_flag & os.ST_RDONLY:
-            return True
-        fd = os.open(Path(folder) / f".adgan-write-test-{os.getpid()}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return False
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".adgan-write-test-")
     except OSError as e:
-        return e.errno == errno.EROFS
+        return e
     os.close(fd)
     try:
-        os.unlink(Path(folder) / f".adgan-write-test-{os.getpid()}")
+        os.unlink(probe)
     except OSError:
         pass
-    return False
+    return None
+
+
+def read_only(folder: str | Path) -> bool:
+    """Is the file system holding `folder` read-only, as the kernel makes a failing disk?"""
+    e = write_error(folder)
+    return e is not None and e.errno == errno.EROFS
 
 
 @dataclass(frozen=True)
