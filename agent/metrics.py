@@ -8,8 +8,10 @@ bound to loopback unless configured, with the operator page's bounds on connecti
 """
 from __future__ import annotations
 
+import calendar
 import logging
 import threading
+import time
 from typing import Callable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -60,6 +62,12 @@ class _StateCollector:
         yield CounterMetricFamily("adgan_mqtt_events_unconfirmed", "events the broker acknowledged and did not "
                                   "deliver back to this station (MQTT 3.1.1 links): likely dropped by its ACL",
                                   value=mq.get("events_unconfirmed", 0))
+        tls = mq.get("tls") or {}
+        if tls.get("not_after"):
+            yield GaugeMetricFamily("adgan_mqtt_client_cert_expiry_timestamp_seconds", "when the client certificate "
+                                    "(mqtt.tls_cert) expires, in seconds since the epoch (renewed files are loaded at "
+                                    "the next connection attempt)", value=calendar.timegm(
+                                        time.strptime(tls["not_after"], "%Y-%m-%dT%H:%M:%SZ")))
         yield GaugeMetricFamily("adgan_engine_warm", "1 while the models are loaded and warmed up",
                                 value=1.0 if self.warm() else 0.0)
         yield GaugeMetricFamily("adgan_source_running", "1 while the frame source delivers",

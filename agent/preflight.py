@@ -12,6 +12,7 @@ import ipaddress
 import os
 import sqlite3
 import ssl
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ except ModuleNotFoundError:  # Python 3.10 (JetPack 6): the tomli backport, a de
 from agent.decide.inspector import check_class_model
 from agent.mqtt.files import AgentLock, write_error
 from agent.mqtt.salvage import corrupt_file
+from agent.mqtt.tls import WARN_DAYS, CertificateError, cert_dates, expiry_words
 from agent.settings import AgentSettings, SettingError
 
 
@@ -79,6 +81,17 @@ def check_tls(s: AgentSettings, r: Report) -> None:
         except (OSError, ssl.SSLError) as e:
             r.problems.append(SettingError("mqtt.tls_cert", f"{mq.tls_cert} with key {mq.tls_key}: not a readable "
                                                             f"certificate and matching key ({e})"))
+            return
+        try:
+            not_after = cert_dates(mq.tls_cert)[1]
+        except (OSError, CertificateError) as e:
+            r.warnings.append(f"mqtt.tls_cert {mq.tls_cert}: its end date cannot be read ({e})")
+            return
+        now = time.time()
+        if not_after - now < WARN_DAYS * 86400:
+            r.warnings.append(f"mqtt.tls_cert {mq.tls_cert} is {expiry_words(not_after, now)} by this station's "
+                              f"clock: {'the broker refuses it; ' if now >= not_after else ''}renew it (the agent "
+                              "loads a renewed file at its next connection attempt, without a restart)")
 
 
 def check_outbox(s: AgentSettings, r: Report) -> None:

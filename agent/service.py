@@ -347,6 +347,7 @@ class Agent:
                 "mqtt": ({**self.publisher.link, "since": utc_iso(self.publisher.link["since"]),
                           "protocol": self.publisher.protocol,
                           "commands_ready": self.publisher.commands_ready.is_set(),
+                          **({"tls": self.publisher.tls_files.status()} if self.publisher.tls_files else {}),
                           **self.publisher.counters} if self.publisher else {}),
                 "source": {"type": self.s.source.type, **self.source_health.to_dict()},
                 "thresholds": ({"path": str(self.s.model.thresholds), **self.thresholds.state,

@@ -139,7 +139,8 @@ class MqttSettings(_Strict):
     username: str | None = Field(None, description="user name")
     password: SecretStr | None = Field(None, description="password (secret: environment or credential 'mqtt_password')")
     tls_ca: Path | None = Field(None, description="CA certificate: enables TLS")
-    tls_cert: Path | None = Field(None, description="client certificate")
+    tls_cert: Path | None = Field(None, description="client certificate (read again before a connection attempt "
+                                  "when renewed on disk)")
     tls_key: Path | None = Field(None, description="client key")
     qos: Literal[0, 1, 2] = Field(1, description="QoS of events")
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive")

@@ -15,14 +15,18 @@ import time
 
 import paho.mqtt.client as mqtt
 
+from agent.mqtt.tls import TlsFiles, alert_of
+
 log = logging.getLogger(__name__)
 
 
 CLOCK_CODES = {9, 10}  # X509_V_ERR_CERT_NOT_YET_VALID, X509_V_ERR_CERT_HAS_EXPIRED: dates, read on our clock
 
 
-def describe_connect_error(e: BaseException, host: str, port: int) -> tuple[str, str]:
-    """(state, reason) for an exception raised while connecting to the broker."""
+def describe_connect_error(e: BaseException, host: str, port: int,
+                           tls: TlsFiles | None = None) -> tuple[str, str]:
+    """(state, reason) for an exception raised while connecting to the broker; `tls` names the
+    client certificate where the broker's alert is about it."""
     where = f"{host}:{port}"
     if isinstance(e, socket.gaierror):
         return "unresolvable", f"cannot resolve the broker host {host!r} ({e.strerror or e})"
@@ -34,7 +38,8 @@ def describe_connect_error(e: BaseException, host: str, port: int) -> tuple[str,
                            "no clock battery and boots at the time it last saved")
         return "tls", f"{reason} (check mqtt.tls_ca and host)"
     if isinstance(e, ssl.SSLError):
-        return "tls", f"TLS handshake with {where} failed: {e.reason or e}"
+        hint = tls.hint(alert_of(str(e))) if tls is not None else ""
+        return "tls", f"TLS handshake with {where} failed: {e.reason or e}" + (f"; {hint}" if hint else "")
     if isinstance(e, ConnectionRefusedError):
         return "refused", f"{where} refused the connection (is the broker running on that port?)"
     if isinstance(e, (TimeoutError, socket.timeout)):
@@ -44,9 +49,11 @@ def describe_connect_error(e: BaseException, host: str, port: int) -> tuple[str,
     return "error", f"connecting to {where} failed: {type(e).__name__}: {e}"
 
 
-def make_client(s, client_id: str, protocol: str, will_topic: str) -> "ReportingClient":
+def make_client(s, client_id: str, protocol: str, will_topic: str,
+                tls_files: TlsFiles | None = None) -> "ReportingClient":
     """The paho client for the `[mqtt]` settings `s`, speaking `protocol` ("5" or "3.1.1"),
-    with 'offline' as its retained Last Will on `will_topic`; the caller sets the callbacks."""
+    with 'offline' as its retained Last Will on `will_topic`; the caller sets the callbacks.
+    `tls_files`: the TLS context's files (made from `s` when not given), kept across clients."""
     if protocol == "5":  # a clean start, like 3.1.1's clean session: commands are not kept offline
         client = ReportingClient(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     else:
@@ -55,10 +62,9 @@ def make_client(s, client_id: str, protocol: str, will_topic: str) -> "Reporting
     client.will_set(will_topic, "offline", qos=1, retain=True)
     if s.username:
         client.username_pw_set(s.username, s.password.get_secret_value() if s.password else None)
-    if s.tls_ca:
-        client.tls_set(ca_certs=str(s.tls_ca), certfile=str(s.tls_cert) if s.tls_cert else None,
-                       keyfile=str(s.tls_key) if s.tls_key else None, cert_reqs=ssl.CERT_REQUIRED,
-                       tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    if s.tls_ca:  # read again before each connection attempt when renewed on disk (tls.py)
+        client.tls_files = tls_files or TlsFiles(s.tls_ca, s.tls_cert, s.tls_key)
+        client.tls_set_context(client.tls_files.context)
     client.reconnect_delay_set(min_delay=1, max_delay=30)
     return client
 
@@ -87,12 +93,27 @@ def guarded(callback):
 
 class ReportingClient(mqtt.Client):
     """paho's client, remembering why the last connection attempt failed (paho's loop
-    catches the exception and only calls on_connect_fail, without it)."""
+    catches the exception and only calls on_connect_fail, without it), and the last socket
+    error it logged (a TLS alert the broker sends after the handshake, as TLS 1.3 does when it
+    refuses a client certificate, surfaces only there). With TLS, the files are read again
+    before each attempt when they were renewed (tls.TlsFiles)."""
 
     last_connect_error: BaseException | None = None
+    last_socket_error: str | None = None
+    tls_files: TlsFiles | None = None
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_log = self._note_error
+
+    def _note_error(self, client, userdata, level, buf) -> None:
+        if level == mqtt.MQTT_LOG_ERR:
+            self.last_socket_error = buf
 
     def reconnect(self):
-        self.last_connect_error = None
+        self.last_connect_error = self.last_socket_error = None
+        if self.tls_files is not None:
+            self.tls_files.refresh()
         try:
             return super().reconnect()
         except Exception as e:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 
@@ -35,6 +36,7 @@ from agent.mqtt.outbox import Outbox
 from agent.mqtt.protocol import AutoProtocol
 from agent.mqtt.pump import EventPump
 from agent.mqtt.refusals import DeliveryCheck, Refusals
+from agent.mqtt.tls import TlsFiles, alert_of
 from agent.mqtt.verdict import LiveVerdicts
 from agent.settings import MqttSettings
 
@@ -45,6 +47,13 @@ log = logging.getLogger(__name__)
 PERMANENT_REJECTIONS = {0x95, 0x99, 0x90}
 MAX_EVENT_BACK = 1 << 20  # bytes: an event read back larger than this is someone else's
 UNSUPPORTED_PROTOCOL = 0x84  # CONNACK: an MQTT 3.1.1 broker's answer to an MQTT 5 CONNECT (paho's reading)
+
+
+_CLOCK_READING = re.compile(r"reads \d{4}-\d\d-\d\dT[\d:]+Z")
+
+
+def _unclocked(reason: str) -> str:
+    return _CLOCK_READING.sub("reads ?", reason)
 
 
 class Publisher(EventPump, AutoProtocol):
@@ -98,10 +107,12 @@ class Publisher(EventPump, AutoProtocol):
         self._loopback_refusal_said = False
         self.refusals = Refusals()          # events refused for now (MQTT 5): sent again
         self.tls = bool(s.tls_ca)
+        self.tls_files = TlsFiles(s.tls_ca, s.tls_cert, s.tls_key) if s.tls_ca else None
         self.client = self._make_client()
 
     def _make_client(self) -> ReportingClient:
-        client = link.make_client(self.settings, self.client_id, self.protocol, self.topic("availability"))
+        client = link.make_client(self.settings, self.client_id, self.protocol, self.topic("availability"),
+                                  self.tls_files)
         client.on_connect = link.guarded(self._on_connect)
         client.on_connect_fail = link.guarded(self._on_connect_fail)
         client.on_disconnect = link.guarded(self._on_disconnect)
@@ -120,9 +131,13 @@ class Publisher(EventPump, AutoProtocol):
 
     # -- link state ----------------------------------------------------------------------
     def _set_link(self, state: str, reason: str, level: int = logging.WARNING) -> None:
-        if (state, reason) != (self.link["state"], self.link["reason"]):
+        """A new state or reason is said; one that differs only in the clock reading it quotes
+        (a certificate's dates, at each attempt) replaces the reason quietly."""
+        if (state, _unclocked(reason)) != (self.link["state"], _unclocked(self.link["reason"])):
             self.link = {"state": state, "reason": reason, "since": time.time()}
             log.log(level, "MQTT %s: %s", state, reason)
+        elif reason != self.link["reason"]:
+            self.link = {**self.link, "reason": reason}
 
     # -- paho callbacks (network thread) --------------------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -193,7 +208,7 @@ class Publisher(EventPump, AutoProtocol):
         if e is None:
             self._set_link("error", f"connecting to {self.host}:{self.port} failed")
         else:
-            self._set_link(*describe_connect_error(e, self.host, self.port))
+            self._set_link(*describe_connect_error(e, self.host, self.port, self.tls_files))
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was_connected = self.connected.is_set()
@@ -217,6 +232,11 @@ class Publisher(EventPump, AutoProtocol):
             # been hung up on, the version is not the matter (a TLS port, a proxy without a broker
             # behind it): said once, and both are tried in turn with backoff, not twice a second.
             other = "3.1.1" if self.protocol == "5" else "5"
+            refused = self.tls_files.hint(alert_of(client.last_socket_error)) if self.tls_files else ""
+            if refused:  # a TLS 1.3 broker refuses a client certificate after the handshake
+                self._set_link("tls", f"{self.host}:{self.port}: {refused}", logging.ERROR)
+                self._connack = False
+                return
             hint = "" if self.tls else "; is it a TLS port? (set mqtt.tls_ca)"
             self._hung.add(self.protocol)
             if self._hung >= {"5", "3.1.1"} and self._auto_switch(other, backoff=True):

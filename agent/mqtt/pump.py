@@ -78,6 +78,8 @@ class EventPump:
         if self.outbox.needs_sync:
             self.outbox.sync()
         self.verdicts.expire()
+        if self.tls_files is not None:
+            self.tls_files.check_expiry()  # the client certificate's end date, said ahead
         self._check_unanswered()
         if self._switch_to is not None and time.monotonic() >= self._switch_at:
             self._switch_protocol()

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 
+import pytest
 
 from adgan.cli import main
 from tests.agent.conftest import agent_config
@@ -200,3 +201,24 @@ def test_a_bundle_of_several_parts_per_call_is_warned_about(tiny_run, synth_data
                  "--policy", "equal-rates", "--out", str(th), "--quiet"]) == 0
     rc, err = validate(agent_config(tmp_path, 1, b, th, SRC), capsys)
     assert rc == 0 and "scores 4 parts per call" in err, err
+
+
+def test_a_client_certificate_near_or_past_its_end_date_is_warned_about(calibrated, tmp_path, capsys):
+    """Warned, not refused: the station inspects and keeps its events, and loads a renewed
+    certificate at its next connection attempt (agent/mqtt/tls.py)."""
+    import datetime as dt
+    pytest.importorskip("cryptography.x509")
+    from tests.agent.pki import NOW, Pki
+    bundle, thresholds = calibrated
+    pki = Pki(tmp_path / "pki")
+    for days, words in ((400, None), (5, "valid until"), (-1, "expired at")):
+        pki.issue("station", NOW + dt.timedelta(days=days))
+        cfg = in_mqtt(agent_config(tmp_path, 1, bundle, thresholds, SRC),
+                      f'tls_ca = "{pki.d / "ca.crt"}"\ntls_cert = "{pki.d / "station.crt"}"\n'
+                      f'tls_key = "{pki.d / "station.key"}"')
+        rc, err = validate(cfg, capsys)
+        assert rc == 0, err
+        if words is None:
+            assert "mqtt.tls_cert" not in err, err
+        else:
+            assert "mqtt.tls_cert" in err and words in err and "renew it" in err, err
