@@ -271,3 +271,30 @@ def test_a_ca_added_to_tls_ca_is_trusted_without_a_restart(pki, tmp_path, caplog
     finally:
         pub.stop(1)
         b.stop()
+
+
+def test_an_agent_with_a_client_certificate_delivers_and_reports_its_end_date(mtls_broker, pki, calibrated,
+                                                                                synth_data, tmp_path):
+    from tests.agent.conftest import AgentProcess, agent_config
+    pki.issue("station", NOW + dt.timedelta(days=10))
+    bundle, thresholds = calibrated
+    src = f'type = "folder"\npath = "{synth_data / "test" / "sphere"}"\nfps = 5\nloop = true'
+    cfg = agent_config(tmp_path, mtls_broker.tls_port, bundle, thresholds, src)
+    d = pki.d
+    cfg.write_text(cfg.read_text().replace(
+        f"port = {mtls_broker.tls_port}\n", f'port = {mtls_broker.tls_port}\ntls_ca = "{d / "ca.crt"}"\n'
+        f'tls_cert = "{d / "station.crt"}"\ntls_key = "{d / "station.key"}"\n'))
+    sub = Subscriber(mtls_broker.port, "adgan/st1/#")
+    assert sub.subscribed.wait(10)
+    agent = AgentProcess(cfg, tmp_path / "agent.log")
+    try:
+        assert sub.wait_for(lambda m: len(received(sub)) >= 3 and any(
+            "tls" in s["mqtt"] for s in sub.documents("adgan/st1/status")), 60), agent.output()
+        assert agent.terminate() == 0, agent.output()
+        tls = [s["mqtt"]["tls"] for s in sub.documents("adgan/st1/status") if "tls" in s["mqtt"]]
+        assert tls and tls[-1]["client_cert"] == str(d / "station.crt") and 9 < tls[-1]["days_left"] <= 10, tls
+    finally:
+        agent.stop()
+        sub.close()
+    out = agent.output()
+    assert "mqtt.tls_cert" in out and "valid until" in out and "renew it" in out, out   # 10 days: said ahead
