@@ -141,6 +141,7 @@ class Agent:
                 self.notifier.watchdog()
                 self.loop_watch.beat()
                 self.clock.check()
+                self.lock.check()  # its file deleted under a running agent: taken again
                 self._publish_status()
                 self._apply_class_request()
                 if self.thresholds is not None and (new := self.thresholds.reread(self.models)) is not None:

@@ -303,9 +303,12 @@ class AgentLock:
     the same sequence numbers as the first and send the first one's events as well. The kernel
     releases the lock when the process ends, however it ends: a kill leaves no stale lock."""
 
+    CHECK_S = 1.0  # how often check() looks at the lock file
+
     def __init__(self, outbox: str | Path) -> None:
         outbox = Path(outbox)
         self.path, self.outbox, self._fd = outbox.with_name(outbox.name + ".lock"), outbox, -1
+        self._next_check, self._lost = 0.0, False
 
     def acquire(self) -> None:
         """Take the lock, or raise OutboxInUse naming the holder. A lock file that cannot be made
@@ -345,6 +348,41 @@ class AgentLock:
             return os.pread(fd, 200, 0).decode(errors="replace").strip() or "its pid not written"
         finally:
             os.close(fd)  # (releases the shared lock if it was taken)
+
+    def check(self) -> None:
+        """Take the lock again if its file was deleted or replaced while the agent runs (a person
+        cleaning up what looks like a stale lock): the lock held stays on the deleted file, and a
+        second agent would make a new one and run beside this one. Said once per time; if another
+        agent took the new file first, that is an error, said once until it lets go."""
+        if self._fd < 0 or time.monotonic() < self._next_check:
+            return
+        self._next_check = time.monotonic() + self.CHECK_S
+        try:
+            now, held = os.stat(self.path), os.fstat(self._fd)
+            if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+                return
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return
+        old, self._fd = self._fd, -1
+        try:
+            self.acquire()
+        except OutboxInUse as e:
+            self._fd = old  # keep checking: the other one may let go
+            if not self._lost:
+                self._lost = True
+                log.error("the lock file %s was deleted or replaced while this agent ran, and %s", self.path,
+                          str(e)[0].lower() + str(e)[1:])
+            return
+        os.close(old)
+        if self._fd >= 0:
+            self._lost = False
+            log.warning("the lock file %s was deleted or replaced while this agent ran (by hand?): the lock is "
+                        "taken again, so a second agent on this outbox is still refused; do not delete it, the "
+                        "kernel releases it when the agent ends", self.path)
+        else:
+            self._fd = old  # (acquire said why no file could be made)
 
     def release(self) -> None:
         if self._fd >= 0:

@@ -1,6 +1,9 @@
 """Bad frames become events and the agent keeps going; bad models keep it from starting."""
 from __future__ import annotations
 
+import fcntl
+import logging
+import os
 import shutil
 
 import cv2
@@ -133,3 +136,52 @@ def test_a_second_agent_on_the_same_outbox_is_refused_and_said(broker, calibrate
     assert lock.holder() is None
     lock.acquire()
     lock.release()
+
+
+def test_a_lock_file_deleted_while_the_agent_runs_is_taken_again(broker, calibrated, tmp_path, capsys):
+    """A person 'cleaning up a stale lock' deleted <outbox>.lock under a running agent: its
+    lock stayed on the deleted file, so a second agent made a new one, took it and ran beside
+    the first, repeating its sequence numbers. The running agent takes the lock again."""
+    bundle, thresholds = calibrated
+    cfg = agent_config(tmp_path, broker.port, bundle, thresholds, 'type = "synthetic"\nfps = 5')
+    lock = tmp_path / "outbox.sqlite.lock"
+    first = AgentProcess(cfg, tmp_path / "first.log")
+    try:
+        assert poll(lambda: " ready: " in first.output(), 60), first.output()
+        lock.unlink()
+        assert poll(lambda: "taken again" in first.output(), 10), first.output()
+        assert f"pid {first.proc.pid}" in lock.read_text()
+        assert main(["agent", "run", "--config", str(cfg), "--env-file", "/nonexistent"]) == 2
+        assert "is in use by another agent" in capsys.readouterr().err
+        assert first.proc.poll() is None
+        lock.unlink()                                  # replaced by a file of the same name
+        lock.write_text("")
+        assert poll(lambda: first.output().count("taken again") == 2, 10), first.output()
+    finally:
+        first.stop()
+
+
+def test_a_lock_taken_by_another_agent_after_a_deletion_is_an_error_until_it_lets_go(tmp_path, caplog,
+                                                                                      monkeypatch):
+    from agent.mqtt.files import AgentLock
+    monkeypatch.setattr(AgentLock, "CHECK_S", 0.0)
+    caplog.set_level(logging.WARNING)
+    first = AgentLock(tmp_path / "outbox.sqlite")
+    first.acquire()
+    first.path.unlink()
+    second = AgentLock(tmp_path / "outbox.sqlite")
+    second.acquire()                     # before the first one looked: it made a new file and took it
+    for _ in range(3):
+        first.check()
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "in use by another agent" in errors[0] and f"pid {os.getpid()}" in errors[0], errors
+    second.release()
+    first.check()
+    assert "taken again" in caplog.records[-1].getMessage()
+    fd = os.open(first.path, os.O_RDWR)
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held again, by the first
+    finally:
+        os.close(fd)
+    first.release()
