@@ -309,6 +309,7 @@ class Agent:
               anomaly_box: dict | None = None) -> None:
         if verdict != "error":
             self._last_error = None
+        self.publisher.await_record()  # a new outbox's first number waits for the broker's record, briefly
         # Decided now: storing the sequence number and the event comes after, and a slow disk's
         # wait counts in the verdict's age (mqtt.verdict_max_age_s), not before it.
         decided, decided_wall = time.monotonic(), time.time()

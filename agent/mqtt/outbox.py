@@ -19,7 +19,8 @@ are `OutboxSalvage`'s methods (salvage.py); what is said about the disk, `DiskRe
 
 The event sequence number lives in its own small file that is allocated once and then
 overwritten in place (`SeqFile`, files.py), so it keeps counting on a full disk and never
-repeats or goes backwards across restarts.
+repeats or goes backwards across restarts; `SeqNumbers` (numbering.py) gives the numbers, and
+continues above the broker's record of them when the state folder was lost.
 """
 from __future__ import annotations
 
@@ -31,13 +32,14 @@ from collections import OrderedDict
 from pathlib import Path
 
 from agent.mqtt.disk import DiskReports
+from agent.mqtt.numbering import SeqNumbers
 from agent.mqtt.files import INSERT_ROWS, OpenFiles, Pending, Reserve, SeqFile, private_file, schema
 from agent.mqtt.salvage import OutboxSalvage, check_pages, corrupt_file
 
 log = logging.getLogger(__name__)
 
 
-class Outbox(OutboxSalvage, DiskReports):
+class Outbox(OutboxSalvage, DiskReports, SeqNumbers):
     RETRY_S = 0.5  # while the disk fails, how often a new event retries writing what is held
 
     def __init__(self, path: str | Path, max_events: int = 100_000, memory_events: int = 10_000,
@@ -83,6 +85,8 @@ class Outbox(OutboxSalvage, DiskReports):
         self._seq = max(self.seq_file.value, db_seq)
         self._seq_stored = self._seq               # the highest sequence number known to be on disk
         self._seq_failed = 0                       # the last number counted in seq_failures
+        self.fresh = self._seq == 0                # no number given before: a new (or lost) state folder
+        self.continued: dict | None = None         # numbering continued above the broker's record (numbering.py)
         self.reserve.keep()
 
     KEY_FLOOR_UNOPENED = 10 ** 12
@@ -258,40 +262,6 @@ class Outbox(OutboxSalvage, DiskReports):
             self._sync_locked()
             return not self._memory
 
-    def next_seq(self) -> int:
-        """The next event sequence number: 1, 2, ... never repeated, kept across restarts.
-        Stored in place in a preallocated file, so a full disk does not stop it. It is written
-        there at once and flushed with the event: the event's own write stores it in the
-        database too (one flush a part, not two), and a write that fails flushes the file."""
-        with self._lock:
-            self._seq += 1
-            t0 = time.monotonic()
-            try:
-                self.seq_file.set(self._seq, flush=self._db is None or self.last_error is not None)
-                self._timed("a sequence number", t0)
-            except OSError as e:
-                self.seq_failures += 1
-                self._seq_failed = self._seq
-                self._failed("sequence number", e)
-            else:
-                if self.seq_file.flushed:
-                    self._seq_stored = self._seq
-                if self._said:
-                    self._recovered(self.SEQ_KINDS)
-            return self._seq
-
-    def _flush_seq_locked(self) -> None:
-        """The event's write failed: its sequence number is made durable in its own file."""
-        try:
-            self.seq_file.flush()
-        except OSError as e:
-            if self._seq > self._seq_failed:  # (counted once per number, in next_seq or here)
-                self.seq_failures += 1
-            self._seq_failed = self._seq
-            self._failed("sequence number", e)
-        else:
-            self._seq_stored = self.seq_file.value
-
     def ack(self, event_id: str) -> None:
         with self._lock:
             if self._memory.pop(event_id, None) is not None:
@@ -370,6 +340,7 @@ class Outbox(OutboxSalvage, DiskReports):
 
     def _counters(self, depth: int) -> dict:
         return {"depth": depth, "unsaved": len(self._memory), "dropped": self.dropped,
+                "seq": self._seq, "continued": self.continued,
                 "store_failures": self.store_failures, "seq_failures": self.seq_failures,
                 "slow_writes": self.slow_writes, "slowest_write_s": self.slowest_write_s,
                 "error": self.last_error, "quarantined": self.quarantined, "replaced": self.replaced,

@@ -36,6 +36,7 @@ from agent.mqtt.outbox import Outbox
 from agent.mqtt.protocol import AutoProtocol
 from agent.mqtt.pump import EventPump
 from agent.mqtt.refusals import DeliveryCheck, Refusals
+from agent.mqtt.seqrecord import SeqRecord
 from agent.mqtt.tls import TlsFiles, alert_of
 from agent.mqtt.verdict import LiveVerdicts
 from agent.settings import MqttSettings
@@ -56,7 +57,7 @@ def _unclocked(reason: str) -> str:
     return _CLOCK_READING.sub("reads ?", reason)
 
 
-class Publisher(EventPump, AutoProtocol):
+class Publisher(EventPump, AutoProtocol, SeqRecord):
     """The station's MQTT link. `settings` is the agent's `[mqtt]` table; `commands` maps a
     feature to the handler of the payload of <base>/<feature>/set (called on paho's thread)."""
 
@@ -72,6 +73,7 @@ class Publisher(EventPump, AutoProtocol):
                          "events_unconfirmed": 0, "messages_refused": 0}
         self.commands = Commands(self.base, commands, self.counters)
         self.commands_ready = self.commands.ready  # every command subscription granted, this connection
+        self._init_record()  # the broker's record of this station's sequence numbers (seqrecord.py)
         self.verdicts = LiveVerdicts(s.verdict_max_age_s, self.counters)
         self.link = {"state": "connecting", "reason": f"connecting to {s.host}:{s.port}", "since": time.time()}
         # message id -> (event id or None, time handed to paho). Never call paho while holding
@@ -173,6 +175,7 @@ class Publisher(EventPump, AutoProtocol):
         self.refusals.clear()
         self.counters["connects"] += 1
         self._connected_at = time.monotonic()
+        self._subscribe_record(client)  # before anything is published on this connection
         self.connected.set()
         self._publish(self.topic("availability"), "online", qos=1, retain=True)
         for feature, value in list(self._states.items()):
@@ -191,6 +194,8 @@ class Publisher(EventPump, AutoProtocol):
         self._wake.set()
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        if self._record_subacked(mid, reason_codes):
+            return
         if mid != self._loopback_mid or self._loopback_mid is None:
             self.commands.subscribed(mid, reason_codes)
         elif any(getattr(rc, "is_failure", False) for rc in reason_codes):
@@ -214,6 +219,7 @@ class Publisher(EventPump, AutoProtocol):
         was_connected = self.connected.is_set()
         self.connected.clear()
         self.commands_ready.clear()
+        self._record_dropped()
         if was_connected:
             self.counters["disconnects"] += 1
             self._strike_poison()
@@ -299,6 +305,8 @@ class Publisher(EventPump, AutoProtocol):
     def _on_message(self, client, userdata, msg) -> None:
         if msg.topic == self.topic("events"):
             self._delivered(msg.payload)
+        elif msg.topic == self.topic("status"):
+            self._record_message(msg.payload, msg.retain)
         else:
             self.commands.handle(msg.topic, msg.payload, msg.retain)
 
@@ -327,6 +335,7 @@ class Publisher(EventPump, AutoProtocol):
     # -- API -------------------------------------------------------------------------------
     def start(self) -> None:
         """Connect in the background; paho reconnects by itself after an outage."""
+        self._start_record()
         self._pump_thread = threading.Thread(target=self._pump, name="mqtt-pump", daemon=True)
         self._pump_thread.start()
         self._connect()

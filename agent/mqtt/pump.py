@@ -81,6 +81,7 @@ class EventPump:
         if self.tls_files is not None:
             self.tls_files.check_expiry()  # the client certificate's end date, said ahead
         self._check_unanswered()
+        self._record_waited()
         if self._switch_to is not None and time.monotonic() >= self._switch_at:
             self._switch_protocol()
         self._check_delivery()
