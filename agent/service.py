@@ -95,6 +95,7 @@ class Agent:
             from agent.sources.dataset import check_preprocessing
             for m in self.models.values():
                 self._sample_prep = check_preprocessing(self.s.source.path, m.bundle.preprocessing)
+        self.publisher.await_record()  # a new outbox's first number waits for the broker's record, briefly
         self.notifier.ready(f"inspecting {self.expected}")
         log.info("agent %s ready: classes %s, expecting %s, trigger %s", self.s.station_id, sorted(self.models),
                  self.expected, self.s.trigger.mode)
@@ -309,7 +310,6 @@ class Agent:
               anomaly_box: dict | None = None) -> None:
         if verdict != "error":
             self._last_error = None
-        self.publisher.await_record()  # a new outbox's first number waits for the broker's record, briefly
         # Decided now: storing the sequence number and the event comes after, and a slow disk's
         # wait counts in the verdict's age (mqtt.verdict_max_age_s), not before it.
         decided, decided_wall = time.monotonic(), time.time()

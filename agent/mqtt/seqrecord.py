@@ -10,8 +10,8 @@ subscription ends: later connections do not read it again (a second agent with t
 station_id would otherwise push the numbers up at every reconnect).
 
 `seq_checked` is set once the record was read, or RECORD_WAIT_S after the broker granted the
-subscription without one (a new station), or at once if it refused it (its ACL): the agent
-waits for it, briefly, before the first number of a new outbox (service.py).
+subscription without one (a new station), or at once if it refused it (its ACL): a new
+outbox's start waits for it, briefly, before its first number (service.py).
 """
 from __future__ import annotations
 
@@ -44,14 +44,23 @@ class SeqRecord:
             self._record_deadline = time.monotonic() + RECORD_START_WAIT_S
 
     def await_record(self) -> None:
-        """Before each number (the service): the first one of a new outbox waits for the broker's
-        record until RECORD_START_WAIT_S after the start."""
+        """At the end of the start (the service): a new outbox waits for the broker's record
+        before its first number, until RECORD_START_WAIT_S after the publisher started; not
+        while the broker cannot be reached (the record is read when it can)."""
         if self._record_deadline is None:
             return
         deadline, self._record_deadline = self._record_deadline, None
-        if not self.seq_checked.wait(max(0.0, deadline - time.monotonic())):
-            log.info("the broker did not answer within %.0f s of the start: this new outbox numbers events from 1, "
-                     "and checks them against the broker's record when it answers", RECORD_START_WAIT_S)
+        while not self.seq_checked.is_set() and time.monotonic() < deadline:
+            granted = self._record_granted_at
+            if granted is not None and time.monotonic() - granted >= RECORD_WAIT_S:
+                self._record_waited()
+                break
+            if self.link["state"] not in ("connecting", "connected"):
+                break
+            self.seq_checked.wait(0.05)
+        if not self.seq_checked.is_set():
+            log.info("no record of this station's sequence numbers from the broker yet (%s): this new outbox numbers "
+                     "events from 1, and checks them against the record when it comes", self.link["state"])
 
     def _subscribe_record(self, client) -> None:
         """On the first connection, before anything is published on it (paho's thread)."""

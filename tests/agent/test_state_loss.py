@@ -140,20 +140,38 @@ def test_an_agent_whose_state_folder_was_lost_numbers_on_above_its_last_event(br
     assert "sequence numbers went back" in out and "is new" in out, out
 
 
-def test_the_first_number_waits_for_the_broker_only_briefly(tmp_path, caplog, monkeypatch):
+def test_a_new_outbox_waits_for_the_broker_only_briefly(broker, tmp_path, caplog, monkeypatch):
     import agent.mqtt.seqrecord as seqrecord
     from tests.agent.conftest import free_port
-    monkeypatch.setattr(seqrecord, "RECORD_START_WAIT_S", 0.5)
     caplog.set_level(logging.INFO)
-    pub = Publisher("st1", Outbox(tmp_path / "o.sqlite"), MqttSettings(port=free_port()))   # nothing listens
+    pub = Publisher("st1", Outbox(tmp_path / "a.sqlite"), MqttSettings(port=free_port()))   # nothing listens
+    try:
+        pub.start()
+        t0 = time.monotonic()
+        pub.await_record()                                        # not while it cannot be reached
+        assert time.monotonic() - t0 < 2.0 and pub.link["state"] == "refused"
+        assert any("no record of this station's sequence numbers" in r.getMessage() for r in caplog.records)
+        t0 = time.monotonic()
+        pub.await_record()                                        # once only
+        assert time.monotonic() - t0 < 0.1 and pub.outbox.next_seq() == 1
+    finally:
+        pub.stop(1)
+    pub = publisher(tmp_path, broker, "b")                        # a broker without a record: the grace
     try:
         pub.start()
         t0 = time.monotonic()
         pub.await_record()
-        assert 0.3 < time.monotonic() - t0 < 2.0
-        assert any("did not answer" in r.getMessage() for r in caplog.records)
+        took = time.monotonic() - t0
+        assert seqrecord.RECORD_WAIT_S <= took < seqrecord.RECORD_WAIT_S + 1.5 and pub.seq_checked.is_set(), took
+    finally:
+        pub.stop(1)
+    monkeypatch.setattr(seqrecord, "RECORD_START_WAIT_S", 0.3)  # a broker that takes long: the deadline
+    pub = publisher(tmp_path, broker, "c")
+    monkeypatch.setattr(pub, "_subscribe_record", lambda client: None)   # (no SUBACK comes)
+    try:
+        pub.start()
         t0 = time.monotonic()
-        pub.await_record()                                        # once only
-        assert time.monotonic() - t0 < 0.1 and pub.outbox.next_seq() == 1
+        pub.await_record()
+        assert 0.2 < time.monotonic() - t0 < 1.0 and not pub.seq_checked.is_set()
     finally:
         pub.stop(1)
