@@ -49,6 +49,65 @@ def describe_connect_error(e: BaseException, host: str, port: int,
     return "error", f"connecting to {where} failed: {type(e).__name__}: {e}"
 
 
+REFUSAL_HINTS = {  # MQTT 5 CONNACK reasons for what the station sends: what to change on the broker
+    "QoS not supported": "this station's Last Will and events use QoS 1, so that each event is kept until the broker "
+                         "acknowledges it: the broker must take QoS 1 (mosquitto: max_qos)",
+    "Retain not supported": "this station's Last Will (availability 'offline'), verdict, status and states are "
+                            "retained, for readers that subscribe later: the broker must allow retained messages "
+                            "(mosquitto: retain_available true)",
+}
+
+
+def refusal_hint(reason: str) -> str:
+    """What to change for a CONNACK refusal's reason, or ''."""
+    return next((f"; {h}" for r, h in REFUSAL_HINTS.items() if r.lower() in reason.lower()), "")
+
+
+def speaks_tls(host: str, port: int, timeout: float = 2.0) -> bool | None:
+    """Whether `port` completes a TLS handshake (nothing verified: only the protocol is asked);
+    None when it cannot be reached."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except OSError:
+        return None
+    try:
+        with ctx.wrap_socket(sock, server_hostname=host):  # (the handshake, within `timeout`)
+            return True
+    except (ssl.SSLError, OSError):
+        return False
+    finally:
+        sock.close()
+
+
+class ClosedHint:
+    """Why a plain-MQTT connection may have been closed before a CONNACK, from asking the port
+    whether it speaks TLS: a TLS port without mqtt.tls_ca, or (under MQTT 3.1.1, where mosquitto
+    hangs up without a reason) a broker refusing the station's Last Will. The port is asked at
+    most every KEEP_S (on paho's thread, between attempts: at most 2 s)."""
+
+    KEEP_S = 300.0
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port, self._said = host, port, None  # (_said: when, what)
+
+    def hint(self) -> str:
+        now = time.monotonic()
+        if self._said is None or now - self._said[0] > self.KEEP_S:
+            tls = speaks_tls(self.host, self.port)
+            if tls:
+                what = "; it is a TLS port: set mqtt.tls_ca (the CA that signed the broker's certificate)"
+            elif tls is False:
+                what = ("; it does not speak TLS: does the broker refuse this station's Last Will (retained, QoS 1: "
+                        "mosquitto's retain_available false or max_qos 0; under MQTT 5 it says which), or is it a "
+                        "proxy or load balancer with no broker behind it?")
+            else:
+                what = "; is it a TLS port? (set mqtt.tls_ca)"
+            self._said = (now, what)
+        return self._said[1]
+
+
 def make_client(s, client_id: str, protocol: str, will_topic: str,
                 tls_files: TlsFiles | None = None) -> "ReportingClient":
     """The paho client for the `[mqtt]` settings `s`, speaking `protocol` ("5" or "3.1.1"),

@@ -109,6 +109,7 @@ class Publisher(EventPump, AutoProtocol, SeqRecord):
         self._loopback_refusal_said = False
         self.refusals = Refusals()          # events refused for now (MQTT 5): sent again
         self.tls = bool(s.tls_ca)
+        self._closed = link.ClosedHint(s.host, s.port)  # why a plain port closes before accepting
         self.tls_files = TlsFiles(s.tls_ca, s.tls_cert, s.tls_key) if s.tls_ca else None
         self.client = self._make_client()
 
@@ -152,7 +153,8 @@ class Publisher(EventPump, AutoProtocol, SeqRecord):
                 return
             auth = any(w in name.lower() for w in ("authori", "user name", "password", "banned"))
             self._set_link("auth" if auth else "refused",
-                           f"{self.host}:{self.port} refused the connection: {name}", logging.ERROR)
+                           f"{self.host}:{self.port} refused the connection: {name}{link.refusal_hint(name)}",
+                           logging.ERROR)
             return
         # paho would resend what it still holds from the last connection; the outbox is the
         # one source of truth, so drop paho's copy (stale verdicts included) and let the pump
@@ -243,7 +245,7 @@ class Publisher(EventPump, AutoProtocol, SeqRecord):
                 self._set_link("tls", f"{self.host}:{self.port}: {refused}", logging.ERROR)
                 self._connack = False
                 return
-            hint = "" if self.tls else "; is it a TLS port? (set mqtt.tls_ca)"
+            hint = "" if self.tls else self._closed.hint()
             self._hung.add(self.protocol)
             if self._hung >= {"5", "3.1.1"} and self._auto_switch(other, backoff=True):
                 self._set_link("closed", f"{self.host}:{self.port} closes the connection before accepting it, "
