@@ -20,7 +20,7 @@ log = logging.getLogger("agent.mqtt.outbox")
 
 MARGIN = 1000        # numbers skipped above the broker's record, at least ...
 MARGIN_S = 600.0     # ... plus this many seconds at the station's mean rate in that record
-MAX_RECORD = 2 ** 31  # a record beyond this is not trusted (32-bit consumers; a hostile status)
+MAX_RECORD = 2 ** 31  # a record that would number beyond this is not trusted (32-bit consumers; a hostile status)
 
 
 class SeqNumbers:
@@ -67,10 +67,13 @@ class SeqNumbers:
         it, or None when the outbox is not behind (or the record cannot be trusted)."""
         if not 0 < seq < MAX_RECORD or not math.isfinite(rate) or rate < 0 or rate > 1e4:
             return None
+        top = seq + MARGIN + math.ceil(rate * MARGIN_S)
+        if top >= MAX_RECORD:
+            return None
         with self._lock:
             if seq <= self._seq:
                 return None
-            old, self._seq = self._seq, seq + MARGIN + math.ceil(rate * MARGIN_S)
+            old, self._seq = self._seq, top
             try:
                 self.seq_file.set(self._seq, flush=True)
                 self._seq_stored = self._seq

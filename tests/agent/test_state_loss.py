@@ -72,7 +72,7 @@ def test_a_new_outbox_continues_above_the_brokers_record(broker, tmp_path, caplo
 
 @pytest.mark.parametrize("record", [
     status(3),                                                   # below this outbox: nothing lost
-    status(True), status("900"), status(2 ** 40),
+    status(True), status("900"), status(2 ** 40), status(2 ** 31 - 10),   # (past 32 bits with the margin)
     "not json", json.dumps({"station": "st1"}), json.dumps([1, 2]),
 ])
 def test_a_record_behind_or_untrustworthy_changes_nothing(broker, tmp_path, record):
