@@ -15,12 +15,45 @@ import time
 
 import paho.mqtt.client as mqtt
 
-from agent.mqtt.tls import TlsFiles, alert_of
+from agent.mqtt.tls import TlsFiles, alert_of, der_dates, utc
 
 log = logging.getLogger(__name__)
 
 
 CLOCK_CODES = {9, 10}  # X509_V_ERR_CERT_NOT_YET_VALID, X509_V_ERR_CERT_HAS_EXPIRED: dates, read on our clock
+
+
+CLOCK_HINT = "is this station's clock set (NTP)? A Jetson has no clock battery and boots at the time it last saved"
+
+
+def peer_dates(host: str, port: int, timeout: float = 2.0) -> tuple[float, float] | None:
+    """(not before, not after) of the broker's own certificate, read in a handshake that
+    verifies nothing; None when it cannot be read."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock, \
+                ctx.wrap_socket(sock, server_hostname=host) as tls:
+            der = tls.getpeercert(binary_form=True)
+        return der_dates(der) if der else None
+    except (OSError, ValueError):
+        return None
+
+
+def dates_hint(dates: tuple[float, float] | None, expired: bool) -> str:
+    """What a certificate date failure points at: the broker's certificate, when its own dates
+    say so by this clock, or this clock."""
+    if dates is None:
+        return CLOCK_HINT
+    nb, na = dates
+    now = time.time()
+    if expired and now >= na:
+        return (f"the broker's certificate expired at {utc(na)}. Renew it on the broker; or, if this clock is "
+                f"wrong, set it (NTP: a Jetson has no clock battery and boots at the time it last saved)")
+    if not expired and now < nb:
+        return f"the broker's certificate is valid from {utc(nb)}: {CLOCK_HINT}"
+    return (f"the broker's own certificate is valid from {utc(nb)} until {utc(na)}, so one of its chain (or the CA "
+            f"in mqtt.tls_ca) is out of its dates: {CLOCK_HINT}")
 
 
 def describe_connect_error(e: BaseException, host: str, port: int,
@@ -33,9 +66,8 @@ def describe_connect_error(e: BaseException, host: str, port: int,
     if isinstance(e, ssl.SSLCertVerificationError):
         reason = f"TLS verification of {where} failed: {e.verify_message or e}"
         if getattr(e, "verify_code", None) in CLOCK_CODES:
-            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            return "tls", (f"{reason}, by this station's clock, which reads {now}: is it set (NTP)? A Jetson has "
-                           "no clock battery and boots at the time it last saved")
+            return "tls", f"{reason}, by this station's clock, which reads {utc(time.time())}: " + \
+                dates_hint(peer_dates(host, port), e.verify_code == 10)
         return "tls", f"{reason} (check mqtt.tls_ca and host)"
     if isinstance(e, ssl.SSLError):
         hint = tls.hint(alert_of(str(e))) if tls is not None else ""

@@ -298,3 +298,27 @@ def test_an_agent_with_a_client_certificate_delivers_and_reports_its_end_date(mt
         sub.close()
     out = agent.output()
     assert "mqtt.tls_cert" in out and "valid until" in out and "renew it" in out, out   # 10 days: said ahead
+
+
+def test_an_expired_broker_certificate_is_named_rather_than_the_clock(pki, tmp_path):
+    """A broker whose certificate was not renewed: the reason blamed this station's clock (NTP).
+    The broker's certificate is read without verifying it, and its end date named."""
+    from agent.mqtt.tls import utc
+    end = NOW - dt.timedelta(hours=1)
+    pki.issue("server", end, san=True)
+    port = free_port()
+    b = Broker(tmp_path, port)
+    b.conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                      f"certfile {pki.d / 'server.crt'}\nkeyfile {pki.d / 'server.key'}\n"
+                      + ("user root\n" if os.geteuid() == 0 else ""))
+    b.start()
+    pub = Publisher("st1", Outbox(tmp_path / "o.sqlite"), MqttSettings(port=port, tls_ca=str(pki.d / "ca.crt")))
+    try:
+        pub.start()
+        assert wait(lambda: pub.link["state"] == "tls"), pub.link
+        reason = pub.link["reason"]
+        assert f"the broker's certificate expired at {utc(end.timestamp())}" in reason, reason
+        assert "Renew it on the broker" in reason and "by this station's clock, which reads 20" in reason, reason
+    finally:
+        pub.stop(1)
+        b.stop()
