@@ -3,6 +3,7 @@ a certificate renewed on disk while the agent runs, a renewal caught half writte
 asking for a certificate the station lacks, and the end date said ahead (agent/mqtt/tls.py)."""
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -15,19 +16,10 @@ from agent.mqtt.outbox import Outbox
 from agent.mqtt.publisher import Publisher
 from agent.mqtt.tls import WARN_DAYS, CertificateError, TlsFiles, cert_dates
 from agent.settings import MqttSettings
-from tests.agent.conftest import Broker, Subscriber, free_port
+from tests.agent.conftest import Broker, Subscriber, free_port, poll
 
 pytest.importorskip("cryptography.x509")
 from tests.agent.pki import NOW, Pki  # noqa: E402
-
-
-def wait(pred, timeout=20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.fixture
@@ -62,12 +54,27 @@ def station(tmp_path, broker, pki, name="o", cert="station") -> Publisher:
     return pub
 
 
+@contextlib.contextmanager
+def linked(tmp_path, broker, pki):
+    """(subscriber on the plain port, a started station connected through the TLS one)."""
+    sub = Subscriber(broker.port, "adgan/st1/events")
+    pub = station(tmp_path, broker, pki)
+    try:
+        assert sub.subscribed.wait(10)
+        pub.start()
+        assert poll(pub.connected.is_set), pub.link
+        yield sub, pub
+    finally:
+        pub.stop(1)
+        sub.close()
+
+
 def restart(broker, pub) -> None:
     """Restart the broker; return once `pub` has connected again."""
     n = pub.counters["connects"]
     broker.stop()
     broker.start()
-    assert wait(lambda: pub.counters["connects"] > n and pub.connected.is_set()), pub.link
+    assert poll(lambda: pub.counters["connects"] > n and pub.connected.is_set()), pub.link
 
 
 def received(sub) -> list[str]:
@@ -91,18 +98,11 @@ def test_the_end_date_is_read_from_the_certificate(pki):
 
 def test_mutual_tls_delivers_and_shows_the_end_date(mtls_broker, pki, tmp_path):
     pki.issue("station", NOW + dt.timedelta(days=90))
-    sub = Subscriber(mtls_broker.port, "adgan/st1/events")
-    pub = station(tmp_path, mtls_broker, pki)
-    try:
-        assert sub.subscribed.wait(10)
-        pub.start()
-        assert wait(pub.connected.is_set), pub.link
+    with linked(tmp_path, mtls_broker, pki) as (sub, pub):
         pub.publish_event({"event_id": "a", "seq": 1, "verdict": "ok"})
         assert sub.wait_for(lambda m: "a" in received(sub), 15)
         st = pub.tls_files.status()
         assert st["client_cert"].endswith("station.crt") and 89 < st["days_left"] < 91 and st["reloads"] == 0, st
-    finally:
-        pub.stop(1)
 
 
 def test_a_client_certificate_renewed_on_disk_is_used_without_a_restart(mtls_broker, pki, tmp_path, caplog):
@@ -115,27 +115,20 @@ def test_a_client_certificate_renewed_on_disk_is_used_without_a_restart(mtls_bro
     while dt.datetime.now(dt.timezone.utc) > end - dt.timedelta(seconds=2):  # room to connect before it
         end += dt.timedelta(seconds=1)
     pki.issue("station", end)
-    sub = Subscriber(mtls_broker.port, "adgan/st1/events")
-    pub = station(tmp_path, mtls_broker, pki)
-    try:
-        assert sub.subscribed.wait(10)
-        pub.start()
-        assert wait(pub.connected.is_set), pub.link
+    with linked(tmp_path, mtls_broker, pki) as (sub, pub):
         time.sleep(max(0.0, end.timestamp() - time.time()) + 1.1)
         mtls_broker.stop()
         mtls_broker.start()
-        assert wait(lambda: pub.link["state"] == "tls"), pub.link
+        assert poll(lambda: pub.link["state"] == "tls"), pub.link
         reason = pub.link["reason"]
         assert "client certificate" in reason and "station.crt" in reason and "expired at" in reason, reason
         pub.publish_event({"event_id": "while-refused", "seq": 1, "verdict": "ok"})
         time.sleep(1.5)
         assert not pub.connected.is_set() and received(sub) == []
         pki.issue("station", NOW + dt.timedelta(days=30))          # the renewal, on the same paths
-        assert wait(pub.connected.is_set), pub.link
+        assert poll(pub.connected.is_set), pub.link
         assert sub.wait_for(lambda m: "while-refused" in received(sub), 15)
         assert pub.tls_files.reloads == 1 and pub.tls_files.status()["days_left"] > 29
-    finally:
-        pub.stop(1)
     said = [r.getMessage() for r in caplog.records]
     assert sum("renewed TLS files loaded" in m for m in said) == 1, said
     assert sum("expired at" in m and r.levelno == logging.ERROR for m, r in zip(said, caplog.records)) <= 3, said
@@ -148,7 +141,7 @@ def test_a_renewal_caught_half_written_keeps_the_old_files(mtls_broker, pki, tmp
     pub = station(tmp_path, mtls_broker, pki)
     try:
         pub.start()
-        assert wait(pub.connected.is_set), pub.link
+        assert poll(pub.connected.is_set), pub.link
         new_key = pki.issue("station", NOW + dt.timedelta(days=60), write_key=False)   # the key not yet
         for _ in range(2):                                 # reconnects with the old files, twice
             restart(mtls_broker, pub)
@@ -167,7 +160,7 @@ def test_a_broker_that_asks_for_a_client_certificate_is_said(mtls_broker, pki, t
     pub = station(tmp_path, mtls_broker, pki, cert=None)
     pub.start()
     try:
-        assert wait(lambda: pub.link["state"] == "tls"), pub.link
+        assert poll(lambda: pub.link["state"] == "tls"), pub.link
         assert "asks for a client certificate" in pub.link["reason"] and "mqtt.tls_cert" in pub.link["reason"]
     finally:
         pub.stop(1)
@@ -181,7 +174,7 @@ def test_a_certificate_from_another_ca_is_said(mtls_broker, pki, tmp_path):
     pub = station(tmp_path, mtls_broker, pki)
     pub.start()
     try:
-        assert wait(lambda: pub.link["state"] == "tls"), pub.link
+        assert poll(lambda: pub.link["state"] == "tls"), pub.link
         reason = pub.link["reason"]
         assert "refused this station's client certificate" in reason and "broker's cafile" in reason, reason
     finally:
@@ -257,16 +250,16 @@ def test_a_ca_added_to_tls_ca_is_trusted_without_a_restart(pki, tmp_path, caplog
     pub.client.reconnect_delay_set(0.2, 1)
     try:
         pub.start()
-        assert wait(pub.connected.is_set), pub.link
+        assert poll(pub.connected.is_set), pub.link
         new = Pki(tmp_path / "new", "the new CA")
         for f in ("server.crt", "server.key"):
             (served / f).write_bytes((new.d / f).read_bytes())
         b.stop()
         b.start()
-        assert wait(lambda: pub.link["state"] == "tls"), pub.link
+        assert poll(lambda: pub.link["state"] == "tls"), pub.link
         assert "verification" in pub.link["reason"], pub.link
         trusted.write_bytes((pki.d / "ca.crt").read_bytes() + (new.d / "ca.crt").read_bytes())
-        assert wait(pub.connected.is_set), pub.link
+        assert poll(pub.connected.is_set), pub.link
         assert pub.tls_files.reloads == 1
     finally:
         pub.stop(1)
@@ -315,7 +308,7 @@ def test_an_expired_broker_certificate_is_named_rather_than_the_clock(pki, tmp_p
     pub = Publisher("st1", Outbox(tmp_path / "o.sqlite"), MqttSettings(port=port, tls_ca=str(pki.d / "ca.crt")))
     try:
         pub.start()
-        assert wait(lambda: pub.link["state"] == "tls"), pub.link
+        assert poll(lambda: pub.link["state"] == "tls"), pub.link
         reason = pub.link["reason"]
         assert f"the broker's certificate expired at {utc(end.timestamp())}" in reason, reason
         assert "Renew it on the broker" in reason and "by this station's clock, which reads 20" in reason, reason
