@@ -31,6 +31,14 @@ class Broker:
         self.port, self.conf, self.proc = port, tmp_path / "mosquitto.conf", None
         self.conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
 
+    def tls(self, cert, key, extra: str = "") -> "Broker":
+        """Serve TLS only, with `cert` and `key` (and `extra` lines: a cafile, a password file)."""
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                             f"certfile {cert}\nkeyfile {key}\n{extra}"
+                             # as root, mosquitto would drop to user 'mosquitto', who cannot read the files
+                             + ("user root\n" if os.geteuid() == 0 else ""))
+        return self
+
     def start(self) -> None:
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         self.proc = subprocess.Popen([exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -240,9 +240,7 @@ def test_a_ca_added_to_tls_ca_is_trusted_without_a_restart(pki, tmp_path, caplog
     served.mkdir()
     for f in ("server.crt", "server.key"):
         (served / f).write_bytes((pki.d / f).read_bytes())
-    b.conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                      f"certfile {served / 'server.crt'}\nkeyfile {served / 'server.key'}\n"
-                      + ("user root\n" if os.geteuid() == 0 else ""))
+    b.tls(served / "server.crt", served / "server.key")
     trusted = tmp_path / "trusted.crt"
     trusted.write_bytes((pki.d / "ca.crt").read_bytes())
     b.start()
@@ -300,10 +298,7 @@ def test_an_expired_broker_certificate_is_named_rather_than_the_clock(pki, tmp_p
     end = NOW - dt.timedelta(hours=1)
     pki.issue("server", end, san=True)
     port = free_port()
-    b = Broker(tmp_path, port)
-    b.conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                      f"certfile {pki.d / 'server.crt'}\nkeyfile {pki.d / 'server.key'}\n"
-                      + ("user root\n" if os.geteuid() == 0 else ""))
+    b = Broker(tmp_path, port).tls(pki.d / "server.crt", pki.d / "server.key")
     b.start()
     pub = Publisher("st1", Outbox(tmp_path / "o.sqlite"), MqttSettings(port=port, tls_ca=str(pki.d / "ca.crt")))
     try:

@@ -433,9 +433,7 @@ def tls_only_broker(tmp_path, tls_files):
     port = free_port()
     b = Broker(tmp_path, port)
     d = tls_files
-    b.conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\ncafile {d / 'ca.crt'}\n"
-                      f"certfile {d / 'server.crt'}\nkeyfile {d / 'server.key'}\npersistence false\n"
-                      + ("user root\n" if os.geteuid() == 0 else ""))
+    b.tls(d / "server.crt", d / "server.key", f"cafile {d / 'ca.crt'}\n")
     b.start()
     yield b, d
     b.stop()
@@ -497,9 +495,7 @@ def test_a_certificate_outside_its_dates_names_the_clock(tmp_path):
     _cert_not_yet_valid(d)
     port = free_port()
     b = Broker(tmp_path, port)
-    b.conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\ncafile {d / 'ca.crt'}\n"
-                      f"certfile {d / 'server.crt'}\nkeyfile {d / 'server.key'}\npersistence false\n"
-                      + ("user root\n" if os.geteuid() == 0 else ""))
+    b.tls(d / "server.crt", d / "server.key", f"cafile {d / 'ca.crt'}\n")
     b.start()
     try:
         link = link_after(Publisher("st1", Outbox(tmp_path / "o.sqlite"),
