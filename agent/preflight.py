@@ -24,7 +24,7 @@ except ModuleNotFoundError:  # Python 3.10 (JetPack 6): the tomli backport, a de
 from agent.decide.inspector import check_class_model
 from agent.mqtt.files import AgentLock, write_error
 from agent.mqtt.salvage import corrupt_file
-from agent.mqtt.tls import WARN_DAYS, CertificateError, cert_dates, expiry_words
+from agent.mqtt.tls import WARN_DAYS, CertificateError, EncryptedKey, cert_dates, expiry_words, load_client_cert
 from agent.settings import AgentSettings, SettingError
 
 
@@ -77,7 +77,10 @@ def check_tls(s: AgentSettings, r: Report) -> None:
         return
     if mq.tls_cert is not None:
         try:
-            ctx.load_cert_chain(str(mq.tls_cert), str(mq.tls_key))
+            load_client_cert(ctx, mq.tls_cert, mq.tls_key)
+        except EncryptedKey as e:
+            r.problems.append(SettingError("mqtt.tls_key", str(e)))
+            return
         except (OSError, ssl.SSLError) as e:
             r.problems.append(SettingError("mqtt.tls_cert", f"{mq.tls_cert} with key {mq.tls_key}: not a readable "
                                                             f"certificate and matching key ({e})"))

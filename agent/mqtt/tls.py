@@ -107,6 +107,21 @@ def cert_dates(path: str | Path) -> tuple[float, float]:
     return der_dates(der)
 
 
+class EncryptedKey(ValueError):
+    """A key file that needs a passphrase: the agent never asks for one."""
+
+
+def load_client_cert(ctx: ssl.SSLContext, cert: str | Path, key: str | Path) -> None:
+    """`ctx.load_cert_chain`, without OpenSSL's passphrase prompt: with none given it asks on the
+    terminal ("Enter PEM pass phrase:"), which blocks an agent run by hand (and, at a renewal,
+    paho's thread) and fails as "Invalid argument" under systemd."""
+    def no_passphrase():
+        raise EncryptedKey(f"{key} is encrypted (it needs a passphrase), and the agent cannot ask for one: store "
+                           "the key unencrypted, readable only by the agent's user (openssl pkey -in KEY -out "
+                           "KEY.plain, then chmod 600)")
+    ctx.load_cert_chain(str(cert), str(key), password=no_passphrase)
+
+
 def utc(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
@@ -153,7 +168,7 @@ class TlsFiles:
     def _build(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.ca))
         if self.cert is not None:
-            ctx.load_cert_chain(str(self.cert), str(self.key))
+            load_client_cert(ctx, self.cert, self.key)
         return ctx
 
     def _read_dates(self) -> None:
@@ -175,7 +190,7 @@ class TlsFiles:
             self._build()                    # all of it, in a scratch context
             self.context.load_verify_locations(cafile=str(self.ca))
             if self.cert is not None:
-                self.context.load_cert_chain(str(self.cert), str(self.key))
+                load_client_cert(self.context, self.cert, self.key)
         except (OSError, ssl.SSLError, ValueError) as e:
             if sig != self._refused_sig:
                 self._refused_sig = sig

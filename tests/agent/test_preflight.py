@@ -222,3 +222,22 @@ def test_a_client_certificate_near_or_past_its_end_date_is_warned_about(calibrat
             assert "mqtt.tls_cert" not in err, err
         else:
             assert "mqtt.tls_cert" in err and words in err and "renew it" in err, err
+
+
+def test_an_encrypted_client_key_is_refused_by_name_without_a_prompt(calibrated, tmp_path, capfd):
+    import datetime as dt
+    pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import serialization
+    from tests.agent.pki import NOW, Pki
+    bundle, thresholds = calibrated
+    pki = Pki(tmp_path / "pki")
+    key = pki.issue("station", NOW + dt.timedelta(days=30))
+    (pki.d / "station.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret")))
+    cfg = in_mqtt(agent_config(tmp_path, 1, bundle, thresholds, SRC),
+                  f'tls_ca = "{pki.d / "ca.crt"}"\ntls_cert = "{pki.d / "station.crt"}"\n'
+                  f'tls_key = "{pki.d / "station.key"}"')
+    rc = main(["agent", "validate-config", "--config", str(cfg), "--env-file", "/nonexistent"])
+    err = capfd.readouterr().err
+    assert rc == 2 and "mqtt.tls_key" in err and "is encrypted" in err and "pass phrase" not in err, err

@@ -310,3 +310,20 @@ def test_an_expired_broker_certificate_is_named_rather_than_the_clock(pki, tmp_p
     finally:
         pub.stop(1)
         b.stop()
+
+
+def test_an_encrypted_key_is_refused_by_name_without_a_prompt(pki, tmp_path, capfd):
+    """OpenSSL asks for a key's passphrase on the terminal ("Enter PEM pass phrase:") when none
+    is given: an agent run by hand blocked there, and under systemd it failed as "Invalid
+    argument". The agent never asks; it says the key is encrypted."""
+    from cryptography.hazmat.primitives import serialization
+    key = pki.issue("station", NOW + dt.timedelta(days=30))
+    files = TlsFiles(pki.d / "ca.crt", pki.d / "station.crt", pki.d / "station.key")
+    (pki.d / "station.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret")))
+    assert files.refresh() is False                      # a renewal written encrypted: the old files stay
+    assert "is encrypted" in files.status()["refused"], files.status()
+    with pytest.raises(ValueError, match="is encrypted"):
+        TlsFiles(pki.d / "ca.crt", pki.d / "station.crt", pki.d / "station.key")
+    assert "pass phrase" not in capfd.readouterr().err
