@@ -26,14 +26,19 @@ CLOCK_CODES = {9, 10}  # X509_V_ERR_CERT_NOT_YET_VALID, X509_V_ERR_CERT_HAS_EXPI
 CLOCK_HINT = "is this station's clock set (NTP)? A Jetson has no clock battery and boots at the time it last saved"
 
 
+def _unverified() -> ssl.SSLContext:
+    """A context for asking a port about TLS: nothing is verified, nothing is sent but a handshake."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    return ctx
+
+
 def peer_dates(host: str, port: int, timeout: float = 2.0) -> tuple[float, float] | None:
     """(not before, not after) of the broker's own certificate, read in a handshake that
     verifies nothing; None when it cannot be read."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock, \
-                ctx.wrap_socket(sock, server_hostname=host) as tls:
+                _unverified().wrap_socket(sock, server_hostname=host) as tls:
             der = tls.getpeercert(binary_form=True)
         return der_dates(der) if der else None
     except (OSError, ValueError):
@@ -98,14 +103,12 @@ def refusal_hint(reason: str) -> str:
 def speaks_tls(host: str, port: int, timeout: float = 2.0) -> bool | None:
     """Whether `port` completes a TLS handshake (nothing verified: only the protocol is asked);
     None when it cannot be reached."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
     except OSError:
         return None
     try:
-        with ctx.wrap_socket(sock, server_hostname=host):  # (the handshake, within `timeout`)
+        with _unverified().wrap_socket(sock, server_hostname=host):  # (the handshake, within `timeout`)
             return True
     except (ssl.SSLError, OSError):
         return False

@@ -16,6 +16,8 @@ import logging
 import math
 import time
 
+from agent.mqtt.events import utc_iso
+
 log = logging.getLogger("agent.mqtt.outbox")
 
 MARGIN = 1000        # numbers skipped above the broker's record, at least ...
@@ -83,7 +85,7 @@ class SeqNumbers:
                 self._failed("sequence number", e)
             nxt, fresh = self._seq + 1, self.fresh
             self.continued = {"behind": old, "record": seq, "recorded_at": recorded_at, "next": nxt,
-                              "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                              "at": utc_iso(time.time())}
         folder = self.path.parent
         log.error("sequence numbers went back: the broker's last status from this station%s says they had reached "
                   "%d, and this outbox (%s) %s. Its state folder (%s) was lost or restored from an older copy, or "

@@ -32,8 +32,8 @@ from collections import OrderedDict
 from pathlib import Path
 
 from agent.mqtt.disk import DiskReports
-from agent.mqtt.numbering import SeqNumbers
 from agent.mqtt.files import INSERT_ROWS, OpenFiles, Pending, Reserve, SeqFile, private_file, schema
+from agent.mqtt.numbering import SeqNumbers
 from agent.mqtt.salvage import OutboxSalvage, check_pages, corrupt_file
 
 log = logging.getLogger(__name__)
