@@ -327,3 +327,23 @@ def test_an_encrypted_key_is_refused_by_name_without_a_prompt(pki, tmp_path, cap
     with pytest.raises(ValueError, match="is encrypted"):
         TlsFiles(pki.d / "ca.crt", pki.d / "station.crt", pki.d / "station.key")
     assert "pass phrase" not in capfd.readouterr().err
+
+
+def test_under_tls_12_the_refusal_of_an_expired_certificate_is_said_the_same(pki, tmp_path):
+    """TLS 1.3 refuses a client certificate after the handshake (the client sees it on its first
+    read); under TLS 1.2 the refusal is the handshake's last step. Both are named."""
+    pki.issue("station", NOW - dt.timedelta(hours=1))
+    port = free_port()
+    b = Broker(tmp_path, port).tls(pki.d / "server.crt", pki.d / "server.key",
+                                   f"cafile {pki.d / 'ca.crt'}\nrequire_certificate true\ntls_version tlsv1.2\n")
+    b.tls_port = port
+    b.start()
+    pub = station(tmp_path, b, pki)
+    try:
+        pub.start()
+        assert poll(lambda: pub.link["state"] == "tls" and "client certificate" in pub.link["reason"], 20), pub.link
+        reason = pub.link["reason"]
+        assert "station.crt" in reason and "expired at" in reason, reason
+    finally:
+        pub.stop(1)
+        b.stop()
