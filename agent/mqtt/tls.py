@@ -6,12 +6,12 @@ agent runs: by hand once a year, or by an ACME or step-ca agent every few hours.
 files once, so a renewed certificate was only used after a restart, and once the old one had
 expired every reconnect was refused, as "closed the connection before accepting it". Here
 `TlsFiles.refresh` reads the files again before each connection attempt when they have changed
-(inode, size, modification time). The new files are checked whole in a scratch context first:
-a renewal caught half written (a new certificate beside the old key) keeps the files loaded
-before, is said once, and is tried again at the next attempt. Loading goes into the same
-context (public `ssl` calls only): a certificate and key replace the old ones, and a CA added to
-`mqtt.tls_ca` is trusted from the next attempt; a CA taken out of it stays trusted until the
-agent restarts.
+(inode, size, modification time) into a new context, made whole before it is used: a renewal
+caught half written (a new certificate beside the old key) keeps the context made before, is
+said once, and is tried again at the next attempt. paho holds one context for good
+(`tls_set_context` takes one, once), so it is given a `Renewable` one, whose `wrap_socket` is
+the newest whole context's: a CA added to `mqtt.tls_ca` is trusted from the next attempt, and a
+CA taken out of it (a compromised one) no longer is.
 
 The client certificate's end date is read from the file (`cert_dates`, without a dependency),
 shown in `status.mqtt.tls`, and said ahead: a warning at start and once a day from WARN_DAYS
@@ -133,6 +133,22 @@ def expiry_words(not_after: float, now: float) -> str:
     return f"valid until {utc(not_after)} ({(not_after - now) / 86400:.1f} days)"
 
 
+class Renewable(ssl.SSLContext):
+    """The context paho holds: each connection is wrapped by `current`, the context made whole
+    of the files last loaded (TlsFiles.refresh replaces it). Itself it verifies like `current`
+    (PROTOCOL_TLS_CLIENT: certificates and host name required), which paho reads to leave the
+    host name check to the handshake."""
+
+    def __new__(cls, current: ssl.SSLContext):
+        return super().__new__(cls, ssl.PROTOCOL_TLS_CLIENT)
+
+    def __init__(self, current: ssl.SSLContext) -> None:
+        self.current = current
+
+    def wrap_socket(self, *args, **kwargs):
+        return self.current.wrap_socket(*args, **kwargs)
+
+
 class TlsFiles:
     """The `[mqtt]` settings' TLS files and the context made of them (paho's, through
     `tls_set_context`). `refresh` runs on paho's thread before each connection attempt;
@@ -147,7 +163,7 @@ class TlsFiles:
         self.not_after: float | None = None
         self._sig = self._signature()
         self._refused_sig: tuple | None = None
-        self.context = self._build()
+        self.context = Renewable(self._build())
         self._read_dates()
         self._said_at: float | None = None  # monotonic time the end date was last said
         self._said_expired = False
@@ -187,10 +203,7 @@ class TlsFiles:
         if sig == self._sig:
             return False
         try:
-            self._build()                    # all of it, in a scratch context
-            self.context.load_verify_locations(cafile=str(self.ca))
-            if self.cert is not None:
-                load_client_cert(self.context, self.cert, self.key)
+            fresh = self._build()            # all of it, before it is used
         except (OSError, ssl.SSLError, ValueError) as e:
             if sig != self._refused_sig:
                 self._refused_sig = sig
@@ -198,6 +211,7 @@ class TlsFiles:
                                 "and they are read again at the next connection attempt")
                 log.error("MQTT: %s (%s)", self.refused, ", ".join(str(p) for p in self._paths()))
             return False
+        self.context.current = fresh
         self._sig, self._refused_sig, self.refused = sig, None, None
         self.reloads += 1
         self._read_dates()

@@ -230,9 +230,10 @@ def test_the_end_date_is_a_metric(pki):
     assert "adgan_mqtt_client_cert_expiry_timestamp_seconds" not in got   # no client certificate, no series
 
 
-def test_a_ca_added_to_tls_ca_is_trusted_without_a_restart(pki, tmp_path, caplog):
+def test_a_ca_added_to_tls_ca_is_trusted_and_one_taken_out_is_not_without_a_restart(pki, tmp_path, caplog):
     """The broker's certificate is reissued by a new CA, and the new CA is added to the
-    station's tls_ca: the next attempt trusts it (before, verification failed until a restart)."""
+    station's tls_ca: the next attempt trusts it (before, verification failed until a restart).
+    Then the old CA is taken out: the next attempt no longer trusts it."""
     caplog.set_level(logging.INFO)
     port = free_port()
     b = Broker(tmp_path, port)
@@ -259,6 +260,16 @@ def test_a_ca_added_to_tls_ca_is_trusted_without_a_restart(pki, tmp_path, caplog
         trusted.write_bytes((pki.d / "ca.crt").read_bytes() + (new.d / "ca.crt").read_bytes())
         assert poll(pub.connected.is_set), pub.link
         assert pub.tls_files.reloads == 1
+        # the old CA taken out (compromised, say), and a broker certificate it signed served again:
+        # refused from the next attempt (loading into paho's one context only ever added CAs)
+        trusted.write_bytes((new.d / "ca.crt").read_bytes())
+        for f in ("server.crt", "server.key"):
+            (served / f).write_bytes((pki.d / f).read_bytes())
+        b.stop()
+        b.start()
+        assert poll(lambda: pub.link["state"] == "tls"), pub.link
+        time.sleep(1.5)
+        assert not pub.connected.is_set() and pub.tls_files.reloads == 2, (pub.link, pub.tls_files.status())
     finally:
         pub.stop(1)
         b.stop()
