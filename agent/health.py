@@ -14,6 +14,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from agent.mqtt.events import utc_seconds
+
 log = logging.getLogger(__name__)
 
 
@@ -150,7 +152,8 @@ class ClockWatch:
             return None
         self.jumps, self.last_jump_s = self.jumps + 1, round(jump, 1)
         log.warning("the wall clock jumped %+.1f s (NTP setting it, a person, or a suspend); it reads %s now. "
-                    "Events are stamped with it: those before the jump carry the old reading", jump, _utc(self.wall()))
+                    "Events are stamped with it: those before the jump carry the old reading", jump,
+                    utc_seconds(self.wall()))
         return jump
 
     def not_before(self, floor: float, what: str) -> bool:
@@ -158,7 +161,7 @@ class ClockWatch:
         if self.wall() >= floor - 86400:
             return True
         log.warning("this station's clock reads %s, before %s was made (%s): is it set (NTP)? Events are stamped "
-                    "with it until it is", _utc(self.wall()), what, _utc(floor))
+                    "with it until it is", utc_seconds(self.wall()), what, utc_seconds(floor))
         return False
 
     def status(self) -> dict:
@@ -241,8 +244,6 @@ class LoopWatch:
         return {"stalls": self.stalls, "longest_s": self.longest_s}
 
 
-def _utc(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 def iso_time(text) -> float | None:

@@ -99,8 +99,13 @@ class Event(_Doc):
         return self.model_dump_json(by_alias=True, exclude_none=False).encode()
 
 
-def utc_iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def utc_iso(ts: float, timespec: str = "milliseconds") -> str:
+    """`ts` as UTC ISO 8601 with a Z ("seconds": to the second, as logs and certificates say it)."""
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec=timespec).replace("+00:00", "Z")
+
+
+def utc_seconds(ts: float) -> str:
+    return utc_iso(ts, "seconds")
 
 
 def json_schema() -> dict[str, Any]:

@@ -15,7 +15,8 @@ import time
 
 import paho.mqtt.client as mqtt
 
-from agent.mqtt.tls import TlsFiles, alert_of, der_dates, utc
+from agent.mqtt.events import utc_seconds
+from agent.mqtt.tls import TlsFiles, alert_of, der_dates
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +54,12 @@ def dates_hint(dates: tuple[float, float] | None, expired: bool) -> str:
     nb, na = dates
     now = time.time()
     if expired and now >= na:
-        return (f"the broker's certificate expired at {utc(na)}. Renew it on the broker; or, if this clock is "
+        return (f"the broker's certificate expired at {utc_seconds(na)}. Renew it on the broker; or, if this clock is "
                 f"wrong, set it (NTP: a Jetson has no clock battery and boots at the time it last saved)")
     if not expired and now < nb:
-        return f"the broker's certificate is valid from {utc(nb)}: {CLOCK_HINT}"
-    return (f"the broker's own certificate is valid from {utc(nb)} until {utc(na)}, so one of its chain (or the CA "
-            f"in mqtt.tls_ca) is out of its dates: {CLOCK_HINT}")
+        return f"the broker's certificate is valid from {utc_seconds(nb)}: {CLOCK_HINT}"
+    return (f"the broker's own certificate is valid from {utc_seconds(nb)} until {utc_seconds(na)}, so one of its "
+            f"chain (or the CA in mqtt.tls_ca) is out of its dates: {CLOCK_HINT}")
 
 
 def describe_connect_error(e: BaseException, host: str, port: int,
@@ -71,7 +72,7 @@ def describe_connect_error(e: BaseException, host: str, port: int,
     if isinstance(e, ssl.SSLCertVerificationError):
         reason = f"TLS verification of {where} failed: {e.verify_message or e}"
         if getattr(e, "verify_code", None) in CLOCK_CODES:
-            return "tls", f"{reason}, by this station's clock, which reads {utc(time.time())}: " + \
+            return "tls", f"{reason}, by this station's clock, which reads {utc_seconds(time.time())}: " + \
                 dates_hint(peer_dates(host, port), e.verify_code == 10)
         return "tls", f"{reason} (check mqtt.tls_ca and host)"
     if isinstance(e, ssl.SSLError):

@@ -26,6 +26,8 @@ import ssl
 import time
 from pathlib import Path
 
+from agent.mqtt.events import utc_seconds
+
 log = logging.getLogger(__name__)
 
 WARN_DAYS = 14            # the client certificate's end date is said from this many days before
@@ -122,15 +124,11 @@ def load_client_cert(ctx: ssl.SSLContext, cert: str | Path, key: str | Path) -> 
     ctx.load_cert_chain(str(cert), str(key), password=no_passphrase)
 
 
-def utc(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
-
-
 def expiry_words(not_after: float, now: float) -> str:
     """'expired at <date>' or 'valid until <date> (n days)', by the clock reading `now`."""
     if now >= not_after:
-        return f"expired at {utc(not_after)}"
-    return f"valid until {utc(not_after)} ({(not_after - now) / 86400:.1f} days)"
+        return f"expired at {utc_seconds(not_after)}"
+    return f"valid until {utc_seconds(not_after)} ({(not_after - now) / 86400:.1f} days)"
 
 
 class Renewable(ssl.SSLContext):
@@ -234,7 +232,7 @@ class TlsFiles:
                 log.error("MQTT: the client certificate mqtt.tls_cert %s %s by this station's clock (it reads %s): "
                           "the broker refuses it at the next connection. Renew the file; the agent loads it at its "
                           "next connection attempt, without a restart", self.cert, expiry_words(self.not_after, now),
-                          utc(now))
+                          utc_seconds(now))
             return
         if self.not_after - now > WARN_DAYS * 86400:
             return
@@ -256,8 +254,8 @@ class TlsFiles:
         now = self.wall()
         if self.not_after is not None and now >= self.not_after:
             return (f"the broker refused this station's client certificate (mqtt.tls_cert {self.cert}), which "
-                    f"{expiry_words(self.not_after, now)} by this station's clock (it reads {utc(now)}): renew it; "
-                    "the agent loads a renewed file at its next connection attempt")
+                    f"{expiry_words(self.not_after, now)} by this station's clock (it reads {utc_seconds(now)}): "
+                    "renew it; the agent loads a renewed file at its next connection attempt")
         dates = f", {expiry_words(self.not_after, now)}" if self.not_after is not None else ""
         return (f"the broker refused this station's client certificate (mqtt.tls_cert {self.cert}{dates}): is it "
                 "issued by a CA in the broker's cafile, and not revoked?")
@@ -267,7 +265,7 @@ class TlsFiles:
         if self.cert is not None:
             out["client_cert"] = str(self.cert)
             if self.not_after is not None:
-                out["not_after"] = utc(self.not_after)
+                out["not_after"] = utc_seconds(self.not_after)
                 out["days_left"] = round((self.not_after - self.wall()) / 86400, 2)
         return out
 

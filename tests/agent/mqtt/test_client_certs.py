@@ -305,7 +305,7 @@ def test_an_agent_with_a_client_certificate_delivers_and_reports_its_end_date(mt
 def test_an_expired_broker_certificate_is_named_rather_than_the_clock(pki, tmp_path):
     """A broker whose certificate was not renewed: the reason blamed this station's clock (NTP).
     The broker's certificate is read without verifying it, and its end date named."""
-    from agent.mqtt.tls import utc
+    from agent.mqtt.events import utc_seconds
     end = NOW - dt.timedelta(hours=1)
     pki.issue("server", end, san=True)
     port = free_port()
@@ -316,7 +316,7 @@ def test_an_expired_broker_certificate_is_named_rather_than_the_clock(pki, tmp_p
         pub.start()
         assert poll(lambda: pub.link["state"] == "tls"), pub.link
         reason = pub.link["reason"]
-        assert f"the broker's certificate expired at {utc(end.timestamp())}" in reason, reason
+        assert f"the broker's certificate expired at {utc_seconds(end.timestamp())}" in reason, reason
         assert "Renew it on the broker" in reason and "by this station's clock, which reads 20" in reason, reason
     finally:
         pub.stop(1)
