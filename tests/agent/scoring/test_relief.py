@@ -194,9 +194,32 @@ def relief_bundles(encoded_run, tmp_path_factory):
     root = tmp_path_factory.mktemp("relief")
     common = ["--theta-scope", "none", "--loss", "fg", "--k", "3", "--no-shape", "--force"]
     assert main(["export", str(encoded_run), "--out", str(root / "plain"), "--no-relief"] + common) == 0
-    assert main(["export", str(encoded_run), "--out", str(root / "relief"), "--relief", "--relief-surface", "plane",
-                 "--relief-samples", "5"] + common) == 0
+    import export.onnx_export as onnx_export
+    graphs = []
+    with pytest.MonkeyPatch.context() as mp:  # which ONNX graphs the export with a check makes
+        real = onnx_export._export
+        mp.setattr(onnx_export, "_export", lambda m, a, path, *io: (graphs.append(path.name), real(m, a, path, *io)))
+        assert main(["export", str(encoded_run), "--out", str(root / "relief"), "--relief", "--relief-surface",
+                     "plane", "--relief-samples", "5"] + common) == 0
+    relief_exports[:] = graphs
     return root / "plain", root / "relief"
+
+
+relief_exports: list[str] = []  # the ONNX graphs exported for relief_bundles' bundle with the check
+
+
+def test_the_reference_bundles_graphs_are_copied_not_exported_again(relief_bundles, tmp_path):
+    from dataclasses import replace
+
+    from agent.scoring.bundle import Bundle
+    from export.bundle import _copy_graphs
+    assert sorted(relief_exports) == ["encoder.onnx", "loss.onnx", "step.onnx"]  # once each, not twice
+    plain = Bundle.load(relief_bundles[0])  # (its file hashes checked)
+    assert Bundle.load(relief_bundles[1]).manifest["graphs"] == plain.manifest["graphs"]
+    with pytest.raises(ValueError, match="another search"):
+        _copy_graphs(relief_bundles[0], tmp_path, replace(plain.search, k=plain.search.k + 1), True)
+    with pytest.raises(ValueError, match="another search"):
+        _copy_graphs(relief_bundles[0], tmp_path, plain.search, False)
 
 
 def test_export_writes_the_reference_and_the_search_is_unchanged(relief_bundles, synth_data):
