@@ -79,7 +79,8 @@ class Publisher(EventPump, AutoProtocol, SeqRecord):
         # message id -> (event id or None, time handed to paho). Never call paho while holding
         # _lock: paho calls on_publish under its own locks, so the opposite order would deadlock.
         self._inflight: dict[int, tuple[str | None, float]] = {}
-        self._sending = 0                  # publish() calls in progress
+        self._sending = 0                  # publish() calls in progress; their events: thread -> (time, event id)
+        self._handing: dict[int, tuple[float, str]] = {}  # (the broker may hang up on one before publish() returns)
         self._early: dict[int, object] = {}  # PUBACKs (their reason codes) that arrived during a publish() call
         self._topics: dict[int, str] = {}    # message id -> topic, for what is in flight and is not an event
         self._lock = threading.Lock()
@@ -262,7 +263,7 @@ class Publisher(EventPump, AutoProtocol, SeqRecord):
     def _strike_poison(self) -> None:
         now = time.monotonic()
         with self._lock:
-            unacked = [(t, e) for e, t in self._inflight.values() if e is not None]
+            unacked = [(t, e) for e, t in self._inflight.values() if e is not None] + list(self._handing.values())
         held = self._holdback.dropped(unacked, now)
         if held is not None:
             self.counters["events_held"] += 1

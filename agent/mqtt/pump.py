@@ -6,6 +6,7 @@ go again from here (link.HoldBack, refusals.Refusals), and the live verdict foll
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import paho.mqtt.client as mqtt
@@ -24,19 +25,24 @@ class EventPump:
     def _publish(self, topic: str, payload, qos: int, retain: bool = False, event_id: str | None = None) -> bool:
         """Hand one message to paho; True if paho took it. Registers its message id so the
         PUBACK can be matched, even when it arrives before publish() returns."""
+        me = threading.get_ident()
         with self._lock:
             self._sending += 1
+            if event_id is not None:  # paho's thread may see the broker hang up on it before publish() returns
+                self._handing[me] = (time.monotonic(), event_id)
         try:
             info = self.client.publish(topic, payload, qos=qos, retain=retain)
         except BaseException:
             with self._lock:
                 self._sending -= 1
+                self._handing.pop(me, None)
                 if not self._sending:
                     self._early.clear()
             raise
         ok, early = info.rc == mqtt.MQTT_ERR_SUCCESS, None
         with self._lock:
             self._sending -= 1
+            self._handing.pop(me, None)
             if ok and (qos > 0 or event_id is not None):
                 if info.mid in self._early:
                     early = self._early.pop(info.mid)  # (its reason code: a refusal may come this early too)

@@ -529,6 +529,19 @@ def test_a_wrong_password_is_an_authorisation_failure(tmp_path):
 def test_an_event_the_broker_hangs_up_on_is_held_back_and_the_rest_flows(tmp_path, monkeypatch):
     """mosquitto with message_size_limit drops an MQTT 5 client that sends a larger message,
     and would again at every reconnect, where the oldest unacknowledged event goes first."""
+    _hung_up_on(tmp_path, monkeypatch)
+
+
+def test_a_hang_up_seen_before_publish_returns_is_the_events_too(tmp_path, monkeypatch):
+    """paho's network thread may see the broker hang up on an event before publish() has
+    returned its message id to the pump (a loaded station: the test above failed once in make test,
+    and in 2 of 6 runs beside three busy loops). That drop was nobody's: the event's strikes started again, and three such
+    drops within 10 s read as another station taking this one's connection ("taken_over"). Here
+    publish() returns only after the drop was seen, every time."""
+    _hung_up_on(tmp_path, monkeypatch, late_return=True)
+
+
+def _hung_up_on(tmp_path, monkeypatch, late_return: bool = False) -> None:
     import agent.mqtt.link as link
     monkeypatch.setattr(link, "HOLD_RELEASE_S", 2.0)
     port = free_port()
@@ -539,6 +552,15 @@ def test_an_event_the_broker_hangs_up_on_is_held_back_and_the_rest_flows(tmp_pat
     sub = Subscriber(port, "adgan/st1/events")
     pub = Publisher("st1", Outbox(tmp_path / "o.sqlite"), MqttSettings(port=port, keepalive_s=5, protocol="5"))
     pub.client.reconnect_delay_set(0.2, 1)
+    if late_return:
+        real, late = pub.client.publish, []
+
+        def publish(topic, payload=None, *args, **kwargs):
+            info = real(topic, payload, *args, **kwargs)
+            if b'"big"' in (payload if isinstance(payload, bytes) else str(payload).encode()):
+                late.append(wait(lambda: not pub.connected.is_set(), 5))  # the drop is seen first
+            return info
+        monkeypatch.setattr(pub.client, "publish", publish)
     try:
         assert sub.subscribed.wait(10)
         pub.start()
@@ -552,6 +574,7 @@ def test_an_event_the_broker_hangs_up_on_is_held_back_and_the_rest_flows(tmp_pat
         assert wait(lambda: pub.counters["events_held"] >= 2, 20)             # tried again on a stable link
         assert "big" not in events_received(sub.messages)
         assert pub.link["state"] != "taken_over", pub.link  # its drops are the event's, not another client's
+        assert not late_return or (len(late) >= 2 and all(late)), late
     finally:
         pub.stop()
         sub.close()
