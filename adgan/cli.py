@@ -3,6 +3,7 @@ so `adgan agent ...` on a Jetson never imports torch."""
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 
@@ -86,9 +87,31 @@ def main(argv: list[str] | None = None) -> int:
             e = f"{e.title}: {describe(e)}"
         print(f"adgan {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        # The machine's failure, not the input's (a full disk, an I/O error, a folder not writable):
+        # one line that says what and where, exit 1. The agent keeps its traceback: it says its own
+        # start failures (agent/cli.py), and anything later is a fault to find.
+        if args.command == "agent":
+            raise
+        logging.getLogger("adgan").debug("error", exc_info=True)
+        print(f"adgan {args.command}: error: {describe_os_error(e)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def describe_os_error(e: OSError) -> str:
+    """An OSError as a user reads it: what failed, on which file, and for a full or read-only
+    disk what to do."""
+    text = e.strerror or str(e)
+    if e.filename is not None and str(e.filename) not in text:
+        text += f": {e.filename}"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT) and "free space" not in text:
+        text += " (the disk is full: free space or write elsewhere, and run again)"
+    elif e.errno == errno.EROFS:
+        text += " (the file system is read-only)"
+    return text
 
 
 if __name__ == "__main__":

@@ -40,6 +40,8 @@ def _export(module: torch.nn.Module, args: tuple, path: Path, ins: list[str], ou
         with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
             torch.onnx.export(module, args, str(path), input_names=ins, output_names=outs, dynamo=True,
                               opset_version=OPSET, optimize=True, external_data=False)
+    except OSError:
+        raise  # writing the file failed (a full disk): the exporter's narration does not say more
     except Exception:
         log.error("ONNX export of %s failed; exporter output:\n%s", path.name, buf.getvalue())
         raise

@@ -20,7 +20,6 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from agent import durable
 from training.losses import reconstruction_loss
 from training.model import Architecture, init_weights
 
@@ -61,7 +60,7 @@ def train_encoder(run: str | Path, epochs: int, features: int = 32, batch_size: 
     """Train E for the run's generator (EMA weights when present) on the run's own samples, with
     the run's augmentation (flips, shifts, colour), so E covers what G was trained to draw."""
     from training.data import augment, load_run_data
-    from training.train import generator_from_checkpoint, load_checkpoint
+    from training.train import generator_from_checkpoint, load_checkpoint, write_state
 
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -105,7 +104,12 @@ def train_encoder(run: str | Path, epochs: int, features: int = 32, batch_size: 
                 "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed, "history": history, "augmentation": aug,
                 "data": {k: v for k, v in d.items() if k != "frames"}, "seconds": time.perf_counter() - t0,
                 "generator_g_steps": st["g_steps"]}
-    durable.write_with(out, lambda tmp: torch.save(state, tmp))
+    try:
+        write_state(out, state)
+    except OSError as e:  # a full disk: the run's generator is untouched, and what to run again
+        raise OSError(e.errno, f"{e.strerror or e} while writing {out}: the encoder was not written (the "
+                               f"generator's checkpoint is unchanged); free space, then 'adgan train-encoder {run} "
+                               f"--epochs {epochs}'") from e
     return out
 
 

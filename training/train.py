@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import json
 import logging
 import time
@@ -89,6 +90,7 @@ class Trainer:
         self.rng = torch.Generator().manual_seed(cfg.seed)
         self.fixed_z = torch.randn(16, self.arch.nz, generator=self.rng)
         self.epoch = 0       # completed epochs
+        self.saved_epoch: int | None = None  # the epoch of the checkpoint on disk (None: none yet)
         self.d_steps = 0     # discriminator/critic steps so far
         self.g_steps = 0
         self.history: list[dict] = []
@@ -191,11 +193,12 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         path = self.out / CHECKPOINT
         state = self.state()
-        durable.write_with(path, lambda tmp: torch.save(state, tmp))  # (a power cut keeps the last one whole)
+        write_state(path, state)  # (a power cut or a full disk keeps the last one whole)
+        self.saved_epoch = self.epoch
         cfg = {k: v for k, v in state.items() if k in ("config", "architecture", "preprocessing", "epoch",
                                                        "g_steps", "producer")}
         cfg["data"] = {k: v for k, v in state["data"].items() if k != "frames"}
-        (self.out / "config.json").write_text(json.dumps(cfg, indent=1, default=str) + "\n")
+        durable.write_text(self.out / "config.json", json.dumps(cfg, indent=1, default=str) + "\n")
         return path
 
     def load_state(self, st: dict) -> None:
@@ -208,6 +211,7 @@ class Trainer:
         self.rng.set_state(st["rng"])
         self.fixed_z = st["fixed_z"]
         self.epoch, self.d_steps, self.g_steps = st["epoch"], st["d_steps"], st["g_steps"]
+        self.saved_epoch = st["epoch"]
         self.history = list(st["history"])
 
 
@@ -273,8 +277,21 @@ def fit(trainer: Trainer, progress: bool = True, on_sample=None) -> None:
         trainer.save()
         log.warning("interrupted at epoch %d: checkpoint saved; continue with --resume", trainer.epoch)
         raise
+    except OSError as e:  # a full disk, an I/O error: what is kept, and how to go on
+        kept = (f"its checkpoint of epoch {trainer.saved_epoch} is whole: free space, then the same command with "
+                "--resume continues from it" if trainer.saved_epoch is not None else "no checkpoint was written")
+        raise OSError(e.errno, f"{e.strerror or e} while writing {e.filename or trainer.out}; training stopped after "
+                               f"epoch {trainer.epoch}, and {kept}") from e
     finally:
         bar.close()
+
+
+def write_state(path: Path, state: dict) -> None:
+    """torch.save `state` to `path` durably. Serialised in memory first: torch's zip writer reads a
+    full disk as "unexpected pos" (a RuntimeError), where the file's own write says ENOSPC."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    durable.write_bytes(path, buf.getbuffer())
 
 
 def run_training(cfg: TrainConfig, out: str | Path, progress: bool = True, state: dict | None = None) -> Trainer:

@@ -1,6 +1,7 @@
 """A real mosquitto broker on a free loopback port, stopped by PID; a collecting subscriber."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -136,8 +137,9 @@ class Mqtt311Front:
         self._thread.join(5)
 
 
-def fill_file_system(folder: Path) -> Path:
-    """Fill the file system under `folder` with one file, to the last block (ENOSPC)."""
+def fill_file_system(folder: Path, leave: int = 0) -> Path:
+    """Fill the file system under `folder` with one file, to the last block (ENOSPC), then give
+    back `leave` bytes."""
     f = folder / "filler"
     with open(f, "wb", buffering=0) as fh:
         for block in (1 << 20, 65536, 4096, 512):
@@ -146,21 +148,32 @@ def fill_file_system(folder: Path) -> Path:
                     fh.write(b"\0" * block)
             except OSError:
                 pass
+        if leave:
+            fh.truncate(max(0, fh.tell() - leave))
     return f
+
+
+@contextlib.contextmanager
+def tmpfs(mnt: Path, size: str = "2m"):
+    """A real file system of `size` (tmpfs) mounted at `mnt`, to fill; skipped without root."""
+    mnt.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True,
+                       text=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 @pytest.fixture
 def small_fs(tmp_path):
     """A real 2 MB file system (tmpfs) to fill; skipped without root."""
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    with tmpfs(tmp_path / "fs") as mnt:
+        yield mnt
 
 
 class FailingDisk:
