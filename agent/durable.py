@@ -12,6 +12,7 @@ on their own.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -47,6 +48,21 @@ def replace(tmp: Path, path: Path) -> None:
     sync_file(tmp)
     os.replace(tmp, path)
     sync_folder(Path(path).parent)
+
+
+def replace_folder(tmp: Path, out: Path) -> None:
+    """Move the finished folder `tmp` over `out`, durably: its files and folders flushed first. An
+    old `out` is moved aside, not removed first, so a kill in between keeps it (as
+    `.<name>.old-<pid>`); it is removed once the new one is in place."""
+    sync_tree(tmp)
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    sync_folder(out.parent)
+    if old is not None:
+        shutil.rmtree(old)
 
 
 def write_with(path: str | Path, write: Callable[[Path], None], suffix: str = ".tmp") -> None:

@@ -18,11 +18,18 @@ Output, deterministic by seed:
     DST/<class>_<defect>/        the damaged copies (rgb/, depth/) and mask/N.png (255 = damaged)
     DST/damage.json              the parameters of every defect (centre, radius, pixels)
 so an intact sample and its damaged twin differ only by the defect, not by compression.
+
+DST is written whole or not at all: into a hidden folder beside it, moved into place at the end.
+An existing DST that is not empty is refused (`adgan evaluate --damage` scores every
+<class>_<defect>/ folder it finds, so a second run into it would mix in the first run's
+folders and frames under the second's damage.json); `--force` replaces one that this command made.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import tempfile
 import zlib
 from pathlib import Path
 from typing import Callable, Sequence
@@ -31,6 +38,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from agent import durable
 from agent.frame import Sample
 from agent.segment.preprocess import part_mask as sample_part_mask
 from agent.sources.dataset import (PREPROCESSING_FILE, class_folders, frame_numbers, parse_frames, read_sample,
@@ -177,16 +185,46 @@ def check_scale(scale: float) -> None:
 
 def damage_dataset(src: str | Path, out: str | Path, defects: Sequence[str], seed: int,
                    frames: tuple[int, int] | None = None, progress: bool = True,
-                   on_skip: Callable[[str], None] | None = None, scale: float = 1.0) -> dict[str, int]:
+                   on_skip: Callable[[str], None] | None = None, scale: float = 1.0,
+                   force: bool = False) -> dict[str, int]:
     """Write intact copies and damaged twins of every sample under `src` (a class folder or a
-    root of class folders), defect radii times `scale`. Returns the count of samples written per
-    output folder."""
+    root of class folders), defect radii times `scale`, as the folder `out`, whole (`force`:
+    replacing one this function made). Returns the count of samples written per output folder."""
     check_scale(scale)
-    out = Path(out)
+    final = Path(out)
+    if final.resolve() in (Path(src).resolve(), *Path(src).resolve().parents):
+        raise ValueError(f"--out {final} holds the samples to damage ({src}): write the damaged ones elsewhere")
+    check_out(final, force)
     folders = class_folders(src)
     jobs = [(f, n) for f in folders for n in frame_numbers(f, frames)]
     if not jobs:
         raise ValueError(f"{src}: no samples" + (f" in frames {frames[0]}:{frames[1]}" if frames else ""))
+    final.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(tempfile.mkdtemp(prefix=f".{final.name}.new-", dir=final.parent))
+    try:
+        counts = _write_damage(folders, jobs, out, defects, seed, progress, on_skip, scale)
+        out.chmod(0o755)  # (mkdtemp makes it private)
+        durable.replace_folder(out, final)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    return counts
+
+
+def check_out(out: Path, force: bool) -> None:
+    """Refuse an output folder that holds something, unless `force` and this command made it."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not force:
+        raise ValueError(f"{out} exists and is not empty: choose another --out, or pass --force to replace it "
+                         "(evaluate scores every <class>_<defect>/ folder in it, so runs must not mix)")
+    if not (out / "damage.json").is_file():
+        raise ValueError(f"{out} holds no damage.json: --force replaces only a folder that 'adgan dataset damage' "
+                         "made, and this one is not")
+
+
+def _write_damage(folders, jobs, out: Path, defects: Sequence[str], seed: int, progress: bool,
+                  on_skip: Callable[[str], None] | None, scale: float) -> dict[str, int]:
     counts: dict[str, int] = {}
     record: dict[str, dict] = {}
     for folder, n in tqdm(jobs, desc="damage", unit="sample", disable=not progress):
@@ -244,7 +282,7 @@ def defect_list(s: str) -> list[str]:
 def cmd_damage(a: argparse.Namespace) -> int:
     skipped: list[str] = []
     counts = damage_dataset(a.src, a.out, a.defects, a.seed, parse_frames(a.frames), not a.quiet, skipped.append,
-                            a.size_scale)
+                            a.size_scale, a.force)
     for line in skipped:
         print(f"skipped: {line}")
     for name, k in sorted(counts.items()):
@@ -268,5 +306,8 @@ def add_damage_parser(ds) -> None:
     q.add_argument("--size-scale", type=size_scale, default=1.0,
                    help="multiply every defect's radius (relative to the part) by this: how large must damage "
                         "be to be caught? The same seed makes the same random draws at any scale")
+    q.add_argument("--force", action="store_true",
+                   help="replace --out when it exists and holds a damage dataset (its damage.json); without it, a "
+                        "folder that is not empty is refused")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_damage)

@@ -301,15 +301,7 @@ def write_generator_bundle(g: Generator, out: str | Path, search: SearchDefaults
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; a bundle is read by the agent's user
-        durable.sync_tree(tmp)  # (a power cut after the rename leaves the bundle whole)
-        old = None
-        if out.exists():  # moved aside, not removed first: a kill in between keeps it (as .<name>.old-<pid>)
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-        os.replace(tmp, out)
-        durable.sync_folder(out.parent)
-        if old is not None:
-            shutil.rmtree(old)
+        durable.replace_folder(tmp, out)  # (a kill or a power cut leaves the old bundle or the new one, whole)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

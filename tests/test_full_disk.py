@@ -55,3 +55,4 @@ def test_export_and_damage_on_a_full_disk_say_so_in_one_line_and_leave_no_bundle
                      "--seed", "1", "--quiet"]) == 1
         err = one_line(capsys.readouterr().err)
         assert err.startswith("adgan dataset: error: No space left on device"), err
+        assert sorted(p.name for p in fs.iterdir()) == ["filler"]  # no part of a dataset, no temporary folder

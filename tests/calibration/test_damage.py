@@ -146,3 +146,49 @@ def test_a_chunk_never_takes_most_of_the_part():
             continue
         assert gt.sum() <= 0.5 * area
     assert refused > 0
+
+
+def test_a_second_run_into_the_same_folder_is_refused_and_force_replaces_it_whole(paper_data, tmp_path, capsys):
+    """A second run into a damage folder used to write over the first one's files and leave its
+    other folders and frames: with --defects hole then --defects chunk, sphere_hole/ (seed 1)
+    stayed beside sphere_chunk/ under a damage.json of seed 2 that named only chunks, and
+    evaluate scored both."""
+    out = tmp_path / "d"
+    args = ["dataset", "damage", str(paper_data / "sphere"), "--out", str(out), "--quiet"]
+    assert main(args + ["--frames", "600:610", "--defects", "hole", "--seed", "1"]) == 0
+    first = (out / "damage.json").read_text()
+    capsys.readouterr()
+    assert main(args + ["--frames", "600:605", "--defects", "chunk", "--seed", "2"]) == 2
+    assert "exists and is not empty" in capsys.readouterr().err and (out / "damage.json").read_text() == first
+    assert main(args + ["--frames", "600:605", "--defects", "chunk", "--seed", "2", "--force"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["damage.json", "sphere", "sphere_chunk"]
+    frames = frame_numbers(out / "sphere")
+    assert frames and max(frames) < 605 and frame_numbers(out / "sphere_chunk") == frames  # none of the first run's
+    assert json.loads((out / "damage.json").read_text())["seed"] == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["d"]  # no temporary or old folder left beside it
+
+    other = tmp_path / "mine"
+    (other / "notes").mkdir(parents=True)
+    assert main(["dataset", "damage", str(paper_data / "sphere"), "--out", str(other), "--force", "--quiet"]) == 2
+    assert "holds no damage.json" in capsys.readouterr().err and (other / "notes").is_dir()  # not ours: kept
+    assert main(["dataset", "damage", str(out / "sphere"), "--out", str(out), "--force", "--quiet"]) == 2
+    assert "holds the samples to damage" in capsys.readouterr().err and (out / "sphere_chunk").is_dir()
+
+
+def test_a_run_stopped_half_way_leaves_the_folder_as_it_was(paper_data, tmp_path, monkeypatch):
+    import calibration.damage as damage
+    out = tmp_path / "d"
+    damage.damage_dataset(paper_data / "sphere", out, ["hole"], 1, (600, 610), progress=False)
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    real, written = damage.write_mask, []
+
+    def write_mask(folder, n, gt):  # a Ctrl-C after the first damaged twin
+        if written:
+            raise KeyboardInterrupt
+        written.append(real(folder, n, gt))
+
+    monkeypatch.setattr(damage, "write_mask", write_mask)
+    with pytest.raises(KeyboardInterrupt):
+        damage.damage_dataset(paper_data / "sphere", out, ["hole"], 2, (600, 610), progress=False, force=True)
+    assert written and sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+    assert json.loads((out / "damage.json").read_text())["seed"] == 1 and [p.name for p in tmp_path.iterdir()] == ["d"]
