@@ -108,8 +108,8 @@ def train_encoder(run: str | Path, epochs: int, features: int = 32, batch_size: 
         write_state(out, state)
     except OSError as e:  # a full disk: the run's generator is untouched, and what to run again
         raise OSError(e.errno, f"{e.strerror or e} while writing {out}: the encoder was not written (the "
-                               f"generator's checkpoint is unchanged); free space, then 'adgan train-encoder {run} "
-                               f"--epochs {epochs}'") from e
+                               f"generator's checkpoint is unchanged); free space, then train it again: 'adgan "
+                               f"train-encoder {run} --epochs {epochs}' with the same options") from e
     return out
 
 
