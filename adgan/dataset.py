@@ -35,7 +35,7 @@ def _csv_list(s: str, allowed: Sequence[str], what: str) -> list[str]:
 def cmd_synth_damage(a: argparse.Namespace) -> int:
     prep = Preprocessing(size=a.size, depth_norm=a.depth_norm, framing=a.framing)
     counts = synth_damage_dataset(Path(a.out), a.classes, a.n, a.seed, prep, a.defects or DEFECTS, a.width,
-                                  a.height, a.workers, variety=a.variety)
+                                  a.height, a.workers, variety=a.variety, force=a.force)
     for k, v in sorted(counts.items()):
         print(f"{k}: {v} samples")
     print(f"wrote {sum(counts.values())} samples to {a.out}; score them with "
@@ -198,6 +198,9 @@ def add_parser(sub) -> None:
     q.add_argument("--width", type=int, default=640, help="camera width (default 640)")
     q.add_argument("--height", type=int, default=480, help="camera height (default 480)")
     q.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    q.add_argument("--force", action="store_true",
+                   help="replace OUT when it exists and holds a damage set (its damage.json); without it, a folder "
+                        "that is not empty is refused")
     prep_args(q, size=32, framing="object")
     variety_arg(q)
     q.set_defaults(func=cmd_synth_damage)

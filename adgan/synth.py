@@ -164,13 +164,29 @@ def _render_twins(job: TwinJob) -> tuple[TwinJob, Sample | None, dict]:
 
 def synth_damage_dataset(out: Path, classes: Sequence[str], n: int, seed: int, prep: Preprocessing,
                          defects: Sequence[str] = DEFECTS, width: int = 640, height: int = 480,
-                         workers: int | None = None, progress: bool = True, variety: str = "family") -> dict[str, int]:
+                         workers: int | None = None, progress: bool = True, variety: str = "family",
+                         force: bool = False) -> dict[str, int]:
     """The renderer's own defects with their masks, in `adgan dataset damage`'s layout:
     out/<class>/N (intact) and out/<class>_<defect>/N with mask/N.png (its twin with the
-    defect), rendered at camera resolution and framed with `prep` like a station does."""
-    from agent.sources.dataset import write_mask
+    defect), rendered at camera resolution and framed with `prep` like a station does, and
+    out/damage.json (how). `out` is written whole, as `adgan dataset damage` writes its own
+    (calibration.damage.damage_set: one that is not empty is refused; `force` replaces a damage set)."""
+    import json
+
+    from calibration.damage import damage_set
     if n < 1:
         raise ValueError("need at least one part per class")
+    with damage_set(Path(out), force) as tmp:
+        counts = _synth_twins(tmp, classes, n, seed, prep, defects, width, height, workers, progress, variety)
+        (tmp / "damage.json").write_text(json.dumps(
+            {"made_by": "adgan dataset synth-damage", "seed": seed, "classes": list(classes), "parts": n,
+             "defects": list(defects), "variety": variety, "camera": [width, height]}, indent=1) + "\n")
+    return counts
+
+
+def _synth_twins(out: Path, classes: Sequence[str], n: int, seed: int, prep: Preprocessing, defects: Sequence[str],
+                 width: int, height: int, workers: int | None, progress: bool, variety: str) -> dict[str, int]:
+    from agent.sources.dataset import write_mask
     jobs = [TwinJob(c, i, tuple(defects)) for c in classes for i in range(n)]
     workers = workers or min(len(os.sched_getaffinity(0)), 8)
     init = (seed, width, height, prep, variety)

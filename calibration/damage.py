@@ -27,6 +27,7 @@ folders and frames under the second's damage.json); `--force` replaces one that 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import tempfile
@@ -194,33 +195,35 @@ def damage_dataset(src: str | Path, out: str | Path, defects: Sequence[str], see
     final = Path(out)
     if final.resolve() in (Path(src).resolve(), *Path(src).resolve().parents):
         raise ValueError(f"--out {final} holds the samples to damage ({src}): write the damaged ones elsewhere")
-    check_out(final, force)
     folders = class_folders(src)
     jobs = [(f, n) for f in folders for n in frame_numbers(f, frames)]
     if not jobs:
         raise ValueError(f"{src}: no samples" + (f" in frames {frames[0]}:{frames[1]}" if frames else ""))
+    with damage_set(final, force) as out:
+        return _write_damage(folders, jobs, out, defects, seed, progress, on_skip, scale)
+
+
+@contextlib.contextmanager
+def damage_set(final: Path, force: bool):
+    """A damage set written whole: yields a hidden folder beside `final` to write it into, which
+    replaces `final` when the block ends, and is removed when it fails. A `final` that is not empty
+    is refused first (`force`: unless it is a damage set itself, one that holds damage.json)."""
+    if final.exists() and not (final.is_dir() and not any(final.iterdir())):
+        if not force:
+            raise ValueError(f"{final} exists and is not empty: choose another output folder, or pass --force to "
+                             "replace it (evaluate scores every <class>_<defect>/ folder in it, so runs must not mix)")
+        if not (final / "damage.json").is_file():
+            raise ValueError(f"{final} holds no damage.json: --force replaces only a damage set that 'adgan dataset "
+                             "damage' or 'synth-damage' made, and this folder is not one")
     final.parent.mkdir(parents=True, exist_ok=True)
-    out = Path(tempfile.mkdtemp(prefix=f".{final.name}.new-", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.new-", dir=final.parent))
     try:
-        counts = _write_damage(folders, jobs, out, defects, seed, progress, on_skip, scale)
-        out.chmod(0o755)  # (mkdtemp makes it private)
-        durable.replace_folder(out, final)
+        yield tmp
+        tmp.chmod(0o755)  # (mkdtemp makes it private)
+        durable.replace_folder(tmp, final)
     except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return counts
-
-
-def check_out(out: Path, force: bool) -> None:
-    """Refuse an output folder that holds something, unless `force` and this command made it."""
-    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
-        return
-    if not force:
-        raise ValueError(f"{out} exists and is not empty: choose another --out, or pass --force to replace it "
-                         "(evaluate scores every <class>_<defect>/ folder in it, so runs must not mix)")
-    if not (out / "damage.json").is_file():
-        raise ValueError(f"{out} holds no damage.json: --force replaces only a folder that 'adgan dataset damage' "
-                         "made, and this one is not")
 
 
 def _write_damage(folders, jobs, out: Path, defects: Sequence[str], seed: int, progress: bool,

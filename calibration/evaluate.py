@@ -163,6 +163,8 @@ def damage_recipe(root: Path) -> str:
         return " (no readable damage.json: not made by `adgan dataset damage`)"
     if not isinstance(doc, dict):
         return " (damage.json is not a record of `adgan dataset damage`)"
+    if doc.get("made_by") == "adgan dataset synth-damage":
+        return f" (the renderer's defects, seed {doc.get('seed')}, {doc.get('parts')} parts per class)"
     return f" (damage seed {doc.get('seed')}, size scale {doc.get('size_scale', 1.0)})"
 
 

@@ -1,4 +1,5 @@
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -141,11 +142,20 @@ def test_synth_damage_writes_twins_that_differ_by_the_defect_alone(tmp_path):
     assert main([*args, str(tmp_path / "b")]) == 0
     a = tmp_path / "a"
     assert sorted(p.name for p in a.iterdir()) == ["cylinder", "cylinder_blemish", "cylinder_chunk", "cylinder_dent",
-                                                     "cylinder_foreign", "cylinder_hole"]
-    assert read_preprocessing(a / "cylinder").framing == "object" and read_preprocessing(a / "cylinder").size == 32
+                                                     "cylinder_foreign", "cylinder_hole", "damage.json"]
+    assert json.loads((a / "damage.json").read_text())["seed"] == 4
     for f in sorted(a.rglob("*.*")):
         if f.suffix in (".png", ".jpg"):
             assert f.read_bytes() == (tmp_path / "b" / f.relative_to(a)).read_bytes(), f
+    # a second run into it would leave the first one's folders and frames: refused, or replaced whole
+    assert main(["dataset", "synth-damage", "--classes", "sphere", "--n", "2", "--defects", "hole", "--workers", "1",
+                 str(tmp_path / "b")]) == 2
+    assert main(["dataset", "synth-damage", "--classes", "sphere", "--n", "2", "--defects", "hole", "--workers", "1",
+                 "--seed", "5", "--force", str(tmp_path / "b")]) == 0
+    b = tmp_path / "b"
+    assert sorted(p.name for p in b.iterdir()) == ["damage.json", "sphere", "sphere_hole"]
+    assert json.loads((b / "damage.json").read_text())["seed"] == 5 and frame_numbers(b / "sphere") == [0, 1]
+    assert read_preprocessing(a / "cylinder").framing == "object" and read_preprocessing(a / "cylinder").size == 32
     for n in frame_numbers(a / "cylinder_blemish"):
         intact, stained = read_sample(a / "cylinder", n), read_sample(a / "cylinder_blemish", n)
         mask = read_mask(a / "cylinder_blemish", n)

@@ -105,6 +105,8 @@ def test_the_report_says_how_the_damaged_twins_were_made(tmp_path):
     assert damage_recipe(tmp_path) == " (damage seed 7, size scale 2.0)"
     (tmp_path / "damage.json").write_text('{"seed": 7, "samples": {}}')  # made before --size-scale
     assert damage_recipe(tmp_path) == " (damage seed 7, size scale 1.0)"
+    (tmp_path / "damage.json").write_text('{"made_by": "adgan dataset synth-damage", "seed": 3, "parts": 12}')
+    assert damage_recipe(tmp_path) == " (the renderer's defects, seed 3, 12 parts per class)"
 
 
 def test_masks_made_elsewhere_are_read_as_written():
