@@ -11,10 +11,18 @@ on their own.
 """
 from __future__ import annotations
 
+import logging
 import os
+import re
 import shutil
+import tempfile
+import time
 from pathlib import Path
 from typing import Callable
+
+log = logging.getLogger(__name__)
+
+LEFTOVER_AGE_S = 600.0  # a leftover folder of a process that is gone, untouched this long, is removed
 
 
 def sync_folder(folder: Path) -> None:
@@ -63,6 +71,46 @@ def replace_folder(tmp: Path, out: Path) -> None:
     sync_folder(out.parent)
     if old is not None:
         shutil.rmtree(old)
+
+
+def folder_beside(out: Path, kind: str = "new") -> Path:
+    """A new hidden folder beside `out` (`.<name>.<kind>-<pid>-<random>`) to write `out`, or what it
+    is made from, in before `replace_folder`. Such folders left by runs that were killed (their
+    process is gone and they were untouched for LEFTOVER_AGE_S) are removed first."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(out)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.{kind}-{os.getpid()}-", dir=out.parent))
+
+
+def remove_leftovers(out: Path) -> None:
+    """Remove the hidden folders beside `out` that a killed run of `folder_beside` or
+    `replace_folder` left (a process of this machine that no longer runs, LEFTOVER_AGE_S untouched)."""
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.[a-z]+-(\d+)(-.*)?")
+    try:
+        entries = list(out.parent.iterdir())
+    except OSError:
+        return
+    for p in entries:
+        m = pattern.fullmatch(p.name)
+        if m is None or int(m.group(1)) == os.getpid() or _running(int(m.group(1))):
+            continue
+        try:
+            if not p.is_dir() or time.time() - p.stat().st_mtime < LEFTOVER_AGE_S:
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        log.warning("removed %s: left by a run that was stopped (process %s is gone)", p, m.group(1))
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # (another user's process; or a number no process has: leave it alone)
+    return True
 
 
 def write_with(path: str | Path, write: Callable[[Path], None], suffix: str = ".tmp") -> None:

@@ -30,7 +30,6 @@ import argparse
 import contextlib
 import json
 import shutil
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Callable, Sequence
@@ -215,8 +214,7 @@ def damage_set(final: Path, force: bool):
         if not (final / "damage.json").is_file():
             raise ValueError(f"{final} holds no damage.json: --force replaces only a damage set that 'adgan dataset "
                              "damage' or 'synth-damage' made, and this folder is not one")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.new-", dir=final.parent))
+    tmp = durable.folder_beside(final)
     try:
         yield tmp
         tmp.chmod(0o755)  # (mkdtemp makes it private)

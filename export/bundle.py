@@ -1,12 +1,12 @@
 """Write a model bundle: manifest.json, the ONNX graphs, the initial theta, file hashes."""
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from dataclasses import replace
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -136,7 +136,7 @@ def write_bundle(run: str | Path, out: str | Path, search: SearchDefaults, use_e
     frames = f"{cd.frames[0]}..{cd.frames[-1]}"
     out.parent.mkdir(parents=True, exist_ok=True)
     cell_stats, stats, check, shape_check = None, None, None, None
-    with tempfile.TemporaryDirectory(prefix=".stats-", dir=out.parent) as tmp:
+    with _stats_folder(out) as tmp:
         if search.score_norm != "none":
             one = replace(search, score_norm="none", parts_per_call=1, seeds_per_call=search.n_seed)
             write_generator_bundle(g, Path(tmp) / "b", one, info, False, encoder)
@@ -159,6 +159,17 @@ def write_bundle(run: str | Path, out: str | Path, search: SearchDefaults, use_e
         graphs_from = Path(tmp) / "r" if relief is not None or shape is not None else None
         return write_generator_bundle(g, out, search, info, force, encoder, cell_stats, stats, check, shape_check,
                                       heat_sigma, heat_background, graphs_from=graphs_from)
+
+
+@contextlib.contextmanager
+def _stats_folder(out: Path):
+    """A scratch folder beside the bundle for the reference bundles the checks' statistics are
+    scored with; removed after, and by a later export when a kill left it (durable.folder_beside)."""
+    tmp = durable.folder_beside(out, "stats")
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def spread(n: int, samples: int) -> np.ndarray:
@@ -249,7 +260,7 @@ def write_generator_bundle(g: Generator, out: str | Path, search: SearchDefaults
     if out.exists() and any(out.iterdir()) and not force:
         raise ValueError(f"{out} exists and is not empty; choose another --out or pass --force")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out.parent))
+    tmp = durable.folder_beside(out)
     try:
         if graphs_from is None:
             core = export_graphs(g, tmp, search.seeds_per_call, search.theta_scope, search.loss,

@@ -130,3 +130,31 @@ def test_the_cost_benchmark_runs(tmp_path):
                        capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(root)})
     assert r.returncode == 0, r.stderr
     assert "4 raw frames of 640x480" in r.stdout and "ratio" in r.stdout and os.listdir(tmp_path) == []
+
+
+def test_folders_that_killed_runs_left_beside_an_output_are_removed_and_no_others(tmp_path, caplog):
+    """A kill (or a power cut) during an export or a damage set left its hidden folder beside the
+    output, and nothing removed it: a bundle's worth of disk at each. The next run removes those of
+    processes that are gone, once untouched for LEFTOVER_AGE_S."""
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()  # a process that has ended
+    out = tmp_path / "bundle"
+    old = os.path.getmtime(tmp_path) - 2 * durable.LEFTOVER_AGE_S
+    names = {f".bundle.new-{gone}-x1": True, f".bundle.old-{gone}": True, f".bundle.stats-{gone}-x2": True,
+             f".bundle.new-{os.getppid()}-x3": False,   # its process runs: it may be writing
+             f".other.new-{gone}-x4": False,            # another output's
+             f".bundle.new-{gone}-x5": False}           # touched recently (set below)
+    for name in names:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "step.onnx").write_bytes(b"x")
+        if not name.endswith("x5"):
+            os.utime(tmp_path / name, (old, old))
+    (tmp_path / f".bundle.new-{gone}-file").write_text("not a folder")
+    made = durable.folder_beside(out)
+    assert made.name.startswith(f".bundle.new-{os.getpid()}-") and made.is_dir()
+    left = {p.name for p in tmp_path.iterdir()}
+    assert {n for n, removed in names.items() if not removed} | {made.name, f".bundle.new-{gone}-file"} == left
+    assert sum("left by a run that was stopped" in r.getMessage() for r in caplog.records) == 3
