@@ -9,7 +9,7 @@ older copy), `Outbox.continue_after` says so and continues above it (numbering.p
 subscription ends: later connections do not read it again (a second agent with this
 station_id would otherwise push the numbers up at every reconnect).
 
-`seq_checked` is set once the record was read, or RECORD_WAIT_S after the broker granted the
+`seq_checked` is set once the record was read and applied, or RECORD_WAIT_S after the broker granted the
 subscription without one (a new station), or at once if it refused it (its ACL): a new
 outbox's start waits for it, briefly, before its first number (service.py).
 """
@@ -37,6 +37,7 @@ class SeqRecord:
         self._record_granted_at: float | None = None
         self._record_done = False                    # read (or given up) once: not again
         self._record_deadline: float | None = None   # a new outbox: its first number waits until then
+        self._record_lock = threading.Lock()          # paho's thread reading the record, or the pump giving up
 
     def _start_record(self) -> None:
         """At start: a new (or lost) state folder's first number waits, briefly, for the record."""
@@ -51,10 +52,7 @@ class SeqRecord:
             return
         deadline, self._record_deadline = self._record_deadline, None
         while not self.seq_checked.is_set() and time.monotonic() < deadline:
-            granted = self._record_granted_at
-            if granted is not None and time.monotonic() - granted >= RECORD_WAIT_S:
-                self._record_waited()
-                break
+            self._record_waited()  # (RECORD_WAIT_S after the SUBACK without a record: a new station)
             if self.link["state"] not in ("connecting", "connected"):
                 break
             self.seq_checked.wait(0.05)
@@ -87,11 +85,19 @@ class SeqRecord:
 
     def _record_message(self, payload: bytes, retain: bool) -> None:
         """A message on the station's own status topic (paho's thread)."""
-        if not self._record_reading or not retain:
+        if not retain:
             return
-        self._end_record(self.client)
-        if len(payload) > MAX_RECORD_BYTES:
-            return
+        with self._record_lock:  # claimed from the pump's wait (_record_waited), which no longer ends it
+            if not self._record_reading:
+                return
+            self._record_reading = False
+        try:  # applied before seq_checked is set: a new outbox's first number waits for it
+            if len(payload) <= MAX_RECORD_BYTES:
+                self._apply_record(payload)
+        finally:
+            self._end_record(self.client)
+
+    def _apply_record(self, payload: bytes) -> None:
         try:
             doc = json.loads(payload)
             seq = doc["outbox"]["seq"]
@@ -105,9 +111,12 @@ class SeqRecord:
 
     def _record_waited(self) -> None:
         """From the pump: a granted subscription with no retained status after RECORD_WAIT_S."""
-        t = self._record_granted_at
-        if self._record_reading and t is not None and time.monotonic() - t >= RECORD_WAIT_S:
-            self._end_record(self.client)
+        with self._record_lock:
+            t = self._record_granted_at
+            if not self._record_reading or t is None or time.monotonic() - t < RECORD_WAIT_S:
+                return
+            self._record_reading = False  # (a retained status that comes now is not read)
+        self._end_record(self.client)
 
     def _end_record(self, client, unsubscribe: bool = True) -> None:
         self._record_reading, self._record_done, self._record_granted_at = False, True, None
