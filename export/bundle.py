@@ -134,7 +134,6 @@ def write_bundle(run: str | Path, out: str | Path, search: SearchDefaults, use_e
     from training.data import load_run_data
     cd = load_run_data(st, data, run)
     frames = f"{cd.frames[0]}..{cd.frames[-1]}"
-    out.parent.mkdir(parents=True, exist_ok=True)
     cell_stats, stats, check, shape_check = None, None, None, None
     with _stats_folder(out) as tmp:
         if search.score_norm != "none":
@@ -259,7 +258,6 @@ def write_generator_bundle(g: Generator, out: str | Path, search: SearchDefaults
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
         raise ValueError(f"{out} exists and is not empty; choose another --out or pass --force")
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = durable.folder_beside(out)
     try:
         if graphs_from is None:
