@@ -46,7 +46,7 @@ def cmd_synth_damage(a: argparse.Namespace) -> int:
 def cmd_synth(a: argparse.Namespace) -> int:
     prep = Preprocessing(size=a.size, depth_norm=a.depth_norm, framing=a.framing)
     counts = synth_dataset(Path(a.out), a.classes, a.train, a.test, a.seed, prep, a.defects, a.defect_test,
-                           a.width, a.height, a.workers, variety=a.variety)
+                           a.width, a.height, a.workers, variety=a.variety, force=a.force)
     for k, v in sorted(counts.items()):
         print(f"{k}: {v} samples")
     print(f"wrote {sum(counts.values())} samples to {a.out}")
@@ -55,7 +55,7 @@ def cmd_synth(a: argparse.Namespace) -> int:
 
 def cmd_synth_raw(a: argparse.Namespace) -> int:
     synth_raw(Path(a.out), a.count, a.empty, a.seed, a.classes, a.defects, a.defect_rate, a.width, a.height,
-              variety=a.variety)
+              variety=a.variety, force=a.force)
     print(f"wrote {a.count} frames to {a.out}/frames, {a.empty} empty frames to {a.out}/empty "
           f"and the surface reference {a.out}/reference.npz")
     return 0
@@ -76,7 +76,7 @@ def cmd_prepare(a: argparse.Namespace) -> int:
     prep = Preprocessing(size=a.size, depth_norm=a.depth_norm, framing=a.framing)
     ref = SurfaceReference.load(a.reference) if a.reference else None
     written, skipped = prepare_samples(a.raw, a.out, prep, SegmentationConfig(max_depth_mm=a.max_depth, roi=a.roi),
-                                       ref, parse_frames(a.frames_range))
+                                       ref, parse_frames(a.frames_range), force=a.force)
     print(f"wrote {written} samples to {a.out} ({skipped} frames without an object skipped)")
     return 0
 
@@ -180,6 +180,9 @@ def add_parser(sub) -> None:
     q.add_argument("--width", type=int, default=640, help="camera width (default 640)")
     q.add_argument("--height", type=int, default=480, help="camera height (default 480)")
     q.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    q.add_argument("--force", action="store_true",
+                   help="replace OUT when it exists and holds a dataset this command made (its synth.json); "
+                        "without it, a folder that is not empty is refused")
     prep_args(q)
     variety_arg(q)
     q.set_defaults(func=cmd_synth)
@@ -218,6 +221,9 @@ def add_parser(sub) -> None:
     q.add_argument("--seed", type=int, default=0, help="station and part seed (same seed, same frames)")
     q.add_argument("--width", type=int, default=640, help="camera width (default 640)")
     q.add_argument("--height", type=int, default=480, help="camera height (default 480)")
+    q.add_argument("--force", action="store_true",
+                   help="replace OUT when it exists and holds what this command made (its synth-raw.json); "
+                        "without it, a folder that is not empty is refused")
     variety_arg(q)
     q.set_defaults(func=cmd_synth_raw)
 
@@ -240,6 +246,9 @@ def add_parser(sub) -> None:
     q.add_argument("--roi", type=_roi, default=None, help="x,y,w,h region of interest in pixels")
     q.add_argument("--frames", "--frames-range", dest="frames_range", default=None,
                    help="LO:HI frame numbers (half-open), as everywhere ('--frames-range' is the old spelling)")
+    q.add_argument("--force", action="store_true",
+                   help="prepare --out again, whole: replace it when it exists and is a sample folder adgan made "
+                        "(it holds preprocessing.json); without it, a folder that is not empty is refused")
     prep_args(q)
     q.set_defaults(func=cmd_prepare)
 

@@ -8,14 +8,20 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from agent import durable
 from agent.frame import NoObjectError
 from agent.segment.preprocess import Preprocessing, make_sample
 from agent.segment.reference import SurfaceReference
 from agent.segment.segmentation import SegmentationConfig, Segmenter
-from agent.sources.dataset import frame_numbers, read_raw_frame, write_preprocessing, write_sample
+from agent.sources.dataset import (PREPROCESSING_FILE, frame_numbers, read_raw_frame, write_preprocessing,
+                                   write_sample)
 from agent.sources.folder import FolderSource
 
 log = logging.getLogger(__name__)
+
+NOT_AGAIN = (" (a second run would overwrite the samples of its frame numbers and leave the others: to add captures, "
+             "record them into the same raw folder, where capture-frames goes on numbering, and prepare it again "
+             "with --force)")
 
 
 def make_reference(raw: str | Path, frames: tuple[int, int] | None, max_depth_mm: int) -> SurfaceReference:
@@ -28,19 +34,29 @@ def make_reference(raw: str | Path, frames: tuple[int, int] | None, max_depth_mm
 
 def prepare_samples(raw: str | Path, out: str | Path, prep: Preprocessing, cfg: SegmentationConfig,
                     reference: SurfaceReference | None, frames: tuple[int, int] | None = None,
-                    progress: bool = True) -> tuple[int, int]:
-    """Segment and preprocess every raw frame into a sample; (written, skipped without an object)."""
+                    progress: bool = True, force: bool = False) -> tuple[int, int]:
+    """Segment and preprocess every raw frame into a sample; (written, skipped without an object).
+    `out` is written whole (durable.written_whole): one that is not empty is refused, and `force`
+    replaces a sample folder adgan made (it holds preprocessing.json). Nothing is written when no
+    frame has an object."""
     seg = Segmenter(cfg, reference)
     out, folder = Path(out), Path(raw)
     nums = frame_numbers(folder, frames)
+    if not nums:
+        raise ValueError(f"{folder}: no frames" + (f" in {frames[0]}:{frames[1]}" if frames else ""))
     written = skipped = 0
-    write_preprocessing(out, prep)
-    for n in tqdm(nums, desc="prepare", unit="frame", disable=not progress):
-        frame = read_raw_frame(folder, n)
-        try:
-            write_sample(out, n, make_sample(frame, seg(frame), prep, roi=cfg.roi))
-            written += 1
-        except NoObjectError:
-            log.warning("frame %d: no object after segmentation, skipped", n)
-            skipped += 1
+    with durable.written_whole(out, force, PREPROCESSING_FILE, "an adgan dataset command", NOT_AGAIN,
+                               inside=folder) as tmp:
+        write_preprocessing(tmp, prep)
+        for n in tqdm(nums, desc="prepare", unit="frame", disable=not progress):
+            frame = read_raw_frame(folder, n)
+            try:
+                write_sample(tmp, n, make_sample(frame, seg(frame), prep, roi=cfg.roi))
+                written += 1
+            except NoObjectError:
+                log.warning("frame %d: no object after segmentation, skipped", n)
+                skipped += 1
+        if not written:
+            raise ValueError(f"{folder}: none of its {skipped} frames has an object after segmentation; nothing "
+                             f"written{' (' + str(out) + ' is left as it was)' if out.exists() else ''}")
     return written, skipped

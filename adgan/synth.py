@@ -5,6 +5,7 @@ captures of a synthetic station with its empty-table frames (`adgan dataset synt
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import multiprocessing as mp
 import os
@@ -16,6 +17,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from agent import durable
 from agent.frame import NoObjectError, Sample
 from agent.segment.preprocess import Preprocessing, make_sample
 from agent.segment.reference import SurfaceReference
@@ -26,6 +28,7 @@ from agent.sources.synthetic import CLASSES, DEFECTS, SyntheticSource, Synthetic
 log = logging.getLogger(__name__)
 
 REFERENCE_FRAMES = 15
+SYNTH_RECORD, SYNTH_RAW_RECORD = "synth.json", "synth-raw.json"  # how `synth` / `synth-raw` made a folder
 
 # -- synth -------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -69,11 +72,28 @@ class _SynthWorker:
 def synth_dataset(out: Path, classes: Sequence[str], n_train: int, n_test: int, seed: int,
                   prep: Preprocessing, defects: Sequence[str] = (), n_defect: int | None = None,
                   width: int = 640, height: int = 480, workers: int | None = None,
-                  progress: bool = True, variety: str = "family") -> dict[str, int]:
-    """Write train/<class>/ and test/<class>/ (and test/<class>_defect/) in the paper's layout."""
+                  progress: bool = True, variety: str = "family", force: bool = False) -> dict[str, int]:
+    """Write train/<class>/ and test/<class>/ (and test/<class>_defect/) in the paper's layout,
+    and synth.json (how). `out` is written whole (durable.written_whole): one that is not empty is
+    refused, and `force` replaces one this function made."""
     if n_train < 0 or n_test < 0:
         raise ValueError("sample counts must be >= 0")
     n_defect = n_test if n_defect is None else n_defect
+    with durable.written_whole(out, force, SYNTH_RECORD, "'adgan dataset synth'",
+                               " (a second run would leave the first one's other samples and folders beside its "
+                               "own, under its labels.csv and recipe)") as tmp:
+        counts = _synth(tmp, classes, n_train, n_test, seed, prep, defects, n_defect, width, height, workers,
+                        progress, variety)
+        (tmp / SYNTH_RECORD).write_text(json.dumps(
+            {"made_by": "adgan dataset synth", "seed": seed, "classes": list(classes), "train": n_train,
+             "test": n_test, "defects": list(defects), "defect_test": n_defect, "variety": variety,
+             "camera": [width, height], "preprocessing": prep.to_dict()}, indent=1) + "\n")
+    return counts
+
+
+def _synth(out: Path, classes: Sequence[str], n_train: int, n_test: int, seed: int, prep: Preprocessing,
+           defects: Sequence[str], n_defect: int, width: int, height: int, workers: int | None, progress: bool,
+           variety: str) -> dict[str, int]:
     jobs = [SynthJob("train", c, None, i) for c in classes for i in range(n_train)]
     jobs += [SynthJob("test", c, None, i) for c in classes for i in range(n_test)]
     if defects:
@@ -171,8 +191,6 @@ def synth_damage_dataset(out: Path, classes: Sequence[str], n: int, seed: int, p
     defect), rendered at camera resolution and framed with `prep` like a station does, and
     out/damage.json (how). `out` is written whole, as `adgan dataset damage` writes its own
     (calibration.damage.damage_set: one that is not empty is refused; `force` replaces a damage set)."""
-    import json
-
     from calibration.damage import damage_set
     if n < 1:
         raise ValueError("need at least one part per class")
@@ -226,13 +244,28 @@ def _synth_twins(out: Path, classes: Sequence[str], n: int, seed: int, prep: Pre
 # -- synth-raw ---------------------------------------------------------------------------
 def synth_raw(out: Path, count: int, n_empty: int, seed: int, classes: Sequence[str] = CLASSES,
               defects: Sequence[str] = (), defect_rate: float = 0.0, width: int = 640,
-              height: int = 480, progress: bool = True, variety: str = "family") -> SurfaceReference:
-    """Raw-layout captures of a synthetic station: frames/, empty/ and reference.npz."""
+              height: int = 480, progress: bool = True, variety: str = "family",
+              force: bool = False) -> SurfaceReference:
+    """Raw-layout captures of a synthetic station: frames/, empty/ and reference.npz, and
+    synth-raw.json (how). `out` is written whole, as `synth_dataset` writes its own."""
     if count < 0 or n_empty < 1:
         raise ValueError(f"--count must be >= 0 and --empty >= 1 (the reference needs an empty frame), "
                          f"got {count} and {n_empty}")
     if not 0 <= defect_rate <= 1:
         raise ValueError(f"--defect-rate must be in [0, 1], got {defect_rate}")
+    with durable.written_whole(out, force, SYNTH_RAW_RECORD, "'adgan dataset synth-raw'",
+                               " (a second run would leave the first one's other frames beside its own, under "
+                               "its reference)") as tmp:
+        ref = _synth_raw(tmp, count, n_empty, seed, classes, defects, defect_rate, width, height, progress, variety)
+        (tmp / SYNTH_RAW_RECORD).write_text(json.dumps(
+            {"made_by": "adgan dataset synth-raw", "seed": seed, "classes": list(classes), "count": count,
+             "empty": n_empty, "defects": list(defects), "defect_rate": defect_rate, "variety": variety,
+             "camera": [width, height]}, indent=1) + "\n")
+    return ref
+
+
+def _synth_raw(out: Path, count: int, n_empty: int, seed: int, classes: Sequence[str], defects: Sequence[str],
+               defect_rate: float, width: int, height: int, progress: bool, variety: str) -> SurfaceReference:
     src = SyntheticSource(classes, seed=seed, count=count, width=width, height=height,
                           defects=defects, defect_rate=defect_rate, variety=variety)
     empties = list(src.empty_frames(n_empty))

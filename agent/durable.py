@@ -11,6 +11,7 @@ on their own.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -80,6 +81,34 @@ def folder_beside(out: Path, kind: str = "new") -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(out)
     return Path(tempfile.mkdtemp(prefix=f".{out.name}.{kind}-{os.getpid()}-", dir=out.parent))
+
+
+@contextlib.contextmanager
+def written_whole(final: Path, force: bool, record: str, made_by: str, why: str = "", inside: Path | None = None):
+    """An output folder written whole or not at all: yields a hidden folder beside `final` to
+    write it into, which replaces `final` when the block ends, and is removed when the block fails
+    (a full disk, a Ctrl-C): `final` is then as it was. A `final` that exists and is not an empty
+    folder is refused first (`why` says what mixing would do); with `force` it is replaced, but
+    only when it holds `record` (the file `made_by` writes into what it makes), so a mistyped path
+    is never removed, and never when `inside` (the run's input) lies in it."""
+    final = Path(final)
+    if inside is not None and final.resolve() in (Path(inside).resolve(), *Path(inside).resolve().parents):
+        raise ValueError(f"{final} holds this run's input ({inside}): write the output elsewhere")
+    if final.exists() and not (final.is_dir() and not any(final.iterdir())):
+        if not force:
+            raise ValueError(f"{final} exists and is not empty: choose another output folder, or pass --force to "
+                             f"replace it{why}")
+        if not (final / record).is_file():
+            raise ValueError(f"{final} holds no {record}: --force replaces only a folder that {made_by} made, and "
+                             "this folder is not one")
+    tmp = folder_beside(final)
+    try:
+        yield tmp
+        tmp.chmod(0o755)  # (mkdtemp makes it private)
+        replace_folder(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def remove_leftovers(out: Path) -> None:

@@ -27,9 +27,7 @@ folders and frames under the second's damage.json); `--force` replaces one that 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import shutil
 import zlib
 from pathlib import Path
 from typing import Callable, Sequence
@@ -202,26 +200,11 @@ def damage_dataset(src: str | Path, out: str | Path, defects: Sequence[str], see
         return _write_damage(folders, jobs, out, defects, seed, progress, on_skip, scale)
 
 
-@contextlib.contextmanager
 def damage_set(final: Path, force: bool):
-    """A damage set written whole: yields a hidden folder beside `final` to write it into, which
-    replaces `final` when the block ends, and is removed when it fails. A `final` that is not empty
-    is refused first (`force`: unless it is a damage set itself, one that holds damage.json)."""
-    if final.exists() and not (final.is_dir() and not any(final.iterdir())):
-        if not force:
-            raise ValueError(f"{final} exists and is not empty: choose another output folder, or pass --force to "
-                             "replace it (evaluate scores every <class>_<defect>/ folder in it, so runs must not mix)")
-        if not (final / "damage.json").is_file():
-            raise ValueError(f"{final} holds no damage.json: --force replaces only a damage set that 'adgan dataset "
-                             "damage' or 'synth-damage' made, and this folder is not one")
-    tmp = durable.folder_beside(final)
-    try:
-        yield tmp
-        tmp.chmod(0o755)  # (mkdtemp makes it private)
-        durable.replace_folder(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    """A damage set written whole (durable.written_whole): a `final` that is not empty is refused
+    (`force`: unless it is a damage set itself, one that holds damage.json)."""
+    return durable.written_whole(final, force, "damage.json", "'adgan dataset damage' or 'synth-damage'",
+                                 " (evaluate scores every <class>_<defect>/ folder in it, so runs must not mix)")
 
 
 def _write_damage(folders, jobs, out: Path, defects: Sequence[str], seed: int, progress: bool,

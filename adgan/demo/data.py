@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from agent.segment.preprocess import Preprocessing
-from agent.sources.dataset import parse_frames
+from agent.sources.dataset import class_folders, parse_frames
 from agent.sources.synthetic import CLASSES, DEFECTS
 from calibration.damage import DAMAGE_DEFECTS, damage_dataset
 
@@ -32,7 +32,7 @@ class Plan:
         self.a, self.out = a, out
         if a.data:
             root = Path(a.data)
-            self.classes = sorted(p.name for p in root.iterdir() if (p / "rgb").is_dir() and (p / "depth").is_dir())
+            self.classes = sorted(p.name for p in class_folders(root))
             if len(self.classes) < 2:
                 raise FileNotFoundError(f"{root} needs at least two class folders (<class>/rgb, <class>/depth)")
             self.train_root = self.test_root = root

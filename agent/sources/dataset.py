@@ -158,13 +158,14 @@ def is_sample_folder(p: Path) -> bool:
 
 
 def class_folders(root: str | Path) -> list[Path]:
-    """The sample folders under a dataset root, or [root] when root is one itself."""
+    """The sample folders under a dataset root, or [root] when root is one itself. Hidden folders
+    are not classes (`.<class>.new-*`: one being written whole, or left by a run that was killed)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} does not exist or is not a folder")
     if is_sample_folder(root):
         return [root]
-    found = sorted(p for p in root.iterdir() if p.is_dir() and is_sample_folder(p))
+    found = sorted(p for p in root.iterdir() if not p.name.startswith(".") and p.is_dir() and is_sample_folder(p))
     if not found:
         raise FileNotFoundError(f"{root} holds no sample folders (<class>/rgb and <class>/depth)")
     return found
