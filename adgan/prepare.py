@@ -46,7 +46,7 @@ def prepare_samples(raw: str | Path, out: str | Path, prep: Preprocessing, cfg: 
         raise ValueError(f"{folder}: no frames" + (f" in {frames[0]}:{frames[1]}" if frames else ""))
     written = skipped = 0
     with durable.written_whole(out, force, PREPROCESSING_FILE, "an adgan dataset command", NOT_AGAIN,
-                               inside=folder) as tmp:
+                               inside=folder, makes=durable.named(PREPROCESSING_FILE, "rgb", "depth")) as tmp:
         write_preprocessing(tmp, prep)
         for n in tqdm(nums, desc="prepare", unit="frame", disable=not progress):
             frame = read_raw_frame(folder, n)

@@ -81,7 +81,8 @@ def synth_dataset(out: Path, classes: Sequence[str], n_train: int, n_test: int, 
     n_defect = n_test if n_defect is None else n_defect
     with durable.written_whole(out, force, SYNTH_RECORD, "'adgan dataset synth'",
                                " (a second run would leave the first one's other samples and folders beside its "
-                               "own, under its labels.csv and recipe)") as tmp:
+                               "own, under its labels.csv and recipe)",
+                               makes=durable.named(SYNTH_RECORD, "train", "test")) as tmp:
         counts = _synth(tmp, classes, n_train, n_test, seed, prep, defects, n_defect, width, height, workers,
                         progress, variety)
         (tmp / SYNTH_RECORD).write_text(json.dumps(
@@ -255,7 +256,8 @@ def synth_raw(out: Path, count: int, n_empty: int, seed: int, classes: Sequence[
         raise ValueError(f"--defect-rate must be in [0, 1], got {defect_rate}")
     with durable.written_whole(out, force, SYNTH_RAW_RECORD, "'adgan dataset synth-raw'",
                                " (a second run would leave the first one's other frames beside its own, under "
-                               "its reference)") as tmp:
+                               "its reference)",
+                               makes=durable.named(SYNTH_RAW_RECORD, "frames", "empty", "reference.npz")) as tmp:
         ref = _synth_raw(tmp, count, n_empty, seed, classes, defects, defect_rate, width, height, progress, variety)
         (tmp / SYNTH_RAW_RECORD).write_text(json.dumps(
             {"made_by": "adgan dataset synth-raw", "seed": seed, "classes": list(classes), "count": count,

@@ -188,7 +188,8 @@ def cmd_capture_frames(a: argparse.Namespace) -> int:
     print(report.summary())
     if report.written:
         ref = s.segmentation.reference or "<the station's reference>"
-        print(f"next: adgan dataset prepare {a.out} --reference {ref} --out data/train/<class>")
+        print(f"next: adgan dataset prepare {a.out} --reference {ref} --out data/train/<class> "
+              "(with --force to prepare it again into a class folder it was prepared into before)")
     return 0 if report.written else 1
 
 

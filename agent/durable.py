@@ -84,13 +84,16 @@ def folder_beside(out: Path, kind: str = "new") -> Path:
 
 
 @contextlib.contextmanager
-def written_whole(final: Path, force: bool, record: str, made_by: str, why: str = "", inside: Path | None = None):
+def written_whole(final: Path, force: bool, record: str, made_by: str, why: str = "", inside: Path | None = None,
+                  makes: Callable[[Path], bool] | None = None):
     """An output folder written whole or not at all: yields a hidden folder beside `final` to
     write it into, which replaces `final` when the block ends, and is removed when the block fails
     (a full disk, a Ctrl-C): `final` is then as it was. A `final` that exists and is not an empty
     folder is refused first (`why` says what mixing would do); with `force` it is replaced, but
-    only when it holds `record` (the file `made_by` writes into what it makes), so a mistyped path
-    is never removed, and never when `inside` (the run's input) lies in it."""
+    only when it holds `record` (the file `made_by` writes into what it makes) and nothing that
+    `makes` (an entry of the folder) says `made_by` does not make, so a mistyped path, or a folder
+    where someone has put other files since, is never removed; nor one that `inside` (the run's
+    input) lies in."""
     final = Path(final)
     if inside is not None and final.resolve() in (Path(inside).resolve(), *Path(inside).resolve().parents):
         raise ValueError(f"{final} holds this run's input ({inside}): write the output elsewhere")
@@ -101,6 +104,11 @@ def written_whole(final: Path, force: bool, record: str, made_by: str, why: str 
         if not (final / record).is_file():
             raise ValueError(f"{final} holds no {record}: --force replaces only a folder that {made_by} made, and "
                              "this folder is not one")
+        other = sorted(p.name for p in final.iterdir() if makes is not None and not makes(p))
+        if other:
+            raise ValueError(f"{final} holds {', '.join(other[:3])}{' and more' if len(other) > 3 else ''}, which "
+                             f"{made_by} does not make: --force replaces the whole folder, so move "
+                             f"{'it' if len(other) == 1 else 'them'} out first, or choose another output folder")
     tmp = folder_beside(final)
     try:
         yield tmp
@@ -109,6 +117,11 @@ def written_whole(final: Path, force: bool, record: str, made_by: str, why: str 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def named(*names: str) -> Callable[[Path], bool]:
+    """`written_whole`'s `makes` for a maker that writes these names into its folder."""
+    return lambda p: p.name in names
 
 
 def remove_leftovers(out: Path) -> None:

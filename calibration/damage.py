@@ -39,8 +39,8 @@ from tqdm import tqdm
 from agent import durable
 from agent.frame import Sample
 from agent.segment.preprocess import part_mask as sample_part_mask
-from agent.sources.dataset import (PREPROCESSING_FILE, class_folders, frame_numbers, parse_frames, read_sample,
-                                   write_mask, write_sample)
+from agent.sources.dataset import (PREPROCESSING_FILE, class_folders, frame_numbers, is_sample_folder, parse_frames,
+                                   read_sample, write_mask, write_sample)
 
 DAMAGE_DEFECTS = ("chunk", "hole", "stain", "foreign", "dent")
 # defect radius as a fraction of the part's equivalent radius (uniform in this range)
@@ -204,7 +204,14 @@ def damage_set(final: Path, force: bool):
     """A damage set written whole (durable.written_whole): a `final` that is not empty is refused
     (`force`: unless it is a damage set itself, one that holds damage.json)."""
     return durable.written_whole(final, force, "damage.json", "'adgan dataset damage' or 'synth-damage'",
-                                 " (evaluate scores every <class>_<defect>/ folder in it, so runs must not mix)")
+                                 " (evaluate scores every <class>_<defect>/ folder in it, so runs must not mix)",
+                                 makes=_in_damage_set)
+
+
+def _in_damage_set(p: Path) -> bool:
+    """What a damage set holds: damage.json, and sample folders (with masks, and their recipe)."""
+    own = durable.named("rgb", "depth", "mask", PREPROCESSING_FILE)
+    return p.name == "damage.json" or (p.is_dir() and is_sample_folder(p) and all(own(q) for q in p.iterdir()))
 
 
 def _write_damage(folders, jobs, out: Path, defects: Sequence[str], seed: int, progress: bool,

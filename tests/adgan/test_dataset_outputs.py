@@ -91,6 +91,31 @@ def test_prepare_force_replaces_only_sample_folders_adgan_made_and_never_its_inp
     assert "holds no preprocessing.json" in capsys.readouterr().err and (paper / "rgb" / "1.png").is_file()
     assert _prepare(mon, mon, "--force") == 2
     assert "holds this run's input" in capsys.readouterr().err and frame_numbers(mon / "frames") == [0, 1, 2]
+    # a folder prepared once, where someone has put other files since: --force would remove them
+    out = tmp_path / "cylinder"
+    assert _prepare(mon, out) == 0
+    (out / "notes.txt").write_text("shift 2: lens cleaned")
+    assert _prepare(mon, out, "--force") == 2
+    err = capsys.readouterr().err
+    assert "holds notes.txt, which" in err and "move it out first" in err
+    assert (out / "notes.txt").is_file() and frame_numbers(out) == [0, 1, 2]
+
+
+def test_force_keeps_a_damage_set_or_a_synthetic_dataset_that_holds_other_things(tmp_path, capsys):
+    dmg = tmp_path / "damaged"
+    args = ["dataset", "synth-damage", str(dmg), "--classes", "sphere", "--n", "1", "--defects", "hole",
+            "--workers", "1", "--size", "32"]
+    assert main(args) == 0
+    (dmg / "sphere" / "review").mkdir()  # someone's notes on the parts
+    assert main([*args, "--force"]) == 2
+    assert "holds sphere, which" in capsys.readouterr().err and (dmg / "sphere" / "review").is_dir()
+    synth = tmp_path / "synth"
+    args = ["dataset", "synth", str(synth), "--classes", "cylinder", "--train", "1", "--test", "0", "--workers", "1"]
+    assert main(args) == 0
+    for name in ("a", "b", "c", "d"):
+        (synth / name).write_text("mine")
+    assert main([*args, "--force"]) == 2
+    assert "holds a, b, c and more, which" in capsys.readouterr().err and (synth / "d").is_file()
 
 
 def test_prepare_that_fails_half_way_leaves_the_folder_as_it_was(two_captures, tmp_path, capsys):
