@@ -62,6 +62,28 @@ PAPER_SEARCH = SearchDefaults()
 RELIEF_SAMPLES = 200
 
 
+def check_out(out: Path, force: bool) -> None:
+    """A bundle's --out: new or empty, or (`force`) a bundle, replaced whole, and only when it holds
+    nothing a bundle does not (its manifest's files, and the engines built from them): a folder of
+    bundles, or one where other files were put, is never removed."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not force:
+        raise ValueError(f"{out} exists and is not empty; choose another --out or pass --force")
+    try:
+        files = set(json.loads((out / MANIFEST).read_text())["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        inner = sorted(p.name for p in out.iterdir() if (p / MANIFEST).is_file()) if out.is_dir() else []
+        raise ValueError(f"{out} holds no bundle's {MANIFEST}: --force replaces only a bundle, and this folder is not "
+                         "one" + (f" (it holds bundles: {', '.join(inner[:3])}; give the class's own folder, "
+                                  f"e.g. {out / inner[0]})" if inner else "")) from None
+    other = sorted(p.name for p in out.iterdir() if p.name not in files | {MANIFEST, "engines"})
+    if other:
+        raise ValueError(f"{out} holds {', '.join(other[:3])}{' and more' if len(other) > 3 else ''}, which is not "
+                         "part of the bundle: --force replaces the whole folder, so move "
+                         f"{'it' if len(other) == 1 else 'them'} out first, or choose another --out")
+
+
 def recipe_heat_sigma(size: int) -> float:
     """The export's default smoothing of the anomaly map for a model input of `size` pixels."""
     return RECIPE_HEAT_SIGMA_PER_64 * size / 64
@@ -129,8 +151,7 @@ def write_bundle(run: str | Path, out: str | Path, search: SearchDefaults, use_e
     # per cell to standardise the local score (score_norm "train"), and the search scores and
     # reliefs that the relief check is referenced to. Then the bundle is written with them.
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise ValueError(f"{out} exists and is not empty; choose another --out or pass --force")
+    check_out(out, force)
     from training.data import load_run_data
     cd = load_run_data(st, data, run)
     frames = f"{cd.frames[0]}..{cd.frames[-1]}"
@@ -256,8 +277,7 @@ def write_generator_bundle(g: Generator, out: str | Path, search: SearchDefaults
     if (search.score_norm != "none") != (cell_stats is not None):
         raise ValueError("score_norm 'train' needs cell statistics, and they are only exported with it")
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise ValueError(f"{out} exists and is not empty; choose another --out or pass --force")
+    check_out(out, force)
     tmp = durable.folder_beside(out)
     try:
         if graphs_from is None:

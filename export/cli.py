@@ -26,8 +26,8 @@ def cmd_export(a: argparse.Namespace) -> int:
     from dataclasses import fields, replace
     from pathlib import Path
 
-    from export.bundle import (PAPER_SEARCH, RECIPE_RELIEF, RECIPE_RELIEF_ERODE, RECIPE_SEARCH, for_start,
-                               with_default_seeds, write_bundle)
+    from export.bundle import (PAPER_SEARCH, RECIPE_RELIEF, RECIPE_RELIEF_ERODE, RECIPE_SEARCH, check_out,
+                               for_start, with_default_seeds, write_bundle)
     from training.encoder import ENCODER_FILE
 
     if a.budget_ms is not None and a.operating_point:
@@ -96,8 +96,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     if pointed:
         from export.operating_point import pick_for_run
         out = Path(a.out)
-        if out.exists() and any(out.iterdir()) and not a.force:
-            raise ValueError(f"{out} exists and is not empty; choose another --out or pass --force")
+        check_out(out, a.force)
         out.parent.mkdir(parents=True, exist_ok=True)
         search, record = pick_for_run(
             a.run, out, search, a.budget_ms, a.operating_point, a.operating_points,

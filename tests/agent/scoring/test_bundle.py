@@ -84,6 +84,28 @@ def test_export_refuses_to_overwrite(tiny_run, bundles):
     assert Bundle.load(bundles[("all", "mse")])  # untouched
 
 
+def test_export_force_replaces_a_bundle_and_nothing_else(encoded_run, tmp_path, capsys):
+    """`--force` once removed whatever --out named: `--out bundles` (the folder of every class's
+    bundle) instead of `--out bundles/sphere` took them all."""
+    from adgan.cli import main
+    fast = ["export", str(encoded_run), "--theta-scope", "none", "--loss", "fg", "--k", "3", "--no-relief",
+            "--no-shape"]
+    root = tmp_path / "bundles"
+    assert main([*fast, "--out", str(root / "sphere")]) == 0
+    (root / "notes.txt").write_text("line 2")
+    assert main([*fast, "--out", str(root), "--force"]) == 2
+    err = capsys.readouterr().err
+    assert "holds no bundle's manifest.json" in err and "give the class's own folder" in err
+    assert Bundle.load(root / "sphere") and (root / "notes.txt").is_file()
+    (root / "sphere" / "engines").mkdir()  # built on the Jetson from the old graphs: they go with them
+    assert main([*fast, "--out", str(root / "sphere"), "--force", "--k", "4"]) == 0
+    assert Bundle.load(root / "sphere").search.k == 4 and not (root / "sphere" / "engines").exists()
+    (root / "sphere" / "calibration.txt").write_text("mine")
+    assert main([*fast, "--out", str(root / "sphere"), "--force"]) == 2
+    assert "holds calibration.txt, which is not part of the bundle" in capsys.readouterr().err
+    assert (root / "sphere" / "calibration.txt").is_file() and Bundle.load(root / "sphere").search.k == 4
+
+
 def test_export_cli_records_the_depth_weight_and_old_manifests_default_to_a_plain_mean(tiny_run, tmp_path,
                                                                                          synth_data):
     import numpy as np
