@@ -23,10 +23,35 @@ from adgan.demo.models import calibrate, report, train_and_export
 from adgan.demo.station import capture_reference, segmentation_figure, station_settings
 
 
+DEMO_MARK = ".adgan-demo"  # in --out: a demo ran here, and may remove and write its own folders again
+DEMO_ENTRIES = ("bundles", "cache", "live", "report", "thresholds.json")
+
+
+def claim_out(out: Path) -> None:
+    """The demo removes and writes again its own folders in --out (cache/*, bundles/*, report/,
+    live/): --out must be new, empty (hidden entries aside), or a demo's folder (marked, or with a
+    demo's cache from before the mark), holding nothing the demo does not make."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    entries = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) if out.exists() else []
+    if entries:
+        demo = (out / DEMO_MARK).is_file() or any((out / "cache").glob("*/demo-config.json")) \
+            or any((out / "cache").glob("runs/*/demo-config.json"))
+        other = [n for n in entries if n not in DEMO_ENTRIES]
+        if not demo or other:
+            shown = other or entries
+            raise ValueError(f"--out {out} holds {', '.join(shown[:3])}{' and more' if len(shown) > 3 else ''}, "
+                             f"{'which the demo does not make' if demo else 'and no demo ran there'}: the demo removes "
+                             f"and writes again {', '.join(DEMO_ENTRIES)} in its --out; choose a new folder "
+                             f"(the default is out/demo)")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DEMO_MARK).write_text("adgan demo\n")
+
+
 def run_demo(a: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_out(out)
     progress = not a.quiet
     plan = Plan(a, out)
     make_data(plan, progress)

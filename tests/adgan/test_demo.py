@@ -5,6 +5,7 @@ import json
 
 import cv2
 import jsonschema
+import pytest
 
 from adgan.cli import build_parser
 from adgan.demo import run_demo
@@ -100,8 +101,6 @@ def test_a_failing_station_stops_the_broker_it_started(tmp_path, capsys):
     import os
     import re
 
-    import pytest
-
     from adgan.demo.live import run_live
     settings = {"station_id": "demo", "source": {"type": "synthetic"},
                 "model": {"expected_class": "x", "thresholds": str(tmp_path / "none.json"),
@@ -116,7 +115,6 @@ def test_a_failing_station_stops_the_broker_it_started(tmp_path, capsys):
 
 
 def test_a_bad_pool_is_refused_before_anything_is_trained(tmp_path, capsys):
-    import pytest
     for bad in ("0", "3", "x"):
         with pytest.raises(SystemExit):
             demo_args(tmp_path, "--pool", bad)
@@ -126,7 +124,6 @@ def test_a_bad_pool_is_refused_before_anything_is_trained(tmp_path, capsys):
 
 
 def test_a_bad_depth_weight_is_refused_before_anything_is_trained(tmp_path, capsys):
-    import pytest
     for bad in ("0", "-2", "nan", "inf", "x"):
         with pytest.raises(SystemExit):
             demo_args(tmp_path, "--depth-weight", bad)
@@ -134,3 +131,27 @@ def test_a_bad_depth_weight_is_refused_before_anything_is_trained(tmp_path, caps
     assert not (tmp_path / "cache").exists()
     assert demo_args(tmp_path, "--depth-weight", "10").depth_weight == 10.0
     assert demo_args(tmp_path).depth_weight == 1.0  # the demo's measured search, whatever export's default is
+
+
+def test_the_demo_writes_only_into_a_new_folder_or_a_demo_s_own(tmp_path, capsys):
+    """The demo removes and writes again cache/*, bundles/*, report/ and live/ in --out: pointed at
+    someone's folder (`--out .` in a project), it would have removed their report/ or cache/data/."""
+    from adgan.cli import main
+    from adgan.demo import DEMO_MARK, claim_out
+    mine = tmp_path / "project"
+    (mine / "report").mkdir(parents=True)
+    (mine / "report" / "q3.md").write_text("mine")
+    assert main(["demo", "--out", str(mine), "--quiet"]) == 2
+    assert "and no demo ran there" in capsys.readouterr().err
+    assert (mine / "report" / "q3.md").is_file() and not (mine / "cache").exists()
+    old = tmp_path / "old-demo"  # a demo's folder from before the mark: taken, and marked
+    (old / "cache" / "data").mkdir(parents=True)
+    (old / "cache" / "data" / "demo-config.json").write_text("{}")
+    (old / "thresholds.json").write_text("{}")
+    claim_out(old)
+    assert (old / DEMO_MARK).is_file()
+    (old / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="holds notes.txt, which the demo does not make"):
+        claim_out(old)
+    claim_out(tmp_path / "new" / "demo")
+    assert (tmp_path / "new" / "demo" / DEMO_MARK).is_file()
