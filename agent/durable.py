@@ -12,6 +12,7 @@ on their own.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import re
@@ -153,6 +154,31 @@ def _running(pid: int) -> bool:
     except (PermissionError, OverflowError):
         return True  # (another user's process; or a number no process has: leave it alone)
     return True
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, timeout_s: float = 30.0):
+    """Hold `folder`'s advisory lock (flock) for a read-modify-write of a file in it, so that two
+    writers (two `calibrate` runs into one thresholds file) do not each keep only their own change;
+    waits up to `timeout_s` for another holder. A file system without flock (some NFS) is written
+    unlocked, as before."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"{folder}: another process has held its lock for more than {timeout_s:.0f} s "
+                                       "(is another run writing the same file stuck?)") from None
+                time.sleep(0.02)
+            except OSError:
+                break  # (no flock here: unlocked)
+        yield
+    finally:
+        os.close(fd)  # (the lock goes with it)
 
 
 def write_with(path: str | Path, write: Callable[[Path], None], suffix: str = ".tmp") -> None:

@@ -81,12 +81,14 @@ def load_threshold(path: str | Path, cls: str, bundle_hash: str) -> ClassThresho
 
 
 def write_threshold(path: str | Path, cls: str, record: dict[str, Any]) -> None:
-    """Add or replace one class's record, keeping the others; atomic."""
+    """Add or replace one class's record, keeping the others (also those another process writes
+    at the same time: the folder is locked from the read to the write); atomic."""
     path = Path(path)
-    doc = read_thresholds(path) if path.exists() else {"format": THRESHOLDS_FORMAT, "classes": {}}
-    doc["classes"][cls] = record
     path.parent.mkdir(parents=True, exist_ok=True)
-    durable.write_text(path, json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    with durable.folder_lock(path.parent):
+        doc = read_thresholds(path) if path.exists() else {"format": THRESHOLDS_FORMAT, "classes": {}}
+        doc["classes"][cls] = record
+        durable.write_text(path, json.dumps(doc, indent=1, sort_keys=True) + "\n")
 
 
 class FileWatch:

@@ -50,6 +50,27 @@ def test_warnings_for_easy_sets_and_few_anomalies():
     assert any("allows no false alarm" in w for w in warns)
 
 
+def _calibrate_classes(path: str, prefix: str, n: int) -> None:
+    for i in range(n):
+        write_threshold(path, f"{prefix}{i}", {"threshold": 0.5, "bundle_hash": "a" * 64})
+
+
+def test_calibrations_written_at_the_same_time_keep_every_class(tmp_path):
+    """Two calibrate runs (one class each) finishing together used to keep only one class's
+    threshold: each read the file, added its own and wrote it over the other's (and both wrote
+    the same temporary file)."""
+    import multiprocessing as mp
+    p = str(tmp_path / "thresholds.json")
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_calibrate_classes, args=(p, prefix, 25)) for prefix in ("a", "b", "c")]
+    for q in procs:
+        q.start()
+    for q in procs:
+        q.join(60)
+    assert [q.exitcode for q in procs] == [0, 0, 0]
+    assert len(json.loads((tmp_path / "thresholds.json").read_text())["classes"]) == 75
+
+
 def test_thresholds_of_another_bundle_are_refused_and_classes_are_kept(tmp_path):
     p = tmp_path / "t.json"
     write_threshold(p, "sphere", {"threshold": 0.5, "bundle_hash": "a" * 64})
