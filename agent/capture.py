@@ -12,12 +12,14 @@ Two ways to choose frames:
 - every `every`-th frame read (for a fixture where the part does not move, or a turntable).
 
 Nothing is overwritten: numbering continues after the highest frame number already in the
-folder (a torn frame of a killed run included). A frame is written depth last, so one cut off
+folder (a torn frame of a killed run included), and a second run into a folder that one is
+still writing into is refused (the folder's flock). A frame is written depth last, so one cut off
 by a kill or a full disk has no depth image and is not a frame to any reader; a write that
 fails removes what it wrote of its frame and stops the capture, naming the file.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+from agent import durable
 from agent.frame import FrameError, RGBDFrame
 from agent.sources.base import FrameSource
 from agent.sources.dataset import raw_frame_files, write_raw_frame
@@ -99,6 +102,20 @@ def capture_frames(source: FrameSource, out: str | Path, count: int, *, every: i
                          "(a camera, a recording, a raw-layout folder or the synthetic station)")
     out = Path(out)
     stop = stop or threading.Event()
+    out.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as held:
+        try:  # two runs into one folder would give the same numbers, and each overwrite the other's frames
+            held.enter_context(durable.folder_lock(out, 0, f"{out}: another capture is writing into it (two runs "
+                                                           "would number their frames alike and overwrite each "
+                                                           "other's): wait for it, or record into another folder"))
+        except TimeoutError as e:
+            raise ValueError(str(e)) from None
+        return _capture(source, out, count, every, passage, segmenter, stop, progress)
+
+
+def _capture(source: FrameSource, out: Path, count: int, every: int, passage: PassageTrigger | None,
+             segmenter: Callable | None, stop: threading.Event,
+             progress: Callable[[CaptureReport], None] | None) -> CaptureReport:
     report = CaptureReport(out=out, first=next_frame_number(out))
     n, last_progress = report.first, time.monotonic()
     try:

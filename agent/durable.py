@@ -157,11 +157,11 @@ def _running(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: Path, timeout_s: float = 30.0):
+def folder_lock(folder: Path, timeout_s: float = 30.0, busy: str = ""):
     """Hold `folder`'s advisory lock (flock) for a read-modify-write of a file in it, so that two
     writers (two `calibrate` runs into one thresholds file) do not each keep only their own change;
-    waits up to `timeout_s` for another holder. A file system without flock (some NFS) is written
-    unlocked, as before."""
+    waits up to `timeout_s` for another holder (then TimeoutError, saying `busy` when given). A file
+    system without flock (some NFS) is written unlocked, as before."""
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         deadline = time.monotonic() + timeout_s
@@ -171,8 +171,8 @@ def folder_lock(folder: Path, timeout_s: float = 30.0):
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise TimeoutError(f"{folder}: another process has held its lock for more than {timeout_s:.0f} s "
-                                       "(is another run writing the same file stuck?)") from None
+                    raise TimeoutError(busy or f"{folder}: another process has held its lock for more than "
+                                       f"{timeout_s:.0f} s (is another run writing the same file stuck?)") from None
                 time.sleep(0.02)
             except OSError:
                 break  # (no flock here: unlocked)

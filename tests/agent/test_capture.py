@@ -108,6 +108,47 @@ def test_a_torn_frame_of_a_killed_run_is_never_a_frame_nor_overwritten(tmp_path)
     assert next_frame_number(tmp_path / "new") == 0
 
 
+class _Held(SyntheticSource):
+    """A camera whose next frame waits until `go` is set, after `first` frames."""
+
+    def __init__(self, first: int, **kw) -> None:
+        import threading
+        super().__init__(("sphere",), **kw)
+        self.first, self.go = first, threading.Event()
+
+    def read(self):
+        if self.first <= 0:
+            assert self.go.wait(30)
+        self.first -= 1
+        return super().read()
+
+
+def test_a_second_capture_into_a_folder_being_written_is_refused(tmp_path, capsys):
+    """Two captures into one folder each numbered from the same next frame, and overwrote each
+    other's frames (5 of 10 kept, and one run failed on the other's temporary file)."""
+    import threading
+    out = tmp_path / "frames"
+    held = _Held(2, seed=1, count=4)
+    first = {}
+    t = threading.Thread(target=lambda: first.update(r=capture_frames(held, out, 4)))
+    t.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not (out / "depth" / "1.png").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with pytest.raises(ValueError, match="another capture is writing into it"):
+            capture_frames(SyntheticSource(("sphere",), seed=2, count=3), out, 3)
+        cfg = station_config(tmp_path, SYNTH)
+        assert main(["agent", "capture-frames", "--config", str(cfg), "--out", str(out), "--count", "2",
+                     "--env-file", "/nonexistent"]) == 2
+        assert "another capture is writing into it" in capsys.readouterr().err
+    finally:
+        held.go.set()
+        t.join(30)
+    assert first["r"].written == [0, 1, 2, 3] and frame_numbers(out) == [0, 1, 2, 3]
+    assert capture_frames(SyntheticSource(("sphere",), seed=2, count=3), out, 1).written == [4]  # free again
+
+
 def test_bad_frames_are_skipped_and_counted(tmp_path):
     raw = tmp_path / "raw"
     frames = [SyntheticSource(("sphere",), seed=3).frame(i) for i in range(3)]
