@@ -157,17 +157,18 @@ def _running(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: Path, timeout_s: float = 30.0, busy: str = ""):
+def folder_lock(folder: Path, timeout_s: float = 30.0, busy: str = "", shared: bool = False):
     """Hold `folder`'s advisory lock (flock) for a read-modify-write of a file in it, so that two
     writers (two `calibrate` runs into one thresholds file) do not each keep only their own change;
-    waits up to `timeout_s` for another holder (then TimeoutError, saying `busy` when given). A file
+    waits up to `timeout_s` for another holder (then TimeoutError, saying `busy` when given).
+    `shared`: a reader's lock, held by many at once, and by none while a writer holds it. A file
     system without flock (some NFS) is written unlocked, as before."""
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:

@@ -92,21 +92,24 @@ def cmd_export(a: argparse.Namespace) -> int:
     # the map's smoothing: the recipe's for the generator's size unless asked; the paper has no maps
     heat_sigma = a.heat_sigma if a.heat_sigma is not None else (0.0 if a.paper else None)
     heat_background = a.heat_background if a.heat_background is not None else ("black" if a.paper else None)
-    record = None
-    if pointed:
-        from export.operating_point import pick_for_run
-        out = Path(a.out)
-        check_out(out, a.force)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        search, record = pick_for_run(
-            a.run, out, search, a.budget_ms, a.operating_point, a.operating_points,
-            lambda s, d: write_bundle(a.run, d, s, use_ema=not a.no_ema, data=a.data), a.threads)
-        print(f"operating point {record['name']!r} ({record['asked']}): {record['measured_ms']} ms per score here "
-              f"(default {record['default_ms']} ms), validated quality {record['quality'].get('quality', '?')}")
-    m = write_bundle(a.run, a.out, search, use_ema=not a.no_ema, force=a.force, data=a.data, progress=True,
-                     operating_point=record, relief=relief, shape=shape, heat_sigma=heat_sigma,
-                     heat_background=heat_background,
-                     **({"relief_samples": a.relief_samples} if a.relief_samples is not None else {}))
+    from training.cli import run_lock
+    run_dir = Path(a.run) if Path(a.run).is_dir() else Path(a.run).parent
+    with run_lock(run_dir, writes=False):  # (not while a training writes it)
+        record = None
+        if pointed:
+            from export.operating_point import pick_for_run
+            out = Path(a.out)
+            check_out(out, a.force)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            search, record = pick_for_run(
+                a.run, out, search, a.budget_ms, a.operating_point, a.operating_points,
+                lambda s, d: write_bundle(a.run, d, s, use_ema=not a.no_ema, data=a.data), a.threads)
+            print(f"operating point {record['name']!r} ({record['asked']}): {record['measured_ms']} ms per score here "
+                  f"(default {record['default_ms']} ms), validated quality {record['quality'].get('quality', '?')}")
+        m = write_bundle(a.run, a.out, search, use_ema=not a.no_ema, force=a.force, data=a.data, progress=True,
+                         operating_point=record, relief=relief, shape=shape, heat_sigma=heat_sigma,
+                         heat_background=heat_background,
+                         **({"relief_samples": a.relief_samples} if a.relief_samples is not None else {}))
     s = search
     print(f"exported {m['class']} ({m['kind']}, {m['training']['weights']}, epoch {m['training']['epoch']}) "
           f"-> {a.out}: theta scope {s.theta_scope}, loss {s.loss}, depth weight {s.depth_weight:g}, pool {s.pool}, "

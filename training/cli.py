@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -9,13 +10,29 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+@contextlib.contextmanager
+def run_lock(run: Path, writes: bool):
+    """A training run's folder, held while a command writes it (train, train-encoder) or reads it
+    (export, `writes` False: many may read at once): refused at once while another holds it."""
+    from agent import durable
+    why = ("two of them would write over each other's checkpoints or encoder: wait for it to end, or choose another "
+           "--out" if writes else "the bundle would be of a generator still in training: export when it has ended")
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(durable.folder_lock(run, 0, f"{run}: another adgan command is "
+                                                           f"{'using' if writes else 'writing'} this run now; {why}",
+                                                   shared=not writes))
+        except TimeoutError as e:
+            raise ValueError(str(e)) from None  # (refused before anything is done: exit 2)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{run}: no such training run folder") from None
+        yield
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     import torch
 
-    from agent.sources.dataset import parse_frames
-    from training.model import Architecture
     from training.recipe import resolve
-    from training.train import CHECKPOINT, TrainConfig, load_checkpoint, resume_config, run_training
 
     epochs_given = a.epochs is not None
     resolve(a, a.paper)
@@ -23,6 +40,16 @@ def cmd_train(a: argparse.Namespace) -> int:
         raise ValueError(f"--encoder-epochs must be >= 0, got {a.encoder_epochs}")
     torch.set_num_threads(a.threads or len(os.sched_getaffinity(0)))
     out = Path(a.out)
+    if not a.resume:
+        out.mkdir(parents=True, exist_ok=True)
+    with run_lock(out, writes=True):
+        return _train(a, out, epochs_given)
+
+
+def _train(a: argparse.Namespace, out: Path, epochs_given: bool) -> int:
+    from agent.sources.dataset import parse_frames
+    from training.model import Architecture
+    from training.train import CHECKPOINT, TrainConfig, load_checkpoint, resume_config, run_training
     if a.resume:
         st = load_checkpoint(out)
         cfg = resume_config(st, a.epochs if epochs_given else st["config"]["epochs"])  # else: the run's own
@@ -121,8 +148,9 @@ def cmd_train_encoder(a: argparse.Namespace) -> int:
     from training.encoder import train_encoder
     if a.threads:
         torch.set_num_threads(a.threads)
-    out = train_encoder(a.run, a.epochs, a.features, a.batch_size, a.lr, a.loss, a.fg_threshold, a.seed, a.data,
-                        not a.quiet)
+    with run_lock(Path(a.run), writes=True):
+        out = train_encoder(a.run, a.epochs, a.features, a.batch_size, a.lr, a.loss, a.fg_threshold, a.seed, a.data,
+                            not a.quiet)
     st = torch.load(out, map_location="cpu", weights_only=False)
     print(f"encoder: {st['epochs']} epochs in {st['seconds']:.0f} s, final loss {st['history'][-1]:.4f} -> {out}; "
           f"export with 'adgan export {a.run} --out BUNDLE --z-init encoder'")

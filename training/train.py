@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import errno
 import io
 import json
 import logging
@@ -278,7 +279,8 @@ def fit(trainer: Trainer, progress: bool = True, on_sample=None) -> None:
         log.warning("interrupted at epoch %d: checkpoint saved; continue with --resume", trainer.epoch)
         raise
     except OSError as e:  # a full disk, an I/O error: what is kept, and how to go on
-        kept = (f"its checkpoint of epoch {trainer.saved_epoch} is whole: free space, then the same command with "
+        fix = "free space" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "put that right"
+        kept = (f"its checkpoint of epoch {trainer.saved_epoch} is whole: {fix}, then the same command with "
                 "--resume continues from it" if trainer.saved_epoch is not None else "no checkpoint was written")
         raise OSError(e.errno, f"{e.strerror or e} while writing {e.filename or trainer.out}; training stopped after "
                                f"epoch {trainer.epoch}, and {kept}") from e

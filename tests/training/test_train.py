@@ -116,6 +116,27 @@ def test_train_cli_refuses_to_overwrite_and_changed_data(synth_data, tmp_path, c
     assert "training data changed" in capsys.readouterr().err
 
 
+def test_a_run_being_trained_is_neither_trained_again_nor_exported_meanwhile(synth_data, tmp_path, capsys):
+    """Two trainings into one --out (the same command started twice) wrote over each other's
+    checkpoints, and one died saying "free space" on a disk with plenty; an export meanwhile
+    bundled a generator still in training."""
+    from training.cli import run_lock
+    base = ["train", str(synth_data / "train"), "--class", "sphere", "--size", "32", "--features-g", "4",
+            "--features-d", "4", "--out", str(tmp_path / "r"), "--quiet", "--kind", "gan", "--encoder-epochs", "0"]
+    run = tmp_path / "r"
+    assert main([*base, "--epochs", "1"]) == 0
+    with run_lock(run, writes=True):  # what a running training holds (another process's alike)
+        assert main([*base, "--epochs", "2", "--resume"]) == 2
+        assert "another adgan command is using this run now" in capsys.readouterr().err
+        assert main(["train-encoder", str(run), "--epochs", "1", "--features", "4", "--quiet"]) == 2
+        assert main(["export", str(run), "--out", str(tmp_path / "b"), "--z-init", "random", "--k", "2"]) == 2
+        assert "another adgan command is writing this run now" in capsys.readouterr().err
+    assert load_checkpoint(run)["epoch"] == 1 and not (run / "encoder.pt").exists() and not (tmp_path / "b").exists()
+    with run_lock(run, writes=False), run_lock(run, writes=False):  # exports read it side by side; none trains it
+        assert main([*base, "--epochs", "2", "--resume"]) == 2
+    assert main([*base, "--epochs", "2", "--resume"]) == 0 and load_checkpoint(run)["epoch"] == 2
+
+
 def test_augment_shift_fills_background_and_flip_mirrors():
     x = torch.arange(16.0).reshape(1, 1, 4, 4).repeat(64, 1, 1, 1)
     g = torch.Generator().manual_seed(0)
