@@ -63,7 +63,9 @@ def replace(tmp: Path, path: Path) -> None:
 def replace_folder(tmp: Path, out: Path) -> None:
     """Move the finished folder `tmp` over `out`, durably: its files and folders flushed first. An
     old `out` is moved aside, not removed first, so a kill in between keeps it (as
-    `.<name>.old-<pid>`); it is removed once the new one is in place."""
+    `.<name>.old-<pid>`); it is removed once the new one is in place. A symbolic link `out` (a
+    `bundles/current` a station names) stays one: the folder it points to is replaced."""
+    out = output_folder(out)
     sync_tree(tmp)
     old = None
     if out.exists():
@@ -75,10 +77,27 @@ def replace_folder(tmp: Path, out: Path) -> None:
         shutil.rmtree(old)
 
 
+def output_folder(out: Path) -> Path:
+    """Where a folder written whole goes: `out`, or the folder a symbolic link `out` points to
+    (written beside it, on its file system). Not the folder this process is in, nor one holding
+    it: replaced, it would leave the shell that ran the command in a deleted folder."""
+    out = Path(out)
+    full = Path(os.path.realpath(out))
+    try:
+        here = Path.cwd()
+    except OSError:
+        here = None
+    if here is not None and (full == here or full in here.parents):
+        raise ValueError(f"{out} is the folder you are in{'' if full == here else ', or holds it'}: the output "
+                         "replaces its folder whole when it is written, so name a new folder for it")
+    return full if out.is_symlink() else out
+
+
 def folder_beside(out: Path, kind: str = "new") -> Path:
     """A new hidden folder beside `out` (`.<name>.<kind>-<pid>-<random>`) to write `out`, or what it
     is made from, in before `replace_folder`. Such folders left by runs that were killed (their
     process is gone and they were untouched for LEFTOVER_AGE_S) are removed first."""
+    out = output_folder(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(out)
     return Path(tempfile.mkdtemp(prefix=f".{out.name}.{kind}-{os.getpid()}-", dir=out.parent))

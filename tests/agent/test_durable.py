@@ -158,3 +158,27 @@ def test_folders_that_killed_runs_left_beside_an_output_are_removed_and_no_other
     left = {p.name for p in tmp_path.iterdir()}
     assert {n for n, removed in names.items() if not removed} | {made.name, f".bundle.new-{gone}-file"} == left
     assert sum("left by a run that was stopped" in r.getMessage() for r in caplog.records) == 3
+
+
+def test_a_folder_written_whole_through_a_link_replaces_what_it_points_to_and_never_the_current_one(
+        tmp_path, monkeypatch):
+    """A bundle named by a link (`bundles/current -> v3`, as a station's settings may name it)
+    exported again with --force: the link was moved aside, a folder put in its place, and the
+    command failed ("Cannot call rmtree on a symbolic link"), the link's target left as it was.
+    `--out .` failed after the work (PosixPath('.') has an empty name) or would have left the
+    shell in a deleted folder."""
+    v3 = tmp_path / "v3"
+    v3.mkdir()
+    (v3 / "manifest.json").write_text("old")
+    link = tmp_path / "current"
+    link.symlink_to("v3")
+    tmp = durable.folder_beside(link)
+    assert tmp.parent == tmp_path and tmp.name.startswith(".v3.new-")
+    (tmp / "manifest.json").write_text("new")
+    durable.replace_folder(tmp, link)
+    assert link.is_symlink() and (link / "manifest.json").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["current", "v3"]
+    monkeypatch.chdir(v3)
+    for here in (Path("."), v3, tmp_path, link):
+        with pytest.raises(ValueError, match="is the folder you are in"):
+            durable.folder_beside(here)
