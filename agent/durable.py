@@ -8,6 +8,10 @@ station switched off at the end of a shift, seconds after `capture-reference`, `
 `capture-frames`, could find an empty file under the new name. The fsyncs cost 2 ms per captured
 640x480 frame here (13%; bench/durable_writes.py). SQLite (the outbox) and the sequence file flush
 on their own.
+
+Folders are written the same way, whole (`written_whole`, `replace_folder`: a bundle, a damage
+set, a synthetic or prepared dataset), and `folder_lock` keeps two processes from writing one
+folder's files at once (a thresholds file, a capture, a training run).
 """
 from __future__ import annotations
 

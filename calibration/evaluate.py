@@ -168,6 +168,25 @@ def damage_recipe(root: Path) -> str:
     return f" (damage seed {doc.get('seed')}, size scale {doc.get('size_scale', 1.0)})"
 
 
+REPORT_FILES = ("index.md", "table2.md", "table2.csv", "damage.md", "damage.csv", "roc.png", "average-loss.png",
+                "rates-*.png", "ranking-*.png", "maps-*.png", "search-*.png", "damage-maps-*.png", "scores/*.csv")
+
+
+def clear_report(out: Path) -> int:
+    """A report written again into its folder: the previous report's own files go first, else a
+    class or a section the new run does not write would stay beside it, under the new index, as if
+    current. Other files stay; a folder without index.md is no report. How many went."""
+    if not (out / "index.md").is_file():
+        return 0
+    gone = 0
+    for pattern in REPORT_FILES:
+        for p in out.glob(pattern):
+            if p.is_file():
+                p.unlink()
+                gone += 1
+    return gone
+
+
 def evaluate(o: EvaluateOptions) -> Path:
     """The report: Table 2 over --data and/or the local-damage section over --damage, with
     figures and index.md in o.out; the index's path."""
@@ -177,7 +196,6 @@ def evaluate(o: EvaluateOptions) -> Path:
     from calibration import figures
 
     out = Path(o.out)
-    (out / "scores").mkdir(parents=True, exist_ok=True)
     frames = parse_frames(o.frames, allow_step=True)
     table, curves, avg, index = [], {}, {}, ["# Evaluation report", "",
                                              f"Data `{o.data}`, frames `{o.frames or 'all'}`, backend `{o.backend}`, "
@@ -189,9 +207,12 @@ def evaluate(o: EvaluateOptions) -> Path:
                          "use --backend onnxruntime")
     if o.damage:
         index.insert(3, f"Damaged twins `{o.damage}`{damage_recipe(Path(o.damage))}.")
+    bundles = [Bundle.load(bp) for bp in o.bundles]  # (a bad one is said before the old report goes)
+    if gone := clear_report(out):
+        print(f"{out}: the previous report's {gone} files removed (a new index.md is written at the end)")
+    (out / "scores").mkdir(parents=True, exist_ok=True)
     damage = []
-    for bp in o.bundles:
-        b = Bundle.load(bp)
+    for b in bundles:
         label = f"{b.cls} {b.kind}"
         tag = f"{b.cls}-{b.kind}-{b.bundle_hash[:8]}"
         scorer = make_scorer(b, o.backend, o.seed)

@@ -89,6 +89,17 @@ def test_evaluate_on_damaged_twins_reports_image_and_pixel_metrics(bundles, synt
                                                             progress=False))
     assert float(rows[-1]["image_auroc"]) == pytest.approx(again[-1]["image_auroc"])
     assert float(rows[-1]["pro_0.3"]) == pytest.approx(again[-1]["pro_0.3"])
+    # the same report folder again, for Table 2 only: the damage section of the first run goes (it
+    # stayed beside the new index as if current); someone's notes stay; a bad bundle removes nothing
+    (out / "notes.md").write_text("mine")
+    assert main(["evaluate", "--bundles", str(tmp_path / "nope"), "--data", str(synth_data / "test"), "--out",
+                 str(out), "--quiet"]) == 2
+    assert (out / "damage.csv").is_file()
+    assert main(["evaluate", "--bundles", str(b), "--data", str(synth_data / "test"), "--out", str(out), "--quiet",
+                 "--n-rank", "2", "--no-search-figure"]) == 0
+    assert not (out / "damage.csv").exists() and not list(out.glob("damage-maps-*.png"))
+    assert not list((out / "scores").glob("damage-*.csv")) and (out / "table2.md").is_file()
+    assert (out / "notes.md").read_text() == "mine" and "Local damage" not in (out / "index.md").read_text()
 
 
 def test_evaluate_needs_data_or_damage(bundles, tmp_path, capsys):
