@@ -19,7 +19,6 @@ fails removes what it wrote of its frame and stops the capture, naming the file.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -103,13 +102,10 @@ def capture_frames(source: FrameSource, out: str | Path, count: int, *, every: i
     out = Path(out)
     stop = stop or threading.Event()
     out.mkdir(parents=True, exist_ok=True)
-    with contextlib.ExitStack() as held:
-        try:  # two runs into one folder would give the same numbers, and each overwrite the other's frames
-            held.enter_context(durable.folder_lock(out, 0, f"{out}: another capture is writing into it (two runs "
-                                                           "would number their frames alike and overwrite each "
-                                                           "other's): wait for it, or record into another folder"))
-        except TimeoutError as e:
-            raise ValueError(str(e)) from None
+    # two runs into one folder would give the same numbers, and each overwrite the other's frames
+    with durable.folder_lock(out, 0, f"{out}: another capture is writing into it (two runs would number their "
+                                     "frames alike and overwrite each other's): wait for it, or record into another "
+                                     "folder"):
         return _capture(source, out, count, every, passage, segmenter, stop, progress)
 
 

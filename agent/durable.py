@@ -121,18 +121,7 @@ def written_whole(final: Path, force: bool, record: str, made_by: str, why: str 
     final = Path(final)
     if inside is not None and final.resolve() in (Path(inside).resolve(), *Path(inside).resolve().parents):
         raise ValueError(f"{final} holds this run's input ({inside}): write the output elsewhere")
-    if final.exists() and not (final.is_dir() and not any(final.iterdir())):
-        if not force:
-            raise ValueError(f"{final} exists and is not empty: choose another output folder, or pass --force to "
-                             f"replace it{why}")
-        if not (final / record).is_file():
-            raise ValueError(f"{final} holds no {record}: --force replaces only a folder that {made_by} made, and "
-                             "this folder is not one")
-        other = sorted(p.name for p in final.iterdir() if makes is not None and not makes(p))
-        if other:
-            raise ValueError(f"{final} holds {', '.join(other[:3])}{' and more' if len(other) > 3 else ''}, which "
-                             f"{made_by} does not make: --force replaces the whole folder, so move "
-                             f"{'it' if len(other) == 1 else 'them'} out first, or choose another output folder")
+    check_replaceable(final, force, record, made_by, why, makes)
     tmp = folder_beside(final)
     try:
         yield tmp
@@ -141,6 +130,26 @@ def written_whole(final: Path, force: bool, record: str, made_by: str, why: str 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_replaceable(final: Path, force: bool, record: str, made_by: str, why: str = "",
+                      makes: Callable[[Path], bool] | None = None, hint: str = "") -> None:
+    """`written_whole`'s refusals (and export's, which writes its bundle the same way): `final`
+    new or an empty folder; else, with `force`, holding `record` (else refused, `hint` added) and
+    nothing that `makes` says `made_by` does not make."""
+    if not final.exists() or (final.is_dir() and not any(final.iterdir())):
+        return
+    if not force:
+        raise ValueError(f"{final} exists and is not empty: choose another output folder, or pass --force to "
+                         f"replace it{why}")
+    if not (final / record).is_file():
+        raise ValueError(f"{final} holds no {record}: --force replaces only a folder that {made_by} made, and "
+                         f"this folder is not one{hint}")
+    other = sorted(p.name for p in final.iterdir() if makes is not None and not makes(p))
+    if other:
+        raise ValueError(f"{final} holds {', '.join(other[:3])}{' and more' if len(other) > 3 else ''}, which "
+                         f"{made_by} does not make: --force replaces the whole folder, so move "
+                         f"{'it' if len(other) == 1 else 'them'} out first, or choose another output folder")
 
 
 def named(*names: str) -> Callable[[Path], bool]:
@@ -179,13 +188,18 @@ def _running(pid: int) -> bool:
     return True
 
 
+class FolderBusy(ValueError):
+    """Another process holds the folder a command would write: refused before it did anything."""
+
+
 @contextlib.contextmanager
 def folder_lock(folder: Path, timeout_s: float = 30.0, busy: str = "", shared: bool = False):
     """Hold `folder`'s advisory lock (flock) for a read-modify-write of a file in it, so that two
     writers (two `calibrate` runs into one thresholds file) do not each keep only their own change;
-    waits up to `timeout_s` for another holder (then TimeoutError, saying `busy` when given).
-    `shared`: a reader's lock, held by many at once, and by none while a writer holds it. A file
-    system without flock (some NFS) is written unlocked, as before."""
+    waits up to `timeout_s` for another holder (then TimeoutError, saying `busy` when given; with
+    `timeout_s` 0, FolderBusy at once: a second capture or training into one folder). `shared`: a
+    reader's lock, held by many at once, and by none while a writer holds it. A file system
+    without flock (some NFS) is written unlocked, as before."""
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         deadline = time.monotonic() + timeout_s
@@ -194,6 +208,8 @@ def folder_lock(folder: Path, timeout_s: float = 30.0, busy: str = "", shared: b
                 fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                if timeout_s <= 0:
+                    raise FolderBusy(busy or f"{folder}: another process is writing into it") from None
                 if time.monotonic() >= deadline:
                     raise TimeoutError(busy or f"{folder}: another process has held its lock for more than "
                                        f"{timeout_s:.0f} s (is another run writing the same file stuck?)") from None

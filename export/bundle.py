@@ -64,24 +64,16 @@ RELIEF_SAMPLES = 200
 
 def check_out(out: Path, force: bool) -> None:
     """A bundle's --out: new or empty, or (`force`) a bundle, replaced whole, and only when it holds
-    nothing a bundle does not (its manifest's files, and the engines built from them): a folder of
-    bundles, or one where other files were put, is never removed."""
-    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
-        return
-    if not force:
-        raise ValueError(f"{out} exists and is not empty; choose another --out or pass --force")
-    try:
-        files = set(json.loads((out / MANIFEST).read_text())["files"])
-    except (OSError, ValueError, KeyError, TypeError):
-        inner = sorted(p.name for p in out.iterdir() if (p / MANIFEST).is_file()) if out.is_dir() else []
-        raise ValueError(f"{out} holds no bundle's {MANIFEST}: --force replaces only a bundle, and this folder is not "
-                         "one" + (f" (it holds bundles: {', '.join(inner[:3])}; give the class's own folder, "
-                                  f"e.g. {out / inner[0]})" if inner else "")) from None
-    other = sorted(p.name for p in out.iterdir() if p.name not in files | {MANIFEST, "engines"})
-    if other:
-        raise ValueError(f"{out} holds {', '.join(other[:3])}{' and more' if len(other) > 3 else ''}, which is not "
-                         "part of the bundle: --force replaces the whole folder, so move "
-                         f"{'it' if len(other) == 1 else 'them'} out first, or choose another --out")
+    nothing a bundle does not (its manifest, graphs, arrays and the engines built from them): a
+    folder of bundles, or one where other files were put, is never removed."""
+    inner = sorted(p.name for p in out.iterdir() if (p / MANIFEST).is_file()) if out.is_dir() else []
+    hint = f" (it holds bundles: {', '.join(inner[:3])}; give the class's own folder, e.g. {out / inner[0]})" \
+        if inner else ""
+    durable.check_replaceable(out, force, MANIFEST, "adgan export", makes=_in_bundle, hint=hint)
+
+
+def _in_bundle(p: Path) -> bool:
+    return p.name in (MANIFEST, "engines") or (p.is_file() and p.suffix in (".onnx", ".npz"))
 
 
 def recipe_heat_sigma(size: int) -> float:

@@ -13,19 +13,16 @@ log = logging.getLogger(__name__)
 @contextlib.contextmanager
 def run_lock(run: Path, writes: bool):
     """A training run's folder, held while a command writes it (train, train-encoder) or reads it
-    (export, `writes` False: many may read at once): refused at once while another holds it."""
+    (export, `writes` False: many may read at once): refused at once (durable.FolderBusy) while
+    another holds it. A missing folder is not held: the command says what it lacks."""
     from agent import durable
+    if not Path(run).is_dir():
+        yield
+        return
     why = ("two of them would write over each other's checkpoints or encoder: wait for it to end, or choose another "
            "--out" if writes else "the bundle would be of a generator still in training: export when it has ended")
-    with contextlib.ExitStack() as held:
-        try:
-            held.enter_context(durable.folder_lock(run, 0, f"{run}: another adgan command is "
-                                                           f"{'using' if writes else 'writing'} this run now; {why}",
-                                                   shared=not writes))
-        except TimeoutError as e:
-            raise ValueError(str(e)) from None  # (refused before anything is done: exit 2)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{run}: no such training run folder") from None
+    with durable.folder_lock(run, 0, f"{run}: another adgan command is {'using' if writes else 'writing'} this run "
+                                     f"now; {why}", shared=not writes):
         yield
 
 
