@@ -24,6 +24,7 @@ import numpy as np
 from agent import durable
 from agent.frame import FrameError, Intrinsics, RGBDFrame, Sample
 from agent.segment.preprocess import Preprocessing, reframe
+from agent.sources.imagesize import check_size
 
 RGB_EXTS = (".jpg", ".jpeg", ".png")
 DEPTH_EXTS = (".png", ".tif", ".tiff")
@@ -198,6 +199,7 @@ def _imread(path: Path, flags: int) -> np.ndarray:
     data = np.fromfile(str(path), np.uint8) if path.is_file() else None
     if data is None or data.size == 0:
         raise FrameError(f"{path}: missing or empty file")
+    check_size(data.tobytes(), path)  # (a small file may declare a huge image)
     img = cv2.imdecode(data, flags)
     if img is None:
         raise FrameError(f"{path}: not a readable image (corrupt or unsupported)")
@@ -278,9 +280,9 @@ def read_mask(folder: Path, n: int) -> np.ndarray:
     as they are usually written: 0/255 (ours, MVTec AD's; smoothed edges cut at half), 0/1 or
     region labels (any value above 0), 8 or 16 bits, grey or colour (any channel)."""
     p = Path(folder) / "mask" / f"{n}.png"
-    m = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
-    if m is None:
+    if not p.is_file():
         raise FileNotFoundError(f"{p}: no ground-truth mask")
+    m = _imread(p, cv2.IMREAD_UNCHANGED)
     if m.ndim == 3:
         m = m[:, :, :3].max(axis=2)  # (an alpha channel is not the mask)
     half = np.iinfo(m.dtype).max // 2 if m.dtype.kind == "u" else 0.5

@@ -78,6 +78,62 @@ def test_corrupt_file_raises_and_the_source_moves_on(tmp_path):
     assert src.read() is None
 
 
+def _png_bomb(w: int, h: int) -> bytes:
+    """A valid grey PNG of w x h zeros: a few hundred kB that decode to w x h x 3 bytes as colour."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+    z = zlib.compressobj(9)
+    row = bytes(w + 1)
+    idat = b"".join(z.compress(row) for _ in range(h)) + z.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)) + chunk(b"IDAT", idat)
+            + chunk(b"IEND", b""))
+
+
+def test_a_small_file_that_declares_a_huge_image_is_not_decoded_and_the_source_moves_on(tmp_path):
+    """A 12000 x 12000 PNG of 180 kB decoded to 432 MB as colour (20000 x 20000: 2.4 GB from 389 kB),
+    enough to take a Jetson's memory, in a replayed folder or a training set."""
+    import resource
+    folder = _paper_folder(tmp_path)
+    bomb = _png_bomb(12000, 12000)
+    assert len(bomb) < 1_000_000
+    (folder / "rgb" / "1.jpg").unlink()
+    (folder / "rgb" / "1.png").write_bytes(bomb)
+    src = FolderSource(folder)
+    assert src.read().depth[16, 16] == 50
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(FrameError, match="1.png: declares 12000 x 12000 pixels"):
+        src.read()
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # kB: nothing was decoded
+    assert src.read().depth[16, 16] == 52
+
+
+def test_image_headers_give_the_size_the_decoder_gives():
+    import cv2
+
+    from agent.sources.imagesize import check_size, image_size
+    img = np.random.default_rng(0).integers(0, 255, (23, 37, 3), np.uint8)
+    for ext, params, a in ((".png", [], img), (".png", [], (img[..., 0].astype(np.uint16) * 200)),
+                           (".jpg", [], img), (".jpg", [cv2.IMWRITE_JPEG_PROGRESSIVE, 1], img),
+                           (".tif", [], img[..., 0].astype(np.uint16))):
+        data = cv2.imencode(ext, a, params)[1].tobytes()
+        assert image_size(data) == (37, 23), ext
+        check_size(data, "x" + ext)
+    assert image_size(b"\xff\xd8 not a jpeg") is None and image_size(b"GIF89a") is None and image_size(b"") is None
+    assert image_size(b"\x89PNG\r\n\x1a\n" + bytes(range(40))) is None  # a corrupt header declares nothing
+    jpg = bytearray(cv2.imencode(".jpg", img)[1].tobytes())
+    sof = jpg.index(b"\xff\xc0")
+    jpg[sof + 5:sof + 9] = (9000).to_bytes(2, "big") + (10000).to_bytes(2, "big")  # a header patched by hand
+    with pytest.raises(FrameError, match="declares 10000 x 9000 pixels"):
+        check_size(bytes(jpg), "x.jpg")
+    # a frame header behind 100 kB of metadata (an ICC profile, a thumbnail) is found all the same
+    app = b"\xff\xe2" + (65533).to_bytes(2, "big") + bytes(65531)
+    with pytest.raises(FrameError, match="declares 10000 x 9000 pixels"):
+        check_size(bytes(jpg[:2]) + app + app + bytes(jpg[2:]), "x.jpg")
+
+
 def test_raw_folder_errors_name_the_file(tmp_path):
     f = SyntheticSource(seed=2, width=64, height=48).frame(0)
     write_raw_frame(tmp_path, 0, f)
