@@ -6,6 +6,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# test processes (pytest-xdist, whole files to a process, so a file's fixtures are made once):
+# one per core, at most 4; `make test TEST_WORKERS=0` runs the suite in this one process
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); if [ "$$n" -gt 4 ]; then n=4; fi; \
+                  if [ "$$n" -lt 2 ]; then n=0; fi; echo $$n)
 APT_PACKAGES := mosquitto libusb-1.0-0 openssl systemd chromium chromium-driver strace e2fsprogs
 
 .PHONY: install test demo clean system-packages
@@ -36,7 +40,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 demo: install
 	$(VENV)/bin/adgan demo
