@@ -6,6 +6,7 @@ import csv
 import time
 from pathlib import Path
 
+from agent import durable
 from agent.scoring.bundle import Bundle
 from agent.sources.dataset import parse_frames
 from calibration.scoring import SCORER_BACKENDS, make_scorer, score_folder
@@ -18,14 +19,19 @@ def cmd_score(a: argparse.Namespace) -> int:
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     t0, n = time.perf_counter(), 0
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["path", "class", "score"])
-        for path, cls, s in score_folder(scorer, bundle, a.samples, parse_frames(a.frames, allow_step=True), not a.quiet):
-            w.writerow([path, cls, f"{s:.9g}"])
-            n += 1
-    tmp.replace(out)
+    frames = parse_frames(a.frames, allow_step=True)
+
+    def write(tmp: Path) -> None:
+        nonlocal n
+        with open(tmp, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["path", "class", "score"])
+            for path, cls, s in score_folder(scorer, bundle, a.samples, frames, not a.quiet):
+                w.writerow([path, cls, f"{s:.9g}"])
+                n += 1
+    # the rows under a name of this run's own, replacing --out whole at the end: an interrupted
+    # run leaves the previous file, and two runs writing one file at once each write a whole one
+    durable.write_with(out, write, private=True)
     dt = time.perf_counter() - t0
     print(f"scored {n} samples with {bundle.describe()} on {a.backend} in {dt:.1f} s "
           f"({1e3 * dt / max(n, 1):.0f} ms each) -> {out}")

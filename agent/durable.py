@@ -20,6 +20,7 @@ import fcntl
 import logging
 import os
 import re
+import secrets
 import shutil
 import tempfile
 import time
@@ -221,12 +222,18 @@ def folder_lock(folder: Path, timeout_s: float = 30.0, busy: str = "", shared: b
         os.close(fd)  # (the lock goes with it)
 
 
-def write_with(path: str | Path, write: Callable[[Path], None], suffix: str = ".tmp") -> None:
+def write_with(path: str | Path, write: Callable[[Path], None], suffix: str = ".tmp", private: bool = False) -> None:
     """`write(tmp)` writes the whole file under a temporary name beside `path`; it then replaces
     `path` durably. On any error (a full disk, a kill's KeyboardInterrupt) the temporary file is
-    removed and `path` is left as it was."""
+    removed and `path` is left as it was. `private`: a temporary name of this call's own (hidden;
+    the process id and a random part), for a file that two unlocked processes may write at once
+    (two `adgan score --out` of one CSV): each writes its own and the last to finish replaces
+    `path` with a whole file of its own, where with one shared name both wrote into one file."""
     path = Path(path)
-    tmp = path.with_name(path.name + suffix)
+    if private:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}{suffix}")
+    else:
+        tmp = path.with_name(path.name + suffix)
     try:
         write(tmp)
         replace(tmp, path)

@@ -106,6 +106,41 @@ def test_score_cli_refuses_samples_of_another_recipe(bundles, synth_data, tmp_pa
     assert "preprocessing" in capsys.readouterr().err
 
 
+def test_score_cli_writes_its_csv_whole_beside_another_run_and_leaves_the_old_one_when_stopped(
+        bundles, synth_data, tmp_path, monkeypatch, capsys):
+    """Two `adgan score --out scores.csv` at once (an engineer's two terminals, a script and a
+    person) shared one temporary name: the second truncated the first's file and both wrote into
+    it; the first renamed it, reported its 6 rows, and the CSV held the other's; the second failed
+    after all its work ("No such file or directory: 'scores.csv.tmp'"). A stopped run left the
+    temporary file behind."""
+    import adgan.score as score
+    bundle, out = str(bundles[("all", "mse")]), tmp_path / "scores.csv"
+    rows_of = lambda: [(r["path"], r["class"]) for r in csv.DictReader(open(out))]  # noqa: E731
+    real = score.score_folder
+
+    def with_another_run_inside(*args, **kw):  # the other run starts and ends while this one writes
+        monkeypatch.setattr(score, "score_folder", real)  # (the other run scores as it is)
+        for i, row in enumerate(real(*args, **kw)):
+            if i == 2:
+                assert main(["score", bundle, str(synth_data / "test" / "cylinder"), "--out", str(out),
+                             "--frames", "0:3", "--quiet"]) == 0
+                assert {c for _, c in rows_of()} == {"cylinder"} and len(rows_of()) == 3
+            yield row
+    monkeypatch.setattr(score, "score_folder", with_another_run_inside)
+    assert main(["score", bundle, str(synth_data / "test" / "sphere"), "--out", str(out), "--frames", "0:3",
+                 "--quiet"]) == 0, capsys.readouterr().err
+    rows = rows_of()  # the last to finish, whole, and only its own rows
+    assert len(rows) == 3 and {c for _, c in rows} == {"sphere"}, rows
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.csv"]
+
+    def stopped(*args, **kw):
+        yield from list(real(*args, **kw))[:1]
+        raise KeyboardInterrupt
+    monkeypatch.setattr(score, "score_folder", stopped)
+    assert main(["score", bundle, str(synth_data / "test" / "cylinder"), "--out", str(out), "--quiet"]) == 130
+    assert rows_of() == rows and sorted(p.name for p in tmp_path.iterdir()) == ["scores.csv"]
+
+
 @pytest.mark.parametrize("scope", ["none", "all"])
 def test_several_parts_per_call_score_as_one_at_a_time(tiny_run, synth_data, tmp_path, scope):
     """--parts-per-call P: every slot has its own part; each part's score is the one a bundle of
