@@ -81,7 +81,10 @@ def check_threshold(cls: str, bundle: Bundle, thresholds: str | Path, seed: int,
     except (ThresholdError, OSError) as e:
         raise SettingError("model.thresholds", str(e)) from None
     rec_seed = thr.record.get("seed")
-    if rec_seed is not None and int(rec_seed) != seed:
+    if rec_seed is not None and (isinstance(rec_seed, bool) or not isinstance(rec_seed, int)):
+        raise SettingError("model.thresholds", f"{thresholds}: class {cls!r}: the recorded latent seed must be a "
+                                               f"whole number, got {rec_seed!r}")
+    if rec_seed is not None and rec_seed != seed:
         raise SettingError("model.seed", f"{thresholds}: the threshold of {cls!r} was calibrated with latent seed "
                                          f"{rec_seed}, the agent uses seed {seed}; set model.seed = {rec_seed} "
                                          "or recalibrate")
@@ -98,7 +101,24 @@ def check_threshold(cls: str, bundle: Bundle, thresholds: str | Path, seed: int,
 def _search_overrides(thr: ClassThreshold) -> dict:
     """The search hyperparameters the threshold was calibrated with (recorded beside it)."""
     search = thr.record.get("search") or {}
+    if not isinstance(search, dict):
+        raise ValueError(f"'search' must be an object, got {search!r}")
     return {k: search[k] for k in ("n_seed", "k", "lr_z", "lr_theta") if k in search}
+
+
+def _searcher(thr: ClassThreshold, bundle: Bundle, engine: Backend, seed: int, thresholds: str | Path) -> Searcher:
+    """The search the threshold was calibrated with, on `engine`; a record that cannot be used
+    (written by hand: a k of -1, a count as text) is refused (SettingError), as a bad threshold is."""
+    try:
+        ov = _search_overrides(thr)
+        bad = [k for k, v in ov.items() if isinstance(v, bool) or not isinstance(v, int if k in ("n_seed", "k") else
+                                                                               (int, float))]
+        if bad:
+            raise ValueError(f"{', '.join(f'{k} {ov[k]!r}' for k in bad)}: not a number of the search's kind")
+        return Searcher(bundle, engine, seed, **ov)
+    except (TypeError, ValueError) as e:
+        raise SettingError("model.thresholds", f"{thresholds}: the search recorded for {thr.cls!r} cannot be used "
+                                               f"({e}); calibrate again") from None
 
 
 def load_class_model(cls: str, bundle_path: str | Path, thresholds: str | Path, seed: int,
@@ -106,8 +126,14 @@ def load_class_model(cls: str, bundle_path: str | Path, thresholds: str | Path, 
     bundle, thr = check_class_model(cls, bundle_path, thresholds, seed, backend_settings)
     engine = backend if backend is not None else open_backend(bundle, backend_settings)
     name = getattr(backend_settings, "type", "onnxruntime")
+    try:
+        searcher = _searcher(thr, bundle, engine, seed, thresholds)
+    except BaseException:
+        if backend is None:
+            engine.close()
+        raise
     log.info("class %s: %s on %s, threshold %.6g", cls, bundle.describe(), name, thr.threshold)
-    return ClassModel(bundle, thr, Searcher(bundle, engine, seed, **_search_overrides(thr)), name)
+    return ClassModel(bundle, thr, searcher, name)
 
 
 def with_thresholds(models: dict[str, ClassModel], thresholds: str | Path, seed: int,
@@ -118,9 +144,11 @@ def with_thresholds(models: dict[str, ClassModel], thresholds: str | Path, seed:
     out = {}
     for cls, m in models.items():
         thr = check_threshold(cls, m.bundle, thresholds, seed, backend_settings)
-        ov = _search_overrides(thr)
-        searcher = m.searcher if ov == _search_overrides(m.threshold) else \
-            Searcher(m.bundle, m.searcher.backend, seed, **ov)
+        try:
+            same = _search_overrides(thr) == _search_overrides(m.threshold)
+        except ValueError:
+            same = False  # (refused just below, by _searcher)
+        searcher = m.searcher if same else _searcher(thr, m.bundle, m.searcher.backend, seed, thresholds)
         out[cls] = ClassModel(m.bundle, thr, searcher, m.backend_name)
     return out
 

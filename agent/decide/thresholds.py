@@ -17,6 +17,7 @@ from typing import Any
 from agent import durable
 
 THRESHOLDS_FORMAT = 1
+MAX_BYTES = 64 << 20  # a class's record is a few kB: a larger file is not one (and is not read on a station)
 
 
 class ThresholdError(ValueError):
@@ -48,13 +49,25 @@ def recorded_engine(record: dict[str, Any]) -> str | None:
 
 
 def read_thresholds(path: str | Path) -> dict[str, Any]:
+    """The file's document. A file saved by an editor as UTF-16 or with a UTF-8 byte order mark
+    reads as what it says (JSON's own detection); other text, a document nested too deeply for the
+    parser and one larger than MAX_BYTES are refused (ThresholdError), not raised as they come."""
     path = Path(path)
     if not path.is_file():
         raise ThresholdError(f"thresholds file {path} does not exist (make one with 'adgan calibrate')")
+    size = path.stat().st_size
+    if size > MAX_BYTES:
+        raise ThresholdError(f"{path}: {size} bytes, more than a thresholds file holds (at most {MAX_BYTES})")
+    raw = path.read_bytes()
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(raw)
     except json.JSONDecodeError as e:
         raise ThresholdError(f"{path}: not valid JSON ({e})") from None
+    except UnicodeDecodeError as e:
+        raise ThresholdError(f"{path}: not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 1]!r}); "
+                             "save it as UTF-8") from None
+    except RecursionError:
+        raise ThresholdError(f"{path}: nested too deeply to be a thresholds file") from None
     if not isinstance(doc, dict) or doc.get("format") != THRESHOLDS_FORMAT or not isinstance(doc.get("classes"), dict):
         raise ThresholdError(f"{path}: not a thresholds file of format {THRESHOLDS_FORMAT}")
     return doc

@@ -2,6 +2,7 @@
 used is said, and the thresholds in use stay."""
 from __future__ import annotations
 
+import json
 import shutil
 
 from agent.decide.thresholds import FileWatch, read_thresholds, write_threshold
@@ -59,6 +60,25 @@ def test_new_thresholds_take_effect_and_refused_ones_are_said(broker, calibrated
         assert {e["threshold"] for e in events()[n:]} == {2 * rec["threshold"]}
         assert "changed but cannot be used" in agent.output()
 
+        # files an editor or a hand wrote: they stopped the agent (a UnicodeDecodeError, a
+        # ValueError from the recorded search), where a file that cannot be used is to be said
+        good = {**rec, "threshold": 3 * rec["threshold"]}
+        k_of_hand = {"format": 1, "classes": {"sphere": {**good, "search": {**rec.get("search", {}), "k": -1}}}}
+        for text, said in ((b"\x93sphere\x94: 0.1\n", "not UTF-8"),  # Windows-1252 quotes
+                           (b"[" * 100000, "nested too deeply"),
+                           (json.dumps(k_of_hand).encode(), "the search recorded for 'sphere' cannot be used")):
+            thresholds.write_bytes(text)
+            assert sub.wait_for(lambda m: said in (statuses()[-1]["thresholds"]["error"] or ""), 30), \
+                (statuses()[-1]["thresholds"], agent.output()[-3000:])
+            assert agent.proc.poll() is None
+        # saved by Windows Notepad as "Unicode" (UTF-16) or UTF-8 with a BOM: read as what it says
+        for encoding in ("utf-16", "utf-8-sig"):
+            thresholds.write_text('{"format": 1, "classes": {"sphere": %s}}' % json.dumps(good), encoding=encoding)
+            assert sub.wait_for(lambda m: statuses()[-1]["thresholds"]["state"] == "loaded"
+                                and events()[-1]["threshold"] == good["threshold"], 30), agent.output()[-3000:]
+            write_threshold(thresholds, "sphere", {**good, "threshold": 2 * rec["threshold"]})
+            assert sub.wait_for(lambda m: events()[-1]["threshold"] == 2 * rec["threshold"], 30)
+
         # the bundle exported again and calibrated: its thresholds wait for a restart, which is said
         other = bundles[("all", "fg")]
         shutil.rmtree(bundle)
@@ -70,3 +90,33 @@ def test_new_thresholds_take_effect_and_refused_ones_are_said(broker, calibrated
     finally:
         agent.stop()
         sub.close()
+
+
+def test_records_written_by_hand_are_refused_as_a_setting_at_start(bundles, tmp_path, monkeypatch):
+    """A recorded seed or search that cannot be used raised a ValueError or TypeError of its own
+    (an int() of text, the search's own checks), which a reload did not catch: the agent stopped."""
+    import pytest
+
+    from agent.decide import thresholds as th
+    from agent.decide.inspector import load_class_model
+    from agent.settings import SettingError
+    b = bundles[("none", "fg")]
+    base = {"threshold": 0.5, "bundle_hash": Bundle.load(b).bundle_hash, "engine": "onnxruntime/CPUExecutionProvider"}
+    p = tmp_path / "t.json"
+    for extra, said in (({"seed": "0"}, "latent seed must be a whole number, got '0'"),
+                        ({"search": ["k", 5]}, "'search' must be an object"),
+                        ({"search": {"k": "5"}}, "k '5': not a number"),
+                        ({"search": {"k": 5.5}}, "k 5.5: not a number"),
+                        ({"search": {"n_seed": 0}}, "n_seed and seeds_per_call must be >= 1"),
+                        ({"search": {"lr_z": None}}, "lr_z None")):
+        p.write_text(json.dumps({"format": 1, "classes": {"sphere": {**base, **extra}}}))
+        with pytest.raises(SettingError, match="model.thresholds") as e:
+            load_class_model("sphere", b, p, 0)
+        assert said in str(e.value), (extra, str(e.value))
+    p.write_text(json.dumps({"format": 1, "classes": {"sphere": {**base, "seed": 0, "search": {"k": 3, "lr_z": 0.1}}}}))
+    m = load_class_model("sphere", b, p, 0)
+    assert (m.searcher.params.k, m.searcher.params.lr_z) == (3, 0.1)
+    m.close()
+    monkeypatch.setattr(th, "MAX_BYTES", 100)  # (64 MiB: a file copied over it by mistake is not read)
+    with pytest.raises(SettingError, match="more than a thresholds file holds"):
+        load_class_model("sphere", b, p, 0)

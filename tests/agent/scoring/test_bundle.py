@@ -56,6 +56,16 @@ def test_bad_manifests_are_refused(bundles, tmp_path, edit, msg):
         Bundle.load(p)
 
 
+@pytest.mark.parametrize("raw, msg", [(b"{\"format\": 2", "not valid JSON"), (b"\x93\x94", "UnicodeDecodeError"),
+                                      (b"[" * 100000, "RecursionError")])
+def test_a_manifest_that_is_no_json_is_a_bundle_error(tmp_path, raw, msg):
+    """(A manifest of other bytes raised a UnicodeDecodeError, one nested too deeply a
+    RecursionError: not the BundleError a reload's check of the bundle on disk catches.)"""
+    (tmp_path / "manifest.json").write_bytes(raw)
+    with pytest.raises(BundleError, match=msg):
+        Bundle.load(tmp_path)
+
+
 def test_missing_file_and_not_a_bundle(bundles, tmp_path):
     with pytest.raises(BundleError, match="no manifest.json"):
         Bundle.load(tmp_path)
