@@ -222,7 +222,14 @@ def load_run_file(run: str | Path, name: str, fmt: int, what: str, how: str) -> 
     p = p / name if p.is_dir() else p
     if not p.is_file():
         raise FileNotFoundError(f"no {what} at {p} ({how})")
-    st = torch.load(p, map_location="cpu", weights_only=False)
+    try:
+        st = torch.load(p, map_location="cpu", weights_only=False)
+    except OSError:
+        raise
+    except Exception as e:  # a file cut short or not torch's (RuntimeError, UnpicklingError, EOFError...)
+        why = (str(e).strip().splitlines() or [""])[0].split(". ")[0][:200]
+        raise ValueError(f"{p}: not a readable {what} ({type(e).__name__}: {why}); the file is damaged or cut "
+                         f"short (copied while being written? a full disk?): copy it again, or {how}") from None
     if not isinstance(st, dict) or st.get("format") != fmt:
         raise ValueError(f"{p} is not an adgan-edge {what} of format {fmt}")
     return st

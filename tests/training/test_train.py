@@ -137,6 +137,26 @@ def test_a_run_being_trained_is_neither_trained_again_nor_exported_meanwhile(syn
     assert main([*base, "--epochs", "2", "--resume"]) == 0 and load_checkpoint(run)["epoch"] == 2
 
 
+def test_a_damaged_checkpoint_or_encoder_is_said_by_name_not_as_a_traceback(encoded_run, tmp_path, capsys):
+    """A run copied from the workstation cut short, or a file of other bytes, ended export and
+    train --resume in torch's own traceback (RuntimeError from the zip reader, UnpicklingError)."""
+    import shutil
+    for name, cut in (("checkpoint.pt", 1000), ("encoder.pt", 0), ("encoder.pt", None)):
+        run = tmp_path / f"run-{name}-{cut}"
+        shutil.copytree(encoded_run, run)
+        p = run / name
+        p.write_bytes(p.read_bytes()[:cut] if cut is not None else b"\x1f" * 5000)
+        for cmd in (["export", str(run), "--out", str(tmp_path / "b"), "--no-relief", "--no-shape"],
+                    ["train-encoder", str(run), "--epochs", "1", "--quiet"] if name == "checkpoint.pt" else
+                    ["train", "x", "--class", "sphere", "--out", str(run), "--resume", "--epochs", "9", "--quiet"]):
+            assert main(cmd) == 2, cmd
+            err = capsys.readouterr().err
+            what = name.removesuffix(".pt")
+            assert f"{p}: not a readable {what} (" in err and "copy it again" in err, (cmd, err)
+            assert "Traceback" not in err
+        assert not (tmp_path / "b").exists()
+
+
 def test_augment_shift_fills_background_and_flip_mirrors():
     x = torch.arange(16.0).reshape(1, 1, 4, 4).repeat(64, 1, 1, 1)
     g = torch.Generator().manual_seed(0)
