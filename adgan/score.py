@@ -17,6 +17,8 @@ def cmd_score(a: argparse.Namespace) -> int:
     scorer = make_scorer(bundle, a.backend, a.seed, a.threads, n_seed=a.n_seed, k=a.k, lr_z=a.lr_z,
                          lr_theta=a.lr_theta)
     out = Path(a.out)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder: name the CSV to write (e.g. {out / 'scores.csv'})")
     out.parent.mkdir(parents=True, exist_ok=True)
     t0, n = time.perf_counter(), 0
     frames = parse_frames(a.frames, allow_step=True)

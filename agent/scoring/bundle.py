@@ -73,8 +73,8 @@ class SearchDefaults(Record):
     def __post_init__(self) -> None:
         if self.n_seed < 1 or self.k < 0 or self.seeds_per_call < 1:
             raise ValueError("n_seed and seeds_per_call must be >= 1, k >= 0")
-        if self.lr_z < 0 or self.lr_theta < 0:
-            raise ValueError("learning rates must be >= 0")
+        if not (0 <= self.lr_z < float("inf") and 0 <= self.lr_theta < float("inf")):
+            raise ValueError(f"learning rates must be finite numbers >= 0, got lr_z {self.lr_z}, lr_theta {self.lr_theta}")
         if self.theta_scope not in THETA_SCOPES:
             raise ValueError(f"theta_scope must be one of {THETA_SCOPES}, got {self.theta_scope!r}")
         if self.loss not in LOSSES:
@@ -83,7 +83,7 @@ class SearchDefaults(Record):
             raise ValueError(f"fg_threshold must be in (-1, 1), got {self.fg_threshold}")
         if self.z_init not in Z_INITS:
             raise ValueError(f"z_init must be one of {Z_INITS}, got {self.z_init!r}")
-        if self.z_init_noise < 0:
+        if not 0 <= self.z_init_noise < float("inf"):
             raise ValueError(f"z_init_noise must be >= 0, got {self.z_init_noise}")
         if self.k == 0 and self.z_init != "encoder":
             raise ValueError("k 0 scores G(E(x)) without a search (the encoder alone, as f-AnoGAN): "

@@ -106,6 +106,19 @@ def test_score_cli_refuses_samples_of_another_recipe(bundles, synth_data, tmp_pa
     assert "preprocessing" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("args, said", [(["--lr-z", "nan"], "learning rates must be finite numbers >= 0, got lr_z nan"),
+                                        (["--lr-theta", "inf"], "lr_theta inf"),
+                                        (["--out", "."], "is a folder: name the CSV to write")])
+def test_score_cli_refuses_a_learning_rate_that_is_no_number_and_a_folder_as_its_csv(
+        bundles, synth_data, tmp_path, monkeypatch, capsys, args, said):
+    """(--lr-z nan scored every sample as NaN, and --out a folder failed naming a temporary file.)"""
+    monkeypatch.chdir(tmp_path)
+    assert main(["score", str(bundles[("all", "mse")]), str(synth_data / "test" / "sphere"), "--out", "s.csv",
+                 "--quiet", *args]) == 2
+    assert said in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_score_cli_writes_its_csv_whole_beside_another_run_and_leaves_the_old_one_when_stopped(
         bundles, synth_data, tmp_path, monkeypatch, capsys):
     """Two `adgan score --out scores.csv` at once (an engineer's two terminals, a script and a
