@@ -86,8 +86,8 @@ def choose(points: dict, budget_ms: float, measure: Callable[[str], float],
            log: Callable[[str], None] = print) -> tuple[str, float, float]:
     """(point, its measured ms, the default's measured ms): the highest-quality point whose
     measured cost here fits `budget_ms`. `measure(name)` times a point on this machine."""
-    if not budget_ms > 0:
-        raise ValueError(f"--budget-ms must be > 0, got {budget_ms}")
+    if not 0 < budget_ms < float("inf"):
+        raise ValueError(f"--budget-ms must be a finite number > 0, got {budget_ms}")
     base_ms = measure("default")
     log(f"default point: {base_ms:.1f} ms per score here")
     measured = {"default": base_ms}

@@ -64,6 +64,10 @@ def train_encoder(run: str | Path, epochs: int, features: int = 32, batch_size: 
 
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if not 0 < lr < float("inf"):
+        raise ValueError(f"--lr must be a finite number > 0, got {lr}")
+    if not -1 < fg_threshold < 1:
+        raise ValueError(f"--fg-threshold must be in (-1, 1), got {fg_threshold}")
     run = Path(run)
     st = load_checkpoint(run)
     g, which = generator_from_checkpoint(st, True)

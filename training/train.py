@@ -56,6 +56,10 @@ class TrainConfig(Record):
             raise ValueError(f"--kind must be one of {', '.join(RECIPES)}, got {self.kind!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("--epochs and --batch-size must be >= 1")
+        for name in ("lr_g", "lr_d"):  # (an infinite one trained to NaN weights and said nothing)
+            v = getattr(self, name)
+            if v is not None and not 0 < v < float("inf"):
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number > 0, got {v}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"--ema must be in [0, 1), got {self.ema}")
         if self.shift < 0:

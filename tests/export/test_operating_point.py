@@ -28,6 +28,9 @@ def test_the_best_point_that_fits_is_chosen_and_timed_first():
     assert (n, ms, base) == ("k3", 30.0, 100.0) and timed == ["default", "k3"]  # top4 and k10 not even timed
     with pytest.raises(ValueError, match="no validated operating point fits 1 ms"):
         choose(POINTS, 1, measure, log=lambda s: None)
+    for bad in (float("inf"), float("nan"), 0):  # (an infinite budget was taken as one)
+        with pytest.raises(ValueError, match="--budget-ms must be a finite number > 0"):
+            choose(POINTS, bad, measure, log=lambda s: None)
     assert named(POINTS, "best") == "top4" and named(POINTS, "fast") == "k0" and named(POINTS, "default") == "default"
 
 

@@ -137,6 +137,23 @@ def test_a_run_being_trained_is_neither_trained_again_nor_exported_meanwhile(syn
     assert main([*base, "--epochs", "2", "--resume"]) == 0 and load_checkpoint(run)["epoch"] == 2
 
 
+@pytest.mark.parametrize("opt, value", [("--lr-g", "inf"), ("--lr-d", "0"), ("--lr-g", "-1")])
+def test_a_learning_rate_that_cannot_train_is_refused(synth_data, tmp_path, capsys, opt, value):
+    """(--lr-g inf trained, saved a generator of NaN weights and said "done".)"""
+    assert main(["train", str(synth_data / "train"), "--class", "sphere", "--size", "32", "--epochs", "1",
+                 "--out", str(tmp_path / "r"), "--quiet", opt, value]) == 2
+    assert f"{opt} must be a finite number > 0, got {float(value)}" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+def test_an_encoder_learning_rate_that_cannot_train_is_refused(tiny_run, capsys):
+    for opt, value, said in (("--lr", "inf", "--lr must be a finite number > 0"),
+                             ("--fg-threshold", "nan", "--fg-threshold must be in (-1, 1)")):
+        assert main(["train-encoder", str(tiny_run), "--epochs", "1", "--quiet", opt, value]) == 2
+        assert said in capsys.readouterr().err
+    assert not (tiny_run / "encoder.pt").exists()
+
+
 def test_a_damaged_checkpoint_or_encoder_is_said_by_name_not_as_a_traceback(encoded_run, tmp_path, capsys):
     """A run copied from the workstation cut short, or a file of other bytes, ended export and
     train --resume in torch's own traceback (RuntimeError from the zip reader, UnpicklingError)."""
