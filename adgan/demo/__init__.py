@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -100,6 +101,24 @@ def search_arg(field: str, cast):
     return check
 
 
+def number(cast, low: float, high: float | None = None, low_open: bool = False):
+    """An argparse type for a number >= low (> low with `low_open`; < high), checked when the
+    command line is read: --fps nan or --timeout -5 went through the demo's minutes of data and
+    training first, and failed, or went on with nonsense, only at the live station."""
+    kind = "whole number" if cast is int else "finite number"
+    want = f"a {kind} {'>' if low_open else '>='} {low:g}" + (f" and < {high:g}" if high is not None else "")
+
+    def check(v: str):
+        try:
+            x = cast(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {want}, got {v!r}") from None
+        if not (math.isfinite(x) and (x > low if low_open else x >= low) and (high is None or x < high)):
+            raise argparse.ArgumentTypeError(f"must be {want}, got {v}")
+        return x
+    return check
+
+
 def add_parser(sub) -> None:
     q = sub.add_parser("demo", help="run the main job end to end: data, training, bundles, thresholds, report, "
                                     "and a live station over MQTT",
@@ -108,8 +127,8 @@ def add_parser(sub) -> None:
     q.add_argument("--data", default=None, help="a real dataset in the paper's layout instead of synthetic parts")
     q.add_argument("--train-frames", default="0:700", help="with --data: training frames (default 0:700)")
     q.add_argument("--test-frames", default="700:1000", help="with --data: test frames (default 700:1000)")
-    q.add_argument("--train", type=int, default=300, help="synthetic training samples per class (default 300)")
-    q.add_argument("--test", type=int, default=30, help="synthetic test samples per class (default 30)")
+    q.add_argument("--train", type=number(int, 1), default=300, help="synthetic training samples per class (default 300)")
+    q.add_argument("--test", type=number(int, 1), default=30, help="synthetic test samples per class (default 30)")
     from agent.sources.synthetic import VARIETIES
     q.add_argument("--variety", choices=VARIETIES, default="product",
                    help="synthetic parts: 'product' (default) makes each class one product of the station, made "
@@ -119,18 +138,18 @@ def add_parser(sub) -> None:
     q.add_argument("--framing", choices=("frame", "object"), default="object",
                    help="synthetic samples: 'object' crops around the part (default), 'frame' is the paper's "
                         "central square of the camera frame")
-    q.add_argument("--features", type=int, default=16, help="generator and discriminator width (default 16)")
-    q.add_argument("--epochs", type=int, default=150, help="training epochs per class (default 150)")
+    q.add_argument("--features", type=number(int, 1), default=16, help="generator and discriminator width (default 16)")
+    q.add_argument("--epochs", type=number(int, 1), default=150, help="training epochs per class (default 150)")
     q.add_argument("--kind", choices=("gan", "wgan", "wgan-gp"), default="gan", help="training recipe (default gan)")
     from calibration.metrics import POLICIES
     q.add_argument("--policy", choices=POLICIES, default="target-fpr",
                    help="threshold policy on the test parts (adgan calibrate --policy): target-fpr (default: a "
                         "false-alarm budget on normal parts, as a line sets it), equal-rates (the paper's), "
                         "max-accuracy")
-    q.add_argument("--fpr", type=float, default=0.05,
+    q.add_argument("--fpr", type=number(float, 0, 1), default=0.05,
                    help="with target-fpr: the false-alarm rate on normal test parts (default 0.05: 30 normal "
                         "parts cannot resolve less)")
-    q.add_argument("--k", type=int, default=None, help="search steps per seed (default: adgan export's)")
+    q.add_argument("--k", type=number(int, 0), default=None, help="search steps per seed (default: adgan export's)")
     q.add_argument("--loss", choices=("mse", "fg", "fg_input"), default="fg_input",
                    help="search and score loss (default fg_input: the part's own pixels; mse is the paper's)")
     q.add_argument("--pool", type=search_arg("pool", int), default=None,
@@ -138,24 +157,25 @@ def add_parser(sub) -> None:
     q.add_argument("--depth-weight", type=search_arg("depth_weight", float), default=1.0,
                    help="weight of the depth channel's squared error against each RGB channel's (default 1: the "
                         "demo's measured search; adgan export's default is 3)")
-    q.add_argument("--score-cells", type=int, default=0,
+    q.add_argument("--score-cells", type=number(int, 0), default=0,
                    help="the score: 0 the search's mean loss over the part; K the mean of the K cells that differ "
                         "most (adgan export --score-cells)")
     from agent.scoring.bundle import SCORE_NORMS
     q.add_argument("--score-norm", choices=SCORE_NORMS, default="none",
                    help="with --score-cells: standardise each cell against the training parts (adgan export "
                         "--score-norm)")
-    q.add_argument("--damage-parts", type=int, default=20,
+    q.add_argument("--damage-parts", type=number(int, 0), default=20,
                    help="parts per class rendered intact and with each defect for the report's local-damage "
                         "section (per-defect AUROC, maps); with --data: the test frames, damaged; 0: none")
-    q.add_argument("--encoder-epochs", type=int, default=60,
+    q.add_argument("--encoder-epochs", type=number(int, 0), default=60,
                    help="train an encoder so the search starts at E(x) (default 60 epochs; 0: random z as the paper)")
-    q.add_argument("--parts", type=int, default=24, help="parts through the live station (default 24)")
+    q.add_argument("--parts", type=number(int, 1), default=24, help="parts through the live station (default 24)")
     q.add_argument("--expected", default="cylinder", help="the class the station inspects (default cylinder)")
-    q.add_argument("--fps", type=float, default=10.0, help="camera frame rate of the live stream (default 10)")
+    q.add_argument("--fps", type=number(float, 0), default=10.0,
+                   help="camera frame rate of the live stream (default 10; 0: as fast as the station inspects)")
     q.add_argument("--embedded-broker", action="store_true",
                    help="use the Python broker (amqtt, the broker extra) even if mosquitto exists")
-    q.add_argument("--timeout", type=float, default=600, help="give the live station this long (s)")
+    q.add_argument("--timeout", type=number(float, 0, low_open=True), default=600, help="give the live station this long (s)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--quiet", action="store_true", help="no progress bars and no per-part lines")
     q.set_defaults(func=cmd_demo)

@@ -7,7 +7,7 @@ import cv2
 import jsonschema
 import pytest
 
-from adgan.cli import build_parser
+from adgan.cli import build_parser, main
 from adgan.demo import run_demo
 from agent.mqtt.events import SCHEMA_PATH
 from agent.settings import load_settings
@@ -155,3 +155,16 @@ def test_the_demo_writes_only_into_a_new_folder_or_a_demo_s_own(tmp_path, capsys
         claim_out(old)
     claim_out(tmp_path / "new" / "demo")
     assert (tmp_path / "new" / "demo" / DEMO_MARK).is_file()
+
+
+@pytest.mark.parametrize("args, said", [(["--fps", "nan"], "--fps: must be a finite number >= 0, got nan"),
+                                        (["--timeout", "-5"], "--timeout: must be a finite number > 0, got -5"),
+                                        (["--fpr", "1"], "--fpr: must be a finite number >= 0 and < 1, got 1"),
+                                        (["--parts", "0"], "--parts: must be a whole number >= 1, got 0"),
+                                        (["--k", "-1"], "--k: must be a whole number >= 0, got -1")])
+def test_numbers_that_cannot_run_are_refused_before_any_work(tmp_path, capsys, args, said):
+    """(They went through minutes of data and training first, then failed or went on with them.)"""
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--out", str(tmp_path / "d"), *args])
+    assert e.value.code == 2 and said in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
