@@ -13,6 +13,7 @@ import numpy as np
 from adgan.figure1 import segmentation_steps
 from adgan.prepare import make_reference, prepare_samples
 from adgan.synth import REFERENCE_FRAMES, synth_damage_dataset, synth_dataset, synth_raw
+from agent.argtypes import number
 from agent.segment.preprocess import Preprocessing
 from agent.segment.reference import SurfaceReference
 from agent.segment.segmentation import SegmentationConfig
@@ -195,7 +196,7 @@ def add_parser(sub) -> None:
                                   "layout of 'adgan dataset damage', for 'adgan evaluate --damage'.")
     q.add_argument("out", help="output folder")
     q.add_argument("--classes", type=classes, default=list(CLASSES), help="comma-separated (default: all three)")
-    q.add_argument("--n", type=int, default=40, help="intact parts per class (default 40)")
+    q.add_argument("--n", type=number(int, 1), default=40, help="intact parts per class (default 40)")
     q.add_argument("--defects", type=defects, default=list(DEFECTS), help=f"default: {','.join(DEFECTS)}")
     q.add_argument("--seed", type=int, default=0, help="station and part seed (same seed, same dataset)")
     q.add_argument("--width", type=int, default=640, help="camera width (default 640)")
@@ -257,8 +258,8 @@ def add_parser(sub) -> None:
                                   "(like the paper's Figure 2).")
     q.add_argument("dir", help="a dataset root (class folders) or one class folder")
     q.add_argument("--out", required=True, help="PNG to write")
-    q.add_argument("--n", type=int, default=10, help="samples per row (default 10), spread over the folder")
-    q.add_argument("--scale", type=int, default=2, help="pixel scale (default 2)")
+    q.add_argument("--n", type=number(int, 1), default=10, help="samples per row (default 10), spread over the folder")
+    q.add_argument("--scale", type=number(int, 1), default=2, help="pixel scale (default 2)")
     q.add_argument("--frames", default=None, help="LO:HI frame numbers (half-open)")
     q.set_defaults(func=cmd_grid)
 

@@ -10,6 +10,8 @@ import ssl
 import sys
 from pathlib import Path
 
+from agent.argtypes import number
+
 
 def _load(a: argparse.Namespace):
     """Settings, or None after printing every invalid field (exit code 2)."""
@@ -238,7 +240,7 @@ def add_parser(sub) -> None:
                       description="Read frames of the empty table from the configured source and store their "
                                   "per-pixel median depth as the surface reference (.npz).")
     common(q)
-    q.add_argument("--count", "--frames", dest="frames", type=int, default=30,
+    q.add_argument("--count", "--frames", dest="frames", type=number(int, 1), default=30,
                    help="how many frames to take the median of (default 30; '--frames' is the old spelling)")
     q.add_argument("--out", default=None, help="where to write (default: segmentation.reference)")
     q.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
@@ -255,10 +257,10 @@ def add_parser(sub) -> None:
                                   "was written is kept and said), 2 for bad settings.")
     common(q)
     q.add_argument("--out", required=True, help="raw-layout folder to write into (created if needed)")
-    q.add_argument("--count", type=int, default=100, help="how many frames to write (default 100)")
+    q.add_argument("--count", type=number(int, 1), default=100, help="how many frames to write (default 100)")
     q.add_argument("--parts", action="store_true",
                    help="one frame per part passage, on the frame where it settled (needs the reference)")
-    q.add_argument("--every", type=int, default=1, help="without --parts: keep every N-th frame read (default 1)")
+    q.add_argument("--every", type=number(int, 1), default=1, help="without --parts: keep every N-th frame read (default 1)")
     q.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     q.set_defaults(func=cmd_capture_frames)
 

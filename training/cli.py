@@ -7,6 +7,8 @@ import logging
 import os
 from pathlib import Path
 
+from agent.argtypes import number
+
 log = logging.getLogger(__name__)
 
 
@@ -103,7 +105,7 @@ def add_parser(sub) -> None:
     q.add_argument("--batch-size", type=int, default=None, help="default 32 (--paper: 64)")
     q.add_argument("--lr-g", type=float, default=None, help="generator learning rate (default: the kind's recipe)")
     q.add_argument("--lr-d", type=float, default=None, help="discriminator/critic learning rate (default: recipe)")
-    q.add_argument("--n-critic", type=int, default=None, help="critic steps per generator step (default: recipe)")
+    q.add_argument("--n-critic", type=number(int, 1), default=None, help="critic steps per generator step (default: recipe)")
     q.add_argument("--features-g", type=int, default=None, help="generator width (default 32; paper: 64)")
     q.add_argument("--features-d", type=int, default=None, help="discriminator width (default 32; paper: 64)")
     q.add_argument("--size", type=int, choices=(32, 64, 128), default=64, help="resolution (default 64)")
@@ -130,10 +132,10 @@ def add_parser(sub) -> None:
                    help="augment the part's colour: scale its saturation by a factor in [1-F, 1+F] (0-1)")
     q.add_argument("--brightness-jitter", type=float, default=0.0, metavar="F",
                    help="augment the part's colour: scale its brightness by a factor in [1-F, 1+F] (0-1)")
-    q.add_argument("--sample-every", type=int, default=0,
+    q.add_argument("--sample-every", type=number(int, 0), default=0,
                    help="epochs between numbered sample grids kept in RUN/samples (0: ~50 per run); "
                         "samples/latest.png and losses.png are written every epoch")
-    q.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    q.add_argument("--threads", type=number(int, 0), default=None, help="torch CPU threads (default: all cores)")
     q.add_argument("--resume", action="store_true", help="continue the run in --out up to --epochs")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_train)
@@ -161,14 +163,14 @@ def add_encoder_parser(sub) -> None:
                                    "(f-AnoGAN's izi_f). Writes RUN/encoder.pt.")
     q.add_argument("run", help="training run folder (its generator stays frozen)")
     q.add_argument("--epochs", type=int, required=True, help="passes over the run's training samples")
-    q.add_argument("--features", type=int, default=32, help="encoder width (default 32)")
-    q.add_argument("--batch-size", type=int, default=32, help="samples per step (default 32)")
+    q.add_argument("--features", type=number(int, 1), default=32, help="encoder width (default 32)")
+    q.add_argument("--batch-size", type=number(int, 1), default=32, help="samples per step (default 32)")
     q.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate (default 2e-4)")
     q.add_argument("--loss", choices=("mse", "fg", "fg_input"), default="fg",
                    help="reconstruction loss of G(E(x)) (default fg: where x or G(E(x)) is foreground)")
     q.add_argument("--fg-threshold", type=float, default=-0.5, help="G depth above this is foreground (default -0.5)")
     q.add_argument("--data", default=None, help="dataset root, if the training data has moved")
     q.add_argument("--seed", type=int, default=0, help="seed of the encoder's initial weights and batches")
-    q.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    q.add_argument("--threads", type=number(int, 0), default=None, help="torch CPU threads (default: all cores)")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_train_encoder)

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import time
 from pathlib import Path
 
 from adgan.demo.data import Plan, make_damage, make_data
+from agent.argtypes import number
 from adgan.demo.index import write_index
 from adgan.demo.live import run_live
 from adgan.demo.models import calibrate, report, train_and_export
@@ -98,24 +98,6 @@ def search_arg(field: str, cast):
             return getattr(replace(RECIPE_SEARCH, **{field: cast(v)}), field)
         except ValueError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
-    return check
-
-
-def number(cast, low: float, high: float | None = None, low_open: bool = False):
-    """An argparse type for a number >= low (> low with `low_open`; < high), checked when the
-    command line is read: --fps nan or --timeout -5 went through the demo's minutes of data and
-    training first, and failed, or went on with nonsense, only at the live station."""
-    kind = "whole number" if cast is int else "finite number"
-    want = f"a {kind} {'>' if low_open else '>='} {low:g}" + (f" and < {high:g}" if high is not None else "")
-
-    def check(v: str):
-        try:
-            x = cast(v)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {want}, got {v!r}") from None
-        if not (math.isfinite(x) and (x > low if low_open else x >= low) and (high is None or x < high)):
-            raise argparse.ArgumentTypeError(f"must be {want}, got {v}")
-        return x
     return check
 
 

@@ -25,6 +25,24 @@ def test_every_command_has_help(capsys):
         assert len(capsys.readouterr().out) > 100
 
 
+@pytest.mark.parametrize("cmd, said", [
+    (["train", "D", "--class", "c", "--out", "R", "--n-critic", "0"], "--n-critic: must be a whole number >= 1, got 0"),
+    (["train", "D", "--class", "c", "--out", "R", "--threads", "-1"], "--threads: must be a whole number >= 0, got -1"),
+    (["train", "D", "--class", "c", "--out", "R", "--sample-every", "-1"], "--sample-every: must be a whole number"),
+    (["train-encoder", "R", "--epochs", "1", "--features", "0"], "--features: must be a whole number >= 1, got 0"),
+    (["evaluate", "--bundles", "B", "--data", "D", "--out", "E", "--n-rank", "-1"], "--n-rank: must be a whole"),
+    (["dataset", "grid", "D", "--out", "g.png", "--scale", "0"], "--scale: must be a whole number >= 1, got 0"),
+    (["dataset", "grid", "D", "--out", "g.png", "--n", "x"], "--n: must be a whole number >= 1, got 'x'"),
+    (["agent", "capture-frames", "--config", "C", "--out", "F", "--every", "0"], "--every: must be a whole number >= 1"),
+    (["agent", "capture-reference", "--config", "C", "--count", "0"], "--count/--frames: must be a whole number >= 1, got 0")])
+def test_numbers_a_command_cannot_use_are_refused_when_the_command_line_is_read(tmp_path, capsys, cmd, said):
+    """(--n-critic 0 took the recipe's 5; --threads -1 ended in torch's traceback after the data
+    loaded; --n-rank -1 wrote a report; --scale 0 ended in OpenCV's assertion.)"""
+    with pytest.raises(SystemExit) as e:
+        main(cmd)
+    assert e.value.code == 2 and said in capsys.readouterr().err
+
+
 def test_agent_run_with_a_missing_config_says_so(tmp_path, capsys):
     assert main(["agent", "run", "--config", str(tmp_path / "nope.toml")]) == 2
     assert "nope.toml does not exist" in capsys.readouterr().err
