@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -60,9 +61,23 @@ class CalibrateOptions:
     quiet: bool = False
 
 
+def check_apart(normal: str, anomalous: Sequence[str]) -> None:
+    """Refuse an anomalous folder that is the normal one, holds it or lies in it: its samples would
+    count as both (`--anomalous data/test` beside `--normal data/test/sphere` took the normal parts
+    for anomalies, and the threshold from them was written as any other)."""
+    n = Path(normal).resolve()
+    for d in anomalous:
+        r = Path(d).resolve()
+        if r == n or r in n.parents or n in r.parents:
+            raise ValueError(f"--anomalous {d} and --normal {normal} hold the same samples "
+                             f"({'the same folder' if r == n else 'one folder is inside the other'}): a sample is "
+                             "normal or anomalous; give the anomalous class folders one by one")
+
+
 def calibrate(o: CalibrateOptions) -> dict:
     """Score the labelled samples with the bundle and the device's scorer, choose the threshold by
     the policy and write it into the thresholds file; the record written."""
+    check_apart(o.normal, o.anomalous or [])
     bundle = Bundle.load(o.bundle)
     scorer = make_scorer(bundle, o.backend, o.seed, fp16=o.fp16)
     frames = parse_frames(o.frames)

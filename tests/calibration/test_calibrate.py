@@ -91,3 +91,17 @@ def test_thresholds_of_another_bundle_are_refused_and_classes_are_kept(tmp_path)
                                            % (bad, "a" * 64))
         with pytest.raises(ThresholdError, match="finite number|bad record"):
             load_threshold(tmp_path / "nan.json", "sphere", "a" * 64)
+
+
+def test_an_anomalous_folder_that_holds_the_normal_samples_is_refused(bundles, synth_data, tmp_path, capsys):
+    """(--anomalous data/test beside --normal data/test/sphere scored the normal parts as anomalies
+    too, and wrote the threshold; the same folder twice wrote one from AUC 0.5.)"""
+    b, t, out = str(bundles[("none", "fg")]), synth_data / "test", tmp_path / "t.json"
+    for normal, anomalous, said in ((t / "sphere", t, "one folder is inside the other"),
+                                    (t / "sphere", t / "sphere" / ".", "the same folder"),
+                                    (t, t / "cylinder", "one folder is inside the other")):
+        assert main(["calibrate", b, "--normal", str(normal), "--anomalous", str(t / "sphere_defect"),
+                     "--anomalous", str(anomalous), "--policy", "equal-rates", "--out", str(out), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert "hold the same samples" in err and said in err, err
+    assert not out.exists()
