@@ -25,6 +25,9 @@ def _load(a: argparse.Namespace):
         print(f"{a.config}: {len(lines)} invalid setting(s):", file=sys.stderr)
         for line in lines:
             print(f"  {line}", file=sys.stderr)
+    except UnicodeDecodeError as e:  # (TOML is UTF-8; Notepad's "Unicode" is UTF-16)
+        print(f"{a.config}: it or its --env-file ({a.env_file}) is not UTF-8 text (byte {e.start}); save it as "
+              "UTF-8 (an editor may have saved it as UTF-16)", file=sys.stderr)
     except (FileNotFoundError, ValueError) as e:
         print(f"{a.config}: {e}", file=sys.stderr)
     return None

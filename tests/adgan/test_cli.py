@@ -46,6 +46,11 @@ def test_numbers_a_command_cannot_use_are_refused_when_the_command_line_is_read(
 def test_agent_run_with_a_missing_config_says_so(tmp_path, capsys):
     assert main(["agent", "run", "--config", str(tmp_path / "nope.toml")]) == 2
     assert "nope.toml does not exist" in capsys.readouterr().err
+    saved = tmp_path / "agent.toml"  # by Notepad as "Unicode": said so, not as a codec's error
+    saved.write_text('station_id = "st1"\n', encoding="utf-16")
+    assert main(["agent", "validate-config", "--config", str(saved), "--env-file", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert "is not UTF-8 text (byte 0); save it as UTF-8" in err and "codec" not in err, err
 
 
 def test_synth_writes_the_paper_layout(synth_data):
