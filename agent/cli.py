@@ -263,7 +263,8 @@ def add_parser(sub) -> None:
     q.add_argument("--count", type=number(int, 1), default=100, help="how many frames to write (default 100)")
     q.add_argument("--parts", action="store_true",
                    help="one frame per part passage, on the frame where it settled (needs the reference)")
-    q.add_argument("--every", type=number(int, 1), default=1, help="without --parts: keep every N-th frame read (default 1)")
+    q.add_argument("--every", type=number(int, 1), default=1,
+                   help="without --parts: keep every N-th frame read (default 1)")
     q.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     q.set_defaults(func=cmd_capture_frames)
 

@@ -321,8 +321,9 @@ def add_parser(sub) -> None:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--n-rank", type=number(int, 1), default=8, help="samples in each ranking row (default 8)")
     q.add_argument("--no-search-figure", action="store_true", help="skip Figure 4 (needs torch)")
-    q.add_argument("--pca", type=number(int, 0), default=0, help="add the PCA reconstruction-error baseline with this many "
-                   "components (plain and foreground-masked) for every class, e.g. 32")
+    q.add_argument("--pca", type=number(int, 0), default=0,
+                   help="add the PCA reconstruction-error baseline with this many components (plain and "
+                        "foreground-masked) for every class, e.g. 32")
     q.add_argument("--train-frames", default=None, help="LO:HI frames the PCA baseline is fitted on, e.g. 0:700")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.set_defaults(func=cmd_evaluate)

@@ -105,7 +105,8 @@ def add_parser(sub) -> None:
     q.add_argument("--batch-size", type=int, default=None, help="default 32 (--paper: 64)")
     q.add_argument("--lr-g", type=float, default=None, help="generator learning rate (default: the kind's recipe)")
     q.add_argument("--lr-d", type=float, default=None, help="discriminator/critic learning rate (default: recipe)")
-    q.add_argument("--n-critic", type=number(int, 1), default=None, help="critic steps per generator step (default: recipe)")
+    q.add_argument("--n-critic", type=number(int, 1), default=None,
+                   help="critic steps per generator step (default: recipe)")
     q.add_argument("--features-g", type=int, default=None, help="generator width (default 32; paper: 64)")
     q.add_argument("--features-d", type=int, default=None, help="discriminator width (default 32; paper: 64)")
     q.add_argument("--size", type=int, choices=(32, 64, 128), default=64, help="resolution (default 64)")

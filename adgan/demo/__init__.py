@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 
 from adgan.demo.data import Plan, make_damage, make_data
-from agent.argtypes import number
 from adgan.demo.index import write_index
 from adgan.demo.live import run_live
 from adgan.demo.models import calibrate, report, train_and_export
 from adgan.demo.station import capture_reference, segmentation_figure, station_settings
+from agent.argtypes import number
 
 
 DEMO_MARK = ".adgan-demo"  # in --out: a demo ran here, and may remove and write its own folders again
@@ -109,7 +109,8 @@ def add_parser(sub) -> None:
     q.add_argument("--data", default=None, help="a real dataset in the paper's layout instead of synthetic parts")
     q.add_argument("--train-frames", default="0:700", help="with --data: training frames (default 0:700)")
     q.add_argument("--test-frames", default="700:1000", help="with --data: test frames (default 700:1000)")
-    q.add_argument("--train", type=number(int, 1), default=300, help="synthetic training samples per class (default 300)")
+    q.add_argument("--train", type=number(int, 1), default=300,
+                   help="synthetic training samples per class (default 300)")
     q.add_argument("--test", type=number(int, 1), default=30, help="synthetic test samples per class (default 30)")
     from agent.sources.synthetic import VARIETIES
     q.add_argument("--variety", choices=VARIETIES, default="product",
@@ -157,7 +158,8 @@ def add_parser(sub) -> None:
                    help="camera frame rate of the live stream (default 10; 0: as fast as the station inspects)")
     q.add_argument("--embedded-broker", action="store_true",
                    help="use the Python broker (amqtt, the broker extra) even if mosquitto exists")
-    q.add_argument("--timeout", type=number(float, 0, low_open=True), default=600, help="give the live station this long (s)")
+    q.add_argument("--timeout", type=number(float, 0, low_open=True), default=600,
+                   help="give the live station this long (s)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--quiet", action="store_true", help="no progress bars and no per-part lines")
     q.set_defaults(func=cmd_demo)

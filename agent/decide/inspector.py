@@ -111,8 +111,8 @@ def _searcher(thr: ClassThreshold, bundle: Bundle, engine: Backend, seed: int, t
     (written by hand: a k of -1, a count as text) is refused (SettingError), as a bad threshold is."""
     try:
         ov = _search_overrides(thr)
-        bad = [k for k, v in ov.items() if isinstance(v, bool) or not isinstance(v, int if k in ("n_seed", "k") else
-                                                                               (int, float))]
+        kinds = {"n_seed": int, "k": int, "lr_z": (int, float), "lr_theta": (int, float)}
+        bad = [k for k, v in ov.items() if isinstance(v, bool) or not isinstance(v, kinds[k])]
         if bad:
             raise ValueError(f"{', '.join(f'{k} {ov[k]!r}' for k in bad)}: not a number of the search's kind")
         return Searcher(bundle, engine, seed, **ov)

@@ -74,7 +74,8 @@ class SearchDefaults(Record):
         if self.n_seed < 1 or self.k < 0 or self.seeds_per_call < 1:
             raise ValueError("n_seed and seeds_per_call must be >= 1, k >= 0")
         if not (0 <= self.lr_z < float("inf") and 0 <= self.lr_theta < float("inf")):
-            raise ValueError(f"learning rates must be finite numbers >= 0, got lr_z {self.lr_z}, lr_theta {self.lr_theta}")
+            raise ValueError(f"learning rates must be finite numbers >= 0, got lr_z {self.lr_z}, "
+                             f"lr_theta {self.lr_theta}")
         if self.theta_scope not in THETA_SCOPES:
             raise ValueError(f"theta_scope must be one of {THETA_SCOPES}, got {self.theta_scope!r}")
         if self.loss not in LOSSES:

@@ -181,8 +181,10 @@ def test_a_segmented_source_and_bad_counts_are_refused(tmp_path, capsys):
     assert main(["agent", "capture-frames", "--config", str(cfg), "--out", str(tmp_path / "f"),
                  "--env-file", "/nonexistent"]) == 2
     assert "replays segmented samples" in capsys.readouterr().err
-    assert main(["agent", "capture-frames", "--config", str(cfg), "--out", str(tmp_path / "f"), "--count", "0",
-                 "--env-file", "/nonexistent"]) == 2
+    with pytest.raises(SystemExit) as e:  # (argparse's refusal, as the command line is read: exit 2)
+        main(["agent", "capture-frames", "--config", str(cfg), "--out", str(tmp_path / "f"), "--count", "0",
+              "--env-file", "/nonexistent"])
+    assert e.value.code == 2 and "--count: must be a whole number >= 1, got 0" in capsys.readouterr().err
     cfg = station_config(tmp_path, SYNTH)
     assert main(["agent", "capture-frames", "--config", str(cfg), "--out", str(tmp_path / "f"), "--parts",
                  "--every", "3", "--env-file", "/nonexistent"]) == 2
