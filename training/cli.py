@@ -39,10 +39,17 @@ def cmd_train(a: argparse.Namespace) -> int:
         raise ValueError(f"--encoder-epochs must be >= 0, got {a.encoder_epochs}")
     torch.set_num_threads(a.threads or len(os.sched_getaffinity(0)))
     out = Path(a.out)
+    made = not a.resume and not out.exists()
     if not a.resume:
         out.mkdir(parents=True, exist_ok=True)
-    with run_lock(out, writes=True):
-        return _train(a, out, epochs_given)
+    try:
+        with run_lock(out, writes=True):
+            return _train(a, out, epochs_given)
+    except BaseException:
+        if made:  # a start refused or failed before anything was written leaves no folder behind
+            with contextlib.suppress(OSError):
+                out.rmdir()  # (only an empty one)
+        raise
 
 
 def _train(a: argparse.Namespace, out: Path, epochs_given: bool) -> int:
