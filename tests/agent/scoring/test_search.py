@@ -123,7 +123,7 @@ def test_score_cli_writes_its_csv_whole_beside_another_run_and_leaves_the_old_on
         bundles, synth_data, tmp_path, monkeypatch, capsys):
     """Two `adgan score --out scores.csv` at once (an engineer's two terminals, a script and a
     person) shared one temporary name: the second truncated the first's file and both wrote into
-    it; the first renamed it, reported its 6 rows, and the CSV held the other's; the second failed
+    it; the first renamed it, reported its own rows, and the CSV held the other's; the second failed
     after all its work ("No such file or directory: 'scores.csv.tmp'"). A stopped run left the
     temporary file behind."""
     import adgan.score as score
