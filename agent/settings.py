@@ -87,8 +87,16 @@ class SegmentationSettings(_Strict):
     max_depth_mm: int = Field(700, gt=0, le=65535, description="depth beyond this is background (paper: 700)")
     surface_tolerance: float = Field(0.1, gt=0, lt=1, description="relative depth band of the empty surface")
     reference: Path | None = Field(None, description="empty-surface reference (.npz); None: RANSAC plane, logged")
-    roi: tuple[int, int, int, int] | None = Field(None, description="x, y, w, h region of interest in pixels")
+    roi: tuple[int, int, int, int] | None = Field(None, description="x, y, w, h region of interest in pixels "
+                                                  "(x, y >= 0, w, h > 0, inside the frame; None: the whole frame)")
     opening_px: int = Field(1, ge=0, le=10, description="speckle removal radius (0: the paper's raw mask)")
+
+    @field_validator("roi")
+    @classmethod
+    def _roi_box(cls, v):
+        if v is not None and (v[0] < 0 or v[1] < 0 or v[2] <= 0 or v[3] <= 0):
+            raise ValueError(f"must be x, y, w, h with x, y >= 0 and w, h > 0 (pixels), got {list(v)}")
+        return v
 
 
 class ModelSettings(_Strict):
@@ -288,6 +296,22 @@ class AgentSettings(BaseSettings):
     web: WebSettings = Field(default_factory=WebSettings, description="the operator's page (off by default)")
     metrics: MetricsSettings = Field(default_factory=MetricsSettings, description="Prometheus endpoint (off by "
                                                                                   "default)")
+
+    @model_validator(mode="after")
+    def _roi_can_see(self):
+        """A region of interest that no part could fill is a station blind without a word: the
+        object mask is cut to it before min_area_px counts a part as present."""
+        roi, src = self.segmentation.roi, self.source
+        if roi is None:
+            return self
+        x, y, w, h = roi
+        if w * h < self.trigger.min_area_px:
+            raise ValueError(f"segmentation.roi {list(roi)} holds {w * h} pixels, fewer than trigger.min_area_px "
+                             f"({self.trigger.min_area_px}): no part could ever count as present")
+        if src.type == "realsense" and src.recording is None and (x >= src.width or y >= src.height):
+            raise ValueError(f"segmentation.roi {list(roi)} lies outside the camera's {src.width}x{src.height} "
+                             "frame (source.width, source.height): no part could ever be seen")
+        return self
 
     @model_validator(mode="after")
     def _gpio_trigger(self):

@@ -24,6 +24,7 @@ class StationSegmenter:
         self.min_valid_fraction = min_valid_fraction
         self._segmenter = Segmenter(cfg, None)
         self._ref_stamp: tuple[int, int] | None = None
+        self._roi_warned: tuple[int, int] | None = None
 
     @classmethod
     def from_settings(cls, seg) -> "StationSegmenter":
@@ -50,7 +51,22 @@ class StationSegmenter:
         self._segmenter, self._ref_stamp = Segmenter(self.cfg, ref), stamp
         log.info("surface reference %s loaded (%dx%d)", p, ref.depth.shape[1], ref.depth.shape[0])
 
+    def _check_roi(self, shape: tuple[int, ...]) -> None:
+        """The region of interest against this frame: outside it, no part could be seen (a camera
+        set to another resolution than the one the region was drawn on); partly outside, said once."""
+        x, y, w, h = self.cfg.roi
+        fh, fw = shape[:2]
+        if x >= fw or y >= fh:
+            raise FrameError(f"segmentation.roi {[x, y, w, h]} lies outside the {fw}x{fh} frame: no part can be "
+                             "seen; draw it again on this camera's frames")
+        if (x + w > fw or y + h > fh) and self._roi_warned != (fw, fh):
+            self._roi_warned = (fw, fh)
+            log.warning("segmentation.roi %s reaches past the %dx%d frame: only %dx%d pixels of it are inspected",
+                        [x, y, w, h], fw, fh, min(w, fw - x), min(h, fh - y))
+
     def __call__(self, frame: RGBDFrame) -> Segmentation:
+        if self.cfg.roi is not None:
+            self._check_roi(frame.depth.shape)
         valid = float(np.count_nonzero(frame.depth)) / frame.depth.size
         if valid < self.min_valid_fraction:
             raise FrameError(f"only {100 * valid:.1f}% of the depth pixels hold a measurement: "

@@ -94,6 +94,9 @@ def test_password_from_systemd_credentials_and_dotenv(tmp_path, monkeypatch):
     (lambda t: t + "[health]\nframe_timeout_s = inf\n", "health.frame_timeout_s"),
     (lambda t: t + "[health]\nreconnect_max_s = +inf\n", "health.reconnect_max_s"),
     (lambda t: t.replace('seed = 4', 'seed = 4\nfps = nan'), "source.synthetic.fps"),
+    # run refused these with a bare ValueError after validate-config had passed them
+    (lambda t: t.replace("roi = [10, 20, 300, 200]", "roi = [-1, 20, 300, 200]"), "segmentation.roi"),
+    (lambda t: t.replace("roi = [10, 20, 300, 200]", "roi = [10, 20, 0, 200]"), "segmentation.roi"),
 ])
 def test_bad_fields_are_named(tmp_path, monkeypatch, edit, path):
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
@@ -129,3 +132,20 @@ def test_inf_from_the_environment_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("ADGAN_HEALTH__STOP_FLUSH_S", "inf")
     with pytest.raises(ValidationError, match="finite"):
         load_settings(write(tmp_path, GOOD), env_file=None)
+
+
+@pytest.mark.parametrize("edit, words", [
+    # smaller than trigger.min_area_px (1500): the object mask is cut to it, so no part would count
+    (lambda t: t.replace("roi = [10, 20, 300, 200]", "roi = [10, 20, 30, 40]"), "1200 pixels, fewer than"),
+    # past a live camera's frame: the station would be blind without a word
+    (lambda t: t.replace('type = "synthetic"\nseed = 4', 'type = "realsense"\nwidth = 424\nheight = 240')
+     .replace("roi = [10, 20, 300, 200]", "roi = [500, 20, 300, 200]"), "outside the camera's 424x240 frame"),
+])
+def test_a_region_of_interest_no_part_could_fill_is_refused(tmp_path, monkeypatch, edit, words):
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    with pytest.raises(ValidationError, match=words):
+        load_settings(write(tmp_path, edit(GOOD)), env_file=None)
+    # a recording brings its own size: the frames are checked as they come (test_roi_outside_the_frame...)
+    rec = GOOD.replace('type = "synthetic"\nseed = 4', 'type = "realsense"\nrecording = "x.db3"\nwidth = 424')
+    assert load_settings(write(tmp_path, rec.replace("roi = [10, 20, 300, 200]", "roi = [500, 20, 300, 200]")),
+                         env_file=None).segmentation.roi == (500, 20, 300, 200)

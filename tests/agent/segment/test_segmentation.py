@@ -153,3 +153,22 @@ def test_missing_or_corrupt_reference_is_a_clear_error(tmp_path):
         SurfaceReference.load(bad)
     with pytest.raises(ValueError, match="at least one"):
         SurfaceReference.from_frames([])
+
+
+def test_roi_outside_the_frame_is_said_on_every_frame_and_a_partial_one_once(caplog):
+    """A region drawn on another resolution's frames: outside this frame no part can be seen,
+    which the station says (a FrameError is an error event) instead of inspecting nothing."""
+    from agent.frame import FrameError
+    from agent.segment.station import StationSegmenter
+    k = Intrinsics.default(160, 120)
+    d = np.full((120, 160), 500, np.uint16)
+    d[40:80, 60:100] = 400
+    f = RGBDFrame(np.zeros((120, 160, 3), np.uint8), d, 0.0, k)
+    for roi in ((160, 0, 50, 50), (0, 120, 50, 50)):
+        with pytest.raises(FrameError, match=r"outside the 160x120 frame"):
+            StationSegmenter(SegmentationConfig(roi=roi))(f)
+    seg = StationSegmenter(SegmentationConfig(roi=(50, 30, 400, 400)))
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            assert seg(f).object[42:78, 62:98].all()
+    assert caplog.text.count("reaches past the 160x120 frame: only 110x90 pixels") == 1
