@@ -161,7 +161,7 @@ def cmd_capture_frames(a: argparse.Namespace) -> int:
     if a.parts:
         t = s.trigger
         passage = PassageTrigger(t.min_area_px, t.settle_frames, t.settle_tolerance, t.clear_frames)
-        segmenter = StationSegmenter.from_settings(s.segmentation)
+        segmenter = StationSegmenter.from_settings(s.segmentation, t.min_area_px)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # stop after the frame being written
         signal.signal(sig, lambda *_: stop.set())

@@ -53,7 +53,7 @@ class Agent:
         self.commands = CommandTrigger(settings.trigger.max_pending)
         t = settings.trigger
         self.passage = PassageTrigger(t.min_area_px, t.settle_frames, t.settle_tolerance, t.clear_frames)
-        self.segmenter = StationSegmenter.from_settings(settings.segmentation)
+        self.segmenter = StationSegmenter.from_settings(settings.segmentation, settings.trigger.min_area_px)
         self.outbox: Outbox | None = None
         self.publisher: Publisher | None = None
         self._last_error: str | None = None   # suppresses floods of one error in continuous mode

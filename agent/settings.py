@@ -298,19 +298,20 @@ class AgentSettings(BaseSettings):
                                                                                   "default)")
 
     @model_validator(mode="after")
-    def _roi_can_see(self):
-        """A region of interest that no part could fill is a station blind without a word: the
-        object mask is cut to it before min_area_px counts a part as present."""
-        roi, src = self.segmentation.roi, self.source
-        if roi is None:
-            return self
-        x, y, w, h = roi
-        if w * h < self.trigger.min_area_px:
-            raise ValueError(f"segmentation.roi {list(roi)} holds {w * h} pixels, fewer than trigger.min_area_px "
-                             f"({self.trigger.min_area_px}): no part could ever count as present")
-        if src.type == "realsense" and src.recording is None and (x >= src.width or y >= src.height):
+    def _a_part_can_be_seen(self):
+        """A view that no part could fill is a station blind without a word: the object mask is cut
+        to the region of interest before trigger.min_area_px counts a part as present."""
+        roi, src, need = self.segmentation.roi, self.source, self.trigger.min_area_px
+        live = src.type == "realsense" and src.recording is None  # (a recording brings its own size)
+        if roi is not None and roi[2] * roi[3] < need:
+            raise ValueError(f"segmentation.roi {list(roi)} holds {roi[2] * roi[3]} pixels, fewer than "
+                             f"trigger.min_area_px ({need}): no part could ever count as present")
+        if live and roi is not None and (roi[0] >= src.width or roi[1] >= src.height):
             raise ValueError(f"segmentation.roi {list(roi)} lies outside the camera's {src.width}x{src.height} "
                              "frame (source.width, source.height): no part could ever be seen")
+        if live and src.width * src.height < need:
+            raise ValueError(f"trigger.min_area_px ({need}) is more than the camera's {src.width}x{src.height} "
+                             "frame holds (source.width, source.height): no part could ever count as present")
         return self
 
     @model_validator(mode="after")

@@ -18,8 +18,9 @@ log = logging.getLogger(__name__)
 
 class StationSegmenter:
     def __init__(self, cfg: SegmentationConfig, reference: str | Path | None = None,
-                 min_valid_fraction: float = 0.05) -> None:
+                 min_valid_fraction: float = 0.05, min_area_px: int = 0) -> None:
         self.cfg = cfg
+        self.min_area_px = min_area_px  # the trigger's: a frame (or region) smaller cannot show a part
         self.reference_path = Path(reference) if reference else None
         self.min_valid_fraction = min_valid_fraction
         self._segmenter = Segmenter(cfg, None)
@@ -27,10 +28,10 @@ class StationSegmenter:
         self._roi_warned: tuple[int, int] | None = None
 
     @classmethod
-    def from_settings(cls, seg) -> "StationSegmenter":
-        """The station's segmenter from its `segmentation` settings."""
+    def from_settings(cls, seg, min_area_px: int = 0) -> "StationSegmenter":
+        """The station's segmenter from its `segmentation` settings (and trigger.min_area_px)."""
         return cls(SegmentationConfig(seg.max_depth_mm, seg.surface_tolerance, seg.roi, seg.opening_px),
-                   seg.reference)
+                   seg.reference, min_area_px=min_area_px)
 
     def _refresh_reference(self) -> None:
         p = self.reference_path
@@ -51,22 +52,29 @@ class StationSegmenter:
         self._segmenter, self._ref_stamp = Segmenter(self.cfg, ref), stamp
         log.info("surface reference %s loaded (%dx%d)", p, ref.depth.shape[1], ref.depth.shape[0])
 
-    def _check_roi(self, shape: tuple[int, ...]) -> None:
-        """The region of interest against this frame: outside it, no part could be seen (a camera
-        set to another resolution than the one the region was drawn on); partly outside, said once."""
-        x, y, w, h = self.cfg.roi
+    def _check_view(self, shape: tuple[int, ...]) -> None:
+        """What this frame lets a part show: outside the region of interest no part could be seen (a
+        camera set to another resolution than the one the region was drawn on), and a view smaller
+        than trigger.min_area_px could never hold one that counts; a region partly outside is said once."""
         fh, fw = shape[:2]
+        x, y, w, h = self.cfg.roi if self.cfg.roi is not None else (0, 0, fw, fh)
         if x >= fw or y >= fh:
             raise FrameError(f"segmentation.roi {[x, y, w, h]} lies outside the {fw}x{fh} frame: no part can be "
                              "seen; draw it again on this camera's frames")
-        if (x + w > fw or y + h > fh) and self._roi_warned != (fw, fh):
+        vw, vh = min(w, fw - x), min(h, fh - y)
+        if (vw, vh) != (w, h) and self._roi_warned != (fw, fh):
             self._roi_warned = (fw, fh)
             log.warning("segmentation.roi %s reaches past the %dx%d frame: only %dx%d pixels of it are inspected",
-                        [x, y, w, h], fw, fh, min(w, fw - x), min(h, fh - y))
+                        [x, y, w, h], fw, fh, vw, vh)
+        if vw * vh < self.min_area_px:
+            where = f"the {fw}x{fh} frame"
+            if self.cfg.roi is not None:
+                where = f"segmentation.roi {[x, y, w, h]} in {where}"
+            raise FrameError(f"trigger.min_area_px ({self.min_area_px}) is more than the {vw * vh} pixels of {where}: "
+                             "no part could count as present")
 
     def __call__(self, frame: RGBDFrame) -> Segmentation:
-        if self.cfg.roi is not None:
-            self._check_roi(frame.depth.shape)
+        self._check_view(frame.depth.shape)
         valid = float(np.count_nonzero(frame.depth)) / frame.depth.size
         if valid < self.min_valid_fraction:
             raise FrameError(f"only {100 * valid:.1f}% of the depth pixels hold a measurement: "

@@ -77,6 +77,20 @@ def test_bad_frames_are_error_events_and_the_agent_keeps_running(broker, calibra
         assert e["score"] is None and e["model"] is None
 
 
+def test_a_region_of_interest_outside_a_frame_is_an_error_event(broker, calibrated, raw_station, tmp_path):
+    """A region drawn on the 640x480 frames lies outside the 320x240 one: that frame says so (the
+    station was blind to it without a word: no event in continuous mode, no_object otherwise)."""
+    bundle, thresholds = calibrated
+    folder, _ = raw_station
+    cfg = agent_config(tmp_path, broker.port, bundle, thresholds, f'type = "folder"\npath = "{folder}"\nfps = 0',
+                       extra='[segmentation]\nroi = [330, 0, 310, 480]\n')  # (no reference: its size is not the check)
+    evs, _ = run_to_end(tmp_path, broker, cfg, 6)
+    assert [e["source"]["frame"] for e in evs] == [0, 1, 2, 3, 4, 5]
+    assert evs[3]["verdict"] == "error" and "segmentation.roi [330, 0, 310, 480] lies outside the 320x240 frame" \
+        in evs[3]["error"], evs[3]
+    assert not any("outside" in (e.get("error") or "") for e in evs[:3] + evs[4:])
+
+
 def test_a_missing_reference_gives_error_events_until_it_is_recorded(broker, calibrated, raw_station, tmp_path):
     bundle, thresholds = calibrated
     folder, _ = raw_station

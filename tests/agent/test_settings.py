@@ -140,6 +140,8 @@ def test_inf_from_the_environment_is_refused(tmp_path, monkeypatch):
     # past a live camera's frame: the station would be blind without a word
     (lambda t: t.replace('type = "synthetic"\nseed = 4', 'type = "realsense"\nwidth = 424\nheight = 240')
      .replace("roi = [10, 20, 300, 200]", "roi = [500, 20, 300, 200]"), "outside the camera's 424x240 frame"),
+    (lambda t: t.replace('type = "synthetic"\nseed = 4', 'type = "realsense"\nwidth = 16\nheight = 16')
+     .replace("roi = [10, 20, 300, 200]\n", ""), r"min_area_px \(1500\) is more than the camera's 16x16"),
 ])
 def test_a_region_of_interest_no_part_could_fill_is_refused(tmp_path, monkeypatch, edit, words):
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)

@@ -172,3 +172,17 @@ def test_roi_outside_the_frame_is_said_on_every_frame_and_a_partial_one_once(cap
         for _ in range(3):
             assert seg(f).object[42:78, 62:98].all()
     assert caplog.text.count("reaches past the 160x120 frame: only 110x90 pixels") == 1
+
+
+def test_a_view_smaller_than_min_area_px_is_said():
+    """trigger.min_area_px over what a frame (or its region of interest) holds: no part could ever
+    count as present, which every frame says instead of passing for an empty table."""
+    from agent.frame import FrameError
+    from agent.segment.station import StationSegmenter
+    d = np.full((120, 160), 500, np.uint16)
+    f = RGBDFrame(np.zeros((120, 160, 3), np.uint8), d, 0.0, Intrinsics.default(160, 120))
+    with pytest.raises(FrameError, match=r"min_area_px \(20000\) is more than the 19200 pixels of the 160x120 frame"):
+        StationSegmenter(SegmentationConfig(), min_area_px=20000)(f)
+    with pytest.raises(FrameError, match=r"more than the 1000 pixels of segmentation.roi \[150, 20, 100, 100\]"):
+        StationSegmenter(SegmentationConfig(roi=(150, 20, 100, 100)), min_area_px=1500)(f)
+    StationSegmenter(SegmentationConfig(), min_area_px=19200)(f)  # a part filling the frame would count
