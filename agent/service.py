@@ -15,6 +15,7 @@ import uuid
 import numpy as np
 
 from agent.decide.anomaly_map import encode_map, heat, hot_box
+from agent.decide.expected import ExpectedClass
 from agent.decide.inspector import ClassModel, load_models
 from agent.decide.reload import ThresholdsReload
 from agent.frame import FrameError, NoObjectError, RGBDFrame, Sample
@@ -48,8 +49,7 @@ class Agent:
         self.models: dict[str, ClassModel] = {}
         self._sample_prep = Preprocessing()  # the recipe of replayed samples (the folder's own)
         self.expected = settings.model.expected_class
-        self._class_request: str | None = None
-        self._class_lock = threading.Lock()
+        self.classes: ExpectedClass | None = None  # class/set's switches, kept across restarts (at start)
         self.commands = CommandTrigger(settings.trigger.max_pending)
         t = settings.trigger
         self.passage = PassageTrigger(t.min_area_px, t.settle_frames, t.settle_tolerance, t.clear_frames)
@@ -57,7 +57,6 @@ class Agent:
         self.outbox: Outbox | None = None
         self.publisher: Publisher | None = None
         self._last_error: str | None = None   # suppresses floods of one error in continuous mode
-        self._next_refusal_log = 0.0
         self._stop_cause: str | None = None  # the signal that asked for the stop, said in the log
         self.thresholds: ThresholdsReload | None = None
         self._next_status = 0.0
@@ -76,6 +75,8 @@ class Agent:
         self.notifier.status("loading models")
         self.thresholds = ThresholdsReload(m)  # before the file is read: a change meanwhile is seen
         self.models = load_models(m.bundles, m.thresholds, m.seed, m.backend)
+        self.classes = ExpectedClass(m.expected_class, self.models, self.s.outbox.path, self._class_refused)
+        self.expected = self.classes.name
         made = [t for t in (iso_time(c.bundle.manifest.get("created")) for c in self.models.values()) if t]
         if made:
             self.clock.not_before(max(made), "the newest bundle")
@@ -102,8 +103,11 @@ class Agent:
 
     # -- commands (paho's thread) --------------------------------------------------------
     def _on_class_command(self, payload: bytes) -> None:
-        with self._class_lock:
-            self._class_request = payload.decode("utf-8", "replace").strip()
+        self.classes.request(payload)
+
+    def _class_refused(self) -> int:
+        self.counters.add("classes_refused")
+        return self.counters.get("classes_refused")
 
     def _on_trigger_command(self, payload: bytes = b"") -> bool:
         """An inspection requested (MQTT trigger/set, OPC UA Trigger()); False when coalesced."""
@@ -115,22 +119,12 @@ class Agent:
         return True
 
     def _apply_class_request(self) -> None:
-        with self._class_lock:
-            req, self._class_request = self._class_request, None
-        if req is None:
+        switched = self.classes.apply()
+        if switched is None:
             return
-        if req in self.models:
-            if req != self.expected:
-                log.info("expected class switched from %s to %s", self.expected, req)
-                self.expected = req
-                self.passage.reset()
-        else:
-            self.counters.add("classes_refused")
-            now = time.monotonic()
-            if now >= self._next_refusal_log:  # a storm of bad requests is one line per 10 s
-                self._next_refusal_log = now + 10.0
-                log.warning("class/set %r refused: no bundle for it (have %s); %d refused so far",
-                            req[:64], ", ".join(sorted(self.models)), self.counters.snapshot()["classes_refused"])
+        if switched:
+            self.expected = self.classes.name
+            self.passage.reset()
         self.publisher.publish_state("class", self.expected)
 
     # -- the loop ------------------------------------------------------------------------
@@ -341,7 +335,7 @@ class Agent:
         return {"station": self.s.station_id, "time": utc_iso(time.time()),
                 "uptime_s": round(time.monotonic() - self.started, 1), "clock": self.clock.status(),
                 "loop": self.loop_watch.status(),
-                "expected_class": self.expected,
+                "expected_class": self.expected, "class_switch": self.classes.status() if self.classes else None,
                 "trigger": self.s.trigger.mode, "counters": c,
                 "stage_seconds": {k: round(v, 3) for k, v in self.stage_s.items()},
                 "outbox": self.outbox.status() if self.outbox is not None else {"depth": 0},

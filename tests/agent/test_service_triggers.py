@@ -153,15 +153,36 @@ def test_mqtt_trigger_and_class_switch(broker, two_classes, synth_data, tmp_path
         cmd.publish("adgan/st1/trigger/set", "go", qos=1).wait_for_publish(5)
         assert sub.wait_for(lambda m: len(events(sub)) == 2), agent.output()
         assert sub.wait_for(lambda m: state("trigger") == b"idle")
+        agent.kill()  # a power cut after the product change: the PLC sends its class/set once
+        # a restart expects the class switched to, not agent.toml's (until 2026-12-06: sphere again)
+        n = len(sub.messages)
+        agent = AgentProcess(cfg, tmp_path / "agent2.log")
+        assert sub.wait_for(lambda m: any(t == "adgan/st1/class/state" for t, _, _ in m[n:]), 60), agent.output()
+        assert state("class") == b"cylinder", agent.output()
+        assert "expecting cylinder, as class/set chose it at" in agent.output()
+        cmd.publish("adgan/st1/trigger/set", "go", qos=1).wait_for_publish(5)
+        assert sub.wait_for(lambda m: len(events(sub)) == 3), agent.output()
+        assert agent.terminate(30) == 0
+    finally:
+        agent.stop()
+    # agent.toml edited since the switch: the file is the newer word
+    cfg.write_text(cfg.read_text().replace('expected_class = "sphere"', 'expected_class = "cylinder"'))
+    n = len(sub.messages)
+    agent = AgentProcess(cfg, tmp_path / "agent3.log")
+    try:
+        assert sub.wait_for(lambda m: any(t == "adgan/st1/class/state" for t, _, _ in m[n:]), 60), agent.output()
+        assert state("class") == b"cylinder" and "as class/set chose it" not in agent.output()
+        assert "agent.toml's expected_class is cylinder, no longer sphere" in agent.output()
         assert agent.terminate(30) == 0
     finally:
         agent.stop()
         cmd.loop_stop()
         cmd.disconnect()
         sub.close()
-    first, second = events(sub)
+    first, second, third = events(sub)
     assert (first["expected_class"], first["model"]["class"]) == ("sphere", "sphere")
     assert (second["expected_class"], second["model"]["class"]) == ("cylinder", "cylinder")
+    assert (third["expected_class"], third["model"]["class"]) == ("cylinder", "cylinder")
     assert first["trigger"] == second["trigger"] == "mqtt"
     assert [first["source"]["frame"], second["source"]["frame"]] == [0, 1]  # a replay advances per request
 

@@ -1,0 +1,131 @@
+"""The class a station expects, kept across restarts.
+
+`model.expected_class` in agent.toml is the class at first start. A PLC or SCADA switches it
+(MQTT `class/set`, OPC UA `ExpectedClass`) when the line changes product, once. Until
+2026-12-06 a restart (a power cut, the watchdog, an update) brought the configured class back
+without a word, and the new product's parts were scored by the old product's model. Now each
+switch is stored beside the outbox (`<outbox>.class`, JSON, replaced whole and flushed) with the
+configured class of the time, and a start expects the stored class again, unless:
+- agent.toml's expected_class was changed since the switch: the file is the newer word (the
+  record is removed);
+- the stored class has no bundle now (said; the configured class);
+- the record cannot be read (said; the configured class).
+A switch that cannot be stored (a full or read-only disk) still applies; it is said (ERROR, and
+`status.class_switch.stored` false), since a restart would then expect the configured class.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+from agent import durable
+from agent.mqtt.events import utc_iso
+
+log = logging.getLogger(__name__)
+
+SUFFIX = ".class"
+MAX_BYTES = 4096   # a record is a few dozen bytes; anything larger is not one
+REFUSAL_LOG_S = 10.0
+
+
+def record_path(outbox: str | Path) -> Path:
+    outbox = Path(outbox)
+    return outbox.with_name(outbox.name + SUFFIX)
+
+
+def _read(path: Path) -> dict:
+    with open(path, "rb") as fh:
+        data = fh.read(MAX_BYTES + 1)
+    if len(data) > MAX_BYTES:
+        raise ValueError(f"over {MAX_BYTES} bytes")
+    rec = json.loads(data.decode("utf-8"))
+    if not (isinstance(rec, dict) and isinstance(rec.get("class"), str) and isinstance(rec.get("configured"), str)):
+        raise ValueError("not a class record (class and configured, as text)")
+    return rec
+
+
+def starting_class(path: Path, configured: str, known: Iterable[str]) -> tuple[str, dict | None]:
+    """(the class to expect at start, the switch it comes from or None: the configured class)."""
+    try:
+        rec = _read(path)
+    except FileNotFoundError:
+        return configured, None
+    except (OSError, ValueError, RecursionError) as e:  # (json's errors and UnicodeDecodeError are ValueErrors)
+        log.warning("the stored class switch %s cannot be read (%s): expecting agent.toml's %s", path, e, configured)
+        return configured, None
+    cls, then, at = rec["class"], rec["configured"], rec.get("at", "?")
+    if then != configured:
+        log.info("agent.toml's expected_class is %s, no longer %s as when class/set chose %s at %s: the file is "
+                 "the newer word, expecting %s", configured, then, cls, at, configured)
+        try:
+            path.unlink()
+        except OSError as e:
+            log.warning("the stale class switch %s could not be removed: %s", path, e)
+        return configured, None
+    if cls == configured:
+        return configured, None
+    if cls not in set(known):
+        log.warning("class/set chose %s at %s, which has no bundle now (have %s): expecting agent.toml's %s",
+                    cls, at, ", ".join(sorted(known)), configured)
+        return configured, None
+    log.warning("expecting %s, as class/set chose it at %s (agent.toml's expected_class is %s); a class/set "
+                "changes it", cls, at, configured)
+    return cls, {"class": cls, "at": at, "configured": configured, "stored": True}
+
+
+class ExpectedClass:
+    """The expected class: requested from the command threads, applied by the inspection loop,
+    stored so that a restart keeps it."""
+
+    def __init__(self, configured: str, known: Iterable[str], outbox: str | Path,
+                 refused: Callable[[], int]) -> None:
+        self.configured, self.known, self.path = configured, set(known), record_path(outbox)
+        self.name, self.switch = starting_class(self.path, configured, self.known)
+        self._refused = refused  # counts a refusal, returns the count so far
+        self._request: str | None = None
+        self._lock = threading.Lock()
+        self._next_refusal_log = 0.0
+
+    def request(self, payload: bytes) -> None:
+        """A class/set (any thread); the inspection loop applies it between frames."""
+        with self._lock:
+            self._request = payload.decode("utf-8", "replace").strip()
+
+    def apply(self) -> bool | None:
+        """The pending request, if any: True if the class changed, False if not (refused, or the
+        same), None if nothing was asked."""
+        with self._lock:
+            req, self._request = self._request, None
+        if req is None:
+            return None
+        if req not in self.known:
+            n = self._refused()
+            now = time.monotonic()
+            if now >= self._next_refusal_log:  # a storm of bad requests is one line per 10 s
+                self._next_refusal_log = now + REFUSAL_LOG_S
+                log.warning("class/set %r refused: no bundle for it (have %s); %d refused so far",
+                            req[:64], ", ".join(sorted(self.known)), n)
+            return False
+        if req == self.name:
+            return False
+        log.info("expected class switched from %s to %s", self.name, req)
+        self.name = req
+        self._store(req)
+        return True
+
+    def _store(self, cls: str) -> None:
+        at = utc_iso(time.time())
+        self.switch = {"class": cls, "at": at, "configured": self.configured, "stored": True}
+        try:
+            durable.write_text(self.path, json.dumps({"class": cls, "configured": self.configured, "at": at}) + "\n")
+        except OSError as e:
+            self.switch.update(stored=False, error=str(e))
+            log.error("the switch to %s could not be stored in %s (%s): it applies now, but after a restart the "
+                      "station would expect agent.toml's %s", cls, self.path, e, self.configured)
+
+    def status(self) -> dict | None:
+        return dict(self.switch) if self.switch else None
