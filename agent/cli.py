@@ -33,9 +33,10 @@ def _load(a: argparse.Namespace):
     return None
 
 
-def _preflight(a: argparse.Namespace, s) -> bool:
+def _preflight(a: argparse.Namespace, s, say: bool = False) -> bool:
     """Run every check `run` makes before its loop; print warnings and problems (with the
-    setting and the file). True when nothing stops the agent."""
+    setting and the file), and with `say`, tell the station's broker as well. True when nothing
+    stops the agent."""
     from agent.preflight import preflight
     report = preflight(s, a.config)
     for w in report.warnings:
@@ -44,12 +45,20 @@ def _preflight(a: argparse.Namespace, s) -> bool:
         print(f"{a.config}: {len(report.problems)} setting(s) cannot be used:", file=sys.stderr)
         for line in report.lines():
             print(f"  {line}", file=sys.stderr)
+        if say:
+            _say_refusal(a, s, report.lines())
     return not report.problems
+
+
+def _say_refusal(a: argparse.Namespace, s, problems: list[str]) -> None:
+    """The refused start on the station's `start_refused` topic too (agent/mqtt/start_refused.py)."""
+    from agent.mqtt.start_refused import say_refusal
+    print(f"{a.config}: {say_refusal(s, problems)}", file=sys.stderr)
 
 
 def cmd_validate_config(a: argparse.Namespace) -> int:
     s = _load(a)
-    if s is None or not _preflight(a, s):
+    if s is None or not _preflight(a, s, say=a.mqtt):
         return 2
     print(f"{a.config}: valid (station {s.station_id}, source {s.source.type}, "
           f"{len(s.model.bundles)} bundle(s), backend {s.model.backend.type}, trigger {s.trigger.mode})")
@@ -62,9 +71,11 @@ def _logging(level: str) -> None:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
+    from agent.mqtt.files import OutboxInUse
+    from agent.scoring.backend import BackendUnavailable
     from agent.service import Agent
     s = _load(a)
-    if s is None or not _preflight(a, s):
+    if s is None or not _preflight(a, s, say=True):
         return 2
     _logging(a.log_level)
     # Where every thread was, on stderr (the journal): when systemd's watchdog kills a stuck agent
@@ -88,10 +99,16 @@ def cmd_run(a: argparse.Namespace) -> int:
         # preflight passed, so something changed since or cannot be foreseen: one line, exit 2
         agent.shutdown()
         print(f"{a.config}: the agent cannot start: {type(e).__name__}: {e}", file=sys.stderr)
+        if not isinstance(e, OutboxInUse):  # (the station is running: the other agent speaks for it)
+            _say_refusal(a, s, [f"the agent cannot start: {type(e).__name__}: {e}"])
         return 2
+    except (ValueError, FileNotFoundError, BackendUnavailable) as e:
+        agent.shutdown()  # adgan's main prints input errors (bad bundle, stale thresholds) as one line, exit 2
+        _say_refusal(a, s, [str(e)])
+        raise
     except BaseException:
         agent.shutdown()
-        raise  # adgan's main prints input errors (bad bundle, stale thresholds) as one line, exit 2
+        raise
     return agent.run()
 
 
@@ -227,6 +244,9 @@ def add_parser(sub) -> None:
                                   "seed and engine, TLS files, the outbox folder, the source) without starting "
                                   "anything. Exit 2 naming the setting and the file. Usable as ExecStartPre=.")
     common(q)
+    q.add_argument("--mqtt", action="store_true",
+                   help="also publish the problems, retained, on the station's <prefix>/<station>/start_refused topic "
+                        "(as 'run' does; the unit's ExecStartPre uses it)")
     q.set_defaults(func=cmd_validate_config)
 
     q = ag.add_parser("run", help="run the agent until SIGTERM (or the end of a finite replay)",

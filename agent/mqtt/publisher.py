@@ -36,6 +36,7 @@ from agent.mqtt.outbox import Outbox
 from agent.mqtt.protocol import AutoProtocol
 from agent.mqtt.pump import EventPump
 from agent.mqtt.refusals import DeliveryCheck, Refusals
+from agent.mqtt.start_refused import TOPIC as START_REFUSED
 from agent.mqtt.seqrecord import SeqRecord
 from agent.mqtt.tls import TlsFiles, alert_of
 from agent.mqtt.verdict import LiveVerdicts
@@ -181,6 +182,8 @@ class Publisher(EventPump, AutoProtocol, SeqRecord):
         self._subscribe_record(client)  # before anything is published on this connection
         self.connected.set()
         self._publish(self.topic("availability"), "online", qos=1, retain=True)
+        if self.counters["connects"] == 1:  # a refused start's reason is old now (an ACL without it: not said)
+            self._publish(self.topic(START_REFUSED), b"", qos=1, retain=True)
         for feature, value in list(self._states.items()):
             self._publish(self.topic(f"{feature}/state"), value, qos=1, retain=True)
         self.commands.subscribe(client)
@@ -290,6 +293,8 @@ class Publisher(EventPump, AutoProtocol, SeqRecord):
         if getattr(reason_code, "is_failure", False):  # MQTT 5: the broker took it but refuses it
             if event_id is not None:
                 self._rejected(event_id, str(reason_code), getattr(reason_code, "value", 0) in PERMANENT_REJECTIONS)
+            elif topic == self.topic(START_REFUSED):
+                log.debug("the broker refused clearing %s: %s", topic, reason_code)
             else:
                 self.counters["messages_refused"] += 1
                 self.refusals.other(topic or "?", str(reason_code), self.counters["messages_refused"])

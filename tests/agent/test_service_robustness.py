@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import shutil
+import time
 
 import cv2
 import numpy as np
@@ -117,6 +119,49 @@ def test_a_tampered_bundle_or_foreign_thresholds_stop_the_start(calibrated, bund
     cfg = agent_config(tmp_path, 1, other, thresholds, 'type = "synthetic"')
     assert main(["agent", "run", "--config", str(cfg), "--env-file", "/nonexistent"]) == 2
     assert "recalibrate" in capsys.readouterr().err
+
+
+def test_a_refused_start_is_said_on_mqtt_and_the_next_start_clears_it(broker, calibrated, bundles, tmp_path,
+                                                                        capsys):
+    """Until 2026-12-06 a refused start was said only in the station's journal: the SCADA saw
+    `offline` and the last good run's retained status, with no reason."""
+    bundle, thresholds = calibrated
+    topic = "adgan/refusing/start_refused"
+
+    def retained():
+        sub = Subscriber(broker.port, topic)
+        try:
+            assert sub.subscribed.wait(10)
+            time.sleep(0.5)  # (a retained message comes right after the subscription is granted)
+            return [json.loads(p) for t, p, r in sub.messages if t == topic and r and p]
+        finally:
+            sub.close()
+
+    other = bundles[("all", "mse")]  # thresholds not made with this bundle: refused after loading it
+    cfg = agent_config(tmp_path, broker.port, other, thresholds, 'type = "synthetic"', station="refusing")
+    assert main(["agent", "run", "--config", str(cfg), "--env-file", "/nonexistent"]) == 2
+    assert "the refusal was said on MQTT" in capsys.readouterr().err
+    (doc,) = retained()
+    assert doc["station"] == "refusing" and doc["exit_code"] == 2 and "recalibrate" in doc["problems"][0], doc
+    # validate-config says it only when asked (--mqtt: the unit's ExecStartPre); a missing bundle here
+    cfg = agent_config(tmp_path, broker.port, tmp_path / "nowhere", thresholds, 'type = "synthetic"',
+                       station="refusing")
+    assert main(["agent", "validate-config", "--config", str(cfg), "--env-file", "/nonexistent"]) == 2
+    assert "said on MQTT" not in capsys.readouterr().err and "recalibrate" in retained()[0]["problems"][0]
+    assert main(["agent", "validate-config", "--mqtt", "--config", str(cfg), "--env-file", "/nonexistent"]) == 2
+    assert "the refusal was said on MQTT" in capsys.readouterr().err
+    assert "model.bundles.sphere" in retained()[0]["problems"][0]
+    # no broker to tell: said so, within a second or two, not a hang
+    cfg = agent_config(tmp_path, 1, tmp_path / "nowhere", thresholds, 'type = "synthetic"', station="refusing")
+    t0 = time.monotonic()
+    assert main(["agent", "run", "--config", str(cfg), "--env-file", "/nonexistent"]) == 2
+    assert "the refusal was not said on MQTT (127.0.0.1:1)" in capsys.readouterr().err
+    assert time.monotonic() - t0 < 4
+    # a start clears it
+    cfg = agent_config(tmp_path, broker.port, bundle, thresholds, 'type = "synthetic"\ncount = 2\nfps = 0',
+                       station="refusing")
+    assert main(["agent", "run", "--config", str(cfg), "--env-file", "/nonexistent"]) == 0
+    assert retained() == []
 
 
 def test_a_bad_setting_stops_the_start_naming_the_field(calibrated, tmp_path, capsys):
