@@ -114,6 +114,8 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 def cmd_capture_reference(a: argparse.Namespace) -> int:
     from agent.segment.reference import SurfaceReference
+    from agent.segment.segmentation import standing_on, standing_words
+    from agent.segment.station import StationSegmenter
     from agent.sources.open import open_source
     from agent.sources.base import SourceError
 
@@ -152,6 +154,9 @@ def cmd_capture_reference(a: argparse.Namespace) -> int:
     holes = int((ref.depth == 0).sum())
     print(f"surface reference from {ref.n_frames} frames -> {out} ({ref.depth.shape[1]}x{ref.depth.shape[0]}, "
           f"{holes} pixels unknown); a running agent picks it up at its next frame")
+    standing = standing_on(ref, StationSegmenter.from_settings(s.segmentation).cfg, s.trigger.min_area_px)
+    if standing:
+        print(f"warning: {standing_words(standing)}", file=sys.stderr)
     return 0
 
 

@@ -128,3 +128,25 @@ class Segmenter:
 
     def __call__(self, frame: RGBDFrame) -> Segmentation:
         return segment_depth(frame.depth, self.reference_depth(frame), self.cfg)
+
+
+def standing_on(ref: SurfaceReference, cfg: SegmentationConfig, min_area_px: int) -> list[tuple[int, ...]]:
+    """What stands out of a surface reference's own table plane, as the plane fit segments it: each
+    region of at least `min_area_px` pixels as (x, y, w, h, area). A part left on the table while
+    the reference was recorded is one (its pixels then count as surface, so a part placed there
+    later is not seen); so is a fixture, which may stay. [] when no plane can be fitted."""
+    try:
+        plane, _ = fit_table_plane(ref.depth, ref.intrinsics, cfg.max_depth_mm)
+    except ValueError:
+        return []
+    obj = segment_depth(ref.depth, plane_depth_map(plane, ref.intrinsics), cfg).object
+    n, _, stats, _ = cv2.connectedComponentsWithStats(obj.view(np.uint8), connectivity=8)
+    return [tuple(int(v) for v in stats[i, :5]) for i in range(1, n) if stats[i, 4] >= min_area_px]
+
+
+def standing_words(regions: list[tuple[int, ...]]) -> str:
+    """One line about `standing_on`'s regions."""
+    where = "; ".join(f"{a} pixels at x {x}, y {y} ({w}x{h})" for x, y, w, h, a in regions[:3])
+    return (f"something stands on the recorded surface ({where}{'; ...' if len(regions) > 3 else ''}): a part "
+            "left there hides the parts placed on that spot later (their pixels count as surface); take it "
+            "away and record the reference again ('adgan agent capture-reference'). A fixture may stay.")

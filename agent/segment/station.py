@@ -11,7 +11,7 @@ import numpy as np
 
 from agent.frame import FrameError, RGBDFrame
 from agent.segment.reference import SurfaceReference
-from agent.segment.segmentation import Segmentation, SegmentationConfig, Segmenter
+from agent.segment.segmentation import Segmentation, SegmentationConfig, Segmenter, standing_on, standing_words
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,9 @@ class StationSegmenter:
             raise FrameError(f"surface reference {p} cannot be read: {e}") from None
         self._segmenter, self._ref_stamp = Segmenter(self.cfg, ref), stamp
         log.info("surface reference %s loaded (%dx%d)", p, ref.depth.shape[1], ref.depth.shape[0])
+        standing = standing_on(ref, self.cfg, self.min_area_px) if self.min_area_px else []
+        if standing:
+            log.warning("surface reference %s: %s", p, standing_words(standing))
 
     def _check_view(self, shape: tuple[int, ...]) -> None:
         """What this frame lets a part show: outside the region of interest no part could be seen (a

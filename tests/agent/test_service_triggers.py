@@ -49,7 +49,12 @@ def test_continuous_mode_on_a_synthetic_station_with_a_captured_reference(broker
                      "--env-file", "/nonexistent"]) == 0
     finally:
         del os.environ["ADGAN_SOURCE__EMPTY_RATE"]
-    assert "surface reference from 5 frames" in capsys.readouterr().out and ref.is_file()
+    out = capsys.readouterr()
+    assert "surface reference from 5 frames" in out.out and ref.is_file() and "stands on" not in out.err
+    # a part left on the table while recording (frames 2-4 show one): said, where it is
+    assert main(["agent", "capture-reference", "--config", str(cfg), "--frames", "5", "--env-file", "/nonexistent",
+                 "--out", str(tmp_path / "with_part.npz")]) == 0
+    assert "warning: something stands on the recorded surface (" in capsys.readouterr().err
     sub = Subscriber(broker.port, "adgan/st1/events")
     assert sub.subscribed.wait(10)
     agent = AgentProcess(cfg, tmp_path / "agent.log")

@@ -186,3 +186,32 @@ def test_a_view_smaller_than_min_area_px_is_said():
     with pytest.raises(FrameError, match=r"more than the 1000 pixels of segmentation.roi \[150, 20, 100, 100\]"):
         StationSegmenter(SegmentationConfig(roi=(150, 20, 100, 100)), min_area_px=1500)(f)
     StationSegmenter(SegmentationConfig(), min_area_px=19200)(f)  # a part filling the frame would count
+
+
+def test_a_part_left_in_the_surface_reference_is_found_where_it_stands():
+    """A part on the table while the reference is recorded becomes 'surface': a part placed on that
+    spot later is not seen. standing_on finds it against the reference's own table plane."""
+    from agent.segment.segmentation import standing_on, standing_words
+    from agent.sources.synthetic import SyntheticSource
+    src = SyntheticSource(("cylinder",), seed=3, frames_per_part=8, gap_frames=0)
+    assert standing_on(SurfaceReference.from_frames(src.empty_frames(3)), SegmentationConfig(), 1500) == []
+    part = SurfaceReference.from_frames([src.frame(i) for i in range(3)])
+    (x, y, w, h, area), = standing_on(part, SegmentationConfig(), 1500)
+    truth = Segmenter(SegmentationConfig(), SurfaceReference.from_frames(src.empty_frames(3)))(src.frame(0)).object
+    ys, xs = np.nonzero(truth)
+    assert abs(x - xs.min()) <= 3 and abs(y - ys.min()) <= 3 and abs(area - truth.sum()) < 0.1 * truth.sum()
+    assert standing_on(part, SegmentationConfig(), area + 1) == []  # smaller than any part: not said
+    assert f"{area} pixels at x {x}, y {y} ({w}x{h})" in standing_words([(x, y, w, h, area)])
+
+
+def test_the_station_says_a_part_in_the_reference_it_loads(tmp_path, caplog):
+    from agent.segment.station import StationSegmenter
+    from agent.sources.synthetic import SyntheticSource
+    src = SyntheticSource(("cylinder",), seed=3, frames_per_part=8, gap_frames=0)
+    SurfaceReference.from_frames([src.frame(i) for i in range(3)]).save(tmp_path / "part.npz")
+    SurfaceReference.from_frames(src.empty_frames(3)).save(tmp_path / "empty.npz")
+    for name, said in (("empty.npz", False), ("part.npz", True)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            StationSegmenter(SegmentationConfig(), tmp_path / name, min_area_px=1500)(src.frame(0))
+        assert ("something stands on the recorded surface" in caplog.text) is said, caplog.text
