@@ -15,6 +15,8 @@ from agent.segment.segmentation import Segmentation, SegmentationConfig, Segment
 
 log = logging.getLogger(__name__)
 
+MIN_SURFACE_SEEN = 0.2  # of the recorded surface's pixels measured in a frame, seen as surface there
+
 
 class StationSegmenter:
     def __init__(self, cfg: SegmentationConfig, reference: str | Path | None = None,
@@ -85,6 +87,27 @@ class StationSegmenter:
         if self.reference_path is not None:
             self._refresh_reference()
         try:
-            return self._segmenter(frame)
+            seg = self._segmenter(frame)
         except ValueError as e:
             raise FrameError(str(e)) from None
+        self._check_surface(frame, seg)
+        return seg
+
+    def _check_surface(self, frame: RGBDFrame, seg: Segmentation) -> None:
+        """The surface must still be where it was recorded (or fitted). A camera bumped or a table
+        moved makes most of the view differ from it: one 'object' over most of the frame, present
+        for good, so after one inspection of it a station in continuous mode inspects nothing more,
+        without a word. No part covers most of a view that must show the table around it."""
+        ref = self._segmenter.reference_depth(frame)
+        known = (ref > 0) & (ref <= self.cfg.max_depth_mm) & (frame.depth > 0)
+        n = int(np.count_nonzero(known))
+        if n < self.min_valid_fraction * known.size:  # (a surface beyond max_depth_mm: nothing to compare)
+            return
+        if np.count_nonzero(seg.surface & known) < MIN_SURFACE_SEEN * n:
+            if self.reference_path is not None:
+                what, fix = f"reference {self.reference_path}", "record the reference again"
+            else:
+                what, fix = "plane fitted at the first frame", "restart the agent, or record a reference"
+            raise FrameError(f"the view no longer matches the surface {what}: under {100 * MIN_SURFACE_SEEN:.0f}% "
+                             f"of it is where it was. Has the camera or the table moved? Then {fix} "
+                             "('adgan agent capture-reference')")

@@ -215,3 +215,31 @@ def test_the_station_says_a_part_in_the_reference_it_loads(tmp_path, caplog):
         with caplog.at_level(logging.WARNING):
             StationSegmenter(SegmentationConfig(), tmp_path / name, min_area_px=1500)(src.frame(0))
         assert ("something stands on the recorded surface" in caplog.text) is said, caplog.text
+
+
+def test_a_camera_moved_since_the_reference_was_recorded_is_said(tmp_path):
+    """A bump that tilts the camera makes most of the view differ from the recorded surface: one
+    'object' over most of the frame, present for good, so a station in continuous mode inspected it
+    once and then nothing more, without a word."""
+    import cv2
+
+    from agent.frame import FrameError
+    from agent.segment.station import StationSegmenter
+    from agent.sources.synthetic import SyntheticSource
+    src = SyntheticSource(("cylinder",), seed=3, frames_per_part=8, gap_frames=4)
+
+    def tilted(f, dy):
+        d = cv2.warpAffine(f.depth, np.float32([[1, 0, 0], [0, 1, dy]]), f.depth.shape[::-1],
+                           flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
+        return RGBDFrame(f.rgb, d, 0.0, f.intrinsics)
+    SurfaceReference.from_frames(src.empty_frames(3)).save(tmp_path / "ref.npz")
+    seg = StationSegmenter(SegmentationConfig(), tmp_path / "ref.npz")
+    for i in (0, 9):                                            # a part, the empty table
+        assert seg(tilted(src.frame(i), 20)).object_area < 0.1 * 640 * 480  # a small bump: still fine
+        with pytest.raises(FrameError, match=r"no longer matches the surface reference .*ref.npz: under 20% of it "
+                                             r"is where it was. Has the camera or the table moved\? Then record"):
+            seg(tilted(src.frame(i), 80))
+    plane = StationSegmenter(SegmentationConfig(), None)       # the plane fitted at the first frame
+    assert plane(src.frame(9)).object_area == 0
+    with pytest.raises(FrameError, match="plane fitted at the first frame.*restart the agent"):
+        plane(tilted(src.frame(9), 80))
