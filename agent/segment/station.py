@@ -82,7 +82,9 @@ class StationSegmenter:
         self._check_view(frame.depth.shape)
         valid = float(np.count_nonzero(frame.depth)) / frame.depth.size
         if valid < self.min_valid_fraction:
-            raise FrameError(f"only {100 * valid:.1f}% of the depth pixels hold a measurement: "
+            # (the threshold, not the fraction: in continuous mode an error that repeats the last one is
+            # counted, not sent, and a blocked camera's fraction differs in every frame: 30 events a second)
+            raise FrameError(f"under {100 * self.min_valid_fraction:g}% of the depth pixels hold a measurement: "
                              "the camera is blocked, too close, or its depth stream failed")
         if self.reference_path is not None:
             self._refresh_reference()
