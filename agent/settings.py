@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from agent.records import error_lines
@@ -27,6 +27,27 @@ class SettingError(ValueError):
         self.setting, self.message = setting, message
 
 
+NAME_MAX, PATH_MAX = 255, 4095  # bytes of one file name, and of a path a system call takes (Linux)
+
+
+def _usable_path(p: Path) -> Path:
+    """A path the system can be asked about: otherwise the checks before the start ended in an
+    OSError (File name too long) or ValueError (embedded null byte) naming no setting."""
+    if "\0" in str(p):
+        raise ValueError("a path cannot hold a NUL character")
+    size = len(os.fsencode(p))
+    if size > PATH_MAX:
+        raise ValueError(f"a path of {size} bytes is longer than the {PATH_MAX} the system takes")
+    for part in p.parts:
+        if len(os.fsencode(part)) > NAME_MAX:
+            raise ValueError(f"the name {part[:24]!r}... is {len(os.fsencode(part))} bytes, longer than the "
+                             f"{NAME_MAX} a file name can have")
+    return p
+
+
+StationPath = Annotated[Path, AfterValidator(_usable_path)]
+
+
 class _Strict(BaseModel):
     # inf passes every lower bound (frame_timeout_s = inf: a camera that stops is never reopened),
     # nan fails them with a puzzling message: neither is a setting
@@ -36,7 +57,7 @@ class _Strict(BaseModel):
 class RealSenseSource(_Strict):
     type: Literal["realsense"] = Field("realsense", description="a RealSense camera, live or a recording")
     serial: str | None = Field(None, description="camera serial number (None: the first camera)")
-    recording: Path | None = Field(None, description="play back a .bag or .db3 recording instead of a camera")
+    recording: StationPath | None = Field(None, description="play back a .bag or .db3 recording instead of a camera")
     width: int = Field(640, ge=16, description="colour and depth width in pixels")
     height: int = Field(480, ge=16, description="colour and depth height in pixels")
     fps: int = Field(30, ge=1, le=90, description="frames per second")
@@ -46,7 +67,7 @@ class RealSenseSource(_Strict):
 
 class FolderSourceSettings(_Strict):
     type: Literal["folder"] = Field("folder", description="replay a folder (raw captures or paper-layout samples)")
-    path: Path = Field(description="the folder (rgb/, depth/ and, for raw captures, meta/)")
+    path: StationPath = Field(description="the folder (rgb/, depth/ and, for raw captures, meta/)")
     loop: bool = Field(False, description="start again at the end (otherwise the agent stops at the end)")
     fps: float = Field(5.0, ge=0, description="replay rate (0: as fast as the agent inspects)")
     frames: str | None = Field(None, description="LO:HI frame numbers to replay (half-open)")
@@ -86,7 +107,8 @@ BackendSettings = Annotated[Union[OnnxRuntimeSettings, TensorRTSettings], Field(
 class SegmentationSettings(_Strict):
     max_depth_mm: int = Field(700, gt=0, le=65535, description="depth beyond this is background (paper: 700)")
     surface_tolerance: float = Field(0.1, gt=0, lt=1, description="relative depth band of the empty surface")
-    reference: Path | None = Field(None, description="empty-surface reference (.npz); None: RANSAC plane, logged")
+    reference: StationPath | None = Field(None, description="empty-surface reference (.npz); None: RANSAC plane, "
+                                                            "logged")
     roi: tuple[int, int, int, int] | None = Field(None, description="x, y, w, h region of interest in pixels "
                                                   "(x, y >= 0, w, h > 0, inside the frame; None: the whole frame)")
     opening_px: int = Field(1, ge=0, le=10, description="speckle removal radius (0: the paper's raw mask)")
@@ -100,9 +122,10 @@ class SegmentationSettings(_Strict):
 
 
 class ModelSettings(_Strict):
-    bundles: dict[str, Path] = Field(description="bundle folder per class, e.g. {rectangle = '/var/lib/adgan/b'}")
+    bundles: dict[str, StationPath] = Field(description="bundle folder per class, e.g. "
+                                                        "{rectangle = '/var/lib/adgan/b'}")
     expected_class: str = Field(description="the class being inspected now (switchable over MQTT)")
-    thresholds: Path = Field(description="thresholds.json calibrated on these bundles; read again when it "
+    thresholds: StationPath = Field(description="thresholds.json calibrated on these bundles; read again when it "
                              "changes (a file that cannot be used is refused and said, and the thresholds in "
                              "use stay)")
     seed: int = Field(0, description="seed of the initial latents; must equal calibration's")
@@ -146,10 +169,10 @@ class MqttSettings(_Strict):
     port: int = Field(1883, ge=1, le=65535, description="broker port")
     username: str | None = Field(None, description="user name")
     password: SecretStr | None = Field(None, description="password (secret: environment or credential 'mqtt_password')")
-    tls_ca: Path | None = Field(None, description="CA certificate: enables TLS")
-    tls_cert: Path | None = Field(None, description="client certificate (read again before a connection attempt "
+    tls_ca: StationPath | None = Field(None, description="CA certificate: enables TLS")
+    tls_cert: StationPath | None = Field(None, description="client certificate (read again before a connection attempt "
                                   "when renewed on disk)")
-    tls_key: Path | None = Field(None, description="client key")
+    tls_key: StationPath | None = Field(None, description="client key")
     qos: Literal[0, 1, 2] = Field(1, description="QoS of events")
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive")
     topic_prefix: str = Field("adgan", description="topics are <prefix>/<station_id>/...")
@@ -178,7 +201,7 @@ class MqttSettings(_Strict):
 
 
 class OutboxSettings(_Strict):
-    path: Path = Field(Path("/var/lib/adgan/outbox.sqlite"), description="durable event outbox (SQLite, WAL)")
+    path: StationPath = Field(Path("/var/lib/adgan/outbox.sqlite"), description="durable event outbox (SQLite, WAL)")
     max_events: int = Field(100_000, ge=10, description="when full, the oldest events are dropped and counted")
     memory_events: int = Field(10_000, ge=0, description="events held in memory while the disk cannot be written "
                                                          "(full or failing); beyond, the oldest are dropped and "
@@ -232,9 +255,9 @@ class OpcUaSettings(_Strict):
     security: Literal["Basic256Sha256", "None"] = Field(
         "Basic256Sha256", description="Basic256Sha256: signed and encrypted with the station's certificate; "
                                       "None: plain, only when set explicitly")
-    certificate: Path | None = Field(None, description="the station's certificate (DER or PEM), for "
+    certificate: StationPath | None = Field(None, description="the station's certificate (DER or PEM), for "
                                                        "Basic256Sha256")
-    private_key: Path | None = Field(None, description="the certificate's private key (PEM)")
+    private_key: StationPath | None = Field(None, description="the certificate's private key (PEM)")
     application_uri: str | None = Field(None, description="the server's application URI, as in its certificate "
                                                          "(None: urn:adgan-edge:<station_id>)")
     username: str | None = Field(None, description="the one user that may connect (needed with Basic256Sha256)")

@@ -97,6 +97,14 @@ def test_password_from_systemd_credentials_and_dotenv(tmp_path, monkeypatch):
     # run refused these with a bare ValueError after validate-config had passed them
     (lambda t: t.replace("roi = [10, 20, 300, 200]", "roi = [-1, 20, 300, 200]"), "segmentation.roi"),
     (lambda t: t.replace("roi = [10, 20, 300, 200]", "roi = [10, 20, 0, 200]"), "segmentation.roi"),
+    # paths the system cannot be asked about: the checks before the start ended in 'File name too long'
+    # (an OSError's traceback) or 'embedded null byte', naming no setting
+    (lambda t: t + f'[outbox]\npath = "/var/lib/{"a" * 256}/outbox.sqlite"\n', "outbox.path"),
+    (lambda t: t + '[outbox]\npath = "/var/lib/adgan/out\\u0000box.sqlite"\n', "outbox.path"),
+    (lambda t: t.replace('thresholds = "/var/lib/adgan/thresholds.json"', f'thresholds = "/{"d/" * 2100}t.json"'),
+     "model.thresholds"),
+    (lambda t: t.replace('rectangle = "/var/lib/adgan/rectangle"', f'rectangle = "/x/{"b" * 300}"'),
+     "model.bundles.rectangle"),
 ])
 def test_bad_fields_are_named(tmp_path, monkeypatch, edit, path):
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
