@@ -120,6 +120,51 @@ class SearchDefaults(Record):
 
 
 
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def _is_names(v) -> bool:
+    return isinstance(v, list) and all(isinstance(n, str) for n in v)
+
+
+def _is_graph(v) -> bool:
+    return isinstance(v, dict) and isinstance(v.get("file"), str) and _is_names(v.get("inputs")) \
+        and _is_names(v.get("outputs"))
+
+
+# what Bundle reads from a manifest, and the kind each must be (a manifest edited by hand or damaged
+# in a way JSON still parses ended in a TypeError, KeyError or AttributeError naming nothing)
+STRUCTURE = {
+    ("files",): lambda v: isinstance(v, dict) and all(isinstance(d, str) for d in v.values()),
+    ("class",): lambda v: isinstance(v, str), ("kind",): lambda v: isinstance(v, str),
+    ("architecture", "nz"): _is_count, ("architecture", "size"): _is_count, ("architecture", "channels"): _is_count,
+    ("preprocessing",): lambda v: isinstance(v, dict), ("search",): lambda v: isinstance(v, dict),
+    ("graphs", "seeds_per_call"): _is_count, ("graphs", "step"): _is_graph, ("graphs", "loss"): _is_graph,
+    ("theta", "file"): lambda v: isinstance(v, str), ("theta", "trainable"): _is_names,
+}
+OPTIONAL = {("graphs", "x_batch"): _is_count, ("graphs", "encoder"): _is_graph,
+            ("score_stats", "file"): lambda v: isinstance(v, str)}
+
+
+def check_structure(manifest: dict, mf: Path) -> None:
+    """BundleError naming the first entry of `manifest` that is missing or of the wrong kind."""
+    for table, optional in ((STRUCTURE, False), (OPTIONAL, True)):
+        for keys, ok in table.items():
+            v = manifest
+            for k in keys:
+                if not isinstance(v, dict):
+                    raise BundleError(f"{mf}: '{'.'.join(keys[:-1])}' must be an object, got {v!r:.60}")
+                if k not in v:
+                    if optional:
+                        break
+                    raise BundleError(f"{mf}: missing '{'.'.join(keys)}'")
+                v = v[k]
+            else:
+                if not ok(v):
+                    raise BundleError(f"{mf}: '{'.'.join(keys)}' is not of its kind: {v!r:.60}")
+
+
 def b_search_z_init(manifest: dict) -> str:
     return (manifest.get("search") or {}).get("z_init", "random")
 
@@ -178,6 +223,7 @@ class Bundle:
         for key in ("class", "kind", "architecture", "preprocessing", "search", "graphs", "theta", "files"):
             if key not in manifest:
                 raise BundleError(f"{mf}: missing '{key}'")
+        check_structure(manifest, mf)
         for name, digest in manifest["files"].items():
             f = path / name
             if Path(name).is_absolute() or ".." in Path(name).parts:
@@ -209,7 +255,7 @@ class Bundle:
         try:
             b = cls(path, manifest, hashlib.sha256(raw).hexdigest(), theta)
             b.cell_stats = stats
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise BundleError(f"{mf}: {e}") from None
         missing = [n for n in b.trainable if n not in theta]
         if missing:
@@ -222,6 +268,22 @@ class Bundle:
     def graph_io(self, role: str) -> tuple[list[str], list[str]]:
         g = self.manifest["graphs"][role]
         return list(g["inputs"]), list(g["outputs"])
+
+    def check_io(self, role: str, inputs: dict[str, list], outputs: list[str]) -> None:
+        """The `role` graph as an engine loaded it (input name -> shape, a dimension an int or a
+        name; output names) against the manifest: names the engine would bind by, and the sizes of
+        x and z. BundleError otherwise (a KeyError at binding, or a shape error at every part)."""
+        ins, outs = self.graph_io(role)
+        if set(ins) != set(inputs) or not set(outs) <= set(outputs):
+            raise BundleError(f"{self.path}: the {role} graph takes {sorted(inputs)} and gives {sorted(outputs)}, "
+                              f"where the manifest says {sorted(ins)} and {sorted(outs)}; re-export the bundle")
+        want = {"x": (self.x_batch, self.channels, self.size, self.size), "z": (self.seeds_per_call, self.nz)}
+        for name, shape in want.items():
+            got = inputs.get(name)
+            if got is not None and (len(got) != len(shape) or
+                                    any(isinstance(g, int) and g != w for g, w in zip(got, shape))):
+                raise BundleError(f"{self.path}: the {role} graph's {name} is {list(got)}, where the manifest's "
+                                  f"architecture makes it {list(shape)}; re-export the bundle")
 
     def initial_theta(self, seeds: int) -> list[np.ndarray]:
         """Per-seed copies of the trainable theta in the graphs' layout."""

@@ -65,6 +65,8 @@ class OnnxRuntimeBackend(Backend):
         providers = [(p, {"device_id": settings.device_id}) if p in GPU_PROVIDERS else p for p in settings.providers]
         self.step_sess = ort.InferenceSession(str(bundle.graph_path("step")), opts, providers=providers)
         self.loss_sess = ort.InferenceSession(str(bundle.graph_path("loss")), opts, providers=providers)
+        for role, sess in (("step", self.step_sess), ("loss", self.loss_sess)):
+            bundle.check_io(role, {i.name: i.shape for i in sess.get_inputs()}, [o.name for o in sess.get_outputs()])
         self.providers = self.step_sess.get_providers()
         self.device = "cuda" if self.providers[0] in GPU_PROVIDERS else "cpu"
         self.device_id = settings.device_id

@@ -45,6 +45,15 @@ def test_tampered_manifest_changes_identity_or_is_refused(bundles, tmp_path):
     (lambda m: m.update(format=99), "format 99"),
     (lambda m: m.pop("graphs"), "missing 'graphs'"),
     (lambda m: m["files"].update({"../evil": "0" * 64}), "outside the bundle"),
+    # edited by hand or damaged, still JSON: these ended in a TypeError, AttributeError or KeyError
+    # (found by random edits of a bundle's manifest)
+    (lambda m: m.update(files="step.onnx"), "'files' is not of its kind"),
+    (lambda m: m.update(graphs=None), "'graphs' must be an object"),
+    (lambda m: m["graphs"]["step"].update(outputs=3), "'graphs.step' is not of its kind"),
+    (lambda m: m["files"].update({"loss.onnx": 0.5}), "'files' is not of its kind"),
+    (lambda m: m["graphs"].update(encoder="encoder.onnx"), "'graphs.encoder' is not of its kind"),
+    (lambda m: m["architecture"].update(nz=-1), "'architecture.nz' is not of its kind"),
+    (lambda m: m["theta"].update(trainable="w0"), "'theta.trainable' is not of its kind"),
 ])
 def test_bad_manifests_are_refused(bundles, tmp_path, edit, msg):
     p = tmp_path / "b"
@@ -54,6 +63,25 @@ def test_bad_manifests_are_refused(bundles, tmp_path, edit, msg):
     (p / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BundleError, match=msg):
         Bundle.load(p)
+
+
+@pytest.mark.parametrize("edit, msg", [
+    (lambda m: m["graphs"]["loss"]["inputs"].__setitem__(0, "q"), "the loss graph takes .* where the manifest says"),
+    (lambda m: m["architecture"].update(nz=7), r"the step graph's z is \[3, 100\], where the manifest's architecture "
+                                              r"makes it \[3, 7\]"),
+    (lambda m: m["architecture"].update(size=64), "the step graph's x is"),
+])
+def test_a_manifest_that_does_not_describe_its_graphs_is_refused_at_loading(bundles, tmp_path, edit, msg):
+    """Graph names the engine binds by (a KeyError when it loaded them) and sizes of x and z (ONNX
+    Runtime's 'Got invalid dimensions' for every part) that are not the graphs' own."""
+    from agent.scoring.backend import open_backend
+    p = tmp_path / "b"
+    shutil.copytree(bundles[("all", "mse")], p)
+    m = json.loads((p / "manifest.json").read_text())
+    edit(m)
+    (p / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match=msg):
+        open_backend(Bundle.load(p))
 
 
 @pytest.mark.parametrize("raw, msg", [(b"{\"format\": 2", "not valid JSON"), (b"\x93\x94", "UnicodeDecodeError"),
