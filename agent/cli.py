@@ -57,9 +57,13 @@ def _say_refusal(a: argparse.Namespace, s, problems: list[str]) -> None:
 
 
 def cmd_validate_config(a: argparse.Namespace) -> int:
+    from agent.decide.expected import start_words
     s = _load(a)
     if s is None or not _preflight(a, s, say=a.mqtt):
         return 2
+    words = start_words(s.outbox.path, s.model.expected_class, s.model.bundles)
+    if words:  # a class switched over MQTT before, kept for the next start (agent/decide/expected.py)
+        print(f"{a.config}: {words}", file=sys.stderr)
     print(f"{a.config}: valid (station {s.station_id}, source {s.source.type}, "
           f"{len(s.model.bundles)} bundle(s), backend {s.model.backend.type}, trigger {s.trigger.mode})")
     return 0

@@ -48,33 +48,50 @@ def _read(path: Path) -> dict:
     return rec
 
 
-def starting_class(path: Path, configured: str, known: Iterable[str]) -> tuple[str, dict | None]:
-    """(the class to expect at start, the switch it comes from or None: the configured class)."""
+def _judge(path: Path, configured: str, known: Iterable[str]) -> tuple[str, dict | None, int, str, bool]:
+    """(the class a start expects, the switch it comes from or None, a log level and what to say
+    or "", whether the record is stale: agent.toml changed since)."""
     try:
         rec = _read(path)
     except FileNotFoundError:
-        return configured, None
+        return configured, None, logging.DEBUG, "", False
     except (OSError, ValueError, RecursionError) as e:  # (json's errors and UnicodeDecodeError are ValueErrors)
-        log.warning("the stored class switch %s cannot be read (%s): expecting agent.toml's %s", path, e, configured)
-        return configured, None
+        return configured, None, logging.WARNING, (f"the stored class switch {path} cannot be read ({e}): expecting "
+                                                   f"agent.toml's {configured}"), False
     cls, then, at = rec["class"], rec["configured"], rec.get("at", "?")
     if then != configured:
-        log.info("agent.toml's expected_class is %s, no longer %s as when class/set chose %s at %s: the file is "
-                 "the newer word, expecting %s", configured, then, cls, at, configured)
+        return configured, None, logging.INFO, (f"agent.toml's expected_class is {configured}, no longer {then} as "
+                                                f"when class/set chose {cls} at {at}: the file is the newer word, "
+                                                f"expecting {configured}"), True
+    if cls == configured:
+        return configured, None, logging.DEBUG, "", False
+    if cls not in set(known):
+        return configured, None, logging.WARNING, (f"class/set chose {cls} at {at}, which has no bundle now (have "
+                                                   f"{', '.join(sorted(known))}): expecting agent.toml's "
+                                                   f"{configured}"), False
+    return cls, {"class": cls, "at": at, "configured": configured, "stored": True}, logging.WARNING, (
+        f"expecting {cls}, as class/set chose it at {at} (agent.toml's expected_class is {configured}); a "
+        "class/set changes it"), False
+
+
+def starting_class(path: Path, configured: str, known: Iterable[str]) -> tuple[str, dict | None]:
+    """(the class to expect at start, the switch it comes from or None: the configured class);
+    said in the log, and a stale record removed."""
+    cls, switch, level, say, stale = _judge(path, configured, known)
+    if say:
+        log.log(level, "%s", say)
+    if stale:
         try:
             path.unlink()
         except OSError as e:
             log.warning("the stale class switch %s could not be removed: %s", path, e)
-        return configured, None
-    if cls == configured:
-        return configured, None
-    if cls not in set(known):
-        log.warning("class/set chose %s at %s, which has no bundle now (have %s): expecting agent.toml's %s",
-                    cls, at, ", ".join(sorted(known)), configured)
-        return configured, None
-    log.warning("expecting %s, as class/set chose it at %s (agent.toml's expected_class is %s); a class/set "
-                "changes it", cls, at, configured)
-    return cls, {"class": cls, "at": at, "configured": configured, "stored": True}
+    return cls, switch
+
+
+def start_words(outbox: str | Path, configured: str, known: Iterable[str]) -> str:
+    """What a start would say about the class it expects ("" for the configured one, with no
+    switch to speak of); reads, changes nothing (validate-config)."""
+    return _judge(record_path(outbox), configured, known)[3]
 
 
 class ExpectedClass:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from agent.decide.expected import ExpectedClass, record_path
+from agent.decide.expected import ExpectedClass, record_path, start_words
 
 KNOWN = ("cylinder", "rectangle", "sphere")
 
@@ -80,3 +80,14 @@ def test_a_switch_that_cannot_be_stored_applies_and_is_said(tmp_path, caplog):
         assert ec.apply() is True and ec.name == "cylinder"
     st = ec.status()
     assert st["stored"] is False and st["error"] and "after a restart the station would expect" in caplog.text
+
+
+def test_validate_config_says_what_a_start_would_expect_and_changes_nothing(tmp_path):
+    outbox = tmp_path / "outbox.sqlite"
+    assert start_words(outbox, "sphere", KNOWN) == ""
+    ec, _ = made(tmp_path)
+    ec.request(b"cylinder")
+    ec.apply()
+    assert start_words(outbox, "sphere", KNOWN).startswith("expecting cylinder, as class/set chose it at ")
+    assert "the file is the newer word" in start_words(outbox, "rectangle", KNOWN)
+    assert record_path(outbox).exists()  # (a start removes the stale record; a check does not)

@@ -141,7 +141,7 @@ def mqtt_station(broker, two_classes, synth_data, tmp_path, loop: bool = False):
     return cfg, sub, cmd, state
 
 
-def test_mqtt_trigger_and_class_switch(broker, two_classes, synth_data, tmp_path):
+def test_mqtt_trigger_and_class_switch(broker, two_classes, synth_data, tmp_path, capsys):
     cfg, sub, cmd, state = mqtt_station(broker, two_classes, synth_data, tmp_path)
     agent = AgentProcess(cfg, tmp_path / "agent.log")
     try:
@@ -159,6 +159,8 @@ def test_mqtt_trigger_and_class_switch(broker, two_classes, synth_data, tmp_path
         assert sub.wait_for(lambda m: len(events(sub)) == 2), agent.output()
         assert sub.wait_for(lambda m: state("trigger") == b"idle")
         agent.kill()  # a power cut after the product change: the PLC sends its class/set once
+        assert main(["agent", "validate-config", "--config", str(cfg), "--env-file", "/nonexistent"]) == 0
+        assert "expecting cylinder, as class/set chose it at" in capsys.readouterr().err
         # a restart expects the class switched to, not agent.toml's (until 2026-12-06: sphere again)
         n = len(sub.messages)
         agent = AgentProcess(cfg, tmp_path / "agent2.log")
