@@ -56,13 +56,18 @@ def test_tampered_manifest_changes_identity_or_is_refused(bundles, tmp_path):
     (lambda m: m["theta"].update(trainable="w0"), "'theta.trainable' is not of its kind"),
 ])
 def test_bad_manifests_are_refused(bundles, tmp_path, edit, msg):
+    with pytest.raises(BundleError, match=msg):
+        Bundle.load(edited(bundles, tmp_path, edit))
+
+
+def edited(bundles, tmp_path, edit):
+    """A copy of a test bundle whose manifest `edit` changed."""
     p = tmp_path / "b"
     shutil.copytree(bundles[("all", "mse")], p)
     m = json.loads((p / "manifest.json").read_text())
     edit(m)
     (p / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(BundleError, match=msg):
-        Bundle.load(p)
+    return p
 
 
 @pytest.mark.parametrize("edit, msg", [
@@ -75,13 +80,8 @@ def test_a_manifest_that_does_not_describe_its_graphs_is_refused_at_loading(bund
     """Graph names the engine binds by (a KeyError when it loaded them) and sizes of x and z (ONNX
     Runtime's 'Got invalid dimensions' for every part) that are not the graphs' own."""
     from agent.scoring.backend import open_backend
-    p = tmp_path / "b"
-    shutil.copytree(bundles[("all", "mse")], p)
-    m = json.loads((p / "manifest.json").read_text())
-    edit(m)
-    (p / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BundleError, match=msg):
-        open_backend(Bundle.load(p))
+        open_backend(Bundle.load(edited(bundles, tmp_path, edit)))
 
 
 @pytest.mark.parametrize("raw, msg", [(b"{\"format\": 2", "not valid JSON"), (b"\x93\x94", "UnicodeDecodeError"),
