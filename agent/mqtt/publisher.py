@@ -36,8 +36,8 @@ from agent.mqtt.outbox import Outbox
 from agent.mqtt.protocol import AutoProtocol
 from agent.mqtt.pump import EventPump
 from agent.mqtt.refusals import DeliveryCheck, Refusals
-from agent.mqtt.start_refused import TOPIC as START_REFUSED
 from agent.mqtt.seqrecord import SeqRecord
+from agent.mqtt.start_refused import TOPIC as START_REFUSED
 from agent.mqtt.tls import TlsFiles, alert_of
 from agent.mqtt.verdict import LiveVerdicts
 from agent.settings import MqttSettings

@@ -11,7 +11,7 @@ problems also go, retained and QoS 1, to `<prefix>/<station>/start_refused`:
 
 through the configured broker (its TLS and password), by a client of its own
 (`adgan-<station>-start-refused`: a running agent of the same station is never disconnected), waiting
-at most a few seconds. An agent that starts clears it (an empty retained message on every
+at most a few seconds. An agent that starts clears it (an empty retained message on its first
 connection). Nothing can be said when the `[mqtt]` settings themselves cannot be read, or the
 broker cannot be reached: the log then says that it was not said.
 """

@@ -119,7 +119,6 @@ class SearchDefaults(Record):
         return f"top {self.score_cells} cells" + (" standardised" if self.score_norm != "none" else "")
 
 
-
 def _is_count(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 

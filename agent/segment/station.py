@@ -16,6 +16,7 @@ from agent.segment.segmentation import Segmentation, SegmentationConfig, Segment
 log = logging.getLogger(__name__)
 
 MIN_SURFACE_SEEN = 0.2  # of the recorded surface's pixels measured in a frame, seen as surface there
+MIN_SURFACE_VIEW = 0.3  # ... checked where that surface is at least this much of the frame (a table, not a stand)
 
 
 class StationSegmenter:
@@ -103,8 +104,8 @@ class StationSegmenter:
         ref = self._segmenter.reference_depth(frame)
         known = (ref > 0) & (ref <= self.cfg.max_depth_mm) & (frame.depth > 0)
         n = int(np.count_nonzero(known))
-        if n < self.min_valid_fraction * known.size:  # (a surface beyond max_depth_mm: nothing to compare)
-            return
+        if n < MIN_SURFACE_VIEW * known.size:  # a small stand, or a surface beyond max_depth_mm: a part may
+            return                               # cover most of it, and nothing tells that from a moved camera
         if np.count_nonzero(seg.surface & known) < MIN_SURFACE_SEEN * n:
             if self.reference_path is not None:
                 what, fix = f"reference {self.reference_path}", "record the reference again"

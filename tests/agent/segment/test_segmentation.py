@@ -239,6 +239,16 @@ def test_a_camera_moved_since_the_reference_was_recorded_is_said(tmp_path):
         with pytest.raises(FrameError, match=r"no longer matches the surface reference .*ref.npz: under 20% of it "
                                              r"is where it was. Has the camera or the table moved\? Then record"):
             seg(tilted(src.frame(i), 80))
+    # a part on a small stand (the rest of the view beyond max_depth_mm) may cover most of the surface
+    stand = np.full((120, 160), 2000, np.uint16)
+    stand[40:80, 50:110] = 500
+    SurfaceReference.from_frames([RGBDFrame(np.zeros((120, 160, 3), np.uint8), stand, 0.0,
+                                            Intrinsics.default(160, 120))], fill_holes=False).save(tmp_path / "s.npz")
+    part = stand.copy()
+    part[42:78, 52:108] = 400
+    got = StationSegmenter(SegmentationConfig(), tmp_path / "s.npz")(
+        RGBDFrame(np.zeros((120, 160, 3), np.uint8), part, 0.0, Intrinsics.default(160, 120)))
+    assert got.object_area > 0.8 * 40 * 60
     plane = StationSegmenter(SegmentationConfig(), None)       # the plane fitted at the first frame
     assert plane(src.frame(9)).object_area == 0
     with pytest.raises(FrameError, match="plane fitted at the first frame.*restart the agent"):
