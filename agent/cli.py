@@ -13,8 +13,9 @@ from pathlib import Path
 from agent.argtypes import number
 
 
-def _load(a: argparse.Namespace):
-    """Settings, or None after printing every invalid field (exit code 2)."""
+def _load(a: argparse.Namespace, say: bool = False):
+    """Settings, or None after printing every invalid field (exit code 2); with `say`, told to the
+    station's broker too when its station_id and [mqtt] settings are good."""
     from pydantic import ValidationError
 
     from agent.settings import describe_errors, load_settings
@@ -25,6 +26,11 @@ def _load(a: argparse.Namespace):
         print(f"{a.config}: {len(lines)} invalid setting(s):", file=sys.stderr)
         for line in lines:
             print(f"  {line}", file=sys.stderr)
+        if say:
+            from agent.mqtt.start_refused import reach
+            r = reach(a.config, a.env_file)
+            if r is not None:
+                _say_refusal(a, r, [f"{a.config}: {line}" for line in lines])
     except UnicodeDecodeError as e:  # (TOML is UTF-8; Notepad's "Unicode" is UTF-16)
         print(f"{a.config}: it or its --env-file ({a.env_file}) is not UTF-8 text (byte {e.start}); save it as "
               "UTF-8 (an editor may have saved it as UTF-16)", file=sys.stderr)
@@ -58,7 +64,7 @@ def _say_refusal(a: argparse.Namespace, s, problems: list[str]) -> None:
 
 def cmd_validate_config(a: argparse.Namespace) -> int:
     from agent.decide.expected import start_words
-    s = _load(a)
+    s = _load(a, say=a.mqtt)
     if s is None or not _preflight(a, s, say=a.mqtt):
         return 2
     words = start_words(s.outbox.path, s.model.expected_class, s.model.bundles)
@@ -78,7 +84,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     from agent.mqtt.files import OutboxInUse
     from agent.scoring.backend import BackendUnavailable
     from agent.service import Agent
-    s = _load(a)
+    s = _load(a, say=True)
     if s is None or not _preflight(a, s, say=True):
         return 2
     _logging(a.log_level)

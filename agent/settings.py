@@ -349,12 +349,7 @@ class AgentSettings(BaseSettings):
     @field_validator("station_id")
     @classmethod
     def _topic_safe(cls, v: str) -> str:
-        if not v or any(c in v for c in "/+# "):
-            raise ValueError("must be non-empty without '/', '+', '#' or spaces (it is a topic level)")
-        if len(v) > 128:
-            raise ValueError(f"must be at most 128 characters (it is a topic level and the MQTT client id), "
-                             f"got {len(v)}")
-        return _printable_topic(v)
+        return topic_level(v)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
@@ -362,6 +357,15 @@ class AgentSettings(BaseSettings):
         # The TOML file is the lowest layer: the environment and .env override it.
         return (init_settings, env_settings, dotenv_settings, file_secret_settings,
                 TomlConfigSettingsSource(settings_cls))
+
+
+def topic_level(v: str) -> str:
+    """A station_id that can be a topic level and part of the MQTT client id (ValueError otherwise)."""
+    if not v or any(c in v for c in "/+# "):
+        raise ValueError("must be non-empty without '/', '+', '#' or spaces (it is a topic level)")
+    if len(v) > 128:
+        raise ValueError(f"must be at most 128 characters (it is a topic level and the MQTT client id), got {len(v)}")
+    return _printable_topic(v)
 
 
 def load_settings(config: str | Path | None, env_file: str | Path | None = ".env") -> AgentSettings:
@@ -377,8 +381,14 @@ def load_settings(config: str | Path | None, env_file: str | Path | None = ".env
     cls = type("AgentSettings", (AgentSettings,), {"model_config": cfg})
     env = Path(env_file) if env_file and Path(env_file).is_file() else None
     s = cls(_env_file=env)
+    return with_credentials(s, ("mqtt", "opcua"))
+
+
+def with_credentials(s, tables):
+    """`s` with each table's password from the credential '<table>_password' in
+    CREDENTIALS_DIRECTORY where none is set (one secret store for both)."""
     creds = os.environ.get("CREDENTIALS_DIRECTORY")
-    for table in ("mqtt", "opcua"):  # one secret store for both: credential '<table>_password'
+    for table in tables:
         cred = Path(creds) / f"{table}_password" if creds else None
         section = getattr(s, table)
         if section.password is None and cred is not None and cred.is_file():

@@ -12,20 +12,52 @@ problems also go, retained and QoS 1, to `<prefix>/<station>/start_refused`:
 through the configured broker (its TLS and password), by a client of its own
 (`adgan-<station>-start-refused`: a running agent of the same station is never disconnected), waiting
 at most a few seconds. An agent that starts clears it (an empty retained message on its first
-connection). Nothing can be said when the `[mqtt]` settings themselves cannot be read, or the
-broker cannot be reached: the log then says that it was not said.
+connection). A file with bad settings elsewhere is said through its `station_id` and `[mqtt]`
+alone (`reach`). Nothing can be said when those themselves are bad, or the broker cannot be
+reached: the log then says that it was not said.
 """
 from __future__ import annotations
 
 import json
 import threading
 import time
+from pathlib import Path
 
 from agent.mqtt.events import utc_iso
 from agent.mqtt.link import make_client
 
 TOPIC = "start_refused"
 WAIT_S = 5.0
+
+
+def reach(config, env_file):
+    """The station's name and `[mqtt]` settings alone, read as `load_settings` reads the whole
+    (the file, the environment, a .env file, the credential 'mqtt_password'): enough to say why a
+    file whose other settings are bad is refused. None when they are bad too."""
+    from pydantic import Field
+    from pydantic_settings import BaseSettings, SettingsConfigDict, TomlConfigSettingsSource
+
+    from agent.settings import MqttSettings, topic_level, with_credentials
+
+    class Reach(BaseSettings):
+        model_config = SettingsConfigDict(env_prefix="ADGAN_", env_nested_delimiter="__", extra="ignore",
+                                          allow_inf_nan=False, toml_file=Path(config) if config else None)
+        station_id: str
+        mqtt: MqttSettings = Field(default_factory=MqttSettings)
+
+        @classmethod
+        def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                       file_secret_settings):
+            return (init_settings, env_settings, dotenv_settings, file_secret_settings,
+                    TomlConfigSettingsSource(settings_cls))  # (AgentSettings' order: the file lowest)
+
+    try:
+        env = Path(env_file) if env_file and Path(env_file).is_file() else None
+        r = with_credentials(Reach(_env_file=env), ("mqtt",))
+        topic_level(r.station_id)
+    except Exception:  # (whatever stops these settings, the refusal is in the log already)
+        return None
+    return r
 
 
 def refusal_document(station: str, problems: list[str], exit_code: int = 2) -> bytes:

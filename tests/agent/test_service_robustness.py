@@ -151,6 +151,11 @@ def test_a_refused_start_is_said_on_mqtt_and_the_next_start_clears_it(broker, ca
     assert main(["agent", "validate-config", "--mqtt", "--config", str(cfg), "--env-file", "/nonexistent"]) == 2
     assert "the refusal was said on MQTT" in capsys.readouterr().err
     assert "model.bundles.sphere" in retained()[0]["problems"][0]
+    # a bad setting elsewhere in the file (the most common refusal): said through station_id and [mqtt] alone
+    cfg = agent_config(tmp_path, broker.port, bundle, thresholds, 'type = "synthetic"\nfps = -1', station="refusing")
+    assert main(["agent", "run", "--config", str(cfg), "--env-file", "/nonexistent"]) == 2
+    assert "the refusal was said on MQTT" in capsys.readouterr().err
+    assert "source.synthetic.fps: Input should be greater than or equal to 0" in retained()[0]["problems"][0]
     # no broker to tell: said so, within a second or two, not a hang
     cfg = agent_config(tmp_path, 1, tmp_path / "nowhere", thresholds, 'type = "synthetic"', station="refusing")
     t0 = time.monotonic()
