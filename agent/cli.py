@@ -29,7 +29,10 @@ def _load(a: argparse.Namespace, say: bool = False):
         if say:
             from agent.mqtt.start_refused import reach
             r = reach(a.config, a.env_file)
-            if r is not None:
+            if r is None:
+                print(f"{a.config}: the refusal was not said on MQTT: station_id or [mqtt] cannot be used either",
+                      file=sys.stderr)
+            else:
                 _say_refusal(a, r, [f"{a.config}: {line}" for line in lines])
     except UnicodeDecodeError as e:  # (TOML is UTF-8; Notepad's "Unicode" is UTF-16)
         print(f"{a.config}: it or its --env-file ({a.env_file}) is not UTF-8 text (byte {e.start}); save it as "

@@ -156,6 +156,10 @@ def test_a_refused_start_is_said_on_mqtt_and_the_next_start_clears_it(broker, ca
     assert main(["agent", "run", "--config", str(cfg), "--env-file", "/nonexistent"]) == 2
     assert "the refusal was said on MQTT" in capsys.readouterr().err
     assert "source.synthetic.fps: Input should be greater than or equal to 0" in retained()[0]["problems"][0]
+    bad_mqtt = cfg.read_text().replace("[mqtt]", "[mqtt]\nqos = 7")
+    cfg.write_text(bad_mqtt)
+    assert main(["agent", "run", "--config", str(cfg), "--env-file", "/nonexistent"]) == 2
+    assert "not said on MQTT: station_id or [mqtt] cannot be used either" in capsys.readouterr().err
     # no broker to tell: said so, within a second or two, not a hang
     cfg = agent_config(tmp_path, 1, tmp_path / "nowhere", thresholds, 'type = "synthetic"', station="refusing")
     t0 = time.monotonic()
