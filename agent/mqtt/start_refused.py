@@ -35,9 +35,9 @@ def reach(config, env_file):
     (the file, the environment, a .env file, the credential 'mqtt_password'): enough to say why a
     file whose other settings are bad is refused. None when they are bad too."""
     from pydantic import Field
-    from pydantic_settings import BaseSettings, SettingsConfigDict, TomlConfigSettingsSource
+    from pydantic_settings import BaseSettings, SettingsConfigDict
 
-    from agent.settings import MqttSettings, topic_level, with_credentials
+    from agent.settings import AgentSettings, MqttSettings, topic_level, with_credentials
 
     class Reach(BaseSettings):
         model_config = SettingsConfigDict(env_prefix="ADGAN_", env_nested_delimiter="__", extra="ignore",
@@ -45,11 +45,8 @@ def reach(config, env_file):
         station_id: str
         mqtt: MqttSettings = Field(default_factory=MqttSettings)
 
-        @classmethod
-        def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
-                                       file_secret_settings):
-            return (init_settings, env_settings, dotenv_settings, file_secret_settings,
-                    TomlConfigSettingsSource(settings_cls))  # (AgentSettings' order: the file lowest)
+        # the same sources in the same order as the whole (the file lowest)
+        settings_customise_sources = classmethod(AgentSettings.settings_customise_sources.__func__)
 
     try:
         env = Path(env_file) if env_file and Path(env_file).is_file() else None
