@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,12 @@ class FrameError(ValueError):
     def __init__(self, message: str, meta: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.meta = dict(meta or {})
+
+
+def same_problem(reason: str) -> str:
+    """What makes two frame problems the same one, whatever their numbers (a frame number, a file
+    name, a measured fraction): continuous mode reports a problem once while it repeats."""
+    return re.sub(r"\d+(?:\.\d+)?", "#", reason)
 
 
 class NoObjectError(ValueError):

@@ -18,7 +18,7 @@ from agent.decide.anomaly_map import encode_map, heat, hot_box
 from agent.decide.expected import ExpectedClass
 from agent.decide.inspector import ClassModel, load_models
 from agent.decide.reload import ThresholdsReload
-from agent.frame import FrameError, NoObjectError, RGBDFrame, Sample
+from agent.frame import FrameError, NoObjectError, RGBDFrame, Sample, same_problem
 from agent.health import ClockWatch, Counters, LoopWatch, SystemdNotifier, Work, iso_time, timed
 from agent.interfaces import Interfaces
 from agent.mqtt.events import Event, utc_iso
@@ -287,17 +287,18 @@ class Agent:
     def _error(self, work: Work, reason: str, inspection: bool = False, model: ClassModel | None = None) -> None:
         """An `error` event, except for frame problems nobody asked about: in `mqtt` mode only
         requested frames are reported, and in `continuous` mode a frame problem that repeats
-        the previous one is counted (errors_suppressed) instead of flooding the topic."""
+        the previous one (its numbers aside: `same_problem`) is counted (errors_suppressed) instead
+        of flooding the topic."""
         mode = self.s.trigger.mode
         quiet = not (work.forced or inspection) and (
-            mode in ON_REQUEST or mode == "continuous" and reason == self._last_error)
+            mode in ON_REQUEST or mode == "continuous" and same_problem(reason) == self._last_error)
         if quiet:
             self.counters.add("errors_suppressed")
             log.debug("frame not inspected (suppressed repeat): %s", reason)
             return
         log.warning("frame not inspected: %s", reason)
         self._emit(work, "error", model=model, error=reason)
-        self._last_error = reason
+        self._last_error = same_problem(reason)
 
     def _emit(self, work: Work, verdict: str, model: ClassModel | None = None, score: float | None = None,
               threshold: float | None = None, error: str | None = None, anomaly_map: dict | None = None,
