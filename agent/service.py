@@ -56,7 +56,7 @@ class Agent:
         self.segmenter = StationSegmenter.from_settings(settings.segmentation, settings.trigger.min_area_px)
         self.outbox: Outbox | None = None
         self.publisher: Publisher | None = None
-        self._last_error: str | None = None   # suppresses floods of one error in continuous mode
+        self._said: set[str] = set()  # frame problems said since the last inspection (continuous mode)
         self._stop_cause: str | None = None  # the signal that asked for the stop, said in the log
         self.thresholds: ThresholdsReload | None = None
         self._next_status = 0.0
@@ -286,25 +286,27 @@ class Agent:
     # -- events --------------------------------------------------------------------------
     def _error(self, work: Work, reason: str, inspection: bool = False, model: ClassModel | None = None) -> None:
         """An `error` event, except for frame problems nobody asked about: in `mqtt` mode only
-        requested frames are reported, and in `continuous` mode a frame problem that repeats
-        the previous one (its numbers aside: `same_problem`) is counted (errors_suppressed) instead
-        of flooding the topic."""
+        requested frames are reported, and in `continuous` mode a frame problem already said since
+        the last inspection (its numbers aside: `same_problem`) is counted (errors_suppressed)
+        instead of flooding the topic; two problems that alternate are two events, not one a frame."""
         mode = self.s.trigger.mode
         quiet = not (work.forced or inspection) and (
-            mode in ON_REQUEST or mode == "continuous" and same_problem(reason) == self._last_error)
+            mode in ON_REQUEST or mode == "continuous" and same_problem(reason) in self._said)
         if quiet:
             self.counters.add("errors_suppressed")
             log.debug("frame not inspected (suppressed repeat): %s", reason)
             return
         log.warning("frame not inspected: %s", reason)
         self._emit(work, "error", model=model, error=reason)
-        self._last_error = same_problem(reason)
+        if len(self._said) >= 100:  # (a bound, should problems ever come in endless kinds)
+            self._said.clear()
+        self._said.add(same_problem(reason))
 
     def _emit(self, work: Work, verdict: str, model: ClassModel | None = None, score: float | None = None,
               threshold: float | None = None, error: str | None = None, anomaly_map: dict | None = None,
               anomaly_box: dict | None = None) -> None:
         if verdict != "error":
-            self._last_error = None
+            self._said.clear()
         # Decided now: storing the sequence number and the event comes after, and a slow disk's
         # wait counts in the verdict's age (mqtt.verdict_max_age_s), not before it.
         decided, decided_wall = time.monotonic(), time.time()

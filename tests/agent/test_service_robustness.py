@@ -93,34 +93,43 @@ def test_a_region_of_interest_outside_a_frame_is_an_error_event(broker, calibrat
     assert not any("outside" in (e.get("error") or "") for e in evs[:3] + evs[4:])
 
 
-def test_in_continuous_mode_a_problem_that_repeats_is_one_event_whatever_its_numbers(broker, calibrated,
-                                                                                    tmp_path):
+@pytest.mark.parametrize("alternate", [False, True])
+def test_in_continuous_mode_a_problem_is_said_once_whatever_its_numbers(broker, calibrated, tmp_path, alternate):
     """Six frames whose colour files are all corrupt: one problem, said once and counted after. Each
     message names its file (and a blocked camera's named its measured fraction), so until 2026-12-06
-    each was an event of its own: 30 a second from a live camera."""
+    each was an event of its own: 30 a second from a live camera. With `alternate`, every other frame
+    has no depth instead: two problems, two events (the rule compared with the previous one only, so
+    two problems that alternate were an event a frame)."""
     bundle, thresholds = calibrated
     src = SyntheticSource(("sphere",), seed=11)
     folder = tmp_path / "frames"
     for i in range(6):
-        write_raw_frame(folder, i, src.frame(i))
-        (folder / "rgb" / f"{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+        f = src.frame(i)
+        if alternate and i % 2:
+            f = type(f)(rgb=f.rgb, depth=np.zeros_like(f.depth), timestamp=float(i), intrinsics=f.intrinsics)
+        write_raw_frame(folder, i, f)
+        if not (alternate and i % 2):
+            (folder / "rgb" / f"{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
     cfg = agent_config(tmp_path, broker.port, bundle, thresholds, f'type = "folder"\npath = "{folder}"\nfps = 0',
                        trigger="continuous")
     sub = Subscriber(broker.port, "adgan/st1/#")
     assert sub.subscribed.wait(10)
     agent = AgentProcess(cfg, tmp_path / "agent.log")
+    said = 2 if alternate else 1
     try:
         assert agent.wait(120) == 0, agent.output()
 
         def counted(m):
             st = sub.documents("adgan/st1/status")
-            return st and st[-1]["counters"]["errors_suppressed"] == 5
+            return st and st[-1]["counters"]["errors_suppressed"] == 6 - said
         assert sub.wait_for(counted), agent.output()
         evs = events(sub)
     finally:
         agent.stop()
         sub.close()
-    assert [e["verdict"] for e in evs] == ["error"] and "0.png: not a readable image" in evs[0]["error"]
+    assert [e["verdict"] for e in evs] == ["error"] * said and "0.png: not a readable image" in evs[0]["error"]
+    if alternate:
+        assert "depth pixels hold a measurement" in evs[1]["error"]
 
 
 def test_a_missing_reference_gives_error_events_until_it_is_recorded(broker, calibrated, raw_station, tmp_path):
