@@ -289,9 +289,9 @@ class Agent:
         requested frames are reported, and in `continuous` mode a frame problem already said since
         the last inspection (its numbers aside: `same_problem`) is counted (errors_suppressed)
         instead of flooding the topic; two problems that alternate are two events, not one a frame."""
-        mode = self.s.trigger.mode
+        mode, problem = self.s.trigger.mode, same_problem(reason)
         quiet = not (work.forced or inspection) and (
-            mode in ON_REQUEST or mode == "continuous" and same_problem(reason) in self._said)
+            mode in ON_REQUEST or mode == "continuous" and problem in self._said)
         if quiet:
             self.counters.add("errors_suppressed")
             log.debug("frame not inspected (suppressed repeat): %s", reason)
@@ -300,7 +300,7 @@ class Agent:
         self._emit(work, "error", model=model, error=reason)
         if len(self._said) >= 100:  # (a bound, should problems ever come in endless kinds)
             self._said.clear()
-        self._said.add(same_problem(reason))
+        self._said.add(problem)
 
     def _emit(self, work: Work, verdict: str, model: ClassModel | None = None, score: float | None = None,
               threshold: float | None = None, error: str | None = None, anomaly_map: dict | None = None,

@@ -29,6 +29,8 @@ class StationSegmenter:
         self._segmenter = Segmenter(cfg, None)
         self._ref_stamp: tuple[int, int] | None = None
         self._roi_warned: tuple[int, int] | None = None
+        self._surface_of: np.ndarray | None = None  # the reference depth _surface was made from
+        self._surface: np.ndarray | None = None     # where it is a known surface within max_depth_mm
 
     @classmethod
     def from_settings(cls, seg, min_area_px: int = 0) -> "StationSegmenter":
@@ -102,7 +104,9 @@ class StationSegmenter:
         for good, so after one inspection of it a station in continuous mode inspects nothing more,
         without a word. No part covers most of a view that must show the table around it."""
         ref = self._segmenter.reference_depth(frame)
-        known = (ref > 0) & (ref <= self.cfg.max_depth_mm) & (frame.depth > 0)
+        if self._surface_of is not ref:  # (once per reference, not per frame)
+            self._surface_of, self._surface = ref, (ref > 0) & (ref <= self.cfg.max_depth_mm)
+        known = self._surface & (frame.depth > 0)
         n = int(np.count_nonzero(known))
         if n < MIN_SURFACE_VIEW * known.size:  # a small stand, or a surface beyond max_depth_mm: a part may
             return                               # cover most of it, and nothing tells that from a moved camera
