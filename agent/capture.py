@@ -150,12 +150,12 @@ def _wanted(frame: RGBDFrame, report: CaptureReport, every: int, passage: Passag
     if passage is None:
         return (report.frames_read - 1) % every == 0
     try:
-        area = segmenter(frame).object_area
+        seg = segmenter(frame)
     except FrameError as e:
         report.bad_frames += 1
         _say(report.bad_frames, "frame not segmented, skipped: %s", e)
         return False
-    p = passage.update(area)
+    p = passage.update(seg.object_area, seg.object, frame.depth)
     if p is Passage.UNSETTLED:
         report.unsettled += 1
         _say(report.unsettled, "a part left before it settled: not recorded")

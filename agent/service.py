@@ -220,7 +220,7 @@ class Agent:
             return
         work.area = seg.object_area
         if mode == "continuous" and not forced:
-            p = self.passage.update(work.area)
+            p = self.passage.update(work.area, seg.object, frame.depth)  # (the masks: parts that follow)
             if p is Passage.NONE:
                 return
             if p is Passage.UNSETTLED:

@@ -149,7 +149,7 @@ class TriggerSettings(_Strict):
     min_area_px: int = Field(1500, ge=1, description="mask area that counts as an object present")
     settle_frames: int = Field(3, ge=1, description="frames the object must stay before it is scored")
     settle_tolerance: float = Field(0.1, gt=0, lt=1, description="relative area change that still counts as still")
-    clear_frames: int = Field(2, ge=1, description="frames without an object that end a passage")
+    clear_frames: int = Field(2, ge=1, description="frames without any object, or the inspected part: a passage ends")
     max_pending: int = Field(1, ge=1, le=100, description="mqtt trigger requests that may wait at once; more in a "
                                                          "burst are coalesced and counted (triggers_coalesced)")
 

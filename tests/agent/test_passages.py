@@ -1,0 +1,129 @@
+"""Continuous mode's passages when parts follow each other without the view clearing between
+them (a belt, a robot, a hand that stays in view): each part is inspected once, and a hand
+over an inspected part, or carrying it away, is not a part."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from agent.capture import capture_frames
+from agent.segment.reference import SurfaceReference
+from agent.segment.segmentation import SegmentationConfig
+from agent.segment.station import StationSegmenter
+from agent.sources.dataset import read_raw_frame, write_raw_frame
+from agent.sources.folder import FolderSource
+from agent.sources.scene import Primitive
+from agent.sources.synthetic_station import SyntheticStation
+from agent.trigger import Passage, PassageTrigger
+from tests.agent.conftest import AgentProcess, Subscriber, agent_config
+
+TABLE, TOP, HAND = 500, 450, 380  # millimetres: the table, a part's top, a hand over it
+
+
+def view(rng, parts=(), hand=None):
+    """(mask, depth) of a 120x160 view of a table: square parts (x, y, side) 50 mm high with
+    2 mm of noise and an edge row that flickers, and a hand (x, y, w, h) nearer than them."""
+    depth = np.full((120, 160), TABLE, np.float32)
+    for x, y, side in parts:
+        depth[y:y + side, x:x + side] = TOP
+        row = depth[y + side, x:x + side]
+        row[rng.random(row.size) < 0.5] = TOP
+    if hand is not None:
+        x, y, w, h = hand
+        depth[y:y + h, x:x + w] = HAND
+    d = np.clip(depth + rng.normal(0, 2, depth.shape), 0, None).astype(np.uint16)
+    return d < TABLE - 20, d
+
+
+def passages(frames, masks: bool = True) -> list[tuple[int, str]]:
+    t = PassageTrigger(min_area_px=100, settle_frames=3, settle_tolerance=0.1, clear_frames=2)
+    got = [t.update(int(m.sum()), m, d) if masks else t.update(int(m.sum())) for m, d in frames]
+    return [(i, p.name) for i, p in enumerate(got) if p is not Passage.NONE]
+
+
+PART = (40, 30, 40)
+
+
+def test_a_hand_over_the_inspected_part_or_carrying_it_away_is_not_a_new_part():
+    rng = np.random.default_rng(0)
+    frames = [view(rng, [PART]) for _ in range(12)]  # sensor noise and a flickering edge
+    frames += [view(rng, [PART], hand=(60 + 10 * i, 40, 30, 20)) for i in range(6, -1, -1)]  # a hand comes in
+    frames += [view(rng, [PART], hand=(60, 40, 30, 20)) for _ in range(6)]  # and rests on a third of it
+    frames += [view(rng, [PART], hand=(40, 30, 40, 28)) for _ in range(6)]  # on 70% of it, grasping it
+    frames += [view(rng, [(40 + 8 * i, 30, 40)], hand=(40 + 8 * i, 30, 40, 28)) for i in range(16)]  # carries it out
+    frames += [view(rng) for _ in range(3)]
+    assert passages(frames) == [(2, "SCORE")]  # one inspection, and no "passed without settling"
+
+
+def test_a_part_that_follows_without_the_view_clearing_is_a_new_passage():
+    rng = np.random.default_rng(1)
+    # put down elsewhere while the hand stays in view: inspected again where it settled
+    frames = [view(rng, [PART]) for _ in range(6)]
+    frames += [view(rng, [(40 + 8 * i, 30 + 4 * i, 40)], hand=(60 + 8 * i, 40 + 4 * i, 30, 20)) for i in range(9)]
+    frames += [view(rng, [(112, 66, 40)], hand=(140, 100, 20, 20)) for _ in range(6)]
+    assert passages(frames) == [(2, "SCORE"), (17, "SCORE")]
+    assert passages(frames, masks=False) == [(2, "SCORE")]  # the area alone: one passage
+    # a lower, smaller part swapped in where the first stood, between two frames
+    frames = [view(rng, [PART]) for _ in range(6)] + [view(rng, [(50, 40, 25)]) for _ in range(6)]
+    assert passages(frames) == [(2, "SCORE"), (9, "SCORE")]
+
+
+def on(part, dx: float):
+    p = part.prim
+    return dataclasses.replace(part, prim=Primitive(p.shape, p.center + np.array([dx, 0.0, 0.0]), p.rotation, p.size))
+
+
+@pytest.fixture(scope="module")
+def belt(tmp_path_factory):
+    """A raw-layout folder of a belt at 320x240 and its surface reference: three parts, each
+    standing 5 frames, sliding out to the right 15 mm a frame while the next slides in from
+    the left, so that one part is always in view. Returns (folder, reference, the frames
+    where each part has stood still for its third frame)."""
+    root = tmp_path_factory.mktemp("belt")
+    station = SyntheticStation(320, 240, seed=5, variety="product")
+    SurfaceReference.from_frames(station.render(np.random.default_rng([9, j]), None) for j in range(5)) \
+        .save(root / "reference.npz")
+    n, still = 0, []
+    for k, cls in enumerate(("cylinder", "sphere", "rectangle")):
+        steps = ([] if k == 0 else list(np.arange(-60.0, 0.0, 15.0))) + [0.0] * 5 + \
+                ([] if k == 2 else list(np.arange(15.0, 61.0, 15.0)))
+        for i, dx in enumerate(steps):
+            if dx == 0.0 and steps[i - 2:i + 1] == [0.0] * 3 and len(still) == k:
+                still.append(n)
+            frame = station.render(np.random.default_rng([k, n]), on(station.product(cls), dx))
+            write_raw_frame(root / "frames", n, frame)
+            n += 1
+    return root / "frames", root / "reference.npz", still
+
+
+def test_capture_frames_keeps_each_part_on_a_belt_that_never_clears(belt, tmp_path):
+    frames, reference, still = belt
+    assert still == [2, 15, 28]
+    seg = StationSegmenter(SegmentationConfig(), reference)
+    report = capture_frames(FolderSource(frames), tmp_path / "kept", 10,
+                            passage=PassageTrigger(min_area_px=300), segmenter=seg)
+    assert report.written == [0, 1, 2] and report.unsettled == 0  # until 2026-12-06: the first part only
+    for n, i in enumerate(still):
+        assert np.array_equal(read_raw_frame(tmp_path / "kept", n).depth, read_raw_frame(frames, i).depth)
+
+
+def test_the_agent_inspects_each_part_of_a_belt_that_never_clears(belt, broker, calibrated, tmp_path):
+    frames, reference, still = belt
+    bundle, thresholds = calibrated
+    cfg = agent_config(tmp_path, broker.port, bundle, thresholds, f'type = "folder"\npath = "{frames}"\nfps = 0',
+                       trigger="continuous", extra=f'[segmentation]\nreference = "{reference}"\n')
+    cfg.write_text(cfg.read_text().replace('mode = "continuous"', 'mode = "continuous"\nmin_area_px = 300'))
+    sub = Subscriber(broker.port, "adgan/st1/events")
+    assert sub.subscribed.wait(10)
+    agent = AgentProcess(cfg, tmp_path / "agent.log")
+    try:
+        assert agent.wait(120) == 0, agent.output()
+        assert sub.wait_for(lambda m: len(m) >= 3), agent.output()
+    finally:
+        agent.stop()
+        sub.close()
+    evs = sub.documents("adgan/st1/events")
+    assert [e["source"]["frame"] for e in evs] == still, agent.output()
+    assert all(e["verdict"] in ("ok", "anomaly") for e in evs)
