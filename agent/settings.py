@@ -148,8 +148,8 @@ class TriggerSettings(_Strict):
                                   "gpio: on an edge of gpio.trigger_line (and on .../trigger/set)")
     min_area_px: int = Field(1500, ge=1, description="mask area that counts as an object present")
     settle_frames: int = Field(3, ge=1, description="frames the object must stay before it is scored")
-    settle_tolerance: float = Field(0.1, gt=0, lt=1, description="relative area change that still counts as still")
-    clear_frames: int = Field(2, ge=1, description="frames without any object, or the inspected part: a passage ends")
+    settle_tolerance: float = Field(0.1, gt=0, lt=1, description="still: within this area change (2x: overlap lost)")
+    clear_frames: int = Field(2, ge=1, description="frames without an object (or the inspected part) ending a passage")
     max_pending: int = Field(1, ge=1, le=100, description="mqtt trigger requests that may wait at once; more in a "
                                                          "burst are coalesced and counted (triggers_coalesced)")
 

@@ -3,7 +3,10 @@
 `continuous` mode sees every frame's segmented object area. An object is present when
 the area reaches `min_area_px`. One passage gives one inspection: the object is scored
 on the first frame after it has stayed `settle_frames` frames with its area changing by
-less than `settle_tolerance` (it has stopped moving), and nothing more is scored until the
+less than `settle_tolerance` (it has stopped moving) and, given its masks, each overlapping
+the one its still run began with by at least 1 - 2 x settle_tolerance (intersection over
+union; 0.8 by default: a part sliding along at a constant area is not still; until
+2026-12-06 it was, and was inspected while moving), and nothing more is scored until the
 area has stayed below `min_area_px` for `clear_frames` frames (it has left). An object
 that leaves before it settles is reported once, as an error, so no passage goes unseen.
 
@@ -16,10 +19,8 @@ place, or a lower part stands there) while something stays in view; that somethi
 a new passage. A pixel shows it while it is object and no farther than inspected (within
 `FARTHER`): a hand over the part, or grasping it, is nearer and hides it; it does not end
 it. Since a hand carrying the part away is such a something too, a passage begun this way
-must also hold still (its mask overlapping the one where its stable run began by
-`STILL_IOU`) for `settle_frames` frames, and one that leaves without settling is not an
-error (nor is it said: on a belt that never stops, parts after the first never hold still;
-such a belt needs trigger mode gpio or mqtt). A part put down where the
+that leaves without settling is not an error (nor is it said: on a belt that never stops no
+part is ever still; such a belt needs trigger mode gpio or mqtt). A part put down where the
 inspected one stood, as high as it or higher all over its place, without the view clearing
 (touching identical parts on an indexing belt), still cannot be told from it: such stations
 inspect on request (trigger mode mqtt or gpio) or leave a gap between parts.
@@ -47,7 +48,6 @@ class PassageTrigger:
     clear_frames: int = 2
     LEFT_BELOW = 0.5   # under this fraction of the inspected part's pixels still showing it: it has left its place
     FARTHER = 0.02     # a pixel still shows the inspected part: object, no more than 2% farther than inspected
-    STILL_IOU = 0.8    # a following part holds still: its mask overlaps the one its stable run began with so much
 
     def __post_init__(self) -> None:
         if self.min_area_px < 1 or self.settle_frames < 1 or self.clear_frames < 1:
@@ -65,7 +65,7 @@ class PassageTrigger:
         self._footprint: tuple | None = None  # the inspected part's pixels (flat indices), mask shape, depth
         self._gone = 0         # consecutive frames with the inspected part gone from its place
         self.following = False  # this passage began as the last one's part left, the view not clearing
-        self._anchor: np.ndarray | None = None     # a following passage: the mask its stable run began with
+        self._anchor: np.ndarray | None = None     # the mask the still run began with, given masks
 
     def update(self, area: int, mask: np.ndarray | None = None, depth: np.ndarray | None = None) -> Passage:
         """What to do with a frame whose segmented object has `area` pixels; `mask` (that
@@ -85,14 +85,13 @@ class PassageTrigger:
             self.reset()  # the inspected part has left its place, and something else is in view
             self.following = True
         if not self.present:
-            self.present, self._stable, self._last_area = True, 1, area
-            self._anchor = mask if self.following else None
-        else:
+            self.present, self._stable, self._last_area, self._anchor = True, 1, area, mask
+        elif not self.scored:
             change = abs(area - self._last_area) / max(self._last_area, 1)
             if change <= self.settle_tolerance and self._holds_still(mask):
                 self._stable += 1
-            else:  # a new stable run begins with this frame
-                self._stable, self._anchor = 1, (mask if self.following else None)
+            else:  # a new still run begins with this frame
+                self._stable, self._anchor = 1, mask
             self._last_area = area
         if not self.scored and self._stable >= self.settle_frames:
             self.scored = True
@@ -116,14 +115,13 @@ class PassageTrigger:
         return self._gone >= self.clear_frames
 
     def _holds_still(self, mask: np.ndarray | None) -> bool:
-        """Area alone decides, except in a following passage given masks: there `mask` must
-        also still overlap the mask its stable run began with (a hand carrying the part away
-        keeps its area but moves)."""
-        if not self.following or mask is None:
+        """Given masks, whether `mask` still overlaps the one the still run began with (a part
+        sliding along, or a hand carrying one away, keeps its area but moves)."""
+        if mask is None:
             return True
         a = self._anchor
         return a is not None and a.shape == mask.shape and \
-            np.count_nonzero(mask & a) >= self.STILL_IOU * np.count_nonzero(mask | a)
+            np.count_nonzero(mask & a) >= (1 - 2 * self.settle_tolerance) * np.count_nonzero(mask | a)
 
 
 class CommandTrigger:
