@@ -42,7 +42,7 @@ class Agent:
         self.notifier = notifier or SystemdNotifier()
         self.stop_requested = threading.Event()
         self.counters = Counters("frames", "events", "ok", "anomaly", "no_object", "error", "errors_suppressed",
-                                 "triggers_coalesced", "classes_refused")
+                                 "triggers_coalesced", "classes_refused", "parts_not_inspected")
         self.feed = SourceSupervisor(settings.source, settings.health, lambda: self._publish_status(force=True))
         self.source_health = self.feed.health
         self.started = time.monotonic()  # (uptime: not the wall clock, which NTP may set years ahead at boot)
@@ -139,6 +139,10 @@ class Agent:
                 self.lock.check()  # its file deleted under a running agent: taken again
                 self._publish_status()
                 self._apply_class_request()
+                for n, reason in self.commands.skipped():  # parts that came while max_pending waited: in turn
+                    self.counters.add("parts_not_inspected", n)
+                    self._error(Work(time.monotonic(), time.time(), forced=True, source={"type": self.s.source.type}),
+                                reason)
                 if self.thresholds is not None and (new := self.thresholds.reread(self.models)) is not None:
                     self.models = new
                 self.interfaces.ready(bool(self.models) and self.source_health.state == "running")

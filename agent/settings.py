@@ -150,8 +150,8 @@ class TriggerSettings(_Strict):
     settle_frames: int = Field(3, ge=1, description="frames the object must stay before it is scored")
     settle_tolerance: float = Field(0.1, gt=0, lt=1, description="still: within this area change (2x: overlap lost)")
     clear_frames: int = Field(2, ge=1, description="frames without an object (or the inspected part) ending a passage")
-    max_pending: int = Field(1, ge=1, le=100, description="mqtt trigger requests that may wait at once; more in a "
-                                                         "burst are coalesced and counted (triggers_coalesced)")
+    max_pending: int = Field(1, ge=1, le=100, description="requested inspections that may wait at once; more are "
+                                                         "coalesced (mqtt), or errors in their turn (gpio parts)")
 
 
 def _printable_topic(v: str) -> str:

@@ -28,6 +28,7 @@ inspect on request (trigger mode mqtt or gpio) or leave a gap between parts.
 from __future__ import annotations
 
 import threading
+from collections import deque
 from dataclasses import dataclass
 from enum import Enum
 
@@ -125,32 +126,62 @@ class PassageTrigger:
 
 
 class CommandTrigger:
-    """Inspections requested over MQTT (`.../trigger/set`), counted, thread-safe. At most
-    `max_pending` wait at a time: more requests in a burst are coalesced into those."""
+    """Inspections requested over MQTT (`.../trigger/set`), OPC UA (Trigger()) or by a part's
+    edge on the GPIO trigger line, thread-safe, answered in the order asked. At most
+    `max_pending` inspections wait at a time: more requests in a burst are coalesced into
+    those. A part's edge (`request(part=True)`) is one part, though: one that comes while
+    max_pending wait is kept in its turn as a part not inspected, for the agent to answer with
+    an error event (`skipped`), so that a PLC gets one verdict per part, in order. Until
+    2026-12-06 it was dropped without a word or a count: a verdict short, and the PLC's next
+    verdicts a part late."""
+
+    MAX_SAID_APART = 100  # parts not inspected waiting to be said one by one; beyond, the last entry counts them
 
     def __init__(self, max_pending: int = 1) -> None:
         if max_pending < 1:
             raise ValueError(f"max_pending must be >= 1, got {max_pending}")
         self.max_pending = max_pending
         self._cond = threading.Condition()
+        self._queue: deque[int] = deque()  # 0: an inspection; n >= 1: n parts not inspected, in their turn
         self._pending = 0
 
-    def request(self) -> bool:
-        """Ask for one inspection; False when max_pending already wait (the request is coalesced)."""
+    def request(self, part: bool = False) -> bool:
+        """Ask for one inspection; False when max_pending already wait (the request is coalesced,
+        or for a part, kept as one not inspected)."""
         with self._cond:
-            if self._pending >= self.max_pending:
+            if self._pending < self.max_pending:
+                self._queue.append(0)
+                self._pending += 1
+            elif not part:
                 return False
-            self._pending += 1
+            elif len(self._queue) - self._pending < self.MAX_SAID_APART or not self._queue[-1]:
+                self._queue.append(1)
+            else:
+                self._queue[-1] += 1
             self._cond.notify_all()
-            return True
+            return self._queue[-1] == 0
 
     def take(self, timeout: float) -> bool:
-        """Wait up to `timeout` s for a request; True (and one request consumed) if there was one."""
+        """Wait up to `timeout` s for a request; True (and one request consumed) if there was one
+        and no part not inspected is ahead of it (those are `skipped`'s)."""
         with self._cond:
-            if not self._cond.wait_for(lambda: self._pending > 0, timeout):
+            if not self._cond.wait_for(lambda: self._queue, timeout) or self._queue[0]:
                 return False
+            self._queue.popleft()
             self._pending -= 1
             return True
+
+    def skipped(self) -> list[tuple[int, str]]:
+        """(how many, why) for the parts not inspected at the head of the queue, taken off it: one
+        entry a part, or one for many when more than MAX_SAID_APART waited."""
+        with self._cond:
+            said = []
+            while self._queue and self._queue[0]:
+                n = self._queue.popleft()
+                said.append((n, f"{'a part' if n == 1 else f'{n} parts'} not inspected: the trigger came while "
+                            f"{self.max_pending} inspection(s) waited (parts come faster than they are inspected; "
+                            "trigger.max_pending)"))
+            return said
 
     @property
     def pending(self) -> int:

@@ -125,6 +125,43 @@ def test_pulses_and_the_active_level(broker, calibrated, synth_data, tmp_path):
         run.stop()
 
 
+def test_parts_that_come_faster_than_they_are_inspected_each_get_a_verdict_in_order(broker, calibrated, tmp_path):
+    """A burst of parts past the light barrier while an inspection waits (max_pending 1): each
+    part beyond is answered, in its turn, with an error event and the error line. Until
+    2026-12-06 they were dropped without a word or a count, and the PLC's verdicts fell behind."""
+    name = f"test-{uuid.uuid4()}"
+    sub = Subscriber(broker.port, "adgan/st1/#")
+    assert sub.subscribed.wait(10)
+    cfg = gpio_config(tmp_path, broker, calibrated, tmp_path, name)  # a live camera (synthetic), 5 ms dead time
+    cfg.write_text(cfg.read_text().replace("dead_time_ms = 40", "dead_time_ms = 5").replace(
+        f'type = "folder"\npath = "{tmp_path}"\nfps = 0', 'type = "synthetic"\nclasses = ["sphere"]\nfps = 0'))
+    run = Running(cfg)
+    chip = MemoryChip.named(name)
+    try:
+        out, trig = chip.outputs, chip.inputs[TRIGGER]
+        assert wait(lambda: out[READY].active), "ready never went active"
+        t0 = time.monotonic_ns() - 100_000_000  # six parts 10 ms apart, delivered at once
+        for i in range(6):
+            trig.drive(True, t0 + i * 10_000_000)
+            trig.drive(False, t0 + i * 10_000_000 + 4_000_000)
+        assert wait(lambda: len(events(sub)) == 6), (events(sub), run.agent.status())
+        time.sleep(0.3)
+        evs = events(sub)
+        counters = run.agent.status()["counters"]
+        error_line = [v for _, v in out[ERROR].history]
+    finally:
+        run.stop()
+        sub.close()
+    verdicts = [e["verdict"] for e in evs]
+    assert len(evs) == 6 and run.agent.interfaces.gpio.counts["triggers"] == 6
+    inspected = 6 - verdicts.count("error")
+    assert inspected in (1, 2) and "error" not in verdicts[:inspected]  # each part in its turn
+    for e in evs[inspected:]:
+        assert e["error"].startswith("a part not inspected: the trigger came while 1 inspection(s) waited")
+    assert counters["parts_not_inspected"] == 6 - inspected and counters["triggers_coalesced"] == 0
+    assert error_line[-1] is True  # held until the next part
+
+
 def test_a_busy_line_is_reported_and_inspection_goes_on(broker, calibrated, synth_data, tmp_path):
     mixed_folder(synth_data, tmp_path / "samples")
     name = f"test-{uuid.uuid4()}"
