@@ -26,8 +26,7 @@ class Interfaces:
     def __init__(self, agent) -> None:
         s = agent.s
         self.metrics = Metrics(s.metrics, agent.status, lambda: bool(agent.models))
-        part = (lambda: agent.commands.request(part=True)) if s.trigger.mode == "gpio" else None  # an edge: a part
-        self.gpio = StationIO(s.gpio, part)
+        self.gpio = StationIO(s.gpio, agent._on_part_edge if s.trigger.mode == "gpio" else None)
         self.opcua = OpcUaServer(s.opcua, s.station_id, agent._on_class_command, agent._on_trigger_command,
                                  agent.status)
         self.web = OperatorPage(s.web, agent.status, lambda: bool(agent.models))

@@ -25,6 +25,7 @@ from agent.mqtt.events import Event, utc_iso
 from agent.mqtt.files import AgentLock
 from agent.mqtt.outbox import Outbox
 from agent.mqtt.publisher import Publisher
+from agent.requests import Requests
 from agent.segment.preprocess import Preprocessing, like_stored, make_sample, reframe, sample_to_input
 from agent.segment.station import StationSegmenter
 from agent.settings import AgentSettings
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 ON_REQUEST = ("mqtt", "gpio")  # trigger modes that inspect only requested frames
 
 
-class Agent:
+class Agent(Requests):
     def __init__(self, settings: AgentSettings, notifier: SystemdNotifier | None = None) -> None:
         self.s = settings
         self.notifier = notifier or SystemdNotifier()
@@ -101,32 +102,6 @@ class Agent:
         log.info("agent %s ready: classes %s, expecting %s, trigger %s", self.s.station_id, sorted(self.models),
                  self.expected, self.s.trigger.mode)
 
-    # -- commands (paho's thread) --------------------------------------------------------
-    def _on_class_command(self, payload: bytes) -> None:
-        self.classes.request(payload)
-
-    def _class_refused(self) -> int:
-        self.counters.add("classes_refused")
-        return self.counters.get("classes_refused")
-
-    def _on_trigger_command(self, payload: bytes = b"") -> bool:
-        """An inspection requested (MQTT trigger/set, OPC UA Trigger()); False when coalesced."""
-        taken = self.commands.request()
-        if not taken:  # one is already waiting: the burst is one inspection, and its state is said already
-            self.counters.add("triggers_coalesced")  # (echoing each would answer a flood with a flood)
-            return False
-        self.publisher.publish_state("trigger", "pending")
-        return True
-
-    def _apply_class_request(self) -> None:
-        switched = self.classes.apply()
-        if switched is None:
-            return
-        if switched:
-            self.expected = self.classes.name
-            self.passage.reset()
-        self.publisher.publish_state("class", self.expected)
-
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> int:
         """Inspect until a stop request or the end of a finite replay; returns the exit code."""
@@ -139,18 +114,13 @@ class Agent:
                 self.lock.check()  # its file deleted under a running agent: taken again
                 self._publish_status()
                 self._apply_class_request()
-                for n, reason in self.commands.skipped():  # parts that came while max_pending waited: in turn
-                    self.counters.add("parts_not_inspected", n)
-                    self._error(Work(time.monotonic(), time.time(), forced=True, source={"type": self.s.source.type}),
-                                reason)
+                self._answer_skipped()
                 if self.thresholds is not None and (new := self.thresholds.reread(self.models)) is not None:
                     self.models = new
                 self.interfaces.ready(bool(self.models) and self.source_health.state == "running")
                 if self.feed.source is None:
                     if self.commands.take(0):  # a requested inspection cannot wait for the camera
-                        self._error(Work(time.monotonic(), time.time(), forced=True,
-                                         source={"type": self.s.source.type}),
-                                    f"frame source unavailable: {self.source_health.last_error}")
+                        self._error(self._asked(), f"frame source unavailable: {self.source_health.last_error}")
                     if self.feed.reopen_due():
                         self.feed.open()
                     else:
@@ -380,6 +350,8 @@ class Agent:
         """Flush what the broker accepts (bounded), publish offline, release everything. Idempotent."""
         self.notifier.stopping()
         self.loop_watch.stop()
+        if self.publisher is not None:
+            self._answer_left()  # (before the interfaces close: the PLC's error line says it too)
         self.interfaces.close()
         if self.publisher is not None:
             self._publish_status(force=True)

@@ -178,9 +178,21 @@ class CommandTrigger:
             said = []
             while self._queue and self._queue[0]:
                 n = self._queue.popleft()
-                said.append((n, f"{'a part' if n == 1 else f'{n} parts'} not inspected: the trigger came while "
-                            f"{self.max_pending} inspection(s) waited (parts come faster than they are inspected; "
-                            "trigger.max_pending)"))
+                said.append((n, self._why(n)))
+            return said
+
+    def _why(self, n: int) -> str:
+        return f"{'a part' if n == 1 else f'{n} parts'} not inspected: the trigger came while {self.max_pending} " \
+               "inspection(s) waited (parts come faster than they are inspected; trigger.max_pending)"
+
+    def left(self, cause: str) -> list[tuple[int, str]]:
+        """At a stop: (how many, why) for everything still waiting, all taken off: one entry per
+        requested inspection, and as `skipped` for parts not inspected."""
+        with self._cond:
+            said = [(n, self._why(n)) if n else (0, f"requested inspection not made: the agent stopped ({cause})")
+                    for n in self._queue]
+            self._queue.clear()
+            self._pending = 0
             return said
 
     @property

@@ -3,6 +3,7 @@ out. The in-memory chip stands in for the hardware; the kernel's gpio-sim runs t
 backend where this machine has it."""
 from __future__ import annotations
 
+import signal
 import threading
 import time
 import uuid
@@ -125,25 +126,36 @@ def test_pulses_and_the_active_level(broker, calibrated, synth_data, tmp_path):
         run.stop()
 
 
-def test_parts_that_come_faster_than_they_are_inspected_each_get_a_verdict_in_order(broker, calibrated, tmp_path):
-    """A burst of parts past the light barrier while an inspection waits (max_pending 1): each
-    part beyond is answered, in its turn, with an error event and the error line. Until
-    2026-12-06 they were dropped without a word or a count, and the PLC's verdicts fell behind."""
+def live_station(broker, calibrated, tmp_path):
+    """(subscriber, running agent, chip): gpio mode on a live (synthetic) camera, 5 ms dead time."""
     name = f"test-{uuid.uuid4()}"
     sub = Subscriber(broker.port, "adgan/st1/#")
     assert sub.subscribed.wait(10)
-    cfg = gpio_config(tmp_path, broker, calibrated, tmp_path, name)  # a live camera (synthetic), 5 ms dead time
+    cfg = gpio_config(tmp_path, broker, calibrated, tmp_path, name)
     cfg.write_text(cfg.read_text().replace("dead_time_ms = 40", "dead_time_ms = 5").replace(
         f'type = "folder"\npath = "{tmp_path}"\nfps = 0', 'type = "synthetic"\nclasses = ["sphere"]\nfps = 0'))
     run = Running(cfg)
     chip = MemoryChip.named(name)
+    assert wait(lambda: chip.outputs[READY].active), "ready never went active"
+    return sub, run, chip
+
+
+def parts_at_once(chip, n: int) -> None:
+    """n parts past the light barrier 10 ms apart, their edges delivered at once."""
+    t0 = time.monotonic_ns() - 100_000_000
+    for i in range(n):
+        chip.inputs[TRIGGER].drive(True, t0 + i * 10_000_000)
+        chip.inputs[TRIGGER].drive(False, t0 + i * 10_000_000 + 4_000_000)
+
+
+def test_parts_that_come_faster_than_they_are_inspected_each_get_a_verdict_in_order(broker, calibrated, tmp_path):
+    """A burst of parts past the light barrier while an inspection waits (max_pending 1): each
+    part beyond is answered, in its turn, with an error event and the error line. Until
+    2026-12-06 they were dropped without a word or a count, and the PLC's verdicts fell behind."""
+    sub, run, chip = live_station(broker, calibrated, tmp_path)
     try:
-        out, trig = chip.outputs, chip.inputs[TRIGGER]
-        assert wait(lambda: out[READY].active), "ready never went active"
-        t0 = time.monotonic_ns() - 100_000_000  # six parts 10 ms apart, delivered at once
-        for i in range(6):
-            trig.drive(True, t0 + i * 10_000_000)
-            trig.drive(False, t0 + i * 10_000_000 + 4_000_000)
+        out = chip.outputs
+        parts_at_once(chip, 6)
         assert wait(lambda: len(events(sub)) == 6), (events(sub), run.agent.status())
         time.sleep(0.3)
         evs = events(sub)
@@ -160,6 +172,28 @@ def test_parts_that_come_faster_than_they_are_inspected_each_get_a_verdict_in_or
         assert e["error"].startswith("a part not inspected: the trigger came while 1 inspection(s) waited")
     assert counters["parts_not_inspected"] == 6 - inspected and counters["triggers_coalesced"] == 0
     assert error_line[-1] is True  # held until the next part
+
+
+def test_parts_still_waiting_when_the_agent_stops_are_answered(broker, calibrated, synth_data, tmp_path):
+    """A stop (SIGTERM: systemd stopping the unit) while parts wait: each is answered with an
+    error event before the agent goes. Until 2026-12-06 they were left without a word."""
+    mixed_folder(synth_data, tmp_path / "samples")
+    name = f"test-{uuid.uuid4()}"
+    sub = Subscriber(broker.port, "adgan/st1/#")
+    assert sub.subscribed.wait(10)
+    agent = Agent(load_settings(gpio_config(tmp_path, broker, calibrated, tmp_path / "samples", name), env_file=None))
+    agent.start()  # (its loop is not run: the three parts' edges wait, the second and third beyond max_pending)
+    try:
+        assert [agent._on_part_edge() for _ in range(3)] == [True, False, False]
+        agent.request_stop(signal.SIGTERM)
+    finally:
+        agent.shutdown()
+    assert wait(lambda: len(events(sub)) == 3), events(sub)
+    sub.close()
+    assert [e["error"].split(":")[0] for e in events(sub)] == [
+        "requested inspection not made", "a part not inspected", "a part not inspected"]
+    assert events(sub)[0]["error"] == "requested inspection not made: the agent stopped (SIGTERM)"
+    assert agent.counters.get("parts_not_inspected") == 3
 
 
 def test_a_busy_line_is_reported_and_inspection_goes_on(broker, calibrated, synth_data, tmp_path):
