@@ -86,6 +86,7 @@ def _logging(level: str) -> None:
 def cmd_run(a: argparse.Namespace) -> int:
     from agent.mqtt.files import OutboxInUse
     from agent.scoring.backend import BackendUnavailable
+    from agent.health import stacks_on_sigusr1
     from agent.service import Agent
     s = _load(a, say=True)
     if s is None or not _preflight(a, s, say=True):
@@ -97,7 +98,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     for err in (sys.stderr, sys.__stderr__):  # (a stream without a file descriptor: the process's own)
         try:
             faulthandler.enable(file=err, all_threads=True)
-            faulthandler.register(signal.SIGUSR1, file=err, all_threads=True)
+            stacks_on_sigusr1(err)  # (not faulthandler.register: its dump in the handler may crash the agent)
             break
         except (AttributeError, ValueError, OSError):
             continue

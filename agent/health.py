@@ -8,6 +8,7 @@ from __future__ import annotations
 import faulthandler
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -228,12 +229,7 @@ class LoopWatch:
                   self.LOG_EVERY_S, self.DUMP_EVERY_S / 60)
         if dump:
             self._next_dump = now + self.DUMP_EVERY_S
-            out = self.out or sys.stderr
-            try:
-                out.flush()
-                faulthandler.dump_traceback(file=out, all_threads=True)
-            except (OSError, ValueError, AttributeError) as e:  # (no file descriptor: say so, not fail)
-                log.error("the threads' stacks could not be written: %s", e)
+            dump_stacks(self.out or sys.stderr)
         return True
 
     def _watch(self) -> None:
@@ -244,6 +240,33 @@ class LoopWatch:
         return {"stalls": self.stalls, "longest_s": self.longest_s}
 
 
+def dump_stacks(out) -> None:
+    """Where every thread is, from Python (the GIL held: no frame moves meanwhile)."""
+    try:
+        out.flush()
+        faulthandler.dump_traceback(file=out, all_threads=True)
+    except (OSError, ValueError, AttributeError) as e:  # (no file descriptor: say so, not fail)
+        log.error("the threads' stacks could not be written: %s", e)
+
+
+def stacks_on_sigusr1(out) -> None:
+    """Where every thread is, written to `out` at each SIGUSR1, the agent going on (`systemctl
+    kill -s USR1 adgan-agent` for a hang). faulthandler.register's dump runs inside the signal
+    handler, reading the other threads' frames while they run: one agent in about 150 to 400
+    signals died of it (SIGSEGV, in the MQTT thread's frames; CPython issue 116008). Here a
+    thread of its own waits for the signal (blocked in this thread and in every thread started
+    after, so the kernel hands it to sigwait) and dumps with the GIL held, when no frame moves;
+    a main thread stuck in native code does not delay it. A thread started before, which may
+    still receive the signal, finds a Python handler doing the same (not the default: death).
+    Call it before starting other threads."""
+    def wait() -> None:
+        while True:
+            signal.sigwait({signal.SIGUSR1})
+            dump_stacks(out)
+
+    signal.signal(signal.SIGUSR1, lambda *_: dump_stacks(out))
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    threading.Thread(target=wait, name="stacks-on-sigusr1", daemon=True).start()
 
 
 def iso_time(text) -> float | None:

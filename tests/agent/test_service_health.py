@@ -210,7 +210,7 @@ def test_sigusr1_prints_every_threads_stack_and_systemds_watchdog_signal_too(bro
     watchdog kills with SIGABRT, which now leaves the stacks in the journal instead of nothing."""
     import signal
     bundle, thresholds = calibrated
-    src = f'type = "folder"\npath = "{synth_data / "test" / "sphere"}"\nloop = true\nfps = 5'
+    src = f'type = "folder"\npath = "{synth_data / "test" / "sphere"}"\nloop = true\nfps = 50'
     cfg = agent_config(tmp_path, broker.port, bundle, thresholds, src)
     sub = Subscriber(broker.port, "adgan/st1/events")
     assert sub.subscribed.wait(10)
@@ -222,6 +222,14 @@ def test_sigusr1_prints_every_threads_stack_and_systemds_watchdog_signal_too(bro
         assert sub.wait_for(lambda m: len(m) >= n + 3, timeout=30), agent.output()  # it goes on
         dumped = agent.output()
         assert "(most recent call first)" in dumped and 'service.py", line' in dumped, dumped
+        # again and again: faulthandler.register's dump, inside the signal handler, read the other
+        # threads' frames as they ran, and an agent died of SIGSEGV within 150-400 signals (until 2026-12-06)
+        for _ in range(600):
+            assert agent.proc.poll() is None, agent.output()[-3000:]
+            agent.proc.send_signal(signal.SIGUSR1)
+            time.sleep(0.01)
+        n = len(sub.messages)
+        assert sub.wait_for(lambda m: len(m) >= n + 3, timeout=30), agent.output()[-3000:]
         assert agent.terminate(30, sig=signal.SIGABRT) == -signal.SIGABRT
     finally:
         agent.stop()
