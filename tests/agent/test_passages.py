@@ -3,7 +3,8 @@ them (a belt, a robot, a hand that stays in view): each part is inspected once, 
 over an inspected part, or carrying it away, is not a part."""
 from __future__ import annotations
 
-import dataclasses
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,10 +15,13 @@ from agent.segment.segmentation import SegmentationConfig
 from agent.segment.station import StationSegmenter
 from agent.sources.dataset import read_raw_frame, write_raw_frame
 from agent.sources.folder import FolderSource
-from agent.sources.scene import Primitive
 from agent.sources.synthetic_station import SyntheticStation
 from agent.trigger import Passage, PassageTrigger
 from tests.agent.conftest import AgentProcess, Subscriber, agent_config
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+import passages as bench_passages  # noqa: E402
 
 TABLE, TOP, HAND = 500, 450, 380  # millimetres: the table, a part's top, a hand over it
 
@@ -77,32 +81,23 @@ def test_a_part_sliding_along_at_a_constant_area_is_inspected_when_it_stops():
     assert passages(frames, masks=False) == [(2, "SCORE")]
 
 
-def on(part, dx: float):
-    p = part.prim
-    return dataclasses.replace(part, prim=Primitive(p.shape, p.center + np.array([dx, 0.0, 0.0]), p.rotation, p.size))
-
-
 @pytest.fixture(scope="module")
 def belt(tmp_path_factory):
-    """A raw-layout folder of a belt at 320x240 and its surface reference: three parts, each
-    sliding in from the left 15 mm a frame, standing 5 frames, and sliding out to the right
-    as the next slides in, so that one part is always in view (the first comes into an empty
-    view). Returns (folder, reference, the frames where each part has stood still for its
-    third frame)."""
+    """A raw-layout folder of a belt at 320x240 (bench/passages.py) and its surface reference:
+    three parts, each sliding in from the left 15 mm a frame, standing 5 frames, and sliding
+    out to the right as the next slides in, so that one part is always in view (the first
+    comes into an empty view). Returns (folder, reference, the frames where each part has
+    stood still for its third frame)."""
     root = tmp_path_factory.mktemp("belt")
     station = SyntheticStation(320, 240, seed=5, variety="product")
     SurfaceReference.from_frames(station.render(np.random.default_rng([9, j]), None) for j in range(5)) \
         .save(root / "reference.npz")
-    n, still = 0, []
-    for k, cls in enumerate(("cylinder", "sphere", "rectangle")):
-        steps = list(np.arange(-60.0, 0.0, 15.0)) + [0.0] * 5 + \
-                ([] if k == 2 else list(np.arange(15.0, 61.0, 15.0)))
-        for i, dx in enumerate(steps):
-            if dx == 0.0 and steps[i - 2:i + 1] == [0.0] * 3 and len(still) == k:
-                still.append(n)
-            frame = station.render(np.random.default_rng([k, n]), on(station.product(cls), dx))
-            write_raw_frame(root / "frames", n, frame)
-            n += 1
+    still, run = [], 0
+    for n, frame in enumerate(bench_passages.belt(station, ("cylinder", "sphere", "rectangle"))):
+        run = run + 1 if frame.meta["still"] else 0
+        if run == 3:
+            still.append(n)
+        write_raw_frame(root / "frames", n, frame)
     return root / "frames", root / "reference.npz", still
 
 
