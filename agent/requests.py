@@ -10,9 +10,12 @@ without a word: the PLC saw busy fall, or its request time out, with no verdict)
 """
 from __future__ import annotations
 
+import logging
 import time
 
 from agent.health import Work
+
+log = logging.getLogger(__name__)
 
 
 class Requests:
@@ -55,10 +58,15 @@ class Requests:
             self._error(self._asked(), reason)
 
     def _answer_left(self) -> None:
-        """At a stop: an error event for each request still waiting (and each part not inspected)."""
-        for n, reason in self.commands.left(self._stop_cause or "asked to"):
-            self.counters.add("parts_not_inspected", n or 1)
-            self._error(self._asked(), reason)
+        """At a stop: an error event for each request still waiting (and each part not inspected).
+        Never raises: the rest of the shutdown (the flush, the outbox) must happen all the same."""
+        left = self.commands.left(self._stop_cause or "asked to")
+        try:
+            for n, reason in left:
+                self.counters.add("parts_not_inspected", n or 1)
+                self._error(self._asked(), reason)
+        except Exception:
+            log.exception("%d requests still waiting at the stop could not all be answered", len(left))
 
     def _asked(self) -> Work:
         """The work of a requested inspection that has no frame."""

@@ -58,7 +58,7 @@ class Agent(Requests):
         self.outbox: Outbox | None = None
         self.publisher: Publisher | None = None
         self._said: set[str] = set()  # frame problems said since the last inspection (continuous mode)
-        self._stop_cause: str | None = None  # the signal that asked for the stop, said in the log
+        self._stop_cause: str | None = None  # why it stops (a signal, the source's end), said in the log
         self.thresholds: ThresholdsReload | None = None
         self._next_status = 0.0
         # seconds spent per stage over all frames (status and bench/pipeline.py)
@@ -129,10 +129,14 @@ class Agent(Requests):
                 if not self._iteration():
                     self.source_health.state = "ended"
                     log.info("the source has no more frames")
+                    self._stop_cause = self._stop_cause or "the source has no more frames"
                     break
             else:  # (a stop asked for; why an agent stopped must be in its log: a SIGHUP from a closed terminal?)
                 log.info("stopping (%s): the frame in hand is finished; events are flushed for at most %.0f s",
                          self._stop_cause or "asked to", self.s.health.stop_flush_s)
+        except BaseException as e:  # (the requests still waiting are told why: shutdown answers them)
+            self._stop_cause = self._stop_cause or f"it failed: {type(e).__name__}: {e}"
+            raise
         finally:
             self.shutdown()
         return 0

@@ -196,6 +196,26 @@ def test_parts_still_waiting_when_the_agent_stops_are_answered(broker, calibrate
     assert agent.counters.get("parts_not_inspected") == 3
 
 
+def test_an_answer_that_fails_at_the_stop_does_not_stop_the_shutdown(broker, calibrated, synth_data, tmp_path,
+                                                                     caplog, monkeypatch):
+    mixed_folder(synth_data, tmp_path / "samples")
+    cfg = gpio_config(tmp_path, broker, calibrated, tmp_path / "samples", f"test-{uuid.uuid4()}")
+    agent = Agent(load_settings(cfg, env_file=None))
+    agent.start()
+    agent._on_part_edge()
+
+    def fails(*a, **k):
+        raise RuntimeError("the disk is gone")
+    monkeypatch.setattr(agent, "_emit", fails)
+    with caplog.at_level("ERROR", logger="agent.requests"):
+        agent.shutdown()
+    assert "1 requests still waiting at the stop could not all be answered" in caplog.text
+    assert agent.outbox is None and agent.publisher is None  # the rest of the shutdown happened
+    lock = Agent(load_settings(cfg, env_file=None)).lock
+    lock.acquire()  # and the outbox's lock was let go (else: OutboxInUse)
+    lock.release()
+
+
 def test_a_busy_line_is_reported_and_inspection_goes_on(broker, calibrated, synth_data, tmp_path):
     mixed_folder(synth_data, tmp_path / "samples")
     name = f"test-{uuid.uuid4()}"
