@@ -408,6 +408,20 @@ class AgentProcess:
         self.fh.close()
 
 
+def replay_events(cfg: Path, port: int, log: Path, at_least: int, station: str = "st1") -> tuple[list, str]:
+    """Run an agent on a finite replay to its end: (the events it published, its output)."""
+    sub = Subscriber(port, f"adgan/{station}/events")
+    assert sub.subscribed.wait(10)
+    agent = AgentProcess(cfg, log)
+    try:
+        assert agent.wait(120) == 0, agent.output()
+        assert sub.wait_for(lambda m: len(m) >= at_least), agent.output()
+    finally:
+        agent.stop()
+        sub.close()
+    return sub.documents(f"adgan/{station}/events"), agent.output()
+
+
 def scrape(url: str, timeout: float = 10.0) -> str:
     """The text of an HTTP endpoint on loopback, retried until `timeout` (it may still be starting)."""
     import urllib.request

@@ -17,7 +17,7 @@ from agent.sources.dataset import read_raw_frame, write_raw_frame
 from agent.sources.folder import FolderSource
 from agent.sources.synthetic_station import SyntheticStation
 from agent.trigger import Passage, PassageTrigger
-from tests.agent.conftest import AgentProcess, Subscriber, agent_config
+from tests.agent.conftest import agent_config, replay_events
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
@@ -119,15 +119,6 @@ def test_the_agent_inspects_each_part_of_a_belt_that_never_clears(belt, broker, 
     cfg = agent_config(tmp_path, broker.port, bundle, thresholds, f'type = "folder"\npath = "{frames}"\nfps = 0',
                        trigger="continuous", extra=f'[segmentation]\nreference = "{reference}"\n')
     cfg.write_text(cfg.read_text().replace('mode = "continuous"', 'mode = "continuous"\nmin_area_px = 300'))
-    sub = Subscriber(broker.port, "adgan/st1/events")
-    assert sub.subscribed.wait(10)
-    agent = AgentProcess(cfg, tmp_path / "agent.log")
-    try:
-        assert agent.wait(120) == 0, agent.output()
-        assert sub.wait_for(lambda m: len(m) >= 3), agent.output()
-    finally:
-        agent.stop()
-        sub.close()
-    evs = sub.documents("adgan/st1/events")
-    assert [e["source"]["frame"] for e in evs] == still, agent.output()
+    evs, said = replay_events(cfg, broker.port, tmp_path / "agent.log", 3)
+    assert [e["source"]["frame"] for e in evs] == still, said
     assert all(e["verdict"] in ("ok", "anomaly") for e in evs)

@@ -10,7 +10,7 @@ import pytest
 from adgan.cli import main
 from agent.sources.synthetic import DEFECTS, SyntheticSource
 from agent.trigger import Passage, PassageTrigger
-from tests.agent.conftest import AgentProcess, Subscriber, agent_config
+from tests.agent.conftest import AgentProcess, Subscriber, agent_config, replay_events
 
 
 def events(sub, station="st1"):
@@ -55,16 +55,7 @@ def test_continuous_mode_on_a_synthetic_station_with_a_captured_reference(broker
     assert main(["agent", "capture-reference", "--config", str(cfg), "--frames", "5", "--env-file", "/nonexistent",
                  "--out", str(tmp_path / "with_part.npz")]) == 0
     assert "warning: something stands on the recorded surface (" in capsys.readouterr().err
-    sub = Subscriber(broker.port, "adgan/st1/events")
-    assert sub.subscribed.wait(10)
-    agent = AgentProcess(cfg, tmp_path / "agent.log")
-    try:
-        assert agent.wait(120) == 0, agent.output()
-        assert sub.wait_for(lambda m: len(m) >= 6), agent.output()
-    finally:
-        agent.stop()
-        sub.close()
-    evs = events(sub)
+    evs, _ = replay_events(cfg, broker.port, tmp_path / "agent.log", 6)
     # 36 frames = 6 parts of 4 frames + 2 empty frames each: six passages, six inspections,
     # each on a frame of its own part after it settled (the third identical frame, settle_frames 3).
     stream = SyntheticSource(("sphere", "cylinder"), seed=4, frames_per_part=4, gap_frames=2, defects=DEFECTS,
