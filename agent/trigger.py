@@ -143,18 +143,17 @@ class CommandTrigger:
         self.max_pending = max_pending
         self._cond = threading.Condition()
         self._queue: deque[int] = deque()  # 0: an inspection; n >= 1: n parts not inspected, in their turn
-        self._pending = 0
 
     def request(self, part: bool = False) -> bool:
         """Ask for one inspection; False when max_pending already wait (the request is coalesced,
         or for a part, kept as one not inspected)."""
         with self._cond:
-            if self._pending < self.max_pending:
+            pending = self._queue.count(0)
+            if pending < self.max_pending:
                 self._queue.append(0)
-                self._pending += 1
             elif not part:
                 return False
-            elif len(self._queue) - self._pending < self.MAX_SAID_APART or not self._queue[-1]:
+            elif len(self._queue) - pending < self.MAX_SAID_APART or not self._queue[-1]:
                 self._queue.append(1)
             else:
                 self._queue[-1] += 1
@@ -168,7 +167,6 @@ class CommandTrigger:
             if not self._cond.wait_for(lambda: self._queue, timeout) or self._queue[0]:
                 return False
             self._queue.popleft()
-            self._pending -= 1
             return True
 
     def skipped(self) -> list[tuple[int, str]]:
@@ -192,10 +190,9 @@ class CommandTrigger:
             said = [(n, self._why(n)) if n else (0, f"requested inspection not made: the agent stopped ({cause})")
                     for n in self._queue]
             self._queue.clear()
-            self._pending = 0
             return said
 
     @property
     def pending(self) -> int:
         with self._cond:
-            return self._pending
+            return self._queue.count(0)

@@ -127,13 +127,15 @@ def test_pulses_and_the_active_level(broker, calibrated, synth_data, tmp_path):
 
 
 def live_station(broker, calibrated, tmp_path):
-    """(subscriber, running agent, chip): gpio mode on a live (synthetic) camera, 5 ms dead time."""
+    """(subscriber, running agent, chip): gpio mode on a live (synthetic) camera at 2 frames a
+    second (the loop waits for each frame: a burst of edges always comes while one waits), 5 ms
+    dead time."""
     name = f"test-{uuid.uuid4()}"
     sub = Subscriber(broker.port, "adgan/st1/#")
     assert sub.subscribed.wait(10)
     cfg = gpio_config(tmp_path, broker, calibrated, tmp_path, name)
     cfg.write_text(cfg.read_text().replace("dead_time_ms = 40", "dead_time_ms = 5").replace(
-        f'type = "folder"\npath = "{tmp_path}"\nfps = 0', 'type = "synthetic"\nclasses = ["sphere"]\nfps = 0'))
+        f'type = "folder"\npath = "{tmp_path}"\nfps = 0', 'type = "synthetic"\nclasses = ["sphere"]\nfps = 2'))
     run = Running(cfg)
     chip = MemoryChip.named(name)
     assert wait(lambda: chip.outputs[READY].active), "ready never went active"
@@ -166,11 +168,10 @@ def test_parts_that_come_faster_than_they_are_inspected_each_get_a_verdict_in_or
         sub.close()
     verdicts = [e["verdict"] for e in evs]
     assert len(evs) == 6 and run.agent.interfaces.gpio.counts["triggers"] == 6
-    inspected = 6 - verdicts.count("error")
-    assert inspected in (1, 2) and "error" not in verdicts[:inspected]  # each part in its turn
-    for e in evs[inspected:]:
+    assert verdicts[0] in ("ok", "anomaly")  # the first part is inspected, the five after it answered in turn
+    for e in evs[1:]:
         assert e["error"].startswith("a part not inspected: the trigger came while 1 inspection(s) waited")
-    assert counters["parts_not_inspected"] == 6 - inspected and counters["triggers_coalesced"] == 0
+    assert counters["parts_not_inspected"] == 5 and counters["triggers_coalesced"] == 0
     assert error_line[-1] is True  # held until the next part
 
 
