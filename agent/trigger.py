@@ -21,9 +21,9 @@ a new passage. A pixel shows it while it is object and no farther than inspected
 it. Since a hand carrying the part away is such a something too, a passage begun this way
 that leaves without settling is not an error (nor is it said: on a belt that never stops no
 part is ever still; such a belt needs trigger mode gpio or mqtt). A part put down where the
-inspected one stood, as high as it or higher all over its place, without the view clearing
-(touching identical parts on an indexing belt), still cannot be told from it: such stations
-inspect on request (trigger mode mqtt or gpio) or leave a gap between parts.
+inspected one stood, covering half of its place or more as high or higher, without the view
+clearing (touching identical parts on an indexing belt), still cannot be told from it: such
+stations inspect on request (trigger mode mqtt or gpio) or leave a gap between parts.
 """
 from __future__ import annotations
 

@@ -69,7 +69,7 @@ def test_a_part_that_follows_without_the_view_clearing_is_a_new_passage():
     frames += [view(rng, [(112, 66, 40)], hand=(140, 100, 20, 20)) for _ in range(6)]
     assert passages(frames) == [(2, "SCORE"), (17, "SCORE")]
     assert passages(frames, masks=False) == [(2, "SCORE")]  # the area alone: one passage
-    # a lower, smaller part swapped in where the first stood, between two frames
+    # a smaller part swapped in where the first stood, between two frames: it covers 39% of its place
     frames = [view(rng, [PART]) for _ in range(6)] + [view(rng, [(50, 40, 25)]) for _ in range(6)]
     assert passages(frames) == [(2, "SCORE"), (9, "SCORE")]
 
