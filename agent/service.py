@@ -202,7 +202,9 @@ class Agent(Requests):
             if p is Passage.NONE:
                 return
             if p is Passage.UNSETTLED:
-                self._error(work, "an object passed without settling: not inspected", inspection=True)
+                self._error(work, "an object passed without settling: not inspected (it did not stand still for "
+                            "trigger.settle_frames frames; on a belt that never stops, trigger on a light barrier: "
+                            "mode gpio)", inspection=True)
                 return
         if work.area < self.s.trigger.min_area_px:
             self._emit(work, "no_object")

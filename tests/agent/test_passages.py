@@ -122,3 +122,25 @@ def test_the_agent_inspects_each_part_of_a_belt_that_never_clears(belt, broker, 
     evs, said = replay_events(cfg, broker.port, tmp_path / "agent.log", 3)
     assert [e["source"]["frame"] for e in evs] == still, said
     assert all(e["verdict"] in ("ok", "anomaly") for e in evs)
+
+
+def test_a_part_that_slides_through_without_stopping_is_an_error_event(broker, calibrated, tmp_path):
+    """On a belt that never stops no part is still: each is said, not inspected while it moves
+    (until 2026-12-06 its constant area counted as still, and it was inspected mid-motion)."""
+    station = SyntheticStation(320, 240, seed=5, variety="product")
+    SurfaceReference.from_frames(station.render(np.random.default_rng([9, j]), None) for j in range(5)) \
+        .save(tmp_path / "reference.npz")
+    rng = np.random.default_rng(3)
+    sphere = station.product("sphere")
+    frames = [station.render(rng, bench_passages.moved(sphere, dx)) for dx in np.arange(-60.0, 61.0, 15.0)]
+    for n, frame in enumerate(frames + [station.render(rng, None) for _ in range(3)]):
+        write_raw_frame(tmp_path / "frames", n, frame)
+    bundle, thresholds = calibrated
+    cfg = agent_config(tmp_path, broker.port, bundle, thresholds,
+                       f'type = "folder"\npath = "{tmp_path / "frames"}"\nfps = 0', trigger="continuous",
+                       extra=f'[segmentation]\nreference = "{tmp_path / "reference.npz"}"\n')
+    cfg.write_text(cfg.read_text().replace('mode = "continuous"', 'mode = "continuous"\nmin_area_px = 300'))
+    evs, said = replay_events(cfg, broker.port, tmp_path / "agent.log", 1)
+    assert [e["verdict"] for e in evs] == ["error"], said
+    assert evs[0]["error"].startswith("an object passed without settling: not inspected (it did not stand still"), \
+        evs[0]["error"]
