@@ -40,9 +40,34 @@ def acl_broker(broker, tmp_path):
     b.stop()
 
 
+def acl_says(broker, topic: str, allowed: bool, timeout: float = 15.0) -> bool:
+    """Wait until the broker's ACL allows (or refuses) an anonymous MQTT 5 client's publish on
+    `topic`: mosquitto reloads its ACL file on SIGHUP when it comes round to it (a fixed half
+    second was not always enough on a loaded machine)."""
+    import paho.mqtt.client as mqtt
+    codes: list = []
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    c.on_publish = lambda client, userdata, mid, reason_code, properties: codes.append(reason_code)
+    c.connect("127.0.0.1", broker.port)
+    c.loop_start()
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            n = len(codes)
+            c.publish(topic, b"acl probe", qos=1)
+            if poll(lambda: len(codes) > n, 2) and codes[-1].is_failure != allowed:
+                return True
+            time.sleep(0.1)
+        return False
+    finally:
+        c.loop_stop()
+        c.disconnect()
+
+
 def allow_events(broker) -> None:
     broker.acl.write_text(ALLOWED)
     broker.proc.send_signal(signal.SIGHUP)  # mosquitto reloads its ACL file
+    assert acl_says(broker, "adgan/st1/acl-probe", True)  # (a topic only the new ACL allows)
 
 
 def publish(pub: Publisher, n: int, first: int = 0) -> list[str]:
@@ -131,7 +156,6 @@ def test_on_mqtt_3_1_1_events_the_broker_acknowledges_and_drops_are_said(acl_bro
         assert poll(lambda: pub.counters["events_unconfirmed"] == 9, 15)
         assert len([r for r in caplog.records if "did not deliver back" in r.getMessage()]) == 1
         allow_events(acl_broker)
-        time.sleep(0.5)
         publish(pub, 2, first=9)
         assert poll(lambda: "delivers this station's events again" in caplog.text, 15), pub.counters
         time.sleep(2 * refusals.CONFIRM_S)
@@ -218,7 +242,7 @@ def test_a_refused_verdict_is_said_per_topic(acl_broker, tmp_path, caplog):
     acl_broker.acl.write_text("topic readwrite adgan/st1/events\ntopic readwrite adgan/st1/availability\n"
                               "topic readwrite adgan/st1/status\ntopic read adgan/#\n")
     acl_broker.proc.send_signal(signal.SIGHUP)
-    time.sleep(0.5)
+    assert acl_says(acl_broker, "adgan/st1/verdict", False)  # (the old ACL allowed it)
     caplog.set_level(logging.INFO)
     pub = Publisher("st1", Outbox(tmp_path / "o.sqlite"), MqttSettings(port=acl_broker.port))
     try:
