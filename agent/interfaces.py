@@ -30,6 +30,7 @@ class Interfaces:
         self.opcua = OpcUaServer(s.opcua, s.station_id, agent._on_class_command, agent._on_trigger_command,
                                  agent.status)
         self.web = OperatorPage(s.web, agent.status, lambda: bool(agent.models))
+        self._waiting = lambda: agent.commands.waiting  # requests still to be answered after an event
 
     def start(self) -> None:
         self.metrics.start()
@@ -44,7 +45,7 @@ class Interfaces:
     def event(self, expected: str, event: dict, view=None) -> None:
         """An event, as published, and a scored part's pixels (Work.view)."""
         _guarded("metrics", self.metrics.verdict, expected, event["verdict"])
-        _guarded("gpio", self.gpio.verdict, event["verdict"])
+        _guarded("gpio", self.gpio.verdict, event["verdict"], self._waiting())
         _guarded("opcua", self.opcua.event, event)
         _guarded("web", self.web.event, event, view)
 

@@ -53,7 +53,8 @@ class Requests:
 
     def _answer_skipped(self) -> None:
         """An error event for each part that came while max_pending inspections waited, in its turn."""
-        for n, reason in self.commands.skipped():
+        while (skipped := self.commands.skipped()) is not None:
+            n, reason = skipped
             self.counters.add("parts_not_inspected", n)
             self._error(self._asked(), reason)
 

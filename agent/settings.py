@@ -231,7 +231,7 @@ class GpioSettings(_Strict):
     ng_line: int | None = Field(None, ge=0, description="output line offset: the part is NG (anomalous)")
     error_line: int | None = Field(None, ge=0, description="output line offset: not inspected (error, no object)")
     busy_line: int | None = Field(None, ge=0, description="output line offset: active from the trigger to the "
-                                                          "verdict")
+                                                          "verdict that leaves nothing waiting")
     ready_line: int | None = Field(None, ge=0, description="output line offset: active while the engines are warm "
                                                            "and the source delivers frames")
     output_mode: Literal["pulse", "hold"] = Field("pulse", description="pulse: a verdict line is active for "

@@ -169,15 +169,15 @@ class CommandTrigger:
             self._queue.popleft()
             return True
 
-    def skipped(self) -> list[tuple[int, str]]:
-        """(how many, why) for the parts not inspected at the head of the queue, taken off it: one
-        entry a part, or one for many when more than MAX_SAID_APART waited."""
+    def skipped(self) -> tuple[int, str] | None:
+        """(how many, why) for the part not inspected at the head of the queue, taken off it (or
+        for many, when more than MAX_SAID_APART waited); None when an inspection or nothing is
+        there. One at a time: the others stay `waiting` while it is answered."""
         with self._cond:
-            said = []
-            while self._queue and self._queue[0]:
-                n = self._queue.popleft()
-                said.append((n, self._why(n)))
-            return said
+            if not self._queue or not self._queue[0]:
+                return None
+            n = self._queue.popleft()
+            return n, self._why(n)
 
     def _why(self, n: int) -> str:
         return f"{'a part' if n == 1 else f'{n} parts'} not inspected: the trigger came while {self.max_pending} " \
@@ -196,3 +196,9 @@ class CommandTrigger:
     def pending(self) -> int:
         with self._cond:
             return self._queue.count(0)
+
+    @property
+    def waiting(self) -> bool:
+        """Whether anything is still to be answered (inspections or parts not inspected)."""
+        with self._cond:
+            return bool(self._queue)

@@ -4,7 +4,8 @@ Trigger in: an edge of the configured direction on `trigger_line` counts when th
 quiet for `debounce_ms` before it (contact bounce is ignored) and at least `dead_time_ms`
 after the last counted edge; `delay_ms` later one inspection is requested (the agent scores
 the next frame). Verdicts out: `ok`, `ng` and `error` (an error or no object) are pulsed for
-`pulse_ms` or held until the next part; `busy` is active from a counted edge until the verdict;
+`pulse_ms` or held until the next part; `busy` is active from a counted edge until the verdict
+that leaves nothing waiting (until 2026-12-06 it fell at the first verdict, parts still waiting);
 `ready` is active only while the engines are warm and the source delivers frames. Logical
 active is the physical high level unless `active_low`.
 
@@ -44,6 +45,7 @@ class StationIO:
         self._thread: threading.Thread | None = None
         self._running: dict = {}  # the state while every line works
         self._failing: set[str] = set()  # outputs whose last write failed
+        self._announced = 0  # counted edges whose inspection is not yet requested (delay_ms)
 
     def start(self) -> None:
         s = self.s
@@ -108,6 +110,9 @@ class StationIO:
                     self.counts["trigger_failures"] += 1
                     log.exception("GPIO trigger: requesting the inspection failed (%d so far)",
                                   self.counts["trigger_failures"])
+                finally:
+                    with self._lock:
+                        self._announced -= 1
 
     def _reopen(self) -> bool:
         """Open the failed trigger line again, with backoff; False when stopped meanwhile."""
@@ -130,10 +135,12 @@ class StationIO:
 
     def _begin_part(self) -> None:
         """A new part: verdicts held from the last one go inactive, busy goes active."""
-        if self.s.output_mode == "hold":
-            for name in ("ok", "ng", "error"):
-                self._set(name, False)
-        self._set("busy", True)
+        with self._lock:
+            self._announced += 1
+            if self.s.output_mode == "hold":
+                for name in ("ok", "ng", "error"):
+                    self._set(name, False)
+            self._set("busy", True)
 
     # -- outputs ------------------------------------------------------------------------------
     def _set(self, name: str, active: bool) -> None:
@@ -155,8 +162,9 @@ class StationIO:
             if not self._failing and self.state.get("error", "").startswith("output "):
                 self.state = dict(self._running)
 
-    def verdict(self, verdict: str) -> None:
-        """Show an event's verdict: pulse or hold its line, clear busy."""
+    def verdict(self, verdict: str, more: bool = False) -> None:
+        """Show an event's verdict: pulse or hold its line; clear busy unless `more` requests wait
+        to be answered or a counted edge's request is still to be made."""
         name = VERDICT_LINES.get(verdict)
         if self.chip is None or name is None:
             return
@@ -168,7 +176,8 @@ class StationIO:
                 if other != name:
                     self._set(other, False)
             self._set(name, True)
-            self._set("busy", False)
+            if not more and not self._announced:
+                self._set("busy", False)
             if self.s.output_mode == "pulse":
                 t = threading.Timer(self.s.pulse_ms / 1e3, self._set, (name, False))
                 t.daemon = True

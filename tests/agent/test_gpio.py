@@ -163,6 +163,8 @@ def test_parts_that_come_faster_than_they_are_inspected_each_get_a_verdict_in_or
         evs = events(sub)
         counters = run.agent.status()["counters"]
         error_line = [v for _, v in out[ERROR].history]
+        error_rose = next(t for t, v in out[ERROR].history if v)
+        busy_fell = [t for t, v in out[BUSY].history if not v]
     finally:
         run.stop()
         sub.close()
@@ -173,6 +175,9 @@ def test_parts_that_come_faster_than_they_are_inspected_each_get_a_verdict_in_or
         assert e["error"].startswith("a part not inspected: the trigger came while 1 inspection(s) waited")
     assert counters["parts_not_inspected"] == 5 and counters["triggers_coalesced"] == 0
     assert error_line[-1] is True  # held until the next part
+    # busy until the last part waiting is answered (until 2026-12-06 it fell at the first verdict,
+    # five parts still to come: a PLC reading it saw the station idle)
+    assert len(busy_fell) == 1 and busy_fell[0] > error_rose, (busy_fell, error_rose)
 
 
 def test_parts_still_waiting_when_the_agent_stops_are_answered(broker, calibrated, synth_data, tmp_path):
@@ -433,5 +438,32 @@ def test_an_output_that_fails_is_said_once_counted_and_its_recovery_said(caplog)
         assert "GPIO output ok works again" in caplog.text and io.status()["state"] == "running"
         io.verdict("ok")
         assert ok.active
+    finally:
+        io.close()
+
+
+def test_busy_stays_active_while_a_part_is_still_to_be_answered():
+    """busy falls at the verdict that leaves nothing waiting: not while a counted edge's
+    inspection is still to be requested (delay_ms), nor while the agent says more requests wait."""
+    from agent.gpio.station import StationIO
+    from agent.settings import GpioSettings
+    name, requests = f"busy-{uuid.uuid4().hex[:8]}", []
+    io = StationIO(GpioSettings(enabled=True, backend="memory", chip=name, trigger_line=TRIGGER, ok_line=OK,
+                                busy_line=BUSY, debounce_ms=0, dead_time_ms=0, delay_ms=300),
+                   lambda: requests.append(time.monotonic()))
+    io.start()
+    chip = MemoryChip.named(name)
+    busy = chip.outputs[BUSY]
+    try:
+        chip.inputs[TRIGGER].drive(True)
+        chip.inputs[TRIGGER].drive(False)
+        assert wait(lambda: busy.active, 5) and not requests
+        io.verdict("ok")  # the part before's verdict, within this part's delay: busy stays
+        assert busy.active and chip.outputs[OK].active
+        assert wait(lambda: requests, 5)
+        io.verdict("ok", more=True)  # answered, and another request waits: busy stays
+        assert busy.active
+        io.verdict("anomaly")
+        assert not busy.active
     finally:
         io.close()
