@@ -125,6 +125,7 @@ class Work:
     publish_ms: float = 0.0
     area: int | None = None
     forced: bool = False           # inspection requested over MQTT
+    part_id: str | None = None     # the part's id its request gave (trigger/set {"part_id": ...})
     source: dict = field(default_factory=dict)
     view: tuple | None = None      # a scored part's (sample, x, G(z*), relief heat or None), for the operator's page
 

@@ -3,14 +3,17 @@ inspections, taken in turn, and every requested inspection answered, once, in th
 
 The Agent's methods for them (a mixin of agent/service.py): the handlers run on the
 commands' threads (paho's, asyncua's, the GPIO watch) and hand over through thread-safe
-objects (ExpectedClass, CommandTrigger); the loop applies and answers them. A part that came
-while trigger.max_pending inspections waited is answered in its turn with an error event;
+objects (ExpectedClass, CommandTrigger); the loop applies and answers them. A part (a GPIO
+edge, or a trigger/set naming its part_id, echoed in its event) that came while
+trigger.max_pending inspections waited is answered in its turn with an error event;
 so is every request still waiting when the agent stops (until 2026-12-06 those were left
 without a word: the PLC saw busy fall, or its request time out, with no verdict).
 """
 from __future__ import annotations
 
+import json
 import logging
+import re
 import time
 
 from agent.health import Work
@@ -28,10 +31,16 @@ class Requests:
         return self.counters.get("classes_refused")
 
     def _on_trigger_command(self, payload: bytes = b"") -> bool:
-        """An inspection requested (MQTT trigger/set, OPC UA Trigger()); False when coalesced."""
-        taken = self.commands.request()
+        """An inspection requested (MQTT trigger/set, OPC UA Trigger()); False when coalesced, or
+        for a part (a payload naming its part_id), when it will be answered as not inspected."""
+        part, part_id, problem = part_request(payload)
+        if problem is not None:  # a part's request that cannot be taken: answered in its turn
+            self.commands.refuse(problem)
+            return False
+        taken = self.commands.request(part=part, part_id=part_id)
         if not taken:  # one is already waiting: the burst is one inspection, and its state is said already
-            self.counters.add("triggers_coalesced")  # (echoing each would answer a flood with a flood)
+            if not part:  # (echoing each would answer a flood with a flood)
+                self.counters.add("triggers_coalesced")
             return False
         self.publisher.publish_state("trigger", "pending")
         return True
@@ -54,21 +63,48 @@ class Requests:
     def _answer_skipped(self) -> None:
         """An error event for each part that came while max_pending inspections waited, in its turn."""
         while (skipped := self.commands.skipped()) is not None:
-            n, reason = skipped
+            n, reason, part_id = skipped
             self.counters.add("parts_not_inspected", n)
-            self._error(self._asked(), reason)
+            self._error(self._asked(part_id), reason)
 
     def _answer_left(self) -> None:
         """At a stop: an error event for each request still waiting (and each part not inspected).
         Never raises: the rest of the shutdown (the flush, the outbox) must happen all the same."""
         left = self.commands.left(self._stop_cause or "asked to")
         try:
-            for n, reason in left:
+            for n, reason, part_id in left:
                 self.counters.add("parts_not_inspected", n or 1)
-                self._error(self._asked(), reason)
+                self._error(self._asked(part_id), reason)
         except Exception:
             log.exception("%d requests still waiting at the stop could not all be answered", len(left))
 
-    def _asked(self) -> Work:
+    def _asked(self, part_id: str | None = None) -> Work:
         """The work of a requested inspection that has no frame."""
-        return Work(time.monotonic(), time.time(), forced=True, source={"type": self.s.source.type})
+        return Work(time.monotonic(), time.time(), forced=True, source={"type": self.s.source.type},
+                    part_id=part_id)
+
+
+PART_ID = re.compile(r"[A-Za-z0-9._:/#+-]{1,64}")
+
+
+def part_request(payload: bytes) -> tuple[bool, str | None, str | None]:
+    """(a part?, its id, why it cannot be taken) for a trigger/set payload. A JSON object with a
+    `part_id` (1-64 of A-Z a-z 0-9 . _ : / # + -, or a whole number) is one part, never coalesced
+    with another and echoed in its event; anything else ("go", empty) asks for an inspection as
+    before and bursts of it are coalesced."""
+    if not payload.lstrip().startswith(b"{"):
+        return False, None, None
+    try:
+        doc = json.loads(payload)
+    except ValueError:  # (UnicodeDecodeError and JSONDecodeError are ValueErrors)
+        return False, None, None
+    if not isinstance(doc, dict) or "part_id" not in doc:
+        return False, None, None
+    pid = doc["part_id"]
+    if isinstance(pid, int) and not isinstance(pid, bool) and 0 <= pid < 10 ** 64:
+        pid = str(pid)
+    if isinstance(pid, str) and PART_ID.fullmatch(pid):
+        return True, pid, None
+    shown = json.dumps(pid)
+    return True, None, (f"a part not inspected: its trigger/set part_id {shown[:80]}{'...' if len(shown) > 80 else ''}"
+                        " is not 1-64 of A-Z a-z 0-9 . _ : / # + - nor a whole number")

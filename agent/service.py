@@ -119,8 +119,9 @@ class Agent(Requests):
                     self.models = new
                 self.interfaces.ready(bool(self.models) and self.source_health.state == "running")
                 if self.feed.source is None:
-                    if self.commands.take(0):  # a requested inspection cannot wait for the camera
-                        self._error(self._asked(), f"frame source unavailable: {self.source_health.last_error}")
+                    if (asked := self.commands.take(0)) is not None:  # a request cannot wait for the camera
+                        self._error(self._asked(asked.part_id),
+                                    f"frame source unavailable: {self.source_health.last_error}")
                     if self.feed.reopen_due():
                         self.feed.open()
                     else:
@@ -143,19 +144,19 @@ class Agent(Requests):
 
     def _iteration(self) -> bool:
         mode = self.s.trigger.mode
-        forced = False
         if mode in ON_REQUEST and not self.feed.source.live:
             # A replay advances only on request: wait (bounded, so heartbeats go on).
-            if not self.commands.take(0.2):
+            if (asked := self.commands.take(0.2)) is None:
                 return True
-            forced = True
         else:
-            forced = self.commands.take(0)
+            asked = self.commands.take(0)
+        forced = asked is not None
         self.feed.pace(self.stop_requested)
         if self.stop_requested.is_set():
             return True
         t0 = time.monotonic()
-        work = Work(started=t0, captured_at=time.time(), forced=forced, source={"type": self.s.source.type})
+        work = Work(started=t0, captured_at=time.time(), forced=forced, source={"type": self.s.source.type},
+                    part_id=asked.part_id if asked else None)
         try:
             item = self.feed.source.read()
         except FrameError as e:
@@ -295,7 +296,7 @@ class Agent(Requests):
         ev = Event(event_id=str(uuid.uuid4()), seq=seq, station=self.s.station_id,
                    captured_at=utc_iso(work.captured_at), decided_at=utc_iso(decided_wall),
                    expected_class=self.expected, model=model.ref() if model else None,
-                   trigger=self.s.trigger.mode, verdict=verdict, score=score, threshold=threshold,
+                   trigger=self.s.trigger.mode, part_id=work.part_id, verdict=verdict, score=score, threshold=threshold,
                    object_area_px=work.area,
                    latency_ms={"capture_ms": round(work.capture_ms, 3), "segment_ms": round(work.segment_ms, 3),
                                "score_ms": round(work.score_ms, 3), "total_ms": round(total, 3)},

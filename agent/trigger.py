@@ -125,77 +125,112 @@ class PassageTrigger:
             np.count_nonzero(mask & a) >= (1 - 2 * self.settle_tolerance) * np.count_nonzero(mask | a)
 
 
+@dataclass
+class Asked:
+    """One entry of CommandTrigger's queue: a requested inspection (`skipped` 0), or `skipped`
+    parts not inspected, answered with the error `why` (a bad request: its reason)."""
+    part_id: str | None = None  # the PLC's id of the part (trigger/set {"part_id": ...}), echoed in its event
+    skipped: int = 0
+    why: str | None = None
+    more_ids: int = 0           # ids of merged parts not kept (beyond MAX_IDS_KEPT)
+
+
 class CommandTrigger:
     """Inspections requested over MQTT (`.../trigger/set`), OPC UA (Trigger()) or by a part's
     edge on the GPIO trigger line, thread-safe, answered in the order asked. At most
     `max_pending` inspections wait at a time: more requests in a burst are coalesced into
-    those. A part's edge (`request(part=True)`) is one part, though: one that comes while
-    max_pending wait is kept in its turn as a part not inspected, for the agent to answer with
-    an error event (`skipped`), so that a PLC gets one verdict per part, in order. Until
-    2026-12-06 it was dropped without a word or a count: a verdict short, and the PLC's next
-    verdicts a part late."""
+    those. A part, though (a GPIO edge, or a trigger/set naming its part_id:
+    `request(part=True, part_id=...)`), is one part: one that comes while max_pending wait is
+    kept in its turn as a part not inspected, for the agent to answer with an error event
+    (`skipped`), so that a PLC gets one verdict per part, in order. Until 2026-12-06 it was
+    dropped without a word or a count: a verdict short, and the PLC's next verdicts a part late.
+    A part's request that cannot be taken (`refuse`) is answered likewise, in its turn."""
 
     MAX_SAID_APART = 100  # parts not inspected waiting to be said one by one; beyond, the last entry counts them
+    MAX_IDS_KEPT = 1000   # part ids a merged entry names
 
     def __init__(self, max_pending: int = 1) -> None:
         if max_pending < 1:
             raise ValueError(f"max_pending must be >= 1, got {max_pending}")
         self.max_pending = max_pending
         self._cond = threading.Condition()
-        self._queue: deque[int] = deque()  # 0: an inspection; n >= 1: n parts not inspected, in their turn
+        self._queue: deque[Asked] = deque()
 
-    def request(self, part: bool = False) -> bool:
+    def _pending(self) -> int:
+        return sum(not a.skipped for a in self._queue)
+
+    def request(self, part: bool = False, part_id: str | None = None) -> bool:
         """Ask for one inspection; False when max_pending already wait (the request is coalesced,
-        or for a part, kept as one not inspected)."""
+        or for a part, kept as one not inspected). A request naming its part_id is a part."""
+        part = part or part_id is not None
         with self._cond:
-            pending = self._queue.count(0)
+            pending = self._pending()
             if pending < self.max_pending:
-                self._queue.append(0)
+                self._queue.append(Asked(part_id))
             elif not part:
                 return False
-            elif len(self._queue) - pending < self.MAX_SAID_APART or not self._queue[-1]:
-                self._queue.append(1)
-            else:
-                self._queue[-1] += 1
+            elif len(self._queue) - pending < self.MAX_SAID_APART or not self._queue[-1].skipped or \
+                    self._queue[-1].why is not None:
+                self._queue.append(Asked(part_id, 1))
+            else:  # a flood: merged, the ids kept in the one entry (up to a bound)
+                last = self._queue[-1]
+                last.skipped += 1
+                if part_id is not None:
+                    ids = last.part_id.split(",") if last.part_id else []
+                    if len(ids) < self.MAX_IDS_KEPT:
+                        last.part_id = ",".join([*ids, part_id])
+                    else:
+                        last.more_ids += 1
             self._cond.notify_all()
-            return self._queue[-1] == 0
+            return not self._queue[-1].skipped
 
-    def take(self, timeout: float) -> bool:
-        """Wait up to `timeout` s for a request; True (and one request consumed) if there was one
-        and no part not inspected is ahead of it (those are `skipped`'s)."""
+    def refuse(self, why: str, part_id: str | None = None) -> None:
+        """A part's request that cannot be taken: answered with the error `why`, in its turn."""
         with self._cond:
-            if not self._cond.wait_for(lambda: self._queue, timeout) or self._queue[0]:
-                return False
-            self._queue.popleft()
-            return True
+            self._queue.append(Asked(part_id, 1, why))
+            self._cond.notify_all()
 
-    def skipped(self) -> tuple[int, str] | None:
-        """(how many, why) for the part not inspected at the head of the queue, taken off it (or
-        for many, when more than MAX_SAID_APART waited); None when an inspection or nothing is
-        there. One at a time: the others stay `waiting` while it is answered."""
+    def take(self, timeout: float) -> Asked | None:
+        """Wait up to `timeout` s for a request; the request (consumed) if there was one and no
+        part not inspected is ahead of it (those are `skipped`'s), else None."""
         with self._cond:
-            if not self._queue or not self._queue[0]:
+            if not self._cond.wait_for(lambda: self._queue, timeout) or self._queue[0].skipped:
                 return None
-            n = self._queue.popleft()
-            return n, self._why(n)
+            return self._queue.popleft()
 
-    def _why(self, n: int) -> str:
-        return f"{'a part' if n == 1 else f'{n} parts'} not inspected: the trigger came while {self.max_pending} " \
-               "inspection(s) waited (parts come faster than they are inspected; trigger.max_pending)"
-
-    def left(self, cause: str) -> list[tuple[int, str]]:
-        """At a stop: (how many, why) for everything still waiting, all taken off: one entry per
-        requested inspection, and as `skipped` for parts not inspected."""
+    def skipped(self) -> tuple[int, str, str | None] | None:
+        """(how many, why, part id) for the part not inspected at the head of the queue, taken off
+        it (or for many, when more than MAX_SAID_APART waited: their ids joined by commas); None
+        when an inspection or nothing is there. One at a time: the others stay `waiting` while it
+        is answered."""
         with self._cond:
-            said = [(n, self._why(n)) if n else (0, f"requested inspection not made: the agent stopped ({cause})")
-                    for n in self._queue]
+            if not self._queue or not self._queue[0].skipped:
+                return None
+            a = self._queue.popleft()
+            return a.skipped, self._why(a), a.part_id
+
+    def _why(self, a: Asked) -> str:
+        if a.why is not None:
+            return a.why
+        n = a.skipped
+        return f"{'a part' if n == 1 else f'{n} parts'} not inspected: the trigger came while {self.max_pending} " \
+               "inspection(s) waited (parts come faster than they are inspected; trigger.max_pending)" + \
+               (f"; the ids of {a.more_ids} more are not kept" if a.more_ids else "")
+
+    def left(self, cause: str) -> list[tuple[int, str, str | None]]:
+        """At a stop: (how many, why, part id) for everything still waiting, all taken off: one
+        entry per requested inspection (how many: 0), and as `skipped` for parts not inspected."""
+        with self._cond:
+            said = [(a.skipped, self._why(a), a.part_id) if a.skipped else
+                    (0, f"requested inspection not made: the agent stopped ({cause})", a.part_id)
+                    for a in self._queue]
             self._queue.clear()
             return said
 
     @property
     def pending(self) -> int:
         with self._cond:
-            return self._queue.count(0)
+            return self._pending()
 
     @property
     def waiting(self) -> bool:

@@ -77,6 +77,9 @@ class Event(_Doc):
     expected_class: str = Field(description="the class being inspected")
     model: Optional[ModelRef] = Field(None, description="the model that scored the object (absent when none ran)")
     trigger: Literal["continuous", "mqtt", "every_frame", "gpio"] = Field(description="what started this inspection")
+    part_id: Optional[str] = Field(None, description="the part's id, as its request gave it (trigger/set "
+                                                     "{\"part_id\": ...}; several joined by commas in one error "
+                                                     "event for a flood of parts not inspected); null otherwise")
     verdict: Verdict = Field(description="ok, anomaly (score > threshold), no_object, or error")
     score: Optional[float] = Field(None, description="anomaly score (mean final loss over seeds); higher is worse")
     threshold: Optional[float] = Field(None, description="calibrated threshold: anomaly when score > threshold")

@@ -258,12 +258,81 @@ def test_command_requests_beyond_max_pending_are_coalesced():
     assert t.request() is False and t.request(part=True) is False and t.pending == 2
     assert t.skipped() is None and t.take(0) and t.take(0) and t.waiting
     n_skipped = 2
-    assert not t.take(0) and [n for n, _ in skipped()] == [1, 1] and not t.take(0) and t.skipped() is None
+    assert not t.take(0) and [n for n, *_ in skipped()] == [1, 1] and not t.take(0) and t.skipped() is None
     assert not t.waiting
     for _ in range(2 + CommandTrigger.MAX_SAID_APART + 48):  # a flood: said one by one up to a bound, then together
         t.request(part=True)
     assert t.take(0) and t.take(0)
     n_skipped = CommandTrigger.MAX_SAID_APART
-    assert [n for n, _ in skipped()] == [1] * (CommandTrigger.MAX_SAID_APART - 1) + [1 + 48]
+    assert [n for n, *_ in skipped()] == [1] * (CommandTrigger.MAX_SAID_APART - 1) + [1 + 48]
     with pytest.raises(ValueError, match="max_pending"):
         CommandTrigger(0)
+
+
+def test_a_request_naming_its_part_is_a_part_and_its_id_is_kept_in_its_turn():
+    from agent.requests import part_request
+    from agent.trigger import CommandTrigger
+    assert part_request(b"go") == part_request(b"") == part_request(b"{bad json") == (False, None, None)
+    assert part_request(b'{"other": 1}') == part_request(b'["part_id"]') == (False, None, None)
+    assert part_request(b'{"part_id": "SN-2026/12:06.7#a+b_c"}') == (True, "SN-2026/12:06.7#a+b_c", None)
+    assert part_request(b' {"part_id": 123456789, "x": 1}') == (True, "123456789", None)
+    for bad in (b'{"part_id": ""}', b'{"part_id": "a,b"}', b'{"part_id": "has space"}', b'{"part_id": true}',
+                b'{"part_id": -1}', b'{"part_id": 1.5}', b'{"part_id": null}', b'{"part_id": ["x"]}',
+                b'{"part_id": "' + b"x" * 65 + b'"}', '{"part_id": "\u00e9t\u00e9"}'.encode()):
+        part, pid, why = part_request(bad)
+        assert part and pid is None and why.startswith("a part not inspected: its trigger/set part_id "), bad
+    assert len(part_request(b'{"part_id": "' + b"y" * 200 + b'"}')[2]) < 200  # the bad id is shown cut short
+
+    t = CommandTrigger(max_pending=1)
+    assert t.request(part_id="A") and not t.request() and not t.request(part_id="B") and not t.request(part=True)
+    t.refuse("bad id")
+    assert t.take(0).part_id == "A" and t.take(0) is None  # the parts behind it are answered first
+    late = "a part not inspected: the trigger came while 1 inspection(s) waited"
+    said = [t.skipped() for _ in range(4)]
+    assert [(n, why.startswith(late), pid) for n, why, pid in said[:2]] == [(1, True, "B"), (1, True, None)]
+    assert said[2:] == [(1, "bad id", None), None] and not t.waiting
+    for i in range(1 + CommandTrigger.MAX_SAID_APART + 5):  # a flood of named parts: merged, their ids kept
+        t.request(part_id=f"P{i}")
+    assert t.take(0).part_id == "P0"
+    said = []
+    while (one := t.skipped()) is not None:
+        said.append(one)
+    assert [p for *_, p in said[:-1]] == [f"P{i}" for i in range(1, CommandTrigger.MAX_SAID_APART)]
+    assert said[-1][0] == 6 and said[-1][2] == ",".join(f"P{i}" for i in range(CommandTrigger.MAX_SAID_APART, 106))
+    t.request(part_id="Q")
+    t.request(part_id="R")
+    (n0, why0, q), (n1, why1, r) = t.left("SIGTERM")
+    assert (n0, why0, q) == (0, "requested inspection not made: the agent stopped (SIGTERM)", "Q")
+    assert (n1, r) == (1, "R") and why1.startswith(late) and not t.waiting
+
+
+def test_parts_named_in_their_requests_each_get_one_event_with_their_id(broker, two_classes, synth_data, tmp_path):
+    """A PLC that names each part (trigger/set {"part_id": ...}) gets one event per part, in
+    order, its id echoed; until 2026-12-06 a request that came while one waited was coalesced
+    into it: three parts sent at once gave two events, and nothing said which part they were."""
+    cfg, sub, cmd, state = mqtt_station(broker, two_classes, synth_data, tmp_path, loop=True)
+    agent = AgentProcess(cfg, tmp_path / "agent.log")
+    try:
+        assert sub.wait_for(lambda m: any(t == "adgan/st1/status" and json.loads(p)["mqtt"].get("commands_ready")
+                                          for t, p, _ in m), 60), agent.output()
+        for pid in ("A-1", "B-2", "C-3"):  # at once: the second and third come while the first is inspected
+            cmd.publish("adgan/st1/trigger/set", json.dumps({"part_id": pid}), qos=1)
+        assert sub.wait_for(lambda m: len(once(events(sub))) >= 3, 30), (once(events(sub)), agent.output())
+        cmd.publish("adgan/st1/trigger/set", b'{"part_id": "two words"}', qos=1)  # answered, not dropped
+        assert sub.wait_for(lambda m: len(once(events(sub))) >= 4, 30), agent.output()
+        cmd.publish("adgan/st1/trigger/set", b"go", qos=1)  # no id: as before
+        assert sub.wait_for(lambda m: len(once(events(sub))) >= 5, 30), agent.output()
+        time.sleep(0.5)
+        assert agent.terminate(30) == 0
+    finally:
+        agent.stop()
+        cmd.loop_stop()
+        cmd.disconnect()
+        sub.close()
+    evs = once(events(sub))
+    assert [e["part_id"] for e in evs] == ["A-1", "B-2", "C-3", None, None], evs
+    assert evs[0]["verdict"] in ("ok", "anomaly")
+    for e in evs[1:3]:  # inspected in turn, or said not inspected: never silent
+        assert e["verdict"] in ("ok", "anomaly") or e["error"].startswith("a part not inspected: the trigger came")
+    assert evs[3]["error"].startswith('a part not inspected: its trigger/set part_id "two words" is not')
+    assert evs[4]["verdict"] in ("ok", "anomaly")
