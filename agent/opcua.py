@@ -5,7 +5,10 @@ One object per station under Objects, named by `station_id`:
   ExpectedClass   String, writable: the class being inspected (as MQTT's class/set)
   Trigger()       method: request one inspection (as MQTT's trigger/set); returns whether it
                   was taken (False: coalesced with one already waiting)
-  LastVerdict, LastScore, LastThreshold, LastEventId, LastSeq: the last event
+  TriggerPart(part_id)  method: one part, named (as trigger/set {"part_id": ...}): never
+                  coalesced, answered by one event carrying the id; False when it will be
+                  answered as not inspected (it came while max_pending waited, or a bad id)
+  LastVerdict, LastScore, LastThreshold, LastEventId, LastSeq, LastPartId: the last event
   Health          String: the status heartbeat (JSON), refreshed every second
   Counters/       one Int64 per counter of `status`
 Security: Basic256Sha256 (sign and encrypt) with the station's certificate and key, and the
@@ -37,7 +40,7 @@ UPDATE_LOG_S = 10.0  # a failing update of the variables is logged at most this 
 
 class OpcUaServer:
     def __init__(self, settings, station_id: str, on_class: Callable[[bytes], None],
-                 on_trigger: Callable[[], bool], status: Callable[[], dict]) -> None:
+                 on_trigger: Callable[..., bool], status: Callable[[], dict]) -> None:
         self.s, self.station_id = settings, station_id
         self.on_class, self.on_trigger, self.status_of = on_class, on_trigger, status
         self.state: dict = {"state": "off"}
@@ -133,6 +136,7 @@ class OpcUaServer:
             "LastThreshold": await obj.add_variable(idx, "LastThreshold", float("nan"), ua.VariantType.Double),
             "LastEventId": await obj.add_variable(idx, "LastEventId", "", ua.VariantType.String),
             "LastSeq": await obj.add_variable(idx, "LastSeq", 0, ua.VariantType.Int64),
+            "LastPartId": await obj.add_variable(idx, "LastPartId", "", ua.VariantType.String),
             "Health": await obj.add_variable(idx, "Health", "{}", ua.VariantType.String),
         }
         await nodes["ExpectedClass"].set_writable()
@@ -143,6 +147,12 @@ class OpcUaServer:
         def trigger(parent) -> list:
             return [ua.Variant(bool(self.on_trigger()), ua.VariantType.Boolean)]
         await obj.add_method(idx, "Trigger", trigger, [], [ua.VariantType.Boolean])
+
+        def trigger_part(parent, part_id) -> list:
+            pid = part_id.Value
+            payload = json.dumps({"part_id": pid if isinstance(pid, str) else None}).encode()
+            return [ua.Variant(bool(self.on_trigger(payload)), ua.VariantType.Boolean)]
+        await obj.add_method(idx, "TriggerPart", trigger_part, [ua.VariantType.String], [ua.VariantType.Boolean])
 
         class_id = nodes["ExpectedClass"].nodeid
 
@@ -188,6 +198,7 @@ class OpcUaServer:
                                               ua.VariantType.Double)
             await nodes["LastEventId"].write_value(ev["event_id"])
             await nodes["LastSeq"].write_value(int(ev["seq"]), ua.VariantType.Int64)
+            await nodes["LastPartId"].write_value(ev.get("part_id") or "")
         st = self.status_of()
         await nodes["Health"].write_value(json.dumps(st, default=str))
         if await nodes["ExpectedClass"].read_value() != st["expected_class"]:

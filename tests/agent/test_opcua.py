@@ -105,8 +105,18 @@ def test_a_client_reads_the_verdict_writes_the_class_and_triggers(broker, calibr
             assert await value(obj, idx, "LastSeq") == e["seq"]
             assert math.isclose(await value(obj, idx, "LastScore"), e["score"], rel_tol=1e-6)
             assert await value(obj, idx, "LastThreshold") == e["threshold"]
+            assert await value(obj, idx, "LastPartId") == "" and e["part_id"] is None
+            # a named part: its event carries the id (as trigger/set {"part_id": ...}); a bad id is answered
+            assert await obj.call_method(f"{idx}:TriggerPart", ua.Variant("LOT7-0042", ua.VariantType.String))
+            await until(lambda: _is(obj, idx, "LastPartId", "LOT7-0042"))
+            await until(lambda: _events(sub, 2))
+            assert sub.documents("adgan/st1/events")[-1]["part_id"] == "LOT7-0042"
+            assert not await obj.call_method(f"{idx}:TriggerPart", ua.Variant("no spaces", ua.VariantType.String))
+            await until(lambda: _is(obj, idx, "LastVerdict", "error"))
+            await until(lambda: _events(sub, 3))
+            assert sub.documents("adgan/st1/events")[-1]["error"].startswith("a part not inspected: its trigger/set")
             counters = await obj.get_child([f"{idx}:Counters"])
-            await until(lambda: _read(counters, idx, "events", 1))
+            await until(lambda: _read(counters, idx, "events", 3))
             health = json.loads(await value(obj, idx, "Health"))
             assert health["station"] == "st1" and health["interfaces"]["opcua"]["state"] == "serving"
             # writing the class is class/set: a class without a bundle is refused and echoed back
@@ -135,6 +145,10 @@ async def _ready(obj, idx):
 
 async def _read(folder, idx, name, want):
     return await (await folder.get_child([f"{idx}:{name}"])).read_value() >= want
+
+
+async def _events(sub, n):
+    return len(sub.documents("adgan/st1/events")) >= n
 
 
 async def _is(obj, idx, name, want):
