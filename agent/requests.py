@@ -24,7 +24,12 @@ log = logging.getLogger(__name__)
 class Requests:
     # -- handlers (the commands' threads) -------------------------------------------------
     def _on_class_command(self, payload: bytes) -> None:
-        self.classes.request(payload)
+        """A class switch (MQTT class/set, OPC UA ExpectedClass), made in its turn after the
+        inspections requested before it."""
+        if not self.commands.switch(bytes(payload)):
+            self.classes.refuse(f"class/set refused: {self.commands.MAX_WAITING} requests wait ahead of it (a flood "
+                                "of commands)")
+            self.publisher.publish_state("class", self.expected)
 
     def _class_refused(self) -> int:
         self.counters.add("classes_refused")
@@ -51,30 +56,38 @@ class Requests:
         return self.commands.request(part=True)
 
     # -- the loop -------------------------------------------------------------------------
-    def _apply_class_request(self) -> None:
-        switched = self.classes.apply()
-        if switched is None:
-            return
-        if switched:
+    def _answer_ahead(self) -> None:
+        """What waits ahead of the next requested inspection, in order: class switches made, and an
+        error event for each part that came while max_pending inspections waited."""
+        while True:
+            if (payload := self.commands.switched()) is not None:
+                self._switch_class(payload)
+            elif (skipped := self.commands.skipped()) is not None:
+                n, reason, part_id = skipped
+                self.counters.add("parts_not_inspected", n)
+                self._error(self._asked(part_id), reason)
+            else:
+                return
+
+    def _switch_class(self, payload: bytes) -> None:
+        if self.classes.apply(payload):
             self.expected = self.classes.name
             self.passage.reset()
         self.publisher.publish_state("class", self.expected)
 
-    def _answer_skipped(self) -> None:
-        """An error event for each part that came while max_pending inspections waited, in its turn."""
-        while (skipped := self.commands.skipped()) is not None:
-            n, reason, part_id = skipped
-            self.counters.add("parts_not_inspected", n)
-            self._error(self._asked(part_id), reason)
-
     def _answer_left(self) -> None:
-        """At a stop: an error event for each request still waiting (and each part not inspected).
-        Never raises: the rest of the shutdown (the flush, the outbox) must happen all the same."""
+        """At a stop: an error event for each request still waiting (and each part not inspected),
+        and the class switches among them made, in order (the PLC asked for them: a restart
+        expects the class switched to). Never raises: the rest of the shutdown (the flush, the
+        outbox) must happen all the same."""
         left = self.commands.left(self._stop_cause or "asked to")
         try:
-            for n, reason, part_id in left:
-                self.counters.add("parts_not_inspected", n or 1)
-                self._error(self._asked(part_id), reason)
+            for a in left:
+                if a.switch is not None:
+                    self._switch_class(a.switch)
+                    continue
+                self.counters.add("parts_not_inspected", a.skipped)
+                self._error(self._asked(a.part_id), a.why)
         except Exception:
             log.exception("%d requests still waiting at the stop could not all be answered", len(left))
 

@@ -113,8 +113,7 @@ class Agent(Requests):
                 self.clock.check()
                 self.lock.check()  # its file deleted under a running agent: taken again
                 self._publish_status()
-                self._apply_class_request()
-                self._answer_skipped()
+                self._answer_ahead()  # class switches and parts not inspected, in their turn
                 if self.thresholds is not None and (new := self.thresholds.reread(self.models)) is not None:
                     self.models = new
                 self.interfaces.ready(bool(self.models) and self.source_health.state == "running")

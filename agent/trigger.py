@@ -127,12 +127,18 @@ class PassageTrigger:
 
 @dataclass
 class Asked:
-    """One entry of CommandTrigger's queue: a requested inspection (`skipped` 0), or `skipped`
-    parts not inspected, answered with the error `why` (a bad request: its reason)."""
+    """One entry of CommandTrigger's queue: a requested inspection (`skipped` 0), `skipped` parts
+    not inspected, answered with the error `why` (a bad request: its reason), or a class switch
+    (`switch`: the class/set payload)."""
     part_id: str | None = None  # the PLC's id of the part (trigger/set {"part_id": ...}), echoed in its event
     skipped: int = 0
     why: str | None = None
     more_ids: int = 0           # ids of merged parts not kept (beyond MAX_IDS_KEPT)
+    switch: bytes | None = None
+
+    @property
+    def inspection(self) -> bool:
+        return not self.skipped and self.switch is None
 
 
 class CommandTrigger:
@@ -144,10 +150,18 @@ class CommandTrigger:
     kept in its turn as a part not inspected, for the agent to answer with an error event
     (`skipped`), so that a PLC gets one verdict per part, in order. Until 2026-12-06 it was
     dropped without a word or a count: a verdict short, and the PLC's next verdicts a part late.
-    A part's request that cannot be taken (`refuse`) is answered likewise, in its turn."""
+    A part's request that cannot be taken (`refuse`) is answered likewise, in its turn.
+
+    Class switches (`switch`) wait in the same queue: a part requested before a switch is
+    scored by the class before it, one requested after by the new one. Until 2026-12-06 a switch
+    applied at the loop's next turn, ahead of the inspections still waiting (at a product
+    change the old product's last parts were scored by the new product's model), and of two
+    switches made meanwhile only the last counted. Consecutive switches with nothing between
+    them are one (the last); beyond MAX_WAITING entries a switch is refused."""
 
     MAX_SAID_APART = 100  # parts not inspected waiting to be said one by one; beyond, the last entry counts them
     MAX_IDS_KEPT = 1000   # part ids a merged entry names
+    MAX_WAITING = 1000    # entries in the queue beyond which a class switch is refused (a flood)
 
     def __init__(self, max_pending: int = 1) -> None:
         if max_pending < 1:
@@ -157,7 +171,7 @@ class CommandTrigger:
         self._queue: deque[Asked] = deque()
 
     def _pending(self) -> int:
-        return sum(not a.skipped for a in self._queue)
+        return sum(a.inspection for a in self._queue)
 
     def request(self, part: bool = False, part_id: str | None = None) -> bool:
         """Ask for one inspection; False when max_pending already wait (the request is coalesced,
@@ -169,8 +183,8 @@ class CommandTrigger:
                 self._queue.append(Asked(part_id))
             elif not part:
                 return False
-            elif len(self._queue) - pending < self.MAX_SAID_APART or not self._queue[-1].skipped or \
-                    self._queue[-1].why is not None:
+            elif not self._queue[-1].skipped or self._queue[-1].why is not None or \
+                    sum(a.skipped > 0 for a in self._queue) < self.MAX_SAID_APART:
                 self._queue.append(Asked(part_id, 1))
             else:  # a flood: merged, the ids kept in the one entry (up to a bound)
                 last = self._queue[-1]
@@ -182,7 +196,28 @@ class CommandTrigger:
                     else:
                         last.more_ids += 1
             self._cond.notify_all()
-            return not self._queue[-1].skipped
+            return self._queue[-1].inspection
+
+    def switch(self, payload: bytes) -> bool:
+        """A class switch, in its turn after the requests before it; False when refused (the
+        queue holds MAX_WAITING entries)."""
+        with self._cond:
+            if self._queue and self._queue[-1].switch is not None:
+                self._queue[-1].switch = payload  # nothing between two switches: the last one counts
+            elif len(self._queue) >= self.MAX_WAITING:
+                return False
+            else:
+                self._queue.append(Asked(switch=payload))
+            self._cond.notify_all()
+            return True
+
+    def switched(self) -> bytes | None:
+        """The class switch at the head of the queue, taken off it; None when something else or
+        nothing is there."""
+        with self._cond:
+            if not self._queue or self._queue[0].switch is None:
+                return None
+            return self._queue.popleft().switch
 
     def refuse(self, why: str, part_id: str | None = None) -> None:
         """A part's request that cannot be taken: answered with the error `why`, in its turn."""
@@ -194,7 +229,7 @@ class CommandTrigger:
         """Wait up to `timeout` s for a request; the request (consumed) if there was one and no
         part not inspected is ahead of it (those are `skipped`'s), else None."""
         with self._cond:
-            if not self._cond.wait_for(lambda: self._queue, timeout) or self._queue[0].skipped:
+            if not self._cond.wait_for(lambda: self._queue, timeout) or not self._queue[0].inspection:
                 return None
             return self._queue.popleft()
 
@@ -217,13 +252,17 @@ class CommandTrigger:
                "inspection(s) waited (parts come faster than they are inspected; trigger.max_pending)" + \
                (f"; the ids of {a.more_ids} more are not kept" if a.more_ids else "")
 
-    def left(self, cause: str) -> list[tuple[int, str, str | None]]:
-        """At a stop: (how many, why, part id) for everything still waiting, all taken off: one
-        entry per requested inspection (how many: 0), and as `skipped` for parts not inspected."""
+    def left(self, cause: str) -> list[Asked]:
+        """At a stop: everything still waiting, in order, all taken off, each request's `why` said:
+        a requested inspection not made (`skipped` 1), parts not inspected as for `skipped`, and
+        class switches (to be made all the same: the PLC asked for them)."""
         with self._cond:
-            said = [(a.skipped, self._why(a), a.part_id) if a.skipped else
-                    (0, f"requested inspection not made: the agent stopped ({cause})", a.part_id)
-                    for a in self._queue]
+            for a in self._queue:
+                if a.inspection:
+                    a.skipped, a.why = 1, f"requested inspection not made: the agent stopped ({cause})"
+                elif a.skipped:
+                    a.why = self._why(a)
+            said = list(self._queue)
             self._queue.clear()
             return said
 
@@ -236,4 +275,4 @@ class CommandTrigger:
     def waiting(self) -> bool:
         """Whether anything is still to be answered (inspections or parts not inspected)."""
         with self._cond:
-            return bool(self._queue)
+            return any(a.switch is None for a in self._queue)

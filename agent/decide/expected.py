@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterable
@@ -95,37 +94,21 @@ def start_words(outbox: str | Path, configured: str, known: Iterable[str]) -> st
 
 
 class ExpectedClass:
-    """The expected class: requested from the command threads, applied by the inspection loop,
-    stored so that a restart keeps it."""
+    """The expected class: switched by the inspection loop, in its turn among the requested
+    inspections (agent/trigger.py's CommandTrigger orders them), stored so that a restart keeps it."""
 
     def __init__(self, configured: str, known: Iterable[str], outbox: str | Path,
                  refused: Callable[[], int]) -> None:
         self.configured, self.known, self.path = configured, set(known), record_path(outbox)
         self.name, self.switch = starting_class(self.path, configured, self.known)
         self._refused = refused  # counts a refusal, returns the count so far
-        self._request: str | None = None
-        self._lock = threading.Lock()
         self._next_refusal_log = 0.0
 
-    def request(self, payload: bytes) -> None:
-        """A class/set (any thread); the inspection loop applies it between frames."""
-        with self._lock:
-            self._request = payload.decode("utf-8", "replace").strip()
-
-    def apply(self) -> bool | None:
-        """The pending request, if any: True if the class changed, False if not (refused, or the
-        same), None if nothing was asked."""
-        with self._lock:
-            req, self._request = self._request, None
-        if req is None:
-            return None
+    def apply(self, payload: bytes | str) -> bool:
+        """A class/set: True if the class changed, False if not (refused, or the same)."""
+        req = (payload.decode("utf-8", "replace") if isinstance(payload, bytes) else payload).strip()
         if req not in self.known:
-            n = self._refused()
-            now = time.monotonic()
-            if now >= self._next_refusal_log:  # a storm of bad requests is one line per 10 s
-                self._next_refusal_log = now + REFUSAL_LOG_S
-                log.warning("class/set %r refused: no bundle for it (have %s); %d refused so far",
-                            req[:64], ", ".join(sorted(self.known)), n)
+            self.refuse(f"class/set {req[:64]!r} refused: no bundle for it (have {', '.join(sorted(self.known))})")
             return False
         if req == self.name:
             return False
@@ -133,6 +116,15 @@ class ExpectedClass:
         self.name = req
         self._store(req)
         return True
+
+    def refuse(self, why: str) -> None:
+        """A switch not made: counted, and said at most once per REFUSAL_LOG_S (a storm of bad
+        requests is one line per 10 s)."""
+        n = self._refused()
+        now = time.monotonic()
+        if now >= self._next_refusal_log:
+            self._next_refusal_log = now + REFUSAL_LOG_S
+            log.warning("%s; %d refused so far", why, n)
 
     def _store(self, cls: str) -> None:
         at = utc_iso(time.time())

@@ -18,15 +18,13 @@ def made(tmp_path, configured="sphere", known=KNOWN):
 
 def test_a_switch_is_stored_and_expected_after_a_restart(tmp_path):
     ec, _ = made(tmp_path)
-    assert ec.name == "sphere" and ec.status() is None and ec.apply() is None
-    ec.request(b" cylinder\n")
-    assert ec.apply() is True and ec.name == "cylinder"
+    assert ec.name == "sphere" and ec.status() is None
+    assert ec.apply(b" cylinder\n") is True and ec.name == "cylinder"
     rec = json.loads(record_path(tmp_path / "outbox.sqlite").read_text())
     assert (rec["class"], rec["configured"]) == ("cylinder", "sphere") and rec["at"].endswith("Z")
     again, _ = made(tmp_path)  # a restart
     assert again.name == "cylinder" and again.status()["at"] == rec["at"] and again.status()["stored"]
-    again.request(b"sphere")   # back to the configured class: the start expects it too
-    assert again.apply() is True
+    assert again.apply(b"sphere") is True  # back to the configured class: the start expects it too
     assert made(tmp_path)[0].name == "sphere" and made(tmp_path)[0].status() is None
 
 
@@ -34,18 +32,15 @@ def test_an_unknown_or_same_class_changes_nothing_and_refusals_are_counted(tmp_p
     ec, refused = made(tmp_path)
     with caplog.at_level(logging.WARNING):
         for bad in (b"banana", b"\xff\xfe", b"cylinder/x"):
-            ec.request(bad)
-            assert ec.apply() is False and ec.name == "sphere"
+            assert ec.apply(bad) is False and ec.name == "sphere"
     assert len(refused) == 3 and caplog.text.count("refused: no bundle") == 1  # one line per 10 s
-    ec.request(b"sphere")
-    assert ec.apply() is False
+    assert ec.apply(b"sphere") is False
     assert not record_path(tmp_path / "outbox.sqlite").exists()
 
 
 def test_agent_toml_changed_since_the_switch_is_the_newer_word(tmp_path, caplog):
     ec, _ = made(tmp_path)
-    ec.request(b"cylinder")
-    ec.apply()
+    ec.apply(b"cylinder")
     with caplog.at_level(logging.INFO):
         later, _ = made(tmp_path, configured="rectangle")
     assert later.name == "rectangle" and "no longer sphere as when class/set chose cylinder" in caplog.text
@@ -56,8 +51,7 @@ def test_agent_toml_changed_since_the_switch_is_the_newer_word(tmp_path, caplog)
 
 def test_a_stored_class_without_a_bundle_or_a_damaged_record_falls_back_and_is_said(tmp_path, caplog):
     ec, _ = made(tmp_path)
-    ec.request(b"cylinder")
-    ec.apply()
+    ec.apply(b"cylinder")
     with caplog.at_level(logging.WARNING):
         assert made(tmp_path, known=("sphere", "rectangle"))[0].name == "sphere"
     assert "has no bundle now" in caplog.text
@@ -75,9 +69,8 @@ def test_a_switch_that_cannot_be_stored_applies_and_is_said(tmp_path, caplog):
     blocker = tmp_path / "state"
     blocker.write_text("a file where the state folder should be")
     ec = ExpectedClass("sphere", KNOWN, blocker / "outbox.sqlite", lambda: 0)
-    ec.request(b"cylinder")
     with caplog.at_level(logging.ERROR):
-        assert ec.apply() is True and ec.name == "cylinder"
+        assert ec.apply(b"cylinder") is True and ec.name == "cylinder"
     st = ec.status()
     assert st["stored"] is False and st["error"] and "after a restart the station would expect" in caplog.text
 
@@ -86,8 +79,7 @@ def test_validate_config_says_what_a_start_would_expect_and_changes_nothing(tmp_
     outbox = tmp_path / "outbox.sqlite"
     assert start_words(outbox, "sphere", KNOWN) == ""
     ec, _ = made(tmp_path)
-    ec.request(b"cylinder")
-    ec.apply()
+    ec.apply(b"cylinder")
     assert start_words(outbox, "sphere", KNOWN).startswith("expecting cylinder, as class/set chose it at ")
     assert "the file is the newer word" in start_words(outbox, "rectangle", KNOWN)
     assert record_path(outbox).exists()  # (a start removes the stale record; a check does not)

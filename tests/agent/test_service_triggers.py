@@ -301,9 +301,32 @@ def test_a_request_naming_its_part_is_a_part_and_its_id_is_kept_in_its_turn():
     assert said[-1][0] == 6 and said[-1][2] == ",".join(f"P{i}" for i in range(CommandTrigger.MAX_SAID_APART, 106))
     t.request(part_id="Q")
     t.request(part_id="R")
-    (n0, why0, q), (n1, why1, r) = t.left("SIGTERM")
-    assert (n0, why0, q) == (0, "requested inspection not made: the agent stopped (SIGTERM)", "Q")
-    assert (n1, r) == (1, "R") and why1.startswith(late) and not t.waiting
+    assert t.switch(b"cylinder") and t.switch(b"sphere")  # nothing between them: the last one counts
+    q, r, sw = t.left("SIGTERM")
+    assert (q.skipped, q.why, q.part_id) == (1, "requested inspection not made: the agent stopped (SIGTERM)", "Q")
+    assert (r.skipped, r.part_id) == (1, "R") and r.why.startswith(late) and not t.waiting
+    assert sw.switch == b"sphere" and not sw.skipped
+
+
+def test_class_switches_wait_their_turn_among_the_requests():
+    from agent.trigger import CommandTrigger
+    t = CommandTrigger(max_pending=2)
+    assert t.switch(b"a") and t.switched() == b"a" and t.switched() is None  # nothing ahead: at once
+    assert t.request(part_id="P1") and t.switch(b"b") and t.request(part_id="P2")
+    assert not t.request(part_id="P3") and t.switch(b"c") and t.switch(b"d")
+    assert t.switched() is None and t.take(0).part_id == "P1"
+    assert t.take(0) is None and t.skipped() is None and t.switched() == b"b"  # after P1, before P2
+    assert t.take(0).part_id == "P2" and t.switched() is None
+    assert t.skipped()[2] == "P3" and t.take(0) is None and t.switched() == b"d" and not t.waiting
+    assert t.switch(b"x") and t.waiting is False and t.pending == 0  # a switch is not something to answer
+    t.switched()
+    for i in range(CommandTrigger.MAX_WAITING):  # a flood: parts and switches alternating
+        t.request(part_id=f"F{i}")
+        t.switch(b"y")
+    assert CommandTrigger.MAX_WAITING <= len(t._queue) <= CommandTrigger.MAX_WAITING + 1  # bounded
+    assert not t.switch(b"z")  # refused beyond the bound (the agent says so and counts it)
+    merged = t._queue[-1]
+    assert merged.skipped > 1 and merged.part_id.endswith(f"F{CommandTrigger.MAX_WAITING - 1}")  # no id lost
 
 
 def test_parts_named_in_their_requests_each_get_one_event_with_their_id(broker, two_classes, synth_data, tmp_path):
@@ -336,3 +359,71 @@ def test_parts_named_in_their_requests_each_get_one_event_with_their_id(broker, 
         assert e["verdict"] in ("ok", "anomaly") or e["error"].startswith("a part not inspected: the trigger came")
     assert evs[3]["error"].startswith('a part not inspected: its trigger/set part_id "two words" is not')
     assert evs[4]["verdict"] in ("ok", "anomaly")
+
+
+def test_a_class_switch_applies_after_the_parts_requested_before_it(broker, two_classes, synth_data, tmp_path):
+    """A product change: the PLC requests the old product's last parts, switches the class and
+    requests the new one's, all while an inspection runs. Each part is scored by the class in
+    force when it was requested. Until 2026-12-06 a switch applied at the loop's next turn, ahead
+    of parts still waiting (the old product's last parts were scored by the new product's model:
+    false NGs at every changeover), and of two switches only the last counted."""
+    cfg, sub, cmd, state = mqtt_station(broker, two_classes, synth_data, tmp_path, loop=True)
+    cfg.write_text(cfg.read_text().replace('mode = "mqtt"', 'mode = "mqtt"\nmax_pending = 10'))
+    agent = AgentProcess(cfg, tmp_path / "agent.log")
+    plan = [("S1", "sphere"), ("S2", "sphere"), ("S3", "sphere"), "cylinder", ("C1", "cylinder"),
+            ("C2", "cylinder"), "sphere", ("S4", "sphere")]
+    try:
+        assert sub.wait_for(lambda m: any(t == "adgan/st1/status" and json.loads(p)["mqtt"].get("commands_ready")
+                                          for t, p, _ in m), 60), agent.output()
+        for step in plan:  # at once, in order, from one client
+            if isinstance(step, str):
+                cmd.publish("adgan/st1/class/set", step, qos=1)
+            else:
+                cmd.publish("adgan/st1/trigger/set", json.dumps({"part_id": step[0]}), qos=1)
+        assert sub.wait_for(lambda m: len(once(events(sub))) >= 6, 60), (once(events(sub)), agent.output())
+        time.sleep(0.5)
+        assert agent.terminate(30) == 0
+    finally:
+        agent.stop()
+        cmd.loop_stop()
+        cmd.disconnect()
+        sub.close()
+    evs = once(events(sub))
+    assert [(e["part_id"], e["expected_class"]) for e in evs] == [s for s in plan if not isinstance(s, str)]
+    assert all(e["verdict"] in ("ok", "anomaly") and e["model"]["class"] == e["expected_class"] for e in evs), evs
+    assert [p.decode() for t, p, _ in sub.messages if t == "adgan/st1/class/state"][-2:] == ["cylinder", "sphere"]
+
+
+def test_at_a_stop_switches_among_waiting_requests_are_made_in_turn_and_a_flood_is_refused(broker, two_classes,
+                                                                                           synth_data, tmp_path):
+    """A SIGTERM while a part of each product waits, a switch between them: each is answered
+    under its own class, and the switch is stored for the restart. A switch beyond MAX_WAITING
+    waiting entries is refused, counted and the class in force echoed."""
+    import signal
+
+    from agent.decide.expected import record_path
+    from agent.service import Agent
+    from agent.settings import load_settings
+    cfg, sub, cmd, state = mqtt_station(broker, two_classes, synth_data, tmp_path)
+    cfg.write_text(cfg.read_text().replace('mode = "mqtt"', 'mode = "mqtt"\nmax_pending = 10'))
+    cmd.loop_stop()
+    cmd.disconnect()
+    agent = Agent(load_settings(cfg, env_file=None))
+    agent.start()  # (its loop is not run: the requests wait)
+    try:
+        agent._on_trigger_command(b'{"part_id": "S1"}')
+        agent._on_class_command(b"cylinder")
+        agent._on_trigger_command(b'{"part_id": "C1"}')
+        agent.commands.MAX_WAITING = 3
+        agent._on_class_command(b"sphere")
+        assert agent.counters.get("classes_refused") == 1
+        agent.request_stop(signal.SIGTERM)
+    finally:
+        agent.shutdown()
+    assert sub.wait_for(lambda m: len(events(sub)) == 2), events(sub)
+    sub.close()
+    assert [(e["part_id"], e["expected_class"], e["error"]) for e in events(sub)] == [
+        (p, c, "requested inspection not made: the agent stopped (SIGTERM)") for p, c in (("S1", "sphere"),
+                                                                                        ("C1", "cylinder"))]
+    assert json.loads(record_path(tmp_path / "outbox.sqlite").read_text())["class"] == "cylinder"
+    assert [p for t, p, _ in sub.messages if t == "adgan/st1/class/state"][-2:] == [b"sphere", b"cylinder"]
