@@ -87,6 +87,32 @@ class Counters:
             return dict(self._v)
 
 
+class EngineFailures:
+    """Failures of the scoring engine that are none of the expected kinds (ONNX Runtime's own
+    exception classes, which are not RuntimeErrors; an allocation failure; CUDA errors). Each
+    answers its part with an error event and the agent goes on; RESTART_AFTER in a row, with no
+    inspection between that worked, mean the engine is broken (a GPU context lost): the agent
+    stops with exit code 1 so that systemd starts it afresh. Until 2026-12-06 the first one
+    ended the agent's loop, and the part in hand got no event."""
+
+    RESTART_AFTER = 5
+
+    def __init__(self) -> None:
+        self.in_row = 0
+
+    def failed(self, what: str, e: Exception) -> str | None:
+        """Say `e`; the stop cause when the agent must start afresh, else None."""
+        self.in_row += 1
+        log.error("%s (%d in a row): %s: %s", what, self.in_row, type(e).__name__, e, exc_info=e)
+        if self.in_row < self.RESTART_AFTER:
+            return None
+        return (f"{self.in_row} inspections in a row failed in the engine ({type(e).__name__}: {e}); exiting with "
+                "code 1 so that systemd starts the agent afresh")
+
+    def worked(self) -> None:
+        self.in_row = 0
+
+
 @dataclass
 class SourceHealth:
     state: str = "starting"        # starting, running, reconnecting, ended

@@ -78,9 +78,12 @@ class _StateCollector:
                                   value=c["error"] + c["errors_suppressed"])
         yield CounterMetricFamily("adgan_source_failures", "failures of the frame source (each reopened)",
                                   value=st["source"]["failures"])
-        yield CounterMetricFamily("adgan_parts_not_inspected", "parts (GPIO edges) that came while "
-                                  "trigger.max_pending inspections waited, and requests left at a stop: each an "
-                                  "error event", value=c.get("parts_not_inspected", 0))
+        yield CounterMetricFamily("adgan_parts_not_inspected", "parts (GPIO edges, requests naming a part_id) "
+                                  "that came while trigger.max_pending inspections waited, and requests left at a "
+                                  "stop: each an error event", value=c.get("parts_not_inspected", 0))
+        yield CounterMetricFamily("adgan_internal_errors", "frames on which a library or the engine failed "
+                                  "unexpectedly (each an error event where an inspection was due)",
+                                  value=c.get("internal_errors", 0))
 
 
 class _Quiet(WSGIRequestHandler):

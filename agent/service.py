@@ -2,8 +2,9 @@
 
 One thread runs the loop; paho's network thread delivers commands (class switch, trigger)
 through thread-safe hand-offs. Nothing in the loop can end the agent except a stop request
-(SIGTERM / SIGINT) or the end of a finite replay: a bad frame becomes an `error` event, a
-failed source is reopened with doubling backoff and reported in `status`.
+(SIGTERM / SIGINT), the end of a finite replay, or an engine broken for good (EngineFailures:
+exit code 1): a bad frame, or a library failing on one, becomes an `error` event, a failed
+source is reopened with doubling backoff and reported in `status`.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from agent.decide.expected import ExpectedClass
 from agent.decide.inspector import ClassModel, load_models
 from agent.decide.reload import ThresholdsReload
 from agent.frame import FrameError, NoObjectError, RGBDFrame, Sample, same_problem
-from agent.health import ClockWatch, Counters, LoopWatch, SystemdNotifier, Work, iso_time, timed
+from agent.health import ClockWatch, Counters, EngineFailures, LoopWatch, SystemdNotifier, Work, iso_time, timed
 from agent.interfaces import Interfaces
 from agent.mqtt.events import Event, utc_iso
 from agent.mqtt.files import AgentLock
@@ -43,7 +44,7 @@ class Agent(Requests):
         self.notifier = notifier or SystemdNotifier()
         self.stop_requested = threading.Event()
         self.counters = Counters("frames", "events", "ok", "anomaly", "no_object", "error", "errors_suppressed",
-                                 "triggers_coalesced", "classes_refused", "parts_not_inspected")
+                                 "triggers_coalesced", "classes_refused", "parts_not_inspected", "internal_errors")
         self.feed = SourceSupervisor(settings.source, settings.health, lambda: self._publish_status(force=True))
         self.source_health = self.feed.health
         self.started = time.monotonic()  # (uptime: not the wall clock, which NTP may set years ahead at boot)
@@ -67,6 +68,8 @@ class Agent(Requests):
         self.lock = AgentLock(settings.outbox.path)
         self.clock = ClockWatch()  # events are stamped with the wall clock: its jumps are said
         self.loop_watch = LoopWatch(settings.health.stall_s)  # a loop stuck somewhere is said, with where
+        self.engine_failures = EngineFailures()
+        self.exit_code = 0  # 1: the engine failed RESTART_AFTER inspections in a row (systemd restarts it)
 
     # -- start ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -139,7 +142,7 @@ class Agent(Requests):
             raise
         finally:
             self.shutdown()
-        return 0
+        return self.exit_code
 
     def _iteration(self) -> bool:
         mode = self.s.trigger.mode
@@ -179,11 +182,16 @@ class Agent(Requests):
         truth = {k: meta[k] for k in ("class", "defect") if k in meta}
         if truth:
             work.source["truth"] = truth
-        if isinstance(item, Sample):
-            if not (mode in ON_REQUEST and not forced):
-                self._inspect_sample(work, item, forced)
-        else:
-            self._handle_frame(work, item, mode, forced)
+        try:
+            if isinstance(item, Sample):
+                if not (mode in ON_REQUEST and not forced):
+                    self._inspect_sample(work, item, forced)
+            else:
+                self._handle_frame(work, item, mode, forced)
+        except Exception as e:  # a library failing on this frame (cv2.error...): said as the others are, and on
+            self.counters.add("internal_errors")
+            log.error("frame %s: %s: %s", work.source.get("frame"), type(e).__name__, e, exc_info=e)
+            self._error(work, f"inspection failed: {type(e).__name__}: {e}")
         self._account(work)
         return True
 
@@ -241,6 +249,14 @@ class Agent(Requests):
         except (ValueError, RuntimeError) as e:
             self._error(work, f"scoring failed: {e}", inspection=True, model=model)
             return
+        except Exception as e:  # the engine's own errors: this part is answered; a broken engine, restarted
+            self.counters.add("internal_errors")
+            if (cause := self.engine_failures.failed("scoring failed", e)) is not None:
+                self._stop_cause, self.exit_code = cause, 1
+                self.stop_requested.set()
+            self._error(work, f"scoring failed: {type(e).__name__}: {e}", inspection=True, model=model)
+            return
+        self.engine_failures.worked()
         sigma, background = model.bundle.heat_sigma, model.bundle.heat_background
         amap, box, work.view = None, None, (sample, x, d.reconstruction, d.relief, sigma, background)
         if d.verdict == "anomaly":
