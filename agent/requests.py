@@ -50,10 +50,15 @@ class Requests:
         self.publisher.publish_state("trigger", "pending")
         return True
 
-    def _on_part_edge(self) -> bool:
-        """A part's edge on the GPIO trigger line: one part, answered in its turn (False: it will
-        be answered as not inspected)."""
-        return self.commands.request(part=True)
+    def _on_part_seen(self, at: float) -> None:
+        """A part's edge on the GPIO trigger line, at monotonic time `at`: class switches made
+        from now on wait for it."""
+        self.commands.announce(at)
+
+    def _on_part_edge(self, at: float | None = None) -> bool:
+        """A part's inspection requested, delay_ms after its edge at `at`: one part, answered in its
+        turn (False: it will be answered as not inspected)."""
+        return self.commands.request(part=True, at=at)
 
     # -- the loop -------------------------------------------------------------------------
     def _answer_ahead(self) -> None:

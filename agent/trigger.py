@@ -28,6 +28,7 @@ stations inspect on request (trigger mode mqtt or gpio) or leave a gap between p
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum
@@ -135,6 +136,7 @@ class Asked:
     why: str | None = None
     more_ids: int = 0           # ids of merged parts not kept (beyond MAX_IDS_KEPT)
     switch: bytes | None = None
+    arrived: float = 0.0        # a switch's monotonic time (parts seen before it go ahead of it)
 
     @property
     def inspection(self) -> bool:
@@ -157,11 +159,15 @@ class CommandTrigger:
     applied at the loop's next turn, ahead of the inspections still waiting (at a product
     change the old product's last parts were scored by the new product's model), and of two
     switches made meanwhile only the last counted. Consecutive switches with nothing between
-    them are one (the last); beyond MAX_WAITING entries a switch is refused."""
+    them are one (the last); beyond MAX_WAITING entries a switch is refused.
+    A GPIO part is seen at its edge (`announce`) and requested delay_ms later (`request(at=)`):
+    a switch that came between is made after that part (until 2026-12-06 it came first, and the
+    old product's last part, still on its way to the camera, was scored by the new model)."""
 
     MAX_SAID_APART = 100  # parts not inspected waiting to be said one by one; beyond, the last entry counts them
     MAX_IDS_KEPT = 1000   # part ids a merged entry names
     MAX_WAITING = 1000    # entries in the queue beyond which a class switch is refused (a flood)
+    MAX_FLIGHT_S = 70.0   # a part seen and not requested after this long is forgotten (gpio.delay_ms <= 60 s)
 
     def __init__(self, max_pending: int = 1) -> None:
         if max_pending < 1:
@@ -169,45 +175,70 @@ class CommandTrigger:
         self.max_pending = max_pending
         self._cond = threading.Condition()
         self._queue: deque[Asked] = deque()
+        self._in_flight: list[float] = []  # monotonic times of parts seen (GPIO edges) and not yet requested
+        self._closed = False  # after `left`: the agent stops, nothing more is taken
 
     def _pending(self) -> int:
         return sum(a.inspection for a in self._queue)
 
-    def request(self, part: bool = False, part_id: str | None = None) -> bool:
+    def _place(self, at: float | None) -> int:
+        """Where a request goes: at the end, or for a part seen at `at`, before the class switches
+        at the end that came after it."""
+        q, i = self._queue, len(self._queue)
+        while at is not None and i and q[i - 1].switch is not None and q[i - 1].arrived > at:
+            i -= 1
+        return i
+
+    def announce(self, at: float) -> None:
+        """A part seen at monotonic time `at` (a GPIO edge), to be requested later with `at`."""
+        with self._cond:
+            if not self._closed:
+                self._in_flight.append(at)
+
+    def request(self, part: bool = False, part_id: str | None = None, at: float | None = None) -> bool:
         """Ask for one inspection; False when max_pending already wait (the request is coalesced,
-        or for a part, kept as one not inspected). A request naming its part_id is a part."""
+        or for a part, kept as one not inspected). A request naming its part_id is a part; one
+        with `at` (a part announced then) goes ahead of the class switches made since."""
         part = part or part_id is not None
         with self._cond:
-            pending = self._pending()
-            if pending < self.max_pending:
-                self._queue.append(Asked(part_id))
+            if at is not None and at in self._in_flight:
+                self._in_flight.remove(at)
+            if self._closed:
+                return False
+            q, i = self._queue, self._place(at)
+            before = q[i - 1] if i else None
+            if self._pending() < self.max_pending:
+                entry = Asked(part_id)
             elif not part:
                 return False
-            elif not self._queue[-1].skipped or self._queue[-1].why is not None or \
-                    sum(a.skipped > 0 for a in self._queue) < self.MAX_SAID_APART:
-                self._queue.append(Asked(part_id, 1))
+            elif before is None or not before.skipped or before.why is not None or \
+                    sum(a.skipped > 0 for a in q) < self.MAX_SAID_APART:
+                entry = Asked(part_id, 1)
             else:  # a flood: merged, the ids kept in the one entry (up to a bound)
-                last = self._queue[-1]
-                last.skipped += 1
+                before.skipped += 1
                 if part_id is not None:
-                    ids = last.part_id.split(",") if last.part_id else []
+                    ids = before.part_id.split(",") if before.part_id else []
                     if len(ids) < self.MAX_IDS_KEPT:
-                        last.part_id = ",".join([*ids, part_id])
+                        before.part_id = ",".join([*ids, part_id])
                     else:
-                        last.more_ids += 1
+                        before.more_ids += 1
+                self._cond.notify_all()
+                return False
+            q.insert(i, entry)
             self._cond.notify_all()
-            return self._queue[-1].inspection
+            return entry.inspection
 
     def switch(self, payload: bytes) -> bool:
-        """A class switch, in its turn after the requests before it; False when refused (the
-        queue holds MAX_WAITING entries)."""
+        """A class switch, in its turn after the requests before it (and the parts seen before
+        it); False when refused (the queue holds MAX_WAITING entries)."""
         with self._cond:
             if self._queue and self._queue[-1].switch is not None:
                 self._queue[-1].switch = payload  # nothing between two switches: the last one counts
-            elif len(self._queue) >= self.MAX_WAITING:
+                self._queue[-1].arrived = time.monotonic()
+            elif len(self._queue) >= self.MAX_WAITING or self._closed:
                 return False
             else:
-                self._queue.append(Asked(switch=payload))
+                self._queue.append(Asked(switch=payload, arrived=time.monotonic()))
             self._cond.notify_all()
             return True
 
@@ -217,6 +248,10 @@ class CommandTrigger:
         with self._cond:
             if not self._queue or self._queue[0].switch is None:
                 return None
+            now, head = time.monotonic(), self._queue[0]
+            self._in_flight = [t for t in self._in_flight if now - t < self.MAX_FLIGHT_S]
+            if any(t < head.arrived for t in self._in_flight):
+                return None  # a part seen before it is on its way: it goes first
             return self._queue.popleft().switch
 
     def refuse(self, why: str, part_id: str | None = None) -> None:
@@ -257,13 +292,18 @@ class CommandTrigger:
         a requested inspection not made (`skipped` 1), parts not inspected as for `skipped`, and
         class switches (to be made all the same: the PLC asked for them)."""
         with self._cond:
+            not_made = f"requested inspection not made: the agent stopped ({cause})"
+            for t in self._in_flight:  # parts seen, their delay not yet over: ahead of the switches made since
+                self._queue.insert(self._place(t), Asked(skipped=1, why=not_made))
+            self._in_flight.clear()
             for a in self._queue:
                 if a.inspection:
-                    a.skipped, a.why = 1, f"requested inspection not made: the agent stopped ({cause})"
+                    a.skipped, a.why = 1, not_made
                 elif a.skipped:
                     a.why = self._why(a)
             said = list(self._queue)
             self._queue.clear()
+            self._closed = True
             return said
 
     @property

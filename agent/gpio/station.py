@@ -2,8 +2,9 @@
 
 Trigger in: an edge of the configured direction on `trigger_line` counts when the line was
 quiet for `debounce_ms` before it (contact bounce is ignored) and at least `dead_time_ms`
-after the last counted edge; `delay_ms` later one inspection is requested (the agent scores
-the next frame). Verdicts out: `ok`, `ng` and `error` (an error or no object) are pulsed for
+after the last counted edge; the part is announced at once (`on_edge`: a class switch made
+during its delay comes after it) and `delay_ms` later its inspection is requested
+(`on_trigger`, with the edge's monotonic time; the agent scores the next frame). Verdicts out: `ok`, `ng` and `error` (an error or no object) are pulsed for
 `pulse_ms` or held until the next part; `busy` is active from a counted edge until the verdict
 that leaves nothing waiting (until 2026-12-06 it fell at the first verdict, parts still waiting);
 `ready` is active only while the engines are warm and the source delivers frames. Logical
@@ -19,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 from agent.gpio.lines import Chip, GpioError, InputLine, OutputLine, open_chip
 
@@ -30,8 +31,9 @@ REOPEN_S = (1.0, 30.0)  # a failed trigger line is opened again after 1 s, doubl
 
 
 class StationIO:
-    def __init__(self, settings, on_trigger: Callable[[], object] | None = None) -> None:
-        self.s, self.on_trigger = settings, on_trigger
+    def __init__(self, settings, on_trigger: Optional[Callable[[float], object]] = None,
+                 on_edge: Optional[Callable[[float], object]] = None) -> None:
+        self.s, self.on_trigger, self.on_edge = settings, on_trigger, on_edge
         self.chip: Chip | None = None
         self.outputs: dict[str, OutputLine] = {}
         self.input: InputLine | None = None
@@ -101,11 +103,17 @@ class StationIO:
                 last_counted = e.timestamp_ns
                 self.counts["triggers"] += 1
                 self._begin_part()
-                wait = e.timestamp_ns / 1e9 + s.delay_ms / 1e3 - time.monotonic()
+                at = e.timestamp_ns / 1e9
+                if self.on_edge is not None:
+                    try:
+                        self.on_edge(at)
+                    except Exception:  # (the request below still comes)
+                        log.exception("GPIO trigger: announcing the part failed")
+                wait = at + s.delay_ms / 1e3 - time.monotonic()
                 if wait > 0 and self._stop.wait(wait):
                     return
                 try:
-                    self.on_trigger()
+                    self.on_trigger(at)
                 except Exception:  # the watch must go on: the next part's edge is as important
                     self.counts["trigger_failures"] += 1
                     log.exception("GPIO trigger: requesting the inspection failed (%d so far)",

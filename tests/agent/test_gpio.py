@@ -287,7 +287,7 @@ def test_the_gpiod_backend_on_the_kernels_gpio_sim(gpio_sim):
     path, lines = gpio_sim
     triggered = threading.Event()
     io = StationIO(GpioSettings(enabled=True, backend="gpiod", chip=path, trigger_line=0, ok_line=1, ng_line=2,
-                                busy_line=3, ready_line=4, output_mode="hold"), triggered.set)
+                                busy_line=3, ready_line=4, output_mode="hold"), lambda at: triggered.set())
     io.start()
     try:
         assert io.state["state"] == "running", io.state
@@ -355,7 +355,7 @@ def test_the_jetson_gpio_backend_through_its_api(monkeypatch):
     monkeypatch.setitem(sys.modules, "Jetson.GPIO", fake)
     triggered = threading.Event()
     io = StationIO(GpioSettings(enabled=True, backend="jetson", trigger_line=7, ok_line=11, ng_line=13,
-                                active_low=True, output_mode="hold"), triggered.set)
+                                active_low=True, output_mode="hold"), lambda at: triggered.set())
     io.start()
     try:
         assert io.state["state"] == "running" and fake.mode == "BOARD"
@@ -381,7 +381,7 @@ def test_a_trigger_line_that_fails_is_said_and_opened_again_and_a_failed_request
     caplog.set_level(logging.INFO)
     name, requests = f"fail-{uuid.uuid4().hex[:8]}", []
 
-    def on_trigger():
+    def on_trigger(at):
         requests.append(time.monotonic())
         if len(requests) == 2:
             raise RuntimeError("injected")
@@ -450,7 +450,7 @@ def test_busy_stays_active_while_a_part_is_still_to_be_answered():
     name, requests = f"busy-{uuid.uuid4().hex[:8]}", []
     io = StationIO(GpioSettings(enabled=True, backend="memory", chip=name, trigger_line=TRIGGER, ok_line=OK,
                                 busy_line=BUSY, debounce_ms=0, dead_time_ms=0, delay_ms=300),
-                   lambda: requests.append(time.monotonic()))
+                   lambda at: requests.append(at))
     io.start()
     chip = MemoryChip.named(name)
     busy = chip.outputs[BUSY]

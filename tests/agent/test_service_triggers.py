@@ -427,3 +427,71 @@ def test_at_a_stop_switches_among_waiting_requests_are_made_in_turn_and_a_flood_
                                                                                         ("C1", "cylinder"))]
     assert json.loads(record_path(tmp_path / "outbox.sqlite").read_text())["class"] == "cylinder"
     assert [p for t, p, _ in sub.messages if t == "adgan/st1/class/state"][-2:] == [b"sphere", b"cylinder"]
+
+
+def test_a_class_switch_during_a_gpio_parts_delay_comes_after_that_part(broker, two_classes, tmp_path):
+    """A light barrier before the camera (gpio.delay_ms 300): the PLC sees the old product's last
+    part pass the barrier and switches the class at once, within the part's delay. That part is
+    scored by the old class, the next by the new. Until 2026-12-06 the part's request was made
+    only after the delay, so the switch, made meanwhile, came first."""
+    import uuid
+
+    from agent.gpio.lines import MemoryChip
+    from tests.agent.test_gpio import READY, TRIGGER, Running, gpio_config
+    sphere, cyl, th = two_classes
+    name = f"test-{uuid.uuid4()}"
+    sub = Subscriber(broker.port, "adgan/st1/#")
+    assert sub.subscribed.wait(10)
+    cfg = gpio_config(tmp_path, broker, (sphere, th), tmp_path, name)
+    cfg.write_text(cfg.read_text().replace(f'type = "folder"\npath = "{tmp_path}"\nfps = 0',
+                                           'type = "synthetic"\nclasses = ["sphere"]\nfps = 10')
+                   .replace(f'bundles = {{ sphere = "{sphere}" }}', f'bundles = {{ sphere = "{sphere}", cylinder = '
+                                                                    f'"{cyl}" }}')
+                   .replace("dead_time_ms = 40", "dead_time_ms = 40\ndelay_ms = 300"))
+    run = Running(cfg)
+    chip = MemoryChip.named(name)
+    try:
+        assert wait_until(lambda: chip.outputs[READY].active), "ready never went active"
+        line = chip.inputs[TRIGGER]
+        line.drive(True)
+        line.drive(False)
+        time.sleep(0.05)
+        run.agent._on_class_command(b"cylinder")  # (as class/set: the same handler)
+        time.sleep(0.5)
+        line.drive(True)
+        line.drive(False)
+        assert wait_until(lambda: len(events(sub)) >= 2), events(sub)
+    finally:
+        run.stop()
+        sub.close()
+    evs = events(sub)  # (what the synthetic camera shows then, a part or none, does not matter here)
+    assert [e["expected_class"] for e in evs] == ["sphere", "cylinder"] and "error" not in [e["verdict"] for e in evs]
+
+
+def wait_until(cond, timeout: float = 30.0) -> bool:
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_a_part_seen_before_a_switch_goes_ahead_of_it_when_requested_later():
+    from agent.trigger import CommandTrigger
+    t = CommandTrigger(max_pending=3)
+    t0 = time.monotonic()
+    t.announce(t0)  # a GPIO edge; its request comes delay_ms later
+    assert t.switch(b"new")
+    assert t.switched() is None  # the part on its way goes first
+    assert t.request(part=True, at=t0) and t.switched() is None
+    assert t.take(0) is not None and t.switched() == b"new"
+    t.announce(time.monotonic() - CommandTrigger.MAX_FLIGHT_S - 1)  # never requested (a lost thread): forgotten
+    assert t.switch(b"again") and t.switched() == b"again"
+    t1 = time.monotonic()
+    t.announce(t1)
+    t.switch(b"last")
+    said = t.left("SIGTERM")  # at a stop: the part seen is answered, ahead of the switch made after it
+    assert [(a.skipped, a.why, a.switch) for a in said] == [
+        (1, "requested inspection not made: the agent stopped (SIGTERM)", None), (0, None, b"last")]
+    assert not t.request(part=True, at=t1) and not t.switch(b"x") and not t.waiting  # stopped: nothing taken
