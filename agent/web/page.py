@@ -98,7 +98,7 @@ class OperatorPage:
         if self._server is None:
             return
         entry = {k: event.get(k) for k in ("seq", "event_id", "verdict", "score", "threshold", "expected_class",
-                                           "decided_at", "error")}
+                                           "decided_at", "error", "part_id")}
         entry["latency_ms"] = (event.get("latency_ms") or {}).get("total_ms")
         with self._cond:
             self.history.appendleft(entry)

@@ -58,7 +58,7 @@ def test_the_page_shows_each_part_with_its_verdict_within_a_second(broker, calib
         assert poll(lambda: "camera: running" in browser.find_element("id", "health").text, 10)
         for i in range(3):
             for _ in range(10):  # the first request may beat the agent's subscription: ask again
-                send(broker.port, "adgan/st1/trigger/set", b"")
+                send(broker.port, "adgan/st1/trigger/set", b'{"part_id": "LOT-9"}' if i == 2 else b"")
                 if poll(lambda: len(events(sub)) >= i + 1, 3.0):
                     break
             assert len(events(sub)) == i + 1, agent.output()
@@ -74,7 +74,8 @@ def test_the_page_shows_each_part_with_its_verdict_within_a_second(broker, calib
         assert poll(lambda: browser.execute_script(
             "return ['rgb','depth','map'].every(k => document.getElementById('img-' + k).naturalWidth === 128)"), 5)
         rows = browser.find_elements("css selector", "#history tr")
-        assert len(rows) == 3 and rows[0].text.startswith(str(events(sub)[-1]["seq"]))
+        assert len(rows) == 3 and rows[0].text.startswith(f'{events(sub)[-1]["seq"]} LOT-9 ')
+        assert browser.find_element("id", "part").text == "LOT-9" and rows[1].text.split()[1] == "-"
         assert "OK" in browser.find_element("id", "rates").text
         shots.mkdir(parents=True, exist_ok=True)
         browser.save_screenshot(str(shots / "operator-page.png"))
