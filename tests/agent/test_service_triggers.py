@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -138,6 +139,27 @@ def mqtt_station(broker, two_classes, synth_data, tmp_path, loop: bool = False):
         vals = [p for t, p, _ in sub.messages if t == f"adgan/st1/{feature}/state"]
         return vals[-1] if vals else None
     return cfg, sub, cmd, state
+
+
+@contextmanager
+def plc_station(broker, two_classes, synth_data, tmp_path, max_pending: int | None = None):
+    """(subscriber, PLC client, agent process) for mqtt_station's station, looping its samples,
+    once its commands are subscribed; stopped (and checked to stop cleanly) after."""
+    cfg, sub, cmd, state = mqtt_station(broker, two_classes, synth_data, tmp_path, loop=True)
+    if max_pending is not None:
+        cfg.write_text(cfg.read_text().replace('mode = "mqtt"', f'mode = "mqtt"\nmax_pending = {max_pending}'))
+    agent = AgentProcess(cfg, tmp_path / "agent.log")
+    try:
+        assert sub.wait_for(lambda m: any(t == "adgan/st1/status" and json.loads(p)["mqtt"].get("commands_ready")
+                                          for t, p, _ in m), 60), agent.output()
+        yield sub, cmd, agent
+        time.sleep(0.5)
+        assert agent.terminate(30) == 0
+    finally:
+        agent.stop()
+        cmd.loop_stop()
+        cmd.disconnect()
+        sub.close()
 
 
 def test_mqtt_trigger_and_class_switch(broker, two_classes, synth_data, tmp_path, capsys):
@@ -333,11 +355,7 @@ def test_parts_named_in_their_requests_each_get_one_event_with_their_id(broker, 
     """A PLC that names each part (trigger/set {"part_id": ...}) gets one event per part, in
     order, its id echoed; until 2026-12-06 a request that came while one waited was coalesced
     into it: three parts sent at once gave two events, and nothing said which part they were."""
-    cfg, sub, cmd, state = mqtt_station(broker, two_classes, synth_data, tmp_path, loop=True)
-    agent = AgentProcess(cfg, tmp_path / "agent.log")
-    try:
-        assert sub.wait_for(lambda m: any(t == "adgan/st1/status" and json.loads(p)["mqtt"].get("commands_ready")
-                                          for t, p, _ in m), 60), agent.output()
+    with plc_station(broker, two_classes, synth_data, tmp_path) as (sub, cmd, agent):
         for pid in ("A-1", "B-2", "C-3"):  # at once: the second and third come while the first is inspected
             cmd.publish("adgan/st1/trigger/set", json.dumps({"part_id": pid}), qos=1)
         assert sub.wait_for(lambda m: len(once(events(sub))) >= 3, 30), (once(events(sub)), agent.output())
@@ -345,13 +363,6 @@ def test_parts_named_in_their_requests_each_get_one_event_with_their_id(broker, 
         assert sub.wait_for(lambda m: len(once(events(sub))) >= 4, 30), agent.output()
         cmd.publish("adgan/st1/trigger/set", b"go", qos=1)  # no id: as before
         assert sub.wait_for(lambda m: len(once(events(sub))) >= 5, 30), agent.output()
-        time.sleep(0.5)
-        assert agent.terminate(30) == 0
-    finally:
-        agent.stop()
-        cmd.loop_stop()
-        cmd.disconnect()
-        sub.close()
     evs = once(events(sub))
     assert [e["part_id"] for e in evs] == ["A-1", "B-2", "C-3", None, None], evs
     assert evs[0]["verdict"] in ("ok", "anomaly")
@@ -367,27 +378,15 @@ def test_a_class_switch_applies_after_the_parts_requested_before_it(broker, two_
     force when it was requested. Until 2026-12-06 a switch applied at the loop's next turn, ahead
     of parts still waiting (the old product's last parts were scored by the new product's model:
     false NGs at every changeover), and of two switches only the last counted."""
-    cfg, sub, cmd, state = mqtt_station(broker, two_classes, synth_data, tmp_path, loop=True)
-    cfg.write_text(cfg.read_text().replace('mode = "mqtt"', 'mode = "mqtt"\nmax_pending = 10'))
-    agent = AgentProcess(cfg, tmp_path / "agent.log")
     plan = [("S1", "sphere"), ("S2", "sphere"), ("S3", "sphere"), "cylinder", ("C1", "cylinder"),
             ("C2", "cylinder"), "sphere", ("S4", "sphere")]
-    try:
-        assert sub.wait_for(lambda m: any(t == "adgan/st1/status" and json.loads(p)["mqtt"].get("commands_ready")
-                                          for t, p, _ in m), 60), agent.output()
+    with plc_station(broker, two_classes, synth_data, tmp_path, max_pending=10) as (sub, cmd, agent):
         for step in plan:  # at once, in order, from one client
             if isinstance(step, str):
                 cmd.publish("adgan/st1/class/set", step, qos=1)
             else:
                 cmd.publish("adgan/st1/trigger/set", json.dumps({"part_id": step[0]}), qos=1)
         assert sub.wait_for(lambda m: len(once(events(sub))) >= 6, 60), (once(events(sub)), agent.output())
-        time.sleep(0.5)
-        assert agent.terminate(30) == 0
-    finally:
-        agent.stop()
-        cmd.loop_stop()
-        cmd.disconnect()
-        sub.close()
     evs = once(events(sub))
     assert [(e["part_id"], e["expected_class"]) for e in evs] == [s for s in plan if not isinstance(s, str)]
     assert all(e["verdict"] in ("ok", "anomaly") and e["model"]["class"] == e["expected_class"] for e in evs), evs
