@@ -255,9 +255,16 @@ class CommandTrigger:
             return self._queue.popleft().switch
 
     def refuse(self, why: str, part_id: str | None = None) -> None:
-        """A part's request that cannot be taken: answered with the error `why`, in its turn."""
+        """A part's request that cannot be taken: answered with the error `why`, in its turn (in a
+        flood, beyond MAX_SAID_APART waiting, merged into the last such answer: bounded)."""
         with self._cond:
-            self._queue.append(Asked(part_id, 1, why))
+            q = self._queue
+            if self._closed:
+                return
+            if q and q[-1].why is not None and sum(a.skipped > 0 for a in q) >= self.MAX_SAID_APART:
+                q[-1].skipped += 1
+            else:
+                q.append(Asked(part_id, 1, why))
             self._cond.notify_all()
 
     def take(self, timeout: float) -> Asked | None:
@@ -281,7 +288,7 @@ class CommandTrigger:
 
     def _why(self, a: Asked) -> str:
         if a.why is not None:
-            return a.why
+            return a.why if a.skipped == 1 else f"{a.skipped} parts not inspected, the first said: {a.why}"
         n = a.skipped
         return f"{'a part' if n == 1 else f'{n} parts'} not inspected: the trigger came while {self.max_pending} " \
                "inspection(s) waited (parts come faster than they are inspected; trigger.max_pending)" + \

@@ -494,3 +494,16 @@ def test_a_part_seen_before_a_switch_goes_ahead_of_it_when_requested_later():
     assert [(a.skipped, a.why, a.switch) for a in said] == [
         (1, "requested inspection not made: the agent stopped (SIGTERM)", None), (0, None, b"last")]
     assert not t.request(part=True, at=t1) and not t.switch(b"x") and not t.waiting  # stopped: nothing taken
+
+
+def test_a_flood_of_bad_part_requests_is_bounded_and_every_one_counted():
+    from agent.trigger import CommandTrigger
+    t = CommandTrigger()
+    for i in range(10_000):  # faster than the loop answers them (each answer is a stored event)
+        t.refuse(f"a part not inspected: its trigger/set part_id '{i} x' is not ...")
+    assert len(t._queue) == CommandTrigger.MAX_SAID_APART
+    said = []
+    while (one := t.skipped()) is not None:
+        said.append(one)
+    assert sum(n for n, *_ in said) == 10_000 and said[0][1].startswith('a part not inspected: its trigger/set')
+    assert said[-1][1].startswith(f"{10_000 - 99} parts not inspected, the first said: a part not inspected: its")
