@@ -232,9 +232,10 @@ class CommandTrigger:
         """A class switch, in its turn after the requests before it (and the parts seen before
         it); False when refused (the queue holds MAX_WAITING entries)."""
         with self._cond:
-            if self._queue and self._queue[-1].switch is not None:
-                self._queue[-1].switch = payload  # nothing between two switches: the last one counts
-                self._queue[-1].arrived = time.monotonic()
+            tail = self._queue[-1] if self._queue else None
+            if tail is not None and tail.switch is not None and not any(t > tail.arrived for t in self._in_flight):
+                tail.switch = payload  # nothing between two switches: the last one counts
+                tail.arrived = time.monotonic()
             elif len(self._queue) >= self.MAX_WAITING or self._closed:
                 return False
             else:

@@ -487,6 +487,12 @@ def test_a_part_seen_before_a_switch_goes_ahead_of_it_when_requested_later():
     assert t.take(0) is not None and t.switched() == b"new"
     t.announce(time.monotonic() - CommandTrigger.MAX_FLIGHT_S - 1)  # never requested (a lost thread): forgotten
     assert t.switch(b"again") and t.switched() == b"again"
+    t.switch(b"one")
+    t2 = time.monotonic()
+    t.announce(t2)  # a part seen between two switches: they are not merged into one
+    t.switch(b"two")
+    t.request(part=True, at=t2)
+    assert t.switched() == b"one" and t.take(0) is not None and t.switched() == b"two"
     t1 = time.monotonic()
     t.announce(t1)
     t.switch(b"last")
