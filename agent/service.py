@@ -335,7 +335,7 @@ class Agent(Requests):
                 "uptime_s": round(time.monotonic() - self.started, 1), "clock": self.clock.status(),
                 "loop": self.loop_watch.status(),
                 "expected_class": self.expected, "class_switch": self.classes.status() if self.classes else None,
-                "trigger": self.s.trigger.mode, "counters": c,
+                "trigger": self.s.trigger.mode, "requests": self.commands.status(), "counters": c,
                 "stage_seconds": {k: round(v, 3) for k, v in self.stage_s.items()},
                 "outbox": self.outbox.status() if self.outbox is not None else {"depth": 0},
                 "mqtt_connected": bool(self.publisher and self.publisher.connected.is_set()),

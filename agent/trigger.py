@@ -319,6 +319,13 @@ class CommandTrigger:
         with self._cond:
             return self._pending()
 
+    def status(self) -> dict:
+        """What waits (status.requests): inspections, answers of parts not inspected, class
+        switches, and GPIO parts seen and not yet requested (within their delay_ms)."""
+        with self._cond:
+            return {"inspections": self._pending(), "parts_not_inspected": sum(a.skipped for a in self._queue),
+                    "class_switches": sum(a.switch is not None for a in self._queue), "in_flight": len(self._in_flight)}
+
     @property
     def waiting(self) -> bool:
         """Whether anything is still to be answered (inspections or parts not inspected)."""

@@ -416,6 +416,8 @@ def test_at_a_stop_switches_among_waiting_requests_are_made_in_turn_and_a_flood_
         agent.commands.MAX_WAITING = 3
         agent._on_class_command(b"sphere")
         assert agent.counters.get("classes_refused") == 1
+        assert agent.status()["requests"] == {"inspections": 2, "parts_not_inspected": 0, "class_switches": 1,
+                                              "in_flight": 0}
         agent.request_stop(signal.SIGTERM)
     finally:
         agent.shutdown()
@@ -487,11 +489,14 @@ def test_a_part_seen_before_a_switch_goes_ahead_of_it_when_requested_later():
     assert t.take(0) is not None and t.switched() == b"new"
     t.announce(time.monotonic() - CommandTrigger.MAX_FLIGHT_S - 1)  # never requested (a lost thread): forgotten
     assert t.switch(b"again") and t.switched() == b"again"
+    assert t.status() == {"inspections": 0, "parts_not_inspected": 0, "class_switches": 0, "in_flight": 0}
     t.switch(b"one")
     t2 = time.monotonic()
     t.announce(t2)  # a part seen between two switches: they are not merged into one
     t.switch(b"two")
+    assert t.status() == {"inspections": 0, "parts_not_inspected": 0, "class_switches": 2, "in_flight": 1}
     t.request(part=True, at=t2)
+    assert t.status() == {"inspections": 1, "parts_not_inspected": 0, "class_switches": 2, "in_flight": 0}
     assert t.switched() == b"one" and t.take(0) is not None and t.switched() == b"two"
     t1 = time.monotonic()
     t.announce(t1)
