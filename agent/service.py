@@ -155,6 +155,8 @@ class Agent(Requests):
         forced = asked is not None
         self.feed.pace(self.stop_requested)
         if self.stop_requested.is_set():
+            if asked is not None:  # answered at the stop, with the requests still waiting
+                self.commands.give_back(asked)
             return True
         t0 = time.monotonic()
         work = Work(started=t0, captured_at=time.time(), forced=forced, source={"type": self.s.source.type},
@@ -173,6 +175,8 @@ class Agent(Requests):
             self.feed.failed(str(e))
             return True
         if item is None:
+            if asked is not None:
+                self.commands.give_back(asked)
             return False
         work.capture_ms = 1e3 * (time.monotonic() - t0)
         self.counters.add("frames")

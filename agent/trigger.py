@@ -276,6 +276,13 @@ class CommandTrigger:
                 return None
             return self._queue.popleft()
 
+    def give_back(self, asked: Asked) -> None:
+        """A request taken and not served (the agent stops, the source ended): first again, for
+        `left` to answer."""
+        with self._cond:
+            self._queue.appendleft(asked)
+            self._cond.notify_all()
+
     def skipped(self) -> tuple[int, str, str | None] | None:
         """(how many, why, part id) for the part not inspected at the head of the queue, taken off
         it (or for many, when more than MAX_SAID_APART waited: their ids joined by commas); None

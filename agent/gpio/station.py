@@ -4,8 +4,9 @@ Trigger in: an edge of the configured direction on `trigger_line` counts when th
 quiet for `debounce_ms` before it (contact bounce is ignored) and at least `dead_time_ms`
 after the last counted edge; the part is announced at once (`on_edge`: a class switch made
 during its delay comes after it) and `delay_ms` later its inspection is requested
-(`on_trigger`, with the edge's monotonic time; the agent scores the next frame). Verdicts out: `ok`, `ng` and `error` (an error or no object) are pulsed for
-`pulse_ms` or held until the next part; `busy` is active from a counted edge until the verdict
+(`on_trigger`, with the edge's monotonic time; the agent scores the next frame). Verdicts
+out: `ok`, `ng` and `error` (an error or no object) are pulsed for `pulse_ms` or held until
+the next part; `busy` is active from a counted edge until the verdict
 that leaves nothing waiting (until 2026-12-06 it fell at the first verdict, parts still waiting);
 `ready` is active only while the engines are warm and the source delivers frames. Logical
 active is the physical high level unless `active_low`.

@@ -1,7 +1,8 @@
-"""An engine or library failing in the middle of an inspection (ONNX Runtime's own exception
-classes, which are not RuntimeErrors; OpenCV's): the part in hand is answered, and the agent
-goes on. Mocked only where the failure itself cannot be made here (an allocation failure
-inside ONNX Runtime)."""
+"""The part in hand is answered whatever happens to it: an engine or library failing in the
+middle of its inspection (ONNX Runtime's own exception classes, which are not RuntimeErrors;
+OpenCV's), after which the agent goes on; a stop, or a replay's end, after its request was
+taken. Mocked only where the failure itself cannot be made here (an allocation failure inside
+ONNX Runtime, OpenCV failing)."""
 from __future__ import annotations
 
 import threading
@@ -127,3 +128,59 @@ def test_a_library_failing_on_one_frame_is_an_error_event_and_the_agent_goes_on(
     assert a["verdict"] in ("ok", "anomaly") and c["verdict"] in ("ok", "anomaly") and agent.exit_code == 0
     assert b["part_id"] == "B" and b["error"].startswith("inspection failed: error: OpenCV(4.10.0) resize.cpp")
     assert agent.counters.get("internal_errors") == 1
+
+
+def test_a_request_taken_when_the_agent_is_asked_to_stop_is_answered(broker, calibrated, synth_data, tmp_path):
+    """A SIGTERM while the loop, a request in hand, waits for the replay's next frame (fps): the
+    request is answered at the stop like those still waiting. Until 2026-12-06 it was dropped."""
+    import signal
+    import time
+    bundle, thresholds = calibrated
+    mixed_folder(synth_data, tmp_path / "samples")
+    cfg = agent_config(tmp_path, broker.port, bundle, thresholds,
+                       f'type = "folder"\npath = "{tmp_path / "samples"}"\nfps = 0.2', trigger="mqtt")
+    sub = Subscriber(broker.port, "adgan/st1/#")
+    assert sub.subscribed.wait(10)
+    agent = Agent(load_settings(cfg, env_file=None))
+    agent.start()
+    thread = threading.Thread(target=agent.run, daemon=True)
+    thread.start()
+    try:
+        agent._on_trigger_command(b'{"part_id": "A"}')
+        assert wait(lambda: len(events(sub)) == 1, 30)
+        agent._on_trigger_command(b'{"part_id": "B"}')  # taken at once; the next frame is 5 s away
+        assert wait(lambda: agent.commands.status()["inspections"] == 0, 5)
+        time.sleep(0.2)
+        agent.request_stop(signal.SIGTERM)
+        thread.join(30)
+    finally:
+        agent.request_stop()
+        thread.join(30)
+    assert wait(lambda: len(events(sub)) == 2, 10), events(sub)
+    sub.close()
+    b = events(sub)[1]
+    assert (b["part_id"], b["error"]) == ("B", "requested inspection not made: the agent stopped (SIGTERM)")
+
+
+def test_a_request_left_when_a_replay_ends_is_answered(broker, calibrated, synth_data, tmp_path):
+    """More parts requested than a finite replay holds: the request that finds no frame is
+    answered when the agent stops at the replay's end. Until 2026-12-06 it was dropped."""
+    bundle, thresholds = calibrated
+    n = mixed_folder(synth_data, tmp_path / "samples")
+    cfg = agent_config(tmp_path, broker.port, bundle, thresholds,
+                       f'type = "folder"\npath = "{tmp_path / "samples"}"\nfps = 0', trigger="mqtt")
+    cfg.write_text(cfg.read_text().replace('mode = "mqtt"', f'mode = "mqtt"\nmax_pending = {n + 5}'))
+    sub = Subscriber(broker.port, "adgan/st1/#")
+    assert sub.subscribed.wait(10)
+    agent = Agent(load_settings(cfg, env_file=None))
+    agent.start()
+    for i in range(n + 2):
+        agent._on_trigger_command(f'{{"part_id": "P{i}"}}'.encode())
+    assert agent.run() == 0  # (the replay ends)
+    assert wait(lambda: len(events(sub)) == n + 2, 30), len(events(sub))
+    sub.close()
+    evs = events(sub)
+    assert [e["part_id"] for e in evs] == [f"P{i}" for i in range(n + 2)]
+    assert all(e["verdict"] in ("ok", "anomaly") for e in evs[:n])
+    assert {e["error"] for e in evs[n:]} == {
+        "requested inspection not made: the agent stopped (the source has no more frames)"}
