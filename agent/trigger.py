@@ -269,8 +269,9 @@ class CommandTrigger:
             self._cond.notify_all()
 
     def take(self, timeout: float) -> Asked | None:
-        """Wait up to `timeout` s for a request; the request (consumed) if there was one and no
-        part not inspected is ahead of it (those are `skipped`'s), else None."""
+        """Wait up to `timeout` s for a request; the request (consumed) if there was one and
+        nothing else is ahead of it (parts not inspected: `skipped`; class switches: `switched`),
+        else None."""
         with self._cond:
             if not self._cond.wait_for(lambda: self._queue, timeout) or not self._queue[0].inspection:
                 return None
