@@ -30,11 +30,12 @@ class FailingSession:
         return getattr(self.sess, name)
 
 
-def station(broker, calibrated, synth_data, tmp_path):
+def station(broker, calibrated, synth_data, tmp_path, pace: str = "fps = 0\nloop = true"):
+    """(agent, its loop's thread, subscriber): an mqtt-triggered station replaying samples."""
     bundle, thresholds = calibrated
     mixed_folder(synth_data, tmp_path / "samples")
     cfg = agent_config(tmp_path, broker.port, bundle, thresholds,
-                       f'type = "folder"\npath = "{tmp_path / "samples"}"\nfps = 0\nloop = true', trigger="mqtt")
+                       f'type = "folder"\npath = "{tmp_path / "samples"}"\n{pace}', trigger="mqtt")
     sub = Subscriber(broker.port, "adgan/st1/#")
     assert sub.subscribed.wait(10)
     agent = Agent(load_settings(cfg, env_file=None))
@@ -135,16 +136,7 @@ def test_a_request_taken_when_the_agent_is_asked_to_stop_is_answered(broker, cal
     request is answered at the stop like those still waiting. Until 2026-12-06 it was dropped."""
     import signal
     import time
-    bundle, thresholds = calibrated
-    mixed_folder(synth_data, tmp_path / "samples")
-    cfg = agent_config(tmp_path, broker.port, bundle, thresholds,
-                       f'type = "folder"\npath = "{tmp_path / "samples"}"\nfps = 0.2', trigger="mqtt")
-    sub = Subscriber(broker.port, "adgan/st1/#")
-    assert sub.subscribed.wait(10)
-    agent = Agent(load_settings(cfg, env_file=None))
-    agent.start()
-    thread = threading.Thread(target=agent.run, daemon=True)
-    thread.start()
+    agent, thread, sub = station(broker, calibrated, synth_data, tmp_path, pace="fps = 0.2")
     try:
         agent._on_trigger_command(b'{"part_id": "A"}')
         assert wait(lambda: len(events(sub)) == 1, 30)
