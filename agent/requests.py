@@ -50,6 +50,10 @@ class Requests:
         self.publisher.publish_state("trigger", "pending")
         return True
 
+    def _on_trigger_refused(self, why: str) -> None:
+        """A trigger/set refused as it came (too large): a request all the same, answered in its turn."""
+        self.commands.refuse(f"requested inspection not made: its trigger/set was refused ({why})")
+
     def _on_part_seen(self, at: float) -> None:
         """A part's edge on the GPIO trigger line, at monotonic time `at`: class switches made
         from now on wait for it."""

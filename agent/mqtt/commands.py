@@ -3,7 +3,9 @@ to their handler, or refused.
 
 A command is an action, not a state: a retained one is refused (it would come back on every
 reconnect), and so is one larger than MAX_COMMAND_BYTES. Refusals are counted and logged at
-most once per LOG_EVERY_S per feature, so a flood cannot fill the journal.
+most once per LOG_EVERY_S per feature, so a flood cannot fill the journal. A live command that
+is refused (too large) is also handed to the feature's `on_refused` handler, where it has one:
+a refused trigger/set is a request, and is answered (until 2026-12-06 only the log said it).
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ class Commands:
     def __init__(self, base: str, handlers: dict[str, Handler] | None, counters: dict[str, int]) -> None:
         self.base, self.handlers, self.counters = base, dict(handlers or {}), counters
         self._refusal_logged: dict[str, float] = {}
+        self.on_refused: dict[str, Callable[[str], None]] = {}  # feature -> told why a live command was refused
         self.ready = threading.Event()      # every command subscription granted, this connection
         self._subacks: dict[int, str] = {}  # subscribe message id -> command topic, awaiting its SUBACK
         self._sub_failed = False            # a command subscription failed on this connection
@@ -80,7 +83,13 @@ class Commands:
                                   "(clear it: mosquitto_pub -r -n -t " + topic + ")")
             return
         if len(payload) > MAX_COMMAND_BYTES:
-            self._refuse(feature, f"{len(payload)} bytes, more than {MAX_COMMAND_BYTES}")
+            why = f"{len(payload)} bytes, more than {MAX_COMMAND_BYTES}"
+            self._refuse(feature, why)
+            if feature in self.on_refused:
+                try:
+                    self.on_refused[feature](why)
+                except Exception:  # (as a handler's: not the network thread's end)
+                    log.exception("answering the refused command on %s failed", topic)
             return
         try:
             handler(bytes(payload))

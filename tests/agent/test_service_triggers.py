@@ -518,3 +518,18 @@ def test_a_flood_of_bad_part_requests_is_bounded_and_every_one_counted():
         said.append(one)
     assert sum(n for n, *_ in said) == 10_000 and said[0][1].startswith('a part not inspected: its trigger/set')
     assert said[-1][1].startswith(f"{10_000 - 99} parts not inspected, the first said: a part not inspected: its")
+
+
+def test_a_trigger_too_large_to_take_is_answered(broker, two_classes, synth_data, tmp_path):
+    """A PLC gateway that sends its part's whole record (over 256 bytes) gets an error event for
+    it; until 2026-12-06 only the agent's log said it, and the PLC waited for a verdict."""
+    record = json.dumps({"part_id": "SN-1", "recipe": "x" * 300}).encode()
+    with plc_station(broker, two_classes, synth_data, tmp_path) as (sub, cmd, agent):
+        cmd.publish("adgan/st1/trigger/set", record, qos=1)
+        assert sub.wait_for(lambda m: len(once(events(sub))) >= 1, 30), agent.output()
+        cmd.publish("adgan/st1/trigger/set", b'{"part_id": "SN-2"}', qos=1)
+        assert sub.wait_for(lambda m: len(once(events(sub))) >= 2, 30), agent.output()
+    first, second = once(events(sub))
+    assert first["error"] == f"requested inspection not made: its trigger/set was refused ({len(record)} bytes, " \
+                             "more than 256)" and first["part_id"] is None
+    assert second["part_id"] == "SN-2" and second["verdict"] in ("ok", "anomaly")
