@@ -31,6 +31,11 @@ class Requests:
                                 "of commands)")
             self.publisher.publish_state("class", self.expected)
 
+    def _class_said(self, why: str) -> None:
+        """A class/set refused as it came (too large): counted, and the class in force echoed."""
+        self.classes.refuse(f"class/set refused: {why}")
+        self.publisher.publish_state("class", self.expected)
+
     def _class_refused(self) -> int:
         self.counters.add("classes_refused")
         return self.counters.get("classes_refused")

@@ -529,6 +529,10 @@ def test_a_trigger_too_large_to_take_is_answered(broker, two_classes, synth_data
         assert sub.wait_for(lambda m: len(once(events(sub))) >= 1, 30), agent.output()
         cmd.publish("adgan/st1/trigger/set", b'{"part_id": "SN-2"}', qos=1)
         assert sub.wait_for(lambda m: len(once(events(sub))) >= 2, 30), agent.output()
+        n = len(sub.messages)
+        cmd.publish("adgan/st1/class/set", b"cylinder" + b" " * 300, qos=1)  # too large: the class in force echoed
+        assert sub.wait_for(lambda m: any(t == "adgan/st1/class/state" for t, _, _ in m[n:]), 30), agent.output()
+        assert [p for t, p, _ in sub.messages[n:] if t == "adgan/st1/class/state"] == [b"sphere"]
     first, second = once(events(sub))
     assert first["error"] == f"requested inspection not made: its trigger/set was refused ({len(record)} bytes, " \
                              "more than 256)" and first["part_id"] is None
