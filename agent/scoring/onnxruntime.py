@@ -8,7 +8,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from agent.scoring.bundle import Bundle
+from agent.scoring.bundle import Bundle, BundleError
 from agent.scoring.backend import Backend, BackendUnavailable, slot_inputs
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,20 @@ class OnnxRuntimeSettings(BaseModel):
         return f"onnxruntime/{self.providers[0]}"
 
 
+def _session(ort, bundle: Bundle, role: str, opts, providers):
+    """An InferenceSession of the bundle's `role` graph. ONNX Runtime's own errors (Fail,
+    InvalidGraph: a graph of an opset newer than it knows) are not ValueErrors: they ended the
+    agent's start with a traceback (until 2026-12-06); they are a BundleError naming the graph."""
+    try:
+        return ort.InferenceSession(str(bundle.graph_path(role)), opts, providers=providers)
+    except Exception as e:
+        if not type(e).__module__.startswith("onnxruntime"):
+            raise
+        raise BundleError(f"{bundle.path}: ONNX Runtime {ort.__version__} cannot open its {role} graph "
+                          f"({type(e).__name__}: {e}); export it for this runtime (an older opset) or update "
+                          "onnxruntime") from None
+
+
 class OnnxRuntimeBackend(Backend):
     """Two state sets (z, theta and their Adam moments) as OrtValues on the provider's device,
     bound to two step bindings (A -> B, B -> A) used alternately. Inside the k-step loop
@@ -63,8 +77,7 @@ class OnnxRuntimeBackend(Backend):
         opts.intra_op_num_threads = self.threads = settings.threads or len(os.sched_getaffinity(0))
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         providers = [(p, {"device_id": settings.device_id}) if p in GPU_PROVIDERS else p for p in settings.providers]
-        self.step_sess = ort.InferenceSession(str(bundle.graph_path("step")), opts, providers=providers)
-        self.loss_sess = ort.InferenceSession(str(bundle.graph_path("loss")), opts, providers=providers)
+        self.step_sess, self.loss_sess = (_session(ort, bundle, role, opts, providers) for role in ("step", "loss"))
         for role, sess in (("step", self.step_sess), ("loss", self.loss_sess)):
             bundle.check_io(role, {i.name: i.shape for i in sess.get_inputs()}, [o.name for o in sess.get_outputs()])
         self.providers = self.step_sess.get_providers()

@@ -52,3 +52,28 @@ def test_providers_are_validated_with_a_clear_error(bundles):
     with pytest.raises(BackendUnavailable, match="CUDAExecutionProvider.*not available here.*onnxruntime-gpu"):
         OnnxRuntimeBackend(Bundle.load(bundles[("none", "fg")]),
                            OnnxRuntimeSettings(providers=["CUDAExecutionProvider", "CPUExecutionProvider"]))
+
+
+def test_graphs_this_runtime_cannot_open_are_a_bundle_error_naming_it(bundles, tmp_path):
+    """A bundle exported for a newer ONNX opset than the station's ONNX Runtime knows (its hashes
+    intact): ONNX Runtime raises its own Fail, not a ValueError, and the start ended with a
+    traceback, said neither as a refusal nor on MQTT. It is a BundleError naming the graph."""
+    import json
+    import shutil
+
+    import onnx
+
+    from agent.scoring.bundle import BundleError, sha256_file
+    src = bundles[("none", "fg")]
+    dst = tmp_path / "bundle"
+    shutil.copytree(src, dst)
+    m = onnx.load(str(dst / "step.onnx"))
+    for o in m.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            o.version = 99
+    onnx.save(m, str(dst / "step.onnx"))
+    manifest = json.loads((dst / "manifest.json").read_text())
+    manifest["files"]["step.onnx"] = sha256_file(dst / "step.onnx")
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"ONNX Runtime [0-9.]+ cannot open its step graph \(Fail: .*[Oo]pset"):
+        OnnxRuntimeBackend(Bundle.load(dst), OnnxRuntimeSettings())
