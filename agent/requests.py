@@ -27,12 +27,10 @@ class Requests:
         """A class switch (MQTT class/set, OPC UA ExpectedClass), made in its turn after the
         inspections requested before it."""
         if not self.commands.switch(bytes(payload)):
-            self.classes.refuse(f"class/set refused: {self.commands.MAX_WAITING} requests wait ahead of it (a flood "
-                                "of commands)")
-            self.publisher.publish_state("class", self.expected)
+            self._refuse_class(f"{self.commands.MAX_WAITING} requests wait ahead of it (a flood of commands)")
 
-    def _class_said(self, why: str) -> None:
-        """A class/set refused as it came (too large): counted, and the class in force echoed."""
+    def _refuse_class(self, why: str) -> None:
+        """A class/set refused as it came (too large, or a flood): counted, and the class in force echoed."""
         self.classes.refuse(f"class/set refused: {why}")
         self.publisher.publish_state("class", self.expected)
 

@@ -91,7 +91,7 @@ class Agent(Requests):
             log.info("outbox holds %d unacknowledged events from before; they are sent on connect", pending)
         self.publisher = Publisher(self.s.station_id, self.outbox, self.s.mqtt,
                                    commands={"class": self._on_class_command, "trigger": self._on_trigger_command})
-        self.publisher.commands.on_refused = {"trigger": self._on_trigger_refused, "class": self._class_said}
+        self.publisher.commands.on_refused = {"trigger": self._on_trigger_refused, "class": self._refuse_class}
         self.publisher.start()
         self.interfaces.start()
         self.publisher.publish_state("class", self.expected)
