@@ -11,7 +11,7 @@ import pytest
 from adgan.cli import main
 from agent.sources.synthetic import DEFECTS, SyntheticSource
 from agent.trigger import Passage, PassageTrigger
-from tests.agent.conftest import AgentProcess, Subscriber, agent_config, replay_events
+from tests.agent.conftest import AgentProcess, Subscriber, agent_config, poll, replay_events
 
 
 def events(sub, station="st1"):
@@ -141,6 +141,13 @@ def mqtt_station(broker, two_classes, synth_data, tmp_path, loop: bool = False):
     return cfg, sub, cmd, state
 
 
+def hang_up(cmd, sub) -> None:
+    """The PLC client and the subscriber, disconnected."""
+    cmd.loop_stop()
+    cmd.disconnect()
+    sub.close()
+
+
 @contextmanager
 def plc_station(broker, two_classes, synth_data, tmp_path, max_pending: int | None = None):
     """(subscriber, PLC client, agent process) for mqtt_station's station, looping its samples,
@@ -157,9 +164,7 @@ def plc_station(broker, two_classes, synth_data, tmp_path, max_pending: int | No
         assert agent.terminate(30) == 0
     finally:
         agent.stop()
-        cmd.loop_stop()
-        cmd.disconnect()
-        sub.close()
+        hang_up(cmd, sub)
 
 
 def test_mqtt_trigger_and_class_switch(broker, two_classes, synth_data, tmp_path, capsys):
@@ -208,9 +213,7 @@ def test_mqtt_trigger_and_class_switch(broker, two_classes, synth_data, tmp_path
         assert agent.terminate(30) == 0
     finally:
         agent.stop()
-        cmd.loop_stop()
-        cmd.disconnect()
-        sub.close()
+        hang_up(cmd, sub)
     first, second, third = once(events(sub))
     assert (first["expected_class"], first["model"]["class"]) == ("sphere", "sphere")
     assert (second["expected_class"], second["model"]["class"]) == ("cylinder", "cylinder")
@@ -257,9 +260,7 @@ def test_a_retained_class_command_does_not_switch_on_restart_and_a_trigger_burst
     finally:
         agent.stop()
         cmd.publish("adgan/st1/class/set", b"", qos=1, retain=True).wait_for_publish(5)
-        cmd.loop_stop()
-        cmd.disconnect()
-        sub.close()
+        hang_up(cmd, sub)
 
 
 def test_command_requests_beyond_max_pending_are_coalesced():
@@ -452,7 +453,7 @@ def test_a_class_switch_during_a_gpio_parts_delay_comes_after_that_part(broker, 
     run = Running(cfg)
     chip = MemoryChip.named(name)
     try:
-        assert wait_until(lambda: chip.outputs[READY].active), "ready never went active"
+        assert poll(lambda: chip.outputs[READY].active), "ready never went active"
         line = chip.inputs[TRIGGER]
         line.drive(True)
         line.drive(False)
@@ -461,21 +462,12 @@ def test_a_class_switch_during_a_gpio_parts_delay_comes_after_that_part(broker, 
         time.sleep(0.5)
         line.drive(True)
         line.drive(False)
-        assert wait_until(lambda: len(events(sub)) >= 2), events(sub)
+        assert poll(lambda: len(events(sub)) >= 2), events(sub)
     finally:
         run.stop()
         sub.close()
     evs = events(sub)  # (what the synthetic camera shows then, a part or none, does not matter here)
     assert [e["expected_class"] for e in evs] == ["sphere", "cylinder"] and "error" not in [e["verdict"] for e in evs]
-
-
-def wait_until(cond, timeout: float = 30.0) -> bool:
-    end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def test_a_part_seen_before_a_switch_goes_ahead_of_it_when_requested_later():
