@@ -8,6 +8,7 @@ module, which is imported only when the backend is chosen (tensorrt needs JetPac
 from __future__ import annotations
 
 import importlib
+import logging
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -21,6 +22,7 @@ BACKENDS: dict[str, tuple[str, str, str]] = {
     "tensorrt": ("agent.scoring.tensorrt", "TensorRTSettings", "TensorRTBackend"),
 }
 DEFAULT_BACKEND = "onnxruntime"
+log = logging.getLogger(__name__)
 
 
 class BackendUnavailable(RuntimeError):
@@ -87,7 +89,29 @@ def open_backend(bundle: Bundle, settings=None, warm: bool = True) -> Backend:
     """The engine named by `settings` (a backend's settings object, its `type` the name; None:
     ONNX Runtime with its defaults), warmed up."""
     settings = settings if settings is not None else backend_settings(DEFAULT_BACKEND)
-    engine: Backend = _entry(settings.type, 2)(bundle, settings)
-    if warm:
-        engine.warmup(bundle)
-    return engine
+    cls = _entry(settings.type, 2)
+    engine: Backend | None = None
+    try:
+        engine = cls(bundle, settings)
+        if warm:
+            engine.warmup(bundle)
+        return engine
+    except (ValueError, OSError, BackendUnavailable):  # a bad bundle (BundleError), a missing file or library
+        _close_quietly(engine)
+        raise
+    except Exception as e:
+        # the engine itself failing (out of memory, a TensorRT context not made; ONNX Runtime's own
+        # exception classes are neither ValueErrors nor RuntimeErrors): the start is refused, said in one line
+        _close_quietly(engine)
+        raise BackendUnavailable(f"{bundle.path}: the {settings.type} engine could not start: "
+                                 f"{type(e).__name__}: {e}") from e
+
+
+def _close_quietly(engine: Backend | None) -> None:
+    """Let go of what a half-started engine holds (its memory), without hiding why it failed."""
+    if engine is None:
+        return
+    try:
+        engine.close()
+    except Exception:  # noqa: BLE001 (the failure being raised is the one to say)
+        log.exception("closing the engine that failed to start")

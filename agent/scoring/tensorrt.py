@@ -154,7 +154,8 @@ def _load_engines(bundle: Bundle, fp16: bool, cuda: CudaDevice):
             raise BundleError(f"{p} is missing or modified; rebuild with adgan export build-engine")
         eng = runtime.deserialize_cuda_engine(p.read_bytes())
         if eng is None:
-            raise RuntimeError(f"TensorRT could not load {p} (built with another TensorRT or GPU?)")
+            raise BundleError(f"TensorRT {trt.__version__} could not load {p} (built with another TensorRT or GPU?); "
+                              f"rebuild it here: adgan export build-engine {bundle.path}" + (" --fp16" if fp16 else ""))
         engines[role] = eng
     return trt, runtime, engines, meta
 

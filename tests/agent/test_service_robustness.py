@@ -212,6 +212,39 @@ def test_a_refused_start_is_said_on_mqtt_and_the_next_start_clears_it(broker, ca
     assert retained() == []
 
 
+def test_an_engine_that_fails_to_start_is_a_refused_start_said_as_one_line(broker, calibrated, tmp_path, capsys,
+                                                                          monkeypatch):
+    """The engine failing in its warm-up run (ONNX Runtime out of memory, a TensorRT context not
+    created: RuntimeErrors and ONNX Runtime's own classes, which are neither ValueErrors nor
+    BackendUnavailable) ended `adgan agent run` with a traceback, exit 1, said neither as a refusal
+    nor on `start_refused`. Mocked where the failure cannot be made here (memory exhausted)."""
+    from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException
+
+    from agent.scoring.onnxruntime import OnnxRuntimeBackend
+    closed = []
+
+    def failing_warmup(self, bundle):
+        raise RuntimeException("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory")
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "warmup", failing_warmup)
+    monkeypatch.setattr(OnnxRuntimeBackend, "close", lambda self: closed.append(self))
+    bundle, thresholds = calibrated
+    cfg = agent_config(tmp_path, broker.port, bundle, thresholds, 'type = "synthetic"', station="oom")
+    sub = Subscriber(broker.port, "adgan/oom/start_refused")
+    try:
+        assert sub.subscribed.wait(10)
+        assert main(["agent", "run", "--config", str(cfg), "--env-file", "/nonexistent"]) == 2
+        err = capsys.readouterr().err
+        assert "the onnxruntime engine could not start: RuntimeException: " in err and "Failed to allocate" in err
+        assert "Traceback" not in err and "the refusal was said on MQTT" in err
+        assert sub.wait_for(lambda m: sub.documents("adgan/oom/start_refused"))
+        (doc,) = sub.documents("adgan/oom/start_refused")
+        assert doc["exit_code"] == 2 and "could not start: RuntimeException" in doc["problems"][0], doc
+        assert len(closed) == 1  # the engine opened is closed, not left holding its memory
+    finally:
+        sub.close()
+
+
 def test_a_bad_setting_stops_the_start_naming_the_field(calibrated, tmp_path, capsys):
     bundle, thresholds = calibrated
     cfg = agent_config(tmp_path, 1, bundle, thresholds, 'type = "synthetic"\nfps = -1')

@@ -200,3 +200,54 @@ def test_tensorrt_engine_scores_like_onnxruntime(bundles, synth_data, tmp_path):
     got = Searcher(b, TensorRTBackend(b), seed=1).score(x)
     ref = Searcher(b, OnnxRuntimeBackend(b), seed=1).score(x)
     assert abs(got.score / ref.score - 1) < 1e-3
+
+
+def test_an_engine_tensorrt_cannot_load_or_run_refuses_the_start_in_one_line(bundles, tmp_path, monkeypatch):
+    """An engine file TensorRT cannot deserialise (its hash intact: another TensorRT build) is a
+    BundleError that says how to rebuild it; an execution context not made (the GPU's memory held
+    by another process) is the engine failing to start. Both ended `adgan agent run` with a
+    traceback (RuntimeError). TensorRT is faked: it cannot be installed here."""
+    import json
+    import shutil
+    import types
+
+    from agent.scoring import tensorrt as plugin
+    from agent.scoring.backend import BackendUnavailable, open_backend
+    from agent.scoring.bundle import sha256_file
+    from agent.scoring.tensorrt import TensorRTSettings
+
+    p = tmp_path / "b"
+    shutil.copytree(bundles[("all", "mse")], p)
+    b = Bundle.load(p)
+    cuda = FakeCuda()
+    (p / "engines").mkdir()
+    engines = {}
+    for role in ("step", "loss"):
+        (p / "engines" / f"{role}.plan").write_bytes(b"not a plan " + role.encode())
+        engines[role] = {"file": f"{role}.plan", "sha256": sha256_file(p / "engines" / f"{role}.plan")}
+    (p / "engines" / "fake-trt10.3.0-fp32.json").write_text(json.dumps({"bundle_hash": b.bundle_hash,
+                                                                        "engines": engines}))
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, data):
+            return None
+
+    logger = type("Logger", (), {"WARNING": 0, "__init__": lambda self, level: None})
+    trt = types.SimpleNamespace(__version__="10.3.0", Logger=logger, Runtime=Runtime)
+    monkeypatch.setattr(plugin, "_import_trt", lambda: trt)
+    with pytest.raises(BundleError, match=r"TensorRT 10.3.0 could not load .*step.plan .*adgan export build-engine"):
+        plugin._load_engines(b, False, cuda)
+
+    def no_context(bundle, fp16, cuda):
+        trt_, rt, eng, meta = fake_loader(bundle, fp16, cuda)
+        eng["loss"].create_execution_context = lambda: None
+        return trt_, rt, eng, meta
+
+    monkeypatch.setattr(plugin, "_load_engines", no_context)
+    monkeypatch.setattr(plugin, "CudaDevice", lambda device: FakeCuda())
+    with pytest.raises(BackendUnavailable, match=r"the tensorrt engine could not start: RuntimeError: TensorRT "
+                                                 r"could not create an execution context \(out of GPU memory\?\)"):
+        open_backend(b, TensorRTSettings())
