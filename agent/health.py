@@ -154,6 +154,7 @@ class Work:
     part_id: str | None = None     # the part's id its request gave (trigger/set {"part_id": ...})
     source: dict = field(default_factory=dict)
     view: tuple | None = None      # a scored part's (sample, x, G(z*), relief heat or None), for the operator's page
+    class_check: dict | None = None  # the scored part's class check (inspector.Decision), for its event
 
 
 class ClockWatch:

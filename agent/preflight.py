@@ -21,7 +21,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10 (JetPack 6): the tomli backport, a dependency there
     import tomli as tomllib
 
-from agent.decide.inspector import check_class_model
+from agent.decide.inspector import check_class_model, check_rivals
 from agent.mqtt.files import AgentLock, write_error
 from agent.mqtt.salvage import corrupt_file
 from agent.mqtt.tls import WARN_DAYS, CertificateError, EncryptedKey, cert_dates, expiry_words, load_client_cert
@@ -53,17 +53,26 @@ def check_models(s: AgentSettings, r: Report) -> None:
                                                 "expected_class, thresholds); only the capture commands work "
                                                 "without one"))
         return
+    checked = {}
     for cls, path in m.bundles.items():
         try:
-            bundle, _ = check_class_model(cls, path, m.thresholds, m.seed, m.backend)
+            bundle, thr = check_class_model(cls, path, m.thresholds, m.seed, m.backend)
         except SettingError as e:
             if not any(str(p) == str(e) for p in r.problems):  # one thresholds problem, not one per class
                 r.problems.append(e)
             continue
+        checked[cls] = (bundle, thr)
         if bundle.parts_per_call > 1:  # the agent inspects one part per frame
             r.warnings.append(f"model.bundles.{cls}: {path} scores {bundle.parts_per_call} parts per call; the agent "
                               f"scores one part at a time, so each score pays for {bundle.parts_per_call} (export "
                               "the station's bundle without --parts-per-call)")
+    if len(checked) < len(m.bundles):
+        return  # (a class check against a bundle refused above would only repeat its problem)
+    for cls, (bundle, thr) in checked.items():
+        try:
+            check_rivals(cls, bundle, thr, {c: b for c, (b, _) in checked.items()}, m.thresholds)
+        except SettingError as e:
+            r.problems.append(e)
 
 
 def check_tls(s: AgentSettings, r: Report) -> None:

@@ -263,7 +263,8 @@ class Agent(Requests):
             return
         self.engine_failures.worked()
         sigma, background = model.bundle.heat_sigma, model.bundle.heat_background
-        amap, box, work.view = None, None, (sample, x, d.reconstruction, d.relief, sigma, background)
+        amap, box, work.class_check = None, None, d.class_check
+        work.view = (sample, x, d.reconstruction, d.relief, sigma, background)
         if d.verdict == "anomaly":
             with timed(work, "publish_ms"):
                 h = heat(x, d.reconstruction, d.relief, sigma, background)
@@ -317,7 +318,7 @@ class Agent(Requests):
                    captured_at=utc_iso(work.captured_at), decided_at=utc_iso(decided_wall),
                    expected_class=self.expected, model=model.ref() if model else None,
                    trigger=self.s.trigger.mode, part_id=work.part_id, verdict=verdict, score=score, threshold=threshold,
-                   object_area_px=work.area,
+                   object_area_px=work.area, class_check=work.class_check,
                    latency_ms={"capture_ms": round(work.capture_ms, 3), "segment_ms": round(work.segment_ms, 3),
                                "score_ms": round(work.score_ms, 3), "total_ms": round(total, 3)},
                    source=work.source, error=error, anomaly_map=anomaly_map, anomaly_box=anomaly_box)

@@ -12,6 +12,7 @@ import numpy as np
 from agent.decide.thresholds import write_threshold
 from agent.scoring.bundle import Bundle
 from agent.sources.dataset import parse_frames
+from calibration.class_check import class_check_record
 from calibration.metrics import (POLICIES, auc, equal_rates_threshold, max_accuracy_threshold, rates, summary,
                                  target_fpr_threshold)
 from calibration.scoring import SCORER_BACKENDS, engine_id, make_scorer, score_folder
@@ -59,6 +60,7 @@ class CalibrateOptions:
     seed: int = 0
     frames: str | None = None
     quiet: bool = False
+    class_check: Sequence[str] | None = None
 
 
 def check_apart(normal: str, anomalous: Sequence[str]) -> None:
@@ -102,10 +104,19 @@ def calibrate(o: CalibrateOptions) -> dict:
         "metrics": metrics, "warnings": warns,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    if o.class_check:
+        cc = class_check_record(o, bundle, frames, lambda n, a: choose_threshold(n, a, o.policy, o.fpr))
+        for w in cc["warnings"]:
+            print(f"warning: class check: {w}")
+        record["class_check"] = cc
     write_threshold(o.out, bundle.cls, record)
     shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
     print(f"{bundle.cls}: threshold {threshold:.6g} ({o.policy}) from {len(normal)} normal and {len(anomalous)} "
           f"anomalous samples; {shown} -> {o.out}")
+    if o.class_check:
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in record["class_check"]["metrics"].items())
+        print(f"{bundle.cls}: class check against {', '.join(record['class_check']['rivals'])}: margin threshold "
+              f"{record['class_check']['threshold']:.6g}; {shown}")
     return record
 
 
@@ -136,4 +147,8 @@ def add_parser(sub) -> None:
     q.add_argument("--seed", type=int, default=0, help="seed of the initial latents; the agent must use the same")
     q.add_argument("--frames", default=None, help="LO:HI frame numbers (half-open)")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
+    q.add_argument("--class-check", nargs="+", metavar="BUNDLE", default=None,
+                   help="bundles of the station's other classes: also calibrate the class check, which flags a "
+                        "part that one of them reproduces better than this class's bundle does (k 0, ln ratio of "
+                        "the scores), with the same policy and --fpr; the station must load these bundles")
     q.set_defaults(func=cmd_calibrate)

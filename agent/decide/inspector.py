@@ -9,13 +9,15 @@ replace the ones in use without a restart (`with_thresholds`), under the same ch
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from agent.decide.class_check import RIVAL_K, CheckRecord, ClassCheck, refusal
 from agent.decide.thresholds import ClassThreshold, ThresholdError, load_threshold, recorded_engine
 from agent.scoring.bundle import Bundle, BundleError
 from agent.scoring.backend import Backend, open_backend
@@ -33,6 +35,7 @@ class Decision:
     reconstruction: np.ndarray
     relief: np.ndarray | None = None  # the relief map (S, S) in the anomaly map's units, for bundles with a relief check
     relief_decides: bool = False      # the relief check, not the search, gave the score
+    class_check: dict | None = None   # the class check's result (class_check.ClassCheck) where the class has one
 
 
 @dataclass
@@ -41,6 +44,7 @@ class ClassModel:
     threshold: ClassThreshold
     searcher: Searcher
     backend_name: str
+    check: ClassCheck | None = None  # against the station's other classes (with_checks)
 
     def ref(self) -> dict:
         return {"class": self.bundle.cls, "kind": self.bundle.kind, "bundle_hash": self.bundle.bundle_hash,
@@ -51,7 +55,11 @@ class ClassModel:
         if not math.isfinite(r.score):
             raise ValueError(f"the search produced a non-finite score ({r.score})")
         verdict = "anomaly" if self.threshold.is_anomaly(r.score) else "ok"
-        return Decision(verdict, r.score, self.threshold.threshold, r.reconstruction, r.relief_heat, r.relief_decides)
+        check = self.check(x) if self.check is not None else None
+        if check is not None and check["anomaly"]:
+            verdict = "anomaly"  # another class's generator reproduces the part better: not this class's part
+        return Decision(verdict, r.score, self.threshold.threshold, r.reconstruction, r.relief_heat, r.relief_decides,
+                        check)
 
     def close(self) -> None:
         self.searcher.backend.close()
@@ -150,6 +158,54 @@ def with_thresholds(models: dict[str, ClassModel], thresholds: str | Path, seed:
             same = False  # (refused just below, by _searcher)
         searcher = m.searcher if same else _searcher(thr, m.bundle, m.searcher.backend, seed, thresholds)
         out[cls] = ClassModel(m.bundle, thr, searcher, m.backend_name)
+    return with_checks(out, thresholds)
+
+
+def at_k0(searcher: Searcher) -> Searcher:
+    """The searcher's own engine and encoder, scoring at the class check's k (the encoder's start)."""
+    s = copy.copy(searcher)
+    s.params = replace(searcher.params, k=RIVAL_K)
+    return s
+
+
+def check_rivals(cls: str, bundle: Bundle, thr: ClassThreshold, loaded: dict[str, Bundle],
+                 thresholds: str | Path) -> CheckRecord | None:
+    """The class check `thr`'s record holds (None: the class is not checked), refused (SettingError)
+    where it cannot be made with the `loaded` bundles: its rivals' bundles not loaded by this
+    station, other bundles than those it was calibrated against, or bundles framed otherwise."""
+    try:
+        rec = CheckRecord.read(thr.record)
+    except ValueError as e:
+        raise SettingError("model.thresholds", f"{thresholds}: class {cls!r}: {e}; calibrate again") from None
+    if rec is None:
+        return None
+    for o, h in rec.rivals.items():
+        if o not in loaded:
+            raise SettingError(f"model.bundles.{o}",
+                               f"{thresholds}: the class check of {cls!r} was calibrated against a bundle of "
+                               f"{o!r}, which this station does not load: add model.bundles.{o} (the bundle "
+                               f"{h[:12]}...), or calibrate {cls!r} without --class-check")
+        if loaded[o].bundle_hash != h:
+            raise SettingError(f"model.bundles.{o}",
+                               f"{thresholds}: the class check of {cls!r} was calibrated against bundle "
+                               f"{h[:12]}... of {o!r}, this station loads {loaded[o].bundle_hash[:12]}...: "
+                               f"calibrate {cls!r} again with --class-check {loaded[o].path}")
+    why = refusal(bundle, {o: loaded[o] for o in rec.rivals})
+    if why is not None:
+        raise SettingError("model.thresholds", f"{thresholds}: the class check of {cls!r} cannot be made: {why}")
+    return rec
+
+
+def with_checks(models: dict[str, ClassModel], thresholds: str | Path) -> dict[str, ClassModel]:
+    """The models, each with the class check its threshold record holds (check_rivals), on the
+    engines already open."""
+    loaded = {c: m.bundle for c, m in models.items()}
+    out = {}
+    for cls, m in models.items():
+        rec = check_rivals(cls, m.bundle, m.threshold, loaded, thresholds)
+        check = None if rec is None else ClassCheck(rec, at_k0(m.searcher),
+                                                    {o: at_k0(models[o].searcher) for o in rec.rivals})
+        out[cls] = replace(m, check=check)
     return out
 
 
@@ -159,8 +215,8 @@ def load_models(bundles: dict[str, Path], thresholds: Path, seed: int, backend_s
     try:
         for cls, path in bundles.items():
             models[cls] = load_class_model(cls, path, thresholds, seed, backend_settings)
+        return with_checks(models, thresholds)
     except BaseException:
         for m in models.values():
             m.close()
         raise
-    return models

@@ -2,8 +2,10 @@
 
     {"format": 1, "classes": {"<class>": {"threshold": t, "policy": ..., "bundle_hash": ...,
       "backend": ..., "seed": ..., "search": {...}, "counts": {...}, "normal_scores": {...},
-      "anomalous_scores": {...}, "metrics": {...}, "created": iso}}}
-A score strictly greater than the threshold is an anomaly.
+      "anomalous_scores": {...}, "metrics": {...}, "created": iso,
+      "class_check": {"threshold": m, "k": 0, "rivals": {"<class>": "<bundle hash>"}, ...}}}}
+A score strictly greater than the threshold is an anomaly; `class_check` (optional, `adgan
+calibrate --class-check`) is agent/decide/class_check.py's.
 """
 from __future__ import annotations
 

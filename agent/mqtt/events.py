@@ -65,6 +65,16 @@ class AnomalyBox(_Doc):
     peak: float = Field(ge=0, le=1, description="largest difference in the region (1 = full range)")
 
 
+class ClassCheckResult(_Doc):
+    margin: float = Field(description="ln(score of the expected class's bundle) - ln(score of the closest other "
+                                      "class's bundle), both at k 0 (the encoder's start): above 0, the other class's "
+                                      "generator reproduces the part better")
+    threshold: float = Field(description="the margin's calibrated threshold: not the expected class's part when "
+                                         "margin > threshold")
+    closest_class: str = Field(description="the other class whose bundle reproduces the part best")
+    anomaly: bool = Field(description="margin > threshold: the verdict is anomaly whatever the score")
+
+
 class Event(_Doc):
     schema_version: Literal[1] = Field(EVENT_SCHEMA_VERSION, description="version of this document")
     event_id: str = Field(min_length=1, description="unique id; a resend carries the same id. Delivery is at least "
@@ -80,13 +90,17 @@ class Event(_Doc):
     part_id: Optional[str] = Field(None, description="the part's id, as its request gave it (trigger/set "
                                                      "{\"part_id\": ...}; several joined by commas in one error "
                                                      "event for a flood of parts not inspected); null otherwise")
-    verdict: Verdict = Field(description="ok, anomaly (score > threshold), no_object, or error")
+    verdict: Verdict = Field(description="ok, anomaly (score > threshold, or the class check's margin > its "
+                                         "threshold), no_object, or error")
     score: Optional[float] = Field(None, description="anomaly score (mean final loss over seeds); higher is worse")
     threshold: Optional[float] = Field(None, description="calibrated threshold: anomaly when score > threshold")
     object_area_px: Optional[int] = Field(None, ge=0, description="segmented object area in frame pixels")
     latency_ms: Latency = Field(description="time per stage")
     source: SourceRef = Field(description="where the frame came from")
     error: Optional[str] = Field(None, description="why the frame could not be inspected (verdict error)")
+    class_check: Optional[ClassCheckResult] = Field(
+        None, description="whether the part is of another of the station's classes (ok and anomaly verdicts of a "
+                          "class calibrated with --class-check); null otherwise")
     anomaly_box: Optional[AnomalyBox] = Field(
         None, description="where the damage is: the bounding box of the hottest region of |G(z*) - x| on the "
                           "part (pixels within half the peak difference, connected to the peak), or, where the "

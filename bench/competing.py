@@ -1,0 +1,165 @@
+"""Competing models for class swaps, by blocked cross-validation (issue 15; agent/decide/class_check.py).
+
+A part of another product may be reproduced well by the expected class's model; it is
+reproduced better still by its own product's. For the expected class c, a part's margin is
+
+    ln s_c(x) - min over the other classes o of ln s_o(x)
+
+with each class's model trained only on its frames outside the block (and the purge gap).
+Class-swap AUROC: c's block frames (normal) against the other classes' block frames.
+
+    pca     per-class PCA reconstruction error (a screen: seconds), own error against the margin
+    folds   the generators of a bench/blocked_cv.py run of all three classes: the bundles' own
+            scores (its evaluate reports) against the margins of the full scores, and of the
+            scores at k 0 (the encoder's start; what the station runs); plus the k-0 margin on
+            each class's damaged twins against their intact copies
+
+    .venv/bin/python bench/competing.py pca ../shared/data/paper-rgbd --size 32 --components 16
+    .venv/bin/python bench/competing.py folds ../shared/data/paper-rgbd runs/cv/compete-q
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, without an install
+
+import numpy as np  # noqa: E402
+from sklearn.metrics import roc_auc_score  # noqa: E402
+
+CLASSES = ("sphere", "cylinder", "rectangle")
+DEFECTS = ("chunk", "hole", "stain", "foreign", "dent")
+
+
+def blocks(folds: int) -> list[tuple[int, int]]:
+    from blocked_cv import blocks as cut
+    return cut(0, 1000, folds)
+
+
+def report(res: dict) -> None:
+    for (c, name), v in res.items():
+        print(f"{c:10s} {name:16s} worst {min(v):.3f} mean {np.mean(v):.3f} folds " + "/".join(f"{a:.3f}" for a in v))
+
+
+def log_margin(own: np.ndarray, others: list[np.ndarray]) -> np.ndarray:
+    floor = 1e-12  # as agent/decide/class_check.py
+    return np.log(np.maximum(own, floor)) - np.log(np.maximum(np.min(others, axis=0), floor))
+
+
+def cmd_pca(a) -> None:
+    from training.data import load_class
+    data = {}
+    for c in CLASSES:
+        d = load_class(a.data, c, a.size, (0, 1000), framing="object")
+        data[c] = (d.x.numpy().reshape(len(d.frames), -1), np.array(d.frames))
+    res: dict = {}
+    for b0, b1 in blocks(a.folds):
+        test = {c: x[(n >= b0) & (n < b1)] for c, (x, n) in data.items()}
+        train = {c: x[(n < b0 - a.purge) | (n >= b1 + a.purge)] for c, (x, n) in data.items()}
+        allx = np.concatenate([test[c] for c in CLASSES])
+        lab = np.concatenate([np.full(len(test[c]), c) for c in CLASSES])
+        err = {}
+        for c in CLASSES:
+            mu = train[c].mean(0)
+            v = np.linalg.svd(train[c] - mu, full_matrices=False)[2][: a.components]
+            r = (allx - mu) - ((allx - mu) @ v.T) @ v
+            err[c] = (r ** 2).mean(1)
+        for c in CLASSES:
+            y = (lab != c).astype(int)
+            others = [err[o] for o in CLASSES if o != c]
+            res.setdefault((c, "own"), []).append(roc_auc_score(y, err[c]))
+            res.setdefault((c, "difference"), []).append(roc_auc_score(y, err[c] - np.min(others, axis=0)))
+            res.setdefault((c, "log margin"), []).append(roc_auc_score(y, log_margin(err[c], others)))
+    print(f"PCA, {a.components} components, {a.size} px cropped to the part, {a.folds} blocks of 0:1000, "
+          f"purge {a.purge}")
+    report(res)
+
+
+def read_scores(path: Path) -> dict:
+    with open(path) as fh:
+        return {r["path"]: (r["class"], float(r["score"])) for r in csv.DictReader(fh)}
+
+
+def k0_scores(bundle, frames, root: Path, cache: Path) -> dict:
+    """path -> (class folder, the bundle's score at k 0) of every sample under root (cached)."""
+    from calibration.scoring import make_scorer, score_folder
+    if cache.exists():
+        return read_scores(cache)
+    scorer = make_scorer(bundle, "onnxruntime", 0, k=0)
+    rows = list(score_folder(scorer, bundle, root, frames, False))
+    with open(cache, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "class", "score"])
+        w.writerows(rows)
+    return {p: (c, s) for p, c, s in rows}
+
+
+def cmd_folds(a) -> None:
+    from agent.scoring.bundle import Bundle
+    out, res = Path(a.run), {}
+    for f, (b0, b1) in enumerate(blocks(a.folds)):
+        fold = out / f"fold{f}"
+        reports = {c: fold / c / f"report-{a.variant}-every{a.every}" for c in CLASSES}
+        if not all((r / "scores").is_dir() for r in reports.values()):
+            print(f"fold {f}: not every class is evaluated yet; left out")
+            continue
+        bundles = {c: Bundle.load(fold / c / f"bundle-{a.variant}") for c in CLASSES}
+        full = {c: read_scores(reports[c] / "scores" / f"{c}-{b.kind}-{b.bundle_hash[:8]}.csv")
+                for c, b in bundles.items()}
+        frames = (b0, b1, a.every)
+        k0 = {c: k0_scores(b, frames, Path(a.data), out / f"k0-{b.bundle_hash[:12]}-data.csv")
+              for c, b in bundles.items()}
+        paths = sorted(full[CLASSES[0]])
+        lab = np.array([full[CLASSES[0]][p][0] for p in paths])
+        F = {c: np.array([full[c][p][1] for p in paths]) for c in CLASSES}
+        K = {c: np.array([k0[c][p][1] for p in paths]) for c in CLASSES}
+        for c in CLASSES:
+            y = (lab != c).astype(int)
+            others = [o for o in CLASSES if o != c]
+            for name, s in (("own", F[c]), ("difference", F[c] - np.min([F[o] for o in others], axis=0)),
+                            ("log margin", log_margin(F[c], [F[o] for o in others])), ("own k0", K[c]),
+                            ("k0 log margin", log_margin(K[c], [K[o] for o in others]))):
+                res.setdefault((c, name), []).append(roc_auc_score(y, s))
+        damaged = fold / "damaged"
+        kd = {c: k0_scores(b, frames, damaged, out / f"k0-{b.bundle_hash[:12]}-damaged.csv")
+              for c, b in bundles.items()}
+        for c in CLASSES:
+            intact = [p for p, (folder, _) in kd[c].items() if folder == c]
+            for d in (*DEFECTS, "all"):
+                bad = [p for p, (folder, _) in kd[c].items()
+                       if folder == f"{c}_{d}" or (d == "all" and folder.startswith(c + "_"))]
+                ps = intact + bad
+                m = log_margin(np.array([kd[c][p][1] for p in ps]),
+                               [np.array([kd[o][p][1] for p in ps]) for o in CLASSES if o != c])
+                res.setdefault((c, f"damage {d}"), []).append(
+                    roc_auc_score(np.r_[np.zeros(len(intact)), np.ones(len(bad))], m))
+    print(f"{out}: class swaps and damage by the k-0 margin, {a.folds} blocks, every {a.every}")
+    report(res)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    q = sub.add_parser("pca")
+    q.add_argument("data")
+    q.add_argument("--size", type=int, default=32)
+    q.add_argument("--components", type=int, default=16)
+    q.add_argument("--folds", type=int, default=3)
+    q.add_argument("--purge", type=int, default=20)
+    q.set_defaults(func=cmd_pca)
+    q = sub.add_parser("folds")
+    q.add_argument("data", help="the dataset root the run was made from, spelled as it was (report paths match)")
+    q.add_argument("run", help="a bench/blocked_cv.py --out folder with all three classes")
+    q.add_argument("--folds", type=int, default=3)
+    q.add_argument("--every", type=int, default=3)
+    q.add_argument("--variant", default="def")
+    q.set_defaults(func=cmd_folds)
+    a = ap.parse_args()
+    a.func(a)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""`adgan calibrate --class-check BUNDLE ...`: the class check's threshold (agent/decide/class_check.py).
+
+The class's normal samples (and anomalous ones, if given) are scored at k 0 by the class's own
+bundle and by each rival bundle, the bundles of the station's other products; a sample's margin
+is ln(own) - ln(best rival). The threshold is chosen from the margins by the same policy and
+false alarm budget as the score's threshold, so with target-fpr each check may flag up to --fpr
+of the normal parts (together at most twice that).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from agent.decide.class_check import RIVAL_K, margin, refusal
+from agent.scoring.bundle import Bundle
+from calibration.metrics import auc, rates, summary
+from calibration.scoring import make_scorer, score_folder
+
+
+def load_rivals(bundle: Bundle, paths: Sequence[str]) -> dict[str, Bundle]:
+    """The rival bundles by class; ValueError for one of the bundle's own class, a class given
+    twice, or bundles that cannot be checked against each other (`refusal`)."""
+    rivals: dict[str, Bundle] = {}
+    for p in paths:
+        b = Bundle.load(p)
+        if b.cls == bundle.cls:
+            raise ValueError(f"--class-check {p} is a bundle of {b.cls!r}, the class being calibrated: give the "
+                             "bundles of the station's other classes")
+        if b.cls in rivals:
+            raise ValueError(f"--class-check gives two bundles of {b.cls!r}: {rivals[b.cls].path} and {p}")
+        rivals[b.cls] = b
+    why = refusal(bundle, rivals)
+    if why is not None:
+        raise ValueError(f"--class-check: {why}")
+    return rivals
+
+
+def margins(bundle: Bundle, rivals: dict[str, Bundle], folders: Sequence[str], o, frames) -> np.ndarray:
+    """Every sample's margin under `folders`, each bundle scoring at k 0 with the device's engine."""
+    if not folders:
+        return np.zeros(0)
+    scorers = {c: make_scorer(b, o.backend, o.seed, fp16=o.fp16, k=RIVAL_K)
+               for c, b in {bundle.cls: bundle, **rivals}.items()}
+    scores: dict[str, dict[str, float]] = {}
+    for c, scorer in scorers.items():
+        b = bundle if c == bundle.cls else rivals[c]
+        # every bundle frames the samples alike (load_rivals), so each sees the same model input
+        scores[c] = {f"{d}:{p}": s for d in folders for p, _, s in score_folder(scorer, b, d, frames, not o.quiet)}
+        if hasattr(scorer, "backend"):
+            scorer.backend.close()
+    keys = list(scores[bundle.cls])
+    return np.array([margin(scores[bundle.cls][k], {c: scores[c][k] for c in rivals})[0] for k in keys])
+
+
+def class_check_record(o, bundle: Bundle, frames, choose) -> dict:
+    """The `class_check` entry of the class's record; `choose(normal, anomalous)` -> (threshold,
+    warnings) is the score's own policy."""
+    rivals = load_rivals(bundle, o.class_check)
+    normal = margins(bundle, rivals, [o.normal], o, frames)
+    anomalous = margins(bundle, rivals, list(o.anomalous or []), o, frames)
+    threshold, warns = choose(normal, anomalous)
+    metrics = ({"auc": auc(normal, anomalous), **rates(normal, anomalous, threshold)} if len(anomalous)
+               else {"fpr": float((normal > threshold).mean())})
+    return {"threshold": threshold, "k": RIVAL_K, "rivals": {c: b.bundle_hash for c, b in rivals.items()},
+            "rival_bundles": {c: str(Path(b.path)) for c, b in rivals.items()},
+            "normal_margins": summary(normal), "anomalous_margins": summary(anomalous) if len(anomalous) else None,
+            "metrics": metrics, "warnings": warns}

@@ -1,0 +1,155 @@
+"""The class check (agent/decide/class_check.py): a part that another of the station's classes'
+generators reproduces better than the expected class's is flagged, calibrated with
+`adgan calibrate --class-check`, and a station that cannot make the check it was calibrated
+for does not start."""
+from __future__ import annotations
+
+import json
+import math
+
+import jsonschema
+import pytest
+
+from adgan.cli import main
+from agent.decide.class_check import CheckRecord, margin
+from agent.decide.inspector import load_models
+from agent.mqtt.events import json_schema
+from agent.segment.preprocess import sample_to_input
+from agent.settings import SettingError
+from agent.sources.dataset import read_sample
+from calibration.scoring import make_scorer
+from tests.agent.conftest import agent_config, replay_events
+
+EXPORT = ["--theta-scope", "none", "--loss", "fg", "--z-init", "encoder", "--k", "3", "--n-seed", "2"]
+
+
+@pytest.fixture(scope="module")
+def checked(encoded_run, synth_data, tmp_path_factory):
+    """(sphere bundle, cylinder bundle, thresholds.json): both start at the encoder and frame the
+    whole sample; each class calibrated with a class check against the other."""
+    root = tmp_path_factory.mktemp("checked")
+    assert main(["train", str(synth_data / "train"), "--class", "cylinder", "--kind", "gan", "--size", "32",
+                 "--features-g", "4", "--features-d", "4", "--batch-size", "6", "--epochs", "3", "--out",
+                 str(root / "cyl-run"), "--quiet", "--encoder-epochs", "3", "--framing", "frame"]) == 0
+    sphere, cyl, th = root / "sphere", root / "cylinder", root / "thresholds.json"
+    assert main(["export", str(encoded_run), "--out", str(sphere), *EXPORT]) == 0
+    assert main(["export", str(root / "cyl-run"), "--out", str(cyl), *EXPORT]) == 0
+    t = synth_data / "test"
+    for own, other, cls in ((sphere, cyl, "sphere"), (cyl, sphere, "cylinder")):
+        assert main(["calibrate", str(own), "--normal", str(t / cls), "--fpr", "0.34", "--out", str(th),
+                     "--class-check", str(other), "--quiet"]) == 0
+    return sphere, cyl, th
+
+
+def test_the_margin_is_the_log_ratio_to_the_closest_rival_and_records_are_checked():
+    m, closest = margin(0.2, {"cylinder": 0.1, "rectangle": 0.4})
+    assert closest == "cylinder" and m == pytest.approx(math.log(2))
+    assert margin(0.0, {"cylinder": 0.0})[0] == 0.0  # (a perfect reproduction still has a logarithm)
+    assert CheckRecord.read({"threshold": 1.0}) is None
+    assert CheckRecord.read({"class_check": {"threshold": 0.5, "k": 0, "rivals": {"cylinder": "ab"}}}) == \
+        CheckRecord(0.5, {"cylinder": "ab"})
+    for bad, why in (({"threshold": float("nan"), "rivals": {"c": "h"}}, "finite"),
+                     ({"threshold": True, "rivals": {"c": "h"}}, "finite"),
+                     ({"threshold": 1, "rivals": {}}, "rivals"), ({"threshold": 1, "rivals": {"c": ""}}, "rivals"),
+                     ({"threshold": 1, "rivals": {"c": "h"}, "k": 5}, "k 5"), ("on", "object")):
+        with pytest.raises(ValueError, match=why):
+            CheckRecord.read({"class_check": bad})
+
+
+def test_calibrate_records_the_check_and_refuses_rivals_it_cannot_check(checked, bundles, encoded_run, synth_data,
+                                                                       tmp_path, capsys):
+    sphere, cyl, th = checked
+    doc = json.loads(th.read_text())
+    from agent.scoring.bundle import Bundle
+    rec = doc["classes"]["sphere"]["class_check"]
+    assert rec["rivals"] == {"cylinder": Bundle.load(cyl).bundle_hash} and rec["k"] == 0
+    assert math.isfinite(rec["threshold"]) and rec["normal_margins"]["n"] == 3 and rec["metrics"]["fpr"] <= 0.34
+    assert doc["classes"]["cylinder"]["class_check"]["rivals"] == {"sphere": Bundle.load(sphere).bundle_hash}
+    out = str(tmp_path / "t.json")
+    normal = str(synth_data / "test" / "sphere")
+    assert main(["calibrate", str(sphere), "--normal", normal, "--out", out, "--class-check", str(sphere)]) == 2
+    assert "the class being calibrated" in capsys.readouterr().err
+    random_z = tmp_path / "random-z"
+    cyl_run = cyl.parent / "cyl-run"
+    assert main(["export", str(cyl_run), "--out", str(random_z), "--z-init", "random", "--k", "3"]) == 0
+    assert main(["calibrate", str(sphere), "--normal", normal, "--out", out, "--class-check", str(random_z)]) == 2
+    assert "starts its search at random z" in capsys.readouterr().err
+    assert not (tmp_path / "t.json").exists()  # nothing written for a refused calibration
+
+
+def test_a_part_another_class_reproduces_better_is_an_anomaly_whatever_its_score(checked, synth_data, tmp_path):
+    sphere, cyl, th = checked
+    models = load_models({"sphere": sphere, "cylinder": cyl}, th, 0)
+    try:
+        m = models["sphere"]
+        assert m.check is not None and list(m.check.rivals) == ["cylinder"]
+        k0 = {c: make_scorer(models[c].bundle, "onnxruntime", 0, k=0) for c in models}
+        xs = [sample_to_input(read_sample(synth_data / "test" / c, n), 32) for c in ("sphere", "cylinder")
+              for n in range(3)]
+        for x in xs:
+            d = m.decide(x)
+            want = math.log(k0["sphere"].score(x).score) - math.log(k0["cylinder"].score(x).score)
+            assert d.class_check["margin"] == pytest.approx(want, rel=1e-5, abs=1e-6)
+            assert d.class_check["closest_class"] == "cylinder"
+            assert d.class_check["anomaly"] == (want > d.class_check["threshold"])
+            assert (d.verdict == "anomaly") == (d.score > d.threshold or d.class_check["anomaly"])
+        # a check that flags every part, and one that flags none: the verdict follows it, the score is unchanged
+        doc = json.loads(th.read_text())
+        for t, flags in ((-1e6, True), (1e6, False)):
+            doc["classes"]["sphere"]["class_check"]["threshold"] = t
+            (tmp_path / "t.json").write_text(json.dumps(doc))
+            strict = load_models({"sphere": sphere, "cylinder": cyl}, tmp_path / "t.json", 0)
+            try:
+                for x in xs:
+                    d, plain = strict["sphere"].decide(x), m.decide(x)
+                    assert d.score == pytest.approx(plain.score) and d.class_check["anomaly"] is flags
+                    assert d.verdict == ("anomaly" if flags or d.score > d.threshold else "ok")
+            finally:
+                for s in strict.values():
+                    s.close()
+    finally:
+        for s in models.values():
+            s.close()
+
+
+def test_a_station_without_the_rivals_it_was_calibrated_against_does_not_start(checked, tmp_path, capsys):
+    sphere, cyl, th = checked
+    with pytest.raises(SettingError, match=r"model.bundles.cylinder.*does not load: add model.bundles.cylinder"):
+        load_models({"sphere": sphere}, th, 0)
+    # validate-config (the unit's ExecStartPre) says it without opening an engine; `run` refuses the start
+    cfg = agent_config(tmp_path, 1, sphere, th, 'type = "synthetic"')
+    for cmd in ("validate-config", "run"):
+        assert main(["agent", cmd, "--config", str(cfg), "--env-file", "/nonexistent"]) == 2
+        assert "does not load: add model.bundles.cylinder" in capsys.readouterr().err
+    cfg.write_text(cfg.read_text().replace(f'bundles = {{ sphere = "{sphere}" }}',
+                                           f'bundles = {{ sphere = "{sphere}", cylinder = "{cyl}" }}'))
+    assert main(["agent", "validate-config", "--config", str(cfg), "--env-file", "/nonexistent"]) == 0
+    other = tmp_path / "cyl-k4"  # the same run exported again: another bundle
+    assert main(["export", str(cyl.parent / "cyl-run"), "--out", str(other), *EXPORT[:-4], "--k", "4",
+                 "--n-seed", "2"]) == 0
+    doc = json.loads(th.read_text())
+    from agent.scoring.bundle import Bundle
+    doc["classes"]["cylinder"]["bundle_hash"] = Bundle.load(other).bundle_hash  # (its own threshold passes)
+    (tmp_path / "t.json").write_text(json.dumps(doc))
+    with pytest.raises(SettingError, match=r"calibrate 'sphere' again with --class-check .*cyl-k4"):
+        load_models({"sphere": sphere, "cylinder": other}, tmp_path / "t.json", 0)
+    doc = json.loads(th.read_text())
+    doc["classes"]["sphere"]["class_check"]["threshold"] = "high"
+    (tmp_path / "t.json").write_text(json.dumps(doc))
+    with pytest.raises(SettingError, match=r"model.thresholds.*class 'sphere'.*finite number.*calibrate again"):
+        load_models({"sphere": sphere, "cylinder": cyl}, tmp_path / "t.json", 0)
+
+
+def test_events_carry_the_class_check(checked, broker, synth_data, tmp_path):
+    sphere, cyl, th = checked
+    src = f'type = "folder"\npath = "{synth_data / "test" / "cylinder"}"\nfps = 0'
+    cfg = agent_config(tmp_path, broker.port, sphere, th, src)
+    cfg.write_text(cfg.read_text().replace(f'bundles = {{ sphere = "{sphere}" }}',
+                                           f'bundles = {{ sphere = "{sphere}", cylinder = "{cyl}" }}'))
+    events, out = replay_events(cfg, broker.port, tmp_path / "agent.log", 3)
+    schema = json_schema()
+    for e in events:
+        jsonschema.validate(e, schema)
+        cc = e["class_check"]
+        assert cc["closest_class"] == "cylinder" and cc["anomaly"] == (cc["margin"] > cc["threshold"]), e
+        assert (e["verdict"] == "anomaly") == (e["score"] > e["threshold"] or cc["anomaly"]), e
