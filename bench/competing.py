@@ -44,8 +44,9 @@ def report(res: dict) -> None:
 
 
 def log_margin(own: np.ndarray, others: list[np.ndarray]) -> np.ndarray:
-    floor = 1e-12  # as agent/decide/class_check.py
-    return np.log(np.maximum(own, floor)) - np.log(np.maximum(np.min(others, axis=0), floor))
+    """agent/decide/class_check.py's margin, for arrays of scores."""
+    from agent.decide.class_check import FLOOR
+    return np.log(np.maximum(own, FLOOR)) - np.log(np.maximum(np.min(others, axis=0), FLOOR))
 
 
 def cmd_pca(a) -> None:

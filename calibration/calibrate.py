@@ -12,7 +12,7 @@ import numpy as np
 from agent.decide.thresholds import write_threshold
 from agent.scoring.bundle import Bundle
 from agent.sources.dataset import parse_frames
-from calibration.class_check import class_check_record
+from calibration.class_check import class_check_record, load_rivals
 from calibration.metrics import (POLICIES, auc, equal_rates_threshold, max_accuracy_threshold, rates, summary,
                                  target_fpr_threshold)
 from calibration.scoring import SCORER_BACKENDS, engine_id, make_scorer, score_folder
@@ -81,6 +81,7 @@ def calibrate(o: CalibrateOptions) -> dict:
     the policy and write it into the thresholds file; the record written."""
     check_apart(o.normal, o.anomalous or [])
     bundle = Bundle.load(o.bundle)
+    rivals = load_rivals(bundle, o.class_check) if o.class_check else None  # refused before minutes of scoring
     scorer = make_scorer(bundle, o.backend, o.seed, fp16=o.fp16)
     frames = parse_frames(o.frames)
     normal = np.array([s for _, _, s in score_folder(scorer, bundle, o.normal, frames, not o.quiet)])
@@ -104,8 +105,8 @@ def calibrate(o: CalibrateOptions) -> dict:
         "metrics": metrics, "warnings": warns,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    if o.class_check:
-        cc = class_check_record(o, bundle, frames, lambda n, a: choose_threshold(n, a, o.policy, o.fpr))
+    if rivals:
+        cc = class_check_record(o, bundle, rivals, frames, lambda n, a: choose_threshold(n, a, o.policy, o.fpr))
         for w in cc["warnings"]:
             print(f"warning: class check: {w}")
         record["class_check"] = cc
@@ -113,7 +114,7 @@ def calibrate(o: CalibrateOptions) -> dict:
     shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
     print(f"{bundle.cls}: threshold {threshold:.6g} ({o.policy}) from {len(normal)} normal and {len(anomalous)} "
           f"anomalous samples; {shown} -> {o.out}")
-    if o.class_check:
+    if rivals:
         shown = ", ".join(f"{k} {v:.3f}" for k, v in record["class_check"]["metrics"].items())
         print(f"{bundle.cls}: class check against {', '.join(record['class_check']['rivals'])}: margin threshold "
               f"{record['class_check']['threshold']:.6g}; {shown}")

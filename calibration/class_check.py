@@ -54,10 +54,9 @@ def margins(bundle: Bundle, rivals: dict[str, Bundle], folders: Sequence[str], o
     return np.array([margin(scores[bundle.cls][k], {c: scores[c][k] for c in rivals})[0] for k in keys])
 
 
-def class_check_record(o, bundle: Bundle, frames, choose) -> dict:
-    """The `class_check` entry of the class's record; `choose(normal, anomalous)` -> (threshold,
-    warnings) is the score's own policy."""
-    rivals = load_rivals(bundle, o.class_check)
+def class_check_record(o, bundle: Bundle, rivals: dict[str, Bundle], frames, choose) -> dict:
+    """The `class_check` entry of the class's record against `rivals` (load_rivals);
+    `choose(normal, anomalous)` -> (threshold, warnings) is the score's own policy."""
     normal = margins(bundle, rivals, [o.normal], o, frames)
     anomalous = margins(bundle, rivals, list(o.anomalous or []), o, frames)
     threshold, warns = choose(normal, anomalous)
