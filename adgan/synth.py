@@ -9,6 +9,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -52,6 +53,18 @@ class _SynthWorker:
         src = SyntheticSource(seed=seed, station=cls.station)
         ref = SurfaceReference.from_frames(src.empty_frames(REFERENCE_FRAMES))
         cls.segmenter = Segmenter(SegmentationConfig(), ref)
+
+    @classmethod
+    def init_forked(cls, *args) -> None:
+        """`init` in a pool's worker. A forked worker inherits the parent's signal handlers: where
+        the parent had its own for SIGTERM (an agent run in the same process: its stop request), the
+        pool's terminate() at the end of `with Pool` did not end the worker, and the parent waited
+        for it for ever (the demo's test hung so in CI on 2026-12-06). The worker dies on SIGTERM
+        and SIGHUP, and leaves SIGINT (Ctrl-C) to the parent, which ends the pool."""
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        cls.init(*args)
 
     @classmethod
     def run(cls, job: SynthJob) -> tuple[SynthJob, Sample]:
@@ -106,7 +119,7 @@ def _synth(out: Path, classes: Sequence[str], n_train: int, n_test: int, seed: i
     bar = tqdm(total=len(jobs), desc="synth", unit="sample", disable=not progress)
     if workers > 1 and len(jobs) > 50:
         ctx = mp.get_context("fork" if hasattr(os, "fork") else "spawn")
-        with ctx.Pool(workers, initializer=_SynthWorker.init, initargs=init) as pool:
+        with ctx.Pool(workers, initializer=_SynthWorker.init_forked, initargs=init) as pool:
             results = pool.imap(_SynthWorker.run, jobs, chunksize=16)
             _write_results(out, results, labels, counts, bar)
     else:
@@ -213,7 +226,7 @@ def _synth_twins(out: Path, classes: Sequence[str], n: int, seed: int, prep: Pre
     bar = tqdm(total=len(jobs), desc="synth-damage", unit="part", disable=not progress)
     if workers > 1 and len(jobs) > 8:
         ctx = mp.get_context("fork" if hasattr(os, "fork") else "spawn")
-        pool = ctx.Pool(workers, initializer=_SynthWorker.init, initargs=init)
+        pool = ctx.Pool(workers, initializer=_SynthWorker.init_forked, initargs=init)
         results = pool.imap(_render_twins, jobs, chunksize=4)
     else:
         pool = None

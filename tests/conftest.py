@@ -10,6 +10,20 @@ ROOT = Path(__file__).resolve().parents[1]
 PAPER_DATA = Path(os.environ.get("ADGAN_PAPER_DATA", ROOT.parent / "shared" / "data" / "paper-rgbd"))
 
 
+@pytest.fixture(autouse=True)
+def signal_handlers():
+    """Each test leaves SIGTERM, SIGINT and SIGHUP as it found them: `adgan agent run` called in the
+    test process installs its agent's stop request for them, and a later test's forked workers
+    inherited that (adgan/synth.py)."""
+    import signal
+    sigs = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    saved = {s: signal.getsignal(s) for s in sigs}
+    yield
+    for s, h in saved.items():
+        if signal.getsignal(s) is not h:
+            signal.signal(s, h)
+
+
 @pytest.fixture(scope="session")
 def paper_data() -> Path:
     if not (PAPER_DATA / "rectangle" / "rgb").is_dir():
