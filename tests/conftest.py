@@ -20,7 +20,7 @@ def signal_handlers():
     saved = {s: signal.getsignal(s) for s in sigs}
     yield
     for s, h in saved.items():
-        if signal.getsignal(s) is not h:
+        if h is not None and signal.getsignal(s) is not h:  # (None: a handler set outside Python, kept)
             signal.signal(s, h)
 
 
