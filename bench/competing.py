@@ -16,6 +16,13 @@ Class-swap AUROC: c's block frames (normal) against the other classes' block fra
 
     .venv/bin/python bench/competing.py pca ../shared/data/paper-rgbd --size 32 --components 16
     .venv/bin/python bench/competing.py folds ../shared/data/paper-rgbd runs/cv/compete-q
+    .venv/bin/python bench/competing.py operating ../shared/data/paper-rgbd runs/cv/compete-q --fpr 0.05,0.1
+
+    operating: the station's rule at one false alarm rate: a part is flagged when its score (the
+            full search) is over its threshold, or, with the check, when its k-0 margin is over its
+            own; thresholds from the block's own intact parts (the same for both rules), the check's
+            sharing the budget (calibration/metrics.py joint_target_fpr_thresholds). Reports the
+            share of class swaps and of damaged twins (all five defects) flagged.
 """
 from __future__ import annotations
 
@@ -140,6 +147,68 @@ def cmd_folds(a) -> None:
     report(res)
 
 
+def damage_full(report: Path, c: str, b) -> dict:
+    """(folder, frame) -> the bundle's full score of its damaged twins and their intact copies."""
+    with open(report / "scores" / f"damage-{c}-{b.kind}-{b.bundle_hash[:8]}.csv") as fh:
+        return {(r["folder"], int(r["frame"])): float(r["score"]) for r in csv.DictReader(fh)}
+
+
+def at_budget(own, marg, normal, d_own, d_marg, alpha: float) -> dict[str, tuple]:
+    """rule -> (class swaps flagged, damaged flagged, normals flagged, per-check allowance) at false
+    alarm budget `alpha` on the parts where `normal`, for the score alone and for the score or the
+    check with the budget shared (as `adgan calibrate --class-check` chooses them)."""
+    from calibration.metrics import joint_target_fpr_thresholds, target_fpr_threshold
+    t = target_fpr_threshold(own[normal], alpha)
+    (ts, tm), j = joint_target_fpr_thresholds(np.stack([own[normal], marg[normal]], 1), alpha)
+    out = {}
+    for name, fs, fd, share in (("score", own > t, d_own > t, None),
+                                ("score+check", (own > ts) | (marg > tm), (d_own > ts) | (d_marg > tm), j)):
+        out[name] = (fs[~normal].mean(), fd.mean(), fs[normal].mean(), share)
+    return out
+
+
+def cmd_operating(a) -> None:
+    from agent.scoring.bundle import Bundle
+    out, res = Path(a.run), {}
+    alphas = [float(v) for v in a.fpr.split(",")]
+    for f, (b0, b1) in enumerate(blocks(a.folds)):
+        fold = out / f"fold{f}"
+        reports = {c: fold / c / f"report-{a.variant}-every{a.every}" for c in CLASSES}
+        if not all((r / "scores").is_dir() for r in reports.values()):
+            print(f"fold {f}: not every class is evaluated yet; left out")
+            continue
+        bundles = {c: Bundle.load(fold / c / f"bundle-{a.variant}") for c in CLASSES}
+        full = {c: read_scores(reports[c] / "scores" / f"{c}-{b.kind}-{b.bundle_hash[:8]}.csv")
+                for c, b in bundles.items()}
+        frames = (b0, b1, a.every)
+        k0 = {c: k0_scores(b, frames, Path(a.data), out / f"k0-{b.bundle_hash[:12]}-data.csv")
+              for c, b in bundles.items()}
+        kd = {c: k0_scores(b, frames, fold / "damaged", out / f"k0-{b.bundle_hash[:12]}-damaged.csv")
+              for c, b in bundles.items()}
+        kd = {c: {(folder, int(Path(p).stem)): s for p, (folder, s) in v.items()} for c, v in kd.items()}
+        paths = sorted(full[CLASSES[0]])
+        lab = np.array([full[CLASSES[0]][p][0] for p in paths])
+        for c in CLASSES:
+            others = [o for o in CLASSES if o != c]
+            own = np.array([full[c][p][1] for p in paths])
+            marg = log_margin(np.array([k0[c][p][1] for p in paths]),
+                              [np.array([k0[o][p][1] for p in paths]) for o in others])
+            dfull = damage_full(reports[c], c, bundles[c])
+            bad = sorted(k for k in dfull if k[0].startswith(c + "_"))
+            d_own = np.array([dfull[k] for k in bad])
+            d_marg = log_margin(np.array([kd[c][k] for k in bad]), [np.array([kd[o][k] for k in bad]) for o in others])
+            for alpha in alphas:
+                for name, v in at_budget(own, marg, lab == c, d_own, d_marg, alpha).items():
+                    res.setdefault((c, alpha, name), []).append(v)
+    print(f"{out}: flagged at one false alarm budget on the block's intact parts, {a.folds} blocks, every {a.every}")
+    print("class      fpr   rule          swaps worst/mean   damage worst/mean   normals flagged   per-check j")
+    for (c, alpha, name), v in res.items():
+        v = np.array(v, dtype=object)
+        print(f"{c:10s} {alpha:.2f}  {name:12s}  {v[:, 0].min():.3f} / {v[:, 0].mean():.3f}      "
+              f"{v[:, 1].min():.3f} / {v[:, 1].mean():.3f}       " + "/".join(f"{x:.3f}" for x in v[:, 2])
+              + ("   " + "/".join(str(int(x)) for x in v[:, 3]) if v[0, 3] is not None else ""))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -157,6 +226,14 @@ def main() -> int:
     q.add_argument("--every", type=int, default=3)
     q.add_argument("--variant", default="def")
     q.set_defaults(func=cmd_folds)
+    q = sub.add_parser("operating")
+    q.add_argument("data", help="as for folds")
+    q.add_argument("run", help="as for folds (its k-0 scores are cached there by folds)")
+    q.add_argument("--folds", type=int, default=3)
+    q.add_argument("--every", type=int, default=3)
+    q.add_argument("--variant", default="def")
+    q.add_argument("--fpr", default="0.05,0.1", help="false alarm budgets, comma-separated")
+    q.set_defaults(func=cmd_operating)
     a = ap.parse_args()
     a.func(a)
     return 0

@@ -12,9 +12,9 @@ import numpy as np
 from agent.decide.thresholds import write_threshold
 from agent.scoring.bundle import Bundle
 from agent.sources.dataset import parse_frames
-from calibration.class_check import class_check_record, load_rivals
-from calibration.metrics import (POLICIES, auc, equal_rates_threshold, max_accuracy_threshold, rates, summary,
-                                 target_fpr_threshold)
+from calibration.class_check import aligned, class_check_record, load_rivals, with_threshold
+from calibration.metrics import (POLICIES, auc, equal_rates_threshold, joint_target_fpr_thresholds,
+                                 max_accuracy_threshold, rates, summary, target_fpr_threshold)
 from calibration.scoring import SCORER_BACKENDS, engine_id, make_scorer, score_folder
 
 FEW_ANOMALIES = 10
@@ -84,12 +84,31 @@ def calibrate(o: CalibrateOptions) -> dict:
     rivals = load_rivals(bundle, o.class_check) if o.class_check else None  # refused before minutes of scoring
     scorer = make_scorer(bundle, o.backend, o.seed, fp16=o.fp16)
     frames = parse_frames(o.frames)
-    normal = np.array([s for _, _, s in score_folder(scorer, bundle, o.normal, frames, not o.quiet)])
-    anomalous = np.array([s for d in (o.anomalous or []) for _, _, s in score_folder(scorer, bundle, d, frames,
-                                                                                      not o.quiet)])
+    normal_rows = [(f"{o.normal}:{p}", s) for p, _, s in score_folder(scorer, bundle, o.normal, frames, not o.quiet)]
+    anomalous_rows = [(f"{d}:{p}", s) for d in (o.anomalous or [])
+                      for p, _, s in score_folder(scorer, bundle, d, frames, not o.quiet)]
+    normal, anomalous = np.array([s for _, s in normal_rows]), np.array([s for _, s in anomalous_rows])
     threshold, warns = choose_threshold(normal, anomalous, o.policy, o.fpr)
     for w in warns:  # (printed once: a log line as well said each twice)
         print(f"warning: {w}")
+    check = None
+    if rivals:
+        cc = class_check_record(o, bundle, rivals, frames)
+        m_normal = aligned(cc["normal"], [k for k, _ in normal_rows])
+        m_anomalous = aligned(cc["anomalous"], [k for k, _ in anomalous_rows])
+        if o.policy == "target-fpr":  # one budget for both: the station flags a part when either is over
+            both, share = joint_target_fpr_thresholds(np.stack([normal, m_normal], 1), o.fpr)
+            threshold, m_threshold = float(both[0]), float(both[1])
+            m_warns = []
+        else:
+            m_threshold, m_warns = choose_threshold(m_normal, m_anomalous, o.policy, o.fpr)
+            share = None
+        check = with_threshold(cc, m_threshold, m_warns, m_normal, m_anomalous)
+        either = {"fpr": float(((normal > threshold) | (m_normal > m_threshold)).mean())}
+        if len(anomalous):
+            either["tpr"] = float(((anomalous > threshold) | (m_anomalous > m_threshold)).mean())
+        check["combined"] = {"budget": "shared" if share is not None else "each", "per_check_allowance": share,
+                             "metrics": either}
     metrics = None
     if len(anomalous):
         metrics = {"auc": auc(normal, anomalous), **rates(normal, anomalous, threshold)}
@@ -105,19 +124,22 @@ def calibrate(o: CalibrateOptions) -> dict:
         "metrics": metrics, "warnings": warns,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    if rivals:
-        cc = class_check_record(o, bundle, rivals, frames, lambda n, a: choose_threshold(n, a, o.policy, o.fpr))
-        for w in cc["warnings"]:
+    if check is not None:
+        for w in check["warnings"]:
             print(f"warning: class check: {w}")
-        record["class_check"] = cc
+        record["class_check"] = check
     write_threshold(o.out, bundle.cls, record)
     shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
     print(f"{bundle.cls}: threshold {threshold:.6g} ({o.policy}) from {len(normal)} normal and {len(anomalous)} "
           f"anomalous samples; {shown} -> {o.out}")
-    if rivals:
-        shown = ", ".join(f"{k} {v:.3f}" for k, v in record["class_check"]["metrics"].items())
-        print(f"{bundle.cls}: class check against {', '.join(record['class_check']['rivals'])}: margin threshold "
-              f"{record['class_check']['threshold']:.6g}; {shown}")
+    if check is not None:
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in check["metrics"].items())
+        both = ", ".join(f"{k} {v:.3f}" for k, v in check["combined"]["metrics"].items())
+        shared = check["combined"]["per_check_allowance"]
+        print(f"{bundle.cls}: class check against {', '.join(check['rivals'])}: margin threshold "
+              f"{check['threshold']:.6g}; {shown}; score or check: {both}"
+              + (f" (the --fpr budget shared: each flags at most {shared} of the {len(normal)} normal samples)"
+                 if shared is not None else ""))
     return record
 
 
@@ -151,5 +173,6 @@ def add_parser(sub) -> None:
     q.add_argument("--class-check", nargs="+", metavar="BUNDLE", default=None,
                    help="bundles of the station's other classes: also calibrate the class check, which flags a "
                         "part that one of them reproduces better than this class's bundle does (k 0, ln ratio of "
-                        "the scores), with the same policy and --fpr; the station must load these bundles")
+                        "the scores), with the same policy; with target-fpr the score and the check share the "
+                        "--fpr budget (a part over either is flagged); the station must load these bundles")
     q.set_defaults(func=cmd_calibrate)

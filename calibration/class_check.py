@@ -2,9 +2,12 @@
 
 The class's normal samples (and anomalous ones, if given) are scored at k 0 by the class's own
 bundle and by each rival bundle, the bundles of the station's other products; a sample's margin
-is ln(own) - ln(best rival). The threshold is chosen from the margins by the same policy and
-false alarm budget as the score's threshold, so with target-fpr each check may flag up to --fpr
-of the normal parts (together at most twice that).
+is ln(own) - ln(best rival). The threshold is chosen from the margins by the same policy as the
+score's threshold. With target-fpr the two share the one false alarm budget: the station flags a
+part when either is over its threshold, so both thresholds are chosen together
+(calibration/metrics.py joint_target_fpr_thresholds) to flag at most --fpr of the normal parts
+between them. (Until 2026-12-06 each took the whole budget, and a station could false-alarm
+on up to twice --fpr.) The other policies choose each threshold on its own.
 """
 from __future__ import annotations
 
@@ -37,10 +40,11 @@ def load_rivals(bundle: Bundle, paths: Sequence[str]) -> dict[str, Bundle]:
     return rivals
 
 
-def margins(bundle: Bundle, rivals: dict[str, Bundle], folders: Sequence[str], o, frames) -> np.ndarray:
-    """Every sample's margin under `folders`, each bundle scoring at k 0 with the device's engine."""
+def margins(bundle: Bundle, rivals: dict[str, Bundle], folders: Sequence[str], o, frames) -> dict[str, float]:
+    """"<folder>:<sample path>" -> its margin, for every sample under `folders`, each bundle scoring
+    at k 0 with the device's engine."""
     if not folders:
-        return np.zeros(0)
+        return {}
     scorers = {c: make_scorer(b, o.backend, o.seed, fp16=o.fp16, k=RIVAL_K)
                for c, b in {bundle.cls: bundle, **rivals}.items()}
     scores: dict[str, dict[str, float]] = {}
@@ -50,19 +54,31 @@ def margins(bundle: Bundle, rivals: dict[str, Bundle], folders: Sequence[str], o
         scores[c] = {f"{d}:{p}": s for d in folders for p, _, s in score_folder(scorer, b, d, frames, not o.quiet)}
         if hasattr(scorer, "backend"):
             scorer.backend.close()
-    keys = list(scores[bundle.cls])
-    return np.array([margin(scores[bundle.cls][k], {c: scores[c][k] for c in rivals})[0] for k in keys])
+    return {k: margin(scores[bundle.cls][k], {c: scores[c][k] for c in rivals})[0] for k in scores[bundle.cls]}
 
 
-def class_check_record(o, bundle: Bundle, rivals: dict[str, Bundle], frames, choose) -> dict:
-    """The `class_check` entry of the class's record against `rivals` (load_rivals);
-    `choose(normal, anomalous)` -> (threshold, warnings) is the score's own policy."""
-    normal = margins(bundle, rivals, [o.normal], o, frames)
-    anomalous = margins(bundle, rivals, list(o.anomalous or []), o, frames)
-    threshold, warns = choose(normal, anomalous)
+def aligned(values: dict[str, float], keys: Sequence[str]) -> np.ndarray:
+    """`values` in the order of `keys` (the score's samples): the two must be the same samples."""
+    if sorted(values) != sorted(keys):
+        raise RuntimeError("the class check scored other samples than the search did "
+                           f"({len(values)} against {len(keys)}): was a folder changed during calibration?")
+    return np.array([values[k] for k in keys])
+
+
+def class_check_record(o, bundle: Bundle, rivals: dict[str, Bundle], frames) -> dict:
+    """The `class_check` entry of the class's record against `rivals` (load_rivals), without its
+    threshold and metrics (`with_threshold`)."""
+    return {"k": RIVAL_K, "rivals": {c: b.bundle_hash for c, b in rivals.items()},
+            "rival_bundles": {c: str(Path(b.path)) for c, b in rivals.items()},
+            "normal": margins(bundle, rivals, [o.normal], o, frames),
+            "anomalous": margins(bundle, rivals, list(o.anomalous or []), o, frames)}
+
+
+def with_threshold(cc: dict, threshold: float, warns: list[str], normal: np.ndarray, anomalous: np.ndarray) -> dict:
+    """The record `class_check_record` began, with its threshold, for the margins of the normal and
+    anomalous samples (in the score's order)."""
     metrics = ({"auc": auc(normal, anomalous), **rates(normal, anomalous, threshold)} if len(anomalous)
                else {"fpr": float((normal > threshold).mean())})
-    return {"threshold": threshold, "k": RIVAL_K, "rivals": {c: b.bundle_hash for c, b in rivals.items()},
-            "rival_bundles": {c: str(Path(b.path)) for c, b in rivals.items()},
+    return {"threshold": threshold, "k": cc["k"], "rivals": cc["rivals"], "rival_bundles": cc["rival_bundles"],
             "normal_margins": summary(normal), "anomalous_margins": summary(anomalous) if len(anomalous) else None,
             "metrics": metrics, "warnings": warns}

@@ -109,6 +109,31 @@ def target_fpr_threshold(normal, fpr: float) -> float:
     return float(t)
 
 
+def joint_target_fpr_thresholds(normal, fpr: float) -> tuple[np.ndarray, int]:
+    """Thresholds for several checks that flag a sample when ANY flags it (a station's score and its
+    class check), sharing one false alarm budget: `normal` is (samples, checks), one row per
+    normal sample. Each check gets the same allowance of j normal samples over its threshold (its
+    own target-fpr threshold at j), with j the largest whose union flags at most floor(fpr * n)
+    of them. Returns (thresholds per check, j). Correlated checks share their false alarms, so j
+    can exceed an even split; j 0 puts every threshold at its check's highest normal value."""
+    n = np.asarray(normal, np.float64)
+    if n.ndim != 2 or n.shape[0] == 0 or n.shape[1] == 0:
+        raise ValueError("joint target-fpr needs a (samples, checks) array of normal values")
+    if not np.isfinite(n).all():
+        raise ValueError("scores must be finite")
+    if not 0 <= fpr < 1:
+        raise ValueError(f"--fpr must be in [0, 1), got {fpr}")
+    s = np.sort(n, axis=0)
+    allowed = int(np.floor(fpr * len(n) + 1e-9))
+    best = (s[-1], 0)
+    for j in range(1, allowed + 1):
+        t = s[len(n) - j - 1]
+        if int((n > t).any(axis=1).sum()) > allowed:
+            break  # (the union only grows with j)
+        best = (t, j)
+    return best[0].copy(), best[1]
+
+
 def summary(scores) -> dict[str, float]:
     s = np.asarray(scores, np.float64)
     if s.size == 0:

@@ -38,3 +38,19 @@ def test_the_pca_screen_and_the_cost_benchmark_run_on_the_papers_frames(paper_da
                           "--n", "2", "--threads", "1", "--rivals", "1"], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     assert "class check against 1 rivals" in out.stdout and "x the score alone" in out.stdout
+
+
+def test_at_one_false_alarm_budget_the_check_shares_it_with_the_score():
+    # 20 intact parts and 10 of another class: the score ranks the swaps among the intact parts,
+    # the margin puts them on top; damaged twins are seen by the score only
+    rng = np.random.default_rng(1)
+    own = np.r_[np.arange(20.0), rng.uniform(0, 20, 10)]
+    marg = np.r_[rng.uniform(-1, 0, 20), np.full(10, 5.0)]
+    normal = np.r_[np.ones(20, bool), np.zeros(10, bool)]
+    d_own, d_marg = np.full(4, 100.0), np.full(4, -1.0)
+    r = competing.at_budget(own, marg, normal, d_own, d_marg, 0.1)
+    swaps, damaged, normals, share = r["score+check"]
+    assert swaps == 1.0 and damaged == 1.0 and normals <= 0.1 and share in (1, 2)
+    swaps, damaged, normals, share = r["score"]
+    assert normals == 0.1 and damaged == 1.0 and share is None
+    assert swaps == np.mean(own[10:] > 17.0)  # two of 20 intact parts over: the threshold is the 18th

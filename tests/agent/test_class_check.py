@@ -77,6 +77,41 @@ def test_calibrate_records_the_check_and_refuses_rivals_it_cannot_check(checked,
     assert not (tmp_path / "t.json").exists()  # nothing written for a refused calibration
 
 
+def test_with_target_fpr_the_score_and_the_check_share_one_false_alarm_budget(checked, synth_data, tmp_path):
+    """The station flags a part over either threshold, so --fpr bounds the two together (each took the
+    whole budget until 2026-12-06: up to twice --fpr of the normal parts flagged)."""
+    import numpy as np
+    from agent.scoring.bundle import Bundle
+    from agent.sources.dataset import frame_numbers
+    sphere, cyl, _ = checked
+    normal, th, other = synth_data / "train" / "sphere", tmp_path / "t.json", synth_data / "test" / "cylinder"
+    assert main(["calibrate", str(sphere), "--normal", str(normal), "--anomalous", str(other),
+                 "--fpr", "0.34", "--out", str(th), "--class-check", str(cyl), "--quiet"]) == 0
+    rec = json.loads(th.read_text())["classes"]["sphere"]
+    own, k0 = Bundle.load(sphere), {c: make_scorer(Bundle.load(b), "onnxruntime", 0, k=0) for c, b in
+                                    (("sphere", sphere), ("cylinder", cyl))}
+    full = make_scorer(own, "onnxruntime", 0)
+    xs = [sample_to_input(read_sample(normal, n), 32) for n in frame_numbers(normal)]
+    s = np.array([full.score(x).score for x in xs])
+    m = np.array([math.log(k0["sphere"].score(x).score) - math.log(k0["cylinder"].score(x).score) for x in xs])
+    allowed = int(0.34 * len(xs))  # 2 of 6
+    # the same allowance j for each, the largest whose union stays within the budget (brute force)
+    best = max(j for j in range(allowed + 1)
+               if ((s > np.sort(s)[len(s) - j - 1]) | (m > np.sort(m)[len(m) - j - 1])).sum() <= allowed)
+    assert rec["threshold"] == pytest.approx(np.sort(s)[len(s) - best - 1], rel=1e-4)
+    assert rec["class_check"]["threshold"] == pytest.approx(np.sort(m)[len(m) - best - 1], rel=1e-4, abs=1e-5)
+    flagged = (s > rec["threshold"]) | (m > rec["class_check"]["threshold"])
+    assert flagged.sum() <= allowed
+    combined = rec["class_check"]["combined"]
+    assert combined["budget"] == "shared" and combined["per_check_allowance"] == best
+    assert combined["metrics"]["fpr"] == pytest.approx(flagged.mean()) and 0 <= combined["metrics"]["tpr"] <= 1
+    # another policy chooses each on its own, and says so
+    assert main(["calibrate", str(sphere), "--normal", str(normal), "--anomalous", str(other),
+                 "--policy", "equal-rates", "--out", str(th), "--class-check", str(cyl), "--quiet"]) == 0
+    combined = json.loads(th.read_text())["classes"]["sphere"]["class_check"]["combined"]
+    assert combined["budget"] == "each" and combined["per_check_allowance"] is None
+
+
 def test_a_part_another_class_reproduces_better_is_an_anomaly_whatever_its_score(checked, synth_data, tmp_path):
     sphere, cyl, th = checked
     models = load_models({"sphere": sphere, "cylinder": cyl}, th, 0)

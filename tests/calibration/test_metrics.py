@@ -3,7 +3,7 @@ import pytest
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from calibration.metrics import (auc, equal_rates_threshold, max_accuracy_threshold, rates, roc,
-                                 target_fpr_threshold)
+                                 joint_target_fpr_thresholds, target_fpr_threshold)
 
 
 def test_auc_hand_computed_with_ties():
@@ -55,6 +55,49 @@ def test_target_fpr_with_ties_never_exceeds_the_budget():
     normal = np.array([1.0] * 50 + [2.0] * 50)
     t = target_fpr_threshold(normal, 0.1)
     assert (normal > t).mean() <= 0.1 and t == 2.0
+
+
+@pytest.mark.parametrize("fpr", [0.0, 0.01, 0.1, 0.25])
+def test_joint_target_fpr_of_one_check_is_target_fpr(fpr):
+    normal = np.random.default_rng(0).normal(size=100)
+    t, j = joint_target_fpr_thresholds(normal[:, None], fpr)
+    assert t.shape == (1,) and t[0] == target_fpr_threshold(normal, fpr) and j == int(fpr * 100 + 1e-9)
+
+
+def test_joint_target_fpr_splits_the_budget_between_checks_that_flag_different_samples():
+    a = np.arange(100, dtype=float)
+    normal = np.stack([a, a[::-1]], axis=1)  # each check's highest normals are the other's lowest
+    t, j = joint_target_fpr_thresholds(normal, 0.1)
+    assert j == 5 and int((normal > t).any(axis=1).sum()) == 10
+    assert int((normal[:, 0] > t[0]).sum()) == int((normal[:, 1] > t[1]).sum()) == 5
+
+
+def test_joint_target_fpr_gives_each_check_the_whole_budget_when_they_flag_the_same_samples():
+    a = np.arange(100, dtype=float)
+    t, j = joint_target_fpr_thresholds(np.stack([a, 3 * a + 1], axis=1), 0.1)
+    assert j == 10 and t.tolist() == [89.0, 268.0]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_joint_target_fpr_never_flags_more_than_the_budget(seed):
+    rng = np.random.default_rng(seed)
+    normal = np.round(rng.normal(size=(rng.integers(2, 300), int(rng.integers(1, 4)))), 1)  # ties
+    normal[:, -1] += 0.5 * normal[:, 0]  # correlated
+    fpr = float(rng.uniform(0, 0.3))
+    t, j = joint_target_fpr_thresholds(normal, fpr)
+    assert (normal > t).any(axis=1).sum() <= np.floor(fpr * len(normal) + 1e-9)
+    if j < len(normal) - 1:  # one more sample each would have broken the budget (or j was at the top)
+        t2 = np.sort(normal, axis=0)[len(normal) - j - 2]
+        assert (normal > t2).any(axis=1).sum() > np.floor(fpr * len(normal) + 1e-9) or j + 1 > fpr * len(normal)
+
+
+def test_joint_target_fpr_bad_inputs():
+    with pytest.raises(ValueError, match="samples, checks"):
+        joint_target_fpr_thresholds(np.zeros(5), 0.1)
+    with pytest.raises(ValueError, match="fpr"):
+        joint_target_fpr_thresholds(np.zeros((5, 2)), 1.0)
+    with pytest.raises(ValueError, match="finite"):
+        joint_target_fpr_thresholds(np.array([[1.0, np.inf]]), 0.1)
 
 
 def test_bad_inputs():
