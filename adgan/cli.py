@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from agent.scoring.backend import BackendUnavailable
+    from agent.scoring.tensorrt import EngineBuildFailed
 
     args = build_parser().parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
@@ -87,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
             e = f"{e.title}: {describe(e)}"
         print(f"adgan {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except EngineBuildFailed as e:  # (the machine's too: TensorRT said no; no traceback says more)
+        logging.getLogger("adgan").debug("error", exc_info=True)
+        print(f"adgan {args.command}: error: {e}", file=sys.stderr)
+        return 1
     except OSError as e:
         # The machine's failure, not the input's (a full disk, an I/O error, a folder not writable):
         # one line that says what and where, exit 1. The agent keeps its traceback: it says its own

@@ -35,6 +35,11 @@ class TensorRTUnavailable(CudaUnavailable):
     """TensorRT, pycuda or a CUDA GPU is missing on this machine."""
 
 
+class EngineBuildFailed(RuntimeError):
+    """TensorRT could not build a bundle's engines on this machine (said in one line by the
+    command line, exit 1; the engines built before, if any, are left as they were)."""
+
+
 class TensorRTSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     type: Literal["tensorrt"] = Field("tensorrt", description="TensorRT engines built on this device")
@@ -75,7 +80,9 @@ def _engine_stem(trt_version: str, gpu: str, fp16: bool) -> str:
 
 
 def build_engine(bundle_path: str | Path, fp16: bool = False, device: int = 0) -> Path:
-    """Build step and loss engines from a bundle's ONNX on this machine; returns the sidecar path."""
+    """Build step and loss engines from a bundle's ONNX on this machine; returns the sidecar path.
+    Both are built before either is written, so a failed build (EngineBuildFailed) leaves the
+    engines of an earlier build as they were."""
     trt = _import_trt()
     bundle = Bundle.load(bundle_path)
     cuda = CudaDevice(device)  # holds the CUDA context while building
@@ -83,53 +90,68 @@ def build_engine(bundle_path: str | Path, fp16: bool = False, device: int = 0) -
         info = cuda.describe()
         logger = trt.Logger(trt.Logger.WARNING)
         stem = _engine_stem(trt.__version__, info["gpu"], fp16)
+        built = {}
+        for role in ("step", "loss"):
+            t0 = time.perf_counter()
+            try:
+                plan = _build_plan(trt, logger, bundle, role, fp16)
+            except EngineBuildFailed:
+                raise
+            except Exception as e:  # (TensorRT's bindings raise RuntimeError, TypeError, ...; a traceback before)
+                raise EngineBuildFailed(f"TensorRT {trt.__version__} failed while building the {role} engine of "
+                                        f"{bundle.path} on {info['gpu']}: {type(e).__name__}: {e}") from e
+            built[role] = (plan, round(time.perf_counter() - t0, 1))
         out_dir = bundle.path / "engines"
         out_dir.mkdir(exist_ok=True)
         plans = {}
-        for role in ("step", "loss"):
-            builder = trt.Builder(logger)
-            network = builder.create_network(0)
-            parser = trt.OnnxParser(network, logger)
-            if not parser.parse_from_file(str(bundle.graph_path(role))):
-                errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-                raise RuntimeError(f"TensorRT could not parse {role}.onnx: {errs}")
-            config = builder.create_builder_config()
-            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, 1 << 30)
-            # TF32 (on by default on Ampere/Orin) rounds weights to 10-bit mantissas: theta
-            # updates of ~1e-7 would vanish. fp32 means fp32.
-            config.clear_flag(trt.BuilderFlag.TF32)
-            if fp16:
-                if not builder.platform_has_fast_fp16:
-                    raise RuntimeError("this GPU has no fast fp16; build without --fp16")
-                config.set_flag(trt.BuilderFlag.FP16)
-                config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-                # Only convolutions in fp16: Adam, reductions and the loss stay fp32. Layers with
-                # boolean or integer tensors (the ReLU mask's Greater/Cast, Or) keep their types:
-                # TensorRT refuses a float32 constraint on them.
-                for i in range(network.num_layers):
-                    layer = network.get_layer(i)
-                    if layer.type in (trt.LayerType.CONVOLUTION, trt.LayerType.DECONVOLUTION):
-                        continue
-                    tensors = [layer.get_input(j) for j in range(layer.num_inputs)] + \
-                              [layer.get_output(j) for j in range(layer.num_outputs)]
-                    if all(t is None or t.dtype in (trt.float32, trt.float16) for t in tensors):
-                        layer.precision = trt.float32
-                        for j in range(layer.num_outputs):
-                            layer.set_output_type(j, trt.float32)
-            t0 = time.perf_counter()
-            plan = builder.build_serialized_network(network, config)
-            if plan is None:
-                raise RuntimeError(f"TensorRT failed to build the {role} engine (see the log above)")
+        for role, (plan, build_s) in built.items():
             path = out_dir / f"{stem}-{role}.plan"
-            durable.write_bytes(path, bytes(plan))
-            plans[role] = {"file": path.name, "sha256": sha256_file(path),
-                           "build_s": round(time.perf_counter() - t0, 1)}
+            durable.write_bytes(path, plan)
+            plans[role] = {"file": path.name, "sha256": sha256_file(path), "build_s": build_s}
         sidecar = out_dir / f"{stem}.json"
         durable.write_text(sidecar, json.dumps({"bundle_hash": bundle.bundle_hash, "tensorrt": trt.__version__,
                                        "fp16": fp16, "tf32": False, **info, "engines": plans}, indent=1) + "\n")
         return sidecar
     finally:
         cuda.close()
+
+
+def _build_plan(trt, logger, bundle: Bundle, role: str, fp16: bool) -> bytes:
+    """One engine's serialised plan from the bundle's `role`.onnx (EngineBuildFailed where TensorRT says no)."""
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(bundle.graph_path(role))):
+        errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineBuildFailed(f"TensorRT could not parse {bundle.graph_path(role)}: {errs}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, 1 << 30)
+    # TF32 (on by default on Ampere/Orin) rounds weights to 10-bit mantissas: theta
+    # updates of ~1e-7 would vanish. fp32 means fp32.
+    config.clear_flag(trt.BuilderFlag.TF32)
+    if fp16:
+        if not builder.platform_has_fast_fp16:
+            raise EngineBuildFailed("this GPU has no fast fp16; build without --fp16")
+        config.set_flag(trt.BuilderFlag.FP16)
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+        # Only convolutions in fp16: Adam, reductions and the loss stay fp32. Layers with
+        # boolean or integer tensors (the ReLU mask's Greater/Cast, Or) keep their types:
+        # TensorRT refuses a float32 constraint on them.
+        for i in range(network.num_layers):
+            layer = network.get_layer(i)
+            if layer.type in (trt.LayerType.CONVOLUTION, trt.LayerType.DECONVOLUTION):
+                continue
+            tensors = [layer.get_input(j) for j in range(layer.num_inputs)] + \
+                      [layer.get_output(j) for j in range(layer.num_outputs)]
+            if all(t is None or t.dtype in (trt.float32, trt.float16) for t in tensors):
+                layer.precision = trt.float32
+                for j in range(layer.num_outputs):
+                    layer.set_output_type(j, trt.float32)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise EngineBuildFailed(f"TensorRT failed to build the {role} engine of {bundle.path} (see its log above: "
+                                "out of memory, or a layer it cannot run)")
+    return bytes(plan)
 
 
 def _load_engines(bundle: Bundle, fp16: bool, cuda: CudaDevice):

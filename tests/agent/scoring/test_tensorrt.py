@@ -2,6 +2,7 @@
 logic runs against a fake engine (each engine's ONNX graph in ONNX Runtime over fake
 device memory), and the real path runs only where tensorrt imports and a GPU exists."""
 import importlib.util
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -251,3 +252,75 @@ def test_an_engine_tensorrt_cannot_load_or_run_refuses_the_start_in_one_line(bun
     with pytest.raises(BackendUnavailable, match=r"the tensorrt engine could not start: RuntimeError: TensorRT "
                                                  r"could not create an execution context \(out of GPU memory\?\)"):
         open_backend(b, TensorRTSettings())
+
+
+def test_an_engine_tensorrt_cannot_build_is_said_in_one_line_and_the_earlier_engines_stay(bundles, tmp_path,
+                                                                                          monkeypatch, capsys):
+    """`adgan export build-engine` ended in a traceback when TensorRT could not parse or build a graph
+    (RuntimeError), and its bindings' own errors; a step engine built before a failing loss engine
+    replaced the earlier build's. TensorRT is faked: it cannot be installed here."""
+    import shutil
+    import types
+
+    from agent.scoring import tensorrt as plugin
+
+    p = tmp_path / "b"
+    shutil.copytree(bundles[("all", "mse")], p)
+    (p / "engines").mkdir()
+    earlier = {"fake-trt10.3.0-fp32-step.plan": b"earlier step", "fake-trt10.3.0-fp32-loss.plan": b"earlier loss",
+               "fake-trt10.3.0-fp32.json": b"{}"}
+    for name, data in earlier.items():
+        (p / "engines" / name).write_bytes(data)
+    how = {}  # role -> how its build fails: "parse", "none", "raise"; absent: built
+
+    class Builder:
+        platform_has_fast_fp16 = True
+
+        def __init__(self, logger):
+            pass
+
+        def create_network(self, flags):
+            return types.SimpleNamespace(num_layers=0)
+
+        def create_builder_config(self):
+            return types.SimpleNamespace(set_memory_pool_limit=lambda *a: None, clear_flag=lambda f: None)
+
+        def build_serialized_network(self, network, config):
+            if how.get(network.role) == "raise":
+                raise TypeError("build_serialized_network(): incompatible function arguments")
+            return None if how.get(network.role) == "none" else f"plan of {network.role}".encode()
+
+    class OnnxParser:
+        num_errors = 1
+
+        def __init__(self, network, logger):
+            self.network = network
+
+        def parse_from_file(self, path):
+            self.network.role = Path(path).stem
+            return how.get(self.network.role) != "parse"
+
+        def get_error(self, i):
+            return "In node 3 (Einsum): unsupported"
+
+    logger = type("Logger", (), {"WARNING": 0, "__init__": lambda self, level: None})
+    trt = types.SimpleNamespace(__version__="10.3.0", Logger=logger, Builder=Builder, OnnxParser=OnnxParser,
+                                MemoryPoolType=types.SimpleNamespace(WORKSPACE=0),
+                                BuilderFlag=types.SimpleNamespace(TF32=0))
+    monkeypatch.setattr(plugin, "_import_trt", lambda: trt)
+    monkeypatch.setattr(plugin, "CudaDevice", lambda device: FakeCuda())
+    for role, failure, said in (("loss", "none", "TensorRT failed to build the loss engine of"),
+                                ("loss", "parse", "TensorRT could not parse"),
+                                ("loss", "raise", "failed while building the loss engine of"),
+                                ("step", "raise", "TypeError: build_serialized_network(): incompatible")):
+        how.clear()
+        how[role] = failure
+        capsys.readouterr()
+        assert main(["export", "build-engine", str(p)]) == 1
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert err.startswith("adgan export: error: ") and said in err, err
+        assert {f.name: f.read_bytes() for f in (p / "engines").iterdir()} == earlier  # as they were
+    how.clear()  # and a build that works replaces them
+    assert main(["export", "build-engine", str(p)]) == 0
+    assert (p / "engines" / "fake-trt10.3.0-fp32-loss.plan").read_bytes() == b"plan of loss"
