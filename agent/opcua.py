@@ -9,6 +9,8 @@ One object per station under Objects, named by `station_id`:
                   coalesced, answered by one event carrying the id; False when it will be
                   answered as not inspected (it came while max_pending waited, or a bad id)
   LastVerdict, LastScore, LastThreshold, LastEventId, LastSeq, LastPartId: the last event
+  LastReason: why its verdict is what it is (the error; the score over its threshold, the class
+  check's other class, where the damage is), "" for an ok part
   Health          String: the status heartbeat (JSON), refreshed every second
   Counters/       one Int64 per counter of `status`
 Security: Basic256Sha256 (sign and encrypt) with the station's certificate and key, and the
@@ -27,6 +29,8 @@ import logging
 import threading
 import time
 from typing import Callable
+
+from agent.mqtt.events import reason
 
 log = logging.getLogger(__name__)
 logging.getLogger("asyncua").setLevel(logging.WARNING)  # its INFO lines would flood the journal
@@ -137,6 +141,7 @@ class OpcUaServer:
             "LastEventId": await obj.add_variable(idx, "LastEventId", "", ua.VariantType.String),
             "LastSeq": await obj.add_variable(idx, "LastSeq", 0, ua.VariantType.Int64),
             "LastPartId": await obj.add_variable(idx, "LastPartId", "", ua.VariantType.String),
+            "LastReason": await obj.add_variable(idx, "LastReason", "", ua.VariantType.String),
             "Health": await obj.add_variable(idx, "Health", "{}", ua.VariantType.String),
         }
         await nodes["ExpectedClass"].set_writable()
@@ -199,6 +204,7 @@ class OpcUaServer:
             await nodes["LastEventId"].write_value(ev["event_id"])
             await nodes["LastSeq"].write_value(int(ev["seq"]), ua.VariantType.Int64)
             await nodes["LastPartId"].write_value(ev.get("part_id") or "")
+            await nodes["LastReason"].write_value(reason(ev))
         st = self.status_of()
         await nodes["Health"].write_value(json.dumps(st, default=str))
         if await nodes["ExpectedClass"].read_value() != st["expected_class"]:

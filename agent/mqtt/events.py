@@ -116,6 +116,29 @@ class Event(_Doc):
         return self.model_dump_json(by_alias=True, exclude_none=False).encode()
 
 
+def reason(event: dict) -> str:
+    """Why an event's verdict is what it is, in one line for an operator (the operator page, OPC UA
+    LastReason): the error, or what made the part an anomaly (the score over its threshold, the class
+    check's other class, where the damage is); "" for an ok part."""
+    verdict = event.get("verdict")
+    if verdict == "error":
+        return event.get("error") or "not inspected"
+    if verdict == "no_object":
+        return "no part in view"
+    if verdict != "anomaly":
+        return ""
+    why = []
+    score, threshold, cc, box = (event.get(k) for k in ("score", "threshold", "class_check", "anomaly_box"))
+    if score is not None and threshold is not None and score > threshold:
+        where = (f" at x {box['x']}-{box['x'] + box['width'] - 1}, y {box['y']}-{box['y'] + box['height'] - 1} "
+                 f"({box['frame']} pixels)" if box else "")
+        why.append(f"score {score:.4g} over its threshold {threshold:.4g}{where}")
+    if cc and cc.get("anomaly"):
+        why.append(f"looks like {cc['closest_class']}, not {event.get('expected_class')} (class check: margin "
+                   f"{cc['margin']:.3g} over {cc['threshold']:.3g})")
+    return "; ".join(why) or "anomaly"
+
+
 def utc_iso(ts: float, timespec: str = "milliseconds") -> str:
     """`ts` as UTC ISO 8601 with a Z ("seconds": to the second, as logs and certificates say it)."""
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec=timespec).replace("+00:00", "Z")

@@ -23,6 +23,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from agent.mqtt.events import reason
 from agent.web.bounded import Bounded, address_family, server_status
 
 log = logging.getLogger(__name__)
@@ -100,14 +101,16 @@ class OperatorPage:
         entry = {k: event.get(k) for k in ("seq", "event_id", "verdict", "score", "threshold", "expected_class",
                                            "decided_at", "error", "part_id")}
         entry["latency_ms"] = (event.get("latency_ms") or {}).get("total_ms")
+        entry["reason"] = reason(event)
         with self._cond:
             self.history.appendleft(entry)
             self.hour.append((time.monotonic(), event["verdict"]))
             if view is not None:
                 self._view, self._png = view, {}
             self.seq += 1
-            entry["image_seq"] = self.seq if view is not None else (self.history[1].get("image_seq")
-                                                                    if len(self.history) > 1 else None)
+            before = self.history[1] if len(self.history) > 1 else {}
+            entry["image_seq"] = self.seq if view is not None else before.get("image_seq")
+            entry["image_event"] = entry["seq"] if view is not None else before.get("image_event")
             self._cond.notify_all()
 
     def snapshot(self) -> dict:

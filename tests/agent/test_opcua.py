@@ -16,6 +16,7 @@ from asyncua.crypto.cert_gen import setup_self_signed_certificate  # noqa: E402
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256  # noqa: E402
 from cryptography.x509.oid import ExtendedKeyUsageOID  # noqa: E402
 
+from agent.mqtt.events import reason  # noqa: E402
 from tests.agent.conftest import AgentProcess, Subscriber, agent_config, free_port  # noqa: E402
 from tests.agent.test_service import mixed_folder  # noqa: E402
 
@@ -106,6 +107,7 @@ def test_a_client_reads_the_verdict_writes_the_class_and_triggers(broker, calibr
             assert math.isclose(await value(obj, idx, "LastScore"), e["score"], rel_tol=1e-6)
             assert await value(obj, idx, "LastThreshold") == e["threshold"]
             assert await value(obj, idx, "LastPartId") == "" and e["part_id"] is None
+            assert await value(obj, idx, "LastReason") == reason(e)
             # a named part: its event carries the id (as trigger/set {"part_id": ...}); a bad id is answered
             assert await obj.call_method(f"{idx}:TriggerPart", ua.Variant("LOT7-0042", ua.VariantType.String))
             await until(lambda: _is(obj, idx, "LastPartId", "LOT7-0042"))
@@ -115,6 +117,7 @@ def test_a_client_reads_the_verdict_writes_the_class_and_triggers(broker, calibr
             await until(lambda: _is(obj, idx, "LastVerdict", "error"))
             await until(lambda: _events(sub, 3))
             assert sub.documents("adgan/st1/events")[-1]["error"].startswith("a part not inspected: its trigger/set")
+            await until(lambda: _is(obj, idx, "LastReason", sub.documents("adgan/st1/events")[-1]["error"]))
             counters = await obj.get_child([f"{idx}:Counters"])
             await until(lambda: _read(counters, idx, "events", 3))
             health = json.loads(await value(obj, idx, "Health"))

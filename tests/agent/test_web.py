@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.mqtt.events import reason
 from tests.agent.conftest import AgentProcess, Subscriber, agent_config, free_port, poll, scrape
 from tests.agent.mqtt.test_faults import send
 from tests.agent.test_service import mixed_folder
@@ -71,15 +72,27 @@ def test_the_page_shows_each_part_with_its_verdict_within_a_second(broker, calib
             assert verdict.text == {"ok": "OK", "anomaly": "NG"}[e["verdict"]]
             assert verdict.get_attribute("class") == e["verdict"]
             assert abs(float(browser.find_element("id", "score").text) - e["score"]) <= 1e-3 * abs(e["score"])
+            assert browser.find_element("id", "reason").text == reason(e)
         assert poll(lambda: browser.execute_script(
             "return ['rgb','depth','map'].every(k => document.getElementById('img-' + k).naturalWidth === 128)"), 5)
         rows = browser.find_elements("css selector", "#history tr")
         assert len(rows) == 3 and rows[0].text.startswith(f'{events(sub)[-1]["seq"]} LOT-9 ')
         assert browser.find_element("id", "part").text == "LOT-9" and rows[1].text.split()[1] == "-"
         assert "OK" in browser.find_element("id", "rates").text
+        assert browser.find_element("id", "images-of").text == "images of this part"
         shots.mkdir(parents=True, exist_ok=True)
         browser.save_screenshot(str(shots / "operator-page.png"))
         assert (shots / "operator-page.png").stat().st_size > 10_000
+        # a part that cannot be inspected: the page says why, as the event does, and whose images it still shows
+        send(broker.port, "adgan/st1/trigger/set", b'{"part_id": "no spaces"}')
+        assert poll(lambda: len(events(sub)) == 4, 10), agent.output()
+        err = events(sub)[-1]
+        assert err["verdict"] == "error" and err["error"].startswith("a part not inspected")
+        assert poll(lambda: browser.find_element("id", "reason").text == err["error"], 1.0)
+        assert browser.find_element("id", "images-of").text == f"images of event {err['seq'] - 1}, the last part scored"
+        assert browser.find_element("id", "score-bar").value_of_css_property("width") == "0px"
+        cell = browser.find_element("css selector", "#history tr td:last-child")
+        assert cell.get_attribute("title") == err["error"] and cell.text == err["error"][:59] + "\u2026"
         with urllib.request.urlopen(url + "part/map.png", timeout=5) as r:
             assert r.headers["Content-Type"] == "image/png"
         assert agent.terminate() == 0
