@@ -7,16 +7,20 @@ objects (ExpectedClass, CommandTrigger); the loop applies and answers them. A pa
 edge, or a trigger/set naming its part_id, echoed in its event) that came while
 trigger.max_pending inspections waited is answered in its turn with an error event;
 so is every request still waiting when the agent stops (until 2026-12-06 those were left
-without a word: the PLC saw busy fall, or its request time out, with no verdict).
+without a word: the PLC saw busy fall, or its request time out, with no verdict), and at the
+next start every request a kill left unanswered (agent/request_journal.py).
 """
 from __future__ import annotations
 
 import json
 import logging
 import re
+import signal
 import time
 
 from agent.health import Work
+from agent.mqtt.outbox import Outbox
+from agent.request_journal import RequestJournal
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +78,10 @@ class Requests:
         while True:
             if (payload := self.commands.switched()) is not None:
                 self._switch_class(payload)
-            elif (skipped := self.commands.skipped()) is not None:
-                n, reason, part_id = skipped
+            elif (skipped := self.commands.skipped_request()) is not None:
+                n, reason, part_id, r = skipped
                 self.counters.add("parts_not_inspected", n)
-                self._error(self._asked(part_id), reason)
+                self._error(self._asked(part_id, r), reason)
             else:
                 return
 
@@ -99,14 +103,53 @@ class Requests:
                     self._switch_class(a.switch)
                     continue
                 self.counters.add("parts_not_inspected", a.skipped)
-                self._error(self._asked(a.part_id), a.why)
+                self._error(self._asked(a.part_id, a.r), a.why)
         except Exception:
             log.exception("%d requests still waiting at the stop could not all be answered", len(left))
 
-    def _asked(self, part_id: str | None = None) -> Work:
+    def _asked(self, part_id: str | None = None, request: int = 0) -> Work:
         """The work of a requested inspection that has no frame."""
         return Work(time.monotonic(), time.time(), forced=True, source={"type": self.s.source.type},
-                    part_id=part_id)
+                    part_id=part_id, request=request)
+
+    def _publish_answer(self, doc: dict, decided: float, request: int) -> None:
+        """An event into the outbox; for a request, with its number, and the request no longer waits."""
+        self.publisher.publish_event(doc, decided=decided, answers=request)
+        if request:
+            self.commands.answered(request)
+
+    # -- start and stop -------------------------------------------------------------------
+    def _open_outbox_journal(self) -> None:
+        """The outbox, and the requests the run before left unanswered (answered once the
+        publisher runs: `_answer_leftovers`); new requests are numbered above both."""
+        o = self.s.outbox
+        self.outbox = Outbox(o.path, o.max_events, o.memory_events, int(o.reserve_mb * 1e6))
+        pending = len(self.outbox)
+        if pending:
+            log.info("outbox holds %d unacknowledged events from before; they are sent on connect", pending)
+        journal = RequestJournal(o.path)
+        self._leftovers = journal.start(self.outbox.answered)
+        self.commands.journal = journal
+
+    def _answer_leftovers(self) -> None:
+        """An error event for each request a kill (a power cut, the watchdog) left unanswered, in
+        the order asked, its part_id echoed; before any new request is answered."""
+        left, self._leftovers = getattr(self, "_leftovers", []), []
+        if left:
+            log.warning("%d requests the last run took were not answered (it was killed, or the power cut): each "
+                        "is answered now with an error event", len(left))
+        for o in left:
+            if o.part or o.why is not None:
+                self.counters.add("parts_not_inspected", o.n)
+            self._error(self._asked(o.part_id, o.r), o.reason())
+        if self.commands.journal is not None:
+            self.commands.save()
+
+    def request_stop(self, signum: int | None = None, *_) -> None:
+        """Stop after the current frame (a signal handler, or called)."""
+        if signum is not None and self._stop_cause is None:
+            self._stop_cause = signal.Signals(signum).name
+        self.stop_requested.set()
 
 
 PART_ID = re.compile(r"[A-Za-z0-9._:/#+-]{1,64}")

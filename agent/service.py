@@ -9,7 +9,6 @@ source is reopened with doubling backoff and reported in `status`.
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 import uuid
@@ -84,11 +83,7 @@ class Agent(Requests):
         made = [t for t in (iso_time(c.bundle.manifest.get("created")) for c in self.models.values()) if t]
         if made:
             self.clock.not_before(max(made), "the newest bundle")
-        self.outbox = Outbox(self.s.outbox.path, self.s.outbox.max_events, self.s.outbox.memory_events,
-                             int(self.s.outbox.reserve_mb * 1e6))
-        pending = len(self.outbox)
-        if pending:
-            log.info("outbox holds %d unacknowledged events from before; they are sent on connect", pending)
+        self._open_outbox_journal()  # (and what waits from before: events, and requests left unanswered)
         self.publisher = Publisher(self.s.station_id, self.outbox, self.s.mqtt,
                                    commands={"class": self._on_class_command, "trigger": self._on_trigger_command})
         self.publisher.commands.on_refused = {"trigger": self._on_trigger_refused, "class": self._refuse_class}
@@ -96,6 +91,7 @@ class Agent(Requests):
         self.interfaces.start()
         self.publisher.publish_state("class", self.expected)
         self.publisher.publish_state("trigger", "idle")
+        self._answer_leftovers()  # the requests a kill left unanswered, first
         self.feed.open()
         if self.feed.source is not None and self.feed.source.segmented and self.s.source.type == "folder":
             from agent.sources.dataset import check_preprocessing
@@ -123,7 +119,7 @@ class Agent(Requests):
                 self.interfaces.ready(bool(self.models) and self.source_health.state == "running")
                 if self.feed.source is None:
                     if (asked := self.commands.take(0)) is not None:  # a request cannot wait for the camera
-                        self._error(self._asked(asked.part_id),
+                        self._error(self._asked(asked.part_id, asked.r),
                                     f"frame source unavailable: {self.source_health.last_error}")
                     if self.feed.reopen_due():
                         self.feed.open()
@@ -161,7 +157,7 @@ class Agent(Requests):
             return True
         t0 = time.monotonic()
         work = Work(started=t0, captured_at=time.time(), forced=forced, source={"type": self.s.source.type},
-                    part_id=asked.part_id if asked else None)
+                    part_id=asked.part_id if asked else None, request=asked.r if asked else 0)
         try:
             item = self.feed.source.read()
         except FrameError as e:
@@ -324,7 +320,7 @@ class Agent(Requests):
                    source=work.source, error=error, anomaly_map=anomaly_map, anomaly_box=anomaly_box)
         with timed(work, "publish_ms"):
             doc = ev.model_dump(by_alias=True)
-            self.publisher.publish_event(doc, decided=decided)
+            self._publish_answer(doc, decided, work.request)
         self.interfaces.event(self.expected, doc, work.view)
         self.counters.add("events")
         self.counters.add(verdict)
@@ -368,12 +364,6 @@ class Agent(Requests):
                              f"{c['anomaly']} anomalies, outbox {st['outbox']['depth']}")
 
     # -- stop ----------------------------------------------------------------------------
-    def request_stop(self, signum: int | None = None, *_) -> None:
-        """Stop after the current frame (a signal handler, or called)."""
-        if signum is not None and self._stop_cause is None:
-            self._stop_cause = signal.Signals(signum).name
-        self.stop_requested.set()
-
     def shutdown(self) -> None:
         """Flush what the broker accepts (bounded), publish offline, release everything. Idempotent."""
         self.notifier.stopping()

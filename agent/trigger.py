@@ -35,6 +35,8 @@ from enum import Enum
 
 import numpy as np
 
+from agent.request_journal import Open, journaled as _kept
+
 
 class Passage(Enum):
     NONE = "none"            # nothing to do for this frame
@@ -137,6 +139,9 @@ class Asked:
     more_ids: int = 0           # ids of merged parts not kept (beyond MAX_IDS_KEPT)
     switch: bytes | None = None
     arrived: float = 0.0        # a switch's monotonic time (parts seen before it go ahead of it)
+    r: int = 0                  # a request's number in the journal (agent/request_journal.py); 0: none
+    part: bool = False          # a part (a GPIO edge, a named request), not a plain inspection request
+    at: float = 0.0             # when it was requested (wall clock)
 
     @property
     def inspection(self) -> bool:
@@ -162,24 +167,45 @@ class CommandTrigger:
     them are one (the last); beyond MAX_WAITING entries a switch is refused.
     A GPIO part is seen at its edge (`announce`) and requested delay_ms later (`request(at=)`):
     a switch that came between is made after that part (until 2026-12-06 it came first, and the
-    old product's last part, still on its way to the camera, was scored by the new model)."""
+    old product's last part, still on its way to the camera, was scored by the new model).
+    With a `journal`, what waits (and what is taken and not yet `answered`) is kept on disk
+    after each change, for a start after a kill to answer (agent/request_journal.py)."""
 
     MAX_SAID_APART = 100  # parts not inspected waiting to be said one by one; beyond, the last entry counts them
     MAX_IDS_KEPT = 1000   # part ids a merged entry names
     MAX_WAITING = 1000    # entries in the queue beyond which a class switch is refused (a flood)
     MAX_FLIGHT_S = 70.0   # a part seen and not requested after this long is forgotten (gpio.delay_ms <= 60 s)
 
-    def __init__(self, max_pending: int = 1) -> None:
+    def __init__(self, max_pending: int = 1, journal=None) -> None:
         if max_pending < 1:
             raise ValueError(f"max_pending must be >= 1, got {max_pending}")
         self.max_pending = max_pending
+        self.journal = journal  # agent/request_journal.py's RequestJournal: what waits, kept across kills
         self._cond = threading.Condition()
         self._queue: deque[Asked] = deque()
+        self._serving: dict[int, Asked] = {}  # taken off the queue, their answers not yet given (by number)
+        self._version = 0
         self._in_flight: list[float] = []  # monotonic times of parts seen (GPIO edges) and not yet requested
         self._closed = False  # after `left`: the agent stops, nothing more is taken
 
     def _pending(self) -> int:
         return sum(a.inspection for a in self._queue)
+
+    def _new(self, part_id: str | None, skipped: int = 0, why: str | None = None, part: bool = False) -> Asked:
+        """A request to answer, numbered in the journal (under the lock)."""
+        return Asked(part_id, skipped, why, r=self.journal.number() if self.journal else 0,
+                     part=part or part_id is not None, at=time.time())
+
+    def save(self) -> None:
+        """Write what waits to the journal (each change does; a start after answering what a kill left)."""
+        with self._cond:
+            self._version += 1
+            version, entries = self._version, [*(a for a in self._queue if a.switch is None),
+                                               *self._serving.values()]
+            snapshot = sorted((Open(a.r, a.part_id, a.part, max(a.skipped, 1), self._why(a) if a.skipped else None,
+                                    a.at) for a in entries if a.r), key=lambda o: o.r)
+            next_r = self.journal.next
+        self.journal.keep(version, snapshot, next_r)
 
     def _place(self, at: float | None) -> int:
         """Where a request goes: at the end, or for a part seen at `at`, before the class switches
@@ -195,6 +221,7 @@ class CommandTrigger:
             if not self._closed:
                 self._in_flight.append(at)
 
+    @_kept
     def request(self, part: bool = False, part_id: str | None = None, at: float | None = None) -> bool:
         """Ask for one inspection; False when max_pending already wait (the request is coalesced,
         or for a part, kept as one not inspected). A request naming its part_id is a part; one
@@ -208,12 +235,12 @@ class CommandTrigger:
             q, i = self._queue, self._place(at)
             before = q[i - 1] if i else None
             if self._pending() < self.max_pending:
-                entry = Asked(part_id)
+                entry = self._new(part_id, part=part)
             elif not part:
                 return False
             elif before is None or not before.skipped or before.why is not None or \
                     sum(a.skipped > 0 for a in q) < self.MAX_SAID_APART:
-                entry = Asked(part_id, 1)
+                entry = self._new(part_id, 1, part=part)
             else:  # a flood: merged, the ids kept in the one entry (up to a bound)
                 before.skipped += 1
                 if part_id is not None:
@@ -255,6 +282,7 @@ class CommandTrigger:
                 return None  # a part seen before it is on its way: it goes first
             return self._queue.popleft().switch
 
+    @_kept
     def refuse(self, why: str, part_id: str | None = None) -> None:
         """A part's request that cannot be taken: answered with the error `why`, in its turn (in a
         flood, beyond MAX_SAID_APART waiting, merged into the last such answer: bounded)."""
@@ -265,9 +293,10 @@ class CommandTrigger:
             if q and q[-1].why is not None and sum(a.skipped > 0 for a in q) >= self.MAX_SAID_APART:
                 q[-1].skipped += 1
             else:
-                q.append(Asked(part_id, 1, why))
+                q.append(self._new(part_id, 1, why, part=True))
             self._cond.notify_all()
 
+    @_kept
     def take(self, timeout: float) -> Asked | None:
         """Wait up to `timeout` s for a request; the request (consumed) if there was one and
         nothing else is ahead of it (parts not inspected: `skipped`; class switches: `switched`),
@@ -275,17 +304,28 @@ class CommandTrigger:
         with self._cond:
             if not self._cond.wait_for(lambda: self._queue, timeout) or not self._queue[0].inspection:
                 return None
-            return self._queue.popleft()
+            a = self._queue.popleft()
+            if a.r:
+                self._serving[a.r] = a
+            return a
 
+    @_kept
     def give_back(self, asked: Asked) -> None:
         """A request taken and not served (the agent stops, the source ended): first again, for
         `left` to answer."""
         with self._cond:
+            self._serving.pop(asked.r, None)
             self._queue.appendleft(asked)
             self._cond.notify_all()
 
     def skipped(self) -> tuple[int, str, str | None] | None:
-        """(how many, why, part id) for the part not inspected at the head of the queue, taken off
+        """`skipped_request` without the request's number."""
+        one = self.skipped_request()
+        return None if one is None else one[:3]
+
+    @_kept
+    def skipped_request(self) -> tuple[int, str, str | None, int] | None:
+        """(how many, why, part id, request number) for the part not inspected at the head of the queue, taken off
         it (or for many, when more than MAX_SAID_APART waited: their ids joined by commas); None
         when an inspection or nothing is there. One at a time: the others stay `waiting` while it
         is answered."""
@@ -293,7 +333,15 @@ class CommandTrigger:
             if not self._queue or not self._queue[0].skipped:
                 return None
             a = self._queue.popleft()
-            return a.skipped, self._why(a), a.part_id
+            if a.r:
+                self._serving[a.r] = a
+            return a.skipped, self._why(a), a.part_id, a.r
+
+    @_kept
+    def answered(self, r: int) -> None:
+        """Request `r`'s answer is stored (in the outbox): it no longer waits."""
+        with self._cond:
+            self._serving.pop(r, None)
 
     def _why(self, a: Asked) -> str:
         if a.why is not None:
@@ -303,6 +351,7 @@ class CommandTrigger:
                "inspection(s) waited (parts come faster than they are inspected; trigger.max_pending)" + \
                (f"; the ids of {a.more_ids} more are not kept" if a.more_ids else "")
 
+    @_kept
     def left(self, cause: str) -> list[Asked]:
         """At a stop: everything still waiting, in order, all taken off, each request's `why` said:
         a requested inspection not made (`skipped` 1), parts not inspected as for `skipped`, and
@@ -310,7 +359,7 @@ class CommandTrigger:
         with self._cond:
             not_made = f"requested inspection not made: the agent stopped ({cause})"
             for t in self._in_flight:  # parts seen, their delay not yet over: ahead of the switches made since
-                self._queue.insert(self._place(t), Asked(skipped=1, why=not_made))
+                self._queue.insert(self._place(t), self._new(None, 1, not_made, part=True))
             self._in_flight.clear()
             for a in self._queue:
                 if a.inspection:
@@ -318,6 +367,7 @@ class CommandTrigger:
                 elif a.skipped:
                     a.why = self._why(a)
             said = list(self._queue)
+            self._serving.update((a.r, a) for a in said if a.r and a.switch is None)
             self._queue.clear()
             self._closed = True
             return said
@@ -332,7 +382,8 @@ class CommandTrigger:
         switches, and GPIO parts seen and not yet requested (within their delay_ms)."""
         with self._cond:
             return {"inspections": self._pending(), "parts_not_inspected": sum(a.skipped for a in self._queue),
-                    "class_switches": sum(a.switch is not None for a in self._queue), "in_flight": len(self._in_flight)}
+                    "class_switches": sum(a.switch is not None for a in self._queue), "in_flight": len(self._in_flight),
+                    "journal": self.journal.status() if self.journal else None}
 
     @property
     def waiting(self) -> bool:

@@ -55,6 +55,8 @@ class Outbox(OutboxSalvage, DiskReports, SeqNumbers):
         self.last_error: str | None = None         # the last storage error, None once writes succeed again
         self._said: dict[str, str] = {}            # the cause last logged, per kind of storage failure
         self._memory: OrderedDict[str, Pending] = OrderedDict()  # events not yet written to disk
+        self._answers: dict[str, int] = {}         # event id -> the request it answers (request_journal.py)
+        self.answered = 0                          # the highest request number whose answer is on disk
         self._acked_unsynced: set[str] = set()     # acknowledged, but the delete did not reach the disk
         self._dropped_unsynced = False
         self._next_retry = 0.0
@@ -131,6 +133,7 @@ class Outbox(OutboxSalvage, DiskReports, SeqNumbers):
         self._key = max(self._key, int(last_key), int(row[0]) if row else 0)
         self.dropped = max(self.dropped, int(counters.get("dropped", 0)))
         self._db_seq = int(counters.get("seq", 0))
+        self.answered = max(self.answered, int(counters.get("answered", 0)))
         if hasattr(self, "_seq"):  # opened late: the database's copy of the counter may be ahead
             self._seq = max(self._seq, self._db_seq)
         if reopened:
@@ -156,13 +159,16 @@ class Outbox(OutboxSalvage, DiskReports, SeqNumbers):
             raise
 
     # -- events --------------------------------------------------------------------------
-    def put(self, event_id: str, topic: str, payload: bytes, qos: int = 1) -> bool:
+    def put(self, event_id: str, topic: str, payload: bytes, qos: int = 1, answers: int = 0) -> bool:
         """Store an event (before publishing it): on disk, or in memory while the disk fails.
         Drops the oldest events beyond max_events (and beyond memory_events in memory).
-        False if an event with this id is already stored."""
+        False if an event with this id is already stored. `answers`: the number of the request it
+        answers, stored with it (`answered`)."""
         with self._lock:
             if event_id in self._memory or self._exists(event_id):
                 return False
+            if answers:
+                self._answers[event_id] = answers
             self._key += 1
             p = Pending(event_id, self._key, topic, bytes(payload), int(qos))
             self._memory[event_id] = p
@@ -179,6 +185,7 @@ class Outbox(OutboxSalvage, DiskReports, SeqNumbers):
             if event_id in self._memory and len(self._memory) > self.memory_events:
                 oldest = next(iter(self._memory))
                 del self._memory[oldest]
+                self._answers.pop(oldest, None)  # (its request is answered again at the next start)
                 self.dropped += 1
                 self._dropped_unsynced = True
                 if time.monotonic() >= self._next_drop_log:
@@ -204,6 +211,7 @@ class Outbox(OutboxSalvage, DiskReports, SeqNumbers):
         if self._db is None and not self._open_locked():
             return
         held, acked, stored_seq = list(self._memory.values()), set(self._acked_unsynced), self._seq
+        answered = max((self._answers.get(p.event_id, 0) for p in held), default=0)
         excess_box: list[int] = []
 
         def write(db):
@@ -217,6 +225,9 @@ class Outbox(OutboxSalvage, DiskReports, SeqNumbers):
             excess_box.append(excess)
             db.execute("INSERT INTO counters (name, value) VALUES ('seq', ?) ON CONFLICT(name) "
                        "DO UPDATE SET value = MAX(value, excluded.value)", (stored_seq,))
+            if answered:
+                db.execute("INSERT INTO counters (name, value) VALUES ('answered', ?) ON CONFLICT(name) "
+                           "DO UPDATE SET value = MAX(value, excluded.value)", (answered,))
             if excess or self._dropped_unsynced:
                 db.execute("INSERT INTO counters (name, value) VALUES ('dropped', ?) ON CONFLICT(name) "
                            "DO UPDATE SET value = MAX(value, excluded.value)", (self.dropped + excess,))
@@ -240,6 +251,8 @@ class Outbox(OutboxSalvage, DiskReports, SeqNumbers):
             return
         for p in held:
             self._memory.pop(p.event_id, None)
+            self._answers.pop(p.event_id, None)
+        self.answered = max(self.answered, answered)
         self._seq_stored = max(self._seq_stored, stored_seq)  # (the counters row, in the same commit)
         self._acked_unsynced -= acked
         self._dropped_unsynced = False

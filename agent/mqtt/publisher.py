@@ -355,13 +355,14 @@ class Publisher(EventPump, AutoProtocol, SeqRecord):
             self.client.connect_async(self.host, self.port, self.keepalive)
         self.client.loop_start()
 
-    def publish_event(self, event: dict, decided: float | None = None) -> None:
+    def publish_event(self, event: dict, decided: float | None = None, answers: int = 0) -> None:
         """Store the event durably (or hold it in memory while the disk fails), then let the
         pump publish it; it leaves the outbox on the broker's acknowledgement. `decided`: the
-        monotonic time of its decision, from which its verdict's age counts (default now)."""
+        monotonic time of its decision, from which its verdict's age counts (default now); `answers`:
+        the number of the request it answers (agent/request_journal.py)."""
         payload = json.dumps(event, separators=(",", ":")).encode()
         self.verdicts.decided(event, decided)
-        self.outbox.put(event["event_id"], self.topic("events"), payload, self.qos)
+        self.outbox.put(event["event_id"], self.topic("events"), payload, self.qos, answers)
         self._wake.set()
 
     def publish_status(self, status: dict) -> None:

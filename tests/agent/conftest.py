@@ -454,3 +454,23 @@ def taken_port():
     s.listen()
     yield s.getsockname()[1]
     s.close()
+
+
+@pytest.fixture(scope="module")
+def two_classes(calibrated, synth_data, tmp_path_factory):
+    """The sphere bundle plus a tiny cylinder bundle, both calibrated into one thresholds file."""
+    from adgan.cli import main
+    from agent.scoring.bundle import SearchDefaults
+    from export.bundle import write_bundle
+    sphere, th_sphere = calibrated
+    root = tmp_path_factory.mktemp("two")
+    assert main(["train", str(synth_data / "train"), "--class", "cylinder", "--kind", "gan", "--size", "32",
+                 "--features-g", "4", "--features-d", "4", "--batch-size", "6", "--epochs", "2",
+                 "--out", str(root / "run"), "--quiet", "--encoder-epochs", "0"]) == 0
+    cyl = root / "cylinder"
+    write_bundle(root / "run", cyl, SearchDefaults(theta_scope="none", loss="fg", k=5))
+    th = root / "thresholds.json"
+    shutil.copy(th_sphere, th)
+    assert main(["calibrate", str(cyl), "--normal", str(synth_data / "test" / "cylinder"), "--fpr", "0.34",
+                 "--out", str(th), "--quiet"]) == 0
+    return sphere, cyl, th

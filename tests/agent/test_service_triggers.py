@@ -92,27 +92,6 @@ def test_continuous_mode_on_a_synthetic_station_with_a_captured_reference(broker
     assert any(raw_differs)  # without the round trip the agent would score other pixels
 
 
-@pytest.fixture(scope="module")
-def two_classes(calibrated, synth_data, tmp_path_factory):
-    """The sphere bundle plus a tiny cylinder bundle, both calibrated into one thresholds file."""
-    import shutil
-
-    from agent.scoring.bundle import SearchDefaults
-    from export.bundle import write_bundle
-    sphere, th_sphere = calibrated
-    root = tmp_path_factory.mktemp("two")
-    assert main(["train", str(synth_data / "train"), "--class", "cylinder", "--kind", "gan", "--size", "32",
-                 "--features-g", "4", "--features-d", "4", "--batch-size", "6", "--epochs", "2",
-                 "--out", str(root / "run"), "--quiet", "--encoder-epochs", "0"]) == 0
-    cyl = root / "cylinder"
-    write_bundle(root / "run", cyl, SearchDefaults(theta_scope="none", loss="fg", k=5))
-    th = root / "thresholds.json"
-    shutil.copy(th_sphere, th)
-    assert main(["calibrate", str(cyl), "--normal", str(synth_data / "test" / "cylinder"), "--fpr", "0.34",
-                 "--out", str(th), "--quiet"]) == 0
-    return sphere, cyl, th
-
-
 def once(evs: list[dict]) -> list[dict]:
     """Events as a consumer keeps them: each event id once, in the order first received."""
     kept: dict[str, dict] = {}
@@ -417,8 +396,10 @@ def test_at_a_stop_switches_among_waiting_requests_are_made_in_turn_and_a_flood_
         agent.commands.MAX_WAITING = 3
         agent._on_class_command(b"sphere")
         assert agent.counters.get("classes_refused") == 1
-        assert agent.status()["requests"] == {"inspections": 2, "parts_not_inspected": 0, "class_switches": 1,
-                                              "in_flight": 0}
+        st = agent.status()["requests"]
+        assert st["journal"]["stored"] is True and st["journal"]["path"].endswith(".requests")
+        assert {k: v for k, v in st.items() if k != "journal"} == {"inspections": 2, "parts_not_inspected": 0,
+                                                                   "class_switches": 1, "in_flight": 0}
         agent.request_stop(signal.SIGTERM)
     finally:
         agent.shutdown()
@@ -481,14 +462,17 @@ def test_a_part_seen_before_a_switch_goes_ahead_of_it_when_requested_later():
     assert t.take(0) is not None and t.switched() == b"new"
     t.announce(time.monotonic() - CommandTrigger.MAX_FLIGHT_S - 1)  # never requested (a lost thread): forgotten
     assert t.switch(b"again") and t.switched() == b"again"
-    assert t.status() == {"inspections": 0, "parts_not_inspected": 0, "class_switches": 0, "in_flight": 0}
+    assert t.status() == {"inspections": 0, "parts_not_inspected": 0, "class_switches": 0, "in_flight": 0,
+                          "journal": None}
     t.switch(b"one")
     t2 = time.monotonic()
     t.announce(t2)  # a part seen between two switches: they are not merged into one
     t.switch(b"two")
-    assert t.status() == {"inspections": 0, "parts_not_inspected": 0, "class_switches": 2, "in_flight": 1}
+    assert t.status() == {"inspections": 0, "parts_not_inspected": 0, "class_switches": 2, "in_flight": 1,
+                          "journal": None}
     t.request(part=True, at=t2)
-    assert t.status() == {"inspections": 1, "parts_not_inspected": 0, "class_switches": 2, "in_flight": 0}
+    assert t.status() == {"inspections": 1, "parts_not_inspected": 0, "class_switches": 2, "in_flight": 0,
+                          "journal": None}
     assert t.switched() == b"one" and t.take(0) is not None and t.switched() == b"two"
     t1 = time.monotonic()
     t.announce(t1)

@@ -1,0 +1,170 @@
+"""Requests kept across kills: every requested inspection is answered, also after a kill.
+
+A PLC's request (trigger/set, OPC UA Trigger()/TriggerPart(), a part's GPIO edge) is taken in
+memory (agent/trigger.py's CommandTrigger) and answered in its turn by one event. Until
+2026-12-06 a kill, a power cut or the watchdog's restart lost every request still waiting, and
+the one being inspected, without a word: the broker had acknowledged the trigger/set, and its
+part never had a verdict. Now the requests not yet answered are kept in `<outbox>.requests`
+(JSON, replaced whole and flushed on every change, before paho acknowledges the trigger/set),
+and a start answers each that the run before left, in order, with an `error` event that echoes
+its part_id ("... the agent stopped before answering it ...").
+
+No request is answered twice: each has a number, and the event that answers it stores the
+number in the outbox's database in the same transaction as itself (outbox.py, `answered`), so
+a kill between that event and the rewrite of this file is seen at the next start. A request is
+numbered above every number answered before, also when this file was lost.
+
+A file that cannot be written (a full or read-only disk) leaves the requests in memory, where
+they are answered as before: said (ERROR, at most once a minute) and in `status.requests.journal`.
+A file that cannot be read at start is said, moved aside, and nothing is answered from it.
+A GPIO part within its delay_ms (its edge seen, its inspection not yet requested) is not kept.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent import durable
+from agent.mqtt.events import utc_iso
+
+log = logging.getLogger(__name__)
+
+SUFFIX = ".requests"
+MAX_BYTES = 64 << 20  # the queue is bounded (agent/trigger.py): a bigger file is not one
+LOG_EVERY_S = 60.0
+
+
+@dataclass(frozen=True)
+class Open:
+    """A request not yet answered, as the journal keeps it."""
+
+    r: int                   # its number
+    part_id: str | None      # the part's id (several, comma-joined, for merged parts not inspected)
+    part: bool               # a part (a GPIO edge or a named request), not a plain inspection request
+    n: int                   # how many parts the entry stands for (merged parts not inspected)
+    why: str | None          # the error it is answered with (parts not inspected); None: an inspection
+    at: float                # when it was requested (wall clock)
+
+    def reason(self) -> str:
+        """The error that answers it at the next start."""
+        stopped = (f"the agent stopped before answering it (requested at {utc_iso(self.at, 'seconds')}; a kill, a "
+                   "power cut or the watchdog's restart)")
+        if self.why is not None:
+            return f"{self.why}; said after a restart: {stopped}"
+        return f"{'a part not inspected' if self.part else 'requested inspection not made'}: {stopped}"
+
+    def to_json(self) -> dict:
+        return {"r": self.r, "part_id": self.part_id, "part": self.part, "n": self.n, "why": self.why, "at": self.at}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Open":
+        r, pid, n, why, at = d["r"], d.get("part_id"), d.get("n", 1), d.get("why"), d.get("at", 0.0)
+        if not (isinstance(r, int) and r >= 1 and (pid is None or isinstance(pid, str)) and isinstance(n, int)
+                and (why is None or isinstance(why, str)) and isinstance(at, (int, float))):
+            raise ValueError(f"not a request: {str(d)[:200]}")
+        return cls(r, pid, bool(d.get("part", pid is not None)), n, why, float(at))
+
+
+def journaled(method):
+    """A CommandTrigger method that changes what waits (agent/trigger.py): its journal is written
+    after it, outside its lock (a slow disk's flush holds the caller's thread, not the others')."""
+    @functools.wraps(method)
+    def kept(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            if self.journal is not None:
+                self.save()
+    return kept
+
+
+def journal_path(outbox: str | Path) -> Path:
+    outbox = Path(outbox)
+    return outbox.with_name(outbox.name + SUFFIX)
+
+
+class RequestJournal:
+    """`<outbox>.requests`: the requests not yet answered, for the next start to answer."""
+
+    def __init__(self, outbox: str | Path) -> None:
+        self.path = journal_path(outbox)
+        self.next = 1
+        self.error: str | None = None       # the last write's error, None once a write succeeds
+        self.unsaved = 0                     # writes that failed
+        self._lock = threading.Lock()        # (writes come from paho's, asyncua's, the GPIO and the loop's threads)
+        self._written = -1                   # the version of the snapshot last written
+        self._text: str | None = None        # and its text
+        self._next_log = 0.0
+        self.left = self._read()             # what the run before left unanswered
+
+    def _read(self) -> list[Open]:
+        try:
+            with open(self.path, "rb") as fh:
+                data = fh.read(MAX_BYTES + 1)
+            if len(data) > MAX_BYTES:
+                raise ValueError(f"over {MAX_BYTES} bytes")
+            doc = json.loads(data.decode("utf-8"))
+            if not isinstance(doc, dict) or not isinstance(doc.get("open"), list):
+                raise ValueError("not a request journal")
+            left = sorted((Open.from_json(d) for d in doc["open"]), key=lambda o: o.r)
+            self.next = max([int(doc.get("next", 1)), *(o.r + 1 for o in left)])
+            return left
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError, TypeError, KeyError, RecursionError) as e:
+            aside = self.path.with_name(f"{self.path.name}.unreadable-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+            try:
+                self.path.replace(aside)
+            except OSError:
+                aside = self.path
+            log.error("the requests the last run left unanswered cannot be read from %s (%s): moved to %s; requests "
+                      "it held, if any, are not answered", self.path, e, aside)
+            return []
+
+    def start(self, answered: int) -> list[Open]:
+        """The requests the run before left unanswered: those whose answer the outbox does not hold
+        (`answered`: the highest request number answered there). New numbers continue above both."""
+        left = [o for o in self.left if o.r > answered]
+        self.next = max(self.next, answered + 1)
+        self.left = []
+        return left
+
+    def number(self) -> int:
+        """A new request's number (under the caller's lock)."""
+        r = self.next
+        self.next += 1
+        return r
+
+    def keep(self, version: int, entries: list[Open], next_r: int) -> None:
+        """Write the snapshot `version` (the requests open now), unless a newer one was written."""
+        with self._lock:
+            if version <= self._written:
+                return
+            text = json.dumps({"next": next_r, "open": [o.to_json() for o in entries]}, separators=(",", ":"))
+            if text == self._text:
+                self._written = version
+                return
+            try:
+                durable.write_text(self.path, text + "\n")
+            except OSError as e:
+                self.unsaved += 1
+                self.error = f"{type(e).__name__}: {e}"
+                now = time.monotonic()
+                if now >= self._next_log:
+                    self._next_log = now + LOG_EVERY_S
+                    log.error("the requests waiting cannot be kept in %s (%s): they are answered as long as the agent "
+                              "runs, but a kill would leave them unanswered (%d writes failed; said at most every "
+                              "%.0f s)", self.path, e, self.unsaved, LOG_EVERY_S)
+                return
+            if self.error is not None:
+                log.warning("the requests waiting are kept in %s again", self.path)
+            self._written, self._text, self.error = version, text, None
+
+    def status(self) -> dict:
+        return {"path": str(self.path), "stored": self.error is None, "error": self.error,
+                "failed_writes": self.unsaved}

@@ -1,0 +1,126 @@
+"""Requests kept across kills (agent/request_journal.py): a request the agent took and had not
+answered when it was killed is answered at the next start, once, with its part_id. Until
+2026-12-06 it was lost without a word: the broker had acknowledged the trigger/set, and its
+part never had a verdict."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from agent.mqtt.outbox import Outbox
+from agent.request_journal import RequestJournal, journal_path
+from agent.trigger import CommandTrigger
+from tests.agent.conftest import AgentProcess
+from tests.agent.test_service_triggers import events, hang_up, mqtt_station, once
+
+
+def kept(outbox) -> list[dict]:
+    return json.loads(journal_path(outbox).read_text())["open"]
+
+
+def test_what_waits_and_what_is_being_answered_is_kept_until_its_answer_is_stored(tmp_path):
+    box = tmp_path / "outbox.db"
+    t = CommandTrigger(max_pending=1, journal=RequestJournal(box))
+    assert t.request(part_id="A") and not t.request() and not t.request(part_id="B")
+    assert [(o["r"], o["part_id"], o["why"]) for o in kept(box)] == [(1, "A", None), (2, "B", kept(box)[1]["why"])]
+    assert kept(box)[1]["why"].startswith("a part not inspected: the trigger came while 1")
+    a = t.take(0)
+    assert a.r == 1 and [o["r"] for o in kept(box)] == [1, 2]  # taken, not answered: still kept
+    t.answered(1)
+    assert [o["part_id"] for o in kept(box)] == ["B"]
+    n, why, pid, r = t.skipped_request()
+    assert (n, pid, r) == (1, "B", 2) and [o["r"] for o in kept(box)] == [2]
+    t.answered(2)
+    assert kept(box) == [] and json.loads(journal_path(box).read_text())["next"] == 3
+    # a kill: what was taken and not answered is what the next start finds
+    assert t.request(part_id="C") and t.take(0).part_id == "C" and t.request(part=True)
+    t.refuse("a part not inspected: its trigger/set part_id \"x y\" is not ...")
+    again = RequestJournal(box)
+    left = again.start(answered=0)
+    assert [(o.r, o.part_id, o.part) for o in left] == [(3, "C", True), (4, None, True), (5, None, True)]
+    assert left[0].reason().startswith("a part not inspected: the agent stopped before answering it (requested at ")
+    assert left[2].reason().startswith("a part not inspected: its trigger/set part_id \"x y\" is not ...; said after "
+                                       "a restart: the agent stopped before answering it")
+    assert again.next == 6
+    # the outbox holds the answer of 3 already (a kill after it was stored, before the journal's rewrite)
+    assert [o.r for o in RequestJournal(box).start(answered=3)] == [4, 5]
+    fresh = RequestJournal(tmp_path / "other.db")  # the journal lost: numbers continue above the outbox's
+    assert fresh.start(answered=41) == [] and fresh.next == 42
+
+
+def test_the_answer_number_is_stored_with_its_event_and_read_at_the_next_open(tmp_path):
+    box = Outbox(tmp_path / "outbox.db")
+    assert box.answered == 0
+    box.put("e1", "t", b"{}", 1, answers=7)
+    box.put("e2", "t", b"{}", 1)
+    box.put("e3", "t", b"{}", 1, answers=5)  # (a number below one stored never lowers it)
+    assert box.answered == 7
+    box.ack("e1")
+    box.close()
+    assert Outbox(tmp_path / "outbox.db").answered == 7
+
+
+def test_a_journal_that_cannot_be_read_or_written_is_said_and_requests_go_on(tmp_path, caplog):
+    box = tmp_path / "outbox.db"
+    journal_path(box).write_text("{not json")
+    with caplog.at_level(logging.ERROR):
+        j = RequestJournal(box)
+    assert j.start(0) == [] and "cannot be read" in caplog.text
+    assert not journal_path(box).exists() and list(tmp_path.glob("outbox.db.requests.unreadable-*"))
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    t = CommandTrigger(max_pending=2, journal=RequestJournal(blocked / "outbox.db"))  # its folder is a file
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        assert t.request(part_id="A") and t.request(part_id="B")
+    assert "cannot be kept" in caplog.text and caplog.text.count("cannot be kept") == 1  # said once a minute
+    st = t.journal.status()
+    assert st["stored"] is False and st["failed_writes"] == 2 and "NotADirectoryError" in st["error"]
+    assert t.take(0).part_id == "A"  # answered as before
+
+
+def test_requests_a_kill_left_unanswered_are_answered_once_at_the_next_start(broker, two_classes, synth_data,
+                                                                             tmp_path):
+    cfg, sub, cmd, state = mqtt_station(broker, two_classes, synth_data, tmp_path, loop=True)
+    # one inspection every half second (the replay's pace), and room for every request to wait
+    cfg.write_text(cfg.read_text().replace("fps = 0", "fps = 2").replace('mode = "mqtt"',
+                                                                          'mode = "mqtt"\nmax_pending = 20'))
+    ids = [f"K{i}" for i in range(10)]
+
+    def ready(m):
+        return any(t == "adgan/st1/status" and json.loads(p)["mqtt"].get("commands_ready") for t, p, _ in m)
+
+    agent = AgentProcess(cfg, tmp_path / "agent.log")
+    try:
+        assert sub.wait_for(ready, 60), agent.output()
+        for pid in ids:
+            cmd.publish("adgan/st1/trigger/set", json.dumps({"part_id": pid}), qos=1).wait_for_publish(5)
+        assert sub.wait_for(lambda m: len(events(sub)) >= 1, 30), agent.output()
+        agent.kill()  # SIGKILL, with most requests still waiting
+        before = {e["part_id"] for e in once(events(sub))}
+        assert len(before) < len(ids) - 2, before
+        sub.messages.clear()
+        again = AgentProcess(cfg, tmp_path / "again.log")
+        try:
+            assert sub.wait_for(lambda m: {e["part_id"] for e in events(sub)} >= set(ids) - before, 60), \
+                again.output()
+            time.sleep(1.0)
+            assert again.terminate(30) == 0
+        finally:
+            again.stop()
+        after = once(events(sub))
+        # every part answered, once (an event stored before the kill comes again with its own id)
+        answers = {}
+        for e in after:
+            if e["part_id"] in ids:
+                answers.setdefault(e["part_id"], set()).add(e["event_id"])
+        assert set(answers) >= set(ids) - before and all(len(v) == 1 for v in answers.values()), answers
+        late = [e for e in after if e["part_id"] in set(ids) - before and e["verdict"] == "error"]
+        assert len(late) >= len(ids) - len(before) - 1  # (the one being inspected at the kill may have been stored)
+        assert all("the agent stopped before answering it" in e["error"] for e in late)
+        assert [e["part_id"] for e in late] == sorted((e["part_id"] for e in late), key=ids.index)  # in order
+        assert "were not answered (it was killed" in again.output()
+    finally:
+        agent.stop()
+        hang_up(cmd, sub)
