@@ -112,12 +112,6 @@ class Requests:
         return Work(time.monotonic(), time.time(), forced=True, source={"type": self.s.source.type},
                     part_id=part_id, request=request)
 
-    def _publish_answer(self, doc: dict, decided: float, request: int) -> None:
-        """An event into the outbox; for a request, with its number, and the request no longer waits."""
-        self.publisher.publish_event(doc, decided=decided, answers=request)
-        if request:
-            self.commands.answered(request)
-
     # -- start and stop -------------------------------------------------------------------
     def _open_outbox_journal(self) -> None:
         """The outbox, and the requests the run before left unanswered (answered once the

@@ -320,8 +320,10 @@ class Agent(Requests):
                    source=work.source, error=error, anomaly_map=anomaly_map, anomaly_box=anomaly_box)
         with timed(work, "publish_ms"):
             doc = ev.model_dump(by_alias=True)
-            self._publish_answer(doc, decided, work.request)
+            self.publisher.publish_event(doc, decided=decided, answers=work.request)
         self.interfaces.event(self.expected, doc, work.view)
+        if work.request:  # no longer waits (after the verdict lines: the journal's flush does not delay them)
+            self.commands.answered(work.request)
         self.counters.add("events")
         self.counters.add(verdict)
         if work.forced:
