@@ -124,3 +124,16 @@ def test_requests_a_kill_left_unanswered_are_answered_once_at_the_next_start(bro
     finally:
         agent.stop()
         hang_up(cmd, sub)
+
+
+def test_the_cost_benchmark_runs(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, str(root / "bench" / "request_journal.py"), str(tmp_path), "--parts", "20"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert [ln.split()[0] for ln in lines] == ["no", "journal"] and all("ms per part" in ln for ln in lines)
+    assert list(tmp_path.iterdir()) == []  # (its folder removed)
