@@ -132,12 +132,11 @@ class Requests:
         if left:
             log.warning("%d requests the last run took were not answered (it was killed, or the power cut): each "
                         "is answered now with an error event", len(left))
+        self.commands.adopt(left)  # (kept until each is answered: a kill meanwhile leaves the others)
         for o in left:
             if o.part or o.why is not None:
                 self.counters.add("parts_not_inspected", o.n)
             self._error(self._asked(o.part_id, o.r), o.reason())
-        if self.commands.journal is not None:
-            self.commands.save()
 
     def request_stop(self, signum: int | None = None, *_) -> None:
         """Stop after the current frame (a signal handler, or called)."""

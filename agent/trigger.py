@@ -184,6 +184,7 @@ class CommandTrigger:
         self._cond = threading.Condition()
         self._queue: deque[Asked] = deque()
         self._serving: dict[int, Asked] = {}  # taken off the queue, their answers not yet given (by number)
+        self._adopted: dict = {}  # number -> request_journal.Open: left unanswered by the run before, being answered
         self._version = 0
         self._in_flight: list[float] = []  # monotonic times of parts seen (GPIO edges) and not yet requested
         self._closed = False  # after `left`: the agent stops, nothing more is taken
@@ -202,8 +203,8 @@ class CommandTrigger:
             self._version += 1
             version, entries = self._version, [*(a for a in self._queue if a.switch is None),
                                                *self._serving.values()]
-            snapshot = sorted((Open(a.r, a.part_id, a.part, max(a.skipped, 1), self._why(a) if a.skipped else None,
-                                    a.at) for a in entries if a.r), key=lambda o: o.r)
+            snapshot = sorted([*(Open(a.r, a.part_id, a.part, max(a.skipped, 1), self._why(a) if a.skipped else None,
+                                      a.at) for a in entries if a.r), *self._adopted.values()], key=lambda o: o.r)
             next_r = self.journal.next
         self.journal.keep(version, snapshot, next_r)
 
@@ -338,10 +339,17 @@ class CommandTrigger:
             return a.skipped, self._why(a), a.part_id, a.r
 
     @_kept
+    def adopt(self, left) -> None:
+        """Requests a run before left unanswered (request_journal.Open), kept until each is `answered`."""
+        with self._cond:
+            self._adopted.update((o.r, o) for o in left)
+
+    @_kept
     def answered(self, r: int) -> None:
         """Request `r`'s answer is stored (in the outbox): it no longer waits."""
         with self._cond:
             self._serving.pop(r, None)
+            self._adopted.pop(r, None)
 
     def _why(self, a: Asked) -> str:
         if a.why is not None:

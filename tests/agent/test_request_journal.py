@@ -49,6 +49,22 @@ def test_what_waits_and_what_is_being_answered_is_kept_until_its_answer_is_store
     assert fresh.start(answered=41) == [] and fresh.next == 42
 
 
+def test_a_kill_while_the_leftovers_are_answered_leaves_the_others_kept_as_they_were(tmp_path):
+    box = tmp_path / "outbox.db"
+    t = CommandTrigger(max_pending=1, journal=RequestJournal(box))
+    assert t.request(part_id="A") and not t.request(part_id="B") and not t.request(part_id="C")
+    left = (j := RequestJournal(box)).start(answered=0)  # a kill; the next start
+    assert [o.part_id for o in left] == ["A", "B", "C"]
+    t2 = CommandTrigger(max_pending=1, journal=j)
+    t2.adopt(left)
+    t2.answered(left[0].r)  # A answered; a kill before B's answer
+    again = RequestJournal(box).start(answered=0)
+    assert again == left[1:]  # B and C, as they were (their reasons not said twice over)
+    t2.answered(left[1].r)
+    t2.answered(left[2].r)
+    assert RequestJournal(box).start(answered=0) == []
+
+
 def test_the_answer_number_is_stored_with_its_event_and_read_at_the_next_open(tmp_path):
     box = Outbox(tmp_path / "outbox.db")
     assert box.answered == 0
