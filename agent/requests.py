@@ -133,10 +133,16 @@ class Requests:
             log.warning("%d requests the last run took were not answered (it was killed, or the power cut): each "
                         "is answered now with an error event", len(left))
         self.commands.adopt(left)  # (kept until each is answered: a kill meanwhile leaves the others)
-        for o in left:
-            if o.part or o.why is not None:
-                self.counters.add("parts_not_inspected", o.n)
-            self._error(self._asked(o.part_id, o.r), o.reason())
+        # Not on the GPIO verdict lines: they name no part, and these parts have passed; a PLC
+        # counting pulses would take them for the next parts' verdicts.
+        self.interfaces.lines = False
+        try:
+            for o in left:
+                if o.part or o.why is not None:
+                    self.counters.add("parts_not_inspected", o.n)
+                self._error(self._asked(o.part_id, o.r), o.reason())
+        finally:
+            self.interfaces.lines = True
 
     def request_stop(self, signum: int | None = None, *_) -> None:
         """Stop after the current frame (a signal handler, or called)."""

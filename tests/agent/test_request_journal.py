@@ -153,3 +153,29 @@ def test_the_cost_benchmark_runs(tmp_path):
     lines = out.stdout.splitlines()
     assert [ln.split()[0] for ln in lines] == ["no", "journal"] and all("ms per part" in ln for ln in lines)
     assert list(tmp_path.iterdir()) == []  # (its folder removed)
+
+
+def test_the_answers_a_start_gives_for_a_kills_requests_do_not_pulse_the_gpio_verdict_lines():
+    """The lines name no part: a PLC counting pulses would take them for the next parts' verdicts."""
+    import types
+
+    from agent.interfaces import Interfaces
+    from agent.requests import Requests
+    from agent.request_journal import Open
+    shown = []
+    faces = Interfaces.__new__(Interfaces)
+    faces.lines, faces._waiting = True, lambda: False
+    faces.metrics = types.SimpleNamespace(verdict=lambda *a: shown.append(("metrics", a[1])))
+    faces.gpio = types.SimpleNamespace(verdict=lambda v, more: shown.append(("gpio", v)))
+    faces.opcua = types.SimpleNamespace(event=lambda e: shown.append(("opcua", e["verdict"])))
+    faces.web = types.SimpleNamespace(event=lambda e, v: shown.append(("web", e["verdict"])))
+    agent = types.SimpleNamespace(interfaces=faces, commands=CommandTrigger(), s=None,
+                                  _leftovers=[Open(1, "A", True, 1, None, 0)],
+                                  counters=types.SimpleNamespace(add=lambda *a: None))
+    agent._asked = lambda part_id, r: (part_id, r)
+    agent._error = lambda work, why: faces.event("sphere", {"verdict": "error", "part_id": work[0]})
+    Requests._answer_leftovers(agent)
+    assert ("gpio", "error") not in shown and ("opcua", "error") in shown and ("web", "error") in shown
+    assert faces.lines is True  # and later events show on them again
+    faces.event("sphere", {"verdict": "ok"})
+    assert ("gpio", "ok") in shown
