@@ -28,9 +28,9 @@ from typing import Callable
 
 from agent import durable
 from agent.frame import FrameError, RGBDFrame
+from agent.passage import Passage, PassageTrigger
 from agent.sources.base import FrameSource
 from agent.sources.dataset import raw_frame_files, write_raw_frame
-from agent.trigger import Passage, PassageTrigger
 
 log = logging.getLogger(__name__)
 

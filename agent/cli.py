@@ -181,7 +181,7 @@ def cmd_capture_frames(a: argparse.Namespace) -> int:
     from agent.segment.station import StationSegmenter
     from agent.sources.base import SourceError
     from agent.sources.open import open_source
-    from agent.trigger import PassageTrigger
+    from agent.passage import PassageTrigger
 
     s = _load(a)
     if s is None:

@@ -25,13 +25,14 @@ from agent.mqtt.events import Event, utc_iso
 from agent.mqtt.files import AgentLock
 from agent.mqtt.outbox import Outbox
 from agent.mqtt.publisher import Publisher
+from agent.passage import Passage, PassageTrigger
 from agent.requests import Requests
 from agent.segment.preprocess import Preprocessing, like_stored, make_sample, reframe, sample_to_input
 from agent.segment.station import StationSegmenter
 from agent.settings import AgentSettings
 from agent.sources.base import SourceError
 from agent.sources.supervisor import SourceSupervisor
-from agent.trigger import CommandTrigger, Passage, PassageTrigger
+from agent.trigger import CommandTrigger
 
 log = logging.getLogger(__name__)
 ON_REQUEST = ("mqtt", "gpio")  # trigger modes that inspect only requested frames

@@ -21,7 +21,7 @@ from agent.segment.segmentation import SegmentationConfig, Segmenter
 from agent.sources.scene import Primitive
 from agent.sources.synthetic import SyntheticSource
 from agent.sources.synthetic_station import SyntheticStation
-from agent.trigger import Passage, PassageTrigger
+from agent.passage import Passage, PassageTrigger
 
 
 def moved(part, dx: float):
