@@ -5,7 +5,7 @@ memory (agent/trigger.py's CommandTrigger) and answered in its turn by one event
 2026-12-06 a kill, a power cut or the watchdog's restart lost every request still waiting, and
 the one being inspected, without a word: the broker had acknowledged the trigger/set, and its
 part never had a verdict. Now the requests not yet answered are kept in `<outbox>.requests`
-(JSON, replaced whole and flushed on every change, before paho acknowledges the trigger/set),
+(JSON, replaced whole and flushed on every change; a trigger/set before paho acknowledges it),
 and a start answers each that the run before left, in order, with an `error` event that echoes
 its part_id ("... the agent stopped before answering it ...").
 
@@ -17,7 +17,10 @@ numbered above every number answered before, also when this file was lost.
 A file that cannot be written (a full or read-only disk) leaves the requests in memory, where
 they are answered as before: said (ERROR, at most once a minute) and in `status.requests.journal`.
 A file that cannot be read at start is said, moved aside, and nothing is answered from it.
-A GPIO part within its delay_ms (its edge seen, its inspection not yet requested) is not kept.
+A GPIO part is kept from its edge on (within its delay_ms, its inspection not yet requested).
+Requests over MQTT and OPC UA are written by the thread that takes them, before they are
+acknowledged; every other change by the journal's own thread (`keep(wait=False)`), so neither the
+GPIO watch nor the loop waits for a slow disk's flush.
 """
 from __future__ import annotations
 
@@ -72,14 +75,16 @@ class Open:
 
 def journaled(method):
     """A CommandTrigger method that changes what waits (agent/trigger.py): its journal is written
-    after it, outside its lock (a slow disk's flush holds the caller's thread, not the others')."""
+    after it, outside its lock, by the journal's own thread (the GPIO watch and the loop do not
+    wait for a slow disk's flush). A request over MQTT or OPC UA writes it itself and waits: it is
+    on disk before the broker or the client is told it was taken."""
     @functools.wraps(method)
     def kept(self, *args, **kwargs):
         try:
             return method(self, *args, **kwargs)
         finally:
             if self.journal is not None:
-                self.save()
+                self.save(wait=method.__name__ in ("request", "refuse") and kwargs.get("at") is None)
     return kept
 
 
@@ -100,6 +105,10 @@ class RequestJournal:
         self._written = -1                   # the version of the snapshot last written
         self._text: str | None = None        # and its text
         self._next_log = 0.0
+        self._later = None                   # the newest snapshot for the writer thread, if any
+        self._busy = False                   # the writer thread is writing one
+        self._wake = threading.Condition()
+        self._writer: threading.Thread | None = None
         self.left = self._read()             # what the run before left unanswered
 
     def _read(self) -> list[Open]:
@@ -140,8 +149,17 @@ class RequestJournal:
         self.next += 1
         return r
 
-    def keep(self, version: int, entries: list[Open], next_r: int) -> None:
-        """Write the snapshot `version` (the requests open now), unless a newer one was written."""
+    def keep(self, version: int, entries: list[Open], next_r: int, wait: bool = True) -> None:
+        """Write the snapshot `version` (the requests open now), unless a newer one was written;
+        without `wait`, by the writer thread (the newest snapshot handed to it, soon)."""
+        if not wait:
+            with self._wake:
+                self._later = (version, entries, next_r)
+                if self._writer is None:
+                    self._writer = threading.Thread(target=self._write_later, name="request-journal", daemon=True)
+                    self._writer.start()
+                self._wake.notify()
+            return
         with self._lock:
             if version <= self._written:
                 return
@@ -164,6 +182,27 @@ class RequestJournal:
             if self.error is not None:
                 log.warning("the requests waiting are kept in %s again", self.path)
             self._written, self._text, self.error = version, text, None
+
+    def _write_later(self) -> None:
+        while True:
+            with self._wake:
+                self._wake.wait_for(lambda: self._later is not None)
+                job, self._later, self._busy = self._later, None, True
+            try:
+                self.keep(*job)
+            finally:
+                with self._wake:
+                    self._busy = False
+
+    def settle(self, timeout: float = 5.0) -> bool:
+        """Wait (bounded) until the writer thread has written what it was handed (tests; a stop)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._wake:
+                if self._later is None and not self._busy:
+                    return True
+            time.sleep(0.005)
+        return False
 
     def status(self) -> dict:
         return {"path": str(self.path), "stored": self.error is None, "error": self.error,

@@ -106,6 +106,8 @@ class Requests:
                 self._error(self._asked(a.part_id, a.r), a.why)
         except Exception:
             log.exception("%d requests still waiting at the stop could not all be answered", len(left))
+        if self.commands.journal is not None:  # (what is left for the next start, written before the flush)
+            self.commands.save(wait=True)
 
     def _asked(self, part_id: str | None = None, request: int = 0) -> Work:
         """The work of a requested inspection that has no frame."""

@@ -74,26 +74,29 @@ class CommandTrigger:
         self._adopted: dict = {}  # number -> request_journal.Open: left unanswered by the run before, being answered
         self._version = 0
         self._in_flight: list[float] = []  # monotonic times of parts seen (GPIO edges) and not yet requested
+        self._seen: dict[float, Asked] = {}  # with a journal: those parts, numbered (kept from their edge)
         self._closed = False  # after `left`: the agent stops, nothing more is taken
 
     def _pending(self) -> int:
         return sum(a.inspection for a in self._queue)
 
-    def _new(self, part_id: str | None, skipped: int = 0, why: str | None = None, part: bool = False) -> Asked:
-        """A request to answer, numbered in the journal (under the lock)."""
-        return Asked(part_id, skipped, why, r=self.journal.number() if self.journal else 0,
-                     part=part or part_id is not None, at=time.time())
+    def _new(self, part_id: str | None, skipped: int = 0, why: str | None = None, part: bool = False,
+             seen: Asked | None = None) -> Asked:
+        """A request to answer, numbered in the journal (under the lock); a part `seen` at its edge
+        keeps the number it was given then."""
+        return Asked(part_id, skipped, why, r=seen.r if seen else self.journal.number() if self.journal else 0,
+                     part=part or part_id is not None, at=seen.at if seen else time.time())
 
-    def save(self) -> None:
-        """Write what waits to the journal (each change does; a start after answering what a kill left)."""
+    def save(self, wait: bool = True) -> None:
+        """Write what waits to the journal (each change does); `wait`: here and now, not by its thread."""
         with self._cond:
             self._version += 1
             version, entries = self._version, [*(a for a in self._queue if a.switch is None),
-                                               *self._serving.values()]
+                                               *self._serving.values(), *self._seen.values()]
             snapshot = sorted([*(Open(a.r, a.part_id, a.part, max(a.skipped, 1), self._why(a) if a.skipped else None,
                                       a.at) for a in entries if a.r), *self._adopted.values()], key=lambda o: o.r)
             next_r = self.journal.next
-        self.journal.keep(version, snapshot, next_r)
+        self.journal.keep(version, snapshot, next_r, wait)
 
     def _place(self, at: float | None) -> int:
         """Where a request goes: at the end, or for a part seen at `at`, before the class switches
@@ -103,11 +106,14 @@ class CommandTrigger:
             i -= 1
         return i
 
+    @_kept
     def announce(self, at: float) -> None:
         """A part seen at monotonic time `at` (a GPIO edge), to be requested later with `at`."""
         with self._cond:
             if not self._closed:
                 self._in_flight.append(at)
+                if self.journal is not None:  # (a kill within its delay_ms must not lose it)
+                    self._seen[at] = self._new(None, part=True)
 
     @_kept
     def request(self, part: bool = False, part_id: str | None = None, at: float | None = None) -> bool:
@@ -118,17 +124,18 @@ class CommandTrigger:
         with self._cond:
             if at is not None and at in self._in_flight:
                 self._in_flight.remove(at)
+            seen = self._seen.pop(at, None) if at is not None else None
             if self._closed:
                 return False
             q, i = self._queue, self._place(at)
             before = q[i - 1] if i else None
             if self._pending() < self.max_pending:
-                entry = self._new(part_id, part=part)
+                entry = self._new(part_id, part=part, seen=seen)
             elif not part:
                 return False
             elif before is None or not before.skipped or before.why is not None or \
                     sum(a.skipped > 0 for a in q) < self.MAX_SAID_APART:
-                entry = self._new(part_id, 1, part=part)
+                entry = self._new(part_id, 1, part=part, seen=seen)
             else:  # a flood: merged, the ids kept in the one entry (up to a bound)
                 before.skipped += 1
                 if part_id is not None:
@@ -166,6 +173,7 @@ class CommandTrigger:
                 return None
             now, head = time.monotonic(), self._queue[0]
             self._in_flight = [t for t in self._in_flight if now - t < self.MAX_FLIGHT_S]
+            self._seen = {t: a for t, a in self._seen.items() if t in self._in_flight}
             if any(t < head.arrived for t in self._in_flight):
                 return None  # a part seen before it is on its way: it goes first
             return self._queue.popleft().switch
@@ -254,8 +262,10 @@ class CommandTrigger:
         with self._cond:
             not_made = f"requested inspection not made: the agent stopped ({cause})"
             for t in self._in_flight:  # parts seen, their delay not yet over: ahead of the switches made since
-                self._queue.insert(self._place(t), self._new(None, 1, not_made, part=True))
+                seen = self._seen.pop(t, None)
+                self._queue.insert(self._place(t), self._new(None, 1, not_made, part=True, seen=seen))
             self._in_flight.clear()
+            self._seen.clear()
             for a in self._queue:
                 if a.inspection:
                     a.skipped, a.why = 1, not_made

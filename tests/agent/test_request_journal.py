@@ -15,27 +15,30 @@ from tests.agent.conftest import AgentProcess
 from tests.agent.test_service_triggers import events, hang_up, mqtt_station, once
 
 
-def kept(outbox) -> list[dict]:
-    return json.loads(journal_path(outbox).read_text())["open"]
+def kept(t: CommandTrigger) -> list[dict]:
+    """What `t`'s journal holds, once its writer thread has written what it was handed."""
+    assert t.journal.settle()
+    return json.loads(t.journal.path.read_text())["open"]
 
 
 def test_what_waits_and_what_is_being_answered_is_kept_until_its_answer_is_stored(tmp_path):
     box = tmp_path / "outbox.db"
     t = CommandTrigger(max_pending=1, journal=RequestJournal(box))
     assert t.request(part_id="A") and not t.request() and not t.request(part_id="B")
-    assert [(o["r"], o["part_id"], o["why"]) for o in kept(box)] == [(1, "A", None), (2, "B", kept(box)[1]["why"])]
-    assert kept(box)[1]["why"].startswith("a part not inspected: the trigger came while 1")
+    assert [(o["r"], o["part_id"], o["why"]) for o in kept(t)] == [(1, "A", None), (2, "B", kept(t)[1]["why"])]
+    assert kept(t)[1]["why"].startswith("a part not inspected: the trigger came while 1")
     a = t.take(0)
-    assert a.r == 1 and [o["r"] for o in kept(box)] == [1, 2]  # taken, not answered: still kept
+    assert a.r == 1 and [o["r"] for o in kept(t)] == [1, 2]  # taken, not answered: still kept
     t.answered(1)
-    assert [o["part_id"] for o in kept(box)] == ["B"]
+    assert [o["part_id"] for o in kept(t)] == ["B"]
     n, why, pid, r = t.skipped_request()
-    assert (n, pid, r) == (1, "B", 2) and [o["r"] for o in kept(box)] == [2]
+    assert (n, pid, r) == (1, "B", 2) and [o["r"] for o in kept(t)] == [2]
     t.answered(2)
-    assert kept(box) == [] and json.loads(journal_path(box).read_text())["next"] == 3
+    assert kept(t) == [] and json.loads(journal_path(box).read_text())["next"] == 3
     # a kill: what was taken and not answered is what the next start finds
     assert t.request(part_id="C") and t.take(0).part_id == "C" and t.request(part=True)
     t.refuse("a part not inspected: its trigger/set part_id \"x y\" is not ...")
+    assert t.journal.settle()
     again = RequestJournal(box)
     left = again.start(answered=0)
     assert [(o.r, o.part_id, o.part) for o in left] == [(3, "C", True), (4, None, True), (5, None, True)]
@@ -58,11 +61,28 @@ def test_a_kill_while_the_leftovers_are_answered_leaves_the_others_kept_as_they_
     t2 = CommandTrigger(max_pending=1, journal=j)
     t2.adopt(left)
     t2.answered(left[0].r)  # A answered; a kill before B's answer
+    assert j.settle()
     again = RequestJournal(box).start(answered=0)
     assert again == left[1:]  # B and C, as they were (their reasons not said twice over)
     t2.answered(left[1].r)
     t2.answered(left[2].r)
-    assert RequestJournal(box).start(answered=0) == []
+    assert j.settle() and RequestJournal(box).start(answered=0) == []
+
+
+def test_a_gpio_part_is_kept_from_its_edge_not_only_from_its_delayed_request(tmp_path):
+    box = tmp_path / "outbox.db"
+    t = CommandTrigger(max_pending=2, journal=RequestJournal(box))
+    t.announce(100.0)  # the edge; its inspection is due delay_ms later
+    assert [(o["r"], o["part"], o["part_id"]) for o in kept(t)] == [(1, True, None)]
+    t.announce(100.5)
+    assert t.request(part=True, at=100.0)  # due: the same number, now waiting
+    assert [o["r"] for o in kept(t)] == [1, 2] and t.take(0).r == 1
+    assert t.journal.settle()
+    left = RequestJournal(box).start(answered=0)  # a kill: the part being inspected, and the one within its delay
+    assert [(o.r, o.reason().startswith("a part not inspected: the agent stopped")) for o in left] == \
+        [(1, True), (2, True)]
+    said = t.left("SIGTERM")  # a stop: the part within its delay is answered with its number
+    assert [(a.r, a.why) for a in said] == [(2, "requested inspection not made: the agent stopped (SIGTERM)")]
 
 
 def test_the_answer_number_is_stored_with_its_event_and_read_at_the_next_open(tmp_path):
