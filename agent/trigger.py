@@ -98,6 +98,13 @@ class CommandTrigger:
             next_r = self.journal.next
         self.journal.keep(version, snapshot, next_r, wait)
 
+    def _late(self, part_id: str | None, why: str | None, part: bool, seen: Asked | None = None) -> None:
+        """A request that came after `left` (the agent stopping): with a journal, kept for the next
+        start to answer (it was lost without a word before 2026-12-06)."""
+        if self.journal is not None:
+            a = self._new(part_id, 1 if why else 0, why, part=part, seen=seen)
+            self._serving[a.r] = a
+
     def _place(self, at: float | None) -> int:
         """Where a request goes: at the end, or for a part seen at `at`, before the class switches
         at the end that came after it."""
@@ -125,7 +132,8 @@ class CommandTrigger:
             if at is not None and at in self._in_flight:
                 self._in_flight.remove(at)
             seen = self._seen.pop(at, None) if at is not None else None
-            if self._closed:
+            if self._closed:  # (the agent stops: kept for the next start to answer)
+                self._late(part_id, None, part, seen)
                 return False
             q, i = self._queue, self._place(at)
             before = q[i - 1] if i else None
@@ -185,6 +193,7 @@ class CommandTrigger:
         with self._cond:
             q = self._queue
             if self._closed:
+                self._late(part_id, why, True)
                 return
             if q and q[-1].why is not None and sum(a.skipped > 0 for a in q) >= self.MAX_SAID_APART:
                 q[-1].skipped += 1

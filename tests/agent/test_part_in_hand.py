@@ -85,8 +85,9 @@ def test_an_engine_that_keeps_failing_ends_the_agent_with_code_1_and_every_part_
     engine.step_sess = FailingSession(engine.step_sess, set(range(1, 10 ** 6)), Fail("CUDA failure 999: unknown"))
     try:
         agent.commands.max_pending = 10
-        for i in range(EngineFailures.RESTART_AFTER + 2):
-            agent._on_trigger_command(f'{{"part_id": "P{i}"}}'.encode())
+        with agent.commands._cond:  # one burst, before the loop takes any (its lock is reentrant)
+            for i in range(EngineFailures.RESTART_AFTER + 2):
+                agent._on_trigger_command(f'{{"part_id": "P{i}"}}'.encode())
         assert wait(lambda: not thread.is_alive(), 60), events(sub)
     finally:
         agent.request_stop()

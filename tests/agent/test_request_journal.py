@@ -85,6 +85,21 @@ def test_a_gpio_part_is_kept_from_its_edge_not_only_from_its_delayed_request(tmp
     assert [(a.r, a.why) for a in said] == [(2, "requested inspection not made: the agent stopped (SIGTERM)")]
 
 
+def test_a_request_that_comes_while_the_agent_stops_is_kept_for_the_next_start(tmp_path):
+    box = tmp_path / "outbox.db"
+    t = CommandTrigger(max_pending=1, journal=RequestJournal(box))
+    assert t.request(part_id="A")
+    assert [a.part_id for a in t.left("SIGTERM")] == ["A"]
+    t.answered(1)  # answered at the stop
+    assert not t.request(part_id="B") and not t.request()  # after it: not taken, but kept
+    t.refuse("a part not inspected: its trigger/set was refused (300 bytes, more than 256)")
+    assert [(o["part_id"], o["part"], o["why"] is None) for o in kept(t)] == [("B", True, True), (None, False, True),
+                                                                          (None, True, False)]
+    left = RequestJournal(box).start(answered=1)
+    assert [o.reason().split(":")[0] for o in left] == ["a part not inspected", "requested inspection not made",
+                                                        "a part not inspected"]
+
+
 def test_the_answer_number_is_stored_with_its_event_and_read_at_the_next_open(tmp_path):
     box = Outbox(tmp_path / "outbox.db")
     assert box.answered == 0
