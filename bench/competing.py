@@ -104,9 +104,12 @@ def k0_scores(bundle, frames, root: Path, cache: Path) -> dict:
     return {p: (c, s) for p, c, s in rows}
 
 
-def cmd_folds(a) -> None:
+def evaluated_folds(a):
+    """For each fold of the run whose classes are all evaluated: (its folder, its reports and
+    bundles by class, frames, full scores and k-0 scores by class (path -> (class, score)), the
+    block's paths in order, their class labels)."""
     from agent.scoring.bundle import Bundle
-    out, res = Path(a.run), {}
+    out = Path(a.run)
     for f, (b0, b1) in enumerate(blocks(a.folds)):
         fold = out / f"fold{f}"
         reports = {c: fold / c / f"report-{a.variant}-every{a.every}" for c in CLASSES}
@@ -121,6 +124,12 @@ def cmd_folds(a) -> None:
               for c, b in bundles.items()}
         paths = sorted(full[CLASSES[0]])
         lab = np.array([full[CLASSES[0]][p][0] for p in paths])
+        yield fold, reports, bundles, frames, full, k0, paths, lab
+
+
+def cmd_folds(a) -> None:
+    out, res = Path(a.run), {}
+    for fold, reports, bundles, frames, full, k0, paths, lab in evaluated_folds(a):
         F = {c: np.array([full[c][p][1] for p in paths]) for c in CLASSES}
         K = {c: np.array([k0[c][p][1] for p in paths]) for c in CLASSES}
         for c in CLASSES:
@@ -168,26 +177,12 @@ def at_budget(own, marg, normal, d_own, d_marg, alpha: float) -> dict[str, tuple
 
 
 def cmd_operating(a) -> None:
-    from agent.scoring.bundle import Bundle
     out, res = Path(a.run), {}
     alphas = [float(v) for v in a.fpr.split(",")]
-    for f, (b0, b1) in enumerate(blocks(a.folds)):
-        fold = out / f"fold{f}"
-        reports = {c: fold / c / f"report-{a.variant}-every{a.every}" for c in CLASSES}
-        if not all((r / "scores").is_dir() for r in reports.values()):
-            print(f"fold {f}: not every class is evaluated yet; left out")
-            continue
-        bundles = {c: Bundle.load(fold / c / f"bundle-{a.variant}") for c in CLASSES}
-        full = {c: read_scores(reports[c] / "scores" / f"{c}-{b.kind}-{b.bundle_hash[:8]}.csv")
-                for c, b in bundles.items()}
-        frames = (b0, b1, a.every)
-        k0 = {c: k0_scores(b, frames, Path(a.data), out / f"k0-{b.bundle_hash[:12]}-data.csv")
-              for c, b in bundles.items()}
+    for fold, reports, bundles, frames, full, k0, paths, lab in evaluated_folds(a):
         kd = {c: k0_scores(b, frames, fold / "damaged", out / f"k0-{b.bundle_hash[:12]}-damaged.csv")
               for c, b in bundles.items()}
         kd = {c: {(folder, int(Path(p).stem)): s for p, (folder, s) in v.items()} for c, v in kd.items()}
-        paths = sorted(full[CLASSES[0]])
-        lab = np.array([full[CLASSES[0]][p][0] for p in paths])
         for c in CLASSES:
             others = [o for o in CLASSES if o != c]
             own = np.array([full[c][p][1] for p in paths])
