@@ -73,19 +73,22 @@ class Open:
         return cls(r, pid, bool(d.get("part", pid is not None)), n, why, float(at))
 
 
-def journaled(method):
-    """A CommandTrigger method that changes what waits (agent/trigger.py): its journal is written
-    after it, outside its lock, by the journal's own thread (the GPIO watch and the loop do not
-    wait for a slow disk's flush). A request over MQTT or OPC UA writes it itself and waits: it is
-    on disk before the broker or the client is told it was taken."""
-    @functools.wraps(method)
-    def kept(self, *args, **kwargs):
-        try:
-            return method(self, *args, **kwargs)
-        finally:
-            if self.journal is not None:
-                self.save(wait=method.__name__ in ("request", "refuse") and kwargs.get("at") is None)
-    return kept
+def journaled(now: bool = False):
+    """For a CommandTrigger method that changes what waits (agent/trigger.py): its journal is
+    written after it, outside its lock, by the journal's own thread (the GPIO watch and the loop do
+    not wait for a slow disk's flush); with `now`, by the caller before it returns, unless the call
+    comes with a GPIO edge's `at` (a request over MQTT or OPC UA: on disk before the broker or the
+    client is told it was taken)."""
+    def wrap(method):
+        @functools.wraps(method)
+        def kept(self, *args, **kwargs):
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                if self.journal is not None:
+                    self.save(wait=now and kwargs.get("at") is None)
+        return kept
+    return wrap
 
 
 def journal_path(outbox: str | Path) -> Path:

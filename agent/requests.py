@@ -54,8 +54,15 @@ class Requests:
             if not part:  # (echoing each would answer a flood with a flood)
                 self.counters.add("triggers_coalesced")
             return False
-        self.publisher.publish_state("trigger", "pending")
+        self._echo_trigger()
         return True
+
+    def _echo_trigger(self) -> None:
+        """trigger/state: `pending` while a request is not yet answered, else `idle`; said from the
+        commands' threads and the loop in turn, so the last word is the state now (a request's echo,
+        delayed by the journal's flush, came after its answer's `idle`, and the state read pending)."""
+        with self._trigger_echo:
+            self.publisher.publish_state("trigger", "pending" if self.commands.unanswered else "idle")
 
     def _on_trigger_refused(self, why: str) -> None:
         """A trigger/set refused as it came (too large): a request all the same, answered in its turn."""
@@ -130,7 +137,7 @@ class Requests:
     def _answer_leftovers(self) -> None:
         """An error event for each request a kill (a power cut, the watchdog) left unanswered, in
         the order asked, its part_id echoed; before any new request is answered."""
-        left, self._leftovers = getattr(self, "_leftovers", []), []
+        left, self._leftovers = self._leftovers, []
         if left:
             log.warning("%d requests the last run took were not answered (it was killed, or the power cut): each "
                         "is answered now with an error event", len(left))
@@ -140,8 +147,7 @@ class Requests:
         self.interfaces.lines = False
         try:
             for o in left:
-                if o.part or o.why is not None:
-                    self.counters.add("parts_not_inspected", o.n)
+                self.counters.add("parts_not_inspected", o.n)  # (as at a stop: each request not made)
                 self._error(self._asked(o.part_id, o.r), o.reason())
         finally:
             self.interfaces.lines = True

@@ -52,7 +52,9 @@ class Agent(Requests):
         self._sample_prep = Preprocessing()  # the recipe of replayed samples (the folder's own)
         self.expected = settings.model.expected_class
         self.classes: ExpectedClass | None = None  # class/set's switches, kept across restarts (at start)
-        self.commands = CommandTrigger(settings.trigger.max_pending)
+        self.commands = CommandTrigger(settings.trigger.max_pending)  # (its journal comes with the outbox, at start)
+        self._leftovers: list = []  # requests a kill left unanswered (request_journal.Open), answered at start
+        self._trigger_echo = threading.Lock()  # trigger/state, said from several threads in turn
         t = settings.trigger
         self.passage = PassageTrigger(t.min_area_px, t.settle_frames, t.settle_tolerance, t.clear_frames)
         self.segmenter = StationSegmenter.from_settings(settings.segmentation, settings.trigger.min_area_px)
@@ -328,7 +330,7 @@ class Agent(Requests):
         self.counters.add("events")
         self.counters.add(verdict)
         if work.forced:
-            self.publisher.publish_state("trigger", "pending" if self.commands.pending else "idle")
+            self._echo_trigger()
         log.info("#%d %s %s score=%s threshold=%s%s", seq, self.expected, verdict,
                  f"{score:.6g}" if score is not None else "-", f"{threshold:.6g}" if threshold is not None else "-",
                  f" ({error})" if error else "")

@@ -88,7 +88,8 @@ class CommandTrigger:
                      part=part or part_id is not None, at=seen.at if seen else time.time())
 
     def save(self, wait: bool = True) -> None:
-        """Write what waits to the journal (each change does); `wait`: here and now, not by its thread."""
+        """Write what waits to the journal (each change does; a request moved from waiting to being
+        answered is no change: `take` does not); `wait`: here and now, not by its thread."""
         with self._cond:
             self._version += 1
             version, entries = self._version, [*(a for a in self._queue if a.switch is None),
@@ -113,7 +114,7 @@ class CommandTrigger:
             i -= 1
         return i
 
-    @_kept
+    @_kept()
     def announce(self, at: float) -> None:
         """A part seen at monotonic time `at` (a GPIO edge), to be requested later with `at`."""
         with self._cond:
@@ -122,7 +123,7 @@ class CommandTrigger:
                 if self.journal is not None:  # (a kill within its delay_ms must not lose it)
                     self._seen[at] = self._new(None, part=True)
 
-    @_kept
+    @_kept(now=True)
     def request(self, part: bool = False, part_id: str | None = None, at: float | None = None) -> bool:
         """Ask for one inspection; False when max_pending already wait (the request is coalesced,
         or for a part, kept as one not inspected). A request naming its part_id is a part; one
@@ -186,7 +187,7 @@ class CommandTrigger:
                 return None  # a part seen before it is on its way: it goes first
             return self._queue.popleft().switch
 
-    @_kept
+    @_kept(now=True)
     def refuse(self, why: str, part_id: str | None = None) -> None:
         """A part's request that cannot be taken: answered with the error `why`, in its turn (in a
         flood, beyond MAX_SAID_APART waiting, merged into the last such answer: bounded)."""
@@ -201,7 +202,6 @@ class CommandTrigger:
                 q.append(self._new(part_id, 1, why, part=True))
             self._cond.notify_all()
 
-    @_kept
     def take(self, timeout: float) -> Asked | None:
         """Wait up to `timeout` s for a request; the request (consumed) if there was one and
         nothing else is ahead of it (parts not inspected: `skipped`; class switches: `switched`),
@@ -214,7 +214,6 @@ class CommandTrigger:
                 self._serving[a.r] = a
             return a
 
-    @_kept
     def give_back(self, asked: Asked) -> None:
         """A request taken and not served (the agent stops, the source ended): first again, for
         `left` to answer."""
@@ -228,7 +227,6 @@ class CommandTrigger:
         one = self.skipped_request()
         return None if one is None else one[:3]
 
-    @_kept
     def skipped_request(self) -> tuple[int, str, str | None, int] | None:
         """(how many, why, part id, request number) for the part not inspected at the head of the queue, taken off
         it (or for many, when more than MAX_SAID_APART waited: their ids joined by commas); None
@@ -242,13 +240,13 @@ class CommandTrigger:
                 self._serving[a.r] = a
             return a.skipped, self._why(a), a.part_id, a.r
 
-    @_kept
+    @_kept()
     def adopt(self, left) -> None:
         """Requests a run before left unanswered (request_journal.Open), kept until each is `answered`."""
         with self._cond:
             self._adopted.update((o.r, o) for o in left)
 
-    @_kept
+    @_kept()
     def answered(self, r: int) -> None:
         """Request `r`'s answer is stored (in the outbox): it no longer waits."""
         with self._cond:
@@ -263,7 +261,7 @@ class CommandTrigger:
                "inspection(s) waited (parts come faster than they are inspected; trigger.max_pending)" + \
                (f"; the ids of {a.more_ids} more are not kept" if a.more_ids else "")
 
-    @_kept
+    @_kept()
     def left(self, cause: str) -> list[Asked]:
         """At a stop: everything still waiting, in order, all taken off, each request's `why` said:
         a requested inspection not made (`skipped` 1), parts not inspected as for `skipped`, and
@@ -298,6 +296,12 @@ class CommandTrigger:
             return {"inspections": self._pending(), "parts_not_inspected": sum(a.skipped for a in self._queue),
                     "class_switches": sum(a.switch is not None for a in self._queue), "in_flight": len(self._in_flight),
                     "journal": self.journal.status() if self.journal else None}
+
+    @property
+    def unanswered(self) -> bool:
+        """Whether a request is not yet answered: waiting, or being inspected (taken, with a journal)."""
+        with self._cond:
+            return any(a.switch is None for a in self._queue) or bool(self._serving)
 
     @property
     def waiting(self) -> bool:
