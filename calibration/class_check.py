@@ -60,8 +60,8 @@ def margins(bundle: Bundle, rivals: dict[str, Bundle], folders: Sequence[str], o
 def aligned(values: dict[str, float], keys: Sequence[str]) -> np.ndarray:
     """`values` in the order of `keys` (the score's samples): the two must be the same samples."""
     if sorted(values) != sorted(keys):
-        raise RuntimeError("the class check scored other samples than the search did "
-                           f"({len(values)} against {len(keys)}): was a folder changed during calibration?")
+        raise ValueError("the class check scored other samples than the search did "
+                         f"({len(values)} against {len(keys)}): was a folder changed during calibration? Run it again")
     return np.array([values[k] for k in keys])
 
 

@@ -188,3 +188,12 @@ def test_events_carry_the_class_check(checked, broker, synth_data, tmp_path):
         cc = e["class_check"]
         assert cc["closest_class"] == "cylinder" and cc["anomaly"] == (cc["margin"] > cc["threshold"]), e
         assert (e["verdict"] == "anomaly") == (e["score"] > e["threshold"] or cc["anomaly"]), e
+
+
+def test_margins_of_other_samples_than_the_scores_are_refused_in_one_line():
+    import numpy as np
+    from calibration.class_check import aligned
+    assert aligned({"d:b": 2.0, "d:a": 1.0}, ["d:a", "d:b"]).tolist() == [1.0, 2.0]
+    with pytest.raises(ValueError, match=r"other samples than the search did \(1 against 2\)"):
+        aligned({"d:a": 1.0}, ["d:a", "d:b"])
+    assert isinstance(aligned({}, []), np.ndarray)
