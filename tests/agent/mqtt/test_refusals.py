@@ -150,6 +150,8 @@ def test_on_mqtt_3_1_1_events_the_broker_acknowledges_and_drops_are_said(acl_bro
         publish(pub, 6)
         assert pub.flush(10)  # acknowledged: gone from the outbox
         assert poll(lambda: pub.counters["events_unconfirmed"] == 6, 15), pub.counters
+        # (the count is set just before the line is said, on the pump's thread: wait for it, bounded)
+        assert poll(lambda: any("did not deliver back" in r.getMessage() for r in caplog.records), 5)
         said = [r for r in caplog.records if "did not deliver back" in r.getMessage()]
         assert len(said) == 1 and said[0].levelno == logging.ERROR and "adgan/st1/events" in said[0].getMessage()
         publish(pub, 3, first=6)  # a spell goes on: counted, not said again within CONFIRM_LOG_S
