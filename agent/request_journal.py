@@ -161,7 +161,7 @@ class RequestJournal:
                 if self._writer is None:
                     self._writer = threading.Thread(target=self._write_later, name="request-journal", daemon=True)
                     self._writer.start()
-                self._wake.notify()
+                self._wake.notify_all()  # (the writer, and any settle waiting)
             return
         with self._lock:
             if version <= self._written:
@@ -193,19 +193,17 @@ class RequestJournal:
                 job, self._later, self._busy = self._later, None, True
             try:
                 self.keep(*job)
+            except Exception:  # (an OSError is said by keep; anything else must not end this thread unsaid)
+                log.exception("writing the requests waiting to %s failed", self.path)
             finally:
                 with self._wake:
                     self._busy = False
+                    self._wake.notify_all()
 
     def settle(self, timeout: float = 5.0) -> bool:
-        """Wait (bounded) until the writer thread has written what it was handed (tests; a stop)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._wake:
-                if self._later is None and not self._busy:
-                    return True
-            time.sleep(0.005)
-        return False
+        """Wait (bounded) until the writer thread has written what it was handed (tests, the benchmark)."""
+        with self._wake:
+            return self._wake.wait_for(lambda: self._later is None and not self._busy, timeout)
 
     def status(self) -> dict:
         return {"path": str(self.path), "stored": self.error is None, "error": self.error,
