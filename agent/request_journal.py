@@ -52,6 +52,7 @@ class Open:
     n: int                   # how many parts the entry stands for (merged parts not inspected)
     why: str | None          # the error it is answered with (parts not inspected); None: an inspection
     at: float                # when it was requested (wall clock)
+    key: str | None = None   # the trigger/set message's identity (agent/mqtt/commands.py's message_key)
 
     def reason(self) -> str:
         """The error that answers it at the next start."""
@@ -62,15 +63,17 @@ class Open:
         return f"{'a part not inspected' if self.part else 'requested inspection not made'}: {stopped}"
 
     def to_json(self) -> dict:
-        return {"r": self.r, "part_id": self.part_id, "part": self.part, "n": self.n, "why": self.why, "at": self.at}
+        d = {"r": self.r, "part_id": self.part_id, "part": self.part, "n": self.n, "why": self.why, "at": self.at}
+        return {**d, "key": self.key} if self.key else d
 
     @classmethod
     def from_json(cls, d: dict) -> "Open":
-        r, pid, n, why, at = d["r"], d.get("part_id"), d.get("n", 1), d.get("why"), d.get("at", 0.0)
+        r, pid, n, why, at, key = d["r"], d.get("part_id"), d.get("n", 1), d.get("why"), d.get("at", 0.0), d.get("key")
         if not (isinstance(r, int) and r >= 1 and (pid is None or isinstance(pid, str)) and isinstance(n, int)
-                and (why is None or isinstance(why, str)) and isinstance(at, (int, float))):
+                and (why is None or isinstance(why, str)) and isinstance(at, (int, float))
+                and (key is None or isinstance(key, str))):
             raise ValueError(f"not a request: {str(d)[:200]}")
-        return cls(r, pid, bool(d.get("part", pid is not None)), n, why, float(at))
+        return cls(r, pid, bool(d.get("part", pid is not None)), n, why, float(at), key)
 
 
 def journaled(now: bool = False):

@@ -46,10 +46,11 @@ class Requests:
         """An inspection requested (MQTT trigger/set, OPC UA Trigger()); False when coalesced, or
         for a part (a payload naming its part_id), when it will be answered as not inspected."""
         part, part_id, problem = part_request(payload)
+        key = self.publisher.commands.taking()  # (a trigger/set's identity, kept across a kill)
         if problem is not None:  # a part's request that cannot be taken: answered in its turn
-            self.commands.refuse(problem)
+            self.commands.refuse(problem, key=key)
             return False
-        taken = self.commands.request(part=part, part_id=part_id)
+        taken = self.commands.request(part=part, part_id=part_id, key=key)
         if not taken:  # one is already waiting: the burst is one inspection, and its state is said already
             if not part:  # (echoing each would answer a flood with a flood)
                 self.counters.add("triggers_coalesced")
@@ -66,7 +67,17 @@ class Requests:
 
     def _on_trigger_refused(self, why: str) -> None:
         """A trigger/set refused as it came (too large): a request all the same, answered in its turn."""
-        self.commands.refuse(f"requested inspection not made: its trigger/set was refused ({why})")
+        self.commands.refuse(f"requested inspection not made: its trigger/set was refused ({why})",
+                             key=self.publisher.commands.taking())
+
+    def _on_trigger_held(self, payload: bytes = b"") -> None:
+        """A trigger/set the broker held while the agent was away (agent/mqtt/commands.py): not
+        inspected (by now its part has left the camera, and another may be there), answered in its
+        turn with an error event that echoes its part_id (before 2026-12-06 the broker dropped it)."""
+        part, part_id, problem = part_request(payload)
+        self.commands.refuse(problem or f"{'a part not inspected' if part else 'requested inspection not made'}: "
+                                        f"{HELD}", part_id, key=self.publisher.commands.taking())
+        self._echo_trigger()
 
     def _on_part_seen(self, at: float) -> None:
         """A part's edge on the GPIO trigger line, at monotonic time `at`: class switches made
@@ -88,7 +99,11 @@ class Requests:
             elif (skipped := self.commands.skipped_request()) is not None:
                 n, reason, part_id, r = skipped
                 self.counters.add("parts_not_inspected", n)
-                self._error(self._asked(part_id, r), reason)
+                self.interfaces.lines = HELD not in reason  # (as a kill's requests: `_answer_leftovers`)
+                try:
+                    self._error(self._asked(part_id, r), reason)
+                finally:
+                    self.interfaces.lines = True
             else:
                 return
 
@@ -131,7 +146,7 @@ class Requests:
         if pending:
             log.info("outbox holds %d unacknowledged events from before; they are sent on connect", pending)
         journal = RequestJournal(o.path)
-        self._leftovers = journal.start(self.outbox.answered)
+        self._leftovers = journal.start(self.outbox.answered)  # (their trigger/sets: `publisher.commands.seed`)
         self.commands.journal = journal
 
     def _answer_leftovers(self) -> None:
@@ -159,6 +174,8 @@ class Requests:
         self.stop_requested.set()
 
 
+HELD = ("the broker held its trigger/set while the agent was away (stopped, killed or cut off from the broker); by "
+        "now the part has left the camera")
 PART_ID = re.compile(r"[A-Za-z0-9._:/#+-]{1,64}")
 
 

@@ -29,6 +29,7 @@ class Asked:
     r: int = 0                  # a request's number in the journal (agent/request_journal.py); 0: none
     part: bool = False          # a part (a GPIO edge, a named request), not a plain inspection request
     at: float = 0.0             # when it was requested (wall clock)
+    key: str | None = None      # its trigger/set message's identity (a resend after a kill is dropped)
 
     @property
     def inspection(self) -> bool:
@@ -81,11 +82,11 @@ class CommandTrigger:
         return sum(a.inspection for a in self._queue)
 
     def _new(self, part_id: str | None, skipped: int = 0, why: str | None = None, part: bool = False,
-             seen: Asked | None = None) -> Asked:
+             seen: Asked | None = None, key: str | None = None) -> Asked:
         """A request to answer, numbered in the journal (under the lock); a part `seen` at its edge
         keeps the number it was given then."""
         return Asked(part_id, skipped, why, r=seen.r if seen else self.journal.number() if self.journal else 0,
-                     part=part or part_id is not None, at=seen.at if seen else time.time())
+                     part=part or part_id is not None, at=seen.at if seen else time.time(), key=key)
 
     def save(self, wait: bool = True) -> None:
         """Write what waits to the journal (each change does; a request moved from waiting to being
@@ -95,15 +96,16 @@ class CommandTrigger:
             version, entries = self._version, [*(a for a in self._queue if a.switch is None),
                                                *self._serving.values(), *self._seen.values()]
             snapshot = sorted([*(Open(a.r, a.part_id, a.part, max(a.skipped, 1), self._why(a) if a.skipped else None,
-                                      a.at) for a in entries if a.r), *self._adopted.values()], key=lambda o: o.r)
+                                      a.at, a.key) for a in entries if a.r), *self._adopted.values()], key=lambda o: o.r)
             next_r = self.journal.next
         self.journal.keep(version, snapshot, next_r, wait)
 
-    def _late(self, part_id: str | None, why: str | None, part: bool, seen: Asked | None = None) -> None:
+    def _late(self, part_id: str | None, why: str | None, part: bool, seen: Asked | None = None,
+              key: str | None = None) -> None:
         """A request that came after `left` (the agent stopping): with a journal, kept for the next
         start to answer (it was lost without a word before 2026-12-06)."""
         if self.journal is not None:
-            a = self._new(part_id, 1 if why else 0, why, part=part, seen=seen)
+            a = self._new(part_id, 1 if why else 0, why, part=part, seen=seen, key=key)
             self._serving[a.r] = a
 
     def _place(self, at: float | None) -> int:
@@ -124,7 +126,8 @@ class CommandTrigger:
                     self._seen[at] = self._new(None, part=True)
 
     @_kept(now=True)
-    def request(self, part: bool = False, part_id: str | None = None, at: float | None = None) -> bool:
+    def request(self, part: bool = False, part_id: str | None = None, at: float | None = None,
+                key: str | None = None) -> bool:
         """Ask for one inspection; False when max_pending already wait (the request is coalesced,
         or for a part, kept as one not inspected). A request naming its part_id is a part; one
         with `at` (a part announced then) goes ahead of the class switches made since."""
@@ -134,17 +137,17 @@ class CommandTrigger:
                 self._in_flight.remove(at)
             seen = self._seen.pop(at, None) if at is not None else None
             if self._closed:  # (the agent stops: kept for the next start to answer)
-                self._late(part_id, None, part, seen)
+                self._late(part_id, None, part, seen, key)
                 return False
             q, i = self._queue, self._place(at)
             before = q[i - 1] if i else None
             if self._pending() < self.max_pending:
-                entry = self._new(part_id, part=part, seen=seen)
+                entry = self._new(part_id, part=part, seen=seen, key=key)
             elif not part:
                 return False
             elif before is None or not before.skipped or before.why is not None or \
                     sum(a.skipped > 0 for a in q) < self.MAX_SAID_APART:
-                entry = self._new(part_id, 1, part=part, seen=seen)
+                entry = self._new(part_id, 1, part=part, seen=seen, key=key)
             else:  # a flood: merged, the ids kept in the one entry (up to a bound)
                 before.skipped += 1
                 if part_id is not None:
@@ -188,18 +191,18 @@ class CommandTrigger:
             return self._queue.popleft().switch
 
     @_kept(now=True)
-    def refuse(self, why: str, part_id: str | None = None) -> None:
+    def refuse(self, why: str, part_id: str | None = None, key: str | None = None) -> None:
         """A part's request that cannot be taken: answered with the error `why`, in its turn (in a
         flood, beyond MAX_SAID_APART waiting, merged into the last such answer: bounded)."""
         with self._cond:
             q = self._queue
             if self._closed:
-                self._late(part_id, why, True)
+                self._late(part_id, why, True, key=key)
                 return
             if q and q[-1].why is not None and sum(a.skipped > 0 for a in q) >= self.MAX_SAID_APART:
                 q[-1].skipped += 1
             else:
-                q.append(self._new(part_id, 1, why, part=True))
+                q.append(self._new(part_id, 1, why, part=True, key=key))
             self._cond.notify_all()
 
     def take(self, timeout: float) -> Asked | None:

@@ -6,12 +6,26 @@ reconnect), and so is one larger than MAX_COMMAND_BYTES. Refusals are counted an
 most once per LOG_EVERY_S per feature, so a flood cannot fill the journal. A live command that
 is refused (too large) is also handed to the feature's `on_refused` handler, where it has one:
 a refused trigger/set is a request, and is answered (until 2026-12-06 only the log said it).
+
+The station's session is kept by the broker (link.make_client): what the broker took for it
+while it was away (stopped, killed, its link down) comes on the next connection, where it was
+dropped before 2026-12-06. A feature with an `on_held` handler (trigger/set: by then the part
+has left the camera) hands those to it, not to its handler: to tell them from new commands, the
+station sends itself a fence on the feature's topic as it connects, and what comes before the
+fence comes back was held. A fence that does not come back within FENCE_S (an ACL that forbids
+the station to publish there) is said, and what comes after is taken as new. A message the broker
+sends again (its DUP flag: the acknowledgement was lost with the link) that was taken already is
+dropped, so it is not answered twice.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import secrets
 import threading
 import time
+from collections import OrderedDict
 from typing import Callable
 
 import paho.mqtt.client as mqtt
@@ -20,8 +34,16 @@ log = logging.getLogger(__name__)
 
 MAX_COMMAND_BYTES = 256
 LOG_EVERY_S = 10.0
+FENCE_S = 10.0      # a fence not back after this long on a connection is given up (said)
+KEEP_TAKEN = 1000   # (message id, payload) of the last commands taken, to drop the broker's resends...
+RESEND_S = 60.0     # ... of those taken this recently (a broker may reuse a message id once acknowledged)
 
 Handler = Callable[[bytes], None]
+
+
+def message_key(mid: int, payload: bytes) -> str:
+    """A command message's identity across the broker's resends: its id and a digest of its payload."""
+    return f"{mid}:{hashlib.sha1(bytes(payload)).hexdigest()[:16]}"
 
 
 class Commands:
@@ -35,10 +57,26 @@ class Commands:
         self.ready = threading.Event()      # every command subscription granted, this connection
         self._subacks: dict[int, str] = {}  # subscribe message id -> command topic, awaiting its SUBACK
         self._sub_failed = False            # a command subscription failed on this connection
+        self.on_held: dict[str, Handler] = {}  # feature -> its commands the broker held while the station was away
+        self._fence = ""                    # this connection's fence token, while one is not back
+        self._fence_at = 0.0                # monotonic time it was sent
+        self._held = 0                      # commands held, handed to on_held, on this connection
+        self._taken: OrderedDict[str, float] = OrderedDict()  # message_key -> when taken; newest last
+        self._message = threading.local()   # the command being taken on this thread (`taking`)
 
-    def subscribe(self, client) -> None:
+    def subscribe(self, client, resumed: bool = False, publish: Callable[..., bool] | None = None) -> None:
         """Subscribe to every command topic (on paho's thread, from on_connect: no SUBACK can be
-        handled before this returns)."""
+        handled before this returns). `resumed`: the broker kept the session, and what it held
+        comes first; a fence is sent with `publish` (topic, payload, qos) on each on_held topic."""
+        self._fence, self._held = "", 0
+        if resumed and publish is not None and self.on_held:
+            token = secrets.token_hex(8)
+            fenced = [publish(f"{self.base}/{f}/set", json.dumps({"fence": token}), qos=1) for f in self.on_held]
+            if all(fenced):
+                self._fence, self._fence_at = token, time.monotonic()
+            else:
+                log.warning("the fence on %s could not be sent: commands the broker held while this station was "
+                            "away are taken as new ones", ", ".join(f"{self.base}/{f}/set" for f in self.on_held))
         self.ready.clear()
         self._subacks.clear()
         self._sub_failed = False
@@ -71,13 +109,34 @@ class Commands:
         """What to subscribe to (again on every connect)."""
         return [f"{self.base}/{feature}/set" for feature in self.handlers]
 
-    def handle(self, topic: str, payload: bytes, retain: bool) -> None:
-        """Call the feature's handler (on paho's network thread), or refuse the command."""
+    def handle(self, topic: str, payload: bytes, retain: bool, mid: int = 0, dup: bool = False) -> None:
+        """Call the feature's handler (on paho's network thread), or its on_held handler for what the
+        broker held (before this connection's fence), or refuse the command. `mid`, `dup`: the
+        message's id and DUP flag (a resend of one taken already is dropped)."""
         prefix, suffix = self.base + "/", "/set"
         feature = topic[len(prefix):-len(suffix)] if topic.startswith(prefix) and topic.endswith(suffix) else None
         handler = self.handlers.get(feature) if feature else None
-        if handler is None:
+        if handler is None or self._fenced(feature, payload):
             return
+        key = message_key(mid, payload) if mid and not retain else None
+        if key is not None and not self._take(key, dup, topic):
+            return
+        if self._fence and feature in self.on_held:
+            if time.monotonic() - self._fence_at < FENCE_S:
+                self._held += 1
+                handler = self.on_held[feature]
+            else:
+                log.warning("this station's fence on %s did not come back within %.0f s (may it publish there? the "
+                            "broker's ACL): commands the broker held while it was away are taken as new ones",
+                            topic, FENCE_S)
+                self._fence = ""
+        self._message.key = key
+        try:
+            self._route(feature, topic, payload, retain, handler)
+        finally:
+            self._message.key = None
+
+    def _route(self, feature: str, topic: str, payload: bytes, retain: bool, handler: Handler) -> None:
         if retain:
             self._refuse(feature, "it is retained; commands must be sent without the retain flag "
                                   "(clear it: mosquitto_pub -r -n -t " + topic + ")")
@@ -95,6 +154,46 @@ class Commands:
             handler(bytes(payload))
         except Exception:  # a bad command must not kill the network thread
             log.exception("command on %s failed", topic)
+
+    def _take(self, key: str, dup: bool, topic: str) -> bool:
+        """False for the broker's resend (DUP) of a message taken within RESEND_S (or left by the
+        run before: `seed`); else the message is remembered as taken."""
+        now = time.monotonic()
+        if dup and now - self._taken.get(key, -RESEND_S) < RESEND_S:
+            log.info("command on %s sent again by the broker (its acknowledgement was lost): taken already, "
+                     "dropped", topic)
+            return False
+        self._taken[key] = now
+        self._taken.move_to_end(key)
+        while len(self._taken) > KEEP_TAKEN:
+            self._taken.popitem(last=False)
+        return True
+
+    def seed(self, keys) -> None:
+        """Messages (message_key) the run before took and did not answer (agent/request_journal.py):
+        the broker sends again one whose acknowledgement a kill cut off, and it is answered as left."""
+        for key in keys:
+            self._taken[key] = time.monotonic()
+
+    def taking(self) -> str | None:
+        """The message_key of the command the calling thread's handler is taking (None elsewhere:
+        OPC UA's thread, the GPIO watch, a retained or QoS 0 command)."""
+        return getattr(self._message, "key", None)
+
+    def _fenced(self, feature: str, payload: bytes) -> bool:
+        """Whether `payload` is a fence (this station's own: not a command): this connection's
+        ends what the broker held; an earlier one's (sent on a connection that dropped) is dropped."""
+        if not payload.startswith(b'{"fence"') or feature not in self.on_held:
+            return False
+        try:
+            token = json.loads(payload).get("fence")
+        except (ValueError, AttributeError):
+            return False
+        if self._fence and token == self._fence:
+            self._fence = ""
+            log.log(logging.WARNING if self._held else logging.DEBUG, "%d commands the broker held for this "
+                    "station while it was away came before its fence: each is answered as held", self._held)
+        return True
 
     def _refuse(self, feature: str, why: str) -> None:
         self.counters["commands_refused"] += 1

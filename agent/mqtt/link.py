@@ -14,6 +14,8 @@ import ssl
 import time
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from agent.mqtt.events import utc_seconds
 from agent.mqtt.tls import TlsFiles, alert_of, der_dates
@@ -144,16 +146,30 @@ class ClosedHint:
         return self._said[1]
 
 
+SESSION_EXPIRY_S = 7 * 24 * 3600  # MQTT 5: how long the broker keeps a station's session while it is away
+
+
+def session_properties() -> Properties:
+    """The MQTT 5 CONNECT properties of a station's kept session (with clean_start False)."""
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = SESSION_EXPIRY_S
+    return props
+
+
 def make_client(s, client_id: str, protocol: str, will_topic: str,
-                tls_files: TlsFiles | None = None) -> "ReportingClient":
+                tls_files: TlsFiles | None = None, keep_session: bool = False) -> "ReportingClient":
     """The paho client for the `[mqtt]` settings `s`, speaking `protocol` ("5" or "3.1.1"),
     with 'offline' as its retained Last Will on `will_topic`; the caller sets the callbacks.
-    `tls_files`: the TLS context's files (made from `s` when not given), kept across clients."""
-    if protocol == "5":  # a clean start, like 3.1.1's clean session: commands are not kept offline
+    `tls_files`: the TLS context's files (made from `s` when not given), kept across clients.
+    `keep_session`: under 3.1.1, no clean session (the broker keeps the subscriptions, and the
+    commands that come while the client is away); under 5, connect with clean_start False and
+    session_properties(). Until 2026-12-06 a station's session was clean, and the commands that came
+    while it was stopped, killed or cut off were dropped by the broker without a word."""
+    if protocol == "5":
         client = ReportingClient(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     else:
-        client = ReportingClient(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True,
-                                 protocol=mqtt.MQTTv311)
+        client = ReportingClient(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                                 clean_session=not keep_session, protocol=mqtt.MQTTv311)
     client.will_set(will_topic, "offline", qos=1, retain=True)
     if s.username:
         client.username_pw_set(s.username, s.password.get_secret_value() if s.password else None)

@@ -15,7 +15,8 @@ events, refusals.py for what the broker refuses):
   and drops what its ACL forbids, so a 3.1.1 link reads its own events back and says when
   acknowledged ones do not come (refusals.DeliveryCheck).
 - `verdict` is live: sent right after its event, never queued, never replayed (verdict.py).
-- Commands are routed to their handler, or refused (commands.py). `commands_ready` is set once
+- Commands are routed to their handler, or refused (commands.py); the broker keeps the session,
+  and what it held while the station was away is told from new commands. `commands_ready` is set once
   the broker has granted every command subscription of this connection; a subscription it
   refuses (its ACL) is logged as an error and counted, since no command on it would arrive.
 - Why the link is down (refused, unreachable, TLS, authorisation, ...) is in `link` and logged
@@ -117,7 +118,7 @@ class Publisher(EventPump, AutoProtocol, SeqRecord):
 
     def _make_client(self) -> ReportingClient:
         client = link.make_client(self.settings, self.client_id, self.protocol, self.topic("availability"),
-                                  self.tls_files)
+                                  self.tls_files, keep_session=True)
         client.on_connect = link.guarded(self._on_connect)
         client.on_connect_fail = link.guarded(self._on_connect_fail)
         client.on_disconnect = link.guarded(self._on_disconnect)
@@ -186,7 +187,7 @@ class Publisher(EventPump, AutoProtocol, SeqRecord):
             self._publish(self.topic(START_REFUSED), b"", qos=1, retain=True)
         for feature, value in list(self._states.items()):
             self._publish(self.topic(f"{feature}/state"), value, qos=1, retain=True)
-        self.commands.subscribe(client)
+        self.commands.subscribe(client, flags.session_present, self._publish)  # (held commands: commands.py)
         self._loopback_refused = False
         if self._checking:  # 3.1.1: the events the broker acknowledges must come back (refusals.py)
             self._loopback_mid = client.subscribe(self.topic("events"), qos=1)[1]
@@ -316,7 +317,7 @@ class Publisher(EventPump, AutoProtocol, SeqRecord):
         elif msg.topic == self.topic("status"):
             self._record_message(msg.payload, msg.retain)
         else:
-            self.commands.handle(msg.topic, msg.payload, msg.retain)
+            self.commands.handle(msg.topic, msg.payload, msg.retain, msg.mid, msg.dup)
 
     def _delivered(self, payload: bytes) -> None:
         """An event delivered back to this station (3.1.1 links: refusals.DeliveryCheck)."""
@@ -349,10 +350,8 @@ class Publisher(EventPump, AutoProtocol, SeqRecord):
         self._connect()
 
     def _connect(self) -> None:
-        if self.protocol == "5":
-            self.client.connect_async(self.host, self.port, self.keepalive, clean_start=True)
-        else:
-            self.client.connect_async(self.host, self.port, self.keepalive)
+        kept = {"clean_start": False, "properties": link.session_properties()} if self.protocol == "5" else {}
+        self.client.connect_async(self.host, self.port, self.keepalive, **kept)  # (the session is kept: link.py)
         self.client.loop_start()
 
     def publish_event(self, event: dict, decided: float | None = None, answers: int = 0) -> None:

@@ -98,6 +98,7 @@ def test_a_client_reads_the_verdict_writes_the_class_and_triggers(broker, calibr
             taken = await obj.call_method(f"{idx}:Trigger")
             assert taken is True
             await until(lambda: _ready(obj, idx))
+            await until(lambda: _events(sub, 1))  # the node may be set before the broker has passed the event on
             events = sub.documents("adgan/st1/events")
             assert len(events) == 1
             e = events[0]

@@ -10,6 +10,7 @@ import time
 
 from agent.mqtt.outbox import Outbox
 from agent.request_journal import RequestJournal, journal_path
+from agent.requests import HELD
 from agent.trigger import CommandTrigger
 from tests.agent.conftest import AgentProcess
 from tests.agent.test_service_triggers import events, hang_up, mqtt_station, once
@@ -166,10 +167,13 @@ def test_requests_a_kill_left_unanswered_are_answered_once_at_the_next_start(bro
         for e in after:
             if e["part_id"] in ids:
                 answers.setdefault(e["part_id"], set()).add(e["event_id"])
-        assert set(answers) >= set(ids) - before and all(len(v) == 1 for v in answers.values()), answers
+        assert set(answers) >= set(ids) - before and all(len(v) == 1 for v in answers.values()), \
+            [(e["part_id"], e["verdict"], e["seq"], e.get("error")) for e in after]
         late = [e for e in after if e["part_id"] in set(ids) - before and e["verdict"] == "error"]
         assert len(late) >= len(ids) - len(before) - 1  # (the one being inspected at the kill may have been stored)
-        assert all("the agent stopped before answering it" in e["error"] for e in late)
+        # those the agent had taken, and those the broker had not yet handed over (or the agent not yet
+        # taken) at the kill: the broker keeps the station's session (before 2026-12-06 those were lost)
+        assert all("the agent stopped before answering it" in e["error"] or HELD in e["error"] for e in late), late
         assert [e["part_id"] for e in late] == sorted((e["part_id"] for e in late), key=ids.index)  # in order
         assert "were not answered (it was killed" in again.output()
     finally:

@@ -1,0 +1,140 @@
+"""Commands that come while the station is away (stopped, killed, its link down): the broker keeps
+the station's session and hands them over when it is back (agent/mqtt/commands.py). Until
+2026-12-06 the session was clean, and the broker dropped them without a word: a PLC's trigger/set
+was acknowledged, and its part never had an answer."""
+from __future__ import annotations
+
+import json
+import logging
+
+import paho.mqtt.client as mqtt
+
+from agent.mqtt import commands as commands_module
+from agent.mqtt.commands import Commands
+from agent.requests import HELD
+from tests.agent.conftest import AgentProcess
+from tests.agent.test_service_triggers import events, hang_up, mqtt_station
+
+
+class _Client:
+    """What Commands.subscribe asks of paho's client."""
+
+    def __init__(self) -> None:
+        self.mid = 0
+
+    def subscribe(self, topic, qos):
+        self.mid += 1
+        return mqtt.MQTT_ERR_SUCCESS, self.mid
+
+
+def _commands():
+    taken, held, sent = [], [], []
+    c = Commands("adgan/st1", {"trigger": taken.append, "class": taken.append}, {"commands_refused": 0})
+    c.on_held = {"trigger": held.append}
+
+    def publish(topic, payload, qos):
+        sent.append((topic, payload))
+        return True
+    return c, taken, held, sent, publish
+
+
+def test_what_comes_before_the_fence_was_held_and_a_resend_of_a_command_taken_is_dropped(caplog, monkeypatch):
+    c, taken, held, sent, publish = _commands()
+    c.subscribe(_Client(), resumed=True, publish=publish)
+    assert [t for t, _ in sent] == ["adgan/st1/trigger/set"]
+    fence = sent[0][1].encode()
+    c.handle("adgan/st1/trigger/set", b'{"part_id": "A"}', False, mid=1)
+    c.handle("adgan/st1/class/set", b"cylinder", False, mid=2)  # a switch is made: the PLC asked for it
+    c.handle("adgan/st1/trigger/set", b'{"fence": "an earlier connection\'s"}', False, mid=3)  # not a command
+    with caplog.at_level(logging.WARNING):
+        c.handle("adgan/st1/trigger/set", fence, False, mid=4)
+    assert "1 commands the broker held for this station while it was away came before its fence" in caplog.text
+    c.handle("adgan/st1/trigger/set", b'{"part_id": "B"}', False, mid=5)
+    assert held == [b'{"part_id": "A"}'] and taken == [b"cylinder", b'{"part_id": "B"}']
+    # the broker sends B again (DUP: its acknowledgement was lost with the link): taken already
+    c.subscribe(_Client(), resumed=True, publish=publish)
+    c.handle("adgan/st1/trigger/set", b'{"part_id": "B"}', False, mid=5, dup=True)
+    c.handle("adgan/st1/trigger/set", b'{"part_id": "C"}', False, mid=5, dup=True)  # another message: held
+    assert taken == [b"cylinder", b'{"part_id": "B"}'] and held[-1] == b'{"part_id": "C"}'
+    c.handle("adgan/st1/trigger/set", b'{"part_id": "B"}', False, mid=5)  # not a resend: a new request
+    assert held[-1] == b'{"part_id": "B"}' and len(held) == 3
+    # a fence that does not come back (an ACL): said, and what comes after is taken as new
+    monkeypatch.setattr(commands_module, "FENCE_S", 0.0)
+    with caplog.at_level(logging.WARNING):
+        c.handle("adgan/st1/trigger/set", b"go", False, mid=6)
+    assert taken[-1] == b"go" and "did not come back within" in caplog.text
+
+
+def test_a_session_the_broker_did_not_keep_has_no_fence_and_nothing_held():
+    c, taken, held, sent, publish = _commands()
+    c.subscribe(_Client(), resumed=False, publish=publish)
+    c.handle("adgan/st1/trigger/set", b"go", False, mid=1)
+    assert sent == [] and held == [] and taken == [b"go"]
+
+
+def test_a_fence_that_cannot_be_sent_is_said_and_commands_are_taken_as_new(caplog):
+    c, taken, held, sent, publish = _commands()
+    with caplog.at_level(logging.WARNING):
+        c.subscribe(_Client(), resumed=True, publish=lambda *a, **k: False)
+    c.handle("adgan/st1/trigger/set", b"go", False, mid=1)
+    assert "could not be sent" in caplog.text and taken == [b"go"] and held == []
+
+
+def test_requests_sent_while_the_agent_was_stopped_are_answered_when_it_is_back(broker, two_classes, synth_data,
+                                                                                tmp_path):
+    cfg, sub, cmd, state = mqtt_station(broker, two_classes, synth_data, tmp_path, loop=True)
+
+    def ready(m):
+        return any(t == "adgan/st1/status" and json.loads(p)["mqtt"].get("commands_ready") for t, p, _ in m)
+
+    agent = AgentProcess(cfg, tmp_path / "agent.log")
+    try:
+        assert sub.wait_for(ready, 60), agent.output()
+        assert agent.terminate(30) == 0, agent.output()
+        # the PLC asks while the station is stopped: the broker acknowledges, and keeps them for it
+        for payload in ('{"part_id": "H1"}', "go", '{"part_id": "no spaces"}', '{"part_id": "H2"}'):
+            cmd.publish("adgan/st1/trigger/set", payload, qos=1).wait_for_publish(5)
+        cmd.publish("adgan/st1/class/set", "cylinder", qos=1).wait_for_publish(5)
+        sub.messages.clear()
+        again = AgentProcess(cfg, tmp_path / "again.log")
+        try:
+            assert sub.wait_for(lambda m: len(events(sub)) >= 4, 60), again.output()
+            assert sub.wait_for(lambda m: state("class") == b"cylinder", 30), again.output()
+            cmd.publish("adgan/st1/trigger/set", '{"part_id": "N1"}', qos=1).wait_for_publish(5)
+            assert sub.wait_for(lambda m: any(e["part_id"] == "N1" for e in events(sub)), 60), again.output()
+            assert again.terminate(30) == 0
+        finally:
+            again.stop()
+        got = events(sub)
+        assert [e["part_id"] for e in got] == ["H1", None, None, "H2", "N1"], got
+        assert all(e["verdict"] == "error" for e in got[:4])
+        assert HELD in got[0]["error"] and HELD in got[1]["error"] and HELD in got[3]["error"]
+        assert got[0]["error"].startswith("a part not inspected") and got[1]["error"].startswith("requested inspection")
+        assert "is not 1-64" in got[2]["error"]
+        # a request after the station is back is inspected, by the class switched to while it was away
+        assert got[4]["verdict"] in ("ok", "anomaly") and got[4]["expected_class"] == "cylinder"
+        assert "came before its fence" in again.output()
+    finally:
+        agent.stop()
+        hang_up(cmd, sub)
+
+
+def test_a_trigger_set_a_kill_left_unanswered_is_not_taken_again_when_the_broker_resends_it(tmp_path):
+    """The kill can come after the request is kept and before paho acknowledges it: the broker sends it
+    again (DUP) to the next run, which answers it as left by the run before, not a second time as held."""
+    from agent.mqtt.commands import message_key
+    from agent.request_journal import RequestJournal
+    from agent.trigger import CommandTrigger
+    box = tmp_path / "outbox.db"
+    t = CommandTrigger(max_pending=1, journal=RequestJournal(box))
+    key = message_key(7, b'{"part_id": "K"}')
+    assert t.request(part_id="K", key=key)
+    assert t.journal.settle()
+    left = RequestJournal(box).start(0)
+    assert [(o.part_id, o.key) for o in left] == [("K", key)]
+    c, taken, held, sent, publish = _commands()
+    c.seed(o.key for o in left)
+    c.subscribe(_Client(), resumed=True, publish=publish)
+    c.handle("adgan/st1/trigger/set", b'{"part_id": "K"}', False, mid=7, dup=True)
+    c.handle("adgan/st1/trigger/set", b'{"part_id": "L"}', False, mid=8, dup=True)
+    assert taken == [] and held == [b'{"part_id": "L"}']
