@@ -52,6 +52,8 @@ class Commands:
 
     def __init__(self, base: str, handlers: dict[str, Handler] | None, counters: dict[str, int]) -> None:
         self.base, self.handlers, self.counters = base, dict(handlers or {}), counters
+        for name in ("commands_held", "commands_resent"):  # (held while away; sent again, taken already: dropped)
+            counters.setdefault(name, 0)
         self._refusal_logged: dict[str, float] = {}
         self.on_refused: dict[str, Callable[[str], None]] = {}  # feature -> told why a live command was refused
         self.ready = threading.Event()      # every command subscription granted, this connection
@@ -60,6 +62,7 @@ class Commands:
         self.on_held: dict[str, Handler] = {}  # feature -> its commands the broker held while the station was away
         self._fence = ""                    # this connection's fence token, while one is not back
         self._fence_at = 0.0                # monotonic time it was sent
+        self._sent: list[str] = []          # the last fences sent by this process
         self._held = 0                      # commands held, handed to on_held, on this connection
         self._taken: OrderedDict[str, float] = OrderedDict()  # message_key -> when taken; newest last
         self._message = threading.local()   # the command being taken on this thread (`taking`)
@@ -74,6 +77,7 @@ class Commands:
             fenced = [publish(f"{self.base}/{f}/set", json.dumps({"fence": token}), qos=1) for f in self.on_held]
             if all(fenced):
                 self._fence, self._fence_at = token, time.monotonic()
+                self._sent = [*self._sent[-9:], token]
             else:
                 log.warning("the fence on %s could not be sent: commands the broker held while this station was "
                             "away are taken as new ones", ", ".join(f"{self.base}/{f}/set" for f in self.on_held))
@@ -124,6 +128,7 @@ class Commands:
         if self._fence and feature in self.on_held:
             if time.monotonic() - self._fence_at < FENCE_S:
                 self._held += 1
+                self.counters["commands_held"] += 1
                 handler = self.on_held[feature]
             else:
                 log.warning("this station's fence on %s did not come back within %.0f s (may it publish there? the "
@@ -160,6 +165,7 @@ class Commands:
         run before: `seed`); else the message is remembered as taken."""
         now = time.monotonic()
         if dup and now - self._taken.get(key, -RESEND_S) < RESEND_S:
+            self.counters["commands_resent"] += 1
             log.info("command on %s sent again by the broker (its acknowledgement was lost): taken already, "
                      "dropped", topic)
             return False
@@ -193,6 +199,11 @@ class Commands:
             self._fence = ""
             log.log(logging.WARNING if self._held else logging.DEBUG, "%d commands the broker held for this "
                     "station while it was away came before its fence: each is answered as held", self._held)
+        elif token in self._sent:
+            log.debug("a fence from an earlier connection came back: dropped")
+        else:  # (a run before's, killed before its fence came back; or someone else's: said, counted)
+            self._refuse(feature, "it is a fence this process did not send (from a run before, or not this "
+                                  "station's): {\"fence\": ...} is never a request")
         return True
 
     def _refuse(self, feature: str, why: str) -> None:

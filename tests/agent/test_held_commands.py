@@ -45,8 +45,9 @@ def test_what_comes_before_the_fence_was_held_and_a_resend_of_a_command_taken_is
     fence = sent[0][1].encode()
     c.handle("adgan/st1/trigger/set", b'{"part_id": "A"}', False, mid=1)
     c.handle("adgan/st1/class/set", b"cylinder", False, mid=2)  # a switch is made: the PLC asked for it
-    c.handle("adgan/st1/trigger/set", b'{"fence": "an earlier connection\'s"}', False, mid=3)  # not a command
     with caplog.at_level(logging.WARNING):
+        c.handle("adgan/st1/trigger/set", b'{"fence": "not this process\'s"}', False, mid=3)  # never a command
+        assert "a fence this process did not send" in caplog.text and c.counters["commands_refused"] == 1
         c.handle("adgan/st1/trigger/set", fence, False, mid=4)
     assert "1 commands the broker held for this station while it was away came before its fence" in caplog.text
     c.handle("adgan/st1/trigger/set", b'{"part_id": "B"}', False, mid=5)
@@ -56,8 +57,12 @@ def test_what_comes_before_the_fence_was_held_and_a_resend_of_a_command_taken_is
     c.handle("adgan/st1/trigger/set", b'{"part_id": "B"}', False, mid=5, dup=True)
     c.handle("adgan/st1/trigger/set", b'{"part_id": "C"}', False, mid=5, dup=True)  # another message: held
     assert taken == [b"cylinder", b'{"part_id": "B"}'] and held[-1] == b'{"part_id": "C"}'
+    assert c.counters["commands_resent"] == 1 and c.counters["commands_held"] == 2  # (status.mqtt)
     c.handle("adgan/st1/trigger/set", b'{"part_id": "B"}', False, mid=5)  # not a resend: a new request
     assert held[-1] == b'{"part_id": "B"}' and len(held) == 3
+    refused = c.counters["commands_refused"]
+    c.handle("adgan/st1/trigger/set", fence, False, mid=9)  # the first connection's fence, late: dropped quietly
+    assert c.counters["commands_refused"] == refused and len(held) == 3 and len(taken) == 2
     # a fence that does not come back (an ACL): said, and what comes after is taken as new
     monkeypatch.setattr(commands_module, "FENCE_S", 0.0)
     with caplog.at_level(logging.WARNING):
@@ -102,6 +107,7 @@ def test_requests_sent_while_the_agent_was_stopped_are_answered_when_it_is_back(
             assert sub.wait_for(lambda m: state("class") == b"cylinder", 30), again.output()
             cmd.publish("adgan/st1/trigger/set", '{"part_id": "N1"}', qos=1).wait_for_publish(5)
             assert sub.wait_for(lambda m: any(e["part_id"] == "N1" for e in events(sub)), 60), again.output()
+            assert sub.wait_for(lambda m: sub.documents("adgan/st1/status")[-1]["mqtt"]["commands_held"] == 4, 30)
             assert again.terminate(30) == 0
         finally:
             again.stop()
