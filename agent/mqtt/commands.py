@@ -181,6 +181,11 @@ class Commands:
         for key in keys:
             self._taken[key] = time.monotonic()
 
+    @property
+    def fencing(self) -> bool:
+        """Whether this connection's fence is out: a command coming now is taken as held."""
+        return bool(self._fence) and time.monotonic() - self._fence_at < FENCE_S
+
     def taking(self) -> str | None:
         """The message_key of the command the calling thread's handler is taking (None elsewhere:
         OPC UA's thread, the GPIO watch, a retained or QoS 0 command)."""

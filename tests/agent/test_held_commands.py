@@ -6,13 +6,19 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 
 import paho.mqtt.client as mqtt
+import pytest
 
 from agent.mqtt import commands as commands_module
 from agent.mqtt.commands import Commands
+from agent.mqtt.outbox import Outbox
+from agent.mqtt.publisher import Publisher
 from agent.requests import HELD
 from tests.agent.conftest import AgentProcess
+from agent.settings import MqttSettings
+from tests.agent.mqtt.test_faults import send, wait
 from tests.agent.test_service_triggers import events, hang_up, mqtt_station
 
 
@@ -144,3 +150,24 @@ def test_a_trigger_set_a_kill_left_unanswered_is_not_taken_again_when_the_broker
     c.handle("adgan/st1/trigger/set", b'{"part_id": "K"}', False, mid=7, dup=True)
     c.handle("adgan/st1/trigger/set", b'{"part_id": "L"}', False, mid=8, dup=True)
     assert taken == [] and held == [b'{"part_id": "L"}']
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_a_trigger_sent_while_the_link_is_down_is_held_and_a_new_one_after_is_taken(broker, tmp_path, protocol):
+    taken, held = [], []
+    pub = Publisher("st1", Outbox(tmp_path / "outbox.sqlite"),
+                    MqttSettings(port=broker.port, keepalive_s=5, protocol=protocol), commands={"trigger": taken.append})
+    pub.commands.on_held = {"trigger": held.append}
+    pub.start()
+    try:
+        assert pub.commands_ready.wait(10)
+        connects = pub.counters["connects"]
+        pub.client.socket().shutdown(socket.SHUT_RDWR)  # the link drops (paho reconnects after 1 s)
+        send(broker.port, "adgan/st1/trigger/set", b'{"part_id": "L1"}')  # the broker keeps it for the station
+        assert wait(lambda: held == [b'{"part_id": "L1"}'], 20), (held, taken)
+        assert pub.counters["connects"] == connects + 1 and pub.counters["commands_held"] == 1
+        assert wait(lambda: not pub.commands.fencing, 10)  # the fence is back: what comes now is new
+        send(broker.port, "adgan/st1/trigger/set", b'{"part_id": "L2"}')
+        assert wait(lambda: taken == [b'{"part_id": "L2"}'], 20), (held, taken)
+    finally:
+        pub.stop()
