@@ -75,8 +75,9 @@ class Requests:
         inspected (by now its part has left the camera, and another may be there), answered in its
         turn with an error event that echoes its part_id (before 2026-12-06 the broker dropped it)."""
         part, part_id, problem = part_request(payload)
-        self.commands.refuse(problem or f"{'a part not inspected' if part else 'requested inspection not made'}: "
-                                        f"{HELD}", part_id, key=self.publisher.commands.taking())
+        kind = "a part not inspected" if part else "requested inspection not made"
+        self.commands.refuse(f"{problem}; {HELD}" if problem else f"{kind}: {HELD}", part_id,
+                             key=self.publisher.commands.taking())
         self._echo_trigger()
 
     def _on_part_seen(self, at: float) -> None:

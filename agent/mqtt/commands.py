@@ -14,8 +14,8 @@ has left the camera) hands those to it, not to its handler: to tell them from ne
 station sends itself a fence on the feature's topic as it connects, and what comes before the
 fence comes back was held. A fence that does not come back within FENCE_S (an ACL that forbids
 the station to publish there) is said, and what comes after is taken as new. A message the broker
-sends again (its DUP flag: the acknowledgement was lost with the link) that was taken already is
-dropped, so it is not answered twice.
+sends again (its DUP flag: the acknowledgement was lost with the link, or with a kill) that was
+taken already (or left unanswered by a killed run: `seed`) is dropped, so it is not answered twice.
 """
 from __future__ import annotations
 
@@ -72,15 +72,6 @@ class Commands:
         handled before this returns). `resumed`: the broker kept the session, and what it held
         comes first; a fence is sent with `publish` (topic, payload, qos) on each on_held topic."""
         self._fence, self._held = "", 0
-        if resumed and publish is not None and self.on_held:
-            token = secrets.token_hex(8)
-            fenced = [publish(f"{self.base}/{f}/set", json.dumps({"fence": token}), qos=1) for f in self.on_held]
-            if all(fenced):
-                self._fence, self._fence_at = token, time.monotonic()
-                self._sent = [*self._sent[-9:], token]
-            else:
-                log.warning("the fence on %s could not be sent: commands the broker held while this station was "
-                            "away are taken as new ones", ", ".join(f"{self.base}/{f}/set" for f in self.on_held))
         self.ready.clear()
         self._subacks.clear()
         self._sub_failed = False
@@ -94,6 +85,18 @@ class Commands:
                           "the next connection", topic, mqtt.error_string(rc))
         if not self._subacks and not self._sub_failed:
             self.ready.set()
+        if resumed and publish is not None and self.on_held:  # (after the SUBSCRIBEs: the broker takes them in turn,
+            self._send_fence(publish)                           # so a subscription new to the session catches it)
+
+    def _send_fence(self, publish: Callable[..., bool]) -> None:
+        token = secrets.token_hex(8)
+        fenced = [publish(f"{self.base}/{f}/set", json.dumps({"fence": token}), qos=1) for f in self.on_held]
+        if all(fenced):
+            self._fence, self._fence_at = token, time.monotonic()
+            self._sent = [*self._sent[-9:], token]
+        else:
+            log.warning("the fence on %s could not be sent: commands the broker held while this station was "
+                        "away are taken as new ones", ", ".join(f"{self.base}/{f}/set" for f in self.on_held))
 
     def subscribed(self, mid: int, reason_codes) -> None:
         """A SUBACK: `ready` once every command subscription is granted; a refusal is said."""

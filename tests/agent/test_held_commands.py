@@ -122,7 +122,7 @@ def test_requests_sent_while_the_agent_was_stopped_are_answered_when_it_is_back(
         assert all(e["verdict"] == "error" for e in got[:4])
         assert HELD in got[0]["error"] and HELD in got[1]["error"] and HELD in got[3]["error"]
         assert got[0]["error"].startswith("a part not inspected") and got[1]["error"].startswith("requested inspection")
-        assert "is not 1-64" in got[2]["error"]
+        assert "is not 1-64" in got[2]["error"] and HELD in got[2]["error"]
         # a request after the station is back is inspected, by the class switched to while it was away
         assert got[4]["verdict"] in ("ok", "anomaly") and got[4]["expected_class"] == "cylinder"
         assert "came before its fence" in again.output()
@@ -171,3 +171,26 @@ def test_a_trigger_sent_while_the_link_is_down_is_held_and_a_new_one_after_is_ta
         assert wait(lambda: taken == [b'{"part_id": "L2"}'], 20), (held, taken)
     finally:
         pub.stop()
+
+
+def test_the_fence_comes_back_on_a_command_topic_new_to_the_kept_session(broker, tmp_path, caplog):
+    """A station whose topic_prefix changed resumes a session subscribed to the old topics: the fence
+    goes after the SUBSCRIBEs, so the broker has the new subscription when it routes the fence."""
+    first = Publisher("st1", Outbox(tmp_path / "a.sqlite"), MqttSettings(port=broker.port, topic_prefix="old"),
+                      commands={"trigger": [].append})
+    first.start()
+    assert first.commands_ready.wait(10)
+    first.stop()
+    taken, held = [], []
+    pub = Publisher("st1", Outbox(tmp_path / "b.sqlite"), MqttSettings(port=broker.port, topic_prefix="new"),
+                    commands={"trigger": taken.append})
+    pub.commands.on_held = {"trigger": held.append}
+    with caplog.at_level(logging.DEBUG, logger="agent.mqtt.commands"):
+        pub.start()
+        try:
+            assert pub.commands_ready.wait(10)
+            assert wait(lambda: "0 commands the broker held for this station" in caplog.text, 5), caplog.text
+            send(broker.port, "new/st1/trigger/set", b"go")
+            assert wait(lambda: taken == [b"go"], 10) and held == []
+        finally:
+            pub.stop()
