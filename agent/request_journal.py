@@ -19,7 +19,7 @@ they are answered as before: said (ERROR, at most once a minute) and in `status.
 A file that cannot be read at start is said, moved aside, and nothing is answered from it.
 A GPIO part is kept from its edge on (within its delay_ms, its inspection not yet requested).
 Requests over MQTT and OPC UA are written by the thread that takes them, before they are
-acknowledged; every other change by the journal's own thread (`keep(wait=False)`), so neither the
+acknowledged and before the loop may act on them (trigger.py's `Asked.ready`); every other change by the journal's own thread (`keep(wait=False)`), so neither the
 GPIO watch nor the loop waits for a slow disk's flush.
 """
 from __future__ import annotations
@@ -115,6 +115,7 @@ class RequestJournal:
         self._busy = False                   # the writer thread is writing one
         self._wake = threading.Condition()
         self._writer: threading.Thread | None = None
+        self.keys: list[str] = []            # the trigger/sets the run before took, answered or not (message keys)
         self.left = self._read()             # what the run before left unanswered
 
     def _read(self) -> list[Open]:
@@ -128,6 +129,10 @@ class RequestJournal:
                 raise ValueError("not a request journal")
             left = sorted((Open.from_json(d) for d in doc["open"]), key=lambda o: o.r)
             self.next = max([int(doc.get("next", 1)), *(o.r + 1 for o in left)])
+            recent = doc.get("recent", [])
+            if not isinstance(recent, list) or not all(isinstance(k, str) for k in recent):
+                raise ValueError("its recent keys are not a list of strings")
+            self.keys = [*(o.key for o in left if o.key), *recent]
             return left
         except FileNotFoundError:
             return []
@@ -155,12 +160,14 @@ class RequestJournal:
         self.next += 1
         return r
 
-    def keep(self, version: int, entries: list[Open], next_r: int, wait: bool = True) -> None:
-        """Write the snapshot `version` (the requests open now), unless a newer one was written;
-        without `wait`, by the writer thread (the newest snapshot handed to it, soon)."""
+    def keep(self, version: int, entries: list[Open], next_r: int, wait: bool = True,
+             recent: list[str] | None = None) -> None:
+        """Write the snapshot `version` (the requests open now, and the `recent` keys of the trigger/sets
+        answered last), unless a newer one was written; without `wait`, by the writer thread (the newest
+        snapshot handed to it, soon)."""
         if not wait:
             with self._wake:
-                self._later = (version, entries, next_r)
+                self._later = (version, entries, next_r, True, recent)
                 if self._writer is None:
                     self._writer = threading.Thread(target=self._write_later, name="request-journal", daemon=True)
                     self._writer.start()
@@ -169,7 +176,8 @@ class RequestJournal:
         with self._lock:
             if version <= self._written:
                 return
-            text = json.dumps({"next": next_r, "open": [o.to_json() for o in entries]}, separators=(",", ":"))
+            doc = {"next": next_r, "open": [o.to_json() for o in entries], **({"recent": recent} if recent else {})}
+            text = json.dumps(doc, separators=(",", ":"))
             if text == self._text:
                 self._written = version
                 return

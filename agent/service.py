@@ -91,7 +91,7 @@ class Agent(Requests):
                                    commands={"class": self._on_class_command, "trigger": self._on_trigger_command})
         self.publisher.commands.on_refused = {"trigger": self._on_trigger_refused, "class": self._refuse_class}
         self.publisher.commands.on_held = {"trigger": self._on_trigger_held}  # (class/set: made, the PLC asked)
-        self.publisher.commands.seed(o.key for o in self._leftovers if o.key)  # (resent after a kill: answered)
+        self.publisher.commands.seed(self.commands.journal.keys)  # (what the broker sends again after a kill: taken)
         self.publisher.start()
         self.interfaces.start()
         self.publisher.publish_state("class", self.expected)

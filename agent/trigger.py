@@ -30,6 +30,7 @@ class Asked:
     part: bool = False          # a part (a GPIO edge, a named request), not a plain inspection request
     at: float = 0.0             # when it was requested (wall clock)
     key: str | None = None      # its trigger/set message's identity (a resend after a kill is dropped)
+    ready: bool = True          # False until the journal holds it (a request over MQTT or OPC UA): not taken before
 
     @property
     def inspection(self) -> bool:
@@ -63,6 +64,7 @@ class CommandTrigger:
     MAX_IDS_KEPT = 1000   # part ids a merged entry names
     MAX_WAITING = 1000    # entries in the queue beyond which a class switch is refused (a flood)
     MAX_FLIGHT_S = 70.0   # a part seen and not requested after this long is forgotten (gpio.delay_ms <= 60 s)
+    KEEP_ANSWERED = 100   # keys of the trigger/sets answered last, kept: paho may not have acknowledged them yet
 
     def __init__(self, max_pending: int = 1, journal=None) -> None:
         if max_pending < 1:
@@ -73,6 +75,7 @@ class CommandTrigger:
         self._queue: deque[Asked] = deque()
         self._serving: dict[int, Asked] = {}  # taken off the queue, their answers not yet given (by number)
         self._adopted: dict = {}  # number -> request_journal.Open: left unanswered by the run before, being answered
+        self._recent: deque[str] = deque(maxlen=self.KEEP_ANSWERED)  # keys of trigger/sets answered last
         self._version = 0
         self._in_flight: list[float] = []  # monotonic times of parts seen (GPIO edges) and not yet requested
         self._seen: dict[float, Asked] = {}  # with a journal: those parts, numbered (kept from their edge)
@@ -97,8 +100,16 @@ class CommandTrigger:
                                                *self._serving.values(), *self._seen.values()]
             snapshot = sorted([*(Open(a.r, a.part_id, a.part, max(a.skipped, 1), self._why(a) if a.skipped else None,
                                       a.at, a.key) for a in entries if a.r), *self._adopted.values()], key=lambda o: o.r)
-            next_r = self.journal.next
-        self.journal.keep(version, snapshot, next_r, wait)
+            next_r, recent = self.journal.next, list(self._recent)
+            unready = [a for a in self._queue if not a.ready]
+        try:
+            self.journal.keep(version, snapshot, next_r, wait, recent)
+        finally:
+            if unready and wait:  # on disk now (or said unwritable): the loop may act on them. Before 2026-12-06
+                with self._cond:  # it could answer one first, and a kill before paho's PUBACK had the broker send
+                    for a in unready:  # it again to the next run, where it was answered a second time
+                        a.ready = True
+                    self._cond.notify_all()
 
     def _late(self, part_id: str | None, why: str | None, part: bool, seen: Asked | None = None,
               key: str | None = None) -> None:
@@ -158,6 +169,7 @@ class CommandTrigger:
                         before.more_ids += 1
                 self._cond.notify_all()
                 return False
+            entry.ready = self.journal is None or at is not None  # (kept first, then acted on: `save`)
             q.insert(i, entry)
             self._cond.notify_all()
             return entry.inspection
@@ -203,6 +215,7 @@ class CommandTrigger:
                 q[-1].skipped += 1
             else:
                 q.append(self._new(part_id, 1, why, part=True, key=key))
+                q[-1].ready = self.journal is None
             self._cond.notify_all()
 
     def take(self, timeout: float) -> Asked | None:
@@ -210,7 +223,8 @@ class CommandTrigger:
         nothing else is ahead of it (parts not inspected: `skipped`; class switches: `switched`),
         else None."""
         with self._cond:
-            if not self._cond.wait_for(lambda: self._queue, timeout) or not self._queue[0].inspection:
+            if not self._cond.wait_for(lambda: self._queue and self._queue[0].ready, timeout) or \
+                    not self._queue[0].inspection:
                 return None
             a = self._queue.popleft()
             if a.r:
@@ -236,7 +250,7 @@ class CommandTrigger:
         when an inspection or nothing is there. One at a time: the others stay `waiting` while it
         is answered."""
         with self._cond:
-            if not self._queue or not self._queue[0].skipped:
+            if not self._queue or not self._queue[0].skipped or not self._queue[0].ready:
                 return None
             a = self._queue.popleft()
             if a.r:
@@ -253,8 +267,10 @@ class CommandTrigger:
     def answered(self, r: int) -> None:
         """Request `r`'s answer is stored (in the outbox): it no longer waits."""
         with self._cond:
-            self._serving.pop(r, None)
+            done = self._serving.pop(r, None) or self._adopted.pop(r, None)
             self._adopted.pop(r, None)
+            if done is not None and done.key:  # (its PUBACK may still wait behind paho's reading: a kill now
+                self._recent.append(done.key)  # and the broker sends it again; the next start drops it)
 
     def _why(self, a: Asked) -> str:
         if a.why is not None:

@@ -15,7 +15,7 @@ station sends itself a fence on the feature's topic as it connects, and what com
 fence comes back was held. A fence that does not come back within FENCE_S (an ACL that forbids
 the station to publish there) is said, and what comes after is taken as new. A message the broker
 sends again (its DUP flag: the acknowledgement was lost with the link, or with a kill) that was
-taken already (or left unanswered by a killed run: `seed`) is dropped, so it is not answered twice.
+taken already (or by a killed run: `seed`) is dropped, so it is not answered twice.
 """
 from __future__ import annotations
 
@@ -179,8 +179,9 @@ class Commands:
         return True
 
     def seed(self, keys) -> None:
-        """Messages (message_key) the run before took and did not answer (agent/request_journal.py):
-        the broker sends again one whose acknowledgement a kill cut off, and it is answered as left."""
+        """Messages (message_key) the run before took (agent/request_journal.py: those left unanswered,
+        and the last answered): the broker sends again one whose acknowledgement a kill cut off (paho
+        sends it after its reading, which a slow disk can hold up past the answer), and it is dropped."""
         for key in keys:
             self._taken[key] = time.monotonic()
 

@@ -12,7 +12,7 @@ from agent.mqtt.outbox import Outbox
 from agent.request_journal import RequestJournal, journal_path
 from agent.requests import HELD
 from agent.trigger import CommandTrigger
-from tests.agent.conftest import AgentProcess
+from tests.agent.conftest import AgentProcess, slow_disk
 from tests.agent.test_service_triggers import events, hang_up, mqtt_station, once
 
 
@@ -132,8 +132,53 @@ def test_a_journal_that_cannot_be_read_or_written_is_said_and_requests_go_on(tmp
     assert t.take(0).part_id == "A"  # answered as before
 
 
+def test_a_request_over_mqtt_is_acted_on_only_once_the_journal_holds_it(tmp_path):
+    """Before 2026-12-06 the loop could take a request while its journal entry was still being
+    flushed: answered, then killed before paho's PUBACK, it came again from the broker and was
+    answered twice. A GPIO part (its edge's `at`) is written by the journal's thread, as before."""
+    import threading
+
+    class Slow(RequestJournal):
+        def __init__(self, *a):
+            super().__init__(*a)
+            self.go = threading.Event()
+
+        def keep(self, *a, **k):
+            self.go.wait(10)
+            return super().keep(*a, **k)
+
+    t = CommandTrigger(max_pending=5, journal=Slow(tmp_path / "outbox.db"))
+    asking = threading.Thread(target=lambda: t.request(part_id="A", key="1:ab"))
+    asking.start()
+    assert t.take(0.3) is None  # on its way to the disk: not yet
+    t.journal.go.set()
+    asking.join(10)
+    a = t.take(5)
+    assert a is not None and a.part_id == "A"
+    t.refuse("a part not inspected: ...", "B")
+    assert t.skipped_request()[2] == "B"
+    t.answered(a.r)
+    assert t.journal.settle() and json.loads(t.journal.path.read_text())["recent"] == ["1:ab"]
+
+
 def test_requests_a_kill_left_unanswered_are_answered_once_at_the_next_start(broker, two_classes, synth_data,
                                                                              tmp_path):
+    late, log = _kill_while_requests_wait(broker, two_classes, synth_data, tmp_path)
+    assert "were not answered (it was killed" in log
+
+
+def test_requests_the_broker_had_not_handed_over_at_a_kill_are_answered_as_held(broker, two_classes, synth_data,
+                                                                                tmp_path):
+    """Each request kept takes 0.25 s per flush here (an SD card): at the kill, the broker still holds
+    most of them for the station (before 2026-12-06 its clean session dropped them: CI saw it)."""
+    late, log = _kill_while_requests_wait(broker, two_classes, synth_data, tmp_path, wrap=slow_disk("fsync", 0.25))
+    assert any(HELD in e["error"] for e in late), late
+    assert "came before its fence" in log
+
+
+def _kill_while_requests_wait(broker, two_classes, synth_data, tmp_path, wrap=None) -> tuple[list[dict], str]:
+    """Ten named parts requested, the agent (run under `wrap`) SIGKILLed after the first verdict and
+    started again: every part is answered once, in order. (The late answers, the second run's log.)"""
     cfg, sub, cmd, state = mqtt_station(broker, two_classes, synth_data, tmp_path, loop=True)
     # one inspection every half second (the replay's pace), and room for every request to wait
     cfg.write_text(cfg.read_text().replace("fps = 0", "fps = 2").replace('mode = "mqtt"',
@@ -143,7 +188,7 @@ def test_requests_a_kill_left_unanswered_are_answered_once_at_the_next_start(bro
     def ready(m):
         return any(t == "adgan/st1/status" and json.loads(p)["mqtt"].get("commands_ready") for t, p, _ in m)
 
-    agent = AgentProcess(cfg, tmp_path / "agent.log")
+    agent = AgentProcess(cfg, tmp_path / "agent.log", wrap=wrap)
     try:
         assert sub.wait_for(ready, 60), agent.output()
         for pid in ids:
@@ -168,14 +213,14 @@ def test_requests_a_kill_left_unanswered_are_answered_once_at_the_next_start(bro
             if e["part_id"] in ids:
                 answers.setdefault(e["part_id"], set()).add(e["event_id"])
         assert set(answers) >= set(ids) - before and all(len(v) == 1 for v in answers.values()), \
-            [(e["part_id"], e["verdict"], e["seq"], e.get("error")) for e in after]
+            [(e["part_id"], e["verdict"], e["seq"], (e.get("error") or "")[:50]) for e in after]
         late = [e for e in after if e["part_id"] in set(ids) - before and e["verdict"] == "error"]
         assert len(late) >= len(ids) - len(before) - 1  # (the one being inspected at the kill may have been stored)
         # those the agent had taken, and those the broker had not yet handed over (or the agent not yet
         # taken) at the kill: the broker keeps the station's session (before 2026-12-06 those were lost)
         assert all("the agent stopped before answering it" in e["error"] or HELD in e["error"] for e in late), late
         assert [e["part_id"] for e in late] == sorted((e["part_id"] for e in late), key=ids.index)  # in order
-        assert "were not answered (it was killed" in again.output()
+        return late, again.output()
     finally:
         agent.stop()
         hang_up(cmd, sub)
