@@ -95,17 +95,19 @@ class CommandTrigger:
         """Write what waits to the journal (each change does; a request moved from waiting to being
         answered is no change: `take` does not); `wait`: here and now, not by its thread."""
         with self._cond:
-            self._version += 1
-            version, entries = self._version, [*(a for a in self._queue if a.switch is None),
-                                               *self._serving.values(), *self._seen.values()]
-            snapshot = sorted([*(Open(a.r, a.part_id, a.part, max(a.skipped, 1), self._why(a) if a.skipped else None,
-                                      a.at, a.key) for a in entries if a.r), *self._adopted.values()], key=lambda o: o.r)
-            next_r, recent = self.journal.next, list(self._recent)
-            unready = [a for a in self._queue if not a.ready]
+            unready = [a for a in self._queue if not a.ready] if wait else []
         try:
+            with self._cond:
+                self._version += 1
+                version, entries = self._version, [*(a for a in self._queue if a.switch is None),
+                                                   *self._serving.values(), *self._seen.values()]
+                snapshot = sorted([*(Open(a.r, a.part_id, a.part, max(a.skipped, 1),
+                                          self._why(a) if a.skipped else None, a.at, a.key) for a in entries if a.r),
+                                   *self._adopted.values()], key=lambda o: o.r)
+                next_r, recent = self.journal.next, list(self._recent)
             self.journal.keep(version, snapshot, next_r, wait, recent)
         finally:
-            if unready and wait:  # on disk now (or said unwritable): the loop may act on them. Before 2026-12-06
+            if unready:  # on disk now (or said unwritable, or failed): the loop may act on them. Before 2026-12-06
                 with self._cond:  # it could answer one first, and a kill before paho's PUBACK had the broker send
                     for a in unready:  # it again to the next run, where it was answered a second time
                         a.ready = True
