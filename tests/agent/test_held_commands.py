@@ -16,8 +16,8 @@ from agent.mqtt.commands import Commands
 from agent.mqtt.outbox import Outbox
 from agent.mqtt.publisher import Publisher
 from agent.requests import HELD
-from tests.agent.conftest import AgentProcess
 from agent.settings import MqttSettings
+from tests.agent.conftest import AgentProcess
 from tests.agent.mqtt.test_faults import send, wait
 from tests.agent.test_service_triggers import events, hang_up, mqtt_station
 
