@@ -263,3 +263,28 @@ def test_the_answers_a_start_gives_for_a_kills_requests_do_not_pulse_the_gpio_ve
     assert faces.lines is True  # and later events show on them again
     faces.event("sphere", {"verdict": "ok"})
     assert ("gpio", "ok") in shown
+
+
+def test_the_answers_to_requests_the_broker_held_do_not_pulse_the_gpio_verdict_lines():
+    """As a kill's leftovers: by then the part has passed, and the lines name no part. A bad id
+    refused as it comes is answered on them as before."""
+    import types
+
+    from agent.interfaces import Interfaces
+    from agent.requests import Requests
+    shown = []
+    faces = Interfaces.__new__(Interfaces)
+    faces.lines, faces._waiting = True, lambda: False
+    faces.metrics = types.SimpleNamespace(verdict=lambda *a: None)
+    faces.gpio = types.SimpleNamespace(verdict=lambda v, more: shown.append(("gpio", v)))
+    faces.opcua = types.SimpleNamespace(event=lambda e: shown.append(("opcua", e["part_id"])))
+    faces.web = types.SimpleNamespace(event=lambda e, v: None)
+    agent = types.SimpleNamespace(interfaces=faces, commands=CommandTrigger(),
+                                  publisher=types.SimpleNamespace(commands=types.SimpleNamespace(taking=lambda: None)),
+                                  counters=types.SimpleNamespace(add=lambda *a: None), _echo_trigger=lambda: None)
+    agent._asked = lambda part_id, r: (part_id, r)
+    agent._error = lambda work, why: faces.event("sphere", {"verdict": "error", "part_id": work[0]})
+    Requests._on_trigger_held(agent, b'{"part_id": "H1"}')
+    Requests._on_trigger_command(agent, b'{"part_id": "not one"}')
+    Requests._answer_ahead(agent)
+    assert shown == [("opcua", "H1"), ("gpio", "error"), ("opcua", None)] and faces.lines is True
