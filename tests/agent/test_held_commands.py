@@ -19,7 +19,7 @@ from agent.requests import HELD
 from agent.settings import MqttSettings
 from tests.agent.conftest import AgentProcess
 from tests.agent.mqtt.test_faults import send, wait
-from tests.agent.test_service_triggers import events, hang_up, mqtt_station
+from tests.agent.test_service_triggers import events, hang_up, mqtt_station, once
 
 
 class _Client:
@@ -117,7 +117,7 @@ def test_requests_sent_while_the_agent_was_stopped_are_answered_when_it_is_back(
             assert again.terminate(30) == 0
         finally:
             again.stop()
-        got = events(sub)
+        got = once(events(sub))
         assert [e["part_id"] for e in got] == ["H1", None, None, "H2", "N1"], got
         assert all(e["verdict"] == "error" for e in got[:4])
         assert HELD in got[0]["error"] and HELD in got[1]["error"] and HELD in got[3]["error"]
@@ -162,7 +162,8 @@ def test_a_trigger_sent_while_the_link_is_down_is_held_and_a_new_one_after_is_ta
     try:
         assert pub.commands_ready.wait(10)
         connects = pub.counters["connects"]
-        pub.client.socket().shutdown(socket.SHUT_RDWR)  # the link drops (paho reconnects after 1 s)
+        pub.client.reconnect_delay_set(min_delay=3, max_delay=3)  # (room for the PLC's message, under load too)
+        pub.client.socket().shutdown(socket.SHUT_RDWR)  # the link drops; paho reconnects 3 s later
         send(broker.port, "adgan/st1/trigger/set", b'{"part_id": "L1"}')  # the broker keeps it for the station
         assert wait(lambda: held == [b'{"part_id": "L1"}'], 20), (held, taken)
         assert pub.counters["connects"] == connects + 1 and pub.counters["commands_held"] == 1
