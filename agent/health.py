@@ -153,6 +153,9 @@ class Work:
     forced: bool = False           # inspection requested over MQTT
     part_id: str | None = None     # the part's id its request gave (trigger/set {"part_id": ...})
     request: int = 0               # the number of the request it answers (agent/request_journal.py); 0: none
+    lines: bool = True             # its event is shown on the GPIO verdict lines (not an answer for a part that has
+                                   # passed: a kill's leftovers, what the broker held; a PLC counting pulses would
+                                   # take it for the next part's verdict)
     source: dict = field(default_factory=dict)
     view: tuple | None = None      # a scored part's (sample, x, G(z*), relief heat or None), for the operator's page
     class_check: dict | None = None  # the scored part's class check (inspector.Decision), for its event

@@ -32,7 +32,6 @@ class Interfaces:
                                  agent.status)
         self.web = OperatorPage(s.web, agent.status, lambda: bool(agent.models))
         self._waiting = lambda: agent.commands.waiting  # requests still to be answered after an event
-        self.lines = True  # the GPIO verdict lines show events (not the answers a start gives for a kill's requests)
 
     def start(self) -> None:
         self.metrics.start()
@@ -44,10 +43,11 @@ class Interfaces:
         """A frame's stage times."""
         _guarded("metrics", self.metrics.observe, work)
 
-    def event(self, expected: str, event: dict, view=None) -> None:
-        """An event, as published, and a scored part's pixels (Work.view)."""
+    def event(self, expected: str, event: dict, view=None, lines: bool = True) -> None:
+        """An event, as published, and a scored part's pixels (Work.view); `lines`: on the GPIO verdict
+        lines too (Work.lines)."""
         _guarded("metrics", self.metrics.verdict, expected, event["verdict"])
-        if self.lines:
+        if lines:
             _guarded("gpio", self.gpio.verdict, event["verdict"], self._waiting())
         _guarded("opcua", self.opcua.event, event)
         _guarded("web", self.web.event, event, view)

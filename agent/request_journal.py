@@ -19,8 +19,9 @@ they are answered as before: said (ERROR, at most once a minute) and in `status.
 A file that cannot be read at start is said, moved aside, and nothing is answered from it.
 A GPIO part is kept from its edge on (within its delay_ms, its inspection not yet requested).
 Requests over MQTT and OPC UA are written by the thread that takes them, before they are
-acknowledged and before the loop may act on them (trigger.py's `Asked.ready`); every other change by the journal's own thread (`keep(wait=False)`), so neither the
-GPIO watch nor the loop waits for a slow disk's flush.
+acknowledged and before the loop may act on them (trigger.py's `Asked.ready`); every other
+change by the journal's own thread (`keep(wait=False)`), so neither the GPIO watch nor the loop
+waits for a slow disk's flush.
 """
 from __future__ import annotations
 

@@ -77,7 +77,7 @@ class Requests:
         part, part_id, problem = part_request(payload)
         kind = "a part not inspected" if part else "requested inspection not made"
         self.commands.refuse(f"{problem}; {HELD}" if problem else f"{kind}: {HELD}", part_id,
-                             key=self.publisher.commands.taking())
+                             key=self.publisher.commands.taking(), lines=False)  # (as a kill's leftovers)
         self._echo_trigger()
 
     def _on_part_seen(self, at: float) -> None:
@@ -98,13 +98,9 @@ class Requests:
             if (payload := self.commands.switched()) is not None:
                 self._switch_class(payload)
             elif (skipped := self.commands.skipped_request()) is not None:
-                n, reason, part_id, r = skipped
+                n, reason, part_id, r, lines = skipped
                 self.counters.add("parts_not_inspected", n)
-                self.interfaces.lines = HELD not in reason  # (as a kill's requests: `_answer_leftovers`)
-                try:
-                    self._error(self._asked(part_id, r), reason)
-                finally:
-                    self.interfaces.lines = True
+                self._error(self._asked(part_id, r, lines), reason)
             else:
                 return
 
@@ -126,16 +122,16 @@ class Requests:
                     self._switch_class(a.switch)
                     continue
                 self.counters.add("parts_not_inspected", a.skipped)
-                self._error(self._asked(a.part_id, a.r), a.why)
+                self._error(self._asked(a.part_id, a.r, a.lines), a.why)
         except Exception:
             log.exception("%d requests still waiting at the stop could not all be answered", len(left))
         if self.commands.journal is not None:  # (what is left for the next start, written before the flush)
             self.commands.save(wait=True)
 
-    def _asked(self, part_id: str | None = None, request: int = 0) -> Work:
-        """The work of a requested inspection that has no frame."""
+    def _asked(self, part_id: str | None = None, request: int = 0, lines: bool = True) -> Work:
+        """The work of a requested inspection that has no frame (`lines`: Work.lines)."""
         return Work(time.monotonic(), time.time(), forced=True, source={"type": self.s.source.type},
-                    part_id=part_id, request=request)
+                    part_id=part_id, request=request, lines=lines)
 
     # -- start and stop -------------------------------------------------------------------
     def _open_outbox_journal(self) -> None:
@@ -158,15 +154,9 @@ class Requests:
             log.warning("%d requests the last run took were not answered (it was killed, or the power cut): each "
                         "is answered now with an error event", len(left))
         self.commands.adopt(left)  # (kept until each is answered: a kill meanwhile leaves the others)
-        # Not on the GPIO verdict lines: they name no part, and these parts have passed; a PLC
-        # counting pulses would take them for the next parts' verdicts.
-        self.interfaces.lines = False
-        try:
-            for o in left:
-                self.counters.add("parts_not_inspected", o.n)  # (as at a stop: each request not made)
-                self._error(self._asked(o.part_id, o.r), o.reason())
-        finally:
-            self.interfaces.lines = True
+        for o in left:  # (not on the GPIO verdict lines: these parts have passed, Work.lines)
+            self.counters.add("parts_not_inspected", o.n)  # (as at a stop: each request not made)
+            self._error(self._asked(o.part_id, o.r, lines=False), o.reason())
 
     def request_stop(self, signum: int | None = None, *_) -> None:
         """Stop after the current frame (a signal handler, or called)."""

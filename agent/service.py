@@ -326,7 +326,7 @@ class Agent(Requests):
         with timed(work, "publish_ms"):
             doc = ev.model_dump(by_alias=True)
             self.publisher.publish_event(doc, decided=decided, answers=work.request)
-        self.interfaces.event(self.expected, doc, work.view)
+        self.interfaces.event(self.expected, doc, work.view, work.lines)
         if work.request:  # no longer waits (after the verdict lines: the journal's flush does not delay them)
             self.commands.answered(work.request)
         self.counters.add("events")

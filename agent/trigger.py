@@ -31,6 +31,7 @@ class Asked:
     at: float = 0.0             # when it was requested (wall clock)
     key: str | None = None      # its trigger/set message's identity (a resend after a kill is dropped)
     ready: bool = True          # False until the journal holds it (a request over MQTT or OPC UA): not taken before
+    lines: bool = True          # its answer is shown on the GPIO verdict lines (not for a part that has passed)
 
     @property
     def inspection(self) -> bool:
@@ -205,7 +206,7 @@ class CommandTrigger:
             return self._queue.popleft().switch
 
     @_kept(now=True)
-    def refuse(self, why: str, part_id: str | None = None, key: str | None = None) -> None:
+    def refuse(self, why: str, part_id: str | None = None, key: str | None = None, lines: bool = True) -> None:
         """A part's request that cannot be taken: answered with the error `why`, in its turn (in a
         flood, beyond MAX_SAID_APART waiting, merged into the last such answer: bounded)."""
         with self._cond:
@@ -217,7 +218,7 @@ class CommandTrigger:
                 q[-1].skipped += 1
             else:
                 q.append(self._new(part_id, 1, why, part=True, key=key))
-                q[-1].ready = self.journal is None
+                q[-1].ready, q[-1].lines = self.journal is None, lines
             self._cond.notify_all()
 
     def take(self, timeout: float) -> Asked | None:
@@ -246,7 +247,7 @@ class CommandTrigger:
         one = self.skipped_request()
         return None if one is None else one[:3]
 
-    def skipped_request(self) -> tuple[int, str, str | None, int] | None:
+    def skipped_request(self) -> tuple[int, str, str | None, int, bool] | None:
         """(how many, why, part id, request number) for the part not inspected at the head of the queue, taken off
         it (or for many, when more than MAX_SAID_APART waited: their ids joined by commas); None
         when an inspection or nothing is there. One at a time: the others stay `waiting` while it
@@ -257,7 +258,7 @@ class CommandTrigger:
             a = self._queue.popleft()
             if a.r:
                 self._serving[a.r] = a
-            return a.skipped, self._why(a), a.part_id, a.r
+            return a.skipped, self._why(a), a.part_id, a.r, a.lines
 
     @_kept()
     def adopt(self, left) -> None:

@@ -156,7 +156,8 @@ def test_a_trigger_set_a_kill_left_unanswered_is_not_taken_again_when_the_broker
 def test_a_trigger_sent_while_the_link_is_down_is_held_and_a_new_one_after_is_taken(broker, tmp_path, protocol):
     taken, held = [], []
     pub = Publisher("st1", Outbox(tmp_path / "outbox.sqlite"),
-                    MqttSettings(port=broker.port, keepalive_s=5, protocol=protocol), commands={"trigger": taken.append})
+                    MqttSettings(port=broker.port, keepalive_s=5, protocol=protocol),
+                    commands={"trigger": taken.append})
     pub.commands.on_held = {"trigger": held.append}
     pub.start()
     try:

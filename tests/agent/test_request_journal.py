@@ -32,8 +32,8 @@ def test_what_waits_and_what_is_being_answered_is_kept_until_its_answer_is_store
     assert a.r == 1 and [o["r"] for o in kept(t)] == [1, 2]  # taken, not answered: still kept
     t.answered(1)
     assert [o["part_id"] for o in kept(t)] == ["B"]
-    n, why, pid, r = t.skipped_request()
-    assert (n, pid, r) == (1, "B", 2) and [o["r"] for o in kept(t)] == [2]
+    n, why, pid, r, lines = t.skipped_request()
+    assert (n, pid, r, lines) == (1, "B", 2, True) and [o["r"] for o in kept(t)] == [2]
     t.answered(2)
     assert kept(t) == [] and json.loads(journal_path(box).read_text())["next"] == 3
     # a kill: what was taken and not answered is what the next start finds
@@ -248,7 +248,7 @@ def test_the_answers_a_start_gives_for_a_kills_requests_do_not_pulse_the_gpio_ve
     from agent.request_journal import Open
     shown = []
     faces = Interfaces.__new__(Interfaces)
-    faces.lines, faces._waiting = True, lambda: False
+    faces._waiting = lambda: False
     faces.metrics = types.SimpleNamespace(verdict=lambda *a: shown.append(("metrics", a[1])))
     faces.gpio = types.SimpleNamespace(verdict=lambda v, more: shown.append(("gpio", v)))
     faces.opcua = types.SimpleNamespace(event=lambda e: shown.append(("opcua", e["verdict"])))
@@ -256,11 +256,12 @@ def test_the_answers_a_start_gives_for_a_kills_requests_do_not_pulse_the_gpio_ve
     agent = types.SimpleNamespace(interfaces=faces, commands=CommandTrigger(), s=None,
                                   _leftovers=[Open(1, "A", True, 1, None, 0)],
                                   counters=types.SimpleNamespace(add=lambda *a: None))
-    agent._asked = lambda part_id, r: (part_id, r)
-    agent._error = lambda work, why: faces.event("sphere", {"verdict": "error", "part_id": work[0]})
+    settings = types.SimpleNamespace(source=types.SimpleNamespace(type="folder"))
+    agent._asked = lambda part_id, r, lines=True: Requests._asked(types.SimpleNamespace(s=settings), part_id, r, lines)
+    agent._error = lambda work, why: faces.event("sphere", {"verdict": "error", "part_id": work.part_id}, None,
+                                                 work.lines)  # (as Agent._emit hands it on)
     Requests._answer_leftovers(agent)
     assert ("gpio", "error") not in shown and ("opcua", "error") in shown and ("web", "error") in shown
-    assert faces.lines is True  # and later events show on them again
     faces.event("sphere", {"verdict": "ok"})
     assert ("gpio", "ok") in shown
 
@@ -274,7 +275,7 @@ def test_the_answers_to_requests_the_broker_held_do_not_pulse_the_gpio_verdict_l
     from agent.requests import Requests
     shown = []
     faces = Interfaces.__new__(Interfaces)
-    faces.lines, faces._waiting = True, lambda: False
+    faces._waiting = lambda: False
     faces.metrics = types.SimpleNamespace(verdict=lambda *a: None)
     faces.gpio = types.SimpleNamespace(verdict=lambda v, more: shown.append(("gpio", v)))
     faces.opcua = types.SimpleNamespace(event=lambda e: shown.append(("opcua", e["part_id"])))
@@ -282,9 +283,17 @@ def test_the_answers_to_requests_the_broker_held_do_not_pulse_the_gpio_verdict_l
     agent = types.SimpleNamespace(interfaces=faces, commands=CommandTrigger(),
                                   publisher=types.SimpleNamespace(commands=types.SimpleNamespace(taking=lambda: None)),
                                   counters=types.SimpleNamespace(add=lambda *a: None), _echo_trigger=lambda: None)
-    agent._asked = lambda part_id, r: (part_id, r)
-    agent._error = lambda work, why: faces.event("sphere", {"verdict": "error", "part_id": work[0]})
+    settings = types.SimpleNamespace(source=types.SimpleNamespace(type="folder"))
+    agent._asked = lambda part_id, r, lines=True: Requests._asked(types.SimpleNamespace(s=settings), part_id, r, lines)
+    agent._error = lambda work, why: faces.event("sphere", {"verdict": "error", "part_id": work.part_id}, None,
+                                                 work.lines)  # (as Agent._emit hands it on)
     Requests._on_trigger_held(agent, b'{"part_id": "H1"}')
     Requests._on_trigger_command(agent, b'{"part_id": "not one"}')
     Requests._answer_ahead(agent)
-    assert shown == [("opcua", "H1"), ("gpio", "error"), ("opcua", None)] and faces.lines is True
+    assert shown == [("opcua", "H1"), ("gpio", "error"), ("opcua", None)]
+    # at a stop, what still waits is answered the same way
+    Requests._on_trigger_held(agent, b'{"part_id": "H2"}')
+    Requests._on_trigger_command(agent, b'{"part_id": "not one"}')
+    agent._stop_cause = "SIGTERM"
+    Requests._answer_left(agent)
+    assert shown[3:] == [("opcua", "H2"), ("gpio", "error"), ("opcua", None)]
