@@ -198,11 +198,11 @@ class Commands:
     def _fenced(self, feature: str, payload: bytes) -> bool:
         """Whether `payload` is a fence (this station's own: not a command): this connection's
         ends what the broker held; an earlier one's (sent on a connection that dropped) is dropped."""
-        if not payload.startswith(b'{"fence"') or feature not in self.on_held:
-            return False
+        if len(payload) > MAX_COMMAND_BYTES or not payload.startswith(b'{"fence"') or feature not in self.on_held:
+            return False  # (a fence is ~30 bytes: a larger payload is refused as any command is)
         try:
             token = json.loads(payload).get("fence")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             return False
         if self._fence and token == self._fence:
             self._fence = ""

@@ -196,3 +196,23 @@ def test_the_fence_comes_back_on_a_command_topic_new_to_the_kept_session(broker,
             assert wait(lambda: taken == [b"go"], 10) and held == []
         finally:
             pub.stop()
+
+
+def test_a_hostile_fence_nested_past_the_parsers_depth_is_refused_as_too_large(broker, tmp_path):
+    """`{"fence": [[[...]]]}` nested 100,000 deep: the fence check parsed it before the size limit,
+    outside the handler's guard, and its RecursionError reached the link's callback guard (an ERROR
+    traceback), and the command was neither refused nor counted."""
+    taken, held = [], []
+    pub = Publisher("st1", Outbox(tmp_path / "outbox.sqlite"), MqttSettings(port=broker.port, keepalive_s=5),
+                    commands={"trigger": taken.append})
+    pub.commands.on_held = {"trigger": held.append}
+    pub.start()
+    try:
+        assert pub.commands_ready.wait(10)
+        assert wait(lambda: not pub.commands.fencing, 10)
+        send(broker.port, "adgan/st1/trigger/set", b'{"fence": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+        send(broker.port, "adgan/st1/trigger/set", b"go")
+        assert wait(lambda: taken == [b"go"], 15), (taken, held, dict(pub.counters))
+        assert held == [] and pub.counters["commands_refused"] == 1
+    finally:
+        pub.stop()
