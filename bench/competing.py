@@ -9,12 +9,15 @@ with each class's model trained only on its frames outside the block (and the pu
 Class-swap AUROC: c's block frames (normal) against the other classes' block frames.
 
     pca     per-class PCA reconstruction error (a screen: seconds), own error against the margin
+    classifier  a station classifier over the three classes per block (logistic regression on
+            the pixels, and a small CNN): class c's score is -log p(c | x)
     folds   the generators of a bench/blocked_cv.py run of all three classes: the bundles' own
             scores (its evaluate reports) against the margins of the full scores, and of the
             scores at k 0 (the encoder's start; what the station runs); plus the k-0 margin on
             each class's damaged twins against their intact copies
 
     .venv/bin/python bench/competing.py pca ../shared/data/paper-rgbd --size 32 --components 16
+    .venv/bin/python bench/competing.py classifier ../shared/data/paper-rgbd --size 32 --seed 0
     .venv/bin/python bench/competing.py folds ../shared/data/paper-rgbd runs/cv/compete-q
     .venv/bin/python bench/competing.py operating ../shared/data/paper-rgbd runs/cv/compete-q --fpr 0.05,0.1
 
@@ -82,6 +85,84 @@ def cmd_pca(a) -> None:
             res.setdefault((c, "log margin"), []).append(roc_auc_score(y, log_margin(err[c], others)))
     print(f"PCA, {a.components} components, {a.size} px cropped to the part, {a.folds} blocks of 0:1000, "
           f"purge {a.purge}")
+    report(res)
+
+
+def classifier_net(channels: int = 4, n: int = 3):
+    """The screen's small CNN: 4 stride-2 convolutions (32-64-128-128), BN, ReLU, global average pool."""
+    import torch.nn as nn
+    layers, c = [], channels
+    for w in (32, 64, 128, 128):
+        layers += [nn.Conv2d(c, w, 3, 2, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+        c = w
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, n))
+
+
+def train_classifier(x, y, seed: int, epochs: int = 30):
+    """The CNN on samples `x` (N, 4, S, S; [-1, 1]) with labels `y`: Adam 1e-3, batch 64, classes
+    sampled evenly, flips and a brightness/contrast jitter of the RGB; returns log p(class | x) on call."""
+    import torch
+    torch.manual_seed(seed)
+    gen = np.random.default_rng(seed)
+    net = classifier_net()
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    xt, yt = torch.as_tensor(x), torch.as_tensor(y)
+    weights = (1.0 / np.bincount(y))[y]
+    weights /= weights.sum()
+    for _ in range(epochs):
+        net.train()
+        for _ in range(max(1, len(y) // 64)):
+            i = torch.as_tensor(gen.choice(len(y), 64, p=weights))
+            xb = xt[i].clone()
+            if gen.random() < 0.5:
+                xb = xb.flip(3)
+            if gen.random() < 0.5:
+                xb = xb.flip(2)
+            gain = torch.as_tensor(gen.uniform(0.7, 1.3, (64, 1, 1, 1)), dtype=xb.dtype)
+            shift = torch.as_tensor(gen.uniform(-0.1, 0.1, (64, 1, 1, 1)), dtype=xb.dtype)
+            xb[:, :3] = (xb[:, :3] * gain + shift).clamp(-1, 1)
+            loss = torch.nn.functional.cross_entropy(net(xb), yt[i])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    net.eval()
+
+    def log_p(xs):
+        with torch.no_grad():
+            return torch.log_softmax(net(torch.as_tensor(xs)), 1).numpy()
+    return log_p
+
+
+def cmd_classifier(a) -> None:
+    """A station classifier over the three classes, per block (the screen in bench/RESULTS.md)."""
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+    from training.data import load_class
+    torch.set_num_threads(a.threads)
+    data = {}
+    for c in CLASSES:
+        d = load_class(a.data, c, a.size, (0, 1000), framing="object")
+        data[c] = (d.x.numpy(), np.array(d.frames))
+    res: dict = {}
+    for b0, b1 in blocks(a.folds):
+        test = {c: x[(n >= b0) & (n < b1)] for c, (x, n) in data.items()}
+        train = {c: x[(n < b0 - a.purge) | (n >= b1 + a.purge)] for c, (x, n) in data.items()}
+        xtr = np.concatenate([train[c] for c in CLASSES])
+        ytr = np.concatenate([np.full(len(train[c]), i) for i, c in enumerate(CLASSES)])
+        xte = np.concatenate([test[c] for c in CLASSES])
+        lab = np.concatenate([np.full(len(test[c]), c) for c in CLASSES])
+        flat = {k: v.reshape(len(v), -1).astype(np.float64) for k, v in (("tr", xtr), ("te", xte))}
+        scaler = StandardScaler().fit(flat["tr"])
+        lr = LogisticRegression(C=1.0, max_iter=2000).fit(scaler.transform(flat["tr"]), ytr)
+        lp = {"logistic": lr.predict_log_proba(scaler.transform(flat["te"])),
+              "cnn": train_classifier(xtr, ytr, a.seed)(xte)}
+        for name, logp in lp.items():
+            for i, c in enumerate(CLASSES):
+                res.setdefault((c, name), []).append(roc_auc_score((lab != c).astype(int), -logp[:, i]))
+        print(f"block {b0}:{b1} done", flush=True)
+    print(f"station classifier, {a.size} px cropped to the part, {a.folds} blocks of 0:1000, purge {a.purge}, "
+          f"training seed {a.seed}")
     report(res)
 
 
@@ -214,6 +295,14 @@ def main() -> int:
     q.add_argument("--folds", type=int, default=3)
     q.add_argument("--purge", type=int, default=20)
     q.set_defaults(func=cmd_pca)
+    q = sub.add_parser("classifier")
+    q.add_argument("data")
+    q.add_argument("--size", type=int, default=32)
+    q.add_argument("--folds", type=int, default=3)
+    q.add_argument("--purge", type=int, default=20)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--threads", type=int, default=2)
+    q.set_defaults(func=cmd_classifier)
     for name, func in (("folds", cmd_folds), ("operating", cmd_operating)):
         q = sub.add_parser(name)
         q.add_argument("data", help="the dataset root the run was made from, spelled as it was (report paths match)")
