@@ -16,7 +16,9 @@ numbered above every number answered before, also when this file was lost.
 
 A file that cannot be written (a full or read-only disk) leaves the requests in memory, where
 they are answered as before: said (ERROR, at most once a minute) and in `status.requests.journal`.
-A file that cannot be read at start is said, moved aside, and nothing is answered from it.
+A file that cannot be read at start is said, moved aside, and nothing is answered from it; until
+the agent stops, `status.requests.journal.unreadable` says where it went and why (since
+2026-12-06: before, only the log said it, and the requests it held went unanswered unseen).
 A GPIO part is kept from its edge on (within its delay_ms, its inspection not yet requested).
 Requests over MQTT and OPC UA are written by the thread that takes them, before they are
 acknowledged and before the loop may act on them (trigger.py's `Asked.ready`); every other
@@ -117,6 +119,7 @@ class RequestJournal:
         self._wake = threading.Condition()
         self._writer: threading.Thread | None = None
         self.keys: list[str] = []            # the trigger/sets the run before took, answered or not (message keys)
+        self.unreadable: dict | None = None  # the file the start could not read: where it went, why, when
         self.left = self._read()             # what the run before left unanswered
 
     def _read(self) -> list[Open]:
@@ -145,6 +148,8 @@ class RequestJournal:
                 aside = self.path
             log.error("the requests the last run left unanswered cannot be read from %s (%s): moved to %s; requests "
                       "it held, if any, are not answered", self.path, e, aside)
+            self.unreadable = {"moved_to": str(aside), "error": f"{type(e).__name__}: {e}"[:300],
+                               "at": utc_iso(time.time(), "seconds")}
             return []
 
     def start(self, answered: int) -> list[Open]:
@@ -219,4 +224,4 @@ class RequestJournal:
 
     def status(self) -> dict:
         return {"path": str(self.path), "stored": self.error is None, "error": self.error,
-                "failed_writes": self.unsaved}
+                "failed_writes": self.unsaved, "unreadable": self.unreadable}

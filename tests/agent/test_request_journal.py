@@ -120,6 +120,10 @@ def test_a_journal_that_cannot_be_read_or_written_is_said_and_requests_go_on(tmp
         j = RequestJournal(box)
     assert j.start(0) == [] and "cannot be read" in caplog.text
     assert not journal_path(box).exists() and list(tmp_path.glob("outbox.db.requests.unreadable-*"))
+    said = j.status()["unreadable"]  # (status.requests.journal: what SCADA sees, not only the log)
+    assert said["moved_to"] == str(next(tmp_path.glob("outbox.db.requests.unreadable-*")))
+    assert said["error"].startswith("JSONDecodeError") and said["at"].endswith("Z")
+    assert RequestJournal(tmp_path / "other.db").status()["unreadable"] is None
     blocked = tmp_path / "file"
     blocked.write_text("")
     t = CommandTrigger(max_pending=2, journal=RequestJournal(blocked / "outbox.db"))  # its folder is a file
