@@ -14,7 +14,10 @@ number in the outbox's database in the same transaction as itself (outbox.py, `a
 a kill between that event and the rewrite of this file is seen at the next start. A request is
 numbered above every number answered before, also when this file was lost.
 
-A file that cannot be written (a full or read-only disk) leaves the requests in memory, where
+A write that meets a full disk releases the outbox's reserve (agent/mqtt/files.py's Reserve: the
+journal lies beside the outbox) and is tried once more, as an event's store is: a request often
+comes before the first event to meet the full disk, and until 2026-12-06 it was then kept in memory
+only, where a kill lost it. A file that still cannot be written (a full or read-only disk) leaves the requests in memory, where
 they are answered as before: said (ERROR, at most once a minute) and in `status.requests.journal`.
 A file that cannot be read at start is said, moved aside, and nothing is answered from it; until
 the agent stops, `status.requests.journal.unreadable` says where it went and why (since
@@ -105,8 +108,9 @@ def journal_path(outbox: str | Path) -> Path:
 class RequestJournal:
     """`<outbox>.requests`: the requests not yet answered, for the next start to answer."""
 
-    def __init__(self, outbox: str | Path) -> None:
+    def __init__(self, outbox: str | Path, reserve=None) -> None:
         self.path = journal_path(outbox)
+        self.reserve = reserve               # the outbox's Reserve (released by a write that meets a full disk)
         self.next = 1
         self.error: str | None = None       # the last write's error, None once a write succeeds
         self.unsaved = 0                     # writes that failed
@@ -188,7 +192,7 @@ class RequestJournal:
                 self._written = version
                 return
             try:
-                durable.write_text(self.path, text + "\n")
+                self._write(text)
             except OSError as e:
                 self.unsaved += 1
                 self.error = f"{type(e).__name__}: {e}"
@@ -202,6 +206,14 @@ class RequestJournal:
             if self.error is not None:
                 log.warning("the requests waiting are kept in %s again", self.path)
             self._written, self._text, self.error = version, text, None
+
+    def _write(self, text: str) -> None:
+        try:
+            durable.write_text(self.path, text + "\n")
+        except OSError as e:
+            if self.reserve is None or not self.reserve.free(e, "the requests waiting are kept"):
+                raise
+            durable.write_text(self.path, text + "\n")  # (the reserve's room: one more try)
 
     def _write_later(self) -> None:
         while True:

@@ -142,7 +142,7 @@ class Requests:
         pending = len(self.outbox)
         if pending:
             log.info("outbox holds %d unacknowledged events from before; they are sent on connect", pending)
-        journal = RequestJournal(o.path)
+        journal = RequestJournal(o.path, self.outbox.reserve)  # (a full disk: the reserve's room, as for events)
         self._leftovers = journal.start(self.outbox.answered)  # (their trigger/sets: `publisher.commands.seed`)
         self.commands.journal = journal
 

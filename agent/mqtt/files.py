@@ -11,6 +11,7 @@ import os
 import sqlite3
 import struct
 import tempfile
+import threading
 import time
 import zlib
 from dataclasses import dataclass
@@ -221,6 +222,7 @@ class Reserve:
     def __init__(self, path: Path, size: int) -> None:
         self.path, self.size, self.released = path, int(size), 0
         self._next_try, self._said = 0.0, None
+        self._lock = threading.Lock()
 
     def keep(self) -> None:
         """Set the reserve aside if it is not (tried at most every RETRY_S, and only with room for
@@ -244,14 +246,16 @@ class Reserve:
             log.warning("the outbox's reserve %s (%.1f MB) is set aside again", self.path, self.size / 1e6)
         self._said = None
 
-    def free(self, e: BaseException) -> bool:
-        """A write met a full disk: release the reserve so that it can be retried (True), said."""
+    def free(self, e: BaseException, kept: str = "events go on being stored") -> bool:
+        """A write met a full disk: release the reserve so that it can be retried (True), said
+        (`kept`: what goes on being stored on disk; the outbox's events, or agent/request_journal.py's
+        requests, which lie beside it)."""
         if not disk_full(e) or not self.release():
             return False
         self._next_try = time.monotonic() + self.RETRY_S
-        log.error("the outbox's disk is full (%s): its reserve %s (%.1f MB) is released, so events go on being "
-                  "stored on disk. Free space there; the reserve is set aside again once there is room for it "
-                  "twice", e, self.path, self.size / 1e6)
+        log.error("the outbox's disk is full (%s): its reserve %s (%.1f MB) is released, so %s on disk. Free "
+                  "space there; the reserve is set aside again once there is room for it twice", e, self.path,
+                  self.size / 1e6, kept)
         return True
 
     def held(self) -> bool:
@@ -281,13 +285,14 @@ class Reserve:
             raise
 
     def release(self) -> bool:
-        """Delete it (True if it was there)."""
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            return False
-        self.released += 1
-        return True
+        """Delete it (True if it was there). (From the outbox's writers and the request journal's.)"""
+        with self._lock:
+            try:
+                self.path.unlink()
+            except FileNotFoundError:
+                return False
+            self.released += 1
+            return True
 
     def status(self) -> dict:
         return {"bytes": self.size, "held": self.held(), "released": self.released}

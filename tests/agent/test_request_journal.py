@@ -12,7 +12,7 @@ from agent.mqtt.outbox import Outbox
 from agent.request_journal import RequestJournal, journal_path
 from agent.requests import HELD
 from agent.trigger import CommandTrigger
-from tests.agent.conftest import AgentProcess, slow_disk
+from tests.agent.conftest import AgentProcess, fill_file_system, slow_disk
 from tests.agent.test_service_triggers import events, hang_up, mqtt_station, once
 
 
@@ -111,6 +111,23 @@ def test_the_answer_number_is_stored_with_its_event_and_read_at_the_next_open(tm
     box.ack("e1")
     box.close()
     assert Outbox(tmp_path / "outbox.db").answered == 7
+
+
+def test_a_request_that_meets_a_full_disk_first_is_kept_in_the_outboxs_reserve(small_fs, caplog):
+    """A request is written before the event that answers it, so it is often the first write to meet
+    a full disk. It released nothing, and was kept in memory only (a kill lost it) until an event's
+    store released the outbox's reserve; now it releases the reserve itself and is kept on disk."""
+    box = Outbox(small_fs / "outbox.db", reserve_bytes=256_000)
+    assert box.reserve.held()
+    t = CommandTrigger(max_pending=2, journal=RequestJournal(box.path, box.reserve))
+    filler = fill_file_system(small_fs)
+    with caplog.at_level(logging.ERROR):
+        assert t.request(part_id="FULL-1")
+    assert [o["part_id"] for o in kept(t)] == ["FULL-1"]  # on disk: a kill now does not lose it
+    assert t.journal.status()["stored"] and box.reserve.status() == {"bytes": 256_000, "held": False, "released": 1}
+    assert "its reserve" in caplog.text and "so the requests waiting are kept on disk" in caplog.text
+    filler.unlink()
+    box.close()
 
 
 def test_a_journal_that_cannot_be_read_or_written_is_said_and_requests_go_on(tmp_path, caplog):
