@@ -87,6 +87,7 @@ class Agent(Requests):
         if made:
             self.clock.not_before(max(made), "the newest bundle")
         self._open_outbox_journal()  # (and what waits from before: events, and requests left unanswered)
+        self.classes.reserve = self.outbox.reserve  # (a class switch meeting a full disk: stored as events are)
         self.publisher = Publisher(self.s.station_id, self.outbox, self.s.mqtt,
                                    commands={"class": self._on_class_command, "trigger": self._on_trigger_command})
         self.publisher.commands.on_refused = {"trigger": self._on_trigger_refused, "class": self._refuse_class}

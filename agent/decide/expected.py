@@ -103,6 +103,7 @@ class ExpectedClass:
         self.name, self.switch = starting_class(self.path, configured, self.known)
         self._refused = refused  # counts a refusal, returns the count so far
         self._next_refusal_log = 0.0
+        self.reserve = None      # the outbox's Reserve, once it is open (agent/mqtt/files.py): a full disk releases it
 
     def apply(self, payload: bytes | str) -> bool:
         """A class/set: True if the class changed, False if not (refused, or the same)."""
@@ -129,8 +130,14 @@ class ExpectedClass:
     def _store(self, cls: str) -> None:
         at = utc_iso(time.time())
         self.switch = {"class": cls, "at": at, "configured": self.configured, "stored": True}
+        text = json.dumps({"class": cls, "configured": self.configured, "at": at}) + "\n"
         try:
-            durable.write_text(self.path, json.dumps({"class": cls, "configured": self.configured, "at": at}) + "\n")
+            try:
+                durable.write_text(self.path, text)
+            except OSError as e:  # a full disk: the outbox's reserve's room (the record lies beside it), once more
+                if self.reserve is None or not self.reserve.free(e, "the class switch is kept"):
+                    raise
+                durable.write_text(self.path, text)
         except OSError as e:
             self.switch.update(stored=False, error=str(e))
             log.error("the switch to %s could not be stored in %s (%s): it applies now, but after a restart the "

@@ -6,6 +6,8 @@ import json
 import logging
 
 from agent.decide.expected import ExpectedClass, record_path, start_words
+from agent.mqtt.outbox import Outbox
+from tests.agent.conftest import fill_file_system
 
 KNOWN = ("cylinder", "rectangle", "sphere")
 
@@ -73,6 +75,22 @@ def test_a_switch_that_cannot_be_stored_applies_and_is_said(tmp_path, caplog):
         assert ec.apply(b"cylinder") is True and ec.name == "cylinder"
     st = ec.status()
     assert st["stored"] is False and st["error"] and "after a restart the station would expect" in caplog.text
+
+
+def test_a_switch_that_meets_a_full_disk_is_stored_in_the_outboxs_reserve(small_fs, caplog):
+    """Before, it applied and was said, but a restart (a kill, the watchdog) went back to agent.toml's
+    class while the PLC had switched it; now it releases the outbox's reserve, as an event does."""
+    box = Outbox(small_fs / "outbox.sqlite", reserve_bytes=256_000)
+    ec = ExpectedClass("sphere", KNOWN, small_fs / "outbox.sqlite", lambda: 0)
+    ec.reserve = box.reserve
+    filler = fill_file_system(small_fs)
+    with caplog.at_level(logging.ERROR):
+        assert ec.apply(b"cylinder") is True
+    assert ec.status()["stored"] and box.reserve.status()["released"] == 1
+    assert "so the class switch is kept on disk" in caplog.text
+    assert ExpectedClass("sphere", KNOWN, small_fs / "outbox.sqlite", lambda: 0).name == "cylinder"  # a restart
+    filler.unlink()
+    box.close()
 
 
 def test_validate_config_says_what_a_start_would_expect_and_changes_nothing(tmp_path):
