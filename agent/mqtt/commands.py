@@ -12,8 +12,14 @@ while it was away (stopped, killed, its link down) comes on the next connection,
 dropped before 2026-12-06. A feature with an `on_held` handler (trigger/set: by then the part
 has left the camera) hands those to it, not to its handler: to tell them from new commands, the
 station sends itself a fence on the feature's topic as it connects, and what comes before the
-fence comes back was held. A fence that does not come back within FENCE_S (an ACL that forbids
-the station to publish there) is said, and what comes after is taken as new. A message the broker
+fence comes back was held. Held commands come back to back, as fast as the station takes them
+(the broker sends more as it is acknowledged), and the fence right after them: however slowly the
+station takes them (a journal on a disk slow to flush), the fence is waited for while they come,
+for FENCE_S after the last of them (until 2026-12-06: after it was sent, so on a slow disk the held
+commands still coming were taken as new ones, and inspected), and FENCE_MAX_S in all. A fence that
+does not come back (an ACL that forbids the station to publish there; under MQTT 5 the broker's
+PUBACK says so at once, `fence_refused`, and the held commands' stream ends at its first pause of
+BACK_TO_BACK_S) is said, and what comes after is taken as new. A message the broker
 sends again (its DUP flag: the acknowledgement was lost with the link, or with a kill) that was
 taken already (or by a killed run: `seed`) is dropped, so it is not answered twice.
 """
@@ -34,7 +40,9 @@ log = logging.getLogger(__name__)
 
 MAX_COMMAND_BYTES = 256
 LOG_EVERY_S = 10.0
-FENCE_S = 10.0      # a fence not back after this long on a connection is given up (said)
+FENCE_S = 10.0      # a fence not back this long after it was sent, or after the last held command, is given up
+FENCE_MAX_S = 120.0  # ... and one not back this long after it was sent, whatever came (said)
+BACK_TO_BACK_S = 0.5  # a command that comes this soon after the last held one was taken is of the same stream
 KEEP_TAKEN = 1000   # (message id, payload) of the last commands taken, to drop the broker's resends...
 RESEND_S = 60.0     # ... of those taken this recently (a broker may reuse a message id once acknowledged)
 
@@ -62,6 +70,8 @@ class Commands:
         self.on_held: dict[str, Handler] = {}  # feature -> its commands the broker held while the station was away
         self._fence = ""                    # this connection's fence token, while one is not back
         self._fence_at = 0.0                # monotonic time it was sent
+        self._drained = 0.0                 # when the last held command was taken (back to back from the fence on)
+        self._refused = False               # the broker refused this connection's fence (MQTT 5 PUBACK)
         self._sent: list[str] = []          # the last fences sent by this process
         self._held = 0                      # commands held, handed to on_held, on this connection
         self._taken: OrderedDict[str, float] = OrderedDict()  # message_key -> when taken; newest last
@@ -92,7 +102,8 @@ class Commands:
         token = secrets.token_hex(8)
         fenced = [publish(f"{self.base}/{f}/set", json.dumps({"fence": token}), qos=1) for f in self.on_held]
         if all(fenced):
-            self._fence, self._fence_at = token, time.monotonic()
+            self._fence, self._fence_at, self._refused = token, time.monotonic(), False
+            self._drained = self._fence_at
             self._sent = [*self._sent[-9:], token]
         else:
             log.warning("the fence on %s could not be sent: commands the broker held while this station was "
@@ -128,21 +139,50 @@ class Commands:
         key = message_key(mid, payload) if mid and not retain else None
         if key is not None and not self._take(key, dup, topic):
             return
+        held = False
         if self._fence and feature in self.on_held:
-            if time.monotonic() - self._fence_at < FENCE_S:
+            if self._waiting(time.monotonic()):
+                held, handler = True, self.on_held[feature]
                 self._held += 1
                 self.counters["commands_held"] += 1
-                handler = self.on_held[feature]
+            elif self._refused:  # (said when the broker refused it)
+                log.info("the commands the broker held for this station came before %s paused: what comes now is "
+                         "taken as new", topic)
+                self._fence = ""
             else:
-                log.warning("this station's fence on %s did not come back within %.0f s (may it publish there? the "
-                            "broker's ACL): commands the broker held while it was away are taken as new ones",
-                            topic, FENCE_S)
+                log.warning("this station's fence on %s did not come back (%.0f s after it was sent; may the station "
+                            "publish there? the broker's ACL): commands the broker held while it was away are taken "
+                            "as new ones", topic, time.monotonic() - self._fence_at)
                 self._fence = ""
         self._message.key = key
         try:
             self._route(feature, topic, payload, retain, handler)
         finally:
             self._message.key = None
+            if held:
+                self._drained = time.monotonic()
+
+    def _waiting(self, now: float) -> bool:
+        """Whether this connection's fence is still to come at `now`: a command of the stream of held
+        ones (back to back with the last), or (unless the broker refused the fence) within FENCE_S of
+        the fence or of the last held one; FENCE_MAX_S after the fence in all."""
+        if not self._fence or now - self._fence_at >= FENCE_MAX_S:
+            return False
+        if now - self._drained < BACK_TO_BACK_S:
+            return True
+        return not self._refused and now - max(self._fence_at, self._drained) < FENCE_S
+
+    def fence_refused(self, topic: str, why: str) -> bool:
+        """The broker refused a message on `topic` that this station sent (MQTT 5 PUBACK): True if it
+        was this connection's fence, which then cannot come back (said; held commands still coming
+        back to back are taken as held)."""
+        if not self._fence or topic not in {f"{self.base}/{f}/set" for f in self.on_held}:
+            return False
+        self._refused = True
+        log.warning("the broker refused this station's fence on %s (%s): may the station publish there (the "
+                    "broker's ACL)? The commands it held while the station was away come back to back: once they "
+                    "pause for %.1f s, what comes is taken as new", topic, why, BACK_TO_BACK_S)
+        return True
 
     def _route(self, feature: str, topic: str, payload: bytes, retain: bool, handler: Handler) -> None:
         if retain:
@@ -188,7 +228,7 @@ class Commands:
     @property
     def fencing(self) -> bool:
         """Whether this connection's fence is out: a command coming now is taken as held."""
-        return bool(self._fence) and time.monotonic() - self._fence_at < FENCE_S
+        return self._waiting(time.monotonic())
 
     def taking(self) -> str | None:
         """The message_key of the command the calling thread's handler is taking (None elsewhere:

@@ -298,7 +298,8 @@ class Publisher(EventPump, AutoProtocol, SeqRecord):
                 log.debug("the broker refused clearing %s: %s", topic, reason_code)
             else:
                 self.counters["messages_refused"] += 1
-                self.refusals.other(topic or "?", str(reason_code), self.counters["messages_refused"])
+                if not self.commands.fence_refused(topic or "", str(reason_code)):  # (a fence: said there)
+                    self.refusals.other(topic or "?", str(reason_code), self.counters["messages_refused"])
         elif event_id is not None:
             self._acked(event_id)
             self._wake.set()
