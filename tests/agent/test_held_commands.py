@@ -19,7 +19,7 @@ from agent.mqtt.outbox import Outbox
 from agent.mqtt.publisher import Publisher
 from agent.requests import HELD
 from agent.settings import MqttSettings
-from tests.agent.conftest import AgentProcess
+from tests.agent.conftest import AgentProcess, slow_disk
 from tests.agent.mqtt.test_faults import send, wait
 from tests.agent.test_service_triggers import events, hang_up, mqtt_station, once
 
@@ -339,3 +339,35 @@ def test_an_mqtt_5_broker_whose_acl_refuses_the_fence_says_so_and_new_commands_a
             pub.stop()
     finally:
         b.stop()
+
+
+def test_on_a_disk_slow_to_flush_every_held_request_is_answered_as_held(broker, two_classes, synth_data, tmp_path):
+    """The agent runs with every fsync 0.25 s late (an SD card): each held request is kept in the
+    journal before paho acknowledges it (two flushes), so 30 held ones come back over ~15 s. Before
+    2026-12-06 the fence was given up 10 s after it was sent: the rest were inspected as new parts."""
+    cfg, sub, cmd, state = mqtt_station(broker, two_classes, synth_data, tmp_path, loop=True)
+    ids = [f"S{i}" for i in range(30)]
+
+    def ready(m):
+        return any(t == "adgan/st1/status" and json.loads(p)["mqtt"].get("commands_ready") for t, p, _ in m)
+
+    agent = AgentProcess(cfg, tmp_path / "agent.log")
+    try:
+        assert sub.wait_for(ready, 60), agent.output()
+        assert agent.terminate(30) == 0, agent.output()
+        for pid in ids:
+            cmd.publish("adgan/st1/trigger/set", json.dumps({"part_id": pid}), qos=1).wait_for_publish(5)
+        sub.messages.clear()
+        again = AgentProcess(cfg, tmp_path / "again.log", wrap=slow_disk("fsync", 0.25))
+        try:
+            assert sub.wait_for(lambda m: {e["part_id"] for e in events(sub)} >= set(ids), 90), again.output()
+            assert again.terminate(30) == 0
+        finally:
+            again.stop()
+        got = once(events(sub))
+        assert [e["part_id"] for e in got] == ids, [(e["part_id"], e["verdict"]) for e in got]
+        assert all(e["verdict"] == "error" and HELD in e["error"] for e in got), [e["verdict"] for e in got]
+        assert "did not come back" not in again.output()
+    finally:
+        agent.stop()
+        hang_up(cmd, sub)
