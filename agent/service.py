@@ -93,6 +93,7 @@ class Agent(Requests):
         self.publisher.commands.on_refused = {"trigger": self._on_trigger_refused, "class": self._refuse_class}
         self.publisher.commands.on_held = {"trigger": self._on_trigger_held}  # (class/set: made, the PLC asked)
         self.publisher.commands.seed(self.commands.journal.keys)  # (what the broker sends again after a kill: taken)
+        self.publisher.commands.ran_before = not self.outbox.fresh  # (a first connection with no session kept: said)
         self.publisher.start()
         self.interfaces.start()
         self.publisher.publish_state("class", self.expected)

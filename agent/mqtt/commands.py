@@ -60,8 +60,9 @@ class Commands:
 
     def __init__(self, base: str, handlers: dict[str, Handler] | None, counters: dict[str, int]) -> None:
         self.base, self.handlers, self.counters = base, dict(handlers or {}), counters
-        for name in ("commands_held", "commands_resent"):  # (held while away; sent again, taken already: dropped)
-            counters.setdefault(name, 0)
+        for name in ("commands_held", "commands_resent", "sessions_lost"):  # (held while away; sent again, taken
+            counters.setdefault(name, 0)                                     # already: dropped; see `subscribe`)
+        self.ran_before = False             # this station connected in a run before (the service: its outbox)
         self._refusal_logged: dict[str, float] = {}
         self.on_refused: dict[str, Callable[[str], None]] = {}  # feature -> told why a live command was refused
         self.ready = threading.Event()      # every command subscription granted, this connection
@@ -82,6 +83,11 @@ class Commands:
         handled before this returns). `resumed`: the broker kept the session, and what it held
         comes first; a fence is sent with `publish` (topic, payload, qos) on each on_held topic."""
         self._fence, self._held = "", 0
+        if not resumed and self.handlers and (self.counters.get("connects", 0) > 1 or self.ran_before):
+            self.counters["sessions_lost"] += 1
+            log.warning("the broker kept no session for this station (restarted without persistence? mosquitto: "
+                        "persistence true; or the session was cleared, or expired, or this is its first connection "
+                        "with one): commands sent to it while it was away, if any, are lost, unanswered")
         self.ready.clear()
         self._subacks.clear()
         self._sub_failed = False

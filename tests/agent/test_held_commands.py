@@ -79,11 +79,15 @@ def test_what_comes_before_the_fence_was_held_and_a_resend_of_a_command_taken_is
     assert taken[-1] == b"go" and "did not come back (" in caplog.text
 
 
-def test_a_session_the_broker_did_not_keep_has_no_fence_and_nothing_held():
+def test_a_session_the_broker_did_not_keep_has_no_fence_and_nothing_held(caplog):
     c, taken, held, sent, publish = _commands()
-    c.subscribe(_Client(), resumed=False, publish=publish)
+    c.subscribe(_Client(), resumed=False, publish=publish)  # a first connection, no run before: nothing lost
     c.handle("adgan/st1/trigger/set", b"go", False, mid=1)
-    assert sent == [] and held == [] and taken == [b"go"]
+    assert sent == [] and held == [] and taken == [b"go"] and c.counters["sessions_lost"] == 0
+    c.ran_before = True  # (the outbox numbered events before: the station had a session)
+    with caplog.at_level(logging.WARNING):
+        c.subscribe(_Client(), resumed=False, publish=publish)
+    assert c.counters["sessions_lost"] == 1 and "kept no session for this station" in caplog.text
 
 
 def test_a_fence_that_cannot_be_sent_is_said_and_commands_are_taken_as_new(caplog):
@@ -371,3 +375,38 @@ def test_on_a_disk_slow_to_flush_every_held_request_is_answered_as_held(broker, 
     finally:
         agent.stop()
         hang_up(cmd, sub)
+
+
+@pytest.mark.parametrize("persistence", [False, True])
+def test_a_broker_restarted_without_its_sessions_is_said(broker, tmp_path, persistence, caplog):
+    """A broker restarted without persistence forgets the station's session: what a PLC sends before the
+    station is back is lost, and the station cannot know what. It can see that the session is gone
+    (session present is false on a reconnect): said, and counted in status.mqtt.sessions_lost. With
+    persistence (as a station's broker should run), what came meanwhile is held and answered."""
+    if persistence:
+        broker.stop()
+        broker.conf.write_text(broker.conf.read_text().replace(
+            "persistence false", f"persistence true\npersistence_location {tmp_path}/"
+                                 + ("\nuser root" if os.geteuid() == 0 else "")))
+        broker.start()
+    taken, held = [], []
+    pub = Publisher("st1", Outbox(tmp_path / "outbox.sqlite"), MqttSettings(port=broker.port, keepalive_s=5),
+                    commands={"trigger": taken.append})
+    pub.commands.on_held = {"trigger": held.append}
+    caplog.set_level(logging.WARNING, logger="agent.mqtt.commands")
+    pub.start()
+    try:
+        assert pub.commands_ready.wait(10) and pub.counters["sessions_lost"] == 0
+        pub.client.reconnect_delay_set(min_delay=3, max_delay=3)  # (room for the PLC's message)
+        broker.stop()
+        broker.start()
+        send(broker.port, "adgan/st1/trigger/set", b'{"part_id": "R1"}')  # before the station is back
+        assert wait(lambda: pub.counters["connects"] == 2 and pub.commands_ready.is_set(), 20)
+        if persistence:
+            assert wait(lambda: held == [b'{"part_id": "R1"}'], 10), (held, taken)
+            assert pub.counters["sessions_lost"] == 0 and "kept no session" not in caplog.text
+        else:
+            assert pub.counters["sessions_lost"] == 1 and "kept no session for this station" in caplog.text
+            assert held == [] and taken == []  # (lost by the broker: the station could only say so)
+    finally:
+        pub.stop()
