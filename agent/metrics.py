@@ -62,6 +62,9 @@ class _StateCollector:
         yield CounterMetricFamily("adgan_mqtt_events_unconfirmed", "events the broker acknowledged and did not "
                                   "deliver back to this station (MQTT 3.1.1 links): likely dropped by its ACL",
                                   value=mq.get("events_unconfirmed", 0))
+        yield CounterMetricFamily("adgan_mqtt_sessions_lost", "connections on which the broker kept no session for "
+                                  "this station (restarted without persistence): commands sent meanwhile were lost",
+                                  value=mq.get("sessions_lost", 0))
         tls = mq.get("tls") or {}
         if tls.get("not_after"):
             yield GaugeMetricFamily("adgan_mqtt_client_cert_expiry_timestamp_seconds", "when the client certificate "

@@ -52,8 +52,8 @@ def test_a_running_agent_serves_its_metrics(broker, calibrated, synth_data, tmp_
         assert value(text, "adgan_outbox_depth") >= 0 and value(text, "adgan_outbox_dropped_events_total") == 0
         assert value(text, "adgan_outbox_unsaved") == 0 and value(text, "adgan_outbox_reserve_held") == 1
         assert value(text, "adgan_outbox_reserve_released_total") == 0 and value(text, "adgan_clock_jumps_total") == 0
-        assert value(text, "adgan_mqtt_events_rejected_total") == 0 and value(text, "adgan_mqtt_messages_refused_total") == 0
-        assert value(text, "adgan_mqtt_events_unconfirmed_total") == 0
+        for name in ("events_rejected", "messages_refused", "events_unconfirmed", "sessions_lost"):
+            assert value(text, f"adgan_mqtt_{name}_total") == 0, name
         assert sub.wait_for(lambda m: any(s["interfaces"]["metrics"].get("state") == "serving"
                                           for s in statuses(sub)))
         assert statuses(sub)[-1]["mqtt"]["protocol"] == "5"  # the default, auto, against mosquitto
