@@ -1,0 +1,152 @@
+"""Soak of the request path: a PLC sends named trigger/sets at a steady rate while the agent is
+SIGKILLed and restarted again and again, and (with --broker-restarts) the broker is restarted
+too, with persistence, as a station's broker should run. Every part the PLC sent must be
+answered, none twice (agent/request_journal.py, agent/mqtt/commands.py).
+
+A real agent process (`adgan agent run`, ONNX Runtime), a real mosquitto, a PLC client and a
+gateway client with kept sessions (as a PLC and a SCADA gateway would run). Reports the parts
+sent (and those whose PUBACK the PLC never saw: handed to paho while the broker restarted, and
+sent on its reconnect), answered, missing, answered twice, how they were answered, repeated sequence
+numbers. Not part of `make test` (minutes).
+
+    .venv/bin/python bench/request_soak.py --bundle out/demo/bundles/sphere \\
+        --thresholds out/demo/thresholds.json --source ../shared/data/paper-rgbd/sphere --seconds 90
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import random
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import paho.mqtt.client as mqtt  # noqa: E402
+
+from tests.agent.conftest import AgentProcess, Broker, agent_config, free_port  # noqa: E402  (the tests' helpers)
+
+
+def kept_client(cid: str, port: int, on_message=None, topic: str | None = None) -> mqtt.Client:
+    """A 3.1.1 client with a kept session (the broker holds its messages while it is away)."""
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, clean_session=False)
+    if topic:
+        c.on_connect = lambda cl, u, f, rc, p: cl.subscribe(topic, qos=1)
+    c.on_message = on_message
+    c.reconnect_delay_set(0.2, 1)
+    c.connect("127.0.0.1", port, keepalive=5)
+    c.loop_start()
+    return c
+
+
+def acked(info, deadline: float) -> bool:
+    """Whether the broker acknowledged it (waiting until `deadline`). One handed to paho while the PLC
+    was not connected says so for good (paho sends it on its reconnect, and the broker's PUBACK is
+    not told): counted apart, as not seen."""
+    while True:
+        try:
+            if info.is_published():
+                return True
+        except RuntimeError:
+            return False
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", required=True)
+    ap.add_argument("--thresholds", required=True)
+    ap.add_argument("--source", required=True, help="a folder of samples the agent replays (looped)")
+    ap.add_argument("--seconds", type=float, default=90)
+    ap.add_argument("--rate", type=float, default=4, help="parts a second the PLC requests")
+    ap.add_argument("--kill-every", default="2:6", help="MIN:MAX seconds between faults")
+    ap.add_argument("--broker-restarts", type=float, default=0.4, help="the share of faults that restart the broker")
+    ap.add_argument("--seed", type=int, default=1)
+    a = ap.parse_args()
+    lo, hi = (float(v) for v in a.kill_every.split(":"))
+    rng = random.Random(a.seed)
+    tmp = Path(tempfile.mkdtemp(prefix="request-soak-"))
+    broker = Broker(tmp, free_port())
+    broker.conf.write_text(broker.conf.read_text().replace(
+        "persistence false", f"persistence true\npersistence_location {tmp}/\nautosave_interval 1\nuser root"))
+    broker.start()
+    src = f'type = "folder"\npath = "{Path(a.source).resolve()}"\nfps = 0\nloop = true'
+    cfg = agent_config(tmp, broker.port, Path(a.bundle).resolve(), Path(a.thresholds).resolve(), src, trigger="mqtt")
+    cfg.write_text(cfg.read_text().replace('mode = "mqtt"', 'mode = "mqtt"\nmax_pending = 50'))
+    events: list[dict] = []
+    lock = threading.Lock()
+
+    def got(c, u, m):
+        with lock:
+            events.append(json.loads(m.payload))
+    gateway = kept_client("soak-gateway", broker.port, got, "adgan/st1/events")
+    plc = kept_client("soak-plc", broker.port)
+    agents = [AgentProcess(cfg, tmp / "agent0.log")]
+    time.sleep(8)  # (the first start: models loaded)
+    infos, stop, faults = [], threading.Event(), collections.Counter()
+
+    def request() -> None:
+        i = 0
+        while not stop.is_set():
+            pid = f"P{i}"
+            i += 1
+            infos.append((pid, plc.publish("adgan/st1/trigger/set", json.dumps({"part_id": pid}), qos=1)))
+            time.sleep(1 / a.rate)
+    t = threading.Thread(target=request, daemon=True)
+    t.start()
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < a.seconds:
+        time.sleep(rng.uniform(lo, hi))
+        if rng.random() < a.broker_restarts:
+            broker.stop()
+            time.sleep(rng.uniform(0.5, 3))
+            broker.start()
+            faults["broker restarts"] += 1
+        else:
+            agents[-1].kill()
+            agents.append(AgentProcess(cfg, tmp / f"agent{len(agents)}.log"))
+            faults["agent SIGKILLs"] += 1
+    stop.set()
+    t.join()
+    deadline = time.monotonic() + 60
+    sent = [pid for pid, info in infos if acked(info, deadline)]
+    unacked = [pid for pid, info in infos if pid not in set(sent)]
+    asked = [pid for pid, _ in infos]
+    end = time.monotonic() + 180
+    while time.monotonic() < end:
+        with lock:
+            if set(asked) <= {e.get("part_id") for e in events}:
+                break
+        time.sleep(0.5)
+    time.sleep(3)
+    agents[-1].terminate(30)
+    gateway.loop_stop()
+    plc.loop_stop()
+    broker.stop()
+    unique = {e["event_id"]: e for e in events}.values()
+    by = collections.defaultdict(set)
+    for e in unique:
+        by[e.get("part_id")].add(e["event_id"])
+    how = collections.Counter("held" if "held its trigger" in (e.get("error") or "") else
+                              "left by a kill" if "stopped before answering" in (e.get("error") or "") else
+                              e["verdict"] for e in unique)
+    seqs = [e["seq"] for e in unique]
+    print(f"faults: {dict(faults)}; {a.seconds:.0f} s at {a.rate:g} parts/s")
+    print("| parts sent | PUBACK not seen by the PLC | answered | missing (PUBACK seen) | answered twice | "
+          "how answered | seq repeated |")
+    print(f"| {len(asked)} | {len(unacked)} | {sum(1 for p in asked if p in by)} | "
+          f"{sum(1 for p in sent if p not in by)} | {sum(1 for p in asked if len(by.get(p, ())) > 1)} | "
+          f"{', '.join(f'{k} {v}' for k, v in sorted(how.items()))} | {len(seqs) - len(set(seqs))} |")
+    print(f"(logs in {tmp})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
