@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 import paho.mqtt.client as mqtt  # noqa: E402
 
-from tests.agent.conftest import AgentProcess, Broker, agent_config, free_port  # noqa: E402  (the tests' helpers)
+from tests.agent.conftest import AgentProcess, Broker, agent_config, free_port, slow_disk  # noqa: E402  (the tests')
 
 
 def kept_client(cid: str, port: int, on_message=None, topic: str | None = None) -> mqtt.Client:
@@ -68,6 +68,8 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=4, help="parts a second the PLC requests")
     ap.add_argument("--kill-every", default="2:6", help="MIN:MAX seconds between faults")
     ap.add_argument("--broker-restarts", type=float, default=0.4, help="the share of faults that restart the broker")
+    ap.add_argument("--slow-fsync", type=float, default=0.0, help="run the agent with every fsync this many seconds "
+                                                                      "late (strace: an SD card)")
     ap.add_argument("--seed", type=int, default=1)
     a = ap.parse_args()
     lo, hi = (float(v) for v in a.kill_every.split(":"))
@@ -88,7 +90,8 @@ def main() -> int:
             events.append(json.loads(m.payload))
     gateway = kept_client("soak-gateway", broker.port, got, "adgan/st1/events")
     plc = kept_client("soak-plc", broker.port)
-    agents = [AgentProcess(cfg, tmp / "agent0.log")]
+    wrap = slow_disk("fsync", a.slow_fsync) if a.slow_fsync else None
+    agents = [AgentProcess(cfg, tmp / "agent0.log", wrap=wrap)]
     time.sleep(8)  # (the first start: models loaded)
     infos, stop, faults = [], threading.Event(), collections.Counter()
 
@@ -111,7 +114,7 @@ def main() -> int:
             faults["broker restarts"] += 1
         else:
             agents[-1].kill()
-            agents.append(AgentProcess(cfg, tmp / f"agent{len(agents)}.log"))
+            agents.append(AgentProcess(cfg, tmp / f"agent{len(agents)}.log", wrap=wrap))
             faults["agent SIGKILLs"] += 1
     stop.set()
     t.join()
@@ -138,7 +141,8 @@ def main() -> int:
                               "left by a kill" if "stopped before answering" in (e.get("error") or "") else
                               e["verdict"] for e in unique)
     seqs = [e["seq"] for e in unique]
-    print(f"faults: {dict(faults)}; {a.seconds:.0f} s at {a.rate:g} parts/s")
+    print(f"faults: {dict(faults)}; {a.seconds:.0f} s at {a.rate:g} parts/s"
+          + (f"; every fsync {a.slow_fsync:g} s late" if a.slow_fsync else ""))
     print("| parts sent | PUBACK not seen by the PLC | answered | missing (PUBACK seen) | answered twice | "
           "how answered | seq repeated |")
     print(f"| {len(asked)} | {len(unacked)} | {sum(1 for p in asked if p in by)} | "
