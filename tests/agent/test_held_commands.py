@@ -21,7 +21,7 @@ from agent.requests import HELD
 from agent.settings import MqttSettings
 from tests.agent.conftest import AgentProcess, slow_disk
 from tests.agent.mqtt.test_faults import send, wait
-from tests.agent.test_service_triggers import events, hang_up, mqtt_station, once
+from tests.agent.test_service_triggers import commands_ready, events, hang_up, mqtt_station, once
 
 
 class _Client:
@@ -102,12 +102,9 @@ def test_requests_sent_while_the_agent_was_stopped_are_answered_when_it_is_back(
                                                                                 tmp_path):
     cfg, sub, cmd, state = mqtt_station(broker, two_classes, synth_data, tmp_path, loop=True)
 
-    def ready(m):
-        return any(t == "adgan/st1/status" and json.loads(p)["mqtt"].get("commands_ready") for t, p, _ in m)
-
     agent = AgentProcess(cfg, tmp_path / "agent.log")
     try:
-        assert sub.wait_for(ready, 60), agent.output()
+        assert sub.wait_for(commands_ready, 60), agent.output()
         assert agent.terminate(30) == 0, agent.output()
         # the PLC asks while the station is stopped: the broker acknowledges, and keeps them for it
         for payload in ('{"part_id": "H1"}', "go", '{"part_id": "no spaces"}', '{"part_id": "H2"}'):
@@ -352,12 +349,9 @@ def test_on_a_disk_slow_to_flush_every_held_request_is_answered_as_held(broker, 
     cfg, sub, cmd, state = mqtt_station(broker, two_classes, synth_data, tmp_path, loop=True)
     ids = [f"S{i}" for i in range(30)]
 
-    def ready(m):
-        return any(t == "adgan/st1/status" and json.loads(p)["mqtt"].get("commands_ready") for t, p, _ in m)
-
     agent = AgentProcess(cfg, tmp_path / "agent.log")
     try:
-        assert sub.wait_for(ready, 60), agent.output()
+        assert sub.wait_for(commands_ready, 60), agent.output()
         assert agent.terminate(30) == 0, agent.output()
         for pid in ids:
             cmd.publish("adgan/st1/trigger/set", json.dumps({"part_id": pid}), qos=1).wait_for_publish(5)

@@ -13,7 +13,7 @@ from agent.request_journal import RequestJournal, journal_path
 from agent.requests import HELD
 from agent.trigger import CommandTrigger
 from tests.agent.conftest import AgentProcess, fill_file_system, slow_disk
-from tests.agent.test_service_triggers import events, hang_up, mqtt_station, once
+from tests.agent.test_service_triggers import commands_ready, events, hang_up, mqtt_station, once
 
 
 def kept(t: CommandTrigger) -> list[dict]:
@@ -206,12 +206,9 @@ def _kill_while_requests_wait(broker, two_classes, synth_data, tmp_path, wrap=No
                                                                           'mode = "mqtt"\nmax_pending = 20'))
     ids = [f"K{i}" for i in range(10)]
 
-    def ready(m):
-        return any(t == "adgan/st1/status" and json.loads(p)["mqtt"].get("commands_ready") for t, p, _ in m)
-
     agent = AgentProcess(cfg, tmp_path / "agent.log", wrap=wrap)
     try:
-        assert sub.wait_for(ready, 60), agent.output()
+        assert sub.wait_for(commands_ready, 60), agent.output()
         for pid in ids:
             cmd.publish("adgan/st1/trigger/set", json.dumps({"part_id": pid}), qos=1).wait_for_publish(5)
         assert sub.wait_for(lambda m: len(events(sub)) >= 1, 30), agent.output()

@@ -92,6 +92,11 @@ def test_continuous_mode_on_a_synthetic_station_with_a_captured_reference(broker
     assert any(raw_differs)  # without the round trip the agent would score other pixels
 
 
+def commands_ready(messages) -> bool:
+    """Whether a station's status among `messages` (a Subscriber's) says its commands are subscribed."""
+    return any(t == "adgan/st1/status" and json.loads(p)["mqtt"].get("commands_ready") for t, p, _ in messages)
+
+
 def once(evs: list[dict]) -> list[dict]:
     """Events as a consumer keeps them: each event id once, in the order first received."""
     kept: dict[str, dict] = {}
@@ -136,8 +141,7 @@ def plc_station(broker, two_classes, synth_data, tmp_path, max_pending: int | No
         cfg.write_text(cfg.read_text().replace('mode = "mqtt"', f'mode = "mqtt"\nmax_pending = {max_pending}'))
     agent = AgentProcess(cfg, tmp_path / "agent.log")
     try:
-        assert sub.wait_for(lambda m: any(t == "adgan/st1/status" and json.loads(p)["mqtt"].get("commands_ready")
-                                          for t, p, _ in m), 60), agent.output()
+        assert sub.wait_for(commands_ready, 60), agent.output()
         yield sub, cmd, agent
         time.sleep(0.5)
         assert agent.terminate(30) == 0
@@ -173,8 +177,7 @@ def test_mqtt_trigger_and_class_switch(broker, two_classes, synth_data, tmp_path
         assert state("class") == b"cylinder", agent.output()
         assert "expecting cylinder, as class/set chose it at" in agent.output()
         # (commands sent before the agent's subscription is granted are not kept: clean session)
-        assert sub.wait_for(lambda m: any(t == "adgan/st1/status" and json.loads(p)["mqtt"].get("commands_ready")
-                                          for t, p, _ in m[n:]), 30), agent.output()
+        assert sub.wait_for(lambda m: commands_ready(m[n:]), 30), agent.output()
         cmd.publish("adgan/st1/trigger/set", "go", qos=1).wait_for_publish(5)
         # (an event whose acknowledgement the kill cut off is sent again: at least once, deduplicated on its id)
         assert sub.wait_for(lambda m: len(once(events(sub))) == 3), agent.output()
