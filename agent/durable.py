@@ -247,5 +247,12 @@ def write_bytes(path: str | Path, data: bytes) -> None:
     write_with(path, lambda tmp: tmp.write_bytes(data))
 
 
-def write_text(path: str | Path, text: str) -> None:
-    write_bytes(path, text.encode())
+def write_text(path: str | Path, text: str, room=None) -> None:
+    """write_bytes of `text`; with `room` (a callable: an OSError -> whether room was made, as the
+    outbox's Reserve.free does for a full disk), one more try after it made room."""
+    try:
+        write_bytes(path, text.encode())
+    except OSError as e:
+        if room is None or not room(e):
+            raise
+        write_bytes(path, text.encode())

@@ -17,8 +17,9 @@ numbered above every number answered before, also when this file was lost.
 A write that meets a full disk releases the outbox's reserve (agent/mqtt/files.py's Reserve: the
 journal lies beside the outbox) and is tried once more, as an event's store is: a request often
 comes before the first event to meet the full disk, and until 2026-12-06 it was then kept in memory
-only, where a kill lost it. A file that still cannot be written (a full or read-only disk) leaves the requests in memory, where
-they are answered as before: said (ERROR, at most once a minute) and in `status.requests.journal`.
+only, where a kill lost it. A file that still cannot be written (a full or read-only disk) leaves
+the requests in memory, where they are answered as before: said (ERROR, at most once a minute) and
+in `status.requests.journal`.
 A file that cannot be read at start is said, moved aside, and nothing is answered from it; until
 the agent stops, `status.requests.journal.unreadable` says where it went and why (since
 2026-12-06: before, only the log said it, and the requests it held went unanswered unseen).
@@ -191,8 +192,9 @@ class RequestJournal:
             if text == self._text:
                 self._written = version
                 return
+            room = (lambda e: self.reserve.free(e, "the requests waiting are kept")) if self.reserve else None
             try:
-                self._write(text)
+                durable.write_text(self.path, text + "\n", room)
             except OSError as e:
                 self.unsaved += 1
                 self.error = f"{type(e).__name__}: {e}"
@@ -206,14 +208,6 @@ class RequestJournal:
             if self.error is not None:
                 log.warning("the requests waiting are kept in %s again", self.path)
             self._written, self._text, self.error = version, text, None
-
-    def _write(self, text: str) -> None:
-        try:
-            durable.write_text(self.path, text + "\n")
-        except OSError as e:
-            if self.reserve is None or not self.reserve.free(e, "the requests waiting are kept"):
-                raise
-            durable.write_text(self.path, text + "\n")  # (the reserve's room: one more try)
 
     def _write_later(self) -> None:
         while True:

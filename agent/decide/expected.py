@@ -131,13 +131,9 @@ class ExpectedClass:
         at = utc_iso(time.time())
         self.switch = {"class": cls, "at": at, "configured": self.configured, "stored": True}
         text = json.dumps({"class": cls, "configured": self.configured, "at": at}) + "\n"
-        try:
-            try:
-                durable.write_text(self.path, text)
-            except OSError as e:  # a full disk: the outbox's reserve's room (the record lies beside it), once more
-                if self.reserve is None or not self.reserve.free(e, "the class switch is kept"):
-                    raise
-                durable.write_text(self.path, text)
+        room = (lambda e: self.reserve.free(e, "the class switch is kept")) if self.reserve else None
+        try:  # (a full disk: the outbox's reserve's room, the record lies beside it)
+            durable.write_text(self.path, text, room)
         except OSError as e:
             self.switch.update(stored=False, error=str(e))
             log.error("the switch to %s could not be stored in %s (%s): it applies now, but after a restart the "

@@ -152,14 +152,14 @@ class Commands:
                 self._held += 1
                 self.counters["commands_held"] += 1
             elif self._refused:  # (said when the broker refused it)
+                self._fence = ""
                 log.info("the commands the broker held for this station came before %s paused: what comes now is "
                          "taken as new", topic)
-                self._fence = ""
             else:
+                self._fence = ""
                 log.warning("this station's fence on %s did not come back (%.0f s after it was sent; may the station "
                             "publish there? the broker's ACL): commands the broker held while it was away are taken "
                             "as new ones", topic, time.monotonic() - self._fence_at)
-                self._fence = ""
         self._message.key = key
         try:
             self._route(feature, topic, payload, retain, handler)
