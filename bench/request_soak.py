@@ -70,6 +70,7 @@ def main() -> int:
     ap.add_argument("--broker-restarts", type=float, default=0.4, help="the share of faults that restart the broker")
     ap.add_argument("--slow-fsync", type=float, default=0.0, help="run the agent with every fsync this many seconds "
                                                                       "late (strace: an SD card)")
+    ap.add_argument("--protocol", default="auto", choices=("auto", "3.1.1", "5"), help="the agent's mqtt.protocol")
     ap.add_argument("--seed", type=int, default=1)
     a = ap.parse_args()
     lo, hi = (float(v) for v in a.kill_every.split(":"))
@@ -81,7 +82,8 @@ def main() -> int:
     broker.start()
     src = f'type = "folder"\npath = "{Path(a.source).resolve()}"\nfps = 0\nloop = true'
     cfg = agent_config(tmp, broker.port, Path(a.bundle).resolve(), Path(a.thresholds).resolve(), src, trigger="mqtt")
-    cfg.write_text(cfg.read_text().replace('mode = "mqtt"', 'mode = "mqtt"\nmax_pending = 50'))
+    cfg.write_text(cfg.read_text().replace('mode = "mqtt"', 'mode = "mqtt"\nmax_pending = 50')
+                   .replace("[mqtt]\n", f'[mqtt]\nprotocol = "{a.protocol}"\n'))
     events: list[dict] = []
     lock = threading.Lock()
 
@@ -142,7 +144,7 @@ def main() -> int:
                               e["verdict"] for e in unique)
     seqs = [e["seq"] for e in unique]
     print(f"faults: {dict(faults)}; {a.seconds:.0f} s at {a.rate:g} parts/s"
-          + (f"; every fsync {a.slow_fsync:g} s late" if a.slow_fsync else ""))
+          + (f"; every fsync {a.slow_fsync:g} s late" if a.slow_fsync else "") + f"; mqtt.protocol {a.protocol}")
     print("| parts sent | PUBACK not seen by the PLC | answered | missing (PUBACK seen) | answered twice | "
           "how answered | seq repeated |")
     print(f"| {len(asked)} | {len(unacked)} | {sum(1 for p in asked if p in by)} | "
