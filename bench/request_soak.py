@@ -71,6 +71,9 @@ def main() -> int:
     ap.add_argument("--slow-fsync", type=float, default=0.0, help="run the agent with every fsync this many seconds "
                                                                       "late (strace: an SD card)")
     ap.add_argument("--protocol", default="auto", choices=("auto", "3.1.1", "5"), help="the agent's mqtt.protocol")
+    ap.add_argument("--backlog", type=int, default=0, help="first stop the agent, send this many parts, and start it "
+                                                            "again: a backlog the broker held (not above its queue "
+                                                            "limit: mosquitto's max_queued_messages, 1000)")
     ap.add_argument("--seed", type=int, default=1)
     a = ap.parse_args()
     lo, hi = (float(v) for v in a.kill_every.split(":"))
@@ -96,6 +99,13 @@ def main() -> int:
     agents = [AgentProcess(cfg, tmp / "agent0.log", wrap=wrap)]
     time.sleep(8)  # (the first start: models loaded)
     infos, stop, faults = [], threading.Event(), collections.Counter()
+    if a.backlog:
+        agents[-1].terminate(30)
+        for i in range(a.backlog):
+            infos.append((f"B{i}", plc.publish("adgan/st1/trigger/set", json.dumps({"part_id": f"B{i}"}), qos=1)))
+            infos[-1][1].wait_for_publish(10)
+        agents.append(AgentProcess(cfg, tmp / f"agent{len(agents)}.log", wrap=wrap))
+        faults["backlog held"] = a.backlog
 
     def request() -> None:
         i = 0
@@ -124,7 +134,7 @@ def main() -> int:
     sent = [pid for pid, info in infos if acked(info, deadline)]
     unacked = [pid for pid, info in infos if pid not in set(sent)]
     asked = [pid for pid, _ in infos]
-    end = time.monotonic() + 180
+    end = time.monotonic() + 180 + 0.3 * a.backlog
     while time.monotonic() < end:
         with lock:
             if set(asked) <= {e.get("part_id") for e in events}:
@@ -143,13 +153,14 @@ def main() -> int:
                               "left by a kill" if "stopped before answering" in (e.get("error") or "") else
                               e["verdict"] for e in unique)
     seqs = [e["seq"] for e in unique]
+    drops = sum(log.read_text(errors="replace").count("MQTT disconnected") for log in tmp.glob("agent*.log"))
     print(f"faults: {dict(faults)}; {a.seconds:.0f} s at {a.rate:g} parts/s"
           + (f"; every fsync {a.slow_fsync:g} s late" if a.slow_fsync else "") + f"; mqtt.protocol {a.protocol}")
     print("| parts sent | PUBACK not seen by the PLC | answered | missing (PUBACK seen) | answered twice | "
-          "how answered | seq repeated |")
+          "how answered | seq repeated | links dropped |")
     print(f"| {len(asked)} | {len(unacked)} | {sum(1 for p in asked if p in by)} | "
           f"{sum(1 for p in sent if p not in by)} | {sum(1 for p in asked if len(by.get(p, ())) > 1)} | "
-          f"{', '.join(f'{k} {v}' for k, v in sorted(how.items()))} | {len(seqs) - len(set(seqs))} |")
+          f"{', '.join(f'{k} {v}' for k, v in sorted(how.items()))} | {len(seqs) - len(set(seqs))} | {drops} |")
     print(f"(logs in {tmp})")
     return 0
 

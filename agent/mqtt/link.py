@@ -181,6 +181,7 @@ def make_client(s, client_id: str, protocol: str, will_topic: str,
 
 
 GUARD_LOG_S = 10.0
+READ_BATCH = 10  # packets paho's network thread reads before it writes (ReportingClient.loop_read)
 
 
 def guarded(callback):
@@ -230,6 +231,26 @@ class ReportingClient(mqtt.Client):
         except Exception as e:
             self.last_connect_error = e
             raise
+
+    def loop_read(self, max_packets: int = 1):
+        """paho's loop_read, reading at most READ_BATCH packets before its loop writes what waits.
+        paho reads as many as it has messages in flight (up to the pump's WINDOW of events, and every
+        state echo) before it writes anything, and each command is taken on this thread (a trigger/set:
+        two flushes of the request journal before its acknowledgement). With a backlog of held commands
+        on a disk slow to flush, nothing was written for minutes (950 held at 30 ms a flush: ~110 s),
+        the broker dropped the silent link (1.5 keepalives), sent every unacknowledged command again,
+        and those taken more than commands.RESEND_S before were answered twice (until 2026-12-06)."""
+        if not hasattr(self, "_packet_read"):  # (a paho without the reader this relies on: its own)
+            return super().loop_read(max_packets)
+        for _ in range(READ_BATCH):
+            if self._sock is None:
+                return mqtt.MQTT_ERR_NO_CONN
+            rc = self._packet_read()
+            if rc > 0:
+                return self._loop_rc_handle(rc)
+            if rc == mqtt.MQTT_ERR_AGAIN:
+                return mqtt.MQTT_ERR_SUCCESS
+        return mqtt.MQTT_ERR_SUCCESS
 
 
 POISON_S, POISON_STRIKES, HOLD_RELEASE_S = 1.0, 3, 60.0

@@ -262,6 +262,48 @@ def test_held_commands_taken_slowly_keep_the_fence_waiting_until_they_are_all_in
         plc.disconnect()
 
 
+def test_a_backlog_of_held_commands_taken_slowly_does_not_silence_the_link(broker, tmp_path):
+    """Each held trigger/set is taken slowly on paho's network thread (the journal's flushes), and paho
+    read as many messages as it had in flight (here the outbox's events) before it wrote anything: with
+    a backlog, not even its acknowledgements went out for as long as the backlog took. The broker
+    dropped the silent link after 1.5 keepalives and sent the unacknowledged commands again (with 950
+    held on a real agent at 30 ms a flush, those taken over RESEND_S before were answered twice). paho's
+    thread now writes after at most link.READ_BATCH messages read."""
+    first = Publisher("st1", Outbox(tmp_path / "a.sqlite"), MqttSettings(port=broker.port, keepalive_s=5),
+                      commands={"trigger": [].append})
+    first.start()
+    assert first.commands_ready.wait(10)
+    first.stop()
+    plc = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="plc")
+    plc.connect("127.0.0.1", broker.port)
+    plc.loop_start()
+    try:
+        for info in [plc.publish("adgan/st1/trigger/set", json.dumps({"part_id": f"H{i}"}), qos=1)
+                     for i in range(100)]:
+            info.wait_for_publish(10)
+        box = Outbox(tmp_path / "b.sqlite")
+        for i in range(300):  # (events to send: paho reads as many messages as it has unacknowledged, or more)
+            box.put(f"e{i}", "adgan/st1/events", b'{"e": %d}' % i)
+        taken, held = [], []
+
+        def slowly(payload):  # (as the journal's two flushes on a slow SD card)
+            time.sleep(0.15)
+            held.append(payload)
+        pub = Publisher("st1", box, MqttSettings(port=broker.port, keepalive_s=5), commands={"trigger": taken.append})
+        pub.commands.on_held = {"trigger": slowly}
+        pub.start()
+        try:
+            assert wait(lambda: len(held) + len(taken) >= 100 and not pub.commands.fencing, 60), (len(held), taken)
+            assert pub.counters["connects"] == 1, pub.link  # (before: the broker dropped the link after 7.5 s)
+            assert len(held) == 100 and taken == [] and pub.counters["commands_resent"] == 0
+            assert wait(lambda: len(box) == 0, 10)
+        finally:
+            pub.stop()
+    finally:
+        plc.loop_stop()
+        plc.disconnect()
+
+
 def test_the_fence_waits_while_held_commands_come_back_to_back_and_at_most_fence_max_s(monkeypatch):
     clock = [1000.0]
     monkeypatch.setattr(commands_module.time, "monotonic", lambda: clock[0])
