@@ -24,10 +24,13 @@ A file that cannot be read at start is said, moved aside, and nothing is answere
 the agent stops, `status.requests.journal.unreadable` says where it went and why (since
 2026-12-06: before, only the log said it, and the requests it held went unanswered unseen).
 A GPIO part is kept from its edge on (within its delay_ms, its inspection not yet requested).
-Requests over MQTT and OPC UA are written by the thread that takes them, before they are
-acknowledged and before the loop may act on them (trigger.py's `Asked.ready`); every other
-change by the journal's own thread (`keep(wait=False)`), so neither the GPIO watch nor the loop
-waits for a slow disk's flush.
+Requests over MQTT and OPC UA are written before they are acknowledged and before the loop may act
+on them (trigger.py's `Asked.ready`): over OPC UA by the thread that takes them; over MQTT once for
+each batch of messages paho's network thread reads, by the journal's own thread, waited for at the
+batch's barrier before paho writes the acknowledgements (agent/mqtt/link.py; until 2026-12-06 each
+trigger/set was written on its own, two flushes, and a held backlog of 950 on a disk flushing in 30 ms
+took ~115 s, near the fence's 120 s cap). Every other change is written by the journal's own thread
+(`keep(wait=False)`), so neither the GPIO watch nor the loop waits for a slow disk's flush.
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from agent import durable
 from agent.mqtt.events import utc_iso
@@ -125,6 +129,8 @@ class RequestJournal:
         self._writer: threading.Thread | None = None
         self.keys: list[str] = []            # the trigger/sets the run before took, answered or not (message keys)
         self.unreadable: dict | None = None  # the file the start could not read: where it went, why, when
+        self.defer: Callable[[], bool] | None = None  # whether the calling thread's writes wait for a barrier
+        self._tried = 0                      # the newest version a write was tried for (written, or failed)
         self.left = self._read()             # what the run before left unanswered
 
     def _read(self) -> list[Open]:
@@ -185,29 +191,35 @@ class RequestJournal:
                 self._wake.notify_all()  # (the writer, and any settle waiting)
             return
         with self._lock:
-            if version <= self._written:
-                return
-            doc = {"next": next_r, "open": [o.to_json() for o in entries], **({"recent": recent} if recent else {})}
-            text = json.dumps(doc, separators=(",", ":"))
-            if text == self._text:
-                self._written = version
-                return
-            room = (lambda e: self.reserve.free(e, "the requests waiting are kept")) if self.reserve else None
             try:
-                durable.write_text(self.path, text + "\n", room)
-            except OSError as e:
-                self.unsaved += 1
-                self.error = f"{type(e).__name__}: {e}"
-                now = time.monotonic()
-                if now >= self._next_log:
-                    self._next_log = now + LOG_EVERY_S
-                    log.error("the requests waiting cannot be kept in %s (%s): they are answered as long as the agent "
-                              "runs, but a kill would leave them unanswered (%d writes failed; said at most every "
-                              "%.0f s)", self.path, e, self.unsaved, LOG_EVERY_S)
-                return
-            if self.error is not None:
-                log.warning("the requests waiting are kept in %s again", self.path)
-            self._written, self._text, self.error = version, text, None
+                self._keep(version, entries, next_r, recent)
+            finally:
+                self._tried = max(self._tried, version)
+
+    def _keep(self, version: int, entries: list[Open], next_r: int, recent: list[str] | None) -> None:
+        if version <= self._written:
+            return
+        doc = {"next": next_r, "open": [o.to_json() for o in entries], **({"recent": recent} if recent else {})}
+        text = json.dumps(doc, separators=(",", ":"))
+        if text == self._text:
+            self._written = version
+            return
+        room = (lambda e: self.reserve.free(e, "the requests waiting are kept")) if self.reserve else None
+        try:
+            durable.write_text(self.path, text + "\n", room)
+        except OSError as e:
+            self.unsaved += 1
+            self.error = f"{type(e).__name__}: {e}"
+            now = time.monotonic()
+            if now >= self._next_log:
+                self._next_log = now + LOG_EVERY_S
+                log.error("the requests waiting cannot be kept in %s (%s): they are answered as long as the agent "
+                          "runs, but a kill would leave them unanswered (%d writes failed; said at most every "
+                          "%.0f s)", self.path, e, self.unsaved, LOG_EVERY_S)
+            return
+        if self.error is not None:
+            log.warning("the requests waiting are kept in %s again", self.path)
+        self._written, self._text, self.error = version, text, None
 
     def _write_later(self) -> None:
         while True:
@@ -222,6 +234,17 @@ class RequestJournal:
                 with self._wake:
                     self._busy = False
                     self._wake.notify_all()
+
+    def tried(self, version: int, timeout: float) -> bool:
+        """Wait (bounded) until a write of snapshot `version` or a newer one was tried (written, or said
+        unwritable): a batch's barrier (agent/trigger.py's `barrier`)."""
+        with self._wake:
+            return self._wake.wait_for(lambda: self._tried >= version, timeout)
+
+    def deferred(self) -> bool:
+        """Whether the calling thread's write may be handed to the writer thread and waited for at a
+        barrier (paho's network thread reading a batch: agent/mqtt/link.py's reading_batch)."""
+        return self.defer is not None and self.defer()
 
     def settle(self, timeout: float = 5.0) -> bool:
         """Wait (bounded) until the writer thread has written what it was handed (tests, the benchmark)."""

@@ -19,6 +19,7 @@ import signal
 import time
 
 from agent.health import Work
+from agent.mqtt.link import reading_batch
 from agent.mqtt.outbox import Outbox
 from agent.request_journal import RequestJournal
 
@@ -144,6 +145,7 @@ class Requests:
             log.info("outbox holds %d unacknowledged events from before; they are sent on connect", pending)
         journal = RequestJournal(o.path, self.outbox.reserve)  # (a full disk: the reserve's room, as for events)
         self._leftovers = journal.start(self.outbox.answered)  # (their trigger/sets: `publisher.commands.seed`)
+        journal.defer = reading_batch  # (paho's thread writes a batch's requests once, at its barrier)
         self.commands.journal = journal
 
     def _answer_leftovers(self) -> None:

@@ -92,6 +92,7 @@ class Agent(Requests):
                                    commands={"class": self._on_class_command, "trigger": self._on_trigger_command})
         self.publisher.commands.on_refused = {"trigger": self._on_trigger_refused, "class": self._refuse_class}
         self.publisher.commands.on_held = {"trigger": self._on_trigger_held}  # (class/set: made, the PLC asked)
+        self.publisher.commands.barrier = self.commands.barrier  # (the journal, before paho's acknowledgements)
         self.publisher.commands.seed(self.commands.journal.keys)  # (what the broker sends again after a kill: taken)
         self.publisher.commands.ran_before = not self.outbox.fresh  # (a first connection with no session kept: said)
         self.publisher.start()

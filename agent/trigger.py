@@ -4,6 +4,7 @@ agent/passage.py's (`Passage`, `PassageTrigger`: here too, where they were until
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -11,6 +12,10 @@ from dataclasses import dataclass
 
 from agent.passage import Passage, PassageTrigger
 from agent.request_journal import Open, journaled as _kept
+
+log = logging.getLogger(__name__)
+
+BARRIER_S = 60.0  # a batch's acknowledgements wait this long at most for the journal's write (`barrier`)
 
 __all__ = ["Asked", "CommandTrigger", "Passage", "PassageTrigger"]  # (the passages' names here, as before)
 
@@ -81,6 +86,8 @@ class CommandTrigger:
         self._in_flight: list[float] = []  # monotonic times of parts seen (GPIO edges) and not yet requested
         self._seen: dict[float, Asked] = {}  # with a journal: those parts, numbered (kept from their edge)
         self._closed = False  # after `left`: the agent stops, nothing more is taken
+        self._unbarred: list[Asked] = []  # requests handed to the journal's writer, to be ready at the barrier
+        self._barred_version = 0          # ... and the newest snapshot handed so
 
     def _pending(self) -> int:
         return sum(a.inspection for a in self._queue)
@@ -94,7 +101,10 @@ class CommandTrigger:
 
     def save(self, wait: bool = True) -> None:
         """Write what waits to the journal (each change does; a request moved from waiting to being
-        answered is no change: `take` does not); `wait`: here and now, not by its thread."""
+        answered is no change: `take` does not); `wait`: here and now, not by its thread; on paho's
+        network thread reading a batch (journal.deferred()), by the journal's thread, waited for at
+        the batch's `barrier`, before paho writes its acknowledgements (one write for the batch)."""
+        barred = wait and self.journal.deferred()
         with self._cond:
             unready = [a for a in self._queue if not a.ready] if wait else []
         try:
@@ -106,13 +116,33 @@ class CommandTrigger:
                                           self._why(a) if a.skipped else None, a.at, a.key) for a in entries if a.r),
                                    *self._adopted.values()], key=lambda o: o.r)
                 next_r, recent = self.journal.next, list(self._recent)
-            self.journal.keep(version, snapshot, next_r, wait, recent)
+                if barred:
+                    self._unbarred.extend(unready)
+                    self._barred_version = version
+            self.journal.keep(version, snapshot, next_r, wait and not barred, recent)
         finally:
-            if unready:  # on disk now (or said unwritable, or failed): the loop may act on them. Before 2026-12-06
-                with self._cond:  # it could answer one first, and a kill before paho's PUBACK had the broker send
-                    for a in unready:  # it again to the next run, where it was answered a second time
-                        a.ready = True
-                    self._cond.notify_all()
+            if unready and not barred:  # on disk now (or said unwritable, or failed): the loop may act on them.
+                self._ready(unready)    # Before 2026-12-06 it could answer one first, and a kill before paho's
+                                        # PUBACK had the broker send it again to the next run: answered twice
+
+    def _ready(self, entries: list[Asked]) -> None:
+        with self._cond:
+            for a in entries:
+                a.ready = True
+            self._cond.notify_all()
+
+    def barrier(self) -> None:
+        """paho's network thread, after a batch it read and before it writes the batch's acknowledgements
+        (agent/mqtt/link.py): the journal's writes of what the batch's commands brought are waited for
+        (one write, where each command's two flushes came before 2026-12-06: a held backlog on a disk slow
+        to flush outlasted the fence's wait), and then the loop may act on those requests."""
+        with self._cond:
+            unbarred, version, self._unbarred, self._barred_version = self._unbarred, self._barred_version, [], 0
+        if version and not self.journal.tried(version, BARRIER_S):
+            log.error("the request journal's write did not end within %.0f s (a disk that does not flush?): "
+                      "the requests taken are acknowledged to the broker before they are kept", BARRIER_S)
+        if unbarred:
+            self._ready(unbarred)
 
     def _late(self, part_id: str | None, why: str | None, part: bool, seen: Asked | None = None,
               key: str | None = None) -> None:

@@ -77,6 +77,8 @@ class Commands:
         self._held = 0                      # commands held, handed to on_held, on this connection
         self._taken: OrderedDict[str, float] = OrderedDict()  # message_key -> when taken; newest last
         self._message = threading.local()   # the command being taken on this thread (`taking`)
+        self.barrier: Callable[[], None] | None = None  # before_write's work (the service: its request journal's)
+        self._batch_held = False            # a held command was taken in the batch paho's thread is reading
 
     def subscribe(self, client, resumed: bool = False, publish: Callable[..., bool] | None = None) -> None:
         """Subscribe to every command topic (on paho's thread, from on_connect: no SUBACK can be
@@ -166,7 +168,7 @@ class Commands:
         finally:
             self._message.key = None
             if held:
-                self._drained = time.monotonic()
+                self._drained, self._batch_held = time.monotonic(), True
 
     def _waiting(self, now: float) -> bool:
         """Whether this connection's fence is still to come at `now`: a command of the stream of held
@@ -235,6 +237,15 @@ class Commands:
     def fencing(self) -> bool:
         """Whether this connection's fence is out: a command coming now is taken as held."""
         return self._waiting(time.monotonic())
+
+    def before_write(self) -> None:
+        """Run by paho's network thread after each batch of messages it read, before it writes their
+        acknowledgements (link.ReportingClient.loop_read): the `barrier`, where one is set (the service's
+        request journal writes there, once, what the batch's commands brought)."""
+        if self.barrier is not None:
+            self.barrier()
+        if self._batch_held:  # (the held stream's pace is the barrier's: a batch taken ends after it)
+            self._batch_held, self._drained = False, time.monotonic()
 
     def taking(self) -> str | None:
         """The message_key of the command the calling thread's handler is taking (None elsewhere:

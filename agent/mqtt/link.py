@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import threading
 import time
+from typing import Callable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -182,6 +184,14 @@ def make_client(s, client_id: str, protocol: str, will_topic: str,
 
 GUARD_LOG_S = 10.0
 READ_BATCH = 10  # packets paho's network thread reads before it writes (ReportingClient.loop_read)
+_reading = threading.local()
+
+
+def reading_batch() -> bool:
+    """Whether the calling thread is paho's, reading a batch whose acknowledgements are written only
+    after the client's `before_write` returns (ReportingClient.loop_read): a request journal may then
+    write what the batch's commands brought once, at that barrier, not once per command."""
+    return getattr(_reading, "on", False)
 
 
 def guarded(callback):
@@ -213,6 +223,7 @@ class ReportingClient(mqtt.Client):
     last_connect_error: BaseException | None = None
     last_socket_error: str | None = None
     tls_files: TlsFiles | None = None
+    before_write: Callable[[], None] | None = None  # run after each batch read, before paho writes (loop_read)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -233,23 +244,35 @@ class ReportingClient(mqtt.Client):
             raise
 
     def loop_read(self, max_packets: int = 1):
-        """paho's loop_read, reading at most READ_BATCH packets before its loop writes what waits.
-        paho reads as many as it has messages in flight (up to the pump's WINDOW of events, and every
-        state echo) before it writes anything, and each command is taken on this thread (a trigger/set:
-        two flushes of the request journal before its acknowledgement). With a backlog of held commands
-        on a disk slow to flush, nothing was written for minutes (950 held at 30 ms a flush: ~110 s),
-        the broker dropped the silent link (1.5 keepalives), sent every unacknowledged command again,
-        and those taken more than commands.RESEND_S before were answered twice (until 2026-12-06)."""
+        """paho's loop_read, reading at most READ_BATCH packets before its loop writes what waits, and
+        then running `before_write` (paho's thread writes its queued packets only in loop_write, after
+        this returns: a barrier before the batch's acknowledgements go out).
+        paho read as many packets as it has messages in flight (up to the pump's WINDOW of events, and
+        every state echo) before it wrote anything, and each command is taken on this thread. With a
+        backlog of held commands on a disk slow to flush, nothing was written for minutes (950 held at
+        30 ms a flush: ~110 s), the broker dropped the silent link (1.5 keepalives), sent every
+        unacknowledged command again, and those taken over commands.RESEND_S before were answered
+        twice (until 2026-12-06)."""
         if not hasattr(self, "_packet_read"):  # (a paho without the reader this relies on: its own)
             return super().loop_read(max_packets)
-        for _ in range(READ_BATCH):
-            if self._sock is None:
-                return mqtt.MQTT_ERR_NO_CONN
-            rc = self._packet_read()
-            if rc > 0:
-                return self._loop_rc_handle(rc)
-            if rc == mqtt.MQTT_ERR_AGAIN:
-                return mqtt.MQTT_ERR_SUCCESS
+        _reading.on = self.before_write is not None
+        try:
+            for _ in range(READ_BATCH):
+                if self._sock is None:
+                    return mqtt.MQTT_ERR_NO_CONN
+                rc = self._packet_read()
+                if rc > 0:
+                    return self._loop_rc_handle(rc)
+                if rc == mqtt.MQTT_ERR_AGAIN:
+                    return mqtt.MQTT_ERR_SUCCESS
+            return mqtt.MQTT_ERR_SUCCESS
+        finally:
+            _reading.on = False
+            if self.before_write is not None:
+                try:
+                    self.before_write()
+                except Exception:  # (as a callback's: not the network thread's end)
+                    log.exception("MQTT: the step before the acknowledgements are written failed")
         return mqtt.MQTT_ERR_SUCCESS
 
 

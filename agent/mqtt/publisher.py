@@ -19,8 +19,7 @@ events, refusals.py for what the broker refuses):
   and what it held while the station was away is told from new commands. `commands_ready` is set once
   the broker has granted every command subscription of this connection; a subscription it
   refuses (its ACL) is logged as an error and counted, since no command on it would arrive.
-- Why the link is down (refused, unreachable, TLS, authorisation, ...) is in `link` and logged
-  once per change.
+- Why the link is down (refused, unreachable, TLS, authorisation, ...) is in `link`, said once per change.
 """
 from __future__ import annotations
 
@@ -125,6 +124,7 @@ class Publisher(EventPump, AutoProtocol, SeqRecord):
         client.on_publish = link.guarded(self._on_publish)
         client.on_message = link.guarded(self._on_message)
         client.on_subscribe = link.guarded(self._on_subscribe)
+        client.before_write = self.commands.before_write
         return client
 
     @property

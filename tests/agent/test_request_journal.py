@@ -8,11 +8,19 @@ import json
 import logging
 import time
 
+import paho.mqtt.client as mqtt
+import pytest
+
+from agent import request_journal
+from agent.mqtt.link import reading_batch
 from agent.mqtt.outbox import Outbox
+from agent.mqtt.publisher import Publisher
 from agent.request_journal import RequestJournal, journal_path
 from agent.requests import HELD
 from agent.trigger import CommandTrigger
+from agent.settings import MqttSettings
 from tests.agent.conftest import AgentProcess, fill_file_system, slow_disk
+from tests.agent.mqtt.test_faults import wait
 from tests.agent.test_service_triggers import commands_ready, events, hang_up, mqtt_station, once
 
 
@@ -182,6 +190,61 @@ def test_a_request_over_mqtt_is_acted_on_only_once_the_journal_holds_it(tmp_path
     assert t.journal.settle() and json.loads(t.journal.path.read_text())["recent"] == ["1:ab"]
 
 
+@pytest.mark.parametrize("barrier", [True, False])
+def test_a_batch_of_trigger_sets_is_kept_in_one_write_before_paho_acknowledges_it(broker, tmp_path, monkeypatch,
+                                                                                  barrier):
+    """paho's network thread takes the trigger/sets of a batch it read, hands the journal's write to
+    its writer thread, and waits for it at the batch's barrier, before paho writes the batch's
+    acknowledgements (one write for the batch, where each request cost two flushes before
+    2026-12-06). Without the barrier (`barrier` False: what this test catches) acknowledgements went
+    out before the requests were on disk, and a kill then lost them."""
+    real = request_journal.durable.write_text
+    writes = []
+
+    def slowly(path, text, room=None):  # (a slow SD card)
+        time.sleep(0.2)
+        writes.append(text)
+        return real(path, text, room)
+    monkeypatch.setattr(request_journal.durable, "write_text", slowly)
+    journal = RequestJournal(tmp_path / "outbox.sqlite")
+    journal.defer = reading_batch
+    t = CommandTrigger(max_pending=50, journal=journal)
+    pub = Publisher("st1", Outbox(tmp_path / "outbox.sqlite"), MqttSettings(port=broker.port),
+                    commands={"trigger": lambda p: t.request(part_id=json.loads(p)["part_id"],
+                                                              key=pub.commands.taking())})
+    if barrier:
+        pub.commands.barrier = t.barrier
+    on_disk = []
+    write = pub.client.loop_write
+
+    def loop_write():  # (paho's only writer of queued packets: each acknowledgement goes out here)
+        if t.pending:
+            kept = json.loads(journal.path.read_text())["open"] if journal.path.exists() else []
+            on_disk.append((t.pending, len(kept) >= t.pending))
+        return write()
+    pub.client.loop_write = loop_write
+    pub.start()
+    try:
+        assert pub.commands_ready.wait(10)
+        plc = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="plc")
+        plc.connect("127.0.0.1", broker.port)
+        plc.loop_start()
+        for i in range(20):
+            plc.publish("adgan/st1/trigger/set", json.dumps({"part_id": f"P{i}"}), qos=1).wait_for_publish(10)
+        plc.loop_stop()
+        plc.disconnect()
+        assert wait(lambda: (20, True) in on_disk or (20, False) in on_disk, 20), (t.pending, on_disk)
+        oks = [ok for _, ok in list(on_disk)]
+        if barrier:
+            assert all(oks), on_disk
+            assert len(writes) < 20, len(writes)  # (one write per batch read: each request's own before)
+            assert [t.take(0).part_id for _ in range(20)] == [f"P{i}" for i in range(20)]
+        else:
+            assert not all(oks)
+    finally:
+        pub.stop()
+
+
 def test_requests_a_kill_left_unanswered_are_answered_once_at_the_next_start(broker, two_classes, synth_data,
                                                                              tmp_path):
     late, log = _kill_while_requests_wait(broker, two_classes, synth_data, tmp_path)
@@ -190,29 +253,37 @@ def test_requests_a_kill_left_unanswered_are_answered_once_at_the_next_start(bro
 
 def test_requests_the_broker_had_not_handed_over_at_a_kill_are_answered_as_held(broker, two_classes, synth_data,
                                                                                 tmp_path):
-    """Each request kept takes 0.25 s per flush here (an SD card): at the kill, the broker still holds
-    most of them for the station (before 2026-12-06 its clean session dropped them: CI saw it)."""
-    late, log = _kill_while_requests_wait(broker, two_classes, synth_data, tmp_path, wrap=slow_disk("fsync", 0.25))
+    """Each journal write takes 0.25 s per flush here (an SD card), and the PLC goes on asking after the
+    kill: the broker holds those for the station, and those it had handed over and the agent not yet kept
+    (before 2026-12-06 its clean session dropped them: CI saw it). Until 2026-12-06 each request was kept
+    on its own (two flushes), and the broker still held most of the ten at the kill; now one write keeps
+    each batch paho reads, so the ten are taken at once."""
+    late, log = _kill_while_requests_wait(broker, two_classes, synth_data, tmp_path, wrap=slow_disk("fsync", 0.25),
+                                          more=3)
     assert any(HELD in e["error"] for e in late), late
     assert "came before its fence" in log
 
 
-def _kill_while_requests_wait(broker, two_classes, synth_data, tmp_path, wrap=None) -> tuple[list[dict], str]:
-    """Ten named parts requested, the agent (run under `wrap`) SIGKILLed after the first verdict and
-    started again: every part is answered once, in order. (The late answers, the second run's log.)"""
+def _kill_while_requests_wait(broker, two_classes, synth_data, tmp_path, wrap=None,
+                              more: int = 0) -> tuple[list[dict], str]:
+    """Ten named parts requested, the agent (run under `wrap`) SIGKILLed after the first verdict (and
+    `more` parts requested then) and started again: every part is answered once, in order. (The late
+    answers, the second run's log.)"""
     cfg, sub, cmd, state = mqtt_station(broker, two_classes, synth_data, tmp_path, loop=True)
     # one inspection every half second (the replay's pace), and room for every request to wait
     cfg.write_text(cfg.read_text().replace("fps = 0", "fps = 2").replace('mode = "mqtt"',
                                                                           'mode = "mqtt"\nmax_pending = 20'))
-    ids = [f"K{i}" for i in range(10)]
+    ids = [f"K{i}" for i in range(10 + more)]
 
     agent = AgentProcess(cfg, tmp_path / "agent.log", wrap=wrap)
     try:
         assert sub.wait_for(commands_ready, 60), agent.output()
-        for pid in ids:
+        for pid in ids[:10]:
             cmd.publish("adgan/st1/trigger/set", json.dumps({"part_id": pid}), qos=1).wait_for_publish(5)
         assert sub.wait_for(lambda m: len(events(sub)) >= 1, 30), agent.output()
         agent.kill()  # SIGKILL, with most requests still waiting
+        for pid in ids[10:]:  # (the PLC goes on: the broker holds them for the station)
+            cmd.publish("adgan/st1/trigger/set", json.dumps({"part_id": pid}), qos=1).wait_for_publish(5)
         before = {e["part_id"] for e in once(events(sub))}
         assert len(before) < len(ids) - 2, before
         sub.messages.clear()
