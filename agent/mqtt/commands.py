@@ -21,7 +21,9 @@ does not come back (an ACL that forbids the station to publish there; under MQTT
 PUBACK says so at once, `fence_refused`, and the held commands' stream ends at its first pause of
 BACK_TO_BACK_S) is said, and what comes after is taken as new. A message the broker
 sends again (its DUP flag: the acknowledgement was lost with the link, or with a kill) that was
-taken already (or by a killed run: `seed`) is dropped, so it is not answered twice.
+taken already (or by a killed run: `seed`) is dropped, so it is not answered twice: one taken within
+RESEND_S, or on a connection that ended within RESEND_S (until 2026-12-06 counted from its taking
+only: a link that went silent, found dead a keepalive or more later, had the resend answered again).
 """
 from __future__ import annotations
 
@@ -44,7 +46,8 @@ FENCE_S = 10.0      # a fence not back this long after it was sent, or after the
 FENCE_MAX_S = 120.0  # ... and one not back this long after it was sent, whatever came (said)
 BACK_TO_BACK_S = 0.5  # a command that comes this soon after the last held one was taken is of the same stream
 KEEP_TAKEN = 1000   # (message id, payload) of the last commands taken, to drop the broker's resends...
-RESEND_S = 60.0     # ... of those taken this recently (a broker may reuse a message id once acknowledged)
+RESEND_S = 60.0     # ... of those taken this recently, or on a connection that ended this recently (a broker
+                    # may reuse a message id once acknowledged)
 
 Handler = Callable[[bytes], None]
 
@@ -76,6 +79,7 @@ class Commands:
         self._sent: list[str] = []          # the last fences sent by this process
         self._held = 0                      # commands held, handed to on_held, on this connection
         self._taken: OrderedDict[str, float] = OrderedDict()  # message_key -> when taken; newest last
+        self._since = 0.0                   # when this connection began (monotonic)
         self._message = threading.local()   # the command being taken on this thread (`taking`)
         self.barrier: Callable[[], None] | None = None  # before_write's work (the service: its request journal's)
         self._batch_held = False            # a held command was taken in the batch paho's thread is reading
@@ -85,6 +89,11 @@ class Commands:
         handled before this returns). `resumed`: the broker kept the session, and what it held
         comes first; a fence is sent with `publish` (topic, payload, qos) on each on_held topic."""
         self._fence, self._held = "", 0
+        now = time.monotonic()  # (what the connection that ended took: its acknowledgements may have died with it,
+        for key, at in self._taken.items():  # so a resend is known for RESEND_S from now, not from the taking)
+            if at >= self._since:
+                self._taken[key] = now
+        self._since = now
         if not resumed and self.handlers and (self.counters.get("connects", 0) > 1 or self.ran_before):
             self.counters["sessions_lost"] += 1
             log.warning("the broker kept no session for this station (restarted without persistence? mosquitto: "

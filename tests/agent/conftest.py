@@ -137,6 +137,58 @@ class Mqtt311Front:
         self._thread.join(5)
 
 
+class Relay:
+    """A TCP relay to the broker on `backend_port` whose links can go silent, as a cable pulled or a
+    switch that drops them does: `mute(up)` makes every link open now drop what the station sends
+    (`up`) or everything both ways, without closing it (links made later are relayed)."""
+
+    def __init__(self, backend_port: int) -> None:
+        self.backend_port = backend_port
+        self.links: list[dict] = []
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.server.settimeout(0.2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.server.accept()
+                back = socket.create_connection(("127.0.0.1", self.backend_port), timeout=10)
+            except OSError:
+                continue
+            link = {"up": True, "down": True, "socks": (conn, back)}
+            self.links.append(link)
+            for a, b, way in ((conn, back, "up"), (back, conn, "down")):
+                threading.Thread(target=self._pipe, args=(a, b, link, way), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket, link: dict, way: str) -> None:
+        src.settimeout(None)
+        try:
+            while data := src.recv(65536):
+                if link[way]:
+                    dst.sendall(data)
+        except OSError:
+            pass
+
+    def mute(self, up_only: bool = False) -> None:
+        for link in self.links:
+            link["up"] = False
+            if not up_only:
+                link["down"] = False
+
+    def close(self) -> None:
+        self._stop.set()
+        self.server.close()
+        for link in self.links:
+            for s in link["socks"]:
+                s.close()
+        self._thread.join(5)
+
+
 def fill_file_system(folder: Path, leave: int = 0) -> Path:
     """Fill the file system under `folder` with one file, to the last block (ENOSPC), then give
     back `leave` bytes."""

@@ -19,7 +19,7 @@ from agent.mqtt.outbox import Outbox
 from agent.mqtt.publisher import Publisher
 from agent.requests import HELD
 from agent.settings import MqttSettings
-from tests.agent.conftest import AgentProcess, slow_disk
+from tests.agent.conftest import AgentProcess, Relay, slow_disk
 from tests.agent.mqtt.test_faults import send, wait
 from tests.agent.test_service_triggers import commands_ready, events, hang_up, mqtt_station, once
 
@@ -177,6 +177,35 @@ def test_a_trigger_sent_while_the_link_is_down_is_held_and_a_new_one_after_is_ta
         assert wait(lambda: taken == [b'{"part_id": "L2"}'], 20), (held, taken)
     finally:
         pub.stop()
+
+
+def test_a_command_whose_acknowledgement_a_silent_link_lost_is_taken_once_however_late_it_comes_again(
+        broker, tmp_path, monkeypatch):
+    """A link that goes silent (a cable pulled) right after the station took a trigger/set: its PUBACK
+    never reaches the broker, paho sees the link is dead only after its keepalive (up to 1.5 of them), and
+    on the next connection the broker sends the trigger/set again (DUP). It is the same request. Until
+    2026-12-06 the resend was known for RESEND_S (60 s) after it was taken, and a link found dead later
+    (keepalive 30 s, and the reconnect's backoff) had it answered twice; now the window runs from the
+    end of the connection it came on. (RESEND_S is 2 s here, and the keepalive 5 s.)"""
+    monkeypatch.setattr(commands_module, "RESEND_S", 2.0)
+    relay = Relay(broker.port)
+    taken = []
+    pub = Publisher("st1", Outbox(tmp_path / "outbox.sqlite"), MqttSettings(port=relay.port, keepalive_s=5),
+                    commands={"trigger": taken.append})
+    pub.start()
+    try:
+        assert pub.commands_ready.wait(10)
+        connects = pub.counters["connects"]
+        relay.mute(up_only=True)  # what the station sends is lost from now on: the PUBACK below
+        send(broker.port, "adgan/st1/trigger/set", b'{"part_id": "S1"}')
+        assert wait(lambda: taken == [b'{"part_id": "S1"}'], 10), taken
+        relay.mute()  # and the link goes silent both ways, still open
+        assert wait(lambda: pub.counters["connects"] == connects + 1 and pub.commands_ready.is_set(), 40)
+        assert wait(lambda: pub.counters["commands_resent"] == 1, 10), (taken, pub.counters["commands_resent"])
+        assert taken == [b'{"part_id": "S1"}']
+    finally:
+        pub.stop()
+        relay.close()
 
 
 def test_the_fence_comes_back_on_a_command_topic_new_to_the_kept_session(broker, tmp_path, caplog):
