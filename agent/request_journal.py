@@ -24,6 +24,10 @@ A file that cannot be read at start is said, moved aside, and nothing is answere
 the agent stops, `status.requests.journal.unreadable` says where it went and why (since
 2026-12-06: before, only the log said it, and the requests it held went unanswered unseen).
 A GPIO part is kept from its edge on (within its delay_ms, its inspection not yet requested).
+A class switch waiting its turn among the requests is kept too (`Open.switch`), until it is made
+and stored (agent/decide/expected.py), and a start makes it, as a stop does: until 2026-12-06 a kill
+lost it without a word (its class/set acknowledged), and the new product's parts were scored by the
+old product's model.
 Requests over MQTT and OPC UA are written before they are acknowledged and before the loop may act
 on them (trigger.py's `Asked.ready`): over OPC UA by the thread that takes them; over MQTT once for
 each batch of messages paho's network thread reads, by the journal's own thread, waited for at the
@@ -64,6 +68,7 @@ class Open:
     why: str | None          # the error it is answered with (parts not inspected); None: an inspection
     at: float                # when it was requested (wall clock)
     key: str | None = None   # the trigger/set message's identity (agent/mqtt/commands.py's message_key)
+    switch: str | None = None  # a class switch (its class/set payload), waiting its turn: made at the next start
 
     def reason(self) -> str:
         """The error that answers it at the next start."""
@@ -75,16 +80,21 @@ class Open:
 
     def to_json(self) -> dict:
         d = {"r": self.r, "part_id": self.part_id, "part": self.part, "n": self.n, "why": self.why, "at": self.at}
-        return {**d, "key": self.key} if self.key else d
+        if self.key:
+            d["key"] = self.key
+        if self.switch is not None:
+            d["switch"] = self.switch
+        return d
 
     @classmethod
     def from_json(cls, d: dict) -> "Open":
         r, pid, n, why, at, key = d["r"], d.get("part_id"), d.get("n", 1), d.get("why"), d.get("at", 0.0), d.get("key")
+        switch = d.get("switch")
         if not (isinstance(r, int) and r >= 1 and (pid is None or isinstance(pid, str)) and isinstance(n, int)
                 and (why is None or isinstance(why, str)) and isinstance(at, (int, float))
-                and (key is None or isinstance(key, str))):
+                and (key is None or isinstance(key, str)) and (switch is None or isinstance(switch, str))):
             raise ValueError(f"not a request: {str(d)[:200]}")
-        return cls(r, pid, bool(d.get("part", pid is not None)), n, why, float(at), key)
+        return cls(r, pid, bool(d.get("part", pid is not None)), n, why, float(at), key, switch)
 
 
 def journaled(now: bool = False):

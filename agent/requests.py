@@ -31,7 +31,7 @@ class Requests:
     def _on_class_command(self, payload: bytes) -> None:
         """A class switch (MQTT class/set, OPC UA ExpectedClass), made in its turn after the
         inspections requested before it."""
-        if not self.commands.switch(bytes(payload)):
+        if not self.commands.switch(bytes(payload), key=self.publisher.commands.taking()):
             self._refuse_class(f"{self.commands.MAX_WAITING} requests wait ahead of it (a flood of commands)")
 
     def _refuse_class(self, why: str) -> None:
@@ -98,6 +98,7 @@ class Requests:
         while True:
             if (payload := self.commands.switched()) is not None:
                 self._switch_class(payload)
+                self.commands.made()
             elif (skipped := self.commands.skipped_request()) is not None:
                 n, reason, part_id, r, lines = skipped
                 self.counters.add("parts_not_inspected", n)
@@ -152,6 +153,10 @@ class Requests:
         """An error event for each request a kill (a power cut, the watchdog) left unanswered, in
         the order asked, its part_id echoed; before any new request is answered."""
         left, self._leftovers = self._leftovers, []
+        for o in (o for o in left if o.switch is not None):  # made first, in order (their parts are not inspected)
+            log.warning("a class switch the last run took was not made (it was killed, or the power cut): made now")
+            self._switch_class(o.switch.encode())
+        left = [o for o in left if o.switch is None]
         if left:
             log.warning("%d requests the last run took were not answered (it was killed, or the power cut): each "
                         "is answered now with an error event", len(left))

@@ -87,6 +87,7 @@ class CommandTrigger:
         self._seen: dict[float, Asked] = {}  # with a journal: those parts, numbered (kept from their edge)
         self._closed = False  # after `left`: the agent stops, nothing more is taken
         self._unbarred: list[Asked] = []  # requests handed to the journal's writer, to be ready at the barrier
+        self._making: Asked | None = None  # the class switch being made (kept in the journal until `made`)
         self._barred_version = 0          # ... and the newest snapshot handed so
 
     def _pending(self) -> int:
@@ -110,11 +111,12 @@ class CommandTrigger:
         try:
             with self._cond:
                 self._version += 1
-                version, entries = self._version, [*(a for a in self._queue if a.switch is None),
-                                                   *self._serving.values(), *self._seen.values()]
+                version, entries = self._version, [*self._queue, *self._serving.values(), *self._seen.values(),
+                                                   *([self._making] if self._making else [])]
                 snapshot = sorted([*(Open(a.r, a.part_id, a.part, max(a.skipped, 1),
-                                          self._why(a) if a.skipped else None, a.at, a.key) for a in entries if a.r),
-                                   *self._adopted.values()], key=lambda o: o.r)
+                                          self._why(a) if a.skipped else None, a.at, a.key,
+                                          a.switch.decode("utf-8", "replace") if a.switch is not None else None)
+                                     for a in entries if a.r), *self._adopted.values()], key=lambda o: o.r)
                 next_r, recent = self.journal.next, list(self._recent)
                 if barred:
                     self._unbarred.extend(unready)
@@ -207,24 +209,27 @@ class CommandTrigger:
             self._cond.notify_all()
             return entry.inspection
 
-    def switch(self, payload: bytes) -> bool:
+    @_kept(now=True)
+    def switch(self, payload: bytes, key: str | None = None) -> bool:
         """A class switch, in its turn after the requests before it (and the parts seen before
-        it); False when refused (the queue holds MAX_WAITING entries)."""
+        it); False when refused (the queue holds MAX_WAITING entries). With a journal it is kept
+        until it is `made` (a kill lost it before 2026-12-06), before its class/set is acknowledged."""
         with self._cond:
             tail = self._queue[-1] if self._queue else None
             if tail is not None and tail.switch is not None and not any(t > tail.arrived for t in self._in_flight):
-                tail.switch = payload  # nothing between two switches: the last one counts
+                tail.switch, tail.key = payload, key  # nothing between two switches: the last one counts
                 tail.arrived = time.monotonic()
             elif len(self._queue) >= self.MAX_WAITING or self._closed:
                 return False
             else:
-                self._queue.append(Asked(switch=payload, arrived=time.monotonic()))
+                self._queue.append(Asked(switch=payload, arrived=time.monotonic(), at=time.time(), key=key,
+                                         r=self.journal.number() if self.journal else 0))
             self._cond.notify_all()
             return True
 
     def switched(self) -> bytes | None:
-        """The class switch at the head of the queue, taken off it; None when something else or
-        nothing is there."""
+        """The class switch at the head of the queue, taken off it (kept in the journal until it is
+        `made`); None when something else or nothing is there."""
         with self._cond:
             if not self._queue or self._queue[0].switch is None:
                 return None
@@ -233,7 +238,14 @@ class CommandTrigger:
             self._seen = {t: a for t, a in self._seen.items() if t in self._in_flight}
             if any(t < head.arrived for t in self._in_flight):
                 return None  # a part seen before it is on its way: it goes first
-            return self._queue.popleft().switch
+            self._making = self._queue.popleft()
+            return self._making.switch
+
+    @_kept()
+    def made(self) -> None:
+        """The switch `switched` gave is made (and stored): the journal lets it go."""
+        with self._cond:
+            self._making = None
 
     @_kept(now=True)
     def refuse(self, why: str, part_id: str | None = None, key: str | None = None, lines: bool = True) -> None:

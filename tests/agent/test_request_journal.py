@@ -245,6 +245,51 @@ def test_a_batch_of_trigger_sets_is_kept_in_one_write_before_paho_acknowledges_i
         pub.stop()
 
 
+def test_a_class_switch_waiting_its_turn_is_kept_until_it_is_made(tmp_path):
+    t = CommandTrigger(max_pending=5, journal=RequestJournal(tmp_path / "outbox.db"))
+    assert t.request(part_id="A") and t.switch(b"cylinder", key="7:ab") and t.request(part_id="C")
+    assert [(o["part_id"], o.get("switch")) for o in kept(t)] == [("A", None), (None, "cylinder"), ("C", None)]
+    assert t.take(0).part_id == "A" and t.switched() == b"cylinder"
+    assert [o.get("switch") for o in kept(t)] == [None, "cylinder", None]  # (taken, not yet made: kept)
+    t.made()
+    assert [(o["part_id"], o.get("switch")) for o in kept(t)] == [("A", None), ("C", None)]
+    again = RequestJournal(tmp_path / "outbox.db")  # (a start: what the run before left)
+    assert [(o.part_id, o.switch) for o in again.start(0)] == [("A", None), ("C", None)]
+
+
+def test_a_class_switch_a_kill_left_waiting_is_made_at_the_next_start(broker, two_classes, synth_data, tmp_path):
+    """The PLC requests the old product's last parts and switches the class while they wait; the agent
+    is killed before the switch's turn. Until 2026-12-06 the switch was lost without a word (its
+    class/set acknowledged): the next start expected the old product, and the new product's parts were
+    scored by its model. Now the switch is kept with the requests, and the start makes it."""
+    cfg, sub, cmd, state = mqtt_station(broker, two_classes, synth_data, tmp_path, loop=True)
+    cfg.write_text(cfg.read_text().replace("fps = 0", "fps = 2").replace('mode = "mqtt"',
+                                                                          'mode = "mqtt"\nmax_pending = 20'))
+    agent = AgentProcess(cfg, tmp_path / "agent.log")
+    try:
+        assert sub.wait_for(commands_ready, 60), agent.output()
+        for pid in ("K0", "K1", "K2", "K3", "K4", "K5"):
+            cmd.publish("adgan/st1/trigger/set", json.dumps({"part_id": pid}), qos=1).wait_for_publish(5)
+        cmd.publish("adgan/st1/class/set", "cylinder", qos=1).wait_for_publish(5)
+        assert sub.wait_for(lambda m: len(events(sub)) >= 1, 30), agent.output()
+        agent.kill()  # SIGKILL, with parts still waiting ahead of the switch
+        assert state("class") == b"sphere", agent.output()
+        again = AgentProcess(cfg, tmp_path / "again.log")
+        try:
+            assert sub.wait_for(lambda m: state("class") == b"cylinder", 60), again.output()
+            cmd.publish("adgan/st1/trigger/set", json.dumps({"part_id": "NEW"}), qos=1).wait_for_publish(5)
+            assert sub.wait_for(lambda m: "NEW" in {e["part_id"] for e in events(sub)}, 60), again.output()
+            assert again.terminate(30) == 0
+        finally:
+            again.stop()
+        new = [e for e in once(events(sub)) if e["part_id"] == "NEW"]
+        assert new[0]["expected_class"] == "cylinder", new
+        assert "a class switch the last run took was not made" in again.output()
+    finally:
+        agent.stop()
+        hang_up(cmd, sub)
+
+
 def test_requests_a_kill_left_unanswered_are_answered_once_at_the_next_start(broker, two_classes, synth_data,
                                                                              tmp_path):
     late, log = _kill_while_requests_wait(broker, two_classes, synth_data, tmp_path)
