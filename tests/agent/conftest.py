@@ -59,15 +59,11 @@ class Broker:
             self.proc = None
 
 
-class Mqtt311Front:
-    """A broker that speaks MQTT 3.1.1 only, made of mosquitto (which speaks both) behind a relay:
-    a CONNECT for MQTT 5 is answered as the 3.1.1 standard says (CONNACK return code 1,
-    unacceptable protocol level, then the connection is closed), or with `silent`, not at all
-    (amqtt's way); any other is relayed, byte for byte, to the broker on `backend_port`."""
+class LoopbackServer:
+    """A TCP server on a free loopback port whose accept loop runs on its own thread (`_accept`:
+    each connection accepted is handed to `_serve`) until `close`."""
 
-    def __init__(self, backend_port: int, silent: bool = False) -> None:
-        self.backend_port, self.refused_5, self.silent = backend_port, 0, silent
-        self._held: list[socket.socket] = []
+    def __init__(self) -> None:
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
         self.server.settimeout(0.2)
@@ -82,6 +78,26 @@ class Mqtt311Front:
             except OSError:
                 continue
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._stop.set()
+        self.server.close()
+        self._thread.join(5)
+
+
+class Mqtt311Front(LoopbackServer):
+    """A broker that speaks MQTT 3.1.1 only, made of mosquitto (which speaks both) behind a relay:
+    a CONNECT for MQTT 5 is answered as the 3.1.1 standard says (CONNACK return code 1,
+    unacceptable protocol level, then the connection is closed), or with `silent`, not at all
+    (amqtt's way); any other is relayed, byte for byte, to the broker on `backend_port`."""
+
+    def __init__(self, backend_port: int, silent: bool = False) -> None:
+        self.backend_port, self.refused_5, self.silent = backend_port, 0, silent
+        self._held: list[socket.socket] = []
+        super().__init__()
 
     def _serve(self, conn: socket.socket) -> None:
         conn.settimeout(10)
@@ -130,39 +146,31 @@ class Mqtt311Front:
                     pass
 
     def close(self) -> None:
-        self._stop.set()
-        self.server.close()
+        super().close()
         for conn in self._held:
             conn.close()
-        self._thread.join(5)
 
 
-class Relay:
+class Relay(LoopbackServer):
     """A TCP relay to the broker on `backend_port` whose links can go silent, as a cable pulled or a
-    switch that drops them does: `mute(up)` makes every link open now drop what the station sends
-    (`up`) or everything both ways, without closing it (links made later are relayed)."""
+    switch that drops them does: `mute(up_only)` makes every link open now drop what the station sends
+    (`up_only`) or everything both ways, without closing it (links made later are relayed)."""
 
     def __init__(self, backend_port: int) -> None:
         self.backend_port = backend_port
         self.links: list[dict] = []
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        self.server.settimeout(0.2)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.server.accept()
-                back = socket.create_connection(("127.0.0.1", self.backend_port), timeout=10)
-            except OSError:
-                continue
-            link = {"up": True, "down": True, "socks": (conn, back)}
-            self.links.append(link)
-            for a, b, way in ((conn, back, "up"), (back, conn, "down")):
-                threading.Thread(target=self._pipe, args=(a, b, link, way), daemon=True).start()
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            back = socket.create_connection(("127.0.0.1", self.backend_port), timeout=10)
+        except OSError:
+            conn.close()
+            return
+        link = {"up": True, "down": True, "socks": (conn, back)}
+        self.links.append(link)
+        for a, b, way in ((conn, back, "up"), (back, conn, "down")):
+            threading.Thread(target=self._pipe, args=(a, b, link, way), daemon=True).start()
 
     @staticmethod
     def _pipe(src: socket.socket, dst: socket.socket, link: dict, way: str) -> None:
@@ -181,12 +189,10 @@ class Relay:
                 link["down"] = False
 
     def close(self) -> None:
-        self._stop.set()
-        self.server.close()
+        super().close()
         for link in self.links:
             for s in link["socks"]:
                 s.close()
-        self._thread.join(5)
 
 
 def fill_file_system(folder: Path, leave: int = 0) -> Path:

@@ -251,13 +251,10 @@ def test_a_hostile_fence_nested_past_the_parsers_depth_is_refused_as_too_large(b
         pub.stop()
 
 
-def test_held_commands_taken_slowly_keep_the_fence_waiting_until_they_are_all_in(broker, tmp_path, monkeypatch):
-    """A station whose disk flushes slowly takes each held trigger/set slowly (its journal write comes
-    before paho acknowledges it), and the broker sends the next ones as it acknowledges. The fence is
-    behind them all. It was given up FENCE_S after it was sent, and the held requests still coming were
-    taken as new: inspected, and answered with the verdict of whatever part was at the camera then."""
-    monkeypatch.setattr(commands_module, "FENCE_S", 1.0)  # (the drain below takes ~3 s: 60 x 50 ms)
-    first = Publisher("st1", Outbox(tmp_path / "a.sqlite"), MqttSettings(port=broker.port, keepalive_s=30),
+def held_backlog(broker, tmp_path, n: int) -> mqtt.Client:
+    """The station's session made once (its commands subscribed, then it stops), and a PLC client (returned,
+    connected) that then sent it `n` named trigger/sets, H0, H1, ...: the broker holds them for it."""
+    first = Publisher("st1", Outbox(tmp_path / "a.sqlite"), MqttSettings(port=broker.port),
                       commands={"trigger": [].append})
     first.start()
     assert first.commands_ready.wait(10)
@@ -265,10 +262,19 @@ def test_held_commands_taken_slowly_keep_the_fence_waiting_until_they_are_all_in
     plc = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="plc")
     plc.connect("127.0.0.1", broker.port)
     plc.loop_start()
+    for info in [plc.publish("adgan/st1/trigger/set", json.dumps({"part_id": f"H{i}"}), qos=1) for i in range(n)]:
+        info.wait_for_publish(10)
+    return plc
+
+
+def test_held_commands_taken_slowly_keep_the_fence_waiting_until_they_are_all_in(broker, tmp_path, monkeypatch):
+    """A station whose disk flushes slowly takes each held trigger/set slowly (its journal write comes
+    before paho acknowledges it), and the broker sends the next ones as it acknowledges. The fence is
+    behind them all. It was given up FENCE_S after it was sent, and the held requests still coming were
+    taken as new: inspected, and answered with the verdict of whatever part was at the camera then."""
+    monkeypatch.setattr(commands_module, "FENCE_S", 1.0)  # (the drain below takes ~3 s: 60 x 50 ms)
+    plc = held_backlog(broker, tmp_path, 60)
     try:
-        sent = [plc.publish("adgan/st1/trigger/set", json.dumps({"part_id": f"H{i}"}), qos=1) for i in range(60)]
-        for info in sent:
-            info.wait_for_publish(10)
         taken, held = [], []
 
         def slowly(payload):  # (as a journal on an SD card: ~50 ms a flush)
@@ -298,18 +304,8 @@ def test_a_backlog_of_held_commands_taken_slowly_does_not_silence_the_link(broke
     dropped the silent link after 1.5 keepalives and sent the unacknowledged commands again (with 950
     held on a real agent at 30 ms a flush, those taken over RESEND_S before were answered twice). paho's
     thread now writes after at most link.READ_BATCH messages read."""
-    first = Publisher("st1", Outbox(tmp_path / "a.sqlite"), MqttSettings(port=broker.port, keepalive_s=5),
-                      commands={"trigger": [].append})
-    first.start()
-    assert first.commands_ready.wait(10)
-    first.stop()
-    plc = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="plc")
-    plc.connect("127.0.0.1", broker.port)
-    plc.loop_start()
+    plc = held_backlog(broker, tmp_path, 100)
     try:
-        for info in [plc.publish("adgan/st1/trigger/set", json.dumps({"part_id": f"H{i}"}), qos=1)
-                     for i in range(100)]:
-            info.wait_for_publish(10)
         box = Outbox(tmp_path / "b.sqlite")
         for i in range(300):  # (events to send: paho reads as many messages as it has unacknowledged, or more)
             box.put(f"e{i}", "adgan/st1/events", b'{"e": %d}' % i)
