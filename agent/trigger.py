@@ -87,8 +87,8 @@ class CommandTrigger:
         self._seen: dict[float, Asked] = {}  # with a journal: those parts, numbered (kept from their edge)
         self._closed = False  # after `left`: the agent stops, nothing more is taken
         self._unbarred: list[Asked] = []  # requests handed to the journal's writer, to be ready at the barrier
-        self._making: Asked | None = None  # the class switch being made (kept in the journal until `made`)
         self._barred_version = 0          # ... and the newest snapshot handed so
+        self._making: Asked | None = None  # the class switch being made (kept in the journal until `made`)
 
     def _pending(self) -> int:
         return sum(a.inspection for a in self._queue)

@@ -273,7 +273,6 @@ class ReportingClient(mqtt.Client):
                     self.before_write()
                 except Exception:  # (as a callback's: not the network thread's end)
                     log.exception("MQTT: the step before the acknowledgements are written failed")
-        return mqtt.MQTT_ERR_SUCCESS
 
 
 POISON_S, POISON_STRIKES, HOLD_RELEASE_S = 1.0, 3, 60.0

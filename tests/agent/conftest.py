@@ -14,6 +14,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -60,10 +61,11 @@ class Broker:
 
 
 class LoopbackServer:
-    """A TCP server on a free loopback port whose accept loop runs on its own thread (`_accept`:
-    each connection accepted is handed to `_serve`) until `close`."""
+    """A TCP server on a free loopback port whose accept loop runs on its own thread until `close`;
+    each connection accepted is handed to `serve`, on a thread of its own."""
 
-    def __init__(self) -> None:
+    def __init__(self, serve: Callable[[socket.socket], None]) -> None:
+        self.serve = serve
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
         self.server.settimeout(0.2)
@@ -77,10 +79,7 @@ class LoopbackServer:
                 conn, _ = self.server.accept()
             except OSError:
                 continue
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        raise NotImplementedError
+            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
 
     def close(self) -> None:
         self._stop.set()
@@ -97,7 +96,7 @@ class Mqtt311Front(LoopbackServer):
     def __init__(self, backend_port: int, silent: bool = False) -> None:
         self.backend_port, self.refused_5, self.silent = backend_port, 0, silent
         self._held: list[socket.socket] = []
-        super().__init__()
+        super().__init__(self._serve)
 
     def _serve(self, conn: socket.socket) -> None:
         conn.settimeout(10)
@@ -159,7 +158,7 @@ class Relay(LoopbackServer):
     def __init__(self, backend_port: int) -> None:
         self.backend_port = backend_port
         self.links: list[dict] = []
-        super().__init__()
+        super().__init__(self._serve)
 
     def _serve(self, conn: socket.socket) -> None:
         try:
