@@ -262,9 +262,7 @@ def test_a_class_switch_a_kill_left_waiting_is_made_at_the_next_start(broker, tw
     is killed before the switch's turn. Until 2026-12-06 the switch was lost without a word (its
     class/set acknowledged): the next start expected the old product, and the new product's parts were
     scored by its model. Now the switch is kept with the requests, and the start makes it."""
-    cfg, sub, cmd, state = mqtt_station(broker, two_classes, synth_data, tmp_path, loop=True)
-    cfg.write_text(cfg.read_text().replace("fps = 0", "fps = 2").replace('mode = "mqtt"',
-                                                                          'mode = "mqtt"\nmax_pending = 20'))
+    cfg, sub, cmd, state = paced_station(broker, two_classes, synth_data, tmp_path)
     agent = AgentProcess(cfg, tmp_path / "agent.log")
     try:
         assert sub.wait_for(commands_ready, 60), agent.output()
@@ -309,15 +307,21 @@ def test_requests_the_broker_had_not_handed_over_at_a_kill_are_answered_as_held(
     assert "came before its fence" in log
 
 
+def paced_station(broker, two_classes, synth_data, tmp_path):
+    """mqtt_station's station inspecting one part every half second (the replay's pace), with room for
+    20 requests to wait."""
+    cfg, sub, cmd, state = mqtt_station(broker, two_classes, synth_data, tmp_path, loop=True)
+    cfg.write_text(cfg.read_text().replace("fps = 0", "fps = 2").replace('mode = "mqtt"',
+                                                                          'mode = "mqtt"\nmax_pending = 20'))
+    return cfg, sub, cmd, state
+
+
 def _kill_while_requests_wait(broker, two_classes, synth_data, tmp_path, wrap=None,
                               more: int = 0) -> tuple[list[dict], str]:
     """Ten named parts requested, the agent (run under `wrap`) SIGKILLed after the first verdict (and
     `more` parts requested then) and started again: every part is answered once, in order. (The late
     answers, the second run's log.)"""
-    cfg, sub, cmd, state = mqtt_station(broker, two_classes, synth_data, tmp_path, loop=True)
-    # one inspection every half second (the replay's pace), and room for every request to wait
-    cfg.write_text(cfg.read_text().replace("fps = 0", "fps = 2").replace('mode = "mqtt"',
-                                                                          'mode = "mqtt"\nmax_pending = 20'))
+    cfg, sub, cmd, state = paced_station(broker, two_classes, synth_data, tmp_path)
     ids = [f"K{i}" for i in range(10 + more)]
 
     agent = AgentProcess(cfg, tmp_path / "agent.log", wrap=wrap)
