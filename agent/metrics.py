@@ -65,6 +65,9 @@ class _StateCollector:
         yield CounterMetricFamily("adgan_mqtt_sessions_lost", "connections on which the broker kept no session for "
                                   "this station (restarted without persistence): commands sent meanwhile were lost",
                                   value=mq.get("sessions_lost", 0))
+        yield CounterMetricFamily("adgan_mqtt_broker_dropped", "messages the broker said it dropped (its count for all "
+                                  "its clients, a queue full: mosquitto max_queued_messages) while this agent ran",
+                                  value=mq.get("broker_dropped", 0))
         tls = mq.get("tls") or {}
         if tls.get("not_after"):
             yield GaugeMetricFamily("adgan_mqtt_client_cert_expiry_timestamp_seconds", "when the client certificate "

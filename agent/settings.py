@@ -183,8 +183,9 @@ class MqttSettings(_Strict):
                                                    "and say when acknowledged events do not come back (a broker "
                                                    "drops what its ACL forbids and still acknowledges it)")
     verdict_max_age_s: float = Field(2.0, gt=0, le=60, description="a verdict (OK/NG) is published only if its "
-                                                                   "event leaves within this time of the decision "
-                                                                   "on a link that acknowledges; never queued")
+                                     "event leaves within this time of the decision (acknowledged links); never queued")
+    broker_drops: bool = Field(True, description="watch the broker's count of messages it dropped (mosquitto: $SYS/"
+                               "broker/publish/messages/dropped) and say when it rises: commands may be among them")
 
     @field_validator("topic_prefix")
     @classmethod
@@ -385,8 +386,7 @@ def load_settings(config: str | Path | None, env_file: str | Path | None = ".env
 
 
 def with_credentials(s, tables):
-    """`s` with each table's password from the credential '<table>_password' in
-    CREDENTIALS_DIRECTORY where none is set (one secret store for both)."""
+    """`s`, each table's password from credential '<table>_password' in CREDENTIALS_DIRECTORY where none is set."""
     creds = os.environ.get("CREDENTIALS_DIRECTORY")
     for table in tables:
         cred = Path(creds) / f"{table}_password" if creds else None

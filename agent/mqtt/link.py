@@ -9,6 +9,7 @@ not catch a callback's own exception: `guarded` does, so that the loop goes on.
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import ssl
 import threading
@@ -26,6 +27,14 @@ log = logging.getLogger(__name__)
 
 
 CLOCK_CODES = {9, 10}  # X509_V_ERR_CERT_NOT_YET_VALID, X509_V_ERR_CERT_HAS_EXPIRED: dates, read on our clock
+
+
+CLOCK_READING = re.compile(r"reads \d{4}-\d\d-\d\dT[\d:]+Z")  # (in a reason: describe_connect_error's)
+
+
+def unclocked(reason: str) -> str:
+    """`reason` without the clock reading it quotes (a link's reason, compared with the last one)."""
+    return CLOCK_READING.sub("reads ?", reason)
 
 
 CLOCK_HINT = "is this station's clock set (NTP)? A Jetson has no clock battery and boots at the time it last saved"

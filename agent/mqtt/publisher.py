@@ -8,28 +8,27 @@ events, refusals.py for what the broker refuses):
   WINDOW unacknowledged at a time. An event leaves the outbox only on the broker's PUBACK.
 - On every connect paho's own queue is dropped and the pump starts again at the oldest
   unacknowledged event: each event id goes out at most once per connection (one the broker
-  refused for now goes again after 60 s: refusals.py), and nothing queues in memory during
-  an outage.
+  refused for now goes again after 60 s: refusals.py), and nothing queues in memory during an outage.
 - The protocol: "auto" (the default) speaks MQTT 5, whose PUBACK says when the broker refuses
   an event, and falls back to 3.1.1 where the broker refuses 5. A 3.1.1 broker acknowledges
   and drops what its ACL forbids, so a 3.1.1 link reads its own events back and says when
   acknowledged ones do not come (refusals.DeliveryCheck).
 - `verdict` is live: sent right after its event, never queued, never replayed (verdict.py).
-- Commands are routed to their handler, or refused (commands.py); the broker keeps the session,
-  and what it held while the station was away is told from new commands. `commands_ready` is set once
-  the broker has granted every command subscription of this connection; a subscription it
-  refuses (its ACL) is logged as an error and counted, since no command on it would arrive.
+- Commands are routed to their handler, or refused (commands.py); the broker keeps the session, and
+  what it held while the station was away is told from new commands. `commands_ready` is set once the
+  broker has granted every command subscription of this connection (one it refuses, its ACL: logged as
+  an error, counted). What the broker drops beyond a client's queue is said (broker_drops.py).
 - Why the link is down (refused, unreachable, TLS, authorisation, ...) is in `link`, said once per change.
 """
 from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 import time
 
 from agent.mqtt import link
+from agent.mqtt.broker_drops import DROPPED_TOPIC, BrokerDrops
 from agent.mqtt.commands import Commands, Handler
 from agent.mqtt.link import ReportingClient, describe_connect_error
 from agent.mqtt.outbox import Outbox
@@ -51,13 +50,6 @@ MAX_EVENT_BACK = 1 << 20  # bytes: an event read back larger than this is someon
 UNSUPPORTED_PROTOCOL = 0x84  # CONNACK: an MQTT 3.1.1 broker's answer to an MQTT 5 CONNECT (paho's reading)
 
 
-_CLOCK_READING = re.compile(r"reads \d{4}-\d\d-\d\dT[\d:]+Z")
-
-
-def _unclocked(reason: str) -> str:
-    return _CLOCK_READING.sub("reads ?", reason)
-
-
 class Publisher(EventPump, AutoProtocol, SeqRecord):
     """The station's MQTT link. `settings` is the agent's `[mqtt]` table; `commands` maps a
     feature to the handler of the payload of <base>/<feature>/set (called on paho's thread)."""
@@ -74,6 +66,7 @@ class Publisher(EventPump, AutoProtocol, SeqRecord):
                          "events_unconfirmed": 0, "messages_refused": 0}
         self.commands = Commands(self.base, commands, self.counters)
         self.commands_ready = self.commands.ready  # every command subscription granted, this connection
+        self.drops = BrokerDrops(self.counters, s.broker_drops)  # what the broker says it dropped
         self._init_record()  # the broker's record of this station's sequence numbers (seqrecord.py)
         self.verdicts = LiveVerdicts(s.verdict_max_age_s, self.counters)
         self.link = {"state": "connecting", "reason": f"connecting to {s.host}:{s.port}", "since": time.time()}
@@ -139,7 +132,7 @@ class Publisher(EventPump, AutoProtocol, SeqRecord):
     def _set_link(self, state: str, reason: str, level: int = logging.WARNING) -> None:
         """A new state or reason is said; one that differs only in the clock reading it quotes
         (a certificate's dates, at each attempt) replaces the reason quietly."""
-        if (state, _unclocked(reason)) != (self.link["state"], _unclocked(self.link["reason"])):
+        if (state, link.unclocked(reason)) != (self.link["state"], link.unclocked(self.link["reason"])):
             self.link = {"state": state, "reason": reason, "since": time.time()}
             log.log(level, "MQTT %s: %s", state, reason)
         elif reason != self.link["reason"]:
@@ -188,6 +181,7 @@ class Publisher(EventPump, AutoProtocol, SeqRecord):
         for feature, value in list(self._states.items()):
             self._publish(self.topic(f"{feature}/state"), value, qos=1, retain=True)
         self.commands.subscribe(client, flags.session_present, self._publish)  # (held commands: commands.py)
+        self.drops.subscribe(client)
         self._loopback_refused = False
         if self._checking:  # 3.1.1: the events the broker acknowledges must come back (refusals.py)
             self._loopback_mid = client.subscribe(self.topic("events"), qos=1)[1]
@@ -201,7 +195,7 @@ class Publisher(EventPump, AutoProtocol, SeqRecord):
         self._wake.set()
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
-        if self._record_subacked(mid, reason_codes):
+        if self._record_subacked(mid, reason_codes) or self.drops.subacked(mid, reason_codes):
             return
         if mid != self._loopback_mid or self._loopback_mid is None:
             self.commands.subscribed(mid, reason_codes)
@@ -317,6 +311,8 @@ class Publisher(EventPump, AutoProtocol, SeqRecord):
             self._delivered(msg.payload)
         elif msg.topic == self.topic("status"):
             self._record_message(msg.payload, msg.retain)
+        elif msg.topic == DROPPED_TOPIC:
+            self.drops.message(msg.payload)
         else:
             self.commands.handle(msg.topic, msg.payload, msg.retain, msg.mid, msg.dup)
 

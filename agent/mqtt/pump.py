@@ -91,6 +91,7 @@ class EventPump:
         if self._switch_to is not None and time.monotonic() >= self._switch_at:
             self._switch_protocol()
         self._check_delivery()
+        self.drops.say()  # (what the broker dropped, not said yet: broker_drops.py)
         self._stable_link()
         gen = self.outbox.generation
         if gen != self._outbox_gen:  # the database opened late: older stored events to send too
