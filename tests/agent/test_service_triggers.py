@@ -287,6 +287,11 @@ def test_a_request_naming_its_part_is_a_part_and_its_id_is_kept_in_its_turn():
         part, pid, why = part_request(bad)
         assert part and pid is None and why.startswith("a part not inspected: its trigger/set part_id "), bad
     assert len(part_request(b'{"part_id": "' + b"y" * 200 + b'"}')[2]) < 200  # the bad id is shown cut short
+    for botched in (b"{'part_id': 'A-1'}", b'{"part_id": "A-1"', b'{part_id: A-1}', b'{"part_id": "\xff"}'):
+        part, pid, why = part_request(botched)  # (until 2026-12-07: inspected as "go", without its id)
+        assert part and pid is None and why.startswith("a part not inspected: its trigger/set names a part_id and "
+                                                       "is not JSON: "), botched
+    assert len(part_request(b"{'part_id': '" + b"z" * 300 + b"'}")[2]) < 200
 
     t = CommandTrigger(max_pending=1)
     assert t.request(part_id="A") and not t.request() and not t.request(part_id="B") and not t.request(part=True)
