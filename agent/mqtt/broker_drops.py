@@ -12,8 +12,9 @@ The station cannot know which messages were dropped, or for whom, but mosquitto 
 broker-wide, on DROPPED_TOPIC (every `sys_interval`, 10 s by default). The station watches it:
 a rise is said (WARNING, at most every SAY_EVERY_S with what came since) and counted in
 `status.mqtt.broker_dropped`; a count already above zero at the first sight is said once (it
-may hold what was sent to the station while it was stopped). A count that falls is a broker
-restarted (counted again from zero). A broker that does not publish the count (another broker,
+may hold what was sent to the station while it was stopped; the broker's retained count may be up
+to a `sys_interval` old then, so such drops may also come as the first rise). A count that falls
+is a broker restarted (counted again from zero). A broker that does not publish the count (another broker,
 an ACL that forbids `$SYS`) leaves it unknown: `status.mqtt.broker_dropped_seen` stays false.
 """
 from __future__ import annotations
@@ -82,6 +83,6 @@ class BrokerDrops:
         this at each turn, as mosquitto publishes the count only when it changes)."""
         now = time.monotonic() if now is None else now
         if self._unsaid and now - self._said_at >= SAY_EVERY_S:
-            log.warning("the broker dropped %d messages (%d since this station started): %s", self._unsaid,
+            log.warning("the broker dropped %d more messages (%d counted by this run): %s", self._unsaid,
                         self.counters["broker_dropped"], HINT)
             self._said_at, self._unsaid = now, 0

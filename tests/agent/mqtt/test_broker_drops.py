@@ -42,7 +42,7 @@ def test_rises_of_the_count_are_said_and_counted_a_restart_counts_from_zero(capl
     caplog.clear()
     d.message(b"7")
     d.message(b"12")
-    assert counters["broker_dropped"] == 5 and "the broker dropped 5 messages (5 since" in caplog.text
+    assert counters["broker_dropped"] == 5 and "the broker dropped 5 more messages (5 counted" in caplog.text
     caplog.clear()
     clock[0] += 1
     d.message(b"20")  # within SAY_EVERY_S of the last warning: counted, said later
@@ -52,7 +52,7 @@ def test_rises_of_the_count_are_said_and_counted_a_restart_counts_from_zero(capl
     assert counters["broker_dropped"] == 13 and d.total == 20
     clock[0] += broker_drops.SAY_EVERY_S
     d.say()  # (the pump's turn: mosquitto sends the count only when it changes)
-    assert "the broker dropped 8 messages (13 since" in caplog.text
+    assert "the broker dropped 8 more messages (13 counted" in caplog.text
     d.message(b"3")  # the broker restarted: its count began again at 0
     assert counters["broker_dropped"] == 16
     off = BrokerDrops({}, enabled=False)
@@ -93,3 +93,39 @@ def test_commands_beyond_the_brokers_queue_are_each_taken_or_counted_as_dropped(
         plc.loop_stop()
         plc.disconnect()
         pub.stop()
+
+
+def test_commands_dropped_while_the_station_was_away_are_said_when_it_is_back(broker, tmp_path, caplog):
+    """The broker holds what comes for the stopped station, up to its queue (5 here), and drops the
+    rest: the run that starts next says it, from the broker's count."""
+    broker.stop()
+    broker.conf.write_text(broker.conf.read_text() + "sys_interval 1\nmax_queued_messages 5\n")
+    broker.start()
+    held: list = []
+
+    def publisher():
+        pub = Publisher("st1", Outbox(tmp_path / "outbox.sqlite"), MqttSettings(port=broker.port),
+                        commands={"trigger": held.append})
+        pub.commands.on_held = {"trigger": held.append}
+        return pub
+    pub = publisher()
+    pub.start()
+    assert pub.commands_ready.wait(10)
+    pub.stop()
+    plc = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="plc")
+    plc.connect("127.0.0.1", broker.port)
+    plc.loop_start()
+    caplog.set_level(logging.WARNING, logger="agent.mqtt.broker_drops")
+    again = publisher()
+    try:
+        for i in range(30):
+            plc.publish("adgan/st1/trigger/set", json.dumps({"part_id": f"W{i}"}), qos=1).wait_for_publish(10)
+        again.start()
+        assert wait(lambda: again.drops.total is not None and len(held) + again.drops.total >= 30, 20), \
+            (len(held), again.drops.total)
+        assert 5 <= len(held) < 30 and again.drops.total <= 30 - len(held) + 10, (len(held), again.drops.total)
+        assert "the broker has dropped" in caplog.text or "the broker dropped" in caplog.text
+    finally:
+        plc.loop_stop()
+        plc.disconnect()
+        again.stop()
