@@ -18,6 +18,7 @@ import argparse
 import collections
 import json
 import random
+import re
 import sys
 import tempfile
 import threading
@@ -59,6 +60,18 @@ def acked(info, deadline: float) -> bool:
         time.sleep(0.1)
 
 
+def named(event: dict) -> list[str]:
+    """The parts an event answers: its part_id, or those of a merged answer (joined by commas)."""
+    return (event.get("part_id") or "").split(",") if event.get("part_id") else []
+
+
+def said_dropped(log: str) -> int:
+    """The broker's count of dropped messages as an agent's log said it (agent/mqtt/broker_drops.py): the
+    count at its first sight, and the rises after it."""
+    first = re.findall(r"the broker has dropped (\d+) messages since it started", log)
+    return (int(first[0]) if first else 0) + sum(int(n) for n in re.findall(r"the broker dropped (\d+) more", log))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", required=True)
@@ -72,8 +85,9 @@ def main() -> int:
                                                                       "late (strace: an SD card)")
     ap.add_argument("--protocol", default="auto", choices=("auto", "3.1.1", "5"), help="the agent's mqtt.protocol")
     ap.add_argument("--backlog", type=int, default=0, help="first stop the agent, send this many parts, and start it "
-                                                            "again: a backlog the broker held (not above its queue "
-                                                            "limit: mosquitto's max_queued_messages, 1000)")
+                                                            "again: a backlog the broker held (beyond its queue "
+                                                            "limit, mosquitto's max_queued_messages 1000, it drops "
+                                                            "them: the agent says how many, 'broker said dropped')")
     ap.add_argument("--seed", type=int, default=1)
     a = ap.parse_args()
     lo, hi = (float(v) for v in a.kill_every.split(":"))
@@ -137,7 +151,7 @@ def main() -> int:
     end = time.monotonic() + 180 + 0.3 * a.backlog
     while time.monotonic() < end:
         with lock:
-            if set(asked) <= {e.get("part_id") for e in events}:
+            if set(asked) <= {p for e in events for p in named(e)}:
                 break
         time.sleep(0.5)
     time.sleep(3)
@@ -148,19 +162,23 @@ def main() -> int:
     unique = {e["event_id"]: e for e in events}.values()
     by = collections.defaultdict(set)
     for e in unique:
-        by[e.get("part_id")].add(e["event_id"])
+        for pid in named(e):
+            by[pid].add(e["event_id"])
     how = collections.Counter("held" if "held its trigger" in (e.get("error") or "") else
                               "left by a kill" if "stopped before answering" in (e.get("error") or "") else
                               e["verdict"] for e in unique)
     seqs = [e["seq"] for e in unique]
-    drops = sum(log.read_text(errors="replace").count("MQTT disconnected") for log in tmp.glob("agent*.log"))
+    logs = [log.read_text(errors="replace") for log in tmp.glob("agent*.log")]
+    drops = sum(text.count("MQTT disconnected") for text in logs)
+    said = max([said_dropped(text) for text in logs] or [0])  # (the broker's count as an agent last said it)
     print(f"faults: {dict(faults)}; {a.seconds:.0f} s at {a.rate:g} parts/s"
           + (f"; every fsync {a.slow_fsync:g} s late" if a.slow_fsync else "") + f"; mqtt.protocol {a.protocol}")
     print("| parts sent | PUBACK not seen by the PLC | answered | missing (PUBACK seen) | answered twice | "
-          "how answered | seq repeated | links dropped |")
+          "how answered | seq repeated | links dropped | broker said dropped |")
     print(f"| {len(asked)} | {len(unacked)} | {sum(1 for p in asked if p in by)} | "
           f"{sum(1 for p in sent if p not in by)} | {sum(1 for p in asked if len(by.get(p, ())) > 1)} | "
-          f"{', '.join(f'{k} {v}' for k, v in sorted(how.items()))} | {len(seqs) - len(set(seqs))} | {drops} |")
+          f"{', '.join(f'{k} {v}' for k, v in sorted(how.items()))} | {len(seqs) - len(set(seqs))} | {drops} | "
+          f"{said} |")
     print(f"(logs in {tmp})")
     return 0
 

@@ -20,6 +20,7 @@ an ACL that forbids `$SYS`) leaves it unknown: `status.mqtt.broker_dropped_seen`
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class BrokerDrops:
         self._mid: int | None = None   # the subscription's message id, awaiting its SUBACK
         self._said_at = float("-inf")  # monotonic time of the last warning
         self._unsaid = 0               # rises not said yet (within SAY_EVERY_S of the last warning)
+        self._lock = threading.Lock()  # (counts come on paho's thread, the pump says what waits)
 
     def subscribe(self, client) -> None:
         """Subscribe to the count (QoS 0: the next one replaces a lost one), on every connection."""
@@ -66,23 +68,24 @@ class BrokerDrops:
         if not text.isdigit() or len(payload) > 32:
             return
         n = int(text)
-        self.counters["broker_dropped_seen"] = True
-        if self.total is None:
-            self.total = n
-            if n:
-                log.warning("the broker has dropped %d messages since it started (%s): %s", n, DROPPED_TOPIC, HINT)
-            return
-        rise = n - self.total if n >= self.total else n  # (fallen: the broker restarted, its count from 0)
-        self.total = n
-        self.counters["broker_dropped"] += rise
-        self._unsaid += rise
+        with self._lock:
+            self.counters["broker_dropped_seen"] = True
+            last, self.total = self.total, n
+            if last is not None:
+                rise = n - last if n >= last else n  # (fallen: the broker restarted, its count from 0)
+                self.counters["broker_dropped"] += rise
+                self._unsaid += rise
+        if last is None and n:
+            log.warning("the broker has dropped %d messages since it started (%s): %s", n, DROPPED_TOPIC, HINT)
         self.say()
 
     def say(self, now: float | None = None) -> None:
         """Say the rises not said yet, unless one was said within SAY_EVERY_S (then later: the pump calls
         this at each turn, as mosquitto publishes the count only when it changes)."""
         now = time.monotonic() if now is None else now
-        if self._unsaid and now - self._said_at >= SAY_EVERY_S:
-            log.warning("the broker dropped %d more messages (%d counted by this run): %s", self._unsaid,
-                        self.counters["broker_dropped"], HINT)
-            self._said_at, self._unsaid = now, 0
+        with self._lock:
+            if not self._unsaid or now - self._said_at < SAY_EVERY_S:
+                return
+            unsaid, self._said_at, self._unsaid = self._unsaid, now, 0
+        log.warning("the broker dropped %d more messages (%d counted by this run): %s", unsaid,
+                    self.counters["broker_dropped"], HINT)
