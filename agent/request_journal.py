@@ -67,7 +67,8 @@ class Open:
     n: int                   # how many parts the entry stands for (merged parts not inspected)
     why: str | None          # the error it is answered with (parts not inspected); None: an inspection
     at: float                # when it was requested (wall clock)
-    key: str | None = None   # the trigger/set message's identity (agent/mqtt/commands.py's message_key)
+    key: str | None = None   # the trigger/set message's identity (agent/mqtt/commands.py's message_key; merged
+                             # parts: theirs, comma-joined)
     switch: str | None = None  # a class switch (its class/set payload), waiting its turn: made at the next start
 
     def reason(self) -> str:
@@ -157,7 +158,7 @@ class RequestJournal:
             recent = doc.get("recent", [])
             if not isinstance(recent, list) or not all(isinstance(k, str) for k in recent):
                 raise ValueError("its recent keys are not a list of strings")
-            self.keys = [*(o.key for o in left if o.key), *recent]
+            self.keys = [*(k for o in left if o.key for k in o.key.split(",")), *recent]
             return left
         except FileNotFoundError:
             return []

@@ -34,7 +34,8 @@ class Asked:
     r: int = 0                  # a request's number in the journal (agent/request_journal.py); 0: none
     part: bool = False          # a part (a GPIO edge, a named request), not a plain inspection request
     at: float = 0.0             # when it was requested (wall clock)
-    key: str | None = None      # its trigger/set message's identity (a resend after a kill is dropped)
+    key: str | None = None      # its trigger/set message's identity (a resend after a kill is dropped; merged: several,
+                                # comma-joined)
     ready: bool = True          # False until the journal holds it (a request over MQTT or OPC UA): not taken before
     lines: bool = True          # its answer is shown on the GPIO verdict lines (not for a part that has passed)
 
@@ -195,13 +196,7 @@ class CommandTrigger:
                     sum(a.skipped > 0 for a in q) < self.MAX_SAID_APART:
                 entry = self._new(part_id, 1, part=part, seen=seen, key=key)
             else:  # a flood: merged, the ids kept in the one entry (up to a bound)
-                before.skipped += 1
-                if part_id is not None:
-                    ids = before.part_id.split(",") if before.part_id else []
-                    if len(ids) < self.MAX_IDS_KEPT:
-                        before.part_id = ",".join([*ids, part_id])
-                    else:
-                        before.more_ids += 1
+                self._merge(before, part_id, key)
                 self._cond.notify_all()
                 return False
             entry.ready = self.journal is None or at is not None  # (kept first, then acted on: `save`)
@@ -257,11 +252,25 @@ class CommandTrigger:
                 self._late(part_id, why, True, key=key)
                 return
             if q and q[-1].why is not None and sum(a.skipped > 0 for a in q) >= self.MAX_SAID_APART:
-                q[-1].skipped += 1
-            else:
+                self._merge(q[-1], part_id, key)  # (until 2026-12-07 without its id: a held backlog's answers
+            else:                                 # named one part in eight, and a kill lost the others' keys)
                 q.append(self._new(part_id, 1, why, part=True, key=key))
                 q[-1].ready, q[-1].lines = self.journal is None, lines
             self._cond.notify_all()
+
+    def _merge(self, into: Asked, part_id: str | None, key: str | None) -> None:
+        """A part merged into the entry `into` (a flood, under the lock): its id joined to those it names
+        (the event's part_id), and its trigger/set's message key to its keys (a resend after a kill is
+        known), up to MAX_IDS_KEPT of each (beyond, counted in more_ids: said)."""
+        into.skipped += 1
+        ids = into.part_id.split(",") if into.part_id else []
+        if part_id is not None and len(ids) < self.MAX_IDS_KEPT:
+            into.part_id = ",".join([*ids, part_id])
+        elif part_id is not None:
+            into.more_ids += 1
+        keys = into.key.split(",") if into.key else []
+        if key is not None and len(keys) < self.MAX_IDS_KEPT:
+            into.key = ",".join([*keys, key])
 
     def take(self, timeout: float) -> Asked | None:
         """Wait up to `timeout` s for a request; the request (consumed) if there was one and
@@ -315,15 +324,15 @@ class CommandTrigger:
             done = self._serving.pop(r, None) or self._adopted.pop(r, None)
             self._adopted.pop(r, None)
             if done is not None and done.key:  # (its PUBACK may still wait behind paho's reading: a kill now
-                self._recent.append(done.key)  # and the broker sends it again; the next start drops it)
+                self._recent.extend(done.key.split(","))  # and the broker sends it again; the next start drops it)
 
     def _why(self, a: Asked) -> str:
+        more = f"; the ids of {a.more_ids} more are not kept" if a.more_ids else ""
         if a.why is not None:
-            return a.why if a.skipped == 1 else f"{a.skipped} parts not inspected, the first said: {a.why}"
+            return a.why if a.skipped == 1 else f"{a.skipped} parts not inspected, the first said: {a.why}{more}"
         n = a.skipped
         return f"{'a part' if n == 1 else f'{n} parts'} not inspected: the trigger came while {self.max_pending} " \
-               "inspection(s) waited (parts come faster than they are inspected; trigger.max_pending)" + \
-               (f"; the ids of {a.more_ids} more are not kept" if a.more_ids else "")
+               "inspection(s) waited (parts come faster than they are inspected; trigger.max_pending)" + more
 
     @_kept()
     def left(self, cause: str) -> list[Asked]:
