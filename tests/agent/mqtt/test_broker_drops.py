@@ -16,6 +16,7 @@ from agent.mqtt.outbox import Outbox
 from agent.mqtt.publisher import Publisher
 from agent.settings import MqttSettings
 from tests.agent.mqtt.test_faults import wait
+from tests.agent.test_held_commands import held_backlog
 
 
 class _Client:
@@ -101,25 +102,13 @@ def test_commands_dropped_while_the_station_was_away_are_said_when_it_is_back(br
     broker.stop()
     broker.conf.write_text(broker.conf.read_text() + "sys_interval 1\nmax_queued_messages 5\n")
     broker.start()
-    held: list = []
-
-    def publisher():
-        pub = Publisher("st1", Outbox(tmp_path / "outbox.sqlite"), MqttSettings(port=broker.port),
-                        commands={"trigger": held.append})
-        pub.commands.on_held = {"trigger": held.append}
-        return pub
-    pub = publisher()
-    pub.start()
-    assert pub.commands_ready.wait(10)
-    pub.stop()
-    plc = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="plc")
-    plc.connect("127.0.0.1", broker.port)
-    plc.loop_start()
     caplog.set_level(logging.WARNING, logger="agent.mqtt.broker_drops")
-    again = publisher()
+    plc = held_backlog(broker, tmp_path, 30)
+    held: list = []
+    again = Publisher("st1", Outbox(tmp_path / "outbox.sqlite"), MqttSettings(port=broker.port),
+                      commands={"trigger": held.append})
+    again.commands.on_held = {"trigger": held.append}
     try:
-        for i in range(30):
-            plc.publish("adgan/st1/trigger/set", json.dumps({"part_id": f"W{i}"}), qos=1).wait_for_publish(10)
         again.start()
         assert wait(lambda: again.drops.total is not None and len(held) + again.drops.total >= 30, 20), \
             (len(held), again.drops.total)
