@@ -212,7 +212,8 @@ class CommandTrigger:
         with self._cond:
             tail = self._queue[-1] if self._queue else None
             if tail is not None and tail.switch is not None and not any(t > tail.arrived for t in self._in_flight):
-                tail.switch, tail.key = payload, key  # nothing between two switches: the last one counts
+                tail.switch, tail.key = payload, self._joined(tail.key, key)  # nothing between two switches: the
+                                                                               # last counts (both class/sets known)
                 tail.arrived = time.monotonic()
             elif len(self._queue) >= self.MAX_WAITING or self._closed:
                 return False
@@ -240,6 +241,8 @@ class CommandTrigger:
     def made(self) -> None:
         """The switch `switched` gave is made (and stored): the journal lets it go."""
         with self._cond:
+            if self._making is not None and self._making.key:  # (a resend after a kill is not made again: until
+                self._recent.extend(self._making.key.split(","))  # 2026-12-07 one was, once the switch was made)
             self._making = None
 
     @_kept(now=True)
@@ -263,14 +266,15 @@ class CommandTrigger:
         (the event's part_id), and its trigger/set's message key to its keys (a resend after a kill is
         known), up to MAX_IDS_KEPT of each (beyond, counted in more_ids: said)."""
         into.skipped += 1
-        ids = into.part_id.split(",") if into.part_id else []
-        if part_id is not None and len(ids) < self.MAX_IDS_KEPT:
-            into.part_id = ",".join([*ids, part_id])
-        elif part_id is not None:
+        named = self._joined(into.part_id, part_id)
+        if part_id is not None and named == into.part_id:  # (MAX_IDS_KEPT named already: counted)
             into.more_ids += 1
-        keys = into.key.split(",") if into.key else []
-        if key is not None and len(keys) < self.MAX_IDS_KEPT:
-            into.key = ",".join([*keys, key])
+        into.part_id, into.key = named, self._joined(into.key, key)
+
+    def _joined(self, joined: str | None, one: str | None) -> str | None:
+        """`one` added to the comma-joined `joined`, unless it holds MAX_IDS_KEPT already."""
+        have = joined.split(",") if joined else []
+        return joined if one is None or len(have) >= self.MAX_IDS_KEPT else ",".join([*have, one])
 
     def take(self, timeout: float) -> Asked | None:
         """Wait up to `timeout` s for a request; the request (consumed) if there was one and

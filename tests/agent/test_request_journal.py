@@ -282,6 +282,12 @@ def test_a_class_switch_waiting_its_turn_is_kept_until_it_is_made(tmp_path):
     assert [(o["part_id"], o.get("switch")) for o in kept(t)] == [("A", None), ("C", None)]
     again = RequestJournal(tmp_path / "outbox.db")  # (a start: what the run before left)
     assert [(o.part_id, o.switch) for o in again.start(0)] == [("A", None), ("C", None)]
+    # a made switch's class/set is known to the next start (a resend after a kill is not made again), and
+    # so are both of two switches with nothing between them (until 2026-12-07 neither, and the first's)
+    assert "7:ab" in again.keys
+    assert t.switch(b"sphere", key="8:cd") and t.switch(b"cylinder", key="9:ef")
+    assert [o["key"] for o in kept(t) if o.get("switch")] == ["8:cd,9:ef"]
+    assert {"8:cd", "9:ef"} <= set(RequestJournal(tmp_path / "outbox.db").keys)
 
 
 def test_a_class_switch_a_kill_left_waiting_is_made_at_the_next_start(broker, two_classes, synth_data, tmp_path):
