@@ -33,7 +33,8 @@ def test_rises_of_the_count_are_said_and_counted_a_restart_counts_from_zero(capl
     d = BrokerDrops(counters)
     client = _Client()
     d.subscribe(client)
-    assert client.topics == [DROPPED_TOPIC] and d.subacked(1, [mqtt.ReasonCode(mqtt.PacketTypes.SUBACK, "Granted QoS 0")])
+    granted = mqtt.ReasonCode(mqtt.PacketTypes.SUBACK, "Granted QoS 0")
+    assert client.topics == [DROPPED_TOPIC] and d.subacked(1, [granted]) and not d.subacked(1, [granted])
     clock = [1000.0]
     monkeypatch.setattr(broker_drops.time, "monotonic", lambda: clock[0])
     caplog.set_level(logging.WARNING, logger="agent.mqtt.broker_drops")
@@ -59,6 +60,10 @@ def test_rises_of_the_count_are_said_and_counted_a_restart_counts_from_zero(capl
     off = BrokerDrops({}, enabled=False)
     off.subscribe(client)
     assert client.topics == [DROPPED_TOPIC]
+    caplog.set_level(logging.INFO, logger="agent.mqtt.broker_drops")
+    d.subscribe(client)  # (an ACL that forbids $SYS: noted, nothing to watch)
+    assert d.subacked(2, [mqtt.ReasonCode(mqtt.PacketTypes.SUBACK, "Not authorized")])
+    assert "the broker refused this station its count of dropped messages" in caplog.text
 
 
 def test_commands_beyond_the_brokers_queue_are_each_taken_or_counted_as_dropped(broker, tmp_path, caplog):
