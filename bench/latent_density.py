@@ -41,12 +41,12 @@ def inputs(bundle, folder: Path, numbers) -> np.ndarray:
                      for n in numbers]).astype(np.float32)
 
 
-def codes(bundle, x: np.ndarray) -> np.ndarray:
-    """E(x) of each input, by the bundle's own encoder graph."""
+def encoder(bundle):
+    """E, the bundle's own encoder graph: a function of a batch of inputs, one code per row."""
     import onnxruntime as ort
     sess = ort.InferenceSession(str(bundle.path / "encoder.onnx"), providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
-    return np.concatenate([sess.run(None, {name: x[i:i + 1]})[0].reshape(1, -1) for i in range(len(x))])
+    return lambda x: np.concatenate([sess.run(None, {name: x[i:i + 1]})[0].reshape(1, -1) for i in range(len(x))])
 
 
 def full_scores(bundle, x: np.ndarray) -> np.ndarray:
@@ -70,15 +70,17 @@ def main() -> int:
     p.add_argument("--variant", default="def")
     a = p.parse_args()
     from agent.scoring.bundle import Bundle
+    from agent.sources.dataset import rgb_path
     data, out, res = Path(a.data), Path(a.run), {}
     for f, (b0, b1) in enumerate(blocks(a.folds)):
         fold = out / f"fold{f}"
         block = {c: numbers_in(data / c, lambda n: b0 <= n < b1 and (n - b0) % a.every == 0) for c in CLASSES}
         for c in CLASSES:
             b = Bundle.load(fold / c / f"bundle-{a.variant}")
+            codes = encoder(b)
             tr = numbers_in(data / c, lambda n: (n < b0 - a.purge or n >= b1 + a.purge) and n % a.every == 0)
             xt = inputs(b, data / c, tr)
-            zt = codes(b, xt)
+            zt = codes(xt)
             lw = LedoitWolf().fit(zt)
             la_t = np.log(lw.mahalanobis(zt))
             ls_t = np.log(full_scores(b, xt))
@@ -90,8 +92,7 @@ def main() -> int:
                 full = {r["path"]: float(r["score"]) for r in csv.DictReader(fh)}
             la, ls, y = [], [], []
             for o in CLASSES:
-                from agent.sources.dataset import rgb_path
-                z = codes(b, inputs(b, data / o, block[o]))
+                z = codes(inputs(b, data / o, block[o]))
                 la.append(np.log(lw.mahalanobis(z)))
                 ls.append(np.log([full[str(rgb_path(data / o, n))] for n in block[o]]))
                 y += [int(o != c)] * len(block[o])
@@ -108,7 +109,7 @@ def main() -> int:
                 by_folder.setdefault(folder, []).append(n)
             dla, dls, lab = [], [], []
             for folder, ns in by_folder.items():
-                dla.append(np.log(lw.mahalanobis(codes(b, inputs(b, dmg / folder, ns)))))
+                dla.append(np.log(lw.mahalanobis(codes(inputs(b, dmg / folder, ns)))))
                 dls.append(np.log([dfull[(folder, n)] for n in ns]))
                 lab += [folder] * len(ns)
             dla, dls, lab = np.concatenate(dla), np.concatenate(dls), np.array(lab)
