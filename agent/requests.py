@@ -156,11 +156,11 @@ class Requests:
         for o in (o for o in left if o.switch is not None):  # made first, in order (their parts are not inspected)
             log.warning("a class switch the last run took was not made (it was killed, or the power cut): made now")
             self._switch_class(o.switch.encode())
-        left = [o for o in left if o.switch is None]
+        self.commands.adopt(left)  # (kept until each is answered: a kill meanwhile leaves the others; the
+        left = [o for o in left if o.switch is None]  # switches' keys kept as recent: a resend is not made again)
         if left:
             log.warning("%d requests the last run took were not answered (it was killed, or the power cut): each "
                         "is answered now with an error event", len(left))
-        self.commands.adopt(left)  # (kept until each is answered: a kill meanwhile leaves the others)
         for o in left:  # (not on the GPIO verdict lines: these parts have passed, Work.lines)
             self.counters.add("parts_not_inspected", o.n)  # (as at a stop: each request not made)
             self._error(self._asked(o.part_id, o.r, lines=False), o.reason())

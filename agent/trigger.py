@@ -317,9 +317,12 @@ class CommandTrigger:
 
     @_kept()
     def adopt(self, left) -> None:
-        """Requests a run before left unanswered (request_journal.Open), kept until each is `answered`."""
+        """Requests a run before left unanswered (request_journal.Open), kept until each is `answered`;
+        its class switches, made by now, join the recent keys (until 2026-12-07 they were dropped: a
+        resend after a second kill was made again)."""
         with self._cond:
-            self._adopted.update((o.r, o) for o in left)
+            self._adopted.update((o.r, o) for o in left if o.switch is None)
+            self._recent.extend(k for o in left if o.switch is not None and o.key for k in o.key.split(","))
 
     @_kept()
     def answered(self, r: int) -> None:

@@ -290,6 +290,24 @@ def test_a_class_switch_waiting_its_turn_is_kept_until_it_is_made(tmp_path):
     assert {"8:cd", "9:ef"} <= set(RequestJournal(tmp_path / "outbox.db").keys)
 
 
+def test_a_switch_a_kill_left_waiting_is_known_after_the_start_that_made_it(tmp_path):
+    """A switch a kill left waiting is made at the next start. Until 2026-12-07 its key was known to
+    that start only: the start's first snapshot dropped it, and the broker's resend after a second
+    kill was made again (a class the PLC had switched away from since, switched back)."""
+    box = tmp_path / "outbox.db"
+    t = CommandTrigger(max_pending=5, journal=RequestJournal(box))
+    assert t.request(part_id="A", key="1:a") and t.switch(b"cylinder", key="2:s")
+    assert t.journal.settle()
+    left = (j := RequestJournal(box)).start(answered=0)  # a kill; the next start makes the switch
+    assert [(o.part_id, o.switch, o.key) for o in left] == [("A", None, "1:a"), (None, "cylinder", "2:s")]
+    t2 = CommandTrigger(max_pending=5, journal=j)
+    t2.adopt(left)  # (as the agent's start does, once it has made the switch)
+    assert j.settle()
+    again = RequestJournal(box)  # a second kill
+    assert {"1:a", "2:s"} <= set(again.keys)
+    assert [(o.part_id, o.switch) for o in again.start(0)] == [("A", None)]  # (the switch is not made twice)
+
+
 def test_a_class_switch_a_kill_left_waiting_is_made_at_the_next_start(broker, two_classes, synth_data, tmp_path):
     """The PLC requests the old product's last parts and switches the class while they wait; the agent
     is killed before the switch's turn. Until 2026-12-06 the switch was lost without a word (its
