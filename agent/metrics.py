@@ -68,6 +68,9 @@ class _StateCollector:
         yield CounterMetricFamily("adgan_mqtt_broker_dropped", "messages the broker said it dropped (its count for all "
                                   "its clients, a queue full: mosquitto max_queued_messages) while this agent ran",
                                   value=mq.get("broker_dropped", 0))
+        yield CounterMetricFamily("adgan_process_freezes", "times this agent's process did not run for 2 s or more "
+                                  "(stopped, a container paused, the machine suspended): trigger/sets that came "
+                                  "meanwhile are answered as not inspected", value=mq.get("freezes", 0))
         tls = mq.get("tls") or {}
         if tls.get("not_after"):
             yield GaugeMetricFamily("adgan_mqtt_client_cert_expiry_timestamp_seconds", "when the client certificate "

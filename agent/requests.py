@@ -76,8 +76,9 @@ class Requests:
         inspected (by now its part has left the camera, and another may be there), answered in its
         turn with an error event that echoes its part_id (before 2026-12-06 the broker dropped it)."""
         part, part_id, problem = part_request(payload)
-        kind = "a part not inspected" if part else "requested inspection not made"
-        self.commands.refuse(f"{problem}; {HELD}" if problem else f"{kind}: {HELD}", part_id,
+        kind, held = "a part not inspected" if part else "requested inspection not made", \
+            self.publisher.commands.held_why or HELD  # (or it came while the process did not run: frozen.py)
+        self.commands.refuse(f"{problem}; {held}" if problem else f"{kind}: {held}", part_id,
                              key=self.publisher.commands.taking(), lines=False)  # (as a kill's leftovers)
         self._echo_trigger()
 

@@ -24,6 +24,8 @@ sends again (its DUP flag: the acknowledgement was lost with the link, or with a
 taken already (or by a killed run: `seed`) is dropped, so it is not answered twice: one taken within
 RESEND_S, or on a connection that ended within RESEND_S (until 2026-12-06 counted from its taking
 only: a link that went silent, found dead a keepalive or more later, had the resend answered again).
+The same fence is sent after the station's process did not run for a while (agent/mqtt/frozen.py:
+commands that came meanwhile waited in its socket, read as if just sent; since 2026-12-07).
 """
 from __future__ import annotations
 
@@ -38,6 +40,8 @@ from typing import Callable
 
 import paho.mqtt.client as mqtt
 
+from agent.mqtt.frozen import FreezeWatch
+
 log = logging.getLogger(__name__)
 
 MAX_COMMAND_BYTES = 256
@@ -48,6 +52,9 @@ BACK_TO_BACK_S = 0.5  # a command that comes this soon after the last held one w
 KEEP_TAKEN = 1000   # (message id, payload) of the last commands taken, to drop the broker's resends...
 RESEND_S = 60.0     # ... of those taken this recently, or on a connection that ended this recently (a broker
                     # may reuse a message id once acknowledged)
+
+FROZE = ("the station's process did not run for {:.0f} s (stopped, frozen, or the machine suspended) and its "
+         "trigger/set came meanwhile; by now the part has left the camera")
 
 Handler = Callable[[bytes], None]
 
@@ -63,7 +70,7 @@ class Commands:
 
     def __init__(self, base: str, handlers: dict[str, Handler] | None, counters: dict[str, int]) -> None:
         self.base, self.handlers, self.counters = base, dict(handlers or {}), counters
-        for name in ("commands_held", "commands_resent", "sessions_lost"):  # (held while away; sent again, taken
+        for name in ("commands_held", "commands_resent", "sessions_lost", "freezes"):  # (held while away; sent again, taken
             counters.setdefault(name, 0)                                     # already: dropped; see `subscribe`)
         self.ran_before = False             # this station connected in a run before (the service: its outbox)
         self._refusal_logged: dict[str, float] = {}
@@ -83,12 +90,17 @@ class Commands:
         self._message = threading.local()   # the command being taken on this thread (`taking`)
         self.barrier: Callable[[], None] | None = None  # before_write's work (the service: its request journal's)
         self._batch_held = False            # a held command was taken in the batch paho's thread is reading
+        self._publish: Callable[..., bool] | None = None  # this connection's, for a fence after a freeze
+        self.held_why: str | None = None    # why this fence's held commands are not taken (None: held while away)
+        self.freeze = FreezeWatch(self._froze)
 
     def subscribe(self, client, resumed: bool = False, publish: Callable[..., bool] | None = None) -> None:
         """Subscribe to every command topic (on paho's thread, from on_connect: no SUBACK can be
         handled before this returns). `resumed`: the broker kept the session, and what it held
         comes first; a fence is sent with `publish` (topic, payload, qos) on each on_held topic."""
-        self._fence, self._held = "", 0
+        self._fence, self._held, self._publish, self.held_why = "", 0, publish, None
+        if self.on_held:
+            self.freeze.start()
         now = time.monotonic()  # (what the connection that ended took: its acknowledgements may have died with it,
         for key, at in self._taken.items():  # so a resend is known for RESEND_S from now, not from the taking)
             if at >= self._since:
@@ -115,16 +127,26 @@ class Commands:
         if resumed and publish is not None and self.on_held:  # (after the SUBSCRIBEs: the broker takes them in turn,
             self._send_fence(publish)                           # so a subscription new to the session catches it)
 
-    def _send_fence(self, publish: Callable[..., bool]) -> None:
+    def _send_fence(self, publish: Callable[..., bool], why: str | None = None) -> None:
+        """A fence on each on_held topic: what comes before it comes back was held while the station was
+        away, or (`why`) came while its process did not run."""
         token = secrets.token_hex(8)
         fenced = [publish(f"{self.base}/{f}/set", json.dumps({"fence": token}), qos=1) for f in self.on_held]
         if all(fenced):
-            self._fence, self._fence_at, self._refused = token, time.monotonic(), False
+            self._fence, self._fence_at, self._refused, self.held_why = token, time.monotonic(), False, why
             self._drained = self._fence_at
             self._sent = [*self._sent[-9:], token]
         else:
-            log.warning("the fence on %s could not be sent: commands the broker held while this station was "
-                        "away are taken as new ones", ", ".join(f"{self.base}/{f}/set" for f in self.on_held))
+            log.warning("the fence on %s could not be sent: commands %s are taken as new ones",
+                        ", ".join(f"{self.base}/{f}/set" for f in self.on_held),
+                        "that came while the process did not run" if why else
+                        "the broker held while this station was away")
+
+    def close(self) -> None:
+        self.freeze.close()
+
+    def _froze(self, seconds: float) -> None:
+        self.counters["freezes"] += 1
 
     def subscribed(self, mid: int, reason_codes) -> None:
         """A SUBACK: `ready` once every command subscription is granted; a refusal is said."""
@@ -153,6 +175,8 @@ class Commands:
         handler = self.handlers.get(feature) if feature else None
         if handler is None or self._fenced(feature, payload):
             return
+        if self.on_held and self._publish is not None and (froze := self.freeze.fresh()) is not None:
+            self._send_fence(self._publish, FROZE.format(froze))  # (what came while the process did not run)
         key = message_key(mid, payload) if mid and not retain else None
         if key is not None and not self._take(key, dup, topic):
             return
@@ -272,8 +296,9 @@ class Commands:
             return False
         if self._fence and token == self._fence:
             self._fence = ""
-            log.log(logging.WARNING if self._held else logging.DEBUG, "%d commands the broker held for this "
-                    "station while it was away came before its fence: each is answered as held", self._held)
+            log.log(logging.WARNING if self._held else logging.DEBUG, "%d commands %s came before its fence: "
+                    "each is answered as held", self._held, "that came while this station's process did not run"
+                    if self.held_why else "the broker held for this station while it was away")
         elif token in self._sent:
             log.debug("a fence from an earlier connection came back: dropped")
         else:  # (a run before's, killed before its fence came back; or someone else's: said, counted)

@@ -392,5 +392,6 @@ class Publisher(EventPump, AutoProtocol, SeqRecord):
         self._wake.set()
         self.client.disconnect()
         self.client.loop_stop()
+        self.commands.close()
         if self._pump_thread is not None:
             self._pump_thread.join(timeout)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
 import time
 
@@ -15,6 +16,7 @@ import pytest
 
 from agent.mqtt import commands as commands_module
 from agent.mqtt.commands import Commands
+from agent.mqtt.frozen import FreezeWatch
 from agent.mqtt.outbox import Outbox
 from agent.mqtt.publisher import Publisher
 from agent.requests import HELD
@@ -96,6 +98,76 @@ def test_a_fence_that_cannot_be_sent_is_said_and_commands_are_taken_as_new(caplo
         c.subscribe(_Client(), resumed=True, publish=lambda *a, **k: False)
     c.handle("adgan/st1/trigger/set", b"go", False, mid=1)
     assert "could not be sent" in caplog.text and taken == [b"go"] and held == []
+
+
+def test_what_comes_right_after_the_process_did_not_run_is_fenced_once(caplog):
+    """A freeze (agent/mqtt/frozen.py) found by the first command read after it: a fence is sent, what
+    comes before it is held (with the freeze's reason); a command read long after a freeze is new."""
+    now = [100.0]
+    c, taken, held, sent, publish = _commands()
+    c.freeze = FreezeWatch(c._froze, clock=lambda: now[0])
+    c.freeze.start(thread=False)
+    c.subscribe(_Client(), resumed=False, publish=publish)
+    c.handle("adgan/st1/trigger/set", b"go", False, mid=1)
+    assert taken == [b"go"] and sent == []
+    now[0] += 25  # stopped for 25 s (SIGSTOP): the broker kept sending into the socket
+    with caplog.at_level(logging.WARNING):
+        c.handle("adgan/st1/trigger/set", b'{"part_id": "F0"}', False, mid=2)
+        c.handle("adgan/st1/trigger/set", b'{"part_id": "F1"}', False, mid=3)
+    assert [t for t, _ in sent] == ["adgan/st1/trigger/set"] and held == [b'{"part_id": "F0"}', b'{"part_id": "F1"}']
+    assert "did not run for 25.0 s" in caplog.text and c.counters["freezes"] == 1
+    assert c.held_why == commands_module.FROZE.format(25.0) and "did not run for 25 s" in c.held_why
+    with caplog.at_level(logging.WARNING):
+        c.handle("adgan/st1/trigger/set", sent[0][1].encode(), False, mid=4)  # the fence is back
+    assert "2 commands that came while this station's process did not run came before its fence" in caplog.text
+    c.handle("adgan/st1/trigger/set", b'{"part_id": "B0"}', False, mid=5)
+    assert taken[-1] == b'{"part_id": "B0"}' and len(sent) == 1
+    now[0] += 30  # another freeze, and nothing read until well after it: no fence for it
+    for _ in range(20):  # (the watch's thread ticks meanwhile)
+        c.freeze.check()
+        now[0] += 0.25
+    c.handle("adgan/st1/trigger/set", b'{"part_id": "B1"}', False, mid=6)
+    assert taken[-1] == b'{"part_id": "B1"}' and len(sent) == 1 and c.counters["freezes"] == 2
+    c.subscribe(_Client(), resumed=True, publish=publish)  # a connection's fence: held while away
+    assert c.held_why is None
+
+
+def test_requests_sent_while_the_agent_did_not_run_are_answered_as_not_inspected(broker, two_classes, synth_data,
+                                                                                  tmp_path):
+    """The agent stopped (SIGSTOP: Ctrl-Z on an agent run by hand; a container paused) for 5 s, within
+    the keepalive: the broker sent it three named parts meanwhile, read the moment it ran again. Until
+    2026-12-07 they were inspected as if just sent, and each part's id had the verdict of whatever the
+    camera showed by then (a probe of 25 s: two inspected, three refused as too many waiting)."""
+    cfg, sub, cmd, state = mqtt_station(broker, two_classes, synth_data, tmp_path, loop=True)
+    cfg.write_text(cfg.read_text().replace('mode = "mqtt"', 'mode = "mqtt"\nmax_pending = 20'))
+    agent = AgentProcess(cfg, tmp_path / "agent.log")
+    try:
+        assert sub.wait_for(commands_ready, 60), agent.output()
+        cmd.publish("adgan/st1/trigger/set", '{"part_id": "A0"}', qos=1).wait_for_publish(5)
+        assert sub.wait_for(lambda m: any(e["part_id"] == "A0" for e in events(sub)), 60), agent.output()
+        os.kill(agent.proc.pid, signal.SIGSTOP)
+        try:
+            for pid in ("F0", "F1", "F2"):
+                cmd.publish("adgan/st1/trigger/set", json.dumps({"part_id": pid}), qos=1).wait_for_publish(5)
+            time.sleep(5)
+        finally:
+            os.kill(agent.proc.pid, signal.SIGCONT)
+        assert sub.wait_for(lambda m: {"F0", "F1", "F2"} <= {e["part_id"] for e in events(sub)}, 60), agent.output()
+        late = [e for e in once(events(sub)) if e["part_id"] in ("F0", "F1", "F2")]
+        assert all(e["verdict"] == "error" and "did not run for" in e["error"] for e in late), late
+        cmd.publish("adgan/st1/trigger/set", '{"part_id": "B0"}', qos=1).wait_for_publish(5)
+        assert sub.wait_for(lambda m: any(e["part_id"] == "B0" for e in events(sub)), 60), agent.output()
+        assert sub.wait_for(lambda m: sub.documents("adgan/st1/status")[-1]["mqtt"]["freezes"] >= 1, 30)
+        assert agent.terminate(30) == 0
+    finally:
+        agent.stop()
+        hang_up(cmd, sub)
+    got = {e["part_id"]: e for e in once(events(sub))}
+    for pid in ("F0", "F1", "F2"):
+        assert got[pid]["verdict"] == "error" and "did not run for" in got[pid]["error"], got[pid]
+        assert got[pid]["error"].startswith("a part not inspected"), got[pid]
+    assert got["A0"]["verdict"] in ("ok", "anomaly") and got["B0"]["verdict"] in ("ok", "anomaly"), got["B0"]
+    assert "process did not run for" in agent.output()
 
 
 def test_requests_sent_while_the_agent_was_stopped_are_answered_when_it_is_back(broker, two_classes, synth_data,

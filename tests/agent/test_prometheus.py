@@ -54,6 +54,7 @@ def test_a_running_agent_serves_its_metrics(broker, calibrated, synth_data, tmp_
         assert value(text, "adgan_outbox_reserve_released_total") == 0 and value(text, "adgan_clock_jumps_total") == 0
         for name in ("events_rejected", "messages_refused", "events_unconfirmed", "sessions_lost", "broker_dropped"):
             assert value(text, f"adgan_mqtt_{name}_total") == 0, name
+        assert value(text, "adgan_process_freezes_total") == 0
         assert sub.wait_for(lambda m: any(s["interfaces"]["metrics"].get("state") == "serving"
                                           for s in statuses(sub)))
         assert statuses(sub)[-1]["mqtt"]["protocol"] == "5"  # the default, auto, against mosquitto

@@ -1,0 +1,90 @@
+"""Whether this process ran: the freeze fence of agent/mqtt/commands.py.
+
+A process that does not run for a while (stopped: Ctrl-Z on an agent run by hand, SIGSTOP; a
+container paused; the machine suspended; swapped out) keeps its MQTT connection if it is back
+within the keepalive, and the broker goes on sending it commands all the while: they wait in its
+socket and are read the moment it runs again, as if just sent. A trigger/set among them asked for a
+part that has left the camera by then; until 2026-12-07 it was inspected, and the part's id was
+given the verdict of whatever the camera showed (a probe: five named parts sent while the agent was
+stopped for 25 s; two inspected after it, three refused as too many waiting, none said late).
+
+A thread ticks every TICK_S on the boot clock (it counts a suspended machine too); a gap of
+FROZEN_S or more between two ticks, or between the last tick and a command read, is a freeze. The
+first command read within RECENT_S of a freeze's end has the station send itself a fence (as at a
+connection to a kept session): what comes before the fence comes back came while the station did
+not run, and a trigger/set among it is answered as not inspected.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+FROZEN_S = 2.0   # the process not running this long is a freeze
+TICK_S = 0.25    # how often the watch's thread looks
+RECENT_S = 1.0   # a command read this soon after a freeze ended may have come during it
+
+
+def boot_clock() -> float:
+    """Seconds since boot, counting a suspended machine (Linux); elsewhere the monotonic clock."""
+    try:
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+    except (AttributeError, OSError):
+        return time.monotonic()
+
+
+class FreezeWatch:
+    """Freezes of this process, each said once (WARNING) and counted (`on_freeze(seconds)`)."""
+
+    def __init__(self, on_freeze: Callable[[float], None] | None = None,
+                 clock: Callable[[], float] = boot_clock) -> None:
+        self.clock, self.on_freeze = clock, on_freeze
+        self._lock = threading.Lock()
+        self._tick = clock()
+        self._ended, self._lasted, self._acted = 0.0, 0.0, True
+        self._stop = threading.Event()
+        self._watching = False
+
+    def start(self, thread: bool = True) -> None:
+        """Start watching (once; after `close`, a no-op); `thread`: with the ticking thread (without it,
+        only commands read look: a test's clock)."""
+        if not self._watching and not self._stop.is_set():
+            self._tick, self._watching = self.clock(), True
+            if thread:
+                threading.Thread(target=self._run, name="freeze-watch", daemon=True).start()
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(TICK_S):
+            self.check()
+
+    def check(self) -> None:
+        """Look now (the thread, and a command read: whichever runs first after a freeze finds it)."""
+        if not self._watching:
+            return
+        now = self.clock()
+        with self._lock:
+            gap, self._tick = now - self._tick, now
+            if gap < FROZEN_S:
+                return
+            self._ended, self._lasted, self._acted = now, gap, False
+        log.warning("this agent's process did not run for %.1f s (stopped: Ctrl-Z or SIGSTOP; a container paused; "
+                    "the machine suspended; swapped out): nothing was inspected, and trigger/sets that came meanwhile "
+                    "are answered as not inspected (their parts have left the camera)", gap)
+        if self.on_freeze is not None:
+            self.on_freeze(gap)
+
+    def fresh(self) -> float | None:
+        """How long the process did not run, if that ended within RECENT_S and was not asked for yet
+        (once per freeze); else None."""
+        self.check()
+        with self._lock:
+            if self._acted or self.clock() - self._ended > RECENT_S:
+                return None
+            self._acted = True
+            return self._lasted
