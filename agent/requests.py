@@ -87,6 +87,13 @@ class Requests:
         from now on wait for it."""
         self.commands.announce(at)
 
+    def _on_part_late(self, at: float, late_s: float) -> None:
+        """A part's edge read `late_s` after its inspection was due (agent/gpio/station.py LATE_S): not
+        inspected (by now it has left the camera), answered in its turn; its error line is pulsed."""
+        self.commands.refuse(f"a part not inspected: its trigger edge was read {late_s:.1f} s after its inspection "
+                             f"was due (delay_ms after the edge): the agent's process did not run meanwhile (stopped, "
+                             f"frozen, or the machine suspended), and by now the part has left the camera", at=at)
+
     def _on_part_edge(self, at: float | None = None) -> bool:
         """A part's inspection requested, delay_ms after its edge at `at`: one part, answered in its
         turn (False: it will be answered as not inspected)."""

@@ -246,19 +246,25 @@ class CommandTrigger:
             self._making = None
 
     @_kept(now=True)
-    def refuse(self, why: str, part_id: str | None = None, key: str | None = None, lines: bool = True) -> None:
+    def refuse(self, why: str, part_id: str | None = None, key: str | None = None, lines: bool = True,
+               at: float | None = None) -> None:
         """A part's request that cannot be taken: answered with the error `why`, in its turn (in a
-        flood, beyond MAX_SAID_APART waiting, merged into the last such answer: bounded)."""
+        flood, beyond MAX_SAID_APART waiting, merged into the last such answer: bounded); `at`: a
+        part announced then (a GPIO edge), which keeps its number and goes ahead of later switches."""
         with self._cond:
             q = self._queue
+            if at is not None and at in self._in_flight:
+                self._in_flight.remove(at)
+            seen = self._seen.pop(at, None) if at is not None else None
             if self._closed:
-                self._late(part_id, why, True, key=key)
+                self._late(part_id, why, True, seen, key=key)
                 return
             if q and q[-1].why is not None and sum(a.skipped > 0 for a in q) >= self.MAX_SAID_APART:
                 self._merge(q[-1], part_id, key)  # (until 2026-12-07 without its id: a held backlog's answers
             else:                                 # named one part in eight, and a kill lost the others' keys)
-                q.append(self._new(part_id, 1, why, part=True, key=key))
-                q[-1].ready, q[-1].lines = self.journal is None, lines
+                a = self._new(part_id, 1, why, part=True, seen=seen, key=key)
+                q.insert(self._place(at), a)
+                a.ready, a.lines = self.journal is None or at is not None, lines  # (as `request`'s: kept first)
             self._cond.notify_all()
 
     def _merge(self, into: Asked, part_id: str | None, key: str | None) -> None:

@@ -9,7 +9,10 @@ out: `ok`, `ng` and `error` (an error or no object) are pulsed for `pulse_ms` or
 the next part; `busy` is active from a counted edge until the verdict
 that leaves nothing waiting (until 2026-12-06 it fell at the first verdict, parts still waiting);
 `ready` is active only while the engines are warm and the source delivers frames. Logical
-active is the physical high level unless `active_low`.
+active is the physical high level unless `active_low`. An edge read LATE_S or more after its
+inspection was due (the process did not run: stopped, frozen, the machine suspended; the kernel
+kept the edge and its time) is a part not inspected (`on_late`): by then it has left the camera
+(until 2026-12-07 its inspection was requested as if on time, and it had another part's verdict).
 
 Failures to open the chip or a line are reported in `state` (status: interfaces.gpio) and
 inspection goes on without digital I/O. A trigger line that fails while in use is said and
@@ -29,18 +32,21 @@ log = logging.getLogger(__name__)
 
 VERDICT_LINES = {"ok": "ok", "anomaly": "ng", "error": "error", "no_object": "error"}
 REOPEN_S = (1.0, 30.0)  # a failed trigger line is opened again after 1 s, doubling to 30 s
+LATE_S = 2.0  # an edge read this long after its inspection was due is answered as not inspected (as
+              # agent/mqtt/frozen.py's FROZEN_S: the process did not run)
 
 
 class StationIO:
     def __init__(self, settings, on_trigger: Optional[Callable[[float], object]] = None,
-                 on_edge: Optional[Callable[[float], object]] = None) -> None:
-        self.s, self.on_trigger, self.on_edge = settings, on_trigger, on_edge
+                 on_edge: Optional[Callable[[float], object]] = None,
+                 on_late: Optional[Callable[[float, float], object]] = None) -> None:
+        self.s, self.on_trigger, self.on_edge, self.on_late = settings, on_trigger, on_edge, on_late
         self.chip: Chip | None = None
         self.outputs: dict[str, OutputLine] = {}
         self.input: InputLine | None = None
         self.state: dict = {"state": "off"}
         self.counts = {"edges": 0, "triggers": 0, "bounces": 0, "dead_time": 0, "trigger_failures": 0,
-                       "output_failures": 0}
+                       "output_failures": 0, "late": 0}
         self._stop = threading.Event()
         self._timers: dict[str, threading.Timer] = {}
         self._lock = threading.Lock()
@@ -114,7 +120,11 @@ class StationIO:
                 if wait > 0 and self._stop.wait(wait):
                     return
                 try:
-                    self.on_trigger(at)
+                    if -wait >= LATE_S and self.on_late is not None:
+                        self.counts["late"] += 1
+                        self.on_late(at, -wait)
+                    else:
+                        self.on_trigger(at)
                 except Exception:  # the watch must go on: the next part's edge is as important
                     self.counts["trigger_failures"] += 1
                     log.exception("GPIO trigger: requesting the inspection failed (%d so far)",

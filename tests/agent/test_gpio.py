@@ -106,6 +106,42 @@ def test_an_edge_inspects_one_part_and_its_verdict_line_follows(broker, calibrat
     assert not any(line.active for line in out.values())  # stopped: everything inactive, ready too
 
 
+def test_an_edge_read_long_after_its_inspection_was_due_is_a_part_not_inspected(broker, calibrated, synth_data,
+                                                                                  tmp_path):
+    """The agent's process did not run (stopped, frozen, the machine suspended) while a part passed: the
+    kernel kept its edge and time, read when the process runs again. Until 2026-12-07 its inspection was
+    requested then, as if on time, and the part had the verdict of whatever the camera showed."""
+    mixed_folder(synth_data, tmp_path / "samples")
+    name = f"test-{uuid.uuid4()}"
+    sub = Subscriber(broker.port, "adgan/st1/#")
+    assert sub.subscribed.wait(10)
+    run = Running(gpio_config(tmp_path, broker, calibrated, tmp_path / "samples", name))
+    chip = MemoryChip.named(name)
+    try:
+        out, trig = chip.outputs, chip.inputs[TRIGGER]
+        assert wait(lambda: out[READY].active), "ready never went active"
+        t0 = time.monotonic_ns() - 5_000_000_000  # its edge, 5 s before it is read
+        trig.drive(True, t0)
+        trig.drive(False, t0 + 5_000_000)
+        assert wait(lambda: len(events(sub)) == 1), run.agent.status()
+        late = events(sub)[0]
+        assert late["verdict"] == "error" and late["trigger"] == "gpio", late
+        assert late["error"].startswith("a part not inspected: its trigger edge was read 5.") and \
+            "did not run" in late["error"], late
+        assert wait(lambda: out[ERROR].active and not out[BUSY].active)
+        time.sleep(0.05)  # past the dead time
+        t1 = time.monotonic_ns()  # the next part, on time: inspected
+        trig.drive(True, t1)
+        trig.drive(False, t1 + 5_000_000)
+        assert wait(lambda: len(events(sub)) == 2), run.agent.status()
+        assert events(sub)[1]["verdict"] in ("ok", "anomaly"), events(sub)[1]
+        counts = run.agent.status()["interfaces"]["gpio"]["counts"]
+        assert counts["triggers"] == 2 and counts["late"] == 1, counts
+    finally:
+        run.stop()
+        sub.close()
+
+
 def test_pulses_and_the_active_level(broker, calibrated, synth_data, tmp_path):
     mixed_folder(synth_data, tmp_path / "samples")
     name = f"test-{uuid.uuid4()}"

@@ -469,8 +469,9 @@ def test_the_answers_to_requests_the_broker_held_do_not_pulse_the_gpio_verdict_l
     faces.gpio = types.SimpleNamespace(verdict=lambda v, more: shown.append(("gpio", v)))
     faces.opcua = types.SimpleNamespace(event=lambda e: shown.append(("opcua", e["part_id"])))
     faces.web = types.SimpleNamespace(event=lambda e, v: None)
+    held = types.SimpleNamespace(taking=lambda: None, held_why=None)  # (held while away, not in a freeze)
     agent = types.SimpleNamespace(interfaces=faces, commands=CommandTrigger(),
-                                  publisher=types.SimpleNamespace(commands=types.SimpleNamespace(taking=lambda: None)),
+                                  publisher=types.SimpleNamespace(commands=held),
                                   counters=types.SimpleNamespace(add=lambda *a: None), _echo_trigger=lambda: None)
     settings = types.SimpleNamespace(source=types.SimpleNamespace(type="folder"))
     agent._asked = lambda part_id, r, lines=True: Requests._asked(types.SimpleNamespace(s=settings), part_id, r, lines)
