@@ -76,8 +76,8 @@ class Requests:
         inspected (by now its part has left the camera, and another may be there), answered in its
         turn with an error event that echoes its part_id (before 2026-12-06 the broker dropped it)."""
         part, part_id, problem = part_request(payload)
-        kind, held = "a part not inspected" if part else "requested inspection not made", \
-            self.publisher.commands.held_why or HELD  # (or it came while the process did not run: frozen.py)
+        kind = "a part not inspected" if part else "requested inspection not made"
+        held = self.publisher.commands.held_why or HELD  # (or: it came while the process did not run, frozen.py)
         self.commands.refuse(f"{problem}; {held}" if problem else f"{kind}: {held}", part_id,
                              key=self.publisher.commands.taking(), lines=False)  # (as a kill's leftovers)
         self._echo_trigger()
@@ -164,8 +164,9 @@ class Requests:
         for o in (o for o in left if o.switch is not None):  # made first, in order (their parts are not inspected)
             log.warning("a class switch the last run took was not made (it was killed, or the power cut): made now")
             self._switch_class(o.switch.encode())
-        self.commands.adopt(left)  # (kept until each is answered: a kill meanwhile leaves the others; the
-        left = [o for o in left if o.switch is None]  # switches' keys kept as recent: a resend is not made again)
+        # kept until each is answered (a kill meanwhile leaves the others); the switches' keys kept as recent
+        self.commands.adopt(left)  # (a resend of one after another kill is not made again)
+        left = [o for o in left if o.switch is None]
         if left:
             log.warning("%d requests the last run took were not answered (it was killed, or the power cut): each "
                         "is answered now with an error event", len(left))

@@ -60,15 +60,12 @@ def numbers_in(folder: Path, keep) -> list[int]:
     return [n for n in frame_numbers(folder, None) if keep(n)]
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("data")
-    p.add_argument("run")
-    p.add_argument("--folds", type=int, default=3)
-    p.add_argument("--purge", type=int, default=20)
-    p.add_argument("--every", type=int, default=3)
-    p.add_argument("--variant", default="def")
-    a = p.parse_args()
+def screen(a, features, name: str) -> dict:
+    """The blocked screen both this script and bench/silhouette.py run: for each block and class, A the
+    squared Mahalanobis distance of `features(bundle)(folder, numbers)` (an array, one row per sample)
+    from a Ledoit-Wolf Gaussian of the class's training frames', and B ln A and ln(the bundle's full
+    score) standardised over the same frames and summed; class swaps and damage AUROCs per fold, keyed
+    (class, "swap own" / "swap A <name>" / "dmg <defect> B combined" ...)."""
     from agent.scoring.bundle import Bundle
     from agent.sources.dataset import rgb_path
     data, out, res = Path(a.data), Path(a.run), {}
@@ -77,49 +74,65 @@ def main() -> int:
         block = {c: numbers_in(data / c, lambda n: b0 <= n < b1 and (n - b0) % a.every == 0) for c in CLASSES}
         for c in CLASSES:
             b = Bundle.load(fold / c / f"bundle-{a.variant}")
-            codes = encoder(b)
+            feats = features(b)
             tr = numbers_in(data / c, lambda n: (n < b0 - a.purge or n >= b1 + a.purge) and n % a.every == 0)
-            xt = inputs(b, data / c, tr)
-            zt = codes(xt)
-            lw = LedoitWolf().fit(zt)
-            la_t = np.log(lw.mahalanobis(zt))
-            ls_t = np.log(full_scores(b, xt))
+            ft = feats(data / c, tr)
+            lw = LedoitWolf().fit(ft)
+            la_t = np.log(lw.mahalanobis(ft))
+            ls_t = np.log(full_scores(b, inputs(b, data / c, tr)))
 
             def combined(la, ls):
                 return (la - la_t.mean()) / la_t.std() + (ls - ls_t.mean()) / ls_t.std()
-            with open(fold / c / f"report-{a.variant}-every{a.every}" / "scores" /
-                      f"{c}-{b.kind}-{b.bundle_hash[:8]}.csv") as fh:
+            scores = fold / c / f"report-{a.variant}-every{a.every}" / "scores"
+            with open(scores / f"{c}-{b.kind}-{b.bundle_hash[:8]}.csv") as fh:
                 full = {r["path"]: float(r["score"]) for r in csv.DictReader(fh)}
             la, ls, y = [], [], []
             for o in CLASSES:
-                z = codes(inputs(b, data / o, block[o]))
-                la.append(np.log(lw.mahalanobis(z)))
+                la.append(np.log(lw.mahalanobis(feats(data / o, block[o]))))
                 ls.append(np.log([full[str(rgb_path(data / o, n))] for n in block[o]]))
                 y += [int(o != c)] * len(block[o])
             la, ls, y = np.concatenate(la), np.concatenate(ls), np.array(y)
-            for name, s in (("own", ls), ("A latent", la), ("B combined", combined(la, ls))):
-                res.setdefault((c, f"swap {name}"), []).append(roc_auc_score(y, s))
-            with open(fold / c / f"report-{a.variant}-every{a.every}" / "scores" /
-                      f"damage-{c}-{b.kind}-{b.bundle_hash[:8]}.csv") as fh:
+            for label, s in (("own", ls), (f"A {name}", la), ("B combined", combined(la, ls))):
+                res.setdefault((c, f"swap {label}"), []).append(roc_auc_score(y, s))
+            with open(scores / f"damage-{c}-{b.kind}-{b.bundle_hash[:8]}.csv") as fh:
                 dfull = {(r["folder"], int(r["frame"])): float(r["score"]) for r in csv.DictReader(fh)}
-            dmg = fold / "damaged"
-            keys = sorted(dfull)
             by_folder: dict[str, list[int]] = {}
-            for folder, n in keys:
+            for folder, n in sorted(dfull):
                 by_folder.setdefault(folder, []).append(n)
             dla, dls, lab = [], [], []
             for folder, ns in by_folder.items():
-                dla.append(np.log(lw.mahalanobis(codes(inputs(b, dmg / folder, ns)))))
+                dla.append(np.log(lw.mahalanobis(feats(fold / "damaged" / folder, ns))))
                 dls.append(np.log([dfull[(folder, n)] for n in ns]))
                 lab += [folder] * len(ns)
             dla, dls, lab = np.concatenate(dla), np.concatenate(dls), np.array(lab)
             for d in (*DEFECTS, "all"):
                 m = (lab == c) | ((lab == f"{c}_{d}") if d != "all" else np.char.startswith(lab, c + "_"))
                 yy = (lab[m] != c).astype(int)
-                for name, s in (("own", dls), ("A latent", dla), ("B combined", combined(dla, dls))):
-                    res.setdefault((c, f"dmg {d} {name}"), []).append(roc_auc_score(yy, s[m]))
+                for label, s in (("own", dls), (f"A {name}", dla), ("B combined", combined(dla, dls))):
+                    res.setdefault((c, f"dmg {d} {label}"), []).append(roc_auc_score(yy, s[m]))
             print(f"fold {f} {c} done", flush=True)
-    print(f"{out}: latent density screen, {a.folds} blocks, every {a.every}, purge {a.purge}")
+    return res
+
+
+def arguments(doc: str):
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("data")
+    p.add_argument("run")
+    p.add_argument("--folds", type=int, default=3)
+    p.add_argument("--purge", type=int, default=20)
+    p.add_argument("--every", type=int, default=3)
+    p.add_argument("--variant", default="def")
+    return p.parse_args()
+
+
+def main() -> int:
+    a = arguments(__doc__)
+
+    def codes(bundle):
+        e = encoder(bundle)
+        return lambda folder, numbers: e(inputs(bundle, folder, numbers))
+    res = screen(a, codes, "latent")
+    print(f"{a.run}: latent density screen, {a.folds} blocks, every {a.every}, purge {a.purge}")
     report(res)
     return 0
 

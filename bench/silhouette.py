@@ -22,8 +22,6 @@ class's damaged twins (the run's fold*/damaged) against their intact copies.
 """
 from __future__ import annotations
 
-import argparse
-import csv
 import sys
 from pathlib import Path
 
@@ -31,11 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, 
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-from sklearn.covariance import LedoitWolf  # noqa: E402
-from sklearn.metrics import roc_auc_score  # noqa: E402
 
-from competing import CLASSES, DEFECTS, blocks, report  # noqa: E402
-from latent_density import full_scores, inputs, numbers_in  # noqa: E402
+from competing import report  # noqa: E402
+from latent_density import arguments, screen  # noqa: E402
 
 
 def outline(depth8: np.ndarray) -> np.ndarray:
@@ -61,59 +57,9 @@ def outlines(folder: Path, numbers) -> np.ndarray:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("data")
-    p.add_argument("run")
-    p.add_argument("--folds", type=int, default=3)
-    p.add_argument("--purge", type=int, default=20)
-    p.add_argument("--every", type=int, default=3)
-    p.add_argument("--variant", default="def")
-    a = p.parse_args()
-    from agent.scoring.bundle import Bundle
-    from agent.sources.dataset import rgb_path
-    data, out, res = Path(a.data), Path(a.run), {}
-    for f, (b0, b1) in enumerate(blocks(a.folds)):
-        fold = out / f"fold{f}"
-        block = {c: numbers_in(data / c, lambda n: b0 <= n < b1 and (n - b0) % a.every == 0) for c in CLASSES}
-        for c in CLASSES:
-            b = Bundle.load(fold / c / f"bundle-{a.variant}")
-            tr = numbers_in(data / c, lambda n: (n < b0 - a.purge or n >= b1 + a.purge) and n % a.every == 0)
-            ft = outlines(data / c, tr)
-            lw = LedoitWolf().fit(ft)
-            la_t = np.log(lw.mahalanobis(ft))
-            ls_t = np.log(full_scores(b, inputs(b, data / c, tr)))
-
-            def combined(la, ls):
-                return (la - la_t.mean()) / la_t.std() + (ls - ls_t.mean()) / ls_t.std()
-            scores = fold / c / f"report-{a.variant}-every{a.every}" / "scores"
-            with open(scores / f"{c}-{b.kind}-{b.bundle_hash[:8]}.csv") as fh:
-                full = {r["path"]: float(r["score"]) for r in csv.DictReader(fh)}
-            la, ls, y = [], [], []
-            for o in CLASSES:
-                la.append(np.log(lw.mahalanobis(outlines(data / o, block[o]))))
-                ls.append(np.log([full[str(rgb_path(data / o, n))] for n in block[o]]))
-                y += [int(o != c)] * len(block[o])
-            la, ls, y = np.concatenate(la), np.concatenate(ls), np.array(y)
-            for name, s in (("own", ls), ("A outline", la), ("B combined", combined(la, ls))):
-                res.setdefault((c, f"swap {name}"), []).append(roc_auc_score(y, s))
-            with open(scores / f"damage-{c}-{b.kind}-{b.bundle_hash[:8]}.csv") as fh:
-                dfull = {(r["folder"], int(r["frame"])): float(r["score"]) for r in csv.DictReader(fh)}
-            by_folder: dict[str, list[int]] = {}
-            for folder, n in sorted(dfull):
-                by_folder.setdefault(folder, []).append(n)
-            dla, dls, lab = [], [], []
-            for folder, ns in by_folder.items():
-                dla.append(np.log(lw.mahalanobis(outlines(fold / "damaged" / folder, ns))))
-                dls.append(np.log([dfull[(folder, n)] for n in ns]))
-                lab += [folder] * len(ns)
-            dla, dls, lab = np.concatenate(dla), np.concatenate(dls), np.array(lab)
-            for d in (*DEFECTS, "all"):
-                m = (lab == c) | ((lab == f"{c}_{d}") if d != "all" else np.char.startswith(lab, c + "_"))
-                yy = (lab[m] != c).astype(int)
-                for name, s in (("own", dls), ("A outline", dla), ("B combined", combined(dla, dls))):
-                    res.setdefault((c, f"dmg {d} {name}"), []).append(roc_auc_score(yy, s[m]))
-            print(f"fold {f} {c} done", flush=True)
-    print(f"{out}: silhouette screen, {a.folds} blocks, every {a.every}, purge {a.purge}")
+    a = arguments(__doc__)
+    res = screen(a, lambda bundle: outlines, "outline")
+    print(f"{a.run}: silhouette screen, {a.folds} blocks, every {a.every}, purge {a.purge}")
     report(res)
     return 0
 

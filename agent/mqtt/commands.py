@@ -70,8 +70,8 @@ class Commands:
 
     def __init__(self, base: str, handlers: dict[str, Handler] | None, counters: dict[str, int]) -> None:
         self.base, self.handlers, self.counters = base, dict(handlers or {}), counters
-        for name in ("commands_held", "commands_resent", "sessions_lost", "freezes"):  # (held while away; sent again, taken
-            counters.setdefault(name, 0)                                     # already: dropped; see `subscribe`)
+        for name in ("commands_held", "commands_resent", "sessions_lost", "freezes"):  # (held while away; sent
+            counters.setdefault(name, 0)  # again, taken already: dropped; see `subscribe`; frozen.py's freezes)
         self.ran_before = False             # this station connected in a run before (the service: its outbox)
         self._refusal_logged: dict[str, float] = {}
         self.on_refused: dict[str, Callable[[str], None]] = {}  # feature -> told why a live command was refused

@@ -62,17 +62,24 @@ def events(sub):
     return sub.documents("adgan/st1/events")
 
 
-def test_an_edge_inspects_one_part_and_its_verdict_line_follows(broker, calibrated, synth_data, tmp_path):
+def folder_station(broker, calibrated, synth_data, tmp_path):
+    """(samples, subscriber, running agent, chip): gpio mode replaying a folder of mixed samples
+    (one per edge), once its ready line is active."""
     n = mixed_folder(synth_data, tmp_path / "samples")
     name = f"test-{uuid.uuid4()}"
     sub = Subscriber(broker.port, "adgan/st1/#")
     assert sub.subscribed.wait(10)
     run = Running(gpio_config(tmp_path, broker, calibrated, tmp_path / "samples", name))
     chip = MemoryChip.named(name)
+    assert wait(lambda: chip.outputs[READY].active), "ready never went active"
+    return n, sub, run, chip
+
+
+def test_an_edge_inspects_one_part_and_its_verdict_line_follows(broker, calibrated, synth_data, tmp_path):
+    n, sub, run, chip = folder_station(broker, calibrated, synth_data, tmp_path)
     try:
         out = chip.outputs
         trig = chip.inputs[TRIGGER]
-        assert wait(lambda: out[READY].active), "ready never went active"
         seen = []
         for i in range(4):
             t0 = time.monotonic_ns()
@@ -111,15 +118,9 @@ def test_an_edge_read_long_after_its_inspection_was_due_is_a_part_not_inspected(
     """The agent's process did not run (stopped, frozen, the machine suspended) while a part passed: the
     kernel kept its edge and time, read when the process runs again. Until 2026-12-07 its inspection was
     requested then, as if on time, and the part had the verdict of whatever the camera showed."""
-    mixed_folder(synth_data, tmp_path / "samples")
-    name = f"test-{uuid.uuid4()}"
-    sub = Subscriber(broker.port, "adgan/st1/#")
-    assert sub.subscribed.wait(10)
-    run = Running(gpio_config(tmp_path, broker, calibrated, tmp_path / "samples", name))
-    chip = MemoryChip.named(name)
+    _, sub, run, chip = folder_station(broker, calibrated, synth_data, tmp_path)
     try:
         out, trig = chip.outputs, chip.inputs[TRIGGER]
-        assert wait(lambda: out[READY].active), "ready never went active"
         t0 = time.monotonic_ns() - 5_000_000_000  # its edge, 5 s before it is read
         trig.drive(True, t0)
         trig.drive(False, t0 + 5_000_000)
