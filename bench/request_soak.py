@@ -1,7 +1,9 @@
 """Soak of the request path: a PLC sends named trigger/sets at a steady rate while the agent is
 SIGKILLed and restarted again and again, and (with --broker-restarts) the broker is restarted
-too, with persistence, as a station's broker should run. Every part the PLC sent must be
-answered, none twice (agent/request_journal.py, agent/mqtt/commands.py).
+too, with persistence, as a station's broker should run; (with --stops) the agent's process is
+stopped for 3-8 s (SIGSTOP, then SIGCONT: Ctrl-Z, a container paused). Every part the PLC sent must
+be answered, none twice, and none sent while the process was stopped inspected (agent/request_journal.py,
+agent/mqtt/commands.py, agent/mqtt/frozen.py).
 
 A real agent process (`adgan agent run`, ONNX Runtime), a real mosquitto, a PLC client and a
 gateway client with kept sessions (as a PLC and a SCADA gateway would run). Reports the parts
@@ -17,8 +19,10 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import random
 import re
+import signal
 import sys
 import tempfile
 import threading
@@ -88,6 +92,8 @@ def main() -> int:
                                                             "again: a backlog the broker held (beyond its queue "
                                                             "limit, mosquitto's max_queued_messages 1000, it drops "
                                                             "them: the agent says how many, 'broker said dropped')")
+    ap.add_argument("--stops", type=float, default=0.0, help="the share of faults that stop the agent's process for "
+                                                              "3-8 s (SIGSTOP, SIGCONT) instead of killing it")
     ap.add_argument("--seed", type=int, default=1)
     a = ap.parse_args()
     lo, hi = (float(v) for v in a.kill_every.split(":"))
@@ -113,6 +119,8 @@ def main() -> int:
     agents = [AgentProcess(cfg, tmp / "agent0.log", wrap=wrap)]
     time.sleep(8)  # (the first start: models loaded)
     infos, stop, faults = [], threading.Event(), collections.Counter()
+    sent_at: dict[str, float] = {}  # part -> when the PLC sent it (monotonic)
+    stopped: list[tuple[float, float]] = []  # when the agent's process was stopped, and continued
     if a.backlog:
         agents[-1].terminate(30)
         for i in range(a.backlog):
@@ -126,6 +134,7 @@ def main() -> int:
         while not stop.is_set():
             pid = f"P{i}"
             i += 1
+            sent_at[pid] = time.monotonic()
             infos.append((pid, plc.publish("adgan/st1/trigger/set", json.dumps({"part_id": pid}), qos=1)))
             time.sleep(1 / a.rate)
     t = threading.Thread(target=request, daemon=True)
@@ -133,11 +142,19 @@ def main() -> int:
     t0 = time.monotonic()
     while time.monotonic() - t0 < a.seconds:
         time.sleep(rng.uniform(lo, hi))
-        if rng.random() < a.broker_restarts:
+        r = rng.random()
+        if r < a.broker_restarts:
             broker.stop()
             time.sleep(rng.uniform(0.5, 3))
             broker.start()
             faults["broker restarts"] += 1
+        elif r < a.broker_restarts + a.stops:
+            os.kill(agents[-1].proc.pid, signal.SIGSTOP)
+            began = time.monotonic()
+            time.sleep(rng.uniform(3, 8))
+            stopped.append((began, time.monotonic()))
+            os.kill(agents[-1].proc.pid, signal.SIGCONT)
+            faults["agent stops"] += 1
         else:
             agents[-1].kill()
             agents.append(AgentProcess(cfg, tmp / f"agent{len(agents)}.log", wrap=wrap))
@@ -172,7 +189,10 @@ def main() -> int:
             by[pid].add(e["event_id"])
     how = collections.Counter("held" if "held its trigger" in (e.get("error") or "") else
                               "left by a kill" if "stopped before answering" in (e.get("error") or "") else
+                              "came while stopped" if "did not run for" in (e.get("error") or "") else
                               e["verdict"] for e in unique)
+    late = [pid for e in unique if e["verdict"] in ("ok", "anomaly") for pid in named(e)
+            if any(b <= sent_at.get(pid, -1) <= c for b, c in stopped)]  # (inspected, sent while stopped)
     seqs = [e["seq"] for e in unique]
     logs = [log.read_text(errors="replace") for log in tmp.glob("agent*.log")]
     drops = sum(text.count("MQTT disconnected") for text in logs)
@@ -180,11 +200,12 @@ def main() -> int:
     print(f"faults: {dict(faults)}; {a.seconds:.0f} s at {a.rate:g} parts/s"
           + (f"; every fsync {a.slow_fsync:g} s late" if a.slow_fsync else "") + f"; mqtt.protocol {a.protocol}")
     print("| parts sent | PUBACK not seen by the PLC | answered | missing (PUBACK seen) | answered twice | "
-          "how answered | seq repeated | links dropped | broker said dropped |")
+          "how answered | seq repeated | links dropped | broker said dropped | inspected though sent while "
+          "stopped |")
     print(f"| {len(asked)} | {len(unacked)} | {sum(1 for p in asked if p in by)} | "
           f"{sum(1 for p in sent if p not in by)} | {sum(1 for p in asked if len(by.get(p, ())) > 1)} | "
           f"{', '.join(f'{k} {v}' for k, v in sorted(how.items()))} | {len(seqs) - len(set(seqs))} | {drops} | "
-          f"{said} |")
+          f"{said} | {len(late)} |")
     print(f"(logs in {tmp})")
     return 0
 

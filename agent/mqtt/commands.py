@@ -91,6 +91,7 @@ class Commands:
         self.barrier: Callable[[], None] | None = None  # before_write's work (the service: its request journal's)
         self._batch_held = False            # a held command was taken in the batch paho's thread is reading
         self._publish: Callable[..., bool] | None = None  # this connection's, for a fence after a freeze
+        self._fence_lock = threading.Lock()  # the fence's state (a freeze's fence is sent by the watch's thread)
         self.held_why: str | None = None    # why this fence's held commands are not taken (None: held while away)
         self.freeze = FreezeWatch(self._froze)
 
@@ -133,9 +134,10 @@ class Commands:
         token = secrets.token_hex(8)
         fenced = [publish(f"{self.base}/{f}/set", json.dumps({"fence": token}), qos=1) for f in self.on_held]
         if all(fenced):
-            self._fence, self._fence_at, self._refused, self.held_why = token, time.monotonic(), False, why
-            self._drained = self._fence_at
-            self._sent = [*self._sent[-9:], token]
+            with self._fence_lock:
+                self._fence, self._fence_at, self._refused, self.held_why = token, time.monotonic(), False, why
+                self._drained = self._fence_at
+                self._sent = [*self._sent[-9:], token]
         else:
             log.warning("the fence on %s could not be sent: commands %s are taken as new ones",
                         ", ".join(f"{self.base}/{f}/set" for f in self.on_held),
@@ -146,7 +148,12 @@ class Commands:
         self.freeze.close()
 
     def _froze(self, seconds: float) -> None:
+        """The process did not run for `seconds` (frozen.py; on the watch's thread, or paho's reading a
+        command): counted, and a fence sent at once, while the commands' subscriptions stand (after a
+        link lost meanwhile, the next connection's fence tells what the broker held)."""
         self.counters["freezes"] += 1
+        if self.on_held and self._publish is not None and self.ready.is_set():
+            self._send_fence(self._publish, FROZE.format(seconds))
 
     def subscribed(self, mid: int, reason_codes) -> None:
         """A SUBACK: `ready` once every command subscription is granted; a refusal is said."""
@@ -175,26 +182,27 @@ class Commands:
         handler = self.handlers.get(feature) if feature else None
         if handler is None or self._fenced(feature, payload):
             return
-        if self.on_held and self._publish is not None and (froze := self.freeze.fresh()) is not None:
-            self._send_fence(self._publish, FROZE.format(froze))  # (what came while the process did not run)
+        self.freeze.check()  # (a freeze this read is the first to see: its fence is sent before the command is taken)
         key = message_key(mid, payload) if mid and not retain else None
         if key is not None and not self._take(key, dup, topic):
             return
         held = False
-        if self._fence and feature in self.on_held:
-            if self._waiting(time.monotonic()):
-                held, handler = True, self.on_held[feature]
-                self._held += 1
-                self.counters["commands_held"] += 1
-            elif self._refused:  # (said when the broker refused it)
-                self._fence = ""
-                log.info("the commands the broker held for this station came before %s paused: what comes now is "
-                         "taken as new", topic)
-            else:
-                self._fence = ""
-                log.warning("this station's fence on %s did not come back (%.0f s after it was sent; may the station "
-                            "publish there? the broker's ACL): commands the broker held while it was away are taken "
-                            "as new ones", topic, time.monotonic() - self._fence_at)
+        with self._fence_lock:
+            if self._fence and feature in self.on_held:
+                if self._waiting(time.monotonic()):
+                    held, handler = True, self.on_held[feature]
+                    self._held += 1
+                    self.counters["commands_held"] += 1
+                elif self._refused:  # (said when the broker refused it)
+                    self._fence = ""
+                    log.info("the commands the broker held for this station came before %s paused: what comes now "
+                             "is taken as new", topic)
+                else:
+                    self._fence = ""
+                    log.warning("this station's fence on %s did not come back (%.0f s after it was sent; may the "
+                                "station publish there? the broker's ACL): commands %s are taken as new ones", topic,
+                                time.monotonic() - self._fence_at, "that came while its process did not run" if
+                                self.held_why else "the broker held while it was away")
         self._message.key = key
         try:
             self._route(feature, topic, payload, retain, handler)
@@ -294,8 +302,11 @@ class Commands:
             token = json.loads(payload).get("fence")
         except (ValueError, AttributeError, RecursionError):
             return False
-        if self._fence and token == self._fence:
-            self._fence = ""
+        with self._fence_lock:
+            back = bool(self._fence) and token == self._fence
+            if back:
+                self._fence = ""
+        if back:
             log.log(logging.WARNING if self._held else logging.DEBUG, "%d commands %s came before its fence: "
                     "each is answered as held", self._held, "that came while this station's process did not run"
                     if self.held_why else "the broker held for this station while it was away")

@@ -9,8 +9,8 @@ given the verdict of whatever the camera showed (a probe: five named parts sent 
 stopped for 25 s; two inspected after it, three refused as too many waiting, none said late).
 
 A thread ticks every TICK_S on the boot clock (it counts a suspended machine too); a gap of
-FROZEN_S or more between two ticks, or between the last tick and a command read, is a freeze. The
-first command read within RECENT_S of a freeze's end has the station send itself a fence (as at a
+FROZEN_S or more between two ticks, or between the last tick and a command read (whichever looks
+first after the freeze), is a freeze, and the station sends itself a fence at once (as at a
 connection to a kept session): what comes before the fence comes back came while the station did
 not run, and a trigger/set among it is answered as not inspected.
 """
@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 
 FROZEN_S = 2.0   # the process not running this long is a freeze
 TICK_S = 0.25    # how often the watch's thread looks
-RECENT_S = 1.0   # a command read this soon after a freeze ended may have come during it
 
 
 def boot_clock() -> float:
@@ -37,14 +36,14 @@ def boot_clock() -> float:
 
 
 class FreezeWatch:
-    """Freezes of this process, each said once (WARNING) and counted (`on_freeze(seconds)`)."""
+    """Freezes of this process, each said once (WARNING) and handed to `on_freeze(seconds)` (the
+    commands' fence and count) before any other thread's look ends."""
 
     def __init__(self, on_freeze: Callable[[float], None] | None = None,
                  clock: Callable[[], float] = boot_clock) -> None:
         self.clock, self.on_freeze = clock, on_freeze
         self._lock = threading.Lock()
         self._tick = clock()
-        self._ended, self._lasted, self._acted = 0.0, 0.0, True
         self._stop = threading.Event()
         self._watching = False
 
@@ -68,23 +67,12 @@ class FreezeWatch:
         if not self._watching:
             return
         now = self.clock()
-        with self._lock:
+        with self._lock:  # (held while its fence is sent: a command read meanwhile waits, and is held)
             gap, self._tick = now - self._tick, now
-            if gap < FROZEN_S:
-                return
-            self._ended, self._lasted, self._acted = now, gap, False
+            if gap >= FROZEN_S and self.on_freeze is not None:
+                self.on_freeze(gap)
+        if gap < FROZEN_S:
+            return
         log.warning("this agent's process did not run for %.1f s (stopped: Ctrl-Z or SIGSTOP; a container paused; "
                     "the machine suspended; swapped out): nothing was inspected, and trigger/sets that came meanwhile "
                     "are answered as not inspected (their parts have left the camera)", gap)
-        if self.on_freeze is not None:
-            self.on_freeze(gap)
-
-    def fresh(self) -> float | None:
-        """How long the process did not run, if that ended within RECENT_S and was not asked for yet
-        (once per freeze); else None."""
-        self.check()
-        with self._lock:
-            if self._acted or self.clock() - self._ended > RECENT_S:
-                return None
-            self._acted = True
-            return self._lasted

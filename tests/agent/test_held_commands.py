@@ -100,19 +100,23 @@ def test_a_fence_that_cannot_be_sent_is_said_and_commands_are_taken_as_new(caplo
     assert "could not be sent" in caplog.text and taken == [b"go"] and held == []
 
 
-def test_what_comes_right_after_the_process_did_not_run_is_fenced_once(caplog):
-    """A freeze (agent/mqtt/frozen.py) found by the first command read after it: a fence is sent, what
-    comes before it is held (with the freeze's reason); a command read long after a freeze is new."""
+def test_a_freeze_sends_a_fence_at_once_and_what_comes_before_it_is_held(caplog):
+    """A freeze (agent/mqtt/frozen.py), found by the first command read after it or by the watch's
+    thread: a fence is sent at once, and what comes before it comes back is held, with the freeze's
+    reason; what comes after it is new. A freeze while the link is down sends none (the next
+    connection's fence tells what the broker held)."""
     now = [100.0]
     c, taken, held, sent, publish = _commands()
     c.freeze = FreezeWatch(c._froze, clock=lambda: now[0])
     c.freeze.start(thread=False)
     c.subscribe(_Client(), resumed=False, publish=publish)
+    c.subscribed(1, [])
+    c.subscribed(2, [])  # (both command subscriptions granted)
     c.handle("adgan/st1/trigger/set", b"go", False, mid=1)
     assert taken == [b"go"] and sent == []
     now[0] += 25  # stopped for 25 s (SIGSTOP): the broker kept sending into the socket
     with caplog.at_level(logging.WARNING):
-        c.handle("adgan/st1/trigger/set", b'{"part_id": "F0"}', False, mid=2)
+        c.handle("adgan/st1/trigger/set", b'{"part_id": "F0"}', False, mid=2)  # (the first to look)
         c.handle("adgan/st1/trigger/set", b'{"part_id": "F1"}', False, mid=3)
     assert [t for t, _ in sent] == ["adgan/st1/trigger/set"] and held == [b'{"part_id": "F0"}', b'{"part_id": "F1"}']
     assert "did not run for 25.0 s" in caplog.text and c.counters["freezes"] == 1
@@ -122,14 +126,30 @@ def test_what_comes_right_after_the_process_did_not_run_is_fenced_once(caplog):
     assert "2 commands that came while this station's process did not run came before its fence" in caplog.text
     c.handle("adgan/st1/trigger/set", b'{"part_id": "B0"}', False, mid=5)
     assert taken[-1] == b'{"part_id": "B0"}' and len(sent) == 1
-    now[0] += 30  # another freeze, and nothing read until well after it: no fence for it
-    for _ in range(20):  # (the watch's thread ticks meanwhile)
-        c.freeze.check()
-        now[0] += 0.25
-    c.handle("adgan/st1/trigger/set", b'{"part_id": "B1"}', False, mid=6)
-    assert taken[-1] == b'{"part_id": "B1"}' and len(sent) == 1 and c.counters["freezes"] == 2
+    now[0] += 30  # another freeze, found by the watch's thread: its fence goes at once
+    c.freeze.check()
+    assert len(sent) == 2 and c.counters["freezes"] == 2
+    c.handle("adgan/st1/trigger/set", sent[1][1].encode(), False, mid=6)  # back, with nothing before it
+    c.handle("adgan/st1/trigger/set", b'{"part_id": "B1"}', False, mid=7)
+    assert taken[-1] == b'{"part_id": "B1"}' and len(held) == 2
+    c.ready.clear()  # the link lost: a freeze meanwhile is counted, and sends no fence
+    now[0] += 10
+    c.freeze.check()
+    assert len(sent) == 2 and c.counters["freezes"] == 3
     c.subscribe(_Client(), resumed=True, publish=publish)  # a connection's fence: held while away
-    assert c.held_why is None
+    assert len(sent) == 3 and c.held_why is None
+
+
+def stopped(pid: int) -> bool:
+    """Whether every thread of process `pid` is stopped (state T in /proc)."""
+    states = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/stat") as fh:
+                states.append(fh.read().rsplit(")", 1)[1].split()[0])
+        except FileNotFoundError:  # (a thread that ended meanwhile)
+            continue
+    return bool(states) and all(st in ("T", "t") for st in states)
 
 
 def test_requests_sent_while_the_agent_did_not_run_are_answered_as_not_inspected(broker, two_classes, synth_data,
@@ -147,6 +167,7 @@ def test_requests_sent_while_the_agent_did_not_run_are_answered_as_not_inspected
         assert sub.wait_for(lambda m: any(e["part_id"] == "A0" for e in events(sub)), 60), agent.output()
         os.kill(agent.proc.pid, signal.SIGSTOP)
         try:
+            assert wait(lambda: stopped(agent.proc.pid), 10)  # (every thread: a signal is delivered, not sent)
             for pid in ("F0", "F1", "F2"):
                 cmd.publish("adgan/st1/trigger/set", json.dumps({"part_id": pid}), qos=1).wait_for_publish(5)
             time.sleep(5)
