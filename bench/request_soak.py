@@ -193,6 +193,8 @@ def main() -> int:
                               e["verdict"] for e in unique)
     late = [pid for e in unique if e["verdict"] in ("ok", "anomaly") for pid in named(e)
             if any(b <= sent_at.get(pid, -1) <= c for b, c in stopped)]  # (inspected, sent while stopped)
+    after = [pid for e in unique if "did not run for" in (e.get("error") or "") for pid in named(e)
+             if not any(b <= sent_at.get(pid, -1) <= c for b, c in stopped)]  # (said so, sent after the stop)
     seqs = [e["seq"] for e in unique]
     logs = [log.read_text(errors="replace") for log in tmp.glob("agent*.log")]
     drops = sum(text.count("MQTT disconnected") for text in logs)
@@ -201,11 +203,11 @@ def main() -> int:
           + (f"; every fsync {a.slow_fsync:g} s late" if a.slow_fsync else "") + f"; mqtt.protocol {a.protocol}")
     print("| parts sent | PUBACK not seen by the PLC | answered | missing (PUBACK seen) | answered twice | "
           "how answered | seq repeated | links dropped | broker said dropped | inspected though sent while "
-          "stopped |")
+          "stopped | said stopped, sent after it |")
     print(f"| {len(asked)} | {len(unacked)} | {sum(1 for p in asked if p in by)} | "
           f"{sum(1 for p in sent if p not in by)} | {sum(1 for p in asked if len(by.get(p, ())) > 1)} | "
           f"{', '.join(f'{k} {v}' for k, v in sorted(how.items()))} | {len(seqs) - len(set(seqs))} | {drops} | "
-          f"{said} | {len(late)} |")
+          f"{said} | {len(late)} | {len(after)} |")
     print(f"(logs in {tmp})")
     return 0
 
