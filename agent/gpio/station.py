@@ -27,13 +27,14 @@ import time
 from typing import Callable, Optional
 
 from agent.gpio.lines import Chip, GpioError, InputLine, OutputLine, open_chip
+from agent.mqtt.frozen import FROZEN_S
 
 log = logging.getLogger(__name__)
 
 VERDICT_LINES = {"ok": "ok", "anomaly": "ng", "error": "error", "no_object": "error"}
 REOPEN_S = (1.0, 30.0)  # a failed trigger line is opened again after 1 s, doubling to 30 s
-LATE_S = 2.0  # an edge read this long after its inspection was due is answered as not inspected (as
-              # agent/mqtt/frozen.py's FROZEN_S: the process did not run)
+LATE_S = FROZEN_S  # an edge read this long after its inspection was due is answered as not inspected (the
+                   # process did not run this long: agent/mqtt/frozen.py's freeze, for MQTT's commands)
 
 
 class StationIO:
