@@ -11,50 +11,19 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from agent.records import error_lines
 from agent.scoring.onnxruntime import OnnxRuntimeSettings
 from agent.scoring.tensorrt import TensorRTSettings
+from agent.settings_types import SettingError, StationPath, Strict, printable_topic, topic_level
+
+__all__ = ["AgentSettings", "SettingError", "StationPath", "describe_errors", "load_settings", "topic_level",
+           "with_credentials"]  # (and each section's model; the types from agent/settings_types.py, as before)
 
 
-class SettingError(ValueError):
-    """A setting whose value cannot be used (a file missing, unreadable or of the wrong kind)."""
-
-    def __init__(self, setting: str, message: str) -> None:
-        super().__init__(f"{setting}: {message}")
-        self.setting, self.message = setting, message
-
-
-NAME_MAX, PATH_MAX = 255, 4095  # bytes of one file name, and of a path a system call takes (Linux)
-
-
-def _usable_path(p: Path) -> Path:
-    """A path the system can be asked about: otherwise the checks before the start ended in an
-    OSError (File name too long) or ValueError (embedded null byte) naming no setting."""
-    if "\0" in str(p):
-        raise ValueError("a path cannot hold a NUL character")
-    size = len(os.fsencode(p))
-    if size > PATH_MAX:
-        raise ValueError(f"a path of {size} bytes is longer than the {PATH_MAX} the system takes")
-    for part in p.parts:
-        if len(os.fsencode(part)) > NAME_MAX:
-            raise ValueError(f"the name {part[:24]!r}... is {len(os.fsencode(part))} bytes, longer than the "
-                             f"{NAME_MAX} a file name can have")
-    return p
-
-
-StationPath = Annotated[Path, AfterValidator(_usable_path)]
-
-
-class _Strict(BaseModel):
-    # inf passes every lower bound (frame_timeout_s = inf: a camera that stops is never reopened),
-    # nan fails them with a puzzling message: neither is a setting
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-
-class RealSenseSource(_Strict):
+class RealSenseSource(Strict):
     type: Literal["realsense"] = Field("realsense", description="a RealSense camera, live or a recording")
     serial: str | None = Field(None, description="camera serial number (None: the first camera)")
     recording: StationPath | None = Field(None, description="play back a .bag or .db3 recording instead of a camera")
@@ -65,7 +34,7 @@ class RealSenseSource(_Strict):
     real_time: bool = Field(True, description="play a recording at its recorded rate (false: as fast as read)")
 
 
-class FolderSourceSettings(_Strict):
+class FolderSourceSettings(Strict):
     type: Literal["folder"] = Field("folder", description="replay a folder (raw captures or paper-layout samples)")
     path: StationPath = Field(description="the folder (rgb/, depth/ and, for raw captures, meta/)")
     loop: bool = Field(False, description="start again at the end (otherwise the agent stops at the end)")
@@ -80,7 +49,7 @@ class FolderSourceSettings(_Strict):
         return v
 
 
-class SyntheticSourceSettings(_Strict):
+class SyntheticSourceSettings(Strict):
     type: Literal["synthetic"] = Field("synthetic", description="synthetic parts on a table (demos, tests)")
     seed: int = Field(0, description="scene seed")
     classes: list[Literal["rectangle", "cylinder", "sphere"]] = Field(
@@ -104,7 +73,7 @@ SourceSettings = Annotated[Union[RealSenseSource, FolderSourceSettings, Syntheti
 BackendSettings = Annotated[Union[OnnxRuntimeSettings, TensorRTSettings], Field(discriminator="type")]
 
 
-class SegmentationSettings(_Strict):
+class SegmentationSettings(Strict):
     max_depth_mm: int = Field(700, gt=0, le=65535, description="depth beyond this is background (paper: 700)")
     surface_tolerance: float = Field(0.1, gt=0, lt=1, description="relative depth band of the empty surface")
     reference: StationPath | None = Field(None, description="empty-surface reference (.npz); None: RANSAC plane, "
@@ -121,7 +90,7 @@ class SegmentationSettings(_Strict):
         return v
 
 
-class ModelSettings(_Strict):
+class ModelSettings(Strict):
     bundles: dict[str, StationPath] = Field(description="bundle folder per class, e.g. "
                                                         "{rectangle = '/var/lib/adgan/b'}")
     expected_class: str = Field(description="the class being inspected now (switchable over MQTT)")
@@ -141,7 +110,7 @@ class ModelSettings(_Strict):
         return self
 
 
-class TriggerSettings(_Strict):
+class TriggerSettings(Strict):
     mode: Literal["continuous", "mqtt", "every_frame", "gpio"] = Field(
         "continuous", description="continuous: one inspection per object passage; mqtt: on .../trigger/set; "
                                   "every_frame: each frame is one inspection (replays of single captures); "
@@ -154,17 +123,7 @@ class TriggerSettings(_Strict):
                                                          "coalesced (mqtt), or errors in their turn (gpio parts)")
 
 
-def _printable_topic(v: str) -> str:
-    """MQTT forbids U+0000 in topics (the broker hangs up on the CONNECT whose Last Will names
-    it) and advises against other control characters: none are taken."""
-    bad = sorted({c for c in v if ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F})
-    if bad:
-        raise ValueError("must not contain control characters (MQTT topics), got " +
-                         ", ".join(f"U+{ord(c):04X}" for c in bad))
-    return v
-
-
-class MqttSettings(_Strict):
+class MqttSettings(Strict):
     host: str = Field("127.0.0.1", description="broker host")
     port: int = Field(1883, ge=1, le=65535, description="broker port")
     username: str | None = Field(None, description="user name")
@@ -192,7 +151,7 @@ class MqttSettings(_Strict):
     def _no_wildcards(cls, v: str) -> str:
         if not v or any(c in v for c in "+#") or v.startswith("/") or v.endswith("/"):
             raise ValueError("must be a non-empty topic without wildcards or leading/trailing '/'")
-        return _printable_topic(v)
+        return printable_topic(v)
 
     @model_validator(mode="after")
     def _cert_and_key_together(self):
@@ -201,7 +160,7 @@ class MqttSettings(_Strict):
         return self
 
 
-class OutboxSettings(_Strict):
+class OutboxSettings(Strict):
     path: StationPath = Field(Path("/var/lib/adgan/outbox.sqlite"), description="durable event outbox (SQLite, WAL)")
     max_events: int = Field(100_000, ge=10, description="when full, the oldest events are dropped and counted")
     memory_events: int = Field(10_000, ge=0, description="events held in memory while the disk cannot be written "
@@ -212,7 +171,7 @@ class OutboxSettings(_Strict):
                               "on disk (64 MB: about 30,000 events of 1.5 kB); 0: none")
 
 
-class GpioSettings(_Strict):
+class GpioSettings(Strict):
     enabled: bool = Field(False, description="use digital I/O (trigger input, verdict outputs)")
     backend: Literal["gpiod", "jetson", "memory"] = Field(
         "gpiod", description="gpiod: the kernel's GPIO character device through libgpiod v2; jetson: NVIDIA's "
@@ -249,7 +208,7 @@ class GpioSettings(_Strict):
         return self
 
 
-class OpcUaSettings(_Strict):
+class OpcUaSettings(Strict):
     enabled: bool = Field(False, description="serve OPC UA on opc.tcp://<host>:<port>/adgan/")
     host: str = Field("127.0.0.1", min_length=1, description="address to bind (loopback unless configured)")
     port: int = Field(4840, ge=1, le=65535, description="TCP port (4840: the OPC UA default)")
@@ -275,21 +234,21 @@ class OpcUaSettings(_Strict):
         return self
 
 
-class WebSettings(_Strict):
+class WebSettings(Strict):
     enabled: bool = Field(False, description="serve the operator's page on http://<host>:<port>/")
     host: str = Field("127.0.0.1", min_length=1, description="address to bind (loopback unless configured)")
     port: int = Field(8080, ge=1, le=65535, description="TCP port of the page")
     history: int = Field(20, ge=1, le=1000, description="verdicts listed on the page")
 
 
-class MetricsSettings(_Strict):
+class MetricsSettings(Strict):
     enabled: bool = Field(False, description="serve Prometheus metrics on http://<host>:<port>/metrics")
     host: str = Field("127.0.0.1", min_length=1, description="address to bind (loopback unless configured; "
                                                              "0.0.0.0 for every interface)")
     port: int = Field(9108, ge=1, le=65535, description="TCP port of the metrics endpoint")
 
 
-class HealthSettings(_Strict):
+class HealthSettings(Strict):
     status_interval_s: float = Field(10.0, gt=0, description="heartbeat period on .../status")
     frame_timeout_s: float = Field(5.0, gt=0, description="no frame for this long means reconnect the camera")
     reconnect_min_s: float = Field(1.0, gt=0, description="first wait before reopening a failed source")
@@ -358,15 +317,6 @@ class AgentSettings(BaseSettings):
         # The TOML file is the lowest layer: the environment and .env override it.
         return (init_settings, env_settings, dotenv_settings, file_secret_settings,
                 TomlConfigSettingsSource(settings_cls))
-
-
-def topic_level(v: str) -> str:
-    """A station_id that can be a topic level and part of the MQTT client id (ValueError otherwise)."""
-    if not v or any(c in v for c in "/+# "):
-        raise ValueError("must be non-empty without '/', '+', '#' or spaces (it is a topic level)")
-    if len(v) > 128:
-        raise ValueError(f"must be at most 128 characters (it is a topic level and the MQTT client id), got {len(v)}")
-    return _printable_topic(v)
 
 
 def load_settings(config: str | Path | None, env_file: str | Path | None = ".env") -> AgentSettings:
