@@ -22,6 +22,7 @@ from agent.health import Work
 from agent.mqtt.link import reading_batch
 from agent.mqtt.outbox import Outbox
 from agent.request_journal import RequestJournal
+from agent.trigger import Asked
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,25 @@ class Requests:
                 self._error(self._asked(part_id, r, lines), reason)
             else:
                 return
+
+    def _take(self, timeout: float) -> Asked | None:
+        """The next requested inspection (CommandTrigger.take), or None; one that waited for its turn
+        more than trigger.max_wait_s is answered as not inspected instead (None): by now its part has
+        likely left the camera. Until 2026-12-07 it was inspected on the frame of its late turn, under
+        its id: on a disk that took 3 s to flush, a part asked for 17.6 s before had the verdict of
+        whatever stood there then."""
+        asked = self.commands.take(timeout)
+        limit = self.s.trigger.max_wait_s
+        if asked is None or not limit or (waited := time.monotonic() - asked.arrived) <= limit:
+            return asked
+        self.counters.add("requests_late")
+        self.counters.add("parts_not_inspected", asked.part)
+        kind = "a part not inspected" if asked.part else "requested inspection not made"
+        self._error(self._asked(asked.part_id, asked.r, asked.lines),
+                    f"{kind}: it waited {waited:.1f} s for its turn, more than trigger.max_wait_s ({limit:g} s), "
+                    "and by now the part has likely left the camera (the inspection loop or the disk held it: "
+                    "status.loop, status.outbox.slow_writes)")
+        return None
 
     def _switch_class(self, payload: bytes) -> None:
         if self.classes.apply(payload):

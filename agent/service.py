@@ -44,7 +44,8 @@ class Agent(Requests):
         self.notifier = notifier or SystemdNotifier()
         self.stop_requested = threading.Event()
         self.counters = Counters("frames", "events", "ok", "anomaly", "no_object", "error", "errors_suppressed",
-                                 "triggers_coalesced", "classes_refused", "parts_not_inspected", "internal_errors")
+                                 "triggers_coalesced", "classes_refused", "parts_not_inspected", "internal_errors",
+                                 "requests_late")
         self.feed = SourceSupervisor(settings.source, settings.health, lambda: self._publish_status(force=True))
         self.source_health = self.feed.health
         self.started = time.monotonic()  # (uptime: not the wall clock, which NTP may set years ahead at boot)
@@ -153,10 +154,10 @@ class Agent(Requests):
         mode = self.s.trigger.mode
         if mode in ON_REQUEST and not self.feed.source.live:
             # A replay advances only on request: wait (bounded, so heartbeats go on).
-            if (asked := self.commands.take(0.2)) is None:
+            if (asked := self._take(0.2)) is None:
                 return True
         else:
-            asked = self.commands.take(0)
+            asked = self._take(0)
         forced = asked is not None
         self.feed.pace(self.stop_requested)
         if self.stop_requested.is_set():
@@ -295,9 +296,8 @@ class Agent(Requests):
         requested frames are reported, and in `continuous` mode a frame problem already said since
         the last inspection (its numbers aside: `same_problem`) is counted (errors_suppressed)
         instead of flooding the topic; two problems that alternate are two events, not one a frame."""
-        mode, problem = self.s.trigger.mode, same_problem(reason)
-        quiet = not (work.forced or inspection) and (
-            mode in ON_REQUEST or mode == "continuous" and problem in self._said)
+        mode, problem, asked = self.s.trigger.mode, same_problem(reason), work.forced or inspection
+        quiet = not asked and (mode in ON_REQUEST or mode == "continuous" and problem in self._said)
         if quiet:
             self.counters.add("errors_suppressed")
             log.debug("frame not inspected (suppressed repeat): %s", reason)

@@ -121,6 +121,10 @@ class TriggerSettings(Strict):
     clear_frames: int = Field(2, ge=1, description="frames without an object (or the inspected part) ending a passage")
     max_pending: int = Field(1, ge=1, le=100, description="requested inspections that may wait at once; more are "
                                                          "coalesced (mqtt), or errors in their turn (gpio parts)")
+    max_wait_s: float = Field(2.0, ge=0, le=3600, description="a requested inspection (MQTT, OPC UA, a GPIO part "
+                              "after its delay_ms) that cannot begin within this long of its request is answered as "
+                              "not inspected: by then its part has likely left the camera (the loop or the disk held "
+                              "it). Raise it where the line holds each part until its verdict; 0: no limit")
 
 
 class MqttSettings(Strict):

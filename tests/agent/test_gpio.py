@@ -3,6 +3,7 @@ out. The in-memory chip stands in for the hardware; the kernel's gpio-sim runs t
 backend where this machine has it."""
 from __future__ import annotations
 
+import re
 import signal
 import threading
 import time
@@ -238,6 +239,40 @@ def test_parts_still_waiting_when_the_agent_stops_are_answered(broker, calibrate
         "requested inspection not made", "a part not inspected", "a part not inspected"]
     assert events(sub)[0]["error"] == "requested inspection not made: the agent stopped (SIGTERM)"
     assert agent.counters.get("parts_not_inspected") == 3
+
+
+def test_a_part_whose_turn_comes_after_max_wait_s_is_answered_as_not_inspected(broker, calibrated, synth_data,
+                                                                              tmp_path):
+    """A part requested (its edge, after delay_ms) whose turn comes more than trigger.max_wait_s later
+    (the loop held: a slow flush, a stuck engine call) is answered, in its turn, as not inspected;
+    with max_wait_s 0 it is taken however late. Until 2026-12-07 it was inspected
+    on the frame of its late turn."""
+    mixed_folder(synth_data, tmp_path / "samples")
+    cfg = gpio_config(tmp_path, broker, calibrated, tmp_path / "samples", f"test-{uuid.uuid4()}")
+    sub = Subscriber(broker.port, "adgan/st1/events")
+    assert sub.subscribed.wait(10)
+    for limit, expect_taken in ((0.2, False), (0.0, True)):
+        cfg.write_text(re.sub(r'mode = "gpio"\n(max_wait_s = .*\n)?', f'mode = "gpio"\nmax_wait_s = {limit}\n',
+                              cfg.read_text()))
+        agent = Agent(load_settings(cfg, env_file=None))
+        agent.start()  # (its loop is not run: the part waits)
+        try:
+            assert agent._on_part_edge(at=time.monotonic())
+            time.sleep(0.4)
+            taken = agent._take(0)
+            assert (taken is not None) == expect_taken, (limit, taken)
+            if taken is not None:
+                agent.commands.give_back(taken)  # (answered at the stop)
+            counters = agent.status()["counters"]
+        finally:
+            agent.shutdown()
+        assert counters["requests_late"] == (0 if expect_taken else 1), counters
+    assert wait(lambda: len(events(sub)) == 2), events(sub)
+    sub.close()
+    late, stopped = events(sub)
+    assert late["verdict"] == "error" and re.match(r"a part not inspected: it waited \d+\.\d s for its turn, more "
+                                                   r"than trigger.max_wait_s \(0.2 s\)", late["error"]), late
+    assert stopped["error"] == "requested inspection not made: the agent stopped (asked to)", stopped
 
 
 def test_an_answer_that_fails_at_the_stop_does_not_stop_the_shutdown(broker, calibrated, synth_data, tmp_path,

@@ -49,6 +49,7 @@ def test_a_running_agent_serves_its_metrics(broker, calibrated, synth_data, tmp_
         assert value(text, "adgan_source_running") == 1 and value(text, "adgan_frames_dropped_total") == 0
         assert value(text, "adgan_parts_not_inspected_total") == 0
         assert value(text, "adgan_internal_errors_total") == 0
+        assert value(text, "adgan_requests_late_total") == 0
         assert value(text, "adgan_outbox_depth") >= 0 and value(text, "adgan_outbox_dropped_events_total") == 0
         assert value(text, "adgan_outbox_unsaved") == 0 and value(text, "adgan_outbox_reserve_held") == 1
         assert value(text, "adgan_outbox_reserve_released_total") == 0 and value(text, "adgan_clock_jumps_total") == 0

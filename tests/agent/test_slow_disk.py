@@ -74,3 +74,38 @@ def test_a_loop_stuck_on_the_disk_is_said_with_where_each_thread_is(broker, cali
     assert "Current thread" in stack or "Thread 0x" in stack, stack[:3000]
     assert 'outbox.py", line' in stack and "in put" in stack, stack[:3000]  # where it waits: storing an event
     assert out.count("the inspection loop came round again after 3.") == 1, out
+
+
+def test_a_request_that_waits_past_max_wait_s_for_its_turn_is_answered_as_not_inspected(broker, two_classes,
+                                                                                        synth_data, tmp_path):
+    """Every SQLite flush takes 2 s, so each event holds the loop that long: a named part asked for
+    meanwhile waits for its turn. Until 2026-12-07 it was inspected when its turn came, however late,
+    on the frame of that moment (a probe: a part inspected 17.6 s after its request, under its id)."""
+    import json
+
+    from tests.agent.test_service_triggers import commands_ready, events, hang_up, mqtt_station, once
+    cfg, sub, cmd, _ = mqtt_station(broker, two_classes, synth_data, tmp_path, loop=True)
+    cfg.write_text(cfg.read_text().replace('mode = "mqtt"', 'mode = "mqtt"\nmax_wait_s = 1.0'))
+    agent = AgentProcess(cfg, tmp_path / "agent.log", wrap=slow_disk("fdatasync", 2.0))
+    sent: dict[str, float] = {}
+    try:
+        assert sub.wait_for(commands_ready, 90), agent.output()
+        for i in range(4):
+            sent[f"P{i}"] = time.monotonic()
+            cmd.publish("adgan/st1/trigger/set", json.dumps({"part_id": f"P{i}"}), qos=1).wait_for_publish(5)
+            time.sleep(0.3)
+        assert sub.wait_for(lambda m: set(sent) <= {e["part_id"] for e in events(sub)}, 90), agent.output()
+        assert sub.wait_for(lambda m: sub.documents("adgan/st1/status")[-1]["counters"]["requests_late"] >= 1, 30)
+        assert agent.terminate(60) == 0
+    finally:
+        agent.stop()
+        hang_up(cmd, sub)
+    got = [e for e in once(events(sub)) if e["part_id"] in sent]
+    assert sorted(e["part_id"] for e in got) == sorted(sent), got  # each answered once
+    by = {e["part_id"]: e for e in got}
+    assert by["P0"]["verdict"] in ("ok", "anomaly"), by["P0"]         # taken at once
+    assert by["P1"]["verdict"] == "error", by["P1"]                    # its turn came 2 s on: not inspected
+    assert by["P1"]["error"].startswith("a part not inspected: it waited ") and \
+        "more than trigger.max_wait_s (1 s)" in by["P1"]["error"], by["P1"]
+    # none inspected: the others came while P1 waited (max_pending 1)
+    assert [e["part_id"] for e in got if e["verdict"] in ("ok", "anomaly")] == ["P0"], got
