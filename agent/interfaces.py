@@ -28,7 +28,7 @@ class Interfaces:
         self.metrics = Metrics(s.metrics, agent.status, lambda: bool(agent.models))
         gpio = s.trigger.mode == "gpio"
         self.gpio = StationIO(s.gpio, agent._on_part_edge if gpio else None, agent._on_part_seen if gpio else None,
-                              agent._on_part_late if gpio else None)
+                              agent._on_part_late if gpio else None, late_s=s.trigger.max_wait_s)
         self.opcua = OpcUaServer(s.opcua, s.station_id, agent._on_class_command, agent._on_trigger_command,
                                  agent.status)
         self.web = OperatorPage(s.web, agent.status, lambda: bool(agent.models))

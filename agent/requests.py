@@ -28,6 +28,15 @@ log = logging.getLogger(__name__)
 
 
 class Requests:
+    def _wire_commands(self, c) -> None:
+        """The MQTT commands' handlers (agent/mqtt/commands.py's Commands), before the publisher starts."""
+        c.on_refused = {"trigger": self._on_trigger_refused, "class": self._refuse_class}
+        c.on_held = {"trigger": self._on_trigger_held}  # (class/set: made, the PLC asked)
+        c.barrier = self.commands.barrier  # (the journal, before paho's acknowledgements)
+        c.seed(self.commands.journal.keys)  # (what the broker sends again after a kill: taken)
+        c.ran_before = not self.outbox.fresh  # (a first connection with no session kept: said)
+        c.wait_at_most(self.s.trigger.max_wait_s)  # (a freeze that long fences what came meanwhile)
+
     # -- handlers (the commands' threads) -------------------------------------------------
     def _on_class_command(self, payload: bytes) -> None:
         """A class switch (MQTT class/set, OPC UA ExpectedClass), made in its turn after the

@@ -91,11 +91,7 @@ class Agent(Requests):
         self.classes.reserve = self.outbox.reserve  # (a class switch meeting a full disk: stored as events are)
         self.publisher = Publisher(self.s.station_id, self.outbox, self.s.mqtt,
                                    commands={"class": self._on_class_command, "trigger": self._on_trigger_command})
-        self.publisher.commands.on_refused = {"trigger": self._on_trigger_refused, "class": self._refuse_class}
-        self.publisher.commands.on_held = {"trigger": self._on_trigger_held}  # (class/set: made, the PLC asked)
-        self.publisher.commands.barrier = self.commands.barrier  # (the journal, before paho's acknowledgements)
-        self.publisher.commands.seed(self.commands.journal.keys)  # (what the broker sends again after a kill: taken)
-        self.publisher.commands.ran_before = not self.outbox.fresh  # (a first connection with no session kept: said)
+        self._wire_commands(self.publisher.commands)
         self.publisher.start()
         self.interfaces.start()
         self.publisher.publish_state("class", self.expected)

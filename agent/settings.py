@@ -124,7 +124,9 @@ class TriggerSettings(Strict):
     max_wait_s: float = Field(2.0, ge=0, le=3600, description="a requested inspection (MQTT, OPC UA, a GPIO part "
                               "after its delay_ms) that cannot begin within this long of its request is answered as "
                               "not inspected: by then its part has likely left the camera (the loop or the disk held "
-                              "it). Raise it where the line holds each part until its verdict; 0: no limit")
+                              "it). The same limit for a GPIO edge read late, and for trigger/sets that came while "
+                              "the process did not run (a freeze). Raise it where the line holds each part until "
+                              "its verdict; 0: no limit")
 
 
 class MqttSettings(Strict):

@@ -9,10 +9,11 @@ out: `ok`, `ng` and `error` (an error or no object) are pulsed for `pulse_ms` or
 the next part; `busy` is active from a counted edge until the verdict
 that leaves nothing waiting (until 2026-12-06 it fell at the first verdict, parts still waiting);
 `ready` is active only while the engines are warm and the source delivers frames. Logical
-active is the physical high level unless `active_low`. An edge read LATE_S or more after its
-inspection was due (the process did not run: stopped, frozen, the machine suspended; the kernel
-kept the edge and its time) is a part not inspected (`on_late`): by then it has left the camera
-(until 2026-12-07 its inspection was requested as if on time, and it had another part's verdict).
+active is the physical high level unless `active_low`. An edge read `late_s` (the agent's
+trigger.max_wait_s, 2 s by default; 0: never) or more after its inspection was due (the process
+did not run: stopped, frozen, the machine suspended; the kernel kept the edge and its time) is a
+part not inspected (`on_late`): by then it has left the camera (until 2026-12-07 its inspection
+was requested as if on time, and it had another part's verdict).
 
 Failures to open the chip or a line are reported in `state` (status: interfaces.gpio) and
 inspection goes on without digital I/O. A trigger line that fails while in use is said and
@@ -34,14 +35,16 @@ log = logging.getLogger(__name__)
 VERDICT_LINES = {"ok": "ok", "anomaly": "ng", "error": "error", "no_object": "error"}
 REOPEN_S = (1.0, 30.0)  # a failed trigger line is opened again after 1 s, doubling to 30 s
 LATE_S = FROZEN_S  # an edge read this long after its inspection was due is answered as not inspected (the
-                   # process did not run this long: agent/mqtt/frozen.py's freeze, for MQTT's commands)
+                   # process did not run this long: agent/mqtt/frozen.py's freeze, for MQTT's commands); the
+                   # agent passes trigger.max_wait_s (2 s by default) instead
 
 
 class StationIO:
     def __init__(self, settings, on_trigger: Optional[Callable[[float], object]] = None,
                  on_edge: Optional[Callable[[float], object]] = None,
-                 on_late: Optional[Callable[[float, float], object]] = None) -> None:
+                 on_late: Optional[Callable[[float, float], object]] = None, late_s: float = LATE_S) -> None:
         self.s, self.on_trigger, self.on_edge, self.on_late = settings, on_trigger, on_edge, on_late
+        self.late_s = late_s  # an edge read this long after its inspection was due is late (0: never)
         self.chip: Chip | None = None
         self.outputs: dict[str, OutputLine] = {}
         self.input: InputLine | None = None
@@ -121,7 +124,7 @@ class StationIO:
                 if wait > 0 and self._stop.wait(wait):
                     return
                 try:
-                    if -wait >= LATE_S and self.on_late is not None:
+                    if self.late_s and -wait >= self.late_s and self.on_late is not None:
                         self.counts["late"] += 1
                         self.on_late(at, -wait)
                     else:

@@ -40,7 +40,7 @@ from typing import Callable
 
 import paho.mqtt.client as mqtt
 
-from agent.mqtt.frozen import FreezeWatch
+from agent.mqtt.frozen import FROZEN_S, FreezeWatch
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,7 @@ class Commands:
         self._fence_lock = threading.Lock()  # the fence's state (a freeze's fence is sent by the watch's thread)
         self.held_why: str | None = None    # why this fence's held commands are not taken (None: held while away)
         self.freeze = FreezeWatch(self._froze)
+        self.fence_s = FROZEN_S             # a freeze this long or more is fenced (trigger.max_wait_s; 0: never)
 
     def subscribe(self, client, resumed: bool = False, publish: Callable[..., bool] | None = None) -> None:
         """Subscribe to every command topic (on paho's thread, from on_connect: no SUBACK can be
@@ -147,13 +148,23 @@ class Commands:
     def close(self) -> None:
         self.freeze.close()
 
-    def _froze(self, seconds: float) -> None:
+    def _froze(self, seconds: float) -> bool:
         """The process did not run for `seconds` (frozen.py; on the watch's thread, or paho's reading a
         command): counted, and a fence sent at once, while the commands' subscriptions stand (after a
-        link lost meanwhile, the next connection's fence tells what the broker held)."""
+        link lost meanwhile, the next connection's fence tells what the broker held). Shorter than
+        `fence_s`, it is counted only: what came meanwhile is taken. Returns whether it is fenced."""
         self.counters["freezes"] += 1
+        if not self.fence_s or seconds < self.fence_s:
+            return False
         if self.on_held and self._publish is not None and self.ready.is_set():
             self._send_fence(self._publish, FROZE.format(seconds))
+        return True
+
+    def wait_at_most(self, seconds: float) -> None:
+        """Fence freezes of `seconds` or more (trigger.max_wait_s: a request that cannot begin within it
+        is not inspected; 0: none), and watch for gaps that long where shorter than FROZEN_S."""
+        self.fence_s = seconds
+        self.freeze.frozen_s = min(FROZEN_S, seconds) if seconds else FROZEN_S
 
     def subscribed(self, mid: int, reason_codes) -> None:
         """A SUBACK: `ready` once every command subscription is granted; a refusal is said."""

@@ -12,7 +12,9 @@ A thread ticks every TICK_S on the boot clock (it counts a suspended machine too
 FROZEN_S or more between two ticks, or between the last tick and a command read (whichever looks
 first after the freeze), is a freeze, and the station sends itself a fence at once (as at a
 connection to a kept session): what comes before the fence comes back came while the station did
-not run, and a trigger/set among it is answered as not inspected.
+not run, and a trigger/set among it is answered as not inspected. The fence follows
+trigger.max_wait_s (`Commands.fence_s`: a freeze shorter than it is said, not fenced; 0: never
+fenced); the watch looks for gaps of FROZEN_S, or of max_wait_s where that is shorter.
 """
 from __future__ import annotations
 
@@ -36,12 +38,13 @@ def boot_clock() -> float:
 
 
 class FreezeWatch:
-    """Freezes of this process, each said once (WARNING) and handed to `on_freeze(seconds)` (the
-    commands' fence and count) before any other thread's look ends."""
+    """Freezes of this process (gaps of `frozen_s` or more), each said once (WARNING) and handed to
+    `on_freeze(seconds)` (the commands' fence and count; it returns whether what came meanwhile is
+    answered as not inspected) before any other thread's look ends."""
 
-    def __init__(self, on_freeze: Callable[[float], None] | None = None,
-                 clock: Callable[[], float] = boot_clock) -> None:
-        self.clock, self.on_freeze = clock, on_freeze
+    def __init__(self, on_freeze: Callable[[float], bool] | None = None,
+                 clock: Callable[[], float] = boot_clock, frozen_s: float = FROZEN_S) -> None:
+        self.clock, self.on_freeze, self.frozen_s = clock, on_freeze, frozen_s
         self._lock = threading.Lock()
         self._tick = clock()
         self._stop = threading.Event()
@@ -69,10 +72,10 @@ class FreezeWatch:
         now = self.clock()
         with self._lock:  # (held while its fence is sent: a command read meanwhile waits, and is held)
             gap, self._tick = now - self._tick, now
-            if gap >= FROZEN_S and self.on_freeze is not None:
-                self.on_freeze(gap)
-        if gap < FROZEN_S:
+            fenced = gap >= self.frozen_s and self.on_freeze is not None and self.on_freeze(gap)
+        if gap < self.frozen_s:
             return
         log.warning("this agent's process did not run for %.1f s (stopped: Ctrl-Z or SIGSTOP; a container paused; "
-                    "the machine suspended; swapped out): nothing was inspected, and trigger/sets that came meanwhile "
-                    "are answered as not inspected (their parts have left the camera)", gap)
+                    "the machine suspended; swapped out): nothing was inspected%s", gap,
+                    ", and trigger/sets that came meanwhile are answered as not inspected (their parts have left the "
+                    "camera)" if fenced else "; trigger/sets that came meanwhile are taken (within trigger.max_wait_s)")

@@ -63,14 +63,16 @@ def events(sub):
     return sub.documents("adgan/st1/events")
 
 
-def folder_station(broker, calibrated, synth_data, tmp_path):
+def folder_station(broker, calibrated, synth_data, tmp_path, trigger: str = ""):
     """(samples, subscriber, running agent, chip): gpio mode replaying a folder of mixed samples
-    (one per edge), once its ready line is active."""
+    (one per edge), once its ready line is active; `trigger`: settings added to [trigger]."""
     n = mixed_folder(synth_data, tmp_path / "samples")
     name = f"test-{uuid.uuid4()}"
     sub = Subscriber(broker.port, "adgan/st1/#")
     assert sub.subscribed.wait(10)
-    run = Running(gpio_config(tmp_path, broker, calibrated, tmp_path / "samples", name))
+    cfg = gpio_config(tmp_path, broker, calibrated, tmp_path / "samples", name)
+    cfg.write_text(cfg.read_text().replace("[trigger]\n", f"[trigger]\n{trigger}\n"))
+    run = Running(cfg)
     chip = MemoryChip.named(name)
     assert wait(lambda: chip.outputs[READY].active), "ready never went active"
     return n, sub, run, chip
@@ -139,6 +141,23 @@ def test_an_edge_read_long_after_its_inspection_was_due_is_a_part_not_inspected(
         assert events(sub)[1]["verdict"] in ("ok", "anomaly"), events(sub)[1]
         counts = run.agent.status()["interfaces"]["gpio"]["counts"]
         assert counts["triggers"] == 2 and counts["late"] == 1, counts
+    finally:
+        run.stop()
+        sub.close()
+
+
+def test_an_edge_read_late_within_max_wait_s_is_inspected(broker, calibrated, synth_data, tmp_path):
+    """Where the line holds each part until its verdict (trigger.max_wait_s raised to 10 s), an edge
+    read 5 s after its inspection was due is inspected: the late edge follows the same setting as a
+    request's wait for its turn."""
+    _, sub, run, chip = folder_station(broker, calibrated, synth_data, tmp_path, trigger="max_wait_s = 10")
+    try:
+        t0 = time.monotonic_ns() - 5_000_000_000  # its edge, 5 s before it is read
+        chip.inputs[TRIGGER].drive(True, t0)
+        chip.inputs[TRIGGER].drive(False, t0 + 5_000_000)
+        assert wait(lambda: len(events(sub)) == 1), run.agent.status()
+        assert events(sub)[0]["verdict"] in ("ok", "anomaly"), events(sub)[0]
+        assert run.agent.status()["interfaces"]["gpio"]["counts"]["late"] == 0
     finally:
         run.stop()
         sub.close()

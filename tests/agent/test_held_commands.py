@@ -140,6 +140,37 @@ def test_a_freeze_sends_a_fence_at_once_and_what_comes_before_it_is_held(caplog)
     assert len(sent) == 3 and c.held_why is None
 
 
+def test_a_freeze_shorter_than_max_wait_s_is_said_and_what_came_meanwhile_is_taken(caplog):
+    """The fence follows trigger.max_wait_s (Commands.wait_at_most): a freeze shorter than it is
+    counted and said, and the commands read after it are taken (the line holds its parts that
+    long); one as long is fenced; with 0 none is; a limit under FROZEN_S makes shorter gaps freezes."""
+    now = [100.0]
+    c, taken, held, sent, publish = _commands()
+    c.freeze = FreezeWatch(c._froze, clock=lambda: now[0])
+    c.wait_at_most(10.0)
+    c.freeze.start(thread=False)
+    c.subscribe(_Client(), resumed=False, publish=publish)
+    c.subscribed(1, [])
+    c.subscribed(2, [])
+    now[0] += 5  # stopped for 5 s
+    with caplog.at_level(logging.WARNING):
+        c.handle("adgan/st1/trigger/set", b'{"part_id": "F0"}', False, mid=1)
+    assert taken == [b'{"part_id": "F0"}'] and held == [] and sent == [] and c.counters["freezes"] == 1
+    assert "did not run for 5.0 s" in caplog.text and "taken (within trigger.max_wait_s)" in caplog.text
+    now[0] += 12  # 12 s: fenced
+    c.freeze.check()
+    assert len(sent) == 1 and c.counters["freezes"] == 2
+    c.handle("adgan/st1/trigger/set", sent[0][1].encode(), False, mid=2)  # (the fence back)
+    c.wait_at_most(0.0)  # no limit: never fenced
+    now[0] += 60
+    c.freeze.check()
+    assert len(sent) == 1 and c.counters["freezes"] == 3
+    c.wait_at_most(0.5)  # a limit under FROZEN_S: a 1 s gap is a freeze, and fenced
+    now[0] += 1.0
+    c.freeze.check()
+    assert len(sent) == 2 and c.counters["freezes"] == 4
+
+
 def stopped(pid: int) -> bool:
     """Whether every thread of process `pid` is stopped (state T in /proc)."""
     states = []
