@@ -131,17 +131,33 @@ class Requests:
         its id: on a disk that took 3 s to flush, a part asked for 17.6 s before had the verdict of
         whatever stood there then."""
         asked = self.commands.take(timeout)
-        limit = self.s.trigger.max_wait_s
-        if asked is None or not limit or (waited := time.monotonic() - asked.arrived) <= limit:
+        if asked is None or (waited := self._waited(asked)) is None:
             return asked
+        self._answer_late(asked, self._asked(asked.part_id, asked.r, asked.lines),
+                          f"it waited {waited:.1f} s for its turn", "the inspection loop or the disk held it: "
+                          "status.loop, status.outbox.slow_writes")
+        return None
+
+    def _frame_late(self, asked: Asked, work: Work) -> bool:
+        """Whether the frame read for `asked` came more than trigger.max_wait_s after its request (a
+        camera slow to deliver): then answered as not inspected (until 2026-12-07 it was inspected)."""
+        if (waited := self._waited(asked)) is None:
+            return False
+        self._answer_late(asked, work, f"its frame came {waited:.1f} s after its request",
+                          "the camera was slow to deliver it")
+        return True
+
+    def _waited(self, asked: Asked) -> float | None:
+        """How long `asked` has waited since its request, when more than trigger.max_wait_s (0: no limit)."""
+        limit, waited = self.s.trigger.max_wait_s, time.monotonic() - asked.arrived
+        return waited if limit and waited > limit else None
+
+    def _answer_late(self, asked: Asked, work: Work, what: str, cause: str) -> None:
         self.counters.add("requests_late")
         self.counters.add("parts_not_inspected", asked.part)
         kind = "a part not inspected" if asked.part else "requested inspection not made"
-        self._error(self._asked(asked.part_id, asked.r, asked.lines),
-                    f"{kind}: it waited {waited:.1f} s for its turn, more than trigger.max_wait_s ({limit:g} s), "
-                    "and by now the part has likely left the camera (the inspection loop or the disk held it: "
-                    "status.loop, status.outbox.slow_writes)")
-        return None
+        self._error(work, f"{kind}: {what}, more than trigger.max_wait_s ({self.s.trigger.max_wait_s:g} s), and by "
+                          f"now the part has likely left the camera ({cause})")
 
     def _switch_class(self, payload: bytes) -> None:
         if self.classes.apply(payload):

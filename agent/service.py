@@ -188,6 +188,9 @@ class Agent(Requests):
         truth = {k: meta[k] for k in ("class", "defect") if k in meta}
         if truth:
             work.source["truth"] = truth
+        if asked is not None and self._frame_late(asked, work):  # (a camera slow to deliver it)
+            self._account(work)
+            return True
         try:
             if isinstance(item, Sample):
                 if not (mode in ON_REQUEST and not forced):

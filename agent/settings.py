@@ -122,9 +122,9 @@ class TriggerSettings(Strict):
     max_pending: int = Field(1, ge=1, le=100, description="requested inspections that may wait at once; more are "
                                                          "coalesced (mqtt), or errors in their turn (gpio parts)")
     max_wait_s: float = Field(2.0, ge=0, le=3600, description="a requested inspection (MQTT, OPC UA, a GPIO part "
-                              "after its delay_ms) that cannot begin within this long of its request is answered as "
-                              "not inspected: by then its part has likely left the camera (the loop or the disk held "
-                              "it). The same limit for a GPIO edge read late, and for trigger/sets that came while "
+                              "after its delay_ms) whose frame is not taken within this long of its request is "
+                              "answered as not inspected: by then its part has likely left the camera (the loop or "
+                              "the disk held it, or the camera was slow to deliver). The same limit for a GPIO edge read late, and for trigger/sets that came while "
                               "the process did not run (a freeze). Raise it where the line holds each part until "
                               "its verdict; 0: no limit")
 

@@ -163,6 +163,42 @@ def test_an_edge_read_late_within_max_wait_s_is_inspected(broker, calibrated, sy
         sub.close()
 
 
+def test_a_part_whose_frame_comes_after_max_wait_s_is_answered_as_not_inspected(broker, calibrated, synth_data,
+                                                                               tmp_path):
+    """A camera slow to deliver (a USB link that stalls, then recovers within frame_timeout_s): the
+    part's request was taken on time, and its frame came 1 s after it, past trigger.max_wait_s
+    (0.5 s). Until 2026-12-07 that frame was inspected, under the part's id: by then another part
+    may stand there."""
+    _, sub, run, chip = folder_station(broker, calibrated, synth_data, tmp_path, trigger="max_wait_s = 0.5")
+    source = run.agent.feed.source
+    read = source.read
+
+    def stalling():
+        time.sleep(1.0)
+        return read()
+    try:
+        source.read = stalling
+        chip.inputs[TRIGGER].drive(True)
+        chip.inputs[TRIGGER].drive(False)
+        assert wait(lambda: len(events(sub)) == 1), run.agent.status()
+        late = events(sub)[0]
+        assert late["verdict"] == "error" and re.match(
+            r"a part not inspected: its frame came 1\.\d s after its request, more than trigger.max_wait_s "
+            r"\(0.5 s\)", late["error"]), late
+        assert wait(lambda: chip.outputs[ERROR].active)
+        source.read = read  # the camera well again: the next part is inspected
+        time.sleep(0.05)    # (past the dead time)
+        chip.inputs[TRIGGER].drive(True)
+        chip.inputs[TRIGGER].drive(False)
+        assert wait(lambda: len(events(sub)) == 2), run.agent.status()
+        assert events(sub)[1]["verdict"] in ("ok", "anomaly"), events(sub)[1]
+        assert run.agent.status()["counters"]["requests_late"] == 1
+    finally:
+        source.read = read
+        run.stop()
+        sub.close()
+
+
 def test_pulses_and_the_active_level(broker, calibrated, synth_data, tmp_path):
     mixed_folder(synth_data, tmp_path / "samples")
     name = f"test-{uuid.uuid4()}"
