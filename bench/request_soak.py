@@ -208,6 +208,11 @@ def main() -> int:
           f"{sum(1 for p in sent if p not in by)} | {sum(1 for p in asked if len(by.get(p, ())) > 1)} | "
           f"{', '.join(f'{k} {v}' for k, v in sorted(how.items()))} | {len(seqs) - len(set(seqs))} | {drops} | "
           f"{said} | {len(late)} | {len(after)} |")
+    for pid in after:  # (how far from the nearest stop each was sent: a part read before the fence came back)
+        t = sent_at[pid]
+        gap = min(((b - t, "before it began") if t < b else (t - c, "after it ended") for b, c in stopped),
+                  default=(float("nan"), "(no stop)"))
+        print(f"  said stopped, sent after it: {pid} sent {gap[0]:.3f} s {gap[1]}")
     print(f"(logs in {tmp})")
     return 0
 
