@@ -69,9 +69,9 @@ class _StateCollector:
                                   "its clients, a queue full: mosquitto max_queued_messages) while this agent ran",
                                   value=mq.get("broker_dropped", 0))
         yield CounterMetricFamily("adgan_process_freezes", "times this agent's process did not run for 2 s or more "
-                                  "(or trigger.max_wait_s where shorter; stopped, a container paused, the machine "
-                                  "suspended): trigger/sets that came meanwhile are answered as not inspected (when "
-                                  "it lasted trigger.max_wait_s)", value=mq.get("freezes", 0))
+                                  "(or trigger.max_wait_s where shorter, 1 s at least; stopped, a container paused, "
+                                  "the machine suspended): trigger/sets that came meanwhile are answered as not "
+                                  "inspected (when it lasted trigger.max_wait_s)", value=mq.get("freezes", 0))
         tls = mq.get("tls") or {}
         if tls.get("not_after"):
             yield GaugeMetricFamily("adgan_mqtt_client_cert_expiry_timestamp_seconds", "when the client certificate "

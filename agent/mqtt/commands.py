@@ -40,7 +40,7 @@ from typing import Callable
 
 import paho.mqtt.client as mqtt
 
-from agent.mqtt.frozen import FROZEN_S, FreezeWatch
+from agent.mqtt.frozen import FLOOR_S, FROZEN_S, FreezeWatch
 
 log = logging.getLogger(__name__)
 
@@ -162,9 +162,9 @@ class Commands:
 
     def wait_at_most(self, seconds: float) -> None:
         """Fence freezes of `seconds` or more (trigger.max_wait_s: a request that cannot begin within it
-        is not inspected; 0: none), and watch for gaps that long where shorter than FROZEN_S."""
+        is not inspected; 0: none), and watch for gaps that long where shorter than FROZEN_S (FLOOR_S at least)."""
         self.fence_s = seconds
-        self.freeze.frozen_s = min(FROZEN_S, seconds) if seconds else FROZEN_S
+        self.freeze.frozen_s = max(min(FROZEN_S, seconds), FLOOR_S) if seconds else FROZEN_S
 
     def subscribed(self, mid: int, reason_codes) -> None:
         """A SUBACK: `ready` once every command subscription is granted; a refusal is said."""

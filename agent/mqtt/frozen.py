@@ -14,7 +14,8 @@ first after the freeze), is a freeze, and the station sends itself a fence at on
 connection to a kept session): what comes before the fence comes back came while the station did
 not run, and a trigger/set among it is answered as not inspected. The fence follows
 trigger.max_wait_s (`Commands.fence_s`: a freeze shorter than it is said, not fenced; 0: never
-fenced); the watch looks for gaps of FROZEN_S, or of max_wait_s where that is shorter.
+fenced); the watch looks for gaps of FROZEN_S, or of max_wait_s where that is shorter (FLOOR_S at
+least).
 """
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 
 FROZEN_S = 2.0   # the process not running this long is a freeze
 TICK_S = 0.25    # how often the watch's thread looks
+FLOOR_S = 1.0    # no shorter gap is a freeze, whatever trigger.max_wait_s says (a thread woken late on a busy
+                 # machine is not one: below TICK_S every tick was a freeze, said and fenced 4 times a second)
 
 
 def boot_clock() -> float:

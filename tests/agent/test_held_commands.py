@@ -169,6 +169,11 @@ def test_a_freeze_shorter_than_max_wait_s_is_said_and_what_came_meanwhile_is_tak
     now[0] += 1.0
     c.freeze.check()
     assert len(sent) == 2 and c.counters["freezes"] == 4
+    c.wait_at_most(0.01)  # under the watch's tick: a gap of a few ticks (a thread woken late) is no freeze
+    for _ in range(4):    # (until the floor, every tick was one: said and fenced 4 times a second)
+        now[0] += 0.3
+        c.freeze.check()
+    assert len(sent) == 2 and c.counters["freezes"] == 4
 
 
 def stopped(pid: int) -> bool:
