@@ -91,9 +91,10 @@ class _StateCollector:
         yield CounterMetricFamily("adgan_parts_not_inspected", "parts (GPIO edges, requests naming a part_id) "
                                   "that came while trigger.max_pending inspections waited, and requests left at a "
                                   "stop: each an error event", value=c.get("parts_not_inspected", 0))
-        yield CounterMetricFamily("adgan_requests_late", "requested inspections that could not begin within "
-                                  "trigger.max_wait_s of their request (the loop or the disk held them): each "
-                                  "answered by an error event, not inspected", value=c.get("requests_late", 0))
+        yield CounterMetricFamily("adgan_requests_late", "requested inspections whose frame was not taken within "
+                                  "trigger.max_wait_s of their request (the loop or the disk held them, or the camera "
+                                  "was slow): each answered by an error event, not inspected",
+                                  value=c.get("requests_late", 0))
         yield CounterMetricFamily("adgan_internal_errors", "frames on which a library or the engine failed "
                                   "unexpectedly (each an error event where an inspection was due)",
                                   value=c.get("internal_errors", 0))

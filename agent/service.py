@@ -295,8 +295,8 @@ class Agent(Requests):
         requested frames are reported, and in `continuous` mode a frame problem already said since
         the last inspection (its numbers aside: `same_problem`) is counted (errors_suppressed)
         instead of flooding the topic; two problems that alternate are two events, not one a frame."""
-        mode, problem, asked = self.s.trigger.mode, same_problem(reason), work.forced or inspection
-        quiet = not asked and (mode in ON_REQUEST or mode == "continuous" and problem in self._said)
+        mode, problem, wanted = self.s.trigger.mode, same_problem(reason), work.forced or inspection
+        quiet = not wanted and (mode in ON_REQUEST or mode == "continuous" and problem in self._said)
         if quiet:
             self.counters.add("errors_suppressed")
             log.debug("frame not inspected (suppressed repeat): %s", reason)

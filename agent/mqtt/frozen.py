@@ -81,4 +81,4 @@ class FreezeWatch:
         log.warning("this agent's process did not run for %.1f s (stopped: Ctrl-Z or SIGSTOP; a container paused; "
                     "the machine suspended; swapped out): nothing was inspected%s", gap,
                     ", and trigger/sets that came meanwhile are answered as not inspected (their parts have left the "
-                    "camera)" if fenced else "; trigger/sets that came meanwhile are taken (within trigger.max_wait_s)")
+                    "camera)" if fenced else "; trigger/sets that came meanwhile are taken (trigger.max_wait_s)")
