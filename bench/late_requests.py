@@ -30,16 +30,17 @@ from tests.agent.conftest import AgentProcess, Broker, Subscriber, agent_config,
 
 
 def kind(event: dict) -> str:
-    """How a part was answered: inspected, or the reason it was not (its words up to the first number)."""
+    """How a part was answered: inspected, or why it was not (a known reason's name, else its first words)."""
     if event["verdict"] in ("ok", "anomaly"):
         return "inspected"
     why = (event.get("error") or "").split(": ", 1)[-1]
     return "waited past max_wait_s" if "for its turn, more than trigger.max_wait_s" in why else \
+        "frame past max_wait_s" if "after its request, more than trigger.max_wait_s" in why else \
         "came while one waited" if "inspection(s) waited" in why else why[:60]
 
 
 def run(a, max_wait: float, tmp: Path) -> dict:
-    """One station run: the parts sent (monotonic and wall time) and every event about them."""
+    """One station run: when each part was sent (wall clock, as the events' captured_at) and every event."""
     broker = Broker(tmp, free_port())
     broker.start()
     src = f'type = "folder"\npath = "{Path(a.source).resolve()}"\nfps = 0\nloop = true'
