@@ -19,6 +19,7 @@ import signal
 import time
 
 from agent.health import Work
+from agent.mqtt.frozen import boot_clock
 from agent.mqtt.link import reading_batch
 from agent.mqtt.outbox import Outbox
 from agent.request_journal import RequestJournal
@@ -98,11 +99,11 @@ class Requests:
         self.commands.announce(at)
 
     def _on_part_late(self, at: float, late_s: float) -> None:
-        """A part's edge read `late_s` after its inspection was due (agent/gpio/station.py LATE_S): not
+        """A part's edge read `late_s` after its inspection was due (trigger.max_wait_s or more): not
         inspected (by now it has left the camera), answered in its turn; its error line is pulsed."""
         self.commands.refuse(f"a part not inspected: its trigger edge was read {late_s:.1f} s after its inspection "
-                             f"was due (delay_ms after the edge): the agent's process did not run meanwhile (stopped, "
-                             f"frozen, or the machine suspended), and by now the part has left the camera", at=at)
+                             "was due (delay_ms after the edge): the agent's process did not run meanwhile (stopped, "
+                             "or frozen), and by now the part has left the camera", at=at)
 
     def _on_part_edge(self, at: float | None = None) -> bool:
         """A part's inspection requested, delay_ms after its edge at `at`: one part, answered in its
@@ -148,8 +149,9 @@ class Requests:
         return True
 
     def _waited(self, asked: Asked) -> float | None:
-        """How long `asked` has waited since its request, when more than trigger.max_wait_s (0: no limit)."""
-        limit, waited = self.s.trigger.max_wait_s, time.monotonic() - asked.arrived
+        """How long `asked` has waited since its request, when more than trigger.max_wait_s (0: no limit);
+        on the boot clock, which counts a machine suspended meanwhile (the monotonic clock stops)."""
+        limit, waited = self.s.trigger.max_wait_s, boot_clock() - asked.since
         return waited if limit and waited > limit else None
 
     def _answer_late(self, asked: Asked, work: Work, what: str, cause: str) -> None:

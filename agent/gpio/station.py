@@ -11,9 +11,10 @@ that leaves nothing waiting (until 2026-12-06 it fell at the first verdict, part
 `ready` is active only while the engines are warm and the source delivers frames. Logical
 active is the physical high level unless `active_low`. An edge read `late_s` (the agent's
 trigger.max_wait_s, 2 s by default; 0: never) or more after its inspection was due (the process
-did not run: stopped, frozen, the machine suspended; the kernel kept the edge and its time) is a
-part not inspected (`on_late`): by then it has left the camera (until 2026-12-07 its inspection
-was requested as if on time, and it had another part's verdict).
+did not run: stopped, frozen; the kernel kept the edge and its time) is a part not inspected
+(`on_late`): by then it has left the camera (until 2026-12-07 its inspection was requested as if on
+time, and it had another part's verdict). Edge times are on the monotonic clock, which stops while
+the machine sleeps: an edge kept across a suspend does not look late.
 
 Failures to open the chip or a line are reported in `state` (status: interfaces.gpio) and
 inspection goes on without digital I/O. A trigger line that fails while in use is said and

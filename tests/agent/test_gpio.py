@@ -330,6 +330,30 @@ def test_a_part_whose_turn_comes_after_max_wait_s_is_answered_as_not_inspected(b
     assert stopped["error"] == "requested inspection not made: the agent stopped (asked to)", stopped
 
 
+def test_a_request_waiting_while_the_machine_slept_is_answered_as_not_inspected(broker, calibrated, synth_data,
+                                                                                 tmp_path, monkeypatch):
+    """The machine suspended for a minute with a part's request waiting: the monotonic clock stops
+    meanwhile, and the wait looked like nothing (its part inspected on the frame after the wake).
+    The wait is on the boot clock, which counts the sleep."""
+    import agent.requests as requests_module
+    from agent.mqtt.frozen import boot_clock
+    mixed_folder(synth_data, tmp_path / "samples")
+    cfg = gpio_config(tmp_path, broker, calibrated, tmp_path / "samples", f"test-{uuid.uuid4()}")
+    sub = Subscriber(broker.port, "adgan/st1/events")
+    assert sub.subscribed.wait(10)
+    agent = Agent(load_settings(cfg, env_file=None))
+    agent.start()  # (its loop is not run: the part waits)
+    try:
+        assert agent._on_part_edge(at=time.monotonic())
+        monkeypatch.setattr(requests_module, "boot_clock", lambda: boot_clock() + 60.0)  # a minute asleep
+        assert agent._take(0) is None
+    finally:
+        agent.shutdown()
+    assert wait(lambda: len(events(sub)) == 1), events(sub)
+    sub.close()
+    assert re.match(r"a part not inspected: it waited 60\.\d s for its turn", events(sub)[0]["error"]), events(sub)
+
+
 def test_an_answer_that_fails_at_the_stop_does_not_stop_the_shutdown(broker, calibrated, synth_data, tmp_path,
                                                                      caplog, monkeypatch):
     mixed_folder(synth_data, tmp_path / "samples")
