@@ -72,6 +72,9 @@ class _StateCollector:
                                   "(or trigger.max_wait_s where shorter, 1 s at least; stopped, a container paused, "
                                   "the machine suspended): trigger/sets that came meanwhile are answered as not "
                                   "inspected (when it lasted trigger.max_wait_s)", value=mq.get("freezes", 0))
+        yield CounterMetricFamily("adgan_mqtt_commands_qos0", "commands that came at QoS 0: one sent so while the "
+                                  "station is away is lost by the broker, unanswered (send commands at QoS 1)",
+                                  value=mq.get("commands_qos0", 0))
         tls = mq.get("tls") or {}
         if tls.get("not_after"):
             yield GaugeMetricFamily("adgan_mqtt_client_cert_expiry_timestamp_seconds", "when the client certificate "

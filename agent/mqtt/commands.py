@@ -48,6 +48,7 @@ MAX_COMMAND_BYTES = 256
 LOG_EVERY_S = 10.0
 FENCE_S = 10.0      # a fence not back this long after it was sent, or after the last held command, is given up
 FENCE_MAX_S = 120.0  # ... and one not back this long after it was sent, whatever came (said)
+QOS0_SAY_S = 600.0  # a command at QoS 0 is said at most this often (a PLC sends them all so)
 BACK_TO_BACK_S = 0.5  # a command that comes this soon after the last held one was taken is of the same stream
 KEEP_TAKEN = 1000   # (message id, payload) of the last commands taken, to drop the broker's resends...
 RESEND_S = 60.0     # ... of those taken this recently, or on a connection that ended this recently (a broker
@@ -70,8 +71,10 @@ class Commands:
 
     def __init__(self, base: str, handlers: dict[str, Handler] | None, counters: dict[str, int]) -> None:
         self.base, self.handlers, self.counters = base, dict(handlers or {}), counters
-        for name in ("commands_held", "commands_resent", "sessions_lost", "freezes"):  # (held while away; sent
-            counters.setdefault(name, 0)  # again, taken already: dropped; see `subscribe`; frozen.py's freezes)
+        for name in ("commands_held", "commands_resent", "sessions_lost", "freezes", "commands_qos0"):  # (held while
+            counters.setdefault(name, 0)  # away; sent again, taken already: dropped; see `subscribe`; frozen.py's
+                                          # freezes; sent at QoS 0: `handle`)
+        self._qos0_said = 0.0               # when a command at QoS 0 was last said
         self.ran_before = False             # this station connected in a run before (the service: its outbox)
         self._refusal_logged: dict[str, float] = {}
         self.on_refused: dict[str, Callable[[str], None]] = {}  # feature -> told why a live command was refused
@@ -184,15 +187,17 @@ class Commands:
         """What to subscribe to (again on every connect)."""
         return [f"{self.base}/{feature}/set" for feature in self.handlers]
 
-    def handle(self, topic: str, payload: bytes, retain: bool, mid: int = 0, dup: bool = False) -> None:
+    def handle(self, topic: str, payload: bytes, retain: bool, mid: int = 0, dup: bool = False, qos: int = 1) -> None:
         """Call the feature's handler (on paho's network thread), or its on_held handler for what the
         broker held (before this connection's fence), or refuse the command. `mid`, `dup`: the
-        message's id and DUP flag (a resend of one taken already is dropped)."""
+        message's id and DUP flag (a resend of one taken already is dropped); `qos`: as delivered."""
         prefix, suffix = self.base + "/", "/set"
         feature = topic[len(prefix):-len(suffix)] if topic.startswith(prefix) and topic.endswith(suffix) else None
         handler = self.handlers.get(feature) if feature else None
         if handler is None or self._fenced(feature, payload):
             return
+        if qos == 0 and not retain:
+            self._sent_at_qos0(topic)
         self.freeze.check()  # (a freeze this read is the first to see: its fence is sent before the command is taken)
         key = message_key(mid, payload) if mid and not retain else None
         if key is not None and not self._take(key, dup, topic):
@@ -221,6 +226,20 @@ class Commands:
             self._message.key = None
             if held:
                 self._drained, self._batch_held = time.monotonic(), True
+
+    def _sent_at_qos0(self, topic: str) -> None:
+        """A command sent at QoS 0 (taken as any): counted, and said at most every QOS0_SAY_S. The broker
+        keeps none of those for a station that is away (mosquitto: queue_qos0_messages false, its
+        default), and a kill before it is journaled loses it: either way unanswered, and nobody told
+        (until 2026-12-07 not even this)."""
+        self.counters["commands_qos0"] += 1
+        now = time.monotonic()
+        if now >= self._qos0_said:
+            self._qos0_said = now + QOS0_SAY_S
+            log.warning("a command on %s came at QoS 0 (%d so far; said at most every %.0f s): taken, but one sent "
+                        "at QoS 0 while this station is away (restarting, cut off) is not kept by the broker, and "
+                        "is lost without an answer: send commands at QoS 1", topic, self.counters["commands_qos0"],
+                        QOS0_SAY_S)
 
     def _waiting(self, now: float) -> bool:
         """Whether this connection's fence is still to come at `now`: a command of the stream of held

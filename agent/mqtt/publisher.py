@@ -314,7 +314,7 @@ class Publisher(EventPump, AutoProtocol, SeqRecord):
         elif msg.topic == DROPPED_TOPIC:
             self.drops.message(msg.payload)
         else:
-            self.commands.handle(msg.topic, msg.payload, msg.retain, msg.mid, msg.dup)
+            self.commands.handle(msg.topic, msg.payload, msg.retain, msg.mid, msg.dup, msg.qos)
 
     def _delivered(self, payload: bytes) -> None:
         """An event delivered back to this station (3.1.1 links: refusals.DeliveryCheck)."""

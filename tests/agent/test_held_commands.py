@@ -176,6 +176,34 @@ def test_a_freeze_shorter_than_max_wait_s_is_said_and_what_came_meanwhile_is_tak
     assert len(sent) == 2 and c.counters["freezes"] == 4
 
 
+def test_a_command_sent_at_qos_0_is_taken_and_said_once_in_a_while(broker, tmp_path, caplog):
+    """A PLC that publishes its trigger/sets at QoS 0: the broker keeps none of them for the station
+    while it is away (a probe: three named parts sent at QoS 0 while the agent restarted had no answer
+    and no word; three at QoS 1 were answered as held). The station cannot see those; it takes the
+    ones that come, and says (at most every QOS0_SAY_S) and counts that they come at QoS 0."""
+    import paho.mqtt.client as paho
+    taken = []
+    pub = Publisher("st1", Outbox(tmp_path / "b.sqlite"), MqttSettings(port=broker.port),
+                    commands={"trigger": taken.append})
+    plc = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="plc-qos0")
+    plc.connect("127.0.0.1", broker.port)
+    plc.loop_start()
+    pub.start()
+    try:
+        assert wait(lambda: pub.commands_ready.is_set(), 10)
+        with caplog.at_level(logging.WARNING, logger="agent.mqtt.commands"):
+            for i, qos in enumerate((0, 0, 1)):
+                plc.publish("adgan/st1/trigger/set", json.dumps({"part_id": f"Z{i}"}), qos=qos).wait_for_publish(5)
+            assert wait(lambda: len(taken) == 3, 10), taken
+    finally:
+        pub.stop()
+        plc.loop_stop()
+        plc.disconnect()
+    assert pub.counters["commands_qos0"] == 2  # (the QoS 1 one is not)
+    said = [r.getMessage() for r in caplog.records if "came at QoS 0" in r.getMessage()]
+    assert len(said) == 1 and "send commands at QoS 1" in said[0], said
+
+
 def stopped(pid: int) -> bool:
     """Whether every thread of process `pid` is stopped (state T in /proc)."""
     states = []
