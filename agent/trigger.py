@@ -31,8 +31,8 @@ class Asked:
     why: str | None = None
     more_ids: int = 0           # ids of merged parts not kept (beyond MAX_IDS_KEPT)
     switch: bytes | None = None
-    arrived: float = 0.0        # when it was asked (monotonic): a switch's place (parts seen before it go ahead of it)
-    since: float = 0.0          # ... on the boot clock: an inspection's wait (trigger.max_wait_s), a suspend counted
+    arrived: float = 0.0        # a switch's monotonic time (parts seen before it go ahead of it)
+    since: float = 0.0          # when an inspection was asked, on the boot clock: its wait (trigger.max_wait_s)
     r: int = 0                  # a request's number in the journal (agent/request_journal.py); 0: none
     part: bool = False          # a part (a GPIO edge, a named request), not a plain inspection request
     at: float = 0.0             # when it was requested (wall clock)
@@ -102,7 +102,7 @@ class CommandTrigger:
         keeps the number it was given then."""
         return Asked(part_id, skipped, why, r=seen.r if seen else self.journal.number() if self.journal else 0,
                      part=part or part_id is not None, at=seen.at if seen else time.time(), key=key,
-                     arrived=time.monotonic(), since=boot_clock())
+                     since=boot_clock())
 
     def save(self, wait: bool = True) -> None:
         """Write what waits to the journal (each change does; a request moved from waiting to being
