@@ -81,6 +81,11 @@ class _StateCollector:
                                     "(mqtt.tls_cert) expires, in seconds since the epoch (renewed files are loaded at "
                                     "the next connection attempt)", value=calendar.timegm(
                                         time.strptime(tls["not_after"], "%Y-%m-%dT%H:%M:%SZ")))
+        op = (st.get("interfaces") or {}).get("opcua") or {}
+        yield CounterMetricFamily("adgan_opcua_connections_refused", "OPC UA connections closed at once because "
+                                  "opcua.max_clients were open", value=op.get("connections_refused", 0))
+        yield CounterMetricFamily("adgan_opcua_idle_closed", "OPC UA connections closed because they opened no "
+                                  "session within 10 s", value=op.get("idle_closed", 0))
         yield GaugeMetricFamily("adgan_engine_warm", "1 while the models are loaded and warmed up",
                                 value=1.0 if self.warm() else 0.0)
         yield GaugeMetricFamily("adgan_source_running", "1 while the frame source delivers",

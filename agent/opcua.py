@@ -19,6 +19,12 @@ user and password from the same secret store as MQTT (environment, .env, systemd
 thread and event loop; a server that cannot start (port taken, bad certificate) is logged,
 reported under `interfaces.opcua` in `status`, and inspection goes on without it. A message
 over MAX_MESSAGE_BYTES is refused (BadRequestTooLarge).
+Connections are bounded: at most `opcua.max_clients` at once (asyncua's own bound, 1000, is
+nearly the whole of the 1024 open files systemd gives a service: a client that opened that many
+left the agent no file to open, and asyncio logged a traceback for every accept that failed),
+and one that opens no session within ACTIVATION_S is closed. Both are counted
+(`interfaces.opcua.connections_refused`, `idle_closed`) and said at most every REFUSED_LOG_S,
+not one line per connection.
 """
 from __future__ import annotations
 
@@ -40,6 +46,8 @@ NAMESPACE = "urn:adgan-edge"
 # connection before anyone is authenticated). This server's requests and answers are a few kB.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 UPDATE_LOG_S = 10.0  # a failing update of the variables is logged at most this often
+ACTIVATION_S = 10.0  # a connection that has opened no session by then is closed (asyncua's default: 30 s)
+REFUSED_LOG_S = 60.0  # connections refused or closed idle are said at most this often
 
 
 class OpcUaServer:
@@ -95,8 +103,11 @@ class OpcUaServer:
 
     # -- the server's thread ------------------------------------------------------------------
     def _run(self) -> None:
+        said = _Refusals(self.s.max_clients, self.state)
+        asyncua_server = logging.getLogger("asyncua.server.binary_server_asyncio")
+        asyncua_server.addFilter(said)
         try:
-            asyncio.run(self._main())
+            asyncio.run(self._main(said))
         except Exception as e:  # any failure to serve is reported, never raised into the agent
             serving = self.state.get("state") == "serving"
             self.state = {"state": "error", "error": f"cannot serve {self.url}: {e}"}
@@ -106,15 +117,18 @@ class OpcUaServer:
             else:
                 log.debug("OPC UA server failed", exc_info=True)
         finally:
+            asyncua_server.removeFilter(said)
             self._loop = self._queue = None
             self._started.set()
 
-    async def _main(self) -> None:
+    async def _main(self, said: _Refusals) -> None:
         from asyncua import Server, ua
         from asyncua.common.callback import CallbackType
 
         from asyncua.common.connection import TransportLimits
         server = Server(user_manager=_Users(self.s))
+        server.iserver.max_connections = self.s.max_clients  # (asyncua 2.1 and later read both)
+        server.iserver.max_pending_activation_seconds = ACTIVATION_S
         buffer = server.limits.max_recv_buffer
         server.limits = TransportLimits(max_recv_buffer=buffer, max_send_buffer=buffer,
                                         max_chunk_count=-(-MAX_MESSAGE_BYTES // buffer),
@@ -173,7 +187,8 @@ class OpcUaServer:
 
         async with server:
             self._loop, self._queue = asyncio.get_running_loop(), asyncio.Queue()
-            self.state = {"state": "serving", "url": self.url, "security": self.s.security}
+            self.state = said.state = {"state": "serving", "url": self.url, "security": self.s.security,
+                                       "max_clients": self.s.max_clients, **said.counts()}
             self._started.set()
             next_log = 0.0
             while True:
@@ -211,6 +226,46 @@ class OpcUaServer:
             await nodes["ExpectedClass"].write_value(st["expected_class"])
         for k, node in counters.items():
             await node.write_value(int(st["counters"].get(k, 0)), ua.VariantType.Int64)
+
+
+class _Refusals(logging.Filter):
+    """asyncua's line for each connection refused at max_clients, or closed for opening no session,
+    counted into the server's `state` and said at most every REFUSED_LOG_S instead (a client that
+    opens connections without end would otherwise write one line for each)."""
+
+    KINDS = {"Refusing connection": "connections_refused", "Closing idle connection": "idle_closed"}
+
+    def __init__(self, limit: int, state: dict) -> None:
+        super().__init__()
+        self.limit, self.state = limit, state
+        self.total = dict.fromkeys(self.KINDS.values(), 0)
+        self._unsaid = dict.fromkeys(self.KINDS.values(), 0)
+        self._next = dict.fromkeys(self.KINDS.values(), 0.0)
+
+    def counts(self) -> dict:
+        return dict(self.total)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.msg if isinstance(record.msg, str) else ""
+        kind = next((k for start, k in self.KINDS.items() if msg.startswith(start)), None)
+        if kind is None:
+            return True
+        self.total[kind] += 1
+        self._unsaid[kind] += 1
+        self.state[kind] = self.total[kind]
+        now = time.monotonic()
+        if now >= self._next[kind]:
+            self._next[kind] = now + REFUSED_LOG_S
+            peer = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            if kind == "connections_refused":
+                log.warning("OPC UA: %d connection(s) refused, the last from %s: opcua.max_clients (%d) were open "
+                            "(a client that opens connections without end, or more clients than that; said at most "
+                            "every %.0f s)", self._unsaid[kind], peer, self.limit, REFUSED_LOG_S)
+            else:
+                log.warning("OPC UA: %d connection(s) closed that opened no session within %.0f s, the last from %s "
+                            "(said at most every %.0f s)", self._unsaid[kind], ACTIVATION_S, peer, REFUSED_LOG_S)
+            self._unsaid[kind] = 0
+        return False
 
 
 class _Users:

@@ -229,6 +229,8 @@ class OpcUaSettings(Strict):
     username: str | None = Field(None, description="the one user that may connect (needed with Basic256Sha256)")
     password: SecretStr | None = Field(None, description="its password (secret: environment ADGAN_OPCUA__PASSWORD "
                                                          "or credential 'opcua_password')")
+    max_clients: int = Field(16, ge=1, le=1000, description="connections held at once; one more is closed at "
+                             "once, counted and said (a station has a few clients: SCADA, an HMI, a gateway)")
 
     @model_validator(mode="after")
     def _secured(self):

@@ -263,3 +263,64 @@ def test_an_update_that_fails_is_said_and_the_server_serves_on(caplog):
         assert len(failed) == 1 and failed[0].levelno == logging.ERROR and "injected" in failed[0].getMessage()
     finally:
         server.close()
+
+
+def test_a_flood_of_connections_is_bounded_counted_and_said(caplog, monkeypatch):
+    """Before, asyncua held up to 1000 connections, nearly the 1024 open files systemd gives a
+    service: a probe that opened 1100 idle connections to a running agent (prlimit 1024) left it
+    no file to open, and asyncio wrote 3,488 tracebacks ("socket.accept() out of system resource")
+    and asyncua a line per connection. Now at most opcua.max_clients are held, the rest closed at
+    once; one that opens no session is closed after ACTIVATION_S; both counted and said once."""
+    import logging
+    import socket
+
+    from agent import opcua
+    from agent.settings import OpcUaSettings
+    monkeypatch.setattr(opcua, "ACTIVATION_S", 2.0)
+    caplog.set_level(logging.INFO)
+    port = free_port()
+    server = opcua.OpcUaServer(OpcUaSettings(enabled=True, security="None", port=port, max_clients=4), "st1",
+                               lambda b: None, lambda: True, lambda: {"expected_class": "sphere", "counters": {}})
+    server.start()
+    assert server.state["state"] == "serving", server.state
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(40)]
+
+    def closed(s: socket.socket) -> bool:
+        s.settimeout(0.01)
+        try:
+            return s.recv(1) == b""
+        except (TimeoutError, socket.timeout):
+            return False
+        except OSError:  # reset
+            return True
+
+    def until(cond, timeout=15.0):
+        deadline = time.monotonic() + timeout
+        while not cond():
+            assert time.monotonic() < deadline, (server.state, [r.getMessage() for r in caplog.records][-5:])
+            time.sleep(0.05)
+
+    try:
+        until(lambda: server.state.get("connections_refused") == 36)
+        assert sum(closed(s) for s in socks) == 36  # closed at once; 4 held
+        until(lambda: server.state.get("idle_closed") == 4)  # no session within ACTIVATION_S
+        until(lambda: all(closed(s) for s in socks))
+        msgs = [r.getMessage() for r in caplog.records]
+        assert sum("connection(s) refused" in m and "opcua.max_clients (4)" in m for m in msgs) == 1, msgs
+        assert sum("opened no session within 2 s" in m for m in msgs) == 1, msgs
+        assert not [m for m in msgs if m.startswith(("Refusing connection", "Closing idle connection"))]
+
+        async def client() -> str:  # a client that opens a session is served as before
+            c = Client(f"opc.tcp://127.0.0.1:{port}/adgan/", timeout=20)
+            await c.connect()
+            try:
+                idx, obj = await station(c)
+                return await value(obj, idx, "ExpectedClass")
+            finally:
+                await c.disconnect()
+        assert asyncio.run(client()) == "sphere"
+        assert server.state["connections_refused"] == 36 and server.state["max_clients"] == 4
+    finally:
+        for s in socks:
+            s.close()
+        server.close()
