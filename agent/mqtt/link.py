@@ -158,12 +158,18 @@ class ClosedHint:
 
 
 SESSION_EXPIRY_S = 7 * 24 * 3600  # MQTT 5: how long the broker keeps a station's session while it is away
+# MQTT 5: the largest packet the station takes (a CONNECT property; the broker drops a larger one for
+# it). What it reads is small: commands (MAX_COMMAND_BYTES), its own status, the broker's drop count.
+# Unset, paho read whatever the broker passed on (mosquitto: up to 256 MB) whole, and copied it.
+MAX_INCOMING_BYTES = 1 << 20
 
 
 def session_properties() -> Properties:
-    """The MQTT 5 CONNECT properties of a station's kept session (with clean_start False)."""
+    """The MQTT 5 CONNECT properties of a station's kept session (with clean_start False), and the
+    largest packet it takes."""
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = SESSION_EXPIRY_S
+    props.MaximumPacketSize = MAX_INCOMING_BYTES
     return props
 
 

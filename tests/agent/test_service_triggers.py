@@ -521,3 +521,30 @@ def test_a_trigger_too_large_to_take_is_answered(broker, two_classes, synth_data
     assert first["error"] == f"requested inspection not made: its trigger/set was refused ({len(record)} bytes, " \
                              "more than 256)" and first["part_id"] is None
     assert second["part_id"] == "SN-2" and second["verdict"] in ("ok", "anomaly")
+
+
+def _peak_rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM"))
+
+
+def test_a_huge_command_does_not_reach_the_agent_over_mqtt_5(broker, two_classes, synth_data, tmp_path):
+    """A message up to the broker's limit (mosquitto: 256 MB unless message_size_limit is set) was
+    read whole by paho and copied on its way in: a probe's 200 MB trigger/set raised the agent's
+    peak memory from 121 MB to 747 MB (a Jetson shares its 8 GB with the GPU). Over MQTT 5 the
+    agent now tells the broker the largest packet it takes (MAX_INCOMING_BYTES, 1 MiB), and the
+    broker drops a larger one for it; commands of a normal size are answered as before."""
+    from agent.mqtt.link import MAX_INCOMING_BYTES
+    with plc_station(broker, two_classes, synth_data, tmp_path) as (sub, cmd, agent):
+        cmd.publish("adgan/st1/trigger/set", b'{"part_id": "P0"}', qos=1)
+        assert sub.wait_for(lambda m: len(once(events(sub))) >= 1, 30), agent.output()
+        pid = agent.agent_pid()
+        before = _peak_rss_kb(pid)
+        cmd.publish("adgan/st1/trigger/set", b"x" * (64 << 20), qos=1).wait_for_publish(60)
+        cmd.publish("adgan/st1/trigger/set", b"y" * (MAX_INCOMING_BYTES + 1), qos=1).wait_for_publish(60)
+        cmd.publish("adgan/st1/trigger/set", b'{"part_id": "P1"}', qos=1)
+        assert sub.wait_for(lambda m: any(e.get("part_id") == "P1" for e in events(sub)), 60), agent.output()
+        grown_mb = (_peak_rss_kb(pid) - before) / 1024
+    evs = once(events(sub))
+    assert [e["part_id"] for e in evs] == ["P0", "P1"], evs  # the huge ones never reached it
+    assert grown_mb < 32, f"peak memory grew by {grown_mb:.0f} MB"
