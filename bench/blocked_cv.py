@@ -54,6 +54,20 @@ def damage_command(data: str, out: Path, block: tuple[int, int], seed: int) -> l
                     "--seed", str(seed), "--quiet"]
 
 
+def screen_arguments(doc: str) -> argparse.ArgumentParser:
+    """The arguments of a screen by these blocks that trains no generator (bench/symmetry_screen.py,
+    bench/synthetic_anomalies.py): the data, --out, the frames, folds, purge gap, damage seed, classes."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("data", help="the paper's layout: one folder per class")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--frames", default="0:1000")
+    ap.add_argument("--folds", type=int, default=3)
+    ap.add_argument("--purge", type=int, default=20)
+    ap.add_argument("--damage-seed", type=int, default=7)
+    ap.add_argument("--classes", default="sphere,cylinder,rectangle")
+    return ap
+
+
 def run(cmd: list[str], log: Path, commands: Path) -> None:
     with open(commands, "a") as fh:
         fh.write(" ".join(shlex.quote(c) for c in cmd[2:] if c) + "\n")

@@ -21,7 +21,6 @@ folds and purge gap of bench/blocked_cv.py), without training a model:
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -29,7 +28,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from blocked_cv import blocks, damage_command, run
+from blocked_cv import blocks, damage_command, run, screen_arguments
 
 FEATURES = ("a_sil", "a_depth", "a_rgb")
 
@@ -107,15 +106,7 @@ def zscore(f: np.ndarray, ref: np.ndarray) -> np.ndarray:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("data", help="the paper's layout: one folder per class")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--frames", default="0:1000")
-    ap.add_argument("--folds", type=int, default=3)
-    ap.add_argument("--purge", type=int, default=20)
-    ap.add_argument("--damage-seed", type=int, default=7)
-    ap.add_argument("--classes", default="sphere,cylinder,rectangle")
-    a = ap.parse_args(argv)
+    a = screen_arguments(__doc__).parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     lo, hi = (int(v) for v in a.frames.split(":"))

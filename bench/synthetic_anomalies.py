@@ -27,7 +27,6 @@ tells whether it generalises.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -39,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from blocked_cv import blocks, damage_command, run  # noqa: E402
+from blocked_cv import blocks, damage_command, run, screen_arguments  # noqa: E402
 
 SIZE = 64
 JPEG_Q = 95
@@ -234,16 +233,9 @@ def auroc(neg, pos) -> float:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("data", help="the paper's layout: one folder per class")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--frames", default="0:1000")
-    ap.add_argument("--folds", type=int, default=3)
-    ap.add_argument("--purge", type=int, default=20)
-    ap.add_argument("--damage-seed", type=int, default=7)
+    ap = screen_arguments(__doc__)
     ap.add_argument("--steps", type=int, default=1200)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--classes", default="sphere,cylinder,rectangle")
     a = ap.parse_args(argv)
     import torch
     torch.set_num_threads(2)
