@@ -96,7 +96,7 @@ def made_up(rgb: np.ndarray, depth: np.ndarray, other: tuple[np.ndarray, np.ndar
         reg &= mask
         w = cv2.GaussianBlur(reg.astype(np.float32), (0, 0), 1.5) * reg
         f_d = np.where(mask, f_d + rng.choice([-1, 1]) * rng.uniform(10, 60) * w, f_d)
-        f_d = np.where(mask, np.clip(f_d, 1, 255), 0)
+        f_d = np.where(mask, np.clip(f_d, 1, 255), f_d)  # (stray pixels off the part's mask: as they were)
     else:  # colour: toward a random colour, or a gain per channel
         reg &= mask
         if rng.random() < 0.5:
@@ -106,7 +106,7 @@ def made_up(rgb: np.ndarray, depth: np.ndarray, other: tuple[np.ndarray, np.ndar
             f_rgb[reg] *= rng.uniform(0.3, 1.7, 3)
     out_rgb = np.clip(np.rint(f_rgb), 0, 255).astype(np.uint8)
     out_d = np.clip(np.rint(f_d), 0, 255).astype(np.uint8)
-    label = reg & ((out_d > 0) | mask)
+    label = reg & ((out_d > 0) | (depth > 0))  # where material is, or was
     return out_rgb, out_d, label
 
 
