@@ -19,7 +19,11 @@ for FENCE_S after the last of them (until 2026-12-06: after it was sent, so on a
 commands still coming were taken as new ones, and inspected), and FENCE_MAX_S in all. A fence that
 does not come back (an ACL that forbids the station to publish there; under MQTT 5 the broker's
 PUBACK says so at once, `fence_refused`, and the held commands' stream ends at its first pause of
-BACK_TO_BACK_S) is said, and what comes after is taken as new. A message the broker
+BACK_TO_BACK_S) is said, and what comes after is taken as new. A command that comes after a pause
+while the fence is awaited is handed to on_held, but only the stream (back to back) keeps the fence
+awaited longer (until 2026-12-07 each did: under 3.1.1, which acknowledges and drops a fence its ACL
+forbids, parts every few seconds were answered as held for FENCE_MAX_S after every connection); once
+a fence was given up, the next ones are taken as refused until one comes back. A message the broker
 sends again (its DUP flag: the acknowledgement was lost with the link, or with a kill) that was
 taken already (or by a killed run: `seed`) is dropped, so it is not answered twice: one taken within
 RESEND_S, or on a connection that ended within RESEND_S (until 2026-12-06 counted from its taking
@@ -86,6 +90,7 @@ class Commands:
         self._fence_at = 0.0                # monotonic time it was sent
         self._drained = 0.0                 # when the last held command was taken (back to back from the fence on)
         self._refused = False               # the broker refused this connection's fence (MQTT 5 PUBACK)
+        self._fence_lost = False            # an earlier connection's fence did not come back (given up)
         self._sent: list[str] = []          # the last fences sent by this process
         self._held = 0                      # commands held, handed to on_held, on this connection
         self._taken: OrderedDict[str, float] = OrderedDict()  # message_key -> when taken; newest last
@@ -139,7 +144,9 @@ class Commands:
         fenced = [publish(f"{self.base}/{f}/set", json.dumps({"fence": token}), qos=1) for f in self.on_held]
         if all(fenced):
             with self._fence_lock:
-                self._fence, self._fence_at, self._refused, self.held_why = token, time.monotonic(), False, why
+                # (one that did not come back before will not now: the ACL of a 3.1.1 broker that drops it)
+                self._fence, self._fence_at, self.held_why = token, time.monotonic(), why
+                self._refused = self._fence_lost
                 self._drained = self._fence_at
                 self._sent = [*self._sent[-9:], token]
         else:
@@ -202,11 +209,13 @@ class Commands:
         key = message_key(mid, payload) if mid and not retain else None
         if key is not None and not self._take(key, dup, topic):
             return
-        held = False
+        stream = False
         with self._fence_lock:
             if self._fence and feature in self.on_held:
-                if self._waiting(time.monotonic()):
-                    held, handler = True, self.on_held[feature]
+                now = time.monotonic()
+                if self._waiting(now):
+                    handler = self.on_held[feature]
+                    stream = now - self._drained < BACK_TO_BACK_S  # (one after a pause does not hold the fence longer)
                     self._held += 1
                     self.counters["commands_held"] += 1
                 elif self._refused:  # (said when the broker refused it)
@@ -214,17 +223,19 @@ class Commands:
                     log.info("the commands the broker held for this station came before %s paused: what comes now "
                              "is taken as new", topic)
                 else:
-                    self._fence = ""
+                    self._fence, self._fence_lost = "", True
                     log.warning("this station's fence on %s did not come back (%.0f s after it was sent; may the "
-                                "station publish there? the broker's ACL): commands %s are taken as new ones", topic,
-                                time.monotonic() - self._fence_at, "that came while its process did not run" if
-                                self.held_why else "the broker held while it was away")
+                                "station publish there? the broker's ACL): commands %s are taken as new ones; the next "
+                                "fences on it are taken as refused until one comes back (the held commands end at "
+                                "their first pause of %.1f s)", topic, time.monotonic() - self._fence_at,
+                                "that came while its process did not run" if self.held_why else
+                                "the broker held while it was away", BACK_TO_BACK_S)
         self._message.key = key
         try:
             self._route(feature, topic, payload, retain, handler)
         finally:
             self._message.key = None
-            if held:
+            if stream:
                 self._drained, self._batch_held = time.monotonic(), True
 
     def _sent_at_qos0(self, topic: str) -> None:
@@ -244,7 +255,7 @@ class Commands:
     def _waiting(self, now: float) -> bool:
         """Whether this connection's fence is still to come at `now`: a command of the stream of held
         ones (back to back with the last), or (unless the broker refused the fence) within FENCE_S of
-        the fence or of the last held one; FENCE_MAX_S after the fence in all."""
+        the fence or of the stream's last; FENCE_MAX_S after the fence in all."""
         if not self._fence or now - self._fence_at >= FENCE_MAX_S:
             return False
         if now - self._drained < BACK_TO_BACK_S:
@@ -335,7 +346,7 @@ class Commands:
         with self._fence_lock:
             back = bool(self._fence) and token == self._fence
             if back:
-                self._fence = ""
+                self._fence, self._fence_lost = "", False
         if back:
             log.log(logging.WARNING if self._held else logging.DEBUG, "%d commands %s came before its fence: "
                     "each is answered as held", self._held, "that came while this station's process did not run"

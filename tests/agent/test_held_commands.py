@@ -490,12 +490,17 @@ def test_the_fence_waits_while_held_commands_come_back_to_back_and_at_most_fence
     clock = [1000.0]
     monkeypatch.setattr(commands_module.time, "monotonic", lambda: clock[0])
     c, taken, held, sent, publish = _commands()
+
+    def slow(payload):  # each held one taken in 1 s (a very slow disk); the next one is there already
+        held.append(payload)
+        clock[0] += 1.0
+    c.on_held = {"trigger": slow}
     c.subscribe(_Client(), resumed=True, publish=publish)
-    for i in range(300):  # a held stream taken at 1 s a command (a very slow disk): 300 s, back to back
+    for i in range(300):  # a held stream of 300 s, back to back
         c.handle("adgan/st1/trigger/set", b"go", False, mid=i + 1)
-        clock[0] += 1.0  # (each taken, the next one is there already)
     assert len(held) == commands_module.FENCE_MAX_S and len(taken) == 300 - len(held)  # (then given up, said)
-    c.subscribe(_Client(), resumed=True, publish=publish)  # a new connection, a new fence
+    c, taken, held, sent, publish = _commands()  # (a fence given up makes the next ones taken as refused: below)
+    c.subscribe(_Client(), resumed=True, publish=publish)
     c.handle("adgan/st1/trigger/set", b"go", False, mid=400)
     clock[0] += commands_module.FENCE_S - 1  # a pause, but within FENCE_S of the last held: the fence is on its way
     assert c.fencing
@@ -628,3 +633,90 @@ def test_a_broker_restarted_without_its_sessions_is_said(broker, tmp_path, persi
             assert held == [] and taken == []  # (lost by the broker: the station could only say so)
     finally:
         pub.stop()
+
+
+def test_commands_after_a_pause_do_not_hold_a_fence_that_does_not_come_back(monkeypatch, caplog):
+    """A 3.1.1 broker whose ACL forbids the station to publish on its command topics acknowledges its
+    fence and drops it. Before, each command that came within FENCE_S of the last one taken as held
+    was taken as held too: parts every few seconds were all answered as held for FENCE_MAX_S (2
+    minutes) after every connection. Now only the held stream (back to back) holds the fence
+    longer; after the fence was given up once, the next connections' fences are taken as refused
+    (the held stream ends at its first pause) until one comes back."""
+    clock = [1000.0]
+    monkeypatch.setattr(commands_module.time, "monotonic", lambda: clock[0])
+    c, taken, held, sent, publish = _commands()
+    c.subscribe(_Client(), resumed=True, publish=publish)
+    for i in range(3):  # what the broker held, back to back
+        c.handle("adgan/st1/trigger/set", f"H{i}".encode(), False, mid=i + 1)
+        clock[0] += 0.1
+    with caplog.at_level(logging.WARNING):
+        for i in range(20):  # then a part every 4 s
+            clock[0] += 4.0
+            c.handle("adgan/st1/trigger/set", f"P{i}".encode(), False, mid=10 + i)
+    # within FENCE_S of the held stream's end the fence may still be on its way: held; after it, taken
+    assert held == [b"H0", b"H1", b"H2", b"P0", b"P1"] and taken == [f"P{i}".encode() for i in range(2, 20)]
+    assert "did not come back" in caplog.text and "the next fences on it are taken as refused" in caplog.text
+    c.subscribe(_Client(), resumed=True, publish=publish)  # the next connection: its held stream ends at a pause
+    assert c.fencing
+    c.handle("adgan/st1/trigger/set", b"A", False, mid=100)
+    clock[0] += 0.1
+    c.handle("adgan/st1/trigger/set", b"B", False, mid=101)
+    clock[0] += 1.0
+    c.handle("adgan/st1/trigger/set", b"new", False, mid=102)
+    assert held[-2:] == [b"A", b"B"] and taken[-1] == b"new"
+    c.subscribe(_Client(), resumed=True, publish=publish)  # a fence that comes back (the ACL put right) ...
+    c.handle("adgan/st1/trigger/set", sent[-1][1].encode(), False, mid=200)
+    c.subscribe(_Client(), resumed=True, publish=publish)  # ... and the next is waited for again
+    clock[0] += commands_module.FENCE_S - 1
+    assert c.fencing
+
+
+def test_a_3_1_1_broker_whose_acl_drops_the_fence_holds_parts_for_fence_s_at_most(tmp_path, caplog):
+    """mosquitto with an ACL that lets the station read its commands but not publish on them, over
+    MQTT 3.1.1: the fence is acknowledged and dropped. The held commands are answered as held; parts
+    sent every 2 s after them were all taken as held before (each within FENCE_S of the last);
+    now those sent more than FENCE_S after the connection are taken."""
+    import shutil
+    import subprocess
+    from tests.agent.conftest import Broker, free_port
+    if not shutil.which("mosquitto_passwd"):
+        pytest.skip("mosquitto_passwd is needed (make install)")
+    pw, acl = tmp_path / "passwd", tmp_path / "acl"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(pw), "station", "s3cret"], check=True, capture_output=True)
+    pw.chmod(0o600)
+    acl.write_text("topic readwrite adgan/#\n\nuser station\ntopic read adgan/st1/#\n"  # (anonymous: the PLC)
+                   + "".join(f"topic readwrite adgan/st1/{t}\n" for t in ("events", "status", "verdict",
+                                                                         "availability", "+/state", "start_refused")))
+    b = Broker(tmp_path, free_port())
+    b.conf.write_text(b.conf.read_text() + f"password_file {pw}\nacl_file {acl}\n"
+                      + ("user root\n" if os.geteuid() == 0 else ""))
+    b.start()
+    settings = MqttSettings(port=b.port, keepalive_s=30, protocol="3.1.1", username="station", password="s3cret")
+    try:
+        first = Publisher("st1", Outbox(tmp_path / "a.sqlite"), settings, commands={"trigger": [].append})
+        first.start()
+        assert first.commands_ready.wait(10)
+        first.stop()
+        for i in range(3):
+            send(b.port, "adgan/st1/trigger/set", json.dumps({"part_id": f"H{i}"}).encode())
+        taken, held = [], []
+        pub = Publisher("st1", Outbox(tmp_path / "b.sqlite"), settings, commands={"trigger": taken.append})
+        pub.commands.on_held = {"trigger": held.append}
+        caplog.set_level(logging.WARNING, logger="agent.mqtt.commands")
+        t0 = time.monotonic()
+        pub.start()
+        try:
+            assert wait(lambda: len(held) == 3, 10), (held, taken)
+            sent_at = {}
+            while time.monotonic() - t0 < commands_module.FENCE_S + 7:
+                pid = f"P{len(sent_at)}"
+                sent_at[pid] = time.monotonic() - t0
+                send(b.port, "adgan/st1/trigger/set", json.dumps({"part_id": pid}).encode())
+                time.sleep(2.0)
+            late = [p for p, t in sent_at.items() if t > commands_module.FENCE_S + 1]
+            assert wait(lambda: all(json.dumps({"part_id": p}).encode() in taken for p in late), 10), (held, taken)
+            assert len(late) >= 2 and "did not come back" in caplog.text
+        finally:
+            pub.stop()
+    finally:
+        b.stop()
