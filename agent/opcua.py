@@ -21,7 +21,8 @@ reported under `interfaces.opcua` in `status`, and inspection goes on without it
 over MAX_MESSAGE_BYTES is refused (BadRequestTooLarge).
 Connections are bounded: at most `opcua.max_clients` at once (asyncua's own bound, 1000, is
 nearly the whole of the 1024 open files systemd gives a service: a client that opened that many
-left the agent no file to open, and asyncio logged a traceback for every accept that failed),
+drove the agent to that limit, where every accept failed, and anything else that opened a file
+could, and asyncio logged a traceback for each failed accept),
 and one that opens no session within ACTIVATION_S is closed. Both are counted
 (`interfaces.opcua.connections_refused`, `idle_closed`) and said at most every REFUSED_LOG_S,
 not one line per connection.

@@ -276,7 +276,7 @@ def test_a_flood_of_connections_is_bounded_counted_and_said(caplog, monkeypatch)
 
     from agent import opcua
     from agent.settings import OpcUaSettings
-    monkeypatch.setattr(opcua, "ACTIVATION_S", 2.0)
+    monkeypatch.setattr(opcua, "ACTIVATION_S", 5.0)
     caplog.set_level(logging.INFO)
     port = free_port()
     server = opcua.OpcUaServer(OpcUaSettings(enabled=True, security="None", port=port, max_clients=4), "st1",
@@ -302,12 +302,12 @@ def test_a_flood_of_connections_is_bounded_counted_and_said(caplog, monkeypatch)
 
     try:
         until(lambda: server.state.get("connections_refused") == 36)
-        assert sum(closed(s) for s in socks) == 36  # closed at once; 4 held
+        until(lambda: sum(closed(s) for s in socks) == 36)  # closed at once; 4 held (for ACTIVATION_S)
         until(lambda: server.state.get("idle_closed") == 4)  # no session within ACTIVATION_S
         until(lambda: all(closed(s) for s in socks))
         msgs = [r.getMessage() for r in caplog.records]
         assert sum("connection(s) refused" in m and "opcua.max_clients (4)" in m for m in msgs) == 1, msgs
-        assert sum("opened no session within 2 s" in m for m in msgs) == 1, msgs
+        assert sum("opened no session within 5 s" in m for m in msgs) == 1, msgs
         assert not [m for m in msgs if m.startswith(("Refusing connection", "Closing idle connection"))]
 
         async def client() -> str:  # a client that opens a session is served as before
