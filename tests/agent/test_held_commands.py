@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import time
+from contextlib import contextmanager
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -525,10 +526,11 @@ def test_a_fence_the_broker_refuses_ends_at_the_first_pause_of_the_held_stream(m
     assert len(held) == 3 and taken == [b"new"]
 
 
-def test_an_mqtt_5_broker_whose_acl_refuses_the_fence_says_so_and_new_commands_are_taken(tmp_path, caplog):
-    """mosquitto with an ACL that lets the station read its commands but not publish on them: its PUBACK
-    refuses the fence. The held commands are answered as held; one sent after a pause is taken at once
-    (before: only FENCE_S after the connection, and nothing said until then)."""
+@contextmanager
+def _fence_forbidden(tmp_path, protocol: str):
+    """(broker, publisher not started, taken, held): mosquitto with an ACL that lets the station (user
+    "station") read its commands but not publish on them (anonymous clients, the PLC, may), and three
+    named parts sent while the station was away, held for its kept session."""
     import shutil
     import subprocess
     from tests.agent.conftest import Broker, free_port
@@ -544,7 +546,7 @@ def test_an_mqtt_5_broker_whose_acl_refuses_the_fence_says_so_and_new_commands_a
     b.conf.write_text(b.conf.read_text() + f"password_file {pw}\nacl_file {acl}\n"
                       + ("user root\n" if os.geteuid() == 0 else ""))
     b.start()
-    settings = MqttSettings(port=b.port, keepalive_s=30, protocol="5", username="station", password="s3cret")
+    settings = MqttSettings(port=b.port, keepalive_s=30, protocol=protocol, username="station", password="s3cret")
     try:
         first = Publisher("st1", Outbox(tmp_path / "a.sqlite"), settings, commands={"trigger": [].append})
         first.start()
@@ -555,6 +557,16 @@ def test_an_mqtt_5_broker_whose_acl_refuses_the_fence_says_so_and_new_commands_a
         taken, held = [], []
         pub = Publisher("st1", Outbox(tmp_path / "b.sqlite"), settings, commands={"trigger": taken.append})
         pub.commands.on_held = {"trigger": held.append}
+        yield b, pub, taken, held
+    finally:
+        b.stop()
+
+
+def test_an_mqtt_5_broker_whose_acl_refuses_the_fence_says_so_and_new_commands_are_taken(tmp_path, caplog):
+    """mosquitto with an ACL that lets the station read its commands but not publish on them: its PUBACK
+    refuses the fence. The held commands are answered as held; one sent after a pause is taken at once
+    (before: only FENCE_S after the connection, and nothing said until then)."""
+    with _fence_forbidden(tmp_path, "5") as (b, pub, taken, held):
         t0 = time.monotonic()
         caplog.set_level(logging.WARNING, logger="agent.mqtt.commands")
         pub.start()
@@ -567,8 +579,6 @@ def test_an_mqtt_5_broker_whose_acl_refuses_the_fence_says_so_and_new_commands_a
             assert pub.counters["messages_refused"] == 1
         finally:
             pub.stop()
-    finally:
-        b.stop()
 
 
 def test_on_a_disk_slow_to_flush_every_held_request_is_answered_as_held(broker, two_classes, synth_data, tmp_path):
@@ -676,32 +686,7 @@ def test_a_3_1_1_broker_whose_acl_drops_the_fence_holds_parts_for_fence_s_at_mos
     MQTT 3.1.1: the fence is acknowledged and dropped. The held commands are answered as held; parts
     sent every 2 s after them were all taken as held before (each within FENCE_S of the last);
     now those sent more than FENCE_S after the connection (and the held stream) are taken."""
-    import shutil
-    import subprocess
-    from tests.agent.conftest import Broker, free_port
-    if not shutil.which("mosquitto_passwd"):
-        pytest.skip("mosquitto_passwd is needed (make install)")
-    pw, acl = tmp_path / "passwd", tmp_path / "acl"
-    subprocess.run(["mosquitto_passwd", "-b", "-c", str(pw), "station", "s3cret"], check=True, capture_output=True)
-    pw.chmod(0o600)
-    acl.write_text("topic readwrite adgan/#\n\nuser station\ntopic read adgan/st1/#\n"  # (anonymous: the PLC)
-                   + "".join(f"topic readwrite adgan/st1/{t}\n" for t in ("events", "status", "verdict",
-                                                                         "availability", "+/state", "start_refused")))
-    b = Broker(tmp_path, free_port())
-    b.conf.write_text(b.conf.read_text() + f"password_file {pw}\nacl_file {acl}\n"
-                      + ("user root\n" if os.geteuid() == 0 else ""))
-    b.start()
-    settings = MqttSettings(port=b.port, keepalive_s=30, protocol="3.1.1", username="station", password="s3cret")
-    try:
-        first = Publisher("st1", Outbox(tmp_path / "a.sqlite"), settings, commands={"trigger": [].append})
-        first.start()
-        assert first.commands_ready.wait(10)
-        first.stop()
-        for i in range(3):
-            send(b.port, "adgan/st1/trigger/set", json.dumps({"part_id": f"H{i}"}).encode())
-        taken, held = [], []
-        pub = Publisher("st1", Outbox(tmp_path / "b.sqlite"), settings, commands={"trigger": taken.append})
-        pub.commands.on_held = {"trigger": held.append}
+    with _fence_forbidden(tmp_path, "3.1.1") as (b, pub, taken, held):
         caplog.set_level(logging.WARNING, logger="agent.mqtt.commands")
         t0 = time.monotonic()
         pub.start()
@@ -718,5 +703,3 @@ def test_a_3_1_1_broker_whose_acl_drops_the_fence_holds_parts_for_fence_s_at_mos
             assert len(late) >= 2 and "did not come back" in caplog.text
         finally:
             pub.stop()
-    finally:
-        b.stop()
