@@ -265,12 +265,12 @@ def main(argv=None) -> int:
                     if not max(lo, b0 - a.purge) <= n < min(hi, b1 + a.purge)]
             log(f"fold {b0}:{b1} {c}: {len(nums)} training frames, {a.steps} steps")
             m = train(stored(data / c, nums), a.steps, a.seed, log)
-            own = image_scores(maps(m, intact[c]))
+            h_own = maps(m, intact[c])
+            own = image_scores(h_own)
             other = np.concatenate([image_scores(maps(m, intact[o])) for o in classes if o != c])
             row = {"fold": f"{b0}:{b1}", "class": c, "n_train": len(nums), "n_intact": len(own),
                    "swaps": auroc(own, other)}
             pix_s, pix_y, dam = [], [], []
-            h_own = maps(m, intact[c])
             for d in DAMAGE_DEFECTS:
                 xs, ms = folder_inputs(damaged / f"{c}_{d}", True)
                 h = maps(m, xs)
