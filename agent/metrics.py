@@ -86,6 +86,9 @@ class _StateCollector:
                                   "opcua.max_clients were open", value=op.get("connections_refused", 0))
         yield CounterMetricFamily("adgan_opcua_idle_closed", "OPC UA connections closed because they opened no "
                                   "session within 10 s", value=op.get("idle_closed", 0))
+        yield CounterMetricFamily("adgan_opcua_chunks_refused", "OPC UA connections closed because they sent a "
+                                  "message chunk over the receive buffer (65535 bytes)",
+                                  value=op.get("chunks_refused", 0))
         yield GaugeMetricFamily("adgan_engine_warm", "1 while the models are loaded and warmed up",
                                 value=1.0 if self.warm() else 0.0)
         yield GaugeMetricFamily("adgan_source_running", "1 while the frame source delivers",

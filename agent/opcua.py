@@ -23,9 +23,12 @@ Connections are bounded: at most `opcua.max_clients` at once (asyncua's own boun
 nearly the whole of the 1024 open files systemd gives a service: a client that opened that many
 drove the agent to that limit, where every accept failed, and anything else that opened a file
 could, and asyncio logged a traceback for each failed accept),
-and one that opens no session within ACTIVATION_S is closed. Both are counted
-(`interfaces.opcua.connections_refused`, `idle_closed`) and said at most every REFUSED_LOG_S,
-not one line per connection.
+and one that opens no session within ACTIVATION_S is closed. So is one that announces a message
+chunk larger than MAX_CHUNK_BYTES (the receive buffer this server offers): asyncua buffered it
+whole, copying all it had at every read, so one connection announcing 4 GB and streaming made
+inspection a hundred times slower (`_bound_chunks`). All three are counted
+(`interfaces.opcua.connections_refused`, `idle_closed`, `chunks_refused`) and said at most every
+REFUSED_LOG_S, not one line per connection.
 """
 from __future__ import annotations
 
@@ -46,6 +49,7 @@ NAMESPACE = "urn:adgan-edge"
 # The largest message a client may send or be sent (asyncua's default is 100 MB, buffered per
 # connection before anyone is authenticated). This server's requests and answers are a few kB.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+MAX_CHUNK_BYTES = 65535  # the receive buffer offered to clients: no chunk of a message is larger
 UPDATE_LOG_S = 10.0  # a failing update of the variables is logged at most this often
 ACTIVATION_S = 10.0  # a connection that has opened no session by then is closed (asyncua's default: 30 s)
 REFUSED_LOG_S = 60.0  # connections refused or closed idle are said at most this often
@@ -130,9 +134,9 @@ class OpcUaServer:
         server = Server(user_manager=_Users(self.s))
         server.iserver.max_connections = self.s.max_clients  # (asyncua 2.1 and later read both)
         server.iserver.max_pending_activation_seconds = ACTIVATION_S
-        buffer = server.limits.max_recv_buffer
-        server.limits = TransportLimits(max_recv_buffer=buffer, max_send_buffer=buffer,
-                                        max_chunk_count=-(-MAX_MESSAGE_BYTES // buffer),
+        _bound_chunks()
+        server.limits = TransportLimits(max_recv_buffer=MAX_CHUNK_BYTES, max_send_buffer=MAX_CHUNK_BYTES,
+                                        max_chunk_count=-(-MAX_MESSAGE_BYTES // MAX_CHUNK_BYTES),
                                         max_message_size=MAX_MESSAGE_BYTES)
         await server.init()
         server.set_endpoint(self.url)
@@ -234,7 +238,8 @@ class _Refusals(logging.Filter):
     counted into the server's `state` and said at most every REFUSED_LOG_S instead (a client that
     opens connections without end would otherwise write one line for each)."""
 
-    KINDS = {"Refusing connection": "connections_refused", "Closing idle connection": "idle_closed"}
+    KINDS = {"Refusing connection": "connections_refused", "Closing idle connection": "idle_closed",
+             "Closing oversized connection": "chunks_refused"}
 
     def __init__(self, limit: int, state: dict) -> None:
         super().__init__()
@@ -262,11 +267,38 @@ class _Refusals(logging.Filter):
                 log.warning("OPC UA: %d connection(s) refused, the last from %s: opcua.max_clients (%d) were open "
                             "(a client that opens connections without end, or more clients than that; said at most "
                             "every %.0f s)", self._unsaid[kind], peer, self.limit, REFUSED_LOG_S)
+            elif kind == "chunks_refused":
+                log.warning("OPC UA: %d connection(s) closed that sent a message chunk over %d bytes, the last from %s "
+                            "(not an OPC UA client, or a hostile one; said at most every %.0f s)", self._unsaid[kind],
+                            MAX_CHUNK_BYTES, peer, REFUSED_LOG_S)
             else:
                 log.warning("OPC UA: %d connection(s) closed that opened no session within %.0f s, the last from %s "
                             "(said at most every %.0f s)", self._unsaid[kind], ACTIVATION_S, peer, REFUSED_LOG_S)
             self._unsaid[kind] = 0
         return False
+
+
+def _bound_chunks() -> None:
+    """asyncua's server reads a message chunk whole before it checks its size against the receive
+    buffer, appending each read to all it holds: a header announcing 4 GB, then bytes, grew the agent
+    by 200 MB in 8 s and made inspection a hundred times slower (the GIL held while copying). What it
+    holds after each read is at most one incomplete chunk; more than MAX_CHUNK_BYTES closes the
+    connection (said through asyncua's logger, counted by `_Refusals`). Patched once, in place."""
+    from asyncua.server import binary_server_asyncio as bsa
+    cls = bsa.OPCUAProtocol
+    if getattr(cls.data_received, "bounded", False):
+        return
+    original = cls.data_received
+
+    def data_received(self, data: bytes) -> None:
+        original(self, data)
+        if len(self._buffer) > MAX_CHUNK_BYTES and self.transport is not None:
+            self._buffer = b""
+            bsa._logger.warning("Closing oversized connection from %s: a chunk over %d bytes", self.peer_name,
+                                MAX_CHUNK_BYTES)
+            self.transport.close()
+    data_received.bounded = True
+    cls.data_received = data_received
 
 
 class _Users:
