@@ -52,7 +52,7 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 MAX_CHUNK_BYTES = 65535  # the receive buffer offered to clients: no chunk of a message is larger
 UPDATE_LOG_S = 10.0  # a failing update of the variables is logged at most this often
 ACTIVATION_S = 10.0  # a connection that has opened no session by then is closed (asyncua's default: 30 s)
-REFUSED_LOG_S = 60.0  # connections refused or closed idle are said at most this often
+REFUSED_LOG_S = 60.0  # connections refused, or closed (idle, a chunk too large), are said at most this often
 
 
 class OpcUaServer:
