@@ -18,6 +18,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from agent.opcua import ACTIVATION_S, MAX_CHUNK_BYTES
 from agent.web.bounded import Bounded, address_family, server_status
 
 log = logging.getLogger(__name__)
@@ -85,9 +86,9 @@ class _StateCollector:
         yield CounterMetricFamily("adgan_opcua_connections_refused", "OPC UA connections closed at once because "
                                   "opcua.max_clients were open", value=op.get("connections_refused", 0))
         yield CounterMetricFamily("adgan_opcua_idle_closed", "OPC UA connections closed because they opened no "
-                                  "session within 10 s", value=op.get("idle_closed", 0))
+                                  f"session within {ACTIVATION_S:g} s", value=op.get("idle_closed", 0))
         yield CounterMetricFamily("adgan_opcua_chunks_refused", "OPC UA connections closed because they sent a "
-                                  "message chunk over the receive buffer (65535 bytes)",
+                                  f"message chunk over the receive buffer ({MAX_CHUNK_BYTES} bytes)",
                                   value=op.get("chunks_refused", 0))
         yield GaugeMetricFamily("adgan_engine_warm", "1 while the models are loaded and warmed up",
                                 value=1.0 if self.warm() else 0.0)
