@@ -319,7 +319,9 @@ def test_a_flood_of_connections_is_bounded_counted_and_said(caplog, monkeypatch)
             finally:
                 await c.disconnect()
         assert asyncio.run(client()) == "sphere"
-        assert server.state["connections_refused"] == 36 and server.state["max_clients"] == 4
+        # (the 36 refused were counted above; asyncua's client reconnects by itself, and on a loaded machine
+        # a try made before the server had let go of the idle ones is refused and counted too)
+        assert server.state["max_clients"] == 4
     finally:
         for s in socks:
             s.close()
