@@ -88,17 +88,18 @@ def cmd_run(a: argparse.Namespace) -> int:
     from agent.scoring.backend import BackendUnavailable
     from agent.health import stacks_on_sigusr1
     from agent.service import Agent
+    from agent import logsink
     s = _load(a, say=True)
     if s is None or not _preflight(a, s, say=True):
         return 2
-    _logging(a.log_level)
+    logsink.install(a.log_level, s.health.log_buffer_kb * 1024)  # (written by a thread: a stuck journal stops nothing)
     # Where every thread was, on stderr (the journal): when systemd's watchdog kills a stuck agent
     # (SIGABRT), on a crash in native code (SIGSEGV: an engine, a camera driver), and on demand,
     # without stopping it: `systemctl kill -s USR1 adgan-agent` (or kill -USR1 PID) for a hang.
     for err in (sys.stderr, sys.__stderr__):  # (a stream without a file descriptor: the process's own)
         try:
             faulthandler.enable(file=err, all_threads=True)
-            stacks_on_sigusr1(err)  # (not faulthandler.register: its dump in the handler may crash the agent)
+            stacks_on_sigusr1(logsink.output())  # (not faulthandler.register: its dump in the handler may crash it)
             break
         except (AttributeError, ValueError, OSError):
             continue
@@ -112,6 +113,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     except (OSError, sqlite3.Error, ssl.SSLError) as e:
         # preflight passed, so something changed since or cannot be foreseen: one line, exit 2
         agent.shutdown()
+        logsink.drain(2.0)  # (the log's lines first)
         print(f"{a.config}: the agent cannot start: {type(e).__name__}: {e}", file=sys.stderr)
         if not isinstance(e, OutboxInUse):  # (the station is running: the other agent speaks for it)
             _say_refusal(a, s, [f"the agent cannot start: {type(e).__name__}: {e}"])

@@ -10,11 +10,12 @@ import logging
 import os
 import signal
 import socket
-import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 
+from agent import logsink
 from agent.mqtt.events import utc_seconds
 
 log = logging.getLogger(__name__)
@@ -261,7 +262,7 @@ class LoopWatch:
                   self.LOG_EVERY_S, self.DUMP_EVERY_S / 60)
         if dump:
             self._next_dump = now + self.DUMP_EVERY_S
-            dump_stacks(self.out or sys.stderr)
+            dump_stacks(self.out or logsink.output())
         return True
 
     def _watch(self) -> None:
@@ -273,12 +274,26 @@ class LoopWatch:
 
 
 def dump_stacks(out) -> None:
-    """Where every thread is, from Python (the GIL held: no frame moves meanwhile)."""
+    """Where every thread is, from Python (the GIL held: no frame moves meanwhile), written into
+    memory first, then to `out` (the log's writer, agent/logsink.py): faulthandler writes with the
+    GIL held, and a stderr that takes nothing (a stuck journal) would have held every thread."""
     try:
+        with _scratch_file() as f:
+            faulthandler.dump_traceback(file=f, all_threads=True)
+            f.seek(0)
+            text = f.read().decode("utf-8", "backslashreplace")
+        out.write(text)
         out.flush()
-        faulthandler.dump_traceback(file=out, all_threads=True)
-    except (OSError, ValueError, AttributeError) as e:  # (no file descriptor: say so, not fail)
+    except (OSError, ValueError, AttributeError) as e:  # (say so, not fail)
         log.error("the threads' stacks could not be written: %s", e)
+
+
+def _scratch_file():
+    """A file in memory (memfd), or a temporary one where there is no memfd."""
+    try:
+        return os.fdopen(os.memfd_create("adgan-stacks"), "w+b")
+    except (AttributeError, OSError):
+        return tempfile.TemporaryFile()
 
 
 def stacks_on_sigusr1(out) -> None:

@@ -51,6 +51,9 @@ class _StateCollector:
                                   value=reserve.get("released", 0))
         yield CounterMetricFamily("adgan_clock_jumps", "jumps of the wall clock that stamps the events (NTP, a "
                                   "person, a suspend)", value=(st.get("clock") or {}).get("jumps", 0))
+        yield CounterMetricFamily("adgan_log_lines_dropped", "log lines dropped because the log's output (the "
+                                  "journal) took nothing and health.log_buffer_kb filled, or failed",
+                                  value=(st.get("log") or {}).get("dropped", 0))
         yield GaugeMetricFamily("adgan_mqtt_connected", "1 while the MQTT link is up",
                                 value=1.0 if st["mqtt_connected"] else 0.0)
         mq = st.get("mqtt") or {}

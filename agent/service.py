@@ -14,6 +14,7 @@ import time
 import uuid
 import numpy as np
 
+from agent import logsink
 from agent.decide.anomaly_map import encode_map, heat, hot_box
 from agent.decide.expected import ExpectedClass
 from agent.decide.inspector import ClassModel, load_models
@@ -344,7 +345,7 @@ class Agent(Requests):
         c = self.counters.snapshot()
         return {"station": self.s.station_id, "time": utc_iso(time.time()),
                 "uptime_s": round(time.monotonic() - self.started, 1), "clock": self.clock.status(),
-                "loop": self.loop_watch.status(),
+                "loop": self.loop_watch.status(), "log": logsink.status(),
                 "expected_class": self.expected, "class_switch": self.classes.status() if self.classes else None,
                 "trigger": self.s.trigger.mode, "requests": self.commands.status(), "counters": c,
                 "stage_seconds": {k: round(v, 3) for k, v in self.stage_s.items()},

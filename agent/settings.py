@@ -264,6 +264,9 @@ class HealthSettings(Strict):
     stop_flush_s: float = Field(5.0, ge=0, description="on stop, wait this long for the broker to take events")
     stall_s: float = Field(20.0, gt=0, description="the inspection loop not coming round for this long is said, with "
                            "every thread's stack (keep it below the unit's WatchdogSec, 30)")
+    log_buffer_kb: int = Field(1024, ge=64, le=65536, description="log lines waiting for an output that takes "
+                               "nothing (a stuck journal) are held up to this many KiB, then dropped and counted "
+                               "(status.log.dropped): inspection never waits for the log")
 
 
 class AgentSettings(BaseSettings):

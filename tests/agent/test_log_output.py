@@ -1,0 +1,187 @@
+"""The agent's log output (agent/logsink.py): an output that takes nothing stops no part."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+
+from agent.logsink import LogSink
+from tests.agent.conftest import ROOT
+from tests.agent.test_service_triggers import commands_ready, events, hang_up, mqtt_station, once
+
+
+def _full_pipe() -> tuple[int, int]:
+    """(read end, write end) of a pipe filled up: the next write to it waits."""
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    try:
+        while True:
+            os.write(w, b"x" * 4096)
+    except BlockingIOError:
+        pass
+    os.set_blocking(w, True)
+    return r, w
+
+
+def _read_all(r: int, until: bytes, timeout: float) -> bytes:
+    """What the pipe gives until `until` shows (or the timeout)."""
+    got, end = b"", time.monotonic() + timeout
+    os.set_blocking(r, False)
+    while until not in got and time.monotonic() < end:
+        try:
+            got += os.read(r, 1 << 16)
+        except BlockingIOError:
+            time.sleep(0.02)
+    return got
+
+
+def test_lines_beyond_the_buffer_are_dropped_counted_and_said_once_the_output_takes_them():
+    r, w = _full_pipe()
+    out = os.fdopen(w, "w")
+    sink = LogSink(out, limit_bytes=1000)
+    sink.setFormatter(logging.Formatter("%(message)s"))
+    lg = logging.getLogger("test.logsink")
+    lg.propagate, lg.handlers = False, [sink]
+    t0 = time.monotonic()
+    for i in range(100):  # ~20 fit in 1000 bytes beside the one being written; none waits
+        lg.warning("line %03d %s", i, "y" * 30)
+    assert time.monotonic() - t0 < 1.0
+    st = sink.status()
+    assert 70 <= st["dropped"] <= 90 and st["buffered_bytes"] <= 1000, st
+    time.sleep(1.2)
+    assert sink.status()["waiting_s"] >= 1.0
+    got = _read_all(r, b"since the start", 10).decode()
+    assert "line 000" in got and "line 099" not in got
+    note = got.splitlines()[-1]
+    head = (f"{st['dropped']} log line(s) dropped: the log's output (stderr; the journal under systemd) took "
+            "nothing for ")
+    assert note.startswith(head) and float(note[len(head):].split()[0]) >= 1.0, note
+    lg.warning("after")  # the output takes lines again: as before, and not said again
+    assert _read_all(r, b"after\n", 10).endswith(b"after\n")
+    assert sink.status()["dropped"] == st["dropped"] and sink.status()["longest_wait_s"] >= 1.0
+    sink.close()
+    os.close(r)
+    out.close()
+
+
+def test_a_failing_output_is_counted_and_a_bad_line_said_in_the_log():
+    class Failing:
+        def __init__(self):
+            self.fail, self.text = True, ""
+
+        def write(self, s):
+            if self.fail:
+                raise OSError(5, "Input/output error")
+            self.text += s
+
+        def flush(self):
+            pass
+
+    out = Failing()
+    sink = LogSink(out, limit_bytes=1 << 16)
+    sink.setFormatter(logging.Formatter("%(message)s"))
+    lg = logging.getLogger("test.logsink.failing")
+    lg.propagate, lg.handlers = False, [sink]
+    lg.warning("lost")
+    deadline = time.monotonic() + 5
+    while sink.status()["dropped"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sink.status()["dropped"] == 1 and sink.status()["error"] == "OSError: [Errno 5] Input/output error"
+    out.fail = False
+    lg.warning("a %d", "not a number")  # a bad format: said through the sink, not on stderr
+    sink.close()
+    assert out.text.startswith("--- Logging error ---\n") and "Message: 'a %d'" in out.text, out.text
+    assert "1 log line(s) dropped: the log's output failed (OSError: [Errno 5] Input/output error)" in out.text
+
+
+def test_the_threads_stacks_into_an_output_that_takes_nothing_hold_no_other_thread():
+    """health.dump_stacks (a stalled loop, SIGUSR1) wrote with faulthandler, which waits in
+    write(2) holding the interpreter lock: into a stderr that takes nothing, every thread of the
+    agent stopped for good. Now the stacks are taken into memory, then written like a line."""
+    code = f"""if True:
+        import os, sys, threading, time
+        sys.path.insert(0, {str(ROOT)!r})
+        from tests.agent.test_log_output import _full_pipe
+        from agent.health import dump_stacks
+        r, w = _full_pipe()
+        threading.Thread(target=dump_stacks, args=(os.fdopen(w, "w"),), daemon=True).start()
+        time.sleep(0.5)
+        print("the main thread goes on", flush=True)
+        os._exit(0)
+    """
+    try:
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("the process stopped while its stacks waited for the output") from None
+    assert p.returncode == 0 and "the main thread goes on" in p.stdout, p.stderr
+
+
+def test_a_library_warning_into_an_output_that_takes_nothing_holds_no_thread():
+    """A warning (numpy's 'invalid value encountered', say) was printed to stderr directly: it
+    goes through the log's writer too."""
+    code = f"""if True:
+        import logging, os, sys, warnings
+        sys.path.insert(0, {str(ROOT)!r})
+        from tests.agent.test_log_output import _full_pipe
+        from agent import logsink
+        r, w = _full_pipe()
+        os.dup2(w, 2)
+        logsink.install("info", 64 * 1024)
+        for i in range(2000):
+            warnings.warn(f"warning {{i}}", RuntimeWarning)
+            logging.getLogger("x").warning("line %d", i)
+        print("the main thread goes on", logsink.status()["dropped"] > 0, flush=True)
+        os._exit(0)
+    """
+    try:
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("the process stopped while a warning waited for the output") from None
+    assert p.returncode == 0 and "the main thread goes on True" in p.stdout, p.stderr
+
+
+def test_a_log_output_that_takes_nothing_stops_no_part(broker, two_classes, synth_data, tmp_path):
+    """The agent's stderr into a pipe nobody reads (journald stuck on a slow disk, a container's
+    log driver in its default blocking mode with its server down): every part is still answered,
+    lines beyond health.log_buffer_kb are dropped and counted in status.log, and said once the
+    output takes lines again. Until 2026-12-07 the agent stopped at its next log line: 160 parts
+    answered, then none."""
+    cfg, sub, cmd, state = mqtt_station(broker, two_classes, synth_data, tmp_path, loop=True)
+    cfg.write_text(cfg.read_text().replace("stop_flush_s = 5", "stop_flush_s = 5\nlog_buffer_kb = 64"))
+    r, w = os.pipe()
+    code = ("import sys; sys.modules['torch'] = None\nfrom adgan.cli import main\n"
+            f"sys.exit(main(['agent', 'run', '--config', {str(cfg)!r}, '--env-file', '/nonexistent']))")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=w, stderr=w)
+    os.close(w)
+    try:
+        assert sub.wait_for(commands_ready, 60)
+        n = 1200  # a line each: ~200 kB, beyond the pipe (64 kB) and the buffer (64 kB)
+        for i in range(0, n, 100):
+            for j in range(i, i + 100):
+                cmd.publish("adgan/st1/trigger/set", json.dumps({"part_id": f"p{j}"}), qos=1)
+            assert sub.wait_for(lambda m: len(once(events(sub))) >= i + 100, 30), \
+                f"{len(once(events(sub)))} of {i + 100} parts answered"
+        evs = once(events(sub))
+        assert [e["part_id"] for e in evs] == [f"p{j}" for j in range(n)]
+        def log_status() -> dict:
+            docs = [json.loads(p) for t, p, _ in sub.messages if t == "adgan/st1/status"]
+            return docs[-1]["log"] if docs else {}
+        assert sub.wait_for(lambda m: log_status().get("dropped", 0) > 0 and log_status()["waiting_s"] > 0, 10)
+        st = log_status()
+        assert st["buffered_bytes"] <= 64 * 1024 and st["error"] is None, st
+        got = _read_all(r, b"since the start)", 30).decode(errors="replace")  # the output takes lines again
+        assert "INFO agent.service: #" in got and "log line(s) dropped: the log's output (stderr; the journal under " \
+            "systemd) took nothing for " in got, got[-2000:]
+        proc.send_signal(15)
+        assert proc.wait(30) == 0
+        got += _read_all(r, b"stopped: every event", 10).decode(errors="replace")
+        assert "stopped: every event was acknowledged by the broker" in got, got[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        os.close(r)
+        hang_up(cmd, sub)
