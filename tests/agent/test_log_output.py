@@ -6,6 +6,7 @@ import logging
 import os
 import subprocess
 import sys
+import textwrap
 import time
 
 from agent.logsink import LogSink
@@ -67,6 +68,19 @@ def test_lines_beyond_the_buffer_are_dropped_counted_and_said_once_the_output_ta
     out.close()
 
 
+def test_a_stop_waits_for_an_output_that_takes_nothing_only_so_long():
+    from agent.logsink import DRAIN_S
+    r, w = _full_pipe()
+    sink = LogSink(os.fdopen(w, "w"), limit_bytes=1 << 16)
+    sink.write("the last line\n")
+    t0 = time.monotonic()
+    sink.close()
+    assert DRAIN_S - 0.5 <= time.monotonic() - t0 <= DRAIN_S + 2
+    sink.write("after the stop\n")  # (dropped, counted: nothing writes any more)
+    assert sink.status()["dropped"] == 1
+    os.close(r)
+
+
 def test_a_failing_output_is_counted_and_a_bad_line_said_in_the_log():
     class Failing:
         def __init__(self):
@@ -97,50 +111,44 @@ def test_a_failing_output_is_counted_and_a_bad_line_said_in_the_log():
     assert "1 log line(s) dropped: the log's output failed (OSError: [Errno 5] Input/output error)" in out.text
 
 
+def _goes_on(body: str, what: str) -> None:
+    """Run `body` in a process whose `w` is the write end of a full pipe; it must print that its
+    main thread goes on, within 20 s."""
+    code = (f"import os, sys\nsys.path.insert(0, {str(ROOT)!r})\nfrom tests.agent.test_log_output import _full_pipe\n"
+            f"r, w = _full_pipe()\n{textwrap.dedent(body)}\nos._exit(0)\n")
+    try:
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the process stopped while {what} waited for the output") from None
+    assert p.returncode == 0 and "the main thread goes on" in p.stdout and "False" not in p.stdout, p.stderr
+
+
 def test_the_threads_stacks_into_an_output_that_takes_nothing_hold_no_other_thread():
     """health.dump_stacks (a stalled loop, SIGUSR1) wrote with faulthandler, which waits in
     write(2) holding the interpreter lock: into a stderr that takes nothing, every thread of the
     agent stopped for good. Now the stacks are taken into memory, then written like a line."""
-    code = f"""if True:
-        import os, sys, threading, time
-        sys.path.insert(0, {str(ROOT)!r})
-        from tests.agent.test_log_output import _full_pipe
+    _goes_on("""
+        import threading, time
         from agent.health import dump_stacks
-        r, w = _full_pipe()
         threading.Thread(target=dump_stacks, args=(os.fdopen(w, "w"),), daemon=True).start()
         time.sleep(0.5)
         print("the main thread goes on", flush=True)
-        os._exit(0)
-    """
-    try:
-        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
-    except subprocess.TimeoutExpired:
-        raise AssertionError("the process stopped while its stacks waited for the output") from None
-    assert p.returncode == 0 and "the main thread goes on" in p.stdout, p.stderr
+    """, "its stacks")
 
 
 def test_a_library_warning_into_an_output_that_takes_nothing_holds_no_thread():
     """A warning (numpy's 'invalid value encountered', say) was printed to stderr directly: it
     goes through the log's writer too."""
-    code = f"""if True:
-        import logging, os, sys, warnings
-        sys.path.insert(0, {str(ROOT)!r})
-        from tests.agent.test_log_output import _full_pipe
+    _goes_on("""
+        import logging, warnings
         from agent import logsink
-        r, w = _full_pipe()
         os.dup2(w, 2)
         logsink.install("info", 64 * 1024)
         for i in range(2000):
-            warnings.warn(f"warning {{i}}", RuntimeWarning)
+            warnings.warn(f"warning {i}", RuntimeWarning)
             logging.getLogger("x").warning("line %d", i)
         print("the main thread goes on", logsink.status()["dropped"] > 0, flush=True)
-        os._exit(0)
-    """
-    try:
-        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
-    except subprocess.TimeoutExpired:
-        raise AssertionError("the process stopped while a warning waited for the output") from None
-    assert p.returncode == 0 and "the main thread goes on True" in p.stdout, p.stderr
+    """, "a warning")
 
 
 def test_a_log_output_that_takes_nothing_stops_no_part(broker, two_classes, synth_data, tmp_path):
