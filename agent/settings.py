@@ -7,7 +7,9 @@ Nothing is read at import time: `load_settings` reads the sources when it is cal
 """
 from __future__ import annotations
 
+import codecs
 import os
+import tomllib
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
@@ -326,8 +328,16 @@ class AgentSettings(BaseSettings):
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
                                    file_secret_settings) -> tuple[PydanticBaseSettingsSource, ...]:
         # The TOML file is the lowest layer: the environment and .env override it.
-        return (init_settings, env_settings, dotenv_settings, file_secret_settings,
-                TomlConfigSettingsSource(settings_cls))
+        return (init_settings, env_settings, dotenv_settings, file_secret_settings, _TomlFile(settings_cls))
+
+
+class _TomlFile(TomlConfigSettingsSource):
+    """The TOML file, a byte order mark at its start skipped (Windows Notepad's "UTF-8 with BOM";
+    the .env and thresholds.json readers skip it already): tomllib refused it as "Invalid
+    statement (at line 1, column 1)", which names nothing a person can see in the file."""
+
+    def _read_file(self, file_path) -> dict:
+        return tomllib.loads(Path(file_path).read_bytes().removeprefix(codecs.BOM_UTF8).decode("utf-8"))
 
 
 def load_settings(config: str | Path | None, env_file: str | Path | None = ".env") -> AgentSettings:

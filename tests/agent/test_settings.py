@@ -127,6 +127,19 @@ def test_validate_config_cli_exit_codes(tmp_path, capsys, monkeypatch):
     assert main(["agent", "validate-config", "--config", str(tmp_path / "missing.toml")]) == 2
 
 
+def test_a_config_saved_with_a_byte_order_mark_is_read(tmp_path, monkeypatch):
+    """Windows Notepad saves "UTF-8 with BOM": tomllib refused it as 'Invalid statement (at line
+    1, column 1)', which names nothing a person sees in the file."""
+    from agent.mqtt.start_refused import reach
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    p = tmp_path / "agent.toml"
+    p.write_text(GOOD.replace("\n", "\r\n"), encoding="utf-8-sig")
+    assert p.read_bytes().startswith(b"\xef\xbb\xbf\r\nstation_id")
+    plain = load_settings(write(tmp_path, GOOD, "plain.toml"), env_file=None)
+    assert load_settings(p, env_file=None).model_dump() == plain.model_dump()
+    assert reach(p, None).station_id == "line1-st3"  # (what says a refusal on MQTT reads it the same way)
+
+
 def test_the_example_config_in_the_repository_is_valid(monkeypatch):
     from pathlib import Path
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
