@@ -12,7 +12,6 @@ The last line is the growth per 1,000 events from the first report to the last (
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from request_soak import station_arguments  # noqa: E402  (beside this file)
 from tests.agent.conftest import AgentProcess, Broker, Subscriber, agent_config, free_port  # noqa: E402  (the tests')
 
 
@@ -33,11 +33,7 @@ def process(pid: int) -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bundle", required=True)
-    ap.add_argument("--thresholds", required=True)
-    ap.add_argument("--source", required=True, help="a folder of samples the agent replays (looped)")
-    ap.add_argument("--seconds", type=float, default=600)
+    ap = station_arguments(__doc__, 600)
     ap.add_argument("--interval", type=float, default=60, help="seconds between reports")
     ap.add_argument("--warm-up", type=float, default=30, help="seconds before the first report")
     a = ap.parse_args()

@@ -76,12 +76,18 @@ def said_dropped(log: str) -> int:
     return (int(first[0]) if first else 0) + sum(int(n) for n in re.findall(r"the broker dropped (\d+) more", log))
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def station_arguments(doc: str, seconds: float) -> argparse.ArgumentParser:
+    """The options of a bench that runs a real agent: its bundle, thresholds, the samples it replays, how long."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", required=True)
     ap.add_argument("--thresholds", required=True)
     ap.add_argument("--source", required=True, help="a folder of samples the agent replays (looped)")
-    ap.add_argument("--seconds", type=float, default=90)
+    ap.add_argument("--seconds", type=float, default=seconds)
+    return ap
+
+
+def main() -> int:
+    ap = station_arguments(__doc__, 90)
     ap.add_argument("--rate", type=float, default=4, help="parts a second the PLC requests")
     ap.add_argument("--kill-every", default="2:6", help="MIN:MAX seconds between faults")
     ap.add_argument("--broker-restarts", type=float, default=0.4, help="the share of faults that restart the broker")
