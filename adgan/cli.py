@@ -71,12 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from agent.logsink import FORMAT
     from agent.scoring.backend import BackendUnavailable
     from agent.scoring.tensorrt import EngineBuildFailed
 
     args = build_parser().parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=level, format=FORMAT)  # (the agent's log writer keeps it: agent/logsink.py)
     try:
         return int(args.func(args) or 0)
     except (FileNotFoundError, ValueError, BackendUnavailable) as e:

@@ -79,7 +79,8 @@ def cmd_validate_config(a: argparse.Namespace) -> int:
 
 
 def _logging(level: str) -> None:
-    logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from agent.logsink import FORMAT
+    logging.basicConfig(stream=sys.stderr, format=FORMAT)
     logging.getLogger().setLevel(getattr(logging, level.upper()))
 
 

@@ -7,7 +7,7 @@ paused) used to stop the agent at its next line: each thread that logged waited 
 inspection loop first (a line per part), so parts were neither inspected nor answered (a pipe
 nobody read: 160 parts answered, then none). Lines now wait in memory, up to
 `health.log_buffer_kb`; beyond that each new line is dropped and counted (`status.log.dropped`,
-`adgan_log_lines_dropped`), and once the output takes lines again the log says how many were
+`adgan_log_lines_dropped_total`), and once the output takes lines again the log says how many were
 dropped and how long the output took nothing. A failing output (EIO, a closed pipe) drops and
 counts the same, its error in `status.log.error`.
 
