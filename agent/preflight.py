@@ -6,6 +6,7 @@ file, a password sent without TLS, a missing surface reference) do not stop the 
 """
 from __future__ import annotations
 
+import difflib
 import errno
 import importlib.util
 import ipaddress
@@ -226,6 +227,21 @@ def check_interfaces(s: AgentSettings, r: Report) -> None:
                           "station's class and trigger it")
 
 
+def check_environment(r: Report, environ=None) -> None:
+    """An `ADGAN_*` environment variable that names no setting is not read (pydantic-settings
+    skips it without a word: `ADGAN_MQTT_PASSWORD`, one underscore short, left the password unset
+    and the broker refused the station): said, with the setting it may have meant."""
+    from agent.settings_reference import env_names
+    names, free = env_names()
+    for key in sorted(os.environ if environ is None else environ):
+        k = key.upper()
+        if k.startswith("ADGAN_") and k not in names and not k.startswith(tuple(free)):
+            near = difflib.get_close_matches(k, names, 1, 0.8)
+            r.warnings.append(f"environment variable {key} names no setting and is not read"
+                              + (f": did you mean {near[0]}?" if near else " (nested tables are joined by __, "
+                                 "e.g. ADGAN_MQTT__PORT; docs/agent-toml.md lists every setting)"))
+
+
 def preflight(s: AgentSettings, config: str | Path | None = None) -> Report:
     """Every check `run` makes before it starts, without opening engines, sockets or files
     for writing."""
@@ -233,4 +249,5 @@ def preflight(s: AgentSettings, config: str | Path | None = None) -> Report:
     for check in (check_models, check_tls, check_outbox, check_source, check_interfaces, check_delivery):
         check(s, r)
     check_secrets(s, r, config)
+    check_environment(r)
     return r

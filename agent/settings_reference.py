@@ -22,7 +22,8 @@ Generated from `agent/settings.py` by `adgan agent settings-reference`; do not e
 The agent reads, highest precedence first: `ADGAN_*` environment variables (nested tables
 joined by `__`, e.g. `ADGAN_MQTT__PORT=1884`), a `.env` file (`--env-file`), systemd
 credentials (the secret `mqtt_password`), and the TOML file (`--config`). Unknown keys are
-refused. `adgan agent validate-config --config agent.toml` checks a configuration and names
+refused; an `ADGAN_*` environment variable that names no setting is said (`validate-config`,
+`run`). `adgan agent validate-config --config agent.toml` checks a configuration and names
 every setting at fault (exit 2). `systemd/agent.example.toml` is a complete example.
 """
 
@@ -37,6 +38,11 @@ def _union_args(t: Any) -> tuple[Any, ...] | None:
     if typing.get_origin(t) in (Union, types.UnionType):
         return typing.get_args(t)
     return None
+
+
+def _models_of(t: Any) -> list:
+    """The settings tables a field holds: its model, or each model of a union (a `type`-tagged choice)."""
+    return [a for a in (_union_args(t) or ()) if _is_model(a)] or ([t] if _is_model(t) else [])
 
 
 def type_name(t: Any) -> str:
@@ -99,8 +105,7 @@ def _table(model: type[BaseModel], path: str, note: str = "", variant: str = "")
     nested: list[tuple[str, Any, str]] = []
     for name, field in model.model_fields.items():
         t = field.annotation
-        variants = [a for a in (_union_args(t) or ()) if _is_model(a)]
-        if _is_model(t) or variants:
+        if _models_of(t):
             nested.append((name, t, field.description or ""))
             continue
         desc = (field.description or "").replace("|", "\\|")
@@ -108,12 +113,29 @@ def _table(model: type[BaseModel], path: str, note: str = "", variant: str = "")
     lines.append("")
     for name, t, desc in nested:
         sub = f"{path}.{name}" if path else name
-        variants = [a for a in (_union_args(t) or ()) if _is_model(a)] or [t]
+        variants = _models_of(t)
         for v in variants:
             kind = v.model_fields.get("type")
             which = f", `type = {json.dumps(kind.default)}`" if kind is not None and len(variants) > 1 else ""
             lines += _table(v, sub, f"{desc[:1].upper()}{desc[1:]}.", which)
     return lines
+
+
+def env_names(model: type[BaseModel] = AgentSettings, prefix: str = "ADGAN_") -> tuple[set[str], set[str]]:
+    """(the environment variables that name a setting or a whole table, the prefixes of those
+    below a table of free keys: `ADGAN_MODEL__BUNDLES__<CLASS>`)."""
+    names, open_prefixes = set(), set()
+    for name, field in model.model_fields.items():
+        env = prefix + name.upper()
+        names.add(env)
+        t = field.annotation
+        for v in _models_of(t):
+            below, free = env_names(v, env + "__")
+            names |= below
+            open_prefixes |= free
+        if typing.get_origin(t) is dict or any(typing.get_origin(a) is dict for a in _union_args(t) or ()):
+            open_prefixes.add(env + "__")
+    return names, open_prefixes
 
 
 def settings_reference() -> str:

@@ -171,6 +171,24 @@ def test_mqtt_3_1_1_without_the_delivery_check_is_warned_about(calibrated, tmp_p
         assert rc == 0 and ("mqtt.check_delivery is off" in err) == warned, (text, err)
 
 
+def test_an_environment_variable_that_names_no_setting_is_said(calibrated, tmp_path, capsys, monkeypatch):
+    """pydantic-settings skips an ADGAN_* variable that names no setting without a word: one
+    underscore short (ADGAN_MQTT_PASSWORD) left the password unset, and the broker refused the
+    station. Now said by validate-config and run, with the setting it may have meant."""
+    bundle, thresholds = calibrated
+    cfg = agent_config(tmp_path, 1, bundle, thresholds, SRC)
+    monkeypatch.setenv("ADGAN_MQTT_PASSWORD", "secret")
+    monkeypatch.setenv("ADGAN_VERSION", "3")
+    monkeypatch.setenv("ADGAN_MQTT__KEEPALIVE_S", "30")  # (settings: read, not said)
+    monkeypatch.setenv("ADGAN_MODEL__BUNDLES__SPHERE", str(bundle))  # (a table of free keys)
+    rc, err = validate(cfg, capsys)
+    said = [ln for ln in err.splitlines() if "environment variable" in ln]
+    assert rc == 0 and len(said) == 2, err
+    assert said[0].endswith("ADGAN_MQTT_PASSWORD names no setting and is not read: did you mean ADGAN_MQTT__PASSWORD?")
+    assert said[1].endswith("ADGAN_VERSION names no setting and is not read (nested tables are joined by __, e.g. "
+                            "ADGAN_MQTT__PORT; docs/agent-toml.md lists every setting)")
+
+
 def test_interfaces_with_bad_settings_exit_2_at_validate_config(calibrated, tmp_path, capsys):
     """Issue 17: a missing GPIO chip, a gpio trigger without its line, a line used twice."""
     bundle, thresholds = calibrated
