@@ -227,13 +227,13 @@ def check_interfaces(s: AgentSettings, r: Report) -> None:
                           "station's class and trigger it")
 
 
-def check_environment(r: Report, environ=None) -> None:
+def check_environment(r: Report) -> None:
     """An `ADGAN_*` environment variable that names no setting is not read (pydantic-settings
     skips it without a word: `ADGAN_MQTT_PASSWORD`, one underscore short, left the password unset
     and the broker refused the station): said, with the setting it may have meant."""
     from agent.settings_reference import env_names
     names, free = env_names()
-    for key in sorted(os.environ if environ is None else environ):
+    for key in sorted(os.environ):
         k = key.upper()
         if k.startswith("ADGAN_") and k not in names and not k.startswith(tuple(free)):
             near = difflib.get_close_matches(k, names, 1, 0.8)

@@ -28,7 +28,8 @@ from tests.agent.conftest import AgentProcess, Broker, Subscriber, agent_config,
 
 def process(pid: int) -> dict:
     """Resident memory (kB), open files and threads of a process, from /proc."""
-    rss = next(int(ln.split()[1]) for ln in open(f"/proc/{pid}/status") if ln.startswith("VmRSS:"))
+    rss = next(int(ln.split()[1]) for ln in Path(f"/proc/{pid}/status").read_text().splitlines()
+               if ln.startswith("VmRSS:"))
     return {"rss_kb": rss, "fds": len(os.listdir(f"/proc/{pid}/fd")), "threads": len(os.listdir(f"/proc/{pid}/task"))}
 
 
