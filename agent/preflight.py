@@ -22,6 +22,8 @@ try:
 except ModuleNotFoundError:  # Python 3.10 (JetPack 6): the tomli backport, a dependency there
     import tomli as tomllib
 
+from pydantic import BaseModel
+
 from agent.decide.inspector import check_class_model, check_rivals
 from agent.mqtt.files import AgentLock, write_error
 from agent.mqtt.salvage import corrupt_file
@@ -242,10 +244,49 @@ def check_environment(r: Report) -> None:
                                  "e.g. ADGAN_MQTT__PORT; docs/agent-toml.md lists every setting)"))
 
 
+def relative_paths(table: BaseModel, prefix: str = "") -> list[tuple[str, Path]]:
+    """(setting, path) of each relative path the settings hold, in their tables and free-key tables."""
+    out = []
+    for name in type(table).model_fields:
+        value = getattr(table, name)
+        for key, v in (value.items() if isinstance(value, dict) else [(None, value)]):
+            setting = prefix + name + ("" if key is None else f".{key}")
+            if isinstance(v, BaseModel):
+                out += relative_paths(v, setting + ".")
+            elif isinstance(v, Path) and not v.is_absolute():
+                out.append((setting, v))
+    return out
+
+
+def check_relative_paths(s: AgentSettings, r: Report, config: str | Path | None) -> None:
+    """A relative path is read from the folder the agent runs in (`/` under systemd), not from
+    the configuration's folder: a configuration tried by hand beside its files then failed under
+    the unit, said as a bundle or folder that does not exist, naming no cause; and an outbox
+    named so was a new, empty one, the events kept in the other never sent. Where a relative path
+    does not exist from here and does beside the configuration, that is said; for the outbox it
+    is a refusal."""
+    if config is None:
+        return
+    here, beside = Path.cwd(), Path(config).resolve().parent
+    if here.resolve() == beside:
+        return
+    for setting, p in relative_paths(s):
+        if (here / p).exists() or not (beside / p).exists():
+            continue
+        unit = "" if here == Path("/") else "; a systemd unit runs it in /"
+        why = (f"{p} is a relative path, read from the folder the agent runs in ({here}{unit}), where it does not "
+               f"exist; it exists beside the configuration ({beside / p}): write the whole path")
+        if setting == "outbox.path":
+            r.problems.append(SettingError(setting, why + " (the events kept in that outbox would never be sent)"))
+        else:
+            r.warnings.append(f"{setting}: {why}")
+
+
 def preflight(s: AgentSettings, config: str | Path | None = None) -> Report:
     """Every check `run` makes before it starts, without opening engines, sockets or files
     for writing."""
     r = Report()
+    check_relative_paths(s, r, config)
     for check in (check_models, check_tls, check_outbox, check_source, check_interfaces, check_delivery):
         check(s, r)
     check_secrets(s, r, config)

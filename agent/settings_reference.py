@@ -25,6 +25,8 @@ credentials (the secret `mqtt_password`), and the TOML file (`--config`). Unknow
 refused; an `ADGAN_*` environment variable that names no setting is said (`validate-config`,
 `run`). `adgan agent validate-config --config agent.toml` checks a configuration and names
 every setting at fault (exit 2). `systemd/agent.example.toml` is a complete example.
+A relative path is read from the folder the agent runs in (`/` under systemd), not from the
+configuration's folder: write whole paths.
 """
 
 

@@ -189,6 +189,38 @@ def test_an_environment_variable_that_names_no_setting_is_said(calibrated, tmp_p
                             "ADGAN_MQTT__PORT; docs/agent-toml.md lists every setting)")
 
 
+def test_a_relative_path_that_exists_only_beside_the_configuration_is_said(calibrated, tmp_path, capsys,
+                                                                           monkeypatch):
+    """A relative path is read from the folder the agent runs in (/ under systemd): a
+    configuration tried by hand in its own folder failed under the unit as a bundle that is not
+    there, naming no cause, and a relative outbox was a new, empty one (the events kept in the
+    other never sent). Now the cause is said, and such an outbox refused."""
+    bundle, thresholds = calibrated
+    station = tmp_path / "station"
+    (station / "frames").mkdir(parents=True)
+    shutil.copytree(bundle, station / "bundle")
+    shutil.copy(thresholds, station / "thresholds.json")
+    cfg = agent_config(station, 1, "bundle", "thresholds.json", 'type = "folder"\npath = "frames"')
+    cfg.write_text(cfg.read_text().replace(str(station / "outbox.sqlite"), "outbox.sqlite"))
+    monkeypatch.chdir(station)  # beside its files: valid, nothing said
+    rc, err = validate(cfg, capsys)
+    assert rc == 0 and "relative" not in err, err
+    monkeypatch.chdir(tmp_path)  # elsewhere, as under a unit
+    rc, err = validate(cfg, capsys)
+    said = [ln for ln in err.splitlines() if "is a relative path" in ln]
+    assert rc == 2 and [ln.split(": warning: ")[1].split(":")[0] for ln in said] == \
+        ["source.path", "model.bundles.sphere", "model.thresholds"], err
+    assert f"read from the folder the agent runs in ({tmp_path}; a systemd unit runs it in /), where it does " \
+           f"not exist; it exists beside the configuration ({station / 'bundle'}): write the whole path" in err
+    assert "outbox.path" not in err  # (no outbox beside it yet: nothing would be left behind)
+    (station / "outbox.sqlite").touch()
+    for call in (validate, run):
+        rc, err = call(cfg, capsys)
+        assert rc == 2 and "outbox.path: outbox.sqlite is a relative path" in err and \
+            "(the events kept in that outbox would never be sent)" in err, err
+    assert not (tmp_path / "outbox.sqlite").exists()
+
+
 def test_interfaces_with_bad_settings_exit_2_at_validate_config(calibrated, tmp_path, capsys):
     """Issue 17: a missing GPIO chip, a gpio trigger without its line, a line used twice."""
     bundle, thresholds = calibrated
