@@ -19,6 +19,7 @@ from typing import Any
 from agent import durable
 
 THRESHOLDS_FORMAT = 1
+MAX_DIGITS = 300  # digits of a whole number in the file (a float reaches 1.8e308)
 MAX_BYTES = 64 << 20  # a class's record is a few kB: a larger file is not one (and is not read on a station)
 
 
@@ -50,6 +51,16 @@ def recorded_engine(record: dict[str, Any]) -> str | None:
     return _LEGACY_ENGINES.get(str(backend), str(backend)) if backend else None
 
 
+def _whole_number(text: str) -> int:
+    """A JSON whole number within a float's range: past it no threshold, seed or count is meant,
+    and one (`1` and 400 zeros, written by hand) raised an OverflowError where a float was taken
+    (math.isfinite, float()), which a reload did not catch: the agent stopped."""
+    digits = len(text.lstrip("-"))
+    if digits > MAX_DIGITS:
+        raise ValueError(f"a whole number of {digits} digits, past any threshold, seed or count")
+    return int(text)
+
+
 def read_thresholds(path: str | Path) -> dict[str, Any]:
     """The file's document. A file saved by an editor as UTF-16 or with a UTF-8 byte order mark
     reads as what it says (JSON's own detection); other text, a document nested too deeply for the
@@ -62,7 +73,7 @@ def read_thresholds(path: str | Path) -> dict[str, Any]:
         raise ThresholdError(f"{path}: {size} bytes, more than a thresholds file holds (at most {MAX_BYTES})")
     raw = path.read_bytes()
     try:
-        doc = json.loads(raw)
+        doc = json.loads(raw, parse_int=_whole_number)
     except json.JSONDecodeError as e:
         raise ThresholdError(f"{path}: not valid JSON ({e})") from None
     except UnicodeDecodeError as e:
@@ -70,6 +81,8 @@ def read_thresholds(path: str | Path) -> dict[str, Any]:
                              "save it as UTF-8") from None
     except RecursionError:
         raise ThresholdError(f"{path}: nested too deeply to be a thresholds file") from None
+    except ValueError as e:  # (_whole_number's)
+        raise ThresholdError(f"{path}: not a thresholds file ({e})") from None
     if not isinstance(doc, dict) or doc.get("format") != THRESHOLDS_FORMAT or not isinstance(doc.get("classes"), dict):
         raise ThresholdError(f"{path}: not a thresholds file of format {THRESHOLDS_FORMAT}")
     return doc

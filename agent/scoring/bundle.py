@@ -214,8 +214,8 @@ class Bundle:
             manifest = json.loads(raw)
         except json.JSONDecodeError as e:
             raise BundleError(f"{mf}: not valid JSON ({e})") from None
-        except (UnicodeDecodeError, RecursionError) as e:  # (not text; nested deeper than the parser goes)
-            raise BundleError(f"{mf}: not a manifest ({type(e).__name__}: {e})") from None
+        except (ValueError, RecursionError) as e:  # (not text; a number of more digits than Python reads; nested
+            raise BundleError(f"{mf}: not a manifest ({type(e).__name__}: {e})") from None  # deeper than it goes)
         if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
             raise BundleError(f"{path}: bundle format {manifest.get('format') if isinstance(manifest, dict) else '?'!r} "
                               f"is not supported (this build reads format {BUNDLE_FORMAT})")

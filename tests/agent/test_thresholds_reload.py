@@ -108,11 +108,18 @@ def test_records_written_by_hand_are_refused_as_a_setting_at_start(bundles, tmp_
                         ({"search": {"k": "5"}}, "k '5': not a number"),
                         ({"search": {"k": 5.5}}, "k 5.5: not a number"),
                         ({"search": {"n_seed": 0}}, "n_seed and seeds_per_call must be >= 1"),
-                        ({"search": {"lr_z": None}}, "lr_z None")):
+                        ({"search": {"lr_z": None}}, "lr_z None"),
+                        # (past a float's range: an OverflowError of float() or math.isfinite stopped the agent)
+                        ({"threshold": 10 ** 400}, "a whole number of 401 digits"),
+                        ({"class_check": {"threshold": -10 ** 309, "rivals": {"x": "y"}}}, "310 digits"),
+                        ({"search": {"lr_z": 10 ** 400}}, "401 digits")):
         p.write_text(json.dumps({"format": 1, "classes": {"sphere": {**base, **extra}}}))
         with pytest.raises(SettingError, match="model.thresholds") as e:
             load_class_model("sphere", b, p, 0)
         assert said in str(e.value), (extra, str(e.value))
+    p.write_text(json.dumps({"format": 1, "classes": {"sphere": base}}).replace("0.5", "1" * 5000))
+    with pytest.raises(SettingError, match="a whole number of 5000 digits"):  # (past what Python reads: ValueError)
+        load_class_model("sphere", b, p, 0)
     p.write_text(json.dumps({"format": 1, "classes": {"sphere": {**base, "seed": 0, "search": {"k": 3, "lr_z": 0.1}}}}))
     m = load_class_model("sphere", b, p, 0)
     assert (m.searcher.params.k, m.searcher.params.lr_z) == (3, 0.1)

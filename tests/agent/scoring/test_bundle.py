@@ -60,6 +60,16 @@ def test_bad_manifests_are_refused(bundles, tmp_path, edit, msg):
         Bundle.load(edited(bundles, tmp_path, edit))
 
 
+def test_a_number_longer_than_python_reads_is_a_manifest_refused(bundles, tmp_path):
+    """A whole number of more than 4300 digits is a ValueError of json.loads (Python's limit), not
+    a JSONDecodeError: it ended the start in a traceback instead of naming the bundle."""
+    p = edited(bundles, tmp_path, lambda m: None)
+    mf = p / "manifest.json"
+    mf.write_text(mf.read_text().replace('"k": ', '"k": ' + "1" * 5000 + ', "k2": '))
+    with pytest.raises(BundleError, match="not a manifest .*5000 digits"):
+        Bundle.load(p)
+
+
 def edited(bundles, tmp_path, edit):
     """A copy of a test bundle whose manifest `edit` changed."""
     p = tmp_path / "b"
