@@ -104,8 +104,8 @@ class SeqRecord:
             events, uptime = doc.get("counters", {}).get("events", 0), doc.get("uptime_s", 0)
             rate = float(events) / float(uptime) if uptime and float(uptime) > 0 else 0.0
             recorded_at = doc.get("time") if isinstance(doc.get("time"), str) else None
-        except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
-            return  # an older agent's status (no outbox.seq), or not a status: nothing to compare
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError, OverflowError):
+            return  # an older agent's status (no outbox.seq), or not a status (a count past a float's range)
         if isinstance(seq, int) and not isinstance(seq, bool):
             self.outbox.continue_after(seq, rate, recorded_at[:40] if recorded_at else None)
 

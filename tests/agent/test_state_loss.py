@@ -98,8 +98,9 @@ def test_the_record_is_applied_before_the_numbers_are_said_to_be_checked(broker,
     status(3),                                                   # below this outbox: nothing lost
     status(True), status("900"), status(2 ** 40), status(2 ** 31 - 10),   # (past 32 bits with the margin)
     "not json", json.dumps({"station": "st1"}), json.dumps([1, 2]),
+    status(900, events=10 ** 400), status(900, uptime_s=-10 ** 400),  # (an OverflowError in paho's callback)
 ])
-def test_a_record_behind_or_untrustworthy_changes_nothing(broker, tmp_path, record):
+def test_a_record_behind_or_untrustworthy_changes_nothing(broker, tmp_path, record, caplog):
     pub = publisher(tmp_path, broker)
     for _ in range(5):
         pub.outbox.next_seq()
@@ -110,6 +111,7 @@ def test_a_record_behind_or_untrustworthy_changes_nothing(broker, tmp_path, reco
         assert pub.outbox.next_seq() == 6 and pub.outbox.continued is None
     finally:
         pub.stop(1)
+    assert not [r for r in caplog.records if "callback failed" in r.getMessage()]  # (after paho's thread ended)
 
 
 def test_without_a_record_the_check_ends_soon_and_a_live_status_is_not_read(broker, tmp_path):
