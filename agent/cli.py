@@ -113,20 +113,27 @@ def cmd_run(a: argparse.Namespace) -> int:
         agent.start()
     except (OSError, sqlite3.Error, ssl.SSLError) as e:
         # preflight passed, so something changed since or cannot be foreseen: one line, exit 2
-        agent.shutdown()
+        _not_started(agent, e)
         logsink.drain(2.0)  # (the log's lines first)
         print(f"{a.config}: the agent cannot start: {type(e).__name__}: {e}", file=sys.stderr)
         if not isinstance(e, OutboxInUse):  # (the station is running: the other agent speaks for it)
             _say_refusal(a, s, [f"the agent cannot start: {type(e).__name__}: {e}"])
         return 2
     except (ValueError, FileNotFoundError, BackendUnavailable) as e:
-        agent.shutdown()  # adgan's main prints input errors (bad bundle, stale thresholds) as one line, exit 2
+        _not_started(agent, e)  # adgan's main prints input errors (bad bundle, stale thresholds) as one line, exit 2
         _say_refusal(a, s, [str(e)])
         raise
-    except BaseException:
-        agent.shutdown()
+    except BaseException as e:
+        _not_started(agent, e)
         raise
     return agent.run()
+
+
+def _not_started(agent, e: BaseException) -> None:
+    """A start that failed: what it took is released, and its run record says why it stopped (the
+    next start would otherwise say it was killed)."""
+    agent._stop_cause = agent._stop_cause or f"it could not start: {type(e).__name__}: {e}"
+    agent.shutdown()
 
 
 def cmd_capture_reference(a: argparse.Namespace) -> int:

@@ -51,6 +51,9 @@ class _StateCollector:
                                   value=reserve.get("released", 0))
         yield CounterMetricFamily("adgan_clock_jumps", "jumps of the wall clock that stamps the events (NTP, a "
                                   "person, a suspend)", value=(st.get("clock") or {}).get("jumps", 0))
+        yield CounterMetricFamily("adgan_runs_ended_without_stop", "runs of this outbox's agent that ended without "
+                                  "stopping (killed, crashed, the machine restarted under it), counted across runs",
+                                  value=(st.get("previous_run") or {}).get("runs_ended_without_stop", 0))
         yield CounterMetricFamily("adgan_log_lines_dropped", "log lines dropped because the log's output (the "
                                   "journal) took nothing and health.log_buffer_kb filled, or failed",
                                   value=(st.get("log") or {}).get("dropped", 0))

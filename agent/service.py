@@ -345,7 +345,7 @@ class Agent(Requests):
         c = self.counters.snapshot()
         return {"station": self.s.station_id, "time": utc_iso(time.time()),
                 "uptime_s": round(time.monotonic() - self.started, 1), "clock": self.clock.status(),
-                "loop": self.loop_watch.status(), "log": logsink.status(),
+                "loop": self.loop_watch.status(), "log": logsink.status(), "previous_run": self.lock.run.status(),
                 "expected_class": self.expected, "class_switch": self.classes.status() if self.classes else None,
                 "trigger": self.s.trigger.mode, "requests": self.commands.status(), "counters": c,
                 "stage_seconds": {k: round(v, 3) for k, v in self.stage_s.items()},
@@ -397,4 +397,4 @@ class Agent(Requests):
         if self.outbox is not None:
             self.outbox.close()
             self.outbox = None
-        self.lock.release()
+        self.lock.release(self._stop_cause)

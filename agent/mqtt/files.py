@@ -17,6 +17,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.run_record import RunRecord
+
 log = logging.getLogger(__name__)
 
 
@@ -303,17 +305,17 @@ class OutboxInUse(OSError):
 
 
 class AgentLock:
-    """One agent per outbox: an exclusive lock (flock) on `<outbox>.lock`, held while the agent
-    runs. A second agent on the same outbox (started by hand beside the service, say) would count
-    the same sequence numbers as the first and send the first one's events as well. The kernel
-    releases the lock when the process ends, however it ends: a kill leaves no stale lock."""
+    """One agent per outbox: a lock (flock) on `<outbox>.lock`, held while the agent runs. A second
+    agent on the outbox (started by hand beside the service) would count the same sequence numbers
+    as the first and send its events too. The kernel releases it however the process ends: a kill
+    leaves no stale lock (how the run ended is kept apart: `run`, agent/run_record.py)."""
 
     CHECK_S = 1.0  # how often check() looks at the lock file
 
     def __init__(self, outbox: str | Path) -> None:
         outbox = Path(outbox)
         self.path, self.outbox, self._fd = outbox.with_name(outbox.name + ".lock"), outbox, -1
-        self._next_check, self._lost = 0.0, False
+        self._next_check, self._lost, self.run = 0.0, False, RunRecord(outbox)  # (how the run before ended)
 
     def acquire(self) -> None:
         """Take the lock, or raise OutboxInUse naming the holder. A lock file that cannot be made
@@ -324,7 +326,7 @@ class AgentLock:
         except OSError as e:
             log.warning("cannot make the lock file %s (%s): a second agent on this outbox would not be refused",
                         self.path, e)
-            return
+            return self.run.start()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -334,6 +336,7 @@ class AgentLock:
                               "already (systemctl status adgan-agent)? Two agents on one outbox would repeat "
                               "sequence numbers; stop the other one, or give this one its own outbox.path") from None
         self._fd = fd
+        self.run.start()
         try:  # who holds it, for the message above (a full disk leaves it empty: the lock holds anyway)
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()}, since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}".encode(), 0)
@@ -355,10 +358,11 @@ class AgentLock:
             os.close(fd)  # (releases the shared lock if it was taken)
 
     def check(self) -> None:
-        """Take the lock again if its file was deleted or replaced while the agent runs (a person
-        cleaning up what looks like a stale lock): the lock held stays on the deleted file, and a
-        second agent would make a new one and run beside this one. Said once per time; if another
-        agent took the new file first, that is an error, said once until it lets go."""
+        """The run is alive (agent/run_record.py). The lock is taken again if its file was deleted or
+        replaced under a running agent (a person cleaning up a lock that looks stale): the lock held
+        stays on the deleted file, and a second agent would make a new one and run beside this one.
+        Said once per time; another agent that took the new file first is an error, said once until it goes."""
+        self.run.alive()
         if self._fd < 0 or time.monotonic() < self._next_check:
             return
         self._next_check = time.monotonic() + self.CHECK_S
@@ -389,7 +393,8 @@ class AgentLock:
         else:
             self._fd = old  # (acquire said why no file could be made)
 
-    def release(self) -> None:
+    def release(self, cause: str | None = None) -> None:
+        self.run.stopped(cause)
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

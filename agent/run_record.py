@@ -1,0 +1,146 @@
+"""How the run before ended, said at start: a kill, a crash or a power cut is a failure too.
+
+Until 2026-12-07 a start after the agent was killed (SIGKILL, systemd's watchdog, the kernel's
+OOM killer), crashed in native code or lost its power said nothing of it: only the init system's
+journal did, and a station watched over MQTT looked as if it had merely restarted. Now
+`<outbox>.run` holds one line (JSON) about the run: its pid, the machine's boot, when it
+started, when it was last seen alive (the loop's turns, every ALIVE_S at most) and, once it
+stops, when and why. A start reads the line the run before left: one with no stop is a run
+that ended without stopping, said (WARNING: killed or crashed on this boot, or the machine
+restarted under it, and when it was last seen alive) and counted across runs; it is in
+`status.previous_run` and the metric `adgan_runs_ended_without_stop_total`.
+
+The file is rewritten in place and not flushed while the agent runs (a write per ALIVE_S to the
+page cache); its stop is flushed, so that a power cut after a stop does not look like a kill. A
+file that cannot be written (a full or read-only disk) is said once and the agent goes on.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from agent.mqtt.events import utc_iso
+
+log = logging.getLogger(__name__)
+
+SUFFIX = ".run"
+ALIVE_S = 5.0
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+def boot_id() -> str | None:
+    try:
+        return BOOT_ID.read_text().strip() or None
+    except OSError:
+        return None
+
+
+class RunRecord:
+    def __init__(self, outbox: str | Path) -> None:
+        outbox = Path(outbox)
+        self.path = outbox.with_name(outbox.name + SUFFIX)
+        self.previous: dict | None = None  # what the run before left (status.previous_run); None: no run before
+        self.ended_without_stop = 0         # such runs counted since the station's first (kept in the file)
+        self._fd, self._next_alive, self._failed = -1, 0.0, False
+        self._me: dict = {}
+
+    def start(self) -> None:
+        """Read what the run before left, say how it ended, and write this run's line (once)."""
+        if self._me:
+            return
+        before = self._read()
+        if before is not None:
+            self.previous = self._ended(before)
+        self._me = {"pid": os.getpid(), "boot": boot_id(), "started": utc_iso(time.time()), "alive": None,
+                    "stopped": None, "cause": None, "ended_without_stop": self.ended_without_stop}
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            self._fail(e)
+            return
+        self._fd = fd
+        self.alive(force=True)
+
+    def _read(self) -> dict | None:
+        try:
+            raw = self.path.read_bytes()[:4096]
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            log.warning("cannot read %s (%s): how the run before ended is not known", self.path, e)
+            return {"unreadable": str(e)}
+        try:
+            doc = json.loads(raw.split(b"\n", 1)[0].decode())
+            if not isinstance(doc, dict):
+                raise ValueError("not an object")
+            n = doc.get("ended_without_stop", 0)
+            self.ended_without_stop = n if isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 1 << 53 else 0
+            return doc
+        except (ValueError, RecursionError) as e:  # (a damaged file; UnicodeDecodeError is a ValueError)
+            log.warning("%s cannot be read (%s): how the run before ended is not known", self.path, e)
+            return {"unreadable": str(e)}
+
+    def _ended(self, doc: dict) -> dict:
+        """status.previous_run from the run before's line, said in the log."""
+        if "unreadable" in doc:
+            return {"ended": "unknown", "error": doc["unreadable"]}
+        seen = {k: doc.get(k) if isinstance(doc.get(k), (str, int)) else None
+                for k in ("pid", "started", "alive", "stopped", "cause")}
+        if seen["stopped"] is not None:
+            log.info("the run before (pid %s, started %s) stopped at %s: %s", seen["pid"], seen["started"],
+                     seen["stopped"], seen["cause"] or "asked to")
+            return {**seen, "ended": "stopped"}
+        self.ended_without_stop += 1
+        same_boot = doc.get("boot") is not None and doc.get("boot") == boot_id()
+        ended = "killed or crashed" if same_boot else \
+            "the machine restarted" if doc.get("boot") is not None and boot_id() is not None else \
+            "killed, crashed or the machine restarted"
+        how = ("was killed (SIGKILL; systemd's watchdog; the kernel's OOM killer: see dmesg) or crashed (see the "
+               "journal of that time)" if same_boot else
+               "did not stop before the machine restarted (a power cut, a reboot without stopping the service, "
+               "a kernel crash)" if ended == "the machine restarted" else
+               "was killed, crashed or lost its power")
+        log.warning("the run before (pid %s, started %s) ended without stopping: it %s; last seen alive at %s. "
+                    "%d run(s) on this outbox have ended so", seen["pid"], seen["started"],
+                    how, seen["alive"] or seen["started"], self.ended_without_stop)
+        return {**seen, "ended": ended}
+
+    def status(self) -> dict | None:
+        """status.previous_run: how the run before ended; None for the first run on this outbox."""
+        return None if self.previous is None else {**self.previous, "runs_ended_without_stop": self.ended_without_stop}
+
+    def alive(self, force: bool = False) -> None:
+        """The loop turns: this run is alive (written every ALIVE_S at most)."""
+        now = time.monotonic()
+        if self._fd < 0 or (not force and now < self._next_alive):
+            return
+        self._next_alive = now + ALIVE_S
+        self._me["alive"] = utc_iso(time.time())
+        self._write(flush=False)
+
+    def stopped(self, cause: str | None) -> None:
+        """This run stops (its cause: a signal, the source's end, a failure), flushed."""
+        if self._fd < 0:
+            return
+        self._me.update(stopped=utc_iso(time.time()), cause=(cause or "asked to")[:500])
+        self._write(flush=True)
+        os.close(self._fd)
+        self._fd = -1
+
+    def _write(self, flush: bool) -> None:
+        line = (json.dumps(self._me, separators=(",", ":")) + "\n").encode()
+        try:  # (written over the old line, then cut to it: a kill between leaves a line and some of the old)
+            os.pwrite(self._fd, line, 0)
+            os.ftruncate(self._fd, len(line))
+            if flush:
+                os.fsync(self._fd)
+        except OSError as e:
+            self._fail(e)
+
+    def _fail(self, e: OSError) -> None:
+        if not self._failed:
+            self._failed = True
+            log.warning("cannot write %s (%s): a kill of this run will not be said at the next start", self.path, e)

@@ -1,0 +1,121 @@
+"""How the run before ended is said at start (agent/run_record.py): a kill, a crash or a power
+cut is a failure too, and until 2026-12-07 only the init system's journal said it."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+
+from agent import run_record
+from agent.run_record import RunRecord
+from tests.agent.conftest import AgentProcess, Subscriber, agent_config, free_port, scrape
+
+
+def started(tmp_path) -> RunRecord:
+    r = RunRecord(tmp_path / "outbox.sqlite")
+    r.start()
+    return r
+
+
+def line(tmp_path) -> dict:
+    return json.loads((tmp_path / "outbox.sqlite.run").read_text())
+
+
+def test_a_stop_a_kill_and_a_restart_of_the_machine_are_told_apart(tmp_path, caplog, monkeypatch):
+    caplog.set_level(logging.INFO, "agent.run_record")
+    first = started(tmp_path)
+    assert first.status() is None  # (the first run on this outbox)
+    me = line(tmp_path)
+    assert me["pid"] == os.getpid() and me["stopped"] is None and me["alive"] and me["boot"] == run_record.boot_id()
+    first.stopped("SIGTERM")
+    assert line(tmp_path)["cause"] == "SIGTERM" and line(tmp_path)["stopped"]
+
+    second = started(tmp_path)
+    assert second.status() == {**{k: me[k] for k in ("pid", "started")}, "alive": me["alive"],
+                               "stopped": second.previous["stopped"], "cause": "SIGTERM", "ended": "stopped",
+                               "runs_ended_without_stop": 0}
+    assert "stopped at" in caplog.text and "without stopping" not in caplog.text
+    second.alive(force=True)
+    alive = line(tmp_path)["alive"]
+    os.close(second._fd)  # killed: no stop written
+
+    third = started(tmp_path)
+    st = third.status()
+    assert st["ended"] == "killed or crashed" and st["alive"] == alive and st["runs_ended_without_stop"] == 1
+    said = [r for r in caplog.records if "ended without stopping" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.WARNING
+    assert f"last seen alive at {alive}" in said[0].getMessage() and "was killed" in said[0].getMessage()
+    assert line(tmp_path)["ended_without_stop"] == 1  # (counted across runs)
+    os.close(third._fd)
+
+    monkeypatch.setattr(run_record, "boot_id", lambda: "another-boot")  # the machine restarted under it
+    fourth = started(tmp_path)
+    assert fourth.status()["ended"] == "the machine restarted" and fourth.status()["runs_ended_without_stop"] == 2
+    assert "did not stop before the machine restarted" in caplog.text
+    fourth.stopped(None)
+    assert started(tmp_path).status()["cause"] == "asked to"
+
+
+def test_a_damaged_or_unwritable_record_is_said_and_the_agent_goes_on(tmp_path, caplog):
+    (tmp_path / "outbox.sqlite.run").write_bytes(b"\x93{pid")
+    r = started(tmp_path)
+    assert r.status()["ended"] == "unknown" and "cannot be read" in caplog.text
+    r.stopped("SIGTERM")
+    assert started(tmp_path).status()["ended"] == "stopped"  # (written anew)
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if os.access(ro, os.W_OK):  # (root writes anyway: a file in the way instead)
+            (ro / "outbox.sqlite.run").mkdir()
+        r = RunRecord(ro / "outbox.sqlite")
+        r.start()
+        r.alive(force=True)
+        r.stopped("SIGTERM")
+    finally:
+        ro.chmod(0o700)
+    assert [m for m in caplog.messages if "cannot write" in m or "cannot read" in m]
+
+
+def test_an_agent_killed_is_said_by_its_next_start(broker, calibrated, synth_data, tmp_path):
+    """The agent's process killed (SIGKILL), started again: its log and status say how the run
+    before ended, and the metric counts it; a stop (SIGTERM) is said as one, with its cause."""
+    bundle, thresholds = calibrated
+    port = free_port()
+    src = f'type = "folder"\npath = "{synth_data / "test" / "sphere"}"\nloop = true\nfps = 20'
+    cfg = agent_config(tmp_path, broker.port, bundle, thresholds, src,
+                       extra=f"[metrics]\nenabled = true\nport = {port}\n")
+    sub = Subscriber(broker.port, "adgan/st1/status")
+
+    def previous_run():
+        sub.messages.clear()
+        assert sub.wait_for(lambda m: sub.documents("adgan/st1/status"), 30)
+        return sub.documents("adgan/st1/status")[-1]["previous_run"]
+
+    try:
+        assert sub.subscribed.wait(10)
+        agent = AgentProcess(cfg, tmp_path / "1.log")
+        try:
+            assert previous_run() is None
+        finally:
+            agent.kill()
+        agent = AgentProcess(cfg, tmp_path / "2.log")
+        try:
+            st = previous_run()
+            assert st["ended"] == "killed or crashed" and st["runs_ended_without_stop"] == 1 and st["alive"], st
+            assert "ended without stopping: it was killed" in agent.output()
+            assert "adgan_runs_ended_without_stop_total 1.0" in scrape(f"http://127.0.0.1:{port}/metrics", 30)
+            assert agent.terminate(30) == 0
+        finally:
+            agent.stop()
+        agent = AgentProcess(cfg, tmp_path / "3.log")
+        try:
+            st = previous_run()
+            assert st["ended"] == "stopped" and st["cause"] == signal.SIGTERM.name, st
+            assert st["runs_ended_without_stop"] == 1 and "without stopping" not in agent.output()
+        finally:
+            agent.stop()
+    finally:
+        sub.close()
