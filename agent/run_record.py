@@ -133,12 +133,26 @@ class RunRecord:
     def _write(self, flush: bool) -> None:
         line = (json.dumps(self._me, separators=(",", ":")) + "\n").encode()
         try:  # (written over the old line, then cut to it: a kill between leaves a line and some of the old)
+            self._same_file()
             os.pwrite(self._fd, line, 0)
             os.ftruncate(self._fd, len(line))
             if flush:
                 os.fsync(self._fd)
         except OSError as e:
             self._fail(e)
+
+    def _same_file(self) -> None:
+        """The file deleted or replaced under a running agent (a person cleaning the state folder): made
+        anew, so that this run's stop is not written into a file no start reads."""
+        try:
+            now, held = os.stat(self.path), os.fstat(self._fd)
+            if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+                return
+        except FileNotFoundError:
+            pass
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.close(self._fd)
+        self._fd = fd
 
     def _fail(self, e: OSError) -> None:
         if not self._failed:
