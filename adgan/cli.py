@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import sys
 
 from adgan import __version__
@@ -70,7 +71,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def standard_streams() -> None:
+    """Standard input, output and error closed at the start (`2>&-`, a wrapper that closes them)
+    are opened on /dev/null. Until 2026-12-07 `adgan agent run 2>&-` exited 1 without a word
+    (faulthandler refuses a missing stderr), and in any command the first file opened took a
+    closed stream's number, so that whatever writes to that stream by number (faulthandler, a
+    library) would write into it."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    for name, fd in (("stdout", 1), ("stderr", 2)):
+        if getattr(sys, name) is None:  # (Python makes it None when its descriptor was closed at the start)
+            setattr(sys, name, open(fd, "w", buffering=1, errors="backslashreplace", closefd=False))
+
+
 def main(argv: list[str] | None = None) -> int:
+    standard_streams()
     from agent.logsink import FORMAT
     from agent.scoring.backend import BackendUnavailable
     from agent.scoring.tensorrt import EngineBuildFailed

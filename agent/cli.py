@@ -102,7 +102,7 @@ def cmd_run(a: argparse.Namespace) -> int:
             faulthandler.enable(file=err, all_threads=True)
             stacks_on_sigusr1(logsink.output())  # (not faulthandler.register: its dump in the handler may crash it)
             break
-        except (AttributeError, ValueError, OSError):
+        except (AttributeError, ValueError, OSError, RuntimeError):  # (RuntimeError: "sys.stderr is None")
             continue
     agent = Agent(s)
     # SIGHUP too (the terminal of a hand-started agent closed): a stop that finishes and flushes,

@@ -194,3 +194,33 @@ def test_a_log_output_that_takes_nothing_stops_no_part(broker, two_classes, synt
             proc.wait(10)
         os.close(r)
         hang_up(cmd, sub)
+
+
+def test_an_agent_started_with_its_standard_streams_closed_runs(broker, calibrated, synth_data, tmp_path):
+    """`adgan agent run 2>&-` (or a wrapper that closes the streams) exited 1 without a word:
+    faulthandler refused the missing stderr. The streams are now opened on /dev/null first, so
+    no file the agent opens takes their numbers (what writes to stderr by number would write
+    into it)."""
+    from tests.agent.conftest import Subscriber, agent_config
+    bundle, thresholds = calibrated
+    src = f'type = "folder"\npath = "{synth_data / "test" / "sphere"}"\nloop = true\nfps = 20'
+    cfg = agent_config(tmp_path, broker.port, bundle, thresholds, src)
+    sub = Subscriber(broker.port, "adgan/st1/events")
+    code = ("import sys; sys.modules['torch'] = None\nfrom adgan.cli import main\n"
+            f"sys.exit(main(['agent', 'run', '--config', {str(cfg)!r}, '--env-file', '/nonexistent']))")
+    assert sub.subscribed.wait(10)
+    p = subprocess.Popen(["bash", "-c", 'exec "$0" -c "$1" 0<&- 1>&- 2>&-', sys.executable, code], cwd=ROOT)
+    try:
+        assert sub.wait_for(lambda m: len(sub.documents("adgan/st1/events")) >= 5, 60), p.poll()
+        p.terminate()
+        assert p.wait(20) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+        sub.close()
+    # in any command: the first file opened does not take a closed stream's number
+    probe = ("from adgan.cli import standard_streams\nstandard_streams()\nimport sys\n"
+             "f = open(sys.argv[1], 'w')\nf.write(str(f.fileno()))\nf.close()\nprint('said', file=sys.stderr)")
+    r = subprocess.run(["bash", "-c", 'exec "$0" -c "$1" "$2" 2>&- 1>&-', sys.executable, probe,
+                        str(tmp_path / "fd")], cwd=ROOT, timeout=60)
+    assert r.returncode == 0 and int((tmp_path / "fd").read_text()) > 2
