@@ -256,3 +256,14 @@ def write_text(path: str | Path, text: str, room=None) -> None:
         if room is None or not room(e):
             raise
         write_bytes(path, text.encode())
+
+
+def still_at(path: str | Path, fd: int) -> bool:
+    """Whether the file open as `fd` is still the one at `path`: not deleted, nor replaced by another
+    (a person cleaning a state folder). Other OSErrors are raised."""
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)

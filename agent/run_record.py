@@ -22,6 +22,7 @@ import os
 import time
 from pathlib import Path
 
+from agent import durable
 from agent.mqtt.events import utc_iso
 
 log = logging.getLogger(__name__)
@@ -144,12 +145,8 @@ class RunRecord:
     def _same_file(self) -> None:
         """The file deleted or replaced under a running agent (a person cleaning the state folder): made
         anew, so that this run's stop is not written into a file no start reads."""
-        try:
-            now, held = os.stat(self.path), os.fstat(self._fd)
-            if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
-                return
-        except FileNotFoundError:
-            pass
+        if durable.still_at(self.path, self._fd):
+            return
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         os.close(self._fd)
         self._fd = fd

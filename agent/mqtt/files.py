@@ -17,6 +17,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent import durable
 from agent.run_record import RunRecord
 
 log = logging.getLogger(__name__)
@@ -367,11 +368,8 @@ class AgentLock:
             return
         self._next_check = time.monotonic() + self.CHECK_S
         try:
-            now, held = os.stat(self.path), os.fstat(self._fd)
-            if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+            if durable.still_at(self.path, self._fd):
                 return
-        except FileNotFoundError:
-            pass
         except OSError:
             return
         old, self._fd = self._fd, -1
