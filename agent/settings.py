@@ -348,7 +348,8 @@ def load_settings(config: str | Path | None, env_file: str | Path | None = ".env
     password (environment, .env, file) wins.
     """
     if config is not None and not Path(config).is_file():
-        raise FileNotFoundError(f"config file {config} does not exist")
+        raise FileNotFoundError(f"config file {config} " + ("is a folder, not a file" if Path(config).is_dir()
+                                                            else "does not exist"))
     cfg = dict(AgentSettings.model_config, toml_file=Path(config) if config else None)
     cls = type("AgentSettings", (AgentSettings,), {"model_config": cfg})
     env = Path(env_file) if env_file and Path(env_file).is_file() else None

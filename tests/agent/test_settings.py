@@ -125,6 +125,9 @@ def test_validate_config_cli_exit_codes(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "2 invalid setting(s)" in err and "segmentation.max_depth_mm" in err and "station_id" in err
     assert main(["agent", "validate-config", "--config", str(tmp_path / "missing.toml")]) == 2
+    assert "missing.toml does not exist" in capsys.readouterr().err
+    assert main(["agent", "validate-config", "--config", str(tmp_path)]) == 2  # (a folder: it "did not exist")
+    assert f"config file {tmp_path} is a folder, not a file" in capsys.readouterr().err
 
 
 def test_a_config_saved_with_a_byte_order_mark_is_read(tmp_path, monkeypatch):
