@@ -11,8 +11,9 @@ restarted under it, and when it was last seen alive) and counted across runs; it
 `status.previous_run` and the metric `adgan_runs_ended_without_stop_total`.
 
 The file is rewritten in place and not flushed while the agent runs (a write per ALIVE_S to the
-page cache); its stop is flushed, so that a power cut after a stop does not look like a kill. A
-file that cannot be written (a full or read-only disk) is said once and the agent goes on.
+page cache); its start and its stop are flushed, so that a power cut soon after a start is not
+taken for the run before's stop, nor one after a stop for a kill. A file that cannot be
+written (a full or read-only disk) is said once and the agent goes on.
 """
 from __future__ import annotations
 
@@ -63,7 +64,9 @@ class RunRecord:
             self._fail(e)
             return
         self._fd = fd
-        self.alive(force=True)
+        self._me["alive"] = self._me["started"]
+        self._next_alive = time.monotonic() + ALIVE_S
+        self._write(flush=True)  # (on the disk at once: a power cut soon after must not leave the run before's line)
 
     def _read(self) -> dict | None:
         try:
