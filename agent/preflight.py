@@ -265,12 +265,18 @@ def check_relative_paths(s: AgentSettings, r: Report, config: str | Path | None)
     named so was a new, empty one, the events kept in the other never sent. Where a relative path
     does not exist from here and does beside the configuration, that is said; for the outbox it
     is a refusal."""
-    if config is None:
+    relative = relative_paths(s)
+    if config is None or not relative:
         return
-    here, beside = Path.cwd(), Path(config).resolve().parent
+    try:
+        here, beside = Path.cwd(), Path(config).resolve().parent
+    except OSError as e:  # (a shell left in a folder deleted since)
+        r.warnings.append(f"the folder the agent runs in cannot be found ({e.strerror}): the relative paths "
+                          f"({', '.join(name for name, _ in relative)}) cannot be read; write whole paths")
+        return
     if here.resolve() == beside:
         return
-    for setting, p in relative_paths(s):
+    for setting, p in relative:
         if (here / p).exists() or not (beside / p).exists():
             continue
         unit = "" if here == Path("/") else "; a systemd unit runs it in /"

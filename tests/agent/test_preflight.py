@@ -219,6 +219,13 @@ def test_a_relative_path_that_exists_only_beside_the_configuration_is_said(calib
         assert rc == 2 and "outbox.path: outbox.sqlite is a relative path" in err and \
             "(the events kept in that outbox would never be sent)" in err, err
     assert not (tmp_path / "outbox.sqlite").exists()
+    gone = tmp_path / "gone"  # a shell left in a folder deleted since: said, not a traceback
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    rc, err = validate(cfg, capsys)
+    assert rc == 2 and "the folder the agent runs in cannot be found (No such file or directory): the relative " \
+                       "paths (source.path, model.bundles.sphere, model.thresholds, outbox.path)" in err, err
 
 
 def test_interfaces_with_bad_settings_exit_2_at_validate_config(calibrated, tmp_path, capsys):
