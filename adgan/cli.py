@@ -81,7 +81,10 @@ def standard_streams() -> None:
         try:
             os.fstat(fd)
         except OSError:
-            null = os.open(os.devnull, os.O_RDWR)
+            try:
+                null = os.open(os.devnull, os.O_RDWR)
+            except OSError:  # (no /dev/null in a bare container: left as it was)
+                return
             if null != fd:
                 os.dup2(null, fd)
                 os.close(null)
