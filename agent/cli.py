@@ -244,6 +244,30 @@ def cmd_capture_frames(a: argparse.Namespace) -> int:
     return 0 if report.written else 1
 
 
+def cmd_record_exit(a: argparse.Namespace) -> int:
+    """systemd's view of how the run ended, into the run record (agent/run_record.py)."""
+    import os
+
+    from agent.mqtt.files import AgentLock
+    from agent.run_record import RunRecord
+    ended = {k: os.environ[v] for k, v in (("result", "SERVICE_RESULT"), ("exit_code", "EXIT_CODE"),
+                                           ("exit_status", "EXIT_STATUS")) if os.environ.get(v)}
+    if "result" not in ended:
+        print("adgan agent record-exit: $SERVICE_RESULT is not set: it is run by systemd, as ExecStopPost=",
+              file=sys.stderr)
+        return 2
+    s = _load(a)
+    if s is None:
+        return 2
+    holder = AgentLock(s.outbox.path).holder()
+    if holder is not None:  # (a start refused because another agent runs: its record is not this run's)
+        print(f"{a.config}: the outbox is in use by a running agent ({holder}): nothing recorded", file=sys.stderr)
+        return 0
+    if not RunRecord(s.outbox.path).record_exit(ended):
+        print(f"{a.config}: no readable run record beside {s.outbox.path}: nothing recorded", file=sys.stderr)
+    return 0
+
+
 def cmd_settings_reference(a) -> int:
     from agent.settings_reference import settings_reference
     text = settings_reference()
@@ -316,6 +340,14 @@ def add_parser(sub) -> None:
                    help="without --parts: keep every N-th frame read (default 1)")
     q.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     q.set_defaults(func=cmd_capture_frames)
+
+    q = ag.add_parser("record-exit", help="record how systemd saw the run end (the unit's ExecStopPost)",
+                      description="Add systemd's $SERVICE_RESULT, $EXIT_CODE and $EXIT_STATUS (set for a unit's "
+                                  "ExecStopPost=) to the run record beside the outbox, so that the next start says "
+                                  "how the run before ended: the watchdog, the OOM killer, a crash's signal. "
+                                  "Nothing is recorded while another agent holds the outbox.")
+    common(q)
+    q.set_defaults(func=cmd_record_exit)
 
     q = ag.add_parser("settings-reference", help="every agent.toml setting as Markdown (docs/agent-toml.md)",
                       description="Write the reference of every setting (type, default, limits, description, "

@@ -33,6 +33,29 @@ ALIVE_S = 5.0
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 
+# systemd's $SERVICE_RESULT for a run that ended without stopping, in words (systemd.exec(5))
+SYSTEMD_SAYS = {
+    "watchdog": "was killed by systemd's watchdog: its loop did not come round for WatchdogSec (its stacks are in "
+                "the journal of that time)",
+    "oom-kill": "was killed by the kernel's OOM killer: the machine ran out of memory",
+    "core-dump": "crashed (signal {status}; its stacks are in the journal of that time)",
+    "signal": "was killed by signal {status}",
+    "timeout": "was killed by systemd: it did not stop (or start) within the unit's timeout",
+}
+
+
+def _how(sd: dict[str, str], ended: str) -> str:
+    """How a run ended without stopping, in words: as systemd saw it (`sd`), else as the boots say."""
+    if sd:
+        return SYSTEMD_SAYS.get(sd.get("result"), "was killed or crashed; systemd says {result} ({code} {status})") \
+            .format(result=sd.get("result"), code=sd.get("exit_code"), status=sd.get("exit_status"))
+    words = {"killed or crashed": "was killed (SIGKILL; systemd's watchdog; the kernel's OOM killer: see dmesg) or "
+                                  "crashed (see the journal of that time)",
+             "the machine restarted": "did not stop before the machine restarted (a power cut, a reboot without "
+                                      "stopping the service, a kernel crash)"}
+    return words.get(ended, "was killed, crashed or lost its power")
+
+
 def boot_id() -> str | None:
     try:
         return BOOT_ID.read_text().strip() or None
@@ -93,6 +116,10 @@ class RunRecord:
             return {"ended": "unknown", "error": doc["unreadable"]}
         seen = {k: doc.get(k) if isinstance(doc.get(k), (str, int)) else None
                 for k in ("pid", "started", "alive", "stopped", "cause")}
+        sd = doc.get("systemd") if isinstance(doc.get("systemd"), dict) else {}
+        sd = {k: str(sd[k])[:40] for k in ("result", "exit_code", "exit_status") if sd.get(k) is not None}
+        if sd:
+            seen["systemd"] = sd
         if seen["stopped"] is not None:
             log.info("the run before (pid %s, started %s) stopped at %s: %s", seen["pid"], seen["started"],
                      seen["stopped"], seen["cause"] or "asked to")
@@ -102,15 +129,21 @@ class RunRecord:
         ended = "killed or crashed" if same_boot else \
             "the machine restarted" if doc.get("boot") is not None and boot_id() is not None else \
             "killed, crashed or the machine restarted"
-        how = ("was killed (SIGKILL; systemd's watchdog; the kernel's OOM killer: see dmesg) or crashed (see the "
-               "journal of that time)" if same_boot else
-               "did not stop before the machine restarted (a power cut, a reboot without stopping the service, "
-               "a kernel crash)" if ended == "the machine restarted" else
-               "was killed, crashed or lost its power")
+        how = _how(sd, ended)
         log.warning("the run before (pid %s, started %s) ended without stopping: it %s; last seen alive at %s. "
                     "%d run(s) on this outbox have ended so", seen["pid"], seen["started"],
                     how, seen["alive"] or seen["started"], self.ended_without_stop)
         return {**seen, "ended": ended}
+
+    def record_exit(self, ended: dict[str, str]) -> bool:
+        """What systemd saw of the run's end (`adgan agent record-exit`, the unit's ExecStopPost: its
+        $SERVICE_RESULT, $EXIT_CODE, $EXIT_STATUS) added to the run's line, for the next start to say
+        (the watchdog, the OOM killer, a crash's signal); False when there is no readable line."""
+        doc = self._read()
+        if doc is None or "unreadable" in doc:
+            return False
+        durable.write_text(self.path, json.dumps({**doc, "systemd": ended}, separators=(",", ":")) + "\n")
+        return True
 
     def status(self) -> dict | None:
         """status.previous_run: how the run before ended; None for the first run on this outbox."""

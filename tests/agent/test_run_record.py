@@ -6,10 +6,14 @@ import json
 import logging
 import os
 import signal
+import subprocess
+import sys
 
 from agent import run_record
 from agent.run_record import RunRecord
-from tests.agent.conftest import AgentProcess, Subscriber, agent_config, free_port, scrape
+from adgan.cli import main
+from agent.mqtt.files import AgentLock
+from tests.agent.conftest import ROOT, AgentProcess, Subscriber, agent_config, free_port, scrape
 
 
 def started(tmp_path) -> RunRecord:
@@ -80,6 +84,40 @@ def test_a_damaged_or_unwritable_record_is_said_and_the_agent_goes_on(tmp_path, 
     assert [m for m in caplog.messages if "cannot write" in m or "cannot read" in m]
 
 
+def test_how_systemd_saw_the_run_end_is_recorded_for_the_next_start(calibrated, tmp_path, capsys, caplog,
+                                                                     monkeypatch):
+    """The unit's ExecStopPost (`adgan agent record-exit`) adds systemd's $SERVICE_RESULT,
+    $EXIT_CODE and $EXIT_STATUS to the run's line: the next start names the watchdog, the OOM
+    killer or a crash's signal instead of guessing."""
+    bundle, thresholds = calibrated
+    cfg = agent_config(tmp_path, 1, bundle, thresholds, 'type = "synthetic"\ncount = 1')
+    args = ["agent", "record-exit", "--config", str(cfg), "--env-file", "/nonexistent"]
+    assert main(args) == 2 and "$SERVICE_RESULT is not set" in capsys.readouterr().err  # (not under systemd)
+    for result, code, status, said in (("watchdog", "dumped", "ABRT", "was killed by systemd's watchdog"),
+                                       ("oom-kill", "killed", "KILL", "was killed by the kernel's OOM killer"),
+                                       ("core-dump", "dumped", "SEGV", "crashed (signal SEGV;"),
+                                       ("protocol", "exited", "1", "was killed or crashed; systemd says protocol (exited 1)")):
+        os.close(started(tmp_path)._fd)  # a run killed
+        monkeypatch.setenv("SERVICE_RESULT", result)
+        monkeypatch.setenv("EXIT_CODE", code)
+        monkeypatch.setenv("EXIT_STATUS", status)
+        assert main(args) == 0, capsys.readouterr().err
+        caplog.clear()
+        r = started(tmp_path)
+        st = r.status()
+        assert st["systemd"] == {"result": result, "exit_code": code, "exit_status": status}, st
+        assert f"ended without stopping: it {said}" in caplog.text, caplog.text
+        r.stopped("SIGTERM")
+    # a start refused because another agent holds the outbox: that agent's record is left alone
+    lock = AgentLock(tmp_path / "outbox.sqlite")
+    lock.acquire()
+    try:
+        assert main(args) == 0 and "in use by a running agent" in capsys.readouterr().err
+        assert "systemd" not in line(tmp_path)
+    finally:
+        lock.release()
+
+
 def test_an_agent_killed_is_said_by_its_next_start(broker, calibrated, synth_data, tmp_path):
     """The agent's process killed (SIGKILL), started again: its log and status say how the run
     before ended, and the metric counts it; a stop (SIGTERM) is said as one, with its cause."""
@@ -102,11 +140,18 @@ def test_an_agent_killed_is_said_by_its_next_start(broker, calibrated, synth_dat
             assert previous_run() is None
         finally:
             agent.kill()
+        # the unit's ExecStopPost: how systemd saw the run end
+        env = {**os.environ, "SERVICE_RESULT": "signal", "EXIT_CODE": "killed", "EXIT_STATUS": "KILL"}
+        r = subprocess.run([sys.executable, "-m", "adgan_edge", "agent", "record-exit", "--config", str(cfg),
+                            "--env-file", "/nonexistent"], env=env, cwd=ROOT, capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0 and r.stderr == "", r.stderr
         agent = AgentProcess(cfg, tmp_path / "2.log")
         try:
             st = previous_run()
             assert st["ended"] == "killed or crashed" and st["runs_ended_without_stop"] == 1 and st["alive"], st
-            assert "ended without stopping: it was killed" in agent.output()
+            assert st["systemd"] == {"result": "signal", "exit_code": "killed", "exit_status": "KILL"}
+            assert "ended without stopping: it was killed by signal KILL; last seen alive at" in agent.output()
             assert "adgan_runs_ended_without_stop_total 1.0" in scrape(f"http://127.0.0.1:{port}/metrics", 30)
             assert agent.terminate(30) == 0
         finally:

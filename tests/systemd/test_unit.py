@@ -43,7 +43,8 @@ def test_unit_contract():
     text = UNIT.read_text()
     for line in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "User=adgan", "NoNewPrivileges=yes",
                  "ProtectSystem=strict", "ReadWritePaths=/var/lib/adgan", "PrivateTmp=yes", "ProtectHome=yes",
-                 "DevicePolicy=closed", "LoadCredential=mqtt_password:", "ExecStartPre=", "agent validate-config"):
+                 "DevicePolicy=closed", "LoadCredential=mqtt_password:", "ExecStartPre=", "agent validate-config",
+                 "ExecStopPost=-", "agent record-exit"):
         assert line in text, line
 
 
