@@ -263,8 +263,9 @@ def cmd_record_exit(a: argparse.Namespace) -> int:
     if holder is not None:  # (a start refused because another agent runs: its record is not this run's)
         print(f"{a.config}: the outbox is in use by a running agent ({holder}): nothing recorded", file=sys.stderr)
         return 0
-    if not RunRecord(s.outbox.path).record_exit(ended):
-        print(f"{a.config}: no readable run record beside {s.outbox.path}: nothing recorded", file=sys.stderr)
+    why_not = RunRecord(s.outbox.path).record_exit(ended)
+    if why_not is not None:
+        print(f"{a.config}: nothing recorded: {why_not}", file=sys.stderr)
     return 0
 
 

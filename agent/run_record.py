@@ -135,15 +135,21 @@ class RunRecord:
                     how, seen["alive"] or seen["started"], self.ended_without_stop)
         return {**seen, "ended": ended}
 
-    def record_exit(self, ended: dict[str, str]) -> bool:
-        """What systemd saw of the run's end (`adgan agent record-exit`, the unit's ExecStopPost: its
-        $SERVICE_RESULT, $EXIT_CODE, $EXIT_STATUS) added to the run's line, for the next start to say
-        (the watchdog, the OOM killer, a crash's signal); False when there is no readable line."""
+    def record_exit(self, ended: dict[str, str]) -> str | None:
+        """What systemd saw of the end of a run that did not stop itself (`adgan agent record-exit`, the
+        unit's ExecStopPost: $SERVICE_RESULT, $EXIT_CODE, $EXIT_STATUS), added to its line for the next
+        start to say: the watchdog, the OOM killer, a crash's signal. None when recorded, else why not:
+        a run that stopped itself (its line says why; an ExecStartPre refusal is one), a line of another
+        boot (a power cut: this is a later start's refusal), a line that has systemd's account already."""
+        if ended.get("result") not in SYSTEMD_SAYS and ended.get("exit_code") not in ("killed", "dumped"):
+            return f"systemd's result {ended.get('result')!r}: the run ended itself, and its record says how"
         doc = self._read()
         if doc is None or "unreadable" in doc:
-            return False
+            return f"no readable run record in {self.path}"
+        if doc.get("stopped") is not None or "systemd" in doc or doc.get("boot") != boot_id():
+            return f"the run record in {self.path} is not of a run this end could be: left as it is"
         durable.write_text(self.path, json.dumps({**doc, "systemd": ended}, separators=(",", ":")) + "\n")
-        return True
+        return None
 
     def status(self) -> dict | None:
         """status.previous_run: how the run before ended; None for the first run on this outbox."""

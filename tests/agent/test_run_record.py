@@ -96,7 +96,9 @@ def test_how_systemd_saw_the_run_end_is_recorded_for_the_next_start(calibrated, 
     for result, code, status, said in (("watchdog", "dumped", "ABRT", "was killed by systemd's watchdog"),
                                        ("oom-kill", "killed", "KILL", "was killed by the kernel's OOM killer"),
                                        ("core-dump", "dumped", "SEGV", "crashed (signal SEGV;"),
-                                       ("protocol", "exited", "1", "was killed or crashed; systemd says protocol (exited 1)")):
+                                       ("timeout", "killed", "KILL", "was killed by systemd: it did not stop"),
+                                       ("resources", "killed", "TERM", "was killed or crashed; systemd says resources "
+                                                                       "(killed TERM)")):
         os.close(started(tmp_path)._fd)  # a run killed
         monkeypatch.setenv("SERVICE_RESULT", result)
         monkeypatch.setenv("EXIT_CODE", code)
@@ -108,6 +110,24 @@ def test_how_systemd_saw_the_run_end_is_recorded_for_the_next_start(calibrated, 
         assert st["systemd"] == {"result": result, "exit_code": code, "exit_status": status}, st
         assert f"ended without stopping: it {said}" in caplog.text, caplog.text
         r.stopped("SIGTERM")
+    # what is not this end's: a run that stopped itself (and an ExecStartPre refusal after it), an
+    # account given already, a line of another boot
+    assert main(args) == 0 and "nothing recorded: the run record" in capsys.readouterr().err
+    monkeypatch.setenv("SERVICE_RESULT", "exit-code")
+    monkeypatch.setenv("EXIT_CODE", "exited")
+    monkeypatch.setenv("EXIT_STATUS", "2")
+    os.close(started(tmp_path)._fd)
+    assert main(args) == 0 and "systemd's result 'exit-code': the run ended itself" in capsys.readouterr().err
+    monkeypatch.setenv("SERVICE_RESULT", "watchdog")
+    assert main(args) == 0 and main(args) == 0
+    assert "nothing recorded: the run record" in capsys.readouterr().err
+    assert line(tmp_path)["systemd"]["result"] == "watchdog"
+    os.close(started(tmp_path)._fd)
+    this_boot = run_record.boot_id
+    monkeypatch.setattr(run_record, "boot_id", lambda: "another-boot")
+    assert main(args) == 0 and "nothing recorded: the run record" in capsys.readouterr().err
+    assert "systemd" not in line(tmp_path)
+    monkeypatch.setattr(run_record, "boot_id", this_boot)
     # a start refused because another agent holds the outbox: that agent's record is left alone
     lock = AgentLock(tmp_path / "outbox.sqlite")
     lock.acquire()
