@@ -155,10 +155,10 @@ class RunRecord:
         """status.previous_run: how the run before ended; None for the first run on this outbox."""
         return None if self.previous is None else {**self.previous, "runs_ended_without_stop": self.ended_without_stop}
 
-    def alive(self, force: bool = False) -> None:
+    def alive(self) -> None:
         """The loop turns: this run is alive (written every ALIVE_S at most)."""
         now = time.monotonic()
-        if self._fd < 0 or (not force and now < self._next_alive):
+        if self._fd < 0 or now < self._next_alive:
             return
         self._next_alive = now + ALIVE_S
         self._me["alive"] = utc_iso(time.time())
