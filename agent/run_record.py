@@ -138,11 +138,12 @@ class RunRecord:
     def record_exit(self, ended: dict[str, str]) -> str | None:
         """What systemd saw of the end of a run that did not stop itself (`adgan agent record-exit`, the
         unit's ExecStopPost: $SERVICE_RESULT, $EXIT_CODE, $EXIT_STATUS), added to its line for the next
-        start to say: the watchdog, the OOM killer, a crash's signal. None when recorded, else why not:
-        a run that stopped itself (its line says why; an ExecStartPre refusal is one), a line of another
-        boot (a power cut: this is a later start's refusal), a line that has systemd's account already."""
+        start to say: the watchdog, the OOM killer, a crash's signal. None when recorded or nothing is
+        to be (a run that ended itself: a stop, an exit code, an ExecStartPre refusal; its line says
+        why), else why not: no line, a line of another boot (a power cut: this is a later start's
+        refusal), a line that has stopped or has systemd's account already."""
         if ended.get("result") not in SYSTEMD_SAYS and ended.get("exit_code") not in ("killed", "dumped"):
-            return f"systemd's result {ended.get('result')!r}: the run ended itself, and its record says how"
+            return None  # (every `systemctl stop` comes here: nothing to say in the journal)
         doc = self._read()
         if doc is None or "unreadable" in doc:
             return f"no readable run record in {self.path}"
