@@ -76,20 +76,25 @@ class RunRecord:
         """Read what the run before left, say how it ended, and write this run's line (once)."""
         if self._me:
             return
-        before = self._read()
+        before, boot = self._read(), boot_id()
         if before is not None:
-            self.previous = self._ended(before)
-        self._me = {"pid": os.getpid(), "boot": boot_id(), "started": utc_iso(time.time()), "alive": None,
-                    "stopped": None, "cause": None, "ended_without_stop": self.ended_without_stop}
+            n = before.get("ended_without_stop", 0)
+            self.ended_without_stop = n if isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 1 << 53 else 0
+            self.previous = self._ended(before, boot)
+        now = utc_iso(time.time())
+        self._me = {"pid": os.getpid(), "boot": boot, "started": now, "alive": now, "stopped": None, "cause": None,
+                    "ended_without_stop": self.ended_without_stop}
+        self._next_alive = time.monotonic() + ALIVE_S
+        if self._open():
+            self._write(flush=True)  # (on the disk at once: a power cut soon after must not leave the run before's)
+
+    def _open(self) -> bool:
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            return True
         except OSError as e:
             self._fail(e)
-            return
-        self._fd = fd
-        self._me["alive"] = self._me["started"]
-        self._next_alive = time.monotonic() + ALIVE_S
-        self._write(flush=True)  # (on the disk at once: a power cut soon after must not leave the run before's line)
+            return False
 
     def _read(self) -> dict | None:
         try:
@@ -103,15 +108,13 @@ class RunRecord:
             doc = json.loads(raw.split(b"\n", 1)[0].decode())
             if not isinstance(doc, dict):
                 raise ValueError("not an object")
-            n = doc.get("ended_without_stop", 0)
-            self.ended_without_stop = n if isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 1 << 53 else 0
             return doc
         except (ValueError, RecursionError) as e:  # (a damaged file; UnicodeDecodeError is a ValueError)
             log.warning("%s cannot be read (%s): how the run before ended is not known", self.path, e)
             return {"unreadable": str(e)}
 
-    def _ended(self, doc: dict) -> dict:
-        """status.previous_run from the run before's line, said in the log."""
+    def _ended(self, doc: dict, boot: str | None) -> dict:
+        """status.previous_run from the run before's line (`boot`: this boot's id), said in the log."""
         if "unreadable" in doc:
             return {"ended": "unknown", "error": doc["unreadable"]}
         seen = {k: doc.get(k) if isinstance(doc.get(k), (str, int)) else None
@@ -125,10 +128,8 @@ class RunRecord:
                      seen["stopped"], seen["cause"] or "asked to")
             return {**seen, "ended": "stopped"}
         self.ended_without_stop += 1
-        same_boot = doc.get("boot") is not None and doc.get("boot") == boot_id()
-        ended = "killed or crashed" if same_boot else \
-            "the machine restarted" if doc.get("boot") is not None and boot_id() is not None else \
-            "killed, crashed or the machine restarted"
+        ended = "killed, crashed or the machine restarted" if doc.get("boot") is None or boot is None else \
+            "killed or crashed" if doc.get("boot") == boot else "the machine restarted"
         how = _how(sd, ended)
         log.warning("the run before (pid %s, started %s) ended without stopping: it %s; last seen alive at %s. "
                     "%d run(s) on this outbox have ended so", seen["pid"], seen["started"],
@@ -149,7 +150,12 @@ class RunRecord:
             return f"no readable run record in {self.path}"
         if doc.get("stopped") is not None or "systemd" in doc or doc.get("boot") != boot_id():
             return f"the run record in {self.path} is not of a run this end could be: left as it is"
-        durable.write_text(self.path, json.dumps({**doc, "systemd": ended}, separators=(",", ":")) + "\n")
+        self._me = {**doc, "systemd": ended}  # (written as the run writes it: in place, flushed)
+        if not self._open():
+            return f"cannot write {self.path}"
+        self._write(flush=True)
+        os.close(self._fd)
+        self._fd = -1
         return None
 
     def status(self) -> dict | None:

@@ -105,6 +105,7 @@ def test_how_systemd_saw_the_run_end_is_recorded_for_the_next_start(calibrated, 
         monkeypatch.setenv("EXIT_CODE", code)
         monkeypatch.setenv("EXIT_STATUS", status)
         assert main(args) == 0, capsys.readouterr().err
+        assert (tmp_path / "outbox.sqlite.run").stat().st_mode & 0o777 == 0o600  # (kept private, as the run made it)
         caplog.clear()
         r = started(tmp_path)
         st = r.status()
