@@ -86,8 +86,8 @@ def check_threshold(cls: str, bundle: Bundle, thresholds: str | Path, seed: int,
     `bundle` with this latent seed and engine."""
     try:
         thr = load_threshold(thresholds, cls, bundle.bundle_hash)
-    except (ThresholdError, OSError) as e:
-        raise SettingError("model.thresholds", str(e)) from None
+    except (ThresholdError, OSError) as e:  # (an OSError stays the cause: a reload reads the file again)
+        raise SettingError("model.thresholds", str(e)) from (e if isinstance(e, OSError) else None)
     rec_seed = thr.record.get("seed")
     if rec_seed is not None and (isinstance(rec_seed, bool) or not isinstance(rec_seed, int)):
         raise SettingError("model.thresholds", f"{thresholds}: class {cls!r}: the recorded latent seed must be a "

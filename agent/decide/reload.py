@@ -4,7 +4,9 @@ The thresholds file is looked at every LOOK_S; a change must look the same at tw
 (`FileWatch`), so a file being copied is not read half-written. It is read under the checks of
 the start (this bundle, latent seed and engine, a finite threshold), on the engines already
 open. A file that cannot be used is refused and said, and the thresholds in use stay; where a
-bundle on disk was exported again since the start, the refusal says a restart loads it.
+bundle on disk was exported again since the start, the refusal says a restart loads it. A file
+that cannot be read (an error of the system: out of open files, an I/O error) is read again at
+each look until it can be, said once.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ class ThresholdsReload:
         self.model = model
         self._watch = FileWatch(model.thresholds)
         self._next_look = 0.0
+        self._unread: str | None = None  # the error of a file that could not be read, said once
         self.state: dict = {"state": "loaded", "since": time.time(), "error": None}
 
     def reread(self, models: dict[str, ClassModel]) -> dict[str, ClassModel] | None:
@@ -44,10 +47,22 @@ class ThresholdsReload:
         try:
             new = with_thresholds(models, m.thresholds, m.seed, m.backend)
         except SettingError as e:
+            unread = isinstance(e.__cause__, OSError)  # not refused for what it holds: read again at each look
+            if unread:
+                self._watch.again()
+                if self._unread == str(e):
+                    return None  # (said at the look before)
+            self._unread = str(e) if unread else None
             hint = self._bundles_changed(models)
-            self.state = {"state": "refused", "since": time.time(), "error": str(e) + hint}
-            log.error("%s changed but cannot be used (%s); the thresholds in use stay%s", m.thresholds, e, hint)
+            said = f"cannot be read now, read again every {LOOK_S:.0f} s: {e}" if unread else str(e)
+            self.state = {"state": "refused", "since": time.time(), "error": said + hint}
+            if unread:
+                log.error("%s changed but cannot be read now (%s); the thresholds in use stay, and it is read "
+                          "again every %.0f s until it can be%s", m.thresholds, e, LOOK_S, hint)
+            else:
+                log.error("%s changed but cannot be used (%s); the thresholds in use stay%s", m.thresholds, e, hint)
             return None
+        self._unread = None
         changes = [f"{c} {models[c].threshold.threshold:.6g} -> {new[c].threshold.threshold:.6g}"
                    for c in new if new[c].threshold.threshold != models[c].threshold.threshold]
         self.state = {"state": "loaded", "since": time.time(), "error": None}
@@ -55,13 +70,19 @@ class ThresholdsReload:
         return new
 
     def _bundles_changed(self, models: dict[str, ClassModel]) -> str:
-        changed = []
+        """Where a bundle on disk is not the one loaded: exported again (a restart loads it), or
+        unreadable now (moved, being copied, out of open files: a restart would not start)."""
+        changed, unreadable = [], []
         for cls, model in models.items():
             try:
                 on_disk = Bundle.load(self.model.bundles[cls]).bundle_hash
-            except (BundleError, OSError):
-                on_disk = None
+            except (BundleError, OSError) as e:
+                unreadable.append(f"{cls} ({e})")
+                continue
             if on_disk != model.bundle.bundle_hash:
                 changed.append(cls)
-        return (f"; the bundle of {', '.join(changed)} on disk is not the one loaded at start: restart the agent "
+        hint = (f"; the bundle of {', '.join(changed)} on disk is not the one loaded at start: restart the agent "
                 "to load it with its thresholds") if changed else ""
+        if unreadable:
+            hint += f"; nor can the bundle on disk, so a restart would not start: {'; '.join(unreadable)}"
+        return hint

@@ -134,6 +134,10 @@ class FileWatch:
             return None
         return st.st_mtime_ns, st.st_size, st.st_ino
 
+    def again(self) -> None:
+        """Say the file as changed at the next look, as it is then (it could not be read)."""
+        self.loaded = ()
+
     def changed(self) -> bool:
         """True, once, when the file differs from the last time this said True (or from the
         start) and looked the same at the look before."""

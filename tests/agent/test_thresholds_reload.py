@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 
+from agent.decide.reload import LOOK_S
 from agent.decide.thresholds import FileWatch, read_thresholds, write_threshold
 from agent.scoring.bundle import Bundle
 from tests.agent.conftest import AgentProcess, Subscriber, agent_config
@@ -127,3 +129,57 @@ def test_records_written_by_hand_are_refused_as_a_setting_at_start(bundles, tmp_
     monkeypatch.setattr(th, "MAX_BYTES", 100)  # (64 MiB: a file copied over it by mistake is not read)
     with pytest.raises(SettingError, match="more than a thresholds file holds"):
         load_class_model("sphere", b, p, 0)
+
+
+def test_out_of_open_files_a_new_file_is_read_once_it_can_be_and_nothing_is_lost(broker, calibrated, synth_data,
+                                                                                  tmp_path):
+    """The agent's open-file limit reached while it runs (a leak, a low LimitNOFILE). The thresholds
+    file calibrated again meanwhile could not be read: it was refused as if the bundle had been
+    exported again ("restart the agent": a restart loads the same), and never read again, as its
+    stamp had been taken: the new threshold waited for the next edit or a restart."""
+    import os
+    import resource
+    bundle, calibrated_thresholds = calibrated
+    thresholds = tmp_path / "thresholds.json"
+    shutil.copy(calibrated_thresholds, thresholds)
+    rec = read_thresholds(thresholds)["classes"]["sphere"]
+    src = f'type = "folder"\npath = "{synth_data / "test" / "sphere"}"\nloop = true\nfps = 20'
+    cfg = agent_config(tmp_path, broker.port, bundle, thresholds, src)
+    sub = Subscriber(broker.port, "adgan/st1/#")
+    assert sub.subscribed.wait(10)
+    agent = AgentProcess(cfg, tmp_path / "agent.log")
+
+    def events():
+        return sub.documents("adgan/st1/events")
+
+    def status():
+        return sub.documents("adgan/st1/status")[-1]
+
+    try:
+        assert sub.wait_for(lambda m: len(events()) >= 3, 60), agent.output()
+        pid = agent.agent_pid()
+        limit = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+        assert len(os.listdir(f"/proc/{pid}/fd")) > 8
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (8, limit[1]))  # no file can be opened
+        try:
+            write_threshold(thresholds, "sphere", {**rec, "threshold": 2 * rec["threshold"]})  # calibrated again
+            assert sub.wait_for(lambda m: "Too many open files" in (status()["thresholds"]["error"] or ""), 30), \
+                agent.output()[-3000:]
+            error = status()["thresholds"]["error"]
+            assert "cannot be read now" in error and "restart the agent" not in error, error
+            assert sub.wait_for(lambda m: "Too many open files" in (status()["source"]["last_error"] or ""), 10)
+            time.sleep(3 * LOOK_S)  # (looked at again meanwhile)
+            assert agent.proc.poll() is None
+        finally:
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, limit)
+        # read again once it can be, with no edit: the new threshold takes effect
+        assert sub.wait_for(lambda m: events()[-1]["threshold"] == 2 * rec["threshold"], 30), agent.output()[-3000:]
+        assert sub.wait_for(lambda m: status()["thresholds"]["state"] == "loaded", 10)
+        out = agent.output()
+        assert out.count("changed but cannot be read now") == 1, out[-3000:]  # said once, not at every look
+        assert agent.terminate() == 0
+        seqs = {e["seq"] for e in events()}
+        assert seqs == set(range(1, max(seqs) + 1)), sorted(seqs)  # nothing lost
+    finally:
+        agent.stop()
+        sub.close()
