@@ -15,7 +15,7 @@ import time
 from typing import Callable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from agent.opcua import ACTIVATION_S, MAX_CHUNK_BYTES
@@ -146,6 +146,8 @@ class Metrics:
         self.verdicts = Counter("adgan_verdicts", "events per expected class and verdict",
                                 ["class", "verdict"], registry=self.registry)
         self.registry.register(_StateCollector(status, warm))
+        # process_open_fds against process_max_fds, resident memory, CPU: a leak seen before it stops a part
+        ProcessCollector(registry=self.registry)
         self._server = None
         self.state = {"state": "off"} if not settings.enabled else {"state": "starting"}
 

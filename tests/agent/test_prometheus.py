@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import resource
 import time
 
 from tests.agent.conftest import AgentProcess, Subscriber, agent_config, free_port, scrape
@@ -56,6 +57,10 @@ def test_a_running_agent_serves_its_metrics(broker, calibrated, synth_data, tmp_
         for name in ("events_rejected", "messages_refused", "events_unconfirmed", "sessions_lost", "broker_dropped"):
             assert value(text, f"adgan_mqtt_{name}_total") == 0, name
         assert value(text, "adgan_process_freezes_total") == 0
+        # the process's own: open files against its limit, memory
+        limit = resource.prlimit(agent.agent_pid(), resource.RLIMIT_NOFILE)[0]
+        assert value(text, "process_max_fds") == limit and 0 < value(text, "process_open_fds") < limit
+        assert value(text, "process_resident_memory_bytes") > 10e6
         assert sub.wait_for(lambda m: any(s["interfaces"]["metrics"].get("state") == "serving"
                                           for s in statuses(sub)))
         assert statuses(sub)[-1]["mqtt"]["protocol"] == "5"  # the default, auto, against mosquitto
