@@ -88,19 +88,21 @@ def cmd_run(a: argparse.Namespace) -> int:
     from agent.mqtt.files import OutboxInUse
     from agent.scoring.backend import BackendUnavailable
     from agent.health import stacks_on_sigusr1
+    from agent.run_record import open_stacks
     from agent.service import Agent
     from agent import logsink
     s = _load(a, say=True)
     if s is None or not _preflight(a, s, say=True):
         return 2
     logsink.install(a.log_level, s.health.log_buffer_kb * 1024)  # (written by a thread: a stuck journal stops nothing)
-    # Where every thread was, on stderr (the journal): when systemd's watchdog kills a stuck agent
-    # (SIGABRT), on a crash in native code (SIGSEGV: an engine, a camera driver), and on demand,
-    # without stopping it: `systemctl kill -s USR1 adgan-agent` (or kill -USR1 PID) for a hang.
-    for err in (sys.stderr, sys.__stderr__):  # (a stream without a file descriptor: the process's own)
+    # Where every thread was: when systemd's watchdog kills a stuck agent (SIGABRT) or on a crash in
+    # native code (SIGSEGV: an engine, a camera driver), into <outbox>.stacks, which the next start
+    # logs (agent/run_record.py: stderr could hold the crashed process on a stuck journal); and on
+    # demand, into the log, without stopping it: `systemctl kill -s USR1 adgan-agent` for a hang.
+    stacks_on_sigusr1(logsink.output())  # (not faulthandler.register: its dump in the handler may crash it)
+    for out in (open_stacks(s.outbox.path), sys.stderr, sys.__stderr__):  # (stderr where the file cannot be)
         try:
-            faulthandler.enable(file=err, all_threads=True)
-            stacks_on_sigusr1(logsink.output())  # (not faulthandler.register: its dump in the handler may crash it)
+            faulthandler.enable(file=out, all_threads=True)
             break
         except (AttributeError, ValueError, OSError, RuntimeError):  # (RuntimeError: "sys.stderr is None")
             continue

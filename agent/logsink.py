@@ -13,7 +13,7 @@ counts the same, its error in `status.log.error`.
 
 What the agent writes to stderr while it runs goes through here: log records and the threads'
 stacks (agent.health.dump_stacks). A crash's stacks (faulthandler, in the signal handler of a
-dying process) are written directly.
+dying process) go to a file of their own, which the next start logs (agent/run_record.py).
 """
 from __future__ import annotations
 

@@ -14,6 +14,12 @@ The file is rewritten in place and not flushed while the agent runs (a write per
 page cache); its start and its stop are flushed, so that a power cut soon after a start is not
 taken for the run before's stop, nor one after a stop for a kill. A file that cannot be
 written (a full or read-only disk) is said once and the agent goes on.
+
+A crash's stacks (faulthandler: a fatal signal in native code, systemd's watchdog's SIGABRT) go
+to `<outbox>.stacks` (`open_stacks`), not to stderr: written there in the signal handler, they
+cannot wait on a log output that takes nothing (a stuck journal held the crashed process until
+systemd killed it), and they survive a journal kept in memory only. The next start logs them and
+names the crash in `status.previous_run` (`fatal`, `where`), then empties the file.
 """
 from __future__ import annotations
 
@@ -29,16 +35,17 @@ from agent.mqtt.events import utc_iso
 log = logging.getLogger(__name__)
 
 SUFFIX = ".run"
+STACKS_SUFFIX = ".stacks"
+MAX_STACKS = 64 * 1024  # bytes of a crash's stacks read back (the last ones: a crash loop appends)
 ALIVE_S = 5.0
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 
 # systemd's $SERVICE_RESULT for a run that ended without stopping, in words (systemd.exec(5))
 SYSTEMD_SAYS = {
-    "watchdog": "was killed by systemd's watchdog: its loop did not come round for WatchdogSec (its stacks are in "
-                "the journal of that time)",
+    "watchdog": "was killed by systemd's watchdog: its loop did not come round for WatchdogSec",
     "oom-kill": "was killed by the kernel's OOM killer: the machine ran out of memory",
-    "core-dump": "crashed (signal {status}; its stacks are in the journal of that time)",
+    "core-dump": "crashed (signal {status})",
     "signal": "was killed by signal {status}",
     "timeout": "was killed by systemd: it did not stop (or start) within the unit's timeout",
 }
@@ -50,10 +57,39 @@ def _how(sd: dict[str, str], ended: str) -> str:
         return SYSTEMD_SAYS.get(sd.get("result"), "was killed or crashed; systemd says {result} ({code} {status})") \
             .format(result=sd.get("result"), code=sd.get("exit_code"), status=sd.get("exit_status"))
     words = {"killed or crashed": "was killed (SIGKILL; systemd's watchdog; the kernel's OOM killer: see dmesg) or "
-                                  "crashed (see the journal of that time)",
+                                  "crashed",
              "the machine restarted": "did not stop before the machine restarted (a power cut, a reboot without "
                                       "stopping the service, a kernel crash)"}
     return words.get(ended, "was killed, crashed or lost its power")
+
+
+def stacks_path(outbox: str | Path) -> Path:
+    outbox = Path(outbox)
+    return outbox.with_name(outbox.name + STACKS_SUFFIX)
+
+
+def open_stacks(outbox: str | Path):
+    """The file a crash's stacks are appended to (for faulthandler.enable; kept open for the
+    process's life), or None where it cannot be opened (then stderr takes them, as before)."""
+    path = stacks_path(outbox)
+    try:
+        path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)  # (a new state folder: made as the outbox's)
+        return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab", 0)
+    except OSError as e:
+        log.warning("cannot open %s (%s): a crash's stacks go to stderr", path, e)
+        return None
+
+
+def _crash(text: str) -> dict[str, str]:
+    """`fatal` (faulthandler's first line: "Fatal Python error: Segmentation fault") and `where`
+    (the innermost frame of the thread that crashed) of the last crash in `text`."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    last = [i for i, ln in enumerate(lines) if ln.startswith("Fatal Python error")]  # (a crash loop appends)
+    lines = lines[last[-1]:] if last else lines
+    fatal = lines[0] if lines else ""
+    current = next((i for i, ln in enumerate(lines) if ln.startswith("Current thread")), None)
+    where = lines[current + 1] if current is not None and current + 1 < len(lines) else ""
+    return {"fatal": fatal[:200], "where": where[:300]}
 
 
 def boot_id() -> str | None:
@@ -67,6 +103,7 @@ class RunRecord:
     def __init__(self, outbox: str | Path) -> None:
         outbox = Path(outbox)
         self.path = outbox.with_name(outbox.name + SUFFIX)
+        self.stacks = stacks_path(outbox)
         self.previous: dict | None = None  # what the run before left (status.previous_run); None: no run before
         self.ended_without_stop = 0         # such runs counted since the station's first (kept in the file)
         self._fd, self._next_alive, self._failed = -1, 0.0, False
@@ -76,11 +113,16 @@ class RunRecord:
         """Read what the run before left, say how it ended, and write this run's line (once)."""
         if self._me:
             return
-        before, boot = self._read(), boot_id()
+        before, boot, stacks = self._read(), boot_id(), self._stacks_before()
         if before is not None:
             n = before.get("ended_without_stop", 0)
             self.ended_without_stop = n if isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 1 << 53 else 0
-            self.previous = self._ended(before, boot)
+            self.previous = self._ended(before, boot, stacks)
+        if stacks:
+            if self.previous is None:  # (its line deleted, or never written: the stacks say it crashed)
+                self.previous = {"ended": "unknown", **_crash(stacks)}
+            log.error("the run before wrote these stacks as it ended (%s; kept in %s until now):\n%s",
+                      ", ".join(v for v in _crash(stacks).values() if v), self.stacks, stacks.rstrip())
         now = utc_iso(time.time())
         self._me = {"pid": os.getpid(), "boot": boot, "started": now, "alive": now, "stopped": None, "cause": None,
                     "ended_without_stop": self.ended_without_stop}
@@ -95,6 +137,22 @@ class RunRecord:
         except OSError as e:
             self._fail(e)
             return False
+
+    def _stacks_before(self) -> str:
+        """A crash's stacks the run before left (the last MAX_STACKS bytes), the file then emptied
+        for this run's."""
+        try:
+            with open(self.stacks, "rb") as f:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - MAX_STACKS))
+                text = f.read(MAX_STACKS).decode("utf-8", "replace")
+            if text:
+                os.truncate(self.stacks, 0)
+            return text
+        except FileNotFoundError:
+            return ""
+        except OSError as e:
+            log.warning("cannot read or empty %s (%s): a crash's stacks of the run before are not said", self.stacks, e)
+            return ""
 
     def _read(self) -> dict | None:
         try:
@@ -113,12 +171,15 @@ class RunRecord:
             log.warning("%s cannot be read (%s): how the run before ended is not known", self.path, e)
             return {"unreadable": str(e)}
 
-    def _ended(self, doc: dict, boot: str | None) -> dict:
-        """status.previous_run from the run before's line (`boot`: this boot's id), said in the log."""
+    def _ended(self, doc: dict, boot: str | None, stacks: str = "") -> dict:
+        """status.previous_run from the run before's line (`boot`: this boot's id; `stacks`: what
+        it wrote as it crashed), said in the log."""
+        crash = _crash(stacks) if stacks else {}
         if "unreadable" in doc:
-            return {"ended": "unknown", "error": doc["unreadable"]}
+            return {"ended": "unknown", "error": doc["unreadable"], **crash}
         seen = {k: doc.get(k) if isinstance(doc.get(k), (str, int)) else None
                 for k in ("pid", "started", "alive", "stopped", "cause")}
+        seen.update(crash)
         sd = doc.get("systemd") if isinstance(doc.get("systemd"), dict) else {}
         sd = {k: str(sd[k])[:40] for k in ("result", "exit_code", "exit_status") if sd.get(k) is not None}
         if sd:
@@ -131,6 +192,9 @@ class RunRecord:
         ended = "killed, crashed or the machine restarted" if doc.get("boot") is None or boot is None else \
             "killed or crashed" if doc.get("boot") == boot else "the machine restarted"
         how = _how(sd, ended)
+        if crash:  # (a fatal signal's stacks: not a SIGKILL)
+            how = f"{how} ({crash['fatal']}; its stacks follow)" if sd else \
+                f"crashed: {crash['fatal']} (its stacks follow)"
         log.warning("the run before (pid %s, started %s) ended without stopping: it %s; last seen alive at %s. "
                     "%d run(s) on this outbox have ended so", seen["pid"], seen["started"],
                     how, seen["alive"] or seen["started"], self.ended_without_stop)

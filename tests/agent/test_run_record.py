@@ -63,6 +63,23 @@ def test_a_stop_a_kill_and_a_restart_of_the_machine_are_told_apart(tmp_path, cap
     assert started(tmp_path).status()["cause"] == "asked to"
 
 
+def test_a_crashs_stacks_are_said_once_by_the_next_start_also_without_its_line(tmp_path, caplog):
+    caplog.set_level(logging.INFO, "agent.run_record")
+    crash = ('Fatal Python error: Segmentation fault\n\nThread 0x2 (most recent call first):\n  File "a.py", line 1 '
+             'in wait\n\nCurrent thread 0x1 (most recent call first):\n  File "engine.py", line 9 in run\n')
+    with run_record.open_stacks(tmp_path / "state" / "outbox.sqlite") as f:  # (its folder not made yet)
+        f.write(crash.replace("engine.py", "old.py").encode() + b"x\n" * 50_000 + crash.encode())  # (a crash loop)
+    r = RunRecord(tmp_path / "state" / "outbox.sqlite")
+    r.start()
+    assert r.status() == {"ended": "unknown", "fatal": "Fatal Python error: Segmentation fault",
+                          "where": 'File "engine.py", line 9 in run', "runs_ended_without_stop": 0}
+    assert "the run before wrote these stacks as it ended" in caplog.text and crash.rstrip() in caplog.text
+    assert (tmp_path / "state" / "outbox.sqlite.stacks").stat().st_size == 0
+    caplog.clear()
+    r.stopped("SIGTERM")
+    assert started(tmp_path / "state").status()["ended"] == "stopped" and "stacks" not in caplog.text
+
+
 def test_a_damaged_or_unwritable_record_is_said_and_the_agent_goes_on(tmp_path, caplog):
     (tmp_path / "outbox.sqlite.run").write_bytes(b"\x93{pid")
     r = started(tmp_path)
@@ -96,7 +113,7 @@ def test_how_systemd_saw_the_run_end_is_recorded_for_the_next_start(calibrated, 
     assert main(args) == 2 and "$SERVICE_RESULT is not set" in capsys.readouterr().err  # (not under systemd)
     for result, code, status, said in (("watchdog", "dumped", "ABRT", "was killed by systemd's watchdog"),
                                        ("oom-kill", "killed", "KILL", "was killed by the kernel's OOM killer"),
-                                       ("core-dump", "dumped", "SEGV", "crashed (signal SEGV;"),
+                                       ("core-dump", "dumped", "SEGV", "crashed (signal SEGV)"),
                                        ("timeout", "killed", "KILL", "was killed by systemd: it did not stop"),
                                        ("resources", "killed", "TERM", "was killed or crashed; systemd says resources "
                                                                        "(killed TERM)")):
@@ -187,4 +204,53 @@ def test_an_agent_killed_is_said_by_its_next_start(broker, calibrated, synth_dat
         finally:
             agent.stop()
     finally:
+        sub.close()
+
+
+def test_a_crash_into_a_stuck_log_output_ends_at_once_and_its_stacks_are_said_by_the_next_start(
+        broker, calibrated, synth_data, tmp_path):
+    """A crash in native code (SIGSEGV) of an agent whose stderr takes nothing (journald stuck on
+    a slow disk): faulthandler wrote the stacks to stderr from the signal handler and waited there
+    for good, the crashed process holding the station until systemd's timeouts killed it, and the
+    stacks were lost. They go to <outbox>.stacks now, and the next start says them."""
+    bundle, thresholds = calibrated
+    src = f'type = "folder"\npath = "{synth_data / "test" / "sphere"}"\nloop = true\nfps = 0'
+    cfg = agent_config(tmp_path, broker.port, bundle, thresholds, src)
+    stacks = tmp_path / "outbox.sqlite.stacks"
+    sub = Subscriber(broker.port, "adgan/st1/status")
+    r, w = os.pipe()
+    code = ("import sys; sys.modules['torch'] = None\nfrom adgan.cli import main\n"
+            f"sys.exit(main(['agent', 'run', '--config', {str(cfg)!r}, '--env-file', '/nonexistent']))")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=w, stderr=w)
+    os.close(w)  # (the read end is never read: the pipe fills)
+    try:
+        assert sub.subscribed.wait(10)
+        assert sub.wait_for(lambda m: any(s["log"]["waiting_s"] > 1 for s in sub.documents("adgan/st1/status")),
+                            60), "the log's output never filled"
+        proc.send_signal(signal.SIGSEGV)
+        try:
+            assert proc.wait(10) == -signal.SIGSEGV
+        except subprocess.TimeoutExpired:
+            raise AssertionError("the crashed agent did not end: its stacks waited on the log's output") from None
+        text = stacks.read_text()
+        assert text.startswith("Fatal Python error: Segmentation fault") and "Current thread" in text, text
+        sub.messages.clear()
+        agent = AgentProcess(cfg, tmp_path / "2.log")
+        try:
+            assert sub.wait_for(lambda m: sub.documents("adgan/st1/status"), 30), agent.output()
+            st = sub.documents("adgan/st1/status")[-1]["previous_run"]
+            assert st["ended"] == "killed or crashed" and st["fatal"] == "Fatal Python error: Segmentation fault", st
+            assert st["where"].startswith('File "'), st
+            out = agent.output()
+            assert "it crashed: Fatal Python error: Segmentation fault (its stacks follow)" in out, out
+            assert "the run before wrote these stacks as it ended" in out and "Current thread" in out, out
+            assert stacks.stat().st_size == 0  # (said once: emptied for this run's)
+            assert agent.terminate(30) == 0
+        finally:
+            agent.stop()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        os.close(r)
         sub.close()
