@@ -67,7 +67,8 @@ def read_thresholds(path: str | Path) -> dict[str, Any]:
     parser and one larger than MAX_BYTES are refused (ThresholdError), not raised as they come."""
     path = Path(path)
     if not path.is_file():
-        raise ThresholdError(f"thresholds file {path} does not exist (make one with 'adgan calibrate')")
+        raise ThresholdError(f"thresholds file {path} is a folder, not a file" if path.is_dir() else
+                             f"thresholds file {path} does not exist (make one with 'adgan calibrate')")
     size = path.stat().st_size
     if size > MAX_BYTES:
         raise ThresholdError(f"{path}: {size} bytes, more than a thresholds file holds (at most {MAX_BYTES})")

@@ -26,6 +26,16 @@ def test_a_file_watch_says_a_change_once_it_has_settled(tmp_path):
     assert not FileWatch(tmp_path / "never").changed()
 
 
+def test_a_thresholds_path_that_is_a_folder_is_said_as_one(tmp_path):
+    import pytest
+
+    from agent.decide.thresholds import ThresholdError
+    with pytest.raises(ThresholdError, match="is a folder, not a file"):  # (said "does not exist")
+        read_thresholds(tmp_path)
+    with pytest.raises(ThresholdError, match="does not exist"):
+        read_thresholds(tmp_path / "thresholds.json")
+
+
 def test_new_thresholds_take_effect_and_refused_ones_are_said(broker, calibrated, bundles, synth_data, tmp_path):
     calibrated_bundle, calibrated_thresholds = calibrated
     bundle = tmp_path / "bundles" / "sphere"  # the station's copy, exported again below
