@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from agent.decide.thresholds import write_threshold
+from agent.decide.thresholds import check_writable, write_threshold
 from agent.scoring.bundle import Bundle
 from agent.sources.dataset import parse_frames
 from calibration.class_check import aligned, class_check_record, load_rivals, with_threshold
@@ -80,6 +80,7 @@ def calibrate(o: CalibrateOptions) -> dict:
     """Score the labelled samples with the bundle and the device's scorer, choose the threshold by
     the policy and write it into the thresholds file; the record written."""
     check_apart(o.normal, o.anomalous or [])
+    check_writable(o.out)  # (refused before minutes of scoring, not after)
     bundle = Bundle.load(o.bundle)
     rivals = load_rivals(bundle, o.class_check) if o.class_check else None  # refused before minutes of scoring
     scorer = make_scorer(bundle, o.backend, o.seed, fp16=o.fp16)

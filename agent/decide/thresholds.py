@@ -109,6 +109,20 @@ def load_threshold(path: str | Path, cls: str, bundle_hash: str) -> ClassThresho
     return ClassThreshold(cls, t, h, rec)
 
 
+def check_writable(path: str | Path) -> None:
+    """Raise ThresholdError now where write_threshold would fail after minutes of scoring: an
+    existing file it would refuse (a folder, not a thresholds file), a folder above that is a
+    file, or one that cannot be written."""
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        read_thresholds(path)
+    folder = next(p for p in (path.parent, *path.parent.parents) if p.exists())
+    if not folder.is_dir():
+        raise ThresholdError(f"cannot write {path}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ThresholdError(f"cannot write {path}: {folder} is not writable by this user (or is read-only)")
+
+
 def write_threshold(path: str | Path, cls: str, record: dict[str, Any]) -> None:
     """Add or replace one class's record, keeping the others (also those another process writes
     at the same time: the folder is locked from the read to the write); atomic."""

@@ -105,3 +105,21 @@ def test_an_anomalous_folder_that_holds_the_normal_samples_is_refused(bundles, s
         err = capsys.readouterr().err
         assert "hold the same samples" in err and said in err, err
     assert not out.exists()
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_scoring(bundles, synth_data, tmp_path, capsys, monkeypatch):
+    """An --out that is a folder, another kind of file, or under a file: refused after every
+    sample was scored (minutes on a real set), by the write. Now before the first."""
+    import calibration.calibrate as cal
+
+    def no_scoring(*a, **k):
+        raise AssertionError("scored before the --out was checked")
+    monkeypatch.setattr(cal, "score_folder", no_scoring)
+    b, t = str(bundles[("none", "fg")]), synth_data / "test"
+    (tmp_path / "a.csv").write_text("path,score\n")
+    (tmp_path / "file").write_text("x")
+    for out, said in ((tmp_path, "is a folder, not a file"), (tmp_path / "a.csv", "not valid JSON"),
+                      (tmp_path / "file" / "t.json", "is a file, not a folder")):
+        assert main(["calibrate", b, "--normal", str(t / "sphere"), "--out", str(out), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert said in err, err
