@@ -242,20 +242,28 @@ def write_with(path: str | Path, write: Callable[[Path], None], suffix: str = ".
         raise
 
 
-def write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` durably (old file or new, whole, after a kill or a power cut)."""
-    write_with(path, lambda tmp: tmp.write_bytes(data))
+def write_bytes(path: str | Path, data: bytes, mode: int | None = None) -> None:
+    """Write `data` to `path` durably (old file or new, whole, after a kill or a power cut);
+    `mode`: the file's permissions whatever the umask (0o600: a state file of the agent's own)."""
+    def write(tmp: Path) -> None:
+        if mode is None:
+            tmp.write_bytes(data)
+            return
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "wb") as f:
+            os.fchmod(f.fileno(), mode)  # (a temporary file left by a kill keeps its own otherwise)
+            f.write(data)
+    write_with(path, write)
 
 
-def write_text(path: str | Path, text: str, room=None) -> None:
+def write_text(path: str | Path, text: str, room=None, mode: int | None = None) -> None:
     """write_bytes of `text`; with `room` (a callable: an OSError -> whether room was made, as the
     outbox's Reserve.free does for a full disk), one more try after it made room."""
     try:
-        write_bytes(path, text.encode())
+        write_bytes(path, text.encode(), mode)
     except OSError as e:
         if room is None or not room(e):
             raise
-        write_bytes(path, text.encode())
+        write_bytes(path, text.encode(), mode)
 
 
 def still_at(path: str | Path, fd: int) -> bool:

@@ -217,7 +217,7 @@ class RequestJournal:
             return
         room = (lambda e: self.reserve.free(e, "the requests waiting are kept")) if self.reserve else None
         try:
-            durable.write_text(self.path, text + "\n", room)
+            durable.write_text(self.path, text + "\n", room, mode=0o600)  # (like the outbox's: whatever the umask)
         except OSError as e:
             self.unsaved += 1
             self.error = f"{type(e).__name__}: {e}"

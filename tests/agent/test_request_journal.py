@@ -61,6 +61,20 @@ def test_what_waits_and_what_is_being_answered_is_kept_until_its_answer_is_store
     assert fresh.start(answered=41) == [] and fresh.next == 42
 
 
+def test_the_journal_is_the_agents_own_whatever_the_umask(tmp_path):
+    """Part ids of the station's parts: made 0644 under a hand-run umask, where the outbox, its
+    sequence file and its run record are 0600 always."""
+    import os
+    old = os.umask(0o022)
+    try:
+        (tmp_path / "outbox.db.requests.tmp").write_text("left by a kill")  # (0644: kept by an open)
+        t = CommandTrigger(max_pending=1, journal=RequestJournal(tmp_path / "outbox.db"))
+        assert t.request(part_id="A") and kept(t)
+    finally:
+        os.umask(old)
+    assert os.stat(journal_path(tmp_path / "outbox.db")).st_mode & 0o777 == 0o600
+
+
 def test_merged_parts_keep_their_ids_and_their_keys_across_a_kill(tmp_path):
     """A held backlog is answered part by part up to MAX_SAID_APART waiting, and merged beyond. Until
     2026-12-07 a merged refusal kept only its first part's id and key: of a held backlog of 1,000
