@@ -12,6 +12,18 @@ from agent.scoring.bundle import Bundle
 from tests.agent.conftest import AgentProcess, Subscriber, agent_config
 
 
+def station(broker, bundle, calibrated_thresholds, synth_data, tmp_path):
+    """(thresholds file, its sphere record, a subscriber to adgan/st1/#, the agent) of a station
+    looping the sphere samples on `bundle`, with a copy of the calibrated thresholds."""
+    thresholds = tmp_path / "thresholds.json"
+    shutil.copy(calibrated_thresholds, thresholds)
+    src = f'type = "folder"\npath = "{synth_data / "test" / "sphere"}"\nloop = true\nfps = 20'
+    cfg = agent_config(tmp_path, broker.port, bundle, thresholds, src)
+    sub = Subscriber(broker.port, "adgan/st1/#")
+    assert sub.subscribed.wait(10)
+    return thresholds, read_thresholds(thresholds)["classes"]["sphere"], sub, AgentProcess(cfg, tmp_path / "agent.log")
+
+
 def test_a_file_watch_says_a_change_once_it_has_settled(tmp_path):
     f = tmp_path / "t.json"
     f.write_text("a")
@@ -40,14 +52,7 @@ def test_new_thresholds_take_effect_and_refused_ones_are_said(broker, calibrated
     calibrated_bundle, calibrated_thresholds = calibrated
     bundle = tmp_path / "bundles" / "sphere"  # the station's copy, exported again below
     shutil.copytree(calibrated_bundle, bundle)
-    thresholds = tmp_path / "thresholds.json"
-    shutil.copy(calibrated_thresholds, thresholds)
-    rec = read_thresholds(thresholds)["classes"]["sphere"]
-    src = f'type = "folder"\npath = "{synth_data / "test" / "sphere"}"\nloop = true\nfps = 20'
-    cfg = agent_config(tmp_path, broker.port, bundle, thresholds, src)
-    sub = Subscriber(broker.port, "adgan/st1/#")
-    assert sub.subscribed.wait(10)
-    agent = AgentProcess(cfg, tmp_path / "agent.log")
+    thresholds, rec, sub, agent = station(broker, bundle, calibrated_thresholds, synth_data, tmp_path)
 
     def events():
         return sub.documents("adgan/st1/events")
@@ -149,15 +154,7 @@ def test_out_of_open_files_a_new_file_is_read_once_it_can_be_and_nothing_is_lost
     stamp had been taken: the new threshold waited for the next edit or a restart."""
     import os
     import resource
-    bundle, calibrated_thresholds = calibrated
-    thresholds = tmp_path / "thresholds.json"
-    shutil.copy(calibrated_thresholds, thresholds)
-    rec = read_thresholds(thresholds)["classes"]["sphere"]
-    src = f'type = "folder"\npath = "{synth_data / "test" / "sphere"}"\nloop = true\nfps = 20'
-    cfg = agent_config(tmp_path, broker.port, bundle, thresholds, src)
-    sub = Subscriber(broker.port, "adgan/st1/#")
-    assert sub.subscribed.wait(10)
-    agent = AgentProcess(cfg, tmp_path / "agent.log")
+    thresholds, rec, sub, agent = station(broker, *calibrated, synth_data, tmp_path)
 
     def events():
         return sub.documents("adgan/st1/events")
