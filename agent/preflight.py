@@ -11,6 +11,7 @@ import errno
 import importlib.util
 import ipaddress
 import os
+import re
 import sqlite3
 import ssl
 import time
@@ -129,6 +130,7 @@ def check_outbox(s: AgentSettings, r: Report) -> None:
     elif not os.access(existing, os.W_OK | os.X_OK):
         r.problems.append(SettingError("outbox.path", f"{path}: cannot create {folder} under {existing}"))
         return
+    check_outbox_lasts(path, existing, r)
     reserve = int(s.outbox.reserve_mb * 1e6)
     if reserve and not Path(str(path) + ".reserve").is_file():
         st = os.statvfs(existing)
@@ -155,6 +157,53 @@ def check_outbox(s: AgentSettings, r: Report) -> None:
                                   "a new one")
             else:
                 r.problems.append(SettingError("outbox.path", f"{path}: not an outbox database ({e})"))
+
+
+def _unescape(field: str) -> str:
+    """A path of /proc/self/mountinfo as it is (a space is written \\040)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mount_of(path: Path) -> tuple[str, str, str] | None:
+    """(mount point, file system type, the mount's root in its file system) of the mount that holds
+    `path`, from /proc/self/mountinfo (this process's view: a unit's private /tmp included)."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return None
+    target, best = os.path.realpath(path), None
+    for ln in lines:
+        fields, _, after = ln.partition(" - ")
+        f, fs = fields.split(), after.split()
+        if len(f) < 5 or not fs:
+            continue
+        mnt = _unescape(f[4])
+        if target == mnt or target.startswith(mnt.rstrip("/") + "/"):
+            if best is None or len(mnt) >= len(best[0]):  # (the deepest; a later mount over the same point)
+                best = (mnt, fs[0], _unescape(f[3]))
+    return best
+
+
+def check_outbox_lasts(path: Path, folder: Path, r: Report) -> None:
+    """An outbox in memory (tmpfs: /tmp on many systems, /run, /dev/shm) or in a systemd unit's
+    private /tmp (PrivateTmp=yes, as this project's unit sets: removed at every stop) ran without a
+    word, and lost every event kept for the broker, the sequence numbers and the requests waiting
+    at the next restart of the machine (stations are switched off at the end of a shift) or of
+    the service: said."""
+    mount = mount_of(folder)
+    if mount is None:
+        return
+    mnt, fstype, root = mount
+    lost = ("the events it keeps for the broker, its sequence numbers and the requests waiting are lost when "
+            "the machine restarts (a power cut, the end of a shift)")
+    if "/systemd-private-" in root:
+        r.warnings.append(f"outbox.path: {path} is in this service's private {mnt} (systemd PrivateTmp=yes), "
+                          "which is removed at every stop: the events it keeps for the broker, its sequence "
+                          "numbers and the requests waiting are lost at each restart; put it in the unit's state "
+                          "folder (/var/lib/adgan)")
+    elif fstype in ("tmpfs", "ramfs"):
+        r.warnings.append(f"outbox.path: {path} is on a {fstype} ({mnt}), which lives in memory: {lost}; put it on "
+                          "a disk (the unit's state folder: /var/lib/adgan)")
 
 
 def check_source(s: AgentSettings, r: Report) -> None:

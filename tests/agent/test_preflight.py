@@ -298,3 +298,32 @@ def test_an_encrypted_client_key_is_refused_by_name_without_a_prompt(calibrated,
     rc = main(["agent", "validate-config", "--config", str(cfg), "--env-file", "/nonexistent"])
     err = capfd.readouterr().err
     assert rc == 2 and "mqtt.tls_key" in err and "is encrypted" in err and "pass phrase" not in err, err
+
+
+def test_an_outbox_held_in_memory_or_in_the_units_private_tmp_is_said(calibrated, tmp_path, capsys):
+    """An outbox on a tmpfs (/tmp on many systems, /run, /dev/shm), or in the private /tmp that
+    the unit's PrivateTmp=yes gives the service (removed at every stop), ran without a word and
+    lost what it kept at the next restart."""
+    from tests.agent.conftest import tmpfs
+    bundle, thresholds = calibrated
+    cfg = agent_config(tmp_path, 1, bundle, thresholds, 'type = "synthetic"')
+    rc, err = validate(cfg, capsys)
+    assert rc == 0 and "outbox.path" not in err, err  # on a disk: nothing said
+    with tmpfs(tmp_path / "ram") as ram:
+        cfg.write_text(cfg.read_text().replace(str(tmp_path / "outbox.sqlite"), str(ram / "state" / "outbox.sqlite")))
+        rc, err = validate(cfg, capsys)
+        assert rc == 0 and f"outbox.path: {ram / 'state' / 'outbox.sqlite'} is on a tmpfs ({ram}), which lives in " \
+            "memory: the events it keeps for the broker" in err, err
+    # the unit's private /tmp: a bind mount of /tmp/systemd-private-<id>-adgan-agent.service-<x>/tmp
+    private, seen = tmp_path / "systemd-private-0f1e-adgan-agent.service-Ab12" / "tmp", tmp_path / "private-tmp"
+    private.mkdir(parents=True)
+    seen.mkdir()
+    if subprocess.run(["mount", "--bind", str(private), str(seen)], capture_output=True).returncode:
+        pytest.skip("a bind mount needs root")
+    try:
+        cfg.write_text(cfg.read_text().replace(str(ram / "state" / "outbox.sqlite"), str(seen / "outbox.sqlite")))
+        rc, err = validate(cfg, capsys)
+        assert rc == 0 and f"is in this service's private {seen} (systemd PrivateTmp=yes), which is removed at " \
+            "every stop" in err, err
+    finally:
+        subprocess.run(["umount", "-l", str(seen)], capture_output=True)
