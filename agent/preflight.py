@@ -159,6 +159,10 @@ def check_outbox(s: AgentSettings, r: Report) -> None:
                 r.problems.append(SettingError("outbox.path", f"{path}: not an outbox database ({e})"))
 
 
+NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "lustre", "gpfs", "afs", "fuse.sshfs",
+              "fuse.glusterfs"}
+
+
 def _unescape(field: str) -> str:
     """A path of /proc/self/mountinfo as it is (a space is written \\040)."""
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
@@ -204,6 +208,10 @@ def check_outbox_lasts(path: Path, folder: Path, r: Report) -> None:
     elif fstype in ("tmpfs", "ramfs"):
         r.warnings.append(f"outbox.path: {path} is on a {fstype} ({mnt}), which lives in memory: {lost}; put it on "
                           "a disk (the unit's state folder: /var/lib/adgan)")
+    elif fstype in NETWORK_FS:
+        r.warnings.append(f"outbox.path: {path} is on a network file system ({fstype}, {mnt}): SQLite's write-ahead "
+                          "log, which the outbox uses, does not work over one (sqlite.org/wal.html), and a station "
+                          "must keep its events through a network outage; put it on a local disk")
 
 
 def check_source(s: AgentSettings, r: Report) -> None:

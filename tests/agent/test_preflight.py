@@ -327,3 +327,14 @@ def test_an_outbox_held_in_memory_or_in_the_units_private_tmp_is_said(calibrated
             "every stop" in err, err
     finally:
         subprocess.run(["umount", "-l", str(seen)], capture_output=True)
+
+
+def test_an_outbox_on_a_network_file_system_is_said(calibrated, tmp_path, capsys, monkeypatch):
+    """SQLite's write-ahead log does not work over a network file system (no NFS server here: the
+    mount table is what is made up)."""
+    from agent import preflight
+    bundle, thresholds = calibrated
+    cfg = agent_config(tmp_path, 1, bundle, thresholds, 'type = "synthetic"')
+    monkeypatch.setattr(preflight, "mount_of", lambda p: ("/mnt/nas", "nfs4", "/exports/adgan"))
+    rc, err = validate(cfg, capsys)
+    assert rc == 0 and "is on a network file system (nfs4, /mnt/nas): SQLite's write-ahead log" in err, err
