@@ -88,9 +88,11 @@ def cmd_run(a: argparse.Namespace) -> int:
     from agent.mqtt.files import OutboxInUse
     from agent.scoring.backend import BackendUnavailable
     from agent.health import stacks_on_sigusr1
+    from agent.config_watch import ConfigWatch
     from agent.run_record import open_stacks
     from agent.service import Agent
     from agent import logsink
+    edited = ConfigWatch([a.config, a.env_file])  # (the files as they are read: an edit from now on is said)
     s = _load(a, say=True)
     if s is None or not _preflight(a, s, say=True):
         return 2
@@ -128,6 +130,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     except BaseException as e:
         _not_started(agent, e)
         raise
+    edited.start()
     return agent.run()
 
 

@@ -1,0 +1,49 @@
+"""The agent's configuration edited while it runs: said, since it is read only at start.
+
+`agent.toml` and its `--env-file` are read once, at start (thresholds.json is read again:
+agent/decide/reload.py). Until 2026-12-07 an operator who edited them on a running station saw
+nothing happen and nothing said: the change waited, silently, for the next restart, which might
+come weeks later with a mistake in it. Now a thread looks at both files every LOOK_S; a change
+that has settled (FileWatch: the same at two looks) is said once, at WARNING, with what to do.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from agent.decide.thresholds import FileWatch
+
+log = logging.getLogger(__name__)
+
+LOOK_S = 5.0
+
+
+class ConfigWatch:
+    """Made when the settings are read (their files' state then); `start()` looks from a thread."""
+
+    def __init__(self, paths, look_s: float = LOOK_S) -> None:
+        self.look_s = look_s
+        self.watches = [FileWatch(p) for p in {Path(p) for p in paths if p is not None} if p.is_file()]
+
+    def start(self) -> None:
+        if self.watches:
+            threading.Thread(target=self._run, name="config-watch", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.look_s)
+            for w in self.watches:
+                if w.changed():
+                    self._say(w.path)
+
+    @staticmethod
+    def _say(path: Path) -> None:
+        if not path.exists():
+            log.warning("%s was removed since the agent started: the agent goes on with what it read then, and a "
+                        "restart would not find it", path)
+            return
+        log.warning("%s changed since the agent started: it is read only at start, so the change is not in force "
+                    "yet; check it (adgan agent validate-config) and restart the agent (systemctl restart "
+                    "adgan-agent) to apply it", path)
