@@ -198,16 +198,15 @@ def check_outbox_lasts(path: Path, folder: Path, r: Report) -> None:
     if mount is None:
         return
     mnt, fstype, root = mount
-    lost = ("the events it keeps for the broker, its sequence numbers and the requests waiting are lost when "
-            "the machine restarts (a power cut, the end of a shift)")
+    kept = "the events it keeps for the broker, its sequence numbers and the requests waiting are lost"
     if "/systemd-private-" in root:
         r.warnings.append(f"outbox.path: {path} is in this service's private {mnt} (systemd PrivateTmp=yes), "
-                          "which is removed at every stop: the events it keeps for the broker, its sequence "
-                          "numbers and the requests waiting are lost at each restart; put it in the unit's state "
+                          f"which is removed at every stop: {kept} at each restart; put it in the unit's state "
                           "folder (/var/lib/adgan)")
     elif fstype in ("tmpfs", "ramfs"):
-        r.warnings.append(f"outbox.path: {path} is on a {fstype} ({mnt}), which lives in memory: {lost}; put it on "
-                          "a disk (the unit's state folder: /var/lib/adgan)")
+        r.warnings.append(f"outbox.path: {path} is on a {fstype} ({mnt}), which lives in memory: {kept} when the "
+                          "machine restarts (a power cut, the end of a shift); put it on a disk (the unit's state "
+                          "folder: /var/lib/adgan)")
     elif fstype in NETWORK_FS:
         r.warnings.append(f"outbox.path: {path} is on a network file system ({fstype}, {mnt}): SQLite's write-ahead "
                           "log, which the outbox uses, does not work over one (sqlite.org/wal.html), and a station "

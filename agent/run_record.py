@@ -114,15 +114,16 @@ class RunRecord:
         if self._me:
             return
         before, boot, stacks = self._read(), boot_id(), self._stacks_before()
+        crash = _crash(stacks) if stacks else {}
         if before is not None:
             n = before.get("ended_without_stop", 0)
             self.ended_without_stop = n if isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 1 << 53 else 0
-            self.previous = self._ended(before, boot, stacks)
+            self.previous = self._ended(before, boot, crash)
         if stacks:
             if self.previous is None:  # (its line deleted, or never written: the stacks say it crashed)
-                self.previous = {"ended": "unknown", **_crash(stacks)}
+                self.previous = {"ended": "unknown", **crash}
             log.error("the run before wrote these stacks as it ended (%s; kept in %s until now):\n%s",
-                      ", ".join(v for v in _crash(stacks).values() if v), self.stacks, stacks.rstrip())
+                      ", ".join(v for v in crash.values() if v), self.stacks, stacks.rstrip())
         now = utc_iso(time.time())
         self._me = {"pid": os.getpid(), "boot": boot, "started": now, "alive": now, "stopped": None, "cause": None,
                     "ended_without_stop": self.ended_without_stop}
@@ -171,10 +172,9 @@ class RunRecord:
             log.warning("%s cannot be read (%s): how the run before ended is not known", self.path, e)
             return {"unreadable": str(e)}
 
-    def _ended(self, doc: dict, boot: str | None, stacks: str = "") -> dict:
-        """status.previous_run from the run before's line (`boot`: this boot's id; `stacks`: what
-        it wrote as it crashed), said in the log."""
-        crash = _crash(stacks) if stacks else {}
+    def _ended(self, doc: dict, boot: str | None, crash: dict[str, str]) -> dict:
+        """status.previous_run from the run before's line (`boot`: this boot's id; `crash`: what
+        its stacks say, where it wrote them as it crashed), said in the log."""
         if "unreadable" in doc:
             return {"ended": "unknown", "error": doc["unreadable"], **crash}
         seen = {k: doc.get(k) if isinstance(doc.get(k), (str, int)) else None
