@@ -242,10 +242,10 @@ def test_a_batch_of_trigger_sets_is_kept_in_one_write_before_paho_acknowledges_i
     real = request_journal.durable.write_text
     writes = []
 
-    def slowly(path, text, room=None):  # (a slow SD card)
+    def slowly(path, text, room=None, **kw):  # (a slow SD card)
         time.sleep(0.2)
         writes.append(text)
-        return real(path, text, room)
+        return real(path, text, room, **kw)
     monkeypatch.setattr(request_journal.durable, "write_text", slowly)
     journal = RequestJournal(tmp_path / "outbox.sqlite")
     journal.defer = reading_batch
