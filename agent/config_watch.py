@@ -4,7 +4,8 @@
 agent/decide/reload.py). Until 2026-12-07 an operator who edited them on a running station saw
 nothing happen and nothing said: the change waited, silently, for the next restart, which might
 come weeks later with a mistake in it. Now a thread looks at both files every LOOK_S; a change
-that has settled (FileWatch: the same at two looks) is said once, at WARNING, with what to do.
+that has settled (FileWatch: the same at two looks) is said once, at WARNING, with what to do,
+and stays in `status.config.edited` (and the metric `adgan_config_edited`) until a restart.
 """
 from __future__ import annotations
 
@@ -14,10 +15,18 @@ import time
 from pathlib import Path
 
 from agent.decide.thresholds import FileWatch
+from agent.mqtt.events import utc_iso
 
 log = logging.getLogger(__name__)
 
 LOOK_S = 5.0
+
+_edited: dict[str, str] = {}  # file -> when its edit was first seen: this process's (one agent a process)
+
+
+def status() -> dict:
+    """status.config: the files edited since the start (their edits wait for a restart), and when."""
+    return {"edited": [{"path": p, "at": at} for p, at in list(_edited.items())]}
 
 
 class ConfigWatch:
@@ -40,6 +49,7 @@ class ConfigWatch:
 
     @staticmethod
     def _say(path: Path) -> None:
+        _edited.setdefault(str(path), utc_iso(time.time()))
         if not path.exists():
             log.warning("%s was removed since the agent started: the agent goes on with what it read then, and a "
                         "restart would not find it", path)

@@ -54,6 +54,9 @@ class _StateCollector:
         yield CounterMetricFamily("adgan_runs_ended_without_stop", "runs of this outbox's agent that ended without "
                                   "stopping (killed, crashed, the machine restarted under it), counted across runs",
                                   value=(st.get("previous_run") or {}).get("runs_ended_without_stop", 0))
+        yield GaugeMetricFamily("adgan_config_edited", "1 while agent.toml or its env file has been edited since the "
+                                "start: read only at start, the edit waits for a restart",
+                                value=1.0 if (st.get("config") or {}).get("edited") else 0.0)
         yield CounterMetricFamily("adgan_log_lines_dropped", "log lines dropped because the log's output (the "
                                   "journal) took nothing and health.log_buffer_kb filled, or failed",
                                   value=(st.get("log") or {}).get("dropped", 0))

@@ -14,7 +14,7 @@ import time
 import uuid
 import numpy as np
 
-from agent import logsink
+from agent import config_watch, logsink
 from agent.decide.anomaly_map import encode_map, heat, hot_box
 from agent.decide.expected import ExpectedClass
 from agent.decide.inspector import ClassModel, load_models
@@ -359,7 +359,7 @@ class Agent(Requests):
                 "source": {"type": self.s.source.type, **self.source_health.to_dict()},
                 "thresholds": ({"path": str(self.s.model.thresholds), **self.thresholds.state,
                                 "since": utc_iso(self.thresholds.state["since"])} if self.thresholds else {}),
-                "interfaces": self.interfaces.status()}
+                "interfaces": self.interfaces.status(), "config": config_watch.status()}
 
     def _publish_status(self, force: bool = False) -> None:
         now = time.monotonic()

@@ -330,19 +330,31 @@ def test_a_lock_taken_by_another_agent_after_a_deletion_is_an_error_until_it_let
 def test_a_configuration_edited_while_the_agent_runs_is_said_once(broker, calibrated, synth_data, tmp_path):
     """agent.toml is read only at start: an operator's edit on a running station waited, silently,
     for the next restart. Now it is said (once per edit), and the agent goes on as it was."""
+    from tests.agent.conftest import free_port, scrape
     bundle, thresholds = calibrated
     src = f'type = "folder"\npath = "{synth_data / "test" / "sphere"}"\nloop = true\nfps = 20'
-    cfg = agent_config(tmp_path, broker.port, bundle, thresholds, src)
-    sub = Subscriber(broker.port, "adgan/st1/events")
+    port = free_port()
+    cfg = agent_config(tmp_path, broker.port, bundle, thresholds, src,
+                       extra=f"[metrics]\nenabled = true\nport = {port}\n")
+    sub = Subscriber(broker.port, "adgan/st1/#")
     assert sub.subscribed.wait(10)
     agent = AgentProcess(cfg, tmp_path / "agent.log")
+
+    def config():
+        return sub.documents("adgan/st1/status")[-1]["config"]
+
     try:
-        assert sub.wait_for(lambda m: len(m) >= 2, 60), agent.output()
+        assert sub.wait_for(lambda m: len(sub.documents("adgan/st1/events")) >= 2, 60), agent.output()
+        assert config() == {"edited": []}
+        assert "adgan_config_edited 0.0" in scrape(f"http://127.0.0.1:{port}/metrics")
         cfg.write_text(cfg.read_text().replace("status_interval_s = 0.5", "status_interval_s = 2"))
         said = f"{cfg} changed since the agent started: it is read only at start, so the change is not in force"
         assert poll(lambda: said in agent.output(), 20), agent.output()[-3000:]
-        n = len(sub.messages)
-        assert sub.wait_for(lambda m: len(m) >= n + 20, 30)  # it goes on
+        assert sub.wait_for(lambda m: config()["edited"], 10)
+        assert [e["path"] for e in config()["edited"]] == [str(cfg)]  # (until a restart; the status still 0.5 s)
+        assert "adgan_config_edited 1.0" in scrape(f"http://127.0.0.1:{port}/metrics")
+        n = len(sub.documents("adgan/st1/events"))
+        assert sub.wait_for(lambda m: len(sub.documents("adgan/st1/events")) >= n + 20, 30)  # it goes on
         assert agent.output().count(said) == 1
         assert agent.terminate() == 0
     finally:
