@@ -9,6 +9,7 @@ and stays in `status.config.edited` (and the metric `adgan_config_edited`) until
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -29,12 +30,22 @@ def status() -> dict:
     return {"edited": [{"path": p, "at": at} for p, at in list(_edited.items())]}
 
 
+def _content(path: Path) -> bytes | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).digest()
+    except OSError:
+        return None
+
+
 class ConfigWatch:
-    """Made when the settings are read (their files' state then); `start()` looks from a thread."""
+    """Made when the settings are read (their files' state then); `start()` looks from a thread.
+    A file written again with what it held (a configuration tool's run, `touch`) is no edit, and
+    one edited back to it is said as such."""
 
     def __init__(self, paths, look_s: float = LOOK_S) -> None:
         self.look_s = look_s
-        self.watches = [FileWatch(p) for p in {Path(p) for p in paths if p is not None} if p.is_file()]
+        files = {Path(p) for p in paths if p is not None}
+        self.watches = {FileWatch(p): _content(p) for p in files if p.is_file()}
 
     def start(self) -> None:
         if self.watches:
@@ -43,12 +54,19 @@ class ConfigWatch:
     def _run(self) -> None:
         while True:
             time.sleep(self.look_s)
-            for w in self.watches:
-                if w.changed():
-                    self._say(w.path)
+            self.look()
+
+    def look(self) -> None:
+        for w, read in self.watches.items():
+            if w.changed():
+                self._say(w.path, _content(w.path) == read)
 
     @staticmethod
-    def _say(path: Path) -> None:
+    def _say(path: Path, as_read: bool) -> None:
+        if as_read:
+            if _edited.pop(str(path), None) is not None:
+                log.info("%s is again as the agent read it at start", path)
+            return
         _edited.setdefault(str(path), utc_iso(time.time()))
         if not path.exists():
             log.warning("%s was removed since the agent started: the agent goes on with what it read then, and a "

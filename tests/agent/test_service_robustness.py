@@ -360,3 +360,25 @@ def test_a_configuration_edited_while_the_agent_runs_is_said_once(broker, calibr
     finally:
         agent.stop()
         sub.close()
+
+
+def test_a_settings_file_written_again_as_it_was_is_no_edit(tmp_path, caplog):
+    """A configuration tool (Ansible, Puppet) rewrites a file with what it held at every run, and
+    an operator may undo an edit: neither is an edit waiting for a restart."""
+    from agent import config_watch
+    caplog.set_level(logging.INFO, "agent.config_watch")
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text('station_id = "st1"\n')
+    watch = config_watch.ConfigWatch([cfg, None, tmp_path / "no.env"])
+
+    def looked() -> list[str]:
+        watch.look()
+        watch.look()  # (a change is taken once it looks the same twice)
+        return [e["path"] for e in config_watch.status()["edited"]]
+    os.utime(cfg, (1, 1))
+    cfg.write_text('station_id = "st1"\n')  # the same bytes, a new file time
+    assert looked() == [] and caplog.text == ""
+    cfg.write_text('station_id = "st2"\n')
+    assert looked() == [str(cfg)] and "changed since the agent started" in caplog.text
+    cfg.write_text('station_id = "st1"\n')  # undone
+    assert looked() == [] and "is again as the agent read it at start" in caplog.text
