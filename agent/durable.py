@@ -266,6 +266,19 @@ def write_text(path: str | Path, text: str, room=None, mode: int | None = None) 
         write_bytes(path, text.encode(), mode)
 
 
+def out_of_inodes(folder: str | Path) -> str:
+    """For a full disk's message: why `df -h` shows room where a file cannot be made, when the file
+    system holding `folder` has no inode left (many small files fill it, not bytes); else ""."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return ""
+    if st.f_files == 0 or st.f_favail > 0:  # (0 in all: a file system that does not count them, btrfs)
+        return ""
+    return (f"; no inode is free on its file system (all {st.f_files} used, `df -i`): it is full of files, not "
+            "bytes, which `df -h` does not show; remove files there")
+
+
 def still_at(path: str | Path, fd: int) -> bool:
     """Whether the file open as `fd` is still the one at `path`: not deleted, nor replaced by another
     (a person cleaning a state folder). Other OSErrors are raised."""

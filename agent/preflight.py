@@ -25,6 +25,7 @@ except ModuleNotFoundError:  # Python 3.10 (JetPack 6): the tomli backport, a de
 
 from pydantic import BaseModel
 
+from agent import durable
 from agent.decide.inspector import check_class_model, check_rivals
 from agent.mqtt.files import AgentLock, write_error
 from agent.mqtt.salvage import corrupt_file
@@ -119,9 +120,14 @@ def check_outbox(s: AgentSettings, r: Report) -> None:
     if not existing.is_dir():
         r.problems.append(SettingError("outbox.path", f"{path}: {existing} is not a directory"))
         return
+    full = None  # the folder's file system is full: the agent runs, as on a disk that fills while it runs
     if existing == folder:
         e = write_error(folder)
-        if e is not None:
+        if e is not None and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            full = f"{e.strerror}{durable.out_of_inodes(folder)}"
+            r.warnings.append(f"outbox.path: {folder} is full ({full}): the agent runs and holds what it cannot store "
+                              "in memory, where a kill loses it, until there is room")
+        elif e is not None:
             hint = ("; the kernel makes a disk it finds failing read-only (ext4 errors=remount-ro): see dmesg, and "
                     "repair it (fsck) or move the outbox" if e.errno == errno.EROFS else "")
             why = f"{e.strerror or e}{hint}"
@@ -151,7 +157,10 @@ def check_outbox(s: AgentSettings, r: Report) -> None:
             with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
                 db.execute("SELECT name FROM sqlite_master").fetchall()
         except sqlite3.Error as e:
-            if corrupt_file(e):  # run moves it aside
+            if full is not None and not corrupt_file(e):  # (SQLite cannot make its -wal and -shm files)
+                r.warnings.append(f"outbox.path: {path} cannot be opened while its disk is full ({e}): its events "
+                                  "are sent once there is room")
+            elif corrupt_file(e):  # run moves it aside
                 r.warnings.append(f"outbox.path: {path} is not a readable database ({e}); the agent moves it "
                                   f"aside ({path.name}.corrupt-<time>), keeps what events it can read, and starts "
                                   "a new one")

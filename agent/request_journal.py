@@ -49,6 +49,7 @@ from typing import Callable
 
 from agent import durable
 from agent.mqtt.events import utc_iso
+from agent.mqtt.files import disk_full
 
 log = logging.getLogger(__name__)
 
@@ -224,9 +225,10 @@ class RequestJournal:
             now = time.monotonic()
             if now >= self._next_log:
                 self._next_log = now + LOG_EVERY_S
-                log.error("the requests waiting cannot be kept in %s (%s): they are answered as long as the agent "
+                inodes = durable.out_of_inodes(self.path.parent) if disk_full(e) else ""
+                log.error("the requests waiting cannot be kept in %s (%s%s): they are answered as long as the agent "
                           "runs, but a kill would leave them unanswered (%d writes failed; said at most every "
-                          "%.0f s)", self.path, e, self.unsaved, LOG_EVERY_S)
+                          "%.0f s)", self.path, e, inodes, self.unsaved, LOG_EVERY_S)
             return
         if self.error is not None:
             log.warning("the requests waiting are kept in %s again", self.path)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 
+from agent import durable
 from agent.mqtt.files import read_only
 
 log = logging.getLogger("agent.mqtt.outbox")  # (the outbox's own log, as before the split)
@@ -19,7 +20,7 @@ class DiskReports:
     SLOW_LOG_EVERY_S = 60.0
 
     def _failed(self, what: str, e: Exception) -> None:
-        cause = f"{type(e).__name__}: {e}"
+        cause = f"{type(e).__name__}: {e}{durable.out_of_inodes(self.path.parent)}"  # (SQLite: "unable to open")
         # Once per kind and change of cause, not once per retry or operation: a disk that fails
         # every write fails each event's sequence number and its write, with two causes.
         if self._said.get(what) != cause:

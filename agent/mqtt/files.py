@@ -242,8 +242,9 @@ class Reserve:
         except OSError as e:
             if str(e) != self._said:
                 self._said = str(e)
-                log.warning("the outbox's reserve %s (%.1f MB) cannot be set aside (%s): a full disk would hold "
-                            "events in memory only, where a kill loses them", self.path, self.size / 1e6, e)
+                log.warning("the outbox's reserve %s (%.1f MB) cannot be set aside (%s%s): a full disk would hold "
+                            "events in memory only, where a kill loses them", self.path, self.size / 1e6, e,
+                            durable.out_of_inodes(self.path.parent) if disk_full(e) else "")
             return
         if self.released or self._said:
             log.warning("the outbox's reserve %s (%.1f MB) is set aside again", self.path, self.size / 1e6)
@@ -253,11 +254,12 @@ class Reserve:
         """A write met a full disk: release the reserve so that it can be retried (True), said
         (`kept`: what goes on being stored on disk; the outbox's events, or agent/request_journal.py's
         requests, which lie beside it)."""
+        inodes = durable.out_of_inodes(self.path.parent) if disk_full(e) else ""  # (before the release frees one)
         if not disk_full(e) or not self.release():
             return False
         self._next_try = time.monotonic() + self.RETRY_S
-        log.error("the outbox's disk is full (%s): its reserve %s (%.1f MB) is released, so %s on disk. Free "
-                  "space there; the reserve is set aside again once there is room for it twice", e, self.path,
+        log.error("the outbox's disk is full (%s%s): its reserve %s (%.1f MB) is released, so %s on disk. Free "
+                  "space there; the reserve is set aside again once there is room for it twice", e, inodes, self.path,
                   self.size / 1e6, kept)
         return True
 

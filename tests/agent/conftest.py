@@ -210,14 +210,29 @@ def fill_file_system(folder: Path, leave: int = 0) -> Path:
     return f
 
 
+def fill_inodes(folder: Path) -> Path:
+    """Take every inode left on the file system under `folder` with empty files (in a folder made
+    there, returned): full of files, not bytes, as `df -i` shows and `df -h` does not."""
+    filler = folder / "inode-filler"
+    filler.mkdir()
+    for i in range(1_000_000):
+        try:
+            (filler / str(i)).touch()
+        except OSError as e:
+            assert e.errno == errno.ENOSPC, e
+            return filler
+    raise AssertionError(f"{folder}: a million files made, and its file system is not full")
+
+
 @contextlib.contextmanager
-def tmpfs(mnt: Path, size: str = "2m"):
-    """A real file system of `size` (tmpfs) mounted at `mnt`, to fill; skipped without root."""
+def tmpfs(mnt: Path, size: str = "2m", inodes: int | None = None):
+    """A real file system of `size` (tmpfs) mounted at `mnt`, to fill (`inodes`: at most so many
+    files and folders); skipped without root."""
     mnt.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True,
-                       text=True)
+    opts = f"size={size}" + (f",nr_inodes={inodes}" if inodes else "")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(mnt)], capture_output=True, text=True)
     if r.returncode:
         pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
     try:

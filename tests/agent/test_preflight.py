@@ -338,3 +338,19 @@ def test_an_outbox_on_a_network_file_system_is_said(calibrated, tmp_path, capsys
     monkeypatch.setattr(preflight, "mount_of", lambda p: ("/mnt/nas", "nfs4", "/exports/adgan"))
     rc, err = validate(cfg, capsys)
     assert rc == 0 and "is on a network file system (nfs4, /mnt/nas): SQLite's write-ahead log" in err, err
+
+
+def test_a_disk_out_of_inodes_is_a_warning_that_names_them(calibrated, tmp_path, capsys):
+    """A file system full of files, not bytes (`df -h` shows room). validate-config refused it as
+    `cannot write in ... (No space left on device)`, so `run` did not start, where a disk full of
+    bytes lets it run; now a warning naming the inodes, as for a disk that fills while it runs."""
+    from tests.agent.conftest import fill_inodes, tmpfs
+    bundle, thresholds = calibrated
+    cfg = agent_config(tmp_path, 1, bundle, thresholds, SRC)
+    with tmpfs(tmp_path / "fs", size="64m", inodes=64) as fs:
+        cfg.write_text(cfg.read_text().replace(str(tmp_path / "outbox.sqlite"), str(fs / "outbox.sqlite")))
+        fill_inodes(fs)
+        rc, err = validate(cfg, capsys)
+    assert rc == 0, err
+    assert f"outbox.path: {fs} is full (No space left on device; no inode is free on its file system (all 64 " \
+        "used, `df -i`): it is full of files, not bytes" in err and "the agent runs and holds" in err, err

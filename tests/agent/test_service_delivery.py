@@ -106,6 +106,46 @@ def test_a_full_disk_an_outage_and_a_sigkill_lose_no_event_within_the_reserve(br
     assert produced == list(range(1, len(produced) + 1))
 
 
+def test_on_a_disk_out_of_inodes_the_agent_runs_names_them_and_stores_its_events_once_there_is_room(
+        broker, calibrated, synth_data, tmp_path):
+    """A disk full of files, not bytes (`df -i`; `df -h` shows room), met at a restart. The agent
+    refused to start ('cannot write in ... (No space left on device)'), where on a disk full of
+    bytes it runs. Now it runs, says the inodes, holds its events in memory (SQLite cannot make its
+    -wal and -shm files) and stores them once files are removed; none is lost."""
+    import shutil
+    from tests.agent.conftest import fill_inodes, poll, tmpfs
+    bundle, thresholds = calibrated
+    sub = Subscriber(broker.port, "adgan/st1/events")
+    assert sub.subscribed.wait(10)
+    with tmpfs(tmp_path / "fs", size="64m", inodes=400) as fs:
+        cfg = agent_config(tmp_path, broker.port, bundle, thresholds, looping_samples(synth_data))
+        cfg.write_text(cfg.read_text().replace(str(tmp_path / "outbox.sqlite"), str(fs / "outbox.sqlite")))
+        first = AgentProcess(cfg, tmp_path / "first.log")
+        try:
+            assert poll(lambda: len(event_ids(sub)) >= 3, 60), first.output()
+            assert first.terminate(30) == 0, first.output()  # a clean stop removes SQLite's -wal and -shm
+        finally:
+            first.stop()
+        filler = fill_inodes(fs)
+        agent = AgentProcess(cfg, tmp_path / "agent.log")
+        try:
+            n = len(event_ids(sub))
+            assert poll(lambda: len(event_ids(sub)) >= n + 10, 60), agent.output()  # it runs, and delivers
+            said = agent.output()
+            assert f"outbox.path: {fs} is full (No space left on device; no inode is free on its file system" in said
+            assert "cannot be written (open: OperationalError: unable to open database file; no inode is free" in said
+            shutil.rmtree(filler)
+            assert poll(lambda: "opened;" in agent.output(), 30), agent.output()  # stored on disk again
+            assert agent.terminate(30) == 0, agent.output()
+        finally:
+            agent.stop()
+        assert outbox_ids(fs / "outbox.sqlite") == []
+    got = sorted(json.loads(p)["seq"] for t, p, _ in sub.messages if t == "adgan/st1/events")
+    assert sorted(set(got)) == list(range(1, max(got) + 1)), got  # none lost, numbers never repeat
+    assert "stopped: every event was acknowledged by the broker" in agent.output()
+    sub.close()
+
+
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])  # SIGHUP: the terminal of a hand-started agent closed
 def test_sigterm_finishes_flushes_and_says_offline(broker, calibrated, synth_data, tmp_path, sig):
     bundle, thresholds = calibrated

@@ -93,3 +93,24 @@ def test_a_reserve_without_room_is_said_once_and_the_outbox_works(small_fs, capl
     assert len(said) == 1 and "less than twice its size free" in said[0], said
     assert not ob.status()["reserve"]["held"] and len(ob) == 3
     ob.close()
+
+
+def test_a_disk_out_of_inodes_releases_the_reserve_and_says_why_df_shows_room(tmp_path, caplog):
+    """A file system full of files, not bytes: a file written under a temporary name (the request
+    journal, the sequence record) cannot be made. The reserve's release frees an inode for it, and
+    the message names the inodes: `df -h` shows room, and 'free space there' alone misled."""
+    from agent import durable
+    from agent.mqtt.files import Reserve
+    from tests.agent.conftest import fill_inodes, tmpfs
+    with tmpfs(tmp_path / "fs", size="64m", inodes=64) as fs:
+        reserve = Reserve(fs / "outbox.sqlite.reserve", RESERVE)
+        reserve.keep()
+        journal = fs / "outbox.sqlite.requests"
+        durable.write_text(journal, "one\n")
+        fill_inodes(fs)
+        with caplog.at_level(logging.ERROR, logger="agent.mqtt.files"):
+            durable.write_text(journal, "two\n", reserve.free)
+        assert journal.read_text() == "two\n" and reserve.released == 1
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "the outbox's disk is full ([Errno 28]" in said, said
+    assert "; no inode is free on its file system (all 64 used, `df -i`): it is full of files, not bytes" in said, said
