@@ -125,6 +125,10 @@ def check_outbox(s: AgentSettings, r: Report) -> None:
         e = write_error(folder)
         if e is not None and e.errno in (errno.ENOSPC, errno.EDQUOT):
             full = f"{e.strerror}{durable.out_of_inodes(folder)}"
+            if not (path.is_file() and Path(f"{path}.seq").is_file()):  # (a new outbox: its files cannot be made)
+                r.problems.append(SettingError("outbox.path", f"{path}: a new outbox cannot be made in {folder}, "
+                                                              f"which is full ({full})"))
+                return
             r.warnings.append(f"outbox.path: {folder} is full ({full}): the agent runs and holds what it cannot store "
                               "in memory, where a kill loses it, until there is room")
         elif e is not None:

@@ -343,12 +343,21 @@ def test_an_outbox_on_a_network_file_system_is_said(calibrated, tmp_path, capsys
 def test_a_disk_out_of_inodes_is_a_warning_that_names_them(calibrated, tmp_path, capsys):
     """A file system full of files, not bytes (`df -h` shows room). validate-config refused it as
     `cannot write in ... (No space left on device)`, so `run` did not start, where a disk full of
-    bytes lets it run; now a warning naming the inodes, as for a disk that fills while it runs."""
+    bytes lets it run; now a warning naming the inodes, as for a disk that fills while it runs. A new
+    outbox, whose files cannot be made, is refused with the same words."""
     from tests.agent.conftest import fill_inodes, tmpfs
     bundle, thresholds = calibrated
     cfg = agent_config(tmp_path, 1, bundle, thresholds, SRC)
     with tmpfs(tmp_path / "fs", size="64m", inodes=64) as fs:
         cfg.write_text(cfg.read_text().replace(str(tmp_path / "outbox.sqlite"), str(fs / "outbox.sqlite")))
+        filler = fill_inodes(fs)
+        for call in (validate, run):  # a new outbox: its files cannot be made, said by name
+            rc, err = call(cfg, capsys)
+            assert rc == 2 and f"outbox.path: {fs / 'outbox.sqlite'}: a new outbox cannot be made in {fs}, which is " \
+                "full (No space left on device; no inode is free on its file system (all 64 used, `df -i`)" in err, err
+        shutil.rmtree(filler)
+        (fs / "outbox.sqlite").touch()  # an outbox of an earlier run (its files are there)
+        (fs / "outbox.sqlite.seq").touch()
         fill_inodes(fs)
         rc, err = validate(cfg, capsys)
     assert rc == 0, err
