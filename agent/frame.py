@@ -27,6 +27,33 @@ def same_problem(reason: str) -> str:
     return re.sub(r"\d+(?:\.\d+)?", "#", reason)
 
 
+DARK_LEVEL = 32        # of 255: a colour image whose brightest pixels stay below it shows no part (no light)
+BLOWN_FRACTION = 0.9   # a colour image this much clipped white (every channel 250 or more) shows none either
+
+
+def unlit(rgb: np.ndarray, part: np.ndarray | None = None) -> str | None:
+    """Why the colour image cannot show a part to the model (None: it can): black, as with the
+    station's light off, the colour lens covered or its stream failed, where depth (the camera's own
+    infrared) still finds the part; or blown out white (sunlight, an exposure set far too high). The
+    model then scored what it could not see: a dark part scored as damaged (NG for every part), or a
+    small model as normal. The paper's frames have their brightest pixels at 182-255 (the 99.9th
+    percentile of each pixel's brightest channel), the demo's at 96 or more. `part`: where the part
+    is (a sample's depth > 0), whose pixels alone count as white (a sample's background is black).
+    Read on at most ~160 pixels a side, every n-th."""
+    step = max(1, min(rgb.shape[:2]) // 120)
+    px = rgb[::step, ::step]
+    if np.percentile(px.max(axis=2), 99.9) < DARK_LEVEL:
+        return (f"the colour image is black (its brightest pixels under {DARK_LEVEL} of 255): the station's light "
+                "is off, the colour lens is covered, or its stream failed; the part cannot be judged")
+    white = px.min(axis=2) >= 250
+    if part is not None and part[::step, ::step].any():
+        white = white[part[::step, ::step]]
+    if np.mean(white) >= BLOWN_FRACTION:
+        return (f"the colour image is blown out (over {100 * BLOWN_FRACTION:.0f}% of it white): sunlight or an "
+                "exposure set too high; the part cannot be judged")
+    return None
+
+
 class NoObjectError(ValueError):
     """Segmentation left no object pixels: an explicit 'no object', not a failure."""
 

@@ -19,7 +19,7 @@ from agent.decide.anomaly_map import encode_map, heat, hot_box
 from agent.decide.expected import ExpectedClass
 from agent.decide.inspector import ClassModel, load_models
 from agent.decide.reload import ThresholdsReload
-from agent.frame import FrameError, NoObjectError, RGBDFrame, Sample, same_problem
+from agent.frame import FrameError, NoObjectError, RGBDFrame, Sample, same_problem, unlit
 from agent.health import ClockWatch, Counters, EngineFailures, LoopWatch, SystemdNotifier, Work, iso_time, timed
 from agent.interfaces import Interfaces
 from agent.mqtt.events import Event, utc_iso
@@ -212,8 +212,7 @@ class Agent(Requests):
             with timed(work, "segment_ms"):
                 seg = self.segmenter(frame)
         except FrameError as e:
-            self._error(work, str(e))
-            return
+            return self._error(work, str(e))
         work.area = seg.object_area
         if mode == "continuous" and not forced:
             p = self.passage.update(work.area, seg.object, frame.depth)  # (the masks: parts that follow)
@@ -225,24 +224,25 @@ class Agent(Requests):
                             "mode gpio)", inspection=True)
                 return
         if work.area < self.s.trigger.min_area_px:
-            self._emit(work, "no_object")
-            return
+            return self._emit(work, "no_object")
         model = self.models[self.expected]
+        if (why := unlit(frame.rgb, seg.object)) is not None:  # (depth found a part the colour image does not show)
+            return self._error(work, why, inspection=True, model=model)
         try:
             with timed(work, "segment_ms"):
                 prep = model.bundle.preprocessing
                 # the pixels the model was trained on: the training samples' JPEG round trip
                 sample = like_stored(make_sample(frame, seg, prep, roi=self.s.segmentation.roi), prep)
         except NoObjectError:
-            self._emit(work, "no_object")
-            return
+            return self._emit(work, "no_object")
         self._score(work, sample, model)
 
     def _inspect_sample(self, work: Work, sample: Sample, forced: bool) -> None:
         if not sample.depth.any():
-            self._emit(work, "no_object")
-            return
+            return self._emit(work, "no_object")
         model = self.models[self.expected]
+        if (why := unlit(sample.rgb, sample.depth > 0)) is not None:  # (a stored sample's background is black)
+            return self._error(work, why, inspection=True, model=model)
         try:  # stored whole-frame samples for a crop-to-part model are cropped here
             sample = reframe(sample, self._sample_prep, model.bundle.preprocessing)
         except (NoObjectError, ValueError) as e:

@@ -54,3 +54,25 @@ def test_intrinsics_roundtrip_and_validation():
         Intrinsics(640, 480, -1.0, 1.0, 0, 0)
     with pytest.raises(ValueError, match="height: Field required"):
         Intrinsics.from_dict({"width": 640})
+
+
+def test_a_colour_image_that_shows_no_part_is_told_from_every_real_frame():
+    """`unlit`: black (light off, lens covered) or blown-out white colour images, against every
+    10th frame of the paper's three classes, lit as they were captured, which it must pass."""
+    from pathlib import Path
+
+    from agent.frame import unlit, same_problem
+    from agent.sources.dataset import frame_numbers, read_sample
+    root = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "paper-rgbd"
+    if not root.is_dir():
+        pytest.skip(f"{root} is not here")
+    said = set()
+    for cls in ("sphere", "cylinder", "rectangle"):
+        for n in frame_numbers(root / cls)[::10]:
+            rgb = read_sample(root / cls, n).rgb
+            assert unlit(rgb) is None, (cls, n)
+            said.add(unlit((rgb * 0.05).astype(np.uint8)))  # the station's light off: 5% of it
+            assert unlit(np.clip(rgb.astype(int) + 250, 0, 255).astype(np.uint8)).startswith("the colour image is "
+                                                                                            "blown out")
+    assert len(said) == 1 and said.pop().startswith("the colour image is black"), said  # one problem, one text
+    assert same_problem(unlit(np.zeros((480, 640, 3), np.uint8))) == same_problem(unlit(np.zeros((32, 32, 3), np.uint8)))

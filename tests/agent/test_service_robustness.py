@@ -79,6 +79,33 @@ def test_bad_frames_are_error_events_and_the_agent_keeps_running(broker, calibra
         assert e["score"] is None and e["model"] is None
 
 
+def test_a_part_the_colour_image_does_not_show_is_an_error_event_not_a_verdict(broker, calibrated, tmp_path):
+    """The station's light off (or the colour lens covered, its stream failed), the camera's
+    infrared depth still finds each part: the model scored what it could not see, and this one
+    passed every part as OK (a real sphere bundle on the paper's frames at 5% light: NG for every
+    part, 0.23-0.35 against a median of 0.11). Now an error event that says why; a blown-out image
+    too. Lit frames are scored as before."""
+    from agent.frame import RGBDFrame
+    src = SyntheticSource(("sphere",), seed=11)
+    folder = tmp_path / "frames"
+    lit = [src.frame(i) for i in range(4)]
+    for n, f in enumerate(lit):
+        rgb = {1: (f.rgb * 0.05).astype(np.uint8), 2: np.full_like(f.rgb, 255)}.get(n, f.rgb)
+        write_raw_frame(folder, n, RGBDFrame(rgb=rgb, depth=f.depth, timestamp=f.timestamp, intrinsics=f.intrinsics))
+    ref = tmp_path / "reference.npz"
+    SurfaceReference.from_frames(src.empty_frames(5)).save(ref)
+    bundle, thresholds = calibrated
+    cfg = agent_config(tmp_path, broker.port, bundle, thresholds, f'type = "folder"\npath = "{folder}"\nfps = 0',
+                       extra=f'[segmentation]\nreference = "{ref}"\n')
+    evs, log = run_to_end(tmp_path, broker, cfg, 4)
+    assert [e["verdict"] for e in evs][1:3] == ["error", "error"], log
+    assert evs[1]["error"].startswith("the colour image is black (its brightest pixels under 32 of 255): the "
+                                      "station's light is off, the colour lens is covered"), evs[1]
+    assert evs[2]["error"].startswith("the colour image is blown out (over 90% of it white)"), evs[2]
+    assert evs[1]["object_area_px"] >= 1500 and evs[1]["score"] is None  # depth found the part
+    assert evs[0]["verdict"] in ("ok", "anomaly") and evs[3]["verdict"] in ("ok", "anomaly"), log
+
+
 def test_a_region_of_interest_outside_a_frame_is_an_error_event(broker, calibrated, raw_station, tmp_path):
     """A region drawn on the 640x480 frames lies outside the 320x240 one: that frame says so (the
     station was blind to it without a word: no event in continuous mode, no_object otherwise)."""
