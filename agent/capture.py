@@ -29,6 +29,7 @@ from typing import Callable
 from agent import durable
 from agent.frame import FrameError, RGBDFrame
 from agent.passage import Passage, PassageTrigger
+from agent.segment.station import StationSegmenter
 from agent.sources.base import FrameSource
 from agent.sources.dataset import raw_frame_files, write_raw_frame
 
@@ -48,6 +49,7 @@ class CaptureReport:
     written: list[int] = field(default_factory=list)
     frames_read: int = 0
     unsettled: int = 0             # parts that left before they settled (mode parts)
+    cut_off: int = 0               # parts that settled reaching the edge of the view (mode parts)
     bad_frames: int = 0            # frames the source or the segmentation refused
     ended: str = ""                # "count", "source ended", "stop requested"
 
@@ -59,6 +61,8 @@ class CaptureReport:
         extra = []
         if self.unsettled:
             extra.append(f"{self.unsettled} part(s) left before settling, not recorded")
+        if self.cut_off:
+            extra.append(f"{self.cut_off} part(s) not wholly in view, not recorded")
         if self.bad_frames:
             extra.append(f"{self.bad_frames} bad frame(s) skipped")
         why = {"count": "the count reached"}.get(self.ended, self.ended)
@@ -82,7 +86,7 @@ def next_frame_number(folder: Path) -> int:
 
 
 def capture_frames(source: FrameSource, out: str | Path, count: int, *, every: int = 1,
-                   passage: PassageTrigger | None = None, segmenter: Callable | None = None,
+                   passage: PassageTrigger | None = None, segmenter: StationSegmenter | None = None,
                    stop: threading.Event | None = None,
                    progress: Callable[[CaptureReport], None] | None = None) -> CaptureReport:
     """Record up to `count` raw frames from `source` into `out`: one per settled part when
@@ -110,7 +114,7 @@ def capture_frames(source: FrameSource, out: str | Path, count: int, *, every: i
 
 
 def _capture(source: FrameSource, out: Path, count: int, every: int, passage: PassageTrigger | None,
-             segmenter: Callable | None, stop: threading.Event,
+             segmenter: StationSegmenter | None, stop: threading.Event,
              progress: Callable[[CaptureReport], None] | None) -> CaptureReport:
     report = CaptureReport(out=out, first=next_frame_number(out))
     n, last_progress = report.first, time.monotonic()
@@ -146,7 +150,7 @@ def _capture(source: FrameSource, out: Path, count: int, every: int, passage: Pa
 
 
 def _wanted(frame: RGBDFrame, report: CaptureReport, every: int, passage: PassageTrigger | None,
-            segmenter: Callable | None) -> bool:
+            segmenter: StationSegmenter | None) -> bool:
     if passage is None:
         return (report.frames_read - 1) % every == 0
     try:
@@ -159,6 +163,10 @@ def _wanted(frame: RGBDFrame, report: CaptureReport, every: int, passage: Passag
     if p is Passage.UNSETTLED:
         report.unsettled += 1
         _say(report.unsettled, "a part left before it settled: not recorded")
+    if p is Passage.SCORE and (why := segmenter.cut_off(seg)) is not None:  # (a model learns what it is shown)
+        report.cut_off += 1
+        _say(report.cut_off, "%s: not recorded", why)
+        return False
     return p is Passage.SCORE
 
 

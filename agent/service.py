@@ -226,7 +226,7 @@ class Agent(Requests):
         if work.area < self.s.trigger.min_area_px:
             return self._emit(work, "no_object")
         model = self.models[self.expected]
-        if (why := unlit(frame.rgb, seg.object)) is not None:  # (depth found a part the colour image does not show)
+        if (why := self.segmenter.cut_off(seg) or unlit(frame.rgb, seg.object)) is not None:
             return self._error(work, why, inspection=True, model=model)
         try:
             with timed(work, "segment_ms"):

@@ -98,6 +98,24 @@ class StationSegmenter:
         self._check_surface(frame, seg)
         return seg
 
+    def cut_off(self, seg: Segmentation) -> str | None:
+        """Why the part to inspect is not wholly in view (None: it is): it reaches an edge of the
+        view (the frame's, or segmentation.roi's within it), so the model would judge a part cut
+        off there: one stopped short of its place, or pushed aside; or something besides it stands
+        out of the surface there (a fixture, a wall: not in the surface reference)."""
+        fh, fw = seg.object.shape
+        x, y, w, h = self.cfg.roi if self.cfg.roi is not None else (0, 0, fw, fh)
+        x1, y1 = min(x + w, fw) - 1, min(y + h, fh) - 1
+        m = seg.object
+        edges = {"top": m[y, x:x1 + 1], "bottom": m[y1, x:x1 + 1], "left": m[y:y1 + 1, x], "right": m[y:y1 + 1, x1]}
+        reached = [side for side, line in edges.items() if line.any()]
+        if not reached:
+            return None
+        view = "segmentation.roi" if self.cfg.roi is not None else "the frame"
+        return (f"the part reaches the {' and '.join(reached)} edge of the view ({view}): it is not wholly seen, so "
+                "it is not judged. A part stopped short of its place, or pushed aside; or something besides it stands "
+                "out of the surface there (record the surface reference again: 'adgan agent capture-reference')")
+
     def _check_surface(self, frame: RGBDFrame, seg: Segmentation) -> None:
         """The surface must still be where it was recorded (or fitted). A camera bumped or a table
         moved makes most of the view differ from it: one 'object' over most of the frame, present

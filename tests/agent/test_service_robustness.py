@@ -106,6 +106,34 @@ def test_a_part_the_colour_image_does_not_show_is_an_error_event_not_a_verdict(b
     assert evs[0]["verdict"] in ("ok", "anomaly") and evs[3]["verdict"] in ("ok", "anomaly"), log
 
 
+def test_a_part_not_wholly_in_view_is_an_error_event_not_a_verdict(broker, calibrated, tmp_path):
+    """A part stopped short of its place (or pushed aside) reaches the edge of the view: the model
+    judged what it saw of it, and passed it (here: the same part scored 0.234 whole and 0.202 cut, OK
+    under a threshold of 0.288). Now an error event naming the edge; the part seen whole is scored as
+    before. Frames: one
+    camera frame seen through two windows, the part wholly inside the first and cut by the second's
+    left edge; then cut by a region of interest."""
+    from agent.frame import Intrinsics, RGBDFrame
+    f = SyntheticSource(("sphere",), seed=11).frame(0)  # its part spans x 306-437, y 125-253
+    k = f.intrinsics
+    folder = tmp_path / "frames"
+    for n, x0 in enumerate((200, 350, 200)):
+        win = (slice(60, 360), slice(x0, x0 + 280))
+        write_raw_frame(folder, n, RGBDFrame(rgb=f.rgb[win], depth=f.depth[win], timestamp=float(n), intrinsics=
+                                             Intrinsics(280, 300, k.fx, k.fy, k.cx - x0, k.cy - 60)))
+    bundle, thresholds = calibrated
+    src = f'type = "folder"\npath = "{folder}"\nfps = 0'
+    evs, log = run_to_end(tmp_path, broker, agent_config(tmp_path, broker.port, bundle, thresholds, src), 3)
+    assert [e["verdict"] for e in evs][1] == "error" and evs[0]["verdict"] in ("ok", "anomaly"), log
+    assert evs[1]["error"].startswith("the part reaches the left edge of the view (the frame): it is not wholly "
+                                      "seen, so it is not judged"), evs[1]
+    assert evs[1]["score"] is None and evs[1]["object_area_px"] > 1000 and evs[2]["score"] == evs[0]["score"]
+    (tmp_path / "outbox.sqlite").unlink()
+    cfg = agent_config(tmp_path, broker.port, bundle, thresholds, src, extra='[segmentation]\nroi = [0, 0, 200, 300]\n')
+    evs, log = run_to_end(tmp_path, broker, cfg, 3)  # the part of the first frame spans x 106-237: cut at x 199
+    assert evs[0]["verdict"] == "error" and "reaches the right edge of the view (segmentation.roi)" in evs[0]["error"]
+
+
 def test_a_region_of_interest_outside_a_frame_is_an_error_event(broker, calibrated, raw_station, tmp_path):
     """A region drawn on the 640x480 frames lies outside the 320x240 one: that frame says so (the
     station was blind to it without a word: no event in continuous mode, no_object otherwise)."""

@@ -273,3 +273,26 @@ def test_a_blocked_camera_says_one_thing_in_every_frame():
         said.add(str(e.value))
     assert said == {"under 5% of the depth pixels hold a measurement: the camera is blocked, too close, or its "
                     "depth stream failed"}
+
+
+def test_a_part_reaching_the_edge_of_the_view_is_named_by_its_edges():
+    from agent.segment.segmentation import Segmentation
+    from agent.segment.station import StationSegmenter
+
+    def said(box, roi=None):
+        obj = np.zeros((120, 160), bool)
+        y0, y1, x0, x1 = box
+        obj[y0:y1, x0:x1] = True
+        if roi is not None:
+            x, y, w, h = roi
+            inside = np.zeros_like(obj)
+            inside[y:y + h, x:x + w] = True
+            obj &= inside
+        z = np.zeros_like(obj)
+        return StationSegmenter(SegmentationConfig(roi=roi)).cut_off(Segmentation(obj, ~obj, z, z))
+    assert said((10, 50, 10, 50)) is None
+    assert said((0, 120, 30, 60)).startswith("the part reaches the top and bottom edge of the view (the frame)")
+    assert said((10, 50, 100, 160)).startswith("the part reaches the right edge of the view (the frame)")
+    assert said((10, 50, 10, 50), roi=(20, 0, 140, 120)).startswith("the part reaches the left edge of the view "
+                                                                      "(segmentation.roi)")
+    assert said((10, 50, 30, 60), roi=(20, 0, 300, 120)) is None  # a region reaching past the frame: its part
