@@ -26,8 +26,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from agent import durable
-from agent.frame import FrameError, RGBDFrame
+from agent.frame import FrameError, RGBDFrame, unlit
 from agent.passage import Passage, PassageTrigger
 from agent.segment.station import StationSegmenter
 from agent.sources.base import FrameSource
@@ -50,6 +52,7 @@ class CaptureReport:
     frames_read: int = 0
     unsettled: int = 0             # parts that left before they settled (mode parts)
     cut_off: int = 0               # parts that settled reaching the edge of the view (mode parts)
+    unlit: int = 0                 # frames wanted whose colour image shows nothing (black, blown out)
     bad_frames: int = 0            # frames the source or the segmentation refused
     ended: str = ""                # "count", "source ended", "stop requested"
 
@@ -63,6 +66,8 @@ class CaptureReport:
             extra.append(f"{self.unsettled} part(s) left before settling, not recorded")
         if self.cut_off:
             extra.append(f"{self.cut_off} part(s) not wholly in view, not recorded")
+        if self.unlit:
+            extra.append(f"{self.unlit} frame(s) whose colour image shows nothing, not recorded")
         if self.bad_frames:
             extra.append(f"{self.bad_frames} bad frame(s) skipped")
         why = {"count": "the count reached"}.get(self.ended, self.ended)
@@ -152,7 +157,7 @@ def _capture(source: FrameSource, out: Path, count: int, every: int, passage: Pa
 def _wanted(frame: RGBDFrame, report: CaptureReport, every: int, passage: PassageTrigger | None,
             segmenter: StationSegmenter | None) -> bool:
     if passage is None:
-        return (report.frames_read - 1) % every == 0
+        return (report.frames_read - 1) % every == 0 and _lit(frame, None, report)
     try:
         seg = segmenter(frame)
     except FrameError as e:
@@ -167,7 +172,17 @@ def _wanted(frame: RGBDFrame, report: CaptureReport, every: int, passage: Passag
         report.cut_off += 1
         _say(report.cut_off, "%s: not recorded", why)
         return False
-    return p is Passage.SCORE
+    return p is Passage.SCORE and _lit(frame, seg.object, report)
+
+
+def _lit(frame: RGBDFrame, part: np.ndarray | None, report: CaptureReport) -> bool:
+    """Whether the colour image shows the part (the station's light off, the lens covered: not
+    recorded, counted and said; prepared, such frames would teach the model black parts)."""
+    if (why := unlit(frame.rgb, part)) is None:
+        return True
+    report.unlit += 1
+    _say(report.unlit, "%s: not recorded", why)
+    return False
 
 
 def _say(nth: int, msg: str, *args) -> None:

@@ -285,3 +285,19 @@ def test_a_part_not_wholly_in_view_is_not_recorded_and_is_said(tmp_path, caplog)
     assert len(report.written) == 2 and report.cut_off == 1, report
     assert "1 part(s) not wholly in view, not recorded" in report.summary()
     assert any("the part reaches the left edge of the view (the frame)" in r.getMessage() for r in caplog.records)
+
+
+def test_frames_whose_colour_image_shows_nothing_are_not_recorded_and_are_said(tmp_path, caplog):
+    """The station's light off while it records its training frames: they were recorded, and
+    prepared they would teach the model black parts. Every mode: counted, said, not recorded."""
+    from agent.frame import RGBDFrame
+    src = SyntheticSource(("sphere",), seed=11)
+    for n in range(3):
+        f = src.frame(n)
+        rgb = (f.rgb * 0.05).astype(np.uint8) if n == 1 else f.rgb
+        write_raw_frame(tmp_path / "frames", n, RGBDFrame(rgb, f.depth, f.timestamp, f.intrinsics))
+    report = capture_frames(FolderSource(tmp_path / "frames"), tmp_path / "kept", 5)
+    assert len(report.written) == 2 and report.unlit == 1, report
+    assert "1 frame(s) whose colour image shows nothing, not recorded" in report.summary()
+    assert any(r.getMessage().startswith("the colour image is black") for r in caplog.records)
+    assert np.array_equal(read_raw_frame(tmp_path / "kept", 1).rgb, src.frame(2).rgb)
