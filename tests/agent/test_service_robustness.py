@@ -82,9 +82,9 @@ def test_bad_frames_are_error_events_and_the_agent_keeps_running(broker, calibra
 def test_a_part_the_colour_image_does_not_show_is_an_error_event_not_a_verdict(broker, calibrated, tmp_path):
     """The station's light off (or the colour lens covered, its stream failed), the camera's
     infrared depth still finds each part: the model scored what it could not see, and this one
-    passed every part as OK (a real sphere bundle on the paper's frames at 5% light: NG for every
-    part, 0.23-0.35 against a median of 0.11). Now an error event that says why; a blown-out image
-    too. Lit frames are scored as before."""
+    passed every part as OK (the default sphere bundle on the paper's frames at 5% light: 69% OK,
+    bench/lighting_drift.py). Now an error event that says why; a blown-out image too. Lit frames
+    are scored as before."""
     from agent.frame import RGBDFrame
     src = SyntheticSource(("sphere",), seed=11)
     folder = tmp_path / "frames"
