@@ -36,8 +36,8 @@ def unlit(rgb: np.ndarray, part: np.ndarray | None = None) -> str | None:
     station's light off, the colour lens covered or its stream failed, where depth (the camera's own
     infrared) still finds the part; or blown out white (sunlight, an exposure set far too high). The
     model then scored what it could not see, and mostly passed it (the search is nearly blind to the
-    light's level: bench/lighting_drift.py). The paper's frames have their brightest pixels at 182-255 (the 99.9th
-    percentile of each pixel's brightest channel), the demo's at 96 or more. `part`: where the part
+    light's level: bench/lighting_drift.py). The paper's frames have their brightest pixels at
+    182-255 (the 99.9th percentile of each pixel's brightest channel), the demo's at 96 or more. `part`: where the part
     is (a sample's depth > 0), whose pixels alone count as white (a sample's background is black).
     Read on at most ~160 pixels a side, every n-th."""
     step = max(1, min(rgb.shape[:2]) // 120)

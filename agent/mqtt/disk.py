@@ -20,7 +20,8 @@ class DiskReports:
     SLOW_LOG_EVERY_S = 60.0
 
     def _failed(self, what: str, e: Exception) -> None:
-        cause = f"{type(e).__name__}: {e}{durable.out_of_inodes(self.path.parent)}"  # (SQLite: "unable to open")
+        # (out of inodes, SQLite says only "unable to open database file": the inodes are named)
+        cause = f"{type(e).__name__}: {e}{durable.out_of_inodes(self.path.parent)}"
         # Once per kind and change of cause, not once per retry or operation: a disk that fails
         # every write fails each event's sequence number and its write, with two causes.
         if self._said.get(what) != cause:

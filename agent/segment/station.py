@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from agent.frame import FrameError, RGBDFrame
@@ -102,13 +103,20 @@ class StationSegmenter:
         """Why the part to inspect is not wholly in view (None: it is): it reaches an edge of the
         view (the frame's, or segmentation.roi's within it), so the model would judge a part cut
         off there: one stopped short of its place, or pushed aside; or something besides it stands
-        out of the surface there (a fixture, a wall: not in the surface reference)."""
+        out of the surface there (a fixture, a wall: not in the surface reference). Specks of depth
+        noise at an edge do not count: only regions of at least a tenth of the largest one."""
         fh, fw = seg.object.shape
         x, y, w, h = self.cfg.roi if self.cfg.roi is not None else (0, 0, fw, fh)
         x1, y1 = min(x + w, fw) - 1, min(y + h, fh) - 1
         m = seg.object
-        edges = {"top": m[y, x:x1 + 1], "bottom": m[y1, x:x1 + 1], "left": m[y:y1 + 1, x], "right": m[y:y1 + 1, x1]}
-        reached = [side for side, line in edges.items() if line.any()]
+        if not (m[y, x:x1 + 1].any() or m[y1, x:x1 + 1].any() or m[y:y1 + 1, x].any() or m[y:y1 + 1, x1].any()):
+            return None  # (most frames: nothing on an edge, and no need to find regions)
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(m.view(np.uint8), connectivity=8)
+        keep = stats[:, cv2.CC_STAT_AREA] >= 0.1 * stats[1:, cv2.CC_STAT_AREA].max()
+        keep[0] = False  # (label 0: all that is not object)
+        edges = {"top": labels[y, x:x1 + 1], "bottom": labels[y1, x:x1 + 1], "left": labels[y:y1 + 1, x],
+                 "right": labels[y:y1 + 1, x1]}
+        reached = [side for side, line in edges.items() if keep[line].any()]
         if not reached:
             return None
         view = "segmentation.roi" if self.cfg.roi is not None else "the frame"

@@ -279,10 +279,12 @@ def test_a_part_reaching_the_edge_of_the_view_is_named_by_its_edges():
     from agent.segment.segmentation import Segmentation
     from agent.segment.station import StationSegmenter
 
-    def said(box, roi=None):
+    def said(box, roi=None, speck=None):
         obj = np.zeros((120, 160), bool)
         y0, y1, x0, x1 = box
         obj[y0:y1, x0:x1] = True
+        if speck is not None:  # depth noise the opening left: 3x3 pixels on an edge
+            obj[speck[0]:speck[0] + 3, speck[1]:speck[1] + 3] = True
         if roi is not None:
             x, y, w, h = roi
             inside = np.zeros_like(obj)
@@ -291,6 +293,8 @@ def test_a_part_reaching_the_edge_of_the_view_is_named_by_its_edges():
         z = np.zeros_like(obj)
         return StationSegmenter(SegmentationConfig(roi=roi)).cut_off(Segmentation(obj, ~obj, z, z))
     assert said((10, 50, 10, 50)) is None
+    assert said((10, 50, 10, 50), speck=(0, 100)) is None  # under a tenth of the part: not a part cut off
+    assert said((10, 18, 10, 18), speck=(117, 100)).startswith("the part reaches the bottom edge")  # over a tenth
     assert said((0, 120, 30, 60)).startswith("the part reaches the top and bottom edge of the view (the frame)")
     assert said((10, 50, 100, 160)).startswith("the part reaches the right edge of the view (the frame)")
     assert said((10, 50, 10, 50), roi=(20, 0, 140, 120)).startswith("the part reaches the left edge of the view "
