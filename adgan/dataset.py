@@ -76,9 +76,12 @@ def cmd_prepare(a: argparse.Namespace) -> int:
     """Raw captures -> samples in the paper's layout, with the same code the agent runs."""
     prep = Preprocessing(size=a.size, depth_norm=a.depth_norm, framing=a.framing)
     ref = SurfaceReference.load(a.reference) if a.reference else None
-    written, skipped = prepare_samples(a.raw, a.out, prep, SegmentationConfig(max_depth_mm=a.max_depth, roi=a.roi),
-                                       ref, parse_frames(a.frames_range), force=a.force)
-    print(f"wrote {written} samples to {a.out} ({skipped} frames without an object skipped)")
+    cfg = SegmentationConfig(max_depth_mm=a.max_depth, roi=a.roi)
+    written, skipped, unseen = prepare_samples(a.raw, a.out, prep, cfg, ref, parse_frames(a.frames_range),
+                                               force=a.force)
+    print(f"wrote {written} samples to {a.out} ({skipped} frames without an object skipped"
+          + (f"; {unseen} whose part is cut off by the view or not shown by the colour image" if unseen else "")
+          + ")")
     return 0
 
 

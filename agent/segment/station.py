@@ -20,6 +20,31 @@ MIN_SURFACE_SEEN = 0.2  # of the recorded surface's pixels measured in a frame, 
 MIN_SURFACE_VIEW = 0.3  # ... checked where that surface is at least this much of the frame (a table, not a stand)
 
 
+def cut_off(obj: np.ndarray, roi: tuple[int, int, int, int] | None) -> str | None:
+    """Why the part to inspect (`obj`, its mask) is not wholly in view (None: it is): it reaches an
+    edge of the view (the frame's, or `roi`'s within it), so the model would judge a part cut off
+    there: one stopped short of its place, or pushed aside; or something besides it stands out of
+    the surface there (a fixture, a wall: not in the surface reference). Specks of depth noise at an
+    edge do not count: only regions of at least a tenth of the largest one."""
+    fh, fw = obj.shape
+    x, y, w, h = roi if roi is not None else (0, 0, fw, fh)
+    x1, y1 = min(x + w, fw) - 1, min(y + h, fh) - 1
+    if not (obj[y, x:x1 + 1].any() or obj[y1, x:x1 + 1].any() or obj[y:y1 + 1, x].any() or obj[y:y1 + 1, x1].any()):
+        return None  # (most frames: nothing on an edge, and no need to find regions)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(obj.view(np.uint8), connectivity=8)
+    keep = stats[:, cv2.CC_STAT_AREA] >= 0.1 * stats[1:, cv2.CC_STAT_AREA].max()
+    keep[0] = False  # (label 0: all that is not object)
+    edges = {"top": labels[y, x:x1 + 1], "bottom": labels[y1, x:x1 + 1], "left": labels[y:y1 + 1, x],
+             "right": labels[y:y1 + 1, x1]}
+    reached = [side for side, line in edges.items() if keep[line].any()]
+    if not reached:
+        return None
+    view = "segmentation.roi" if roi is not None else "the frame"
+    return (f"the part reaches the {' and '.join(reached)} edge of the view ({view}): it is not wholly seen, so it is "
+            "not judged. A part stopped short of its place, or pushed aside; or something besides it stands out of "
+            "the surface there (record the surface reference again: 'adgan agent capture-reference')")
+
+
 class StationSegmenter:
     def __init__(self, cfg: SegmentationConfig, reference: str | Path | None = None,
                  min_valid_fraction: float = 0.05, min_area_px: int = 0) -> None:
@@ -100,29 +125,8 @@ class StationSegmenter:
         return seg
 
     def cut_off(self, seg: Segmentation) -> str | None:
-        """Why the part to inspect is not wholly in view (None: it is): it reaches an edge of the
-        view (the frame's, or segmentation.roi's within it), so the model would judge a part cut
-        off there: one stopped short of its place, or pushed aside; or something besides it stands
-        out of the surface there (a fixture, a wall: not in the surface reference). Specks of depth
-        noise at an edge do not count: only regions of at least a tenth of the largest one."""
-        fh, fw = seg.object.shape
-        x, y, w, h = self.cfg.roi if self.cfg.roi is not None else (0, 0, fw, fh)
-        x1, y1 = min(x + w, fw) - 1, min(y + h, fh) - 1
-        m = seg.object
-        if not (m[y, x:x1 + 1].any() or m[y1, x:x1 + 1].any() or m[y:y1 + 1, x].any() or m[y:y1 + 1, x1].any()):
-            return None  # (most frames: nothing on an edge, and no need to find regions)
-        n, labels, stats, _ = cv2.connectedComponentsWithStats(m.view(np.uint8), connectivity=8)
-        keep = stats[:, cv2.CC_STAT_AREA] >= 0.1 * stats[1:, cv2.CC_STAT_AREA].max()
-        keep[0] = False  # (label 0: all that is not object)
-        edges = {"top": labels[y, x:x1 + 1], "bottom": labels[y1, x:x1 + 1], "left": labels[y:y1 + 1, x],
-                 "right": labels[y:y1 + 1, x1]}
-        reached = [side for side, line in edges.items() if keep[line].any()]
-        if not reached:
-            return None
-        view = "segmentation.roi" if self.cfg.roi is not None else "the frame"
-        return (f"the part reaches the {' and '.join(reached)} edge of the view ({view}): it is not wholly seen, so "
-                "it is not judged. A part stopped short of its place, or pushed aside; or something besides it stands "
-                "out of the surface there (record the surface reference again: 'adgan agent capture-reference')")
+        """`cut_off` of this frame's part, in this station's view."""
+        return cut_off(seg.object, self.cfg.roi)
 
     def _check_surface(self, frame: RGBDFrame, seg: Segmentation) -> None:
         """The surface must still be where it was recorded (or fitted). A camera bumped or a table

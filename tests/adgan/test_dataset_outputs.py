@@ -138,3 +138,28 @@ def test_hidden_folders_are_not_classes(tmp_path):
         for sub in ("rgb", "depth"):
             (tmp_path / name / sub).mkdir(parents=True)
     assert [p.name for p in class_folders(tmp_path)] == ["cylinder"]
+
+
+def test_prepare_skips_parts_the_agent_would_not_judge_and_says_so(tmp_path, capsys, caplog):
+    """Raw frames recorded before capture-frames filtered them (or by other tools): a part cut off
+    by the view's edge, and one the colour image does not show (the light off), were prepared as
+    training samples; the agent refuses to judge both. Skipped, counted and said."""
+    import numpy as np
+
+    from agent.frame import Intrinsics, RGBDFrame
+    from agent.sources.dataset import write_raw_frame
+    from agent.sources.synthetic import SyntheticSource
+    f = SyntheticSource(("sphere",), seed=11).frame(0)  # its part spans x 306-437
+    k = f.intrinsics
+    for n, (x0, light) in enumerate(((200, 1.0), (350, 1.0), (200, 0.05))):  # whole, cut off, dark
+        win = (slice(60, 360), slice(x0, x0 + 280))
+        write_raw_frame(tmp_path / "raw", n, RGBDFrame((f.rgb[win] * light).astype(np.uint8), f.depth[win], float(n),
+                                                       Intrinsics(280, 300, k.fx, k.fy, k.cx - x0, k.cy - 60)))
+    assert main(["dataset", "prepare", str(tmp_path / "raw"), "--out", str(tmp_path / "part"), "--size", "32"]) == 0
+    said = capsys.readouterr()
+    assert "wrote 1 samples" in said.out and "; 2 whose part is cut off by the view or not shown by the colour " \
+        "image)" in said.out, said
+    assert frame_numbers(tmp_path / "part") == [0]
+    logged = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("frame 1: the part reaches the left edge of the view (the frame)") for m in logged)
+    assert any(m.startswith("frame 2: the colour image is black") for m in logged), logged
