@@ -144,17 +144,12 @@ def test_prepare_skips_parts_the_agent_would_not_judge_and_says_so(tmp_path, cap
     """Raw frames recorded before capture-frames filtered them (or by other tools): a part cut off
     by the view's edge, and one the colour image does not show (the light off), were prepared as
     training samples; the agent refuses to judge both. Skipped, counted and said."""
-    import numpy as np
-
-    from agent.frame import Intrinsics, RGBDFrame
     from agent.sources.dataset import write_raw_frame
     from agent.sources.synthetic import SyntheticSource
-    f = SyntheticSource(("sphere",), seed=11).frame(0)  # its part spans x 306-437
-    k = f.intrinsics
+    from tests.agent.conftest import window
+    f = SyntheticSource(("sphere",), seed=11).frame(0)
     for n, (x0, light) in enumerate(((200, 1.0), (350, 1.0), (200, 0.05))):  # whole, cut off, dark
-        win = (slice(60, 360), slice(x0, x0 + 280))
-        write_raw_frame(tmp_path / "raw", n, RGBDFrame((f.rgb[win] * light).astype(np.uint8), f.depth[win], float(n),
-                                                       Intrinsics(280, 300, k.fx, k.fy, k.cx - x0, k.cy - 60)))
+        write_raw_frame(tmp_path / "raw", n, window(f, x0, light))
     assert main(["dataset", "prepare", str(tmp_path / "raw"), "--out", str(tmp_path / "part"), "--size", "32"]) == 0
     said = capsys.readouterr()
     assert "wrote 1 samples" in said.out and "; 2 whose part is cut off by the view or not shown by the colour " \

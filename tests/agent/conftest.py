@@ -224,6 +224,16 @@ def fill_inodes(folder: Path) -> Path:
     raise AssertionError(f"{folder}: a million files made, and its file system is not full")
 
 
+def window(frame, x0: int, light: float = 1.0):
+    """A camera frame seen through a 280x300 window from (x0, 60), its intrinsics moved with it, its
+    colour scaled by `light`: SyntheticSource(("sphere",), seed=11).frame(0)'s part (x 306-437) lies
+    wholly inside the window at x0 200, and is cut by its left edge at x0 350."""
+    from agent.frame import Intrinsics, RGBDFrame
+    k, win = frame.intrinsics, (slice(60, 360), slice(x0, x0 + 280))
+    return RGBDFrame((frame.rgb[win] * light).astype("uint8"), frame.depth[win], frame.timestamp,
+                     Intrinsics(280, 300, k.fx, k.fy, k.cx - x0, k.cy - 60))
+
+
 @contextlib.contextmanager
 def tmpfs(mnt: Path, size: str = "2m", inodes: int | None = None):
     """A real file system of `size` (tmpfs) mounted at `mnt`, to fill (`inodes`: at most so many

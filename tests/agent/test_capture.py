@@ -268,17 +268,14 @@ def test_a_part_not_wholly_in_view_is_not_recorded_and_is_said(tmp_path, caplog)
     as a training frame of the product: the model would learn parts cut off. Now counted and said.
     Frames: one camera frame seen through two windows, the part wholly inside the first and cut by
     the second's left edge, with empty views between the parts."""
-    from agent.frame import Intrinsics, RGBDFrame
     from agent.passage import PassageTrigger
     from agent.segment.station import StationSegmenter
+    from tests.agent.conftest import window
     src = SyntheticSource(("sphere",), seed=11)
-    f, empty = src.frame(0), next(iter(src.empty_frames(1)))  # the part spans x 306-437
-    k, n = f.intrinsics, 0
+    f, empty, n = src.frame(0), next(iter(src.empty_frames(1))), 0
     for x0, frame, times in ((200, f, 4), (200, empty, 2), (350, f, 4), (350, empty, 2), (200, f, 4)):
-        win = (slice(60, 360), slice(x0, x0 + 280))
-        for _ in range(times):
-            write_raw_frame(tmp_path / "frames", n, RGBDFrame(frame.rgb[win], frame.depth[win], float(n), Intrinsics(
-                280, 300, k.fx, k.fy, k.cx - x0, k.cy - 60)))
+        for _ in range(times):  # whole, cut off, whole
+            write_raw_frame(tmp_path / "frames", n, window(frame, x0))
             n += 1
     report = capture_frames(FolderSource(tmp_path / "frames"), tmp_path / "kept", 5, passage=PassageTrigger(
         min_area_px=300), segmenter=StationSegmenter(SegmentationConfig(), None))

@@ -110,17 +110,13 @@ def test_a_part_not_wholly_in_view_is_an_error_event_not_a_verdict(broker, calib
     """A part stopped short of its place (or pushed aside) reaches the edge of the view: the model
     judged what it saw of it, and passed it (here: the same part scored 0.234 whole and 0.202 cut, OK
     under a threshold of 0.288). Now an error event naming the edge; the part seen whole is scored as
-    before. Frames: one
-    camera frame seen through two windows, the part wholly inside the first and cut by the second's
-    left edge; then cut by a region of interest."""
-    from agent.frame import Intrinsics, RGBDFrame
+    before. Frames: one camera frame seen through two windows, the part wholly inside the first and
+    cut by the second's left edge; then cut by a region of interest."""
+    from tests.agent.conftest import window
     f = SyntheticSource(("sphere",), seed=11).frame(0)  # its part spans x 306-437, y 125-253
-    k = f.intrinsics
     folder = tmp_path / "frames"
-    for n, x0 in enumerate((200, 350, 200)):
-        win = (slice(60, 360), slice(x0, x0 + 280))
-        write_raw_frame(folder, n, RGBDFrame(rgb=f.rgb[win], depth=f.depth[win], timestamp=float(n), intrinsics=
-                                             Intrinsics(280, 300, k.fx, k.fy, k.cx - x0, k.cy - 60)))
+    for n, x0 in enumerate((200, 350, 200)):  # whole, cut off, whole
+        write_raw_frame(folder, n, window(f, x0))
     bundle, thresholds = calibrated
     src = f'type = "folder"\npath = "{folder}"\nfps = 0'
     evs, log = run_to_end(tmp_path, broker, agent_config(tmp_path, broker.port, bundle, thresholds, src), 3)
