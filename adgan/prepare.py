@@ -35,7 +35,7 @@ def make_reference(raw: str | Path, frames: tuple[int, int] | None, max_depth_mm
 
 def prepare_samples(raw: str | Path, out: str | Path, prep: Preprocessing, cfg: SegmentationConfig,
                     reference: SurfaceReference | None, frames: tuple[int, int] | None = None,
-                    progress: bool = True, force: bool = False) -> tuple[int, int]:
+                    progress: bool = True, force: bool = False) -> tuple[int, int, int]:
     """Segment and preprocess every raw frame into a sample; (written, skipped without an object,
     skipped as the agent would not judge them: a part cut off by the view, or one the colour image
     does not show).
