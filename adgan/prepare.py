@@ -55,7 +55,7 @@ def prepare_samples(raw: str | Path, out: str | Path, prep: Preprocessing, cfg: 
             frame = read_raw_frame(folder, n)
             s = seg(frame)
             # as the agent: a part not wholly in view, or one its colour image does not show, is not judged
-            if s.object.any() and (why := cut_off(s.object, cfg.roi) or unlit(frame.rgb, s.object)):
+            if s.object.any() and (why := cut_off(s.object, cfg.roi, "--roi") or unlit(frame.rgb, s.object)):
                 log.warning("frame %d: %s; skipped", n, why)
                 unseen += 1
                 continue

@@ -20,12 +20,12 @@ MIN_SURFACE_SEEN = 0.2  # of the recorded surface's pixels measured in a frame, 
 MIN_SURFACE_VIEW = 0.3  # ... checked where that surface is at least this much of the frame (a table, not a stand)
 
 
-def cut_off(obj: np.ndarray, roi: tuple[int, int, int, int] | None) -> str | None:
+def cut_off(obj: np.ndarray, roi: tuple[int, int, int, int] | None, roi_name: str = "segmentation.roi") -> str | None:
     """Why the part to inspect (`obj`, its mask) is not wholly in view (None: it is): it reaches an
-    edge of the view (the frame's, or `roi`'s within it), so the model would judge a part cut off
-    there: one stopped short of its place, or pushed aside; or something besides it stands out of
-    the surface there (a fixture, a wall: not in the surface reference). Specks of depth noise at an
-    edge do not count: only regions of at least a tenth of the largest one."""
+    edge of the view (the frame's, or `roi`'s within it, said as `roi_name`), so the model would
+    judge a part cut off there: one stopped short of its place, or pushed aside; or something
+    besides it stands out of the surface there (a fixture, a wall: not in the surface reference).
+    Specks of depth noise at an edge do not count: only regions of at least a tenth of the largest."""
     fh, fw = obj.shape
     x, y, w, h = roi if roi is not None else (0, 0, fw, fh)
     x1, y1 = min(x + w, fw) - 1, min(y + h, fh) - 1
@@ -39,7 +39,7 @@ def cut_off(obj: np.ndarray, roi: tuple[int, int, int, int] | None) -> str | Non
     reached = [side for side, line in edges.items() if keep[line].any()]
     if not reached:
         return None
-    view = "segmentation.roi" if roi is not None else "the frame"
+    view = roi_name if roi is not None else "the frame"
     return (f"the part reaches the {' and '.join(reached)} edge of the view ({view}): it is not wholly seen, so it is "
             "not judged. A part stopped short of its place, or pushed aside; or something besides it stands out of "
             "the surface there (record the surface reference again: 'adgan agent capture-reference')")
