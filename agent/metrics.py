@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessColl
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from agent.opcua import ACTIVATION_S, MAX_CHUNK_BYTES
-from agent.web.bounded import Bounded, address_family, server_status
+from agent.web.bounded import RETRY_S, Bounded, address_family, keep_trying, server_status
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +152,7 @@ class Metrics:
         # process_open_fds against process_max_fds, resident memory, CPU: a leak seen before it stops a part
         ProcessCollector(registry=self.registry)
         self._server = None
+        self._stop = threading.Event()
         self.state = {"state": "off"} if not settings.enabled else {"state": "starting"}
 
     @property
@@ -163,11 +164,14 @@ class Metrics:
         if not self.settings.enabled:
             return
         try:
-            self._server = serve(self.registry, self.settings.host, self.settings.port)
+            self._serve()
         except OSError as e:
-            self.state = {"state": "error", "error": f"cannot serve {self.url}: {e}"}
+            self.state = {"state": "error", "error": f"cannot serve {self.url}: {e}; tried again every {RETRY_S:.0f} s"}
             log.error("metrics: %s; inspection goes on without them", self.state["error"])
-            return
+            keep_trying("metrics", self._serve, self._stop)
+
+    def _serve(self) -> None:
+        self._server = serve(self.registry, self.settings.host, self.settings.port)
         self.state = {"state": "serving", "url": self.url}
         log.info("metrics on %s", self.url)
 
@@ -190,6 +194,7 @@ class Metrics:
         self.verdicts.labels(cls, verdict).inc()
 
     def close(self) -> None:
+        self._stop.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

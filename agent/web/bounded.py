@@ -92,6 +92,24 @@ def address_family(host: str, port: int) -> socket.AddressFamily:
     return socket.AF_INET if socket.AF_INET in families else families[0]
 
 
+RETRY_S = 30.0  # a server that could not start is tried again this often
+
+
+def keep_trying(label: str, start, stop: threading.Event, every: float | None = None) -> None:
+    """After a server could not start (its port held by another process, an address not yet up at
+    boot): call `start` again every RETRY_S on a daemon thread until it works or `stop` is set, and
+    say when it serves. Until 2026-12-07 it stayed down until the agent's next restart."""
+    def run() -> None:
+        while not stop.wait(RETRY_S if every is None else every):
+            try:
+                start()
+            except OSError:
+                continue
+            log.warning("%s: serving now (it could not start before)", label)
+            return
+    threading.Thread(target=run, name=f"{label} retry", daemon=True).start()
+
+
 def server_status(state: dict, server: Bounded | None) -> dict:
     """An interface's `state`, and while it serves, the connections refused for being over the limit."""
     return {**state, "refused": server.refused} if server is not None else dict(state)

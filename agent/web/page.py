@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from agent.mqtt.events import reason
-from agent.web.bounded import Bounded, address_family, server_status
+from agent.web.bounded import RETRY_S, Bounded, address_family, keep_trying, server_status
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,15 @@ class OperatorPage:
     def start(self) -> None:
         if not self.s.enabled:
             return
+        try:
+            self._serve()
+        except OSError as e:
+            self.state = {"state": "error", "error": f"cannot serve {self.url}: {e}; tried again every {RETRY_S:.0f} s"}
+            log.error("operator page: %s; inspection goes on without it", self.state["error"])
+            keep_trying("operator page", self._serve, self._stopping)
+
+    def _serve(self) -> None:
+        """Bind the port and serve from a daemon thread. Raises OSError."""
         page = self
 
         class Handler(_Handler):
@@ -79,13 +88,8 @@ class OperatorPage:
 
         class Server(Bounded, HTTPServer):
             label = "operator page"
-        try:
-            Server.address_family = address_family(self.s.host, self.s.port)
-            self._server = Server((self.s.host, self.s.port), Handler)
-        except OSError as e:
-            self.state = {"state": "error", "error": f"cannot serve {self.url}: {e}"}
-            log.error("operator page: %s; inspection goes on without it", self.state["error"])
-            return
+        Server.address_family = address_family(self.s.host, self.s.port)
+        self._server = Server((self.s.host, self.s.port), Handler)
         threading.Thread(target=self._server.serve_forever, name="operator-page", daemon=True).start()
         self.state = {"state": "serving", "url": self.url}
         log.info("operator page on %s", self.url)

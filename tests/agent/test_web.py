@@ -111,3 +111,38 @@ def test_a_taken_port_is_reported_not_raised(taken_port):
     assert page.state["state"] == "error" and "cannot serve" in page.state["error"]
     page.event({"verdict": "ok", "seq": 1})  # events still arrive: nothing breaks
     page.close()
+
+
+@pytest.mark.parametrize("kind", ["page", "metrics"])
+def test_a_port_taken_at_start_is_tried_again_and_served_once_it_is_free(kind, monkeypatch, caplog):
+    """A port another process held when the agent started (an old instance still stopping, a
+    service started before it) kept the operator's page, or the metrics, down until the agent's
+    next restart. Now tried again (every 30 s; here 0.2 s) and served once free, said."""
+    import logging
+    import socket
+    from types import SimpleNamespace
+
+    from agent.metrics import Metrics
+    from agent.web import bounded
+    from agent.web.page import OperatorPage
+    monkeypatch.setattr(bounded, "RETRY_S", 0.2)
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    settings = SimpleNamespace(enabled=True, host="127.0.0.1", port=port, history=5)
+    server = OperatorPage(settings, lambda: {}, lambda: True) if kind == "page" else Metrics(settings, dict, bool)
+    with caplog.at_level(logging.INFO):
+        server.start()
+        try:
+            assert server.state["state"] == "error" and "tried again every 30 s" in server.state["error"]
+            time.sleep(0.5)
+            assert server.state["state"] == "error"  # still held: still down, and said once
+            holder.close()
+            assert poll(lambda: server.state["state"] == "serving", 10), server.state
+            with socket.create_connection(("127.0.0.1", port), timeout=5):
+                pass  # it listens (the stand-in status has no content to serve)
+        finally:
+            server.close()
+    said = [r.getMessage() for r in caplog.records]
+    assert sum("cannot serve" in m for m in said) == 1 and any("serving now" in m for m in said), said
