@@ -16,8 +16,9 @@ One object per station under Objects, named by `station_id`:
 Security: Basic256Sha256 (sign and encrypt) with the station's certificate and key, and the
 user and password from the same secret store as MQTT (environment, .env, systemd credential
 `opcua_password`). `security = "None"` only when configured so. The server runs in its own
-thread and event loop; a server that cannot start (port taken, bad certificate) is logged,
-reported under `interfaces.opcua` in `status`, and inspection goes on without it. A message
+thread and event loop; a server that cannot start (port taken, bad certificate) or stops is
+logged, reported under `interfaces.opcua` in `status`, tried again every RETRY_S (30 s), and
+inspection goes on without it meanwhile. A message
 over MAX_MESSAGE_BYTES is refused (BadRequestTooLarge).
 Connections are bounded: at most `opcua.max_clients` at once (asyncua's own bound, 1000, is
 nearly the whole of the 1024 open files systemd gives a service: a client that opened that many
@@ -41,6 +42,7 @@ import time
 from typing import Callable
 
 from agent.mqtt.events import reason
+from agent.web.bounded import RETRY_S
 
 log = logging.getLogger(__name__)
 logging.getLogger("asyncua").setLevel(logging.WARNING)  # its INFO lines would flood the journal
@@ -65,6 +67,8 @@ class OpcUaServer:
         self._queue: asyncio.Queue | None = None
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
+        self._stopping = threading.Event()
+        self._down = False  # it could not start, or stopped: said when it serves again
 
     @property
     def application_uri(self) -> str:
@@ -100,6 +104,7 @@ class OpcUaServer:
         self._send(event)
 
     def close(self) -> None:
+        self._stopping.set()
         self._send(None)
         if self._thread is not None:
             self._thread.join(10)
@@ -108,23 +113,37 @@ class OpcUaServer:
 
     # -- the server's thread ------------------------------------------------------------------
     def _run(self) -> None:
+        """Serve until closed; a server that cannot start (its port taken) or stops is tried again
+        every RETRY_S (until 2026-12-07 it stayed down until the agent's next restart)."""
         said = _Refusals(self.s.max_clients, self.state)
         asyncua_server = logging.getLogger("asyncua.server.binary_server_asyncio")
         asyncua_server.addFilter(said)
+        # asyncua's own traceback of a failed start, once: not at every try while the port stays taken
+        starting = logging.getLogger("asyncua.server.server")
+        retrying = (lambda r: not (self._down and "error starting server" in r.getMessage()))  # noqa: E731
+        starting.addFilter(retrying)
         try:
-            asyncio.run(self._main(said))
-        except Exception as e:  # any failure to serve is reported, never raised into the agent
-            serving = self.state.get("state") == "serving"
-            self.state = {"state": "error", "error": f"cannot serve {self.url}: {e}"}
-            if serving:  # (a failure to start is said by start())
-                log.error("OPC UA server on %s stopped: %s; inspection goes on without it", self.url, e,
-                          exc_info=True)
-            else:
-                log.debug("OPC UA server failed", exc_info=True)
+            while not self._stopping.is_set():
+                try:
+                    asyncio.run(self._main(said))
+                    return  # closed
+                except Exception as e:  # any failure to serve is reported, never raised into the agent
+                    serving = self.state.get("state") == "serving"
+                    self.state = {"state": "error", "error": f"cannot serve {self.url}: {e}; tried again every "
+                                                             f"{RETRY_S:.0f} s"}
+                    if serving:  # (a failure to start is said by start(); one to start again, not at every try)
+                        log.error("OPC UA server on %s stopped: %s; inspection goes on without it", self.url, e,
+                                  exc_info=True)
+                    else:
+                        log.debug("OPC UA server failed", exc_info=True)
+                    self._down = True
+                finally:
+                    self._loop = self._queue = None
+                    self._started.set()
+                self._stopping.wait(RETRY_S)
         finally:
             asyncua_server.removeFilter(said)
-            self._loop = self._queue = None
-            self._started.set()
+            starting.removeFilter(retrying)
 
     async def _main(self, said: _Refusals) -> None:
         from asyncua import Server, ua
@@ -194,6 +213,9 @@ class OpcUaServer:
             self._loop, self._queue = asyncio.get_running_loop(), asyncio.Queue()
             self.state = said.state = {"state": "serving", "url": self.url, "security": self.s.security,
                                        "max_clients": self.s.max_clients, **said.counts()}
+            if self._down:
+                self._down = False
+                log.warning("OPC UA: serving now on %s (it could not serve before)", self.url)
             self._started.set()
             next_log = 0.0
             while True:

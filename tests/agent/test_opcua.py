@@ -377,3 +377,49 @@ def test_a_connection_announcing_a_huge_chunk_is_closed_counted_and_said(caplog)
         assert asyncio.run(client()) == "x" * 200_000
     finally:
         server.close()
+
+
+def test_a_port_taken_at_start_is_tried_again_and_served_once_it_is_free(monkeypatch, caplog):
+    """OPC UA, where a PLC takes its parts: a port another process held at start kept the server
+    down until the agent's next restart. Now tried again (every 30 s; here 0.2 s), served once
+    free, said; a client then writes the class."""
+    import logging
+    import socket
+
+    from agent import opcua
+    from agent.settings import OpcUaSettings
+    monkeypatch.setattr(opcua, "RETRY_S", 0.2)
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port, classes = holder.getsockname()[1], []
+    server = opcua.OpcUaServer(OpcUaSettings(enabled=True, security="None", port=port), "st1", classes.append,
+                               lambda: True, lambda: {"expected_class": "sphere", "counters": {"events": 0}})
+    with caplog.at_level(logging.INFO, logger="agent.opcua"):
+        server.start()
+        try:
+            assert server.state["state"] == "error" and "tried again every" in server.state["error"]
+            time.sleep(0.6)  # (tried about three times)
+            assert server.state["state"] == "error"
+            holder.close()
+            deadline = time.monotonic() + 20
+            while server.state["state"] != "serving" and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert server.state["state"] == "serving", server.state
+
+            async def write() -> None:
+                c = Client(f"opc.tcp://127.0.0.1:{port}/adgan/", timeout=20)
+                await c.connect()
+                try:
+                    idx, obj = await station(c)
+                    await (await obj.get_child([f"{idx}:ExpectedClass"])).write_value(
+                        ua.Variant("cylinder", ua.VariantType.String))
+                finally:
+                    await c.disconnect()
+            asyncio.run(write())
+            assert classes == [b"cylinder"]
+        finally:
+            server.close()
+    said = [r.getMessage() for r in caplog.records]
+    assert sum("cannot serve" in m for m in said) == 1 and any("serving now" in m for m in said), said
+    assert sum("error starting server" in m for m in said) == 1, said  # asyncua's traceback once, not per try
