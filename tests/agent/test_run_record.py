@@ -233,17 +233,20 @@ def test_a_crash_into_a_stuck_log_output_ends_at_once_and_its_stacks_are_said_by
         except subprocess.TimeoutExpired:
             raise AssertionError("the crashed agent did not end: its stacks waited on the log's output") from None
         text = stacks.read_text()
-        assert text.startswith("Fatal Python error: Segmentation fault") and "Current thread" in text, text
+        assert text.startswith("Fatal Python error: Segmentation fault") and 'File "' in text, text
+        # faulthandler reads the other threads' frames while they run: now and then (1 run in ~10 of
+        # make test) its dump ends early, before the crashed thread's own ("Current thread")
+        whole = "Current thread" in text
         sub.messages.clear()
         agent = AgentProcess(cfg, tmp_path / "2.log")
         try:
             assert sub.wait_for(lambda m: sub.documents("adgan/st1/status"), 30), agent.output()
             st = sub.documents("adgan/st1/status")[-1]["previous_run"]
             assert st["ended"] == "killed or crashed" and st["fatal"] == "Fatal Python error: Segmentation fault", st
-            assert st["where"].startswith('File "'), st
+            assert st["where"].startswith('File "') if whole else st["where"] == "", st
             out = agent.output()
             assert "it crashed: Fatal Python error: Segmentation fault (its stacks follow)" in out, out
-            assert "the run before wrote these stacks as it ended" in out and "Current thread" in out, out
+            assert "the run before wrote these stacks as it ended" in out and text.splitlines()[2] in out, out
             assert stacks.stat().st_size == 0  # (said once: emptied for this run's)
             assert agent.terminate(30) == 0
         finally:
