@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessColl
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from agent.opcua import ACTIVATION_S, MAX_CHUNK_BYTES
-from agent.web.bounded import RETRY_S, Bounded, address_family, keep_trying, server_status
+from agent.web.bounded import Bounded, address_family, server_status, start_serving
 
 log = logging.getLogger(__name__)
 
@@ -163,14 +163,10 @@ class Metrics:
         """Serve the endpoint; a failure is reported, never raised."""
         if not self.settings.enabled:
             return
-        try:
-            self._serve()
-        except OSError as e:
-            self.state = {"state": "error", "error": f"cannot serve {self.url}: {e}; tried again every {RETRY_S:.0f} s"}
-            log.error("metrics: %s; inspection goes on without them", self.state["error"])
-            keep_trying("metrics", self._serve, self._stop)
+        start_serving(self, "metrics", self._stop, without="them")
 
-    def _serve(self) -> None:
+    def bind(self) -> None:
+        """Bind the port and serve from prometheus-client's thread. Raises OSError."""
         self._server = serve(self.registry, self.settings.host, self.settings.port)
         self.state = {"state": "serving", "url": self.url}
         log.info("metrics on %s", self.url)

@@ -95,12 +95,12 @@ def address_family(host: str, port: int) -> socket.AddressFamily:
 RETRY_S = 30.0  # a server that could not start is tried again this often
 
 
-def keep_trying(label: str, start, stop: threading.Event, every: float | None = None) -> None:
+def keep_trying(label: str, start, stop: threading.Event) -> None:
     """After a server could not start (its port held by another process, an address not yet up at
     boot): call `start` again every RETRY_S on a daemon thread until it works or `stop` is set, and
     say when it serves. Until 2026-12-07 it stayed down until the agent's next restart."""
     def run() -> None:
-        while not stop.wait(RETRY_S if every is None else every):
+        while not stop.wait(RETRY_S):
             try:
                 start()
             except OSError:
@@ -108,6 +108,17 @@ def keep_trying(label: str, start, stop: threading.Event, every: float | None = 
             log.warning("%s: serving now (it could not start before)", label)
             return
     threading.Thread(target=run, name=f"{label} retry", daemon=True).start()
+
+
+def start_serving(owner, label: str, stop: threading.Event, without: str = "it") -> None:
+    """Call `owner.bind()` (bind and serve); where it cannot (OSError), set `owner.state` to the
+    error, say it once, and keep trying (`keep_trying`). Inspection never waits for it."""
+    try:
+        owner.bind()
+    except OSError as e:
+        owner.state = {"state": "error", "error": f"cannot serve {owner.url}: {e}; tried again every {RETRY_S:.0f} s"}
+        log.error("%s: %s; inspection goes on without %s", label, owner.state["error"], without)
+        keep_trying(label, owner.bind, stop)
 
 
 def server_status(state: dict, server: Bounded | None) -> dict:

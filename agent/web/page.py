@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from agent.mqtt.events import reason
-from agent.web.bounded import RETRY_S, Bounded, address_family, keep_trying, server_status
+from agent.web.bounded import Bounded, address_family, server_status, start_serving
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +72,9 @@ class OperatorPage:
     def start(self) -> None:
         if not self.s.enabled:
             return
-        try:
-            self._serve()
-        except OSError as e:
-            self.state = {"state": "error", "error": f"cannot serve {self.url}: {e}; tried again every {RETRY_S:.0f} s"}
-            log.error("operator page: %s; inspection goes on without it", self.state["error"])
-            keep_trying("operator page", self._serve, self._stopping)
+        start_serving(self, "operator page", self._stopping)
 
-    def _serve(self) -> None:
+    def bind(self) -> None:
         """Bind the port and serve from a daemon thread. Raises OSError."""
         page = self
 
