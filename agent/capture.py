@@ -203,4 +203,4 @@ def _write(out: Path, n: int, frame: RGBDFrame) -> None:
     except OSError as e:
         for p in raw_frame_files(out, n):
             p.unlink(missing_ok=True)
-        raise CaptureError(f"could not write frame {n} to {out}: {e}") from None
+        raise CaptureError(f"could not write frame {n} to {out}: {e}{durable.out_of_inodes(out)}") from None

@@ -174,6 +174,20 @@ def test_a_full_disk_stops_the_capture_keeps_what_was_written_and_leaves_no_half
     assert capture_frames(src, out, 1).written == [1]
 
 
+def test_a_disk_out_of_inodes_stops_the_capture_naming_them(tmp_path):
+    """A disk full of files, not bytes (frames are three files each): the capture stopped with
+    'No space left on device' where `df -h` shows room; the error names the inodes now."""
+    from tests.agent.conftest import fill_inodes, tmpfs
+    src = SyntheticSource(("sphere",), seed=5)
+    with tmpfs(tmp_path / "fs", size="64m", inodes=64) as fs:
+        assert capture_frames(src, fs / "frames", 1).written == [0]
+        fill_inodes(fs)
+        with pytest.raises(CaptureError, match="could not write frame 1 to") as e:
+            capture_frames(src, fs / "frames", 3)
+        assert "; no inode is free on its file system (all 64 used, `df -i`)" in str(e.value), e.value
+        assert frame_numbers(fs / "frames") == [0]
+
+
 def test_a_segmented_source_and_bad_counts_are_refused(tmp_path, capsys):
     samples = tmp_path / "samples"
     write_sample(samples, 0, a_sample())
