@@ -95,16 +95,20 @@ def address_family(host: str, port: int) -> socket.AddressFamily:
 RETRY_S = 30.0  # a server that could not start is tried again this often
 
 
-def keep_trying(label: str, start, stop: threading.Event) -> None:
+def keep_trying(label: str, start, stop: threading.Event, close) -> None:
     """After a server could not start (its port held by another process, an address not yet up at
     boot): call `start` again every RETRY_S on a daemon thread until it works or `stop` is set, and
-    say when it serves. Until 2026-12-07 it stayed down until the agent's next restart."""
+    say when it serves; `close` it where the agent stopped while it was starting. Until 2026-12-07
+    it stayed down until the agent's next restart."""
     def run() -> None:
         while not stop.wait(RETRY_S):
             try:
                 start()
             except OSError:
                 continue
+            if stop.is_set():  # (closed while it bound: no server left listening)
+                close()
+                return
             log.warning("%s: serving now (it could not start before)", label)
             return
     threading.Thread(target=run, name=f"{label} retry", daemon=True).start()
@@ -118,7 +122,7 @@ def start_serving(owner, label: str, stop: threading.Event, without: str = "it")
     except OSError as e:
         owner.state = {"state": "error", "error": f"cannot serve {owner.url}: {e}; tried again every {RETRY_S:.0f} s"}
         log.error("%s: %s; inspection goes on without %s", label, owner.state["error"], without)
-        keep_trying(label, owner.bind, stop)
+        keep_trying(label, owner.bind, stop, owner.close)
 
 
 def server_status(state: dict, server: Bounded | None) -> dict:

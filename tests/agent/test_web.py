@@ -146,3 +146,18 @@ def test_a_port_taken_at_start_is_tried_again_and_served_once_it_is_free(kind, m
             server.close()
     said = [r.getMessage() for r in caplog.records]
     assert sum("cannot serve" in m for m in said) == 1 and any("serving now" in m for m in said), said
+
+
+def test_a_server_bound_as_the_agent_stops_is_closed_not_left_listening(monkeypatch):
+    """keep_trying: the agent stops while a retry binds; the server it bound is closed again."""
+    import threading
+
+    from agent.web import bounded
+    monkeypatch.setattr(bounded, "RETRY_S", 0.05)
+    stop, closed = threading.Event(), threading.Event()
+
+    def start() -> None:
+        stop.set()  # the agent stops while this try binds
+
+    bounded.keep_trying("test server", start, stop, closed.set)
+    assert closed.wait(5)
