@@ -39,6 +39,9 @@ def _load(a: argparse.Namespace, say: bool = False):
               "UTF-8 (an editor may have saved it as UTF-16)", file=sys.stderr)
     except (FileNotFoundError, ValueError) as e:
         print(f"{a.config}: {e}", file=sys.stderr)
+    except OSError as e:  # (a file left by an edit with sudo, unreadable by the agent's own user; a failing disk)
+        from agent import durable
+        print(f"{a.config}: {durable.permission_words(e)}", file=sys.stderr)
     return None
 
 

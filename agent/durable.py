@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import pwd
 import re
 import secrets
 import shutil
@@ -277,6 +278,76 @@ def out_of_inodes(folder: str | Path) -> str:
         return ""
     return (f"; no inode is free on its file system (all {st.f_files} used, `df -i`): it is full of files, not "
             "bytes, which `df -h` does not show; remove files there")
+
+
+def owner_words(path: str | Path) -> str:
+    """For a 'permission denied' at `path`: `; it is owned by root (uid 0), mode 0600, and this agent
+    runs as adgan (uid 998)` ("" where it cannot be seen)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ""
+    return (f"; it is owned by {user_name(st.st_uid)}, mode {st.st_mode & 0o777:04o}, and this agent runs as "
+            f"{user_name(os.geteuid())}")
+
+
+def folder_owner(folder: str | Path) -> str:
+    """For a 'permission denied' in `folder`: its owner and mode against this process's user, and the fix."""
+    words = owner_words(folder)
+    return f"{words}: give it to that user (`chown {login()}: {folder}`)" if words else ""
+
+
+def permission_words(e: OSError) -> str:
+    """`e` said for a person: a file this process may not read (left by a command run with sudo, where
+    the agent runs as its own user) named with its owner, its mode and the fix; other errors as they are."""
+    if not isinstance(e, PermissionError) or not e.filename:
+        return str(e)
+    path = e.filename
+    shut = next((p for p in Path(path).parents if os.path.isdir(p) and not os.access(p, os.R_OK | os.X_OK)), None)
+    if shut is not None:  # (a folder on the way that this user may not enter)
+        return (f"{path} cannot be read by this agent's user ({e.strerror}): its folder {shut} cannot be entered"
+                f"{owner_words(shut)}: give it to that user (`chown -R {login()}: {shut}`) or let every user "
+                f"enter and read it (`chmod -R a+rX {shut}`)")
+    return (f"{path} cannot be read by this agent's user ({e.strerror}{owner_words(path)}): give it to that user "
+            f"(`chown {login()}: {path}`, `-R` for a folder) or let every user read it (`chmod a+r {path}`)")
+
+
+def login() -> str:
+    """This process's user's name, or its uid where the system lists none."""
+    return user_name(os.geteuid()).split(" (")[0].removeprefix("uid ")
+
+
+def user_name(uid: int) -> str:
+    """`name (uid N)` of a user, or `uid N` for one the system does not list (a container's)."""
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def not_ours(paths, pattern: str) -> str:
+    """For a refusal: which of `paths` (those that exist) this process cannot both read and write,
+    with their owners and modes, and the command that gives them (`pattern`: a shell pattern for
+    them all) to its user; "" when it can all.
+    A state folder's files left owned by root by an agent once run by hand with sudo, then run by
+    its unit as its own user, are refused so (SQLite said only 'unable to open database file')."""
+    bad = []
+    for p in map(Path, paths):
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        if not os.access(p, os.R_OK | os.W_OK):
+            bad.append((p, st))
+    if not bad:
+        return ""
+    groups: dict[str, list[str]] = {}
+    for p, st in bad:
+        groups.setdefault(f"owner {user_name(st.st_uid)}, mode {st.st_mode & 0o777:04o}", []).append(p.name)
+    files = "; ".join(f"{', '.join(names)} ({how})" for how, names in groups.items())
+    return (f"{files} cannot be written by this agent's user, {user_name(os.geteuid())}: as when the agent was "
+            f"once run as another user (by hand with sudo); nothing in them is lost: give them to the agent's user, "
+            f"`chown {login()}: {pattern}` (and `chmod u+rw` them), and start it again")
 
 
 def still_at(path: str | Path, fd: int) -> bool:

@@ -25,7 +25,8 @@ except ModuleNotFoundError:  # Python 3.10 (JetPack 6): the tomli backport, a de
 
 from pydantic import BaseModel
 
-from agent import durable
+from agent import durable, request_journal, run_record
+from agent.decide import expected
 from agent.decide.inspector import check_class_model, check_rivals
 from agent.mqtt.files import AgentLock, write_error
 from agent.mqtt.salvage import corrupt_file
@@ -111,6 +112,12 @@ def check_tls(s: AgentSettings, r: Report) -> None:
                               "loads a renewed file at its next connection attempt, without a restart)")
 
 
+# the files the agent keeps beside its outbox (SQLite's, the sequence number, requests, class switch,
+# run record and its stacks, lock, reserve): each must be the agent's user's to read and write
+STATE_SUFFIXES = ("", "-wal", "-shm", ".seq", request_journal.SUFFIX, expected.SUFFIX, run_record.SUFFIX,
+                  run_record.STACKS_SUFFIX, ".lock", ".reserve")
+
+
 def check_outbox(s: AgentSettings, r: Report) -> None:
     path = Path(s.outbox.path)
     folder = path.parent
@@ -133,7 +140,8 @@ def check_outbox(s: AgentSettings, r: Report) -> None:
                               "in memory, where a kill loses it, until there is room")
         elif e is not None:
             hint = ("; the kernel makes a disk it finds failing read-only (ext4 errors=remount-ro): see dmesg, and "
-                    "repair it (fsck) or move the outbox" if e.errno == errno.EROFS else "")
+                    "repair it (fsck) or move the outbox" if e.errno == errno.EROFS else
+                    durable.folder_owner(folder) if e.errno in (errno.EACCES, errno.EPERM) else "")
             why = f"{e.strerror or e}{hint}"
             r.problems.append(SettingError("outbox.path", f"{path}: cannot write in {folder} ({why})"))
             return
@@ -153,6 +161,10 @@ def check_outbox(s: AgentSettings, r: Report) -> None:
     if holder is not None:  # (a warning: validate-config may be run beside the agent it checks)
         r.warnings.append(f"outbox.path: {path} is in use by a running agent ({holder}); `run` refuses to start "
                           "while it is")
+    theirs = durable.not_ours([Path(f"{path}{x}") for x in STATE_SUFFIXES], f"{path}*")
+    if theirs:
+        r.problems.append(SettingError("outbox.path", f"{folder}: {theirs}"))
+        return
     if path.exists():
         if not path.is_file() or not os.access(path, os.R_OK | os.W_OK):
             r.problems.append(SettingError("outbox.path", f"{path}: exists but is not a readable, writable file"))
@@ -243,6 +255,10 @@ def check_source(s: AgentSettings, r: Report) -> None:
     if ref is not None and not Path(ref).is_file():
         r.warnings.append(f"segmentation.reference: {ref} does not exist yet; until it is recorded with "
                           "'adgan agent capture-reference', raw frames become error events")
+    elif ref is not None and not os.access(ref, os.R_OK):
+        denied = PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(ref))
+        r.warnings.append(f"segmentation.reference: {durable.permission_words(denied)}; until it can, raw frames "
+                          "become error events")
 
 
 def check_secrets(s: AgentSettings, r: Report, config: str | Path | None) -> None:

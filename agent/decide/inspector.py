@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agent import durable
 from agent.decide.class_check import RIVAL_K, CheckRecord, ClassCheck, refusal
 from agent.decide.thresholds import ClassThreshold, ThresholdError, load_threshold, recorded_engine
 from agent.scoring.bundle import Bundle, BundleError
@@ -72,8 +73,10 @@ def check_class_model(cls: str, bundle_path: str | Path, thresholds: str | Path,
     thresholds that are missing or were calibrated on another bundle, latent seed or engine."""
     try:
         bundle = Bundle.load(bundle_path)
-    except (BundleError, OSError) as e:
+    except BundleError as e:
         raise SettingError(f"model.bundles.{cls}", f"{bundle_path}: {e}") from None
+    except OSError as e:
+        raise SettingError(f"model.bundles.{cls}", f"{bundle_path}: {durable.permission_words(e)}") from None
     if bundle.cls != cls:
         raise SettingError(f"model.bundles.{cls}",
                            f"bundle {bundle_path} was trained on class {bundle.cls!r}, not {cls!r}")
@@ -87,7 +90,8 @@ def check_threshold(cls: str, bundle: Bundle, thresholds: str | Path, seed: int,
     try:
         thr = load_threshold(thresholds, cls, bundle.bundle_hash)
     except (ThresholdError, OSError) as e:  # (an OSError stays the cause: a reload reads the file again)
-        raise SettingError("model.thresholds", str(e)) from (e if isinstance(e, OSError) else None)
+        raise SettingError("model.thresholds", durable.permission_words(e) if isinstance(e, OSError) else str(e)) \
+            from (e if isinstance(e, OSError) else None)
     rec_seed = thr.record.get("seed")
     if rec_seed is not None and (isinstance(rec_seed, bool) or not isinstance(rec_seed, int)):
         raise SettingError("model.thresholds", f"{thresholds}: class {cls!r}: the recorded latent seed must be a "

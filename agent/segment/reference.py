@@ -81,6 +81,8 @@ class SurfaceReference:
             with np.load(path, allow_pickle=False) as z:
                 depth = z["depth"]
                 meta = json.loads(bytes(z["meta"]).decode())
+        except PermissionError as e:  # (not "not a reference file": one left by a command run with sudo)
+            raise PermissionError(e.errno, durable.permission_words(e)) from None
         except Exception as e:  # zip, key or JSON errors all mean the same to the user
             raise ValueError(f"{path} is not a surface reference file: {e}") from e
         if meta.get("format") != REFERENCE_FORMAT:

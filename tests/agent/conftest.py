@@ -251,6 +251,37 @@ def tmpfs(mnt: Path, size: str = "2m", inodes: int | None = None):
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
+NOBODY = 65534  # the user a unit's agent stands for in the tests: not root, owns nothing
+
+
+@pytest.fixture
+def station_user(calibrated):
+    """(wrap, base): a command that runs what follows it as another user than root (`setpriv`, as a
+    unit's `User=adgan`), and a folder that user may enter, holding copies of the test bundle
+    (`bundle`) and thresholds (`thresholds.json`), readable by all, and a `state` folder of its
+    own. Skipped unless the tests run as root."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("running as another user needs root and setpriv (util-linux)")
+    import tempfile
+    wrap = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    r = subprocess.run([*wrap, sys.executable, "-c", "import adgan.cli, agent.service"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+    if r.returncode:  # (a checkout in root's home: another user cannot read the code)
+        pytest.skip(f"another user cannot run this checkout's code here: {r.stderr.strip()[-200:]}")
+    bundle, thresholds = calibrated
+    base = Path(tempfile.mkdtemp(prefix="adgan-user-"))  # (pytest's own folders are root's alone)
+    try:
+        shutil.copytree(bundle, base / "bundle")
+        shutil.copy(thresholds, base / "thresholds.json")
+        for p in [base, *base.rglob("*")]:
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        (base / "state").mkdir()
+        os.chown(base / "state", NOBODY, NOBODY)
+        yield wrap, base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 @pytest.fixture
 def small_fs(tmp_path):
     """A real 2 MB file system (tmpfs) to fill; skipped without root."""

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -363,3 +364,67 @@ def test_a_disk_out_of_inodes_is_a_warning_that_names_them(calibrated, tmp_path,
     assert rc == 0, err
     assert f"outbox.path: {fs} is full (No space left on device; no inode is free on its file system (all 64 " \
         "used, `df -i`): it is full of files, not bytes" in err and "the agent runs and holds" in err, err
+
+
+def as_user(wrap, cfg) -> tuple[int, str]:
+    """`validate-config` run as the station's own user (the unit's ExecStartPre)."""
+    from tests.agent.conftest import ROOT
+    code = ("import sys\nfrom adgan.cli import main\n"
+            f"sys.exit(main(['agent', 'validate-config', '--config', {str(cfg)!r}, '--env-file', '/nonexistent']))")
+    r = subprocess.run([*wrap, sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return r.returncode, r.stderr
+
+
+def test_files_left_by_a_run_as_root_are_named_with_their_owner_and_the_fix(station_user, tmp_path, capsys):
+    """An engineer ran the agent (or calibrate, capture-reference, an editor) by hand with sudo; the
+    unit then runs it as its own user. The outbox's files, still root's, were refused as 'exists but is
+    not a readable, writable file' or, with only the database given back, 'not an outbox database
+    (unable to open database file)': a person would take it as corrupt and delete the events in it.
+    Other files said `[Errno 13] Permission denied`, and an unreadable agent.toml was a traceback (exit
+    1). Now each is named with its owner, its mode, the agent's user and the command that fixes it."""
+    import sqlite3
+    from tests.agent.conftest import NOBODY
+    wrap, base = station_user
+    state = base / "state"
+    cfg = agent_config(base, 1, base / "bundle", base / "thresholds.json", SRC,
+                       extra=f'[segmentation]\nreference = "{base / "ref.npz"}"\n')
+    cfg.write_text(cfg.read_text().replace(str(base / "outbox.sqlite"), str(state / "outbox.sqlite")))
+    cfg.chmod(0o644)
+    assert main(["agent", "capture-reference", "--config", str(cfg), "--out", str(base / "ref.npz"), "--frames", "2",
+                 "--env-file", "/nonexistent"]) == 0
+    rc, err = as_user(wrap, cfg)
+    assert rc == 0 and "warning" not in err, err
+    with sqlite3.connect(state / "outbox.sqlite") as db:  # the state a run as root leaves (mode 0600, as the agent's)
+        db.execute("CREATE TABLE t (x)")
+    for name in ("outbox.sqlite", "outbox.sqlite.seq", "outbox.sqlite.requests"):
+        (state / name).touch()
+        (state / name).chmod(0o600)
+    os.chown(state / "outbox.sqlite", NOBODY, NOBODY)  # (only the database given back: SQLite's words misled most)
+    rc, err = as_user(wrap, cfg)
+    assert rc == 2 and "not an outbox database" not in err, err
+    assert (f"outbox.path: {state}: outbox.sqlite.seq, outbox.sqlite.requests (owner root (uid 0), mode 0600) cannot "
+            f"be written by this agent's user, nobody (uid {NOBODY})") in err, err
+    assert f"nothing in them is lost: give them to the agent's user, `chown nobody: {state}/outbox.sqlite*`" in err
+    for name in ("outbox.sqlite.seq", "outbox.sqlite.requests"):
+        os.chown(state / name, NOBODY, NOBODY)
+    rc, err = as_user(wrap, cfg)
+    assert rc == 0, err
+    owned = f"(Permission denied; it is owned by root (uid 0), mode 0600, and this agent runs as nobody (uid {NOBODY}))"
+    for f, said in ((base / "thresholds.json", "model.thresholds: "), (base / "bundle" / "manifest.json", ""),
+                    (base / "ref.npz", "warning: segmentation.reference: "), (cfg, "")):
+        f.chmod(0o600)
+        rc, err = as_user(wrap, cfg)
+        f.chmod(0o644)
+        assert rc == (0 if "warning" in said else 2), err
+        assert f"{said}{f} cannot be read by this agent's user {owned}: give it to that user (`chown nobody: {f}`" \
+            in err
+        assert "Traceback" not in err, err
+    (base / "bundle").chmod(0o700)
+    rc, err = as_user(wrap, cfg)
+    (base / "bundle").chmod(0o755)
+    assert rc == 2 and f"its folder {base / 'bundle'} cannot be entered; it is owned by root (uid 0), mode 0700" in err
+    assert f"`chown -R nobody: {base / 'bundle'}`" in err, err
+    os.chown(state, 0, 0)
+    rc, err = as_user(wrap, cfg)
+    assert rc == 2 and f"cannot write in {state} (Permission denied; it is owned by root (uid 0), mode 0755" in err
+    assert f"`chown nobody: {state}`" in err, err

@@ -146,6 +146,61 @@ def test_on_a_disk_out_of_inodes_the_agent_runs_names_them_and_stores_its_events
     sub.close()
 
 
+def test_events_left_by_a_run_as_root_are_kept_and_sent_once_the_files_are_given_back(broker, synth_data,
+                                                                                      station_user, tmp_path):
+    """An agent run by hand with sudo, killed while the broker was away, leaves its outbox's files root's; the
+    unit runs it as its own user. It was refused as 'not an outbox database (unable to open database file)'
+    with only the database given back, words that ask for it to be deleted, with the events in it. Now the
+    refusal names the files, their owner and `chown`, on MQTT too; once given back, every event is sent."""
+    import shutil
+    from tests.agent.conftest import NOBODY, poll
+    wrap, base = station_user
+    shutil.copytree(synth_data / "test" / "sphere", base / "samples")
+    for p in [base / "samples", *(base / "samples").rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    state = base / "state"
+    cfg = agent_config(base, broker.port, base / "bundle", base / "thresholds.json",
+                       f'type = "folder"\npath = "{base / "samples"}"\nloop = true\nfps = 5')
+    cfg.write_text(cfg.read_text().replace(str(base / "outbox.sqlite"), str(state / "outbox.sqlite")))
+    cfg.chmod(0o644)
+    sub = Subscriber(broker.port, "adgan/st1/#")
+    assert sub.subscribed.wait(10)
+    by_hand = AgentProcess(cfg, tmp_path / "by-hand.log")  # as root
+    try:
+        assert poll(lambda: len(event_ids(sub)) >= 3, 60), by_hand.output()
+        broker.stop()
+        time.sleep(3)  # events stored while the broker is away
+        by_hand.kill()
+    finally:
+        by_hand.stop()
+    held = outbox_ids(state / "outbox.sqlite")
+    assert held, by_hand.output()
+    broker.start()
+    assert sub.subscribed.wait(10)
+    os.chown(state / "outbox.sqlite", NOBODY, NOBODY)  # a person gave back the one file they knew of
+    unit = AgentProcess(cfg, tmp_path / "unit.log", wrap=wrap)
+    try:
+        assert unit.wait(60) == 2
+    finally:
+        unit.stop()
+    said = unit.output()
+    assert "not an outbox database" not in said, said
+    assert "outbox.sqlite-wal" in said and "(owner root (uid 0), mode 0600) cannot be written by this agent's user, " \
+        f"nobody (uid {NOBODY})" in said and f"`chown nobody: {state}/outbox.sqlite*`" in said, said
+    assert sub.wait_for(lambda m: any(t == "adgan/st1/start_refused" and b"chown nobody" in p for t, p, _ in m), 10)
+    for p in state.iterdir():
+        os.chown(p, NOBODY, NOBODY)
+    unit = AgentProcess(cfg, tmp_path / "unit-again.log", wrap=wrap)
+    try:
+        assert poll(lambda: set(held) <= set(event_ids(sub)), 60), unit.output()
+        assert unit.terminate(30) == 0, unit.output()
+    finally:
+        unit.stop()
+    got = sorted({json.loads(p)["seq"] for t, p, _ in sub.messages if t == "adgan/st1/events"})
+    assert got == list(range(1, got[-1] + 1)), got  # none lost, numbering goes on
+    sub.close()
+
+
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])  # SIGHUP: the terminal of a hand-started agent closed
 def test_sigterm_finishes_flushes_and_says_offline(broker, calibrated, synth_data, tmp_path, sig):
     bundle, thresholds = calibrated
