@@ -300,3 +300,24 @@ def test_a_part_reaching_the_edge_of_the_view_is_named_by_its_edges():
     assert said((10, 50, 10, 50), roi=(20, 0, 140, 120)).startswith("the part reaches the left edge of the view "
                                                                       "(segmentation.roi)")
     assert said((10, 50, 30, 60), roi=(20, 0, 300, 120)) is None  # a region reaching past the frame: its part
+
+
+def test_a_reference_left_unreadable_by_a_command_run_with_sudo_says_so_not_corrupt(station_user, tmp_path):
+    """capture-reference run by hand as root, its file then 0600: the unit's agent (its own user) said
+    'is not a surface reference file: [Errno 13] Permission denied' on every frame, as if corrupt."""
+    import subprocess
+    import sys
+
+    from tests.agent.conftest import NOBODY, ROOT
+    wrap, base = station_user
+    k = Intrinsics.default(32, 24)
+    ref = base / "ref.npz"
+    SurfaceReference.from_frames([RGBDFrame(np.zeros((24, 32, 3), np.uint8), np.full((24, 32), 500, np.uint16),
+                                            0.0, k)]).save(ref)
+    ref.chmod(0o600)
+    code = ("from agent.segment.reference import SurfaceReference\n"
+            f"try:\n    SurfaceReference.load({str(ref)!r})\nexcept PermissionError as e:\n    print(e)")
+    r = subprocess.run([*wrap, sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "not a surface reference" not in r.stdout, r.stdout + r.stderr
+    assert f"{ref} cannot be read by this agent's user (Permission denied; it is owned by root (uid 0), mode 0600, " \
+           f"and this agent runs as nobody (uid {NOBODY})): give it to that user (`chown nobody: {ref}`" in r.stdout
