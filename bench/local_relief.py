@@ -10,7 +10,9 @@ hole, a crack. This screen measures it by blocked cross-validation (the folds an
 bench/blocked_cv.py), without a model:
 
 - each part is read as a crop-to-part model input (Preprocessing(framing="object"), 64 px);
-- r = depth - median_k(depth) (8-bit levels) over the relief check's interior (eroded 4 px);
+- r = depth - median_k(depth) (8-bit levels) over the relief check's interior (eroded 4 px), with
+  `--dropout D` less the pixels D levels or more nearer than their median (depth the camera did not
+  measure, mixed into the part by resizing) and 2 px around them;
   three features: the largest 3 x 3 window mean of |r| (`both`), of max(-r, 0) (`nearer`: a
   bump) and of max(r, 0) (`farther`: a dent, a hole);
 - reference: the fold's training frames (outside the block and its purge gap), median and MAD
@@ -37,14 +39,19 @@ FEATURES = ("both", "nearer", "farther")
 OTHER = ("scratch", "crack", "notch", "bump", "smudge")
 
 
-def local_relief(x: np.ndarray, k: int = 7, erode: int = 4) -> np.ndarray | None:
-    """(both, nearer, farther) of one (4, S, S) model input; None without an interior."""
+def local_relief(x: np.ndarray, k: int = 7, erode: int = 4, dropout: float | None = None) -> np.ndarray | None:
+    """(both, nearer, farther) of one (4, S, S) model input; None without an interior. `dropout`:
+    pixels more than so many levels nearer than their median (the camera measured nothing there,
+    and resizing mixed it into the part) and their 2 px neighbourhood are left out."""
     from agent.scoring.relief import DEPTH, interior
     inside = interior(x[DEPTH], erode, 0.3)
-    if inside.sum() < 12:
-        return None
     d8 = np.clip(np.rint((x[DEPTH] + 1) * 127.5), 0, 255).astype(np.uint8)
     r = d8.astype(np.float32) - cv2.medianBlur(d8, k).astype(np.float32)
+    if dropout is not None:
+        holes = cv2.dilate((r < -dropout).astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+        inside &= ~holes
+    if inside.sum() < 12:
+        return None
     out = []
     for part in (np.abs(r), np.maximum(-r, 0), np.maximum(r, 0)):
         w = cv2.blur(np.where(inside, part, 0).astype(np.float32), (3, 3))
@@ -52,7 +59,8 @@ def local_relief(x: np.ndarray, k: int = 7, erode: int = 4) -> np.ndarray | None
     return np.array(out)
 
 
-def features(folder: Path, frames: tuple[int, int] | None, k: int = 7) -> dict[int, np.ndarray]:
+def features(folder: Path, frames: tuple[int, int] | None, k: int = 7, dropout: float | None = None
+             ) -> dict[int, np.ndarray]:
     from agent.frame import NoObjectError
     from agent.segment.preprocess import Preprocessing, sample_to_input
     from agent.sources.dataset import frame_numbers, read_model_sample
@@ -63,7 +71,7 @@ def features(folder: Path, frames: tuple[int, int] | None, k: int = 7) -> dict[i
             x = sample_to_input(read_model_sample(folder, n, want))
         except NoObjectError:
             continue
-        f = local_relief(x, k)
+        f = local_relief(x, k, dropout=dropout)
         if f is not None:
             out[n] = f
     return out
@@ -72,6 +80,8 @@ def features(folder: Path, frames: tuple[int, int] | None, k: int = 7) -> dict[i
 def main(argv=None) -> int:
     ap = screen_arguments(__doc__)
     ap.add_argument("--k", type=int, default=7, help="the median's window (odd, pixels at 64 px)")
+    ap.add_argument("--dropout", type=float, default=None, help="leave out pixels this many levels nearer than "
+                    "their median, and their 2 px neighbourhood (depth dropouts)")
     a = ap.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -89,19 +99,19 @@ def main(argv=None) -> int:
             run([sys.executable, str(here / "other_damage.py"), str(data), "--out", str(theirs),
                  "--frames", f"{b0}:{b1}", "--seed", str(a.damage_seed)], out / "log.txt", out / "commands.txt")
         for c in classes:
-            train = {n: f for n, f in features(data / c, (lo, hi), a.k).items()
+            train = {n: f for n, f in features(data / c, (lo, hi), a.k, a.dropout).items()
                      if not max(lo, b0 - a.purge) <= n < min(hi, b1 + a.purge)}
             ref = np.array(list(train.values()))
-            intact = zscore(np.array(list(features(ours / c, None, a.k).values())), ref)  # (written as the twins are)
+            intact = zscore(np.array(list(features(ours / c, None, a.k, a.dropout).values())), ref)  # (written as the twins are)
             row = {"fold": f"{b0}:{b1}", "class": c, "n_train": len(ref), "n_intact": len(intact)}
             sets = [(d, ours / f"{c}_{d}") for d in DAMAGE_DEFECTS] + [(d, theirs / f"{c}_{d}") for d in OTHER]
             for d, folder in sets:
-                z = zscore(np.array(list(features(folder, None, a.k).values())), ref)
+                z = zscore(np.array(list(features(folder, None, a.k, a.dropout).values())), ref)
                 for i, f in enumerate(FEATURES):
                     row[f"{f}:{d}"] = auroc(intact[:, i], z[:, i])
             rows.append(row)
             print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
-    (out / f"local_relief_k{a.k}.json").write_text(json.dumps(rows, indent=1))
+    (out / f"local_relief_k{a.k}{'' if a.dropout is None else f'_dropout{a.dropout:g}'}.json").write_text(json.dumps(rows, indent=1))
     print("\nworst fold per class and defect (ours: chunk hole stain foreign dent; the other hand's: "
           + " ".join(OTHER) + "):")
     for f in FEATURES:
