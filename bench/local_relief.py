@@ -21,7 +21,8 @@ bench/blocked_cv.py), without a model:
   five defects and bench/other_damage.py's five (both made on the block, seed 7).
 
     .venv/bin/python bench/local_relief.py ../shared/data/paper-rgbd --out runs/local-relief           # k 7
-    .venv/bin/python bench/local_relief.py ../shared/data/paper-rgbd --out runs/local-relief --k 15   # (reuses the damage)
+    .venv/bin/python bench/local_relief.py ../shared/data/paper-rgbd --out runs/local-relief --k 15   # (same damage)
+    .venv/bin/python bench/local_relief.py ../shared/data/paper-rgbd --out runs/local-relief --k 15 --dropout 40
 """
 from __future__ import annotations
 
@@ -102,7 +103,8 @@ def main(argv=None) -> int:
             train = {n: f for n, f in features(data / c, (lo, hi), a.k, a.dropout).items()
                      if not max(lo, b0 - a.purge) <= n < min(hi, b1 + a.purge)}
             ref = np.array(list(train.values()))
-            intact = zscore(np.array(list(features(ours / c, None, a.k, a.dropout).values())), ref)  # (written as the twins are)
+            # (the intact parts as written beside their twins)
+            intact = zscore(np.array(list(features(ours / c, None, a.k, a.dropout).values())), ref)
             row = {"fold": f"{b0}:{b1}", "class": c, "n_train": len(ref), "n_intact": len(intact)}
             sets = [(d, ours / f"{c}_{d}") for d in DAMAGE_DEFECTS] + [(d, theirs / f"{c}_{d}") for d in OTHER]
             for d, folder in sets:
@@ -111,7 +113,8 @@ def main(argv=None) -> int:
                     row[f"{f}:{d}"] = auroc(intact[:, i], z[:, i])
             rows.append(row)
             print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
-    (out / f"local_relief_k{a.k}{'' if a.dropout is None else f'_dropout{a.dropout:g}'}.json").write_text(json.dumps(rows, indent=1))
+    tag = f"k{a.k}" + ("" if a.dropout is None else f"_dropout{a.dropout:g}")
+    (out / f"local_relief_{tag}.json").write_text(json.dumps(rows, indent=1))
     print("\nworst fold per class and defect (ours: chunk hole stain foreign dent; the other hand's: "
           + " ".join(OTHER) + "):")
     for f in FEATURES:
