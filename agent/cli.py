@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import faulthandler
 import logging
 import signal
@@ -144,6 +145,27 @@ def _not_started(agent, e: BaseException) -> None:
     agent.shutdown()
 
 
+def _unwritable(out: str | Path) -> str:
+    """Why a file cannot be written at `out` ("" when it can): a folder there, or a folder it cannot
+    be made in (its owner and the fix where it is another user's: a state folder made with sudo)."""
+    from agent import durable
+    from agent.mqtt.files import write_error
+    out = Path(out)
+    if out.is_dir():
+        return "is a folder; give a file's path"
+    folder = out.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return durable.permission_words(e, write=True)
+    e = write_error(folder)
+    if e is None:
+        return ""
+    if isinstance(e, PermissionError):
+        return durable.permission_words(PermissionError(e.errno, e.strerror, str(folder)), write=True)
+    return f"cannot write in {folder} ({e.strerror}{durable.out_of_inodes(folder)})"
+
+
 def cmd_capture_reference(a: argparse.Namespace) -> int:
     from agent.segment.reference import SurfaceReference
     from agent.segment.segmentation import standing_on, standing_words
@@ -158,6 +180,10 @@ def cmd_capture_reference(a: argparse.Namespace) -> int:
     out = a.out or s.segmentation.reference
     if out is None:
         print("no output: pass --out or set segmentation.reference in the configuration", file=sys.stderr)
+        return 2
+    bad = _unwritable(out)
+    if bad:  # (said before the empty surface is recorded, not after)
+        print(f"--out {out}: {bad}", file=sys.stderr)
         return 2
     src = open_source(s.source, s.health.frame_timeout_s)
     try:
@@ -182,7 +208,14 @@ def cmd_capture_reference(a: argparse.Namespace) -> int:
         print("the source gave no frames", file=sys.stderr)
         return 1
     ref = SurfaceReference.from_frames(frames, max_depth_mm=s.segmentation.max_depth_mm)
-    ref.save(out)
+    try:
+        ref.save(out)
+    except OSError as e:  # (a disk that filled meanwhile; until 2026-12-07 a traceback)
+        from agent import durable
+        full = durable.out_of_inodes(Path(out).parent) if e.errno == errno.ENOSPC else ""
+        print(f"the surface reference was not written: {durable.permission_words(e, write=True)}{full}; nothing "
+              f"was written to {out}", file=sys.stderr)
+        return 1
     holes = int((ref.depth == 0).sum())
     print(f"surface reference from {ref.n_frames} frames -> {out} ({ref.depth.shape[1]}x{ref.depth.shape[0]}, "
           f"{holes} pixels unknown); a running agent picks it up at its next frame")
@@ -240,7 +273,9 @@ def cmd_capture_frames(a: argparse.Namespace) -> int:
         return 2
     except (CaptureError, SourceError, OSError) as e:
         r = getattr(e, "report", None)
-        print(f"the capture stopped: {e}" + (f"; kept: {r.summary()}" if r is not None else ""), file=sys.stderr)
+        from agent import durable
+        said = durable.permission_words(e, write=True) if isinstance(e, PermissionError) else e
+        print(f"the capture stopped: {said}" + (f"; kept: {r.summary()}" if r is not None else ""), file=sys.stderr)
         return 1
     finally:
         src.close()

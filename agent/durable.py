@@ -297,12 +297,21 @@ def folder_owner(folder: str | Path) -> str:
     return f"{words}: give it to that user (`chown {login()}: {folder}`)" if words else ""
 
 
-def permission_words(e: OSError) -> str:
+def permission_words(e: OSError, write: bool = False) -> str:
     """`e` said for a person: a file this process may not read (left by a command run with sudo, where
-    the agent runs as its own user) named with its owner, its mode and the fix; other errors as they are."""
+    the agent runs as its own user), or with `write` a file or folder it may not make or write, named
+    with its owner, its mode and the fix; other errors as they are."""
     if not isinstance(e, PermissionError) or not e.filename:
         return str(e)
     path = e.filename
+    if write:  # (the path itself, or the folder it would be made in)
+        held = next((p for p in (Path(path), *Path(path).parents) if os.path.exists(p)), None)
+        words = owner_words(held) if held is not None else ""
+        if not words:
+            return f"{path}: {e.strerror}"
+        what = "it is" if held == Path(path) else f"{held} is"
+        return (f"{path} cannot be written by this agent's user ({e.strerror}; {what}{words[len('; it is'):]}): "
+                f"give {'it' if held == Path(path) else held} to that user (`chown {login()}: {held}`)")
     shut = next((p for p in Path(path).parents if os.path.isdir(p) and not os.access(p, os.R_OK | os.X_OK)), None)
     if shut is not None:  # (a folder on the way that this user may not enter)
         return (f"{path} cannot be read by this agent's user ({e.strerror}): its folder {shut} cannot be entered"

@@ -312,3 +312,50 @@ def test_frames_whose_colour_image_shows_nothing_are_not_recorded_and_are_said(t
     assert "1 frame(s) whose colour image shows nothing, not recorded" in report.summary()
     assert any(r.getMessage().startswith("the colour image is black") for r in caplog.records)
     assert np.array_equal(read_raw_frame(tmp_path / "kept", 1).rgb, src.frame(2).rgb)
+
+
+def test_capture_reference_refuses_an_output_it_cannot_write_before_recording_and_says_a_full_disk(
+        tmp_path, small_fs, capsys):
+    """Until 2026-12-07 capture-reference recorded the empty surface first and then ended in a
+    traceback where it could not write --out (a folder there, a missing folder, a full disk)."""
+    cfg = station_config(tmp_path, SYNTH)
+    args = ["--frames", "2", "--config", str(cfg), "--env-file", "/nonexistent"]
+    (tmp_path / "a-folder").mkdir()
+    assert main(["agent", "capture-reference", "--out", str(tmp_path / "a-folder"), *args]) == 2
+    err = capsys.readouterr().err
+    assert "is a folder; give a file's path" in err and "recording" not in err, err
+    assert main(["agent", "capture-reference", "--out", str(tmp_path / "new" / "ref.npz"), *args]) == 0
+    assert (tmp_path / "new" / "ref.npz").is_file()  # (its folder made, as capture-frames makes its own)
+    capsys.readouterr()
+    filler = fill_file_system(small_fs)
+    assert main(["agent", "capture-reference", "--out", str(small_fs / "ref.npz"), *args]) == 1
+    err = capsys.readouterr().err
+    assert "the surface reference was not written: " in err and "No space left on device" in err, err
+    assert f"nothing was written to {small_fs / 'ref.npz'}" in err and "Traceback" not in err, err
+    assert not (small_fs / "ref.npz").exists() and not list(small_fs.glob("ref.npz*"))
+    assert filler.exists()
+
+
+def test_capture_commands_name_a_folder_that_is_another_users(station_user, tmp_path):
+    """Run as the station's own user into a folder made with sudo: capture-reference ended in a
+    traceback after recording, capture-frames said '[Errno 13] Permission denied'."""
+    from tests.agent.conftest import NOBODY, ROOT
+    wrap, base = station_user
+    cfg = station_config(base, SYNTH)
+    cfg.chmod(0o644)
+    (base / "frames").mkdir()
+
+    def as_user(*args) -> subprocess.CompletedProcess:
+        code = ("import sys\nfrom adgan.cli import main\n"
+                f"sys.exit(main(['agent', *{list(args)!r}, '--config', {str(cfg)!r}, '--env-file', '/nonexistent']))")
+        return subprocess.run([*wrap, sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                              timeout=120)
+    owned = f"is owned by root (uid 0), mode 0755, and this agent runs as nobody (uid {NOBODY})"
+    r = as_user("capture-reference", "--out", str(base / "ref.npz"), "--frames", "2")
+    assert r.returncode == 2 and "recording" not in r.stderr, r.stderr
+    assert f"{base} cannot be written by this agent's user (Permission denied; it {owned}): give it to that user " \
+           f"(`chown nobody: {base}`)" in r.stderr, r.stderr
+    r = as_user("capture-frames", "--out", str(base / "frames" / "sphere"), "--count", "2")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert f"the capture stopped: {base / 'frames' / 'sphere'} cannot be written by this agent's user (Permission " \
+           f"denied; {base / 'frames'} {owned}): give {base / 'frames'} to that user" in r.stderr, r.stderr
