@@ -15,6 +15,7 @@ import torch
 from agent import __version__, durable
 from agent.decide.anomaly_map import check_background, check_sigma
 from agent.scoring.bundle import BUNDLE_FORMAT, MANIFEST, SearchDefaults, sha256_file
+from agent.scoring.bump import Bump, BumpCheck, bump_score
 from agent.scoring.relief import Relief, ReliefCheck, relief_score
 from agent.scoring.shape import Shape, ShapeCheck, shape_features
 from export.onnx_export import OPSET, export_encoder, export_graphs, loss_io, step_io
@@ -101,7 +102,8 @@ def write_bundle(run: str | Path, out: str | Path, search: SearchDefaults, use_e
                  force: bool = False, data: str | Path | None = None, progress: bool = False,
                  operating_point: dict | None = None, relief: Relief | None = None,
                  relief_samples: int = RELIEF_SAMPLES, shape: Shape | None = None,
-                 heat_sigma: float | None = 0.0, heat_background: str | None = "black") -> dict:
+                 heat_sigma: float | None = 0.0, heat_background: str | None = "black",
+                 bump: Bump | None = None) -> dict:
     """Export a training run's generator (and its encoder, for z_init "encoder") as a bundle
     directory. With score_norm "train" the run's training samples (from `data` if the dataset
     moved) are scored once to standardise the local score per cell; with `relief`, up to
@@ -110,11 +112,13 @@ def write_bundle(run: str | Path, out: str | Path, search: SearchDefaults, use_e
     (agent/scoring/shape.py). `heat_sigma` smooths the anomaly map (pixels of the model input; None:
     the export's default for the generator's size, `recipe_heat_sigma`); `heat_background` is what the
     map compares the input's background with ("drawn": G's own; "black": -1; None: the export's
-    default, RECIPE_HEAT_BACKGROUND)."""
+    default, RECIPE_HEAT_BACKGROUND). With `bump`, the same parts reference the bump check
+    (agent/scoring/bump.py)."""
     if heat_sigma is not None:
         check_sigma(heat_sigma)
     heat_background = RECIPE_HEAT_BACKGROUND if heat_background is None else check_background(heat_background)
-    if (relief is not None or shape is not None) and relief_samples < 2:
+    checks = relief is not None or shape is not None or bump is not None
+    if checks and relief_samples < 2:
         raise ValueError(f"the checks' reference needs at least 2 training samples, got {relief_samples}")
     st = load_checkpoint(run)
     g, which = generator_from_checkpoint(st, use_ema)
@@ -136,7 +140,7 @@ def write_bundle(run: str | Path, out: str | Path, search: SearchDefaults, use_e
         info["training"]["encoder"] = {k: est[k] for k in ("epochs", "loss", "fg_threshold", "features", "seed")}
     if operating_point is not None:
         info["operating_point"] = operating_point
-    if search.score_norm == "none" and relief is None and shape is None:
+    if search.score_norm == "none" and not checks:
         return write_generator_bundle(g, out, search, info, force, encoder, heat_sigma=heat_sigma,
                                       heat_background=heat_background)
     # Statistics of the run's own training samples, scored by the runtime's engine and search:
@@ -147,7 +151,7 @@ def write_bundle(run: str | Path, out: str | Path, search: SearchDefaults, use_e
     from training.data import load_run_data
     cd = load_run_data(st, data, run)
     frames = f"{cd.frames[0]}..{cd.frames[-1]}"
-    cell_stats, stats, check, shape_check = None, None, None, None
+    cell_stats, stats, check, shape_check, bump_check = None, None, None, None, None
     with _stats_folder(out) as tmp:
         if search.score_norm != "none":
             one = replace(search, score_norm="none", parts_per_call=1, seeds_per_call=search.n_seed)
@@ -157,20 +161,22 @@ def write_bundle(run: str | Path, out: str | Path, search: SearchDefaults, use_e
             stats = {"samples": int(len(energies)), "frames": frames, "sd_floor": SD_FLOOR,
                      "mu_max": round(float(cell_stats[0].max()), 6),
                      "sd_median": round(float(np.median(cell_stats[1])), 6)}
-        if relief is not None or shape is not None:
+        if checks:
             write_generator_bundle(g, Path(tmp) / "r", search, info, False, encoder, cell_stats, stats)
             x = cd.x.numpy()
             idx = spread(len(x), relief_samples)
             searches = [r.score for _, r in runtime_results(Path(tmp) / "r", x[idx], "training parts", progress)]
             if relief is not None:
                 check = ReliefCheck.from_samples(relief, searches, [relief_score(x[i], relief) for i in idx], frames)
+            if bump is not None:
+                bump_check = BumpCheck.from_samples(bump, searches, [bump_score(x[i], bump) for i in idx], frames)
             if shape is not None:
                 shape_check = shape_reference(shape, x, cd.frames, searches, frames)
         # the bundle's graphs are the ones the training parts were just scored with (the same
         # generator, search, encoder and statistics): copied, not exported again
-        graphs_from = Path(tmp) / "r" if relief is not None or shape is not None else None
+        graphs_from = Path(tmp) / "r" if checks else None
         return write_generator_bundle(g, out, search, info, force, encoder, cell_stats, stats, check, shape_check,
-                                      heat_sigma, heat_background, graphs_from=graphs_from)
+                                      heat_sigma, heat_background, graphs_from=graphs_from, bump=bump_check)
 
 
 @contextlib.contextmanager
@@ -251,11 +257,12 @@ def write_generator_bundle(g: Generator, out: str | Path, search: SearchDefaults
                            force: bool = False, encoder=None, cell_stats: tuple | None = None,
                            stats_info: dict | None = None, relief: ReliefCheck | None = None,
                            shape: ShapeCheck | None = None, heat_sigma: float = 0.0,
-                           heat_background: str = "black", graphs_from: Path | None = None) -> dict:
+                           heat_background: str = "black", graphs_from: Path | None = None,
+                           bump: BumpCheck | None = None) -> dict:
     """Write a bundle for generator `g`; `info` gives class, kind, preprocessing and training;
     `cell_stats` (mu, sd) per cell standardise the local score (search.score_norm "train");
     `relief` is the depth relief check beside the search (the manifest's "relief"), `shape` the
-    surface shape check (its "shape"); `heat_sigma` > 0 smooths the anomaly map and
+    surface shape check (its "shape"), `bump` the bump check (its "bump"); `heat_sigma` > 0 smooths the anomaly map and
     `heat_background` "drawn" compares the input's background with G's own (its "heat");
     `graphs_from` is a bundle folder written by this function for the same `g`, `search`, `encoder`
     and `cell_stats` (export's reference for the checks): its ONNX graphs are copied, not
@@ -316,6 +323,7 @@ def write_generator_bundle(g: Generator, out: str | Path, search: SearchDefaults
             **({"operating_point": info["operating_point"]} if "operating_point" in info else {}),
             **({"score_stats": {"file": "cell_stats.npz", **(stats_info or {})}} if cell_stats is not None else {}),
             **({"relief": relief.to_dict()} if relief is not None else {}),
+            **({"bump": bump.to_dict()} if bump is not None else {}),
             **({"shape": shape.to_dict()} if shape is not None else {}),
             **({"heat": heat} if heat else {}),
             "files": files,

@@ -21,6 +21,7 @@ import numpy as np
 
 from agent.decide.anomaly_map import check_background, check_sigma
 from agent.records import Record, record
+from agent.scoring.bump import BumpCheck
 from agent.scoring.relief import ReliefCheck
 from agent.scoring.shape import ShapeCheck
 from agent.segment.preprocess import Preprocessing
@@ -192,6 +193,8 @@ class Bundle:
         self.cell_stats: tuple[np.ndarray, np.ndarray] | None = None  # (mu, sd) per cell, score_norm "train"
         # the depth relief check beside the search (agent/scoring/relief.py), when exported with it
         self.relief: ReliefCheck | None = ReliefCheck.from_dict(manifest["relief"]) if manifest.get("relief") else None
+        # the bump check (agent/scoring/bump.py), when exported with it (adgan export --bump)
+        self.bump: BumpCheck | None = BumpCheck.from_dict(manifest["bump"]) if manifest.get("bump") else None
         # the surface shape check (agent/scoring/shape.py), when exported with it
         self.shape: ShapeCheck | None = ShapeCheck.from_dict(manifest["shape"]) if manifest.get("shape") else None
         # the anomaly map's smoothing, pixels of the model input (agent/decide/anomaly_map.py); 0 in
@@ -299,7 +302,7 @@ class Bundle:
         s = self.search
         return (f"{self.cls} {self.kind} bundle {self.bundle_hash[:12]} ({self.size}px, theta scope {s.theta_scope}, "
                 f"loss {s.loss}, n_seed {s.n_seed}, k {s.k}" + (", depth relief" if self.relief else "")
-                + (", surface shape" if self.shape else "") + ")")
+                + (", bump" if self.bump else "") + (", surface shape" if self.shape else "") + ")")
 
     def describe_score(self) -> str:
         """The image score, in words (reports): the search's, and the checks beside it."""
@@ -307,4 +310,4 @@ class Bundle:
         if self.relief:
             surface = self.relief.params.surface
             out += " + relief" + ("" if surface == "plane" else f" ({surface})")
-        return out + (" + shape" if self.shape else "")
+        return out + (" + bump" if self.bump else "") + (" + shape" if self.shape else "")

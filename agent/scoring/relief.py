@@ -29,6 +29,7 @@ engine. `ReliefCheck` turns it into the part's image score beside the search's (
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import cv2
 import numpy as np
@@ -135,7 +136,10 @@ class ReliefCheck:
         score = max(search, search_median + search_scale * (relief - relief_median) / relief_scale)
 
     so a part whose surface is as smooth as the training parts' keeps the search's score, and a
-    dent as unusual (in deviations) as a badly drawn part scores as high."""
+    dent as unusual (in deviations) as a badly drawn part scores as high. (agent/scoring/bump.py's
+    BumpCheck is the same with its own parameters: `PARAMS`, `NAME`.)"""
+    PARAMS: ClassVar[type] = Relief
+    NAME: ClassVar[str] = "relief"
     params: Relief
     search_median: float
     search_scale: float
@@ -145,7 +149,7 @@ class ReliefCheck:
     frames: str = ""
 
     def __post_init__(self) -> None:
-        check_reference("relief", (self.search_median, self.relief_median), (self.search_scale, self.relief_scale))
+        check_reference(self.NAME, (self.search_median, self.relief_median), (self.search_scale, self.relief_scale))
 
     @classmethod
     def from_samples(cls, params: Relief, search_scores, reliefs, frames: str = "") -> "ReliefCheck":
@@ -183,12 +187,12 @@ class ReliefCheck:
     @classmethod
     def from_dict(cls, d: dict) -> "ReliefCheck":
         if not isinstance(d, dict) or not isinstance(d.get("reference"), dict):
-            raise ValueError("the relief block needs its parameters and a 'reference'")
+            raise ValueError(f"the {cls.NAME} block needs its parameters and a 'reference'")
         ref = dict(d["reference"])
-        params = Relief.from_dict({k: v for k, v in d.items() if k != "reference"})
+        params = cls.PARAMS.from_dict({k: v for k, v in d.items() if k != "reference"})
         bad = set(ref) - {"search_median", "search_scale", "relief_median", "relief_scale", "samples", "frames"}
         if bad:
-            raise ValueError(f"unknown relief reference field(s) {sorted(bad)}")
+            raise ValueError(f"unknown {cls.NAME} reference field(s) {sorted(bad)}")
         return cls(params, **ref)
 
 

@@ -8,6 +8,7 @@ import numpy as np
 
 from agent.scoring.backend import Backend
 from agent.scoring.bundle import Bundle, SearchDefaults
+from agent.scoring.bump import bump_map
 from agent.scoring.relief import relief_map
 
 
@@ -23,11 +24,13 @@ class ScoreResult:
     #                                        anomaly map's units (ReliefCheck.heat)
     shape: float | None = None  # the part's distance to the training parts' surface shapes (bundles with a
     #                             shape check; None where the part has too few interior pixels)
+    bump: float | None = None  # the part's largest protrusion from its local surface (bundles with a bump
+    #                            check); where it gives the score, relief_decides is true and relief_heat holds it
 
 
 def result(bundle: Bundle, x: np.ndarray, per_seed: np.ndarray, reconstruction: np.ndarray) -> ScoreResult:
-    """A part's result from its search: the mean final loss, the bundle's relief check (the larger
-    of the two), and its shape check (added where the part's shape is unusual)."""
+    """A part's result from its search: the mean final loss, the bundle's relief and bump checks (the
+    largest of them), and its shape check (added where the part's shape is unusual)."""
     search = float(per_seed.mean())
     out = ScoreResult(search, per_seed, reconstruction, search)
     check = bundle.relief
@@ -36,6 +39,12 @@ def result(bundle: Bundle, x: np.ndarray, per_seed: np.ndarray, reconstruction: 
         r = float(m.max())
         out = replace(out, score=check.score(search, r), relief=r, relief_decides=check.decides(search, r),
                       relief_heat=check.heat(m))
+    if bundle.bump is not None:  # (surface pushed towards the camera: agent/scoring/bump.py)
+        m = bump_map(x, bundle.bump.params)
+        b, heat = float(m.max()), bundle.bump.heat(m)
+        out = replace(out, score=max(out.score, bundle.bump.in_search_units(b)), bump=b,
+                      relief_decides=out.relief_decides or bundle.bump.decides(out.score, b),
+                      relief_heat=heat if out.relief_heat is None else np.maximum(out.relief_heat, heat))
     if bundle.shape is not None:
         d = bundle.shape.distance(x)
         out = replace(out, score=out.score + bundle.shape.excess(d), shape=d)
