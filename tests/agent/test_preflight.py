@@ -428,3 +428,22 @@ def test_files_left_by_a_run_as_root_are_named_with_their_owner_and_the_fix(stat
     rc, err = as_user(wrap, cfg)
     assert rc == 2 and f"cannot write in {state} (Permission denied; it is owned by root (uid 0), mode 0755" in err
     assert f"`chown nobody: {state}`" in err, err
+
+
+def test_root_in_a_folder_another_user_owns_is_warned_that_its_files_will_be_roots(calibrated, tmp_path, capsys):
+    """The cause of the refusal above, said before it happens: an agent started by hand with sudo in
+    the unit's state folder."""
+    from tests.agent.conftest import NOBODY
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    bundle, thresholds = calibrated
+    state = tmp_path / "state"
+    state.mkdir()
+    cfg = agent_config(tmp_path, 1, bundle, thresholds, SRC)
+    cfg.write_text(cfg.read_text().replace(str(tmp_path / "outbox.sqlite"), str(state / "outbox.sqlite")))
+    rc, err = validate(cfg, capsys)
+    assert rc == 0 and "runs as root" not in err, err
+    os.chown(state, NOBODY, NOBODY)
+    rc, err = validate(cfg, capsys)
+    assert rc == 0 and f"warning: outbox.path: this agent runs as root in {state}, which nobody (uid {NOBODY}) " \
+        "owns" in err and f"`chown nobody: {state / 'outbox.sqlite'}*`" in err, err
