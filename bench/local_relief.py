@@ -35,6 +35,7 @@ import numpy as np
 
 from blocked_cv import blocks, damage_command, run, screen_arguments
 from symmetry_screen import auroc, zscore
+from symmetry_screen import features as part_features
 
 FEATURES = ("both", "nearer", "farther")
 OTHER = ("scratch", "crack", "notch", "bump", "smudge")
@@ -62,20 +63,7 @@ def local_relief(x: np.ndarray, k: int = 7, erode: int = 4, dropout: float | Non
 
 def features(folder: Path, frames: tuple[int, int] | None, k: int = 7, dropout: float | None = None
              ) -> dict[int, np.ndarray]:
-    from agent.frame import NoObjectError
-    from agent.segment.preprocess import Preprocessing, sample_to_input
-    from agent.sources.dataset import frame_numbers, read_model_sample
-    want = Preprocessing(framing="object", size=64)
-    out = {}
-    for n in frame_numbers(folder, frames):
-        try:
-            x = sample_to_input(read_model_sample(folder, n, want))
-        except NoObjectError:
-            continue
-        f = local_relief(x, k, dropout=dropout)
-        if f is not None:
-            out[n] = f
-    return out
+    return part_features(folder, frames, lambda x: local_relief(x, k, dropout=dropout))
 
 
 def main(argv=None) -> int:

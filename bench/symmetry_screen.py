@@ -72,7 +72,9 @@ def asymmetry(x: np.ndarray) -> np.ndarray | None:
     return out
 
 
-def features(folder: Path, frames: tuple[int, int] | None) -> dict[int, np.ndarray]:
+def features(folder: Path, frames: tuple[int, int] | None, of=asymmetry) -> dict[int, np.ndarray]:
+    """{frame: of(x)} over the folder's parts read as crop-to-part model inputs (64 px); parts with no
+    object, or whose `of` is None, left out. (bench/local_relief.py reads its parts the same way.)"""
     from agent.frame import NoObjectError
     from agent.segment.preprocess import Preprocessing, sample_to_input
     from agent.sources.dataset import frame_numbers, read_model_sample
@@ -83,7 +85,7 @@ def features(folder: Path, frames: tuple[int, int] | None) -> dict[int, np.ndarr
             x = sample_to_input(read_model_sample(folder, n, want))
         except NoObjectError:
             continue
-        f = asymmetry(x)
+        f = of(x)
         if f is not None:
             out[n] = f
     return out
