@@ -321,9 +321,9 @@ def permission_words(e: OSError, write: bool = False) -> str:
             f"(`chown {login()}: {path}`, `-R` for a folder) or let every user read it (`chmod a+r {path}`)")
 
 
-def login() -> str:
-    """This process's user's name, or its uid where the system lists none."""
-    return user_name(os.geteuid()).split(" (")[0].removeprefix("uid ")
+def login(uid: int | None = None) -> str:
+    """A user's name (this process's by default), or its uid where the system lists none: for a chown."""
+    return user_name(os.geteuid() if uid is None else uid).split(" (")[0].removeprefix("uid ")
 
 
 def user_name(uid: int) -> str:

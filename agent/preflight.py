@@ -167,11 +167,11 @@ def check_outbox(s: AgentSettings, r: Report) -> None:
         return
     owner = folder.stat().st_uid if folder.is_dir() else 0
     if os.geteuid() == 0 and owner != 0:  # (by hand with sudo, beside a unit that runs as that user)
-        name = durable.user_name(owner)
-        r.warnings.append(f"outbox.path: this agent runs as root in {folder}, which {name} owns (the unit's "
-                          "User=): what it writes there is root's, and an agent run as that user cannot write it "
-                          f"afterwards; run it as that user (`sudo -u {name.split(' (')[0]} adgan agent ...`) or "
-                          f"give the files back after (`chown {name.split(' (')[0]}: {path}*`)")
+        who = durable.login(owner)
+        r.warnings.append(f"outbox.path: this agent runs as root in {folder}, which {durable.user_name(owner)} owns "
+                          "(the unit's User=): what it writes there is root's, and an agent run as that user cannot "
+                          f"write it afterwards; run it as that user (`sudo -u {who} adgan agent ...`) or give the "
+                          f"files back after (`chown {who}: {path}*`)")
     if path.exists():
         if not path.is_file() or not os.access(path, os.R_OK | os.W_OK):
             r.problems.append(SettingError("outbox.path", f"{path}: exists but is not a readable, writable file"))

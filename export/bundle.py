@@ -262,8 +262,8 @@ def write_generator_bundle(g: Generator, out: str | Path, search: SearchDefaults
     """Write a bundle for generator `g`; `info` gives class, kind, preprocessing and training;
     `cell_stats` (mu, sd) per cell standardise the local score (search.score_norm "train");
     `relief` is the depth relief check beside the search (the manifest's "relief"), `shape` the
-    surface shape check (its "shape"), `bump` the bump check (its "bump"); `heat_sigma` > 0 smooths the anomaly map and
-    `heat_background` "drawn" compares the input's background with G's own (its "heat");
+    surface shape check (its "shape"), `bump` the bump check (its "bump"); `heat_sigma` > 0 smooths
+    the anomaly map and `heat_background` "drawn" compares the input's background with G's own (its "heat");
     `graphs_from` is a bundle folder written by this function for the same `g`, `search`, `encoder`
     and `cell_stats` (export's reference for the checks): its ONNX graphs are copied, not
     exported again (half an export's time)."""

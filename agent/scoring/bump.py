@@ -14,7 +14,7 @@ The map is how far the interior lies in front of its local median, box-averaged 
 the score its largest value, in the model's depth units. `BumpCheck` enters it into the part's
 image score as the relief check does (the larger of the two, in the search's units against the
 run's training parts). Blocked CV screen and a proxy on three bundles: bench/RESULTS.md, "A local
-relief screen". Opt-in (`adgan export --bump`), not a default. Numpy only, ~1 ms per part.
+relief screen". Opt-in (`adgan export --bump`), not a default. Numpy only, ~0.2 ms per part.
 """
 from __future__ import annotations
 

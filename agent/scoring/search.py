@@ -19,7 +19,7 @@ class ScoreResult:
     reconstruction: np.ndarray  # G(z*) of the best seed, (4, H, W) in [-1, 1]
     search: float | None = None  # the search's score, the mean of per_seed
     relief: float | None = None  # the part's depth relief (bundles with a relief check)
-    relief_decides: bool = False  # the relief, not the search, gave the score
+    relief_decides: bool = False  # the relief (or the bump), not the search, gave the score
     relief_heat: np.ndarray | None = None  # (H, W) the relief map (whose largest window is `relief`) in the
     #                                        anomaly map's units (ReliefCheck.heat)
     shape: float | None = None  # the part's distance to the training parts' surface shapes (bundles with a
