@@ -224,9 +224,9 @@ def add_parser(sub) -> None:
                    help="add the bump check (opt-in, not a default): a part's surface pushed towards the camera "
                         "(a bump, a blister, a bead of glue), against the depth's own median over 15 px, depth "
                         "dropouts left out, raises its score as the relief check's dents do; the relief check sees "
-                        "only surface pushed away. On three bundles it lifted bumps from chance to 0.67-0.85 and "
-                        "cost our own damage 0.00-0.01 (bench/RESULTS.md, 'A local relief screen'). Export needs "
-                        "the run's training data")
+                        "only surface pushed away. On three bundles it lifted bumps from chance to 0.68-0.86 and "
+                        "cost our own damage 0.00-0.02 and the cylinders' class swaps 0.03 (bench/RESULTS.md, 'A "
+                        "local relief screen'). Export needs the run's training data")
     q.add_argument("--heat-sigma", type=float, default=None, metavar="PX",
                    help="smooth the anomaly map (events' map and box, evaluate's pixel AUROC, PRO and figures) by "
                         "a Gaussian of PX pixels of the model input (default 2 per 64 px of input, since "
