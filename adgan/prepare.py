@@ -66,9 +66,9 @@ def prepare_samples(raw: str | Path, out: str | Path, prep: Preprocessing, cfg: 
                 log.warning("frame %d: no object after segmentation, skipped", n)
                 skipped += 1
         if not written:
-            why = ""
-            if unseen:
-                why = f" ({skipped} without, {unseen} cut off by the view or not shown by the colour image)"
-            raise ValueError(f"{folder}: none of its {skipped + unseen} frames has an object after segmentation{why}; "
-                             f"nothing written{' (' + str(out) + ' is left as it was)' if out.exists() else ''}")
+            why = (f"none of its {skipped} frames has an object after segmentation" if not unseen else
+                   f"none of its {skipped + unseen} frames gave a sample ({skipped} without an object, {unseen} "
+                   "whose part is cut off by the view or not shown by the colour image)")
+            raise ValueError(f"{folder}: {why}; nothing written"
+                             f"{' (' + str(out) + ' is left as it was)' if out.exists() else ''}")
     return written, skipped, unseen

@@ -158,3 +158,10 @@ def test_prepare_skips_parts_the_agent_would_not_judge_and_says_so(tmp_path, cap
     logged = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("frame 1: the part reaches the left edge of the view (the frame)") for m in logged)
     assert any(m.startswith("frame 2: the colour image is black") for m in logged), logged
+    # none of them whole: nothing written, and the error does not say they had no object
+    assert main(["dataset", "prepare", str(tmp_path / "raw"), "--out", str(tmp_path / "none"), "--size", "32",
+                 "--frames", "1:3"]) != 0
+    err = capsys.readouterr().err
+    assert "none of its 2 frames gave a sample (0 without an object, 2 whose part is cut off by the view or not " \
+        "shown by the colour image); nothing written" in err, err
+    assert not (tmp_path / "none").exists()
