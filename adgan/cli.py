@@ -93,8 +93,40 @@ def standard_streams() -> None:
             setattr(sys, name, open(fd, "w", buffering=1, errors="backslashreplace", closefd=False))
 
 
+# Address space (ulimit -v, a unit's LimitAS=) below which the command fails, mostly without saying why;
+# measured on 2026-12-07 (agent run, one bundle, ONNX Runtime on 2 cores): at 439 MiB `import cv2` dies of
+# SIGSEGV, at 586 MiB no thread starts, at 879 MiB OpenCV's worker threads fail; at 977 MiB it ran with
+# 11 MiB to spare (it maps ~1.4 GiB with ~120 MiB in memory when nothing limits it).
+ADDRESS_SPACE_FLOOR = 1 << 30
+
+
+def address_space(limit: int) -> tuple[str, bool] | None:
+    """What to say of the process's address-space limit `limit` (bytes; RLIM_INFINITY: none), and
+    whether to refuse to start: the libraries loaded (OpenCV, ONNX Runtime, CUDA) reserve much more
+    address space than they use, so such a limit breaks them where a memory limit would not."""
+    import resource
+    if limit == resource.RLIM_INFINITY or limit < 0:
+        return None
+    mb = limit / (1 << 20)
+    fix = ("Bound memory with MemoryMax= in the unit (it counts what is used) and remove LimitAS= (or "
+           "'ulimit -v')")
+    if limit < ADDRESS_SPACE_FLOOR:
+        return (f"this process may map at most {mb:.0f} MiB of address space (LimitAS= or 'ulimit -v'), less "
+                f"than its libraries need ({ADDRESS_SPACE_FLOOR >> 20} MiB at least: OpenCV dies at its import at "
+                f"439 MiB, no thread starts at 586 MiB, OpenCV's threads fail at 879 MiB): not started. {fix}"), True
+    return (f"this process may map at most {mb:.0f} MiB of address space (LimitAS= or 'ulimit -v'): its "
+            f"libraries reserve more than they use (ONNX Runtime on the CPU ~1.4 GiB for ~120 MiB used; CUDA and "
+            f"TensorRT far more), so a thread, an engine or a request may fail later. {fix}"), False
+
+
 def main(argv: list[str] | None = None) -> int:
     standard_streams()
+    import resource
+    said = address_space(resource.getrlimit(resource.RLIMIT_AS)[0])
+    if said is not None:  # (before anything is imported: under a low limit OpenCV's import dies of SIGSEGV)
+        print(f"adgan: {'error' if said[1] else 'warning'}: {said[0]}", file=sys.stderr)
+        if said[1]:
+            return 2
     from agent.logsink import FORMAT
     from agent.scoring.backend import BackendUnavailable
     from agent.scoring.tensorrt import EngineBuildFailed

@@ -154,6 +154,44 @@ def test_console_script_runs():
     assert r.returncode == 0 and "adgan-edge" in r.stdout
 
 
+def _under_address_space(limit_kb: int, *args: str) -> subprocess.CompletedProcess:
+    """`adgan ARGS` with its address space limited as `ulimit -v` (a unit's LimitAS=) does."""
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit_kb << 10, limit_kb << 10))
+    return subprocess.run([sys.executable, "-m", "adgan", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, preexec_fn=limit)
+
+
+def test_a_low_address_space_limit_is_said_not_a_silent_crash(tmp_path):
+    """Under `ulimit -v` 450,000 kB (LimitAS=) `adgan agent validate-config` and `run` died of SIGSEGV in
+    OpenCV's import, without a word (rc -11: a unit restarting for ever); at 600,000 kB `run` ended in
+    "can't start new thread". Now one line names the limit and the fix, exit 2; a limit above the
+    floor is a warning and the command goes on."""
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text('station_id = "st1"\n')
+    for kb in (450_000, 600_000):
+        r = _under_address_space(kb, "agent", "validate-config", "--config", str(cfg))
+        assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+        assert r.stderr.startswith(f"adgan: error: this process may map at most {round(kb / 1024)} MiB of address space "
+                                   "(LimitAS= or 'ulimit -v')"), r.stderr
+        assert "not started. Bound memory with MemoryMax= in the unit" in r.stderr and "invalid setting" not in r.stderr
+    r = _under_address_space(3_000_000, "agent", "validate-config", "--config", str(cfg))
+    assert r.stderr.startswith("adgan: warning: this process may map at most 2930 MiB of address space"), r.stderr
+    assert r.returncode == 2 and "invalid setting(s)" in r.stderr  # (it went on to read the configuration)
+
+
+def test_address_space_bands():
+    import resource
+
+    from adgan.cli import ADDRESS_SPACE_FLOOR, address_space
+    assert address_space(resource.RLIM_INFINITY) is None
+    assert address_space(ADDRESS_SPACE_FLOOR - 1)[1] is True
+    words, refused = address_space(ADDRESS_SPACE_FLOOR)
+    assert refused is False and "MemoryMax=" in words and "1024 MiB" in words
+
+
 def test_synth_damage_writes_twins_that_differ_by_the_defect_alone(tmp_path):
     """The renderer's own defects: each twin is the intact scene (same pose, light and sensor
     noise) with one defect, its mask the pixels the defect changed; same seed, same bytes."""
