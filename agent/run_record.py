@@ -19,7 +19,9 @@ A crash's stacks (faulthandler: a fatal signal in native code, systemd's watchdo
 to `<outbox>.stacks` (`open_stacks`), not to stderr: written there in the signal handler, they
 cannot wait on a log output that takes nothing (a stuck journal held the crashed process until
 systemd killed it), and they survive a journal kept in memory only. The next start logs them and
-names the crash in `status.previous_run` (`fatal`, `where`), then empties the file.
+names the crash in `status.previous_run` (`fatal`, `where`), then empties the file. Its blocks
+are set aside beforehand (MAX_STACKS, beyond its end: `reserve_stacks`), so that a crash on a full
+disk still writes its stacks: until 2026-12-07 they were lost there (ENOSPC in the signal handler).
 """
 from __future__ import annotations
 
@@ -68,16 +70,46 @@ def stacks_path(outbox: str | Path) -> Path:
     return outbox.with_name(outbox.name + STACKS_SUFFIX)
 
 
+def reserve_stacks(fd: int) -> bool:
+    """Set MAX_STACKS bytes of the disk aside beyond the end of the open stacks file `fd`, its size
+    unchanged (fallocate, FALLOC_FL_KEEP_SIZE): a crash's stacks appended there need no new block,
+    so they are written on a full disk. False where the file system cannot (then, as before, a full
+    disk loses them)."""
+    global _fallocate
+    if _fallocate is None:
+        import ctypes
+        import ctypes.util
+        try:
+            f = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).fallocate
+        except (OSError, AttributeError):  # (not Linux)
+            f = False
+        else:
+            f.argtypes, f.restype = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64], ctypes.c_int
+        _fallocate = f
+    try:
+        return bool(_fallocate) and _fallocate(fd, FALLOC_FL_KEEP_SIZE, os.fstat(fd).st_size, MAX_STACKS) == 0
+    except OSError:
+        return False
+
+
+FALLOC_FL_KEEP_SIZE = 1
+_fallocate = None  # libc's fallocate, once looked up (False: none)
+
+
 def open_stacks(outbox: str | Path):
     """The file a crash's stacks are appended to (for faulthandler.enable; kept open for the
-    process's life), or None where it cannot be opened (then stderr takes them, as before)."""
+    process's life), its blocks set aside (`reserve_stacks`), or None where it cannot be opened
+    (then stderr takes them, as before)."""
     path = stacks_path(outbox)
     try:
         path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)  # (a new state folder: made as the outbox's)
-        return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab", 0)
+        f = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab", 0)
     except OSError as e:
         log.warning("cannot open %s (%s): a crash's stacks go to stderr", path, e)
         return None
+    if not reserve_stacks(f.fileno()):
+        log.info("%s: no space set aside for a crash's stacks (a full disk at a crash would lose them)", path)
+    return f
 
 
 def _crash(text: str) -> dict[str, str]:
@@ -147,7 +179,9 @@ class RunRecord:
                 f.seek(max(0, os.fstat(f.fileno()).st_size - MAX_STACKS))
                 text = f.read(MAX_STACKS).decode("utf-8", "replace")
             if text:
-                os.truncate(self.stacks, 0)
+                with open(self.stacks, "ab") as f:  # (emptied, its blocks set aside again: truncation gave them back)
+                    f.truncate(0)
+                    reserve_stacks(f.fileno())
             return text
         except FileNotFoundError:
             return ""

@@ -9,11 +9,14 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from agent import run_record
 from agent.run_record import RunRecord
 from adgan.cli import main
 from agent.mqtt.files import AgentLock
-from tests.agent.conftest import ROOT, AgentProcess, Subscriber, agent_config, free_port, scrape
+from tests.agent.conftest import (ROOT, AgentProcess, Subscriber, agent_config, fill_file_system, free_port, scrape,
+                                  tmpfs)
 
 
 def started(tmp_path) -> RunRecord:
@@ -257,3 +260,43 @@ def test_a_crash_into_a_stuck_log_output_ends_at_once_and_its_stacks_are_said_by
             proc.wait(10)
         os.close(r)
         sub.close()
+
+
+def test_a_crash_on_a_full_disk_still_writes_its_stacks(broker, calibrated, synth_data, tmp_path):
+    """The state folder's disk full (no outbox reserve to give back) when the agent crashes in native
+    code: the stacks' write failed (ENOSPC, in the signal handler) and the next start could say only
+    "killed or crashed". Their blocks are set aside at the start now, so they are written and said."""
+    bundle, thresholds = calibrated
+    with tmpfs(tmp_path / "state", "4m") as mnt:
+        src = f'type = "folder"\npath = "{synth_data / "test" / "sphere"}"\nloop = true\nfps = 10'
+        cfg = agent_config(mnt, broker.port, bundle, thresholds, src)
+        cfg.write_text(cfg.read_text().replace("reserve_mb = 1", "reserve_mb = 0"))
+        stacks = mnt / "outbox.sqlite.stacks"
+        sub = Subscriber(broker.port, "adgan/st1/status")
+        assert sub.subscribed.wait(10)
+        agent = AgentProcess(cfg, tmp_path / "1.log")
+        try:
+            assert sub.wait_for(lambda m: any(s["counters"]["events"] >= 3 for s in sub.documents("adgan/st1/status")),
+                                60), agent.output()
+            filler = fill_file_system(mnt)
+            with pytest.raises(OSError):  # (full: not even a block for a new file)
+                (mnt / "probe").write_bytes(b"x" * 4096)
+            os.kill(agent.agent_pid(), signal.SIGSEGV)
+            assert agent.proc.wait(10) == -signal.SIGSEGV
+        finally:
+            agent.stop()
+        text = stacks.read_text()
+        assert text.startswith("Fatal Python error: Segmentation fault") and 'File "' in text, (len(text), text[:200])
+        filler.unlink()
+        sub.messages.clear()
+        agent = AgentProcess(cfg, tmp_path / "2.log")
+        try:
+            assert sub.wait_for(lambda m: sub.documents("adgan/st1/status"), 30), agent.output()
+            st = sub.documents("adgan/st1/status")[-1]["previous_run"]
+            assert st["ended"] == "killed or crashed" and st["fatal"] == "Fatal Python error: Segmentation fault", st
+            assert "the run before wrote these stacks as it ended" in agent.output()
+            assert stacks.stat().st_size == 0 and stacks.stat().st_blocks * 512 >= run_record.MAX_STACKS  # (set aside again)
+            assert agent.terminate(30) == 0
+        finally:
+            agent.stop()
+            sub.close()
