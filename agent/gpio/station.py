@@ -203,10 +203,25 @@ class StationIO:
             if not more and not self._announced:
                 self._set("busy", False)
             if self.s.output_mode == "pulse":
-                t = threading.Timer(self.s.pulse_ms / 1e3, self._set, (name, False))
-                t.daemon = True
+                t = threading.Timer(self.s.pulse_ms / 1e3, self._end_pulse)
+                t.args, t.daemon = (name, t), True
                 self._timers[name] = t
-                t.start()
+                try:
+                    t.start()
+                except RuntimeError as e:  # (no thread: a unit's TasksMax= reached): held, said
+                    del self._timers[name]
+                    self.counts["output_failures"] += 1
+                    log.error("GPIO output %s: its pulse cannot be ended (%s): it stays active until the next "
+                              "verdict", name, e)
+
+    def _end_pulse(self, name: str, timer: threading.Timer) -> None:
+        """A pulse's end, from its timer, under the verdicts' lock and only while no verdict came since:
+        until 2026-12-07 the end was written without the lock, and where the next verdict came while it
+        was being written (a line write takes time), it cut that verdict's pulse short."""
+        with self._lock:
+            if self._timers.get(name) is timer:
+                del self._timers[name]
+                self._set(name, False)
 
     def ready(self, ready: bool) -> None:
         """Drive `ready` (only on changes)."""

@@ -619,3 +619,69 @@ def test_busy_stays_active_while_a_part_is_still_to_be_answered():
         assert not busy.active
     finally:
         io.close()
+
+
+def test_a_pulse_is_not_cut_short_by_the_end_of_the_one_before():
+    """Two NG parts in a row, the second's verdict while the first pulse's end was being written
+    to the line (a write takes time on a real line: an ioctl, an I/O expander on I2C). The first
+    pulse's timer wrote its "inactive" without the verdicts' lock, after the second verdict had
+    made the line active: the second NG pulse lasted the rest of that write (~40 ms here) instead
+    of pulse_ms (200 ms), short enough for a PLC scanning every 50 ms to miss the defective part."""
+    from agent.gpio.station import StationIO
+    from agent.settings import GpioSettings
+    name = f"race-{uuid.uuid4().hex[:8]}"
+    io = StationIO(GpioSettings(enabled=True, backend="memory", chip=name, ok_line=OK, ng_line=NG,
+                                output_mode="pulse", pulse_ms=200))
+    io.start()
+    ng = MemoryChip.named(name).outputs[NG]
+    plain, ending = ng.set, threading.Event()
+
+    def slow(active: bool) -> None:  # (ending a pulse takes 60 ms)
+        if not active:
+            ending.set()
+            time.sleep(0.06)
+        plain(active)
+    ng.set = slow
+    try:
+        io.verdict("anomaly")
+        assert ending.wait(5)                 # the first pulse's end is being written...
+        time.sleep(0.02)
+        io.verdict("anomaly")                 # ...when the second part's verdict comes
+        second = time.monotonic()
+        time.sleep(0.1)
+        assert ng.active, f"the second NG pulse ended {time.monotonic() - second:.3f} s after its verdict"
+        assert wait(lambda: not ng.active, 5)  # and it ends by itself
+        ups = [t for t, v in ng.history if v]
+        downs = [t for t, v in ng.history if not v]
+        assert len(ups) == 2 and len(downs) == 2 and (downs[1] - ups[1]) / 1e9 >= 0.2, ng.history
+    finally:
+        io.close()
+
+
+def test_a_pulse_whose_end_cannot_be_timed_is_held_and_said(caplog, monkeypatch):
+    """No thread for the pulse's timer (a unit's TasksMax= reached): the verdict raised out of the
+    station's I/O; now the line is held until the next verdict, counted and said."""
+    import logging
+
+    from agent.gpio.station import StationIO
+    from agent.settings import GpioSettings
+    name = f"nothread-{uuid.uuid4().hex[:8]}"
+    io = StationIO(GpioSettings(enabled=True, backend="memory", chip=name, ok_line=OK, ng_line=NG,
+                                output_mode="pulse", pulse_ms=20))
+    io.start()
+    chip = MemoryChip.named(name)
+
+    def no_thread(self) -> None:
+        raise RuntimeError("can't start new thread")
+    monkeypatch.setattr(threading.Timer, "start", no_thread)
+    try:
+        with caplog.at_level(logging.ERROR):
+            io.verdict("anomaly")
+        time.sleep(0.1)
+        assert chip.outputs[NG].active and io.status()["counts"]["output_failures"] == 1
+        assert "GPIO output ng: its pulse cannot be ended (can't start new thread): it stays active until the " \
+               "next verdict" in caplog.text
+        io.verdict("ok")
+        assert not chip.outputs[NG].active and chip.outputs[OK].active
+    finally:
+        io.close()
