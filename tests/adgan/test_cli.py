@@ -174,8 +174,8 @@ def test_a_low_address_space_limit_is_said_not_a_silent_crash(tmp_path):
     for kb in (450_000, 600_000):
         r = _under_address_space(kb, "agent", "validate-config", "--config", str(cfg))
         assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
-        assert r.stderr.startswith(f"adgan: error: this process may map at most {round(kb / 1024)} MiB of address space "
-                                   "(LimitAS= or 'ulimit -v')"), r.stderr
+        said = f"adgan: error: this process may map at most {round(kb / 1024)} MiB of address space (LimitAS= or "
+        assert r.stderr.startswith(said + "'ulimit -v')"), r.stderr
         assert "not started. Bound memory with MemoryMax= in the unit" in r.stderr and "invalid setting" not in r.stderr
     r = _under_address_space(3_000_000, "agent", "validate-config", "--config", str(cfg))
     assert r.stderr.startswith("adgan: warning: this process may map at most 2930 MiB of address space"), r.stderr

@@ -295,7 +295,8 @@ def test_a_crash_on_a_full_disk_still_writes_its_stacks(broker, calibrated, synt
             st = sub.documents("adgan/st1/status")[-1]["previous_run"]
             assert st["ended"] == "killed or crashed" and st["fatal"] == "Fatal Python error: Segmentation fault", st
             assert "the run before wrote these stacks as it ended" in agent.output()
-            assert stacks.stat().st_size == 0 and stacks.stat().st_blocks * 512 >= run_record.MAX_STACKS  # (set aside again)
+            st = stacks.stat()
+            assert st.st_size == 0 and st.st_blocks * 512 >= run_record.MAX_STACKS  # (emptied, set aside again)
             assert agent.terminate(30) == 0
         finally:
             agent.stop()
