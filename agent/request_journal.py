@@ -139,6 +139,7 @@ class RequestJournal:
         self._busy = False                   # the writer thread is writing one
         self._wake = threading.Condition()
         self._writer: threading.Thread | None = None
+        self._no_writer = False              # the writer thread could not start (said once)
         self.keys: list[str] = []            # the trigger/sets the run before took, answered or not (message keys)
         self.unreadable: dict | None = None  # the file the start could not read: where it went, why, when
         self.defer: Callable[[], bool] | None = None  # whether the calling thread's writes wait for a barrier
@@ -198,10 +199,19 @@ class RequestJournal:
             with self._wake:
                 self._later = (version, entries, next_r, True, recent)
                 if self._writer is None:
-                    self._writer = threading.Thread(target=self._write_later, name="request-journal", daemon=True)
-                    self._writer.start()
-                self._wake.notify_all()  # (the writer, and any settle waiting)
-            return
+                    writer = threading.Thread(target=self._write_later, name="request-journal", daemon=True)
+                    try:
+                        writer.start()
+                        self._writer = writer
+                    except RuntimeError as e:  # (no thread: a unit's TasksMax= reached): written here and now
+                        self._later = None     # (until 2026-12-07 never written: an unstarted writer was kept)
+                        if not self._no_writer:
+                            log.error("no thread to write the requests waiting to %s (%s): written by the thread "
+                                      "that takes them, which waits for the disk meanwhile", self.path, e)
+                        self._no_writer = True
+                if self._writer is not None:
+                    self._wake.notify_all()  # (the writer, and any settle waiting)
+                    return
         with self._lock:
             try:
                 self._keep(version, entries, next_r, recent)

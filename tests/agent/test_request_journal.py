@@ -501,3 +501,24 @@ def test_the_answers_to_requests_the_broker_held_do_not_pulse_the_gpio_verdict_l
     agent._stop_cause = "SIGTERM"
     Requests._answer_left(agent)
     assert shown[3:] == [("opcua", "H2"), ("gpio", "error"), ("opcua", None)]
+
+
+def test_a_journal_whose_writer_thread_cannot_start_writes_in_the_callers_thread(tmp_path, monkeypatch, caplog):
+    """No thread for the journal's writer (a unit's TasksMax= reached): the request raised out of
+    the trigger, and the unstarted writer was kept, so no later request was ever written either.
+    Now each is written by the thread that takes it, said once."""
+    import threading
+
+    class NoThread(threading.Thread):
+        def start(self) -> None:
+            raise RuntimeError("can't start new thread")
+    monkeypatch.setattr(request_journal.threading, "Thread", NoThread)
+    journal = RequestJournal(tmp_path / "outbox.db")
+    journal.defer = lambda: True  # (as on paho's thread reading a batch: written by the journal's thread)
+    t = CommandTrigger(max_pending=2, journal=journal)
+    with caplog.at_level(logging.ERROR):
+        assert t.request(part_id="A") and t.request(part_id="B")
+        t.barrier()
+    assert [o["part_id"] for o in kept(t)] == ["A", "B"]
+    said = [r for r in caplog.records if "no thread to write the requests waiting" in r.getMessage()]
+    assert len(said) == 1 and "can't start new thread" in said[0].getMessage()
