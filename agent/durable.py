@@ -16,6 +16,7 @@ folder's files at once (a thresholds file, a capture, a training run).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -319,6 +320,19 @@ def permission_words(e: OSError, write: bool = False) -> str:
                 f"enter and read it (`chmod -R a+rX {shut}`)")
     return (f"{path} cannot be read by this agent's user ({e.strerror}{owner_words(path)}): give it to that user "
             f"(`chown {login()}: {path}`, `-R` for a folder) or let every user read it (`chmod a+r {path}`)")
+
+
+def unreadable(path: str | Path, folder: bool = False) -> str | None:
+    """Words for a file (with `folder`: a folder to list) this process may not read, or whose folder
+    it may not enter, with its owner and the fix (`permission_words`); None where it can, or where
+    nothing is there."""
+    try:
+        there = Path(path).is_dir() if folder else Path(path).is_file()  # (EACCES on the way raises)
+        if there and not os.access(path, os.R_OK | (os.X_OK if folder else 0)):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+    except PermissionError as e:
+        return permission_words(e)
+    return None
 
 
 def login(uid: int | None = None) -> str:

@@ -249,9 +249,13 @@ def check_source(s: AgentSettings, r: Report) -> None:
     # A source that is not there yet is retried by `run` with backoff (a camera plugged in
     # later), so it is a warning here too, not a refusal.
     src = s.source
-    if src.type == "folder" and not Path(src.path).is_dir():
+    path = src.path if src.type == "folder" else src.recording if src.type == "realsense" else None
+    denied = durable.unreadable(path, folder=src.type == "folder") if path is not None else None
+    if denied:  # (until 2026-12-07 a traceback, where a folder on the way could not be entered)
+        r.problems.append(SettingError(f"source.{'path' if src.type == 'folder' else 'recording'}", denied))
+    elif src.type == "folder" and not Path(src.path).is_dir():
         r.warnings.append(f"source.path: {src.path} is not a folder (yet); the agent retries it with backoff")
-    if src.type == "realsense" and src.recording is not None and not Path(src.recording).is_file():
+    elif src.type == "realsense" and src.recording is not None and not Path(src.recording).is_file():
         r.warnings.append(f"source.recording: {src.recording} does not exist (yet); the agent retries it with "
                           "backoff")
     h = s.health
@@ -259,13 +263,12 @@ def check_source(s: AgentSettings, r: Report) -> None:
         r.warnings.append(f"health.stall_s ({h.stall_s:g} s) is not above twice health.frame_timeout_s "
                           f"({h.frame_timeout_s:g} s): a camera's wait for a frame would be said as a stall")
     ref = s.segmentation.reference
-    if ref is not None and not Path(ref).is_file():
+    denied = durable.unreadable(ref) if ref is not None else None
+    if denied:
+        r.warnings.append(f"segmentation.reference: {denied}; until it can, raw frames become error events")
+    elif ref is not None and not Path(ref).is_file():
         r.warnings.append(f"segmentation.reference: {ref} does not exist yet; until it is recorded with "
                           "'adgan agent capture-reference', raw frames become error events")
-    elif ref is not None and not os.access(ref, os.R_OK):
-        denied = PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(ref))
-        r.warnings.append(f"segmentation.reference: {durable.permission_words(denied)}; until it can, raw frames "
-                          "become error events")
 
 
 def check_secrets(s: AgentSettings, r: Report, config: str | Path | None) -> None:

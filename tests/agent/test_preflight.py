@@ -430,6 +430,40 @@ def test_files_left_by_a_run_as_root_are_named_with_their_owner_and_the_fix(stat
     assert f"`chown nobody: {state}`" in err, err
 
 
+def test_a_source_or_reference_the_agents_user_cannot_read_is_named_not_a_traceback(station_user, synth_data):
+    """A replay folder, a RealSense recording or the surface reference in a folder the unit's user may not
+    enter (root's, mode 0700: copied there with sudo): validate-config and run ended in a traceback
+    (PermissionError from the check that the path is there). Now named with the owner and the fix: the
+    source refused (exit 2: nothing could be inspected), the reference a warning, as when it is unreadable."""
+    import shutil
+    wrap, base = station_user
+    shut = base / "shut"
+    shutil.copytree(synth_data / "test" / "sphere", shut / "sphere")
+    shut.chmod(0o700)
+    for src, key in ((f'type = "folder"\npath = "{shut / "sphere"}"', "source.path"),
+                     (f'type = "realsense"\nrecording = "{shut / "x.db3"}"', "source.recording")):
+        cfg = agent_config(base, 1, base / "bundle", base / "thresholds.json", src)
+        cfg.write_text(cfg.read_text().replace(str(base / "outbox.sqlite"), str(base / "state" / "outbox.sqlite")))
+        cfg.chmod(0o644)
+        rc, err = as_user(wrap, cfg)
+        assert rc == 2 and "Traceback" not in err, err
+        assert f"{key}: {shut}/" in err and f"cannot be read by this agent's user (Permission denied): its folder " \
+            f"{shut} cannot be entered; it is owned by root (uid 0), mode 0700" in err, err
+    shut.chmod(0o755)
+    (shut / "sphere").chmod(0o700)  # (the folder itself: seen, not listed)
+    src = f'type = "folder"\npath = "{shut / "sphere"}"'
+    cfg = agent_config(base, 1, base / "bundle", base / "thresholds.json", src,
+                       extra=f'[segmentation]\nreference = "{shut / "sphere" / "ref.npz"}"\n')
+    cfg.write_text(cfg.read_text().replace(str(base / "outbox.sqlite"), str(base / "state" / "outbox.sqlite")))
+    cfg.chmod(0o644)
+    rc, err = as_user(wrap, cfg)
+    assert rc == 2 and "Traceback" not in err, err
+    assert f"source.path: {shut / 'sphere'} cannot be read by this agent's user (Permission denied; it is owned by " \
+        "root (uid 0), mode 0700" in err, err
+    assert f"warning: segmentation.reference: {shut / 'sphere' / 'ref.npz'} cannot be read by this agent's user " \
+        f"(Permission denied): its folder {shut / 'sphere'} cannot be entered" in err, err
+
+
 def test_root_in_a_folder_another_user_owns_is_warned_that_its_files_will_be_roots(calibrated, tmp_path, capsys):
     """The cause of the refusal above, said before it happens: an agent started by hand with sudo in
     the unit's state folder."""
