@@ -85,6 +85,10 @@ def check_tls(s: AgentSettings, r: Report) -> None:
     mq = s.mqtt
     if mq.tls_ca is None:
         return
+    denied = [SettingError(f"mqtt.{k}", w) for k in ("tls_ca", "tls_cert", "tls_key")
+              if getattr(mq, k) is not None and (w := durable.unreadable(getattr(mq, k)))]
+    if denied:  # (named with the owner and the fix: until 2026-12-07 "[Errno 13] Permission denied")
+        return r.problems.extend(denied)
     try:
         ctx = ssl.create_default_context(cafile=str(mq.tls_ca))
     except (OSError, ssl.SSLError) as e:
@@ -314,8 +318,9 @@ def check_interfaces(s: AgentSettings, r: Report) -> None:
                                                         "(pip install 'adgan-edge[opcua]')"))
     for key in ("certificate", "private_key"):
         path = getattr(o, key)
-        if o.security != "None" and path is not None and not Path(path).is_file():
-            r.problems.append(SettingError(f"opcua.{key}", f"{path} does not exist"))
+        denied = durable.unreadable(path) if o.security != "None" and path is not None else None
+        if denied or o.security != "None" and path is not None and not Path(path).is_file():
+            r.problems.append(SettingError(f"opcua.{key}", denied or f"{path} does not exist"))
     if o.username is not None and o.password is None:
         r.problems.append(SettingError("opcua.password", f"user {o.username!r} has no password (ADGAN_OPCUA__PASSWORD "
                                                          "or the systemd credential 'opcua_password')"))

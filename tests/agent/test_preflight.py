@@ -462,6 +462,18 @@ def test_a_source_or_reference_the_agents_user_cannot_read_is_named_not_a_traceb
         "root (uid 0), mode 0700" in err, err
     assert f"warning: segmentation.reference: {shut / 'sphere' / 'ref.npz'} cannot be read by this agent's user " \
         f"(Permission denied): its folder {shut / 'sphere'} cannot be entered" in err, err
+    shut.chmod(0o700)  # TLS and OPC UA files there: named the same way (before: "[Errno 13] Permission denied", and
+    cfg = agent_config(base, 1, base / "bundle", base / "thresholds.json", SRC,  # a traceback for OPC UA's)
+                       extra=f'[opcua]\nenabled = true\ncertificate = "{shut / "cert.pem"}"\n'
+                             f'private_key = "{shut / "key.pem"}"\nusername = "op"\n')
+    cfg.write_text(cfg.read_text().replace(str(base / "outbox.sqlite"), str(base / "state" / "outbox.sqlite"))
+                   .replace("[mqtt]\n", f'[mqtt]\ntls_ca = "{shut / "ca.pem"}"\n'))
+    cfg.chmod(0o644)
+    rc, err = as_user(wrap, cfg)
+    assert rc == 2 and "Traceback" not in err, err
+    for key, name in (("mqtt.tls_ca", "ca.pem"), ("opcua.certificate", "cert.pem"), ("opcua.private_key", "key.pem")):
+        assert f"{key}: {shut / name} cannot be read by this agent's user (Permission denied): its folder {shut} " \
+            "cannot be entered" in err, err
 
 
 def test_root_in_a_folder_another_user_owns_is_warned_that_its_files_will_be_roots(calibrated, tmp_path, capsys):
