@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -45,7 +46,9 @@ class ConfigWatch:
     def __init__(self, paths, look_s: float = LOOK_S) -> None:
         self.look_s = look_s
         files = {Path(p) for p in paths if p is not None}
-        self.watches = {FileWatch(p): _content(p) for p in files if p.is_file()}
+        # (os.path: a folder on the way this user may not enter is no file here, and the settings' reading
+        # says it; Path.is_file raised, and `run` ended in a traceback until 2026-12-07)
+        self.watches = {FileWatch(p): _content(p) for p in files if os.path.isfile(p)}
 
     def start(self) -> None:
         if self.watches:
@@ -68,7 +71,7 @@ class ConfigWatch:
                 log.info("%s is again as the agent read it at start", path)
             return
         _edited.setdefault(str(path), utc_iso(time.time()))
-        if not path.exists():
+        if not os.path.exists(path):
             log.warning("%s was removed since the agent started: the agent goes on with what it read then, and a "
                         "restart would not find it", path)
             return

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from adgan.cli import main
-from tests.agent.conftest import agent_config
+from tests.agent.conftest import ROOT, agent_config
 
 
 def validate(cfg, capsys) -> tuple[int, str]:
@@ -368,7 +368,6 @@ def test_a_disk_out_of_inodes_is_a_warning_that_names_them(calibrated, tmp_path,
 
 def as_user(wrap, cfg) -> tuple[int, str]:
     """`validate-config` run as the station's own user (the unit's ExecStartPre)."""
-    from tests.agent.conftest import ROOT
     code = ("import sys\nfrom adgan.cli import main\n"
             f"sys.exit(main(['agent', 'validate-config', '--config', {str(cfg)!r}, '--env-file', '/nonexistent']))")
     r = subprocess.run([*wrap, sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -435,7 +434,6 @@ def test_a_source_or_reference_the_agents_user_cannot_read_is_named_not_a_traceb
     enter (root's, mode 0700: copied there with sudo): validate-config and run ended in a traceback
     (PermissionError from the check that the path is there). Now named with the owner and the fix: the
     source refused (exit 2: nothing could be inspected), the reference a warning, as when it is unreadable."""
-    import shutil
     wrap, base = station_user
     shut = base / "shut"
     shutil.copytree(synth_data / "test" / "sphere", shut / "sphere")
@@ -474,6 +472,17 @@ def test_a_source_or_reference_the_agents_user_cannot_read_is_named_not_a_traceb
     for key, name in (("mqtt.tls_ca", "ca.pem"), ("opcua.certificate", "cert.pem"), ("opcua.private_key", "key.pem")):
         assert f"{key}: {shut / name} cannot be read by this agent's user (Permission denied): its folder {shut} " \
             "cannot be entered" in err, err
+    # agent.toml or its --env-file there: `run` ended in a traceback (its edit watch), validate-config said it
+    shut.chmod(0o755)
+    shutil.copy(cfg, shut / "agent.toml")
+    (shut / "agent.env").write_text("ADGAN_STATION_ID=st1\n")
+    shut.chmod(0o700)
+    for args in (["--config", str(shut / "agent.toml")], ["--config", str(cfg), "--env-file", str(shut / "agent.env")]):
+        r = subprocess.run([*wrap, sys.executable, "-m", "adgan", "agent", "run", *args], cwd=ROOT, capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert f"cannot be read by this agent's user (Permission denied): its folder {shut} cannot be entered" \
+            in r.stderr, r.stderr
 
 
 def test_root_in_a_folder_another_user_owns_is_warned_that_its_files_will_be_roots(calibrated, tmp_path, capsys):
