@@ -5,6 +5,7 @@ import argparse
 import errno
 import faulthandler
 import logging
+import os
 import signal
 import sqlite3
 import ssl
@@ -151,7 +152,7 @@ def _unwritable(out: str | Path) -> str:
     from agent import durable
     from agent.mqtt.files import write_error
     out = Path(out)
-    if out.is_dir():
+    if os.path.isdir(out):  # (os.path: a folder on the way this user may not enter raised out of Path.is_dir)
         return "is a folder; give a file's path"
     folder = out.parent
     try:
@@ -240,7 +241,7 @@ def cmd_capture_frames(a: argparse.Namespace) -> int:
     if a.count < 1 or a.every < 1:
         print("--count and --every must be at least 1", file=sys.stderr)
         return 2
-    if Path(a.out).exists() and not Path(a.out).is_dir():  # (said before the camera is opened)
+    if os.path.exists(a.out) and not os.path.isdir(a.out):  # (said before the camera is opened)
         print(f"--out {a.out} exists and is not a folder", file=sys.stderr)
         return 2
     _logging(a.log_level)
@@ -289,8 +290,6 @@ def cmd_capture_frames(a: argparse.Namespace) -> int:
 
 def cmd_record_exit(a: argparse.Namespace) -> int:
     """systemd's view of how the run ended, into the run record (agent/run_record.py)."""
-    import os
-
     from agent.mqtt.files import AgentLock
     from agent.run_record import RunRecord
     ended = {k: os.environ[v] for k, v in (("result", "SERVICE_RESULT"), ("exit_code", "EXIT_CODE"),

@@ -359,3 +359,12 @@ def test_capture_commands_name_a_folder_that_is_another_users(station_user, tmp_
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     assert f"the capture stopped: {base / 'frames' / 'sphere'} cannot be written by this agent's user (Permission " \
            f"denied; {base / 'frames'} {owned}): give {base / 'frames'} to that user" in r.stderr, r.stderr
+    # a folder this user may not even enter (root's, 0700): a traceback from the check for a folder at --out
+    shut = base / "shut"
+    shut.mkdir(mode=0o700)
+    for args, rc in ((("capture-reference", "--out", str(shut / "sub" / "ref.npz"), "--frames", "2"), 2),
+                     (("capture-frames", "--out", str(shut / "frames"), "--count", "2"), 1)):
+        r = as_user(*args)
+        assert r.returncode == rc and "Traceback" not in r.stderr, r.stderr
+        assert f"cannot be written by this agent's user (Permission denied; {shut} is owned by root (uid 0), mode " \
+               f"0700, and this agent runs as nobody (uid {NOBODY})): give {shut} to that user" in r.stderr, r.stderr
