@@ -124,10 +124,9 @@ STATE_SUFFIXES = ("", "-wal", "-shm", ".seq", request_journal.SUFFIX, expected.S
 
 def check_outbox(s: AgentSettings, r: Report) -> None:
     path = Path(s.outbox.path)
-    folder = path.parent
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    folder = existing = path.parent
+    while not os.path.exists(existing) and existing != existing.parent:  # (os.path: a folder not to be entered,
+        existing = existing.parent                                     # a traceback until 2026-12-07, is said)
     if not existing.is_dir():
         r.problems.append(SettingError("outbox.path", f"{path}: {existing} is not a directory"))
         return
@@ -149,8 +148,9 @@ def check_outbox(s: AgentSettings, r: Report) -> None:
             why = f"{e.strerror or e}{hint}"
             r.problems.append(SettingError("outbox.path", f"{path}: cannot write in {folder} ({why})"))
             return
-    elif not os.access(existing, os.W_OK | os.X_OK):
-        r.problems.append(SettingError("outbox.path", f"{path}: cannot create {folder} under {existing}"))
+    elif not os.access(existing, os.W_OK | os.X_OK):  # (named with its owner and the chown)
+        denied = durable.permission_words(PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(folder)), True)
+        r.problems.append(SettingError("outbox.path", f"{path}: {denied}"))
         return
     check_outbox_lasts(path, existing, r)
     reserve = int(s.outbox.reserve_mb * 1e6)

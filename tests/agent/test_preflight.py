@@ -472,6 +472,15 @@ def test_a_source_or_reference_the_agents_user_cannot_read_is_named_not_a_traceb
     for key, name in (("mqtt.tls_ca", "ca.pem"), ("opcua.certificate", "cert.pem"), ("opcua.private_key", "key.pem")):
         assert f"{key}: {shut / name} cannot be read by this agent's user (Permission denied): its folder {shut} " \
             "cannot be entered" in err, err
+    # the outbox there (a state folder made with sudo, mode 0700): a traceback from the look for its folder
+    cfg = agent_config(base, 1, base / "bundle", base / "thresholds.json", SRC)
+    cfg.write_text(cfg.read_text().replace(str(base / "outbox.sqlite"), str(shut / "state" / "outbox.sqlite")))
+    cfg.chmod(0o644)
+    rc, err = as_user(wrap, cfg)
+    assert rc == 2 and "Traceback" not in err, err
+    assert f"outbox.path: {shut / 'state' / 'outbox.sqlite'}: {shut / 'state'} cannot be written by this agent's " \
+        f"user (Permission denied; {shut} is owned by root (uid 0), mode 0700" in err, err
+    assert f"`chown nobody: {shut}`" in err, err
     # agent.toml or its --env-file there: `run` ended in a traceback (its edit watch), validate-config said it
     shut.chmod(0o755)
     shutil.copy(cfg, shut / "agent.toml")
