@@ -25,6 +25,21 @@ def started(tmp_path) -> RunRecord:
     return r
 
 
+def started_after_a_crash(cfg, sub, log) -> tuple[AgentProcess, dict]:
+    """An agent started after the one before crashed (SIGSEGV), and its status's `previous_run` once it
+    says the crash (`sub`: a subscriber to the station's status); stopped if it does not."""
+    sub.messages.clear()
+    agent = AgentProcess(cfg, log)
+    try:
+        assert sub.wait_for(lambda m: sub.documents("adgan/st1/status"), 30), agent.output()
+        st = sub.documents("adgan/st1/status")[-1]["previous_run"]
+        assert st["ended"] == "killed or crashed" and st["fatal"] == "Fatal Python error: Segmentation fault", st
+    except BaseException:
+        agent.stop()
+        raise
+    return agent, st
+
+
 def line(tmp_path) -> dict:
     return json.loads((tmp_path / "outbox.sqlite.run").read_text())
 
@@ -240,12 +255,8 @@ def test_a_crash_into_a_stuck_log_output_ends_at_once_and_its_stacks_are_said_by
         # faulthandler reads the other threads' frames while they run: now and then (1 run in ~10 of
         # make test) its dump ends early, before the crashed thread's own ("Current thread")
         whole = "Current thread" in text
-        sub.messages.clear()
-        agent = AgentProcess(cfg, tmp_path / "2.log")
+        agent, st = started_after_a_crash(cfg, sub, tmp_path / "2.log")
         try:
-            assert sub.wait_for(lambda m: sub.documents("adgan/st1/status"), 30), agent.output()
-            st = sub.documents("adgan/st1/status")[-1]["previous_run"]
-            assert st["ended"] == "killed or crashed" and st["fatal"] == "Fatal Python error: Segmentation fault", st
             assert st["where"].startswith('File "') if whole else st["where"] == "", st
             out = agent.output()
             assert "it crashed: Fatal Python error: Segmentation fault (its stacks follow)" in out, out
@@ -288,12 +299,8 @@ def test_a_crash_on_a_full_disk_still_writes_its_stacks(broker, calibrated, synt
         text = stacks.read_text()
         assert text.startswith("Fatal Python error: Segmentation fault") and 'File "' in text, (len(text), text[:200])
         filler.unlink()
-        sub.messages.clear()
-        agent = AgentProcess(cfg, tmp_path / "2.log")
+        agent, _ = started_after_a_crash(cfg, sub, tmp_path / "2.log")
         try:
-            assert sub.wait_for(lambda m: sub.documents("adgan/st1/status"), 30), agent.output()
-            st = sub.documents("adgan/st1/status")[-1]["previous_run"]
-            assert st["ended"] == "killed or crashed" and st["fatal"] == "Fatal Python error: Segmentation fault", st
             assert "the run before wrote these stacks as it ended" in agent.output()
             st = stacks.stat()
             assert st.st_size == 0 and st.st_blocks * 512 >= run_record.MAX_STACKS  # (emptied, set aside again)
