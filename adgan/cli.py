@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         # The machine's failure, not the input's (a full disk, an I/O error, a folder not writable):
         # one line that says what and where, exit 1. The agent keeps its traceback: it says its own
         # start failures (agent/cli.py), and anything later is a fault to find.
-        if args.command == "agent":
+        if args.command == "agent" and args.agent_cmd != "settings-reference":  # (that one writes a document)
             raise
         logging.getLogger("adgan").debug("error", exc_info=True)
         print(f"adgan {args.command}: error: {describe_os_error(e)}", file=sys.stderr)

@@ -182,6 +182,14 @@ def test_a_low_address_space_limit_is_said_not_a_silent_crash(tmp_path):
     assert r.returncode == 2 and "invalid setting(s)" in r.stderr  # (it went on to read the configuration)
 
 
+def test_the_settings_reference_where_it_cannot_be_written_is_one_line(tmp_path, capsys):
+    """(an agent command, so an OSError was its traceback: `--out` under a file, a full disk)"""
+    (tmp_path / "a-file").touch()
+    assert main(["agent", "settings-reference", "--out", str(tmp_path / "a-file" / "agent-toml.md")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("adgan agent: error: Not a directory: ") and "Traceback" not in err, err
+
+
 def test_address_space_bands():
     import resource
 
