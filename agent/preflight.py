@@ -11,7 +11,6 @@ import errno
 import importlib.util
 import ipaddress
 import os
-import re
 import sqlite3
 import ssl
 import time
@@ -28,6 +27,7 @@ from pydantic import BaseModel
 from agent import durable, request_journal, run_record
 from agent.decide import expected
 from agent.decide.inspector import check_class_model, check_rivals
+from agent.mounts import NETWORK_FS, mount_of, read_only_words
 from agent.mqtt.files import AgentLock, write_error
 from agent.mqtt.salvage import corrupt_file
 from agent.mqtt.tls import WARN_DAYS, CertificateError, EncryptedKey, cert_dates, expiry_words, load_client_cert
@@ -142,8 +142,7 @@ def check_outbox(s: AgentSettings, r: Report) -> None:
             r.warnings.append(f"outbox.path: {folder} is full ({full}): the agent runs and holds what it cannot store "
                               "in memory, where a kill loses it, until there is room")
         elif e is not None:
-            hint = ("; the kernel makes a disk it finds failing read-only (ext4 errors=remount-ro): see dmesg, and "
-                    "repair it (fsck) or move the outbox" if e.errno == errno.EROFS else
+            hint = (f"; {read_only_words(folder)}" if e.errno == errno.EROFS else
                     durable.folder_owner(folder) if e.errno in (errno.EACCES, errno.EPERM) else "")
             why = f"{e.strerror or e}{hint}"
             r.problems.append(SettingError("outbox.path", f"{path}: cannot write in {folder} ({why})"))
@@ -195,35 +194,6 @@ def check_outbox(s: AgentSettings, r: Report) -> None:
                 r.problems.append(SettingError("outbox.path", f"{path}: not an outbox database ({e})"))
 
 
-NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "lustre", "gpfs", "afs", "fuse.sshfs",
-              "fuse.glusterfs"}
-
-
-def _unescape(field: str) -> str:
-    """A path of /proc/self/mountinfo as it is (a space is written \\040)."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def mount_of(path: Path) -> tuple[str, str, str] | None:
-    """(mount point, file system type, the mount's root in its file system) of the mount that holds
-    `path`, from /proc/self/mountinfo (this process's view: a unit's private /tmp included)."""
-    try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return None
-    target, best = os.path.realpath(path), None
-    for ln in lines:
-        fields, _, after = ln.partition(" - ")
-        f, fs = fields.split(), after.split()
-        if len(f) < 5 or not fs:
-            continue
-        mnt = _unescape(f[4])
-        if target == mnt or target.startswith(mnt.rstrip("/") + "/"):
-            if best is None or len(mnt) >= len(best[0]):  # (the deepest; a later mount over the same point)
-                best = (mnt, fs[0], _unescape(f[3]))
-    return best
-
-
 def check_outbox_lasts(path: Path, folder: Path, r: Report) -> None:
     """An outbox in memory (tmpfs: /tmp on many systems, /run, /dev/shm) or in a systemd unit's
     private /tmp (PrivateTmp=yes, as this project's unit sets: removed at every stop) ran without a
@@ -233,7 +203,7 @@ def check_outbox_lasts(path: Path, folder: Path, r: Report) -> None:
     mount = mount_of(folder)
     if mount is None:
         return
-    mnt, fstype, root = mount
+    mnt, fstype, root = mount[:3]
     kept = "the events it keeps for the broker, its sequence numbers and the requests waiting are lost"
     if "/systemd-private-" in root:
         r.warnings.append(f"outbox.path: {path} is in this service's private {mnt} (systemd PrivateTmp=yes), "

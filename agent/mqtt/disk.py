@@ -8,6 +8,7 @@ import logging
 import time
 
 from agent import durable
+from agent.mounts import read_only_words
 from agent.mqtt.files import read_only
 
 log = logging.getLogger("agent.mqtt.outbox")  # (the outbox's own log, as before the split)
@@ -26,10 +27,10 @@ class DiskReports:
         # every write fails each event's sequence number and its write, with two causes.
         if self._said.get(what) != cause:
             if read_only(self.path.parent):
-                log.error("outbox %s cannot be written (%s: %s): its file system is read-only (the kernel "
-                          "makes a failing disk read-only: see dmesg; only a repair writes again). Events are "
+                log.error("outbox %s cannot be written (%s: %s): its file system is read-only: %s. Events are "
                           "held in memory and sent; any not acknowledged when the agent stops are lost, and "
-                          "sequence numbers given meanwhile are not stored", self.path, what, cause)
+                          "sequence numbers given meanwhile are not stored", self.path, what, cause,
+                          read_only_words(self.path.parent))
             else:
                 log.error("outbox %s cannot be written (%s: %s); events are held in memory until it can",
                           self.path, what, cause)

@@ -115,8 +115,36 @@ def test_an_outbox_that_cannot_be_written(calibrated, tmp_path, capsys):
         for call in (validate, run):
             rc, err = call(cfg, capsys)
             assert rc == 2 and "outbox.path" in err and "Read-only" in err, err
+            assert f"its file system (tmpfs at {ro}) is mounted read-only: so mounted, or made so by the kernel" in err
     finally:
         subprocess.run(["umount", "-l", str(ro)], capture_output=True)
+
+
+def test_an_outbox_in_a_read_only_view_of_a_writable_disk_names_the_units_sandbox(calibrated, tmp_path, capsys):
+    """systemd's ProtectSystem=strict makes every path outside the unit's StateDirectory= and ReadWritePaths=
+    read-only for the service, by read-only bind mounts over file systems that are writable. An outbox put
+    there (/opt/adgan, a home folder) was refused with "the kernel makes a disk it finds failing read-only:
+    see dmesg, and repair it (fsck)": advice to check a sound disk. Such a view is made here as systemd makes
+    it (a bind mount remounted read-only)."""
+    bundle, thresholds = calibrated
+    rw, view = tmp_path / "rw", tmp_path / "view"
+    rw.mkdir()
+    view.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "--bind", str(rw), str(view)], capture_output=True).returncode:
+        pytest.skip("a bind mount needs root")
+    try:
+        assert subprocess.run(["mount", "-o", "remount,ro,bind", str(view)], capture_output=True).returncode == 0
+        cfg = agent_config(tmp_path, 1, bundle, thresholds, SRC)
+        cfg.write_text(cfg.read_text().replace(str(tmp_path / "outbox.sqlite"), str(view / "outbox.sqlite")))
+        for call in (validate, run):
+            rc, err = call(cfg, capsys)
+            assert rc == 2 and "Read-only file system" in err and "fsck" not in err, err
+            assert f"its mount {view} is read-only for this process, over a file system that is writable: " \
+                "systemd's ProtectSystem=strict does this to every path outside the unit's StateDirectory= " \
+                "(/var/lib/adgan)" in err, err
+            assert f"add {view} to ReadWritePaths=" in err, err
+    finally:
+        subprocess.run(["umount", "-l", str(view)], capture_output=True)
 
 
 def test_an_outbox_on_a_disk_the_kernel_made_read_only_is_refused_naming_the_cause(calibrated, tmp_path, capsys,
