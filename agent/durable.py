@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from agent.mounts import hidden_words
+
 log = logging.getLogger(__name__)
 
 LEFTOVER_AGE_S = 600.0  # a leftover folder of a process that is gone, untouched this long, is removed
@@ -307,6 +309,8 @@ def permission_words(e: OSError, write: bool = False) -> str:
     path = e.filename
     if write:  # (the path itself, or the folder it would be made in)
         held = next((p for p in (Path(path), *Path(path).parents) if os.path.exists(p)), None)
+        if held is not None and (hidden := hidden_words(held)):
+            return f"{path} cannot be written by this agent's user ({e.strerror}): {hidden}"
         words = owner_words(held) if held is not None else ""
         if not words:
             return f"{path}: {e.strerror}"
@@ -314,6 +318,8 @@ def permission_words(e: OSError, write: bool = False) -> str:
         return (f"{path} cannot be written by this agent's user ({e.strerror}; {what}{words[len('; it is'):]}): "
                 f"give {'it' if held == Path(path) else held} to that user (`chown {login()}: {held}`)")
     shut = next((p for p in Path(path).parents if os.path.isdir(p) and not os.access(p, os.R_OK | os.X_OK)), None)
+    if shut is not None and (hidden := hidden_words(shut)):
+        return f"{path} cannot be read by this agent's user ({e.strerror}): {hidden}"
     if shut is not None:  # (a folder on the way that this user may not enter)
         return (f"{path} cannot be read by this agent's user ({e.strerror}): its folder {shut} cannot be entered"
                 f"{owner_words(shut)}: give it to that user (`chown -R {login()}: {shut}`) or let every user "

@@ -10,6 +10,8 @@ writable, and an outbox put elsewhere (/opt/adgan, a home folder) was refused wi
 disk that is sound. mountinfo tells them apart: a view made read-only has the mount's own option `ro`
 over a superblock that is `rw`; a file system mounted read-only has its superblock `ro`; a disk the
 kernel stopped writing after an error (ext4 on recent kernels) shows `rw` in both and still refuses.
+A folder the sandbox hides (`ProtectHome=yes`: /home, /root and /run/user; `InaccessiblePaths=`) is
+systemd's empty folder of mode 0000 mounted over it: its owner is no one to chown it to (`hidden_words`).
 """
 from __future__ import annotations
 
@@ -68,3 +70,15 @@ def read_only_words(folder: str | Path) -> str:
                 "(fsck) or move the outbox")
     return ("the kernel refuses writes to its file system, which still reads rw: it does so on a disk it finds "
             "failing (ext4 errors=remount-ro): see dmesg, and repair it (fsck) or move the outbox")
+
+
+def hidden_words(folder: str | Path) -> str | None:
+    """Words for a folder the service's sandbox hides (systemd mounts its own inaccessible folder, mode
+    0000, over it: ProtectHome=yes for /home, /root and /run/user, InaccessiblePaths= for others), where
+    "give it to the agent's user" would be wrong advice; None for any other folder."""
+    m = mount_of(folder)
+    if m is None or m.point != os.path.realpath(folder) or "/systemd/inaccessible/" not in m.root:
+        return None
+    return (f"{folder} is hidden from this service by its unit's sandbox (systemd's ProtectHome=yes hides /home, "
+            f"/root and /run/user; InaccessiblePaths= others): put what the agent reads under /etc/adgan or "
+            f"{STATE_FOLDER}, and what it writes under {STATE_FOLDER}")

@@ -522,6 +522,34 @@ def test_a_source_or_reference_the_agents_user_cannot_read_is_named_not_a_traceb
             in r.stderr, r.stderr
 
 
+def test_a_folder_the_units_sandbox_hides_is_named_as_such_not_given_to_the_agents_user(station_user):
+    """The unit's ProtectHome=yes mounts systemd's empty folder of mode 0000 (/run/systemd/inaccessible/dir)
+    over /home, /root and /run/user. Thresholds kept in an engineer's home, or an outbox put there, were
+    said as a folder "owned by root (uid 0), mode 0000: give it to that user (`chown -R adgan: /home`)",
+    advice that would hand every home folder to the service. Made here as systemd makes it."""
+    wrap, base = station_user
+    hidden, home = base / "run" / "systemd" / "inaccessible" / "dir", base / "home"
+    hidden.mkdir(parents=True)
+    hidden.chmod(0)
+    (home / "eng").mkdir(parents=True)
+    shutil.copy(base / "thresholds.json", home / "eng" / "thresholds.json")
+    if subprocess.run(["mount", "--bind", str(hidden), str(home)], capture_output=True).returncode:
+        pytest.skip("a bind mount needs root")
+    try:
+        cfg = agent_config(base, 1, base / "bundle", home / "eng" / "thresholds.json", SRC)
+        cfg.write_text(cfg.read_text().replace(str(base / "outbox.sqlite"), str(home / "eng" / "outbox.sqlite")))
+        cfg.chmod(0o644)
+        rc, err = as_user(wrap, cfg)
+        assert rc == 2 and "Traceback" not in err and "chown" not in err, err
+        said = f"{home} is hidden from this service by its unit's sandbox (systemd's ProtectHome=yes hides /home"
+        assert f"model.thresholds: {home / 'eng' / 'thresholds.json'} cannot be read by this agent's user " \
+            f"(Permission denied): {said}" in err, err
+        assert f"outbox.path: {home / 'eng' / 'outbox.sqlite'}: {home / 'eng'} cannot be written by this agent's " \
+            f"user (Permission denied): {said}" in err, err
+    finally:
+        subprocess.run(["umount", "-l", str(home)], capture_output=True)
+
+
 def test_root_in_a_folder_another_user_owns_is_warned_that_its_files_will_be_roots(calibrated, tmp_path, capsys):
     """The cause of the refusal above, said before it happens: an agent started by hand with sudo in
     the unit's state folder."""
