@@ -314,18 +314,31 @@ def check_environment(r: Report) -> None:
                                  "e.g. ADGAN_MQTT__PORT; docs/agent-toml.md lists every setting)"))
 
 
-def relative_paths(table: BaseModel, prefix: str = "") -> list[tuple[str, Path]]:
-    """(setting, path) of each relative path the settings hold, in their tables and free-key tables."""
+def relative_paths(table: BaseModel, prefix: str = "", every: bool = False) -> list[tuple[str, Path]]:
+    """(setting, path) of each relative path the settings hold (`every`: each path), in their tables and
+    free-key tables."""
     out = []
     for name in type(table).model_fields:
         value = getattr(table, name)
         for key, v in (value.items() if isinstance(value, dict) else [(None, value)]):
             setting = prefix + name + ("" if key is None else f".{key}")
             if isinstance(v, BaseModel):
-                out += relative_paths(v, setting + ".")
-            elif isinstance(v, Path) and not v.is_absolute():
+                out += relative_paths(v, setting + ".", every)
+            elif isinstance(v, Path) and (every or not v.is_absolute()):
                 out.append((setting, v))
     return out
+
+
+def check_private_tmp(s: AgentSettings, r: Report) -> None:
+    """A file put in /tmp for the agent (bundles copied there for a try) is not there for the unit's agent:
+    PrivateTmp=yes gives the service a /tmp of its own. Until 2026-12-07 only "does not exist" was said."""
+    for setting, p in relative_paths(s, every=True):
+        there = setting == "outbox.path" or not p.is_absolute() or os.path.exists(p)  # (the outbox: its own check)
+        m = None if there else mount_of(p)
+        if m is not None and "/systemd-private-" in m[2]:
+            r.warnings.append(f"{setting}: {p} is in this service's private {m[0]} (systemd PrivateTmp=yes): the "
+                              f"service sees a /tmp of its own, not the one it was put in; put it under /etc/adgan "
+                              "or /var/lib/adgan")
 
 
 def check_relative_paths(s: AgentSettings, r: Report, config: str | Path | None) -> None:
@@ -363,7 +376,8 @@ def preflight(s: AgentSettings, config: str | Path | None = None) -> Report:
     for writing."""
     r = Report()
     check_relative_paths(s, r, config)
-    for check in (check_models, check_tls, check_outbox, check_source, check_interfaces, check_delivery):
+    for check in (check_models, check_tls, check_outbox, check_source, check_interfaces, check_delivery,
+                  check_private_tmp):
         check(s, r)
     check_secrets(s, r, config)
     check_environment(r)

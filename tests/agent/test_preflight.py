@@ -354,6 +354,11 @@ def test_an_outbox_held_in_memory_or_in_the_units_private_tmp_is_said(calibrated
         rc, err = validate(cfg, capsys)
         assert rc == 0 and f"is in this service's private {seen} (systemd PrivateTmp=yes), which is removed at " \
             "every stop" in err, err
+        # thresholds put in /tmp for it: not in its own /tmp (before: only "does not exist")
+        cfg.write_text(cfg.read_text().replace(str(thresholds), str(seen / "thresholds.json")))
+        rc, err = validate(cfg, capsys)
+        assert rc == 2 and f"model.thresholds: {seen / 'thresholds.json'} is in this service's private {seen} " \
+            "(systemd PrivateTmp=yes): the service sees a /tmp of its own, not the one it was put in" in err, err
     finally:
         subprocess.run(["umount", "-l", str(seen)], capture_output=True)
 
