@@ -88,7 +88,8 @@ def check_tls(s: AgentSettings, r: Report) -> None:
     denied = [SettingError(f"mqtt.{k}", w) for k in ("tls_ca", "tls_cert", "tls_key")
               if getattr(mq, k) is not None and (w := durable.unreadable(getattr(mq, k)))]
     if denied:  # (named with the owner and the fix: until 2026-12-07 "[Errno 13] Permission denied")
-        return r.problems.extend(denied)
+        r.problems.extend(denied)
+        return
     try:
         ctx = ssl.create_default_context(cafile=str(mq.tls_ca))
     except (OSError, ssl.SSLError) as e:
@@ -147,9 +148,11 @@ def check_outbox(s: AgentSettings, r: Report) -> None:
             why = f"{e.strerror or e}{hint}"
             r.problems.append(SettingError("outbox.path", f"{path}: cannot write in {folder} ({why})"))
             return
-    elif not os.access(existing, os.W_OK | os.X_OK):  # (named with its owner and the chown)
-        denied = durable.permission_words(PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(folder)), True)
-        r.problems.append(SettingError("outbox.path", f"{path}: {denied}"))
+    elif (e := write_error(existing)) is not None:  # (the folder to make: said as the one it would be made in)
+        why = (durable.permission_words(PermissionError(e.errno, e.strerror, str(folder)), True)
+               if e.errno in (errno.EACCES, errno.EPERM) else f"cannot create {folder} under {existing} ({e.strerror}"
+               + (f"; {read_only_words(existing)})" if e.errno == errno.EROFS else ")"))
+        r.problems.append(SettingError("outbox.path", f"{path}: {why}"))
         return
     check_outbox_lasts(path, existing, r)
     reserve = int(s.outbox.reserve_mb * 1e6)

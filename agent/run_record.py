@@ -70,6 +70,10 @@ def stacks_path(outbox: str | Path) -> Path:
     return outbox.with_name(outbox.name + STACKS_SUFFIX)
 
 
+FALLOC_FL_KEEP_SIZE = 1
+_fallocate = None  # libc's fallocate, once looked up (False: none)
+
+
 def reserve_stacks(fd: int) -> bool:
     """Set MAX_STACKS bytes of the disk aside beyond the end of the open stacks file `fd`, its size
     unchanged (fallocate, FALLOC_FL_KEEP_SIZE): a crash's stacks appended there need no new block,
@@ -78,9 +82,8 @@ def reserve_stacks(fd: int) -> bool:
     global _fallocate
     if _fallocate is None:
         import ctypes
-        import ctypes.util
-        try:
-            f = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).fallocate
+        try:  # (the process's own symbols, libc's among them: no search for the library)
+            f = ctypes.CDLL(None, use_errno=True).fallocate
         except (OSError, AttributeError):  # (not Linux)
             f = False
         else:
@@ -90,10 +93,6 @@ def reserve_stacks(fd: int) -> bool:
         return bool(_fallocate) and _fallocate(fd, FALLOC_FL_KEEP_SIZE, os.fstat(fd).st_size, MAX_STACKS) == 0
     except OSError:
         return False
-
-
-FALLOC_FL_KEEP_SIZE = 1
-_fallocate = None  # libc's fallocate, once looked up (False: none)
 
 
 def open_stacks(outbox: str | Path):

@@ -54,6 +54,7 @@ class StationIO:
                        "output_failures": 0, "late": 0}
         self._stop = threading.Event()
         self._timers: dict[str, threading.Timer] = {}
+        self._unended = False  # a pulse's timer could not start (said once, until one starts again)
         self._lock = threading.Lock()
         self._ready: bool | None = None
         self._thread: threading.Thread | None = None
@@ -208,11 +209,17 @@ class StationIO:
                 self._timers[name] = t
                 try:
                     t.start()
-                except RuntimeError as e:  # (no thread: a unit's TasksMax= reached): held, said
+                except RuntimeError as e:  # (no thread: a unit's TasksMax= reached): held, counted, said once
                     del self._timers[name]
                     self.counts["output_failures"] += 1
-                    log.error("GPIO output %s: its pulse cannot be ended (%s): it stays active until the next "
-                              "verdict", name, e)
+                    if not self._unended:
+                        log.error("GPIO output %s: its pulse cannot be ended (%s): it stays active until the next "
+                                  "verdict (said again only once pulses end again)", name, e)
+                    self._unended = True
+                    return
+                if self._unended:
+                    self._unended = False
+                    log.warning("GPIO pulses end again")
 
     def _end_pulse(self, name: str, timer: threading.Timer) -> None:
         """A pulse's end, from its timer, under the verdicts' lock and only while no verdict came since:

@@ -675,13 +675,18 @@ def test_a_pulse_whose_end_cannot_be_timed_is_held_and_said(caplog, monkeypatch)
         raise RuntimeError("can't start new thread")
     monkeypatch.setattr(threading.Timer, "start", no_thread)
     try:
-        with caplog.at_level(logging.ERROR):
+        with caplog.at_level(logging.INFO):
             io.verdict("anomaly")
-        time.sleep(0.1)
-        assert chip.outputs[NG].active and io.status()["counts"]["output_failures"] == 1
-        assert "GPIO output ng: its pulse cannot be ended (can't start new thread): it stays active until the " \
-               "next verdict" in caplog.text
-        io.verdict("ok")
-        assert not chip.outputs[NG].active and chip.outputs[OK].active
+            time.sleep(0.1)
+            assert chip.outputs[NG].active and io.status()["counts"]["output_failures"] == 1
+            assert "GPIO output ng: its pulse cannot be ended (can't start new thread): it stays active until the " \
+                   "next verdict" in caplog.text
+            io.verdict("ok")
+            assert not chip.outputs[NG].active and chip.outputs[OK].active
+            assert io.status()["counts"]["output_failures"] == 2 and caplog.text.count("cannot be ended") == 1
+            monkeypatch.undo()  # threads again
+            io.verdict("anomaly")
+            assert "GPIO pulses end again" in caplog.text
+            assert wait(lambda: not chip.outputs[NG].active, 5)
     finally:
         io.close()
