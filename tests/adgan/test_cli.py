@@ -155,13 +155,9 @@ def test_console_script_runs():
 
 
 def _under_address_space(limit_kb: int, *args: str) -> subprocess.CompletedProcess:
-    """`adgan ARGS` with its address space limited as `ulimit -v` (a unit's LimitAS=) does."""
-    import resource
-
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (limit_kb << 10, limit_kb << 10))
-    return subprocess.run([sys.executable, "-m", "adgan", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120, preexec_fn=limit)
+    """`adgan ARGS` with its address space limited by `ulimit -v` (as a unit's LimitAS= does)."""
+    return subprocess.run(["bash", "-c", f'ulimit -v {limit_kb}; exec "$0" "$@"', sys.executable, "-m", "adgan", *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
 def test_a_low_address_space_limit_is_said_not_a_silent_crash(tmp_path):
