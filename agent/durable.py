@@ -320,6 +320,8 @@ def permission_words(e: OSError, write: bool = False) -> str:
     shut = next((p for p in Path(path).parents if os.path.isdir(p) and not os.access(p, os.R_OK | os.X_OK)), None)
     if shut is not None and (hidden := hidden_words(shut)):
         return f"{path} cannot be read by this agent's user ({e.strerror}): {hidden}"
+    if shut is None and (hidden := hidden_words(path)):  # (a file hidden so: InaccessiblePaths=)
+        return f"{path} cannot be read by this agent's user ({e.strerror}): {hidden}"
     if shut is not None:  # (a folder on the way that this user may not enter)
         return (f"{path} cannot be read by this agent's user ({e.strerror}): its folder {shut} cannot be entered"
                 f"{owner_words(shut)}: give it to that user (`chown -R {login()}: {shut}`) or let every user "

@@ -73,9 +73,9 @@ def read_only_words(folder: str | Path) -> str:
 
 
 def hidden_words(folder: str | Path) -> str | None:
-    """Words for a folder the service's sandbox hides (systemd mounts its own inaccessible folder, mode
-    0000, over it: ProtectHome=yes for /home, /root and /run/user, InaccessiblePaths= for others), where
-    "give it to the agent's user" would be wrong advice; None for any other folder."""
+    """Words for a folder (or a file) the service's sandbox hides (systemd mounts its own inaccessible
+    folder or file, mode 0000, over it: ProtectHome=yes for /home, /root and /run/user, InaccessiblePaths=
+    for others), where "give it to the agent's user" would be wrong advice; None for any other."""
     m = mount_of(folder)
     if m is None or m.point != os.path.realpath(folder) or "/systemd/inaccessible/" not in m.root:
         return None

@@ -558,6 +558,20 @@ def test_a_folder_the_units_sandbox_hides_is_named_as_such_not_given_to_the_agen
             f"user (Permission denied): {said}" in err, err
     finally:
         subprocess.run(["umount", "-l", str(home)], capture_output=True)
+    # a file hidden so (InaccessiblePaths=: systemd's empty file of mode 0000 over it)
+    reg = hidden.parent / "reg"
+    reg.touch()
+    reg.chmod(0)
+    if subprocess.run(["mount", "--bind", str(reg), str(base / "thresholds.json")], capture_output=True).returncode:
+        pytest.skip("a bind mount over a file needs root")
+    try:
+        cfg = agent_config(base, 1, base / "bundle", base / "thresholds.json", SRC)
+        cfg.write_text(cfg.read_text().replace(str(base / "outbox.sqlite"), str(base / "state" / "outbox.sqlite")))
+        rc, err = as_user(wrap, cfg)
+        assert rc == 2 and "chown" not in err and f"model.thresholds: {base / 'thresholds.json'} cannot be read by " \
+            f"this agent's user (Permission denied): {base / 'thresholds.json'} is hidden from this service" in err, err
+    finally:
+        subprocess.run(["umount", "-l", str(base / "thresholds.json")], capture_output=True)
 
 
 def test_root_in_a_folder_another_user_owns_is_warned_that_its_files_will_be_roots(calibrated, tmp_path, capsys):
