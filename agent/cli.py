@@ -160,11 +160,7 @@ def _unwritable(out: str | Path) -> str:
     except OSError as e:
         return durable.permission_words(e, write=True)
     e = write_error(folder)
-    if e is None:
-        return ""
-    if isinstance(e, PermissionError):
-        return durable.permission_words(PermissionError(e.errno, e.strerror, str(folder)), write=True)
-    return f"cannot write in {folder} ({e.strerror}{durable.out_of_inodes(folder)})"
+    return "" if e is None else durable.cannot_write(folder, e)
 
 
 def cmd_capture_reference(a: argparse.Namespace) -> int:

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from agent.mounts import hidden_words
+from agent.mounts import hidden_words, read_only_words
 
 log = logging.getLogger(__name__)
 
@@ -283,6 +283,15 @@ def out_of_inodes(folder: str | Path) -> str:
             "bytes, which `df -h` does not show; remove files there")
 
 
+def cannot_write(folder: str | Path, e: OSError) -> str:
+    """Why nothing can be made in `folder` (`e`: write_error's), for a person: a permission with the owner
+    and the chown, a read-only file system with its cause, a full one with its inodes."""
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return permission_words(PermissionError(e.errno, e.strerror, str(folder)), write=True)
+    more = f"; {read_only_words(folder)}" if e.errno == errno.EROFS else out_of_inodes(folder)
+    return f"cannot write in {folder} ({e.strerror}{more})"
+
+
 def owner_words(path: str | Path) -> str:
     """For a 'permission denied' at `path`: `; it is owned by root (uid 0), mode 0600, and this agent
     runs as adgan (uid 998)` ("" where it cannot be seen)."""
@@ -331,9 +340,8 @@ def permission_words(e: OSError, write: bool = False) -> str:
 
 
 def unreadable(path: str | Path, folder: bool = False) -> str | None:
-    """Words for a file (with `folder`: a folder to list) this process may not read, or whose folder
-    it may not enter, with its owner and the fix (`permission_words`); None where it can, or where
-    nothing is there."""
+    """Words for a file (with `folder`: a folder to list) this process may not read, or whose folder it may
+    not enter, with its owner and the fix (`permission_words`); None where it can, or nothing is there."""
     try:
         there = Path(path).is_dir() if folder else Path(path).is_file()  # (EACCES on the way raises)
         if there and not os.access(path, os.R_OK | (os.X_OK if folder else 0)):

@@ -58,18 +58,19 @@ def mount_of(path: str | Path) -> Mount | None:
 
 
 def read_only_words(folder: str | Path) -> str:
-    """Why `folder`, whose writes fail with EROFS, is read-only, and what to do."""
+    """Why `folder`, whose writes fail with EROFS, is read-only, and what to do (the outbox's, or a file a
+    command writes there)."""
     m = mount_of(folder)
     if m is not None and "ro" in m.options.split(",") and "ro" not in m.super_options.split(","):
         return (f"its mount {m.point} is read-only for this process, over a file system that is writable: systemd's "
                 f"ProtectSystem=strict does this to every path outside the unit's StateDirectory= ({STATE_FOLDER}) "
-                f"and ReadWritePaths=; put the outbox under {STATE_FOLDER}, or add {folder} to ReadWritePaths=")
+                f"and ReadWritePaths=; write under {STATE_FOLDER}, or add {folder} to ReadWritePaths=")
     if m is not None and "ro" in m.super_options.split(","):
         return (f"its file system ({m.fstype} at {m.point}) is mounted read-only: so mounted, or made so by the "
                 "kernel on a failing disk (ext4 errors=remount-ro; see dmesg): remount it read-write, repair it "
-                "(fsck) or move the outbox")
+                "(fsck) or write elsewhere")
     return ("the kernel refuses writes to its file system, which still reads rw: it does so on a disk it finds "
-            "failing (ext4 errors=remount-ro): see dmesg, and repair it (fsck) or move the outbox")
+            "failing (ext4 errors=remount-ro): see dmesg, and repair it (fsck) or write elsewhere")
 
 
 def hidden_words(folder: str | Path) -> str | None:

@@ -149,10 +149,7 @@ def check_outbox(s: AgentSettings, r: Report) -> None:
             r.problems.append(SettingError("outbox.path", f"{path}: cannot write in {folder} ({why})"))
             return
     elif (e := write_error(existing)) is not None:  # (the folder to make: said as the one it would be made in)
-        why = (durable.permission_words(PermissionError(e.errno, e.strerror, str(folder)), True)
-               if e.errno in (errno.EACCES, errno.EPERM) else f"cannot create {folder} under {existing} ({e.strerror}"
-               + (f"; {read_only_words(existing)})" if e.errno == errno.EROFS else ")"))
-        r.problems.append(SettingError("outbox.path", f"{path}: {why}"))
+        r.problems.append(SettingError("outbox.path", f"{path}: {durable.cannot_write(folder, e)}"))
         return
     check_outbox_lasts(path, existing, r)
     reserve = int(s.outbox.reserve_mb * 1e6)

@@ -146,7 +146,7 @@ def test_an_outbox_in_a_read_only_view_of_a_writable_disk_names_the_units_sandbo
         # a folder to make there: said as the one it would be made in (before: "cannot create ... under ...")
         cfg.write_text(cfg.read_text().replace(str(view / "outbox.sqlite"), str(view / "state" / "outbox.sqlite")))
         rc, err = validate(cfg, capsys)
-        assert rc == 2 and f"cannot create {view / 'state'} under {view} (Read-only file system; its mount {view} is " \
+        assert rc == 2 and f"cannot write in {view / 'state'} (Read-only file system; its mount {view} is " \
             "read-only for this process, over a file system that is writable" in err, err
     finally:
         subprocess.run(["umount", "-l", str(view)], capture_output=True)
