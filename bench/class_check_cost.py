@@ -3,8 +3,10 @@
 A station's score with the default recipe (export/bundle.py RECIPE_SEARCH at 64 px, features 32,
 untrained weights: cost does not depend on them) against the same score plus the class check
 against --rivals other classes' bundles of the same size: each class's bundle scored at k 0
-(its encoder and one loss-graph run), as ClassModel.decide runs them on the station's engines.
-Medians over --n parts of a paper class folder, after a warm-up pass; one run, so the ratio holds.
+(its encoder and one loss-graph run), as ClassModel.decide runs them on the station's engines;
+and the check with each class's PCA instead (model "pca", agent/scoring/class_pca.py: 16 axes,
+pooled 2, fitted here on the timed parts themselves: cost does not depend on them). Medians over
+--n parts of a paper class folder, after a warm-up pass; one run, so the ratio holds.
 
     .venv/bin/python bench/class_check_cost.py ../shared/data/paper-rgbd/sphere --threads 2
 """
@@ -29,7 +31,8 @@ def main() -> int:
     ap.add_argument("--rivals", type=int, default=2, help="other classes checked against (default 2)")
     a = ap.parse_args()
 
-    from agent.decide.class_check import CheckRecord, ClassCheck
+    from agent.decide.class_check import CheckRecord, ClassCheck, by_searcher
+    from agent.scoring.class_pca import ClassPCA
     from agent.decide.inspector import at_k0
     from agent.scoring.backend import backend_settings, open_backend
     from agent.scoring.bundle import Bundle
@@ -50,10 +53,14 @@ def main() -> int:
             b = Bundle.load(CostModel(64, 32, seed=i).bundle(Path(tmp) / f"b{i}", RECIPE_SEARCH, pre.to_dict()))
             searchers.append(Searcher(b, open_backend(b, settings), 0))
         own = searchers[0]
-        check = ClassCheck(CheckRecord(0.0, {f"c{i}": "h" for i in range(1, 1 + a.rivals)}), at_k0(own),
-                           {f"c{i}": at_k0(s) for i, s in enumerate(searchers[1:], 1)})
+        names = {f"c{i}": "h" for i in range(1, 1 + a.rivals)}
+        check = ClassCheck(CheckRecord(0.0, names), by_searcher(at_k0(own)),
+                           {f"c{i}": by_searcher(at_k0(s)) for i, s in enumerate(searchers[1:], 1)})
         xs = [sample_to_input(read_model_sample(folder, n, own.bundle.preprocessing, rec), 64) for n in nums]
-        t = {"score": [], "check": []}
+        pcas = [ClassPCA.fit(np.stack(xs) * (1 - 0.1 * i)) for i in range(1 + a.rivals)]
+        pca_check = ClassCheck(CheckRecord(0.0, names, "pca"), pcas[0].error,
+                               {f"c{i}": p.error for i, p in enumerate(pcas[1:], 1)})
+        t = {"score": [], "check": [], "pca": []}
         for rnd in range(2):  # the first pass warms caches
             for x in xs:
                 t0 = time.perf_counter()
@@ -61,15 +68,20 @@ def main() -> int:
                 t1 = time.perf_counter()
                 check(x)
                 t2 = time.perf_counter()
+                pca_check(x)
+                t3 = time.perf_counter()
                 if rnd:
                     t["score"].append(1e3 * (t1 - t0))
                     t["check"].append(1e3 * (t2 - t1))
-        s, c = float(np.median(t["score"])), float(np.median(t["check"]))
+                    t["pca"].append(1e3 * (t3 - t2))
+        s, c, q = (float(np.median(t[k])) for k in ("score", "check", "pca"))
         p = own.bundle.search
         print(f"default search (64 px, features 32, {p.n_seed} seed(s), k {p.k}), {a.threads} thread(s), "
               f"{len(xs)} parts of {folder}")
         print(f"score {s:.1f} ms; class check against {a.rivals} rivals {c:.1f} ms (own and rivals at k 0); "
               f"together {s + c:.1f} ms = {(s + c) / s:.3f} x the score alone")
+        print(f"class check with each class's PCA (model pca) {q:.2f} ms; together {s + q:.1f} ms = "
+              f"{(s + q) / s:.3f} x the score alone")
     return 0
 
 

@@ -64,7 +64,11 @@ def cmd_pca(a) -> None:
     data = {}
     for c in CLASSES:
         d = load_class(a.data, c, a.size, (0, 1000), framing="object")
-        data[c] = (d.x.numpy().reshape(len(d.frames), -1), np.array(d.frames))
+        x = d.x.numpy()
+        if a.pool > 1:  # the bundle's input, averaged over pool x pool pixels (agent/decide/class_model.py)
+            n, ch, h, w = x.shape
+            x = x.reshape(n, ch, h // a.pool, a.pool, w // a.pool, a.pool).mean((3, 5))
+        data[c] = (x.reshape(len(d.frames), -1), np.array(d.frames))
     res: dict = {}
     for b0, b1 in blocks(a.folds):
         test = {c: x[(n >= b0) & (n < b1)] for c, (x, n) in data.items()}
@@ -83,7 +87,8 @@ def cmd_pca(a) -> None:
             res.setdefault((c, "own"), []).append(roc_auc_score(y, err[c]))
             res.setdefault((c, "difference"), []).append(roc_auc_score(y, err[c] - np.min(others, axis=0)))
             res.setdefault((c, "log margin"), []).append(roc_auc_score(y, log_margin(err[c], others)))
-    print(f"PCA, {a.components} components, {a.size} px cropped to the part, {a.folds} blocks of 0:1000, "
+    print(f"PCA, {a.components} components, {a.size} px cropped to the part (pooled {a.pool}), {a.folds} blocks "
+          f"of 0:1000, "
           f"purge {a.purge}")
     report(res)
 
@@ -292,6 +297,7 @@ def main() -> int:
     q.add_argument("data")
     q.add_argument("--size", type=int, default=32)
     q.add_argument("--components", type=int, default=16)
+    q.add_argument("--pool", type=int, default=1, help="average the input over pool x pool pixels first")
     q.add_argument("--folds", type=int, default=3)
     q.add_argument("--purge", type=int, default=20)
     q.set_defaults(func=cmd_pca)

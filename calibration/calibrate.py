@@ -12,7 +12,7 @@ import numpy as np
 from agent.decide.thresholds import check_writable, write_threshold
 from agent.scoring.bundle import Bundle
 from agent.sources.dataset import parse_frames
-from calibration.class_check import aligned, class_check_record, load_rivals, with_threshold
+from calibration.class_check import aligned, check_model, class_check_record, load_rivals, with_threshold
 from calibration.metrics import (POLICIES, auc, equal_rates_threshold, joint_target_fpr_thresholds,
                                  max_accuracy_threshold, rates, summary, target_fpr_threshold)
 from calibration.scoring import SCORER_BACKENDS, engine_id, make_scorer, score_folder
@@ -61,6 +61,7 @@ class CalibrateOptions:
     frames: str | None = None
     quiet: bool = False
     class_check: Sequence[str] | None = None
+    class_check_model: str = "auto"
 
 
 def check_apart(normal: str, anomalous: Sequence[str]) -> None:
@@ -83,6 +84,9 @@ def calibrate(o: CalibrateOptions) -> dict:
     check_writable(o.out)  # (refused before minutes of scoring, not after)
     bundle = Bundle.load(o.bundle)
     rivals = load_rivals(bundle, o.class_check) if o.class_check else None  # refused before minutes of scoring
+    if o.class_check_model != "auto" and not rivals:
+        raise ValueError("--class-check-model chooses the class check's model: give --class-check BUNDLE ... too")
+    model = check_model(bundle, rivals, o.class_check_model) if rivals else None
     scorer = make_scorer(bundle, o.backend, o.seed, fp16=o.fp16)
     frames = parse_frames(o.frames)
     normal_rows = [(f"{o.normal}:{p}", s) for p, _, s in score_folder(scorer, bundle, o.normal, frames, not o.quiet)]
@@ -94,7 +98,7 @@ def calibrate(o: CalibrateOptions) -> dict:
         print(f"warning: {w}")
     check = None
     if rivals:
-        cc = class_check_record(o, bundle, rivals, frames)
+        cc = class_check_record(o, bundle, rivals, frames, model)
         m_normal = aligned(cc["normal"], [k for k, _ in normal_rows])
         m_anomalous = aligned(cc["anomalous"], [k for k, _ in anomalous_rows])
         if o.policy == "target-fpr":  # one budget for both: the station flags a part when either is over
@@ -137,7 +141,8 @@ def calibrate(o: CalibrateOptions) -> dict:
         shown = ", ".join(f"{k} {v:.3f}" for k, v in check["metrics"].items())
         both = ", ".join(f"{k} {v:.3f}" for k, v in check["combined"]["metrics"].items())
         shared = check["combined"]["per_check_allowance"]
-        print(f"{bundle.cls}: class check against {', '.join(check['rivals'])}: margin threshold "
+        how = "the classes' PCA" if check["model"] == "pca" else f"the generators at k {check['k']}"
+        print(f"{bundle.cls}: class check against {', '.join(check['rivals'])} ({how}): margin threshold "
               f"{check['threshold']:.6g}; {shown}; score or check: {both}"
               + (f" (the --fpr budget shared: each flags at most {shared} of the {len(normal)} normal samples)"
                  if shared is not None else ""))
@@ -173,7 +178,12 @@ def add_parser(sub) -> None:
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.add_argument("--class-check", nargs="+", metavar="BUNDLE", default=None,
                    help="bundles of the station's other classes: also calibrate the class check, which flags a "
-                        "part that one of them reproduces better than this class's bundle does (k 0, ln ratio of "
-                        "the scores), with the same policy; with target-fpr the score and the check share the "
-                        "--fpr budget (a part over either is flagged); the station must load these bundles")
+                        "part that one of them reproduces better than this class's bundle does (ln ratio of the "
+                        "class PCAs' errors, or of the generators' scores at k 0: --class-check-model), with the "
+                        "same policy; with target-fpr the score and the check share the --fpr budget (a part over "
+                        "either is flagged); the station must load these bundles")
+    q.add_argument("--class-check-model", choices=("auto", "pca", "generator"), default="auto",
+                   help="what the class check compares: each bundle's class PCA (pca), or each generator at k 0 "
+                        "(generator); auto (the default): pca where every bundle has a class PCA (exported since "
+                        "2026-12-08), else generator")
     q.set_defaults(func=cmd_calibrate)

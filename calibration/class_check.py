@@ -1,8 +1,10 @@
 """`adgan calibrate --class-check BUNDLE ...`: the class check's threshold (agent/decide/class_check.py).
 
-The class's normal samples (and anomalous ones, if given) are scored at k 0 by the class's own
-bundle and by each rival bundle, the bundles of the station's other products; a sample's margin
-is ln(own) - ln(best rival). The threshold is chosen from the margins by the same policy as the
+The class's normal samples (and anomalous ones, if given) are scored by the class's own bundle
+and by each rival bundle, the bundles of the station's other products: by each bundle's class PCA
+(model "pca", where every bundle has one: bundles exported since 2026-12-08), or at k 0 by its
+generator (model "generator"; `--class-check-model` chooses); a sample's margin is ln(own) -
+ln(best rival). The threshold is chosen from the margins by the same policy as the
 score's threshold. With target-fpr the two share the one false alarm budget: the station flags a
 part when either is over its threshold, so both thresholds are chosen together
 (calibration/metrics.py joint_target_fpr_thresholds) to flag at most --fpr of the normal parts
@@ -12,19 +14,34 @@ on up to twice --fpr.) The other policies choose each threshold on its own.
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Sequence
 
 import numpy as np
 
-from agent.decide.class_check import RIVAL_K, margin, refusal
+from agent.decide.class_check import MODELS, RIVAL_K, margin, refusal
 from agent.scoring.bundle import Bundle
 from calibration.metrics import auc, rates, summary
 from calibration.scoring import make_scorer, score_folder
 
 
+def check_model(bundle: Bundle, rivals: dict[str, Bundle], asked: str = "auto") -> str:
+    """The check's model: `asked`, or for "auto" "pca" where every bundle has a class PCA, else
+    "generator"; ValueError where the bundles cannot be checked with it (`refusal`)."""
+    if asked not in ("auto", *MODELS):
+        raise ValueError(f"--class-check-model must be auto, {' or '.join(MODELS)}, got {asked!r}")
+    model = asked
+    if asked == "auto":
+        model = "pca" if all(b.class_pca is not None for b in (bundle, *rivals.values())) else "generator"
+    why = refusal(bundle, rivals, model)
+    if why is not None:
+        raise ValueError(f"--class-check: {why}" + (" (or --class-check-model generator)" if model == "pca" else ""))
+    return model
+
+
 def load_rivals(bundle: Bundle, paths: Sequence[str]) -> dict[str, Bundle]:
-    """The rival bundles by class; ValueError for one of the bundle's own class, a class given
-    twice, or bundles that cannot be checked against each other (`refusal`)."""
+    """The rival bundles by class; ValueError for one of the bundle's own class or a class given
+    twice."""
     rivals: dict[str, Bundle] = {}
     for p in paths:
         b = Bundle.load(p)
@@ -34,18 +51,29 @@ def load_rivals(bundle: Bundle, paths: Sequence[str]) -> dict[str, Bundle]:
         if b.cls in rivals:
             raise ValueError(f"--class-check gives two bundles of {b.cls!r}: {rivals[b.cls].path} and {p}")
         rivals[b.cls] = b
-    why = refusal(bundle, rivals)
-    if why is not None:
-        raise ValueError(f"--class-check: {why}")
     return rivals
 
 
-def margins(bundle: Bundle, rivals: dict[str, Bundle], folders: Sequence[str], o, frames) -> dict[str, float]:
-    """"<folder>:<sample path>" -> its margin, for every sample under `folders`, each bundle scoring
-    at k 0 with the device's engine."""
+class PCAScorer:
+    """A bundle's class PCA as a scorer for score_folder: a sample's L is its error."""
+
+    def __init__(self, bundle: Bundle) -> None:
+        self.pca = bundle.class_pca
+
+    def score(self, x):
+        return SimpleNamespace(score=self.pca.error(x))
+
+    def score_batch(self, xs):
+        return [self.score(x) for x in xs]
+
+
+def margins(bundle: Bundle, rivals: dict[str, Bundle], folders: Sequence[str], o, frames,
+            model: str) -> dict[str, float]:
+    """"<folder>:<sample path>" -> its margin, for every sample under `folders`, each bundle's L
+    its class PCA's error (model "pca") or its score at k 0 with the device's engine."""
     if not folders:
         return {}
-    scorers = {c: make_scorer(b, o.backend, o.seed, fp16=o.fp16, k=RIVAL_K)
+    scorers = {c: PCAScorer(b) if model == "pca" else make_scorer(b, o.backend, o.seed, fp16=o.fp16, k=RIVAL_K)
                for c, b in {bundle.cls: bundle, **rivals}.items()}
     scores: dict[str, dict[str, float]] = {}
     for c, scorer in scorers.items():
@@ -65,13 +93,15 @@ def aligned(values: dict[str, float], keys: Sequence[str]) -> np.ndarray:
     return np.array([values[k] for k in keys])
 
 
-def class_check_record(o, bundle: Bundle, rivals: dict[str, Bundle], frames) -> dict:
-    """The `class_check` entry of the class's record against `rivals` (load_rivals), without its
-    threshold and metrics (`with_threshold`)."""
-    return {"k": RIVAL_K, "rivals": {c: b.bundle_hash for c, b in rivals.items()},
+def class_check_record(o, bundle: Bundle, rivals: dict[str, Bundle], frames, model: str) -> dict:
+    """The `class_check` entry of the class's record against `rivals` (load_rivals) with `model`
+    (check_model), without its threshold and metrics (`with_threshold`). A PCA record's k is null:
+    an agent from before 2026-12-08 refuses it, where it would read its threshold as a generator's."""
+    return {"model": model, "k": RIVAL_K if model == "generator" else None,
+            "rivals": {c: b.bundle_hash for c, b in rivals.items()},
             "rival_bundles": {c: str(Path(b.path)) for c, b in rivals.items()},
-            "normal": margins(bundle, rivals, [o.normal], o, frames),
-            "anomalous": margins(bundle, rivals, list(o.anomalous or []), o, frames)}
+            "normal": margins(bundle, rivals, [o.normal], o, frames, model),
+            "anomalous": margins(bundle, rivals, list(o.anomalous or []), o, frames, model)}
 
 
 def with_threshold(cc: dict, threshold: float, warns: list[str], normal: np.ndarray, anomalous: np.ndarray) -> dict:
@@ -79,6 +109,7 @@ def with_threshold(cc: dict, threshold: float, warns: list[str], normal: np.ndar
     anomalous samples (in the score's order)."""
     metrics = ({"auc": auc(normal, anomalous), **rates(normal, anomalous, threshold)} if len(anomalous)
                else {"fpr": float((normal > threshold).mean())})
-    return {"threshold": threshold, "k": cc["k"], "rivals": cc["rivals"], "rival_bundles": cc["rival_bundles"],
+    return {"threshold": threshold, "model": cc["model"], "k": cc["k"], "rivals": cc["rivals"],
+            "rival_bundles": cc["rival_bundles"],
             "normal_margins": summary(normal), "anomalous_margins": summary(anomalous) if len(anomalous) else None,
             "metrics": metrics, "warnings": warns}

@@ -16,6 +16,7 @@ from agent import __version__, durable
 from agent.decide.anomaly_map import check_background, check_sigma
 from agent.scoring.bundle import BUNDLE_FORMAT, MANIFEST, SearchDefaults, sha256_file
 from agent.scoring.bump import Bump, BumpCheck, bump_score
+from agent.scoring.class_pca import FILE as CLASS_PCA_FILE, ClassPCA
 from agent.scoring.relief import Relief, ReliefCheck, relief_score
 from agent.scoring.shape import Shape, ShapeCheck, shape_features
 from export.onnx_export import OPSET, export_encoder, export_graphs, loss_io, step_io
@@ -103,7 +104,7 @@ def write_bundle(run: str | Path, out: str | Path, search: SearchDefaults, use_e
                  operating_point: dict | None = None, relief: Relief | None = None,
                  relief_samples: int = RELIEF_SAMPLES, shape: Shape | None = None,
                  heat_sigma: float | None = 0.0, heat_background: str | None = "black",
-                 bump: Bump | None = None) -> dict:
+                 bump: Bump | None = None, class_pca: int | None = None) -> dict:
     """Export a training run's generator (and its encoder, for z_init "encoder") as a bundle
     directory. With score_norm "train" the run's training samples (from `data` if the dataset
     moved) are scored once to standardise the local score per cell; with `relief`, up to
@@ -113,7 +114,8 @@ def write_bundle(run: str | Path, out: str | Path, search: SearchDefaults, use_e
     the export's default for the generator's size, `recipe_heat_sigma`); `heat_background` is what the
     map compares the input's background with ("drawn": G's own; "black": -1; None: the export's
     default, RECIPE_HEAT_BACKGROUND). With `bump`, the same parts reference the bump check
-    (agent/scoring/bump.py)."""
+    (agent/scoring/bump.py). With `class_pca` (a number of components), every training part makes
+    the class's PCA, the class check's model (agent/scoring/class_pca.py)."""
     if heat_sigma is not None:
         check_sigma(heat_sigma)
     heat_background = RECIPE_HEAT_BACKGROUND if heat_background is None else check_background(heat_background)
@@ -140,7 +142,7 @@ def write_bundle(run: str | Path, out: str | Path, search: SearchDefaults, use_e
         info["training"]["encoder"] = {k: est[k] for k in ("epochs", "loss", "fg_threshold", "features", "seed")}
     if operating_point is not None:
         info["operating_point"] = operating_point
-    if search.score_norm == "none" and not checks:
+    if search.score_norm == "none" and not checks and not class_pca:
         return write_generator_bundle(g, out, search, info, force, encoder, heat_sigma=heat_sigma,
                                       heat_background=heat_background)
     # Statistics of the run's own training samples, scored by the runtime's engine and search:
@@ -152,6 +154,10 @@ def write_bundle(run: str | Path, out: str | Path, search: SearchDefaults, use_e
     cd = load_run_data(st, data, run)
     frames = f"{cd.frames[0]}..{cd.frames[-1]}"
     cell_stats, stats, check, shape_check, bump_check = None, None, None, None, None
+    pca = None
+    if class_pca:
+        fitted = ClassPCA.fit(cd.x.numpy(), class_pca)
+        pca = (fitted, fitted.info(len(cd.x), frames))
     with _stats_folder(out) as tmp:
         if search.score_norm != "none":
             one = replace(search, score_norm="none", parts_per_call=1, seeds_per_call=search.n_seed)
@@ -176,7 +182,8 @@ def write_bundle(run: str | Path, out: str | Path, search: SearchDefaults, use_e
         # generator, search, encoder and statistics): copied, not exported again
         graphs_from = Path(tmp) / "r" if checks else None
         return write_generator_bundle(g, out, search, info, force, encoder, cell_stats, stats, check, shape_check,
-                                      heat_sigma, heat_background, graphs_from=graphs_from, bump=bump_check)
+                                      heat_sigma, heat_background, graphs_from=graphs_from, bump=bump_check,
+                                      class_pca=pca)
 
 
 @contextlib.contextmanager
@@ -258,7 +265,7 @@ def write_generator_bundle(g: Generator, out: str | Path, search: SearchDefaults
                            stats_info: dict | None = None, relief: ReliefCheck | None = None,
                            shape: ShapeCheck | None = None, heat_sigma: float = 0.0,
                            heat_background: str = "black", graphs_from: Path | None = None,
-                           bump: BumpCheck | None = None) -> dict:
+                           bump: BumpCheck | None = None, class_pca: tuple | None = None) -> dict:
     """Write a bundle for generator `g`; `info` gives class, kind, preprocessing and training;
     `cell_stats` (mu, sd) per cell standardise the local score (search.score_norm "train");
     `relief` is the depth relief check beside the search (the manifest's "relief"), `shape` the
@@ -266,7 +273,8 @@ def write_generator_bundle(g: Generator, out: str | Path, search: SearchDefaults
     the anomaly map and `heat_background` "drawn" compares the input's background with G's own (its "heat");
     `graphs_from` is a bundle folder written by this function for the same `g`, `search`, `encoder`
     and `cell_stats` (export's reference for the checks): its ONNX graphs are copied, not
-    exported again (half an export's time)."""
+    exported again (half an export's time); `class_pca` (ClassPCA, its manifest block) the class
+    check's model (its "class_pca")."""
     heat_sigma = check_sigma(heat_sigma)
     heat_background = check_background(heat_background)
     heat = {**({"sigma": round(heat_sigma, 6)} if heat_sigma > 0 else {}),
@@ -307,6 +315,9 @@ def write_generator_bundle(g: Generator, out: str | Path, search: SearchDefaults
             np.savez(tmp / "cell_stats.npz", mu=np.asarray(cell_stats[0], np.float64),
                      sd=np.asarray(cell_stats[1], np.float64))
             names.append("cell_stats.npz")
+        if class_pca is not None:
+            class_pca[0].save(tmp)
+            names.append(CLASS_PCA_FILE)
         files = {f: sha256_file(tmp / f) for f in names}
         manifest = {
             "format": BUNDLE_FORMAT,
@@ -326,6 +337,7 @@ def write_generator_bundle(g: Generator, out: str | Path, search: SearchDefaults
             **({"bump": bump.to_dict()} if bump is not None else {}),
             **({"shape": shape.to_dict()} if shape is not None else {}),
             **({"heat": heat} if heat else {}),
+            **({"class_pca": class_pca[1]} if class_pca is not None else {}),
             "files": files,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")

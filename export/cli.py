@@ -96,6 +96,10 @@ def cmd_export(a: argparse.Namespace) -> int:
     # the map's smoothing: the recipe's for the generator's size unless asked; the paper has no maps
     heat_sigma = a.heat_sigma if a.heat_sigma is not None else (0.0 if a.paper else None)
     heat_background = a.heat_background if a.heat_background is not None else ("black" if a.paper else None)
+    if a.class_pca is not None and a.class_pca < 0:
+        raise ValueError(f"--class-pca must be a number of components >= 0 (0 leaves it out), got {a.class_pca}")
+    from agent.scoring.class_pca import COMPONENTS
+    class_pca = a.class_pca if a.class_pca is not None else (0 if a.paper else COMPONENTS)
     from training.cli import run_lock
     run_dir = Path(a.run) if Path(a.run).is_dir() else Path(a.run).parent
     with run_lock(run_dir, writes=False):  # (not while a training writes it)
@@ -112,7 +116,7 @@ def cmd_export(a: argparse.Namespace) -> int:
                   f"(default {record['default_ms']} ms), validated quality {record['quality'].get('quality', '?')}")
         m = write_bundle(a.run, a.out, search, use_ema=not a.no_ema, force=a.force, data=a.data, progress=True,
                          operating_point=record, relief=relief, shape=shape, bump=bump, heat_sigma=heat_sigma,
-                         heat_background=heat_background,
+                         heat_background=heat_background, class_pca=class_pca or None,
                          **({"relief_samples": a.relief_samples} if a.relief_samples is not None else {}))
     s = search
     print(f"exported {m['class']} ({m['kind']}, {m['training']['weights']}, epoch {m['training']['epoch']}) "
@@ -134,6 +138,10 @@ def cmd_export(a: argparse.Namespace) -> int:
     print("anomaly map: " + (f"smoothed by a Gaussian of {hb['sigma']:g} px of the {m['architecture']['size']} "
                               f"px input" if "sigma" in hb else "unsmoothed")
           + ("; background against the generator's own" if hb.get("background") == "drawn" else "; background against -1"))
+    if "class_pca" in m:
+        cp = m["class_pca"]
+        print(f"class PCA: {cp['components']} axes of {cp['samples']} training parts (pooled {cp['pool']} x "
+              f"{cp['pool']}), the class check's model ('adgan calibrate --class-check')")
     if "shape" in m:
         ref = m["shape"]["reference"]
         print(f"surface shape check: {ref['samples']} training parts' shapes (distance median {ref['shape_median']:.4g}, "
@@ -220,6 +228,10 @@ def add_parser(sub) -> None:
     q.add_argument("--no-shape", action="store_true",
                    help="leave the shape check out (the defaults until 2026-12-03, with --relief-erode 2 "
                         "--heat-sigma 0)")
+    q.add_argument("--class-pca", type=int, default=None, metavar="N",
+                   help="components of the class's PCA, fitted on every training part and written into the bundle "
+                        "for the class check of a station with several products ('adgan calibrate --class-check'); "
+                        "it does not change the score (default 16; 0 leaves it out; --paper: 0)")
     q.add_argument("--bump", action="store_true",
                    help="add the bump check (opt-in, not a default): a part's surface pushed towards the camera "
                         "(a bump, a blister, a bead of glue), against the depth's own median over 15 px, depth "

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from agent import durable
-from agent.decide.class_check import RIVAL_K, CheckRecord, ClassCheck, refusal
+from agent.decide.class_check import RIVAL_K, CheckRecord, ClassCheck, by_searcher, refusal
 from agent.decide.thresholds import ClassThreshold, ThresholdError, load_threshold, recorded_engine
 from agent.scoring.bundle import Bundle, BundleError
 from agent.scoring.backend import Backend, open_backend
@@ -194,7 +194,7 @@ def check_rivals(cls: str, bundle: Bundle, thr: ClassThreshold, loaded: dict[str
                                f"{thresholds}: the class check of {cls!r} was calibrated against bundle "
                                f"{h[:12]}... of {o!r}, this station loads {loaded[o].bundle_hash[:12]}...: "
                                f"calibrate {cls!r} again with --class-check {loaded[o].path}")
-    why = refusal(bundle, {o: loaded[o] for o in rec.rivals})
+    why = refusal(bundle, {o: loaded[o] for o in rec.rivals}, rec.model)
     if why is not None:
         raise SettingError("model.thresholds", f"{thresholds}: the class check of {cls!r} cannot be made: {why}")
     return rec
@@ -207,8 +207,12 @@ def with_checks(models: dict[str, ClassModel], thresholds: str | Path) -> dict[s
     out = {}
     for cls, m in models.items():
         rec = check_rivals(cls, m.bundle, m.threshold, loaded, thresholds)
-        check = None if rec is None else ClassCheck(rec, at_k0(m.searcher),
-                                                    {o: at_k0(models[o].searcher) for o in rec.rivals})
+        check = None
+        if rec is not None and rec.model == "pca":
+            check = ClassCheck(rec, m.bundle.class_pca.error, {o: loaded[o].class_pca.error for o in rec.rivals})
+        elif rec is not None:
+            check = ClassCheck(rec, by_searcher(at_k0(m.searcher)),
+                               {o: by_searcher(at_k0(models[o].searcher)) for o in rec.rivals})
         out[cls] = replace(m, check=check)
     return out
 

@@ -22,6 +22,7 @@ import numpy as np
 from agent.decide.anomaly_map import check_background, check_sigma
 from agent.records import Record, record
 from agent.scoring.bump import BumpCheck
+from agent.scoring.class_pca import ClassPCA
 from agent.scoring.relief import ReliefCheck
 from agent.scoring.shape import ShapeCheck
 from agent.segment.preprocess import Preprocessing
@@ -191,6 +192,8 @@ class Bundle:
             raise ValueError(f"graphs' x batch {self.x_batch} does not fit {self.search.parts_per_call} parts per "
                              f"call of {self.seeds_per_call} slots")
         self.cell_stats: tuple[np.ndarray, np.ndarray] | None = None  # (mu, sd) per cell, score_norm "train"
+        # the class's PCA, the class check's model (agent/scoring/class_pca.py); none in bundles before 2026-12-08
+        self.class_pca: ClassPCA | None = None
         # the depth relief check beside the search (agent/scoring/relief.py), when exported with it
         self.relief: ReliefCheck | None = ReliefCheck.from_dict(manifest["relief"]) if manifest.get("relief") else None
         # the bump check (agent/scoring/bump.py), when exported with it (adgan export --bump)
@@ -254,9 +257,14 @@ class Bundle:
                 stats = (z["mu"].astype(np.float64), z["sd"].astype(np.float64))
         with np.load(path / manifest["theta"]["file"], allow_pickle=False) as z:
             theta = {k: z[k] for k in z.files}
+        cp = manifest.get("class_pca")
+        if cp is not None and (not isinstance(cp, dict) or cp.get("file") not in manifest["files"]):
+            raise BundleError(f"{mf}: the bundle has a class PCA, but it is not covered by a hash")
         try:
             b = cls(path, manifest, hashlib.sha256(raw).hexdigest(), theta)
             b.cell_stats = stats
+            if cp is not None:  # the class check's model (agent/scoring/class_pca.py)
+                b.class_pca = ClassPCA.load(path, cp, (b.channels, b.size, b.size))
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise BundleError(f"{mf}: {e}") from None
         missing = [n for n in b.trainable if n not in theta]

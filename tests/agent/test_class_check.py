@@ -1,7 +1,7 @@
 """The class check (agent/decide/class_check.py): a part that another of the station's classes'
-generators reproduces better than the expected class's is flagged, calibrated with
-`adgan calibrate --class-check`, and a station that cannot make the check it was calibrated
-for does not start."""
+models (their class PCAs, or their generators at k 0) reproduce better than the expected class's
+is flagged, calibrated with `adgan calibrate --class-check`, and a station that cannot make the
+check it was calibrated for does not start."""
 from __future__ import annotations
 
 import json
@@ -24,21 +24,42 @@ EXPORT = ["--theta-scope", "none", "--loss", "fg", "--z-init", "encoder", "--k",
 
 
 @pytest.fixture(scope="module")
-def checked(encoded_run, synth_data, tmp_path_factory):
-    """(sphere bundle, cylinder bundle, thresholds.json): both start at the encoder and frame the
-    whole sample; each class calibrated with a class check against the other."""
-    root = tmp_path_factory.mktemp("checked")
+def pair(encoded_run, synth_data, tmp_path_factory):
+    """(sphere bundle, cylinder bundle): both start at the encoder, frame the whole sample and carry
+    a class PCA (export's default)."""
+    root = tmp_path_factory.mktemp("pair")
     assert main(["train", str(synth_data / "train"), "--class", "cylinder", "--kind", "gan", "--size", "32",
                  "--features-g", "4", "--features-d", "4", "--batch-size", "6", "--epochs", "3", "--out",
                  str(root / "cyl-run"), "--quiet", "--encoder-epochs", "3", "--framing", "frame"]) == 0
-    sphere, cyl, th = root / "sphere", root / "cylinder", root / "thresholds.json"
+    sphere, cyl = root / "sphere", root / "cylinder"
     assert main(["export", str(encoded_run), "--out", str(sphere), *EXPORT]) == 0
     assert main(["export", str(root / "cyl-run"), "--out", str(cyl), *EXPORT]) == 0
+    return sphere, cyl
+
+
+@pytest.fixture(scope="module", params=["pca", "generator"])
+def checked(request, pair, synth_data, tmp_path_factory):
+    """(sphere bundle, cylinder bundle, thresholds.json): each class calibrated with a class check
+    against the other, with the model of the fixture's parameter (pca: the default, auto)."""
+    sphere, cyl = pair
+    th = tmp_path_factory.mktemp("checked") / "thresholds.json"
     t = synth_data / "test"
+    model = [] if request.param == "pca" else ["--class-check-model", "generator"]
     for own, other, cls in ((sphere, cyl, "sphere"), (cyl, sphere, "cylinder")):
         assert main(["calibrate", str(own), "--normal", str(t / cls), "--fpr", "0.34", "--out", str(th),
-                     "--class-check", str(other), "--quiet"]) == 0
+                     "--class-check", str(other), "--quiet", *model]) == 0
     return sphere, cyl, th
+
+
+def rival_scores(th, sphere, cyl):
+    """class -> L(x) as the check calibrated in `th` computes it: the class PCA's error, or the
+    bundle's score at k 0."""
+    from agent.scoring.bundle import Bundle
+    model = json.loads(th.read_text())["classes"]["sphere"]["class_check"]["model"]
+    bundles = {"sphere": Bundle.load(sphere), "cylinder": Bundle.load(cyl)}
+    if model == "pca":
+        return {c: b.class_pca.error for c, b in bundles.items()}
+    return {c: (lambda x, s=make_scorer(b, "onnxruntime", 0, k=0): s.score(x).score) for c, b in bundles.items()}
 
 
 def test_the_margin_is_the_log_ratio_to_the_closest_rival_and_records_are_checked():
@@ -47,11 +68,17 @@ def test_the_margin_is_the_log_ratio_to_the_closest_rival_and_records_are_checke
     assert margin(0.0, {"cylinder": 0.0})[0] == 0.0  # (a perfect reproduction still has a logarithm)
     assert CheckRecord.read({"threshold": 1.0}) is None
     assert CheckRecord.read({"class_check": {"threshold": 0.5, "k": 0, "rivals": {"cylinder": "ab"}}}) == \
-        CheckRecord(0.5, {"cylinder": "ab"})
+        CheckRecord(0.5, {"cylinder": "ab"}, "generator")  # (a record from before 2026-12-08: no model)
+    pca = {"threshold": 0.5, "model": "pca", "k": None, "rivals": {"cylinder": "ab"}}
+    assert CheckRecord.read({"class_check": pca}) == CheckRecord(0.5, {"cylinder": "ab"}, "pca")
+    # an agent from before reads a PCA record as a generator's (no model): its k null refuses it
+    with pytest.raises(ValueError, match="calibrated with k None"):
+        CheckRecord.read({"class_check": {**pca, "model": "generator"}})
     for bad, why in (({"threshold": float("nan"), "rivals": {"c": "h"}}, "finite"),
                      ({"threshold": True, "rivals": {"c": "h"}}, "finite"),
                      ({"threshold": 1, "rivals": {}}, "rivals"), ({"threshold": 1, "rivals": {"c": ""}}, "rivals"),
-                     ({"threshold": 1, "rivals": {"c": "h"}, "k": 5}, "k 5"), ("on", "object")):
+                     ({"threshold": 1, "rivals": {"c": "h"}, "k": 5}, "k 5"), ("on", "object"),
+                     ({"threshold": 1, "rivals": {"c": "h"}, "model": "svm"}, "model 'svm'")):
         with pytest.raises(ValueError, match=why):
             CheckRecord.read({"class_check": bad})
 
@@ -62,18 +89,27 @@ def test_calibrate_records_the_check_and_refuses_rivals_it_cannot_check(checked,
     doc = json.loads(th.read_text())
     from agent.scoring.bundle import Bundle
     rec = doc["classes"]["sphere"]["class_check"]
-    assert rec["rivals"] == {"cylinder": Bundle.load(cyl).bundle_hash} and rec["k"] == 0
+    assert rec["rivals"] == {"cylinder": Bundle.load(cyl).bundle_hash}
+    assert (rec["model"], rec["k"]) in (("pca", None), ("generator", 0))
     assert math.isfinite(rec["threshold"]) and rec["normal_margins"]["n"] == 3 and rec["metrics"]["fpr"] <= 0.34
     assert doc["classes"]["cylinder"]["class_check"]["rivals"] == {"sphere": Bundle.load(sphere).bundle_hash}
     out = str(tmp_path / "t.json")
     normal = str(synth_data / "test" / "sphere")
     assert main(["calibrate", str(sphere), "--normal", normal, "--out", out, "--class-check", str(sphere)]) == 2
     assert "the class being calibrated" in capsys.readouterr().err
-    random_z = tmp_path / "random-z"
+    random_z = tmp_path / "random-z"  # (and no class PCA: auto takes the generators)
     cyl_run = cyl.parent / "cyl-run"
-    assert main(["export", str(cyl_run), "--out", str(random_z), "--z-init", "random", "--k", "3"]) == 0
+    assert main(["export", str(cyl_run), "--out", str(random_z), "--z-init", "random", "--k", "3",
+                 "--class-pca", "0"]) == 0
+    assert "class PCA" not in capsys.readouterr().out
     assert main(["calibrate", str(sphere), "--normal", normal, "--out", out, "--class-check", str(random_z)]) == 2
     assert "starts its search at random z" in capsys.readouterr().err
+    assert main(["calibrate", str(sphere), "--normal", normal, "--out", out, "--class-check", str(random_z),
+                 "--class-check-model", "pca"]) == 2
+    err = capsys.readouterr().err
+    assert "random-z (cylinder) has no class PCA" in err and "export it again" in err
+    assert main(["calibrate", str(sphere), "--normal", normal, "--out", out, "--class-check-model", "pca"]) == 2
+    assert "give --class-check BUNDLE" in capsys.readouterr().err
     assert not (tmp_path / "t.json").exists()  # nothing written for a refused calibration
 
 
@@ -83,17 +119,17 @@ def test_with_target_fpr_the_score_and_the_check_share_one_false_alarm_budget(ch
     import numpy as np
     from agent.scoring.bundle import Bundle
     from agent.sources.dataset import frame_numbers
-    sphere, cyl, _ = checked
+    sphere, cyl, checked_th = checked
+    model = json.loads(checked_th.read_text())["classes"]["sphere"]["class_check"]["model"]
     normal, th, other = synth_data / "train" / "sphere", tmp_path / "t.json", synth_data / "test" / "cylinder"
-    assert main(["calibrate", str(sphere), "--normal", str(normal), "--anomalous", str(other),
-                 "--fpr", "0.34", "--out", str(th), "--class-check", str(cyl), "--quiet"]) == 0
+    assert main(["calibrate", str(sphere), "--normal", str(normal), "--anomalous", str(other), "--fpr", "0.34",
+                 "--out", str(th), "--class-check", str(cyl), "--quiet", "--class-check-model", model]) == 0
     rec = json.loads(th.read_text())["classes"]["sphere"]
-    own, k0 = Bundle.load(sphere), {c: make_scorer(Bundle.load(b), "onnxruntime", 0, k=0) for c, b in
-                                    (("sphere", sphere), ("cylinder", cyl))}
-    full = make_scorer(own, "onnxruntime", 0)
+    L = rival_scores(th, sphere, cyl)
+    full = make_scorer(Bundle.load(sphere), "onnxruntime", 0)
     xs = [sample_to_input(read_sample(normal, n), 32) for n in frame_numbers(normal)]
     s = np.array([full.score(x).score for x in xs])
-    m = np.array([math.log(k0["sphere"].score(x).score) - math.log(k0["cylinder"].score(x).score) for x in xs])
+    m = np.array([margin(L["sphere"](x), {"cylinder": L["cylinder"](x)})[0] for x in xs])
     allowed = int(0.34 * len(xs))  # 2 of 6
     # the same allowance j for each, the largest whose union stays within the budget (brute force)
     best = max(j for j in range(allowed + 1)
@@ -106,8 +142,9 @@ def test_with_target_fpr_the_score_and_the_check_share_one_false_alarm_budget(ch
     assert combined["budget"] == "shared" and combined["per_check_allowance"] == best
     assert combined["metrics"]["fpr"] == pytest.approx(flagged.mean()) and 0 <= combined["metrics"]["tpr"] <= 1
     # another policy chooses each on its own, and says so
-    assert main(["calibrate", str(sphere), "--normal", str(normal), "--anomalous", str(other),
-                 "--policy", "equal-rates", "--out", str(th), "--class-check", str(cyl), "--quiet"]) == 0
+    assert main(["calibrate", str(sphere), "--normal", str(normal), "--anomalous", str(other), "--policy",
+                 "equal-rates", "--out", str(th), "--class-check", str(cyl), "--quiet",
+                 "--class-check-model", model]) == 0
     combined = json.loads(th.read_text())["classes"]["sphere"]["class_check"]["combined"]
     assert combined["budget"] == "each" and combined["per_check_allowance"] is None
 
@@ -118,12 +155,12 @@ def test_a_part_another_class_reproduces_better_is_an_anomaly_whatever_its_score
     try:
         m = models["sphere"]
         assert m.check is not None and list(m.check.rivals) == ["cylinder"]
-        k0 = {c: make_scorer(models[c].bundle, "onnxruntime", 0, k=0) for c in models}
+        L = rival_scores(th, sphere, cyl)
         xs = [sample_to_input(read_sample(synth_data / "test" / c, n), 32) for c in ("sphere", "cylinder")
               for n in range(3)]
         for x in xs:
             d = m.decide(x)
-            want = math.log(k0["sphere"].score(x).score) - math.log(k0["cylinder"].score(x).score)
+            want = margin(L["sphere"](x), {"cylinder": L["cylinder"](x)})[0]
             assert d.class_check["margin"] == pytest.approx(want, rel=1e-5, abs=1e-6)
             assert d.class_check["closest_class"] == "cylinder"
             assert d.class_check["anomaly"] == (want > d.class_check["threshold"])
