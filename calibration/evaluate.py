@@ -156,6 +156,37 @@ def pca_rows(o: EvaluateOptions, frames, curves: dict, avg: dict) -> list[dict]:
     return rows
 
 
+def class_check_rows(bundles, o: EvaluateOptions, frames, curves: dict) -> list[dict]:
+    """Table 2's rows of the class check (agent/decide/class_check.py, model "pca") for every bundle,
+    against the other bundles' classes, where there are two classes or more, each bundle carries a
+    class PCA and all frame parts alike: a sample's margin is ln L_own - min over the others ln L_other,
+    L each class PCA's error. What a station inspecting these products gets from
+    `adgan calibrate --class-check` beside the score; none where the check cannot be made (said)."""
+    from agent.decide.class_check import margin, refusal
+    from calibration.class_check import PCAScorer
+
+    by_class = {b.cls: b for b in bundles}
+    if len(by_class) < 2:
+        return []
+    why = next((w for b in by_class.values()
+                if (w := refusal(b, {c: r for c, r in by_class.items() if c != b.cls}, "pca"))), None)
+    if why is not None:
+        print(f"note: no class check rows in Table 2: {why}")
+        return []
+    errors = {c: {p: (folder, e) for p, folder, e in score_dataset(PCAScorer(b), b, Path(o.data), frames, False)}
+              for c, b in by_class.items()}
+    rows = []
+    for c in by_class:
+        scored = [(p, folder, margin(e, {r: errors[r][p][1] for r in by_class if r != c})[0])
+                  for p, (folder, e) in errors[c].items()]
+        row = table_row(c, "class check (pca)", scored)
+        rows.append({**{k: v for k, v in row.items() if not k.startswith("avg_loss_")},
+                     "bundle": by_class[c].bundle_hash[:12], "score": "class PCA margin"})
+        s, folder = np.array([r[2] for r in scored]), np.array([r[1] for r in scored])
+        curves[f"{c} class check (pca)"] = (s[folder == c], s[folder != c])
+    return rows
+
+
 def damage_recipe(root: Path) -> str:
     """How `adgan dataset damage` made the twins under `root` (its damage.json), for the report."""
     try:
@@ -247,6 +278,7 @@ def evaluate(o: EvaluateOptions) -> Path:
             index += [f"![search](search-{tag}.png)", ""]
     head = []
     if o.data:
+        table += class_check_rows(bundles, o, frames, curves)
         if o.pca:
             table += pca_rows(o, frames, curves, avg)
         write_table(table, out)

@@ -234,3 +234,36 @@ def test_margins_of_other_samples_than_the_scores_are_refused_in_one_line():
     with pytest.raises(ValueError, match=r"other samples than the search did \(1 against 2\)"):
         aligned({"d:a": 1.0}, ["d:a", "d:b"])
     assert isinstance(aligned({}, []), np.ndarray)
+
+
+def test_evaluate_adds_the_class_checks_rows_to_table_2(pair, synth_data, tmp_path, capsys):
+    """With bundles of several classes that carry class PCAs, Table 2 shows what the check tells apart."""
+    import csv
+
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from agent.scoring.bundle import Bundle
+    from agent.sources.dataset import class_folders, frame_numbers
+    sphere, cyl = pair
+    data = synth_data / "test"
+    assert main(["evaluate", "--bundles", str(sphere), str(cyl), "--data", str(data), "--out", str(tmp_path / "r"),
+                 "--quiet", "--no-search-figure"]) == 0
+    rows = {(r["class"], r["kind"]): r for r in csv.DictReader(open(tmp_path / "r" / "table2.csv"))}
+    pcas = {"sphere": Bundle.load(sphere).class_pca, "cylinder": Bundle.load(cyl).class_pca}
+    samples = [(f.name, sample_to_input(read_sample(f, n), 32)) for f in class_folders(data) for n in frame_numbers(f)]
+    for cls, other in (("sphere", "cylinder"), ("cylinder", "sphere")):
+        r = rows[(cls, "class check (pca)")]
+        m = np.array([margin(pcas[cls].error(x), {other: pcas[other].error(x)})[0] for _, x in samples])
+        y = np.array([folder != cls for folder, _ in samples])
+        assert float(r["auc"]) == pytest.approx(roc_auc_score(y, m), abs=1e-9)
+        assert r["bundle"] == Bundle.load(sphere if cls == "sphere" else cyl).bundle_hash[:12]
+        assert (cls, "gan") in rows  # the scores' rows stay
+    # a bundle without a class PCA: no such rows, and the report says why
+    plain = tmp_path / "plain"
+    assert main(["export", str(cyl.parent / "cyl-run"), "--out", str(plain), *EXPORT, "--class-pca", "0"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--bundles", str(sphere), str(plain), "--data", str(data), "--out", str(tmp_path / "q"),
+                 "--quiet", "--no-search-figure"]) == 0
+    assert "no class check rows in Table 2" in capsys.readouterr().out
+    assert "class check" not in (tmp_path / "q" / "table2.md").read_text()
