@@ -17,6 +17,7 @@ Class-swap AUROC: c's block frames (normal) against the other classes' block fra
             each class's damaged twins against their intact copies
 
     .venv/bin/python bench/competing.py pca ../shared/data/paper-rgbd --size 32 --components 16
+    .venv/bin/python bench/competing.py pca ../shared/data/paper-rgbd --size 64 --pool 2   # the bundle's class PCA
     .venv/bin/python bench/competing.py classifier ../shared/data/paper-rgbd --size 32 --seed 0
     .venv/bin/python bench/competing.py folds ../shared/data/paper-rgbd runs/cv/compete-q
     .venv/bin/python bench/competing.py operating ../shared/data/paper-rgbd runs/cv/compete-q --fpr 0.05,0.1

@@ -15,6 +15,7 @@ def train_and_export(plan: Plan, progress: bool) -> dict[str, Path]:
     a, bundles = plan.a, {}
     from dataclasses import fields, replace
 
+    from agent.scoring.class_pca import COMPONENTS as CLASS_PCA
     from agent.segment.preprocess import Preprocessing
     from export.bundle import RECIPE_SEARCH, for_start, with_default_seeds, write_bundle
     from training.encoder import train_encoder
@@ -50,7 +51,7 @@ def train_and_export(plan: Plan, progress: bool) -> dict[str, Path]:
         search = with_default_seeds(for_start(replace(RECIPE_SEARCH, loss=a.loss, z_init=z_init, **given,
                                                       score_cells=a.score_cells, score_norm=a.score_norm), a.k))
         write_bundle(run, bundles[cls], search, force=True, heat_sigma=None,  # the map as adgan export makes it
-                     heat_background=None)
+                     heat_background=None, class_pca=CLASS_PCA)  # (and its class PCA: Table 2's class check rows)
     print(f"[3/6] bundles (theta scope {search.theta_scope}, loss {a.loss}, depth weight {search.depth_weight:g}, "
           f"pool {search.pool}, score {search.describe_score()}, n_seed {search.n_seed}, k {search.k}, "
           f"{'search from the encoder' if a.encoder_epochs else 'random z'}) -> {plan.out / 'bundles'}")

@@ -55,6 +55,8 @@ def test_demo_runs_end_to_end_in_reduced_mode(tmp_path, capsys):
     assert cv2.imread(str(rep / "samples.png")).std() > 1
     index = (rep / "index.md").read_text()
     assert f"| 4 | {s['ok']} | {s['ng']} |" in index and "Table 2" in index and "Local damage" in index
+    # the bundles carry class PCAs, as adgan export makes them: Table 2 shows the class check's rows too
+    assert (rep / "table2.md").read_text().count("| class check (pca) |") == 3
     # per defect of the renderer, for each class: image AUROC, pixel AUROC and PRO, and the maps
     rows = (rep / "damage.csv").read_text().splitlines()
     kinds = {r.split(",")[2] for r in rows[1:]}
