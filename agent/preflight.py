@@ -26,7 +26,7 @@ from pydantic import BaseModel
 
 from agent import durable, request_journal, run_record
 from agent.decide import expected
-from agent.decide.inspector import check_class_model, check_rivals
+from agent.decide.inspector import check_class_model, check_rivals, load_check_bundles
 from agent.mounts import NETWORK_FS, mount_of, read_only_words
 from agent.mqtt.files import AgentLock, write_error
 from agent.mqtt.salvage import corrupt_file
@@ -72,11 +72,17 @@ def check_models(s: AgentSettings, r: Report) -> None:
             r.warnings.append(f"model.bundles.{cls}: {path} scores {bundle.parts_per_call} parts per call; the agent "
                               f"scores one part at a time, so each score pays for {bundle.parts_per_call} (export "
                               "the station's bundle without --parts-per-call)")
+    try:
+        extra = load_check_bundles(m.check_bundles)
+    except SettingError as e:
+        r.problems.append(e)
+        return
     if len(checked) < len(m.bundles):
         return  # (a class check against a bundle refused above would only repeat its problem)
     for cls, (bundle, thr) in checked.items():
         try:
-            check_rivals(cls, bundle, thr, {c: b for c, (b, _) in checked.items()}, m.thresholds)
+            check_rivals(cls, bundle, thr, {**extra, **{c: b for c, (b, _) in checked.items()}}, m.thresholds,
+                         set(checked))
         except SettingError as e:
             r.problems.append(e)
 

@@ -82,7 +82,7 @@ class Agent(Requests):
         self.lock.acquire()  # first: a second agent on this outbox is refused before minutes of loading
         self.notifier.status("loading models")
         self.thresholds = ThresholdsReload(m)  # before the file is read: a change meanwhile is seen
-        self.models = load_models(m.bundles, m.thresholds, m.seed, m.backend)
+        self.models = load_models(m.bundles, m.thresholds, m.seed, m.backend, m.check_bundles)
         self.classes = ExpectedClass(m.expected_class, self.models, self.s.outbox.path, self._class_refused)
         self.expected = self.classes.name
         made = [t for t in (iso_time(c.bundle.manifest.get("created")) for c in self.models.values()) if t]

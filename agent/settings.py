@@ -95,6 +95,11 @@ class SegmentationSettings(Strict):
 class ModelSettings(Strict):
     bundles: dict[str, StationPath] = Field(description="bundle folder per class, e.g. "
                                                         "{rectangle = '/var/lib/adgan/b'}")
+    check_bundles: dict[str, StationPath] = Field(
+        default_factory=dict, description="bundles of the line's other products that this station does not "
+        "inspect, read only for their class PCAs (the class check, model pca: adgan calibrate --class-check): no "
+        "engine and no threshold of their own, so a station of one product can tell it from the others, e.g. "
+        "{sphere = '/var/lib/adgan/bundles/sphere'}")
     expected_class: str = Field(description="the class being inspected now (switchable over MQTT)")
     thresholds: StationPath = Field(description="thresholds.json calibrated on these bundles; read again when it "
                              "changes (a file that cannot be used is refused and said, and the thresholds in "
@@ -109,6 +114,10 @@ class ModelSettings(Strict):
         if self.expected_class not in self.bundles:
             raise ValueError(f"expected_class {self.expected_class!r} has no bundle "
                              f"(bundles: {', '.join(sorted(self.bundles)) or 'none'})")
+        both = sorted(set(self.bundles) & set(self.check_bundles))
+        if both:
+            raise ValueError(f"check_bundles gives {', '.join(map(repr, both))}, which bundles inspects already: "
+                             "a class's bundle is in one or the other")
         return self
 
 

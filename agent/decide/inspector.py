@@ -83,6 +83,25 @@ def check_class_model(cls: str, bundle_path: str | Path, thresholds: str | Path,
     return bundle, check_threshold(cls, bundle, thresholds, seed, backend_settings)
 
 
+def load_check_bundles(paths: dict[str, str | Path] | None) -> dict[str, Bundle]:
+    """model.check_bundles: the verified bundles of the line's other products, read for their class
+    PCAs only (no engine). SettingError naming the setting for one missing, tampered with or of
+    another class."""
+    out = {}
+    for cls, path in (paths or {}).items():
+        try:
+            b = Bundle.load(path)
+        except BundleError as e:
+            raise SettingError(f"model.check_bundles.{cls}", f"{path}: {e}") from None
+        except OSError as e:
+            raise SettingError(f"model.check_bundles.{cls}", f"{path}: {durable.permission_words(e)}") from None
+        if b.cls != cls:
+            raise SettingError(f"model.check_bundles.{cls}",
+                               f"bundle {path} was trained on class {b.cls!r}, not {cls!r}")
+        out[cls] = b
+    return out
+
+
 def check_threshold(cls: str, bundle: Bundle, thresholds: str | Path, seed: int,
                     backend_settings=None) -> ClassThreshold:
     """The threshold of `cls` in `thresholds`, refused (SettingError) unless it was calibrated on
@@ -149,10 +168,11 @@ def load_class_model(cls: str, bundle_path: str | Path, thresholds: str | Path, 
 
 
 def with_thresholds(models: dict[str, ClassModel], thresholds: str | Path, seed: int,
-                    backend_settings=None) -> dict[str, ClassModel]:
+                    backend_settings=None, check_bundles: dict | None = None) -> dict[str, ClassModel]:
     """The models with the thresholds now in `thresholds`, on the engines already open (a search
-    recorded with other hyperparameters gets its own Searcher). Raises SettingError, leaving
-    `models` as they are, when any class's threshold is refused."""
+    recorded with other hyperparameters gets its own Searcher), and the class checks they record
+    against the models and `check_bundles` (model.check_bundles, read again: load_check_bundles).
+    Raises SettingError, leaving `models` as they are, when any class's threshold is refused."""
     out = {}
     for cls, m in models.items():
         thr = check_threshold(cls, m.bundle, thresholds, seed, backend_settings)
@@ -162,7 +182,7 @@ def with_thresholds(models: dict[str, ClassModel], thresholds: str | Path, seed:
             same = False  # (refused just below, by _searcher)
         searcher = m.searcher if same else _searcher(thr, m.bundle, m.searcher.backend, seed, thresholds)
         out[cls] = ClassModel(m.bundle, thr, searcher, m.backend_name)
-    return with_checks(out, thresholds)
+    return with_checks(out, thresholds, load_check_bundles(check_bundles))
 
 
 def at_k0(searcher: Searcher) -> Searcher:
@@ -173,10 +193,12 @@ def at_k0(searcher: Searcher) -> Searcher:
 
 
 def check_rivals(cls: str, bundle: Bundle, thr: ClassThreshold, loaded: dict[str, Bundle],
-                 thresholds: str | Path) -> CheckRecord | None:
+                 thresholds: str | Path, engines: set[str] | None = None) -> CheckRecord | None:
     """The class check `thr`'s record holds (None: the class is not checked), refused (SettingError)
-    where it cannot be made with the `loaded` bundles: its rivals' bundles not loaded by this
-    station, other bundles than those it was calibrated against, or bundles framed otherwise."""
+    where it cannot be made with the `loaded` bundles (model.bundles and model.check_bundles; of
+    them, `engines` the classes with an engine, None: all): its rivals' bundles not loaded by this
+    station, other bundles than those it was calibrated against, bundles framed otherwise, or a
+    generators' check against a bundle without an engine."""
     try:
         rec = CheckRecord.read(thr.record)
     except ValueError as e:
@@ -184,13 +206,21 @@ def check_rivals(cls: str, bundle: Bundle, thr: ClassThreshold, loaded: dict[str
     if rec is None:
         return None
     for o, h in rec.rivals.items():
+        setting = "bundles" if engines is None or o in engines or o not in loaded else "check_bundles"
         if o not in loaded:
+            where = f"model.bundles.{o}" + (f" (or model.check_bundles.{o}: its class PCA only, no engine)"
+                                            if rec.model == "pca" else "")
             raise SettingError(f"model.bundles.{o}",
                                f"{thresholds}: the class check of {cls!r} was calibrated against a bundle of "
-                               f"{o!r}, which this station does not load: add model.bundles.{o} (the bundle "
+                               f"{o!r}, which this station does not load: add {where} (the bundle "
                                f"{h[:12]}...), or calibrate {cls!r} without --class-check")
+        if rec.model == "generator" and setting == "check_bundles":
+            raise SettingError(f"model.check_bundles.{o}",
+                               f"{thresholds}: the class check of {cls!r} compares the generators at k 0, which "
+                               f"needs an engine for {o!r}: move it to model.bundles, or calibrate {cls!r} again "
+                               "with bundles that carry class PCAs (--class-check-model pca)")
         if loaded[o].bundle_hash != h:
-            raise SettingError(f"model.bundles.{o}",
+            raise SettingError(f"model.{setting}.{o}",
                                f"{thresholds}: the class check of {cls!r} was calibrated against bundle "
                                f"{h[:12]}... of {o!r}, this station loads {loaded[o].bundle_hash[:12]}...: "
                                f"calibrate {cls!r} again with --class-check {loaded[o].path}")
@@ -200,13 +230,14 @@ def check_rivals(cls: str, bundle: Bundle, thr: ClassThreshold, loaded: dict[str
     return rec
 
 
-def with_checks(models: dict[str, ClassModel], thresholds: str | Path) -> dict[str, ClassModel]:
+def with_checks(models: dict[str, ClassModel], thresholds: str | Path,
+                extra: dict[str, Bundle] | None = None) -> dict[str, ClassModel]:
     """The models, each with the class check its threshold record holds (check_rivals), on the
-    engines already open."""
-    loaded = {c: m.bundle for c, m in models.items()}
+    engines already open, or against the class PCAs of `extra` (load_check_bundles)."""
+    loaded = {**(extra or {}), **{c: m.bundle for c, m in models.items()}}
     out = {}
     for cls, m in models.items():
-        rec = check_rivals(cls, m.bundle, m.threshold, loaded, thresholds)
+        rec = check_rivals(cls, m.bundle, m.threshold, loaded, thresholds, set(models))
         check = None
         if rec is not None and rec.model == "pca":
             check = ClassCheck(rec, m.bundle.class_pca.error, {o: loaded[o].class_pca.error for o in rec.rivals})
@@ -217,13 +248,16 @@ def with_checks(models: dict[str, ClassModel], thresholds: str | Path) -> dict[s
     return out
 
 
-def load_models(bundles: dict[str, Path], thresholds: Path, seed: int, backend_settings=None) -> dict[str, ClassModel]:
-    """Every configured class's model; closes what was opened if one of them is refused."""
+def load_models(bundles: dict[str, Path], thresholds: Path, seed: int, backend_settings=None,
+                check_bundles: dict[str, Path] | None = None) -> dict[str, ClassModel]:
+    """Every configured class's model, with the class checks its thresholds record (against the
+    models and `check_bundles`); closes what was opened if one of them is refused."""
     models: dict[str, ClassModel] = {}
     try:
+        extra = load_check_bundles(check_bundles)  # (refused before any engine is opened)
         for cls, path in bundles.items():
             models[cls] = load_class_model(cls, path, thresholds, seed, backend_settings)
-        return with_checks(models, thresholds)
+        return with_checks(models, thresholds, extra)
     except BaseException:
         for m in models.values():
             m.close()

@@ -45,7 +45,7 @@ class ThresholdsReload:
             return None
         m = self.model
         try:
-            new = with_thresholds(models, m.thresholds, m.seed, m.backend)
+            new = with_thresholds(models, m.thresholds, m.seed, m.backend, m.check_bundles)
         except SettingError as e:
             unread = isinstance(e.__cause__, OSError)  # not refused for what it holds: read again at each look
             if unread:

@@ -267,3 +267,66 @@ def test_evaluate_adds_the_class_checks_rows_to_table_2(pair, synth_data, tmp_pa
                  "--quiet", "--no-search-figure"]) == 0
     assert "no class check rows in Table 2" in capsys.readouterr().out
     assert "class check" not in (tmp_path / "q" / "table2.md").read_text()
+
+
+def test_a_station_of_one_product_checks_against_the_others_class_pcas_without_their_engines(
+        pair, broker, synth_data, tmp_path, capsys):
+    """model.check_bundles: the line's other products' bundles, read for their class PCAs only."""
+    import shutil
+
+    from agent.scoring.bundle import Bundle
+    sphere, cyl = pair
+    th = tmp_path / "thresholds.json"
+    assert main(["calibrate", str(sphere), "--normal", str(synth_data / "test" / "sphere"), "--fpr", "0.34",
+                 "--out", str(th), "--class-check", str(cyl), "--quiet"]) == 0
+    assert json.loads(th.read_text())["classes"]["sphere"]["class_check"]["model"] == "pca"
+    with pytest.raises(SettingError, match=r"add model.bundles.cylinder \(or model.check_bundles.cylinder: its "
+                                           r"class PCA only, no engine\)"):
+        load_models({"sphere": sphere}, th, 0)
+    models = load_models({"sphere": sphere}, th, 0, check_bundles={"cylinder": cyl})
+    try:
+        assert list(models) == ["sphere"]  # (one engine: the cylinder bundle is read, not opened)
+        pcas = {"sphere": Bundle.load(sphere).class_pca, "cylinder": Bundle.load(cyl).class_pca}
+        for c in ("sphere", "cylinder"):
+            x = sample_to_input(read_sample(synth_data / "test" / c, 0), 32)
+            d = models["sphere"].decide(x)
+            want = margin(pcas["sphere"].error(x), {"cylinder": pcas["cylinder"].error(x)})[0]
+            assert d.class_check["margin"] == pytest.approx(want, rel=1e-6) and d.class_check["closest_class"] == \
+                "cylinder"
+        # thresholds calibrated again are taken without a restart, the check bundles read again with them
+        from agent.decide.inspector import with_thresholds
+        doc = json.loads(th.read_text())
+        doc["classes"]["sphere"]["class_check"]["threshold"] = 123.0
+        (tmp_path / "t2.json").write_text(json.dumps(doc))
+        assert with_thresholds(models, tmp_path / "t2.json", 0, None, {"cylinder": cyl})["sphere"].check.record \
+            .threshold == 123.0
+        with pytest.raises(SettingError, match="which this station does not load"):
+            with_thresholds(models, tmp_path / "t2.json", 0, None, {})
+    finally:
+        for m in models.values():
+            m.close()
+    # the station as configured: validate-config passes, and its events carry the check
+    src = f'type = "folder"\npath = "{synth_data / "test" / "cylinder"}"\nfps = 0'
+    cfg = agent_config(tmp_path, broker.port, sphere, th, src)
+    line = f'bundles = {{ sphere = "{sphere}" }}'
+    cfg.write_text(cfg.read_text().replace(line, f'{line}\ncheck_bundles = {{ cylinder = "{cyl}" }}'))
+    assert main(["agent", "validate-config", "--config", str(cfg), "--env-file", "/nonexistent"]) == 0
+    events, _ = replay_events(cfg, broker.port, tmp_path / "agent.log", 3)
+    assert all(e["class_check"]["closest_class"] == "cylinder" for e in events), events
+    # a tampered check bundle, and a class given in both, are refused by name
+    bad = tmp_path / "cyl-bad"
+    shutil.copytree(cyl, bad)
+    (bad / "class_pca.npz").write_bytes((bad / "class_pca.npz").read_bytes() + b"x")
+    for text, said in ((cfg.read_text().replace(f'cylinder = "{cyl}"', f'cylinder = "{bad}"'),
+                        "model.check_bundles.cylinder"),
+                       (cfg.read_text().replace(f'cylinder = "{cyl}" }}', f'cylinder = "{cyl}", sphere = "{sphere}" }}'),
+                        "which bundles inspects already")):
+        cfg.write_text(text)
+        capsys.readouterr()
+        assert main(["agent", "validate-config", "--config", str(cfg), "--env-file", "/nonexistent"]) == 2
+        assert said in capsys.readouterr().err
+    # a check of the generators needs the rival's engine: a check bundle cannot serve it
+    assert main(["calibrate", str(sphere), "--normal", str(synth_data / "test" / "sphere"), "--fpr", "0.34",
+                 "--out", str(th), "--class-check", str(cyl), "--quiet", "--class-check-model", "generator"]) == 0
+    with pytest.raises(SettingError, match=r"model.check_bundles.cylinder.*needs an engine for 'cylinder'"):
+        load_models({"sphere": sphere}, th, 0, check_bundles={"cylinder": cyl})
