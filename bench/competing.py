@@ -22,6 +22,9 @@ Class-swap AUROC: c's block frames (normal) against the other classes' block fra
     .venv/bin/python bench/competing.py folds ../shared/data/paper-rgbd runs/cv/compete-q
     .venv/bin/python bench/competing.py operating ../shared/data/paper-rgbd runs/cv/compete-q --fpr 0.05,0.1
 
+    --pca (folds, operating): also the check with the bundles' class PCAs (model "pca", the default since
+            2026-12-08), beside the generators' at k 0.
+
     operating: the station's rule at one false alarm rate: a part is flagged when its score (the
             full search) is over its threshold, or, with the check, when its k-0 margin is over its
             own; thresholds from the block's own intact parts (the same for both rules), the check's
@@ -191,6 +194,16 @@ def k0_scores(bundle, frames, root: Path, cache: Path) -> dict:
     return {p: (c, s) for p, c, s in rows}
 
 
+def pca_errors(bundle, frames, root: Path) -> dict:
+    """path -> (class folder, the bundle's class PCA error) of every sample under root (agent/scoring/class_pca.py:
+    the class check's model "pca")."""
+    from calibration.class_check import PCAScorer
+    from calibration.scoring import score_folder
+    if bundle.class_pca is None:
+        raise SystemExit(f"{bundle.path} has no class PCA (exported before 2026-12-08): export it again")
+    return {p: (c, s) for p, c, s in score_folder(PCAScorer(bundle), bundle, root, frames, False)}
+
+
 def evaluated_folds(a):
     """For each fold of the run whose classes are all evaluated: (its folder, its reports and
     bundles by class, frames, full scores and k-0 scores by class (path -> (class, score)), the
@@ -226,6 +239,11 @@ def cmd_folds(a) -> None:
                             ("log margin", log_margin(F[c], [F[o] for o in others])), ("own k0", K[c]),
                             ("k0 log margin", log_margin(K[c], [K[o] for o in others]))):
                 res.setdefault((c, name), []).append(roc_auc_score(y, s))
+            if a.pca:
+                pe = {o: pca_errors(b, frames, Path(a.data)) for o, b in bundles.items()}
+                P = {o: np.array([pe[o][p][1] for p in paths]) for o in CLASSES}
+                res.setdefault((c, "pca log margin"), []).append(
+                    roc_auc_score(y, log_margin(P[c], [P[o] for o in others])))
         damaged = fold / "damaged"
         kd = {c: k0_scores(b, frames, damaged, out / f"k0-{b.bundle_hash[:12]}-damaged.csv")
               for c, b in bundles.items()}
@@ -279,9 +297,21 @@ def cmd_operating(a) -> None:
             bad = sorted(k for k in dfull if k[0].startswith(c + "_"))
             d_own = np.array([dfull[k] for k in bad])
             d_marg = log_margin(np.array([kd[c][k] for k in bad]), [np.array([kd[o][k] for k in bad]) for o in others])
+            pm = pm_d = None
+            if a.pca:  # the class check with the bundles' class PCAs (model "pca"), the same budget
+                pe = {o: pca_errors(b, frames, Path(a.data)) for o, b in bundles.items()}
+                pd = {o: {(folder, int(Path(p).stem)): e for p, (folder, e) in
+                          pca_errors(b, frames, fold / "damaged").items()} for o, b in bundles.items()}
+                pm = log_margin(np.array([pe[c][p][1] for p in paths]),
+                                [np.array([pe[o][p][1] for p in paths]) for o in others])
+                pm_d = log_margin(np.array([pd[c][k] for k in bad]),
+                                  [np.array([pd[o][k] for k in bad]) for o in others])
             for alpha in alphas:
                 for name, v in at_budget(own, marg, lab == c, d_own, d_marg, alpha).items():
                     res.setdefault((c, alpha, name), []).append(v)
+                if pm is not None:
+                    v = at_budget(own, pm, lab == c, d_own, pm_d, alpha)["score+check"]
+                    res.setdefault((c, alpha, "score+pca"), []).append(v)
     print(f"{out}: flagged at one false alarm budget on the block's intact parts, {a.folds} blocks, every {a.every}")
     print("class      fpr   rule          swaps worst/mean   damage worst/mean   normals flagged   per-check j")
     for (c, alpha, name), v in res.items():
@@ -318,6 +348,8 @@ def main() -> int:
         q.add_argument("--folds", type=int, default=3)
         q.add_argument("--every", type=int, default=3)
         q.add_argument("--variant", default="def")
+        q.add_argument("--pca", action="store_true",
+                       help="also the class check with the bundles' class PCAs (bundles exported since 2026-12-08)")
         if name == "operating":
             q.add_argument("--fpr", default="0.05,0.1", help="false alarm budgets, comma-separated")
         q.set_defaults(func=func)

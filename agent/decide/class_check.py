@@ -25,7 +25,9 @@ the class's record of thresholds.json:
 A record with no "model" is a generator's (written before 2026-12-08). A PCA record's "k" is null,
 so that an agent from before refuses it rather than reading its threshold as a generator's. A class
 whose record has none is not checked. A station must load every rival bundle it was calibrated
-against, with the same preprocessing, or it does not start (SettingError).
+against, with the same preprocessing, or it does not start (SettingError): under model.bundles (with
+an engine), or, for the PCA check, under model.check_bundles (read for its class PCA only, so a
+station of one product can check against the line's others).
 """
 from __future__ import annotations
 
