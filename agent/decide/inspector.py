@@ -71,35 +71,28 @@ def check_class_model(cls: str, bundle_path: str | Path, thresholds: str | Path,
     """The verified bundle and its threshold, without opening an engine. Raises SettingError
     naming the setting at fault: a bundle that is missing, tampered with or of another class;
     thresholds that are missing or were calibrated on another bundle, latent seed or engine."""
-    try:
-        bundle = Bundle.load(bundle_path)
-    except BundleError as e:
-        raise SettingError(f"model.bundles.{cls}", f"{bundle_path}: {e}") from None
-    except OSError as e:
-        raise SettingError(f"model.bundles.{cls}", f"{bundle_path}: {durable.permission_words(e)}") from None
-    if bundle.cls != cls:
-        raise SettingError(f"model.bundles.{cls}",
-                           f"bundle {bundle_path} was trained on class {bundle.cls!r}, not {cls!r}")
+    bundle = verified_bundle(f"model.bundles.{cls}", cls, bundle_path)
     return bundle, check_threshold(cls, bundle, thresholds, seed, backend_settings)
+
+
+def verified_bundle(setting: str, cls: str, path: str | Path) -> Bundle:
+    """The bundle at `path`, verified and of class `cls`; SettingError naming `setting` otherwise."""
+    try:
+        bundle = Bundle.load(path)
+    except BundleError as e:
+        raise SettingError(setting, f"{path}: {e}") from None
+    except OSError as e:
+        raise SettingError(setting, f"{path}: {durable.permission_words(e)}") from None
+    if bundle.cls != cls:
+        raise SettingError(setting, f"bundle {path} was trained on class {bundle.cls!r}, not {cls!r}")
+    return bundle
 
 
 def load_check_bundles(paths: dict[str, str | Path] | None) -> dict[str, Bundle]:
     """model.check_bundles: the verified bundles of the line's other products, read for their class
     PCAs only (no engine). SettingError naming the setting for one missing, tampered with or of
     another class."""
-    out = {}
-    for cls, path in (paths or {}).items():
-        try:
-            b = Bundle.load(path)
-        except BundleError as e:
-            raise SettingError(f"model.check_bundles.{cls}", f"{path}: {e}") from None
-        except OSError as e:
-            raise SettingError(f"model.check_bundles.{cls}", f"{path}: {durable.permission_words(e)}") from None
-        if b.cls != cls:
-            raise SettingError(f"model.check_bundles.{cls}",
-                               f"bundle {path} was trained on class {b.cls!r}, not {cls!r}")
-        out[cls] = b
-    return out
+    return {cls: verified_bundle(f"model.check_bundles.{cls}", cls, path) for cls, path in (paths or {}).items()}
 
 
 def check_threshold(cls: str, bundle: Bundle, thresholds: str | Path, seed: int,
